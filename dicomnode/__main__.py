@@ -1,0 +1,3 @@
+from dicomnode.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The admin CLI (`dicomnode ...`): thin typer commands over the services."""

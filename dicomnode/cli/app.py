@@ -1,0 +1,45 @@
+"""The `dicomnode` command: its verbs read like an admin's sentence (`dicomnode jobs retry 42`).
+
+Exit codes: 0 ok, 1 failure, 2 usage or configuration error. Heavy libraries (SQLAlchemy,
+pynetdicom, later TensorFlow) are imported inside the commands, so `--help` is instant.
+"""
+
+import typer
+
+from dicomnode import __version__
+from dicomnode.cli import config_cmd, jobs
+from dicomnode.cli.echo import echo
+from dicomnode.cli.serve import serve
+
+app = typer.Typer(
+    name="dicomnode",
+    help="A DICOM node: receive studies, enhance them, forward a derived series to PACS.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"dicomnode {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    pass
+
+
+app.command()(serve)
+app.command()(echo)
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(config_cmd.app, name="config")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,167 @@
+"""`dicomnode jobs ...`: list, show, retry and cancel jobs in the node's database."""
+
+import json
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from dicomnode.cli.common import (
+    EXIT_USAGE,
+    ConfigOption,
+    console,
+    fail,
+    reported_errors,
+    settings_from,
+)
+from dicomnode.config import Settings
+
+if TYPE_CHECKING:
+    from dicomnode.db import Database, JobRecord
+
+app = typer.Typer(help="Inspect and steer jobs.", no_args_is_help=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="One JSON document.")]
+JOB_STATUSES = ("queued", "processing", "forwarding", "done", "failed", "dead", "cancelled")
+_STATUS_STYLE = {"done": "green", "failed": "yellow", "dead": "bold red", "cancelled": "dim"}
+
+
+def _database(settings: Settings) -> "Database":
+    from dicomnode.db import open_database
+
+    with reported_errors():
+        return open_database(settings.node.effective_database_url)
+
+
+def _deliveries(job: "JobRecord") -> str:
+    return ", ".join(f"{d.destination}:{d.status}" for d in job.deliveries) or "-"
+
+
+def _status(status: str) -> str:
+    style = _STATUS_STYLE.get(status)
+    return f"[{style}]{status}[/]" if style else status
+
+
+@app.command("list")
+def list_(
+    status: Annotated[
+        str | None,
+        typer.Option("--status", "-s", help=f"Only jobs in this state: {', '.join(JOB_STATUSES)}."),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """List jobs, newest first."""
+    if status is not None and status not in JOB_STATUSES:
+        fail(f"--status {status!r} is not one of {', '.join(JOB_STATUSES)}", EXIT_USAGE)
+    from dicomnode.db.jobs import list_jobs
+
+    jobs = list_jobs(_database(settings_from(config)), status, limit)
+    if as_json:
+        print(json.dumps({"jobs": [job.as_dict() for job in jobs]}, indent=2))
+        return
+    table = Table(
+        "id",
+        "status",
+        "attempts",
+        "instances",
+        "series",
+        "deliveries",
+        "updated (UTC)",
+        "error",
+        title=f"{len(jobs)} job(s)",
+    )
+    for job in jobs:
+        table.add_row(
+            str(job.id),
+            _status(job.status),
+            str(job.attempts),
+            str(job.instances),
+            job.series_uid,
+            _deliveries(job),
+            job.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
+            (job.error or "")[:60],
+        )
+    console.print(table)
+
+
+def _print_job(job: "JobRecord") -> None:
+    data = job.as_dict()
+    table = Table(show_header=False, box=None)
+    for key in (
+        "id",
+        "status",
+        "attempts",
+        "instances",
+        "study_uid",
+        "series_uid",
+        "created_at",
+        "updated_at",
+        "next_attempt_at",
+        "lease_owner",
+        "error",
+    ):
+        value = data[key]
+        table.add_row(key, _status(str(value)) if key == "status" else str(value or "-"))
+    console.print(table)
+    deliveries = Table(
+        "destination", "status", "attempts", "sent", "updated", "error", title="deliveries"
+    )
+    for d in data["deliveries"]:
+        deliveries.add_row(
+            d["destination"],
+            _status(d["status"]),
+            str(d["attempts"]),
+            str(d["sent"]),
+            d["updated_at"],
+            d["error"] or "",
+        )
+    console.print(deliveries)
+
+
+def _load_job(config: ConfigOption, job_id: int) -> "JobRecord":
+    from dicomnode.db.jobs import get_job
+
+    job = get_job(_database(settings_from(config)), job_id)
+    if job is None:
+        fail(f"job {job_id} does not exist")
+    return job
+
+
+@app.command("show")
+def show(
+    job_id: Annotated[int, typer.Argument(metavar="ID")],
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show one job with its deliveries."""
+    job = _load_job(config, job_id)
+    if as_json:
+        print(json.dumps(job.as_dict(), indent=2))
+    else:
+        _print_job(job)
+
+
+@app.command("retry")
+def retry(
+    job_id: Annotated[int, typer.Argument(metavar="ID")], config: ConfigOption = None
+) -> None:
+    """Queue a dead, failed or cancelled job again now, with fresh attempts."""
+    from dicomnode.db.jobs import retry_job
+
+    with reported_errors():
+        job = retry_job(_database(settings_from(config)), job_id)
+    console.print(f"job {job.id} queued again ({job.instances} instances)")
+
+
+@app.command("cancel")
+def cancel(
+    job_id: Annotated[int, typer.Argument(metavar="ID")], config: ConfigOption = None
+) -> None:
+    """Cancel a job that has not finished (its inputs stay in the spool)."""
+    from dicomnode.db.jobs import cancel_job
+
+    with reported_errors():
+        job = cancel_job(_database(settings_from(config)), job_id)
+    console.print(f"job {job.id} cancelled")

@@ -1,0 +1,337 @@
+"""Settings: the TOML file, `DICOMNODE_<SECTION>_<KEY>` overrides, validated once at start.
+
+This is the only module that reads settings files or the environment. Every operational number
+(timeouts, retry policy, limits) is a named setting here with a documented default, so
+`dicomnode config show` can print the effective value of each.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dicomnode.errors import ConfigError
+
+CONFIG_ENV_VAR = "DICOMNODE_CONFIG"
+DEFAULT_CONFIG_PATH = Path("config/dicomnode.toml")
+ENV_PREFIX = "DICOMNODE_"
+
+# PS3.5 6.2: an AE title is 1..16 characters of the default repertoire, no backslash or control
+# characters; leading/trailing spaces are not significant.
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+def _check(condition: bool, key: str, rule: str) -> None:
+    if not condition:
+        raise ConfigError(f"setting {key}: {rule}")
+
+
+def _check_ae_title(value: str, key: str) -> None:
+    _check(
+        bool(_AE_TITLE.match(value)) and value.strip() != "",
+        key,
+        f"{value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash)",
+    )
+
+
+def _check_port(value: int, key: str) -> None:
+    _check(1 <= value <= 65535, key, f"{value} is not a TCP port (1-65535)")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Who the node is on the network and where it keeps its data."""
+
+    ae_title: str = "DICOMNODE"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    data_dir: str = "var"
+    database_url: str = ""
+    allowed_calling_aets: list[str] = field(default_factory=list)
+    on_duplicate: Literal["replace", "keep"] = "replace"
+    min_free_disk_mb: int = 1024
+    max_associations: int = 10
+    max_pdu_size: int = 0
+
+    def validate(self) -> None:
+        _check_ae_title(self.ae_title, "node.ae_title")
+        _check_port(self.port, "node.port")
+        _check(self.data_dir != "", "node.data_dir", "must not be empty")
+        for aet in self.allowed_calling_aets:
+            _check_ae_title(aet, "node.allowed_calling_aets")
+        _check(self.min_free_disk_mb >= 0, "node.min_free_disk_mb", "must be >= 0")
+        _check(self.max_associations >= 1, "node.max_associations", "must be >= 1")
+        _check(self.max_pdu_size >= 0, "node.max_pdu_size", "must be >= 0 (0: unlimited)")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured URL, or a SQLite file inside `data_dir` when none is set."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_path / 'dicomnode.sqlite'}"
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """Timeouts in seconds for every DICOM association, inbound and outbound."""
+
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+    connect_timeout: float = 10.0
+
+    def validate(self) -> None:
+        for name in ("acse_timeout", "dimse_timeout", "network_timeout", "connect_timeout"):
+            _check(getattr(self, name) > 0, f"network.{name}", "must be > 0 seconds")
+
+
+@dataclass(frozen=True)
+class CompletionSettings:
+    """When a series counts as complete and becomes a job."""
+
+    series_quiet_seconds: float = 30.0
+
+    def validate(self) -> None:
+        _check(self.series_quiet_seconds > 0, "completion.series_quiet_seconds", "must be > 0")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How jobs are picked up: worker threads, polling and the lease that guards a claimed job."""
+
+    workers: int = 1
+    poll_seconds: float = 1.0
+    lease_seconds: float = 300.0
+
+    def validate(self) -> None:
+        _check(self.workers >= 1, "worker.workers", "must be >= 1")
+        _check(self.poll_seconds > 0, "worker.poll_seconds", "must be > 0")
+        _check(self.lease_seconds >= 5, "worker.lease_seconds", "must be >= 5")
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """Exponential backoff with jitter for failed jobs, then the dead-letter state."""
+
+    max_attempts: int = 8
+    initial_delay_seconds: float = 30.0
+    multiplier: float = 2.0
+    max_delay_seconds: float = 3600.0
+    jitter: float = 0.25
+
+    def validate(self) -> None:
+        _check(self.max_attempts >= 1, "retry.max_attempts", "must be >= 1")
+        _check(self.initial_delay_seconds >= 0, "retry.initial_delay_seconds", "must be >= 0")
+        _check(self.multiplier >= 1, "retry.multiplier", "must be >= 1")
+        _check(
+            self.max_delay_seconds >= self.initial_delay_seconds,
+            "retry.max_delay_seconds",
+            "must be >= retry.initial_delay_seconds",
+        )
+        _check(0 <= self.jitter < 1, "retry.jitter", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A DICOM peer (usually a PACS) that receives every finished job."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+    def validate(self, key: str) -> None:
+        _check(
+            bool(re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.name)),
+            f"{key}.name",
+            f"{self.name!r} must be 1-64 letters, digits, '_', '.' or '-'",
+        )
+        _check_ae_title(self.ae_title, f"{key}.ae_title")
+        _check(self.host != "", f"{key}.host", "must not be empty")
+        _check_port(self.port, f"{key}.port")
+
+
+_SECTIONS: dict[str, type] = {
+    "node": NodeSettings,
+    "network": NetworkSettings,
+    "completion": CompletionSettings,
+    "worker": WorkerSettings,
+    "retry": RetrySettings,
+    "logging": LoggingSettings,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The node's whole configuration; `source` is the file it came from (None: defaults)."""
+
+    node: NodeSettings = field(default_factory=NodeSettings)
+    network: NetworkSettings = field(default_factory=NetworkSettings)
+    completion: CompletionSettings = field(default_factory=CompletionSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    destinations: list[Destination] = field(default_factory=list)
+    source: Path | None = None
+
+    def destination(self, name: str) -> Destination | None:
+        return next((d for d in self.destinations if d.name == name), None)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The effective settings as plain data (what `dicomnode config show` prints)."""
+        data = {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+        data["node"]["data_dir"] = str(self.node.data_path)
+        data["node"]["database_url"] = self.node.effective_database_url
+        data["destinations"] = [dataclasses.asdict(d) for d in self.destinations]
+        return data
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    """Convert a TOML or environment value to the field's declared type, or say why not."""
+    origin = typing.get_origin(kind)
+    if origin is Literal:
+        choices = typing.get_args(kind)
+        _check(value in choices, key, f"{value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            text = value.strip()
+            value = (
+                json.loads(text)
+                if text.startswith("[")
+                else [v.strip() for v in text.split(",") if v.strip()]
+            )
+        _check(isinstance(value, list), key, "must be a list")
+        return [_coerce(v, typing.get_args(kind)[0], key) for v in value]
+    if kind is bool:
+        if isinstance(value, str):
+            _check(
+                value.lower() in {"true", "false", "1", "0", "yes", "no"},
+                key,
+                f"{value!r} is not a boolean",
+            )
+            return value.lower() in {"true", "1", "yes"}
+        _check(isinstance(value, bool), key, f"{value!r} is not a boolean")
+        return value
+    if kind is int or kind is float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"setting {key}: {value!r} is not a number") from None
+        _check(kind is float or float(value) == number, key, f"{value!r} is not an integer")
+        return number
+    _check(isinstance(value, str), key, f"{value!r} is not a string")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        _check(
+            key in known,
+            f"{section}.{key}",
+            f"unknown setting (known in [{section}]: {', '.join(sorted(known))})",
+        )
+    coerced = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+    try:
+        return cls(**coerced)
+    except TypeError as exc:
+        raise ConfigError(f"section [{section}]: {exc}") from None
+
+
+def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, dict[str, str]], str | None]:
+    """Split `DICOMNODE_<SECTION>_<KEY>` variables by section; DESTINATIONS holds JSON."""
+    overrides: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV_VAR:
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        for section in _SECTIONS:
+            if rest.startswith(section + "_"):
+                overrides.setdefault(section, {})[rest[len(section) + 1 :]] = value
+                break
+    return overrides, environ.get(ENV_PREFIX + "DESTINATIONS")
+
+
+def resolve_config_path(
+    explicit: Path | None, environ: dict[str, str] | None = None
+) -> Path | None:
+    """`--config`, else `$DICOMNODE_CONFIG`, else `config/dicomnode.toml` if it exists, else None."""
+    environ = dict(os.environ) if environ is None else environ
+    if explicit is not None:
+        return explicit
+    if environ.get(CONFIG_ENV_VAR):
+        return Path(environ[CONFIG_ENV_VAR])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def load_settings(path: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read and validate the settings; raise ConfigError naming the first bad key."""
+    environ = dict(os.environ) if environ is None else environ
+    path = resolve_config_path(path, environ)
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+    for key in raw:
+        _check(
+            key in _SECTIONS or key == "destinations",
+            key,
+            f"unknown section (known: {', '.join([*_SECTIONS, 'destinations'])})",
+        )
+    env_sections, env_destinations = _env_overrides(environ)
+
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        values = raw.get(name, {})
+        _check(isinstance(values, dict), name, "must be a table ([" + name + "])")
+        section = _build(cls, {**values, **env_sections.get(name, {})}, name)
+        section.validate()
+        sections[name] = section
+
+    dest_values = raw.get("destinations", [])
+    if env_destinations is not None:
+        try:
+            dest_values = json.loads(env_destinations)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"setting DICOMNODE_DESTINATIONS: not valid JSON: {exc}") from None
+    _check(isinstance(dest_values, list), "destinations", "must be an array of tables")
+    destinations = []
+    for i, values in enumerate(dest_values):
+        key = f"destinations[{i}]"
+        _check(isinstance(values, dict), key, "must be a table")
+        missing = {"name", "ae_title", "host", "port"} - set(values)
+        _check(not missing, key, f"missing {', '.join(sorted(missing))}")
+        dest = _build(Destination, values, key)
+        dest.validate(key)
+        destinations.append(dest)
+    names = [d.name for d in destinations]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    _check(not duplicated, "destinations", f"names must be unique: {', '.join(duplicated)}")
+
+    return Settings(**sections, destinations=destinations, source=path)

@@ -1,0 +1,16 @@
+"""The database layer: the only code that talks SQL."""
+
+from dicomnode.db.engine import Database, open_database
+from dicomnode.db.models import DeliveryStatus, JobStatus
+from dicomnode.db.records import DeliveryRecord, JobRecord, ReceivedInstance, SpooledInstance
+
+__all__ = [
+    "Database",
+    "DeliveryRecord",
+    "DeliveryStatus",
+    "JobRecord",
+    "JobStatus",
+    "ReceivedInstance",
+    "SpooledInstance",
+    "open_database",
+]

@@ -1,0 +1,295 @@
+"""The job state machine: claiming with a lease, transitions, retries and admin actions.
+
+Every transition made by a worker names the lease owner in its WHERE clause: a worker whose lease
+lapsed (and whose job was reclaimed) or whose job an admin cancelled changes nothing.
+"""
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from dicomnode.config import RetrySettings
+from dicomnode.db.backoff import retry_delay_seconds
+from dicomnode.db.engine import Database
+from dicomnode.db.models import (
+    ACTIVE_STATUSES,
+    Delivery,
+    DeliveryStatus,
+    Instance,
+    Job,
+    JobInstance,
+    JobStatus,
+    utcnow,
+)
+from dicomnode.db.records import DeliveryRecord, JobRecord, SpooledInstance
+from dicomnode.errors import JobStateError
+
+log = logging.getLogger(__name__)
+
+
+def _record(session: Session, job: Job) -> JobRecord:
+    count = session.scalar(
+        select(func.count()).select_from(JobInstance).where(JobInstance.job_id == job.id)
+    )
+    deliveries = session.scalars(
+        select(Delivery).where(Delivery.job_id == job.id).order_by(Delivery.id)
+    ).all()
+    return JobRecord(
+        id=job.id,
+        study_uid=job.study_uid,
+        series_uid=job.series_uid,
+        status=job.status,
+        attempts=job.attempts,
+        instances=count or 0,
+        error=job.error,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        next_attempt_at=job.next_attempt_at,
+        lease_owner=job.lease_owner,
+        deliveries=tuple(
+            DeliveryRecord(d.destination, d.status, d.attempts, d.sent, d.error, d.updated_at)
+            for d in deliveries
+        ),
+    )
+
+
+def get_job(db: Database, job_id: int) -> JobRecord | None:
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        return _record(session, job) if job is not None else None
+
+
+def list_jobs(db: Database, status: str | None = None, limit: int = 100) -> list[JobRecord]:
+    """Newest first."""
+    with db.session() as session:
+        query = select(Job).order_by(Job.id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(Job.status == status)
+        return [_record(session, job) for job in session.scalars(query).all()]
+
+
+def claim_next_job(db: Database, owner: str, lease_seconds: float) -> JobRecord | None:
+    """Take the oldest due job (queued, or failed and due again) under a lease."""
+    now = utcnow()
+    with db.session() as session:
+        due = (
+            select(Job.id)
+            .where(
+                Job.status.in_([JobStatus.QUEUED, JobStatus.FAILED]),
+                Job.next_attempt_at <= now,
+            )
+            .order_by(Job.next_attempt_at, Job.id)
+            .limit(1)
+        )
+        if not db.is_sqlite:  # several workers on PostgreSQL: never wait on each other's rows
+            due = due.with_for_update(skip_locked=True)
+        job_id = session.scalar(due)
+        if job_id is None:
+            return None
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                status=JobStatus.PROCESSING,
+                attempts=Job.attempts + 1,
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
+            )
+        )
+        job = session.get(Job, job_id)
+        session.refresh(job)
+        return _record(session, job)
+
+
+def renew_lease(db: Database, job_id: int, owner: str, lease_seconds: float) -> bool:
+    """Extend a held lease; False means the job is no longer ours (reclaimed or cancelled)."""
+    now = utcnow()
+    with db.session() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == owner, Job.status.in_(ACTIVE_STATUSES))
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+        )
+        return result.rowcount == 1
+
+
+def set_active_status(db: Database, job_id: int, owner: str, status: JobStatus) -> bool:
+    """Move a held job between processing and forwarding."""
+    with db.session() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == owner, Job.status.in_(ACTIVE_STATUSES))
+            .values(status=status, updated_at=utcnow())
+        )
+        return result.rowcount == 1
+
+
+def job_inputs(db: Database, job_id: int) -> list[SpooledInstance]:
+    with db.session() as session:
+        rows = session.execute(
+            select(Instance)
+            .join(JobInstance, JobInstance.sop_instance_uid == Instance.sop_instance_uid)
+            .where(JobInstance.job_id == job_id)
+        ).scalars()
+        return [
+            SpooledInstance(
+                r.sop_instance_uid, r.sop_class_uid, r.transfer_syntax_uid, Path(r.path)
+            )
+            for r in rows
+        ]
+
+
+def open_deliveries(db: Database, job_id: int) -> list[str]:
+    """Destinations this job still has to reach (pending or transiently failed)."""
+    with db.session() as session:
+        return list(
+            session.scalars(
+                select(Delivery.destination).where(
+                    Delivery.job_id == job_id,
+                    Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.FAILED]),
+                )
+            )
+        )
+
+
+def record_delivery(
+    db: Database,
+    job_id: int,
+    destination: str,
+    status: DeliveryStatus,
+    sent: int,
+    error: str | None,
+) -> None:
+    with db.session() as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.job_id == job_id, Delivery.destination == destination)
+            .values(
+                status=status,
+                sent=sent,
+                error=error,
+                attempts=Delivery.attempts + 1,
+                updated_at=utcnow(),
+            )
+        )
+
+
+def finish_attempt(
+    db: Database,
+    job_id: int,
+    owner: str,
+    policy: RetrySettings,
+    error: str | None = None,
+    transient: bool = True,
+) -> JobRecord | None:
+    """Close a worker's attempt: done, failed (retry later) or dead, from the deliveries.
+
+    `error` is a failure before delivery (e.g. unreadable inputs); `transient` says whether a
+    later attempt may fix it. Returns None when the job was no longer held by `owner`.
+    """
+    now = utcnow()
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.lease_owner != owner or job.status not in ACTIVE_STATUSES:
+            log.warning("job lease lost, result discarded job=%d owner=%s", job_id, owner)
+            return None
+        deliveries = session.scalars(select(Delivery).where(Delivery.job_id == job_id)).all()
+        failed = [d for d in deliveries if d.status == DeliveryStatus.FAILED]
+        dead = [d for d in deliveries if d.status == DeliveryStatus.DEAD]
+        problems = [f"{d.destination}: {d.error}" for d in (*dead, *failed)]
+        if error is not None:
+            problems.insert(0, error)
+        retryable = (error is not None and transient) or bool(failed)
+        permanent = (error is not None and not transient) or bool(dead)
+
+        if not problems:
+            job.status, job.error = JobStatus.DONE, None
+        elif retryable and not permanent and job.attempts < policy.max_attempts:
+            delay = retry_delay_seconds(job.attempts, policy)
+            job.status = JobStatus.FAILED
+            job.next_attempt_at = now + timedelta(seconds=delay)
+            job.error = "; ".join(problems) + f" (attempt {job.attempts}, retry in {delay:.0f} s)"
+        else:
+            if retryable and not permanent:
+                problems.append(f"gave up after {job.attempts} attempts")
+            for delivery in failed:
+                delivery.status = DeliveryStatus.DEAD
+            job.status = JobStatus.DEAD
+            job.error = "; ".join(problems)
+        job.lease_owner = None
+        job.lease_expires_at = None
+        job.updated_at = now
+        session.flush()
+        return _record(session, job)
+
+
+def reclaim_expired_leases(db: Database) -> list[int]:
+    """Queue again every active job whose worker stopped renewing its lease (it died)."""
+    now = utcnow()
+    with db.session() as session:
+        ids = list(
+            session.scalars(
+                select(Job.id).where(Job.status.in_(ACTIVE_STATUSES), Job.lease_expires_at < now)
+            )
+        )
+        if ids:
+            session.execute(
+                update(Job)
+                .where(Job.id.in_(ids))
+                .values(
+                    status=JobStatus.QUEUED,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    next_attempt_at=now,
+                    updated_at=now,
+                )
+            )
+    for job_id in ids:
+        log.warning("job lease expired, queued again job=%d", job_id)
+    return ids
+
+
+def retry_job(db: Database, job_id: int) -> JobRecord:
+    """Admin: bring a dead, failed or cancelled job back to the queue with fresh attempts."""
+    now = utcnow()
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobStateError(f"job {job_id} does not exist")
+        allowed = (JobStatus.DEAD, JobStatus.FAILED, JobStatus.CANCELLED)
+        if job.status not in allowed:
+            raise JobStateError(
+                f"job {job_id} is {job.status}; only {', '.join(allowed)} jobs can be retried"
+            )
+        job.status, job.attempts, job.next_attempt_at, job.updated_at = (
+            JobStatus.QUEUED,
+            0,
+            now,
+            now,
+        )
+        session.execute(
+            update(Delivery)
+            .where(Delivery.job_id == job_id, Delivery.status != DeliveryStatus.DONE)
+            .values(status=DeliveryStatus.PENDING, attempts=0, updated_at=now)
+        )
+        session.flush()
+        return _record(session, job)
+
+
+def cancel_job(db: Database, job_id: int) -> JobRecord:
+    """Admin: stop a job that has not finished; a worker holding it discards its result."""
+    now = utcnow()
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobStateError(f"job {job_id} does not exist")
+        if job.status in (JobStatus.DONE, JobStatus.CANCELLED):
+            raise JobStateError(f"job {job_id} is already {job.status}")
+        job.status, job.error, job.updated_at = JobStatus.CANCELLED, "cancelled by admin", now
+        job.lease_owner = job.lease_expires_at = None
+        session.flush()
+        return _record(session, job)

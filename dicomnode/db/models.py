@@ -1,0 +1,119 @@
+"""The tables: what was received (studies, series, instances) and what must happen (jobs, deliveries).
+
+Times are naive UTC datetimes throughout (SQLite keeps no time zone); `utcnow` is the one clock.
+"""
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class JobStatus(enum.StrEnum):
+    """The job state machine (see ARCHITECTURE.md): queued → processing → forwarding → done."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    FORWARDING = "forwarding"
+    DONE = "done"
+    FAILED = "failed"  # will be picked up again at next_attempt_at
+    DEAD = "dead"  # gave up; inputs kept; `dicomnode jobs retry` revives it
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = (JobStatus.PROCESSING, JobStatus.FORWARDING)
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"  # transient: tried again with the job
+    DEAD = "dead"  # permanent, or out of attempts
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    study_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    series_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(ForeignKey("studies.study_uid"), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # True while the series holds instances that no job has taken yet (the completion rule).
+    pending: Mapped[bool] = mapped_column(default=True, index=True)
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    series_uid: Mapped[str] = mapped_column(ForeignKey("series.series_uid"), index=True)
+    study_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    calling_aet: Mapped[str] = mapped_column(String(16), default="")
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    """One source series to process and deliver."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_next", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_uid: Mapped[str] = mapped_column(String(64))
+    series_uid: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class JobInstance(Base):
+    """The instances a job was created with (its inputs, kept whatever becomes of the job)."""
+
+    __tablename__ = "job_instances"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(
+        ForeignKey("instances.sop_instance_uid"), primary_key=True
+    )
+
+
+class Delivery(Base):
+    """A job's delivery to one destination, tracked apart so one PACS never blocks another."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

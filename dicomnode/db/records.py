@@ -1,0 +1,88 @@
+"""Plain, frozen records that leave the db layer (no SQLAlchemy objects escape it)."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """What the receiver knows about one stored instance."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    study_uid: str
+    series_uid: str
+    modality: str
+    path: Path
+    size_bytes: int
+    calling_aet: str
+
+
+@dataclass(frozen=True)
+class SpooledInstance:
+    """An input of a job: one spooled file and the UIDs needed to send it."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    destination: str
+    status: str
+    attempts: int
+    sent: int
+    error: str | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: int
+    study_uid: str
+    series_uid: str
+    status: str
+    attempts: int
+    instances: int
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    next_attempt_at: datetime
+    lease_owner: str | None
+    deliveries: tuple[DeliveryRecord, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form used by `dicomnode jobs ... --json` (times in ISO 8601 UTC)."""
+
+        def iso(moment: datetime) -> str:
+            return moment.isoformat(timespec="seconds") + "Z"
+
+        return {
+            "id": self.id,
+            "study_uid": self.study_uid,
+            "series_uid": self.series_uid,
+            "status": self.status,
+            "attempts": self.attempts,
+            "instances": self.instances,
+            "error": self.error,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "next_attempt_at": iso(self.next_attempt_at),
+            "lease_owner": self.lease_owner,
+            "deliveries": [
+                {
+                    "destination": d.destination,
+                    "status": d.status,
+                    "attempts": d.attempts,
+                    "sent": d.sent,
+                    "error": d.error,
+                    "updated_at": iso(d.updated_at),
+                }
+                for d in self.deliveries
+            ],
+        }

@@ -1,0 +1,38 @@
+"""The exception hierarchy: every failure the node explains to an operator is one of these.
+
+Each boundary maps these once: the C-STORE handler to a DICOM status, the job runner to a job
+state, the CLI to an exit code and one readable line. Messages name the object concerned (setting,
+file, SOP Instance UID, job id) and, where it helps, what to do about it.
+"""
+
+
+class DicomNodeError(Exception):
+    """Base class of all errors raised on purpose by dicomnode."""
+
+
+class ConfigError(DicomNodeError):
+    """A setting is missing, malformed or out of range; the message names the key."""
+
+
+class SpoolError(DicomNodeError):
+    """The spool could not store or find a file (disk full, permissions, bad UID for a path)."""
+
+
+class DecodeError(DicomNodeError):
+    """A received or spooled dataset is malformed or lacks what the node needs to file it."""
+
+
+class JobStateError(DicomNodeError):
+    """An admin asked for a job transition that its current state does not allow."""
+
+
+class ForwardError(DicomNodeError):
+    """Sending to a destination failed.
+
+    `transient` says whether trying again later may succeed (peer down, out of resources,
+    association rejected) or not (SOP class refused, not authorised, dataset rejected).
+    """
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient

@@ -1,0 +1,30 @@
+"""C-ECHO as an SCU: the admin's first check that a destination is reachable."""
+
+from pynetdicom.sop_class import Verification
+
+from dicomnode.config import Destination, Settings
+from dicomnode.dicom.association import NODELAY_HANDLER, configure_ae
+from dicomnode.errors import ForwardError
+
+
+def echo(destination: Destination, settings: Settings) -> int:
+    """Return the peer's C-ECHO status; raise ForwardError when no association is possible."""
+    ae = configure_ae(settings.node.ae_title, settings.network, settings.node.max_pdu_size)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        evt_handlers=[NODELAY_HANDLER],
+    )
+    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    if not assoc.is_established:
+        state = "rejected the association" if assoc.is_rejected else "is unreachable"
+        raise ForwardError(f"{where} {state}", transient=True)
+    try:
+        response = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if "Status" not in response:
+        raise ForwardError(f"{where} gave no C-ECHO response", transient=True)
+    return int(response.Status)

@@ -1,0 +1,24 @@
+"""The one place that decides what a peer's answer means for a retry (PS3.7 Annex C, PS3.4 B.2.3)."""
+
+import enum
+
+
+class Outcome(enum.Enum):
+    SUCCESS = "success"
+    WARNING = "warning"  # stored, with a remark (e.g. 0xB000 coercion): counts as delivered
+    TRANSIENT = "transient"  # try again later
+    PERMANENT = "permanent"  # resending the same data will fail the same way
+
+
+def classify_store_status(status: int) -> Outcome:
+    if status == 0x0000:
+        return Outcome.SUCCESS
+    if status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF:
+        return Outcome.WARNING
+    # Out of resources (0xA7xx), processing failure (0x0110), resource limitation (0x0213):
+    # the peer's state, not our data, is at fault.
+    if 0xA700 <= status <= 0xA7FF or status in (0x0110, 0x0213):
+        return Outcome.TRANSIENT
+    # 0x0122 SOP class not supported, 0x0124 not authorised, 0xA9xx dataset does not match
+    # the SOP class, 0xCxxx cannot understand, and anything unknown.
+    return Outcome.PERMANENT

@@ -1,0 +1,187 @@
+"""The C-STORE SCU: one association per series per destination, every status checked.
+
+Files are sent byte for byte when the peer accepts their transfer syntax; otherwise they are
+decoded and sent uncompressed (Implicit/Explicit VR Little Endian, which every SCP accepts).
+"""
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydicom import dcmread
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import _config, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext, build_context
+
+from dicomnode.config import Destination, Settings
+from dicomnode.db import SpooledInstance
+from dicomnode.dicom.association import NODELAY_HANDLER, configure_ae
+from dicomnode.errors import ForwardError
+from dicomnode.forward.outcome import Outcome, classify_store_status
+
+log = logging.getLogger(__name__)
+
+# Send spooled files as raw bytes (no decode/re-encode) whenever the context matches exactly.
+_config.STORE_SEND_CHUNKED_DATASET = True
+
+MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1..255
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+@dataclass(frozen=True)
+class SendReport:
+    sent: int
+    warnings: int
+    seconds: float
+
+
+def contexts_for(instances: Sequence[SpooledInstance]) -> list[PresentationContext]:
+    """Only what the series needs: each stored (class, syntax) pair, plus an uncompressed
+    fallback per class whose files are compressed."""
+    syntaxes: dict[str, set[str]] = defaultdict(set)
+    for item in instances:
+        syntaxes[item.sop_class_uid].add(item.transfer_syntax_uid)
+    contexts = []
+    for sop_class, stored in sorted(syntaxes.items()):
+        contexts.extend(build_context(sop_class, [ts]) for ts in sorted(stored))
+        if not stored <= set(_UNCOMPRESSED):
+            contexts.append(build_context(sop_class, list(_UNCOMPRESSED)))
+    if len(contexts) > MAX_CONTEXTS:
+        raise ForwardError(
+            f"series needs {len(contexts)} presentation contexts, more than the {MAX_CONTEXTS} "
+            "one association can carry",
+            transient=False,
+        )
+    return contexts
+
+
+def _associate(
+    destination: Destination, settings: Settings, contexts: list[PresentationContext]
+) -> Association:
+    ae = configure_ae(settings.node.ae_title, settings.network, settings.node.max_pdu_size)
+    ae.requested_contexts = contexts
+    answers: list[str] = []  # what the peer said to our A-ASSOCIATE-RQ
+
+    def note_answer(event: Event) -> None:
+        answer = event.primitive
+        result = getattr(answer, "result", None)
+        if result == 0x00:
+            answers.append("accepted")
+        elif result in (0x01, 0x02):
+            answers.append(f"{answer.result_str}, {answer.source_str}: {answer.reason_str}")
+
+    assoc = ae.associate(
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        evt_handlers=[NODELAY_HANDLER, (evt.EVT_ACSE_RECV, note_answer)],
+    )
+    if assoc.is_established:
+        return assoc
+    where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
+    if assoc.is_rejected:
+        # Even a "permanent" rejection is usually configuration the PACS admin will fix
+        # (an AE title to register), so it is retried with backoff like any transient failure.
+        reason = answers[0] if answers else "no reason given"
+        raise ForwardError(f"association rejected by {where}: {reason}", transient=True)
+    if answers == ["accepted"]:  # accepted, then aborted by pynetdicom: no usable context
+        raise ForwardError(
+            f"{where} accepted none of the proposed presentation contexts "
+            f"({', '.join(sorted({cx.abstract_syntax for cx in contexts}))})",
+            transient=False,
+        )
+    raise ForwardError(
+        f"cannot associate with {where}: no answer or connection refused", transient=True
+    )
+
+
+def _accepted_context(assoc: Association, sop_class: str, syntax: str) -> bool:
+    return any(
+        cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == syntax
+        for cx in assoc.accepted_contexts
+    )
+
+
+def _send_one(assoc: Association, item: SpooledInstance) -> int:
+    """Send one instance and return the peer's status (ForwardError when there is none)."""
+    if _accepted_context(assoc, item.sop_class_uid, item.transfer_syntax_uid):
+        response = assoc.send_c_store(item.path)
+    elif any(_accepted_context(assoc, item.sop_class_uid, ts) for ts in _UNCOMPRESSED):
+        dataset = dcmread(item.path)
+        if UID(item.transfer_syntax_uid).is_compressed:
+            dataset.decompress()
+        response = assoc.send_c_store(dataset)
+    else:
+        raise ForwardError(
+            f"peer accepted no transfer syntax for SOP class {item.sop_class_uid} "
+            f"(sop={item.sop_instance_uid})",
+            transient=False,
+        )
+    if "Status" not in response:
+        raise ForwardError(
+            f"no C-STORE response for sop={item.sop_instance_uid} (timeout or abort)",
+            transient=True,
+        )
+    return int(response.Status)
+
+
+def send_series(
+    job_id: int,
+    destination: Destination,
+    instances: Sequence[SpooledInstance],
+    settings: Settings,
+) -> SendReport:
+    """Deliver a series over one association; raise ForwardError (transient or not) on failure.
+
+    A transient answer stops the series at once (the peer will refuse the rest too); permanent
+    refusals are collected so the error lists every instance the peer would not take.
+    """
+    started = time.monotonic()
+    assoc = _associate(destination, settings, contexts_for(instances))
+    sent = warnings = 0
+    refused: list[str] = []
+    try:
+        for item in instances:
+            try:
+                status = _send_one(assoc, item)
+            except ForwardError as exc:
+                if exc.transient:
+                    raise
+                refused.append(str(exc))
+                continue
+            outcome = classify_store_status(status)
+            if outcome is Outcome.TRANSIENT:
+                raise ForwardError(
+                    f"{destination.name} answered 0x{status:04X} for sop={item.sop_instance_uid}",
+                    transient=True,
+                )
+            if outcome is Outcome.PERMANENT:
+                refused.append(f"0x{status:04X} for sop={item.sop_instance_uid}")
+                continue
+            sent += 1
+            warnings += outcome is Outcome.WARNING
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    seconds = time.monotonic() - started
+    if refused:
+        shown = "; ".join(refused[:3]) + (
+            f"; and {len(refused) - 3} more" if len(refused) > 3 else ""
+        )
+        raise ForwardError(
+            f"{destination.name} refused {len(refused)} of {len(instances)} instances: {shown}",
+            transient=False,
+        )
+    log.info(
+        "forwarded job=%d destination=%s instances=%d warnings=%d seconds=%.2f",
+        job_id,
+        destination.name,
+        sent,
+        warnings,
+        seconds,
+    )
+    return SendReport(sent=sent, warnings=warnings, seconds=seconds)

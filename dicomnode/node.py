@@ -1,0 +1,111 @@
+"""Assembly: builds the running node from Settings (receiver, scheduler, workers) and stops it."""
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicomnode.config import Settings
+from dicomnode.db import Database, open_database
+from dicomnode.db.instances import create_jobs_for_quiet_series
+from dicomnode.db.jobs import reclaim_expired_leases
+from dicomnode.pipeline import JobRunner
+from dicomnode.receive import start_receiver
+from dicomnode.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+class _SkippedRunFilter(logging.Filter):
+    """A worker tick that finds the previous one still busy is normal, not a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
+
+
+def _guarded(name: str, tick: Callable[[], object]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            tick()
+        except Exception:
+            log.exception("scheduled task failed task=%s (will run again)", name)
+
+    return run
+
+
+class Node:
+    """One dicomnode process: `start()` returns once it listens; `stop()` drains and closes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        data_path = settings.node.data_path
+        data_path.mkdir(parents=True, exist_ok=True)
+        self.spool = Spool(data_path / "spool")
+        self.db: Database = open_database(settings.node.effective_database_url)
+        self._server: ThreadedAssociationServer | None = None
+        self._scheduler: BackgroundScheduler | None = None
+
+    def start(self) -> None:
+        self._server = start_receiver(self.settings, self.spool, self.db)
+        workers = self.settings.worker
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(workers.workers + 2)}, timezone=UTC
+        )
+        logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunFilter())
+        every = {
+            "trigger": "interval",
+            "max_instances": 1,
+            "coalesce": True,
+            "next_run_time": datetime.now(UTC),
+        }
+        destinations = [d.name for d in self.settings.destinations]
+        quiet = self.settings.completion.series_quiet_seconds
+        scheduler.add_job(
+            _guarded(
+                "completion", lambda: create_jobs_for_quiet_series(self.db, quiet, destinations)
+            ),
+            id="completion",
+            seconds=min(workers.poll_seconds, quiet),
+            **every,
+        )
+        scheduler.add_job(
+            _guarded("reclaim-leases", lambda: reclaim_expired_leases(self.db)),
+            id="reclaim-leases",
+            seconds=max(1.0, workers.lease_seconds / 3),
+            **every,
+        )
+        host = socket.gethostname()
+        for index in range(workers.workers):
+            runner = JobRunner(self.settings, self.db, f"{host}:{os.getpid()}:w{index}")
+            scheduler.add_job(
+                _guarded(f"worker-{index}", runner.run_due_jobs),
+                id=f"worker-{index}",
+                seconds=workers.poll_seconds,
+                **every,
+            )
+        scheduler.start()
+        self._scheduler = scheduler
+        log.info(
+            "node started ae_title=%s port=%d data_dir=%s destinations=%s workers=%d",
+            self.settings.node.ae_title,
+            self.settings.node.port,
+            self.settings.node.data_path,
+            ",".join(destinations) or "(none)",
+            workers.workers,
+        )
+
+    def stop(self) -> None:
+        """Stop accepting associations, let running jobs finish, close the database."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
+        self.db.dispose()
+        log.info("node stopped")

@@ -1,0 +1,200 @@
+"""The C-STORE / C-ECHO SCP: thin pynetdicom handlers that spool, record and answer.
+
+An instance is answered Success only after its bytes are fsync'd under their final name in the
+spool and its row is committed. The bytes are stored exactly as received (no decode/re-encode),
+so what a PACS later gets from us is what the modality sent.
+"""
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from pydicom import Dataset
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicomnode.config import Settings
+from dicomnode.db import Database, ReceivedInstance
+from dicomnode.db.instances import record_instance, stored_path
+from dicomnode.dicom.association import NODELAY_HANDLER, configure_ae
+from dicomnode.errors import DecodeError, SpoolError
+from dicomnode.receive.status import SUCCESS, status_dataset, status_for
+from dicomnode.spool import Spool, validate_uid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Identity:
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    modality: str
+
+
+def _identify(event: Event) -> _Identity:
+    """The UIDs that file an instance, validated; DecodeError if the dataset cannot give them."""
+    try:
+        dataset = event.dataset
+        values = {
+            "StudyInstanceUID": dataset.get("StudyInstanceUID"),
+            "SeriesInstanceUID": dataset.get("SeriesInstanceUID"),
+            "SOPInstanceUID": dataset.get("SOPInstanceUID"),
+        }
+        modality = str(dataset.get("Modality", "") or "")[:16]
+    except Exception as exc:  # pydicom raises many types on malformed bytes
+        raise DecodeError(f"dataset cannot be decoded: {exc}") from exc
+    try:
+        uids = {name: validate_uid(value, name) for name, value in values.items()}
+        sop_class = validate_uid(event.request.AffectedSOPClassUID, "AffectedSOPClassUID")
+    except SpoolError as exc:
+        raise DecodeError(str(exc)) from None
+    return _Identity(
+        uids["StudyInstanceUID"],
+        uids["SeriesInstanceUID"],
+        uids["SOPInstanceUID"],
+        sop_class,
+        modality,
+    )
+
+
+class StorageReceiver:
+    """The SCP's handlers, bound to one spool and one database."""
+
+    def __init__(self, settings: Settings, spool: Spool, db: Database) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.db = db
+        self._min_free_bytes = settings.node.min_free_disk_mb * 1024 * 1024
+        self._counts: dict[int, int] = {}
+        self._counts_lock = threading.Lock()
+
+    def handlers(self) -> list[tuple]:
+        return [
+            NODELAY_HANDLER,
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_REQUESTED, self.handle_requested),
+            (evt.EVT_CONN_CLOSE, self.handle_closed),
+        ]
+
+    def handle_echo(self, event: Event) -> int:
+        log.info("C-ECHO calling_aet=%s", event.assoc.requestor.ae_title)
+        return SUCCESS
+
+    def handle_requested(self, event: Event) -> None:
+        calling = event.assoc.requestor.ae_title
+        allowed = self.settings.node.allowed_calling_aets
+        if allowed and calling not in allowed:
+            log.warning(
+                "association rejected: calling AE title not allowed calling_aet=%s address=%s",
+                calling,
+                event.assoc.requestor.address,
+            )
+
+    def handle_closed(self, event: Event) -> None:
+        with self._counts_lock:
+            stored = self._counts.pop(id(event.assoc), None)
+        if stored is not None:
+            log.info(
+                "association closed calling_aet=%s address=%s stored=%d",
+                event.assoc.requestor.ae_title,
+                event.assoc.requestor.address,
+                stored,
+            )
+
+    def handle_store(self, event: Event) -> Dataset | int:
+        """Spool and record one instance; every failure becomes a status, never an exception."""
+        calling = event.assoc.requestor.ae_title
+        sop_uid = str(event.request.AffectedSOPInstanceUID or "")
+        try:
+            if self.spool.free_bytes() < self._min_free_bytes:
+                raise SpoolError(
+                    f"less than node.min_free_disk_mb={self.settings.node.min_free_disk_mb} MB "
+                    f"free in {self.spool.root}"
+                )
+            ident = _identify(event)
+            sop_uid = ident.sop_instance_uid
+            self._store(event, ident, calling)
+        except Exception as exc:
+            status = status_for(exc)
+            level = logging.WARNING if isinstance(exc, DecodeError | SpoolError) else logging.ERROR
+            log.log(
+                level,
+                "C-STORE failed status=0x%04X sop=%s calling_aet=%s: %s",
+                status,
+                sop_uid[:64],
+                calling,
+                exc,
+                exc_info=level == logging.ERROR,
+            )
+            return status_dataset(status, str(exc))
+        with self._counts_lock:
+            self._counts[id(event.assoc)] = self._counts.get(id(event.assoc), 0) + 1
+        return SUCCESS
+
+    def _store(self, event: Event, ident: _Identity, calling: str) -> None:
+        if self.settings.node.on_duplicate == "keep" and stored_path(
+            self.db, ident.sop_instance_uid
+        ):
+            log.info(
+                "duplicate kept (first copy wins) sop=%s series=%s calling_aet=%s",
+                ident.sop_instance_uid,
+                ident.series_uid,
+                calling,
+            )
+            return
+        data = event.encoded_dataset(include_meta=True)
+        path = self.spool.write_instance(
+            ident.study_uid, ident.series_uid, ident.sop_instance_uid, data
+        )
+        previous = record_instance(
+            self.db,
+            ReceivedInstance(
+                sop_instance_uid=ident.sop_instance_uid,
+                sop_class_uid=ident.sop_class_uid,
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                study_uid=ident.study_uid,
+                series_uid=ident.series_uid,
+                modality=ident.modality,
+                path=path,
+                size_bytes=len(data),
+                calling_aet=calling,
+            ),
+        )
+        if previous is not None:
+            self.spool.remove(previous)
+            log.warning(
+                "duplicate moved to another series sop=%s series=%s",
+                ident.sop_instance_uid,
+                ident.series_uid,
+            )
+        log.debug(
+            "stored sop=%s series=%s study=%s calling_aet=%s bytes=%d",
+            ident.sop_instance_uid,
+            ident.series_uid,
+            ident.study_uid,
+            calling,
+            len(data),
+        )
+
+
+def start_receiver(settings: Settings, spool: Spool, db: Database) -> ThreadedAssociationServer:
+    """Start listening (non-blocking); every storage SOP class, every transfer syntax."""
+    node = settings.node
+    ae = configure_ae(node.ae_title, settings.network, node.max_pdu_size)
+    ae.maximum_associations = node.max_associations
+    if node.allowed_calling_aets:
+        ae.require_calling_aet = list(node.allowed_calling_aets)
+    else:
+        log.warning("node.allowed_calling_aets is empty: accepting stores from any calling AE")
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    receiver = StorageReceiver(settings, spool, db)
+    server = ae.start_server((node.host, node.port), block=False, evt_handlers=receiver.handlers())
+    log.info("listening ae_title=%s host=%s port=%d", node.ae_title, node.host, node.port)
+    return server

@@ -1,0 +1,108 @@
+"""The on-disk layout and the only code that decides file names.
+
+Every received instance is written as `instances/<study>/<series>/<sop>.dcm` under the spool
+root: first to `tmp/`, then fsync'd, atomically renamed into place and its directory fsync'd, so a
+file that exists under its final name is complete and survives a crash or power loss. Names are
+built only from UIDs that passed `validate_uid`, so no sender can steer a path outside the spool.
+"""
+
+import os
+import re
+import shutil
+import threading
+import uuid
+from pathlib import Path
+
+from dicomnode.errors import SpoolError
+
+# PS3.5 9.1: a UID is up to 64 characters of digits and dots, components separated by dots.
+# Leading zeros are tolerated here (real modalities send them); they are harmless in a path.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def validate_uid(value: object, what: str) -> str:
+    """Return `value` as a UID string, or raise SpoolError naming the attribute."""
+    text = str(value).strip().rstrip("\x00") if value is not None else ""
+    if not text or len(text) > 64 or not _UID.match(text):
+        shown = text[:80] if text else "(empty)"
+        raise SpoolError(f"{what} {shown!r} is not a valid UID (digits and dots, <= 64 chars)")
+    return text
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Durable storage of received instances under one root directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.instances_dir = root / "instances"
+        self.tmp_dir = root / "tmp"
+        self._durable_dirs: set[Path] = set()
+        self._lock = threading.Lock()
+        for directory in (self.instances_dir, self.tmp_dir):
+            self._ensure_dir(directory)
+
+    def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """Where an instance with these (already validated) UIDs lives."""
+        return self.instances_dir / study_uid / series_uid / f"{sop_uid}.dcm"
+
+    def write_instance(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
+        """Store one instance's bytes durably and return the final path.
+
+        An existing file with the same SOP Instance UID is replaced atomically: readers see the
+        old file or the new one, never a mix.
+        """
+        uids = (
+            validate_uid(study_uid, "StudyInstanceUID"),
+            validate_uid(series_uid, "SeriesInstanceUID"),
+            validate_uid(sop_uid, "SOPInstanceUID"),
+        )
+        final = self.instance_path(*uids)
+        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        try:
+            self._ensure_dir(final.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise SpoolError(f"cannot write {final}: {exc.strerror or exc}") from exc
+        return final
+
+    def remove(self, path: Path) -> None:
+        """Delete a spooled file (used when a duplicate moved to another series)."""
+        if self.instances_dir not in path.parents:
+            raise SpoolError(f"refusing to delete {path}: outside the spool")
+        path.unlink(missing_ok=True)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def _ensure_dir(self, directory: Path) -> None:
+        """Create a directory and make its existence durable (fsync each new parent once)."""
+        if directory in self._durable_dirs:
+            return
+        with self._lock:
+            missing = []
+            probe = directory
+            while not probe.exists():
+                missing.append(probe)
+                probe = probe.parent
+            directory.mkdir(parents=True, exist_ok=True)
+            for created in reversed(missing):
+                _fsync_dir(created.parent)
+            self._durable_dirs.add(directory)

@@ -1,0 +1,136 @@
+"""A real `dicomnode serve` process with its own config, data dir and port."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.support.ports import free_port, wait_for_port
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if not isinstance(value, int | float) else repr(value)
+
+
+def write_config(
+    path: Path, sections: dict[str, dict[str, Any]], destinations: list[dict[str, Any]]
+) -> Path:
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+    for destination in destinations:
+        lines.append("[[destinations]]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in destination.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class NodeProcess:
+    """Owns one node process; it can be stopped, killed and started again on the same data."""
+
+    ae_title = "DICOMNODE"
+
+    def __init__(
+        self,
+        workdir: Path,
+        destinations: list[dict[str, Any]],
+        overrides: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.data_dir = workdir / "data"
+        sections: dict[str, dict[str, Any]] = {
+            "node": {
+                "ae_title": self.ae_title,
+                "host": "127.0.0.1",
+                "port": self.port,
+                "data_dir": str(self.data_dir),
+                "min_free_disk_mb": 1,
+            },
+            "completion": {"series_quiet_seconds": 1},
+            "worker": {"poll_seconds": 0.2, "lease_seconds": 10},
+            "retry": {"initial_delay_seconds": 1, "max_delay_seconds": 4, "jitter": 0.1},
+            "network": {
+                "acse_timeout": 10,
+                "dimse_timeout": 20,
+                "network_timeout": 20,
+                "connect_timeout": 5,
+            },
+            "logging": {"level": "DEBUG"},
+        }
+        for section, values in (overrides or {}).items():
+            sections.setdefault(section, {}).update(values)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = write_config(workdir / "dicomnode.toml", sections, destinations)
+        self.log_path = workdir / "node.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a `dicomnode` admin command against this node's config."""
+        result = subprocess.run(
+            [sys.executable, "-m", "dicomnode", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"dicomnode {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return json.loads(self.cli("jobs", "list", "--json").stdout)["jobs"]
+
+    def start(self) -> "NodeProcess":
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "dicomnode", "serve", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> int | None:
+        if self._process is None:
+            return None
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            code = self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            code = self._process.wait()
+        self._process = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind, as in a crash or a power cut of the process."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_jobs(self, predicate, timeout: float = 60.0) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+        """Poll `jobs list --json` until predicate(jobs) holds; fail with the log if it never does."""
+        deadline = time.monotonic() + timeout
+        jobs: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            jobs = self.jobs()
+            if predicate(jobs):
+                return jobs
+            time.sleep(0.3)
+        raise AssertionError(
+            f"jobs never matched: {json.dumps(jobs, indent=1)}\n"
+            f"--- node log tail ---\n{self.log()[-4000:]}"
+        )

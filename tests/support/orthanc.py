@@ -1,0 +1,88 @@
+"""A real Orthanc on loopback with its own temporary config and storage, read via REST."""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import requests
+
+from tests.support.dcmtk import peer_env
+from tests.support.ports import free_port, wait_for_port
+
+
+class Orthanc:
+    """Owns one Orthanc process; `start()`/`stop()` may be called repeatedly on the same port."""
+
+    ae_title = "ORTHANC"
+
+    def __init__(self, workdir: Path, dicom_port: int | None = None) -> None:
+        self.workdir = workdir
+        self.dicom_port = dicom_port or free_port()
+        self.http_port = free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self._process: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = workdir / "orthanc.json"
+        self.config_path.write_text(
+            json.dumps(
+                {
+                    "Name": "dicomnode-test-pacs",
+                    "StorageDirectory": str(workdir / "storage"),
+                    "IndexDirectory": str(workdir / "storage"),
+                    "HttpPort": self.http_port,
+                    "DicomPort": self.dicom_port,
+                    "DicomAet": self.ae_title,
+                    "DicomCheckCalledAet": False,
+                    "RemoteAccessAllowed": False,
+                    "AuthenticationEnabled": False,
+                    "Plugins": [],
+                    "DicomModalities": {},
+                    "StorageCompression": False,
+                    "OverwriteInstances": True,
+                    "SaveJobs": False,
+                    "StableAge": 1,
+                },
+                indent=2,
+            )
+        )
+
+    def start(self) -> "Orthanc":
+        log = open(self.workdir / "orthanc.log", "ab")  # noqa: SIM115 - owned by the process
+        self._process = subprocess.Popen(
+            ["Orthanc", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=peer_env(),
+        )
+        wait_for_port(self.http_port)
+        wait_for_port(self.dicom_port)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/system", timeout=2).ok:
+                    return self
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise TimeoutError(f"Orthanc REST did not answer at {self.url}")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def get(self, path: str) -> requests.Response:
+        response = requests.get(f"{self.url}{path}", timeout=30)
+        response.raise_for_status()
+        return response
+
+    def instance_ids(self) -> list[str]:
+        return self.get("/instances").json()
+
+    def instance_file(self, orthanc_id: str) -> bytes:
+        return self.get(f"/instances/{orthanc_id}/file").content
