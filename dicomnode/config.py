@@ -276,7 +276,7 @@ def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, dict[str, str]], 
 def resolve_config_path(
     explicit: Path | None, environ: dict[str, str] | None = None
 ) -> Path | None:
-    """`--config`, else `$DICOMNODE_CONFIG`, else `config/dicomnode.toml` if it exists, else None."""
+    """`--config`, else `$DICOMNODE_CONFIG`, else `config/dicomnode.toml` if present, else None."""
     environ = dict(os.environ) if environ is None else environ
     if explicit is not None:
         return explicit

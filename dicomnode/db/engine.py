@@ -1,4 +1,4 @@
-"""Opening the database: SQLite (WAL, immediate transactions) by default, PostgreSQL for scale-out."""
+"""Opening the database: SQLite (WAL, immediate transactions) by default, or PostgreSQL."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager

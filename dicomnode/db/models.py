@@ -1,4 +1,4 @@
-"""The tables: what was received (studies, series, instances) and what must happen (jobs, deliveries).
+"""The tables: what was received (studies, series, instances) and what to do (jobs, deliveries).
 
 Times are naive UTC datetimes throughout (SQLite keeps no time zone); `utcnow` is the one clock.
 """

@@ -1,4 +1,4 @@
-"""The one place that decides what a peer's answer means for a retry (PS3.7 Annex C, PS3.4 B.2.3)."""
+"""The one place that decides what a peer's answer means for a retry (PS3.7 C, PS3.4 B.2.3)."""
 
 import enum
 

@@ -122,7 +122,7 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_for_jobs(self, predicate, timeout: float = 60.0) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-        """Poll `jobs list --json` until predicate(jobs) holds; fail with the log if it never does."""
+        """Poll `jobs list --json` until predicate(jobs) holds; else fail showing the log."""
         deadline = time.monotonic() + timeout
         jobs: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
