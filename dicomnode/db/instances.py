@@ -1,11 +1,11 @@
 """Recording received instances and the completion rule that turns quiet series into jobs."""
 
 import logging
-from datetime import datetime, timedelta
+from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select, text, update
 
 from dicomnode.db.engine import Database
 from dicomnode.db.models import (
@@ -15,7 +15,6 @@ from dicomnode.db.models import (
     JobInstance,
     JobStatus,
     Series,
-    Study,
     utcnow,
 )
 from dicomnode.db.records import ReceivedInstance
@@ -32,54 +31,47 @@ def stored_path(db: Database, sop_instance_uid: str) -> Path | None:
     return Path(path) if path is not None else None
 
 
-def _touch_study_and_series(session: Session, item: ReceivedInstance, now: datetime) -> None:
-    study = session.get(Study, item.study_uid)
-    if study is None:
-        session.add(Study(study_uid=item.study_uid, first_received_at=now, last_received_at=now))
-    else:
-        study.last_received_at = now
-    series = session.get(Series, item.series_uid)
-    if series is None:
-        session.add(
-            Series(
-                series_uid=item.series_uid,
-                study_uid=item.study_uid,
-                modality=item.modality,
-                first_received_at=now,
-                last_received_at=now,
-                pending=True,
-            )
-        )
-    else:
-        series.last_received_at = now
-        series.pending = True
+# The receive path runs these once per instance while the sender waits, so they are plain SQL
+# (INSERT ... ON CONFLICT, the same text on SQLite >= 3.24 and PostgreSQL): less than half the
+# time of the ORM. They must stay in step with the tables in models.py.
+_PREVIOUS_PATH = text("SELECT path FROM instances WHERE sop_instance_uid = :sop_instance_uid")
+_UPSERT_STUDY = text(
+    "INSERT INTO studies (study_uid, first_received_at, last_received_at)"
+    " VALUES (:study_uid, :now, :now)"
+    " ON CONFLICT (study_uid) DO UPDATE SET last_received_at = excluded.last_received_at"
+)
+_UPSERT_SERIES = text(
+    "INSERT INTO series (series_uid, study_uid, modality, first_received_at, last_received_at,"
+    " pending) VALUES (:series_uid, :study_uid, :modality, :now, :now, true)"
+    " ON CONFLICT (series_uid) DO UPDATE SET last_received_at = excluded.last_received_at,"
+    " pending = true"
+)
+_UPSERT_INSTANCE = text(
+    "INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid,"
+    " transfer_syntax_uid, path, size_bytes, calling_aet, received_at)"
+    " VALUES (:sop_instance_uid, :series_uid, :study_uid, :sop_class_uid, :transfer_syntax_uid,"
+    " :path, :size_bytes, :calling_aet, :now)"
+    " ON CONFLICT (sop_instance_uid) DO UPDATE SET series_uid = excluded.series_uid,"
+    " study_uid = excluded.study_uid, sop_class_uid = excluded.sop_class_uid,"
+    " transfer_syntax_uid = excluded.transfer_syntax_uid, path = excluded.path,"
+    " size_bytes = excluded.size_bytes, calling_aet = excluded.calling_aet,"
+    " received_at = excluded.received_at"
+)
 
 
 def record_instance(db: Database, item: ReceivedInstance) -> Path | None:
-    """Insert or update the instance row; return the previous path if the file moved.
+    """Insert or update the instance row in one transaction; return the old path if it moved.
 
     A re-sent SOP Instance UID replaces the earlier copy and marks its series pending again,
     so the next job forwards the latest version.
     """
-    now = utcnow()
-    with db.session() as session:
-        _touch_study_and_series(session, item, now)
-        row = session.get(Instance, item.sop_instance_uid)
-        previous = None
-        if row is None:
-            row = Instance(sop_instance_uid=item.sop_instance_uid)
-            session.add(row)
-        elif row.path != str(item.path):
-            previous = Path(row.path)
-        row.series_uid = item.series_uid
-        row.study_uid = item.study_uid
-        row.sop_class_uid = item.sop_class_uid
-        row.transfer_syntax_uid = item.transfer_syntax_uid
-        row.path = str(item.path)
-        row.size_bytes = item.size_bytes
-        row.calling_aet = item.calling_aet
-        row.received_at = now
-    return previous
+    values = {**asdict(item), "path": str(item.path), "now": utcnow()}
+    with db.engine.begin() as connection:
+        previous = connection.execute(_PREVIOUS_PATH, values).scalar()
+        connection.execute(_UPSERT_STUDY, values)
+        connection.execute(_UPSERT_SERIES, values)
+        connection.execute(_UPSERT_INSTANCE, values)
+    return Path(previous) if previous is not None and previous != values["path"] else None
 
 
 def create_jobs_for_quiet_series(

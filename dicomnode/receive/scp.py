@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass
 
 from pydicom import Dataset
+from pydicom.filereader import read_dataset
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
@@ -35,10 +36,28 @@ class _Identity:
     modality: str
 
 
+_LAST_TAG_NEEDED = 0x0020000E  # SeriesInstanceUID; the identifying tags all come before it
+
+
+def _header(event: Event) -> Dataset:
+    """Decode only the elements up to SeriesInstanceUID: the rest (pixels) stays raw bytes."""
+    syntax = event.context.transfer_syntax
+    if syntax.is_deflated:
+        return event.dataset
+    stream = event.request.DataSet
+    stream.seek(0)
+    return read_dataset(
+        stream,
+        syntax.is_implicit_VR,
+        syntax.is_little_endian,
+        stop_when=lambda tag, _vr, _length: tag > _LAST_TAG_NEEDED,
+    )
+
+
 def _identify(event: Event) -> _Identity:
     """The UIDs that file an instance, validated; DecodeError if the dataset cannot give them."""
     try:
-        dataset = event.dataset
+        dataset = _header(event)
         values = {
             "StudyInstanceUID": dataset.get("StudyInstanceUID"),
             "SeriesInstanceUID": dataset.get("SeriesInstanceUID"),
