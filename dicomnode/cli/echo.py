@@ -37,7 +37,7 @@ def echo(
                 "nor HOST:PORT",
                 EXIT_USAGE,
             )
-        destination = Destination(name=target, ae_title=called_aet, host=host, port=int(port))
+        destination = Destination(name="adhoc", ae_title=called_aet, host=host, port=int(port))
         with reported_errors():
             destination.validate("target")
     from dicomnode.forward import echo as send_echo

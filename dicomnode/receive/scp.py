@@ -13,6 +13,7 @@ from pydicom import Dataset
 from pydicom.filereader import read_dataset
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -96,7 +97,7 @@ class StorageReceiver:
             NODELAY_HANDLER,
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
-            (evt.EVT_REQUESTED, self.handle_requested),
+            (evt.EVT_ACSE_RECV, self.handle_association_request),
             (evt.EVT_CONN_CLOSE, self.handle_closed),
         ]
 
@@ -104,8 +105,12 @@ class StorageReceiver:
         log.info("C-ECHO calling_aet=%s", event.assoc.requestor.ae_title)
         return SUCCESS
 
-    def handle_requested(self, event: Event) -> None:
-        calling = event.assoc.requestor.ae_title
+    def handle_association_request(self, event: Event) -> None:
+        """Log callers that pynetdicom's `require_calling_aet` is about to reject."""
+        request = event.primitive
+        if not isinstance(request, A_ASSOCIATE) or request.result is not None:
+            return
+        calling = str(request.calling_ae_title).strip()
         allowed = self.settings.node.allowed_calling_aets
         if allowed and calling not in allowed:
             log.warning(

@@ -1,0 +1,146 @@
+"""The admin CLI against a real node and a real Orthanc: echo, jobs, config, exit codes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import pacs_destination
+from tests.support.dcmtk import echoscu, storescu
+from tests.support.orthanc import Orthanc
+from tests.support.ports import free_port
+
+JOB_KEYS = {
+    "id",
+    "study_uid",
+    "series_uid",
+    "status",
+    "attempts",
+    "instances",
+    "error",
+    "created_at",
+    "updated_at",
+    "deliveries",
+}
+
+
+def dicomnode(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dicomnode", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_node_answers_c_echo_from_dcmtk(node_factory) -> None:
+    node = node_factory([]).start()
+    result = echoscu(node.port)
+    assert result.returncode == 0, result.stderr
+    assert "C-ECHO calling_aet=ECHOSCU" in node.log()
+
+
+def test_echo_command_reaches_a_configured_destination_and_reports_failures(
+    node_factory, orthanc: Orthanc
+) -> None:
+    node = node_factory([pacs_destination(orthanc)])
+    ok = node.cli("echo", "pacs")
+    assert "C-ECHO to ORTHANC@127.0.0.1" in ok.stdout and "success" in ok.stdout
+    by_address = node.cli("echo", f"127.0.0.1:{orthanc.dicom_port}")
+    assert by_address.returncode == 0
+    down = node.cli("echo", f"127.0.0.1:{free_port()}", check=False)
+    assert down.returncode == 1 and "unreachable" in down.stderr
+    usage = node.cli("echo", "no-such-destination", check=False)
+    assert usage.returncode == 2 and "neither a configured destination" in usage.stderr
+
+
+def test_calling_ae_titles_outside_the_allowed_list_are_rejected(node_factory) -> None:
+    node = node_factory([], node={"allowed_calling_aets": ["CT01"]}).start()
+    assert echoscu(node.port, calling_aet="CT01").returncode == 0
+    stranger = echoscu(node.port, calling_aet="STRANGER")
+    assert stranger.returncode != 0
+    assert "Association Rejected" in stranger.stderr
+    assert "association rejected: calling AE title not allowed calling_aet=STRANGER" in node.log()
+
+
+def test_jobs_commands_show_list_retry_and_cancel(
+    node_factory, orthanc: Orthanc, ct_series: list[Path]
+) -> None:
+    node = node_factory([pacs_destination(orthanc)]).start()
+    assert storescu(node.port, ct_series).returncode == 0
+    node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "done")
+
+    listing = json.loads(node.cli("jobs", "list", "--json").stdout)
+    [job] = listing["jobs"]
+    assert JOB_KEYS <= job.keys()
+    assert job["deliveries"][0].keys() >= {"destination", "status", "attempts", "error"}
+    shown = json.loads(node.cli("jobs", "show", str(job["id"]), "--json").stdout)
+    assert shown["series_uid"] == job["series_uid"] and shown["instances"] == len(ct_series)
+    assert json.loads(node.cli("jobs", "list", "--status", "dead", "--json").stdout) == {"jobs": []}
+
+    table = node.cli("jobs", "list").stdout
+    assert job["series_uid"] in table and "done" in table and "pacs:done" in table
+
+    refused = node.cli("jobs", "retry", str(job["id"]), check=False)
+    assert refused.returncode == 1 and "only dead, failed, cancelled jobs" in refused.stderr
+    missing = node.cli("jobs", "show", "999", check=False)
+    assert missing.returncode == 1 and "job 999 does not exist" in missing.stderr
+    bad_status = node.cli("jobs", "list", "--status", "finished", check=False)
+    assert bad_status.returncode == 2
+
+
+def test_cancelled_job_is_not_delivered_until_retried(
+    node_factory, orthanc: Orthanc, ct_series: list[Path]
+) -> None:
+    # Long backoff: the job fails once against a closed port and waits; cancel it there.
+    node = node_factory(
+        [{**pacs_destination(orthanc), "port": free_port()}],
+        retry={"initial_delay_seconds": 3600, "max_delay_seconds": 3600},
+    ).start()
+    assert storescu(node.port, ct_series).returncode == 0
+    node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "failed")
+    assert "cancelled" in node.cli("jobs", "cancel", "1").stdout
+    assert node.jobs()[0]["status"] == "cancelled"
+    assert node.cli("jobs", "retry", "1").returncode == 0
+    assert node.jobs()[0]["status"] in {"queued", "processing", "forwarding", "failed"}
+
+
+def test_bad_configuration_stops_serve_with_the_key_named(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[node]\nae_title = "A\\\\B"\n')
+    result = dicomnode("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert "setting node.ae_title" in result.stderr
+    env_result = dicomnode("config", "show", env={"DICOMNODE_NODE_PORT": "eleven"})
+    assert env_result.returncode == 2 and "setting node.port" in env_result.stderr
+
+
+def test_config_show_prints_effective_values_after_overrides(tmp_path: Path) -> None:
+    result = dicomnode(
+        "config",
+        "show",
+        "--json",
+        env={"DICOMNODE_NODE_PORT": "2104", "DICOMNODE_NODE_DATA_DIR": str(tmp_path)},
+    )
+    data = json.loads(result.stdout)
+    assert data["node"]["port"] == 2104
+    assert data["node"]["database_url"] == f"sqlite:///{tmp_path}/dicomnode.sqlite"
+
+
+def test_help_starts_without_heavy_imports() -> None:
+    probe = (
+        "import sys\n"
+        "sys.argv = ['dicomnode', '--help']\n"
+        "from dicomnode.cli.app import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'tensorflow', 'keras', 'sqlalchemy', 'pynetdicom', 'numpy'})\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "HEAVY []" in result.stderr

@@ -1,0 +1,163 @@
+"""The job table on a real SQLite file: completion rule, leases, retries, dead letters, admin."""
+
+import time
+from pathlib import Path
+
+import pytest
+from pydicom.uid import generate_uid
+
+from dicomnode.config import RetrySettings
+from dicomnode.db import Database, DeliveryStatus, JobStatus, ReceivedInstance, open_database
+from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
+from dicomnode.db.jobs import (
+    cancel_job,
+    claim_next_job,
+    finish_attempt,
+    get_job,
+    job_inputs,
+    reclaim_expired_leases,
+    record_delivery,
+    retry_job,
+)
+from dicomnode.errors import JobStateError
+
+FAST_RETRY = RetrySettings(max_attempts=3, initial_delay_seconds=0, max_delay_seconds=0, jitter=0)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    return open_database(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+
+
+def receive(db: Database, series_uid: str, count: int, study_uid: str = "1.2.3") -> list[str]:
+    uids = [generate_uid() for _ in range(count)]
+    for uid in uids:
+        record_instance(
+            db,
+            ReceivedInstance(
+                uid,
+                "1.2.840.10008.5.1.4.1.1.2",
+                "1.2.840.10008.1.2.1",
+                study_uid,
+                series_uid,
+                "CT",
+                Path(f"/spool/{uid}.dcm"),
+                1000,
+                "MODALITY",
+            ),
+        )
+    return uids
+
+
+def test_series_becomes_one_job_only_after_it_is_quiet(db: Database) -> None:
+    receive(db, "1.2.3.4", 5)
+    assert create_jobs_for_quiet_series(db, quiet_seconds=60, destinations=["pacs"]) == []
+    [job_id] = create_jobs_for_quiet_series(db, quiet_seconds=0, destinations=["pacs", "ai"])
+    job = get_job(db, job_id)
+    assert job is not None
+    assert (job.status, job.instances, job.series_uid) == ("queued", 5, "1.2.3.4")
+    assert [(d.destination, d.status) for d in job.deliveries] == [
+        ("pacs", "pending"),
+        ("ai", "pending"),
+    ]
+    assert create_jobs_for_quiet_series(db, quiet_seconds=0, destinations=["pacs"]) == []
+
+
+def test_late_instance_makes_a_new_job_that_supersedes_the_unstarted_one(db: Database) -> None:
+    receive(db, "1.2.3.5", 2)
+    [first] = create_jobs_for_quiet_series(db, 0, ["pacs"])
+    receive(db, "1.2.3.5", 1)
+    [second] = create_jobs_for_quiet_series(db, 0, ["pacs"])
+    old, new = get_job(db, first), get_job(db, second)
+    assert old is not None and new is not None
+    assert old.status == "cancelled" and old.error == f"superseded by job {second}"
+    assert new.instances == 3
+
+
+def test_claim_takes_a_lease_and_a_second_claim_finds_nothing(db: Database) -> None:
+    receive(db, "1.2.3.6", 3)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"])
+    job = claim_next_job(db, "worker-a", lease_seconds=60)
+    assert job is not None and job.id == job_id
+    assert (job.status, job.attempts, job.lease_owner) == ("processing", 1, "worker-a")
+    assert len(job_inputs(db, job_id)) == 3
+    assert claim_next_job(db, "worker-b", lease_seconds=60) is None
+
+
+def test_expired_lease_is_reclaimed_and_the_dead_workers_result_is_discarded(db: Database) -> None:
+    receive(db, "1.2.3.7", 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"])
+    claim_next_job(db, "crashed-worker", lease_seconds=0.01)
+    time.sleep(0.05)
+    assert reclaim_expired_leases(db) == [job_id]
+    job = claim_next_job(db, "new-worker", lease_seconds=60)
+    assert job is not None and job.attempts == 2
+    assert finish_attempt(db, job_id, "crashed-worker", FAST_RETRY) is None
+    assert get_job(db, job_id).lease_owner == "new-worker"  # type: ignore[union-attr]
+
+
+def test_transient_failures_retry_then_go_dead_and_retry_revives(db: Database) -> None:
+    receive(db, "1.2.3.8", 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "backup"])
+    for attempt in range(1, 4):
+        job = claim_next_job(db, "w", 60)
+        assert job is not None and job.attempts == attempt
+        record_delivery(db, job_id, "backup", DeliveryStatus.DONE, 1, None)
+        record_delivery(db, job_id, "pacs", DeliveryStatus.FAILED, 0, "peer down")
+        result = finish_attempt(db, job_id, "w", FAST_RETRY)
+        assert result is not None
+        expected = JobStatus.FAILED if attempt < 3 else JobStatus.DEAD
+        assert result.status == expected, result.error
+    assert "gave up after 3 attempts" in (result.error or "")
+    assert {d.destination: d.status for d in result.deliveries} == {
+        "pacs": "dead",
+        "backup": "done",
+    }
+    revived = retry_job(db, job_id)
+    assert (revived.status, revived.attempts) == ("queued", 0)
+    assert {d.destination: d.status for d in revived.deliveries} == {
+        "pacs": "pending",
+        "backup": "done",
+    }
+
+
+def test_failed_job_waits_for_its_backoff(db: Database) -> None:
+    receive(db, "1.2.3.9", 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"])
+    claim_next_job(db, "w", 60)
+    record_delivery(db, job_id, "pacs", DeliveryStatus.FAILED, 0, "peer down")
+    slow = RetrySettings(max_attempts=5, initial_delay_seconds=3600, jitter=0)
+    result = finish_attempt(db, job_id, "w", slow)
+    assert result is not None and result.status == "failed"
+    assert "retry in 3600 s" in (result.error or "")
+    assert claim_next_job(db, "w", 60) is None
+
+
+def test_permanent_failure_is_dead_at_once(db: Database) -> None:
+    receive(db, "1.2.3.10", 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"])
+    claim_next_job(db, "w", 60)
+    record_delivery(db, job_id, "pacs", DeliveryStatus.DEAD, 0, "0xA900 for sop=1")
+    result = finish_attempt(db, job_id, "w", FAST_RETRY)
+    assert result is not None and result.status == "dead" and result.attempts == 1
+    assert result.error == "pacs: 0xA900 for sop=1"
+
+
+def test_cancel_and_retry_refuse_what_the_state_does_not_allow(db: Database) -> None:
+    receive(db, "1.2.3.11", 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, [])
+    with pytest.raises(JobStateError, match="only dead, failed, cancelled"):
+        retry_job(db, job_id)
+    assert cancel_job(db, job_id).status == "cancelled"
+    with pytest.raises(JobStateError, match="already cancelled"):
+        cancel_job(db, job_id)
+    with pytest.raises(JobStateError, match="job 999 does not exist"):
+        cancel_job(db, 999)
+
+
+def test_job_without_destinations_is_done(db: Database) -> None:
+    receive(db, "1.2.3.12", 2)
+    [job_id] = create_jobs_for_quiet_series(db, 0, [])
+    claim_next_job(db, "w", 60)
+    result = finish_attempt(db, job_id, "w", FAST_RETRY)
+    assert result is not None and result.status == "done" and result.error is None

@@ -1,0 +1,24 @@
+"""UIDs become path components, so anything but digits and dots is refused before use."""
+
+import pytest
+
+from dicomnode.errors import SpoolError
+from dicomnode.spool import validate_uid
+
+
+@pytest.mark.parametrize("value", ["1.2.840.10008.1.2", "1.2.03.4", "2.25.1234567890"])
+def test_valid_uids_pass_unchanged(value: str) -> None:
+    assert validate_uid(value, "SOPInstanceUID") == value
+
+
+def test_trailing_null_padding_is_removed() -> None:
+    assert validate_uid("1.2.3\x00", "SOPInstanceUID") == "1.2.3"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", None, "../../etc/passwd", "1.2/3", "1..2", ".1.2", "1.2.", "1.2.a", "1" * 65, "1.2 3"],
+)
+def test_invalid_uids_are_refused_naming_the_attribute(value: object) -> None:
+    with pytest.raises(SpoolError, match="StudyInstanceUID"):
+        validate_uid(value, "StudyInstanceUID")
