@@ -1,4 +1,4 @@
-"""End to end on loopback: DCMTK storescu → dicomnode → a real Orthanc, checked through its REST API."""
+"""End to end on loopback: storescu → dicomnode → a real Orthanc, checked through its REST API."""
 
 from io import BytesIO
 from pathlib import Path

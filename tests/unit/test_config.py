@@ -83,5 +83,5 @@ def test_bad_settings_are_refused_naming_the_key(
 
 
 def test_missing_explicit_file_is_an_error_naming_it(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="nope.toml does not exist"):
+    with pytest.raises(ConfigError, match=r"nope\.toml does not exist"):
         load_settings(tmp_path / "nope.toml", environ={})
