@@ -10,7 +10,7 @@ from tests.support.node import NodeProcess
 from tests.support.orthanc import Orthanc
 from tests.support.series import write_ct_series
 
-REQUIRED_TOOLS = ("storescu", "echoscu", "Orthanc")
+REQUIRED_TOOLS = ("storescu", "storescp", "echoscu", "Orthanc")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
