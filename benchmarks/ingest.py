@@ -77,6 +77,7 @@ def run_node(work: Path, folders: list[Path], count: int) -> list[float]:
         {
             "completion": {"series_quiet_seconds": 3600},
             "logging": {"level": "INFO"},
+            "worker": {"poll_seconds": 1.0},  # the shipped default, not the tests' fast polling
         },
     ).start()
     try:

@@ -1,6 +1,7 @@
 """Recording received instances and the completion rule that turns quiet series into jobs."""
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
@@ -59,9 +60,14 @@ _UPSERT_INSTANCE = text(
 )
 
 
-def record_instance(db: Database, item: ReceivedInstance) -> Path | None:
+def record_instance(
+    db: Database, item: ReceivedInstance, before_commit: Callable[[], object] | None = None
+) -> Path | None:
     """Insert or update the instance row in one transaction; return the old path if it moved.
 
+    `before_commit` runs inside the transaction, just before COMMIT; if it raises, nothing is
+    recorded. The receiver passes "wait until the file is durable" here, so the statements run
+    while the file's fsync is in flight, yet no row is ever committed before its file exists.
     A re-sent SOP Instance UID replaces the earlier copy and marks its series pending again,
     so the next job forwards the latest version.
     """
@@ -71,6 +77,8 @@ def record_instance(db: Database, item: ReceivedInstance) -> Path | None:
         connection.execute(_UPSERT_STUDY, values)
         connection.execute(_UPSERT_SERIES, values)
         connection.execute(_UPSERT_INSTANCE, values)
+        if before_commit is not None:
+            before_commit()
     return Path(previous) if previous is not None and previous != values["path"] else None
 
 

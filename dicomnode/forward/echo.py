@@ -3,7 +3,7 @@
 from pynetdicom.sop_class import Verification
 
 from dicomnode.config import Destination, Settings
-from dicomnode.dicom.association import NODELAY_HANDLER, configure_ae
+from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
 from dicomnode.errors import ForwardError
 
 
@@ -15,7 +15,7 @@ def echo(destination: Destination, settings: Settings) -> int:
         destination.host,
         destination.port,
         ae_title=destination.ae_title,
-        evt_handlers=[NODELAY_HANDLER],
+        evt_handlers=[CONNECTION_TUNING_HANDLER],
     )
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
     if not assoc.is_established:

@@ -19,7 +19,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from dicomnode.config import Destination, Settings
 from dicomnode.db import SpooledInstance
-from dicomnode.dicom.association import NODELAY_HANDLER, configure_ae
+from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
 from dicomnode.errors import ForwardError
 from dicomnode.forward.outcome import Outcome, classify_store_status
 
@@ -78,7 +78,7 @@ def _associate(
         destination.host,
         destination.port,
         ae_title=destination.ae_title,
-        evt_handlers=[NODELAY_HANDLER, (evt.EVT_ACSE_RECV, note_answer)],
+        evt_handlers=[CONNECTION_TUNING_HANDLER, (evt.EVT_ACSE_RECV, note_answer)],
     )
     if assoc.is_established:
         return assoc

@@ -7,6 +7,7 @@ so what a PACS later gets from us is what the modality sent.
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from pydicom import Dataset
@@ -20,7 +21,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomnode.config import Settings
 from dicomnode.db import Database, ReceivedInstance
 from dicomnode.db.instances import record_instance, stored_path
-from dicomnode.dicom.association import NODELAY_HANDLER, configure_ae
+from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
 from dicomnode.errors import DecodeError, SpoolError
 from dicomnode.receive.status import SUCCESS, status_dataset, status_for
 from dicomnode.spool import Spool, validate_uid
@@ -91,10 +92,11 @@ class StorageReceiver:
         self._min_free_bytes = settings.node.min_free_disk_mb * 1024 * 1024
         self._counts: dict[int, int] = {}
         self._counts_lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(settings.node.max_associations, "spool-write")
 
     def handlers(self) -> list[tuple]:
         return [
-            NODELAY_HANDLER,
+            CONNECTION_TUNING_HANDLER,
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_ACSE_RECV, self.handle_association_request),
@@ -172,23 +174,34 @@ class StorageReceiver:
             )
             return
         data = event.encoded_dataset(include_meta=True)
-        path = self.spool.write_instance(
-            ident.study_uid, ident.series_uid, ident.sop_instance_uid, data
+        path = self.spool.instance_path(ident.study_uid, ident.series_uid, ident.sop_instance_uid)
+        # The file is written (and fsync'd) on another thread while the row is prepared here;
+        # the row commits only once the file is durable (see record_instance).
+        written = self._writer.submit(
+            self.spool.write_instance,
+            ident.study_uid,
+            ident.series_uid,
+            ident.sop_instance_uid,
+            data,
         )
-        previous = record_instance(
-            self.db,
-            ReceivedInstance(
-                sop_instance_uid=ident.sop_instance_uid,
-                sop_class_uid=ident.sop_class_uid,
-                transfer_syntax_uid=str(event.context.transfer_syntax),
-                study_uid=ident.study_uid,
-                series_uid=ident.series_uid,
-                modality=ident.modality,
-                path=path,
-                size_bytes=len(data),
-                calling_aet=calling,
-            ),
-        )
+        try:
+            previous = record_instance(
+                self.db,
+                ReceivedInstance(
+                    sop_instance_uid=ident.sop_instance_uid,
+                    sop_class_uid=ident.sop_class_uid,
+                    transfer_syntax_uid=str(event.context.transfer_syntax),
+                    study_uid=ident.study_uid,
+                    series_uid=ident.series_uid,
+                    modality=ident.modality,
+                    path=path,
+                    size_bytes=len(data),
+                    calling_aet=calling,
+                ),
+                before_commit=written.result,
+            )
+        finally:
+            wait([written])  # never leave a write running behind a failed transaction
         if previous is not None:
             self.spool.remove(previous)
             log.warning(
