@@ -253,13 +253,18 @@ def reclaim_expired_leases(db: Database) -> list[int]:
     return ids
 
 
+def _existing_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobStateError(f"job {job_id} does not exist")
+    return job
+
+
 def retry_job(db: Database, job_id: int) -> JobRecord:
     """Admin: bring a dead, failed or cancelled job back to the queue with fresh attempts."""
     now = utcnow()
     with db.session() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise JobStateError(f"job {job_id} does not exist")
+        job = _existing_job(session, job_id)
         allowed = (JobStatus.DEAD, JobStatus.FAILED, JobStatus.CANCELLED)
         if job.status not in allowed:
             raise JobStateError(
@@ -284,9 +289,7 @@ def cancel_job(db: Database, job_id: int) -> JobRecord:
     """Admin: stop a job that has not finished; a worker holding it discards its result."""
     now = utcnow()
     with db.session() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise JobStateError(f"job {job_id} does not exist")
+        job = _existing_job(session, job_id)
         if job.status in (JobStatus.DONE, JobStatus.CANCELLED):
             raise JobStateError(f"job {job_id} is already {job.status}")
         job.status, job.error, job.updated_at = JobStatus.CANCELLED, "cancelled by admin", now
