@@ -36,3 +36,8 @@ class ForwardError(DicomNodeError):
     def __init__(self, message: str, *, transient: bool) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+class ImageDeclined(DicomNodeError):
+    """An image the enhancement cannot use as it is (colour, float, undecodable); the message
+    names the instance and the reason, and the caller forwards it unchanged."""

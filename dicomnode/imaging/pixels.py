@@ -1,0 +1,161 @@
+"""Value domains: stored pixel values ↔ float32 modality values, without losing anything.
+
+An enhancement works on modality values (Hounsfield units for CT: PS3.3 C.11.1.1.2, stored value ×
+RescaleSlope + RescaleIntercept) as float32. `to_modality` gets them from a dataset; `to_stored`
+re-quantises a (possibly modified) float image into the source's stored dtype, bit depth and
+rescale, clipped to what BitsStored can hold, with padding pixels restored exactly. For an
+unmodified image the round trip is bit-exact.
+
+Only single-sample grayscale images (MONOCHROME1/2, 8..16 bits stored) are handled; anything else
+raises `ImageDeclined` with the reason, so a caller forwards the image unchanged instead of
+corrupting it.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom import Dataset
+
+from dicomnode.errors import ImageDeclined
+
+GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+
+
+@dataclass(frozen=True)
+class PixelDomain:
+    """How one image's stored values map to modality values, and what they may be."""
+
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    slope: float
+    intercept: float
+    photometric: str
+    padding_value: int | None
+    padding_limit: int | None
+
+    @property
+    def stored_min(self) -> int:
+        return -(2 ** (self.bits_stored - 1)) if self.signed else 0
+
+    @property
+    def stored_max(self) -> int:
+        return 2 ** (self.bits_stored - 1) - 1 if self.signed else 2**self.bits_stored - 1
+
+    @property
+    def dtype(self) -> np.dtype:
+        kind = "i" if self.signed else "u"
+        return np.dtype(f"{kind}{self.bits_allocated // 8}")
+
+    @property
+    def inverted(self) -> bool:
+        """MONOCHROME1: the lowest value displays white (PS3.3 C.7.6.3.1.2)."""
+        return self.photometric == "MONOCHROME1"
+
+
+@dataclass(frozen=True)
+class ModalityImage:
+    """Float32 modality values shaped (frames, rows, columns), and where the padding is."""
+
+    values: np.ndarray
+    padding: np.ndarray  # bool, same shape: True where the source held padding
+    domain: PixelDomain
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    return None if value is None or value == "" else int(value)
+
+
+def pixel_domain(ds: Dataset) -> PixelDomain:
+    """Read and check the pixel description; ImageDeclined says why an image cannot be used."""
+    sop = ds.get("SOPInstanceUID", "(no SOPInstanceUID)")
+    if "PixelData" not in ds:
+        kind = "float" if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds else "no"
+        raise ImageDeclined(f"sop={sop}: {kind} pixel data; only integer images are enhanced")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    samples = _int(ds, "SamplesPerPixel") or 1
+    if samples != 1 or photometric not in GRAYSCALE:
+        raise ImageDeclined(
+            f"sop={sop}: PhotometricInterpretation={photometric or '(missing)'} with "
+            f"SamplesPerPixel={samples}; only grayscale (MONOCHROME1/2) images are enhanced"
+        )
+    allocated, stored = _int(ds, "BitsAllocated"), _int(ds, "BitsStored")
+    if allocated not in (8, 16) or stored is None or not 1 <= stored <= allocated:
+        raise ImageDeclined(
+            f"sop={sop}: BitsAllocated={allocated}, BitsStored={stored}; "
+            "only 8- or 16-bit allocations holding BitsStored <= BitsAllocated are enhanced"
+        )
+    return PixelDomain(
+        bits_allocated=allocated,
+        bits_stored=stored,
+        signed=_int(ds, "PixelRepresentation") == 1,
+        slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
+        intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
+        photometric=photometric,
+        padding_value=_int(ds, "PixelPaddingValue"),
+        padding_limit=_int(ds, "PixelPaddingRangeLimit"),
+    )
+
+
+def stored_values(ds: Dataset) -> np.ndarray:
+    """The decoded stored values as (frames, rows, columns), compressed syntaxes included."""
+    try:
+        array = ds.pixel_array
+    except Exception as exc:  # decoders raise many types for truncated or undecodable data
+        sop = ds.get("SOPInstanceUID", "(no SOPInstanceUID)")
+        raise ImageDeclined(f"sop={sop}: pixel data cannot be decoded: {exc}") from exc
+    frames = _int(ds, "NumberOfFrames") or 1
+    return array.reshape(frames, *array.shape[-2:])
+
+
+def padding_mask(stored: np.ndarray, domain: PixelDomain) -> np.ndarray:
+    """Pixels equal to PixelPaddingValue, or inside its range with PixelPaddingRangeLimit."""
+    if domain.padding_value is None:
+        return np.zeros(stored.shape, dtype=bool)
+    # The padding value is encoded like the pixels (PS3.3 C.7.5.1.1.2): reinterpret its bits.
+    padding = _as_pixel_value(domain.padding_value, domain)
+    if domain.padding_limit is None:
+        return stored == padding
+    limit = _as_pixel_value(domain.padding_limit, domain)
+    low, high = min(padding, limit), max(padding, limit)
+    return (stored >= low) & (stored <= high)
+
+
+def _as_pixel_value(value: int, domain: PixelDomain) -> int:
+    bits = domain.bits_allocated
+    value &= (1 << bits) - 1
+    if domain.signed and value >= 1 << (bits - 1):
+        value -= 1 << bits
+    return value
+
+
+def to_modality(ds: Dataset) -> ModalityImage:
+    """Stored values → float32 modality values (rescale applied), with the padding mask."""
+    domain = pixel_domain(ds)
+    stored = stored_values(ds)
+    values = stored.astype(np.float64) * domain.slope + domain.intercept
+    return ModalityImage(values.astype(np.float32), padding_mask(stored, domain), domain)
+
+
+def to_stored(
+    values: np.ndarray,
+    domain: PixelDomain,
+    padding: np.ndarray,
+    padding_stored: np.ndarray | None = None,
+) -> np.ndarray:
+    """Float modality values → stored values in the source's dtype, rescale and bit depth.
+
+    Rounds to the nearest stored step, clips to [stored_min, stored_max], and puts back the
+    source's padding pixels (`padding_stored` holds their exact stored values; without it, the
+    PixelPaddingValue). NaN becomes the lowest storable value rather than garbage.
+    """
+    stored = np.rint((values.astype(np.float64) - domain.intercept) / domain.slope)
+    stored = np.nan_to_num(stored, nan=domain.stored_min)
+    stored = np.clip(stored, domain.stored_min, domain.stored_max).astype(domain.dtype)
+    if padding.any():
+        if padding_stored is not None:
+            stored[padding] = padding_stored[padding]
+        elif domain.padding_value is not None:
+            stored[padding] = _as_pixel_value(domain.padding_value, domain)
+    return stored

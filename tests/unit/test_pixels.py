@@ -1,0 +1,148 @@
+"""Value domains: stored ↔ modality values are bit-exact, declines say why, padding survives."""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.errors import InvalidDicomError
+
+from dicomnode.errors import ImageDeclined
+from dicomnode.imaging.pixels import (
+    PixelDomain,
+    pixel_domain,
+    stored_values,
+    to_modality,
+    to_stored,
+)
+from tests.support.series import SHARED_DATA
+
+CORPUS = sorted(get_testdata_files("*.dcm")) + sorted(str(p) for p in SHARED_DATA.rglob("*.dcm"))
+
+
+def read(path: str) -> Dataset | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dcmread(path)
+    except (InvalidDicomError, OSError):
+        return None  # files without a DICOM header are not images this layer ever sees
+
+
+def test_round_trip_of_every_grayscale_image_is_bit_exact() -> None:
+    exact, declined = [], []
+    for path in CORPUS:
+        ds = read(path)
+        if ds is None:
+            continue
+        try:
+            image = to_modality(ds)
+        except ImageDeclined:
+            declined.append(path)
+            continue
+        stored = stored_values(ds)
+        back = to_stored(image.values, image.domain, image.padding, stored)
+        assert back.dtype == stored.dtype.newbyteorder("="), path
+        assert np.array_equal(back, stored), f"{path}: {np.sum(back != stored)} pixels differ"
+        exact.append(Path(path).name)
+    # pydicom's corpus (compressed syntaxes included) plus the shared CT and MR series
+    assert len(exact) >= 190, exact
+    assert {
+        "CT_small.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "JPEGLSNearLossless_16.dcm",
+    } <= set(exact)
+
+
+def test_every_declined_image_gets_a_reason_naming_it() -> None:
+    for path in CORPUS:
+        ds = read(path)
+        if ds is None:
+            continue
+        try:
+            to_modality(ds)
+        except ImageDeclined as exc:
+            message = str(exc)
+            assert message.startswith("sop="), message
+            assert any(
+                word in message
+                for word in ("grayscale", "integer images", "BitsAllocated", "cannot be decoded")
+            ), message
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("SC_rgb_small_odd.dcm", "PhotometricInterpretation=RGB"),
+        ("rtdose.dcm", "BitsAllocated=32"),
+        ("rtplan.dcm", "no pixel data"),
+        ("MR_truncated.dcm", "pixel data cannot be decoded"),
+    ],
+)
+def test_colour_float_missing_and_broken_pixels_are_declined(name: str, reason: str) -> None:
+    with pytest.raises(ImageDeclined, match=reason):
+        to_modality(dcmread(get_testdata_file(name)))
+
+
+def test_ct_values_are_hounsfield_units() -> None:
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    image = to_modality(ds)
+    expected = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    assert image.values.dtype == np.float32
+    assert np.array_equal(image.values[0], expected.astype(np.float32))
+
+
+def domain(**changes: object) -> PixelDomain:
+    base = {
+        "bits_allocated": 16,
+        "bits_stored": 12,
+        "signed": False,
+        "slope": 1.0,
+        "intercept": -1024.0,
+        "photometric": "MONOCHROME2",
+        "padding_value": None,
+        "padding_limit": None,
+    }
+    return PixelDomain(**{**base, **changes})  # type: ignore[arg-type]
+
+
+def test_values_beyond_bits_stored_are_clipped_and_nan_is_floored() -> None:
+    d = domain()
+    values = np.array([[[-5000.0, 0.0, 5000.0, np.nan]]], dtype=np.float32)
+    stored = to_stored(values, d, np.zeros(values.shape, dtype=bool))
+    assert stored.dtype == np.uint16
+    assert stored.tolist() == [[[0, 1024, 4095, 0]]]
+
+
+def test_signed_range_and_rounding_follow_the_rescale() -> None:
+    d = domain(signed=True, bits_stored=16, slope=0.5, intercept=0.0)
+    values = np.array([[[-20000.0, 1.24, 1.26, 20000.0]]])
+    stored = to_stored(values, d, np.zeros(values.shape, dtype=bool))
+    assert stored.dtype == np.int16
+    assert stored.tolist() == [[[-32768, 2, 3, 32767]]]
+
+
+def test_padding_pixels_are_restored_exactly_whatever_the_enhancement_did() -> None:
+    d = domain(signed=True, bits_stored=16, padding_value=0x8000)  # -32768 as US bits
+    stored = np.array([[[-32768, 100, 200]]], dtype=np.int16)
+    image_values = stored.astype(np.float32) - 1024
+    image_values[0, 0, 0] = 55.0  # an enhancement smeared the padding
+    mask = np.array([[[True, False, False]]])
+    back = to_stored(image_values, d, mask)
+    assert back.tolist() == [[[-32768, 100, 200]]]
+
+
+def test_padding_mask_covers_a_padding_range() -> None:
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PixelPaddingValue, ds.PixelPaddingRangeLimit = 0, 100
+    image = to_modality(ds)
+    assert np.array_equal(image.padding[0], (ds.pixel_array >= 0) & (ds.pixel_array <= 100))
+
+
+def test_monochrome1_is_marked_inverted() -> None:
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    assert pixel_domain(ds).inverted
