@@ -1,6 +1,6 @@
 """Value domains: stored pixel values ↔ float32 modality values, without losing anything.
 
-An enhancement works on modality values (Hounsfield units for CT: PS3.3 C.11.1.1.2, stored value ×
+An enhancement works on modality values (Hounsfield units for CT: PS3.3 C.11.1.1.2, stored value *
 RescaleSlope + RescaleIntercept) as float32. `to_modality` gets them from a dataset; `to_stored`
 re-quantises a (possibly modified) float image into the source's stored dtype, bit depth and
 rescale, clipped to what BitsStored can hold, with padding pixels restored exactly. For an
