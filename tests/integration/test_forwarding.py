@@ -93,3 +93,19 @@ def test_instances_of_two_series_make_two_jobs(
     jobs = node.wait_for_jobs(all_done(2))
     assert sorted(j["instances"] for j in jobs) == [3, 4]
     assert len(orthanc.instance_ids()) == 7
+
+
+def test_keep_policy_acknowledges_a_resent_instance_but_keeps_the_first_copy(
+    node_factory, tmp_path: Path, ct_series: list[Path]
+) -> None:
+    node = node_factory([], node={"on_duplicate": "keep"}).start()
+    assert storescu(node.port, ct_series[:1]).returncode == 0
+    changed = dcmread(ct_series[0])
+    changed.PixelData = bytes(len(changed.PixelData))
+    resent = tmp_path / "changed.dcm"
+    changed.save_as(resent)
+    result = storescu(node.port, [resent])
+    assert result.returncode == 0, result.stderr  # acknowledged: the sender must not retry
+    [spooled] = (node.data_dir / "spool" / "instances").rglob("*.dcm")
+    assert dcmread(spooled).PixelData == dcmread(ct_series[0]).PixelData
+    assert "duplicate kept (first copy wins)" in node.log()
