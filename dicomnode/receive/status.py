@@ -2,7 +2,7 @@
 
 from pydicom import Dataset
 
-from dicomnode.errors import DecodeError, SpoolError
+from dicomnode.errors import DecodeError
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # the sender should try again later
@@ -10,12 +10,9 @@ CANNOT_UNDERSTAND = 0xC000  # the dataset is unusable; resending it won't help
 
 
 def status_for(error: Exception) -> int:
-    if isinstance(error, DecodeError):
-        return CANNOT_UNDERSTAND
-    if isinstance(error, SpoolError | OSError):
-        return OUT_OF_RESOURCES
-    # Anything else (the database unavailable, a bug) is ours, not the sender's: ask to resend.
-    return OUT_OF_RESOURCES
+    """A dataset we cannot use is refused for good; every other failure (spool or disk full,
+    database unavailable, a bug of ours) is not the sender's fault, so it is asked to resend."""
+    return CANNOT_UNDERSTAND if isinstance(error, DecodeError) else OUT_OF_RESOURCES
 
 
 def status_dataset(status: int, comment: str = "") -> Dataset:
