@@ -168,6 +168,47 @@ class Destination:
         _check_port(self.port, f"{key}.port")
 
 
+@dataclass(frozen=True)
+class BaselineSettings:
+    """The classical baseline (dicomnode.imaging.baseline): denoise, unsharp mask, CLAHE."""
+
+    denoise: Literal["bilateral", "nlm", "none"] = "bilateral"
+    denoise_strength: float = 1.5
+    unsharp_amount: float = 0.5
+    unsharp_sigma: float = 1.0
+    clahe_clip: float = 0.0
+
+    def validate(self) -> None:
+        for name in ("denoise_strength", "unsharp_amount", "clahe_clip"):
+            _check(getattr(self, name) >= 0, f"baseline.{name}", "must be >= 0")
+        _check(self.unsharp_sigma > 0, "baseline.unsharp_sigma", "must be > 0 pixels")
+
+
+@dataclass(frozen=True)
+class QaSettings:
+    """Warn and fail limits of the no-reference QA (dicomnode.imaging.qa), output vs source."""
+
+    sharpness_ratio_warn: float = 2.0
+    sharpness_ratio_fail: float = 4.0
+    noise_ratio_warn: float = 1.5
+    noise_ratio_fail: float = 2.5
+    drift_fraction_warn: float = 0.02
+    drift_fraction_fail: float = 0.05
+    saturation_fraction_warn: float = 0.005
+    saturation_fraction_fail: float = 0.02
+
+    MEASURES = ("sharpness_ratio", "noise_ratio", "drift_fraction", "saturation_fraction")
+
+    def limits(self, measure: str) -> tuple[float, float]:
+        return getattr(self, f"{measure}_warn"), getattr(self, f"{measure}_fail")
+
+    def validate(self) -> None:
+        for measure in self.MEASURES:
+            warn, fail = self.limits(measure)
+            _check(warn >= 0, f"qa.{measure}_warn", "must be >= 0")
+            _check(fail >= warn, f"qa.{measure}_fail", f"must be >= qa.{measure}_warn")
+
+
 _SECTIONS: dict[str, type] = {
     "node": NodeSettings,
     "network": NetworkSettings,
@@ -175,6 +216,8 @@ _SECTIONS: dict[str, type] = {
     "worker": WorkerSettings,
     "retry": RetrySettings,
     "logging": LoggingSettings,
+    "baseline": BaselineSettings,
+    "qa": QaSettings,
 }
 
 
@@ -188,6 +231,8 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    baseline: BaselineSettings = field(default_factory=BaselineSettings)
+    qa: QaSettings = field(default_factory=QaSettings)
     destinations: list[Destination] = field(default_factory=list)
     source: Path | None = None
 

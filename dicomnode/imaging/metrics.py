@@ -5,14 +5,19 @@ max - min in modality units, over the pixels that are not padding. PSNR = 10 log
 MSE) over those pixels; SSIM is scikit-image's (uniform 7x7 window), its map averaged over them. For
 super-resolution, `shave` pixels are cut from each border before scoring (interpolation at the
 edges is not what is being compared). Identical images give PSNR = inf.
+
+The *self-check* (`self_check`) applies this to one image: degrade it with the shared model,
+restore it with the method and with bicubic, and report the method's gain in dB.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from skimage.metrics import structural_similarity
+
+from dicomnode.imaging.degrade import Degradation, bicubic_restore, crop_to_multiple, degrade
 
 
 @dataclass(frozen=True)
@@ -68,4 +73,40 @@ def summarize(metrics: Sequence[ImageMetrics]) -> SeriesMetrics:
         psnr_mean_db=float(np.mean(finite)) if finite else math.inf,
         psnr_min_db=min(m.psnr_db for m in metrics),
         ssim_mean=float(np.mean([m.ssim for m in metrics])),
+    )
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    """How much better than bicubic a method restores *this* image from its degraded copy."""
+
+    method: ImageMetrics
+    bicubic: ImageMetrics
+
+    @property
+    def gain_db(self) -> float:
+        return self.method.psnr_db - self.bicubic.psnr_db
+
+
+def self_check(
+    source: np.ndarray,
+    restore: Callable[[np.ndarray], np.ndarray],
+    degradation: Degradation,
+    *,
+    padding: np.ndarray | None = None,
+) -> SelfCheck:
+    """Degrade `source`, restore it with `restore` and with bicubic, score both against it.
+
+    `restore` maps the degraded image (modality units) to the source grid, as the method would
+    map a real input to its output. Both scores use the same data range and border shave.
+    """
+    reference = crop_to_multiple(source, degradation.scale)
+    mask = crop_to_multiple(padding, degradation.scale) if padding is not None else None
+    degraded = degrade(reference, degradation)
+    shave = degradation.scale if degradation.scale > 1 else 0
+    return SelfCheck(
+        method=compare(reference, restore(degraded), shave=shave, padding=mask),
+        bicubic=compare(
+            reference, bicubic_restore(degraded, reference.shape), shave=shave, padding=mask
+        ),
     )

@@ -27,6 +27,14 @@ def test_documented_default_file_loads_with_the_keys_the_issue_names() -> None:
     assert settings.destinations[0].port == 4242
 
 
+def test_documented_file_states_the_built_in_defaults() -> None:
+    documented = load_settings(REPO / "config" / "dicomnode.toml", environ={}).as_dict()
+    built_in = load_settings(None, environ={}).as_dict()
+    documented.pop("destinations")
+    built_in.pop("destinations")
+    assert documented == built_in
+
+
 def test_empty_database_url_means_sqlite_inside_data_dir(tmp_path: Path) -> None:
     path = write(tmp_path, f'[node]\ndata_dir = "{tmp_path / "data"}"\n')
     settings = load_settings(path, environ={})
@@ -66,6 +74,9 @@ def test_config_env_var_selects_the_file(tmp_path: Path) -> None:
         ("[completion]\nseries_quiet_seconds = 0\n", {}, "completion.series_quiet_seconds"),
         ("", {"DICOMNODE_WORKER_WORKERS": "two"}, "worker.workers"),
         ("", {"DICOMNODE_RETRY_BACKOFF": "1"}, "retry.backoff"),
+        ('[baseline]\ndenoise = "median"\n', {}, "baseline.denoise"),
+        ("[baseline]\nunsharp_sigma = 0\n", {}, "baseline.unsharp_sigma"),
+        ("[qa]\nnoise_ratio_fail = 1.0\n", {}, "qa.noise_ratio_fail"),
         ('[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\n', {}, "destinations[0]"),
         (
             '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 1\n'

@@ -1,0 +1,109 @@
+"""One call from modality values to an enhanced image, whatever the method, with its provenance.
+
+A `Method` works on a stack of normalised 2-D images and may change the grid by its `scale`.
+`enhance_stack` normalises each image (its own `Normalization`, recorded), runs the method once
+on the whole stack (so SRCNN batches), and maps the outputs back to modality units. The result
+says which method, model version and device produced it, and how long it took.
+"""
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from dicomnode.imaging.baseline import BaselineParams, enhance_baseline
+from dicomnode.imaging.normalize import (
+    Normalization,
+    denormalize,
+    normalization_for,
+    normalize,
+)
+from dicomnode.imaging.srcnn import SrcnnRunner
+
+
+class Method(Protocol):
+    name: str
+    scale: int
+    version: str
+    device: str
+
+    def __call__(self, stack: np.ndarray) -> np.ndarray:
+        """(N, H, W) normalised → (N, H*scale, W*scale) normalised."""
+        ...
+
+
+@dataclass(frozen=True)
+class BaselineMethod:
+    params: BaselineParams
+    scale: int = 1
+    name: str = "baseline"
+    device: str = "CPU"
+
+    @property
+    def version(self) -> str:
+        p = self.params
+        return (
+            f"baseline-{p.denoise}-{p.denoise_strength:g}-{p.unsharp_amount:g}-"
+            f"{p.unsharp_sigma:g}-{p.clahe_clip:g}-x{self.scale}"
+        )
+
+    def __call__(self, stack: np.ndarray) -> np.ndarray:
+        return np.stack([enhance_baseline(image, self.params, scale=self.scale) for image in stack])
+
+
+class SrcnnMethod:
+    name = "srcnn"
+
+    def __init__(self, runner: SrcnnRunner) -> None:
+        self.runner = runner
+        self.scale = runner.model.scale
+        self.version = runner.model.version
+        self.device = runner.device_description
+
+    def __call__(self, stack: np.ndarray) -> np.ndarray:
+        return self.runner.enhance(stack)
+
+
+@dataclass(frozen=True)
+class EnhancementResult:
+    values: np.ndarray  # (N, H*scale, W*scale) float32, modality units
+    normalizations: tuple[Normalization, ...]
+    method: str
+    version: str
+    scale: int
+    device: str
+    seconds: float
+
+
+def enhance_stack(
+    images: np.ndarray,
+    modality: str,
+    method: Method,
+    *,
+    padding: np.ndarray | None = None,
+) -> EnhancementResult:
+    """Enhance a (N, H, W) stack of modality values (one DICOM series or multi-frame image)."""
+    start = time.perf_counter()
+    stack = np.asarray(images, dtype=np.float32)
+    masks: Sequence[np.ndarray | None] = (
+        list(padding) if padding is not None else [None] * len(stack)
+    )
+    norms = tuple(
+        normalization_for(image, modality, mask) for image, mask in zip(stack, masks, strict=True)
+    )
+    normalised = np.stack(
+        [normalize(image, norm) for image, norm in zip(stack, norms, strict=True)]
+    )
+    output = method(normalised)
+    values = np.stack([denormalize(image, norm) for image, norm in zip(output, norms, strict=True)])
+    return EnhancementResult(
+        values=values,
+        normalizations=norms,
+        method=method.name,
+        version=method.version,
+        scale=method.scale,
+        device=method.device,
+        seconds=time.perf_counter() - start,
+    )

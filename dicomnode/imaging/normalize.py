@@ -1,0 +1,59 @@
+"""The network's working range: a fixed, invertible linear map from modality values.
+
+SRCNN (and the baseline's filters) work on images scaled to roughly [0, 1]. The map is linear
+and recorded with every result (`Normalization`), so an output is reproducible and `denormalize`
+puts it back in modality units exactly:
+
+* CT: a fixed Hounsfield range, the same for every image (-1024 HU → 0, 3071 HU → 1), so one
+  model sees one intensity scale whatever the scanner;
+* every other modality (MR, CR, DX, ...): the image's own 0.5th and 99.5th percentiles over the
+  non-padding pixels map to 0 and 1. Values outside are *not* clipped: the map stays invertible.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CT_HU_RANGE = (-1024.0, 3071.0)
+PERCENTILES = (0.5, 99.5)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """x_net = (x - low) / (high - low); `rule` says how low and high were chosen."""
+
+    low: float
+    high: float
+    rule: str
+
+    def __post_init__(self) -> None:
+        if not self.high > self.low:
+            raise ValueError(f"normalization needs high > low, got [{self.low}, {self.high}]")
+
+    def as_dict(self) -> dict[str, float | str]:
+        return {"low": self.low, "high": self.high, "rule": self.rule}
+
+
+def normalization_for(
+    image: np.ndarray, modality: str, padding: np.ndarray | None = None
+) -> Normalization:
+    """The working-range map for one image (2-D or a stack) of the given DICOM Modality."""
+    if modality.upper() == "CT":
+        return Normalization(*CT_HU_RANGE, rule="ct-hu-fixed")
+    values = image[~padding] if padding is not None else image.ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return Normalization(0.0, 1.0, rule="identity")
+    low, high = (float(v) for v in np.percentile(values, PERCENTILES))
+    if high <= low:  # a (nearly) constant image: fall back to its full range, then to unit width
+        low, high = float(values.min()), float(values.max())
+        high = high if high > low else low + 1.0
+    return Normalization(low, high, rule=f"percentile-{PERCENTILES[0]}-{PERCENTILES[1]}")
+
+
+def normalize(image: np.ndarray, norm: Normalization) -> np.ndarray:
+    return (image.astype(np.float32) - np.float32(norm.low)) / np.float32(norm.high - norm.low)
+
+
+def denormalize(image: np.ndarray, norm: Normalization) -> np.ndarray:
+    return image.astype(np.float32) * np.float32(norm.high - norm.low) + np.float32(norm.low)

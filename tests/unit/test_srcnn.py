@@ -1,0 +1,127 @@
+"""SRCNN inference: tiling is seamless, the residual sits on bicubic, models load or say why."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dicomnode.imaging.degrade import Degradation, resample
+from dicomnode.imaging.enhance import SrcnnMethod, enhance_stack
+from dicomnode.imaging.metrics import self_check
+from dicomnode.imaging.srcnn import (
+    HALO,
+    TILE_OVERLAP,
+    ModelError,
+    SrcnnRunner,
+    build_srcnn,
+    file_sha256,
+    from_network,
+    load_model,
+    tiles_for,
+)
+
+
+@pytest.fixture(scope="module")
+def model_x1():
+    return from_network(build_srcnn(1, seed=7))
+
+
+def zero_residual(scale: int):
+    """A network whose residual branch outputs 0: it returns its input unchanged."""
+    network = build_srcnn(scale, seed=3)
+    last = network.get_layer("conv3")
+    last.set_weights([np.zeros_like(w) for w in last.get_weights()])
+    return from_network(network)
+
+
+def stack(n: int, rows: int, cols: int) -> np.ndarray:
+    return np.random.default_rng(0).random((n, rows, cols), dtype=np.float32)
+
+
+def test_overlap_covers_the_receptive_field() -> None:
+    assert HALO == 6 and TILE_OVERLAP > HALO
+
+
+def test_tiles_cover_every_pixel_once() -> None:
+    covered = np.zeros((100, 75), int)
+    for tile in tiles_for((100, 75), 32):
+        covered[tile.write] += 1
+    assert (covered == 1).all()
+
+
+def test_tiled_output_equals_untiled(model_x1) -> None:
+    images = stack(3, 101, 77)
+    untiled = SrcnnRunner(model_x1).restore(images)
+    tiled = SrcnnRunner(model_x1, tile=24).restore(images)
+    assert np.abs(tiled - untiled).max() <= 1e-5
+
+
+def test_a_small_memory_budget_tiles_instead_of_failing(model_x1) -> None:
+    images = stack(2, 160, 160)
+    untiled = SrcnnRunner(model_x1).restore(images)
+    small = SrcnnRunner(model_x1, memory_budget=64 * 64 * 800)  # smaller than one image
+    assert np.abs(small.restore(images) - untiled).max() <= 1e-5
+
+
+def test_scale_two_is_a_residual_over_bicubic() -> None:
+    image = stack(1, 30, 20)[0]
+    out = SrcnnRunner(zero_residual(2)).enhance(image)
+    assert out.shape == (60, 40)
+    np.testing.assert_allclose(out, resample(image, (60, 40)), atol=1e-6)
+
+
+def test_runner_reports_the_device_it_chose(model_x1) -> None:
+    runner = SrcnnRunner(model_x1)
+    assert runner.device in ("/CPU:0", "/GPU:0")
+    assert runner.device_description.startswith(runner.device[1:4])
+
+
+def test_saved_model_loads_with_its_hash_and_scale(tmp_path: Path, model_x1) -> None:
+    path = tmp_path / "srcnn-x1.keras"
+    model_x1.network.save(path)
+    loaded = load_model(path)
+    assert loaded.scale == 1 and loaded.sha256 == file_sha256(path)
+    assert loaded.version == f"srcnn-x1-{loaded.sha256[:12]}"
+    images = stack(1, 40, 40)
+    np.testing.assert_array_equal(
+        SrcnnRunner(loaded).restore(images), SrcnnRunner(model_x1).restore(images)
+    )
+
+
+def test_missing_or_foreign_model_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"nope\.keras: model file not found"):
+        load_model(tmp_path / "nope.keras")
+    junk = tmp_path / "junk.keras"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match=r"junk\.keras: cannot load"):
+        load_model(junk)
+
+
+def test_a_network_that_is_not_9_1_5_is_refused() -> None:
+    import keras
+
+    inputs = keras.Input((None, None, 1))
+    other = keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same")(inputs), name="srcnn_x1")
+    with pytest.raises(ModelError, match="expected SRCNN layers"):
+        from_network(other)
+
+
+def test_self_check_of_bicubic_itself_gains_nothing() -> None:
+    ct = np.random.default_rng(2).normal(40, 200, (64, 64)).astype(np.float32)
+    method = SrcnnMethod(SrcnnRunner(zero_residual(2)))
+
+    def restore(low: np.ndarray) -> np.ndarray:
+        return enhance_stack(low[None], "CT", method).values[0]
+
+    check = self_check(ct, restore, Degradation(scale=2))
+    assert check.gain_db == pytest.approx(0.0, abs=1e-3)
+
+
+def test_self_check_scores_nearest_neighbour_below_bicubic() -> None:
+    yy, xx = np.mgrid[:64, :64]
+    image = (np.sin(xx / 3.0) * np.cos(yy / 4.0) * 500).astype(np.float32)
+
+    def nearest(low: np.ndarray) -> np.ndarray:
+        return np.kron(low, np.ones((2, 2), np.float32))
+
+    assert self_check(image, nearest, Degradation(scale=2)).gain_db < -1.0
