@@ -169,6 +169,44 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class EnhanceSettings:
+    """What a job does to a series before forwarding it (each method gives a derived series)."""
+
+    methods: list[str] = field(default_factory=lambda: ["srcnn"])
+    scale: int = 1
+    modalities: list[str] = field(default_factory=lambda: ["CT", "MR", "CR", "DX"])
+    forward_originals: bool = True
+    qa_action: Literal["flag", "fail"] = "flag"
+    self_check: bool = True
+    uid_root: str = ""  # empty: 2.25.<integer> UIDs, else e.g. "1.2.826.0.1.3680043.10.123."
+    model_dir: str = ""  # empty: the models/ folder shipped with dicomnode
+    srcnn_series_offset: int = 1000
+    baseline_series_offset: int = 2000
+    report_series_offset: int = 100  # the metrics SR: derived series number + this
+
+    def validate(self) -> None:
+        for method in self.methods:
+            _check(
+                method in ("srcnn", "baseline"),
+                "enhance.methods",
+                f"{method!r} is not a method (known: srcnn, baseline)",
+            )
+        _check(len(set(self.methods)) == len(self.methods), "enhance.methods", "has duplicates")
+        _check(self.scale in (1, 2, 3, 4), "enhance.scale", "must be 1, 2, 3 or 4")
+        _check(
+            self.uid_root == ""
+            or (
+                bool(re.fullmatch(r"([1-9][0-9]*|0)(\.([1-9][0-9]*|0))*\.", self.uid_root))
+                and len(self.uid_root) <= 40
+            ),
+            "enhance.uid_root",
+            "must be empty or a UID prefix of at most 40 characters ending in '.'",
+        )
+        for name in ("srcnn_series_offset", "baseline_series_offset", "report_series_offset"):
+            _check(getattr(self, name) > 0, f"enhance.{name}", "must be > 0")
+
+
+@dataclass(frozen=True)
 class BaselineSettings:
     """The classical baseline (dicomnode.imaging.baseline): denoise, unsharp mask, CLAHE."""
 
@@ -216,6 +254,7 @@ _SECTIONS: dict[str, type] = {
     "worker": WorkerSettings,
     "retry": RetrySettings,
     "logging": LoggingSettings,
+    "enhance": EnhanceSettings,
     "baseline": BaselineSettings,
     "qa": QaSettings,
 }
@@ -231,6 +270,7 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
     baseline: BaselineSettings = field(default_factory=BaselineSettings)
     qa: QaSettings = field(default_factory=QaSettings)
     destinations: list[Destination] = field(default_factory=list)

@@ -81,7 +81,7 @@ class Node:
         )
         host = socket.gethostname()
         for index in range(workers.workers):
-            runner = JobRunner(self.settings, self.db, f"{host}:{os.getpid()}:w{index}")
+            runner = JobRunner(self.settings, self.db, self.spool, f"{host}:{os.getpid()}:w{index}")
             scheduler.add_job(
                 _guarded(f"worker-{index}", runner.run_due_jobs),
                 id=f"worker-{index}",

@@ -44,9 +44,10 @@ class Spool:
         self.root = root
         self.instances_dir = root / "instances"
         self.tmp_dir = root / "tmp"
+        self.outbox_dir = root / "outbox"
         self._durable_dirs: set[Path] = set()
         self._lock = threading.Lock()
-        for directory in (self.instances_dir, self.tmp_dir):
+        for directory in (self.instances_dir, self.tmp_dir, self.outbox_dir):
             self._ensure_dir(directory)
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
@@ -64,7 +65,29 @@ class Spool:
             validate_uid(series_uid, "SeriesInstanceUID"),
             validate_uid(sop_uid, "SOPInstanceUID"),
         )
-        final = self.instance_path(*uids)
+        return self._write_durably(self.instance_path(*uids), data)
+
+    def outbox_path(self, job_id: int, series_uid: str, sop_uid: str) -> Path:
+        """Where a job's output (derived image or report) waits to be forwarded."""
+        return self.outbox_dir / str(int(job_id)) / series_uid / f"{sop_uid}.dcm"
+
+    def write_outbox(self, job_id: int, series_uid: str, sop_uid: str, data: bytes) -> Path:
+        """Store one output instance of a job durably (same guarantees as received ones)."""
+        series_uid = validate_uid(series_uid, "SeriesInstanceUID")
+        sop_uid = validate_uid(sop_uid, "SOPInstanceUID")
+        return self._write_durably(self.outbox_path(job_id, series_uid, sop_uid), data)
+
+    def clear_outbox(self, job_id: int) -> None:
+        """Forget a job's previous outputs before it is processed again."""
+        target = self.outbox_dir / str(int(job_id))
+        with self._lock:  # the directories go: forget that they were made durable
+            self._durable_dirs = {
+                d for d in self._durable_dirs if d != target and target not in d.parents
+            }
+            shutil.rmtree(target, ignore_errors=True)
+
+    def _write_durably(self, final: Path, data: bytes) -> Path:
+        """tmp file → write → fsync → atomic rename → fsync the directory."""
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         try:
             self._ensure_dir(final.parent)

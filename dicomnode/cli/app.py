@@ -9,7 +9,9 @@ import typer
 from dicomnode import __version__
 from dicomnode.cli import config_cmd, jobs
 from dicomnode.cli.echo import echo
+from dicomnode.cli.evaluate import evaluate
 from dicomnode.cli.serve import serve
+from dicomnode.cli.train import train
 
 app = typer.Typer(
     name="dicomnode",
@@ -37,6 +39,8 @@ def _root(
 
 app.command()(serve)
 app.command()(echo)
+app.command()(train)
+app.command()(evaluate)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(config_cmd.app, name="config")
 

@@ -23,7 +23,15 @@ app = typer.Typer(help="Inspect and steer jobs.", no_args_is_help=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON document.")]
 JOB_STATUSES = ("queued", "processing", "forwarding", "done", "failed", "dead", "cancelled")
-_STATUS_STYLE = {"done": "green", "failed": "yellow", "dead": "bold red", "cancelled": "dim"}
+_STATUS_STYLE = {
+    "done": "green",
+    "failed": "yellow",
+    "dead": "bold red",
+    "cancelled": "dim",
+    "ok": "green",
+    "warn": "yellow",
+    "fail": "bold red",
+}
 
 
 def _database(settings: Settings) -> "Database":
@@ -118,6 +126,42 @@ def _print_job(job: "JobRecord") -> None:
             d["error"] or "",
         )
     console.print(deliveries)
+    if data["details"]:
+        _print_details(data["details"])
+
+
+def _print_details(details: dict) -> None:
+    """The enhancement of the last attempt: per method, where it ran and what it measured."""
+    console.print(f"enhancement: {details.get('enhancement', '-')}")
+    table = Table(
+        "method",
+        "version",
+        "device",
+        "images",
+        "PSNR dB",
+        "SSIM",
+        "self-check dB",
+        "QA",
+        "seconds",
+        title="derived series (metrics vs source)",
+    )
+    for m in details.get("methods", []):
+        gain = m["self_check_gain_mean_db"]
+        table.add_row(
+            m["method"],
+            m["version"],
+            m["device"],
+            str(m["images"]),
+            "-" if m["psnr_mean_db"] is None else f"{m['psnr_mean_db']:.2f}",
+            f"{m['ssim_mean']:.4f}",
+            "-" if gain is None else f"{gain:+.2f}",
+            _status(m["qa"]),
+            f"{sum(m['timings'].values()):.1f}",
+        )
+    if details.get("methods"):
+        console.print(table)
+    for skipped in details.get("skipped", []):
+        console.print(f"not enhanced: {skipped['reason']}")
 
 
 def _load_job(config: ConfigOption, job_id: int) -> "JobRecord":

@@ -4,9 +4,11 @@ Every transition made by a worker names the lease owner in its WHERE clause: a w
 lapsed (and whose job was reclaimed) or whose job an admin cancelled changes nothing.
 """
 
+import json
 import logging
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -53,6 +55,7 @@ def _record(session: Session, job: Job) -> JobRecord:
             DeliveryRecord(d.destination, d.status, d.attempts, d.sent, d.error, d.updated_at)
             for d in deliveries
         ),
+        details=json.loads(job.details) if job.details else None,
     )
 
 
@@ -124,6 +127,17 @@ def set_active_status(db: Database, job_id: int, owner: str, status: JobStatus) 
             update(Job)
             .where(Job.id == job_id, Job.lease_owner == owner, Job.status.in_(ACTIVE_STATUSES))
             .values(status=status, updated_at=utcnow())
+        )
+        return result.rowcount == 1
+
+
+def record_job_details(db: Database, job_id: int, owner: str, details: dict[str, Any]) -> bool:
+    """Store what this processing attempt did (shown by `dicomnode jobs show`)."""
+    with db.session() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == owner)
+            .values(details=json.dumps(details), updated_at=utcnow())
         )
         return result.rowcount == 1
 

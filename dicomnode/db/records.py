@@ -55,6 +55,7 @@ class JobRecord:
     next_attempt_at: datetime
     lease_owner: str | None
     deliveries: tuple[DeliveryRecord, ...]
+    details: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form used by `dicomnode jobs ... --json` (times in ISO 8601 UTC)."""
@@ -74,6 +75,7 @@ class JobRecord:
             "updated_at": iso(self.updated_at),
             "next_attempt_at": iso(self.next_attempt_at),
             "lease_owner": self.lease_owner,
+            "details": self.details,
             "deliveries": [
                 {
                     "destination": d.destination,

@@ -42,13 +42,14 @@ MACS_PER_PIXEL = 9 * 9 * 64 + 64 * 32 + 5 * 5 * 32  # 8,032 multiply-adds per ou
 BYTES_PER_PIXEL = 4 * (1 + 64 + 32 + 1) * 2  # float32 activations in flight, with headroom
 CPU_MEMORY_BUDGET = 1 << 30
 GPU_MEMORY_BUDGET = 8 << 30
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"  # the shipped, trained models
 
 
 class ModelError(DicomNodeError):
     """A model file is missing, unreadable or not the 9-1-5 SRCNN."""
 
 
-def _tensorflow() -> Any:
+def import_tensorflow() -> Any:
     """Import TensorFlow on first use, with oneDNN kernels on (2x faster convolutions on CPU)."""
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -62,14 +63,19 @@ def _tensorflow() -> Any:
 
 
 def build_srcnn(scale: int = 1, *, seed: int | None = None) -> keras.Model:
-    """A fresh (untrained) residual 9-1-5 SRCNN for `scale`; its name records the scale."""
-    _tensorflow()
+    """A fresh residual 9-1-5 SRCNN for `scale` (its name records the scale).
+
+    Untrained, it returns its input exactly (the residual branch's last kernel is zero); pass a
+    seed for reproducible initial weights.
+    """
+    import_tensorflow()
     import keras
 
     if seed is not None:
         keras.utils.set_random_seed(seed)
     inputs = keras.Input((None, None, 1), name="image")
-    x = inputs
+    # Centre the working range on 0: ReLU features of a zero-mean input learn much faster.
+    x = keras.layers.Rescaling(1.0, offset=-0.5, name="centre")(inputs)
     for index, (filters, size) in enumerate(LAYERS):
         last = index == len(LAYERS) - 1
         x = keras.layers.Conv2D(
@@ -77,11 +83,16 @@ def build_srcnn(scale: int = 1, *, seed: int | None = None) -> keras.Model:
             size,
             padding="same",
             activation=None if last else "relu",
-            kernel_initializer=keras.initializers.HeNormal() if not last else "glorot_uniform",
+            # The residual branch starts at exactly 0, so an untrained model is bicubic.
+            kernel_initializer="zeros" if last else keras.initializers.HeNormal(),
             name=f"conv{index + 1}",
         )(x)
     outputs = keras.layers.Add(name="residual")([inputs, x])
     return keras.Model(inputs, outputs, name=f"srcnn_x{scale}")
+
+
+def default_model_path(scale: int) -> Path:
+    return MODELS_DIR / f"srcnn-x{scale}.keras"
 
 
 def file_sha256(path: Path) -> str:
@@ -119,7 +130,7 @@ def load_model(path: Path) -> LoadedModel:
     """Load `path` (a .keras file written by `dicomnode train`) and check what it is."""
     if not path.is_file():
         raise ModelError(f"{path}: model file not found (see models/README.md)")
-    _tensorflow()
+    import_tensorflow()
     import keras
 
     try:
@@ -141,13 +152,13 @@ def from_network(network: keras.Model) -> LoadedModel:
 
 def select_device() -> str:
     """'/GPU:0' when TensorFlow sees a GPU, else '/CPU:0'."""
-    tf = _tensorflow()
+    tf = import_tensorflow()
     return "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
 
 
 def describe_device(device: str) -> str:
     """What to record per job: the TensorFlow device and, for a GPU, its model name."""
-    tf = _tensorflow()
+    tf = import_tensorflow()
     if device.startswith("/GPU"):
         gpus = tf.config.list_physical_devices("GPU")
         details = tf.config.experimental.get_device_details(gpus[0]) if gpus else {}
@@ -200,7 +211,7 @@ class SrcnnRunner:
         memory_budget: int | None = None,
         tile: int | None = None,
     ) -> None:
-        tf = _tensorflow()
+        tf = import_tensorflow()
         self.model = model
         self.device = device or select_device()
         self.device_description = describe_device(self.device)

@@ -1,7 +1,9 @@
-"""The job runner: claim a due job, check its inputs, deliver it to every open destination.
+"""The job runner: claim a due job, check its inputs, enhance, deliver to every destination.
 
-Later issues add the enhancement steps between the input check and the deliveries; the state
-machine around them stays the same.
+processing: the series is enhanced by each configured method into derived series and metrics
+reports in the spool's outbox (`pipeline.enhancement`); forwarding: the originals (if configured),
+then each derived series, then each report, one association per series per destination. A
+failure anywhere leaves the inputs untouched and the job to the retry policy.
 """
 
 import logging
@@ -15,11 +17,13 @@ from dicomnode.db.jobs import (
     job_inputs,
     open_deliveries,
     record_delivery,
+    record_job_details,
     set_active_status,
 )
-from dicomnode.errors import ForwardError
+from dicomnode.errors import DicomNodeError, ForwardError
 from dicomnode.forward import send_series
 from dicomnode.pipeline.lease import LeaseKeeper
+from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +31,10 @@ log = logging.getLogger(__name__)
 class JobRunner:
     """Runs jobs for one worker identity (`owner`, written into each lease it takes)."""
 
-    def __init__(self, settings: Settings, db: Database, owner: str) -> None:
+    def __init__(self, settings: Settings, db: Database, spool: Spool, owner: str) -> None:
         self.settings = settings
         self.db = db
+        self.spool = spool
         self.owner = owner
 
     def run_due_jobs(self) -> int:
@@ -62,15 +67,44 @@ class JobRunner:
                 ),
             )
             return
+        outgoing = [inputs] if self.settings.enhance.forward_originals else []
+        if self.settings.enhance.methods:
+            derived = self._enhance(job, inputs)
+            if derived is None:
+                return
+            outgoing.extend(derived)
         if not set_active_status(self.db, job.id, self.owner, JobStatus.FORWARDING):
             return
         destinations = open_deliveries(self.db, job.id)
         if destinations:
             with ThreadPoolExecutor(len(destinations), thread_name_prefix="forward") as pool:
-                list(pool.map(lambda name: self._deliver(job, name, inputs), destinations))
+                list(pool.map(lambda name: self._deliver(job, name, outgoing), destinations))
         self._finish(job)
 
-    def _deliver(self, job: JobRecord, name: str, inputs: list[SpooledInstance]) -> None:
+    def _enhance(
+        self, job: JobRecord, inputs: list[SpooledInstance]
+    ) -> list[list[SpooledInstance]] | None:
+        """The derived series and reports to forward, or None when the job was finished here."""
+        from dicomnode.pipeline.enhancement import enhance_series
+        from dicomnode.pipeline.methods import configured_methods
+
+        try:
+            methods = configured_methods(self.settings)
+            output = enhance_series(job.id, inputs, self.settings, methods, self.spool)
+        except DicomNodeError as exc:  # a missing model, a full disk: say so, keep the inputs
+            self._finish(job, error=f"enhancement failed: {exc}")
+            return None
+        record_job_details(self.db, job.id, self.owner, output.details)
+        if output.qa_failed and self.settings.enhance.qa_action == "fail":
+            self._finish(
+                job,
+                transient=False,
+                error="QA verdict 'fail' and enhance.qa_action = 'fail'; see `dicomnode jobs show`",
+            )
+            return None
+        return output.series
+
+    def _deliver(self, job: JobRecord, name: str, outgoing: list[list[SpooledInstance]]) -> None:
         """One destination; its outcome goes to its own delivery row, whatever the others do."""
         destination = self.settings.destination(name)
         if destination is None:
@@ -83,8 +117,10 @@ class JobRunner:
                 f"destination {name!r} is no longer configured",
             )
             return
+        sent = 0
         try:
-            report = send_series(job.id, destination, inputs, self.settings)
+            for series in outgoing:
+                sent += send_series(job.id, destination, series, self.settings).sent
         except ForwardError as exc:
             status = DeliveryStatus.FAILED if exc.transient else DeliveryStatus.DEAD
             log.warning(
@@ -106,7 +142,7 @@ class JobRunner:
                 f"internal error: {type(exc).__name__}: {exc}",
             )
         else:
-            record_delivery(self.db, job.id, name, DeliveryStatus.DONE, report.sent, None)
+            record_delivery(self.db, job.id, name, DeliveryStatus.DONE, sent, None)
 
     def _finish(self, job: JobRecord, error: str | None = None, transient: bool = True) -> None:
         result = finish_attempt(self.db, job.id, self.owner, self.settings.retry, error, transient)

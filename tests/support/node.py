@@ -64,6 +64,8 @@ class NodeProcess:
                 "connect_timeout": 5,
             },
             "logging": {"level": "DEBUG"},
+            # Forward-only unless a test asks for enhancement: the backbone tests count instances.
+            "enhance": {"methods": []},
         }
         for section, values in (overrides or {}).items():
             sections.setdefault(section, {}).update(values)

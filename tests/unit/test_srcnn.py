@@ -23,15 +23,17 @@ from dicomnode.imaging.srcnn import (
 
 @pytest.fixture(scope="module")
 def model_x1():
-    return from_network(build_srcnn(1, seed=7))
+    """Random weights everywhere (a fresh model's last layer is zero: it would hide seams)."""
+    network = build_srcnn(1, seed=7)
+    last = network.get_layer("conv3")
+    rng = np.random.default_rng(7)
+    last.set_weights([rng.normal(0, 0.05, w.shape).astype(np.float32) for w in last.get_weights()])
+    return from_network(network)
 
 
 def zero_residual(scale: int):
-    """A network whose residual branch outputs 0: it returns its input unchanged."""
-    network = build_srcnn(scale, seed=3)
-    last = network.get_layer("conv3")
-    last.set_weights([np.zeros_like(w) for w in last.get_weights()])
-    return from_network(network)
+    """An untrained network: its residual branch outputs 0, so it returns its input."""
+    return from_network(build_srcnn(scale, seed=3))
 
 
 def stack(n: int, rows: int, cols: int) -> np.ndarray:

@@ -1,0 +1,61 @@
+"""`dicomnode train`: train an SRCNN model on folders of DICOM images."""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dicomnode.cli.common import configure_logging, console, reported_errors
+
+DataDirs = Annotated[
+    list[Path], typer.Argument(help="Folders (or files) of DICOM images; searched recursively.")
+]
+
+
+def train(
+    data: DataDirs,
+    scale: Annotated[int, typer.Option(min=1, max=4, help="1: restoration; 2-4: upscaling.")] = 2,
+    out: Annotated[
+        Path | None, typer.Option(help="Model file to write (default models/srcnn-xS.keras).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping).")] = 30,
+    seed: Annotated[int, typer.Option(help="Seed: same seed and data, same model.")] = 0,
+    patches: Annotated[int, typer.Option(min=64, help="Training patches (48x48).")] = 8192,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without improvement.")] = 5,
+) -> None:
+    """Train the 9-1-5 SRCNN; the split is 80/20 by patient, per modality, never by slice.
+
+    Writes the model, <stem>.history.json (settings, split, per-epoch losses) and <stem>.loss.png.
+    """
+    configure_logging("WARNING")
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dicomnode.imaging.srcnn import default_model_path
+    from dicomnode.training.corpus import load_images
+    from dicomnode.training.train import TrainingSettings, train_srcnn
+
+    settings = TrainingSettings(
+        scale=scale, epochs=epochs, seed=seed, train_patches=patches, patience=patience
+    )
+    out = out or default_model_path(scale)
+    batches = -(-settings.train_patches // settings.batch_size)
+    with reported_errors():
+        images = load_images(data)
+        console.print(f"{len(images)} images from {len(data)} path(s); training x{scale}")
+        with Progress(
+            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            TextColumn("loss {task.fields[loss]:.3g}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("train", total=batches, epoch=1, epochs=epochs, loss=0.0)
+
+            def on_batch(epoch: int, done: int, logs: dict) -> None:
+                progress.update(
+                    task, completed=done, epoch=epoch + 1, loss=float(logs.get("loss", 0.0))
+                )
+
+            report = train_srcnn(images, out, settings, on_batch)
+    console.print_json(json.dumps(report.as_dict()))

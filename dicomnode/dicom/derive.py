@@ -1,0 +1,221 @@
+"""A derived image from its source: new identity, DERIVED type, references, re-derived pixels.
+
+Follows ../shared/DICOM_DERIVED.md item by item (PS3.3 citations inline). The source dataset is
+never modified; the derived one keeps the patient, study, frame of reference and acquisition
+attributes, and replaces what the processing changed. UIDs are deterministic: the same source,
+method version and parameters give the same derived UIDs, so a re-run replaces instead of
+duplicating in the PACS.
+"""
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from dicomnode import __version__
+
+MANUFACTURER = "dicomnode"
+# CID 7203 "Image Derivation" (PS3.16)
+SMOOTHING = ("113087", "DCM", "Smoothing")
+SPATIAL_RESAMPLING = ("113085", "DCM", "Spatial resampling")
+UNSHARP_MASK = ("113089", "DCM", "Unsharp mask")
+# CID 7202 / 7201 purposes of reference (PS3.16)
+SOURCE_IMAGE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
+SOURCE_SERIES_PURPOSE = ("121323", "DCM", "Source series for image processing operation")
+# CID 7005 contributing equipment purposes
+ACQUISITION_EQUIPMENT = ("109101", "DCM", "Acquisition Equipment")
+PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
+
+IMPLEMENTATION_CLASS_UID = generate_uid(prefix=None, entropy_srcs=["dicomnode implementation"])
+
+# Attributes the processing makes wrong or meaningless; dropped from the copy.
+_DROPPED = (
+    "IconImageSequence",
+    "SmallestImagePixelValue",
+    "LargestImagePixelValue",
+    "SmallestPixelValueInSeries",
+    "LargestPixelValueInSeries",
+    "SourceImageSequence",
+    "DerivationCodeSequence",
+    "ReferencedSeriesSequence",
+    "RelatedSeriesSequence",
+    "ContributingEquipmentSequence",
+)
+
+
+def code_item(code: tuple[str, str, str]) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
+    return item
+
+
+def derived_uid(root: str | None, *parts: str) -> str:
+    """A UID determined by `parts` under `root` (None: the 2.25 UUID-derived root)."""
+    return generate_uid(prefix=root, entropy_srcs=list(parts))
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """What was done, by which version, and where the derived series goes."""
+
+    method: str  # "srcnn" or "baseline"
+    version: str  # model version or parameter string: part of every derived UID
+    scale: int
+    description: str  # DerivationDescription: method, version, parameters
+    series_uid: str
+    series_number: int
+    series_description: str
+    uid_root: str | None
+    processed_at: datetime
+
+    @property
+    def codes(self) -> list[tuple[str, str, str]]:
+        codes = [SPATIAL_RESAMPLING] if self.scale > 1 else [SMOOTHING]
+        if self.method == "baseline":
+            codes.append(UNSHARP_MASK)
+        return codes
+
+
+def derived_series_uid(source_series_uid: str, version: str, root: str | None) -> str:
+    return derived_uid(root, "series", source_series_uid, version)
+
+
+def _set_times(ds: Dataset, when: datetime) -> None:
+    date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+    ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = date
+    ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = time
+
+
+def _image_type(source: Dataset) -> list[str]:
+    """DERIVED\\SECONDARY\\<source value 3>[\\...] (PS3.3 C.7.6.1.1.2; CT needs value 3)."""
+    values = list(source.get("ImageType", []))
+    rest = values[2:] if len(values) > 2 else ["OTHER"]
+    return ["DERIVED", "SECONDARY", *rest]
+
+
+def _equipment(source: Dataset, derivation: Derivation) -> DicomSequence:
+    """Who acquired the source and who processed it (PS3.3 C.7.5.1, CID 7005)."""
+    acquired = Dataset()
+    acquired.PurposeOfReferenceCodeSequence = [code_item(ACQUISITION_EQUIPMENT)]
+    acquired.Manufacturer = source.get("Manufacturer", "") or "UNKNOWN"
+    for keyword in ("InstitutionName", "ManufacturerModelName", "DeviceSerialNumber"):
+        if source.get(keyword):
+            setattr(acquired, keyword, source.get(keyword))
+    processed = Dataset()
+    processed.PurposeOfReferenceCodeSequence = [code_item(PROCESSING_EQUIPMENT)]
+    processed.Manufacturer = MANUFACTURER
+    processed.ManufacturerModelName = f"dicomnode {derivation.method}"
+    processed.SoftwareVersions = __version__
+    processed.ContributionDateTime = derivation.processed_at.strftime("%Y%m%d%H%M%S")
+    processed.ContributionDescription = derivation.description[:64]
+    return DicomSequence([acquired, processed])
+
+
+def _references(
+    derived: Dataset,
+    source: Dataset,
+    series_sources: Sequence[tuple[str, str]],
+    derivation: Derivation,
+) -> None:
+    """SourceImageSequence, ReferencedSeriesSequence and RelatedSeriesSequence."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    item.PurposeOfReferenceCodeSequence = [code_item(SOURCE_IMAGE_PURPOSE)]
+    item.SpatialLocationsPreserved = "YES" if derivation.scale == 1 else "NO"
+    derived.SourceImageSequence = [item]  # PS3.3 C.7.6.1.1.4
+    # Common Instance Reference (PS3.3 C.12.2): the source series and its instances.
+    series = Dataset()
+    series.SeriesInstanceUID = source.SeriesInstanceUID
+    series.ReferencedInstanceSequence = []
+    for class_uid, sop_uid in series_sources:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = class_uid
+        ref.ReferencedSOPInstanceUID = sop_uid
+        series.ReferencedInstanceSequence.append(ref)
+    derived.ReferencedSeriesSequence = [series]
+    related = Dataset()
+    related.StudyInstanceUID = source.StudyInstanceUID
+    related.SeriesInstanceUID = source.SeriesInstanceUID
+    related.PurposeOfReferenceCodeSequence = [code_item(SOURCE_SERIES_PURPOSE)]
+    derived.RelatedSeriesSequence = [related]  # PS3.3 C.7.3.1
+
+
+def _geometry(ds: Dataset, scale: int) -> None:
+    """Super-resolution grid: spacing / scale, first-pixel centre moved (edge-aligned grid)."""
+    if scale == 1:
+        return
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        if keyword in ds and ds[keyword].value:
+            setattr(ds, keyword, [f"{float(v) / scale:.6g}" for v in ds[keyword].value])
+    if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds and "PixelSpacing" in ds:
+        position = np.array([float(v) for v in ds.ImagePositionPatient])
+        orientation = np.array([float(v) for v in ds.ImageOrientationPatient])
+        new_row_spacing, new_col_spacing = (float(v) for v in ds.PixelSpacing)
+        old_row_spacing, old_col_spacing = new_row_spacing * scale, new_col_spacing * scale
+        # Row direction (first 3 cosines) advances one column: spacing PixelSpacing[1].
+        shift = (new_col_spacing - old_col_spacing) / 2 * orientation[:3]
+        shift += (new_row_spacing - old_row_spacing) / 2 * orientation[3:]
+        ds.ImagePositionPatient = [f"{v:.6f}".rstrip("0").rstrip(".") for v in position + shift]
+
+
+def derived_instance(
+    source: Dataset,
+    stored: np.ndarray,
+    derivation: Derivation,
+    *,
+    series_sources: Sequence[tuple[str, str]],
+    comments: str,
+) -> Dataset:
+    """The derived dataset for `source` holding `stored` ((frames,) rows, columns, source dtype).
+
+    `series_sources` lists (SOP Class UID, SOP Instance UID) of every image of the source series.
+    """
+    frames = stored if stored.ndim == 3 else stored[None]
+    ds = copy.deepcopy(source)
+    if "PixelData" in ds:
+        del ds.PixelData
+    ds.remove_private_tags()  # vendor pixel-processing tags no longer describe these pixels
+    for keyword in _DROPPED:
+        if keyword in ds:
+            delattr(ds, keyword)
+    if derivation.scale > 1:  # overlays are on the old grid
+        for tag in [elem.tag for elem in ds if 0x6000 <= elem.tag.group <= 0x60FF]:
+            del ds[tag]
+
+    ds.SOPInstanceUID = derived_uid(
+        derivation.uid_root, "instance", str(source.SOPInstanceUID), derivation.version
+    )
+    ds.SeriesInstanceUID = derivation.series_uid
+    ds.SeriesNumber = derivation.series_number
+    ds.SeriesDescription = derivation.series_description[:64]
+    _set_times(ds, derivation.processed_at)
+    ds.ImageType = _image_type(source)
+    ds.DerivationDescription = derivation.description[:1024]
+    ds.DerivationCodeSequence = [code_item(code) for code in derivation.codes]
+    _references(ds, source, series_sources, derivation)
+    ds.ContributingEquipmentSequence = _equipment(source, derivation)
+    ds.ImageComments = comments[:10240]
+    if str(source.get("LossyImageCompression", "00")) == "01":
+        ds.LossyImageCompression = "01"  # PS3.3 C.7.6.1.1.5: once lossy, always lossy
+
+    ds.Rows, ds.Columns = int(frames.shape[1]), int(frames.shape[2])
+    if "NumberOfFrames" in source or len(frames) > 1:
+        ds.NumberOfFrames = len(frames)
+    _geometry(ds, derivation.scale)
+    ds.PixelData = np.ascontiguousarray(frames, dtype=frames.dtype.newbyteorder("<")).tobytes()
+    ds["PixelData"].VR = "OW" if int(ds.BitsAllocated) > 8 else "OB"
+
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    ds.file_meta.ImplementationVersionName = f"DICOMNODE_{__version__}"[:16]
+    return ds

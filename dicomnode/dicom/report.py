@@ -1,0 +1,134 @@
+"""The metrics of one derived series as a TID 1500 Measurement Report (Comprehensive SR).
+
+One measurement group per derived image (its SourceImageForMeasurementGroup is the derived image;
+each measurement also references the source image): PSNR (UCUM dB) and SSIM (UCUM 1) of the
+derived image against its source, the self-check gain over bicubic (dB), and the QA verdict as a
+qualitative evaluation. PSNR, SSIM and the verdict have no standard codes, so they use the
+private scheme `99DCMNODE`, declared in CodingSchemeIdentificationSequence (PS3.3 C.12.1.1.2).
+Built with highdicom, which enforces the template.
+"""
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+from highdicom.sr import CodedConcept
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+
+from dicomnode import __version__
+from dicomnode.dicom.derive import MANUFACTURER, derived_uid
+
+SCHEME = "99DCMNODE"
+PROCEDURE = CodedConcept("ENHANCE", SCHEME, "Image enhancement with quality assessment")
+PSNR = CodedConcept("PSNR", SCHEME, "Peak signal-to-noise ratio versus source")
+SSIM = CodedConcept("SSIM", SCHEME, "Structural similarity versus source")
+SELF_CHECK_GAIN = CodedConcept("SCGAIN", SCHEME, "Self-check PSNR gain over bicubic")
+QA_VERDICT = CodedConcept("QA", SCHEME, "Enhancement QA verdict")
+VERDICTS = {
+    "ok": CodedConcept("QAOK", SCHEME, "QA ok"),
+    "warn": CodedConcept("QAWARN", SCHEME, "QA warning"),
+    "fail": CodedConcept("QAFAIL", SCHEME, "QA failed"),
+}
+DECIBEL = CodedConcept("dB", "UCUM", "decibel")
+UNITLESS = CodedConcept("1", "UCUM", "no units")
+
+
+@dataclass(frozen=True)
+class ImageMeasures:
+    """What is reported for one derived image."""
+
+    derived: Dataset
+    source: Dataset
+    psnr_db: float
+    ssim: float
+    self_check_gain_db: float | None
+    qa_verdict: str
+
+
+def _group(
+    index: int, measures: ImageMeasures, series_uid: str
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    source_ref = [hd.sr.SourceImageForMeasurement.from_source_image(measures.source)]
+    values = [(PSNR, measures.psnr_db, DECIBEL), (SSIM, measures.ssim, UNITLESS)]
+    if measures.self_check_gain_db is not None:
+        values.append((SELF_CHECK_GAIN, measures.self_check_gain_db, DECIBEL))
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid(None, "tracking", series_uid, str(index)),
+            identifier=f"image {index + 1}",
+        ),
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(measures.derived)],
+        measurements=[
+            hd.sr.Measurement(
+                name=name, value=round(value, 4), unit=unit, referenced_images=source_ref
+            )
+            for name, value, unit in values
+            if math.isfinite(value)  # identical images: PSNR is infinite, not reportable
+        ],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=QA_VERDICT, value=VERDICTS[measures.qa_verdict])
+        ],
+    )
+
+
+def metrics_report(
+    images: Sequence[ImageMeasures],
+    *,
+    series_uid: str,
+    series_number: int,
+    sop_uid: str,
+    description: str,
+) -> Dataset:
+    """The Comprehensive SR for one derived series (sent after its images)."""
+    if not images:
+        raise ValueError("a metrics report needs at least one image")
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derived_uid(None, "observer", MANUFACTURER),
+            name=MANUFACTURER,
+            manufacturer_name=MANUFACTURER,
+            model_name=f"dicomnode {__version__}",
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=PROCEDURE,
+        imaging_measurements=[_group(i, m, series_uid) for i, m in enumerate(images)],
+    )
+    evidence = [m.derived for m in images] + [m.source for m in images]
+    with warnings.catch_warnings():
+        # highdicom warns about unusual PatientName forms *quoting the name*: that is PHI,
+        # and it must not reach an operator's log.
+        warnings.simplefilter("ignore", UserWarning)
+        sr = _comprehensive_sr(evidence, report, series_uid, series_number, sop_uid, description)
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = SCHEME
+    scheme.CodingSchemeName = "dicomnode enhancement metrics"
+    scheme.CodingSchemeResponsibleOrganization = "dicomnode project"
+    sr.CodingSchemeIdentificationSequence = [scheme]
+    return sr
+
+
+def _comprehensive_sr(
+    evidence: list[Dataset],
+    report: hd.sr.MeasurementReport,
+    series_uid: str,
+    series_number: int,
+    sop_uid: str,
+    description: str,
+) -> hd.sr.ComprehensiveSR:
+    return hd.sr.ComprehensiveSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description=description[:64],
+    )

@@ -1,0 +1,216 @@
+"""The product end to end: real CT and MR series in, derived series + metrics SR at Orthanc.
+
+storescu → dicomnode (SRCNN and baseline, scale 1) → Orthanc; checked through Orthanc's REST
+API, with dciodvfy/dcentvfy on every file the node wrote, and the SR read back with highdicom.
+"""
+
+import subprocess
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom import Dataset, dcmread
+
+from dicomnode.imaging.pixels import to_modality
+from dicomnode.imaging.srcnn import default_model_path
+from tests.conftest import pacs_destination
+from tests.support.dcmtk import storescu
+from tests.support.node import NodeProcess
+from tests.support.orthanc import Orthanc
+from tests.support.series import SHARED_DATA
+
+CT_PATIENT = SHARED_DATA / "ct-chest" / "test" / "A067967"
+MR_SLAB = SHARED_DATA / "mr-brain-t1" / "test"
+METHODS = ["srcnn", "baseline"]
+
+pytestmark = pytest.mark.skipif(
+    not default_model_path(1).exists(), reason="models/srcnn-x1.keras is not shipped yet"
+)
+
+
+def all_done(count: int):  # type: ignore[no-untyped-def]
+    return lambda jobs: len(jobs) >= count and all(j["status"] == "done" for j in jobs)
+
+
+def orthanc_datasets(orthanc: Orthanc) -> list[Dataset]:
+    return [dcmread(BytesIO(orthanc.instance_file(i))) for i in orthanc.instance_ids()]
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    lines = (result.stdout + result.stderr).splitlines()
+    return sorted({line for line in lines if line.startswith("Error")})
+
+
+@dataclass
+class Run:
+    node: NodeProcess
+    orthanc: Orthanc
+    jobs: list[dict]
+    details: dict[int, subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory, request):  # type: ignore[no-untyped-def]
+    """One node run over a CT patient (6 one-slice series) and a 40-slice MR series."""
+    workdir = tmp_path_factory.mktemp("derived")
+    orthanc = Orthanc(workdir / "orthanc").start()
+    request.addfinalizer(orthanc.stop)
+    node = NodeProcess(
+        workdir / "node",
+        [pacs_destination(orthanc)],
+        {"enhance": {"methods": METHODS, "scale": 1}},
+    ).start()
+    request.addfinalizer(node.stop)
+    for folder in (CT_PATIENT, MR_SLAB):
+        sent = storescu(node.port, sorted(folder.iterdir()))
+        assert sent.returncode == 0, sent.stderr
+    jobs = node.wait_for_jobs(all_done(7), timeout=600)
+    details = {j["id"]: node.cli("jobs", "show", str(j["id"]), "--json") for j in jobs}
+    return Run(node, orthanc, jobs, details)
+
+
+def test_orthanc_holds_originals_one_derived_series_per_method_and_one_sr_each(processed) -> None:
+    orthanc = processed.orthanc
+    datasets = orthanc_datasets(orthanc)
+    originals = [
+        ds for ds in datasets if "DERIVED" not in ds.get("ImageType", []) and ds.Modality != "SR"
+    ]
+    derived = [ds for ds in datasets if "DERIVED" in ds.get("ImageType", [])]
+    reports = [ds for ds in datasets if ds.Modality == "SR"]
+    assert len(originals) == 6 + 40
+    assert len(derived) == len(METHODS) * (6 + 40)
+    assert len(reports) == len(METHODS) * 7
+    derived_series = {str(ds.SeriesInstanceUID) for ds in derived}
+    assert len(derived_series) == len(METHODS) * 7
+    by_sop = {str(ds.SOPInstanceUID): ds for ds in originals}
+    for ds in derived:
+        assert list(ds.ImageType[:2]) == ["DERIVED", "SECONDARY"]
+        [source_ref] = ds.SourceImageSequence
+        source = by_sop[str(source_ref.ReferencedSOPInstanceUID)]
+        assert source_ref.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+        assert ds.FrameOfReferenceUID == source.FrameOfReferenceUID
+        assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+        assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+        assert ds.RelatedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+        assert "vs source" in ds.ImageComments
+
+
+def test_sr_numbers_equal_what_jobs_show_reports(processed) -> None:
+    orthanc = processed.orthanc
+    details = processed.details
+    reports = [ds for ds in orthanc_datasets(orthanc) if ds.Modality == "SR"]
+    reported: dict[str, dict[str, float]] = {}
+    for ds in reports:
+        sr = hd.sr.srread(BytesIO(_bytes(ds)))
+        for group in sr.content.get_image_measurement_groups():
+            derived_sop = group.source_images[0].referenced_sop_instance_uid
+            reported[derived_sop] = {m.name.meaning: m.value for m in group.get_measurements()}
+    import json
+
+    expected = {}
+    for shown in details.values():
+        data = json.loads(shown.stdout)
+        for method in data["details"]["methods"]:
+            for image in method["per_image"]:
+                expected[image["sop"]] = image
+    assert set(reported) == set(expected)
+    for sop, values in reported.items():
+        assert values["Peak signal-to-noise ratio versus source"] == pytest.approx(
+            expected[sop]["psnr_db"], abs=1e-4
+        )
+        assert values["Structural similarity versus source"] == pytest.approx(
+            expected[sop]["ssim"], abs=1e-4
+        )
+        assert values["Self-check PSNR gain over bicubic"] == pytest.approx(
+            expected[sop]["self_check_gain_db"], abs=1e-4
+        )
+
+
+def _bytes(ds: Dataset) -> bytes:
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_every_written_file_validates(processed) -> None:
+    node = processed.node
+    jobs = processed.jobs
+    written = sorted((node.data_dir / "spool" / "outbox").rglob("*.dcm"))
+    assert len(written) == len(METHODS) * (46 + 7)
+    sources = {
+        str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
+        for folder in (CT_PATIENT, MR_SLAB)
+        for p in folder.iterdir()
+    }
+    for path in written:
+        ds = dcmread(path, stop_before_pixels=True)
+        errors = dciodvfy_errors(path)
+        if ds.Modality == "SR":
+            assert errors == [], path
+            continue
+        source = sources[str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID)]
+        assert set(errors) <= set(dciodvfy_errors(source)), path  # adds none of its own
+    # One job's outputs (both derived series and both reports) with their source, together.
+    ct_job = min(j["id"] for j in jobs if j["instances"] == 1)
+    outputs = sorted((node.data_dir / "spool" / "outbox" / str(ct_job)).rglob("*.dcm"))
+    assert len(outputs) == 2 * len(METHODS)
+    source = {
+        sources[str(dcmread(p).SourceImageSequence[0].ReferencedSOPInstanceUID)]
+        for p in outputs
+        if dcmread(p, stop_before_pixels=True).Modality != "SR"
+    }
+    result = subprocess.run(
+        ["dcentvfy", *map(str, [*source, *outputs])], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_derived_ct_keeps_the_hounsfield_units(processed) -> None:
+    orthanc = processed.orthanc
+    datasets = orthanc_datasets(orthanc)
+    by_sop = {str(ds.SOPInstanceUID): ds for ds in datasets}
+    checked = 0
+    for ds in datasets:
+        if ds.Modality != "CT" or "DERIVED" not in ds.ImageType:
+            continue
+        source = by_sop[str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID)]
+        assert (ds.WindowCenter, ds.WindowWidth) == (source.WindowCenter, source.WindowWidth)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        roi = (slice(rows * 3 // 8, rows * 5 // 8), slice(cols * 3 // 8, cols * 5 // 8))
+        derived_hu = float(to_modality(ds).values[0][roi].mean())
+        source_hu = float(to_modality(source).values[0][roi].mean())
+        assert abs(derived_hu - source_hu) < 5.0
+        checked += 1
+    assert checked == len(METHODS) * 6
+
+
+def test_resending_a_series_reprocesses_it_without_duplicates(processed) -> None:
+    node = processed.node
+    orthanc = processed.orthanc
+    jobs = processed.jobs
+    before = sorted(orthanc.instance_ids())
+    first_file = sorted(CT_PATIENT.iterdir())[0]
+    sent = storescu(node.port, [first_file])
+    assert sent.returncode == 0, sent.stderr
+    node.wait_for_jobs(all_done(len(jobs) + 1), timeout=300)
+    assert sorted(orthanc.instance_ids()) == before
+
+
+def test_derived_pixels_are_not_the_source_pixels(processed) -> None:
+    orthanc = processed.orthanc
+    datasets = orthanc_datasets(orthanc)
+    by_sop = {str(ds.SOPInstanceUID): ds for ds in datasets}
+    changed = [
+        not np.array_equal(
+            ds.pixel_array,
+            by_sop[str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID)].pixel_array,
+        )
+        for ds in datasets
+        if "DERIVED" in ds.get("ImageType", [])
+    ]
+    assert sum(changed) >= len(changed) * 0.9
