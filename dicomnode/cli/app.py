@@ -9,6 +9,7 @@ import typer
 from dicomnode import __version__
 from dicomnode.cli import config_cmd, jobs
 from dicomnode.cli.echo import echo
+from dicomnode.cli.enhance import enhance
 from dicomnode.cli.evaluate import evaluate
 from dicomnode.cli.serve import serve
 from dicomnode.cli.train import train
@@ -39,6 +40,7 @@ def _root(
 
 app.command()(serve)
 app.command()(echo)
+app.command()(enhance)
 app.command()(train)
 app.command()(evaluate)
 app.add_typer(jobs.app, name="jobs")

@@ -8,6 +8,8 @@ duplicating in the PACS.
 """
 
 import copy
+import hashlib
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,7 +34,7 @@ SOURCE_SERIES_PURPOSE = ("121323", "DCM", "Source series for image processing op
 ACQUISITION_EQUIPMENT = ("109101", "DCM", "Acquisition Equipment")
 PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
 
-IMPLEMENTATION_CLASS_UID = generate_uid(prefix=None, entropy_srcs=["dicomnode implementation"])
+IMPLEMENTATION_CLASS_UID = "2.25.133092372386306546349839390474722512813"  # fixed for dicomnode
 
 # Attributes the processing makes wrong or meaningless; dropped from the copy.
 _DROPPED = (
@@ -56,8 +58,14 @@ def code_item(code: tuple[str, str, str]) -> Dataset:
 
 
 def derived_uid(root: str | None, *parts: str) -> str:
-    """A UID determined by `parts` under `root` (None: the 2.25 UUID-derived root)."""
-    return generate_uid(prefix=root, entropy_srcs=list(parts))
+    """A UID determined by `parts`: under `root`, else 2.25.<UUID from their SHA-256>.
+
+    (pydicom's generate_uid ignores its entropy sources without a prefix, PS3.5 B.2.)
+    """
+    if root:
+        return generate_uid(prefix=root, entropy_srcs=list(parts))
+    digest = hashlib.sha256("\x00".join(parts).encode()).digest()[:16]
+    return f"2.25.{uuid.UUID(bytes=digest, version=5).int}"
 
 
 @dataclass(frozen=True)

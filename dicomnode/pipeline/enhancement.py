@@ -10,9 +10,11 @@ out unchanged with the originals. What happened is returned as plain data for th
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -149,13 +151,31 @@ def _series_number(source: Dataset, offset: int) -> int:
     return int(source.get("SeriesNumber", 0) or 0) + offset
 
 
-def _write(spool: Spool, job_id: int, ds: Dataset) -> SpooledInstance:
+Sink = Callable[[Dataset], SpooledInstance]
+
+
+def encoded(ds: Dataset) -> bytes:
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    path = spool.write_outbox(job_id, ds.SeriesInstanceUID, ds.SOPInstanceUID, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def spooled(ds: Dataset, path: Path) -> SpooledInstance:
     return SpooledInstance(
         str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID), path
     )
+
+
+def outbox_sink(spool: Spool, job_id: int) -> Sink:
+    """Where a job's outputs go: the spool's outbox, durably."""
+
+    def write(ds: Dataset) -> SpooledInstance:
+        data = encoded(ds)
+        return spooled(
+            ds, spool.write_outbox(job_id, ds.SeriesInstanceUID, ds.SOPInstanceUID, data)
+        )
+
+    return write
 
 
 def _run_method(
@@ -163,7 +183,7 @@ def _run_method(
     images: list[SourceImage],
     method: Method,
     settings: Settings,
-    spool: Spool,
+    sink: Sink,
 ) -> tuple[list[list[SpooledInstance]], dict[str, Any]]:
     enhance = settings.enhance
     root = enhance.uid_root or None
@@ -212,7 +232,7 @@ def _run_method(
             series_sources=sources,
             comments=_comment(method, measured),
         )
-        derived_files.append(_write(spool, job_id, derived))
+        derived_files.append(sink(derived))
         measured["sop"] = str(derived.SOPInstanceUID)
         measured["source_sop"] = source.sop
         reported.append(
@@ -233,7 +253,7 @@ def _run_method(
         sop_uid=derived_uid(root, "report", series_uid, method.version),
         description=f"Metrics {description}".strip(),
     )
-    report_file = _write(spool, job_id, report)
+    report_file = sink(report)
     timings["write_s"] = time.perf_counter() - started
 
     worst = max((m["qa"] for m in measures), key=_RANK.__getitem__)
@@ -263,9 +283,9 @@ def enhance_series(
     inputs: list[SpooledInstance],
     settings: Settings,
     methods: list[Method],
-    spool: Spool,
+    sink: Sink,
 ) -> SeriesOutput:
-    """Derived series and reports for every method, written to the outbox (cleared first)."""
+    """Derived series and reports for every method, each file handed to `sink` to store."""
     output = SeriesOutput()
     started = time.perf_counter()
     images, skipped = _load(inputs)
@@ -277,10 +297,9 @@ def enhance_series(
     if modality not in settings.enhance.modalities:
         output.details["enhancement"] = f"skipped: modality {modality or '(none)'} not enabled"
         return output
-    spool.clear_outbox(job_id)
     summaries = []
     for method in methods:
-        series, summary = _run_method(job_id, images, method, settings, spool)
+        series, summary = _run_method(job_id, images, method, settings, sink)
         output.series.extend(series)
         summaries.append(summary)
         output.qa_failed |= summary["qa"] == "fail"

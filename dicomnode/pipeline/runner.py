@@ -85,12 +85,14 @@ class JobRunner:
         self, job: JobRecord, inputs: list[SpooledInstance]
     ) -> list[list[SpooledInstance]] | None:
         """The derived series and reports to forward, or None when the job was finished here."""
-        from dicomnode.pipeline.enhancement import enhance_series
+        from dicomnode.pipeline.enhancement import enhance_series, outbox_sink
         from dicomnode.pipeline.methods import configured_methods
 
         try:
             methods = configured_methods(self.settings)
-            output = enhance_series(job.id, inputs, self.settings, methods, self.spool)
+            self.spool.clear_outbox(job.id)
+            sink = outbox_sink(self.spool, job.id)
+            output = enhance_series(job.id, inputs, self.settings, methods, sink)
         except DicomNodeError as exc:  # a missing model, a full disk: say so, keep the inputs
             self._finish(job, error=f"enhancement failed: {exc}")
             return None

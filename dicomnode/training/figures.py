@@ -78,3 +78,36 @@ def plot_comparison(examples: Sequence[ImageOutputs], path: Path, scale: int) ->
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
+
+
+def plot_enhanced(
+    source: np.ndarray, outputs: dict[str, np.ndarray], path: Path, title: str
+) -> None:
+    """source | each method's output | |output - source| per method, in the source's window."""
+    plt = _pyplot()
+    columns = 1 + 2 * len(outputs)
+    figure, axes = plt.subplots(1, columns, figsize=(2.8 * columns, 3.2), squeeze=False)
+    row = axes[0]
+    low, high = np.percentile(source, [1, 99])
+    row[0].imshow(source, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+    row[0].set_title("source", fontsize=8)
+    for index, (name, image) in enumerate(outputs.items()):
+        shown = (
+            image
+            if image.shape == source.shape
+            else image[:: image.shape[0] // source.shape[0], :: image.shape[1] // source.shape[1]]
+        )
+        row[1 + index].imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+        row[1 + index].set_title(name, fontsize=8)
+        error = np.abs(shown - source)
+        top = float(np.percentile(error, 99.5)) or 1.0
+        axis = row[1 + len(outputs) + index]
+        axis.imshow(error, cmap="magma", vmin=0, vmax=top, interpolation="nearest")
+        axis.set_title(f"|{name} - source| 0 .. {top:.0f}", fontsize=8)
+    for axis in row:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)

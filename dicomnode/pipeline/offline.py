@@ -1,0 +1,96 @@
+"""Offline use of the job pipeline: series from a folder, outputs to a folder, a figure."""
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+
+from dicomnode.db import SpooledInstance
+from dicomnode.imaging.pixels import to_modality
+from dicomnode.pipeline.enhancement import Sink, encoded, spooled
+from dicomnode.spool import validate_uid
+
+
+def series_in(folder: Path) -> dict[str, list[SpooledInstance]]:
+    """Every DICOM file under `folder`, grouped by SeriesInstanceUID."""
+    found: dict[str, list[SpooledInstance]] = defaultdict(list)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError):
+            continue
+        if "SOPInstanceUID" not in ds or "SeriesInstanceUID" not in ds:
+            continue
+        syntax = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
+        found[str(ds.SeriesInstanceUID)].append(
+            SpooledInstance(str(ds.SOPInstanceUID), str(ds.SOPClassUID), syntax, path)
+        )
+    return dict(found)
+
+
+def file_sink(out_dir: Path) -> Sink:
+    """Write each output to OUT_DIR/<SeriesInstanceUID>/<SOPInstanceUID>.dcm."""
+
+    def write(ds: Dataset) -> SpooledInstance:
+        series = out_dir / validate_uid(ds.SeriesInstanceUID, "SeriesInstanceUID")
+        series.mkdir(parents=True, exist_ok=True)
+        path = series / f"{validate_uid(ds.SOPInstanceUID, 'SOPInstanceUID')}.dcm"
+        path.write_bytes(encoded(ds))
+        return spooled(ds, path)
+
+    return write
+
+
+def comparison_figure(
+    inputs: list[SpooledInstance], summaries: list[dict[str, Any]], out_dir: Path, path: Path
+) -> None:
+    """The middle image of the series next to each method's output and the differences."""
+    from dicomnode.training.figures import plot_enhanced
+
+    by_sop = {i.sop_instance_uid: i.path for i in inputs}
+    middle = summaries[0]["per_image"][len(summaries[0]["per_image"]) // 2]
+    source = to_modality(dcmread(by_sop[middle["source_sop"]])).values[0]
+    outputs = {}
+    for summary in summaries:
+        image = next(i for i in summary["per_image"] if i["source_sop"] == middle["source_sop"])
+        derived = out_dir / summary["derived_series_uid"] / f"{image['sop']}.dcm"
+        outputs[f"{summary['method']} x{summary['scale']}"] = to_modality(dcmread(derived)).values[
+            0
+        ]
+    plot_enhanced(source, outputs, path, "metrics in each image's ImageComments and metrics.csv")
+
+
+def describe(summary: dict[str, Any], out_dir: Path) -> str:
+    gain = summary["self_check_gain_mean_db"]
+    return (
+        f"{summary['method']} x{summary['scale']}: {summary['images']} images -> "
+        f"{out_dir / summary['derived_series_uid']}; PSNR {summary['psnr_mean_db']} dB, "
+        f"SSIM {summary['ssim_mean']} vs source; self-check {gain} dB; QA {summary['qa']}; "
+        f"{summary['device']}"
+    )
+
+
+CSV_FIELDS = ("source_sop", "sop", "psnr_db", "ssim", "self_check_gain_db", "qa")
+
+
+def metrics_rows(series_uid: str, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "series": series_uid,
+            "method": s["method"],
+            "version": s["version"],
+            **{key: image[key] for key in CSV_FIELDS},
+        }
+        for s in summaries
+        for image in s["per_image"]
+    ]
+
+
+def write_metrics_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["series", "method", "version", *CSV_FIELDS])
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,94 @@
+"""Derived instances: identity, DERIVED type, references and super-resolution geometry."""
+
+from datetime import datetime
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from dicomnode.dicom.derive import Derivation, derived_instance, derived_series_uid
+from dicomnode.imaging.pixels import to_modality, to_stored
+from tests.support.series import CT_TEMPLATE
+
+
+def derivation(scale: int, version: str = "srcnn-x1-abc") -> Derivation:
+    source = dcmread(CT_TEMPLATE)
+    return Derivation(
+        method="srcnn",
+        version=version,
+        scale=scale,
+        description="test",
+        series_uid=derived_series_uid(source.SeriesInstanceUID, version, None),
+        series_number=1001,
+        series_description="SRCNN test",
+        uid_root=None,
+        processed_at=datetime(2026, 11, 25, 12, 0, 0),
+    )
+
+
+def derive(scale: int, version: str = "srcnn-x1-abc"):  # type: ignore[no-untyped-def]
+    source = dcmread(CT_TEMPLATE)
+    image = to_modality(source)
+    values = np.kron(image.values, np.ones((1, scale, scale), np.float32))
+    padding = np.kron(image.padding, np.ones((1, scale, scale), bool))
+    stored = to_stored(values, image.domain, padding)
+    ds = derived_instance(
+        source,
+        stored,
+        derivation(scale, version),
+        series_sources=[(source.SOPClassUID, source.SOPInstanceUID)],
+        comments="PSNR 40 dB",
+    )
+    return source, ds
+
+
+def test_identity_is_new_deterministic_and_consistent() -> None:
+    source, first = derive(1)
+    _, again = derive(1)
+    _, other_version = derive(1, "srcnn-x1-def")
+    assert first.SOPInstanceUID == again.SOPInstanceUID != source.SOPInstanceUID
+    assert other_version.SOPInstanceUID != first.SOPInstanceUID
+    assert first.file_meta.MediaStorageSOPInstanceUID == first.SOPInstanceUID
+    assert first.SOPClassUID == source.SOPClassUID
+    assert first.StudyInstanceUID == source.StudyInstanceUID
+    assert first.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert len(first.SOPInstanceUID) <= 64
+
+
+def test_image_type_derivation_and_references() -> None:
+    source, ds = derive(1)
+    assert list(ds.ImageType[:3]) == ["DERIVED", "SECONDARY", source.ImageType[2]]
+    assert ds.DerivationCodeSequence[0].CodeValue == "113087"
+    [item] = ds.SourceImageSequence
+    assert item.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert item.SpatialLocationsPreserved == "YES"
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    purposes = [
+        i.PurposeOfReferenceCodeSequence[0].CodeValue for i in ds.ContributingEquipmentSequence
+    ]
+    assert purposes == ["109101", "109102"]
+    assert "SmallestImagePixelValue" not in ds
+
+
+def test_pixels_round_trip_unchanged_for_an_identity_enhancement() -> None:
+    source, ds = derive(1)
+    np.testing.assert_array_equal(ds.pixel_array, source.pixel_array)
+
+
+def test_super_resolution_geometry() -> None:
+    source, ds = derive(2)
+    assert (ds.Rows, ds.Columns) == (source.Rows * 2, source.Columns * 2)
+    assert [float(v) for v in ds.PixelSpacing] == pytest.approx(
+        [float(v) / 2 for v in source.PixelSpacing]
+    )
+    # The first pixel's centre moves by a quarter of the old spacing along both axes.
+    orientation = np.array([float(v) for v in source.ImageOrientationPatient])
+    row_spacing, col_spacing = (float(v) for v in source.PixelSpacing)
+    expected = (
+        np.array([float(v) for v in source.ImagePositionPatient])
+        - col_spacing / 4 * orientation[:3]
+        - row_spacing / 4 * orientation[3:]
+    )
+    assert [float(v) for v in ds.ImagePositionPatient] == pytest.approx(expected, abs=1e-4)
+    assert ds.SourceImageSequence[0].SpatialLocationsPreserved == "NO"
+    assert ds.DerivationCodeSequence[0].CodeValue == "113085"
