@@ -212,8 +212,8 @@ class BaselineSettings:
 
     denoise: Literal["bilateral", "nlm", "none"] = "bilateral"
     denoise_strength: float = 1.5
-    unsharp_amount: float = 0.5
-    unsharp_sigma: float = 1.0
+    unsharp_amount: float = 1.0
+    unsharp_sigma: float = 0.7
     clahe_clip: float = 0.0
 
     def validate(self) -> None:

@@ -33,8 +33,8 @@ class BaselineParams:
 
     denoise: Denoiser = "bilateral"
     denoise_strength: float = 1.5  # x the estimated noise standard deviation
-    unsharp_amount: float = 0.5
-    unsharp_sigma: float = 1.0  # pixels
+    unsharp_amount: float = 1.0
+    unsharp_sigma: float = 0.7  # pixels
     clahe_clip: float = 0.0  # 0 = off; else skimage's clip_limit, e.g. 0.01
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
 
 from dicomnode.config import Settings
 from dicomnode.db import SpooledInstance
@@ -59,11 +60,14 @@ class SeriesOutput:
 def _load(inputs: list[SpooledInstance]) -> tuple[list[SourceImage], list[dict[str, str]]]:
     images, skipped = [], []
     for item in inputs:
-        dataset = dcmread(item.path)
         try:
+            dataset = dcmread(item.path)
             images.append(SourceImage(dataset, to_modality(dataset)))
         except ImageDeclined as exc:
             skipped.append({"sop": item.sop_instance_uid, "reason": str(exc)})
+        except (InvalidDicomError, OSError, ValueError) as exc:
+            reason = f"sop={item.sop_instance_uid}: cannot read {item.path}: {exc}"
+            skipped.append({"sop": item.sop_instance_uid, "reason": reason})
     images.sort(key=lambda s: (int(s.dataset.get("InstanceNumber", 0) or 0), s.sop))
     return images, skipped
 

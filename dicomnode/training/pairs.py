@@ -14,7 +14,8 @@ from dicomnode.imaging.degrade import Degradation, crop_to_multiple, degrade, re
 from dicomnode.imaging.normalize import normalization_for, normalize
 from dicomnode.training.corpus import CorpusImage
 
-MIN_PATCH_STD = 0.01  # in the working range: skip patches of pure air or a flat table
+MIN_PATCH_STD = 0.01  # in the working range: "structured" patches (edges, texture)
+STRUCTURED_FRACTION = 0.5  # the rest is drawn anywhere, so flat areas are learnt to stay flat
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ def sample_patches(
     inputs = np.empty((count, size, size, 1), np.float32)
     targets = np.empty_like(inputs)
     for n in range(count):
-        for _attempt in range(20):
+        attempts = 20 if n < count * STRUCTURED_FRACTION else 1
+        for _attempt in range(attempts):
             pair = usable[rng.choice(len(usable), p=weights)]
             r = int(rng.integers(0, pair.target.shape[0] - size + 1))
             c = int(rng.integers(0, pair.target.shape[1] - size + 1))
