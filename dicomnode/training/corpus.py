@@ -4,6 +4,10 @@ Every 2-D image (each frame of a multi-frame instance) becomes a `CorpusImage` i
 with its padding mask, its modality and the *group* it belongs to: the patient (PatientID, else
 the series). The train/validation split assigns whole groups, per modality, so no patient (and
 therefore no series, slice or patch) is on both sides.
+
+CT pixels below -1024 HU are outside the reconstruction circle (scanners fill it with -2048 or
+-3024 when they set no PixelPaddingValue): not tissue and not air, so they count as padding and
+are left out of every score, as a declared PixelPaddingValue would be.
 """
 
 import logging
@@ -18,6 +22,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.errors import DicomNodeError, ImageDeclined
+from dicomnode.imaging.normalize import CT_HU_RANGE
 from dicomnode.imaging.pixels import to_modality
 
 log = logging.getLogger(__name__)
@@ -69,6 +74,8 @@ def load_images(paths: Sequence[Path], *, min_size: int = 32) -> list[CorpusImag
                 )
                 continue
             modality = str(ds.get("Modality", "OT")).upper()
+            if modality == "CT":
+                padding = padding | (values < CT_HU_RANGE[0])
             images.append(CorpusImage(file, frame, modality, group, series, values, padding))
     if not images:
         raise DicomNodeError(f"no usable grayscale DICOM images under {', '.join(map(str, paths))}")
