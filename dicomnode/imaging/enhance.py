@@ -60,6 +60,7 @@ class SrcnnMethod:
         self.runner = runner
         self.scale = runner.model.scale
         self.version = runner.model.version
+        self.sha256 = runner.model.sha256
         self.device = runner.device_description
 
     def __call__(self, stack: np.ndarray) -> np.ndarray:

@@ -40,7 +40,7 @@ HALO = sum((k - 1) // 2 for _, k in LAYERS)  # 6: how far an output pixel sees
 TILE_OVERLAP = 8  # > HALO, a multiple of 4 for friendlier shapes
 MACS_PER_PIXEL = 9 * 9 * 64 + 64 * 32 + 5 * 5 * 32  # 8,032 multiply-adds per output pixel
 BYTES_PER_PIXEL = 4 * (1 + 64 + 32 + 1) * 2  # float32 activations in flight, with headroom
-CPU_MEMORY_BUDGET = 1 << 30
+CPU_MEMORY_BUDGET = 2 << 30  # 10 slices of 512² per batch
 GPU_MEMORY_BUDGET = 8 << 30
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"  # the shipped, trained models
 

@@ -266,6 +266,7 @@ def _run_method(
     summary = {
         "method": method.name,
         "version": method.version,
+        "model_sha256": getattr(method, "sha256", None),  # SRCNN only: the model file's hash
         "scale": method.scale,
         "device": method.device,
         "derived_series_uid": series_uid,

@@ -4,8 +4,10 @@ storescu → dicomnode (SRCNN and baseline, scale 1) → Orthanc; checked throug
 API, with dciodvfy/dcentvfy on every file the node wrote, and the SR read back with highdicom.
 """
 
+import csv
 import json
 import subprocess
+import sys
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -232,3 +234,37 @@ def test_derived_pixels_are_not_the_source_pixels(processed) -> None:
     ]
     assert len(changed) == len(METHODS) * 46
     assert sum(changed) >= len(changed) * 0.9
+
+
+def test_enhance_command_writes_derived_files_sr_csv_and_figure(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dicomnode",
+            "enhance",
+            str(CT_PATIENT),
+            str(out),
+            "-m",
+            "srcnn",
+            "-m",
+            "baseline",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = [dcmread(p, stop_before_pixels=True) for p in out.rglob("*.dcm")]
+    images = [ds for ds in written if ds.Modality == "CT"]
+    reports = [ds for ds in written if ds.Modality == "SR"]
+    assert len(images) == 2 * 6 and len(reports) == 2 * 6
+    assert {str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID) for ds in images} == {
+        str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in CT_PATIENT.iterdir()
+    }
+    with (out / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * 6 and {r["method"] for r in rows} == {"srcnn", "baseline"}
+    assert (out / "comparison.png").stat().st_size > 10_000
