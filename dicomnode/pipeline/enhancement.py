@@ -29,6 +29,7 @@ from dicomnode.errors import ImageDeclined
 from dicomnode.imaging.degrade import Degradation, resample
 from dicomnode.imaging.enhance import Method, enhance_stack
 from dicomnode.imaging.metrics import compare, self_check
+from dicomnode.imaging.normalize import CT_HU_RANGE
 from dicomnode.imaging.pixels import ModalityImage, stored_values, to_modality, to_stored
 from dicomnode.imaging.qa import assess
 from dicomnode.pipeline.methods import qa_thresholds
@@ -105,6 +106,8 @@ def _measure(
     frame = len(output) // 2
     reference = source.image.values[frame]
     padding = source.image.padding[frame]
+    if modality == "CT":  # outside the reconstruction circle: not scored (as in `evaluate`)
+        padding = padding | (reference < CT_HU_RANGE[0])
     result = _on_source_grid(output[frame], reference.shape)
     fidelity = compare(reference, result, padding=padding)
     domain = source.image.domain

@@ -268,3 +268,13 @@ def test_enhance_command_writes_derived_files_sr_csv_and_figure(tmp_path: Path) 
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * 6 and {r["method"] for r in rows} == {"srcnn", "baseline"}
     assert (out / "comparison.png").stat().st_size > 10_000
+
+
+def test_no_patient_name_or_id_reaches_the_log(processed) -> None:
+    log = processed.node.log()
+    assert "job done" in log or "job=" in log  # the log is the real one, with events in it
+    for folder in (CT_PATIENT, MR_SLAB):
+        ds = dcmread(next(folder.iterdir()), stop_before_pixels=True)
+        for value in (str(ds.PatientName), str(ds.PatientID)):
+            if len(value) >= 4:  # shorter IDs ("02") match timestamps, not patients
+                assert value not in log, f"PHI {value!r} found in the node log"
