@@ -63,3 +63,9 @@ def configure_logging(level: str) -> None:
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("pylibjpeg").setLevel(logging.WARNING)
+    # pydicom logs a decoder failure with a traceback but without saying which instance; ours
+    # says it (ImageDeclined names the SOP Instance UID and lands in the job's details).
+    # pydicom sets its logger's level when first imported, so import it before overriding.
+    import pydicom.config  # noqa: F401
+
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)

@@ -1,0 +1,182 @@
+"""Bad input never takes the node down, never costs a good study, never escapes the spool.
+
+A raw pynetdicom SCU sends every file of pydicom's test corpus plus generated malformed instances
+(one association each, proposing the file's own class and transfer syntax) while storescu sends a
+good CT series at the same time. Each bad instance either gets a failure status or is stored; a
+stored one ends in a job that is done (forwarded unchanged, enhancement skipped with a reason) or
+failed/dead with an error naming it.
+"""
+
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_files
+from pydicom.uid import generate_uid
+from pynetdicom import AE, build_context
+
+from tests.conftest import pacs_destination
+from tests.support.dcmtk import echoscu, storescu
+from tests.support.orthanc import Orthanc
+from tests.support.series import CT_TEMPLATE
+
+
+def malformed(folder: Path) -> list[Path]:
+    """Generated instances that break one rule each (names say which)."""
+    folder.mkdir()
+
+    def variant(name: str, change) -> Path:  # type: ignore[no-untyped-def]
+        ds = dcmread(CT_TEMPLATE)
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesInstanceUID = generate_uid()
+        change(ds)
+        path = folder / f"{name}.dcm"
+        ds.save_as(path, enforce_file_format=False)
+        return path
+
+    def truncated(ds):  # type: ignore[no-untyped-def]
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
+
+    def no_pixels(ds):  # type: ignore[no-untyped-def]
+        del ds.PixelData
+
+    def bits_stored_too_big(ds):  # type: ignore[no-untyped-def]
+        ds.BitsStored, ds.HighBit = 20, 19
+
+    def high_bit_wrong(ds):  # type: ignore[no-untyped-def]
+        ds.HighBit = 3
+
+    def length_mismatch(ds):  # type: ignore[no-untyped-def]
+        ds.Rows = ds.Rows * 2
+
+    def huge(ds):  # type: ignore[no-untyped-def]
+        ds.Rows = ds.Columns = 65535
+
+    def path_uid(ds):  # type: ignore[no-untyped-def]
+        ds.SOPInstanceUID = "1.2.3/../../../../tmp/escaped"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+    def series_path_uid(ds):  # type: ignore[no-untyped-def]
+        ds.SeriesInstanceUID = "../../escaped"
+
+    def empty_uids(ds):  # type: ignore[no-untyped-def]
+        ds.StudyInstanceUID = ""
+        ds.PatientName = ""
+
+    def zero_length_pixels(ds):  # type: ignore[no-untyped-def]
+        ds.PixelData = b""
+
+    changes = {
+        "truncated_pixel_data": truncated,
+        "missing_pixel_data": no_pixels,
+        "bits_stored_above_allocated": bits_stored_too_big,
+        "high_bit_wrong": high_bit_wrong,
+        "pixel_length_mismatch": length_mismatch,
+        "huge_rows_columns": huge,
+        "uid_with_path_characters": path_uid,
+        "series_uid_with_path_characters": series_path_uid,
+        "empty_uids_and_name": empty_uids,
+        "zero_length_pixel_data": zero_length_pixels,
+    }
+    return [variant(name, change) for name, change in changes.items()]
+
+
+BROKEN_PIXELS = (
+    "truncated_pixel_data",
+    "missing_pixel_data",
+    "bits_stored_above_allocated",
+    "pixel_length_mismatch",
+    "huge_rows_columns",
+    "zero_length_pixel_data",
+)
+
+
+def send_raw(port: int, path: Path) -> int | None:
+    """C-STORE one file as its bytes; the status, or None when it could not be sent at all."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, force=True)
+        sop_class = str(ds.file_meta.MediaStorageSOPClassUID)
+        syntax = str(ds.file_meta.TransferSyntaxUID)
+    except Exception:
+        return None
+    ae = AE(ae_title="BADSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.requested_contexts = [build_context(sop_class, syntax)]
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+    if not assoc.is_established:
+        return None
+    try:
+        status = assoc.send_c_store(path)
+        return int(status.Status) if "Status" in status else None
+    except Exception:  # pynetdicom refuses to send some files itself (no accepted context)
+        return None
+    finally:
+        assoc.release()
+
+
+@pytest.mark.slow
+def test_bad_instances_get_a_status_or_a_clear_job_error_and_good_ones_still_arrive(
+    tmp_path: Path, node_factory, orthanc: Orthanc, ct_series: list[Path]
+) -> None:
+    node = node_factory(
+        [pacs_destination(orthanc)],
+        enhance={"methods": ["baseline"], "self_check": False},
+        retry={"max_attempts": 2},
+    ).start()
+    corpus = [Path(p) for p in get_testdata_files("*.dcm")] + malformed(tmp_path / "malformed")
+
+    good: dict[str, object] = {}
+    sender = threading.Thread(target=lambda: good.update(result=storescu(node.port, ct_series)))
+    sender.start()
+    statuses = {path.name: send_raw(node.port, path) for path in corpus}
+    sender.join()
+
+    assert good["result"].returncode == 0, good["result"].stderr  # type: ignore[attr-defined]
+    assert echoscu(node.port).returncode == 0  # the listener is still up
+    assert statuses["uid_with_path_characters.dcm"] not in (None, 0x0000)
+    assert statuses["series_uid_with_path_characters.dcm"] not in (None, 0x0000)
+    assert statuses["empty_uids_and_name.dcm"] not in (None, 0x0000)
+
+    jobs = node.wait_for_jobs(
+        lambda js: (
+            js
+            and all(j["status"] in ("done", "dead", "cancelled") for j in js)
+            and any(j["instances"] == len(ct_series) and j["status"] == "done" for j in js)
+        ),
+        timeout=300,
+    )
+    for job in jobs:
+        if job["status"] == "dead":
+            assert "sop=" in job["error"] or "0x" in job["error"], job
+        if job["status"] == "cancelled":  # the corpus reuses UIDs: later copies supersede
+            assert job["error"].startswith("superseded by job"), job
+        for skipped in (job["details"] or {}).get("skipped", []):
+            assert skipped["reason"].startswith(f"sop={skipped['sop']}"), skipped
+    # The good series arrived whole, next to whatever the bad ones did.
+    good_uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in ct_series}
+    arrived = set()
+    for orthanc_id in orthanc.instance_ids():
+        tags = orthanc.get(f"/instances/{orthanc_id}/simplified-tags").json()
+        arrived.add(tags.get("SOPInstanceUID"))
+    assert good_uids <= arrived
+    # Nothing was written outside the node's data folder.
+    assert not list(Path("/tmp").glob("escaped*"))
+    assert not list(node.data_dir.parent.glob("escaped*"))
+    # Every stored image whose pixels are unusable was forwarded unchanged, its reason recorded.
+    skipped = {
+        item["sop"]: item["reason"]
+        for job in jobs
+        for item in (job["details"] or {}).get("skipped", [])
+    }
+    for name in BROKEN_PIXELS:
+        if statuses[f"{name}.dcm"] == 0x0000:
+            sop = str(dcmread(tmp_path / "malformed" / f"{name}.dcm", force=True).SOPInstanceUID)
+            assert sop in skipped, name
+            assert sop in arrived, name
+    # A traceback in the log always follows a line that says which job or instance it was.
+    lines = node.log().splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("Traceback"):
+            assert "job=" in lines[index - 1] or "sop=" in lines[index - 1], lines[index - 1]
