@@ -13,6 +13,7 @@ Each measure has a warn and a fail threshold (`QaThresholds`); the verdict is th
 reached, with one reason per threshold crossed.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -23,6 +24,11 @@ from skimage.restoration import estimate_sigma
 
 Verdict = Literal["ok", "warn", "fail"]
 _RANK: dict[Verdict, int] = {"ok": 0, "warn": 1, "fail": 2}
+
+
+def worst_verdict(verdicts: Iterable[Verdict]) -> Verdict:
+    """The most severe of several verdicts (a series is as bad as its worst image)."""
+    return max(verdicts, key=_RANK.__getitem__, default="ok")
 
 
 @dataclass(frozen=True)
@@ -94,5 +100,5 @@ def assess(
             reasons.append(
                 f"{name.replace('_', ' ')} {value:.3g} > {warn if level == 'warn' else fail}"
             )
-            verdict = level if _RANK[level] > _RANK[verdict] else verdict
+            verdict = worst_verdict((verdict, level))
     return QaVerdict(verdict, tuple(reasons), measures)

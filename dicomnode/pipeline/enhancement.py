@@ -31,12 +31,11 @@ from dicomnode.imaging.enhance import Method, enhance_stack
 from dicomnode.imaging.metrics import compare, self_check
 from dicomnode.imaging.normalize import CT_HU_RANGE
 from dicomnode.imaging.pixels import ModalityImage, stored_values, to_modality, to_stored
-from dicomnode.imaging.qa import assess
+from dicomnode.imaging.qa import assess, worst_verdict
 from dicomnode.pipeline.methods import qa_thresholds
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
-_RANK = {"ok": 0, "warn": 1, "fail": 2}
 
 
 @dataclass
@@ -263,7 +262,7 @@ def _run_method(
     report_file = sink(report)
     timings["write_s"] = time.perf_counter() - started
 
-    worst = max((m["qa"] for m in measures), key=_RANK.__getitem__)
+    worst = worst_verdict(m["qa"] for m in measures)
     gains = [m["self_check_gain_db"] for m in measures if m["self_check_gain_db"] is not None]
     finite = [m["psnr_db"] for m in measures if np.isfinite(m["psnr_db"])]
     summary = {

@@ -29,6 +29,11 @@ def srcnn_runner(path: Path) -> SrcnnRunner:
         return _runners[path]
 
 
+def baseline_params(settings: Settings) -> BaselineParams:
+    """The `[baseline]` settings as the imaging layer's parameter object."""
+    return BaselineParams(**vars(settings.baseline))
+
+
 def configured_methods(settings: Settings) -> list[Method]:
     """One Method per name in `[enhance] methods`, in that order."""
     methods: list[Method] = []
@@ -36,8 +41,7 @@ def configured_methods(settings: Settings) -> list[Method]:
         if name == "srcnn":
             methods.append(SrcnnMethod(srcnn_runner(model_path(settings.enhance))))
         else:
-            params = BaselineParams(**vars(settings.baseline))
-            methods.append(BaselineMethod(params, scale=settings.enhance.scale))
+            methods.append(BaselineMethod(baseline_params(settings), scale=settings.enhance.scale))
     return methods
 
 
