@@ -28,6 +28,7 @@ _STATUS_STYLE = {
     "failed": "yellow",
     "dead": "bold red",
     "cancelled": "dim",
+    "held": "magenta",
     "ok": "green",
     "warn": "yellow",
     "fail": "bold red",
@@ -197,6 +198,18 @@ def retry(
     with reported_errors():
         job = retry_job(_database(settings_from(config)), job_id)
     console.print(f"job {job.id} queued again ({job.instances} instances)")
+
+
+@app.command("release")
+def release(
+    job_id: Annotated[int, typer.Argument(metavar="ID")], config: ConfigOption = None
+) -> None:
+    """Send the derived series that QA held back (enhance.qa_action = "hold")."""
+    from dicomnode.db.jobs import release_job
+
+    with reported_errors():
+        job = release_job(_database(settings_from(config)), job_id)
+    console.print(f"job {job.id} released: it runs again and forwards its derived series")
 
 
 @app.command("cancel")

@@ -56,6 +56,7 @@ def _record(session: Session, job: Job) -> JobRecord:
             for d in deliveries
         ),
         details=json.loads(job.details) if job.details else None,
+        released=bool(job.released),
     )
 
 
@@ -199,11 +200,13 @@ def finish_attempt(
     policy: RetrySettings,
     error: str | None = None,
     transient: bool = True,
+    hold: str | None = None,
 ) -> JobRecord | None:
-    """Close a worker's attempt: done, failed (retry later) or dead, from the deliveries.
+    """Close a worker's attempt: done (or held), failed (retry later) or dead.
 
     `error` is a failure before delivery (e.g. unreadable inputs); `transient` says whether a
-    later attempt may fix it. Returns None when the job was no longer held by `owner`.
+    later attempt may fix it; `hold` is why a successful attempt kept outputs back for an admin.
+    Returns None when the job was no longer held by `owner`.
     """
     now = utcnow()
     with db.session() as session:
@@ -221,7 +224,7 @@ def finish_attempt(
         permanent = (error is not None and not transient) or bool(dead)
 
         if not problems:
-            job.status, job.error = JobStatus.DONE, None
+            job.status, job.error = (JobStatus.HELD, hold) if hold else (JobStatus.DONE, None)
         elif retryable and not permanent and job.attempts < policy.max_attempts:
             delay = retry_delay_seconds(job.attempts, policy)
             job.status = JobStatus.FAILED
@@ -293,6 +296,24 @@ def retry_job(db: Database, job_id: int) -> JobRecord:
         session.execute(
             update(Delivery)
             .where(Delivery.job_id == job_id, Delivery.status != DeliveryStatus.DONE)
+            .values(status=DeliveryStatus.PENDING, attempts=0, updated_at=now)
+        )
+        session.flush()
+        return _record(session, job)
+
+
+def release_job(db: Database, job_id: int) -> JobRecord:
+    """Admin: send what QA held back; the job runs again and this time forwards everything."""
+    now = utcnow()
+    with db.session() as session:
+        job = _existing_job(session, job_id)
+        if job.status != JobStatus.HELD:
+            raise JobStateError(f"job {job_id} is {job.status}; only held jobs can be released")
+        job.status, job.released, job.attempts = JobStatus.QUEUED, True, 0
+        job.error, job.next_attempt_at, job.updated_at = None, now, now
+        session.execute(
+            update(Delivery)
+            .where(Delivery.job_id == job_id)
             .values(status=DeliveryStatus.PENDING, attempts=0, updated_at=now)
         )
         session.flush()

@@ -24,6 +24,7 @@ class JobStatus(enum.StrEnum):
     FAILED = "failed"  # will be picked up again at next_attempt_at
     DEAD = "dead"  # gave up; inputs kept; `dicomnode jobs retry` revives it
     CANCELLED = "cancelled"
+    HELD = "held"  # QA held the derived series back; `dicomnode jobs release` sends them
 
 
 ACTIVE_STATUSES = (JobStatus.PROCESSING, JobStatus.FORWARDING)
@@ -88,6 +89,7 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     # JSON: what the last processing attempt did (device, model, timings, metrics per method).
     details: Mapped[str | None] = mapped_column(Text, default=None)
+    released: Mapped[bool] = mapped_column(default=False)  # an admin overrode a QA hold
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)

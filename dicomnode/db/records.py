@@ -56,6 +56,7 @@ class JobRecord:
     lease_owner: str | None
     deliveries: tuple[DeliveryRecord, ...]
     details: dict[str, Any] | None = None
+    released: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form used by `dicomnode jobs ... --json` (times in ISO 8601 UTC)."""
@@ -76,6 +77,7 @@ class JobRecord:
             "next_attempt_at": iso(self.next_attempt_at),
             "lease_owner": self.lease_owner,
             "details": self.details,
+            "released": self.released,
             "deliveries": [
                 {
                     "destination": d.destination,

@@ -68,23 +68,28 @@ class JobRunner:
             )
             return
         outgoing = [inputs] if self.settings.enhance.forward_originals else []
+        hold = None
         if self.settings.enhance.methods:
-            derived = self._enhance(job, inputs)
-            if derived is None:
+            enhanced = self._enhance(job, inputs)
+            if enhanced is None:
                 return
-            outgoing.extend(derived)
+            derived, hold = enhanced
+            if hold is None:
+                outgoing.extend(derived)
         if not set_active_status(self.db, job.id, self.owner, JobStatus.FORWARDING):
             return
         destinations = open_deliveries(self.db, job.id)
         if destinations:
             with ThreadPoolExecutor(len(destinations), thread_name_prefix="forward") as pool:
                 list(pool.map(lambda name: self._deliver(job, name, outgoing), destinations))
-        self._finish(job)
+        self._finish(job, hold=hold)
 
     def _enhance(
         self, job: JobRecord, inputs: list[SpooledInstance]
-    ) -> list[list[SpooledInstance]] | None:
-        """The derived series and reports to forward, or None when the job was finished here."""
+    ) -> tuple[list[list[SpooledInstance]], str | None] | None:
+        """The derived series and reports, and why QA holds them back (None: send them).
+
+        None when the job was finished here (enhancement failed, or QA failed it)."""
         from dicomnode.pipeline.enhancement import enhance_series, outbox_sink
         from dicomnode.pipeline.methods import configured_methods
 
@@ -104,7 +109,14 @@ class JobRunner:
                 error="QA verdict 'fail' and enhance.qa_action = 'fail'; see `dicomnode jobs show`",
             )
             return None
-        return output.series
+        qa_action = self.settings.enhance.qa_action
+        if output.qa_failed and qa_action == "hold" and not job.released:
+            reason = (
+                "QA verdict 'fail': originals sent, derived series held; "
+                f"`dicomnode jobs release {job.id}` sends them"
+            )
+            return output.series, reason
+        return output.series, None
 
     def _deliver(self, job: JobRecord, name: str, outgoing: list[list[SpooledInstance]]) -> None:
         """One destination; its outcome goes to its own delivery row, whatever the others do."""
@@ -146,8 +158,16 @@ class JobRunner:
         else:
             record_delivery(self.db, job.id, name, DeliveryStatus.DONE, sent, None)
 
-    def _finish(self, job: JobRecord, error: str | None = None, transient: bool = True) -> None:
-        result = finish_attempt(self.db, job.id, self.owner, self.settings.retry, error, transient)
+    def _finish(
+        self,
+        job: JobRecord,
+        error: str | None = None,
+        transient: bool = True,
+        hold: str | None = None,
+    ) -> None:
+        result = finish_attempt(
+            self.db, job.id, self.owner, self.settings.retry, error, transient, hold
+        )
         if result is None:
             return
         level = logging.INFO if result.status == JobStatus.DONE else logging.WARNING
