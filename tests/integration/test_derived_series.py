@@ -278,3 +278,41 @@ def test_no_patient_name_or_id_reaches_the_log(processed) -> None:
         for value in (str(ds.PatientName), str(ds.PatientID)):
             if len(value) >= 4:  # shorter IDs ("02") match timestamps, not patients
                 assert value not in log, f"PHI {value!r} found in the node log"
+
+
+def test_super_resolution_doubles_the_grid_and_validates(tmp_path: Path) -> None:
+    out = tmp_path / "x2"
+    source_path = sorted(CT_PATIENT.glob("axial-*.dcm"))[0]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / source_path.name).write_bytes(source_path.read_bytes())
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dicomnode",
+            "enhance",
+            str(folder),
+            str(out),
+            "-m",
+            "srcnn",
+            "--scale",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    source = dcmread(source_path)
+    [derived_path] = [p for p in out.rglob("*.dcm") if dcmread(p).Modality == "CT"]
+    derived = dcmread(derived_path)
+    assert (derived.Rows, derived.Columns) == (source.Rows * 2, source.Columns * 2)
+    assert float(derived.PixelSpacing[0]) == pytest.approx(float(source.PixelSpacing[0]) / 2)
+    assert derived.SourceImageSequence[0].SpatialLocationsPreserved == "NO"
+    assert set(dciodvfy_errors(derived_path)) <= set(dciodvfy_errors(source_path))
+    roi = (slice(200, 312), slice(200, 312))
+    big = (slice(400, 624), slice(400, 624))
+    source_hu = float(to_modality(source).values[0][roi].mean())
+    assert abs(float(to_modality(derived).values[0][big].mean()) - source_hu) < 5.0
