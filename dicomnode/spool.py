@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -110,6 +111,20 @@ class Spool:
         """Delete a spooled file (used when a duplicate moved to another series)."""
         if self.instances_dir not in path.parents:
             raise SpoolError(f"refusing to delete {path}: outside the spool")
+        path.unlink(missing_ok=True)
+
+    def instance_files(self) -> list[Path]:
+        """Every stored instance file (what `dicomnode doctor` checks against the database)."""
+        return sorted(self.instances_dir.glob("*/*/*.dcm"))
+
+    def stale_parts(self, older_than_seconds: float) -> list[Path]:
+        """Temp files of writes that never finished (the process died between write and rename)."""
+        limit = time.time() - older_than_seconds
+        return sorted(p for p in self.tmp_dir.glob("*.part") if p.stat().st_mtime < limit)
+
+    def remove_part(self, path: Path) -> None:
+        if path.parent != self.tmp_dir:
+            raise SpoolError(f"refusing to delete {path}: not a spool temp file")
         path.unlink(missing_ok=True)
 
     def free_bytes(self) -> int:

@@ -8,6 +8,7 @@ import typer
 
 from dicomnode import __version__
 from dicomnode.cli import config_cmd, jobs
+from dicomnode.cli.doctor import doctor
 from dicomnode.cli.echo import echo
 from dicomnode.cli.enhance import enhance
 from dicomnode.cli.evaluate import evaluate
@@ -40,6 +41,7 @@ def _root(
 
 app.command()(serve)
 app.command()(echo)
+app.command()(doctor)
 app.command()(enhance)
 app.command()(train)
 app.command()(evaluate)

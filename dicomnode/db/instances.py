@@ -134,3 +134,10 @@ def create_jobs_for_quiet_series(
                 len(sop_uids),
             )
     return created
+
+
+def instance_paths(db: Database) -> dict[Path, str]:
+    """Every recorded spool file and its SOP Instance UID (for `dicomnode doctor`)."""
+    with db.session() as session:
+        rows = session.execute(select(Instance.path, Instance.sop_instance_uid)).all()
+    return {Path(path): sop for path, sop in rows}

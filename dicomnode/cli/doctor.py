@@ -1,0 +1,49 @@
+"""`dicomnode doctor`: check that the spool and the database agree; `--repair` what is safe."""
+
+import dataclasses
+import json
+from typing import Annotated
+
+import typer
+
+from dicomnode.cli.common import ConfigOption, console, reported_errors, settings_from
+
+
+def doctor(
+    repair: Annotated[
+        bool, typer.Option(help="Index orphan files and delete unfinished temp files.")
+    ] = False,
+    min_age: Annotated[
+        float, typer.Option(help="Ignore files younger than this many seconds (in flight).")
+    ] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Report spool files without rows, rows without files and stale temp files.
+
+    Exit 0 when nothing is left to fix, 1 otherwise (missing files always need a resend).
+    """
+    settings = settings_from(config)
+    from dicomnode.db import open_database
+    from dicomnode.pipeline.doctor import examine
+    from dicomnode.spool import Spool
+
+    with reported_errors():
+        db = open_database(settings.node.effective_database_url)
+        spool = Spool(settings.node.data_path / "spool")
+        report = examine(db, spool, repair=repair, min_age_seconds=min_age)
+    if as_json:
+        print(json.dumps({**dataclasses.asdict(report), "problems_left": report.problems_left}))
+    else:
+        console.print(
+            f"orphan files: {len(report.orphan_files)} (indexed {len(report.indexed)}, "
+            f"unreadable {len(report.unreadable_files)}); missing files: "
+            f"{len(report.missing_files)}; stale temp files: {len(report.stale_temp_files)} "
+            f"(removed {len(report.removed_temp_files)})"
+        )
+        for missing in report.missing_files:
+            console.print(
+                f"missing: sop={missing['sop']} {missing['path']} (ask the sender to resend)"
+            )
+    if report.problems_left:
+        raise typer.Exit(1)

@@ -1,0 +1,91 @@
+"""`dicomnode doctor`: find where the spool and the database disagree, and repair what is safe.
+
+Three kinds of inconsistency can follow a crash or a hand-edited data folder:
+
+* an instance file without a row (the process died between the file's rename and the row's commit,
+  or a file was copied in): repaired by indexing it like a received instance, so its series
+  becomes a job again. Files that cannot be read as DICOM are only reported;
+* a row whose file is gone (deleted by hand, disk trouble): reported, never "repaired": the row is
+  the evidence that an instance was acknowledged and must be resent;
+* temp files of writes that never finished: deleted.
+
+Files younger than `min_age_seconds` are left alone: a running receiver may be writing them.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from dicomnode.db import Database, ReceivedInstance
+from dicomnode.db.instances import instance_paths, record_instance
+from dicomnode.spool import Spool
+
+log = logging.getLogger(__name__)
+DOCTOR_AET = "DOCTOR"
+
+
+@dataclass
+class DoctorReport:
+    orphan_files: list[str] = field(default_factory=list)
+    unreadable_files: list[str] = field(default_factory=list)
+    missing_files: list[dict[str, str]] = field(default_factory=list)
+    stale_temp_files: list[str] = field(default_factory=list)
+    indexed: list[str] = field(default_factory=list)
+    removed_temp_files: list[str] = field(default_factory=list)
+
+    @property
+    def problems_left(self) -> int:
+        unindexed = set(self.orphan_files) - set(self.indexed)
+        stale = set(self.stale_temp_files) - set(self.removed_temp_files)
+        return len(unindexed) + len(self.missing_files) + len(stale)
+
+
+def _index(db: Database, path: Path) -> None:
+    ds = dcmread(path, stop_before_pixels=True)
+    record_instance(
+        db,
+        ReceivedInstance(
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            study_uid=str(ds.StudyInstanceUID),
+            series_uid=str(ds.SeriesInstanceUID),
+            modality=str(ds.get("Modality", "")),
+            path=path,
+            size_bytes=path.stat().st_size,
+            calling_aet=DOCTOR_AET,
+        ),
+    )
+
+
+def examine(
+    db: Database, spool: Spool, *, repair: bool = False, min_age_seconds: float = 60.0
+) -> DoctorReport:
+    report = DoctorReport()
+    recorded = instance_paths(db)
+    settled = time.time() - min_age_seconds
+    for path in spool.instance_files():
+        if path in recorded or path.stat().st_mtime > settled:
+            continue
+        report.orphan_files.append(str(path))
+        if repair:
+            try:
+                _index(db, path)
+            except (InvalidDicomError, AttributeError, OSError) as exc:
+                report.unreadable_files.append(f"{path}: {exc}")
+                continue
+            report.indexed.append(str(path))
+            log.info("doctor indexed file=%s", path)
+    for path, sop in sorted(recorded.items()):
+        if not path.is_file():
+            report.missing_files.append({"sop": sop, "path": str(path)})
+    for part in spool.stale_parts(min_age_seconds):
+        report.stale_temp_files.append(str(part))
+        if repair:
+            spool.remove_part(part)
+            report.removed_temp_files.append(str(part))
+    return report

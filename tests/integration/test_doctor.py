@@ -1,0 +1,63 @@
+"""`dicomnode doctor` finds orphans, missing files and stale temp files, repairs what is safe."""
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from tests.conftest import pacs_destination
+from tests.support.dcmtk import storescu
+from tests.support.orthanc import Orthanc
+
+
+def test_doctor_reports_and_repairs_then_the_orphan_is_forwarded(
+    tmp_path: Path, node_factory, orthanc: Orthanc, ct_series: list[Path]
+) -> None:
+    node = node_factory([pacs_destination(orthanc)]).start()
+    assert storescu(node.port, ct_series).returncode == 0
+    node.wait_for_jobs(lambda js: js and js[0]["status"] == "done")
+    node.stop()
+
+    spool = node.data_dir / "spool"
+    stored = sorted((spool / "instances").rglob("*.dcm"))
+    missing = stored[0]
+    missing.unlink()  # a row without its file
+    orphan = dcmread(ct_series[1])  # a file without its row: a new instance of a new series
+    orphan.SOPInstanceUID = orphan.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    orphan.SeriesInstanceUID = generate_uid()
+    orphan_path = spool / "instances" / orphan.StudyInstanceUID / orphan.SeriesInstanceUID
+    orphan_path.mkdir(parents=True)
+    orphan.save_as(orphan_path / f"{orphan.SOPInstanceUID}.dcm")
+    part = spool / "tmp" / "dead.part"
+    shutil.copy(ct_series[2], part)
+    old = time.time() - 3600
+    for path in (orphan_path / f"{orphan.SOPInstanceUID}.dcm", part):
+        os.utime(path, (old, old))
+
+    checked = node.cli("doctor", "--json", check=False)
+    assert checked.returncode == 1
+    report = json.loads(checked.stdout)
+    assert [m["path"] for m in report["missing_files"]] == [str(missing)]
+    assert report["orphan_files"] == [str(orphan_path / f"{orphan.SOPInstanceUID}.dcm")]
+    assert report["stale_temp_files"] == [str(part)] and part.exists()
+
+    repaired = json.loads(node.cli("doctor", "--repair", "--json", check=False).stdout)
+    assert repaired["indexed"] == report["orphan_files"]
+    assert not part.exists()
+    assert repaired["problems_left"] == 1  # the missing file: only a resend can bring it back
+
+    node.start()  # the indexed orphan's series becomes a job and reaches the PACS
+    node.wait_for_jobs(
+        lambda js: any(
+            j["series_uid"] == orphan.SeriesInstanceUID and j["status"] == "done" for j in js
+        )
+    )
+    arrived = {
+        orthanc.get(f"/instances/{i}/simplified-tags").json()["SOPInstanceUID"]
+        for i in orthanc.instance_ids()
+    }
+    assert str(orphan.SOPInstanceUID) in arrived
