@@ -60,6 +60,7 @@ class ModalityImage:
     values: np.ndarray
     padding: np.ndarray  # bool, same shape: True where the source held padding
     domain: PixelDomain
+    stored: np.ndarray  # the decoded stored values: restores padding pixels exactly on the way back
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
@@ -135,7 +136,7 @@ def to_modality(ds: Dataset) -> ModalityImage:
     domain = pixel_domain(ds)
     stored = stored_values(ds)
     values = stored.astype(np.float64) * domain.slope + domain.intercept
-    return ModalityImage(values.astype(np.float32), padding_mask(stored, domain), domain)
+    return ModalityImage(values.astype(np.float32), padding_mask(stored, domain), domain, stored)
 
 
 def to_stored(

@@ -30,7 +30,7 @@ from dicomnode.imaging.degrade import Degradation, resample
 from dicomnode.imaging.enhance import Method, enhance_stack
 from dicomnode.imaging.metrics import compare, self_check
 from dicomnode.imaging.normalize import CT_HU_RANGE
-from dicomnode.imaging.pixels import ModalityImage, stored_values, to_modality, to_stored
+from dicomnode.imaging.pixels import ModalityImage, to_modality, to_stored
 from dicomnode.imaging.qa import assess, worst_verdict
 from dicomnode.pipeline.methods import qa_thresholds
 from dicomnode.spool import Spool
@@ -229,7 +229,7 @@ def _run_method(
     for source, output, measured in zip(images, outputs, measures, strict=True):
         scale = method.scale
         padding = _upsampled(source.image.padding, scale)
-        padding_stored = _upsampled(stored_values(source.dataset), scale)
+        padding_stored = _upsampled(source.image.stored, scale)
         stored = to_stored(output, source.image.domain, padding, padding_stored)
         derived = derived_instance(
             source.dataset,

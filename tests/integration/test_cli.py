@@ -1,12 +1,12 @@
 """The admin CLI against a real node and a real Orthanc: echo, jobs, config, exit codes."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.conftest import pacs_destination
+from tests.support.cli import dicomnode
 from tests.support.dcmtk import echoscu, storescu
 from tests.support.orthanc import Orthanc
 from tests.support.ports import free_port
@@ -23,17 +23,6 @@ JOB_KEYS = {
     "updated_at",
     "deliveries",
 }
-
-
-def dicomnode(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dicomnode", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
 
 
 def test_node_answers_c_echo_from_dcmtk(node_factory) -> None:

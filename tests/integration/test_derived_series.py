@@ -7,7 +7,6 @@ API, with dciodvfy/dcentvfy on every file the node wrote, and the SR read back w
 import csv
 import json
 import subprocess
-import sys
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -20,6 +19,7 @@ from pydicom import Dataset, dcmread
 from dicomnode.imaging.pixels import to_modality
 from dicomnode.imaging.srcnn import default_model_path
 from tests.conftest import pacs_destination
+from tests.support.cli import dicomnode
 from tests.support.dcmtk import storescu
 from tests.support.node import NodeProcess
 from tests.support.orthanc import Orthanc
@@ -238,23 +238,15 @@ def test_derived_pixels_are_not_the_source_pixels(processed) -> None:
 
 def test_enhance_command_writes_derived_files_sr_csv_and_figure(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dicomnode",
-            "enhance",
-            str(CT_PATIENT),
-            str(out),
-            "-m",
-            "srcnn",
-            "-m",
-            "baseline",
-        ],
-        capture_output=True,
-        text=True,
+    result = dicomnode(
+        "enhance",
+        str(CT_PATIENT),
+        str(out),
+        "-m",
+        "srcnn",
+        "-m",
+        "baseline",
         timeout=600,
-        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     written = [dcmread(p, stop_before_pixels=True) for p in out.rglob("*.dcm")]
@@ -286,23 +278,15 @@ def test_super_resolution_doubles_the_grid_and_validates(tmp_path: Path) -> None
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / source_path.name).write_bytes(source_path.read_bytes())
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dicomnode",
-            "enhance",
-            str(folder),
-            str(out),
-            "-m",
-            "srcnn",
-            "--scale",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
+    result = dicomnode(
+        "enhance",
+        str(folder),
+        str(out),
+        "-m",
+        "srcnn",
+        "--scale",
+        "2",
         timeout=600,
-        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     source = dcmread(source_path)

@@ -1,8 +1,6 @@
 """Training and evaluation on real series: a leak-free split, determinism, an honest ranking."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ from dicomnode.imaging.srcnn import default_model_path, load_model
 from dicomnode.training.corpus import load_images, split_by_group
 from dicomnode.training.evaluate import evaluate_image, standard_methods, summarize_rows
 from dicomnode.training.train import TrainingSettings, train_srcnn
+from tests.support.cli import dicomnode
 from tests.support.series import SHARED_DATA
 
 CT_TRAIN = SHARED_DATA / "ct-chest" / "train"
@@ -71,23 +70,15 @@ def test_evaluation_ranks_nearest_neighbour_below_bicubic() -> None:
 
 @pytest.mark.skipif(not default_model_path(2).exists(), reason="no shipped x2 model")
 def test_evaluate_command_writes_the_files_and_json(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dicomnode",
-            "evaluate",
-            str(CT_TEST / "A072894"),
-            "--scale",
-            "2",
-            "--out",
-            str(tmp_path),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
+    result = dicomnode(
+        "evaluate",
+        str(CT_TEST / "A072894"),
+        "--scale",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--json",
         timeout=600,
-        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(result.stdout)

@@ -1,0 +1,18 @@
+"""Running the `dicomnode` command as a user would: a subprocess of this Python."""
+
+import os
+import subprocess
+import sys
+
+
+def dicomnode(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dicomnode", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
