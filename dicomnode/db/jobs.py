@@ -220,18 +220,21 @@ def finish_attempt(
         problems = [f"{d.destination}: {d.error}" for d in (*dead, *failed)]
         if error is not None:
             problems.insert(0, error)
+        # A destination that refused for good must not stop the retries of one that was only
+        # down: the job stays retryable while any delivery is; only an unusable job (a permanent
+        # error before delivery) is dead at once.
         retryable = (error is not None and transient) or bool(failed)
-        permanent = (error is not None and not transient) or bool(dead)
+        unusable = error is not None and not transient
 
         if not problems:
             job.status, job.error = (JobStatus.HELD, hold) if hold else (JobStatus.DONE, None)
-        elif retryable and not permanent and job.attempts < policy.max_attempts:
+        elif retryable and not unusable and job.attempts < policy.max_attempts:
             delay = retry_delay_seconds(job.attempts, policy)
             job.status = JobStatus.FAILED
             job.next_attempt_at = now + timedelta(seconds=delay)
             job.error = "; ".join(problems) + f" (attempt {job.attempts}, retry in {delay:.0f} s)"
         else:
-            if retryable and not permanent:
+            if retryable and not unusable:
                 problems.append(f"gave up after {job.attempts} attempts")
             for delivery in failed:
                 delivery.status = DeliveryStatus.DEAD

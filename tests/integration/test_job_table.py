@@ -143,6 +143,28 @@ def test_permanent_failure_is_dead_at_once(db: Database) -> None:
     assert result.error == "pacs: 0xA900 for sop=1"
 
 
+def test_a_destination_that_refused_for_good_does_not_stop_retries_of_one_that_was_down(
+    db: Database,
+) -> None:
+    receive(db, "1.2.3.13", 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "backup"])
+    claim_next_job(db, "w", 60)
+    record_delivery(db, job_id, "pacs", DeliveryStatus.DEAD, 0, "0xC000 for sop=1")
+    record_delivery(db, job_id, "backup", DeliveryStatus.FAILED, 0, "connection refused")
+    result = finish_attempt(db, job_id, "w", FAST_RETRY)
+    assert result is not None and result.status == "failed", result
+    job = claim_next_job(db, "w", 60)
+    assert job is not None and job.attempts == 2
+    record_delivery(db, job_id, "backup", DeliveryStatus.DONE, 1, None)
+    result = finish_attempt(db, job_id, "w", FAST_RETRY)
+    assert result is not None and result.status == "dead"
+    assert result.error == "pacs: 0xC000 for sop=1"
+    assert {d.destination: d.status for d in result.deliveries} == {
+        "pacs": "dead",
+        "backup": "done",
+    }
+
+
 def test_cancel_and_retry_refuse_what_the_state_does_not_allow(db: Database) -> None:
     receive(db, "1.2.3.11", 1)
     [job_id] = create_jobs_for_quiet_series(db, 0, [])

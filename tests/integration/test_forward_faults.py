@@ -1,0 +1,164 @@
+"""Destinations that fail: refusing, answering failure statuses, hanging mid-transfer.
+
+The misbehaving peer is `FaultyScp` (a pynetdicom SCP in the test process); the healthy one is a
+real Orthanc. Each test asserts on what the peers hold and what the job table says.
+"""
+
+import itertools
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from tests.conftest import pacs_destination
+from tests.support.dcmtk import storescu
+from tests.support.faulty_scp import Behaviour, FaultyScp
+from tests.support.orthanc import Orthanc
+
+ATTEMPT_LINE = re.compile(r"^(\S+ \S+) INFO \S+ job started job=1 .* attempt=(\d+)$", re.M)
+
+
+@pytest.fixture
+def faulty() -> Iterator[FaultyScp]:
+    scp = FaultyScp().start()
+    yield scp
+    scp.stop()
+
+
+def attempt_times(log: str) -> list[float]:
+    """When each attempt of job 1 started, in seconds, from the node's log lines."""
+    return [
+        datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        for stamp, _ in ATTEMPT_LINE.findall(log)
+    ]
+
+
+def test_failure_status_is_dead_at_once_with_the_code_and_retry_brings_it_back(
+    node_factory, faulty: FaultyScp, ct_series: list[Path]
+) -> None:
+    faulty.behave(Behaviour(status=0xC000))  # "cannot understand": resending won't help
+    node = node_factory([faulty.destination()]).start()
+    assert storescu(node.port, ct_series).returncode == 0
+
+    [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "dead")
+    assert job["attempts"] == 1
+    assert job["deliveries"][0]["status"] == "dead"
+    assert f"faulty refused {len(ct_series)} of {len(ct_series)} instances: 0xC000" in job["error"]
+    assert not faulty.stored
+
+    faulty.behave(Behaviour(status=0x0000))  # the PACS admin fixed it
+    node.cli("jobs", "retry", str(job["id"]))
+    [job] = node.wait_for_jobs(lambda jobs: jobs[0]["status"] == "done")
+    assert job["deliveries"][0]["sent"] == len(ct_series)
+    assert sorted(faulty.stored.values()) == [1] * len(ct_series)
+
+
+def test_out_of_resources_retries_with_growing_backoff_then_goes_dead(
+    node_factory, faulty: FaultyScp, ct_series: list[Path]
+) -> None:
+    faulty.behave(Behaviour(status=0xA700))
+    node = node_factory(
+        [faulty.destination()],
+        retry={"max_attempts": 4, "initial_delay_seconds": 1, "multiplier": 2, "jitter": 0.1},
+    ).start()
+    assert storescu(node.port, ct_series).returncode == 0
+
+    [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "dead", timeout=90)
+    assert job["attempts"] == 4
+    assert "faulty answered 0xA700" in job["error"] and "gave up after 4 attempts" in job["error"]
+    # One instance per attempt: a transient answer stops the series at once.
+    assert faulty.answered == [0xA700] * 4
+    starts = attempt_times(node.log())
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert len(gaps) == 3, node.log()[-3000:]
+    # Nominal 1 s, 2 s, 4 s (+-10 % jitter, plus the attempt's own time): each wait longer.
+    assert 0.8 < gaps[0] < gaps[1] < gaps[2], gaps
+
+
+def test_rejected_association_is_retried_with_the_peers_reason(
+    node_factory, ct_series: list[Path]
+) -> None:
+    picky = FaultyScp(allowed_calling_aets=["SOMEONE"]).start()
+    try:
+        node = node_factory([picky.destination()], retry={"max_attempts": 2}).start()
+        assert storescu(node.port, ct_series).returncode == 0
+        [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "dead")
+        assert job["attempts"] == 2
+        assert "association rejected by faulty (FAULTY@127.0.0.1" in job["error"]
+        assert "Calling AE title not recognised" in job["error"]
+        assert "gave up after 2 attempts" in job["error"]
+        assert not picky.stored
+    finally:
+        picky.stop()
+
+
+def test_a_peer_hanging_mid_transfer_times_out_and_never_delays_the_other_destination(
+    node_factory, faulty: FaultyScp, orthanc: Orthanc, ct_series: list[Path]
+) -> None:
+    faulty.behave(Behaviour(hang_at=3))  # takes two instances, then never answers the third
+    dimse_timeout = 6
+    node = node_factory(
+        [faulty.destination(), pacs_destination(orthanc)],
+        network={"dimse_timeout": dimse_timeout, "network_timeout": dimse_timeout},
+        retry={"initial_delay_seconds": 1, "max_delay_seconds": 1},
+    ).start()
+    assert storescu(node.port, ct_series).returncode == 0
+
+    # The healthy PACS has the whole series while the faulty one still hangs.
+    [job] = node.wait_for_jobs(
+        lambda jobs: (
+            jobs
+            and {d["destination"]: d["status"] for d in jobs[0]["deliveries"]}
+            == {"pacs": "done", "faulty": "pending"}
+        )
+    )
+    assert job["status"] == "forwarding"
+    assert len(orthanc.instance_ids()) == len(ct_series)
+
+    [job] = node.wait_for_jobs(lambda jobs: jobs[0]["status"] == "failed", timeout=30)
+    by_name = {d["destination"]: d for d in job["deliveries"]}
+    assert by_name["faulty"]["status"] == "failed"
+    assert "no C-STORE response for sop=" in by_name["faulty"]["error"]
+    assert len(faulty.stored) == 2
+
+    faulty.behave(Behaviour())  # the peer recovers
+    [job] = node.wait_for_jobs(lambda jobs: jobs[0]["status"] == "done", timeout=30)
+    by_name = {d["destination"]: d for d in job["deliveries"]}
+    assert by_name["faulty"]["sent"] == len(ct_series)
+    assert set(faulty.stored) == {instance_uid(path) for path in ct_series}
+    # The healthy destination was not sent the series again on the retry.
+    assert by_name["pacs"]["attempts"] == 1
+    assert node.log().count("forwarded job=1 destination=pacs ") == 1
+
+
+def test_a_refusing_destination_does_not_stop_retries_to_one_that_was_down(
+    node_factory, faulty: FaultyScp, tmp_path: Path, ct_series: list[Path]
+) -> None:
+    faulty.behave(Behaviour(status=0xA900))  # "data set does not match SOP class": permanent
+    late = Orthanc(tmp_path / "late-pacs")  # configured, not yet started
+    node = node_factory([faulty.destination(), pacs_destination(late)]).start()
+    assert storescu(node.port, ct_series).returncode == 0
+
+    [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "failed")
+    assert {d["destination"]: d["status"] for d in job["deliveries"]} == {
+        "faulty": "dead",
+        "pacs": "failed",
+    }
+    late.start()
+    try:
+        [job] = node.wait_for_jobs(lambda jobs: jobs[0]["status"] == "dead")
+        assert {d["destination"]: d["status"] for d in job["deliveries"]} == {
+            "faulty": "dead",
+            "pacs": "done",
+        }
+        assert len(late.instance_ids()) == len(ct_series)
+        assert job["error"].startswith("faulty: faulty refused")
+    finally:
+        late.stop()
+
+
+def instance_uid(path: Path) -> str:
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)

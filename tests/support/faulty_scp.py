@@ -1,0 +1,82 @@
+"""A storage SCP that misbehaves on purpose, for the forward-fault tests.
+
+It runs in the test process (pynetdicom's threaded server) so a test can change its behaviour
+between the node's attempts: answer a failure status, hang mid-transfer, or work normally.
+"""
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+
+from tests.support.ports import free_port
+
+
+@dataclass
+class Behaviour:
+    """What the SCP does with each C-STORE: `status` to answer, or hang on the `hang_at`-th
+    instance of an association (1-based) until `release()` or the test ends."""
+
+    status: int = 0x0000
+    hang_at: int | None = None
+
+
+@dataclass
+class FaultyScp:
+    ae_title: str = "FAULTY"
+    allowed_calling_aets: list[str] = field(default_factory=list)  # non-empty: reject others
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    port: int = field(default_factory=free_port)
+
+    def __post_init__(self) -> None:
+        self.stored: Counter[str] = Counter()  # SOP Instance UID -> times stored with Success
+        self.answered: list[int] = []
+        self._unhang = threading.Event()
+        self._per_association: Counter[int] = Counter()
+        self._lock = threading.Lock()
+        self._server: ThreadedAssociationServer | None = None
+
+    def destination(self, name: str = "faulty") -> dict[str, object]:
+        return {"name": name, "ae_title": self.ae_title, "host": "127.0.0.1", "port": self.port}
+
+    def start(self) -> "FaultyScp":
+        ae = AE(ae_title=self.ae_title)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        if self.allowed_calling_aets:
+            ae.require_calling_aet = self.allowed_calling_aets
+        self._server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
+        return self
+
+    def release(self) -> None:
+        """Let a hanging C-STORE return (the SCU has normally given up on it by then)."""
+        self._unhang.set()
+
+    def behave(self, behaviour: Behaviour) -> None:
+        self._unhang.clear()
+        self.behaviour = behaviour
+
+    def stop(self) -> None:
+        self._unhang.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _store(self, event: Event) -> int:
+        behaviour = self.behaviour
+        with self._lock:
+            self._per_association[id(event.assoc)] += 1
+            position = self._per_association[id(event.assoc)]
+        if behaviour.hang_at is not None and position >= behaviour.hang_at:
+            self._unhang.wait(timeout=120)
+            return 0xA700  # too late: the SCU has aborted this association
+        with self._lock:
+            self.answered.append(behaviour.status)
+            if behaviour.status == 0x0000:
+                self.stored[str(event.request.AffectedSOPInstanceUID)] += 1
+        return behaviour.status
