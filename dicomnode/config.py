@@ -56,6 +56,7 @@ class NodeSettings:
     on_duplicate: Literal["replace", "keep"] = "replace"
     min_free_disk_mb: int = 1024
     max_associations: int = 10
+    max_instance_mb: int = 4096
     max_pdu_size: int = 0
 
     def validate(self) -> None:
@@ -66,6 +67,7 @@ class NodeSettings:
             _check_ae_title(aet, "node.allowed_calling_aets")
         _check(self.min_free_disk_mb >= 0, "node.min_free_disk_mb", "must be >= 0")
         _check(self.max_associations >= 1, "node.max_associations", "must be >= 1")
+        _check(self.max_instance_mb >= 0, "node.max_instance_mb", "must be >= 0 (0: no limit)")
         _check(self.max_pdu_size >= 0, "node.max_pdu_size", "must be >= 0 (0: unlimited)")
 
     @property
@@ -138,6 +140,18 @@ class RetrySettings:
             "must be >= retry.initial_delay_seconds",
         )
         _check(0 <= self.jitter < 1, "retry.jitter", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How long the spool keeps what was delivered; failed work is never purged."""
+
+    keep_days: float = 7.0
+    check_seconds: float = 3600.0
+
+    def validate(self) -> None:
+        _check(self.keep_days >= 0, "retention.keep_days", "must be >= 0 (0: keep forever)")
+        _check(self.check_seconds > 0, "retention.check_seconds", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -253,6 +267,7 @@ _SECTIONS: dict[str, type] = {
     "completion": CompletionSettings,
     "worker": WorkerSettings,
     "retry": RetrySettings,
+    "retention": RetentionSettings,
     "logging": LoggingSettings,
     "enhance": EnhanceSettings,
     "baseline": BaselineSettings,
@@ -269,6 +284,7 @@ class Settings:
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
     baseline: BaselineSettings = field(default_factory=BaselineSettings)

@@ -15,6 +15,7 @@ from dicomnode.db import Database, open_database
 from dicomnode.db.instances import create_jobs_for_quiet_series
 from dicomnode.db.jobs import reclaim_expired_leases
 from dicomnode.pipeline import JobRunner
+from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.receive import start_receiver
 from dicomnode.spool import Spool
 
@@ -54,7 +55,7 @@ class Node:
         self._server = start_receiver(self.settings, self.spool, self.db)
         workers = self.settings.worker
         scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(workers.workers + 2)}, timezone=UTC
+            executors={"default": ThreadPoolExecutor(workers.workers + 3)}, timezone=UTC
         )
         logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunFilter())
         every = {
@@ -77,6 +78,12 @@ class Node:
             _guarded("reclaim-leases", lambda: reclaim_expired_leases(self.db)),
             id="reclaim-leases",
             seconds=max(1.0, workers.lease_seconds / 3),
+            **every,
+        )
+        scheduler.add_job(
+            _guarded("retention", lambda: purge_delivered(self.settings, self.db, self.spool)),
+            id="retention",
+            seconds=self.settings.retention.check_seconds,
             **every,
         )
         host = socket.gethostname()

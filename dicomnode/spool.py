@@ -46,6 +46,7 @@ class Spool:
         self.instances_dir = root / "instances"
         self.tmp_dir = root / "tmp"
         self.outbox_dir = root / "outbox"
+        self.quarantine_dir = root / "quarantine"
         self._durable_dirs: set[Path] = set()
         self._lock = threading.Lock()
         for directory in (self.instances_dir, self.tmp_dir, self.outbox_dir):
@@ -112,6 +113,28 @@ class Spool:
         if self.instances_dir not in path.parents:
             raise SpoolError(f"refusing to delete {path}: outside the spool")
         path.unlink(missing_ok=True)
+
+    def quarantine(self, path: Path) -> Path:
+        """Move a spool file nobody can read out of the way, keeping it for inspection."""
+        if self.instances_dir not in path.parents:
+            raise SpoolError(f"refusing to quarantine {path}: outside the spool")
+        target = self.quarantine_dir / path.relative_to(self.instances_dir)
+        self._ensure_dir(target.parent)
+        os.replace(path, target)
+        return target
+
+    def prune_empty_dirs(self, directories: set[Path]) -> None:
+        """Remove series (then study) directories left empty by a purge."""
+        for directory in sorted(directories, key=lambda d: len(d.parts), reverse=True):
+            for candidate in (directory, directory.parent):
+                if self.instances_dir not in candidate.parents:
+                    continue
+                with self._lock:
+                    self._durable_dirs.discard(candidate)
+                    try:
+                        candidate.rmdir()
+                    except OSError:
+                        break  # not empty (or already gone): leave it and its parent
 
     def instance_files(self) -> list[Path]:
         """Every stored instance file (what `dicomnode doctor` checks against the database)."""

@@ -12,6 +12,7 @@ from dicomnode.cli.doctor import doctor
 from dicomnode.cli.echo import echo
 from dicomnode.cli.enhance import enhance
 from dicomnode.cli.evaluate import evaluate
+from dicomnode.cli.purge import purge
 from dicomnode.cli.serve import serve
 from dicomnode.cli.train import train
 
@@ -42,6 +43,7 @@ def _root(
 app.command()(serve)
 app.command()(echo)
 app.command()(doctor)
+app.command()(purge)
 app.command()(enhance)
 app.command()(train)
 app.command()(evaluate)

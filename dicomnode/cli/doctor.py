@@ -19,7 +19,7 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Report spool files without rows, rows without files and stale temp files.
+    """Report spool files without rows, rows without files, stale temp files and low disk.
 
     Exit 0 when nothing is left to fix, 1 otherwise (missing files always need a resend).
     """
@@ -31,9 +31,16 @@ def doctor(
     with reported_errors():
         db = open_database(settings.node.effective_database_url)
         spool = Spool(settings.node.data_path / "spool")
-        report = examine(db, spool, repair=repair, min_age_seconds=min_age)
+        report = examine(
+            db,
+            spool,
+            repair=repair,
+            min_age_seconds=min_age,
+            min_free_disk_mb=settings.node.min_free_disk_mb,
+        )
     if as_json:
-        print(json.dumps({**dataclasses.asdict(report), "problems_left": report.problems_left}))
+        summary = {"problems_left": report.problems_left, "disk_low": report.disk_low}
+        print(json.dumps({**dataclasses.asdict(report), **summary}))
     else:
         console.print(
             f"orphan files: {len(report.orphan_files)} (indexed {len(report.indexed)}, "
@@ -41,6 +48,15 @@ def doctor(
             f"{len(report.missing_files)}; stale temp files: {len(report.stale_temp_files)} "
             f"(removed {len(report.removed_temp_files)})"
         )
+        for path in report.quarantined:
+            console.print(f"quarantined (not DICOM): {path}")
+        disk = f"disk: {report.free_disk_mb} MB free in {spool.root}"
+        if report.disk_low:
+            disk += (
+                f", below node.min_free_disk_mb={report.min_free_disk_mb}: every store is "
+                "refused with 0xA700 until space is freed"
+            )
+        console.print(disk)
         for missing in report.missing_files:
             console.print(
                 f"missing: sop={missing['sop']} {missing['path']} (ask the sender to resend)"

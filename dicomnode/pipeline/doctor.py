@@ -4,10 +4,14 @@ Three kinds of inconsistency can follow a crash or a hand-edited data folder:
 
 * an instance file without a row (the process died between the file's rename and the row's commit,
   or a file was copied in): repaired by indexing it like a received instance, so its series
-  becomes a job again. Files that cannot be read as DICOM are only reported;
+  becomes a job again. Files that cannot be read as DICOM are moved to `spool/quarantine/`
+  (kept for a person to look at, no longer in the way);
 * a row whose file is gone (deleted by hand, disk trouble): reported, never "repaired": the row is
   the evidence that an instance was acknowledged and must be resent;
 * temp files of writes that never finished: deleted.
+
+It also reports free disk space below `node.min_free_disk_mb`, the one reason the receiver
+refuses every store (0xA700) that no single instance explains.
 
 Files younger than `min_age_seconds` are left alone: a running receiver may be writing them.
 """
@@ -36,12 +40,19 @@ class DoctorReport:
     stale_temp_files: list[str] = field(default_factory=list)
     indexed: list[str] = field(default_factory=list)
     removed_temp_files: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+    free_disk_mb: int = 0
+    min_free_disk_mb: int = 0
+
+    @property
+    def disk_low(self) -> bool:
+        return self.free_disk_mb < self.min_free_disk_mb
 
     @property
     def problems_left(self) -> int:
-        unindexed = set(self.orphan_files) - set(self.indexed)
+        unindexed = set(self.orphan_files) - set(self.indexed) - set(self.quarantined)
         stale = set(self.stale_temp_files) - set(self.removed_temp_files)
-        return len(unindexed) + len(self.missing_files) + len(stale)
+        return len(unindexed) + len(self.missing_files) + len(stale) + int(self.disk_low)
 
 
 def _index(db: Database, path: Path) -> None:
@@ -63,9 +74,16 @@ def _index(db: Database, path: Path) -> None:
 
 
 def examine(
-    db: Database, spool: Spool, *, repair: bool = False, min_age_seconds: float = 60.0
+    db: Database,
+    spool: Spool,
+    *,
+    repair: bool = False,
+    min_age_seconds: float = 60.0,
+    min_free_disk_mb: int = 0,
 ) -> DoctorReport:
-    report = DoctorReport()
+    report = DoctorReport(
+        free_disk_mb=spool.free_bytes() // 1048576, min_free_disk_mb=min_free_disk_mb
+    )
     recorded = instance_paths(db)
     settled = time.time() - min_age_seconds
     for path in spool.instance_files():
@@ -77,6 +95,10 @@ def examine(
                 _index(db, path)
             except (InvalidDicomError, AttributeError, OSError) as exc:
                 report.unreadable_files.append(f"{path}: {exc}")
+                report.quarantined.append(str(path))
+                log.warning(
+                    "doctor quarantined unreadable file=%s to=%s", path, spool.quarantine(path)
+                )
                 continue
             report.indexed.append(str(path))
             log.info("doctor indexed file=%s", path)

@@ -99,7 +99,7 @@ class StorageReceiver:
             CONNECTION_TUNING_HANDLER,
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
-            (evt.EVT_ACSE_RECV, self.handle_association_request),
+            (evt.EVT_ACSE_SENT, self.handle_association_answer),
             (evt.EVT_CONN_CLOSE, self.handle_closed),
         ]
 
@@ -107,19 +107,22 @@ class StorageReceiver:
         log.info("C-ECHO calling_aet=%s", event.assoc.requestor.ae_title)
         return SUCCESS
 
-    def handle_association_request(self, event: Event) -> None:
-        """Log callers that pynetdicom's `require_calling_aet` is about to reject."""
-        request = event.primitive
-        if not isinstance(request, A_ASSOCIATE) or request.result is not None:
+    def handle_association_answer(self, event: Event) -> None:
+        """One log line for every association we reject, with pynetdicom's reason."""
+        answer = event.primitive
+        if not isinstance(answer, A_ASSOCIATE) or answer.result not in (0x01, 0x02):
             return
-        calling = str(request.calling_ae_title).strip()
-        allowed = self.settings.node.allowed_calling_aets
-        if allowed and calling not in allowed:
-            log.warning(
-                "association rejected: calling AE title not allowed calling_aet=%s address=%s",
-                calling,
-                event.assoc.requestor.address,
-            )
+        reason = answer.reason_str
+        if answer.result_source == 0x03 and answer.diagnostic == 0x02:
+            reason += f" (node.max_associations={self.settings.node.max_associations})"
+        elif answer.result_source == 0x01 and answer.diagnostic == 0x03:
+            reason = "calling AE title not allowed (node.allowed_calling_aets)"
+        log.warning(
+            "association rejected: %s calling_aet=%s address=%s",
+            reason,
+            event.assoc.requestor.ae_title,
+            event.assoc.requestor.address,
+        )
 
     def handle_closed(self, event: Event) -> None:
         with self._counts_lock:
@@ -142,6 +145,7 @@ class StorageReceiver:
                     f"less than node.min_free_disk_mb={self.settings.node.min_free_disk_mb} MB "
                     f"free in {self.spool.root}"
                 )
+            self._check_size(event)
             ident = _identify(event)
             sop_uid = ident.sop_instance_uid
             self._store(event, ident, calling)
@@ -161,6 +165,14 @@ class StorageReceiver:
         with self._counts_lock:
             self._counts[id(event.assoc)] = self._counts.get(id(event.assoc), 0) + 1
         return SUCCESS
+
+    def _check_size(self, event: Event) -> None:
+        limit_mb = self.settings.node.max_instance_mb
+        size = event.request.DataSet.getbuffer().nbytes
+        if limit_mb and size > limit_mb * 1024 * 1024:
+            raise SpoolError(
+                f"instance of {size / 1048576:.0f} MB exceeds node.max_instance_mb={limit_mb}"
+            )
 
     def _store(self, event: Event, ident: _Identity, calling: str) -> None:
         if self.settings.node.on_duplicate == "keep" and stored_path(

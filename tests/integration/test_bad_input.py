@@ -14,11 +14,11 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_files
 from pydicom.uid import generate_uid
-from pynetdicom import AE, build_context
 
 from tests.conftest import pacs_destination
 from tests.support.dcmtk import echoscu, storescu
 from tests.support.orthanc import Orthanc
+from tests.support.scu import c_store
 from tests.support.series import CT_TEMPLATE
 
 
@@ -95,25 +95,8 @@ BROKEN_PIXELS = (
 
 def send_raw(port: int, path: Path) -> int | None:
     """C-STORE one file as its bytes; the status, or None when it could not be sent at all."""
-    try:
-        ds = dcmread(path, stop_before_pixels=True, force=True)
-        sop_class = str(ds.file_meta.MediaStorageSOPClassUID)
-        syntax = str(ds.file_meta.TransferSyntaxUID)
-    except Exception:
-        return None
-    ae = AE(ae_title="BADSCU")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    ae.requested_contexts = [build_context(sop_class, syntax)]
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
-    if not assoc.is_established:
-        return None
-    try:
-        status = assoc.send_c_store(path)
-        return int(status.Status) if "Status" in status else None
-    except Exception:  # pynetdicom refuses to send some files itself (no accepted context)
-        return None
-    finally:
-        assoc.release()
+    status = c_store(port, path, calling_aet="BADSCU")
+    return None if status is None else int(status.Status)
 
 
 @pytest.mark.slow

@@ -52,7 +52,10 @@ def test_calling_ae_titles_outside_the_allowed_list_are_rejected(node_factory) -
     stranger = echoscu(node.port, calling_aet="STRANGER")
     assert stranger.returncode != 0
     assert "Association Rejected" in stranger.stderr
-    assert "association rejected: calling AE title not allowed calling_aet=STRANGER" in node.log()
+    assert (
+        "association rejected: calling AE title not allowed (node.allowed_calling_aets) "
+        "calling_aet=STRANGER"
+    ) in node.log()
 
 
 def test_jobs_commands_show_list_retry_and_cancel(

@@ -32,21 +32,28 @@ def test_doctor_reports_and_repairs_then_the_orphan_is_forwarded(
     orphan_path = spool / "instances" / orphan.StudyInstanceUID / orphan.SeriesInstanceUID
     orphan_path.mkdir(parents=True)
     orphan.save_as(orphan_path / f"{orphan.SOPInstanceUID}.dcm")
+    garbage = orphan_path / "1.2.3.999.dcm"  # a file without a row that is not DICOM at all
+    garbage.write_bytes(b"not dicom" * 100)
     part = spool / "tmp" / "dead.part"
     shutil.copy(ct_series[2], part)
     old = time.time() - 3600
-    for path in (orphan_path / f"{orphan.SOPInstanceUID}.dcm", part):
+    for path in (orphan_path / f"{orphan.SOPInstanceUID}.dcm", garbage, part):
         os.utime(path, (old, old))
 
     checked = node.cli("doctor", "--json", check=False)
     assert checked.returncode == 1
     report = json.loads(checked.stdout)
     assert [m["path"] for m in report["missing_files"]] == [str(missing)]
-    assert report["orphan_files"] == [str(orphan_path / f"{orphan.SOPInstanceUID}.dcm")]
+    orphan_file = str(orphan_path / f"{orphan.SOPInstanceUID}.dcm")
+    assert sorted(report["orphan_files"]) == sorted([orphan_file, str(garbage)])
     assert report["stale_temp_files"] == [str(part)] and part.exists()
 
     repaired = json.loads(node.cli("doctor", "--repair", "--json", check=False).stdout)
-    assert repaired["indexed"] == report["orphan_files"]
+    assert repaired["indexed"] == [orphan_file]
+    quarantined = spool / "quarantine" / garbage.relative_to(spool / "instances")
+    assert repaired["quarantined"] == [str(garbage)]
+    assert quarantined.read_bytes() == b"not dicom" * 100 and not garbage.exists()
+    assert repaired["disk_low"] is False and repaired["free_disk_mb"] > 0
     assert not part.exists()
     assert repaired["problems_left"] == 1  # the missing file: only a resend can bring it back
 

@@ -1,0 +1,59 @@
+"""Spool retention: delivered series leave the disk `retention.keep_days` after their job finished.
+
+Only series whose every job is done (or superseded) are purged; failed, dead and held work keeps
+its inputs for as long as it takes an admin to look. The node runs this every
+`retention.check_seconds`; `dicomnode purge` runs it once by hand.
+"""
+
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from dicomnode.config import Settings
+from dicomnode.db import Database
+from dicomnode.db.models import utcnow
+from dicomnode.db.retention import PurgedSeries, purge_series, purgeable_series
+from dicomnode.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+def _cutoff(settings: Settings) -> datetime | None:
+    days = settings.retention.keep_days
+    return utcnow() - timedelta(days=days) if days > 0 else None
+
+
+def due_for_purge(settings: Settings, db: Database) -> list[str]:
+    """The series UIDs a purge would delete now (`dicomnode purge --dry-run`)."""
+    cutoff = _cutoff(settings)
+    return purgeable_series(db, cutoff) if cutoff else []
+
+
+def purge_delivered(settings: Settings, db: Database, spool: Spool) -> list[PurgedSeries]:
+    """Delete every series past its retention from the spool and the database."""
+    cutoff = _cutoff(settings)
+    if cutoff is None:
+        return []
+
+    def remove_files(paths: list[Path], job_ids: list[int]) -> None:
+        for path in paths:
+            spool.remove(path)
+        for job_id in job_ids:
+            spool.clear_outbox(job_id)
+        spool.prune_empty_dirs({path.parent for path in paths})
+
+    purged = []
+    for series_uid in purgeable_series(db, cutoff):
+        result = purge_series(db, series_uid, cutoff, remove_files)
+        if result is None:
+            continue
+        purged.append(result)
+        log.info(
+            "purged series=%s study=%s jobs=%s instances=%d (retention.keep_days=%g)",
+            result.series_uid,
+            result.study_uid,
+            ",".join(map(str, result.job_ids)),
+            result.instances,
+            settings.retention.keep_days,
+        )
+    return purged

@@ -1,0 +1,108 @@
+"""Limits that keep the node alive on a busy or full machine: disk, instance size, associations,
+and the retention that keeps the spool from growing without end."""
+
+import time
+from pathlib import Path
+
+from pydicom import dcmread
+
+from tests.support.dcmtk import echoscu, storescu
+from tests.support.faulty_scp import Behaviour, FaultyScp
+from tests.support.scu import c_store, open_association
+from tests.support.series import write_ct_series
+
+
+def test_low_disk_refuses_stores_with_out_of_resources_and_doctor_says_why(
+    node_factory, ct_series: list[Path]
+) -> None:
+    petabyte = 10**9
+    node = node_factory([], node={"min_free_disk_mb": petabyte}).start()
+
+    status = c_store(node.port, ct_series[0])
+    assert status is not None and int(status.Status) == 0xA700
+    assert f"node.min_free_disk_mb={petabyte}" in status.ErrorComment
+    assert "C-STORE failed status=0xA700" in node.log()
+    assert not list((node.data_dir / "spool" / "instances").rglob("*.dcm"))
+    assert node.jobs() == []
+
+    doctor = node.cli("doctor", check=False)
+    assert doctor.returncode == 1
+    assert f"below node.min_free_disk_mb={petabyte}" in doctor.stdout
+    assert echoscu(node.port).returncode == 0  # still up, still answering
+
+
+def test_an_instance_over_the_size_limit_is_refused_and_the_others_are_taken(
+    node_factory, tmp_path: Path, ct_series: list[Path]
+) -> None:
+    [big] = write_ct_series(tmp_path / "big", 1, size=1100)  # 2.4 MB of pixels
+    node = node_factory([], node={"max_instance_mb": 1}).start()
+
+    status = c_store(node.port, big)
+    assert status is not None and int(status.Status) == 0xA700
+    assert "exceeds node.max_instance_mb=1" in status.ErrorComment
+    assert storescu(node.port, ct_series).returncode == 0
+    [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "done")
+    assert job["instances"] == len(ct_series)
+
+
+def test_associations_over_the_limit_are_rejected_and_logged_until_one_closes(
+    node_factory,
+) -> None:
+    node = node_factory([], node={"max_associations": 2}, network={"acse_timeout": 2}).start()
+    # The fixture's port probe (connect, close) holds a slot until the ACSE timeout: pynetdicom
+    # waits that long for an A-ASSOCIATE-RQ even from a closed socket. Let it lapse.
+    time.sleep(3)
+    held = [open_association(node.port) for _ in range(2)]
+    try:
+        assert all(assoc.is_established for assoc in held)
+        third = echoscu(node.port)
+        assert third.returncode != 0 and "Association Rejected" in third.stderr
+        assert (
+            "association rejected: Local limit exceeded (node.max_associations=2) "
+            "calling_aet=ECHOSCU"
+        ) in node.log()
+    finally:
+        held[0].release()
+    assert echoscu(node.port).returncode == 0
+    held[1].release()
+
+
+def test_retention_purges_delivered_series_and_keeps_failed_ones(
+    node_factory, tmp_path: Path
+) -> None:
+    pacs = FaultyScp().start()
+    try:
+        node = node_factory(
+            [pacs.destination()],
+            retention={"keep_days": 3 / 86400, "check_seconds": 1},  # three seconds
+            enhance={"methods": ["baseline"]},
+        )
+        node.start()
+        delivered = write_ct_series(tmp_path / "delivered", 3)
+        assert storescu(node.port, delivered).returncode == 0
+        node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "done")
+        pacs.behave(Behaviour(status=0xC000))  # the next series is refused for good
+        refused = write_ct_series(tmp_path / "refused", 2, seed=1)
+        assert storescu(node.port, refused).returncode == 0
+        node.wait_for_jobs(lambda jobs: any(job["status"] == "dead" for job in jobs))
+
+        # The delivered series leaves the spool and the job table; the dead one stays whole.
+        [dead] = node.wait_for_jobs(lambda jobs: len(jobs) == 1, timeout=30)
+        assert dead["status"] == "dead" and dead["instances"] == 2
+        spool = node.data_dir / "spool"
+        kept = sorted(path.stem for path in (spool / "instances").rglob("*.dcm"))
+        assert kept == sorted(instance_uid(path) for path in refused)
+        assert f"purged series={instance_series(delivered[0])}" in node.log()
+        assert not (spool / "outbox" / "1").exists()  # job 1's derived series and report
+        assert len(list((spool / "outbox" / "2").rglob("*.dcm"))) == 2 + 1
+        assert "0 series delivered more than" in node.cli("purge", "--dry-run").stdout
+    finally:
+        pacs.stop()
+
+
+def instance_series(path: Path) -> str:
+    return str(dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+
+
+def instance_uid(path: Path) -> str:
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)

@@ -1,0 +1,37 @@
+"""A plain pynetdicom SCU for tests that need the exact status (and comment) of one C-STORE."""
+
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+from pynetdicom import AE, build_context
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification
+
+
+def c_store(port: int, path: Path, calling_aet: str = "RAWSCU") -> Dataset | None:
+    """Send one file as its bytes; the status dataset, or None if it could not be sent at all."""
+    try:
+        meta = dcmread(path, stop_before_pixels=True, force=True).file_meta
+        sop_class, syntax = str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)
+    except Exception:
+        return None
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.requested_contexts = [build_context(sop_class, syntax)]
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+    if not assoc.is_established:
+        return None
+    try:
+        status = assoc.send_c_store(path)
+        return status if "Status" in status else None
+    except Exception:  # pynetdicom refuses to send some files itself (no accepted context)
+        return None
+    finally:
+        assoc.release()
+
+
+def open_association(port: int, calling_aet: str = "HOLDER") -> Association:
+    """An idle association (Verification only) that the caller keeps open, then releases."""
+    ae = AE(ae_title=calling_aet)
+    ae.add_requested_context(Verification)
+    return ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
