@@ -43,6 +43,21 @@ def _check_port(value: int, key: str) -> None:
     _check(1 <= value <= 65535, key, f"{value} is not a TCP port (1-65535)")
 
 
+def _check_file(path: str, key: str) -> None:
+    """An optional file setting: empty, or a file that exists (read at start, not later)."""
+    _check(path == "" or Path(path).expanduser().is_file(), key, f"file {path!r} does not exist")
+
+
+def _check_key_pair(certificate: str, private_key: str, prefix: str) -> None:
+    _check(
+        bool(certificate) == bool(private_key),
+        f"{prefix}tls_private_key" if certificate else f"{prefix}tls_certificate",
+        f"{prefix}tls_certificate and {prefix}tls_private_key are set together or not at all",
+    )
+    for name, path in (("tls_certificate", certificate), ("tls_private_key", private_key)):
+        _check_file(path, f"{prefix}{name}")
+
+
 @dataclass(frozen=True)
 class NodeSettings:
     """Who the node is on the network and where it keeps its data."""
@@ -58,6 +73,10 @@ class NodeSettings:
     max_associations: int = 10
     max_instance_mb: int = 4096
     max_pdu_size: int = 0
+    tls_certificate: str = ""  # PEM; empty: the listener speaks plain TCP
+    tls_private_key: str = ""
+    tls_ca_certificates: str = ""  # PEM bundle that signs the callers' certificates
+    tls_require_client_certificate: bool = False
 
     def validate(self) -> None:
         _check_ae_title(self.ae_title, "node.ae_title")
@@ -69,6 +88,18 @@ class NodeSettings:
         _check(self.max_associations >= 1, "node.max_associations", "must be >= 1")
         _check(self.max_instance_mb >= 0, "node.max_instance_mb", "must be >= 0 (0: no limit)")
         _check(self.max_pdu_size >= 0, "node.max_pdu_size", "must be >= 0 (0: unlimited)")
+        _check_key_pair(self.tls_certificate, self.tls_private_key, "node.")
+        _check_file(self.tls_ca_certificates, "node.tls_ca_certificates")
+        _check(
+            not self.tls_ca_certificates or bool(self.tls_certificate),
+            "node.tls_ca_certificates",
+            "needs node.tls_certificate (client certificates are only checked over TLS)",
+        )
+        _check(
+            not self.tls_require_client_certificate or bool(self.tls_ca_certificates),
+            "node.tls_require_client_certificate",
+            "needs node.tls_ca_certificates (the CAs that sign the callers' certificates)",
+        )
 
     @property
     def data_path(self) -> Path:
@@ -170,6 +201,15 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    tls: bool = False
+    tls_ca_certificates: str = ""  # PEM bundle; empty: the system's trust store
+    tls_certificate: str = ""  # our client certificate, for peers that require one
+    tls_private_key: str = ""
+    tls_server_name: str = ""  # the name the peer's certificate must carry; empty: host
+
+    @property
+    def server_name(self) -> str:
+        return self.tls_server_name or self.host
 
     def validate(self, key: str) -> None:
         _check(
@@ -180,6 +220,16 @@ class Destination:
         _check_ae_title(self.ae_title, f"{key}.ae_title")
         _check(self.host != "", f"{key}.host", "must not be empty")
         _check_port(self.port, f"{key}.port")
+        _check_key_pair(self.tls_certificate, self.tls_private_key, f"{key}.")
+        _check_file(self.tls_ca_certificates, f"{key}.tls_ca_certificates")
+        if not self.tls:
+            for name in (
+                "tls_ca_certificates",
+                "tls_certificate",
+                "tls_private_key",
+                "tls_server_name",
+            ):
+                _check(not getattr(self, name), f"{key}.{name}", f"needs {key}.tls = true")
 
 
 @dataclass(frozen=True)
@@ -294,6 +344,13 @@ class Settings:
 
     def destination(self, name: str) -> Destination | None:
         return next((d for d in self.destinations if d.name == name), None)
+
+    def destination_key(self, destination: Destination) -> str:
+        """How errors name a destination's settings: `destinations[0]` as in the file."""
+        names = [d.name for d in self.destinations]
+        if destination.name in names:
+            return f"destinations[{names.index(destination.name)}]"
+        return f"destination {destination.name}"
 
     def as_dict(self) -> dict[str, Any]:
         """The effective settings as plain data (what `dicomnode config show` prints)."""

@@ -14,6 +14,7 @@ from dicomnode.config import Settings
 from dicomnode.db import Database, open_database
 from dicomnode.db.instances import create_jobs_for_quiet_series
 from dicomnode.db.jobs import reclaim_expired_leases
+from dicomnode.dicom.tls import client_tls_args
 from dicomnode.pipeline import JobRunner
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.receive import start_receiver
@@ -52,6 +53,9 @@ class Node:
         self._scheduler: BackgroundScheduler | None = None
 
     def start(self) -> None:
+        for destination in self.settings.destinations:
+            # Reads every destination's TLS files now: a bad one stops the node at start.
+            client_tls_args(destination, self.settings.destination_key(destination))
         self._server = start_receiver(self.settings, self.spool, self.db)
         workers = self.settings.worker
         scheduler = BackgroundScheduler(

@@ -1,6 +1,7 @@
 """What every command shares: the --config option, loading settings, mapping errors to exits."""
 
 import logging
+import ssl
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +53,12 @@ def settings_from(config: Path | None) -> Settings:
         return load_settings(config)
 
 
+def _drop_tls_tracebacks(record: logging.LogRecord) -> bool:
+    # pynetdicom logs a failed client handshake twice, once with a traceback; the reason is in
+    # its other line and in our delivery error, which names the destination.
+    return not (record.exc_info and isinstance(record.exc_info[1], ssl.SSLError))
+
+
 def configure_logging(level: str) -> None:
     """One line per event on stderr: time, level, logger, message (fields as key=value)."""
     logging.basicConfig(
@@ -61,6 +68,7 @@ def configure_logging(level: str) -> None:
     )
     # pynetdicom narrates every PDU at INFO; an operator wants our lines, and its problems.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    logging.getLogger("pynetdicom.transport").addFilter(_drop_tls_tracebacks)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("pylibjpeg").setLevel(logging.WARNING)
     # pydicom logs a decoder failure with a traceback but without saying which instance; ours

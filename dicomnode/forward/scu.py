@@ -20,7 +20,8 @@ from pynetdicom.presentation import PresentationContext, build_context
 from dicomnode.config import Destination, Settings
 from dicomnode.db import SpooledInstance
 from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
-from dicomnode.errors import ForwardError
+from dicomnode.dicom.tls import ClientContext, client_tls_args, handshake_failure
+from dicomnode.errors import ConfigError, ForwardError
 from dicomnode.forward.outcome import Outcome, classify_store_status
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,16 @@ def contexts_for(instances: Sequence[SpooledInstance]) -> list[PresentationConte
     return contexts
 
 
+def _client_tls(
+    destination: Destination, settings: Settings, where: str
+) -> tuple[ClientContext, str] | None:
+    """The association's TLS arguments; a TLS file that went bad since start fails the delivery."""
+    try:
+        return client_tls_args(destination, settings.destination_key(destination))
+    except ConfigError as exc:
+        raise ForwardError(f"cannot set up TLS to {where}: {exc}", transient=True) from None
+
+
 def _associate(
     destination: Destination, settings: Settings, contexts: list[PresentationContext]
 ) -> Association:
@@ -74,15 +85,20 @@ def _associate(
         elif result in (0x01, 0x02):
             answers.append(f"{answer.result_str}, {answer.source_str}: {answer.reason_str}")
 
+    where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
+    tls_args = _client_tls(destination, settings, where)
     assoc = ae.associate(
         destination.host,
         destination.port,
         ae_title=destination.ae_title,
         evt_handlers=[CONNECTION_TUNING_HANDLER, (evt.EVT_ACSE_RECV, note_answer)],
+        tls_args=tls_args,
     )
     if assoc.is_established:
         return assoc
-    where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
+    tls_reason = handshake_failure(tls_args)
+    if tls_reason is not None:  # a certificate to renew or a CA to configure: retried
+        raise ForwardError(f"TLS handshake with {where} failed: {tls_reason}", transient=True)
     if assoc.is_rejected:
         # Even a "permanent" rejection is usually configuration the PACS admin will fix
         # (an AE title to register), so it is retried with backoff like any transient failure.

@@ -22,8 +22,10 @@ from dicomnode.config import Settings
 from dicomnode.db import Database, ReceivedInstance
 from dicomnode.db.instances import record_instance, stored_path
 from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
+from dicomnode.dicom.tls import server_context
 from dicomnode.errors import DecodeError, SpoolError
 from dicomnode.receive.status import SUCCESS, status_dataset, status_for
+from dicomnode.receive.tls_server import start_tls_server
 from dicomnode.spool import Spool, validate_uid
 
 log = logging.getLogger(__name__)
@@ -232,8 +234,12 @@ class StorageReceiver:
 
 
 def start_receiver(settings: Settings, spool: Spool, db: Database) -> ThreadedAssociationServer:
-    """Start listening (non-blocking); every storage SOP class, every transfer syntax."""
+    """Start listening (non-blocking); every storage SOP class, every transfer syntax.
+
+    Over TLS when node.tls_certificate is set; a bad TLS file raises ConfigError before listening.
+    """
     node = settings.node
+    tls_context = server_context(node)
     ae = configure_ae(node.ae_title, settings.network, node.max_pdu_size)
     ae.maximum_associations = node.max_associations
     if node.allowed_calling_aets:
@@ -244,6 +250,20 @@ def start_receiver(settings: Settings, spool: Spool, db: Database) -> ThreadedAs
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     receiver = StorageReceiver(settings, spool, db)
-    server = ae.start_server((node.host, node.port), block=False, evt_handlers=receiver.handlers())
-    log.info("listening ae_title=%s host=%s port=%d", node.ae_title, node.host, node.port)
+    address = (node.host, node.port)
+    if tls_context is None:
+        server = ae.start_server(address, block=False, evt_handlers=receiver.handlers())
+        transport = "tcp"
+    else:
+        server = start_tls_server(
+            ae, address, tls_context, settings.network.acse_timeout, receiver.handlers()
+        )
+        transport = "tls+client-certificate" if node.tls_require_client_certificate else "tls"
+    log.info(
+        "listening ae_title=%s host=%s port=%d transport=%s",
+        node.ae_title,
+        node.host,
+        node.port,
+        transport,
+    )
     return server

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -11,12 +12,33 @@ from tests.support.dcmtk import peer_env
 from tests.support.ports import free_port, wait_for_port
 
 
+@dataclass(frozen=True)
+class OrthancTls:
+    """Orthanc's DICOM port speaks TLS only (its Dicom Tls* settings)."""
+
+    certificate: Path
+    private_key: Path
+    trusted_certificates: Path  # CAs of the callers' certificates
+    require_client_certificate: bool = False
+
+    def settings(self) -> dict[str, object]:
+        return {
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(self.certificate),
+            "DicomTlsPrivateKey": str(self.private_key),
+            "DicomTlsTrustedCertificates": str(self.trusted_certificates),
+            "DicomTlsRemoteCertificateRequired": self.require_client_certificate,
+        }
+
+
 class Orthanc:
     """Owns one Orthanc process; `start()`/`stop()` may be called repeatedly on the same port."""
 
     ae_title = "ORTHANC"
 
-    def __init__(self, workdir: Path, dicom_port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, dicom_port: int | None = None, tls: OrthancTls | None = None
+    ) -> None:
         self.workdir = workdir
         self.dicom_port = dicom_port or free_port()
         self.http_port = free_port()
@@ -42,6 +64,7 @@ class Orthanc:
                     "OverwriteInstances": True,
                     "SaveJobs": False,
                     "StableAge": 1,
+                    **(tls.settings() if tls else {}),
                 },
                 indent=2,
             )

@@ -1,11 +1,12 @@
 """Settings: defaults, the TOML file, DICOMNODE_* overrides, and errors that name the key."""
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
-from dicomnode.config import load_settings
+from dicomnode.config import Destination, load_settings
 from dicomnode.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,3 +97,75 @@ def test_bad_settings_are_refused_naming_the_key(
 def test_missing_explicit_file_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope\.toml does not exist"):
         load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_documented_destination_states_the_tls_defaults() -> None:
+    [documented] = load_settings(REPO / "config" / "dicomnode.toml", environ={}).destinations
+    default = Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=4242)
+    assert documented == default
+
+
+def _tls_files(tmp_path: Path) -> tuple[str, str]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("not checked here: tls.py reads the PEM")
+    key.write_text("idem")
+    return str(cert), str(key)
+
+
+@pytest.mark.parametrize(
+    ("node", "destination", "named"),
+    [
+        ({"tls_certificate": "{cert}"}, {}, "node.tls_private_key"),
+        ({"tls_private_key": "{key}"}, {}, "node.tls_certificate"),
+        ({"tls_certificate": "{cert}", "tls_private_key": "{tmp}/nope.pem"}, {}, "nope.pem"),
+        ({"tls_certificate": "{cert}", "tls_private_key": "{tmp}/nope.pem"}, {}, "node.tls_priv"),
+        (
+            {"tls_certificate": "{cert}", "tls_private_key": "{key}"}
+            | {"tls_require_client_certificate": True},
+            {},
+            "node.tls_require_client_certificate",
+        ),
+        ({"tls_ca_certificates": "{cert}"}, {}, "node.tls_ca_certificates"),
+        ({}, {"tls_ca_certificates": "{cert}"}, "destinations[0].tls_ca_certificates"),
+        ({}, {"tls": True, "tls_ca_certificates": "{tmp}/nope.pem"}, "destinations[0].tls_ca"),
+        ({}, {"tls": True, "tls_certificate": "{cert}"}, "destinations[0].tls_private_key"),
+        ({}, {"tls_server_name": "pacs.example"}, "destinations[0].tls_server_name"),
+    ],
+)
+def test_bad_tls_settings_are_refused_naming_the_key(
+    tmp_path: Path, node: dict[str, object], destination: dict[str, object], named: str
+) -> None:
+    cert, key = _tls_files(tmp_path)
+
+    def toml(values: dict[str, object]) -> str:
+        lines = []
+        for name, value in values.items():
+            if isinstance(value, str):
+                value = json.dumps(value.format(cert=cert, key=key, tmp=tmp_path))
+            else:
+                value = json.dumps(value)  # true/false, as in TOML
+            lines.append(f"{name} = {value}")
+        return "\n".join(lines) + "\n"
+
+    text = (
+        "[node]\n"
+        + toml(node)
+        + '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 1\n'
+        + toml(destination)
+    )
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_settings(write(tmp_path, text), environ={})
+
+
+def test_tls_settings_with_existing_files_load(tmp_path: Path) -> None:
+    cert, key = _tls_files(tmp_path)
+    text = (
+        f'[node]\ntls_certificate = "{cert}"\ntls_private_key = "{key}"\n'
+        f'tls_ca_certificates = "{cert}"\ntls_require_client_certificate = true\n'
+        '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "10.0.0.5"\nport = 1\n'
+        f'tls = true\ntls_ca_certificates = "{cert}"\n'
+    )
+    settings = load_settings(write(tmp_path, text), environ={})
+    assert settings.node.tls_require_client_certificate is True
+    assert settings.destinations[0].tls is True
+    assert settings.destinations[0].server_name == "10.0.0.5"
