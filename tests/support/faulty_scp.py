@@ -5,6 +5,7 @@ between the node's attempts: answer a failure status, hang mid-transfer, or work
 """
 
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -17,11 +18,12 @@ from tests.support.ports import free_port
 
 @dataclass
 class Behaviour:
-    """What the SCP does with each C-STORE: `status` to answer, or hang on the `hang_at`-th
-    instance of an association (1-based) until `release()` or the test ends."""
+    """What the SCP does with each C-STORE: `status` to answer (after `delay_seconds`), or hang
+    on the `hang_at`-th instance of an association (1-based) until `release()` or the end."""
 
     status: int = 0x0000
     hang_at: int | None = None
+    delay_seconds: float = 0.0  # a slow PACS: each answer comes this late
 
 
 @dataclass
@@ -75,6 +77,8 @@ class FaultyScp:
         if behaviour.hang_at is not None and position >= behaviour.hang_at:
             self._unhang.wait(timeout=120)
             return 0xA700  # too late: the SCU has aborted this association
+        if behaviour.delay_seconds:
+            time.sleep(behaviour.delay_seconds)
         with self._lock:
             self.answered.append(behaviour.status)
             if behaviour.status == 0x0000:

@@ -107,5 +107,10 @@ class Orthanc:
     def instance_ids(self) -> list[str]:
         return self.get("/instances").json()
 
+    def sop_instance_uids(self) -> list[str]:
+        """One entry per stored instance (a UID stored twice would appear twice)."""
+        instances = self.get("/instances?expand").json()
+        return [item["MainDicomTags"]["SOPInstanceUID"] for item in instances]
+
     def instance_file(self, orthanc_id: str) -> bytes:
         return self.get(f"/instances/{orthanc_id}/file").content

@@ -1,0 +1,122 @@
+"""SIGKILL at each stage: whatever got a Success status reaches the PACS, once per UID.
+
+The node is killed (no clean-up of any kind) while an association is storing, while a job is
+being enhanced and while a series is being forwarded; each time it is started again on the same
+data and must finish the work, with the database and the spool in agreement (`doctor`).
+"""
+
+import json
+import sqlite3
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from pydicom import dcmread
+
+from tests.conftest import pacs_destination
+from tests.support.dcmtk import storescu
+from tests.support.faulty_scp import Behaviour, FaultyScp
+from tests.support.node import NodeProcess
+from tests.support.orthanc import Orthanc
+from tests.support.scu import c_store
+from tests.support.series import write_ct_series
+
+
+def sop_uid(path: Path) -> str:
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def assert_consistent(node: NodeProcess) -> None:
+    """SQLite intact; no orphan files, no rows without files (a kill may leave temp files)."""
+    with sqlite3.connect(node.data_dir / "dicomnode.sqlite") as database:
+        assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    report = json.loads(node.cli("doctor", "--json", "--min-age", "0", check=False).stdout)
+    assert report["orphan_files"] == [] and report["missing_files"] == [], report
+
+
+def test_killed_while_receiving_every_acknowledged_instance_is_delivered_once(
+    node_factory, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    files = write_ct_series(tmp_path / "series", 40)
+    node = node_factory([pacs_destination(orthanc)], completion={"series_quiet_seconds": 2})
+    node.start()
+    acknowledged: list[str] = []
+    killer = threading.Thread(
+        target=lambda: (wait_for(lambda: len(acknowledged) >= 8), node.kill()), daemon=True
+    )
+    killer.start()
+    for path in files:  # one association per instance: the kill lands mid-stream
+        status = c_store(node.port, path)
+        if status is not None and int(status.Status) == 0x0000:
+            acknowledged.append(sop_uid(path))
+    killer.join(timeout=30)
+    assert 8 <= len(acknowledged) < len(files)
+
+    node.start()
+    node.wait_for_jobs(lambda jobs: jobs and all(job["status"] == "done" for job in jobs))
+    delivered = Counter(orthanc.sop_instance_uids())
+    assert set(acknowledged) <= set(delivered) <= {sop_uid(path) for path in files}
+    assert set(delivered.values()) == {1}
+    assert_consistent(node)
+
+
+def test_killed_while_enhancing_the_job_resumes_and_each_derived_uid_arrives_once(
+    node_factory, orthanc: Orthanc, ct_series: list[Path]
+) -> None:
+    node = node_factory(
+        [pacs_destination(orthanc)],
+        enhance={"methods": ["srcnn"]},
+        worker={"lease_seconds": 5},
+    ).start()
+    assert storescu(node.port, ct_series).returncode == 0
+    # Loading TensorFlow alone keeps the job in "processing" for seconds.
+    node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "processing")
+    node.kill()
+
+    node.start()
+    [job] = node.wait_for_jobs(lambda jobs: jobs[0]["status"] == "done", timeout=240)
+    assert job["attempts"] == 2
+    assert "job lease expired, queued again job=1" in node.log()
+    delivered = Counter(orthanc.sop_instance_uids())
+    # originals + one derived image each + one metrics report, each UID exactly once
+    assert len(delivered) == 2 * len(ct_series) + 1
+    assert set(delivered.values()) == {1}
+    outbox = node.data_dir / "spool" / "outbox" / "1"
+    assert len(list(outbox.rglob("*.dcm"))) == len(ct_series) + 1
+    assert_consistent(node)
+
+
+def test_killed_mid_forward_the_series_is_sent_again_and_completes(
+    node_factory, tmp_path: Path
+) -> None:
+    slow = FaultyScp().start()
+    slow.behave(Behaviour(delay_seconds=0.2))
+    try:
+        files = write_ct_series(tmp_path / "series", 30)
+        node = node_factory([slow.destination()], worker={"lease_seconds": 5}).start()
+        assert storescu(node.port, files).returncode == 0
+        wait_for(lambda: len(slow.stored) >= 5, timeout=60)
+        node.kill()
+        time.sleep(0.5)  # the instance in flight at the kill: the SCP finishes storing it
+        before_kill = set(slow.stored)
+        assert len(before_kill) < len(files)
+
+        slow.behave(Behaviour())
+        node.start()
+        [job] = node.wait_for_jobs(lambda jobs: jobs[0]["status"] == "done", timeout=60)
+        assert job["attempts"] == 2 and job["deliveries"][0]["sent"] == len(files)
+        assert set(slow.stored) == {sop_uid(path) for path in files}
+        # At-least-once: only what the dead attempt had sent is received a second time.
+        assert {uid for uid, times in slow.stored.items() if times > 1} <= before_kill
+        assert_consistent(node)
+    finally:
+        slow.stop()
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition never held")
+        time.sleep(0.02)
