@@ -240,6 +240,7 @@ class EnhanceSettings:
     scale: int = 1
     modalities: list[str] = field(default_factory=lambda: ["CT", "MR", "CR", "DX"])
     forward_originals: bool = True
+    forward_unenhanced: bool = True
     qa_action: Literal["flag", "hold", "fail"] = "flag"
     self_check: bool = True
     uid_root: str = ""  # empty: 2.25.<integer> UIDs, else e.g. "1.2.826.0.1.3680043.10.123."

@@ -87,6 +87,14 @@ def pixel_domain(ds: Dataset) -> PixelDomain:
             f"sop={sop}: BitsAllocated={allocated}, BitsStored={stored}; "
             "only 8- or 16-bit allocations holding BitsStored <= BitsAllocated are enhanced"
         )
+    high_bit = _int(ds, "HighBit")
+    if high_bit is not None and high_bit != stored - 1:
+        # PS3.5 8.1.1: the stored bits end at HighBit = BitsStored - 1; anything else means the
+        # header does not describe the pixels, and guessing could shift every value.
+        raise ImageDeclined(
+            f"sop={sop}: HighBit={high_bit} with BitsStored={stored}; HighBit must be "
+            "BitsStored - 1"
+        )
     return PixelDomain(
         bits_allocated=allocated,
         bits_stored=stored,

@@ -55,6 +55,8 @@ class SeriesOutput:
     series: list[list[SpooledInstance]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     qa_failed: bool = False
+    # Source instances no derived image stands for (undecodable, or the series not enhanced).
+    unenhanced: set[str] = field(default_factory=set)
 
 
 def _load(inputs: list[SpooledInstance]) -> tuple[list[SourceImage], list[dict[str, str]]]:
@@ -297,12 +299,14 @@ def enhance_series(
     started = time.perf_counter()
     images, skipped = _load(inputs)
     output.details = {"load_s": round(time.perf_counter() - started, 3), "skipped": skipped}
+    output.unenhanced = {item["sop"] for item in skipped}
     if not images:
         output.details["enhancement"] = "skipped: no image in the series can be enhanced"
         return output
     modality = str(images[0].dataset.get("Modality", "")).upper()
     if modality not in settings.enhance.modalities:
         output.details["enhancement"] = f"skipped: modality {modality or '(none)'} not enabled"
+        output.unenhanced = {item.sop_instance_uid for item in inputs}
         return output
     summaries = []
     for method in methods:

@@ -67,15 +67,21 @@ class JobRunner:
                 ),
             )
             return
-        outgoing = [inputs] if self.settings.enhance.forward_originals else []
+        enhance = self.settings.enhance
+        outgoing = [inputs] if enhance.forward_originals else []
         hold = None
-        if self.settings.enhance.methods:
+        if enhance.methods:
             enhanced = self._enhance(job, inputs)
             if enhanced is None:
                 return
-            derived, hold = enhanced
+            derived, unenhanced, hold = enhanced
             if hold is None:
                 outgoing.extend(derived)
+        else:
+            unenhanced = {item.sop_instance_uid for item in inputs}
+        if not enhance.forward_originals and enhance.forward_unenhanced and unenhanced:
+            # Nothing derived stands for these: the PACS gets them as they came, not nothing.
+            outgoing.insert(0, [item for item in inputs if item.sop_instance_uid in unenhanced])
         if not set_active_status(self.db, job.id, self.owner, JobStatus.FORWARDING):
             return
         destinations = open_deliveries(self.db, job.id)
@@ -86,8 +92,9 @@ class JobRunner:
 
     def _enhance(
         self, job: JobRecord, inputs: list[SpooledInstance]
-    ) -> tuple[list[list[SpooledInstance]], str | None] | None:
-        """The derived series and reports, and why QA holds them back (None: send them).
+    ) -> tuple[list[list[SpooledInstance]], set[str], str | None] | None:
+        """The derived series and reports, the SOP UIDs left unenhanced, and why QA holds the
+        derived series back (None: send them).
 
         None when the job was finished here (enhancement failed, or QA failed it)."""
         from dicomnode.pipeline.enhancement import enhance_series, outbox_sink
@@ -115,8 +122,8 @@ class JobRunner:
                 "QA verdict 'fail': originals sent, derived series held; "
                 f"`dicomnode jobs release {job.id}` sends them"
             )
-            return output.series, reason
-        return output.series, None
+            return output.series, output.unenhanced, reason
+        return output.series, output.unenhanced, None
 
     def _deliver(self, job: JobRecord, name: str, outgoing: list[list[SpooledInstance]]) -> None:
         """One destination; its outcome goes to its own delivery row, whatever the others do."""

@@ -87,6 +87,7 @@ BROKEN_PIXELS = (
     "truncated_pixel_data",
     "missing_pixel_data",
     "bits_stored_above_allocated",
+    "high_bit_wrong",
     "pixel_length_mismatch",
     "huge_rows_columns",
     "zero_length_pixel_data",
@@ -163,3 +164,29 @@ def test_bad_instances_get_a_status_or_a_clear_job_error_and_good_ones_still_arr
     for index, line in enumerate(lines):
         if line.startswith("Traceback"):
             assert "job=" in lines[index - 1] or "sop=" in lines[index - 1], lines[index - 1]
+
+
+def test_with_originals_off_what_cannot_be_enhanced_is_still_forwarded_unchanged(
+    tmp_path: Path, node_factory, orthanc: Orthanc, ct_series: list[Path]
+) -> None:
+    broken = dcmread(ct_series[0])  # same series, pixel data cut short
+    broken.SOPInstanceUID = broken.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    broken.InstanceNumber = 99
+    broken.PixelData = broken.PixelData[: len(broken.PixelData) // 3]
+    broken_path = tmp_path / "broken.dcm"
+    broken.save_as(broken_path)
+    node = node_factory(
+        [pacs_destination(orthanc)],
+        enhance={"methods": ["baseline"], "self_check": False, "forward_originals": False},
+    ).start()
+    assert storescu(node.port, [*ct_series, broken_path]).returncode == 0
+
+    [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "done")
+    [skipped] = job["details"]["skipped"]
+    assert skipped["sop"] == broken.SOPInstanceUID
+    assert "pixel data cannot be decoded" in skipped["reason"]
+    arrived = set(orthanc.sop_instance_uids())
+    originals = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in ct_series}
+    assert broken.SOPInstanceUID in arrived  # unchanged: nothing derived stands for it
+    assert not originals & arrived  # their derived images do
+    assert len(arrived) == 1 + len(ct_series) + 1  # broken + derived + metrics report
