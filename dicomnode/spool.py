@@ -140,6 +140,10 @@ class Spool:
         """Every stored instance file (what `dicomnode doctor` checks against the database)."""
         return sorted(self.instances_dir.glob("*/*/*.dcm"))
 
+    def outbox_job_ids(self) -> list[int]:
+        """The jobs that have outputs in the outbox."""
+        return sorted(int(d.name) for d in self.outbox_dir.iterdir() if d.name.isdigit())
+
     def stale_parts(self, older_than_seconds: float) -> list[Path]:
         """Temp files of writes that never finished (the process died between write and rename)."""
         limit = time.time() - older_than_seconds

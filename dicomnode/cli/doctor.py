@@ -46,7 +46,8 @@ def doctor(
             f"orphan files: {len(report.orphan_files)} (indexed {len(report.indexed)}, "
             f"unreadable {len(report.unreadable_files)}); missing files: "
             f"{len(report.missing_files)}; stale temp files: {len(report.stale_temp_files)} "
-            f"(removed {len(report.removed_temp_files)})"
+            f"(removed {len(report.removed_temp_files)}); outboxes of unknown jobs: "
+            f"{len(report.orphan_outboxes)} (removed {len(report.removed_outboxes)})"
         )
         for path in report.quarantined:
             console.print(f"quarantined (not DICOM): {path}")

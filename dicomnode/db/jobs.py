@@ -66,6 +66,12 @@ def get_job(db: Database, job_id: int) -> JobRecord | None:
         return _record(session, job) if job is not None else None
 
 
+def job_ids(db: Database) -> set[int]:
+    """Every job id in the table (for `dicomnode doctor`'s outbox check)."""
+    with db.session() as session:
+        return set(session.scalars(select(Job.id)))
+
+
 def list_jobs(db: Database, status: str | None = None, limit: int = 100) -> list[JobRecord]:
     """Newest first."""
     with db.session() as session:

@@ -8,7 +8,9 @@ Three kinds of inconsistency can follow a crash or a hand-edited data folder:
   (kept for a person to look at, no longer in the way);
 * a row whose file is gone (deleted by hand, disk trouble): reported, never "repaired": the row is
   the evidence that an instance was acknowledged and must be resent;
-* temp files of writes that never finished: deleted.
+* temp files of writes that never finished: deleted;
+* outbox folders of jobs that no longer exist (a purge interrupted by a crash): deleted, since
+  derived outputs are made again from the inputs whenever a job runs.
 
 It also reports free disk space below `node.min_free_disk_mb`, the one reason the receiver
 refuses every store (0xA700) that no single instance explains.
@@ -26,6 +28,7 @@ from pydicom.errors import InvalidDicomError
 
 from dicomnode.db import Database, ReceivedInstance
 from dicomnode.db.instances import instance_paths, record_instance
+from dicomnode.db.jobs import job_ids
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,8 @@ class DoctorReport:
     indexed: list[str] = field(default_factory=list)
     removed_temp_files: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
+    orphan_outboxes: list[int] = field(default_factory=list)
+    removed_outboxes: list[int] = field(default_factory=list)
     free_disk_mb: int = 0
     min_free_disk_mb: int = 0
 
@@ -52,7 +57,14 @@ class DoctorReport:
     def problems_left(self) -> int:
         unindexed = set(self.orphan_files) - set(self.indexed) - set(self.quarantined)
         stale = set(self.stale_temp_files) - set(self.removed_temp_files)
-        return len(unindexed) + len(self.missing_files) + len(stale) + int(self.disk_low)
+        outboxes = set(self.orphan_outboxes) - set(self.removed_outboxes)
+        return (
+            len(unindexed)
+            + len(self.missing_files)
+            + len(stale)
+            + len(outboxes)
+            + int(self.disk_low)
+        )
 
 
 def _index(db: Database, path: Path) -> None:
@@ -105,6 +117,15 @@ def examine(
     for path, sop in sorted(recorded.items()):
         if not path.is_file():
             report.missing_files.append({"sop": sop, "path": str(path)})
+    known_jobs = job_ids(db)
+    for job_id in spool.outbox_job_ids():
+        if job_id in known_jobs:
+            continue
+        report.orphan_outboxes.append(job_id)
+        if repair:
+            spool.clear_outbox(job_id)
+            report.removed_outboxes.append(job_id)
+            log.info("doctor removed the outbox of job=%d (no such job)", job_id)
     for part in spool.stale_parts(min_age_seconds):
         report.stale_temp_files.append(str(part))
         if repair:

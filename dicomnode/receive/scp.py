@@ -24,8 +24,8 @@ from dicomnode.db.instances import record_instance, stored_path
 from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
 from dicomnode.dicom.tls import server_context
 from dicomnode.errors import DecodeError, SpoolError
+from dicomnode.receive.listener import start_listener
 from dicomnode.receive.status import SUCCESS, status_dataset, status_for
-from dicomnode.receive.tls_server import start_tls_server
 from dicomnode.spool import Spool, validate_uid
 
 log = logging.getLogger(__name__)
@@ -250,14 +250,16 @@ def start_receiver(settings: Settings, spool: Spool, db: Database) -> ThreadedAs
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     receiver = StorageReceiver(settings, spool, db)
-    address = (node.host, node.port)
+    server = start_listener(
+        ae,
+        (node.host, node.port),
+        tls_context,
+        settings.network.acse_timeout,
+        receiver.handlers(),
+    )
     if tls_context is None:
-        server = ae.start_server(address, block=False, evt_handlers=receiver.handlers())
         transport = "tcp"
     else:
-        server = start_tls_server(
-            ae, address, tls_context, settings.network.acse_timeout, receiver.handlers()
-        )
         transport = "tls+client-certificate" if node.tls_require_client_certificate else "tls"
     log.info(
         "listening ae_title=%s host=%s port=%d transport=%s",

@@ -34,6 +34,9 @@ def test_doctor_reports_and_repairs_then_the_orphan_is_forwarded(
     orphan.save_as(orphan_path / f"{orphan.SOPInstanceUID}.dcm")
     garbage = orphan_path / "1.2.3.999.dcm"  # a file without a row that is not DICOM at all
     garbage.write_bytes(b"not dicom" * 100)
+    stray_outbox = spool / "outbox" / "77" / "1.2.3" / "1.2.3.4.dcm"  # job 77 never existed
+    stray_outbox.parent.mkdir(parents=True)
+    stray_outbox.write_bytes(b"derived")
     part = spool / "tmp" / "dead.part"
     shutil.copy(ct_series[2], part)
     old = time.time() - 3600
@@ -47,6 +50,7 @@ def test_doctor_reports_and_repairs_then_the_orphan_is_forwarded(
     orphan_file = str(orphan_path / f"{orphan.SOPInstanceUID}.dcm")
     assert sorted(report["orphan_files"]) == sorted([orphan_file, str(garbage)])
     assert report["stale_temp_files"] == [str(part)] and part.exists()
+    assert report["orphan_outboxes"] == [77]
 
     repaired = json.loads(node.cli("doctor", "--repair", "--json", check=False).stdout)
     assert repaired["indexed"] == [orphan_file]
@@ -55,6 +59,7 @@ def test_doctor_reports_and_repairs_then_the_orphan_is_forwarded(
     assert quarantined.read_bytes() == b"not dicom" * 100 and not garbage.exists()
     assert repaired["disk_low"] is False and repaired["free_disk_mb"] > 0
     assert not part.exists()
+    assert repaired["removed_outboxes"] == [77] and not stray_outbox.exists()
     assert repaired["problems_left"] == 1  # the missing file: only a resend can bring it back
 
     node.start()  # the indexed orphan's series becomes a job and reaches the PACS

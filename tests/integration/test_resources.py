@@ -1,13 +1,13 @@
 """Limits that keep the node alive on a busy or full machine: disk, instance size, associations,
 and the retention that keeps the spool from growing without end."""
 
-import time
 from pathlib import Path
 
 from pydicom import dcmread
 
 from tests.support.dcmtk import echoscu, storescu
 from tests.support.faulty_scp import Behaviour, FaultyScp
+from tests.support.ports import wait_for_port
 from tests.support.scu import c_store, open_association
 from tests.support.series import write_ct_series
 
@@ -48,10 +48,10 @@ def test_an_instance_over_the_size_limit_is_refused_and_the_others_are_taken(
 def test_associations_over_the_limit_are_rejected_and_logged_until_one_closes(
     node_factory,
 ) -> None:
-    node = node_factory([], node={"max_associations": 2}, network={"acse_timeout": 2}).start()
-    # The fixture's port probe (connect, close) holds a slot until the ACSE timeout: pynetdicom
-    # waits that long for an A-ASSOCIATE-RQ even from a closed socket. Let it lapse.
-    time.sleep(3)
+    node = node_factory([], node={"max_associations": 2}).start()
+    # Port probes (connect, close: what a load balancer does) must not take a slot.
+    for _ in range(3):
+        wait_for_port(node.port)
     held = [open_association(node.port) for _ in range(2)]
     try:
         assert all(assoc.is_established for assoc in held)
