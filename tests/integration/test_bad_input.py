@@ -7,6 +7,9 @@ stored one ends in a job that is done (forwarded unchanged, enhancement skipped 
 failed/dead with an error naming it.
 """
 
+import re
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from pydicom.data import get_testdata_files
 from pydicom.uid import generate_uid
 
 from tests.conftest import pacs_destination
-from tests.support.dcmtk import echoscu, storescu
+from tests.support.dcmtk import StoreScp, echoscu, storescu
 from tests.support.orthanc import Orthanc
 from tests.support.scu import c_store
 from tests.support.series import CT_TEMPLATE
@@ -68,6 +71,9 @@ def malformed(folder: Path) -> list[Path]:
     def zero_length_pixels(ds):  # type: ignore[no-untyped-def]
         ds.PixelData = b""
 
+    def unknown_syntax(ds):  # type: ignore[no-untyped-def]
+        ds.file_meta.TransferSyntaxUID = "1.2.826.0.1.3680043.9.9999.77"  # nobody's syntax
+
     changes = {
         "truncated_pixel_data": truncated,
         "missing_pixel_data": no_pixels,
@@ -79,6 +85,7 @@ def malformed(folder: Path) -> list[Path]:
         "series_uid_with_path_characters": series_path_uid,
         "empty_uids_and_name": empty_uids,
         "zero_length_pixel_data": zero_length_pixels,
+        "unknown_transfer_syntax": unknown_syntax,
     }
     return [variant(name, change) for name, change in changes.items()]
 
@@ -92,6 +99,24 @@ BROKEN_PIXELS = (
     "huge_rows_columns",
     "zero_length_pixel_data",
 )
+
+
+REFUSED_BY_DESIGN = (
+    "uid_with_path_characters",
+    "series_uid_with_path_characters",
+    "empty_uids_and_name",
+)
+
+
+def stored_by(result: subprocess.CompletedProcess[str]) -> set[str]:
+    """File names a verbose storescu run got Success (or a warning) for."""
+    stored, current = set(), None
+    for line in result.stderr.splitlines():
+        if line.startswith("I: Sending file: "):
+            current = Path(line.removeprefix("I: Sending file: ").strip()).name
+        elif current and re.match(r"I: Received Store Response \((Success|Warning)", line):
+            stored.add(current)
+    return stored
 
 
 def send_raw(port: int, path: Path) -> int | None:
@@ -116,6 +141,24 @@ def test_bad_instances_get_a_status_or_a_clear_job_error_and_good_ones_still_arr
     sender.start()
     statuses = {path.name: send_raw(node.port, path) for path in corpus}
     sender.join()
+    # A syntax nobody knows: its presentation context is refused, so nothing can be sent.
+    # (storescu below sends the same file re-encoded in a syntax it knows, and that is stored.)
+    assert statuses["unknown_transfer_syntax.dcm"] is None
+    unknown = str(dcmread(tmp_path / "malformed" / "unknown_transfer_syntax.dcm").SOPInstanceUID)
+    assert not list(node.data_dir.rglob(f"{unknown}.dcm"))
+    # The same corpus again through DCMTK, one association, not stopping at failures; the node
+    # must refuse nothing that DCMTK's own storescp takes, except what it refuses by design.
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for index, path in enumerate(corpus):
+        shutil.copy(path, bundle / f"{index:03d}-{path.name}")
+    dcmtk_options = ["--no-halt", "--required", "-v"]
+    by_node = stored_by(storescu(node.port, bundle, extra=dcmtk_options))
+    with StoreScp(tmp_path / "storescp") as reference:
+        by_dcmtk = stored_by(storescu(reference.port, bundle, extra=dcmtk_options))
+    assert len(by_dcmtk) >= 30  # storescu cannot send about half (no codec to convert them)
+    refused_by_design = {f"{name}.dcm" for name in REFUSED_BY_DESIGN}
+    assert {name.split("-", 1)[1] for name in by_dcmtk - by_node} == refused_by_design
 
     assert good["result"].returncode == 0, good["result"].stderr  # type: ignore[attr-defined]
     assert echoscu(node.port).returncode == 0  # the listener is still up

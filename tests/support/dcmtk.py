@@ -55,3 +55,32 @@ def echoscu(
         timeout=60,
         check=False,
     )
+
+
+class StoreScp:
+    """DCMTK's own storescp accepting every SOP class and syntax (`+xa`): the reference receiver."""
+
+    def __init__(self, out_dir: Path) -> None:
+        from tests.support.ports import free_port
+
+        self.out_dir = out_dir
+        self.port = free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "StoreScp":
+        from tests.support.ports import wait_for_port
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._process = subprocess.Popen(
+            ["storescp", "+xa", "-od", str(self.out_dir), str(self.port)],
+            env=peer_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=20)
