@@ -79,7 +79,10 @@ class Node:
             **every,
         )
         scheduler.add_job(
-            _guarded("reclaim-leases", lambda: reclaim_expired_leases(self.db)),
+            _guarded(
+                "reclaim-leases",
+                lambda: reclaim_expired_leases(self.db, self.settings.retry.max_attempts),
+            ),
             id="reclaim-leases",
             seconds=max(1.0, workers.lease_seconds / 3),
             **every,

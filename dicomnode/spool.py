@@ -82,11 +82,14 @@ class Spool:
     def clear_outbox(self, job_id: int) -> None:
         """Forget a job's previous outputs before it is processed again."""
         target = self.outbox_dir / str(int(job_id))
-        with self._lock:  # the directories go: forget that they were made durable
+        self._forget_dirs(target)  # the directories go: forget that they were made durable
+        shutil.rmtree(target, ignore_errors=True)
+
+    def _forget_dirs(self, top: Path) -> None:
+        with self._lock:
             self._durable_dirs = {
-                d for d in self._durable_dirs if d != target and target not in d.parents
+                d for d in self._durable_dirs if d != top and top not in d.parents
             }
-            shutil.rmtree(target, ignore_errors=True)
 
     def _write_durably(self, final: Path, data: bytes) -> Path:
         """tmp file → write → fsync → atomic rename → fsync the directory."""
@@ -101,18 +104,35 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except FileNotFoundError:
+                # The directory went since we made it (a purge, maybe by another process):
+                # forget it, make it again, and retry once.
+                self._forget_dirs(final.parent)
+                self._ensure_dir(final.parent)
+                os.replace(tmp, final)
             _fsync_dir(final.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise SpoolError(f"cannot write {final}: {exc.strerror or exc}") from exc
         return final
 
-    def remove(self, path: Path) -> None:
-        """Delete a spooled file (used when a duplicate moved to another series)."""
+    def remove(self, path: Path, written_before: float | None = None) -> bool:
+        """Delete a spooled file (a duplicate that moved to another series, a purged one).
+
+        With `written_before` (a POSIX time) a file written later is kept: it is a new copy
+        that arrived while the old one was being purged. True when the file was deleted.
+        """
         if self.instances_dir not in path.parents:
             raise SpoolError(f"refusing to delete {path}: outside the spool")
-        path.unlink(missing_ok=True)
+        try:
+            if written_before is not None and path.stat().st_mtime >= written_before:
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def quarantine(self, path: Path) -> Path:
         """Move a spool file nobody can read out of the way, keeping it for inspection."""
@@ -129,12 +149,11 @@ class Spool:
             for candidate in (directory, directory.parent):
                 if self.instances_dir not in candidate.parents:
                     continue
-                with self._lock:
-                    self._durable_dirs.discard(candidate)
-                    try:
-                        candidate.rmdir()
-                    except OSError:
-                        break  # not empty (or already gone): leave it and its parent
+                self._forget_dirs(candidate)
+                try:
+                    candidate.rmdir()
+                except OSError:
+                    break  # not empty (or already gone): leave it and its parent
 
     def instance_files(self) -> list[Path]:
         """Every stored instance file (what `dicomnode doctor` checks against the database)."""

@@ -253,30 +253,42 @@ def finish_attempt(
         return _record(session, job)
 
 
-def reclaim_expired_leases(db: Database) -> list[int]:
-    """Queue again every active job whose worker stopped renewing its lease (it died)."""
+def reclaim_expired_leases(db: Database, max_attempts: int) -> list[int]:
+    """Queue again every active job whose worker stopped renewing its lease (it died).
+
+    A job whose workers died `max_attempts` times is dead instead: a series that kills the
+    process (out of memory, a crashing decoder) must not be taken up first after every restart.
+    """
     now = utcnow()
     with db.session() as session:
-        ids = list(
-            session.scalars(
-                select(Job.id).where(Job.status.in_(ACTIVE_STATUSES), Job.lease_expires_at < now)
-            )
-        )
-        if ids:
-            session.execute(
-                update(Job)
-                .where(Job.id.in_(ids))
-                .values(
-                    status=JobStatus.QUEUED,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    next_attempt_at=now,
-                    updated_at=now,
+        expired = session.scalars(
+            select(Job).where(Job.status.in_(ACTIVE_STATUSES), Job.lease_expires_at < now)
+        ).all()
+        for job in expired:
+            job.lease_owner, job.lease_expires_at, job.updated_at = None, None, now
+            if job.attempts >= max_attempts:
+                job.status = JobStatus.DEAD
+                job.error = (
+                    f"its worker stopped (crash, kill or out of memory) during each of "
+                    f"{job.attempts} attempts; inputs kept, `dicomnode jobs retry {job.id}`"
                 )
-            )
-    for job_id in ids:
-        log.warning("job lease expired, queued again job=%d", job_id)
-    return ids
+                session.execute(
+                    update(Delivery)
+                    .where(
+                        Delivery.job_id == job.id,
+                        Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.FAILED]),
+                    )
+                    .values(status=DeliveryStatus.DEAD, updated_at=now)
+                )
+            else:
+                job.status, job.next_attempt_at = JobStatus.QUEUED, now
+        outcome = [(job.id, job.status, job.attempts) for job in expired]
+    for job_id, status, attempts in outcome:
+        if status == JobStatus.DEAD:
+            log.error("job dead: its worker stopped during %d attempts job=%d", attempts, job_id)
+        else:
+            log.warning("job lease expired, queued again job=%d", job_id)
+    return [job_id for job_id, _, _ in outcome]
 
 
 def _existing_job(session: Session, job_id: int) -> Job:

@@ -79,7 +79,12 @@ class Job(Base):
     """One source series to process and deliver."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_status_next", "status", "next_attempt_at"),)
+    # AUTOINCREMENT: SQLite would otherwise hand a purged job's id to the next job, and logs,
+    # outbox folders and `jobs show N` would then name two different jobs.
+    __table_args__ = (
+        Index("ix_jobs_status_next", "status", "next_attempt_at"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     study_uid: Mapped[str] = mapped_column(String(64))

@@ -31,7 +31,11 @@ class PurgedSeries:
     study_uid: str
     series_uid: str
     job_ids: list[int]
-    instances: int
+    paths: list[Path]  # the instance files, for the caller to delete now that the rows are gone
+
+    @property
+    def instances(self) -> int:
+        return len(self.paths)
 
 
 def _purgeable(finished_before: datetime) -> Select[tuple[str]]:
@@ -63,21 +67,26 @@ def purge_series(
     db: Database,
     series_uid: str,
     finished_before: datetime,
-    remove_files: Callable[[list[Path], list[int]], None],
+    remove_outputs: Callable[[list[int]], None],
 ) -> PurgedSeries | None:
-    """Delete one series' rows after `remove_files(instance paths, job ids)` has run.
+    """Forget one series: its jobs, deliveries and instance rows; None if it no longer qualifies.
 
-    The files go first, inside the transaction: a crash in between leaves rows without files,
-    which the next pass deletes, never files without rows (which `doctor` would take for
-    instances to forward). None when the series no longer qualifies (something arrived).
+    `remove_outputs(job ids)` runs inside the transaction (derived outputs can always be made
+    again). The instance files are the caller's to delete after the commit, so an instance that
+    arrives again meanwhile gets a new row and keeps its new file; a crash in between leaves
+    files without rows, which `dicomnode doctor` finds.
     """
     with db.session() as session:
-        # Lock the series row (PostgreSQL; SQLite serialises writers) against a new instance.
-        series = session.scalar(
-            select(Series).where(Series.series_uid == series_uid).with_for_update()
-        )
+        series = session.get(Series, series_uid)
+        if series is None:
+            return None
+        # Study, then series: the order the receiver takes them in (no deadlock on PostgreSQL),
+        # and no new series can join the study while we decide whether to delete it.
+        session.scalar(select(Study).where(Study.study_uid == series.study_uid).with_for_update())
+        session.scalar(select(Series).where(Series.series_uid == series_uid).with_for_update())
+        session.refresh(series)
         still = _purgeable(finished_before).where(Series.series_uid == series_uid)
-        if series is None or session.scalar(still) is None:
+        if session.scalar(still) is None:
             return None
         job_ids = list(session.scalars(select(Job.id).where(Job.series_uid == series_uid)))
         instances = session.execute(
@@ -85,7 +94,7 @@ def purge_series(
                 Instance.series_uid == series_uid
             )
         ).all()
-        remove_files([Path(path) for _, path in instances], job_ids)
+        remove_outputs(job_ids)
         sop_uids = [sop for sop, _ in instances]
         session.execute(delete(JobInstance).where(JobInstance.job_id.in_(job_ids)))
         session.execute(delete(JobInstance).where(JobInstance.sop_instance_uid.in_(sop_uids)))
@@ -98,4 +107,4 @@ def purge_series(
         others = select(func.count()).select_from(Series).where(Series.study_uid == study_uid)
         if not session.scalar(others):
             session.execute(delete(Study).where(Study.study_uid == study_uid))
-        return PurgedSeries(study_uid, series_uid, job_ids, len(instances))
+        return PurgedSeries(study_uid, series_uid, job_ids, [Path(p) for _, p in instances])

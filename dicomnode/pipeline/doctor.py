@@ -117,8 +117,15 @@ def examine(
     for path, sop in sorted(recorded.items()):
         if not path.is_file():
             report.missing_files.append({"sop": sop, "path": str(path)})
+    # The outbox is listed before the jobs are read, and young folders are skipped: a job
+    # created meanwhile is never taken for an unknown one.
+    outboxes = [
+        job_id
+        for job_id in spool.outbox_job_ids()
+        if (spool.outbox_dir / str(job_id)).stat().st_mtime <= settled
+    ]
     known_jobs = job_ids(db)
-    for job_id in spool.outbox_job_ids():
+    for job_id in outboxes:
         if job_id in known_jobs:
             continue
         report.orphan_outboxes.append(job_id)

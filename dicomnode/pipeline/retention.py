@@ -6,8 +6,7 @@ its inputs for as long as it takes an admin to look. The node runs this every
 """
 
 import logging
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
 from dicomnode.config import Settings
 from dicomnode.db import Database
@@ -35,18 +34,20 @@ def purge_delivered(settings: Settings, db: Database, spool: Spool) -> list[Purg
     if cutoff is None:
         return []
 
-    def remove_files(paths: list[Path], job_ids: list[int]) -> None:
-        for path in paths:
-            spool.remove(path)
+    def remove_outputs(job_ids: list[int]) -> None:
         for job_id in job_ids:
             spool.clear_outbox(job_id)
-        spool.prune_empty_dirs({path.parent for path in paths})
 
     purged = []
     for series_uid in purgeable_series(db, cutoff):
-        result = purge_series(db, series_uid, cutoff, remove_files)
+        result = purge_series(db, series_uid, cutoff, remove_outputs)
         if result is None:
             continue
+        # Only files older than the cutoff: a copy written since belongs to a new arrival.
+        written_before = cutoff.replace(tzinfo=UTC).timestamp()
+        for path in result.paths:
+            spool.remove(path, written_before=written_before)
+        spool.prune_empty_dirs({path.parent for path in result.paths})
         purged.append(result)
         log.info(
             "purged series=%s study=%s jobs=%s instances=%d (retention.keep_days=%g)",

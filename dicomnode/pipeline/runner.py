@@ -77,6 +77,8 @@ class JobRunner:
             derived, unenhanced, hold = enhanced
             if hold is None:
                 outgoing.extend(derived)
+            else:  # held back: until released, nothing derived stands for any source image
+                unenhanced = {item.sop_instance_uid for item in inputs}
         else:
             unenhanced = {item.sop_instance_uid for item in inputs}
         if not enhance.forward_originals and enhance.forward_unenhanced and unenhanced:
@@ -118,8 +120,10 @@ class JobRunner:
             return None
         qa_action = self.settings.enhance.qa_action
         if output.qa_failed and qa_action == "hold" and not job.released:
+            enhance = self.settings.enhance
+            sent = enhance.forward_originals or enhance.forward_unenhanced
             reason = (
-                "QA verdict 'fail': originals sent, derived series held; "
+                f"QA verdict 'fail': {'originals sent, ' if sent else ''}derived series held; "
                 f"`dicomnode jobs release {job.id}` sends them"
             )
             return output.series, output.unenhanced, reason

@@ -31,6 +31,9 @@ class AssociationListener(ThreadedAssociationServer):
     """A ThreadedAssociationServer that screens connections before they count as associations."""
 
     first_byte_timeout: float = 30.0
+    # A screening thread holds no data: stopping the node must not wait for a silent caller.
+    daemon_threads = True
+    block_on_close = False
 
     def get_request(self) -> tuple[socket.socket, Any]:
         assert self.socket is not None

@@ -40,7 +40,12 @@ def test_doctor_reports_and_repairs_then_the_orphan_is_forwarded(
     part = spool / "tmp" / "dead.part"
     shutil.copy(ct_series[2], part)
     old = time.time() - 3600
-    for path in (orphan_path / f"{orphan.SOPInstanceUID}.dcm", garbage, part):
+    for path in (
+        orphan_path / f"{orphan.SOPInstanceUID}.dcm",
+        garbage,
+        part,
+        stray_outbox.parents[1],
+    ):
         os.utime(path, (old, old))
 
     checked = node.cli("doctor", "--json", check=False)

@@ -89,11 +89,24 @@ def test_expired_lease_is_reclaimed_and_the_dead_workers_result_is_discarded(db:
     [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"])
     claim_next_job(db, "crashed-worker", lease_seconds=0.01)
     time.sleep(0.05)
-    assert reclaim_expired_leases(db) == [job_id]
+    assert reclaim_expired_leases(db, max_attempts=3) == [job_id]
     job = claim_next_job(db, "new-worker", lease_seconds=60)
     assert job is not None and job.attempts == 2
     assert finish_attempt(db, job_id, "crashed-worker", FAST_RETRY) is None
     assert get_job(db, job_id).lease_owner == "new-worker"  # type: ignore[union-attr]
+
+
+def test_a_job_whose_worker_dies_every_time_goes_dead_instead_of_looping(db: Database) -> None:
+    receive(db, "1.2.3.14", 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"])
+    for _ in range(2):
+        claim_next_job(db, "doomed-worker", lease_seconds=0.01)
+        time.sleep(0.05)
+        assert reclaim_expired_leases(db, max_attempts=2) == [job_id]
+    job = get_job(db, job_id)
+    assert job is not None and (job.status, job.attempts) == ("dead", 2)
+    assert "worker stopped" in (job.error or "") and job.deliveries[0].status == "dead"
+    assert claim_next_job(db, "w", 60) is None
 
 
 def test_transient_failures_retry_then_go_dead_and_retry_revives(db: Database) -> None:

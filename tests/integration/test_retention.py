@@ -1,0 +1,92 @@
+"""Retention on a real SQLite file and a real spool: what a purge deletes, and what it must not."""
+
+import os
+import shutil
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import update
+
+from dicomnode.config import RetentionSettings, Settings
+from dicomnode.db import Database, DeliveryStatus, ReceivedInstance, open_database
+from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
+from dicomnode.db.jobs import claim_next_job, finish_attempt, list_jobs, record_delivery
+from dicomnode.db.models import Job, utcnow
+from dicomnode.pipeline.retention import purge_delivered
+from dicomnode.spool import Spool
+
+SETTINGS = Settings(retention=RetentionSettings(keep_days=1))
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    return open_database(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool")
+
+
+def store(db: Database, spool: Spool, study: str, series: str, sop: str) -> Path:
+    path = spool.write_instance(study, series, sop, b"DICM" * 64)
+    record_instance(
+        db, ReceivedInstance(sop, CT, "1.2.840.10008.1.2.1", study, series, "CT", path, 256, "T")
+    )
+    return path
+
+
+def deliver_days_ago(db: Database, days: float) -> int:
+    """Turn the quiet series into a job, deliver it, and date its finish `days` back."""
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"])
+    claim_next_job(db, "w", 60)
+    record_delivery(db, job_id, "pacs", DeliveryStatus.DONE, 1, None)
+    finish_attempt(db, job_id, "w", SETTINGS.retry)
+    with db.session() as session:
+        finished = utcnow() - timedelta(days=days)
+        session.execute(update(Job).where(Job.id == job_id).values(updated_at=finished))
+    return job_id
+
+
+def age(path: Path, days: float) -> None:
+    then = time.time() - days * 86400
+    os.utime(path, (then, then))
+
+
+def test_only_series_delivered_before_the_cutoff_are_purged(db: Database, spool: Spool) -> None:
+    old = store(db, spool, "1.2.3", "1.2.3.1", generate_uid())
+    age(old, 3)
+    deliver_days_ago(db, 2)
+    recent = store(db, spool, "1.2.3", "1.2.3.2", generate_uid())
+    deliver_days_ago(db, 0.5)
+
+    [purged] = purge_delivered(SETTINGS, db, spool)
+    assert purged.series_uid == "1.2.3.1" and purged.instances == 1
+    assert not old.exists() and not old.parent.exists() and recent.exists()
+    assert [job.series_uid for job in list_jobs(db)] == ["1.2.3.2"]
+    assert purge_delivered(SETTINGS, db, spool) == []
+
+
+def test_a_copy_that_arrives_during_the_purge_keeps_its_file(db: Database, spool: Spool) -> None:
+    sop = generate_uid()
+    path = store(db, spool, "1.2.4", "1.2.4.1", sop)
+    age(path, 3)
+    deliver_days_ago(db, 2)
+    # The modality re-sends the instance: the receiver has written the new file and waits for
+    # the database while the purge decides. The purge must not delete the new copy.
+    path.write_bytes(b"DICM" * 65)
+
+    [purged] = purge_delivered(SETTINGS, db, spool)
+    assert purged.instances == 1
+    assert path.read_bytes() == b"DICM" * 65
+
+
+def test_a_series_directory_removed_by_another_process_is_made_again(spool: Spool) -> None:
+    first = spool.write_instance("1.2.5", "1.2.5.1", "1.2.5.1.1", b"a")
+    shutil.rmtree(first.parent.parent)  # `dicomnode purge` in another process
+    second = spool.write_instance("1.2.5", "1.2.5.1", "1.2.5.1.2", b"b")
+    assert second.read_bytes() == b"b"
