@@ -71,7 +71,7 @@ class NodeSettings:
     on_duplicate: Literal["replace", "keep"] = "replace"
     min_free_disk_mb: int = 1024
     max_associations: int = 10
-    max_instance_mb: int = 4096
+    max_instance_mb: int = 2048
     max_pdu_size: int = 0
     tls_certificate: str = ""  # PEM; empty: the listener speaks plain TCP
     tls_private_key: str = ""
