@@ -10,6 +10,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.db.models import Base
+from dicomnode.db.schema import add_missing_columns
 from dicomnode.errors import ConfigError
 
 
@@ -51,8 +52,10 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
+        """Create missing tables and add the columns a database from an older version lacks."""
         try:
             Base.metadata.create_all(self.engine)
+            add_missing_columns(self.engine)
         except OperationalError as exc:
             raise ConfigError(f"cannot open database {self.url}: {exc.orig}") from None
 

@@ -62,7 +62,13 @@ def test_out_of_resources_retries_with_growing_backoff_then_goes_dead(
     faulty.behave(Behaviour(status=0xA700))
     node = node_factory(
         [faulty.destination()],
-        retry={"max_attempts": 4, "initial_delay_seconds": 1, "multiplier": 2, "jitter": 0.1},
+        retry={
+            "max_attempts": 4,
+            "initial_delay_seconds": 1,
+            "multiplier": 3,
+            "max_delay_seconds": 10,
+            "jitter": 0.1,
+        },
     ).start()
     assert storescu(node.port, ct_series).returncode == 0
 
@@ -74,7 +80,7 @@ def test_out_of_resources_retries_with_growing_backoff_then_goes_dead(
     starts = attempt_times(node.log())
     gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
     assert len(gaps) == 3, node.log()[-3000:]
-    # Nominal 1 s, 2 s, 4 s (+-10 % jitter, plus the attempt's own time): each wait longer.
+    # Nominal 1 s, 3 s, 9 s (+-10 % jitter, plus the attempt's own time): each wait longer.
     assert 0.8 < gaps[0] < gaps[1] < gaps[2], gaps
 
 

@@ -196,3 +196,19 @@ def test_job_without_destinations_is_done(db: Database) -> None:
     claim_next_job(db, "w", 60)
     result = finish_attempt(db, job_id, "w", FAST_RETRY)
     assert result is not None and result.status == "done" and result.error is None
+
+
+def test_a_database_from_an_older_version_gets_the_new_columns(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    db = open_database(url)
+    receive(db, "1.2.3.15", 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"])
+    with db.engine.begin() as connection:  # what the first release's jobs table looked like
+        connection.exec_driver_sql("ALTER TABLE jobs DROP COLUMN details")
+        connection.exec_driver_sql("ALTER TABLE jobs DROP COLUMN released")
+    db.dispose()
+
+    upgraded = open_database(url)
+    job = get_job(upgraded, job_id)
+    assert job is not None and job.details is None and job.released is False
+    assert claim_next_job(upgraded, "w", 60) is not None

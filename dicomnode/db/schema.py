@@ -1,0 +1,51 @@
+"""Bringing an existing database up to the tables this version expects.
+
+`create_all` makes missing tables but never touches existing ones, so a node upgraded in place
+would fail on its first query that names a new column. Columns added since are added here
+(`ALTER TABLE ... ADD COLUMN`, with their default for the rows already there). That covers this
+project's schema history so far; renames, type changes or dropped columns would need real
+migrations (Alembic).
+"""
+
+import logging
+
+from sqlalchemy import Engine, inspect, literal, text
+from sqlalchemy.schema import Column
+
+from dicomnode.db.models import Base
+
+log = logging.getLogger(__name__)
+
+
+def _column_ddl(column: Column, engine: Engine) -> str:
+    ddl = f"{column.name} {column.type.compile(dialect=engine.dialect)}"
+    default = getattr(column.default, "arg", None)
+    if default is not None and not callable(default):
+        value = literal(default, column.type).compile(
+            dialect=engine.dialect, compile_kwargs={"literal_binds": True}
+        )
+        ddl += f" DEFAULT {value}"
+        if not column.nullable:
+            ddl += " NOT NULL"
+    return ddl
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add every model column an existing table lacks; return them as `table.column`."""
+    added = []
+    with engine.begin() as connection:
+        inspector = inspect(connection)  # same connection: SQLite allows one writer
+        for table in Base.metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                connection.execute(
+                    text(f"ALTER TABLE {table.name} ADD COLUMN {_column_ddl(column, engine)}")
+                )
+                added.append(f"{table.name}.{column.name}")
+    if added:
+        log.warning("database schema upgraded: added %s", ", ".join(added))
+    return added
