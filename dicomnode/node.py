@@ -16,6 +16,7 @@ from dicomnode.db.instances import create_jobs_for_quiet_series
 from dicomnode.db.jobs import reclaim_expired_leases
 from dicomnode.dicom.tls import client_tls_args
 from dicomnode.pipeline import JobRunner
+from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.receive import start_receiver
 from dicomnode.spool import Spool
@@ -51,6 +52,7 @@ class Node:
         self.db: Database = open_database(settings.node.effective_database_url)
         self._server: ThreadedAssociationServer | None = None
         self._scheduler: BackgroundScheduler | None = None
+        self._deliveries = DeliveryQueues(settings, self.db)
 
     def start(self) -> None:
         for destination in self.settings.destinations:
@@ -95,7 +97,8 @@ class Node:
         )
         host = socket.gethostname()
         for index in range(workers.workers):
-            runner = JobRunner(self.settings, self.db, self.spool, f"{host}:{os.getpid()}:w{index}")
+            owner = f"{host}:{os.getpid()}:w{index}"
+            runner = JobRunner(self.settings, self.db, self.spool, owner, self._deliveries)
             scheduler.add_job(
                 _guarded(f"worker-{index}", runner.run_due_jobs),
                 id=f"worker-{index}",
@@ -114,12 +117,14 @@ class Node:
         )
 
     def stop(self) -> None:
-        """Stop accepting associations, let running jobs finish, close the database."""
+        """Stop accepting associations, let running jobs and deliveries finish (deliveries not yet
+        started are queued again for the next start), close the database."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
+        self._deliveries.shutdown()
         self.db.dispose()
         log.info("node stopped")

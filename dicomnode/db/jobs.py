@@ -253,6 +253,21 @@ def finish_attempt(
         return _record(session, job)
 
 
+def requeue_unstarted(db: Database, job_id: int, owner: str) -> bool:
+    """Give back a job whose deliveries never started because the node is stopping: queued
+    again at once, and the interrupted attempt does not count against `max_attempts`."""
+    now = utcnow()
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.lease_owner != owner or job.status not in ACTIVE_STATUSES:
+            return False
+        job.status, job.next_attempt_at, job.updated_at = JobStatus.QUEUED, now, now
+        job.lease_owner, job.lease_expires_at = None, None
+        job.attempts = max(0, job.attempts - 1)
+    log.info("job queued again for the next start job=%d", job_id)
+    return True
+
+
 def reclaim_expired_leases(db: Database, max_attempts: int) -> list[int]:
     """Queue again every active job whose worker stopped renewing its lease (it died).
 

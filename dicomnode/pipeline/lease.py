@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    """Context manager: renews the lease every third of its length until the block ends.
+    """Renews the lease every third of its length until `stop()` (or the `with` block ends).
 
     If the worker dies, renewals stop and the lease lapses, so another worker (or this node after
     a restart) reclaims the job; that is the whole crash-recovery story for jobs.
@@ -23,9 +23,18 @@ class LeaseKeeper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name=f"lease-{job_id}", daemon=True)
 
-    def __enter__(self) -> "LeaseKeeper":
+    def start(self) -> "LeaseKeeper":
         self._thread.start()
         return self
+
+    def stop(self) -> None:
+        """Stop renewing (idempotent); the caller has finished or given up the job."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self) -> "LeaseKeeper":
+        return self.start()
 
     def __exit__(
         self,
@@ -33,8 +42,7 @@ class LeaseKeeper:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.stop()
 
     def _renew(self) -> None:
         while not self._stop.wait(self._lease_seconds / 3):

@@ -1,60 +1,83 @@
-"""The job runner: claim a due job, check its inputs, enhance, deliver to every destination.
+"""The job runner: claim a due job, check its inputs, enhance, hand it to the delivery queues.
 
 processing: the series is enhanced by each configured method into derived series and metrics
 reports in the spool's outbox (`pipeline.enhancement`); forwarding: the originals (if configured),
-then each derived series, then each report, one association per series per destination. A
-failure anywhere leaves the inputs untouched and the job to the retry policy.
+then each derived series, then each report, one association per series, in each destination's
+own queue (`pipeline.delivery`), while the worker goes on to the next job. A failure anywhere
+leaves the inputs untouched and the job to the retry policy.
 """
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 from dicomnode.config import Settings
-from dicomnode.db import Database, DeliveryStatus, JobRecord, JobStatus, SpooledInstance
+from dicomnode.db import Database, JobRecord, JobStatus, SpooledInstance
 from dicomnode.db.jobs import (
     claim_next_job,
     finish_attempt,
     job_inputs,
     open_deliveries,
-    record_delivery,
     record_job_details,
+    requeue_unstarted,
     set_active_status,
 )
-from dicomnode.errors import DicomNodeError, ForwardError
-from dicomnode.forward import send_series
+from dicomnode.errors import DicomNodeError
+from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.lease import LeaseKeeper
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
 
+MAX_JOBS_FORWARDING_PER_WORKER = 20
+
 
 class JobRunner:
     """Runs jobs for one worker identity (`owner`, written into each lease it takes)."""
 
-    def __init__(self, settings: Settings, db: Database, spool: Spool, owner: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        spool: Spool,
+        owner: str,
+        deliveries: DeliveryQueues,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.spool = spool
         self.owner = owner
+        self.deliveries = deliveries
+        # Jobs still forwarding that this worker may leave to the delivery queues before it
+        # stops taking new ones (a destination that is down must not pull in every job).
+        self.max_jobs_forwarding = MAX_JOBS_FORWARDING_PER_WORKER * settings.worker.workers
 
     def run_due_jobs(self) -> int:
         """Run jobs until none is due; return how many ran (the scheduler's worker tick)."""
         count = 0
-        while job := claim_next_job(self.db, self.owner, self.settings.worker.lease_seconds):
+        while self.deliveries.jobs_in_flight < self.max_jobs_forwarding and (
+            job := claim_next_job(self.db, self.owner, self.settings.worker.lease_seconds)
+        ):
             self.run(job)
             count += 1
         return count
 
     def run(self, job: JobRecord) -> None:
+        """Process the job, then hand its deliveries to the queues; the lease is kept until the
+        last delivery returns and the job is finished."""
         log.info("job started job=%d series=%s attempt=%d", job.id, job.series_uid, job.attempts)
-        with LeaseKeeper(self.db, job.id, self.owner, self.settings.worker.lease_seconds):
-            try:
-                self._run(job)
-            except Exception as exc:
-                log.exception("job failed with an internal error job=%d", job.id)
-                self._finish(job, error=f"internal error: {type(exc).__name__}: {exc}")
+        lease = LeaseKeeper(self.db, job.id, self.owner, self.settings.worker.lease_seconds)
+        lease.start()
+        handed_over = False
+        try:
+            handed_over = self._run(job, lease)
+        except Exception as exc:
+            log.exception("job failed with an internal error job=%d", job.id)
+            self._finish(job, error=f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            if not handed_over:
+                lease.stop()
 
-    def _run(self, job: JobRecord) -> None:
+    def _run(self, job: JobRecord, lease: LeaseKeeper) -> bool:
+        """True when the job went to the delivery queues (which finish it), else finished here."""
         inputs = job_inputs(self.db, job.id)
         missing = [item.sop_instance_uid for item in inputs if not item.path.is_file()]
         if missing:
@@ -66,14 +89,14 @@ class JobRunner:
                     "run `dicomnode jobs show` and check the spool"
                 ),
             )
-            return
+            return False
         enhance = self.settings.enhance
         outgoing = [inputs] if enhance.forward_originals else []
         hold = None
         if enhance.methods:
             enhanced = self._enhance(job, inputs)
             if enhanced is None:
-                return
+                return False
             derived, unenhanced, hold = enhanced
             if hold is None:
                 outgoing.extend(derived)
@@ -85,12 +108,20 @@ class JobRunner:
             # Nothing derived stands for these: the PACS gets them as they came, not nothing.
             outgoing.insert(0, [item for item in inputs if item.sop_instance_uid in unenhanced])
         if not set_active_status(self.db, job.id, self.owner, JobStatus.FORWARDING):
-            return
-        destinations = open_deliveries(self.db, job.id)
-        if destinations:
-            with ThreadPoolExecutor(len(destinations), thread_name_prefix="forward") as pool:
-                list(pool.map(lambda name: self._deliver(job, name, outgoing), destinations))
-        self._finish(job, hold=hold)
+            return False
+
+        def finish() -> None:
+            try:
+                self._finish(job, hold=hold)
+            finally:
+                lease.stop()
+
+        def abandon() -> None:
+            lease.stop()
+            requeue_unstarted(self.db, job.id, self.owner)
+
+        self.deliveries.submit(job, open_deliveries(self.db, job.id), outgoing, finish, abandon)
+        return True
 
     def _enhance(
         self, job: JobRecord, inputs: list[SpooledInstance]
@@ -128,46 +159,6 @@ class JobRunner:
             )
             return output.series, output.unenhanced, reason
         return output.series, output.unenhanced, None
-
-    def _deliver(self, job: JobRecord, name: str, outgoing: list[list[SpooledInstance]]) -> None:
-        """One destination; its outcome goes to its own delivery row, whatever the others do."""
-        destination = self.settings.destination(name)
-        if destination is None:
-            record_delivery(
-                self.db,
-                job.id,
-                name,
-                DeliveryStatus.DEAD,
-                0,
-                f"destination {name!r} is no longer configured",
-            )
-            return
-        sent = 0
-        try:
-            for series in outgoing:
-                sent += send_series(job.id, destination, series, self.settings).sent
-        except ForwardError as exc:
-            status = DeliveryStatus.FAILED if exc.transient else DeliveryStatus.DEAD
-            log.warning(
-                "delivery failed job=%d destination=%s transient=%s: %s",
-                job.id,
-                name,
-                exc.transient,
-                exc,
-            )
-            record_delivery(self.db, job.id, name, status, 0, str(exc))
-        except Exception as exc:
-            log.exception("delivery crashed job=%d destination=%s", job.id, name)
-            record_delivery(
-                self.db,
-                job.id,
-                name,
-                DeliveryStatus.FAILED,
-                0,
-                f"internal error: {type(exc).__name__}: {exc}",
-            )
-        else:
-            record_delivery(self.db, job.id, name, DeliveryStatus.DONE, sent, None)
 
     def _finish(
         self,

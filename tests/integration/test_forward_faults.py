@@ -17,6 +17,7 @@ from tests.conftest import pacs_destination
 from tests.support.dcmtk import storescu
 from tests.support.faulty_scp import Behaviour, FaultyScp
 from tests.support.orthanc import Orthanc
+from tests.support.series import write_ct_series
 
 ATTEMPT_LINE = re.compile(r"^(\S+ \S+) INFO \S+ job started job=1 .* attempt=(\d+)$", re.M)
 
@@ -168,3 +169,63 @@ def test_a_refusing_destination_does_not_stop_retries_to_one_that_was_down(
 
 def instance_uid(path: Path) -> str:
     return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_a_hanging_destination_does_not_hold_back_the_next_job_at_the_other_one(
+    node_factory, faulty: FaultyScp, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    faulty.behave(Behaviour(hang_at=1))  # never answers anything
+    node = node_factory(
+        [faulty.destination(), pacs_destination(orthanc)],
+        network={"dimse_timeout": 20, "network_timeout": 20},
+        retry={"initial_delay_seconds": 60, "max_delay_seconds": 60},
+    ).start()
+    first = write_ct_series(tmp_path / "first", 3)
+    second = write_ct_series(tmp_path / "second", 3, seed=1)
+    assert storescu(node.port, first).returncode == 0
+    node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "forwarding")
+    assert storescu(node.port, second).returncode == 0
+
+    # Both series reach the healthy PACS while the first job still waits on the hung one.
+    jobs = node.wait_for_jobs(
+        lambda jobs: (
+            len(jobs) == 2
+            and all(
+                {d["destination"]: d["status"] for d in job["deliveries"]}
+                == {"pacs": "done", "faulty": "pending"}
+                for job in jobs
+            )
+        ),
+        timeout=15,
+    )
+    assert [job["status"] for job in jobs] == ["forwarding", "forwarding"]
+    assert len(orthanc.instance_ids()) == len(first) + len(second)
+    faulty.release()
+
+
+def test_stopping_the_node_gives_back_deliveries_that_had_not_started(
+    node_factory, faulty: FaultyScp, tmp_path: Path
+) -> None:
+    faulty.behave(Behaviour(hang_at=1))
+    node = node_factory(
+        [faulty.destination()],
+        network={"dimse_timeout": 4, "network_timeout": 4},
+        retry={"initial_delay_seconds": 1, "max_delay_seconds": 1},
+    ).start()
+    for count in (1, 2):
+        series = write_ct_series(tmp_path / f"series{count}", 2, seed=count)
+        assert storescu(node.port, series).returncode == 0
+        node.wait_for_jobs(
+            lambda jobs, n=count: len(jobs) == n and jobs[0]["status"] == "forwarding"
+        )
+
+    assert node.stop() == 0  # SIGTERM: the hung delivery times out, the queued one is given back
+    by_id = {job["id"]: job for job in node.jobs()}
+    assert by_id[1]["status"] == "failed" and "no C-STORE response" in by_id[1]["error"]
+    assert (by_id[2]["status"], by_id[2]["attempts"]) == ("queued", 0)
+    assert "job queued again for the next start job=2" in node.log()
+
+    faulty.behave(Behaviour())
+    node.start()
+    node.wait_for_jobs(lambda jobs: [job["status"] for job in jobs] == ["done", "done"])
+    assert len(faulty.stored) == 4

@@ -1,0 +1,157 @@
+"""Deliveries: one queue per destination, so a PACS that hangs only ever delays itself.
+
+A worker processes a job, then hands its series to the queue of each destination still missing
+them and goes on to the next job. Each queue sends one association at a time per worker thread
+(`worker.workers`), in the order jobs arrived; a destination that hangs holds up its own queue
+for at most the network timeouts, never another destination's, never the processing of new jobs.
+The job is finished (done, failed with a retry time, or dead) when its last delivery returns.
+"""
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from dicomnode.config import Settings
+from dicomnode.db import Database, DeliveryStatus, JobRecord, SpooledInstance
+from dicomnode.db.jobs import record_delivery
+from dicomnode.errors import ForwardError
+from dicomnode.forward import send_series
+
+log = logging.getLogger(__name__)
+
+Outgoing = list[list[SpooledInstance]]
+
+
+def deliver(
+    settings: Settings, db: Database, job: JobRecord, name: str, outgoing: Outgoing
+) -> None:
+    """Send every series to one destination; the outcome goes to its own delivery row."""
+    destination = settings.destination(name)
+    if destination is None:
+        gone = f"destination {name!r} is no longer configured"
+        record_delivery(db, job.id, name, DeliveryStatus.DEAD, 0, gone)
+        return
+    sent = 0
+    try:
+        for series in outgoing:
+            sent += send_series(job.id, destination, series, settings).sent
+    except ForwardError as exc:
+        status = DeliveryStatus.FAILED if exc.transient else DeliveryStatus.DEAD
+        log.warning(
+            "delivery failed job=%d destination=%s transient=%s: %s",
+            job.id,
+            name,
+            exc.transient,
+            exc,
+        )
+        record_delivery(db, job.id, name, status, 0, str(exc))
+    except Exception as exc:
+        log.exception("delivery crashed job=%d destination=%s", job.id, name)
+        record_delivery(
+            db,
+            job.id,
+            name,
+            DeliveryStatus.FAILED,
+            0,
+            f"internal error: {type(exc).__name__}: {exc}",
+        )
+    else:
+        record_delivery(db, job.id, name, DeliveryStatus.DONE, sent, None)
+
+
+class _Pending:
+    """One job's deliveries in flight: `finish` runs once, after the last of them."""
+
+    def __init__(self, count: int, finish: Callable[[], None]) -> None:
+        self._left = count
+        self.finish = finish
+        self._lock = threading.Lock()
+
+    def one_done(self) -> bool:
+        with self._lock:
+            self._left -= 1
+            return self._left == 0
+
+
+class DeliveryQueues:
+    """The node's per-destination queues, shared by all its workers."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self._executors: dict[str, ThreadPoolExecutor] = {}
+        self._lock = threading.Lock()
+        self._jobs_in_flight = 0
+        self._abandoned: list[Callable[[], None]] = []
+        self._futures: dict[Future[None], Callable[[], None]] = {}
+
+    @property
+    def jobs_in_flight(self) -> int:
+        """Jobs handed over whose deliveries have not all returned (workers hold back above a
+        limit, so a destination that is down cannot make the node take every job at once)."""
+        with self._lock:
+            return self._jobs_in_flight
+
+    def submit(
+        self,
+        job: JobRecord,
+        destinations: list[str],
+        outgoing: Outgoing,
+        finish: Callable[[], None],
+        abandon: Callable[[], None],
+    ) -> None:
+        """Queue `outgoing` for each destination; `finish()` after the last delivery returns,
+        or `abandon()` instead if the node stops before they could all start."""
+        if not destinations:
+            finish()
+            return
+        pending = _Pending(len(destinations), finish)
+        with self._lock:
+            self._jobs_in_flight += 1
+        for name in destinations:
+            future = self._executor(name).submit(self._run, pending, job, name, outgoing)
+            with self._lock:
+                self._futures[future] = abandon
+            future.add_done_callback(self._forget)
+
+    def shutdown(self) -> None:
+        """Let running deliveries end (bounded by the network timeouts); jobs whose deliveries
+        had not started are abandoned, i.e. queued again for the next start."""
+        with self._lock:
+            executors = list(self._executors.values())
+        for executor in executors:
+            executor.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            abandoned = {id(fn): fn for fn in self._abandoned}.values()
+        for abandon in abandoned:
+            try:
+                abandon()
+            except Exception:
+                log.exception("could not queue an abandoned job again")
+
+    def _executor(self, name: str) -> ThreadPoolExecutor:
+        with self._lock:
+            if name not in self._executors:
+                self._executors[name] = ThreadPoolExecutor(
+                    self.settings.worker.workers, thread_name_prefix=f"deliver-{name}"
+                )
+            return self._executors[name]
+
+    def _forget(self, future: Future[None]) -> None:
+        with self._lock:
+            abandon = self._futures.pop(future, None)
+            if future.cancelled() and abandon is not None:
+                self._abandoned.append(abandon)
+
+    def _run(self, pending: _Pending, job: JobRecord, name: str, outgoing: Outgoing) -> None:
+        try:
+            deliver(self.settings, self.db, job, name, outgoing)
+        finally:
+            if pending.one_done():
+                with self._lock:
+                    self._jobs_in_flight -= 1
+                try:
+                    pending.finish()
+                except Exception:  # an executor would swallow it silently
+                    log.exception("finishing the job failed job=%d", job.id)
