@@ -127,6 +127,13 @@ def renew_lease(db: Database, job_id: int, owner: str, lease_seconds: float) -> 
         return result.rowcount == 1
 
 
+def holds_lease(db: Database, job_id: int, owner: str) -> bool:
+    """Whether `owner` still holds the job (not cancelled, reclaimed or claimed again)."""
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        return job is not None and job.lease_owner == owner and job.status in ACTIVE_STATUSES
+
+
 def set_active_status(db: Database, job_id: int, owner: str, status: JobStatus) -> bool:
     """Move a held job between processing and forwarding."""
     with db.session() as session:
@@ -224,6 +231,13 @@ def finish_attempt(
         failed = [d for d in deliveries if d.status == DeliveryStatus.FAILED]
         dead = [d for d in deliveries if d.status == DeliveryStatus.DEAD]
         problems = [f"{d.destination}: {d.error}" for d in (*dead, *failed)]
+        if error is None:  # after delivery every row has an outcome; a pending one never got it
+            unrecorded = [d for d in deliveries if d.status == DeliveryStatus.PENDING]
+            failed += unrecorded
+            problems += [
+                f"{d.destination}: delivery outcome not recorded (internal error, see the log)"
+                for d in unrecorded
+            ]
         if error is not None:
             problems.insert(0, error)
         # A destination that refused for good must not stop the retries of one that was only

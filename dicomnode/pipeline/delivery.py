@@ -1,9 +1,10 @@
 """Deliveries: one queue per destination, so a PACS that hangs only ever delays itself.
 
 A worker processes a job, then hands its series to the queue of each destination still missing
-them and goes on to the next job. Each queue sends one association at a time per worker thread
-(`worker.workers`), in the order jobs arrived; a destination that hangs holds up its own queue
-for at most the network timeouts, never another destination's, never the processing of new jobs.
+them and goes on to the next job. Each queue has `worker.workers` threads (with one, series go out
+in the order their jobs were processed); a destination that hangs holds up its own queue for at
+most the network timeouts per association, never another destination's. Workers stop taking new
+jobs while `MAX_JOBS_FORWARDING_PER_WORKER` of theirs wait in the queues.
 The job is finished (done, failed with a retry time, or dead) when its last delivery returns.
 """
 
@@ -14,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from dicomnode.config import Settings
 from dicomnode.db import Database, DeliveryStatus, JobRecord, SpooledInstance
-from dicomnode.db.jobs import record_delivery
+from dicomnode.db.jobs import holds_lease, record_delivery
 from dicomnode.errors import ForwardError
 from dicomnode.forward import send_series
 
@@ -106,11 +107,12 @@ class DeliveryQueues:
         if not destinations:
             finish()
             return
+        executors = {name: self._executor(name) for name in destinations}
         pending = _Pending(len(destinations), finish)
         with self._lock:
             self._jobs_in_flight += 1
-        for name in destinations:
-            future = self._executor(name).submit(self._run, pending, job, name, outgoing)
+        for name, executor in executors.items():
+            future = executor.submit(self._run, pending, job, name, outgoing)
             with self._lock:
                 self._futures[future] = abandon
             future.add_done_callback(self._forget)
@@ -120,8 +122,10 @@ class DeliveryQueues:
         had not started are abandoned, i.e. queued again for the next start."""
         with self._lock:
             executors = list(self._executors.values())
+        for executor in executors:  # first stop every queue, then wait: the longest, not the sum
+            executor.shutdown(wait=False, cancel_futures=True)
         for executor in executors:
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown(wait=True)
         with self._lock:
             abandoned = {id(fn): fn for fn in self._abandoned}.values()
         for abandon in abandoned:
@@ -146,7 +150,15 @@ class DeliveryQueues:
 
     def _run(self, pending: _Pending, job: JobRecord, name: str, outgoing: Outgoing) -> None:
         try:
-            deliver(self.settings, self.db, job, name, outgoing)
+            # The job may have been cancelled, or claimed again, while this waited in the queue.
+            if job.lease_owner is not None and holds_lease(self.db, job.id, job.lease_owner):
+                deliver(self.settings, self.db, job, name, outgoing)
+            else:
+                log.info("delivery skipped: job no longer held job=%d destination=%s", job.id, name)
+        except Exception:  # the row stays pending, which finish_attempt counts as a failure
+            log.exception(
+                "delivery failed with an internal error job=%d destination=%s", job.id, name
+            )
         finally:
             if pending.one_done():
                 with self._lock:

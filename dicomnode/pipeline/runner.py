@@ -8,6 +8,7 @@ leaves the inputs untouched and the job to the retry policy.
 """
 
 import logging
+import secrets
 
 from dicomnode.config import Settings
 from dicomnode.db import Database, JobRecord, JobStatus, SpooledInstance
@@ -31,7 +32,7 @@ MAX_JOBS_FORWARDING_PER_WORKER = 20
 
 
 class JobRunner:
-    """Runs jobs for one worker identity (`owner`, written into each lease it takes)."""
+    """Runs jobs for one worker identity (`owner`, the prefix of each lease it takes)."""
 
     def __init__(
         self,
@@ -54,17 +55,27 @@ class JobRunner:
         """Run jobs until none is due; return how many ran (the scheduler's worker tick)."""
         count = 0
         while self.deliveries.jobs_in_flight < self.max_jobs_forwarding and (
-            job := claim_next_job(self.db, self.owner, self.settings.worker.lease_seconds)
+            job := claim_next_job(self.db, self._lease_token(), self.settings.worker.lease_seconds)
         ):
             self.run(job)
             count += 1
         return count
 
+    def _lease_token(self) -> str:
+        """This worker plus a nonce: each claim is its own lease, so a job claimed again (retried
+        by an admin, or reclaimed) is never mistaken for the attempt still in a delivery queue."""
+        return f"{self.owner}:{secrets.token_hex(4)}"
+
+    @staticmethod
+    def _token(job: JobRecord) -> str:
+        assert job.lease_owner is not None, "a claimed job has a lease"
+        return job.lease_owner
+
     def run(self, job: JobRecord) -> None:
         """Process the job, then hand its deliveries to the queues; the lease is kept until the
         last delivery returns and the job is finished."""
         log.info("job started job=%d series=%s attempt=%d", job.id, job.series_uid, job.attempts)
-        lease = LeaseKeeper(self.db, job.id, self.owner, self.settings.worker.lease_seconds)
+        lease = LeaseKeeper(self.db, job.id, self._token(job), self.settings.worker.lease_seconds)
         lease.start()
         handed_over = False
         try:
@@ -107,18 +118,16 @@ class JobRunner:
         if not enhance.forward_originals and enhance.forward_unenhanced and unenhanced:
             # Nothing derived stands for these: the PACS gets them as they came, not nothing.
             outgoing.insert(0, [item for item in inputs if item.sop_instance_uid in unenhanced])
-        if not set_active_status(self.db, job.id, self.owner, JobStatus.FORWARDING):
+        if not set_active_status(self.db, job.id, self._token(job), JobStatus.FORWARDING):
             return False
 
         def finish() -> None:
-            try:
-                self._finish(job, hold=hold)
-            finally:
-                lease.stop()
+            lease.stop()
+            self._finish(job, hold=hold)
 
         def abandon() -> None:
             lease.stop()
-            requeue_unstarted(self.db, job.id, self.owner)
+            requeue_unstarted(self.db, job.id, self._token(job))
 
         self.deliveries.submit(job, open_deliveries(self.db, job.id), outgoing, finish, abandon)
         return True
@@ -141,7 +150,7 @@ class JobRunner:
         except DicomNodeError as exc:  # a missing model, a full disk: say so, keep the inputs
             self._finish(job, error=f"enhancement failed: {exc}")
             return None
-        record_job_details(self.db, job.id, self.owner, output.details)
+        record_job_details(self.db, job.id, self._token(job), output.details)
         if output.qa_failed and self.settings.enhance.qa_action == "fail":
             self._finish(
                 job,
@@ -168,7 +177,7 @@ class JobRunner:
         hold: str | None = None,
     ) -> None:
         result = finish_attempt(
-            self.db, job.id, self.owner, self.settings.retry, error, transient, hold
+            self.db, job.id, self._token(job), self.settings.retry, error, transient, hold
         )
         if result is None:
             return

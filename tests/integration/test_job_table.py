@@ -178,6 +178,18 @@ def test_a_destination_that_refused_for_good_does_not_stop_retries_of_one_that_w
     }
 
 
+def test_a_delivery_whose_outcome_was_never_recorded_is_not_taken_for_success(
+    db: Database,
+) -> None:
+    receive(db, "1.2.3.16", 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "backup"])
+    claim_next_job(db, "w", 60)
+    record_delivery(db, job_id, "backup", DeliveryStatus.DONE, 1, None)  # "pacs" crashed
+    result = finish_attempt(db, job_id, "w", FAST_RETRY)
+    assert result is not None and result.status == "failed"
+    assert "pacs: delivery outcome not recorded" in (result.error or "")
+
+
 def test_cancel_and_retry_refuse_what_the_state_does_not_allow(db: Database) -> None:
     receive(db, "1.2.3.11", 1)
     [job_id] = create_jobs_for_quiet_series(db, 0, [])
