@@ -246,8 +246,16 @@ def finish_attempt(
         retryable = (error is not None and transient) or bool(failed)
         unusable = error is not None and not transient
 
+        # Instances that arrived while this attempt ran made a newer job with the whole series;
+        # retrying this one would send the older set after it.
+        newer = session.scalar(
+            select(func.max(Job.id)).where(Job.series_uid == job.series_uid, Job.id > job.id)
+        )
         if not problems:
             job.status, job.error = (JobStatus.HELD, hold) if hold else (JobStatus.DONE, None)
+        elif retryable and not unusable and newer is not None:
+            job.status = JobStatus.CANCELLED
+            job.error = f"superseded by job {newer} (this attempt: {'; '.join(problems)})"
         elif retryable and not unusable and job.attempts < policy.max_attempts:
             delay = retry_delay_seconds(job.attempts, policy)
             job.status = JobStatus.FAILED

@@ -190,6 +190,20 @@ def test_a_delivery_whose_outcome_was_never_recorded_is_not_taken_for_success(
     assert "pacs: delivery outcome not recorded" in (result.error or "")
 
 
+def test_a_failed_attempt_is_not_retried_when_a_newer_job_has_the_series(db: Database) -> None:
+    receive(db, "1.2.3.17", 2)
+    [first] = create_jobs_for_quiet_series(db, 0, ["pacs"])
+    claim_next_job(db, "w", 60)
+    receive(db, "1.2.3.17", 1)  # a late instance while the first job is being forwarded
+    [second] = create_jobs_for_quiet_series(db, 0, ["pacs"])
+    record_delivery(db, first, "pacs", DeliveryStatus.FAILED, 0, "peer down")
+    result = finish_attempt(db, first, "w", FAST_RETRY)
+    assert result is not None and result.status == "cancelled"
+    assert (result.error or "").startswith(f"superseded by job {second} (this attempt: pacs: peer")
+    newer = get_job(db, second)
+    assert newer is not None and (newer.status, newer.instances) == ("queued", 3)
+
+
 def test_cancel_and_retry_refuse_what_the_state_does_not_allow(db: Database) -> None:
     receive(db, "1.2.3.11", 1)
     [job_id] = create_jobs_for_quiet_series(db, 0, [])
