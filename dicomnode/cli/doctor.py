@@ -19,7 +19,8 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Report spool files without rows, rows without files, stale temp files and low disk.
+    """Report spool files without rows, rows without files, stale temp files, outboxes of
+    unknown jobs and low disk; --repair indexes, quarantines (not DICOM) and removes what is safe.
 
     Exit 0 when nothing is left to fix, 1 otherwise (missing files always need a resend).
     """
