@@ -106,7 +106,7 @@ def test_a_peer_hanging_mid_transfer_times_out_and_never_delays_the_other_destin
     node_factory, faulty: FaultyScp, orthanc: Orthanc, ct_series: list[Path]
 ) -> None:
     faulty.behave(Behaviour(hang_at=3))  # takes two instances, then never answers the third
-    dimse_timeout = 6
+    dimse_timeout = 10  # long enough to see the healthy PACS finish first on a slow machine
     node = node_factory(
         [faulty.destination(), pacs_destination(orthanc)],
         network={"dimse_timeout": dimse_timeout, "network_timeout": dimse_timeout},
@@ -207,9 +207,11 @@ def test_stopping_the_node_gives_back_deliveries_that_had_not_started(
     node_factory, faulty: FaultyScp, tmp_path: Path
 ) -> None:
     faulty.behave(Behaviour(hang_at=1))
+    # Long enough that job 1's delivery still hangs when the node is stopped, even on a slow
+    # machine; short enough for the stop (which waits for it) to end well inside 30 s.
     node = node_factory(
         [faulty.destination()],
-        network={"dimse_timeout": 4, "network_timeout": 4},
+        network={"dimse_timeout": 15, "network_timeout": 15},
         retry={"initial_delay_seconds": 1, "max_delay_seconds": 1},
     ).start()
     for count in (1, 2):
