@@ -12,19 +12,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from pydicom import dcmread
-
 from tests.conftest import pacs_destination
 from tests.support.dcmtk import storescu
 from tests.support.faulty_scp import Behaviour, FaultyScp
 from tests.support.node import NodeProcess
 from tests.support.orthanc import Orthanc
 from tests.support.scu import c_store
-from tests.support.series import write_ct_series
-
-
-def sop_uid(path: Path) -> str:
-    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+from tests.support.series import sop_instance_uid, write_ct_series
 
 
 def assert_consistent(node: NodeProcess, unacknowledged: frozenset[str] = frozenset()) -> None:
@@ -52,16 +46,17 @@ def test_killed_while_receiving_every_acknowledged_instance_is_delivered_once(
     for path in files:  # one association per instance: the kill lands mid-stream
         status = c_store(node.port, path)
         if status is not None and int(status.Status) == 0x0000:
-            acknowledged.append(sop_uid(path))
+            acknowledged.append(sop_instance_uid(path))
     killer.join(timeout=30)
     assert 8 <= len(acknowledged) < len(files)
 
     node.start()
     node.wait_for_jobs(lambda jobs: jobs and all(job["status"] == "done" for job in jobs))
     delivered = Counter(orthanc.sop_instance_uids())
-    assert set(acknowledged) <= set(delivered) <= {sop_uid(path) for path in files}
+    sent = {sop_instance_uid(path) for path in files}
+    assert set(acknowledged) <= set(delivered) <= sent
     assert set(delivered.values()) == {1}
-    assert_consistent(node, frozenset({sop_uid(path) for path in files}) - set(acknowledged))
+    assert_consistent(node, frozenset(sent - set(acknowledged)))
 
 
 def test_killed_while_enhancing_the_job_resumes_and_each_derived_uid_arrives_once(
@@ -109,7 +104,7 @@ def test_killed_mid_forward_the_series_is_sent_again_and_completes(
         node.start()
         [job] = node.wait_for_jobs(lambda jobs: jobs[0]["status"] == "done", timeout=60)
         assert job["attempts"] == 2 and job["deliveries"][0]["sent"] == len(files)
-        assert set(slow.stored) == {sop_uid(path) for path in files}
+        assert set(slow.stored) == {sop_instance_uid(path) for path in files}
         # At-least-once: only what the dead attempt had sent is received a second time.
         assert {uid for uid, times in slow.stored.items() if times > 1} <= before_kill
         assert_consistent(node)

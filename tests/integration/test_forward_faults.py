@@ -11,13 +11,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
 
 from tests.conftest import pacs_destination
 from tests.support.dcmtk import storescu
 from tests.support.faulty_scp import Behaviour, FaultyScp
 from tests.support.orthanc import Orthanc
-from tests.support.series import write_ct_series
+from tests.support.series import sop_instance_uid, write_ct_series
 
 ATTEMPT_LINE = re.compile(r"^(\S+ \S+) INFO \S+ job started job=1 .* attempt=(\d+)$", re.M)
 
@@ -135,7 +134,7 @@ def test_a_peer_hanging_mid_transfer_times_out_and_never_delays_the_other_destin
     [job] = node.wait_for_jobs(lambda jobs: jobs[0]["status"] == "done", timeout=30)
     by_name = {d["destination"]: d for d in job["deliveries"]}
     assert by_name["faulty"]["sent"] == len(ct_series)
-    assert set(faulty.stored) == {instance_uid(path) for path in ct_series}
+    assert set(faulty.stored) == {sop_instance_uid(path) for path in ct_series}
     # The healthy destination was not sent the series again on the retry.
     assert by_name["pacs"]["attempts"] == 1
     assert node.log().count("forwarded job=1 destination=pacs ") == 1
@@ -165,10 +164,6 @@ def test_a_refusing_destination_does_not_stop_retries_to_one_that_was_down(
         assert job["error"].startswith("faulty: faulty refused")
     finally:
         late.stop()
-
-
-def instance_uid(path: Path) -> str:
-    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
 def test_a_hanging_destination_does_not_hold_back_the_next_job_at_the_other_one(

@@ -3,13 +3,11 @@ and the retention that keeps the spool from growing without end."""
 
 from pathlib import Path
 
-from pydicom import dcmread
-
 from tests.support.dcmtk import echoscu, storescu
 from tests.support.faulty_scp import Behaviour, FaultyScp
 from tests.support.ports import wait_for_port
 from tests.support.scu import c_store, open_association
-from tests.support.series import write_ct_series
+from tests.support.series import series_instance_uid, sop_instance_uid, write_ct_series
 
 
 def test_low_disk_refuses_stores_with_out_of_resources_and_doctor_says_why(
@@ -91,18 +89,10 @@ def test_retention_purges_delivered_series_and_keeps_failed_ones(
         assert dead["status"] == "dead" and dead["instances"] == 2
         spool = node.data_dir / "spool"
         kept = sorted(path.stem for path in (spool / "instances").rglob("*.dcm"))
-        assert kept == sorted(instance_uid(path) for path in refused)
-        assert f"purged series={instance_series(delivered[0])}" in node.log()
+        assert kept == sorted(sop_instance_uid(path) for path in refused)
+        assert f"purged series={series_instance_uid(delivered[0])}" in node.log()
         assert not (spool / "outbox" / "1").exists()  # job 1's derived series and report
         assert len(list((spool / "outbox" / "2").rglob("*.dcm"))) == 2 + 1
         assert "0 series delivered more than" in node.cli("purge", "--dry-run").stdout
     finally:
         pacs.stop()
-
-
-def instance_series(path: Path) -> str:
-    return str(dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
-
-
-def instance_uid(path: Path) -> str:
-    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)

@@ -68,3 +68,13 @@ def write_ct_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def sop_instance_uid(path: Path) -> str:
+    """The SOP Instance UID of a DICOM file (header only)."""
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def series_instance_uid(path: Path) -> str:
+    """The Series Instance UID of a DICOM file (header only)."""
+    return str(dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
