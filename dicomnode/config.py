@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dicomnode.errors import ConfigError
+from dicomnode.registry import METHODS
 
 CONFIG_ENV_VAR = "DICOMNODE_CONFIG"
 DEFAULT_CONFIG_PATH = Path("config/dicomnode.toml")
@@ -252,9 +253,9 @@ class EnhanceSettings:
     def validate(self) -> None:
         for method in self.methods:
             _check(
-                method in ("srcnn", "baseline"),
+                method in METHODS,
                 "enhance.methods",
-                f"{method!r} is not a method (known: srcnn, baseline)",
+                f"{method!r} is not a method (known: {', '.join(METHODS)})",
             )
         _check(len(set(self.methods)) == len(self.methods), "enhance.methods", "has duplicates")
         _check(self.scale in (1, 2, 3, 4), "enhance.scale", "must be 1, 2, 3 or 4")
@@ -267,7 +268,8 @@ class EnhanceSettings:
             "enhance.uid_root",
             "must be empty or a UID prefix of at most 40 characters ending in '.'",
         )
-        for name in ("srcnn_series_offset", "baseline_series_offset", "report_series_offset"):
+        offsets = [spec.series_offset_key for spec in METHODS.values()]
+        for name in (*offsets, "report_series_offset"):
             _check(getattr(self, name) > 0, f"enhance.{name}", "must be > 0")
 
 
@@ -355,7 +357,7 @@ class Settings:
 
     def as_dict(self) -> dict[str, Any]:
         """The effective settings as plain data (what `dicomnode config show` prints)."""
-        data = {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+        data: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
         data["node"]["data_dir"] = str(self.node.data_path)
         data["node"]["database_url"] = self.node.effective_database_url
         data["destinations"] = [dataclasses.asdict(d) for d in self.destinations]

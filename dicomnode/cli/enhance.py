@@ -74,17 +74,15 @@ def enhance(
         for index, (series_uid, inputs) in enumerate(
             track(sorted(series.items()), description="enhancing", console=error_console)
         ):
-            output = enhance_series(index, inputs, settings, methods, sink)
-            for skipped in output.details.get("skipped", []):
-                error_console.print(f"not enhanced: {skipped['reason']}")
-            if output.details.get("enhancement") != "done":
-                error_console.print(f"series {series_uid}: {output.details['enhancement']}")
+            outcome = enhance_series(index, inputs, settings, methods, sink).outcome
+            for declined in outcome.declined:
+                error_console.print(f"not enhanced: {declined.reason}")
+            if not outcome.done:
+                error_console.print(f"series {series_uid}: {outcome.status}")
                 continue
-            for summary in output.details["methods"]:
-                console.print(describe(summary, out_dir))
-            rows.extend(metrics_rows(series_uid, output.details["methods"]))
+            for method_outcome in outcome.methods:
+                console.print(describe(method_outcome, out_dir))
+            rows.extend(metrics_rows(series_uid, outcome.methods))
             if index == 0:
-                comparison_figure(
-                    inputs, output.details["methods"], out_dir, out_dir / "comparison.png"
-                )
+                comparison_figure(inputs, outcome.methods, out_dir, out_dir / "comparison.png")
         write_metrics_csv(rows, out_dir / "metrics.csv")

@@ -41,8 +41,9 @@ def evaluate(
     from rich.progress import track
 
     from dicomnode.imaging.degrade import Degradation
-    from dicomnode.imaging.srcnn import default_model_path, load_model
+    from dicomnode.imaging.srcnn import load_model
     from dicomnode.pipeline.methods import baseline_params
+    from dicomnode.registry import SRCNN
     from dicomnode.training.corpus import load_images
     from dicomnode.training.evaluate import (
         evaluate_image,
@@ -55,7 +56,7 @@ def evaluate(
 
     with reported_errors():
         images = load_images(data)
-        loaded = load_model(model or default_model_path(scale))
+        loaded = load_model(model or SRCNN.model_file(settings.enhance, scale))
         params = baseline_params(settings)
         methods = standard_methods(scale, model=loaded, baseline=params, include_nearest=nearest)
         degradation = Degradation(scale=scale)

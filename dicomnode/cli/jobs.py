@@ -7,7 +7,6 @@ import typer
 from rich.table import Table
 
 from dicomnode.cli.common import (
-    EXIT_USAGE,
     ConfigOption,
     console,
     fail,
@@ -15,14 +14,15 @@ from dicomnode.cli.common import (
     settings_from,
 )
 from dicomnode.config import Settings
+from dicomnode.status import JobStatus
 
 if TYPE_CHECKING:
     from dicomnode.db import Database, JobRecord
+    from dicomnode.imaging.outcome import SeriesOutcome
 
 app = typer.Typer(help="Inspect and steer jobs.", no_args_is_help=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON document.")]
-JOB_STATUSES = ("queued", "processing", "forwarding", "done", "failed", "dead", "cancelled")
 _STATUS_STYLE = {
     "done": "green",
     "failed": "yellow",
@@ -54,16 +54,14 @@ def _status(status: str) -> str:
 @app.command("list")
 def list_(
     status: Annotated[
-        str | None,
-        typer.Option("--status", "-s", help=f"Only jobs in this state: {', '.join(JOB_STATUSES)}."),
+        JobStatus | None,
+        typer.Option("--status", "-s", help="Only jobs in this state.", case_sensitive=False),
     ] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
     as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
     """List jobs, newest first."""
-    if status is not None and status not in JOB_STATUSES:
-        fail(f"--status {status!r} is not one of {', '.join(JOB_STATUSES)}", EXIT_USAGE)
     from dicomnode.db.jobs import list_jobs
 
     jobs = list_jobs(_database(settings_from(config)), status, limit)
@@ -127,13 +125,15 @@ def _print_job(job: "JobRecord") -> None:
             d["error"] or "",
         )
     console.print(deliveries)
-    if data["details"]:
-        _print_details(data["details"])
+    if job.details:
+        from dicomnode.imaging.outcome import SeriesOutcome
+
+        _print_details(SeriesOutcome.from_dict(job.details))
 
 
-def _print_details(details: dict) -> None:
+def _print_details(outcome: "SeriesOutcome") -> None:
     """The enhancement of the last attempt: per method, where it ran and what it measured."""
-    console.print(f"enhancement: {details.get('enhancement', '-')}")
+    console.print(f"enhancement: {outcome.status}")
     table = Table(
         "method",
         "version",
@@ -146,23 +146,23 @@ def _print_details(details: dict) -> None:
         "seconds",
         title="derived series (metrics vs source)",
     )
-    for m in details.get("methods", []):
-        gain = m["self_check_gain_mean_db"]
+    for m in outcome.methods:
+        gain = m.self_check_gain_mean_db
         table.add_row(
-            m["method"],
-            m["version"],
-            m["device"],
-            str(m["images"]),
-            "-" if m["psnr_mean_db"] is None else f"{m['psnr_mean_db']:.2f}",
-            f"{m['ssim_mean']:.4f}",
+            m.method,
+            m.version,
+            m.device,
+            str(len(m.images)),
+            "-" if m.psnr_mean_db is None else f"{m.psnr_mean_db:.2f}",
+            f"{m.ssim_mean:.4f}",
             "-" if gain is None else f"{gain:+.2f}",
-            _status(m["qa"]),
-            f"{sum(m['timings'].values()):.1f}",
+            _status(m.qa),
+            f"{m.timings.total_s:.1f}",
         )
-    if details.get("methods"):
+    if outcome.methods:
         console.print(table)
-    for skipped in details.get("skipped", []):
-        console.print(f"not enhanced: {skipped['reason']}")
+    for declined in outcome.declined:
+        console.print(f"not enhanced: {declined.reason}")
 
 
 def _load_job(config: ConfigOption, job_id: int) -> "JobRecord":
@@ -193,7 +193,7 @@ def retry(
     job_id: Annotated[int, typer.Argument(metavar="ID")], config: ConfigOption = None
 ) -> None:
     """Queue a dead, failed or cancelled job again now, with fresh attempts."""
-    from dicomnode.db.jobs import retry_job
+    from dicomnode.db.admin import retry_job
 
     with reported_errors():
         job = retry_job(_database(settings_from(config)), job_id)
@@ -205,7 +205,7 @@ def release(
     job_id: Annotated[int, typer.Argument(metavar="ID")], config: ConfigOption = None
 ) -> None:
     """Send the derived series that QA held back (enhance.qa_action = "hold")."""
-    from dicomnode.db.jobs import release_job
+    from dicomnode.db.admin import release_job
 
     with reported_errors():
         job = release_job(_database(settings_from(config)), job_id)
@@ -217,7 +217,7 @@ def cancel(
     job_id: Annotated[int, typer.Argument(metavar="ID")], config: ConfigOption = None
 ) -> None:
     """Cancel a job that has not finished (its inputs stay in the spool)."""
-    from dicomnode.db.jobs import cancel_job
+    from dicomnode.db.admin import cancel_job
 
     with reported_errors():
         job = cancel_job(_database(settings_from(config)), job_id)

@@ -6,7 +6,13 @@ from typing import Annotated
 
 import typer
 
-from dicomnode.cli.common import configure_logging, console, reported_errors
+from dicomnode.cli.common import (
+    ConfigOption,
+    configure_logging,
+    console,
+    reported_errors,
+    settings_from,
+)
 
 DataDirs = Annotated[
     list[Path], typer.Argument(help="Folders (or files) of DICOM images; searched recursively.")
@@ -17,12 +23,14 @@ def train(
     data: DataDirs,
     scale: Annotated[int, typer.Option(min=1, max=4, help="1: restoration; 2-4: upscaling.")] = 2,
     out: Annotated[
-        Path | None, typer.Option(help="Model file to write (default models/srcnn-xS.keras).")
+        Path | None,
+        typer.Option(help="Model file to write (default: srcnn-xS.keras in enhance.model_dir)."),
     ] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping).")] = 30,
     seed: Annotated[int, typer.Option(help="Seed: same seed and data, same model.")] = 0,
     patches: Annotated[int, typer.Option(min=64, help="Training patches (48x48).")] = 8192,
     patience: Annotated[int, typer.Option(min=1, help="Epochs without improvement.")] = 5,
+    config: ConfigOption = None,
 ) -> None:
     """Train the 9-1-5 SRCNN; the split is 80/20 by patient, per modality, never by slice.
 
@@ -31,14 +39,14 @@ def train(
     configure_logging("WARNING")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from dicomnode.imaging.srcnn import default_model_path
+    from dicomnode.registry import SRCNN
     from dicomnode.training.corpus import load_images
     from dicomnode.training.train import TrainingSettings, train_srcnn
 
     settings = TrainingSettings(
         scale=scale, epochs=epochs, seed=seed, train_patches=patches, patience=patience
     )
-    out = out or default_model_path(scale)
+    out = out or SRCNN.model_file(settings_from(config).enhance, scale)
     batches = -(-settings.train_patches // settings.batch_size)
     with reported_errors():
         images = load_images(data)

@@ -1,8 +1,8 @@
 """The database layer: the only code that talks SQL."""
 
 from dicomnode.db.engine import Database, open_database
-from dicomnode.db.models import DeliveryStatus, JobStatus
 from dicomnode.db.records import DeliveryRecord, JobRecord, ReceivedInstance, SpooledInstance
+from dicomnode.status import DeliveryStatus, JobStatus
 
 __all__ = [
     "Database",

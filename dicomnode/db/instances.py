@@ -14,11 +14,11 @@ from dicomnode.db.models import (
     Instance,
     Job,
     JobInstance,
-    JobStatus,
     Series,
     utcnow,
 )
 from dicomnode.db.records import ReceivedInstance
+from dicomnode.status import JobStatus
 
 log = logging.getLogger(__name__)
 

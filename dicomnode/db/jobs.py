@@ -1,7 +1,9 @@
-"""The job state machine: claiming with a lease, transitions, retries and admin actions.
+"""A worker's side of the job table: claiming under a lease, progress, and ending an attempt.
 
 Every transition made by a worker names the lease owner in its WHERE clause: a worker whose lease
-lapsed (and whose job was reclaimed) or whose job an admin cancelled changes nothing.
+lapsed (and whose job was reclaimed) or whose job an admin cancelled changes nothing. Which state
+follows an attempt is decided by `transitions` (pure); this module gathers the facts and applies
+the answer. Admin actions are in `admin`.
 """
 
 import json
@@ -10,29 +12,26 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.config import RetrySettings
-from dicomnode.db.backoff import retry_delay_seconds
 from dicomnode.db.engine import Database
-from dicomnode.db.models import (
-    ACTIVE_STATUSES,
-    Delivery,
-    DeliveryStatus,
-    Instance,
-    Job,
-    JobInstance,
-    JobStatus,
-    utcnow,
-)
+from dicomnode.db.models import Delivery, Instance, Job, JobInstance, utcnow
 from dicomnode.db.records import DeliveryRecord, JobRecord, SpooledInstance
-from dicomnode.errors import JobStateError
+from dicomnode.db.transitions import (
+    AttemptOutcome,
+    DeliveryOutcome,
+    after_attempt,
+    after_lapsed_lease,
+)
+from dicomnode.status import ACTIVE_STATUSES, DeliveryStatus, JobStatus
 
 log = logging.getLogger(__name__)
 
 
-def _record(session: Session, job: Job) -> JobRecord:
+def job_record(session: Session, job: Job) -> JobRecord:
+    """The plain record of a job row, with its deliveries and input count."""
     count = session.scalar(
         select(func.count()).select_from(JobInstance).where(JobInstance.job_id == job.id)
     )
@@ -43,7 +42,7 @@ def _record(session: Session, job: Job) -> JobRecord:
         id=job.id,
         study_uid=job.study_uid,
         series_uid=job.series_uid,
-        status=job.status,
+        status=JobStatus(job.status),
         attempts=job.attempts,
         instances=count or 0,
         error=job.error,
@@ -52,7 +51,9 @@ def _record(session: Session, job: Job) -> JobRecord:
         next_attempt_at=job.next_attempt_at,
         lease_owner=job.lease_owner,
         deliveries=tuple(
-            DeliveryRecord(d.destination, d.status, d.attempts, d.sent, d.error, d.updated_at)
+            DeliveryRecord(
+                d.destination, DeliveryStatus(d.status), d.attempts, d.sent, d.error, d.updated_at
+            )
             for d in deliveries
         ),
         details=json.loads(job.details) if job.details else None,
@@ -60,10 +61,16 @@ def _record(session: Session, job: Job) -> JobRecord:
     )
 
 
+def _rows_changed(session: Session, statement: Update) -> int:
+    """How many rows an UPDATE touched (0: the job is no longer in the state it named)."""
+    result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]
+    return result.rowcount
+
+
 def get_job(db: Database, job_id: int) -> JobRecord | None:
     with db.session() as session:
         job = session.get(Job, job_id)
-        return _record(session, job) if job is not None else None
+        return job_record(session, job) if job is not None else None
 
 
 def job_ids(db: Database) -> set[int]:
@@ -72,13 +79,13 @@ def job_ids(db: Database) -> set[int]:
         return set(session.scalars(select(Job.id)))
 
 
-def list_jobs(db: Database, status: str | None = None, limit: int = 100) -> list[JobRecord]:
+def list_jobs(db: Database, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
     """Newest first."""
     with db.session() as session:
         query = select(Job).order_by(Job.id.desc()).limit(limit)
         if status is not None:
             query = query.where(Job.status == status)
-        return [_record(session, job) for job in session.scalars(query).all()]
+        return [job_record(session, job) for job in session.scalars(query).all()]
 
 
 def claim_next_job(db: Database, owner: str, lease_seconds: float) -> JobRecord | None:
@@ -110,21 +117,22 @@ def claim_next_job(db: Database, owner: str, lease_seconds: float) -> JobRecord 
                 updated_at=now,
             )
         )
-        job = session.get(Job, job_id)
+        job = session.get_one(Job, job_id)
         session.refresh(job)
-        return _record(session, job)
+        return job_record(session, job)
 
 
 def renew_lease(db: Database, job_id: int, owner: str, lease_seconds: float) -> bool:
     """Extend a held lease; False means the job is no longer ours (reclaimed or cancelled)."""
     now = utcnow()
     with db.session() as session:
-        result = session.execute(
+        changed = _rows_changed(
+            session,
             update(Job)
             .where(Job.id == job_id, Job.lease_owner == owner, Job.status.in_(ACTIVE_STATUSES))
-            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds)),
         )
-        return result.rowcount == 1
+        return changed == 1
 
 
 def holds_lease(db: Database, job_id: int, owner: str) -> bool:
@@ -137,23 +145,25 @@ def holds_lease(db: Database, job_id: int, owner: str) -> bool:
 def set_active_status(db: Database, job_id: int, owner: str, status: JobStatus) -> bool:
     """Move a held job between processing and forwarding."""
     with db.session() as session:
-        result = session.execute(
+        changed = _rows_changed(
+            session,
             update(Job)
             .where(Job.id == job_id, Job.lease_owner == owner, Job.status.in_(ACTIVE_STATUSES))
-            .values(status=status, updated_at=utcnow())
+            .values(status=status, updated_at=utcnow()),
         )
-        return result.rowcount == 1
+        return changed == 1
 
 
 def record_job_details(db: Database, job_id: int, owner: str, details: dict[str, Any]) -> bool:
     """Store what this processing attempt did (shown by `dicomnode jobs show`)."""
     with db.session() as session:
-        result = session.execute(
+        changed = _rows_changed(
+            session,
             update(Job)
             .where(Job.id == job_id, Job.lease_owner == owner)
-            .values(details=json.dumps(details), updated_at=utcnow())
+            .values(details=json.dumps(details), updated_at=utcnow()),
         )
-        return result.rowcount == 1
+        return changed == 1
 
 
 def job_inputs(db: Database, job_id: int) -> list[SpooledInstance]:
@@ -228,51 +238,30 @@ def finish_attempt(
             log.warning("job lease lost, result discarded job=%d owner=%s", job_id, owner)
             return None
         deliveries = session.scalars(select(Delivery).where(Delivery.job_id == job_id)).all()
-        failed = [d for d in deliveries if d.status == DeliveryStatus.FAILED]
-        dead = [d for d in deliveries if d.status == DeliveryStatus.DEAD]
-        problems = [f"{d.destination}: {d.error}" for d in (*dead, *failed)]
-        if error is None:  # after delivery every row has an outcome; a pending one never got it
-            unrecorded = [d for d in deliveries if d.status == DeliveryStatus.PENDING]
-            failed += unrecorded
-            problems += [
-                f"{d.destination}: delivery outcome not recorded (internal error, see the log)"
-                for d in unrecorded
-            ]
-        if error is not None:
-            problems.insert(0, error)
-        # A destination that refused for good must not stop the retries of one that was only
-        # down: the job stays retryable while any delivery is; only an unusable job (a permanent
-        # error before delivery) is dead at once.
-        retryable = (error is not None and transient) or bool(failed)
-        unusable = error is not None and not transient
-
-        # Instances that arrived while this attempt ran made a newer job with the whole series;
-        # retrying this one would send the older set after it.
+        outcome = AttemptOutcome(
+            deliveries=tuple(
+                DeliveryOutcome(d.destination, DeliveryStatus(d.status), d.error)
+                for d in deliveries
+            ),
+            error=error,
+            transient=transient,
+            hold=hold,
+        )
         newer = session.scalar(
             select(func.max(Job.id)).where(Job.series_uid == job.series_uid, Job.id > job.id)
         )
-        if not problems:
-            job.status, job.error = (JobStatus.HELD, hold) if hold else (JobStatus.DONE, None)
-        elif retryable and not unusable and newer is not None:
-            job.status = JobStatus.CANCELLED
-            job.error = f"superseded by job {newer} (this attempt: {'; '.join(problems)})"
-        elif retryable and not unusable and job.attempts < policy.max_attempts:
-            delay = retry_delay_seconds(job.attempts, policy)
-            job.status = JobStatus.FAILED
-            job.next_attempt_at = now + timedelta(seconds=delay)
-            job.error = "; ".join(problems) + f" (attempt {job.attempts}, retry in {delay:.0f} s)"
-        else:
-            if retryable and not unusable:
-                problems.append(f"gave up after {job.attempts} attempts")
-            for delivery in failed:
+        transition = after_attempt(outcome, job.attempts, policy, newer)
+        job.status, job.error = transition.status, transition.error
+        if transition.retry_in_seconds is not None:
+            job.next_attempt_at = now + timedelta(seconds=transition.retry_in_seconds)
+        for delivery in deliveries:
+            if delivery.destination in transition.deliveries_given_up:
                 delivery.status = DeliveryStatus.DEAD
-            job.status = JobStatus.DEAD
-            job.error = "; ".join(problems)
         job.lease_owner = None
         job.lease_expires_at = None
         job.updated_at = now
         session.flush()
-        return _record(session, job)
+        return job_record(session, job)
 
 
 def requeue_unstarted(db: Database, job_id: int, owner: str) -> bool:
@@ -302,13 +291,13 @@ def reclaim_expired_leases(db: Database, max_attempts: int) -> list[int]:
             select(Job).where(Job.status.in_(ACTIVE_STATUSES), Job.lease_expires_at < now)
         ).all()
         for job in expired:
+            transition = after_lapsed_lease(job.id, job.attempts, max_attempts)
             job.lease_owner, job.lease_expires_at, job.updated_at = None, None, now
-            if job.attempts >= max_attempts:
-                job.status = JobStatus.DEAD
-                job.error = (
-                    f"its worker stopped (crash, kill or out of memory) during each of "
-                    f"{job.attempts} attempts; inputs kept, `dicomnode jobs retry {job.id}`"
-                )
+            job.status = transition.status
+            if transition.status == JobStatus.QUEUED:
+                job.next_attempt_at = now
+            else:
+                job.error = transition.error
                 session.execute(
                     update(Delivery)
                     .where(
@@ -317,8 +306,6 @@ def reclaim_expired_leases(db: Database, max_attempts: int) -> list[int]:
                     )
                     .values(status=DeliveryStatus.DEAD, updated_at=now)
                 )
-            else:
-                job.status, job.next_attempt_at = JobStatus.QUEUED, now
         outcome = [(job.id, job.status, job.attempts) for job in expired]
     for job_id, status, attempts in outcome:
         if status == JobStatus.DEAD:
@@ -326,66 +313,3 @@ def reclaim_expired_leases(db: Database, max_attempts: int) -> list[int]:
         else:
             log.warning("job lease expired, queued again job=%d", job_id)
     return [job_id for job_id, _, _ in outcome]
-
-
-def _existing_job(session: Session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise JobStateError(f"job {job_id} does not exist")
-    return job
-
-
-def retry_job(db: Database, job_id: int) -> JobRecord:
-    """Admin: bring a dead, failed or cancelled job back to the queue with fresh attempts."""
-    now = utcnow()
-    with db.session() as session:
-        job = _existing_job(session, job_id)
-        allowed = (JobStatus.DEAD, JobStatus.FAILED, JobStatus.CANCELLED)
-        if job.status not in allowed:
-            raise JobStateError(
-                f"job {job_id} is {job.status}; only {', '.join(allowed)} jobs can be retried"
-            )
-        job.status, job.attempts, job.next_attempt_at, job.updated_at = (
-            JobStatus.QUEUED,
-            0,
-            now,
-            now,
-        )
-        session.execute(
-            update(Delivery)
-            .where(Delivery.job_id == job_id, Delivery.status != DeliveryStatus.DONE)
-            .values(status=DeliveryStatus.PENDING, attempts=0, updated_at=now)
-        )
-        session.flush()
-        return _record(session, job)
-
-
-def release_job(db: Database, job_id: int) -> JobRecord:
-    """Admin: send what QA held back; the job runs again and this time forwards everything."""
-    now = utcnow()
-    with db.session() as session:
-        job = _existing_job(session, job_id)
-        if job.status != JobStatus.HELD:
-            raise JobStateError(f"job {job_id} is {job.status}; only held jobs can be released")
-        job.status, job.released, job.attempts = JobStatus.QUEUED, True, 0
-        job.error, job.next_attempt_at, job.updated_at = None, now, now
-        session.execute(
-            update(Delivery)
-            .where(Delivery.job_id == job_id)
-            .values(status=DeliveryStatus.PENDING, attempts=0, updated_at=now)
-        )
-        session.flush()
-        return _record(session, job)
-
-
-def cancel_job(db: Database, job_id: int) -> JobRecord:
-    """Admin: stop a job that has not finished; a worker holding it discards its result."""
-    now = utcnow()
-    with db.session() as session:
-        job = _existing_job(session, job_id)
-        if job.status in (JobStatus.DONE, JobStatus.CANCELLED):
-            raise JobStateError(f"job {job_id} is already {job.status}")
-        job.status, job.error, job.updated_at = JobStatus.CANCELLED, "cancelled by admin", now
-        job.lease_owner = job.lease_expires_at = None
-        session.flush()
-        return _record(session, job)

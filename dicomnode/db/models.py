@@ -3,38 +3,16 @@
 Times are naive UTC datetimes throughout (SQLite keeps no time zone); `utcnow` is the one clock.
 """
 
-import enum
 from datetime import UTC, datetime
 
 from sqlalchemy import ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from dicomnode.status import DeliveryStatus, JobStatus
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-class JobStatus(enum.StrEnum):
-    """The job state machine (see ARCHITECTURE.md): queued → processing → forwarding → done."""
-
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    FORWARDING = "forwarding"
-    DONE = "done"
-    FAILED = "failed"  # will be picked up again at next_attempt_at
-    DEAD = "dead"  # gave up; inputs kept; `dicomnode jobs retry` revives it
-    CANCELLED = "cancelled"
-    HELD = "held"  # QA held the derived series back; `dicomnode jobs release` sends them
-
-
-ACTIVE_STATUSES = (JobStatus.PROCESSING, JobStatus.FORWARDING)
-
-
-class DeliveryStatus(enum.StrEnum):
-    PENDING = "pending"
-    DONE = "done"
-    FAILED = "failed"  # transient: tried again with the job
-    DEAD = "dead"  # permanent, or out of attempts
 
 
 class Base(DeclarativeBase):

@@ -5,6 +5,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from dicomnode.status import DeliveryStatus, JobStatus
+
 
 @dataclass(frozen=True)
 class ReceivedInstance:
@@ -34,7 +36,7 @@ class SpooledInstance:
 @dataclass(frozen=True)
 class DeliveryRecord:
     destination: str
-    status: str
+    status: DeliveryStatus
     attempts: int
     sent: int
     error: str | None
@@ -46,7 +48,7 @@ class JobRecord:
     id: int
     study_uid: str
     series_uid: str
-    status: str
+    status: JobStatus
     attempts: int
     instances: int
     error: str | None

@@ -18,10 +18,10 @@ from dicomnode.db.models import (
     Instance,
     Job,
     JobInstance,
-    JobStatus,
     Series,
     Study,
 )
+from dicomnode.status import JobStatus
 
 _FINISHED = (JobStatus.DONE, JobStatus.CANCELLED)
 
@@ -38,7 +38,7 @@ class PurgedSeries:
         return len(self.paths)
 
 
-def _purgeable(finished_before: datetime) -> Select[tuple[str]]:
+def _purgeable(finished_before: datetime) -> Select[str]:
     newest_job = (
         select(Job.series_uid, func.max(Job.id).label("job_id")).group_by(Job.series_uid).subquery()
     )

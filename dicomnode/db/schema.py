@@ -8,6 +8,7 @@ migrations (Alembic).
 """
 
 import logging
+from typing import Any
 
 from sqlalchemy import Engine, inspect, literal, text
 from sqlalchemy.schema import Column
@@ -17,7 +18,7 @@ from dicomnode.db.models import Base
 log = logging.getLogger(__name__)
 
 
-def _column_ddl(column: Column, engine: Engine) -> str:
+def _column_ddl(column: Column[Any], engine: Engine) -> str:
     ddl = f"{column.name} {column.type.compile(dialect=engine.dialect)}"
     default = getattr(column.default, "arg", None)
     if default is not None and not callable(default):

@@ -21,12 +21,9 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicomnode import __version__
+from dicomnode.registry import Code
 
 MANUFACTURER = "dicomnode"
-# CID 7203 "Image Derivation" (PS3.16)
-SMOOTHING = ("113087", "DCM", "Smoothing")
-SPATIAL_RESAMPLING = ("113085", "DCM", "Spatial resampling")
-UNSHARP_MASK = ("113089", "DCM", "Unsharp mask")
 # CID 7202 / 7201 purposes of reference (PS3.16)
 SOURCE_IMAGE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
 SOURCE_SERIES_PURPOSE = ("121323", "DCM", "Source series for image processing operation")
@@ -51,7 +48,7 @@ _DROPPED = (
 )
 
 
-def code_item(code: tuple[str, str, str]) -> Dataset:
+def code_item(code: Code) -> Dataset:
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
     return item
@@ -72,9 +69,10 @@ def derived_uid(root: str | None, *parts: str) -> str:
 class Derivation:
     """What was done, by which version, and where the derived series goes."""
 
-    method: str  # "srcnn" or "baseline"
+    method: str  # a name in `registry.METHODS`
     version: str  # model version or parameter string: part of every derived UID
     scale: int
+    codes: tuple[Code, ...]  # DerivationCodeSequence (CID 7203), from the method's spec
     description: str  # DerivationDescription: method, version, parameters
     series_uid: str
     series_number: int
@@ -82,12 +80,10 @@ class Derivation:
     uid_root: str | None
     processed_at: datetime
 
-    @property
-    def codes(self) -> list[tuple[str, str, str]]:
-        codes = [SPATIAL_RESAMPLING] if self.scale > 1 else [SMOOTHING]
-        if self.method == "baseline":
-            codes.append(UNSHARP_MASK)
-        return codes
+
+def derived_instance_uid(root: str | None, source_sop_uid: str, version: str) -> str:
+    """The derived image's SOP Instance UID: the same source and version, the same UID."""
+    return derived_uid(root, "instance", source_sop_uid, version)
 
 
 def derived_series_uid(source_series_uid: str, version: str, root: str | None) -> str:
@@ -197,8 +193,8 @@ def derived_instance(
         for tag in [elem.tag for elem in ds if 0x6000 <= elem.tag.group <= 0x60FF]:
             del ds[tag]
 
-    ds.SOPInstanceUID = derived_uid(
-        derivation.uid_root, "instance", str(source.SOPInstanceUID), derivation.version
+    ds.SOPInstanceUID = derived_instance_uid(
+        derivation.uid_root, str(source.SOPInstanceUID), derivation.version
     )
     ds.SeriesInstanceUID = derivation.series_uid
     ds.SeriesNumber = derivation.series_number

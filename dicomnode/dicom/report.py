@@ -20,6 +20,7 @@ from pydicom.sr.codedict import codes
 
 from dicomnode import __version__
 from dicomnode.dicom.derive import MANUFACTURER, derived_uid
+from dicomnode.imaging.outcome import ImageOutcome
 
 SCHEME = "99DCMNODE"
 PROCEDURE = CodedConcept("ENHANCE", SCHEME, "Image enhancement with quality assessment")
@@ -38,23 +39,24 @@ UNITLESS = CodedConcept("1", "UCUM", "no units")
 
 @dataclass(frozen=True)
 class ImageMeasures:
-    """What is reported for one derived image."""
+    """One derived image, its source and what was measured on it."""
 
     derived: Dataset
     source: Dataset
-    psnr_db: float
-    ssim: float
-    self_check_gain_db: float | None
-    qa_verdict: str
+    outcome: ImageOutcome
 
 
 def _group(
     index: int, measures: ImageMeasures, series_uid: str
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     source_ref = [hd.sr.SourceImageForMeasurement.from_source_image(measures.source)]
-    values = [(PSNR, measures.psnr_db, DECIBEL), (SSIM, measures.ssim, UNITLESS)]
-    if measures.self_check_gain_db is not None:
-        values.append((SELF_CHECK_GAIN, measures.self_check_gain_db, DECIBEL))
+    outcome = measures.outcome
+    values = [
+        (PSNR, outcome.fidelity.psnr_db, DECIBEL),
+        (SSIM, outcome.fidelity.ssim, UNITLESS),
+    ]
+    if outcome.self_check_gain_db is not None:
+        values.append((SELF_CHECK_GAIN, outcome.self_check_gain_db, DECIBEL))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=derived_uid(None, "tracking", series_uid, str(index)),
@@ -69,7 +71,7 @@ def _group(
             if math.isfinite(value)  # identical images: PSNR is infinite, not reportable
         ],
         qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=QA_VERDICT, value=VERDICTS[measures.qa_verdict])
+            hd.sr.QualitativeEvaluation(name=QA_VERDICT, value=VERDICTS[outcome.qa.verdict])
         ],
     )
 

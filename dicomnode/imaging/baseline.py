@@ -55,10 +55,11 @@ def _denoise(image: np.ndarray, params: BaselineParams) -> np.ndarray:
         return image
     if params.denoise == "bilateral":
         # 5x5 neighbourhood; only intensity differences within a few noise sigmas are averaged.
-        return cv2.bilateralFilter(
+        filtered: np.ndarray = cv2.bilateralFilter(
             image, d=5, sigmaColor=params.denoise_strength * sigma, sigmaSpace=1.5
         )
-    return denoise_nl_means(
+        return filtered
+    denoised: np.ndarray = denoise_nl_means(
         image,
         h=0.6 * params.denoise_strength * sigma,
         sigma=sigma,
@@ -66,7 +67,8 @@ def _denoise(image: np.ndarray, params: BaselineParams) -> np.ndarray:
         patch_distance=6,
         fast_mode=True,
         preserve_range=True,
-    ).astype(np.float32)
+    )
+    return denoised.astype(np.float32)
 
 
 def _unsharp(image: np.ndarray, params: BaselineParams) -> np.ndarray:
@@ -75,7 +77,8 @@ def _unsharp(image: np.ndarray, params: BaselineParams) -> np.ndarray:
     blurred = cv2.GaussianBlur(
         image, (0, 0), sigmaX=params.unsharp_sigma, borderType=cv2.BORDER_REFLECT
     )
-    return image + np.float32(params.unsharp_amount) * (image - blurred)
+    sharpened: np.ndarray = image + np.float32(params.unsharp_amount) * (image - blurred)
+    return sharpened
 
 
 def _clahe(image: np.ndarray, params: BaselineParams) -> np.ndarray:

@@ -43,14 +43,15 @@ def crop_to_multiple(image: np.ndarray, scale: int) -> np.ndarray:
 def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Cubic resampling of a 2-D float image to `shape`, anti-aliased when shrinking."""
     shrinking = shape[0] < image.shape[0] or shape[1] < image.shape[1]
-    return resize(
+    resized: np.ndarray = resize(
         image.astype(np.float64),
         shape,
         order=CUBIC,
         mode="reflect",
         anti_aliasing=shrinking,
         preserve_range=True,
-    ).astype(np.float32)
+    )
+    return resized.astype(np.float32)
 
 
 def degrade(image: np.ndarray, model: Degradation) -> np.ndarray:

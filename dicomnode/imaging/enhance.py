@@ -24,10 +24,14 @@ from dicomnode.imaging.srcnn import SrcnnRunner
 
 
 class Method(Protocol):
+    """A runnable enhancement; `version` goes into every derived UID, so it names the model or
+    parameters exactly."""
+
     name: str
     scale: int
     version: str
     device: str
+    model_sha256: str | None  # the model file's hash, for methods that load one
 
     def __call__(self, stack: np.ndarray) -> np.ndarray:
         """(N, H, W) normalised → (N, H*scale, W*scale) normalised."""
@@ -40,6 +44,7 @@ class BaselineMethod:
     scale: int = 1
     name: str = "baseline"
     device: str = "CPU"
+    model_sha256: str | None = None
 
     @property
     def version(self) -> str:
@@ -60,7 +65,7 @@ class SrcnnMethod:
         self.runner = runner
         self.scale = runner.model.scale
         self.version = runner.model.version
-        self.sha256 = runner.model.sha256
+        self.model_sha256: str | None = runner.model.sha256
         self.device = runner.device_description
 
     def __call__(self, stack: np.ndarray) -> np.ndarray:

@@ -36,11 +36,11 @@ class PixelDomain:
 
     @property
     def stored_min(self) -> int:
-        return -(2 ** (self.bits_stored - 1)) if self.signed else 0
+        return -(1 << (self.bits_stored - 1)) if self.signed else 0
 
     @property
     def stored_max(self) -> int:
-        return 2 ** (self.bits_stored - 1) - 1 if self.signed else 2**self.bits_stored - 1
+        return (1 << (self.bits_stored - 1)) - 1 if self.signed else (1 << self.bits_stored) - 1
 
     @property
     def dtype(self) -> np.dtype:
@@ -125,7 +125,8 @@ def padding_mask(stored: np.ndarray, domain: PixelDomain) -> np.ndarray:
     # The padding value is encoded like the pixels (PS3.3 C.7.5.1.1.2): reinterpret its bits.
     padding = _as_pixel_value(domain.padding_value, domain)
     if domain.padding_limit is None:
-        return stored == padding
+        mask: np.ndarray = stored == padding
+        return mask
     limit = _as_pixel_value(domain.padding_limit, domain)
     low, high = min(padding, limit), max(padding, limit)
     return (stored >= low) & (stored <= high)

@@ -42,7 +42,6 @@ MACS_PER_PIXEL = 9 * 9 * 64 + 64 * 32 + 5 * 5 * 32  # 8,032 multiply-adds per ou
 BYTES_PER_PIXEL = 4 * (1 + 64 + 32 + 1) * 2  # float32 activations in flight, with headroom
 CPU_MEMORY_BUDGET = 2 << 30  # 10 slices of 512² per batch
 GPU_MEMORY_BUDGET = 8 << 30
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"  # the shipped, trained models
 
 
 class ModelError(DicomNodeError):
@@ -89,10 +88,6 @@ def build_srcnn(scale: int = 1, *, seed: int | None = None) -> keras.Model:
         )(x)
     outputs = keras.layers.Add(name="residual")([inputs, x])
     return keras.Model(inputs, outputs, name=f"srcnn_x{scale}")
-
-
-def default_model_path(scale: int) -> Path:
-    return MODELS_DIR / f"srcnn-x{scale}.keras"
 
 
 def file_sha256(path: Path) -> str:
@@ -233,7 +228,8 @@ class SrcnnRunner:
         tf = self._tf
         try:
             with tf.device(self.device):
-                return self._forward(tf.constant(batch[..., None])).numpy()[..., 0]
+                output: np.ndarray = self._forward(tf.constant(batch[..., None])).numpy()
+                return output[..., 0]
         except tf.errors.ResourceExhaustedError:
             if len(batch) == 1:
                 raise

@@ -1,21 +1,22 @@
 """One job's enhancement: load the series, run each method, measure, write derived series + SR.
 
 For every configured method the job gets one derived series (same study, new deterministic UIDs)
-and one metrics report, written to the spool's outbox before anything is forwarded. Images that
-cannot be enhanced (colour, float, undecodable, ...) are listed with their reason and still go
-out unchanged with the originals. What happened is returned as plain data for the job's
-`details` (device, model, timings, metrics per image and per series).
+and one metrics report, written to the spool's outbox before anything is forwarded. Each method
+runs enhance → measure → write → summarise. Images that cannot be enhanced (colour, float,
+undecodable, ...) are listed with their reason and still go out unchanged with the originals.
+What happened is returned as a `SeriesOutcome` record (device, model, timings, metrics per image
+and per method); its `as_dict()` is the job's `details`.
 """
 
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from io import BytesIO
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydicom import Dataset, dcmread
@@ -23,16 +24,33 @@ from pydicom.errors import InvalidDicomError
 
 from dicomnode.config import Settings
 from dicomnode.db import SpooledInstance
-from dicomnode.dicom.derive import Derivation, derived_instance, derived_series_uid, derived_uid
+from dicomnode.dicom.derive import (
+    Derivation,
+    derived_instance,
+    derived_instance_uid,
+    derived_series_uid,
+    derived_uid,
+)
 from dicomnode.dicom.report import ImageMeasures, metrics_report
 from dicomnode.errors import ImageDeclined
 from dicomnode.imaging.degrade import Degradation, resample
 from dicomnode.imaging.enhance import Method, enhance_stack
 from dicomnode.imaging.metrics import compare, self_check
 from dicomnode.imaging.normalize import CT_HU_RANGE
+from dicomnode.imaging.outcome import (
+    DONE,
+    DeclinedImage,
+    ImageOutcome,
+    MethodOutcome,
+    SeriesOutcome,
+    StageTimings,
+    reported,
+    reported_fidelity,
+)
 from dicomnode.imaging.pixels import ModalityImage, to_modality, to_stored
-from dicomnode.imaging.qa import assess, worst_verdict
+from dicomnode.imaging.qa import assess
 from dicomnode.pipeline.methods import qa_thresholds
+from dicomnode.registry import method_spec
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -47,35 +65,41 @@ class SourceImage:
     def sop(self) -> str:
         return str(self.dataset.SOPInstanceUID)
 
+    @property
+    def modality(self) -> str:
+        return str(self.dataset.get("Modality", "")).upper()
 
-@dataclass
+
+@dataclass(frozen=True)
 class SeriesOutput:
-    """What the job forwards after the originals, and what it records."""
+    """What the job forwards after the originals, and the record of what was done."""
 
-    series: list[list[SpooledInstance]] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)
-    qa_failed: bool = False
+    series: list[list[SpooledInstance]]
+    outcome: SeriesOutcome
     # Source instances no derived image stands for (undecodable, or the series not enhanced).
     unenhanced: set[str] = field(default_factory=set)
 
 
-def _load(inputs: list[SpooledInstance]) -> tuple[list[SourceImage], list[dict[str, str]]]:
-    images, skipped = [], []
+def _load(inputs: list[SpooledInstance]) -> tuple[list[SourceImage], tuple[DeclinedImage, ...]]:
+    images, declined = [], []
     for item in inputs:
         try:
             dataset = dcmread(item.path)
             images.append(SourceImage(dataset, to_modality(dataset)))
         except ImageDeclined as exc:
-            skipped.append({"sop": item.sop_instance_uid, "reason": str(exc)})
+            declined.append(DeclinedImage(item.sop_instance_uid, str(exc)))
         except (InvalidDicomError, OSError, ValueError) as exc:
             reason = f"sop={item.sop_instance_uid}: cannot read {item.path}: {exc}"
-            skipped.append({"sop": item.sop_instance_uid, "reason": reason})
+            declined.append(DeclinedImage(item.sop_instance_uid, reason))
     images.sort(key=lambda s: (int(s.dataset.get("InstanceNumber", 0) or 0), s.sop))
-    return images, skipped
+    return images, tuple(declined)
 
 
-def _enhance_all(images: list[SourceImage], modality: str, method: Method) -> list[np.ndarray]:
-    """Outputs per image; images of one frame shape run as one stack (SRCNN batches them)."""
+def _enhance_all(images: list[SourceImage], method: Method) -> list[np.ndarray]:
+    """Outputs per image; images of one frame shape run as one stack (SRCNN batches them).
+
+    The series' modality (its first image's) decides the working range for all of them."""
+    modality = images[0].modality or "OT"
     by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
     for index, source in enumerate(images):
         by_shape[source.image.values.shape[1:]].append(index)
@@ -101,16 +125,15 @@ def _on_source_grid(output: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _measure(
-    source: SourceImage, output: np.ndarray, modality: str, method: Method, settings: Settings
-) -> dict[str, Any]:
+    source: SourceImage, output: np.ndarray, method: Method, settings: Settings, sop: str
+) -> ImageOutcome:
     """Fidelity, self-check and QA for one image (middle frame of a multi-frame image)."""
     frame = len(output) // 2
     reference = source.image.values[frame]
     padding = source.image.padding[frame]
-    if modality == "CT":  # outside the reconstruction circle: not scored (as in `evaluate`)
+    if source.modality == "CT":  # outside the reconstruction circle: not scored (as `evaluate`)
         padding = padding | (reference < CT_HU_RANGE[0])
     result = _on_source_grid(output[frame], reference.shape)
-    fidelity = compare(reference, result, padding=padding)
     domain = source.image.domain
     limits = sorted(
         (
@@ -129,30 +152,29 @@ def _measure(
     if settings.enhance.self_check:
         check = self_check(
             reference,
-            lambda low: enhance_stack(low[None], modality, method).values[0],
+            lambda low: enhance_stack(low[None], source.modality, method).values[0],
             Degradation(scale=method.scale),
             padding=padding,
         )
-        gain = round(check.gain_db, 4)
-    return {
-        "psnr_db": round(fidelity.psnr_db, 4),
-        "ssim": round(fidelity.ssim, 4),
-        "data_range": fidelity.data_range,
-        "self_check_gain_db": gain,
-        "qa": verdict.verdict,
-        "qa_reasons": list(verdict.reasons),
-    }
+        gain = reported(check.gain_db)
+    return ImageOutcome(
+        source_sop=source.sop,
+        sop=sop,
+        fidelity=reported_fidelity(compare(reference, result, padding=padding)),
+        self_check_gain_db=gain,
+        qa=verdict,
+    )
 
 
-def _comment(method: Method, measures: dict[str, Any]) -> str:
+def _comment(method: Method, image: ImageOutcome) -> str:
     text = (
         f"{method.name.upper()} x{method.scale} {method.version}: "
-        f"PSNR {measures['psnr_db']:.2f} dB, "
-        f"SSIM {measures['ssim']:.4f} vs source"
+        f"PSNR {image.fidelity.psnr_db:.2f} dB, "
+        f"SSIM {image.fidelity.ssim:.4f} vs source"
     )
-    if measures["self_check_gain_db"] is not None:
-        text += f"; self-check {measures['self_check_gain_db']:+.2f} dB vs bicubic"
-    return text + f"; QA {measures['qa']}"
+    if image.self_check_gain_db is not None:
+        text += f"; self-check {image.self_check_gain_db:+.2f} dB vs bicubic"
+    return text + f"; QA {image.qa.verdict}"
 
 
 def _series_number(source: Dataset, offset: int) -> int:
@@ -186,105 +208,124 @@ def outbox_sink(spool: Spool, job_id: int) -> Sink:
     return write
 
 
-def _run_method(
-    job_id: int,
-    images: list[SourceImage],
-    method: Method,
-    settings: Settings,
-    sink: Sink,
-) -> tuple[list[list[SpooledInstance]], dict[str, Any]]:
+class _Stopwatch:
+    """Seconds per stage, for the job's timings."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.perf_counter() - started
+
+
+def _derivation(images: list[SourceImage], method: Method, settings: Settings) -> Derivation:
+    """What the derived series of `method` is: its UIDs, number, description and codes."""
     enhance = settings.enhance
-    root = enhance.uid_root or None
+    spec = method_spec(method.name)
     first = images[0].dataset
-    modality = str(first.get("Modality", "OT")).upper()
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    outputs = _enhance_all(images, modality, method)
-    timings["enhance_s"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    measures = [
-        _measure(s, o, modality, method, settings) for s, o in zip(images, outputs, strict=True)
-    ]
-    timings["measure_s"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    series_uid = derived_series_uid(str(first.SeriesInstanceUID), method.version, root)
-    offset = getattr(enhance, f"{method.name}_series_offset")
+    root = enhance.uid_root or None
     description = f"{method.name.upper()} x{method.scale} {first.get('SeriesDescription', '')}"
-    derivation = Derivation(
+    return Derivation(
         method=method.name,
         version=method.version,
         scale=method.scale,
+        codes=tuple(spec.codes(method.scale)),
         description=(
             f"dicomnode {method.name} {method.version}, scale {method.scale}; "
             "intensities in the source's rescale; metrics vs source in ImageComments"
         ),
-        series_uid=series_uid,
-        series_number=_series_number(first, offset),
+        series_uid=derived_series_uid(str(first.SeriesInstanceUID), method.version, root),
+        series_number=_series_number(first, spec.series_offset(enhance)),
         series_description=description.strip(),
         uid_root=root,
         processed_at=datetime.now(),
     )
+
+
+@dataclass(frozen=True)
+class _Written:
+    images: list[SpooledInstance]
+    report: SpooledInstance
+    report_series_uid: str
+
+
+def _write(
+    images: list[SourceImage],
+    outputs: list[np.ndarray],
+    measured: list[ImageOutcome],
+    method: Method,
+    derivation: Derivation,
+    settings: Settings,
+    sink: Sink,
+) -> _Written:
+    """The derived images, then the metrics report that references them, each to `sink`."""
     sources = [(str(s.dataset.SOPClassUID), s.sop) for s in images]
-    derived_files, reported = [], []
-    for source, output, measured in zip(images, outputs, measures, strict=True):
-        scale = method.scale
-        padding = _upsampled(source.image.padding, scale)
-        padding_stored = _upsampled(source.image.stored, scale)
+    files, reported_images = [], []
+    for source, output, image in zip(images, outputs, measured, strict=True):
+        padding = _upsampled(source.image.padding, method.scale)
+        padding_stored = _upsampled(source.image.stored, method.scale)
         stored = to_stored(output, source.image.domain, padding, padding_stored)
         derived = derived_instance(
             source.dataset,
             stored,
             derivation,
             series_sources=sources,
-            comments=_comment(method, measured),
+            comments=_comment(method, image),
         )
-        derived_files.append(sink(derived))
-        measured["sop"] = str(derived.SOPInstanceUID)
-        measured["source_sop"] = source.sop
-        reported.append(
-            ImageMeasures(
-                derived,
-                source.dataset,
-                measured["psnr_db"],
-                measured["ssim"],
-                measured["self_check_gain_db"],
-                measured["qa"],
-            )
-        )
-    report_series = derived_uid(root, "report-series", series_uid)
+        files.append(sink(derived))
+        reported_images.append(ImageMeasures(derived, source.dataset, image))
+    root = derivation.uid_root
+    report_series = derived_uid(root, "report-series", derivation.series_uid)
     report = metrics_report(
-        reported,
+        reported_images,
         series_uid=report_series,
-        series_number=derivation.series_number + enhance.report_series_offset,
-        sop_uid=derived_uid(root, "report", series_uid, method.version),
-        description=f"Metrics {description}".strip(),
+        series_number=derivation.series_number + settings.enhance.report_series_offset,
+        sop_uid=derived_uid(root, "report", derivation.series_uid, method.version),
+        description=f"Metrics {derivation.series_description}".strip(),
     )
-    report_file = sink(report)
-    timings["write_s"] = time.perf_counter() - started
+    return _Written(files, sink(report), report_series)
 
-    worst = worst_verdict(m["qa"] for m in measures)
-    gains = [m["self_check_gain_db"] for m in measures if m["self_check_gain_db"] is not None]
-    finite = [m["psnr_db"] for m in measures if np.isfinite(m["psnr_db"])]
-    summary = {
-        "method": method.name,
-        "version": method.version,
-        "model_sha256": getattr(method, "sha256", None),  # SRCNN only: the model file's hash
-        "scale": method.scale,
-        "device": method.device,
-        "derived_series_uid": series_uid,
-        "report_series_uid": report_series,
-        "report_sop_uid": report_file.sop_instance_uid,
-        "images": len(measures),
-        "psnr_mean_db": round(float(np.mean(finite)), 4) if finite else None,
-        "ssim_mean": round(float(np.mean([m["ssim"] for m in measures])), 4),
-        "self_check_gain_mean_db": round(float(np.mean(gains)), 4) if gains else None,
-        "qa": worst,
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "per_image": measures,
-    }
-    return [derived_files, [report_file]], summary
+
+def _run_method(
+    images: list[SourceImage], method: Method, settings: Settings, sink: Sink
+) -> tuple[list[list[SpooledInstance]], MethodOutcome]:
+    """enhance → measure → write → summarise, for one method on the whole series."""
+    clock = _Stopwatch()
+    derivation = _derivation(images, method, settings)
+    with clock.stage("enhance_s"):
+        outputs = _enhance_all(images, method)
+    with clock.stage("measure_s"):
+        root = derivation.uid_root
+        measured = [
+            _measure(
+                source,
+                output,
+                method,
+                settings,
+                derived_instance_uid(root, source.sop, method.version),
+            )
+            for source, output in zip(images, outputs, strict=True)
+        ]
+    with clock.stage("write_s"):
+        written = _write(images, outputs, measured, method, derivation, settings, sink)
+    outcome = MethodOutcome(
+        method=method.name,
+        version=method.version,
+        model_sha256=method.model_sha256,
+        scale=method.scale,
+        device=method.device,
+        derived_series_uid=derivation.series_uid,
+        report_series_uid=written.report_series_uid,
+        report_sop_uid=written.report.sop_instance_uid,
+        images=tuple(measured),
+        timings=StageTimings(**clock.seconds),
+    )
+    return [written.images, [written.report]], outcome
 
 
 def enhance_series(
@@ -295,36 +336,33 @@ def enhance_series(
     sink: Sink,
 ) -> SeriesOutput:
     """Derived series and reports for every method, each file handed to `sink` to store."""
-    output = SeriesOutput()
     started = time.perf_counter()
-    images, skipped = _load(inputs)
-    output.details = {"load_s": round(time.perf_counter() - started, 3), "skipped": skipped}
-    output.unenhanced = {item["sop"] for item in skipped}
+    images, declined = _load(inputs)
+    load_s = time.perf_counter() - started
+    unenhanced = {item.sop for item in declined}
     if not images:
-        output.details["enhancement"] = "skipped: no image in the series can be enhanced"
-        return output
-    modality = str(images[0].dataset.get("Modality", "")).upper()
+        status = "skipped: no image in the series can be enhanced"
+        return SeriesOutput([], SeriesOutcome(status, load_s, declined), unenhanced)
+    modality = images[0].modality
     if modality not in settings.enhance.modalities:
-        output.details["enhancement"] = f"skipped: modality {modality or '(none)'} not enabled"
-        output.unenhanced = {item.sop_instance_uid for item in inputs}
-        return output
-    summaries = []
+        status = f"skipped: modality {modality or '(none)'} not enabled"
+        everything = {item.sop_instance_uid for item in inputs}
+        return SeriesOutput([], SeriesOutcome(status, load_s, declined), everything)
+    files: list[list[SpooledInstance]] = []
+    outcomes = []
     for method in methods:
-        series, summary = _run_method(job_id, images, method, settings, sink)
-        output.series.extend(series)
-        summaries.append(summary)
-        output.qa_failed |= summary["qa"] == "fail"
+        series, outcome = _run_method(images, method, settings, sink)
+        files.extend(series)
+        outcomes.append(outcome)
         log.info(
             "enhanced job=%d method=%s series=%s images=%d psnr=%.2f ssim=%.4f qa=%s device=%s",
             job_id,
             method.name,
-            summary["derived_series_uid"],
-            summary["images"],
-            summary["psnr_mean_db"] or float("nan"),
-            summary["ssim_mean"],
-            summary["qa"],
-            summary["device"],
+            outcome.derived_series_uid,
+            len(outcome.images),
+            outcome.psnr_mean_db or float("nan"),
+            outcome.ssim_mean,
+            outcome.qa,
+            outcome.device,
         )
-    output.details["enhancement"] = "done"
-    output.details["methods"] = summaries
-    return output
+    return SeriesOutput(files, SeriesOutcome(DONE, load_s, declined, tuple(outcomes)), unenhanced)

@@ -2,6 +2,7 @@
 
 import csv
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.db import SpooledInstance
+from dicomnode.imaging.outcome import MethodOutcome
 from dicomnode.imaging.pixels import to_modality
 from dicomnode.pipeline.enhancement import Sink, encoded, spooled
 from dicomnode.spool import validate_uid
@@ -45,47 +47,45 @@ def file_sink(out_dir: Path) -> Sink:
 
 
 def comparison_figure(
-    inputs: list[SpooledInstance], summaries: list[dict[str, Any]], out_dir: Path, path: Path
+    inputs: list[SpooledInstance], methods: Sequence[MethodOutcome], out_dir: Path, path: Path
 ) -> None:
     """The middle image of the series next to each method's output and the differences."""
     from dicomnode.training.figures import plot_enhanced
 
     by_sop = {i.sop_instance_uid: i.path for i in inputs}
-    middle = summaries[0]["per_image"][len(summaries[0]["per_image"]) // 2]
-    source = to_modality(dcmread(by_sop[middle["source_sop"]])).values[0]
+    middle = methods[0].images[len(methods[0].images) // 2].source_sop
+    source = to_modality(dcmread(by_sop[middle])).values[0]
     outputs = {}
-    for summary in summaries:
-        image = next(i for i in summary["per_image"] if i["source_sop"] == middle["source_sop"])
-        derived = out_dir / summary["derived_series_uid"] / f"{image['sop']}.dcm"
-        outputs[f"{summary['method']} x{summary['scale']}"] = to_modality(dcmread(derived)).values[
-            0
-        ]
+    for method in methods:
+        derived = out_dir / method.derived_series_uid / f"{method.image_for(middle).sop}.dcm"
+        outputs[f"{method.method} x{method.scale}"] = to_modality(dcmread(derived)).values[0]
     plot_enhanced(source, outputs, path, "metrics in each image's ImageComments and metrics.csv")
 
 
-def describe(summary: dict[str, Any], out_dir: Path) -> str:
-    gain = summary["self_check_gain_mean_db"]
+def describe(method: MethodOutcome, out_dir: Path) -> str:
+    """One line per method and series for `dicomnode enhance`."""
     return (
-        f"{summary['method']} x{summary['scale']}: {summary['images']} images -> "
-        f"{out_dir / summary['derived_series_uid']}; PSNR {summary['psnr_mean_db']} dB, "
-        f"SSIM {summary['ssim_mean']} vs source; self-check {gain} dB; QA {summary['qa']}; "
-        f"{summary['device']}"
+        f"{method.method} x{method.scale}: {len(method.images)} images -> "
+        f"{out_dir / method.derived_series_uid}; PSNR {method.psnr_mean_db} dB, "
+        f"SSIM {method.ssim_mean} vs source; self-check {method.self_check_gain_mean_db} dB; "
+        f"QA {method.qa}; {method.device}"
     )
 
 
 CSV_FIELDS = ("source_sop", "sop", "psnr_db", "ssim", "self_check_gain_db", "qa")
 
 
-def metrics_rows(series_uid: str, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def metrics_rows(series_uid: str, methods: Sequence[MethodOutcome]) -> list[dict[str, Any]]:
+    """metrics.csv: one row per image and method, the same numbers as the job details."""
     return [
         {
             "series": series_uid,
-            "method": s["method"],
-            "version": s["version"],
-            **{key: image[key] for key in CSV_FIELDS},
+            "method": method.method,
+            "version": method.version,
+            **{key: image.as_dict()[key] for key in CSV_FIELDS},
         }
-        for s in summaries
-        for image in s["per_image"]
+        for method in methods
+        for image in method.images
     ]
 
 

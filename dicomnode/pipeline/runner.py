@@ -150,8 +150,9 @@ class JobRunner:
         except DicomNodeError as exc:  # a missing model, a full disk: say so, keep the inputs
             self._finish(job, error=f"enhancement failed: {exc}")
             return None
-        record_job_details(self.db, job.id, self._token(job), output.details)
-        if output.qa_failed and self.settings.enhance.qa_action == "fail":
+        record_job_details(self.db, job.id, self._token(job), output.outcome.as_dict())
+        qa_failed = output.outcome.qa_failed
+        if qa_failed and self.settings.enhance.qa_action == "fail":
             self._finish(
                 job,
                 transient=False,
@@ -159,7 +160,7 @@ class JobRunner:
             )
             return None
         qa_action = self.settings.enhance.qa_action
-        if output.qa_failed and qa_action == "hold" and not job.released:
+        if qa_failed and qa_action == "hold" and not job.released:
             enhance = self.settings.enhance
             sent = enhance.forward_originals or enhance.forward_unenhanced
             reason = (

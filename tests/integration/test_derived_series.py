@@ -17,7 +17,7 @@ import pytest
 from pydicom import Dataset, dcmread
 
 from dicomnode.imaging.pixels import to_modality
-from dicomnode.imaging.srcnn import default_model_path
+from dicomnode.registry import MODELS_DIR
 from tests.conftest import pacs_destination
 from tests.support.cli import dicomnode
 from tests.support.dcmtk import storescu
@@ -30,7 +30,7 @@ MR_SLAB = SHARED_DATA / "mr-brain-t1" / "test"
 METHODS = ["srcnn", "baseline"]
 
 pytestmark = pytest.mark.skipif(
-    not default_model_path(1).exists(), reason="models/srcnn-x1.keras is not shipped yet"
+    not (MODELS_DIR / "srcnn-x1.keras").exists(), reason="models/srcnn-x1.keras is not shipped yet"
 )
 
 

@@ -44,7 +44,7 @@ def details_of(tmp_path: Path) -> dict[str, Any]:
     ((_, inputs),) = series_in(tmp_path / "in").items()
     methods = configured_methods(settings)
     output = enhance_series(1, inputs, settings, methods, file_sink(tmp_path / "out"))
-    return json.loads(json.dumps(output.details))
+    return json.loads(json.dumps(output.outcome.as_dict()))
 
 
 def assert_same(actual: Any, expected: Any, where: str = "details") -> None:
@@ -67,3 +67,10 @@ def assert_same(actual: Any, expected: Any, where: str = "details") -> None:
 
 def test_the_details_json_of_an_enhanced_series_is_what_it_was(tmp_path: Path) -> None:
     assert_same(details_of(tmp_path), json.loads(GOLDEN.read_text()))
+
+
+def test_jobs_show_reads_back_the_record_it_was_written_from(tmp_path: Path) -> None:
+    from dicomnode.imaging.outcome import SeriesOutcome
+
+    details = details_of(tmp_path)
+    assert SeriesOutcome.from_dict(details).as_dict() == details

@@ -8,16 +8,15 @@ from pydicom.uid import generate_uid
 
 from dicomnode.config import RetrySettings
 from dicomnode.db import Database, DeliveryStatus, JobStatus, ReceivedInstance, open_database
+from dicomnode.db.admin import cancel_job, retry_job
 from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
 from dicomnode.db.jobs import (
-    cancel_job,
     claim_next_job,
     finish_attempt,
     get_job,
     job_inputs,
     reclaim_expired_leases,
     record_delivery,
-    retry_job,
 )
 from dicomnode.errors import JobStateError
 

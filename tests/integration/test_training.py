@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from dicomnode.imaging.degrade import Degradation
-from dicomnode.imaging.srcnn import default_model_path, load_model
+from dicomnode.imaging.srcnn import load_model
+from dicomnode.registry import MODELS_DIR
 from dicomnode.training.corpus import load_images, split_by_group
 from dicomnode.training.evaluate import evaluate_image, standard_methods, summarize_rows
 from dicomnode.training.train import TrainingSettings, train_srcnn
@@ -68,7 +69,7 @@ def test_evaluation_ranks_nearest_neighbour_below_bicubic() -> None:
     assert summary["nearest"]["ssim_mean"] < summary["bicubic"]["ssim_mean"]
 
 
-@pytest.mark.skipif(not default_model_path(2).exists(), reason="no shipped x2 model")
+@pytest.mark.skipif(not (MODELS_DIR / "srcnn-x2.keras").exists(), reason="no shipped x2 model")
 def test_evaluate_command_writes_the_files_and_json(tmp_path: Path) -> None:
     result = dicomnode(
         "evaluate",

@@ -8,6 +8,7 @@ from pydicom import dcmread
 
 from dicomnode.dicom.derive import Derivation, derived_instance, derived_series_uid
 from dicomnode.imaging.pixels import to_modality, to_stored
+from dicomnode.registry import SRCNN
 from tests.support.series import CT_TEMPLATE
 
 
@@ -17,6 +18,7 @@ def derivation(scale: int, version: str = "srcnn-x1-abc") -> Derivation:
         method="srcnn",
         version=version,
         scale=scale,
+        codes=tuple(SRCNN.codes(scale)),
         description="test",
         series_uid=derived_series_uid(source.SeriesInstanceUID, version, None),
         series_number=1001,

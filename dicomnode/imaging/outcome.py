@@ -1,0 +1,206 @@
+"""What an enhancement did to one series: frozen records, built once, read by everyone.
+
+`ImageOutcome` (one derived image: fidelity, self-check, QA), `MethodOutcome` (one method on one
+series: where it ran, which model, how long, and the images) and `SeriesOutcome` (the whole job's
+enhancement: what was loaded, what was declined, every method) are what the metrics SR, the
+offline writer, `dicomnode enhance` and `dicomnode jobs show` read. `as_dict()` is the job's
+`details` JSON, a documented contract; `SeriesOutcome.from_dict` reads it back.
+
+Reported numbers carry `DIGITS` decimals, rounded once where they are measured, so the image's
+comment, the SR, the JSON and the series means all agree to the last digit.
+"""
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from dicomnode.imaging.metrics import ImageMetrics, SeriesMetrics, summarize
+from dicomnode.imaging.qa import QaVerdict, Verdict, worst_verdict
+
+DIGITS = 4
+DONE = "done"
+
+
+def reported(value: float) -> float:
+    """A measured number at the precision every report uses."""
+    return round(value, DIGITS)
+
+
+def reported_fidelity(metrics: ImageMetrics) -> ImageMetrics:
+    return replace(metrics, psnr_db=reported(metrics.psnr_db), ssim=reported(metrics.ssim))
+
+
+def _mean(values: list[float]) -> float | None:
+    return reported(float(np.mean(values))) if values else None
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """One derived image: how far it is from its source, the self-check and the QA verdict."""
+
+    source_sop: str
+    sop: str  # the derived image's SOP Instance UID
+    fidelity: ImageMetrics  # against the source, on the source grid
+    self_check_gain_db: float | None  # None: self-check off
+    qa: QaVerdict
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "psnr_db": self.fidelity.psnr_db,
+            "ssim": self.fidelity.ssim,
+            "data_range": self.fidelity.data_range,
+            "self_check_gain_db": self.self_check_gain_db,
+            "qa": self.qa.verdict,
+            "qa_reasons": list(self.qa.reasons),
+            "sop": self.sop,
+            "source_sop": self.source_sop,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ImageOutcome":
+        return cls(
+            source_sop=data["source_sop"],
+            sop=data["sop"],
+            fidelity=ImageMetrics(data["psnr_db"], data["ssim"], data["data_range"]),
+            self_check_gain_db=data["self_check_gain_db"],
+            qa=QaVerdict(data["qa"], tuple(data["qa_reasons"])),
+        )
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    """Seconds spent per stage of one method on one series."""
+
+    enhance_s: float = 0.0
+    measure_s: float = 0.0
+    write_s: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {key: round(value, 3) for key, value in vars(self).items()}
+
+    @property
+    def total_s(self) -> float:
+        return self.enhance_s + self.measure_s + self.write_s
+
+
+@dataclass(frozen=True)
+class MethodOutcome:
+    """One method's derived series and metrics report for one source series."""
+
+    method: str
+    version: str
+    model_sha256: str | None
+    scale: int
+    device: str
+    derived_series_uid: str
+    report_series_uid: str
+    report_sop_uid: str
+    images: tuple[ImageOutcome, ...]
+    timings: StageTimings = field(default_factory=StageTimings)
+
+    @property
+    def summary(self) -> SeriesMetrics:
+        return summarize([image.fidelity for image in self.images])
+
+    @property
+    def qa(self) -> Verdict:
+        """A series is as bad as its worst image."""
+        return worst_verdict(image.qa.verdict for image in self.images)
+
+    @property
+    def psnr_mean_db(self) -> float | None:
+        mean = self.summary.psnr_mean_db
+        return reported(mean) if math.isfinite(mean) else None  # all identical: no mean
+
+    @property
+    def ssim_mean(self) -> float:
+        return reported(self.summary.ssim_mean)
+
+    @property
+    def self_check_gain_mean_db(self) -> float | None:
+        gains = [i.self_check_gain_db for i in self.images if i.self_check_gain_db is not None]
+        return _mean(gains)
+
+    def image_for(self, source_sop: str) -> ImageOutcome:
+        return next(image for image in self.images if image.source_sop == source_sop)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "version": self.version,
+            "model_sha256": self.model_sha256,
+            "scale": self.scale,
+            "device": self.device,
+            "derived_series_uid": self.derived_series_uid,
+            "report_series_uid": self.report_series_uid,
+            "report_sop_uid": self.report_sop_uid,
+            "images": len(self.images),
+            "psnr_mean_db": self.psnr_mean_db,
+            "ssim_mean": self.ssim_mean,
+            "self_check_gain_mean_db": self.self_check_gain_mean_db,
+            "qa": self.qa,
+            "timings": self.timings.as_dict(),
+            "per_image": [image.as_dict() for image in self.images],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MethodOutcome":
+        return cls(
+            method=data["method"],
+            version=data["version"],
+            model_sha256=data["model_sha256"],
+            scale=data["scale"],
+            device=data["device"],
+            derived_series_uid=data["derived_series_uid"],
+            report_series_uid=data["report_series_uid"],
+            report_sop_uid=data["report_sop_uid"],
+            images=tuple(ImageOutcome.from_dict(image) for image in data["per_image"]),
+            timings=StageTimings(**data["timings"]),
+        )
+
+
+@dataclass(frozen=True)
+class DeclinedImage:
+    """A source instance no derived image stands for, and why (it still goes out unchanged)."""
+
+    sop: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SeriesOutcome:
+    """The enhancement of one job's series: `status` is "done" or "skipped: <why>"."""
+
+    status: str
+    load_s: float = 0.0
+    declined: tuple[DeclinedImage, ...] = ()
+    methods: tuple[MethodOutcome, ...] = ()
+
+    @property
+    def done(self) -> bool:
+        return self.status == DONE
+
+    @property
+    def qa_failed(self) -> bool:
+        return any(method.qa == "fail" for method in self.methods)
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "load_s": round(self.load_s, 3),
+            "skipped": [{"sop": d.sop, "reason": d.reason} for d in self.declined],
+            "enhancement": self.status,
+        }
+        if self.done:
+            data["methods"] = [method.as_dict() for method in self.methods]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SeriesOutcome":
+        return cls(
+            status=data.get("enhancement", "-"),
+            load_s=data.get("load_s", 0.0),
+            declined=tuple(DeclinedImage(d["sop"], d["reason"]) for d in data.get("skipped", [])),
+            methods=tuple(MethodOutcome.from_dict(m) for m in data.get("methods", [])),
+        )

@@ -1,0 +1,80 @@
+"""The enhancement methods the node knows: one `MethodSpec` each, looked up in one place.
+
+Config validation, the job runner, the derived-image builder and the CLI all read this table, so
+a new method (or a per-modality model) is one entry here plus the function that builds it. The
+builder is named as `module:function` and imported only when a method is built: building SRCNN
+imports TensorFlow, which the CLI and the receiver must never pay for, and the builders live in
+the services layer, above this one.
+"""
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dicomnode.config import EnhanceSettings, Settings
+    from dicomnode.imaging.enhance import Method
+
+Code = tuple[str, str, str]  # (CodeValue, CodingSchemeDesignator, CodeMeaning)
+
+# CID 7203 "Image Derivation" (PS3.16)
+SMOOTHING: Code = ("113087", "DCM", "Smoothing")
+SPATIAL_RESAMPLING: Code = ("113085", "DCM", "Spatial resampling")
+UNSHARP_MASK: Code = ("113089", "DCM", "Unsharp mask")
+
+# The trained models shipped inside the package (`enhance.model_dir` overrides).
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Everything the node needs to know about one method, apart from running it."""
+
+    name: str  # as in `[enhance] methods`, job details and derived series descriptions
+    builder: str  # "module:function" taking Settings, returning an imaging `Method`
+    series_offset_key: str  # the [enhance] key: derived SeriesNumber = source's + this
+    derivation_codes: tuple[Code, ...] = ()  # beyond smoothing/resampling (PS3.3 C.7.6.1.1.3)
+    model_prefix: str | None = None  # "<prefix>-x<scale>.keras" in the model folder; None: none
+
+    def build(self, settings: "Settings") -> "Method":
+        """The runnable method for these settings (loads its model, if it has one)."""
+        module, function = self.builder.split(":")
+        build: Callable[[Settings], Method] = getattr(importlib.import_module(module), function)
+        return build(settings)
+
+    def series_offset(self, enhance: "EnhanceSettings") -> int:
+        offset: int = getattr(enhance, self.series_offset_key)
+        return offset
+
+    def codes(self, scale: int) -> list[Code]:
+        """DerivationCodeSequence items: what was done to the pixels at this scale."""
+        return [SPATIAL_RESAMPLING if scale > 1 else SMOOTHING, *self.derivation_codes]
+
+    def model_file(self, enhance: "EnhanceSettings", scale: int | None = None) -> Path:
+        """Where this method's model for `scale` (default: the configured one) is looked for."""
+        if self.model_prefix is None:
+            raise ValueError(f"method {self.name!r} uses no model file")
+        folder = Path(enhance.model_dir) if enhance.model_dir else MODELS_DIR
+        return folder / f"{self.model_prefix}-x{scale or enhance.scale}.keras"
+
+
+SRCNN = MethodSpec(
+    name="srcnn",
+    builder="dicomnode.pipeline.methods:build_srcnn",
+    series_offset_key="srcnn_series_offset",
+    model_prefix="srcnn",
+)
+BASELINE = MethodSpec(
+    name="baseline",
+    builder="dicomnode.pipeline.methods:build_baseline",
+    series_offset_key="baseline_series_offset",
+    derivation_codes=(UNSHARP_MASK,),
+)
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (SRCNN, BASELINE)}
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The spec of a configured method (names are validated when the settings are loaded)."""
+    return METHODS[name]

@@ -1,0 +1,33 @@
+"""The states a job and a delivery can be in: one enum each, shared by every layer.
+
+Kept apart from the database models so that the CLI can offer them (`jobs list --status`) without
+importing SQLAlchemy, and records and the state machine can name them without the tables.
+"""
+
+import enum
+
+
+class JobStatus(enum.StrEnum):
+    """The job state machine (see ARCHITECTURE.md): queued → processing → forwarding → done."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    FORWARDING = "forwarding"
+    DONE = "done"
+    FAILED = "failed"  # will be picked up again at next_attempt_at
+    DEAD = "dead"  # gave up; inputs kept; `dicomnode jobs retry` revives it
+    CANCELLED = "cancelled"
+    HELD = "held"  # QA held the derived series back; `dicomnode jobs release` sends them
+
+
+# A worker holds these under a lease; every other state is at rest.
+ACTIVE_STATUSES = (JobStatus.PROCESSING, JobStatus.FORWARDING)
+
+
+class DeliveryStatus(enum.StrEnum):
+    """One destination's part of a job."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"  # transient: tried again with the job
+    DEAD = "dead"  # permanent, or out of attempts
