@@ -23,44 +23,38 @@ def _existing_job(session: Session, job_id: int) -> Job:
     return job
 
 
+def _queue_again(session: Session, job: Job, *, resend_delivered: bool) -> None:
+    """Back to the queue now with fresh attempts; its deliveries pending again (those already
+    done too, when `resend_delivered`)."""
+    now = utcnow()
+    job.status, job.attempts, job.next_attempt_at, job.updated_at = JobStatus.QUEUED, 0, now, now
+    reset = update(Delivery).where(Delivery.job_id == job.id)
+    if not resend_delivered:
+        reset = reset.where(Delivery.status != DeliveryStatus.DONE)
+    session.execute(reset.values(status=DeliveryStatus.PENDING, attempts=0, updated_at=now))
+
+
 def retry_job(db: Database, job_id: int) -> JobRecord:
     """Admin: bring a dead, failed or cancelled job back to the queue with fresh attempts."""
-    now = utcnow()
     with db.session() as session:
         job = _existing_job(session, job_id)
         if job.status not in RETRYABLE:
             raise JobStateError(
                 f"job {job_id} is {job.status}; only {', '.join(RETRYABLE)} jobs can be retried"
             )
-        job.status, job.attempts, job.next_attempt_at, job.updated_at = (
-            JobStatus.QUEUED,
-            0,
-            now,
-            now,
-        )
-        session.execute(
-            update(Delivery)
-            .where(Delivery.job_id == job_id, Delivery.status != DeliveryStatus.DONE)
-            .values(status=DeliveryStatus.PENDING, attempts=0, updated_at=now)
-        )
+        _queue_again(session, job, resend_delivered=False)
         session.flush()
         return job_record(session, job)
 
 
 def release_job(db: Database, job_id: int) -> JobRecord:
     """Admin: send what QA held back; the job runs again and this time forwards everything."""
-    now = utcnow()
     with db.session() as session:
         job = _existing_job(session, job_id)
         if job.status not in RELEASABLE:
             raise JobStateError(f"job {job_id} is {job.status}; only held jobs can be released")
-        job.status, job.released, job.attempts = JobStatus.QUEUED, True, 0
-        job.error, job.next_attempt_at, job.updated_at = None, now, now
-        session.execute(
-            update(Delivery)
-            .where(Delivery.job_id == job_id)
-            .values(status=DeliveryStatus.PENDING, attempts=0, updated_at=now)
-        )
+        job.released, job.error = True, None
+        _queue_again(session, job, resend_delivered=True)
         session.flush()
         return job_record(session, job)
 
