@@ -21,6 +21,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicomnode import __version__
+from dicomnode.dicom.conformance import conform
+from dicomnode.errors import ImageDeclined
 from dicomnode.registry import Code
 
 MANUFACTURER = "dicomnode"
@@ -32,6 +34,18 @@ ACQUISITION_EQUIPMENT = ("109101", "DCM", "Acquisition Equipment")
 PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
 
 IMPLEMENTATION_CLASS_UID = "2.25.133092372386306546349839390474722512813"  # fixed for dicomnode
+
+# What a derived image cannot be built without: its identity and references (type 1, PS3.3
+# C.7.2.1, C.7.3.1, C.12.1) and how its pixels are laid out (PS3.3 C.7.6.3).
+_REQUIRED = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "BitsAllocated",
+)
+# Enhanced multi-frame geometry lives in functional groups (PS3.3 C.7.6.16), not at the root.
+_FUNCTIONAL_GROUPS = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
 
 # Attributes the processing makes wrong or meaningless; dropped from the copy.
 _DROPPED = (
@@ -104,9 +118,13 @@ def _image_type(source: Dataset) -> list[str]:
 
 
 def _equipment(source: Dataset, derivation: Derivation) -> DicomSequence:
-    """Who acquired the source and who processed it (PS3.3 C.7.5.1, CID 7005)."""
+    """Who acquired the source and who processed it (PS3.3 C.7.5.1, CID 7005).
+
+    `source` is the conformed copy: its General Equipment values are valid or gone.
+    """
     acquired = Dataset()
     acquired.PurposeOfReferenceCodeSequence = [code_item(ACQUISITION_EQUIPMENT)]
+    # Manufacturer is type 1 in a Contributing Equipment item (type 2 in the image).
     acquired.Manufacturer = source.get("Manufacturer", "") or "UNKNOWN"
     for keyword in ("InstitutionName", "ManufacturerModelName", "DeviceSerialNumber"):
         if source.get(keyword):
@@ -151,22 +169,72 @@ def _references(
     derived.RelatedSeriesSequence = [related]  # PS3.3 C.7.3.1
 
 
-def _geometry(ds: Dataset, scale: int) -> None:
-    """Super-resolution grid: spacing / scale, first-pixel centre moved (edge-aligned grid)."""
+def _numbers(ds: Dataset, keyword: str, count: int, sop: str) -> np.ndarray | None:
+    """The attribute's `count` numbers, None when absent or empty; ImageDeclined if malformed."""
+    if keyword not in ds or ds[keyword].VM == 0:
+        return None
+    values = ds[keyword].value
+    values = list(values) if ds[keyword].VM > 1 else [values]
+    try:
+        numbers = np.array([float(v) for v in values])
+    except ValueError:
+        numbers = np.array([])
+    if len(numbers) != count or not np.isfinite(numbers).all():
+        raise ImageDeclined(
+            f"sop={sop}: {keyword} is not {count} decimal numbers (PS3.3 C.7.6.2); "
+            "the super-resolution grid cannot be placed"
+        )
+    return numbers
+
+
+def _geometry(ds: Dataset, scale: int, sop: str) -> None:
+    """Super-resolution grid: spacing / scale, first-pixel centre moved (edge-aligned grid).
+
+    Without ImagePositionPatient (or without any plane geometry, e.g. secondary capture) there
+    is nothing to move, and the finer grid is derived as it is. With a position but no spacing
+    or orientation, the new first-pixel centre cannot be computed, so the image is declined
+    rather than given a position a quarter pixel off. Gantry tilt needs nothing special: the
+    shift runs along ImageOrientationPatient, whatever its obliquity.
+    """
     if scale == 1:
         return
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        if keyword in ds and ds[keyword].value:
-            setattr(ds, keyword, [f"{float(v) / scale:.6g}" for v in ds[keyword].value])
-    if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds and "PixelSpacing" in ds:
-        position = np.array([float(v) for v in ds.ImagePositionPatient])
-        orientation = np.array([float(v) for v in ds.ImageOrientationPatient])
-        new_row_spacing, new_col_spacing = (float(v) for v in ds.PixelSpacing)
-        old_row_spacing, old_col_spacing = new_row_spacing * scale, new_col_spacing * scale
-        # Row direction (first 3 cosines) advances one column: spacing PixelSpacing[1].
-        shift = (new_col_spacing - old_col_spacing) / 2 * orientation[:3]
-        shift += (new_row_spacing - old_row_spacing) / 2 * orientation[3:]
-        ds.ImagePositionPatient = [f"{v:.6f}".rstrip("0").rstrip(".") for v in position + shift]
+    if any(keyword in ds for keyword in _FUNCTIONAL_GROUPS):
+        raise ImageDeclined(
+            f"sop={sop}: super-resolution of an enhanced multi-frame image is not supported: "
+            "its PixelMeasuresSequence and PlanePositionSequence (PS3.3 C.7.6.16) would need "
+            "re-deriving per frame"
+        )
+    spacings = {k: _numbers(ds, k, 2, sop) for k in ("PixelSpacing", "ImagerPixelSpacing")}
+    for keyword, spacing in spacings.items():
+        if spacing is not None:
+            setattr(ds, keyword, [f"{v / scale:.6g}" for v in spacing])
+    position = _numbers(ds, "ImagePositionPatient", 3, sop)
+    if position is None:
+        return
+    orientation = _numbers(ds, "ImageOrientationPatient", 6, sop)
+    spacing = spacings["PixelSpacing"]
+    if spacing is None or orientation is None:
+        missing = "PixelSpacing" if spacing is None else "ImageOrientationPatient"
+        raise ImageDeclined(
+            f"sop={sop}: ImagePositionPatient without {missing} (PS3.3 C.7.6.2); the first "
+            "pixel of the super-resolution grid cannot be placed"
+        )
+    old_row_spacing, old_col_spacing = spacing
+    new_row_spacing, new_col_spacing = old_row_spacing / scale, old_col_spacing / scale
+    # Row direction (first 3 cosines) advances one column: spacing PixelSpacing[1].
+    shift = (new_col_spacing - old_col_spacing) / 2 * orientation[:3]
+    shift += (new_row_spacing - old_row_spacing) / 2 * orientation[3:]
+    ds.ImagePositionPatient = [f"{v:.6f}".rstrip("0").rstrip(".") for v in position + shift]
+
+
+def _require(source: Dataset) -> None:
+    sop = source.get("SOPInstanceUID", "(no SOPInstanceUID)")
+    for keyword in _REQUIRED:
+        if not source.get(keyword):
+            raise ImageDeclined(
+                f"sop={sop}: {keyword} is missing or empty; a derived image cannot be built "
+                "without it (type 1, PS3.3 C.12.1 / C.7.2.1 / C.7.3.1 / C.7.6.3)"
+            )
 
 
 def derived_instance(
@@ -180,7 +248,12 @@ def derived_instance(
     """The derived dataset for `source` holding `stored` ((frames,) rows, columns, source dtype).
 
     `series_sources` lists (SOP Class UID, SOP Instance UID) of every image of the source series.
+    The copy's Patient/Study/Series/Equipment modules are made to conform (`conformance.conform`),
+    so a de-identified or non-conformant source still gives a valid image; what cannot be
+    derived raises ImageDeclined naming the instance and the attribute.
     """
+    _require(source)
+    sop = str(source.SOPInstanceUID)
     frames = stored if stored.ndim == 3 else stored[None]
     ds = copy.deepcopy(source)
     if "PixelData" in ds:
@@ -190,8 +263,10 @@ def derived_instance(
         if keyword in ds:
             delattr(ds, keyword)
     if derivation.scale > 1:  # overlays are on the old grid
-        for tag in [elem.tag for elem in ds if 0x6000 <= elem.tag.group <= 0x60FF]:
+        # (keys, not elements: iterating a Dataset converts every element, invalid ones included)
+        for tag in [tag for tag in ds.keys() if 0x6000 <= tag.group <= 0x60FF]:  # noqa: SIM118
             del ds[tag]
+    conform(ds)
 
     ds.SOPInstanceUID = derived_instance_uid(
         derivation.uid_root, str(source.SOPInstanceUID), derivation.version
@@ -204,7 +279,7 @@ def derived_instance(
     ds.DerivationDescription = derivation.description[:1024]
     ds.DerivationCodeSequence = [code_item(code) for code in derivation.codes]
     _references(ds, source, series_sources, derivation)
-    ds.ContributingEquipmentSequence = _equipment(source, derivation)
+    ds.ContributingEquipmentSequence = _equipment(ds, derivation)
     ds.ImageComments = comments[:10240]
     if str(source.get("LossyImageCompression", "00")) == "01":
         ds.LossyImageCompression = "01"  # PS3.3 C.7.6.1.1.5: once lossy, always lossy
@@ -212,7 +287,7 @@ def derived_instance(
     ds.Rows, ds.Columns = int(frames.shape[1]), int(frames.shape[2])
     if "NumberOfFrames" in source or len(frames) > 1:
         ds.NumberOfFrames = len(frames)
-    _geometry(ds, derivation.scale)
+    _geometry(ds, derivation.scale, sop)
     ds.PixelData = np.ascontiguousarray(frames, dtype=frames.dtype.newbyteorder("<")).tobytes()
     ds["PixelData"].VR = "OW" if int(ds.BitsAllocated) > 8 else "OB"
 

@@ -5,7 +5,9 @@ each measurement also references the source image): PSNR (UCUM dB) and SSIM (UCU
 derived image against its source, the self-check gain over bicubic (dB), and the QA verdict as a
 qualitative evaluation. PSNR, SSIM and the verdict have no standard codes, so they use the
 private scheme `99DCMNODE`, declared in CodingSchemeIdentificationSequence (PS3.3 C.12.1.1.2).
-Built with highdicom, which enforces the template.
+Built with highdicom, which enforces the template. The SR's Patient and Study modules are copied
+from the first derived image, made to conform first (`conformance.conformant_header`): highdicom
+needs their type-2 attributes present and valid, and a de-identified source lacks some.
 """
 
 import math
@@ -19,7 +21,9 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
 from dicomnode import __version__
+from dicomnode.dicom.conformance import conformant_header
 from dicomnode.dicom.derive import MANUFACTURER, derived_uid
+from dicomnode.errors import ImageDeclined
 from dicomnode.imaging.outcome import ImageOutcome
 
 SCHEME = "99DCMNODE"
@@ -87,6 +91,7 @@ def metrics_report(
     """The Comprehensive SR for one derived series (sent after its images)."""
     if not images:
         raise ValueError("a metrics report needs at least one image")
+    evidence = _evidence(images)  # first: it checks every image can be referenced
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -101,7 +106,6 @@ def metrics_report(
         procedure_reported=PROCEDURE,
         imaging_measurements=[_group(i, m, series_uid) for i, m in enumerate(images)],
     )
-    evidence = [m.derived for m in images] + [m.source for m in images]
     with warnings.catch_warnings():
         # highdicom warns about unusual PatientName forms *quoting the name*: that is PHI,
         # and it must not reach an operator's log.
@@ -113,6 +117,25 @@ def metrics_report(
     scheme.CodingSchemeResponsibleOrganization = "dicomnode project"
     sr.CodingSchemeIdentificationSequence = [scheme]
     return sr
+
+
+def _reference(ds: Dataset) -> Dataset:
+    """The four UIDs highdicom files an evidence item by (PS3.3 C.17.2.1), nothing else."""
+    item = Dataset()
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not ds.get(keyword):
+            sop = ds.get("SOPInstanceUID", "(no SOPInstanceUID)")
+            raise ImageDeclined(f"sop={sop}: {keyword} is missing; the SR cannot reference it")
+        setattr(item, keyword, ds[keyword].value)
+    return item
+
+
+def _evidence(images: Sequence[ImageMeasures]) -> list[Dataset]:
+    """Derived then source images; the first, whose Patient/Study modules the SR copies, as a
+    conformant header, the others as bare references (never the callers' datasets)."""
+    first = conformant_header(images[0].derived)
+    rest = [m.derived for m in images[1:]] + [m.source for m in images]
+    return [first, *(_reference(ds) for ds in rest)]
 
 
 def _comprehensive_sr(

@@ -1,0 +1,155 @@
+"""Copies of a source's header that conform to the IOD of what we build from them.
+
+Real series arrive de-identified (type-2 attributes such as PatientBirthDate dropped) or with
+values that break PS3.5 (an ISO date `1970-01-01` in a DA). A derived image and the metrics SR
+copy the Patient, Study, Series and Equipment modules from their source, so that copy is made to
+conform first: type-2 attributes of the IOD's mandatory modules present (empty when unknown,
+PS3.5 7.4.3), and invalid values of those four modules replaced rather than carried on. The
+source dataset is never modified. Which attribute has which type comes from highdicom's tables of
+the standard; whether a value is valid, from pydicom's VR validators.
+"""
+
+import copy
+import logging
+import warnings
+from functools import lru_cache
+
+from highdicom._standard_utils import (  # highdicom's tables of PS3.3 (IODs, modules, types)
+    get_iod_module_map,
+    get_module_attribute_map,
+    get_sop_class_iod_map,
+)
+from pydicom import Dataset, config
+from pydicom.datadict import dictionary_VR
+from pydicom.valuerep import STR_VR, validate_value
+
+from dicomnode.errors import ImageDeclined
+
+log = logging.getLogger(__name__)
+
+# Information entities whose attributes a derived object copies from its source unchanged
+# (PS3.3 A.1.2): their values must be valid for the new object to be.
+COPIED_ENTITIES = frozenset({"Patient", "Study", "Series", "Equipment"})
+# Enumerated values (pydicom checks a CS's characters, not its terms).
+ENUMERATED = {
+    "PatientSex": frozenset({"M", "F", "O"}),  # PS3.3 C.7.1.1
+    "PatientIdentityRemoved": frozenset({"YES", "NO"}),  # PS3.3 C.7.1.1
+    "PatientSexNeutered": frozenset({"ALTERED", "UNALTERED"}),  # PS3.3 C.7.2.2
+}
+# Strictest first: an attribute in several modules of one IOD keeps its strictest type.
+_TYPE_ORDER = ("1", "1C", "2", "2C", "3")
+
+
+@lru_cache(maxsize=64)
+def _attribute_types(sop_class_uid: str) -> tuple[dict[str, str], tuple[str, ...]] | None:
+    """(keyword → type in the copied entities' modules, type-2 keywords of mandatory modules),
+    or None when the SOP class's IOD is not in the standard."""
+    iod = get_sop_class_iod_map().get(sop_class_uid)
+    if iod is None:
+        return None
+    modules = get_module_attribute_map()
+    types: dict[str, str] = {}
+    required_empty: list[str] = []
+    for module in get_iod_module_map()[iod]:
+        for attribute in modules[module["key"]]:
+            if attribute["path"]:  # nested in a sequence: the sequence's own rules apply
+                continue
+            keyword, kind = str(attribute["keyword"]), str(attribute["type"])
+            kind = kind if kind in _TYPE_ORDER else "3"
+            if module["ie"] in COPIED_ENTITIES:
+                known = types.get(keyword, "3")
+                types[keyword] = min(known, kind, key=_TYPE_ORDER.index)
+            # PS3.3 A.1.3: a mandatory module's type-2 attributes are always present.
+            if module["usage"] == "M" and kind == "2" and keyword not in required_empty:
+                required_empty.append(keyword)
+    return types, tuple(required_empty)
+
+
+def _types_for(ds: Dataset, sop: str) -> tuple[dict[str, str], tuple[str, ...]]:
+    sop_class = str(ds.get("SOPClassUID", ""))
+    found = _attribute_types(sop_class)
+    if found is None:
+        raise ImageDeclined(
+            f"sop={sop}: SOPClassUID {sop_class or '(missing)'} is not a standard storage "
+            "class; its IOD (PS3.3 Annex A), and so what it requires, is unknown"
+        )
+    return found
+
+
+def required_empty_keywords(sop_class_uid: str) -> tuple[str, ...]:
+    """The type-2 attributes an instance of this SOP class must carry, empty if unknown."""
+    found = _attribute_types(str(sop_class_uid))
+    return found[1] if found else ()
+
+
+def is_valid(ds: Dataset, keyword: str) -> bool:
+    """Whether the present attribute's value conforms to its VR (PS3.5 6.2) and enumeration.
+
+    pydicom's own validators decide; their messages quote the value, so only the verdict is used.
+    """
+    try:
+        with warnings.catch_warnings():
+            # pydicom warns quoting the value when it converts an invalid one (PHI); its
+            # "pydicom" logger logs the same line, which the node's logging set-up must mute.
+            warnings.simplefilter("ignore", UserWarning)
+            element = ds[keyword]
+    except ValueError:  # reading_validation_mode RAISE: the conversion itself refused it
+        return False
+    if element.VR == "SQ" or element.VM == 0:
+        return True
+    values = element.value if element.VM > 1 else [element.value]
+    for value in values:
+        # The validators read text: IS, DS, PN, ... values are checked in their string form.
+        text = str(value) if element.VR in STR_VR else value
+        try:
+            validate_value(element.VR, text, config.RAISE)
+        except ValueError:
+            return False
+        if keyword in ENUMERATED and str(value) not in ENUMERATED[keyword]:
+            return False
+    return True
+
+
+def _set_empty(ds: Dataset, keyword: str) -> None:
+    vr = dictionary_VR(keyword)
+    ds.add_new(keyword, vr, [] if vr == "SQ" else None)
+
+
+def conform(ds: Dataset) -> tuple[str, ...]:
+    """Make `ds`, a copy the caller owns, conform; return the keywords changed (no values).
+
+    An invalid value of the Patient/Study/Series/Equipment modules becomes empty where the
+    attribute is type 2/2C (PS3.5 7.4.3: present, zero length when unknown) and is removed where
+    it is type 3 or 1C (the standard never requires a wrong value). Type-1 values are kept: they
+    are the identity (StudyInstanceUID, Modality, ...) shared with the source, and a source that
+    carries a wrong one already breaks the same rule. Absent type-2 attributes of the IOD's
+    mandatory modules are written empty.
+    """
+    sop = str(ds.get("SOPInstanceUID", "(no SOPInstanceUID)"))
+    types, required_empty = _types_for(ds, sop)
+    changed = []
+    for keyword, kind in types.items():
+        if keyword not in ds or kind == "1" or is_valid(ds, keyword):
+            continue
+        if kind in ("2", "2C"):
+            _set_empty(ds, keyword)
+        else:
+            del ds[keyword]
+        changed.append(keyword)
+    for keyword in required_empty:
+        if keyword not in ds:
+            _set_empty(ds, keyword)
+            changed.append(keyword)
+    if changed:
+        log.debug("conformed sop=%s attributes=%s", sop, ",".join(changed))
+    return tuple(changed)
+
+
+def conformant_header(source: Dataset) -> Dataset:
+    """A conformant copy of `source` without its pixel data: evidence for an SR."""
+    header = copy.deepcopy(source)
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in header:
+            del header[keyword]
+    conform(header)
+    return header
