@@ -6,6 +6,7 @@ This is the only module that reads settings files or the environment. Every oper
 """
 
 import dataclasses
+import importlib
 import json
 import os
 import re
@@ -249,8 +250,16 @@ class EnhanceSettings:
     srcnn_series_offset: int = 1000
     baseline_series_offset: int = 2000
     report_series_offset: int = 100  # the metrics SR: derived series number + this
+    plugins: list[str] = field(default_factory=list)  # modules that register more methods
 
     def validate(self) -> None:
+        for module in self.plugins:
+            try:
+                importlib.import_module(module)  # registers its methods (registry.register)
+            except ImportError as exc:
+                raise ConfigError(
+                    f"setting enhance.plugins: cannot import {module!r}: {exc}"
+                ) from exc
         for method in self.methods:
             _check(
                 method in METHODS,

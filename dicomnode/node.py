@@ -18,8 +18,10 @@ from dicomnode.dicom.tls import client_tls_args
 from dicomnode.pipeline import JobRunner
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.retention import purge_delivered
+from dicomnode.pipeline.runner import job_parts
 from dicomnode.receive import start_receiver
 from dicomnode.spool import Spool
+from dicomnode.status import JobPart
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ class Node:
         self._server = start_receiver(self.settings, self.spool, self.db)
         workers = self.settings.worker
         scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(workers.workers + 3)}, timezone=UTC
+            executors={"default": ThreadPoolExecutor(workers.workers + 4)}, timezone=UTC
         )
         logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunFilter())
         every = {
@@ -72,9 +74,11 @@ class Node:
         }
         destinations = [d.name for d in self.settings.destinations]
         quiet = self.settings.completion.series_quiet_seconds
+        parts = job_parts(self.settings.enhance)
         scheduler.add_job(
             _guarded(
-                "completion", lambda: create_jobs_for_quiet_series(self.db, quiet, destinations)
+                "completion",
+                lambda: create_jobs_for_quiet_series(self.db, quiet, destinations, parts),
             ),
             id="completion",
             seconds=min(workers.poll_seconds, quiet),
@@ -95,13 +99,19 @@ class Node:
             seconds=self.settings.retention.check_seconds,
             **every,
         )
-        host = socket.gethostname()
-        for index in range(workers.workers):
-            owner = f"{host}:{os.getpid()}:w{index}"
-            runner = JobRunner(self.settings, self.db, self.spool, owner, self._deliveries)
+        # One router for the originals (it only hands series to the delivery queues, so it is
+        # never busy for long) and `workers` workers for the enhancement: the originals of a
+        # series never wait for another series' enhancement.
+        prefix = f"{socket.gethostname()}:{os.getpid()}"
+        runners = [("router", JobPart.ORIGINALS)]
+        runners += [(f"w{index}", JobPart.DERIVED) for index in range(workers.workers)]
+        for name, part in runners:
+            runner = JobRunner(
+                self.settings, self.db, self.spool, f"{prefix}:{name}", self._deliveries, part
+            )
             scheduler.add_job(
-                _guarded(f"worker-{index}", runner.run_due_jobs),
-                id=f"worker-{index}",
+                _guarded(name, runner.run_due_jobs),
+                id=name,
                 seconds=workers.poll_seconds,
                 **every,
             )

@@ -75,6 +75,13 @@ BASELINE = MethodSpec(
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (SRCNN, BASELINE)}
 
 
+def register(spec: MethodSpec) -> None:
+    """Add a method (from a module named in `enhance.plugins`); a name is taken only once."""
+    if spec.name in METHODS and METHODS[spec.name] != spec:
+        raise ValueError(f"a method named {spec.name!r} is already registered")
+    METHODS[spec.name] = spec
+
+
 def method_spec(name: str) -> MethodSpec:
     """The spec of a configured method (names are validated when the settings are loaded)."""
     return METHODS[name]

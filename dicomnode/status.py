@@ -24,6 +24,14 @@ class JobStatus(enum.StrEnum):
 ACTIVE_STATUSES = (JobStatus.PROCESSING, JobStatus.FORWARDING)
 
 
+class JobPart(enum.StrEnum):
+    """What a job delivers. A series gets one job per part, so the originals reach the PACS at
+    once, whatever happens to the enhancement (ARCHITECTURE.md: "The router comes first")."""
+
+    ORIGINALS = "originals"  # the instances as received, to every destination
+    DERIVED = "derived"  # the enhancement: derived series and metrics reports
+
+
 class DeliveryStatus(enum.StrEnum):
     """One destination's part of a job."""
 

@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from dicomnode.cli.common import (
     ConfigOption,
@@ -33,7 +34,9 @@ def enhance(
     """Enhance every series under IN_DIR like a job would, writing to OUT_DIR.
 
     Per series and method: a derived series (<series UID>/<SOP UID>.dcm) and its metrics SR;
-    for the whole run: metrics.csv (one row per image and method) and comparison.png.
+    for the whole run: metrics.csv (one row per image and method) and comparison.png. A series
+    that cannot be enhanced gets one line with its reason and the others go on; the exit code
+    is then 1.
     """
     from dataclasses import replace
 
@@ -52,6 +55,8 @@ def enhance(
 
     from rich.progress import track
 
+    from dicomnode.errors import DicomNodeError
+    from dicomnode.imaging.outcome import NOTHING_DERIVED
     from dicomnode.pipeline.enhancement import enhance_series
     from dicomnode.pipeline.methods import configured_methods
     from dicomnode.pipeline.offline import (
@@ -71,18 +76,38 @@ def enhance(
         out_dir.mkdir(parents=True, exist_ok=True)
         sink = file_sink(out_dir)
         rows = []
+        failed: list[str] = []
         for index, (series_uid, inputs) in enumerate(
             track(sorted(series.items()), description="enhancing", console=error_console)
         ):
-            outcome = enhance_series(index, inputs, settings, methods, sink).outcome
+            try:
+                outcome = enhance_series(index, inputs, settings, methods, sink).outcome
+            except Exception as exc:  # one series' failure must not stop the others
+                reason = str(exc) if isinstance(exc, DicomNodeError) else _internal(exc)
+                error_console.print(
+                    f"series {series_uid}: failed: {escape(reason)}", soft_wrap=True
+                )
+                failed.append(series_uid)
+                continue
             for declined in outcome.declined:
-                error_console.print(f"not enhanced: {declined.reason}")
+                error_console.print(f"not enhanced: {escape(declined.reason)}", soft_wrap=True)
             if not outcome.done:
-                error_console.print(f"series {series_uid}: {outcome.status}")
+                error_console.print(
+                    f"series {series_uid}: {escape(outcome.status)}", soft_wrap=True
+                )
+                if outcome.status == NOTHING_DERIVED:
+                    failed.append(series_uid)
                 continue
             for method_outcome in outcome.methods:
-                console.print(describe(method_outcome, out_dir))
-            rows.extend(metrics_rows(series_uid, outcome.methods))
-            if index == 0:
+                console.print(escape(describe(series_uid, method_outcome, out_dir)), soft_wrap=True)
+            if not rows:
                 comparison_figure(inputs, outcome.methods, out_dir, out_dir / "comparison.png")
+            rows.extend(metrics_rows(series_uid, outcome.methods))
         write_metrics_csv(rows, out_dir / "metrics.csv")
+    if failed:
+        fail(f"{len(failed)} of {len(series)} series could not be enhanced (see above)")
+
+
+def _internal(exc: Exception) -> str:
+    """An unexpected error in one line (the traceback is for `--debug` runs of the node)."""
+    return f"internal error: {type(exc).__name__}: {exc}"

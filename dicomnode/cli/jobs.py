@@ -70,6 +70,7 @@ def list_(
         return
     table = Table(
         "id",
+        "part",
         "status",
         "attempts",
         "instances",
@@ -82,6 +83,7 @@ def list_(
     for job in jobs:
         table.add_row(
             str(job.id),
+            job.part,
             _status(job.status),
             str(job.attempts),
             str(job.instances),
@@ -93,11 +95,12 @@ def list_(
     console.print(table)
 
 
-def _print_job(job: "JobRecord") -> None:
+def _print_job(job: "JobRecord", siblings: "list[JobRecord]") -> None:
     data = job.as_dict()
     table = Table(show_header=False, box=None)
     for key in (
         "id",
+        "part",
         "status",
         "attempts",
         "instances",
@@ -129,6 +132,11 @@ def _print_job(job: "JobRecord") -> None:
         from dicomnode.imaging.outcome import SeriesOutcome
 
         _print_details(SeriesOutcome.from_dict(job.details))
+    if siblings:
+        console.print(
+            "other jobs of this series: "
+            + ", ".join(f"{s.id} ({s.part}: {_status(s.status)})" for s in siblings)
+        )
 
 
 def _print_details(outcome: "SeriesOutcome") -> None:
@@ -165,15 +173,6 @@ def _print_details(outcome: "SeriesOutcome") -> None:
         console.print(f"not enhanced: {declined.reason}")
 
 
-def _load_job(config: ConfigOption, job_id: int) -> "JobRecord":
-    from dicomnode.db.jobs import get_job
-
-    job = get_job(_database(settings_from(config)), job_id)
-    if job is None:
-        fail(f"job {job_id} does not exist")
-    return job
-
-
 @app.command("show")
 def show(
     job_id: Annotated[int, typer.Argument(metavar="ID")],
@@ -181,11 +180,17 @@ def show(
     config: ConfigOption = None,
 ) -> None:
     """Show one job with its deliveries."""
-    job = _load_job(config, job_id)
+    from dicomnode.db.jobs import get_job, list_jobs
+
+    db = _database(settings_from(config))
+    job = get_job(db, job_id)
+    if job is None:
+        fail(f"job {job_id} does not exist")
     if as_json:
         print(json.dumps(job.as_dict(), indent=2))
     else:
-        _print_job(job)
+        siblings = [s for s in list_jobs(db, series_uid=job.series_uid) if s.id != job.id]
+        _print_job(job, siblings)
 
 
 @app.command("retry")

@@ -1,12 +1,13 @@
 """Recording received instances and the completion rule that turns quiet series into jobs."""
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session
 
 from dicomnode.db.engine import Database
 from dicomnode.db.models import (
@@ -18,7 +19,7 @@ from dicomnode.db.models import (
     utcnow,
 )
 from dicomnode.db.records import ReceivedInstance
-from dicomnode.status import JobStatus
+from dicomnode.status import JobPart, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,12 @@ def record_instance(
 
 
 def create_jobs_for_quiet_series(
-    db: Database, quiet_seconds: float, destinations: list[str]
+    db: Database, quiet_seconds: float, destinations: list[str], parts: Sequence[JobPart]
 ) -> list[int]:
-    """Turn every pending series with no new instance for `quiet_seconds` into a queued job.
+    """Turn every pending series with no new instance for `quiet_seconds` into queued jobs, one
+    per part (originals, derived), each with a delivery row per destination.
 
-    The job takes all instances of the series; older jobs of the series that have not started
+    The jobs take all instances of the series; older jobs of the same part that have not started
     yet are cancelled as superseded, so a late instance never causes two runs of the same work.
     """
     cutoff = utcnow() - timedelta(seconds=quiet_seconds)
@@ -97,43 +99,56 @@ def create_jobs_for_quiet_series(
             select(Series).where(Series.pending.is_(True), Series.last_received_at <= cutoff)
         ).all()
         for series in quiet:
-            now = utcnow()
             series.pending = False
-            job = Job(
-                study_uid=series.study_uid,
-                series_uid=series.series_uid,
-                status=JobStatus.QUEUED,
-                created_at=now,
-                updated_at=now,
-                next_attempt_at=now,
-            )
-            session.add(job)
-            session.flush()
             sop_uids = session.scalars(
                 select(Instance.sop_instance_uid).where(Instance.series_uid == series.series_uid)
             ).all()
-            session.add_all(JobInstance(job_id=job.id, sop_instance_uid=uid) for uid in sop_uids)
-            session.add_all(Delivery(job_id=job.id, destination=name) for name in destinations)
-            session.execute(
-                update(Job)
-                .where(
-                    Job.series_uid == series.series_uid,
-                    Job.id != job.id,
-                    Job.status.in_([JobStatus.QUEUED, JobStatus.FAILED]),
+            for part in parts:
+                job_id = _create_job(session, series, part, sop_uids, destinations)
+                created.append(job_id)
+                log.info(
+                    "job created job=%d part=%s study=%s series=%s instances=%d",
+                    job_id,
+                    part,
+                    series.study_uid,
+                    series.series_uid,
+                    len(sop_uids),
                 )
-                .values(
-                    status=JobStatus.CANCELLED, error=f"superseded by job {job.id}", updated_at=now
-                )
-            )
-            created.append(job.id)
-            log.info(
-                "job created job=%d study=%s series=%s instances=%d",
-                job.id,
-                series.study_uid,
-                series.series_uid,
-                len(sop_uids),
-            )
     return created
+
+
+def _create_job(
+    session: Session,
+    series: Series,
+    part: JobPart,
+    sop_uids: Sequence[str],
+    destinations: list[str],
+) -> int:
+    now = utcnow()
+    job = Job(
+        study_uid=series.study_uid,
+        series_uid=series.series_uid,
+        part=part,
+        status=JobStatus.QUEUED,
+        created_at=now,
+        updated_at=now,
+        next_attempt_at=now,
+    )
+    session.add(job)
+    session.flush()
+    session.add_all(JobInstance(job_id=job.id, sop_instance_uid=uid) for uid in sop_uids)
+    session.add_all(Delivery(job_id=job.id, destination=name) for name in destinations)
+    session.execute(
+        update(Job)
+        .where(
+            Job.series_uid == series.series_uid,
+            Job.part == part,
+            Job.id != job.id,
+            Job.status.in_([JobStatus.QUEUED, JobStatus.FAILED]),
+        )
+        .values(status=JobStatus.CANCELLED, error=f"superseded by job {job.id}", updated_at=now)
+    )
+    return job.id
 
 
 def instance_paths(db: Database) -> dict[Path, str]:

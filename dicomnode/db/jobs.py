@@ -25,7 +25,7 @@ from dicomnode.db.transitions import (
     after_attempt,
     after_lapsed_lease,
 )
-from dicomnode.status import ACTIVE_STATUSES, DeliveryStatus, JobStatus
+from dicomnode.status import ACTIVE_STATUSES, DeliveryStatus, JobPart, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ def job_record(session: Session, job: Job) -> JobRecord:
         id=job.id,
         study_uid=job.study_uid,
         series_uid=job.series_uid,
+        part=JobPart(job.part),
         status=JobStatus(job.status),
         attempts=job.attempts,
         instances=count or 0,
@@ -79,22 +80,32 @@ def job_ids(db: Database) -> set[int]:
         return set(session.scalars(select(Job.id)))
 
 
-def list_jobs(db: Database, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
-    """Newest first."""
+def list_jobs(
+    db: Database,
+    status: JobStatus | None = None,
+    limit: int = 100,
+    series_uid: str | None = None,
+) -> list[JobRecord]:
+    """Newest first; only those in `status`, or of one series, when given."""
     with db.session() as session:
         query = select(Job).order_by(Job.id.desc()).limit(limit)
         if status is not None:
             query = query.where(Job.status == status)
+        if series_uid is not None:
+            query = query.where(Job.series_uid == series_uid)
         return [job_record(session, job) for job in session.scalars(query).all()]
 
 
-def claim_next_job(db: Database, owner: str, lease_seconds: float) -> JobRecord | None:
-    """Take the oldest due job (queued, or failed and due again) under a lease."""
+def claim_next_job(
+    db: Database, owner: str, lease_seconds: float, part: JobPart
+) -> JobRecord | None:
+    """Take the oldest due job of `part` (queued, or failed and due again) under a lease."""
     now = utcnow()
     with db.session() as session:
         due = (
             select(Job.id)
             .where(
+                Job.part == part,
                 Job.status.in_([JobStatus.QUEUED, JobStatus.FAILED]),
                 Job.next_attempt_at <= now,
             )
@@ -248,7 +259,9 @@ def finish_attempt(
             hold=hold,
         )
         newer = session.scalar(
-            select(func.max(Job.id)).where(Job.series_uid == job.series_uid, Job.id > job.id)
+            select(func.max(Job.id)).where(
+                Job.series_uid == job.series_uid, Job.part == job.part, Job.id > job.id
+            )
         )
         transition = after_attempt(outcome, job.attempts, policy, newer)
         job.status, job.error = transition.status, transition.error

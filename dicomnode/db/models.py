@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from dicomnode.status import DeliveryStatus, JobStatus
+from dicomnode.status import DeliveryStatus, JobPart, JobStatus
 
 
 def utcnow() -> datetime:
@@ -54,7 +54,7 @@ class Instance(Base):
 
 
 class Job(Base):
-    """One source series to process and deliver."""
+    """One part (originals or derived) of one source series to process and deliver."""
 
     __tablename__ = "jobs"
     # AUTOINCREMENT: SQLite would otherwise hand a purged job's id to the next job, and logs,
@@ -67,6 +67,9 @@ class Job(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     study_uid: Mapped[str] = mapped_column(String(64))
     series_uid: Mapped[str] = mapped_column(String(64), index=True)
+    # A database from before parts holds jobs that did both; they resume as originals jobs, so
+    # nothing received is left unsent (their enhancement is not redone).
+    part: Mapped[str] = mapped_column(String(16), default=JobPart.ORIGINALS)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)

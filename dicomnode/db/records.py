@@ -5,7 +5,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dicomnode.status import DeliveryStatus, JobStatus
+from dicomnode.status import DeliveryStatus, JobPart, JobStatus
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class JobRecord:
     id: int
     study_uid: str
     series_uid: str
+    part: JobPart
     status: JobStatus
     attempts: int
     instances: int
@@ -70,6 +71,7 @@ class JobRecord:
             "id": self.id,
             "study_uid": self.study_uid,
             "series_uid": self.series_uid,
+            "part": self.part,
             "status": self.status,
             "attempts": self.attempts,
             "instances": self.instances,

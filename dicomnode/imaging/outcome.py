@@ -21,6 +21,7 @@ from dicomnode.imaging.qa import QaVerdict, Verdict, worst_verdict
 
 DIGITS = 4
 DONE = "done"
+NOTHING_DERIVED = "skipped: no derived image could be built (see skipped)"
 
 
 def reported(value: float) -> float:

@@ -1,15 +1,17 @@
 """Deliveries: one queue per destination, so a PACS that hangs only ever delays itself.
 
-A worker processes a job, then hands its series to the queue of each destination still missing
-them and goes on to the next job. Each queue has `worker.workers` threads (with one, series go out
-in the order their jobs were processed); a destination that hangs holds up its own queue for at
-most the network timeouts per association, never another destination's. Workers stop taking new
-jobs while `MAX_JOBS_FORWARDING_PER_WORKER` of theirs wait in the queues.
+A runner processes a job (originals or derived), then hands its series to the queue of each
+destination still missing them and goes on to the next job. Each queue has `worker.workers`
+threads (with one, series go out in the order their jobs were handed over: a series' originals
+before its derived series); a destination that hangs holds up its own queue for at most the
+network timeouts per association, never another destination's. Runners stop taking new jobs
+while `MAX_JOBS_FORWARDING_PER_WORKER` of their part wait in the queues.
 The job is finished (done, failed with a retry time, or dead) when its last delivery returns.
 """
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -18,6 +20,7 @@ from dicomnode.db import Database, DeliveryStatus, JobRecord, SpooledInstance
 from dicomnode.db.jobs import holds_lease, record_delivery
 from dicomnode.errors import ForwardError
 from dicomnode.forward import send_series
+from dicomnode.status import JobPart
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +86,16 @@ class DeliveryQueues:
         self.db = db
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._lock = threading.Lock()
-        self._jobs_in_flight = 0
+        self._jobs_in_flight: Counter[JobPart] = Counter()
         self._abandoned: list[Callable[[], None]] = []
         self._futures: dict[Future[None], Callable[[], None]] = {}
 
-    @property
-    def jobs_in_flight(self) -> int:
-        """Jobs handed over whose deliveries have not all returned (workers hold back above a
-        limit, so a destination that is down cannot make the node take every job at once)."""
+    def jobs_in_flight(self, part: JobPart) -> int:
+        """Jobs of `part` handed over whose deliveries have not all returned (runners hold back
+        above a limit, so a destination that is down cannot make the node take every job at
+        once; counted per part, so waiting originals never hold back the enhancement)."""
         with self._lock:
-            return self._jobs_in_flight
+            return self._jobs_in_flight[part]
 
     def submit(
         self,
@@ -110,7 +113,7 @@ class DeliveryQueues:
         executors = {name: self._executor(name) for name in destinations}
         pending = _Pending(len(destinations), finish)
         with self._lock:
-            self._jobs_in_flight += 1
+            self._jobs_in_flight[job.part] += 1
         for name, executor in executors.items():
             future = executor.submit(self._run, pending, job, name, outgoing)
             with self._lock:
@@ -162,7 +165,7 @@ class DeliveryQueues:
         finally:
             if pending.one_done():
                 with self._lock:
-                    self._jobs_in_flight -= 1
+                    self._jobs_in_flight[job.part] -= 1
                 try:
                     pending.finish()
                 except Exception:  # an executor would swallow it silently

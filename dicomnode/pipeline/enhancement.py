@@ -11,34 +11,22 @@ and per method); its `as_dict()` is the job's `details`.
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
-from io import BytesIO
-from pathlib import Path
 
 import numpy as np
-from pydicom import Dataset, dcmread
-from pydicom.errors import InvalidDicomError
 
 from dicomnode.config import Settings
 from dicomnode.db import SpooledInstance
-from dicomnode.dicom.derive import (
-    Derivation,
-    derived_instance,
-    derived_instance_uid,
-    derived_series_uid,
-    derived_uid,
-)
-from dicomnode.dicom.report import ImageMeasures, metrics_report
-from dicomnode.errors import ImageDeclined
+from dicomnode.dicom.derive import derived_instance_uid
 from dicomnode.imaging.degrade import Degradation, resample
 from dicomnode.imaging.enhance import Method, enhance_stack
 from dicomnode.imaging.metrics import compare, self_check
 from dicomnode.imaging.normalize import CT_HU_RANGE
 from dicomnode.imaging.outcome import (
     DONE,
+    NOTHING_DERIVED,
     DeclinedImage,
     ImageOutcome,
     MethodOutcome,
@@ -47,27 +35,12 @@ from dicomnode.imaging.outcome import (
     reported,
     reported_fidelity,
 )
-from dicomnode.imaging.pixels import ModalityImage, to_modality, to_stored
 from dicomnode.imaging.qa import assess
+from dicomnode.pipeline.derived_output import Sink, derivation_for, write_derived_series
 from dicomnode.pipeline.methods import qa_thresholds
-from dicomnode.registry import method_spec
-from dicomnode.spool import Spool
+from dicomnode.pipeline.sources import SourceImage, load_sources
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SourceImage:
-    dataset: Dataset
-    image: ModalityImage
-
-    @property
-    def sop(self) -> str:
-        return str(self.dataset.SOPInstanceUID)
-
-    @property
-    def modality(self) -> str:
-        return str(self.dataset.get("Modality", "")).upper()
 
 
 @dataclass(frozen=True)
@@ -78,21 +51,6 @@ class SeriesOutput:
     outcome: SeriesOutcome
     # Source instances no derived image stands for (undecodable, or the series not enhanced).
     unenhanced: set[str] = field(default_factory=set)
-
-
-def _load(inputs: list[SpooledInstance]) -> tuple[list[SourceImage], tuple[DeclinedImage, ...]]:
-    images, declined = [], []
-    for item in inputs:
-        try:
-            dataset = dcmread(item.path)
-            images.append(SourceImage(dataset, to_modality(dataset)))
-        except ImageDeclined as exc:
-            declined.append(DeclinedImage(item.sop_instance_uid, str(exc)))
-        except (InvalidDicomError, OSError, ValueError) as exc:
-            reason = f"sop={item.sop_instance_uid}: cannot read {item.path}: {exc}"
-            declined.append(DeclinedImage(item.sop_instance_uid, reason))
-    images.sort(key=lambda s: (int(s.dataset.get("InstanceNumber", 0) or 0), s.sop))
-    return images, tuple(declined)
 
 
 def _enhance_all(images: list[SourceImage], method: Method) -> list[np.ndarray]:
@@ -114,10 +72,6 @@ def _enhance_all(images: list[SourceImage], method: Method) -> list[np.ndarray]:
             outputs[i] = result[start : start + frames]
             start += frames
     return outputs
-
-
-def _upsampled(mask: np.ndarray, scale: int) -> np.ndarray:
-    return np.repeat(np.repeat(mask, scale, axis=-2), scale, axis=-1) if scale > 1 else mask
 
 
 def _on_source_grid(output: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -166,48 +120,6 @@ def _measure(
     )
 
 
-def _comment(method: Method, image: ImageOutcome) -> str:
-    text = (
-        f"{method.name.upper()} x{method.scale} {method.version}: "
-        f"PSNR {image.fidelity.psnr_db:.2f} dB, "
-        f"SSIM {image.fidelity.ssim:.4f} vs source"
-    )
-    if image.self_check_gain_db is not None:
-        text += f"; self-check {image.self_check_gain_db:+.2f} dB vs bicubic"
-    return text + f"; QA {image.qa.verdict}"
-
-
-def _series_number(source: Dataset, offset: int) -> int:
-    return int(source.get("SeriesNumber", 0) or 0) + offset
-
-
-Sink = Callable[[Dataset], SpooledInstance]
-
-
-def encoded(ds: Dataset) -> bytes:
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def spooled(ds: Dataset, path: Path) -> SpooledInstance:
-    return SpooledInstance(
-        str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID), path
-    )
-
-
-def outbox_sink(spool: Spool, job_id: int) -> Sink:
-    """Where a job's outputs go: the spool's outbox, durably."""
-
-    def write(ds: Dataset) -> SpooledInstance:
-        data = encoded(ds)
-        return spooled(
-            ds, spool.write_outbox(job_id, ds.SeriesInstanceUID, ds.SOPInstanceUID, data)
-        )
-
-    return write
-
-
 class _Stopwatch:
     """Seconds per stage, for the job's timings."""
 
@@ -223,80 +135,12 @@ class _Stopwatch:
             self.seconds[name] = time.perf_counter() - started
 
 
-def _derivation(images: list[SourceImage], method: Method, settings: Settings) -> Derivation:
-    """What the derived series of `method` is: its UIDs, number, description and codes."""
-    enhance = settings.enhance
-    spec = method_spec(method.name)
-    first = images[0].dataset
-    root = enhance.uid_root or None
-    description = f"{method.name.upper()} x{method.scale} {first.get('SeriesDescription', '')}"
-    return Derivation(
-        method=method.name,
-        version=method.version,
-        scale=method.scale,
-        codes=tuple(spec.codes(method.scale)),
-        description=(
-            f"dicomnode {method.name} {method.version}, scale {method.scale}; "
-            "intensities in the source's rescale; metrics vs source in ImageComments"
-        ),
-        series_uid=derived_series_uid(str(first.SeriesInstanceUID), method.version, root),
-        series_number=_series_number(first, spec.series_offset(enhance)),
-        series_description=description.strip(),
-        uid_root=root,
-        processed_at=datetime.now(),
-    )
-
-
-@dataclass(frozen=True)
-class _Written:
-    images: list[SpooledInstance]
-    report: SpooledInstance
-    report_series_uid: str
-
-
-def _write(
-    images: list[SourceImage],
-    outputs: list[np.ndarray],
-    measured: list[ImageOutcome],
-    method: Method,
-    derivation: Derivation,
-    settings: Settings,
-    sink: Sink,
-) -> _Written:
-    """The derived images, then the metrics report that references them, each to `sink`."""
-    sources = [(str(s.dataset.SOPClassUID), s.sop) for s in images]
-    files, reported_images = [], []
-    for source, output, image in zip(images, outputs, measured, strict=True):
-        padding = _upsampled(source.image.padding, method.scale)
-        padding_stored = _upsampled(source.image.stored, method.scale)
-        stored = to_stored(output, source.image.domain, padding, padding_stored)
-        derived = derived_instance(
-            source.dataset,
-            stored,
-            derivation,
-            series_sources=sources,
-            comments=_comment(method, image),
-        )
-        files.append(sink(derived))
-        reported_images.append(ImageMeasures(derived, source.dataset, image))
-    root = derivation.uid_root
-    report_series = derived_uid(root, "report-series", derivation.series_uid)
-    report = metrics_report(
-        reported_images,
-        series_uid=report_series,
-        series_number=derivation.series_number + settings.enhance.report_series_offset,
-        sop_uid=derived_uid(root, "report", derivation.series_uid, method.version),
-        description=f"Metrics {derivation.series_description}".strip(),
-    )
-    return _Written(files, sink(report), report_series)
-
-
 def _run_method(
     images: list[SourceImage], method: Method, settings: Settings, sink: Sink
-) -> tuple[list[list[SpooledInstance]], MethodOutcome]:
+) -> tuple[list[list[SpooledInstance]], MethodOutcome | None, list[DeclinedImage]]:
     """enhance → measure → write → summarise, for one method on the whole series."""
     clock = _Stopwatch()
-    derivation = _derivation(images, method, settings)
+    derivation = derivation_for(images, method, settings)
     with clock.stage("enhance_s"):
         outputs = _enhance_all(images, method)
     with clock.stage("measure_s"):
@@ -312,7 +156,11 @@ def _run_method(
             for source, output in zip(images, outputs, strict=True)
         ]
     with clock.stage("write_s"):
-        written = _write(images, outputs, measured, method, derivation, settings, sink)
+        written, declined = write_derived_series(
+            images, outputs, measured, method, derivation, settings, sink
+        )
+    if written is None:
+        return [], None, declined
     outcome = MethodOutcome(
         method=method.name,
         version=method.version,
@@ -322,10 +170,10 @@ def _run_method(
         derived_series_uid=derivation.series_uid,
         report_series_uid=written.report_series_uid,
         report_sop_uid=written.report.sop_instance_uid,
-        images=tuple(measured),
+        images=written.measured,
         timings=StageTimings(**clock.seconds),
     )
-    return [written.images, [written.report]], outcome
+    return [written.images, [written.report]], outcome, declined
 
 
 def enhance_series(
@@ -337,21 +185,30 @@ def enhance_series(
 ) -> SeriesOutput:
     """Derived series and reports for every method, each file handed to `sink` to store."""
     started = time.perf_counter()
-    images, declined = _load(inputs)
+    images, declined = load_sources(inputs)
     load_s = time.perf_counter() - started
-    unenhanced = {item.sop for item in declined}
     if not images:
         status = "skipped: no image in the series can be enhanced"
-        return SeriesOutput([], SeriesOutcome(status, load_s, declined), unenhanced)
+        return SeriesOutput([], SeriesOutcome(status, load_s, declined), _sops(declined))
     modality = images[0].modality
     if modality not in settings.enhance.modalities:
         status = f"skipped: modality {modality or '(none)'} not enabled"
         everything = {item.sop_instance_uid for item in inputs}
         return SeriesOutput([], SeriesOutcome(status, load_s, declined), everything)
     files: list[list[SpooledInstance]] = []
-    outcomes = []
+    outcomes: list[MethodOutcome] = []
     for method in methods:
-        series, outcome = _run_method(images, method, settings, sink)
+        series, outcome, left_out = _run_method(images, method, settings, sink)
+        declined += tuple(left_out)
+        if outcome is None:
+            log.warning(
+                "no derived image job=%d method=%s series=%s: %d declined",
+                job_id,
+                method.name,
+                images[0].dataset.SeriesInstanceUID,
+                len(left_out),
+            )
+            continue
         files.extend(series)
         outcomes.append(outcome)
         log.info(
@@ -365,4 +222,12 @@ def enhance_series(
             outcome.qa,
             outcome.device,
         )
-    return SeriesOutput(files, SeriesOutcome(DONE, load_s, declined, tuple(outcomes)), unenhanced)
+    status = DONE if outcomes else NOTHING_DERIVED
+    # With several methods, an image declined by one may stand derived by another; it still
+    # counts as unenhanced, so with originals off its source goes out rather than nothing.
+    result = SeriesOutcome(status, load_s, declined, tuple(outcomes))
+    return SeriesOutput(files, result, _sops(declined))
+
+
+def _sops(declined: tuple[DeclinedImage, ...]) -> set[str]:
+    return {item.sop for item in declined}

@@ -12,7 +12,7 @@ from pydicom.errors import InvalidDicomError
 from dicomnode.db import SpooledInstance
 from dicomnode.imaging.outcome import MethodOutcome
 from dicomnode.imaging.pixels import to_modality
-from dicomnode.pipeline.enhancement import Sink, encoded, spooled
+from dicomnode.pipeline.derived_output import Sink, encoded, spooled
 from dicomnode.spool import validate_uid
 
 
@@ -62,10 +62,10 @@ def comparison_figure(
     plot_enhanced(source, outputs, path, "metrics in each image's ImageComments and metrics.csv")
 
 
-def describe(method: MethodOutcome, out_dir: Path) -> str:
+def describe(series_uid: str, method: MethodOutcome, out_dir: Path) -> str:
     """One line per method and series for `dicomnode enhance`."""
     return (
-        f"{method.method} x{method.scale}: {len(method.images)} images -> "
+        f"series {series_uid}: {method.method} x{method.scale}: {len(method.images)} images -> "
         f"{out_dir / method.derived_series_uid}; PSNR {method.psnr_mean_db} dB, "
         f"SSIM {method.ssim_mean} vs source; self-check {method.self_check_gain_mean_db} dB; "
         f"QA {method.qa}; {method.device}"

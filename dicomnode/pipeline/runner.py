@@ -1,16 +1,18 @@
 """The job runner: claim a due job, check its inputs, enhance, hand it to the delivery queues.
 
-processing: the series is enhanced by each configured method into derived series and metrics
-reports in the spool's outbox (`pipeline.enhancement`); forwarding: the originals (if configured),
-then each derived series, then each report, one association per series, in each destination's
-own queue (`pipeline.delivery`), while the worker goes on to the next job. A failure anywhere
-leaves the inputs untouched and the job to the retry policy.
+A series has up to two jobs, one per part, each claimed by its own runners: an originals job
+(the instances as received, to every destination at once: a router's work, never behind an
+enhancement) and a derived job. processing: the derived job's series is enhanced by each
+configured method into derived series and metrics reports in the spool's outbox
+(`pipeline.enhancement`); forwarding: each series, one association per series, in each
+destination's own queue (`pipeline.delivery`), while the runner goes on to the next job. A
+failure anywhere leaves the inputs untouched and the job to the retry policy.
 """
 
 import logging
 import secrets
 
-from dicomnode.config import Settings
+from dicomnode.config import EnhanceSettings, Settings
 from dicomnode.db import Database, JobRecord, JobStatus, SpooledInstance
 from dicomnode.db.jobs import (
     claim_next_job,
@@ -25,14 +27,27 @@ from dicomnode.errors import DicomNodeError
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.lease import LeaseKeeper
 from dicomnode.spool import Spool
+from dicomnode.status import JobPart
 
 log = logging.getLogger(__name__)
 
 MAX_JOBS_FORWARDING_PER_WORKER = 20
 
 
+def job_parts(enhance: EnhanceSettings) -> list[JobPart]:
+    """The jobs each complete series gets: its originals (unless switched off, and always when
+    nothing is enhanced: the node is then a plain router) and its derived series (when methods
+    are configured)."""
+    parts = []
+    if enhance.forward_originals or (not enhance.methods and enhance.forward_unenhanced):
+        parts.append(JobPart.ORIGINALS)
+    if enhance.methods:
+        parts.append(JobPart.DERIVED)
+    return parts
+
+
 class JobRunner:
-    """Runs jobs for one worker identity (`owner`, the prefix of each lease it takes)."""
+    """Runs jobs of one part for one worker identity (`owner`, the prefix of each lease)."""
 
     def __init__(
         self,
@@ -41,21 +56,24 @@ class JobRunner:
         spool: Spool,
         owner: str,
         deliveries: DeliveryQueues,
+        part: JobPart,
     ) -> None:
         self.settings = settings
         self.db = db
         self.spool = spool
         self.owner = owner
         self.deliveries = deliveries
-        # Jobs still forwarding that this worker may leave to the delivery queues before it
-        # stops taking new ones (a destination that is down must not pull in every job).
+        self.part = part
+        # Jobs of this part still forwarding that may wait in the delivery queues before the
+        # runners stop taking new ones (a destination that is down must not pull in every job).
         self.max_jobs_forwarding = MAX_JOBS_FORWARDING_PER_WORKER * settings.worker.workers
 
     def run_due_jobs(self) -> int:
         """Run jobs until none is due; return how many ran (the scheduler's worker tick)."""
         count = 0
-        while self.deliveries.jobs_in_flight < self.max_jobs_forwarding and (
-            job := claim_next_job(self.db, self._lease_token(), self.settings.worker.lease_seconds)
+        lease_seconds = self.settings.worker.lease_seconds
+        while self.deliveries.jobs_in_flight(self.part) < self.max_jobs_forwarding and (
+            job := claim_next_job(self.db, self._lease_token(), lease_seconds, self.part)
         ):
             self.run(job)
             count += 1
@@ -74,7 +92,13 @@ class JobRunner:
     def run(self, job: JobRecord) -> None:
         """Process the job, then hand its deliveries to the queues; the lease is kept until the
         last delivery returns and the job is finished."""
-        log.info("job started job=%d series=%s attempt=%d", job.id, job.series_uid, job.attempts)
+        log.info(
+            "job started job=%d part=%s series=%s attempt=%d",
+            job.id,
+            job.part,
+            job.series_uid,
+            job.attempts,
+        )
         lease = LeaseKeeper(self.db, job.id, self._token(job), self.settings.worker.lease_seconds)
         lease.start()
         handed_over = False
@@ -101,23 +125,13 @@ class JobRunner:
                 ),
             )
             return False
-        enhance = self.settings.enhance
-        outgoing = [inputs] if enhance.forward_originals else []
-        hold = None
-        if enhance.methods:
-            enhanced = self._enhance(job, inputs)
-            if enhanced is None:
-                return False
-            derived, unenhanced, hold = enhanced
-            if hold is None:
-                outgoing.extend(derived)
-            else:  # held back: until released, nothing derived stands for any source image
-                unenhanced = {item.sop_instance_uid for item in inputs}
+        if job.part == JobPart.ORIGINALS:
+            outgoing, hold = [inputs], None
         else:
-            unenhanced = {item.sop_instance_uid for item in inputs}
-        if not enhance.forward_originals and enhance.forward_unenhanced and unenhanced:
-            # Nothing derived stands for these: the PACS gets them as they came, not nothing.
-            outgoing.insert(0, [item for item in inputs if item.sop_instance_uid in unenhanced])
+            derived = self._derived_outgoing(job, inputs)
+            if derived is None:
+                return False
+            outgoing, hold = derived
         if not set_active_status(self.db, job.id, self._token(job), JobStatus.FORWARDING):
             return False
 
@@ -132,6 +146,25 @@ class JobRunner:
         self.deliveries.submit(job, open_deliveries(self.db, job.id), outgoing, finish, abandon)
         return True
 
+    def _derived_outgoing(
+        self, job: JobRecord, inputs: list[SpooledInstance]
+    ) -> tuple[list[list[SpooledInstance]], str | None] | None:
+        """What a derived job sends, and why QA holds the derived series back (None: send).
+
+        With originals off, the source images nothing derived stands for go too, as they came:
+        the PACS gets them, not nothing. None when the job was finished here."""
+        enhanced = self._enhance(job, inputs)
+        if enhanced is None:
+            return None
+        derived, unenhanced, hold = enhanced
+        outgoing = derived if hold is None else []
+        if hold is not None:  # held back: until released, nothing derived stands for any image
+            unenhanced = {item.sop_instance_uid for item in inputs}
+        enhance = self.settings.enhance
+        if not enhance.forward_originals and enhance.forward_unenhanced and unenhanced:
+            outgoing.insert(0, [item for item in inputs if item.sop_instance_uid in unenhanced])
+        return outgoing, hold
+
     def _enhance(
         self, job: JobRecord, inputs: list[SpooledInstance]
     ) -> tuple[list[list[SpooledInstance]], set[str], str | None] | None:
@@ -139,7 +172,8 @@ class JobRunner:
         derived series back (None: send them).
 
         None when the job was finished here (enhancement failed, or QA failed it)."""
-        from dicomnode.pipeline.enhancement import enhance_series, outbox_sink
+        from dicomnode.pipeline.derived_output import outbox_sink
+        from dicomnode.pipeline.enhancement import enhance_series
         from dicomnode.pipeline.methods import configured_methods
 
         try:

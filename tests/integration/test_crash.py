@@ -15,7 +15,7 @@ from pathlib import Path
 from tests.conftest import pacs_destination
 from tests.support.dcmtk import storescu
 from tests.support.faulty_scp import Behaviour, FaultyScp
-from tests.support.node import NodeProcess
+from tests.support.node import NodeProcess, part_of
 from tests.support.orthanc import Orthanc
 from tests.support.scu import c_store
 from tests.support.series import sop_instance_uid, write_ct_series
@@ -68,19 +68,28 @@ def test_killed_while_enhancing_the_job_resumes_and_each_derived_uid_arrives_onc
         worker={"lease_seconds": 5},
     ).start()
     assert storescu(node.port, ct_series).returncode == 0
-    # Loading TensorFlow alone keeps the job in "processing" for seconds.
-    node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "processing")
+    # Loading TensorFlow alone keeps the derived job in "processing" for seconds, while the
+    # originals job (job 1) has long delivered.
+    node.wait_for_jobs(
+        lambda jobs: (
+            part_of(jobs, "derived").get("status") == "processing"
+            and part_of(jobs, "originals").get("status") == "done"
+        )
+    )
     node.kill()
 
     node.start()
-    [job] = node.wait_for_jobs(lambda jobs: jobs[0]["status"] == "done", timeout=240)
-    assert job["attempts"] == 2
-    assert "job lease expired, queued again job=1" in node.log()
+    jobs = node.wait_for_jobs(
+        lambda jobs: part_of(jobs, "derived")["status"] == "done", timeout=240
+    )
+    assert part_of(jobs, "derived")["attempts"] == 2
+    assert part_of(jobs, "originals")["attempts"] == 1
+    assert "job lease expired, queued again job=2" in node.log()
     delivered = Counter(orthanc.sop_instance_uids())
     # originals + one derived image each + one metrics report, each UID exactly once
     assert len(delivered) == 2 * len(ct_series) + 1
     assert set(delivered.values()) == {1}
-    outbox = node.data_dir / "spool" / "outbox" / "1"
+    outbox = node.data_dir / "spool" / "outbox" / "2"
     assert len(list(outbox.rglob("*.dcm"))) == len(ct_series) + 1
     assert_consistent(node)
 

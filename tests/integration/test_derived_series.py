@@ -20,6 +20,7 @@ from dicomnode.imaging.pixels import to_modality
 from dicomnode.registry import MODELS_DIR
 from tests.conftest import pacs_destination
 from tests.support.cli import dicomnode
+from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.dcmtk import storescu
 from tests.support.node import NodeProcess
 from tests.support.orthanc import Orthanc
@@ -40,12 +41,6 @@ def all_done(count: int):  # type: ignore[no-untyped-def]
 
 def orthanc_datasets(orthanc: Orthanc) -> list[Dataset]:
     return [dcmread(BytesIO(orthanc.instance_file(i))) for i in orthanc.instance_ids()]
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
-    lines = (result.stdout + result.stderr).splitlines()
-    return sorted({line for line in lines if line.startswith("Error")})
 
 
 @dataclass
@@ -71,8 +66,13 @@ def processed(tmp_path_factory, request):  # type: ignore[no-untyped-def]
     for folder in (CT_PATIENT, MR_SLAB):
         sent = storescu(node.port, sorted(folder.iterdir()))
         assert sent.returncode == 0, sent.stderr
-    jobs = node.wait_for_jobs(all_done(7), timeout=600)
-    details = {j["id"]: node.cli("jobs", "show", str(j["id"]), "--json") for j in jobs}
+    # 7 series, each an originals job and a derived job
+    jobs = node.wait_for_jobs(all_done(2 * 7), timeout=600)
+    details = {
+        j["id"]: node.cli("jobs", "show", str(j["id"]), "--json")
+        for j in jobs
+        if j["part"] == "derived"
+    }
     return Run(node, orthanc, jobs, details)
 
 
@@ -173,7 +173,7 @@ def test_every_written_file_validates(processed) -> None:
         source = sources[str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID)]
         assert set(errors) <= set(dciodvfy_errors(source)), path  # adds none of its own
     # One job's outputs (both derived series and both reports) with their source, together.
-    ct_job = min(j["id"] for j in jobs if j["instances"] == 1)
+    ct_job = min(j["id"] for j in jobs if j["instances"] == 1 and j["part"] == "derived")
     outputs = sorted((node.data_dir / "spool" / "outbox" / str(ct_job)).rglob("*.dcm"))
     assert len(outputs) == 2 * len(METHODS)
     source = {
@@ -215,7 +215,7 @@ def test_resending_a_series_reprocesses_it_without_duplicates(processed) -> None
     first_file = sorted(CT_PATIENT.iterdir())[0]
     sent = storescu(node.port, [first_file])
     assert sent.returncode == 0, sent.stderr
-    node.wait_for_jobs(all_done(len(jobs) + 1), timeout=300)
+    node.wait_for_jobs(all_done(len(jobs) + 2), timeout=300)
     assert sorted(orthanc.instance_ids()) == before
 
 

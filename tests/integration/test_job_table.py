@@ -19,8 +19,11 @@ from dicomnode.db.jobs import (
     record_delivery,
 )
 from dicomnode.errors import JobStateError
+from dicomnode.status import JobPart
 
 FAST_RETRY = RetrySettings(max_attempts=3, initial_delay_seconds=0, max_delay_seconds=0, jitter=0)
+
+ORIGINALS_ONLY = [JobPart.ORIGINALS]
 
 
 @pytest.fixture
@@ -50,8 +53,15 @@ def receive(db: Database, series_uid: str, count: int, study_uid: str = "1.2.3")
 
 def test_series_becomes_one_job_only_after_it_is_quiet(db: Database) -> None:
     receive(db, "1.2.3.4", 5)
-    assert create_jobs_for_quiet_series(db, quiet_seconds=60, destinations=["pacs"]) == []
-    [job_id] = create_jobs_for_quiet_series(db, quiet_seconds=0, destinations=["pacs", "ai"])
+    assert (
+        create_jobs_for_quiet_series(
+            db, quiet_seconds=60, destinations=["pacs"], parts=ORIGINALS_ONLY
+        )
+        == []
+    )
+    [job_id] = create_jobs_for_quiet_series(
+        db, quiet_seconds=0, destinations=["pacs", "ai"], parts=ORIGINALS_ONLY
+    )
     job = get_job(db, job_id)
     assert job is not None
     assert (job.status, job.instances, job.series_uid) == ("queued", 5, "1.2.3.4")
@@ -59,14 +69,19 @@ def test_series_becomes_one_job_only_after_it_is_quiet(db: Database) -> None:
         ("pacs", "pending"),
         ("ai", "pending"),
     ]
-    assert create_jobs_for_quiet_series(db, quiet_seconds=0, destinations=["pacs"]) == []
+    assert (
+        create_jobs_for_quiet_series(
+            db, quiet_seconds=0, destinations=["pacs"], parts=ORIGINALS_ONLY
+        )
+        == []
+    )
 
 
 def test_late_instance_makes_a_new_job_that_supersedes_the_unstarted_one(db: Database) -> None:
     receive(db, "1.2.3.5", 2)
-    [first] = create_jobs_for_quiet_series(db, 0, ["pacs"])
+    [first] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
     receive(db, "1.2.3.5", 1)
-    [second] = create_jobs_for_quiet_series(db, 0, ["pacs"])
+    [second] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
     old, new = get_job(db, first), get_job(db, second)
     assert old is not None and new is not None
     assert old.status == "cancelled" and old.error == f"superseded by job {second}"
@@ -75,21 +90,21 @@ def test_late_instance_makes_a_new_job_that_supersedes_the_unstarted_one(db: Dat
 
 def test_claim_takes_a_lease_and_a_second_claim_finds_nothing(db: Database) -> None:
     receive(db, "1.2.3.6", 3)
-    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"])
-    job = claim_next_job(db, "worker-a", lease_seconds=60)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
+    job = claim_next_job(db, "worker-a", lease_seconds=60, part=JobPart.ORIGINALS)
     assert job is not None and job.id == job_id
     assert (job.status, job.attempts, job.lease_owner) == ("processing", 1, "worker-a")
     assert len(job_inputs(db, job_id)) == 3
-    assert claim_next_job(db, "worker-b", lease_seconds=60) is None
+    assert claim_next_job(db, "worker-b", lease_seconds=60, part=JobPart.ORIGINALS) is None
 
 
 def test_expired_lease_is_reclaimed_and_the_dead_workers_result_is_discarded(db: Database) -> None:
     receive(db, "1.2.3.7", 1)
-    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"])
-    claim_next_job(db, "crashed-worker", lease_seconds=0.01)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
+    claim_next_job(db, "crashed-worker", lease_seconds=0.01, part=JobPart.ORIGINALS)
     time.sleep(0.05)
     assert reclaim_expired_leases(db, max_attempts=3) == [job_id]
-    job = claim_next_job(db, "new-worker", lease_seconds=60)
+    job = claim_next_job(db, "new-worker", lease_seconds=60, part=JobPart.ORIGINALS)
     assert job is not None and job.attempts == 2
     assert finish_attempt(db, job_id, "crashed-worker", FAST_RETRY) is None
     assert get_job(db, job_id).lease_owner == "new-worker"  # type: ignore[union-attr]
@@ -97,22 +112,22 @@ def test_expired_lease_is_reclaimed_and_the_dead_workers_result_is_discarded(db:
 
 def test_a_job_whose_worker_dies_every_time_goes_dead_instead_of_looping(db: Database) -> None:
     receive(db, "1.2.3.14", 1)
-    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"])
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
     for _ in range(2):
-        claim_next_job(db, "doomed-worker", lease_seconds=0.01)
+        claim_next_job(db, "doomed-worker", lease_seconds=0.01, part=JobPart.ORIGINALS)
         time.sleep(0.05)
         assert reclaim_expired_leases(db, max_attempts=2) == [job_id]
     job = get_job(db, job_id)
     assert job is not None and (job.status, job.attempts) == ("dead", 2)
     assert "worker stopped" in (job.error or "") and job.deliveries[0].status == "dead"
-    assert claim_next_job(db, "w", 60) is None
+    assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is None
 
 
 def test_transient_failures_retry_then_go_dead_and_retry_revives(db: Database) -> None:
     receive(db, "1.2.3.8", 1)
-    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "backup"])
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "backup"], parts=ORIGINALS_ONLY)
     for attempt in range(1, 4):
-        job = claim_next_job(db, "w", 60)
+        job = claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
         assert job is not None and job.attempts == attempt
         record_delivery(db, job_id, "backup", DeliveryStatus.DONE, 1, None)
         record_delivery(db, job_id, "pacs", DeliveryStatus.FAILED, 0, "peer down")
@@ -135,20 +150,20 @@ def test_transient_failures_retry_then_go_dead_and_retry_revives(db: Database) -
 
 def test_failed_job_waits_for_its_backoff(db: Database) -> None:
     receive(db, "1.2.3.9", 1)
-    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"])
-    claim_next_job(db, "w", 60)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
+    claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
     record_delivery(db, job_id, "pacs", DeliveryStatus.FAILED, 0, "peer down")
     slow = RetrySettings(max_attempts=5, initial_delay_seconds=3600, jitter=0)
     result = finish_attempt(db, job_id, "w", slow)
     assert result is not None and result.status == "failed"
     assert "retry in 3600 s" in (result.error or "")
-    assert claim_next_job(db, "w", 60) is None
+    assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is None
 
 
 def test_permanent_failure_is_dead_at_once(db: Database) -> None:
     receive(db, "1.2.3.10", 1)
-    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"])
-    claim_next_job(db, "w", 60)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
+    claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
     record_delivery(db, job_id, "pacs", DeliveryStatus.DEAD, 0, "0xA900 for sop=1")
     result = finish_attempt(db, job_id, "w", FAST_RETRY)
     assert result is not None and result.status == "dead" and result.attempts == 1
@@ -159,13 +174,13 @@ def test_a_destination_that_refused_for_good_does_not_stop_retries_of_one_that_w
     db: Database,
 ) -> None:
     receive(db, "1.2.3.13", 1)
-    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "backup"])
-    claim_next_job(db, "w", 60)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "backup"], parts=ORIGINALS_ONLY)
+    claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
     record_delivery(db, job_id, "pacs", DeliveryStatus.DEAD, 0, "0xC000 for sop=1")
     record_delivery(db, job_id, "backup", DeliveryStatus.FAILED, 0, "connection refused")
     result = finish_attempt(db, job_id, "w", FAST_RETRY)
     assert result is not None and result.status == "failed", result
-    job = claim_next_job(db, "w", 60)
+    job = claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
     assert job is not None and job.attempts == 2
     record_delivery(db, job_id, "backup", DeliveryStatus.DONE, 1, None)
     result = finish_attempt(db, job_id, "w", FAST_RETRY)
@@ -181,8 +196,8 @@ def test_a_delivery_whose_outcome_was_never_recorded_is_not_taken_for_success(
     db: Database,
 ) -> None:
     receive(db, "1.2.3.16", 1)
-    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "backup"])
-    claim_next_job(db, "w", 60)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "backup"], parts=ORIGINALS_ONLY)
+    claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
     record_delivery(db, job_id, "backup", DeliveryStatus.DONE, 1, None)  # "pacs" crashed
     result = finish_attempt(db, job_id, "w", FAST_RETRY)
     assert result is not None and result.status == "failed"
@@ -191,10 +206,10 @@ def test_a_delivery_whose_outcome_was_never_recorded_is_not_taken_for_success(
 
 def test_a_failed_attempt_is_not_retried_when_a_newer_job_has_the_series(db: Database) -> None:
     receive(db, "1.2.3.17", 2)
-    [first] = create_jobs_for_quiet_series(db, 0, ["pacs"])
-    claim_next_job(db, "w", 60)
+    [first] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
+    claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
     receive(db, "1.2.3.17", 1)  # a late instance while the first job is being forwarded
-    [second] = create_jobs_for_quiet_series(db, 0, ["pacs"])
+    [second] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
     record_delivery(db, first, "pacs", DeliveryStatus.FAILED, 0, "peer down")
     result = finish_attempt(db, first, "w", FAST_RETRY)
     assert result is not None and result.status == "cancelled"
@@ -205,7 +220,7 @@ def test_a_failed_attempt_is_not_retried_when_a_newer_job_has_the_series(db: Dat
 
 def test_cancel_and_retry_refuse_what_the_state_does_not_allow(db: Database) -> None:
     receive(db, "1.2.3.11", 1)
-    [job_id] = create_jobs_for_quiet_series(db, 0, [])
+    [job_id] = create_jobs_for_quiet_series(db, 0, [], parts=ORIGINALS_ONLY)
     with pytest.raises(JobStateError, match="only dead, failed, cancelled"):
         retry_job(db, job_id)
     assert cancel_job(db, job_id).status == "cancelled"
@@ -217,8 +232,8 @@ def test_cancel_and_retry_refuse_what_the_state_does_not_allow(db: Database) -> 
 
 def test_job_without_destinations_is_done(db: Database) -> None:
     receive(db, "1.2.3.12", 2)
-    [job_id] = create_jobs_for_quiet_series(db, 0, [])
-    claim_next_job(db, "w", 60)
+    [job_id] = create_jobs_for_quiet_series(db, 0, [], parts=ORIGINALS_ONLY)
+    claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
     result = finish_attempt(db, job_id, "w", FAST_RETRY)
     assert result is not None and result.status == "done" and result.error is None
 
@@ -227,7 +242,7 @@ def test_a_database_from_an_older_version_gets_the_new_columns(tmp_path: Path) -
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     db = open_database(url)
     receive(db, "1.2.3.15", 1)
-    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"])
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
     with db.engine.begin() as connection:  # what the first release's jobs table looked like
         connection.exec_driver_sql("ALTER TABLE jobs DROP COLUMN details")
         connection.exec_driver_sql("ALTER TABLE jobs DROP COLUMN released")
@@ -236,4 +251,50 @@ def test_a_database_from_an_older_version_gets_the_new_columns(tmp_path: Path) -
     upgraded = open_database(url)
     job = get_job(upgraded, job_id)
     assert job is not None and job.details is None and job.released is False
-    assert claim_next_job(upgraded, "w", 60) is not None
+    assert claim_next_job(upgraded, "w", 60, part=JobPart.ORIGINALS) is not None
+
+
+BOTH_PARTS = [JobPart.ORIGINALS, JobPart.DERIVED]
+
+
+def test_a_series_gets_one_job_per_part_each_claimed_only_by_its_own_runners(
+    db: Database,
+) -> None:
+    receive(db, "1.2.3.40", 3)
+    originals, derived = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=BOTH_PARTS)
+    records = {job_id: get_job(db, job_id) for job_id in (originals, derived)}
+    assert [(r.part, r.instances) for r in records.values() if r] == [
+        ("originals", 3),
+        ("derived", 3),
+    ]
+    # the derived job is older in no queue: a router never takes it, a worker never the other
+    claimed = claim_next_job(db, "router", 60, part=JobPart.ORIGINALS)
+    assert claimed is not None and claimed.id == originals
+    assert claim_next_job(db, "router", 60, part=JobPart.ORIGINALS) is None
+    claimed = claim_next_job(db, "worker", 60, part=JobPart.DERIVED)
+    assert claimed is not None and claimed.id == derived
+
+
+def test_a_late_instance_supersedes_the_waiting_job_of_the_same_part_only(db: Database) -> None:
+    receive(db, "1.2.3.41", 2)
+    first_originals, first_derived = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=BOTH_PARTS)
+    claim_next_job(db, "router", 60, part=JobPart.ORIGINALS)  # the originals are on their way
+    receive(db, "1.2.3.41", 1)
+    second_originals, second_derived = create_jobs_for_quiet_series(
+        db, 0, ["pacs"], parts=BOTH_PARTS
+    )
+    statuses = {
+        job_id: (job.status if (job := get_job(db, job_id)) else None)
+        for job_id in (first_originals, first_derived, second_originals, second_derived)
+    }
+    assert statuses == {
+        first_originals: "processing",  # started: it finishes, the new one sends all again
+        first_derived: "cancelled",
+        second_originals: "queued",
+        second_derived: "queued",
+    }
+    # the running originals job fails: it is superseded by the newer originals job, not retried
+    record_delivery(db, first_originals, "pacs", DeliveryStatus.FAILED, 0, "peer down")
+    result = finish_attempt(db, first_originals, "router", FAST_RETRY)
+    assert result is not None and result.status == "cancelled"
+    assert result.error is not None and f"superseded by job {second_originals}" in result.error

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from tests.conftest import pacs_destination
 from tests.support.dcmtk import storescu
+from tests.support.node import part_of
 from tests.support.orthanc import Orthanc
 
 
@@ -18,14 +19,23 @@ def test_held_job_sends_derived_series_only_when_released(
     ).start()
     assert storescu(node.port, ct_series).returncode == 0
 
-    [job] = node.wait_for_jobs(lambda js: js and js[0]["status"] == "held", timeout=180)
+    jobs = node.wait_for_jobs(
+        lambda js: (
+            part_of(js, "derived").get("status") == "held"
+            and part_of(js, "originals").get("status") == "done"
+        ),
+        timeout=180,
+    )
+    job = part_of(jobs, "derived")
     assert "jobs release" in job["error"]
     assert job["details"]["methods"][0]["qa"] == "fail"
     assert len(orthanc.instance_ids()) == len(ct_series)  # originals only
 
     node.cli("jobs", "release", str(job["id"]))
-    [job] = node.wait_for_jobs(lambda js: js[0]["status"] == "done", timeout=180)
+    jobs = node.wait_for_jobs(lambda js: part_of(js, "derived")["status"] == "done", timeout=180)
+    job = part_of(jobs, "derived")
     assert job["released"] is True
+    assert part_of(jobs, "originals")["attempts"] == 1  # a release never resends the originals
     # originals + one derived series + its metrics SR
     assert len(orthanc.instance_ids()) == 2 * len(ct_series) + 1
     refused = node.cli("jobs", "release", str(job["id"]), check=False)

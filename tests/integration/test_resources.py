@@ -78,21 +78,23 @@ def test_retention_purges_delivered_series_and_keeps_failed_ones(
         node.start()
         delivered = write_ct_series(tmp_path / "delivered", 3)
         assert storescu(node.port, delivered).returncode == 0
-        node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "done")
+        # jobs 1 and 2: the originals and the derived series of the first series
+        node.wait_for_jobs(lambda jobs: len(jobs) == 2 and all(j["status"] == "done" for j in jobs))
         pacs.behave(Behaviour(status=0xC000))  # the next series is refused for good
         refused = write_ct_series(tmp_path / "refused", 2, seed=1)
         assert storescu(node.port, refused).returncode == 0
-        node.wait_for_jobs(lambda jobs: any(job["status"] == "dead" for job in jobs))
+        node.wait_for_jobs(lambda jobs: sum(job["status"] == "dead" for job in jobs) == 2)
 
         # The delivered series leaves the spool and the job table; the dead one stays whole.
-        [dead] = node.wait_for_jobs(lambda jobs: len(jobs) == 1, timeout=30)
-        assert dead["status"] == "dead" and dead["instances"] == 2
+        dead = node.wait_for_jobs(lambda jobs: len(jobs) == 2 and jobs[0]["id"] == 4, timeout=30)
+        assert {job["status"] for job in dead} == {"dead"}
+        assert {job["instances"] for job in dead} == {2}
         spool = node.data_dir / "spool"
         kept = sorted(path.stem for path in (spool / "instances").rglob("*.dcm"))
         assert kept == sorted(sop_instance_uid(path) for path in refused)
         assert f"purged series={series_instance_uid(delivered[0])}" in node.log()
-        assert not (spool / "outbox" / "1").exists()  # job 1's derived series and report
-        assert len(list((spool / "outbox" / "2").rglob("*.dcm"))) == 2 + 1
+        assert not (spool / "outbox" / "2").exists()  # job 2's derived series and report
+        assert len(list((spool / "outbox" / "4").rglob("*.dcm"))) == 2 + 1
         assert "0 series delivered more than" in node.cli("purge", "--dry-run").stdout
     finally:
         pacs.stop()

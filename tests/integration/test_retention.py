@@ -17,9 +17,12 @@ from dicomnode.db.jobs import claim_next_job, finish_attempt, list_jobs, record_
 from dicomnode.db.models import Job, utcnow
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.spool import Spool
+from dicomnode.status import JobPart
 
 SETTINGS = Settings(retention=RetentionSettings(keep_days=1))
 CT = "1.2.840.10008.5.1.4.1.1.2"
+
+ORIGINALS_ONLY = [JobPart.ORIGINALS]
 
 
 @pytest.fixture
@@ -42,8 +45,8 @@ def store(db: Database, spool: Spool, study: str, series: str, sop: str) -> Path
 
 def deliver_days_ago(db: Database, days: float) -> int:
     """Turn the quiet series into a job, deliver it, and date its finish `days` back."""
-    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"])
-    claim_next_job(db, "w", 60)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
+    claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
     record_delivery(db, job_id, "pacs", DeliveryStatus.DONE, 1, None)
     finish_attempt(db, job_id, "w", SETTINGS.retry)
     with db.session() as session:

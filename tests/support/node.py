@@ -32,6 +32,11 @@ def write_config(
     return path
 
 
+def part_of(jobs: list[dict[str, Any]], part: str) -> dict[str, Any]:
+    """The newest job of `part` ("originals" or "derived") in a `jobs list`, or {} if none."""
+    return next((job for job in jobs if job["part"] == part), {})
+
+
 class NodeProcess:
     """Owns one node process; it can be stopped, killed and started again on the same data."""
 

@@ -4,9 +4,11 @@ import json
 import subprocess
 import time
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import requests
+from pydicom import Dataset, dcmread
 
 from tests.support.dcmtk import peer_env
 from tests.support.ports import free_port, wait_for_port
@@ -114,3 +116,8 @@ class Orthanc:
 
     def instance_file(self, orthanc_id: str) -> bytes:
         return self.get(f"/instances/{orthanc_id}/file").content
+
+    def datasets(self) -> dict[str, Dataset]:
+        """Every stored instance, read back from Orthanc, by SOP Instance UID."""
+        files = (dcmread(BytesIO(self.instance_file(i))) for i in self.instance_ids())
+        return {str(ds.SOPInstanceUID): ds for ds in files}

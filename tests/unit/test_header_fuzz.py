@@ -9,7 +9,6 @@ be derived must be declined with a message naming the attribute, never crash, an
 raw value (it may be PHI).
 """
 
-import subprocess
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from dicomnode.imaging.outcome import ImageOutcome
 from dicomnode.imaging.pixels import to_modality, to_stored
 from dicomnode.imaging.qa import QaVerdict
 from dicomnode.registry import SRCNN
+from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.series import write_ct_series
 
 GE_HEAD = Path(__file__).resolve().parents[1] / "data" / "ct-head-ge"
@@ -210,13 +210,6 @@ COMBINATIONS = [
         declined_by="PlanePositionSequence",
     ),
 ]
-
-
-def dciodvfy_errors(path: Path) -> set[str]:
-    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
-    return {
-        line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")
-    }
 
 
 def derivation(source: Dataset, scale: int) -> Derivation:

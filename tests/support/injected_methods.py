@@ -1,0 +1,54 @@
+"""Methods that misbehave on purpose, loaded into a node with `enhance.plugins`.
+
+`failing` raises on every series (a bug, an out-of-memory); `slow` takes
+`DICOMNODE_TEST_SLOW_SECONDS` (default 20) per series and then changes nothing. Tests use them to
+show that the originals never wait for, and never fail with, the enhancement.
+"""
+
+import os
+import time
+
+import numpy as np
+
+from dicomnode.config import Settings
+from dicomnode.imaging.enhance import Method
+from dicomnode.registry import MethodSpec, register
+
+
+class _Injected:
+    scale = 1
+    device = "CPU"
+    model_sha256 = None
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.version = f"{name}-1"
+
+
+class FailingMethod(_Injected):
+    def __call__(self, stack: np.ndarray) -> np.ndarray:
+        raise RuntimeError("injected failure: this method always raises")
+
+
+class SlowMethod(_Injected):
+    def __call__(self, stack: np.ndarray) -> np.ndarray:
+        time.sleep(float(os.environ.get("DICOMNODE_TEST_SLOW_SECONDS", "20")))
+        return stack.copy()
+
+
+def build_failing(settings: Settings) -> Method:
+    return FailingMethod("failing")
+
+
+def build_slow(settings: Settings) -> Method:
+    return SlowMethod("slow")
+
+
+for _name in ("failing", "slow"):
+    register(
+        MethodSpec(
+            name=_name,
+            builder=f"{__name__}:build_{_name}",
+            series_offset_key="baseline_series_offset",
+        )
+    )
