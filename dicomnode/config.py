@@ -243,7 +243,7 @@ class EnhanceSettings:
     modalities: list[str] = field(default_factory=lambda: ["CT", "MR", "CR", "DX"])
     forward_originals: bool = True
     forward_unenhanced: bool = True
-    qa_action: Literal["flag", "hold", "fail"] = "flag"
+    qa_action: Literal["flag", "hold", "fail"] = "hold"
     self_check: bool = True
     uid_root: str = ""  # empty: 2.25.<integer> UIDs, else e.g. "1.2.826.0.1.3680043.10.123."
     model_dir: str = ""  # empty: the models/ folder shipped with dicomnode
@@ -310,6 +310,10 @@ class QaSettings:
     drift_fraction_fail: float = 0.05
     saturation_fraction_warn: float = 0.005
     saturation_fraction_fail: float = 0.02
+    # Do no harm: a method whose self-check says it makes the series worse than the reference
+    # (bicubic, or the degraded input at scale 1) is treated like a QA failure (qa_action).
+    self_check_mean_min_db: float = 0.0  # the series' mean gain must be at least this
+    self_check_image_min_db: float = -1.0  # and no image's gain below this
 
     MEASURES = ("sharpness_ratio", "noise_ratio", "drift_fraction", "saturation_fraction")
 

@@ -1,7 +1,8 @@
 """One call from modality values to an enhanced image, whatever the method, with its provenance.
 
 A `Method` works on a stack of normalised 2-D images and may change the grid by its `scale`.
-`enhance_stack` normalises each image (its own `Normalization`, recorded), runs the method once
+`enhance_stack` fills each image's padding (`fill_padding`), normalises it (its own
+`Normalization`, recorded), runs the method once
 on the whole stack (so SRCNN batches), and maps the outputs back to modality units. The result
 says which method, model version and device produced it, and how long it took.
 """
@@ -17,6 +18,7 @@ from dicomnode.imaging.baseline import BaselineParams, enhance_baseline
 from dicomnode.imaging.normalize import (
     Normalization,
     denormalize,
+    fill_padding,
     normalization_for,
     normalize,
 )
@@ -95,6 +97,9 @@ def enhance_stack(
     stack = np.asarray(images, dtype=np.float32)
     masks: Sequence[np.ndarray | None] = (
         list(padding) if padding is not None else [None] * len(stack)
+    )
+    stack = np.stack(
+        [fill_padding(image, mask, modality) for image, mask in zip(stack, masks, strict=True)]
     )
     norms = tuple(
         normalization_for(image, modality, mask) for image, mask in zip(stack, masks, strict=True)

@@ -51,6 +51,21 @@ def normalization_for(
     return Normalization(low, high, rule=f"percentile-{PERCENTILES[0]}-{PERCENTILES[1]}")
 
 
+def fill_padding(image: np.ndarray, padding: np.ndarray | None, modality: str) -> np.ndarray:
+    """`image` with its padding pixels set to a plausible body value: air (-1024 HU) for CT,
+    else the lowest real value.
+
+    Outside a CT's reconstruction circle scanners store -2048 or -3024 HU. A filter, a
+    degradation or a network that sees that step rings into the real pixels beside it; filled,
+    the step is gone. Callers restore the padding pixels exactly afterwards (`to_stored`)."""
+    if padding is None or not padding.any():
+        return image
+    real = image[~padding]
+    lowest = float(real.min()) if real.size else 0.0
+    value = CT_HU_RANGE[0] if modality.upper() == "CT" else lowest
+    return np.where(padding, np.asarray(value, image.dtype), image)
+
+
 def normalize(image: np.ndarray, norm: Normalization) -> np.ndarray:
     return (image.astype(np.float32) - np.float32(norm.low)) / np.float32(norm.high - norm.low)
 

@@ -124,6 +124,25 @@ class MethodOutcome:
         gains = [i.self_check_gain_db for i in self.images if i.self_check_gain_db is not None]
         return _mean(gains)
 
+    def harm(self, mean_min_db: float, image_min_db: float) -> tuple[str, ...]:
+        """Why this derived series must not be trusted: QA failed on an image, or the self-check
+        says the method makes the series (or one image) worse than the reference. Empty: none."""
+        reasons = []
+        failed = sum(image.qa.verdict == "fail" for image in self.images)
+        if failed:
+            reasons.append(f"QA verdict 'fail' on {failed} of {len(self.images)} images")
+        mean = self.self_check_gain_mean_db
+        if mean is not None and mean < mean_min_db:
+            reasons.append(f"self-check mean gain {mean:+.2f} dB < {mean_min_db:+.2f} dB")
+        gains = [i.self_check_gain_db for i in self.images if i.self_check_gain_db is not None]
+        worse = [gain for gain in gains if gain < image_min_db]
+        if worse:
+            reasons.append(
+                f"self-check gain below {image_min_db:+.2f} dB on {len(worse)} image(s) "
+                f"(worst {min(worse):+.2f} dB)"
+            )
+        return tuple(reasons)
+
     def image_for(self, source_sop: str) -> ImageOutcome:
         return next(image for image in self.images if image.source_sop == source_sop)
 

@@ -239,10 +239,20 @@ class SrcnnRunner:
             return np.concatenate([self._run(batch[:half]), self._run(batch[half:])])
 
     def restore(self, images: np.ndarray) -> np.ndarray:
-        """The network's output for a (N, H, W) or (H, W) float32 stack on its own grid."""
+        """The network's output for a (N, H, W) or (H, W) float32 stack on its own grid.
+
+        The stack is mirrored `HALO` pixels out first: the convolutions' zero padding would
+        otherwise be mid-grey in the centred working range and draw a frame along the border.
+        """
         stack = np.asarray(images, dtype=np.float32)
         single = stack.ndim == 2
         stack = stack[None] if single else stack
+        halo = ((0, 0), (HALO, HALO), (HALO, HALO))
+        out = self._restore_padded(np.pad(stack, halo, mode="reflect"))[:, HALO:-HALO, HALO:-HALO]
+        return out[0] if single else out
+
+    def _restore_padded(self, stack: np.ndarray) -> np.ndarray:
+        """Batched, or tiled when large (tiles overlap by more than HALO: seamless)."""
         n, rows, cols = stack.shape
         core = self._tile or int(np.sqrt(self._max_pixels())) - 2 * TILE_OVERLAP
         if self._tile is None and rows * cols <= self._max_pixels():
@@ -253,7 +263,7 @@ class SrcnnRunner:
             for tile in tiles_for((rows, cols), core):
                 part = self._run(np.ascontiguousarray(stack[(slice(None), *tile.read)]))
                 out[(slice(None), *tile.write)] = part[(slice(None), *tile.keep)]
-        return out[0] if single else out
+        return out
 
     def enhance(self, images: np.ndarray) -> np.ndarray:
         """Upsample by the model's scale (shared cubic interpolator), then restore."""

@@ -23,7 +23,7 @@ from dicomnode.dicom.derive import derived_instance_uid
 from dicomnode.imaging.degrade import Degradation, resample
 from dicomnode.imaging.enhance import Method, enhance_stack
 from dicomnode.imaging.metrics import compare, self_check
-from dicomnode.imaging.normalize import CT_HU_RANGE
+from dicomnode.imaging.normalize import CT_HU_RANGE, fill_padding
 from dicomnode.imaging.outcome import (
     DONE,
     NOTHING_DERIVED,
@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 class SeriesOutput:
     """What the job forwards after the originals, and the record of what was done."""
 
-    series: list[list[SpooledInstance]]
+    # Per method: its derived series and its report, in the order they are to be sent.
+    by_method: dict[str, list[list[SpooledInstance]]]
     outcome: SeriesOutcome
     # Source instances no derived image stands for (undecodable, or the series not enhanced).
     unenhanced: set[str] = field(default_factory=set)
@@ -105,7 +106,7 @@ def _measure(
     gain = None
     if settings.enhance.self_check:
         check = self_check(
-            reference,
+            fill_padding(reference, padding, source.modality),
             lambda low: enhance_stack(low[None], source.modality, method).values[0],
             Degradation(scale=method.scale),
             padding=padding,
@@ -189,13 +190,13 @@ def enhance_series(
     load_s = time.perf_counter() - started
     if not images:
         status = "skipped: no image in the series can be enhanced"
-        return SeriesOutput([], SeriesOutcome(status, load_s, declined), _sops(declined))
+        return SeriesOutput({}, SeriesOutcome(status, load_s, declined), _sops(declined))
     modality = images[0].modality
     if modality not in settings.enhance.modalities:
         status = f"skipped: modality {modality or '(none)'} not enabled"
         everything = {item.sop_instance_uid for item in inputs}
-        return SeriesOutput([], SeriesOutcome(status, load_s, declined), everything)
-    files: list[list[SpooledInstance]] = []
+        return SeriesOutput({}, SeriesOutcome(status, load_s, declined), everything)
+    files: dict[str, list[list[SpooledInstance]]] = {}
     outcomes: list[MethodOutcome] = []
     for method in methods:
         series, outcome, left_out = _run_method(images, method, settings, sink)
@@ -209,7 +210,7 @@ def enhance_series(
                 len(left_out),
             )
             continue
-        files.extend(series)
+        files[method.name] = series
         outcomes.append(outcome)
         log.info(
             "enhanced job=%d method=%s series=%s images=%d psnr=%.2f ssim=%.4f qa=%s device=%s",

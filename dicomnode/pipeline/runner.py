@@ -11,6 +11,7 @@ failure anywhere leaves the inputs untouched and the job to the retry policy.
 
 import logging
 import secrets
+from collections.abc import Iterable
 
 from dicomnode.config import EnhanceSettings, Settings
 from dicomnode.db import Database, JobRecord, JobStatus, SpooledInstance
@@ -44,6 +45,10 @@ def job_parts(enhance: EnhanceSettings) -> list[JobPart]:
     if enhance.methods:
         parts.append(JobPart.DERIVED)
     return parts
+
+
+def _flat(series: "Iterable[list[list[SpooledInstance]]]") -> list[list[SpooledInstance]]:
+    return [one for method in series for one in method]
 
 
 class JobRunner:
@@ -156,10 +161,7 @@ class JobRunner:
         enhanced = self._enhance(job, inputs)
         if enhanced is None:
             return None
-        derived, unenhanced, hold = enhanced
-        outgoing = derived if hold is None else []
-        if hold is not None:  # held back: until released, nothing derived stands for any image
-            unenhanced = {item.sop_instance_uid for item in inputs}
+        outgoing, unenhanced, hold = enhanced
         enhance = self.settings.enhance
         if not enhance.forward_originals and enhance.forward_unenhanced and unenhanced:
             outgoing.insert(0, [item for item in inputs if item.sop_instance_uid in unenhanced])
@@ -185,24 +187,39 @@ class JobRunner:
             self._finish(job, error=f"enhancement failed: {exc}")
             return None
         record_job_details(self.db, job.id, self._token(job), output.outcome.as_dict())
-        qa_failed = output.outcome.qa_failed
-        if qa_failed and self.settings.enhance.qa_action == "fail":
+        qa = self.settings.qa
+        harmful = {
+            method.method: reasons
+            for method in output.outcome.methods
+            if (reasons := method.harm(qa.self_check_mean_min_db, qa.self_check_image_min_db))
+        }
+        for name, reasons in harmful.items():
+            log.warning(
+                "derived series not trusted job=%d method=%s series=%s qa_action=%s: %s",
+                job.id,
+                name,
+                job.series_uid,
+                self.settings.enhance.qa_action,
+                "; ".join(reasons),
+            )
+        why = "; ".join(f"{name}: {', '.join(reasons)}" for name, reasons in harmful.items())
+        qa_action = self.settings.enhance.qa_action
+        if harmful and qa_action == "fail":
             self._finish(
                 job,
                 transient=False,
-                error="QA verdict 'fail' and enhance.qa_action = 'fail'; see `dicomnode jobs show`",
+                error=f"{why}; enhance.qa_action = 'fail'; see `dicomnode jobs show`",
             )
             return None
-        qa_action = self.settings.enhance.qa_action
-        if qa_failed and qa_action == "hold" and not job.released:
-            enhance = self.settings.enhance
-            sent = enhance.forward_originals or enhance.forward_unenhanced
-            reason = (
-                f"QA verdict 'fail': {'originals sent, ' if sent else ''}derived series held; "
-                f"`dicomnode jobs release {job.id}` sends them"
-            )
-            return output.series, output.unenhanced, reason
-        return output.series, output.unenhanced, None
+        if not harmful or qa_action == "flag" or job.released:
+            return _flat(output.by_method.values()), output.unenhanced, None
+        # Do no harm: the series of a method that would make things worse waits for an admin.
+        sent = [series for name, series in output.by_method.items() if name not in harmful]
+        unenhanced = output.unenhanced
+        if not sent:  # until released, nothing derived stands for any source image
+            unenhanced = {item.sop_instance_uid for item in inputs}
+        reason = f"{why}: derived series held; `dicomnode jobs release {job.id}` sends them"
+        return _flat(sent), unenhanced, reason
 
     def _finish(
         self,

@@ -25,6 +25,7 @@ from dicomnode.imaging.baseline import BaselineParams
 from dicomnode.imaging.degrade import Degradation, bicubic_restore, crop_to_multiple, degrade
 from dicomnode.imaging.enhance import BaselineMethod, Method, SrcnnMethod, enhance_stack
 from dicomnode.imaging.metrics import compare
+from dicomnode.imaging.normalize import fill_padding
 from dicomnode.imaging.srcnn import LoadedModel, SrcnnRunner
 from dicomnode.training.corpus import CorpusImage
 
@@ -94,8 +95,8 @@ class ImageOutputs:
 def evaluate_image(
     image: CorpusImage, scale: int, methods: Mapping[str, Restorer], degradation: Degradation
 ) -> ImageOutputs:
-    reference = crop_to_multiple(image.values, scale)
     padding = crop_to_multiple(image.padding, scale)
+    reference = fill_padding(crop_to_multiple(image.values, scale), padding, image.modality)
     degraded = degrade(reference, degradation)
     shave = scale if scale > 1 else 0
     restored = {

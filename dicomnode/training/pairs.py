@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dicomnode.imaging.degrade import Degradation, crop_to_multiple, degrade, resample
-from dicomnode.imaging.normalize import normalization_for, normalize
+from dicomnode.imaging.normalize import fill_padding, normalization_for, normalize
 from dicomnode.training.corpus import CorpusImage
 
 MIN_PATCH_STD = 0.01  # in the working range: "structured" patches (edges, texture)
@@ -26,8 +26,10 @@ class Pair:
 
 
 def make_pair(image: CorpusImage, degradation: Degradation) -> Pair:
-    reference = crop_to_multiple(image.values, degradation.scale)
     padding = crop_to_multiple(image.padding, degradation.scale)
+    reference = fill_padding(
+        crop_to_multiple(image.values, degradation.scale), padding, image.modality
+    )
     low = degrade(reference, degradation)
     low_padding = padding[:: degradation.scale, :: degradation.scale]
     norm = normalization_for(low, image.modality, low_padding)

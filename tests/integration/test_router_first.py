@@ -245,3 +245,31 @@ def test_enhance_reports_a_series_it_cannot_process_goes_on_and_exits_1(tmp_path
 
 def _private_sop_class(ds: Dataset) -> None:
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.826.0.1.3680043.10.999.1"
+
+
+def test_a_method_that_makes_the_series_worse_is_held_and_the_originals_go(
+    node_factory, orthanc: Orthanc, ct_series: list[Path]
+) -> None:
+    node = node_factory(
+        [pacs_destination(orthanc)],
+        enhance={"methods": ["harmful"], "plugins": [INJECTED], "qa_action": "hold"},
+    ).start()
+    assert storescu(node.port, ct_series).returncode == 0
+
+    jobs = node.wait_for_jobs(
+        lambda js: (
+            part_of(js, "derived").get("status") == "held"
+            and part_of(js, "originals").get("status") == "done"
+        ),
+        timeout=120,
+    )
+    derived = part_of(jobs, "derived")
+    assert derived["error"].startswith("harmful: ") and "self-check mean gain" in derived["error"]
+    assert derived["details"]["methods"][0]["self_check_gain_mean_db"] < 0
+    assert_arrived_unchanged(orthanc, ct_series)
+    assert len(orthanc.instance_ids()) == len(ct_series)  # nothing derived went out
+    assert node.log().count("derived series not trusted") == 1  # once per series
+
+    node.cli("jobs", "release", str(derived["id"]))
+    node.wait_for_jobs(lambda js: part_of(js, "derived")["status"] == "done", timeout=120)
+    assert len(orthanc.instance_ids()) == 2 * len(ct_series) + 1

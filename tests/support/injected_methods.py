@@ -1,6 +1,7 @@
 """Methods that misbehave on purpose, loaded into a node with `enhance.plugins`.
 
-`failing` raises on every series (a bug, an out-of-memory); `slow` takes
+`failing` raises on every series (a bug, an out-of-memory); `harmful` adds noise (its self-check
+is negative); `slow` takes
 `DICOMNODE_TEST_SLOW_SECONDS` (default 20) per series and then changes nothing. Tests use them to
 show that the originals never wait for, and never fail with, the enhancement.
 """
@@ -30,6 +31,14 @@ class FailingMethod(_Injected):
         raise RuntimeError("injected failure: this method always raises")
 
 
+class HarmfulMethod(_Injected):
+    """Adds noise: the self-check must find it worse than the reference on every image."""
+
+    def __call__(self, stack: np.ndarray) -> np.ndarray:
+        noise = np.random.default_rng(0).normal(0.0, 0.05, stack.shape)
+        return (stack + noise).astype(np.float32)
+
+
 class SlowMethod(_Injected):
     def __call__(self, stack: np.ndarray) -> np.ndarray:
         time.sleep(float(os.environ.get("DICOMNODE_TEST_SLOW_SECONDS", "20")))
@@ -40,11 +49,15 @@ def build_failing(settings: Settings) -> Method:
     return FailingMethod("failing")
 
 
+def build_harmful(settings: Settings) -> Method:
+    return HarmfulMethod("harmful")
+
+
 def build_slow(settings: Settings) -> Method:
     return SlowMethod("slow")
 
 
-for _name in ("failing", "slow"):
+for _name in ("failing", "harmful", "slow"):
     register(
         MethodSpec(
             name=_name,

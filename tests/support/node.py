@@ -70,7 +70,8 @@ class NodeProcess:
             },
             "logging": {"level": "DEBUG"},
             # Forward-only unless a test asks for enhancement: the backbone tests count instances.
-            "enhance": {"methods": []},
+            # Derived series go out whatever their numbers say, unless a test checks the gate.
+            "enhance": {"methods": [], "qa_action": "flag"},
         }
         for section, values in (overrides or {}).items():
             sections.setdefault(section, {}).update(values)

@@ -127,3 +127,30 @@ def test_self_check_scores_nearest_neighbour_below_bicubic() -> None:
         return np.kron(low, np.ones((2, 2), np.float32))
 
     assert self_check(image, nearest, Degradation(scale=2)).gain_db < -1.0
+
+
+def test_borders_are_mirrored_so_no_frame_is_drawn(model_x1) -> None:
+    # A network that sees only its own mirror image at the border treats a border pixel like
+    # an inner one: on a flat image every output pixel is the same.
+    flat = np.full((1, 40, 50), 0.3, np.float32)
+    out = SrcnnRunner(model_x1).restore(flat)
+    assert np.ptp(out) < 1e-5
+    # Mirrored, the border of a real image matches what a larger image would give there.
+    big = stack(1, 80, 79)
+    big = (big + np.flip(big, axis=2)) / 2  # mirror-symmetric about its middle column, 39
+    half = np.ascontiguousarray(big[:, :, :40])  # cut there: mirrored, it is `big` again
+    runner = SrcnnRunner(model_x1)
+    assert np.abs(runner.restore(half)[..., -1] - runner.restore(big)[..., 39]).max() < 1e-4
+
+
+def test_ct_padding_is_filled_before_the_method_sees_it(model_x1) -> None:
+    image = np.full((1, 64, 64), 40.0, np.float32)
+    padding = np.zeros_like(image, bool)
+    padding[:, :, :16] = True  # outside the reconstruction circle
+    stored = np.where(padding, -3024.0, image).astype(np.float32)
+    air = np.where(padding, -1024.0, image).astype(np.float32)
+    method = SrcnnMethod(SrcnnRunner(model_x1))
+    with_padding = enhance_stack(stored, "CT", method, padding=padding).values
+    filled = enhance_stack(air, "CT", method, padding=padding).values
+    # the -3024 HU step never reaches the real pixels beside it
+    assert np.abs(with_padding - filled)[~padding].max() < 1e-3
