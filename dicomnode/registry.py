@@ -33,16 +33,19 @@ class MethodSpec:
     """Everything the node needs to know about one method, apart from running it."""
 
     name: str  # as in `[enhance] methods`, job details and derived series descriptions
-    builder: str  # "module:function" taking Settings, returning an imaging `Method`
+    builder: str  # "module:function" taking (Settings, modality), returning an imaging `Method`
     series_offset_key: str  # the [enhance] key: derived SeriesNumber = source's + this
     derivation_codes: tuple[Code, ...] = ()  # beyond smoothing/resampling (PS3.3 C.7.6.1.1.3)
     model_prefix: str | None = None  # "<prefix>-x<scale>.keras" in the model folder; None: none
 
-    def build(self, settings: "Settings") -> "Method":
-        """The runnable method for these settings (loads its model, if it has one)."""
+    def build(self, settings: "Settings", modality: str = "") -> "Method":
+        """The runnable method for these settings and a series of `modality` (which picks the
+        model, where a method has one per modality)."""
         module, function = self.builder.split(":")
-        build: Callable[[Settings], Method] = getattr(importlib.import_module(module), function)
-        return build(settings)
+        build: Callable[[Settings, str], Method] = getattr(
+            importlib.import_module(module), function
+        )
+        return build(settings, modality)
 
     def series_offset(self, enhance: "EnhanceSettings") -> int:
         offset: int = getattr(enhance, self.series_offset_key)
@@ -52,12 +55,22 @@ class MethodSpec:
         """DerivationCodeSequence items: what was done to the pixels at this scale."""
         return [SPATIAL_RESAMPLING if scale > 1 else SMOOTHING, *self.derivation_codes]
 
-    def model_file(self, enhance: "EnhanceSettings", scale: int | None = None) -> Path:
-        """Where this method's model for `scale` (default: the configured one) is looked for."""
+    def model_file(
+        self, enhance: "EnhanceSettings", scale: int | None = None, modality: str | None = None
+    ) -> Path:
+        """Where this method's model for `scale` (default: the configured one) is looked for:
+        `<prefix>-<modality>-x<scale>.keras` for one modality, `<prefix>-x<scale>.keras` for
+        any."""
         if self.model_prefix is None:
             raise ValueError(f"method {self.name!r} uses no model file")
         folder = Path(enhance.model_dir) if enhance.model_dir else MODELS_DIR
-        return folder / f"{self.model_prefix}-x{scale or enhance.scale}.keras"
+        kind = f"-{modality.lower()}" if modality else ""
+        return folder / f"{self.model_prefix}{kind}-x{scale or enhance.scale}.keras"
+
+    def model_for(self, enhance: "EnhanceSettings", modality: str) -> Path:
+        """The modality's own model when there is one, else the model for any modality."""
+        own = self.model_file(enhance, modality=modality) if modality else None
+        return own if own is not None and own.is_file() else self.model_file(enhance)
 
 
 SRCNN = MethodSpec(

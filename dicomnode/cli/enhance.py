@@ -58,7 +58,7 @@ def enhance(
     from dicomnode.errors import DicomNodeError
     from dicomnode.imaging.outcome import NOTHING_DERIVED
     from dicomnode.pipeline.enhancement import enhance_series
-    from dicomnode.pipeline.methods import configured_methods
+    from dicomnode.pipeline.methods import methods_for
     from dicomnode.pipeline.offline import (
         comparison_figure,
         describe,
@@ -72,7 +72,7 @@ def enhance(
         series = series_in(in_dir)
         if not series:
             fail(f"{in_dir}: no DICOM files found")
-        methods = configured_methods(settings)
+        methods = methods_for(settings)
         out_dir.mkdir(parents=True, exist_ok=True)
         sink = file_sink(out_dir)
         rows = []

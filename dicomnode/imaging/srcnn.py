@@ -61,14 +61,23 @@ def import_tensorflow() -> Any:
     return tf
 
 
+def import_keras() -> Any:
+    """Keras 3 on its configured backend (KERAS_BACKEND; TensorFlow unless told otherwise), so
+    training also runs where only JAX is installed, e.g. a GPU host."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        import_tensorflow()
+    import keras
+
+    return keras
+
+
 def build_srcnn(scale: int = 1, *, seed: int | None = None) -> keras.Model:
     """A fresh residual 9-1-5 SRCNN for `scale` (its name records the scale).
 
     Untrained, it returns its input exactly (the residual branch's last kernel is zero); pass a
     seed for reproducible initial weights.
     """
-    import_tensorflow()
-    import keras
+    keras = import_keras()
 
     if seed is not None:
         keras.utils.set_random_seed(seed)

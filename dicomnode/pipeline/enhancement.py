@@ -11,7 +11,7 @@ and per method); its `as_dict()` is the job's `details`.
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -181,10 +181,11 @@ def enhance_series(
     job_id: int,
     inputs: list[SpooledInstance],
     settings: Settings,
-    methods: list[Method],
+    methods_for: Callable[[str], list[Method]],
     sink: Sink,
 ) -> SeriesOutput:
-    """Derived series and reports for every method, each file handed to `sink` to store."""
+    """Derived series and reports for every method (`methods_for(modality)`: the modality's own
+    models where there are any), each file handed to `sink` to store."""
     started = time.perf_counter()
     images, declined = load_sources(inputs)
     load_s = time.perf_counter() - started
@@ -198,7 +199,7 @@ def enhance_series(
         return SeriesOutput({}, SeriesOutcome(status, load_s, declined), everything)
     files: dict[str, list[list[SpooledInstance]]] = {}
     outcomes: list[MethodOutcome] = []
-    for method in methods:
+    for method in methods_for(modality):
         series, outcome, left_out = _run_method(images, method, settings, sink)
         declined += tuple(left_out)
         if outcome is None:

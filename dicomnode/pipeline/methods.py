@@ -5,7 +5,10 @@ imaging `Method`s. Loading an SRCNN model imports TensorFlow and takes seconds, 
 is loaded once per process (thread-safe) and its runner reused by every job.
 """
 
+import logging
 import threading
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from dicomnode.config import QaSettings, Settings
@@ -15,8 +18,11 @@ from dicomnode.imaging.qa import QaThresholds
 from dicomnode.imaging.srcnn import SrcnnRunner, load_model
 from dicomnode.registry import SRCNN, method_spec
 
+log = logging.getLogger(__name__)
+
 _runners: dict[Path, SrcnnRunner] = {}
 _lock = threading.Lock()
+_fallbacks_logged: set[tuple[str, Path]] = set()
 
 
 def srcnn_runner(path: Path) -> SrcnnRunner:
@@ -26,8 +32,18 @@ def srcnn_runner(path: Path) -> SrcnnRunner:
         return _runners[path]
 
 
-def build_srcnn(settings: Settings) -> Method:
-    return SrcnnMethod(srcnn_runner(SRCNN.model_file(settings.enhance)))
+def build_srcnn(settings: Settings, modality: str = "") -> Method:
+    """SRCNN with the modality's own model (`srcnn-<modality>-x<scale>.keras`) when there is
+    one, else the model for any modality (said once per modality in the log)."""
+    path = SRCNN.model_for(settings.enhance, modality)
+    if modality and path == SRCNN.model_file(settings.enhance):
+        with _lock:
+            first = (modality, path) not in _fallbacks_logged
+            _fallbacks_logged.add((modality, path))
+        if first:
+            own = SRCNN.model_file(settings.enhance, modality=modality).name
+            log.info("no %s model %s: using %s", modality, own, path.name)
+    return SrcnnMethod(srcnn_runner(path))
 
 
 def baseline_params(settings: Settings) -> BaselineParams:
@@ -35,13 +51,21 @@ def baseline_params(settings: Settings) -> BaselineParams:
     return BaselineParams(**vars(settings.baseline))
 
 
-def build_baseline(settings: Settings) -> Method:
+def build_baseline(settings: Settings, modality: str = "") -> Method:
     return BaselineMethod(baseline_params(settings), scale=settings.enhance.scale)
 
 
-def configured_methods(settings: Settings) -> list[Method]:
-    """One Method per name in `[enhance] methods`, in that order."""
-    return [method_spec(name).build(settings) for name in settings.enhance.methods]
+def configured_methods(settings: Settings, modality: str = "") -> list[Method]:
+    """One Method per name in `[enhance] methods`, in that order, for series of `modality`."""
+    return [method_spec(name).build(settings, modality) for name in settings.enhance.methods]
+
+
+MethodsFor = Callable[[str], list[Method]]
+
+
+def methods_for(settings: Settings) -> MethodsFor:
+    """The configured methods as a function of a series' modality (for `enhance_series`)."""
+    return partial(configured_methods, settings)
 
 
 def qa_thresholds(qa: QaSettings) -> QaThresholds:

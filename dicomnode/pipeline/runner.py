@@ -176,12 +176,12 @@ class JobRunner:
         None when the job was finished here (enhancement failed, or QA failed it)."""
         from dicomnode.pipeline.derived_output import outbox_sink
         from dicomnode.pipeline.enhancement import enhance_series
-        from dicomnode.pipeline.methods import configured_methods
+        from dicomnode.pipeline.methods import methods_for
 
         try:
-            methods = configured_methods(self.settings)
             self.spool.clear_outbox(job.id)
             sink = outbox_sink(self.spool, job.id)
+            methods = methods_for(self.settings)
             output = enhance_series(job.id, inputs, self.settings, methods, sink)
         except DicomNodeError as exc:  # a missing model, a full disk: say so, keep the inputs
             self._finish(job, error=f"enhancement failed: {exc}")

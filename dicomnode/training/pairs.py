@@ -1,14 +1,21 @@
 """Training pairs: (what the network sees, what it should output), made by the shared degradation.
 
-The input is built exactly as at inference: degrade the reference (`degrade`), normalise the
-degraded image with its own working range, and for scale > 1 upsample it with the shared cubic
-interpolator. The target is the reference in the same working range. Patches are cut from these
-full-size pairs, so degradation never sees a patch border.
+The input is built exactly as at inference: fill the padding (`fill_padding`), degrade the
+reference (`degrade`), normalise the degraded image with its own working range, and for scale > 1
+upsample it with the shared cubic interpolator. The target is the reference in the same working
+range. Patches are cut from these full-size pairs, so degradation never sees a patch border.
+
+`PatchSampler` draws fresh patches for every batch, each turned by one of the eight symmetries of
+the square (flips and quarter turns), so no patch is seen twice and no orientation is favoured.
+At scale 1 it also adds Gaussian noise of up to `noise_factor` times the image's own estimated
+noise to the input: real inputs are noisy, and a restoration network that never saw noise
+learns to sharpen it.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
+from skimage.restoration import estimate_sigma
 
 from dicomnode.imaging.degrade import Degradation, crop_to_multiple, degrade, resample
 from dicomnode.imaging.normalize import fill_padding, normalization_for, normalize
@@ -23,6 +30,7 @@ class Pair:
     source: CorpusImage
     net_input: np.ndarray  # normalised, on the reference grid
     target: np.ndarray  # normalised reference
+    noise: float  # the reference's estimated noise standard deviation, working range
 
 
 def make_pair(image: CorpusImage, degradation: Degradation) -> Pair:
@@ -36,29 +44,79 @@ def make_pair(image: CorpusImage, degradation: Degradation) -> Pair:
     net_input = normalize(low, norm)
     if degradation.scale > 1:
         net_input = resample(net_input, reference.shape)
-    return Pair(image, net_input, normalize(reference, norm))
+    target = normalize(reference, norm)
+    return Pair(image, net_input, target, float(estimate_sigma(target)))
+
+
+def _usable(pairs: list[Pair], size: int) -> tuple[list[Pair], np.ndarray]:
+    usable = [p for p in pairs if min(p.target.shape) >= size]
+    if not usable:
+        raise ValueError(f"no image is at least {size} px on each side")
+    weights = np.array([p.target.size for p in usable], float)
+    return usable, weights / weights.sum()
+
+
+def _draw(
+    usable: list[Pair], weights: np.ndarray, size: int, rng: np.random.Generator, tries: int
+) -> tuple[Pair, np.ndarray, np.ndarray]:
+    """One (pair, input, target) patch; up to `tries` draws to find a structured one."""
+    for _attempt in range(tries):
+        pair = usable[rng.choice(len(usable), p=weights)]
+        r = int(rng.integers(0, pair.target.shape[0] - size + 1))
+        c = int(rng.integers(0, pair.target.shape[1] - size + 1))
+        target = pair.target[r : r + size, c : c + size]
+        if target.std() >= MIN_PATCH_STD:
+            break
+    return pair, pair.net_input[r : r + size, c : c + size], target
 
 
 def sample_patches(
     pairs: list[Pair], count: int, size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """`count` random (input, target) patches of `size`², shaped (count, size, size, 1)."""
-    usable = [p for p in pairs if min(p.target.shape) >= size]
-    if not usable:
-        raise ValueError(f"no image is at least {size} px on each side")
-    weights = np.array([p.target.size for p in usable], float)
-    weights /= weights.sum()
+    usable, weights = _usable(pairs, size)
     inputs = np.empty((count, size, size, 1), np.float32)
     targets = np.empty_like(inputs)
     for n in range(count):
-        attempts = 20 if n < count * STRUCTURED_FRACTION else 1
-        for _attempt in range(attempts):
-            pair = usable[rng.choice(len(usable), p=weights)]
-            r = int(rng.integers(0, pair.target.shape[0] - size + 1))
-            c = int(rng.integers(0, pair.target.shape[1] - size + 1))
-            target = pair.target[r : r + size, c : c + size]
-            if target.std() >= MIN_PATCH_STD:
-                break
-        inputs[n, ..., 0] = pair.net_input[r : r + size, c : c + size]
-        targets[n, ..., 0] = target
+        tries = 20 if n < count * STRUCTURED_FRACTION else 1
+        _, inputs[n, ..., 0], targets[n, ..., 0] = _draw(usable, weights, size, rng, tries)
     return inputs, targets
+
+
+class PatchSampler:
+    """Fresh, randomly turned patches for every batch; reproducible from its seed."""
+
+    def __init__(
+        self,
+        pairs: list[Pair],
+        size: int,
+        batch_size: int,
+        *,
+        seed: int,
+        noise_factor: float = 0.0,
+    ) -> None:
+        self.usable, self.weights = _usable(pairs, size)
+        self.size, self.batch_size, self.noise_factor = size, batch_size, noise_factor
+        self.seed = seed
+
+    def batch(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch number `index` (the same index always gives the same batch)."""
+        rng = np.random.default_rng((self.seed, index))
+        noise_rng = np.random.default_rng((self.seed, index, 1))  # the same patches either way
+        inputs = np.empty((self.batch_size, self.size, self.size, 1), np.float32)
+        targets = np.empty_like(inputs)
+        for n in range(self.batch_size):
+            tries = 20 if n < self.batch_size * STRUCTURED_FRACTION else 1
+            pair, net_input, target = _draw(self.usable, self.weights, self.size, rng, tries)
+            if self.noise_factor:
+                sigma = noise_rng.uniform(0.0, self.noise_factor) * pair.noise
+                net_input = net_input + noise_rng.normal(0.0, sigma, net_input.shape)
+            turns, flip = int(rng.integers(4)), bool(rng.integers(2))
+            inputs[n, ..., 0] = _turned(net_input, turns, flip)
+            targets[n, ..., 0] = _turned(target, turns, flip)
+        return inputs, targets
+
+
+def _turned(patch: np.ndarray, turns: int, flip: bool) -> np.ndarray:
+    patch = np.rot90(patch, turns)
+    return np.fliplr(patch) if flip else patch

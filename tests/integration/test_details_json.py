@@ -16,7 +16,7 @@ from pydicom.data import get_testdata_file
 
 from dicomnode.config import Settings
 from dicomnode.pipeline.enhancement import enhance_series
-from dicomnode.pipeline.methods import configured_methods
+from dicomnode.pipeline.methods import methods_for
 from dicomnode.pipeline.offline import file_sink, series_in
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "enhancement_details.json"
@@ -44,7 +44,7 @@ def details_of(tmp_path: Path) -> dict[str, Any]:
     settings = Settings()
     settings = replace(settings, enhance=replace(settings.enhance, methods=["baseline", "srcnn"]))
     ((_, inputs),) = series_in(tmp_path / "in").items()
-    methods = configured_methods(settings)
+    methods = methods_for(settings)
     output = enhance_series(1, inputs, settings, methods, file_sink(tmp_path / "out"))
     return json.loads(json.dumps(output.outcome.as_dict()))
 

@@ -11,6 +11,7 @@ from dicomnode.imaging.srcnn import load_model
 from dicomnode.registry import MODELS_DIR
 from dicomnode.training.corpus import load_images, split_by_group
 from dicomnode.training.evaluate import evaluate_image, standard_methods, summarize_rows
+from dicomnode.training.pairs import PatchSampler, make_pair
 from dicomnode.training.train import TrainingSettings, train_srcnn
 from tests.support.cli import dicomnode
 from tests.support.series import SHARED_DATA
@@ -41,7 +42,7 @@ def test_same_seed_same_model_and_metrics(tmp_path: Path, ct_train_images) -> No
         i for i in ct_train_images if i.group in sorted({j.group for j in ct_train_images})[:3]
     ]
     settings = TrainingSettings(
-        scale=2, epochs=2, seed=5, patch_size=32, train_patches=96, validation_patches=32
+        scale=2, updates=256, epochs=2, seed=5, patch_size=32, validation_patches=32
     )
     first = train_srcnn(images, tmp_path / "a" / "srcnn-x2.keras", settings)
     second = train_srcnn(images, tmp_path / "b" / "srcnn-x2.keras", settings)
@@ -52,6 +53,25 @@ def test_same_seed_same_model_and_metrics(tmp_path: Path, ct_train_images) -> No
     assert (tmp_path / "a" / "srcnn-x2.loss.png").stat().st_size > 1000
     history = json.loads((tmp_path / "a" / "srcnn-x2.history.json").read_text())
     assert len(history["history"]["val_loss"]) == first.epochs_run == 2
+    # the record: steps and updates as asked, a cosine learning rate falling to its floor,
+    # and pseudonymous groups only (no PatientID in a file that ships)
+    assert (first.steps, first.updates) == (8, 256)
+    rates = history["history"]["lr"]
+    assert rates[0] > rates[1] and rates[1] == pytest.approx(settings.final_learning_rate)
+    patient_ids = {i.group for i in images}
+    assert not patient_ids & set(first.train_groups + first.validation_groups)
+
+
+def test_patches_are_fresh_and_turned_every_batch(ct_train_images) -> None:
+    pairs = [make_pair(i, Degradation(1)) for i in ct_train_images[:2]]
+    sampler = PatchSampler(pairs, 32, 8, seed=3, noise_factor=1.5)
+    first, again, other = sampler.batch(0), sampler.batch(0), sampler.batch(1)
+    assert np.array_equal(first[0], again[0])  # reproducible from the seed and index
+    assert not np.array_equal(first[1], other[1])  # a new batch, new patches
+    # input noise at scale 1: the same patches, with noise on the input only
+    plain = PatchSampler(pairs, 32, 8, seed=3).batch(0)
+    assert np.array_equal(first[1], plain[1])
+    assert np.std(first[0] - first[1]) > np.std(plain[0] - plain[1])
 
 
 def test_evaluation_ranks_nearest_neighbour_below_bicubic() -> None:

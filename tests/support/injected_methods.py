@@ -45,15 +45,15 @@ class SlowMethod(_Injected):
         return stack.copy()
 
 
-def build_failing(settings: Settings) -> Method:
+def build_failing(settings: Settings, modality: str = "") -> Method:
     return FailingMethod("failing")
 
 
-def build_harmful(settings: Settings) -> Method:
+def build_harmful(settings: Settings, modality: str = "") -> Method:
     return HarmfulMethod("harmful")
 
 
-def build_slow(settings: Settings) -> Method:
+def build_slow(settings: Settings, modality: str = "") -> Method:
     return SlowMethod("slow")
 
 
