@@ -1,8 +1,9 @@
 """`dicomnode evaluate`: score bicubic, the baseline and SRCNN against the originals."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -22,7 +23,19 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Folder for the CSV files and comparison.png.")],
     scale: Annotated[int, typer.Option(min=1, max=4, help="1: restoration; 2-4: upscaling.")] = 2,
     model: Annotated[
-        Path | None, typer.Option(help="SRCNN model (default models/srcnn-xS.keras).")
+        Path | None,
+        typer.Option(
+            help="SRCNN model for every image (default: each modality's own model, "
+            "srcnn-<modality>-xS.keras, else srcnn-xS.keras, in enhance.model_dir)."
+        ),
+    ] = None,
+    linear_from: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--linear-from",
+            help="Training folders to fit the least-squares linear filter on (per modality), "
+            "a reference a network must beat; repeatable.",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     nearest: Annotated[
@@ -35,6 +48,8 @@ def evaluate(
 
     Writes metrics_per_image.csv, metrics_summary.csv and comparison.png to OUT. PSNR uses the
     original's max - min (padding excluded) as data_range; `scale` border pixels are shaved.
+    Summaries per modality, plane and patient (a cluster bootstrap over patients), with the
+    worst image.
     """
     configure_logging("WARNING")
     settings = settings_from(config)
@@ -46,6 +61,7 @@ def evaluate(
     from dicomnode.registry import SRCNN
     from dicomnode.training.corpus import load_images
     from dicomnode.training.evaluate import (
+        ANY,
         evaluate_image,
         standard_methods,
         summarize_rows,
@@ -53,13 +69,37 @@ def evaluate(
         write_summary_csv,
     )
     from dicomnode.training.figures import plot_comparison
+    from dicomnode.training.linear import fit_linear_filter
 
     with reported_errors():
         images = load_images(data)
-        loaded = load_model(model or SRCNN.model_file(settings.enhance, scale))
-        params = baseline_params(settings)
-        methods = standard_methods(scale, model=loaded, baseline=params, include_nearest=nearest)
         degradation = Degradation(scale=scale)
+        enhance = replace(settings.enhance, scale=scale)
+        paths = (
+            {ANY: model}
+            if model
+            else {
+                modality: SRCNN.model_for(enhance, modality)
+                for modality in sorted({image.modality for image in images})
+            }
+        )
+        loaded = {key: load_model(path) for key, path in paths.items()}
+        linear = None
+        if linear_from:
+            training = load_images(linear_from)
+            linear = {
+                modality: fit_linear_filter(
+                    [i for i in training if i.modality == modality], degradation
+                )
+                for modality in sorted({i.modality for i in training})
+            }
+        methods = standard_methods(
+            scale,
+            model=loaded,
+            baseline=baseline_params(settings),
+            linear=linear,
+            include_nearest=nearest,
+        )
         rows, shown = [], []
         picks = _example_indices(images, examples)
         for index, image in enumerate(
@@ -76,7 +116,10 @@ def evaluate(
         plot_comparison(shown, out / "comparison.png", scale)
     result = {
         "scale": scale,
-        "model": {"path": str(loaded.path), "sha256": loaded.sha256},
+        "models": {
+            key: {"path": str(one.path), "sha256": one.sha256} for key, one in loaded.items()
+        },
+        "linear_fitted_on": [str(p) for p in linear_from or []],
         "degradation": vars(degradation),
         "data_range": "original max - min over non-padding pixels, modality units",
         "shave_px": scale if scale > 1 else 0,
@@ -104,22 +147,39 @@ def _example_indices(images: list, count: int) -> set[int]:
     return set(picks)
 
 
-def _print_table(summary: dict) -> None:
+def _print_table(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table("method", "modality", "n", "PSNR dB", "SSIM", "gain dB", "95 % CI", "p")
+    from dicomnode.training.evaluate import subsets
+
+    table = Table(
+        "method",
+        "subset",
+        "n",
+        "pat.",
+        "PSNR dB",
+        "SSIM",
+        "gain dB",
+        "95 % CI",
+        "CI by patient",
+        "worst",
+        "SSIM gain",
+    )
     for method, entry in summary.items():
-        for modality, values in [("all", entry), *entry["by_modality"].items()]:
+        for subset, values in subsets(entry):
             low, high = values["gain_ci95"]
-            p = values["wilcoxon_p"]
+            p_low, p_high = values["gain_ci95_by_patient"]
             table.add_row(
                 method,
-                modality,
+                subset,
                 str(values["n_images"]),
+                str(values["n_patients"]),
                 f"{values['psnr_mean']:.2f}",
                 f"{values['ssim_mean']:.4f}",
                 f"{values['gain_db_vs_bicubic']:+.2f}",
                 f"[{low:+.2f}, {high:+.2f}]",
-                "-" if p is None else f"{p:.2g}",
+                f"[{p_low:+.2f}, {p_high:+.2f}]",
+                f"{values['worst_gain_db']:+.2f}",
+                f"{values['ssim_gain_vs_bicubic']:+.4f}",
             )
     console.print(table)

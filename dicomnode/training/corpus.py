@@ -10,6 +10,7 @@ CT pixels below -1024 HU are outside the reconstruction circle (scanners fill it
 are left out of every score, as a declared PixelPaddingValue would be.
 """
 
+import hashlib
 import logging
 import random
 from collections import defaultdict
@@ -37,10 +38,17 @@ class CorpusImage:
     series: str
     values: np.ndarray  # 2-D float32, modality units
     padding: np.ndarray  # 2-D bool
+    plane: str = "unknown"  # axial, coronal, sagittal (from ImageOrientationPatient), oblique
 
     @property
     def name(self) -> str:
         return f"{self.path.name}#{self.frame}" if self.frame else self.path.name
+
+
+def pseudonym(group: str) -> str:
+    """A stable stand-in for a patient id: what we report or ship must not carry PHI from a
+    site's own data."""
+    return hashlib.sha256(group.encode()).hexdigest()[:12]
 
 
 def _files(paths: Iterable[Path]) -> list[Path]:
@@ -55,6 +63,17 @@ def _files(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
+def plane_of(orientation: Sequence[float] | None) -> str:
+    """The anatomical plane an image lies in, from its row and column direction cosines."""
+    if orientation is None or len(orientation) != 6:
+        return "unknown"
+    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) < 0.8:  # more than ~37 degrees from every plane
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]  # normal along x, y (LPS), z
+
+
 def load_images(paths: Sequence[Path], *, min_size: int = 32) -> list[CorpusImage]:
     """Every usable grayscale 2-D image under `paths`, in a stable order; others are skipped."""
     images: list[CorpusImage] = []
@@ -67,6 +86,8 @@ def load_images(paths: Sequence[Path], *, min_size: int = 32) -> list[CorpusImag
             continue
         series = str(ds.get("SeriesInstanceUID", file.parent))
         group = str(ds.get("PatientID", "") or series)
+        orientation = ds.get("ImageOrientationPatient")
+        plane = plane_of([float(v) for v in orientation] if orientation else None)
         for frame, (values, padding) in enumerate(zip(image.values, image.padding, strict=True)):
             if min(values.shape) < min_size:
                 log.info(
@@ -76,7 +97,7 @@ def load_images(paths: Sequence[Path], *, min_size: int = 32) -> list[CorpusImag
             modality = str(ds.get("Modality", "OT")).upper()
             if modality == "CT":
                 padding = padding | (values < CT_HU_RANGE[0])
-            images.append(CorpusImage(file, frame, modality, group, series, values, padding))
+            images.append(CorpusImage(file, frame, modality, group, series, values, padding, plane))
     if not images:
         raise DicomNodeError(f"no usable grayscale DICOM images under {', '.join(map(str, paths))}")
     return images

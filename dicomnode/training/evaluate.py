@@ -8,8 +8,11 @@ itself (cubic resampling to the same grid is the identity), so its gain is the g
 nothing.
 
 The summary pairs each method with bicubic image by image: mean gain in dB, a bootstrap 95 %
-confidence interval of that mean (10,000 resamples, seeded) and a two-sided Wilcoxon signed-rank
-p-value; per method overall and per modality.
+confidence interval of that mean (10,000 resamples, seeded), a cluster-bootstrap interval that
+resamples whole patients (images of one patient are not independent; a test set of 3 patients
+is 3 samples, not 18), the worst image, the SSIM gain with its own interval, and a two-sided
+Wilcoxon signed-rank p-value; per method overall, per modality, per plane (axial vs reformats)
+and per modality and plane.
 """
 
 import csv
@@ -17,6 +20,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.stats import wilcoxon
@@ -27,7 +31,8 @@ from dicomnode.imaging.enhance import BaselineMethod, Method, SrcnnMethod, enhan
 from dicomnode.imaging.metrics import compare
 from dicomnode.imaging.normalize import fill_padding
 from dicomnode.imaging.srcnn import LoadedModel, SrcnnRunner
-from dicomnode.training.corpus import CorpusImage
+from dicomnode.training.corpus import CorpusImage, pseudonym
+from dicomnode.training.linear import LinearFilter, LinearMethod
 
 Restorer = Callable[[np.ndarray, CorpusImage, tuple[int, int]], np.ndarray]
 BOOTSTRAP_RESAMPLES = 10_000
@@ -38,11 +43,14 @@ class MetricRow:
     image: str
     path: str
     modality: str
+    plane: str
+    patient: str  # pseudonymous
     method: str
     psnr_db: float
     ssim: float
     data_range: float
     gain_db_vs_bicubic: float
+    ssim_gain_vs_bicubic: float
 
 
 def bicubic(low: np.ndarray, image: CorpusImage, shape: tuple[int, int]) -> np.ndarray:
@@ -55,8 +63,15 @@ def nearest(low: np.ndarray, image: CorpusImage, shape: tuple[int, int]) -> np.n
     return low[np.ix_(rows, cols)]
 
 
-def restorer_for(method: Method) -> Restorer:
+ANY = "*"  # the key of a model or filter used for every modality without its own
+
+
+def restorer_for(methods: Method | Mapping[str, Method]) -> Restorer:
+    """A restorer running `methods` (one for all images, or one per modality, ANY the rest)."""
+    chosen = methods if isinstance(methods, Mapping) else {ANY: methods}
+
     def restore(low: np.ndarray, image: CorpusImage, shape: tuple[int, int]) -> np.ndarray:
+        method = chosen.get(image.modality) or chosen[ANY]
         return enhance_stack(low[None], image.modality, method).values[0]
 
     return restore
@@ -65,19 +80,27 @@ def restorer_for(method: Method) -> Restorer:
 def standard_methods(
     scale: int,
     *,
-    model: LoadedModel | None,
+    model: LoadedModel | Mapping[str, LoadedModel] | None,
     baseline: BaselineParams | None = None,
+    linear: Mapping[str, LinearFilter] | None = None,
     include_nearest: bool = False,
 ) -> dict[str, Restorer]:
-    """bicubic (the bar), the classical baseline, SRCNN when a model is given; nearest if asked."""
+    """bicubic (the bar), the classical baseline, a least-squares linear filter when fitted,
+    SRCNN when a model is given (or one per modality); nearest if asked."""
     methods: dict[str, Restorer] = {"bicubic": bicubic}
     if include_nearest:
         methods["nearest"] = nearest
     methods["baseline"] = restorer_for(BaselineMethod(baseline or BaselineParams(), scale=scale))
-    if model is not None:
-        if model.scale != scale:
-            raise ValueError(f"model {model.version} is for scale {model.scale}, not {scale}")
-        methods["srcnn"] = restorer_for(SrcnnMethod(SrcnnRunner(model)))
+    if linear:
+        methods["linear"] = restorer_for({k: LinearMethod(f) for k, f in linear.items()})
+    models = model if isinstance(model, Mapping) else {ANY: model} if model else {}
+    for loaded in models.values():
+        if loaded.scale != scale:
+            raise ValueError(f"model {loaded.version} is for scale {loaded.scale}, not {scale}")
+    if models:
+        methods["srcnn"] = restorer_for(
+            {key: SrcnnMethod(SrcnnRunner(loaded)) for key, loaded in models.items()}
+        )
     return methods
 
 
@@ -106,17 +129,20 @@ def evaluate_image(
         name: compare(reference, out, shave=shave, padding=padding)
         for name, out in restored.items()
     }
-    bicubic = scores["bicubic"].psnr_db
+    bicubic = scores["bicubic"]
     rows = [
         MetricRow(
             image=image.name,
             path=str(image.path),
             modality=image.modality,
+            plane=image.plane,
+            patient=pseudonym(image.group),
             method=name,
             psnr_db=score.psnr_db,
             ssim=score.ssim,
             data_range=score.data_range,
-            gain_db_vs_bicubic=score.psnr_db - bicubic,
+            gain_db_vs_bicubic=score.psnr_db - bicubic.psnr_db,
+            ssim_gain_vs_bicubic=score.ssim - bicubic.ssim,
         )
         for name, score in scores.items()
     ]
@@ -133,43 +159,66 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
     return (float(low), float(high))
 
 
+def cluster_bootstrap_ci(
+    values: np.ndarray, clusters: Sequence[str], seed: int = 0
+) -> tuple[float, float]:
+    """95 % interval of the mean when whole clusters (patients) are resampled, not images."""
+    names = sorted(set(clusters))
+    if len(names) < 2:
+        return (math.nan, math.nan)
+    by_cluster = [values[[c == name for c in clusters]] for name in names]
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(BOOTSTRAP_RESAMPLES // 10):  # fewer: each draw concatenates arrays
+        drawn = rng.integers(0, len(names), len(names))
+        means.append(float(np.concatenate([by_cluster[i] for i in drawn]).mean()))
+    low, high = np.percentile(means, [2.5, 97.5])
+    return (float(low), float(high))
+
+
 def _wilcoxon_p(gains: np.ndarray) -> float | None:
     if gains.size < 2 or not np.any(gains):
         return None
     return float(wilcoxon(gains).pvalue)
 
 
-def _summary(rows: Sequence[MetricRow], ssim_bicubic: float) -> dict:
+def _summary(rows: Sequence[MetricRow]) -> dict[str, Any]:
     gains = np.array([r.gain_db_vs_bicubic for r in rows])
-    ssim = float(np.mean([r.ssim for r in rows]))
+    ssim_gains = np.array([r.ssim_gain_vs_bicubic for r in rows])
+    patients = [r.patient for r in rows]
+    worst = int(np.argmin(gains))
     return {
         "n_images": len(rows),
+        "n_patients": len(set(patients)),
         "psnr_mean": float(np.mean([r.psnr_db for r in rows])),
-        "ssim_mean": ssim,
+        "ssim_mean": float(np.mean([r.ssim for r in rows])),
         "gain_db_vs_bicubic": float(gains.mean()),
         "gain_ci95": list(bootstrap_ci(gains)),
+        "gain_ci95_by_patient": list(cluster_bootstrap_ci(gains, patients)),
+        "worst_gain_db": float(gains[worst]),
+        "worst_image": rows[worst].image,
         "wilcoxon_p": _wilcoxon_p(gains),
-        "ssim_gain_vs_bicubic": ssim - ssim_bicubic,
+        "ssim_gain_vs_bicubic": float(ssim_gains.mean()),
+        "ssim_gain_ci95": list(bootstrap_ci(ssim_gains)),
     }
 
 
-def summarize_rows(rows: Sequence[MetricRow]) -> dict[str, dict]:
-    """Per method: the overall summary plus `by_modality` with the same fields."""
-
-    def ssim_of_bicubic(modality: str | None) -> float:
-        chosen = [r.ssim for r in rows if r.method == "bicubic" and modality in (None, r.modality)]
-        return float(np.mean(chosen))
-
-    summary: dict[str, dict] = {}
+def summarize_rows(rows: Sequence[MetricRow]) -> dict[str, dict[str, Any]]:
+    """Per method: the overall summary plus `by_modality`, `by_plane` and `by_modality_plane`
+    (keys "CT/axial", ...) with the same fields."""
+    summary: dict[str, dict[str, Any]] = {}
     for method in dict.fromkeys(r.method for r in rows):
         mine = [r for r in rows if r.method == method]
-        entry = _summary(mine, ssim_of_bicubic(None))
-        entry["by_modality"] = {
-            modality: _summary(
-                [r for r in mine if r.modality == modality], ssim_of_bicubic(modality)
-            )
-            for modality in sorted({r.modality for r in mine})
-        }
+        entry = _summary(mine)
+        for name, key in (
+            ("by_modality", lambda r: r.modality),
+            ("by_plane", lambda r: r.plane),
+            ("by_modality_plane", lambda r: f"{r.modality}/{r.plane}"),
+        ):
+            entry[name] = {
+                value: _summary([r for r in mine if key(r) == value])
+                for value in sorted({key(r) for r in mine})
+            }
         summary[method] = entry
     return summary
 
@@ -184,13 +233,17 @@ def write_per_image_csv(rows: Sequence[MetricRow], path: Path) -> None:
 def write_summary_csv(summary: Mapping[str, dict], path: Path) -> None:
     fields = [
         "method",
-        "modality",
+        "subset",
         "n_images",
+        "n_patients",
         "psnr_mean",
         "ssim_mean",
         "gain_db_vs_bicubic",
         "gain_ci95_low",
         "gain_ci95_high",
+        "patient_ci95_low",
+        "patient_ci95_high",
+        "worst_gain_db",
         "wilcoxon_p",
         "ssim_gain_vs_bicubic",
     ]
@@ -198,14 +251,25 @@ def write_summary_csv(summary: Mapping[str, dict], path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for method, entry in summary.items():
-            for modality, values in [("all", entry), *entry["by_modality"].items()]:
+            for subset, values in subsets(entry):
                 low, high = values["gain_ci95"]
+                patient_low, patient_high = values["gain_ci95_by_patient"]
                 writer.writerow(
                     {
                         "method": method,
-                        "modality": modality,
+                        "subset": subset,
                         "gain_ci95_low": low,
                         "gain_ci95_high": high,
+                        "patient_ci95_low": patient_low,
+                        "patient_ci95_high": patient_high,
                         **{k: values[k] for k in fields if k in values},
                     }
                 )
+
+
+def subsets(entry: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """("all", overall) then every modality, plane and modality/plane of one method."""
+    parts: list[tuple[str, Mapping[str, Any]]] = [("all", entry)]
+    for name in ("by_modality", "by_plane", "by_modality_plane"):
+        parts.extend(entry[name].items())
+    return parts

@@ -15,7 +15,6 @@ group, steps, updates, device, wall time, and per epoch the losses and learning 
 `<stem>.loss.png`.
 """
 
-import hashlib
 import json
 import logging
 import math
@@ -30,7 +29,7 @@ import numpy as np
 
 from dicomnode.imaging.degrade import Degradation
 from dicomnode.imaging.srcnn import HALO, build_srcnn, file_sha256, import_keras
-from dicomnode.training.corpus import CorpusImage, split_by_group
+from dicomnode.training.corpus import CorpusImage, pseudonym, split_by_group
 from dicomnode.training.figures import plot_loss
 from dicomnode.training.pairs import PatchSampler, make_pair, sample_patches
 
@@ -81,11 +80,6 @@ class TrainingReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def pseudonym(group: str) -> str:
-    """A stable stand-in for a patient id: the history must not carry PHI from a site's data."""
-    return hashlib.sha256(group.encode()).hexdigest()[:12]
 
 
 def _halo_mse(y_true, y_pred):  # type: ignore[no-untyped-def]
