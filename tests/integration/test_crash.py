@@ -70,18 +70,11 @@ def test_killed_while_enhancing_the_job_resumes_and_each_derived_uid_arrives_onc
     assert storescu(node.port, ct_series).returncode == 0
     # Loading TensorFlow alone keeps the derived job in "processing" for seconds, while the
     # originals job (job 1) has long delivered.
-    node.wait_for_jobs(
-        lambda jobs: (
-            part_of(jobs, "derived").get("status") == "processing"
-            and part_of(jobs, "originals").get("status") == "done"
-        )
-    )
+    node.wait_for_parts(derived="processing")
     node.kill()
 
     node.start()
-    jobs = node.wait_for_jobs(
-        lambda jobs: part_of(jobs, "derived")["status"] == "done", timeout=240
-    )
+    jobs = node.wait_for_parts(derived="done", timeout=240)
     assert part_of(jobs, "derived")["attempts"] == 2
     assert part_of(jobs, "originals")["attempts"] == 1
     assert "job lease expired, queued again job=2" in node.log()

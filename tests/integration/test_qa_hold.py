@@ -19,13 +19,7 @@ def test_held_job_sends_derived_series_only_when_released(
     ).start()
     assert storescu(node.port, ct_series).returncode == 0
 
-    jobs = node.wait_for_jobs(
-        lambda js: (
-            part_of(js, "derived").get("status") == "held"
-            and part_of(js, "originals").get("status") == "done"
-        ),
-        timeout=180,
-    )
+    jobs = node.wait_for_parts(derived="held", timeout=180)
     job = part_of(jobs, "derived")
     assert "jobs release" in job["error"]
     assert job["details"]["methods"][0]["qa"] == "fail"

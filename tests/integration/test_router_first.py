@@ -116,13 +116,7 @@ def test_a_failing_enhancement_never_fails_the_originals(
     ).start()
     assert storescu(node.port, ct_series).returncode == 0
 
-    jobs = node.wait_for_jobs(
-        lambda js: (
-            part_of(js, "derived").get("status") == "dead"
-            and part_of(js, "originals").get("status") == "done"
-        ),
-        timeout=120,
-    )
+    jobs = node.wait_for_parts(derived="dead", timeout=120)
     derived, originals = part_of(jobs, "derived"), part_of(jobs, "originals")
     assert "injected failure" in derived["error"] and derived["attempts"] == 2
     assert originals["deliveries"][0]["sent"] == len(ct_series) and originals["attempts"] == 1
@@ -256,13 +250,7 @@ def test_a_method_that_makes_the_series_worse_is_held_and_the_originals_go(
     ).start()
     assert storescu(node.port, ct_series).returncode == 0
 
-    jobs = node.wait_for_jobs(
-        lambda js: (
-            part_of(js, "derived").get("status") == "held"
-            and part_of(js, "originals").get("status") == "done"
-        ),
-        timeout=120,
-    )
+    jobs = node.wait_for_parts(derived="held", timeout=120)
     derived = part_of(jobs, "derived")
     assert derived["error"].startswith("harmful: ") and "self-check mean gain" in derived["error"]
     assert derived["details"]["methods"][0]["self_check_gain_mean_db"] < 0

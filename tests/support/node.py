@@ -129,6 +129,18 @@ class NodeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_for_parts(
+        self, *, derived: str, originals: str = "done", timeout: float = 60.0
+    ) -> list[dict[str, Any]]:
+        """Wait until the newest derived and originals jobs are in these states."""
+        return self.wait_for_jobs(
+            lambda jobs: (
+                part_of(jobs, "derived").get("status") == derived
+                and part_of(jobs, "originals").get("status") == originals
+            ),
+            timeout,
+        )
+
     def wait_for_jobs(self, predicate, timeout: float = 60.0) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
         """Poll `jobs list --json` until predicate(jobs) holds; else fail showing the log."""
         deadline = time.monotonic() + timeout
