@@ -185,7 +185,7 @@ def enhance_series(
 ) -> SeriesOutput:
     """Derived series and reports for every method, each file handed to `sink` to store."""
     started = time.perf_counter()
-    images, declined = load_sources(inputs)
+    images, declined = load_sources(inputs, settings.node.max_instance_bytes)
     load_s = time.perf_counter() - started
     if not images:
         status = "skipped: no image in the series can be enhanced"
