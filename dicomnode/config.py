@@ -70,11 +70,13 @@ class NodeSettings:
     data_dir: str = "var"
     database_url: str = ""
     allowed_calling_aets: list[str] = field(default_factory=list)
+    require_called_aet: bool = True  # refuse callers that address another AE title
     on_duplicate: Literal["replace", "keep"] = "replace"
     min_free_disk_mb: int = 1024
     max_associations: int = 10
     max_instance_mb: int = 2048
-    max_pdu_size: int = 0
+    max_pdu_size: int = 1048576  # PS3.8 D.3.3.1: the largest P-DATA-TF we accept; 0: none
+    max_associations_per_address: int = 0  # 0: no per-address cap
     tls_certificate: str = ""  # PEM; empty: the listener speaks plain TCP
     tls_private_key: str = ""
     tls_ca_certificates: str = ""  # PEM bundle that signs the callers' certificates
@@ -90,6 +92,16 @@ class NodeSettings:
         _check(self.max_associations >= 1, "node.max_associations", "must be >= 1")
         _check(self.max_instance_mb >= 0, "node.max_instance_mb", "must be >= 0 (0: no limit)")
         _check(self.max_pdu_size >= 0, "node.max_pdu_size", "must be >= 0 (0: unlimited)")
+        _check(
+            self.max_pdu_size == 0 or self.max_pdu_size >= 4096,
+            "node.max_pdu_size",
+            "must be 0 (unlimited) or at least 4096 bytes",
+        )
+        _check(
+            self.max_associations_per_address >= 0,
+            "node.max_associations_per_address",
+            "must be >= 0 (0: no cap)",
+        )
         _check_key_pair(self.tls_certificate, self.tls_private_key, "node.")
         _check_file(self.tls_ca_certificates, "node.tls_ca_certificates")
         _check(
@@ -104,6 +116,11 @@ class NodeSettings:
         )
 
     @property
+    def max_instance_bytes(self) -> int:
+        """`max_instance_mb` in bytes; 0: no limit."""
+        return self.max_instance_mb * 1024 * 1024
+
+    @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
 
@@ -115,18 +132,29 @@ class NodeSettings:
         return f"sqlite:///{self.data_path / 'dicomnode.sqlite'}"
 
 
+def masked_url(url: str) -> str:
+    """A database URL fit for a terminal or a log: its password replaced by `***`."""
+    return re.sub(r"^([A-Za-z0-9+.-]+://[^:/@?]*:)[^?]*@", r"\1***@", url)
+
+
 @dataclass(frozen=True)
 class NetworkSettings:
-    """Timeouts in seconds for every DICOM association, inbound and outbound."""
+    """Timeouts in seconds for every DICOM association, inbound and outbound.
+
+    On inbound connections `network_timeout` also bounds how long one PDU may take to arrive
+    once it has started, so a caller that drips bytes is dropped like a silent one.
+    """
 
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
     connect_timeout: float = 10.0
+    tcp_keepalive_seconds: float = 60.0  # idle time before TCP keepalive probes; 0: off
 
     def validate(self) -> None:
         for name in ("acse_timeout", "dimse_timeout", "network_timeout", "connect_timeout"):
             _check(getattr(self, name) > 0, f"network.{name}", "must be > 0 seconds")
+        _check(self.tcp_keepalive_seconds >= 0, "network.tcp_keepalive_seconds", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -372,7 +400,7 @@ class Settings:
         """The effective settings as plain data (what `dicomnode config show` prints)."""
         data: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
         data["node"]["data_dir"] = str(self.node.data_path)
-        data["node"]["database_url"] = self.node.effective_database_url
+        data["node"]["database_url"] = masked_url(self.node.effective_database_url)
         data["destinations"] = [dataclasses.asdict(d) for d in self.destinations]
         return data
 

@@ -22,6 +22,10 @@ class DecodeError(DicomNodeError):
     """A received or spooled dataset is malformed or lacks what the node needs to file it."""
 
 
+class InstanceTooLarge(DicomNodeError):
+    """An instance is (or inflates to) more than `node.max_instance_mb`: refused, never read."""
+
+
 class JobStateError(DicomNodeError):
     """An admin asked for a job transition that its current state does not allow."""
 

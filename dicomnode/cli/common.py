@@ -10,8 +10,8 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
+from dicomnode.cli.safe_text import install_log_filter, shown
 from dicomnode.config import Settings, load_settings
 from dicomnode.errors import ConfigError, DicomNodeError
 
@@ -33,7 +33,7 @@ error_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    error_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    error_console.print(f"[bold red]error:[/] {shown(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -60,12 +60,18 @@ def _drop_tls_tracebacks(record: logging.LogRecord) -> bool:
 
 
 def configure_logging(level: str) -> None:
-    """One line per event on stderr: time, level, logger, message (fields as key=value)."""
+    """One line per event on stderr: time, level, logger, message (fields as key=value).
+
+    Every record, ours and the libraries', has its control characters escaped (a newline in a
+    UID cannot forge a line), and Python warnings (pydicom's) become log records too.
+    """
     logging.basicConfig(
         level=level,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    install_log_filter()
+    logging.captureWarnings(True)
     # pynetdicom narrates every PDU at INFO; an operator wants our lines, and its problems.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     logging.getLogger("pynetdicom.transport").addFilter(_drop_tls_tracebacks)

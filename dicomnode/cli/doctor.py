@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from dicomnode.cli.common import ConfigOption, console, reported_errors, settings_from
+from dicomnode.cli.safe_text import shown
 
 
 def doctor(
@@ -38,6 +39,7 @@ def doctor(
             repair=repair,
             min_age_seconds=min_age,
             min_free_disk_mb=settings.node.min_free_disk_mb,
+            max_instance_bytes=settings.node.max_instance_bytes,
         )
     if as_json:
         summary = {"problems_left": report.problems_left, "disk_low": report.disk_low}
@@ -51,8 +53,8 @@ def doctor(
             f"{len(report.orphan_outboxes)} (removed {len(report.removed_outboxes)})"
         )
         for path in report.quarantined:
-            console.print(f"quarantined (not DICOM): {path}")
-        disk = f"disk: {report.free_disk_mb} MB free in {spool.root}"
+            console.print(f"quarantined (not DICOM): {shown(path)}", soft_wrap=True)
+        disk = f"disk: {report.free_disk_mb} MB free in {shown(spool.root)}"
         if report.disk_low:
             disk += (
                 f", below node.min_free_disk_mb={report.min_free_disk_mb}: every store is "
@@ -61,7 +63,8 @@ def doctor(
         console.print(disk)
         for missing in report.missing_files:
             console.print(
-                f"missing: sop={missing['sop']} {missing['path']} (ask the sender to resend)"
+                f"missing: sop={shown(missing['sop'])} {shown(missing['path'])} "
+                "(ask the sender to resend)"
             )
     if report.problems_left:
         raise typer.Exit(1)

@@ -4,7 +4,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from dicomnode.cli.common import (
     ConfigOption,
@@ -15,6 +14,7 @@ from dicomnode.cli.common import (
     reported_errors,
     settings_from,
 )
+from dicomnode.cli.safe_text import shown
 
 
 def enhance(
@@ -85,21 +85,21 @@ def enhance(
             except Exception as exc:  # one series' failure must not stop the others
                 reason = str(exc) if isinstance(exc, DicomNodeError) else _internal(exc)
                 error_console.print(
-                    f"series {series_uid}: failed: {escape(reason)}", soft_wrap=True
+                    f"series {shown(series_uid)}: failed: {shown(reason)}", soft_wrap=True
                 )
                 failed.append(series_uid)
                 continue
             for declined in outcome.declined:
-                error_console.print(f"not enhanced: {escape(declined.reason)}", soft_wrap=True)
+                error_console.print(f"not enhanced: {shown(declined.reason)}", soft_wrap=True)
             if not outcome.done:
                 error_console.print(
-                    f"series {series_uid}: {escape(outcome.status)}", soft_wrap=True
+                    f"series {shown(series_uid)}: {shown(outcome.status)}", soft_wrap=True
                 )
                 if outcome.status == NOTHING_DERIVED:
                     failed.append(series_uid)
                 continue
             for method_outcome in outcome.methods:
-                console.print(escape(describe(series_uid, method_outcome, out_dir)), soft_wrap=True)
+                console.print(shown(describe(series_uid, method_outcome, out_dir)), soft_wrap=True)
             if not rows:
                 comparison_figure(inputs, outcome.methods, out_dir, out_dir / "comparison.png")
             rows.extend(metrics_rows(series_uid, outcome.methods))

@@ -13,6 +13,7 @@ from dicomnode.cli.common import (
     reported_errors,
     settings_from,
 )
+from dicomnode.cli.safe_text import shown
 from dicomnode.config import Settings
 from dicomnode.status import JobStatus
 
@@ -43,12 +44,13 @@ def _database(settings: Settings) -> "Database":
 
 
 def _deliveries(job: "JobRecord") -> str:
-    return ", ".join(f"{d.destination}:{d.status}" for d in job.deliveries) or "-"
+    return shown(", ".join(f"{d.destination}:{d.status}" for d in job.deliveries) or "-")
 
 
 def _status(status: str) -> str:
+    """A state, coloured; any other text (a QA verdict read back from details) is shown as is."""
     style = _STATUS_STYLE.get(status)
-    return f"[{style}]{status}[/]" if style else status
+    return f"[{style}]{status}[/]" if style else shown(status)
 
 
 @app.command("list")
@@ -83,14 +85,14 @@ def list_(
     for job in jobs:
         table.add_row(
             str(job.id),
-            job.part,
+            shown(job.part),
             _status(job.status),
             str(job.attempts),
             str(job.instances),
-            job.series_uid,
+            shown(job.series_uid),
             _deliveries(job),
             job.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
-            (job.error or "")[:60],
+            shown((job.error or "")[:60]),
         )
     console.print(table)
 
@@ -113,19 +115,19 @@ def _print_job(job: "JobRecord", siblings: "list[JobRecord]") -> None:
         "error",
     ):
         value = data[key]
-        table.add_row(key, _status(str(value)) if key == "status" else str(value or "-"))
+        table.add_row(key, _status(str(value)) if key == "status" else shown(value or "-"))
     console.print(table)
     deliveries = Table(
         "destination", "status", "attempts", "sent", "updated", "error", title="deliveries"
     )
     for d in data["deliveries"]:
         deliveries.add_row(
-            d["destination"],
+            shown(d["destination"]),
             _status(d["status"]),
             str(d["attempts"]),
             str(d["sent"]),
-            d["updated_at"],
-            d["error"] or "",
+            shown(d["updated_at"]),
+            shown(d["error"] or ""),
         )
     console.print(deliveries)
     if job.details:
@@ -135,13 +137,13 @@ def _print_job(job: "JobRecord", siblings: "list[JobRecord]") -> None:
     if siblings:
         console.print(
             "other jobs of this series: "
-            + ", ".join(f"{s.id} ({s.part}: {_status(s.status)})" for s in siblings)
+            + ", ".join(f"{s.id} ({shown(s.part)}: {_status(s.status)})" for s in siblings)
         )
 
 
 def _print_details(outcome: "SeriesOutcome") -> None:
     """The enhancement of the last attempt: per method, where it ran and what it measured."""
-    console.print(f"enhancement: {outcome.status}")
+    console.print(f"enhancement: {shown(outcome.status)}", soft_wrap=True)
     table = Table(
         "method",
         "version",
@@ -157,9 +159,9 @@ def _print_details(outcome: "SeriesOutcome") -> None:
     for m in outcome.methods:
         gain = m.self_check_gain_mean_db
         table.add_row(
-            m.method,
-            m.version,
-            m.device,
+            shown(m.method),
+            shown(m.version),
+            shown(m.device),
             str(len(m.images)),
             "-" if m.psnr_mean_db is None else f"{m.psnr_mean_db:.2f}",
             f"{m.ssim_mean:.4f}",
@@ -170,7 +172,7 @@ def _print_details(outcome: "SeriesOutcome") -> None:
     if outcome.methods:
         console.print(table)
     for declined in outcome.declined:
-        console.print(f"not enhanced: {declined.reason}")
+        console.print(f"not enhanced: {shown(declined.reason)}", soft_wrap=True)
 
 
 @app.command("show")

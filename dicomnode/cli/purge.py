@@ -5,6 +5,7 @@ from typing import Annotated
 import typer
 
 from dicomnode.cli.common import ConfigOption, console, reported_errors, settings_from
+from dicomnode.cli.safe_text import shown
 
 
 def purge(
@@ -32,10 +33,10 @@ def purge(
         if dry_run:
             due = due_for_purge(settings, db)
             for series_uid in due:
-                console.print(f"would purge series={series_uid}")
+                console.print(f"would purge series={shown(series_uid)}")
             console.print(f"{len(due)} series delivered more than {keep:g} days ago")
             return
         purged = purge_delivered(settings, db, Spool(settings.node.data_path / "spool"))
     for item in purged:
-        console.print(f"purged series={item.series_uid} instances={item.instances}")
+        console.print(f"purged series={shown(item.series_uid)} instances={item.instances}")
     console.print(f"{len(purged)} series purged (delivered more than {keep:g} days ago)")

@@ -1,5 +1,6 @@
 """`dicomnode serve`: run the node until SIGINT/SIGTERM."""
 
+import os
 import signal
 import threading
 
@@ -8,6 +9,8 @@ from dicomnode.cli.common import ConfigOption, configure_logging, reported_error
 
 def serve(config: ConfigOption = None) -> None:
     """Receive, queue and forward until stopped (Ctrl-C or SIGTERM stop it cleanly)."""
+    # Received instances are patient data: files 0640, folders 0750, whatever the login's umask.
+    os.umask(0o027)
     settings = settings_from(config)
     configure_logging(settings.logging.level)
     from dicomnode.node import Node  # heavy imports only for the command that needs them

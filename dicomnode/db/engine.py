@@ -9,6 +9,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.config import masked_url
 from dicomnode.db.models import Base
 from dicomnode.db.schema import add_missing_columns
 from dicomnode.errors import ConfigError
@@ -40,8 +41,11 @@ class Database:
     def __init__(self, url: str) -> None:
         try:
             parsed = make_url(url)
-        except ArgumentError as exc:
-            raise ConfigError(f"setting node.database_url: {exc}") from None
+        except ArgumentError:
+            # SQLAlchemy's message quotes the whole URL, password included.
+            raise ConfigError(
+                f"setting node.database_url: {masked_url(url)!r} is not a database URL"
+            ) from None
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite and parsed.database:
@@ -57,7 +61,7 @@ class Database:
             Base.metadata.create_all(self.engine)
             add_missing_columns(self.engine)
         except OperationalError as exc:
-            raise ConfigError(f"cannot open database {self.url}: {exc.orig}") from None
+            raise ConfigError(f"cannot open database {masked_url(self.url)}: {exc.orig}") from None
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -10,7 +10,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydicom import dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config, evt
 from pynetdicom.association import Association
@@ -20,8 +19,9 @@ from pynetdicom.presentation import PresentationContext, build_context
 from dicomnode.config import Destination, Settings
 from dicomnode.db import SpooledInstance
 from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
+from dicomnode.dicom.bounded import read_bounded
 from dicomnode.dicom.tls import ClientContext, client_tls_args, handshake_failure
-from dicomnode.errors import ConfigError, ForwardError
+from dicomnode.errors import ConfigError, DecodeError, ForwardError, InstanceTooLarge
 from dicomnode.forward.outcome import Outcome, classify_store_status
 
 log = logging.getLogger(__name__)
@@ -122,12 +122,22 @@ def _accepted_context(assoc: Association, sop_class: str, syntax: str) -> bool:
     )
 
 
-def _send_one(assoc: Association, item: SpooledInstance) -> int:
-    """Send one instance and return the peer's status (ForwardError when there is none)."""
+def _send_one(assoc: Association, item: SpooledInstance, max_bytes: int) -> int:
+    """Send one instance and return the peer's status (ForwardError when there is none).
+
+    Decoding for the uncompressed fallback reads at most `max_bytes` (node.max_instance_mb),
+    inflated size included: a spooled deflate bomb is refused, not expanded.
+    """
     if _accepted_context(assoc, item.sop_class_uid, item.transfer_syntax_uid):
         response = assoc.send_c_store(item.path)
     elif any(_accepted_context(assoc, item.sop_class_uid, ts) for ts in _UNCOMPRESSED):
-        dataset = dcmread(item.path)
+        try:
+            dataset = read_bounded(item.path, max_bytes)
+        except (InstanceTooLarge, DecodeError) as exc:
+            raise ForwardError(
+                f"cannot decode sop={item.sop_instance_uid} for the uncompressed fallback: {exc}",
+                transient=False,
+            ) from None
         if UID(item.transfer_syntax_uid).is_compressed:
             dataset.decompress()
         response = assoc.send_c_store(dataset)
@@ -163,7 +173,7 @@ def send_series(
     try:
         for item in instances:
             try:
-                status = _send_one(assoc, item)
+                status = _send_one(assoc, item, settings.node.max_instance_bytes)
             except ForwardError as exc:
                 if exc.transient:
                     raise

@@ -23,12 +23,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.db import Database, ReceivedInstance
 from dicomnode.db.instances import instance_paths, record_instance
 from dicomnode.db.jobs import job_ids
+from dicomnode.dicom.bounded import read_bounded
+from dicomnode.errors import DecodeError, InstanceTooLarge
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,8 @@ class DoctorReport:
         )
 
 
-def _index(db: Database, path: Path) -> None:
-    ds = dcmread(path, stop_before_pixels=True)
+def _index(db: Database, path: Path, max_bytes: int) -> None:
+    ds = read_bounded(path, max_bytes, stop_before_pixels=True)
     record_instance(
         db,
         ReceivedInstance(
@@ -92,6 +93,7 @@ def examine(
     repair: bool = False,
     min_age_seconds: float = 60.0,
     min_free_disk_mb: int = 0,
+    max_instance_bytes: int = 0,
 ) -> DoctorReport:
     report = DoctorReport(
         free_disk_mb=spool.free_bytes() // 1048576, min_free_disk_mb=min_free_disk_mb
@@ -104,8 +106,14 @@ def examine(
         report.orphan_files.append(str(path))
         if repair:
             try:
-                _index(db, path)
-            except (InvalidDicomError, AttributeError, OSError) as exc:
+                _index(db, path, max_instance_bytes)
+            except (
+                InvalidDicomError,
+                AttributeError,
+                OSError,
+                DecodeError,
+                InstanceTooLarge,
+            ) as exc:
                 report.unreadable_files.append(f"{path}: {exc}")
                 report.quarantined.append(str(path))
                 log.warning(

@@ -187,7 +187,7 @@ def enhance_series(
     """Derived series and reports for every method (`methods_for(modality)`: the modality's own
     models where there are any), each file handed to `sink` to store."""
     started = time.perf_counter()
-    images, declined = load_sources(inputs)
+    images, declined = load_sources(inputs, settings.node.max_instance_bytes)
     load_s = time.perf_counter() - started
     if not images:
         status = "skipped: no image in the series can be enhanced"

@@ -2,11 +2,12 @@
 
 from dataclasses import dataclass
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.db import SpooledInstance
-from dicomnode.errors import ImageDeclined
+from dicomnode.dicom.bounded import read_bounded
+from dicomnode.errors import DecodeError, ImageDeclined, InstanceTooLarge
 from dicomnode.imaging.outcome import DeclinedImage
 from dicomnode.imaging.pixels import ModalityImage, to_modality
 
@@ -35,15 +36,19 @@ class SourceImage:
 
 
 def load_sources(
-    inputs: list[SpooledInstance],
+    inputs: list[SpooledInstance], max_bytes: int = 0
 ) -> tuple[list[SourceImage], tuple[DeclinedImage, ...]]:
-    """The decodable images in InstanceNumber order, and a reason for each one that is not."""
+    """The decodable images in InstanceNumber order, and a reason for each one that is not.
+
+    A file that is, or inflates to, more than `max_bytes` (node.max_instance_mb) is declined
+    unread, as the receiver would have refused it.
+    """
     images, declined = [], []
     for item in inputs:
         try:
-            dataset = dcmread(item.path)
+            dataset = read_bounded(item.path, max_bytes)
             images.append(SourceImage(dataset, to_modality(dataset)))
-        except ImageDeclined as exc:
+        except (ImageDeclined, InstanceTooLarge, DecodeError) as exc:
             declined.append(DeclinedImage(item.sop_instance_uid, str(exc)))
         except (InvalidDicomError, OSError, ValueError) as exc:
             reason = f"sop={item.sop_instance_uid}: cannot read {item.path}: {exc}"

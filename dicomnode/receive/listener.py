@@ -10,19 +10,23 @@ handshake's error without a word.
 Here the accept loop only accepts. In the connection's own thread, within `acse_timeout`, the peer
 must send its first byte (a probe that closes is dropped quietly) and, with TLS, finish the
 handshake (a failure is one log line with the address and the reason); only then does pynetdicom
-get the socket.
+get the socket, with TCP keepalive on, a timeout on every read and write, and each PDU read
+within the limits of `receive/guard.py`. `node.max_associations_per_address` (0: no cap) refuses
+a connection from an address that already holds that many, before any byte is read.
 """
 
 import logging
 import socket
 import ssl
 import threading
+from collections import Counter
 from typing import Any
 
 from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.dicom.tls import describe
+from dicomnode.receive.guard import ConnectionLimits, GuardedRequestHandler
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +35,57 @@ class AssociationListener(ThreadedAssociationServer):
     """A ThreadedAssociationServer that screens connections before they count as associations."""
 
     first_byte_timeout: float = 30.0
+    keepalive_seconds: float = 0.0
+    max_per_address: int = 0
+    connection_limits = ConnectionLimits(max_pdu_bytes=0, budget_bytes=0, pdu_seconds=60.0)
     # A screening thread holds no data: stopping the node must not wait for a silent caller.
     daemon_threads = True
     block_on_close = False
+    _screening: Counter[str]
+    _screening_lock: threading.Lock
 
     def get_request(self) -> tuple[socket.socket, Any]:
         assert self.socket is not None
         return self.socket.accept()  # not wrapped here: see process_request_thread
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """In the accepting thread: the per-address cap, before a thread is spent on it."""
+        host, port = client_address[:2]
+        if self.max_per_address and self._connections_from(host) >= self.max_per_address:
+            log.warning(
+                "connection refused address=%s:%s reason=%d connections from this address "
+                "(node.max_associations_per_address)",
+                host,
+                port,
+                self.max_per_address,
+            )
+            self.shutdown_request(request)
+            return
+        with self._screening_lock:
+            self._screening[host] += 1
+        super().process_request(request, client_address)
+
+    def _connections_from(self, host: str) -> int:
+        associations = sum(
+            1 for assoc in self.active_associations if assoc.requestor.address == host
+        )
+        with self._screening_lock:
+            return associations + self._screening[host]
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            self._screen(request, client_address)
+        finally:
+            with self._screening_lock:
+                self._screening[client_address[0]] -= 1
+                if self._screening[client_address[0]] <= 0:
+                    del self._screening[client_address[0]]
+
+    def _screen(self, request: Any, client_address: Any) -> None:
         host, port = client_address[:2]
         sock = request
         try:
+            _keep_alive(sock, self.keepalive_seconds)
             sock.settimeout(self.first_byte_timeout)
             if not sock.recv(1, socket.MSG_PEEK):
                 # A port probe (a health check, a load balancer): no caller, nothing to report.
@@ -54,7 +97,8 @@ class AssociationListener(ThreadedAssociationServer):
                     request, server_side=True, do_handshake_on_connect=False
                 )
                 sock.do_handshake()
-            sock.settimeout(None)  # as accepted sockets are; pynetdicom polls with select
+            # pynetdicom polls with select; the timeout bounds what it reads or writes after.
+            sock.settimeout(self.connection_limits.pdu_seconds)
         except OSError as exc:  # ssl.SSLError and timeouts included
             if isinstance(exc, ssl.SSLError) or self.ssl_context is not None:
                 log.warning("TLS handshake failed address=%s:%s: %s", host, port, describe(exc))
@@ -62,7 +106,19 @@ class AssociationListener(ThreadedAssociationServer):
                 log.info("connection dropped before any request address=%s:%s: %s", host, port, exc)
             self.shutdown_request(sock)
             return
+        # Counted as an association from here on (pynetdicom's active_associations).
         super().process_request_thread(sock, client_address)
+
+
+def _keep_alive(sock: socket.socket, idle_seconds: float) -> None:
+    """TCP keepalive: a peer that vanished (power cut, cable) is noticed, its slot freed."""
+    if not idle_seconds:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; other systems keep their defaults
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(idle_seconds)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(idle_seconds / 4)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
 
 
 def start_listener(
@@ -71,6 +127,10 @@ def start_listener(
     context: ssl.SSLContext | None,
     first_byte_timeout: float,
     evt_handlers: list[tuple],
+    *,
+    limits: ConnectionLimits,
+    keepalive_seconds: float,
+    max_per_address: int,
 ) -> AssociationListener:
     """Listen in a background thread, as `ae.start_server(..., block=False)` does."""
     server = ae.make_server(
@@ -78,8 +138,14 @@ def start_listener(
         ssl_context=context,
         evt_handlers=evt_handlers,
         server_class=AssociationListener,
+        request_handler=GuardedRequestHandler,
     )
     server.first_byte_timeout = first_byte_timeout
+    server.connection_limits = limits
+    server.keepalive_seconds = keepalive_seconds
+    server.max_per_address = max_per_address
+    server._screening = Counter()
+    server._screening_lock = threading.Lock()
     name = "TlsAcceptorServer" if context is not None else "AcceptorServer"
     thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     thread.start()

@@ -9,6 +9,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from io import BytesIO
 
 from pydicom import Dataset
 from pydicom.filereader import read_dataset
@@ -22,8 +23,10 @@ from dicomnode.config import Settings
 from dicomnode.db import Database, ReceivedInstance
 from dicomnode.db.instances import record_instance, stored_path
 from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
+from dicomnode.dicom.bounded import inflate_prefix, inflated_size
 from dicomnode.dicom.tls import server_context
-from dicomnode.errors import DecodeError, SpoolError
+from dicomnode.errors import DecodeError, InstanceTooLarge, SpoolError
+from dicomnode.receive.guard import COMMAND_ALLOWANCE, ConnectionLimits, GuardedSocket
 from dicomnode.receive.listener import start_listener
 from dicomnode.receive.status import SUCCESS, status_dataset, status_for
 from dicomnode.spool import Spool, validate_uid
@@ -41,14 +44,17 @@ class _Identity:
 
 
 _LAST_TAG_NEEDED = 0x0020000E  # SeriesInstanceUID; the identifying tags all come before it
+# A deflated header is read from at most this much inflated data (never pynetdicom's
+# `event.dataset`, which inflates the whole stream in one call).
+HEADER_PREFIX_BYTES = 1 << 20
 
 
 def _header(event: Event) -> Dataset:
     """Decode only the elements up to SeriesInstanceUID: the rest (pixels) stays raw bytes."""
     syntax = event.context.transfer_syntax
-    if syntax.is_deflated:
-        return event.dataset
     stream = event.request.DataSet
+    if syntax.is_deflated:
+        stream = BytesIO(inflate_prefix(stream.getbuffer(), HEADER_PREFIX_BYTES))
     stream.seek(0)
     return read_dataset(
         stream,
@@ -84,6 +90,13 @@ def _identify(event: Event) -> _Identity:
     )
 
 
+def _answered(event: Event) -> None:
+    """A response went out: the caller may send its next message (see receive/guard.py)."""
+    sock = event.assoc.dul.socket
+    if isinstance(sock, GuardedSocket):
+        sock.answered()
+
+
 class StorageReceiver:
     """The SCP's handlers, bound to one spool and one database."""
 
@@ -103,6 +116,7 @@ class StorageReceiver:
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_ACSE_SENT, self.handle_association_answer),
             (evt.EVT_CONN_CLOSE, self.handle_closed),
+            (evt.EVT_DIMSE_SENT, _answered),
         ]
 
     def handle_echo(self, event: Event) -> int:
@@ -119,16 +133,33 @@ class StorageReceiver:
             reason += f" (node.max_associations={self.settings.node.max_associations})"
         elif answer.result_source == 0x01 and answer.diagnostic == 0x03:
             reason = "calling AE title not allowed (node.allowed_calling_aets)"
+        elif answer.result_source == 0x01 and answer.diagnostic == 0x07:
+            reason = f"called AE title is not {self.settings.node.ae_title!r} (node.ae_title)"
         log.warning(
-            "association rejected: %s calling_aet=%s address=%s",
+            "association rejected: %s calling_aet=%s called_aet=%s address=%s",
             reason,
             event.assoc.requestor.ae_title,
+            getattr(event.assoc.requestor.primitive, "called_ae_title", "-"),
             event.assoc.requestor.address,
         )
 
     def handle_closed(self, event: Event) -> None:
         with self._counts_lock:
             stored = self._counts.pop(id(event.assoc), None)
+        sock = event.assoc.dul.socket
+        guarded = isinstance(sock, GuardedSocket) and sock.refused_reason is not None
+        if event.assoc.is_aborted and not guarded:  # a guard's abort has its own line
+            idle = event.assoc.dul.idle_timer_expired()
+            log.warning(
+                "association aborted address=%s calling_aet=%s reason=%s",
+                event.assoc.requestor.address,
+                event.assoc.requestor.ae_title or "-",
+                (
+                    f"idle for network.network_timeout={self.settings.network.network_timeout:g}s"
+                    if idle
+                    else "aborted by the peer or the connection was lost"
+                ),
+            )
         if stored is not None:
             log.info(
                 "association closed calling_aet=%s address=%s stored=%d",
@@ -153,7 +184,8 @@ class StorageReceiver:
             self._store(event, ident, calling)
         except Exception as exc:
             status = status_for(exc)
-            level = logging.WARNING if isinstance(exc, DecodeError | SpoolError) else logging.ERROR
+            expected = DecodeError | SpoolError | InstanceTooLarge
+            level = logging.WARNING if isinstance(exc, expected) else logging.ERROR
             log.log(
                 level,
                 "C-STORE failed status=0x%04X sop=%s calling_aet=%s: %s",
@@ -169,12 +201,16 @@ class StorageReceiver:
         return SUCCESS
 
     def _check_size(self, event: Event) -> None:
+        """Refuse an instance that is, or inflates to, more than node.max_instance_mb."""
         limit_mb = self.settings.node.max_instance_mb
-        size = event.request.DataSet.getbuffer().nbytes
+        data = event.request.DataSet.getbuffer()
+        size = data.nbytes
         if limit_mb and size > limit_mb * 1024 * 1024:
-            raise SpoolError(
+            raise InstanceTooLarge(
                 f"instance of {size / 1048576:.0f} MB exceeds node.max_instance_mb={limit_mb}"
             )
+        if event.context.transfer_syntax.is_deflated:
+            inflated_size([data], self.settings.node.max_instance_bytes, "deflated instance")
 
     def _store(self, event: Event, ident: _Identity, calling: str) -> None:
         if self.settings.node.on_duplicate == "keep" and stored_path(
@@ -242,6 +278,9 @@ def start_receiver(settings: Settings, spool: Spool, db: Database) -> ThreadedAs
     tls_context = server_context(node)
     ae = configure_ae(node.ae_title, settings.network, node.max_pdu_size)
     ae.maximum_associations = node.max_associations
+    # PS3.8 9.3.2 / 7.1.1.2: a caller addressing another AE title gets A-ASSOCIATE-RJ
+    # (source: service user, reason: called AE title not recognised).
+    ae.require_called_aet = node.require_called_aet
     if node.allowed_calling_aets:
         ae.require_calling_aet = list(node.allowed_calling_aets)
     else:
@@ -256,6 +295,13 @@ def start_receiver(settings: Settings, spool: Spool, db: Database) -> ThreadedAs
         tls_context,
         settings.network.acse_timeout,
         receiver.handlers(),
+        limits=ConnectionLimits(
+            max_pdu_bytes=node.max_pdu_size,
+            budget_bytes=node.max_instance_bytes + COMMAND_ALLOWANCE if node.max_instance_mb else 0,
+            pdu_seconds=settings.network.network_timeout,
+        ),
+        keepalive_seconds=settings.network.tcp_keepalive_seconds,
+        max_per_address=node.max_associations_per_address,
     )
     if tls_context is None:
         transport = "tcp"

@@ -1,5 +1,7 @@
 """The one place that maps a receive failure to a C-STORE status (PS3.4 Annex B.2.3)."""
 
+import re
+
 from pydicom import Dataset
 
 from dicomnode.errors import DecodeError
@@ -7,6 +9,9 @@ from dicomnode.errors import DecodeError
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # the sender should try again later
 CANNOT_UNDERSTAND = 0xC000  # the dataset is unusable; resending it won't help
+
+# A local path (spool, data_dir) tells a caller how the host is laid out: the log keeps it.
+_LOCAL_PATH = re.compile(r"(?<![\w.])/[^\s'\",;:]*")
 
 
 def status_for(error: Exception) -> int:
@@ -16,9 +21,13 @@ def status_for(error: Exception) -> int:
 
 
 def status_dataset(status: int, comment: str = "") -> Dataset:
-    """A C-STORE status with an ErrorComment (LO, at most 64 characters) for the sender's log."""
+    """A C-STORE status with an ErrorComment for the sender's log: LO (PS3.5 6.2), so at most
+    64 characters of the default repertoire, without backslash or control characters, and
+    without the local paths our own log lines carry."""
     result = Dataset()
     result.Status = status
-    if comment:
-        result.ErrorComment = comment.replace("\\", "/")[:64]
+    text = _LOCAL_PATH.sub("(path)", comment.replace("\\", "/"))
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)
+    if text:
+        result.ErrorComment = text[:64]
     return result

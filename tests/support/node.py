@@ -107,6 +107,12 @@ class NodeProcess:
         wait_for_port(self.port)
         return self
 
+    @property
+    def pid(self) -> int:
+        """The node process's id (its memory is read from /proc/<pid>)."""
+        assert self._process is not None, "the node is not running"
+        return self._process.pid
+
     def stop(self) -> int | None:
         if self._process is None:
             return None

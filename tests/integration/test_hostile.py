@@ -1,0 +1,313 @@
+"""Hostile or broken callers against a running node: each attack is one a TCP connection can
+make, with no accepted AE title and no certificate. Each test is bounded (seconds, tens of MB
+sent) and asserts what an operator relies on: the node's memory stays within its budget, every
+connection ends, the CLI and the log show hostile text literally, good senders are served.
+
+Memory is the node process's peak resident set (VmHWM in /proc) against its resident set once
+warm: the budget is `max_associations x max_instance_mb` (what the README promises) plus
+OVERHEAD_MB for one extra copy of an instance while it is written and the interpreter's own
+churn.
+"""
+
+import os
+import re
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import generate_uid
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import CTImageStorage
+
+from tests.conftest import pacs_destination
+from tests.support.dcmtk import echoscu, storescu
+from tests.support.scu import c_store
+from tests.support.series import write_ct_series
+
+# Send test files as their bytes: a deflate bomb must not be inflated by the sending side.
+_config.STORE_SEND_CHUNKED_DATASET = True
+
+MAX_INSTANCE_MB = 5
+MAX_ASSOCIATIONS = 3
+OVERHEAD_MB = 40
+DEFLATED = "1.2.840.10008.1.2.1.99"
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \S+ ")
+
+
+def _kib(pid: int, field: str) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+
+
+def _limited_node(node_factory, destinations=(), **overrides):  # type: ignore[no-untyped-def]
+    node = {"max_instance_mb": MAX_INSTANCE_MB, "max_associations": MAX_ASSOCIATIONS}
+    node.update(overrides.pop("node", {}))
+    return node_factory(list(destinations), node=node, **overrides).start()
+
+
+def _warm(node, good: list[Path]) -> int:  # type: ignore[no-untyped-def]
+    """Store a series (pydicom, the database and the writer all loaded); the RSS after, in MB."""
+    assert storescu(node.port, good).returncode == 0
+    return _kib(node.pid, "VmRSS") // 1024
+
+
+def _assert_memory_bound(node, warm_mb: int) -> None:  # type: ignore[no-untyped-def]
+    peak_mb = _kib(node.pid, "VmHWM") // 1024
+    budget = MAX_ASSOCIATIONS * MAX_INSTANCE_MB + OVERHEAD_MB
+    assert peak_mb - warm_mb <= budget, f"peak {peak_mb} MB, warm {warm_mb} MB, budget {budget}"
+
+
+def _deflate_bomb(path: Path, inflated_mib: int) -> Path:
+    """A CT instance in Deflated Explicit VR Little Endian whose pixels are `inflated_mib` MiB of
+    zeros: a few hundred KB on the wire, written without holding the inflated bytes."""
+    template = dcmread(write_ct_series(path.parent / "template", 1)[0])
+    header = bytearray()
+    for tag, keyword in ((0x00080016, "SOPClassUID"), (0x00080018, "SOPInstanceUID")):
+        header += _explicit(tag, b"UI", str(getattr(template, keyword)).encode())
+    header += _explicit(0x00080060, b"CS", b"CT")
+    header += _explicit(0x0020000D, b"UI", generate_uid().encode())
+    header += _explicit(0x0020000E, b"UI", generate_uid().encode())
+    pixels = inflated_mib * 1024 * 1024
+    header += struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OB", 0, pixels)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = bytearray(deflater.compress(bytes(header)))
+    zeros = bytes(1 << 20)
+    for _ in range(inflated_mib):
+        body += deflater.compress(zeros)
+    body += deflater.flush()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = template.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
+    meta.TransferSyntaxUID = DEFLATED
+    meta.ImplementationClassUID = generate_uid()
+    with path.open("wb") as stream:
+        stream.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(stream, meta)  # type: ignore[arg-type]
+        stream.write(body)
+    return path
+
+
+def _explicit(tag: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\0"
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+def _associate(port: int) -> tuple[object, socket.socket, int]:
+    """A real association (CT Image Storage); its raw socket and accepted context ID."""
+    ae = AE(ae_title="ATTACKER")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+    assert assoc.is_established
+    context_id = assoc.accepted_contexts[0].context_id
+    return assoc, assoc.dul.socket.socket, context_id  # type: ignore[union-attr]
+
+
+def _p_data(context_id: int, payload: bytes) -> bytes:
+    """One P-DATA-TF with one data-set PDV, never the last fragment (PS3.8 9.3.5, E.2)."""
+    item = struct.pack(">LBB", len(payload) + 2, context_id, 0x00) + payload
+    return struct.pack(">BBL", 0x04, 0, len(item)) + item
+
+
+def _closed_by_peer(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_deflate_bomb_is_refused_with_out_of_resources_and_memory_stays_bounded(
+    node_factory, tmp_path: Path, ct_series: list[Path]
+) -> None:
+    node = _limited_node(node_factory)
+    warm_mb = _warm(node, ct_series)
+    bomb = _deflate_bomb(tmp_path / "bomb.dcm", inflated_mib=300)
+    assert bomb.stat().st_size < 2 * 1024 * 1024
+
+    status = c_store(node.port, bomb)
+
+    assert status is not None and int(status.Status) == 0xA700
+    assert f"node.max_instance_mb={MAX_INSTANCE_MB}" in status.ErrorComment
+    _assert_memory_bound(node, warm_mb)
+    assert echoscu(node.port).returncode == 0
+
+
+def test_endless_p_data_and_an_oversized_pdu_are_aborted_within_the_budget(
+    node_factory, ct_series: list[Path]
+) -> None:
+    node = _limited_node(node_factory)
+    warm_mb = _warm(node, ct_series)
+
+    # 60 MiB of fragments without the last-fragment bit, in 16 KB PDUs.
+    assoc, sock, context_id = _associate(node.port)
+    chunk = _p_data(context_id, bytes(16 * 1024))
+    sent = 0
+    try:
+        while sent < 60 * 1024 * 1024:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except OSError:
+        pass
+    assert sent < 2 * MAX_INSTANCE_MB * 1024 * 1024, "the node took it all"
+    assoc.abort()  # type: ignore[attr-defined]
+
+    # A PDU announcing 2 GiB (more than the maximum length we accepted).
+    assoc, sock, context_id = _associate(node.port)
+    sock.sendall(struct.pack(">BBL", 0x04, 0, 0x7FFFFFF0) + bytes(1 << 20))
+    assert _closed_by_peer(sock, within=5)
+    assoc.abort()  # type: ignore[attr-defined]
+
+    log = node.log()
+    assert "association aborted address=127.0.0.1:" in log
+    assert "calling_aet=ATTACKER reason=more than" in log
+    assert "(node.max_instance_mb)" in log
+    assert "P-DATA-TF of 2147483632 bytes" in log
+    _assert_memory_bound(node, warm_mb)
+    assert echoscu(node.port).returncode == 0
+
+
+def test_stalled_and_dripping_callers_are_dropped_and_a_real_sender_is_served(
+    node_factory, orthanc, tmp_path: Path, ct_series: list[Path]
+) -> None:
+    timeout = 2
+    node = _limited_node(
+        node_factory,
+        [pacs_destination(orthanc)],
+        network={"acse_timeout": timeout, "network_timeout": timeout},
+    )
+    # Every slot taken by a caller that sent 6 bytes of a PDU header and then nothing ...
+    stalled = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(3)]
+    for sock in stalled:
+        sock.sendall(struct.pack(">BBL", 0x01, 0, 1000))
+    # ... and one that drips a byte every half second (never silent for `timeout`).
+    dripper = socket.create_connection(("127.0.0.1", node.port))
+    started = time.monotonic()
+    dropped = False
+    for byte in struct.pack(">BBL", 0x01, 0, 1000) + bytes(40):
+        try:
+            dripper.sendall(bytes([byte]))
+        except OSError:
+            dropped = True
+            break
+        if _closed_by_peer(dripper, within=0.5):
+            dropped = True
+            break
+    assert dropped and time.monotonic() - started < 4 * timeout
+    assert all(_closed_by_peer(sock, within=2 * timeout) for sock in stalled)
+
+    # The slots are free again: a real sender is served and its series reaches the PACS.
+    assert echoscu(node.port).returncode == 0
+    assert storescu(node.port, ct_series).returncode == 0
+    node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "done")
+    assert len(orthanc.sop_instance_uids()) == len(ct_series)
+    aborted = [line for line in node.log().splitlines() if "reason=stalled" in line]
+    assert len(aborted) == 4, aborted
+    assert all("association aborted address=127.0.0.1:" in line for line in aborted)
+    for sock in [*stalled, dripper]:
+        sock.close()
+
+
+def test_connections_over_the_per_address_cap_are_refused_at_once(node_factory) -> None:
+    node = _limited_node(node_factory, node={"max_associations_per_address": 2})
+    held = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(2)]
+    time.sleep(0.3)
+    third = socket.create_connection(("127.0.0.1", node.port))
+    assert _closed_by_peer(third, within=3)
+    assert "connection refused address=127.0.0.1:" in node.log()
+    assert "(node.max_associations_per_address)" in node.log()
+    for sock in [*held, third]:
+        sock.close()
+    time.sleep(0.3)
+    assert echoscu(node.port).returncode == 0
+
+
+def test_a_wrong_called_ae_title_is_rejected_and_logged(node_factory) -> None:
+    node = _limited_node(node_factory)
+    wrong = echoscu(node.port, called_aet="WRONGTITLE")
+    assert wrong.returncode != 0 and "Association Rejected" in wrong.stderr
+    assert "association rejected: called AE title is not 'DICOMNODE'" in node.log()
+    assert "called_aet=WRONGTITLE" in node.log()
+    assert echoscu(node.port).returncode == 0
+
+
+def test_hostile_text_is_shown_literally_and_the_log_keeps_one_line_per_record(
+    node_factory, tmp_path: Path, ct_series: list[Path]
+) -> None:
+    node = _limited_node(node_factory, enhance={"methods": ["baseline"]})
+    markup = "[link=https://evil.example/]MONOCHROME2[/link]"
+    [image] = write_ct_series(tmp_path / "markup", 1)
+    ds = dcmread(image)
+    ds.PhotometricInterpretation = markup + "\x1b[2J"
+    ds.PatientBirthDate = "[/x]123456"
+    ds.save_as(image)
+    assert storescu(node.port, [image]).returncode == 0
+    # A UID that would forge a log line of its own.
+    [forger] = write_ct_series(tmp_path / "forger", 1)
+    ds = dcmread(forger)
+    ds.SOPInstanceUID = "1.2.3\n2099-01-01 00:00:00,000 CRITICAL dicomnode forged"
+    ds.save_as(forger)
+    status = c_store(node.port, forger)
+    assert status is not None and int(status.Status) == 0xC000
+
+    jobs = node.wait_for_jobs(
+        lambda jobs: len(jobs) == 2 and all(j["status"] == "done" for j in jobs)
+    )
+    derived = next(job for job in jobs if job["part"] == "derived")
+    # A value that reached a job's error (as raw header text did before): written as a sender
+    # could make it, then listed.
+    with sqlite3.connect(node.data_dir / "dicomnode.sqlite") as db:
+        db.execute(
+            "UPDATE jobs SET error = ? WHERE id = ?",
+            ("[/x]123456 \x1b]8;;https://evil.example\x07click\x1b]8;;\x07", derived["id"]),
+        )
+
+    listing = node.cli("jobs", "list", check=False)
+    assert listing.returncode == 0, listing.stderr
+    assert "[/x]123456" in listing.stdout
+    assert "\x1b" not in listing.stdout and "\\x1b]8;;https://evil.example" in listing.stdout
+    shown = node.cli("jobs", "show", str(derived["id"]), check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert "PhotometricInterpretation=[link=https://evil.example/]MONOCHROME2" in shown.stdout
+    assert "\x1b" not in shown.stdout and "\\x1b[2J" in shown.stdout
+
+    lines = node.log().splitlines()
+    assert not any("forged" in line and line.startswith("2099") for line in lines)
+    assert any("1.2.3\\n2099-01-01" in line for line in lines)
+    continuation = re.compile(r"^(Traceback|  |\S+(Error|Exception)\b|\s*$|During|The above)")
+    odd = [line for line in lines if not _LOG_LINE.match(line) and not continuation.match(line)]
+    assert not odd, odd[:5]
+
+
+def test_files_and_folders_are_private_and_config_show_masks_the_database_password(
+    node_factory, ct_series: list[Path]
+) -> None:
+    node = _limited_node(node_factory)
+    assert storescu(node.port, ct_series[:2]).returncode == 0
+    node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "done")
+    for path in [node.data_dir, *node.data_dir.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        assert mode & 0o007 == 0, f"{path} is {oct(mode)}"
+    env = {**os.environ, "DICOMNODE_NODE_DATABASE_URL": "postgresql+psycopg://dn:s3cret@db/dn"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "dicomnode", "config", "show", "--config", str(node.config_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0 and "s3cret" not in shown.stdout
+    assert "postgresql+psycopg://dn:***@db/dn" in shown.stdout
