@@ -222,6 +222,11 @@ def test_stalled_and_dripping_callers_are_dropped_and_a_real_sender_is_served(
 
 def test_connections_over_the_per_address_cap_are_refused_at_once(node_factory) -> None:
     node = _limited_node(node_factory, node={"max_associations_per_address": 2})
+    # The start-up port probe counts against the cap until the node has seen it close.
+    deadline = time.monotonic() + 10
+    while "connection closed before any request" not in node.log():
+        assert time.monotonic() < deadline, node.log()[-2000:]
+        time.sleep(0.05)
     held = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(2)]
     time.sleep(0.3)
     third = socket.create_connection(("127.0.0.1", node.port))
