@@ -15,8 +15,10 @@ from dicomnode.db import Database, open_database
 from dicomnode.db.instances import create_jobs_for_quiet_series
 from dicomnode.db.jobs import reclaim_expired_leases
 from dicomnode.dicom.tls import client_tls_args
+from dicomnode.errors import ConfigError
 from dicomnode.pipeline import JobRunner
 from dicomnode.pipeline.delivery import DeliveryQueues
+from dicomnode.pipeline.methods import missing_models
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.pipeline.runner import job_parts
 from dicomnode.receive import start_receiver
@@ -57,6 +59,14 @@ class Node:
         self._deliveries = DeliveryQueues(settings, self.db)
 
     def start(self) -> None:
+        missing = missing_models(self.settings)
+        if missing:
+            enhance = self.settings.enhance
+            raise ConfigError(
+                f"setting enhance.methods: {', '.join(enhance.methods)} at enhance.scale = "
+                f"{enhance.scale} needs {', '.join(str(path) for path in missing)}, which does "
+                "not exist (train one with `dicomnode train`, or set enhance.model_dir)"
+            )
         for destination in self.settings.destinations:
             # Reads every destination's TLS files now: a bad one stops the node at start.
             client_tls_args(destination, self.settings.destination_key(destination))

@@ -110,6 +110,19 @@ def test_bad_configuration_stops_serve_with_the_key_named(tmp_path: Path) -> Non
     assert env_result.returncode == 2 and "setting node.port" in env_result.stderr
 
 
+def test_serve_refuses_to_start_without_the_model_its_methods_need(tmp_path: Path) -> None:
+    # No x3 model ships: every job would fail for hours; the node says so and does not start.
+    config = tmp_path / "x3.toml"
+    config.write_text(
+        f'[node]\ndata_dir = "{tmp_path / "data"}"\nport = {free_port()}\n'
+        '[enhance]\nmethods = ["srcnn"]\nscale = 3\n'
+    )
+    result = dicomnode("serve", "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert "setting enhance.methods" in result.stderr and "srcnn-x3.keras" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_config_show_prints_effective_values_after_overrides(tmp_path: Path) -> None:
     result = dicomnode(
         "config",
