@@ -60,6 +60,8 @@ def write_ct_series(
         for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
             if keyword in ds:
                 del ds[keyword]
+        if 0xFFFCFFFC in ds:  # CT_small's Data Set Trailing Padding: peers may drop it (PS3.5 7.8)
+            del ds[0xFFFCFFFC]
         ds.file_meta = FileMetaDataset()
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
