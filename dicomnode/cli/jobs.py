@@ -112,6 +112,7 @@ def _print_job(job: "JobRecord", siblings: "list[JobRecord]") -> None:
         "updated_at",
         "next_attempt_at",
         "lease_owner",
+        "claimed_by",
         "error",
     ):
         value = data[key]

@@ -17,7 +17,8 @@ from dicomnode.status import DeliveryStatus, JobStatus
 
 
 def _existing_job(session: Session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
+    # Locked: a worker finishing its attempt at the same moment waits, then sees the new state.
+    job = session.get(Job, job_id, with_for_update=True)
     if job is None:
         raise JobStateError(f"job {job_id} does not exist")
     return job

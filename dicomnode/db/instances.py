@@ -91,12 +91,18 @@ def create_jobs_for_quiet_series(
 
     The jobs take all instances of the series; older jobs of the same part that have not started
     yet are cancelled as superseded, so a late instance never causes two runs of the same work.
+    Safe when several processes tick at once: on PostgreSQL each locks the series it takes
+    (`FOR UPDATE SKIP LOCKED`) and skips those another is taking or a receiver is writing to, and
+    a series another process has just taken is no longer pending when the lock is granted; on
+    SQLite the transactions run one at a time. A series becomes jobs exactly once per quiet spell.
     """
     cutoff = utcnow() - timedelta(seconds=quiet_seconds)
     created: list[int] = []
     with db.session() as session:
         quiet = session.scalars(
-            select(Series).where(Series.pending.is_(True), Series.last_received_at <= cutoff)
+            select(Series)
+            .where(Series.pending.is_(True), Series.last_received_at <= cutoff)
+            .with_for_update(skip_locked=True)
         ).all()
         for series in quiet:
             series.pending = False

@@ -1,7 +1,9 @@
 """A worker's side of the job table: claiming under a lease, progress, and ending an attempt.
 
 Every transition made by a worker names the lease owner in its WHERE clause: a worker whose lease
-lapsed (and whose job was reclaimed) or whose job an admin cancelled changes nothing. Which state
+lapsed (and whose job was reclaimed) or whose job an admin cancelled changes nothing. Where a
+row is read before it is written, it is read `FOR UPDATE` (PostgreSQL; SQLite has one writer at a
+time anyway), so two processes never both act on what they saw. Which state
 follows an attempt is decided by `transitions` (pure); this module gathers the facts and applies
 the answer. Admin actions are in `admin`.
 """
@@ -59,6 +61,7 @@ def job_record(session: Session, job: Job) -> JobRecord:
         ),
         details=json.loads(job.details) if job.details else None,
         released=bool(job.released),
+        claimed_by=job.claimed_by,
     )
 
 
@@ -125,6 +128,7 @@ def claim_next_job(
                 attempts=Job.attempts + 1,
                 lease_owner=owner,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
+                claimed_by=owner,
                 updated_at=now,
             )
         )
@@ -244,7 +248,7 @@ def finish_attempt(
     """
     now = utcnow()
     with db.session() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id, with_for_update=True)
         if job is None or job.lease_owner != owner or job.status not in ACTIVE_STATUSES:
             log.warning("job lease lost, result discarded job=%d owner=%s", job_id, owner)
             return None
@@ -282,7 +286,7 @@ def requeue_unstarted(db: Database, job_id: int, owner: str) -> bool:
     again at once, and the interrupted attempt does not count against `max_attempts`."""
     now = utcnow()
     with db.session() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id, with_for_update=True)
         if job is None or job.lease_owner != owner or job.status not in ACTIVE_STATUSES:
             return False
         job.status, job.next_attempt_at, job.updated_at = JobStatus.QUEUED, now, now
@@ -300,8 +304,12 @@ def reclaim_expired_leases(db: Database, max_attempts: int) -> list[int]:
     """
     now = utcnow()
     with db.session() as session:
+        # Several processes reap: each takes the rows no other is reaping, and a job claimed
+        # again meanwhile no longer matches (PostgreSQL re-reads a locked row's new version).
         expired = session.scalars(
-            select(Job).where(Job.status.in_(ACTIVE_STATUSES), Job.lease_expires_at < now)
+            select(Job)
+            .where(Job.status.in_(ACTIVE_STATUSES), Job.lease_expires_at < now)
+            .with_for_update(skip_locked=True)
         ).all()
         for job in expired:
             transition = after_lapsed_lease(job.id, job.attempts, max_attempts)

@@ -81,6 +81,9 @@ class Job(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The lease owner of the latest attempt, kept after it ends: which worker (host:pid:runner)
+    # did the job, when several processes share the table.
+    claimed_by: Mapped[str | None] = mapped_column(String(128), default=None)
 
 
 class JobInstance(Base):

@@ -60,6 +60,7 @@ class JobRecord:
     deliveries: tuple[DeliveryRecord, ...]
     details: dict[str, Any] | None = None
     released: bool = False
+    claimed_by: str | None = None  # who took the latest attempt (host:pid:runner:claim)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form used by `dicomnode jobs ... --json` (times in ISO 8601 UTC)."""
@@ -80,6 +81,7 @@ class JobRecord:
             "updated_at": iso(self.updated_at),
             "next_attempt_at": iso(self.next_attempt_at),
             "lease_owner": self.lease_owner,
+            "claimed_by": self.claimed_by,
             "details": self.details,
             "released": self.released,
             "deliveries": [
