@@ -8,6 +8,7 @@ import pytest
 
 from tests.support.node import NodeProcess
 from tests.support.orthanc import Orthanc
+from tests.support.postgres import POSTGRES_BIN, PostgresServer, missing_binaries
 from tests.support.series import write_ct_series
 
 REQUIRED_TOOLS = ("storescu", "storescp", "echoscu", "Orthanc")
@@ -39,12 +40,57 @@ def pacs_destination(server: Orthanc, name: str = "pacs") -> dict[str, object]:
     }
 
 
+# Put on a module (`pytestmark = ON_BOTH_DATABASES`) to run each of its tests on SQLite and on
+# PostgreSQL: the `db` and `node_factory` fixtures then use the backend of the test's parameter.
+ON_BOTH_DATABASES = pytest.mark.parametrize(
+    "database_backend", ["sqlite", "postgresql"], indirect=True
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster for the session (each test still gets its own database)."""
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(
+            f"PostgreSQL server binaries not found ({', '.join(missing)} in {POSTGRES_BIN}): "
+            "install the Debian package postgresql"
+        )
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def node_factory(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
+def database_backend(request: pytest.FixtureRequest) -> str:
+    """SQLite, unless the test is parametrised over backends (ON_BOTH_DATABASES)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def database_url(database_backend: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The node's `database_url`: a fresh PostgreSQL database, or "" (SQLite, the node's
+    default file in its data dir)."""
+    if database_backend != "postgresql":
+        yield ""
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    url = server.database()
+    yield url
+    server.drop(url)
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path, database_url: str) -> Iterator:  # type: ignore[type-arg]
     """Build node processes (started by the test); all are stopped at teardown."""
     nodes: list[NodeProcess] = []
 
     def make(destinations: list[dict[str, object]], **overrides: dict[str, object]) -> NodeProcess:
+        if database_url:
+            overrides = {
+                **overrides,
+                "node": {"database_url": database_url, **overrides.get("node", {})},
+            }
         node = NodeProcess(tmp_path / f"node{len(nodes)}", destinations, overrides)
         nodes.append(node)
         return node

@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.conftest import pacs_destination
+from tests.conftest import ON_BOTH_DATABASES, pacs_destination
 from tests.support.dcmtk import storescu
 from tests.support.faulty_scp import Behaviour, FaultyScp
 from tests.support.node import NodeProcess, part_of
@@ -20,13 +20,17 @@ from tests.support.orthanc import Orthanc
 from tests.support.scu import c_store
 from tests.support.series import sop_instance_uid, write_ct_series
 
+pytestmark = ON_BOTH_DATABASES
+
 
 def assert_consistent(node: NodeProcess, unacknowledged: frozenset[str] = frozenset()) -> None:
-    """SQLite intact, no row without its file, and no file without a row except, possibly, an
-    instance the kill caught between its file's rename and its row's commit (never answered
-    Success, so its sender still has it)."""
-    with sqlite3.connect(node.data_dir / "dicomnode.sqlite") as database:
-        assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    """The SQLite file intact (on PostgreSQL the server answers for that), no row without its
+    file, and no file without a row except, possibly, an instance the kill caught between its
+    file's rename and its row's commit (never answered Success, so its sender still has it)."""
+    sqlite_file = node.data_dir / "dicomnode.sqlite"
+    if sqlite_file.exists():
+        with sqlite3.connect(sqlite_file) as database:
+            assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     report = json.loads(node.cli("doctor", "--json", "--min-age", "0", check=False).stdout)
     assert report["missing_files"] == [], report
     assert {Path(path).stem for path in report["orphan_files"]} <= unacknowledged, report

@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import pacs_destination
+from tests.conftest import ON_BOTH_DATABASES, pacs_destination
 from tests.support.dcmtk import storescu
 from tests.support.faulty_scp import Behaviour, FaultyScp
 from tests.support.orthanc import Orthanc
 from tests.support.series import sop_instance_uid, write_ct_series
 
 ATTEMPT_LINE = re.compile(r"^(\S+ \S+) INFO \S+ job started job=1 .* attempt=(\d+)$", re.M)
+
+pytestmark = ON_BOTH_DATABASES
 
 
 @pytest.fixture
@@ -109,7 +111,8 @@ def test_a_peer_hanging_mid_transfer_times_out_and_never_delays_the_other_destin
     node = node_factory(
         [faulty.destination(), pacs_destination(orthanc)],
         network={"dimse_timeout": dimse_timeout, "network_timeout": dimse_timeout},
-        retry={"initial_delay_seconds": 1, "max_delay_seconds": 1},
+        # "failed" lasts until the retry: long enough for `jobs list` to see it on a slow machine
+        retry={"initial_delay_seconds": 5, "max_delay_seconds": 5},
     ).start()
     assert storescu(node.port, ct_series).returncode == 0
 

@@ -1,6 +1,11 @@
-"""The job table on a real SQLite file: completion rule, leases, retries, dead letters, admin."""
+"""The job table on a real SQLite file and a real PostgreSQL: completion rule, leases, retries,
+dead letters, admin, and several processes working the table at once."""
 
+import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,11 +20,15 @@ from dicomnode.db.jobs import (
     finish_attempt,
     get_job,
     job_inputs,
+    list_jobs,
     reclaim_expired_leases,
     record_delivery,
 )
 from dicomnode.errors import JobStateError
 from dicomnode.status import JobPart
+from tests.conftest import ON_BOTH_DATABASES
+
+pytestmark = ON_BOTH_DATABASES
 
 FAST_RETRY = RetrySettings(max_attempts=3, initial_delay_seconds=0, max_delay_seconds=0, jitter=0)
 
@@ -27,8 +36,10 @@ ORIGINALS_ONLY = [JobPart.ORIGINALS]
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    return open_database(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+def db(tmp_path: Path, database_url: str) -> Iterator[Database]:
+    database = open_database(database_url or f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    yield database
+    database.dispose()
 
 
 def receive(db: Database, series_uid: str, count: int, study_uid: str = "1.2.3") -> list[str]:
@@ -238,8 +249,10 @@ def test_job_without_destinations_is_done(db: Database) -> None:
     assert result is not None and result.status == "done" and result.error is None
 
 
-def test_a_database_from_an_older_version_gets_the_new_columns(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+def test_a_database_from_an_older_version_gets_the_new_columns(
+    tmp_path: Path, database_url: str
+) -> None:
+    url = database_url or f"sqlite:///{tmp_path / 'old.sqlite'}"
     db = open_database(url)
     receive(db, "1.2.3.15", 1)
     [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
@@ -252,6 +265,7 @@ def test_a_database_from_an_older_version_gets_the_new_columns(tmp_path: Path) -
     job = get_job(upgraded, job_id)
     assert job is not None and job.details is None and job.released is False
     assert claim_next_job(upgraded, "w", 60, part=JobPart.ORIGINALS) is not None
+    upgraded.dispose()
 
 
 BOTH_PARTS = [JobPart.ORIGINALS, JobPart.DERIVED]
@@ -298,3 +312,42 @@ def test_a_late_instance_supersedes_the_waiting_job_of_the_same_part_only(db: Da
     result = finish_attempt(db, first_originals, "router", FAST_RETRY)
     assert result is not None and result.status == "cancelled"
     assert result.error is not None and f"superseded by job {second_originals}" in result.error
+
+
+def test_several_processes_ticking_at_once_make_one_job_per_series_and_claim_each_once(
+    db: Database,
+) -> None:
+    series = [f"1.2.3.50.{index}" for index in range(20)]
+    for uid in series:
+        receive(db, uid, 2)
+    processes = [open_database(db.url) for _ in range(4)]  # each its own engine and connections
+    start = threading.Barrier(len(processes))
+
+    def tick(index: int) -> tuple[list[int], list[int], list[int]]:
+        process = processes[index]
+        start.wait()
+        created = create_jobs_for_quiet_series(process, 0, ["pacs"], parts=BOTH_PARTS)
+        start.wait()
+        claimed = []
+        while job := claim_next_job(process, f"process{index}", 0.01, part=JobPart.DERIVED):
+            claimed.append(job.id)
+        start.wait()
+        time.sleep(0.05)  # every lease has lapsed: all of them reap at once
+        return created, claimed, reclaim_expired_leases(process, max_attempts=3)
+
+    try:
+        with ThreadPoolExecutor(len(processes)) as pool:
+            results = list(pool.map(tick, range(len(processes))))
+    finally:
+        for process in processes:
+            process.dispose()
+    created, claimed, reaped = ([i for result in results for i in result[n]] for n in range(3))
+    jobs = list_jobs(db, limit=1000)
+    assert sorted(created) == sorted(job.id for job in jobs)
+    assert Counter((job.series_uid, job.part) for job in jobs) == {
+        (uid, part): 1 for uid in series for part in BOTH_PARTS
+    }
+    derived = sorted(job.id for job in jobs if job.part == JobPart.DERIVED)
+    assert sorted(claimed) == derived and sorted(reaped) == derived
+    assert {job.status for job in jobs if job.part == JobPart.DERIVED} == {"queued"}
+    assert {job.attempts for job in jobs if job.part == JobPart.DERIVED} == {1}

@@ -3,10 +3,12 @@
 import socket
 from pathlib import Path
 
-from tests.conftest import pacs_destination
+from tests.conftest import ON_BOTH_DATABASES, pacs_destination
 from tests.support.dcmtk import storescu
 from tests.support.orthanc import Orthanc
 from tests.support.ports import free_port
+
+pytestmark = ON_BOTH_DATABASES
 
 
 def test_destination_down_makes_the_job_retry_then_deliver_when_it_comes_up(
