@@ -169,14 +169,19 @@ class CompletionSettings:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """How jobs are picked up: worker threads, polling and the lease that guards a claimed job."""
+    """How jobs are picked up: worker threads, polling and the lease that guards a claimed job.
+
+    `workers` enhancement workers (0: this process leaves derived jobs to `dicomnode worker`
+    processes) and, with `router`, one router for the originals jobs, in each process.
+    """
 
     workers: int = 1
+    router: bool = True
     poll_seconds: float = 1.0
     lease_seconds: float = 300.0
 
     def validate(self) -> None:
-        _check(self.workers >= 1, "worker.workers", "must be >= 1")
+        _check(self.workers >= 0, "worker.workers", "must be >= 0")
         _check(self.poll_seconds > 0, "worker.poll_seconds", "must be > 0")
         _check(self.lease_seconds >= 5, "worker.lease_seconds", "must be >= 5")
 

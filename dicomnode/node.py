@@ -1,4 +1,4 @@
-"""Assembly: builds the running node from Settings (receiver, scheduler, workers) and stops it."""
+"""Assembly: builds a running node (`serve`) or worker (`worker`) from Settings and stops it."""
 
 import logging
 import os
@@ -10,7 +10,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicomnode.config import Settings
+from dicomnode.config import Settings, masked_url
 from dicomnode.db import Database, open_database
 from dicomnode.db.instances import create_jobs_for_quiet_series
 from dicomnode.db.jobs import reclaim_expired_leases
@@ -46,10 +46,18 @@ def _guarded(name: str, tick: Callable[[], object]) -> Callable[[], None]:
 
 
 class Node:
-    """One dicomnode process: `start()` returns once it listens; `stop()` drains and closes."""
+    """One dicomnode process; `start()` returns once it runs; `stop()` drains and closes.
 
-    def __init__(self, settings: Settings) -> None:
+    `dicomnode serve` (`listen=True`) receives, turns quiet series into jobs and purges the spool;
+    `dicomnode worker` (`listen=False`) does none of that. Both reap lapsed leases and run the
+    job runners their settings ask for: a router for the originals jobs (`worker.router`) and
+    `worker.workers` enhancement workers for the derived jobs. Several processes may share one
+    PostgreSQL database and one spool (README, Scale-out); every tick is safe to run in each.
+    """
+
+    def __init__(self, settings: Settings, *, listen: bool = True) -> None:
         self.settings = settings
+        self.listen = listen
         data_path = settings.node.data_path
         data_path.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(data_path / "spool")
@@ -58,8 +66,22 @@ class Node:
         self._scheduler: BackgroundScheduler | None = None
         self._deliveries = DeliveryQueues(settings, self.db)
 
-    def start(self) -> None:
-        missing = missing_models(self.settings)
+    def _runners(self) -> list[tuple[str, JobPart]]:
+        """The runners of this process: one router for the originals (it only hands series to
+        the delivery queues, so it is never busy for long) and `workers` workers for the
+        enhancement, so the originals of a series never wait for another series' enhancement."""
+        workers = self.settings.worker
+        runners = [("router", JobPart.ORIGINALS)] if workers.router else []
+        return runners + [(f"w{index}", JobPart.DERIVED) for index in range(workers.workers)]
+
+    def _check_ready(self, runners: list[tuple[str, JobPart]]) -> None:
+        """Refuse to start (ConfigError) what could never run its jobs."""
+        if not self.listen and not runners:
+            raise ConfigError(
+                "setting worker.workers: 0 and worker.router = false leave `dicomnode worker` "
+                "nothing to do; set worker.workers >= 1 or worker.router = true"
+            )
+        missing = missing_models(self.settings) if self.settings.worker.workers else []
         if missing:
             enhance = self.settings.enhance
             raise ConfigError(
@@ -67,10 +89,15 @@ class Node:
                 f"{enhance.scale} needs {', '.join(str(path) for path in missing)}, which does "
                 "not exist (train one with `dicomnode train`, or set enhance.model_dir)"
             )
-        for destination in self.settings.destinations:
+        for destination in self.settings.destinations if runners else []:
             # Reads every destination's TLS files now: a bad one stops the node at start.
             client_tls_args(destination, self.settings.destination_key(destination))
-        self._server = start_receiver(self.settings, self.spool, self.db)
+
+    def start(self) -> None:
+        runners = self._runners()
+        self._check_ready(runners)
+        if self.listen:
+            self._server = start_receiver(self.settings, self.spool, self.db)
         workers = self.settings.worker
         scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(workers.workers + 4)}, timezone=UTC
@@ -83,58 +110,59 @@ class Node:
             "next_run_time": datetime.now(UTC),
         }
         destinations = [d.name for d in self.settings.destinations]
-        quiet = self.settings.completion.series_quiet_seconds
-        parts = job_parts(self.settings.enhance)
-        scheduler.add_job(
-            _guarded(
-                "completion",
-                lambda: create_jobs_for_quiet_series(self.db, quiet, destinations, parts),
-            ),
-            id="completion",
-            seconds=min(workers.poll_seconds, quiet),
-            **every,
-        )
-        scheduler.add_job(
-            _guarded(
+        ticks: list[tuple[str, Callable[[], object], float]] = []
+        if self.listen:  # the processes that receive make the jobs and own the spool's upkeep
+            quiet = self.settings.completion.series_quiet_seconds
+            parts = job_parts(self.settings.enhance)
+            ticks += [
+                (
+                    "completion",
+                    lambda: create_jobs_for_quiet_series(self.db, quiet, destinations, parts),
+                    min(workers.poll_seconds, quiet),
+                ),
+                (
+                    "retention",
+                    lambda: purge_delivered(self.settings, self.db, self.spool),
+                    self.settings.retention.check_seconds,
+                ),
+            ]
+        ticks.append(
+            (
                 "reclaim-leases",
                 lambda: reclaim_expired_leases(self.db, self.settings.retry.max_attempts),
-            ),
-            id="reclaim-leases",
-            seconds=max(1.0, workers.lease_seconds / 3),
-            **every,
+                max(1.0, workers.lease_seconds / 3),
+            )
         )
-        scheduler.add_job(
-            _guarded("retention", lambda: purge_delivered(self.settings, self.db, self.spool)),
-            id="retention",
-            seconds=self.settings.retention.check_seconds,
-            **every,
-        )
-        # One router for the originals (it only hands series to the delivery queues, so it is
-        # never busy for long) and `workers` workers for the enhancement: the originals of a
-        # series never wait for another series' enhancement.
         prefix = f"{socket.gethostname()}:{os.getpid()}"
-        runners = [("router", JobPart.ORIGINALS)]
-        runners += [(f"w{index}", JobPart.DERIVED) for index in range(workers.workers)]
         for name, part in runners:
             runner = JobRunner(
                 self.settings, self.db, self.spool, f"{prefix}:{name}", self._deliveries, part
             )
-            scheduler.add_job(
-                _guarded(name, runner.run_due_jobs),
-                id=name,
-                seconds=workers.poll_seconds,
-                **every,
-            )
+            ticks.append((name, runner.run_due_jobs, workers.poll_seconds))
+        for name, tick, seconds in ticks:
+            scheduler.add_job(_guarded(name, tick), id=name, seconds=seconds, **every)
         scheduler.start()
         self._scheduler = scheduler
-        log.info(
-            "node started ae_title=%s port=%d data_dir=%s destinations=%s workers=%d",
-            self.settings.node.ae_title,
-            self.settings.node.port,
-            self.settings.node.data_path,
-            ",".join(destinations) or "(none)",
-            workers.workers,
-        )
+        if self.listen:
+            log.info(
+                "node started ae_title=%s port=%d data_dir=%s destinations=%s workers=%d router=%s",
+                self.settings.node.ae_title,
+                self.settings.node.port,
+                self.settings.node.data_path,
+                ",".join(destinations) or "(none)",
+                workers.workers,
+                workers.router,
+            )
+        else:
+            log.info(
+                "worker started id=%s data_dir=%s database=%s destinations=%s workers=%d router=%s",
+                prefix,
+                self.settings.node.data_path,
+                masked_url(self.db.url),
+                ",".join(destinations) or "(none)",
+                workers.workers,
+                workers.router,
+            )
 
     def stop(self) -> None:
         """Stop accepting associations, let running jobs and deliveries finish (deliveries not yet
@@ -147,4 +175,4 @@ class Node:
             self._scheduler = None
         self._deliveries.shutdown()
         self.db.dispose()
-        log.info("node stopped")
+        log.info("%s stopped", "node" if self.listen else "worker")

@@ -15,6 +15,7 @@ from dicomnode.cli.evaluate import evaluate
 from dicomnode.cli.purge import purge
 from dicomnode.cli.serve import serve
 from dicomnode.cli.train import train
+from dicomnode.cli.worker import worker
 
 app = typer.Typer(
     name="dicomnode",
@@ -41,6 +42,7 @@ def _root(
 
 
 app.command()(serve)
+app.command()(worker)
 app.command()(echo)
 app.command()(doctor)
 app.command()(purge)

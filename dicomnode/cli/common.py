@@ -1,8 +1,10 @@
 """What every command shares: the --config option, loading settings, mapping errors to exits."""
 
 import logging
+import signal
 import ssl
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,3 +85,11 @@ def configure_logging(level: str) -> None:
     import pydicom.config  # noqa: F401
 
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+
+
+def wait_for_stop_signal() -> None:
+    """Block until SIGINT (Ctrl-C) or SIGTERM: a long-running command then stops cleanly."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()

@@ -2,10 +2,10 @@
 
 A runner processes a job (originals or derived), then hands its series to the queue of each
 destination still missing them and goes on to the next job. Each queue has `worker.workers`
-threads (with one, series go out in the order their jobs were handed over: a series' originals
-before its derived series); a destination that hangs holds up its own queue for at most the
-network timeouts per association, never another destination's. Runners stop taking new jobs
-while `MAX_JOBS_FORWARDING_PER_WORKER` of their part wait in the queues.
+threads, at least one (with one, series go out in the order their jobs were handed over: a
+series' originals before its derived series); a destination that hangs holds up its own queue
+for at most the network timeouts per association, never another destination's. Runners stop
+taking new jobs while `MAX_JOBS_FORWARDING_PER_WORKER` of their part wait in the queues.
 The job is finished (done, failed with a retry time, or dead) when its last delivery returns.
 """
 
@@ -141,7 +141,7 @@ class DeliveryQueues:
         with self._lock:
             if name not in self._executors:
                 self._executors[name] = ThreadPoolExecutor(
-                    self.settings.worker.workers, thread_name_prefix=f"deliver-{name}"
+                    max(1, self.settings.worker.workers), thread_name_prefix=f"deliver-{name}"
                 )
             return self._executors[name]
 

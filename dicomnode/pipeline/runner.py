@@ -71,7 +71,8 @@ class JobRunner:
         self.part = part
         # Jobs of this part still forwarding that may wait in the delivery queues before the
         # runners stop taking new ones (a destination that is down must not pull in every job).
-        self.max_jobs_forwarding = MAX_JOBS_FORWARDING_PER_WORKER * settings.worker.workers
+        # A router in a process without enhancement workers (`workers = 0`) counts as one.
+        self.max_jobs_forwarding = MAX_JOBS_FORWARDING_PER_WORKER * max(1, settings.worker.workers)
 
     def run_due_jobs(self) -> int:
         """Run jobs until none is due; return how many ran (the scheduler's worker tick)."""

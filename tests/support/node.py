@@ -1,5 +1,7 @@
-"""A real `dicomnode serve` process with its own config, data dir and port."""
+"""A real `dicomnode serve` process with its own config, data dir and port (and `dicomnode
+worker` processes on the same settings)."""
 
+import copy
 import json
 import os
 import signal
@@ -78,7 +80,18 @@ class NodeProcess:
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = write_config(workdir / "dicomnode.toml", sections, destinations)
         self.log_path = workdir / "node.log"
+        self.command = "serve"
+        self.env: dict[str, str] = {}
         self._process: subprocess.Popen[bytes] | None = None
+
+    def worker(self, name: str, env: dict[str, str] | None = None) -> "NodeProcess":
+        """A `dicomnode worker` on this node's settings, spool and database (not started), with
+        its own log `<name>.log` and environment (`env`: DICOMNODE_* overrides for it alone)."""
+        worker = copy.copy(self)
+        worker.command, worker.env = "worker", {**self.env, **(env or {})}
+        worker.log_path = self.workdir / f"{name}.log"
+        worker._process = None
+        return worker
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a `dicomnode` admin command against this node's config."""
@@ -98,14 +111,29 @@ class NodeProcess:
         return json.loads(self.cli("jobs", "list", "--json").stdout)["jobs"]
 
     def start(self) -> "NodeProcess":
+        logged_before = len(self.log())
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "dicomnode", "serve", "--config", str(self.config_path)],
+            [sys.executable, "-m", "dicomnode", self.command, "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
         )
-        wait_for_port(self.port)
+        if self.command == "serve":
+            wait_for_port(self.port)
+        else:
+            self.wait_for_log("worker started", since=logged_before)
         return self
+
+    def wait_for_log(self, text: str, timeout: float = 60.0, since: int = 0) -> None:
+        """Wait until the process has logged `text` (after the first `since` characters of its
+        log); fail with the log if it exits first."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log()[since:]:
+            exited = self._process is not None and self._process.poll() is not None
+            if exited or time.monotonic() > deadline:
+                raise AssertionError(f"never logged {text!r}:\n{self.log()[-4000:]}")
+            time.sleep(0.05)
 
     @property
     def pid(self) -> int:

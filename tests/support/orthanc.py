@@ -3,6 +3,7 @@
 import json
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -47,6 +48,17 @@ class Orthanc:
         self.url = f"http://127.0.0.1:{self.http_port}"
         self._process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
+        # Orthanc overwrites an instance stored again, so its index shows each UID once; this
+        # hook writes a line per C-STORE it accepted (asynchronously, after the response).
+        self.store_log = workdir / "stored.txt"
+        store_hook = workdir / "store_hook.lua"
+        store_hook.write_text(
+            "function OnStoredInstance(instanceId, tags, metadata, origin)\n"
+            f"  local log = io.open({json.dumps(str(self.store_log))}, 'a')\n"
+            "  log:write(tags['SOPInstanceUID'] .. '\\n')\n"
+            "  log:close()\n"
+            "end\n"
+        )
         self.config_path = workdir / "orthanc.json"
         self.config_path.write_text(
             json.dumps(
@@ -66,6 +78,7 @@ class Orthanc:
                     "OverwriteInstances": True,
                     "SaveJobs": False,
                     "StableAge": 1,
+                    "LuaScripts": [str(store_hook)],
                     **(tls.settings() if tls else {}),
                 },
                 indent=2,
@@ -113,6 +126,12 @@ class Orthanc:
         """One entry per stored instance (a UID stored twice would appear twice)."""
         instances = self.get("/instances?expand").json()
         return [item["MainDicomTags"]["SOPInstanceUID"] for item in instances]
+
+    def store_counts(self) -> Counter[str]:
+        """How many times each SOP Instance UID was stored, overwrites included (the hook runs
+        after the C-STORE response: wait for the expected total before trusting it)."""
+        lines = self.store_log.read_text().split() if self.store_log.exists() else []
+        return Counter(lines)
 
     def instance_file(self, orthanc_id: str) -> bytes:
         return self.get(f"/instances/{orthanc_id}/file").content

@@ -1,0 +1,142 @@
+"""Scale-out: one listener and two `dicomnode worker` processes around one PostgreSQL and one spool.
+
+The listener (`serve` with `worker.workers = 0`) receives, makes the jobs and routes the
+originals; the workers (`worker.router = false`) take the derived jobs. The enhancement is the
+injected `slow` method, so a job stays in "processing" long enough to kill its worker there.
+"""
+
+import os
+import re
+import signal
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dicomnode.db import open_database
+from dicomnode.db.jobs import get_job
+from tests.conftest import pacs_destination
+from tests.support.cli import dicomnode
+from tests.support.dcmtk import storescu
+from tests.support.node import NodeProcess
+from tests.support.orthanc import Orthanc
+from tests.support.series import sop_instance_uid, write_ct_series
+
+INJECTED = "tests.support.injected_methods"
+SERIES, INSTANCES = 10, 3
+STARTED = re.compile(r"job started job=(\d+) part=derived ")
+FINISHED = re.compile(r"job \w+ job=(\d+) series=")
+
+
+def kill_mid_enhancement(worker: NodeProcess, database_url: str, timeout: float = 120) -> int:
+    """SIGKILL `worker` while it enhances a job, after it finished at least one; that job's id.
+
+    The worker is frozen (SIGSTOP) before its job's state is read, so the job cannot move on
+    between the check and the kill: "processing" means nothing of it has been sent yet.
+    """
+    db = open_database(database_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            log = worker.log()
+            running = set(STARTED.findall(log)) - set(FINISHED.findall(log))
+            if FINISHED.search(log) and len(running) == 1:
+                [job_id] = map(int, running)
+                os.kill(worker.pid, signal.SIGSTOP)
+                job = get_job(db, job_id)
+                if job is not None and job.status == "processing":
+                    worker.kill()
+                    return job_id
+                os.kill(worker.pid, signal.SIGCONT)
+            time.sleep(0.02)
+    finally:
+        db.dispose()
+    raise AssertionError(f"the worker never enhanced a second job:\n{worker.log()[-4000:]}")
+
+
+def process_of(job: dict[str, Any]) -> str:
+    """host:pid of the process whose runner took the job's latest attempt."""
+    host, pid, *_ = job["claimed_by"].split(":")
+    return f"{host}:{pid}"
+
+
+def wait_for_stores(orthanc: Orthanc, total: int, timeout: float = 30) -> Counter[str]:
+    deadline = time.monotonic() + timeout
+    while (counts := orthanc.store_counts()).total() < total and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return counts
+
+
+@pytest.mark.parametrize("database_backend", ["postgresql"], indirect=True)
+def test_two_workers_share_the_jobs_and_a_killed_ones_job_is_finished_by_the_other_once(
+    node_factory, database_url: str, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    node = node_factory(
+        [pacs_destination(orthanc)],
+        worker={"workers": 0, "router": True, "lease_seconds": 5},
+        enhance={"methods": ["slow"], "plugins": [INJECTED], "self_check": False},
+    ).start()
+    env = {
+        "DICOMNODE_WORKER_WORKERS": "1",
+        "DICOMNODE_WORKER_ROUTER": "false",
+        "DICOMNODE_TEST_SLOW_SECONDS": "2",
+    }
+    first, second = node.worker("worker-a", env), node.worker("worker-b", env)
+    try:
+        first.start()
+        second.start()
+        host = socket.gethostname()
+        first_id, second_id = f"{host}:{first.pid}", f"{host}:{second.pid}"
+        sources: set[str] = set()
+        for index in range(SERIES):
+            files = write_ct_series(tmp_path / f"series{index}", INSTANCES, seed=index)
+            assert storescu(node.port, files).returncode == 0
+            sources |= {sop_instance_uid(path) for path in files}
+
+        killed = kill_mid_enhancement(first, database_url)
+        jobs = node.wait_for_jobs(
+            lambda jobs: len(jobs) == 2 * SERIES and all(job["status"] == "done" for job in jobs),
+            timeout=180,
+        )
+    finally:
+        first.stop()
+        second.stop()
+
+    # One job per series and part, each done once; only the killed worker's job twice.
+    assert Counter((job["series_uid"], job["part"]) for job in jobs).total() == 2 * SERIES
+    assert len({job["series_uid"] for job in jobs}) == SERIES
+    attempts = {job["id"]: job["attempts"] for job in jobs}
+    assert attempts.pop(killed) == 2
+    assert set(attempts.values()) == {1}
+    by_id = {job["id"]: job for job in jobs}
+    assert process_of(by_id[killed]) == second_id
+    assert f"job lease expired, queued again job={killed}" in node.log() + second.log()
+
+    # The listener routed every originals job; the workers split the derived ones.
+    claimed = Counter(job["claimed_by"].rsplit(":", 1)[0] for job in jobs)
+    router = next(key for key in claimed if key.endswith(":router"))
+    assert claimed[router] == SERIES
+    derived_by = Counter(process_of(job) for job in jobs if job["part"] == "derived")
+    assert derived_by.keys() == {first_id, second_id}, derived_by
+
+    # Every UID stored exactly once: the originals and everything derived, nothing twice.
+    sent = sum(d["sent"] for job in jobs for d in job["deliveries"])
+    counts = wait_for_stores(orthanc, sent)
+    assert counts.total() == sent, (counts.total(), sent)
+    assert set(counts.values()) == {1}
+    assert sources <= set(counts) and len(counts) == len(orthanc.instance_ids())
+    assert f"forwarded job={killed} " not in first.log()
+
+
+def test_a_worker_with_nothing_to_do_refuses_to_start_naming_the_settings(node_factory) -> None:
+    node = node_factory([])
+    idle = {"DICOMNODE_WORKER_WORKERS": "0", "DICOMNODE_WORKER_ROUTER": "false"}
+    result = dicomnode("worker", "--config", str(node.config_path), env=idle)
+    assert result.returncode == 2
+    assert "worker.workers: 0 and worker.router = false leave `dicomnode worker` nothing to do" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
