@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from dicomnode.db import Database, open_database
 from tests.support.node import NodeProcess
 from tests.support.orthanc import Orthanc
 from tests.support.postgres import POSTGRES_BIN, PostgresServer, missing_binaries
@@ -78,6 +79,14 @@ def database_url(database_backend: str, request: pytest.FixtureRequest) -> Itera
     url = server.database()
     yield url
     server.drop(url)
+
+
+@pytest.fixture
+def db(tmp_path: Path, database_url: str) -> Iterator[Database]:
+    """The job tables, opened in this process: on the test's backend (a SQLite file by default)."""
+    database = open_database(database_url or f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    yield database
+    database.dispose()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ dead letters, admin, and several processes working the table at once."""
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,13 +32,6 @@ pytestmark = ON_BOTH_DATABASES
 FAST_RETRY = RetrySettings(max_attempts=3, initial_delay_seconds=0, max_delay_seconds=0, jitter=0)
 
 ORIGINALS_ONLY = [JobPart.ORIGINALS]
-
-
-@pytest.fixture
-def db(tmp_path: Path, database_url: str) -> Iterator[Database]:
-    database = open_database(database_url or f"sqlite:///{tmp_path / 'jobs.sqlite'}")
-    yield database
-    database.dispose()
 
 
 def receive(db: Database, series_uid: str, count: int, study_uid: str = "1.2.3") -> list[str]:

@@ -1,4 +1,5 @@
-"""Retention on a real SQLite file and a real spool: what a purge deletes, and what it must not."""
+"""Retention on a real SQLite file and PostgreSQL and a real spool: what a purge deletes, and
+what it must not."""
 
 import os
 import shutil
@@ -11,23 +12,19 @@ from pydicom.uid import generate_uid
 from sqlalchemy import update
 
 from dicomnode.config import RetentionSettings, Settings
-from dicomnode.db import Database, DeliveryStatus, ReceivedInstance, open_database
+from dicomnode.db import Database, DeliveryStatus, ReceivedInstance
 from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
 from dicomnode.db.jobs import claim_next_job, finish_attempt, list_jobs, record_delivery
 from dicomnode.db.models import Job, utcnow
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.spool import Spool
 from dicomnode.status import JobPart
+from tests.conftest import ON_BOTH_DATABASES
 
 SETTINGS = Settings(retention=RetentionSettings(keep_days=1))
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
 ORIGINALS_ONLY = [JobPart.ORIGINALS]
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Database:
-    return open_database(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
 
 
 @pytest.fixture
@@ -60,6 +57,7 @@ def age(path: Path, days: float) -> None:
     os.utime(path, (then, then))
 
 
+@ON_BOTH_DATABASES
 def test_only_series_delivered_before_the_cutoff_are_purged(db: Database, spool: Spool) -> None:
     old = store(db, spool, "1.2.3", "1.2.3.1", generate_uid())
     age(old, 3)
@@ -74,6 +72,7 @@ def test_only_series_delivered_before_the_cutoff_are_purged(db: Database, spool:
     assert purge_delivered(SETTINGS, db, spool) == []
 
 
+@ON_BOTH_DATABASES
 def test_a_copy_that_arrives_during_the_purge_keeps_its_file(db: Database, spool: Spool) -> None:
     sop = generate_uid()
     path = store(db, spool, "1.2.4", "1.2.4.1", sop)
