@@ -101,6 +101,7 @@ def test_two_workers_share_the_jobs_and_a_killed_ones_job_is_finished_by_the_oth
             lambda jobs: len(jobs) == 2 * SERIES and all(job["status"] == "done" for job in jobs),
             timeout=180,
         )
+        assert second.stop() == 0 and "worker stopped" in second.log()  # SIGTERM: a clean stop
     finally:
         first.stop()
         second.stop()
