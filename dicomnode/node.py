@@ -110,50 +110,48 @@ class Node:
             "next_run_time": datetime.now(UTC),
         }
         destinations = [d.name for d in self.settings.destinations]
-        ticks: list[tuple[str, Callable[[], object], float]] = []
+        quiet = self.settings.completion.series_quiet_seconds
+        parts = job_parts(self.settings.enhance)
         if self.listen:  # the processes that receive make the jobs and own the spool's upkeep
-            quiet = self.settings.completion.series_quiet_seconds
-            parts = job_parts(self.settings.enhance)
-            ticks += [
-                (
+            scheduler.add_job(
+                _guarded(
                     "completion",
                     lambda: create_jobs_for_quiet_series(self.db, quiet, destinations, parts),
-                    min(workers.poll_seconds, quiet),
                 ),
-                (
-                    "retention",
-                    lambda: purge_delivered(self.settings, self.db, self.spool),
-                    self.settings.retention.check_seconds,
-                ),
-            ]
-        ticks.append(
-            (
+                id="completion",
+                seconds=min(workers.poll_seconds, quiet),
+                **every,
+            )
+        scheduler.add_job(
+            _guarded(
                 "reclaim-leases",
                 lambda: reclaim_expired_leases(self.db, self.settings.retry.max_attempts),
-                max(1.0, workers.lease_seconds / 3),
-            )
+            ),
+            id="reclaim-leases",
+            seconds=max(1.0, workers.lease_seconds / 3),
+            **every,
         )
+        if self.listen:
+            scheduler.add_job(
+                _guarded("retention", lambda: purge_delivered(self.settings, self.db, self.spool)),
+                id="retention",
+                seconds=self.settings.retention.check_seconds,
+                **every,
+            )
         prefix = f"{socket.gethostname()}:{os.getpid()}"
         for name, part in runners:
             runner = JobRunner(
                 self.settings, self.db, self.spool, f"{prefix}:{name}", self._deliveries, part
             )
-            ticks.append((name, runner.run_due_jobs, workers.poll_seconds))
-        for name, tick, seconds in ticks:
-            scheduler.add_job(_guarded(name, tick), id=name, seconds=seconds, **every)
+            scheduler.add_job(
+                _guarded(name, runner.run_due_jobs),
+                id=name,
+                seconds=workers.poll_seconds,
+                **every,
+            )
         scheduler.start()
         self._scheduler = scheduler
-        if self.listen:
-            log.info(
-                "node started ae_title=%s port=%d data_dir=%s destinations=%s workers=%d router=%s",
-                self.settings.node.ae_title,
-                self.settings.node.port,
-                self.settings.node.data_path,
-                ",".join(destinations) or "(none)",
-                workers.workers,
-                workers.router,
-            )
-        else:
+        if not self.listen:
             log.info(
                 "worker started id=%s data_dir=%s database=%s destinations=%s workers=%d router=%s",
                 prefix,
@@ -163,6 +161,15 @@ class Node:
                 workers.workers,
                 workers.router,
             )
+            return
+        log.info(
+            "node started ae_title=%s port=%d data_dir=%s destinations=%s workers=%d",
+            self.settings.node.ae_title,
+            self.settings.node.port,
+            self.settings.node.data_path,
+            ",".join(destinations) or "(none)",
+            workers.workers,
+        )
 
     def stop(self) -> None:
         """Stop accepting associations, let running jobs and deliveries finish (deliveries not yet
