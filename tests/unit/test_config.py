@@ -59,6 +59,12 @@ def test_environment_overrides_single_keys_with_typed_values(tmp_path: Path) -> 
     assert settings.destinations[0].ae_title == "A"
 
 
+def test_a_listener_without_workers_or_router_is_a_valid_setting(tmp_path: Path) -> None:
+    path = write(tmp_path, "[worker]\nworkers = 0\nrouter = false\n")
+    worker = load_settings(path, environ={"DICOMNODE_WORKER_ROUTER": "true"}).worker
+    assert (worker.workers, worker.router) == (0, True)
+
+
 def test_config_env_var_selects_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, '[node]\nae_title = "FROMENV"\n')
     assert load_settings(None, environ={"DICOMNODE_CONFIG": str(path)}).node.ae_title == "FROMENV"
@@ -74,6 +80,8 @@ def test_config_env_var_selects_the_file(tmp_path: Path) -> None:
         ('[node]\non_duplicate = "merge"\n', {}, "node.on_duplicate"),
         ("[completion]\nseries_quiet_seconds = 0\n", {}, "completion.series_quiet_seconds"),
         ("", {"DICOMNODE_WORKER_WORKERS": "two"}, "worker.workers"),
+        ("[worker]\nworkers = -1\n", {}, "worker.workers"),
+        ("", {"DICOMNODE_WORKER_ROUTER": "sometimes"}, "worker.router"),
         ("", {"DICOMNODE_RETRY_BACKOFF": "1"}, "retry.backoff"),
         ('[baseline]\ndenoise = "median"\n', {}, "baseline.denoise"),
         ("[baseline]\nunsharp_sigma = 0\n", {}, "baseline.unsharp_sigma"),
