@@ -4,7 +4,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,6 +13,10 @@ from dicomnode.config import masked_url
 from dicomnode.db.models import Base
 from dicomnode.db.schema import add_missing_columns
 from dicomnode.errors import ConfigError
+
+# Any constant shared by every dicomnode process: the PostgreSQL advisory lock held while the
+# schema is created or upgraded.
+_SCHEMA_LOCK_KEY = 0x44434D4E  # "DCMN"
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -56,10 +60,18 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
-        """Create missing tables and add the columns a database from an older version lacks."""
+        """Create missing tables and add the columns a database from an older version lacks.
+
+        One transaction; on PostgreSQL under an advisory lock, so processes that start together
+        on an empty database (a listener and its workers) take turns instead of racing to create
+        the same tables.
+        """
         try:
-            Base.metadata.create_all(self.engine)
-            add_missing_columns(self.engine)
+            with self.engine.begin() as connection:
+                if not self.is_sqlite:
+                    connection.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+                Base.metadata.create_all(connection)
+                add_missing_columns(connection)
         except OperationalError as exc:
             raise ConfigError(f"cannot open database {masked_url(self.url)}: {exc.orig}") from None
 

@@ -10,7 +10,7 @@ migrations (Alembic).
 import logging
 from typing import Any
 
-from sqlalchemy import Engine, inspect, literal, text
+from sqlalchemy import Connection, inspect, literal, text
 from sqlalchemy.schema import Column
 
 from dicomnode.db.models import Base
@@ -18,12 +18,12 @@ from dicomnode.db.models import Base
 log = logging.getLogger(__name__)
 
 
-def _column_ddl(column: Column[Any], engine: Engine) -> str:
-    ddl = f"{column.name} {column.type.compile(dialect=engine.dialect)}"
+def _column_ddl(column: Column[Any], connection: Connection) -> str:
+    ddl = f"{column.name} {column.type.compile(dialect=connection.dialect)}"
     default = getattr(column.default, "arg", None)
     if default is not None and not callable(default):
         value = literal(default, column.type).compile(
-            dialect=engine.dialect, compile_kwargs={"literal_binds": True}
+            dialect=connection.dialect, compile_kwargs={"literal_binds": True}
         )
         ddl += f" DEFAULT {value}"
         if not column.nullable:
@@ -31,22 +31,22 @@ def _column_ddl(column: Column[Any], engine: Engine) -> str:
     return ddl
 
 
-def add_missing_columns(engine: Engine) -> list[str]:
-    """Add every model column an existing table lacks; return them as `table.column`."""
+def add_missing_columns(connection: Connection) -> list[str]:
+    """Add every model column an existing table lacks (in the caller's transaction); return
+    them as `table.column`."""
     added = []
-    with engine.begin() as connection:
-        inspector = inspect(connection)  # same connection: SQLite allows one writer
-        for table in Base.metadata.sorted_tables:
-            if not inspector.has_table(table.name):
+    inspector = inspect(connection)  # same connection: SQLite allows one writer
+    for table in Base.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
                 continue
-            present = {column["name"] for column in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present:
-                    continue
-                connection.execute(
-                    text(f"ALTER TABLE {table.name} ADD COLUMN {_column_ddl(column, engine)}")
-                )
-                added.append(f"{table.name}.{column.name}")
+            connection.execute(
+                text(f"ALTER TABLE {table.name} ADD COLUMN {_column_ddl(column, connection)}")
+            )
+            added.append(f"{table.name}.{column.name}")
     if added:
         log.warning("database schema upgraded: added %s", ", ".join(added))
     return added

@@ -343,3 +343,20 @@ def test_several_processes_ticking_at_once_make_one_job_per_series_and_claim_eac
     assert sorted(claimed) == derived and sorted(reaped) == derived
     assert {job.status for job in jobs if job.part == JobPart.DERIVED} == {"queued"}
     assert {job.attempts for job in jobs if job.part == JobPart.DERIVED} == {1}
+
+
+def test_processes_starting_together_on_an_empty_database_all_open_it(
+    tmp_path: Path, database_url: str
+) -> None:
+    url = database_url or f"sqlite:///{tmp_path / 'fresh.sqlite'}"
+    start = threading.Barrier(4)
+
+    def open_one(_: int) -> Database:  # a listener and its workers, started by one compose file
+        start.wait()
+        return open_database(url)
+
+    with ThreadPoolExecutor(4) as pool:
+        opened = list(pool.map(open_one, range(4)))
+    for database in opened:
+        assert list_jobs(database) == []
+        database.dispose()
