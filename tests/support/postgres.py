@@ -6,6 +6,7 @@ connections only (loopback TCP and a socket in its own directory); each test get
 database, dropped afterwards, so tests never see each other's rows.
 """
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -116,6 +117,7 @@ class PostgresServer:
             ),
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so a stuck server can be killed whole
         )
         deadline = time.monotonic() + 30
         while not self._answers():
@@ -156,15 +158,21 @@ class PostgresServer:
         self._admin(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
 
     def stop(self) -> None:
-        if self._process is not None:
-            # "Fast" shutdown (ends open sessions), sent to the postmaster itself: runuser, its
-            # parent when we are root, does not pass SIGINT on.
-            pid_file = self.data_dir / "postmaster.pid"
+        try:
+            if self._process is not None:
+                self._shut_down(self._process)
+                self._process = None
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _shut_down(self, process: "subprocess.Popen[bytes]") -> None:
+        # "Fast" shutdown (ends open sessions), sent to the postmaster itself: runuser, its
+        # parent when we are root, does not pass SIGINT on.
+        pid_file = self.data_dir / "postmaster.pid"
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            self._process = None
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # runuser, the postmaster and its children
+            process.wait()
