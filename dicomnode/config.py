@@ -273,6 +273,7 @@ class EnhanceSettings:
     forward_unenhanced: bool = True
     qa_action: Literal["flag", "hold", "fail"] = "hold"
     self_check: bool = True
+    self_check_images: int = 16  # per series, spread evenly; 0: every image
     uid_root: str = ""  # empty: 2.25.<integer> UIDs, else e.g. "1.2.826.0.1.3680043.10.123."
     model_dir: str = ""  # empty: the models/ folder shipped with dicomnode
     srcnn_series_offset: int = 1000
@@ -296,6 +297,7 @@ class EnhanceSettings:
             )
         _check(len(set(self.methods)) == len(self.methods), "enhance.methods", "has duplicates")
         _check(self.scale in (1, 2, 3, 4), "enhance.scale", "must be 1, 2, 3 or 4")
+        _check(self.self_check_images >= 0, "enhance.self_check_images", "must be >= 0")
         _check(
             self.uid_root == ""
             or (

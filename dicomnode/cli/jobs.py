@@ -151,13 +151,12 @@ def _print_details(outcome: "SeriesOutcome") -> None:
         "images",
         "PSNR dB",
         "SSIM",
-        "self-check dB",
+        "self-check vs bicubic",
         "QA",
         "seconds",
         title="derived series (metrics vs source)",
     )
     for m in outcome.methods:
-        gain = m.self_check_gain_mean_db
         table.add_row(
             shown(m.method),
             shown(m.version),
@@ -165,7 +164,7 @@ def _print_details(outcome: "SeriesOutcome") -> None:
             str(len(m.images)),
             "-" if m.psnr_mean_db is None else f"{m.psnr_mean_db:.2f}",
             f"{m.ssim_mean:.4f}",
-            "-" if gain is None else f"{gain:+.2f}",
+            m.self_check_text,
             _status(m.qa),
             f"{m.timings.total_s:.1f}",
         )

@@ -67,7 +67,7 @@ def describe(series_uid: str, method: MethodOutcome, out_dir: Path) -> str:
     return (
         f"series {series_uid}: {method.method} x{method.scale}: {len(method.images)} images -> "
         f"{out_dir / method.derived_series_uid}; PSNR {method.psnr_mean_db} dB, "
-        f"SSIM {method.ssim_mean} vs source; self-check {method.self_check_gain_mean_db} dB; "
+        f"SSIM {method.ssim_mean} vs source; self-check {method.self_check_text}; "
         f"QA {method.qa}; {method.device}"
     )
 
