@@ -162,9 +162,13 @@ class CompletionSettings:
     """When a series counts as complete and becomes a job."""
 
     series_quiet_seconds: float = 30.0
+    # A series whose sender released its association (A-RELEASE) after the last instance is
+    # complete after this much quiet: the sender said it is done. 0: always series_quiet_seconds.
+    release_quiet_seconds: float = 2.0
 
     def validate(self) -> None:
         _check(self.series_quiet_seconds > 0, "completion.series_quiet_seconds", "must be > 0")
+        _check(self.release_quiet_seconds >= 0, "completion.release_quiet_seconds", "must be >= 0")
 
 
 @dataclass(frozen=True)

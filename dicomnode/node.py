@@ -83,15 +83,18 @@ class Node:
             "next_run_time": datetime.now(UTC),
         }
         destinations = [d.name for d in self.settings.destinations]
-        quiet = self.settings.completion.series_quiet_seconds
+        completion = self.settings.completion
+        quiet = completion.series_quiet_seconds
         parts = job_parts(self.settings.enhance)
         scheduler.add_job(
             _guarded(
                 "completion",
-                lambda: create_jobs_for_quiet_series(self.db, quiet, destinations, parts),
+                lambda: create_jobs_for_quiet_series(
+                    self.db, quiet, destinations, parts, completion.release_quiet_seconds
+                ),
             ),
             id="completion",
-            seconds=min(workers.poll_seconds, quiet),
+            seconds=min(workers.poll_seconds, quiet, completion.release_quiet_seconds or quiet),
             **every,
         )
         scheduler.add_job(

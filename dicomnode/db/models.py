@@ -37,6 +37,9 @@ class Series(Base):
     last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
     # True while the series holds instances that no job has taken yet (the completion rule).
     pending: Mapped[bool] = mapped_column(default=True, index=True)
+    # When a sender last released (A-RELEASE) an association that stored into this series: with
+    # nothing newer received, the sender said it is done (the completion rule's fast path).
+    released_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Instance(Base):

@@ -21,7 +21,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
 from dicomnode.db import Database, ReceivedInstance
-from dicomnode.db.instances import record_instance, stored_path
+from dicomnode.db.instances import mark_series_released, record_instance, stored_path
 from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
 from dicomnode.dicom.bounded import inflate_prefix, inflated_size
 from dicomnode.dicom.tls import server_context
@@ -106,6 +106,7 @@ class StorageReceiver:
         self.db = db
         self._min_free_bytes = settings.node.min_free_disk_mb * 1024 * 1024
         self._counts: dict[int, int] = {}
+        self._series: dict[int, set[str]] = {}  # per association: the series it stored into
         self._counts_lock = threading.Lock()
         self._writer = ThreadPoolExecutor(settings.node.max_associations, "spool-write")
 
@@ -146,6 +147,9 @@ class StorageReceiver:
     def handle_closed(self, event: Event) -> None:
         with self._counts_lock:
             stored = self._counts.pop(id(event.assoc), None)
+            series = self._series.pop(id(event.assoc), set())
+        if series and event.assoc.is_released:
+            self._mark_released(series)
         sock = event.assoc.dul.socket
         guarded = isinstance(sock, GuardedSocket) and sock.refused_reason is not None
         if event.assoc.is_aborted and not guarded:  # a guard's abort has its own line
@@ -168,6 +172,14 @@ class StorageReceiver:
                 stored,
             )
 
+    def _mark_released(self, series: set[str]) -> None:
+        """The sender said it is done with these series (A-RELEASE): the completion rule may
+        take them after completion.release_quiet_seconds instead of series_quiet_seconds."""
+        try:
+            mark_series_released(self.db, series)
+        except Exception:  # the quiet rule still completes them: log, never raise in a handler
+            log.exception("could not record the release of series=%s", ",".join(sorted(series)))
+
     def handle_store(self, event: Event) -> Dataset | int:
         """Spool and record one instance; every failure becomes a status, never an exception."""
         calling = event.assoc.requestor.ae_title
@@ -182,6 +194,8 @@ class StorageReceiver:
             ident = _identify(event)
             sop_uid = ident.sop_instance_uid
             self._store(event, ident, calling)
+            with self._counts_lock:
+                self._series.setdefault(id(event.assoc), set()).add(ident.series_uid)
         except Exception as exc:
             status = status_for(exc)
             expected = DecodeError | SpoolError | InstanceTooLarge
