@@ -12,6 +12,7 @@ comment, the SR, the JSON and the series means all agree to the last digit.
 
 import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -101,8 +102,9 @@ class MethodOutcome:
     images: tuple[ImageOutcome, ...]
     timings: StageTimings = field(default_factory=StageTimings)
 
-    @property
+    @cached_property
     def summary(self) -> SeriesMetrics:
+        """Fidelity over the images (computed once: the record is frozen)."""
         return summarize([image.fidelity for image in self.images])
 
     @property
