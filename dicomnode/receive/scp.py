@@ -116,6 +116,7 @@ class StorageReceiver:
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_ACSE_SENT, self.handle_association_answer),
+            (evt.EVT_RELEASED, self.handle_released),
             (evt.EVT_CONN_CLOSE, self.handle_closed),
             (evt.EVT_DIMSE_SENT, _answered),
         ]
@@ -147,9 +148,7 @@ class StorageReceiver:
     def handle_closed(self, event: Event) -> None:
         with self._counts_lock:
             stored = self._counts.pop(id(event.assoc), None)
-            series = self._series.pop(id(event.assoc), set())
-        if series and event.assoc.is_released:
-            self._mark_released(series)
+            self._series.pop(id(event.assoc), None)  # aborted: the quiet rule completes them
         sock = event.assoc.dul.socket
         guarded = isinstance(sock, GuardedSocket) and sock.refused_reason is not None
         if event.assoc.is_aborted and not guarded:  # a guard's abort has its own line
@@ -172,9 +171,13 @@ class StorageReceiver:
                 stored,
             )
 
-    def _mark_released(self, series: set[str]) -> None:
-        """The sender said it is done with these series (A-RELEASE): the completion rule may
-        take them after completion.release_quiet_seconds instead of series_quiet_seconds."""
+    def handle_released(self, event: Event) -> None:
+        """The sender said it is done with the series it stored (A-RELEASE): the completion rule
+        may take them after completion.release_quiet_seconds instead of series_quiet_seconds."""
+        with self._counts_lock:
+            series = self._series.pop(id(event.assoc), set())
+        if not series:
+            return
         try:
             mark_series_released(self.db, series)
         except Exception:  # the quiet rule still completes them: log, never raise in a handler
