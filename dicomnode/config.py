@@ -1,8 +1,10 @@
 """Settings: the TOML file, `DICOMNODE_<SECTION>_<KEY>` overrides, validated once at start.
 
-This is the only module that reads settings files or the environment. Every operational number
-(timeouts, retry policy, limits) is a named setting here with a documented default, so
-`dicomnode config show` can print the effective value of each.
+This is the only module that reads settings files or the environment (with its two helpers:
+`config_env` checks the DICOMNODE_* variables, `config_paths` reads a file's relative paths
+against its folder). Every operational number (timeouts, retry policy, limits) is a named
+setting here with a documented default, so `dicomnode config show` can print the effective value
+of each.
 """
 
 import dataclasses
@@ -16,12 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dicomnode.config_env import (
+    DESTINATIONS_VAR,
+    naming_the_variable,
+    read_env_overrides,
+)
+from dicomnode.config_paths import anchored_paths
 from dicomnode.errors import ConfigError
 from dicomnode.registry import METHODS
 
 CONFIG_ENV_VAR = "DICOMNODE_CONFIG"
 DEFAULT_CONFIG_PATH = Path("config/dicomnode.toml")
-ENV_PREFIX = "DICOMNODE_"
+# The DICOMNODE_* variables that are not settings; any other one must name a setting.
+NOT_SETTING_ENV_VARS = (CONFIG_ENV_VAR,)
+# Prefixes kept for hooks outside the settings (the test suite's injected methods read
+# DICOMNODE_TEST_SLOW_SECONDS): never settings, never refused.
+RESERVED_ENV_PREFIXES = ("DICOMNODE_TEST_",)
 
 # PS3.5 6.2: an AE title is 1..16 characters of the default repertoire, no backslash or control
 # characters; leading/trailing spaces are not significant.
@@ -30,7 +42,7 @@ _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
 def _check(condition: bool, key: str, rule: str) -> None:
     if not condition:
-        raise ConfigError(f"setting {key}: {rule}")
+        raise ConfigError(f"setting {key}: {rule}", setting=key)
 
 
 def _check_ae_title(value: str, key: str) -> None:
@@ -377,7 +389,8 @@ _SECTIONS: dict[str, type] = {
 
 @dataclass(frozen=True)
 class Settings:
-    """The node's whole configuration; `source` is the file it came from (None: defaults)."""
+    """The node's whole configuration; `source` is the file it came from (None: defaults),
+    `overrides` the environment variable behind each key it set (`node.port`, `destinations`)."""
 
     node: NodeSettings = field(default_factory=NodeSettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
@@ -391,6 +404,7 @@ class Settings:
     qa: QaSettings = field(default_factory=QaSettings)
     destinations: list[Destination] = field(default_factory=list)
     source: Path | None = None
+    overrides: dict[str, str] = field(default_factory=dict)
 
     def destination(self, name: str) -> Destination | None:
         return next((d for d in self.destinations if d.name == name), None)
@@ -444,7 +458,7 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
                 raise ValueError
             number = kind(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"setting {key}: {value!r} is not a number") from None
+            raise ConfigError(f"setting {key}: {value!r} is not a number", setting=key) from None
         _check(kind is float or float(value) == number, key, f"{value!r} is not an integer")
         return number
     _check(isinstance(value, str), key, f"{value!r} is not a string")
@@ -465,20 +479,6 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
         return cls(**coerced)
     except TypeError as exc:
         raise ConfigError(f"section [{section}]: {exc}") from None
-
-
-def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, dict[str, str]], str | None]:
-    """Split `DICOMNODE_<SECTION>_<KEY>` variables by section; DESTINATIONS holds JSON."""
-    overrides: dict[str, dict[str, str]] = {}
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV_VAR:
-            continue
-        rest = name[len(ENV_PREFIX) :].lower()
-        for section in _SECTIONS:
-            if rest.startswith(section + "_"):
-                overrides.setdefault(section, {})[rest[len(section) + 1 :]] = value
-                break
-    return overrides, environ.get(ENV_PREFIX + "DESTINATIONS")
 
 
 def resolve_config_path(
@@ -512,22 +512,43 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
             key,
             f"unknown section (known: {', '.join([*_SECTIONS, 'destinations'])})",
         )
-    env_sections, env_destinations = _env_overrides(environ)
+    env = read_env_overrides(environ, _SECTIONS, NOT_SETTING_ENV_VARS, RESERVED_ENV_PREFIXES)
+    overrides = dict(env.variables)
+    if env.destinations is not None:
+        overrides["destinations"] = DESTINATIONS_VAR
+    try:
+        sections = _load_sections(raw, env.sections, path)
+        destinations = _load_destinations(raw, env.destinations, path)
+    except ConfigError as exc:
+        raise naming_the_variable(exc, overrides) from None
+    return Settings(**sections, destinations=destinations, source=path, overrides=overrides)
 
+
+def _load_sections(
+    raw: dict[str, Any], env_sections: dict[str, dict[str, str]], path: Path | None
+) -> dict[str, Any]:
     sections = {}
     for name, cls in _SECTIONS.items():
         values = raw.get(name, {})
         _check(isinstance(values, dict), name, "must be a table ([" + name + "])")
+        if path is not None:
+            values = anchored_paths(name, values, path)
         section = _build(cls, {**values, **env_sections.get(name, {})}, name)
         section.validate()
         sections[name] = section
+    return sections
 
+
+def _load_destinations(
+    raw: dict[str, Any], env_destinations: str | None, path: Path | None
+) -> list[Destination]:
     dest_values = raw.get("destinations", [])
     if env_destinations is not None:
         try:
             dest_values = json.loads(env_destinations)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"setting DICOMNODE_DESTINATIONS: not valid JSON: {exc}") from None
+            raise ConfigError(f"setting {DESTINATIONS_VAR}: not valid JSON: {exc}") from None
+        path = None  # relative paths in the environment: the working directory
     _check(isinstance(dest_values, list), "destinations", "must be an array of tables")
     destinations = []
     for i, values in enumerate(dest_values):
@@ -535,11 +556,12 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
         _check(isinstance(values, dict), key, "must be a table")
         missing = {"name", "ae_title", "host", "port"} - set(values)
         _check(not missing, key, f"missing {', '.join(sorted(missing))}")
+        if path is not None:
+            values = anchored_paths("destinations", values, path)
         dest = _build(Destination, values, key)
         dest.validate(key)
         destinations.append(dest)
     names = [d.name for d in destinations]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     _check(not duplicated, "destinations", f"names must be unique: {', '.join(duplicated)}")
-
-    return Settings(**sections, destinations=destinations, source=path)
+    return destinations

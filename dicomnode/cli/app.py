@@ -8,6 +8,7 @@ import typer
 
 from dicomnode import __version__
 from dicomnode.cli import config_cmd, jobs
+from dicomnode.cli.common import WideOption
 from dicomnode.cli.doctor import doctor
 from dicomnode.cli.echo import echo
 from dicomnode.cli.enhance import enhance
@@ -36,6 +37,7 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    wide: WideOption = False,
 ) -> None:
     pass
 

@@ -1,12 +1,14 @@
-"""What every command shares: the --config option, loading settings, mapping errors to exits."""
+"""What every command shares: the --config option, loading settings, mapping errors to exits,
+the consoles (full width when read by a script) and the database as admin commands open it."""
 
+import json
 import logging
 import ssl
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -14,6 +16,9 @@ from rich.console import Console
 from dicomnode.cli.safe_text import install_log_filter, shown
 from dicomnode.config import Settings, load_settings
 from dicomnode.errors import ConfigError, DicomNodeError
+
+if TYPE_CHECKING:
+    from dicomnode.db import Database
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -28,8 +33,45 @@ ConfigOption = Annotated[
     ),
 ]
 
+JsonOption = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+
+# Wide enough for any value on one line: a script reading our output gets whole UIDs, paths and
+# errors, never a column cut to 80 characters with an ellipsis or a value wrapped in two.
+_WIDE = 100_000
+
 console = Console()
 error_console = Console(stderr=True)
+
+
+def make_wide(wide: bool = True) -> bool:
+    """Print every value whole (`--wide`); stdout or stderr that is not a terminal always is."""
+    for each in (console, error_console):
+        if wide or not each.is_terminal:
+            each.width = _WIDE
+    return wide
+
+
+make_wide(False)
+
+
+def is_wide() -> bool:
+    """Whether stdout shows values whole (so a listing need not shorten its long columns)."""
+    return console.width >= _WIDE
+
+
+WideOption = Annotated[
+    bool,
+    typer.Option(
+        "--wide",
+        callback=make_wide,
+        help="Never shorten or wrap values (always so when the output is not a terminal).",
+    ),
+]
+
+
+def print_json(data: Any) -> None:
+    """What `--json` prints: one indented document on stdout."""
+    print(json.dumps(data, indent=2))
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -51,6 +93,17 @@ def reported_errors() -> Iterator[None]:
 def settings_from(config: Path | None) -> Settings:
     with reported_errors():
         return load_settings(config)
+
+
+def node_database(settings: Settings, *, read_only: bool) -> "Database":
+    """The node's database for an admin command. Never created here (only `serve` does): a
+    missing one is "no database at ..." (exit 2); `read_only` commands cannot write to it."""
+    from dicomnode.db import open_database
+
+    with reported_errors():
+        return open_database(
+            settings.node.effective_database_url, create=False, read_only=read_only
+        )
 
 
 def _drop_tls_tracebacks(record: logging.LogRecord) -> bool:

@@ -1,6 +1,5 @@
 """`dicomnode jobs ...`: list, show, retry and cancel jobs in the node's database."""
 
-import json
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -8,8 +7,13 @@ from rich.table import Table
 
 from dicomnode.cli.common import (
     ConfigOption,
+    JsonOption,
+    WideOption,
     console,
     fail,
+    is_wide,
+    node_database,
+    print_json,
     reported_errors,
     settings_from,
 )
@@ -23,7 +27,6 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Inspect and steer jobs.", no_args_is_help=True)
 
-JsonOption = Annotated[bool, typer.Option("--json", help="One JSON document.")]
 _STATUS_STYLE = {
     "done": "green",
     "failed": "yellow",
@@ -36,15 +39,17 @@ _STATUS_STYLE = {
 }
 
 
-def _database(settings: Settings) -> "Database":
-    from dicomnode.db import open_database
-
-    with reported_errors():
-        return open_database(settings.node.effective_database_url)
+def _database(settings: Settings, *, read_only: bool = False) -> "Database":
+    return node_database(settings, read_only=read_only)
 
 
 def _deliveries(job: "JobRecord") -> str:
     return shown(", ".join(f"{d.destination}:{d.status}" for d in job.deliveries) or "-")
+
+
+def _error_cell(error: str) -> str:
+    """An error in the listing: whole for a script (or --wide), its start in a terminal."""
+    return error if is_wide() else error[:60]
 
 
 def _status(status: str) -> str:
@@ -61,14 +66,15 @@ def list_(
     ] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
     as_json: JsonOption = False,
+    wide: WideOption = False,
     config: ConfigOption = None,
 ) -> None:
     """List jobs, newest first."""
     from dicomnode.db.jobs import list_jobs
 
-    jobs = list_jobs(_database(settings_from(config)), status, limit)
+    jobs = list_jobs(_database(settings_from(config), read_only=True), status, limit)
     if as_json:
-        print(json.dumps({"jobs": [job.as_dict() for job in jobs]}, indent=2))
+        print_json({"jobs": [job.as_dict() for job in jobs]})
         return
     table = Table(
         "id",
@@ -92,7 +98,7 @@ def list_(
             shown(job.series_uid),
             _deliveries(job),
             job.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
-            shown((job.error or "")[:60]),
+            shown(_error_cell(job.error or "")),
         )
     console.print(table)
 
@@ -178,17 +184,18 @@ def _print_details(outcome: "SeriesOutcome") -> None:
 def show(
     job_id: Annotated[int, typer.Argument(metavar="ID")],
     as_json: JsonOption = False,
+    wide: WideOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Show one job with its deliveries."""
     from dicomnode.db.jobs import get_job, list_jobs
 
-    db = _database(settings_from(config))
+    db = _database(settings_from(config), read_only=True)
     job = get_job(db, job_id)
     if job is None:
         fail(f"job {job_id} does not exist")
     if as_json:
-        print(json.dumps(job.as_dict(), indent=2))
+        print_json(job.as_dict())
     else:
         siblings = [s for s in list_jobs(db, series_uid=job.series_uid) if s.id != job.id]
         _print_job(job, siblings)
