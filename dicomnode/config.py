@@ -232,6 +232,21 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """The operator's HTTP endpoint: /metrics (Prometheus text), /healthz and /readyz."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus on another host scrape it
+    port: int = 9112
+    check_timeout_seconds: float = 5.0  # /readyz answers 503 when its checks take longer
+
+    def validate(self) -> None:
+        _check(self.host != "", "http.host", "must not be empty")
+        _check_port(self.port, "http.port")
+        _check(self.check_timeout_seconds > 0, "http.check_timeout_seconds", "must be > 0")
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -381,6 +396,7 @@ _SECTIONS: dict[str, type] = {
     "retry": RetrySettings,
     "retention": RetentionSettings,
     "logging": LoggingSettings,
+    "http": HttpSettings,
     "enhance": EnhanceSettings,
     "baseline": BaselineSettings,
     "qa": QaSettings,
@@ -399,6 +415,7 @@ class Settings:
     retry: RetrySettings = field(default_factory=RetrySettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
     baseline: BaselineSettings = field(default_factory=BaselineSettings)
     qa: QaSettings = field(default_factory=QaSettings)

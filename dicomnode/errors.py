@@ -26,6 +26,10 @@ class SpoolError(DicomNodeError):
     """The spool could not store or find a file (disk full, permissions, bad UID for a path)."""
 
 
+class DiskFull(SpoolError):
+    """Free space in the data directory is below `node.min_free_disk_mb`: stores are refused."""
+
+
 class DecodeError(DicomNodeError):
     """A received or spooled dataset is malformed or lacks what the node needs to file it."""
 

@@ -16,6 +16,7 @@ from dicomnode.db.instances import create_jobs_for_quiet_series
 from dicomnode.db.jobs import reclaim_expired_leases
 from dicomnode.dicom.tls import client_tls_args
 from dicomnode.errors import ConfigError
+from dicomnode.observe import HttpEndpoint, start_http_endpoint
 from dicomnode.pipeline import JobRunner
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.methods import missing_models
@@ -56,6 +57,7 @@ class Node:
         self.db: Database = open_database(settings.node.effective_database_url)
         self._server: ThreadedAssociationServer | None = None
         self._scheduler: BackgroundScheduler | None = None
+        self._http: HttpEndpoint | None = None
         self._deliveries = DeliveryQueues(settings, self.db)
 
     def start(self) -> None:
@@ -70,6 +72,8 @@ class Node:
         for destination in self.settings.destinations:
             # Reads every destination's TLS files now: a bad one stops the node at start.
             client_tls_args(destination, self.settings.destination_key(destination))
+        if self.settings.http.enabled:  # first: /healthz answers while the rest starts
+            self._http = start_http_endpoint(self.settings, self.db, self.spool, self.listening)
         self._server = start_receiver(self.settings, self.spool, self.db)
         workers = self.settings.worker
         scheduler = BackgroundScheduler(
@@ -139,9 +143,17 @@ class Node:
             workers.workers,
         )
 
+    def listening(self) -> bool:
+        """Whether the DICOM listener is up (for /readyz)."""
+        server = self._server
+        return server is not None and server.socket.fileno() != -1
+
     def stop(self) -> None:
         """Stop accepting associations, let running jobs and deliveries finish (deliveries not yet
         started are queued again for the next start), close the database."""
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
         if self._server is not None:
             self._server.shutdown()
             self._server = None

@@ -11,6 +11,7 @@ The job is finished (done, failed with a retry time, or dead) when its last deli
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +21,7 @@ from dicomnode.db import Database, DeliveryStatus, JobRecord, SpooledInstance
 from dicomnode.db.jobs import holds_lease, record_delivery
 from dicomnode.errors import ForwardError
 from dicomnode.forward import send_series
+from dicomnode.observe.counters import STAGE_SECONDS
 from dicomnode.status import JobPart
 
 log = logging.getLogger(__name__)
@@ -37,9 +39,11 @@ def deliver(
         record_delivery(db, job.id, name, DeliveryStatus.DEAD, 0, gone)
         return
     sent = 0
+    started = time.perf_counter()
     try:
         for series in outgoing:
             sent += send_series(job.id, destination, series, settings).sent
+        STAGE_SECONDS.labels("forward", "").observe(time.perf_counter() - started)
     except ForwardError as exc:
         status = DeliveryStatus.FAILED if exc.transient else DeliveryStatus.DEAD
         log.warning(

@@ -12,6 +12,7 @@ failure anywhere leaves the inputs untouched and the job to the retry policy.
 import logging
 import secrets
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from dicomnode.config import EnhanceSettings, Settings
 from dicomnode.db import Database, JobRecord, JobStatus, SpooledInstance
@@ -25,10 +26,14 @@ from dicomnode.db.jobs import (
     set_active_status,
 )
 from dicomnode.errors import DicomNodeError
+from dicomnode.observe.counters import METHOD_STAGES, MODEL, STAGE_SECONDS
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.lease import LeaseKeeper
 from dicomnode.spool import Spool
 from dicomnode.status import JobPart
+
+if TYPE_CHECKING:  # the imaging layer is imported only when a job enhances (see _enhance)
+    from dicomnode.imaging.outcome import SeriesOutcome
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,15 @@ def job_parts(enhance: EnhanceSettings) -> list[JobPart]:
     if enhance.methods:
         parts.append(JobPart.DERIVED)
     return parts
+
+
+def observe_outcome(outcome: "SeriesOutcome") -> None:
+    """Count one enhancement in the metrics: its stage durations, the model and device used."""
+    STAGE_SECONDS.labels("load", "").observe(outcome.load_s)
+    for method in outcome.methods:
+        for field, stage in METHOD_STAGES.items():
+            STAGE_SECONDS.labels(stage, method.method).observe(getattr(method.timings, field))
+        MODEL.labels(method.method).info({"version": method.version, "device": method.device})
 
 
 def _flat(series: "Iterable[list[list[SpooledInstance]]]") -> list[list[SpooledInstance]]:
@@ -187,6 +201,7 @@ class JobRunner:
             self._finish(job, error=f"enhancement failed: {exc}")
             return None
         record_job_details(self.db, job.id, self._token(job), output.outcome.as_dict())
+        observe_outcome(output.outcome)
         qa = self.settings.qa
         harmful = {
             method.method: reasons

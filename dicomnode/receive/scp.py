@@ -25,10 +25,16 @@ from dicomnode.db.instances import mark_series_released, record_instance, stored
 from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
 from dicomnode.dicom.bounded import inflate_prefix, inflated_size
 from dicomnode.dicom.tls import server_context
-from dicomnode.errors import DecodeError, InstanceTooLarge, SpoolError
+from dicomnode.errors import DecodeError, DiskFull, InstanceTooLarge, SpoolError
+from dicomnode.observe.counters import (
+    ASSOCIATIONS_REJECTED,
+    BYTES_RECEIVED,
+    INSTANCES_RECEIVED,
+    INSTANCES_REFUSED,
+)
 from dicomnode.receive.guard import COMMAND_ALLOWANCE, ConnectionLimits, GuardedSocket
 from dicomnode.receive.listener import start_listener
-from dicomnode.receive.status import SUCCESS, status_dataset, status_for
+from dicomnode.receive.status import SUCCESS, refusal_reason, status_dataset, status_for
 from dicomnode.spool import Spool, validate_uid
 
 log = logging.getLogger(__name__)
@@ -131,12 +137,17 @@ class StorageReceiver:
         if not isinstance(answer, A_ASSOCIATE) or answer.result not in (0x01, 0x02):
             return
         reason = answer.reason_str
+        label = "other"
         if answer.result_source == 0x03 and answer.diagnostic == 0x02:
             reason += f" (node.max_associations={self.settings.node.max_associations})"
+            label = "too_many_associations"
         elif answer.result_source == 0x01 and answer.diagnostic == 0x03:
             reason = "calling AE title not allowed (node.allowed_calling_aets)"
+            label = "calling_aet_not_allowed"
         elif answer.result_source == 0x01 and answer.diagnostic == 0x07:
             reason = f"called AE title is not {self.settings.node.ae_title!r} (node.ae_title)"
+            label = "called_aet_unknown"
+        ASSOCIATIONS_REJECTED.labels(label).inc()
         log.warning(
             "association rejected: %s calling_aet=%s called_aet=%s address=%s",
             reason,
@@ -189,7 +200,7 @@ class StorageReceiver:
         sop_uid = str(event.request.AffectedSOPInstanceUID or "")
         try:
             if self.spool.free_bytes() < self._min_free_bytes:
-                raise SpoolError(
+                raise DiskFull(
                     f"less than node.min_free_disk_mb={self.settings.node.min_free_disk_mb} MB "
                     f"free in {self.spool.root}"
                 )
@@ -201,6 +212,7 @@ class StorageReceiver:
                 self._series.setdefault(id(event.assoc), set()).add(ident.series_uid)
         except Exception as exc:
             status = status_for(exc)
+            INSTANCES_REFUSED.labels(refusal_reason(exc)).inc()
             expected = DecodeError | SpoolError | InstanceTooLarge
             level = logging.WARNING if isinstance(exc, expected) else logging.ERROR
             log.log(
@@ -215,6 +227,8 @@ class StorageReceiver:
             return status_dataset(status, str(exc))
         with self._counts_lock:
             self._counts[id(event.assoc)] = self._counts.get(id(event.assoc), 0) + 1
+        INSTANCES_RECEIVED.inc()
+        BYTES_RECEIVED.inc(event.request.DataSet.getbuffer().nbytes)
         return SUCCESS
 
     def _check_size(self, event: Event) -> None:

@@ -50,6 +50,7 @@ class NodeProcess:
     ) -> None:
         self.workdir = workdir
         self.port = free_port()
+        self.http_port = free_port()  # the metrics endpoint, when a test enables [http]
         self.data_dir = workdir / "data"
         sections: dict[str, dict[str, Any]] = {
             "node": {
@@ -69,6 +70,7 @@ class NodeProcess:
                 "connect_timeout": 5,
             },
             "logging": {"level": "DEBUG"},
+            "http": {"host": "127.0.0.1", "port": self.http_port},
             # Forward-only unless a test asks for enhancement: the backbone tests count instances.
             # Derived series go out whatever their numbers say, unless a test checks the gate.
             "enhance": {"methods": [], "qa_action": "flag"},

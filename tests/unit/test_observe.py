@@ -1,0 +1,56 @@
+"""The pure parts of the metrics endpoint: refusal reasons and the bounded readiness checks."""
+
+import threading
+
+import pytest
+
+from dicomnode.errors import DecodeError, DiskFull, InstanceTooLarge, SpoolError
+from dicomnode.observe.counters import REFUSAL_REASONS
+from dicomnode.observe.endpoint import Readiness
+from dicomnode.receive.status import refusal_reason
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (DecodeError("no SOPInstanceUID"), "cannot_decode"),
+        (InstanceTooLarge("3000 MB"), "too_large"),
+        (DiskFull("below node.min_free_disk_mb"), "disk_full"),
+        (SpoolError("permission denied"), "spool"),
+        (RuntimeError("a bug"), "internal"),
+    ],
+)
+def test_each_receive_failure_has_an_exported_refusal_reason(error: Exception, reason: str) -> None:
+    assert refusal_reason(error) == reason
+    assert reason in REFUSAL_REASONS
+
+
+def test_readiness_lists_each_failing_check_and_is_empty_when_all_pass() -> None:
+    def broken() -> str | None:
+        raise OSError("no such file")
+
+    readiness = Readiness([lambda: None, lambda: "disk: full", broken], timeout_seconds=5)
+    assert readiness.problems() == ["disk: full", "OSError: no such file"]
+    assert Readiness([lambda: None], timeout_seconds=5).problems() == []
+
+
+def test_readiness_answers_in_time_when_a_check_hangs_and_shares_the_hung_round() -> None:
+    release = threading.Event()
+    rounds: list[int] = []
+
+    def hanging() -> str | None:
+        rounds.append(1)
+        release.wait(30)
+        return None
+
+    readiness = Readiness([hanging], timeout_seconds=0.2)
+    try:
+        for _ in range(3):
+            assert readiness.problems() == [
+                "checks did not finish within http.check_timeout_seconds=0.2"
+            ]
+        assert len(rounds) == 1  # probes wait for the round in progress, not start new ones
+    finally:
+        release.set()
+    assert readiness.problems() == []  # the round in progress ends, and passes
+    readiness.shutdown()
