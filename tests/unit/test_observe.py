@@ -4,7 +4,8 @@ import threading
 
 import pytest
 
-from dicomnode.errors import DecodeError, DiskFull, InstanceTooLarge, SpoolError
+from dicomnode.config import load_settings
+from dicomnode.errors import ConfigError, DecodeError, DiskFull, InstanceTooLarge, SpoolError
 from dicomnode.observe.counters import REFUSAL_REASONS
 from dicomnode.observe.endpoint import Readiness
 from dicomnode.receive.status import refusal_reason
@@ -54,3 +55,14 @@ def test_readiness_answers_in_time_when_a_check_hangs_and_shares_the_hung_round(
         release.set()
     assert readiness.problems() == []  # the round in progress ends, and passes
     readiness.shutdown()
+
+
+def test_the_http_endpoint_is_off_by_default_and_its_settings_are_checked() -> None:
+    assert load_settings(None, environ={}).http.enabled is False
+    environ = {"DICOMNODE_HTTP_ENABLED": "true", "DICOMNODE_HTTP_PORT": "9200"}
+    on = load_settings(None, environ=environ)
+    assert on.http.enabled and on.http.port == 9200
+    with pytest.raises(ConfigError, match=r"setting http\.port: 0 is not a TCP port"):
+        load_settings(None, environ={"DICOMNODE_HTTP_PORT": "0"})
+    with pytest.raises(ConfigError, match=r"setting http\.check_timeout_seconds: must be > 0"):
+        load_settings(None, environ={"DICOMNODE_HTTP_CHECK_TIMEOUT_SECONDS": "0"})
