@@ -2,12 +2,13 @@
 
 A Prometheus custom collector: each scrape runs one read of the job tables (`db.stats`), so the
 listener and every worker sharing the database report the same numbers, and nothing is kept in
-memory between scrapes. A database that does not answer gives `dicomnode_database_up 0` and no
-job families for that scrape, never a failed scrape.
+memory between scrapes. A database that fails or does not answer in time gives
+`dicomnode_database_up 0` and no job families for that scrape, never a failed scrape.
 """
 
 import logging
 from collections.abc import Iterator
+from functools import partial
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -15,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from dicomnode.db import Database
 from dicomnode.db.stats import QueueSnapshot, queue_snapshot
+from dicomnode.observe.bounded import BoundedCall
 from dicomnode.spool import Spool
 from dicomnode.status import DeliveryStatus, JobPart, JobStatus
 
@@ -55,15 +57,15 @@ def _job_families(snapshot: QueueSnapshot) -> Iterator[Metric]:
 class NodeCollector(Collector):
     """Reads the shared state of a node (database, spool's disk) when Prometheus scrapes."""
 
-    def __init__(self, db: Database, spool: Spool) -> None:
-        self.db = db
+    def __init__(self, db: Database, spool: Spool, timeout_seconds: float) -> None:
         self.spool = spool
+        self._snapshot = BoundedCall(partial(queue_snapshot, db), timeout_seconds, "metrics read")
 
     def collect(self) -> Iterator[Metric]:
         try:
-            snapshot: QueueSnapshot | None = queue_snapshot(self.db)
-        except Exception as exc:  # any driver error: report it as a value, keep the scrape
-            log.warning("metrics: database not readable: %s", exc)
+            snapshot: QueueSnapshot | None = self._snapshot()
+        except Exception as exc:  # a driver error or a timeout: a value, not a failed scrape
+            log.warning("metrics: job tables not read: %s", exc)
             snapshot = None
         yield GaugeMetricFamily(
             "dicomnode_database_up",

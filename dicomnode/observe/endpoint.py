@@ -1,18 +1,17 @@
 """The operator's HTTP endpoint: /metrics (Prometheus text), /healthz and /readyz.
 
 A small standard-library server on daemon threads, beside the node and never in its way: each
-request thread has a socket timeout, a scrape reads the database once (`NodeCollector`), and the
-readiness checks run on a thread of their own, bounded by `http.check_timeout_seconds`, so a
-database that hangs makes /readyz answer 503 in time instead of hanging the probe. The node
-(`node.py`) starts one when `[http] enabled`; a process without a listener (a worker) passes
-no `listener_up` and is ready when its database and disk are.
+request thread has a socket timeout, and what waits on the database (a scrape's one read of the
+job tables, the readiness checks) is bounded by `http.check_timeout_seconds` (`BoundedCall`), so
+a database that hangs gives `dicomnode_database_up 0` and a 503 in time, never a hung request.
+The node (`node.py`) starts one when `[http] enabled`; a process without a listener (a worker)
+passes no `listener_up` and is ready when its database and disk are.
 """
 
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,6 +22,7 @@ from dicomnode.config import Settings
 from dicomnode.db import Database
 from dicomnode.db.stats import check_reachable
 from dicomnode.errors import ConfigError
+from dicomnode.observe.bounded import BoundedCall
 from dicomnode.observe.collector import NodeCollector
 from dicomnode.observe.counters import in_process_metrics
 from dicomnode.spool import Spool
@@ -39,44 +39,33 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line[:200]}"
 
 
+def _run_checks(checks: list[Check]) -> list[str]:
+    problems = []
+    for check in checks:
+        try:
+            problem = check()
+        except Exception as exc:
+            problem = _short(exc)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
 class Readiness:
-    """Runs every check on one background thread, at most one round at a time: probes that
-    arrive while a round is running wait for that round (up to the timeout) rather than start
-    another behind a database that hangs."""
+    """The checks of /readyz, run as one bounded call (`BoundedCall`): an answer within
+    `timeout_seconds` whatever hangs behind them."""
 
     def __init__(self, checks: list[Check], timeout_seconds: float) -> None:
-        self.checks = checks
         self.timeout_seconds = timeout_seconds
-        self._executor = ThreadPoolExecutor(1, "readiness")
-        self._lock = threading.Lock()
-        self._round: Future[list[str]] | None = None
-
-    def _run(self) -> list[str]:
-        problems = []
-        for check in self.checks:
-            try:
-                problem = check()
-            except Exception as exc:
-                problem = _short(exc)
-            if problem:
-                problems.append(problem)
-        return problems
+        self._round = BoundedCall(partial(_run_checks, checks), timeout_seconds, "readiness")
 
     def problems(self) -> list[str]:
         """Why the process is not ready; empty when it is."""
-        with self._lock:
-            if self._round is None or self._round.done():
-                self._round = self._executor.submit(self._run)
-            current = self._round
         try:
-            return current.result(timeout=self.timeout_seconds)
-        except FutureTimeout:
-            return [
-                f"checks did not finish within http.check_timeout_seconds={self.timeout_seconds:g}"
-            ]
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+            return self._round()
+        except TimeoutError:
+            limit = f"http.check_timeout_seconds={self.timeout_seconds:g}"
+            return [f"checks did not finish within {limit}"]
 
 
 def node_checks(
@@ -165,7 +154,6 @@ class HttpEndpoint:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-        self._server.readiness.shutdown()
         self._thread.join(timeout=5)
 
 
@@ -177,7 +165,7 @@ def start_http_endpoint(
     registry = CollectorRegistry()  # no auto-describe: registering never reads the DB
     for metric in in_process_metrics():
         registry.register(metric)
-    registry.register(NodeCollector(db, spool))
+    registry.register(NodeCollector(db, spool, http.check_timeout_seconds))
     ProcessCollector(registry=registry)
     try:
         server = _Server((http.host, http.port), _Handler)

@@ -90,7 +90,7 @@ def test_a_full_disk_is_counted_as_refusals_and_makes_the_node_not_ready(
     assert f"below node.min_free_disk_mb={petabyte}" in reason
 
 
-def test_readyz_is_503_while_the_database_does_not_answer_and_200_again_after(
+def test_readyz_and_metrics_answer_in_time_while_the_database_does_not(
     node_factory,
 ) -> None:
     node = node_factory([], http={**HTTP_ON, "check_timeout_seconds": 1}).start()
@@ -104,6 +104,10 @@ def test_readyz_is_503_while_the_database_does_not_answer_and_200_again_after(
         assert code == 503
         assert "http.check_timeout_seconds=1" in reason
         assert http_get(node.http_port, "/healthz")[0] == 200  # alive, just not ready
+        scrape = Scrape(node.http_port)  # answered in time, saying the tables were not read
+        assert scrape.value("dicomnode_database_up") == 0
+        assert "dicomnode_jobs" not in scrape.samples
+        assert scrape.value("dicomnode_disk_free_bytes") > 0
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -112,6 +116,7 @@ def test_readyz_is_503_while_the_database_does_not_answer_and_200_again_after(
     while (answer := http_get(node.http_port, "/readyz"))[0] != 200:
         assert time.monotonic() < deadline, answer
         time.sleep(0.2)
+    assert Scrape(node.http_port).value("dicomnode_database_up") == 1
 
 
 def test_serve_exits_2_naming_http_port_when_the_port_is_taken(node_factory) -> None:

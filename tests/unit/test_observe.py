@@ -6,6 +6,7 @@ import pytest
 
 from dicomnode.config import load_settings
 from dicomnode.errors import ConfigError, DecodeError, DiskFull, InstanceTooLarge, SpoolError
+from dicomnode.observe.bounded import BoundedCall
 from dicomnode.observe.counters import REFUSAL_REASONS
 from dicomnode.observe.endpoint import Readiness
 from dicomnode.receive.status import refusal_reason
@@ -54,7 +55,6 @@ def test_readiness_answers_in_time_when_a_check_hangs_and_shares_the_hung_round(
     finally:
         release.set()
     assert readiness.problems() == []  # the round in progress ends, and passes
-    readiness.shutdown()
 
 
 def test_the_http_endpoint_is_off_by_default_and_its_settings_are_checked() -> None:
@@ -66,3 +66,12 @@ def test_the_http_endpoint_is_off_by_default_and_its_settings_are_checked() -> N
         load_settings(None, environ={"DICOMNODE_HTTP_PORT": "0"})
     with pytest.raises(ConfigError, match=r"setting http\.check_timeout_seconds: must be > 0"):
         load_settings(None, environ={"DICOMNODE_HTTP_CHECK_TIMEOUT_SECONDS": "0"})
+
+
+def test_a_bounded_call_hands_back_the_functions_error() -> None:
+    def failing() -> int:
+        raise ValueError("bad table")
+
+    with pytest.raises(ValueError, match="bad table"):
+        BoundedCall(failing, 5, "read")()
+    assert BoundedCall(lambda: 42, 5, "read")() == 42
