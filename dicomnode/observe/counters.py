@@ -20,6 +20,7 @@ REJECTION_REASONS = (
     "too_many_associations",
     "other",
 )
+CONNECTION_REASONS = ("per_address_cap", "pdu_too_large", "message_too_large", "stalled")
 
 INSTANCES_RECEIVED = Counter(
     "dicomnode_instances_received",
@@ -43,6 +44,14 @@ ASSOCIATIONS_REJECTED = Counter(
     ["reason"],
     registry=None,
 )
+CONNECTIONS_ABORTED = Counter(
+    "dicomnode_connections_aborted",
+    "Inbound connections closed for breaking a limit (receive/guard.py), by reason.",
+    ["reason"],
+    registry=None,
+)
+for _reason in CONNECTION_REASONS:
+    CONNECTIONS_ABORTED.labels(_reason)
 for _reason in REFUSAL_REASONS:
     INSTANCES_REFUSED.labels(_reason)
 for _reason in REJECTION_REASONS:
@@ -76,6 +85,7 @@ def in_process_metrics() -> list[Collector]:
         BYTES_RECEIVED,
         INSTANCES_REFUSED,
         ASSOCIATIONS_REJECTED,
+        CONNECTIONS_ABORTED,
         STAGE_SECONDS,
         MODEL,
     ]

@@ -26,6 +26,7 @@ from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.dicom.tls import describe
+from dicomnode.observe.counters import CONNECTIONS_ABORTED
 from dicomnode.receive.guard import ConnectionLimits, GuardedRequestHandler
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class AssociationListener(ThreadedAssociationServer):
                 port,
                 self.max_per_address,
             )
+            CONNECTIONS_ABORTED.labels("per_address_cap").inc()
             self.shutdown_request(request)
             return
         with self._screening_lock:

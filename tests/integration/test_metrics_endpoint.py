@@ -16,7 +16,7 @@ from tests.conftest import pacs_destination
 from tests.support.dcmtk import echoscu, storescu
 from tests.support.metrics import Scrape, http_get
 from tests.support.orthanc import Orthanc
-from tests.support.scu import c_store
+from tests.support.scu import c_store, open_association
 from tests.support.series import write_ct_series
 
 HTTP_ON = {"enabled": True}
@@ -88,6 +88,26 @@ def test_a_full_disk_is_counted_as_refusals_and_makes_the_node_not_ready(
     code, reason = http_get(node.http_port, "/readyz")
     assert code == 503
     assert f"below node.min_free_disk_mb={petabyte}" in reason
+
+
+def test_a_connection_over_the_per_address_cap_is_counted_with_its_reason(node_factory) -> None:
+    node = node_factory([], http=HTTP_ON, node={"max_associations_per_address": 1}).start()
+    # The start-up port probe counts against the cap until the node has seen it close.
+    deadline = time.monotonic() + 10
+    while "connection closed before any request" not in node.log():
+        assert time.monotonic() < deadline, node.log()[-2000:]
+        time.sleep(0.05)
+    held = open_association(node.port)
+    try:
+        assert held.is_established
+        with socket.create_connection(("127.0.0.1", node.port), timeout=10) as second:
+            assert second.recv(1) == b""  # closed by the node at once
+    finally:
+        held.release()
+
+    scrape = Scrape(node.http_port)
+    assert scrape.value("dicomnode_connections_aborted_total", reason="per_address_cap") == 1
+    assert scrape.value("dicomnode_connections_aborted_total", reason="stalled") == 0
 
 
 def test_readyz_and_metrics_answer_in_time_while_the_database_does_not(
