@@ -16,7 +16,7 @@ from dicomnode.db.instances import create_jobs_for_quiet_series
 from dicomnode.db.jobs import reclaim_expired_leases
 from dicomnode.dicom.tls import client_tls_args
 from dicomnode.errors import ConfigError
-from dicomnode.observe import HttpEndpoint, start_http_endpoint
+from dicomnode.observe.endpoint import HttpEndpoint, start_http_endpoint
 from dicomnode.pipeline import JobRunner
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.methods import missing_models
