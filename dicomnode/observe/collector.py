@@ -10,13 +10,15 @@ import logging
 from collections.abc import Iterator
 from functools import partial
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from dicomnode.config import EnhanceSettings
 from dicomnode.db import Database
 from dicomnode.db.stats import QueueSnapshot, queue_snapshot
 from dicomnode.observe.bounded import BoundedCall
+from dicomnode.registry import method_spec
 from dicomnode.spool import Spool
 from dicomnode.status import DeliveryStatus, JobPart, JobStatus
 
@@ -82,3 +84,28 @@ class NodeCollector(Collector):
         yield GaugeMetricFamily(
             "dicomnode_disk_free_bytes", "Free bytes on the filesystem of the spool.", value=free
         )
+
+
+class ConfiguredModels(Collector):
+    """The model file each configured method would use per enabled modality (known at start,
+    before any job ran; `dicomnode_model_info` says what a job actually ran with)."""
+
+    def __init__(self, enhance: EnhanceSettings) -> None:
+        self.enhance = enhance
+
+    def collect(self) -> Iterator[Metric]:
+        family = InfoMetricFamily(
+            "dicomnode_configured_model",
+            "The model file a configured method uses for an enabled modality.",
+            labels=["method", "modality"],
+        )
+        for name in self.enhance.methods:
+            spec = method_spec(name)
+            if spec.model_prefix is None:
+                continue
+            for modality in self.enhance.modalities:
+                path = spec.model_for(self.enhance, modality)
+                family.add_metric(
+                    [name, modality], {"file": path.name, "present": str(path.is_file()).lower()}
+                )
+        yield family

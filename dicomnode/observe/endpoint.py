@@ -23,7 +23,7 @@ from dicomnode.db import Database
 from dicomnode.db.stats import check_reachable
 from dicomnode.errors import ConfigError
 from dicomnode.observe.bounded import BoundedCall
-from dicomnode.observe.collector import NodeCollector
+from dicomnode.observe.collector import ConfiguredModels, NodeCollector
 from dicomnode.observe.counters import in_process_metrics
 from dicomnode.spool import Spool
 
@@ -166,6 +166,7 @@ def start_http_endpoint(
     for metric in in_process_metrics():
         registry.register(metric)
     registry.register(NodeCollector(db, spool, http.check_timeout_seconds))
+    registry.register(ConfiguredModels(settings.enhance))
     ProcessCollector(registry=registry)
     try:
         server = _Server((http.host, http.port), _Handler)

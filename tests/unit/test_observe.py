@@ -1,12 +1,16 @@
 """The pure parts of the metrics endpoint: refusal reasons and the bounded readiness checks."""
 
 import threading
+from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from dicomnode.config import load_settings
+from dicomnode.config import EnhanceSettings, load_settings
 from dicomnode.errors import ConfigError, DecodeError, DiskFull, InstanceTooLarge, SpoolError
 from dicomnode.observe.bounded import BoundedCall
+from dicomnode.observe.collector import ConfiguredModels
 from dicomnode.observe.counters import REFUSAL_REASONS
 from dicomnode.observe.endpoint import Readiness
 from dicomnode.receive.status import refusal_reason
@@ -75,3 +79,18 @@ def test_a_bounded_call_hands_back_the_functions_error() -> None:
     with pytest.raises(ValueError, match="bad table"):
         BoundedCall(failing, 5, "read")()
     assert BoundedCall(lambda: 42, 5, "read")() == 42
+
+
+def test_configured_models_name_each_modalitys_model_file_before_any_job(tmp_path: Path) -> None:
+    (tmp_path / "srcnn-ct-x1.keras").write_bytes(b"a model")
+    enhance = EnhanceSettings(
+        methods=["srcnn", "baseline"], modalities=["CT", "MR"], model_dir=str(tmp_path)
+    )
+    registry = CollectorRegistry()
+    registry.register(ConfiguredModels(enhance))
+    [family] = text_string_to_metric_families(generate_latest(registry).decode())
+    assert family.name == "dicomnode_configured_model_info"  # an info is a gauge of 1 in text
+    assert sorted((s.labels for s in family.samples), key=lambda labels: labels["modality"]) == [
+        {"method": "srcnn", "modality": "CT", "file": "srcnn-ct-x1.keras", "present": "true"},
+        {"method": "srcnn", "modality": "MR", "file": "srcnn-x1.keras", "present": "false"},
+    ]
