@@ -11,7 +11,8 @@ import json
 import re
 from pathlib import Path
 
-from dicomnode.config import CONFIG_ENV_VAR, ENV_PREFIX, Settings, load_settings
+from dicomnode.config import NOT_SETTING_ENV_VARS, Settings, load_settings
+from dicomnode.config_env import DESTINATIONS_VAR, ENV_PREFIX, setting_variable
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -61,8 +62,8 @@ def env_file(path: Path) -> dict[str, str]:
 def setting_names() -> set[str]:
     """Every DICOMNODE_* variable the settings understand."""
     sections = {k: v for k, v in Settings().as_dict().items() if isinstance(v, dict)}
-    names = {f"{ENV_PREFIX}{s}_{key}".upper() for s, fields in sections.items() for key in fields}
-    return names | {CONFIG_ENV_VAR, f"{ENV_PREFIX}DESTINATIONS"}
+    names = {setting_variable(s, key) for s, fields in sections.items() for key in fields}
+    return names | set(NOT_SETTING_ENV_VARS) | {DESTINATIONS_VAR}
 
 
 def dicomnode_services() -> dict[str, dict[str, object]]:
