@@ -51,7 +51,9 @@ class Installed:
     def models(self) -> Path:
         return self.venv / "share" / "dicomnode" / "models"
 
-    def run(self, program: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    def run(
+        self, program: str, *args: str, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(self.venv / "bin" / program), *args],
             cwd=self.workdir,
@@ -188,7 +190,10 @@ def test_installed_serve_answers_c_echo(installed: Installed) -> None:
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_for_port(port, timeout=120)
+        try:
+            wait_for_port(port, timeout=120)
+        except TimeoutError:
+            pytest.fail(f"serve never listened: {log_path.read_text()[-2000:]}")
         echo = echoscu(port)
         assert echo.returncode == 0, echo.stdout + echo.stderr + log_path.read_text()
     finally:
