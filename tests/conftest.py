@@ -56,5 +56,5 @@ def node_factory(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
 
 @pytest.fixture
 def ct_series(tmp_path: Path) -> list[Path]:
-    """A 12-instance CT series of real pixels (one of the shared test slices, varied)."""
+    """A 12-instance CT series of real pixels (the CT slice in tests/data, varied)."""
     return write_ct_series(tmp_path / "ct-series", 12)

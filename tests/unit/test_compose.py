@@ -1,22 +1,20 @@
 """docker/compose.yaml, docker/dicomnode.env and docker/prometheus.yml agree with the settings.
 
 There is no container engine here, so this reads the files the way compose would hand them to
-the node: every dicomnode service's environment is validated by `load_settings` itself, with the
-example config the image ships, and every DICOMNODE_* name in docker/ must be a real setting.
+the node: every dicomnode service's environment is validated by `load_settings` itself, over the
+built-in defaults the image runs on, and every DICOMNODE_* name in it must be a real setting.
 PyYAML is not a dependency: compose.yaml keeps one line per list or mapping (flow style), which
 the small reader below understands.
 """
 
 import json
-import re
 from pathlib import Path
 
-from dicomnode.config import NOT_SETTING_ENV_VARS, Settings, load_settings
-from dicomnode.config_env import DESTINATIONS_VAR, ENV_PREFIX, setting_variable
+from dicomnode.config import load_settings
+from tests.support.settings_env import unknown_setting_variables
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
-EXAMPLE_CONFIG = REPO / "config" / "dicomnode.toml"
 
 
 def compose_services(text: str) -> dict[str, dict[str, object]]:
@@ -59,13 +57,6 @@ def env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def setting_names() -> set[str]:
-    """Every DICOMNODE_* variable the settings understand."""
-    sections = {k: v for k, v in Settings().as_dict().items() if isinstance(v, dict)}
-    names = {setting_variable(s, key) for s, fields in sections.items() for key in fields}
-    return names | set(NOT_SETTING_ENV_VARS) | {DESTINATIONS_VAR}
-
-
 def dicomnode_services() -> dict[str, dict[str, object]]:
     services = compose_services((DOCKER / "compose.yaml").read_text())
     return {
@@ -98,10 +89,10 @@ def test_every_dicomnode_service_environment_is_valid_settings() -> None:
     for name, service in dicomnode_services().items():
         environment = service_environment(service)
         assert environment, f"service {name} has no DICOMNODE_* settings"
-        unknown = {key for key in environment if key.startswith(ENV_PREFIX)} - setting_names()
-        assert not unknown, f"service {name}: not settings: {sorted(unknown)}"
+        unknown = unknown_setting_variables(environment)
+        assert not unknown, f"service {name}: not settings: {unknown}"
 
-        settings = load_settings(EXAMPLE_CONFIG, environ=environment)
+        settings = load_settings(None, environ=environment)
         assert settings.http.enabled and settings.http.host == "0.0.0.0", name
         assert settings.node.database_url.startswith("postgresql"), name
         assert [d.host for d in settings.destinations] == ["orthanc"], name
@@ -115,18 +106,7 @@ def test_prometheus_scrapes_every_dicomnode_process_on_its_http_port() -> None:
         if line.strip().startswith("- targets:"):
             targets |= set(json.loads(line.split(":", 1)[1]))
     expected = {
-        f"{name}:{load_settings(EXAMPLE_CONFIG, environ=service_environment(service)).http.port}"
+        f"{name}:{load_settings(None, environ=service_environment(service)).http.port}"
         for name, service in dicomnode_services().items()
     }
     assert targets == expected
-
-
-def test_every_dicomnode_variable_named_in_docker_files_is_a_setting() -> None:
-    named = {
-        match
-        for path in DOCKER.iterdir()
-        if path.is_file()
-        for match in re.findall(r"\bDICOMNODE_[A-Z0-9_]+", path.read_text())
-    }
-    assert named, "docker/ names no DICOMNODE_* variable"
-    assert named <= setting_names(), sorted(named - setting_names())
