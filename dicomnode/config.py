@@ -81,6 +81,10 @@ class NodeSettings:
     tls_private_key: str = ""
     tls_ca_certificates: str = ""  # PEM bundle that signs the callers' certificates
     tls_require_client_certificate: bool = False
+    # No destinations on purpose: jobs end done (retention purges them), not stored.
+    receive_only: bool = False
+    # Let several listeners share data_dir (a shared spool); off: a second one is refused.
+    shared_data_dir: bool = False
 
     def validate(self) -> None:
         _check_ae_title(self.ae_title, "node.ae_title")
@@ -535,5 +539,11 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
     names = [d.name for d in destinations]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     _check(not duplicated, "destinations", f"names must be unique: {', '.join(duplicated)}")
+    _check(
+        not (destinations and sections["node"].receive_only),
+        "node.receive_only",
+        f"is true but {len(destinations)} destination(s) are configured: "
+        "remove the destinations or the setting",
+    )
 
     return Settings(**sections, destinations=destinations, source=path)
