@@ -7,7 +7,7 @@ pynetdicom, later TensorFlow) are imported inside the commands, so `--help` is i
 import typer
 
 from dicomnode import __version__
-from dicomnode.cli import config_cmd, jobs
+from dicomnode.cli import common, config_cmd, jobs
 from dicomnode.cli.doctor import doctor
 from dicomnode.cli.echo import echo
 from dicomnode.cli.enhance import enhance
@@ -36,8 +36,11 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    debug: bool = typer.Option(
+        False, "--debug", help="On a failure, print the traceback too (for a bug report)."
+    ),
 ) -> None:
-    pass
+    common.debug = debug
 
 
 app.command()(serve)
