@@ -35,6 +35,18 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _missing_driver(url: str, module: str) -> str:
+    hint = (
+        "pip install 'dicomnode[postgresql]' and use a postgresql+psycopg:// URL"
+        if make_url(url).get_backend_name() == "postgresql"
+        else f"install {module}"
+    )
+    return (
+        f"setting node.database_url: {masked_url(url)!r} needs the Python module {module!r}, "
+        f"which is not installed: {hint}"
+    )
+
+
 class Database:
     """An engine plus a session factory; `session()` is one transaction."""
 
@@ -50,7 +62,10 @@ class Database:
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite and parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(url, pool_pre_ping=not self.is_sqlite)
+        try:
+            self.engine = create_engine(url, pool_pre_ping=not self.is_sqlite)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(_missing_driver(url, exc.name or str(exc))) from None
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
