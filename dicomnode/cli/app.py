@@ -55,4 +55,10 @@ app.add_typer(config_cmd.app, name="config")
 
 
 def main() -> None:
-    app()
+    # A last net for errors a command did not map itself (an OS error in the middle of a
+    # listing): one line and the documented exit code here too, the traceback with --debug.
+    try:
+        with common.reported_errors():
+            app()
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
