@@ -93,6 +93,10 @@ class NodeSettings:
     tls_private_key: str = ""
     tls_ca_certificates: str = ""  # PEM bundle that signs the callers' certificates
     tls_require_client_certificate: bool = False
+    # No destinations on purpose: jobs end done (retention purges them), not stored.
+    receive_only: bool = False
+    # Let several listeners share data_dir (a shared spool); off: a second one is refused.
+    shared_data_dir: bool = False
 
     def validate(self) -> None:
         _check_ae_title(self.ae_title, "node.ae_title")
@@ -536,6 +540,12 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
     try:
         sections = _load_sections(raw, env.sections, path)
         destinations = _load_destinations(raw, env.destinations, path)
+        _check(
+            not (destinations and sections["node"].receive_only),
+            "node.receive_only",
+            f"is true but {len(destinations)} destination(s) are configured: "
+            "remove the destinations or the setting",
+        )
     except ConfigError as exc:
         raise naming_the_variable(exc, overrides) from None
     return Settings(**sections, destinations=destinations, source=path, overrides=overrides)

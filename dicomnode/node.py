@@ -16,14 +16,16 @@ from dicomnode.db.instances import create_jobs_for_quiet_series
 from dicomnode.db.jobs import reclaim_expired_leases
 from dicomnode.dicom.tls import client_tls_args
 from dicomnode.errors import ConfigError
+from dicomnode.forward.associate import unresolvable_hosts
 from dicomnode.observe.endpoint import HttpEndpoint, start_http_endpoint
 from dicomnode.pipeline import JobRunner
 from dicomnode.pipeline.delivery import DeliveryQueues
-from dicomnode.pipeline.methods import missing_models
+from dicomnode.pipeline.methods import load_models, missing_models
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.pipeline.runner import job_parts
 from dicomnode.receive import start_receiver
 from dicomnode.spool import Spool
+from dicomnode.spool_lock import DataDirLock, lock_data_dir
 from dicomnode.status import JobPart
 
 log = logging.getLogger(__name__)
@@ -52,15 +54,30 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         data_path = settings.node.data_path
-        data_path.mkdir(parents=True, exist_ok=True)
-        self.spool = Spool(data_path / "spool")
+        try:
+            data_path.mkdir(parents=True, exist_ok=True)
+            self.spool = Spool(data_path / "spool")
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename and exc.filename != str(data_path) else ""
+            raise ConfigError(
+                f"setting node.data_dir: cannot create {data_path}{where}: {exc.strerror or exc}"
+            ) from None
         self.db: Database = open_database(settings.node.effective_database_url)
         self._server: ThreadedAssociationServer | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._http: HttpEndpoint | None = None
         self._deliveries = DeliveryQueues(settings, self.db)
+        self._lock: DataDirLock | None = None
+        self._started = False
 
     def start(self) -> None:
+        """Check what would make every job fail, listen, load the models, start the workers.
+
+        Raises ConfigError (the CLI's exit 2) for a data_dir another listener holds, a model
+        that is missing or cannot be loaded, a bad TLS file, or a port that cannot be bound.
+        """
+        node = self.settings.node
+        self._lock = lock_data_dir(node.data_path, shared=node.shared_data_dir)
         missing = missing_models(self.settings)
         if missing:
             enhance = self.settings.enhance
@@ -74,7 +91,18 @@ class Node:
             client_tls_args(destination, self.settings.destination_key(destination))
         if self.settings.http.enabled:  # first: /healthz answers while the rest starts
             self._http = start_http_endpoint(self.settings, self.db, self.spool, self.listening)
-        self._server = start_receiver(self.settings, self.spool, self.db)
+        self._warn_about_destinations()
+        try:
+            self._server = start_receiver(self.settings, self.spool, self.db)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {node.host}:{node.port}: {exc.strerror or exc} "
+                "(setting node.port: another program, or another node, uses it?)"
+            ) from None
+        # The receiver already answers while TensorFlow loads (seconds); what arrives meanwhile
+        # is on disk and in the database, and becomes jobs whenever the node runs.
+        if load_models(self.settings):
+            log.info("models loaded methods=%s", ",".join(self.settings.enhance.methods))
         workers = self.settings.worker
         scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(workers.workers + 4)}, timezone=UTC
@@ -142,6 +170,30 @@ class Node:
             ",".join(destinations) or "(none)",
             workers.workers,
         )
+        self._started = True
+        for destination, reason in unresolvable_hosts(self.settings.destinations):
+            log.warning(
+                "destination %s: host %s does not resolve (%s); its deliveries fail and are "
+                "retried until it does",
+                destination.name,
+                destination.host,
+                reason,
+            )
+
+    def _warn_about_destinations(self) -> None:
+        if self.settings.destinations:
+            return
+        if self.settings.node.receive_only:
+            log.info(
+                "receive only (node.receive_only = true): series are kept, sent nowhere, and "
+                "purged after retention.keep_days"
+            )
+            return
+        log.warning(
+            "NO DESTINATIONS configured: received series are kept and sent nowhere; their jobs "
+            "end 'stored', which retention never purges. Add [[destinations]] (or "
+            "DICOMNODE_DESTINATIONS), or set node.receive_only = true if that is the intent"
+        )
 
     def listening(self) -> bool:
         """Whether the DICOM listener is up (for /readyz)."""
@@ -162,4 +214,9 @@ class Node:
             self._scheduler = None
         self._deliveries.shutdown()
         self.db.dispose()
-        log.info("node stopped")
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self._started:
+            log.info("node stopped")
+            self._started = False

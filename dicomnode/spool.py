@@ -30,6 +30,11 @@ def validate_uid(value: object, what: str) -> str:
     return text
 
 
+def listener_lock_path(data_path: Path) -> Path:
+    """The file a listener locks in `data_dir`, so that a second one is refused (spool_lock)."""
+    return data_path / "dicomnode.lock"
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -5,6 +5,7 @@ import json
 import logging
 import ssl
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,20 +75,33 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
+# `dicomnode --debug ...`: a failure also prints its traceback (set by the root callback).
+debug = False
+
+
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     error_console.print(f"[bold red]error:[/] {shown(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
+def _os_error(exc: OSError) -> str:
+    """An OS error as one line naming the file: "cannot write /x/y: Permission denied"."""
+    what = f" {exc.filename}" if exc.filename else ""
+    return f"operating system error{what}: {exc.strerror or exc}"
+
+
 @contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn our errors into one readable line and the documented exit code."""
+    """Turn our errors, and the operating system's, into one readable line and the documented
+    exit code; with --debug the traceback comes first."""
     try:
         yield
-    except ConfigError as exc:
-        fail(str(exc), EXIT_USAGE)
-    except DicomNodeError as exc:
-        fail(str(exc))
+    except (DicomNodeError, OSError) as exc:
+        if debug:
+            traceback.print_exc()
+        if isinstance(exc, ConfigError):
+            fail(str(exc), EXIT_USAGE)
+        fail(_os_error(exc) if isinstance(exc, OSError) else str(exc))
 
 
 def settings_from(config: Path | None) -> Settings:

@@ -33,6 +33,7 @@ _STATUS_STYLE = {
     "dead": "bold red",
     "cancelled": "dim",
     "held": "magenta",
+    "stored": "cyan",  # kept, sent nowhere
     "ok": "green",
     "warn": "yellow",
     "fail": "bold red",

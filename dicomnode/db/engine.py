@@ -58,6 +58,18 @@ def _read_only_sqlite(path: str) -> "sqlite3.Connection":
     return sqlite3.connect(uri, uri=True, check_same_thread=False)
 
 
+def _missing_driver(url: str, module: str) -> str:
+    hint = (
+        "pip install 'dicomnode[postgresql]' and use a postgresql+psycopg:// URL"
+        if make_url(url).get_backend_name() == "postgresql"
+        else f"install {module}"
+    )
+    return (
+        f"setting node.database_url: {masked_url(url)!r} needs the Python module {module!r}, "
+        f"which is not installed: {hint}"
+    )
+
+
 class Database:
     """An engine plus a session factory; `session()` is one transaction.
 
@@ -87,7 +99,10 @@ class Database:
             options["creator"] = lambda: _read_only_sqlite(file)
         elif read_only and not self.is_sqlite:
             options["execution_options"] = {"postgresql_readonly": True}  # read-only transactions
-        self.engine = create_engine(url, pool_pre_ping=not self.is_sqlite, **options)
+        try:
+            self.engine = create_engine(url, pool_pre_ping=not self.is_sqlite, **options)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(_missing_driver(url, exc.name or str(exc))) from None
         if self.is_sqlite:
             _configure_sqlite(self.engine, read_only)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

@@ -235,11 +235,13 @@ def finish_attempt(
     error: str | None = None,
     transient: bool = True,
     hold: str | None = None,
+    receive_only: bool = False,
 ) -> JobRecord | None:
-    """Close a worker's attempt: done (or held), failed (retry later) or dead.
+    """Close a worker's attempt: done (or held, or stored), failed (retry later) or dead.
 
     `error` is a failure before delivery (e.g. unreadable inputs); `transient` says whether a
-    later attempt may fix it; `hold` is why a successful attempt kept outputs back for an admin.
+    later attempt may fix it; `hold` is why a successful attempt kept outputs back for an admin;
+    `receive_only` (node.receive_only) makes a job without deliveries done, not stored.
     Returns None when the job was no longer held by `owner`.
     """
     now = utcnow()
@@ -257,6 +259,7 @@ def finish_attempt(
             error=error,
             transient=transient,
             hold=hold,
+            receive_only=receive_only,
         )
         newer = session.scalar(
             select(func.max(Job.id)).where(

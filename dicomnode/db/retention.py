@@ -1,8 +1,8 @@
 """Which delivered series may leave the spool, and forgetting them in one transaction.
 
 A series is purgeable when every job it ever had is done or cancelled, the newest one is done and
-finished before the cutoff, and no instance is waiting for a new job. Anything failed, dead, held
-or still running keeps its inputs: those are what an admin needs to retry.
+finished before the cutoff, and no instance is waiting for a new job. Anything failed, dead, held,
+stored (sent nowhere) or still running keeps its inputs: those are what an admin needs to retry.
 """
 
 from collections.abc import Callable

@@ -13,6 +13,11 @@ from dicomnode.config import RetrySettings
 from dicomnode.db.backoff import retry_delay_seconds
 from dicomnode.status import DeliveryStatus, JobStatus
 
+STORED_NOTE = (
+    "received and kept, sent nowhere: no destinations were configured when the job was made; "
+    "retention keeps it (add [[destinations]], or set node.receive_only = true on purpose)"
+)
+
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
@@ -35,6 +40,7 @@ class AttemptOutcome:
     error: str | None = None
     transient: bool = True
     hold: str | None = None
+    receive_only: bool = False  # node.receive_only: no deliveries is what the admin asked for
 
 
 @dataclass(frozen=True)
@@ -56,9 +62,10 @@ def after_attempt(
 ) -> Transition:
     """The state after attempt number `attempts` ended with `outcome`.
 
-    done (or held) when nothing went wrong; cancelled when a newer job of the series exists (a retry
-    would send the older set after it); failed with a backoff while any problem may pass and
-    attempts remain; else dead, with the failed deliveries given up.
+    done (or held) when nothing went wrong; stored when there was nowhere to send it and the
+    node is not receive-only on purpose (retention keeps it); cancelled when a newer job of the
+    series exists (a retry would send the older set after it); failed with a backoff while any
+    problem may pass and attempts remain; else dead, with the failed deliveries given up.
     """
     failed = [d for d in outcome.deliveries if d.status == DeliveryStatus.FAILED]
     dead = [d for d in outcome.deliveries if d.status == DeliveryStatus.DEAD]
@@ -76,6 +83,8 @@ def after_attempt(
     if not problems:
         if outcome.hold:
             return Transition(JobStatus.HELD, outcome.hold)
+        if not outcome.deliveries and not outcome.receive_only:
+            return Transition(JobStatus.STORED, STORED_NOTE)
         return Transition(JobStatus.DONE)
 
     # A destination that refused for good must not stop the retries of one that was only down:

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import re
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,13 +135,16 @@ def load_model(path: Path) -> LoadedModel:
     """Load `path` (a .keras file written by `dicomnode train`) and check what it is."""
     if not path.is_file():
         raise ModelError(f"{path}: model file not found (see models/README.md)")
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a truncated copy
+        raise ModelError(f"{path}: not a .keras model archive (truncated or damaged copy?)")
     import_tensorflow()
     import keras
 
     try:
         network = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises several types for damaged or foreign files
-        raise ModelError(f"{path}: cannot load the model: {exc}") from exc
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{path}: cannot load the model: {first_line}") from exc
     scale = check_architecture(network, str(path))
     return LoadedModel(network, scale, path, file_sha256(path))
 

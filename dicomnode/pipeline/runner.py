@@ -244,7 +244,14 @@ class JobRunner:
         hold: str | None = None,
     ) -> None:
         result = finish_attempt(
-            self.db, job.id, self._token(job), self.settings.retry, error, transient, hold
+            self.db,
+            job.id,
+            self._token(job),
+            self.settings.retry,
+            error,
+            transient,
+            hold,
+            receive_only=self.settings.node.receive_only,
         )
         if result is None:
             return

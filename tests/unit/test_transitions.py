@@ -31,7 +31,10 @@ def delivered(*deliveries: DeliveryOutcome, **kwargs: object) -> AttemptOutcome:
 TABLE = [
     # everything delivered
     (delivered(DONE), 1, None, JobStatus.DONE, None, ()),
-    (delivered(), 1, None, JobStatus.DONE, None, ()),
+    # nowhere to send it: kept from retention, unless the node is receive-only on purpose
+    (delivered(), 1, None, JobStatus.STORED, "sent nowhere", ()),
+    (delivered(receive_only=True), 1, None, JobStatus.DONE, None, ()),
+    (delivered(hold="QA verdict 'fail'"), 1, None, JobStatus.HELD, "QA verdict", ()),
     (delivered(DONE), 3, 9, JobStatus.DONE, None, ()),  # a newer job does not undo success
     # a hold on success
     (delivered(DONE, hold="QA verdict 'fail'"), 1, None, JobStatus.HELD, "QA verdict", ()),
