@@ -9,6 +9,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config, evt
@@ -71,8 +72,14 @@ def _client_tls(
 
 
 def _associate(
-    destination: Destination, settings: Settings, contexts: list[PresentationContext]
+    destination: Destination,
+    settings: Settings,
+    contexts: list[PresentationContext],
+    ext_neg: list[Any] | None = None,
+    handlers: Sequence[tuple[Any, ...]] = (),
 ) -> Association:
+    """An association that carries `contexts` (plus `ext_neg` items, e.g. a role selection,
+    and `handlers` for what the peer sends on it); a ForwardError says why there is none."""
     ae = configure_ae(settings.node.ae_title, settings.network, settings.node.max_pdu_size)
     ae.requested_contexts = contexts
     answers: list[str] = []  # what the peer said to our A-ASSOCIATE-RQ
@@ -91,8 +98,9 @@ def _associate(
         destination.host,
         destination.port,
         ae_title=destination.ae_title,
-        evt_handlers=[CONNECTION_TUNING_HANDLER, (evt.EVT_ACSE_RECV, note_answer)],
+        evt_handlers=[CONNECTION_TUNING_HANDLER, (evt.EVT_ACSE_RECV, note_answer), *handlers],
         tls_args=tls_args,
+        ext_neg=ext_neg,
     )
     if assoc.is_established:
         return assoc
