@@ -35,11 +35,12 @@ def show(
         return
     lines = [f"# source: {settings.source or 'built-in defaults'}"]
     for section, values in data.items():
-        if section == "destinations":
+        if section in ("destinations", "peers"):
             continue
         lines.append(f"\n[{section}]")
         lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-    for destination in data["destinations"]:
-        lines.append("\n[[destinations]]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in destination.items()]
+    for table in ("destinations", "peers"):
+        for entry in data[table]:
+            lines.append(f"\n[[{table}]]")
+            lines += [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
     console.print("\n".join(lines), highlight=False, markup=False)

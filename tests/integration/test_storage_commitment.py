@@ -107,6 +107,7 @@ def test_a_modality_learns_what_the_node_keeps_also_after_a_sigkill(
     modality = Modality().start()
     try:
         node = node_factory([], peers=[modality.peer()]).start()
+        assert '[[peers]]\nae_title = "MODALITY"' in node.cli("config", "show").stdout
         try:
             assert storescu(node.port, ct_series, calling_aet=modality.ae_title).returncode == 0
             stored = sorted(map(sop_instance_uid, ct_series))
