@@ -109,14 +109,17 @@ def confirm_commitment(
     # Recorded before asking: a report may come back on another association at once.
     record_request(db, job_id, destination.name, request.transaction_uid, references)
     started = time.monotonic()
-    assoc = _associate(
-        destination,
-        settings,
-        [build_context(COMMITMENT_CLASS_UID)],
-        # PS3.4 J.3.3: the destination may send its report on this association, as the SCP.
-        ext_neg=[build_role(COMMITMENT_CLASS_UID, scu_role=True, scp_role=True)],
-        handlers=[(evt.EVT_N_EVENT_REPORT, lambda event: record_commitment_report(db, event))],
-    )
+    try:
+        assoc = _associate(
+            destination,
+            settings,
+            [build_context(COMMITMENT_CLASS_UID)],
+            # PS3.4 J.3.3: the destination may send its report on this association, as the SCP.
+            ext_neg=[build_role(COMMITMENT_CLASS_UID, scu_role=True, scp_role=True)],
+            handlers=[(evt.EVT_N_EVENT_REPORT, lambda event: record_commitment_report(db, event))],
+        )
+    except ForwardError as exc:  # e.g. a peer without Storage Commitment: say what was asked
+        raise ForwardError(f"storage commitment: {exc}", transient=exc.transient) from None
     try:
         _send_request(assoc, request, destination)
         state = _wait_for_report(assoc, request.transaction_uid, destination, settings, db)

@@ -11,6 +11,7 @@ from typing import Any
 
 from tests.support.commitment import CommitmentPeer, Modality
 from tests.support.dcmtk import storescu
+from tests.support.faulty_scp import FaultyScp
 from tests.support.node import NodeProcess
 from tests.support.orthanc import Orthanc
 from tests.support.ports import free_port
@@ -146,3 +147,23 @@ def test_a_caller_without_a_peers_entry_is_refused_with_a_log_line(
     assert status == 0x0124
     assert "storage commitment refused calling_aet=STRANGER" in node.log()
     assert "no [[peers]] entry" in node.log()
+
+
+def test_a_destination_without_storage_commitment_makes_the_delivery_dead_saying_so(
+    node_factory, ct_series: list[Path]
+) -> None:
+    scp = FaultyScp().start()  # stores, but offers no Storage Commitment context
+    try:
+        destination = {**scp.destination(), "storage_commitment": True}
+        node = node_factory([destination]).start()
+        assert storescu(node.port, ct_series[:2]).returncode == 0
+        [job] = node.wait_for_jobs(only_job_is("dead"), timeout=60)
+        assert job["attempts"] == 1
+        assert "storage commitment: faulty (FAULTY@127.0.0.1:" in job["error"]
+        assert (
+            "accepted none of the proposed presentation contexts (1.2.840.10008.1.20.1)"
+            in (job["error"])
+        )
+        assert sum(scp.stored.values()) == 2
+    finally:
+        scp.stop()
