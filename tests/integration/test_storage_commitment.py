@@ -6,6 +6,7 @@ never report). As SCP: a modality learns which instances the node keeps, also af
 """
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,9 @@ def test_series_is_done_only_after_orthanc_reports_every_instance_committed(
         assert delivery["status"] == "done" and delivery["sent"] == len(ct_series)
         assert delivery["commitment"] == {"committed": len(ct_series), "failed": 0, "pending": 0}
         assert sorted(orthanc.sop_instance_uids()) == sorted(map(sop_instance_uid, ct_series))
+        shown = node.cli("jobs", "show", str(job["id"])).stdout
+        assert "storage commitment" in shown
+        assert re.search(r"pacs\W+12\W+0\W+0", shown), shown
         assert "storage commitment confirmed job=" in node.log()
         # Orthanc reported over a new association, to the node's listener
         assert "calling_aet=ORTHANC committed=12 failed=0" in node.log()
