@@ -121,6 +121,11 @@ class CommitmentResponder:
                 daemon=True,
             ).start()
 
+    def forget(self, event: Event) -> None:
+        """The association closed before its N-ACTION response went out: nothing is owed."""
+        with self._lock:
+            self._owed.pop(id(event.assoc), None)
+
     def _send_report(self, assoc: Association, report: CommitmentReport, peer: Peer) -> None:
         time.sleep(RELEASE_GRACE_SECONDS)
         if assoc.is_established and _report_on(assoc, report):

@@ -118,6 +118,7 @@ class StorageReceiver:
             # Storage Commitment: requests from callers, reports from our destinations.
             (evt.EVT_N_ACTION, self.commitment.handle_action),
             (evt.EVT_DIMSE_SENT, self.commitment.handle_sent),
+            (evt.EVT_CONN_CLOSE, self.commitment.forget),
             (evt.EVT_N_EVENT_REPORT, lambda event: record_commitment_report(self.db, event)),
             CONNECTION_TUNING_HANDLER,
             (evt.EVT_C_ECHO, self.handle_echo),

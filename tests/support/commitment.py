@@ -51,7 +51,7 @@ class CommitmentPeer:
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
 
-    def destination(self, name: str = "peer", timeout: float = 5) -> dict[str, object]:
+    def destination(self, name: str = "peer", timeout: float = 30) -> dict[str, object]:
         return {
             "name": name,
             "ae_title": self.ae_title,
@@ -198,7 +198,7 @@ class Modality:
             assoc.release()
         return int(status.Status), request.transaction_uid
 
-    def report_for(self, transaction_uid: str, timeout: float = 30) -> CommitmentReport:
+    def report_for(self, transaction_uid: str, timeout: float = 60) -> CommitmentReport:
         with self._arrived:
             self._arrived.wait_for(
                 lambda: any(r.transaction_uid == transaction_uid for r in self.reports), timeout
