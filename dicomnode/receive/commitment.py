@@ -18,6 +18,7 @@ import time
 from pydicom import Dataset
 from pynetdicom import build_context, build_role
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import N_ACTION_RSP
 from pynetdicom.events import Event
 
 from dicomnode.config import Peer, Settings
@@ -108,7 +109,7 @@ class CommitmentResponder:
 
     def handle_sent(self, event: Event) -> None:
         """Once the N-ACTION response is out, the report may follow (never before it)."""
-        if type(event.message).__name__ != "N_ACTION_RSP":
+        if not isinstance(event.message, N_ACTION_RSP):
             return
         with self._lock:
             owed = self._owed.pop(id(event.assoc), None)
