@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from dicomnode.config_env import (
     DESTINATIONS_VAR,
+    PEERS_VAR,
+    TABLE_VARS,
     naming_the_variable,
     read_env_overrides,
 )
@@ -271,6 +273,10 @@ class Destination:
     tls_certificate: str = ""  # our client certificate, for peers that require one
     tls_private_key: str = ""
     tls_server_name: str = ""  # the name the peer's certificate must carry; empty: host
+    # Storage Commitment (PS3.4 Annex J): the delivery is done only once the peer confirmed
+    # that it keeps every instance sent, within commitment_timeout_seconds of the request.
+    storage_commitment: bool = False
+    commitment_timeout_seconds: float = 60.0
 
     @property
     def server_name(self) -> str:
@@ -285,6 +291,11 @@ class Destination:
         _check_ae_title(self.ae_title, f"{key}.ae_title")
         _check(self.host != "", f"{key}.host", "must not be empty")
         _check_port(self.port, f"{key}.port")
+        _check(
+            self.commitment_timeout_seconds > 0,
+            f"{key}.commitment_timeout_seconds",
+            "must be > 0 seconds",
+        )
         _check_key_pair(self.tls_certificate, self.tls_private_key, f"{key}.")
         _check_file(self.tls_ca_certificates, f"{key}.tls_ca_certificates")
         if not self.tls:
@@ -295,6 +306,21 @@ class Destination:
                 "tls_server_name",
             ):
                 _check(not getattr(self, name), f"{key}.{name}", f"needs {key}.tls = true")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A caller we may have to call back: where to send its Storage Commitment reports when
+    the association that asked is closed (PS3.4 J.3.3), found by its calling AE title."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def validate(self, key: str) -> None:
+        _check_ae_title(self.ae_title, f"{key}.ae_title")
+        _check(self.host != "", f"{key}.host", "must not be empty")
+        _check_port(self.port, f"{key}.port")
 
 
 @dataclass(frozen=True)
@@ -426,9 +452,14 @@ class Settings:
     destinations: list[Destination] = field(default_factory=list)
     source: Path | None = None
     overrides: dict[str, str] = field(default_factory=dict)
+    peers: list[Peer] = field(default_factory=list)
 
     def destination(self, name: str) -> Destination | None:
         return next((d for d in self.destinations if d.name == name), None)
+
+    def peer(self, ae_title: str) -> Peer | None:
+        """The `[[peers]]` entry of a calling AE title (spaces are not significant, PS3.5 6.2)."""
+        return next((p for p in self.peers if p.ae_title.strip() == ae_title.strip()), None)
 
     def destination_key(self, destination: Destination) -> str:
         """How errors name a destination's settings: `destinations[0]` as in the file."""
@@ -443,6 +474,7 @@ class Settings:
         data["node"]["data_dir"] = str(self.node.data_path)
         data["node"]["database_url"] = masked_url(self.node.effective_database_url)
         data["destinations"] = [dataclasses.asdict(d) for d in self.destinations]
+        data["peers"] = [dataclasses.asdict(p) for p in self.peers]
         return data
 
 
@@ -529,17 +561,17 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
 
     for key in raw:
         _check(
-            key in _SECTIONS or key == "destinations",
+            key in _SECTIONS or key in ("destinations", "peers"),
             key,
-            f"unknown section (known: {', '.join([*_SECTIONS, 'destinations'])})",
+            f"unknown section (known: {', '.join([*_SECTIONS, 'destinations', 'peers'])})",
         )
     env = read_env_overrides(environ, _SECTIONS, NOT_SETTING_ENV_VARS, RESERVED_ENV_PREFIXES)
     overrides = dict(env.variables)
-    if env.destinations is not None:
-        overrides["destinations"] = DESTINATIONS_VAR
+    overrides.update({table: TABLE_VARS[table] for table in env.tables})
     try:
         sections = _load_sections(raw, env.sections, path)
-        destinations = _load_destinations(raw, env.destinations, path)
+        destinations = _load_destinations(raw, env.tables.get("destinations"), path)
+        peers = _load_peers(raw.get("peers", []), env.tables.get("peers"))
         _check(
             not (destinations and sections["node"].receive_only),
             "node.receive_only",
@@ -548,7 +580,9 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
         )
     except ConfigError as exc:
         raise naming_the_variable(exc, overrides) from None
-    return Settings(**sections, destinations=destinations, source=path, overrides=overrides)
+    return Settings(
+        **sections, destinations=destinations, peers=peers, source=path, overrides=overrides
+    )
 
 
 def _load_sections(
@@ -592,3 +626,26 @@ def _load_destinations(
     duplicated = sorted({n for n in names if names.count(n) > 1})
     _check(not duplicated, "destinations", f"names must be unique: {', '.join(duplicated)}")
     return destinations
+
+
+def _load_peers(values: Any, from_env: str | None) -> list[Peer]:
+    """`[[peers]]` (or DICOMNODE_PEERS as JSON): each calling AE title at most once."""
+    if from_env is not None:
+        try:
+            values = json.loads(from_env)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"setting {PEERS_VAR}: not valid JSON: {exc}") from None
+    _check(isinstance(values, list), "peers", "must be an array of tables")
+    peers = []
+    for i, entry in enumerate(values):
+        key = f"peers[{i}]"
+        _check(isinstance(entry, dict), key, "must be a table")
+        missing = {"ae_title", "host", "port"} - set(entry)
+        _check(not missing, key, f"missing {', '.join(sorted(missing))}")
+        peer = _build(Peer, entry, key)
+        peer.validate(key)
+        peers.append(peer)
+    titles = [p.ae_title.strip() for p in peers]
+    duplicated = sorted({t for t in titles if titles.count(t) > 1})
+    _check(not duplicated, "peers", f"AE titles must be unique: {', '.join(duplicated)}")
+    return peers

@@ -15,6 +15,8 @@ from dicomnode.errors import ConfigError
 
 ENV_PREFIX = "DICOMNODE_"
 DESTINATIONS_VAR = "DICOMNODE_DESTINATIONS"  # the whole [[destinations]] list, as JSON
+PEERS_VAR = "DICOMNODE_PEERS"  # the whole [[peers]] list, as JSON
+TABLE_VARS = {"destinations": DESTINATIONS_VAR, "peers": PEERS_VAR}  # array-of-tables settings
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class EnvOverrides:
 
     sections: dict[str, dict[str, str]] = field(default_factory=dict)  # section -> key -> value
     variables: dict[str, str] = field(default_factory=dict)  # "node.port" -> its variable
-    destinations: str | None = None  # the JSON text of DICOMNODE_DESTINATIONS, if set
+    tables: dict[str, str] = field(default_factory=dict)  # "destinations" -> its JSON text
 
 
 def setting_variable(section: str, key: str) -> str:
@@ -49,7 +51,7 @@ def _unknown_variable(
         return f"environment variable {name}: {section}.{key} is not a setting{listing}{hint}"
     return (
         f"environment variable {name} is not a setting{hint} (settings are "
-        f"DICOMNODE_<SECTION>_<KEY> and {DESTINATIONS_VAR}; unset it or fix its name)"
+        f"DICOMNODE_<SECTION>_<KEY>, {DESTINATIONS_VAR} and {PEERS_VAR}; unset it or fix its name)"
     )
 
 
@@ -66,14 +68,15 @@ def read_env_overrides(
     reserved = tuple(prefix.upper() for prefix in reserved_prefixes)
     keys = {name: sorted(f.name for f in fields(cls)) for name, cls in sections.items()}
     all_names = [setting_variable(s, k) for s, ks in keys.items() for k in ks]
-    all_names += [DESTINATIONS_VAR, *others]
+    all_names += [*TABLE_VARS.values(), *others]
+    table_of = {variable: table for table, variable in TABLE_VARS.items()}
     found = EnvOverrides()
     for name in sorted(environ):
         upper = name.upper()
         if not upper.startswith(ENV_PREFIX) or upper in others or upper.startswith(reserved):
             continue
-        if upper == DESTINATIONS_VAR:
-            found = EnvOverrides(found.sections, found.variables, environ[name])
+        if upper in table_of:
+            found.tables[table_of[upper]] = environ[name]
             continue
         rest = upper[len(ENV_PREFIX) :]
         section = next((s for s in sections if rest.startswith(s.upper() + "_")), None)
@@ -91,7 +94,7 @@ def naming_the_variable(error: ConfigError, variables: Mapping[str, str]) -> Con
     `setting node.port (from DICOMNODE_NODE_PORT): 'eleven' is not a number`."""
     if error.setting is None:
         return error
-    # destinations[0].port: DICOMNODE_DESTINATIONS holds the whole list.
+    # destinations[0].port: DICOMNODE_DESTINATIONS holds the whole list (peers likewise).
     variable = variables.get(error.setting) or variables.get(error.setting.split("[")[0])
     if variable is None:
         return error

@@ -44,8 +44,12 @@ def node_factory(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     """Build node processes (started by the test); all are stopped at teardown."""
     nodes: list[NodeProcess] = []
 
-    def make(destinations: list[dict[str, object]], **overrides: dict[str, object]) -> NodeProcess:
-        node = NodeProcess(tmp_path / f"node{len(nodes)}", destinations, overrides)
+    def make(
+        destinations: list[dict[str, object]],
+        peers: list[dict[str, object]] | None = None,
+        **overrides: dict[str, object],
+    ) -> NodeProcess:
+        node = NodeProcess(tmp_path / f"node{len(nodes)}", destinations, overrides, peers)
         nodes.append(node)
         return node
 

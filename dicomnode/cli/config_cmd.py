@@ -49,14 +49,15 @@ def show(
         return
     lines = [_source_line(settings)]
     for section, values in data.items():
-        if section == "destinations":
+        if section in ("destinations", "peers"):
             continue
         lines.append(f"\n[{section}]")
         lines += [
             f"{key} = {_toml_value(value)}" + _from(settings.overrides.get(f"{section}.{key}"))
             for key, value in values.items()
         ]
-    for destination in data["destinations"]:
-        lines.append("\n[[destinations]]" + _from(settings.overrides.get("destinations")))
-        lines += [f"{key} = {_toml_value(value)}" for key, value in destination.items()]
+    for table in ("destinations", "peers"):
+        for entry in data[table]:
+            lines.append(f"\n[[{table}]]" + _from(settings.overrides.get(table)))
+            lines += [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
     console.print("\n".join(lines), highlight=False, markup=False)

@@ -188,18 +188,39 @@ def show(
     wide: WideOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Show one job with its deliveries."""
+    """Show one job with its deliveries (and, with storage commitment, what each destination
+    confirmed keeping: committed, failed and pending instances)."""
+    from dicomnode.db.commitments import commitment_counts
     from dicomnode.db.jobs import get_job, list_jobs
 
     db = _database(settings_from(config), read_only=True)
     job = get_job(db, job_id)
     if job is None:
         fail(f"job {job_id} does not exist")
+    commitments = commitment_counts(db, job.id)
     if as_json:
-        print_json(job.as_dict())
+        data = job.as_dict()
+        for delivery in data["deliveries"]:
+            delivery["commitment"] = commitments.get(delivery["destination"])
+        print_json(data)
     else:
         siblings = [s for s in list_jobs(db, series_uid=job.series_uid) if s.id != job.id]
         _print_job(job, siblings)
+        _print_commitments(commitments)
+
+
+def _print_commitments(commitments: dict[str, dict[str, int]]) -> None:
+    if not commitments:
+        return
+    table = Table("destination", "committed", "failed", "pending", title="storage commitment")
+    for destination, counts in sorted(commitments.items()):
+        table.add_row(
+            shown(destination),
+            str(counts["committed"]),
+            str(counts["failed"]),
+            str(counts["pending"]),
+        )
+    console.print(table)
 
 
 @app.command("retry")

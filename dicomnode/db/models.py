@@ -110,3 +110,24 @@ class Delivery(Base):
     sent: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Commitment(Base):
+    """One instance a job sent to a destination with Storage Commitment, and what the peer said.
+
+    `transaction_uid` is the latest request that asked for it (PS3.4 J.3.2); the peer's report
+    names that UID, so a report that comes late, on any association, still finds its rows.
+    """
+
+    __tablename__ = "commitments"
+    __table_args__ = (Index("ix_commitments_job_destination", "job_id", "destination"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    destination: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transaction_uid: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    failure_reason: Mapped[int | None] = mapped_column(Integer, default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

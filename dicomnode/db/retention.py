@@ -1,7 +1,8 @@
 """Which delivered series may leave the spool, and forgetting them in one transaction.
 
 A series is purgeable when every job it ever had is done or cancelled, the newest one is done and
-finished before the cutoff, and no instance is waiting for a new job. Anything failed, dead, held,
+finished before the cutoff, no instance is waiting for a new job, and no destination has still to
+confirm (Storage Commitment) that it keeps one of its instances. Anything failed, dead, held,
 stored (sent nowhere) or still running keeps its inputs: those are what an admin needs to retry.
 """
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import Select, delete, func, select
 
+from dicomnode.db.commitments import forget_commitments, pending_commitment_instances
 from dicomnode.db.engine import Database
 from dicomnode.db.models import (
     Delivery,
@@ -43,6 +45,10 @@ def _purgeable(finished_before: datetime) -> Select[str]:
         select(Job.series_uid, func.max(Job.id).label("job_id")).group_by(Job.series_uid).subquery()
     )
     unfinished = select(Job.series_uid).where(Job.status.not_in(_FINISHED))
+    # A destination that has still to confirm it keeps an instance may yet need it again.
+    uncommitted = select(Instance.series_uid).where(
+        Instance.sop_instance_uid.in_(pending_commitment_instances())
+    )
     return (
         select(Series.series_uid)
         .join(newest_job, newest_job.c.series_uid == Series.series_uid)
@@ -52,6 +58,7 @@ def _purgeable(finished_before: datetime) -> Select[str]:
             Job.status == JobStatus.DONE,
             Job.updated_at < finished_before,
             Series.series_uid.not_in(unfinished),
+            Series.series_uid.not_in(uncommitted),
         )
         .order_by(Job.updated_at)
     )
@@ -99,6 +106,7 @@ def purge_series(
         session.execute(delete(JobInstance).where(JobInstance.job_id.in_(job_ids)))
         session.execute(delete(JobInstance).where(JobInstance.sop_instance_uid.in_(sop_uids)))
         session.execute(delete(Delivery).where(Delivery.job_id.in_(job_ids)))
+        forget_commitments(session, job_ids)
         session.execute(delete(Job).where(Job.id.in_(job_ids)))
         session.execute(delete(Instance).where(Instance.series_uid == series_uid))
         study_uid = series.study_uid

@@ -90,8 +90,13 @@ def open_association(
     contexts: Sequence[PresentationContext],
     where: str,
     tls_args: tuple[ClientContext, str] | None,
+    ext_neg: list[Any] | None = None,
+    handlers: Sequence[tuple[Any, ...]] = (),
 ) -> Association:
     """An established association with `destination`, or ForwardError saying why not.
+
+    `ext_neg` are extended negotiation items (e.g. an SCP/SCU role selection) and `handlers`
+    pynetdicom event handlers for what the peer sends on the association (an N-EVENT-REPORT).
 
     `where` names the destination in the message. Everything short of "the peer accepted
     nothing we proposed" may pass (a peer restarted, an AE title the PACS admin will register)
@@ -111,8 +116,13 @@ def open_association(
             destination.host,
             destination.port,
             ae_title=destination.ae_title,
-            evt_handlers=[CONNECTION_TUNING_HANDLER, (evt.EVT_CONN_OPEN, note_connected)],
+            evt_handlers=[
+                CONNECTION_TUNING_HANDLER,
+                (evt.EVT_CONN_OPEN, note_connected),
+                *handlers,
+            ],
             tls_args=tls_args,
+            ext_neg=ext_neg,
         )
     except socket.gaierror as exc:
         raise ForwardError(

@@ -9,6 +9,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config
@@ -70,11 +71,17 @@ def _client_tls(
 
 
 def _associate(
-    destination: Destination, settings: Settings, contexts: list[PresentationContext]
+    destination: Destination,
+    settings: Settings,
+    contexts: list[PresentationContext],
+    ext_neg: list[Any] | None = None,
+    handlers: Sequence[tuple[Any, ...]] = (),
 ) -> Association:
+    """An association that carries `contexts` (plus `ext_neg` items, e.g. a role selection,
+    and `handlers` for what the peer sends on it); a ForwardError says why there is none."""
     where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
     tls_args = _client_tls(destination, settings, where)
-    return open_association(destination, settings, contexts, where, tls_args)
+    return open_association(destination, settings, contexts, where, tls_args, ext_neg, handlers)
 
 
 def _accepted_context(assoc: Association, sop_class: str, syntax: str) -> bool:

@@ -21,6 +21,7 @@ from dicomnode.db import Database, DeliveryStatus, JobRecord, SpooledInstance
 from dicomnode.db.jobs import holds_lease, record_delivery
 from dicomnode.errors import ForwardError
 from dicomnode.forward import send_series
+from dicomnode.forward.commitment import confirm_commitment, uncommitted
 from dicomnode.observe.counters import STAGE_SECONDS
 from dicomnode.status import JobPart
 
@@ -42,7 +43,12 @@ def deliver(
     started = time.perf_counter()
     try:
         for series in outgoing:
-            sent += send_series(job.id, destination, series, settings).sent
+            if destination.storage_commitment:  # what the peer confirmed keeping is not resent
+                series = uncommitted(db, job.id, destination, series)
+            if series:
+                sent += send_series(job.id, destination, series, settings).sent
+        if destination.storage_commitment:
+            confirm_commitment(job.id, destination, [i for s in outgoing for i in s], settings, db)
         STAGE_SECONDS.labels("forward", "").observe(time.perf_counter() - started)
     except ForwardError as exc:
         status = DeliveryStatus.FAILED if exc.transient else DeliveryStatus.DEAD

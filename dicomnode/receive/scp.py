@@ -1,4 +1,4 @@
-"""The C-STORE / C-ECHO SCP: thin pynetdicom handlers that spool, record and answer.
+"""The C-STORE, C-ECHO and Storage Commitment SCP: thin pynetdicom handlers that answer.
 
 An instance is answered Success only after its bytes are fsync'd under their final name in the
 spool and its row is committed. The bytes are stored exactly as received (no decode/re-encode),
@@ -16,7 +16,7 @@ from pydicom.filereader import read_dataset
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
@@ -26,12 +26,14 @@ from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
 from dicomnode.dicom.bounded import inflate_prefix, inflated_size
 from dicomnode.dicom.tls import server_context
 from dicomnode.errors import DecodeError, DiskFull, InstanceTooLarge, SpoolError
+from dicomnode.forward.commitment import record_commitment_report
 from dicomnode.observe.counters import (
     ASSOCIATIONS_REJECTED,
     BYTES_RECEIVED,
     INSTANCES_RECEIVED,
     INSTANCES_REFUSED,
 )
+from dicomnode.receive.commitment import CommitmentResponder
 from dicomnode.receive.guard import COMMAND_ALLOWANCE, ConnectionLimits, GuardedSocket
 from dicomnode.receive.listener import start_listener
 from dicomnode.receive.status import SUCCESS, refusal_reason, status_dataset, status_for
@@ -115,9 +117,15 @@ class StorageReceiver:
         self._series: dict[int, set[str]] = {}  # per association: the series it stored into
         self._counts_lock = threading.Lock()
         self._writer = ThreadPoolExecutor(settings.node.max_associations, "spool-write")
+        self.commitment = CommitmentResponder(settings, db)
 
     def handlers(self) -> list[tuple]:
         return [
+            # Storage Commitment: requests from callers, reports from our destinations.
+            (evt.EVT_N_ACTION, self.commitment.handle_action),
+            (evt.EVT_DIMSE_SENT, self.commitment.handle_sent),
+            (evt.EVT_CONN_CLOSE, self.commitment.forget),
+            (evt.EVT_N_EVENT_REPORT, lambda event: record_commitment_report(self.db, event)),
             CONNECTION_TUNING_HANDLER,
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
@@ -319,6 +327,8 @@ def start_receiver(settings: Settings, spool: Spool, db: Database) -> ThreadedAs
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    # Either role: a caller asks us (we are SCP), a destination reports to us (it is SCP).
+    ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
     receiver = StorageReceiver(settings, spool, db)
     server = start_listener(
         ae,

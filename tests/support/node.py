@@ -19,7 +19,10 @@ def toml_value(value: Any) -> str:
 
 
 def write_config(
-    path: Path, sections: dict[str, dict[str, Any]], destinations: list[dict[str, Any]]
+    path: Path,
+    sections: dict[str, dict[str, Any]],
+    destinations: list[dict[str, Any]],
+    peers: list[dict[str, Any]] | None = None,
 ) -> Path:
     lines = []
     for section, values in sections.items():
@@ -28,6 +31,9 @@ def write_config(
     for destination in destinations:
         lines.append("[[destinations]]")
         lines += [f"{key} = {toml_value(value)}" for key, value in destination.items()]
+    for peer in peers or []:
+        lines.append("[[peers]]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in peer.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -47,6 +53,7 @@ class NodeProcess:
         workdir: Path,
         destinations: list[dict[str, Any]],
         overrides: dict[str, dict[str, Any]] | None = None,
+        peers: list[dict[str, Any]] | None = None,
     ) -> None:
         self.workdir = workdir
         self.port = free_port()
@@ -78,7 +85,7 @@ class NodeProcess:
         for section, values in (overrides or {}).items():
             sections.setdefault(section, {}).update(values)
         workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path = write_config(workdir / "dicomnode.toml", sections, destinations)
+        self.config_path = write_config(workdir / "dicomnode.toml", sections, destinations, peers)
         self.log_path = workdir / "node.log"
         self._process: subprocess.Popen[bytes] | None = None
 

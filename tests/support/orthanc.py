@@ -39,8 +39,14 @@ class Orthanc:
     ae_title = "ORTHANC"
 
     def __init__(
-        self, workdir: Path, dicom_port: int | None = None, tls: OrthancTls | None = None
+        self,
+        workdir: Path,
+        dicom_port: int | None = None,
+        tls: OrthancTls | None = None,
+        modalities: dict[str, dict[str, object]] | None = None,
     ) -> None:
+        """`modalities`: Orthanc's DicomModalities (e.g. where it sends storage commitment
+        reports: {"node": {"AET": ..., "Host": ..., "Port": ...}})."""
         self.workdir = workdir
         self.dicom_port = dicom_port or free_port()
         self.http_port = free_port()
@@ -61,7 +67,7 @@ class Orthanc:
                     "RemoteAccessAllowed": False,
                     "AuthenticationEnabled": False,
                     "Plugins": [],
-                    "DicomModalities": {},
+                    "DicomModalities": modalities or {},
                     "StorageCompression": False,
                     "OverwriteInstances": True,
                     "SaveJobs": False,

@@ -5,14 +5,14 @@ start, so a misspelt one in a container file would stop the container."""
 import typing
 
 from dicomnode.config import NOT_SETTING_ENV_VARS, Settings
-from dicomnode.config_env import DESTINATIONS_VAR, ENV_PREFIX, setting_variable
+from dicomnode.config_env import ENV_PREFIX, TABLE_VARS, setting_variable
 
 
 def setting_variables() -> set[str]:
-    """DICOMNODE_CONFIG, DICOMNODE_DESTINATIONS and DICOMNODE_<SECTION>_<KEY> for every key."""
+    """DICOMNODE_CONFIG, DICOMNODE_DESTINATIONS, DICOMNODE_PEERS and DICOMNODE_<SECTION>_<KEY>."""
     sections = {k: v for k, v in Settings().as_dict().items() if isinstance(v, dict)}
     names = {setting_variable(s, key) for s, fields in sections.items() for key in fields}
-    return names | set(NOT_SETTING_ENV_VARS) | {DESTINATIONS_VAR}
+    return names | set(NOT_SETTING_ENV_VARS) | set(TABLE_VARS.values())
 
 
 def unknown_setting_variables(names: typing.Iterable[str]) -> list[str]:
