@@ -11,6 +11,7 @@ failure anywhere leaves the inputs untouched and the job to the retry policy.
 
 import logging
 import secrets
+import threading
 from collections.abc import Iterable
 
 from dicomnode.config import EnhanceSettings, Settings
@@ -62,6 +63,7 @@ class JobRunner:
         owner: str,
         deliveries: DeliveryQueues,
         part: JobPart,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -72,15 +74,24 @@ class JobRunner:
         # Jobs of this part still forwarding that may wait in the delivery queues before the
         # runners stop taking new ones (a destination that is down must not pull in every job).
         self.max_jobs_forwarding = MAX_JOBS_FORWARDING_PER_WORKER * settings.worker.workers
+        # Set when the node stops: the job in hand is finished, no other one is taken.
+        self.stopping = stopping or threading.Event()
+        self.current_job: int | None = None  # the job this runner is processing now
 
     def run_due_jobs(self) -> int:
         """Run jobs until none is due; return how many ran (the scheduler's worker tick)."""
         count = 0
         lease_seconds = self.settings.worker.lease_seconds
-        while self.deliveries.jobs_in_flight(self.part) < self.max_jobs_forwarding and (
-            job := claim_next_job(self.db, self._lease_token(), lease_seconds, self.part)
+        while (
+            not self.stopping.is_set()
+            and self.deliveries.jobs_in_flight(self.part) < self.max_jobs_forwarding
+            and (job := claim_next_job(self.db, self._lease_token(), lease_seconds, self.part))
         ):
-            self.run(job)
+            self.current_job = job.id
+            try:
+                self.run(job)
+            finally:
+                self.current_job = None
             count += 1
         return count
 

@@ -125,6 +125,30 @@ class NodeProcess:
         self._process = None
         return code
 
+    def signal(self, signum: int) -> None:
+        """Send `signum` (SIGINT is what Ctrl-C sends) without waiting."""
+        assert self._process is not None, "the node is not running"
+        self._process.send_signal(signum)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        """The exit code once the process ends by itself (after `signal`)."""
+        assert self._process is not None, "the node is not running"
+        code = self._process.wait(timeout=timeout)
+        self._process = None
+        return code
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> str:
+        """The first log line containing `text`, once it is written."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = [line for line in self.log().splitlines() if text in line]
+            if lines:
+                return lines[0]
+            time.sleep(0.1)
+        raise AssertionError(
+            f"no log line with {text!r}\n--- node log tail ---\n{self.log()[-4000:]}"
+        )
+
     def kill(self) -> None:
         """SIGKILL: no clean-up of any kind, as in a crash or a power cut of the process."""
         if self._process is not None:
