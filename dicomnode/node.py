@@ -19,6 +19,7 @@ from dicomnode.db.jobs import reclaim_expired_leases
 from dicomnode.dicom.tls import client_tls_args
 from dicomnode.errors import ConfigError
 from dicomnode.pipeline import JobRunner
+from dicomnode.pipeline.admin_log import log_admin_actions
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.methods import missing_models
 from dicomnode.pipeline.retention import purge_delivered
@@ -105,6 +106,12 @@ class Node:
             ),
             id="reclaim-leases",
             seconds=max(1.0, workers.lease_seconds / 3),
+            **every,
+        )
+        scheduler.add_job(
+            _guarded("admin-log", lambda: log_admin_actions(self.db)),
+            id="admin-log",
+            seconds=max(1.0, workers.poll_seconds),
             **every,
         )
         scheduler.add_job(

@@ -5,6 +5,7 @@ from typing import Annotated
 import typer
 
 from dicomnode.cli.common import ConfigOption, console, reported_errors, settings_from
+from dicomnode.cli.jobs import admin_user
 from dicomnode.cli.safe_text import shown
 
 
@@ -36,7 +37,9 @@ def purge(
                 console.print(f"would purge series={shown(series_uid)}")
             console.print(f"{len(due)} series delivered more than {keep:g} days ago")
             return
-        purged = purge_delivered(settings, db, Spool(settings.node.data_path / "spool"))
+        purged = purge_delivered(
+            settings, db, Spool(settings.node.data_path / "spool"), user=admin_user()
+        )
     for item in purged:
         console.print(f"purged series={shown(item.series_uid)} instances={item.instances}")
     console.print(f"{len(purged)} series purged (delivered more than {keep:g} days ago)")

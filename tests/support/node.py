@@ -80,10 +80,14 @@ class NodeProcess:
         self.log_path = workdir / "node.log"
         self._process: subprocess.Popen[bytes] | None = None
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run a `dicomnode` admin command against this node's config."""
+    def cli(
+        self, *args: str, check: bool = True, answer: str = ""
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a `dicomnode` admin command against this node's config; `answer` is its stdin
+        (what an admin types at a confirmation prompt; nothing: end of input)."""
         result = subprocess.run(
             [sys.executable, "-m", "dicomnode", *args, "--config", str(self.config_path)],
+            input=answer,
             capture_output=True,
             text=True,
             timeout=60,
