@@ -169,28 +169,24 @@ def set_active_status(db: Database, job_id: int, owner: str, status: JobStatus) 
         return changed == 1
 
 
-def record_job_details(db: Database, job_id: int, owner: str, details: dict[str, Any]) -> bool:
-    """Store what this processing attempt did (shown by `dicomnode jobs show`)."""
+def _update_held_job(db: Database, job_id: int, owner: str, **values: Any) -> bool:
+    """Set columns of a job `owner` still holds; False when it no longer does."""
     with db.session() as session:
         changed = _rows_changed(
             session,
-            update(Job)
-            .where(Job.id == job_id, Job.lease_owner == owner)
-            .values(details=json.dumps(details), updated_at=utcnow()),
+            update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(**values),
         )
         return changed == 1
+
+
+def record_job_details(db: Database, job_id: int, owner: str, details: dict[str, Any]) -> bool:
+    """Store what this processing attempt did (shown by `dicomnode jobs show`)."""
+    return _update_held_job(db, job_id, owner, details=json.dumps(details), updated_at=utcnow())
 
 
 def record_job_outputs(db: Database, job_id: int, owner: str, outputs: dict[str, Any]) -> bool:
     """Store what this attempt held back and sent unenhanced (for a later release or resend)."""
-    with db.session() as session:
-        changed = _rows_changed(
-            session,
-            update(Job)
-            .where(Job.id == job_id, Job.lease_owner == owner)
-            .values(outputs=json.dumps(outputs)),
-        )
-        return changed == 1
+    return _update_held_job(db, job_id, owner, outputs=json.dumps(outputs))
 
 
 def job_inputs(db: Database, job_id: int) -> list[SpooledInstance]:
