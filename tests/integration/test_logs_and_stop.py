@@ -149,3 +149,27 @@ def test_third_party_level_and_tensorflow_core_logging_follow_the_setting() -> N
     assert chatty.stdout.strip() == "0"
     # The user's own TF_CPP_MIN_LOG_LEVEL wins.
     assert _logging_probe("WARNING", {"TF_CPP_MIN_LOG_LEVEL": "1"}).stdout.strip() == "1"
+
+
+def test_importing_tensorflow_prints_no_cpp_lines_and_keeps_ours() -> None:
+    code = (
+        "import logging\n"
+        "from dicomnode.cli.logs import configure_logging\n"
+        "configure_logging('INFO')\n"
+        "from dicomnode.imaging.srcnn import import_tensorflow\n"
+        "import_tensorflow()\n"
+        "logging.getLogger('dicomnode.probe').info('after the import')\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env=environ,
+    )
+    assert result.stderr.splitlines() and all(
+        UTC_LINE.match(line) for line in result.stderr.splitlines()
+    ), result.stderr
+    assert "INFO dicomnode.probe after the import" in result.stderr
