@@ -99,9 +99,13 @@ class NodeSettings:
     receive_only: bool = False
     # Let several listeners share data_dir (a shared spool); off: a second one is refused.
     shared_data_dir: bool = False
+    # SIGINT/SIGTERM: how long a stop waits for associations, jobs and deliveries in progress
+    # before it exits anyway (a second signal exits at once).
+    stop_timeout_seconds: float = 60.0
 
     def validate(self) -> None:
         _check_ae_title(self.ae_title, "node.ae_title")
+        _check(self.stop_timeout_seconds > 0, "node.stop_timeout_seconds", "must be > 0")
         _check_port(self.port, "node.port")
         _check(self.data_dir != "", "node.data_dir", "must not be empty")
         for aet in self.allowed_calling_aets:
@@ -255,6 +259,9 @@ class HttpSettings:
 @dataclass(frozen=True)
 class LoggingSettings:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Every other library's loggers (pynetdicom, highdicom, TensorFlow, ...); INFO or DEBUG also
+    # lets TensorFlow's C++ core speak (unless TF_CPP_MIN_LOG_LEVEL is set).
+    third_party_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
     def validate(self) -> None:
         pass

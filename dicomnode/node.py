@@ -3,6 +3,8 @@
 import logging
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -19,6 +21,7 @@ from dicomnode.errors import ConfigError
 from dicomnode.forward.associate import unresolvable_hosts
 from dicomnode.observe.endpoint import HttpEndpoint, start_http_endpoint
 from dicomnode.pipeline import JobRunner
+from dicomnode.pipeline.admin_log import log_admin_actions
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.methods import load_models, missing_models
 from dicomnode.pipeline.retention import purge_delivered
@@ -69,6 +72,8 @@ class Node:
         self._deliveries = DeliveryQueues(settings, self.db)
         self._lock: DataDirLock | None = None
         self._started = False
+        self._runners: list[JobRunner] = []
+        self._stopping = threading.Event()  # runners take no new job once it is set
 
     def start(self) -> None:
         """Check what would make every job fail, listen, load the models, start the workers.
@@ -139,6 +144,12 @@ class Node:
             **every,
         )
         scheduler.add_job(
+            _guarded("admin-log", lambda: log_admin_actions(self.db)),
+            id="admin-log",
+            seconds=max(1.0, workers.poll_seconds),
+            **every,
+        )
+        scheduler.add_job(
             _guarded("retention", lambda: purge_delivered(self.settings, self.db, self.spool)),
             id="retention",
             seconds=self.settings.retention.check_seconds,
@@ -152,8 +163,15 @@ class Node:
         runners += [(f"w{index}", JobPart.DERIVED) for index in range(workers.workers)]
         for name, part in runners:
             runner = JobRunner(
-                self.settings, self.db, self.spool, f"{prefix}:{name}", self._deliveries, part
+                self.settings,
+                self.db,
+                self.spool,
+                f"{prefix}:{name}",
+                self._deliveries,
+                part,
+                stopping=self._stopping,
             )
+            self._runners.append(runner)
             scheduler.add_job(
                 _guarded(name, runner.run_due_jobs),
                 id=name,
@@ -200,14 +218,29 @@ class Node:
         server = self._server
         return server is not None and server.socket.fileno() != -1
 
+    def in_progress(self) -> tuple[int, int]:
+        """(associations receiving, jobs being processed or forwarded) by this process now."""
+        server = self._server
+        associations = len(server.active_associations) if server is not None else 0
+        jobs = sum(runner.current_job is not None for runner in self._runners)
+        jobs += sum(self._deliveries.jobs_in_flight(part) for part in JobPart)
+        return associations, jobs
+
     def stop(self) -> None:
-        """Stop accepting associations, let running jobs and deliveries finish (deliveries not yet
-        started are queued again for the next start), close the database."""
+        """Stop accepting associations and taking jobs; let the associations, running jobs and
+        deliveries in progress finish (deliveries not yet started are queued again for the next
+        start); close the database. `dicomnode serve` bounds the wait (node.stop_timeout_seconds).
+        """
+        self._stopping.set()
         if self._http is not None:
             self._http.stop()
             self._http = None
         if self._server is not None:
             self._server.shutdown()
+            # No handler may run once the process exits: a store answered Success after the
+            # interpreter began to shut down would be a lie (and a traceback in the log).
+            while self._server.active_associations:
+                time.sleep(0.1)
             self._server = None
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)

@@ -42,3 +42,10 @@ class DeliveryStatus(enum.StrEnum):
     DONE = "done"
     FAILED = "failed"  # transient: tried again with the job
     DEAD = "dead"  # permanent, or out of attempts
+
+
+class Replay(enum.StrEnum):
+    """What a job's next attempt sends again from its last one, instead of processing anew."""
+
+    HELD = "held"  # `jobs release`: only the derived series QA held back
+    SENT = "sent"  # `jobs resend`: what the job delivered (originals, or derived series + SR)

@@ -2,9 +2,6 @@
 the consoles (full width when read by a script) and the database as admin commands open it."""
 
 import json
-import logging
-import ssl
-import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
-from dicomnode.cli.safe_text import install_log_filter, shown
+from dicomnode.cli.logs import configure_logging as configure_logging  # every command's log
+from dicomnode.cli.safe_text import shown
 from dicomnode.config import Settings, load_settings
 from dicomnode.errors import ConfigError, DicomNodeError
 
@@ -118,35 +116,3 @@ def node_database(settings: Settings, *, read_only: bool) -> "Database":
         return open_database(
             settings.node.effective_database_url, create=False, read_only=read_only
         )
-
-
-def _drop_tls_tracebacks(record: logging.LogRecord) -> bool:
-    # pynetdicom logs a failed client handshake twice, once with a traceback; the reason is in
-    # its other line and in our delivery error, which names the destination.
-    return not (record.exc_info and isinstance(record.exc_info[1], ssl.SSLError))
-
-
-def configure_logging(level: str) -> None:
-    """One line per event on stderr: time, level, logger, message (fields as key=value).
-
-    Every record, ours and the libraries', has its control characters escaped (a newline in a
-    UID cannot forge a line), and Python warnings (pydicom's) become log records too.
-    """
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    install_log_filter()
-    logging.captureWarnings(True)
-    # pynetdicom narrates every PDU at INFO; an operator wants our lines, and its problems.
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))
-    logging.getLogger("pynetdicom.transport").addFilter(_drop_tls_tracebacks)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.getLogger("pylibjpeg").setLevel(logging.WARNING)
-    # pydicom logs a decoder failure with a traceback but without saying which instance; ours
-    # says it (ImageDeclined names the SOP Instance UID and lands in the job's details).
-    # pydicom sets its logger's level when first imported, so import it before overriding.
-    import pydicom.config  # noqa: F401
-
-    logging.getLogger("pydicom").setLevel(logging.CRITICAL)

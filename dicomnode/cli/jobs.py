@@ -1,5 +1,10 @@
-"""`dicomnode jobs ...`: list, show, retry and cancel jobs in the node's database."""
+"""`dicomnode jobs ...`: list and show jobs; retry, release, cancel, resend and discard them.
 
+Every action is written to the job's history with the login that ran it; the node logs it.
+"""
+
+import os
+import pwd
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -38,6 +43,14 @@ _STATUS_STYLE = {
     "warn": "yellow",
     "fail": "bold red",
 }
+
+
+def admin_user() -> str:
+    """The login running this command (recorded with each admin action)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (a container)
+        return f"uid {os.getuid()}"
 
 
 def _database(settings: Settings, *, read_only: bool = False) -> "Database":
@@ -137,6 +150,7 @@ def _print_job(job: "JobRecord", siblings: "list[JobRecord]") -> None:
             shown(d["error"] or ""),
         )
     console.print(deliveries)
+    _print_history(data["history"])
     if job.details:
         from dicomnode.imaging.outcome import SeriesOutcome
 
@@ -146,6 +160,23 @@ def _print_job(job: "JobRecord", siblings: "list[JobRecord]") -> None:
             "other jobs of this series: "
             + ", ".join(f"{s.id} ({shown(s.part)}: {_status(s.status)})" for s in siblings)
         )
+
+
+def _print_history(history: list[dict[str, object]]) -> None:
+    """Every attempt and admin action, oldest first (the error of each attempt is kept)."""
+    if not history:
+        return
+    table = Table("at (UTC)", "event", "attempt", "status", "by", "detail", title="history")
+    for event in history:
+        table.add_row(
+            shown(event["at"]),
+            shown(event["kind"]),
+            shown(event["attempt"] or ""),
+            _status(str(event["status"] or "")),
+            shown(event["user"] or ""),
+            shown(event["detail"] or ""),
+        )
+    console.print(table)
 
 
 def _print_details(outcome: "SeriesOutcome") -> None:
@@ -231,7 +262,7 @@ def retry(
     from dicomnode.db.admin import retry_job
 
     with reported_errors():
-        job = retry_job(_database(settings_from(config)), job_id)
+        job = retry_job(_database(settings_from(config)), job_id, admin_user())
     console.print(f"job {job.id} queued again ({job.instances} instances)")
 
 
@@ -239,12 +270,15 @@ def retry(
 def release(
     job_id: Annotated[int, typer.Argument(metavar="ID")], config: ConfigOption = None
 ) -> None:
-    """Send the derived series that QA held back (enhance.qa_action = "hold")."""
+    """Send the derived series that QA held back (enhance.qa_action = "hold"), and only those."""
     from dicomnode.db.admin import release_job
 
     with reported_errors():
-        job = release_job(_database(settings_from(config)), job_id)
-    console.print(f"job {job.id} released: it runs again and forwards its derived series")
+        job = release_job(_database(settings_from(config)), job_id, admin_user())
+    console.print(
+        f"job {job.id} released: the derived series QA held back are sent as they were made "
+        "(nothing is processed or sent twice)"
+    )
 
 
 @app.command("cancel")
@@ -255,5 +289,82 @@ def cancel(
     from dicomnode.db.admin import cancel_job
 
     with reported_errors():
-        job = cancel_job(_database(settings_from(config)), job_id)
+        job = cancel_job(_database(settings_from(config)), job_id, admin_user())
     console.print(f"job {job.id} cancelled")
+
+
+@app.command("resend")
+def resend(
+    job_id: Annotated[int, typer.Argument(metavar="ID")],
+    destination: Annotated[
+        str | None,
+        typer.Option(
+            "--destination",
+            "-d",
+            help="Only to this destination (any configured one, also one the job never had).",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Send a done job's series again (to every destination it had, or to one).
+
+    An originals job sends its instances, a derived job its derived series and metrics reports,
+    as they were made (not processed again).
+    """
+    from dicomnode.db.admin import resend_job
+
+    settings = settings_from(config)
+    configured = [d.name for d in settings.destinations]
+    with reported_errors():
+        job = resend_job(_database(settings), job_id, configured, destination, admin_user())
+    what = "instances" if job.part == "originals" else "derived series and reports"
+    where = destination or ", ".join(d.destination for d in job.deliveries)
+    console.print(f"job {job.id} queued to send its {shown(what)} again to {shown(where)}")
+
+
+@app.command("discard")
+def discard(
+    job_id: Annotated[int, typer.Argument(metavar="ID")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be deleted; delete nothing.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Delete the series of a dead or cancelled job from the spool and the database.
+
+    Every job of the series goes, with its instances and outputs (retention never purges a
+    series that was not delivered). Asks first, unless --yes.
+    """
+    from dicomnode.db.discard import plan_discard
+    from dicomnode.pipeline.retention import discard as discard_job_series
+    from dicomnode.spool import Spool
+
+    settings = settings_from(config)
+    db = _database(settings)
+    with reported_errors():
+        plan = plan_discard(db, job_id)
+    summary = (
+        f"series={shown(plan.series_uid)} study={shown(plan.study_uid)}: "
+        f"job(s) {', '.join(map(str, plan.job_ids))} and {plan.instances} instance(s)"
+    )
+    if dry_run:
+        console.print(f"would discard {summary}", soft_wrap=True)
+        return
+    if not yes:
+        console.print(f"discard {summary}?", soft_wrap=True)
+        try:
+            confirmed = typer.confirm("Delete them from the spool and the database", default=False)
+        except typer.Abort:  # no answer (stdin closed)
+            confirmed = False
+        if not confirmed:
+            fail("not confirmed: nothing deleted (--yes confirms without asking)")
+    with reported_errors():
+        result = discard_job_series(
+            db, Spool(settings.node.data_path / "spool"), job_id, admin_user()
+        )
+    console.print(
+        f"discarded series={shown(result.series_uid)}: job(s) "
+        f"{', '.join(map(str, result.job_ids))}, {result.instances} instance(s)",
+        soft_wrap=True,
+    )

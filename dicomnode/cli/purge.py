@@ -14,6 +14,7 @@ from dicomnode.cli.common import (
     reported_errors,
     settings_from,
 )
+from dicomnode.cli.jobs import admin_user
 from dicomnode.cli.safe_text import shown
 
 
@@ -55,7 +56,9 @@ def purge(
                 console.print(f"would purge series={shown(series_uid)}")
             console.print(f"{len(due)} series delivered more than {keep:g} days ago")
             return
-        purged = purge_delivered(settings, db, Spool(settings.node.data_path / "spool"))
+        purged = purge_delivered(
+            settings, db, Spool(settings.node.data_path / "spool"), user=admin_user()
+        )
     if as_json:
         series = [
             {

@@ -2,13 +2,12 @@
 
 import dataclasses
 import os
-import signal
-import threading
 from typing import Annotated
 
 import typer
 
 from dicomnode.cli.common import ConfigOption, configure_logging, reported_errors, settings_from
+from dicomnode.cli.stopping import StopSignals, run_until_stopped
 
 
 def serve(
@@ -22,19 +21,21 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Receive, queue and forward until stopped (Ctrl-C or SIGTERM stop it cleanly)."""
+    """Receive, queue and forward until stopped.
+
+    Ctrl-C or SIGTERM stops cleanly (waiting up to node.stop_timeout_seconds for the work in
+    progress); a second one exits at once.
+    """
     # Received instances are patient data: files 0640, folders 0750, whatever the login's umask.
     os.umask(0o027)
     settings = settings_from(config)
     if shared_data_dir:
         node_settings = dataclasses.replace(settings.node, shared_data_dir=True)
         settings = dataclasses.replace(settings, node=node_settings)
-    configure_logging(settings.logging.level)
+    configure_logging(settings.logging.level, settings.logging.third_party_level)
     from dicomnode.node import Node  # heavy imports only for the command that needs them
 
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    signals = StopSignals()
     with reported_errors():
         node = Node(settings)
         try:
@@ -42,5 +43,4 @@ def serve(
         except BaseException:
             node.stop()  # what did start (the receiver, the lock) ends; no "node stopped" line
             raise
-    stop.wait()
-    node.stop()
+    run_until_stopped(node, settings, signals)

@@ -79,11 +79,38 @@ class Job(Base):
     # JSON: what the last processing attempt did (device, model, timings, metrics per method).
     details: Mapped[str | None] = mapped_column(Text, default=None)
     released: Mapped[bool] = mapped_column(default=False)  # an admin overrode a QA hold
+    # `status.Replay`: the next attempt sends from the outbox instead of processing (release,
+    # resend); None: process as usual.
+    replay: Mapped[str | None] = mapped_column(String(16), default=None)
+    # JSON: what the last processing attempt held back and sent unenhanced (a derived job), so
+    # a release or resend sends exactly that again: {"held": [series UIDs], "unenhanced": [SOPs]}.
+    outputs: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class JobEvent(Base):
+    """A job's history: each attempt's outcome and each admin action (kept across retries).
+
+    Admin actions are written by the CLI, a process of its own; the node logs them (and sets
+    `logged`), so they appear in the node's log beside the attempts they caused. No foreign
+    key: the record of a `jobs discard` outlives the job it removed.
+    """
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16))  # `history.EventKind`
+    attempt: Mapped[int | None] = mapped_column(Integer, default=None)
+    status: Mapped[str | None] = mapped_column(String(16), default=None)  # the job's state after
+    detail: Mapped[str | None] = mapped_column(Text, default=None)  # the error, or what was done
+    user: Mapped[str | None] = mapped_column(String(64), default=None)  # who, for admin actions
+    logged: Mapped[bool] = mapped_column(default=True, index=True)
 
 
 class JobInstance(Base):

@@ -30,6 +30,7 @@ import numpy as np
 
 from dicomnode.errors import DicomNodeError
 from dicomnode.imaging.degrade import resample
+from dicomnode.imaging.native_log import native_stderr_filtered, tf_min_log_level
 
 if TYPE_CHECKING:
     import keras
@@ -53,9 +54,12 @@ def import_tensorflow() -> Any:
     """Import TensorFlow on first use, with oneDNN kernels on (2x faster convolutions on CPU)."""
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    # The C++ lines printed while TensorFlow loads ignore the level: see native_log.
+    with native_stderr_filtered(tf_min_log_level()):
+        import tensorflow as tf
 
-    for gpu in tf.config.list_physical_devices("GPU"):
+        gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
         # RuntimeError: the device is already initialised, so growth was set by an earlier call.
         with contextlib.suppress(RuntimeError):
             tf.config.experimental.set_memory_growth(gpu, True)

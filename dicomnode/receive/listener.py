@@ -44,6 +44,13 @@ class AssociationListener(ThreadedAssociationServer):
     block_on_close = False
     _screening: Counter[str]
     _screening_lock: threading.Lock
+    # Set by shutdown(): a connection still being screened then gets no association (the node
+    # waits for the associations in progress, and must not get new ones while it stops).
+    closing = False
+
+    def shutdown(self) -> None:
+        self.closing = True
+        super().shutdown()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         assert self.socket is not None
@@ -106,6 +113,10 @@ class AssociationListener(ThreadedAssociationServer):
                 log.warning("TLS handshake failed address=%s:%s: %s", host, port, describe(exc))
             else:
                 log.info("connection dropped before any request address=%s:%s: %s", host, port, exc)
+            self.shutdown_request(sock)
+            return
+        if self.closing:
+            log.info("connection dropped: the node is stopping address=%s:%s", host, port)
             self.shutdown_request(sock)
             return
         # Counted as an association from here on (pynetdicom's active_associations).

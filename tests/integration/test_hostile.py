@@ -39,7 +39,7 @@ MAX_INSTANCE_MB = 5
 MAX_ASSOCIATIONS = 3
 OVERHEAD_MB = 40
 DEFLATED = "1.2.840.10008.1.2.1.99"
-_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \S+ ")
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z [A-Z]+ \S+ ")
 
 
 def _kib(pid: int, field: str) -> int:

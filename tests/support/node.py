@@ -89,10 +89,14 @@ class NodeProcess:
         self.log_path = workdir / "node.log"
         self._process: subprocess.Popen[bytes] | None = None
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run a `dicomnode` admin command against this node's config."""
+    def cli(
+        self, *args: str, check: bool = True, answer: str = ""
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a `dicomnode` admin command against this node's config; `answer` is its stdin
+        (what an admin types at a confirmation prompt; nothing: end of input)."""
         result = subprocess.run(
             [sys.executable, "-m", "dicomnode", *args, "--config", str(self.config_path)],
+            input=answer,
             capture_output=True,
             text=True,
             timeout=60,
@@ -133,6 +137,30 @@ class NodeProcess:
             code = self._process.wait()
         self._process = None
         return code
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` (SIGINT is what Ctrl-C sends) without waiting."""
+        assert self._process is not None, "the node is not running"
+        self._process.send_signal(signum)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        """The exit code once the process ends by itself (after `signal`)."""
+        assert self._process is not None, "the node is not running"
+        code = self._process.wait(timeout=timeout)
+        self._process = None
+        return code
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> str:
+        """The first log line containing `text`, once it is written."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = [line for line in self.log().splitlines() if text in line]
+            if lines:
+                return lines[0]
+            time.sleep(0.1)
+        raise AssertionError(
+            f"no log line with {text!r}\n--- node log tail ---\n{self.log()[-4000:]}"
+        )
 
     def kill(self) -> None:
         """SIGKILL: no clean-up of any kind, as in a crash or a power cut of the process."""

@@ -115,6 +115,11 @@ class Orthanc:
     def instance_ids(self) -> list[str]:
         return self.get("/instances").json()
 
+    def delete_instances(self) -> None:
+        """Forget everything stored (to see what is sent next)."""
+        for orthanc_id in self.instance_ids():
+            requests.delete(f"{self.url}/instances/{orthanc_id}", timeout=30).raise_for_status()
+
     def sop_instance_uids(self) -> list[str]:
         """One entry per stored instance (a UID stored twice would appear twice)."""
         instances = self.get("/instances?expand").json()
