@@ -36,7 +36,7 @@ def test_an_older_database_gets_the_history_table_and_the_replay_columns(tmp_pat
     finish_attempt(upgraded, job_id, "w", ONE_ATTEMPT, error="model file not found")
     retry_job(upgraded, job_id, "alice")
     claim_next_job(upgraded, "w2", 60, part=JobPart.ORIGINALS)
-    finish_attempt(upgraded, job_id, "w2", ONE_ATTEMPT)
+    finish_attempt(upgraded, job_id, "w2", ONE_ATTEMPT, receive_only=True)  # no destinations
 
     job = get_job(upgraded, job_id)
     assert job is not None and job.status == "done" and job.error is None
