@@ -1,8 +1,10 @@
 """Settings: the TOML file, `DICOMNODE_<SECTION>_<KEY>` overrides, validated once at start.
 
-This is the only module that reads settings files or the environment. Every operational number
-(timeouts, retry policy, limits) is a named setting here with a documented default, so
-`dicomnode config show` can print the effective value of each.
+This is the only module that reads settings files or the environment (with its two helpers:
+`config_env` checks the DICOMNODE_* variables, `config_paths` reads a file's relative paths
+against its folder). Every operational number (timeouts, retry policy, limits) is a named
+setting here with a documented default, so `dicomnode config show` can print the effective value
+of each.
 """
 
 import dataclasses
@@ -16,12 +18,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dicomnode.config_env import (
+    DESTINATIONS_VAR,
+    PEERS_VAR,
+    TABLE_VARS,
+    naming_the_variable,
+    read_env_overrides,
+)
+from dicomnode.config_paths import anchored_paths
 from dicomnode.errors import ConfigError
 from dicomnode.registry import METHODS
 
 CONFIG_ENV_VAR = "DICOMNODE_CONFIG"
 DEFAULT_CONFIG_PATH = Path("config/dicomnode.toml")
-ENV_PREFIX = "DICOMNODE_"
+# The DICOMNODE_* variables that are not settings; any other one must name a setting.
+NOT_SETTING_ENV_VARS = (CONFIG_ENV_VAR,)
+# Prefixes kept for hooks outside the settings (the test suite's injected methods read
+# DICOMNODE_TEST_SLOW_SECONDS): never settings, never refused.
+RESERVED_ENV_PREFIXES = ("DICOMNODE_TEST_",)
 
 # PS3.5 6.2: an AE title is 1..16 characters of the default repertoire, no backslash or control
 # characters; leading/trailing spaces are not significant.
@@ -30,7 +44,7 @@ _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
 def _check(condition: bool, key: str, rule: str) -> None:
     if not condition:
-        raise ConfigError(f"setting {key}: {rule}")
+        raise ConfigError(f"setting {key}: {rule}", setting=key)
 
 
 def _check_ae_title(value: str, key: str) -> None:
@@ -81,9 +95,17 @@ class NodeSettings:
     tls_private_key: str = ""
     tls_ca_certificates: str = ""  # PEM bundle that signs the callers' certificates
     tls_require_client_certificate: bool = False
+    # No destinations on purpose: jobs end done (retention purges them), not stored.
+    receive_only: bool = False
+    # Let several listeners share data_dir (a shared spool); off: a second one is refused.
+    shared_data_dir: bool = False
+    # SIGINT/SIGTERM: how long a stop waits for associations, jobs and deliveries in progress
+    # before it exits anyway (a second signal exits at once).
+    stop_timeout_seconds: float = 60.0
 
     def validate(self) -> None:
         _check_ae_title(self.ae_title, "node.ae_title")
+        _check(self.stop_timeout_seconds > 0, "node.stop_timeout_seconds", "must be > 0")
         _check_port(self.port, "node.port")
         _check(self.data_dir != "", "node.data_dir", "must not be empty")
         for aet in self.allowed_calling_aets:
@@ -162,9 +184,13 @@ class CompletionSettings:
     """When a series counts as complete and becomes a job."""
 
     series_quiet_seconds: float = 30.0
+    # A series whose sender released its association (A-RELEASE) after the last instance is
+    # complete after this much quiet: the sender said it is done. 0: always series_quiet_seconds.
+    release_quiet_seconds: float = 2.0
 
     def validate(self) -> None:
         _check(self.series_quiet_seconds > 0, "completion.series_quiet_seconds", "must be > 0")
+        _check(self.release_quiet_seconds >= 0, "completion.release_quiet_seconds", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -221,8 +247,26 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """The operator's HTTP endpoint: /metrics (Prometheus text), /healthz and /readyz."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus on another host scrape it
+    port: int = 9112
+    check_timeout_seconds: float = 5.0  # /readyz answers 503 when its checks take longer
+
+    def validate(self) -> None:
+        _check(self.host != "", "http.host", "must not be empty")
+        _check_port(self.port, "http.port")
+        _check(self.check_timeout_seconds > 0, "http.check_timeout_seconds", "must be > 0")
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Every other library's loggers (pynetdicom, highdicom, TensorFlow, ...); INFO or DEBUG also
+    # lets TensorFlow's C++ core speak (unless TF_CPP_MIN_LOG_LEVEL is set).
+    third_party_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
     def validate(self) -> None:
         pass
@@ -241,6 +285,10 @@ class Destination:
     tls_certificate: str = ""  # our client certificate, for peers that require one
     tls_private_key: str = ""
     tls_server_name: str = ""  # the name the peer's certificate must carry; empty: host
+    # Storage Commitment (PS3.4 Annex J): the delivery is done only once the peer confirmed
+    # that it keeps every instance sent, within commitment_timeout_seconds of the request.
+    storage_commitment: bool = False
+    commitment_timeout_seconds: float = 60.0
 
     @property
     def server_name(self) -> str:
@@ -255,6 +303,11 @@ class Destination:
         _check_ae_title(self.ae_title, f"{key}.ae_title")
         _check(self.host != "", f"{key}.host", "must not be empty")
         _check_port(self.port, f"{key}.port")
+        _check(
+            self.commitment_timeout_seconds > 0,
+            f"{key}.commitment_timeout_seconds",
+            "must be > 0 seconds",
+        )
         _check_key_pair(self.tls_certificate, self.tls_private_key, f"{key}.")
         _check_file(self.tls_ca_certificates, f"{key}.tls_ca_certificates")
         if not self.tls:
@@ -268,6 +321,21 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class Peer:
+    """A caller we may have to call back: where to send its Storage Commitment reports when
+    the association that asked is closed (PS3.4 J.3.3), found by its calling AE title."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def validate(self, key: str) -> None:
+        _check_ae_title(self.ae_title, f"{key}.ae_title")
+        _check(self.host != "", f"{key}.host", "must not be empty")
+        _check_port(self.port, f"{key}.port")
+
+
+@dataclass(frozen=True)
 class EnhanceSettings:
     """What a job does to a series before forwarding it (each method gives a derived series)."""
 
@@ -278,6 +346,7 @@ class EnhanceSettings:
     forward_unenhanced: bool = True
     qa_action: Literal["flag", "hold", "fail"] = "hold"
     self_check: bool = True
+    self_check_images: int = 16  # per series, spread evenly; 0: every image
     uid_root: str = ""  # empty: 2.25.<integer> UIDs, else e.g. "1.2.826.0.1.3680043.10.123."
     model_dir: str = ""  # empty: the models/ folder shipped with dicomnode
     srcnn_series_offset: int = 1000
@@ -301,6 +370,7 @@ class EnhanceSettings:
             )
         _check(len(set(self.methods)) == len(self.methods), "enhance.methods", "has duplicates")
         _check(self.scale in (1, 2, 3, 4), "enhance.scale", "must be 1, 2, 3 or 4")
+        _check(self.self_check_images >= 0, "enhance.self_check_images", "must be >= 0")
         _check(
             self.uid_root == ""
             or (
@@ -368,6 +438,7 @@ _SECTIONS: dict[str, type] = {
     "retry": RetrySettings,
     "retention": RetentionSettings,
     "logging": LoggingSettings,
+    "http": HttpSettings,
     "enhance": EnhanceSettings,
     "baseline": BaselineSettings,
     "qa": QaSettings,
@@ -376,7 +447,8 @@ _SECTIONS: dict[str, type] = {
 
 @dataclass(frozen=True)
 class Settings:
-    """The node's whole configuration; `source` is the file it came from (None: defaults)."""
+    """The node's whole configuration; `source` is the file it came from (None: defaults),
+    `overrides` the environment variable behind each key it set (`node.port`, `destinations`)."""
 
     node: NodeSettings = field(default_factory=NodeSettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
@@ -385,14 +457,21 @@ class Settings:
     retry: RetrySettings = field(default_factory=RetrySettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
     baseline: BaselineSettings = field(default_factory=BaselineSettings)
     qa: QaSettings = field(default_factory=QaSettings)
     destinations: list[Destination] = field(default_factory=list)
     source: Path | None = None
+    overrides: dict[str, str] = field(default_factory=dict)
+    peers: list[Peer] = field(default_factory=list)
 
     def destination(self, name: str) -> Destination | None:
         return next((d for d in self.destinations if d.name == name), None)
+
+    def peer(self, ae_title: str) -> Peer | None:
+        """The `[[peers]]` entry of a calling AE title (spaces are not significant, PS3.5 6.2)."""
+        return next((p for p in self.peers if p.ae_title.strip() == ae_title.strip()), None)
 
     def destination_key(self, destination: Destination) -> str:
         """How errors name a destination's settings: `destinations[0]` as in the file."""
@@ -407,6 +486,7 @@ class Settings:
         data["node"]["data_dir"] = str(self.node.data_path)
         data["node"]["database_url"] = masked_url(self.node.effective_database_url)
         data["destinations"] = [dataclasses.asdict(d) for d in self.destinations]
+        data["peers"] = [dataclasses.asdict(p) for p in self.peers]
         return data
 
 
@@ -443,7 +523,7 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
                 raise ValueError
             number = kind(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"setting {key}: {value!r} is not a number") from None
+            raise ConfigError(f"setting {key}: {value!r} is not a number", setting=key) from None
         _check(kind is float or float(value) == number, key, f"{value!r} is not an integer")
         return number
     _check(isinstance(value, str), key, f"{value!r} is not a string")
@@ -464,20 +544,6 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
         return cls(**coerced)
     except TypeError as exc:
         raise ConfigError(f"section [{section}]: {exc}") from None
-
-
-def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, dict[str, str]], str | None]:
-    """Split `DICOMNODE_<SECTION>_<KEY>` variables by section; DESTINATIONS holds JSON."""
-    overrides: dict[str, dict[str, str]] = {}
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV_VAR:
-            continue
-        rest = name[len(ENV_PREFIX) :].lower()
-        for section in _SECTIONS:
-            if rest.startswith(section + "_"):
-                overrides.setdefault(section, {})[rest[len(section) + 1 :]] = value
-                break
-    return overrides, environ.get(ENV_PREFIX + "DESTINATIONS")
 
 
 def resolve_config_path(
@@ -507,26 +573,55 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
 
     for key in raw:
         _check(
-            key in _SECTIONS or key == "destinations",
+            key in _SECTIONS or key in ("destinations", "peers"),
             key,
-            f"unknown section (known: {', '.join([*_SECTIONS, 'destinations'])})",
+            f"unknown section (known: {', '.join([*_SECTIONS, 'destinations', 'peers'])})",
         )
-    env_sections, env_destinations = _env_overrides(environ)
+    env = read_env_overrides(environ, _SECTIONS, NOT_SETTING_ENV_VARS, RESERVED_ENV_PREFIXES)
+    overrides = dict(env.variables)
+    overrides.update({table: TABLE_VARS[table] for table in env.tables})
+    try:
+        sections = _load_sections(raw, env.sections, path)
+        destinations = _load_destinations(raw, env.tables.get("destinations"), path)
+        peers = _load_peers(raw.get("peers", []), env.tables.get("peers"))
+        _check(
+            not (destinations and sections["node"].receive_only),
+            "node.receive_only",
+            f"is true but {len(destinations)} destination(s) are configured: "
+            "remove the destinations or the setting",
+        )
+    except ConfigError as exc:
+        raise naming_the_variable(exc, overrides) from None
+    return Settings(
+        **sections, destinations=destinations, peers=peers, source=path, overrides=overrides
+    )
 
+
+def _load_sections(
+    raw: dict[str, Any], env_sections: dict[str, dict[str, str]], path: Path | None
+) -> dict[str, Any]:
     sections = {}
     for name, cls in _SECTIONS.items():
         values = raw.get(name, {})
         _check(isinstance(values, dict), name, "must be a table ([" + name + "])")
+        if path is not None:
+            values = anchored_paths(name, values, path)
         section = _build(cls, {**values, **env_sections.get(name, {})}, name)
         section.validate()
         sections[name] = section
+    return sections
 
+
+def _load_destinations(
+    raw: dict[str, Any], env_destinations: str | None, path: Path | None
+) -> list[Destination]:
     dest_values = raw.get("destinations", [])
     if env_destinations is not None:
         try:
             dest_values = json.loads(env_destinations)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"setting DICOMNODE_DESTINATIONS: not valid JSON: {exc}") from None
+            raise ConfigError(f"setting {DESTINATIONS_VAR}: not valid JSON: {exc}") from None
+        path = None  # relative paths in the environment: the working directory
     _check(isinstance(dest_values, list), "destinations", "must be an array of tables")
     destinations = []
     for i, values in enumerate(dest_values):
@@ -534,11 +629,35 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
         _check(isinstance(values, dict), key, "must be a table")
         missing = {"name", "ae_title", "host", "port"} - set(values)
         _check(not missing, key, f"missing {', '.join(sorted(missing))}")
+        if path is not None:
+            values = anchored_paths("destinations", values, path)
         dest = _build(Destination, values, key)
         dest.validate(key)
         destinations.append(dest)
     names = [d.name for d in destinations]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     _check(not duplicated, "destinations", f"names must be unique: {', '.join(duplicated)}")
+    return destinations
 
-    return Settings(**sections, destinations=destinations, source=path)
+
+def _load_peers(values: Any, from_env: str | None) -> list[Peer]:
+    """`[[peers]]` (or DICOMNODE_PEERS as JSON): each calling AE title at most once."""
+    if from_env is not None:
+        try:
+            values = json.loads(from_env)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"setting {PEERS_VAR}: not valid JSON: {exc}") from None
+    _check(isinstance(values, list), "peers", "must be an array of tables")
+    peers = []
+    for i, entry in enumerate(values):
+        key = f"peers[{i}]"
+        _check(isinstance(entry, dict), key, "must be a table")
+        missing = {"ae_title", "host", "port"} - set(entry)
+        _check(not missing, key, f"missing {', '.join(sorted(missing))}")
+        peer = _build(Peer, entry, key)
+        peer.validate(key)
+        peers.append(peer)
+    titles = [p.ae_title.strip() for p in peers]
+    duplicated = sorted({t for t in titles if titles.count(t) > 1})
+    _check(not duplicated, "peers", f"AE titles must be unique: {', '.join(duplicated)}")
+    return peers

@@ -11,11 +11,23 @@ class DicomNodeError(Exception):
 
 
 class ConfigError(DicomNodeError):
-    """A setting is missing, malformed or out of range; the message names the key."""
+    """A setting is missing, malformed or out of range; the message names the key.
+
+    `setting` is that key (`node.port`) when the error is about one, so that the loader can add
+    the environment variable that set it.
+    """
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class SpoolError(DicomNodeError):
     """The spool could not store or find a file (disk full, permissions, bad UID for a path)."""
+
+
+class DiskFull(SpoolError):
+    """Free space in the data directory is below `node.min_free_disk_mb`: stores are refused."""
 
 
 class DecodeError(DicomNodeError):

@@ -3,6 +3,8 @@
 import logging
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -16,13 +18,17 @@ from dicomnode.db.instances import create_jobs_for_quiet_series
 from dicomnode.db.jobs import reclaim_expired_leases
 from dicomnode.dicom.tls import client_tls_args
 from dicomnode.errors import ConfigError
+from dicomnode.forward.associate import unresolvable_hosts
+from dicomnode.observe.endpoint import HttpEndpoint, start_http_endpoint
 from dicomnode.pipeline import JobRunner
+from dicomnode.pipeline.admin_log import log_admin_actions
 from dicomnode.pipeline.delivery import DeliveryQueues
-from dicomnode.pipeline.methods import missing_models
+from dicomnode.pipeline.methods import load_models, missing_models
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.pipeline.runner import job_parts
 from dicomnode.receive import start_receiver
 from dicomnode.spool import Spool
+from dicomnode.spool_lock import DataDirLock, lock_data_dir
 from dicomnode.status import JobPart
 
 log = logging.getLogger(__name__)
@@ -48,25 +54,37 @@ def _guarded(name: str, tick: Callable[[], object]) -> Callable[[], None]:
 class Node:
     """One dicomnode process; `start()` returns once it runs; `stop()` drains and closes.
 
-    `dicomnode serve` (`listen=True`) receives, turns quiet series into jobs and purges the spool;
-    `dicomnode worker` (`listen=False`) does none of that. Both reap lapsed leases and run the
-    job runners their settings ask for: a router for the originals jobs (`worker.router`) and
-    `worker.workers` enhancement workers for the derived jobs. Several processes may share one
-    PostgreSQL database and one spool (README, Scale-out); every tick is safe to run in each.
+    `dicomnode serve` (`listen=True`) locks data_dir, receives, turns complete series into jobs,
+    logs admin actions and purges the spool; `dicomnode worker` (`listen=False`) does none of
+    that. Both reap lapsed leases, serve [http] when enabled, and run the job runners their
+    settings ask for: a router for the originals jobs (`worker.router`) and `worker.workers`
+    enhancement workers for the derived jobs. Several processes may share one PostgreSQL
+    database and one spool (README, Scale-out); every tick is safe to run in each.
     """
 
     def __init__(self, settings: Settings, *, listen: bool = True) -> None:
         self.settings = settings
         self.listen = listen
         data_path = settings.node.data_path
-        data_path.mkdir(parents=True, exist_ok=True)
-        self.spool = Spool(data_path / "spool")
+        try:
+            data_path.mkdir(parents=True, exist_ok=True)
+            self.spool = Spool(data_path / "spool")
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename and exc.filename != str(data_path) else ""
+            raise ConfigError(
+                f"setting node.data_dir: cannot create {data_path}{where}: {exc.strerror or exc}"
+            ) from None
         self.db: Database = open_database(settings.node.effective_database_url)
         self._server: ThreadedAssociationServer | None = None
         self._scheduler: BackgroundScheduler | None = None
+        self._http: HttpEndpoint | None = None
         self._deliveries = DeliveryQueues(settings, self.db)
+        self._lock: DataDirLock | None = None
+        self._started = False
+        self._runners: list[JobRunner] = []
+        self._stopping = threading.Event()  # runners take no new job once it is set
 
-    def _runners(self) -> list[tuple[str, JobPart]]:
+    def _planned_runners(self) -> list[tuple[str, JobPart]]:
         """The runners of this process: one router for the originals (it only hands series to
         the delivery queues, so it is never busy for long) and `workers` workers for the
         enhancement, so the originals of a series never wait for another series' enhancement."""
@@ -94,10 +112,34 @@ class Node:
             client_tls_args(destination, self.settings.destination_key(destination))
 
     def start(self) -> None:
-        runners = self._runners()
+        """Check what would make every job fail, listen, load the models, start the workers.
+
+        Raises ConfigError (the CLI's exit 2) for a data_dir another listener holds, a model
+        that is missing or cannot be loaded, a bad TLS file, a port that cannot be bound, or a
+        worker with nothing to run.
+        """
+        node = self.settings.node
+        runners = self._planned_runners()
+        if self.listen:  # workers share the spool with its listeners: they take no lock
+            self._lock = lock_data_dir(node.data_path, shared=node.shared_data_dir)
         self._check_ready(runners)
+        if self.settings.http.enabled:  # first: /healthz answers while the rest starts
+            listener_up = self.listening if self.listen else None  # a worker: DB and disk
+            self._http = start_http_endpoint(self.settings, self.db, self.spool, listener_up)
         if self.listen:
-            self._server = start_receiver(self.settings, self.spool, self.db)
+            self._warn_about_destinations()
+            try:
+                self._server = start_receiver(self.settings, self.spool, self.db)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {node.host}:{node.port}: {exc.strerror or exc} "
+                    "(setting node.port: another program, or another node, uses it?)"
+                ) from None
+        # The receiver already answers while TensorFlow loads (seconds); what arrives meanwhile
+        # is on disk and in the database, and becomes jobs whenever the node runs. A process
+        # without enhancement workers never needs the models.
+        if self.settings.worker.workers and load_models(self.settings):
+            log.info("models loaded methods=%s", ",".join(self.settings.enhance.methods))
         workers = self.settings.worker
         scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(workers.workers + 4)}, timezone=UTC
@@ -110,16 +152,19 @@ class Node:
             "next_run_time": datetime.now(UTC),
         }
         destinations = [d.name for d in self.settings.destinations]
-        quiet = self.settings.completion.series_quiet_seconds
+        completion = self.settings.completion
+        quiet = completion.series_quiet_seconds
         parts = job_parts(self.settings.enhance)
         if self.listen:  # the processes that receive make the jobs and own the spool's upkeep
             scheduler.add_job(
                 _guarded(
                     "completion",
-                    lambda: create_jobs_for_quiet_series(self.db, quiet, destinations, parts),
+                    lambda: create_jobs_for_quiet_series(
+                        self.db, quiet, destinations, parts, completion.release_quiet_seconds
+                    ),
                 ),
                 id="completion",
-                seconds=min(workers.poll_seconds, quiet),
+                seconds=min(workers.poll_seconds, quiet, completion.release_quiet_seconds or quiet),
                 **every,
             )
         scheduler.add_job(
@@ -132,6 +177,13 @@ class Node:
             **every,
         )
         if self.listen:
+            # Admin actions (`dicomnode jobs ...`) appear in the listeners' log, each once.
+            scheduler.add_job(
+                _guarded("admin-log", lambda: log_admin_actions(self.db)),
+                id="admin-log",
+                seconds=max(1.0, workers.poll_seconds),
+                **every,
+            )
             scheduler.add_job(
                 _guarded("retention", lambda: purge_delivered(self.settings, self.db, self.spool)),
                 id="retention",
@@ -141,8 +193,15 @@ class Node:
         prefix = f"{socket.gethostname()}:{os.getpid()}"
         for name, part in runners:
             runner = JobRunner(
-                self.settings, self.db, self.spool, f"{prefix}:{name}", self._deliveries, part
+                self.settings,
+                self.db,
+                self.spool,
+                f"{prefix}:{name}",
+                self._deliveries,
+                part,
+                stopping=self._stopping,
             )
+            self._runners.append(runner)
             scheduler.add_job(
                 _guarded(name, runner.run_due_jobs),
                 id=name,
@@ -151,35 +210,87 @@ class Node:
             )
         scheduler.start()
         self._scheduler = scheduler
-        if not self.listen:
+        if self.listen:
+            log.info(
+                "node started ae_title=%s port=%d data_dir=%s destinations=%s workers=%d",
+                node.ae_title,
+                node.port,
+                node.data_path,
+                ",".join(destinations) or "(none)",
+                workers.workers,
+            )
+        else:
             log.info(
                 "worker started id=%s data_dir=%s database=%s destinations=%s workers=%d router=%s",
                 prefix,
-                self.settings.node.data_path,
+                node.data_path,
                 masked_url(self.db.url),
                 ",".join(destinations) or "(none)",
                 workers.workers,
                 workers.router,
             )
+        self._started = True
+        for destination, reason in unresolvable_hosts(self.settings.destinations):
+            log.warning(
+                "destination %s: host %s does not resolve (%s); its deliveries fail and are "
+                "retried until it does",
+                destination.name,
+                destination.host,
+                reason,
+            )
+
+    def _warn_about_destinations(self) -> None:
+        if self.settings.destinations:
             return
-        log.info(
-            "node started ae_title=%s port=%d data_dir=%s destinations=%s workers=%d",
-            self.settings.node.ae_title,
-            self.settings.node.port,
-            self.settings.node.data_path,
-            ",".join(destinations) or "(none)",
-            workers.workers,
+        if self.settings.node.receive_only:
+            log.info(
+                "receive only (node.receive_only = true): series are kept, sent nowhere, and "
+                "purged after retention.keep_days"
+            )
+            return
+        log.warning(
+            "NO DESTINATIONS configured: received series are kept and sent nowhere; their jobs "
+            "end 'stored', which retention never purges. Add [[destinations]] (or "
+            "DICOMNODE_DESTINATIONS), or set node.receive_only = true if that is the intent"
         )
 
+    def listening(self) -> bool:
+        """Whether the DICOM listener is up (for /readyz)."""
+        server = self._server
+        return server is not None and server.socket.fileno() != -1
+
+    def in_progress(self) -> tuple[int, int]:
+        """(associations receiving, jobs being processed or forwarded) by this process now."""
+        server = self._server
+        associations = len(server.active_associations) if server is not None else 0
+        jobs = sum(runner.current_job is not None for runner in self._runners)
+        jobs += sum(self._deliveries.jobs_in_flight(part) for part in JobPart)
+        return associations, jobs
+
     def stop(self) -> None:
-        """Stop accepting associations, let running jobs and deliveries finish (deliveries not yet
-        started are queued again for the next start), close the database."""
+        """Stop accepting associations and taking jobs; let the associations, running jobs and
+        deliveries in progress finish (deliveries not yet started are queued again for the next
+        start); close the database. `dicomnode serve` bounds the wait (node.stop_timeout_seconds).
+        """
+        self._stopping.set()
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
         if self._server is not None:
             self._server.shutdown()
+            # No handler may run once the process exits: a store answered Success after the
+            # interpreter began to shut down would be a lie (and a traceback in the log).
+            while self._server.active_associations:
+                time.sleep(0.1)
             self._server = None
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
         self._deliveries.shutdown()
         self.db.dispose()
-        log.info("%s stopped", "node" if self.listen else "worker")
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self._started:
+            log.info("%s stopped", "node" if self.listen else "worker")
+            self._started = False

@@ -10,6 +10,7 @@ the services layer, above this one.
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,8 +25,28 @@ SMOOTHING: Code = ("113087", "DCM", "Smoothing")
 SPATIAL_RESAMPLING: Code = ("113085", "DCM", "Spatial resampling")
 UNSHARP_MASK: Code = ("113089", "DCM", "Unsharp mask")
 
-# The trained models shipped inside the package (`enhance.model_dir` overrides).
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+def shipped_models_dir() -> Path:
+    """The `models/` folder that ships with dicomnode (`enhance.model_dir` overrides it).
+
+    From a checkout (a source tree with its pyproject.toml), the checkout's own `models/`;
+    installed by `pip install .`, the copy in `<prefix>/share/dicomnode/models` (pyproject's
+    data-files), found through the distribution's file list so any install prefix works.
+    """
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "models").is_dir():
+        return checkout / "models"
+    try:
+        files = metadata.distribution("dicomnode").files or []
+    except metadata.PackageNotFoundError:
+        files = []
+    for file in files:
+        if file.parts[-3:-1] == ("dicomnode", "models"):  # share/dicomnode/models/<file>
+            return Path(file.locate()).resolve().parent
+    return checkout / "models"  # neither: errors about a missing model name this folder
+
+
+MODELS_DIR = shipped_models_dir()
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,11 @@ def validate_uid(value: object, what: str) -> str:
     return text
 
 
+def listener_lock_path(data_path: Path) -> Path:
+    """The file a listener locks in `data_dir`, so that a second one is refused (spool_lock)."""
+    return data_path / "dicomnode.lock"
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -84,6 +89,18 @@ class Spool:
         target = self.outbox_dir / str(int(job_id))
         self._forget_dirs(target)  # the directories go: forget that they were made durable
         shutil.rmtree(target, ignore_errors=True)
+
+    def outbox_series(self, job_id: int) -> dict[str, list[Path]]:
+        """A job's outputs in the outbox, by series UID (what a release or resend sends again)."""
+        top = self.outbox_dir / str(int(job_id))
+        if not top.is_dir():
+            return {}
+        return {d.name: sorted(d.glob("*.dcm")) for d in sorted(top.iterdir()) if d.is_dir()}
+
+    @staticmethod
+    def outbox_series_uid(path: Path) -> str:
+        """The series UID of an output file in the outbox (its folder's name)."""
+        return path.parent.name
 
     def _forget_dirs(self, top: Path) -> None:
         with self._lock:

@@ -18,6 +18,9 @@ class JobStatus(enum.StrEnum):
     DEAD = "dead"  # gave up; inputs kept; `dicomnode jobs retry` revives it
     CANCELLED = "cancelled"
     HELD = "held"  # QA held the derived series back; `dicomnode jobs release` sends them
+    # Received and kept, sent nowhere: no destination was configured (and node.receive_only is
+    # off). Retention never purges it: the node that lost its destinations must not lose data.
+    STORED = "stored"
 
 
 # A worker holds these under a lease; every other state is at rest.
@@ -39,3 +42,10 @@ class DeliveryStatus(enum.StrEnum):
     DONE = "done"
     FAILED = "failed"  # transient: tried again with the job
     DEAD = "dead"  # permanent, or out of attempts
+
+
+class Replay(enum.StrEnum):
+    """What a job's next attempt sends again from its last one, instead of processing anew."""
+
+    HELD = "held"  # `jobs release`: only the derived series QA held back
+    SENT = "sent"  # `jobs resend`: what the job delivered (originals, or derived series + SR)

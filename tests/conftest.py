@@ -94,13 +94,17 @@ def node_factory(tmp_path: Path, database_url: str) -> Iterator:  # type: ignore
     """Build node processes (started by the test); all are stopped at teardown."""
     nodes: list[NodeProcess] = []
 
-    def make(destinations: list[dict[str, object]], **overrides: dict[str, object]) -> NodeProcess:
+    def make(
+        destinations: list[dict[str, object]],
+        peers: list[dict[str, object]] | None = None,
+        **overrides: dict[str, object],
+    ) -> NodeProcess:
         if database_url:
             overrides = {
                 **overrides,
                 "node": {"database_url": database_url, **overrides.get("node", {})},
             }
-        node = NodeProcess(tmp_path / f"node{len(nodes)}", destinations, overrides)
+        node = NodeProcess(tmp_path / f"node{len(nodes)}", destinations, overrides, peers)
         nodes.append(node)
         return node
 
@@ -111,5 +115,5 @@ def node_factory(tmp_path: Path, database_url: str) -> Iterator:  # type: ignore
 
 @pytest.fixture
 def ct_series(tmp_path: Path) -> list[Path]:
-    """A 12-instance CT series of real pixels (one of the shared test slices, varied)."""
+    """A 12-instance CT series of real pixels (the CT slice in tests/data, varied)."""
     return write_ct_series(tmp_path / "ct-series", 12)

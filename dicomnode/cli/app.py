@@ -7,7 +7,8 @@ pynetdicom, later TensorFlow) are imported inside the commands, so `--help` is i
 import typer
 
 from dicomnode import __version__
-from dicomnode.cli import config_cmd, jobs
+from dicomnode.cli import common, config_cmd, jobs
+from dicomnode.cli.common import WideOption
 from dicomnode.cli.doctor import doctor
 from dicomnode.cli.echo import echo
 from dicomnode.cli.enhance import enhance
@@ -37,8 +38,12 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    wide: WideOption = False,
+    debug: bool = typer.Option(
+        False, "--debug", help="On a failure, print the traceback too (for a bug report)."
+    ),
 ) -> None:
-    pass
+    common.debug = debug
 
 
 app.command()(serve)
@@ -54,4 +59,10 @@ app.add_typer(config_cmd.app, name="config")
 
 
 def main() -> None:
-    app()
+    # A last net for errors a command did not map itself (an OS error in the middle of a
+    # listing): one line and the documented exit code here too, the traceback with --debug.
+    try:
+        with common.reported_errors():
+            app()
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None

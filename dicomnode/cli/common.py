@@ -1,21 +1,23 @@
-"""What every command shares: the --config option, loading settings, mapping errors to exits."""
+"""What every command shares: the --config option, loading settings, mapping errors to exits,
+the consoles (full width when read by a script) and the database as admin commands open it."""
 
-import logging
-import signal
-import ssl
-import sys
-import threading
+import json
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 
-from dicomnode.cli.safe_text import install_log_filter, shown
+from dicomnode.cli.logs import configure_logging as configure_logging  # every command's log
+from dicomnode.cli.safe_text import shown
 from dicomnode.config import Settings, load_settings
 from dicomnode.errors import ConfigError, DicomNodeError
+
+if TYPE_CHECKING:
+    from dicomnode.db import Database
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -30,8 +32,49 @@ ConfigOption = Annotated[
     ),
 ]
 
+JsonOption = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+
+# Wide enough for any value on one line: a script reading our output gets whole UIDs, paths and
+# errors, never a column cut to 80 characters with an ellipsis or a value wrapped in two.
+_WIDE = 100_000
+
 console = Console()
 error_console = Console(stderr=True)
+
+
+def make_wide(wide: bool = True) -> bool:
+    """Print every value whole (`--wide`); stdout or stderr that is not a terminal always is."""
+    for each in (console, error_console):
+        if wide or not each.is_terminal:
+            each.width = _WIDE
+    return wide
+
+
+make_wide(False)
+
+
+def is_wide() -> bool:
+    """Whether stdout shows values whole (so a listing need not shorten its long columns)."""
+    return console.width >= _WIDE
+
+
+WideOption = Annotated[
+    bool,
+    typer.Option(
+        "--wide",
+        callback=make_wide,
+        help="Never shorten or wrap values (always so when the output is not a terminal).",
+    ),
+]
+
+
+def print_json(data: Any) -> None:
+    """What `--json` prints: one indented document on stdout."""
+    print(json.dumps(data, indent=2))
+
+
+# `dicomnode --debug ...`: a failure also prints its traceback (set by the root callback).
+debug = False
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -39,15 +82,24 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _os_error(exc: OSError) -> str:
+    """An OS error as one line naming the file: "cannot write /x/y: Permission denied"."""
+    what = f" {exc.filename}" if exc.filename else ""
+    return f"operating system error{what}: {exc.strerror or exc}"
+
+
 @contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn our errors into one readable line and the documented exit code."""
+    """Turn our errors, and the operating system's, into one readable line and the documented
+    exit code; with --debug the traceback comes first."""
     try:
         yield
-    except ConfigError as exc:
-        fail(str(exc), EXIT_USAGE)
-    except DicomNodeError as exc:
-        fail(str(exc))
+    except (DicomNodeError, OSError) as exc:
+        if debug:
+            traceback.print_exc()
+        if isinstance(exc, ConfigError):
+            fail(str(exc), EXIT_USAGE)
+        fail(_os_error(exc) if isinstance(exc, OSError) else str(exc))
 
 
 def settings_from(config: Path | None) -> Settings:
@@ -55,41 +107,12 @@ def settings_from(config: Path | None) -> Settings:
         return load_settings(config)
 
 
-def _drop_tls_tracebacks(record: logging.LogRecord) -> bool:
-    # pynetdicom logs a failed client handshake twice, once with a traceback; the reason is in
-    # its other line and in our delivery error, which names the destination.
-    return not (record.exc_info and isinstance(record.exc_info[1], ssl.SSLError))
+def node_database(settings: Settings, *, read_only: bool) -> "Database":
+    """The node's database for an admin command. Never created here (only `serve` does): a
+    missing one is "no database at ..." (exit 2); `read_only` commands cannot write to it."""
+    from dicomnode.db import open_database
 
-
-def configure_logging(level: str) -> None:
-    """One line per event on stderr: time, level, logger, message (fields as key=value).
-
-    Every record, ours and the libraries', has its control characters escaped (a newline in a
-    UID cannot forge a line), and Python warnings (pydicom's) become log records too.
-    """
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    install_log_filter()
-    logging.captureWarnings(True)
-    # pynetdicom narrates every PDU at INFO; an operator wants our lines, and its problems.
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))
-    logging.getLogger("pynetdicom.transport").addFilter(_drop_tls_tracebacks)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.getLogger("pylibjpeg").setLevel(logging.WARNING)
-    # pydicom logs a decoder failure with a traceback but without saying which instance; ours
-    # says it (ImageDeclined names the SOP Instance UID and lands in the job's details).
-    # pydicom sets its logger's level when first imported, so import it before overriding.
-    import pydicom.config  # noqa: F401
-
-    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
-
-
-def wait_for_stop_signal() -> None:
-    """Block until SIGINT (Ctrl-C) or SIGTERM: a long-running command then stops cleanly."""
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+    with reported_errors():
+        return open_database(
+            settings.node.effective_database_url, create=False, read_only=read_only
+        )

@@ -1,11 +1,12 @@
 """`dicomnode config show`: the effective settings, after the file and the environment."""
 
 import json
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
-from dicomnode.cli.common import ConfigOption, console, settings_from
+from dicomnode.cli.common import ConfigOption, JsonOption, console, print_json, settings_from
+from dicomnode.config import Settings
 
 app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 
@@ -18,28 +19,45 @@ def _toml_value(value: Any) -> str:
     return json.dumps(value)  # TOML basic strings and arrays of them share JSON's syntax
 
 
+def _source_line(settings: Settings) -> str:
+    source = str(settings.source) if settings.source else "built-in defaults"
+    variables = sorted(set(settings.overrides.values()))
+    if variables:
+        source += f" + environment ({', '.join(variables)})"
+    return f"# source: {source}"
+
+
+def _from(variable: str | None) -> str:
+    """The comment that says which environment variable set a value (none: file or default)."""
+    return f"  # from {variable}" if variable else ""
+
+
 @app.command("show")
 def show(
     config: ConfigOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Print the effective configuration (file, then DICOMNODE_* overrides, then defaults)."""
+    """Print the effective configuration (file, then DICOMNODE_* overrides, then defaults).
+
+    Each value an environment variable set says which one; database passwords show as ***.
+    """
     settings = settings_from(config)
     data = settings.as_dict()
     if as_json:
-        print(
-            json.dumps(
-                {"source": str(settings.source) if settings.source else None, **data}, indent=2
-            )
-        )
+        source = str(settings.source) if settings.source else None
+        print_json({"source": source, "overrides": settings.overrides, **data})
         return
-    lines = [f"# source: {settings.source or 'built-in defaults'}"]
+    lines = [_source_line(settings)]
     for section, values in data.items():
-        if section == "destinations":
+        if section in ("destinations", "peers"):
             continue
         lines.append(f"\n[{section}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-    for destination in data["destinations"]:
-        lines.append("\n[[destinations]]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in destination.items()]
+        lines += [
+            f"{key} = {_toml_value(value)}" + _from(settings.overrides.get(f"{section}.{key}"))
+            for key, value in values.items()
+        ]
+    for table in ("destinations", "peers"):
+        for entry in data[table]:
+            lines.append(f"\n[[{table}]]" + _from(settings.overrides.get(table)))
+            lines += [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
     console.print("\n".join(lines), highlight=False, markup=False)

@@ -1,12 +1,20 @@
 """`dicomnode doctor`: check that the spool and the database agree; `--repair` what is safe."""
 
 import dataclasses
-import json
 from typing import Annotated
 
 import typer
 
-from dicomnode.cli.common import ConfigOption, console, reported_errors, settings_from
+from dicomnode.cli.common import (
+    ConfigOption,
+    JsonOption,
+    WideOption,
+    console,
+    node_database,
+    print_json,
+    reported_errors,
+    settings_from,
+)
 from dicomnode.cli.safe_text import shown
 
 
@@ -17,21 +25,22 @@ def doctor(
     min_age: Annotated[
         float, typer.Option(help="Ignore files younger than this many seconds (in flight).")
     ] = 60.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    as_json: JsonOption = False,
+    wide: WideOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Report spool files without rows, rows without files, stale temp files, outboxes of
     unknown jobs and low disk; --repair indexes, quarantines (not DICOM) and removes what is safe.
 
-    Exit 0 when nothing is left to fix, 1 otherwise (missing files always need a resend).
+    Exit 0 when nothing is left to fix, 1 otherwise (missing files always need a resend), 2 when
+    there is no database where the settings say (without --repair it is only read).
     """
     settings = settings_from(config)
-    from dicomnode.db import open_database
     from dicomnode.pipeline.doctor import examine
     from dicomnode.spool import Spool
 
+    db = node_database(settings, read_only=not repair)
     with reported_errors():
-        db = open_database(settings.node.effective_database_url)
         spool = Spool(settings.node.data_path / "spool")
         report = examine(
             db,
@@ -43,7 +52,7 @@ def doctor(
         )
     if as_json:
         summary = {"problems_left": report.problems_left, "disk_low": report.disk_low}
-        print(json.dumps({**dataclasses.asdict(report), **summary}))
+        print_json({**dataclasses.asdict(report), **summary})
     else:
         console.print(
             f"orphan files: {len(report.orphan_files)} (indexed {len(report.indexed)}, "

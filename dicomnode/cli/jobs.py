@@ -1,6 +1,10 @@
-"""`dicomnode jobs ...`: list, show, retry and cancel jobs in the node's database."""
+"""`dicomnode jobs ...`: list and show jobs; retry, release, cancel, resend and discard them.
 
-import json
+Every action is written to the job's history with the login that ran it; the node logs it.
+"""
+
+import os
+import pwd
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -8,8 +12,13 @@ from rich.table import Table
 
 from dicomnode.cli.common import (
     ConfigOption,
+    JsonOption,
+    WideOption,
     console,
     fail,
+    is_wide,
+    node_database,
+    print_json,
     reported_errors,
     settings_from,
 )
@@ -23,28 +32,38 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Inspect and steer jobs.", no_args_is_help=True)
 
-JsonOption = Annotated[bool, typer.Option("--json", help="One JSON document.")]
 _STATUS_STYLE = {
     "done": "green",
     "failed": "yellow",
     "dead": "bold red",
     "cancelled": "dim",
     "held": "magenta",
+    "stored": "cyan",  # kept, sent nowhere
     "ok": "green",
     "warn": "yellow",
     "fail": "bold red",
 }
 
 
-def _database(settings: Settings) -> "Database":
-    from dicomnode.db import open_database
+def admin_user() -> str:
+    """The login running this command (recorded with each admin action)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (a container)
+        return f"uid {os.getuid()}"
 
-    with reported_errors():
-        return open_database(settings.node.effective_database_url)
+
+def _database(settings: Settings, *, read_only: bool = False) -> "Database":
+    return node_database(settings, read_only=read_only)
 
 
 def _deliveries(job: "JobRecord") -> str:
     return shown(", ".join(f"{d.destination}:{d.status}" for d in job.deliveries) or "-")
+
+
+def _error_cell(error: str) -> str:
+    """An error in the listing: whole for a script (or --wide), its start in a terminal."""
+    return error if is_wide() else error[:60]
 
 
 def _status(status: str) -> str:
@@ -61,14 +80,15 @@ def list_(
     ] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
     as_json: JsonOption = False,
+    wide: WideOption = False,
     config: ConfigOption = None,
 ) -> None:
     """List jobs, newest first."""
     from dicomnode.db.jobs import list_jobs
 
-    jobs = list_jobs(_database(settings_from(config)), status, limit)
+    jobs = list_jobs(_database(settings_from(config), read_only=True), status, limit)
     if as_json:
-        print(json.dumps({"jobs": [job.as_dict() for job in jobs]}, indent=2))
+        print_json({"jobs": [job.as_dict() for job in jobs]})
         return
     table = Table(
         "id",
@@ -92,7 +112,7 @@ def list_(
             shown(job.series_uid),
             _deliveries(job),
             job.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
-            shown((job.error or "")[:60]),
+            shown(_error_cell(job.error or "")),
         )
     console.print(table)
 
@@ -131,6 +151,7 @@ def _print_job(job: "JobRecord", siblings: "list[JobRecord]") -> None:
             shown(d["error"] or ""),
         )
     console.print(deliveries)
+    _print_history(data["history"])
     if job.details:
         from dicomnode.imaging.outcome import SeriesOutcome
 
@@ -140,6 +161,23 @@ def _print_job(job: "JobRecord", siblings: "list[JobRecord]") -> None:
             "other jobs of this series: "
             + ", ".join(f"{s.id} ({shown(s.part)}: {_status(s.status)})" for s in siblings)
         )
+
+
+def _print_history(history: list[dict[str, object]]) -> None:
+    """Every attempt and admin action, oldest first (the error of each attempt is kept)."""
+    if not history:
+        return
+    table = Table("at (UTC)", "event", "attempt", "status", "by", "detail", title="history")
+    for event in history:
+        table.add_row(
+            shown(event["at"]),
+            shown(event["kind"]),
+            shown(event["attempt"] or ""),
+            _status(str(event["status"] or "")),
+            shown(event["user"] or ""),
+            shown(event["detail"] or ""),
+        )
+    console.print(table)
 
 
 def _print_details(outcome: "SeriesOutcome") -> None:
@@ -152,13 +190,12 @@ def _print_details(outcome: "SeriesOutcome") -> None:
         "images",
         "PSNR dB",
         "SSIM",
-        "self-check dB",
+        "self-check vs bicubic",
         "QA",
         "seconds",
         title="derived series (metrics vs source)",
     )
     for m in outcome.methods:
-        gain = m.self_check_gain_mean_db
         table.add_row(
             shown(m.method),
             shown(m.version),
@@ -166,7 +203,7 @@ def _print_details(outcome: "SeriesOutcome") -> None:
             str(len(m.images)),
             "-" if m.psnr_mean_db is None else f"{m.psnr_mean_db:.2f}",
             f"{m.ssim_mean:.4f}",
-            "-" if gain is None else f"{gain:+.2f}",
+            m.self_check_text,
             _status(m.qa),
             f"{m.timings.total_s:.1f}",
         )
@@ -180,20 +217,42 @@ def _print_details(outcome: "SeriesOutcome") -> None:
 def show(
     job_id: Annotated[int, typer.Argument(metavar="ID")],
     as_json: JsonOption = False,
+    wide: WideOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Show one job with its deliveries."""
+    """Show one job with its deliveries (and, with storage commitment, what each destination
+    confirmed keeping: committed, failed and pending instances)."""
+    from dicomnode.db.commitments import commitment_counts
     from dicomnode.db.jobs import get_job, list_jobs
 
-    db = _database(settings_from(config))
+    db = _database(settings_from(config), read_only=True)
     job = get_job(db, job_id)
     if job is None:
         fail(f"job {job_id} does not exist")
+    commitments = commitment_counts(db, job.id)
     if as_json:
-        print(json.dumps(job.as_dict(), indent=2))
+        data = job.as_dict()
+        for delivery in data["deliveries"]:
+            delivery["commitment"] = commitments.get(delivery["destination"])
+        print_json(data)
     else:
         siblings = [s for s in list_jobs(db, series_uid=job.series_uid) if s.id != job.id]
         _print_job(job, siblings)
+        _print_commitments(commitments)
+
+
+def _print_commitments(commitments: dict[str, dict[str, int]]) -> None:
+    if not commitments:
+        return
+    table = Table("destination", "committed", "failed", "pending", title="storage commitment")
+    for destination, counts in sorted(commitments.items()):
+        table.add_row(
+            shown(destination),
+            str(counts["committed"]),
+            str(counts["failed"]),
+            str(counts["pending"]),
+        )
+    console.print(table)
 
 
 @app.command("retry")
@@ -204,7 +263,7 @@ def retry(
     from dicomnode.db.admin import retry_job
 
     with reported_errors():
-        job = retry_job(_database(settings_from(config)), job_id)
+        job = retry_job(_database(settings_from(config)), job_id, admin_user())
     console.print(f"job {job.id} queued again ({job.instances} instances)")
 
 
@@ -212,12 +271,15 @@ def retry(
 def release(
     job_id: Annotated[int, typer.Argument(metavar="ID")], config: ConfigOption = None
 ) -> None:
-    """Send the derived series that QA held back (enhance.qa_action = "hold")."""
+    """Send the derived series that QA held back (enhance.qa_action = "hold"), and only those."""
     from dicomnode.db.admin import release_job
 
     with reported_errors():
-        job = release_job(_database(settings_from(config)), job_id)
-    console.print(f"job {job.id} released: it runs again and forwards its derived series")
+        job = release_job(_database(settings_from(config)), job_id, admin_user())
+    console.print(
+        f"job {job.id} released: the derived series QA held back are sent as they were made "
+        "(nothing is processed or sent twice)"
+    )
 
 
 @app.command("cancel")
@@ -228,5 +290,82 @@ def cancel(
     from dicomnode.db.admin import cancel_job
 
     with reported_errors():
-        job = cancel_job(_database(settings_from(config)), job_id)
+        job = cancel_job(_database(settings_from(config)), job_id, admin_user())
     console.print(f"job {job.id} cancelled")
+
+
+@app.command("resend")
+def resend(
+    job_id: Annotated[int, typer.Argument(metavar="ID")],
+    destination: Annotated[
+        str | None,
+        typer.Option(
+            "--destination",
+            "-d",
+            help="Only to this destination (any configured one, also one the job never had).",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Send a done job's series again (to every destination it had, or to one).
+
+    An originals job sends its instances, a derived job its derived series and metrics reports,
+    as they were made (not processed again).
+    """
+    from dicomnode.db.admin import resend_job
+
+    settings = settings_from(config)
+    configured = [d.name for d in settings.destinations]
+    with reported_errors():
+        job = resend_job(_database(settings), job_id, configured, destination, admin_user())
+    what = "instances" if job.part == "originals" else "derived series and reports"
+    where = destination or ", ".join(d.destination for d in job.deliveries)
+    console.print(f"job {job.id} queued to send its {shown(what)} again to {shown(where)}")
+
+
+@app.command("discard")
+def discard(
+    job_id: Annotated[int, typer.Argument(metavar="ID")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be deleted; delete nothing.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Delete the series of a dead or cancelled job from the spool and the database.
+
+    Every job of the series goes, with its instances and outputs (retention never purges a
+    series that was not delivered). Asks first, unless --yes.
+    """
+    from dicomnode.db.discard import plan_discard
+    from dicomnode.pipeline.retention import discard as discard_job_series
+    from dicomnode.spool import Spool
+
+    settings = settings_from(config)
+    db = _database(settings)
+    with reported_errors():
+        plan = plan_discard(db, job_id)
+    summary = (
+        f"series={shown(plan.series_uid)} study={shown(plan.study_uid)}: "
+        f"job(s) {', '.join(map(str, plan.job_ids))} and {plan.instances} instance(s)"
+    )
+    if dry_run:
+        console.print(f"would discard {summary}", soft_wrap=True)
+        return
+    if not yes:
+        console.print(f"discard {summary}?", soft_wrap=True)
+        try:
+            confirmed = typer.confirm("Delete them from the spool and the database", default=False)
+        except typer.Abort:  # no answer (stdin closed)
+            confirmed = False
+        if not confirmed:
+            fail("not confirmed: nothing deleted (--yes confirms without asking)")
+    with reported_errors():
+        result = discard_job_series(
+            db, Spool(settings.node.data_path / "spool"), job_id, admin_user()
+        )
+    console.print(
+        f"discarded series={shown(result.series_uid)}: job(s) "
+        f"{', '.join(map(str, result.job_ids))}, {result.instances} instance(s)",
+        soft_wrap=True,
+    )

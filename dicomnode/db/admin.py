@@ -1,19 +1,21 @@
-"""An admin's side of the job table: retry, release and cancel (`dicomnode jobs ...`).
+"""An admin's side of the job table: retry, release, cancel and resend (`dicomnode jobs ...`).
 
-Each action checks the job's state against the tables in `transitions` and raises
-`JobStateError`, naming the job and its state, when the action does not apply.
+Each action asks `transitions.admin_refusal` whether it applies to the job's state and raises
+`JobStateError`, naming the job and its state, when it does not. Each one done is written to the
+job's history with the admin's name, for the node to log.
 """
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.engine import Database
+from dicomnode.db.history import EventKind, record_event
 from dicomnode.db.jobs import job_record
 from dicomnode.db.models import Delivery, Job, utcnow
 from dicomnode.db.records import JobRecord
-from dicomnode.db.transitions import NOT_CANCELLABLE, RELEASABLE, RETRYABLE
+from dicomnode.db.transitions import AdminAction, admin_refusal
 from dicomnode.errors import JobStateError
-from dicomnode.status import DeliveryStatus, JobStatus
+from dicomnode.status import DeliveryStatus, JobStatus, Replay
 
 
 def _existing_job(session: Session, job_id: int) -> Job:
@@ -22,6 +24,12 @@ def _existing_job(session: Session, job_id: int) -> Job:
     if job is None:
         raise JobStateError(f"job {job_id} does not exist")
     return job
+
+
+def _check(action: AdminAction, job: Job, newer_job: int | None = None) -> None:
+    refused = admin_refusal(action, job.id, JobStatus(job.status), newer_job)
+    if refused:
+        raise JobStateError(refused)
 
 
 def _queue_again(session: Session, job: Job, *, resend_delivered: bool) -> None:
@@ -35,39 +43,90 @@ def _queue_again(session: Session, job: Job, *, resend_delivered: bool) -> None:
     session.execute(reset.values(status=DeliveryStatus.PENDING, attempts=0, updated_at=now))
 
 
-def retry_job(db: Database, job_id: int) -> JobRecord:
-    """Admin: bring a dead, failed or cancelled job back to the queue with fresh attempts."""
+def _done(session: Session, job: Job, kind: EventKind, user: str, detail: str) -> JobRecord:
+    session.flush()
+    record_event(session, job.id, kind, status=job.status, detail=detail, user=user)
+    return job_record(session, job)
+
+
+def retry_job(db: Database, job_id: int, user: str = "") -> JobRecord:
+    """Admin: bring a dead, failed or cancelled job back to the queue with fresh attempts (a job
+    that was releasing or resending goes on doing that, not processing anew)."""
     with db.session() as session:
         job = _existing_job(session, job_id)
-        if job.status not in RETRYABLE:
-            raise JobStateError(
-                f"job {job_id} is {job.status}; only {', '.join(RETRYABLE)} jobs can be retried"
-            )
+        _check(AdminAction.RETRY, job)
+        was = job.status
         _queue_again(session, job, resend_delivered=False)
-        session.flush()
-        return job_record(session, job)
+        return _done(session, job, EventKind.RETRY, user, f"queued again (was {was})")
 
 
-def release_job(db: Database, job_id: int) -> JobRecord:
-    """Admin: send what QA held back; the job runs again and this time forwards everything."""
+def release_job(db: Database, job_id: int, user: str = "") -> JobRecord:
+    """Admin: send the derived series QA held back, as they were made (not processed again),
+    to every destination; what the job already sent is not sent again."""
     with db.session() as session:
         job = _existing_job(session, job_id)
-        if job.status not in RELEASABLE:
-            raise JobStateError(f"job {job_id} is {job.status}; only held jobs can be released")
-        job.released, job.error = True, None
+        _check(AdminAction.RELEASE, job)
+        job.released, job.error, job.replay = True, None, Replay.HELD
         _queue_again(session, job, resend_delivered=True)
-        session.flush()
-        return job_record(session, job)
+        return _done(session, job, EventKind.RELEASE, user, "held derived series queued to send")
 
 
-def cancel_job(db: Database, job_id: int) -> JobRecord:
+def cancel_job(db: Database, job_id: int, user: str = "") -> JobRecord:
     """Admin: stop a job that has not finished; a worker holding it discards its result."""
     now = utcnow()
     with db.session() as session:
         job = _existing_job(session, job_id)
-        if job.status in NOT_CANCELLABLE:
-            raise JobStateError(f"job {job_id} is already {job.status}")
+        _check(AdminAction.CANCEL, job)
+        was = job.status
         job.status, job.error, job.updated_at = JobStatus.CANCELLED, "cancelled by admin", now
         job.lease_owner = job.lease_expires_at = None
-        session.flush()
-        return job_record(session, job)
+        return _done(session, job, EventKind.CANCEL, user, f"cancelled (was {was})")
+
+
+def resend_job(
+    db: Database,
+    job_id: int,
+    configured: list[str],
+    destination: str | None = None,
+    user: str = "",
+) -> JobRecord:
+    """Admin: send a done job's series again (an originals job its instances, a derived job its
+    derived series and reports, as they were made), to every destination it had or only to
+    `destination` (one of `configured`: also one the job never had, e.g. a new PACS)."""
+    with db.session() as session:
+        job = _existing_job(session, job_id)
+        newer = session.scalar(
+            select(func.max(Job.id)).where(
+                Job.series_uid == job.series_uid, Job.part == job.part, Job.id > job.id
+            )
+        )
+        _check(AdminAction.RESEND, job, newer)
+        if destination is not None and destination not in configured:
+            raise JobStateError(
+                f"destination {destination!r} is not configured "
+                f"(configured: {', '.join(configured) or 'none'})"
+            )
+        now = utcnow()
+        deliveries = session.scalars(select(Delivery).where(Delivery.job_id == job.id)).all()
+        if destination is None and not deliveries:
+            raise JobStateError(
+                f"job {job_id} had no destination to send to; name one with --destination"
+            )
+        if destination is not None and destination not in {d.destination for d in deliveries}:
+            session.add(Delivery(job_id=job.id, destination=destination))
+        for delivery in deliveries:
+            if destination in (None, delivery.destination):
+                delivery.status, delivery.attempts, delivery.updated_at = (
+                    DeliveryStatus.PENDING,
+                    0,
+                    now,
+                )
+        job.status, job.attempts, job.next_attempt_at, job.updated_at = (
+            JobStatus.QUEUED,
+            0,
+            now,
+            now,
+        )
+        job.replay, job.error = Replay.SENT, None
+        where = f"to {destination}" if destination else "to every destination"
+        return _done(session, job, EventKind.RESEND, user, f"queued to send again {where}")

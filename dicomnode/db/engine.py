@@ -1,10 +1,19 @@
-"""Opening the database: SQLite (WAL, immediate transactions) by default, or PostgreSQL."""
+"""Opening the database: SQLite (WAL, immediate transactions) by default, or PostgreSQL.
 
+Only `dicomnode serve` creates a database. The admin commands open an existing one, and the
+read-only ones (`jobs list`, `doctor`, `purge --dry-run`) cannot write to it (SQLite opened with
+`mode=ro`, PostgreSQL in read-only transactions): a `--config` that points at the wrong folder
+says "no database at ..." instead of making an empty one there.
+"""
+
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, create_engine, event, func, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,13 +28,14 @@ from dicomnode.errors import ConfigError
 _SCHEMA_LOCK_KEY = 0x44434D4E  # "DCMN"
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, read_only: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
         # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own is deferred).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        if not read_only:  # a reader finds the node's database in WAL mode already
+            cursor.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed row survives power loss, matching the spool's fsync promise.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA busy_timeout=30000")
@@ -36,13 +46,42 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
         # IMMEDIATE takes the write lock up front, so concurrent writers queue on busy_timeout
         # instead of failing with "database is locked" when a read upgrades to a write.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def _no_database(where: str) -> str:
+    return (
+        f"no database at {where}: `dicomnode serve` makes it on its first start; "
+        "check --config and node.data_dir (or node.database_url)"
+    )
+
+
+def _read_only_sqlite(path: str) -> "sqlite3.Connection":
+    # mode=ro: SQLite refuses every write, and never creates the file.
+    uri = f"file:{quote(str(Path(path).absolute()))}?mode=ro"
+    return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+
+def _missing_driver(url: str, module: str) -> str:
+    hint = (
+        "pip install 'dicomnode[postgresql]' and use a postgresql+psycopg:// URL"
+        if make_url(url).get_backend_name() == "postgresql"
+        else f"install {module}"
+    )
+    return (
+        f"setting node.database_url: {masked_url(url)!r} needs the Python module {module!r}, "
+        f"which is not installed: {hint}"
+    )
 
 
 class Database:
-    """An engine plus a session factory; `session()` is one transaction."""
+    """An engine plus a session factory; `session()` is one transaction.
 
-    def __init__(self, url: str) -> None:
+    `create=False`: the database must exist already (ConfigError "no database at ..." if not);
+    `read_only=True` (implies it): no statement can write, and no file or folder is made.
+    """
+
+    def __init__(self, url: str, *, create: bool = True, read_only: bool = False) -> None:
         try:
             parsed = make_url(url)
         except ArgumentError:
@@ -51,13 +90,50 @@ class Database:
                 f"setting node.database_url: {masked_url(url)!r} is not a database URL"
             ) from None
         self.url = url
+        self.read_only = read_only
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
-        if self.is_sqlite and parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(url, pool_pre_ping=not self.is_sqlite)
+        file = parsed.database if self.is_sqlite and parsed.database != ":memory:" else None
+        if file and (read_only or not create):
+            if not Path(file).is_file():
+                raise ConfigError(_no_database(file))
+        elif file:
+            Path(file).parent.mkdir(parents=True, exist_ok=True)
+        options: dict[str, Any] = {}
+        if file and read_only:
+            options["creator"] = lambda: _read_only_sqlite(file)
+        elif read_only and not self.is_sqlite:
+            options["execution_options"] = {"postgresql_readonly": True}  # read-only transactions
+        try:
+            self.engine = create_engine(url, pool_pre_ping=not self.is_sqlite, **options)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(_missing_driver(url, exc.name or str(exc))) from None
         if self.is_sqlite:
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, read_only)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def check_schema(self, *, columns: bool = True) -> None:
+        """Make sure this version's tables (and, with `columns`, their columns) are there,
+        without changing anything."""
+        try:
+            inspector = inspect(self.engine)
+            missing = []
+            for table in Base.metadata.sorted_tables:
+                if not inspector.has_table(table.name):
+                    missing.append(table.name)
+                elif columns:
+                    present = {column["name"] for column in inspector.get_columns(table.name)}
+                    missing += [
+                        f"{table.name}.{c.name}" for c in table.columns if c.name not in present
+                    ]
+        except OperationalError as exc:
+            raise ConfigError(f"cannot open database {masked_url(self.url)}: {exc.orig}") from None
+        if len(missing) == len(Base.metadata.sorted_tables) and not self.is_sqlite:
+            raise ConfigError(_no_database(masked_url(self.url)))
+        if missing:
+            raise ConfigError(
+                f"database {masked_url(self.url)} lacks {', '.join(missing)}: not a dicomnode "
+                "database, or one of an older version (`dicomnode serve` brings it up to date)"
+            )
 
     def create_schema(self) -> None:
         """Create missing tables and add the columns a database from an older version lacks.
@@ -85,7 +161,15 @@ class Database:
         self.engine.dispose()
 
 
-def open_database(url: str) -> Database:
-    database = Database(url)
-    database.create_schema()
+def open_database(url: str, *, create: bool = True, read_only: bool = False) -> Database:
+    """The database at `url`, with the tables this version expects.
+
+    `create=False`: an existing database only (its missing columns are still added);
+    `read_only=True`: an existing database, read as it is.
+    """
+    database = Database(url, create=create, read_only=read_only)
+    if read_only or not create:
+        database.check_schema(columns=read_only)
+    if not read_only:
+        database.create_schema()
     return database

@@ -1,12 +1,12 @@
 """Recording received instances and the completion rule that turns quiet series into jobs."""
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select, text, update
+from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.engine import Database
@@ -83,25 +83,52 @@ def record_instance(
     return Path(previous) if previous is not None and previous != values["path"] else None
 
 
-def create_jobs_for_quiet_series(
-    db: Database, quiet_seconds: float, destinations: list[str], parts: Sequence[JobPart]
-) -> list[int]:
-    """Turn every pending series with no new instance for `quiet_seconds` into queued jobs, one
-    per part (originals, derived), each with a delivery row per destination.
+def mark_series_released(db: Database, series_uids: Iterable[str]) -> None:
+    """Record that a sender released the association that carried these series."""
+    with db.session() as session:
+        session.execute(
+            update(Series)
+            .where(Series.series_uid.in_(list(series_uids)), Series.pending.is_(True))
+            .values(released_at=utcnow())
+        )
 
-    The jobs take all instances of the series; older jobs of the same part that have not started
-    yet are cancelled as superseded, so a late instance never causes two runs of the same work.
+
+def create_jobs_for_quiet_series(
+    db: Database,
+    quiet_seconds: float,
+    destinations: list[str],
+    parts: Sequence[JobPart],
+    release_quiet_seconds: float = 0.0,
+) -> list[int]:
+    """Turn every complete pending series into queued jobs, one per part (originals, derived),
+    each with a delivery row per destination.
+
+    A series is complete when no instance arrived for `quiet_seconds`, or, when
+    `release_quiet_seconds` > 0, when its sender released the association after its last
+    instance and `release_quiet_seconds` passed without another one (the sender said it is
+    done: the originals need not wait out the quiet time). The jobs take all instances of the
+    series; older jobs of the same part that have not started yet are cancelled as superseded,
+    so a late instance never causes two runs of the same work.
+
     Safe when several processes tick at once: on PostgreSQL each locks the series it takes
     (`FOR UPDATE SKIP LOCKED`) and skips those another is taking or a receiver is writing to, and
     a series another process has just taken is no longer pending when the lock is granted; on
     SQLite the transactions run one at a time. A series becomes jobs exactly once per quiet spell.
     """
-    cutoff = utcnow() - timedelta(seconds=quiet_seconds)
+    now = utcnow()
+    complete = Series.last_received_at <= now - timedelta(seconds=quiet_seconds)
+    if release_quiet_seconds > 0:
+        released = and_(
+            Series.released_at.is_not(None),
+            Series.released_at >= Series.last_received_at,
+            Series.last_received_at <= now - timedelta(seconds=release_quiet_seconds),
+        )
+        complete = or_(complete, released)
     created: list[int] = []
     with db.session() as session:
         quiet = session.scalars(
             select(Series)
-            .where(Series.pending.is_(True), Series.last_received_at <= cutoff)
+            .where(Series.pending.is_(True), complete)
             .with_for_update(skip_locked=True)
         ).all()
         for series in quiet:

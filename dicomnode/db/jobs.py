@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from dicomnode.config import RetrySettings
 from dicomnode.db.engine import Database
+from dicomnode.db.history import EventKind, job_history, record_event
 from dicomnode.db.models import Delivery, Instance, Job, JobInstance, utcnow
 from dicomnode.db.records import DeliveryRecord, JobRecord, SpooledInstance
 from dicomnode.db.transitions import (
@@ -62,6 +63,9 @@ def job_record(session: Session, job: Job) -> JobRecord:
         details=json.loads(job.details) if job.details else None,
         released=bool(job.released),
         claimed_by=job.claimed_by,
+        replay=job.replay,
+        outputs=json.loads(job.outputs) if job.outputs else None,
+        history=job_history(session, job.id),
     )
 
 
@@ -169,16 +173,24 @@ def set_active_status(db: Database, job_id: int, owner: str, status: JobStatus) 
         return changed == 1
 
 
-def record_job_details(db: Database, job_id: int, owner: str, details: dict[str, Any]) -> bool:
-    """Store what this processing attempt did (shown by `dicomnode jobs show`)."""
+def _update_held_job(db: Database, job_id: int, owner: str, **values: Any) -> bool:
+    """Set columns of a job `owner` still holds; False when it no longer does."""
     with db.session() as session:
         changed = _rows_changed(
             session,
-            update(Job)
-            .where(Job.id == job_id, Job.lease_owner == owner)
-            .values(details=json.dumps(details), updated_at=utcnow()),
+            update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(**values),
         )
         return changed == 1
+
+
+def record_job_details(db: Database, job_id: int, owner: str, details: dict[str, Any]) -> bool:
+    """Store what this processing attempt did (shown by `dicomnode jobs show`)."""
+    return _update_held_job(db, job_id, owner, details=json.dumps(details), updated_at=utcnow())
+
+
+def record_job_outputs(db: Database, job_id: int, owner: str, outputs: dict[str, Any]) -> bool:
+    """Store what this attempt held back and sent unenhanced (for a later release or resend)."""
+    return _update_held_job(db, job_id, owner, outputs=json.dumps(outputs))
 
 
 def job_inputs(db: Database, job_id: int) -> list[SpooledInstance]:
@@ -239,11 +251,13 @@ def finish_attempt(
     error: str | None = None,
     transient: bool = True,
     hold: str | None = None,
+    receive_only: bool = False,
 ) -> JobRecord | None:
-    """Close a worker's attempt: done (or held), failed (retry later) or dead.
+    """Close a worker's attempt: done (or held, or stored), failed (retry later) or dead.
 
     `error` is a failure before delivery (e.g. unreadable inputs); `transient` says whether a
-    later attempt may fix it; `hold` is why a successful attempt kept outputs back for an admin.
+    later attempt may fix it; `hold` is why a successful attempt kept outputs back for an admin;
+    `receive_only` (node.receive_only) makes a job without deliveries done, not stored.
     Returns None when the job was no longer held by `owner`.
     """
     now = utcnow()
@@ -261,6 +275,7 @@ def finish_attempt(
             error=error,
             transient=transient,
             hold=hold,
+            receive_only=receive_only,
         )
         newer = session.scalar(
             select(func.max(Job.id)).where(
@@ -274,9 +289,19 @@ def finish_attempt(
         for delivery in deliveries:
             if delivery.destination in transition.deliveries_given_up:
                 delivery.status = DeliveryStatus.DEAD
+        if transition.status == JobStatus.DONE:
+            job.replay = None  # the release or resend is sent; a next one is asked for anew
         job.lease_owner = None
         job.lease_expires_at = None
         job.updated_at = now
+        record_event(
+            session,
+            job.id,
+            EventKind.ATTEMPT,
+            attempt=job.attempts,
+            status=transition.status,
+            detail=transition.error,
+        )
         session.flush()
         return job_record(session, job)
 
@@ -315,6 +340,14 @@ def reclaim_expired_leases(db: Database, max_attempts: int) -> list[int]:
             transition = after_lapsed_lease(job.id, job.attempts, max_attempts)
             job.lease_owner, job.lease_expires_at, job.updated_at = None, None, now
             job.status = transition.status
+            record_event(
+                session,
+                job.id,
+                EventKind.LEASE_LAPSED,
+                attempt=job.attempts,
+                status=transition.status,
+                detail=transition.error or "its worker stopped during the attempt; queued again",
+            )
             if transition.status == JobStatus.QUEUED:
                 job.next_attempt_at = now
             else:

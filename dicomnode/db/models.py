@@ -37,6 +37,9 @@ class Series(Base):
     last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
     # True while the series holds instances that no job has taken yet (the completion rule).
     pending: Mapped[bool] = mapped_column(default=True, index=True)
+    # When a sender last released (A-RELEASE) an association that stored into this series: with
+    # nothing newer received, the sender said it is done (the completion rule's fast path).
+    released_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Instance(Base):
@@ -76,6 +79,12 @@ class Job(Base):
     # JSON: what the last processing attempt did (device, model, timings, metrics per method).
     details: Mapped[str | None] = mapped_column(Text, default=None)
     released: Mapped[bool] = mapped_column(default=False)  # an admin overrode a QA hold
+    # `status.Replay`: the next attempt sends from the outbox instead of processing (release,
+    # resend); None: process as usual.
+    replay: Mapped[str | None] = mapped_column(String(16), default=None)
+    # JSON: what the last processing attempt held back and sent unenhanced (a derived job), so
+    # a release or resend sends exactly that again: {"held": [series UIDs], "unenhanced": [SOPs]}.
+    outputs: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -84,6 +93,27 @@ class Job(Base):
     # The lease owner of the latest attempt, kept after it ends: which worker (host:pid:runner)
     # did the job, when several processes share the table.
     claimed_by: Mapped[str | None] = mapped_column(String(128), default=None)
+
+
+class JobEvent(Base):
+    """A job's history: each attempt's outcome and each admin action (kept across retries).
+
+    Admin actions are written by the CLI, a process of its own; the node logs them (and sets
+    `logged`), so they appear in the node's log beside the attempts they caused. No foreign
+    key: the record of a `jobs discard` outlives the job it removed.
+    """
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16))  # `history.EventKind`
+    attempt: Mapped[int | None] = mapped_column(Integer, default=None)
+    status: Mapped[str | None] = mapped_column(String(16), default=None)  # the job's state after
+    detail: Mapped[str | None] = mapped_column(Text, default=None)  # the error, or what was done
+    user: Mapped[str | None] = mapped_column(String(64), default=None)  # who, for admin actions
+    logged: Mapped[bool] = mapped_column(default=True, index=True)
 
 
 class JobInstance(Base):
@@ -109,4 +139,25 @@ class Delivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     sent: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Commitment(Base):
+    """One instance a job sent to a destination with Storage Commitment, and what the peer said.
+
+    `transaction_uid` is the latest request that asked for it (PS3.4 J.3.2); the peer's report
+    names that UID, so a report that comes late, on any association, still finds its rows.
+    """
+
+    __tablename__ = "commitments"
+    __table_args__ = (Index("ix_commitments_job_destination", "job_id", "destination"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    destination: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transaction_uid: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    failure_reason: Mapped[int | None] = mapped_column(Integer, default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

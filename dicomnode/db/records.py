@@ -44,6 +44,33 @@ class DeliveryRecord:
 
 
 @dataclass(frozen=True)
+class JobEventRecord:
+    """One line of a job's history: an attempt's outcome or an admin action."""
+
+    at: datetime
+    kind: str
+    job_id: int | None = None
+    attempt: int | None = None
+    status: str | None = None
+    detail: str | None = None
+    user: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "at": _iso(self.at),
+            "kind": self.kind,
+            "attempt": self.attempt,
+            "status": self.status,
+            "detail": self.detail,
+            "user": self.user,
+        }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds") + "Z"
+
+
+@dataclass(frozen=True)
 class JobRecord:
     id: int
     study_uid: str
@@ -61,13 +88,12 @@ class JobRecord:
     details: dict[str, Any] | None = None
     released: bool = False
     claimed_by: str | None = None  # who took the latest attempt (host:pid:runner:claim)
+    replay: str | None = None  # `status.Replay` while a release or resend is to be sent
+    outputs: dict[str, Any] | None = None  # what the last attempt held and sent unenhanced
+    history: tuple[JobEventRecord, ...] = ()  # oldest first
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form used by `dicomnode jobs ... --json` (times in ISO 8601 UTC)."""
-
-        def iso(moment: datetime) -> str:
-            return moment.isoformat(timespec="seconds") + "Z"
-
         return {
             "id": self.id,
             "study_uid": self.study_uid,
@@ -77,9 +103,9 @@ class JobRecord:
             "attempts": self.attempts,
             "instances": self.instances,
             "error": self.error,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-            "next_attempt_at": iso(self.next_attempt_at),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "next_attempt_at": _iso(self.next_attempt_at),
             "lease_owner": self.lease_owner,
             "claimed_by": self.claimed_by,
             "details": self.details,
@@ -91,8 +117,10 @@ class JobRecord:
                     "attempts": d.attempts,
                     "sent": d.sent,
                     "error": d.error,
-                    "updated_at": iso(d.updated_at),
+                    "updated_at": _iso(d.updated_at),
                 }
                 for d in self.deliveries
             ],
+            "replay": self.replay,
+            "history": [event.as_dict() for event in self.history],
         }

@@ -1,8 +1,9 @@
 """Which delivered series may leave the spool, and forgetting them in one transaction.
 
 A series is purgeable when every job it ever had is done or cancelled, the newest one is done and
-finished before the cutoff, and no instance is waiting for a new job. Anything failed, dead, held
-or still running keeps its inputs: those are what an admin needs to retry.
+finished before the cutoff, no instance is waiting for a new job, and no destination has still to
+confirm (Storage Commitment) that it keeps one of its instances. Anything failed, dead, held,
+stored (sent nowhere) or still running keeps its inputs: those are what an admin needs to retry.
 """
 
 from collections.abc import Callable
@@ -11,8 +12,11 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Select, delete, func, select
+from sqlalchemy.orm import Session
 
+from dicomnode.db.commitments import forget_commitments, pending_commitment_instances
 from dicomnode.db.engine import Database
+from dicomnode.db.history import forget_history
 from dicomnode.db.models import (
     Delivery,
     Instance,
@@ -43,6 +47,10 @@ def _purgeable(finished_before: datetime) -> Select[str]:
         select(Job.series_uid, func.max(Job.id).label("job_id")).group_by(Job.series_uid).subquery()
     )
     unfinished = select(Job.series_uid).where(Job.status.not_in(_FINISHED))
+    # A destination that has still to confirm it keeps an instance may yet need it again.
+    uncommitted = select(Instance.series_uid).where(
+        Instance.sop_instance_uid.in_(pending_commitment_instances())
+    )
     return (
         select(Series.series_uid)
         .join(newest_job, newest_job.c.series_uid == Series.series_uid)
@@ -52,6 +60,7 @@ def _purgeable(finished_before: datetime) -> Select[str]:
             Job.status == JobStatus.DONE,
             Job.updated_at < finished_before,
             Series.series_uid.not_in(unfinished),
+            Series.series_uid.not_in(uncommitted),
         )
         .order_by(Job.updated_at)
     )
@@ -77,34 +86,52 @@ def purge_series(
     files without rows, which `dicomnode doctor` finds.
     """
     with db.session() as session:
-        series = session.get(Series, series_uid)
+        series = lock_series(session, series_uid)
         if series is None:
             return None
-        # Study, then series: the order the receiver takes them in (no deadlock on PostgreSQL),
-        # and no new series can join the study while we decide whether to delete it.
-        session.scalar(select(Study).where(Study.study_uid == series.study_uid).with_for_update())
-        session.scalar(select(Series).where(Series.series_uid == series_uid).with_for_update())
-        session.refresh(series)
         still = _purgeable(finished_before).where(Series.series_uid == series_uid)
         if session.scalar(still) is None:
             return None
-        job_ids = list(session.scalars(select(Job.id).where(Job.series_uid == series_uid)))
-        instances = session.execute(
-            select(Instance.sop_instance_uid, Instance.path).where(
-                Instance.series_uid == series_uid
-            )
-        ).all()
-        remove_outputs(job_ids)
-        sop_uids = [sop for sop, _ in instances]
-        session.execute(delete(JobInstance).where(JobInstance.job_id.in_(job_ids)))
-        session.execute(delete(JobInstance).where(JobInstance.sop_instance_uid.in_(sop_uids)))
-        session.execute(delete(Delivery).where(Delivery.job_id.in_(job_ids)))
-        session.execute(delete(Job).where(Job.id.in_(job_ids)))
-        session.execute(delete(Instance).where(Instance.series_uid == series_uid))
-        study_uid = series.study_uid
-        session.delete(series)
-        session.flush()
-        others = select(func.count()).select_from(Series).where(Series.study_uid == study_uid)
-        if not session.scalar(others):
-            session.execute(delete(Study).where(Study.study_uid == study_uid))
-        return PurgedSeries(study_uid, series_uid, job_ids, [Path(p) for _, p in instances])
+        return forget_series(session, series.series_uid, series.study_uid, remove_outputs)
+
+
+def lock_series(session: Session, series_uid: str) -> Series | None:
+    """The series row, locked with its study's (nothing joins or changes them until commit)."""
+    series = session.get(Series, series_uid)
+    if series is None:
+        return None
+    # Study, then series: the order the receiver takes them in (no deadlock on PostgreSQL),
+    # and no new series can join the study while we decide whether to delete it.
+    session.scalar(select(Study).where(Study.study_uid == series.study_uid).with_for_update())
+    session.scalar(select(Series).where(Series.series_uid == series_uid).with_for_update())
+    session.refresh(series)
+    return series
+
+
+def forget_series(
+    session: Session,
+    series_uid: str,
+    study_uid: str,
+    remove_outputs: Callable[[list[int]], None],
+) -> PurgedSeries:
+    """Delete a (locked) series' jobs, their deliveries and history, its instance rows, and its
+    study when no other series is left; the instance files are the caller's to delete."""
+    job_ids = list(session.scalars(select(Job.id).where(Job.series_uid == series_uid)))
+    instances = session.execute(
+        select(Instance.sop_instance_uid, Instance.path).where(Instance.series_uid == series_uid)
+    ).all()
+    remove_outputs(job_ids)
+    sop_uids = [sop for sop, _ in instances]
+    session.execute(delete(JobInstance).where(JobInstance.job_id.in_(job_ids)))
+    session.execute(delete(JobInstance).where(JobInstance.sop_instance_uid.in_(sop_uids)))
+    session.execute(delete(Delivery).where(Delivery.job_id.in_(job_ids)))
+    forget_history(session, job_ids)
+    forget_commitments(session, job_ids)
+    session.execute(delete(Job).where(Job.id.in_(job_ids)))
+    session.execute(delete(Instance).where(Instance.series_uid == series_uid))
+    session.execute(delete(Series).where(Series.series_uid == series_uid))
+    session.flush()
+    others = select(func.count()).select_from(Series).where(Series.study_uid == study_uid)
+    if not session.scalar(others):
+        session.execute(delete(Study).where(Study.study_uid == study_uid))
+    return PurgedSeries(study_uid, series_uid, job_ids, [Path(p) for _, p in instances])

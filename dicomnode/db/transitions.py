@@ -6,12 +6,19 @@ the answer. Nothing here touches SQL, so the whole table is tested in
 `tests/unit/test_transitions.py`.
 """
 
+import enum
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dicomnode.config import RetrySettings
 from dicomnode.db.backoff import retry_delay_seconds
 from dicomnode.status import DeliveryStatus, JobStatus
+
+STORED_NOTE = (
+    "received and kept, sent nowhere: no destinations were configured when the job was made; "
+    "retention keeps it (add [[destinations]], or set node.receive_only = true on purpose)"
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class AttemptOutcome:
     error: str | None = None
     transient: bool = True
     hold: str | None = None
+    receive_only: bool = False  # node.receive_only: no deliveries is what the admin asked for
 
 
 @dataclass(frozen=True)
@@ -56,9 +64,10 @@ def after_attempt(
 ) -> Transition:
     """The state after attempt number `attempts` ended with `outcome`.
 
-    done (or held) when nothing went wrong; cancelled when a newer job of the series exists (a retry
-    would send the older set after it); failed with a backoff while any problem may pass and
-    attempts remain; else dead, with the failed deliveries given up.
+    done (or held) when nothing went wrong; stored when there was nowhere to send it and the
+    node is not receive-only on purpose (retention keeps it); cancelled when a newer job of the
+    series exists (a retry would send the older set after it); failed with a backoff while any
+    problem may pass and attempts remain; else dead, with the failed deliveries given up.
     """
     failed = [d for d in outcome.deliveries if d.status == DeliveryStatus.FAILED]
     dead = [d for d in outcome.deliveries if d.status == DeliveryStatus.DEAD]
@@ -76,6 +85,8 @@ def after_attempt(
     if not problems:
         if outcome.hold:
             return Transition(JobStatus.HELD, outcome.hold)
+        if not outcome.deliveries and not outcome.receive_only:
+            return Transition(JobStatus.STORED, STORED_NOTE)
         return Transition(JobStatus.DONE)
 
     # A destination that refused for good must not stop the retries of one that was only down:
@@ -119,3 +130,82 @@ def after_lapsed_lease(job_id: int, attempts: int, max_attempts: int) -> Transit
 RETRYABLE = (JobStatus.DEAD, JobStatus.FAILED, JobStatus.CANCELLED)
 RELEASABLE = (JobStatus.HELD,)
 NOT_CANCELLABLE = (JobStatus.DONE, JobStatus.CANCELLED)
+
+
+class AdminAction(enum.StrEnum):
+    """What an admin may do to one job (`dicomnode jobs <action> ID`)."""
+
+    RETRY = "retry"  # process (or replay) again, with fresh attempts
+    RELEASE = "release"  # send the derived series QA held back
+    CANCEL = "cancel"
+    RESEND = "resend"  # send a done job's series again
+    DISCARD = "discard"  # delete a given-up series from the spool and the database
+
+
+_DONE = {
+    AdminAction.RETRY: "retried",
+    AdminAction.RELEASE: "released",
+    AdminAction.CANCEL: "cancelled",
+    AdminAction.RESEND: "resent",
+    AdminAction.DISCARD: "discarded",
+}
+# The states each action applies to.
+ALLOWED: dict[AdminAction, tuple[JobStatus, ...]] = {
+    AdminAction.RETRY: RETRYABLE,
+    AdminAction.RELEASE: RELEASABLE,
+    AdminAction.CANCEL: tuple(s for s in JobStatus if s not in NOT_CANCELLABLE),
+    AdminAction.RESEND: (JobStatus.DONE, JobStatus.STORED),  # stored: to a destination added since
+    AdminAction.DISCARD: (JobStatus.DEAD, JobStatus.CANCELLED),
+}
+# A series may leave the disk by hand once none of its jobs will still do anything.
+AT_REST_FOR_DISCARD = (JobStatus.DONE, JobStatus.DEAD, JobStatus.CANCELLED)
+
+
+def admin_refusal(
+    action: AdminAction, job_id: int, status: JobStatus, newer_job: int | None = None
+) -> str | None:
+    """Why `action` does not apply to job `job_id` in `status`; None when it does.
+
+    A resend of a job that a newer job of its series superseded would send the older set after
+    the newer one, so the newer job is named instead.
+    """
+    allowed = ALLOWED[action]
+    if status not in allowed:
+        if action == AdminAction.CANCEL:
+            return f"job {job_id} is already {status}"
+        return f"job {job_id} is {status}; only {', '.join(allowed)} jobs can be {_DONE[action]}"
+    if action == AdminAction.RESEND and newer_job is not None:
+        return (
+            f"job {job_id} was superseded by job {newer_job} of the same series and part; "
+            f"resend job {newer_job}"
+        )
+    return None
+
+
+def discard_refusal(
+    job_id: int,
+    status: JobStatus,
+    series_jobs: Sequence[tuple[int, JobStatus]],
+    instances_waiting: bool,
+) -> str | None:
+    """Why the series of job `job_id` may not be discarded; None when it may.
+
+    Only a dead or cancelled job is discarded, with its whole series (every job of it, every
+    instance): so every other job of the series must be at rest too, and no instance may be
+    waiting for a new job (it arrived after the admin decided).
+    """
+    refused = admin_refusal(AdminAction.DISCARD, job_id, status)
+    if refused:
+        return refused
+    for other, other_status in series_jobs:
+        if other != job_id and other_status not in AT_REST_FOR_DISCARD:
+            return (
+                f"job {other} of the same series is {other_status}; wait for it or cancel it "
+                f"(`dicomnode jobs cancel {other}`), then discard"
+            )
+    if instances_waiting:
+        return (
+            f"the series of job {job_id} received new instances that wait for a job; "
+            "let that job run first"
+        )
+    return None

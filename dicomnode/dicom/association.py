@@ -8,9 +8,12 @@ from pynetdicom.events import Event
 from dicomnode.config import NetworkSettings
 
 
-def configure_ae(ae_title: str, network: NetworkSettings, max_pdu_size: int) -> AE:
-    """An AE with our title, timeouts and PDU size (0: unlimited, ~3x faster than 16 KB)."""
-    ae = AE(ae_title=ae_title)
+def configure_ae(
+    ae_title: str, network: NetworkSettings, max_pdu_size: int, factory: type[AE] = AE
+) -> AE:
+    """An AE with our title, timeouts and PDU size (0: unlimited, ~3x faster than 16 KB);
+    `factory` is AE or a subclass (the SCU's, which keeps why a connection failed)."""
+    ae = factory(ae_title=ae_title)
     ae.acse_timeout = network.acse_timeout
     ae.dimse_timeout = network.dimse_timeout
     ae.network_timeout = network.network_timeout

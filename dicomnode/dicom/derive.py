@@ -1,6 +1,6 @@
 """A derived image from its source: new identity, DERIVED type, references, re-derived pixels.
 
-Follows ../shared/DICOM_DERIVED.md item by item (PS3.3 citations inline). The source dataset is
+Follows the DICOM rules for a derived image item by item (PS3.3 citations inline). The source is
 never modified; the derived one keeps the patient, study, frame of reference and acquisition
 attributes, and replaces what the processing changed. UIDs are deterministic: the same source,
 method version and parameters give the same derived UIDs, so a re-run replaces instead of

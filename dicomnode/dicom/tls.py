@@ -2,13 +2,14 @@
 
 Every PEM file is read here, so a file that is not what its setting says (not PEM, a key that does
 not match its certificate, an encrypted key) becomes a ConfigError naming the setting and the file.
-Client contexts also remember why their handshake failed: pynetdicom only logs that reason and
-reports "not established", and an operator needs it in the delivery's error.
+Client contexts also remember why their connection or handshake failed: pynetdicom only logs that
+reason and reports "not established", and an operator needs it in the delivery's error.
 """
 
 import re
 import ssl
 from pathlib import Path
+from typing import Any
 
 from dicomnode.config import Destination, NodeSettings
 from dicomnode.errors import ConfigError
@@ -71,6 +72,15 @@ def server_context(node: NodeSettings) -> ssl.SSLContext | None:
 
 
 class _RecordingSocket(ssl.SSLSocket):
+    def connect(self, address: Any) -> None:
+        try:
+            super().connect(address)
+        except OSError as exc:  # refused or timed out before any handshake
+            context = self.context
+            if isinstance(context, ClientContext) and context.handshake_error is None:
+                context.connect_error = exc
+            raise
+
     def do_handshake(self, block: bool = False) -> None:
         try:
             super().do_handshake(block)
@@ -86,6 +96,7 @@ class ClientContext(ssl.SSLContext):
 
     sslsocket_class = _RecordingSocket
     handshake_error: OSError | None = None
+    connect_error: OSError | None = None  # the TCP connection failed: no handshake happened
 
 
 def client_tls_args(destination: Destination, key: str) -> tuple[ClientContext, str] | None:

@@ -9,19 +9,19 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import _config, evt
+from pynetdicom import _config
 from pynetdicom.association import Association
-from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, build_context
 
 from dicomnode.config import Destination, Settings
 from dicomnode.db import SpooledInstance
-from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
 from dicomnode.dicom.bounded import read_bounded
-from dicomnode.dicom.tls import ClientContext, client_tls_args, handshake_failure
+from dicomnode.dicom.tls import ClientContext, client_tls_args
 from dicomnode.errors import ConfigError, DecodeError, ForwardError, InstanceTooLarge
+from dicomnode.forward.associate import open_association
 from dicomnode.forward.outcome import Outcome, classify_store_status
 
 log = logging.getLogger(__name__)
@@ -71,48 +71,17 @@ def _client_tls(
 
 
 def _associate(
-    destination: Destination, settings: Settings, contexts: list[PresentationContext]
+    destination: Destination,
+    settings: Settings,
+    contexts: list[PresentationContext],
+    ext_neg: list[Any] | None = None,
+    handlers: Sequence[tuple[Any, ...]] = (),
 ) -> Association:
-    ae = configure_ae(settings.node.ae_title, settings.network, settings.node.max_pdu_size)
-    ae.requested_contexts = contexts
-    answers: list[str] = []  # what the peer said to our A-ASSOCIATE-RQ
-
-    def note_answer(event: Event) -> None:
-        answer = event.primitive
-        result = getattr(answer, "result", None)
-        if result == 0x00:
-            answers.append("accepted")
-        elif result in (0x01, 0x02):
-            answers.append(f"{answer.result_str}, {answer.source_str}: {answer.reason_str}")
-
+    """An association that carries `contexts` (plus `ext_neg` items, e.g. a role selection,
+    and `handlers` for what the peer sends on it); a ForwardError says why there is none."""
     where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
     tls_args = _client_tls(destination, settings, where)
-    assoc = ae.associate(
-        destination.host,
-        destination.port,
-        ae_title=destination.ae_title,
-        evt_handlers=[CONNECTION_TUNING_HANDLER, (evt.EVT_ACSE_RECV, note_answer)],
-        tls_args=tls_args,
-    )
-    if assoc.is_established:
-        return assoc
-    tls_reason = handshake_failure(tls_args)
-    if tls_reason is not None:  # a certificate to renew or a CA to configure: retried
-        raise ForwardError(f"TLS handshake with {where} failed: {tls_reason}", transient=True)
-    if assoc.is_rejected:
-        # Even a "permanent" rejection is usually configuration the PACS admin will fix
-        # (an AE title to register), so it is retried with backoff like any transient failure.
-        reason = answers[0] if answers else "no reason given"
-        raise ForwardError(f"association rejected by {where}: {reason}", transient=True)
-    if answers == ["accepted"]:  # accepted, then aborted by pynetdicom: no usable context
-        raise ForwardError(
-            f"{where} accepted none of the proposed presentation contexts "
-            f"({', '.join(sorted({cx.abstract_syntax for cx in contexts}))})",
-            transient=False,
-        )
-    raise ForwardError(
-        f"cannot associate with {where}: no answer or connection refused", transient=True
-    )
+    return open_association(destination, settings, contexts, where, tls_args, ext_neg, handlers)
 
 
 def _accepted_context(assoc: Association, sop_class: str, syntax: str) -> bool:

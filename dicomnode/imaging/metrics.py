@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import t as t_distribution
 from skimage.metrics import structural_similarity
 
 from dicomnode.imaging.degrade import Degradation, bicubic_restore, crop_to_multiple, degrade
@@ -100,13 +101,69 @@ def self_check(
     `restore` maps the degraded image (modality units) to the source grid, as the method would
     map a real input to its output. Both scores use the same data range and border shave.
     """
-    reference = crop_to_multiple(source, degradation.scale)
-    mask = crop_to_multiple(padding, degradation.scale) if padding is not None else None
-    degraded = degrade(reference, degradation)
-    shave = degradation.scale if degradation.scale > 1 else 0
-    return SelfCheck(
-        method=compare(reference, restore(degraded), shave=shave, padding=mask),
-        bicubic=compare(
-            reference, bicubic_restore(degraded, reference.shape), shave=shave, padding=mask
-        ),
+    (check,) = self_checks(
+        [source], lambda stack: np.stack([restore(low) for low in stack]), degradation, [padding]
     )
+    return check
+
+
+def self_checks(
+    sources: Sequence[np.ndarray],
+    restore_stack: Callable[[np.ndarray], np.ndarray],
+    degradation: Degradation,
+    paddings: Sequence[np.ndarray | None],
+) -> list[SelfCheck]:
+    """`self_check` for many images at once: the degraded images of one shape are restored by
+    one `restore_stack` call on an (N, h, w) stack, so a batching method (SRCNN) runs batched.
+
+    The numbers are those `self_check` gives image by image; the order is the order of `sources`.
+    """
+    shave = degradation.scale if degradation.scale > 1 else 0
+    references = [crop_to_multiple(source, degradation.scale) for source in sources]
+    masks = [
+        crop_to_multiple(mask, degradation.scale) if mask is not None else None for mask in paddings
+    ]
+    degraded = [degrade(reference, degradation) for reference in references]
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for index, low in enumerate(degraded):
+        by_shape.setdefault(low.shape, []).append(index)
+    restored: list[np.ndarray] = [np.empty(0)] * len(sources)
+    for indices in by_shape.values():
+        outputs = restore_stack(np.stack([degraded[i] for i in indices]))
+        for i, output in zip(indices, outputs, strict=True):
+            restored[i] = output
+    return [
+        SelfCheck(
+            method=compare(reference, output, shave=shave, padding=mask),
+            bicubic=compare(
+                reference, bicubic_restore(low, reference.shape), shave=shave, padding=mask
+            ),
+        )
+        for reference, mask, low, output in zip(references, masks, degraded, restored, strict=True)
+    ]
+
+
+def sampled_indices(count: int, limit: int) -> list[int]:
+    """At most `limit` of `count` images, spread evenly from first to last (0: every image).
+
+    The self-check of a long series samples: its gain is a property of the method on this kind
+    of image, which a spread sample estimates (with its confidence interval) at a fraction of
+    the cost."""
+    if limit <= 0 or count <= limit:
+        return list(range(count))
+    if limit == 1:
+        return [count // 2]
+    step = (count - 1) / (limit - 1)
+    return [round(i * step) for i in range(limit)]  # step > 1: distinct, first and last included
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """Student-t confidence interval of the mean of `values`; None for fewer than two."""
+    if len(values) < 2:
+        return None
+    array = np.asarray(values, dtype=np.float64)
+    half = float(t_distribution.ppf(0.5 + confidence / 2, len(array) - 1)) * float(
+        array.std(ddof=1) / math.sqrt(len(array))
+    )
+    mean = float(array.mean())
+    return mean - half, mean + half

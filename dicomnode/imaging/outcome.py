@@ -12,11 +12,12 @@ comment, the SR, the JSON and the series means all agree to the last digit.
 
 import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from dicomnode.imaging.metrics import ImageMetrics, SeriesMetrics, summarize
+from dicomnode.imaging.metrics import ImageMetrics, SeriesMetrics, mean_interval, summarize
 from dicomnode.imaging.qa import QaVerdict, Verdict, worst_verdict
 
 DIGITS = 4
@@ -101,8 +102,9 @@ class MethodOutcome:
     images: tuple[ImageOutcome, ...]
     timings: StageTimings = field(default_factory=StageTimings)
 
-    @property
+    @cached_property
     def summary(self) -> SeriesMetrics:
+        """Fidelity over the images (computed once: the record is frozen)."""
         return summarize([image.fidelity for image in self.images])
 
     @property
@@ -120,9 +122,31 @@ class MethodOutcome:
         return reported(self.summary.ssim_mean)
 
     @property
+    def self_check_gains_db(self) -> list[float]:
+        """The gains of the images that were self-checked (a long series' is a spread sample)."""
+        return [i.self_check_gain_db for i in self.images if i.self_check_gain_db is not None]
+
+    @property
     def self_check_gain_mean_db(self) -> float | None:
-        gains = [i.self_check_gain_db for i in self.images if i.self_check_gain_db is not None]
-        return _mean(gains)
+        return _mean(self.self_check_gains_db)
+
+    @property
+    def self_check_gain_ci_db(self) -> tuple[float, float] | None:
+        """95 % Student-t interval of the mean gain over the checked images (None below two)."""
+        interval = mean_interval(self.self_check_gains_db)
+        return (reported(interval[0]), reported(interval[1])) if interval else None
+
+    @property
+    def self_check_text(self) -> str:
+        """ "+1.23 dB [+0.95, +1.51] on 16 of 300 images": the mean, its 95 % interval and the
+        sample it rests on, as `enhance` and `jobs show` print it ("off" when not checked)."""
+        mean = self.self_check_gain_mean_db
+        if mean is None:
+            return "off"
+        ci = self.self_check_gain_ci_db
+        interval = f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
+        checked = len(self.self_check_gains_db)
+        return f"{mean:+.2f} dB{interval} on {checked} of {len(self.images)} images"
 
     def harm(self, mean_min_db: float, image_min_db: float) -> tuple[str, ...]:
         """Why this derived series must not be trusted: QA failed on an image, or the self-check
@@ -134,12 +158,12 @@ class MethodOutcome:
         mean = self.self_check_gain_mean_db
         if mean is not None and mean < mean_min_db:
             reasons.append(f"self-check mean gain {mean:+.2f} dB < {mean_min_db:+.2f} dB")
-        gains = [i.self_check_gain_db for i in self.images if i.self_check_gain_db is not None]
+        gains = self.self_check_gains_db
         worse = [gain for gain in gains if gain < image_min_db]
         if worse:
             reasons.append(
-                f"self-check gain below {image_min_db:+.2f} dB on {len(worse)} image(s) "
-                f"(worst {min(worse):+.2f} dB)"
+                f"self-check gain below {image_min_db:+.2f} dB on {len(worse)} of "
+                f"{len(gains)} checked image(s) (worst {min(worse):+.2f} dB)"
             )
         return tuple(reasons)
 
@@ -160,6 +184,8 @@ class MethodOutcome:
             "psnr_mean_db": self.psnr_mean_db,
             "ssim_mean": self.ssim_mean,
             "self_check_gain_mean_db": self.self_check_gain_mean_db,
+            "self_check_gain_ci_db": list(ci) if (ci := self.self_check_gain_ci_db) else None,
+            "self_check_images": len(self.self_check_gains_db),
             "qa": self.qa,
             "timings": self.timings.as_dict(),
             "per_image": [image.as_dict() for image in self.images],

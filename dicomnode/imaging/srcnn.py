@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import re
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 
 from dicomnode.errors import DicomNodeError
 from dicomnode.imaging.degrade import resample
+from dicomnode.imaging.native_log import native_stderr_filtered, tf_min_log_level
 
 if TYPE_CHECKING:
     import keras
@@ -52,9 +54,12 @@ def import_tensorflow() -> Any:
     """Import TensorFlow on first use, with oneDNN kernels on (2x faster convolutions on CPU)."""
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    # The C++ lines printed while TensorFlow loads ignore the level: see native_log.
+    with native_stderr_filtered(tf_min_log_level()):
+        import tensorflow as tf
 
-    for gpu in tf.config.list_physical_devices("GPU"):
+        gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
         # RuntimeError: the device is already initialised, so growth was set by an earlier call.
         with contextlib.suppress(RuntimeError):
             tf.config.experimental.set_memory_growth(gpu, True)
@@ -134,13 +139,16 @@ def load_model(path: Path) -> LoadedModel:
     """Load `path` (a .keras file written by `dicomnode train`) and check what it is."""
     if not path.is_file():
         raise ModelError(f"{path}: model file not found (see models/README.md)")
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a truncated copy
+        raise ModelError(f"{path}: not a .keras model archive (truncated or damaged copy?)")
     import_tensorflow()
     import keras
 
     try:
         network = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises several types for damaged or foreign files
-        raise ModelError(f"{path}: cannot load the model: {exc}") from exc
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{path}: cannot load the model: {first_line}") from exc
     scale = check_architecture(network, str(path))
     return LoadedModel(network, scale, path, file_sha256(path))
 

@@ -11,6 +11,7 @@ The job is finished (done, failed with a retry time, or dead) when its last deli
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +21,8 @@ from dicomnode.db import Database, DeliveryStatus, JobRecord, SpooledInstance
 from dicomnode.db.jobs import holds_lease, record_delivery
 from dicomnode.errors import ForwardError
 from dicomnode.forward import send_series
+from dicomnode.forward.commitment import confirm_commitment, uncommitted
+from dicomnode.observe.counters import STAGE_SECONDS
 from dicomnode.status import JobPart
 
 log = logging.getLogger(__name__)
@@ -37,9 +40,16 @@ def deliver(
         record_delivery(db, job.id, name, DeliveryStatus.DEAD, 0, gone)
         return
     sent = 0
+    started = time.perf_counter()
     try:
         for series in outgoing:
-            sent += send_series(job.id, destination, series, settings).sent
+            if destination.storage_commitment:  # what the peer confirmed keeping is not resent
+                series = uncommitted(db, job.id, destination, series)
+            if series:
+                sent += send_series(job.id, destination, series, settings).sent
+        if destination.storage_commitment:
+            confirm_commitment(job.id, destination, [i for s in outgoing for i in s], settings, db)
+        STAGE_SECONDS.labels("forward", "").observe(time.perf_counter() - started)
     except ForwardError as exc:
         status = DeliveryStatus.FAILED if exc.transient else DeliveryStatus.DEAD
         log.warning(

@@ -22,7 +22,7 @@ from dicomnode.db import SpooledInstance
 from dicomnode.dicom.derive import derived_instance_uid
 from dicomnode.imaging.degrade import Degradation, resample
 from dicomnode.imaging.enhance import Method, enhance_stack
-from dicomnode.imaging.metrics import compare, self_check
+from dicomnode.imaging.metrics import compare, sampled_indices, self_checks
 from dicomnode.imaging.normalize import CT_HU_RANGE, fill_padding
 from dicomnode.imaging.outcome import (
     DONE,
@@ -79,16 +79,45 @@ def _on_source_grid(output: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return output if output.shape == shape else resample(output, shape)
 
 
-def _measure(
-    source: SourceImage, output: np.ndarray, method: Method, settings: Settings, sop: str
-) -> ImageOutcome:
-    """Fidelity, self-check and QA for one image (middle frame of a multi-frame image)."""
-    frame = len(output) // 2
+def _scored_frame(source: SourceImage) -> tuple[np.ndarray, np.ndarray]:
+    """The frame an image is scored on (the middle one of a multi-frame image) and the mask of
+    pixels left out of its scores."""
+    frame = len(source.image.values) // 2
     reference = source.image.values[frame]
     padding = source.image.padding[frame]
     if source.modality == "CT":  # outside the reconstruction circle: not scored (as `evaluate`)
         padding = padding | (reference < CT_HU_RANGE[0])
-    result = _on_source_grid(output[frame], reference.shape)
+    return reference, padding
+
+
+def _self_check_gains(
+    images: list[SourceImage], method: Method, settings: Settings
+) -> list[float | None]:
+    """The method's self-check gain per image, None where not checked: a spread sample of at
+    most `enhance.self_check_images` images, restored by one batched call per image shape."""
+    if not settings.enhance.self_check:
+        return [None] * len(images)
+    modality = images[0].modality or "OT"
+    chosen = sampled_indices(len(images), settings.enhance.self_check_images)
+    frames = [_scored_frame(images[i]) for i in chosen]
+    checks = self_checks(
+        [fill_padding(reference, padding, modality) for reference, padding in frames],
+        lambda stack: enhance_stack(stack, modality, method).values,
+        Degradation(scale=method.scale),
+        [padding for _, padding in frames],
+    )
+    gains: list[float | None] = [None] * len(images)
+    for index, check in zip(chosen, checks, strict=True):
+        gains[index] = reported(check.gain_db)
+    return gains
+
+
+def _measure(
+    source: SourceImage, output: np.ndarray, gain: float | None, settings: Settings, sop: str
+) -> ImageOutcome:
+    """Fidelity and QA for one image (middle frame of a multi-frame image), with its gain."""
+    reference, padding = _scored_frame(source)
+    result = _on_source_grid(output[len(output) // 2], reference.shape)
     domain = source.image.domain
     limits = sorted(
         (
@@ -103,15 +132,6 @@ def _measure(
         padding=padding,
         thresholds=qa_thresholds(settings.qa),
     )
-    gain = None
-    if settings.enhance.self_check:
-        check = self_check(
-            fill_padding(reference, padding, source.modality),
-            lambda low: enhance_stack(low[None], source.modality, method).values[0],
-            Degradation(scale=method.scale),
-            padding=padding,
-        )
-        gain = reported(check.gain_db)
     return ImageOutcome(
         source_sop=source.sop,
         sop=sop,
@@ -146,15 +166,16 @@ def _run_method(
         outputs = _enhance_all(images, method)
     with clock.stage("measure_s"):
         root = derivation.uid_root
+        gains = _self_check_gains(images, method, settings)
         measured = [
             _measure(
                 source,
                 output,
-                method,
+                gain,
                 settings,
                 derived_instance_uid(root, source.sop, method.version),
             )
-            for source, output in zip(images, outputs, strict=True)
+            for source, output, gain in zip(images, outputs, gains, strict=True)
         ]
     with clock.stage("write_s"):
         written, declined = write_derived_series(

@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from dicomnode.config import QaSettings, Settings
+from dicomnode.errors import ConfigError, DicomNodeError
 from dicomnode.imaging.baseline import BaselineParams
 from dicomnode.imaging.enhance import BaselineMethod, Method, SrcnnMethod
 from dicomnode.imaging.qa import QaThresholds
@@ -82,6 +83,32 @@ def missing_models(settings: Settings) -> list[Path]:
             if not path.is_file():
                 missing[path] = None
     return list(missing)
+
+
+def load_models(settings: Settings) -> int:
+    """Build every configured method that uses a model, for each enabled modality, so each
+    model is loaded (and cached for the jobs) now; return how many were built.
+
+    A model that exists but cannot be loaded (truncated, damaged, another network) raises
+    ConfigError naming the file: the node must not start and then fail every job. Nothing is
+    loaded, and TensorFlow not imported, when no configured method uses a model.
+    """
+    enhance = settings.enhance
+    built = 0
+    for name in enhance.methods:
+        spec = method_spec(name)
+        if spec.model_prefix is None:
+            continue
+        for modality in enhance.modalities:
+            try:
+                spec.build(settings, modality)
+            except DicomNodeError as exc:
+                raise ConfigError(
+                    f"setting enhance.methods: {name} for {modality}: {exc}; replace the file "
+                    "(or set enhance.model_dir, enhance.scale)"
+                ) from None
+            built += 1
+    return built
 
 
 def qa_thresholds(qa: QaSettings) -> QaThresholds:

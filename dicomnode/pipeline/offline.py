@@ -67,7 +67,7 @@ def describe(series_uid: str, method: MethodOutcome, out_dir: Path) -> str:
     return (
         f"series {series_uid}: {method.method} x{method.scale}: {len(method.images)} images -> "
         f"{out_dir / method.derived_series_uid}; PSNR {method.psnr_mean_db} dB, "
-        f"SSIM {method.ssim_mean} vs source; self-check {method.self_check_gain_mean_db} dB; "
+        f"SSIM {method.ssim_mean} vs source; self-check {method.self_check_text}; "
         f"QA {method.qa}; {method.device}"
     )
 
@@ -77,16 +77,15 @@ CSV_FIELDS = ("source_sop", "sop", "psnr_db", "ssim", "self_check_gain_db", "qa"
 
 def metrics_rows(series_uid: str, methods: Sequence[MethodOutcome]) -> list[dict[str, Any]]:
     """metrics.csv: one row per image and method, the same numbers as the job details."""
-    return [
-        {
-            "series": series_uid,
-            "method": method.method,
-            "version": method.version,
-            **{key: image.as_dict()[key] for key in CSV_FIELDS},
-        }
-        for method in methods
-        for image in method.images
-    ]
+    rows = []
+    for method in methods:
+        for image in method.images:
+            record = image.as_dict()
+            fields = {key: record[key] for key in CSV_FIELDS}
+            rows.append(
+                {"series": series_uid, "method": method.method, "version": method.version, **fields}
+            )
+    return rows
 
 
 def write_metrics_csv(rows: list[dict[str, Any]], path: Path) -> None:

@@ -6,10 +6,13 @@ its inputs for as long as it takes an admin to look. The node runs this every
 """
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 
 from dicomnode.config import Settings
 from dicomnode.db import Database
+from dicomnode.db.discard import discard_series
+from dicomnode.db.history import EventKind, record_admin_action
 from dicomnode.db.models import utcnow
 from dicomnode.db.retention import PurgedSeries, purge_series, purgeable_series
 from dicomnode.spool import Spool
@@ -28,8 +31,12 @@ def due_for_purge(settings: Settings, db: Database) -> list[str]:
     return purgeable_series(db, cutoff) if cutoff else []
 
 
-def purge_delivered(settings: Settings, db: Database, spool: Spool) -> list[PurgedSeries]:
-    """Delete every series past its retention from the spool and the database."""
+def purge_delivered(
+    settings: Settings, db: Database, spool: Spool, user: str | None = None
+) -> list[PurgedSeries]:
+    """Delete every series past its retention from the spool and the database.
+
+    `user`: an admin ran it (`dicomnode purge`); the purge goes to the node's log as theirs."""
     cutoff = _cutoff(settings)
     if cutoff is None:
         return []
@@ -57,4 +64,38 @@ def purge_delivered(settings: Settings, db: Database, spool: Spool) -> list[Purg
             result.instances,
             settings.retention.keep_days,
         )
+    if user is not None and purged:
+        jobs = [job_id for item in purged for job_id in item.job_ids]
+        record_admin_action(
+            db,
+            EventKind.PURGE,
+            user,
+            f"{len(purged)} series purged (jobs {','.join(map(str, jobs))}), delivered more "
+            f"than {settings.retention.keep_days:g} days ago",
+        )
     return purged
+
+
+def discard(db: Database, spool: Spool, job_id: int, user: str) -> PurgedSeries:
+    """Delete the series of a dead or cancelled job from the database and the spool (its
+    instances and every job's outputs): `dicomnode jobs discard`."""
+    decided_at = time.time()
+
+    def remove_outputs(job_ids: list[int]) -> None:
+        for one in job_ids:
+            spool.clear_outbox(one)
+
+    result = discard_series(db, job_id, remove_outputs, user)
+    # Only files written before the decision: a copy received since belongs to a new arrival.
+    for path in result.paths:
+        spool.remove(path, written_before=decided_at)
+    spool.prune_empty_dirs({path.parent for path in result.paths})
+    log.info(
+        "discarded series=%s study=%s jobs=%s instances=%d by=%s",
+        result.series_uid,
+        result.study_uid,
+        ",".join(map(str, result.job_ids)),
+        result.instances,
+        user,
+    )
+    return result

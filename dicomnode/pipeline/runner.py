@@ -11,7 +11,9 @@ failure anywhere leaves the inputs untouched and the job to the retry policy.
 
 import logging
 import secrets
+import threading
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from dicomnode.config import EnhanceSettings, Settings
 from dicomnode.db import Database, JobRecord, JobStatus, SpooledInstance
@@ -21,14 +23,20 @@ from dicomnode.db.jobs import (
     job_inputs,
     open_deliveries,
     record_job_details,
+    record_job_outputs,
     requeue_unstarted,
     set_active_status,
 )
-from dicomnode.errors import DicomNodeError
+from dicomnode.errors import DicomNodeError, SpoolError
+from dicomnode.observe.counters import METHOD_STAGES, MODEL, STAGE_SECONDS
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.lease import LeaseKeeper
+from dicomnode.pipeline.replay import replay_outgoing
 from dicomnode.spool import Spool
-from dicomnode.status import JobPart
+from dicomnode.status import JobPart, Replay
+
+if TYPE_CHECKING:  # the imaging layer is imported only when a job enhances (see _enhance)
+    from dicomnode.imaging.outcome import SeriesOutcome
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,15 @@ def job_parts(enhance: EnhanceSettings) -> list[JobPart]:
     return parts
 
 
+def observe_outcome(outcome: "SeriesOutcome") -> None:
+    """Count one enhancement in the metrics: its stage durations, the model and device used."""
+    STAGE_SECONDS.labels("load", "").observe(outcome.load_s)
+    for method in outcome.methods:
+        for field, stage in METHOD_STAGES.items():
+            STAGE_SECONDS.labels(stage, method.method).observe(getattr(method.timings, field))
+        MODEL.labels(method.method).info({"version": method.version, "device": method.device})
+
+
 def _flat(series: "Iterable[list[list[SpooledInstance]]]") -> list[list[SpooledInstance]]:
     return [one for method in series for one in method]
 
@@ -62,6 +79,7 @@ class JobRunner:
         owner: str,
         deliveries: DeliveryQueues,
         part: JobPart,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -73,15 +91,24 @@ class JobRunner:
         # runners stop taking new ones (a destination that is down must not pull in every job).
         # A router in a process without enhancement workers (`workers = 0`) counts as one.
         self.max_jobs_forwarding = MAX_JOBS_FORWARDING_PER_WORKER * max(1, settings.worker.workers)
+        # Set when the node stops: the job in hand is finished, no other one is taken.
+        self.stopping = stopping or threading.Event()
+        self.current_job: int | None = None  # the job this runner is processing now
 
     def run_due_jobs(self) -> int:
         """Run jobs until none is due; return how many ran (the scheduler's worker tick)."""
         count = 0
         lease_seconds = self.settings.worker.lease_seconds
-        while self.deliveries.jobs_in_flight(self.part) < self.max_jobs_forwarding and (
-            job := claim_next_job(self.db, self._lease_token(), lease_seconds, self.part)
+        while (
+            not self.stopping.is_set()
+            and self.deliveries.jobs_in_flight(self.part) < self.max_jobs_forwarding
+            and (job := claim_next_job(self.db, self._lease_token(), lease_seconds, self.part))
         ):
-            self.run(job)
+            self.current_job = job.id
+            try:
+                self.run(job)
+            finally:
+                self.current_job = None
             count += 1
         return count
 
@@ -131,7 +158,23 @@ class JobRunner:
                 ),
             )
             return False
-        if job.part == JobPart.ORIGINALS:
+        if job.replay is not None:  # a release or resend: send again what the outbox holds
+            try:
+                outgoing = replay_outgoing(
+                    job.id, job.part, Replay(job.replay), job.outputs, inputs, self.spool
+                )
+            except SpoolError as exc:
+                self._finish(job, transient=False, error=str(exc))
+                return False
+            hold = None
+            log.info(
+                "job sends again job=%d part=%s replay=%s series=%d",
+                job.id,
+                job.part,
+                job.replay,
+                len(outgoing),
+            )
+        elif job.part == JobPart.ORIGINALS:
             outgoing, hold = [inputs], None
         else:
             derived = self._derived_outgoing(job, inputs)
@@ -162,17 +205,28 @@ class JobRunner:
         enhanced = self._enhance(job, inputs)
         if enhanced is None:
             return None
-        outgoing, unenhanced, hold = enhanced
+        outgoing, unenhanced, hold, held = enhanced
+        series_of = self.spool.outbox_series_uid
+        record = {
+            "series": [series_of(series[0].path) for series in outgoing + held if series],
+            "held": [series_of(series[0].path) for series in held if series],
+            "unenhanced": [],
+        }
         enhance = self.settings.enhance
         if not enhance.forward_originals and enhance.forward_unenhanced and unenhanced:
             outgoing.insert(0, [item for item in inputs if item.sop_instance_uid in unenhanced])
+            record["unenhanced"] = [item.sop_instance_uid for item in outgoing[0]]
+        # What a later `jobs release` or `jobs resend` sends again (pipeline.replay).
+        record_job_outputs(self.db, job.id, self._token(job), record)
         return outgoing, hold
 
     def _enhance(
         self, job: JobRecord, inputs: list[SpooledInstance]
-    ) -> tuple[list[list[SpooledInstance]], set[str], str | None] | None:
-        """The derived series and reports, the SOP UIDs left unenhanced, and why QA holds the
-        derived series back (None: send them).
+    ) -> (
+        tuple[list[list[SpooledInstance]], set[str], str | None, list[list[SpooledInstance]]] | None
+    ):
+        """The derived series and reports to send, the SOP UIDs left unenhanced, why QA holds
+        derived series back (None: send them) and the series it holds.
 
         None when the job was finished here (enhancement failed, or QA failed it)."""
         from dicomnode.pipeline.derived_output import outbox_sink
@@ -188,6 +242,7 @@ class JobRunner:
             self._finish(job, error=f"enhancement failed: {exc}")
             return None
         record_job_details(self.db, job.id, self._token(job), output.outcome.as_dict())
+        observe_outcome(output.outcome)
         qa = self.settings.qa
         harmful = {
             method.method: reasons
@@ -213,14 +268,15 @@ class JobRunner:
             )
             return None
         if not harmful or qa_action == "flag" or job.released:
-            return _flat(output.by_method.values()), output.unenhanced, None
+            return _flat(output.by_method.values()), output.unenhanced, None, []
         # Do no harm: the series of a method that would make things worse waits for an admin.
         sent = [series for name, series in output.by_method.items() if name not in harmful]
+        held = [series for name, series in output.by_method.items() if name in harmful]
         unenhanced = output.unenhanced
         if not sent:  # until released, nothing derived stands for any source image
             unenhanced = {item.sop_instance_uid for item in inputs}
         reason = f"{why}: derived series held; `dicomnode jobs release {job.id}` sends them"
-        return _flat(sent), unenhanced, reason
+        return _flat(sent), unenhanced, reason, _flat(held)
 
     def _finish(
         self,
@@ -230,7 +286,14 @@ class JobRunner:
         hold: str | None = None,
     ) -> None:
         result = finish_attempt(
-            self.db, job.id, self._token(job), self.settings.retry, error, transient, hold
+            self.db,
+            job.id,
+            self._token(job),
+            self.settings.retry,
+            error,
+            transient,
+            hold,
+            receive_only=self.settings.node.receive_only,
         )
         if result is None:
             return

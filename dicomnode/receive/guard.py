@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
+from dicomnode.observe.counters import CONNECTIONS_ABORTED
+
 log = logging.getLogger(__name__)
 
 P_DATA_TF = 0x04
@@ -47,7 +49,11 @@ class ConnectionLimits:
 
 
 class _Refused(Exception):
-    """One limit broken: the message is the reason that goes to the log."""
+    """One limit broken: the message is the reason that goes to the log, `kind` the metric's."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class GuardedSocket(AssociationSocket):
@@ -86,6 +92,7 @@ class GuardedSocket(AssociationSocket):
         try:
             header, body = self._read_pdu()
         except _Refused as exc:
+            CONNECTIONS_ABORTED.labels(exc.kind).inc()
             self._refuse(str(exc))
             return bytearray()  # pynetdicom: connection closed (Evt17), no traceback
         except OSError:
@@ -103,16 +110,18 @@ class GuardedSocket(AssociationSocket):
             if self.limits.max_pdu_bytes and length > self.limits.max_pdu_bytes:
                 raise _Refused(
                     f"P-DATA-TF of {length} bytes, more than the maximum length "
-                    f"{self.limits.max_pdu_bytes} we accepted (node.max_pdu_size, PS3.8 D.3.3.1)"
+                    f"{self.limits.max_pdu_bytes} we accepted (node.max_pdu_size, PS3.8 D.3.3.1)",
+                    "pdu_too_large",
                 )
             self._in_flight += length
             if self.limits.budget_bytes and self._in_flight > self.limits.budget_bytes:
                 raise _Refused(
                     f"more than {self.limits.budget_bytes} bytes of P-DATA for one message "
-                    "(node.max_instance_mb)"
+                    "(node.max_instance_mb)",
+                    "message_too_large",
                 )
         elif length > OTHER_PDU_LIMIT:
-            raise _Refused(f"PDU type 0x{pdu_type:02X} of {length} bytes")
+            raise _Refused(f"PDU type 0x{pdu_type:02X} of {length} bytes", "pdu_too_large")
         body = self._read_exactly(length, deadline)
         return header, body
 
@@ -136,7 +145,8 @@ class GuardedSocket(AssociationSocket):
         except TimeoutError:
             raise _Refused(
                 f"stalled: {got} of {size} bytes of a PDU in network.network_timeout="
-                f"{self.limits.pdu_seconds:g}s"
+                f"{self.limits.pdu_seconds:g}s",
+                "stalled",
             ) from None
         finally:
             if self.socket is not None:

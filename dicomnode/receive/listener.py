@@ -26,6 +26,7 @@ from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.dicom.tls import describe
+from dicomnode.observe.counters import CONNECTIONS_ABORTED
 from dicomnode.receive.guard import ConnectionLimits, GuardedRequestHandler
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,13 @@ class AssociationListener(ThreadedAssociationServer):
     block_on_close = False
     _screening: Counter[str]
     _screening_lock: threading.Lock
+    # Set by shutdown(): a connection still being screened then gets no association (the node
+    # waits for the associations in progress, and must not get new ones while it stops).
+    closing = False
+
+    def shutdown(self) -> None:
+        self.closing = True
+        super().shutdown()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         assert self.socket is not None
@@ -59,6 +67,7 @@ class AssociationListener(ThreadedAssociationServer):
                 port,
                 self.max_per_address,
             )
+            CONNECTIONS_ABORTED.labels("per_address_cap").inc()
             self.shutdown_request(request)
             return
         with self._screening_lock:
@@ -104,6 +113,10 @@ class AssociationListener(ThreadedAssociationServer):
                 log.warning("TLS handshake failed address=%s:%s: %s", host, port, describe(exc))
             else:
                 log.info("connection dropped before any request address=%s:%s: %s", host, port, exc)
+            self.shutdown_request(sock)
+            return
+        if self.closing:
+            log.info("connection dropped: the node is stopping address=%s:%s", host, port)
             self.shutdown_request(sock)
             return
         # Counted as an association from here on (pynetdicom's active_associations).

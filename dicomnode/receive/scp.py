@@ -1,4 +1,4 @@
-"""The C-STORE / C-ECHO SCP: thin pynetdicom handlers that spool, record and answer.
+"""The C-STORE, C-ECHO and Storage Commitment SCP: thin pynetdicom handlers that answer.
 
 An instance is answered Success only after its bytes are fsync'd under their final name in the
 spool and its row is committed. The bytes are stored exactly as received (no decode/re-encode),
@@ -16,19 +16,27 @@ from pydicom.filereader import read_dataset
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
 from dicomnode.db import Database, ReceivedInstance
-from dicomnode.db.instances import record_instance, stored_path
+from dicomnode.db.instances import mark_series_released, record_instance, stored_path
 from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
 from dicomnode.dicom.bounded import inflate_prefix, inflated_size
 from dicomnode.dicom.tls import server_context
-from dicomnode.errors import DecodeError, InstanceTooLarge, SpoolError
+from dicomnode.errors import DecodeError, DiskFull, InstanceTooLarge, SpoolError
+from dicomnode.forward.commitment import record_commitment_report
+from dicomnode.observe.counters import (
+    ASSOCIATIONS_REJECTED,
+    BYTES_RECEIVED,
+    INSTANCES_RECEIVED,
+    INSTANCES_REFUSED,
+)
+from dicomnode.receive.commitment import CommitmentResponder
 from dicomnode.receive.guard import COMMAND_ALLOWANCE, ConnectionLimits, GuardedSocket
 from dicomnode.receive.listener import start_listener
-from dicomnode.receive.status import SUCCESS, status_dataset, status_for
+from dicomnode.receive.status import SUCCESS, refusal_reason, status_dataset, status_for
 from dicomnode.spool import Spool, validate_uid
 
 log = logging.getLogger(__name__)
@@ -106,15 +114,23 @@ class StorageReceiver:
         self.db = db
         self._min_free_bytes = settings.node.min_free_disk_mb * 1024 * 1024
         self._counts: dict[int, int] = {}
+        self._series: dict[int, set[str]] = {}  # per association: the series it stored into
         self._counts_lock = threading.Lock()
         self._writer = ThreadPoolExecutor(settings.node.max_associations, "spool-write")
+        self.commitment = CommitmentResponder(settings, db)
 
     def handlers(self) -> list[tuple]:
         return [
+            # Storage Commitment: requests from callers, reports from our destinations.
+            (evt.EVT_N_ACTION, self.commitment.handle_action),
+            (evt.EVT_DIMSE_SENT, self.commitment.handle_sent),
+            (evt.EVT_CONN_CLOSE, self.commitment.forget),
+            (evt.EVT_N_EVENT_REPORT, lambda event: record_commitment_report(self.db, event)),
             CONNECTION_TUNING_HANDLER,
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_ACSE_SENT, self.handle_association_answer),
+            (evt.EVT_RELEASED, self.handle_released),
             (evt.EVT_CONN_CLOSE, self.handle_closed),
             (evt.EVT_DIMSE_SENT, _answered),
         ]
@@ -129,12 +145,17 @@ class StorageReceiver:
         if not isinstance(answer, A_ASSOCIATE) or answer.result not in (0x01, 0x02):
             return
         reason = answer.reason_str
+        label = "other"
         if answer.result_source == 0x03 and answer.diagnostic == 0x02:
             reason += f" (node.max_associations={self.settings.node.max_associations})"
+            label = "too_many_associations"
         elif answer.result_source == 0x01 and answer.diagnostic == 0x03:
             reason = "calling AE title not allowed (node.allowed_calling_aets)"
+            label = "calling_aet_not_allowed"
         elif answer.result_source == 0x01 and answer.diagnostic == 0x07:
             reason = f"called AE title is not {self.settings.node.ae_title!r} (node.ae_title)"
+            label = "called_aet_unknown"
+        ASSOCIATIONS_REJECTED.labels(label).inc()
         log.warning(
             "association rejected: %s calling_aet=%s called_aet=%s address=%s",
             reason,
@@ -146,6 +167,7 @@ class StorageReceiver:
     def handle_closed(self, event: Event) -> None:
         with self._counts_lock:
             stored = self._counts.pop(id(event.assoc), None)
+            self._series.pop(id(event.assoc), None)  # aborted: the quiet rule completes them
         sock = event.assoc.dul.socket
         guarded = isinstance(sock, GuardedSocket) and sock.refused_reason is not None
         if event.assoc.is_aborted and not guarded:  # a guard's abort has its own line
@@ -168,13 +190,25 @@ class StorageReceiver:
                 stored,
             )
 
+    def handle_released(self, event: Event) -> None:
+        """The sender said it is done with the series it stored (A-RELEASE): the completion rule
+        may take them after completion.release_quiet_seconds instead of series_quiet_seconds."""
+        with self._counts_lock:
+            series = self._series.pop(id(event.assoc), set())
+        if not series:
+            return
+        try:
+            mark_series_released(self.db, series)
+        except Exception:  # the quiet rule still completes them: log, never raise in a handler
+            log.exception("could not record the release of series=%s", ",".join(sorted(series)))
+
     def handle_store(self, event: Event) -> Dataset | int:
         """Spool and record one instance; every failure becomes a status, never an exception."""
         calling = event.assoc.requestor.ae_title
         sop_uid = str(event.request.AffectedSOPInstanceUID or "")
         try:
             if self.spool.free_bytes() < self._min_free_bytes:
-                raise SpoolError(
+                raise DiskFull(
                     f"less than node.min_free_disk_mb={self.settings.node.min_free_disk_mb} MB "
                     f"free in {self.spool.root}"
                 )
@@ -182,8 +216,11 @@ class StorageReceiver:
             ident = _identify(event)
             sop_uid = ident.sop_instance_uid
             self._store(event, ident, calling)
+            with self._counts_lock:
+                self._series.setdefault(id(event.assoc), set()).add(ident.series_uid)
         except Exception as exc:
             status = status_for(exc)
+            INSTANCES_REFUSED.labels(refusal_reason(exc)).inc()
             expected = DecodeError | SpoolError | InstanceTooLarge
             level = logging.WARNING if isinstance(exc, expected) else logging.ERROR
             log.log(
@@ -198,6 +235,8 @@ class StorageReceiver:
             return status_dataset(status, str(exc))
         with self._counts_lock:
             self._counts[id(event.assoc)] = self._counts.get(id(event.assoc), 0) + 1
+        INSTANCES_RECEIVED.inc()
+        BYTES_RECEIVED.inc(event.request.DataSet.getbuffer().nbytes)
         return SUCCESS
 
     def _check_size(self, event: Event) -> None:
@@ -288,6 +327,8 @@ def start_receiver(settings: Settings, spool: Spool, db: Database) -> ThreadedAs
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    # Either role: a caller asks us (we are SCP), a destination reports to us (it is SCP).
+    ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
     receiver = StorageReceiver(settings, spool, db)
     server = start_listener(
         ae,

@@ -4,7 +4,7 @@ import re
 
 from pydicom import Dataset
 
-from dicomnode.errors import DecodeError
+from dicomnode.errors import DecodeError, DiskFull, InstanceTooLarge, SpoolError
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # the sender should try again later
@@ -18,6 +18,19 @@ def status_for(error: Exception) -> int:
     """A dataset we cannot use is refused for good; every other failure (spool or disk full,
     database unavailable, a bug of ours) is not the sender's fault, so it is asked to resend."""
     return CANNOT_UNDERSTAND if isinstance(error, DecodeError) else OUT_OF_RESOURCES
+
+
+def refusal_reason(error: Exception) -> str:
+    """The `reason` label of a refused instance in the metrics (a short, fixed vocabulary)."""
+    if isinstance(error, DecodeError):
+        return "cannot_decode"
+    if isinstance(error, InstanceTooLarge):
+        return "too_large"
+    if isinstance(error, DiskFull):
+        return "disk_full"
+    if isinstance(error, SpoolError):
+        return "spool"
+    return "internal"
 
 
 def status_dataset(status: int, comment: str = "") -> Dataset:

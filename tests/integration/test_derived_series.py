@@ -17,22 +17,21 @@ import pytest
 from pydicom import Dataset, dcmread
 
 from dicomnode.imaging.pixels import to_modality
-from dicomnode.registry import MODELS_DIR
 from tests.conftest import pacs_destination
 from tests.support.cli import dicomnode
+from tests.support.data import CT_CHEST, MR_T1, MR_T1C, dicom_files
 from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.dcmtk import storescu
 from tests.support.node import NodeProcess
 from tests.support.orthanc import Orthanc
-from tests.support.series import SHARED_DATA
+from tests.support.series import series_instance_uid, sop_instance_uid
 
-CT_PATIENT = SHARED_DATA / "ct-chest" / "test" / "A067967"
-MR_SLAB = SHARED_DATA / "mr-brain-t1" / "test"
+CT_PATIENT = CT_CHEST  # one-slice series: two axial, one coronal reformat
+SOURCE_FOLDERS = (CT_PATIENT, MR_T1, MR_T1C)  # + a 16-bit and a 12-bit MR series
+SOURCES = dicom_files(*SOURCE_FOLDERS)
+CT_IMAGES = len(dicom_files(CT_PATIENT))
+SERIES = len({series_instance_uid(p) for p in SOURCES})
 METHODS = ["srcnn", "baseline"]
-
-pytestmark = pytest.mark.skipif(
-    not (MODELS_DIR / "srcnn-x1.keras").exists(), reason="models/srcnn-x1.keras is not shipped yet"
-)
 
 
 def all_done(count: int):  # type: ignore[no-untyped-def]
@@ -53,7 +52,7 @@ class Run:
 
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory, request):  # type: ignore[no-untyped-def]
-    """One node run over a CT patient (6 one-slice series) and a 40-slice MR series."""
+    """One node run over a CT patient (one-slice series) and two MR series."""
     workdir = tmp_path_factory.mktemp("derived")
     orthanc = Orthanc(workdir / "orthanc").start()
     request.addfinalizer(orthanc.stop)
@@ -63,11 +62,11 @@ def processed(tmp_path_factory, request):  # type: ignore[no-untyped-def]
         {"enhance": {"methods": METHODS, "scale": 1}},
     ).start()
     request.addfinalizer(node.stop)
-    for folder in (CT_PATIENT, MR_SLAB):
-        sent = storescu(node.port, sorted(folder.iterdir()))
+    for folder in SOURCE_FOLDERS:
+        sent = storescu(node.port, dicom_files(folder))
         assert sent.returncode == 0, sent.stderr
-    # 7 series, each an originals job and a derived job
-    jobs = node.wait_for_jobs(all_done(2 * 7), timeout=600)
+    # each series: an originals job and a derived job
+    jobs = node.wait_for_jobs(all_done(2 * SERIES), timeout=600)
     details = {
         j["id"]: node.cli("jobs", "show", str(j["id"]), "--json")
         for j in jobs
@@ -77,11 +76,7 @@ def processed(tmp_path_factory, request):  # type: ignore[no-untyped-def]
 
 
 def source_sops() -> set[str]:
-    return {
-        str(dcmread(p, stop_before_pixels=True).SOPInstanceUID)
-        for folder in (CT_PATIENT, MR_SLAB)
-        for p in folder.iterdir()
-    }
+    return {sop_instance_uid(p) for p in SOURCES}
 
 
 def derived_series_uids(run: Run) -> set[str]:
@@ -95,14 +90,15 @@ def derived_series_uids(run: Run) -> set[str]:
 def test_orthanc_holds_originals_one_derived_series_per_method_and_one_sr_each(processed) -> None:
     datasets = orthanc_datasets(processed.orthanc)
     sources, derived_series = source_sops(), derived_series_uids(processed)
-    # (the shared CT reformats are DERIVED themselves: sort by what the node reported)
+    # (the CT reformats are DERIVED themselves: sort by what the node reported)
     originals = [ds for ds in datasets if str(ds.SOPInstanceUID) in sources]
     derived = [ds for ds in datasets if str(ds.SeriesInstanceUID) in derived_series]
     reports = [ds for ds in datasets if ds.Modality == "SR"]
-    assert len(originals) == 6 + 40
-    assert len(derived) == len(METHODS) * (6 + 40)
-    assert len(reports) == len(METHODS) * 7
-    assert len(derived_series) == len(METHODS) * 7
+    assert (len(SOURCES), SERIES) == (11, 5)
+    assert len(originals) == len(SOURCES)
+    assert len(derived) == len(METHODS) * len(SOURCES)
+    assert len(reports) == len(METHODS) * SERIES
+    assert len(derived_series) == len(METHODS) * SERIES
     assert len(datasets) == len(originals) + len(derived) + len(reports)
     by_sop = {str(ds.SOPInstanceUID): ds for ds in originals}
     for ds in derived:
@@ -157,12 +153,8 @@ def test_every_written_file_validates(processed) -> None:
     node = processed.node
     jobs = processed.jobs
     written = sorted((node.data_dir / "spool" / "outbox").rglob("*.dcm"))
-    assert len(written) == len(METHODS) * (46 + 7)
-    sources = {
-        str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
-        for folder in (CT_PATIENT, MR_SLAB)
-        for p in folder.iterdir()
-    }
+    assert len(written) == len(METHODS) * (len(SOURCES) + SERIES)
+    sources = {sop_instance_uid(p): p for p in SOURCES}
     source_errors = {line for p in sources.values() for line in dciodvfy_errors(p)}
     for path in written:
         ds = dcmread(path, stop_before_pixels=True)
@@ -204,7 +196,7 @@ def test_derived_ct_keeps_the_hounsfield_units(processed) -> None:
         source_hu = float(to_modality(source).values[0][roi].mean())
         assert abs(derived_hu - source_hu) < 5.0
         checked += 1
-    assert checked == len(METHODS) * 6
+    assert checked == len(METHODS) * CT_IMAGES
 
 
 def test_resending_a_series_reprocesses_it_without_duplicates(processed) -> None:
@@ -212,7 +204,7 @@ def test_resending_a_series_reprocesses_it_without_duplicates(processed) -> None
     orthanc = processed.orthanc
     jobs = processed.jobs
     before = sorted(orthanc.instance_ids())
-    first_file = sorted(CT_PATIENT.iterdir())[0]
+    first_file = dicom_files(CT_PATIENT)[0]
     sent = storescu(node.port, [first_file])
     assert sent.returncode == 0, sent.stderr
     node.wait_for_jobs(all_done(len(jobs) + 2), timeout=300)
@@ -232,7 +224,7 @@ def test_derived_pixels_are_not_the_source_pixels(processed) -> None:
         for ds in datasets
         if str(ds.SeriesInstanceUID) in derived_series
     ]
-    assert len(changed) == len(METHODS) * 46
+    assert len(changed) == len(METHODS) * len(SOURCES)
     assert sum(changed) >= len(changed) * 0.9
 
 
@@ -252,21 +244,21 @@ def test_enhance_command_writes_derived_files_sr_csv_and_figure(tmp_path: Path) 
     written = [dcmread(p, stop_before_pixels=True) for p in out.rglob("*.dcm")]
     images = [ds for ds in written if ds.Modality == "CT"]
     reports = [ds for ds in written if ds.Modality == "SR"]
-    assert len(images) == 2 * 6 and len(reports) == 2 * 6
+    assert len(images) == 2 * CT_IMAGES and len(reports) == 2 * CT_IMAGES
     assert {str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID) for ds in images} == {
-        str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in CT_PATIENT.iterdir()
+        sop_instance_uid(p) for p in dicom_files(CT_PATIENT)
     }
     with (out / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 2 * 6 and {r["method"] for r in rows} == {"srcnn", "baseline"}
+    assert len(rows) == 2 * CT_IMAGES and {r["method"] for r in rows} == {"srcnn", "baseline"}
     assert (out / "comparison.png").stat().st_size > 10_000
 
 
 def test_no_patient_name_or_id_reaches_the_log(processed) -> None:
     log = processed.node.log()
     assert "job done" in log or "job=" in log  # the log is the real one, with events in it
-    for folder in (CT_PATIENT, MR_SLAB):
-        ds = dcmread(next(folder.iterdir()), stop_before_pixels=True)
+    for folder in SOURCE_FOLDERS:
+        ds = dcmread(dicom_files(folder)[0], stop_before_pixels=True)
         for value in (str(ds.PatientName), str(ds.PatientID)):
             if len(value) >= 4:  # shorter IDs ("02") match timestamps, not patients
                 assert value not in log, f"PHI {value!r} found in the node log"

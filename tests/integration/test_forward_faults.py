@@ -18,7 +18,7 @@ from tests.support.faulty_scp import Behaviour, FaultyScp
 from tests.support.orthanc import Orthanc
 from tests.support.series import sop_instance_uid, write_ct_series
 
-ATTEMPT_LINE = re.compile(r"^(\S+ \S+) INFO \S+ job started job=1 .* attempt=(\d+)$", re.M)
+ATTEMPT_LINE = re.compile(r"^(\S+) INFO \S+ job started job=1 .* attempt=(\d+)$", re.M)
 
 pytestmark = ON_BOTH_DATABASES
 
@@ -33,7 +33,7 @@ def faulty() -> Iterator[FaultyScp]:
 def attempt_times(log: str) -> list[float]:
     """When each attempt of job 1 started, in seconds, from the node's log lines."""
     return [
-        datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
         for stamp, _ in ATTEMPT_LINE.findall(log)
     ]
 

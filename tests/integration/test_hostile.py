@@ -39,7 +39,7 @@ MAX_INSTANCE_MB = 5
 MAX_ASSOCIATIONS = 3
 OVERHEAD_MB = 40
 DEFLATED = "1.2.840.10008.1.2.1.99"
-_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \S+ ")
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z [A-Z]+ \S+ ")
 
 
 def _kib(pid: int, field: str) -> int:
@@ -267,8 +267,8 @@ def test_hostile_text_is_shown_literally_and_the_log_keeps_one_line_per_record(
     status = c_store(node.port, forger)
     assert status is not None and int(status.Status) == 0xC000
 
-    jobs = node.wait_for_jobs(
-        lambda jobs: len(jobs) == 2 and all(j["status"] == "done" for j in jobs)
+    jobs = node.wait_for_jobs(  # no destinations: kept as "stored"
+        lambda jobs: len(jobs) == 2 and all(j["status"] == "stored" for j in jobs)
     )
     derived = next(job for job in jobs if job["part"] == "derived")
     # A value that reached a job's error (as raw header text did before): written as a sender
@@ -301,7 +301,7 @@ def test_files_and_folders_are_private_and_config_show_masks_the_database_passwo
 ) -> None:
     node = _limited_node(node_factory)
     assert storescu(node.port, ct_series[:2]).returncode == 0
-    node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "done")
+    node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "stored")  # no destinations
     for path in [node.data_dir, *node.data_dir.rglob("*")]:
         mode = path.stat().st_mode & 0o777
         assert mode & 0o007 == 0, f"{path} is {oct(mode)}"

@@ -5,6 +5,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from dicomnode.db.jobs import (
     reclaim_expired_leases,
     record_delivery,
 )
+from dicomnode.db.models import utcnow
+from dicomnode.db.retention import purgeable_series
 from dicomnode.errors import JobStateError
 from dicomnode.status import JobPart
 from tests.conftest import ON_BOTH_DATABASES
@@ -233,12 +236,23 @@ def test_cancel_and_retry_refuse_what_the_state_does_not_allow(db: Database) -> 
         cancel_job(db, 999)
 
 
-def test_job_without_destinations_is_done(db: Database) -> None:
+def test_job_without_destinations_is_stored_and_never_purgeable(db: Database) -> None:
     receive(db, "1.2.3.12", 2)
     [job_id] = create_jobs_for_quiet_series(db, 0, [], parts=ORIGINALS_ONLY)
     claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
     result = finish_attempt(db, job_id, "w", FAST_RETRY)
+    assert result is not None and result.status == "stored"
+    assert result.error is not None and "sent nowhere" in result.error
+    assert purgeable_series(db, utcnow() + timedelta(days=1)) == []  # sent nowhere: kept
+
+
+def test_job_without_destinations_of_a_receive_only_node_is_done(db: Database) -> None:
+    receive(db, "1.2.3.13", 2)
+    [job_id] = create_jobs_for_quiet_series(db, 0, [], parts=ORIGINALS_ONLY)
+    claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
+    result = finish_attempt(db, job_id, "w", FAST_RETRY, receive_only=True)
     assert result is not None and result.status == "done" and result.error is None
+    assert purgeable_series(db, utcnow() + timedelta(days=1)) == ["1.2.3.13"]
 
 
 def test_a_database_from_an_older_version_gets_the_new_columns(

@@ -41,7 +41,7 @@ def test_an_instance_over_the_size_limit_is_aborted_and_the_others_are_taken(
     assert "calling_aet=RAWSCU reason=more than" in node.log()
     assert "(node.max_instance_mb)" in node.log()
     assert storescu(node.port, ct_series).returncode == 0
-    [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "done")
+    [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "stored")
     assert job["instances"] == len(ct_series)
 
 

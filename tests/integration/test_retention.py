@@ -13,9 +13,11 @@ from sqlalchemy import update
 
 from dicomnode.config import RetentionSettings, Settings
 from dicomnode.db import Database, DeliveryStatus, ReceivedInstance
+from dicomnode.db.commitments import commitment_counts, record_report, record_request
 from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
 from dicomnode.db.jobs import claim_next_job, finish_attempt, list_jobs, record_delivery
 from dicomnode.db.models import Job, utcnow
+from dicomnode.dicom.commitment import CommitmentReport, Reference
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.spool import Spool
 from dicomnode.status import JobPart
@@ -92,3 +94,23 @@ def test_a_series_directory_removed_by_another_process_is_made_again(spool: Spoo
     shutil.rmtree(first.parent.parent)  # `dicomnode purge` in another process
     second = spool.write_instance("1.2.5", "1.2.5.1", "1.2.5.1.2", b"b")
     assert second.read_bytes() == b"b"
+
+
+@ON_BOTH_DATABASES
+def test_a_series_a_destination_has_still_to_commit_is_kept_until_it_reports(
+    db: Database, spool: Spool
+) -> None:
+    sop = generate_uid()
+    path = store(db, spool, "1.2.6", "1.2.6.1", sop)
+    age(path, 3)
+    job_id = deliver_days_ago(db, 2)
+    transaction = generate_uid()
+    record_request(db, job_id, "pacs", transaction, [Reference(CT, sop)])
+
+    assert purge_delivered(SETTINGS, db, spool) == []
+    assert path.exists()
+
+    record_report(db, CommitmentReport(transaction, (Reference(CT, sop),), ()))
+    [purged] = purge_delivered(SETTINGS, db, spool)
+    assert purged.series_uid == "1.2.6.1" and not path.exists()
+    assert commitment_counts(db, job_id) == {}

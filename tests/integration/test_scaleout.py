@@ -21,8 +21,10 @@ from dicomnode.db.jobs import get_job
 from tests.conftest import pacs_destination
 from tests.support.cli import dicomnode
 from tests.support.dcmtk import storescu
+from tests.support.metrics import Scrape, http_get
 from tests.support.node import NodeProcess
 from tests.support.orthanc import Orthanc
+from tests.support.ports import free_port
 from tests.support.series import sop_instance_uid, write_ct_series
 
 INJECTED = "tests.support.injected_methods"
@@ -141,3 +143,22 @@ def test_a_worker_with_nothing_to_do_refuses_to_start_naming_the_settings(node_f
         result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_a_worker_beside_its_listener_takes_no_data_dir_lock_and_is_ready_over_http(
+    node_factory,
+) -> None:
+    node = node_factory([], http={"enabled": True}).start()  # the listener holds data_dir's lock
+    port = free_port()
+    worker = node.worker("worker", {"DICOMNODE_HTTP_PORT": str(port)})
+    try:
+        worker.start()
+        deadline = time.monotonic() + 30
+        while (answer := http_get(port, "/readyz"))[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert answer == (200, "ready\n")  # no listener to ask about: database and disk only
+        assert Scrape(port).value("dicomnode_database_up") == 1
+        assert http_get(node.http_port, "/readyz") == (200, "ready\n")
+    finally:
+        code = worker.stop()
+    assert code == 0 and "worker stopped" in worker.log()

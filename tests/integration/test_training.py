@@ -1,6 +1,11 @@
-"""Training and evaluation on real series: a leak-free split, determinism, an honest ranking."""
+"""Training and evaluation on real series: a leak-free split, determinism, an honest ranking.
+
+Tiny runs on the real slices the repository holds (tests/data): three CT patients (chest, abdomen,
+head; three vendors) and one MR subject. Real training uses a corpus such as ../shared/data.
+"""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,25 +19,22 @@ from dicomnode.training.evaluate import evaluate_image, standard_methods, summar
 from dicomnode.training.pairs import PatchSampler, make_pair
 from dicomnode.training.train import TrainingSettings, train_srcnn
 from tests.support.cli import dicomnode
-from tests.support.series import SHARED_DATA
-
-CT_TRAIN = SHARED_DATA / "ct-chest" / "train"
-CT_TEST = SHARED_DATA / "ct-chest" / "test"
-MR_TRAIN = SHARED_DATA / "mr-brain-t1" / "train"
+from tests.support.data import CT_BODY, CT_CHEST, CT_FOLDERS, CT_HEAD_GE, MR_T1
 
 
 @pytest.fixture(scope="module")
 def ct_train_images():
-    return load_images([CT_TRAIN])
+    return load_images(list(CT_FOLDERS))
 
 
 def test_split_never_puts_a_patient_on_both_sides(ct_train_images) -> None:
-    images = ct_train_images + load_images([MR_TRAIN])
+    images = ct_train_images + load_images([MR_T1])
     train, validation = split_by_group(images, 0.2, seed=1)
     assert {i.group for i in train}.isdisjoint({i.group for i in validation})
     assert len(train) + len(validation) == len(images)
+    assert len({i.group for i in ct_train_images}) == 3
     ct_groups = {i.group for i in validation if i.modality == "CT"}
-    assert 1 <= len(ct_groups) <= 2  # 20 % of 7 patients
+    assert len(ct_groups) == 1  # 20 % of 3 patients, at least one
     # The single MR subject cannot be split without leaking: it all trains.
     assert all(i.modality == "CT" for i in validation)
 
@@ -75,9 +77,10 @@ def test_patches_are_fresh_and_turned_every_batch(ct_train_images) -> None:
 
 
 def test_evaluation_ranks_nearest_neighbour_below_bicubic() -> None:
-    # Axial slices: the shared coronal/sagittal reformats are built from thick slices, blocky
-    # along one axis, which nearest-neighbour happens to reproduce well.
-    images = load_images(sorted(CT_TEST.glob("*/axial-*.dcm")))[:4]
+    # Axial slices: the coronal/sagittal reformats are built from thick slices, blocky along one
+    # axis, which nearest-neighbour happens to reproduce well.
+    images = [i for i in load_images(list(CT_FOLDERS)) if i.plane == "axial"]
+    assert len(images) == 6
     methods = standard_methods(2, model=None, include_nearest=True)
     rows = [
         row for image in images for row in evaluate_image(image, 2, methods, Degradation(2)).rows
@@ -89,11 +92,10 @@ def test_evaluation_ranks_nearest_neighbour_below_bicubic() -> None:
     assert summary["nearest"]["ssim_mean"] < summary["bicubic"]["ssim_mean"]
 
 
-@pytest.mark.skipif(not (MODELS_DIR / "srcnn-x2.keras").exists(), reason="no shipped x2 model")
 def test_evaluate_command_writes_the_files_and_json(tmp_path: Path) -> None:
     result = dicomnode(
         "evaluate",
-        str(CT_TEST / "A072894"),
+        str(CT_CHEST),
         "--scale",
         "2",
         "--out",
@@ -110,3 +112,32 @@ def test_evaluate_command_writes_the_files_and_json(tmp_path: Path) -> None:
     assert data["methods"]["srcnn"]["gain_db_vs_bicubic"] > 0
     for name in ("metrics_per_image.csv", "metrics_summary.csv", "comparison.png"):
         assert (tmp_path / name).stat().st_size > 100
+
+
+def test_train_command_runs_from_a_clone_on_the_repository_slices(tmp_path: Path) -> None:
+    """The README's example: a quick run on tests/data (real training uses a corpus)."""
+    out = tmp_path / "srcnn-ct-x1.keras"
+    folders = [str(CT_CHEST), str(CT_BODY), str(CT_HEAD_GE)]
+    result = dicomnode(
+        "train",
+        *folders,
+        *("--modality", "CT", "--scale", "1", "--updates", "1000", "--epochs", "2"),
+        *("--out", str(out)),
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert load_model(out).scale == 1
+    report = json.loads((tmp_path / "srcnn-ct-x1.history.json").read_text())["report"]
+    assert (report["train_images"], report["validation_images"]) in {(6, 1), (4, 3)}
+    groups = report["train_groups"] + report["validation_groups"]
+    assert len(groups) == 3 and all(re.fullmatch(r"[0-9a-f]{12}", g) for g in groups)
+    assert (tmp_path / "srcnn-ct-x1.loss.png").stat().st_size > 1000
+
+
+def test_shipped_training_histories_name_no_patient() -> None:
+    histories = sorted(MODELS_DIR.glob("*.history.json"))
+    assert histories
+    for path in histories:
+        report = json.loads(path.read_text())["report"]
+        groups = report["train_groups"] + report["validation_groups"]
+        assert groups and all(re.fullmatch(r"[0-9a-f]{12}", g) for g in groups), path.name

@@ -21,7 +21,10 @@ def toml_value(value: Any) -> str:
 
 
 def write_config(
-    path: Path, sections: dict[str, dict[str, Any]], destinations: list[dict[str, Any]]
+    path: Path,
+    sections: dict[str, dict[str, Any]],
+    destinations: list[dict[str, Any]],
+    peers: list[dict[str, Any]] | None = None,
 ) -> Path:
     lines = []
     for section, values in sections.items():
@@ -30,6 +33,9 @@ def write_config(
     for destination in destinations:
         lines.append("[[destinations]]")
         lines += [f"{key} = {toml_value(value)}" for key, value in destination.items()]
+    for peer in peers or []:
+        lines.append("[[peers]]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in peer.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -49,9 +55,11 @@ class NodeProcess:
         workdir: Path,
         destinations: list[dict[str, Any]],
         overrides: dict[str, dict[str, Any]] | None = None,
+        peers: list[dict[str, Any]] | None = None,
     ) -> None:
         self.workdir = workdir
         self.port = free_port()
+        self.http_port = free_port()  # the metrics endpoint, when a test enables [http]
         self.data_dir = workdir / "data"
         sections: dict[str, dict[str, Any]] = {
             "node": {
@@ -71,6 +79,7 @@ class NodeProcess:
                 "connect_timeout": 5,
             },
             "logging": {"level": "DEBUG"},
+            "http": {"host": "127.0.0.1", "port": self.http_port},
             # Forward-only unless a test asks for enhancement: the backbone tests count instances.
             # Derived series go out whatever their numbers say, unless a test checks the gate.
             "enhance": {"methods": [], "qa_action": "flag"},
@@ -78,7 +87,7 @@ class NodeProcess:
         for section, values in (overrides or {}).items():
             sections.setdefault(section, {}).update(values)
         workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path = write_config(workdir / "dicomnode.toml", sections, destinations)
+        self.config_path = write_config(workdir / "dicomnode.toml", sections, destinations, peers)
         self.log_path = workdir / "node.log"
         self.command = "serve"
         self.env: dict[str, str] = {}
@@ -93,10 +102,14 @@ class NodeProcess:
         worker._process = None
         return worker
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run a `dicomnode` admin command against this node's config."""
+    def cli(
+        self, *args: str, check: bool = True, answer: str = ""
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a `dicomnode` admin command against this node's config; `answer` is its stdin
+        (what an admin types at a confirmation prompt; nothing: end of input)."""
         result = subprocess.run(
             [sys.executable, "-m", "dicomnode", *args, "--config", str(self.config_path)],
+            input=answer,
             capture_output=True,
             text=True,
             timeout=60,
@@ -125,14 +138,20 @@ class NodeProcess:
             self.wait_for_log("worker started", since=logged_before)
         return self
 
-    def wait_for_log(self, text: str, timeout: float = 60.0, since: int = 0) -> None:
-        """Wait until the process has logged `text` (after the first `since` characters of its
-        log); fail with the log if it exits first."""
+    def wait_for_log(self, text: str, timeout: float = 60.0, since: int = 0) -> str:
+        """The first log line containing `text` (after the first `since` characters of the log),
+        once it is written; fail showing the log if the process exits first or time runs out."""
         deadline = time.monotonic() + timeout
-        while text not in self.log()[since:]:
+        while True:
+            # Whether it exited, read before the log: a line written just before the exit counts.
             exited = self._process is not None and self._process.poll() is not None
+            lines = [line for line in self.log()[since:].splitlines() if text in line]
+            if lines:
+                return lines[0]
             if exited or time.monotonic() > deadline:
-                raise AssertionError(f"never logged {text!r}:\n{self.log()[-4000:]}")
+                raise AssertionError(
+                    f"no log line with {text!r}\n--- node log tail ---\n{self.log()[-4000:]}"
+                )
             time.sleep(0.05)
 
     @property
@@ -150,6 +169,18 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             self._process.kill()
             code = self._process.wait()
+        self._process = None
+        return code
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` (SIGINT is what Ctrl-C sends) without waiting."""
+        assert self._process is not None, "the node is not running"
+        self._process.send_signal(signum)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        """The exit code once the process ends by itself (after `signal`)."""
+        assert self._process is not None, "the node is not running"
+        code = self._process.wait(timeout=timeout)
         self._process = None
         return code
 

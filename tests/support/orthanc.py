@@ -40,8 +40,14 @@ class Orthanc:
     ae_title = "ORTHANC"
 
     def __init__(
-        self, workdir: Path, dicom_port: int | None = None, tls: OrthancTls | None = None
+        self,
+        workdir: Path,
+        dicom_port: int | None = None,
+        tls: OrthancTls | None = None,
+        modalities: dict[str, dict[str, object]] | None = None,
     ) -> None:
+        """`modalities`: Orthanc's DicomModalities (e.g. where it sends storage commitment
+        reports: {"node": {"AET": ..., "Host": ..., "Port": ...}})."""
         self.workdir = workdir
         self.dicom_port = dicom_port or free_port()
         self.http_port = free_port()
@@ -73,7 +79,7 @@ class Orthanc:
                     "RemoteAccessAllowed": False,
                     "AuthenticationEnabled": False,
                     "Plugins": [],
-                    "DicomModalities": {},
+                    "DicomModalities": modalities or {},
                     "StorageCompression": False,
                     "OverwriteInstances": True,
                     "SaveJobs": False,
@@ -121,6 +127,11 @@ class Orthanc:
 
     def instance_ids(self) -> list[str]:
         return self.get("/instances").json()
+
+    def delete_instances(self) -> None:
+        """Forget everything stored (to see what is sent next)."""
+        for orthanc_id in self.instance_ids():
+            requests.delete(f"{self.url}/instances/{orthanc_id}", timeout=30).raise_for_status()
 
     def sop_instance_uids(self) -> list[str]:
         """One entry per stored instance (a UID stored twice would appear twice)."""

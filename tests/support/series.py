@@ -1,27 +1,25 @@
 """Generated test series: real CT pixels in a multi-instance series of our own making.
 
-The shared CT data holds one slice per series; the network tests need a series of many instances,
-so this builds one from a real slice (or pydicom's CT_small when shared/ is absent): fresh
-Study/Series/SOP UIDs, one position per slice, and pixels that differ from slice to slice so a
-mix-up between instances would show.
+The real CT data holds one slice per series; the network tests need a series of many instances,
+so this builds one from a real slice the repository holds (`tests/data/`): fresh Study/Series/SOP
+UIDs, one position per slice, and pixels that differ from slice to slice so a mix-up between
+instances would show.
 """
 
 from pathlib import Path
 
 import numpy as np
 from pydicom import dcmread
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO.parent / "shared" / "data"
-CT_TEMPLATE = SHARED_DATA / "ct-chest" / "test" / "A067967" / "axial-19001006-028.dcm"
+from tests.support.data import CT_AXIAL
+
+CT_TEMPLATE = CT_AXIAL
 
 
 def ct_template() -> Dataset:
-    path = CT_TEMPLATE if CT_TEMPLATE.is_file() else Path(get_testdata_file("CT_small.dcm"))
-    return dcmread(path)
+    return dcmread(CT_TEMPLATE)
 
 
 def write_ct_series(
@@ -60,8 +58,6 @@ def write_ct_series(
         for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
             if keyword in ds:
                 del ds[keyword]
-        if 0xFFFCFFFC in ds:  # CT_small's Data Set Trailing Padding: peers may drop it (PS3.5 7.8)
-            del ds[0xFFFCFFFC]
         ds.file_meta = FileMetaDataset()
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

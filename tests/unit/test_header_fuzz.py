@@ -4,7 +4,8 @@ Real series arrive de-identified (type-2 attributes dropped or blanked), with no
 values, odd geometry, multi-frame or unusual bit depths (issue 12). For each variant of a real CT
 slice and of pydicom's MR_small the derived image (`derived_instance`) and the SR
 (`metrics_report`) are built in memory, written, and checked with `dciodvfy`: no Error line
-beyond those the source variant already has (../shared/DICOM_DERIVED.md). An image that cannot
+beyond those the source variant already has (a real source may carry errors of its own; the
+derived file must add none). An image that cannot
 be derived must be declined with a message naming the attribute, never crash, and never quote a
 raw value (it may be PHI).
 """
@@ -29,10 +30,10 @@ from dicomnode.imaging.outcome import ImageOutcome
 from dicomnode.imaging.pixels import to_modality, to_stored
 from dicomnode.imaging.qa import QaVerdict
 from dicomnode.registry import SRCNN
+from tests.support.data import CT_HEAD_GE
 from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.series import write_ct_series
 
-GE_HEAD = Path(__file__).resolve().parents[1] / "data" / "ct-head-ge"
 INVALID_DATE = "1970-01-01"  # ISO, not DA (PS3.5 6.2): the value seen in issue 12
 
 # Type-2 (and 2C) attributes of the Patient, General Study, General Series, General Equipment
@@ -295,7 +296,7 @@ def check(sources: Sequence[Dataset], variant: Variant, out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def ct_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real CT slice (or CT_small without ../shared), cropped small to keep the run quick."""
+    """A real CT slice (tests/data), cropped small to keep the run quick."""
     [path] = write_ct_series(tmp_path_factory.mktemp("ct"), 1, size=64)
     return path
 
@@ -322,7 +323,7 @@ def test_mr_variant_derives_and_validates(variant: Variant, tmp_path: Path) -> N
 
 def test_real_de_identified_ge_head_ct_derives_and_validates(tmp_path: Path) -> None:
     """The series of issue 12: no PatientBirthDate/PatientSex, 18.5° tilt, as it was received."""
-    sources = [dcmread(GE_HEAD / name) for name in ("01.dcm", "14.dcm", "28.dcm")]
+    sources = [dcmread(CT_HEAD_GE / name) for name in ("01.dcm", "14.dcm", "28.dcm")]
     assert "PatientBirthDate" not in sources[0]
     for scale in (1, 2):
         check(sources, Variant(f"ge-head-x{scale}", remove(), scale=scale), tmp_path / str(scale))

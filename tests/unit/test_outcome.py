@@ -28,7 +28,11 @@ def test_series_means_are_those_of_the_reported_numbers() -> None:
         ([0.5, 0.2], ["ok", "warn"], []),
         ([1.0, -0.8], None, []),  # the mean gains, one image slightly worse: tolerated
         ([-0.2, 0.1], None, ["self-check mean gain -0.05 dB < +0.00 dB"]),
-        ([2.0, -1.5], None, ["self-check gain below -1.00 dB on 1 image(s) (worst -1.50 dB)"]),
+        (
+            [2.0, -1.5],
+            None,
+            ["self-check gain below -1.00 dB on 1 of 2 checked image(s) (worst -1.50 dB)"],
+        ),
         ([None, None], ["ok", "fail"], ["QA verdict 'fail' on 1 of 2 images"]),
     ],
 )

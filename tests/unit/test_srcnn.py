@@ -1,5 +1,6 @@
 """SRCNN inference: tiling is seamless, the residual sits on bicubic, models load or say why."""
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +96,13 @@ def test_missing_or_foreign_model_files_are_named(tmp_path: Path) -> None:
         load_model(tmp_path / "nope.keras")
     junk = tmp_path / "junk.keras"
     junk.write_bytes(b"not a model")
-    with pytest.raises(ModelError, match=r"junk\.keras: cannot load"):
+    with pytest.raises(ModelError, match=r"junk\.keras: not a \.keras model archive"):
         load_model(junk)
+    foreign = tmp_path / "foreign.keras"
+    with zipfile.ZipFile(foreign, "w") as archive:
+        archive.writestr("config.json", "{}")
+    with pytest.raises(ModelError, match=r"foreign\.keras: cannot load the model: "):
+        load_model(foreign)
 
 
 def test_a_network_that_is_not_9_1_5_is_refused() -> None:

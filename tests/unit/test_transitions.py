@@ -6,11 +6,14 @@ import pytest
 
 from dicomnode.config import RetrySettings
 from dicomnode.db.transitions import (
+    AdminAction,
     AttemptOutcome,
     DeliveryOutcome,
     Transition,
+    admin_refusal,
     after_attempt,
     after_lapsed_lease,
+    discard_refusal,
 )
 from dicomnode.status import DeliveryStatus, JobStatus
 
@@ -31,7 +34,10 @@ def delivered(*deliveries: DeliveryOutcome, **kwargs: object) -> AttemptOutcome:
 TABLE = [
     # everything delivered
     (delivered(DONE), 1, None, JobStatus.DONE, None, ()),
-    (delivered(), 1, None, JobStatus.DONE, None, ()),
+    # nowhere to send it: kept from retention, unless the node is receive-only on purpose
+    (delivered(), 1, None, JobStatus.STORED, "sent nowhere", ()),
+    (delivered(receive_only=True), 1, None, JobStatus.DONE, None, ()),
+    (delivered(hold="QA verdict 'fail'"), 1, None, JobStatus.HELD, "QA verdict", ()),
     (delivered(DONE), 3, 9, JobStatus.DONE, None, ()),  # a newer job does not undo success
     # a hold on success
     (delivered(DONE, hold="QA verdict 'fail'"), 1, None, JobStatus.HELD, "QA verdict", ()),
@@ -111,3 +117,74 @@ def test_a_job_whose_worker_died_is_queued_again_until_it_died_max_attempts_time
         assert "dicomnode jobs retry 42" in transition.error
     else:
         assert transition == Transition(JobStatus.QUEUED)
+
+
+# What an admin may do in each state: (action, state, newer job) → None, or text of the refusal.
+S = JobStatus
+ADMIN_TABLE = [
+    (AdminAction.RETRY, S.DEAD, None, None),
+    (AdminAction.RETRY, S.FAILED, None, None),
+    (AdminAction.RETRY, S.CANCELLED, None, None),
+    (AdminAction.RETRY, S.DONE, None, "only dead, failed, cancelled jobs can be retried"),
+    (AdminAction.RETRY, S.HELD, None, "job 7 is held"),
+    (AdminAction.RELEASE, S.HELD, None, None),
+    (AdminAction.RELEASE, S.DONE, None, "only held jobs can be released"),
+    (AdminAction.CANCEL, S.QUEUED, None, None),
+    (AdminAction.CANCEL, S.PROCESSING, None, None),
+    (AdminAction.CANCEL, S.HELD, None, None),
+    (AdminAction.CANCEL, S.DONE, None, "job 7 is already done"),
+    (AdminAction.CANCEL, S.CANCELLED, None, "already cancelled"),
+    (AdminAction.RESEND, S.DONE, None, None),
+    (AdminAction.RESEND, S.STORED, None, None),  # sent nowhere: to a destination added since
+    (
+        AdminAction.RESEND,
+        S.DONE,
+        9,
+        "superseded by job 9 of the same series and part; resend job 9",
+    ),
+    (AdminAction.RESEND, S.DEAD, None, "only done, stored jobs can be resent"),
+    (AdminAction.RESEND, S.HELD, None, "only done, stored jobs can be resent"),
+    (AdminAction.RESEND, S.FORWARDING, None, "job 7 is forwarding"),
+    (AdminAction.DISCARD, S.DEAD, None, None),
+    (AdminAction.DISCARD, S.CANCELLED, None, None),
+    (AdminAction.DISCARD, S.DONE, None, "only dead, cancelled jobs can be discarded"),
+    (AdminAction.DISCARD, S.FAILED, None, "only dead, cancelled jobs can be discarded"),
+]
+
+
+@pytest.mark.parametrize(("action", "status", "newer", "refusal"), ADMIN_TABLE)
+def test_what_an_admin_may_do_in_each_state(
+    action: AdminAction, status: JobStatus, newer: int | None, refusal: str | None
+) -> None:
+    answer = admin_refusal(action, 7, status, newer)
+    if refusal is None:
+        assert answer is None
+    else:
+        assert answer is not None and refusal in answer
+
+
+# (the job's state, every job of its series, instances waiting) → None, or text of the refusal
+DISCARD_TABLE = [
+    (S.DEAD, [(7, S.DEAD)], False, None),
+    (S.DEAD, [(6, S.DONE), (7, S.DEAD)], False, None),  # the originals went: the series may go
+    (S.CANCELLED, [(6, S.CANCELLED), (7, S.CANCELLED)], False, None),
+    (S.DEAD, [(6, S.FAILED), (7, S.DEAD)], False, "job 6 of the same series is failed"),
+    (S.DEAD, [(7, S.DEAD), (8, S.QUEUED)], False, "jobs cancel 8"),
+    (S.DEAD, [(7, S.DEAD), (8, S.HELD)], False, "job 8 of the same series is held"),
+    (S.DEAD, [(7, S.DEAD)], True, "new instances that wait for a job"),
+    (S.DONE, [(7, S.DONE)], False, "only dead, cancelled jobs can be discarded"),
+]
+
+
+@pytest.mark.parametrize(("status", "series_jobs", "waiting", "refusal"), DISCARD_TABLE)
+def test_when_a_series_may_be_discarded(
+    status: JobStatus,
+    series_jobs: list[tuple[int, JobStatus]],
+    waiting: bool,
+    refusal: str | None,
+) -> None:
+    answer = discard_refusal(7, status, series_jobs, waiting)
+    if refusal is None:
+        assert answer is None
+    else:
+        assert answer is not None and refusal in answer

@@ -1,0 +1,163 @@
+"""End to end: a CT series through a node on the shipped defaults, forwarding to a real Orthanc.
+
+DCMTK `storescu` sends one series (one association) to `dicomnode serve`; from the moment the last
+instance is acknowledged (storescu exits), the PACS is polled until it holds the originals, then
+everything the node sends (originals + derived series + metrics SR; or only the originals when the
+do-no-harm gate holds the derived series, which the table says). A fresh node and Orthanc per run,
+so the first job pays whatever start-up the node leaves to it. Per-stage seconds come from the
+derived job's details. Prints a table and writes JSON (default benchmarks/results/e2e.json):
+    python benchmarks/e2e.py [--instances 300] [--size 512] [--repeats 3] [--out FILE]
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.dcmtk import storescu  # noqa: E402
+from tests.support.node import NodeProcess, part_of  # noqa: E402
+from tests.support.orthanc import Orthanc  # noqa: E402
+from tests.support.series import series_instance_uid, write_ct_series  # noqa: E402
+
+# The shipped [enhance], [completion] and [worker] defaults, over NodeProcess's test values.
+SHIPPED = {
+    "completion": {"series_quiet_seconds": 30, "release_quiet_seconds": 2},
+    "worker": {"poll_seconds": 1.0, "lease_seconds": 300},
+    "logging": {"level": "INFO"},
+    "enhance": {"methods": ["srcnn"], "qa_action": "hold"},
+}
+FINAL = {"done", "held", "dead", "cancelled"}
+
+
+def pacs_counts(pacs: Orthanc, original_uid: str) -> tuple[int, int]:
+    """(instances of the original series, instances of every other series) held by the PACS."""
+    originals = others = 0
+    for series in pacs.get("/series?expand").json():
+        count = len(series["Instances"])
+        if series["MainDicomTags"]["SeriesInstanceUID"] == original_uid:
+            originals += count
+        else:
+            others += count
+    return originals, others
+
+
+def one_run(work: Path, folder: Path, count: int, timeout: float) -> dict[str, Any]:
+    pacs = Orthanc(work / "orthanc").start()
+    node = NodeProcess(
+        work / "node",
+        [{"name": "pacs", "ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port}],
+        SHIPPED,
+    ).start()
+    try:
+        sent = storescu(node.port, folder)
+        acknowledged = time.monotonic()
+        if sent.returncode != 0 or "Failed" in sent.stderr:
+            raise RuntimeError(f"storescu failed: {sent.stderr[-2000:]}")
+        original_uid = series_instance_uid(next(folder.iterdir()))
+        originals_s = everything_s = None
+        jobs: list[dict[str, Any]] = []
+        while time.monotonic() - acknowledged < timeout:
+            now = time.monotonic() - acknowledged
+            originals, others = pacs_counts(pacs, original_uid)
+            if originals_s is None and originals >= count:
+                originals_s = now
+            jobs = node.jobs()
+            derived = part_of(jobs, "derived")
+            if originals_s is not None and derived.get("status") in FINAL:
+                expected_others = 0 if derived["status"] != "done" else count + 1  # + the SR
+                if others >= expected_others:
+                    everything_s = now
+                    break
+            time.sleep(0.2)
+        if everything_s is None:
+            raise RuntimeError(f"not everything at the PACS after {timeout:.0f} s: {jobs}")
+        derived = json.loads(
+            node.cli("jobs", "show", str(part_of(jobs, "derived")["id"]), "--json").stdout
+        )
+        return {
+            "originals_at_pacs_s": round(originals_s, 2),
+            "everything_at_pacs_s": round(everything_s, 2),
+            "derived_status": derived["status"],
+            "instances_at_pacs": sum(pacs_counts(pacs, original_uid)),
+            "stages_s": stages_of(derived),
+        }
+    finally:
+        node.stop()
+        pacs.stop()
+
+
+def stages_of(job: dict[str, Any]) -> dict[str, float]:
+    """Seconds per stage of the derived job, as its details record them."""
+    details = job.get("details") or {}
+    stages = {"load": details.get("load_s", 0.0)}
+    for method in details.get("methods", []):
+        for name, seconds in method["timings"].items():
+            key = name.removesuffix("_s")
+            stages[key] = round(stages.get(key, 0.0) + seconds, 2)
+    stages["device"] = details["methods"][0]["device"] if details.get("methods") else "-"
+    return stages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=300)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "e2e.json")
+    args = parser.parse_args()
+
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="dicomnode-e2e-") as tmp:
+        work = Path(tmp)
+        for repeat in range(args.repeats):
+            folder = work / f"series{repeat}"
+            write_ct_series(folder, args.instances, size=args.size, seed=repeat)
+            runs.append(one_run(work / f"run{repeat}", folder, args.instances, args.timeout))
+
+    print(
+        f"{args.instances} x {args.size}² CT, storescu → dicomnode (shipped defaults) → Orthanc; "
+        "seconds after the last instance was acknowledged"
+    )
+    header = f"{'run':<5}{'originals':>11}{'everything':>12}{'derived':>10}  stages (s)"
+    print(header)
+    for index, run in enumerate(runs, 1):
+        stages = ", ".join(f"{k} {v}" for k, v in run["stages_s"].items())
+        print(
+            f"{index:<5}{run['originals_at_pacs_s']:>11.2f}{run['everything_at_pacs_s']:>12.2f}"
+            f"{run['derived_status']:>10}  {stages}"
+        )
+    medians = {
+        key: round(statistics.median(run[key] for run in runs), 2)
+        for key in ("originals_at_pacs_s", "everything_at_pacs_s")
+    }
+    print(
+        f"median: originals {medians['originals_at_pacs_s']} s, everything "
+        f"{medians['everything_at_pacs_s']} s"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "instances": args.instances,
+                "size": args.size,
+                "machine": platform.platform(),
+                "runs": runs,
+                "median": medians,
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Storage Commitment bookkeeping: what each delivery asked a peer to keep and what it said.
+
+One row per (job, destination, instance). A request moves the instances it names to `pending`
+under its Transaction UID; the peer's report, whenever and however it comes, moves them to
+`committed` or `failed`. Committed rows stay committed: a later attempt asks only for the rest.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import CursorResult, Select, delete, func, select, update
+from sqlalchemy.orm import Session
+
+from dicomnode.db.engine import Database
+from dicomnode.db.models import Commitment, Instance, utcnow
+from dicomnode.dicom.commitment import CommitmentReport, Reference
+
+
+class CommitmentState(StrEnum):
+    PENDING = "pending"
+    COMMITTED = "committed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TransactionState:
+    """A request's instances by state; `failed` pairs each UID with the peer's reason."""
+
+    committed: int
+    pending: int
+    failed: tuple[tuple[str, int | None], ...]
+
+
+def committed_uids(db: Database, job_id: int, destination: str) -> set[str]:
+    """Instances of this job the destination already confirmed it keeps."""
+    with db.session() as session:
+        return set(
+            session.scalars(
+                select(Commitment.sop_instance_uid).where(
+                    Commitment.job_id == job_id,
+                    Commitment.destination == destination,
+                    Commitment.state == CommitmentState.COMMITTED,
+                )
+            )
+        )
+
+
+def record_request(
+    db: Database,
+    job_id: int,
+    destination: str,
+    transaction_uid: str,
+    references: Iterable[Reference],
+) -> None:
+    """Mark these instances pending under `transaction_uid` (a new row, or a re-asked one)."""
+    now = utcnow()
+    wanted = {ref.sop_instance_uid: ref for ref in references}
+    with db.session() as session:
+        rows = session.scalars(
+            select(Commitment).where(
+                Commitment.job_id == job_id,
+                Commitment.destination == destination,
+                Commitment.sop_instance_uid.in_(list(wanted)),
+            )
+        ).all()
+        for row in rows:
+            ref = wanted.pop(row.sop_instance_uid)
+            row.sop_class_uid, row.transaction_uid = ref.sop_class_uid, transaction_uid
+            row.state, row.failure_reason, row.updated_at = CommitmentState.PENDING, None, now
+        session.add_all(
+            Commitment(
+                job_id=job_id,
+                destination=destination,
+                sop_instance_uid=ref.sop_instance_uid,
+                sop_class_uid=ref.sop_class_uid,
+                transaction_uid=transaction_uid,
+                state=CommitmentState.PENDING,
+                updated_at=now,
+            )
+            for ref in wanted.values()
+        )
+
+
+def record_report(db: Database, report: CommitmentReport) -> int:
+    """Apply a peer's report to the rows of its transaction; how many rows it matched
+    (0: no request of ours has this Transaction UID)."""
+    now = utcnow()
+    matched = 0
+    with db.session() as session:
+        for ref in report.committed:
+            matched += _set_state(session, report.transaction_uid, ref, CommitmentState.COMMITTED)
+        for failure in report.failed:
+            matched += _set_state(
+                session,
+                report.transaction_uid,
+                failure.reference,
+                CommitmentState.FAILED,
+                failure.reason,
+            )
+        session.execute(
+            update(Commitment)
+            .where(Commitment.transaction_uid == report.transaction_uid)
+            .values(updated_at=now)
+        )
+    return matched
+
+
+def _set_state(
+    session: Session,
+    transaction_uid: str,
+    ref: Reference,
+    state: CommitmentState,
+    reason: int | None = None,
+) -> int:
+    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+        update(Commitment)
+        .where(
+            Commitment.transaction_uid == transaction_uid,
+            Commitment.sop_instance_uid == ref.sop_instance_uid,
+        )
+        .values(state=state, failure_reason=reason)
+    )
+    return result.rowcount
+
+
+def transaction_state(db: Database, transaction_uid: str) -> TransactionState:
+    with db.session() as session:
+        rows = session.execute(
+            select(Commitment.sop_instance_uid, Commitment.state, Commitment.failure_reason).where(
+                Commitment.transaction_uid == transaction_uid
+            )
+        ).all()
+    return TransactionState(
+        committed=sum(state == CommitmentState.COMMITTED for _, state, _ in rows),
+        pending=sum(state == CommitmentState.PENDING for _, state, _ in rows),
+        failed=tuple(
+            (uid, reason) for uid, state, reason in rows if state == CommitmentState.FAILED
+        ),
+    )
+
+
+def commitment_counts(db: Database, job_id: int) -> dict[str, dict[str, int]]:
+    """Per destination of the job: how many instances are committed, failed and pending."""
+    with db.session() as session:
+        rows = session.execute(
+            select(Commitment.destination, Commitment.state, func.count())
+            .where(Commitment.job_id == job_id)
+            .group_by(Commitment.destination, Commitment.state)
+        ).all()
+    counts: dict[str, dict[str, int]] = {}
+    for destination, state, count in rows:
+        counts.setdefault(destination, {s.value: 0 for s in CommitmentState})[state] = count
+    return counts
+
+
+def pending_commitment_instances() -> Select[str]:
+    """SOP Instance UIDs a destination has still to confirm (retention keeps their series)."""
+    return select(Commitment.sop_instance_uid).where(Commitment.state == CommitmentState.PENDING)
+
+
+def durable_instances(
+    db: Database, sop_instance_uids: Iterable[str]
+) -> dict[str, tuple[str, Path]]:
+    """SOP Class UID and spool file of each of these instances the node has a row for."""
+    with db.session() as session:
+        rows = session.execute(
+            select(Instance.sop_instance_uid, Instance.sop_class_uid, Instance.path).where(
+                Instance.sop_instance_uid.in_(list(sop_instance_uids))
+            )
+        ).all()
+    return {uid: (sop_class, Path(path)) for uid, sop_class, path in rows}
+
+
+def forget_commitments(session: Session, job_ids: list[int]) -> None:
+    """Within a purge's transaction: the rows of jobs being forgotten."""
+    session.execute(delete(Commitment).where(Commitment.job_id.in_(job_ids)))

@@ -1,0 +1,102 @@
+"""A job's history (every attempt's outcome, every admin action) and the admin actions the node
+has yet to log.
+
+`jobs.error` holds only the latest error, and a retry starts the attempts again from 0; the
+history keeps what came before (`dicomnode jobs show`). An admin action is made by the CLI, a
+process of its own without the node's log; it is written here and the node logs it.
+"""
+
+import enum
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from dicomnode.db.engine import Database
+from dicomnode.db.models import JobEvent
+from dicomnode.db.records import JobEventRecord
+
+
+class EventKind(enum.StrEnum):
+    ATTEMPT = "attempt"  # a worker's attempt ended (status: the state it led to)
+    LEASE_LAPSED = "lease lapsed"  # its worker stopped during the attempt
+    RETRY = "retry"  # the admin actions of `dicomnode jobs ...` and `dicomnode purge`
+    RELEASE = "release"
+    CANCEL = "cancel"
+    RESEND = "resend"
+    DISCARD = "discard"
+    PURGE = "purge"
+
+
+def record_event(
+    session: Session,
+    job_id: int | None,
+    kind: EventKind,
+    *,
+    attempt: int | None = None,
+    status: str | None = None,
+    detail: str | None = None,
+    user: str | None = None,
+) -> None:
+    """Add one line to a job's history; an admin action (`user` given) waits for the node's log."""
+    session.add(
+        JobEvent(
+            job_id=job_id,
+            kind=kind,
+            attempt=attempt,
+            status=status,
+            detail=detail,
+            user=user,
+            logged=user is None,
+        )
+    )
+
+
+def _record(event: JobEvent) -> JobEventRecord:
+    return JobEventRecord(
+        event.at,
+        event.kind,
+        event.job_id,
+        event.attempt,
+        event.status,
+        event.detail,
+        event.user,
+    )
+
+
+def job_history(session: Session, job_id: int) -> tuple[JobEventRecord, ...]:
+    """The job's events, oldest first."""
+    events = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+    )
+    return tuple(_record(event) for event in events)
+
+
+def forget_history(session: Session, job_ids: list[int]) -> None:
+    """Delete the events of jobs that are deleted (a purge), except admin actions not yet
+    logged: the node logs them first."""
+    session.execute(delete(JobEvent).where(JobEvent.job_id.in_(job_ids), JobEvent.logged.is_(True)))
+
+
+def take_unlogged_admin_events(db: Database) -> list[JobEventRecord]:
+    """The admin actions no node has logged yet, marked logged (each is logged once, also with
+    several nodes on one database)."""
+    with db.session() as session:
+        query = select(JobEvent).where(JobEvent.logged.is_(False)).order_by(JobEvent.id)
+        if not db.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        events = list(session.scalars(query))
+        if events:
+            session.execute(
+                update(JobEvent)
+                .where(JobEvent.id.in_([event.id for event in events]))
+                .values(logged=True)
+            )
+        return [_record(event) for event in events]
+
+
+def record_admin_action(
+    db: Database, kind: EventKind, user: str, detail: str, job_id: int | None = None
+) -> None:
+    """An admin action that is not about one job's state (`dicomnode purge`)."""
+    with db.session() as session:
+        record_event(session, job_id, kind, detail=detail, user=user)

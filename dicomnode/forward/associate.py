@@ -1,0 +1,192 @@
+"""Opening an association to a destination, or one line that says why it could not be opened.
+
+pynetdicom reports a failed association as "not established" and only logs the cause. An
+operator needs the cause in the delivery's error and in `dicomnode echo`: a host name that does
+not resolve, a port where nothing listens (refused), a host that never answers (timed out), a
+peer that rejected us (its reason, and the AE title we called as), a TLS handshake that failed.
+So the socket of each outgoing association remembers why its connect failed.
+"""
+
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import AddressInformation, AssociationSocket
+
+from dicomnode.config import Destination, Settings
+from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
+from dicomnode.dicom.tls import ClientContext, handshake_failure
+from dicomnode.errors import ForwardError
+
+
+class _TcpSocket(socket.socket):
+    """A plain TCP socket that keeps the error of its connect()."""
+
+    connect_error: OSError | None = None
+
+    def connect(self, address: Any) -> None:
+        try:
+            super().connect(address)
+        except OSError as exc:
+            self.connect_error = exc
+            raise
+
+
+class _AssociationSocket(AssociationSocket):
+    tcp: _TcpSocket | None = None
+
+    def _create_socket(self, address: AddressInformation) -> socket.socket:
+        made = super()._create_socket(address)
+        timeout = made.gettimeout()
+        tcp = _TcpSocket(made.family, made.type, made.proto, fileno=made.detach())
+        tcp.settimeout(timeout)
+        self.tcp = tcp
+        return tcp
+
+
+class _RequestorAE(AE):
+    # pynetdicom's hook for the association's socket; were it renamed in a later release, the
+    # plain socket would be used and a failed connect read "could not connect" without a cause.
+    def _create_socket(
+        self, assoc: Association, address: AddressInformation, tls_args: Any
+    ) -> AssociationSocket:
+        sock = _AssociationSocket(assoc, address=address)
+        sock.tls_args = tls_args
+        return sock
+
+
+def _connect_error(
+    assoc: Association, tls_args: tuple[ClientContext, str] | None
+) -> OSError | None:
+    if tls_args is not None:
+        return tls_args[0].connect_error
+    sock = getattr(assoc.dul, "socket", None)
+    tcp = getattr(sock, "tcp", None)
+    return tcp.connect_error if isinstance(tcp, _TcpSocket) else None
+
+
+def _unreachable(exc: OSError | None, destination: Destination, settings: Settings) -> str:
+    address = f"{destination.host}:{destination.port}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused by {address} (is the peer running, on that port?)"
+    if isinstance(exc, TimeoutError):
+        return (
+            f"no answer from {address} within {settings.network.connect_timeout:g} s "
+            "(network.connect_timeout): host down, or a firewall dropping the connection"
+        )
+    if exc is not None:
+        return f"cannot connect to {address}: {exc.strerror or exc}"
+    return f"cannot connect to {address} (see the log)"
+
+
+def open_association(
+    destination: Destination,
+    settings: Settings,
+    contexts: Sequence[PresentationContext],
+    where: str,
+    tls_args: tuple[ClientContext, str] | None,
+    ext_neg: list[Any] | None = None,
+    handlers: Sequence[tuple[Any, ...]] = (),
+) -> Association:
+    """An established association with `destination`, or ForwardError saying why not.
+
+    `ext_neg` are extended negotiation items (e.g. an SCP/SCU role selection) and `handlers`
+    pynetdicom event handlers for what the peer sends on the association (an N-EVENT-REPORT).
+
+    `where` names the destination in the message. Everything short of "the peer accepted
+    nothing we proposed" may pass (a peer restarted, an AE title the PACS admin will register)
+    and is transient.
+    """
+    ae = configure_ae(
+        settings.node.ae_title, settings.network, settings.node.max_pdu_size, _RequestorAE
+    )
+    ae.requested_contexts = list(contexts)
+    connected: list[float] = []
+
+    def note_connected(_event: Event) -> None:
+        connected.append(time.monotonic())
+
+    try:
+        assoc = ae.associate(
+            destination.host,
+            destination.port,
+            ae_title=destination.ae_title,
+            evt_handlers=[
+                CONNECTION_TUNING_HANDLER,
+                (evt.EVT_CONN_OPEN, note_connected),
+                *handlers,
+            ],
+            tls_args=tls_args,
+            ext_neg=ext_neg,
+        )
+    except socket.gaierror as exc:
+        raise ForwardError(
+            f"cannot resolve host {destination.host!r} of {where}: {exc.strerror} "
+            "(check the destination's host, or DNS)",
+            transient=True,
+        ) from exc
+    if assoc.is_established:
+        return assoc
+    message, transient = _why_not(assoc, destination, settings, where, tls_args, connected)
+    raise ForwardError(message, transient=transient)
+
+
+def _why_not(
+    assoc: Association,
+    destination: Destination,
+    settings: Settings,
+    where: str,
+    tls_args: tuple[ClientContext, str] | None,
+    connected: list[float],
+) -> tuple[str, bool]:
+    """The message and whether it is transient, for an association that was not established."""
+    tls_reason = handshake_failure(tls_args)
+    if tls_reason is not None:  # a certificate to renew or a CA to configure: retried
+        return f"TLS handshake with {where} failed: {tls_reason}", True
+    answer = assoc.acceptor.primitive
+    result = getattr(answer, "result", None)
+    if assoc.is_rejected and answer is not None:
+        # PS3.8 7.1.1.9: result, source and reason of the A-ASSOCIATE-RJ, and who we said we
+        # were, which is what the PACS admin has to register.
+        return (
+            f"association rejected by {where}: {answer.result_str}, {answer.source_str}: "
+            f"{answer.reason_str} (we called as {settings.node.ae_title!r}, "
+            f"asking for {destination.ae_title!r})",
+            True,
+        )
+    if result == 0x00:  # accepted, then aborted by pynetdicom: no usable context
+        syntaxes = sorted({str(cx.abstract_syntax) for cx in assoc.requestor.requested_contexts})
+        shown = ", ".join(syntaxes)
+        return f"{where} accepted none of the proposed presentation contexts ({shown})", False
+    if not connected:
+        why = _unreachable(_connect_error(assoc, tls_args), destination, settings)
+        return f"cannot associate with {where}: {why}", True
+    acse = settings.network.acse_timeout
+    if time.monotonic() - connected[0] >= acse * 0.9:
+        return (
+            f"{where} took the connection but did not answer the association request within "
+            f"{acse:g} s (network.acse_timeout)",
+            True,
+        )
+    return (
+        f"{where} closed the connection without answering the association request "
+        "(a TLS port called without TLS, or a peer at its connection limit?)",
+        True,
+    )
+
+
+def unresolvable_hosts(destinations: Sequence[Destination]) -> list[tuple[Destination, str]]:
+    """Each destination whose host name does not resolve now, with the resolver's reason
+    (warned at start; its deliveries fail, and are retried, until it does)."""
+    problems = []
+    for destination in destinations:
+        try:
+            socket.getaddrinfo(destination.host, destination.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            problems.append((destination, exc.strerror or str(exc)))
+    return problems

@@ -1,0 +1,207 @@
+"""Storage Commitment as SCU (PS3.4 J.3): ask a destination to confirm it keeps what it got.
+
+After a delivery's C-STOREs, the instances the destination has not yet confirmed are named in
+one N-ACTION under a new Transaction UID, recorded first as pending. The destination answers
+with an N-EVENT-REPORT, on the same association (we propose the SCP role for it there) or on a
+new one to our listener, as it chooses; either way `record_commitment_report` files it by the
+Transaction UID, and the delivery polls the database until nothing is pending or
+`commitment_timeout_seconds` have passed. Every shortfall is a transient ForwardError: failed
+instances are sent and asked for again on the next attempt, a missing report is retried.
+"""
+
+import logging
+import time
+from collections.abc import Sequence
+
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import build_context, build_role, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+
+from dicomnode.config import Destination, Settings
+from dicomnode.db import Database, SpooledInstance
+from dicomnode.db.commitments import (
+    TransactionState,
+    committed_uids,
+    record_report,
+    record_request,
+    transaction_state,
+)
+from dicomnode.dicom.commitment import (
+    COMMITMENT_CLASS_UID,
+    COMMITMENT_INSTANCE_UID,
+    REQUEST_ACTION_TYPE,
+    CommitmentRequest,
+    Reference,
+    read_report,
+    request_dataset,
+)
+from dicomnode.errors import ForwardError
+from dicomnode.forward.scu import _associate
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.2
+_SUCCESS = 0x0000
+_PROCESSING_FAILURE = 0x0110
+
+
+def record_commitment_report(db: Database, event: Event) -> tuple[int, Dataset | None]:
+    """An EVT_N_EVENT_REPORT handler, for the forwarder's association and for the listener:
+    file a destination's report under its Transaction UID and acknowledge it."""
+    calling = event.assoc.requestor.ae_title if not event.assoc.is_requestor else "-"
+    try:
+        report = read_report(event.event_information)
+    except (ValueError, AttributeError, TypeError) as exc:
+        log.warning("storage commitment report unreadable calling_aet=%s: %s", calling, exc)
+        return _PROCESSING_FAILURE, None
+    matched = record_report(db, report)
+    if not matched:
+        log.warning(
+            "storage commitment report for an unknown transaction=%s calling_aet=%s",
+            report.transaction_uid,
+            calling,
+        )
+    else:
+        log.info(
+            "storage commitment report transaction=%s calling_aet=%s committed=%d failed=%d",
+            report.transaction_uid,
+            calling,
+            len(report.committed),
+            len(report.failed),
+        )
+    return _SUCCESS, None
+
+
+def _references(instances: Sequence[SpooledInstance], skip: set[str]) -> list[Reference]:
+    unique = {
+        item.sop_instance_uid: Reference(item.sop_class_uid, item.sop_instance_uid)
+        for item in instances
+        if item.sop_instance_uid not in skip
+    }
+    return list(unique.values())
+
+
+def uncommitted(
+    db: Database, job_id: int, destination: Destination, series: Sequence[SpooledInstance]
+) -> list[SpooledInstance]:
+    """What of `series` still has to be sent: all but what the destination confirmed keeping."""
+    done = committed_uids(db, job_id, destination.name)
+    return [item for item in series if item.sop_instance_uid not in done]
+
+
+def confirm_commitment(
+    job_id: int,
+    destination: Destination,
+    instances: Sequence[SpooledInstance],
+    settings: Settings,
+    db: Database,
+) -> int:
+    """Ask for every instance not yet confirmed and wait for the report; return how many the
+    destination keeps (all of `instances`) or raise a transient ForwardError saying what is
+    missing."""
+    already = committed_uids(db, job_id, destination.name)
+    references = _references(instances, already)
+    if not references:
+        return len(already)
+    request = CommitmentRequest(generate_uid(), tuple(references))
+    # Recorded before asking: a report may come back on another association at once.
+    record_request(db, job_id, destination.name, request.transaction_uid, references)
+    started = time.monotonic()
+    try:
+        assoc = _associate(
+            destination,
+            settings,
+            [build_context(COMMITMENT_CLASS_UID)],
+            # PS3.4 J.3.3: the destination may send its report on this association, as the SCP.
+            ext_neg=[build_role(COMMITMENT_CLASS_UID, scu_role=True, scp_role=True)],
+            handlers=[(evt.EVT_N_EVENT_REPORT, lambda event: record_commitment_report(db, event))],
+        )
+    except ForwardError as exc:  # e.g. a peer without Storage Commitment: say what was asked
+        raise ForwardError(f"storage commitment: {exc}", transient=exc.transient) from None
+    try:
+        _send_request(assoc, request, destination)
+        state = _wait_for_report(assoc, request.transaction_uid, destination, settings, db)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    _check(state, request, destination, settings)
+    log.info(
+        "storage commitment confirmed job=%d destination=%s transaction=%s instances=%d "
+        "seconds=%.2f",
+        job_id,
+        destination.name,
+        request.transaction_uid,
+        len(references),
+        time.monotonic() - started,
+    )
+    return len(already) + state.committed
+
+
+def _send_request(assoc: Association, request: CommitmentRequest, destination: Destination) -> None:
+    status, _reply = assoc.send_n_action(
+        request_dataset(request), REQUEST_ACTION_TYPE, COMMITMENT_CLASS_UID, COMMITMENT_INSTANCE_UID
+    )
+    if status is None or "Status" not in status:
+        raise ForwardError(
+            f"storage commitment: no N-ACTION response from {destination.name} (timeout or "
+            f"abort) for transaction {request.transaction_uid}",
+            transient=True,
+        )
+    if int(status.Status) != _SUCCESS:
+        comment = str(status.get("ErrorComment", "") or "")
+        raise ForwardError(
+            f"storage commitment: {destination.name} refused the request with status "
+            f"0x{int(status.Status):04X}{': ' + comment if comment else ''}",
+            transient=True,
+        )
+
+
+def _wait_for_report(
+    assoc: Association,
+    transaction_uid: str,
+    destination: Destination,
+    settings: Settings,
+    db: Database,
+) -> TransactionState:
+    """Poll the database for the report; the association is kept open for a report on it only
+    while it cannot idle out (half of network.network_timeout), then released."""
+    now = time.monotonic()
+    deadline = now + destination.commitment_timeout_seconds
+    hold_until = now + min(
+        destination.commitment_timeout_seconds, settings.network.network_timeout / 2
+    )
+    while True:
+        state = transaction_state(db, transaction_uid)
+        if not state.pending or time.monotonic() >= deadline:
+            return state
+        if assoc.is_established and time.monotonic() >= hold_until:
+            assoc.release()
+        time.sleep(POLL_SECONDS)
+
+
+def _check(
+    state: TransactionState,
+    request: CommitmentRequest,
+    destination: Destination,
+    settings: Settings,
+) -> None:
+    asked = len(request.references)
+    if state.failed:
+        shown = "; ".join(
+            f"0x{reason or 0:04X} for sop={uid}" for uid, reason in state.failed[:3]
+        ) + (f"; and {len(state.failed) - 3} more" if len(state.failed) > 3 else "")
+        raise ForwardError(
+            f"storage commitment: {destination.name} did not commit {len(state.failed)} of "
+            f"{asked} instances ({shown}); they are sent and asked for again",
+            transient=True,
+        )
+    if state.pending:
+        key = settings.destination_key(destination)
+        raise ForwardError(
+            f"storage commitment: no report from {destination.name} within "
+            f"{key}.commitment_timeout_seconds={destination.commitment_timeout_seconds:g} s for "
+            f"{state.pending} of {asked} instances (transaction {request.transaction_uid})",
+            transient=True,
+        )

@@ -1,0 +1,91 @@
+"""What this process counts as it works: instances in, refusals, stage durations, models run.
+
+The receiver and the pipeline import these and count in memory (cheap, no I/O); the HTTP endpoint
+(`observe.endpoint`) exposes them with what it reads from the database at scrape time. Nothing
+here imports the imaging layer or TensorFlow, so the receiver may import it.
+The metrics are created unregistered: each endpoint registers them in its own registry.
+"""
+
+from prometheus_client import Counter, Histogram, Info, disable_created_metrics
+from prometheus_client.registry import Collector
+
+# The `_created` timestamp series double every counter's output and no query here needs them.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
+
+# The `reason` labels, every one exported from the start (at 0) so that rate() sees the first.
+REFUSAL_REASONS = ("cannot_decode", "too_large", "disk_full", "spool", "internal")
+REJECTION_REASONS = (
+    "called_aet_unknown",
+    "calling_aet_not_allowed",
+    "too_many_associations",
+    "other",
+)
+CONNECTION_REASONS = ("per_address_cap", "pdu_too_large", "message_too_large", "stalled")
+
+INSTANCES_RECEIVED = Counter(
+    "dicomnode_instances_received",
+    "Instances stored and answered Success (C-STORE).",
+    registry=None,
+)
+BYTES_RECEIVED = Counter(
+    "dicomnode_received_bytes",
+    "Bytes of the instances stored, as they came over the network.",
+    registry=None,
+)
+INSTANCES_REFUSED = Counter(
+    "dicomnode_instances_refused",
+    "C-STORE requests answered with a failure status, by reason.",
+    ["reason"],
+    registry=None,
+)
+ASSOCIATIONS_REJECTED = Counter(
+    "dicomnode_associations_rejected",
+    "Associations refused (A-ASSOCIATE-RJ), by reason.",
+    ["reason"],
+    registry=None,
+)
+CONNECTIONS_ABORTED = Counter(
+    "dicomnode_connections_aborted",
+    "Inbound connections closed for breaking a limit (receive/guard.py), by reason.",
+    ["reason"],
+    registry=None,
+)
+for _reason in CONNECTION_REASONS:
+    CONNECTIONS_ABORTED.labels(_reason)
+for _reason in REFUSAL_REASONS:
+    INSTANCES_REFUSED.labels(_reason)
+for _reason in REJECTION_REASONS:
+    ASSOCIATIONS_REJECTED.labels(_reason)
+
+# Seconds, from a small image on a CPU to a large series forwarded over a slow link.
+_STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+STAGE_SECONDS = Histogram(
+    "dicomnode_stage_seconds",
+    "Seconds per stage of a job: load (the series), infer, measure, write (per method), "
+    "forward (one job's series to one destination).",
+    ["stage", "method"],
+    buckets=_STAGE_BUCKETS,
+    registry=None,
+)
+MODEL = Info(
+    "dicomnode_model",
+    "The model version and device each method last ran with in this process.",
+    ["method"],
+    registry=None,
+)
+
+# The stages of a method's StageTimings (imaging.outcome) under the names the metric uses.
+METHOD_STAGES = {"enhance_s": "infer", "measure_s": "measure", "write_s": "write"}
+
+
+def in_process_metrics() -> list[Collector]:
+    """Every metric above, to register in an endpoint's registry."""
+    return [
+        INSTANCES_RECEIVED,
+        BYTES_RECEIVED,
+        INSTANCES_REFUSED,
+        ASSOCIATIONS_REJECTED,
+        CONNECTIONS_ABORTED,
+        STAGE_SECONDS,
+        MODEL,
+    ]

@@ -1,0 +1,163 @@
+"""The operator's HTTP endpoint of a running node: /metrics, /healthz, /readyz.
+
+A real `dicomnode serve` with `[http] enabled`, a real storescu and a real Orthanc; /metrics is
+parsed with prometheus_client's own parser, and its values are compared before and after a
+series flows through.
+"""
+
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import pacs_destination
+from tests.support.dcmtk import echoscu, storescu
+from tests.support.metrics import Scrape, http_get
+from tests.support.orthanc import Orthanc
+from tests.support.scu import c_store, open_association
+from tests.support.series import write_ct_series
+
+HTTP_ON = {"enabled": True}
+
+
+def test_metrics_follow_a_series_from_storescu_to_orthanc(
+    node_factory, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    node = node_factory(
+        [pacs_destination(orthanc)], http=HTTP_ON, enhance={"methods": ["baseline"]}
+    ).start()
+    series = write_ct_series(tmp_path / "series", 3)
+
+    before = Scrape(node.http_port)
+    assert before.types["dicomnode_instances_received"] == "counter"
+    assert before.types["dicomnode_stage_seconds"] == "histogram"
+    assert before.types["dicomnode_jobs"] == "gauge"
+    assert before.value("dicomnode_instances_received_total") == 0
+    assert before.value("dicomnode_jobs", status="done", part="originals") == 0
+    assert before.value("dicomnode_database_up") == 1
+    assert before.value("dicomnode_disk_free_bytes") > 0
+
+    sent = storescu(node.port, series)
+    assert sent.returncode == 0, sent.stderr
+    wrong_ae = storescu(node.port, series[0], called_aet="NOT-THE-NODE")
+    assert wrong_ae.returncode != 0
+    node.wait_for_parts(derived="done")
+
+    after = Scrape(node.http_port)
+    assert after.value("dicomnode_instances_received_total") == len(series)
+    # What came over the network: at least the pixels of each 16-bit image.
+    pixels = sum(2 * 128 * 128 for _ in series)
+    assert after.value("dicomnode_received_bytes_total") >= pixels
+    assert after.value("dicomnode_associations_rejected_total", reason="called_aet_unknown") == 1
+    assert after.value("dicomnode_jobs", status="done", part="originals") == 1
+    assert after.value("dicomnode_jobs", status="done", part="derived") == 1
+    assert after.value("dicomnode_jobs_queued") == 0
+    assert after.value("dicomnode_jobs_oldest_queued_age_seconds") == 0
+    # The originals and the derived series (+ its report), one delivery row each, both done.
+    assert after.value("dicomnode_deliveries", destination="pacs", status="done") == 2
+    assert after.value("dicomnode_deliveries", destination="pacs", status="dead") == 0
+    assert after.value("dicomnode_stage_seconds_count", stage="load", method="") == 1
+    for stage in ("infer", "measure", "write"):
+        assert after.value("dicomnode_stage_seconds_count", stage=stage, method="baseline") == 1
+    assert after.value("dicomnode_stage_seconds_count", stage="forward", method="") == 2
+    [model] = after.labels_of("dicomnode_model_info")
+    assert model["method"] == "baseline" and model["device"] == "CPU"
+    assert model["version"].startswith("baseline")
+
+    assert http_get(node.http_port, "/healthz") == (200, "ok\n")
+    assert http_get(node.http_port, "/readyz") == (200, "ready\n")
+    assert http_get(node.http_port, "/nothing")[0] == 404
+
+
+def test_a_full_disk_is_counted_as_refusals_and_makes_the_node_not_ready(
+    node_factory, tmp_path: Path
+) -> None:
+    petabyte = 10**9
+    node = node_factory([], http=HTTP_ON, node={"min_free_disk_mb": petabyte}).start()
+    [instance] = write_ct_series(tmp_path / "series", 1)
+
+    status = c_store(node.port, instance)
+    assert status is not None and int(status.Status) == 0xA700
+
+    scrape = Scrape(node.http_port)
+    assert scrape.value("dicomnode_instances_refused_total", reason="disk_full") == 1
+    assert scrape.value("dicomnode_instances_received_total") == 0
+    assert http_get(node.http_port, "/healthz")[0] == 200
+    code, reason = http_get(node.http_port, "/readyz")
+    assert code == 503
+    assert f"below node.min_free_disk_mb={petabyte}" in reason
+
+
+def test_a_connection_over_the_per_address_cap_is_counted_with_its_reason(node_factory) -> None:
+    node = node_factory([], http=HTTP_ON, node={"max_associations_per_address": 1}).start()
+    # The start-up port probe counts against the cap until the node has seen it close.
+    deadline = time.monotonic() + 10
+    while "connection closed before any request" not in node.log():
+        assert time.monotonic() < deadline, node.log()[-2000:]
+        time.sleep(0.05)
+    held = open_association(node.port)
+    try:
+        assert held.is_established
+        with socket.create_connection(("127.0.0.1", node.port), timeout=10) as second:
+            assert second.recv(1) == b""  # closed by the node at once
+    finally:
+        held.release()
+
+    scrape = Scrape(node.http_port)
+    assert scrape.value("dicomnode_connections_aborted_total", reason="per_address_cap") == 1
+    assert scrape.value("dicomnode_connections_aborted_total", reason="stalled") == 0
+
+
+def test_readyz_and_metrics_answer_in_time_while_the_database_does_not(
+    node_factory,
+) -> None:
+    node = node_factory([], http={**HTTP_ON, "check_timeout_seconds": 1}).start()
+    assert http_get(node.http_port, "/readyz")[0] == 200
+
+    # Another process holds SQLite's write lock: the node cannot record anything now.
+    holder = sqlite3.connect(node.data_dir / "dicomnode.sqlite", isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        code, reason = http_get(node.http_port, "/readyz")
+        assert code == 503
+        assert "http.check_timeout_seconds=1" in reason
+        assert http_get(node.http_port, "/healthz")[0] == 200  # alive, just not ready
+        scrape = Scrape(node.http_port)  # answered in time, saying the tables were not read
+        assert scrape.value("dicomnode_database_up") == 0
+        assert "dicomnode_jobs" not in scrape.samples
+        assert scrape.value("dicomnode_disk_free_bytes") > 0
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    deadline = time.monotonic() + 30
+    while (answer := http_get(node.http_port, "/readyz"))[0] != 200:
+        assert time.monotonic() < deadline, answer
+        time.sleep(0.2)
+    assert Scrape(node.http_port).value("dicomnode_database_up") == 1
+
+
+def test_serve_exits_2_naming_http_port_when_the_port_is_taken(node_factory) -> None:
+    node = node_factory([], http=HTTP_ON)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", node.http_port))
+        taken.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "dicomnode", "serve", "--config", str(node.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2, result.stderr
+    assert f"setting http.port: cannot listen on 127.0.0.1:{node.http_port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_endpoint_is_off_unless_enabled(node_factory) -> None:
+    node = node_factory([]).start()
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", node.http_port)) != 0
+    assert echoscu(node.port).returncode == 0  # the node itself is up

@@ -1,0 +1,146 @@
+"""Set-ups that would lose or hold back data while looking healthy: `serve` refuses them (exit 2,
+one line naming the file, port, path or lock) or warns loudly and keeps the data."""
+
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+
+from tests.support.dcmtk import storescu
+from tests.support.node import NodeProcess
+from tests.support.ports import wait_for_port
+
+
+def refusal(node: NodeProcess) -> str:
+    """`serve` with the node's config: it must exit 2 at once with one line and no traceback."""
+    result = node.cli("serve", check=False)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "node stopped" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_without_destinations_serve_warns_and_jobs_end_stored_which_retention_keeps(
+    node_factory, ct_series: list[Path]
+) -> None:
+    # keep_days of under a second: a done series would be purged within the test
+    node = node_factory([], retention={"keep_days": 0.00001, "check_seconds": 1}).start()
+    assert storescu(node.port, ct_series[:2]).returncode == 0
+    [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "stored")
+    assert "sent nowhere" in job["error"] and job["deliveries"] == []
+    assert "WARNING dicomnode.node NO DESTINATIONS configured" in node.log()
+    assert "node.receive_only = true" in node.log()
+
+    time.sleep(3)  # several retention ticks past keep_days
+    assert "0 series" in node.cli("purge", "--dry-run").stdout
+    listed = node.cli("jobs", "list", "--status", "stored", "--json").stdout
+    assert f'"id": {job["id"]}' in listed
+    assert len(list((node.data_dir / "spool" / "instances").rglob("*.dcm"))) == 2
+
+
+def test_a_receive_only_node_ends_jobs_done_without_the_warning(
+    node_factory, ct_series: list[Path]
+) -> None:
+    node = node_factory([], node={"receive_only": True}).start()
+    assert storescu(node.port, ct_series[:2]).returncode == 0
+    [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "done")
+    assert job["error"] is None
+    assert "receive only (node.receive_only = true)" in node.log()
+    assert "NO DESTINATIONS" not in node.log()
+
+
+def test_receive_only_with_destinations_is_refused(node_factory) -> None:
+    pacs = {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}
+    line = refusal(node_factory([pacs], node={"receive_only": True}))
+    assert "setting node.receive_only: is true but 1 destination(s) are configured" in line
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"PK\x03\x04 cut short by a failed copy", "not a .keras model archive"),
+        (None, "cannot load the model"),  # a zip archive, but not a Keras model
+    ],
+)
+def test_a_model_that_cannot_be_loaded_stops_serve_naming_the_file(
+    node_factory, tmp_path: Path, content: bytes | None, reason: str
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    model = models / "srcnn-x1.keras"
+    if content is None:
+        with zipfile.ZipFile(model, "w") as archive:
+            archive.writestr("config.json", "{}")
+    else:
+        model.write_bytes(content)
+    enhance = {"methods": ["srcnn"], "modalities": ["CT"], "model_dir": str(models)}
+    line = refusal(node_factory([], enhance=enhance))
+    assert f"setting enhance.methods: srcnn for CT: {model}: {reason}" in line
+
+
+def test_a_second_serve_on_the_same_data_dir_is_refused_until_the_first_dies(
+    node_factory,
+) -> None:
+    first = node_factory([]).start()
+    second = node_factory([], node={"data_dir": str(first.data_dir)})
+    lock = first.data_dir / "dicomnode.lock"
+    line = refusal(second)
+    assert f"lock file {lock} is held by PID {first.pid} on " in line
+    assert "node.shared_data_dir" in line
+
+    first.kill()  # SIGKILL: the kernel drops the lock with the process
+    second.start()
+    assert second.stop() == 0
+
+
+def test_listeners_that_share_a_data_dir_on_purpose_exclude_an_exclusive_one(
+    node_factory,
+) -> None:
+    shared = node_factory([], node={"shared_data_dir": True}).start()
+    flagged = node_factory([], node={"data_dir": str(shared.data_dir)})
+    serve = [sys.executable, "-m", "dicomnode", "serve", "--shared-data-dir"]
+    process = subprocess.Popen(
+        [*serve, "--config", str(flagged.config_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(flagged.port)
+        exclusive = node_factory([], node={"data_dir": str(shared.data_dir)})
+        assert "held by listeners started with node.shared_data_dir" in refusal(exclusive)
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+
+
+def test_a_port_in_use_stops_serve_with_exit_2(node_factory) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = refusal(node_factory([], node={"port": port}))
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in line
+
+
+def test_a_data_dir_that_cannot_be_created_stops_serve_naming_the_path(
+    node_factory, tmp_path: Path
+) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    data_dir = tmp_path / "a-file" / "data"
+    line = refusal(node_factory([], node={"data_dir": str(data_dir)}))
+    assert f"setting node.data_dir: cannot create {data_dir}" in line
+    assert "Not a directory" in line
+
+
+@pytest.mark.skipif(find_spec("psycopg2") is not None, reason="psycopg2 is installed")
+def test_a_missing_database_driver_gives_the_install_hint(node_factory) -> None:
+    url = "postgresql+psycopg2://node:secret@127.0.0.1:1/dicomnode"
+    line = refusal(node_factory([], node={"database_url": url}))
+    assert "needs the Python module 'psycopg2', which is not installed" in line
+    assert "pip install 'dicomnode[postgresql]'" in line and "secret" not in line

@@ -1,0 +1,173 @@
+"""Storage Commitment (PS3.4 Annex J) in both directions, with real peers.
+
+As SCU: a delivery with `storage_commitment = true` is done only once the destination reported
+every instance committed (a real Orthanc, and in-process peers that fail some instances once or
+never report). As SCP: a modality learns which instances the node keeps, also after a SIGKILL.
+"""
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from tests.support.commitment import CommitmentPeer, Modality
+from tests.support.dcmtk import storescu
+from tests.support.faulty_scp import FaultyScp
+from tests.support.node import NodeProcess
+from tests.support.orthanc import Orthanc
+from tests.support.ports import free_port
+from tests.support.series import sop_instance_uid
+
+
+def job_details(node: NodeProcess, job_id: int) -> dict[str, Any]:
+    return json.loads(node.cli("jobs", "show", str(job_id), "--json").stdout)
+
+
+def only_job_is(status: str):  # type: ignore[no-untyped-def]
+    return lambda jobs: len(jobs) == 1 and jobs[0]["status"] == status
+
+
+def test_series_is_done_only_after_orthanc_reports_every_instance_committed(
+    tmp_path: Path, node_factory, ct_series: list[Path]
+) -> None:
+    orthanc_port = free_port()
+    destination = {
+        "name": "pacs",
+        "ae_title": Orthanc.ae_title,
+        "host": "127.0.0.1",
+        "port": orthanc_port,
+        "storage_commitment": True,
+        "commitment_timeout_seconds": 30,
+    }
+    node = node_factory([destination])
+    # Orthanc sends its report over a new association to the modality it knows by AE title.
+    modalities = {"node": {"AET": node.ae_title, "Host": "127.0.0.1", "Port": node.port}}
+    orthanc = Orthanc(tmp_path / "orthanc", dicom_port=orthanc_port, modalities=modalities)
+    orthanc.start()
+    try:
+        node.start()
+        assert storescu(node.port, ct_series).returncode == 0
+        [job] = node.wait_for_jobs(only_job_is("done"), timeout=90)
+        details = job_details(node, job["id"])
+        [delivery] = details["deliveries"]
+        assert delivery["status"] == "done" and delivery["sent"] == len(ct_series)
+        assert delivery["commitment"] == {"committed": len(ct_series), "failed": 0, "pending": 0}
+        assert sorted(orthanc.sop_instance_uids()) == sorted(map(sop_instance_uid, ct_series))
+        shown = node.cli("jobs", "show", str(job["id"])).stdout
+        assert "storage commitment" in shown
+        assert re.search(r"pacs\W+12\W+0\W+0", shown), shown
+        assert "storage commitment confirmed job=" in node.log()
+        # Orthanc reported over a new association, to the node's listener
+        assert "calling_aet=ORTHANC committed=12 failed=0" in node.log()
+    finally:
+        orthanc.stop()
+
+
+def test_instances_reported_failed_are_sent_again_and_committed_next_attempt(
+    node_factory, ct_series: list[Path]
+) -> None:
+    failing = {sop_instance_uid(ct_series[0]), sop_instance_uid(ct_series[5])}
+    peer = CommitmentPeer(fail_once=set(failing)).start()
+    try:
+        node = node_factory([peer.destination()]).start()
+        assert storescu(node.port, ct_series).returncode == 0
+        [job] = node.wait_for_jobs(only_job_is("done"), timeout=90)
+        assert job["attempts"] == 2
+        [first, second] = peer.requests
+        assert len(first.references) == len(ct_series)
+        # only the two failed instances were sent again and asked for again
+        assert {ref.sop_instance_uid for ref in second.references} == failing
+        assert all(peer.stored[uid] == 2 for uid in failing)
+        assert sum(peer.stored.values()) == len(ct_series) + 2
+        [delivery] = job_details(node, job["id"])["deliveries"]
+        assert delivery["commitment"] == {"committed": len(ct_series), "failed": 0, "pending": 0}
+        assert "did not commit 2 of 12 instances (0x0112 for sop=" in node.log()
+    finally:
+        peer.stop()
+
+
+def test_a_peer_that_never_reports_makes_the_delivery_retry_then_die_naming_commitment(
+    node_factory, ct_series: list[Path]
+) -> None:
+    peer = CommitmentPeer(silent=True).start()
+    try:
+        node = node_factory([peer.destination(timeout=1)], retry={"max_attempts": 2})
+        node.start()
+        assert storescu(node.port, ct_series[:3]).returncode == 0
+        [job] = node.wait_for_jobs(only_job_is("dead"), timeout=90)
+        assert job["attempts"] == 2
+        assert "storage commitment: no report from peer within" in job["error"]
+        assert "destinations[0].commitment_timeout_seconds=1 s for 3 of 3 instances" in job["error"]
+        assert len(peer.requests) == 2
+        [delivery] = job_details(node, job["id"])["deliveries"]
+        assert delivery["status"] == "dead"
+        assert delivery["commitment"] == {"committed": 0, "failed": 0, "pending": 3}
+    finally:
+        peer.stop()
+
+
+def test_a_modality_learns_what_the_node_keeps_also_after_a_sigkill(
+    node_factory, ct_series: list[Path]
+) -> None:
+    modality = Modality().start()
+    try:
+        node = node_factory([], peers=[modality.peer()]).start()
+        assert '[[peers]]\nae_title = "MODALITY"' in node.cli("config", "show").stdout
+        try:
+            assert storescu(node.port, ct_series, calling_aet=modality.ae_title).returncode == 0
+            stored = sorted(map(sop_instance_uid, ct_series))
+
+            never_stored = "1.2.826.0.1.3680043.10.999.1"
+            status, transaction = modality.ask(node.port, ct_series, (never_stored,))
+            assert status == 0x0000
+            report = modality.report_for(transaction)
+            assert modality.via[transaction] == "same"
+            assert sorted(ref.sop_instance_uid for ref in report.committed) == stored
+            assert [(f.reference.sop_instance_uid, f.reason) for f in report.failed] == [
+                (never_stored, 0x0112)
+            ]
+
+            node.kill()
+            node.start()
+            # released at once: the report comes over a new association to its [[peers]] address
+            status, transaction = modality.ask(node.port, ct_series, stay=False)
+            assert status == 0x0000
+            report = modality.report_for(transaction)
+            assert modality.via[transaction] == "new"
+            assert sorted(ref.sop_instance_uid for ref in report.committed) == stored
+            assert report.failed == ()
+        finally:
+            node.stop()
+    finally:
+        modality.stop()
+
+
+def test_a_caller_without_a_peers_entry_is_refused_with_a_log_line(
+    node_factory, ct_series: list[Path]
+) -> None:
+    node = node_factory([]).start()
+    assert storescu(node.port, ct_series[:1]).returncode == 0
+    status, _ = Modality(ae_title="STRANGER").ask(node.port, ct_series[:1], stay=False)
+    assert status == 0x0124
+    assert "storage commitment refused calling_aet=STRANGER" in node.log()
+    assert "no [[peers]] entry" in node.log()
+
+
+def test_a_destination_without_storage_commitment_makes_the_delivery_dead_saying_so(
+    node_factory, ct_series: list[Path]
+) -> None:
+    scp = FaultyScp().start()  # stores, but offers no Storage Commitment context
+    try:
+        destination = {**scp.destination(), "storage_commitment": True}
+        node = node_factory([destination]).start()
+        assert storescu(node.port, ct_series[:2]).returncode == 0
+        [job] = node.wait_for_jobs(only_job_is("dead"), timeout=60)
+        assert job["attempts"] == 1
+        assert "storage commitment: faulty (FAULTY@127.0.0.1:" in job["error"]
+        assert (
+            "accepted none of the proposed presentation contexts (1.2.840.10008.1.20.1)"
+            in (job["error"])
+        )
+        assert sum(scp.stored.values()) == 2
+    finally:
+        scp.stop()

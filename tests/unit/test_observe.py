@@ -1,0 +1,96 @@
+"""The pure parts of the metrics endpoint: refusal reasons and the bounded readiness checks."""
+
+import threading
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from dicomnode.config import EnhanceSettings, load_settings
+from dicomnode.errors import ConfigError, DecodeError, DiskFull, InstanceTooLarge, SpoolError
+from dicomnode.observe.bounded import BoundedCall
+from dicomnode.observe.collector import ConfiguredModels
+from dicomnode.observe.counters import REFUSAL_REASONS
+from dicomnode.observe.endpoint import Readiness
+from dicomnode.receive.status import refusal_reason
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (DecodeError("no SOPInstanceUID"), "cannot_decode"),
+        (InstanceTooLarge("3000 MB"), "too_large"),
+        (DiskFull("below node.min_free_disk_mb"), "disk_full"),
+        (SpoolError("permission denied"), "spool"),
+        (RuntimeError("a bug"), "internal"),
+    ],
+)
+def test_each_receive_failure_has_an_exported_refusal_reason(error: Exception, reason: str) -> None:
+    assert refusal_reason(error) == reason
+    assert reason in REFUSAL_REASONS
+
+
+def test_readiness_lists_each_failing_check_and_is_empty_when_all_pass() -> None:
+    def broken() -> str | None:
+        raise OSError("no such file")
+
+    readiness = Readiness([lambda: None, lambda: "disk: full", broken], timeout_seconds=5)
+    assert readiness.problems() == ["disk: full", "OSError: no such file"]
+    assert Readiness([lambda: None], timeout_seconds=5).problems() == []
+
+
+def test_readiness_answers_in_time_when_a_check_hangs_and_shares_the_hung_round() -> None:
+    release = threading.Event()
+    rounds: list[int] = []
+
+    def hanging() -> str | None:
+        rounds.append(1)
+        release.wait(30)
+        return None
+
+    readiness = Readiness([hanging], timeout_seconds=0.2)
+    try:
+        for _ in range(3):
+            assert readiness.problems() == [
+                "checks did not finish within http.check_timeout_seconds=0.2"
+            ]
+        assert len(rounds) == 1  # probes wait for the round in progress, not start new ones
+    finally:
+        release.set()
+    assert readiness.problems() == []  # the round in progress ends, and passes
+
+
+def test_the_http_endpoint_is_off_by_default_and_its_settings_are_checked() -> None:
+    assert load_settings(None, environ={}).http.enabled is False
+    environ = {"DICOMNODE_HTTP_ENABLED": "true", "DICOMNODE_HTTP_PORT": "9200"}
+    on = load_settings(None, environ=environ)
+    assert on.http.enabled and on.http.port == 9200
+    with pytest.raises(ConfigError, match=r"http\.port .*DICOMNODE_HTTP_PORT.*: 0 is not a TCP"):
+        load_settings(None, environ={"DICOMNODE_HTTP_PORT": "0"})
+    with pytest.raises(ConfigError, match=r"http\.check_timeout_seconds .*: must be > 0"):
+        load_settings(None, environ={"DICOMNODE_HTTP_CHECK_TIMEOUT_SECONDS": "0"})
+
+
+def test_a_bounded_call_hands_back_the_functions_error() -> None:
+    def failing() -> int:
+        raise ValueError("bad table")
+
+    with pytest.raises(ValueError, match="bad table"):
+        BoundedCall(failing, 5, "read")()
+    assert BoundedCall(lambda: 42, 5, "read")() == 42
+
+
+def test_configured_models_name_each_modalitys_model_file_before_any_job(tmp_path: Path) -> None:
+    (tmp_path / "srcnn-ct-x1.keras").write_bytes(b"a model")
+    enhance = EnhanceSettings(
+        methods=["srcnn", "baseline"], modalities=["CT", "MR"], model_dir=str(tmp_path)
+    )
+    registry = CollectorRegistry()
+    registry.register(ConfiguredModels(enhance))
+    [family] = text_string_to_metric_families(generate_latest(registry).decode())
+    assert family.name == "dicomnode_configured_model_info"  # an info is a gauge of 1 in text
+    assert sorted((s.labels for s in family.samples), key=lambda labels: labels["modality"]) == [
+        {"method": "srcnn", "modality": "CT", "file": "srcnn-ct-x1.keras", "present": "true"},
+        {"method": "srcnn", "modality": "MR", "file": "srcnn-x1.keras", "present": "false"},
+    ]

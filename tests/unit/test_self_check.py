@@ -1,0 +1,108 @@
+"""The self-check of a series runs batched and on a spread sample; its numbers must not change
+with either (issue 16): batched == image by image, and the sample says how big it is."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from dicomnode.config import Settings
+from dicomnode.imaging.degrade import Degradation
+from dicomnode.imaging.enhance import SrcnnMethod, enhance_stack
+from dicomnode.imaging.metrics import mean_interval, sampled_indices, self_check, self_checks
+from dicomnode.imaging.srcnn import SrcnnRunner, build_srcnn, from_network
+from dicomnode.pipeline.enhancement import enhance_series
+from dicomnode.pipeline.offline import file_sink, series_in
+from tests.integration.test_details_json import write_fixed_series
+
+
+@pytest.fixture(scope="module")
+def srcnn_x2() -> SrcnnMethod:
+    """A network with random weights in every layer, so its output differs from bicubic's."""
+    network = build_srcnn(2, seed=11)
+    rng = np.random.default_rng(11)
+    last = network.get_layer("conv3")
+    last.set_weights([rng.normal(0, 0.05, w.shape).astype(np.float32) for w in last.get_weights()])
+    return SrcnnMethod(SrcnnRunner(from_network(network)))
+
+
+def ct_like(seed: int, shape: tuple[int, int]) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    body = np.where(
+        (yy - shape[0] / 2) ** 2 + (xx - shape[1] / 2) ** 2 < (shape[0] / 3) ** 2, 40, -1000
+    )
+    noise = np.random.default_rng(seed).normal(0, 15, shape)
+    return (body + noise + 300 * np.sin(xx / (4 + seed))).astype(np.float32)
+
+
+def test_batched_self_check_gives_the_numbers_of_one_image_at_a_time(srcnn_x2) -> None:
+    images = [ct_like(seed, (64, 64)) for seed in range(4)] + [ct_like(9, (48, 80))]
+    calls: list[int] = []
+
+    def restore_stack(stack: np.ndarray) -> np.ndarray:
+        calls.append(len(stack))
+        return enhance_stack(stack, "CT", srcnn_x2).values
+
+    batched = self_checks(images, restore_stack, Degradation(scale=2), [None] * len(images))
+    one_by_one = [
+        self_check(
+            image,
+            lambda low: enhance_stack(low[None], "CT", srcnn_x2).values[0],
+            Degradation(scale=2),
+        )
+        for image in images
+    ]
+    assert sorted(calls) == [1, 4]  # one call per image shape
+    for batch, single in zip(batched, one_by_one, strict=True):
+        assert batch.gain_db == pytest.approx(single.gain_db, abs=1e-4)
+        assert batch.method.ssim == pytest.approx(single.method.ssim, abs=1e-6)
+    assert len({round(check.gain_db, 3) for check in batched}) > 1  # not all the same number
+
+
+@pytest.mark.parametrize(
+    ("count", "limit", "expected"),
+    [
+        (10, 16, list(range(10))),
+        (10, 0, list(range(10))),
+        (5, 1, [2]),
+        (9, 3, [0, 4, 8]),
+        (300, 16, [round(i * 299 / 15) for i in range(16)]),
+    ],
+)
+def test_the_sample_is_spread_from_first_to_last_image(count, limit, expected) -> None:
+    chosen = sampled_indices(count, limit)
+    assert chosen == expected
+    assert len(set(chosen)) == len(chosen)
+
+
+def test_the_interval_is_student_t_of_the_mean() -> None:
+    values = [1.0, 1.5, 0.5, 2.0, 1.2]
+    low, high = mean_interval(values)
+    expected = stats.t.interval(0.95, 4, loc=np.mean(values), scale=stats.sem(values))
+    assert (low, high) == pytest.approx(expected)
+    assert mean_interval([1.0]) is None
+
+
+def test_a_sampled_series_reports_how_many_images_it_checked(tmp_path: Path) -> None:
+    write_fixed_series(tmp_path / "in", count=7)  # the last image is declined: 6 enhanced
+    settings = Settings()
+    settings = replace(
+        settings, enhance=replace(settings.enhance, methods=["baseline"], self_check_images=3)
+    )
+    ((_, inputs),) = series_in(tmp_path / "in").items()
+    from dicomnode.pipeline.methods import methods_for
+
+    output = enhance_series(1, inputs, settings, methods_for(settings), file_sink(tmp_path / "out"))
+    (method,) = output.outcome.methods
+    details = method.as_dict()
+    checked = [image["self_check_gain_db"] for image in details["per_image"]]
+    assert details["images"] == 6
+    assert details["self_check_images"] == 3
+    assert [gain is not None for gain in checked] == [True, False, True, False, False, True]
+    low, high = details["self_check_gain_ci_db"]
+    mean = details["self_check_gain_mean_db"]
+    assert low <= mean <= high
+    assert mean == pytest.approx(np.mean([g for g in checked if g is not None]), abs=1e-4)
+    assert method.self_check_text.endswith("on 3 of 6 images")
