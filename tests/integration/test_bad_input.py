@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.data import get_testdata_files
 from pydicom.uid import generate_uid
 
 from tests.conftest import pacs_destination
+from tests.support.data import pydicom_test_files
 from tests.support.dcmtk import StoreScp, echoscu, storescu
 from tests.support.orthanc import Orthanc
 from tests.support.scu import c_store
@@ -134,7 +134,7 @@ def test_bad_instances_get_a_status_or_a_clear_job_error_and_good_ones_still_arr
         enhance={"methods": ["baseline"], "self_check": False},
         retry={"max_attempts": 2},
     ).start()
-    corpus = [Path(p) for p in get_testdata_files("*.dcm")] + malformed(tmp_path / "malformed")
+    corpus = pydicom_test_files("*.dcm") + malformed(tmp_path / "malformed")
 
     good: dict[str, object] = {}
     sender = threading.Thread(target=lambda: good.update(result=storescu(node.port, ct_series)))

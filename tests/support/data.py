@@ -27,3 +27,14 @@ MR_FOLDERS = (MR_T1, MR_T1C)
 def dicom_files(*folders: Path) -> list[Path]:
     """The `.dcm` files under `folders`, in a stable order."""
     return sorted(p for folder in folders for p in folder.rglob("*.dcm"))
+
+
+def pydicom_test_files(pattern: str = "*.dcm") -> list[Path]:
+    """The test files pydicom ships in its wheel, matching `pattern`.
+
+    Not `pydicom.data.get_testdata_files`: that also fetches pydicom's external test data from
+    the network, and a test must neither download nor see a corpus that depends on the network.
+    """
+    from pydicom.data.data_manager import DATA_ROOT
+
+    return sorted((Path(DATA_ROOT) / "test_files").glob(pattern))

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.data import get_testdata_file
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.errors import ImageDeclined
@@ -17,11 +17,11 @@ from dicomnode.imaging.pixels import (
     to_modality,
     to_stored,
 )
-from tests.support.data import DATA, dicom_files
+from tests.support.data import DATA, dicom_files, pydicom_test_files
 
 # pydicom's corpus (compressed syntaxes included) and the real CT/MR images the repository holds
 REAL = [str(p) for p in dicom_files(DATA)]
-CORPUS = sorted(get_testdata_files("*.dcm")) + REAL
+CORPUS = [str(p) for p in pydicom_test_files("*.dcm")] + REAL
 
 
 def read(path: str) -> Dataset | None:
