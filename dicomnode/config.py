@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dicomnode.config_env import (
-    DESTINATIONS_VAR,
-    PEERS_VAR,
     TABLE_VARS,
     naming_the_variable,
     read_env_overrides,
@@ -612,52 +610,58 @@ def _load_sections(
     return sections
 
 
+def _load_table(
+    table: str,
+    cls: Any,
+    required: set[str],
+    values: Any,
+    env_text: str | None,
+    path: Path | None,
+) -> list[Any]:
+    """An array of tables (`[[destinations]]`, `[[peers]]`) as read from the file, or, when its
+    variable is set, all of it from the environment as JSON (relative paths then: the working
+    directory). Each entry is built and validated, named `table[i]` in errors."""
+    if env_text is not None:
+        try:
+            values = json.loads(env_text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"setting {TABLE_VARS[table]}: not valid JSON: {exc}") from None
+        path = None
+    _check(isinstance(values, list), table, "must be an array of tables")
+    entries = []
+    for i, entry in enumerate(values):
+        key = f"{table}[{i}]"
+        _check(isinstance(entry, dict), key, "must be a table")
+        missing = required - set(entry)
+        _check(not missing, key, f"missing {', '.join(sorted(missing))}")
+        if path is not None:
+            entry = anchored_paths(table, entry, path)
+        item = _build(cls, entry, key)
+        item.validate(key)
+        entries.append(item)
+    return entries
+
+
+def _check_unique(table: str, names: list[str], what: str) -> None:
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    _check(not duplicated, table, f"{what} must be unique: {', '.join(duplicated)}")
+
+
 def _load_destinations(
     raw: dict[str, Any], env_destinations: str | None, path: Path | None
 ) -> list[Destination]:
-    dest_values = raw.get("destinations", [])
-    if env_destinations is not None:
-        try:
-            dest_values = json.loads(env_destinations)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"setting {DESTINATIONS_VAR}: not valid JSON: {exc}") from None
-        path = None  # relative paths in the environment: the working directory
-    _check(isinstance(dest_values, list), "destinations", "must be an array of tables")
-    destinations = []
-    for i, values in enumerate(dest_values):
-        key = f"destinations[{i}]"
-        _check(isinstance(values, dict), key, "must be a table")
-        missing = {"name", "ae_title", "host", "port"} - set(values)
-        _check(not missing, key, f"missing {', '.join(sorted(missing))}")
-        if path is not None:
-            values = anchored_paths("destinations", values, path)
-        dest = _build(Destination, values, key)
-        dest.validate(key)
-        destinations.append(dest)
-    names = [d.name for d in destinations]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    _check(not duplicated, "destinations", f"names must be unique: {', '.join(duplicated)}")
+    required = {"name", "ae_title", "host", "port"}
+    destinations: list[Destination] = _load_table(
+        "destinations", Destination, required, raw.get("destinations", []), env_destinations, path
+    )
+    _check_unique("destinations", [d.name for d in destinations], "names")
     return destinations
 
 
 def _load_peers(values: Any, from_env: str | None) -> list[Peer]:
     """`[[peers]]` (or DICOMNODE_PEERS as JSON): each calling AE title at most once."""
-    if from_env is not None:
-        try:
-            values = json.loads(from_env)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"setting {PEERS_VAR}: not valid JSON: {exc}") from None
-    _check(isinstance(values, list), "peers", "must be an array of tables")
-    peers = []
-    for i, entry in enumerate(values):
-        key = f"peers[{i}]"
-        _check(isinstance(entry, dict), key, "must be a table")
-        missing = {"ae_title", "host", "port"} - set(entry)
-        _check(not missing, key, f"missing {', '.join(sorted(missing))}")
-        peer = _build(Peer, entry, key)
-        peer.validate(key)
-        peers.append(peer)
-    titles = [p.ae_title.strip() for p in peers]
-    duplicated = sorted({t for t in titles if titles.count(t) > 1})
-    _check(not duplicated, "peers", f"AE titles must be unique: {', '.join(duplicated)}")
+    peers: list[Peer] = _load_table(
+        "peers", Peer, {"ae_title", "host", "port"}, values, from_env, None
+    )
+    _check_unique("peers", [p.ae_title.strip() for p in peers], "AE titles")
     return peers
