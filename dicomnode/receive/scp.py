@@ -8,7 +8,7 @@ so what a PACS later gets from us is what the modality sent.
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 
 from pydicom import Dataset
@@ -105,6 +105,15 @@ def _answered(event: Event) -> None:
         sock.answered()
 
 
+@dataclass
+class _Received:
+    """What one open association has stored: a count for its closing line, and the series
+    that its release (A-RELEASE) marks as sent in full."""
+
+    stored: int = 0
+    series: set[str] = field(default_factory=set)
+
+
 class StorageReceiver:
     """The SCP's handlers, bound to one spool and one database."""
 
@@ -113,9 +122,8 @@ class StorageReceiver:
         self.spool = spool
         self.db = db
         self._min_free_bytes = settings.node.min_free_disk_mb * 1024 * 1024
-        self._counts: dict[int, int] = {}
-        self._series: dict[int, set[str]] = {}  # per association: the series it stored into
-        self._counts_lock = threading.Lock()
+        self._received: dict[int, _Received] = {}  # per open association
+        self._received_lock = threading.Lock()
         self._writer = ThreadPoolExecutor(settings.node.max_associations, "spool-write")
         self.commitment = CommitmentResponder(settings, db)
 
@@ -165,9 +173,9 @@ class StorageReceiver:
         )
 
     def handle_closed(self, event: Event) -> None:
-        with self._counts_lock:
-            stored = self._counts.pop(id(event.assoc), None)
-            self._series.pop(id(event.assoc), None)  # aborted: the quiet rule completes them
+        with self._received_lock:
+            # Its series, if not released (aborted): the quiet rule completes them.
+            received = self._received.pop(id(event.assoc), None)
         sock = event.assoc.dul.socket
         guarded = isinstance(sock, GuardedSocket) and sock.refused_reason is not None
         if event.assoc.is_aborted and not guarded:  # a guard's abort has its own line
@@ -182,19 +190,20 @@ class StorageReceiver:
                     else "aborted by the peer or the connection was lost"
                 ),
             )
-        if stored is not None:
+        if received is not None:
             log.info(
                 "association closed calling_aet=%s address=%s stored=%d",
                 event.assoc.requestor.ae_title,
                 event.assoc.requestor.address,
-                stored,
+                received.stored,
             )
 
     def handle_released(self, event: Event) -> None:
         """The sender said it is done with the series it stored (A-RELEASE): the completion rule
         may take them after completion.release_quiet_seconds instead of series_quiet_seconds."""
-        with self._counts_lock:
-            series = self._series.pop(id(event.assoc), set())
+        with self._received_lock:
+            received = self._received.get(id(event.assoc))  # its closing line still follows
+            series = set(received.series) if received is not None else set()
         if not series:
             return
         try:
@@ -216,8 +225,6 @@ class StorageReceiver:
             ident = _identify(event)
             sop_uid = ident.sop_instance_uid
             self._store(event, ident, calling)
-            with self._counts_lock:
-                self._series.setdefault(id(event.assoc), set()).add(ident.series_uid)
         except Exception as exc:
             status = status_for(exc)
             INSTANCES_REFUSED.labels(refusal_reason(exc)).inc()
@@ -233,8 +240,10 @@ class StorageReceiver:
                 exc_info=level == logging.ERROR,
             )
             return status_dataset(status, str(exc))
-        with self._counts_lock:
-            self._counts[id(event.assoc)] = self._counts.get(id(event.assoc), 0) + 1
+        with self._received_lock:
+            received = self._received.setdefault(id(event.assoc), _Received())
+            received.stored += 1
+            received.series.add(ident.series_uid)
         INSTANCES_RECEIVED.inc()
         BYTES_RECEIVED.inc(event.request.DataSet.getbuffer().nbytes)
         return SUCCESS
