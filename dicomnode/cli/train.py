@@ -1,8 +1,9 @@
 """`dicomnode train`: train an SRCNN model on folders of DICOM images."""
 
 import json
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,6 +14,12 @@ from dicomnode.cli.common import (
     reported_errors,
     settings_from,
 )
+
+
+class Start(StrEnum):
+    RANDOM = "random"
+    LINEAR = "linear"
+
 
 DataDirs = Annotated[
     list[Path], typer.Argument(help="Folders (or files) of DICOM images; searched recursively.")
@@ -38,12 +45,33 @@ def train(
     epochs: Annotated[int, typer.Option(min=1, help="Validation checkpoints over the run.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed: same seed and data, same model.")] = 0,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads (0: all cores).")] = 0,
+    soften: Annotated[
+        list[float] | None,
+        typer.Option(
+            min=0.0,
+            help="Train on each image blurred by each of these sigmas in px (0: as it is), as "
+            "softer reconstruction kernels would make it; repeatable (default: 0, 0.7, 1.2).",
+        ),
+    ] = None,
+    contrast_min: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01,
+            max=1.0,
+            help="Half the patches fainter by down to this factor; 1: none (default: 0.1).",
+        ),
+    ] = None,
+    start: Annotated[
+        Start,
+        typer.Option(help="Initial weights: random, or the least-squares linear filter."),
+    ] = Start.RANDOM,
     config: ConfigOption = None,
 ) -> None:
     """Train the 9-1-5 SRCNN; the split is 80/20 by patient, per modality, never by slice.
 
-    Fresh randomly turned patches every batch, a cosine learning rate over the whole run, the
-    best validation weights kept. Writes the model, <stem>.history.json (settings, split,
+    Fresh randomly turned patches every batch (softened and fainter copies too: see
+    models/MODEL_CARD.md), a cosine learning rate over the whole run, the best validation
+    weights kept. Writes the model, <stem>.history.json (settings, split,
     steps, updates, device, time, per-epoch losses and learning rate) and <stem>.loss.png.
     """
     configure_logging("WARNING")
@@ -53,6 +81,11 @@ def train(
     from dicomnode.training.corpus import load_images
     from dicomnode.training.train import TrainingSettings, train_srcnn
 
+    augmentation: dict[str, Any] = {}  # what is not given keeps TrainingSettings' default
+    if soften:
+        augmentation["soften_sigmas"] = tuple(soften)
+    if contrast_min is not None:
+        augmentation["contrast_min"] = contrast_min
     settings = TrainingSettings(
         scale=scale,
         modality=modality.upper() if modality else None,
@@ -60,6 +93,8 @@ def train(
         epochs=epochs,
         seed=seed,
         threads=threads,
+        start=start.value,
+        **augmentation,
     )
     out = out or SRCNN.model_file(settings_from(config).enhance, scale, settings.modality)
     batches = settings.steps // settings.epochs

@@ -31,7 +31,9 @@ from dicomnode.imaging.degrade import Degradation
 from dicomnode.imaging.srcnn import HALO, build_srcnn, file_sha256, import_keras
 from dicomnode.training.corpus import CorpusImage, pseudonym, split_by_group
 from dicomnode.training.figures import plot_loss
+from dicomnode.training.linear import fit_linear_filter
 from dicomnode.training.pairs import PatchSampler, make_pair, sample_patches
+from dicomnode.training.warm_start import start_as_linear
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,9 @@ class TrainingSettings:
     blur_sigma: float = 1.0  # scale 1 only: see dicomnode.imaging.degrade
     noise_factor: float = 1.5  # scale 1 only: input noise up to this x the image's own
     threads: int = 0  # CPU threads for TensorFlow (0: all cores)
+    start: str = "random"  # or "linear": start as the least-squares filter (warm_start.py)
+    contrast_min: float = 0.1  # half the patches fainter by down to this factor (pairs.py)
+    soften_sigmas: tuple[float, ...] = (0.0, 0.7, 1.2)  # each image also blurred by these (px)
 
     @property
     def steps(self) -> int:
@@ -134,13 +139,16 @@ def train_srcnn(
     if not validation:  # one patient (the shared MR): the checkpoints can only watch training
         log.warning("one group only: validation patches come from the training images")
     degradation = Degradation(scale=settings.scale, blur_sigma=settings.blur_sigma)
-    train_pairs = [make_pair(i, degradation) for i in train]
+    train_pairs = [
+        make_pair(image, degradation, soft) for image in train for soft in settings.soften_sigmas
+    ]
     sampler = PatchSampler(
         train_pairs,
         settings.patch_size,
         settings.batch_size,
         seed=settings.seed,
         noise_factor=settings.noise_factor if settings.scale == 1 else 0.0,
+        contrast_min=settings.contrast_min,
     )
     x_val, y_val = sample_patches(
         [make_pair(i, degradation) for i in validation] if validation else train_pairs,
@@ -155,6 +163,10 @@ def train_srcnn(
         alpha=settings.final_learning_rate / settings.learning_rate,
     )
     model = build_srcnn(settings.scale, seed=settings.seed)
+    if settings.start == "linear":
+        start_as_linear(model, fit_linear_filter(train, degradation, seed=settings.seed))
+    elif settings.start != "random":
+        raise ValueError(f"start must be 'linear' or 'random', not {settings.start!r}")
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=_halo_mse)
     out.parent.mkdir(parents=True, exist_ok=True)
     history = model.fit(

@@ -76,6 +76,35 @@ def test_patches_are_fresh_and_turned_every_batch(ct_train_images) -> None:
     assert np.std(first[0] - first[1]) > np.std(plain[0] - plain[1])
 
 
+def test_fainter_patches_are_the_same_pairs_scaled_about_their_mean(ct_train_images) -> None:
+    pairs = [make_pair(i, Degradation(2)) for i in ct_train_images[:2]]
+    plain_in, plain_out = PatchSampler(pairs, 32, 16, seed=4).batch(0)
+    faint_in, faint_out = PatchSampler(pairs, 32, 16, seed=4, contrast_min=0.1).batch(0)
+    gains = []
+    for n in range(16):
+        centre = plain_out[n].mean()
+        if np.std(plain_out[n]) == 0:  # a flat patch (air) stays flat either way
+            assert faint_out[n] == pytest.approx(plain_out[n], abs=1e-6)
+            continue
+        gain = np.std(faint_out[n]) / np.std(plain_out[n])
+        # input and target alike: still a true pair of the (linear) degradation
+        assert faint_out[n] == pytest.approx(centre + gain * (plain_out[n] - centre), abs=1e-5)
+        assert faint_in[n] == pytest.approx(centre + gain * (plain_in[n] - centre), abs=1e-5)
+        gains.append(gain)
+    assert min(gains) >= 0.1 - 1e-6 and max(gains) <= 1 + 1e-6
+    assert 0 < sum(g < 0.999 for g in gains) < 16  # about half of them, the rest as they were
+
+
+def test_softened_pairs_hold_less_fine_detail(ct_train_images) -> None:
+    image = ct_train_images[0]
+    sharp = make_pair(image, Degradation(2))
+    soft = make_pair(image, Degradation(2), soften=1.2)
+    detail = lambda a: float(np.var(np.diff(a, axis=0)) + np.var(np.diff(a, axis=1)))  # noqa: E731
+    assert detail(soft.target) < 0.5 * detail(sharp.target)
+    assert detail(soft.net_input) < detail(sharp.net_input)  # degraded from the softer image
+    assert soft.target.mean() == pytest.approx(sharp.target.mean(), abs=1e-3)
+
+
 def test_evaluation_ranks_nearest_neighbour_below_bicubic() -> None:
     # Axial slices: the coronal/sagittal reformats are built from thick slices, blocky along one
     # axis, which nearest-neighbour happens to reproduce well.
