@@ -35,7 +35,7 @@ from dicomnode.imaging.outcome import (
     reported,
     reported_fidelity,
 )
-from dicomnode.imaging.qa import assess
+from dicomnode.imaging.qa import SourceQa, assess_against, measure_source
 from dicomnode.pipeline.derived_output import Sink, derivation_for, write_derived_series
 from dicomnode.pipeline.methods import qa_thresholds
 from dicomnode.pipeline.sources import SourceImage, load_sources
@@ -79,19 +79,49 @@ def _on_source_grid(output: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return output if output.shape == shape else resample(output, shape)
 
 
-def _scored_frame(source: SourceImage) -> tuple[np.ndarray, np.ndarray]:
-    """The frame an image is scored on (the middle one of a multi-frame image) and the mask of
-    pixels left out of its scores."""
+@dataclass(frozen=True)
+class _Scored:
+    """The frame an image is scored on (the middle one of a multi-frame image), the mask of
+    pixels left out of its scores, and what QA measures of it: the same for every method."""
+
+    reference: np.ndarray
+    padding: np.ndarray
+    qa: SourceQa
+
+
+def _scored(source: SourceImage) -> _Scored:
     frame = len(source.image.values) // 2
     reference = source.image.values[frame]
     padding = source.image.padding[frame]
     if source.modality == "CT":  # outside the reconstruction circle: not scored (as `evaluate`)
         padding = padding | (reference < CT_HU_RANGE[0])
-    return reference, padding
+    domain = source.image.domain
+    low, high = sorted(
+        (
+            domain.stored_min * domain.slope + domain.intercept,
+            domain.stored_max * domain.slope + domain.intercept,
+        )
+    )
+    return _Scored(
+        reference, padding, measure_source(reference, limits=(low, high), padding=padding)
+    )
+
+
+class _ScoredSources:
+    """Each image's `_Scored`, measured the first time a method asks for it (once per job)."""
+
+    def __init__(self, images: list[SourceImage]) -> None:
+        self._images = images
+        self._scored: dict[int, _Scored] = {}
+
+    def __getitem__(self, index: int) -> _Scored:
+        if index not in self._scored:
+            self._scored[index] = _scored(self._images[index])
+        return self._scored[index]
 
 
 def _self_check_gains(
-    images: list[SourceImage], method: Method, settings: Settings
+    images: list[SourceImage], scored: _ScoredSources, method: Method, settings: Settings
 ) -> list[float | None]:
     """The method's self-check gain per image, None where not checked: a spread sample of at
     most `enhance.self_check_images` images, restored by one batched call per image shape."""
@@ -99,12 +129,12 @@ def _self_check_gains(
         return [None] * len(images)
     modality = images[0].modality or "OT"
     chosen = sampled_indices(len(images), settings.enhance.self_check_images)
-    frames = [_scored_frame(images[i]) for i in chosen]
+    frames = [scored[i] for i in chosen]
     checks = self_checks(
-        [fill_padding(reference, padding, modality) for reference, padding in frames],
+        [fill_padding(frame.reference, frame.padding, modality) for frame in frames],
         lambda stack: enhance_stack(stack, modality, method).values,
         Degradation(scale=method.scale),
-        [padding for _, padding in frames],
+        [frame.padding for frame in frames],
     )
     gains: list[float | None] = [None] * len(images)
     for index, check in zip(chosen, checks, strict=True):
@@ -113,31 +143,21 @@ def _self_check_gains(
 
 
 def _measure(
-    source: SourceImage, output: np.ndarray, gain: float | None, settings: Settings, sop: str
+    source: SourceImage,
+    scored: _Scored,
+    output: np.ndarray,
+    gain: float | None,
+    settings: Settings,
+    sop: str,
 ) -> ImageOutcome:
     """Fidelity and QA for one image (middle frame of a multi-frame image), with its gain."""
-    reference, padding = _scored_frame(source)
-    result = _on_source_grid(output[len(output) // 2], reference.shape)
-    domain = source.image.domain
-    limits = sorted(
-        (
-            domain.stored_min * domain.slope + domain.intercept,
-            domain.stored_max * domain.slope + domain.intercept,
-        )
-    )
-    verdict = assess(
-        reference,
-        result,
-        limits=(limits[0], limits[1]),
-        padding=padding,
-        thresholds=qa_thresholds(settings.qa),
-    )
+    result = _on_source_grid(output[len(output) // 2], scored.reference.shape)
     return ImageOutcome(
         source_sop=source.sop,
         sop=sop,
-        fidelity=reported_fidelity(compare(reference, result, padding=padding)),
+        fidelity=reported_fidelity(compare(scored.reference, result, padding=scored.padding)),
         self_check_gain_db=gain,
-        qa=verdict,
+        qa=assess_against(scored.qa, result, qa_thresholds(settings.qa)),
     )
 
 
@@ -157,7 +177,11 @@ class _Stopwatch:
 
 
 def _run_method(
-    images: list[SourceImage], method: Method, settings: Settings, sink: Sink
+    images: list[SourceImage],
+    scored: _ScoredSources,
+    method: Method,
+    settings: Settings,
+    sink: Sink,
 ) -> tuple[list[list[SpooledInstance]], MethodOutcome | None, list[DeclinedImage]]:
     """enhance → measure → write → summarise, for one method on the whole series."""
     clock = _Stopwatch()
@@ -166,16 +190,17 @@ def _run_method(
         outputs = _enhance_all(images, method)
     with clock.stage("measure_s"):
         root = derivation.uid_root
-        gains = _self_check_gains(images, method, settings)
+        gains = _self_check_gains(images, scored, method, settings)
         measured = [
             _measure(
                 source,
+                scored[index],
                 output,
                 gain,
                 settings,
                 derived_instance_uid(root, source.sop, method.version),
             )
-            for source, output, gain in zip(images, outputs, gains, strict=True)
+            for index, (source, output, gain) in enumerate(zip(images, outputs, gains, strict=True))
         ]
     with clock.stage("write_s"):
         written, declined = write_derived_series(
@@ -220,8 +245,9 @@ def enhance_series(
         return SeriesOutput({}, SeriesOutcome(status, load_s, declined), everything)
     files: dict[str, list[list[SpooledInstance]]] = {}
     outcomes: list[MethodOutcome] = []
+    scored = _ScoredSources(images)  # measured by the first method, reused by the others
     for method in methods_for(modality):
-        series, outcome, left_out = _run_method(images, method, settings, sink)
+        series, outcome, left_out = _run_method(images, scored, method, settings, sink)
         declined += tuple(left_out)
         if outcome is None:
             log.warning(
