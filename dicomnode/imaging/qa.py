@@ -64,8 +64,9 @@ def body_mask(source: np.ndarray, padding: np.ndarray | None = None) -> np.ndarr
 
 def laplacian(image: np.ndarray) -> np.ndarray:
     """The 5-point Laplacian of a 2-D float64 image, borders mirrored (d c b a | a b c d): scipy's
-    `ndimage.laplace` (its default mode), from OpenCV ~10x faster; on integer-valued images
-    (every source) the sums are exact and both give the same bits."""
+    `ndimage.laplace` (its default mode), from OpenCV ~10x faster. On integer-valued images
+    (sources stored with slope 1) the sums are exact and both give the same bits; elsewhere
+    they differ by the order of three float64 additions."""
     result: np.ndarray = cv2.Laplacian(image, cv2.CV_64F, ksize=1, borderType=cv2.BORDER_REFLECT)
     return result
 
