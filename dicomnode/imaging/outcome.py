@@ -73,7 +73,9 @@ class ImageOutcome:
 
 @dataclass(frozen=True)
 class StageTimings:
-    """Seconds spent per stage of one method on one series."""
+    """Seconds spent per stage of one method on one series. The images are measured while the
+    next batch is enhanced: `enhance_s` includes that overlap, `measure_s` is what measuring
+    adds after it (the self-check, the last images' scores)."""
 
     enhance_s: float = 0.0
     measure_s: float = 0.0

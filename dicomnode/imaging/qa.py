@@ -4,23 +4,28 @@ Measured on a body mask (Otsu threshold of the source, padding excluded), so air
 dilute the numbers:
 
 * sharpness ratio: variance of the Laplacian, output / source (over-sharpening inflates it);
-* noise ratio: scikit-image's wavelet noise estimate, output / source;
+* noise ratio: scikit-image's wavelet noise estimate (`noise_sigma`), output / source;
 * intensity drift: |mean(output) - mean(source)| in the body, as a fraction of the data range;
 * saturation: fraction of body pixels at the storable limits that were not there before;
 * NaN or infinite values: always a failure.
 
 Each measure has a warn and a fail threshold (`QaThresholds`); the verdict is the worst level
 reached, with one reason per threshold crossed.
+
+What is measured of the source (`SourceQa`: mask, range, Laplacian variance, noise, mean,
+saturated pixels) does not depend on the method: `measure_source` computes it once per image,
+and `assess_against` scores each method's output against it.
 """
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import cv2
 import numpy as np
-from scipy.ndimage import laplace
+import pywt
+from scipy.stats import norm
 from skimage.filters import threshold_otsu
-from skimage.restoration import estimate_sigma
 
 Verdict = Literal["ok", "warn", "fail"]
 _RANK: dict[Verdict, int] = {"ok": 0, "warn": 1, "fail": 2}
@@ -57,6 +62,63 @@ def body_mask(source: np.ndarray, padding: np.ndarray | None = None) -> np.ndarr
     return mask if mask.any() else valid
 
 
+def laplacian(image: np.ndarray) -> np.ndarray:
+    """The 5-point Laplacian of a 2-D float64 image, borders mirrored (d c b a | a b c d): scipy's
+    `ndimage.laplace` (its default mode), from OpenCV ~10x faster. On integer-valued images
+    (sources stored with slope 1) the sums are exact and both give the same bits; elsewhere
+    they differ by the order of three float64 additions."""
+    result: np.ndarray = cv2.Laplacian(image, cv2.CV_64F, ksize=1, borderType=cv2.BORDER_REFLECT)
+    return result
+
+
+_MAD_TO_SIGMA = float(norm.ppf(0.75))  # the median |x| of a unit normal
+
+
+def noise_sigma(image: np.ndarray) -> float:
+    """scikit-image's `estimate_sigma` of a 2-D float64 image, to the last bit: the median
+    absolute finest diagonal detail (db2 wavelet, zeros left out) over 0.6745 (Donoho and
+    Johnstone 1994). pywt's transform along axis 0 of a C-ordered image is slow (strided); run on
+    transposed copies, both passes read rows, in the order `pywt.dwtn` uses (axis 0, then 1),
+    and give the same coefficients ~2.5x faster."""
+    _, columns = pywt.dwt(cv2.transpose(image), "db2", axis=1)  # axis 0 of the image
+    _, diagonal = pywt.dwt(cv2.transpose(columns), "db2", axis=1)  # then axis 1
+    details = np.abs(diagonal[np.nonzero(diagonal)])
+    return float(np.median(details) / _MAD_TO_SIGMA)
+
+
+@dataclass(frozen=True)
+class SourceQa:
+    """What QA measures of a source image, whatever the method: measured once per image."""
+
+    mask: np.ndarray  # the body: Otsu threshold of the source, padding excluded
+    data_range: float  # max - min in the body (1.0 for a constant body)
+    sharpness: float  # variance of the Laplacian in the body
+    noise: float  # wavelet noise estimate over the whole image
+    mean: float  # mean in the body
+    saturated: np.ndarray | None  # body pixels already at the storable limits (None: none)
+    limits: tuple[float, float]
+
+
+def measure_source(
+    source: np.ndarray, *, limits: tuple[float, float], padding: np.ndarray | None = None
+) -> SourceQa:
+    """The source side of `assess`, for every method's output to be scored against."""
+    mask = body_mask(source, padding)
+    src = source.astype(np.float64)
+    body = src[mask]
+    low, high = limits
+    saturated = (body <= low) | (body >= high)
+    return SourceQa(
+        mask=mask,
+        data_range=float(body.max() - body.min()) or 1.0,
+        sharpness=float(laplacian(src)[mask].var()),
+        noise=noise_sigma(src),
+        mean=float(body.mean()),
+        saturated=saturated if saturated.any() else None,
+        limits=(low, high),
+    )
+
+
 def _ratio(output: float, source: float) -> float:
     return output / source if source > 0 else (1.0 if output == 0 else float("inf"))
 
@@ -73,23 +135,36 @@ def assess(
 
     `limits` are the lowest and highest modality values the stored format can hold.
     """
+    if not np.all(np.isfinite(output)):
+        return _non_finite(output)
+    return assess_against(
+        measure_source(source, limits=limits, padding=padding), output, thresholds
+    )
+
+
+def _non_finite(output: np.ndarray) -> QaVerdict:
+    count = int(np.size(output) - np.count_nonzero(np.isfinite(output)))
+    return QaVerdict("fail", (f"{count} NaN/infinite pixels",), {"non_finite": count})
+
+
+def assess_against(
+    source: SourceQa, output: np.ndarray, thresholds: QaThresholds | None = None
+) -> QaVerdict:
+    """`assess` of `output` with its source already measured (`measure_source`)."""
     thresholds = thresholds or QaThresholds()
     if not np.all(np.isfinite(output)):
-        count = int(np.size(output) - np.count_nonzero(np.isfinite(output)))
-        return QaVerdict("fail", (f"{count} NaN/infinite pixels",), {"non_finite": count})
-    mask = body_mask(source, padding)
-    src, out = source.astype(np.float64), output.astype(np.float64)
-    data_range = float(src[mask].max() - src[mask].min()) or 1.0
-    low, high = limits
-
-    def saturated(image: np.ndarray) -> np.ndarray:
-        return (image <= low) | (image >= high)
-
+        return _non_finite(output)
+    out = output.astype(np.float64)
+    body = out[source.mask]
+    low, high = source.limits
+    saturated = (body <= low) | (body >= high)
+    if source.saturated is not None:
+        saturated &= ~source.saturated  # only pixels the method drove to the limits
     measures = {
-        "sharpness_ratio": _ratio(float(laplace(out)[mask].var()), float(laplace(src)[mask].var())),
-        "noise_ratio": _ratio(float(estimate_sigma(out)), float(estimate_sigma(src))),
-        "drift_fraction": abs(float(out[mask].mean() - src[mask].mean())) / data_range,
-        "saturation_fraction": float(np.mean(saturated(out)[mask] & ~saturated(src)[mask])),
+        "sharpness_ratio": _ratio(float(laplacian(out)[source.mask].var()), source.sharpness),
+        "noise_ratio": _ratio(noise_sigma(out), source.noise),
+        "drift_fraction": abs(float(body.mean() - source.mean)) / source.data_range,
+        "saturation_fraction": float(np.mean(saturated)),
     }
     verdict: Verdict = "ok"
     reasons = []

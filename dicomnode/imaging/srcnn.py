@@ -268,12 +268,26 @@ class SrcnnRunner:
         out = self._restore_padded(np.pad(stack, halo, mode="reflect"))[:, HALO:-HALO, HALO:-HALO]
         return out[0] if single else out
 
+    def _batch(self, rows: int, cols: int) -> int | None:
+        """Images per forward pass of a padded (N, rows, cols) stack; None: tiled, each tile of
+        the whole stack in one pass."""
+        if self._tile is not None or rows * cols > self._max_pixels():
+            return None
+        return max(1, self._max_pixels() // (rows * cols))
+
+    def images_per_pass(self, shape: tuple[int, int]) -> int | None:
+        """How many input images of `shape` one forward pass of `enhance` takes (None: large
+        images are tiled, every image of a stack in each tile's pass). A caller that cuts a
+        series into stacks of this many images gets the batches, and outputs, of one call."""
+        scale = self.model.scale
+        return self._batch(shape[0] * scale + 2 * HALO, shape[1] * scale + 2 * HALO)
+
     def _restore_padded(self, stack: np.ndarray) -> np.ndarray:
         """Batched, or tiled when large (tiles overlap by more than HALO: seamless)."""
         n, rows, cols = stack.shape
         core = self._tile or int(np.sqrt(self._max_pixels())) - 2 * TILE_OVERLAP
-        if self._tile is None and rows * cols <= self._max_pixels():
-            batch = max(1, self._max_pixels() // (rows * cols))
+        batch = self._batch(rows, cols)
+        if batch is not None:
             out = np.concatenate([self._run(stack[i : i + batch]) for i in range(0, n, batch)])
         else:
             out = np.empty_like(stack)

@@ -12,6 +12,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -21,8 +22,8 @@ from dicomnode.config import Settings
 from dicomnode.db import SpooledInstance
 from dicomnode.dicom.derive import derived_instance_uid
 from dicomnode.imaging.degrade import Degradation, resample
-from dicomnode.imaging.enhance import Method, enhance_stack
-from dicomnode.imaging.metrics import compare, sampled_indices, self_checks
+from dicomnode.imaging.enhance import Method, SrcnnMethod, enhance_stack
+from dicomnode.imaging.metrics import ImageMetrics, compare, sampled_indices, self_checks
 from dicomnode.imaging.normalize import CT_HU_RANGE, fill_padding
 from dicomnode.imaging.outcome import (
     DONE,
@@ -35,7 +36,13 @@ from dicomnode.imaging.outcome import (
     reported,
     reported_fidelity,
 )
-from dicomnode.imaging.qa import assess
+from dicomnode.imaging.qa import (
+    QaThresholds,
+    QaVerdict,
+    SourceQa,
+    assess_against,
+    measure_source,
+)
 from dicomnode.pipeline.derived_output import Sink, derivation_for, write_derived_series
 from dicomnode.pipeline.methods import qa_thresholds
 from dicomnode.pipeline.sources import SourceImage, load_sources
@@ -54,16 +61,37 @@ class SeriesOutput:
     unenhanced: set[str] = field(default_factory=set)
 
 
-def _enhance_all(images: list[SourceImage], method: Method) -> list[np.ndarray]:
-    """Outputs per image; images of one frame shape run as one stack (SRCNN batches them).
-
-    The series' modality (its first image's) decides the working range for all of them."""
-    modality = images[0].modality or "OT"
+def _stacks(images: list[SourceImage], method: Method) -> Iterator[list[int]]:
+    """The images enhanced by one call each: per frame shape, SRCNN's batch at a time (so the
+    batches, and the outputs, are those of one call per shape), else all of them at once."""
     by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
     for index, source in enumerate(images):
         by_shape[source.image.values.shape[1:]].append(index)
+    for shape, indices in by_shape.items():
+        per_pass = method.runner.images_per_pass(shape) if isinstance(method, SrcnnMethod) else None
+        stack: list[int] = []
+        for index in indices:
+            stack.append(index)
+            if per_pass and sum(len(images[i].image.values) for i in stack) >= per_pass:
+                yield stack
+                stack = []
+        if stack:
+            yield stack
+
+
+def _enhance_all(
+    images: list[SourceImage],
+    method: Method,
+    enhanced: Callable[[int, np.ndarray], None] = lambda index, output: None,
+) -> list[np.ndarray]:
+    """Outputs per image, enhanced a stack at a time (`_stacks`); `enhanced(index, output)` is
+    told of each image as soon as its stack is done, so it can be measured while the next one
+    runs.
+
+    The series' modality (its first image's) decides the working range for all of them."""
+    modality = images[0].modality or "OT"
     outputs: list[np.ndarray] = [np.empty(0)] * len(images)
-    for indices in by_shape.values():
+    for indices in _stacks(images, method):
         stack = np.concatenate([images[i].image.values for i in indices])
         padding = np.concatenate([images[i].image.padding for i in indices])
         result = enhance_stack(stack, modality, method, padding=padding).values
@@ -72,6 +100,7 @@ def _enhance_all(images: list[SourceImage], method: Method) -> list[np.ndarray]:
             frames = len(images[i].image.values)
             outputs[i] = result[start : start + frames]
             start += frames
+            enhanced(i, outputs[i])
     return outputs
 
 
@@ -88,6 +117,44 @@ def _scored_frame(source: SourceImage) -> tuple[np.ndarray, np.ndarray]:
     if source.modality == "CT":  # outside the reconstruction circle: not scored (as `evaluate`)
         padding = padding | (reference < CT_HU_RANGE[0])
     return reference, padding
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """An image's scored frame, its padding, and what QA measures of it: the same for every
+    method."""
+
+    reference: np.ndarray
+    padding: np.ndarray
+    qa: SourceQa
+
+
+def _scored(source: SourceImage) -> _Scored:
+    reference, padding = _scored_frame(source)
+    domain = source.image.domain
+    low, high = sorted(
+        (
+            domain.stored_min * domain.slope + domain.intercept,
+            domain.stored_max * domain.slope + domain.intercept,
+        )
+    )
+    return _Scored(
+        reference, padding, measure_source(reference, limits=(low, high), padding=padding)
+    )
+
+
+class _ScoredSources:
+    """Each image's `_Scored`, measured the first time a method asks for it (once per job).
+    Used by one measuring thread at a time."""
+
+    def __init__(self, images: list[SourceImage]) -> None:
+        self._images = images
+        self._scored: dict[int, _Scored] = {}
+
+    def __getitem__(self, index: int) -> _Scored:
+        if index not in self._scored:
+            self._scored[index] = _scored(self._images[index])
+        return self._scored[index]
 
 
 def _self_check_gains(
@@ -112,33 +179,13 @@ def _self_check_gains(
     return gains
 
 
-def _measure(
-    source: SourceImage, output: np.ndarray, gain: float | None, settings: Settings, sop: str
-) -> ImageOutcome:
-    """Fidelity and QA for one image (middle frame of a multi-frame image), with its gain."""
-    reference, padding = _scored_frame(source)
-    result = _on_source_grid(output[len(output) // 2], reference.shape)
-    domain = source.image.domain
-    limits = sorted(
-        (
-            domain.stored_min * domain.slope + domain.intercept,
-            domain.stored_max * domain.slope + domain.intercept,
-        )
-    )
-    verdict = assess(
-        reference,
-        result,
-        limits=(limits[0], limits[1]),
-        padding=padding,
-        thresholds=qa_thresholds(settings.qa),
-    )
-    return ImageOutcome(
-        source_sop=source.sop,
-        sop=sop,
-        fidelity=reported_fidelity(compare(reference, result, padding=padding)),
-        self_check_gain_db=gain,
-        qa=verdict,
-    )
+def _score(
+    scored: _Scored, output: np.ndarray, thresholds: QaThresholds
+) -> tuple[ImageMetrics, QaVerdict]:
+    """Fidelity and QA of one output (middle frame of a multi-frame image) against its source."""
+    result = _on_source_grid(output[len(output) // 2], scored.reference.shape)
+    fidelity = reported_fidelity(compare(scored.reference, result, padding=scored.padding))
+    return fidelity, assess_against(scored.qa, result, thresholds)
 
 
 class _Stopwatch:
@@ -157,26 +204,39 @@ class _Stopwatch:
 
 
 def _run_method(
-    images: list[SourceImage], method: Method, settings: Settings, sink: Sink
+    images: list[SourceImage],
+    scored: _ScoredSources,
+    method: Method,
+    settings: Settings,
+    sink: Sink,
 ) -> tuple[list[list[SpooledInstance]], MethodOutcome | None, list[DeclinedImage]]:
-    """enhance → measure → write → summarise, for one method on the whole series."""
+    """enhance → measure → write → summarise, for one method on the whole series.
+
+    Each image is measured (fidelity, QA) in a second thread as soon as its stack is enhanced,
+    while the next stack runs (TensorFlow releases the interpreter); the self-check follows the
+    enhancement. `measure_s` is what measuring adds after the enhancement: the self-check and
+    the wait for the last images' scores."""
     clock = _Stopwatch()
     derivation = derivation_for(images, method, settings)
-    with clock.stage("enhance_s"):
-        outputs = _enhance_all(images, method)
-    with clock.stage("measure_s"):
-        root = derivation.uid_root
-        gains = _self_check_gains(images, method, settings)
-        measured = [
-            _measure(
-                source,
-                output,
-                gain,
-                settings,
-                derived_instance_uid(root, source.sop, method.version),
-            )
-            for source, output, gain in zip(images, outputs, gains, strict=True)
-        ]
+    thresholds = qa_thresholds(settings.qa)
+    scores: dict[int, Future[tuple[ImageMetrics, QaVerdict]]] = {}
+    measuring = ThreadPoolExecutor(1, thread_name_prefix="measure")
+    try:
+
+        def measure(index: int, output: np.ndarray) -> None:
+            scores[index] = measuring.submit(lambda: _score(scored[index], output, thresholds))
+
+        with clock.stage("enhance_s"):
+            outputs = _enhance_all(images, method, measure)
+        with clock.stage("measure_s"):
+            gains = _self_check_gains(images, method, settings)
+            measured = []
+            for index, (source, gain) in enumerate(zip(images, gains, strict=True)):
+                fidelity, verdict = scores[index].result()
+                sop = derived_instance_uid(derivation.uid_root, source.sop, method.version)
+                measured.append(ImageOutcome(source.sop, sop, fidelity, gain, verdict))
+    finally:
+        measuring.shutdown(cancel_futures=True)
     with clock.stage("write_s"):
         written, declined = write_derived_series(
             images, outputs, measured, method, derivation, settings, sink
@@ -220,8 +280,9 @@ def enhance_series(
         return SeriesOutput({}, SeriesOutcome(status, load_s, declined), everything)
     files: dict[str, list[list[SpooledInstance]]] = {}
     outcomes: list[MethodOutcome] = []
+    scored = _ScoredSources(images)  # measured by the first method, reused by the others
     for method in methods_for(modality):
-        series, outcome, left_out = _run_method(images, method, settings, sink)
+        series, outcome, left_out = _run_method(images, scored, method, settings, sink)
         declined += tuple(left_out)
         if outcome is None:
             log.warning(

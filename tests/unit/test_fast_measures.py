@@ -1,0 +1,224 @@
+"""The measurement of a derived image was made faster (issue 16); its numbers must not change.
+
+Each faster part is checked against the library call it replaces, on every real CT and MR slice
+in tests/data, pydicom's CT_small and MR_small, and generated images, each scored against
+outputs like a method's (the classical baseline's, added noise, the self-check's blur, a drift):
+
+* `ssim_map` vs scikit-image's `structural_similarity(full=True)`: the same formula in float64;
+  only the order of additions inside the 7x7 window sums differs (OpenCV's box filter, scipy's
+  uniform filter). Window moments of values up to ~4,000 carry rounding of ~1e-16 x 49 x 4,000²,
+  about 1e-8; each divided by C2 = (0.03 L)² >= 9 for a range L >= 100, the map moves by well
+  under 1e-9, so the mean that is reported with 4 decimals cannot change (a value would need to
+  lie within 1e-9 of a rounding boundary). The test allows 1e-9 per pixel.
+* `laplacian` vs `scipy.ndimage.laplace`: the same 5 taps and mirrored border; on integer-valued
+  sources every sum is exact (identical), on float outputs the order of three additions differs:
+  variances agree to 1e-12 relative.
+* `noise_sigma` vs `estimate_sigma`: the same wavelet passes in the same order, identical bits.
+* `compare` and `assess` end to end vs the code they replaced (kept below as `*_before`):
+  reported fidelity equal, QA verdicts and reasons equal, measures within the above.
+"""
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from scipy.ndimage import laplace
+from skimage.filters import unsharp_mask
+from skimage.metrics import structural_similarity
+from skimage.restoration import estimate_sigma
+
+from dicomnode.imaging.baseline import BaselineParams
+from dicomnode.imaging.degrade import Degradation, degrade
+from dicomnode.imaging.enhance import BaselineMethod, enhance_stack
+from dicomnode.imaging.metrics import ImageMetrics, compare, data_range_of, ssim_map
+from dicomnode.imaging.normalize import CT_HU_RANGE
+from dicomnode.imaging.outcome import reported_fidelity
+from dicomnode.imaging.pixels import to_modality
+from dicomnode.imaging.qa import (
+    QaThresholds,
+    QaVerdict,
+    assess,
+    assess_against,
+    body_mask,
+    laplacian,
+    measure_source,
+    noise_sigma,
+)
+from tests.support.data import CT_FOLDERS, MR_FOLDERS, dicom_files, pydicom_test_files
+
+# name, modality, source (modality values), padding as the node scores it, storable limits
+Slice = tuple[str, str, np.ndarray, np.ndarray, tuple[float, float]]
+
+
+def real_slices() -> Iterator[Slice]:
+    """Every real slice the repository holds, with its padding as the node scores it."""
+    files = dicom_files(*CT_FOLDERS, *MR_FOLDERS)
+    files += [p for p in pydicom_test_files() if p.name in ("CT_small.dcm", "MR_small.dcm")]
+    for path in files:
+        dataset = dcmread(path)
+        image = to_modality(dataset)
+        domain = image.domain
+        low, high = sorted(
+            value * domain.slope + domain.intercept
+            for value in (domain.stored_min, domain.stored_max)
+        )
+        frame = len(image.values) // 2
+        source, padding = image.values[frame], image.padding[frame]
+        if dataset.Modality == "CT":
+            padding = padding | (source < CT_HU_RANGE[0])
+        yield f"{path.parent.name}/{path.name}", dataset.Modality, source, padding, (low, high)
+
+
+def generated() -> Iterator[Slice]:
+    """A phantom with a body, noise and padding; a 12-bit one with body pixels already at the
+    storable maximum; a ramp; a step (no noise at all)."""
+    yy, xx = np.mgrid[:96, :128]
+    body = np.where((yy - 48) ** 2 + (xx - 64) ** 2 < 40**2, 40.0, -1000.0)
+    noise = np.random.default_rng(3).normal(0, 15, body.shape)
+    phantom = np.round(body + noise + 300 * np.sin(xx / 7))
+    padding = np.zeros(body.shape, bool)
+    padding[:, :6] = True
+    phantom[padding] = -2048
+    saturated = np.clip(phantom + 3000, 0, 4095)
+    saturated[40:50, 60:70] = 4095
+    ramp = np.tile(np.linspace(0.0, 100.0, 64), (64, 1))
+    step = np.where(np.arange(64)[None, :] < 20, 0.0, 500.0) * np.ones((64, 1))
+    int16 = (-32768.0, 32767.0)
+    for name, modality, image, mask, limits in (
+        ("phantom", "CT", phantom, padding, int16),
+        ("saturated", "MR", saturated, padding, (0.0, 4095.0)),
+        ("ramp", "MR", ramp, np.zeros(ramp.shape, bool), int16),
+        ("step", "MR", step, np.zeros(step.shape, bool), int16),
+    ):
+        yield name, modality, image.astype(np.float32), mask, limits
+
+
+def outputs(source: np.ndarray, padding: np.ndarray, modality: str) -> Iterator[np.ndarray]:
+    """Outputs like a method's: the baseline's, noisier, blurred, over-sharpened, drifted."""
+    yield enhance_stack(source[None], modality, BaselineMethod(BaselineParams())).values[0]
+    noise = np.random.default_rng(7).normal(0, 4, source.shape)
+    yield (source + noise).astype(np.float32)
+    yield degrade(source, Degradation(scale=1))
+    yield unsharp_mask(source.astype(np.float64), radius=1, amount=3, preserve_range=True)
+    yield (source * 1.05 + 20).astype(np.float32)
+
+
+def cases() -> list[tuple[str, np.ndarray, np.ndarray, tuple[float, float], np.ndarray]]:
+    """(name, source, padding, limits, output) for each slice and each kind of output."""
+    found = []
+    for name, modality, source, padding, limits in [*real_slices(), *generated()]:
+        for index, output in enumerate(outputs(source, padding, modality)):
+            found.append((f"{name}#{index}", source, padding, limits, output))
+    return found
+
+
+CASES = cases()
+
+
+def compare_before(
+    reference: np.ndarray, test: np.ndarray, *, padding: np.ndarray | None = None
+) -> ImageMetrics:
+    """`metrics.compare` as it was (no shave), with scikit-image's SSIM."""
+    ref, out = reference.astype(np.float64), test.astype(np.float64)
+    valid = ~padding if padding is not None else np.ones(ref.shape, bool)
+    data_range = data_range_of(ref, ~valid)
+    mse = float(np.mean((ref[valid] - out[valid]) ** 2))
+    psnr = math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
+    _, full = structural_similarity(ref, out, data_range=data_range, full=True)
+    return ImageMetrics(psnr, float(full[valid].mean()), data_range)
+
+
+def assess_before(
+    source: np.ndarray, output: np.ndarray, *, limits: tuple[float, float], padding: np.ndarray
+) -> QaVerdict:
+    """`qa.assess` as it was: scipy's Laplacian, scikit-image's noise estimate, all per call."""
+    thresholds = QaThresholds()
+    mask = body_mask(source, padding)
+    src, out = source.astype(np.float64), output.astype(np.float64)
+    data_range = float(src[mask].max() - src[mask].min()) or 1.0
+    low, high = limits
+
+    def saturated(image: np.ndarray) -> np.ndarray:
+        return (image <= low) | (image >= high)
+
+    def ratio(output: float, source: float) -> float:
+        return output / source if source > 0 else (1.0 if output == 0 else float("inf"))
+
+    measures = {
+        "sharpness_ratio": ratio(float(laplace(out)[mask].var()), float(laplace(src)[mask].var())),
+        "noise_ratio": ratio(float(estimate_sigma(out)), float(estimate_sigma(src))),
+        "drift_fraction": abs(float(out[mask].mean() - src[mask].mean())) / data_range,
+        "saturation_fraction": float(np.mean(saturated(out)[mask] & ~saturated(src)[mask])),
+    }
+    reasons, verdict = [], "ok"
+    for name, value in measures.items():
+        warn, fail = getattr(thresholds, name)
+        level = "fail" if value > fail else "warn" if value > warn else "ok"
+        if level != "ok":
+            reasons.append(
+                f"{name.replace('_', ' ')} {value:.3g} > {warn if level == 'warn' else fail}"
+            )
+            verdict = "fail" if "fail" in (verdict, level) else "warn"
+    return QaVerdict(verdict, tuple(reasons), measures)  # type: ignore[arg-type]
+
+
+def test_the_cases_cover_every_real_slice_and_each_kind_of_output() -> None:
+    names = {name.split("#")[0] for name, *_ in CASES}
+    assert len(names) == len(dicom_files(*CT_FOLDERS, *MR_FOLDERS)) + 2 + 4
+    assert len(CASES) == 5 * len(names)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
+def test_ssim_map_is_scikit_images(case) -> None:
+    _, source, padding, _, output = case
+    ref, out = source.astype(np.float64), output.astype(np.float64)
+    data_range = data_range_of(ref, padding)
+    _, expected = structural_similarity(ref, out, data_range=data_range, full=True)
+    assert np.abs(ssim_map(ref, out, data_range) - expected).max() <= 1e-9
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
+def test_laplacian_and_noise_estimate_are_the_libraries(case) -> None:
+    _, source, _, _, output = case
+    src, out = source.astype(np.float64), output.astype(np.float64)
+    for image in (src, out):
+        if np.array_equal(image, np.round(image)):  # integer-valued: exact sums, same bits
+            assert np.array_equal(laplacian(image), laplace(image))
+        else:
+            assert np.allclose(laplacian(image), laplace(image), rtol=1e-12, atol=1e-9)
+    assert noise_sigma(src) == estimate_sigma(src)
+    assert noise_sigma(out) == estimate_sigma(out)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
+def test_fidelity_and_qa_are_what_they_were(case) -> None:
+    _, source, padding, limits, output = case
+    before, after = (
+        compare_before(source, output, padding=padding),
+        compare(source, output, padding=padding),
+    )
+    assert reported_fidelity(after) == reported_fidelity(before)
+    assert after.psnr_db == before.psnr_db and abs(after.ssim - before.ssim) <= 1e-9
+
+    expected = assess_before(source, output, limits=limits, padding=padding)
+    measured = measure_source(source, limits=limits, padding=padding)
+    for result in (
+        assess(source, output, limits=limits, padding=padding),
+        assess_against(measured, output),
+    ):
+        assert (result.verdict, result.reasons) == (expected.verdict, expected.reasons)
+        assert result.measures.keys() == expected.measures.keys()
+        for key, value in expected.measures.items():
+            assert result.measures[key] == pytest.approx(value, rel=1e-12, abs=0), key
+
+
+def test_real_slices_give_scores_worth_comparing() -> None:
+    """The equality above is not vacuous: the outputs differ from their sources, and QA flags
+    some of them (the over-sharpened and the drifted)."""
+    ssims = [compare(s, o, padding=p).ssim for _, s, p, _, o in CASES]
+    verdicts = {assess(s, o, limits=lim, padding=p).verdict for _, s, p, lim, o in CASES}
+    assert min(ssims) < 0.9 and verdicts >= {"ok", "warn", "fail"}
+    saturations = [assess(s, o, limits=lim, padding=p).measures for _, s, p, lim, o in CASES]
+    assert max(m["saturation_fraction"] for m in saturations) > 0

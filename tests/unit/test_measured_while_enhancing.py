@@ -1,0 +1,94 @@
+"""A job measures each image while SRCNN runs the next batch (issue 16): cutting the series into
+stacks of one forward pass each must not change a bit of the outputs, or a number of the job."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dicomnode.config import Settings
+from dicomnode.imaging.enhance import Method, SrcnnMethod
+from dicomnode.imaging.srcnn import BYTES_PER_PIXEL, HALO, SrcnnRunner, build_srcnn, from_network
+from dicomnode.pipeline.enhancement import enhance_series
+from dicomnode.pipeline.offline import file_sink, series_in
+from tests.integration.test_details_json import write_fixed_series
+
+SIDE = 128  # CT_small, the images of `write_fixed_series`
+
+
+def small_batch_runner(images_per_pass: int) -> SrcnnRunner:
+    """A network with random weights in every layer, on a memory budget of a few 128² images."""
+    network = build_srcnn(1, seed=5)
+    rng = np.random.default_rng(5)
+    last = network.get_layer("conv3")
+    last.set_weights([rng.normal(0, 0.05, w.shape).astype(np.float32) for w in last.get_weights()])
+    padded = (SIDE + 2 * HALO) ** 2
+    budget = int((images_per_pass + 0.5) * padded * BYTES_PER_PIXEL)
+    return SrcnnRunner(from_network(network), memory_budget=budget)
+
+
+class Counted(SrcnnMethod):
+    """SRCNN that records how many images each call was given."""
+
+    def __init__(self, runner: SrcnnRunner) -> None:
+        super().__init__(runner)
+        self.calls: list[int] = []
+
+    def __call__(self, stack: np.ndarray) -> np.ndarray:
+        self.calls.append(len(stack))
+        return super().__call__(stack)
+
+
+class WholeSeries:
+    """The same runner behind a method the job does not know to batch: one call per series."""
+
+    def __init__(self, runner: SrcnnRunner) -> None:
+        self.runner = runner
+        self.name, self.scale = "srcnn", runner.model.scale
+        self.version, self.model_sha256 = runner.model.version, runner.model.sha256
+        self.device = runner.device_description
+        self.calls: list[int] = []
+
+    def __call__(self, stack: np.ndarray) -> np.ndarray:
+        self.calls.append(len(stack))
+        return self.runner.enhance(stack)
+
+
+@pytest.fixture(scope="module")
+def runner() -> SrcnnRunner:
+    return small_batch_runner(2)
+
+
+def test_stacks_of_one_pass_give_the_bits_of_one_call(runner: SrcnnRunner) -> None:
+    assert runner.images_per_pass((SIDE, SIDE)) == 2
+    stack = np.random.default_rng(1).random((7, SIDE, SIDE), dtype=np.float32)
+    whole = runner.enhance(stack)
+    parts = np.concatenate([runner.enhance(stack[i : i + 2]) for i in range(0, 7, 2)])
+    assert np.array_equal(whole, parts)
+
+
+def job_details(series: Path, out: Path, method: Method) -> dict[str, Any]:
+    """The job's details for `series` with `method` as its only method, less the timings."""
+    ((_, inputs),) = series_in(series).items()
+    output = enhance_series(1, inputs, Settings(), lambda modality: [method], file_sink(out))
+    details: dict[str, Any] = json.loads(json.dumps(output.outcome.as_dict()))
+    details.pop("load_s")
+    for entry in details["methods"]:
+        entry.pop("timings")
+    return details
+
+
+def test_a_job_measured_batch_by_batch_reports_what_one_call_gives(
+    tmp_path: Path, runner: SrcnnRunner
+) -> None:
+    write_fixed_series(tmp_path / "in", count=8)  # 7 images enhanced, the last one declined
+    batched, whole = Counted(runner), WholeSeries(runner)
+    by_batch = job_details(tmp_path / "in", tmp_path / "batched", batched)
+    in_one_call = job_details(tmp_path / "in", tmp_path / "whole", whole)
+    assert batched.calls[:4] == [2, 2, 2, 1]  # the series a pass at a time, then the self-check
+    assert whole.calls[0] == 7
+    assert by_batch == in_one_call
+    (method,) = by_batch["methods"]
+    assert method["images"] == 7 and method["self_check_images"] == 7
