@@ -1,11 +1,10 @@
-"""PSNR and SSIM, computed one documented way (scikit-image's definitions).
+"""PSNR and SSIM, computed one documented way (scikit-image underneath).
 
 Convention (written wherever a number is reported): `data_range` is the *reference* image's
 max - min in modality units, over the pixels that are not padding. PSNR = 10 log10(data_range² /
-MSE) over those pixels; SSIM is scikit-image's (uniform 7x7 window, K1 0.01, K2 0.03, sample
-covariance; `ssim_map` computes its map with OpenCV's box filter), the map averaged over them.
-For super-resolution, `shave` pixels are cut from each border before scoring (interpolation at
-the edges is not what is being compared). Identical images give PSNR = inf.
+MSE) over those pixels; SSIM is scikit-image's (uniform 7x7 window), its map averaged over them. For
+super-resolution, `shave` pixels are cut from each border before scoring (interpolation at the
+edges is not what is being compared). Identical images give PSNR = inf.
 
 The *self-check* (`self_check`) applies this to one image: degrade it with the shared model,
 restore it with the method and with bicubic, and report the method's gain in dB.
@@ -15,9 +14,9 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from scipy.stats import t as t_distribution
+from skimage.metrics import structural_similarity
 
 from dicomnode.imaging.degrade import Degradation, bicubic_restore, crop_to_multiple, degrade
 
@@ -43,61 +42,6 @@ def _shaved(array: np.ndarray, shave: int) -> np.ndarray:
     return array[shave:-shave, shave:-shave] if shave else array
 
 
-SSIM_WINDOW = 7  # scikit-image's default uniform window (Wang et al. 2004 with K1, K2 below)
-SSIM_K1, SSIM_K2 = 0.01, 0.03
-
-
-def _window_mean(image: np.ndarray) -> np.ndarray:
-    """Mean over the SSIM window around each pixel, borders mirrored (d c b a | a b c d): what
-    scipy's `uniform_filter` (used by scikit-image) gives, to float64 rounding, ~7x faster."""
-    window = (SSIM_WINDOW, SSIM_WINDOW)
-    mean: np.ndarray = cv2.boxFilter(image, -1, window, borderType=cv2.BORDER_REFLECT)
-    return mean
-
-
-def ssim_map(reference: np.ndarray, test: np.ndarray, data_range: float) -> np.ndarray:
-    """The SSIM map of `test` against `reference` (2-D), as scikit-image's
-    `structural_similarity(..., data_range=data_range, full=True)` computes it in float64: the
-    same formula, operations and constants, with OpenCV's box filter for the window means
-    (scikit-image's filter was most of the measurement time of a 512² slice).
-
-    The two agree to ~1e-12 per pixel (float64 rounding in the window sums; C2 keeps the
-    variance terms away from cancellation): `tests/unit/test_fast_measures.py` checks it on real
-    CT and MR slices. The terms are computed in place in six arrays: a large temporary costs
-    page faults each time the allocator hands freed memory back, more than the arithmetic."""
-    if min(reference.shape) < SSIM_WINDOW:
-        raise ValueError(
-            f"image {reference.shape} smaller than the {SSIM_WINDOW}x{SSIM_WINDOW} SSIM window"
-        )
-    x, y = reference.astype(np.float64, copy=False), test.astype(np.float64, copy=False)
-    samples = SSIM_WINDOW**2
-    cov_norm = samples / (samples - 1)  # sample covariance, as scikit-image by default
-    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    ux, uy = _window_mean(x), _window_mean(y)
-    scratch = np.multiply(x, x)
-    vx = _window_mean(scratch)  # uxx, then vx = cov_norm * (uxx - ux * ux), then B2
-    vy = _window_mean(np.multiply(y, y, out=scratch))
-    vxy = _window_mean(np.multiply(x, y, out=scratch))
-    for moment, a, b in ((vx, ux, ux), (vy, uy, uy), (vxy, ux, uy)):
-        moment -= np.multiply(a, b, out=scratch)
-        moment *= cov_norm
-    vx += vy
-    vx += c2  # B2 = vx + vy + C2
-    vxy *= 2
-    vxy += c2  # A2 = 2 vxy + C2
-    a1: np.ndarray = np.multiply(ux, 2, out=scratch)
-    a1 *= uy
-    a1 += c1  # A1 = 2 ux uy + C1
-    ux *= ux
-    uy *= uy
-    ux += uy
-    ux += c1  # B1 = ux² + uy² + C1
-    a1 *= vxy  # A1 A2
-    ux *= vx  # D = B1 B2
-    a1 /= ux
-    return a1
-
-
 def data_range_of(reference: np.ndarray, padding: np.ndarray | None = None) -> float:
     values = reference[~padding] if padding is not None else reference
     return float(values.max() - values.min()) if values.size else 0.0
@@ -117,7 +61,8 @@ def compare(
         raise ValueError("reference image is constant: PSNR/SSIM are undefined")
     mse = float(np.mean((ref[valid] - out[valid]) ** 2))
     psnr = math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
-    return ImageMetrics(psnr, float(ssim_map(ref, out, data_range)[valid].mean()), data_range)
+    _, ssim_map = structural_similarity(ref, out, data_range=data_range, full=True)
+    return ImageMetrics(psnr, float(ssim_map[valid].mean()), data_range)
 
 
 def summarize(metrics: Sequence[ImageMetrics]) -> SeriesMetrics:
