@@ -1,6 +1,7 @@
 """`dicomnode serve`: run the node until SIGINT/SIGTERM."""
 
 import dataclasses
+import functools
 import os
 from typing import Annotated
 
@@ -37,7 +38,11 @@ def serve(
 
     signals = StopSignals()
     with reported_errors():
-        node = Node(settings)
+        # The receiver processes (node.listener_processes) log as this one does.
+        log_setup = functools.partial(
+            configure_logging, settings.logging.level, settings.logging.third_party_level
+        )
+        node = Node(settings, log_setup=log_setup)
         try:
             node.start()
         except BaseException:

@@ -123,6 +123,25 @@ class AssociationListener(ThreadedAssociationServer):
         super().process_request_thread(sock, client_address)
 
 
+class SharedPortListener(AssociationListener):
+    """An AssociationListener whose socket shares its port with the node's other listener
+    processes (SO_REUSEPORT: the kernel spreads new connections over them)."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def check_port_free(address: tuple[str, int]) -> None:
+    """OSError if another program listens on `address`: a shared port would otherwise let a
+    second node (of the same user) split this one's connections without a word."""
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no user
+        probe.bind(address)
+
+
 def _keep_alive(sock: socket.socket, idle_seconds: float) -> None:
     """TCP keepalive: a peer that vanished (power cut, cable) is noticed, its slot freed."""
     if not idle_seconds:
@@ -144,13 +163,15 @@ def start_listener(
     limits: ConnectionLimits,
     keepalive_seconds: float,
     max_per_address: int,
+    shared_port: bool = False,
 ) -> AssociationListener:
-    """Listen in a background thread, as `ae.start_server(..., block=False)` does."""
+    """Listen in a background thread, as `ae.start_server(..., block=False)` does;
+    `shared_port`: beside the node's other listener processes (SO_REUSEPORT)."""
     server = ae.make_server(
         address,
         ssl_context=context,
         evt_handlers=evt_handlers,
-        server_class=AssociationListener,
+        server_class=SharedPortListener if shared_port else AssociationListener,
         request_handler=GuardedRequestHandler,
     )
     server.first_byte_timeout = first_byte_timeout
