@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 REPORT_SECONDS = 0.5
 START_SECONDS = 120.0  # a fresh interpreter imports pynetdicom, pydicom, SQLAlchemy: seconds
 RESTART_DELAY_SECONDS = (1.0, 30.0)  # after a crash: first delay, doubling up to the second
+STABLE_SECONDS = 60.0  # a receiver that ran this long before it died: back to the first delay
 _CONTEXT = multiprocessing.get_context("spawn")
 
 
@@ -179,34 +180,41 @@ class ReceiverProcesses:
         """Take its reports until it exits; then, unless the node stops, start it again."""
         delay = RESTART_DELAY_SECONDS[0]
         while True:
+            started = time.monotonic()
             self._take_reports(receiver)
             process = receiver.process
             process.join()
-            if self._stopping.is_set():
+            if time.monotonic() - started > STABLE_SECONDS:
+                delay = RESTART_DELAY_SECONDS[0]  # not a crash loop: start it again soon
+            # Waited first: a service manager's SIGTERM reaches every process, and the one that
+            # reaches a receiver before the node must not look like a crash.
+            if self._stopping.wait(delay):
                 return
             log.warning(
-                "receiver process %d (pid %d) exited with code %s; starting it again in %g s "
+                "receiver process %d (pid %d) exited with code %s; starting it again "
                 "(connections it had accepted were lost; their senders send again)",
                 receiver.number,
                 process.pid,
                 process.exitcode,
-                delay,
             )
-            while not self._stopping.wait(delay):
+            while (error := self._start_again(receiver)) is not None:
                 delay = min(delay * 2, RESTART_DELAY_SECONDS[1])
-                try:
-                    self._spawn(receiver)
-                    self._await_ready(receiver)
-                except ConfigError as exc:
-                    log.error("%s; trying again in %g s", exc, delay)
-                    continue
-                pid = receiver.process.pid
-                log.info("receiver process %d started again pid=%d", receiver.number, pid)
-                if self._stopping.is_set():  # stop() ran while it started: it missed this one
-                    self._tell_stop(receiver)
-                break
-            else:
-                return
+                log.error("%s; trying again in %g s", error, delay)
+                if self._stopping.wait(delay):
+                    return
+            delay = min(delay * 2, RESTART_DELAY_SECONDS[1])
+
+    def _start_again(self, receiver: _Receiver) -> str | None:
+        """None once it listens again, else why it could not."""
+        try:
+            self._spawn(receiver)
+            self._await_ready(receiver)
+        except ConfigError as exc:
+            return str(exc)
+        log.info("receiver process %d started again pid=%d", receiver.number, receiver.process.pid)
+        if self._stopping.is_set():  # stop() ran while it started: it missed this one
+            self._tell_stop(receiver)
+        return None
 
     def _take_reports(self, receiver: _Receiver) -> None:
         assert receiver.conn is not None

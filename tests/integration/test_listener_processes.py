@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import ON_BOTH_DATABASES
-from tests.support.dcmtk import echoscu, peer_env, storescu
+from tests.support.dcmtk import echoscu, storescu, storescu_at_once
 from tests.support.metrics import Scrape
 from tests.support.node import NodeProcess
 from tests.support.series import sop_instance_uid, write_ct_series
@@ -55,25 +55,6 @@ def wait_until(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-unt
     return predicate()
 
 
-def send_at_once(port: int, folders: list[Path]) -> list[subprocess.CompletedProcess[str]]:
-    """One `storescu` per folder, all started before any is waited for."""
-    processes = [
-        subprocess.Popen(
-            ["storescu", "-aec", "DICOMNODE", "+sd", "+r", "127.0.0.1", str(port), str(folder)],
-            env=peer_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for folder in folders
-    ]
-    results = []
-    for process in processes:
-        out, err = process.communicate(timeout=300)
-        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
-    return results
-
-
 def port_is_free(port: int) -> bool:
     with socket.socket() as probe:
         try:
@@ -96,7 +77,7 @@ def test_four_senders_at_once_to_two_listener_processes_store_every_instance_onc
         files = write_ct_series(folder, 6, size=32, seed=seed)
         series[folder.name] = len(files)
 
-    results = send_at_once(node.port, folders)
+    results = storescu_at_once(node.port, folders)
 
     assert [result.returncode for result in results] == [0, 0, 0, 0], [r.stderr for r in results]
     assert not any("Failed" in result.stderr for result in results)
@@ -145,7 +126,7 @@ def test_a_killed_receiver_process_is_started_again_with_one_log_line(
     folders = [tmp_path / f"sender{index}" for index in range(4)]
     for seed, folder in enumerate(folders):
         write_ct_series(folder, 3, size=32, seed=seed)
-    assert [result.returncode for result in send_at_once(node.port, folders)] == [0, 0, 0, 0]
+    assert [result.returncode for result in storescu_at_once(node.port, folders)] == [0, 0, 0, 0]
     assert len(list((node.data_dir / "spool" / "instances").rglob("*.dcm"))) == 12
     assert node.stop() == 0
     assert not alive(replacement)
