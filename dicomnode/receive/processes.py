@@ -11,18 +11,22 @@ process keeps the data_dir lock, the completion rule, the router, the workers, t
 
 Each receiver holds a pipe to the node: it reports its open associations and its counters (which
 the node adds to its own, so /metrics counts every process) every REPORT_SECONDS, and stops
-(letting its associations finish) when the node says so or the pipe closes: a node that dies,
-even by SIGKILL, leaves no receiver behind once their associations end. A receiver that dies
+(letting its associations finish) when the node says so or the pipe closes. A node that dies,
+even by SIGKILL, takes its receivers with it at once (Linux PR_SET_PDEATHSIG: none outlives it or
+keeps the port from the node started next; what they were receiving was not answered, so its
+senders send it again). A receiver that dies
 while the node runs is started again, with one log line. SIGINT (a terminal's Ctrl-C reaches
 the whole process group) is the node's to handle; SIGTERM (a service manager's stop signal to
 every process) stops a receiver cleanly, a second one at once.
 """
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -46,10 +50,25 @@ START_SECONDS = 120.0  # a fresh interpreter imports pynetdicom, pydicom, SQLAlc
 RESTART_DELAY_SECONDS = (1.0, 30.0)  # after a crash: first delay, doubling up to the second
 STABLE_SECONDS = 60.0  # a receiver that ran this long before it died: back to the first delay
 _CONTEXT = multiprocessing.get_context("spawn")
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(node_pid: int) -> None:
+    """Have the kernel SIGKILL this process when the node's process ends (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return  # the pipe's end still stops it, once its associations finish
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != node_pid:  # the node died before that took effect
+        os._exit(1)
 
 
 def serve_receiver(
-    settings: Settings, number: int, conn: Connection, log_setup: Callable[[], None] | None
+    settings: Settings,
+    number: int,
+    conn: Connection,
+    log_setup: Callable[[], None] | None,
+    node_pid: int,
 ) -> None:
     """A receiver process's main: listen until the node says stop, or goes away."""
     stop = threading.Event()
@@ -59,6 +78,7 @@ def serve_receiver(
             os._exit(1)  # the second SIGTERM: the associations in progress are not answered
         stop.set()
 
+    _die_with(node_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, on_sigterm)
     if log_setup is not None:
@@ -147,7 +167,7 @@ class ReceiverProcesses:
         ours, theirs = _CONTEXT.Pipe()
         process = _CONTEXT.Process(
             target=serve_receiver,
-            args=(self.settings, receiver.number, theirs, self.log_setup),
+            args=(self.settings, receiver.number, theirs, self.log_setup, os.getpid()),
             name=f"dicomnode-receiver-{receiver.number}",
             daemon=True,  # multiprocessing ends it if the node exits without stopping it
         )
