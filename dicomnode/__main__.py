@@ -1,3 +1,5 @@
 from dicomnode.cli.app import main
 
-main()
+# Guarded: the receiver processes (multiprocessing "spawn") import this module again.
+if __name__ == "__main__":
+    main()

@@ -34,6 +34,8 @@ NOT_SETTING_ENV_VARS = (CONFIG_ENV_VAR,)
 # Prefixes kept for hooks outside the settings (the test suite's injected methods read
 # DICOMNODE_TEST_SLOW_SECONDS): never settings, never refused.
 RESERVED_ENV_PREFIXES = ("DICOMNODE_TEST_",)
+AUTO_LISTENER_PROCESSES = 4  # node.listener_processes = 0: one per core, at most this many
+MAX_LISTENER_PROCESSES = 64
 
 # PS3.5 6.2: an AE title is 1..16 characters of the default repertoire, no backslash or control
 # characters; leading/trailing spaces are not significant.
@@ -100,9 +102,18 @@ class NodeSettings:
     # SIGINT/SIGTERM: how long a stop waits for associations, jobs and deliveries in progress
     # before it exits anyway (a second signal exits at once).
     stop_timeout_seconds: float = 60.0
+    # Processes that accept on node.port (SO_REUSEPORT): the node's own plus receivers that
+    # store into the same spool and database, so concurrent senders use several cores.
+    # 0: auto, min(cores, 4).
+    listener_processes: int = 0
 
     def validate(self) -> None:
         _check_ae_title(self.ae_title, "node.ae_title")
+        _check(
+            0 <= self.listener_processes <= MAX_LISTENER_PROCESSES,
+            "node.listener_processes",
+            f"must be 0 (auto: one per core, at most 4) to {MAX_LISTENER_PROCESSES}",
+        )
         _check(self.stop_timeout_seconds > 0, "node.stop_timeout_seconds", "must be > 0")
         _check_port(self.port, "node.port")
         _check(self.data_dir != "", "node.data_dir", "must not be empty")
@@ -134,6 +145,14 @@ class NodeSettings:
             "node.tls_require_client_certificate",
             "needs node.tls_ca_certificates (the CAs that sign the callers' certificates)",
         )
+
+    @property
+    def listener_process_count(self) -> int:
+        """`listener_processes`, with 0 (auto) resolved to the cores this process may use, at
+        most 4 (beyond that the shared database, not the interpreters, limits ingest)."""
+        if self.listener_processes:
+            return self.listener_processes
+        return max(1, min(len(os.sched_getaffinity(0)), AUTO_LISTENER_PROCESSES))
 
     @property
     def max_instance_bytes(self) -> int:

@@ -14,7 +14,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings, masked_url
 from dicomnode.db import Database, open_database
-from dicomnode.db.instances import create_jobs_for_quiet_series
+from dicomnode.db.instances import create_jobs_for_quiet_series, forget_instances_without_files
 from dicomnode.db.jobs import reclaim_expired_leases
 from dicomnode.dicom.tls import client_tls_args
 from dicomnode.errors import ConfigError
@@ -27,6 +27,8 @@ from dicomnode.pipeline.methods import load_models, missing_models
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.pipeline.runner import job_parts
 from dicomnode.receive import start_receiver
+from dicomnode.receive.listener import check_port_free
+from dicomnode.receive.processes import ReceiverProcesses
 from dicomnode.spool import Spool
 from dicomnode.spool_lock import DataDirLock, lock_data_dir
 from dicomnode.status import JobPart
@@ -62,9 +64,17 @@ class Node:
     database and one spool (README, Scale-out); every tick is safe to run in each.
     """
 
-    def __init__(self, settings: Settings, *, listen: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        listen: bool = True,
+        log_setup: Callable[[], None] | None = None,
+    ) -> None:
+        """`log_setup` (picklable) configures logging in the receiver processes."""
         self.settings = settings
         self.listen = listen
+        self.log_setup = log_setup
         data_path = settings.node.data_path
         try:
             data_path.mkdir(parents=True, exist_ok=True)
@@ -76,6 +86,7 @@ class Node:
             ) from None
         self.db: Database = open_database(settings.node.effective_database_url)
         self._server: ThreadedAssociationServer | None = None
+        self._receivers: ReceiverProcesses | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._http: HttpEndpoint | None = None
         self._deliveries = DeliveryQueues(settings, self.db)
@@ -128,13 +139,7 @@ class Node:
             self._http = start_http_endpoint(self.settings, self.db, self.spool, listener_up)
         if self.listen:
             self._warn_about_destinations()
-            try:
-                self._server = start_receiver(self.settings, self.spool, self.db)
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot listen on {node.host}:{node.port}: {exc.strerror or exc} "
-                    "(setting node.port: another program, or another node, uses it?)"
-                ) from None
+            self._start_listeners()
         # The receiver already answers while TensorFlow loads (seconds); what arrives meanwhile
         # is on disk and in the database, and becomes jobs whenever the node runs. A process
         # without enhancement workers never needs the models.
@@ -239,6 +244,35 @@ class Node:
                 reason,
             )
 
+    def _start_listeners(self) -> None:
+        """Listen here, plus node.listener_processes - 1 receiver processes on the same port."""
+        node = self.settings.node
+        for sop_uid, series_uid in forget_instances_without_files(self.db):
+            log.warning(
+                "instance forgotten: its spool file is missing (a crash while it was stored: its "
+                "sender was not told Success and sends it again) sop=%s series=%s",
+                sop_uid,
+                series_uid,
+            )
+        processes = node.listener_process_count
+        try:
+            if processes > 1:  # SO_REUSEPORT would let another node share the port silently
+                check_port_free((node.host, node.port))
+            self._server = start_receiver(
+                self.settings, self.spool, self.db, shared_port=processes > 1
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {node.host}:{node.port}: {exc.strerror or exc} "
+                "(setting node.port: another program, or another node, uses it?)"
+            ) from None
+        if processes > 1:
+            self._receivers = ReceiverProcesses(self.settings, processes - 1, self.log_setup)
+            self._receivers.start()
+            log.info(
+                "listener processes=%d (node.listener_processes) port=%d", processes, node.port
+            )
+
     def _warn_about_destinations(self) -> None:
         if self.settings.destinations:
             return
@@ -263,9 +297,16 @@ class Node:
         """(associations receiving, jobs being processed or forwarded) by this process now."""
         server = self._server
         associations = len(server.active_associations) if server is not None else 0
+        if self._receivers is not None:
+            associations += self._receivers.associations()
         jobs = sum(runner.current_job is not None for runner in self._runners)
         jobs += sum(self._deliveries.jobs_in_flight(part) for part in JobPart)
         return associations, jobs
+
+    def kill_receivers(self) -> None:
+        """A forced exit: end the receiver processes now, so none outlives the node."""
+        if self._receivers is not None:
+            self._receivers.kill()
 
     def stop(self) -> None:
         """Stop accepting associations and taking jobs; let the associations, running jobs and
@@ -276,6 +317,8 @@ class Node:
         if self._http is not None:
             self._http.stop()
             self._http = None
+        if self._receivers is not None:
+            self._receivers.stop()  # they finish their associations while this one does
         if self._server is not None:
             self._server.shutdown()
             # No handler may run once the process exits: a store answered Success after the
@@ -283,6 +326,9 @@ class Node:
             while self._server.active_associations:
                 time.sleep(0.1)
             self._server = None
+        if self._receivers is not None:
+            self._receivers.join()
+            self._receivers = None
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None

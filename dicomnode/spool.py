@@ -74,6 +74,28 @@ class Spool:
         )
         return self._write_durably(self.instance_path(*uids), data)
 
+    def place_instance(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
+        """`write_instance` but for the last step: the bytes are durable and under their final
+        name, which becomes durable with `sync_name(path)`.
+
+        The receiver commits the instance's row while that last fsync runs (two device flushes
+        at once instead of one after the other) and answers only once both are done; a row
+        whose name a power loss took is removed at the next start (`missing_instance_files`).
+        """
+        uids = (
+            validate_uid(study_uid, "StudyInstanceUID"),
+            validate_uid(series_uid, "SeriesInstanceUID"),
+            validate_uid(sop_uid, "SOPInstanceUID"),
+        )
+        return self._write_durably(self.instance_path(*uids), data, sync_name=False)
+
+    def sync_name(self, path: Path) -> None:
+        """Make a file's name (its directory entry) durable: the step `place_instance` left."""
+        try:
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise SpoolError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
     def outbox_path(self, job_id: int, series_uid: str, sop_uid: str) -> Path:
         """Where a job's output (derived image or report) waits to be forwarded."""
         return self.outbox_dir / str(int(job_id)) / series_uid / f"{sop_uid}.dcm"
@@ -108,8 +130,8 @@ class Spool:
                 d for d in self._durable_dirs if d != top and top not in d.parents
             }
 
-    def _write_durably(self, final: Path, data: bytes) -> Path:
-        """tmp file → write → fsync → atomic rename → fsync the directory."""
+    def _write_durably(self, final: Path, data: bytes, *, sync_name: bool = True) -> Path:
+        """tmp file → write → fsync → atomic rename → fsync the directory (`sync_name`)."""
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         try:
             self._ensure_dir(final.parent)
@@ -129,7 +151,8 @@ class Spool:
                 self._forget_dirs(final.parent)
                 self._ensure_dir(final.parent)
                 os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            if sync_name:
+                _fsync_dir(final.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise SpoolError(f"cannot write {final}: {exc.strerror or exc}") from exc

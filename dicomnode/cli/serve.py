@@ -1,6 +1,7 @@
 """`dicomnode serve`: run the node until SIGINT/SIGTERM."""
 
 import dataclasses
+import functools
 import os
 from typing import Annotated
 
@@ -23,6 +24,8 @@ def serve(
 ) -> None:
     """Receive, queue and forward until stopped.
 
+    node.listener_processes (default: one per core, at most 4) processes accept on node.port,
+    so several senders at once use every core; they start, stop and restart with the node.
     Ctrl-C or SIGTERM stops cleanly (waiting up to node.stop_timeout_seconds for the work in
     progress); a second one exits at once.
     """
@@ -37,7 +40,11 @@ def serve(
 
     signals = StopSignals()
     with reported_errors():
-        node = Node(settings)
+        # The receiver processes (node.listener_processes) log as this one does.
+        log_setup = functools.partial(
+            configure_logging, settings.logging.level, settings.logging.third_party_level
+        )
+        node = Node(settings, log_setup=log_setup)
         try:
             node.start()
         except BaseException:

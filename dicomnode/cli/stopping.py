@@ -87,6 +87,7 @@ def run_until_stopped(node: "Node", settings: "Settings", signals: StopSignals) 
         else:
             continue
         log.warning("forced exit (%s) with %s: %s", why, _waiting_for(node), _forced_cost(settings))
+        node.kill_receivers()
         logging.shutdown()
         # Not sys.exit: the threads still working would keep the process alive, and exit
         # handlers would wait for them.

@@ -6,7 +6,7 @@ from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy import and_, delete, exists, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.engine import Database
@@ -67,8 +67,10 @@ def record_instance(
     """Insert or update the instance row in one transaction; return the old path if it moved.
 
     `before_commit` runs inside the transaction, just before COMMIT; if it raises, nothing is
-    recorded. The receiver passes "wait until the file is durable" here, so the statements run
-    while the file's fsync is in flight, yet no row is ever committed before its file exists.
+    recorded. The receiver passes "wait until the file's bytes are durable under its final
+    name" here, so the statements run while the file's fsync is in flight, yet no row is ever
+    committed before its file exists (the fsync of the name runs with the COMMIT; see
+    `forget_instances_without_files`).
     A re-sent SOP Instance UID replaces the earlier copy and marks its series pending again,
     so the next job forwards the latest version.
     """
@@ -81,6 +83,38 @@ def record_instance(
         if before_commit is not None:
             before_commit()
     return Path(previous) if previous is not None and previous != values["path"] else None
+
+
+# How far before the newest row a row may still lack its file's name after a power loss: the
+# receiver commits a row while its name's fsync runs (milliseconds); this is generous.
+UNSYNCED_NAME_WINDOW = timedelta(minutes=10)
+
+
+def forget_instances_without_files(db: Database) -> list[tuple[str, str]]:
+    """Delete the rows of the newest instances whose spool file is missing; return their
+    (SOP Instance UID, Series Instance UID).
+
+    The receiver commits an instance's row while the fsync that makes its file's name durable
+    runs, and answers Success only after both: a power loss in between can leave a row whose
+    file never got its name, for an instance the sender was never told was stored (it sends
+    it again). Only rows that no job took yet are removed.
+    """
+    with db.session() as session:
+        newest = session.scalar(select(func.max(Instance.received_at)))
+        if newest is None:
+            return []
+        recent = session.execute(
+            select(Instance.sop_instance_uid, Instance.series_uid, Instance.path).where(
+                Instance.received_at >= newest - UNSYNCED_NAME_WINDOW,
+                ~exists().where(JobInstance.sop_instance_uid == Instance.sop_instance_uid),
+            )
+        ).all()
+        missing = [(sop, series) for sop, series, path in recent if not Path(path).is_file()]
+        if missing:
+            session.execute(
+                delete(Instance).where(Instance.sop_instance_uid.in_([m[0] for m in missing]))
+            )
+    return missing
 
 
 def mark_series_released(db: Database, series_uids: Iterable[str]) -> None:

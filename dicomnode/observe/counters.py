@@ -89,3 +89,38 @@ def in_process_metrics() -> list[Collector]:
         STAGE_SECONDS,
         MODEL,
     ]
+
+
+# The counters a receiver process (receive/processes.py) reports to the node, which adds them
+# to its own: /metrics then counts what every listener process received.
+RECEIVER_COUNTERS = (
+    INSTANCES_RECEIVED,
+    BYTES_RECEIVED,
+    INSTANCES_REFUSED,
+    ASSOCIATIONS_REJECTED,
+    CONNECTIONS_ABORTED,
+)
+CounterTotals = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def receiver_totals() -> CounterTotals:
+    """This process's totals of RECEIVER_COUNTERS, by (metric name, labels)."""
+    totals: CounterTotals = {}
+    for counter in RECEIVER_COUNTERS:
+        for metric in counter.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    key = (metric.name, tuple(sorted(sample.labels.items())))
+                    totals[key] = sample.value
+    return totals
+
+
+def add_receiver_totals(now: CounterTotals, before: CounterTotals) -> None:
+    """Add what another process counted between two of its `receiver_totals()` to ours."""
+    by_name = {counter._name: counter for counter in RECEIVER_COUNTERS}
+    for (name, labels), value in now.items():
+        delta = value - before.get((name, labels), 0.0)
+        counter = by_name.get(name)
+        if counter is None or delta <= 0:
+            continue
+        (counter.labels(**dict(labels)) if labels else counter).inc(delta)

@@ -15,6 +15,7 @@ within the limits of `receive/guard.py`. `node.max_associations_per_address` (0:
 a connection from an address that already holds that many, before any byte is read.
 """
 
+import copy
 import logging
 import socket
 import ssl
@@ -123,6 +124,45 @@ class AssociationListener(ThreadedAssociationServer):
         super().process_request_thread(sock, client_address)
 
 
+class SharedPortListener(AssociationListener):
+    """An AssociationListener whose socket shares its port with the node's other listener
+    processes (SO_REUSEPORT: the kernel spreads new connections over them)."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def check_port_free(address: tuple[str, int]) -> None:
+    """OSError if another program listens on `address`: a shared port would otherwise let a
+    second node (of the same user) split this one's connections without a word."""
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no user
+        probe.bind(address)
+
+
+class _Contexts(list):  # type: ignore[type-arg]
+    """The server's supported presentation contexts, cheap to deep-copy.
+
+    pynetdicom deep-copies them for every new association: with every storage SOP class and
+    every transfer syntax that re-validates thousands of immutable UID strings (~40 ms of CPU,
+    several times that on a busy host, per association, under the interpreter lock). A copy
+    of each context and of its lists, sharing the UIDs, is the same value at ~1 % of the cost.
+    """
+
+    def __deepcopy__(self, _memo: dict[int, object]) -> list[object]:
+        copies = []
+        for context in self:
+            clone = copy.copy(context)
+            for name, value in vars(context).items():
+                if isinstance(value, list):
+                    setattr(clone, name, list(value))
+            copies.append(clone)
+        return copies
+
+
 def _keep_alive(sock: socket.socket, idle_seconds: float) -> None:
     """TCP keepalive: a peer that vanished (power cut, cable) is noticed, its slot freed."""
     if not idle_seconds:
@@ -144,16 +184,19 @@ def start_listener(
     limits: ConnectionLimits,
     keepalive_seconds: float,
     max_per_address: int,
+    shared_port: bool = False,
 ) -> AssociationListener:
-    """Listen in a background thread, as `ae.start_server(..., block=False)` does."""
+    """Listen in a background thread, as `ae.start_server(..., block=False)` does;
+    `shared_port`: beside the node's other listener processes (SO_REUSEPORT)."""
     server = ae.make_server(
         address,
         ssl_context=context,
         evt_handlers=evt_handlers,
-        server_class=AssociationListener,
+        server_class=SharedPortListener if shared_port else AssociationListener,
         request_handler=GuardedRequestHandler,
     )
     server.first_byte_timeout = first_byte_timeout
+    server.contexts = _Contexts(server.contexts)
     server.connection_limits = limits
     server.keepalive_seconds = keepalive_seconds
     server.max_per_address = max_per_address

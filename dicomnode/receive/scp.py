@@ -1,13 +1,15 @@
 """The C-STORE, C-ECHO and Storage Commitment SCP: thin pynetdicom handlers that answer.
 
 An instance is answered Success only after its bytes are fsync'd under their final name in the
-spool and its row is committed. The bytes are stored exactly as received (no decode/re-encode),
-so what a PACS later gets from us is what the modality sent.
+spool (the directory fsync'd too) and its row is committed; the row's COMMIT and the directory's
+fsync run at once, and a row whose file name a power loss took before the answer is removed at
+the next start (`db.instances.forget_instances_without_files`). The bytes are stored exactly as
+received (no decode/re-encode), so what a PACS later gets from us is what the modality sent.
 """
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from io import BytesIO
 
@@ -273,15 +275,21 @@ class StorageReceiver:
             return
         data = event.encoded_dataset(include_meta=True)
         path = self.spool.instance_path(ident.study_uid, ident.series_uid, ident.sop_instance_uid)
-        # The file is written (and fsync'd) on another thread while the row is prepared here;
-        # the row commits only once the file is durable (see record_instance).
-        written = self._writer.submit(
-            self.spool.write_instance,
+        # The file is written and fsync'd on another thread while the row is prepared here;
+        # the row commits once the file's bytes are durable under their final name, while the
+        # name itself is made durable (its directory fsync'd): Success waits for both.
+        placed = self._writer.submit(
+            self.spool.place_instance,
             ident.study_uid,
             ident.series_uid,
             ident.sop_instance_uid,
             data,
         )
+        named: list[Future[None]] = []
+
+        def name_while_committing() -> None:
+            named.append(self._writer.submit(self.spool.sync_name, placed.result()))
+
         try:
             previous = record_instance(
                 self.db,
@@ -296,10 +304,11 @@ class StorageReceiver:
                     size_bytes=len(data),
                     calling_aet=calling,
                 ),
-                before_commit=written.result,
+                before_commit=name_while_committing,
             )
         finally:
-            wait([written])  # never leave a write running behind a failed transaction
+            wait([placed, *named])  # never leave a write running behind a failed transaction
+        named[0].result()  # a name that could not be made durable: the store fails
         if previous is not None:
             self.spool.remove(previous)
             log.warning(
@@ -317,10 +326,19 @@ class StorageReceiver:
         )
 
 
-def start_receiver(settings: Settings, spool: Spool, db: Database) -> ThreadedAssociationServer:
+def start_receiver(
+    settings: Settings,
+    spool: Spool,
+    db: Database,
+    *,
+    shared_port: bool = False,
+    quiet: bool = False,
+) -> ThreadedAssociationServer:
     """Start listening (non-blocking); every storage SOP class, every transfer syntax.
 
     Over TLS when node.tls_certificate is set; a bad TLS file raises ConfigError before listening.
+    `shared_port`: one of several listener processes on node.port (receive/processes.py);
+    `quiet`: such a process leaves the start-up lines to the node's own listener.
     """
     node = settings.node
     tls_context = server_context(node)
@@ -331,7 +349,7 @@ def start_receiver(settings: Settings, spool: Spool, db: Database) -> ThreadedAs
     ae.require_called_aet = node.require_called_aet
     if node.allowed_calling_aets:
         ae.require_calling_aet = list(node.allowed_calling_aets)
-    else:
+    elif not quiet:
         log.warning("node.allowed_calling_aets is empty: accepting stores from any calling AE")
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
@@ -352,7 +370,10 @@ def start_receiver(settings: Settings, spool: Spool, db: Database) -> ThreadedAs
         ),
         keepalive_seconds=settings.network.tcp_keepalive_seconds,
         max_per_address=node.max_associations_per_address,
+        shared_port=shared_port,
     )
+    if quiet:
+        return server
     if tls_context is None:
         transport = "tcp"
     else:

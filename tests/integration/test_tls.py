@@ -53,7 +53,7 @@ def test_tls_listener_stores_and_forwards_and_refuses_plain_tcp(
     node_factory, orthanc: Orthanc, pki: TestPki, ct_series: list[Path], tmp_path: Path
 ) -> None:
     node = node_factory([pacs_destination(orthanc)], node=tls_listener(pki)).start()
-    assert "transport=tls" in node.log()
+    node.wait_for_log("transport=tls")
 
     plain = storescu(node.port, write_ct_series(tmp_path / "plain", 2), timeout=30)
     assert plain.returncode != 0
@@ -76,7 +76,7 @@ def test_mutual_tls_refuses_a_caller_without_certificate_and_keeps_serving(
     node = node_factory(
         [pacs_destination(orthanc)], node=tls_listener(pki, require_client_certificate=True)
     ).start()
-    assert "transport=tls+client-certificate" in node.log()
+    node.wait_for_log("transport=tls+client-certificate")
 
     refused = storescu(node.port, ct_series, extra=storescu_tls(pki, anonymous=True), timeout=30)
     assert refused.returncode != 0

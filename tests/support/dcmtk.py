@@ -11,6 +11,25 @@ def peer_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
+def _storescu_command(
+    port: int, files: Sequence[Path] | Path, called_aet: str, calling_aet: str, extra: Sequence[str]
+) -> list[str]:
+    targets = [str(files)] if isinstance(files, Path) else [str(f) for f in files]
+    scan = ["+sd", "+r"] if isinstance(files, Path) and files.is_dir() else []
+    return [
+        "storescu",
+        "-aec",
+        called_aet,
+        "-aet",
+        calling_aet,
+        *scan,
+        *extra,
+        "127.0.0.1",
+        str(port),
+        *targets,
+    ]
+
+
 def storescu(
     port: int,
     files: Sequence[Path] | Path,
@@ -21,27 +40,36 @@ def storescu(
     timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
     """Send files (or a folder, recursively) with one association; return the finished process."""
-    targets = [str(files)] if isinstance(files, Path) else [str(f) for f in files]
-    scan = ["+sd", "+r"] if isinstance(files, Path) and files.is_dir() else []
     return subprocess.run(
-        [
-            "storescu",
-            "-aec",
-            called_aet,
-            "-aet",
-            calling_aet,
-            *scan,
-            *extra,
-            "127.0.0.1",
-            str(port),
-            *targets,
-        ],
+        _storescu_command(port, files, called_aet, calling_aet, extra),
         env=peer_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
     )
+
+
+def storescu_at_once(
+    port: int, folders: Sequence[Path], *, called_aet: str = "DICOMNODE", timeout: float = 600
+) -> list[subprocess.CompletedProcess[str]]:
+    """One `storescu` (one association) per folder, all started before any is waited for:
+    several senders at once."""
+    processes = [
+        subprocess.Popen(
+            _storescu_command(port, folder, called_aet, "STORESCU", ()),
+            env=peer_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for folder in folders
+    ]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return results
 
 
 def echoscu(

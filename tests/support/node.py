@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.ports import free_port, wait_for_port
+from tests.support.ports import free_port, wait_for_port, wait_for_port_closed
 
 
 def toml_value(value: Any) -> str:
@@ -185,11 +185,16 @@ class NodeProcess:
         return code
 
     def kill(self) -> None:
-        """SIGKILL: no clean-up of any kind, as in a crash or a power cut of the process."""
+        """SIGKILL: no clean-up of any kind, as in a crash or a power cut of the process.
+
+        Its receiver processes (node.listener_processes) die with it, a moment later: wait
+        until none accepts on the port, so that a start that follows waits for its own."""
         if self._process is not None:
             self._process.kill()
             self._process.wait()
             self._process = None
+            if self.command == "serve":
+                wait_for_port_closed(self.port)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
