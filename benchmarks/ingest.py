@@ -3,7 +3,8 @@
   * DCMTK `storescp` (C++, writes files, no fsync): the ceiling;
   * Orthanc (what a site would run instead): the bar to meet;
   * dicomnode (every instance fsync'd and committed before Success), on its shipped defaults
-    (node.listener_processes = auto).
+    except `node.listener_processes` (`--listener-processes`, default 0 = auto: one per core,
+    at most 4, what a site receiving from several modalities sets).
 
 Two cases, each receiver started once for both, in the same run: one sender (one `storescu`,
 `--instances` per series) and several senders at once (`--senders` `storescu` processes, each
@@ -109,13 +110,14 @@ def run_orthanc(work: Path, load: Workload) -> dict[str, list[float]]:
         server.stop()
 
 
-def run_node(work: Path, load: Workload) -> dict[str, list[float]]:
+def run_node(work: Path, load: Workload, listener_processes: int) -> dict[str, list[float]]:
     node = NodeProcess(
         work / "node",
         [],
         {
             "completion": {"series_quiet_seconds": 3600},
             "logging": {"level": "INFO"},
+            "node": {"listener_processes": listener_processes},
             "worker": {"poll_seconds": 1.0},  # the shipped default, not the tests' fast polling
         },
     ).start()
@@ -173,6 +175,9 @@ def main() -> None:
     parser.add_argument(
         "--concurrent-instances", type=int, default=60, help="per sender's series, senders case"
     )
+    parser.add_argument(
+        "--listener-processes", type=int, default=0, help="the node's (0: one per core, <= 4)"
+    )
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3, help="rounds of each case per receiver")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ingest.json")
@@ -200,7 +205,7 @@ def main() -> None:
         runs = {
             "storescp": run_storescp(work, load),
             "orthanc": run_orthanc(work, load),
-            "dicomnode": run_node(work, load),
+            "dicomnode": run_node(work, load, args.listener_processes),
         }
 
     concurrent_count = args.senders * args.concurrent_instances

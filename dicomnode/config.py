@@ -104,8 +104,8 @@ class NodeSettings:
     stop_timeout_seconds: float = 60.0
     # Processes that accept on node.port (SO_REUSEPORT): the node's own plus receivers that
     # store into the same spool and database, so concurrent senders use several cores.
-    # 0: auto, min(cores, 4).
-    listener_processes: int = 0
+    # 1: the node's own process only; 0: auto, min(cores, 4).
+    listener_processes: int = 1
 
     def validate(self) -> None:
         _check_ae_title(self.ae_title, "node.ae_title")
