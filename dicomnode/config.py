@@ -222,9 +222,17 @@ class WorkerSettings:
     router: bool = True
     poll_seconds: float = 1.0
     lease_seconds: float = 300.0
+    # A derived job waits up to this long while its series' originals are still queued or being
+    # sent, so the enhancement does not take the cores their sending needs (0: no wait).
+    originals_head_start_seconds: float = 15.0
 
     def validate(self) -> None:
         _check(self.workers >= 0, "worker.workers", "must be >= 0")
+        _check(
+            self.originals_head_start_seconds >= 0,
+            "worker.originals_head_start_seconds",
+            "must be >= 0",
+        )
         _check(self.poll_seconds > 0, "worker.poll_seconds", "must be > 0")
         _check(self.lease_seconds >= 5, "worker.lease_seconds", "must be >= 5")
 

@@ -30,6 +30,8 @@ from dicomnode.db.transitions import (
 )
 from dicomnode.status import ACTIVE_STATUSES, DeliveryStatus, JobPart, JobStatus
 
+_ORIGINALS_IN_FLIGHT = (JobStatus.QUEUED, *ACTIVE_STATUSES)
+
 log = logging.getLogger(__name__)
 
 
@@ -367,3 +369,19 @@ def reclaim_expired_leases(db: Database, max_attempts: int) -> list[int]:
         else:
             log.warning("job lease expired, queued again job=%d", job_id)
     return [job_id for job_id, _, _ in outcome]
+
+
+def originals_in_flight(db: Database, series_uid: str) -> bool:
+    """Whether an originals job of the series is queued or being sent (not failed: a PACS that
+    is down does not hold the enhancement up)."""
+    with db.session() as session:
+        found = session.scalar(
+            select(Job.id)
+            .where(
+                Job.series_uid == series_uid,
+                Job.part == JobPart.ORIGINALS,
+                Job.status.in_(_ORIGINALS_IN_FLIGHT),
+            )
+            .limit(1)
+        )
+    return found is not None

@@ -12,6 +12,7 @@ failure anywhere leaves the inputs untouched and the job to the retry policy.
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from dicomnode.db.jobs import (
     finish_attempt,
     job_inputs,
     open_deliveries,
+    originals_in_flight,
     record_job_details,
     record_job_outputs,
     requeue_unstarted,
@@ -177,6 +179,7 @@ class JobRunner:
         elif job.part == JobPart.ORIGINALS:
             outgoing, hold = [inputs], None
         else:
+            self._give_the_originals_a_head_start(job)
             derived = self._derived_outgoing(job, inputs)
             if derived is None:
                 return False
@@ -194,6 +197,28 @@ class JobRunner:
 
         self.deliveries.submit(job, open_deliveries(self.db, job.id), outgoing, finish, abandon)
         return True
+
+    def _give_the_originals_a_head_start(self, job: JobRecord) -> None:
+        """Wait, up to worker.originals_head_start_seconds, while the series' originals are
+        queued or being sent: on a small machine the enhancement would take the cores that
+        sending them needs, and the originals are what a radiologist waits for."""
+        limit = self.settings.worker.originals_head_start_seconds
+        started = time.monotonic()
+        while (
+            time.monotonic() - started < limit
+            and not self.stopping.is_set()
+            and originals_in_flight(self.db, job.series_uid)
+        ):
+            self.stopping.wait(min(0.2, limit))
+        waited = time.monotonic() - started
+        if waited >= 0.1:
+            log.info(
+                "job waited for the originals job=%d series=%s seconds=%.1f%s",
+                job.id,
+                job.series_uid,
+                waited,
+                " (worker.originals_head_start_seconds)" if waited >= limit else "",
+            )
 
     def _derived_outgoing(
         self, job: JobRecord, inputs: list[SpooledInstance]

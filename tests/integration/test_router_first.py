@@ -22,6 +22,7 @@ from tests.support.dcmtk import storescu
 from tests.support.node import NodeProcess, part_of
 from tests.support.orthanc import Orthanc
 from tests.support.series import write_ct_series
+from tests.support.silent_peers import silent_listener
 
 GE_HEAD = Path(__file__).resolve().parents[1] / "data" / "ct-head-ge"
 INJECTED = "tests.support.injected_methods"
@@ -151,6 +152,27 @@ def test_the_originals_are_at_the_pacs_before_a_slow_enhancement_ends(
 
     node.wait_for_jobs(all_done, timeout=90)
     assert len(orthanc.instance_ids()) == 2 * len(ct_series) + 1
+
+
+def test_the_enhancement_waits_for_the_originals_but_not_for_a_pacs_that_never_answers(
+    node_factory, ct_series: list[Path]
+) -> None:
+    """A derived job gives the series' originals a head start (worker.originals_head_start_seconds:
+    the cores are theirs while they are sent), bounded: here the PACS takes the connection and
+    never answers, so the originals stay in flight and the enhancement starts after 2 s."""
+    with silent_listener() as port:
+        node = node_factory(
+            [{"name": "pacs", "ae_title": "SILENT", "host": "127.0.0.1", "port": port}],
+            enhance={"methods": ["baseline"], "self_check": False},
+            worker={"originals_head_start_seconds": 2},
+        ).start()
+        assert storescu(node.port, ct_series).returncode == 0
+        line = node.wait_for_log("job waited for the originals", timeout=60)
+        assert "seconds=2." in line and "(worker.originals_head_start_seconds)" in line
+        jobs = node.wait_for_jobs(
+            lambda jobs: part_of(jobs, "derived")["status"] in ("forwarding", "failed"), timeout=60
+        )
+        assert part_of(jobs, "originals")["status"] != "done"  # never answered, still tried
 
 
 def variants(folder: Path) -> dict[str, list[Path]]:
