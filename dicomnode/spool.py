@@ -67,12 +67,9 @@ class Spool:
         An existing file with the same SOP Instance UID is replaced atomically: readers see the
         old file or the new one, never a mix.
         """
-        uids = (
-            validate_uid(study_uid, "StudyInstanceUID"),
-            validate_uid(series_uid, "SeriesInstanceUID"),
-            validate_uid(sop_uid, "SOPInstanceUID"),
-        )
-        return self._write_durably(self.instance_path(*uids), data)
+        path = self.place_instance(study_uid, series_uid, sop_uid, data)
+        self.sync_name(path)
+        return path
 
     def place_instance(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
         """`write_instance` but for the last step: the bytes are durable and under their final
@@ -80,7 +77,8 @@ class Spool:
 
         The receiver commits the instance's row while that last fsync runs (two device flushes
         at once instead of one after the other) and answers only once both are done; a row
-        whose name a power loss took is removed at the next start (`missing_instance_files`).
+        whose name a power loss took is removed at the next start
+        (`db.instances.forget_instances_without_files`).
         """
         uids = (
             validate_uid(study_uid, "StudyInstanceUID"),
