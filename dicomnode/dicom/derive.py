@@ -10,7 +10,6 @@ duplicating in the PACS.
 import copy
 import hashlib
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -139,13 +138,13 @@ def _equipment(source: Dataset, derivation: Derivation) -> DicomSequence:
     return DicomSequence([acquired, processed])
 
 
-def _references(
-    derived: Dataset,
-    source: Dataset,
-    series_sources: Sequence[tuple[str, str]],
-    derivation: Derivation,
-) -> None:
-    """SourceImageSequence, ReferencedSeriesSequence and RelatedSeriesSequence."""
+def _references(derived: Dataset, source: Dataset, derivation: Derivation) -> None:
+    """SourceImageSequence, ReferencedSeriesSequence and RelatedSeriesSequence.
+
+    The Common Instance Reference Module (PS3.3 C.12.2) places the instances this one
+    references elsewhere, here its source image: each derived image lists its own source, not
+    the whole series (the metrics report references them all). A list of every instance in
+    every image would grow the series by n² references (90,000 for 300 slices)."""
     item = Dataset()
     item.ReferencedSOPClassUID = source.SOPClassUID
     item.ReferencedSOPInstanceUID = source.SOPInstanceUID
@@ -155,12 +154,10 @@ def _references(
     # Common Instance Reference (PS3.3 C.12.2): the source series and its instances.
     series = Dataset()
     series.SeriesInstanceUID = source.SeriesInstanceUID
-    series.ReferencedInstanceSequence = []
-    for class_uid, sop_uid in series_sources:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = class_uid
-        ref.ReferencedSOPInstanceUID = sop_uid
-        series.ReferencedInstanceSequence.append(ref)
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = source.SOPClassUID
+    instance.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    series.ReferencedInstanceSequence = [instance]
     derived.ReferencedSeriesSequence = [series]
     related = Dataset()
     related.StudyInstanceUID = source.StudyInstanceUID
@@ -242,12 +239,10 @@ def derived_instance(
     stored: np.ndarray,
     derivation: Derivation,
     *,
-    series_sources: Sequence[tuple[str, str]],
     comments: str,
 ) -> Dataset:
     """The derived dataset for `source` holding `stored` ((frames,) rows, columns, source dtype).
 
-    `series_sources` lists (SOP Class UID, SOP Instance UID) of every image of the source series.
     The copy's Patient/Study/Series/Equipment modules are made to conform (`conformance.conform`),
     so a de-identified or non-conformant source still gives a valid image; what cannot be
     derived raises ImageDeclined naming the instance and the attribute.
@@ -278,7 +273,7 @@ def derived_instance(
     ds.ImageType = _image_type(source)
     ds.DerivationDescription = derivation.description[:1024]
     ds.DerivationCodeSequence = [code_item(code) for code in derivation.codes]
-    _references(ds, source, series_sources, derivation)
+    _references(ds, source, derivation)
     ds.ContributingEquipmentSequence = _equipment(ds, derivation)
     ds.ImageComments = comments[:10240]
     if str(source.get("LossyImageCompression", "00")) == "01":

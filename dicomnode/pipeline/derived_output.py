@@ -115,7 +115,6 @@ def write_derived_series(
 ) -> tuple[WrittenSeries | None, list[DeclinedImage]]:
     """Build every derived image and the report, then hand them to `sink`; None when no image
     could be derived (or the report could not be built), with the reason for each left out."""
-    sources = [(str(s.dataset.SOPClassUID), s.sop) for s in images]
     built: list[ImageMeasures] = []
     declined: list[DeclinedImage] = []
     for source, output, image in zip(images, outputs, measured, strict=True):
@@ -127,7 +126,6 @@ def write_derived_series(
                 source.dataset,
                 stored,
                 derivation,
-                series_sources=sources,
                 comments=image_comment(method, image),
             )
         except ImageDeclined as exc:

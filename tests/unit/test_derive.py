@@ -38,7 +38,6 @@ def derive(scale: int, version: str = "srcnn-x1-abc"):  # type: ignore[no-untype
         source,
         stored,
         derivation(scale, version),
-        series_sources=[(source.SOPClassUID, source.SOPInstanceUID)],
         comments="PSNR 40 dB",
     )
     return source, ds
@@ -64,7 +63,12 @@ def test_image_type_derivation_and_references() -> None:
     [item] = ds.SourceImageSequence
     assert item.ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert item.SpatialLocationsPreserved == "YES"
-    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    [series] = ds.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == source.SeriesInstanceUID
+    # C.12.2 lists what the image references elsewhere: its source, not the whole series.
+    [instance] = series.ReferencedInstanceSequence
+    assert instance.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert instance.ReferencedSOPClassUID == source.SOPClassUID
     purposes = [
         i.PurposeOfReferenceCodeSequence[0].CodeValue for i in ds.ContributingEquipmentSequence
     ]

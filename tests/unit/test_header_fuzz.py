@@ -231,7 +231,6 @@ def derivation(source: Dataset, scale: int) -> Derivation:
 def build(sources: Sequence[Dataset], scale: int) -> tuple[list[Dataset], Dataset]:
     """Derived images (stored values upsampled by `scale`, nearest neighbour) and their SR."""
     how = derivation(sources[0], scale)
-    series = [(str(s.SOPClassUID), str(s.SOPInstanceUID)) for s in sources]
     derived, measures = [], []
     for source in sources:
         image = to_modality(source)
@@ -239,7 +238,7 @@ def build(sources: Sequence[Dataset], scale: int) -> tuple[list[Dataset], Datase
         stored = to_stored(
             np.kron(image.values, block), image.domain, np.kron(image.padding, block) > 0
         )
-        ds = derived_instance(source, stored, how, series_sources=series, comments="fuzz")
+        ds = derived_instance(source, stored, how, comments="fuzz")
         derived.append(ds)
         outcome = ImageOutcome(
             str(source.SOPInstanceUID),
