@@ -73,9 +73,10 @@ class ImageOutcome:
 
 @dataclass(frozen=True)
 class StageTimings:
-    """Seconds spent per stage of one method on one series. The images are measured while the
-    next batch is enhanced: `enhance_s` includes that overlap, `measure_s` is what measuring
-    adds after it (the self-check, the last images' scores)."""
+    """Seconds spent per stage of one method on one series: `measure_s` the self-check, first;
+    `enhance_s` the enhancement, with each image's scoring and derived image built beside it
+    while the next batch runs; `write_s` what is left after it (the last images, the report,
+    storing the files)."""
 
     enhance_s: float = 0.0
     measure_s: float = 0.0

@@ -1,9 +1,11 @@
 """One method's derived series as DICOM: the derived images and their metrics report.
 
-Everything is built before anything is written, so a series whose report cannot be built leaves
-no half-written output behind. An image whose header the standard does not let us derive from
-(`ImageDeclined`: see `dicom.conformance`) is left out with its reason: its source still goes to
-the PACS as it came.
+Each image is derived and encoded on its own (`derive_image`), as soon as its output and its
+scores exist, so the job can do it while the method works on the next images; then the report
+is built, and only then is anything handed to the sink, so a series whose report cannot be
+built leaves no half-written output behind. An image whose header the standard does not let us
+derive from (`ImageDeclined`: see `dicom.conformance`) is left out with its reason: its source
+still goes to the PACS as it came.
 """
 
 from collections.abc import Callable, Sequence
@@ -27,29 +29,47 @@ from dicomnode.pipeline.sources import SourceImage, integer_of
 from dicomnode.registry import method_spec
 from dicomnode.spool import Spool
 
-Sink = Callable[[Dataset], SpooledInstance]
+
+@dataclass(frozen=True)
+class EncodedInstance:
+    """One output as the bytes of its file, with the UIDs that name and describe it."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    data: bytes
+
+    def spooled(self, path: Path) -> SpooledInstance:
+        """The record of this instance once stored at `path`."""
+        return SpooledInstance(
+            self.sop_instance_uid, self.sop_class_uid, self.transfer_syntax_uid, path
+        )
 
 
-def encoded(ds: Dataset) -> bytes:
+Sink = Callable[[EncodedInstance], SpooledInstance]
+
+
+def encoded(ds: Dataset) -> EncodedInstance:
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def spooled(ds: Dataset, path: Path) -> SpooledInstance:
-    return SpooledInstance(
-        str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID), path
+    return EncodedInstance(
+        str(ds.SOPClassUID),
+        str(ds.SOPInstanceUID),
+        str(ds.SeriesInstanceUID),
+        str(ds.file_meta.TransferSyntaxUID),
+        buffer.getvalue(),
     )
 
 
 def outbox_sink(spool: Spool, job_id: int) -> Sink:
     """Where a job's outputs go: the spool's outbox, durably."""
 
-    def write(ds: Dataset) -> SpooledInstance:
-        data = encoded(ds)
-        return spooled(
-            ds, spool.write_outbox(job_id, ds.SeriesInstanceUID, ds.SOPInstanceUID, data)
+    def write(instance: EncodedInstance) -> SpooledInstance:
+        path = spool.write_outbox(
+            job_id, instance.series_instance_uid, instance.sop_instance_uid, instance.data
         )
+        return instance.spooled(path)
 
     return write
 
@@ -95,6 +115,38 @@ def _upsampled(mask: np.ndarray, scale: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class DerivedImage:
+    """One derived image, encoded, and what its series' report says of it (the header only:
+    the pixels are in the encoded file)."""
+
+    file: EncodedInstance
+    measures: ImageMeasures
+
+
+def derive_image(
+    source: SourceImage,
+    output: np.ndarray,
+    image: ImageOutcome,
+    method: Method,
+    derivation: Derivation,
+) -> DerivedImage | DeclinedImage:
+    """The derived image of one source, encoded; or why the standard does not let us derive
+    it. Safe to run beside the enhancement of other images (it reads only its own source)."""
+    padding = _upsampled(source.image.padding, method.scale)
+    padding_stored = _upsampled(source.image.stored, method.scale)
+    stored = to_stored(output, source.image.domain, padding, padding_stored)
+    try:
+        derived = derived_instance(
+            source.dataset, stored, derivation, comments=image_comment(method, image)
+        )
+    except ImageDeclined as exc:
+        return DeclinedImage(source.sop, f"{exc} (method {method.name})")
+    file = encoded(derived)
+    del derived.PixelData  # in `file`; the report needs only the header
+    return DerivedImage(file, ImageMeasures(derived, source.dataset, image))
+
+
+@dataclass(frozen=True)
 class WrittenSeries:
     """What reached the sink: the derived images (in order), their report, and what they are."""
 
@@ -105,40 +157,24 @@ class WrittenSeries:
 
 
 def write_derived_series(
-    images: Sequence[SourceImage],
-    outputs: Sequence[np.ndarray],
-    measured: Sequence[ImageOutcome],
+    derived: Sequence[DerivedImage | DeclinedImage],
     method: Method,
     derivation: Derivation,
     settings: Settings,
     sink: Sink,
 ) -> tuple[WrittenSeries | None, list[DeclinedImage]]:
-    """Build every derived image and the report, then hand them to `sink`; None when no image
-    could be derived (or the report could not be built), with the reason for each left out."""
-    built: list[ImageMeasures] = []
-    declined: list[DeclinedImage] = []
-    for source, output, image in zip(images, outputs, measured, strict=True):
-        padding = _upsampled(source.image.padding, method.scale)
-        padding_stored = _upsampled(source.image.stored, method.scale)
-        stored = to_stored(output, source.image.domain, padding, padding_stored)
-        try:
-            derived = derived_instance(
-                source.dataset,
-                stored,
-                derivation,
-                comments=image_comment(method, image),
-            )
-        except ImageDeclined as exc:
-            declined.append(DeclinedImage(source.sop, f"{exc} (method {method.name})"))
-            continue
-        built.append(ImageMeasures(derived, source.dataset, image))
+    """Build the report of the derived images (`derive_image`, in series order), then hand
+    images and report to `sink`; None when no image could be derived (or the report could not
+    be built), with the reason for each left out."""
+    built = [image for image in derived if isinstance(image, DerivedImage)]
+    declined = [image for image in derived if isinstance(image, DeclinedImage)]
     if not built:
         return None, declined
     root = derivation.uid_root
     report_series = derived_uid(root, "report-series", derivation.series_uid)
     try:
         report = metrics_report(
-            built,
+            [image.measures for image in built],
             series_uid=report_series,
             series_number=derivation.series_number + settings.enhance.report_series_offset,
             sop_uid=derived_uid(root, "report", derivation.series_uid, method.version),
@@ -147,9 +183,10 @@ def write_derived_series(
     except DicomNodeError as exc:  # without its report a derived series does not go out
         why = f"metrics report not built: {exc} (method {method.name})"
         unreported = [
-            DeclinedImage(m.outcome.source_sop, f"sop={m.outcome.source_sop}: {why}") for m in built
+            DeclinedImage(sop, f"sop={sop}: {why}")
+            for sop in (image.measures.outcome.source_sop for image in built)
         ]
         return None, declined + unreported
-    files = [sink(m.derived) for m in built]
-    written = WrittenSeries(files, sink(report), report_series, tuple(m.outcome for m in built))
-    return written, declined
+    files = [sink(image.file) for image in built]
+    measured = tuple(image.measures.outcome for image in built)
+    return WrittenSeries(files, sink(encoded(report)), report_series, measured), declined

@@ -43,7 +43,13 @@ from dicomnode.imaging.qa import (
     assess_against,
     measure_source,
 )
-from dicomnode.pipeline.derived_output import Sink, derivation_for, write_derived_series
+from dicomnode.pipeline.derived_output import (
+    DerivedImage,
+    Sink,
+    derivation_for,
+    derive_image,
+    write_derived_series,
+)
 from dicomnode.pipeline.methods import qa_thresholds
 from dicomnode.pipeline.sources import SourceImage, load_sources
 
@@ -80,17 +86,14 @@ def _stacks(images: list[SourceImage], method: Method) -> Iterator[list[int]]:
 
 
 def _enhance_all(
-    images: list[SourceImage],
-    method: Method,
-    enhanced: Callable[[int, np.ndarray], None] = lambda index, output: None,
-) -> list[np.ndarray]:
-    """Outputs per image, enhanced a stack at a time (`_stacks`); `enhanced(index, output)` is
-    told of each image as soon as its stack is done, so it can be measured while the next one
-    runs.
+    images: list[SourceImage], method: Method, enhanced: Callable[[int, np.ndarray], None]
+) -> None:
+    """Enhance every image, a stack at a time (`_stacks`), telling `enhanced(index, output)` of
+    each as soon as its stack is done, so it can be finished while the next one runs; the
+    outputs are not kept here.
 
     The series' modality (its first image's) decides the working range for all of them."""
     modality = images[0].modality or "OT"
-    outputs: list[np.ndarray] = [np.empty(0)] * len(images)
     for indices in _stacks(images, method):
         stack = np.concatenate([images[i].image.values for i in indices])
         padding = np.concatenate([images[i].image.padding for i in indices])
@@ -98,10 +101,8 @@ def _enhance_all(
         start = 0
         for i in indices:
             frames = len(images[i].image.values)
-            outputs[i] = result[start : start + frames]
+            enhanced(i, result[start : start + frames])
             start += frames
-            enhanced(i, outputs[i])
-    return outputs
 
 
 def _on_source_grid(output: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -210,37 +211,42 @@ def _run_method(
     settings: Settings,
     sink: Sink,
 ) -> tuple[list[list[SpooledInstance]], MethodOutcome | None, list[DeclinedImage]]:
-    """enhance → measure → write → summarise, for one method on the whole series.
+    """self-check → enhance (each image scored and its derived image built beside it) →
+    report and store, for one method on the whole series.
 
-    Each image is measured (fidelity, QA) in a second thread as soon as its stack is enhanced,
-    while the next stack runs (TensorFlow releases the interpreter); the self-check follows the
-    enhancement. `measure_s` is what measuring adds after the enhancement: the self-check and
-    the wait for the last images' scores."""
+    The self-check comes first, so that its gains are known when an image's derived image is
+    built (they are in its ImageComments). Then, as soon as a stack of images is enhanced, a
+    second thread scores each (fidelity, QA) and derives and encodes its DICOM image while
+    the next stack runs (TensorFlow releases the interpreter), and the float output is let go.
+    Stages: `measure_s` the self-check; `enhance_s` the enhancement with what runs beside it;
+    `write_s` what is left after it: the last images, the report and storing the files."""
     clock = _Stopwatch()
     derivation = derivation_for(images, method, settings)
     thresholds = qa_thresholds(settings.qa)
-    scores: dict[int, Future[tuple[ImageMetrics, QaVerdict]]] = {}
-    measuring = ThreadPoolExecutor(1, thread_name_prefix="measure")
+    with clock.stage("measure_s"):
+        gains = _self_check_gains(images, method, settings)
+
+    def finish(index: int, output: np.ndarray) -> DerivedImage | DeclinedImage:
+        source = images[index]
+        fidelity, verdict = _score(scored[index], output, thresholds)
+        sop = derived_instance_uid(derivation.uid_root, source.sop, method.version)
+        measured = ImageOutcome(source.sop, sop, fidelity, gains[index], verdict)
+        return derive_image(source, output, measured, method, derivation)
+
+    finishing = ThreadPoolExecutor(1, thread_name_prefix="finish")
+    derived: dict[int, Future[DerivedImage | DeclinedImage]] = {}
     try:
 
-        def measure(index: int, output: np.ndarray) -> None:
-            scores[index] = measuring.submit(lambda: _score(scored[index], output, thresholds))
+        def enhanced(index: int, output: np.ndarray) -> None:
+            derived[index] = finishing.submit(finish, index, output)
 
         with clock.stage("enhance_s"):
-            outputs = _enhance_all(images, method, measure)
-        with clock.stage("measure_s"):
-            gains = _self_check_gains(images, method, settings)
-            measured = []
-            for index, (source, gain) in enumerate(zip(images, gains, strict=True)):
-                fidelity, verdict = scores[index].result()
-                sop = derived_instance_uid(derivation.uid_root, source.sop, method.version)
-                measured.append(ImageOutcome(source.sop, sop, fidelity, gain, verdict))
+            _enhance_all(images, method, enhanced)
+        with clock.stage("write_s"):
+            finished = [derived[index].result() for index in range(len(images))]
+            written, declined = write_derived_series(finished, method, derivation, settings, sink)
     finally:
-        measuring.shutdown(cancel_futures=True)
-    with clock.stage("write_s"):
-        written, declined = write_derived_series(
-            images, outputs, measured, method, derivation, settings, sink
-        )
+        finishing.shutdown(cancel_futures=True)
     if written is None:
         return [], None, declined
     outcome = MethodOutcome(

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydicom import Dataset, dcmread
+from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.db import SpooledInstance
 from dicomnode.imaging.outcome import MethodOutcome
 from dicomnode.imaging.pixels import to_modality
-from dicomnode.pipeline.derived_output import Sink, encoded, spooled
+from dicomnode.pipeline.derived_output import EncodedInstance, Sink
 from dicomnode.spool import validate_uid
 
 
@@ -36,12 +36,12 @@ def series_in(folder: Path) -> dict[str, list[SpooledInstance]]:
 def file_sink(out_dir: Path) -> Sink:
     """Write each output to OUT_DIR/<SeriesInstanceUID>/<SOPInstanceUID>.dcm."""
 
-    def write(ds: Dataset) -> SpooledInstance:
-        series = out_dir / validate_uid(ds.SeriesInstanceUID, "SeriesInstanceUID")
+    def write(instance: EncodedInstance) -> SpooledInstance:
+        series = out_dir / validate_uid(instance.series_instance_uid, "SeriesInstanceUID")
         series.mkdir(parents=True, exist_ok=True)
-        path = series / f"{validate_uid(ds.SOPInstanceUID, 'SOPInstanceUID')}.dcm"
-        path.write_bytes(encoded(ds))
-        return spooled(ds, path)
+        path = series / f"{validate_uid(instance.sop_instance_uid, 'SOPInstanceUID')}.dcm"
+        path.write_bytes(instance.data)
+        return instance.spooled(path)
 
     return write
 

@@ -1,5 +1,6 @@
-"""A job measures each image while SRCNN runs the next batch (issue 16): cutting the series into
-stacks of one forward pass each must not change a bit of the outputs, or a number of the job."""
+"""A job measures and writes each image while SRCNN runs the next batch (issue 16): cutting the
+series into stacks of one forward pass each must not change a bit of the outputs, or a number of
+the job."""
 
 import json
 from pathlib import Path
@@ -87,8 +88,10 @@ def test_a_job_measured_batch_by_batch_reports_what_one_call_gives(
     batched, whole = Counted(runner), WholeSeries(runner)
     by_batch = job_details(tmp_path / "in", tmp_path / "batched", batched)
     in_one_call = job_details(tmp_path / "in", tmp_path / "whole", whole)
-    assert batched.calls[:4] == [2, 2, 2, 1]  # the series a pass at a time, then the self-check
-    assert whole.calls[0] == 7
+    # The self-check's degraded copies first (its gains go into the derived images), then the
+    # series a forward pass at a time, while the finished images are scored and written.
+    assert batched.calls == [7, 2, 2, 2, 1]
+    assert whole.calls == [7, 7]
     assert by_batch == in_one_call
     (method,) = by_batch["methods"]
     assert method["images"] == 7 and method["self_check_images"] == 7
