@@ -10,6 +10,7 @@ received (no decode/re-encode), so what a PACS later gets from us is what the mo
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from io import BytesIO
 
@@ -127,6 +128,12 @@ class StorageReceiver:
         self._received: dict[int, _Received] = {}  # per open association
         self._received_lock = threading.Lock()
         self._writer = ThreadPoolExecutor(settings.node.max_associations, "spool-write")
+        # SQLite has one writer at a time, and a writer that finds it busy sleeps 1, 2, 5,
+        # 10 ... ms before it looks again: this process's associations take turns here
+        # instead, each woken as soon as the last row is committed. (PostgreSQL: no turns.)
+        self._row_turn: AbstractContextManager[object] = (
+            threading.Lock() if db.is_sqlite else nullcontext()
+        )
         self.commitment = CommitmentResponder(settings, db)
 
     def handlers(self) -> list[tuple]:
@@ -275,9 +282,10 @@ class StorageReceiver:
             return
         data = event.encoded_dataset(include_meta=True)
         path = self.spool.instance_path(ident.study_uid, ident.series_uid, ident.sop_instance_uid)
-        # The file is written and fsync'd on another thread while the row is prepared here;
-        # the row commits once the file's bytes are durable under their final name, while the
-        # name itself is made durable (its directory fsync'd): Success waits for both.
+        # The file is written and fsync'd on another thread while the row is prepared; its row
+        # is committed once the bytes are durable under their final name (outside the row's
+        # turn, so several associations' files are fsync'd at once), while the name itself is
+        # made durable (its directory fsync'd): Success waits for both.
         placed = self._writer.submit(
             self.spool.place_instance,
             ident.study_uid,
@@ -285,27 +293,26 @@ class StorageReceiver:
             ident.sop_instance_uid,
             data,
         )
+        row = ReceivedInstance(
+            sop_instance_uid=ident.sop_instance_uid,
+            sop_class_uid=ident.sop_class_uid,
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            study_uid=ident.study_uid,
+            series_uid=ident.series_uid,
+            modality=ident.modality,
+            path=path,
+            size_bytes=len(data),
+            calling_aet=calling,
+        )
         named: list[Future[None]] = []
-
-        def name_while_committing() -> None:
-            named.append(self._writer.submit(self.spool.sync_name, placed.result()))
-
         try:
-            previous = record_instance(
-                self.db,
-                ReceivedInstance(
-                    sop_instance_uid=ident.sop_instance_uid,
-                    sop_class_uid=ident.sop_class_uid,
-                    transfer_syntax_uid=str(event.context.transfer_syntax),
-                    study_uid=ident.study_uid,
-                    series_uid=ident.series_uid,
-                    modality=ident.modality,
-                    path=path,
-                    size_bytes=len(data),
-                    calling_aet=calling,
-                ),
-                before_commit=name_while_committing,
-            )
+            final = placed.result()
+
+            def name_while_committing() -> None:
+                named.append(self._writer.submit(self.spool.sync_name, final))
+
+            with self._row_turn:
+                previous = record_instance(self.db, row, before_commit=name_while_committing)
         finally:
             wait([placed, *named])  # never leave a write running behind a failed transaction
         named[0].result()  # a name that could not be made durable: the store fails
