@@ -67,10 +67,9 @@ def record_instance(
     """Insert or update the instance row in one transaction; return the old path if it moved.
 
     `before_commit` runs inside the transaction, just before COMMIT; if it raises, nothing is
-    recorded. The receiver passes "wait until the file's bytes are durable under its final
-    name" here, so the statements run while the file's fsync is in flight, yet no row is ever
-    committed before its file exists (the fsync of the name runs with the COMMIT; see
-    `forget_instances_without_files`).
+    recorded. The receiver calls this once the file's bytes are durable under their final name,
+    and passes "start the fsync of that name" here, so the name's fsync runs with the COMMIT
+    (see `forget_instances_without_files`).
     A re-sent SOP Instance UID replaces the earlier copy and marks its series pending again,
     so the next job forwards the latest version.
     """
