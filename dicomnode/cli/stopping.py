@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXIT_FORCED = 1
+SIGNAL_POLL_SECONDS = 0.5  # the longest a signal waits for the main thread to notice it
 
 
 class StopSignals:
@@ -55,7 +56,11 @@ def _forced_cost(settings: "Settings") -> str:
 def run_until_stopped(node: "Node", settings: "Settings", signals: StopSignals) -> None:
     """Block until a signal, then stop the node: return once it stopped cleanly, or exit the
     process with code 1 (a second signal, or node.stop_timeout_seconds passed)."""
-    signals.arrived.wait()
+    # Timed: the kernel may hand a process's signal to any of its threads, and Python then runs
+    # the handler on the main thread only when that thread next runs bytecode; an untimed wait
+    # would not, and SIGTERM would go unheard.
+    while not signals.arrived.wait(SIGNAL_POLL_SECONDS):
+        pass
     first = signals.received[0]
     timeout = settings.node.stop_timeout_seconds
     log.info(

@@ -4,6 +4,7 @@ The node runs as `dicomnode serve` in a subprocess; signals are sent to it as an
 (SIGINT) or a service manager (SIGTERM) would.
 """
 
+import ctypes
 import os
 import re
 import signal
@@ -173,3 +174,21 @@ def test_importing_tensorflow_prints_no_cpp_lines_and_keeps_ours() -> None:
         UTC_LINE.match(line) for line in result.stderr.splitlines()
     ), result.stderr
     assert "INFO dicomnode.probe after the import" in result.stderr
+
+
+def _other_threads(pid: int) -> list[int]:
+    """The ids of a process's threads other than its main one."""
+    return [int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid]
+
+
+def test_a_sigterm_the_kernel_hands_to_another_thread_still_stops_the_node(node_factory) -> None:
+    """A signal sent to a process goes to whichever of its threads the kernel picks; Python runs
+    the handler on the main thread only when that thread next runs bytecode, so a main thread
+    blocked in an untimed wait never would (a CI run saw a node ignore SIGTERM for 30 s)."""
+    node: NodeProcess = node_factory([]).start()
+    others = _other_threads(node.pid)
+    assert others, "the node runs threads besides its main one"
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.tgkill(node.pid, others[0], signal.SIGTERM) == 0, os.strerror(ctypes.get_errno())
+    assert node.wait_exit(timeout=20) == 0
+    node.wait_for_log("node stopped")
