@@ -79,7 +79,6 @@ def one_run(work: Path, folder: Path, count: int, timeout: float) -> dict[str, A
             raise RuntimeError(f"storescu failed: {sent.stderr[-2000:]}")
         original_uid = series_instance_uid(next(folder.iterdir()))
         originals_s = everything_s = None
-        derived_status = None
         while time.monotonic() - acknowledged < timeout:
             now = time.monotonic() - acknowledged
             originals, others = pacs_counts(pacs, original_uid)

@@ -138,6 +138,13 @@ def _equipment(source: Dataset, derivation: Derivation) -> DicomSequence:
     return DicomSequence([acquired, processed])
 
 
+def _instance_reference(source: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    return item
+
+
 def _references(derived: Dataset, source: Dataset, derivation: Derivation) -> None:
     """SourceImageSequence, ReferencedSeriesSequence and RelatedSeriesSequence.
 
@@ -145,19 +152,14 @@ def _references(derived: Dataset, source: Dataset, derivation: Derivation) -> No
     references elsewhere, here its source image: each derived image lists its own source, not
     the whole series (the metrics report references them all). A list of every instance in
     every image would grow the series by n² references (90,000 for 300 slices)."""
-    item = Dataset()
-    item.ReferencedSOPClassUID = source.SOPClassUID
-    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    item = _instance_reference(source)
     item.PurposeOfReferenceCodeSequence = [code_item(SOURCE_IMAGE_PURPOSE)]
     item.SpatialLocationsPreserved = "YES" if derivation.scale == 1 else "NO"
     derived.SourceImageSequence = [item]  # PS3.3 C.7.6.1.1.4
     # Common Instance Reference (PS3.3 C.12.2): the source series and its instances.
     series = Dataset()
     series.SeriesInstanceUID = source.SeriesInstanceUID
-    instance = Dataset()
-    instance.ReferencedSOPClassUID = source.SOPClassUID
-    instance.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    series.ReferencedInstanceSequence = [instance]
+    series.ReferencedInstanceSequence = [_instance_reference(source)]
     derived.ReferencedSeriesSequence = [series]
     related = Dataset()
     related.StudyInstanceUID = source.StudyInstanceUID
