@@ -28,7 +28,14 @@ from dataclasses import dataclass
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
+from dicomnode.dicom.waking import WakingSocket
 from dicomnode.observe.counters import CONNECTIONS_ABORTED
+from dicomnode.receive.store_lane import (
+    ProtocolViolation,
+    Store,
+    StoreLane,
+    pynetdicom_supports_lane,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +63,22 @@ class _Refused(Exception):
         self.kind = kind
 
 
-class GuardedSocket(AssociationSocket):
+class GuardedSocket(WakingSocket):
     """pynetdicom's socket, reading each PDU whole within the connection's limits."""
 
     limits: ConnectionLimits
     refused_reason: str | None
+    lane: StoreLane | None
+    _header: bytearray | None
     _body: bytearray | None
     _in_flight: int
 
     @classmethod
-    def adopt(cls, sock: AssociationSocket, limits: ConnectionLimits) -> "GuardedSocket":
-        """Turn the socket pynetdicom made for an association into a guarded one.
+    def adopt(
+        cls, sock: AssociationSocket, limits: ConnectionLimits, store: Store | None = None
+    ) -> "GuardedSocket":
+        """Turn the socket pynetdicom made for an association into a guarded one; with
+        `store`, its C-STORE requests go by the store lane (receive/store_lane.py).
 
         pynetdicom's RequestHandler builds its AssociationSocket inline and queues events in
         its constructor, so the instance is re-classed rather than built a second time.
@@ -76,29 +88,73 @@ class GuardedSocket(AssociationSocket):
         assert isinstance(guarded, GuardedSocket)
         guarded.limits = limits
         guarded.refused_reason = None
+        guarded._header = None
         guarded._body = None
         guarded._in_flight = 0
+        guarded.install_wakeup()
+        lane_fits = store is not None and pynetdicom_supports_lane(guarded.assoc)
+        guarded.lane = StoreLane(guarded.assoc, store) if store is not None and lane_fits else None
         return guarded
 
     def answered(self) -> None:
         """We sent a response: the P-DATA it answers no longer counts against the budget."""
         self._in_flight = 0
 
+    @property
+    def ready(self) -> bool:
+        """A PDU is there for pynetdicom: read here, and those of C-STORE requests taken by
+        the lane first (each restarts the idle timer, as a PDU pynetdicom reads does)."""
+        while self._header is None:
+            if not super().ready:
+                return False
+            self._header, self._body = self._read_guarded()
+            if self._lane_took():
+                self._header = self._body = None
+                self.assoc.dul._idle_timer.restart()
+        return True
+
     def recv(self, nr_bytes: int) -> bytearray:
-        """pynetdicom asks for a PDU header (6 bytes), then for its body: read both here."""
-        if self._body is not None:
-            body, self._body = self._body, None
-            return body
+        """pynetdicom asks for a PDU header (6 bytes), then for its body: both read whole."""
+        if self._header is None and self._body is None:
+            self._header, self._body = self._read_guarded()
+        if self._header is not None:
+            header, self._header = self._header, None
+            return header
+        body, self._body = self._body, None
+        return body if body is not None else bytearray()
+
+    def _read_guarded(self) -> tuple[bytearray, bytearray | None]:
+        """The next PDU, or an empty header (pynetdicom: connection closed, Evt17, no traceback)
+        when the peer closed or reset it or broke a limit (then aborted, with a log line)."""
         try:
-            header, body = self._read_pdu()
+            return self._read_pdu()
         except _Refused as exc:
             CONNECTIONS_ABORTED.labels(exc.kind).inc()
             self._refuse(str(exc))
-            return bytearray()  # pynetdicom: connection closed (Evt17), no traceback
         except OSError:
-            return bytearray()  # reset by the peer: pynetdicom reports the closed connection
-        self._body = body
-        return header
+            pass
+        return bytearray(), None
+
+    def _lane_took(self) -> bool:
+        """Offer the PDU just read to the store lane; a broken-off request aborts."""
+        header, body = self._header, self._body
+        if self.lane is None or header is None or body is None or len(header) < 6:
+            return False
+        if header[0] != P_DATA_TF:
+            self.lane.abandon()  # a release or abort: pynetdicom's, and no request continues
+            return False
+        try:
+            took = self.lane.offer(body, self._send_answer)
+        except ProtocolViolation as exc:
+            CONNECTIONS_ABORTED.labels("protocol").inc()
+            self._refuse(str(exc))
+            self._header, self._body = bytearray(), None
+            return False
+        return took
+
+    def _send_answer(self, pdu: bytes) -> None:
+        self.send(pdu)
+        self.answered()
 
     def _read_pdu(self) -> tuple[bytearray, bytearray]:
         deadline = time.monotonic() + self.limits.pdu_seconds
@@ -186,6 +242,7 @@ class GuardedRequestHandler(RequestHandler):
     def _create_association(self):  # type: ignore[no-untyped-def]
         assoc = super()._create_association()
         limits: ConnectionLimits = getattr(self.server, "connection_limits")  # noqa: B009
+        store: Store | None = getattr(self.server, "store", None)
         assert assoc.dul.socket is not None
-        GuardedSocket.adopt(assoc.dul.socket, limits)
+        GuardedSocket.adopt(assoc.dul.socket, limits, store)
         return assoc

@@ -29,6 +29,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomnode.dicom.tls import describe
 from dicomnode.observe.counters import CONNECTIONS_ABORTED
 from dicomnode.receive.guard import ConnectionLimits, GuardedRequestHandler
+from dicomnode.receive.store_lane import Store
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class AssociationListener(ThreadedAssociationServer):
     keepalive_seconds: float = 0.0
     max_per_address: int = 0
     connection_limits = ConnectionLimits(max_pdu_bytes=0, budget_bytes=0, pdu_seconds=60.0)
+    store: Store | None = None  # C-STORE requests by the store lane (receive/store_lane.py)
     # A screening thread holds no data: stopping the node must not wait for a silent caller.
     daemon_threads = True
     block_on_close = False
@@ -185,9 +187,11 @@ def start_listener(
     keepalive_seconds: float,
     max_per_address: int,
     shared_port: bool = False,
+    store: Store | None = None,
 ) -> AssociationListener:
     """Listen in a background thread, as `ae.start_server(..., block=False)` does;
-    `shared_port`: beside the node's other listener processes (SO_REUSEPORT)."""
+    `shared_port`: beside the node's other listener processes (SO_REUSEPORT); `store`: take
+    C-STORE requests by the store lane, straight to this store."""
     server = ae.make_server(
         address,
         ssl_context=context,
@@ -200,6 +204,7 @@ def start_listener(
     server.connection_limits = limits
     server.keepalive_seconds = keepalive_seconds
     server.max_per_address = max_per_address
+    server.store = store
     server._screening = Counter()
     server._screening_lock = threading.Lock()
     name = "TlsAcceptorServer" if context is not None else "AcceptorServer"

@@ -1,0 +1,140 @@
+"""The store lane on the network: DCMTK's storescu against the node's receiver, in this process
+so that it can be seen which path stored each instance.
+
+What is asserted: every instance arrives by the lane (pynetdicom's C-STORE handler never runs)
+and its spooled file is byte for byte the file pynetdicom's path spools for the same send, with
+the data set as sent, whether the data set came in one PDU or in many; C-ECHO still goes to
+pynetdicom; a caller that breaks off a data set with another command is aborted, with a log line.
+"""
+
+import logging
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset, dcmread
+from pynetdicom import AE
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.sop_class import CTImageStorage
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicomnode.config import NodeSettings, Settings
+from dicomnode.db.engine import open_database
+from dicomnode.receive import guard
+from dicomnode.receive.scp import StorageReceiver, start_receiver
+from dicomnode.spool import Spool
+from tests.support.dcmtk import echoscu, storescu
+from tests.support.ports import free_port
+from tests.support.series import write_ct_series
+
+
+@dataclass
+class _Receivers:
+    """Receivers, each on its own spool and database; which instances pynetdicom's handler
+    stored."""
+
+    root: Path
+    pynetdicom_stores: list[str] = field(default_factory=list)
+    servers: list[ThreadedAssociationServer] = field(default_factory=list)
+
+    def start(self, name: str, max_pdu_size: int) -> tuple[int, Spool]:
+        port = free_port()
+        node = NodeSettings(host="127.0.0.1", port=port, max_pdu_size=max_pdu_size)
+        spool = Spool(self.root / name / "spool")
+        db = open_database(f"sqlite:///{self.root / name / 'node.db'}")
+        self.servers.append(start_receiver(Settings(node=node), spool, db, quiet=True))
+        return port, spool
+
+
+@pytest.fixture
+def receivers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Receivers]:
+    found = _Receivers(tmp_path)
+    original = StorageReceiver.handle_store
+
+    def counted(self: StorageReceiver, event: Event) -> Dataset | int:
+        found.pynetdicom_stores.append(str(event.request.AffectedSOPInstanceUID))
+        return original(self, event)
+
+    monkeypatch.setattr(StorageReceiver, "handle_store", counted)
+    yield found
+    for server in found.servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("max_pdu_size", [1048576, 4096])  # the data set in one PDU; in ~30
+def test_every_instance_comes_by_the_lane_and_is_stored_as_pynetdicom_stores_it(
+    receivers: _Receivers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_pdu_size: int
+) -> None:
+    sent = write_ct_series(tmp_path / "series", 5, size=256)
+    lane_port, lane_spool = receivers.start("lane", max_pdu_size)
+    plain_port, plain_spool = receivers.start("pynetdicom", max_pdu_size)
+
+    by_lane = storescu(lane_port, sent)
+    assert receivers.pynetdicom_stores == []
+    with monkeypatch.context() as patch:  # the other receiver's associations get no lane
+        patch.setattr(guard, "pynetdicom_supports_lane", lambda _assoc: False)
+        by_pynetdicom = storescu(plain_port, sent)
+
+    assert by_lane.returncode == 0, by_lane.stderr
+    assert by_pynetdicom.returncode == 0, by_pynetdicom.stderr
+    assert len(receivers.pynetdicom_stores) == len(sent)
+    lane_files = lane_spool.instance_files()
+    plain_files = plain_spool.instance_files()
+    assert [p.name for p in lane_files] == [p.name for p in plain_files]
+    assert len(lane_files) == len(sent)
+    for ours, theirs in zip(lane_files, plain_files, strict=True):
+        assert ours.read_bytes() == theirs.read_bytes()
+    originals = {dcmread(p).SOPInstanceUID: dcmread(p) for p in sent}
+    for stored in lane_files:
+        copy = dcmread(stored)
+        assert copy == originals[stored.stem]
+        assert copy.file_meta.MediaStorageSOPInstanceUID == stored.stem
+    assert echoscu(lane_port).returncode == 0  # pynetdicom's, as before
+
+
+def test_a_data_set_broken_off_by_another_command_aborts_the_association(
+    receivers: _Receivers, caplog: pytest.LogCaptureFixture
+) -> None:
+    port, spool = receivers.start("lane", 1048576)
+    ae = AE(ae_title="BREAKER")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+    assert assoc.is_established
+    context_id = assoc.accepted_contexts[0].context_id
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.7"
+    request.DataSet = BytesIO(bytes(4096))
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    command, first_data = [P_DATA_TF(p).encode() for p in message.encode_msg(context_id, 1024)][:2]
+    sock: socket.socket = assoc.dul.socket.socket  # type: ignore[union-attr]
+
+    with caplog.at_level(logging.WARNING, logger="dicomnode"):
+        sock.sendall(command + first_data + command)  # a second command inside the data set
+        sock.settimeout(5)
+        closed = False
+        try:
+            while sock.recv(65536):
+                pass
+            closed = True
+        except (ConnectionResetError, BrokenPipeError):
+            closed = True
+        except TimeoutError:
+            pass
+    assoc.abort()
+
+    assert closed
+    assert "calling_aet=BREAKER reason=a C-STORE data set interrupted by another message" in (
+        caplog.text
+    )
+    assert spool.instance_files() == []
+    assert receivers.pynetdicom_stores == []
