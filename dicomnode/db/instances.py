@@ -73,15 +73,31 @@ def record_instance(
     A re-sent SOP Instance UID replaces the earlier copy and marks its series pending again,
     so the next job forwards the latest version.
     """
-    values = {**asdict(item), "path": str(item.path), "now": utcnow()}
+    return record_instances(db, [item], before_commit)[0]
+
+
+def record_instances(
+    db: Database,
+    items: Sequence[ReceivedInstance],
+    before_commit: Callable[[], object] | None = None,
+) -> list[Path | None]:
+    """`record_instance` for several rows in one transaction (one commit, one fsync); the old
+    path of each, in order."""
+    now = utcnow()
+    moved: list[Path | None] = []
     with db.engine.begin() as connection:
-        previous = connection.execute(_PREVIOUS_PATH, values).scalar()
-        connection.execute(_UPSERT_STUDY, values)
-        connection.execute(_UPSERT_SERIES, values)
-        connection.execute(_UPSERT_INSTANCE, values)
+        for item in items:
+            values = {**asdict(item), "path": str(item.path), "now": now}
+            previous = connection.execute(_PREVIOUS_PATH, values).scalar()
+            connection.execute(_UPSERT_STUDY, values)
+            connection.execute(_UPSERT_SERIES, values)
+            connection.execute(_UPSERT_INSTANCE, values)
+            moved.append(
+                Path(previous) if previous is not None and previous != values["path"] else None
+            )
         if before_commit is not None:
             before_commit()
-    return Path(previous) if previous is not None and previous != values["path"] else None
+    return moved
 
 
 # How far before the newest row a row may still lack its file's name after a power loss: the

@@ -9,10 +9,12 @@ received (no decode/re-encode), so what a PACS later gets from us is what the mo
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from io import BytesIO
+from pathlib import Path
 
 from pydicom import Dataset
 from pydicom.filereader import read_dataset
@@ -24,6 +26,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
 from dicomnode.db import Database, ReceivedInstance
+from dicomnode.db.group_commit import GroupCommit
 from dicomnode.db.instances import mark_series_released, record_instance, stored_path
 from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
 from dicomnode.dicom.bounded import inflate_prefix, inflated_size
@@ -143,11 +146,10 @@ class StorageReceiver:
         self._received: dict[int, _Received] = {}  # per open association
         self._received_lock = threading.Lock()
         self._writer = ThreadPoolExecutor(settings.node.max_associations, "spool-write")
-        # SQLite has one writer at a time, and a writer that finds it busy sleeps 1, 2, 5,
-        # 10 ... ms before it looks again: this process's associations take turns here
-        # instead, each woken as soon as the last row is committed. (PostgreSQL: no turns.)
-        self._row_turn: AbstractContextManager[object] = (
-            threading.Lock() if db.is_sqlite else nullcontext()
+        # SQLite has one writer at a time: rows that arrive together share a transaction
+        # (db/group_commit.py). PostgreSQL takes concurrent writers as they come.
+        self._record: Callable[..., Path | None] = (
+            GroupCommit(db).record if db.is_sqlite else partial(record_instance, db)
         )
         self.commitment = CommitmentResponder(settings, db)
 
@@ -311,16 +313,10 @@ class StorageReceiver:
             return
         data = _part10(arrival, ident)
         path = self.spool.instance_path(ident.study_uid, ident.series_uid, ident.sop_instance_uid)
-        # The file is written and fsync'd on another thread while the row is prepared; its row
-        # is committed once the bytes are durable under their final name (outside the row's
-        # turn, so several associations' files are fsync'd at once), while the name itself is
-        # made durable (its directory fsync'd): Success waits for both.
-        placed = self._writer.submit(
-            self.spool.place_instance,
-            ident.study_uid,
-            ident.series_uid,
-            ident.sop_instance_uid,
-            data,
+        # The row is committed once the bytes are durable under their final name, while the
+        # name itself is made durable (its directory fsync'd): Success waits for both.
+        final = self.spool.place_instance(
+            ident.study_uid, ident.series_uid, ident.sop_instance_uid, data
         )
         row = ReceivedInstance(
             sop_instance_uid=ident.sop_instance_uid,
@@ -334,16 +330,14 @@ class StorageReceiver:
             calling_aet=calling,
         )
         named: list[Future[None]] = []
+
+        def name_while_committing() -> None:
+            named.append(self._writer.submit(self.spool.sync_name, final))
+
         try:
-            final = placed.result()
-
-            def name_while_committing() -> None:
-                named.append(self._writer.submit(self.spool.sync_name, final))
-
-            with self._row_turn:
-                previous = record_instance(self.db, row, before_commit=name_while_committing)
+            previous = self._record(row, before_commit=name_while_committing)
         finally:
-            wait([placed, *named])  # never leave a write running behind a failed transaction
+            wait(named)  # never leave a write running behind a failed transaction
         named[0].result()  # a name that could not be made durable: the store fails
         if previous is not None:
             self.spool.remove(previous)

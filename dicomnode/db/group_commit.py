@@ -1,0 +1,76 @@
+"""Instance rows that arrive together, committed together (SQLite).
+
+SQLite has one writer at a time and every commit waits for its fsync. With several associations
+storing at once, each row waited for the transaction before it and then paid for its own: with
+four senders the receiving threads spent ~13 % of their time waiting for their turn and ~26 %
+in their own statements and commit. Here the thread whose turn it is writes every row waiting
+by then in one transaction; the others find theirs committed, or failed, when their turn comes.
+A row is still only reported recorded once its transaction has committed.
+"""
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicomnode.db.engine import Database
+from dicomnode.db.instances import record_instances
+from dicomnode.db.records import ReceivedInstance
+
+
+class RowNotRecorded(Exception):
+    """The transaction that carried this row failed (the cause is the database's error)."""
+
+
+@dataclass
+class _Ticket:
+    item: ReceivedInstance
+    before_commit: Callable[[], object] | None
+    done: bool = False
+    moved: Path | None = None
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """`record_instance` for many threads of one process, sharing transactions."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._turn = threading.Lock()
+        self._waiting: list[_Ticket] = []
+        self._waiting_lock = threading.Lock()
+
+    def record(
+        self, item: ReceivedInstance, before_commit: Callable[[], object] | None = None
+    ) -> Path | None:
+        """As `db.instances.record_instance`: `before_commit` runs inside the transaction that
+        carries the row (perhaps in another thread); the old path if the instance moved."""
+        ticket = _Ticket(item, before_commit)
+        with self._waiting_lock:
+            self._waiting.append(ticket)
+        with self._turn:
+            if not ticket.done:
+                self._commit_waiting()
+        if ticket.error is not None:
+            raise RowNotRecorded(f"instance row not recorded: {ticket.error}") from ticket.error
+        return ticket.moved
+
+    def _commit_waiting(self) -> None:
+        with self._waiting_lock:
+            batch, self._waiting = self._waiting, []
+
+        def before_commit() -> None:
+            for ticket in batch:
+                if ticket.before_commit is not None:
+                    ticket.before_commit()
+
+        try:
+            moved = record_instances(self._db, [t.item for t in batch], before_commit)
+        except Exception as exc:  # every row of the transaction fails with it
+            for ticket in batch:
+                ticket.error = exc
+                ticket.done = True
+            return
+        for ticket, path in zip(batch, moved, strict=True):
+            ticket.moved = path
+            ticket.done = True
