@@ -20,7 +20,13 @@ REJECTION_REASONS = (
     "too_many_associations",
     "other",
 )
-CONNECTION_REASONS = ("per_address_cap", "pdu_too_large", "message_too_large", "stalled")
+CONNECTION_REASONS = (
+    "per_address_cap",
+    "pdu_too_large",
+    "message_too_large",
+    "stalled",
+    "protocol",
+)
 
 INSTANCES_RECEIVED = Counter(
     "dicomnode_instances_received",

@@ -9,6 +9,7 @@ pynetdicom; a caller that breaks off a data set with another command is aborted,
 
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -26,6 +27,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import NodeSettings, Settings
 from dicomnode.db.engine import open_database
+from dicomnode.observe.counters import CONNECTIONS_ABORTED
 from dicomnode.receive import guard
 from dicomnode.receive.scp import StorageReceiver, start_receiver
 from dicomnode.spool import Spool
@@ -68,6 +70,13 @@ def receivers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Rece
         server.server_close()
 
 
+def _protocol_aborts() -> float:
+    samples = CONNECTIONS_ABORTED.collect()[0].samples
+    return next(
+        s.value for s in samples if s.name.endswith("_total") and s.labels["reason"] == "protocol"
+    )
+
+
 @pytest.mark.parametrize("max_pdu_size", [1048576, 4096])  # the data set in one PDU; in ~30
 def test_every_instance_comes_by_the_lane_and_is_stored_as_pynetdicom_stores_it(
     receivers: _Receivers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_pdu_size: int
@@ -103,6 +112,7 @@ def test_a_data_set_broken_off_by_another_command_aborts_the_association(
     receivers: _Receivers, caplog: pytest.LogCaptureFixture
 ) -> None:
     port, spool = receivers.start("lane", 1048576)
+    aborted_before = _protocol_aborts()
     ae = AE(ae_title="BREAKER")
     ae.add_requested_context(CTImageStorage)
     assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
@@ -120,21 +130,16 @@ def test_a_data_set_broken_off_by_another_command_aborts_the_association(
 
     with caplog.at_level(logging.WARNING, logger="dicomnode"):
         sock.sendall(command + first_data + command)  # a second command inside the data set
-        sock.settimeout(5)
-        closed = False
-        try:
-            while sock.recv(65536):
-                pass
-            closed = True
-        except (ConnectionResetError, BrokenPipeError):
-            closed = True
-        except TimeoutError:
-            pass
+        deadline = time.monotonic() + 10
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)  # pynetdicom's own thread reads the node's A-ABORT
+    closed = not assoc.is_established
     assoc.abort()
 
     assert closed
     assert "calling_aet=BREAKER reason=a C-STORE data set interrupted by another message" in (
         caplog.text
     )
+    assert _protocol_aborts() == aborted_before + 1  # /metrics: reason="protocol"
     assert spool.instance_files() == []
     assert receivers.pynetdicom_stores == []
