@@ -21,7 +21,6 @@ pynetdicom then sees a closed connection (an event it handles without a tracebac
 import contextlib
 import logging
 import socket
-import struct
 import time
 from dataclasses import dataclass
 
@@ -36,13 +35,12 @@ from dicomnode.receive.store_lane import (
     StoreLane,
     pynetdicom_supports_lane,
 )
+from dicomnode.receive.wire import P_DATA_TF, PDU_HEADER
 
 log = logging.getLogger(__name__)
 
-P_DATA_TF = 0x04
 OTHER_PDU_LIMIT = 1 << 20  # an A-ASSOCIATE-RQ with 128 contexts is ~50 KB
 COMMAND_ALLOWANCE = 1 << 16  # command sets and PDV headers on top of the data set
-_HEADER = struct.Struct(">BBL")  # PS3.8 9.3.1: type, reserved, length
 _INVALID_PARAMETER_VALUE = 0x06  # PS3.8 9.3.8, source 0x02 (service provider)
 
 
@@ -161,7 +159,7 @@ class GuardedSocket(WakingSocket):
         header = self._read_exactly(6, deadline)
         if len(header) < 6:
             return header, bytearray()  # closed by the peer: pynetdicom handles it
-        pdu_type, _, length = _HEADER.unpack(header)
+        pdu_type, _, length = PDU_HEADER.unpack(header)
         if pdu_type == P_DATA_TF:
             if self.limits.max_pdu_bytes and length > self.limits.max_pdu_bytes:
                 raise _Refused(

@@ -19,7 +19,6 @@ pynetdicom's per-message events (EVT_C_STORE, EVT_DIMSE_RECV and _SENT, EVT_PDU_
 do not fire for the lane's messages: the receiver's handlers are called directly.
 """
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,16 +27,17 @@ from pydicom.uid import UID
 from pynetdicom.association import Association
 
 from dicomnode.errors import SpoolError
-from dicomnode.receive.wire import c_store_response, command_elements, command_pdus
+from dicomnode.receive.wire import (
+    C_STORE_RQ,
+    NO_DATA_SET,
+    Fragment,
+    c_store_response,
+    command_elements,
+    command_pdus,
+    fragments,
+)
 from dicomnode.spool import validate_uid
 
-# PS3.8 9.3.5.1 and Annex E.2: each presentation data value item is its length, the
-# presentation context ID and a message control header (bit 0: command, bit 1: last fragment).
-_ITEM = struct.Struct(">LBB")
-_COMMAND = 0x01
-_LAST = 0x02
-C_STORE_RQ = 0x0001  # CommandField (PS3.7 9.3.1.1)
-NO_DATA_SET = 0x0101  # CommandDataSetType (PS3.7 E.1)
 _ESTABLISHED = "Sta6"  # pynetdicom's state for an established association
 
 
@@ -59,14 +59,6 @@ class Arrival:
 Store = Callable[[Arrival], "Dataset | int"]
 
 
-@dataclass(frozen=True)
-class _Fragment:
-    context_id: int
-    is_command: bool
-    is_last: bool
-    value: memoryview
-
-
 @dataclass
 class _Request:
     """A C-STORE request whose command the lane has taken; its data set still arriving."""
@@ -77,27 +69,6 @@ class _Request:
     sop_class_uid: str
     sop_instance_uid: str
     chunks: list[memoryview] = field(default_factory=list)
-
-
-def fragments(body: bytearray) -> list[_Fragment] | None:
-    """The presentation data values of a P-DATA-TF body; None if its items do not add up."""
-    view = memoryview(body)
-    found = []
-    offset = 0
-    while offset < len(view):
-        if offset + _ITEM.size > len(view):
-            return None
-        length, context_id, control = _ITEM.unpack_from(view, offset)
-        end = offset + 4 + length
-        if length < 2 or end > len(view):
-            return None
-        found.append(
-            _Fragment(
-                context_id, bool(control & _COMMAND), bool(control & _LAST), view[offset + 6 : end]
-            )
-        )
-        offset = end
-    return found or None
 
 
 def pynetdicom_supports_lane(assoc: Association) -> bool:
@@ -137,7 +108,7 @@ class StoreLane:
         """The association is released or aborted mid-request: forget its partial data set."""
         self._request = None
 
-    def _start(self, pdvs: list[_Fragment]) -> bool:
+    def _start(self, pdvs: list[Fragment]) -> bool:
         """Take the request if this PDU holds a C-STORE-RQ's whole command set (and perhaps
         the start of its data set); leave anything else to pynetdicom."""
         if (
@@ -190,7 +161,7 @@ class StoreLane:
             context_id, UID(context.transfer_syntax[0]), message_id, sop_class, sop_instance
         )
 
-    def _continue(self, pdvs: list[_Fragment]) -> None:
+    def _continue(self, pdvs: list[Fragment]) -> None:
         request = self._request
         assert request is not None
         for index, pdv in enumerate(pdvs):

@@ -11,6 +11,7 @@ set is read the same way (the store lane validates what it uses of it).
 """
 
 import struct
+from dataclasses import dataclass
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
@@ -18,13 +19,44 @@ _PREAMBLE = b"\x00" * 128 + b"DICM"  # PS3.10 7.1
 _SHORT = struct.Struct("<HH2sH")  # explicit VR: group, element, VR, 16-bit length
 _IMPLICIT = struct.Struct("<HHL")  # implicit VR: group, element, 32-bit length
 _US = struct.Struct("<H")
-_PDU_HEADER = struct.Struct(">BBL")  # PS3.8 9.3.1: type, reserved, length
-_PDV_HEADER = struct.Struct(">LBB")  # PS3.8 9.3.5.1: item length, context ID, control header
-_P_DATA_TF = 0x04
+PDU_HEADER = struct.Struct(">BBL")  # PS3.8 9.3.1: type, reserved, length
+P_DATA_TF = 0x04
+# PS3.8 9.3.5.1 and Annex E.2: each presentation data value item is its length, the
+# presentation context ID and a message control header (bit 0: command, bit 1: last fragment).
+_PDV_HEADER = struct.Struct(">LBB")
 _COMMAND = 0x01
 _LAST = 0x02
+C_STORE_RQ = 0x0001  # CommandField (PS3.7 9.3.1.1)
 C_STORE_RSP = 0x8001  # CommandField (PS3.7 9.3.1.2)
-_NO_DATA_SET = 0x0101
+NO_DATA_SET = 0x0101  # CommandDataSetType (PS3.7 E.1)
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """One presentation data value of a P-DATA-TF: a piece of a command set or data set."""
+
+    context_id: int
+    is_command: bool
+    is_last: bool
+    value: memoryview
+
+
+def fragments(body: bytearray) -> list[Fragment] | None:
+    """The presentation data values of a P-DATA-TF body; None if its items do not add up."""
+    view = memoryview(body)
+    found = []
+    offset = 0
+    while offset < len(view):
+        if offset + _PDV_HEADER.size > len(view):
+            return None
+        length, context_id, control = _PDV_HEADER.unpack_from(view, offset)
+        end = offset + 4 + length
+        if length < 2 or end > len(view):
+            return None
+        value = view[offset + _PDV_HEADER.size : end]
+        found.append(Fragment(context_id, bool(control & _COMMAND), bool(control & _LAST), value))
+        offset = end
+    return found or None
 
 
 def _padded(text: str, pad: bytes) -> bytes:
@@ -70,7 +102,7 @@ def c_store_response(
         (0x0002, _padded(sop_class_uid, b"\x00")),  # Affected SOP Class UID
         (0x0100, _US.pack(C_STORE_RSP)),  # Command Field
         (0x0120, _US.pack(message_id)),  # Message ID Being Responded To
-        (0x0800, _US.pack(_NO_DATA_SET)),  # Command Data Set Type
+        (0x0800, _US.pack(NO_DATA_SET)),  # Command Data Set Type
         (0x0900, _US.pack(status)),
     ]
     if error_comment:
@@ -108,5 +140,5 @@ def command_pdus(context_id: int, command_set: bytes, max_pdu_length: int) -> li
         last = start + room >= len(command_set)
         control = _COMMAND | (_LAST if last else 0)
         item = _PDV_HEADER.pack(len(fragment) + 2, context_id, control) + fragment
-        pdus.append(_PDU_HEADER.pack(_P_DATA_TF, 0, len(item)) + item)
+        pdus.append(PDU_HEADER.pack(P_DATA_TF, 0, len(item)) + item)
     return pdus
