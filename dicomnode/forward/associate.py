@@ -21,6 +21,7 @@ from pynetdicom.transport import AddressInformation, AssociationSocket
 from dicomnode.config import Destination, Settings
 from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
 from dicomnode.dicom.tls import ClientContext, handshake_failure
+from dicomnode.dicom.waking import WakingSocket
 from dicomnode.errors import ForwardError
 
 
@@ -37,7 +38,11 @@ class _TcpSocket(socket.socket):
             raise
 
 
-class _AssociationSocket(AssociationSocket):
+class _AssociationSocket(WakingSocket):
+    """The socket of an association we request: keeps its TCP socket's connect error, and its
+    DUL thread sleeps until there is something to send or read (dicom/waking.py) instead of
+    waking every 0.2 ms for as long as the association is open."""
+
     tcp: _TcpSocket | None = None
 
     def _create_socket(self, address: AddressInformation) -> socket.socket:
@@ -57,6 +62,7 @@ class _RequestorAE(AE):
     ) -> AssociationSocket:
         sock = _AssociationSocket(assoc, address=address)
         sock.tls_args = tls_args
+        sock.install_wakeup()
         return sock
 
 

@@ -1,0 +1,39 @@
+"""An association the node requests gets all of its tuning (dicom/association.py), for real.
+
+pynetdicom runs the tuning as an EVT_CONN_OPEN handler and only logs an exception raised there,
+so a tuning that breaks is silent: the association works, slower or racier. Checked here on an
+association to DCMTK `storescp`, as the forwarder opens it.
+"""
+
+import socket
+from pathlib import Path
+
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import CTImageStorage
+
+from dicomnode.config import Destination, Settings
+from dicomnode.dicom.association import DUL_LOOP_DELAY_SECONDS
+from dicomnode.forward.associate import open_association
+from tests.support.dcmtk import StoreScp
+
+
+def test_an_outgoing_association_is_tuned_and_its_responses_left_to_their_sender(
+    tmp_path: Path,
+) -> None:
+    with StoreScp(tmp_path / "pacs") as pacs:
+        destination = Destination("pacs", "STORESCP", "127.0.0.1", pacs.port)
+        assoc = open_association(
+            destination, Settings(), [build_context(CTImageStorage)], "pacs", None
+        )
+        try:
+            dul = assoc.dul
+            sock = dul.socket.socket
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            assert dul._run_loop_delay == DUL_LOOP_DELAY_SECONDS
+            # pynetdicom's own get_msg is a bound method of the provider; ours is not
+            assert getattr(assoc.dimse.get_msg, "__self__", None) is not assoc.dimse
+            assert assoc.dimse.get_msg.__qualname__.startswith("_leave_responses_to_their_sender")
+            assert isinstance(assoc.dimse, DIMSEServiceProvider)
+        finally:
+            assoc.release()
