@@ -14,6 +14,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from dicomnode.config import Destination, Settings
 from dicomnode.dicom.association import DUL_LOOP_DELAY_SECONDS
+from dicomnode.dicom.waking import WakingSocket
 from dicomnode.forward.associate import open_association
 from tests.support.dcmtk import StoreScp
 
@@ -31,6 +32,7 @@ def test_an_outgoing_association_is_tuned_and_its_responses_left_to_their_sender
             sock = dul.socket.socket
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
             assert dul._run_loop_delay == DUL_LOOP_DELAY_SECONDS
+            assert isinstance(dul.socket, WakingSocket)  # asleep until there is something to do
             # pynetdicom's own get_msg is a bound method of the provider; ours is not
             assert getattr(assoc.dimse.get_msg, "__self__", None) is not assoc.dimse
             assert assoc.dimse.get_msg.__qualname__.startswith("_leave_responses_to_their_sender")
