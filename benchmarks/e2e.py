@@ -6,18 +6,22 @@ everything the node sends (originals + derived series + metrics SR; or only the 
 do-no-harm gate holds the derived series, which the table says). A fresh node and Orthanc per run,
 so the first job pays whatever start-up the node leaves to it. While it waits, the benchmark asks
 Orthanc's REST API and the node's /metrics, not `dicomnode jobs` (a process per poll would take a
-core from the node). Per-stage seconds come from the derived job's details. Prints a table and
-writes JSON (default benchmarks/results/e2e.json):
+core from the node). Per-stage seconds (load, self-check, enhance, write) come from the derived
+job's details; when that job was created (the completion rule), started (after the originals'
+head start) and had forwarded its series, and the forward's own seconds, from the node's log
+lines. Prints a table and writes JSON (default benchmarks/results/e2e.json):
     python benchmarks/e2e.py [--instances 300] [--size 512] [--repeats 3] [--out FILE]
 """
 
 import argparse
 import json
 import platform
+import re
 import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +79,7 @@ def one_run(work: Path, folder: Path, count: int, timeout: float) -> dict[str, A
     try:
         sent = storescu(node.port, folder)
         acknowledged = time.monotonic()
+        acknowledged_at = time.time()  # the same moment on the clock the node's log uses
         if sent.returncode != 0 or "Failed" in sent.stderr:
             raise RuntimeError(f"storescu failed: {sent.stderr[-2000:]}")
         original_uid = series_instance_uid(next(folder.iterdir()))
@@ -93,19 +98,48 @@ def one_run(work: Path, folder: Path, count: int, timeout: float) -> dict[str, A
             time.sleep(0.2)
         if everything_s is None:
             raise RuntimeError(f"not everything at the PACS after {timeout:.0f} s: {node.jobs()}")
-        derived = json.loads(
-            node.cli("jobs", "show", str(part_of(node.jobs(), "derived")["id"]), "--json").stdout
-        )
+        derived_id = part_of(node.jobs(), "derived")["id"]
+        derived = json.loads(node.cli("jobs", "show", str(derived_id), "--json").stdout)
         return {
             "originals_at_pacs_s": round(originals_s, 2),
             "everything_at_pacs_s": round(everything_s, 2),
             "derived_status": derived["status"],
             "instances_at_pacs": sum(pacs_counts(pacs, original_uid)),
+            "timeline_s": timeline(node.log(), derived_id, acknowledged_at),
             "stages_s": stages_of(derived),
         }
     finally:
         node.stop()
         pacs.stop()
+
+
+def _logged_at(log: str, pattern: str) -> tuple[float, re.Match[str]] | None:
+    """When the node logged the first line matching `pattern` (epoch seconds), and the match."""
+    found = re.search(rf"^(\S+) INFO \S+ {pattern}", log, re.M)
+    if found is None:
+        return None
+    return datetime.fromisoformat(found.group(1).replace("Z", "+00:00")).timestamp(), found
+
+
+def timeline(log: str, derived_id: int, acknowledged_at: float) -> dict[str, float | None]:
+    """Seconds after the last acknowledgement at which the derived job was created (the
+    completion rule), started (after the originals' head start) and had forwarded its series,
+    and how long that forward took, from the node's own log lines (None where a line is
+    missing, e.g. a held series is not forwarded)."""
+    job = rf"job={derived_id}\b"
+    created = _logged_at(log, rf"job created {job}")
+    started = _logged_at(log, rf"job started {job}")
+    forwarded = _logged_at(log, rf"forwarded {job} .*seconds=([0-9.]+)")
+
+    def after(event: tuple[float, re.Match[str]] | None) -> float | None:
+        return None if event is None else round(event[0] - acknowledged_at, 2)
+
+    return {
+        "derived_created": after(created),
+        "derived_started": after(started),
+        "derived_forwarded": after(forwarded),
+        "forward": None if forwarded is None else float(forwarded[1].group(2)),
+    }
 
 
 def stages_of(job: dict[str, Any]) -> dict[str, float]:
@@ -148,6 +182,12 @@ def main() -> None:
         print(
             f"{index:<5}{run['originals_at_pacs_s']:>11.2f}{run['everything_at_pacs_s']:>12.2f}"
             f"{run['derived_status']:>10}  {stages}"
+        )
+        times = run["timeline_s"]
+        print(
+            f"{'':<5}derived job created at {times['derived_created']} s (completion rule), "
+            f"started at {times['derived_started']} s (after the originals' head start), "
+            f"forwarded by {times['derived_forwarded']} s (the forward: {times['forward']} s)"
         )
     medians = {
         key: round(statistics.median(run[key] for run in runs), 2)
