@@ -91,14 +91,14 @@ def _accepted_context(assoc: Association, sop_class: str, syntax: str) -> bool:
     )
 
 
-def _send_one(assoc: Association, item: SpooledInstance, max_bytes: int) -> int:
+def _send_one(assoc: Association, item: SpooledInstance, max_bytes: int, message_id: int) -> int:
     """Send one instance and return the peer's status (ForwardError when there is none).
 
     Decoding for the uncompressed fallback reads at most `max_bytes` (node.max_instance_mb),
     inflated size included: a spooled deflate bomb is refused, not expanded.
     """
     if _accepted_context(assoc, item.sop_class_uid, item.transfer_syntax_uid):
-        response = assoc.send_c_store(item.path)
+        response = assoc.send_c_store(item.path, msg_id=message_id)
     elif any(_accepted_context(assoc, item.sop_class_uid, ts) for ts in _UNCOMPRESSED):
         try:
             dataset = read_bounded(item.path, max_bytes)
@@ -109,7 +109,7 @@ def _send_one(assoc: Association, item: SpooledInstance, max_bytes: int) -> int:
             ) from None
         if UID(item.transfer_syntax_uid).is_compressed:
             dataset.decompress()
-        response = assoc.send_c_store(dataset)
+        response = assoc.send_c_store(dataset, msg_id=message_id)
     else:
         raise ForwardError(
             f"peer accepted no transfer syntax for SOP class {item.sop_class_uid} "
@@ -140,9 +140,12 @@ def send_series(
     sent = warnings = 0
     refused: list[str] = []
     try:
-        for item in instances:
+        for number, item in enumerate(instances):
+            # Each request its own Message ID (US, 1-65535), as DCMTK and Orthanc number them:
+            # a PACS's log tells the requests of one association apart.
+            message_id = number % 0xFFFF + 1
             try:
-                status = _send_one(assoc, item, settings.node.max_instance_bytes)
+                status = _send_one(assoc, item, settings.node.max_instance_bytes, message_id)
             except ForwardError as exc:
                 if exc.transient:
                     raise

@@ -1,4 +1,5 @@
-"""An association the node requests gets all of its tuning (dicom/association.py), for real.
+"""An association the node requests gets all of its tuning (dicom/association.py), for real,
+and numbers its requests.
 
 pynetdicom runs the tuning as an EVT_CONN_OPEN handler and only logs an exception raised there,
 so a tuning that breaks is silent: the association works, slower or racier. Checked here on an
@@ -8,15 +9,20 @@ association to DCMTK `storescp`, as the forwarder opens it.
 import socket
 from pathlib import Path
 
+from pydicom import dcmread
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import CTImageStorage
 
 from dicomnode.config import Destination, Settings
+from dicomnode.db.records import SpooledInstance
 from dicomnode.dicom.association import DUL_LOOP_DELAY_SECONDS
 from dicomnode.dicom.waking import WakingSocket
 from dicomnode.forward.associate import open_association
+from dicomnode.forward.scu import send_series
 from tests.support.dcmtk import StoreScp
+from tests.support.faulty_scp import FaultyScp
+from tests.support.series import write_ct_series
 
 
 def test_an_outgoing_association_is_tuned_and_its_responses_left_to_their_sender(
@@ -39,3 +45,20 @@ def test_an_outgoing_association_is_tuned_and_its_responses_left_to_their_sender
             assert isinstance(assoc.dimse, DIMSEServiceProvider)
         finally:
             assoc.release()
+
+
+def test_each_request_of_an_association_has_its_own_message_id(tmp_path: Path) -> None:
+    series = write_ct_series(tmp_path / "series", 5, size=32)
+    items = [
+        SpooledInstance(ds.SOPInstanceUID, ds.SOPClassUID, ds.file_meta.TransferSyntaxUID, path)
+        for path in series
+        for ds in [dcmread(path, stop_before_pixels=True)]
+    ]
+    scp = FaultyScp().start()
+    try:
+        destination = Destination("pacs", scp.ae_title, "127.0.0.1", scp.port)
+        assert send_series(1, destination, items, Settings()).sent == 5
+        send_series(2, destination, items[:2], Settings())  # a new association starts again
+    finally:
+        scp.stop()
+    assert scp.message_ids == [1, 2, 3, 4, 5, 1, 2]

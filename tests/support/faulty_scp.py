@@ -36,6 +36,7 @@ class FaultyScp:
     def __post_init__(self) -> None:
         self.stored: Counter[str] = Counter()  # SOP Instance UID -> times stored with Success
         self.answered: list[int] = []
+        self.message_ids: list[int] = []  # of every C-STORE request, in the order they came
         self._unhang = threading.Event()
         self._per_association: Counter[int] = Counter()
         self._lock = threading.Lock()
@@ -72,6 +73,7 @@ class FaultyScp:
     def _store(self, event: Event) -> int:
         behaviour = self.behaviour
         with self._lock:
+            self.message_ids.append(int(event.request.MessageID))
             self._per_association[id(event.assoc)] += 1
             position = self._per_association[id(event.assoc)]
         if behaviour.hang_at is not None and position >= behaviour.hang_at:
