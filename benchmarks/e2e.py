@@ -7,9 +7,9 @@ do-no-harm gate holds the derived series, which the table says). A fresh node an
 so the first job pays whatever start-up the node leaves to it. While it waits, the benchmark asks
 Orthanc's REST API and the node's /metrics, not `dicomnode jobs` (a process per poll would take a
 core from the node). Per-stage seconds (load, self-check, enhance, write) come from the derived
-job's details; when that job was created (the completion rule), started (after the originals'
-head start) and had forwarded its series, and the forward's own seconds, from the node's log
-lines. Prints a table and writes JSON (default benchmarks/results/e2e.json):
+job's details; when that job was created (the completion rule), claimed and had forwarded its
+series, how long it waited for the originals (their head start) and the forward's own seconds,
+from the node's log lines. Prints a table and writes JSON (default benchmarks/results/e2e.json):
     python benchmarks/e2e.py [--instances 300] [--size 512] [--repeats 3] [--out FILE]
 """
 
@@ -123,22 +123,28 @@ def _logged_at(log: str, pattern: str) -> tuple[float, re.Match[str]] | None:
 
 def timeline(log: str, derived_id: int, acknowledged_at: float) -> dict[str, float | None]:
     """Seconds after the last acknowledgement at which the derived job was created (the
-    completion rule), started (after the originals' head start) and had forwarded its series,
-    and how long that forward took, from the node's own log lines (None where a line is
-    missing, e.g. a held series is not forwarded)."""
+    completion rule), claimed by a worker, and had forwarded its series; how long it then waited
+    for the originals to be sent (the head start) and how long its forward took. From the node's
+    own log lines (None where a line is missing: a held series is not forwarded, a wait under
+    0.1 s is not logged)."""
     job = rf"job={derived_id}\b"
     created = _logged_at(log, rf"job created {job}")
-    started = _logged_at(log, rf"job started {job}")
+    claimed = _logged_at(log, rf"job started {job}")
+    waited = _logged_at(log, rf"job waited for the originals {job} .*seconds=([0-9.]+)")
     forwarded = _logged_at(log, rf"forwarded {job} .*seconds=([0-9.]+)")
 
     def after(event: tuple[float, re.Match[str]] | None) -> float | None:
         return None if event is None else round(event[0] - acknowledged_at, 2)
 
+    def seconds(event: tuple[float, re.Match[str]] | None) -> float | None:
+        return None if event is None else float(event[1].group(2))
+
     return {
         "derived_created": after(created),
-        "derived_started": after(started),
+        "derived_claimed": after(claimed),
+        "waited_for_originals": seconds(waited),
         "derived_forwarded": after(forwarded),
-        "forward": None if forwarded is None else float(forwarded[1].group(2)),
+        "forward": seconds(forwarded),
     }
 
 
@@ -186,8 +192,9 @@ def main() -> None:
         times = run["timeline_s"]
         print(
             f"{'':<5}derived job created at {times['derived_created']} s (completion rule), "
-            f"started at {times['derived_started']} s (after the originals' head start), "
-            f"forwarded by {times['derived_forwarded']} s (the forward: {times['forward']} s)"
+            f"claimed at {times['derived_claimed']} s, waited {times['waited_for_originals']} s "
+            f"for the originals, forwarded by {times['derived_forwarded']} s (the forward: "
+            f"{times['forward']} s)"
         )
     medians = {
         key: round(statistics.median(run[key] for run in runs), 2)
