@@ -61,6 +61,15 @@ def train(
             help="Half the patches fainter by down to this factor; 1: none (default: 0.1).",
         ),
     ] = None,
+    clean_fraction: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.9,
+            help="Scale 1: this share of the patches undegraded (input = target), so images "
+            "as acquired are learnt to be left as they are (default: 0).",
+        ),
+    ] = 0.0,
     start: Annotated[
         Start,
         typer.Option(help="Initial weights: random, or the least-squares linear filter."),
@@ -86,6 +95,12 @@ def train(
         augmentation["soften_sigmas"] = tuple(soften)
     if contrast_min is not None:
         augmentation["contrast_min"] = contrast_min
+    if clean_fraction:
+        if scale != 1:
+            raise typer.BadParameter(
+                "undegraded patches are for scale 1", param_hint="--clean-fraction"
+            )
+        augmentation["clean_fraction"] = clean_fraction
     settings = TrainingSettings(
         scale=scale,
         modality=modality.upper() if modality else None,

@@ -57,6 +57,7 @@ class TrainingSettings:
     start: str = "random"  # or "linear": start as the least-squares filter (warm_start.py)
     contrast_min: float = 0.1  # half the patches fainter by down to this factor (pairs.py)
     soften_sigmas: tuple[float, ...] = (0.0, 0.7, 1.2)  # each image also blurred by these (px)
+    clean_fraction: float = 0.0  # scale 1 only: this share of patches undegraded (pairs.py)
 
     @property
     def steps(self) -> int:
@@ -149,6 +150,7 @@ def train_srcnn(
         seed=settings.seed,
         noise_factor=settings.noise_factor if settings.scale == 1 else 0.0,
         contrast_min=settings.contrast_min,
+        clean_fraction=settings.clean_fraction if settings.scale == 1 else 0.0,
     )
     x_val, y_val = sample_patches(
         [make_pair(i, degradation) for i in validation] if validation else train_pairs,

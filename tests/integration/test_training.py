@@ -76,6 +76,21 @@ def test_patches_are_fresh_and_turned_every_batch(ct_train_images) -> None:
     assert np.std(first[0] - first[1]) > np.std(plain[0] - plain[1])
 
 
+def test_undegraded_patches_have_the_target_as_input(ct_train_images) -> None:
+    pairs = [make_pair(i, Degradation(1)) for i in ct_train_images[:2]]
+    plain_in, plain_out = PatchSampler(pairs, 32, 16, seed=5, noise_factor=1.5).batch(0)
+    mixed_in, mixed_out = PatchSampler(
+        pairs, 32, 16, seed=5, noise_factor=1.5, clean_fraction=0.5
+    ).batch(0)
+    assert np.array_equal(mixed_out, plain_out)  # the same patches, only some inputs differ
+    clean = [n for n in range(16) if np.array_equal(mixed_in[n], mixed_out[n])]
+    assert 0 < len(clean) < 16  # about half
+    degraded = [n for n in range(16) if n not in clean]
+    # the others are degraded: blurred (and noisy), not the target
+    assert all(np.abs(mixed_in[n] - mixed_out[n]).max() > 1e-3 for n in degraded)
+    assert not any(np.array_equal(plain_in[n], plain_out[n]) for n in range(16))
+
+
 def test_fainter_patches_are_the_same_pairs_scaled_about_their_mean(ct_train_images) -> None:
     pairs = [make_pair(i, Degradation(2)) for i in ct_train_images[:2]]
     plain_in, plain_out = PatchSampler(pairs, 32, 16, seed=4).batch(0)
