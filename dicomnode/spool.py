@@ -71,9 +71,12 @@ class Spool:
         self.sync_name(path)
         return path
 
-    def place_instance(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
+    def place_instance(
+        self, study_uid: str, series_uid: str, sop_uid: str, *parts: bytes | bytearray
+    ) -> Path:
         """`write_instance` but for the last step: the bytes are durable and under their final
-        name, which becomes durable with `sync_name(path)`.
+        name, which becomes durable with `sync_name(path)`. The file is `parts` one after the
+        other (the receiver's file meta and data set, never joined into a copy of both).
 
         The receiver commits the instance's row while that last fsync runs (two device flushes
         at once instead of one after the other) and answers only once both are done; a row
@@ -85,7 +88,7 @@ class Spool:
             validate_uid(series_uid, "SeriesInstanceUID"),
             validate_uid(sop_uid, "SOPInstanceUID"),
         )
-        return self._write_durably(self.instance_path(*uids), data, sync_name=False)
+        return self._write_durably(self.instance_path(*uids), *parts, sync_name=False)
 
     def sync_name(self, path: Path) -> None:
         """Make a file's name (its directory entry) durable: the step `place_instance` left."""
@@ -128,16 +131,19 @@ class Spool:
                 d for d in self._durable_dirs if d != top and top not in d.parents
             }
 
-    def _write_durably(self, final: Path, data: bytes, *, sync_name: bool = True) -> Path:
-        """tmp file → write → fsync → atomic rename → fsync the directory (`sync_name`)."""
+    def _write_durably(
+        self, final: Path, *parts: bytes | bytearray, sync_name: bool = True
+    ) -> Path:
+        """tmp file → write `parts` → fsync → atomic rename → fsync the directory (`sync_name`)."""
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         try:
             self._ensure_dir(final.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                for part in parts:
+                    view = memoryview(part)
+                    while view:
+                        view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)

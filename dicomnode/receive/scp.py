@@ -100,7 +100,7 @@ def _identify(arrival: Arrival) -> _Identity:
             "SeriesInstanceUID": _raw_text(dataset, 0x0020000E),
             "SOPInstanceUID": _raw_text(dataset, 0x00080018),
         }
-        modality = _raw_text(dataset, 0x00080060).strip()[:16]
+        modality = _raw_text(dataset, 0x00080060).strip(" \x00")[:16]  # some pad CS with NUL
     except Exception as exc:  # pydicom raises many types on malformed bytes
         raise DecodeError(f"dataset cannot be decoded: {exc}") from exc
     try:
@@ -311,12 +311,13 @@ class StorageReceiver:
                 calling,
             )
             return
-        data = _part10(arrival, ident)
+        header = _file_meta(arrival, ident)
+        size = len(header) + len(arrival.data_set)
         path = self.spool.instance_path(ident.study_uid, ident.series_uid, ident.sop_instance_uid)
         # The row is committed once the bytes are durable under their final name, while the
         # name itself is made durable (its directory fsync'd): Success waits for both.
         final = self.spool.place_instance(
-            ident.study_uid, ident.series_uid, ident.sop_instance_uid, data
+            ident.study_uid, ident.series_uid, ident.sop_instance_uid, header, arrival.data_set
         )
         row = ReceivedInstance(
             sop_instance_uid=ident.sop_instance_uid,
@@ -326,7 +327,7 @@ class StorageReceiver:
             series_uid=ident.series_uid,
             modality=ident.modality,
             path=path,
-            size_bytes=len(data),
+            size_bytes=size,
             calling_aet=calling,
         )
         named: list[Future[None]] = []
@@ -352,17 +353,16 @@ class StorageReceiver:
             ident.series_uid,
             ident.study_uid,
             calling,
-            len(data),
+            size,
         )
 
 
-def _part10(arrival: Arrival, ident: _Identity) -> bytes:
-    """The instance as a DICOM file (PS3.10): the file meta pynetdicom's `encoded_dataset`
-    would write (receive/wire.py), then the data set exactly as received."""
-    header = part10_header(
+def _file_meta(arrival: Arrival, ident: _Identity) -> bytes:
+    """What goes before the data set, exactly as received, in the instance's DICOM file
+    (PS3.10): the preamble and the file meta pynetdicom's `encoded_dataset` would write."""
+    return part10_header(
         ident.sop_class_uid, ident.affected_sop_instance_uid, str(arrival.transfer_syntax)
     )
-    return b"".join((header, arrival.data_set))
 
 
 def start_receiver(

@@ -31,6 +31,7 @@ from dicomnode.receive.wire import (
     C_STORE_RQ,
     NO_DATA_SET,
     Fragment,
+    TooManyFragments,
     c_store_response,
     command_elements,
     command_pdus,
@@ -68,7 +69,7 @@ class _Request:
     message_id: int
     sop_class_uid: str
     sop_instance_uid: str
-    chunks: list[memoryview] = field(default_factory=list)
+    data_set: bytearray = field(default_factory=bytearray)  # copied out of each PDU as it comes
 
 
 def pynetdicom_supports_lane(assoc: Association) -> bool:
@@ -92,7 +93,10 @@ class StoreLane:
     def offer(self, body: bytearray, send: Callable[[bytes], None]) -> bool:
         """Take a P-DATA-TF body if it belongs to a C-STORE request; answer a complete one
         with `send`. False: pynetdicom's to handle. ProtocolViolation: abort."""
-        pdvs = fragments(body)
+        try:
+            pdvs = fragments(body)
+        except TooManyFragments as exc:
+            raise ProtocolViolation(str(exc)) from exc
         if self._request is None:
             if pdvs is None or not self._start(pdvs):
                 return False
@@ -131,7 +135,8 @@ class StoreLane:
         request = self._request_for(context_id, b"".join(pdv.value for pdv in commands))
         if request is None:
             return False
-        request.chunks.extend(pdv.value for pdv in data)
+        for pdv in data:
+            request.data_set += pdv.value
         self._request = request
         return True
 
@@ -172,19 +177,23 @@ class StoreLane:
                 )
             if pdv.is_last and index != len(pdvs) - 1:
                 raise ProtocolViolation("P-DATA after the last fragment of a C-STORE data set")
-        request.chunks.extend(pdv.value for pdv in pdvs)
+        for pdv in pdvs:
+            request.data_set += pdv.value
 
     def _answer(self, send: Callable[[bytes], None]) -> None:
         request = self._request
         assert request is not None
         self._request = None
+        # bytes, which the header reader shares without a copy; the buffer goes at once, so an
+        # instance is held twice only for this moment (README: the memory a receiver needs)
+        data_set, request.data_set = bytes(request.data_set), bytearray()
         outcome = self._store(
             Arrival(
                 assoc=self._assoc,
                 sop_class_uid=request.sop_class_uid,
                 sop_instance_uid=request.sop_instance_uid,
                 transfer_syntax=request.transfer_syntax,
-                data_set=b"".join(request.chunks),
+                data_set=data_set,
             )
         )
         status, comment = (

@@ -31,6 +31,15 @@ C_STORE_RSP = 0x8001  # CommandField (PS3.7 9.3.1.2)
 NO_DATA_SET = 0x0101  # CommandDataSetType (PS3.7 E.1)
 
 
+# Senders put one or two presentation data values in a P-DATA-TF; a PDU of thousands of tiny
+# ones costs a Python object each to read, so past this many the association is refused.
+MAX_FRAGMENTS = 256
+
+
+class TooManyFragments(ValueError):
+    """A P-DATA-TF of more than MAX_FRAGMENTS presentation data values."""
+
+
 @dataclass(frozen=True)
 class Fragment:
     """One presentation data value of a P-DATA-TF: a piece of a command set or data set."""
@@ -42,11 +51,17 @@ class Fragment:
 
 
 def fragments(body: bytearray) -> list[Fragment] | None:
-    """The presentation data values of a P-DATA-TF body; None if its items do not add up."""
+    """The presentation data values of a P-DATA-TF body; None if its items do not add up.
+
+    TooManyFragments past MAX_FRAGMENTS values."""
     view = memoryview(body)
-    found = []
+    found: list[Fragment] = []
     offset = 0
     while offset < len(view):
+        if len(found) == MAX_FRAGMENTS:
+            raise TooManyFragments(
+                f"a P-DATA-TF of more than {MAX_FRAGMENTS} presentation data values"
+            )
         if offset + _PDV_HEADER.size > len(view):
             return None
         length, context_id, control = _PDV_HEADER.unpack_from(view, offset)

@@ -9,6 +9,7 @@ pynetdicom; a caller that breaks off a data set with another command is aborted,
 
 import logging
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pynetdicom.events import Event
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import text
 
 from dicomnode.config import NodeSettings, Settings
 from dicomnode.db.engine import open_database
@@ -143,3 +145,58 @@ def test_a_data_set_broken_off_by_another_command_aborts_the_association(
     assert _protocol_aborts() == aborted_before + 1  # /metrics: reason="protocol"
     assert spool.instance_files() == []
     assert receivers.pynetdicom_stores == []
+
+
+def test_a_data_set_in_thousands_of_tiny_fragments_aborts_the_association(
+    receivers: _Receivers, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each empty fragment would cost the receiver a Python object: 1 MiB of them, ~32 MiB.
+    port, spool = receivers.start("lane", 1048576)
+    aborted_before = _protocol_aborts()
+    ae = AE(ae_title="CRUMBS")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+    assert assoc.is_established
+    context_id = assoc.accepted_contexts[0].context_id
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.8"
+    request.DataSet = BytesIO(bytes(4096))
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    command = P_DATA_TF(next(message.encode_msg(context_id, 16384))).encode()
+    crumbs = struct.pack(">LBB", 2, context_id, 0x00) * 1000  # data, not the last fragment
+    sock: socket.socket = assoc.dul.socket.socket  # type: ignore[union-attr]
+
+    with caplog.at_level(logging.WARNING, logger="dicomnode"):
+        sock.sendall(command + struct.pack(">BBL", 0x04, 0, len(crumbs)) + crumbs)
+        deadline = time.monotonic() + 10
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
+    closed = not assoc.is_established
+    assoc.abort()
+
+    assert closed
+    assert "reason=a P-DATA-TF of more than 256 presentation data values" in caplog.text
+    assert _protocol_aborts() == aborted_before + 1
+    assert spool.instance_files() == []
+    assert echoscu(port).returncode == 0
+
+
+def test_a_modality_padded_with_nul_is_filed_as_the_modality(
+    receivers: _Receivers, tmp_path: Path
+) -> None:
+    # PostgreSQL refuses text with NUL: unstripped, every instance of such a device got 0xA700.
+    [path] = write_ct_series(tmp_path / "series", 1, size=64)
+    source = dcmread(path)
+    source.Modality = "CT\x00"
+    source.save_as(path)
+    port, _spool = receivers.start("lane", 1048576)
+
+    assert storescu(port, [path]).returncode == 0
+
+    db = open_database(f"sqlite:///{receivers.root / 'lane' / 'node.db'}")
+    with db.engine.connect() as connection:
+        modalities = connection.execute(text("SELECT modality FROM series")).scalars().all()
+    assert modalities == ["CT"]
