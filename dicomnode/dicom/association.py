@@ -3,6 +3,8 @@
 import queue
 import socket
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
@@ -26,6 +28,17 @@ def configure_ae(
     ae.connection_timeout = network.connect_timeout
     ae.maximum_pdu_size = max_pdu_size
     return ae
+
+
+def keep_alive(sock: socket.socket, idle_seconds: float) -> None:
+    """TCP keepalive: a peer that vanished (power cut, cable) is noticed, its slot freed."""
+    if not idle_seconds:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; other systems keep their defaults
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(idle_seconds)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(idle_seconds / 4)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
 
 
 # pynetdicom's DUL thread sleeps this long whenever a loop found nothing to do (default 1 ms),
@@ -110,3 +123,23 @@ def _tune_connection(event: Event) -> None:
 
 
 CONNECTION_TUNING_HANDLER = (evt.EVT_CONN_OPEN, _tune_connection)
+
+
+def bounded_waits_handler(network: NetworkSettings) -> tuple[Any, Callable[[Event], None]]:
+    """The EVT_CONN_OPEN handler that bounds every wait of an association we request.
+
+    pynetdicom leaves a connected socket without a timeout: a peer whose application hangs
+    while its kernel still acknowledges (a zero window once its buffers are full) would hold a
+    send for ever, and the abort after `dimse_timeout` waits for that send. With this each read
+    and write fails after `network.network_timeout` (to pynetdicom: the transport closed), and
+    TCP keepalive notices a peer that vanished, as on the receiving side.
+    """
+
+    def bound(event: Event) -> None:
+        transport = event.assoc.dul.socket
+        sock = transport.socket if transport is not None else None
+        if sock is not None:
+            sock.settimeout(network.network_timeout)
+            keep_alive(sock, network.tcp_keepalive_seconds)
+
+    return evt.EVT_CONN_OPEN, bound

@@ -19,7 +19,11 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from dicomnode.config import Destination, Settings
-from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
+from dicomnode.dicom.association import (
+    CONNECTION_TUNING_HANDLER,
+    bounded_waits_handler,
+    configure_ae,
+)
 from dicomnode.dicom.tls import ClientContext, handshake_failure
 from dicomnode.dicom.waking import WakingSocket
 from dicomnode.errors import ForwardError
@@ -124,6 +128,7 @@ def open_association(
             ae_title=destination.ae_title,
             evt_handlers=[
                 CONNECTION_TUNING_HANDLER,
+                bounded_waits_handler(settings.network),
                 (evt.EVT_CONN_OPEN, note_connected),
                 *handlers,
             ],

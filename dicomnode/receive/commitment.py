@@ -24,7 +24,11 @@ from pynetdicom.events import Event
 from dicomnode.config import Peer, Settings
 from dicomnode.db import Database
 from dicomnode.db.commitments import durable_instances
-from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
+from dicomnode.dicom.association import (
+    CONNECTION_TUNING_HANDLER,
+    bounded_waits_handler,
+    configure_ae,
+)
 from dicomnode.dicom.commitment import (
     CLASS_INSTANCE_CONFLICT,
     COMMITMENT_CLASS_UID,
@@ -172,7 +176,7 @@ class CommitmentResponder:
             [build_context(COMMITMENT_CLASS_UID)],
             ae_title=peer.ae_title,
             ext_neg=[build_role(COMMITMENT_CLASS_UID, scu_role=False, scp_role=True)],
-            evt_handlers=[CONNECTION_TUNING_HANDLER],
+            evt_handlers=[CONNECTION_TUNING_HANDLER, bounded_waits_handler(self.settings.network)],
         )
         if not assoc.is_established:
             return "association not established (rejected, refused or no answer)"

@@ -26,6 +26,7 @@ from typing import Any
 from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicomnode.dicom.association import keep_alive
 from dicomnode.dicom.tls import describe
 from dicomnode.observe.counters import CONNECTIONS_ABORTED
 from dicomnode.receive.guard import ConnectionLimits, GuardedRequestHandler
@@ -97,7 +98,7 @@ class AssociationListener(ThreadedAssociationServer):
         host, port = client_address[:2]
         sock = request
         try:
-            _keep_alive(sock, self.keepalive_seconds)
+            keep_alive(sock, self.keepalive_seconds)
             sock.settimeout(self.first_byte_timeout)
             if not sock.recv(1, socket.MSG_PEEK):
                 # A port probe (a health check, a load balancer): no caller, nothing to report.
@@ -163,17 +164,6 @@ class _Contexts(list):  # type: ignore[type-arg]
                     setattr(clone, name, list(value))
             copies.append(clone)
         return copies
-
-
-def _keep_alive(sock: socket.socket, idle_seconds: float) -> None:
-    """TCP keepalive: a peer that vanished (power cut, cable) is noticed, its slot freed."""
-    if not idle_seconds:
-        return
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; other systems keep their defaults
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(idle_seconds)))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(idle_seconds / 4)))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
 
 
 def start_listener(

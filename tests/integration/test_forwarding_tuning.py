@@ -1,20 +1,24 @@
 """An association the node requests gets all of its tuning (dicom/association.py), for real,
-and numbers its requests.
+numbers its requests and never waits for ever on a peer that stops reading.
 
 pynetdicom runs the tuning as an EVT_CONN_OPEN handler and only logs an exception raised there,
 so a tuning that breaks is silent: the association works, slower or racier. Checked here on an
 association to DCMTK `storescp`, as the forwarder opens it.
 """
 
+import os
+import signal
 import socket
+import threading
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import CTImageStorage
 
-from dicomnode.config import Destination, Settings
+from dicomnode.config import Destination, NetworkSettings, Settings
 from dicomnode.db.records import SpooledInstance
 from dicomnode.dicom.association import DUL_LOOP_DELAY_SECONDS
 from dicomnode.dicom.waking import WakingSocket
@@ -62,3 +66,27 @@ def test_each_request_of_an_association_has_its_own_message_id(tmp_path: Path) -
     finally:
         scp.stop()
     assert scp.message_ids == [1, 2, 3, 4, 5, 1, 2]
+
+
+def test_a_peer_that_stops_reading_ends_the_send_after_the_network_timeout(
+    tmp_path: Path,
+) -> None:
+    # 32 MiB of pixels: more than loopback's socket buffers can take while nobody reads.
+    [path] = write_ct_series(tmp_path / "series", 1, size=4096)
+    settings = Settings(network=NetworkSettings(dimse_timeout=2, network_timeout=2))
+    with StoreScp(tmp_path / "pacs") as pacs:
+        destination = Destination("pacs", "STORESCP", "127.0.0.1", pacs.port)
+        context = build_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = open_association(destination, settings, [context], "pacs", None)
+        os.kill(pacs.pid, signal.SIGSTOP)  # its application hangs; its kernel still answers
+        responses: list[object] = []
+        sender = threading.Thread(target=lambda: responses.append(assoc.send_c_store(path)))
+        sender.start()
+        sender.join(timeout=60)
+        hung = sender.is_alive()
+        os.kill(pacs.pid, signal.SIGCONT)
+        sender.join(timeout=60)
+
+    assert not hung, "the send waited for ever on a peer that stopped reading"
+    assert responses and "Status" not in responses[0]  # no response: the forwarder retries
+    assert assoc.is_aborted

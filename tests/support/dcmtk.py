@@ -1,6 +1,7 @@
 """Running DCMTK tools the way the tests and benchmarks need them (TCP_NODELAY set)."""
 
 import os
+import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,7 +109,13 @@ class StoreScp:
         wait_for_port(self.port)
         return self
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "not started"
+        return self._process.pid
+
     def __exit__(self, *_: object) -> None:
         if self._process is not None:
+            os.kill(self._process.pid, signal.SIGCONT)  # a test may have stopped it
             self._process.terminate()
             self._process.wait(timeout=20)
