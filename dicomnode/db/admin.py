@@ -8,6 +8,7 @@ job's history with the admin's name, for the node to log.
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from dicomnode.db.commitments import forget_commitments
 from dicomnode.db.engine import Database
 from dicomnode.db.history import EventKind, record_event
 from dicomnode.db.jobs import job_record
@@ -127,6 +128,9 @@ def resend_job(
             now,
             now,
         )
+        # What a destination confirmed keeping is not sent again on a retry; a resend is
+        # asked for because the PACS no longer has it, so it sends everything and asks again.
+        forget_commitments(session, [job.id], destination)
         job.replay, job.error = Replay.SENT, None
         where = f"to {destination}" if destination else "to every destination"
         return _done(session, job, EventKind.RESEND, user, f"queued to send again {where}")

@@ -174,6 +174,12 @@ def durable_instances(
     return {uid: (sop_class, Path(path)) for uid, sop_class, path in rows}
 
 
-def forget_commitments(session: Session, job_ids: list[int]) -> None:
-    """Within a purge's transaction: the rows of jobs being forgotten."""
-    session.execute(delete(Commitment).where(Commitment.job_id.in_(job_ids)))
+def forget_commitments(
+    session: Session, job_ids: list[int], destination: str | None = None
+) -> None:
+    """Within a purge's transaction: the rows of jobs being forgotten; within a resend's, the
+    rows of the job to `destination` (None: all), so it is sent and asked for all again."""
+    where = Commitment.job_id.in_(job_ids)
+    if destination is not None:
+        where &= Commitment.destination == destination
+    session.execute(delete(Commitment).where(where))

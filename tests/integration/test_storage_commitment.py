@@ -86,6 +86,31 @@ def test_instances_reported_failed_are_sent_again_and_committed_next_attempt(
         peer.stop()
 
 
+def test_a_resend_sends_and_asks_for_every_instance_again(
+    node_factory, ct_series: list[Path]
+) -> None:
+    # A resend is asked for because the PACS lost the series: what it once confirmed keeping
+    # must go again (it was filtered out, and the resend reported done with nothing sent).
+    peer = CommitmentPeer().start()
+    try:
+        node = node_factory([peer.destination()]).start()
+        assert storescu(node.port, ct_series).returncode == 0
+        [job] = node.wait_for_jobs(only_job_is("done"), timeout=90)
+        before = len(node.log())
+        node.cli("jobs", "resend", str(job["id"]))
+        node.wait_for_log("storage commitment confirmed job=", since=before)
+        [job] = node.wait_for_jobs(only_job_is("done"), timeout=90)
+        [_first, again] = peer.requests
+        assert len(again.references) == len(ct_series)
+        assert all(count == 2 for count in peer.stored.values())
+        assert len(peer.stored) == len(ct_series)
+        [delivery] = job_details(node, job["id"])["deliveries"]
+        assert delivery["sent"] == len(ct_series)
+        assert delivery["commitment"] == {"committed": len(ct_series), "failed": 0, "pending": 0}
+    finally:
+        peer.stop()
+
+
 def test_a_peer_that_never_reports_makes_the_delivery_retry_then_die_naming_commitment(
     node_factory, ct_series: list[Path]
 ) -> None:
