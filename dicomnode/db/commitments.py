@@ -179,7 +179,7 @@ def forget_commitments(
 ) -> None:
     """Within a purge's transaction: the rows of jobs being forgotten; within a resend's, the
     rows of the job to `destination` (None: all), so it is sent and asked for all again."""
-    where = Commitment.job_id.in_(job_ids)
+    rows = delete(Commitment).where(Commitment.job_id.in_(job_ids))
     if destination is not None:
-        where &= Commitment.destination == destination
-    session.execute(delete(Commitment).where(where))
+        rows = rows.where(Commitment.destination == destination)
+    session.execute(rows)
