@@ -40,13 +40,24 @@ def deliver(
         record_delivery(db, job.id, name, DeliveryStatus.DEAD, 0, gone)
         return
     sent = 0
+    refusals: list[str] = []
     started = time.perf_counter()
     try:
         for series in outgoing:
             if destination.storage_commitment:  # what the peer confirmed keeping is not resent
                 series = uncommitted(db, job.id, destination, series)
-            if series:
+            if not series:
+                continue
+            try:
                 sent += send_series(job.id, destination, series, settings).sent
+            except ForwardError as exc:
+                if exc.transient:  # the peer will not take the rest now either: retry later
+                    raise
+                # A series it refuses for good (an SR to a PACS without the SOP class) does
+                # not keep the others from it, as a refused instance does not keep the others.
+                refusals.append(str(exc))
+        if refusals:
+            raise ForwardError("; ".join(refusals), transient=False)
         if destination.storage_commitment:
             confirm_commitment(job.id, destination, [i for s in outgoing for i in s], settings, db)
         STAGE_SECONDS.labels("forward", "").observe(time.perf_counter() - started)
@@ -59,7 +70,7 @@ def deliver(
             exc.transient,
             exc,
         )
-        record_delivery(db, job.id, name, status, 0, str(exc))
+        record_delivery(db, job.id, name, status, sent, str(exc))
     except Exception as exc:
         log.exception("delivery crashed job=%d destination=%s", job.id, name)
         record_delivery(

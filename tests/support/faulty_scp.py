@@ -24,6 +24,7 @@ class Behaviour:
     status: int = 0x0000
     hang_at: int | None = None
     delay_seconds: float = 0.0  # a slow PACS: each answer comes this late
+    refuse_sop_class: str | None = None  # answered 0x0122 (SOP class not supported), for good
 
 
 @dataclass
@@ -81,8 +82,11 @@ class FaultyScp:
             return 0xA700  # too late: the SCU has aborted this association
         if behaviour.delay_seconds:
             time.sleep(behaviour.delay_seconds)
+        status = behaviour.status
+        if event.request.AffectedSOPClassUID == behaviour.refuse_sop_class:
+            status = 0x0122
         with self._lock:
-            self.answered.append(behaviour.status)
-            if behaviour.status == 0x0000:
+            self.answered.append(status)
+            if status == 0x0000:
                 self.stored[str(event.request.AffectedSOPInstanceUID)] += 1
-        return behaviour.status
+        return status
