@@ -13,7 +13,11 @@ def retry_delay_seconds(
     initial * multiplier**(attempt-1), capped at max_delay, then spread by ±jitter so that jobs
     failing together (a PACS restart) do not all come back in the same second.
     """
-    base = policy.initial_delay_seconds * policy.multiplier ** max(0, attempt - 1)
+    base = float(policy.initial_delay_seconds)
+    for _ in range(max(0, attempt - 1)):  # grown step by step: multiplier**1025 overflows
+        if base >= policy.max_delay_seconds or policy.multiplier <= 1:
+            break
+        base *= policy.multiplier
     base = min(base, policy.max_delay_seconds)
     spread = (rng or random).uniform(-policy.jitter, policy.jitter)
     return max(0.0, base * (1.0 + spread))

@@ -14,6 +14,14 @@ def test_backoff_doubles_then_caps() -> None:
     assert [retry_delay_seconds(n, policy) for n in range(1, 6)] == [10, 20, 40, 60, 60]
 
 
+def test_backoff_stays_capped_however_many_attempts() -> None:
+    # retry for weeks: 2**1025 is more than a float holds
+    policy = RetrySettings(initial_delay_seconds=1, multiplier=2, max_delay_seconds=3600, jitter=0)
+    assert retry_delay_seconds(5000, policy) == 3600
+    slow = RetrySettings(initial_delay_seconds=30, multiplier=1, max_delay_seconds=3600, jitter=0)
+    assert retry_delay_seconds(5000, slow) == 30
+
+
 def test_jitter_spreads_delays_within_bounds() -> None:
     policy = RetrySettings(
         initial_delay_seconds=100, multiplier=2, max_delay_seconds=1000, jitter=0.25
