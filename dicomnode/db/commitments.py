@@ -15,8 +15,9 @@ from sqlalchemy import CursorResult, Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.engine import Database
-from dicomnode.db.models import Commitment, Instance, utcnow
+from dicomnode.db.models import Commitment, Instance, Job, utcnow
 from dicomnode.dicom.commitment import CommitmentReport, Reference
+from dicomnode.status import JobStatus
 
 
 class CommitmentState(StrEnum):
@@ -157,8 +158,16 @@ def commitment_counts(db: Database, job_id: int) -> dict[str, dict[str, int]]:
 
 
 def pending_commitment_instances() -> Select[str]:
-    """SOP Instance UIDs a destination has still to confirm (retention keeps their series)."""
-    return select(Commitment.sop_instance_uid).where(Commitment.state == CommitmentState.PENDING)
+    """SOP Instance UIDs a destination has still to confirm (retention keeps their series).
+
+    Not those asked for by a job since cancelled (superseded by a newer job of its series, or
+    by an admin): nothing waits for that report any more, and its rows would keep the series
+    for ever."""
+    return (
+        select(Commitment.sop_instance_uid)
+        .join(Job, Job.id == Commitment.job_id)
+        .where(Commitment.state == CommitmentState.PENDING, Job.status != JobStatus.CANCELLED)
+    )
 
 
 def durable_instances(

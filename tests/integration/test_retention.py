@@ -13,6 +13,7 @@ from sqlalchemy import update
 
 from dicomnode.config import RetentionSettings, Settings
 from dicomnode.db import Database, DeliveryStatus, ReceivedInstance
+from dicomnode.db.admin import cancel_job
 from dicomnode.db.commitments import commitment_counts, record_report, record_request
 from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
 from dicomnode.db.jobs import claim_next_job, finish_attempt, list_jobs, record_delivery
@@ -114,3 +115,23 @@ def test_a_series_a_destination_has_still_to_commit_is_kept_until_it_reports(
     [purged] = purge_delivered(SETTINGS, db, spool)
     assert purged.series_uid == "1.2.6.1" and not path.exists()
     assert commitment_counts(db, job_id) == {}
+
+
+@ON_BOTH_DATABASES
+def test_what_a_cancelled_job_asked_to_commit_does_not_keep_its_series(
+    db: Database, spool: Spool
+) -> None:
+    sop = generate_uid()
+    first = store(db, spool, "1.2.7", "1.2.7.1", sop)
+    [cancelled] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
+    claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
+    record_request(db, cancelled, "pacs", generate_uid(), [Reference(CT, sop)])  # no report
+    cancel_job(db, cancelled)
+    second = store(db, spool, "1.2.7", "1.2.7.1", generate_uid())  # a newer job sends both
+    age(first, 3)
+    age(second, 3)
+    deliver_days_ago(db, 2)
+
+    [purged] = purge_delivered(SETTINGS, db, spool)
+    assert purged.series_uid == "1.2.7.1" and purged.instances == 2
+    assert not first.exists() and not second.exists()
