@@ -152,6 +152,9 @@ class StorageReceiver:
             GroupCommit(db).record if db.is_sqlite else partial(record_instance, db)
         )
         self.commitment = CommitmentResponder(settings, db)
+        # The copies of one SOP Instance UID are stored one at a time: two placed and recorded
+        # at once into different series could each remove the file the other had just placed.
+        self._uid_locks = [threading.Lock() for _ in range(64)]
 
     def handlers(self) -> list[tuple]:
         return [
@@ -301,6 +304,11 @@ class StorageReceiver:
             )
 
     def _store(self, arrival: Arrival, ident: _Identity, calling: str) -> None:
+        uid = ident.sop_instance_uid
+        with self._uid_locks[hash(uid) % len(self._uid_locks)]:
+            self._store_copy(arrival, ident, calling)
+
+    def _store_copy(self, arrival: Arrival, ident: _Identity, calling: str) -> None:
         if self.settings.node.on_duplicate == "keep" and stored_path(
             self.db, ident.sop_instance_uid
         ):
@@ -340,7 +348,8 @@ class StorageReceiver:
         finally:
             wait(named)  # never leave a write running behind a failed transaction
         named[0].result()  # a name that could not be made durable: the store fails
-        if previous is not None:
+        # Another receiver process may have filed a copy under the old name meanwhile.
+        if previous is not None and stored_path(self.db, ident.sop_instance_uid) != previous:
             self.spool.remove(previous)
             log.warning(
                 "duplicate moved to another series sop=%s series=%s",
