@@ -9,6 +9,7 @@ received (no decode/re-encode), so what a PACS later gets from us is what the mo
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from pydicom import Dataset
 from pydicom.filereader import read_dataset
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
@@ -143,7 +145,11 @@ class StorageReceiver:
         self.spool = spool
         self.db = db
         self._min_free_bytes = settings.node.min_free_disk_mb * 1024 * 1024
-        self._received: dict[int, _Received] = {}  # per open association
+        # Per open association, held weakly: an entry a store re-made after the association
+        # closed (aborted mid-store) goes with the association, not to a later one.
+        self._received: weakref.WeakKeyDictionary[Association, _Received] = (
+            weakref.WeakKeyDictionary()
+        )
         self._received_lock = threading.Lock()
         self._writer = ThreadPoolExecutor(settings.node.max_associations, "spool-write")
         # SQLite has one writer at a time: rows that arrive together share a transaction
@@ -204,7 +210,7 @@ class StorageReceiver:
     def handle_closed(self, event: Event) -> None:
         with self._received_lock:
             # Its series, if not released (aborted): the quiet rule completes them.
-            received = self._received.pop(id(event.assoc), None)
+            received = self._received.pop(event.assoc, None)
         sock = event.assoc.dul.socket
         guarded = isinstance(sock, GuardedSocket) and sock.refused_reason is not None
         if event.assoc.is_aborted and not guarded:  # a guard's abort has its own line
@@ -231,7 +237,7 @@ class StorageReceiver:
         """The sender said it is done with the series it stored (A-RELEASE): the completion rule
         may take them after completion.release_quiet_seconds instead of series_quiet_seconds."""
         with self._received_lock:
-            received = self._received.get(id(event.assoc))  # its closing line still follows
+            received = self._received.get(event.assoc)  # its closing line still follows
             series = set(received.series) if received is not None else set()
         if not series:
             return
@@ -283,7 +289,7 @@ class StorageReceiver:
             )
             return status_dataset(status, str(exc))
         with self._received_lock:
-            received = self._received.setdefault(id(arrival.assoc), _Received())
+            received = self._received.setdefault(arrival.assoc, _Received())
             received.stored += 1
             received.series.add(ident.series_uid)
         INSTANCES_RECEIVED.inc()

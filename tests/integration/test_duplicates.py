@@ -23,13 +23,19 @@ from dicomnode.spool import Spool
 from tests.support.series import write_ct_series
 
 
+class _Caller:
+    """What the receiver reads of an association: the caller's AE title."""
+
+    requestor = SimpleNamespace(ae_title="MODALITY")
+
+
 def _arrival(source: Path, series_uid: str) -> Arrival:
     ds = dcmread(source)
     ds.SeriesInstanceUID = series_uid
     data = DicomBytesIO()
     data.is_little_endian, data.is_implicit_VR = True, False  # as write_ct_series writes it
     write_dataset(data, ds)
-    caller = SimpleNamespace(requestor=SimpleNamespace(ae_title="MODALITY"))
+    caller = _Caller()
     return Arrival(
         caller,  # type: ignore[arg-type]
         ds.SOPClassUID,
