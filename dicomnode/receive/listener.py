@@ -16,10 +16,12 @@ a connection from an address that already holds that many, before any byte is re
 """
 
 import copy
+import errno
 import logging
 import socket
 import ssl
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -33,6 +35,10 @@ from dicomnode.receive.guard import ConnectionLimits, GuardedRequestHandler
 from dicomnode.receive.store_lane import Store
 
 log = logging.getLogger(__name__)
+
+# How many connections may wait to be screened (to send their A-ASSOCIATE-RQ) per association
+# the node may hold: room for bursts of callers, not for a flood of silent ones.
+SCREENING_PER_ASSOCIATION = 4
 
 
 class AssociationListener(ThreadedAssociationServer):
@@ -58,11 +64,37 @@ class AssociationListener(ThreadedAssociationServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         assert self.socket is not None
-        return self.socket.accept()  # not wrapped here: see process_request_thread
+        try:
+            return self.socket.accept()  # not wrapped here: see process_request_thread
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                # The caller stays queued and the socket readable: without a pause the
+                # accepting loop would spin a core until a descriptor is free again.
+                log.warning("cannot accept a connection: %s; pausing accepts for 1 s", exc)
+                time.sleep(1.0)
+            raise
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """In the accepting thread: the per-address cap, before a thread is spent on it."""
+        """In the accepting thread: the caps, before a thread is spent on the connection."""
         host, port = client_address[:2]
+        limit = SCREENING_PER_ASSOCIATION * self.ae.maximum_associations
+        with self._screening_lock:
+            screening = sum(self._screening.values())
+        if screening >= limit:
+            # Connections that have not asked for an association yet (each may take
+            # network.acse_timeout to say nothing): a flood of them must not exhaust the
+            # process's descriptors and threads for the callers that do.
+            log.warning(
+                "connection refused address=%s:%s reason=%d connections waiting for an "
+                "A-ASSOCIATE-RQ (%d x node.max_associations)",
+                host,
+                port,
+                screening,
+                SCREENING_PER_ASSOCIATION,
+            )
+            CONNECTIONS_ABORTED.labels("screening_cap").inc()
+            self.shutdown_request(request)
+            return
         if self.max_per_address and self._connections_from(host) >= self.max_per_address:
             log.warning(
                 "connection refused address=%s:%s reason=%d connections from this address "
@@ -76,7 +108,11 @@ class AssociationListener(ThreadedAssociationServer):
             return
         with self._screening_lock:
             self._screening[host] += 1
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread to screen it (none could be started): not counted
+            self._screened(host)
+            raise
 
     def _connections_from(self, host: str) -> int:
         associations = sum(
@@ -89,10 +125,13 @@ class AssociationListener(ThreadedAssociationServer):
         try:
             self._screen(request, client_address)
         finally:
-            with self._screening_lock:
-                self._screening[client_address[0]] -= 1
-                if self._screening[client_address[0]] <= 0:
-                    del self._screening[client_address[0]]
+            self._screened(client_address[0])
+
+    def _screened(self, host: str) -> None:
+        with self._screening_lock:
+            self._screening[host] -= 1
+            if self._screening[host] <= 0:
+                del self._screening[host]
 
     def _screen(self, request: Any, client_address: Any) -> None:
         host, port = client_address[:2]

@@ -239,6 +239,30 @@ def test_connections_over_the_per_address_cap_are_refused_at_once(node_factory) 
     assert echoscu(node.port).returncode == 0
 
 
+def test_silent_connections_past_a_bound_are_refused_and_real_callers_still_served(
+    node_factory,
+) -> None:
+    # Each silent connection holds a descriptor and a thread for up to acse_timeout: a flood
+    # of them must not take the process's descriptors (accept would then fail for everyone).
+    node = _limited_node(node_factory, node={"max_associations": 2})
+    deadline = time.monotonic() + 10
+    while "connection closed before any request" not in node.log():  # the start-up probe
+        assert time.monotonic() < deadline, node.log()[-2000:]
+        time.sleep(0.05)
+    held = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(8)]  # 4 x 2
+    time.sleep(0.3)
+    extra = socket.create_connection(("127.0.0.1", node.port))
+    assert _closed_by_peer(extra, within=3)
+    assert not _closed_by_peer(held[0], within=0.2)  # those already in wait their turn
+    assert "reason=8 connections waiting for an A-ASSOCIATE-RQ (4 x node.max_associations)" in (
+        node.log()
+    )
+    for sock in [*held, extra]:
+        sock.close()
+    time.sleep(0.3)
+    assert echoscu(node.port).returncode == 0
+
+
 def test_a_wrong_called_ae_title_is_rejected_and_logged(node_factory) -> None:
     node = _limited_node(node_factory)
     wrong = echoscu(node.port, called_aet="WRONGTITLE")
