@@ -28,9 +28,10 @@ def purge(
 ) -> None:
     """Delete delivered series older than retention.keep_days from the spool and job table.
 
-    Only series whose every job is done (or was superseded) qualify; failed, dead and held jobs
-    keep their inputs. --json prints {"dry_run", "keep_days", "series": [{"series_uid",
-    "study_uid", "instances", "job_ids"}]} (with --dry-run: series UIDs only).
+    Only series whose every job is done or cancelled (one at least done) qualify, counted from
+    the last change to any of them; failed, dead and held jobs keep their inputs. --json prints
+    {"dry_run", "keep_days", "series": [{"series_uid", "study_uid", "instances", "job_ids"}]}
+    (with --dry-run: series UIDs only).
     """
     settings = settings_from(config)
     from dicomnode.pipeline.retention import due_for_purge, purge_delivered

@@ -43,9 +43,15 @@ class PurgedSeries:
 
 
 def _purgeable(finished_before: datetime) -> Select[str]:
-    newest_job = (
-        select(Job.series_uid, func.max(Job.id).label("job_id")).group_by(Job.series_uid).subquery()
+    """Series every job of which has finished (done or cancelled), one at least delivered, and
+    none changed since `finished_before`: a late retry of the originals restarts the clock,
+    and a derived job an admin cancelled does not keep the series for ever."""
+    last_change = (
+        select(Job.series_uid, func.max(Job.updated_at).label("at"))
+        .group_by(Job.series_uid)
+        .subquery()
     )
+    delivered = select(Job.series_uid).where(Job.status == JobStatus.DONE)
     unfinished = select(Job.series_uid).where(Job.status.not_in(_FINISHED))
     # A destination that has still to confirm it keeps an instance may yet need it again.
     uncommitted = select(Instance.series_uid).where(
@@ -53,16 +59,15 @@ def _purgeable(finished_before: datetime) -> Select[str]:
     )
     return (
         select(Series.series_uid)
-        .join(newest_job, newest_job.c.series_uid == Series.series_uid)
-        .join(Job, Job.id == newest_job.c.job_id)
+        .join(last_change, last_change.c.series_uid == Series.series_uid)
         .where(
             Series.pending.is_(False),
-            Job.status == JobStatus.DONE,
-            Job.updated_at < finished_before,
+            last_change.c.at < finished_before,
+            Series.series_uid.in_(delivered),
             Series.series_uid.not_in(unfinished),
             Series.series_uid.not_in(uncommitted),
         )
-        .order_by(Job.updated_at)
+        .order_by(last_change.c.at)
     )
 
 

@@ -49,10 +49,15 @@ def deliver_days_ago(db: Database, days: float) -> int:
     claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
     record_delivery(db, job_id, "pacs", DeliveryStatus.DONE, 1, None)
     finish_attempt(db, job_id, "w", SETTINGS.retry)
-    with db.session() as session:
-        finished = utcnow() - timedelta(days=days)
-        session.execute(update(Job).where(Job.id == job_id).values(updated_at=finished))
+    date_back(db, job_id, days)
     return job_id
+
+
+def date_back(db: Database, job_id: int, days: float) -> None:
+    """Date a job's last change `days` back."""
+    with db.session() as session:
+        then = utcnow() - timedelta(days=days)
+        session.execute(update(Job).where(Job.id == job_id).values(updated_at=then))
 
 
 def age(path: Path, days: float) -> None:
@@ -127,6 +132,7 @@ def test_what_a_cancelled_job_asked_to_commit_does_not_keep_its_series(
     claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
     record_request(db, cancelled, "pacs", generate_uid(), [Reference(CT, sop)])  # no report
     cancel_job(db, cancelled)
+    date_back(db, cancelled, 3)
     second = store(db, spool, "1.2.7", "1.2.7.1", generate_uid())  # a newer job sends both
     age(first, 3)
     age(second, 3)
@@ -135,3 +141,26 @@ def test_what_a_cancelled_job_asked_to_commit_does_not_keep_its_series(
     [purged] = purge_delivered(SETTINGS, db, spool)
     assert purged.series_uid == "1.2.7.1" and purged.instances == 2
     assert not first.exists() and not second.exists()
+
+
+@ON_BOTH_DATABASES
+def test_every_job_of_a_series_counts_not_only_the_newest(db: Database, spool: Spool) -> None:
+    # Both series: originals delivered, the derived job then cancelled by an admin (a held
+    # series nobody will release). The newest job alone said "not done": kept for ever.
+    both = [JobPart.ORIGINALS, JobPart.DERIVED]
+    paths = {}
+    for series in ("1.2.8.1", "1.2.8.2"):
+        paths[series] = store(db, spool, "1.2.8", series, generate_uid())
+        age(paths[series], 30)
+        originals, derived = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=both)
+        claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
+        record_delivery(db, originals, "pacs", DeliveryStatus.DONE, 1, None)
+        finish_attempt(db, originals, "w", SETTINGS.retry)
+        cancel_job(db, derived)
+        date_back(db, derived, 3)
+        date_back(db, originals, 3 if series == "1.2.8.1" else 0.5)  # 1.2.8.2: a late retry
+
+    [purged] = purge_delivered(SETTINGS, db, spool)
+    assert purged.series_uid == "1.2.8.1"
+    assert not paths["1.2.8.1"].exists()
+    assert paths["1.2.8.2"].exists()  # its originals were delivered half a day ago
