@@ -264,10 +264,14 @@ class RetentionSettings:
     """How long the spool keeps what was delivered; failed work is never purged."""
 
     keep_days: float = 7.0
+    # A derived series QA held back waits this long for an admin's release, then its job is
+    # cancelled (and its series purged keep_days later, the originals long delivered).
+    held_days: float = 30.0
     check_seconds: float = 3600.0
 
     def validate(self) -> None:
         _check(self.keep_days >= 0, "retention.keep_days", "must be >= 0 (0: keep forever)")
+        _check(self.held_days >= 0, "retention.held_days", "must be >= 0 (0: until released)")
         _check(self.check_seconds > 0, "retention.check_seconds", "must be > 0")
 
 

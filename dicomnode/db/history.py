@@ -25,6 +25,7 @@ class EventKind(enum.StrEnum):
     RESEND = "resend"
     DISCARD = "discard"
     PURGE = "purge"
+    EXPIRE = "expire"  # retention cancelled a job held past retention.held_days
 
 
 def record_event(

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from dicomnode.db.commitments import forget_commitments, pending_commitment_instances
 from dicomnode.db.engine import Database
-from dicomnode.db.history import forget_history
+from dicomnode.db.history import EventKind, forget_history, record_event
 from dicomnode.db.models import (
     Delivery,
     Instance,
@@ -24,6 +24,7 @@ from dicomnode.db.models import (
     JobInstance,
     Series,
     Study,
+    utcnow,
 )
 from dicomnode.status import JobStatus
 
@@ -69,6 +70,22 @@ def _purgeable(finished_before: datetime) -> Select[str]:
         )
         .order_by(last_change.c.at)
     )
+
+
+def expire_held(db: Database, held_before: datetime, reason: str) -> list[tuple[int, str]]:
+    """Cancel the jobs held (QA) since before `held_before`, each with `reason` in its error
+    and history; (job id, series UID) of each. Their series are then purged as delivered ones."""
+    with db.session() as session:
+        jobs = session.scalars(
+            select(Job)
+            .where(Job.status == JobStatus.HELD, Job.updated_at < held_before)
+            .with_for_update(skip_locked=True)
+        ).all()
+        now = utcnow()
+        for job in jobs:
+            job.status, job.error, job.updated_at = JobStatus.CANCELLED, reason, now
+            record_event(session, job.id, EventKind.EXPIRE, status=job.status, detail=reason)
+        return [(job.id, job.series_uid) for job in jobs]
 
 
 def purgeable_series(db: Database, finished_before: datetime) -> list[str]:

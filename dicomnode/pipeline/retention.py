@@ -1,8 +1,11 @@
-"""Spool retention: delivered series leave the disk `retention.keep_days` after their job finished.
+"""Spool retention: delivered series leave the disk `retention.keep_days` after their jobs finished.
 
-Only series whose every job is done (or superseded) are purged; failed, dead and held work keeps
-its inputs for as long as it takes an admin to look. The node runs this every
-`retention.check_seconds`; `dicomnode purge` runs it once by hand.
+Only series whose every job is done or cancelled are purged; failed and dead work keeps its
+inputs for as long as it takes an admin to look. A derived series QA held back waits
+`retention.held_days` for a release, then its job is cancelled: the originals went long ago, and
+a node that kept every held series would fill its disk in months (most real CT is held at x1,
+models/MODEL_CARD.md). The node runs this every `retention.check_seconds`; `dicomnode purge` runs
+it once by hand.
 """
 
 import logging
@@ -14,7 +17,7 @@ from dicomnode.db import Database
 from dicomnode.db.discard import discard_series
 from dicomnode.db.history import EventKind, record_admin_action
 from dicomnode.db.models import utcnow
-from dicomnode.db.retention import PurgedSeries, purge_series, purgeable_series
+from dicomnode.db.retention import PurgedSeries, expire_held, purge_series, purgeable_series
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ def purge_delivered(
     """Delete every series past its retention from the spool and the database.
 
     `user`: an admin ran it (`dicomnode purge`); the purge goes to the node's log as theirs."""
+    _expire_held(settings, db)
     cutoff = _cutoff(settings)
     if cutoff is None:
         return []
@@ -74,6 +78,15 @@ def purge_delivered(
             f"than {settings.retention.keep_days:g} days ago",
         )
     return purged
+
+
+def _expire_held(settings: Settings, db: Database) -> None:
+    days = settings.retention.held_days
+    if days <= 0:
+        return
+    reason = f"held more than {days:g} days without a release (retention.held_days)"
+    for job_id, series_uid in expire_held(db, utcnow() - timedelta(days=days), reason):
+        log.warning("held derived series expired job=%d series=%s: %s", job_id, series_uid, reason)
 
 
 def discard(db: Database, spool: Spool, job_id: int, user: str) -> PurgedSeries:

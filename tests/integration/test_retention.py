@@ -16,12 +16,18 @@ from dicomnode.db import Database, DeliveryStatus, ReceivedInstance
 from dicomnode.db.admin import cancel_job
 from dicomnode.db.commitments import commitment_counts, record_report, record_request
 from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
-from dicomnode.db.jobs import claim_next_job, finish_attempt, list_jobs, record_delivery
+from dicomnode.db.jobs import (
+    claim_next_job,
+    finish_attempt,
+    get_job,
+    list_jobs,
+    record_delivery,
+)
 from dicomnode.db.models import Job, utcnow
 from dicomnode.dicom.commitment import CommitmentReport, Reference
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.spool import Spool
-from dicomnode.status import JobPart
+from dicomnode.status import JobPart, JobStatus
 from tests.conftest import ON_BOTH_DATABASES
 
 SETTINGS = Settings(retention=RetentionSettings(keep_days=1))
@@ -164,3 +170,37 @@ def test_every_job_of_a_series_counts_not_only_the_newest(db: Database, spool: S
     assert purged.series_uid == "1.2.8.1"
     assert not paths["1.2.8.1"].exists()
     assert paths["1.2.8.2"].exists()  # its originals were delivered half a day ago
+
+
+@ON_BOTH_DATABASES
+def test_a_held_derived_series_is_cancelled_after_held_days_then_purged(
+    db: Database, spool: Spool
+) -> None:
+    settings = Settings(retention=RetentionSettings(keep_days=1, held_days=30))
+    both = [JobPart.ORIGINALS, JobPart.DERIVED]
+    held = {}
+    for series, held_for in (("1.2.9.1", 31), ("1.2.9.2", 29)):
+        age(store(db, spool, "1.2.9", series, generate_uid()), 60)
+        originals, derived = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=both)
+        claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
+        record_delivery(db, originals, "pacs", DeliveryStatus.DONE, 1, None)
+        finish_attempt(db, originals, "w", settings.retry)
+        claim_next_job(db, "w", 60, part=JobPart.DERIVED)
+        record_delivery(db, derived, "pacs", DeliveryStatus.DONE, 0, None)
+        finish_attempt(db, derived, "w", settings.retry, hold="QA: sharpness ratio 5.1 > 4")
+        date_back(db, originals, held_for)
+        date_back(db, derived, held_for)
+        held[series] = derived
+
+    assert purge_delivered(settings, db, spool) == []  # expired now: purged keep_days later
+    jobs = {job.id: job for job in list_jobs(db)}
+    expired, waiting = jobs[held["1.2.9.1"]], jobs[held["1.2.9.2"]]
+    assert expired.status is JobStatus.CANCELLED
+    assert expired.error == "held more than 30 days without a release (retention.held_days)"
+    assert waiting.status is JobStatus.HELD
+    assert [e.kind for e in get_job(db, expired.id).history][-1] == "expire"
+
+    date_back(db, expired.id, 2)
+    [purged] = purge_delivered(settings, db, spool)
+    assert purged.series_uid == "1.2.9.1"
+    assert {job.series_uid for job in list_jobs(db)} == {"1.2.9.2"}
