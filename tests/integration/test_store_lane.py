@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 from pydicom import Dataset, dcmread
+from pydicom.uid import generate_uid
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
@@ -110,12 +112,12 @@ def test_every_instance_comes_by_the_lane_and_is_stored_as_pynetdicom_stores_it(
     assert echoscu(lane_port).returncode == 0  # pynetdicom's, as before
 
 
-def test_a_data_set_broken_off_by_another_command_aborts_the_association(
-    receivers: _Receivers, caplog: pytest.LogCaptureFixture
-) -> None:
-    port, spool = receivers.start("lane", 1048576)
-    aborted_before = _protocol_aborts()
-    ae = AE(ae_title="BREAKER")
+def _store_request_pdus(
+    port: int, caller: str, max_pdu: int
+) -> tuple[Association, socket.socket, int, list[bytes]]:
+    """An association to `port`, its raw socket and accepted context, and the P-DATA-TF PDUs
+    of one C-STORE-RQ (a 4 KiB data set) cut to `max_pdu`: for sending them wrong by hand."""
+    ae = AE(ae_title=caller)
     ae.add_requested_context(CTImageStorage)
     assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
     assert assoc.is_established
@@ -123,22 +125,36 @@ def test_a_data_set_broken_off_by_another_command_aborts_the_association(
     request = C_STORE()
     request.MessageID = 1
     request.AffectedSOPClassUID = CTImageStorage
-    request.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.7"
+    request.AffectedSOPInstanceUID = generate_uid()
     request.DataSet = BytesIO(bytes(4096))
     message = C_STORE_RQ()
     message.primitive_to_message(request)
-    command, first_data = [P_DATA_TF(p).encode() for p in message.encode_msg(context_id, 1024)][:2]
+    pdus = [P_DATA_TF(p).encode() for p in message.encode_msg(context_id, max_pdu)]
     sock: socket.socket = assoc.dul.socket.socket  # type: ignore[union-attr]
+    return assoc, sock, context_id, pdus
+
+
+def _aborted_by_the_node(assoc: Association) -> bool:
+    deadline = time.monotonic() + 10
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.05)  # pynetdicom's own thread reads the node's A-ABORT
+    closed = not assoc.is_established
+    assoc.abort()
+    return closed
+
+
+def test_a_data_set_broken_off_by_another_command_aborts_the_association(
+    receivers: _Receivers, caplog: pytest.LogCaptureFixture
+) -> None:
+    port, spool = receivers.start("lane", 1048576)
+    aborted_before = _protocol_aborts()
+    assoc, sock, _context, pdus = _store_request_pdus(port, "BREAKER", 1024)
+    command, first_data = pdus[:2]
 
     with caplog.at_level(logging.WARNING, logger="dicomnode"):
         sock.sendall(command + first_data + command)  # a second command inside the data set
-        deadline = time.monotonic() + 10
-        while assoc.is_established and time.monotonic() < deadline:
-            time.sleep(0.05)  # pynetdicom's own thread reads the node's A-ABORT
-    closed = not assoc.is_established
-    assoc.abort()
+        assert _aborted_by_the_node(assoc)
 
-    assert closed
     assert "calling_aet=BREAKER reason=a C-STORE data set interrupted by another message" in (
         caplog.text
     )
@@ -153,31 +169,13 @@ def test_a_data_set_in_thousands_of_tiny_fragments_aborts_the_association(
     # Each empty fragment would cost the receiver a Python object: 1 MiB of them, ~32 MiB.
     port, spool = receivers.start("lane", 1048576)
     aborted_before = _protocol_aborts()
-    ae = AE(ae_title="CRUMBS")
-    ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
-    assert assoc.is_established
-    context_id = assoc.accepted_contexts[0].context_id
-    request = C_STORE()
-    request.MessageID = 1
-    request.AffectedSOPClassUID = CTImageStorage
-    request.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.8"
-    request.DataSet = BytesIO(bytes(4096))
-    message = C_STORE_RQ()
-    message.primitive_to_message(request)
-    command = P_DATA_TF(next(message.encode_msg(context_id, 16384))).encode()
+    assoc, sock, context_id, pdus = _store_request_pdus(port, "CRUMBS", 16384)
     crumbs = struct.pack(">LBB", 2, context_id, 0x00) * 1000  # data, not the last fragment
-    sock: socket.socket = assoc.dul.socket.socket  # type: ignore[union-attr]
 
     with caplog.at_level(logging.WARNING, logger="dicomnode"):
-        sock.sendall(command + struct.pack(">BBL", 0x04, 0, len(crumbs)) + crumbs)
-        deadline = time.monotonic() + 10
-        while assoc.is_established and time.monotonic() < deadline:
-            time.sleep(0.05)
-    closed = not assoc.is_established
-    assoc.abort()
+        sock.sendall(pdus[0] + struct.pack(">BBL", 0x04, 0, len(crumbs)) + crumbs)
+        assert _aborted_by_the_node(assoc)
 
-    assert closed
     assert "reason=a P-DATA-TF of more than 256 presentation data values" in caplog.text
     assert _protocol_aborts() == aborted_before + 1
     assert spool.instance_files() == []
