@@ -43,8 +43,6 @@ _REQUIRED = (
     "SeriesInstanceUID",
     "BitsAllocated",
 )
-# Enhanced multi-frame geometry lives in functional groups (PS3.3 C.7.6.16), not at the root.
-_FUNCTIONAL_GROUPS = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
 
 # Attributes the processing makes wrong or meaningless; dropped from the copy.
 _DROPPED = (
@@ -58,7 +56,21 @@ _DROPPED = (
     "ReferencedSeriesSequence",
     "RelatedSeriesSequence",
     "ContributingEquipmentSequence",
+    # only with encapsulated pixel data (PS3.3 C.7.6.3); the derived image's is native
+    "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths",
+    "EncapsulatedPixelDataValueTotalLength",
+    # they speak of the source as created and signed (PS3.3 C.12.1), not of this instance
+    "InstanceCreatorUID",
+    "DigitalSignaturesSequence",
 )
+# Transfer syntaxes that are always lossy, and the LossyImageCompressionMethod each implies
+# (PS3.3 C.7.6.1.1.5): a source received in one is lossy even without LossyImageCompression.
+_LOSSY_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG Extended
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1",  # JPEG-LS Near-Lossless
+}
 
 
 def code_item(code: Code) -> Dataset:
@@ -197,12 +209,6 @@ def _geometry(ds: Dataset, scale: int, sop: str) -> None:
     """
     if scale == 1:
         return
-    if any(keyword in ds for keyword in _FUNCTIONAL_GROUPS):
-        raise ImageDeclined(
-            f"sop={sop}: super-resolution of an enhanced multi-frame image is not supported: "
-            "its PixelMeasuresSequence and PlanePositionSequence (PS3.3 C.7.6.16) would need "
-            "re-deriving per frame"
-        )
     spacings = {k: _numbers(ds, k, 2, sop) for k in ("PixelSpacing", "ImagerPixelSpacing")}
     for keyword, spacing in spacings.items():
         if spacing is not None:
@@ -224,6 +230,17 @@ def _geometry(ds: Dataset, scale: int, sop: str) -> None:
     shift = (new_col_spacing - old_col_spacing) / 2 * orientation[:3]
     shift += (new_row_spacing - old_row_spacing) / 2 * orientation[3:]
     ds.ImagePositionPatient = [f"{v:.6f}".rstrip("0").rstrip(".") for v in position + shift]
+
+
+def _lossy_history(ds: Dataset, source: Dataset) -> None:
+    """PS3.3 C.7.6.1.1.5: once lossy compressed, an image stays marked lossy, also when the
+    source said so only by the syntax it came in."""
+    syntax = str(getattr(source.get("file_meta"), "TransferSyntaxUID", ""))
+    if str(source.get("LossyImageCompression", "00")) == "01":
+        ds.LossyImageCompression = "01"
+    elif syntax in _LOSSY_SYNTAXES:
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = _LOSSY_SYNTAXES[syntax]
 
 
 def _require(source: Dataset) -> None:
@@ -278,8 +295,7 @@ def derived_instance(
     _references(ds, source, derivation)
     ds.ContributingEquipmentSequence = _equipment(ds, derivation)
     ds.ImageComments = comments[:10240]
-    if str(source.get("LossyImageCompression", "00")) == "01":
-        ds.LossyImageCompression = "01"  # PS3.3 C.7.6.1.1.5: once lossy, always lossy
+    _lossy_history(ds, source)
 
     ds.Rows, ds.Columns = int(frames.shape[1]), int(frames.shape[2])
     if "NumberOfFrames" in source or len(frames) > 1:

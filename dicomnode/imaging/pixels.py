@@ -63,6 +63,10 @@ class ModalityImage:
     stored: np.ndarray  # the decoded stored values: restores padding pixels exactly on the way back
 
 
+# Enhanced multi-frame images keep per-frame descriptions here instead of at the root.
+_FUNCTIONAL_GROUPS = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
+
+
 def _int(ds: Dataset, keyword: str) -> int | None:
     value = ds.get(keyword)
     return None if value is None or value == "" else int(value)
@@ -74,6 +78,15 @@ def pixel_domain(ds: Dataset) -> PixelDomain:
     if "PixelData" not in ds:
         kind = "float" if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds else "no"
         raise ImageDeclined(f"sop={sop}: {kind} pixel data; only integer images are enhanced")
+    if any(keyword in ds for keyword in _FUNCTIONAL_GROUPS):
+        raise ImageDeclined(
+            f"sop={sop}: an enhanced multi-frame image: its rescale, geometry and frame types "
+            "are in functional groups (PS3.3 C.7.6.16), which derived images do not rewrite"
+        )
+    if ds.original_encoding[1] is False:
+        # pydicom will not re-encode a big endian data set as little endian (the derived
+        # image's syntax); the syntax is retired (PS3.5 A.3) and rarely seen.
+        raise ImageDeclined(f"sop={sop}: Explicit VR Big Endian (retired, PS3.5 A.3)")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     samples = _int(ds, "SamplesPerPixel") or 1
     if samples != 1 or photometric not in GRAYSCALE:

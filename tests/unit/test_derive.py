@@ -4,11 +4,14 @@ from datetime import datetime
 
 import numpy as np
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSNearLossless
 
 from dicomnode.dicom.derive import Derivation, derived_instance, derived_series_uid
+from dicomnode.errors import ImageDeclined
 from dicomnode.imaging.pixels import to_modality, to_stored
 from dicomnode.registry import SRCNN
+from tests.support.data import pydicom_test_files
 from tests.support.series import CT_TEMPLATE
 
 
@@ -98,3 +101,45 @@ def test_super_resolution_geometry() -> None:
     assert [float(v) for v in ds.ImagePositionPatient] == pytest.approx(expected, abs=1e-4)
     assert ds.SourceImageSequence[0].SpatialLocationsPreserved == "NO"
     assert ds.DerivationCodeSequence[0].CodeValue == "113085"
+
+
+def test_a_source_that_came_lossy_compressed_stays_marked_lossy() -> None:
+    # PS3.3 C.7.6.1.1.5: the syntax it came in says so even without LossyImageCompression.
+    source = dcmread(CT_TEMPLATE)
+    image = to_modality(source)
+    source.file_meta.TransferSyntaxUID = JPEGLSNearLossless  # the header as it would read
+    if "LossyImageCompression" in source:
+        del source.LossyImageCompression
+    ds = derived_instance(
+        source, to_stored(image.values, image.domain, image.padding), derivation(1), comments=""
+    )
+    assert ds.LossyImageCompression == "01"
+    assert ds.LossyImageCompressionMethod == "ISO_14495_1"
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+
+def test_what_described_the_source_as_encoded_created_or_signed_is_not_copied() -> None:
+    source = dcmread(CT_TEMPLATE)
+    source.ExtendedOffsetTable = b"\0" * 8
+    source.ExtendedOffsetTableLengths = b"\0" * 8
+    source.InstanceCreatorUID = "1.2.3.4"
+    source.DigitalSignaturesSequence = [Dataset()]
+    image = to_modality(source)
+    ds = derived_instance(
+        source, to_stored(image.values, image.domain, image.padding), derivation(1), comments=""
+    )
+    gone = (
+        "ExtendedOffsetTable",
+        "ExtendedOffsetTableLengths",
+        "InstanceCreatorUID",
+        "DigitalSignaturesSequence",
+    )
+    assert [keyword for keyword in gone if keyword in ds] == []
+
+
+def test_a_big_endian_source_is_declined_naming_the_instance_and_the_syntax() -> None:
+    [path] = pydicom_test_files("MR_small_bigendian.dcm")
+    source = dcmread(path)
+    with pytest.raises(ImageDeclined, match="Explicit VR Big Endian") as declined:
+        to_modality(source)
+    assert str(source.SOPInstanceUID) in str(declined.value)

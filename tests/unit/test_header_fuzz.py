@@ -204,11 +204,12 @@ COMBINATIONS = [
     Variant("unsigned-16-bit-x2", bits(16, signed=False), scale=2),
     Variant("multi-frame", frames(3)),
     Variant("multi-frame-x2", frames(3), scale=2),
+    Variant("functional-groups", frames(2, functional_groups=True), declined_by="C.7.6.16"),
     Variant(
         "functional-groups-x2",
         frames(2, functional_groups=True),
         scale=2,
-        declined_by="PlanePositionSequence",
+        declined_by="C.7.6.16",
     ),
 ]
 
