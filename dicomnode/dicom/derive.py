@@ -198,6 +198,49 @@ def _numbers(ds: Dataset, keyword: str, count: int, sop: str) -> np.ndarray | No
     return numbers
 
 
+# Display shutters and X-ray collimators are given in pixel rows and columns (PS3.3 C.7.6.11,
+# C.8.7.3): on the finer grid they must move with the pixels, or a viewer blacks out the image.
+_FIRST_EDGES = (
+    "ShutterLeftVerticalEdge",
+    "ShutterUpperHorizontalEdge",
+    "CollimatorLeftVerticalEdge",
+    "CollimatorUpperHorizontalEdge",
+)
+_LAST_EDGES = (
+    "ShutterRightVerticalEdge",
+    "ShutterLowerHorizontalEdge",
+    "CollimatorRightVerticalEdge",
+    "CollimatorLowerHorizontalEdge",
+)
+_POINTS = (
+    "CenterOfCircularShutter",
+    "VerticesOfThePolygonalShutter",
+    "CenterOfCircularCollimator",
+    "VerticesOfThePolygonalCollimator",
+)
+_LENGTHS = ("RadiusOfCircularShutter", "RadiusOfCircularCollimator")
+
+
+def _shutters(ds: Dataset, scale: int) -> None:
+    """Shutter and collimator outlines onto the finer grid: pixel n (1-based) becomes pixels
+    (n-1)*scale+1 ... n*scale, so a first edge takes the first of them, a last edge the last,
+    and a point the centre of its block."""
+    moves = (
+        (_FIRST_EDGES, lambda v: (v - 1) * scale + 1),
+        (_LAST_EDGES, lambda v: v * scale),
+        (_POINTS, lambda v: round((v - 0.5) * scale + 0.5)),
+        (_LENGTHS, lambda v: v * scale),
+    )
+    for keywords, move in moves:
+        for keyword in keywords:
+            if ds.get(keyword) in (None, ""):
+                continue
+            element = ds[keyword]
+            values = list(element.value) if element.VM > 1 else [element.value]
+            moved = [move(int(v)) for v in values]
+            element.value = moved if element.VM > 1 else moved[0]
+
+
 def _geometry(ds: Dataset, scale: int, sop: str) -> None:
     """Super-resolution grid: spacing / scale, first-pixel centre moved (edge-aligned grid).
 
@@ -209,6 +252,7 @@ def _geometry(ds: Dataset, scale: int, sop: str) -> None:
     """
     if scale == 1:
         return
+    _shutters(ds, scale)
     spacings = {k: _numbers(ds, k, 2, sop) for k in ("PixelSpacing", "ImagerPixelSpacing")}
     for keyword, spacing in spacings.items():
         if spacing is not None:

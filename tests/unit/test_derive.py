@@ -103,6 +103,26 @@ def test_super_resolution_geometry() -> None:
     assert ds.DerivationCodeSequence[0].CodeValue == "113085"
 
 
+def test_display_shutters_move_with_the_pixels_onto_the_finer_grid() -> None:
+    # PS3.3 C.7.6.11: edges are pixel columns and rows; left on the old grid, a viewer would
+    # black out three quarters of a x2 image.
+    source = dcmread(CT_TEMPLATE)
+    source.ShutterShape = ["RECTANGULAR", "CIRCULAR"]
+    source.ShutterLeftVerticalEdge, source.ShutterRightVerticalEdge = 10, 120
+    source.ShutterUpperHorizontalEdge, source.ShutterLowerHorizontalEdge = 5, 100
+    source.CenterOfCircularShutter, source.RadiusOfCircularShutter = [64, 32], 30
+    image = to_modality(source)
+    values = np.kron(image.values, np.ones((1, 2, 2), np.float32))
+    padding = np.kron(image.padding, np.ones((1, 2, 2), bool))
+    ds = derived_instance(
+        source, to_stored(values, image.domain, padding), derivation(2), comments=""
+    )
+    assert (ds.ShutterLeftVerticalEdge, ds.ShutterRightVerticalEdge) == (19, 240)
+    assert (ds.ShutterUpperHorizontalEdge, ds.ShutterLowerHorizontalEdge) == (9, 200)
+    assert list(ds.CenterOfCircularShutter) == [128, 64]
+    assert ds.RadiusOfCircularShutter == 60
+
+
 def test_a_source_that_came_lossy_compressed_stays_marked_lossy() -> None:
     # PS3.3 C.7.6.1.1.5: the syntax it came in says so even without LossyImageCompression.
     source = dcmread(CT_TEMPLATE)
