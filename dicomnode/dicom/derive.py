@@ -9,9 +9,10 @@ duplicating in the PACS.
 
 import copy
 import hashlib
+import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 from pydicom import Dataset
@@ -115,6 +116,19 @@ def derived_series_uid(source_series_uid: str, version: str, root: str | None) -
     return derived_uid(root, "series", source_series_uid, version)
 
 
+def on_source_clock(when: datetime, ds: Dataset) -> datetime:
+    """`when` as the instance's times are read: at its TimezoneOffsetFromUTC when it carries
+    one (PS3.3 C.12.1.1.8; copied from the source), else on the node's own clock. A node
+    in a UTC container would otherwise stamp a +0100 study an hour off."""
+    aware = when if when.tzinfo is not None else when.astimezone()
+    offset = re.fullmatch(r"([+-])(\d\d)(\d\d)", str(ds.get("TimezoneOffsetFromUTC", "")).strip())
+    if offset is None:
+        return aware.astimezone()
+    sign = 1 if offset[1] == "+" else -1
+    zone = timezone(sign * timedelta(hours=int(offset[2]), minutes=int(offset[3])))
+    return aware.astimezone(zone)
+
+
 def _set_times(ds: Dataset, when: datetime) -> None:
     date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
     ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = date
@@ -145,7 +159,9 @@ def _equipment(source: Dataset, derivation: Derivation) -> DicomSequence:
     processed.Manufacturer = MANUFACTURER
     processed.ManufacturerModelName = f"dicomnode {derivation.method}"
     processed.SoftwareVersions = __version__
-    processed.ContributionDateTime = derivation.processed_at.strftime("%Y%m%d%H%M%S")
+    processed.ContributionDateTime = on_source_clock(derivation.processed_at, source).strftime(
+        "%Y%m%d%H%M%S"
+    )
     processed.ContributionDescription = derivation.description[:64]
     return DicomSequence([acquired, processed])
 
@@ -332,7 +348,7 @@ def derived_instance(
     ds.SeriesInstanceUID = derivation.series_uid
     ds.SeriesNumber = derivation.series_number
     ds.SeriesDescription = derivation.series_description[:64]
-    _set_times(ds, derivation.processed_at)
+    _set_times(ds, on_source_clock(derivation.processed_at, ds))
     ds.ImageType = _image_type(source)
     ds.DerivationDescription = derivation.description[:1024]
     ds.DerivationCodeSequence = [code_item(code) for code in derivation.codes]

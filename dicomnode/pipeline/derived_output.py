@@ -94,7 +94,7 @@ def derivation_for(images: list[SourceImage], method: Method, settings: Settings
         series_number=integer_of(first, "SeriesNumber") + spec.series_offset(enhance),
         series_description=description.strip(),
         uid_root=root,
-        processed_at=datetime.now(),
+        processed_at=datetime.now().astimezone(),
     )
 
 

@@ -1,6 +1,7 @@
 """Derived instances: identity, DERIVED type, references and super-resolution geometry."""
 
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -163,3 +164,18 @@ def test_a_big_endian_source_is_declined_naming_the_instance_and_the_syntax() ->
     with pytest.raises(ImageDeclined, match="Explicit VR Big Endian") as declined:
         to_modality(source)
     assert str(source.SOPInstanceUID) in str(declined.value)
+
+
+def test_processing_times_are_written_on_the_sources_clock() -> None:
+    # PS3.3 C.12.1.1.8: the copied TimezoneOffsetFromUTC applies to every time of the instance.
+    source = dcmread(CT_TEMPLATE)
+    source.TimezoneOffsetFromUTC = "+0100"
+    image = to_modality(source)
+    how = replace(derivation(1), processed_at=datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC))
+    ds = derived_instance(
+        source, to_stored(image.values, image.domain, image.padding), how, comments=""
+    )
+    assert (ds.SeriesDate, ds.SeriesTime, ds.ContentTime) == ("20261125", "130000", "130000")
+    assert ds.TimezoneOffsetFromUTC == "+0100"
+    [_acquired, processed] = ds.ContributingEquipmentSequence
+    assert processed.ContributionDateTime == "20261125130000"
