@@ -50,10 +50,25 @@ class ImageMeasures:
     outcome: ImageOutcome
 
 
+def _scored_frame(source: Dataset) -> list[int] | None:
+    """The frame a multi-frame image was scored on (its middle one, pipeline/enhancement.py),
+    for the references to say so; None for a single frame, or an image whose IOD has no
+    frames to name (highdicom refuses frame numbers there)."""
+    frames = int(source.get("NumberOfFrames", 1) or 1)
+    if frames < 2:
+        return None
+    try:
+        hd.sr.SourceImageForMeasurement.from_source_image(source, [1])
+    except TypeError:
+        return None
+    return [frames // 2 + 1]
+
+
 def _group(
     index: int, measures: ImageMeasures, series_uid: str
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    source_ref = [hd.sr.SourceImageForMeasurement.from_source_image(measures.source)]
+    scored = _scored_frame(measures.source)
+    source_ref = [hd.sr.SourceImageForMeasurement.from_source_image(measures.source, scored)]
     outcome = measures.outcome
     values = [
         (PSNR, outcome.fidelity.psnr_db, DECIBEL),
@@ -66,7 +81,9 @@ def _group(
             uid=derived_uid(None, "tracking", series_uid, str(index)),
             identifier=f"image {index + 1}",
         ),
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(measures.derived)],
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(measures.derived, scored)
+        ],
         measurements=[
             hd.sr.Measurement(
                 name=name, value=round(value, 4), unit=unit, referenced_images=source_ref

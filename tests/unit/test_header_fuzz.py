@@ -20,7 +20,10 @@ import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+)
 
 from dicomnode.dicom.derive import Derivation, derived_instance, derived_series_uid, derived_uid
 from dicomnode.dicom.report import ImageMeasures, metrics_report
@@ -343,3 +346,20 @@ def test_valid_identity_is_copied_unchanged(ct_slice: Path, modality: str) -> No
     assert {k: derived.get(k) for k in kept} == {k: source.get(k) for k in kept}
     in_report = [k for k in TYPE2["Patient"] + TYPE2["Study"] if k in source]
     assert {k: report.get(k) for k in in_report} == {k: source.get(k) for k in in_report}
+
+
+def test_the_report_of_a_multi_frame_image_names_the_frame_it_scored(ct_slice: Path) -> None:
+    # The middle frame is the one scored (pipeline/enhancement.py); without a frame number
+    # the measurement would claim every frame (TID 1500).
+    source = dcmread(ct_slice)
+    frames(3)(source)
+    source.SOPClassUID = MultiFrameGrayscaleWordSecondaryCaptureImageStorage  # a multi-frame IOD
+    _derived, report = build([source], 1)
+    referenced = [
+        int(item.ReferencedFrameNumber)
+        for content in report.iterall()
+        if content.keyword == "ReferencedSOPSequence"
+        for item in content.value
+        if "ReferencedFrameNumber" in item
+    ]
+    assert referenced and set(referenced) == {2}
