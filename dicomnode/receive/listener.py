@@ -12,7 +12,9 @@ must send its first byte (a probe that closes is dropped quietly) and, with TLS,
 handshake (a failure is one log line with the address and the reason); only then does pynetdicom
 get the socket, with TCP keepalive on, a timeout on every read and write, and each PDU read
 within the limits of `receive/guard.py`. `node.max_associations_per_address` (0: no cap) refuses
-a connection from an address that already holds that many, before any byte is read.
+a connection from an address that already holds that many, before any byte is read, and beyond
+4 x `node.max_associations` connections still to show themselves every new one is refused: a
+flood of silent connections cannot take the descriptors and threads real callers need.
 """
 
 import copy
