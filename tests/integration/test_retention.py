@@ -59,6 +59,16 @@ def deliver_days_ago(db: Database, days: float) -> int:
     return job_id
 
 
+def originals_delivered(db: Database) -> tuple[int, int]:
+    """Jobs for the quiet series, both parts; the originals delivered. (originals, derived)."""
+    both = [JobPart.ORIGINALS, JobPart.DERIVED]
+    originals, derived = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=both)
+    claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
+    record_delivery(db, originals, "pacs", DeliveryStatus.DONE, 1, None)
+    finish_attempt(db, originals, "w", SETTINGS.retry)
+    return originals, derived
+
+
 def date_back(db: Database, job_id: int, days: float) -> None:
     """Date a job's last change `days` back."""
     with db.session() as session:
@@ -153,15 +163,11 @@ def test_what_a_cancelled_job_asked_to_commit_does_not_keep_its_series(
 def test_every_job_of_a_series_counts_not_only_the_newest(db: Database, spool: Spool) -> None:
     # Both series: originals delivered, the derived job then cancelled by an admin (a held
     # series nobody will release). The newest job alone said "not done": kept for ever.
-    both = [JobPart.ORIGINALS, JobPart.DERIVED]
     paths = {}
     for series in ("1.2.8.1", "1.2.8.2"):
         paths[series] = store(db, spool, "1.2.8", series, generate_uid())
         age(paths[series], 30)
-        originals, derived = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=both)
-        claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
-        record_delivery(db, originals, "pacs", DeliveryStatus.DONE, 1, None)
-        finish_attempt(db, originals, "w", SETTINGS.retry)
+        originals, derived = originals_delivered(db)
         cancel_job(db, derived)
         date_back(db, derived, 3)
         date_back(db, originals, 3 if series == "1.2.8.1" else 0.5)  # 1.2.8.2: a late retry
@@ -177,14 +183,10 @@ def test_a_held_derived_series_is_cancelled_after_held_days_then_purged(
     db: Database, spool: Spool
 ) -> None:
     settings = Settings(retention=RetentionSettings(keep_days=1, held_days=30))
-    both = [JobPart.ORIGINALS, JobPart.DERIVED]
     held = {}
     for series, held_for in (("1.2.9.1", 31), ("1.2.9.2", 29)):
         age(store(db, spool, "1.2.9", series, generate_uid()), 60)
-        originals, derived = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=both)
-        claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
-        record_delivery(db, originals, "pacs", DeliveryStatus.DONE, 1, None)
-        finish_attempt(db, originals, "w", settings.retry)
+        originals, derived = originals_delivered(db)
         claim_next_job(db, "w", 60, part=JobPart.DERIVED)
         record_delivery(db, derived, "pacs", DeliveryStatus.DONE, 0, None)
         finish_attempt(db, derived, "w", settings.retry, hold="QA: sharpness ratio 5.1 > 4")
