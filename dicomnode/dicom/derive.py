@@ -116,7 +116,7 @@ def derived_series_uid(source_series_uid: str, version: str, root: str | None) -
     return derived_uid(root, "series", source_series_uid, version)
 
 
-def on_source_clock(when: datetime, ds: Dataset) -> datetime:
+def _on_source_clock(when: datetime, ds: Dataset) -> datetime:
     """`when` as the instance's times are read: at its TimezoneOffsetFromUTC when it carries
     one (PS3.3 C.12.1.1.8; copied from the source), else on the node's own clock. A node
     in a UTC container would otherwise stamp a +0100 study an hour off."""
@@ -159,7 +159,7 @@ def _equipment(source: Dataset, derivation: Derivation) -> DicomSequence:
     processed.Manufacturer = MANUFACTURER
     processed.ManufacturerModelName = f"dicomnode {derivation.method}"
     processed.SoftwareVersions = __version__
-    processed.ContributionDateTime = on_source_clock(derivation.processed_at, source).strftime(
+    processed.ContributionDateTime = _on_source_clock(derivation.processed_at, source).strftime(
         "%Y%m%d%H%M%S"
     )
     processed.ContributionDescription = derivation.description[:64]
@@ -348,7 +348,7 @@ def derived_instance(
     ds.SeriesInstanceUID = derivation.series_uid
     ds.SeriesNumber = derivation.series_number
     ds.SeriesDescription = derivation.series_description[:64]
-    _set_times(ds, on_source_clock(derivation.processed_at, ds))
+    _set_times(ds, _on_source_clock(derivation.processed_at, ds))
     ds.ImageType = _image_type(source)
     ds.DerivationDescription = derivation.description[:1024]
     ds.DerivationCodeSequence = [code_item(code) for code in derivation.codes]
