@@ -7,6 +7,7 @@ says "no database at ..." instead of making an empty one there.
 """
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,28 @@ from dicomnode.errors import ConfigError
 # Any constant shared by every dicomnode process: the PostgreSQL advisory lock held while the
 # schema is created or upgraded.
 _SCHEMA_LOCK_KEY = 0x44434D4E  # "DCMN"
+# How long an SQLite statement waits for another connection's lock before "database is locked".
+BUSY_TIMEOUT_SECONDS = 30
+_WAL_RETRY_SECONDS = 0.05
+
+
+def _use_wal(cursor: "sqlite3.Cursor") -> None:
+    """Put the file in WAL mode (it stays so), waiting out other processes doing the same.
+
+    Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is locked"
+    at once, without its busy handler, when another connection holds a lock meanwhile: processes
+    that start together on an empty database (a listener and its workers) saw that about once
+    in a hundred starts. So the switch is tried again for up to the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(_WAL_RETRY_SECONDS)
 
 
 def _configure_sqlite(engine: Engine, read_only: bool) -> None:
@@ -34,11 +57,11 @@ def _configure_sqlite(engine: Engine, read_only: bool) -> None:
         # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own is deferred).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
         if not read_only:  # a reader finds the node's database in WAL mode already
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cursor)
         # FULL: a committed row survives power loss, matching the spool's fsync promise.
         cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
