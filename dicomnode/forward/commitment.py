@@ -37,6 +37,7 @@ from dicomnode.dicom.commitment import (
     read_report,
     request_dataset,
 )
+from dicomnode.dicom.release import ReportThreads, release
 from dicomnode.errors import ForwardError
 from dicomnode.forward.scu import _associate
 
@@ -109,6 +110,7 @@ def confirm_commitment(
     # Recorded before asking: a report may come back on another association at once.
     record_request(db, job_id, destination.name, request.transaction_uid, references)
     started = time.monotonic()
+    reports = ReportThreads()
     try:
         assoc = _associate(
             destination,
@@ -116,16 +118,20 @@ def confirm_commitment(
             [build_context(COMMITMENT_CLASS_UID)],
             # PS3.4 J.3.3: the destination may send its report on this association, as the SCP.
             ext_neg=[build_role(COMMITMENT_CLASS_UID, scu_role=True, scp_role=True)],
-            handlers=[(evt.EVT_N_EVENT_REPORT, lambda event: record_commitment_report(db, event))],
+            handlers=[
+                (
+                    evt.EVT_N_EVENT_REPORT,
+                    reports.tracked(lambda event: record_commitment_report(db, event)),
+                )
+            ],
         )
     except ForwardError as exc:  # e.g. a peer without Storage Commitment: say what was asked
         raise ForwardError(f"storage commitment: {exc}", transient=exc.transient) from None
     try:
         _send_request(assoc, request, destination)
-        state = _wait_for_report(assoc, request.transaction_uid, destination, settings, db)
+        state = _wait_for_report(assoc, reports, request.transaction_uid, destination, settings, db)
     finally:
-        if assoc.is_established:
-            assoc.release()
+        release(assoc, settings.network.dimse_timeout, reports)
     _check(state, request, destination, settings)
     log.info(
         "storage commitment confirmed job=%d destination=%s transaction=%s instances=%d "
@@ -160,6 +166,7 @@ def _send_request(assoc: Association, request: CommitmentRequest, destination: D
 
 def _wait_for_report(
     assoc: Association,
+    reports: ReportThreads,
     transaction_uid: str,
     destination: Destination,
     settings: Settings,
@@ -177,7 +184,7 @@ def _wait_for_report(
         if not state.pending or time.monotonic() >= deadline:
             return state
         if assoc.is_established and time.monotonic() >= hold_until:
-            assoc.release()
+            release(assoc, settings.network.dimse_timeout, reports)
         time.sleep(POLL_SECONDS)
 
 

@@ -1,0 +1,81 @@
+"""Releasing an association we requested, without pynetdicom's unbounded wait.
+
+`Association.release()` first waits, without a bound, for the reactor to say it is paused. An
+N-EVENT-REPORT the peer sends on that association is served on a thread of its own
+(pynetdicom's DIMSE provider starts one per report), and that thread says "paused" while it runs
+and "not paused" when it ends, whatever the reactor is doing. When it ends just after the reactor
+really paused for the release, the flag stays false for ever and the release never returns
+(pydicom/pynetdicom#820): a storage commitment delivery hung with its report recorded, about once
+in twenty loaded runs. So: wait for the report threads first, then wait for the pause for a
+bounded time, and abort rather than hang.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+
+log = logging.getLogger(__name__)
+
+_PAUSE_POLL_SECONDS = 0.0005
+
+
+class ReportThreads:
+    """The threads pynetdicom served the peer's N-EVENT-REPORTs on, to be waited for before
+    releasing: `tracked(handler)` is the EVT_N_EVENT_REPORT handler to bind."""
+
+    def __init__(self) -> None:
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def tracked(self, handler: Callable[[Event], Any]) -> Callable[[Event], Any]:
+        def serve(event: Event) -> Any:
+            with self._lock:
+                self._threads.append(threading.current_thread())
+            return handler(event)
+
+        return serve
+
+    def wait(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        with self._lock:
+            threads = [
+                thread for thread in self._threads if thread is not threading.current_thread()
+            ]
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def release(assoc: Association, wait_seconds: float, reports: ReportThreads | None = None) -> None:
+    """Release `assoc`, or abort it if its reactor is not paused within `wait_seconds` (after
+    `reports`' threads ended, waited for up to as long)."""
+    if reports is not None:
+        reports.wait(wait_seconds)
+    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+    if not isinstance(checkpoint, threading.Event) or not hasattr(assoc, "_is_paused"):
+        if assoc.is_established:  # a pynetdicom built otherwise: its own release
+            assoc.release()
+        return
+    if not assoc.is_established:
+        return
+    checkpoint.clear()  # the reactor stops at its checkpoint, leaving the A-RELEASE-RP to us
+    deadline = time.monotonic() + wait_seconds
+    while not assoc._is_paused:
+        if time.monotonic() >= deadline:
+            log.warning(
+                "association with %s aborted: it could not be released (its reactor did not "
+                "pause within %g s)",
+                assoc.acceptor.ae_title,
+                wait_seconds,
+            )
+            assoc.abort()
+            return
+        time.sleep(_PAUSE_POLL_SECONDS)
+    # What Association.release() does once paused; called here so that no second unbounded wait
+    # follows this bounded one.
+    assoc.acse.negotiate_release()
+    checkpoint.set()
