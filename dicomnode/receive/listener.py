@@ -33,10 +33,13 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomnode.dicom.association import keep_alive
 from dicomnode.dicom.tls import describe
 from dicomnode.observe.counters import CONNECTIONS_ABORTED
+from dicomnode.observe.throttle import ThrottledWarnings
 from dicomnode.receive.guard import ConnectionLimits, GuardedRequestHandler
 from dicomnode.receive.store_lane import Store
 
 log = logging.getLogger(__name__)
+# Refusals are counted one by one (metrics) but logged once a minute per reason and address.
+_refusals = ThrottledWarnings(log)
 
 # How many connections may wait to be screened (to send their A-ASSOCIATE-RQ) per association
 # the node may hold: room for bursts of callers, not for a flood of silent ones.
@@ -86,7 +89,8 @@ class AssociationListener(ThreadedAssociationServer):
             # Connections that have not asked for an association yet (each may take
             # network.acse_timeout to say nothing): a flood of them must not exhaust the
             # process's descriptors and threads for the callers that do.
-            log.warning(
+            _refusals.warning(
+                ("screening_cap", host),
                 "connection refused address=%s:%s reason=%d connections waiting for an "
                 "A-ASSOCIATE-RQ (%d x node.max_associations)",
                 host,
@@ -98,7 +102,8 @@ class AssociationListener(ThreadedAssociationServer):
             self.shutdown_request(request)
             return
         if self.max_per_address and self._connections_from(host) >= self.max_per_address:
-            log.warning(
+            _refusals.warning(
+                ("per_address_cap", host),
                 "connection refused address=%s:%s reason=%d connections from this address "
                 "(node.max_associations_per_address)",
                 host,
