@@ -1,19 +1,14 @@
 """Settings every association of ours shares, inbound and outbound."""
 
-import queue
 import socket
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE, evt
-from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_messages import DIMSEMessage
-from pynetdicom.dimse_primitives import DimseServiceType
 from pynetdicom.events import Event
 
 from dicomnode.config import NetworkSettings
+from dicomnode.dicom import reactor
 
 
 def configure_ae(
@@ -55,58 +50,6 @@ DUL_LOOP_DELAY_SECONDS = 0.0002
 REACTOR_WAIT_SECONDS = 0.01
 
 
-def _prompt_reactor(dimse: DIMSEServiceProvider) -> None:
-    """Make the reactor's non-blocking `get_msg` wait briefly on the message queue."""
-    messages = getattr(dimse, "msg_queue", None)
-    if not isinstance(messages, queue.Queue):
-        return  # a pynetdicom that keeps its messages elsewhere: only this gain is lost
-    blocking = dimse.get_msg
-
-    def get_msg(block: bool = False) -> tuple[int | None, DIMSEMessage | None]:
-        if block:
-            return blocking(block=True)
-        try:
-            return messages.get(timeout=REACTOR_WAIT_SECONDS)
-        except queue.Empty:
-            return None, None
-
-    dimse.get_msg = get_msg  # type: ignore[method-assign]
-
-
-def _leave_responses_to_their_sender(assoc: Association) -> None:
-    """Keep the reactor's look at the message queue off the response a `send_*` waits for.
-
-    pynetdicom's reactor takes every message off the queue between two sleeps; a `send_*`
-    pauses it first (`_reactor_checkpoint`), but the pause is racy: the reactor can pass its
-    checkpoint just before the sender clears it, then take the sender's response, log "Received
-    unexpected C-STORE service message" and drop it, and the sender waits out the DIMSE timeout
-    (60 s) and aborts. Sending 512² CT to DCMTK `storescp` over loopback that happened about
-    once per 700 C-STOREs. Here, while a `send_*` is under way (the checkpoint is clear), the
-    reactor leaves a response at the head of the queue for that sender's blocking `get_msg`;
-    requests (an N-EVENT-REPORT) it still takes and serves, and a response nobody waits for
-    (the checkpoint set) it takes and drops, as before."""
-    dimse = assoc.dimse
-    messages = getattr(dimse, "msg_queue", None)
-    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
-    if not isinstance(messages, queue.Queue) or not isinstance(checkpoint, threading.Event):
-        return  # a pynetdicom that is built otherwise: the race is its own again
-    blocking = dimse.get_msg
-
-    def get_msg(block: bool = False) -> "tuple[int | None, DimseServiceType | None]":
-        if block:  # the sender's own wait for its response
-            return blocking(block=True)
-        with messages.mutex:
-            if not messages.queue:
-                return None, None
-            _context, message = messages.queue[0]
-            if not checkpoint.is_set() and not message.is_valid_request:
-                return None, None  # a sender is waiting for this response
-            taken: tuple[int | None, DimseServiceType | None] = messages.queue.popleft()
-            return taken
-
-    dimse.get_msg = get_msg  # type: ignore[method-assign]
-
-
 def _tune_connection(event: Event) -> None:
     dul = event.assoc.dul
     # pynetdicom leaves Nagle on; with delayed ACKs that stalls ~40 ms per C-STORE on loopback.
@@ -115,11 +58,8 @@ def _tune_connection(event: Event) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if hasattr(dul, "_run_loop_delay"):
         dul._run_loop_delay = DUL_LOOP_DELAY_SECONDS
-    if event.assoc.is_acceptor:
-        if REACTOR_WAIT_SECONDS:
-            _prompt_reactor(event.assoc.dimse)
-    else:
-        _leave_responses_to_their_sender(event.assoc)
+    # An acceptor's reactor waits on its queue; ours (requestor) only looks, as pynetdicom's.
+    reactor.tune(event.assoc, REACTOR_WAIT_SECONDS if event.assoc.is_acceptor else 0)
 
 
 CONNECTION_TUNING_HANDLER = (evt.EVT_CONN_OPEN, _tune_connection)

@@ -45,7 +45,8 @@ def test_an_outgoing_association_is_tuned_and_its_responses_left_to_their_sender
             assert isinstance(dul.socket, WakingSocket)  # asleep until there is something to do
             # pynetdicom's own get_msg is a bound method of the provider; ours is not
             assert getattr(assoc.dimse.get_msg, "__self__", None) is not assoc.dimse
-            assert assoc.dimse.get_msg.__qualname__.startswith("_leave_responses_to_their_sender")
+            assert assoc.dimse.get_msg.__qualname__.startswith("share_the_queue")
+            assert type(assoc).__name__ == "_PauseOwnedByReactor"
             assert isinstance(assoc.dimse, DIMSEServiceProvider)
         finally:
             assoc.release()
