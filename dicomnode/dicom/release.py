@@ -1,13 +1,12 @@
-"""Releasing an association we requested, without pynetdicom's unbounded wait.
+"""Releasing an association we requested: after the peer's reports are handled, and never
+waiting without a bound.
 
-`Association.release()` first waits, without a bound, for the reactor to say it is paused. An
-N-EVENT-REPORT the peer sends on that association is served on a thread of its own
-(pynetdicom's DIMSE provider starts one per report), and that thread says "paused" while it runs
-and "not paused" when it ends, whatever the reactor is doing. When it ends just after the reactor
-really paused for the release, the flag stays false for ever and the release never returns
-(pydicom/pynetdicom#820): a storage commitment delivery hung with its report recorded, about once
-in twenty loaded runs. So: wait for the report threads first, then wait for the pause for a
-bounded time, and abort rather than hang.
+`Association.release()` sends the A-RELEASE-RQ as soon as the reactor is paused, even while
+pynetdicom is still serving an N-EVENT-REPORT on its own thread (the report's response would then
+follow our release request), and it waits for that pause without a bound. `dicom/reactor.py`
+keeps the report thread from writing the pause flag (pydicom/pynetdicom#820, which hung a storage
+commitment delivery with its report recorded); here the report threads are waited for first, the
+pause is waited for a bounded time, and an abort replaces a hang should the flag never turn.
 """
 
 import logging

@@ -42,6 +42,7 @@ class ThrottledWarnings:
             if len(self._last) > 4096:  # keys of a long-gone flood: forget those past interval
                 for old in [k for k, at in self._last.items() if now - at >= self._interval]:
                     del self._last[old]
+                    self._left_out.pop(old, None)
         if left_out:
             msg += f" ({left_out} more like it in the last {self._interval:g} s not logged)"
         self._logger.warning(msg, *args)
