@@ -14,16 +14,28 @@ Three ways this goes wrong in pynetdicom 3, each seen here or confirmed in its s
 - An N-EVENT-REPORT is served on a thread of its own, which writes the flag True before and False
   after, whatever the reactor does: a sender goes on while the reactor runs, or waits for ever for
   a pause that already happened (pydicom/pynetdicom#820; a storage commitment delivery hung so).
+- The sender's wait takes the first message that comes, a request too: a C-ECHO that a modality
+  sends while our storage commitment report waits for its answer is read as that answer, found
+  invalid, and the association aborted.
 
-`share_the_queue` and `own_the_pause` close them; `tune` applies both to an association.
+And one of sending: a message goes to the DUL thread one P-DATA fragment at a time, as it is
+encoded. Between two fragments the DUL thread may find its queue empty and read the socket, and
+the store lane (`receive/store_lane.py`) answers a C-STORE there, straight onto the wire: the
+response lands inside our report, or another sender's fragments inside it (PS3.7 8.1 forbids
+both).
+
+`share_the_queue`, `own_the_pause` and `send_whole_messages` close them; `tune` applies all three
+to an association.
 """
 
 import queue
 import threading
+import time
 from typing import TypeAlias
 
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import DimseServiceType
+from pynetdicom.pdu_primitives import P_DATA
 
 # (context ID, message); pynetdicom defines its message type for type checkers only.
 Taken: TypeAlias = "tuple[int | None, DimseServiceType | None]"
@@ -36,18 +48,18 @@ def share_the_queue(assoc: Association, wait_seconds: float) -> None:
     decoded instead of after a 1 ms nap; 0: it only looks). While a send is under way (the
     checkpoint clear) it leaves a response, or the `(None, None)` that says the connection ended,
     at the head of the queue for the sender's own wait; requests it still takes and serves.
-    With the checkpoint set it takes everything, as pynetdicom does.
+    With the checkpoint set it takes everything, as pynetdicom does. The sender's wait (a
+    blocking `get_msg`) takes the first response or end, and leaves requests to the reactor.
     """
     dimse = assoc.dimse
     messages = getattr(dimse, "msg_queue", None)
     checkpoint = getattr(assoc, "_reactor_checkpoint", None)
     if not isinstance(messages, queue.Queue) or not isinstance(checkpoint, threading.Event):
         return  # a pynetdicom that is built otherwise: its races are its own again
-    blocking = dimse.get_msg
 
     def get_msg(block: bool = False) -> Taken:
         if block:  # a sender's own wait for its response
-            return blocking(block=True)
+            return _take_response(messages, dimse.dimse_timeout)
         with messages.not_empty:  # the queue's own lock and condition
             if not messages.queue and wait_seconds:
                 messages.not_empty.wait(wait_seconds)
@@ -61,6 +73,59 @@ def share_the_queue(assoc: Association, wait_seconds: float) -> None:
             return taken
 
     dimse.get_msg = get_msg  # type: ignore[method-assign]
+
+
+def _take_response(messages: "queue.Queue[Taken]", timeout: float | None) -> Taken:
+    """The first response in the queue, or the `(None, None)` of the connection's end, waiting
+    up to `timeout` seconds (None: without a bound, as pynetdicom's `dimse_timeout` allows);
+    requests ahead of it stay queued, in order, for the reactor once the send is over."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with messages.not_empty:
+        while True:
+            for index, (context, message) in enumerate(messages.queue):
+                if not getattr(message, "is_valid_request", False):
+                    del messages.queue[index]
+                    return context, message
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None, None
+            messages.not_empty.wait(remaining)
+
+
+def send_whole_messages(assoc: Association) -> None:
+    """Hand each DIMSE message to the DUL thread whole: its P-DATA fragments are encoded first,
+    then queued in one step, so the DUL thread (which sends everything queued before it reads
+    the socket again) writes them back to back. A message that fails to encode sends nothing."""
+    dimse, dul = assoc.dimse, assoc.dul
+    provider = getattr(dul, "to_provider_queue", None)
+    if not isinstance(provider, queue.Queue):
+        return  # a pynetdicom that is built otherwise
+    collecting = threading.local()
+    send_pdu, send_msg = dul.send_pdu, dimse.send_msg
+
+    def hold_fragments(primitive: object) -> None:
+        held: list[P_DATA] | None = getattr(collecting, "held", None)
+        if held is not None and isinstance(primitive, P_DATA):
+            held.append(primitive)
+        else:
+            send_pdu(primitive)  # type: ignore[arg-type]
+
+    def send_whole(primitive: DimseServiceType, context_id: int) -> None:
+        collecting.held = held = []
+        try:
+            send_msg(primitive, context_id)  # pynetdicom's: events, encoding, fragments
+        finally:
+            collecting.held = None
+        with provider.mutex:  # Queue.put, for all fragments at once
+            provider.queue.extend(held)
+            provider.unfinished_tasks += len(held)
+            provider.not_empty.notify()
+        wake = getattr(dul.socket, "wake", None)  # dicom/waking.py's DUL sleeps on its socket
+        if callable(wake):
+            wake()
+
+    dul.send_pdu = hold_fragments  # type: ignore[method-assign]
+    dimse.send_msg = send_whole  # type: ignore[method-assign]
 
 
 class _PauseOwnedByReactor(Association):
@@ -86,3 +151,4 @@ def own_the_pause(assoc: Association) -> None:
 def tune(assoc: Association, wait_seconds: float) -> None:
     own_the_pause(assoc)
     share_the_queue(assoc, wait_seconds)
+    send_whole_messages(assoc)

@@ -169,6 +169,30 @@ def test_a_modality_learns_what_the_node_keeps_also_after_a_sigkill(
         modality.stop()
 
 
+def test_a_modality_may_echo_on_its_association_while_the_report_on_it_awaits_its_answer(
+    node_factory, ct_series: list[Path]
+) -> None:
+    # The report's wait for the modality's answer took the C-ECHO request as that answer and
+    # aborted the association: the echo went unanswered and the report had to go another way.
+    modality = Modality()  # no listener: the report can only come on the modality's association
+    node = node_factory([], peers=[modality.peer()]).start()
+    try:
+        assert storescu(node.port, ct_series, calling_aet=modality.ae_title).returncode == 0
+
+        action, echo, transaction = modality.ask_and_echo_while_reported(node.port, ct_series)
+
+        assert (action, echo) == (0x0000, 0x0000)
+        assert modality.via == {transaction: "same"}
+        report = modality.report_for(transaction)
+        assert sorted(ref.sop_instance_uid for ref in report.committed) == sorted(
+            map(sop_instance_uid, ct_series)
+        )
+        assert re.search(rf"report sent transaction={transaction} .*association=same", node.log())
+        assert "not delivered" not in node.log()
+    finally:
+        node.stop()
+
+
 def test_a_caller_without_a_peers_entry_is_refused_with_a_log_line(
     node_factory, ct_series: list[Path]
 ) -> None:

@@ -7,6 +7,7 @@ listener (the `[[peers]]` address the node calls back).
 """
 
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,10 @@ from pathlib import Path
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_role, evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event
-from pynetdicom.sop_class import StorageCommitmentPushModel
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.dicom.commitment import (
@@ -171,32 +174,81 @@ class Modality:
     ) -> tuple[int, str]:
         """Send an N-ACTION for `files` (and `extra_uids`, never stored); return the status and
         the Transaction UID. `stay`: keep the association open until the report came on it."""
+        request = self._request(files, extra_uids)
+        answered = threading.Event()
+
+        def note_the_answer(event: Event) -> None:
+            # The first P-DATA sent once the report is in is its answer: releasing before it
+            # went out would send it in the wrong state (pynetdicom's DUL then dies: Evt9, Sta7).
+            if isinstance(event.pdu, P_DATA_TF) and request.transaction_uid in self.via:
+                answered.set()
+
+        assoc = self._associate(node_port, self._on_report, (evt.EVT_PDU_SENT, note_the_answer))
+        try:
+            status = self._send_action(assoc, request)
+            if stay and status == 0:
+                self.report_for(request.transaction_uid)
+                answered.wait(30)
+        finally:
+            assoc.release()
+        return status, request.transaction_uid
+
+    def ask_and_echo_while_reported(
+        self, node_port: int, files: list[Path]
+    ) -> tuple[int, int, str]:
+        """Send an N-ACTION, then a C-ECHO on the same association while the node's report on it
+        waits for this modality's answer (held until the echo is on its way). Return the
+        N-ACTION's and the C-ECHO's status (-1: no answer) and the Transaction UID."""
+        reporting, echo_sent = threading.Event(), threading.Event()
+
+        def answer_after_the_echo(event: Event) -> tuple[int, None]:
+            reporting.set()
+            echo_sent.wait(30)
+            time.sleep(0.3)  # the C-ECHO reaches the node before this answer does
+            return self._on_report(event)
+
+        request = self._request(files)
+        assoc = self._associate(node_port, answer_after_the_echo)
+        try:
+            status = self._send_action(assoc, request)
+            assert reporting.wait(30), "no storage commitment report on the association"
+            echo_sent.set()
+            echo = assoc.send_c_echo()
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return status, int(echo.Status) if "Status" in echo else -1, request.transaction_uid
+
+    @staticmethod
+    def _request(files: list[Path], extra_uids: tuple[str, ...] = ()) -> CommitmentRequest:
         references = [
             Reference(str(ds.SOPClassUID), str(ds.SOPInstanceUID))
             for ds in (dcmread(path, stop_before_pixels=True) for path in files)
         ]
         references += [Reference(references[0].sop_class_uid, uid) for uid in extra_uids]
-        request = CommitmentRequest(generate_uid(), tuple(references))
+        return CommitmentRequest(generate_uid(), tuple(references))
+
+    def _associate(self, node_port: int, on_report, *handlers) -> Association:  # type: ignore[no-untyped-def]
         ae = AE(ae_title=self.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
         ae.add_requested_context(StorageCommitmentPushModel)
+        ae.add_requested_context(Verification)
         assoc = ae.associate(
             "127.0.0.1",
             node_port,
             ae_title="DICOMNODE",
             ext_neg=[build_role(StorageCommitmentPushModel, scu_role=True, scp_role=True)],
-            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report)],
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report), *handlers],
         )
         assert assoc.is_established, "the node refused the association"
-        try:
-            status, _ = assoc.send_n_action(
-                request_dataset(request), 1, StorageCommitmentPushModel, COMMITMENT_INSTANCE_UID
-            )
-            if stay and int(status.Status) == 0:
-                self.report_for(request.transaction_uid)
-        finally:
-            assoc.release()
-        return int(status.Status), request.transaction_uid
+        return assoc
+
+    @staticmethod
+    def _send_action(assoc: Association, request: CommitmentRequest) -> int:
+        status, _ = assoc.send_n_action(
+            request_dataset(request), 1, StorageCommitmentPushModel, COMMITMENT_INSTANCE_UID
+        )
+        return int(status.Status)
 
     def report_for(self, transaction_uid: str, timeout: float = 60) -> CommitmentReport:
         with self._arrived:

@@ -1,5 +1,6 @@
 """The reactor of an association leaves a response to the `send_*` waiting for it, survives the
-end of its connection, and alone says whether it is paused (dicomnode/dicom/reactor.py).
+end of its connection, and alone says whether it is paused; the sender's wait leaves requests to
+the reactor; each message reaches the DUL thread whole (dicomnode/dicom/reactor.py).
 
 pynetdicom's reactor can slip past the pause a `send_*` asks of it and take that sender's response
 off the queue ("Received unexpected C-STORE service message"): the sender then waits out the
@@ -10,15 +11,17 @@ integration test (tests/integration/test_forwarding_tuning.py) checks that real 
 get it.
 """
 
+import queue
 import threading
 import time
+from io import BytesIO
 
 import pytest
 from pynetdicom import AE
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE, N_EVENT_REPORT
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE, N_EVENT_REPORT
 
-from dicomnode.dicom.reactor import own_the_pause, share_the_queue, tune
+from dicomnode.dicom.reactor import own_the_pause, send_whole_messages, share_the_queue, tune
 
 COMMITMENT = "1.2.840.10008.1.20.1"
 
@@ -143,3 +146,102 @@ def test_a_killed_association_reads_as_paused_whoever_asks() -> None:
     own_the_pause(made)
     made._kill = True
     assert made._is_paused is True
+
+
+def echo_request(message_id: int) -> C_ECHO:
+    request = C_ECHO()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    return request
+
+
+def test_the_senders_wait_leaves_requests_to_the_reactor(assoc: Association) -> None:
+    # A modality's C-ECHO that arrives while our commitment report waits for its answer: taken
+    # by that wait, pynetdicom reads it as an invalid answer and aborts the association.
+    echo, answer = echo_request(5), store_response(1)
+    assoc._reactor_checkpoint.clear()  # a send under way
+    assoc.dimse.msg_queue.put((3, echo))
+    threading.Timer(0.05, assoc.dimse.msg_queue.put, args=((1, answer),)).start()
+
+    assert assoc.dimse.get_msg(block=True) == (1, answer)  # the sender's wait
+    assoc._reactor_checkpoint.set()  # the send is over
+    assert assoc.dimse.get_msg(block=False) == (3, echo)  # the reactor's look serves it
+
+
+def test_the_senders_wait_ends_at_the_dimse_timeout_with_only_requests_queued(
+    assoc: Association,
+) -> None:
+    assoc.dimse_timeout = 0.2
+    echo = echo_request(5)
+    assoc._reactor_checkpoint.clear()
+    assoc.dimse.msg_queue.put((3, echo))
+
+    started = time.monotonic()
+    assert assoc.dimse.get_msg(block=True) == (None, None)  # no answer: pynetdicom aborts
+    assert 0.15 < time.monotonic() - started < 5
+    assert list(assoc.dimse.msg_queue.queue) == [(3, echo)]
+
+
+def large_event_report() -> N_EVENT_REPORT:
+    request = event_report()
+    request.EventInformation = BytesIO(bytes(200_000))  # ~50 P-DATA fragments at 4 KB
+    return request
+
+
+def dul_gaps(made: Association, send: "threading.Thread") -> tuple[int, list[int]]:
+    """Act as the DUL thread while `send` runs: take each queued fragment and note after how
+    many the queue was empty (when pynetdicom's DUL thread would read the socket instead)."""
+    provider = made.dul.to_provider_queue
+    taken, gaps = 0, []
+    send.start()
+    while send.is_alive() or not provider.empty():
+        try:
+            provider.get(timeout=0.01)
+        except queue.Empty:
+            continue
+        taken += 1
+        if provider.empty():
+            gaps.append(taken)
+    send.join()
+    return taken, gaps
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole", "pynetdicom"])
+def test_a_message_reaches_the_dul_thread_whole(whole: bool) -> None:
+    made = Association(AE(), "requestor")  # not started: no thread, no socket
+    made.acceptor.maximum_length = 4096
+    if whole:
+        send_whole_messages(made)
+    provider = made.dul.to_provider_queue
+    put = provider.put
+
+    def put_then_lose_the_cpu(*args: object, **kwargs: object) -> None:
+        put(*args, **kwargs)  # type: ignore[arg-type]
+        time.sleep(0.001)  # as when the interpreter switches threads mid-message
+
+    provider.put = put_then_lose_the_cpu  # type: ignore[method-assign]
+    report = large_event_report()
+    taken, gaps = dul_gaps(made, threading.Thread(target=made.dimse.send_msg, args=(report, 1)))
+
+    assert taken > 40
+    if whole:
+        assert gaps == [taken]  # empty only once the whole message was taken
+    else:  # pynetdicom's own: the DUL thread finds the queue empty between fragments
+        assert len(gaps) > 1
+
+
+def test_a_message_that_fails_to_encode_sends_nothing() -> None:
+    made = Association(AE(), "requestor")
+    made.acceptor.maximum_length = 4096
+    send_whole_messages(made)
+    broken = event_report()
+    broken.EventInformation = UnreadableBytes(bytes(100))  # fails after the command fragment
+
+    with pytest.raises(OSError):
+        made.dimse.send_msg(broken, 1)
+    assert made.dul.to_provider_queue.empty()  # not a command set without its data set
+
+
+class UnreadableBytes(BytesIO):
+    def getvalue(self) -> bytes:
+        raise OSError("the data set could not be read")
