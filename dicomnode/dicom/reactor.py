@@ -17,6 +17,9 @@ Three ways this goes wrong in pynetdicom 3, each seen here or confirmed in its s
 - The sender's wait takes the first message that comes, a request too: a C-ECHO that a modality
   sends while our storage commitment report waits for its answer is read as that answer, found
   invalid, and the association aborted.
+- A modality that asks to release while our report waits for its answer gets no release answer
+  (the reactor is paused) and rarely an answer to the report (pynetdicom's own cannot send one
+  then): both sides wait out their timeouts and the association ends in an abort.
 
 And one of sending: a message goes to the DUL thread one P-DATA fragment at a time, as it is
 encoded. Between two fragments the DUL thread may find its queue empty and read the socket, and
@@ -24,21 +27,31 @@ the store lane (`receive/store_lane.py`) answers a C-STORE there, straight onto 
 response lands inside our report, or another sender's fragments inside it (PS3.7 8.1 forbids
 both).
 
-`share_the_queue`, `own_the_pause` and `send_whole_messages` close them; `tune` applies all three
-to an association.
+`share_the_queue` (with the sender's wait, which gives up when the peer asks to release),
+`own_the_pause` and `send_whole_messages` close them; `tune` applies all three to an association.
 """
 
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import TypeAlias
 
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import DimseServiceType
-from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.pdu_primitives import A_RELEASE, P_DATA
 
 # (context ID, message); pynetdicom defines its message type for type checkers only.
 Taken: TypeAlias = "tuple[int | None, DimseServiceType | None]"
+
+# How often a sender waiting for its response looks whether the peer asked to release.
+RELEASE_LOOK_SECONDS = 0.05
+
+
+class ReleaseRequested(RuntimeError):
+    """The peer asked to release the association while our request waited for its answer: the
+    send is given up and the reactor answers the release (a RuntimeError, as pynetdicom's
+    `send_*` raise when the association is gone)."""
 
 
 def share_the_queue(assoc: Association, wait_seconds: float) -> None:
@@ -59,7 +72,11 @@ def share_the_queue(assoc: Association, wait_seconds: float) -> None:
 
     def get_msg(block: bool = False) -> Taken:
         if block:  # a sender's own wait for its response
-            return _take_response(messages, dimse.dimse_timeout)
+            try:
+                return _take_response(messages, dimse.dimse_timeout, lambda: _releasing(assoc))
+            except ReleaseRequested:
+                checkpoint.set()  # the reactor answers the release; the sender learns why
+                raise
         with messages.not_empty:  # the queue's own lock and condition
             if not messages.queue and wait_seconds:
                 messages.not_empty.wait(wait_seconds)
@@ -75,10 +92,13 @@ def share_the_queue(assoc: Association, wait_seconds: float) -> None:
     dimse.get_msg = get_msg  # type: ignore[method-assign]
 
 
-def _take_response(messages: "queue.Queue[Taken]", timeout: float | None) -> Taken:
+def _take_response(
+    messages: "queue.Queue[Taken]", timeout: float | None, releasing: Callable[[], bool]
+) -> Taken:
     """The first response in the queue, or the `(None, None)` of the connection's end, waiting
     up to `timeout` seconds (None: without a bound, as pynetdicom's `dimse_timeout` allows);
-    requests ahead of it stay queued, in order, for the reactor once the send is over."""
+    requests ahead of it stay queued, in order, for the reactor once the send is over.
+    ReleaseRequested when `releasing()` says the peer asked to release meanwhile."""
     deadline = None if timeout is None else time.monotonic() + timeout
     with messages.not_empty:
         while True:
@@ -86,10 +106,19 @@ def _take_response(messages: "queue.Queue[Taken]", timeout: float | None) -> Tak
                 if not getattr(message, "is_valid_request", False):
                     del messages.queue[index]
                     return context, message
+            if releasing():
+                raise ReleaseRequested("the peer asked to release the association")
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None, None
-            messages.not_empty.wait(remaining)
+            messages.not_empty.wait(min(remaining or RELEASE_LOOK_SECONDS, RELEASE_LOOK_SECONDS))
+
+
+def _releasing(assoc: Association) -> bool:
+    """The peer's A-RELEASE-RQ is waiting for the reactor (looked at, not taken: pynetdicom's
+    `is_release_requested` takes it)."""
+    primitive = assoc.dul.peek_next_pdu()
+    return isinstance(primitive, A_RELEASE) and primitive.result is None
 
 
 def send_whole_messages(assoc: Association) -> None:

@@ -193,6 +193,34 @@ def test_a_modality_may_echo_on_its_association_while_the_report_on_it_awaits_it
         node.stop()
 
 
+def test_a_modality_that_releases_while_its_report_awaits_its_answer_is_released_then_called(
+    node_factory, ct_series: list[Path]
+) -> None:
+    # The node's reactor waited, paused, for the report's answer and never answered the release:
+    # both sides waited out their timeouts and the association ended in an abort.
+    modality = Modality().start()
+    try:
+        node = node_factory([], peers=[modality.peer()]).start()
+        try:
+            assert storescu(node.port, ct_series, calling_aet=modality.ae_title).returncode == 0
+
+            action, released, transaction = modality.ask_and_release_while_reported(
+                node.port, ct_series
+            )
+
+            assert (action, released) == (0x0000, True)
+            report = modality.report_for(transaction)  # over a new association, to its listener
+            assert modality.via == {transaction: "new"}
+            assert len(report.committed) == len(ct_series)
+            sent = node.wait_for_log(f"storage commitment report sent transaction={transaction}")
+            assert "association=new" in sent
+            assert "association aborted" not in node.log()
+        finally:
+            node.stop()
+    finally:
+        modality.stop()
+
+
 def test_a_caller_without_a_peers_entry_is_refused_with_a_log_line(
     node_factory, ct_series: list[Path]
 ) -> None:

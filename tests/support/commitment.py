@@ -219,6 +219,30 @@ class Modality:
                 assoc.release()
         return status, int(echo.Status) if "Status" in echo else -1, request.transaction_uid
 
+    def ask_and_release_while_reported(
+        self, node_port: int, files: list[Path]
+    ) -> tuple[int, bool, str]:
+        """Send an N-ACTION, then release the association while the node's report on it waits
+        for this modality's answer (which is held until the release is over, then dropped).
+        Return the N-ACTION's status, whether the association was released (not aborted) and
+        the Transaction UID; the report must then come to this modality's listener."""
+        reporting, released = threading.Event(), threading.Event()
+
+        def answer_after_the_release(event: Event) -> tuple[int, None]:
+            reporting.set()
+            released.wait(60)
+            return 0x0000, None  # too late: the node no longer waits for it
+
+        request = self._request(files)
+        assoc = self._associate(node_port, answer_after_the_release)
+        try:
+            status = self._send_action(assoc, request)
+            assert reporting.wait(30), "no storage commitment report on the association"
+            assoc.release()
+        finally:
+            released.set()
+        return status, bool(assoc.is_released), request.transaction_uid
+
     @staticmethod
     def _request(files: list[Path], extra_uids: tuple[str, ...] = ()) -> CommitmentRequest:
         references = [

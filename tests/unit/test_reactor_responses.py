@@ -20,8 +20,15 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE, N_EVENT_REPORT
+from pynetdicom.pdu_primitives import A_RELEASE
 
-from dicomnode.dicom.reactor import own_the_pause, send_whole_messages, share_the_queue, tune
+from dicomnode.dicom.reactor import (
+    ReleaseRequested,
+    own_the_pause,
+    send_whole_messages,
+    share_the_queue,
+    tune,
+)
 
 COMMITMENT = "1.2.840.10008.1.20.1"
 
@@ -180,6 +187,18 @@ def test_the_senders_wait_ends_at_the_dimse_timeout_with_only_requests_queued(
     assert assoc.dimse.get_msg(block=True) == (None, None)  # no answer: pynetdicom aborts
     assert 0.15 < time.monotonic() - started < 5
     assert list(assoc.dimse.msg_queue.queue) == [(3, echo)]
+
+
+def test_the_senders_wait_gives_up_when_the_peer_asks_to_release(assoc: Association) -> None:
+    # A modality releasing while our report waits for its answer: the reactor must answer the
+    # release (it takes the A-RELEASE-RQ), not wait, paused, for an answer that will not come.
+    assoc._reactor_checkpoint.clear()
+    threading.Timer(0.05, assoc.dul.to_user_queue.put, args=(A_RELEASE(),)).start()
+
+    with pytest.raises(ReleaseRequested):
+        assoc.dimse.get_msg(block=True)
+    assert assoc._reactor_checkpoint.is_set()  # the reactor runs again
+    assert assoc.acse.is_release_requested()  # and finds the request there
 
 
 def large_event_report() -> N_EVENT_REPORT:
