@@ -124,7 +124,8 @@ def _releasing(assoc: Association) -> bool:
 def send_whole_messages(assoc: Association) -> None:
     """Hand each DIMSE message to the DUL thread whole: its P-DATA fragments are encoded first,
     then queued in one step, so the DUL thread (which sends everything queued before it reads
-    the socket again) writes them back to back. A message that fails to encode sends nothing."""
+    the socket again) writes them back to back. A message that fails to encode sends nothing.
+    Memory is as before: encoding outruns the socket, so the fragments queued up anyway."""
     dimse, dul = assoc.dimse, assoc.dul
     provider = getattr(dul, "to_provider_queue", None)
     if not isinstance(provider, queue.Queue):
