@@ -70,10 +70,15 @@ def share_the_queue(assoc: Association, wait_seconds: float) -> None:
     if not isinstance(messages, queue.Queue) or not isinstance(checkpoint, threading.Event):
         return  # a pynetdicom that is built otherwise: its races are its own again
 
+    # Only a requestor releases (PS3.8 7.2): our senders on associations we requested release
+    # them themselves afterwards, which would race the reactor's answer, so they never give up.
+    def releasing() -> bool:
+        return bool(assoc.is_acceptor) and _releasing(assoc)
+
     def get_msg(block: bool = False) -> Taken:
         if block:  # a sender's own wait for its response
             try:
-                return _take_response(messages, dimse.dimse_timeout, lambda: _releasing(assoc))
+                return _take_response(messages, dimse.dimse_timeout, releasing)
             except ReleaseRequested:
                 checkpoint.set()  # the reactor answers the release; the sender learns why
                 raise

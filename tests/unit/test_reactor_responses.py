@@ -189,9 +189,11 @@ def test_the_senders_wait_ends_at_the_dimse_timeout_with_only_requests_queued(
     assert list(assoc.dimse.msg_queue.queue) == [(3, echo)]
 
 
-def test_the_senders_wait_gives_up_when_the_peer_asks_to_release(assoc: Association) -> None:
+def test_the_senders_wait_gives_up_when_the_peer_asks_to_release() -> None:
     # A modality releasing while our report waits for its answer: the reactor must answer the
     # release (it takes the A-RELEASE-RQ), not wait, paused, for an answer that will not come.
+    assoc = Association(AE(), "acceptor")
+    share_the_queue(assoc, 0)
     assoc._reactor_checkpoint.clear()
     threading.Timer(0.05, assoc.dul.to_user_queue.put, args=(A_RELEASE(),)).start()
 
