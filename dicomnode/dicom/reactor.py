@@ -4,7 +4,7 @@ Each association has a reactor thread that takes what the peer sent off a messag
 serves it. A thread that sends on the association (`send_c_store`, `send_n_event_report`,
 `release`) first pauses the reactor: it clears `_reactor_checkpoint` and waits, without a bound,
 until the flag `_is_paused` says the reactor stopped, then waits on the queue for its response.
-Three ways this goes wrong in pynetdicom 3, each seen here or confirmed in its source:
+Five ways this goes wrong in pynetdicom 3, each seen here or confirmed in its source:
 
 - The pause is racy: the reactor can pass its checkpoint just before the sender clears it and then
   take the sender's response off the queue ("Received unexpected ... service message"): the
@@ -130,7 +130,8 @@ def send_whole_messages(assoc: Association) -> None:
     """Hand each DIMSE message to the DUL thread whole: its P-DATA fragments are encoded first,
     then queued in one step, so the DUL thread (which sends everything queued before it reads
     the socket again) writes them back to back. A message that fails to encode sends nothing.
-    Memory is as before: encoding outruns the socket, so the fragments queued up anyway."""
+    Memory: the whole message is held once before its first byte goes out; as encoding usually
+    outran the socket, its fragments mostly queued up so before too."""
     dimse, dul = assoc.dimse, assoc.dul
     provider = getattr(dul, "to_provider_queue", None)
     if not isinstance(provider, queue.Queue):
