@@ -29,6 +29,7 @@ both).
 
 `share_the_queue` (with the sender's wait, which gives up when the peer asks to release),
 `own_the_pause` and `send_whole_messages` close them; `tune` applies all three to an association.
+`once_queued` lets an EVT_DIMSE_SENT handler start a follow-up only once the message is queued.
 """
 
 import queue
@@ -126,6 +127,25 @@ def _releasing(assoc: Association) -> bool:
     return isinstance(primitive, A_RELEASE) and primitive.result is None
 
 
+# On a thread inside a whole-message send: what to run once that message is queued.
+_queueing = threading.local()
+
+
+def once_queued(callback: Callable[[], None]) -> None:
+    """Run `callback` once the message this thread is sending is queued whole for the DUL thread.
+
+    pynetdicom fires EVT_DIMSE_SENT before it encodes the message: a handler that sends a
+    follow-up from another thread (a storage commitment report after its N-ACTION response)
+    starts that thread from here, so the follow-up's fragments queue behind the message's and
+    the wire order is the order of sending. Outside such a send (an association that
+    `send_whole_messages` did not tune) it runs at once."""
+    waiting: list[Callable[[], None]] | None = getattr(_queueing, "callbacks", None)
+    if waiting is None:
+        callback()
+    else:
+        waiting.append(callback)
+
+
 def send_whole_messages(assoc: Association) -> None:
     """Hand each DIMSE message to the DUL thread whole: its P-DATA fragments are encoded first,
     then queued in one step, so the DUL thread (which sends everything queued before it reads
@@ -148,10 +168,13 @@ def send_whole_messages(assoc: Association) -> None:
 
     def send_whole(primitive: DimseServiceType, context_id: int) -> None:
         collecting.held = held = []
+        outer = getattr(_queueing, "callbacks", None)
+        _queueing.callbacks = after = []
         try:
             send_msg(primitive, context_id)  # pynetdicom's: events, encoding, fragments
         finally:
             collecting.held = None
+            _queueing.callbacks = outer
         with provider.mutex:  # Queue.put, for all fragments at once
             provider.queue.extend(held)
             provider.unfinished_tasks += len(held)
@@ -159,6 +182,8 @@ def send_whole_messages(assoc: Association) -> None:
         wake = getattr(dul.socket, "wake", None)  # dicom/waking.py's DUL sleeps on its socket
         if callable(wake):
             wake()
+        for callback in after:  # none when the message failed to encode: it was never sent
+            callback()
 
     dul.send_pdu = hold_fragments  # type: ignore[method-assign]
     dimse.send_msg = send_whole  # type: ignore[method-assign]

@@ -41,6 +41,7 @@ from dicomnode.dicom.commitment import (
     read_request,
     report_dataset,
 )
+from dicomnode.dicom.reactor import once_queued
 from dicomnode.receive.status import SUCCESS, status_dataset
 
 log = logging.getLogger(__name__)
@@ -112,19 +113,21 @@ class CommitmentResponder:
         return SUCCESS, None
 
     def handle_sent(self, event: Event) -> None:
-        """Once the N-ACTION response is out, the report may follow (never before it)."""
+        """The report may follow the N-ACTION response, never come before it: its thread starts
+        once the response is queued whole for the wire (EVT_DIMSE_SENT fires before encoding)."""
         if not isinstance(event.message, N_ACTION_RSP):
             return
         with self._lock:
             owed = self._owed.pop(id(event.assoc), None)
         if owed is not None:
             report, peer = owed
-            threading.Thread(
+            sender = threading.Thread(
                 target=self._send_report,
                 args=(event.assoc, report, peer),
                 name=f"commitment-report-{peer.ae_title.strip()}",
                 daemon=True,
-            ).start()
+            )
+            once_queued(sender.start)
 
     def forget(self, event: Event) -> None:
         """The association closed before its N-ACTION response went out: nothing is owed."""

@@ -17,13 +17,14 @@ import time
 from io import BytesIO
 
 import pytest
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE, N_EVENT_REPORT
 from pynetdicom.pdu_primitives import A_RELEASE
 
 from dicomnode.dicom.reactor import (
     ReleaseRequested,
+    once_queued,
     own_the_pause,
     send_whole_messages,
     share_the_queue,
@@ -266,3 +267,40 @@ def test_a_message_that_fails_to_encode_sends_nothing() -> None:
 class UnreadableBytes(BytesIO):
     def getvalue(self) -> bytes:
         raise OSError("the data set could not be read")
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole", "pynetdicom"])
+def test_a_follow_up_starts_once_the_message_is_queued_whole(whole: bool) -> None:
+    """A storage commitment report starts from the N-ACTION response's EVT_DIMSE_SENT, which
+    pynetdicom fires before it encodes the response: `once_queued` holds the start until every
+    fragment is queued, so the report cannot overtake the response."""
+    made = Association(AE(), "requestor")
+    made.acceptor.maximum_length = 4096
+    if whole:
+        send_whole_messages(made)
+    provider = made.dul.to_provider_queue
+    queued_at_start: list[int] = []
+
+    def on_sent(event: evt.Event) -> None:
+        once_queued(lambda: queued_at_start.append(provider.qsize()))
+
+    made.bind(evt.EVT_DIMSE_SENT, on_sent)
+    made.dimse.send_msg(large_event_report(), 1)
+
+    fragments = provider.qsize()
+    assert fragments > 40
+    # pynetdicom's own (no whole-message send): at once, before the first fragment
+    assert queued_at_start == [fragments if whole else 0]
+
+
+def test_a_follow_up_of_a_message_that_fails_to_encode_never_starts() -> None:
+    made = Association(AE(), "requestor")
+    send_whole_messages(made)
+    started: list[bool] = []
+    made.bind(evt.EVT_DIMSE_SENT, lambda event: once_queued(lambda: started.append(True)))
+    broken = event_report()
+    broken.EventInformation = UnreadableBytes(bytes(100))
+
+    with pytest.raises(OSError):
+        made.dimse.send_msg(broken, 1)
+    assert started == []  # nothing was sent, so nothing may follow it
