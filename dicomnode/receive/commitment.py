@@ -14,6 +14,7 @@ report could not reach it once it releases the association.
 import logging
 import threading
 import time
+from weakref import WeakKeyDictionary
 
 from pydicom import Dataset
 from pynetdicom import build_context, build_role
@@ -78,6 +79,9 @@ class CommitmentResponder:
         self.settings = settings
         self.db = db
         self._owed: dict[int, tuple[CommitmentReport, Peer]] = {}  # per association
+        # One report at a time awaits its answer on an association: when the first is answered,
+        # its sender lets the reactor run again, which would take the second one's answer.
+        self._reporting: WeakKeyDictionary[Association, threading.Lock] = WeakKeyDictionary()
         self._lock = threading.Lock()
 
     def handle_action(self, event: Event) -> tuple[int | Dataset, Dataset | None]:
@@ -136,7 +140,11 @@ class CommitmentResponder:
 
     def _send_report(self, assoc: Association, report: CommitmentReport, peer: Peer) -> None:
         time.sleep(RELEASE_GRACE_SECONDS)
-        if assoc.is_established and _report_on(assoc, report):
+        with self._lock:
+            turn = self._reporting.setdefault(assoc, threading.Lock())
+        with turn:
+            on_the_same = assoc.is_established and _report_on(assoc, report)
+        if on_the_same:
             log.info(
                 "storage commitment report sent transaction=%s calling_aet=%s association=same",
                 report.transaction_uid,

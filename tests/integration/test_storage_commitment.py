@@ -221,6 +221,32 @@ def test_a_modality_that_releases_while_its_report_awaits_its_answer_is_released
         modality.stop()
 
 
+def test_two_reports_owed_on_one_association_both_go_on_it_once(
+    node_factory, ct_series: list[Path]
+) -> None:
+    # Two report senders waited on one association at once: the first to get its answer let
+    # the reactor run again, which took the second's answer as a stray message; that report
+    # waited out dimse_timeout and went again over a new association.
+    modality = Modality().start()
+    try:
+        node = node_factory([], peers=[modality.peer()]).start()
+        try:
+            assert storescu(node.port, ct_series, calling_aet=modality.ae_title).returncode == 0
+
+            statuses, transactions = modality.ask_twice(node.port, ct_series)
+
+            assert statuses == [0x0000, 0x0000]
+            assert modality.via == dict.fromkeys(transactions, "same")
+            assert sorted(r.transaction_uid for r in modality.reports) == sorted(transactions)
+            for transaction in transactions:
+                assert re.search(rf"report sent transaction={transaction} .*=same", node.log())
+            assert "not delivered" not in node.log()
+        finally:
+            node.stop()
+    finally:
+        modality.stop()
+
+
 def test_a_caller_without_a_peers_entry_is_refused_with_a_log_line(
     node_factory, ct_series: list[Path]
 ) -> None:

@@ -243,6 +243,25 @@ class Modality:
             released.set()
         return status, bool(assoc.is_released), request.transaction_uid
 
+    def ask_twice(self, node_port: int, files: list[Path]) -> tuple[list[int], list[str]]:
+        """Send two N-ACTIONs back to back on one association, so that the node owes two reports
+        on it at once; stay until both came. Return the statuses and the Transaction UIDs."""
+        requests = [self._request(files), self._request(files)]
+
+        def answer_slowly(event: Event) -> tuple[int, None]:
+            time.sleep(0.5)  # both reports are sent before the first answer goes back
+            return self._on_report(event)
+
+        assoc = self._associate(node_port, answer_slowly)
+        try:
+            statuses = [self._send_action(assoc, request) for request in requests]
+            for request in requests:
+                self.report_for(request.transaction_uid)
+            time.sleep(1.0)  # the last report's answer goes out before the release
+        finally:
+            assoc.release()
+        return statuses, [request.transaction_uid for request in requests]
+
     @staticmethod
     def _request(files: list[Path], extra_uids: tuple[str, ...] = ()) -> CommitmentRequest:
         references = [
