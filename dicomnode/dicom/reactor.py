@@ -22,24 +22,28 @@ Five ways this goes wrong in pynetdicom 3, each seen here or confirmed in its so
   then): both sides wait out their timeouts and the association ends in an abort.
 
 And one of sending: a message goes to the DUL thread one P-DATA fragment at a time, as it is
-encoded. Between two fragments the DUL thread may find its queue empty and read the socket, and
-the store lane (`receive/store_lane.py`) answers a C-STORE there, straight onto the wire: the
-response lands inside our report, or another sender's fragments inside it (PS3.7 8.1 forbids
-both).
+encoded, unlocked. Another thread's message can be queued between two fragments; and between two
+fragments the DUL thread may find its queue empty and read the socket, where the store lane
+(`receive/store_lane.py`) answers a C-STORE straight onto the wire: either lands inside our
+message (PS3.7 8.1 forbids both).
 
 `share_the_queue` (with the sender's wait, which gives up when the peer asks to release),
-`own_the_pause` and `send_whole_messages` close them; `tune` applies all three to an association.
-`once_queued` lets an EVT_DIMSE_SENT handler start a follow-up only once the message is queued.
+`own_the_pause` and `send_messages_in_order` close them; `tune` applies all three to an
+association. `once_queued` lets an EVT_DIMSE_SENT handler start a follow-up only once the
+message is queued.
 """
 
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeAlias
 
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import DimseServiceType
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import A_RELEASE, P_DATA
 
 # (context ID, message); pynetdicom defines its message type for type checkers only.
@@ -76,10 +80,13 @@ def share_the_queue(assoc: Association, wait_seconds: float) -> None:
     def releasing() -> bool:
         return bool(assoc.is_acceptor) and _releasing(assoc)
 
+    def ended() -> bool:  # aborted or killed: the reactor may have taken the end's (None, None)
+        return bool(assoc.is_aborted or getattr(assoc, "_kill", False))
+
     def get_msg(block: bool = False) -> Taken:
         if block:  # a sender's own wait for its response
             try:
-                return _take_response(messages, dimse.dimse_timeout, releasing)
+                return _take_response(messages, dimse.dimse_timeout, releasing, ended)
             except ReleaseRequested:
                 checkpoint.set()  # the reactor answers the release; the sender learns why
                 raise
@@ -99,12 +106,16 @@ def share_the_queue(assoc: Association, wait_seconds: float) -> None:
 
 
 def _take_response(
-    messages: "queue.Queue[Taken]", timeout: float | None, releasing: Callable[[], bool]
+    messages: "queue.Queue[Taken]",
+    timeout: float | None,
+    releasing: Callable[[], bool],
+    ended: Callable[[], bool] = lambda: False,
 ) -> Taken:
     """The first response in the queue, or the `(None, None)` of the connection's end, waiting
     up to `timeout` seconds (None: without a bound, as pynetdicom's `dimse_timeout` allows);
     requests ahead of it stay queued, in order, for the reactor once the send is over.
-    ReleaseRequested when `releasing()` says the peer asked to release meanwhile."""
+    ReleaseRequested when `releasing()` says the peer asked to release meanwhile; `(None, None)`
+    as soon as `ended()` says the association is gone (its answer can no longer come)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     with messages.not_empty:
         while True:
@@ -112,6 +123,8 @@ def _take_response(
                 if not getattr(message, "is_valid_request", False):
                     del messages.queue[index]
                     return context, message
+            if ended():
+                return None, None
             if releasing():
                 raise ReleaseRequested("the peer asked to release the association")
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -138,7 +151,7 @@ def once_queued(callback: Callable[[], None]) -> None:
     follow-up from another thread (a storage commitment report after its N-ACTION response)
     starts that thread from here, so the follow-up's fragments queue behind the message's and
     the wire order is the order of sending. Outside such a send (an association that
-    `send_whole_messages` did not tune) it runs at once."""
+    `send_messages_in_order` did not tune) it runs at once."""
     waiting: list[Callable[[], None]] | None = getattr(_queueing, "callbacks", None)
     if waiting is None:
         callback()
@@ -146,16 +159,30 @@ def once_queued(callback: Callable[[], None]) -> None:
         waiting.append(callback)
 
 
-def send_whole_messages(assoc: Association) -> None:
-    """Hand each DIMSE message to the DUL thread whole: its P-DATA fragments are encoded first,
-    then queued in one step, so the DUL thread (which sends everything queued before it reads
-    the socket again) writes them back to back. A message that fails to encode sends nothing.
-    Memory: the whole message is held once before its first byte goes out; as encoding usually
-    outran the socket, its fragments mostly queued up so before too."""
-    dimse, dul = assoc.dimse, assoc.dul
-    provider = getattr(dul, "to_provider_queue", None)
-    if not isinstance(provider, queue.Queue):
+def send_messages_in_order(assoc: Association) -> None:
+    """Send each DIMSE message's P-DATA fragments back to back, never mixed with another
+    message's (PS3.7 8.1), whichever threads send on the association.
+
+    On an association we accepted, the store lane writes C-STORE responses straight onto the
+    wire whenever the DUL thread reads the socket, which it does as soon as its queue is empty:
+    there a message is sent whole (`_send_whole`). Messages sent there are small (responses and
+    storage commitment reports). On an association we requested nothing writes past the queue,
+    and the message may be a C-STORE of gigabytes: it streams from its file, one fragment after
+    the other, under the association's own send lock (`_send_in_turn`)."""
+    if not isinstance(getattr(assoc.dul, "to_provider_queue", None), queue.Queue):
         return  # a pynetdicom that is built otherwise
+    if assoc.is_acceptor:
+        _send_whole(assoc)
+    else:
+        _send_in_turn(assoc)
+
+
+def _send_whole(assoc: Association) -> None:
+    """Encode all of a message's fragments first, then queue them in one step: the DUL thread
+    sends everything queued before it reads the socket again. A message that fails to encode
+    sends nothing. The whole message is held once before its first byte goes out."""
+    dimse, dul = assoc.dimse, assoc.dul
+    provider = dul.to_provider_queue
     collecting = threading.local()
     send_pdu, send_msg = dul.send_pdu, dimse.send_msg
 
@@ -167,26 +194,124 @@ def send_whole_messages(assoc: Association) -> None:
             send_pdu(primitive)  # type: ignore[arg-type]
 
     def send_whole(primitive: DimseServiceType, context_id: int) -> None:
+        outer = getattr(collecting, "held", None)  # a message whose EVT_DIMSE_SENT sends this
         collecting.held = held = []
-        outer = getattr(_queueing, "callbacks", None)
-        _queueing.callbacks = after = []
-        try:
-            send_msg(primitive, context_id)  # pynetdicom's: events, encoding, fragments
-        finally:
-            collecting.held = None
-            _queueing.callbacks = outer
-        with provider.mutex:  # Queue.put, for all fragments at once
-            provider.queue.extend(held)
-            provider.unfinished_tasks += len(held)
-            provider.not_empty.notify()
-        wake = getattr(dul.socket, "wake", None)  # dicom/waking.py's DUL sleeps on its socket
-        if callable(wake):
-            wake()
+        with _callbacks_once_queued() as after:
+            try:
+                send_msg(primitive, context_id)  # pynetdicom's: events, encoding, fragments
+            finally:
+                collecting.held = outer
+            with provider.mutex:  # Queue.put, for all fragments at once
+                provider.queue.extend(held)
+                provider.unfinished_tasks += len(held)
+                provider.not_empty.notify()
+            wake = getattr(dul.socket, "wake", None)  # dicom/waking.py's DUL sleeps on its socket
+            if callable(wake):
+                wake()
         for callback in after:  # none when the message failed to encode: it was never sent
             callback()
 
     dul.send_pdu = hold_fragments  # type: ignore[method-assign]
     dimse.send_msg = send_whole  # type: ignore[method-assign]
+
+
+# A sender on an association we requested queues at most this many P-DATA fragments ahead of
+# the DUL thread, each at most FRAGMENT_BYTES long whatever the peer would take (PS3.8 9.3.1: a
+# PDU may be shorter than the receiver's maximum; 0 there means none): 8 MiB at the very most,
+# 512 KiB at the 16 KiB that DCMTK and Orthanc announce.
+FRAGMENTS_AHEAD = 32
+FRAGMENT_BYTES = 256 * 1024
+
+
+class _ShortFragments(DIMSEServiceProvider):
+    """A DIMSE provider that encodes P-DATA of at most FRAGMENT_BYTES."""
+
+    @property
+    def maximum_pdu_size(self) -> int:
+        peers = super().maximum_pdu_size
+        return FRAGMENT_BYTES if peers == 0 else min(peers, FRAGMENT_BYTES)
+
+
+def _send_in_turn(assoc: Association) -> None:
+    """One message at a time per association, each queued fragment by fragment as it is encoded
+    and at most FRAGMENTS_AHEAD ahead of the DUL thread, so a large C-STORE is read from its
+    file as it goes out, never held whole; a release waits for the message under way.
+
+    The wait for room lasts while the DUL thread runs: a peer that stops reading ends it after
+    `network.network_timeout` (the socket's write timeout, dicom/association.py), and the send
+    ends as pynetdicom's does when the connection is lost, with no response. A message broken
+    off after its first fragment (its file could not be read) leaves the association unusable:
+    it is aborted, and the error raised.
+    """
+    dimse, dul = assoc.dimse, assoc.dul
+    provider = dul.to_provider_queue
+    turn = threading.RLock()  # reentrant: an EVT_DIMSE_SENT handler may send in turn
+    counting = threading.local()
+    send_pdu, send_msg = dul.send_pdu, dimse.send_msg
+
+    def queue_with_room(primitive: object) -> None:
+        queued: list[int] | None = getattr(counting, "queued", None)
+        if queued is not None and isinstance(primitive, P_DATA):
+            _wait_for_room(dul, provider)
+            queued[0] += 1
+        if isinstance(primitive, A_RELEASE):  # not between a message's fragments (PS3.8 Sta7)
+            with turn:
+                send_pdu(primitive)
+        else:  # an abort goes at once: it may break off a message
+            send_pdu(primitive)  # type: ignore[arg-type]
+
+    def abort() -> None:  # the reactor cannot wait for its own end
+        assoc.abort(block=threading.current_thread() is not assoc)
+
+    def send_in_turn(primitive: DimseServiceType, context_id: int) -> None:
+        with turn, _callbacks_once_queued() as after:
+            outer = getattr(counting, "queued", None)
+            counting.queued = queued = [0]
+            try:
+                send_msg(primitive, context_id)  # pynetdicom's: events, encoding, fragments
+            except _ConnectionClosed:
+                # as when the connection closes after a message: a sender's wait for its
+                # response ends with none (pynetdicom's empty Dataset), the caller retries
+                after.clear()
+                abort()
+            except BaseException:
+                if queued[0]:  # half a message on its way: only an abort ends it cleanly
+                    abort()
+                raise
+            finally:
+                counting.queued = outer
+        for callback in after:
+            callback()
+
+    if type(dimse) is DIMSEServiceProvider:
+        dimse.__class__ = _ShortFragments
+    dul.send_pdu = queue_with_room  # type: ignore[method-assign]
+    dimse.send_msg = send_in_turn  # type: ignore[method-assign]
+
+
+class _ConnectionClosed(Exception):
+    """Breaks off pynetdicom's encoding of a message nobody would send any more."""
+
+
+def _wait_for_room(dul: DULServiceProvider, provider: "queue.Queue[object]") -> None:
+    """Until fewer than FRAGMENTS_AHEAD fragments wait for the DUL thread (its `get` notifies
+    `not_full`); _ConnectionClosed when the DUL thread ends first."""
+    with provider.not_full:
+        while len(provider.queue) >= FRAGMENTS_AHEAD:
+            if dul._kill_thread or not dul.is_alive():
+                raise _ConnectionClosed
+            provider.not_full.wait(RELEASE_LOOK_SECONDS)  # woken by a `get`; looks anyway
+
+
+@contextlib.contextmanager
+def _callbacks_once_queued() -> Iterator[list[Callable[[], None]]]:
+    """Collect this thread's `once_queued` callbacks while a message is being queued."""
+    outer = getattr(_queueing, "callbacks", None)
+    _queueing.callbacks = after = []
+    try:
+        yield after
+    finally:
+        _queueing.callbacks = outer
 
 
 class _PauseOwnedByReactor(Association):
@@ -212,4 +337,4 @@ def own_the_pause(assoc: Association) -> None:
 def tune(assoc: Association, wait_seconds: float) -> None:
     own_the_pause(assoc)
     share_the_queue(assoc, wait_seconds)
-    send_whole_messages(assoc)
+    send_messages_in_order(assoc)

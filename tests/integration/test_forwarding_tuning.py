@@ -9,6 +9,8 @@ association to DCMTK `storescp`, as the forwarder opens it.
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -74,7 +76,8 @@ def test_a_peer_that_stops_reading_ends_the_send_after_the_network_timeout(
 ) -> None:
     # 32 MiB of pixels: more than loopback's socket buffers can take while nobody reads.
     [path] = write_ct_series(tmp_path / "series", 1, size=4096)
-    settings = Settings(network=NetworkSettings(dimse_timeout=2, network_timeout=2))
+    # The answer's wait (dimse_timeout) far longer: once the write gave up, no answer can come.
+    settings = Settings(network=NetworkSettings(dimse_timeout=120, network_timeout=2))
     with StoreScp(tmp_path / "pacs") as pacs:
         destination = Destination("pacs", "STORESCP", "127.0.0.1", pacs.port)
         context = build_context(CTImageStorage, ExplicitVRLittleEndian)
@@ -83,11 +86,58 @@ def test_a_peer_that_stops_reading_ends_the_send_after_the_network_timeout(
         responses: list[object] = []
         sender = threading.Thread(target=lambda: responses.append(assoc.send_c_store(path)))
         sender.start()
-        sender.join(timeout=60)
+        sender.join(timeout=40)  # 2 s to give up the write, far from the 120 s of dimse_timeout
         hung = sender.is_alive()
         os.kill(pacs.pid, signal.SIGCONT)
         sender.join(timeout=60)
 
-    assert not hung, "the send waited for ever on a peer that stopped reading"
+    assert not hung, "the send waited for an answer from a peer that stopped reading"
     assert responses and "Status" not in responses[0]  # no response: the forwarder retries
     assert assoc.is_aborted
+
+
+# Run in a process of its own, whose peak memory is this send's alone (VmHWM, which an exec
+# resets, unlike ru_maxrss): prints the status, and the peak (KiB) with the association open and
+# after the C-STORE of the file in argv[1] to the port in argv[2].
+SEND_AND_MEASURE = """
+import re, sys
+from pathlib import Path
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import CTImageStorage
+from pydicom.uid import ExplicitVRLittleEndian
+from dicomnode.config import Destination, Settings
+from dicomnode.forward import scu  # sends spooled files as they are, in chunks
+from dicomnode.forward.associate import open_association
+
+def peak():
+    return re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1)
+
+destination = Destination("pacs", "STORESCP", "127.0.0.1", int(sys.argv[2]))
+context = build_context(CTImageStorage, ExplicitVRLittleEndian)
+assoc = open_association(destination, Settings(), [context], "pacs", None)
+before = peak()
+status = assoc.send_c_store(sys.argv[1]).Status
+after = peak()
+assoc.release()
+print(status, before, after)
+"""
+
+
+def test_a_large_instance_is_forwarded_from_its_file_never_held_whole(tmp_path: Path) -> None:
+    [path] = write_ct_series(tmp_path / "series", 1, size=8192)  # 128 MiB of pixels
+    size_mib = path.stat().st_size / 2**20
+    with StoreScp(tmp_path / "pacs") as pacs:
+        sent = subprocess.run(
+            [sys.executable, "-c", SEND_AND_MEASURE, str(path), str(pacs.port)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+    status, before, after = map(int, sent.stdout.split())
+    [received] = [item for item in (tmp_path / "pacs").iterdir() if item.is_file()]
+
+    assert status == 0
+    assert received.stat().st_size >= path.stat().st_size - 1024  # all of it arrived
+    grown_mib = (after - before) / 1024
+    assert grown_mib < size_mib / 4, f"peak memory grew {grown_mib:.0f} MiB for {size_mib:.0f}"

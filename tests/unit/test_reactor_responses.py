@@ -1,6 +1,7 @@
 """The reactor of an association leaves a response to the `send_*` waiting for it, survives the
 end of its connection, and alone says whether it is paused; the sender's wait leaves requests to
-the reactor; each message reaches the DUL thread whole (dicomnode/dicom/reactor.py).
+the reactor; on an acceptor each message reaches the DUL thread whole, on a requestor it streams
+a bounded way ahead, never mixed with another (dicomnode/dicom/reactor.py).
 
 pynetdicom's reactor can slip past the pause a `send_*` asks of it and take that sender's response
 off the queue ("Received unexpected C-STORE service message"): the sender then waits out the
@@ -11,6 +12,7 @@ integration test (tests/integration/test_forwarding_tuning.py) checks that real 
 get it.
 """
 
+import contextlib
 import queue
 import threading
 import time
@@ -23,10 +25,12 @@ from pynetdicom.dimse_primitives import C_ECHO, C_STORE, N_EVENT_REPORT
 from pynetdicom.pdu_primitives import A_RELEASE
 
 from dicomnode.dicom.reactor import (
+    FRAGMENT_BYTES,
+    FRAGMENTS_AHEAD,
     ReleaseRequested,
     once_queued,
     own_the_pause,
-    send_whole_messages,
+    send_messages_in_order,
     share_the_queue,
     tune,
 )
@@ -230,10 +234,10 @@ def dul_gaps(made: Association, send: "threading.Thread") -> tuple[int, list[int
 
 @pytest.mark.parametrize("whole", [True, False], ids=["whole", "pynetdicom"])
 def test_a_message_reaches_the_dul_thread_whole(whole: bool) -> None:
-    made = Association(AE(), "requestor")  # not started: no thread, no socket
-    made.acceptor.maximum_length = 4096
+    made = Association(AE(), "acceptor")  # not started: no thread, no socket
+    made.requestor.maximum_length = 4096  # the peer's
     if whole:
-        send_whole_messages(made)
+        send_messages_in_order(made)
     provider = made.dul.to_provider_queue
     put = provider.put
 
@@ -252,10 +256,10 @@ def test_a_message_reaches_the_dul_thread_whole(whole: bool) -> None:
         assert len(gaps) > 1
 
 
-def test_a_message_that_fails_to_encode_sends_nothing() -> None:
-    made = Association(AE(), "requestor")
-    made.acceptor.maximum_length = 4096
-    send_whole_messages(made)
+def test_on_an_acceptor_a_message_that_fails_to_encode_sends_nothing() -> None:
+    made = Association(AE(), "acceptor")
+    made.requestor.maximum_length = 4096  # the peer's
+    send_messages_in_order(made)
     broken = event_report()
     broken.EventInformation = UnreadableBytes(bytes(100))  # fails after the command fragment
 
@@ -274,10 +278,10 @@ def test_a_follow_up_starts_once_the_message_is_queued_whole(whole: bool) -> Non
     """A storage commitment report starts from the N-ACTION response's EVT_DIMSE_SENT, which
     pynetdicom fires before it encodes the response: `once_queued` holds the start until every
     fragment is queued, so the report cannot overtake the response."""
-    made = Association(AE(), "requestor")
-    made.acceptor.maximum_length = 4096
+    made = Association(AE(), "acceptor")
+    made.requestor.maximum_length = 4096  # the peer's
     if whole:
-        send_whole_messages(made)
+        send_messages_in_order(made)
     provider = made.dul.to_provider_queue
     queued_at_start: list[int] = []
 
@@ -294,8 +298,8 @@ def test_a_follow_up_starts_once_the_message_is_queued_whole(whole: bool) -> Non
 
 
 def test_a_follow_up_of_a_message_that_fails_to_encode_never_starts() -> None:
-    made = Association(AE(), "requestor")
-    send_whole_messages(made)
+    made = Association(AE(), "acceptor")
+    send_messages_in_order(made)
     started: list[bool] = []
     made.bind(evt.EVT_DIMSE_SENT, lambda event: once_queued(lambda: started.append(True)))
     broken = event_report()
@@ -304,3 +308,123 @@ def test_a_follow_up_of_a_message_that_fails_to_encode_never_starts() -> None:
     with pytest.raises(OSError):
         made.dimse.send_msg(broken, 1)
     assert started == []  # nothing was sent, so nothing may follow it
+
+
+def running_requestor() -> Association:
+    """A requestor tuned to send in order, whose DUL thread the test plays (alive until killed)."""
+    made = Association(AE(), "requestor")
+    made.acceptor.maximum_length = 4096
+    made.dul.is_alive = lambda: not made._kill  # type: ignore[method-assign]  # until killed
+    send_messages_in_order(made)
+    return made
+
+
+def take_slowly(made: Association, senders: list[threading.Thread]) -> tuple[list[int], int]:
+    """Act as a slow DUL thread while `senders` run: the context ID of each fragment taken, in
+    order, and the most fragments ever queued ahead of it."""
+    provider = made.dul.to_provider_queue
+    contexts, most = [], 0
+    for sender in senders:
+        sender.start()
+    while any(sender.is_alive() for sender in senders) or not provider.empty():
+        most = max(most, provider.qsize())
+        try:
+            fragment = provider.get(timeout=0.01)
+        except queue.Empty:
+            continue
+        contexts.append(fragment.presentation_data_value_list[0][0])
+        time.sleep(0.0002)
+    for sender in senders:
+        sender.join()
+    return contexts, most
+
+
+def test_on_a_requestor_a_large_message_streams_a_bounded_way_ahead() -> None:
+    made = running_requestor()
+    report = large_event_report()  # ~50 fragments
+    sender = threading.Thread(target=made.dimse.send_msg, args=(report, 1))
+
+    contexts, most = take_slowly(made, [sender])
+
+    assert len(contexts) > 40
+    assert 1 <= most <= FRAGMENTS_AHEAD  # never the whole message held at once
+
+
+def test_on_a_requestor_two_senders_messages_never_interleave() -> None:
+    made = running_requestor()
+    senders = [
+        threading.Thread(target=made.dimse.send_msg, args=(large_event_report(), context))
+        for context in (1, 3)
+    ]
+
+    contexts, _most = take_slowly(made, senders)
+
+    runs = [context for index, context in enumerate(contexts) if contexts[index - 1] != context]
+    assert sorted(contexts) == contexts or sorted(contexts, reverse=True) == contexts
+    assert len(set(runs)) == 2  # both messages went, one after the other
+
+
+def test_on_a_requestor_a_message_broken_off_midway_aborts_the_association() -> None:
+    made = running_requestor()
+    broken = event_report()
+    broken.EventInformation = UnreadableBytes(bytes(100))  # fails after the command fragment
+
+    with pytest.raises(OSError):
+        made.dimse.send_msg(broken, 1)
+    queued = list(made.dul.to_provider_queue.queue)
+    assert [type(item).__name__ for item in queued] == ["P_DATA", "A_ABORT"]
+
+
+def test_on_a_requestor_the_end_of_the_dul_thread_ends_the_wait_for_room() -> None:
+    made = running_requestor()
+    made.dul._kill_thread = True  # the connection closed: nobody takes the fragments
+
+    made.dimse.send_msg(large_event_report(), 1)  # returns: the response wait finds the end
+
+    assert made.dul.to_provider_queue.qsize() == FRAGMENTS_AHEAD + 1  # no more, and the abort
+    assert made.is_aborted
+
+
+def test_on_a_requestor_fragments_stay_short_when_the_peer_takes_any_length() -> None:
+    made = running_requestor()
+    made.acceptor.maximum_length = 0  # the peer announced no maximum: one fragment otherwise
+    request = event_report()
+    request.EventInformation = BytesIO(bytes(3 * FRAGMENT_BYTES))
+
+    made.dimse.send_msg(request, 1)
+
+    fragments = list(made.dul.to_provider_queue.queue)
+    lengths = [len(f.presentation_data_value_list[0][1]) for f in fragments]
+    assert len(fragments) >= 4  # the command, then the data set in pieces
+    assert max(lengths) <= FRAGMENT_BYTES
+
+
+def test_on_a_requestor_a_release_waits_for_the_message_under_way() -> None:
+    made = running_requestor()
+    provider = made.dul.to_provider_queue
+    sender = threading.Thread(target=made.dimse.send_msg, args=(large_event_report(), 1))
+    sender.start()
+    while provider.qsize() < FRAGMENTS_AHEAD:  # the sender now waits for room
+        time.sleep(0.001)
+    releaser = threading.Thread(target=made.dul.send_pdu, args=(A_RELEASE(),))
+    releaser.start()
+    time.sleep(0.05)
+
+    assert provider.qsize() == FRAGMENTS_AHEAD  # not queued between the fragments
+    taken = []
+    while sender.is_alive() or releaser.is_alive() or not provider.empty():
+        with contextlib.suppress(queue.Empty):
+            taken.append(type(provider.get(timeout=0.01)).__name__)
+    assert taken[-1] == "A_RELEASE"
+    assert set(taken[:-1]) == {"P_DATA"}
+
+
+def test_the_senders_wait_ends_once_the_association_is_aborted(assoc: Association) -> None:
+    # The reactor, let run by the abort, may take the (None, None) that says the connection
+    # ended: the sender would then wait out dimse_timeout for an answer that cannot come.
+    assoc.dimse_timeout = 30
+    assoc.is_aborted = True
+    started = time.monotonic()
+
+    assert assoc.dimse.get_msg(block=True) == (None, None)
+    assert time.monotonic() - started < 5
