@@ -7,8 +7,11 @@ never report). As SCP: a modality learns which instances the node keeps, also af
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.support.commitment import CommitmentPeer, Modality
 from tests.support.dcmtk import storescu
@@ -25,6 +28,22 @@ def job_details(node: NodeProcess, job_id: int) -> dict[str, Any]:
 
 def only_job_is(status: str):  # type: ignore[no-untyped-def]
     return lambda jobs: len(jobs) == 1 and jobs[0]["status"] == status
+
+
+@pytest.fixture
+def listening_modality() -> Iterator[Modality]:
+    """A modality whose listener (its [[peers]] address) takes reports on new associations."""
+    modality = Modality().start()
+    yield modality
+    modality.stop()
+
+
+def node_holding(node_factory, modality: Modality, series: list[Path]) -> NodeProcess:  # type: ignore[no-untyped-def]
+    """A started node with `modality` in [[peers]], holding `series` stored by it (the node
+    factory stops it at teardown)."""
+    node = node_factory([], peers=[modality.peer()]).start()
+    assert storescu(node.port, series, calling_aet=modality.ae_title).returncode == 0
+    return node
 
 
 def test_series_is_done_only_after_orthanc_reports_every_instance_committed(
@@ -194,57 +213,41 @@ def test_a_modality_may_echo_on_its_association_while_the_report_on_it_awaits_it
 
 
 def test_a_modality_that_releases_while_its_report_awaits_its_answer_is_released_then_called(
-    node_factory, ct_series: list[Path]
+    node_factory, ct_series: list[Path], listening_modality: Modality
 ) -> None:
     # The node's reactor waited, paused, for the report's answer and never answered the release:
     # both sides waited out their timeouts and the association ended in an abort.
-    modality = Modality().start()
-    try:
-        node = node_factory([], peers=[modality.peer()]).start()
-        try:
-            assert storescu(node.port, ct_series, calling_aet=modality.ae_title).returncode == 0
+    modality = listening_modality
+    node = node_holding(node_factory, modality, ct_series)
 
-            action, released, transaction = modality.ask_and_release_while_reported(
-                node.port, ct_series
-            )
+    action, released, transaction = modality.ask_and_release_while_reported(node.port, ct_series)
 
-            assert (action, released) == (0x0000, True)
-            report = modality.report_for(transaction)  # over a new association, to its listener
-            assert modality.via == {transaction: "new"}
-            assert len(report.committed) == len(ct_series)
-            sent = node.wait_for_log(f"storage commitment report sent transaction={transaction}")
-            assert "association=new" in sent
-            assert "association aborted" not in node.log()
-        finally:
-            node.stop()
-    finally:
-        modality.stop()
+    assert (action, released) == (0x0000, True)
+    report = modality.report_for(transaction)  # over a new association, to its listener
+    assert modality.via == {transaction: "new"}
+    assert len(report.committed) == len(ct_series)
+    sent = node.wait_for_log(f"storage commitment report sent transaction={transaction}")
+    assert "association=new" in sent
+    assert "association aborted" not in node.log()
 
 
 def test_two_reports_owed_on_one_association_both_go_on_it_once(
-    node_factory, ct_series: list[Path]
+    node_factory, ct_series: list[Path], listening_modality: Modality
 ) -> None:
     # Two report senders waited on one association at once: the first to get its answer let
     # the reactor run again, which took the second's answer as a stray message; that report
     # waited out dimse_timeout and went again over a new association.
-    modality = Modality().start()
-    try:
-        node = node_factory([], peers=[modality.peer()]).start()
-        try:
-            assert storescu(node.port, ct_series, calling_aet=modality.ae_title).returncode == 0
+    modality = listening_modality
+    node = node_holding(node_factory, modality, ct_series)
 
-            statuses, transactions = modality.ask_twice(node.port, ct_series)
+    statuses, transactions = modality.ask_twice(node.port, ct_series)
 
-            assert statuses == [0x0000, 0x0000]
-            assert modality.via == dict.fromkeys(transactions, "same")
-            assert sorted(r.transaction_uid for r in modality.reports) == sorted(transactions)
-            for transaction in transactions:
-                assert re.search(rf"report sent transaction={transaction} .*=same", node.log())
-            assert "not delivered" not in node.log()
-        finally:
-            node.stop()
-    finally:
-        modality.stop()
+    assert statuses == [0x0000, 0x0000]
+    assert modality.via == dict.fromkeys(transactions, "same")
+    assert sorted(r.transaction_uid for r in modality.reports) == sorted(transactions)
+    for transaction in transactions:
+        assert re.search(rf"report sent transaction={transaction} .*=same", node.log())
+    assert "not delivered" not in node.log()
 
 
 def test_a_caller_without_a_peers_entry_is_refused_with_a_log_line(
