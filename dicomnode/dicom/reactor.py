@@ -49,8 +49,9 @@ from pynetdicom.pdu_primitives import A_RELEASE, P_DATA
 # (context ID, message); pynetdicom defines its message type for type checkers only.
 Taken: TypeAlias = "tuple[int | None, DimseServiceType | None]"
 
-# How often a sender waiting for its response looks whether the peer asked to release.
-RELEASE_LOOK_SECONDS = 0.05
+# How often a waiting sender looks again at what no notification tells it: whether the peer
+# asked to release, whether the DUL thread ended.
+LOOK_SECONDS = 0.05
 
 
 class ReleaseRequested(RuntimeError):
@@ -109,7 +110,7 @@ def _take_response(
     messages: "queue.Queue[Taken]",
     timeout: float | None,
     releasing: Callable[[], bool],
-    ended: Callable[[], bool] = lambda: False,
+    ended: Callable[[], bool],
 ) -> Taken:
     """The first response in the queue, or the `(None, None)` of the connection's end, waiting
     up to `timeout` seconds (None: without a bound, as pynetdicom's `dimse_timeout` allows);
@@ -130,7 +131,7 @@ def _take_response(
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None, None
-            messages.not_empty.wait(min(remaining or RELEASE_LOOK_SECONDS, RELEASE_LOOK_SECONDS))
+            messages.not_empty.wait(min(remaining or LOOK_SECONDS, LOOK_SECONDS))
 
 
 def _releasing(assoc: Association) -> bool:
@@ -232,6 +233,10 @@ class _ShortFragments(DIMSEServiceProvider):
         return FRAGMENT_BYTES if peers == 0 else min(peers, FRAGMENT_BYTES)
 
 
+class _ConnectionClosed(Exception):
+    """Breaks off pynetdicom's encoding of a message nobody would send any more."""
+
+
 def _send_in_turn(assoc: Association) -> None:
     """One message at a time per association, each queued fragment by fragment as it is encoded
     and at most FRAGMENTS_AHEAD ahead of the DUL thread, so a large C-STORE is read from its
@@ -250,10 +255,9 @@ def _send_in_turn(assoc: Association) -> None:
     send_pdu, send_msg = dul.send_pdu, dimse.send_msg
 
     def queue_with_room(primitive: object) -> None:
-        queued: list[int] | None = getattr(counting, "queued", None)
-        if queued is not None and isinstance(primitive, P_DATA):
+        if getattr(counting, "queued", None) is not None and isinstance(primitive, P_DATA):
             _wait_for_room(dul, provider)
-            queued[0] += 1
+            counting.queued += 1
         if isinstance(primitive, A_RELEASE):  # not between a message's fragments (PS3.8 Sta7)
             with turn:
                 send_pdu(primitive)
@@ -265,8 +269,8 @@ def _send_in_turn(assoc: Association) -> None:
 
     def send_in_turn(primitive: DimseServiceType, context_id: int) -> None:
         with turn, _callbacks_once_queued() as after:
-            outer = getattr(counting, "queued", None)
-            counting.queued = queued = [0]
+            outer = getattr(counting, "queued", None)  # fragments queued of this message
+            counting.queued = 0
             try:
                 send_msg(primitive, context_id)  # pynetdicom's: events, encoding, fragments
             except _ConnectionClosed:
@@ -275,7 +279,7 @@ def _send_in_turn(assoc: Association) -> None:
                 after.clear()
                 abort()
             except BaseException:
-                if queued[0]:  # half a message on its way: only an abort ends it cleanly
+                if counting.queued:  # half a message on its way: only an abort ends it cleanly
                     abort()
                 raise
             finally:
@@ -289,10 +293,6 @@ def _send_in_turn(assoc: Association) -> None:
     dimse.send_msg = send_in_turn  # type: ignore[method-assign]
 
 
-class _ConnectionClosed(Exception):
-    """Breaks off pynetdicom's encoding of a message nobody would send any more."""
-
-
 def _wait_for_room(dul: DULServiceProvider, provider: "queue.Queue[object]") -> None:
     """Until fewer than FRAGMENTS_AHEAD fragments wait for the DUL thread (its `get` notifies
     `not_full`); _ConnectionClosed when the DUL thread ends first."""
@@ -300,7 +300,7 @@ def _wait_for_room(dul: DULServiceProvider, provider: "queue.Queue[object]") -> 
         while len(provider.queue) >= FRAGMENTS_AHEAD:
             if dul._kill_thread or not dul.is_alive():
                 raise _ConnectionClosed
-            provider.not_full.wait(RELEASE_LOOK_SECONDS)  # woken by a `get`; looks anyway
+            provider.not_full.wait(LOOK_SECONDS)  # woken by a `get`; looks anyway
 
 
 @contextlib.contextmanager
