@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config
 from pynetdicom.association import Association
@@ -20,7 +21,7 @@ from dicomnode.config import Destination, Settings
 from dicomnode.db import SpooledInstance
 from dicomnode.dicom.bounded import read_bounded
 from dicomnode.dicom.tls import ClientContext, client_tls_args
-from dicomnode.errors import ConfigError, DecodeError, ForwardError, InstanceTooLarge
+from dicomnode.errors import ConfigError, DecodeError, ForwardError, InstanceTooLarge, SpoolError
 from dicomnode.forward.associate import open_association
 from dicomnode.forward.outcome import Outcome, classify_store_status
 
@@ -94,6 +95,20 @@ def _accepted_context(assoc: Association, sop_class: str, syntax: str) -> bool:
 def _send_one(assoc: Association, item: SpooledInstance, max_bytes: int, message_id: int) -> int:
     """Send one instance and return the peer's status (ForwardError when there is none).
 
+    A spooled file that cannot be read (gone, unreadable, no longer DICOM) is a SpoolError that
+    names the instance and the file: the fault is ours, not the peer's.
+    """
+    try:
+        return _store(assoc, item, max_bytes, message_id)
+    except (OSError, InvalidDicomError) as exc:
+        raise SpoolError(
+            f"cannot read the spooled file of sop={item.sop_instance_uid} ({item.path}): {exc}"
+        ) from None
+
+
+def _store(assoc: Association, item: SpooledInstance, max_bytes: int, message_id: int) -> int:
+    """The C-STORE itself: the file as it is when the peer takes its syntax, else decoded.
+
     Decoding for the uncompressed fallback reads at most `max_bytes` (node.max_instance_mb),
     inflated size included: a spooled deflate bomb is refused, not expanded.
     """
@@ -124,6 +139,12 @@ def _send_one(assoc: Association, item: SpooledInstance, max_bytes: int, message
     return int(response.Status)
 
 
+def _listed(problems: list[str]) -> str:
+    """The first three problems, and how many more: an error message stays one readable line."""
+    more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more
+
+
 def send_series(
     job_id: int,
     destination: Destination,
@@ -133,12 +154,15 @@ def send_series(
     """Deliver a series over one association; raise ForwardError (transient or not) on failure.
 
     A transient answer stops the series at once (the peer will refuse the rest too); permanent
-    refusals are collected so the error lists every instance the peer would not take.
+    refusals are collected so the error lists every instance the peer would not take. A spooled
+    file that cannot be read does not keep the others from the PACS: they go on, and the series
+    fails as transient afterwards, so that it is tried again (the file may be back by then).
     """
     started = time.monotonic()
     assoc = _associate(destination, settings, contexts_for(instances))
     sent = warnings = 0
     refused: list[str] = []
+    unreadable: list[str] = []
     try:
         for number, item in enumerate(instances):
             # Each request its own Message ID (US, 1-65535), as DCMTK and Orthanc number them:
@@ -146,6 +170,11 @@ def send_series(
             message_id = number % 0xFFFF + 1
             try:
                 status = _send_one(assoc, item, settings.node.max_instance_bytes, message_id)
+            except SpoolError as exc:
+                unreadable.append(str(exc))
+                if not assoc.is_established:  # broken off mid-message, the association with it
+                    break
+                continue
             except ForwardError as exc:
                 if exc.transient:
                     raise
@@ -166,12 +195,16 @@ def send_series(
         if assoc.is_established:
             assoc.release()
     seconds = time.monotonic() - started
-    if refused:
-        shown = "; ".join(refused[:3]) + (
-            f"; and {len(refused) - 3} more" if len(refused) > 3 else ""
-        )
+    if unreadable:
         raise ForwardError(
-            f"{destination.name} refused {len(refused)} of {len(instances)} instances: {shown}",
+            f"{len(unreadable)} of {len(instances)} spooled files could not be read "
+            f"({sent} of {len(instances)} sent to {destination.name}): {_listed(unreadable)}",
+            transient=True,
+        )
+    if refused:
+        raise ForwardError(
+            f"{destination.name} refused {len(refused)} of {len(instances)} instances: "
+            f"{_listed(refused)}",
             transient=False,
         )
     log.info(

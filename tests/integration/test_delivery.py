@@ -2,16 +2,20 @@
 
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom.association import Association
 from pynetdicom.sop_class import MRImageStorage
 
 from dicomnode.config import Destination, Settings
-from dicomnode.db import DeliveryStatus, ReceivedInstance, open_database
+from dicomnode.db import Database, DeliveryStatus, JobRecord, ReceivedInstance, open_database
 from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
 from dicomnode.db.jobs import claim_next_job, get_job
 from dicomnode.db.records import SpooledInstance
-from dicomnode.pipeline.delivery import deliver
+from dicomnode.errors import ForwardError
+from dicomnode.forward import scu
+from dicomnode.pipeline.delivery import Outgoing, deliver
 from dicomnode.status import JobPart
 from tests.support.faulty_scp import Behaviour, FaultyScp
 from tests.support.series import write_ct_series
@@ -36,13 +40,10 @@ def _mr_copy(ct: Path, out: Path) -> Path:
     return out
 
 
-def test_a_series_refused_for_good_does_not_keep_the_next_one_from_the_destination(
-    tmp_path: Path,
-) -> None:
-    ct = write_ct_series(tmp_path / "ct", 3, size=32)
-    mr = _mr_copy(ct[0], tmp_path / "mr.dcm")
-    db = open_database(f"sqlite:///{tmp_path / 'node.db'}")
-    first = dcmread(ct[0], stop_before_pixels=True)
+def _claimed_job(db: Database, first_file: Path) -> JobRecord:
+    """A claimed originals job for the series of `first_file` (the job's inputs come from the
+    test itself: deliver() sends what it is given)."""
+    first = dcmread(first_file, stop_before_pixels=True)
     record_instance(
         db,
         ReceivedInstance(
@@ -52,23 +53,38 @@ def test_a_series_refused_for_good_does_not_keep_the_next_one_from_the_destinati
             first.StudyInstanceUID,
             first.SeriesInstanceUID,
             "CT",
-            ct[0],
-            ct[0].stat().st_size,
+            first_file,
+            first_file.stat().st_size,
             "MODALITY",
         ),
     )
     create_jobs_for_quiet_series(db, 0, ["faulty"], [JobPart.ORIGINALS])
     job = claim_next_job(db, "test", 60, JobPart.ORIGINALS)
     assert job is not None
-    peer = FaultyScp(behaviour=Behaviour(refuse_sop_class=MRImageStorage)).start()
+    return job
+
+
+def _deliver_then_stop(peer: FaultyScp, db: Database, job: JobRecord, outgoing: Outgoing) -> None:
+    """One delivery of `outgoing` to the running `peer`, which is stopped afterwards."""
     try:
         settings = Settings(
             destinations=[Destination("faulty", peer.ae_title, "127.0.0.1", peer.port)]
         )
-        # the refused series first: it used to end the delivery before the others were sent
-        deliver(settings, db, job, "faulty", [_spooled([mr]), _spooled(ct)])
+        deliver(settings, db, job, "faulty", outgoing)
     finally:
         peer.stop()
+
+
+def test_a_series_refused_for_good_does_not_keep_the_next_one_from_the_destination(
+    tmp_path: Path,
+) -> None:
+    ct = write_ct_series(tmp_path / "ct", 3, size=32)
+    mr = _mr_copy(ct[0], tmp_path / "mr.dcm")
+    db = open_database(f"sqlite:///{tmp_path / 'node.db'}")
+    job = _claimed_job(db, ct[0])
+    peer = FaultyScp(behaviour=Behaviour(refuse_sop_class=MRImageStorage)).start()
+    # the refused series first: it used to end the delivery before the others were sent
+    _deliver_then_stop(peer, db, job, [_spooled([mr]), _spooled(ct)])
 
     assert set(peer.stored) == {dcmread(p).SOPInstanceUID for p in ct}
     [delivery] = get_job(db, job.id).deliveries
@@ -76,3 +92,57 @@ def test_a_series_refused_for_good_does_not_keep_the_next_one_from_the_destinati
     assert delivery.sent == 3
     assert delivery.error is not None
     assert "faulty refused 1 of 1 instances: 0x0122 for sop=" in delivery.error
+
+
+def test_spooled_files_that_cannot_be_read_are_named_and_do_not_keep_the_others_back(
+    tmp_path: Path,
+) -> None:
+    ct = write_ct_series(tmp_path / "ct", 4, size=32)
+    outgoing = [_spooled(ct)]
+    gone, garbled = outgoing[0][1], outgoing[0][2]
+    gone.path.unlink()  # e.g. removed by hand from the data directory
+    garbled.path.write_bytes(b"not a DICOM file any more")
+    db = open_database(f"sqlite:///{tmp_path / 'node.db'}")
+    job = _claimed_job(db, ct[0])
+    peer = FaultyScp().start()
+    _deliver_then_stop(peer, db, job, outgoing)
+
+    readable = {outgoing[0][0].sop_instance_uid, outgoing[0][3].sop_instance_uid}
+    assert set(peer.stored) == readable  # the PACS has every image the node can still read
+    [delivery] = get_job(db, job.id).deliveries
+    assert delivery.status is DeliveryStatus.FAILED  # tried again: the files may be put back
+    assert delivery.error is not None
+    assert "2 of 4 spooled files could not be read (2 of 4 sent to faulty)" in delivery.error
+    for item in (gone, garbled):
+        assert f"sop={item.sop_instance_uid} ({item.path})" in delivery.error
+    assert "No such file or directory" in delivery.error
+
+
+def test_a_file_that_fails_mid_message_ends_the_series_as_transient_and_says_how_far_it_got(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = _spooled(write_ct_series(tmp_path / "ct", 4, size=32))
+    real_store = scu._store
+
+    def failing_on_the_second(assoc: Association, item: SpooledInstance, *args: int) -> int:
+        if item is items[1]:  # as the reactor does when a read fails after the first fragment
+            assoc.abort()
+            raise OSError(5, "Input/output error")
+        return real_store(assoc, item, *args)
+
+    monkeypatch.setattr(scu, "_store", failing_on_the_second)
+    peer = FaultyScp().start()
+    try:
+        destination = Destination("faulty", peer.ae_title, "127.0.0.1", peer.port)
+        with pytest.raises(ForwardError) as caught:
+            scu.send_series(1, destination, items, Settings())
+    finally:
+        peer.stop()
+
+    assert caught.value.transient
+    assert str(caught.value).startswith(
+        "1 of 4 spooled files could not be read (1 of 4 sent to faulty): "
+        f"cannot read the spooled file of sop={items[1].sop_instance_uid} ({items[1].path}): "
+        "[Errno 5] Input/output error"
+    )
+    assert set(peer.stored) == {items[0].sop_instance_uid}  # nothing after the abort
