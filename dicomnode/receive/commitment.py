@@ -119,24 +119,34 @@ class CommitmentResponder:
     def handle_sent(self, event: Event) -> None:
         """The report may follow the N-ACTION response, never come before it: its thread starts
         once the response is queued whole for the wire (EVT_DIMSE_SENT fires before encoding)."""
-        if not isinstance(event.message, N_ACTION_RSP):
-            return
+        if isinstance(event.message, N_ACTION_RSP):
+            once_queued(lambda: self._start_report(event.assoc))
+
+    def forget(self, event: Event) -> None:
+        """The association closed before its N-ACTION response went out (it failed to encode,
+        or the caller left): nothing is owed, and the log says which report was dropped."""
         with self._lock:
             owed = self._owed.pop(id(event.assoc), None)
         if owed is not None:
             report, peer = owed
-            sender = threading.Thread(
+            log.warning(
+                "storage commitment report not sent transaction=%s calling_aet=%s: the "
+                "association ended before its N-ACTION response went out",
+                report.transaction_uid,
+                peer.ae_title,
+            )
+
+    def _start_report(self, assoc: Association) -> None:
+        with self._lock:
+            owed = self._owed.pop(id(assoc), None)
+        if owed is not None:
+            report, peer = owed
+            threading.Thread(
                 target=self._send_report,
-                args=(event.assoc, report, peer),
+                args=(assoc, report, peer),
                 name=f"commitment-report-{peer.ae_title.strip()}",
                 daemon=True,
-            )
-            once_queued(sender.start)
-
-    def forget(self, event: Event) -> None:
-        """The association closed before its N-ACTION response went out: nothing is owed."""
-        with self._lock:
-            self._owed.pop(id(event.assoc), None)
+            ).start()
 
     def _send_report(self, assoc: Association, report: CommitmentReport, peer: Peer) -> None:
         time.sleep(RELEASE_GRACE_SECONDS)

@@ -1,0 +1,87 @@
+"""The node's Storage Commitment SCP on one association, its network played by the test."""
+
+import logging
+import threading
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom import AE, build_context, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import N_ACTION
+from pynetdicom.events import Event
+
+from dicomnode.config import Peer, Settings
+from dicomnode.db import open_database
+from dicomnode.dicom.commitment import (
+    COMMITMENT_CLASS_UID,
+    COMMITMENT_INSTANCE_UID,
+    REQUEST_ACTION_TYPE,
+    CommitmentRequest,
+    Reference,
+    request_dataset,
+)
+from dicomnode.dicom.reactor import send_messages_in_order
+from dicomnode.receive.commitment import CommitmentResponder
+from dicomnode.receive.status import SUCCESS
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+class UnreadableBytes(BytesIO):
+    def getvalue(self) -> bytes:
+        raise OSError("the data set could not be read")
+
+
+def action_request(transaction_uid: str) -> N_ACTION:
+    """A modality's N-ACTION asking for the commitment of one instance, encoded as on the wire."""
+    encoded = DicomBytesIO()
+    encoded.is_little_endian, encoded.is_implicit_VR = True, True
+    write_dataset(
+        encoded, request_dataset(CommitmentRequest(transaction_uid, (Reference(CT, "1.2.3.4.1"),)))
+    )
+    request = N_ACTION()
+    request.MessageID = 1
+    request.RequestedSOPClassUID = COMMITMENT_CLASS_UID
+    request.RequestedSOPInstanceUID = COMMITMENT_INSTANCE_UID
+    request.ActionTypeID = REQUEST_ACTION_TYPE
+    request.ActionInformation = BytesIO(encoded.getvalue())
+    return request
+
+
+def test_a_report_whose_response_fails_to_encode_is_never_sent_and_the_log_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(peers=[Peer("MODALITY", "127.0.0.1", 11112)])
+    responder = CommitmentResponder(settings, open_database(f"sqlite:///{tmp_path / 'node.db'}"))
+    made = Association(AE(), "acceptor")
+    made.requestor.ae_title = "MODALITY"
+    send_messages_in_order(made)
+    made.bind(evt.EVT_DIMSE_SENT, responder.handle_sent)
+    context = build_context(COMMITMENT_CLASS_UID, ImplicitVRLittleEndian)
+    context.context_id = 1
+    asked = Event(
+        made, evt.EVT_N_ACTION, {"request": action_request("1.2.3.99"), "context": context.as_tuple}
+    )
+    assert responder.handle_action(asked) == (SUCCESS, None)
+
+    response = N_ACTION()
+    response.MessageIDBeingRespondedTo = 1
+    response.AffectedSOPClassUID = COMMITMENT_CLASS_UID
+    response.AffectedSOPInstanceUID = COMMITMENT_INSTANCE_UID
+    response.ActionTypeID = REQUEST_ACTION_TYPE
+    response.Status = SUCCESS
+    response.ActionReply = UnreadableBytes(bytes(100))
+    with pytest.raises(OSError):
+        made.dimse.send_msg(response, 1)
+    assert not [t for t in threading.enumerate() if t.name.startswith("commitment-report-")]
+
+    with caplog.at_level(logging.WARNING, logger="dicomnode.receive.commitment"):
+        responder.forget(Event(made, evt.EVT_CONN_CLOSE, {}))
+    assert (
+        "storage commitment report not sent transaction=1.2.3.99 calling_aet=MODALITY: the "
+        "association ended before its N-ACTION response went out"
+    ) in caplog.text
