@@ -128,12 +128,23 @@ def metrics_report(
         # and it must not reach an operator's log.
         warnings.simplefilter("ignore", UserWarning)
         sr = _comprehensive_sr(evidence, report, series_uid, series_number, sop_uid, description)
+    _on_the_images_clock(sr, images[0].derived)
     scheme = Dataset()
     scheme.CodingSchemeDesignator = SCHEME
     scheme.CodingSchemeName = "dicomnode enhancement metrics"
     scheme.CodingSchemeResponsibleOrganization = "dicomnode project"
     sr.CodingSchemeIdentificationSequence = [scheme]
     return sr
+
+
+def _on_the_images_clock(sr: Dataset, image: Dataset) -> None:
+    """The SR's dates and times are its images' (their processing time, on the source's clock,
+    with its TimezoneOffsetFromUTC: PS3.3 C.12.1.1.8). highdicom stamps the node's local clock,
+    which in a UTC container would put a +0100 study's report an hour off its images."""
+    if "TimezoneOffsetFromUTC" in image:
+        sr.TimezoneOffsetFromUTC = image.TimezoneOffsetFromUTC
+    sr.SeriesDate = sr.ContentDate = sr.InstanceCreationDate = image.ContentDate
+    sr.SeriesTime = sr.ContentTime = sr.InstanceCreationTime = image.ContentTime
 
 
 def _reference(ds: Dataset) -> Dataset:

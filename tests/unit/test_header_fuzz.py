@@ -363,3 +363,15 @@ def test_the_report_of_a_multi_frame_image_names_the_frame_it_scored(ct_slice: P
         if "ReferencedFrameNumber" in item
     ]
     assert referenced and set(referenced) == {2}
+
+
+def test_the_report_is_timed_as_its_images_on_the_sources_clock(ct_slice: Path) -> None:
+    # highdicom stamps the node's local clock; the images carry the source's offset (PS3.3
+    # C.12.1.1.8), and the report must read the same time as they do.
+    source = dcmread(ct_slice)
+    source.TimezoneOffsetFromUTC = "-0500"
+    [derived], report = build([source], 1)  # processed 2026-11-25 12:00 on the node's clock
+    assert report.TimezoneOffsetFromUTC == derived.TimezoneOffsetFromUTC == "-0500"
+    for pair in ("Series", "Content", "InstanceCreation"):
+        assert report[f"{pair}Date"].value == derived.ContentDate
+        assert report[f"{pair}Time"].value == derived.ContentTime
