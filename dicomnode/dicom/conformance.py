@@ -4,7 +4,10 @@ Real series arrive de-identified (type-2 attributes such as PatientBirthDate dro
 values that break PS3.5 (an ISO date `1970-01-01` in a DA). A derived image and the metrics SR
 copy the Patient, Study, Series and Equipment modules from their source, so that copy is made to
 conform first: type-2 attributes of the IOD's mandatory modules present (empty when unknown,
-PS3.5 7.4.3), and invalid values of those four modules replaced rather than carried on. The
+PS3.5 7.4.3), and invalid values of those four modules replaced rather than carried on, except
+the values the PACS files the patient and the study by (`IDENTITY`): a derived series filed under a
+blanked Patient ID would sit apart from its source (Orthanc keys a study by Patient ID and Study
+Instance UID), so those are copied exactly as the source has them, errors and all. The
 source dataset is never modified. Which attribute has which type comes from highdicom's tables of
 the standard; whether a value is valid, from pydicom's VR validators.
 """
@@ -36,6 +39,21 @@ ENUMERATED = {
     "PatientIdentityRemoved": frozenset({"YES", "NO"}),  # PS3.3 C.7.1.1
     "PatientSexNeutered": frozenset({"ALTERED", "UNALTERED"}),  # PS3.3 C.7.2.2
 }
+# What a PACS matches a new series to its patient and study by, and shows beside it: copied as
+# they are, even when invalid (the source's own copy at the PACS has the same value).
+IDENTITY = frozenset(
+    {
+        "PatientName",
+        "PatientID",
+        "IssuerOfPatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "AccessionNumber",
+        "StudyID",
+        "StudyDate",
+        "StudyTime",
+    }
+)
 # Strictest first: an attribute in several modules of one IOD keeps its strictest type.
 _TYPE_ORDER = ("1", "1C", "2", "2C", "3")
 
@@ -115,21 +133,23 @@ def _set_empty(ds: Dataset, keyword: str) -> None:
     ds.add_new(keyword, vr, [] if vr == "SQ" else None)
 
 
-def conform(ds: Dataset) -> tuple[str, ...]:
+def conform(ds: Dataset, *, keep_identity: bool = True) -> tuple[str, ...]:
     """Make `ds`, a copy the caller owns, conform; return the keywords changed (no values).
 
     An invalid value of the Patient/Study/Series/Equipment modules becomes empty where the
     attribute is type 2/2C (PS3.5 7.4.3: present, zero length when unknown) and is removed where
     it is type 3 or 1C (the standard never requires a wrong value). Type-1 values are kept: they
     are the identity (StudyInstanceUID, Modality, ...) shared with the source, and a source that
-    carries a wrong one already breaks the same rule. Absent type-2 attributes of the IOD's
-    mandatory modules are written empty.
+    carries a wrong one already breaks the same rule; so are the `IDENTITY` values, unless
+    `keep_identity` is false (a header for a library that refuses them). Absent type-2
+    attributes of the IOD's mandatory modules are written empty.
     """
     sop = str(ds.get("SOPInstanceUID", "(no SOPInstanceUID)"))
     types, required_empty = _types_for(ds, sop)
+    kept = IDENTITY if keep_identity else frozenset()
     changed = []
     for keyword, kind in types.items():
-        if keyword not in ds or kind == "1" or is_valid(ds, keyword):
+        if keyword not in ds or kind == "1" or keyword in kept or is_valid(ds, keyword):
             continue
         if kind in ("2", "2C"):
             _set_empty(ds, keyword)
@@ -146,10 +166,27 @@ def conform(ds: Dataset) -> tuple[str, ...]:
 
 
 def conformant_header(source: Dataset) -> Dataset:
-    """A conformant copy of `source` without its pixel data: evidence for an SR."""
+    """A conformant copy of `source` without its pixel data, identity values included (highdicom
+    refuses an invalid Patient's Sex or Study Date): evidence for an SR, which then takes the
+    source's identity back (`copy_identity`)."""
     header = copy.deepcopy(source)
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in header:
             del header[keyword]
-    conform(header)
+    conform(header, keep_identity=False)
     return header
+
+
+def copy_identity(target: Dataset, source: Dataset) -> None:
+    """`source`'s `IDENTITY` attributes onto `target` as they are, valid or not (their values
+    decoded, so that `target` writes them in its own character set)."""
+    for keyword in IDENTITY:
+        if keyword not in source:
+            continue
+        try:
+            with warnings.catch_warnings():  # pydicom's warning about a bad value quotes it
+                warnings.simplefilter("ignore", UserWarning)
+                element = copy.deepcopy(source[keyword])
+        except ValueError:  # reading_validation_mode RAISE: target keeps its conformed value
+            continue
+        target[keyword] = element

@@ -7,7 +7,8 @@ qualitative evaluation. PSNR, SSIM and the verdict have no standard codes, so th
 private scheme `99DCMNODE`, declared in CodingSchemeIdentificationSequence (PS3.3 C.12.1.1.2).
 Built with highdicom, which enforces the template. The SR's Patient and Study modules are copied
 from the first derived image, made to conform first (`conformance.conformant_header`): highdicom
-needs their type-2 attributes present and valid, and a de-identified source lacks some.
+needs their type-2 attributes present and valid, and a de-identified source lacks some. The
+patient's and study's identity values are then put back exactly as the images carry them.
 """
 
 import math
@@ -21,7 +22,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
 from dicomnode import __version__
-from dicomnode.dicom.conformance import conformant_header
+from dicomnode.dicom.conformance import conformant_header, copy_identity
 from dicomnode.dicom.derive import MANUFACTURER, derived_uid
 from dicomnode.errors import ImageDeclined
 from dicomnode.imaging.outcome import ImageOutcome
@@ -128,6 +129,7 @@ def metrics_report(
         # and it must not reach an operator's log.
         warnings.simplefilter("ignore", UserWarning)
         sr = _comprehensive_sr(evidence, report, series_uid, series_number, sop_uid, description)
+    copy_identity(sr, images[0].derived)  # as its images carry it, invalid or not
     _on_the_images_clock(sr, images[0].derived)
     scheme = Dataset()
     scheme.CodingSchemeDesignator = SCHEME

@@ -105,7 +105,10 @@ class Variant:
     edit: Callable[[Dataset], None]
     scale: int = 1
     declined_by: str | None = None  # the attribute a decline must name; None: must build
-    secret: str | None = None  # a raw invalid value that must not leave the source
+    secret: str | None = None  # a raw invalid value no error may quote, nor a file but below
+    # Identity attributes (conformance.IDENTITY) whose invalid values the derived images and the
+    # SR must carry exactly as the source does: the PACS files them by those.
+    carried: tuple[str, ...] = ()
 
 
 def remove(*keywords: str) -> Callable[[Dataset], None]:
@@ -185,10 +188,26 @@ COMBINATIONS = [
         "invalid-dates",
         assign(PatientBirthDate=INVALID_DATE, StudyDate=INVALID_DATE, SeriesDate=INVALID_DATE),
         secret=INVALID_DATE,
+        carried=("PatientBirthDate", "StudyDate"),
     ),
-    Variant("invalid-patient-sex", assign(PatientSex="X")),
-    Variant("invalid-patient-name", assign(PatientName="Doe=Jane=X=Y"), secret="Doe=Jane=X=Y"),
-    Variant("invalid-age-and-time", assign(PatientAge="45", StudyTime="12:00"), secret="12:00"),
+    Variant("invalid-series-date", assign(SeriesDate=INVALID_DATE), secret=INVALID_DATE),
+    Variant("invalid-patient-sex", assign(PatientSex="X"), carried=("PatientSex",)),
+    Variant(
+        "invalid-patient-name",
+        assign(PatientName="Doe=Jane=X=Y"),
+        secret="Doe=Jane=X=Y",
+        carried=("PatientName",),
+    ),
+    Variant(
+        "overlong-patient-id",
+        assign(PatientID="P" * 70),
+        secret="P" * 70,
+        carried=("PatientID",),
+    ),
+    Variant("invalid-age", assign(PatientAge="45")),
+    Variant(
+        "invalid-study-time", assign(StudyTime="12:00"), secret="12:00", carried=("StudyTime",)
+    ),
     Variant("overlong-study-description", assign(StudyDescription="S" * 80), secret="S" * 80),
     Variant("gantry-tilt", tilted),
     Variant("gantry-tilt-x2", tilted, scale=2),
@@ -288,8 +307,11 @@ def check(sources: Sequence[Dataset], variant: Variant, out: Path) -> None:
     for path in written:
         added = dciodvfy_errors(path) - source_errors
         assert not added, f"{variant.name}: {path.name} adds {sorted(added)}"
-        if variant.secret is not None:
+        if variant.secret is not None and not variant.carried:
             assert variant.secret.encode() not in path.read_bytes(), path.name
+    for keyword in variant.carried:
+        expected = sources[0][keyword].value
+        assert [ds[keyword].value for ds in [*derived, report]] == [expected] * (len(derived) + 1)
     for source, ds in zip(sources, derived, strict=True):
         assert ds.StudyInstanceUID == source.StudyInstanceUID
         assert ds.Rows == source.Rows * variant.scale
