@@ -51,6 +51,7 @@ class CommitmentPeer:
         self.stored: Counter[str] = Counter()
         self.requests: list[CommitmentRequest] = []
         self._owed: dict[int, CommitmentReport] = {}
+        self._responding: set[int] = set()  # associations whose N-ACTION response is on its way
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
 
@@ -76,6 +77,7 @@ class CommitmentPeer:
                 (evt.EVT_C_STORE, self._store),
                 (evt.EVT_N_ACTION, self._action),
                 (evt.EVT_DIMSE_SENT, self._sent),
+                (evt.EVT_PDU_SENT, self._pdu_sent),
             ],
         )
         return self
@@ -107,11 +109,24 @@ class CommitmentPeer:
         return 0x0000, None
 
     def _sent(self, event: Event) -> None:
-        if type(event.message).__name__ != "N_ACTION_RSP":
+        """EVT_DIMSE_SENT fires before the N-ACTION response is encoded: a report sent from here
+        could reach the node before the response (PS3.4 J.3.3: it follows the response), so it
+        waits for the response's own P-DATA (`_pdu_sent`)."""
+        if type(event.message).__name__ == "N_ACTION_RSP":
+            with self._lock:
+                self._responding.add(id(event.assoc))
+
+    def _pdu_sent(self, event: Event) -> None:
+        """The first P-DATA out after an N-ACTION response began is that response (a command
+        alone, one PDU): its report may follow now, on the same association."""
+        if not isinstance(event.pdu, P_DATA_TF):
             return
         with self._lock:
+            if id(event.assoc) not in self._responding:
+                return
+            self._responding.discard(id(event.assoc))
             report = self._owed.pop(id(event.assoc), None)
-        if report is not None:  # on the same association, after the N-ACTION response
+        if report is not None:
             threading.Thread(target=_report, args=(event.assoc, report), daemon=True).start()
 
 
