@@ -151,8 +151,11 @@ def once_queued(callback: Callable[[], None]) -> None:
     pynetdicom fires EVT_DIMSE_SENT before it encodes the message: a handler that sends a
     follow-up from another thread (a storage commitment report after its N-ACTION response)
     starts that thread from here, so the follow-up's fragments queue behind the message's and
-    the wire order is the order of sending. Outside such a send (an association that
-    `send_messages_in_order` did not tune) it runs at once."""
+    the wire order is the order of sending. On an association we accepted it runs under the
+    DUL queue's lock, before the first fragment can leave, so that the follow-up is under way
+    before the peer can answer or leave: it must be quick (start a thread) and must not touch
+    that queue. Outside such a send (an association that `send_messages_in_order` did not
+    tune) it runs at once."""
     waiting: list[Callable[[], None]] | None = getattr(_queueing, "callbacks", None)
     if waiting is None:
         callback()
@@ -206,11 +209,14 @@ def _send_whole(assoc: Association) -> None:
                 provider.queue.extend(held)
                 provider.unfinished_tasks += len(held)
                 provider.not_empty.notify()
+                # Before the DUL thread can take the first fragment, so before the peer can
+                # answer or leave: what follows the message is under way when the peer sees it.
+                # None when the message failed to encode: it was never sent.
+                for callback in after:
+                    callback()
             wake = getattr(dul.socket, "wake", None)  # dicom/waking.py's DUL sleeps on its socket
             if callable(wake):
                 wake()
-        for callback in after:  # none when the message failed to encode: it was never sent
-            callback()
 
     dul.send_pdu = hold_fragments  # type: ignore[method-assign]
     dimse.send_msg = send_whole  # type: ignore[method-assign]

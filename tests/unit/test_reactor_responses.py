@@ -284,9 +284,12 @@ def test_a_follow_up_starts_once_the_message_is_queued_whole(whole: bool) -> Non
         send_messages_in_order(made)
     provider = made.dul.to_provider_queue
     queued_at_start: list[int] = []
+    before_the_dul_may_take: list[bool] = []  # the report is under way before the peer can leave
 
     def on_sent(event: evt.Event) -> None:
-        once_queued(lambda: queued_at_start.append(provider.qsize()))
+        # len(queue), not qsize(): a callback runs under the queue's lock (see once_queued)
+        once_queued(lambda: queued_at_start.append(len(provider.queue)))
+        once_queued(lambda: before_the_dul_may_take.append(provider.mutex.locked()))
 
     made.bind(evt.EVT_DIMSE_SENT, on_sent)
     made.dimse.send_msg(large_event_report(), 1)
@@ -295,6 +298,7 @@ def test_a_follow_up_starts_once_the_message_is_queued_whole(whole: bool) -> Non
     assert fragments > 40
     # pynetdicom's own (no whole-message send): at once, before the first fragment
     assert queued_at_start == [fragments if whole else 0]
+    assert before_the_dul_may_take == [whole]
 
 
 def test_a_follow_up_of_a_message_that_fails_to_encode_never_starts() -> None:
