@@ -54,6 +54,18 @@ class ForwardError(DicomNodeError):
         self.transient = transient
 
 
+class UnreadableSpool(ForwardError):
+    """Spooled files of a series could not be read for sending (gone, unreadable, damaged).
+
+    This node's fault, not the destination's: the delivery is retried (the files may be put
+    back), and the job's other series still go meanwhile. `sent` counts the instances of the
+    series that went."""
+
+    def __init__(self, message: str, *, sent: int) -> None:
+        super().__init__(message, transient=True)
+        self.sent = sent
+
+
 class ImageDeclined(DicomNodeError):
     """An image the enhancement cannot use as it is (colour, float, undecodable); the message
     names the instance and the reason, and the caller forwards it unchanged."""

@@ -21,7 +21,14 @@ from dicomnode.config import Destination, Settings
 from dicomnode.db import SpooledInstance
 from dicomnode.dicom.bounded import read_bounded
 from dicomnode.dicom.tls import ClientContext, client_tls_args
-from dicomnode.errors import ConfigError, DecodeError, ForwardError, InstanceTooLarge, SpoolError
+from dicomnode.errors import (
+    ConfigError,
+    DecodeError,
+    ForwardError,
+    InstanceTooLarge,
+    SpoolError,
+    UnreadableSpool,
+)
 from dicomnode.forward.associate import open_association
 from dicomnode.forward.outcome import Outcome, classify_store_status
 
@@ -113,7 +120,10 @@ def _store(assoc: Association, item: SpooledInstance, max_bytes: int, message_id
     inflated size included: a spooled deflate bomb is refused, not expanded.
     """
     if _accepted_context(assoc, item.sop_class_uid, item.transfer_syntax_uid):
-        response = assoc.send_c_store(item.path, msg_id=message_id)
+        try:
+            response = assoc.send_c_store(item.path, msg_id=message_id)
+        except AttributeError as exc:  # pynetdicom: the file lacks its file meta information
+            raise InvalidDicomError(str(exc)) from None
     elif any(_accepted_context(assoc, item.sop_class_uid, ts) for ts in _UNCOMPRESSED):
         try:
             dataset = read_bounded(item.path, max_bytes)
@@ -123,7 +133,15 @@ def _store(assoc: Association, item: SpooledInstance, max_bytes: int, message_id
                 transient=False,
             ) from None
         if UID(item.transfer_syntax_uid).is_compressed:
-            dataset.decompress()
+            try:
+                # The same instance, decoded: pydicom would give it a new SOP Instance UID.
+                dataset.decompress(generate_instance_uid=False)
+            except Exception as exc:  # each decoder fails in its own way; none will heal
+                raise ForwardError(
+                    f"cannot decompress sop={item.sop_instance_uid} for the uncompressed "
+                    f"fallback: {type(exc).__name__}: {exc}",
+                    transient=False,
+                ) from None
         response = assoc.send_c_store(dataset, msg_id=message_id)
     else:
         raise ForwardError(
@@ -156,7 +174,7 @@ def send_series(
     A transient answer stops the series at once (the peer will refuse the rest too); permanent
     refusals are collected so the error lists every instance the peer would not take. A spooled
     file that cannot be read does not keep the others from the PACS: they go on, and the series
-    fails as transient afterwards, so that it is tried again (the file may be back by then).
+    ends in UnreadableSpool (retried: the file may be back by then), which names the refusals too.
     """
     started = time.monotonic()
     assoc = _associate(destination, settings, contexts_for(instances))
@@ -196,10 +214,12 @@ def send_series(
             assoc.release()
     seconds = time.monotonic() - started
     if unreadable:
-        raise ForwardError(
+        also = f"; {destination.name} refused {len(refused)}: {_listed(refused)}" if refused else ""
+        raise UnreadableSpool(
             f"{len(unreadable)} of {len(instances)} spooled files could not be read "
-            f"({sent} of {len(instances)} sent to {destination.name}): {_listed(unreadable)}",
-            transient=True,
+            f"({sent} of {len(instances)} sent to {destination.name}): {_listed(unreadable)}"
+            + also,
+            sent=sent,
         )
     if refused:
         raise ForwardError(

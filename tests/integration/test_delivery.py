@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom.association import Association
 from pynetdicom.sop_class import MRImageStorage
 
@@ -13,10 +14,11 @@ from dicomnode.db import Database, DeliveryStatus, JobRecord, ReceivedInstance, 
 from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
 from dicomnode.db.jobs import claim_next_job, get_job
 from dicomnode.db.records import SpooledInstance
-from dicomnode.errors import ForwardError
+from dicomnode.errors import ForwardError, UnreadableSpool
 from dicomnode.forward import scu
 from dicomnode.pipeline.delivery import Outgoing, deliver
 from dicomnode.status import JobPart
+from tests.support.data import pydicom_test_files
 from tests.support.faulty_scp import Behaviour, FaultyScp
 from tests.support.series import write_ct_series
 
@@ -97,23 +99,27 @@ def test_a_series_refused_for_good_does_not_keep_the_next_one_from_the_destinati
 def test_spooled_files_that_cannot_be_read_are_named_and_do_not_keep_the_others_back(
     tmp_path: Path,
 ) -> None:
-    ct = write_ct_series(tmp_path / "ct", 4, size=32)
-    outgoing = [_spooled(ct)]
-    gone, garbled = outgoing[0][1], outgoing[0][2]
+    broken = _spooled(write_ct_series(tmp_path / "broken", 5, size=32))
+    intact = _spooled(write_ct_series(tmp_path / "intact", 2, size=32))  # the job's next series
+    gone, not_dicom, no_meta = broken[1:4]
     gone.path.unlink()  # e.g. removed by hand from the data directory
-    garbled.path.write_bytes(b"not a DICOM file any more")
+    not_dicom.path.write_bytes(b"not a DICOM file any more")
+    no_meta.path.write_bytes(bytes(128) + b"DICM")  # a preamble, then nothing
     db = open_database(f"sqlite:///{tmp_path / 'node.db'}")
-    job = _claimed_job(db, ct[0])
+    job = _claimed_job(db, broken[0].path)
     peer = FaultyScp().start()
-    _deliver_then_stop(peer, db, job, outgoing)
+    _deliver_then_stop(peer, db, job, [broken, intact])
 
-    readable = {outgoing[0][0].sop_instance_uid, outgoing[0][3].sop_instance_uid}
+    readable = {item.sop_instance_uid for item in [broken[0], broken[4], *intact]}
     assert set(peer.stored) == readable  # the PACS has every image the node can still read
     [delivery] = get_job(db, job.id).deliveries
     assert delivery.status is DeliveryStatus.FAILED  # tried again: the files may be put back
+    assert delivery.sent == 4
     assert delivery.error is not None
-    assert "2 of 4 spooled files could not be read (2 of 4 sent to faulty)" in delivery.error
-    for item in (gone, garbled):
+    assert delivery.error.startswith(
+        "3 of 5 spooled files could not be read (2 of 5 sent to faulty): "
+    )
+    for item in (gone, not_dicom, no_meta):
         assert f"sop={item.sop_instance_uid} ({item.path})" in delivery.error
     assert "No such file or directory" in delivery.error
 
@@ -134,15 +140,43 @@ def test_a_file_that_fails_mid_message_ends_the_series_as_transient_and_says_how
     peer = FaultyScp().start()
     try:
         destination = Destination("faulty", peer.ae_title, "127.0.0.1", peer.port)
-        with pytest.raises(ForwardError) as caught:
+        with pytest.raises(UnreadableSpool) as caught:
             scu.send_series(1, destination, items, Settings())
     finally:
         peer.stop()
 
-    assert caught.value.transient
+    assert caught.value.transient and caught.value.sent == 1
     assert str(caught.value).startswith(
         "1 of 4 spooled files could not be read (1 of 4 sent to faulty): "
         f"cannot read the spooled file of sop={items[1].sop_instance_uid} ({items[1].path}): "
         "[Errno 5] Input/output error"
     )
     assert set(peer.stored) == {items[0].sop_instance_uid}  # nothing after the abort
+
+
+def test_a_peer_without_the_compressed_syntax_gets_the_same_instance_decoded_or_a_refusal(
+    tmp_path: Path,
+) -> None:
+    # The uncompressed fallback (PS3.5 10: every SCP takes Implicit VR Little Endian).
+    [rle] = pydicom_test_files("MR_small_RLE.dcm")
+    good, bad = dcmread(rle), dcmread(rle)
+    for ds, name in ((good, "good.dcm"), (bad, "bad.dcm")):
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(tmp_path / name, enforce_file_format=True)
+    bad.PixelData = encapsulate([b"no RLE header here"])
+    bad.save_as(tmp_path / "bad.dcm", enforce_file_format=True)
+    items = _spooled([tmp_path / "good.dcm", tmp_path / "bad.dcm"])
+    peer = FaultyScp(transfer_syntaxes=[ExplicitVRLittleEndian, ImplicitVRLittleEndian]).start()
+    try:
+        destination = Destination("faulty", peer.ae_title, "127.0.0.1", peer.port)
+        with pytest.raises(ForwardError) as caught:
+            scu.send_series(1, destination, items, Settings())
+    finally:
+        peer.stop()
+
+    assert not caught.value.transient  # a file that will not decode never will
+    assert f"cannot decompress sop={bad.SOPInstanceUID} for the uncompressed fallback" in str(
+        caught.value
+    )
+    # the same instance (pydicom's decompress() would give it a new UID), decoded
+    assert peer.syntax == {good.SOPInstanceUID: ExplicitVRLittleEndian}

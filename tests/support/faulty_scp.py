@@ -33,9 +33,11 @@ class FaultyScp:
     allowed_calling_aets: list[str] = field(default_factory=list)  # non-empty: reject others
     behaviour: Behaviour = field(default_factory=Behaviour)
     port: int = field(default_factory=free_port)
+    transfer_syntaxes: list[str] = field(default_factory=lambda: list(ALL_TRANSFER_SYNTAXES))
 
     def __post_init__(self) -> None:
         self.stored: Counter[str] = Counter()  # SOP Instance UID -> times stored with Success
+        self.syntax: dict[str, str] = {}  # SOP Instance UID -> the transfer syntax it came in
         self.answered: list[int] = []
         self.message_ids: list[int] = []  # of every C-STORE request, in the order they came
         self._unhang = threading.Event()
@@ -49,7 +51,7 @@ class FaultyScp:
     def start(self) -> "FaultyScp":
         ae = AE(ae_title=self.ae_title)
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(context.abstract_syntax, self.transfer_syntaxes)
         if self.allowed_calling_aets:
             ae.require_calling_aet = self.allowed_calling_aets
         self._server = ae.start_server(
@@ -89,4 +91,6 @@ class FaultyScp:
             self.answered.append(status)
             if status == 0x0000:
                 self.stored[str(event.request.AffectedSOPInstanceUID)] += 1
+                syntax = str(event.context.transfer_syntax)
+                self.syntax[str(event.request.AffectedSOPInstanceUID)] = syntax
         return status
