@@ -323,7 +323,8 @@ def derived_instance(
     """The derived dataset for `source` holding `stored` ((frames,) rows, columns, source dtype).
 
     The copy's Patient/Study/Series/Equipment modules are made to conform (`conformance.conform`),
-    so a de-identified or non-conformant source still gives a valid image; what cannot be
+    so a de-identified or non-conformant source still gives an image valid but for the identity
+    values it shares with its source as they are (`conformance.IDENTITY`); what cannot be
     derived raises ImageDeclined naming the instance and the attribute.
     """
     _require(source)

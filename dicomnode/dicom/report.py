@@ -110,6 +110,7 @@ def metrics_report(
     if not images:
         raise ValueError("a metrics report needs at least one image")
     evidence = _evidence(images)  # first: it checks every image can be referenced
+    _labelled_utf8(evidence[0])
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -129,6 +130,7 @@ def metrics_report(
         # and it must not reach an operator's log.
         warnings.simplefilter("ignore", UserWarning)
         sr = _comprehensive_sr(evidence, report, series_uid, series_number, sop_uid, description)
+    _same_character_set(sr, images[0].derived)
     copy_identity(sr, images[0].derived)  # as its images carry it, invalid or not
     _on_the_images_clock(sr, images[0].derived)
     scheme = Dataset()
@@ -137,6 +139,22 @@ def metrics_report(
     scheme.CodingSchemeResponsibleOrganization = "dicomnode project"
     sr.CodingSchemeIdentificationSequence = [scheme]
     return sr
+
+
+def _labelled_utf8(header: Dataset) -> None:
+    """highdicom takes only some Specific Character Set values: not the ISO 2022 combinations
+    of Japanese and Korean sites (['', 'ISO 2022 IR 87']), nor ISO_IR 6. The header's text is
+    decoded in its own character set first, then labelled UTF-8, which holds any of it."""
+    header.decode()
+    header.SpecificCharacterSet = "ISO_IR 192"
+
+
+def _same_character_set(sr: Dataset, image: Dataset) -> None:
+    """The SR is written in its images' character set (its own text is ASCII, which all hold)."""
+    if "SpecificCharacterSet" in image:
+        sr.SpecificCharacterSet = image.SpecificCharacterSet
+    elif "SpecificCharacterSet" in sr:
+        del sr.SpecificCharacterSet
 
 
 def _on_the_images_clock(sr: Dataset, image: Dataset) -> None:

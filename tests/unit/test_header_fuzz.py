@@ -38,6 +38,7 @@ from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.series import write_ct_series
 
 INVALID_DATE = "1970-01-01"  # ISO, not DA (PS3.5 6.2): the value seen in issue 12
+JAPANESE_NAME = "Yamada^Tarou=山田^太郎=やまだ^たろう"  # PS3.5 H.3.1, in ['', 'ISO 2022 IR 87']
 
 # Type-2 (and 2C) attributes of the Patient, General Study, General Series, General Equipment
 # and image modules of the CT and MR Image IODs (PS3.3 C.7.1.1, C.7.2.1, C.7.3.1, C.7.5.1,
@@ -106,8 +107,9 @@ class Variant:
     scale: int = 1
     declined_by: str | None = None  # the attribute a decline must name; None: must build
     secret: str | None = None  # a raw invalid value no error may quote, nor a file but below
-    # Identity attributes (conformance.IDENTITY) whose invalid values the derived images and the
-    # SR must carry exactly as the source does: the PACS files them by those.
+    # What the derived images and the SR must carry exactly as the source does, in memory and
+    # as written: identity attributes (conformance.IDENTITY: the PACS files them by those),
+    # invalid or not, and the character set.
     carried: tuple[str, ...] = ()
 
 
@@ -205,6 +207,21 @@ COMBINATIONS = [
         carried=("PatientID",),
     ),
     Variant("invalid-age", assign(PatientAge="45")),
+    Variant(
+        "japanese-iso-2022",
+        assign(SpecificCharacterSet=["", "ISO 2022 IR 87"], PatientName=JAPANESE_NAME),
+        carried=("PatientName", "SpecificCharacterSet"),
+    ),
+    Variant(
+        "latin-1-with-extensions",
+        assign(SpecificCharacterSet="ISO 2022 IR 100", PatientName="Müller^Jürgen"),
+        carried=("PatientName", "SpecificCharacterSet"),
+    ),
+    Variant(
+        "iso-ir-6",
+        assign(SpecificCharacterSet="ISO_IR 6"),
+        carried=("SpecificCharacterSet",),
+    ),
     Variant(
         "invalid-study-time", assign(StudyTime="12:00"), secret="12:00", carried=("StudyTime",)
     ),
@@ -311,7 +328,9 @@ def check(sources: Sequence[Dataset], variant: Variant, out: Path) -> None:
             assert variant.secret.encode() not in path.read_bytes(), path.name
     for keyword in variant.carried:
         expected = sources[0][keyword].value
-        assert [ds[keyword].value for ds in [*derived, report]] == [expected] * (len(derived) + 1)
+        read_back = [dcmread(path)[keyword].value for path in written]
+        in_memory = [ds[keyword].value for ds in [*derived, report]]
+        assert in_memory == read_back == [expected] * len(written), keyword
     for source, ds in zip(sources, derived, strict=True):
         assert ds.StudyInstanceUID == source.StudyInstanceUID
         assert ds.Rows == source.Rows * variant.scale
