@@ -77,6 +77,17 @@ def _deliver_then_stop(peer: FaultyScp, db: Database, job: JobRecord, outgoing: 
         peer.stop()
 
 
+def _send_failing_then_stop(peer: FaultyScp, items: list[SpooledInstance]) -> ForwardError:
+    """The error of one `send_series` of `items` to the running `peer`, stopped afterwards."""
+    try:
+        destination = Destination("faulty", peer.ae_title, "127.0.0.1", peer.port)
+        with pytest.raises(ForwardError) as caught:
+            scu.send_series(1, destination, items, Settings())
+    finally:
+        peer.stop()
+    return caught.value
+
+
 def test_a_series_refused_for_good_does_not_keep_the_next_one_from_the_destination(
     tmp_path: Path,
 ) -> None:
@@ -138,15 +149,10 @@ def test_a_file_that_fails_mid_message_ends_the_series_as_transient_and_says_how
 
     monkeypatch.setattr(scu, "_store", failing_on_the_second)
     peer = FaultyScp().start()
-    try:
-        destination = Destination("faulty", peer.ae_title, "127.0.0.1", peer.port)
-        with pytest.raises(UnreadableSpool) as caught:
-            scu.send_series(1, destination, items, Settings())
-    finally:
-        peer.stop()
+    error = _send_failing_then_stop(peer, items)
 
-    assert caught.value.transient and caught.value.sent == 1
-    assert str(caught.value).startswith(
+    assert isinstance(error, UnreadableSpool) and error.transient and error.sent == 1
+    assert str(error).startswith(
         "1 of 4 spooled files could not be read (1 of 4 sent to faulty): "
         f"cannot read the spooled file of sop={items[1].sop_instance_uid} ({items[1].path}): "
         "[Errno 5] Input/output error"
@@ -167,16 +173,9 @@ def test_a_peer_without_the_compressed_syntax_gets_the_same_instance_decoded_or_
     bad.save_as(tmp_path / "bad.dcm", enforce_file_format=True)
     items = _spooled([tmp_path / "good.dcm", tmp_path / "bad.dcm"])
     peer = FaultyScp(transfer_syntaxes=[ExplicitVRLittleEndian, ImplicitVRLittleEndian]).start()
-    try:
-        destination = Destination("faulty", peer.ae_title, "127.0.0.1", peer.port)
-        with pytest.raises(ForwardError) as caught:
-            scu.send_series(1, destination, items, Settings())
-    finally:
-        peer.stop()
+    error = _send_failing_then_stop(peer, items)
 
-    assert not caught.value.transient  # a file that will not decode never will
-    assert f"cannot decompress sop={bad.SOPInstanceUID} for the uncompressed fallback" in str(
-        caught.value
-    )
+    assert not error.transient  # a file that will not decode never will
+    assert f"cannot decompress sop={bad.SOPInstanceUID} for the uncompressed fallback" in str(error)
     # the same instance (pydicom's decompress() would give it a new UID), decoded
     assert peer.syntax == {good.SOPInstanceUID: ExplicitVRLittleEndian}
