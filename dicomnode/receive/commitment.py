@@ -125,8 +125,7 @@ class CommitmentResponder:
     def forget(self, event: Event) -> None:
         """The association closed before its N-ACTION response went out (it failed to encode,
         or the caller left): nothing is owed, and the log says which report was dropped."""
-        with self._lock:
-            owed = self._owed.pop(id(event.assoc), None)
+        owed = self._take_owed(event.assoc)
         if owed is not None:
             report, peer = owed
             log.warning(
@@ -136,9 +135,12 @@ class CommitmentResponder:
                 peer.ae_title,
             )
 
-    def _start_report(self, assoc: Association) -> None:
+    def _take_owed(self, assoc: Association) -> tuple[CommitmentReport, Peer] | None:
         with self._lock:
-            owed = self._owed.pop(id(assoc), None)
+            return self._owed.pop(id(assoc), None)
+
+    def _start_report(self, assoc: Association) -> None:
+        owed = self._take_owed(assoc)
         if owed is not None:
             report, peer = owed
             threading.Thread(

@@ -27,13 +27,9 @@ from dicomnode.dicom.commitment import (
 from dicomnode.dicom.reactor import send_messages_in_order
 from dicomnode.receive.commitment import CommitmentResponder
 from dicomnode.receive.status import SUCCESS
+from tests.unit.test_reactor_responses import UnreadableBytes
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
-
-
-class UnreadableBytes(BytesIO):
-    def getvalue(self) -> bytes:
-        raise OSError("the data set could not be read")
 
 
 def action_request(transaction_uid: str) -> N_ACTION:
