@@ -3,7 +3,7 @@
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import and_, delete, exists, func, or_, select, text, update
@@ -197,6 +197,32 @@ def create_jobs_for_quiet_series(
                     len(sop_uids),
                 )
     return created
+
+
+def next_completion_due(
+    db: Database, quiet_seconds: float, release_quiet_seconds: float = 0.0
+) -> datetime | None:
+    """When the first pending series becomes complete by the rule of
+    `create_jobs_for_quiet_series` if nothing more arrives (naive UTC); None when none is
+    pending. The completion tick comes back then rather than at its next round."""
+    first = func.min(Series.last_received_at)
+    pending = Series.pending.is_(True)
+    with db.session() as session:
+        oldest = session.scalar(select(first).where(pending))
+        if oldest is None:
+            return None
+        due = oldest + timedelta(seconds=quiet_seconds)
+        if release_quiet_seconds > 0:
+            released = session.scalar(
+                select(first).where(
+                    pending,
+                    Series.released_at.is_not(None),
+                    Series.released_at >= Series.last_received_at,
+                )
+            )
+            if released is not None:
+                due = min(due, released + timedelta(seconds=release_quiet_seconds))
+    return due
 
 
 def _create_job(

@@ -4,13 +4,19 @@ The rule on a real SQLite file and PostgreSQL (the completion tick's row locks),
 real node with DCMTK and pynetdicom senders."""
 
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from pydicom import dcmread
 from pynetdicom import AE
 
 from dicomnode.db import Database
-from dicomnode.db.instances import create_jobs_for_quiet_series, mark_series_released
+from dicomnode.db.instances import (
+    create_jobs_for_quiet_series,
+    mark_series_released,
+    next_completion_due,
+)
+from dicomnode.db.models import Series
 from dicomnode.status import JobPart
 from tests.conftest import ON_BOTH_DATABASES
 from tests.integration.test_job_table import receive
@@ -46,6 +52,54 @@ def test_an_instance_after_the_release_waits_for_its_own_release(db: Database) -
     mark_series_released(db, ["1.2.3.4"])
     time.sleep(0.3)
     assert len(complete(db)) == 1
+
+
+@ON_BOTH_DATABASES
+def test_the_next_due_time_is_when_the_first_pending_series_completes(db: Database) -> None:
+    """What the completion tick waits for: the earliest of each pending series' quiet time,
+    or its release time once released; nothing when no series is pending."""
+    assert next_completion_due(db, 3600, 0.2) is None
+    receive(db, "1.2.3.4", 3)
+    receive(db, "1.2.3.5", 3)
+    with db.session() as session:
+        received = {s.series_uid: s.last_received_at for s in session.query(Series)}
+    first = min(received.values())
+    assert next_completion_due(db, 3600, 0.2) == first + timedelta(seconds=3600)
+    mark_series_released(db, ["1.2.3.5"])
+    expected = received["1.2.3.5"] + timedelta(seconds=0.2)
+    assert next_completion_due(db, 3600, 0.2) == expected
+    assert next_completion_due(db, 3600, 0) == first + timedelta(seconds=3600)  # rule off
+    time.sleep(0.3)
+    assert len(complete(db)) == 1  # 1.2.3.5 became jobs; 1.2.3.4 is still pending
+    assert next_completion_due(db, 3600, 0.2) == received["1.2.3.4"] + timedelta(seconds=3600)
+    assert len(create_jobs_for_quiet_series(db, 0, ["pacs"], ORIGINALS)) == 1
+    assert next_completion_due(db, 3600, 0.2) is None
+
+
+def test_a_new_job_is_run_at_once_not_at_the_runners_next_poll(tmp_path: Path) -> None:
+    """The completion tick tells the runners of the jobs it made: with a runner that polls
+    once a minute, the originals still go seconds after the release (before, the first poll
+    after the one at start came a minute later)."""
+    series = write_ct_series(tmp_path / "series", 3, seed=5)
+    with StoreScp(tmp_path / "pacs") as pacs:
+        node = NodeProcess(
+            tmp_path / "node",
+            [{"name": "pacs", "ae_title": "STORESCP", "host": "127.0.0.1", "port": pacs.port}],
+            {
+                "completion": {"series_quiet_seconds": 3600, "release_quiet_seconds": 0.5},
+                "worker": {"poll_seconds": 60},
+            },
+        ).start()
+        try:
+            time.sleep(1)  # the runners' tick at start has run: the next is a minute away
+            assert storescu(node.port, series).returncode == 0
+            (job,) = node.wait_for_jobs(
+                lambda jobs: [j["status"] for j in jobs] == ["done"], timeout=30
+            )
+            assert job["part"] == "originals"
+            assert len(list((tmp_path / "pacs").iterdir())) == len(series)
+        finally:
+            node.stop()
 
 
 def test_the_originals_go_seconds_after_the_sender_releases(tmp_path: Path) -> None:
