@@ -155,8 +155,12 @@ class Node:
         # The receiver already answers while TensorFlow loads (seconds); what arrives meanwhile
         # is on disk and in the database, and becomes jobs whenever the node runs. A process
         # without enhancement workers never needs the models.
-        if self.settings.worker.workers and load_models(self.settings):
-            log.info("models loaded methods=%s", ",".join(self.settings.enhance.methods))
+        if self.settings.worker.workers:
+            if load_models(self.settings):
+                log.info("models loaded methods=%s", ",".join(self.settings.enhance.methods))
+            from dicomnode.pipeline.enhancement import prepare_enhancement  # after listening
+
+            prepare_enhancement()
         workers = self.settings.worker
         scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(workers.workers + 4)}, timezone=UTC

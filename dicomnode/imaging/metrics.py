@@ -118,7 +118,43 @@ def self_checks(
 
     The numbers are those `self_check` gives image by image; the order is the order of `sources`.
     """
-    shave = degradation.scale if degradation.scale > 1 else 0
+    return restore_for_self_checks(sources, restore_stack, degradation, paddings).scored()
+
+
+@dataclass(frozen=True)
+class RestoredForSelfCheck:
+    """The self-check's images degraded and restored by the method, not yet scored: the
+    scoring (most of the self-check's time, one core) can run beside other work."""
+
+    references: list[np.ndarray]
+    masks: list[np.ndarray | None]
+    degraded: list[np.ndarray]
+    restored: list[np.ndarray]
+    shave: int
+
+    def scored(self) -> list[SelfCheck]:
+        """Each image's `SelfCheck`, in the order of the sources."""
+        shave = self.shave
+        return [
+            SelfCheck(
+                method=compare(reference, output, shave=shave, padding=mask),
+                bicubic=compare(
+                    reference, bicubic_restore(low, reference.shape), shave=shave, padding=mask
+                ),
+            )
+            for reference, mask, low, output in zip(
+                self.references, self.masks, self.degraded, self.restored, strict=True
+            )
+        ]
+
+
+def restore_for_self_checks(
+    sources: Sequence[np.ndarray],
+    restore_stack: Callable[[np.ndarray], np.ndarray],
+    degradation: Degradation,
+    paddings: Sequence[np.ndarray | None],
+) -> RestoredForSelfCheck:
+    """The first half of `self_checks`: degrade, then restore by shape."""
     references = [crop_to_multiple(source, degradation.scale) for source in sources]
     masks = [
         crop_to_multiple(mask, degradation.scale) if mask is not None else None for mask in paddings
@@ -132,15 +168,8 @@ def self_checks(
         outputs = restore_stack(np.stack([degraded[i] for i in indices]))
         for i, output in zip(indices, outputs, strict=True):
             restored[i] = output
-    return [
-        SelfCheck(
-            method=compare(reference, output, shave=shave, padding=mask),
-            bicubic=compare(
-                reference, bicubic_restore(low, reference.shape), shave=shave, padding=mask
-            ),
-        )
-        for reference, mask, low, output in zip(references, masks, degraded, restored, strict=True)
-    ]
+    shave = degradation.scale if degradation.scale > 1 else 0
+    return RestoredForSelfCheck(references, masks, degraded, restored, shave)
 
 
 def sampled_indices(count: int, limit: int) -> list[int]:

@@ -268,6 +268,13 @@ class SrcnnRunner:
         out = self._restore_padded(np.pad(stack, halo, mode="reflect"))[:, HALO:-HALO, HALO:-HALO]
         return out[0] if single else out
 
+    def warm_up(self, shape: tuple[int, int] = (512, 512)) -> None:
+        """One forward pass of a full batch of `shape` images, so that the first job does not
+        pay for what the first call costs (the graph's tracing, the kernels chosen for the
+        batch's shape): a node warms its models when it starts."""
+        per_pass = self.images_per_pass(shape) or 1
+        self.enhance(np.zeros((per_pass, *shape), np.float32))
+
     def _batch(self, rows: int, cols: int) -> int | None:
         """Images per forward pass of a padded (N, rows, cols) stack; None: tiled, each tile of
         the whole stack in one pass."""

@@ -13,18 +13,25 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+from pydicom.uid import CTImageStorage
 
 from dicomnode.config import Settings
 from dicomnode.db import SpooledInstance
+from dicomnode.dicom.conformance import required_empty_keywords
 from dicomnode.dicom.derive import derived_instance_uid
 from dicomnode.imaging.degrade import Degradation, resample
 from dicomnode.imaging.enhance import Method, SrcnnMethod, enhance_stack
-from dicomnode.imaging.metrics import ImageMetrics, compare, sampled_indices, self_checks
+from dicomnode.imaging.metrics import (
+    ImageMetrics,
+    compare,
+    restore_for_self_checks,
+    sampled_indices,
+)
 from dicomnode.imaging.normalize import CT_HU_RANGE, fill_padding
 from dicomnode.imaging.outcome import (
     DONE,
@@ -160,25 +167,32 @@ class _ScoredSources:
 
 
 def _self_check_gains(
-    images: list[SourceImage], method: Method, settings: Settings
-) -> list[float | None]:
+    images: list[SourceImage], method: Method, settings: Settings, scoring: Executor
+) -> Future[list[float | None]]:
     """The method's self-check gain per image, None where not checked: a spread sample of at
-    most `enhance.self_check_images` images, restored by one batched call per image shape."""
+    most `enhance.self_check_images` images, restored here by one batched call per image
+    shape, then scored in `scoring` (beside whatever runs here next)."""
     if not settings.enhance.self_check:
-        return [None] * len(images)
+        unchecked: Future[list[float | None]] = Future()
+        unchecked.set_result([None] * len(images))
+        return unchecked
     modality = images[0].modality or "OT"
     chosen = sampled_indices(len(images), settings.enhance.self_check_images)
     frames = [_scored_frame(images[i]) for i in chosen]
-    checks = self_checks(
+    restored = restore_for_self_checks(
         [fill_padding(reference, padding, modality) for reference, padding in frames],
         lambda stack: enhance_stack(stack, modality, method).values,
         Degradation(scale=method.scale),
         [padding for _, padding in frames],
     )
-    gains: list[float | None] = [None] * len(images)
-    for index, check in zip(chosen, checks, strict=True):
-        gains[index] = reported(check.gain_db)
-    return gains
+
+    def gains() -> list[float | None]:
+        per_image: list[float | None] = [None] * len(images)
+        for index, check in zip(chosen, restored.scored(), strict=True):
+            per_image[index] = reported(check.gain_db)
+        return per_image
+
+    return scoring.submit(gains)
 
 
 def _score(
@@ -215,28 +229,31 @@ def _run_method(
     """self-check → enhance (each image scored and its derived image built beside it) →
     report and store, for one method on the whole series.
 
-    The self-check comes first, so that its gains are known when an image's derived image is
-    built (they are in its ImageComments). Then, as soon as a stack of images is enhanced, a
-    second thread scores each (fidelity, QA) and derives and encodes its DICOM image while
-    the next stack runs (TensorFlow releases the interpreter), and the float output is let go.
-    Stages: `measure_s` the self-check; `enhance_s` the enhancement with what runs beside it;
-    `write_s` what is left after it: the last images, the report and storing the files."""
+    The self-check's images are restored first; a second thread then scores them while the
+    enhancement runs, and before any image is finished, so that the gains are known when an
+    image's derived image is built (they are in its ImageComments). As soon as a stack of
+    images is enhanced, that thread scores each (fidelity, QA) and derives and encodes its
+    DICOM image while the next stack runs (TensorFlow releases the interpreter), and the float
+    output is let go. Stages: `measure_s` the self-check's restoration (its scoring is in the
+    next stage); `enhance_s` the enhancement with what runs beside it; `write_s` what is left
+    after it: the last images, the report and storing the files."""
     clock = _Stopwatch()
     derivation = derivation_for(images, method, settings)
     thresholds = qa_thresholds(settings.qa)
-    with clock.stage("measure_s"):
-        gains = _self_check_gains(images, method, settings)
-
-    def finish(index: int, output: np.ndarray) -> DerivedImage | DeclinedImage:
-        source = images[index]
-        fidelity, verdict = _score(scored[index], output, thresholds)
-        sop = derived_instance_uid(derivation.uid_root, source.sop, method.version)
-        measured = ImageOutcome(source.sop, sop, fidelity, gains[index], verdict)
-        return derive_image(source, output, measured, method, derivation)
-
+    # One thread, first in first out: the self-check's scores come before any image's.
     finishing = ThreadPoolExecutor(1, thread_name_prefix="finish")
+
     derived: dict[int, Future[DerivedImage | DeclinedImage]] = {}
     try:
+        with clock.stage("measure_s"):
+            gains = _self_check_gains(images, method, settings, finishing)
+
+        def finish(index: int, output: np.ndarray) -> DerivedImage | DeclinedImage:
+            source = images[index]
+            fidelity, verdict = _score(scored[index], output, thresholds)
+            sop = derived_instance_uid(derivation.uid_root, source.sop, method.version)
+            measured = ImageOutcome(source.sop, sop, fidelity, gains.result()[index], verdict)
+            return derive_image(source, output, measured, method, derivation)
 
         def enhanced(index: int, output: np.ndarray) -> None:
             derived[index] = finishing.submit(finish, index, output)
@@ -265,18 +282,44 @@ def _run_method(
     return [written.images, [written.report]], outcome, declined
 
 
+def prepare_enhancement() -> None:
+    """What the first job would pay once, paid when a node starts: the tables of the standard
+    that decide what a derived image must carry (highdicom reads them: ~0.6 s). Importing this
+    module has already imported the measuring and DICOM-writing libraries."""
+    required_empty_keywords(CTImageStorage)
+
+
+@dataclass(frozen=True)
+class LoadedSeries:
+    """A job's source images read and decoded (`load_series`), the reasons of those that are
+    not, and the seconds it took."""
+
+    images: list[SourceImage]
+    declined: tuple[DeclinedImage, ...]
+    seconds: float
+
+
+def load_series(inputs: list[SpooledInstance], settings: Settings) -> LoadedSeries:
+    """The first stage of `enhance_series`, which a worker may run ahead of it (while the
+    series' originals are being sent)."""
+    started = time.perf_counter()
+    images, declined = load_sources(inputs, settings.node.max_instance_bytes)
+    return LoadedSeries(images, declined, time.perf_counter() - started)
+
+
 def enhance_series(
     job_id: int,
     inputs: list[SpooledInstance],
     settings: Settings,
     methods_for: Callable[[str], list[Method]],
     sink: Sink,
+    loaded: LoadedSeries | None = None,
 ) -> SeriesOutput:
     """Derived series and reports for every method (`methods_for(modality)`: the modality's own
-    models where there are any), each file handed to `sink` to store."""
-    started = time.perf_counter()
-    images, declined = load_sources(inputs, settings.node.max_instance_bytes)
-    load_s = time.perf_counter() - started
+    models where there are any), each file handed to `sink` to store; `loaded`: `inputs`
+    already loaded by `load_series`."""
+    loaded = loaded or load_series(inputs, settings)
+    images, declined, load_s = loaded.images, loaded.declined, loaded.seconds
     if not images:
         status = "skipped: no image in the series can be enhanced"
         return SeriesOutput({}, SeriesOutcome(status, load_s, declined), _sops(declined))

@@ -87,14 +87,15 @@ def missing_models(settings: Settings) -> list[Path]:
 
 def load_models(settings: Settings) -> int:
     """Build every configured method that uses a model, for each enabled modality, so each
-    model is loaded (and cached for the jobs) now; return how many were built.
+    model is loaded, warmed up (`SrcnnRunner.warm_up`) and cached for the jobs now; return how
+    many were built.
 
     A model that exists but cannot be loaded (truncated, damaged, another network) raises
     ConfigError naming the file: the node must not start and then fail every job. Nothing is
     loaded, and TensorFlow not imported, when no configured method uses a model.
     """
     enhance = settings.enhance
-    built = 0
+    built, loaded_before = 0, set(_runners)
     for name in enhance.methods:
         spec = method_spec(name)
         if spec.model_prefix is None:
@@ -108,6 +109,8 @@ def load_models(settings: Settings) -> int:
                     "(or set enhance.model_dir, enhance.scale)"
                 ) from None
             built += 1
+    for path in set(_runners) - loaded_before:
+        _runners[path].warm_up()
     return built
 
 

@@ -14,6 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from dicomnode.config import EnhanceSettings, Settings
@@ -39,6 +40,7 @@ from dicomnode.status import JobPart, Replay
 
 if TYPE_CHECKING:  # the imaging layer is imported only when a job enhances (see _enhance)
     from dicomnode.imaging.outcome import SeriesOutcome
+    from dicomnode.pipeline.enhancement import LoadedSeries
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +181,8 @@ class JobRunner:
         elif job.part == JobPart.ORIGINALS:
             outgoing, hold = [inputs], None
         else:
-            self._give_the_originals_a_head_start(job)
-            derived = self._derived_outgoing(job, inputs)
+            loaded = self._load_during_the_head_start(job, inputs)
+            derived = self._derived_outgoing(job, inputs, loaded)
             if derived is None:
                 return False
             outgoing, hold = derived
@@ -197,6 +199,31 @@ class JobRunner:
 
         self.deliveries.submit(job, open_deliveries(self.db, job.id), outgoing, finish, abandon)
         return True
+
+    def _load_during_the_head_start(
+        self, job: JobRecord, inputs: list[SpooledInstance]
+    ) -> "LoadedSeries":
+        """The series read and decoded while its originals have their head start: reading
+        takes one core for a second or two (the files are fresh in the page cache), where
+        the enhancement after it would take both."""
+        from dicomnode.pipeline.enhancement import LoadedSeries, load_series
+
+        def load() -> LoadedSeries:
+            loaded = load_series(inputs, self.settings)
+            log.info(
+                "series loaded job=%d series=%s images=%d declined=%d seconds=%.1f",
+                job.id,
+                job.series_uid,
+                len(loaded.images),
+                len(loaded.declined),
+                loaded.seconds,
+            )
+            return loaded
+
+        with ThreadPoolExecutor(1, thread_name_prefix=f"load-{job.id}") as pool:
+            loading = pool.submit(load)
+            self._give_the_originals_a_head_start(job)
+            return loading.result()
 
     def _give_the_originals_a_head_start(self, job: JobRecord) -> None:
         """Wait, up to worker.originals_head_start_seconds, while the series' originals are
@@ -221,13 +248,13 @@ class JobRunner:
             )
 
     def _derived_outgoing(
-        self, job: JobRecord, inputs: list[SpooledInstance]
+        self, job: JobRecord, inputs: list[SpooledInstance], loaded: "LoadedSeries"
     ) -> tuple[list[list[SpooledInstance]], str | None] | None:
         """What a derived job sends, and why QA holds the derived series back (None: send).
 
         With originals off, the source images nothing derived stands for go too, as they came:
         the PACS gets them, not nothing. None when the job was finished here."""
-        enhanced = self._enhance(job, inputs)
+        enhanced = self._enhance(job, inputs, loaded)
         if enhanced is None:
             return None
         outgoing, unenhanced, hold, held = enhanced
@@ -246,7 +273,7 @@ class JobRunner:
         return outgoing, hold
 
     def _enhance(
-        self, job: JobRecord, inputs: list[SpooledInstance]
+        self, job: JobRecord, inputs: list[SpooledInstance], loaded: "LoadedSeries"
     ) -> (
         tuple[list[list[SpooledInstance]], set[str], str | None, list[list[SpooledInstance]]] | None
     ):
@@ -262,7 +289,7 @@ class JobRunner:
             self.spool.clear_outbox(job.id)
             sink = outbox_sink(self.spool, job.id)
             methods = methods_for(self.settings)
-            output = enhance_series(job.id, inputs, self.settings, methods, sink)
+            output = enhance_series(job.id, inputs, self.settings, methods, sink, loaded)
         except DicomNodeError as exc:  # a missing model, a full disk: say so, keep the inputs
             self._finish(job, error=f"enhancement failed: {exc}")
             return None

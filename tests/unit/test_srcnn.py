@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dicomnode.config import EnhanceSettings, Settings
 from dicomnode.imaging.degrade import Degradation, resample
 from dicomnode.imaging.enhance import SrcnnMethod, enhance_stack
 from dicomnode.imaging.metrics import self_check
@@ -20,6 +21,7 @@ from dicomnode.imaging.srcnn import (
     load_model,
     tiles_for,
 )
+from dicomnode.pipeline.methods import load_models, srcnn_runner
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +162,17 @@ def test_ct_padding_is_filled_before_the_method_sees_it(model_x1) -> None:
     filled = enhance_stack(air, "CT", method, padding=padding).values
     # the -3024 HU step never reaches the real pixels beside it
     assert np.abs(with_padding - filled)[~padding].max() < 1e-3
+
+
+def test_a_node_warms_up_each_model_it_loads_once(tmp_path: Path, model_x1) -> None:
+    """`load_models` (a node's start) runs each model it loads through one full batch, so the
+    first job does not pay for tracing the network; a model loaded before is not run again."""
+    model_x1.network.save(tmp_path / "srcnn-x1.keras")
+    settings = Settings(enhance=EnhanceSettings(model_dir=str(tmp_path), scale=1))
+    assert load_models(settings) == len(settings.enhance.modalities)  # one file for all
+    runner = srcnn_runner(tmp_path / "srcnn-x1.keras")
+    assert runner._forward.experimental_get_tracing_count() == 1
+    calls = []
+    runner.warm_up = lambda *shape: calls.append(shape)  # type: ignore[method-assign]
+    load_models(settings)
+    assert calls == []
