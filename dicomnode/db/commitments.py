@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import CursorResult, Select, delete, func, select, update
+from sqlalchemy import CursorResult, Select, and_, delete, func, not_, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.engine import Database
@@ -161,12 +161,19 @@ def pending_commitment_instances() -> Select[str]:
     """SOP Instance UIDs a destination has still to confirm (retention keeps their series).
 
     Not those asked for by a job since cancelled (superseded by a newer job of its series, or
-    by an admin): nothing waits for that report any more, and its rows would keep the series
-    for ever."""
+    by an admin), nor those a job asked for before it was done: a job is done without their
+    report only when it no longer asks for one (the destination's `storage_commitment` was
+    turned off, or the destination removed, and the job retried). Nothing waits for those
+    reports any more, and their rows would keep the series for ever."""
+    stale = and_(Job.status == JobStatus.DONE, Commitment.updated_at <= Job.updated_at)
     return (
         select(Commitment.sop_instance_uid)
         .join(Job, Job.id == Commitment.job_id)
-        .where(Commitment.state == CommitmentState.PENDING, Job.status != JobStatus.CANCELLED)
+        .where(
+            Commitment.state == CommitmentState.PENDING,
+            Job.status != JobStatus.CANCELLED,
+            not_(stale),
+        )
     )
 
 

@@ -23,7 +23,7 @@ from dicomnode.db.jobs import (
     list_jobs,
     record_delivery,
 )
-from dicomnode.db.models import Job, utcnow
+from dicomnode.db.models import Commitment, Job, utcnow
 from dicomnode.dicom.commitment import CommitmentReport, Reference
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.spool import Spool
@@ -135,6 +135,32 @@ def test_a_series_a_destination_has_still_to_commit_is_kept_until_it_reports(
     record_report(db, CommitmentReport(transaction, (Reference(CT, sop),), ()))
     [purged] = purge_delivered(SETTINGS, db, spool)
     assert purged.series_uid == "1.2.6.1" and not path.exists()
+    assert commitment_counts(db, job_id) == {}
+
+
+@ON_BOTH_DATABASES
+def test_what_a_job_asked_to_commit_before_it_was_done_does_not_keep_its_series(
+    db: Database, spool: Spool
+) -> None:
+    """An attempt asked the PACS to commit and never heard back (the job failed); the admin
+    turned the destination's storage_commitment off and the retry delivered without asking.
+    The done job waits for no report: its series is purged like any other."""
+    sop = generate_uid()
+    path = store(db, spool, "1.2.9", "1.2.9.1", sop)
+    age(path, 3)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
+    claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
+    record_request(db, job_id, "pacs", generate_uid(), [Reference(CT, sop)])  # no report
+    record_delivery(db, job_id, "pacs", DeliveryStatus.DONE, 1, None)
+    finish_attempt(db, job_id, "w", SETTINGS.retry)
+    assert commitment_counts(db, job_id) == {"pacs": {"committed": 0, "failed": 0, "pending": 1}}
+    date_back(db, job_id, 2)
+    with db.session() as session:  # the request came before the job was done
+        then = utcnow() - timedelta(days=3)
+        session.execute(update(Commitment).values(updated_at=then))
+
+    [purged] = purge_delivered(SETTINGS, db, spool)
+    assert purged.series_uid == "1.2.9.1" and not path.exists()
     assert commitment_counts(db, job_id) == {}
 
 
