@@ -1,6 +1,5 @@
 """Assembly: builds a running node (`serve`) or worker (`worker`) from Settings and stops it."""
 
-import contextlib
 import logging
 import os
 import socket
@@ -10,7 +9,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -106,6 +104,10 @@ class Node:
         self._runners: list[JobRunner] = []
         self._runner_ticks: list[str] = []  # their scheduler jobs' ids
         self._stopping = threading.Event()  # runners take no new job once it is set
+        # Held by a tick while it changes the scheduler's plan, and by `stop` to set _stopping:
+        # the scheduler's shutdown holds its job lock while it waits for running ticks, so a
+        # tick that called it then would wait for ever (and `stop` with it).
+        self._replanning = threading.Lock()
 
     def _planned_runners(self) -> list[tuple[str, JobPart]]:
         """The runners of this process: one router for the originals (it only hands series to
@@ -264,21 +266,21 @@ class Node:
         completion = self.settings.completion
         quiet, release_quiet = completion.series_quiet_seconds, completion.release_quiet_seconds
         created = create_jobs_for_quiet_series(self.db, quiet, destinations, parts, release_quiet)
-        scheduler = self._scheduler
-        if scheduler is None:
-            return
-        now = datetime.now(UTC)
-        if created:
-            for tick_id in self._runner_ticks:
-                with contextlib.suppress(JobLookupError):  # stopping: the tick is gone
-                    scheduler.modify_job(tick_id, next_run_time=now)
         due = next_completion_due(self.db, quiet, release_quiet)
-        tick = scheduler.get_job(COMPLETION_TICK)
-        if due is None or tick is None or tick.next_run_time is None:
-            return
-        due = due.replace(tzinfo=UTC) + COMPLETION_MARGIN
-        if now < due < tick.next_run_time:
-            tick.modify(next_run_time=due)
+        with self._replanning:
+            scheduler = self._scheduler
+            if scheduler is None or self._stopping.is_set():
+                return
+            now = datetime.now(UTC)
+            if created:
+                for tick_id in self._runner_ticks:
+                    scheduler.modify_job(tick_id, next_run_time=now)
+            tick = scheduler.get_job(COMPLETION_TICK)
+            if due is None or tick is None or tick.next_run_time is None:
+                return
+            due = due.replace(tzinfo=UTC) + COMPLETION_MARGIN
+            if now < due < tick.next_run_time:
+                tick.modify(next_run_time=due)
 
     def _start_listeners(self) -> None:
         """Listen here, plus node.listener_processes - 1 receiver processes on the same port."""
@@ -349,7 +351,8 @@ class Node:
         deliveries in progress finish (deliveries not yet started are queued again for the next
         start); close the database. `dicomnode serve` bounds the wait (node.stop_timeout_seconds).
         """
-        self._stopping.set()
+        with self._replanning:  # from here on no tick touches the scheduler
+            self._stopping.set()
         if self._http is not None:
             self._http.stop()
             self._http = None

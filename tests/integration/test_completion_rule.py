@@ -3,6 +3,7 @@
 The rule on a real SQLite file and PostgreSQL (the completion tick's row locks), then through a
 real node with DCMTK and pynetdicom senders."""
 
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 from pydicom import dcmread
 from pynetdicom import AE
 
+import dicomnode.node as node_module
+from dicomnode.config import EnhanceSettings, NodeSettings, Settings, WorkerSettings
 from dicomnode.db import Database
 from dicomnode.db.instances import (
     create_jobs_for_quiet_series,
@@ -17,11 +20,13 @@ from dicomnode.db.instances import (
     next_completion_due,
 )
 from dicomnode.db.models import Series
+from dicomnode.node import Node
 from dicomnode.status import JobPart
 from tests.conftest import ON_BOTH_DATABASES
 from tests.integration.test_job_table import receive
 from tests.support.dcmtk import StoreScp, storescu
 from tests.support.node import NodeProcess
+from tests.support.ports import free_port
 from tests.support.series import write_ct_series
 
 ORIGINALS = [JobPart.ORIGINALS]
@@ -100,6 +105,34 @@ def test_a_new_job_is_run_at_once_not_at_the_runners_next_poll(tmp_path: Path) -
             assert len(list((tmp_path / "pacs").iterdir())) == len(series)
         finally:
             node.stop()
+
+
+def test_a_node_stops_while_its_completion_tick_runs(tmp_path: Path, monkeypatch) -> None:
+    """The scheduler's shutdown holds its job lock while it waits for the ticks that run: a
+    completion tick that went on to change the scheduler's plan then waited for ever, and the
+    node's stop with it. (The tick is slowed so that the stop comes while it runs.)"""
+    entered = threading.Event()
+    real = node_module.create_jobs_for_quiet_series
+
+    def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
+        entered.set()
+        time.sleep(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(node_module, "create_jobs_for_quiet_series", slow)
+    node = Node(
+        Settings(
+            node=NodeSettings(host="127.0.0.1", port=free_port(), data_dir=str(tmp_path)),
+            worker=WorkerSettings(workers=0),
+            enhance=EnhanceSettings(methods=[]),
+        )
+    )
+    node.start()
+    assert entered.wait(10)
+    stopping = threading.Thread(target=node.stop, daemon=True)
+    stopping.start()
+    stopping.join(30)  # a hang, not a speed: it returns within the tick's second
+    assert not stopping.is_alive()
 
 
 def test_the_originals_go_seconds_after_the_sender_releases(tmp_path: Path) -> None:
