@@ -101,9 +101,12 @@ def record_report(db: Database, report: CommitmentReport) -> int:
                 CommitmentState.FAILED,
                 failure.reason,
             )
-        session.execute(
+        session.execute(  # the rows it answered: one it left pending was still asked for then
             update(Commitment)
-            .where(Commitment.transaction_uid == report.transaction_uid)
+            .where(
+                Commitment.transaction_uid == report.transaction_uid,
+                Commitment.state != CommitmentState.PENDING,
+            )
             .values(updated_at=now)
         )
     return matched

@@ -150,14 +150,17 @@ def test_what_a_job_asked_to_commit_before_it_was_done_does_not_keep_its_series(
     age(path, 3)
     [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
     claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
-    record_request(db, job_id, "pacs", generate_uid(), [Reference(CT, sop)])  # no report
+    transaction = generate_uid()
+    record_request(db, job_id, "pacs", transaction, [Reference(CT, sop)])  # never reported
     record_delivery(db, job_id, "pacs", DeliveryStatus.DONE, 1, None)
     finish_attempt(db, job_id, "w", SETTINGS.retry)
-    assert commitment_counts(db, job_id) == {"pacs": {"committed": 0, "failed": 0, "pending": 1}}
     date_back(db, job_id, 2)
     with db.session() as session:  # the request came before the job was done
         then = utcnow() - timedelta(days=3)
         session.execute(update(Commitment).values(updated_at=then))
+    # A late report that leaves the instance pending does not make the request newer.
+    record_report(db, CommitmentReport(transaction, (), ()))
+    assert commitment_counts(db, job_id) == {"pacs": {"committed": 0, "failed": 0, "pending": 1}}
 
     [purged] = purge_delivered(SETTINGS, db, spool)
     assert purged.series_uid == "1.2.9.1" and not path.exists()
