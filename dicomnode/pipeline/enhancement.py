@@ -13,7 +13,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -24,15 +24,7 @@ from dicomnode.config import Settings
 from dicomnode.db import SpooledInstance
 from dicomnode.dicom.conformance import required_empty_keywords
 from dicomnode.dicom.derive import derived_instance_uid
-from dicomnode.imaging.degrade import Degradation, resample
 from dicomnode.imaging.enhance import Method, SrcnnMethod, enhance_stack
-from dicomnode.imaging.metrics import (
-    ImageMetrics,
-    compare,
-    restore_for_self_checks,
-    sampled_indices,
-)
-from dicomnode.imaging.normalize import CT_HU_RANGE, fill_padding
 from dicomnode.imaging.outcome import (
     DONE,
     NOTHING_DERIVED,
@@ -41,15 +33,6 @@ from dicomnode.imaging.outcome import (
     MethodOutcome,
     SeriesOutcome,
     StageTimings,
-    reported,
-    reported_fidelity,
-)
-from dicomnode.imaging.qa import (
-    QaThresholds,
-    QaVerdict,
-    SourceQa,
-    assess_against,
-    measure_source,
 )
 from dicomnode.pipeline.derived_output import (
     DerivedImage,
@@ -59,6 +42,7 @@ from dicomnode.pipeline.derived_output import (
     write_derived_series,
 )
 from dicomnode.pipeline.methods import qa_thresholds
+from dicomnode.pipeline.scoring import ScoredSources, score, self_check_gains, without_blank
 from dicomnode.pipeline.sources import SourceImage, load_sources
 
 log = logging.getLogger(__name__)
@@ -113,97 +97,6 @@ def _enhance_all(
             start += frames
 
 
-def _on_source_grid(output: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    return output if output.shape == shape else resample(output, shape)
-
-
-def _scored_frame(source: SourceImage) -> tuple[np.ndarray, np.ndarray]:
-    """The frame an image is scored on (the middle one of a multi-frame image) and the mask of
-    pixels left out of its scores."""
-    frame = len(source.image.values) // 2
-    reference = source.image.values[frame]
-    padding = source.image.padding[frame]
-    if source.modality == "CT":  # outside the reconstruction circle: not scored (as `evaluate`)
-        padding = padding | (reference < CT_HU_RANGE[0])
-    return reference, padding
-
-
-@dataclass(frozen=True)
-class _Scored:
-    """An image's scored frame, its padding, and what QA measures of it: the same for every
-    method."""
-
-    reference: np.ndarray
-    padding: np.ndarray
-    qa: SourceQa
-
-
-def _scored(source: SourceImage) -> _Scored:
-    reference, padding = _scored_frame(source)
-    domain = source.image.domain
-    low, high = sorted(
-        (
-            domain.stored_min * domain.slope + domain.intercept,
-            domain.stored_max * domain.slope + domain.intercept,
-        )
-    )
-    return _Scored(
-        reference, padding, measure_source(reference, limits=(low, high), padding=padding)
-    )
-
-
-class _ScoredSources:
-    """Each image's `_Scored`, measured the first time a method asks for it (once per job).
-    Used by one measuring thread at a time."""
-
-    def __init__(self, images: list[SourceImage]) -> None:
-        self._images = images
-        self._scored: dict[int, _Scored] = {}
-
-    def __getitem__(self, index: int) -> _Scored:
-        if index not in self._scored:
-            self._scored[index] = _scored(self._images[index])
-        return self._scored[index]
-
-
-def _self_check_gains(
-    images: list[SourceImage], method: Method, settings: Settings, scoring: Executor
-) -> Future[list[float | None]]:
-    """The method's self-check gain per image, None where not checked: a spread sample of at
-    most `enhance.self_check_images` images, restored here by one batched call per image
-    shape, then scored in `scoring` (beside whatever runs here next)."""
-    if not settings.enhance.self_check:
-        unchecked: Future[list[float | None]] = Future()
-        unchecked.set_result([None] * len(images))
-        return unchecked
-    modality = images[0].modality or "OT"
-    chosen = sampled_indices(len(images), settings.enhance.self_check_images)
-    frames = [_scored_frame(images[i]) for i in chosen]
-    restored = restore_for_self_checks(
-        [fill_padding(reference, padding, modality) for reference, padding in frames],
-        lambda stack: enhance_stack(stack, modality, method).values,
-        Degradation(scale=method.scale),
-        [padding for _, padding in frames],
-    )
-
-    def gains() -> list[float | None]:
-        per_image: list[float | None] = [None] * len(images)
-        for index, check in zip(chosen, restored.scored(), strict=True):
-            per_image[index] = reported(check.gain_db)
-        return per_image
-
-    return scoring.submit(gains)
-
-
-def _score(
-    scored: _Scored, output: np.ndarray, thresholds: QaThresholds
-) -> tuple[ImageMetrics, QaVerdict]:
-    """Fidelity and QA of one output (middle frame of a multi-frame image) against its source."""
-    result = _on_source_grid(output[len(output) // 2], scored.reference.shape)
-    fidelity = reported_fidelity(compare(scored.reference, result, padding=scored.padding))
-    return fidelity, assess_against(scored.qa, result, thresholds)
-
-
 class _Stopwatch:
     """Seconds per stage, for the job's timings."""
 
@@ -221,7 +114,7 @@ class _Stopwatch:
 
 def _run_method(
     images: list[SourceImage],
-    scored: _ScoredSources,
+    scored: ScoredSources,
     method: Method,
     settings: Settings,
     sink: Sink,
@@ -243,25 +136,34 @@ def _run_method(
     # One thread, first in first out: the self-check's scores come before any image's.
     finishing = ThreadPoolExecutor(1, thread_name_prefix="finish")
 
-    derived: dict[int, Future[DerivedImage | DeclinedImage]] = {}
+    derived: dict[int, Future[DerivedImage | DeclinedImage | None]] = {}
     try:
         with clock.stage("measure_s"):
-            gains = _self_check_gains(images, method, settings, finishing)
+            gains = self_check_gains(images, method, settings, finishing)
 
-        def finish(index: int, output: np.ndarray) -> DerivedImage | DeclinedImage:
+        def finish(index: int, output: np.ndarray) -> DerivedImage | DeclinedImage | None:
+            if gains.exception() is not None:  # the job ends with it: nothing to finish
+                return None
             source = images[index]
-            fidelity, verdict = _score(scored[index], output, thresholds)
+            fidelity, verdict = score(scored[index], output, thresholds)
             sop = derived_instance_uid(derivation.uid_root, source.sop, method.version)
             measured = ImageOutcome(source.sop, sop, fidelity, gains.result()[index], verdict)
             return derive_image(source, output, measured, method, derivation)
 
         def enhanced(index: int, output: np.ndarray) -> None:
+            if gains.done():
+                gains.result()  # a self-check that failed ends the enhancement here
             derived[index] = finishing.submit(finish, index, output)
 
         with clock.stage("enhance_s"):
             _enhance_all(images, method, enhanced)
         with clock.stage("write_s"):
-            finished = [derived[index].result() for index in range(len(images))]
+            gains.result()  # it succeeded, so every image was finished (none is None)
+            finished = [
+                image
+                for index in range(len(images))
+                if (image := derived[index].result()) is not None
+            ]
             written, declined = write_derived_series(finished, method, derivation, settings, sink)
     finally:
         finishing.shutdown(cancel_futures=True)
@@ -319,7 +221,8 @@ def enhance_series(
     models where there are any), each file handed to `sink` to store; `loaded`: `inputs`
     already loaded by `load_series`."""
     loaded = loaded or load_series(inputs, settings)
-    images, declined, load_s = loaded.images, loaded.declined, loaded.seconds
+    images, blank = without_blank(loaded.images)
+    declined, load_s = loaded.declined + blank, loaded.seconds
     if not images:
         status = "skipped: no image in the series can be enhanced"
         return SeriesOutput({}, SeriesOutcome(status, load_s, declined), _sops(declined))
@@ -330,7 +233,7 @@ def enhance_series(
         return SeriesOutput({}, SeriesOutcome(status, load_s, declined), everything)
     files: dict[str, list[list[SpooledInstance]]] = {}
     outcomes: list[MethodOutcome] = []
-    scored = _ScoredSources(images)  # measured by the first method, reused by the others
+    scored = ScoredSources(images)  # measured by the first method, reused by the others
     for method in methods_for(modality):
         series, outcome, left_out = _run_method(images, scored, method, settings, sink)
         declined += tuple(left_out)

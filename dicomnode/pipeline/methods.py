@@ -110,7 +110,13 @@ def load_models(settings: Settings) -> int:
                 ) from None
             built += 1
     for path in set(_runners) - loaded_before:
-        _runners[path].warm_up()
+        try:
+            _runners[path].warm_up()
+        except Exception as exc:  # TensorFlow raises many types (out of memory, no kernel...)
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(
+                f"setting enhance.methods: {path} loads but cannot run: {first_line}"
+            ) from None
     return built
 
 

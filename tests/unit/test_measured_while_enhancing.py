@@ -11,6 +11,7 @@ import pytest
 
 from dicomnode.config import Settings
 from dicomnode.imaging.enhance import Method, SrcnnMethod
+from dicomnode.imaging.metrics import RestoredForSelfCheck
 from dicomnode.imaging.srcnn import BYTES_PER_PIXEL, HALO, SrcnnRunner, build_srcnn, from_network
 from dicomnode.pipeline.enhancement import enhance_series
 from dicomnode.pipeline.offline import file_sink, series_in
@@ -95,3 +96,23 @@ def test_a_job_measured_batch_by_batch_reports_what_one_call_gives(
     assert by_batch == in_one_call
     (method,) = by_batch["methods"]
     assert method["images"] == 7 and method["self_check_images"] == 7
+
+
+def test_a_self_check_that_cannot_be_scored_ends_the_job_before_the_series_is_enhanced(
+    tmp_path: Path, runner: SrcnnRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The self-check is scored beside the enhancement; when its scoring fails, the job fails
+    with that error, once, and the series is not enhanced to the end first (its outputs would
+    all be held by the error meanwhile)."""
+
+    def unscorable(self: RestoredForSelfCheck) -> list[Any]:
+        raise ValueError("the self-check cannot be scored")
+
+    monkeypatch.setattr(RestoredForSelfCheck, "scored", unscorable)
+    write_fixed_series(tmp_path / "in", count=12)  # 11 images, 6 forward passes of 2
+    method = Counted(runner)
+    with pytest.raises(ValueError, match="the self-check cannot be scored"):
+        job_details(tmp_path / "in", tmp_path / "out", method)
+    assert method.calls[0] == 11  # the self-check's restoration
+    assert len(method.calls) < 1 + 6
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom import dcmread
 from scipy import stats
 
 from dicomnode.config import Settings
@@ -14,8 +15,9 @@ from dicomnode.imaging.enhance import SrcnnMethod, enhance_stack
 from dicomnode.imaging.metrics import mean_interval, sampled_indices, self_check, self_checks
 from dicomnode.imaging.srcnn import SrcnnRunner, build_srcnn, from_network
 from dicomnode.pipeline.enhancement import enhance_series
+from dicomnode.pipeline.methods import methods_for
 from dicomnode.pipeline.offline import file_sink, series_in
-from tests.integration.test_details_json import write_fixed_series
+from tests.integration.test_details_json import UID, write_fixed_series
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +94,6 @@ def test_a_sampled_series_reports_how_many_images_it_checked(tmp_path: Path) -> 
         settings, enhance=replace(settings.enhance, methods=["baseline"], self_check_images=3)
     )
     ((_, inputs),) = series_in(tmp_path / "in").items()
-    from dicomnode.pipeline.methods import methods_for
-
     output = enhance_series(1, inputs, settings, methods_for(settings), file_sink(tmp_path / "out"))
     (method,) = output.outcome.methods
     details = method.as_dict()
@@ -106,3 +106,25 @@ def test_a_sampled_series_reports_how_many_images_it_checked(tmp_path: Path) -> 
     assert low <= mean <= high
     assert mean == pytest.approx(np.mean([g for g in checked if g is not None]), abs=1e-4)
     assert method.self_check_text.endswith("on 3 of 6 images")
+
+
+def test_a_blank_image_is_left_out_and_the_rest_enhanced(tmp_path: Path) -> None:
+    """An image every pixel of which has one value (a blank frame) has no PSNR, SSIM or
+    self-check: it used to end the whole job in an internal error. It is declined with its
+    reason (it goes out as it came, with the originals) and the others are enhanced."""
+    write_fixed_series(tmp_path / "in", count=5)  # the last image is declined: 4 enhanced
+    blank = tmp_path / "in" / "1.dcm"
+    ds = dcmread(blank)
+    ds.PixelData = np.full((ds.Rows, ds.Columns), 40, np.int16).tobytes()
+    ds.save_as(blank)
+    settings = Settings()
+    settings = replace(settings, enhance=replace(settings.enhance, methods=["baseline"]))
+    ((_, inputs),) = series_in(tmp_path / "in").items()
+
+    output = enhance_series(1, inputs, settings, methods_for(settings), file_sink(tmp_path / "out"))
+    (method,) = output.outcome.methods
+    assert [image.source_sop for image in method.images] == [f"{UID}.1.{n}" for n in (1, 3, 4)]
+    assert all(image.self_check_gain_db is not None for image in method.images)
+    reasons = {item.sop: item.reason for item in output.outcome.declined}
+    assert "blank: every pixel (padding aside) has the same value" in reasons[f"{UID}.1.2"]
+    assert output.unenhanced == {f"{UID}.1.2", f"{UID}.1.5"}

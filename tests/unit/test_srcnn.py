@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dicomnode.config import EnhanceSettings, Settings
+from dicomnode.errors import ConfigError
 from dicomnode.imaging.degrade import Degradation, resample
 from dicomnode.imaging.enhance import SrcnnMethod, enhance_stack
 from dicomnode.imaging.metrics import self_check
@@ -176,3 +177,23 @@ def test_a_node_warms_up_each_model_it_loads_once(tmp_path: Path, model_x1) -> N
     runner.warm_up = lambda *shape: calls.append(shape)  # type: ignore[method-assign]
     load_models(settings)
     assert calls == []
+
+
+def test_a_model_that_loads_but_cannot_run_stops_the_start_naming_it(
+    tmp_path: Path, model_x1, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure of the warm-up (on a real device: out of memory, a missing kernel) is a
+    ConfigError naming the file, which `serve` reports and exits 2 on, not a traceback."""
+    model_x1.network.save(tmp_path / "srcnn-x1.keras")
+    settings = Settings(enhance=EnhanceSettings(model_dir=str(tmp_path), scale=1))
+
+    def fails(self: SrcnnRunner, shape: tuple[int, int] = (512, 512)) -> None:
+        raise RuntimeError("OOM when allocating tensor\nwith shape [10,524,524,64]")
+
+    monkeypatch.setattr(SrcnnRunner, "warm_up", fails)
+    with pytest.raises(ConfigError) as raised:
+        load_models(settings)
+    assert str(raised.value) == (
+        f"setting enhance.methods: {tmp_path / 'srcnn-x1.keras'} loads but cannot run: "
+        "OOM when allocating tensor"
+    )

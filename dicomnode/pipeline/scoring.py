@@ -1,0 +1,143 @@
+"""What a job measures of its images, the same for every method: the frame each image is scored
+on, which images are blank, what QA measures of each source (once per job), the self-check's
+gains and each output's fidelity and QA verdict (`pipeline.enhancement` runs them)."""
+
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from dicomnode.config import Settings
+from dicomnode.imaging.degrade import Degradation, resample
+from dicomnode.imaging.enhance import Method, enhance_stack
+from dicomnode.imaging.metrics import (
+    ImageMetrics,
+    compare,
+    data_range_of,
+    restore_for_self_checks,
+    sampled_indices,
+)
+from dicomnode.imaging.normalize import CT_HU_RANGE, fill_padding
+from dicomnode.imaging.outcome import DeclinedImage, reported, reported_fidelity
+from dicomnode.imaging.qa import (
+    QaThresholds,
+    QaVerdict,
+    SourceQa,
+    assess_against,
+    measure_source,
+)
+from dicomnode.pipeline.sources import SourceImage
+
+
+def _on_source_grid(output: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return output if output.shape == shape else resample(output, shape)
+
+
+def scored_frame(source: SourceImage) -> tuple[np.ndarray, np.ndarray]:
+    """The frame an image is scored on (the middle one of a multi-frame image) and the mask of
+    pixels left out of its scores."""
+    frame = len(source.image.values) // 2
+    reference = source.image.values[frame]
+    padding = source.image.padding[frame]
+    if source.modality == "CT":  # outside the reconstruction circle: not scored (as `evaluate`)
+        padding = padding | (reference < CT_HU_RANGE[0])
+    return reference, padding
+
+
+def without_blank(
+    images: list[SourceImage],
+) -> tuple[list[SourceImage], tuple[DeclinedImage, ...]]:
+    """The images with something to enhance, and the reason of each blank one: every pixel it
+    is scored on (`scored_frame`) has one value, so there is nothing to enhance and its PSNR
+    and SSIM are undefined. A blank image goes out as it came, with the originals; one in a
+    series does not keep the others from being enhanced."""
+    kept, blank = [], []
+    for source in images:
+        reference, padding = scored_frame(source)
+        if data_range_of(reference, padding) > 0:
+            kept.append(source)
+        else:
+            blank.append(
+                DeclinedImage(
+                    source.sop,
+                    f"sop={source.sop}: blank: every pixel (padding aside) has the same value, "
+                    "so there is nothing to enhance and PSNR/SSIM are undefined",
+                )
+            )
+    return kept, tuple(blank)
+
+
+@dataclass(frozen=True)
+class ScoredSource:
+    """An image's scored frame, its padding, and what QA measures of it: the same for every
+    method."""
+
+    reference: np.ndarray
+    padding: np.ndarray
+    qa: SourceQa
+
+
+def scored_source(source: SourceImage) -> ScoredSource:
+    reference, padding = scored_frame(source)
+    domain = source.image.domain
+    low, high = sorted(
+        (
+            domain.stored_min * domain.slope + domain.intercept,
+            domain.stored_max * domain.slope + domain.intercept,
+        )
+    )
+    return ScoredSource(
+        reference, padding, measure_source(reference, limits=(low, high), padding=padding)
+    )
+
+
+class ScoredSources:
+    """Each image's `ScoredSource`, measured the first time a method asks for it (once per job).
+    Used by one measuring thread at a time."""
+
+    def __init__(self, images: list[SourceImage]) -> None:
+        self._images = images
+        self._scored: dict[int, ScoredSource] = {}
+
+    def __getitem__(self, index: int) -> ScoredSource:
+        if index not in self._scored:
+            self._scored[index] = scored_source(self._images[index])
+        return self._scored[index]
+
+
+def self_check_gains(
+    images: list[SourceImage], method: Method, settings: Settings, scoring: Executor
+) -> Future[list[float | None]]:
+    """The method's self-check gain per image, None where not checked: a spread sample of at
+    most `enhance.self_check_images` images, restored here by one batched call per image
+    shape, then scored in `scoring` (beside whatever runs here next)."""
+    if not settings.enhance.self_check:
+        unchecked: Future[list[float | None]] = Future()
+        unchecked.set_result([None] * len(images))
+        return unchecked
+    modality = images[0].modality or "OT"
+    chosen = sampled_indices(len(images), settings.enhance.self_check_images)
+    frames = [scored_frame(images[i]) for i in chosen]
+    restored = restore_for_self_checks(
+        [fill_padding(reference, padding, modality) for reference, padding in frames],
+        lambda stack: enhance_stack(stack, modality, method).values,
+        Degradation(scale=method.scale),
+        [padding for _, padding in frames],
+    )
+
+    def gains() -> list[float | None]:
+        per_image: list[float | None] = [None] * len(images)
+        for index, check in zip(chosen, restored.scored(), strict=True):
+            per_image[index] = reported(check.gain_db)
+        return per_image
+
+    return scoring.submit(gains)
+
+
+def score(
+    scored: ScoredSource, output: np.ndarray, thresholds: QaThresholds
+) -> tuple[ImageMetrics, QaVerdict]:
+    """Fidelity and QA of one output (middle frame of a multi-frame image) against its source."""
+    result = _on_source_grid(output[len(output) // 2], scored.reference.shape)
+    fidelity = reported_fidelity(compare(scored.reference, result, padding=scored.padding))
+    return fidelity, assess_against(scored.qa, result, thresholds)
