@@ -3,8 +3,8 @@
 For every configured method the job gets one derived series (same study, new deterministic UIDs)
 and one metrics report, written to the spool's outbox before anything is forwarded. Each method
 runs self-check → enhance (each image measured and derived beside it) → report and store →
-summarise. Images that cannot be enhanced (colour, float, undecodable, ...) are listed with their
-reason and still go out unchanged with the originals.
+summarise. Images that cannot be enhanced (colour, float, undecodable, blank, ...) are listed
+with their reason and still go out unchanged with the originals.
 What happened is returned as a `SeriesOutcome` record (device, model, timings, metrics per image
 and per method); its `as_dict()` is the job's `details`.
 """
