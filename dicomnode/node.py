@@ -45,6 +45,16 @@ COMPLETION_TICK = "completion"
 COMPLETION_MARGIN = timedelta(milliseconds=20)
 
 
+def _every() -> dict[str, object]:
+    """An interval tick's options: never two runs at once, missed runs as one, the first now."""
+    return {
+        "trigger": "interval",
+        "max_instances": 1,
+        "coalesce": True,
+        "next_run_time": datetime.now(UTC),
+    }
+
+
 class _SkippedRunFilter(logging.Filter):
     """A worker tick that finds the previous one still busy is normal, not a warning."""
 
@@ -102,7 +112,7 @@ class Node:
         self._lock: DataDirLock | None = None
         self._started = False
         self._runners: list[JobRunner] = []
-        self._runner_ticks: list[str] = []  # their scheduler jobs' ids
+        self._runner_ticks: list[tuple[str, JobRunner]] = []  # (scheduler job id, runner)
         self._stopping = threading.Event()  # runners take no new job once it is set
         # Held by a tick while it changes the scheduler's plan, and by `stop` to set _stopping:
         # the scheduler's shutdown holds its job lock while it waits for running ticks, so a
@@ -154,81 +164,23 @@ class Node:
         if self.listen:
             self._warn_about_destinations()
             self._start_listeners()
-        # The receiver already answers while TensorFlow loads (seconds); what arrives meanwhile
-        # is on disk and in the database, and becomes jobs whenever the node runs. A process
-        # without enhancement workers never needs the models.
-        if self.settings.worker.workers:
+        destinations = [d.name for d in self.settings.destinations]
+        scheduler = self._scheduler = self._scheduler_with_upkeep(destinations)
+        prefix = f"{socket.gethostname()}:{os.getpid()}"
+        routers = [(name, part) for name, part in runners if part == JobPart.ORIGINALS]
+        self._add_runners(scheduler, prefix, routers)
+        # The receiver already answers, and the router sends the originals, while TensorFlow
+        # loads (seconds); what arrives meanwhile is on disk and in the database, and its
+        # derived jobs wait for the workers. A process without workers never needs the models.
+        scheduler.start()
+        workers = self.settings.worker
+        if workers.workers:
             if load_models(self.settings):
                 log.info("models loaded methods=%s", ",".join(self.settings.enhance.methods))
             from dicomnode.pipeline.enhancement import prepare_enhancement  # after listening
 
             prepare_enhancement()
-        workers = self.settings.worker
-        scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(workers.workers + 4)}, timezone=UTC
-        )
-        logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunFilter())
-        every = {
-            "trigger": "interval",
-            "max_instances": 1,
-            "coalesce": True,
-            "next_run_time": datetime.now(UTC),
-        }
-        destinations = [d.name for d in self.settings.destinations]
-        completion = self.settings.completion
-        quiet = completion.series_quiet_seconds
-        parts = job_parts(self.settings.enhance)
-        if self.listen:  # the processes that receive make the jobs and own the spool's upkeep
-            scheduler.add_job(
-                _guarded("completion", lambda: self._complete_series(destinations, parts)),
-                id=COMPLETION_TICK,
-                seconds=min(workers.poll_seconds, quiet, completion.release_quiet_seconds or quiet),
-                **every,
-            )
-        scheduler.add_job(
-            _guarded(
-                "reclaim-leases",
-                lambda: reclaim_expired_leases(self.db, self.settings.retry.max_attempts),
-            ),
-            id="reclaim-leases",
-            seconds=max(1.0, workers.lease_seconds / 3),
-            **every,
-        )
-        if self.listen:
-            # Admin actions (`dicomnode jobs ...`) appear in the listeners' log, each once.
-            scheduler.add_job(
-                _guarded("admin-log", lambda: log_admin_actions(self.db)),
-                id="admin-log",
-                seconds=max(1.0, workers.poll_seconds),
-                **every,
-            )
-            scheduler.add_job(
-                _guarded("retention", lambda: purge_delivered(self.settings, self.db, self.spool)),
-                id="retention",
-                seconds=self.settings.retention.check_seconds,
-                **every,
-            )
-        prefix = f"{socket.gethostname()}:{os.getpid()}"
-        self._scheduler = scheduler  # before it starts: the first completion tick may wake runners
-        for name, part in runners:
-            runner = JobRunner(
-                self.settings,
-                self.db,
-                self.spool,
-                f"{prefix}:{name}",
-                self._deliveries,
-                part,
-                stopping=self._stopping,
-            )
-            self._runners.append(runner)
-            self._runner_ticks.append(name)
-            scheduler.add_job(
-                _guarded(name, runner.run_due_jobs),
-                id=name,
-                seconds=workers.poll_seconds,
-                **every,
-            )
-        scheduler.start()
+        self._add_runners(scheduler, prefix, [r for r in runners if r not in routers])
         if self.listen:
             log.info(
                 "node started ae_title=%s port=%d data_dir=%s destinations=%s workers=%d",
@@ -258,6 +210,73 @@ class Node:
                 reason,
             )
 
+    def _scheduler_with_upkeep(self, destinations: list[str]) -> BackgroundScheduler:
+        """The scheduler with every tick but the runners': making jobs of complete series,
+        reclaiming lapsed leases, the admin log and retention (the last three in listeners)."""
+        workers = self.settings.worker
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(workers.workers + 4)}, timezone=UTC
+        )
+        logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunFilter())
+        completion = self.settings.completion
+        quiet = completion.series_quiet_seconds
+        parts = job_parts(self.settings.enhance)
+        if self.listen:  # the processes that receive make the jobs and own the spool's upkeep
+            scheduler.add_job(
+                _guarded("completion", lambda: self._complete_series(destinations, parts)),
+                id=COMPLETION_TICK,
+                seconds=min(workers.poll_seconds, quiet, completion.release_quiet_seconds or quiet),
+                **_every(),
+            )
+        scheduler.add_job(
+            _guarded(
+                "reclaim-leases",
+                lambda: reclaim_expired_leases(self.db, self.settings.retry.max_attempts),
+            ),
+            id="reclaim-leases",
+            seconds=max(1.0, workers.lease_seconds / 3),
+            **_every(),
+        )
+        if self.listen:
+            # Admin actions (`dicomnode jobs ...`) appear in the listeners' log, each once.
+            scheduler.add_job(
+                _guarded("admin-log", lambda: log_admin_actions(self.db)),
+                id="admin-log",
+                seconds=max(1.0, workers.poll_seconds),
+                **_every(),
+            )
+            scheduler.add_job(
+                _guarded("retention", lambda: purge_delivered(self.settings, self.db, self.spool)),
+                id="retention",
+                seconds=self.settings.retention.check_seconds,
+                **_every(),
+            )
+        return scheduler
+
+    def _add_runners(
+        self, scheduler: BackgroundScheduler, prefix: str, planned: Sequence[tuple[str, JobPart]]
+    ) -> None:
+        """A runner and its tick (every worker.poll_seconds, from now) for each planned one."""
+        for name, part in planned:
+            runner = JobRunner(
+                self.settings,
+                self.db,
+                self.spool,
+                f"{prefix}:{name}",
+                self._deliveries,
+                part,
+                stopping=self._stopping,
+            )
+            self._runners.append(runner)
+            with self._replanning:  # the completion tick wakes the runners listed here
+                self._runner_ticks.append((name, runner))
+            scheduler.add_job(
+                _guarded(name, runner.run_due_jobs),
+                id=name,
+                seconds=self.settings.worker.poll_seconds,
+                **_every(),
+            )
+
     def _complete_series(self, destinations: list[str], parts: Sequence[JobPart]) -> None:
         """The completion tick: complete series become jobs, and this process's runners are
         told at once rather than at their next poll; the tick then comes back when the next
@@ -273,7 +292,8 @@ class Node:
                 return
             now = datetime.now(UTC)
             if created:
-                for tick_id in self._runner_ticks:
+                for tick_id, runner in self._runner_ticks:
+                    runner.wake()  # a tick under way looks again; an idle one runs now
                     scheduler.modify_job(tick_id, next_run_time=now)
             tick = scheduler.get_job(COMPLETION_TICK)
             if due is None or tick is None or tick.next_run_time is None:

@@ -98,23 +98,33 @@ class JobRunner:
         # Set when the node stops: the job in hand is finished, no other one is taken.
         self.stopping = stopping or threading.Event()
         self.current_job: int | None = None  # the job this runner is processing now
+        self._woken = threading.Event()  # a job was made while a tick was under way
 
     def run_due_jobs(self) -> int:
-        """Run jobs until none is due; return how many ran (the scheduler's worker tick)."""
+        """Run jobs until none is due; return how many ran (the scheduler's worker tick). When
+        `wake` was called meanwhile (a job was made), look once more before returning."""
         count = 0
         lease_seconds = self.settings.worker.lease_seconds
-        while (
-            not self.stopping.is_set()
-            and self.deliveries.jobs_in_flight(self.part) < self.max_jobs_forwarding
-            and (job := claim_next_job(self.db, self._lease_token(), lease_seconds, self.part))
-        ):
-            self.current_job = job.id
-            try:
-                self.run(job)
-            finally:
-                self.current_job = None
-            count += 1
-        return count
+        while True:
+            self._woken.clear()
+            while (
+                not self.stopping.is_set()
+                and self.deliveries.jobs_in_flight(self.part) < self.max_jobs_forwarding
+                and (job := claim_next_job(self.db, self._lease_token(), lease_seconds, self.part))
+            ):
+                self.current_job = job.id
+                try:
+                    self.run(job)
+                finally:
+                    self.current_job = None
+                count += 1
+            if not self._woken.is_set() or self.stopping.is_set():
+                return count
+
+    def wake(self) -> None:
+        """A job was made: a tick under way looks again before it returns (the scheduler runs
+        no second one beside it)."""
+        self._woken.set()
 
     def _lease_token(self) -> str:
         """This worker plus a nonce: each claim is its own lease, so a job claimed again (retried

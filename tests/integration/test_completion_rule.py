@@ -12,7 +12,14 @@ from pydicom import dcmread
 from pynetdicom import AE
 
 import dicomnode.node as node_module
-from dicomnode.config import EnhanceSettings, NodeSettings, Settings, WorkerSettings
+from dicomnode.config import (
+    CompletionSettings,
+    Destination,
+    EnhanceSettings,
+    NodeSettings,
+    Settings,
+    WorkerSettings,
+)
 from dicomnode.db import Database
 from dicomnode.db.instances import (
     create_jobs_for_quiet_series,
@@ -26,7 +33,7 @@ from tests.conftest import ON_BOTH_DATABASES
 from tests.integration.test_job_table import receive
 from tests.support.dcmtk import StoreScp, storescu
 from tests.support.node import NodeProcess
-from tests.support.ports import free_port
+from tests.support.ports import free_port, wait_for_port
 from tests.support.series import write_ct_series
 
 ORIGINALS = [JobPart.ORIGINALS]
@@ -133,6 +140,42 @@ def test_a_node_stops_while_its_completion_tick_runs(tmp_path: Path, monkeypatch
     stopping.start()
     stopping.join(30)  # a hang, not a speed: it returns within the tick's second
     assert not stopping.is_alive()
+
+
+def test_the_originals_go_while_the_models_load(tmp_path: Path, monkeypatch) -> None:
+    """A node starts its router before it loads (and warms) the models, seconds of TensorFlow:
+    a series that arrives meanwhile is at the PACS before the models are ready. (Loading is
+    held back here until the originals are there; it used to come first, and nothing went.)"""
+    models_may_load = threading.Event()
+
+    def held_back(settings: Settings) -> int:
+        models_may_load.wait(60)
+        return 0
+
+    monkeypatch.setattr(node_module, "load_models", held_back)
+    series = write_ct_series(tmp_path / "series", 3, seed=6)
+    with StoreScp(tmp_path / "pacs") as pacs:
+        settings = Settings(
+            node=NodeSettings(host="127.0.0.1", port=free_port(), data_dir=str(tmp_path / "d")),
+            completion=CompletionSettings(series_quiet_seconds=3600, release_quiet_seconds=0.5),
+            enhance=EnhanceSettings(methods=["baseline"]),
+            destinations=[Destination("pacs", "STORESCP", "127.0.0.1", pacs.port)],
+        )
+        node = Node(settings)
+        starting = threading.Thread(target=node.start, daemon=True)
+        starting.start()
+        try:
+            wait_for_port(settings.node.port, timeout=30)
+            assert storescu(settings.node.port, series).returncode == 0
+            deadline = time.monotonic() + 30
+            while len(list((tmp_path / "pacs").iterdir())) < len(series):
+                assert time.monotonic() < deadline, "the originals waited for the models"
+                time.sleep(0.2)
+            assert starting.is_alive()  # still loading the models
+        finally:
+            models_may_load.set()
+            starting.join(30)
+            node.stop()
 
 
 def test_the_originals_go_seconds_after_the_sender_releases(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 
-from dicomnode.config import RetrySettings
+import dicomnode.pipeline.runner as runner_module
+from dicomnode.config import RetrySettings, Settings
 from dicomnode.db import Database, DeliveryStatus, JobStatus, ReceivedInstance, open_database
 from dicomnode.db.admin import cancel_job, retry_job
 from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
@@ -27,6 +28,9 @@ from dicomnode.db.jobs import (
 from dicomnode.db.models import utcnow
 from dicomnode.db.retention import purgeable_series
 from dicomnode.errors import JobStateError
+from dicomnode.pipeline.delivery import DeliveryQueues
+from dicomnode.pipeline.runner import JobRunner
+from dicomnode.spool import Spool
 from dicomnode.status import JobPart
 from tests.conftest import ON_BOTH_DATABASES
 
@@ -382,3 +386,36 @@ def test_processes_starting_together_on_an_empty_database_all_open_it(
         for database in _open_together(url):
             assert list_jobs(database) == []
             database.dispose()
+
+
+def test_a_job_made_while_a_runner_looks_is_taken_by_the_same_tick(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The completion tick wakes the runners when it makes jobs; a runner tick already under
+    way (the scheduler starts no second one beside it) may have looked just before the job
+    was committed: woken, it looks once more instead of leaving the job to its next poll."""
+    settings = Settings()
+    runner = JobRunner(
+        settings,
+        db,
+        Spool(tmp_path / "spool"),
+        "w",
+        DeliveryQueues(settings, db),
+        JobPart.ORIGINALS,
+    )
+    ran: list[int] = []
+    monkeypatch.setattr(runner, "run", lambda job: ran.append(job.id))
+    receive(db, "1.2.3.4", 2)
+    made: list[int] = []
+
+    def claim_then_a_job_is_made(*args, **kwargs):  # type: ignore[no-untyped-def]
+        claimed = claim_next_job(*args, **kwargs)
+        if claimed is None and not made:  # the completion tick, just after this look
+            made.extend(create_jobs_for_quiet_series(db, 0, ["pacs"], ORIGINALS_ONLY))
+            runner.wake()
+        return claimed
+
+    monkeypatch.setattr(runner_module, "claim_next_job", claim_then_a_job_is_made)
+    assert runner.run_due_jobs() == 1
+    assert ran == made and len(made) == 1
+    assert runner.run_due_jobs() == 0  # nothing made since: one look
