@@ -69,3 +69,9 @@ class UnreadableSpool(ForwardError):
 class ImageDeclined(DicomNodeError):
     """An image the enhancement cannot use as it is (colour, float, undecodable); the message
     names the instance and the reason, and the caller forwards it unchanged."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (a library's can run to pages), or its
+    type's name when it has none: what an error naming a file or setting quotes of it."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

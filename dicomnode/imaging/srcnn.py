@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dicomnode.errors import DicomNodeError
+from dicomnode.errors import DicomNodeError, first_line
 from dicomnode.imaging.degrade import resample
 from dicomnode.imaging.native_log import native_stderr_filtered, tf_min_log_level
 
@@ -147,8 +147,7 @@ def load_model(path: Path) -> LoadedModel:
     try:
         network = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises several types for damaged or foreign files
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"{path}: cannot load the model: {first_line}") from exc
+        raise ModelError(f"{path}: cannot load the model: {first_line(exc)}") from exc
     scale = check_architecture(network, str(path))
     return LoadedModel(network, scale, path, file_sha256(path))
 

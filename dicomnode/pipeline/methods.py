@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from dicomnode.config import QaSettings, Settings
-from dicomnode.errors import ConfigError, DicomNodeError
+from dicomnode.errors import ConfigError, DicomNodeError, first_line
 from dicomnode.imaging.baseline import BaselineParams
 from dicomnode.imaging.enhance import BaselineMethod, Method, SrcnnMethod
 from dicomnode.imaging.qa import QaThresholds
@@ -113,9 +113,8 @@ def load_models(settings: Settings) -> int:
         try:
             _runners[path].warm_up()
         except Exception as exc:  # TensorFlow raises many types (out of memory, no kernel...)
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ConfigError(
-                f"setting enhance.methods: {path} loads but cannot run: {first_line}"
+                f"setting enhance.methods: {path} loads but cannot run: {first_line(exc)}"
             ) from None
     return built
 
