@@ -75,8 +75,8 @@ class ImageOutcome:
 class StageTimings:
     """Seconds spent per stage of one method on one series: `measure_s` the self-check's
     restoration, first; `enhance_s` the enhancement, with the self-check's scoring, then each
-    image's scoring and derived image built beside it while the next batch runs; `write_s`
-    what is left after it (the last images, the report, storing the files)."""
+    image's scoring and derived image built (and stored) beside it while the next batch runs;
+    `write_s` what is left after it (the last images, building and storing the report)."""
 
     enhance_s: float = 0.0
     measure_s: float = 0.0

@@ -1,14 +1,17 @@
 """One method's derived series as DICOM: the derived images and their metrics report.
 
 Each image is derived and encoded on its own (`derive_image`), as soon as its output and its
-scores exist, so the job can do it while the method works on the next images; then the report
-is built, and only then is anything handed to the sink, so a series whose report cannot be
-built leaves no half-written output behind. An image whose header the standard does not let us
-derive from (`ImageDeclined`: see `dicom.conformance`) is left out with its reason: its source
-still goes to the PACS as it came.
+scores exist, so the job can do it while the method works on the next images, and handed to the
+sink at once by a thread of its own (`ImageStore`: writing a file durably mostly waits on the
+disk). Then the report is built; a series whose report cannot be built does not go out, and its
+images are taken back from the sink (`ImageStore.discard`), so it leaves no half-written output
+behind. An image whose header the standard does not let us derive from (`ImageDeclined`: see
+`dicom.conformance`) is left out with its reason: its source still goes to the PACS as it came.
 """
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
@@ -147,6 +150,49 @@ def derive_image(
 
 
 @dataclass(frozen=True)
+class StoredImage:
+    """One derived image in the sink, and what its series' report says of it."""
+
+    file: SpooledInstance
+    measures: ImageMeasures
+
+
+class ImageStore:
+    """Derived images handed to the sink as they are made, in order, by one thread of its own:
+    a durable write mostly waits on the disk, which the images after it need not do, and the
+    encoded bytes are let go once written. `discard` takes back every file it stored, for a
+    series that does not go out after all (its report not built, the job failed)."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="store")
+        self._stored: list[Future[StoredImage]] = []
+
+    def put(self, image: DerivedImage) -> "Future[StoredImage]":
+        """Store `image` after those put before it (called from one thread at a time)."""
+        future = self._thread.submit(self._store, image)
+        self._stored.append(future)
+        return future
+
+    def _store(self, image: DerivedImage) -> StoredImage:
+        return StoredImage(self._sink(image.file), image.measures)
+
+    def close(self) -> None:
+        """Wait for the files being written; no image is put after this."""
+        self._thread.shutdown(wait=True)
+
+    def discard(self) -> None:
+        """Remove every file stored (and its folder, once empty)."""
+        self.close()
+        paths = [f.result().file.path for f in self._stored if f.exception() is None]
+        for path in paths:
+            path.unlink(missing_ok=True)
+        for folder in {path.parent for path in paths}:
+            with suppress(OSError):  # not empty: other outputs live there too
+                folder.rmdir()
+
+
+@dataclass(frozen=True)
 class WrittenSeries:
     """What reached the sink: the derived images (in order), their report, and what they are."""
 
@@ -157,16 +203,16 @@ class WrittenSeries:
 
 
 def write_derived_series(
-    derived: Sequence[DerivedImage | DeclinedImage],
+    derived: Sequence[StoredImage | DeclinedImage],
     method: Method,
     derivation: Derivation,
     settings: Settings,
     sink: Sink,
 ) -> tuple[WrittenSeries | None, list[DeclinedImage]]:
-    """Build the report of the derived images (`derive_image`, in series order), then hand
-    images and report to `sink`; None when no image could be derived (or the report could not
-    be built), with the reason for each left out."""
-    built = [image for image in derived if isinstance(image, DerivedImage)]
+    """Build the report of the stored derived images (in series order) and hand it to `sink`;
+    None when no image could be derived (or the report could not be built: the caller then
+    discards the images), with the reason for each left out."""
+    built = [image for image in derived if isinstance(image, StoredImage)]
     declined = [image for image in derived if isinstance(image, DeclinedImage)]
     if not built:
         return None, declined
@@ -187,6 +233,6 @@ def write_derived_series(
             for sop in (image.measures.outcome.source_sop for image in built)
         ]
         return None, declined + unreported
-    files = [sink(image.file) for image in built]
+    files = [image.file for image in built]
     measured = tuple(image.measures.outcome for image in built)
     return WrittenSeries(files, sink(encoded(report)), report_series, measured), declined

@@ -36,7 +36,9 @@ from dicomnode.imaging.outcome import (
 )
 from dicomnode.pipeline.derived_output import (
     DerivedImage,
+    ImageStore,
     Sink,
+    StoredImage,
     derivation_for,
     derive_image,
     write_derived_series,
@@ -112,6 +114,12 @@ class _Stopwatch:
             self.seconds[name] = time.perf_counter() - started
 
 
+def _stored(
+    finished: Future[StoredImage] | DeclinedImage | None,
+) -> StoredImage | DeclinedImage | None:
+    return finished.result() if isinstance(finished, Future) else finished
+
+
 def _run_method(
     images: list[SourceImage],
     scored: ScoredSources,
@@ -119,36 +127,40 @@ def _run_method(
     settings: Settings,
     sink: Sink,
 ) -> tuple[list[list[SpooledInstance]], MethodOutcome | None, list[DeclinedImage]]:
-    """self-check → enhance (each image scored and its derived image built beside it) →
-    report and store, for one method on the whole series.
+    """self-check → enhance (each image scored, derived and stored beside it) → report, for
+    one method on the whole series.
 
     The self-check's images are restored first; a second thread then scores them while the
     enhancement runs, and before any image is finished, so that the gains are known when an
     image's derived image is built (they are in its ImageComments). As soon as a stack of
     images is enhanced, that thread scores each (fidelity, QA) and derives and encodes its
     DICOM image while the next stack runs (TensorFlow releases the interpreter), and the float
-    output is let go. Stages: `measure_s` the self-check's restoration (its scoring is in the
-    next stage); `enhance_s` the enhancement with what runs beside it; `write_s` what is left
-    after it: the last images, the report and storing the files."""
+    output is let go; a third thread stores each encoded image (`ImageStore`). Stages:
+    `measure_s` the self-check's restoration (its scoring is in the next stage); `enhance_s`
+    the enhancement with what runs beside it; `write_s` what is left after it: the last
+    images, the report and storing it."""
     clock = _Stopwatch()
     derivation = derivation_for(images, method, settings)
     thresholds = qa_thresholds(settings.qa)
     # One thread, first in first out: the self-check's scores come before any image's.
     finishing = ThreadPoolExecutor(1, thread_name_prefix="finish")
+    store = ImageStore(sink)
 
-    derived: dict[int, Future[DerivedImage | DeclinedImage | None]] = {}
+    derived: dict[int, Future[Future[StoredImage] | DeclinedImage | None]] = {}
+    written = None
     try:
         with clock.stage("measure_s"):
             gains = self_check_gains(images, method, settings, finishing)
 
-        def finish(index: int, output: np.ndarray) -> DerivedImage | DeclinedImage | None:
+        def finish(index: int, output: np.ndarray) -> Future[StoredImage] | DeclinedImage | None:
             if gains.exception() is not None:  # the job ends with it: nothing to finish
                 return None
             source = images[index]
             fidelity, verdict = score(scored[index], output, thresholds)
             sop = derived_instance_uid(derivation.uid_root, source.sop, method.version)
             measured = ImageOutcome(source.sop, sop, fidelity, gains.result()[index], verdict)
-            return derive_image(source, output, measured, method, derivation)
+            image = derive_image(source, output, measured, method, derivation)
+            return store.put(image) if isinstance(image, DerivedImage) else image
 
         def enhanced(index: int, output: np.ndarray) -> None:
             if gains.done():
@@ -159,14 +171,19 @@ def _run_method(
             _enhance_all(images, method, enhanced)
         with clock.stage("write_s"):
             gains.result()  # it succeeded, so every image was finished (none is None)
-            finished = [
-                image
-                for index in range(len(images))
-                if (image := derived[index].result()) is not None
-            ]
-            written, declined = write_derived_series(finished, method, derivation, settings, sink)
+            finished = [_stored(derived[index].result()) for index in range(len(images))]
+            store.close()
+            written, declined = write_derived_series(
+                [image for image in finished if image is not None],
+                method,
+                derivation,
+                settings,
+                sink,
+            )
     finally:
         finishing.shutdown(cancel_futures=True)
+        if written is None:  # failed, or its report could not be built: nothing of it goes
+            store.discard()
     if written is None:
         return [], None, declined
     outcome = MethodOutcome(

@@ -3,6 +3,7 @@ series into stacks of one forward pass each must not change a bit of the outputs
 the job."""
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,12 @@ import numpy as np
 import pytest
 
 from dicomnode.config import Settings
+from dicomnode.errors import ImageDeclined
 from dicomnode.imaging.enhance import Method, SrcnnMethod
 from dicomnode.imaging.metrics import RestoredForSelfCheck
 from dicomnode.imaging.srcnn import BYTES_PER_PIXEL, HALO, SrcnnRunner, build_srcnn, from_network
+from dicomnode.pipeline import derived_output
+from dicomnode.pipeline.derived_output import EncodedInstance
 from dicomnode.pipeline.enhancement import enhance_series
 from dicomnode.pipeline.offline import file_sink, series_in
 from tests.integration.test_details_json import write_fixed_series
@@ -116,3 +120,80 @@ def test_a_self_check_that_cannot_be_scored_ends_the_job_before_the_series_is_en
     assert method.calls[0] == 11  # the self-check's restoration
     assert len(method.calls) < 1 + 6
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+class WaitsAtTheLastPass(Counted):
+    """SRCNN whose last forward pass waits (a few seconds at most) until a derived image has
+    been stored, and records whether one was."""
+
+    def __init__(self, runner: SrcnnRunner, passes: int, stored: threading.Event) -> None:
+        super().__init__(runner)
+        self.passes, self.stored = passes, stored
+        self.stored_before_the_last_pass: bool | None = None
+
+    def __call__(self, stack: np.ndarray) -> np.ndarray:
+        if len(self.calls) == self.passes:  # the self-check's call, then every pass but one
+            self.stored_before_the_last_pass = self.stored.wait(timeout=5)
+        return super().__call__(stack)
+
+
+def test_each_derived_image_is_stored_while_later_ones_are_enhanced(
+    tmp_path: Path, runner: SrcnnRunner
+) -> None:
+    """Writing a file durably mostly waits on the disk: the job stores each derived image as
+    soon as it is made, not all of them after the last one (issue 16)."""
+    write_fixed_series(tmp_path / "in", count=12)  # 11 images, 6 forward passes of 2
+    ((_, inputs),) = series_in(tmp_path / "in").items()
+    stored = threading.Event()
+    write = file_sink(tmp_path / "out")
+
+    def sink(instance: EncodedInstance) -> Any:
+        spooled = write(instance)
+        stored.set()
+        return spooled
+
+    method = WaitsAtTheLastPass(runner, passes=6, stored=stored)
+    output = enhance_series(1, inputs, Settings(), lambda modality: [method], sink)
+    assert method.calls == [11, 2, 2, 2, 2, 2, 1]
+    assert method.stored_before_the_last_pass is True
+    (images, (report,)) = output.by_method["srcnn"]
+    assert len(images) == 11 and all(image.path.is_file() for image in images)
+    assert report.path.is_file()
+
+
+class FailsAtTheLastPass(Counted):
+    def __call__(self, stack: np.ndarray) -> np.ndarray:
+        if len(self.calls) == 6:
+            raise RuntimeError("the last pass failed")
+        return super().__call__(stack)
+
+
+def test_a_series_that_does_not_go_out_leaves_no_file_behind(
+    tmp_path: Path, runner: SrcnnRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images stored while the series was enhanced are taken back when it does not go out
+    after all: its report cannot be built (the images are declined with the reason), or the
+    enhancement fails before the last image (the job fails with the error)."""
+    write_fixed_series(tmp_path / "in", count=12)
+
+    def unreportable(*args: Any, **kwargs: Any) -> Any:
+        raise ImageDeclined("the report cannot reference these images")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(derived_output, "metrics_report", unreportable)
+        ((_, inputs),) = series_in(tmp_path / "in").items()
+        out = tmp_path / "unreported"
+        output = enhance_series(
+            1, inputs, Settings(), lambda modality: [Counted(runner)], file_sink(out)
+        )
+    assert output.by_method == {}
+    reasons = [item.reason for item in output.outcome.declined]
+    assert len(reasons) == 12  # 11 unreported, 1 not an image the job can enhance
+    assert sum("metrics report not built" in reason for reason in reasons) == 11
+    assert [path for path in out.rglob("*") if path.is_file()] == []
+
+    failing = FailsAtTheLastPass(runner)
+    with pytest.raises(RuntimeError, match="the last pass failed"):
+        job_details(tmp_path / "in", tmp_path / "failed", failing)
+    assert len(failing.calls) == 6  # images of the first passes were stored, then taken back
+    assert [path for path in (tmp_path / "failed").rglob("*") if path.is_file()] == []
