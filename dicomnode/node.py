@@ -27,12 +27,12 @@ from dicomnode.observe.endpoint import HttpEndpoint, start_http_endpoint
 from dicomnode.pipeline import JobRunner
 from dicomnode.pipeline.admin_log import log_admin_actions
 from dicomnode.pipeline.delivery import DeliveryQueues
-from dicomnode.pipeline.methods import load_models, missing_models
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.pipeline.runner import job_parts
 from dicomnode.receive import start_receiver
 from dicomnode.receive.listener import check_port_free
 from dicomnode.receive.processes import ReceiverProcesses
+from dicomnode.registry import missing_models
 from dicomnode.spool import Spool
 from dicomnode.spool_lock import DataDirLock, lock_data_dir
 from dicomnode.status import JobPart
@@ -175,6 +175,10 @@ class Node:
         scheduler.start()
         workers = self.settings.worker
         if workers.workers:
+            # Here, not at the top: the imaging libraries take a second to import, which the
+            # listener must not wait for.
+            from dicomnode.pipeline.methods import load_models
+
             if load_models(self.settings):
                 log.info("models loaded methods=%s", ",".join(self.settings.enhance.methods))
             from dicomnode.pipeline.enhancement import prepare_enhancement  # after listening

@@ -119,3 +119,20 @@ def register(spec: MethodSpec) -> None:
 def method_spec(name: str) -> MethodSpec:
     """The spec of a configured method (names are validated when the settings are loaded)."""
     return METHODS[name]
+
+
+def missing_models(settings: "Settings") -> list[Path]:
+    """The model files the configured methods would look for and not find, for any enabled
+    modality (checked at start: a node that would fail every job must not start; here, not
+    beside the loading, so that the check costs no import of the imaging libraries)."""
+    enhance = settings.enhance
+    missing: dict[Path, None] = {}
+    for name in enhance.methods:
+        spec = method_spec(name)
+        if spec.model_prefix is None:
+            continue
+        for modality in enhance.modalities:
+            path = spec.model_for(enhance, modality)
+            if not path.is_file():
+                missing[path] = None
+    return list(missing)

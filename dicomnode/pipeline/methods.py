@@ -69,22 +69,6 @@ def methods_for(settings: Settings) -> MethodsFor:
     return partial(configured_methods, settings)
 
 
-def missing_models(settings: Settings) -> list[Path]:
-    """The model files the configured methods would look for and not find, for any enabled
-    modality (checked at start: a node that would fail every job must not start)."""
-    enhance = settings.enhance
-    missing: dict[Path, None] = {}
-    for name in enhance.methods:
-        spec = method_spec(name)
-        if spec.model_prefix is None:
-            continue
-        for modality in enhance.modalities:
-            path = spec.model_for(enhance, modality)
-            if not path.is_file():
-                missing[path] = None
-    return list(missing)
-
-
 def load_models(settings: Settings) -> int:
     """Build every configured method that uses a model, for each enabled modality, so each
     model is loaded, warmed up (`SrcnnRunner.warm_up`) and cached for the jobs now; return how

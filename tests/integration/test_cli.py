@@ -149,3 +149,21 @@ def test_help_starts_without_heavy_imports() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
     )
     assert "HEAVY []" in result.stderr
+
+
+def test_the_node_listens_before_it_imports_the_imaging_libraries() -> None:
+    """`serve` imports the node, then listens, then loads the models: the imaging libraries
+    (scikit-image, SciPy, OpenCV, TensorFlow: a second or more) come with the models, so the
+    listener does not wait for them."""
+    probe = (
+        "import sys\n"
+        "import dicomnode.node\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'tensorflow', 'keras', 'cv2', 'skimage', 'scipy'})\n"
+        "ours = sorted(m for m in sys.modules if m.startswith('dicomnode.imaging'))\n"
+        "print('HEAVY', heavy, ours, file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "HEAVY [] []" in result.stderr, result.stderr[-2000:]

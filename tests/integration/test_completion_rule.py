@@ -12,6 +12,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 
 import dicomnode.node as node_module
+import dicomnode.pipeline.methods as methods_module
 from dicomnode.config import (
     CompletionSettings,
     Destination,
@@ -152,7 +153,7 @@ def test_the_originals_go_while_the_models_load(tmp_path: Path, monkeypatch) -> 
         models_may_load.wait(60)
         return 0
 
-    monkeypatch.setattr(node_module, "load_models", held_back)
+    monkeypatch.setattr(methods_module, "load_models", held_back)
     series = write_ct_series(tmp_path / "series", 3, seed=6)
     with StoreScp(tmp_path / "pacs") as pacs:
         settings = Settings(
