@@ -10,6 +10,7 @@ and per method); its `as_dict()` is the job's `details`.
 """
 
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -48,6 +49,9 @@ from dicomnode.pipeline.scoring import ScoredSources, score, self_check_gains, w
 from dicomnode.pipeline.sources import SourceImage, load_sources
 
 log = logging.getLogger(__name__)
+
+# Enhanced outputs waiting to be finished, at most (the enhancement pauses beyond it).
+MAX_BYTES_WAITING_TO_FINISH = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,29 @@ def _enhance_all(
             start += frames
 
 
+class _Waiting:
+    """Bytes of enhanced outputs not yet finished. On a small machine SRCNN outruns the one
+    finishing thread, and each output waits as float32 (four times its source's pixels at a
+    scale of 2): the enhancement pauses while the next output would take the backlog past
+    `limit`, so a long series never holds all its outputs in memory at once."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._bytes = 0
+        self._changed = threading.Condition()
+
+    def add(self, size: int) -> None:
+        """Count an output of `size` bytes in, once it fits (alone, it always does)."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._bytes or self._bytes + size <= self._limit)
+            self._bytes += size
+
+    def remove(self, size: int) -> None:
+        with self._changed:
+            self._bytes -= size
+            self._changed.notify_all()
+
+
 class _Stopwatch:
     """Seconds per stage, for the job's timings."""
 
@@ -144,6 +171,7 @@ def _run_method(
     thresholds = qa_thresholds(settings.qa)
     # One thread, first in first out: the self-check's scores come before any image's.
     finishing = ThreadPoolExecutor(1, thread_name_prefix="finish")
+    waiting = _Waiting(MAX_BYTES_WAITING_TO_FINISH)
     store = ImageStore(sink)
 
     derived: dict[int, Future[Future[StoredImage] | DeclinedImage | None]] = {}
@@ -153,18 +181,22 @@ def _run_method(
             gains = self_check_gains(images, method, settings, finishing)
 
         def finish(index: int, output: np.ndarray) -> Future[StoredImage] | DeclinedImage | None:
-            if gains.exception() is not None:  # the job ends with it: nothing to finish
-                return None
-            source = images[index]
-            fidelity, verdict = score(scored[index], output, thresholds)
-            sop = derived_instance_uid(derivation.uid_root, source.sop, method.version)
-            measured = ImageOutcome(source.sop, sop, fidelity, gains.result()[index], verdict)
-            image = derive_image(source, output, measured, method, derivation)
-            return store.put(image) if isinstance(image, DerivedImage) else image
+            try:
+                if gains.exception() is not None:  # the job ends with it: nothing to finish
+                    return None
+                source = images[index]
+                fidelity, verdict = score(scored[index], output, thresholds)
+                sop = derived_instance_uid(derivation.uid_root, source.sop, method.version)
+                measured = ImageOutcome(source.sop, sop, fidelity, gains.result()[index], verdict)
+                image = derive_image(source, output, measured, method, derivation)
+                return store.put(image) if isinstance(image, DerivedImage) else image
+            finally:
+                waiting.remove(output.nbytes)
 
         def enhanced(index: int, output: np.ndarray) -> None:
             if gains.done():
                 gains.result()  # a self-check that failed ends the enhancement here
+            waiting.add(output.nbytes)
             derived[index] = finishing.submit(finish, index, output)
 
         with clock.stage("enhance_s"):

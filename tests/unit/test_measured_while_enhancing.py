@@ -4,6 +4,7 @@ the job."""
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from dicomnode.errors import ImageDeclined
 from dicomnode.imaging.enhance import Method, SrcnnMethod
 from dicomnode.imaging.metrics import RestoredForSelfCheck
 from dicomnode.imaging.srcnn import BYTES_PER_PIXEL, HALO, SrcnnRunner, build_srcnn, from_network
-from dicomnode.pipeline import derived_output
+from dicomnode.pipeline import derived_output, enhancement
 from dicomnode.pipeline.derived_output import EncodedInstance
 from dicomnode.pipeline.enhancement import enhance_series
 from dicomnode.pipeline.offline import file_sink, series_in
@@ -197,3 +198,34 @@ def test_a_series_that_does_not_go_out_leaves_no_file_behind(
         job_details(tmp_path / "in", tmp_path / "failed", failing)
     assert len(failing.calls) == 6  # images of the first passes were stored, then taken back
     assert [path for path in (tmp_path / "failed").rglob("*") if path.is_file()] == []
+
+
+def test_the_enhancement_pauses_while_too_many_outputs_wait_to_be_finished(
+    tmp_path: Path, runner: SrcnnRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SRCNN outruns the finishing thread on a small machine; the outputs waiting for it are
+    bounded (`MAX_BYTES_WAITING_TO_FINISH`), so a long series is not held in memory whole."""
+    write_fixed_series(tmp_path / "in", count=12)  # 11 images of 128², 6 passes of 2
+    monkeypatch.setattr(enhancement, "MAX_BYTES_WAITING_TO_FINISH", 3 * SIDE * SIDE * 4)
+    derived: list[str] = []
+    derive = enhancement.derive_image
+
+    def slow_derive(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.2)  # a finishing thread much slower than the network
+        image = derive(*args, **kwargs)
+        derived.append("done")
+        return image
+
+    monkeypatch.setattr(enhancement, "derive_image", slow_derive)
+    waiting_at_each_pass: list[int] = []
+
+    class Watched(Counted):
+        def __call__(self, stack: np.ndarray) -> np.ndarray:
+            if self.calls:  # after the self-check: outputs enhanced, less those finished
+                waiting_at_each_pass.append(sum(self.calls[1:]) - len(derived))
+            return super().__call__(stack)
+
+    details = job_details(tmp_path / "in", tmp_path / "out", Watched(runner))
+    assert len(waiting_at_each_pass) == 6
+    assert max(waiting_at_each_pass) <= 3  # three 128² float32 outputs fit, no more
+    assert details["methods"][0]["images"] == 11
