@@ -27,7 +27,7 @@ from dicomnode.db.instances import (
     mark_series_released,
     next_completion_due,
 )
-from dicomnode.db.models import Series
+from dicomnode.db.models import Job, Series
 from dicomnode.node import Node
 from dicomnode.status import JobPart
 from tests.conftest import ON_BOTH_DATABASES
@@ -111,6 +111,44 @@ def test_a_new_job_is_run_at_once_not_at_the_runners_next_poll(tmp_path: Path) -
             )
             assert job["part"] == "originals"
             assert len(list((tmp_path / "pacs").iterdir())) == len(series)
+        finally:
+            node.stop()
+
+
+def test_the_completion_tick_comes_back_when_the_next_series_is_due(tmp_path: Path) -> None:
+    """The completion tick runs every `release_quiet_seconds` here (8 s: the runners poll once
+    a minute); a series released between two ticks becomes a job when its quiet time is over,
+    not at the first tick after that (up to a round later: before, 8 + ~7 s here)."""
+    quiet = 8.0
+    series = write_ct_series(tmp_path / "series", 2, seed=7)
+    with StoreScp(tmp_path / "pacs") as pacs:
+        node = Node(
+            Settings(
+                node=NodeSettings(host="127.0.0.1", port=free_port(), data_dir=str(tmp_path / "d")),
+                completion=CompletionSettings(
+                    series_quiet_seconds=3600, release_quiet_seconds=quiet
+                ),
+                worker=WorkerSettings(workers=0, poll_seconds=60),
+                enhance=EnhanceSettings(methods=[]),
+                destinations=[Destination("pacs", "STORESCP", "127.0.0.1", pacs.port)],
+            )
+        )
+        node.start()
+        try:
+            time.sleep(1)  # the tick at start has run: the next round is 7 s away
+            assert storescu(node.settings.node.port, series).returncode == 0
+            deadline = time.monotonic() + 3 * quiet
+            while True:
+                with node.db.session() as session:
+                    jobs = session.query(Job.created_at).all()
+                    (released,) = session.query(Series.released_at).all()
+                if jobs or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert len(jobs) == 1, "no job was made"
+            after_release = (jobs[0].created_at - released.released_at).total_seconds()
+            # Due at the release + 8 s; the next round would have been ~7 s after that.
+            assert quiet <= after_release < quiet + 3
         finally:
             node.stop()
 
