@@ -4,18 +4,22 @@ Each image is derived and encoded on its own (`derive_image`), as soon as its ou
 scores exist, so the job can do it while the method works on the next images, and handed to the
 sink at once by a thread of its own (`ImageStore`: writing a file durably mostly waits on the
 disk). Then the report is built; a series whose report cannot be built does not go out, and its
-images are taken back from the sink (`ImageStore.discard`), so it leaves no half-written output
-behind. An image whose header the standard does not let us derive from (`ImageDeclined`: see
+images are taken back from the sink (`ImageStore.discard`), as are those of a job that fails.
+(A process killed meanwhile leaves them: the node's next attempt clears the job's outbox first.)
+An image whose header the standard does not let us derive from (`ImageDeclined`: see
 `dicom.conformance`) is left out with its reason: its source still goes to the PACS as it came.
 """
 
-from collections.abc import Callable, Sequence
+import logging
+import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from pydicom import Dataset
@@ -31,6 +35,10 @@ from dicomnode.imaging.pixels import to_stored
 from dicomnode.pipeline.sources import SourceImage, integer_of
 from dicomnode.registry import method_spec
 from dicomnode.spool import Spool
+
+log = logging.getLogger(__name__)
+
+MAX_WAITING_TO_STORE = 32  # encoded images (~0.5 MB each for a 512² CT) waiting for the disk
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,17 @@ class EncodedInstance:
         )
 
 
-Sink = Callable[[EncodedInstance], SpooledInstance]
+class Sink(Protocol):
+    """Where a job's output files go: the spool's outbox (`outbox_sink`), or a folder offline
+    (`offline.file_sink`)."""
+
+    def __call__(self, instance: EncodedInstance) -> SpooledInstance:
+        """Store `instance` durably (replacing a file of the same UIDs) and say where."""
+        ...
+
+    def holds(self, instance: EncodedInstance) -> bool:
+        """Whether a file of `instance`'s UIDs is there already (an earlier run's)."""
+        ...
 
 
 def encoded(ds: Dataset) -> EncodedInstance:
@@ -65,16 +83,25 @@ def encoded(ds: Dataset) -> EncodedInstance:
     )
 
 
-def outbox_sink(spool: Spool, job_id: int) -> Sink:
-    """Where a job's outputs go: the spool's outbox, durably."""
+class _Outbox:
+    def __init__(self, spool: Spool, job_id: int) -> None:
+        self._spool, self._job_id = spool, job_id
 
-    def write(instance: EncodedInstance) -> SpooledInstance:
-        path = spool.write_outbox(
-            job_id, instance.series_instance_uid, instance.sop_instance_uid, instance.data
+    def __call__(self, instance: EncodedInstance) -> SpooledInstance:
+        path = self._spool.write_outbox(
+            self._job_id, instance.series_instance_uid, instance.sop_instance_uid, instance.data
         )
         return instance.spooled(path)
 
-    return write
+    def holds(self, instance: EncodedInstance) -> bool:
+        return self._spool.outbox_path(
+            self._job_id, instance.series_instance_uid, instance.sop_instance_uid
+        ).exists()
+
+
+def outbox_sink(spool: Spool, job_id: int) -> Sink:
+    """Where a job's outputs go: the spool's outbox, durably."""
+    return _Outbox(spool, job_id)
 
 
 def derivation_for(images: list[SourceImage], method: Method, settings: Settings) -> Derivation:
@@ -158,35 +185,49 @@ class StoredImage:
 
 
 class ImageStore:
-    """Derived images handed to the sink as they are made, in order, by one thread of its own:
-    a durable write mostly waits on the disk, which the images after it need not do, and the
-    encoded bytes are let go once written. `discard` takes back every file it stored, for a
-    series that does not go out after all (its report not built, the job failed)."""
+    """Derived images handed to the sink as they are made, by one thread of its own: a durable
+    write mostly waits on the disk, which the images after it need not do, and the encoded
+    bytes are let go once written (at most `MAX_WAITING_TO_STORE` wait; `put` blocks beyond).
+    `discard` takes back the files it created, for a series that does not go out after all
+    (its report not built, the job failed); a file an earlier run left under the same UIDs is
+    replaced by a store, and then removed by `discard` as well."""
 
     def __init__(self, sink: Sink) -> None:
         self._sink = sink
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="store")
-        self._stored: list[Future[StoredImage]] = []
+        self._room = threading.BoundedSemaphore(MAX_WAITING_TO_STORE)
+        self._stored: list[Future[tuple[StoredImage, bool]]] = []
 
-    def put(self, image: DerivedImage) -> "Future[StoredImage]":
-        """Store `image` after those put before it (called from one thread at a time)."""
+    def put(self, image: DerivedImage) -> "Future[tuple[StoredImage, bool]]":
+        """Store `image` after those put before it (called from one thread at a time); the
+        future holds it as stored, and whether this store created its file."""
+        self._room.acquire()
         future = self._thread.submit(self._store, image)
         self._stored.append(future)
         return future
 
-    def _store(self, image: DerivedImage) -> StoredImage:
-        return StoredImage(self._sink(image.file), image.measures)
+    def _store(self, image: DerivedImage) -> tuple[StoredImage, bool]:
+        try:
+            created = not self._sink.holds(image.file)
+            return StoredImage(self._sink(image.file), image.measures), created
+        finally:
+            self._room.release()
 
     def close(self) -> None:
         """Wait for the files being written; no image is put after this."""
         self._thread.shutdown(wait=True)
 
     def discard(self) -> None:
-        """Remove every file stored (and its folder, once empty)."""
+        """Remove the files stored (and their folder, once empty). A file that cannot be
+        removed is logged, not raised: the error that led here is the one to report."""
         self.close()
-        paths = [f.result().file.path for f in self._stored if f.exception() is None]
+        stored = [f.result() for f in self._stored if f.exception() is None]
+        paths = [image.file.path for image, created in stored if created]
         for path in paths:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("derived image not removed path=%s: %s", path, exc)
         for folder in {path.parent for path in paths}:
             with suppress(OSError):  # not empty: other outputs live there too
                 folder.rmdir()

@@ -2,7 +2,7 @@
 
 For every configured method the job gets one derived series (same study, new deterministic UIDs)
 and one metrics report, written to the spool's outbox before anything is forwarded. Each method
-runs self-check → enhance (each image measured and derived beside it) → report and store →
+runs self-check → enhance (each image measured, derived and stored beside it) → report →
 summarise. Images that cannot be enhanced (colour, float, undecodable, blank, ...) are listed
 with their reason and still go out unchanged with the originals.
 What happened is returned as a `SeriesOutcome` record (device, model, timings, metrics per image
@@ -107,7 +107,8 @@ class _Waiting:
     """Bytes of enhanced outputs not yet finished. On a small machine SRCNN outruns the one
     finishing thread, and each output waits as float32 (four times its source's pixels at a
     scale of 2): the enhancement pauses while the next output would take the backlog past
-    `limit`, so a long series never holds all its outputs in memory at once."""
+    `limit`, so a long series never holds all its outputs in memory at once (their encoded
+    files wait for the disk within `ImageStore`'s own bound)."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
@@ -141,10 +142,11 @@ class _Stopwatch:
             self.seconds[name] = time.perf_counter() - started
 
 
-def _stored(
-    finished: Future[StoredImage] | DeclinedImage | None,
-) -> StoredImage | DeclinedImage | None:
-    return finished.result() if isinstance(finished, Future) else finished
+Finished = Future[tuple[StoredImage, bool]] | DeclinedImage | None
+
+
+def _stored(finished: Finished) -> StoredImage | DeclinedImage | None:
+    return finished.result()[0] if isinstance(finished, Future) else finished
 
 
 def _run_method(
@@ -174,13 +176,13 @@ def _run_method(
     waiting = _Waiting(MAX_BYTES_WAITING_TO_FINISH)
     store = ImageStore(sink)
 
-    derived: dict[int, Future[Future[StoredImage] | DeclinedImage | None]] = {}
+    derived: dict[int, Future[Finished]] = {}
     written = None
     try:
         with clock.stage("measure_s"):
             gains = self_check_gains(images, method, settings, finishing)
 
-        def finish(index: int, output: np.ndarray) -> Future[StoredImage] | DeclinedImage | None:
+        def finish(index: int, output: np.ndarray) -> Finished:
             try:
                 if gains.exception() is not None:  # the job ends with it: nothing to finish
                     return None

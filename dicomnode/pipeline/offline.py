@@ -1,6 +1,8 @@
 """Offline use of the job pipeline: series from a folder, outputs to a folder, a figure."""
 
 import csv
+import os
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,17 +35,32 @@ def series_in(folder: Path) -> dict[str, list[SpooledInstance]]:
     return dict(found)
 
 
-def file_sink(out_dir: Path) -> Sink:
-    """Write each output to OUT_DIR/<SeriesInstanceUID>/<SOPInstanceUID>.dcm."""
+class _Folder:
+    def __init__(self, out_dir: Path) -> None:
+        self._out_dir = out_dir
 
-    def write(instance: EncodedInstance) -> SpooledInstance:
-        series = out_dir / validate_uid(instance.series_instance_uid, "SeriesInstanceUID")
-        series.mkdir(parents=True, exist_ok=True)
-        path = series / f"{validate_uid(instance.sop_instance_uid, 'SOPInstanceUID')}.dcm"
-        path.write_bytes(instance.data)
+    def _path(self, instance: EncodedInstance) -> Path:
+        series = self._out_dir / validate_uid(instance.series_instance_uid, "SeriesInstanceUID")
+        return series / f"{validate_uid(instance.sop_instance_uid, 'SOPInstanceUID')}.dcm"
+
+    def __call__(self, instance: EncodedInstance) -> SpooledInstance:
+        path = self._path(instance)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+        try:
+            partial.write_bytes(instance.data)
+            os.replace(partial, path)  # never a half-written .dcm, even when interrupted
+        finally:
+            partial.unlink(missing_ok=True)
         return instance.spooled(path)
 
-    return write
+    def holds(self, instance: EncodedInstance) -> bool:
+        return self._path(instance).exists()
+
+
+def file_sink(out_dir: Path) -> Sink:
+    """Write each output to OUT_DIR/<SeriesInstanceUID>/<SOPInstanceUID>.dcm."""
+    return _Folder(out_dir)
 
 
 def comparison_figure(

@@ -1,5 +1,6 @@
 """The admin CLI against a real node and a real Orthanc: echo, jobs, config, exit codes."""
 
+import ast
 import json
 import subprocess
 import sys
@@ -135,35 +136,36 @@ def test_config_show_prints_effective_values_after_overrides(tmp_path: Path) -> 
     assert data["node"]["database_url"] == f"sqlite:///{tmp_path}/dicomnode.sqlite"
 
 
-def test_help_starts_without_heavy_imports() -> None:
+def imported_by(code: str, packages: set[str], prefix: str = "-") -> list[str]:
+    """The `packages` and the modules named `prefix...` a fresh interpreter has imported once
+    it has run `code`."""
     probe = (
-        "import sys\n"
-        "sys.argv = ['dicomnode', '--help']\n"
-        "from dicomnode.cli.app import main\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'tensorflow', 'keras', 'cv2', 'sqlalchemy', 'pynetdicom', 'numpy'})\n"
-        "print('HEAVY', heavy, file=sys.stderr)\n"
+        f"import sys\n{code}\n"
+        f"found = {{m.split('.')[0] for m in sys.modules}} & set({sorted(packages)!r})\n"
+        f"found |= {{m for m in sys.modules if m.startswith({prefix!r})}}\n"
+        "print('IMPORTED', sorted(found), file=sys.stderr)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
     )
-    assert "HEAVY []" in result.stderr
+    line = next((x for x in result.stderr.splitlines() if x.startswith("IMPORTED ")), None)
+    assert line is not None, result.stderr[-2000:]
+    return list(ast.literal_eval(line.removeprefix("IMPORTED ")))
+
+
+def test_help_starts_without_heavy_imports() -> None:
+    help_run = (
+        "sys.argv = ['dicomnode', '--help']\n"
+        "from dicomnode.cli.app import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass"
+    )
+    heavy = {"tensorflow", "keras", "cv2", "sqlalchemy", "pynetdicom", "numpy"}
+    assert imported_by(help_run, heavy) == []
 
 
 def test_the_node_listens_before_it_imports_the_imaging_libraries() -> None:
     """`serve` imports the node, then listens, then loads the models: the imaging libraries
     (scikit-image, SciPy, OpenCV, TensorFlow: a second or more) come with the models, so the
     listener does not wait for them."""
-    probe = (
-        "import sys\n"
-        "import dicomnode.node\n"
-        "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'tensorflow', 'keras', 'cv2', 'skimage', 'scipy'})\n"
-        "ours = sorted(m for m in sys.modules if m.startswith('dicomnode.imaging'))\n"
-        "print('HEAVY', heavy, ours, file=sys.stderr)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert "HEAVY [] []" in result.stderr, result.stderr[-2000:]
+    imaging = {"tensorflow", "keras", "cv2", "skimage", "scipy"}
+    assert imported_by("import dicomnode.node", imaging, prefix="dicomnode.imaging") == []

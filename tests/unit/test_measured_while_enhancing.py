@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dicomnode.config import Settings
+from dicomnode.db import SpooledInstance
 from dicomnode.errors import ImageDeclined
 from dicomnode.imaging.enhance import Method, SrcnnMethod
 from dicomnode.imaging.metrics import RestoredForSelfCheck
@@ -138,6 +139,21 @@ class WaitsAtTheLastPass(Counted):
         return super().__call__(stack)
 
 
+class Signalling:
+    """A folder sink that sets `stored` after each file it stores."""
+
+    def __init__(self, out: Path) -> None:
+        self.sink, self.stored = file_sink(out), threading.Event()
+
+    def __call__(self, instance: EncodedInstance) -> SpooledInstance:
+        spooled = self.sink(instance)
+        self.stored.set()
+        return spooled
+
+    def holds(self, instance: EncodedInstance) -> bool:
+        return self.sink.holds(instance)
+
+
 def test_each_derived_image_is_stored_while_later_ones_are_enhanced(
     tmp_path: Path, runner: SrcnnRunner
 ) -> None:
@@ -145,15 +161,8 @@ def test_each_derived_image_is_stored_while_later_ones_are_enhanced(
     soon as it is made, not all of them after the last one (issue 16)."""
     write_fixed_series(tmp_path / "in", count=12)  # 11 images, 6 forward passes of 2
     ((_, inputs),) = series_in(tmp_path / "in").items()
-    stored = threading.Event()
-    write = file_sink(tmp_path / "out")
-
-    def sink(instance: EncodedInstance) -> Any:
-        spooled = write(instance)
-        stored.set()
-        return spooled
-
-    method = WaitsAtTheLastPass(runner, passes=6, stored=stored)
+    sink = Signalling(tmp_path / "out")
+    method = WaitsAtTheLastPass(runner, passes=6, stored=sink.stored)
     output = enhance_series(1, inputs, Settings(), lambda modality: [method], sink)
     assert method.calls == [11, 2, 2, 2, 2, 2, 1]
     assert method.stored_before_the_last_pass is True
@@ -162,11 +171,22 @@ def test_each_derived_image_is_stored_while_later_ones_are_enhanced(
     assert report.path.is_file()
 
 
-class FailsAtTheLastPass(Counted):
+class FailsAtTheLastPass(WaitsAtTheLastPass):
+    """Fails at the last pass, once an image has been stored (or a few seconds have passed)."""
+
     def __call__(self, stack: np.ndarray) -> np.ndarray:
-        if len(self.calls) == 6:
+        if len(self.calls) == self.passes:
+            self.stored_before_the_last_pass = self.stored.wait(timeout=5)
             raise RuntimeError("the last pass failed")
         return super().__call__(stack)
+
+
+def files_in(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if path.is_file())
+
+
+def unreportable(*args: Any, **kwargs: Any) -> Any:
+    raise ImageDeclined("the report cannot reference these images")
 
 
 def test_a_series_that_does_not_go_out_leaves_no_file_behind(
@@ -176,13 +196,9 @@ def test_a_series_that_does_not_go_out_leaves_no_file_behind(
     after all: its report cannot be built (the images are declined with the reason), or the
     enhancement fails before the last image (the job fails with the error)."""
     write_fixed_series(tmp_path / "in", count=12)
-
-    def unreportable(*args: Any, **kwargs: Any) -> Any:
-        raise ImageDeclined("the report cannot reference these images")
-
+    ((_, inputs),) = series_in(tmp_path / "in").items()
     with monkeypatch.context() as patched:
         patched.setattr(derived_output, "metrics_report", unreportable)
-        ((_, inputs),) = series_in(tmp_path / "in").items()
         out = tmp_path / "unreported"
         output = enhance_series(
             1, inputs, Settings(), lambda modality: [Counted(runner)], file_sink(out)
@@ -191,13 +207,39 @@ def test_a_series_that_does_not_go_out_leaves_no_file_behind(
     reasons = [item.reason for item in output.outcome.declined]
     assert len(reasons) == 12  # 11 unreported, 1 not an image the job can enhance
     assert sum("metrics report not built" in reason for reason in reasons) == 11
-    assert [path for path in out.rglob("*") if path.is_file()] == []
+    assert files_in(out) == []
 
-    failing = FailsAtTheLastPass(runner)
+    sink = Signalling(tmp_path / "failed")
+    failing = FailsAtTheLastPass(runner, passes=6, stored=sink.stored)
     with pytest.raises(RuntimeError, match="the last pass failed"):
-        job_details(tmp_path / "in", tmp_path / "failed", failing)
-    assert len(failing.calls) == 6  # images of the first passes were stored, then taken back
-    assert [path for path in (tmp_path / "failed").rglob("*") if path.is_file()] == []
+        enhance_series(1, inputs, Settings(), lambda modality: [failing], sink)
+    assert failing.stored_before_the_last_pass is True  # there was something to take back
+    assert files_in(tmp_path / "failed") == []
+
+
+def test_a_failed_run_leaves_what_an_earlier_run_wrote(
+    tmp_path: Path, runner: SrcnnRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Derived UIDs are deterministic, so a second run into the same folder replaces the first
+    run's images (the same but for their processing time): when it then fails, it takes back
+    only what it created, and the first run's series is all there, its report untouched."""
+    write_fixed_series(tmp_path / "in", count=12)
+    ((_, inputs),) = series_in(tmp_path / "in").items()
+    out = tmp_path / "out"
+    first = enhance_series(
+        1, inputs, Settings(), lambda modality: [Counted(runner)], file_sink(out)
+    )
+    (images, (report,)) = first.by_method["srcnn"]
+    written = report.path.read_bytes()
+    assert files_in(out) == sorted([report.path, *(image.path for image in images)])
+    with monkeypatch.context() as patched:
+        patched.setattr(derived_output, "metrics_report", unreportable)
+        second = enhance_series(
+            1, inputs, Settings(), lambda modality: [Counted(runner)], file_sink(out)
+        )
+    assert second.by_method == {}
+    assert files_in(out) == sorted([report.path, *(image.path for image in images)])
+    assert report.path.read_bytes() == written
 
 
 def test_the_enhancement_pauses_while_too_many_outputs_wait_to_be_finished(
@@ -229,3 +271,40 @@ def test_the_enhancement_pauses_while_too_many_outputs_wait_to_be_finished(
     assert len(waiting_at_each_pass) == 6
     assert max(waiting_at_each_pass) <= 3  # three 128² float32 outputs fit, no more
     assert details["methods"][0]["images"] == 11
+
+
+def test_images_waiting_for_the_disk_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that stalls (a full NFS queue) holds up the finishing thread after
+    `MAX_WAITING_TO_STORE` encoded images, instead of letting them pile up in memory."""
+    monkeypatch.setattr(derived_output, "MAX_WAITING_TO_STORE", 2)
+    disk_free, writing = threading.Event(), threading.Event()
+
+    class StalledDisk:
+        def __call__(self, instance: EncodedInstance) -> SpooledInstance:
+            writing.set()
+            disk_free.wait(timeout=30)
+            return instance.spooled(tmp_path / f"{instance.sop_instance_uid}.dcm")
+
+        def holds(self, instance: EncodedInstance) -> bool:
+            return False
+
+    store = derived_output.ImageStore(StalledDisk())
+    put: list[int] = []
+
+    def finishing() -> None:
+        for index in range(5):
+            file = EncodedInstance("1.2", f"1.2.3.{index}", "1.2.3", "1.2.840.10008.1.2.1", b"")
+            store.put(derived_output.DerivedImage(file, measures=None))  # type: ignore[arg-type]
+            put.append(index)
+
+    thread = threading.Thread(target=finishing, daemon=True)
+    thread.start()
+    assert writing.wait(timeout=10)
+    time.sleep(0.3)  # what could be put without the bound would be put by now
+    assert put == [0, 1]  # the first is being written, the second waits; the third blocks
+    disk_free.set()
+    thread.join(timeout=10)
+    store.close()
+    assert put == [0, 1, 2, 3, 4]
