@@ -4,7 +4,9 @@ DCMTK `storescu` sends one series (one association) to `dicomnode serve`; from t
 instance is acknowledged (storescu exits), the PACS is polled until it holds the originals, then
 everything the node sends (originals + derived series + metrics SR; or only the originals when the
 do-no-harm gate holds the derived series, which the table says). A fresh node and Orthanc per run,
-so the first job pays whatever start-up the node leaves to it. While it waits, the benchmark asks
+so the first job pays whatever start-up the node leaves to it; the series is sent once the node
+has logged that it started (models loaded and warmed), as to a node that runs for months: sent
+as soon as the port answers, it would also time the node's start. While it waits, the benchmark asks
 Orthanc's REST API and the node's /metrics, not `dicomnode jobs` (a process per poll would take a
 core from the node). Per-stage seconds (load, self-check, enhance, write) come from the derived
 job's details; when that job was created (the completion rule), claimed and had forwarded its
@@ -81,6 +83,7 @@ def one_run(work: Path, folder: Path, count: int, timeout: float) -> dict[str, A
         SHIPPED,
     ).start()
     try:
+        node.wait_for_log("node started", timeout=300)
         sent = storescu(node.port, folder)
         acknowledged = time.monotonic()
         acknowledged_at = time.time()  # the same moment on the clock the node's log uses
