@@ -71,6 +71,11 @@ class ImageDeclined(DicomNodeError):
     names the instance and the reason, and the caller forwards it unchanged."""
 
 
+class ReportNotBuilt(DicomNodeError):
+    """highdicom refused the metrics SR of a derived series (a value of the images' headers it
+    does not take): the series does not go out, its images' sources go as they came."""
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's message cut to its first line (a library's can run to pages), or its
     type's name when it has none: what an error naming a file or setting quotes of it."""

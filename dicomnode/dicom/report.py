@@ -22,9 +22,9 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
 from dicomnode import __version__
-from dicomnode.dicom.conformance import conformant_header, copy_identity
+from dicomnode.dicom.conformance import IDENTITY, conformant_header, copy_identity
 from dicomnode.dicom.derive import MANUFACTURER, derived_uid
-from dicomnode.errors import ImageDeclined
+from dicomnode.errors import ImageDeclined, ReportNotBuilt, first_line
 from dicomnode.imaging.outcome import ImageOutcome
 
 SCHEME = "99DCMNODE"
@@ -106,9 +106,37 @@ def metrics_report(
     sop_uid: str,
     description: str,
 ) -> Dataset:
-    """The Comprehensive SR for one derived series (sent after its images)."""
+    """The Comprehensive SR for one derived series (sent after its images). A value highdicom
+    refuses raises ReportNotBuilt (the same input would fail every retry)."""
     if not images:
         raise ValueError("a metrics report needs at least one image")
+    try:
+        return _metrics_report(images, series_uid, series_number, sop_uid, description)
+    except (ValueError, TypeError) as exc:  # highdicom names the argument and the rule broken
+        why = _without_identity(first_line(exc), images[0].derived)
+        raise ReportNotBuilt(f"highdicom refused the metrics SR: {why}") from exc
+
+
+def _without_identity(message: str, image: Dataset) -> str:
+    """`message` with the patient's and study's identity values (which a library's message may
+    quote) replaced by their keyword: it goes to the job's details and the log."""
+    for keyword in sorted(IDENTITY):
+        try:
+            value = str(image.get(keyword, "") or "")
+        except Exception:  # a value that cannot even be read is not in the message either
+            continue
+        if len(value) > 1:
+            message = message.replace(value, f"<{keyword}>")
+    return message
+
+
+def _metrics_report(
+    images: Sequence[ImageMeasures],
+    series_uid: str,
+    series_number: int,
+    sop_uid: str,
+    description: str,
+) -> Dataset:
     evidence = _evidence(images)  # first: it checks every image can be referenced
     _labelled_utf8(evidence[0])
     observer = hd.sr.ObserverContext(

@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import highdicom
 import numpy as np
 import pytest
+from pydicom import dcmread
 
 from dicomnode.config import Settings
 from dicomnode.db import SpooledInstance
@@ -215,6 +217,32 @@ def test_a_series_that_does_not_go_out_leaves_no_file_behind(
         enhance_series(1, inputs, Settings(), lambda modality: [failing], sink)
     assert failing.stored_before_the_last_pass is True  # there was something to take back
     assert files_in(tmp_path / "failed") == []
+
+
+def test_a_report_highdicom_refuses_declines_the_series_without_quoting_the_patient(
+    tmp_path: Path, runner: SrcnnRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """highdicom raises ValueError for a header value it does not take, sometimes quoting it:
+    the series is declined with the reason, once (it used to end the job as an internal error,
+    retried until dead), and the reason names no patient."""
+    write_fixed_series(tmp_path / "in", count=4)
+    ((_, inputs),) = series_in(tmp_path / "in").items()
+    name = str(dcmread(inputs[0].path).PatientName)
+
+    def refuses(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError(f"Value {name!r} of Patient's Name is not valid for this report")
+
+    monkeypatch.setattr(highdicom.sr, "ComprehensiveSR", refuses)
+    out = tmp_path / "out"
+    output = enhance_series(
+        1, inputs, Settings(), lambda modality: [Counted(runner)], file_sink(out)
+    )
+    assert output.by_method == {}
+    reasons = [item.reason for item in output.outcome.declined]
+    refused = [reason for reason in reasons if "highdicom refused the metrics SR" in reason]
+    assert len(refused) == 3  # the fourth image is not one the job can enhance
+    assert all("<PatientName>" in reason and name not in reason for reason in refused)
+    assert files_in(out) == []
 
 
 def test_a_failed_run_leaves_what_an_earlier_run_wrote(
