@@ -116,17 +116,23 @@ def derived_series_uid(source_series_uid: str, version: str, root: str | None) -
     return derived_uid(root, "series", source_series_uid, version)
 
 
+def _utc_offset(ds: Dataset) -> timezone | None:
+    """The instance's TimezoneOffsetFromUTC as a zone; None when it has none, or one that is
+    not an offset (PS3.3 C.12.1.1.8: "&ZZXX", here within -12:00 … +14:00)."""
+    found = re.fullmatch(r"([+-])(\d\d)(\d\d)", str(ds.get("TimezoneOffsetFromUTC", "")).strip())
+    if found is None or int(found[3]) >= 60:
+        return None
+    offset = (1 if found[1] == "+" else -1) * timedelta(hours=int(found[2]), minutes=int(found[3]))
+    return timezone(offset) if timedelta(hours=-12) <= offset <= timedelta(hours=14) else None
+
+
 def _on_source_clock(when: datetime, ds: Dataset) -> datetime:
     """`when` as the instance's times are read: at its TimezoneOffsetFromUTC when it carries
     one (PS3.3 C.12.1.1.8; copied from the source), else on the node's own clock. A node
     in a UTC container would otherwise stamp a +0100 study an hour off."""
     aware = when if when.tzinfo is not None else when.astimezone()
-    offset = re.fullmatch(r"([+-])(\d\d)(\d\d)", str(ds.get("TimezoneOffsetFromUTC", "")).strip())
-    if offset is None:
-        return aware.astimezone()
-    sign = 1 if offset[1] == "+" else -1
-    zone = timezone(sign * timedelta(hours=int(offset[2]), minutes=int(offset[3])))
-    return aware.astimezone(zone)
+    zone = _utc_offset(ds)
+    return aware.astimezone(zone) if zone is not None else aware.astimezone()
 
 
 def _set_times(ds: Dataset, when: datetime) -> None:
@@ -349,6 +355,10 @@ def derived_instance(
     ds.SeriesInstanceUID = derivation.series_uid
     ds.SeriesNumber = derivation.series_number
     ds.SeriesDescription = derivation.series_description[:64]
+    if "TimezoneOffsetFromUTC" in ds and _utc_offset(ds) is None:
+        # Not an offset: the times written below are on the node's clock, which a copy of it
+        # would misstate (and the SR copies it from here).
+        del ds.TimezoneOffsetFromUTC
     _set_times(ds, _on_source_clock(derivation.processed_at, ds))
     ds.ImageType = _image_type(source)
     ds.DerivationDescription = derivation.description[:1024]

@@ -166,6 +166,26 @@ def test_a_big_endian_source_is_declined_naming_the_instance_and_the_syntax() ->
     assert str(source.SOPInstanceUID) in str(declined.value)
 
 
+@pytest.mark.parametrize("offset", ["+2500", "0100", "+0175", "-1300", "UTC"])
+def test_a_source_offset_that_is_not_one_is_dropped_and_times_are_on_the_nodes_clock(
+    offset: str,
+) -> None:
+    """A TimezoneOffsetFromUTC outside -1200 … +1400, or not "&ZZXX", says nothing of the times:
+    the derived image is stamped on the node's clock and does not carry it. ("+2500" used to
+    end the job with a ValueError; the others were copied beside node-clock times.)"""
+    source = dcmread(CT_TEMPLATE)
+    source.TimezoneOffsetFromUTC = offset
+    image = to_modality(source)
+    when = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
+    how = replace(derivation(1), processed_at=when)
+    ds = derived_instance(
+        source, to_stored(image.values, image.domain, image.padding), how, comments=""
+    )
+    local = when.astimezone()
+    assert "TimezoneOffsetFromUTC" not in ds
+    assert (ds.ContentDate, ds.ContentTime) == (local.strftime("%Y%m%d"), local.strftime("%H%M%S"))
+
+
 def test_processing_times_are_written_on_the_sources_clock() -> None:
     # PS3.3 C.12.1.1.8: the copied TimezoneOffsetFromUTC applies to every time of the instance.
     source = dcmread(CT_TEMPLATE)
