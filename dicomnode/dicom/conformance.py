@@ -23,8 +23,11 @@ from highdicom._standard_utils import (  # highdicom's tables of PS3.3 (IODs, mo
     get_sop_class_iod_map,
 )
 from pydicom import Dataset, config
-from pydicom.datadict import dictionary_VR
-from pydicom.valuerep import STR_VR, validate_value
+from pydicom.charset import convert_encodings, decode_bytes, encode_string
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.multival import MultiValue
+from pydicom.valuerep import STR_VR, TEXT_VR_DELIMS, PersonName, validate_value
 
 from dicomnode.errors import ImageDeclined
 
@@ -177,12 +180,41 @@ def conformant_header(source: Dataset) -> Dataset:
     return header
 
 
+# The identity VRs whose bytes depend on the character set (the others are ASCII).
+_ENCODED_VRS = frozenset({"PN", "LO", "SH"})
+
+
+def _bytes_as_stored(element: DataElement | RawDataElement) -> bytes | None:
+    """An identity value's bytes as they were read (or copied by `copy_identity`), when
+    they are still at hand; None once pydicom has decoded them."""
+    if isinstance(element, RawDataElement):
+        return element.value
+    value = element.value
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, PersonName) and isinstance(value.original_string, bytes):
+        return value.original_string
+    return None
+
+
 def copy_identity(target: Dataset, source: Dataset) -> None:
-    """`source`'s `IDENTITY` attributes onto `target` as they are, valid or not (their values
-    decoded, so that `target` writes them in its own character set)."""
+    """`source`'s `IDENTITY` attributes onto `target` as they are, valid or not: byte for byte
+    when both are in one character set (a PACS files the patient by these bytes, and bytes
+    invalid in their character set, a Latin-1 name labelled UTF-8, do not survive a decode),
+    else decoded, so that `target` writes them in its own character set."""
+    charset = source.get("SpecificCharacterSet")
+    same_character_set = target.get("SpecificCharacterSet") == charset
     for keyword in IDENTITY:
         if keyword not in source:
             continue
+        tag, vr = tag_for_keyword(keyword), dictionary_VR(keyword)
+        stored = _bytes_as_stored(source.get_item(keyword))
+        if same_character_set and vr in _ENCODED_VRS and stored is not None:
+            encodings = _encodings(charset)
+            if not _round_trips(stored, vr, encodings):  # else decoded, below, loses nothing
+                value = PersonName(stored, encodings=encodings) if vr == "PN" else stored
+                target[tag] = DataElement(tag, vr, value)  # written as these bytes
+                continue
         try:
             with warnings.catch_warnings():  # pydicom's warning about a bad value quotes it
                 warnings.simplefilter("ignore", UserWarning)
@@ -190,3 +222,21 @@ def copy_identity(target: Dataset, source: Dataset) -> None:
         except ValueError:  # reading_validation_mode RAISE: target keeps its conformed value
             continue
         target[keyword] = element
+
+
+def _round_trips(stored: bytes, vr: str, encodings: list[str]) -> bool:
+    """Whether `stored`, decoded in `encodings` and encoded again, gives its bytes back."""
+    with warnings.catch_warnings():  # pydicom's warning about undecodable bytes quotes them
+        warnings.simplefilter("ignore", UserWarning)
+        if vr == "PN":
+            text = str(PersonName(stored, encodings=encodings).decode())
+            again = PersonName(text).encode(encodings)  # a new name: no cached bytes
+        else:
+            again = encode_string(decode_bytes(stored, encodings, TEXT_VR_DELIMS), encodings)
+    return again.rstrip(b" \x00") == stored.rstrip(b" \x00")
+
+
+def _encodings(charset: object) -> list[str]:
+    """Python codecs of a Specific Character Set value (pydicom's default without one)."""
+    terms = charset if isinstance(charset, list | MultiValue) else [charset or ""]
+    return convert_encodings([str(term) for term in terms])

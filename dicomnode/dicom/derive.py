@@ -21,7 +21,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicomnode import __version__
-from dicomnode.dicom.conformance import conform
+from dicomnode.dicom.conformance import conform, copy_identity
 from dicomnode.errors import ImageDeclined
 from dicomnode.registry import Code
 
@@ -381,4 +381,6 @@ def derived_instance(
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     ds.file_meta.ImplementationVersionName = f"DICOMNODE_{__version__}"[:16]
+    # Last: removing private tags above went through every element, decoding each.
+    copy_identity(ds, source)
     return ds

@@ -22,6 +22,7 @@ from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import (
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
 )
 
@@ -387,6 +388,29 @@ def test_valid_identity_is_copied_unchanged(ct_slice: Path, modality: str) -> No
     assert {k: derived.get(k) for k in kept} == {k: source.get(k) for k in kept}
     in_report = [k for k in TYPE2["Patient"] + TYPE2["Study"] if k in source]
     assert {k: report.get(k) for k in in_report} == {k: source.get(k) for k in in_report}
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_identity_bytes_invalid_in_their_character_set_are_copied_byte_for_byte(
+    ct_slice: Path, tmp_path: Path, syntax: str
+) -> None:
+    """A modality that declares UTF-8 and writes the patient's name in Latin-1: a PACS files
+    the derived series and its SR under the bytes it got with the originals. Decoded, the name
+    became 'M\ufffdller' (EF BF BD), another patient as far as a byte comparison goes."""
+    source = dcmread(ct_slice)
+    source.file_meta.TransferSyntaxUID = syntax
+    source.SpecificCharacterSet = "ISO_IR 192"
+    source.PatientName = "Xuller^Hans"
+    source.save_as(tmp_path / "source.dcm", enforce_file_format=True)
+    latin1 = (tmp_path / "source.dcm").read_bytes().replace(b"Xuller^Hans", b"M\xfcller^Hans")
+    (tmp_path / "source.dcm").write_bytes(latin1)
+    read = dcmread(tmp_path / "source.dcm")
+    [derived], report = build([read], 1)
+    for name, ds in (("derived", derived), ("report", report)):
+        ds.save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
+        written = dcmread(tmp_path / f"{name}.dcm")
+        assert written.SpecificCharacterSet == "ISO_IR 192", name
+        assert written.get_item("PatientName").value.rstrip(b" ") == b"M\xfcller^Hans", name
 
 
 def test_the_report_of_a_multi_frame_image_names_the_frame_it_scored(ct_slice: Path) -> None:
