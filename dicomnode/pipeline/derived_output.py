@@ -189,8 +189,8 @@ class ImageStore:
     write mostly waits on the disk, which the images after it need not do, and the encoded
     bytes are let go once written (at most `MAX_WAITING_TO_STORE` wait; `put` blocks beyond).
     `discard` takes back the files it created, for a series that does not go out after all
-    (its report not built, the job failed); a file an earlier run left under the same UIDs is
-    replaced by a store, and then removed by `discard` as well."""
+    (its report not built, the job failed); a file an earlier run left under the same UIDs
+    (derived UIDs are deterministic) is replaced by the same image and kept by `discard`."""
 
     def __init__(self, sink: Sink) -> None:
         self._sink = sink
@@ -218,8 +218,8 @@ class ImageStore:
         self._thread.shutdown(wait=True)
 
     def discard(self) -> None:
-        """Remove the files stored (and their folder, once empty). A file that cannot be
-        removed is logged, not raised: the error that led here is the one to report."""
+        """Remove the files this store created (and their folder, once empty). A file that
+        cannot be removed is logged, not raised: the error that led here is the one to report."""
         self.close()
         stored = [f.result() for f in self._stored if f.exception() is None]
         paths = [image.file.path for image, created in stored if created]
