@@ -13,7 +13,8 @@ patient's and study's identity values are then put back exactly as the images ca
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -110,10 +111,49 @@ def metrics_report(
     refuses raises ReportNotBuilt (the same input would fail every retry)."""
     if not images:
         raise ValueError("a metrics report needs at least one image")
+    with _refusals_reported(images[0].derived):
+        evidence = _evidence(images)  # first: it checks every image can be referenced
+        _labelled_utf8(evidence[0])
+        observer = hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=derived_uid(None, "observer", MANUFACTURER),
+                name=MANUFACTURER,
+                manufacturer_name=MANUFACTURER,
+                model_name=f"dicomnode {__version__}",
+            ),
+        )
+        report = hd.sr.MeasurementReport(
+            observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+            procedure_reported=PROCEDURE,
+            imaging_measurements=[_group(i, m, series_uid) for i, m in enumerate(images)],
+        )
+        with warnings.catch_warnings():
+            # highdicom warns about unusual PatientName forms *quoting the name*: that is PHI,
+            # and it must not reach an operator's log.
+            warnings.simplefilter("ignore", UserWarning)
+            sr = _comprehensive_sr(
+                evidence, report, series_uid, series_number, sop_uid, description
+            )
+    _same_character_set(sr, images[0].derived)
+    copy_identity(sr, images[0].derived)  # as its images carry it, invalid or not
+    _on_the_images_clock(sr, images[0].derived)
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = SCHEME
+    scheme.CodingSchemeName = "dicomnode enhancement metrics"
+    scheme.CodingSchemeResponsibleOrganization = "dicomnode project"
+    sr.CodingSchemeIdentificationSequence = [scheme]
+    return sr
+
+
+@contextmanager
+def _refusals_reported(image: Dataset) -> Iterator[None]:
+    """highdicom's ValueError/TypeError (it names the argument and the rule broken) as
+    ReportNotBuilt, whose message quotes no identity value of `image`."""
     try:
-        return _metrics_report(images, series_uid, series_number, sop_uid, description)
-    except (ValueError, TypeError) as exc:  # highdicom names the argument and the rule broken
-        why = _without_identity(first_line(exc), images[0].derived)
+        yield
+    except (ValueError, TypeError) as exc:
+        why = _without_identity(first_line(exc), image)
         raise ReportNotBuilt(f"highdicom refused the metrics SR: {why}") from exc
 
 
@@ -128,45 +168,6 @@ def _without_identity(message: str, image: Dataset) -> str:
         if len(value) > 1:
             message = message.replace(value, f"<{keyword}>")
     return message
-
-
-def _metrics_report(
-    images: Sequence[ImageMeasures],
-    series_uid: str,
-    series_number: int,
-    sop_uid: str,
-    description: str,
-) -> Dataset:
-    evidence = _evidence(images)  # first: it checks every image can be referenced
-    _labelled_utf8(evidence[0])
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=derived_uid(None, "observer", MANUFACTURER),
-            name=MANUFACTURER,
-            manufacturer_name=MANUFACTURER,
-            model_name=f"dicomnode {__version__}",
-        ),
-    )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=PROCEDURE,
-        imaging_measurements=[_group(i, m, series_uid) for i, m in enumerate(images)],
-    )
-    with warnings.catch_warnings():
-        # highdicom warns about unusual PatientName forms *quoting the name*: that is PHI,
-        # and it must not reach an operator's log.
-        warnings.simplefilter("ignore", UserWarning)
-        sr = _comprehensive_sr(evidence, report, series_uid, series_number, sop_uid, description)
-    _same_character_set(sr, images[0].derived)
-    copy_identity(sr, images[0].derived)  # as its images carry it, invalid or not
-    _on_the_images_clock(sr, images[0].derived)
-    scheme = Dataset()
-    scheme.CodingSchemeDesignator = SCHEME
-    scheme.CodingSchemeName = "dicomnode enhancement metrics"
-    scheme.CodingSchemeResponsibleOrganization = "dicomnode project"
-    sr.CodingSchemeIdentificationSequence = [scheme]
-    return sr
 
 
 def _labelled_utf8(header: Dataset) -> None:
