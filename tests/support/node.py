@@ -134,6 +134,9 @@ class NodeProcess:
         )
         if self.command == "serve":
             wait_for_port(self.port)
+            # The port opens before the models load (seconds, and a few hundred MB): a test
+            # gets the node as it runs for months, not one still starting.
+            self.wait_for_log("node started", since=logged_before, timeout=120)
         else:
             self.wait_for_log("worker started", since=logged_before)
         return self
