@@ -196,20 +196,20 @@ class ImageStore:
         self._sink = sink
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="store")
         self._room = threading.BoundedSemaphore(MAX_WAITING_TO_STORE)
-        self._stored: list[Future[tuple[StoredImage, bool]]] = []
+        self._created: list[Path] = []  # appended by the store thread only
 
-    def put(self, image: DerivedImage) -> "Future[tuple[StoredImage, bool]]":
-        """Store `image` after those put before it (called from one thread at a time); the
-        future holds it as stored, and whether this store created its file."""
+    def put(self, image: DerivedImage) -> "Future[StoredImage]":
+        """Store `image` after those put before it (called from one thread at a time)."""
         self._room.acquire()
-        future = self._thread.submit(self._store, image)
-        self._stored.append(future)
-        return future
+        return self._thread.submit(self._store, image)
 
-    def _store(self, image: DerivedImage) -> tuple[StoredImage, bool]:
+    def _store(self, image: DerivedImage) -> StoredImage:
         try:
-            created = not self._sink.holds(image.file)
-            return StoredImage(self._sink(image.file), image.measures), created
+            existed = self._sink.holds(image.file)
+            stored = StoredImage(self._sink(image.file), image.measures)
+            if not existed:
+                self._created.append(stored.file.path)
+            return stored
         finally:
             self._room.release()
 
@@ -221,8 +221,7 @@ class ImageStore:
         """Remove the files this store created (and their folder, once empty). A file that
         cannot be removed is logged, not raised: the error that led here is the one to report."""
         self.close()
-        stored = [f.result() for f in self._stored if f.exception() is None]
-        paths = [image.file.path for image, created in stored if created]
+        paths = list(self._created)
         for path in paths:
             try:
                 path.unlink(missing_ok=True)

@@ -142,11 +142,11 @@ class _Stopwatch:
             self.seconds[name] = time.perf_counter() - started
 
 
-Finished = Future[tuple[StoredImage, bool]] | DeclinedImage | None
+Finished = Future[StoredImage] | DeclinedImage | None
 
 
 def _stored(finished: Finished) -> StoredImage | DeclinedImage | None:
-    return finished.result()[0] if isinstance(finished, Future) else finished
+    return finished.result() if isinstance(finished, Future) else finished
 
 
 def _run_method(
