@@ -244,20 +244,31 @@ def prepare_enhancement() -> None:
 
 @dataclass(frozen=True)
 class LoadedSeries:
-    """A job's source images read and decoded (`load_series`), the reasons of those that are
-    not, and the seconds it took."""
+    """A job's source images read and decoded (`load_series`) that have something to enhance,
+    the reasons of those that cannot be read or are blank, the seconds it took, and what is
+    measured of each source (`scored`: filled as the methods need it, or ahead of them)."""
 
     images: list[SourceImage]
     declined: tuple[DeclinedImage, ...]
     seconds: float
+    scored: ScoredSources
+
+    def measure_ahead(self, settings: Settings, until: threading.Event) -> int:
+        """Measure the sources (`ScoredSources.measure_ahead`) while `until` is not set, when
+        the series will be enhanced; return how many were measured."""
+        if not self.images or self.images[0].modality not in settings.enhance.modalities:
+            return 0
+        return self.scored.measure_ahead(until)
 
 
 def load_series(inputs: list[SpooledInstance], settings: Settings) -> LoadedSeries:
     """The first stage of `enhance_series`, which a worker may run ahead of it (while the
     series' originals are being sent)."""
     started = time.perf_counter()
-    images, declined = load_sources(inputs, settings.node.max_instance_bytes)
-    return LoadedSeries(images, declined, time.perf_counter() - started)
+    loaded, unreadable = load_sources(inputs, settings.node.max_instance_bytes)
+    images, blank = without_blank(loaded)
+    seconds = time.perf_counter() - started
+    return LoadedSeries(images, unreadable + blank, seconds, ScoredSources(images))
 
 
 def enhance_series(
@@ -272,8 +283,7 @@ def enhance_series(
     models where there are any), each file handed to `sink` to store; `loaded`: `inputs`
     already loaded by `load_series`."""
     loaded = loaded or load_series(inputs, settings)
-    images, blank = without_blank(loaded.images)
-    declined, load_s = loaded.declined + blank, loaded.seconds
+    images, declined, load_s = loaded.images, loaded.declined, loaded.seconds
     if not images:
         status = "skipped: no image in the series can be enhanced"
         return SeriesOutput({}, SeriesOutcome(status, load_s, declined), _sops(declined))
@@ -284,9 +294,9 @@ def enhance_series(
         return SeriesOutput({}, SeriesOutcome(status, load_s, declined), everything)
     files: dict[str, list[list[SpooledInstance]]] = {}
     outcomes: list[MethodOutcome] = []
-    scored = ScoredSources(images)  # measured by the first method, reused by the others
     for method in methods_for(modality):
-        series, outcome, left_out = _run_method(images, scored, method, settings, sink)
+        # Each source is measured once, by the first method (or ahead of it): the others reuse it.
+        series, outcome, left_out = _run_method(images, loaded.scored, method, settings, sink)
         declined += tuple(left_out)
         if outcome is None:
             log.warning(

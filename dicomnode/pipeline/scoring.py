@@ -2,6 +2,7 @@
 on, which images are blank, what QA measures of each source (once per job), the self-check's
 gains and each output's fidelity and QA verdict (`pipeline.enhancement` runs them)."""
 
+import threading
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
@@ -92,8 +93,8 @@ def scored_source(source: SourceImage) -> ScoredSource:
 
 
 class ScoredSources:
-    """Each image's `ScoredSource`, measured the first time a method asks for it (once per job).
-    Used by one measuring thread at a time."""
+    """Each image's `ScoredSource`, measured the first time a method asks for it (once per job),
+    or ahead of it (`measure_ahead`). Used by one measuring thread at a time."""
 
     def __init__(self, images: list[SourceImage]) -> None:
         self._images = images
@@ -103,6 +104,20 @@ class ScoredSources:
         if index not in self._scored:
             self._scored[index] = scored_source(self._images[index])
         return self._scored[index]
+
+    def measure_ahead(self, until: threading.Event) -> int:
+        """Measure the images in order until `until` is set (checked between images) or all are;
+        return how many this measured. A worker runs it while the series' originals have their
+        head start: a core is idle then, and these ~9 ms per 512² image would otherwise be
+        spent beside the enhancement, where both cores are busy."""
+        measured = 0
+        for index in range(len(self._images)):
+            if until.is_set():
+                break
+            if index not in self._scored:
+                self._scored[index] = scored_source(self._images[index])
+                measured += 1
+        return measured
 
 
 def self_check_gains(

@@ -160,7 +160,8 @@ def test_the_enhancement_waits_for_the_originals_but_not_for_a_pacs_that_never_a
     """A derived job gives the series' originals a head start (worker.originals_head_start_seconds:
     the cores are theirs while they are sent), bounded: here the PACS takes the connection and
     never answers, so the originals stay in flight and the enhancement starts after 2 s. The
-    series is read meanwhile: its load is logged before the wait ends."""
+    series is read meanwhile, and its sources measured for QA: both are logged before the wait
+    ends."""
     with silent_listener() as port:
         node = node_factory(
             [{"name": "pacs", "ae_title": "SILENT", "host": "127.0.0.1", "port": port}],
@@ -172,7 +173,10 @@ def test_the_enhancement_waits_for_the_originals_but_not_for_a_pacs_that_never_a
         assert "seconds=2." in line and "(worker.originals_head_start_seconds)" in line
         loaded = node.wait_for_log("series loaded job=")
         assert f"images={len(ct_series)} declined=0" in loaded
-        assert node.log().index(loaded) < node.log().index(line)  # during the head start
+        measured = node.wait_for_log("sources measured ahead job=")
+        assert f"images={len(ct_series)}" in measured
+        log = node.log()
+        assert log.index(loaded) < log.index(measured) < log.index(line)  # during the head start
         jobs = node.wait_for_jobs(
             lambda jobs: part_of(jobs, "derived")["status"] in ("forwarding", "failed"), timeout=60
         )

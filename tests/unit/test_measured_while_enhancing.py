@@ -19,7 +19,7 @@ from dicomnode.errors import ImageDeclined
 from dicomnode.imaging.enhance import Method, SrcnnMethod
 from dicomnode.imaging.metrics import RestoredForSelfCheck
 from dicomnode.imaging.srcnn import BYTES_PER_PIXEL, HALO, SrcnnRunner, build_srcnn, from_network
-from dicomnode.pipeline import derived_output, enhancement
+from dicomnode.pipeline import derived_output, enhancement, scoring
 from dicomnode.pipeline.derived_output import EncodedInstance
 from dicomnode.pipeline.enhancement import enhance_series
 from dicomnode.pipeline.offline import file_sink, series_in
@@ -79,15 +79,21 @@ def test_stacks_of_one_pass_give_the_bits_of_one_call(runner: SrcnnRunner) -> No
     assert np.array_equal(whole, parts)
 
 
-def job_details(series: Path, out: Path, method: Method) -> dict[str, Any]:
-    """The job's details for `series` with `method` as its only method, less the timings."""
-    ((_, inputs),) = series_in(series).items()
-    output = enhance_series(1, inputs, Settings(), lambda modality: [method], file_sink(out))
+def without_timings(output: enhancement.SeriesOutput) -> dict[str, Any]:
+    """A job's details, less the seconds its stages took."""
     details: dict[str, Any] = json.loads(json.dumps(output.outcome.as_dict()))
     details.pop("load_s")
     for entry in details["methods"]:
         entry.pop("timings")
     return details
+
+
+def job_details(series: Path, out: Path, method: Method) -> dict[str, Any]:
+    """The job's details for `series` with `method` as its only method, less the timings."""
+    ((_, inputs),) = series_in(series).items()
+    return without_timings(
+        enhance_series(1, inputs, Settings(), lambda modality: [method], file_sink(out))
+    )
 
 
 def test_a_job_measured_batch_by_batch_reports_what_one_call_gives(
@@ -104,6 +110,36 @@ def test_a_job_measured_batch_by_batch_reports_what_one_call_gives(
     assert by_batch == in_one_call
     (method,) = by_batch["methods"]
     assert method["images"] == 7 and method["self_check_images"] == 7
+
+
+def test_sources_measured_ahead_give_the_job_what_it_measures_itself(
+    tmp_path: Path, runner: SrcnnRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker measures the sources while the originals have their head start
+    (`LoadedSeries.measure_ahead`): the job then measures none itself, and its details are
+    those it gives when it measures every source."""
+    write_fixed_series(tmp_path / "in", count=8)  # 7 images enhanced, the last one declined
+    ((_, inputs),) = series_in(tmp_path / "in").items()
+    settings, method = Settings(), Counted(runner)
+    stopped, not_yet = threading.Event(), threading.Event()
+    stopped.set()
+
+    loaded = enhancement.load_series(inputs, settings)
+    assert loaded.measure_ahead(settings, until=stopped) == 0  # the head start is over
+    assert loaded.measure_ahead(settings, until=not_yet) == 7
+    assert loaded.measure_ahead(settings, until=not_yet) == 0  # each is measured once
+
+    measured_in_the_job: list[int] = []
+    real = scoring.scored_source
+    monkeypatch.setattr(
+        scoring, "scored_source", lambda source: measured_in_the_job.append(1) or real(source)
+    )
+    sink = file_sink(tmp_path / "ahead")
+    ahead = enhance_series(1, inputs, settings, lambda modality: [method], sink, loaded)
+    assert measured_in_the_job == []
+    in_the_job = job_details(tmp_path / "in", tmp_path / "in-the-job", method)
+    assert without_timings(ahead) == in_the_job
+    assert len(measured_in_the_job) == 7
 
 
 def test_a_self_check_that_cannot_be_scored_ends_the_job_before_the_series_is_enhanced(
