@@ -121,29 +121,77 @@ def self_checks(
     return restore_for_self_checks(sources, restore_stack, degradation, paddings).scored()
 
 
+class DegradedForSelfCheck:
+    """The self-check's images degraded, and bicubic's restorations of them scored (on first
+    use, then kept): the part of a self-check that depends on the images and the scale but not
+    on the method, so a job can prepare it ahead of the enhancement (`prepare`)."""
+
+    def __init__(
+        self,
+        sources: Sequence[np.ndarray],
+        degradation: Degradation,
+        paddings: Sequence[np.ndarray | None],
+    ) -> None:
+        scale = degradation.scale
+        self.references = [crop_to_multiple(source, scale) for source in sources]
+        self.masks = [
+            crop_to_multiple(mask, scale) if mask is not None else None for mask in paddings
+        ]
+        self.degraded = [degrade(reference, degradation) for reference in self.references]
+        self.shave = scale if scale > 1 else 0
+        self._bicubic: list[ImageMetrics] | None = None
+
+    def bicubic(self) -> list[ImageMetrics]:
+        """Bicubic's restoration of each degraded image, scored against its reference."""
+        if self._bicubic is None:
+            self._bicubic = [
+                compare(
+                    reference, bicubic_restore(low, reference.shape), shave=self.shave, padding=mask
+                )
+                for reference, mask, low in zip(
+                    self.references, self.masks, self.degraded, strict=True
+                )
+            ]
+        return self._bicubic
+
+    def prepare(self) -> "DegradedForSelfCheck":
+        """Score bicubic now (the job's own thread would, beside the enhancement); self."""
+        self.bicubic()
+        return self
+
+    def restored_by(
+        self, restore_stack: Callable[[np.ndarray], np.ndarray]
+    ) -> "RestoredForSelfCheck":
+        """The degraded images restored by a method, those of one shape in one call."""
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, low in enumerate(self.degraded):
+            by_shape.setdefault(low.shape, []).append(index)
+        restored: list[np.ndarray] = [np.empty(0)] * len(self.degraded)
+        for indices in by_shape.values():
+            outputs = restore_stack(np.stack([self.degraded[i] for i in indices]))
+            for i, output in zip(indices, outputs, strict=True):
+                restored[i] = output
+        return RestoredForSelfCheck(self, restored)
+
+
 @dataclass(frozen=True)
 class RestoredForSelfCheck:
     """The self-check's images degraded and restored by the method, not yet scored: the
     scoring (most of the self-check's time, one core) can run beside other work."""
 
-    references: list[np.ndarray]
-    masks: list[np.ndarray | None]
-    degraded: list[np.ndarray]
+    degraded: DegradedForSelfCheck
     restored: list[np.ndarray]
-    shave: int
 
     def scored(self) -> list[SelfCheck]:
         """Each image's `SelfCheck`, in the order of the sources."""
-        shave = self.shave
+        ahead = self.degraded
         return [
             SelfCheck(
-                method=compare(reference, output, shave=shave, padding=mask),
-                bicubic=compare(
-                    reference, bicubic_restore(low, reference.shape), shave=shave, padding=mask
-                ),
+                method=compare(reference, output, shave=ahead.shave, padding=mask),
+                bicubic=bicubic,
             )
-            for reference, mask, low, output in zip(
-                self.references, self.masks, self.degraded, self.restored, strict=True
+            for reference, mask, output, bicubic in zip(
+                ahead.references, ahead.masks, self.restored, ahead.bicubic(), strict=True
             )
         ]
 
@@ -155,21 +203,7 @@ def restore_for_self_checks(
     paddings: Sequence[np.ndarray | None],
 ) -> RestoredForSelfCheck:
     """The first half of `self_checks`: degrade, then restore by shape."""
-    references = [crop_to_multiple(source, degradation.scale) for source in sources]
-    masks = [
-        crop_to_multiple(mask, degradation.scale) if mask is not None else None for mask in paddings
-    ]
-    degraded = [degrade(reference, degradation) for reference in references]
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for index, low in enumerate(degraded):
-        by_shape.setdefault(low.shape, []).append(index)
-    restored: list[np.ndarray] = [np.empty(0)] * len(sources)
-    for indices in by_shape.values():
-        outputs = restore_stack(np.stack([degraded[i] for i in indices]))
-        for i, output in zip(indices, outputs, strict=True):
-            restored[i] = output
-    shave = degradation.scale if degradation.scale > 1 else 0
-    return RestoredForSelfCheck(references, masks, degraded, restored, shave)
+    return DegradedForSelfCheck(sources, degradation, paddings).restored_by(restore_stack)
 
 
 def sampled_indices(count: int, limit: int) -> list[int]:

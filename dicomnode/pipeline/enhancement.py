@@ -180,7 +180,7 @@ def _run_method(
     written = None
     try:
         with clock.stage("measure_s"):
-            gains = self_check_gains(images, method, settings, finishing)
+            gains = self_check_gains(images, scored, method, settings, finishing)
 
         def finish(index: int, output: np.ndarray) -> Finished:
             try:
@@ -254,11 +254,14 @@ class LoadedSeries:
     scored: ScoredSources
 
     def measure_ahead(self, settings: Settings, until: threading.Event) -> int:
-        """Measure the sources (`ScoredSources.measure_ahead`) while `until` is not set, when
-        the series will be enhanced; return how many were measured."""
+        """Prepare the self-check and measure the sources (`ScoredSources.measure_ahead`) while
+        `until` is not set, when the series will be enhanced; return how many images were
+        measured."""
         if not self.images or self.images[0].modality not in settings.enhance.modalities:
             return 0
-        return self.scored.measure_ahead(until)
+        enhance = settings.enhance
+        self_check = (enhance.scale, enhance.self_check_images) if enhance.self_check else None
+        return self.scored.measure_ahead(until, self_check)
 
 
 def load_series(inputs: list[SpooledInstance], settings: Settings) -> LoadedSeries:

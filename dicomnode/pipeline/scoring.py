@@ -12,10 +12,10 @@ from dicomnode.config import Settings
 from dicomnode.imaging.degrade import Degradation, resample
 from dicomnode.imaging.enhance import Method, enhance_stack
 from dicomnode.imaging.metrics import (
+    DegradedForSelfCheck,
     ImageMetrics,
     compare,
     data_range_of,
-    restore_for_self_checks,
     sampled_indices,
 )
 from dicomnode.imaging.normalize import CT_HU_RANGE, fill_padding
@@ -93,23 +93,49 @@ def scored_source(source: SourceImage) -> ScoredSource:
 
 
 class ScoredSources:
-    """Each image's `ScoredSource`, measured the first time a method asks for it (once per job),
-    or ahead of it (`measure_ahead`). Used by one measuring thread at a time."""
+    """What a job measures of its sources whatever the method: each image's `ScoredSource`, and
+    the self-check's sample degraded at a scale (`for_self_check`). Each is made the first time
+    a method asks for it (once per job), or ahead of it (`measure_ahead`). Used by one thread
+    at a time."""
 
     def __init__(self, images: list[SourceImage]) -> None:
         self._images = images
         self._scored: dict[int, ScoredSource] = {}
+        self._self_checks: dict[tuple[int, int], tuple[list[int], DegradedForSelfCheck]] = {}
 
     def __getitem__(self, index: int) -> ScoredSource:
         if index not in self._scored:
             self._scored[index] = scored_source(self._images[index])
         return self._scored[index]
 
-    def measure_ahead(self, until: threading.Event) -> int:
-        """Measure the images in order until `until` is set (checked between images) or all are;
-        return how many this measured. A worker runs it while the series' originals have their
-        head start: a core is idle then, and these ~9 ms per 512² image would otherwise be
-        spent beside the enhancement, where both cores are busy."""
+    def for_self_check(self, scale: int, limit: int) -> tuple[list[int], DegradedForSelfCheck]:
+        """The indices of the self-check's sample (at most `limit` images, spread evenly) and
+        those images, padding filled, degraded at `scale`."""
+        if (scale, limit) not in self._self_checks:
+            modality = self._images[0].modality or "OT"
+            chosen = sampled_indices(len(self._images), limit)
+            frames = [scored_frame(self._images[i]) for i in chosen]
+            degraded = DegradedForSelfCheck(
+                [fill_padding(reference, padding, modality) for reference, padding in frames],
+                Degradation(scale=scale),
+                [padding for _, padding in frames],
+            )
+            self._self_checks[scale, limit] = chosen, degraded
+        return self._self_checks[scale, limit]
+
+    def measure_ahead(self, until: threading.Event, self_check: tuple[int, int] | None) -> int:
+        """Prepare the self-check (`self_check`: its scale and sample limit; None: there is
+        none), then measure the images in order, until `until` is set (checked between steps)
+        or all are; return how many images this measured.
+
+        A worker runs it while the series' originals have their head start: a core is idle
+        then. The self-check's degradation would otherwise hold up the enhancement (~30 ms per
+        512² image), and the rest (bicubic scored for the self-check, ~9 ms per image measured
+        for QA) would be spent beside it, where both cores are busy."""
+        if self_check is not None and not until.is_set():
+            _, degraded = self.for_self_check(*self_check)
+            if not until.is_set():
+                degraded.prepare()
         measured = 0
         for index in range(len(self._images)):
             if until.is_set():
@@ -121,24 +147,22 @@ class ScoredSources:
 
 
 def self_check_gains(
-    images: list[SourceImage], method: Method, settings: Settings, scoring: Executor
+    images: list[SourceImage],
+    scored: ScoredSources,
+    method: Method,
+    settings: Settings,
+    scoring: Executor,
 ) -> Future[list[float | None]]:
     """The method's self-check gain per image, None where not checked: a spread sample of at
-    most `enhance.self_check_images` images, restored here by one batched call per image
-    shape, then scored in `scoring` (beside whatever runs here next)."""
+    most `enhance.self_check_images` images (`scored.for_self_check`), restored here by one
+    batched call per image shape, then scored in `scoring` (beside whatever runs here next)."""
     if not settings.enhance.self_check:
         unchecked: Future[list[float | None]] = Future()
         unchecked.set_result([None] * len(images))
         return unchecked
     modality = images[0].modality or "OT"
-    chosen = sampled_indices(len(images), settings.enhance.self_check_images)
-    frames = [scored_frame(images[i]) for i in chosen]
-    restored = restore_for_self_checks(
-        [fill_padding(reference, padding, modality) for reference, padding in frames],
-        lambda stack: enhance_stack(stack, modality, method).values,
-        Degradation(scale=method.scale),
-        [padding for _, padding in frames],
-    )
+    chosen, degraded = scored.for_self_check(method.scale, settings.enhance.self_check_images)
+    restored = degraded.restored_by(lambda stack: enhance_stack(stack, modality, method).values)
 
     def gains() -> list[float | None]:
         per_image: list[float | None] = [None] * len(images)

@@ -16,6 +16,7 @@ from pydicom import dcmread
 from dicomnode.config import Settings
 from dicomnode.db import SpooledInstance
 from dicomnode.errors import ImageDeclined
+from dicomnode.imaging import metrics
 from dicomnode.imaging.enhance import Method, SrcnnMethod
 from dicomnode.imaging.metrics import RestoredForSelfCheck
 from dicomnode.imaging.srcnn import BYTES_PER_PIXEL, HALO, SrcnnRunner, build_srcnn, from_network
@@ -115,9 +116,9 @@ def test_a_job_measured_batch_by_batch_reports_what_one_call_gives(
 def test_sources_measured_ahead_give_the_job_what_it_measures_itself(
     tmp_path: Path, runner: SrcnnRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A worker measures the sources while the originals have their head start
-    (`LoadedSeries.measure_ahead`): the job then measures none itself, and its details are
-    those it gives when it measures every source."""
+    """A worker prepares the self-check and measures the sources while the originals have their
+    head start (`LoadedSeries.measure_ahead`): the job then degrades and measures nothing
+    itself, and its details are those it gives when it does it all."""
     write_fixed_series(tmp_path / "in", count=8)  # 7 images enhanced, the last one declined
     ((_, inputs),) = series_in(tmp_path / "in").items()
     settings, method = Settings(), Counted(runner)
@@ -129,17 +130,20 @@ def test_sources_measured_ahead_give_the_job_what_it_measures_itself(
     assert loaded.measure_ahead(settings, until=not_yet) == 7
     assert loaded.measure_ahead(settings, until=not_yet) == 0  # each is measured once
 
-    measured_in_the_job: list[int] = []
-    real = scoring.scored_source
+    measured_in_the_job: list[str] = []
+    measure, degrade = scoring.scored_source, metrics.degrade
     monkeypatch.setattr(
-        scoring, "scored_source", lambda source: measured_in_the_job.append(1) or real(source)
+        scoring, "scored_source", lambda image: measured_in_the_job.append("qa") or measure(image)
+    )
+    monkeypatch.setattr(
+        metrics, "degrade", lambda *a: measured_in_the_job.append("degraded") or degrade(*a)
     )
     sink = file_sink(tmp_path / "ahead")
     ahead = enhance_series(1, inputs, settings, lambda modality: [method], sink, loaded)
     assert measured_in_the_job == []
     in_the_job = job_details(tmp_path / "in", tmp_path / "in-the-job", method)
     assert without_timings(ahead) == in_the_job
-    assert len(measured_in_the_job) == 7
+    assert sorted(measured_in_the_job) == ["degraded"] * 7 + ["qa"] * 7
 
 
 def test_a_self_check_that_cannot_be_scored_ends_the_job_before_the_series_is_enhanced(
