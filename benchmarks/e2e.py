@@ -133,14 +133,15 @@ def _logged_at(log: str, pattern: str) -> tuple[float, re.Match[str]] | None:
 def timeline(log: str, derived_id: int, acknowledged_at: float) -> dict[str, float | None]:
     """Seconds after the last acknowledgement at which the derived job was created (the
     completion rule), claimed by a worker, and had forwarded its series; how long it then waited
-    for the originals to be sent (the head start) and how long its forward took. From the node's
-    own log lines (None where a line is missing: a held series is not forwarded, a wait under
-    0.1 s is not logged)."""
+    for the originals to be sent (the head start), how many of its sources it measured meanwhile
+    and how long its forward took. From the node's own log lines (None where a line is missing:
+    a held series is not forwarded, a wait under 0.1 s is not logged)."""
     job = rf"job={derived_id}\b"
     created = _logged_at(log, rf"job created {job}")
     claimed = _logged_at(log, rf"job started {job}")
     waited = _logged_at(log, rf"job waited for the originals {job} .*seconds=([0-9.]+)")
     forwarded = _logged_at(log, rf"forwarded {job} .*seconds=([0-9.]+)")
+    ahead = _logged_at(log, rf"sources measured ahead {job} .*images=([0-9]+)")
 
     def after(event: tuple[float, re.Match[str]] | None) -> float | None:
         return None if event is None else round(event[0] - acknowledged_at, 2)
@@ -152,6 +153,7 @@ def timeline(log: str, derived_id: int, acknowledged_at: float) -> dict[str, flo
         "derived_created": after(created),
         "derived_claimed": after(claimed),
         "waited_for_originals": seconds(waited),
+        "measured_ahead": None if ahead is None else int(ahead[1].group(2)),
         "derived_forwarded": after(forwarded),
         "forward": seconds(forwarded),
     }
@@ -202,8 +204,8 @@ def main() -> None:
         print(
             f"{'':<5}derived job created at {times['derived_created']} s (completion rule), "
             f"claimed at {times['derived_claimed']} s, waited {times['waited_for_originals']} s "
-            f"for the originals, forwarded by {times['derived_forwarded']} s (the forward: "
-            f"{times['forward']} s)"
+            f"for the originals (measured {times['measured_ahead']} sources meanwhile), "
+            f"forwarded by {times['derived_forwarded']} s (the forward: {times['forward']} s)"
         )
     medians = {
         key: round(statistics.median(run[key] for run in runs), 2)

@@ -213,11 +213,10 @@ class JobRunner:
     def _load_during_the_head_start(
         self, job: JobRecord, inputs: list[SpooledInstance]
     ) -> "LoadedSeries":
-        """The series read and decoded while its originals have their head start, then its
-        sources measured for QA until the head start ends. That takes one thread (a core for a
-        second or two to load 300 uncompressed CT slices fresh in the page cache, longer for a
-        compressed series; ~9 ms to measure each 512² image), where the enhancement after it
-        takes both cores."""
+        """The series read and decoded while its originals have their head start (one thread:
+        a core for a second or two for 300 uncompressed CT slices fresh in the page cache,
+        longer for a compressed series), then the self-check prepared and the sources measured
+        until the head start ends (`LoadedSeries.measure_ahead`: two threads)."""
         from dicomnode.pipeline.enhancement import LoadedSeries, load_series
 
         head_start_over = threading.Event()
@@ -252,8 +251,10 @@ class JobRunner:
 
     def _give_the_originals_a_head_start(self, job: JobRecord) -> None:
         """Wait, up to worker.originals_head_start_seconds, while the series' originals are
-        queued or being sent: on a small machine the enhancement would take the cores that
-        sending them needs, and the originals are what a radiologist waits for."""
+        queued or being sent: on a small machine the enhancement (TensorFlow on every core)
+        would take the cores that sending them needs, and the originals are what a radiologist
+        waits for. What runs meanwhile (`_load_during_the_head_start`) takes less: sending
+        waits mostly on the peer."""
         limit = self.settings.worker.originals_head_start_seconds
         started = time.monotonic()
         while (

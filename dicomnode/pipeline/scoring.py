@@ -95,8 +95,9 @@ def scored_source(source: SourceImage) -> ScoredSource:
 class ScoredSources:
     """What a job measures of its sources whatever the method: each image's `ScoredSource`, and
     the self-check's sample degraded at a scale (`for_self_check`). Each is made the first time
-    a method asks for it (once per job), or ahead of it (`measure_ahead`). Used by one thread
-    at a time."""
+    a method asks for it (once per job), or ahead of it (`prepare_self_check`,
+    `measure_sources`). The self-check's part and the sources' part may each be made by a
+    thread of its own, at the same time."""
 
     def __init__(self, images: list[SourceImage]) -> None:
         self._images = images
@@ -123,19 +124,16 @@ class ScoredSources:
             self._self_checks[scale, limit] = chosen, degraded
         return self._self_checks[scale, limit]
 
-    def measure_ahead(self, until: threading.Event, self_check: tuple[int, int] | None) -> int:
-        """Prepare the self-check (`self_check`: its scale and sample limit; None: there is
-        none), then measure the images in order, until `until` is set (checked between steps)
-        or all are; return how many images this measured.
-
-        A worker runs it while the series' originals have their head start: a core is idle
-        then. The self-check's degradation would otherwise hold up the enhancement (~30 ms per
-        512² image), and the rest (bicubic scored for the self-check, ~9 ms per image measured
-        for QA) would be spent beside it, where both cores are busy."""
-        if self_check is not None and not until.is_set():
-            _, degraded = self.for_self_check(*self_check)
+    def prepare_self_check(self, until: threading.Event, scale: int, limit: int) -> None:
+        """`for_self_check(scale, limit)` with bicubic scored, unless `until` is set first."""
+        if not until.is_set():
+            _, degraded = self.for_self_check(scale, limit)
             if not until.is_set():
                 degraded.prepare()
+
+    def measure_sources(self, until: threading.Event) -> int:
+        """Measure the images in order until `until` is set (checked between images) or all
+        are; return how many this measured."""
         measured = 0
         for index in range(len(self._images)):
             if until.is_set():
