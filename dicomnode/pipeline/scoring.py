@@ -2,6 +2,7 @@
 on, which images are blank, what QA measures of each source (once per job), the self-check's
 gains and each output's fidelity and QA verdict (`pipeline.enhancement` runs them)."""
 
+import logging
 import threading
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from dicomnode.imaging.qa import (
     measure_source,
 )
 from dicomnode.pipeline.sources import SourceImage
+
+log = logging.getLogger(__name__)
 
 
 def _on_source_grid(output: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -125,22 +128,34 @@ class ScoredSources:
         return self._self_checks[scale, limit]
 
     def prepare_self_check(self, until: threading.Event, scale: int, limit: int) -> None:
-        """`for_self_check(scale, limit)` with bicubic scored, unless `until` is set first."""
-        if not until.is_set():
-            _, degraded = self.for_self_check(scale, limit)
+        """`for_self_check(scale, limit)` with bicubic scored, unless `until` is set first.
+
+        Work ahead never fails a job: what raises here is left for the job to do, and to fail
+        at, as it would have without it."""
+        try:
             if not until.is_set():
-                degraded.prepare()
+                _, degraded = self.for_self_check(scale, limit)
+                if not until.is_set():
+                    degraded.prepare()
+        except Exception:
+            log.debug("self-check not prepared ahead", exc_info=True)
 
     def measure_sources(self, until: threading.Event) -> int:
         """Measure the images in order until `until` is set (checked between images) or all
-        are; return how many this measured."""
+        are; return how many this measured. An image that raises ends it (see
+        `prepare_self_check`)."""
         measured = 0
         for index in range(len(self._images)):
             if until.is_set():
                 break
-            if index not in self._scored:
+            if index in self._scored:
+                continue
+            try:
                 self._scored[index] = scored_source(self._images[index])
-                measured += 1
+            except Exception:
+                log.debug("source %d not measured ahead", index, exc_info=True)
+                break
+            measured += 1
         return measured
 
 

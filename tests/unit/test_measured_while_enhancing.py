@@ -146,6 +146,36 @@ def test_sources_measured_ahead_give_the_job_what_it_measures_itself(
     assert sorted(measured_in_the_job) == ["degraded"] * 7 + ["qa"] * 7
 
 
+def test_work_ahead_that_fails_is_left_to_the_job(
+    tmp_path: Path, runner: SrcnnRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What raises while a worker measures ahead does not fail the job there: the job does that
+    work again itself (where it fails, if it fails again, as it always did)."""
+    write_fixed_series(tmp_path / "in", count=8)
+    ((_, inputs),) = series_in(tmp_path / "in").items()
+    settings, method = Settings(), Counted(runner)
+    loaded = enhancement.load_series(inputs, settings)
+
+    def fails_once(real: Any) -> Any:
+        failed: list[bool] = []
+
+        def once(*args: Any) -> Any:
+            if not failed:
+                failed.append(True)
+                raise MemoryError("for the test")
+            return real(*args)
+
+        return once
+
+    monkeypatch.setattr(scoring, "scored_source", fails_once(scoring.scored_source))
+    monkeypatch.setattr(metrics, "degrade", fails_once(metrics.degrade))
+    assert loaded.measure_ahead(settings, until=threading.Event()) == 0
+    sink = file_sink(tmp_path / "ahead")
+    ahead = enhance_series(1, inputs, settings, lambda modality: [method], sink, loaded)
+    in_the_job = job_details(tmp_path / "in", tmp_path / "in-the-job", method)
+    assert without_timings(ahead) == in_the_job
+
+
 def test_a_self_check_that_cannot_be_scored_ends_the_job_before_the_series_is_enhanced(
     tmp_path: Path, runner: SrcnnRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
