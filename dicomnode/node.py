@@ -112,7 +112,7 @@ class Node:
         self._deliveries = DeliveryQueues(settings, self.db)
         self._lock: DataDirLock | None = None
         self._started = False
-        self._collector_before: heap.Thresholds | None = None  # until `heap.settle` ran
+        self._heap_settled = False
         self._runners: list[JobRunner] = []
         self._runner_ticks: list[tuple[str, JobRunner]] = []  # (scheduler job id, runner)
         self._stopping = threading.Event()  # runners take no new job once it is set
@@ -186,7 +186,8 @@ class Node:
             from dicomnode.pipeline.enhancement import prepare_enhancement  # after listening
 
             prepare_enhancement()
-        self._collector_before = heap.settle()  # what start-up loaded stays: no need to walk it
+        heap.settle()  # what start-up loaded stays: a full collection need not walk it
+        self._heap_settled = True
         self._add_runners(scheduler, prefix, [r for r in runners if r not in routers])
         if self.listen:
             log.info(
@@ -403,9 +404,9 @@ class Node:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
-        if self._collector_before is not None:
-            heap.unsettle(self._collector_before)
-            self._collector_before = None
+        if self._heap_settled:
+            heap.unsettle()
+            self._heap_settled = False
         if self._started:
             log.info("%s stopped", "node" if self.listen else "worker")
             self._started = False

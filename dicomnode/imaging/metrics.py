@@ -11,6 +11,7 @@ restore it with the method and with bicubic, and report the method's gain in dB.
 """
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -122,9 +123,9 @@ def self_checks(
 
 
 class DegradedForSelfCheck:
-    """The self-check's images degraded, and bicubic's restorations of them scored (on first
-    use, then kept): the part of a self-check that depends on the images and the scale but not
-    on the method, so a job can prepare it ahead of the enhancement (`prepare`)."""
+    """The self-check's images degraded, and bicubic's restorations of them scored: the part of
+    a self-check that depends on the images and the scale but not on the method. Each image's
+    part is made on first use and kept, or ahead of the enhancement (`prepare`)."""
 
     def __init__(
         self,
@@ -137,38 +138,54 @@ class DegradedForSelfCheck:
         self.masks = [
             crop_to_multiple(mask, scale) if mask is not None else None for mask in paddings
         ]
-        self.degraded = [degrade(reference, degradation) for reference in self.references]
         self.shave = scale if scale > 1 else 0
-        self._bicubic: list[ImageMetrics] | None = None
+        self._degradation = degradation
+        self._degraded: list[np.ndarray | None] = [None] * len(self.references)
+        self._bicubic: list[ImageMetrics | None] = [None] * len(self.references)
+
+    def _low(self, index: int) -> np.ndarray:
+        low = self._degraded[index]
+        if low is None:
+            low = self._degraded[index] = degrade(self.references[index], self._degradation)
+        return low
+
+    def _bicubic_of(self, index: int) -> ImageMetrics:
+        scores = self._bicubic[index]
+        if scores is None:
+            reference = self.references[index]
+            restored = bicubic_restore(self._low(index), reference.shape)
+            scores = compare(reference, restored, shave=self.shave, padding=self.masks[index])
+            self._bicubic[index] = scores
+        return scores
+
+    def degraded(self) -> list[np.ndarray]:
+        """Each image degraded."""
+        return [self._low(index) for index in range(len(self.references))]
 
     def bicubic(self) -> list[ImageMetrics]:
         """Bicubic's restoration of each degraded image, scored against its reference."""
-        if self._bicubic is None:
-            self._bicubic = [
-                compare(
-                    reference, bicubic_restore(low, reference.shape), shave=self.shave, padding=mask
-                )
-                for reference, mask, low in zip(
-                    self.references, self.masks, self.degraded, strict=True
-                )
-            ]
-        return self._bicubic
+        return [self._bicubic_of(index) for index in range(len(self.references))]
 
-    def prepare(self) -> "DegradedForSelfCheck":
-        """Score bicubic now (the job's own thread would, beside the enhancement); self."""
-        self.bicubic()
-        return self
+    def prepare(self, until: threading.Event) -> None:
+        """Degrade every image, then score bicubic on each, until `until` is set (checked
+        between images): what is left is made when it is first used."""
+        for step in (self._low, self._bicubic_of):
+            for index in range(len(self.references)):
+                if until.is_set():
+                    return
+                step(index)
 
     def restored_by(
         self, restore_stack: Callable[[np.ndarray], np.ndarray]
     ) -> "RestoredForSelfCheck":
         """The degraded images restored by a method, those of one shape in one call."""
+        degraded = self.degraded()
         by_shape: dict[tuple[int, ...], list[int]] = {}
-        for index, low in enumerate(self.degraded):
+        for index, low in enumerate(degraded):
             by_shape.setdefault(low.shape, []).append(index)
-        restored: list[np.ndarray] = [np.empty(0)] * len(self.degraded)
+        restored: list[np.ndarray] = [np.empty(0)] * len(degraded)
         for indices in by_shape.values():
-            outputs = restore_stack(np.stack([self.degraded[i] for i in indices]))
+            outputs = restore_stack(np.stack([degraded[i] for i in indices]))
             for i, output in zip(indices, outputs, strict=True):
                 restored[i] = output
         return RestoredForSelfCheck(self, restored)

@@ -334,6 +334,7 @@ def enhance_series(
             outcome.qa,
             outcome.device,
         )
+    loaded.scored.forget_self_checks()
     status = DONE if outcomes else NOTHING_DERIVED
     # With several methods, an image declined by one may stand derived by another; it still
     # counts as unenhanced, so with originals off its source goes out rather than nothing.

@@ -231,7 +231,11 @@ class JobRunner:
                 len(loaded.declined),
                 loaded.seconds,
             )
-            measured = loaded.measure_ahead(self.settings, until=head_start_over)
+            try:
+                measured = loaded.measure_ahead(self.settings, until=head_start_over)
+            except Exception:  # e.g. no thread to start: the job measures it all itself
+                log.debug("nothing measured ahead job=%d", job.id, exc_info=True)
+                return loaded
             if measured:
                 log.info(
                     "sources measured ahead job=%d series=%s images=%d",

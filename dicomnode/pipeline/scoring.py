@@ -127,16 +127,20 @@ class ScoredSources:
             self._self_checks[scale, limit] = chosen, degraded
         return self._self_checks[scale, limit]
 
+    def forget_self_checks(self) -> None:
+        """Let the self-checks' images go: every method has been checked."""
+        self._self_checks.clear()
+
     def prepare_self_check(self, until: threading.Event, scale: int, limit: int) -> None:
-        """`for_self_check(scale, limit)` with bicubic scored, unless `until` is set first.
+        """`for_self_check(scale, limit)` degraded and bicubic scored, image by image until
+        `until` is set.
 
         Work ahead never fails a job: what raises here is left for the job to do, and to fail
         at, as it would have without it."""
         try:
             if not until.is_set():
                 _, degraded = self.for_self_check(scale, limit)
-                if not until.is_set():
-                    degraded.prepare()
+                degraded.prepare(until)
         except Exception:
             log.debug("self-check not prepared ahead", exc_info=True)
 

@@ -131,19 +131,23 @@ def test_sources_measured_ahead_give_the_job_what_it_measures_itself(
     assert loaded.measure_ahead(settings, until=not_yet) == 0  # each is measured once
 
     measured_in_the_job: list[str] = []
-    measure, degrade = scoring.scored_source, metrics.degrade
-    monkeypatch.setattr(
-        scoring, "scored_source", lambda image: measured_in_the_job.append("qa") or measure(image)
-    )
-    monkeypatch.setattr(
-        metrics, "degrade", lambda *a: measured_in_the_job.append("degraded") or degrade(*a)
-    )
+    for module, name, what in [
+        (scoring, "scored_source", "qa"),
+        (metrics, "degrade", "degraded"),
+        (metrics, "bicubic_restore", "bicubic"),
+    ]:
+        real = getattr(module, name)
+        monkeypatch.setattr(
+            module,
+            name,
+            lambda *a, real=real, what=what: measured_in_the_job.append(what) or real(*a),
+        )
     sink = file_sink(tmp_path / "ahead")
     ahead = enhance_series(1, inputs, settings, lambda modality: [method], sink, loaded)
     assert measured_in_the_job == []
     in_the_job = job_details(tmp_path / "in", tmp_path / "in-the-job", method)
     assert without_timings(ahead) == in_the_job
-    assert sorted(measured_in_the_job) == ["degraded"] * 7 + ["qa"] * 7
+    assert sorted(measured_in_the_job) == ["bicubic"] * 7 + ["degraded"] * 7 + ["qa"] * 7
 
 
 def test_work_ahead_that_fails_is_left_to_the_job(

@@ -1,6 +1,7 @@
 """The self-check of a series runs batched and on a spread sample; its numbers must not change
 with either (issue 16): batched == image by image, and the sample says how big it is."""
 
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,9 +11,16 @@ from pydicom import dcmread
 from scipy import stats
 
 from dicomnode.config import Settings
+from dicomnode.imaging import metrics
 from dicomnode.imaging.degrade import Degradation
 from dicomnode.imaging.enhance import SrcnnMethod, enhance_stack
-from dicomnode.imaging.metrics import mean_interval, sampled_indices, self_check, self_checks
+from dicomnode.imaging.metrics import (
+    DegradedForSelfCheck,
+    mean_interval,
+    sampled_indices,
+    self_check,
+    self_checks,
+)
 from dicomnode.imaging.srcnn import SrcnnRunner, build_srcnn, from_network
 from dicomnode.pipeline.enhancement import enhance_series
 from dicomnode.pipeline.methods import methods_for
@@ -61,6 +69,32 @@ def test_batched_self_check_gives_the_numbers_of_one_image_at_a_time(srcnn_x2) -
         assert batch.gain_db == pytest.approx(single.gain_db, abs=1e-4)
         assert batch.method.ssim == pytest.approx(single.method.ssim, abs=1e-6)
     assert len({round(check.gain_db, 3) for check in batched}) > 1  # not all the same number
+
+
+def test_a_self_check_prepared_in_part_is_finished_on_use(monkeypatch) -> None:
+    """Preparing ahead stops between images when told; what is left is made when it is used,
+    and the numbers are those of a self-check made all at once."""
+    rng = np.random.default_rng(3)
+    images = [rng.normal(0, 100, (64, 64)) for _ in range(3)]
+    degradation = Degradation(scale=1)
+    stop = threading.Event()
+    real = metrics.degrade
+
+    def degrade_then_stop(*args):  # type: ignore[no-untyped-def]
+        stop.set()  # the head start ends while the first image is degraded
+        return real(*args)
+
+    monkeypatch.setattr(metrics, "degrade", degrade_then_stop)
+    prepared = DegradedForSelfCheck(images, degradation, [None] * 3)
+    prepared.prepare(stop)
+    assert [low is not None for low in prepared._degraded] == [True, False, False]
+    assert prepared._bicubic == [None, None, None]
+    monkeypatch.setattr(metrics, "degrade", real)
+    at_once = DegradedForSelfCheck(images, degradation, [None] * 3)
+    at_once.prepare(threading.Event())
+    assert prepared.bicubic() == at_once.bicubic()
+    pairs = zip(prepared.degraded(), at_once.degraded(), strict=True)
+    assert all(np.array_equal(a, b) for a, b in pairs)
 
 
 @pytest.mark.parametrize(
