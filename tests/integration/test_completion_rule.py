@@ -33,7 +33,7 @@ from dicomnode.status import JobPart
 from tests.conftest import ON_BOTH_DATABASES
 from tests.integration.test_job_table import receive
 from tests.support.dcmtk import StoreScp, storescu
-from tests.support.node import NodeProcess
+from tests.support.node import NodeProcess, listener_only_node
 from tests.support.ports import free_port, wait_for_port
 from tests.support.series import write_ct_series
 
@@ -166,13 +166,7 @@ def test_a_node_stops_while_its_completion_tick_runs(tmp_path: Path, monkeypatch
         return real(*args, **kwargs)
 
     monkeypatch.setattr(node_module, "create_jobs_for_quiet_series", slow)
-    node = Node(
-        Settings(
-            node=NodeSettings(host="127.0.0.1", port=free_port(), data_dir=str(tmp_path)),
-            worker=WorkerSettings(workers=0),
-            enhance=EnhanceSettings(methods=[]),
-        )
-    )
+    node = listener_only_node(tmp_path)
     node.start()
     assert entered.wait(10)
     stopping = threading.Thread(target=node.stop, daemon=True)

@@ -5,20 +5,12 @@ import gc
 from pathlib import Path
 
 from dicomnode import heap
-from dicomnode.config import EnhanceSettings, NodeSettings, Settings, WorkerSettings
-from dicomnode.node import Node
-from tests.support.ports import free_port
+from tests.support.node import listener_only_node
 
 
 def test_a_started_node_has_frozen_what_start_up_loaded(tmp_path: Path) -> None:
     before = gc.get_threshold()
-    node = Node(
-        Settings(
-            node=NodeSettings(host="127.0.0.1", port=free_port(), data_dir=str(tmp_path)),
-            worker=WorkerSettings(workers=0),
-            enhance=EnhanceSettings(methods=[]),
-        )
-    )
+    node = listener_only_node(tmp_path)
     node.start()
     try:
         assert gc.get_freeze_count() > 10_000  # the node's modules, pydicom's dictionaries, ...

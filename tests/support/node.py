@@ -227,3 +227,18 @@ class NodeProcess:
             f"jobs never matched: {json.dumps(jobs, indent=1)}\n"
             f"--- node log tail ---\n{self.log()[-4000:]}"
         )
+
+
+def listener_only_node(data_dir: Path) -> Any:
+    """An in-process `Node` that only listens, on a free port: no workers, no methods, no
+    destination."""
+    from dicomnode.config import EnhanceSettings, NodeSettings, Settings, WorkerSettings
+    from dicomnode.node import Node
+
+    return Node(
+        Settings(
+            node=NodeSettings(host="127.0.0.1", port=free_port(), data_dir=str(data_dir)),
+            worker=WorkerSettings(workers=0),
+            enhance=EnhanceSettings(methods=[]),
+        )
+    )
