@@ -16,8 +16,10 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 from pydicom import Dataset
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicomnode import __version__
@@ -319,6 +321,25 @@ def _require(source: Dataset) -> None:
             )
 
 
+def _remove_private_elements(ds: Dataset) -> None:
+    """Every private element of `ds`, in its sequences' items too, removed. pydicom's
+    `remove_private_tags` walks the dataset and so decodes every element (~1.6 ms of a 512² CT
+    image's ~9 ms derivation); this looks at the tags, and decodes only the sequences."""
+    for tag in [tag for tag in ds.keys() if tag.is_private]:  # noqa: SIM118 (keys: no decoding)
+        del ds[tag]
+    for tag in list(ds.keys()):
+        if getattr(ds.get_item(tag), "VR", None) == "SQ" or _dictionary_vr(tag) == "SQ":
+            for item in ds[tag].value or []:
+                _remove_private_elements(item)
+
+
+def _dictionary_vr(tag: BaseTag) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:  # not in the dictionary: its own VR says whether it is a sequence
+        return None
+
+
 def derived_instance(
     source: Dataset,
     stored: np.ndarray,
@@ -339,7 +360,7 @@ def derived_instance(
     ds = copy.deepcopy(source)
     if "PixelData" in ds:
         del ds.PixelData
-    ds.remove_private_tags()  # vendor pixel-processing tags no longer describe these pixels
+    _remove_private_elements(ds)  # vendor pixel-processing tags no longer describe these pixels
     for keyword in _DROPPED:
         if keyword in ds:
             delattr(ds, keyword)

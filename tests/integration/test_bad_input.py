@@ -166,11 +166,19 @@ def test_bad_instances_get_a_status_or_a_clear_job_error_and_good_ones_still_arr
     assert statuses["series_uid_with_path_characters.dcm"] not in (None, 0x0000)
     assert statuses["empty_uids_and_name.dcm"] not in (None, 0x0000)
 
+    # Every series asserted on below must have its jobs first: the last ones sent become
+    # complete seconds after the others' jobs may all be done.
+    broken = {
+        str(dcmread(tmp_path / "malformed" / f"{name}.dcm", force=True).SeriesInstanceUID)
+        for name in BROKEN_PIXELS
+        if statuses[f"{name}.dcm"] == 0x0000
+    }
     jobs = node.wait_for_jobs(
         lambda js: (
             js
             and all(j["status"] in ("done", "dead", "cancelled") for j in js)
             and any(j["instances"] == len(ct_series) and j["status"] == "done" for j in js)
+            and broken <= {j["series_uid"] for j in js}
         ),
         timeout=300,
     )

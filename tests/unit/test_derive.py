@@ -158,6 +158,34 @@ def test_what_described_the_source_as_encoded_created_or_signed_is_not_copied() 
     assert [keyword for keyword in gone if keyword in ds] == []
 
 
+@pytest.mark.parametrize("implicit_vr", [False, True])
+def test_private_elements_are_not_copied_from_any_depth(tmp_path, implicit_vr: bool) -> None:
+    """A vendor's private elements (its processing of the old pixels) are left out, at the top
+    and in a public sequence's items, read from a file (not yet decoded) in either VR form; the
+    public elements beside them, nested ones too, are kept."""
+    source = dcmread(CT_TEMPLATE)
+    block = source.private_block(0x0029, "ACME 1.1", create=True)
+    block.add_new(0x10, "LO", "sharpened")
+    block.add_new(0x11, "SQ", [Dataset()])
+    request = Dataset()
+    request.RequestedProcedureID = "RP1"
+    request.private_block(0x0031, "ACME 1.1", create=True).add_new(0x01, "LO", "nested")
+    source.RequestAttributesSequence = [request]
+    path = tmp_path / "source.dcm"
+    if implicit_vr:
+        source.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"
+    source.save_as(path, enforce_file_format=True)
+    source = dcmread(path)
+    image = to_modality(source)
+    ds = derived_instance(
+        source, to_stored(image.values, image.domain, image.padding), derivation(1), comments=""
+    )
+    private: list[str] = []
+    ds.walk(lambda _, element: private.append(str(element.tag)) if element.tag.is_private else 0)
+    assert private == []
+    assert ds.RequestAttributesSequence[0].RequestedProcedureID == "RP1"
+
+
 def test_a_big_endian_source_is_declined_naming_the_instance_and_the_syntax() -> None:
     [path] = pydicom_test_files("MR_small_bigendian.dcm")
     source = dcmread(path)
