@@ -196,19 +196,19 @@ class RestoredForSelfCheck:
     """The self-check's images degraded and restored by the method, not yet scored: the
     scoring (most of the self-check's time, one core) can run beside other work."""
 
-    degraded: DegradedForSelfCheck
+    sample: DegradedForSelfCheck
     restored: list[np.ndarray]
 
     def scored(self) -> list[SelfCheck]:
         """Each image's `SelfCheck`, in the order of the sources."""
-        ahead = self.degraded
+        sample = self.sample
         return [
             SelfCheck(
-                method=compare(reference, output, shave=ahead.shave, padding=mask),
+                method=compare(reference, output, shave=sample.shave, padding=mask),
                 bicubic=bicubic,
             )
             for reference, mask, output, bicubic in zip(
-                ahead.references, ahead.masks, self.restored, ahead.bicubic(), strict=True
+                sample.references, sample.masks, self.restored, sample.bicubic(), strict=True
             )
         ]
 

@@ -155,7 +155,7 @@ class ScoredSources:
             if index in self._scored:
                 continue
             try:
-                self._scored[index] = scored_source(self._images[index])
+                self[index]  # measures it and keeps it
             except Exception:
                 log.debug("source %d not measured ahead", index, exc_info=True)
                 break
