@@ -4,7 +4,7 @@ Measured on a body mask (Otsu threshold of the source, padding excluded), so air
 dilute the numbers:
 
 * sharpness ratio: variance of the Laplacian, output / source (over-sharpening inflates it);
-* noise ratio: scikit-image's wavelet noise estimate, output / source;
+* noise ratio: scikit-image's wavelet noise estimate (`noise_sigma`), output / source;
 * intensity drift: |mean(output) - mean(source)| in the body, as a fraction of the data range;
 * saturation: fraction of body pixels at the storable limits that were not there before;
 * NaN or infinite values: always a failure.
@@ -23,8 +23,9 @@ from typing import Literal
 
 import cv2
 import numpy as np
+import pywt
+from scipy.stats import norm
 from skimage.filters import threshold_otsu
-from skimage.restoration import estimate_sigma
 
 Verdict = Literal["ok", "warn", "fail"]
 _RANK: dict[Verdict, int] = {"ok": 0, "warn": 1, "fail": 2}
@@ -70,6 +71,22 @@ def laplacian(image: np.ndarray) -> np.ndarray:
     return result
 
 
+# The 75th percentile of the standard normal: |noise| has this median for a sigma of 1.
+_NORMAL_QUARTILE = float(norm.ppf(0.75))
+
+
+def noise_sigma(image: np.ndarray) -> float:
+    """scikit-image's `estimate_sigma` of a 2-D float64 image, the same value in ~60 % of
+    its time: Donoho's robust median of the finest diagonal wavelet details (db2, symmetric
+    borders, exact zeros left out), divided by the normal quartile. scikit-image transforms
+    all four bands (`pywt.dwtn`); only the diagonal one is used, so only it is transformed
+    here: the same coefficients, bit for bit."""
+    _, across_rows = pywt.dwt(image, "db2", axis=0)
+    _, diagonal = pywt.dwt(across_rows, "db2", axis=1)
+    details = np.abs(diagonal[diagonal != 0])
+    return float(np.median(details) / _NORMAL_QUARTILE)
+
+
 @dataclass(frozen=True)
 class SourceQa:
     """What QA measures of a source image, whatever the method: measured once per image."""
@@ -96,7 +113,7 @@ def measure_source(
         mask=mask,
         data_range=float(body.max() - body.min()) or 1.0,
         sharpness=float(laplacian(src)[mask].var()),
-        noise=float(estimate_sigma(src)),
+        noise=noise_sigma(src),
         mean=float(body.mean()),
         saturated=saturated if saturated.any() else None,
         limits=(low, high),
@@ -146,7 +163,7 @@ def assess_against(
         saturated &= ~source.saturated  # only pixels the method drove to the limits
     measures = {
         "sharpness_ratio": _ratio(float(laplacian(out)[source.mask].var()), source.sharpness),
-        "noise_ratio": _ratio(float(estimate_sigma(out)), source.noise),
+        "noise_ratio": _ratio(noise_sigma(out), source.noise),
         "drift_fraction": abs(float(body.mean() - source.mean)) / source.data_range,
         "saturation_fraction": float(np.mean(saturated)),
     }

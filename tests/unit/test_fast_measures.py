@@ -9,6 +9,7 @@ outputs like a method's (the classical baseline's, added noise, the self-check's
   variances agree to 1e-12 relative.
 * `assess` end to end (and `measure_source` once + `assess_against` per output) vs the code it
   replaced (kept below as `assess_before`): verdicts and reasons equal, measures within the above.
+* `noise_sigma` (the diagonal wavelet band alone) vs scikit-image's `estimate_sigma`: equal.
 * `ssim_map` (OpenCV's box filter) vs scikit-image's SSIM map: within 1e-9 everywhere; the two
   sum in different orders, and `uxx - ux²` cancels most where the values sit far from 0.
 * `compare` vs PSNR and scikit-image's SSIM as computed before (`compare_before`): PSNR equal,
@@ -41,6 +42,7 @@ from dicomnode.imaging.qa import (
     body_mask,
     laplacian,
     measure_source,
+    noise_sigma,
 )
 from tests.support.data import CT_FOLDERS, MR_FOLDERS, dicom_files, pydicom_test_files
 
@@ -175,6 +177,22 @@ def test_laplacian_is_scipys(case) -> None:
             assert np.array_equal(laplacian(image), laplace(image))
         else:
             assert np.allclose(laplacian(image), laplace(image), rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
+def test_noise_sigma_is_scikit_images_estimate(case) -> None:
+    _, source, _, _, output = case
+    for image in (source.astype(np.float64), output.astype(np.float64)):
+        assert noise_sigma(image) == float(estimate_sigma(image))
+
+
+def test_noise_sigma_leaves_out_exact_zeros_as_scikit_image_does() -> None:
+    """A region of zeros gives exact zero details, which both leave out: counted, they would
+    pull the median, and the noise estimate, towards 0. (A flat region of another value gives
+    details of ~1e-13 instead, which both count.)"""
+    image = np.random.default_rng(5).normal(0, 10, (64, 96))
+    image[:, :60] = 0.0
+    assert noise_sigma(image) == float(estimate_sigma(image)) > 5
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
