@@ -79,12 +79,12 @@ def noise_sigma(image: np.ndarray) -> float:
     """scikit-image's `estimate_sigma` of a 2-D float64 image, the same value in ~60 % of
     its time: Donoho's robust median of the finest diagonal wavelet details (db2, symmetric
     borders, exact zeros left out), divided by the normal quartile. scikit-image transforms
-    all four bands (`pywt.dwtn`); only the diagonal one is used, so only it is transformed
-    here: the same coefficients, bit for bit."""
+    every band (`pywt.dwtn`: three one-axis passes); only the diagonal one is used, so only
+    the passes that lead to it are made here (two): the same coefficients, bit for bit."""
     _, across_rows = pywt.dwt(image, "db2", axis=0)
     _, diagonal = pywt.dwt(across_rows, "db2", axis=1)
     details = np.abs(diagonal[diagonal != 0])
-    return float(np.median(details) / _NORMAL_QUARTILE)
+    return float(np.median(details)) / _NORMAL_QUARTILE  # in float64, as scikit-image
 
 
 @dataclass(frozen=True)

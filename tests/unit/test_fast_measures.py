@@ -230,6 +230,25 @@ def test_ssim_refuses_images_smaller_than_its_window_as_scikit_image_does(shape)
         ssim_map(image, image, 1.0)
 
 
+@pytest.mark.parametrize("shape", [(7, 7), (7, 40), (40, 7)])
+def test_ssim_takes_images_as_small_as_its_window_as_scikit_image_does(shape) -> None:
+    rng = np.random.default_rng(13)
+    ref = rng.normal(0, 50, shape)
+    out = ref + rng.normal(0, 5, shape)
+    _, expected = structural_similarity(ref, out, data_range=300.0, full=True)
+    assert np.abs(ssim_map(ref, out, 300.0) - expected).max() <= 1e-12
+
+
+def test_ssim_map_refuses_what_is_not_one_2d_image() -> None:
+    """OpenCV would take a third axis as colour channels, where scikit-image slides a 7x7x7
+    window: the two would silently differ."""
+    stack = np.zeros((3, 16, 16))
+    with pytest.raises(ValueError, match="2-D"):
+        ssim_map(stack, stack, 1.0)
+    with pytest.raises(ValueError, match="2-D"):
+        ssim_map(stack[0], stack[0, :8], 1.0)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
 def test_fidelity_and_qa_are_what_they_were(case) -> None:
     _, source, padding, limits, output = case
