@@ -6,12 +6,16 @@
     except `node.listener_processes` (`--listener-processes`, default 0 = auto: one per core,
     at most 4, what a site receiving from several modalities sets).
 
-Two cases, each receiver started once for both, in the same run: one sender (one `storescu`,
-`--instances` per series) and several senders at once (`--senders` `storescu` processes, each
-with its own series of `--concurrent-instances`). Every peer runs with TCP_NODELAY=1.
+Two cases, in the same run: one sender (one `storescu`, `--instances` per series) and several
+senders at once (`--senders` `storescu` processes, each with its own series of
+`--concurrent-instances`). The three receivers are started once and take each round in turns,
+round i starting with receiver i, each from a page cache with nothing left to write back: run
+one after the other, the last receiver paid for the files of those before it (the kernel's
+writes and flushes of ~1.4 GB). Every peer runs with TCP_NODELAY=1. Rounds take under a second
+each, so the median of `--repeats` rounds is printed.
 Prints a table and writes JSON (default benchmarks/results/ingest.json). Usage:
     python benchmarks/ingest.py [--instances 200] [--senders 4] [--concurrent-instances 60]
-                                [--size 512] [--repeats 3] [--out FILE]
+                                [--size 512] [--repeats 5] [--out FILE]
 """
 
 import argparse
@@ -23,7 +27,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -35,51 +43,23 @@ from tests.support.ports import free_port, wait_for_port  # noqa: E402
 from tests.support.series import write_ct_series  # noqa: E402
 
 
-def _check(result: subprocess.CompletedProcess[str], called_aet: str) -> None:
+def _check(result: subprocess.CompletedProcess[str], receiver: "Receiver") -> None:
     if result.returncode != 0 or "Failed" in result.stderr:
-        raise RuntimeError(f"storescu to {called_aet} failed: {result.stderr[-2000:]}")
+        raise RuntimeError(f"storescu to {receiver.name} failed: {result.stderr[-2000:]}")
 
 
-def timed_send(port: int, folder: Path, called_aet: str) -> float:
-    """Seconds for one `storescu` association carrying every file of `folder`."""
-    started = time.perf_counter()
-    result = storescu(port, folder, called_aet=called_aet)
-    elapsed = time.perf_counter() - started
-    _check(result, called_aet)
-    return elapsed
+@dataclass(frozen=True)
+class Receiver:
+    """A receiver that is up: where to send, and how many instances it holds now."""
+
+    name: str
+    port: int
+    ae_title: str
+    stored: Callable[[], int]
 
 
-def timed_concurrent_send(port: int, folders: list[Path], called_aet: str) -> float:
-    """Seconds from starting one `storescu` per folder, all at once, to the last one's end."""
-    started = time.perf_counter()
-    results = storescu_at_once(port, folders, called_aet=called_aet)
-    elapsed = time.perf_counter() - started
-    for result in results:
-        _check(result, called_aet)
-    return elapsed
-
-
-class Workload:
-    """The series of both cases: `single[i]` for repeat i, `concurrent[i]` its senders' series."""
-
-    def __init__(self, single: list[Path], concurrent: list[list[Path]]) -> None:
-        self.single = single
-        self.concurrent = concurrent
-
-    def instances(self) -> int:
-        folders = self.single + [f for group in self.concurrent for f in group]
-        return sum(len(list(folder.glob("*.dcm"))) for folder in folders)
-
-    def run(self, port: int, called_aet: str) -> dict[str, list[float]]:
-        return {
-            "single": [timed_send(port, folder, called_aet) for folder in self.single],
-            "concurrent": [
-                timed_concurrent_send(port, group, called_aet) for group in self.concurrent
-            ],
-        }
-
-
-def run_storescp(work: Path, load: Workload) -> dict[str, list[float]]:
+@contextmanager
+def storescp_receiver(work: Path) -> Iterator[Receiver]:
     port = free_port()
     out = work / "storescp-out"
     out.mkdir()
@@ -92,25 +72,25 @@ def run_storescp(work: Path, load: Workload) -> dict[str, list[float]]:
     )
     try:
         wait_for_port(port)
-        return load.run(port, "STORESCP")
+        yield Receiver("storescp", port, "STORESCP", lambda: len(list(out.glob("*"))))
     finally:
         process.terminate()
         process.wait()
 
 
-def run_orthanc(work: Path, load: Workload) -> dict[str, list[float]]:
+@contextmanager
+def orthanc_receiver(work: Path) -> Iterator[Receiver]:
     server = Orthanc(work / "orthanc").start()
     try:
-        times = load.run(server.dicom_port, server.ae_title)
-        stored = len(server.instance_ids())
-        if stored != load.instances():
-            raise RuntimeError(f"Orthanc holds {stored} of {load.instances()} instances")
-        return times
+        yield Receiver(
+            "orthanc", server.dicom_port, server.ae_title, lambda: len(server.instance_ids())
+        )
     finally:
         server.stop()
 
 
-def run_node(work: Path, load: Workload, listener_processes: int) -> dict[str, list[float]]:
+@contextmanager
+def node_receiver(work: Path, listener_processes: int) -> Iterator[Receiver]:
     node = NodeProcess(
         work / "node",
         [],
@@ -121,15 +101,62 @@ def run_node(work: Path, load: Workload, listener_processes: int) -> dict[str, l
             "worker": {"poll_seconds": 1.0},  # the shipped default, not the tests' fast polling
         },
     ).start()
+    spool = node.data_dir / "spool" / "instances"
     try:
         node.wait_for_log("node started")  # every listener process is up
-        times = load.run(node.port, node.ae_title)
-        spooled = len(list((node.data_dir / "spool" / "instances").rglob("*.dcm")))
-        if spooled != load.instances():
-            raise RuntimeError(f"dicomnode spooled {spooled} of {load.instances()} instances")
-        return times
+        yield Receiver(
+            "dicomnode", node.port, node.ae_title, lambda: len(list(spool.rglob("*.dcm")))
+        )
     finally:
         node.stop()
+
+
+def rotated(receivers: list[Receiver], round_index: int) -> list[Receiver]:
+    """Round i starts with receiver i: each receiver follows each other one equally often."""
+    shift = round_index % len(receivers)
+    return receivers[shift:] + receivers[:shift]
+
+
+def send_series(receiver: Receiver, folder: Path) -> None:
+    """One `storescu` association carrying every file of `folder`."""
+    _check(storescu(receiver.port, folder, called_aet=receiver.ae_title), receiver)
+
+
+def send_at_once(receiver: Receiver, folders: list[Path]) -> None:
+    """One `storescu` per folder, all started at once; returns when the last one ends."""
+    for result in storescu_at_once(receiver.port, folders, called_aet=receiver.ae_title):
+        _check(result, receiver)
+
+
+def timed(send: Callable[[Receiver, Any], None], receiver: Receiver, load: Any) -> float:
+    """Seconds for `send(receiver, load)`, started from a page cache with nothing to write back.
+
+    storescp and Orthanc do not fsync: the files of their last round would otherwise still be
+    written back, and flushed by the next receiver's fsyncs (ext4 commits its journal in order),
+    while that receiver is being timed.
+    """
+    os.sync()
+    started = time.perf_counter()
+    send(receiver, load)
+    return time.perf_counter() - started
+
+
+def run_rounds(
+    receivers: list[Receiver], single: list[Path], concurrent: list[list[Path]]
+) -> dict[str, dict[str, list[float]]]:
+    """Every receiver takes round i of a case before any takes round i + 1, in turns."""
+    times: dict[str, dict[str, list[float]]] = {
+        r.name: {"single": [], "concurrent": []} for r in receivers
+    }
+    cases: list[tuple[str, Callable[[Receiver, Any], None], list[Any]]] = [
+        ("single", send_series, list(single)),
+        ("concurrent", send_at_once, list(concurrent)),
+    ]
+    for case, send, rounds in cases:
+        for index, load in enumerate(rounds):
+            for receiver in rotated(receivers, index):
+                times[receiver.name][case].append(timed(send, receiver, load))
+    return times
 
 
 def summary(times: list[float], instances: int, megabytes: float) -> dict[str, object]:
@@ -179,7 +206,7 @@ def main() -> None:
         "--listener-processes", type=int, default=0, help="the node's (0: one per core, <= 4)"
     )
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of each case per receiver")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of each case per receiver")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ingest.json")
     args = parser.parse_args()
 
@@ -201,12 +228,18 @@ def main() -> None:
             for folder in group:
                 write_series(folder, args.concurrent_instances, args.size, seed)
                 seed += 1
-        load = Workload(single, concurrent)
-        runs = {
-            "storescp": run_storescp(work, load),
-            "orthanc": run_orthanc(work, load),
-            "dicomnode": run_node(work, load, args.listener_processes),
-        }
+        folders = single + [folder for group in concurrent for folder in group]
+        expected = sum(len(list(folder.glob("*.dcm"))) for folder in folders)
+        with (
+            storescp_receiver(work) as storescp,
+            orthanc_receiver(work) as orthanc,
+            node_receiver(work, args.listener_processes) as node,
+        ):
+            receivers = [storescp, orthanc, node]
+            runs = run_rounds(receivers, single, concurrent)
+            for r in receivers:
+                if (held := r.stored()) != expected:
+                    raise RuntimeError(f"{r.name} holds {held} of {expected} instances")
 
     concurrent_count = args.senders * args.concurrent_instances
     cases = {
