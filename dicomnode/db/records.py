@@ -8,6 +8,13 @@ from typing import Any
 from dicomnode.status import DeliveryStatus, JobPart, JobStatus
 
 
+def printable_code(text: str) -> str:
+    """A code string (Modality) as the database can keep it: printable ASCII only, no padding.
+    Some devices pad CS with NUL, or put one inside; PostgreSQL refuses text with NUL, so every
+    instance of such a device would be refused (0xA700) again and again."""
+    return "".join(c for c in text if " " <= c <= "~").strip()
+
+
 @dataclass(frozen=True)
 class ReceivedInstance:
     """What the receiver knows about one stored instance."""

@@ -28,6 +28,7 @@ from pydicom.errors import InvalidDicomError
 from dicomnode.db import Database, ReceivedInstance
 from dicomnode.db.instances import instance_paths, record_instance
 from dicomnode.db.jobs import job_ids
+from dicomnode.db.records import printable_code
 from dicomnode.dicom.bounded import read_bounded
 from dicomnode.errors import DecodeError, InstanceTooLarge
 from dicomnode.spool import Spool
@@ -78,7 +79,7 @@ def _index(db: Database, path: Path, max_bytes: int) -> None:
             transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
             study_uid=str(ds.StudyInstanceUID),
             series_uid=str(ds.SeriesInstanceUID),
-            modality=str(ds.get("Modality", "")),
+            modality=printable_code(str(ds.get("Modality", "")))[:16],
             path=path,
             size_bytes=path.stat().st_size,
             calling_aet=DOCTOR_AET,

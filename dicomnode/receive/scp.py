@@ -30,6 +30,7 @@ from dicomnode.config import Settings
 from dicomnode.db import Database, ReceivedInstance
 from dicomnode.db.group_commit import GroupCommit
 from dicomnode.db.instances import mark_series_released, record_instance, stored_path
+from dicomnode.db.records import printable_code
 from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
 from dicomnode.dicom.bounded import inflate_prefix, inflated_size
 from dicomnode.dicom.tls import server_context
@@ -102,7 +103,7 @@ def _identify(arrival: Arrival) -> _Identity:
             "SeriesInstanceUID": _raw_text(dataset, 0x0020000E),
             "SOPInstanceUID": _raw_text(dataset, 0x00080018),
         }
-        modality = _raw_text(dataset, 0x00080060).strip(" \x00")[:16]  # some pad CS with NUL
+        modality = printable_code(_raw_text(dataset, 0x00080060))[:16]
     except Exception as exc:  # pydicom raises many types on malformed bytes
         raise DecodeError(f"dataset cannot be decoded: {exc}") from exc
     try:

@@ -182,13 +182,14 @@ def test_a_data_set_in_thousands_of_tiny_fragments_aborts_the_association(
     assert echoscu(port).returncode == 0
 
 
+@pytest.mark.parametrize("sent", ["CT\x00", "C\x00T", " CT\x01", "C\u00e9T"])
 def test_a_modality_padded_with_nul_is_filed_as_the_modality(
-    receivers: _Receivers, tmp_path: Path
+    receivers: _Receivers, tmp_path: Path, sent: str
 ) -> None:
     # PostgreSQL refuses text with NUL: unstripped, every instance of such a device got 0xA700.
     [path] = write_ct_series(tmp_path / "series", 1, size=64)
     source = dcmread(path)
-    source.Modality = "CT\x00"
+    source.Modality = sent
     source.save_as(path)
     port, _spool = receivers.start("lane", 1048576)
 
