@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -128,8 +128,8 @@ def send_at_once(receiver: Receiver, folders: list[Path]) -> None:
         _check(result, receiver)
 
 
-def timed(send: Callable[[Receiver, Any], None], receiver: Receiver, load: Any) -> float:
-    """Seconds for `send(receiver, load)`, started from a page cache with nothing to write back.
+def timed(send: Callable[[], None]) -> float:
+    """Seconds for `send()`, started from a page cache with nothing left to write back.
 
     storescp and Orthanc do not fsync: the files of their last round would otherwise still be
     written back, and flushed by the next receiver's fsyncs (ext4 commits its journal in order),
@@ -137,7 +137,7 @@ def timed(send: Callable[[Receiver, Any], None], receiver: Receiver, load: Any) 
     """
     os.sync()
     started = time.perf_counter()
-    send(receiver, load)
+    send()
     return time.perf_counter() - started
 
 
@@ -148,14 +148,14 @@ def run_rounds(
     times: dict[str, dict[str, list[float]]] = {
         r.name: {"single": [], "concurrent": []} for r in receivers
     }
-    cases: list[tuple[str, Callable[[Receiver, Any], None], list[Any]]] = [
-        ("single", send_series, list(single)),
-        ("concurrent", send_at_once, list(concurrent)),
-    ]
-    for case, send, rounds in cases:
-        for index, load in enumerate(rounds):
-            for receiver in rotated(receivers, index):
-                times[receiver.name][case].append(timed(send, receiver, load))
+    for index, folder in enumerate(single):
+        for receiver in rotated(receivers, index):
+            seconds = timed(partial(send_series, receiver, folder))
+            times[receiver.name]["single"].append(seconds)
+    for index, group in enumerate(concurrent):
+        for receiver in rotated(receivers, index):
+            seconds = timed(partial(send_at_once, receiver, group))
+            times[receiver.name]["concurrent"].append(seconds)
     return times
 
 
