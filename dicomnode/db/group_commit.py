@@ -5,7 +5,8 @@ storing at once, each row waited for the transaction before it and then paid for
 four senders the receiving threads spent ~13 % of their time waiting for their turn and ~26 %
 in their own statements and commit. Here the thread whose turn it is writes every row waiting
 by then in one transaction; the others find theirs committed, or failed, when their turn comes.
-A row is still only reported recorded once its transaction has committed.
+A row is still only reported recorded once its transaction has committed. The transactions
+go through SQLite's own driver (`db/instance_rows.py`: a sixth of SQLAlchemy's CPU per row).
 """
 
 import threading
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomnode.db.engine import Database
-from dicomnode.db.instances import record_instances
+from dicomnode.db.instance_rows import SqliteRowWriter
+from dicomnode.db.models import utcnow
 from dicomnode.db.records import ReceivedInstance
 
 
@@ -32,10 +34,10 @@ class _Ticket:
 
 
 class GroupCommit:
-    """`record_instance` for many threads of one process, sharing transactions."""
+    """`record_instance` for many threads of one process, sharing transactions (SQLite)."""
 
     def __init__(self, db: Database) -> None:
-        self._db = db
+        self._rows = SqliteRowWriter(db)
         self._turn = threading.Lock()
         self._waiting: list[_Ticket] = []
         self._waiting_lock = threading.Lock()
@@ -65,7 +67,7 @@ class GroupCommit:
                     ticket.before_commit()
 
         try:
-            moved = record_instances(self._db, [t.item for t in batch], before_commit)
+            moved = self._rows.write([t.item for t in batch], utcnow(), before_commit)
         except Exception as exc:  # every row of the transaction fails with it
             for ticket in batch:
                 ticket.error = exc

@@ -89,6 +89,9 @@ class StoreLane:
         self._assoc = assoc
         self._store = store
         self._request: _Request | None = None
+        # The accepted contexts by ID, taken once the association is established (they never
+        # change after): pynetdicom's `accepted_contexts` sorts all of them on every call.
+        self._contexts: dict[int | None, tuple[str, UID]] | None = None
 
     def offer(self, body: bytearray, send: Callable[[bytes], None]) -> bool:
         """Take a P-DATA-TF body if it belongs to a C-STORE request; answer a complete one
@@ -143,12 +146,16 @@ class StoreLane:
     def _request_for(self, context_id: int, command_set: bytes) -> _Request | None:
         """The request, if the command set is a C-STORE-RQ with a data set on an accepted
         context of its SOP class, with valid UIDs; None for anything else (pynetdicom's)."""
-        context = next(
-            (c for c in self._assoc.accepted_contexts if c.context_id == context_id), None
-        )
+        if self._contexts is None:
+            self._contexts = {
+                c.context_id: (str(c.abstract_syntax), UID(c.transfer_syntax[0]))
+                for c in self._assoc.accepted_contexts
+            }
+        context = self._contexts.get(context_id)
         fields = command_elements(command_set)
         if context is None or fields is None:
             return None
+        abstract_syntax, transfer_syntax = context
         if (
             _us(fields.get(0x0100)) != C_STORE_RQ  # Command Field
             or _us(fields.get(0x0800)) in (None, NO_DATA_SET)  # Command Data Set Type
@@ -160,11 +167,9 @@ class StoreLane:
             sop_instance = validate_uid(_text(fields.get(0x1000)), "AffectedSOPInstanceUID")
         except (SpoolError, UnicodeDecodeError):
             return None
-        if sop_class != context.abstract_syntax:
+        if sop_class != abstract_syntax:
             return None
-        return _Request(
-            context_id, UID(context.transfer_syntax[0]), message_id, sop_class, sop_instance
-        )
+        return _Request(context_id, transfer_syntax, message_id, sop_class, sop_instance)
 
     def _continue(self, pdvs: list[Fragment]) -> None:
         request = self._request

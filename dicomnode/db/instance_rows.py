@@ -1,0 +1,140 @@
+"""An instance's row as the receive path writes it: the statements, and the two ways to run them.
+
+The receiver writes one row per instance while the sender waits for its answer, so these are
+plain SQL (INSERT ... ON CONFLICT, the same text on SQLite >= 3.24 and PostgreSQL): less than
+half the time of the ORM. They must stay in step with the tables in models.py.
+
+On SQLite the receiver runs them on a connection of its own through the driver's cursor
+(`SqliteRowWriter`). Through SQLAlchemy's connection, transaction and statement layers a row
+cost ~270 us of interpreter time, ~45 us without them; with four senders the receiving
+processes are short of CPU, every other thread of a process waits for the interpreter lock
+meanwhile, and SQLite's write lock is held that much longer: four senders stored 451 instances/s
+instead of 353 (README, Benchmarks). Everything else (PostgreSQL, the doctor) runs the same
+statements through SQLAlchemy (`write_rows`).
+"""
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, DateTime, bindparam, text
+from sqlalchemy.pool import PoolProxiedConnection
+
+from dicomnode.db.engine import Database
+from dicomnode.db.records import ReceivedInstance
+
+PREVIOUS_PATH = "SELECT path FROM instances WHERE sop_instance_uid = :sop_instance_uid"
+UPSERTS = (
+    "INSERT INTO studies (study_uid, first_received_at, last_received_at)"
+    " VALUES (:study_uid, :now, :now)"
+    " ON CONFLICT (study_uid) DO UPDATE SET last_received_at = excluded.last_received_at",
+    "INSERT INTO series (series_uid, study_uid, modality, first_received_at, last_received_at,"
+    " pending) VALUES (:series_uid, :study_uid, :modality, :now, :now, true)"
+    " ON CONFLICT (series_uid) DO UPDATE SET last_received_at = excluded.last_received_at,"
+    " pending = true",
+    "INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid,"
+    " transfer_syntax_uid, path, size_bytes, calling_aet, received_at)"
+    " VALUES (:sop_instance_uid, :series_uid, :study_uid, :sop_class_uid, :transfer_syntax_uid,"
+    " :path, :size_bytes, :calling_aet, :now)"
+    " ON CONFLICT (sop_instance_uid) DO UPDATE SET series_uid = excluded.series_uid,"
+    " study_uid = excluded.study_uid, sop_class_uid = excluded.sop_class_uid,"
+    " transfer_syntax_uid = excluded.transfer_syntax_uid, path = excluded.path,"
+    " size_bytes = excluded.size_bytes, calling_aet = excluded.calling_aet,"
+    " received_at = excluded.received_at",
+)
+_PREVIOUS_PATH_CLAUSE = text(PREVIOUS_PATH)
+# `now` bound as the ORM binds its DateTime columns: stored as the ORM stores its own times.
+_UPSERT_CLAUSES = tuple(text(s).bindparams(bindparam("now", type_=DateTime)) for s in UPSERTS)
+
+# How SQLAlchemy's DateTime stores a time in SQLite (always with microseconds): the rows the
+# driver writes compare with the ORM's, as text, as the same kind of value.
+SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def _values(item: ReceivedInstance, now: object) -> dict[str, Any]:
+    return {
+        "sop_instance_uid": item.sop_instance_uid,
+        "sop_class_uid": item.sop_class_uid,
+        "transfer_syntax_uid": item.transfer_syntax_uid,
+        "study_uid": item.study_uid,
+        "series_uid": item.series_uid,
+        "modality": item.modality,
+        "path": str(item.path),
+        "size_bytes": item.size_bytes,
+        "calling_aet": item.calling_aet,
+        "now": now,
+    }
+
+
+def _moved(previous: str | None, values: dict[str, Any]) -> Path | None:
+    """The instance's old path when a copy of it was filed elsewhere before."""
+    return Path(previous) if previous is not None and previous != values["path"] else None
+
+
+def write_rows(
+    connection: Connection, items: Sequence[ReceivedInstance], now: datetime
+) -> list[Path | None]:
+    """The rows, in a transaction the caller holds (SQLAlchemy); the old path of each."""
+    moved = []
+    for item in items:
+        values = _values(item, now)
+        previous = connection.execute(_PREVIOUS_PATH_CLAUSE, values).scalar()
+        for clause in _UPSERT_CLAUSES:
+            connection.execute(clause, values)
+        moved.append(_moved(previous, values))
+    return moved
+
+
+class SqliteRowWriter:
+    """The receiver's instance rows on SQLite: one connection, the driver's cursor, one
+    transaction per call. Not for concurrent use: its caller (`GroupCommit`) takes turns."""
+
+    def __init__(self, db: Database) -> None:
+        if not db.is_sqlite:
+            raise ValueError("SqliteRowWriter needs an SQLite database")
+        self._db = db
+        # From the engine's pool: configured as every connection is (WAL, synchronous=FULL,
+        # busy timeout, foreign keys; engine.py), kept for the process's life as the pool's are.
+        self._connection: PoolProxiedConnection | None = None
+
+    def write(
+        self,
+        items: Sequence[ReceivedInstance],
+        now: datetime,
+        before_commit: Callable[[], object] | None = None,
+    ) -> list[Path | None]:
+        """As `db.instances.record_instances`, in one BEGIN IMMEDIATE ... COMMIT."""
+        rows = [_values(item, now.strftime(SQLITE_TIME_FORMAT)) for item in items]
+        if self._connection is None:
+            self._connection = self._db.engine.raw_connection()
+        driver: sqlite3.Connection = self._connection.driver_connection  # type: ignore[assignment]
+        cursor = driver.cursor()
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            moved = []
+            for values in rows:
+                found = cursor.execute(PREVIOUS_PATH, values).fetchone()
+                for statement in UPSERTS:
+                    cursor.execute(statement, values)
+                moved.append(_moved(found[0] if found else None, values))
+            if before_commit is not None:
+                before_commit()
+            cursor.execute("COMMIT")
+        except BaseException:
+            self._abandon(driver)
+            raise
+        finally:
+            cursor.close()
+        return moved
+
+    def _abandon(self, driver: sqlite3.Connection) -> None:
+        """Roll back what the failed call began; a connection that cannot is not used again."""
+        try:
+            if driver.in_transaction:
+                driver.execute("ROLLBACK")
+        except sqlite3.Error:
+            if self._connection is not None:
+                self._connection.invalidate()
+            self._connection = None

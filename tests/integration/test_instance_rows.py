@@ -1,0 +1,93 @@
+"""The receiver's rows on SQLite, written through the driver, are the rows SQLAlchemy writes
+(on a real SQLite file): the same values, times the ORM reads and compares as its own, and a
+failed transaction leaves nothing behind."""
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from dicomnode.db import Database, ReceivedInstance, open_database
+from dicomnode.db.instance_rows import SqliteRowWriter, write_rows
+from dicomnode.db.instances import record_instances
+from dicomnode.db.models import Instance
+
+NOW = datetime(2026, 1, 2, 3, 4, 5)  # no microseconds: the ORM writes them anyway
+
+
+def _items(suffix: str) -> list[ReceivedInstance]:
+    return [
+        ReceivedInstance(
+            f"1.2.3.{suffix}.{n}",
+            "1.2.840.10008.5.1.4.1.1.2",
+            "1.2.840.10008.1.2.1",
+            "1.2.3",
+            f"1.2.3.{n % 2}",
+            "CT",
+            Path(f"/spool/1.2.3/{n % 2}/{n}.dcm"),
+            1000 + n,
+            "MODALITY",
+        )
+        for n in range(3)
+    ]
+
+
+def _contents(db: Database) -> list[tuple[object, ...]]:
+    """The three tables as SQLite stores them (times as text, not as the ORM reads them)."""
+    with db.engine.connect() as connection:
+        return [
+            tuple(row)
+            for table, key in (("instances", "sop_instance_uid"), ("series", "series_uid"))
+            for row in connection.exec_driver_sql(f"SELECT * FROM {table} ORDER BY {key}")
+        ] + [tuple(row) for row in connection.exec_driver_sql("SELECT * FROM studies")]
+
+
+@pytest.fixture
+def sqlite_db(db: Database) -> Database:
+    if not db.is_sqlite:
+        pytest.skip("the driver's path is SQLite's")
+    return db
+
+
+def test_the_driver_writes_the_rows_sqlalchemy_writes(sqlite_db: Database, tmp_path: Path) -> None:
+    other = open_database(f"sqlite:///{tmp_path / 'through-sqlalchemy.sqlite'}")
+    try:
+        moved = SqliteRowWriter(sqlite_db).write(_items("a"), NOW)
+        with other.engine.begin() as connection:
+            expected_moved = write_rows(connection, _items("a"), NOW)
+        assert moved == expected_moved == [None, None, None]
+        assert _contents(sqlite_db) == _contents(other)
+    finally:
+        other.dispose()
+    with sqlite_db.session() as session:
+        times = session.scalars(select(Instance.received_at)).all()
+    assert times == [NOW] * 3  # as the ORM reads its own
+
+
+def test_a_row_filed_again_elsewhere_reports_its_old_path(sqlite_db: Database) -> None:
+    writer = SqliteRowWriter(sqlite_db)
+    first = _items("b")[0]
+    writer.write([first], NOW)
+    again = ReceivedInstance(**{**vars(first), "path": Path("/spool/elsewhere.dcm")})
+    assert writer.write([again], NOW) == [first.path]
+    assert writer.write([again], NOW) == [None]  # the same place: nothing moved
+
+
+def test_a_failed_transaction_leaves_nothing_and_the_writer_goes_on(sqlite_db: Database) -> None:
+    writer = SqliteRowWriter(sqlite_db)
+
+    def fail() -> None:
+        raise OSError("fsync failed")
+
+    with pytest.raises(OSError, match="fsync failed"):
+        writer.write(_items("c"), NOW, before_commit=fail)
+    assert _contents(sqlite_db) == []
+    writer.write(_items("c"), NOW)
+    with sqlite_db.session() as session:
+        assert len(session.scalars(select(Instance)).all()) == 3
+    # The ORM's later rows compare with the driver's (the completion rule's quiet test).
+    record_instances(sqlite_db, _items("d"))
+    with sqlite_db.session() as session:
+        earlier = session.scalars(select(Instance).where(Instance.received_at <= NOW)).all()
+    assert {i.sop_instance_uid for i in earlier} == {i.sop_instance_uid for i in _items("c")}
