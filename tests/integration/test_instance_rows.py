@@ -91,3 +91,15 @@ def test_a_failed_transaction_leaves_nothing_and_the_writer_goes_on(sqlite_db: D
     with sqlite_db.session() as session:
         earlier = session.scalars(select(Instance).where(Instance.received_at <= NOW)).all()
     assert {i.sop_instance_uid for i in earlier} == {i.sop_instance_uid for i in _items("c")}
+
+
+def test_the_writers_connection_is_as_durable_as_every_other(sqlite_db: Database) -> None:
+    writer = SqliteRowWriter(sqlite_db)
+    writer.write(_items("e"), NOW)
+    connection = writer._connection  # what Success waits for is pinned here
+    assert connection is not None
+    driver = connection.driver_connection
+    assert driver.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    assert driver.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert driver.execute("PRAGMA busy_timeout").fetchone() == (30000,)
+    assert not driver.in_transaction  # committed, not left open
