@@ -4,23 +4,23 @@ The receiver writes one row per instance while the sender waits for its answer, 
 plain SQL (INSERT ... ON CONFLICT, the same text on SQLite >= 3.24 and PostgreSQL): less than
 half the time of the ORM. They must stay in step with the tables in models.py.
 
-On SQLite the receiver runs them on a connection of its own through the driver's cursor
-(`SqliteRowWriter`). Through SQLAlchemy's connection, transaction and statement layers a row
-cost ~270 us of interpreter time, ~45 us without them; with four senders the receiving
-processes are short of CPU, every other thread of a process waits for the interpreter lock
-meanwhile, and SQLite's write lock is held that much longer: four senders stored 451 instances/s
-instead of 353 (README, Benchmarks). Everything else (PostgreSQL, the doctor) runs the same
-statements through SQLAlchemy (`write_rows`).
+On SQLite the receiver runs them through the driver's cursor, on a connection from the engine's
+pool (`SqliteRowWriter`). Through SQLAlchemy's connection, transaction and statement layers a row
+cost ~270 us of interpreter time, ~55 us without them: most of it inside SQLite's write lock,
+which the rows of every receiving process take one at a time, while the process's other threads
+wait for the interpreter lock. With four senders the node stored 451 instances/s instead of 353
+(README, Benchmarks). Everything else (PostgreSQL, the doctor) runs the same statements through
+SQLAlchemy (`write_rows`).
 """
 
 import sqlite3
 from collections.abc import Callable, Sequence
+from contextlib import closing, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, DateTime, bindparam, text
-from sqlalchemy.pool import PoolProxiedConnection
 
 from dicomnode.db.engine import Database
 from dicomnode.db.records import ReceivedInstance
@@ -88,16 +88,15 @@ def write_rows(
 
 
 class SqliteRowWriter:
-    """The receiver's instance rows on SQLite: one connection, the driver's cursor, one
-    transaction per call. Not for concurrent use: its caller (`GroupCommit`) takes turns."""
+    """The receiver's instance rows on SQLite: the driver's cursor, one transaction per call,
+    on a connection from the engine's pool (configured as every other: WAL, synchronous=FULL,
+    busy timeout, foreign keys; engine.py), given back after each call. Writers in several
+    threads or processes queue on SQLite's write lock; `GroupCommit` batches those of a process."""
 
     def __init__(self, db: Database) -> None:
         if not db.is_sqlite:
             raise ValueError("SqliteRowWriter needs an SQLite database")
         self._db = db
-        # From the engine's pool: configured as every connection is (WAL, synchronous=FULL,
-        # busy timeout, foreign keys; engine.py), kept for the process's life as the pool's are.
-        self._connection: PoolProxiedConnection | None = None
 
     def write(
         self,
@@ -107,34 +106,27 @@ class SqliteRowWriter:
     ) -> list[Path | None]:
         """As `db.instances.record_instances`, in one BEGIN IMMEDIATE ... COMMIT."""
         rows = [_values(item, now.strftime(SQLITE_TIME_FORMAT)) for item in items]
-        if self._connection is None:
-            self._connection = self._db.engine.raw_connection()
-        driver: sqlite3.Connection = self._connection.driver_connection  # type: ignore[assignment]
-        cursor = driver.cursor()
+        connection = self._db.engine.raw_connection()
         try:
-            cursor.execute("BEGIN IMMEDIATE")
-            moved = []
-            for values in rows:
-                found = cursor.execute(PREVIOUS_PATH, values).fetchone()
-                for statement in UPSERTS:
-                    cursor.execute(statement, values)
-                moved.append(_moved(found[0] if found else None, values))
-            if before_commit is not None:
-                before_commit()
-            cursor.execute("COMMIT")
-        except BaseException:
-            self._abandon(driver)
-            raise
+            driver: sqlite3.Connection = connection.driver_connection  # type: ignore[assignment]
+            with closing(driver.cursor()) as cursor:
+                cursor.execute("BEGIN IMMEDIATE")
+                try:
+                    moved = []
+                    for values in rows:
+                        found = cursor.execute(PREVIOUS_PATH, values).fetchone()
+                        for statement in UPSERTS:
+                            cursor.execute(statement, values)
+                        moved.append(_moved(found[0] if found else None, values))
+                    if before_commit is not None:
+                        before_commit()
+                    cursor.execute("COMMIT")
+                except BaseException:
+                    # The error that matters is the first: a rollback that fails too leaves the
+                    # transaction to the pool's own, and a connection that cannot is dropped.
+                    with suppress(sqlite3.Error):
+                        driver.execute("ROLLBACK")
+                    raise
         finally:
-            cursor.close()
+            connection.close()  # back to the pool, which rolls back what is left, or drops it
         return moved
-
-    def _abandon(self, driver: sqlite3.Connection) -> None:
-        """Roll back what the failed call began; a connection that cannot is not used again."""
-        try:
-            if driver.in_transaction:
-                driver.execute("ROLLBACK")
-        except sqlite3.Error:
-            if self._connection is not None:
-                self._connection.invalidate()
-            self._connection = None

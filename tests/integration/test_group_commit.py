@@ -98,3 +98,30 @@ def test_a_failed_transaction_fails_each_of_its_rows_and_the_next_ones_are_recor
     assert _rows_in(db) == 0
     rows.record(_row("1.2.3.5"))
     assert _rows_in(db) == 1
+
+
+class _Stop(BaseException):
+    """Not an Exception: what a thread that is told to end meets (SystemExit and the like)."""
+
+
+def test_rows_in_a_transaction_ended_by_a_base_exception_are_not_taken_for_recorded(
+    db: Database,
+) -> None:
+    rows = GroupCommit(db)
+    holding = threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        time.sleep(0.3)  # the next two rows queue up meanwhile, for one transaction
+
+    def stop() -> None:
+        raise _Stop
+
+    first = threading.Thread(target=lambda: rows.record(_row("1.2.3.6"), before_commit=hold))
+    first.start()
+    holding.wait(5)
+    outcomes = _at_once([lambda: rows.record(_row("1.2.3.6"), before_commit=stop)] * 2)
+    first.join(5)
+
+    assert sorted(type(o).__name__ for o in outcomes) == ["RowNotRecorded", "_Stop"]
+    assert _rows_in(db) == 1  # the first row only

@@ -2,17 +2,20 @@
 (on a real SQLite file): the same values, times the ORM reads and compares as its own, and a
 failed transaction leaves nothing behind."""
 
+import sqlite3
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from dicomnode.db import Database, ReceivedInstance, open_database
 from dicomnode.db.instance_rows import SqliteRowWriter, write_rows
 from dicomnode.db.instances import record_instances
 from dicomnode.db.models import Instance
 
+SQLITE_TRANSACTION = 22  # the authorizer's action code for BEGIN, COMMIT, ROLLBACK
 NOW = datetime(2026, 1, 2, 3, 4, 5)  # no microseconds: the ORM writes them anyway
 
 
@@ -94,12 +97,37 @@ def test_a_failed_transaction_leaves_nothing_and_the_writer_goes_on(sqlite_db: D
 
 
 def test_the_writers_connection_is_as_durable_as_every_other(sqlite_db: Database) -> None:
-    writer = SqliteRowWriter(sqlite_db)
-    writer.write(_items("e"), NOW)
-    connection = writer._connection  # what Success waits for is pinned here
-    assert connection is not None
-    driver = connection.driver_connection
-    assert driver.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    used: list[Any] = []
+    event.listen(sqlite_db.engine, "checkout", lambda dbapi, _record, _proxy: used.append(dbapi))
+    SqliteRowWriter(sqlite_db).write(_items("e"), NOW)
+    assert len(used) == 1  # one connection from the engine's pool, configured as every other
+    driver = used[0]
+    assert driver.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL: what Success waits for
     assert driver.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert driver.execute("PRAGMA busy_timeout").fetchone() == (30000,)
     assert not driver.in_transaction  # committed, not left open
+
+
+def test_a_failed_rollback_leaves_the_first_error_and_the_next_write_works(
+    sqlite_db: Database,
+) -> None:
+    writer = SqliteRowWriter(sqlite_db)
+
+    def no_rollback(action: int, operation: str | None, *_: object) -> int:
+        refused = action == SQLITE_TRANSACTION and operation == "ROLLBACK"
+        return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
+
+    def broken(dbapi: sqlite3.Connection, _record: object, _proxy: object) -> None:
+        dbapi.set_authorizer(no_rollback)
+
+    def fail() -> None:
+        raise OSError("fsync failed")
+
+    event.listen(sqlite_db.engine, "checkout", broken)
+    with pytest.raises(OSError, match="fsync failed"):  # not the rollback's "not authorized"
+        writer.write(_items("f"), NOW, before_commit=fail)
+    event.remove(sqlite_db.engine, "checkout", broken)
+    writer.write(_items("g"), NOW)  # the broken connection is not used again
+    with sqlite_db.session() as session:
+        stored = set(session.scalars(select(Instance.sop_instance_uid)))
+    assert stored == {item.sop_instance_uid for item in _items("g")}
