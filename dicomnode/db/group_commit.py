@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomnode.db.engine import Database
-from dicomnode.db.instance_rows import SqliteRowWriter
+from dicomnode.db.instance_rows import write_sqlite_rows
 from dicomnode.db.models import utcnow
 from dicomnode.db.records import ReceivedInstance
 
@@ -37,7 +37,7 @@ class GroupCommit:
     """`record_instance` for many threads of one process, sharing transactions (SQLite)."""
 
     def __init__(self, db: Database) -> None:
-        self._rows = SqliteRowWriter(db)
+        self._db = db
         self._turn = threading.Lock()
         self._waiting: list[_Ticket] = []
         self._waiting_lock = threading.Lock()
@@ -69,7 +69,7 @@ class GroupCommit:
                     ticket.before_commit()
 
         try:
-            moved = self._rows.write([t.item for t in batch], utcnow(), before_commit)
+            moved = write_sqlite_rows(self._db, [t.item for t in batch], utcnow(), before_commit)
         except BaseException as exc:  # every row of the transaction fails with it
             for ticket in batch:
                 ticket.error = exc

@@ -5,7 +5,7 @@ plain SQL (INSERT ... ON CONFLICT, the same text on SQLite >= 3.24 and PostgreSQ
 half the time of the ORM. They must stay in step with the tables in models.py.
 
 On SQLite the receiver runs them through the driver's cursor, on a connection from the engine's
-pool (`SqliteRowWriter`). Through SQLAlchemy's connection, transaction and statement layers a row
+pool (`write_sqlite_rows`). Through SQLAlchemy's connection, transaction and statement layers a row
 cost ~270 us of interpreter time, ~55 us without them: most of it inside SQLite's write lock,
 which the rows of every receiving process take one at a time, while the process's other threads
 wait for the interpreter lock. With four senders the node stored 451 instances/s instead of 353
@@ -87,46 +87,39 @@ def write_rows(
     return moved
 
 
-class SqliteRowWriter:
-    """The receiver's instance rows on SQLite: the driver's cursor, one transaction per call,
-    on a connection from the engine's pool (configured as every other: WAL, synchronous=FULL,
-    busy timeout, foreign keys; engine.py), given back after each call. Writers in several
-    threads or processes queue on SQLite's write lock; `GroupCommit` batches those of a process."""
-
-    def __init__(self, db: Database) -> None:
-        if not db.is_sqlite:
-            raise ValueError("SqliteRowWriter needs an SQLite database")
-        self._db = db
-
-    def write(
-        self,
-        items: Sequence[ReceivedInstance],
-        now: datetime,
-        before_commit: Callable[[], object] | None = None,
-    ) -> list[Path | None]:
-        """As `db.instances.record_instances`, in one BEGIN IMMEDIATE ... COMMIT."""
-        rows = [_values(item, now.strftime(SQLITE_TIME_FORMAT)) for item in items]
-        connection = self._db.engine.raw_connection()
-        try:
-            driver: sqlite3.Connection = connection.driver_connection  # type: ignore[assignment]
-            with closing(driver.cursor()) as cursor:
-                cursor.execute("BEGIN IMMEDIATE")
-                try:
-                    moved = []
-                    for values in rows:
-                        found = cursor.execute(PREVIOUS_PATH, values).fetchone()
-                        for statement in UPSERTS:
-                            cursor.execute(statement, values)
-                        moved.append(_moved(found[0] if found else None, values))
-                    if before_commit is not None:
-                        before_commit()
-                    cursor.execute("COMMIT")
-                except BaseException:
-                    # The error that matters is the first: a rollback that fails too leaves the
-                    # transaction to the pool's own, and a connection that cannot is dropped.
-                    with suppress(sqlite3.Error):
-                        driver.execute("ROLLBACK")
-                    raise
-        finally:
-            connection.close()  # back to the pool, which rolls back what is left, or drops it
-        return moved
+def write_sqlite_rows(
+    db: Database,
+    items: Sequence[ReceivedInstance],
+    now: datetime,
+    before_commit: Callable[[], object] | None = None,
+) -> list[Path | None]:
+    """As `db.instances.record_instances` on SQLite, in one BEGIN IMMEDIATE ... COMMIT through
+    the driver's cursor, on a connection from the engine's pool (configured as every other: WAL,
+    synchronous=FULL, busy timeout, foreign keys; engine.py), given back after the call.
+    Writers in several threads or processes queue on SQLite's write lock; `GroupCommit` batches
+    those of a process."""
+    rows = [_values(item, now.strftime(SQLITE_TIME_FORMAT)) for item in items]
+    connection = db.engine.raw_connection()
+    try:
+        driver: sqlite3.Connection = connection.driver_connection  # type: ignore[assignment]
+        with closing(driver.cursor()) as cursor:
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                moved = []
+                for values in rows:
+                    found = cursor.execute(PREVIOUS_PATH, values).fetchone()
+                    for statement in UPSERTS:
+                        cursor.execute(statement, values)
+                    moved.append(_moved(found[0] if found else None, values))
+                if before_commit is not None:
+                    before_commit()
+                cursor.execute("COMMIT")
+            except BaseException:
+                # The error that matters is the first: a rollback that fails too leaves the
+                # transaction to the pool's own, and a connection that cannot is dropped.
+                with suppress(sqlite3.Error):
+                    driver.execute("ROLLBACK")
+                raise
+    finally:
+        connection.close()  # back to the pool, which rolls back what is left, or drops it
+    return moved

@@ -9,10 +9,11 @@ from dicomnode.status import DeliveryStatus, JobPart, JobStatus
 
 
 def printable_code(text: str) -> str:
-    """A code string (Modality) as the database can keep it: printable ASCII only, no padding.
-    Some devices pad CS with NUL, or put one inside; PostgreSQL refuses text with NUL, so every
-    instance of such a device would be refused (0xA700) again and again."""
-    return "".join(c for c in text if " " <= c <= "~").strip()
+    """A code string (Modality) as the database can keep it: printable ASCII only, no padding,
+    at most 16 characters (CS, PS3.5 6.2). Some devices pad CS with NUL, or put one inside;
+    PostgreSQL refuses text with NUL, so every instance of such a device would be refused
+    (0xA700) again and again."""
+    return "".join(c for c in text if " " <= c <= "~").strip()[:16]
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def _index(db: Database, path: Path, max_bytes: int) -> None:
             transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
             study_uid=str(ds.StudyInstanceUID),
             series_uid=str(ds.SeriesInstanceUID),
-            modality=printable_code(str(ds.get("Modality", "")))[:16],
+            modality=printable_code(str(ds.get("Modality", ""))),
             path=path,
             size_bytes=path.stat().st_size,
             calling_aet=DOCTOR_AET,

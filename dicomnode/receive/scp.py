@@ -103,7 +103,7 @@ def _identify(arrival: Arrival) -> _Identity:
             "SeriesInstanceUID": _raw_text(dataset, 0x0020000E),
             "SOPInstanceUID": _raw_text(dataset, 0x00080018),
         }
-        modality = printable_code(_raw_text(dataset, 0x00080060))[:16]
+        modality = printable_code(_raw_text(dataset, 0x00080060))
     except Exception as exc:  # pydicom raises many types on malformed bytes
         raise DecodeError(f"dataset cannot be decoded: {exc}") from exc
     try:

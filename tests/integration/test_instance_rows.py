@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import event, select
 
 from dicomnode.db import Database, ReceivedInstance, open_database
-from dicomnode.db.instance_rows import SqliteRowWriter, write_rows
+from dicomnode.db.instance_rows import write_rows, write_sqlite_rows
 from dicomnode.db.instances import record_instances
 from dicomnode.db.models import Instance
 
@@ -56,7 +56,7 @@ def sqlite_db(db: Database) -> Database:
 def test_the_driver_writes_the_rows_sqlalchemy_writes(sqlite_db: Database, tmp_path: Path) -> None:
     other = open_database(f"sqlite:///{tmp_path / 'through-sqlalchemy.sqlite'}")
     try:
-        moved = SqliteRowWriter(sqlite_db).write(_items("a"), NOW)
+        moved = write_sqlite_rows(sqlite_db, _items("a"), NOW)
         with other.engine.begin() as connection:
             expected_moved = write_rows(connection, _items("a"), NOW)
         assert moved == expected_moved == [None, None, None]
@@ -69,24 +69,22 @@ def test_the_driver_writes_the_rows_sqlalchemy_writes(sqlite_db: Database, tmp_p
 
 
 def test_a_row_filed_again_elsewhere_reports_its_old_path(sqlite_db: Database) -> None:
-    writer = SqliteRowWriter(sqlite_db)
     first = _items("b")[0]
-    writer.write([first], NOW)
+    write_sqlite_rows(sqlite_db, [first], NOW)
     again = ReceivedInstance(**{**vars(first), "path": Path("/spool/elsewhere.dcm")})
-    assert writer.write([again], NOW) == [first.path]
-    assert writer.write([again], NOW) == [None]  # the same place: nothing moved
+    assert write_sqlite_rows(sqlite_db, [again], NOW) == [first.path]
+    assert write_sqlite_rows(sqlite_db, [again], NOW) == [None]  # the same place: nothing moved
 
 
 def test_a_failed_transaction_leaves_nothing_and_the_writer_goes_on(sqlite_db: Database) -> None:
-    writer = SqliteRowWriter(sqlite_db)
 
     def fail() -> None:
         raise OSError("fsync failed")
 
     with pytest.raises(OSError, match="fsync failed"):
-        writer.write(_items("c"), NOW, before_commit=fail)
+        write_sqlite_rows(sqlite_db, _items("c"), NOW, before_commit=fail)
     assert _contents(sqlite_db) == []
-    writer.write(_items("c"), NOW)
+    write_sqlite_rows(sqlite_db, _items("c"), NOW)
     with sqlite_db.session() as session:
         assert len(session.scalars(select(Instance)).all()) == 3
     # The ORM's later rows compare with the driver's (the completion rule's quiet test).
@@ -99,7 +97,7 @@ def test_a_failed_transaction_leaves_nothing_and_the_writer_goes_on(sqlite_db: D
 def test_the_writers_connection_is_as_durable_as_every_other(sqlite_db: Database) -> None:
     used: list[Any] = []
     event.listen(sqlite_db.engine, "checkout", lambda dbapi, _record, _proxy: used.append(dbapi))
-    SqliteRowWriter(sqlite_db).write(_items("e"), NOW)
+    write_sqlite_rows(sqlite_db, _items("e"), NOW)
     assert len(used) == 1  # one connection from the engine's pool, configured as every other
     driver = used[0]
     assert driver.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL: what Success waits for
@@ -111,7 +109,6 @@ def test_the_writers_connection_is_as_durable_as_every_other(sqlite_db: Database
 def test_a_failed_rollback_leaves_the_first_error_and_the_next_write_works(
     sqlite_db: Database,
 ) -> None:
-    writer = SqliteRowWriter(sqlite_db)
 
     def no_rollback(action: int, operation: str | None, *_: object) -> int:
         refused = action == SQLITE_TRANSACTION and operation == "ROLLBACK"
@@ -125,9 +122,9 @@ def test_a_failed_rollback_leaves_the_first_error_and_the_next_write_works(
 
     event.listen(sqlite_db.engine, "checkout", broken)
     with pytest.raises(OSError, match="fsync failed"):  # not the rollback's "not authorized"
-        writer.write(_items("f"), NOW, before_commit=fail)
+        write_sqlite_rows(sqlite_db, _items("f"), NOW, before_commit=fail)
     event.remove(sqlite_db.engine, "checkout", broken)
-    writer.write(_items("g"), NOW)  # the broken connection is not used again
+    write_sqlite_rows(sqlite_db, _items("g"), NOW)  # the broken connection is not used again
     with sqlite_db.session() as session:
         stored = set(session.scalars(select(Instance.sop_instance_uid)))
     assert stored == {item.sop_instance_uid for item in _items("g")}
