@@ -157,7 +157,9 @@ def to_modality(ds: Dataset) -> ModalityImage:
     """Stored values → float32 modality values (rescale applied), with the padding mask."""
     domain = pixel_domain(ds)
     stored = stored_values(ds)
-    values = stored.astype(np.float64) * domain.slope + domain.intercept
+    values = stored.astype(np.float64)
+    values *= domain.slope  # in place: the same values, without an image-sized array per step
+    values += domain.intercept
     return ModalityImage(values.astype(np.float32), padding_mask(stored, domain), domain, stored)
 
 
@@ -173,9 +175,13 @@ def to_stored(
     source's padding pixels (`padding_stored` holds their exact stored values; without it, the
     PixelPaddingValue). NaN becomes the lowest storable value rather than garbage.
     """
-    stored = np.rint((values.astype(np.float64) - domain.intercept) / domain.slope)
-    stored = np.nan_to_num(stored, nan=domain.stored_min)
-    stored = np.clip(stored, domain.stored_min, domain.stored_max).astype(domain.dtype)
+    exact = values.astype(np.float64)  # each step in place: every derived image passes here
+    exact -= domain.intercept
+    exact /= domain.slope
+    np.rint(exact, out=exact)
+    np.nan_to_num(exact, copy=False, nan=domain.stored_min)
+    np.clip(exact, domain.stored_min, domain.stored_max, out=exact)
+    stored = exact.astype(domain.dtype)
     if padding.any():
         if padding_stored is not None:
             stored[padding] = padding_stored[padding]
