@@ -28,6 +28,8 @@ import pywt
 from scipy.stats import norm
 from skimage.filters import threshold_otsu
 
+from dicomnode.imaging.metrics import cv_mask
+
 Verdict = Literal["ok", "warn", "fail"]
 _RANK: dict[Verdict, int] = {"ok": 0, "warn": 1, "fail": 2}
 
@@ -87,49 +89,53 @@ def noise_sigma(image: np.ndarray) -> float:
     numpy's, from one partition: the same coefficients and value, bit for bit."""
     _, down_columns = pywt.dwt(cv2.transpose(image), "db2", axis=1)
     _, diagonal = pywt.dwt(cv2.transpose(down_columns), "db2", axis=1)
-    details = np.abs(diagonal[diagonal != 0])
+    details = np.abs(diagonal[diagonal != 0])  # a new array: `_median` may reorder it
     return _median(details) / _NORMAL_QUARTILE  # in float64, as scikit-image
 
 
 def _median(values: np.ndarray) -> float:
-    """`np.median` of a 1-D float64 array, bit for bit, from one partition (~5x faster); NaN
-    for none (an image whose details are all exact zeros), as numpy's, without its warning."""
+    """`np.median` of a 1-D float64 array, bit for bit, from one partition in place (~5x
+    faster; `values` is reordered); NaN for none (an image whose details are all exact zeros),
+    as numpy's, without its warning."""
     if not values.size:
         return math.nan
     middle = values.size // 2
     if values.size % 2:
-        return float(np.partition(values, middle)[middle])
-    halves = np.partition(values, (middle - 1, middle))
-    return float((halves[middle - 1] + halves[middle]) / 2)
-
-
-def _in_body(mask: np.ndarray) -> np.ndarray:
-    """The body mask as OpenCV's 8-bit mask (the same bytes)."""
-    return np.ascontiguousarray(mask).view(np.uint8)
+        values.partition(middle)
+        return float(values[middle])
+    values.partition((middle - 1, middle))
+    return float((values[middle - 1] + values[middle]) / 2)
 
 
 def _body_variance(image: np.ndarray, body: np.ndarray) -> float:
-    """The variance of `image` over the `body` (8-bit mask), summed in float64."""
+    """The variance of `image` over the `body` (OpenCV's 8-bit mask), summed in float64."""
     _, deviation = cv2.meanStdDev(image, mask=body)
     return float(deviation[0, 0]) ** 2
 
 
-def _saturated(image: np.ndarray, body: np.ndarray, low: float, high: float) -> np.ndarray | None:
-    """Which body pixels are at a storable limit, in body order; None when none is (the usual
-    case, told from the body's extremes without a pass per limit)."""
-    lowest, highest, _, _ = cv2.minMaxLoc(image, body)
+def _saturated(
+    image: np.ndarray, mask: np.ndarray, extremes: tuple[float, float], limits: tuple[float, float]
+) -> np.ndarray | None:
+    """Which body pixels (`mask`) are at a storable limit, in body order; None when none is:
+    the usual case, told from the body's `extremes` without a pass per limit."""
+    (lowest, highest), (low, high) = extremes, limits
     if low < lowest and highest < high:
         return None
-    values = image[body.view(bool)]
+    values = image[mask]
     at_limits: np.ndarray = (values <= low) | (values >= high)
     return at_limits
+
+
+def _extremes(image: np.ndarray, body: np.ndarray) -> tuple[float, float]:
+    lowest, highest, _, _ = cv2.minMaxLoc(image, body)
+    return lowest, highest
 
 
 @dataclass(frozen=True)
 class SourceQa:
     """What QA measures of a source image, whatever the method: measured once per image."""
 
-    mask: np.ndarray  # the body (8-bit, for OpenCV): Otsu threshold of the source, no padding
+    mask: np.ndarray  # the body: Otsu threshold of the source, padding excluded
     data_range: float  # max - min in the body (1.0 for a constant body)
     sharpness: float  # variance of the Laplacian in the body
     noise: float  # wavelet noise estimate over the whole image
@@ -142,18 +148,20 @@ def measure_source(
     source: np.ndarray, *, limits: tuple[float, float], padding: np.ndarray | None = None
 ) -> SourceQa:
     """The source side of `assess`, for every method's output to be scored against."""
-    body = _in_body(body_mask(source, padding))
+    mask = body_mask(source, padding)
+    if not mask.any():
+        raise ValueError("QA has no pixel to measure: every pixel of the source is padding")
+    body = cv_mask(mask)
     src = source.astype(np.float64)
-    lowest, highest, _, _ = cv2.minMaxLoc(src, body)
-    low, high = limits
+    lowest, highest = _extremes(src, body)
     return SourceQa(
-        mask=body,
+        mask=mask,
         data_range=float(highest - lowest) or 1.0,
         sharpness=_body_variance(laplacian(src), body),
         noise=noise_sigma(src),
         mean=cv2.mean(src, body)[0],
-        saturated=_saturated(src, body, low, high),
-        limits=(low, high),
+        saturated=_saturated(src, mask, (lowest, highest), limits),
+        limits=limits,
     )
 
 
@@ -193,8 +201,8 @@ def assess_against(
     if not np.all(np.isfinite(output)):
         return _non_finite(output)
     out = output.astype(np.float64)
-    body = source.mask
-    saturated = _saturated(out, body, *source.limits)
+    body = cv_mask(source.mask)
+    saturated = _saturated(out, source.mask, _extremes(out, body), source.limits)
     if saturated is not None and source.saturated is not None:
         saturated &= ~source.saturated  # only pixels the method drove to the limits
     measures = {
