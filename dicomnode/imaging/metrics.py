@@ -119,7 +119,9 @@ def _window_mean(image: np.ndarray) -> np.ndarray:
 
 # Centred values within this many data ranges of the scored pixels' mean keep float32's
 # precision where it matters (a CT's padding at -33792 HU is ~11 ranges away); beyond it (an
-# output gone wild), the map is made in float64 as scikit-image makes it.
+# output gone wild, whose squares float32 may not hold), the map is made in float64, uncentred,
+# with scikit-image's arithmetic: a number, though around such values no running-sum box filter
+# (scikit-image's included) keeps the neighbouring windows exact.
 FLOAT32_SPAN = 64
 
 
