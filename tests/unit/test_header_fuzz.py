@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from pydicom.uid import (
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
 )
 
+from dicomnode.dicom import report as report_module
 from dicomnode.dicom.derive import Derivation, derived_instance, derived_series_uid, derived_uid
 from dicomnode.dicom.report import ImageMeasures, metrics_report
 from dicomnode.errors import DicomNodeError
@@ -440,3 +442,33 @@ def test_the_report_is_timed_as_its_images_on_the_sources_clock(ct_slice: Path) 
     for pair in ("Series", "Content", "InstanceCreation"):
         assert report[f"{pair}Date"].value == derived.ContentDate
         assert report[f"{pair}Time"].value == derived.ContentTime
+
+
+def test_the_report_is_the_document_highdicom_builds_from_all_its_groups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The document is built around the first image's group and the whole tree put in after
+    (`report._outline`): byte for byte what highdicom's constructor gives with every group."""
+    sources = [dcmread(CT_HEAD_GE / name) for name in ("01.dcm", "14.dcm", "28.dcm")]
+    fast_images, fast = build(sources, 1)
+    monkeypatch.setattr(report_module, "_outline", report_module._measurement_report)
+    slow_images, slow = build(sources, 1)
+    assert [ds.SOPInstanceUID for ds in fast_images] == [ds.SOPInstanceUID for ds in slow_images]
+    assert type(fast) is Dataset
+    groups = [
+        item
+        for item in fast.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == "126010"  # Imaging Measurements
+    ]
+    assert len(groups) == 1 and len(groups[0].ContentSequence) == len(sources)
+    for ds in (fast, slow):  # highdicom stamps the moment it built each: they differ
+        library = ds.ContributingEquipmentSequence[-1]
+        assert library.ManufacturerModelName == "highdicom"
+        library.ContributionDateTime = "20261125120000"
+    assert written(fast) == written(slow)
+
+
+def written(ds: Dataset) -> bytes:
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
