@@ -37,6 +37,7 @@ import contextlib
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TypeAlias
 
@@ -297,6 +298,18 @@ def _send_in_turn(assoc: Association) -> None:
         dimse.__class__ = _ShortFragments
     dul.send_pdu = queue_with_room  # type: ignore[method-assign]
     dimse.send_msg = send_in_turn  # type: ignore[method-assign]
+    _turns[assoc] = turn
+
+
+# The turn of each association `_send_in_turn` tuned: a sender that writes a message itself
+# (forward/send_lane.py) holds it as pynetdicom's sends do.
+_turns: "weakref.WeakKeyDictionary[Association, threading.RLock]" = weakref.WeakKeyDictionary()
+
+
+def turn_of(assoc: Association) -> "threading.RLock | None":
+    """The lock a message holds while it is sent on `assoc`, an association we requested;
+    None where `send_messages_in_order` did not tune it."""
+    return _turns.get(assoc)
 
 
 def _wait_for_room(dul: DULServiceProvider, provider: "queue.Queue[object]") -> None:

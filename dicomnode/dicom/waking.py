@@ -33,8 +33,13 @@ class WakingSocket(AssociationSocket):
     _wake_receiver: socket.socket
     _wake_sender: socket.socket
 
+    # Held while bytes are written: the DUL thread's PDUs and a sender's own
+    # (forward/send_lane.py) reach the wire whole, never one inside the other.
+    sending: threading.Lock
+
     def install_wakeup(self) -> None:
         """Make every hand-off to this association's DUL thread wake it (before it starts)."""
+        self.sending = threading.Lock()
         self._wake_receiver, self._wake_sender = socket.socketpair()
         self._wake_receiver.setblocking(False)
         self._wake_sender.setblocking(False)
@@ -50,6 +55,10 @@ class WakingSocket(AssociationSocket):
                 self.wake()
 
         return call_and_wake
+
+    def send(self, bytestream: bytes) -> None:
+        with self.sending:
+            super().send(bytestream)
 
     def wake(self) -> None:
         """Interrupt the DUL thread's wait (a closed pair: it no longer waits)."""

@@ -1,7 +1,8 @@
 """The C-STORE SCU: one association per series per destination, every status checked.
 
-Files are sent byte for byte when the peer accepts their transfer syntax; otherwise they are
-decoded and sent uncompressed (Implicit/Explicit VR Little Endian, which every SCP accepts).
+Files are sent byte for byte when the peer accepts their transfer syntax (over plain TCP by our
+send lane, `forward/send_lane.py`; over TLS by pynetdicom); otherwise they are decoded and sent
+uncompressed (Implicit/Explicit VR Little Endian, which every SCP accepts).
 """
 
 import logging
@@ -29,6 +30,7 @@ from dicomnode.errors import (
     SpoolError,
     UnreadableSpool,
 )
+from dicomnode.forward import send_lane
 from dicomnode.forward.associate import open_association
 from dicomnode.forward.outcome import Outcome, classify_store_status
 
@@ -92,11 +94,12 @@ def _associate(
     return open_association(destination, settings, contexts, where, tls_args, ext_neg, handlers)
 
 
-def _accepted_context(assoc: Association, sop_class: str, syntax: str) -> bool:
-    return any(
-        cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == syntax
-        for cx in assoc.accepted_contexts
-    )
+def _accepted_context(assoc: Association, sop_class: str, syntax: str) -> int | None:
+    """The ID of an accepted presentation context for `sop_class` in `syntax`, if any."""
+    for cx in assoc.accepted_contexts:
+        if cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == syntax:
+            return cx.context_id
+    return None
 
 
 def _send_one(assoc: Association, item: SpooledInstance, max_bytes: int, message_id: int) -> int:
@@ -119,12 +122,15 @@ def _store(assoc: Association, item: SpooledInstance, max_bytes: int, message_id
     Decoding for the uncompressed fallback reads at most `max_bytes` (node.max_instance_mb),
     inflated size included: a spooled deflate bomb is refused, not expanded.
     """
-    if _accepted_context(assoc, item.sop_class_uid, item.transfer_syntax_uid):
+    context_id = _accepted_context(assoc, item.sop_class_uid, item.transfer_syntax_uid)
+    if context_id is not None and send_lane.usable(assoc):
+        return send_lane.send_file(assoc, context_id, item, message_id)
+    if context_id is not None:  # over TLS
         try:
             response = assoc.send_c_store(item.path, msg_id=message_id)
         except AttributeError as exc:  # pynetdicom: the file lacks its file meta information
             raise InvalidDicomError(str(exc)) from None
-    elif any(_accepted_context(assoc, item.sop_class_uid, ts) for ts in _UNCOMPRESSED):
+    elif any(_accepted_context(assoc, item.sop_class_uid, ts) is not None for ts in _UNCOMPRESSED):
         try:
             dataset = read_bounded(item.path, max_bytes)
         except (InstanceTooLarge, DecodeError) as exc:

@@ -28,6 +28,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from dicomnode.dicom.waking import WakingSocket
+from dicomnode.dicom.wire import P_DATA_TF, PDU_HEADER
 from dicomnode.observe.counters import CONNECTIONS_ABORTED
 from dicomnode.receive.store_lane import (
     ProtocolViolation,
@@ -35,7 +36,6 @@ from dicomnode.receive.store_lane import (
     StoreLane,
     pynetdicom_supports_lane,
 )
-from dicomnode.receive.wire import P_DATA_TF, PDU_HEADER
 
 log = logging.getLogger(__name__)
 

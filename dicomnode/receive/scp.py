@@ -34,6 +34,7 @@ from dicomnode.db.records import printable_code
 from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
 from dicomnode.dicom.bounded import inflate_prefix, inflated_size
 from dicomnode.dicom.tls import server_context
+from dicomnode.dicom.wire import part10_header
 from dicomnode.errors import DecodeError, DiskFull, InstanceTooLarge, SpoolError
 from dicomnode.forward.commitment import record_commitment_report
 from dicomnode.observe.counters import (
@@ -47,7 +48,6 @@ from dicomnode.receive.guard import COMMAND_ALLOWANCE, ConnectionLimits, Guarded
 from dicomnode.receive.listener import start_listener
 from dicomnode.receive.status import SUCCESS, refusal_reason, status_dataset, status_for
 from dicomnode.receive.store_lane import Arrival
-from dicomnode.receive.wire import part10_header
 from dicomnode.spool import Spool, validate_uid
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ interpreter lock) before our handler runs, more than Orthanc spends on the whole
 
 The lane takes the P-DATA-TF PDUs of a C-STORE request on an established association, in the
 thread that read them (`receive/guard.py`), gives the data set to the same store as pynetdicom's
-handler (`StorageReceiver.store`) and sends the C-STORE response itself (`receive/wire.py`,
+handler (`StorageReceiver.store`) and sends the C-STORE response itself (`dicom/wire.py`,
 byte for byte what pynetdicom sends). Everything else is left to pynetdicom, untouched:
 association negotiation, C-ECHO, Storage Commitment, release and abort, a command set split over
 several PDUs, a command or UID the lane does not recognise. Once the lane has taken a request's
@@ -26,8 +26,7 @@ from pydicom import Dataset
 from pydicom.uid import UID
 from pynetdicom.association import Association
 
-from dicomnode.errors import SpoolError
-from dicomnode.receive.wire import (
+from dicomnode.dicom.wire import (
     C_STORE_RQ,
     NO_DATA_SET,
     Fragment,
@@ -37,6 +36,7 @@ from dicomnode.receive.wire import (
     command_pdus,
     fragments,
 )
+from dicomnode.errors import SpoolError
 from dicomnode.spool import validate_uid
 
 _ESTABLISHED = "Sta6"  # pynetdicom's state for an established association

@@ -1,5 +1,6 @@
 """An association the node requests gets all of its tuning (dicom/association.py), for real,
-numbers its requests and never waits for ever on a peer that stops reading.
+numbers its requests and never waits for ever on a peer that stops reading, whether pynetdicom
+sends (over TLS) or the send lane (forward/send_lane.py).
 
 pynetdicom runs the tuning as an EVT_CONN_OPEN handler and only logs an exception raised there,
 so a tuning that breaks is silent: the association works, slower or racier. Checked here on an
@@ -14,8 +15,10 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import CTImageStorage
@@ -24,6 +27,8 @@ from dicomnode.config import Destination, NetworkSettings, Settings
 from dicomnode.db.records import SpooledInstance
 from dicomnode.dicom.association import DUL_LOOP_DELAY_SECONDS
 from dicomnode.dicom.waking import WakingSocket
+from dicomnode.errors import ForwardError
+from dicomnode.forward import send_lane
 from dicomnode.forward.associate import open_association
 from dicomnode.forward.scu import send_series
 from tests.support.dcmtk import StoreScp
@@ -71,8 +76,24 @@ def test_each_request_of_an_association_has_its_own_message_id(tmp_path: Path) -
     assert scp.message_ids == [1, 2, 3, 4, 5, 1, 2]
 
 
+def _unanswered(sender: str, assoc: Association, path: Path) -> bool:
+    """Send `path` as the forwarder would (`sender`); True when no answer came, as the
+    forwarder sees it (pynetdicom's empty response, the lane's transient ForwardError)."""
+    if sender == "pynetdicom":
+        return "Status" not in assoc.send_c_store(path)
+    ds = dcmread(path, stop_before_pixels=True)
+    item = SpooledInstance(ds.SOPInstanceUID, ds.SOPClassUID, ds.file_meta.TransferSyntaxUID, path)
+    assert send_lane.usable(assoc)
+    try:
+        send_lane.send_file(assoc, assoc.accepted_contexts[0].context_id, item, 1)
+    except ForwardError as exc:
+        return exc.transient and item.sop_instance_uid in str(exc)
+    return False
+
+
+@pytest.mark.parametrize("sender", ["pynetdicom", "lane"])
 def test_a_peer_that_stops_reading_ends_the_send_after_the_network_timeout(
-    tmp_path: Path,
+    tmp_path: Path, sender: str
 ) -> None:
     # 32 MiB of pixels: more than loopback's socket buffers can take while nobody reads.
     [path] = write_ct_series(tmp_path / "series", 1, size=4096)
@@ -83,52 +104,68 @@ def test_a_peer_that_stops_reading_ends_the_send_after_the_network_timeout(
         context = build_context(CTImageStorage, ExplicitVRLittleEndian)
         assoc = open_association(destination, settings, [context], "pacs", None)
         os.kill(pacs.pid, signal.SIGSTOP)  # its application hangs; its kernel still answers
-        responses: list[object] = []
-        sender = threading.Thread(target=lambda: responses.append(assoc.send_c_store(path)))
-        sender.start()
-        sender.join(timeout=40)  # 2 s to give up the write, far from the 120 s of dimse_timeout
-        hung = sender.is_alive()
+        unanswered: list[bool] = []
+        thread = threading.Thread(
+            target=lambda: unanswered.append(_unanswered(sender, assoc, path))
+        )
+        thread.start()
+        thread.join(timeout=40)  # 2 s to give up the write, far from the 120 s of dimse_timeout
+        hung = thread.is_alive()
         os.kill(pacs.pid, signal.SIGCONT)
-        sender.join(timeout=60)
+        thread.join(timeout=60)
 
     assert not hung, "the send waited for an answer from a peer that stopped reading"
-    assert responses and "Status" not in responses[0]  # no response: the forwarder retries
+    assert unanswered == [True]  # no response: the forwarder retries
     assert assoc.is_aborted
 
 
 # Run in a process of its own, whose peak memory is this send's alone (VmHWM, which an exec
 # resets, unlike ru_maxrss): prints the status, and the peak (KiB) with the association open and
-# after the C-STORE of the file in argv[1] to the port in argv[2].
+# after the C-STORE of the file in argv[1] to the port in argv[2], sent by pynetdicom (as over
+# TLS) or by the send lane (argv[3]).
 SEND_AND_MEASURE = """
 import re, sys
 from pathlib import Path
+from pydicom import dcmread
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import CTImageStorage
-from pydicom.uid import ExplicitVRLittleEndian
 from dicomnode.config import Destination, Settings
-from dicomnode.forward import scu  # sends spooled files as they are, in chunks
+from dicomnode.db.records import SpooledInstance
+from dicomnode.forward import scu, send_lane  # scu: sends spooled files as they are, in chunks
+from dicomnode.errors import ForwardError
+from dicomnode.forward import send_lane
 from dicomnode.forward.associate import open_association
 
 def peak():
     return re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1)
 
+path = Path(sys.argv[1])
+ds = dcmread(path, stop_before_pixels=True)
+item = SpooledInstance(ds.SOPInstanceUID, ds.SOPClassUID, ds.file_meta.TransferSyntaxUID, path)
 destination = Destination("pacs", "STORESCP", "127.0.0.1", int(sys.argv[2]))
-context = build_context(CTImageStorage, ExplicitVRLittleEndian)
+context = build_context(CTImageStorage, item.transfer_syntax_uid)
 assoc = open_association(destination, Settings(), [context], "pacs", None)
 before = peak()
-status = assoc.send_c_store(sys.argv[1]).Status
+if sys.argv[3] == "lane":
+    assert send_lane.usable(assoc)
+    status = send_lane.send_file(assoc, assoc.accepted_contexts[0].context_id, item, 1)
+else:
+    status = assoc.send_c_store(path).Status
 after = peak()
 assoc.release()
 print(status, before, after)
 """
 
 
-def test_a_large_instance_is_forwarded_from_its_file_never_held_whole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sender", ["pynetdicom", "lane"])
+def test_a_large_instance_is_forwarded_from_its_file_never_held_whole(
+    tmp_path: Path, sender: str
+) -> None:
     [path] = write_ct_series(tmp_path / "series", 1, size=8192)  # 128 MiB of pixels
     size_mib = path.stat().st_size / 2**20
     with StoreScp(tmp_path / "pacs") as pacs:
         sent = subprocess.run(
-            [sys.executable, "-c", SEND_AND_MEASURE, str(path), str(pacs.port)],
+            [sys.executable, "-c", SEND_AND_MEASURE, str(path), str(pacs.port), sender],
             capture_output=True,
             text=True,
             timeout=300,
@@ -138,6 +175,6 @@ def test_a_large_instance_is_forwarded_from_its_file_never_held_whole(tmp_path: 
     [received] = [item for item in (tmp_path / "pacs").iterdir() if item.is_file()]
 
     assert status == 0
-    assert received.stat().st_size >= path.stat().st_size - 1024  # all of it arrived
+    assert dcmread(received).PixelData == dcmread(path).PixelData  # all of it arrived
     grown_mib = (after - before) / 1024
     assert grown_mib < size_mib / 4, f"peak memory grew {grown_mib:.0f} MiB for {size_mib:.0f}"

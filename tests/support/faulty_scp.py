@@ -38,6 +38,8 @@ class FaultyScp:
     def __post_init__(self) -> None:
         self.stored: Counter[str] = Counter()  # SOP Instance UID -> times stored with Success
         self.syntax: dict[str, str] = {}  # SOP Instance UID -> the transfer syntax it came in
+        self.data_sets: dict[str, bytes] = {}  # SOP Instance UID -> its data set, as received
+        self.priorities: list[int] = []  # of every C-STORE request, in the order they came
         self.answered: list[int] = []
         self.message_ids: list[int] = []  # of every C-STORE request, in the order they came
         self._unhang = threading.Event()
@@ -77,6 +79,7 @@ class FaultyScp:
         behaviour = self.behaviour
         with self._lock:
             self.message_ids.append(int(event.request.MessageID))
+            self.priorities.append(int(event.request.Priority))
             self._per_association[id(event.assoc)] += 1
             position = self._per_association[id(event.assoc)]
         if behaviour.hang_at is not None and position >= behaviour.hang_at:
@@ -93,4 +96,6 @@ class FaultyScp:
                 self.stored[str(event.request.AffectedSOPInstanceUID)] += 1
                 syntax = str(event.context.transfer_syntax)
                 self.syntax[str(event.request.AffectedSOPInstanceUID)] = syntax
+                data_set = event.request.DataSet
+                self.data_sets[str(event.request.AffectedSOPInstanceUID)] = data_set.getvalue()
         return status

@@ -18,9 +18,9 @@ from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import PresentationContext
 
+from dicomnode.dicom.wire import c_store_response, command_elements, command_pdus
 from dicomnode.receive.status import status_dataset
 from dicomnode.receive.store_lane import Arrival, ProtocolViolation, StoreLane
-from dicomnode.receive.wire import c_store_response, command_elements, command_pdus
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"

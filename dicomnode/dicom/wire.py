@@ -1,13 +1,16 @@
-"""The small structures the receive path reads and writes for every instance, done directly.
+"""The small structures read and written for every instance received or forwarded, done directly.
 
-pynetdicom and pydicom build both from datasets whose every element is validated as it is set:
+pynetdicom and pydicom build them from datasets whose every element is validated as it is set:
 ~0.2 ms for a file meta header and ~0.1 ms for a C-STORE response, per instance, under the
-interpreter lock that all receiving associations share; that alone is a few percent of the
-node's ingest rate with four senders. Both structures are fixed by the standard and small, so
-they are written here with `struct`; `tests/unit/test_receive_wire.py` pins every byte to what
-pynetdicom writes for the same values (UIDs of odd and even length, a status with and without
-an error comment, a peer whose maximum PDU length forces fragments). A C-STORE request's command
-set is read the same way (the store lane validates what it uses of it).
+interpreter lock that all associations of a process share; that alone is a few percent of the
+node's ingest rate with four senders. On the forward side pynetdicom also hands each P-DATA
+fragment to the DUL thread as an object of its own. These structures are fixed by the standard
+and small, so they are written here with `struct`: the receive path's file meta header and
+C-STORE response (`receive/store_lane.py`), the forward's C-STORE request and the P-DATA-TF
+PDUs that carry a data set (`forward/send_lane.py`). `tests/unit/test_wire.py` pins every byte
+to what pynetdicom writes for the same values (UIDs of odd and even length, a status with and
+without an error comment, a peer whose maximum PDU length forces fragments). A C-STORE
+request's command set is read the same way (the store lane validates what it uses of it).
 """
 
 import struct
@@ -29,6 +32,8 @@ _LAST = 0x02
 C_STORE_RQ = 0x0001  # CommandField (PS3.7 9.3.1.1)
 C_STORE_RSP = 0x8001  # CommandField (PS3.7 9.3.1.2)
 NO_DATA_SET = 0x0101  # CommandDataSetType (PS3.7 E.1)
+DATA_SET = 0x0001  # any other value says a data set follows; pynetdicom and DCMTK send this one
+PRIORITY_LOW = 0x0002  # Priority (PS3.7 9.1.1.1.6): pynetdicom's default for a C-STORE
 
 
 # Senders put one or two presentation data values in a P-DATA-TF; a PDU of thousands of tiny
@@ -123,6 +128,28 @@ def c_store_response(
     if error_comment:
         elements.append((0x0902, _padded(error_comment, b" ")))  # Error Comment, LO
     elements.append((0x1000, _padded(sop_instance_uid, b"\x00")))  # Affected SOP Instance UID
+    return _command_set(elements)
+
+
+def c_store_request(
+    message_id: int, sop_class_uid: str, sop_instance_uid: str, priority: int = PRIORITY_LOW
+) -> bytes:
+    """The command set of a C-STORE-RQ with its data set to follow (PS3.7 9.3.1.1), implicit VR
+    little endian; no Move Originator (the node sends on its own behalf)."""
+    return _command_set(
+        [
+            (0x0002, _padded(sop_class_uid, b"\x00")),  # Affected SOP Class UID
+            (0x0100, _US.pack(C_STORE_RQ)),  # Command Field
+            (0x0110, _US.pack(message_id)),  # Message ID
+            (0x0700, _US.pack(priority)),
+            (0x0800, _US.pack(DATA_SET)),  # Command Data Set Type
+            (0x1000, _padded(sop_instance_uid, b"\x00")),  # Affected SOP Instance UID
+        ]
+    )
+
+
+def _command_set(elements: list[tuple[int, bytes]]) -> bytes:
+    """Group 0000's elements, in the order given (ascending), after their group length."""
     body = b"".join(_IMPLICIT.pack(0x0000, tag, len(value)) + value for tag, value in elements)
     return _IMPLICIT.pack(0x0000, 0x0000, 4) + struct.pack("<L", len(body)) + body
 
@@ -157,3 +184,16 @@ def command_pdus(context_id: int, command_set: bytes, max_pdu_length: int) -> li
         item = _PDV_HEADER.pack(len(fragment) + 2, context_id, control) + fragment
         pdus.append(PDU_HEADER.pack(P_DATA_TF, 0, len(item)) + item)
     return pdus
+
+
+def data_set_pdu(context_id: int, fragment: bytes | memoryview, last: bool) -> bytes:
+    """One P-DATA-TF PDU carrying one fragment of a data set (PS3.8 9.3.5, Annex E): the
+    caller keeps each within the peer's maximum PDU length, less PDU_OVERHEAD."""
+    control = _LAST if last else 0
+    item = _PDV_HEADER.pack(len(fragment) + 2, context_id, control)
+    return PDU_HEADER.pack(P_DATA_TF, 0, len(item) + len(fragment)) + item + fragment
+
+
+# What a PDV item adds to its fragment within the maximum length a peer takes (PS3.8 9.3.5):
+# the item's length field and its two header bytes.
+PDU_OVERHEAD = _PDV_HEADER.size

@@ -1,13 +1,22 @@
-"""The receive path's own encoders write exactly what pynetdicom writes for the same values."""
+"""Our own encoders (dicom/wire.py) write exactly what pynetdicom writes for the same values."""
+
+from io import BytesIO
 
 import pytest
 from pydicom.uid import UID
-from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.pdu import P_DATA_TF
 
-from dicomnode.receive.wire import c_store_response, command_pdus, part10_header
+from dicomnode.dicom.wire import (
+    PDU_OVERHEAD,
+    c_store_request,
+    c_store_response,
+    command_pdus,
+    data_set_pdu,
+    part10_header,
+)
 
 CT = "1.2.840.10008.5.1.4.1.1.2"  # 25 characters: padded
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -67,3 +76,45 @@ def test_the_c_store_response_is_pynetdicoms(
     assert ours == theirs
     if max_pdu == 64:
         assert len(ours) > 1
+
+
+def _pynetdicom_request(
+    context_id: int, max_pdu: int, message_id: int, sop_class: str, sop_instance: str, data: bytes
+) -> list[bytes]:
+    request = C_STORE()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = sop_class
+    request.AffectedSOPInstanceUID = sop_instance
+    request.Priority = 2  # what send_c_store sends unless told otherwise
+    request.DataSet = BytesIO(data)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    return [P_DATA_TF(pdata).encode() for pdata in message.encode_msg(context_id, max_pdu)]
+
+
+def _ours(
+    context_id: int, max_pdu: int, message_id: int, sop_class: str, sop_instance: str, data: bytes
+) -> list[bytes]:
+    """As forward/send_lane.py frames a request: the command set, then the data set in
+    fragments of the room a PDU leaves."""
+    command = c_store_request(message_id, sop_class, sop_instance)
+    pdus = command_pdus(context_id, command, max_pdu)
+    room = max_pdu - PDU_OVERHEAD
+    for start in range(0, len(data), room):
+        last = start + room >= len(data)
+        pdus.append(data_set_pdu(context_id, memoryview(data)[start : start + room], last))
+    return pdus
+
+
+@pytest.mark.parametrize("sop_class", [CT, MR])
+@pytest.mark.parametrize("sop_instance", [EVEN_UID, ODD_UID])
+@pytest.mark.parametrize("max_pdu", [16384, 262144, 64])  # Orthanc's, the lane's cap, tiny
+@pytest.mark.parametrize("size", [1, 16378, 16379, 100_000])  # one, exactly one, and many PDUs
+def test_the_c_store_request_is_pynetdicoms(
+    sop_class: str, sop_instance: str, max_pdu: int, size: int
+) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    ours = _ours(7, max_pdu, 65535, sop_class, sop_instance, data)
+    theirs = _pynetdicom_request(7, max_pdu, 65535, sop_class, sop_instance, data)
+    assert ours == theirs
+    assert len(ours) >= 2
