@@ -27,6 +27,9 @@ P_DATA_TF = 0x04
 # PS3.8 9.3.5.1 and Annex E.2: each presentation data value item is its length, the
 # presentation context ID and a message control header (bit 0: command, bit 1: last fragment).
 _PDV_HEADER = struct.Struct(">LBB")
+# What a PDV item adds to its fragment within the maximum length a peer takes (PS3.8 9.3.1:
+# the length of a P-DATA-TF's items): the item's length field and its two header bytes.
+PDU_OVERHEAD = _PDV_HEADER.size
 _COMMAND = 0x01
 _LAST = 0x02
 C_STORE_RQ = 0x0001  # CommandField (PS3.7 9.3.1.1)
@@ -174,7 +177,7 @@ def command_elements(command_set: bytes) -> dict[int, bytes] | None:
 def command_pdus(context_id: int, command_set: bytes, max_pdu_length: int) -> list[bytes]:
     """P-DATA-TF PDUs carrying a command set with no data set, each within the peer's maximum
     PDU length (0: unlimited), as pynetdicom fragments it (PS3.8 9.3.5, Annex E)."""
-    room = max_pdu_length - _PDV_HEADER.size if max_pdu_length else len(command_set)
+    room = max_pdu_length - PDU_OVERHEAD if max_pdu_length else len(command_set)
     room = max(room, 1)
     pdus = []
     for start in range(0, len(command_set), room):
@@ -192,8 +195,3 @@ def data_set_pdu(context_id: int, fragment: bytes | memoryview, last: bool) -> b
     control = _LAST if last else 0
     item = _PDV_HEADER.pack(len(fragment) + 2, context_id, control)
     return PDU_HEADER.pack(P_DATA_TF, 0, len(item) + len(fragment)) + item + fragment
-
-
-# What a PDV item adds to its fragment within the maximum length a peer takes (PS3.8 9.3.5):
-# the item's length field and its two header bytes.
-PDU_OVERHEAD = _PDV_HEADER.size
