@@ -177,12 +177,16 @@ def _same_character_set(sr: Dataset, image: Dataset) -> None:
 
 def _on_the_images_clock(sr: Dataset, image: Dataset) -> None:
     """The SR's dates and times are its images' (their processing time, on the source's clock,
-    with its TimezoneOffsetFromUTC: PS3.3 C.12.1.1.8). highdicom stamps the node's local clock,
-    which in a UTC container would put a +0100 study's report an hour off its images."""
+    with its TimezoneOffsetFromUTC: PS3.3 C.12.1.1.8), its Contribution DateTime too (highdicom
+    lists itself as processing equipment). highdicom stamps the node's local clock, which in a
+    UTC container would put a +0100 study's report an hour off its images."""
     if "TimezoneOffsetFromUTC" in image:
         sr.TimezoneOffsetFromUTC = image.TimezoneOffsetFromUTC
     sr.SeriesDate = sr.ContentDate = sr.InstanceCreationDate = image.ContentDate
     sr.SeriesTime = sr.ContentTime = sr.InstanceCreationTime = image.ContentTime
+    for equipment in sr.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in equipment:
+            equipment.ContributionDateTime = f"{image.ContentDate}{image.ContentTime}"
 
 
 def _reference(ds: Dataset) -> Dataset:
