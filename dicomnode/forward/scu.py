@@ -125,7 +125,7 @@ def _store(assoc: Association, item: SpooledInstance, max_bytes: int, message_id
     context_id = _accepted_context(assoc, item.sop_class_uid, item.transfer_syntax_uid)
     if context_id is not None and send_lane.usable(assoc):
         return send_lane.send_file(assoc, context_id, item, message_id)
-    if context_id is not None:  # over TLS
+    if context_id is not None:  # pynetdicom sends: TLS, or an association the lane cannot use
         try:
             response = assoc.send_c_store(item.path, msg_id=message_id)
         except AttributeError as exc:  # pynetdicom: the file lacks its file meta information

@@ -62,35 +62,40 @@ def usable(assoc: Association) -> bool:
 
 def send_file(assoc: Association, context_id: int, item: SpooledInstance, message_id: int) -> int:
     """Send `item`'s file as it is on presentation context `context_id` and return the status
-    the peer answered. `assoc` must be `usable`.
+    the peer answered (whatever Message ID its response names, as pynetdicom takes it). `assoc`
+    must be `usable`.
 
-    OSError or InvalidDicomError when the file cannot be read or does not hold the instance
-    its row names; if that happens after its first bytes went out, the association is aborted
-    first (half a message cannot be taken back). ForwardError (transient) when the peer's
-    answer does not come (the connection lost, `network.dimse_timeout`) or is not the answer
-    to this request; the association is aborted then too.
+    OSError or InvalidDicomError when the file cannot be read or is not the instance its row
+    names; if that happens after its first bytes went out, the association is aborted first
+    (half a message cannot be taken back). ForwardError, transient, when the connection fails
+    or the peer's answer does not come (`network.dimse_timeout`) or is no C-STORE response;
+    the association is aborted then too.
     """
+    turn = reactor.turn_of(assoc)
+    if turn is None:
+        raise ValueError("send_file needs an association that usable() accepts")
     with open(item.path, "rb") as file:
         length = _data_set_length(file, item)
         command = c_store_request(message_id, item.sop_class_uid, item.sop_instance_uid)
-        turn = reactor.turn_of(assoc)
-        assert turn is not None, "send_file needs an association usable() accepts"
-        with turn:
+        # Paused first, then the turn, as pynetdicom's own sends do: the reactor may need the
+        # turn to answer what the peer sent before it reaches its checkpoint.
+        with _reactor_paused(assoc, item), turn:
             if not assoc.is_established:
                 raise ForwardError(
                     f"the association ended before sop={item.sop_instance_uid} was sent",
                     transient=True,
                 )
-            with _reactor_paused(assoc):
-                _write(assoc, context_id, command, file, length, item)
-                _context, answer = assoc.dimse.get_msg(block=True)
-    return _status(assoc, answer, item, message_id)
+            _write(assoc, context_id, command, file, length, item)
+            _context, answer = assoc.dimse.get_msg(block=True)
+    return _status(assoc, answer, item)
 
 
 def _data_set_length(file: BinaryIO, item: SpooledInstance) -> int:
     """Read the file's preamble and File Meta Information, leave `file` at its data set and
-    return the data set's length. InvalidDicomError when the file is not the instance, class
-    and transfer syntax its row says (what the request and its context announce)."""
+    return the data set's length. InvalidDicomError when it is no DICOM file, or not the
+    instance, class and transfer syntax its row says (what the request and its context
+    announce): the forwarder reports it as a spooled file it cannot read (and retries: the
+    spool may be put right meanwhile)."""
     read_preamble(file, False)
     meta = read_dataset(file, False, True, stop_when=lambda tag, _vr, _length: tag.group != 2)
     start = file.tell()
@@ -102,19 +107,31 @@ def _data_set_length(file: BinaryIO, item: SpooledInstance) -> int:
         found = str(meta.get(keyword, "") or "")
         if found != expected:
             raise InvalidDicomError(
-                f"its {keyword} is {found or '(missing)'!r}, where its row says {expected!r}"
+                f"it is not that instance: its {keyword} is {found or '(missing)'!r}, its row "
+                f"says {expected!r}; not sent"
             )
     return file.seek(0, 2) - file.seek(start)
 
 
 @contextlib.contextmanager
-def _reactor_paused(assoc: Association) -> Iterator[None]:
+def _reactor_paused(assoc: Association, item: SpooledInstance) -> Iterator[None]:
     """The association's reactor held at its checkpoint, as pynetdicom's sends hold it, so that
-    the answer is left on the queue for the sender (`reactor.share_the_queue`)."""
+    the answer is left on the queue for the sender (`reactor.share_the_queue`). A reactor that
+    does not get there within `dimse_timeout` (pynetdicom waits without a bound) aborts the
+    association: ForwardError, transient."""
     checkpoint: threading.Event = assoc._reactor_checkpoint
+    timeout = assoc.dimse.dimse_timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
     checkpoint.clear()
     try:
         while not assoc._is_paused:  # a killed reactor reads as paused (reactor.py)
+            if deadline is not None and time.monotonic() > deadline:
+                assoc.abort()
+                raise ForwardError(
+                    f"the association's reactor did not pause within {timeout:g} s "
+                    f"(network.dimse_timeout) to send sop={item.sop_instance_uid}; aborted",
+                    transient=True,
+                )
             time.sleep(_PAUSE_POLL_SECONDS)
         yield
     finally:
@@ -131,11 +148,12 @@ def _write(
 ) -> None:
     """The request's PDUs onto the wire, a batch at a time. Whatever breaks the message off
     after its first bytes aborts the association (half a message cannot be taken back): a file
-    that fails or ends early (OSError), a connection that fails or a peer that stops reading
-    for `network.network_timeout` (ForwardError, transient)."""
+    that fails or ends early (OSError), a connection that fails, closes (the peer aborted) or
+    whose peer stops reading for `network.network_timeout` (ForwardError, transient)."""
     transport = assoc.dul.socket
-    assert isinstance(transport, WakingSocket) and transport.socket is not None
-    limit = assoc.dimse.maximum_pdu_size  # the peer's, at most reactor.FRAGMENT_BYTES
+    if not isinstance(transport, WakingSocket):
+        raise ValueError("send_file needs an association that usable() accepts")
+    limit = assoc.dimse.maximum_pdu_size or reactor.FRAGMENT_BYTES  # 0: the peer sets none
     room = max(limit - PDU_OVERHEAD, 1)
     per_batch = max(room, BATCH_BYTES // room * room)
     batch = bytearray().join(command_pdus(context_id, command, limit))
@@ -157,11 +175,15 @@ def _write(
             batch += data_set_pdu(context_id, view[start : start + room], last)
         try:
             with transport.sending:
-                transport.socket.sendall(batch)
+                connection = transport.socket  # None once the DUL thread closed it
+                if connection is None:
+                    raise ConnectionAbortedError("the connection was closed")
+                connection.sendall(batch)
         except OSError as exc:
             assoc.abort()
             raise ForwardError(
-                f"the connection failed while sop={item.sop_instance_uid} was sent: {exc}",
+                f"the connection failed while sop={item.sop_instance_uid} was sent: {exc} "
+                "(association aborted)",
                 transient=True,
             ) from None
         if not left:
@@ -169,9 +191,9 @@ def _write(
         batch = bytearray()
 
 
-def _status(assoc: Association, answer: object, item: SpooledInstance, message_id: int) -> int:
-    """The Status of a valid C-STORE-RSP to our request; else the association is aborted and
-    ForwardError (transient: another attempt, on a new association, may well be answered)."""
+def _status(assoc: Association, answer: object, item: SpooledInstance) -> int:
+    """The Status of a valid C-STORE-RSP; else the association is aborted and ForwardError
+    (transient: another attempt, on a new association, may well be answered)."""
     if answer is None:
         if assoc.is_established:
             assoc.abort()
@@ -179,15 +201,10 @@ def _status(assoc: Association, answer: object, item: SpooledInstance, message_i
             f"no C-STORE response for sop={item.sop_instance_uid} (timeout or abort)",
             transient=True,
         )
-    if (
-        not isinstance(answer, C_STORE)
-        or not answer.is_valid_response
-        or answer.MessageIDBeingRespondedTo != message_id
-        or answer.Status is None
-    ):
+    if not isinstance(answer, C_STORE) or not answer.is_valid_response or answer.Status is None:
         assoc.abort()
         raise ForwardError(
-            f"the peer's answer to the C-STORE of sop={item.sop_instance_uid} was not its "
+            f"the peer's answer to the C-STORE of sop={item.sop_instance_uid} was not a "
             f"C-STORE response ({type(answer).__name__}); association aborted",
             transient=True,
         )

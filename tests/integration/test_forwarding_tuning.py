@@ -132,8 +132,6 @@ from pynetdicom.sop_class import CTImageStorage
 from dicomnode.config import Destination, Settings
 from dicomnode.db.records import SpooledInstance
 from dicomnode.forward import scu, send_lane  # scu: sends spooled files as they are, in chunks
-from dicomnode.errors import ForwardError
-from dicomnode.forward import send_lane
 from dicomnode.forward.associate import open_association
 
 def peak():
