@@ -214,7 +214,8 @@ def test_bad_instances_get_a_status_or_a_clear_job_error_and_good_ones_still_arr
     lines = node.log().splitlines()
     for index, line in enumerate(lines):
         if line.startswith("Traceback"):
-            assert "job=" in lines[index - 1] or "sop=" in lines[index - 1], lines[index - 1]
+            shown = "\n".join(lines[index - 1 : index + 40])  # the traceback, to diagnose it
+            assert "job=" in lines[index - 1] or "sop=" in lines[index - 1], shown
 
 
 def test_with_originals_off_what_cannot_be_enhanced_is_still_forwarded_unchanged(
