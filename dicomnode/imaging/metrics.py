@@ -101,8 +101,15 @@ def _data_range(image: np.ndarray, valid: np.ndarray | None) -> float:
     """max - min over the pixels `valid` selects (an 8-bit mask; None: all); 0 for none."""
     if valid is not None and not valid.any():
         return 0.0
+    low, high = masked_extremes(image, valid)
+    return high - low
+
+
+def masked_extremes(image: np.ndarray, valid: np.ndarray | None) -> tuple[float, float]:
+    """The lowest and highest value over the pixels `valid` selects (an 8-bit mask with at
+    least one pixel set; None: all), without a copy of them."""
     low, high, _, _ = cv2.minMaxLoc(image, valid)
-    return float(high - low)
+    return float(low), float(high)
 
 
 SSIM_WINDOW = 7  # scikit-image's default: a uniform 7x7 window

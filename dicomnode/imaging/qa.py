@@ -28,7 +28,7 @@ import pywt
 from scipy.stats import norm
 from skimage.filters import threshold_otsu
 
-from dicomnode.imaging.metrics import cv_mask
+from dicomnode.imaging.metrics import cv_mask, masked_extremes
 
 Verdict = Literal["ok", "warn", "fail"]
 _RANK: dict[Verdict, int] = {"ok": 0, "warn": 1, "fail": 2}
@@ -126,11 +126,6 @@ def _saturated(
     return at_limits
 
 
-def _extremes(image: np.ndarray, body: np.ndarray) -> tuple[float, float]:
-    lowest, highest, _, _ = cv2.minMaxLoc(image, body)
-    return lowest, highest
-
-
 @dataclass(frozen=True)
 class SourceQa:
     """What QA measures of a source image, whatever the method: measured once per image."""
@@ -153,7 +148,7 @@ def measure_source(
         raise ValueError("QA has no pixel to measure: every pixel of the source is padding")
     body = cv_mask(mask)
     src = source.astype(np.float64)
-    lowest, highest = _extremes(src, body)
+    lowest, highest = masked_extremes(src, body)
     return SourceQa(
         mask=mask,
         data_range=float(highest - lowest) or 1.0,
@@ -202,7 +197,7 @@ def assess_against(
         return _non_finite(output)
     out = output.astype(np.float64)
     body = cv_mask(source.mask)
-    saturated = _saturated(out, source.mask, _extremes(out, body), source.limits)
+    saturated = _saturated(out, source.mask, masked_extremes(out, body), source.limits)
     if saturated is not None and source.saturated is not None:
         saturated &= ~source.saturated  # only pixels the method drove to the limits
     measures = {

@@ -79,7 +79,7 @@ def test_a_series_goes_by_the_lane_and_arrives_byte_for_byte(
     tmp_path: Path, no_pynetdicom_store: None
 ) -> None:
     paths = series(tmp_path)
-    scp = FaultyScp().start()  # pynetdicom's SCP: it keeps each data set's bytes
+    scp = FaultyScp(keep_data_sets=True).start()  # pynetdicom's SCP, the bytes as received
     try:
         destination = Destination("pacs", scp.ae_title, "127.0.0.1", scp.port)
         report = send_series(1, destination, [spooled(path) for path in paths], Settings())

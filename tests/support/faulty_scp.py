@@ -34,11 +34,12 @@ class FaultyScp:
     behaviour: Behaviour = field(default_factory=Behaviour)
     port: int = field(default_factory=free_port)
     transfer_syntaxes: list[str] = field(default_factory=lambda: list(ALL_TRANSFER_SYNTAXES))
+    keep_data_sets: bool = False  # each stored data set's bytes in `data_sets` (memory)
 
     def __post_init__(self) -> None:
         self.stored: Counter[str] = Counter()  # SOP Instance UID -> times stored with Success
         self.syntax: dict[str, str] = {}  # SOP Instance UID -> the transfer syntax it came in
-        self.data_sets: dict[str, bytes] = {}  # SOP Instance UID -> its data set, as received
+        self.data_sets: dict[str, bytes] = {}  # with keep_data_sets: UID -> bytes received
         self.priorities: list[int] = []  # of every C-STORE request, in the order they came
         self.answered: list[int] = []
         self.message_ids: list[int] = []  # of every C-STORE request, in the order they came
@@ -96,6 +97,7 @@ class FaultyScp:
                 self.stored[str(event.request.AffectedSOPInstanceUID)] += 1
                 syntax = str(event.context.transfer_syntax)
                 self.syntax[str(event.request.AffectedSOPInstanceUID)] = syntax
-                data_set = event.request.DataSet
-                self.data_sets[str(event.request.AffectedSOPInstanceUID)] = data_set.getvalue()
+                if self.keep_data_sets:
+                    data_set = event.request.DataSet.getvalue()
+                    self.data_sets[str(event.request.AffectedSOPInstanceUID)] = data_set
         return status
