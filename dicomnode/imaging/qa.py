@@ -4,7 +4,8 @@ Measured on a body mask (Otsu threshold of the source, padding excluded), so air
 dilute the numbers:
 
 * sharpness ratio: variance of the Laplacian, output / source (over-sharpening inflates it);
-* noise ratio: scikit-image's wavelet noise estimate (`noise_sigma`), output / source;
+* noise ratio: the wavelet noise estimate (Donoho's, as scikit-image's `estimate_sigma`) of
+  the body's interior, output / source (`noise_in`);
 * intensity drift: |mean(output) - mean(source)| in the body, as a fraction of the data range;
 * saturation: fraction of body pixels at the storable limits that were not there before;
 * NaN or infinite values: always a failure.
@@ -18,7 +19,7 @@ and `assess_against` scores each method's output against it.
 """
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -78,18 +79,48 @@ def laplacian(image: np.ndarray) -> np.ndarray:
 _NORMAL_QUARTILE = float(norm.ppf(0.75))
 
 
-def noise_sigma(image: np.ndarray) -> float:
-    """scikit-image's `estimate_sigma` of a 2-D float64 image, the same value in ~40 % of
-    its time: Donoho's robust median of the finest diagonal wavelet details (db2, symmetric
-    borders, exact zeros left out), divided by the normal quartile.
-
-    scikit-image transforms every band (`pywt.dwtn`: three one-axis passes); only the
-    diagonal one is used, so only the two passes that lead to it are made here, each along
-    rows of a transposed copy (PyWavelets is ~5x slower down columns), and the median is
-    numpy's, from one partition: the same coefficients and value, bit for bit."""
+def finest_diagonal(image: np.ndarray) -> np.ndarray:
+    """The finest diagonal wavelet details of a 2-D float64 image (db2, symmetric borders), as
+    scikit-image's `estimate_sigma` takes them: only the two one-axis passes that lead to the
+    diagonal band are made, each along rows of a transposed copy (PyWavelets is ~5x slower
+    down columns). Detail (k, l) is made of rows 2k-2..2k+1 and columns 2l-2..2l+1."""
     _, down_columns = pywt.dwt(cv2.transpose(image), "db2", axis=1)
+    diagonal: np.ndarray
     _, diagonal = pywt.dwt(cv2.transpose(down_columns), "db2", axis=1)
-    details = np.abs(diagonal[diagonal != 0])  # a new array: `_median` may reorder it
+    return diagonal
+
+
+def detail_positions(mask: np.ndarray) -> np.ndarray:
+    """Which finest diagonal details (`finest_diagonal`) are made of `mask` pixels alone; those
+    that touch it when none is (a body too thin for a 4x4 window).
+
+    The noise of a body is told from these alone, the same ones in the source and the output.
+    Over the whole image a flat region (air clipped at -1024 HU, padding) decides the median:
+    its details are exactly zero where the value is 0 and ~1e-31 elsewhere, so the same air
+    counted in one image and not in the other made the noise ratio anything from 0 to 1e30
+    (real CT reformats with clipped air failed QA at 6-9x)."""
+    padded = np.pad(mask, ((2, 3), (2, 3)), mode="symmetric")  # as pywt's symmetric borders
+    shape = ((mask.shape[0] + 3) // 2, (mask.shape[1] + 3) // 2)  # pywt's detail grid
+    inside = _each_window(padded, shape, np.logical_and.reduce)
+    return inside if inside.any() else _each_window(padded, shape, np.logical_or.reduce)
+
+
+def _each_window(
+    padded: np.ndarray, shape: tuple[int, int], combine: Callable[[list[np.ndarray]], np.ndarray]
+) -> np.ndarray:
+    """`combine` (all or any) over each detail's 4x4 window of a mask padded by 2 before and 3
+    after on each axis: detail k's rows 2k-2..2k+1 are the padded rows 2k..2k+3."""
+    rows, columns = shape
+    by_rows = combine([padded[start : start + 2 * rows : 2] for start in range(4)])
+    return combine([by_rows[:, start : start + 2 * columns : 2] for start in range(4)])
+
+
+def noise_in(image: np.ndarray, positions: np.ndarray) -> float:
+    """The wavelet noise estimate of a 2-D float64 image from the finest diagonal details at
+    `positions` (`detail_positions`): their median magnitude over the normal quartile, as
+    scikit-image's `estimate_sigma` computes it over all of them (bit for bit where every
+    position is taken and no detail is an exact zero)."""
+    details = np.abs(finest_diagonal(image)[positions])  # a new array: `_median` reorders it
     return _median(details) / _NORMAL_QUARTILE  # in float64, as scikit-image
 
 
@@ -133,27 +164,41 @@ class SourceQa:
     mask: np.ndarray  # the body: Otsu threshold of the source, padding excluded
     data_range: float  # max - min in the body (1.0 for a constant body)
     sharpness: float  # variance of the Laplacian in the body
-    noise: float  # wavelet noise estimate over the whole image
+    noise_positions: np.ndarray  # the details the noise is told from (`detail_positions`)
+    noise_floor: float  # the rounding noise of one stored step: less is not told apart
+    noise: float  # wavelet noise estimate of the body's interior, at least `noise_floor`
     mean: float  # mean in the body
     saturated: np.ndarray | None  # body pixels already at the storable limits (None: none)
     limits: tuple[float, float]
 
 
 def measure_source(
-    source: np.ndarray, *, limits: tuple[float, float], padding: np.ndarray | None = None
+    source: np.ndarray,
+    *,
+    limits: tuple[float, float],
+    padding: np.ndarray | None = None,
+    step: float = 0.0,
 ) -> SourceQa:
-    """The source side of `assess`, for every method's output to be scored against."""
+    """The source side of `assess`, for every method's output to be scored against.
+
+    `step` is the modality value of one stored step (the rescale slope): noise under its
+    rounding noise (step / sqrt(12)) cannot be stored, so both estimates are floored there and
+    a noiseless source's ratio stays finite."""
     mask = body_mask(source, padding)
     if not mask.any():
         raise ValueError("QA has no pixel to measure: every pixel of the source is padding")
     body = cv_mask(mask)
     src = source.astype(np.float64)
     lowest, highest = masked_extremes(src, body)
+    positions = detail_positions(mask)
+    floor = abs(step) / math.sqrt(12)
     return SourceQa(
         mask=mask,
         data_range=float(highest - lowest) or 1.0,
         sharpness=_body_variance(laplacian(src), body),
-        noise=noise_sigma(src),
+        noise_positions=positions,
+        noise_floor=floor,
+        noise=max(noise_in(src, positions), floor),
         mean=cv2.mean(src, body)[0],
         saturated=_saturated(src, mask, (lowest, highest), limits),
         limits=limits,
@@ -202,7 +247,9 @@ def assess_against(
         saturated &= ~source.saturated  # only pixels the method drove to the limits
     measures = {
         "sharpness_ratio": _ratio(_body_variance(laplacian(out), body), source.sharpness),
-        "noise_ratio": _ratio(noise_sigma(out), source.noise),
+        "noise_ratio": _ratio(
+            max(noise_in(out, source.noise_positions), source.noise_floor), source.noise
+        ),
         "drift_fraction": abs(cv2.mean(out, body)[0] - source.mean) / source.data_range,
         "saturation_fraction": 0.0 if saturated is None else float(np.mean(saturated)),
     }

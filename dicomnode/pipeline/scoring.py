@@ -90,9 +90,8 @@ def scored_source(source: SourceImage) -> ScoredSource:
             domain.stored_max * domain.slope + domain.intercept,
         )
     )
-    return ScoredSource(
-        reference, padding, measure_source(reference, limits=(low, high), padding=padding)
-    )
+    qa = measure_source(reference, limits=(low, high), padding=padding, step=domain.slope)
+    return ScoredSource(reference, padding, qa)
 
 
 class ScoredSources:

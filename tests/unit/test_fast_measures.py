@@ -9,10 +9,13 @@ outputs like a method's (the classical baseline's, added noise, the self-check's
   sources every sum is exact (identical), on float outputs the order of three additions differs:
   variances agree to 1e-12 relative.
 * `assess` end to end (and `measure_source` once + `assess_against` per output) vs the code it
-  replaced (kept below as `assess_before`): verdicts and reasons equal, measures within the above.
-* `noise_sigma` (the diagonal wavelet band alone, transposed passes, the median from one
-  partition) vs scikit-image's `estimate_sigma`: equal, an even count of details and none at
-  all included.
+  replaced (kept below as `assess_before`, with the noise of the body's interior since QA
+  measures that): verdicts and reasons equal, measures within the above.
+* `noise_in` (the diagonal wavelet band alone, transposed passes, the median from one
+  partition) vs PyWavelets' `dwt2` and numpy's median: equal; over every detail it is
+  scikit-image's `estimate_sigma` wherever no detail is an exact zero. `detail_positions` vs
+  PyWavelets' own transform of the mask with the filters' magnitudes (a detail is inside when
+  no pixel outside the mask reaches it).
 * `ssim_map` (OpenCV, float32) vs scikit-image's SSIM map (float64): its mean within 2e-6 on
   every real slice (with its padding stored as far as -33792 HU too) and 2e-5 on noiseless
   synthetic steps, where the constants are small next to float32's rounding of the squares;
@@ -28,8 +31,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import pywt
 from pydicom import dcmread
 from scipy.ndimage import laplace
+from scipy.stats import norm
 from skimage.filters import unsharp_mask
 from skimage.metrics import structural_similarity
 from skimage.restoration import estimate_sigma
@@ -48,9 +53,10 @@ from dicomnode.imaging.qa import (
     assess,
     assess_against,
     body_mask,
+    detail_positions,
     laplacian,
     measure_source,
-    noise_sigma,
+    noise_in,
 )
 from tests.support.data import CT_FOLDERS, MR_FOLDERS, dicom_files, pydicom_test_files
 
@@ -136,6 +142,26 @@ def compare_before(
     return ImageMetrics(psnr, float(full[valid].mean()), data_range)
 
 
+def inside_by_pywt(mask: np.ndarray) -> np.ndarray:
+    """The finest diagonal details no pixel outside `mask` reaches, told by PyWavelets itself:
+    the outside's indicator transformed with the magnitudes of db2's filters is 0 exactly there
+    (sums of non-negative products of 0); those any mask pixel reaches when none is inside."""
+    filters = [np.abs(taps).tolist() for taps in pywt.Wavelet("db2").filter_bank]
+    magnitudes = pywt.Wavelet("db2-magnitudes", filter_bank=filters)
+    _, (_, _, outside) = pywt.dwt2((~mask).astype(float), magnitudes, mode="symmetric")
+    if (outside == 0).any():
+        return outside == 0
+    _, (_, _, touching) = pywt.dwt2(mask.astype(float), magnitudes, mode="symmetric")
+    return touching > 0
+
+
+def noise_before(image: np.ndarray, mask: np.ndarray) -> float:
+    """The wavelet noise estimate of the body's interior, the plain way: `dwt2`'s diagonal band
+    and numpy's median."""
+    _, (_, _, diagonal) = pywt.dwt2(image, "db2", mode="symmetric")
+    return float(np.median(np.abs(diagonal[inside_by_pywt(mask)]))) / float(norm.ppf(0.75))
+
+
 def assess_before(
     source: np.ndarray, output: np.ndarray, *, limits: tuple[float, float], padding: np.ndarray
 ) -> QaVerdict:
@@ -154,7 +180,7 @@ def assess_before(
 
     measures = {
         "sharpness_ratio": ratio(float(laplace(out)[mask].var()), float(laplace(src)[mask].var())),
-        "noise_ratio": ratio(float(estimate_sigma(out)), float(estimate_sigma(src))),
+        "noise_ratio": ratio(noise_before(out, mask), noise_before(src, mask)),
         "drift_fraction": abs(float(out[mask].mean() - src[mask].mean())) / data_range,
         "saturation_fraction": float(np.mean(saturated(out)[mask] & ~saturated(src)[mask])),
     }
@@ -188,31 +214,43 @@ def test_laplacian_is_scipys(case) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
-def test_noise_sigma_is_scikit_images_estimate(case) -> None:
-    _, source, _, _, output = case
+def test_noise_in_is_the_plain_estimate_of_the_same_details(case) -> None:
+    _, source, padding, _, output = case
+    mask = body_mask(source, padding)
+    positions = detail_positions(mask)
+    assert np.array_equal(positions, inside_by_pywt(mask))
     for image in (source.astype(np.float64), output.astype(np.float64)):
-        assert noise_sigma(image) == float(estimate_sigma(image))
+        assert noise_in(image, positions) == noise_before(image, mask)
 
 
-@pytest.mark.parametrize("shape", [(64, 96), (64, 98), (8, 8)])
-def test_noise_sigma_takes_the_median_as_numpy_does(shape) -> None:
-    """Odd and even counts of details (the middle one, or the mean of the two middle ones),
-    and an image of zeros: no details at all, NaN as scikit-image gives."""
+@pytest.mark.parametrize("shape", [(64, 96), (64, 98), (65, 97), (8, 8)])
+def test_noise_in_of_every_detail_is_scikit_images_estimate(shape) -> None:
+    """Odd and even counts of details (the middle one, or the mean of the two middle ones), odd
+    and even sides; an image of zeros has no details scikit-image counts (NaN), and ours are
+    all 0."""
     image = np.random.default_rng(9).normal(0, 10, shape)
-    assert noise_sigma(image) == float(estimate_sigma(image))
+    every = detail_positions(np.ones(shape, bool))
+    assert every.all() and every.shape == pywt.dwt2(image, "db2", mode="symmetric")[1][2].shape
+    assert noise_in(image, every) == float(estimate_sigma(image))
     zeros = np.zeros(shape)
     with pytest.warns(RuntimeWarning):
-        expected = float(estimate_sigma(zeros))
-    assert math.isnan(noise_sigma(zeros)) and math.isnan(expected)
+        assert math.isnan(float(estimate_sigma(zeros)))
+    assert noise_in(zeros, every) == 0.0
 
 
-def test_noise_sigma_leaves_out_exact_zeros_as_scikit_image_does() -> None:
-    """A region of zeros gives exact zero details, which both leave out: counted, they would
-    pull the median, and the noise estimate, towards 0. (A flat region of another value gives
-    details of ~1e-13 instead, which both count.)"""
-    image = np.random.default_rng(5).normal(0, 10, (64, 96))
-    image[:, :60] = 0.0
-    assert noise_sigma(image) == float(estimate_sigma(image)) > 5
+@pytest.mark.parametrize("shape", [(40, 56), (41, 57)])
+def test_detail_positions_are_those_pywt_reaches_from_the_mask_alone(shape) -> None:
+    """Random blobs, a mask touching each border, one too thin for any detail to lie inside
+    (then the details that touch it)."""
+    rng = np.random.default_rng(11)
+    blobs = laplace(rng.normal(0, 1, shape)) > 0.5
+    border = np.zeros(shape, bool)
+    border[:9, :] = border[:, -7:] = True
+    thin = np.zeros(shape, bool)
+    thin[20, 3:30] = True
+    for mask in (blobs, ~blobs, border, thin, np.ones(shape, bool)):
+        assert np.array_equal(detail_positions(mask), inside_by_pywt(mask))
+    assert detail_positions(thin).sum() == 2 * 15  # rows 20 and columns 3-29 touch these
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])

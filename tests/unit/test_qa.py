@@ -1,12 +1,13 @@
 """QA verdicts: over-enhancement and broken output are flagged, an untouched image is not."""
 
 import numpy as np
+import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from skimage.filters import unsharp_mask
 
 from dicomnode.imaging.pixels import to_modality
-from dicomnode.imaging.qa import assess
+from dicomnode.imaging.qa import assess, assess_against, measure_source
 
 LIMITS = (-32768.0, 32767.0)
 
@@ -41,3 +42,54 @@ def test_nan_output_fails_naming_the_count() -> None:
     output[0, :3] = np.nan
     result = assess(ct(), output, limits=LIMITS)
     assert result.verdict == "fail" and result.reasons == ("3 NaN/infinite pixels",)
+
+
+def body_in_clipped_air() -> tuple[np.ndarray, np.ndarray]:
+    """A CT-like slice as many scanners store one: a noisy body (10 HU) in air clipped flat at
+    -1024 HU, and padding stored at -3024 HU outside the reconstruction circle."""
+    yy, xx = np.mgrid[:128, :128]
+    body = (yy - 64) ** 2 / 40**2 + (xx - 64) ** 2 / 50**2 < 1
+    noise = np.random.default_rng(1).normal(0, 10, body.shape)
+    source = np.where(body, np.round(40 + noise), -1024.0)
+    padding = (yy - 64) ** 2 + (xx - 64) ** 2 > 63**2
+    source[padding] = -3024.0
+    return source, padding
+
+
+def test_flat_air_and_padding_do_not_decide_the_noise_ratio() -> None:
+    """Over the whole image the flat air's wavelet details (~1e-31, not exact zeros) were most
+    of them: the source's noise estimate came out ~0, and faint texture in the output's air
+    (or its padding filled with -1024 HU, as the node's output holds it) made the ratio
+    astronomical. The body's interior alone decides it: unchanged, ~1."""
+    source, padding = body_in_clipped_air()
+    faint = np.random.default_rng(2).normal(0, 1, source.shape)
+    output = np.where(source > -1024, source, source + faint)
+    output[padding] = -1024.0
+    result = assess(source, output, limits=LIMITS, padding=padding)
+    assert 0.95 <= result.measures["noise_ratio"] <= 1.05
+    assert result.verdict == "ok", result.reasons
+
+
+def test_noise_added_to_the_body_is_still_flagged_beside_flat_air() -> None:
+    source, padding = body_in_clipped_air()
+    body = (source > -1024) & ~padding
+    added = np.random.default_rng(3).normal(0, 20, source.shape)
+    output = np.where(body, source + added, source)
+    result = assess(source, output, limits=LIMITS, padding=padding)
+    # 10 HU and 20 HU of independent noise: sqrt(10^2 + 20^2) / 10 = 2.24
+    assert 2.0 <= result.measures["noise_ratio"] <= 2.5
+    assert result.verdict == "warn" and result.reasons[0].startswith("noise ratio 2.")
+
+
+def test_a_noiseless_body_is_compared_at_the_rounding_noise_of_one_stored_step() -> None:
+    """A body without any noise (a flat phantom) and an output off by float rounding: equal as
+    stored, so QA passes it, at step / sqrt(12) for both; without a step the ratio is huge."""
+    source, padding = body_in_clipped_air()
+    source[(source > -1024) & ~padding] = 40.0
+    output = source + np.random.default_rng(4).normal(0, 1e-4, source.shape)
+    measured = measure_source(source, limits=LIMITS, padding=padding, step=1.0)
+    assert measured.noise == measured.noise_floor == pytest.approx(1 / 12**0.5)
+    result = assess_against(measured, output)
+    assert result.measures["noise_ratio"] == 1.0 and result.verdict == "ok"
+    unfloored = assess(source, output, limits=LIMITS, padding=padding)
+    assert unfloored.measures["noise_ratio"] > 1e6 and unfloored.verdict == "fail"
