@@ -376,6 +376,7 @@ class EnhanceSettings:
     qa_action: Literal["flag", "hold", "fail"] = "hold"
     self_check: bool = True
     self_check_images: int = 16  # per series, spread evenly; 0: every image
+    max_series_mb: int = 4096  # what a job may hold of one series (12 bytes/pixel); 0: no limit
     uid_root: str = ""  # empty: 2.25.<integer> UIDs, else e.g. "1.2.826.0.1.3680043.10.123."
     model_dir: str = ""  # empty: the models/ folder shipped with dicomnode
     srcnn_series_offset: int = 1000
@@ -400,6 +401,7 @@ class EnhanceSettings:
         _check(len(set(self.methods)) == len(self.methods), "enhance.methods", "has duplicates")
         _check(self.scale in (1, 2, 3, 4), "enhance.scale", "must be 1, 2, 3 or 4")
         _check(self.self_check_images >= 0, "enhance.self_check_images", "must be >= 0")
+        _check(self.max_series_mb >= 0, "enhance.max_series_mb", "must be >= 0 (0: no limit)")
         _check(
             self.uid_root == ""
             or (
@@ -412,6 +414,11 @@ class EnhanceSettings:
         offsets = [spec.series_offset_key for spec in METHODS.values()]
         for name in (*offsets, "report_series_offset"):
             _check(getattr(self, name) > 0, f"enhance.{name}", "must be > 0")
+
+    @property
+    def max_series_bytes(self) -> int:
+        """`max_series_mb` in bytes; 0: no limit."""
+        return self.max_series_mb * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,11 @@ class InstanceTooLarge(DicomNodeError):
     """An instance is (or inflates to) more than `node.max_instance_mb`: refused, never read."""
 
 
+class SeriesTooLarge(DicomNodeError):
+    """A series whose pixels would take more than `enhance.max_series_mb` in a job: not
+    enhanced (its originals go as always); the message says how large and which setting."""
+
+
 class JobStateError(DicomNodeError):
     """An admin asked for a job transition that its current state does not allow."""
 

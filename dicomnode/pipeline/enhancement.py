@@ -25,6 +25,7 @@ from dicomnode.config import Settings
 from dicomnode.db import SpooledInstance
 from dicomnode.dicom.conformance import required_empty_keywords
 from dicomnode.dicom.derive import derived_instance_uid
+from dicomnode.errors import SeriesTooLarge
 from dicomnode.imaging.enhance import Method, SrcnnMethod, enhance_stack
 from dicomnode.imaging.outcome import (
     DONE,
@@ -252,6 +253,7 @@ class LoadedSeries:
     declined: tuple[DeclinedImage, ...]
     seconds: float
     scored: ScoredSources
+    too_large: str = ""  # why the series is not enhanced at all (enhance.max_series_mb)
 
     def measure_ahead(self, settings: Settings, until: threading.Event) -> int:
         """Prepare the self-check (in a second thread) and measure the sources for QA until
@@ -279,7 +281,12 @@ def load_series(inputs: list[SpooledInstance], settings: Settings) -> LoadedSeri
     """The first stage of `enhance_series`, which a worker may run ahead of it (while the
     series' originals are being sent)."""
     started = time.perf_counter()
-    loaded, unreadable = load_sources(inputs, settings.node.max_instance_bytes)
+    limits = settings.node.max_instance_bytes, settings.enhance.max_series_bytes
+    try:
+        loaded, unreadable = load_sources(inputs, *limits)
+    except SeriesTooLarge as exc:
+        seconds = time.perf_counter() - started
+        return LoadedSeries([], (), seconds, ScoredSources([]), too_large=str(exc))
     images, blank = without_blank(loaded)
     seconds = time.perf_counter() - started
     return LoadedSeries(images, unreadable + blank, seconds, ScoredSources(images))
@@ -298,6 +305,11 @@ def enhance_series(
     already loaded by `load_series`."""
     loaded = loaded or load_series(inputs, settings)
     images, declined, load_s = loaded.images, loaded.declined, loaded.seconds
+    if loaded.too_large:
+        log.warning("not enhanced job=%d instances=%d: %s", job_id, len(inputs), loaded.too_large)
+        everything = {item.sop_instance_uid for item in inputs}
+        outcome = SeriesOutcome(f"skipped: {loaded.too_large}", load_s, declined)
+        return SeriesOutput({}, outcome, everything)
     if not images:
         status = "skipped: no image in the series can be enhanced"
         return SeriesOutput({}, SeriesOutcome(status, load_s, declined), _sops(declined))

@@ -3,8 +3,11 @@ and the retention that keeps the spool from growing without end."""
 
 from pathlib import Path
 
+from tests.conftest import pacs_destination
 from tests.support.dcmtk import echoscu, storescu
 from tests.support.faulty_scp import Behaviour, FaultyScp
+from tests.support.node import part_of
+from tests.support.orthanc import Orthanc
 from tests.support.ports import wait_for_port
 from tests.support.scu import c_store, open_association
 from tests.support.series import series_instance_uid, sop_instance_uid, write_ct_series
@@ -100,3 +103,24 @@ def test_retention_purges_delivered_series_and_keeps_failed_ones(
         assert "0 series delivered more than" in node.cli("purge", "--dry-run").stdout
     finally:
         pacs.stop()
+
+
+def test_a_series_over_max_series_mb_is_not_enhanced_and_its_originals_arrive(
+    node_factory, orthanc: Orthanc, ct_series: list[Path]
+) -> None:
+    """A job holds its series in memory (~3 MB per 512x512 slice): one series past
+    `enhance.max_series_mb` must not take the node's memory, and with it the receiver. The
+    derived job stops loading at the first image past it and ends with the reason instead."""
+    node = node_factory(
+        [pacs_destination(orthanc)], enhance={"methods": ["baseline"], "max_series_mb": 1}
+    ).start()
+    assert storescu(node.port, ct_series).returncode == 0
+
+    job = part_of(node.wait_for_parts(derived="done", timeout=120), "derived")
+    uid = series_instance_uid(ct_series[0])
+    reason = job["details"]["enhancement"]
+    assert reason.startswith(f"skipped: series={uid} too large to enhance: its 12 instances")
+    assert "enhance.max_series_mb=1 MB" in reason
+    assert f"not enhanced job={job['id']} instances=12: series={uid}" in node.log()
+    assert len(orthanc.instance_ids()) == len(ct_series)  # the originals, nothing derived
+    assert not list((node.data_dir / "spool" / "outbox").rglob("*.dcm"))

@@ -89,6 +89,7 @@ def test_config_env_var_selects_the_file(tmp_path: Path) -> None:
         ("", {"DICOMNODE_RETRY_BACKOFF": "1"}, "retry.backoff"),
         ('[baseline]\ndenoise = "median"\n', {}, "baseline.denoise"),
         ("[baseline]\nunsharp_sigma = 0\n", {}, "baseline.unsharp_sigma"),
+        ("[enhance]\nmax_series_mb = -1\n", {}, "enhance.max_series_mb"),
         ("[qa]\nnoise_ratio_fail = 1.0\n", {}, "qa.noise_ratio_fail"),
         ('[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\n', {}, "destinations[0]"),
         (
