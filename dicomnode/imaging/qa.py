@@ -4,8 +4,8 @@ Measured on a body mask (Otsu threshold of the source, padding excluded), so air
 dilute the numbers:
 
 * sharpness ratio: variance of the Laplacian, output / source (over-sharpening inflates it);
-* noise ratio: the wavelet noise estimate (Donoho's, as scikit-image's `estimate_sigma`) of
-  the body's interior, output / source (`noise_in`);
+* noise ratio: the wavelet noise estimate, output / source, in the body or, where worse, in the
+  rest of the image (`dicomnode.imaging.noise`); not measured on a sliver of a body;
 * intensity drift: |mean(output) - mean(source)| in the body, as a fraction of the data range;
 * saturation: fraction of body pixels at the storable limits that were not there before;
 * NaN or infinite values: always a failure.
@@ -18,18 +18,16 @@ saturated pixels) does not depend on the method: `measure_source` computes it on
 and `assess_against` scores each method's output against it.
 """
 
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import cv2
 import numpy as np
-import pywt
-from scipy.stats import norm
 from skimage.filters import threshold_otsu
 
 from dicomnode.imaging.metrics import cv_mask, masked_extremes
+from dicomnode.imaging.noise import NoiseReference, noise_reference, ratio
 
 Verdict = Literal["ok", "warn", "fail"]
 _RANK: dict[Verdict, int] = {"ok": 0, "warn": 1, "fail": 2}
@@ -75,69 +73,6 @@ def laplacian(image: np.ndarray) -> np.ndarray:
     return result
 
 
-# The 75th percentile of the standard normal: |noise| has this median for a sigma of 1.
-_NORMAL_QUARTILE = float(norm.ppf(0.75))
-
-
-def finest_diagonal(image: np.ndarray) -> np.ndarray:
-    """The finest diagonal wavelet details of a 2-D float64 image (db2, symmetric borders), as
-    scikit-image's `estimate_sigma` takes them: only the two one-axis passes that lead to the
-    diagonal band are made, each along rows of a transposed copy (PyWavelets is ~5x slower
-    down columns). Detail (k, l) is made of rows 2k-2..2k+1 and columns 2l-2..2l+1."""
-    _, down_columns = pywt.dwt(cv2.transpose(image), "db2", axis=1)
-    diagonal: np.ndarray
-    _, diagonal = pywt.dwt(cv2.transpose(down_columns), "db2", axis=1)
-    return diagonal
-
-
-def detail_positions(mask: np.ndarray) -> np.ndarray:
-    """Which finest diagonal details (`finest_diagonal`) are made of `mask` pixels alone; those
-    that touch it when none is (a body too thin for a 4x4 window).
-
-    The noise of a body is told from these alone, the same ones in the source and the output.
-    Over the whole image a flat region (air clipped at -1024 HU, padding) decides the median:
-    its details are exactly zero where the value is 0 and ~1e-31 elsewhere, so the same air
-    counted in one image and not in the other made the noise ratio anything from 0 to 1e30
-    (real CT reformats with clipped air failed QA at 6-9x)."""
-    padded = np.pad(mask, ((2, 3), (2, 3)), mode="symmetric")  # as pywt's symmetric borders
-    shape = ((mask.shape[0] + 3) // 2, (mask.shape[1] + 3) // 2)  # pywt's detail grid
-    inside = _each_window(padded, shape, np.logical_and.reduce)
-    return inside if inside.any() else _each_window(padded, shape, np.logical_or.reduce)
-
-
-def _each_window(
-    padded: np.ndarray, shape: tuple[int, int], combine: Callable[[list[np.ndarray]], np.ndarray]
-) -> np.ndarray:
-    """`combine` (all or any) over each detail's 4x4 window of a mask padded by 2 before and 3
-    after on each axis: detail k's rows 2k-2..2k+1 are the padded rows 2k..2k+3."""
-    rows, columns = shape
-    by_rows = combine([padded[start : start + 2 * rows : 2] for start in range(4)])
-    return combine([by_rows[:, start : start + 2 * columns : 2] for start in range(4)])
-
-
-def noise_in(image: np.ndarray, positions: np.ndarray) -> float:
-    """The wavelet noise estimate of a 2-D float64 image from the finest diagonal details at
-    `positions` (`detail_positions`): their median magnitude over the normal quartile, as
-    scikit-image's `estimate_sigma` computes it over all of them (bit for bit where every
-    position is taken and no detail is an exact zero)."""
-    details = np.abs(finest_diagonal(image)[positions])  # a new array: `_median` reorders it
-    return _median(details) / _NORMAL_QUARTILE  # in float64, as scikit-image
-
-
-def _median(values: np.ndarray) -> float:
-    """`np.median` of a 1-D float64 array, bit for bit, from one partition in place (~5x
-    faster; `values` is reordered); NaN for none (an image whose details are all exact zeros),
-    as numpy's, without its warning."""
-    if not values.size:
-        return math.nan
-    middle = values.size // 2
-    if values.size % 2:
-        values.partition(middle)
-        return float(values[middle])
-    values.partition((middle - 1, middle))
-    return float((values[middle - 1] + values[middle]) / 2)
-
-
 def _body_variance(image: np.ndarray, body: np.ndarray) -> float:
     """The variance of `image` over the `body` (OpenCV's 8-bit mask), summed in float64."""
     _, deviation = cv2.meanStdDev(image, mask=body)
@@ -164,9 +99,7 @@ class SourceQa:
     mask: np.ndarray  # the body: Otsu threshold of the source, padding excluded
     data_range: float  # max - min in the body (1.0 for a constant body)
     sharpness: float  # variance of the Laplacian in the body
-    noise_positions: np.ndarray  # the details the noise is told from (`detail_positions`)
-    noise_floor: float  # the rounding noise of one stored step: less is not told apart
-    noise: float  # wavelet noise estimate of the body's interior, at least `noise_floor`
+    noise: NoiseReference | None  # where its noise is told from, and how much (None: a sliver)
     mean: float  # mean in the body
     saturated: np.ndarray | None  # body pixels already at the storable limits (None: none)
     limits: tuple[float, float]
@@ -179,34 +112,24 @@ def measure_source(
     padding: np.ndarray | None = None,
     step: float = 0.0,
 ) -> SourceQa:
-    """The source side of `assess`, for every method's output to be scored against.
-
-    `step` is the modality value of one stored step (the rescale slope): noise under its
-    rounding noise (step / sqrt(12)) cannot be stored, so both estimates are floored there and
-    a noiseless source's ratio stays finite."""
+    """The source side of `assess`, for every method's output to be scored against; `step`:
+    the modality value of one stored step (the rescale slope: `noise_reference`)."""
     mask = body_mask(source, padding)
     if not mask.any():
         raise ValueError("QA has no pixel to measure: every pixel of the source is padding")
     body = cv_mask(mask)
     src = source.astype(np.float64)
     lowest, highest = masked_extremes(src, body)
-    positions = detail_positions(mask)
-    floor = abs(step) / math.sqrt(12)
+    valid = ~padding if padding is not None else np.ones(mask.shape, bool)
     return SourceQa(
         mask=mask,
         data_range=float(highest - lowest) or 1.0,
         sharpness=_body_variance(laplacian(src), body),
-        noise_positions=positions,
-        noise_floor=floor,
-        noise=max(noise_in(src, positions), floor),
+        noise=noise_reference(src, mask, valid, step),
         mean=cv2.mean(src, body)[0],
         saturated=_saturated(src, mask, (lowest, highest), limits),
         limits=limits,
     )
-
-
-def _ratio(output: float, source: float) -> float:
-    return output / source if source > 0 else (1.0 if output == 0 else float("inf"))
 
 
 def assess(
@@ -215,17 +138,18 @@ def assess(
     *,
     limits: tuple[float, float],
     padding: np.ndarray | None = None,
+    step: float = 0.0,
     thresholds: QaThresholds | None = None,
 ) -> QaVerdict:
     """QA verdict for `output` (2-D, modality units, source grid) against `source`.
 
-    `limits` are the lowest and highest modality values the stored format can hold.
+    `limits` are the lowest and highest modality values the stored format can hold; `step`
+    the modality value of one stored step (see `measure_source`).
     """
     if not np.all(np.isfinite(output)):
         return _non_finite(output)
-    return assess_against(
-        measure_source(source, limits=limits, padding=padding), output, thresholds
-    )
+    measured = measure_source(source, limits=limits, padding=padding, step=step)
+    return assess_against(measured, output, thresholds)
 
 
 def _non_finite(output: np.ndarray) -> QaVerdict:
@@ -245,14 +169,11 @@ def assess_against(
     saturated = _saturated(out, source.mask, masked_extremes(out, body), source.limits)
     if saturated is not None and source.saturated is not None:
         saturated &= ~source.saturated  # only pixels the method drove to the limits
-    measures = {
-        "sharpness_ratio": _ratio(_body_variance(laplacian(out), body), source.sharpness),
-        "noise_ratio": _ratio(
-            max(noise_in(out, source.noise_positions), source.noise_floor), source.noise
-        ),
-        "drift_fraction": abs(cv2.mean(out, body)[0] - source.mean) / source.data_range,
-        "saturation_fraction": 0.0 if saturated is None else float(np.mean(saturated)),
-    }
+    measures = {"sharpness_ratio": ratio(_body_variance(laplacian(out), body), source.sharpness)}
+    if source.noise is not None:
+        measures["noise_ratio"] = source.noise.ratio(out)
+    measures["drift_fraction"] = abs(cv2.mean(out, body)[0] - source.mean) / source.data_range
+    measures["saturation_fraction"] = 0.0 if saturated is None else float(np.mean(saturated))
     verdict: Verdict = "ok"
     reasons = []
     for name, value in measures.items():

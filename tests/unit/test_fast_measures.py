@@ -9,13 +9,12 @@ outputs like a method's (the classical baseline's, added noise, the self-check's
   sources every sum is exact (identical), on float outputs the order of three additions differs:
   variances agree to 1e-12 relative.
 * `assess` end to end (and `measure_source` once + `assess_against` per output) vs the code it
-  replaced (kept below as `assess_before`, with the noise of the body's interior since QA
-  measures that): verdicts and reasons equal, measures within the above.
+  replaced (kept below as `assess_before`, with QA's noise ratio of 2026-12-02 written the
+  plain way): verdicts and reasons equal, measures within the above.
 * `noise_in` (the diagonal wavelet band alone, transposed passes, the median from one
   partition) vs PyWavelets' `dwt2` and numpy's median: equal; over every detail it is
-  scikit-image's `estimate_sigma` wherever no detail is an exact zero. `detail_positions` vs
-  PyWavelets' own transform of the mask with the filters' magnitudes (a detail is inside when
-  no pixel outside the mask reaches it).
+  scikit-image's `estimate_sigma` wherever no detail is an exact zero. `detail_positions` and
+  `touching_positions` vs PyWavelets' own transform of the mask with the filters' magnitudes.
 * `ssim_map` (OpenCV, float32) vs scikit-image's SSIM map (float64): its mean within 2e-6 on
   every real slice (with its padding stored as far as -33792 HU too) and 2e-5 on noiseless
   synthetic steps, where the constants are small next to float32's rounding of the squares;
@@ -44,6 +43,7 @@ from dicomnode.imaging.baseline import BaselineParams
 from dicomnode.imaging.degrade import Degradation, degrade
 from dicomnode.imaging.enhance import BaselineMethod, enhance_stack
 from dicomnode.imaging.metrics import ImageMetrics, compare, data_range_of, ssim_map
+from dicomnode.imaging.noise import detail_positions, noise_in, touching_positions
 from dicomnode.imaging.normalize import CT_HU_RANGE
 from dicomnode.imaging.outcome import DIGITS, reported_fidelity
 from dicomnode.imaging.pixels import to_modality
@@ -53,10 +53,8 @@ from dicomnode.imaging.qa import (
     assess,
     assess_against,
     body_mask,
-    detail_positions,
     laplacian,
     measure_source,
-    noise_in,
 )
 from tests.support.data import CT_FOLDERS, MR_FOLDERS, dicom_files, pydicom_test_files
 
@@ -142,24 +140,45 @@ def compare_before(
     return ImageMetrics(psnr, float(full[valid].mean()), data_range)
 
 
-def inside_by_pywt(mask: np.ndarray) -> np.ndarray:
-    """The finest diagonal details no pixel outside `mask` reaches, told by PyWavelets itself:
-    the outside's indicator transformed with the magnitudes of db2's filters is 0 exactly there
-    (sums of non-negative products of 0); those any mask pixel reaches when none is inside."""
+def by_pywt(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The finest diagonal details made of `mask` pixels alone, and those any of them goes
+    into, told by PyWavelets itself: an indicator transformed with the magnitudes of db2's
+    filters is 0 exactly where none of its pixels reaches (sums of non-negative products)."""
     filters = [np.abs(taps).tolist() for taps in pywt.Wavelet("db2").filter_bank]
     magnitudes = pywt.Wavelet("db2-magnitudes", filter_bank=filters)
     _, (_, _, outside) = pywt.dwt2((~mask).astype(float), magnitudes, mode="symmetric")
-    if (outside == 0).any():
-        return outside == 0
     _, (_, _, touching) = pywt.dwt2(mask.astype(float), magnitudes, mode="symmetric")
-    return touching > 0
+    return outside == 0, touching > 0
 
 
-def noise_before(image: np.ndarray, mask: np.ndarray) -> float:
-    """The wavelet noise estimate of the body's interior, the plain way: `dwt2`'s diagonal band
-    and numpy's median."""
+def noise_before(image: np.ndarray, positions: np.ndarray) -> float:
+    """The wavelet noise estimate at `positions`, the plain way: `dwt2`'s diagonal band and
+    numpy's median."""
     _, (_, _, diagonal) = pywt.dwt2(image, "db2", mode="symmetric")
-    return float(np.median(np.abs(diagonal[inside_by_pywt(mask)]))) / float(norm.ppf(0.75))
+    return float(np.median(np.abs(diagonal[positions]))) / float(norm.ppf(0.75))
+
+
+def noise_ratio_before(
+    src: np.ndarray, out: np.ndarray, body: np.ndarray, valid: np.ndarray
+) -> float | None:
+    """QA's noise ratio the plain way: in the body's own details (those it goes into when
+    fewer than 64; None when still fewer), or in the rest's where worse, the rest's source
+    noise taken as at least the body's."""
+    inside, touching = by_pywt(body)
+    inside = inside if inside.sum() >= 64 else touching
+    if inside.sum() < 64:
+        return None
+    source_body = noise_before(src, inside)
+    result = ratio(noise_before(out, inside), source_body)
+    rest, _ = by_pywt(valid & ~body)
+    if rest.sum() >= 64:
+        source_rest = max(noise_before(src, rest), source_body)
+        result = max(result, ratio(noise_before(out, rest), source_rest))
+    return result
+
+
+def ratio(output: float, source: float) -> float:
+    return output / source if source > 0 else (1.0 if output == 0 else float("inf"))
 
 
 def assess_before(
@@ -175,15 +194,14 @@ def assess_before(
     def saturated(image: np.ndarray) -> np.ndarray:
         return (image <= low) | (image >= high)
 
-    def ratio(output: float, source: float) -> float:
-        return output / source if source > 0 else (1.0 if output == 0 else float("inf"))
-
     measures = {
-        "sharpness_ratio": ratio(float(laplace(out)[mask].var()), float(laplace(src)[mask].var())),
-        "noise_ratio": ratio(noise_before(out, mask), noise_before(src, mask)),
-        "drift_fraction": abs(float(out[mask].mean() - src[mask].mean())) / data_range,
-        "saturation_fraction": float(np.mean(saturated(out)[mask] & ~saturated(src)[mask])),
+        "sharpness_ratio": ratio(float(laplace(out)[mask].var()), float(laplace(src)[mask].var()))
     }
+    noise = noise_ratio_before(src, out, mask, ~padding)
+    if noise is not None:
+        measures["noise_ratio"] = noise
+    measures["drift_fraction"] = abs(float(out[mask].mean() - src[mask].mean())) / data_range
+    measures["saturation_fraction"] = float(np.mean(saturated(out)[mask] & ~saturated(src)[mask]))
     reasons, verdict = [], "ok"
     for name, value in measures.items():
         warn, fail = getattr(thresholds, name)
@@ -218,9 +236,9 @@ def test_noise_in_is_the_plain_estimate_of_the_same_details(case) -> None:
     _, source, padding, _, output = case
     mask = body_mask(source, padding)
     positions = detail_positions(mask)
-    assert np.array_equal(positions, inside_by_pywt(mask))
+    assert np.array_equal(positions, by_pywt(mask)[0])
     for image in (source.astype(np.float64), output.astype(np.float64)):
-        assert noise_in(image, positions) == noise_before(image, mask)
+        assert noise_in(image, positions) == noise_before(image, positions)
 
 
 @pytest.mark.parametrize("shape", [(64, 96), (64, 98), (65, 97), (8, 8)])
@@ -240,8 +258,7 @@ def test_noise_in_of_every_detail_is_scikit_images_estimate(shape) -> None:
 
 @pytest.mark.parametrize("shape", [(40, 56), (41, 57)])
 def test_detail_positions_are_those_pywt_reaches_from_the_mask_alone(shape) -> None:
-    """Random blobs, a mask touching each border, one too thin for any detail to lie inside
-    (then the details that touch it)."""
+    """Random blobs, a mask touching each border, one too thin for any detail to lie inside."""
     rng = np.random.default_rng(11)
     blobs = laplace(rng.normal(0, 1, shape)) > 0.5
     border = np.zeros(shape, bool)
@@ -249,8 +266,11 @@ def test_detail_positions_are_those_pywt_reaches_from_the_mask_alone(shape) -> N
     thin = np.zeros(shape, bool)
     thin[20, 3:30] = True
     for mask in (blobs, ~blobs, border, thin, np.ones(shape, bool)):
-        assert np.array_equal(detail_positions(mask), inside_by_pywt(mask))
-    assert detail_positions(thin).sum() == 2 * 15  # rows 20 and columns 3-29 touch these
+        inside, touching = by_pywt(mask)
+        assert np.array_equal(detail_positions(mask), inside)
+        assert np.array_equal(touching_positions(mask), touching)
+    assert detail_positions(thin).sum() == 0
+    assert touching_positions(thin).sum() == 2 * 15  # rows 20 and columns 3-29 go into these
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
