@@ -56,7 +56,7 @@ def enhance(
     from rich.progress import track
 
     from dicomnode.errors import DicomNodeError
-    from dicomnode.imaging.outcome import NOTHING_DERIVED
+    from dicomnode.imaging.outcome import NOTHING_DERIVED, TOO_LARGE
     from dicomnode.pipeline.enhancement import enhance_series
     from dicomnode.pipeline.methods import methods_for
     from dicomnode.pipeline.offline import (
@@ -95,7 +95,7 @@ def enhance(
                 error_console.print(
                     f"series {shown(series_uid)}: {shown(outcome.status)}", soft_wrap=True
                 )
-                if outcome.status == NOTHING_DERIVED:
+                if outcome.status == NOTHING_DERIVED or TOO_LARGE in outcome.status:
                     failed.append(series_uid)
                 continue
             for method_outcome in outcome.methods:

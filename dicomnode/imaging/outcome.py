@@ -23,6 +23,7 @@ from dicomnode.imaging.qa import QaVerdict, Verdict, worst_verdict
 DIGITS = 4
 DONE = "done"
 NOTHING_DERIVED = "skipped: no derived image could be built (see skipped)"
+TOO_LARGE = "too large to enhance"  # begins the reason of a series past enhance.max_series_mb
 
 
 def reported(value: float) -> float:

@@ -47,12 +47,15 @@ from dicomnode.pipeline.derived_output import (
 )
 from dicomnode.pipeline.methods import qa_thresholds
 from dicomnode.pipeline.scoring import ScoredSources, score, self_check_gains, without_blank
-from dicomnode.pipeline.sources import SourceImage, load_sources
+from dicomnode.pipeline.sources import SourceImage, load_sources, modality_of
 
 log = logging.getLogger(__name__)
 
 # Enhanced outputs waiting to be finished, at most (the enhancement pauses beyond it).
 MAX_BYTES_WAITING_TO_FINISH = 256 * 2**20
+# Source pixels in one call of a method that sets no batch of its own (the baseline, SRCNN on
+# tiled images): ~21 bytes each of working copies, ~90 MB, whatever the series' length.
+STACK_PIXELS = 2**22
 
 
 @dataclass(frozen=True)
@@ -68,16 +71,17 @@ class SeriesOutput:
 
 def _stacks(images: list[SourceImage], method: Method) -> Iterator[list[int]]:
     """The images enhanced by one call each: per frame shape, SRCNN's batch at a time (so the
-    batches, and the outputs, are those of one call per shape), else all of them at once."""
+    batches, and the outputs, are those of one call per shape), else STACK_PIXELS' worth."""
     by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
     for index, source in enumerate(images):
         by_shape[source.image.values.shape[1:]].append(index)
     for shape, indices in by_shape.items():
         per_pass = method.runner.images_per_pass(shape) if isinstance(method, SrcnnMethod) else None
+        per_pass = per_pass or max(1, STACK_PIXELS // (shape[0] * shape[1]))
         stack: list[int] = []
         for index in indices:
             stack.append(index)
-            if per_pass and sum(len(images[i].image.values) for i in stack) >= per_pass:
+            if sum(len(images[i].image.values) for i in stack) >= per_pass:
                 yield stack
                 stack = []
         if stack:
@@ -253,7 +257,7 @@ class LoadedSeries:
     declined: tuple[DeclinedImage, ...]
     seconds: float
     scored: ScoredSources
-    too_large: str = ""  # why the series is not enhanced at all (enhance.max_series_mb)
+    not_enhanced: str = ""  # why the series is not enhanced at all (its modality, its size)
 
     def measure_ahead(self, settings: Settings, until: threading.Event) -> int:
         """Prepare the self-check (in a second thread) and measure the sources for QA until
@@ -279,17 +283,26 @@ class LoadedSeries:
 
 def load_series(inputs: list[SpooledInstance], settings: Settings) -> LoadedSeries:
     """The first stage of `enhance_series`, which a worker may run ahead of it (while the
-    series' originals are being sent)."""
+    series' originals are being sent). A series of a modality not enabled is not read, one
+    past enhance.max_series_mb not further than its first image past it: `not_enhanced` says
+    why."""
     started = time.perf_counter()
     limits = settings.node.max_instance_bytes, settings.enhance.max_series_bytes
+    modality = modality_of(inputs, limits[0])
+    if modality is not None and modality not in settings.enhance.modalities:
+        return _not_enhanced(_not_enabled(modality), started)
     try:
         loaded, unreadable = load_sources(inputs, *limits)
     except SeriesTooLarge as exc:
-        seconds = time.perf_counter() - started
-        return LoadedSeries([], (), seconds, ScoredSources([]), too_large=str(exc))
+        return _not_enhanced(str(exc), started)
     images, blank = without_blank(loaded)
     seconds = time.perf_counter() - started
     return LoadedSeries(images, unreadable + blank, seconds, ScoredSources(images))
+
+
+def _not_enhanced(reason: str, started: float) -> LoadedSeries:
+    seconds = time.perf_counter() - started
+    return LoadedSeries([], (), seconds, ScoredSources([]), not_enhanced=reason)
 
 
 def enhance_series(
@@ -305,18 +318,16 @@ def enhance_series(
     already loaded by `load_series`."""
     loaded = loaded or load_series(inputs, settings)
     images, declined, load_s = loaded.images, loaded.declined, loaded.seconds
-    if loaded.too_large:
-        log.warning("not enhanced job=%d instances=%d: %s", job_id, len(inputs), loaded.too_large)
-        everything = {item.sop_instance_uid for item in inputs}
-        outcome = SeriesOutcome(f"skipped: {loaded.too_large}", load_s, declined)
+    everything = {item.sop_instance_uid for item in inputs}
+    if loaded.not_enhanced:
+        outcome = SeriesOutcome(f"skipped: {loaded.not_enhanced}", load_s, declined)
         return SeriesOutput({}, outcome, everything)
     if not images:
         status = "skipped: no image in the series can be enhanced"
         return SeriesOutput({}, SeriesOutcome(status, load_s, declined), _sops(declined))
     modality = images[0].modality
-    if modality not in settings.enhance.modalities:
-        status = f"skipped: modality {modality or '(none)'} not enabled"
-        everything = {item.sop_instance_uid for item in inputs}
+    if modality not in settings.enhance.modalities:  # its first header did not read
+        status = f"skipped: {_not_enabled(modality)}"
         return SeriesOutput({}, SeriesOutcome(status, load_s, declined), everything)
     files: dict[str, list[list[SpooledInstance]]] = {}
     outcomes: list[MethodOutcome] = []
@@ -352,6 +363,10 @@ def enhance_series(
     # counts as unenhanced, so with originals off its source goes out rather than nothing.
     result = SeriesOutcome(status, load_s, declined, tuple(outcomes))
     return SeriesOutput(files, result, _sops(declined))
+
+
+def _not_enabled(modality: str) -> str:
+    return f"modality {modality or '(none)'} not enabled"
 
 
 def _sops(declined: tuple[DeclinedImage, ...]) -> set[str]:

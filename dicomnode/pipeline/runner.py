@@ -217,12 +217,22 @@ class JobRunner:
         a core for a second or two for 300 uncompressed CT slices fresh in the page cache,
         longer for a compressed series), then the self-check prepared and the sources measured
         until the head start ends (`LoadedSeries.measure_ahead`: two threads)."""
+        from dicomnode.imaging.outcome import TOO_LARGE
         from dicomnode.pipeline.enhancement import LoadedSeries, load_series
 
         head_start_over = threading.Event()
 
         def load() -> LoadedSeries:
             loaded = load_series(inputs, self.settings)
+            if loaded.not_enhanced:  # a modality not enabled, or a series too large to hold
+                log.log(
+                    logging.WARNING if loaded.not_enhanced.startswith(TOO_LARGE) else logging.INFO,
+                    "series not enhanced job=%d series=%s: %s",
+                    job.id,
+                    job.series_uid,
+                    loaded.not_enhanced,
+                )
+                return loaded
             log.info(
                 "series loaded job=%d series=%s images=%d declined=%d seconds=%.1f",
                 job.id,

@@ -8,8 +8,8 @@ from pydicom.errors import InvalidDicomError
 from dicomnode.db import SpooledInstance
 from dicomnode.dicom.bounded import read_bounded
 from dicomnode.errors import DecodeError, ImageDeclined, InstanceTooLarge, SeriesTooLarge
-from dicomnode.imaging.outcome import DeclinedImage
-from dicomnode.imaging.pixels import ModalityImage, to_modality
+from dicomnode.imaging.outcome import TOO_LARGE, DeclinedImage
+from dicomnode.imaging.pixels import ModalityImage, pixel_domain, to_modality
 
 # What a job holds per source pixel once it is loaded and measured: the stored pixels, the
 # float32 values, the padding and body masks and the rest (2.9 MB per 512x512 CT slice measured).
@@ -47,20 +47,17 @@ def load_sources(
     A file that is, or inflates to, more than `max_bytes` (node.max_instance_mb) is declined
     unread, as the receiver would have refused it. A series whose images would take more than
     `max_series_bytes` (enhance.max_series_mb; 0: no limit) raises SeriesTooLarge at the first
-    image past it, which the job then lets go: at most one image more than the limit is held.
-    What is counted is each image as decoded (`JOB_BYTES_PER_PIXEL`), not as its header says:
-    a header that lies (65535 rows of a few bytes) is that image's own reason, not its series'.
+    image past it, told from its header before it is decoded (`_job_bytes`).
     """
     images, declined = [], []
     series_bytes = 0
     for item in inputs:
         try:
             dataset = read_bounded(item.path, max_bytes)
-            image = to_modality(dataset)
-            series_bytes += image.values.size * JOB_BYTES_PER_PIXEL
+            series_bytes += _job_bytes(dataset)
             if max_series_bytes and series_bytes > max_series_bytes:
                 raise SeriesTooLarge(_too_large(dataset, len(inputs), max_series_bytes))
-            images.append(SourceImage(dataset, image))
+            images.append(SourceImage(dataset, to_modality(dataset)))
         except (ImageDeclined, InstanceTooLarge, DecodeError) as exc:
             declined.append(DeclinedImage(item.sop_instance_uid, str(exc)))
         except (InvalidDicomError, OSError, ValueError) as exc:
@@ -70,10 +67,42 @@ def load_sources(
     return images, tuple(declined)
 
 
+def _job_bytes(dataset: Dataset) -> int:
+    """What a job would hold of this image once decoded (`JOB_BYTES_PER_PIXEL`), from its
+    header, as a decoder sizes its output: a compressed image of a few KB may decode to GBs.
+
+    0 for an image decoding will decline, as its own fault and not its series': a header no
+    enhancement takes (colour, bits), or native pixel data shorter than its header says (65535
+    rows of a few bytes)."""
+    try:
+        domain = pixel_domain(dataset)
+    except ImageDeclined:
+        return 0
+    frames = max(1, integer_of(dataset, "NumberOfFrames", 1))
+    pixels = integer_of(dataset, "Rows") * integer_of(dataset, "Columns") * frames
+    syntax = getattr(dataset.get("file_meta"), "TransferSyntaxUID", None)
+    native = syntax is None or not syntax.is_compressed
+    if native and len(dataset.get("PixelData") or b"") < pixels * domain.bits_allocated // 8:
+        return 0
+    return pixels * JOB_BYTES_PER_PIXEL
+
+
 def _too_large(dataset: Dataset, instances: int, limit: int) -> str:
     return (
-        f"series={dataset.get('SeriesInstanceUID', '')} too large to enhance: its {instances} "
-        "instances would take more than "
-        f"enhance.max_series_mb={limit // 1048576} MB in memory (~{JOB_BYTES_PER_PIXEL} bytes "
-        "per pixel); raise the setting with the node's memory to enhance such series"
+        f"{TOO_LARGE}: series={dataset.get('SeriesInstanceUID', '')}, {instances} instances, "
+        f"more than enhance.max_series_mb={limit // 1048576} MB in memory "
+        f"(~{JOB_BYTES_PER_PIXEL} bytes per pixel); raise it (with the node's memory) and "
+        "send the series again"
     )
+
+
+def modality_of(inputs: list[SpooledInstance], max_bytes: int = 0) -> str | None:
+    """The series' modality, from the first header that reads (a series has one); None when
+    none does. Told before the images are read, so a series not to be enhanced is not."""
+    for item in inputs:
+        try:
+            header = read_bounded(item.path, max_bytes, stop_before_pixels=True)
+        except (InstanceTooLarge, DecodeError, InvalidDicomError, OSError, ValueError):
+            continue
+        return str(header.get("Modality", "")).upper()
+    return None

@@ -119,8 +119,9 @@ def test_a_series_over_max_series_mb_is_not_enhanced_and_its_originals_arrive(
     job = part_of(node.wait_for_parts(derived="done", timeout=120), "derived")
     uid = series_instance_uid(ct_series[0])
     reason = job["details"]["enhancement"]
-    assert reason.startswith(f"skipped: series={uid} too large to enhance: its 12 instances")
-    assert "enhance.max_series_mb=1 MB" in reason
-    assert f"not enhanced job={job['id']} instances=12: series={uid}" in node.log()
+    assert reason.startswith(f"skipped: too large to enhance: series={uid}, 12 instances, more")
+    assert "enhance.max_series_mb=1 MB" in reason and "send the series again" in reason
+    logged = f"WARNING dicomnode.pipeline.runner series not enhanced job={job['id']} series={uid}"
+    assert f"{logged}: too large to enhance" in node.log()
     assert len(orthanc.instance_ids()) == len(ct_series)  # the originals, nothing derived
     assert not list((node.data_dir / "spool" / "outbox").rglob("*.dcm"))
