@@ -100,7 +100,8 @@ class NoiseReference:
 
     def ratio(self, output: np.ndarray) -> float:
         """The output's noise over the source's: in the body, or in the rest where that is
-        worse (noise a method puts in the lungs or the air is harm too)."""
+        worse (noise a method spreads over the air or the background is harm too; a median
+        does not see it in a small part of a region, such as the lungs beside more air)."""
         diagonal = finest_diagonal(output)
         worst = ratio(max(_noise_at(diagonal, self.body), self.floor), self.body_noise)
         if self.rest is not None:
