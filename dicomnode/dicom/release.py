@@ -7,6 +7,7 @@ follow our release request), and it waits for that pause without a bound. `dicom
 keeps the report thread from writing the pause flag (pydicom/pynetdicom#820, which hung a storage
 commitment delivery with its report recorded); here the report threads are waited for first, the
 pause is waited for a bounded time, and an abort replaces a hang should the flag never turn.
+Neither releases an association an abort was sent on (`abort_sent`), ours or the reactor's.
 """
 
 import logging
@@ -49,6 +50,22 @@ class ReportThreads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
+def abort_sent(assoc: Association) -> bool:
+    """True once an A-ABORT was sent on `assoc`, by a sender or by pynetdicom's reactor (on a
+    network timeout, which with equal timeouts fires as a sender's wait for a response ends).
+    `is_established` stays True until the reactor has seen that abort: an A-RELEASE-RQ then is
+    an event the state machine refuses in Sta13 (an uncaught exception in the DUL thread) and
+    a wait of acse_timeout for an answer that never comes."""
+    return bool(getattr(assoc, "_sent_abort", False) or assoc.is_aborted)
+
+
+def end(assoc: Association) -> None:
+    """pynetdicom's release of `assoc` when it is still open: not after an abort, a sender's or
+    the reactor's (`abort_sent`), which pynetdicom has not yet told `is_established` of."""
+    if assoc.is_established and not abort_sent(assoc):
+        assoc.release()
+
+
 def release(assoc: Association, wait_seconds: float, reports: ReportThreads | None = None) -> None:
     """Release `assoc`, or abort it if its reactor is not paused within `wait_seconds` (after
     `reports`' threads ended, waited for up to as long)."""
@@ -56,10 +73,10 @@ def release(assoc: Association, wait_seconds: float, reports: ReportThreads | No
         reports.wait(wait_seconds)
     checkpoint = getattr(assoc, "_reactor_checkpoint", None)
     if not isinstance(checkpoint, threading.Event) or not hasattr(assoc, "_is_paused"):
-        if assoc.is_established:  # a pynetdicom built otherwise: its own release
+        if assoc.is_established and not abort_sent(assoc):  # a pynetdicom built otherwise
             assoc.release()
         return
-    if not assoc.is_established:
+    if not assoc.is_established or abort_sent(assoc):
         return
     checkpoint.clear()  # the reactor stops at its checkpoint, leaving the A-RELEASE-RP to us
     deadline = time.monotonic() + wait_seconds
@@ -74,6 +91,9 @@ def release(assoc: Association, wait_seconds: float, reports: ReportThreads | No
             assoc.abort()
             return
         time.sleep(_PAUSE_POLL_SECONDS)
+    if abort_sent(assoc):  # the reactor's own, before it paused
+        checkpoint.set()
+        return
     # What Association.release() does once paused; called here so that no second unbounded wait
     # follows this bounded one.
     assoc.acse.negotiate_release()

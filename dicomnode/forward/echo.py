@@ -4,6 +4,7 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 
 from dicomnode.config import Destination, Settings
+from dicomnode.dicom.release import end
 from dicomnode.dicom.tls import client_tls_args
 from dicomnode.errors import ForwardError
 from dicomnode.forward.associate import open_association
@@ -18,7 +19,7 @@ def echo(destination: Destination, settings: Settings) -> int:
     try:
         response = assoc.send_c_echo()
     finally:
-        assoc.release()
+        end(assoc)
     if "Status" not in response:
         raise ForwardError(f"{where} gave no C-ECHO response", transient=True)
     return int(response.Status)

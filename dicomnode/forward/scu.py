@@ -21,6 +21,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 from dicomnode.config import Destination, Settings
 from dicomnode.db import SpooledInstance
 from dicomnode.dicom.bounded import read_bounded
+from dicomnode.dicom.release import end
 from dicomnode.dicom.tls import ClientContext, client_tls_args
 from dicomnode.errors import (
     ConfigError,
@@ -216,8 +217,7 @@ def send_series(
             sent += 1
             warnings += outcome is Outcome.WARNING
     finally:
-        if assoc.is_established:
-            assoc.release()
+        end(assoc)
     seconds = time.monotonic() - started
     if unreadable:
         also = f"; {destination.name} refused {len(refused)}: {_listed(refused)}" if refused else ""

@@ -12,12 +12,17 @@ import pytest
 from pydicom import Dataset, FileMetaDataset, dcmread
 from pydicom.data import get_testdata_file
 from pydicom.filereader import read_dataset, read_preamble
+from pydicom.uid import CTImageStorage
+from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
+from pynetdicom.presentation import build_context
 
 from dicomnode.config import Destination, Settings
 from dicomnode.db.records import SpooledInstance
+from dicomnode.dicom.release import end
 from dicomnode.errors import UnreadableSpool
 from dicomnode.forward import send_lane
+from dicomnode.forward.associate import open_association
 from dicomnode.forward.scu import send_series
 from tests.support.dcmtk import StoreScp
 from tests.support.faulty_scp import FaultyScp
@@ -170,3 +175,38 @@ def test_a_file_that_fails_mid_send_aborts_the_association_and_names_the_file(
     assert str(broken.path) in str(caught.value) and "Input/output error" in str(caught.value)
     assert caught.value.sent == 0  # the association went with the half-sent message
     assert received(scp.out_dir) == {}
+
+
+def test_an_association_aborted_as_a_send_gives_up_is_not_then_released(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With dimse_timeout = network_timeout (the defaults: 60 s each) a PACS that never answers
+    has pynetdicom's reactor abort on its network timeout just as the sender gives up and
+    aborts too; the sender's abort then returns at once, and `is_established` reads True until
+    the reactor's kill(). The sender's release in that moment put an A-RELEASE into a state
+    machine in Sta13, which raised in the DUL thread ("Invalid event 'Evt11' for the current
+    state 'Sta13'", test_bad_input in CI) and waited acse_timeout for an answer. The moment is
+    made here by marking the abort sent (as `_abort_blocking` does first) on an association
+    that is still up: it must not be released."""
+    released: list[bool] = []
+    negotiate = ACSE.negotiate_release
+
+    def spied(acse: ACSE) -> None:
+        released.append(True)
+        negotiate(acse)
+
+    monkeypatch.setattr(ACSE, "negotiate_release", spied)
+    scp = FaultyScp().start()
+    try:
+        destination = Destination("faulty", scp.ae_title, "127.0.0.1", scp.port)
+        contexts = [build_context(CTImageStorage)]
+        assoc = open_association(destination, Settings(), contexts, "faulty", None)
+        assoc._sent_abort = True  # the reactor's abort, before its kill()
+        assert assoc.is_established
+        end(assoc)
+        assert released == []
+        assoc._sent_abort = False
+        end(assoc)  # an association no abort was sent on is released
+        assert released == [True] and assoc.is_released
+    finally:
+        scp.stop()
