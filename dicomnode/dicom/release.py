@@ -73,8 +73,7 @@ def release(assoc: Association, wait_seconds: float, reports: ReportThreads | No
         reports.wait(wait_seconds)
     checkpoint = getattr(assoc, "_reactor_checkpoint", None)
     if not isinstance(checkpoint, threading.Event) or not hasattr(assoc, "_is_paused"):
-        if assoc.is_established and not abort_sent(assoc):  # a pynetdicom built otherwise
-            assoc.release()
+        end(assoc)  # a pynetdicom built otherwise: its own release
         return
     if not assoc.is_established or abort_sent(assoc):
         return

@@ -80,7 +80,7 @@ def _job_bytes(dataset: Dataset) -> int:
         return 0
     frames = max(1, integer_of(dataset, "NumberOfFrames", 1))
     pixels = integer_of(dataset, "Rows") * integer_of(dataset, "Columns") * frames
-    syntax = getattr(dataset.get("file_meta"), "TransferSyntaxUID", None)
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
     native = syntax is None or not syntax.is_compressed
     if native and len(dataset.get("PixelData") or b"") < pixels * domain.bits_allocated // 8:
         return 0
