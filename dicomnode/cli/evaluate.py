@@ -37,6 +37,13 @@ def evaluate(
             "a reference a network must beat; repeatable.",
         ),
     ] = None,
+    views: Annotated[
+        int | None,
+        typer.Option(
+            help="SRCNN averaged over 1, 2, 4 or 8 flips/quarter turns of each image "
+            "(default: enhance.srcnn_views, as the node runs it).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     nearest: Annotated[
         bool, typer.Option(help="Also score nearest-neighbour (a method that must lose).")
@@ -51,6 +58,8 @@ def evaluate(
     Summaries per modality, plane and patient (a cluster bootstrap over patients), with the
     worst image.
     """
+    if views not in (None, 1, 2, 4, 8):
+        raise typer.BadParameter("must be 1, 2, 4 or 8", param_hint="--views")
     configure_logging("WARNING")
     settings = settings_from(config)
     from rich.progress import track
@@ -74,7 +83,11 @@ def evaluate(
     with reported_errors():
         images = load_images(data)
         degradation = Degradation(scale=scale)
-        enhance = replace(settings.enhance, scale=scale)
+        enhance = replace(
+            settings.enhance,
+            scale=scale,
+            srcnn_views=settings.enhance.srcnn_views if views is None else views,
+        )
         paths = (
             {ANY: model}
             if model
@@ -99,6 +112,7 @@ def evaluate(
             baseline=baseline_params(settings),
             linear=linear,
             include_nearest=nearest,
+            views=enhance.srcnn_views,
         )
         rows, shown = [], []
         picks = _example_indices(images, examples)
@@ -116,6 +130,7 @@ def evaluate(
         plot_comparison(shown, out / "comparison.png", scale)
     result = {
         "scale": scale,
+        "srcnn_views": enhance.srcnn_views,
         "models": {
             key: {"path": str(one.path), "sha256": one.sha256} for key, one in loaded.items()
         },

@@ -63,15 +63,19 @@ class BaselineMethod:
 class SrcnnMethod:
     name = "srcnn"
 
-    def __init__(self, runner: SrcnnRunner) -> None:
+    def __init__(self, runner: SrcnnRunner, *, views: int = 1) -> None:
         self.runner = runner
+        self.views = views
         self.scale = runner.model.scale
-        self.version = runner.model.version
+        # The version names what made the pixels: it is part of the derived UIDs, so another
+        # number of views must not reuse the UIDs of the model's plain output.
+        suffix = f"-views{views}" if views > 1 else ""
+        self.version = runner.model.version + suffix
         self.model_sha256: str | None = runner.model.sha256
         self.device = runner.device_description
 
     def __call__(self, stack: np.ndarray) -> np.ndarray:
-        return self.runner.enhance(stack)
+        return self.runner.enhance(stack, views=self.views)
 
 
 @dataclass(frozen=True)

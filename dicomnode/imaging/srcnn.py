@@ -31,6 +31,7 @@ import numpy as np
 from dicomnode.errors import DicomNodeError, first_line
 from dicomnode.imaging.degrade import resample
 from dicomnode.imaging.native_log import native_stderr_filtered, tf_min_log_level
+from dicomnode.imaging.symmetry import averaged_over_views
 
 if TYPE_CHECKING:
     import keras
@@ -254,8 +255,9 @@ class SrcnnRunner:
             log.warning("srcnn out of memory at batch %d on %s; halving", len(batch), self.device)
             return np.concatenate([self._run(batch[:half]), self._run(batch[half:])])
 
-    def restore(self, images: np.ndarray) -> np.ndarray:
-        """The network's output for a (N, H, W) or (H, W) float32 stack on its own grid.
+    def restore(self, images: np.ndarray, *, views: int = 1) -> np.ndarray:
+        """The network's output for a (N, H, W) or (H, W) float32 stack on its own grid,
+        averaged over `views` flips and quarter turns of it (`symmetry`; 1: as it is).
 
         The stack is mirrored `HALO` pixels out first: the convolutions' zero padding would
         otherwise be mid-grey in the centred working range and draw a frame along the border.
@@ -263,9 +265,13 @@ class SrcnnRunner:
         stack = np.asarray(images, dtype=np.float32)
         single = stack.ndim == 2
         stack = stack[None] if single else stack
-        halo = ((0, 0), (HALO, HALO), (HALO, HALO))
-        out = self._restore_padded(np.pad(stack, halo, mode="reflect"))[:, HALO:-HALO, HALO:-HALO]
+        out = averaged_over_views(self._restore_mirrored, stack, views)
         return out[0] if single else out
+
+    def _restore_mirrored(self, stack: np.ndarray) -> np.ndarray:
+        halo = ((0, 0), (HALO, HALO), (HALO, HALO))
+        out = self._restore_padded(np.pad(stack, halo, mode="reflect"))
+        return out[:, HALO:-HALO, HALO:-HALO]
 
     def warm_up(self, shape: tuple[int, int] = (512, 512)) -> None:
         """One forward pass of a full batch of `shape` images, so that the first job does not
@@ -302,8 +308,9 @@ class SrcnnRunner:
                 out[(slice(None), *tile.write)] = part[(slice(None), *tile.keep)]
         return out
 
-    def enhance(self, images: np.ndarray) -> np.ndarray:
-        """Upsample by the model's scale (shared cubic interpolator), then restore."""
+    def enhance(self, images: np.ndarray, *, views: int = 1) -> np.ndarray:
+        """Upsample by the model's scale (shared cubic interpolator), then restore (averaged
+        over `views` symmetries: the upsampling is done once)."""
         stack = np.asarray(images, dtype=np.float32)
         scale = self.model.scale
         if scale > 1:
@@ -311,4 +318,4 @@ class SrcnnRunner:
             rows, cols = frames.shape[-2:]
             up = np.stack([resample(f, (rows * scale, cols * scale)) for f in frames])
             stack = up[0] if stack.ndim == 2 else up
-        return self.restore(stack)
+        return self.restore(stack, views=views)

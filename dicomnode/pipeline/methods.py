@@ -44,7 +44,7 @@ def build_srcnn(settings: Settings, modality: str = "") -> Method:
         if first:
             own = SRCNN.model_file(settings.enhance, modality=modality).name
             log.info("no %s model %s: using %s", modality, own, path.name)
-    return SrcnnMethod(srcnn_runner(path))
+    return SrcnnMethod(srcnn_runner(path), views=settings.enhance.srcnn_views)
 
 
 def baseline_params(settings: Settings) -> BaselineParams:

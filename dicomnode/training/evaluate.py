@@ -84,9 +84,11 @@ def standard_methods(
     baseline: BaselineParams | None = None,
     linear: Mapping[str, LinearFilter] | None = None,
     include_nearest: bool = False,
+    views: int = 1,
 ) -> dict[str, Restorer]:
     """bicubic (the bar), the classical baseline, a least-squares linear filter when fitted,
-    SRCNN when a model is given (or one per modality); nearest if asked."""
+    SRCNN when a model is given (or one per modality), averaged over `views` symmetries;
+    nearest if asked."""
     methods: dict[str, Restorer] = {"bicubic": bicubic}
     if include_nearest:
         methods["nearest"] = nearest
@@ -99,7 +101,7 @@ def standard_methods(
             raise ValueError(f"model {loaded.version} is for scale {loaded.scale}, not {scale}")
     if models:
         methods["srcnn"] = restorer_for(
-            {key: SrcnnMethod(SrcnnRunner(loaded)) for key, loaded in models.items()}
+            {key: SrcnnMethod(SrcnnRunner(loaded), views=views) for key, loaded in models.items()}
         )
     return methods
 

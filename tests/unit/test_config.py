@@ -90,6 +90,7 @@ def test_config_env_var_selects_the_file(tmp_path: Path) -> None:
         ('[baseline]\ndenoise = "median"\n', {}, "baseline.denoise"),
         ("[baseline]\nunsharp_sigma = 0\n", {}, "baseline.unsharp_sigma"),
         ("[enhance]\nmax_series_mb = -1\n", {}, "enhance.max_series_mb"),
+        ("[enhance]\nsrcnn_views = 3\n", {}, "enhance.srcnn_views"),
         ("[qa]\nnoise_ratio_fail = 1.0\n", {}, "qa.noise_ratio_fail"),
         ('[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\n', {}, "destinations[0]"),
         (
@@ -182,3 +183,17 @@ def test_tls_settings_with_existing_files_load(tmp_path: Path) -> None:
     assert settings.node.tls_require_client_certificate is True
     assert settings.destinations[0].tls is True
     assert settings.destinations[0].server_name == "10.0.0.5"
+
+
+def test_the_views_a_setting_accepts_are_those_the_imaging_averages_over(tmp_path: Path) -> None:
+    """config.py spells the counts out (the settings never import numpy): they must agree."""
+    from dicomnode.imaging.symmetry import VIEW_COUNTS
+
+    accepted = []
+    for views in range(0, 10):
+        try:
+            load_settings(write(tmp_path, f"[enhance]\nsrcnn_views = {views}\n"), environ={})
+        except ConfigError:
+            continue
+        accepted.append(views)
+    assert tuple(accepted) == VIEW_COUNTS

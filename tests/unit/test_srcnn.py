@@ -22,7 +22,7 @@ from dicomnode.imaging.srcnn import (
     load_model,
     tiles_for,
 )
-from dicomnode.pipeline.methods import load_models, srcnn_runner
+from dicomnode.pipeline.methods import configured_methods, load_models, srcnn_runner
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,52 @@ def test_tiled_output_equals_untiled(model_x1) -> None:
     untiled = SrcnnRunner(model_x1).restore(images)
     tiled = SrcnnRunner(model_x1, tile=24).restore(images)
     assert np.abs(tiled - untiled).max() <= 1e-5
+
+
+def test_tiled_output_equals_untiled_averaged_over_views(model_x1) -> None:
+    """Each view of a non-square stack is tiled on its own grid (a quarter-turned view is
+    W x H): still seamless."""
+    images = stack(2, 61, 45)
+    untiled = SrcnnRunner(model_x1).restore(images, views=8)
+    tiled = SrcnnRunner(model_x1, tile=24).restore(images, views=8)
+    assert np.abs(tiled - untiled).max() <= 1e-5
+
+
+def test_averaged_over_eight_views_the_output_turns_with_the_image(model_x1) -> None:
+    """A network trained on turned patches is nearly, not exactly, equivariant; averaged over
+    the square's 8 symmetries it is exactly: how an image was stored no longer matters."""
+    method = SrcnnMethod(SrcnnRunner(model_x1), views=8)
+    plain = SrcnnMethod(SrcnnRunner(model_x1))
+    images = stack(2, 40, 32)
+    turned = np.ascontiguousarray(np.rot90(images, 1, axes=(1, 2)))
+    expected = np.rot90(method(images), 1, axes=(1, 2))
+    assert np.abs(method(turned) - expected).max() < 1e-5
+    assert np.abs(plain(turned) - np.rot90(plain(images), 1, axes=(1, 2))).max() > 1e-3
+
+
+def test_the_views_are_part_of_the_method_version(model_x1) -> None:
+    """The version goes into the derived UIDs: output averaged over views must not take the
+    UIDs of the model's plain output."""
+    runner = SrcnnRunner(model_x1)
+    assert SrcnnMethod(runner).version == model_x1.version
+    assert SrcnnMethod(runner, views=8).version == f"{model_x1.version}-views8"
+
+
+def test_scale_two_upsamples_once_and_averages_the_network_over_views() -> None:
+    """An untrained network returns its input in every view: the average is bicubic itself."""
+    image = stack(1, 30, 20)[0]
+    out = SrcnnRunner(zero_residual(2)).enhance(image, views=8)
+    np.testing.assert_allclose(out, resample(image, (60, 40)), atol=1e-6)
+
+
+def test_the_node_runs_srcnn_over_the_configured_views(tmp_path: Path, model_x1) -> None:
+    model_x1.network.save(tmp_path / "srcnn-x1.keras")
+    for views in (1, 4):
+        settings = Settings(
+            enhance=EnhanceSettings(model_dir=str(tmp_path), scale=1, srcnn_views=views)
+        )
+        (method,) = configured_methods(settings, "CT")
+        assert isinstance(method, SrcnnMethod) and method.views == views
 
 
 def test_a_small_memory_budget_tiles_instead_of_failing(model_x1) -> None:

@@ -1,0 +1,60 @@
+"""Averaging a network over the flips and quarter turns of its input (geometric self-ensemble).
+
+A convolutional network trained on randomly turned patches is nearly, not exactly, indifferent to
+how an image is turned: its errors differ from one orientation to another. Run on each of the
+square's symmetries of an image, turned back and averaged (Timofte et al. 2016, "Seven ways to
+improve example-based single image super resolution"; Lim et al. 2017, EDSR), part of those
+errors cancel, and the result no longer depends on whether the image was stored flipped or
+turned. Each view costs one more forward pass.
+
+The views are ordered so that the first 2, 4 or 8 form a group (identity and a mirror; the four
+that keep an image's shape; all eight): averaged over a group, the result is exactly equivariant
+under it.
+"""
+
+from collections.abc import Callable
+
+import numpy as np
+
+# (quarter turns, mirrored left-right)
+_VIEWS = (
+    (0, False),  # as it is
+    (0, True),  # mirrored: with the first, a group of 2
+    (2, True),  # upside down
+    (2, False),  # half turn: with the first three, the 4 views that keep the shape
+    (1, False),
+    (1, True),
+    (3, False),
+    (3, True),  # the quarter turns, plain and mirrored: all 8
+)
+VIEW_COUNTS = (1, 2, 4, 8)
+
+
+def _turned(stack: np.ndarray, turns: int, mirrored: bool) -> np.ndarray:
+    """A (N, H, W) stack turned `turns` quarter turns, then mirrored left-right if asked."""
+    out = np.rot90(stack, turns, axes=(1, 2))
+    return np.ascontiguousarray(out[:, :, ::-1] if mirrored else out)
+
+
+def _through(
+    restore: Callable[[np.ndarray], np.ndarray], stack: np.ndarray, turns: int, mirrored: bool
+) -> np.ndarray:
+    """`restore` of the stack so turned, turned back."""
+    out = restore(_turned(stack, turns, mirrored))
+    return np.rot90(out[:, :, ::-1] if mirrored else out, -turns, axes=(1, 2))
+
+
+def averaged_over_views(
+    restore: Callable[[np.ndarray], np.ndarray], stack: np.ndarray, views: int
+) -> np.ndarray:
+    """The mean of `restore` over the first `views` symmetries of a (N, H, W) stack, each
+    output turned back; `restore` itself, untouched, for one view."""
+    if views not in VIEW_COUNTS:
+        raise ValueError(f"views must be one of {VIEW_COUNTS}, not {views}")
+    if views == 1:
+        return restore(stack)
+    first, *rest = _VIEWS[:views]
+    total = np.array(_through(restore, stack, *first), dtype=np.float32)
+    for turns, mirrored in rest:
+        total += _through(restore, stack, turns, mirrored)
+    return total / np.float32(views)
