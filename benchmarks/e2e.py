@@ -167,7 +167,9 @@ def stages_of(job: dict[str, Any]) -> dict[str, float]:
         for name, seconds in method["timings"].items():
             key = name.removesuffix("_s")
             stages[key] = round(stages.get(key, 0.0) + seconds, 2)
-    stages["device"] = details["methods"][0]["device"] if details.get("methods") else "-"
+    first = details["methods"][0] if details.get("methods") else {}
+    stages["device"] = first.get("device", "-")
+    stages["version"] = first.get("version", "-")  # names the views SRCNN averaged over
     return stages
 
 

@@ -118,9 +118,11 @@ def main() -> None:
         per_slice = median["job_ms"] - self_check_ms / args.instances  # all but the self-check
         return (count * per_slice + self_check_ms) / (count * median["inference_ms"])
 
+    (srcnn,) = methods_for(shipped)("CT")
     print(
-        f"{args.instances} x {args.size}² CT, shipped defaults (SRCNN x1, self-check of "
-        f"{shipped.enhance.self_check_images} images, QA); median of {args.repeats}"
+        f"{args.instances} x {args.size}² CT, shipped defaults (SRCNN x1 over {srcnn.views} "
+        f"view(s) on {srcnn.device}, self-check of {shipped.enhance.self_check_images} images, "
+        f"QA); median of {args.repeats}"
     )
     print(
         f"ms/slice: inference alone {median['inference_ms']:.1f}; measurement alone "
@@ -142,6 +144,7 @@ def main() -> None:
                 "size": args.size,
                 "cpu_count": os.cpu_count(),
                 "machine": platform.platform(),
+                "srcnn": {"version": srcnn.version, "views": srcnn.views, "device": srcnn.device},
                 "median": {key: round(value, 2) for key, value in median.items()},
                 "measure_over_inference": round(work_ratio(args.instances), 3),
                 "measure_over_inference_300": round(work_ratio(300), 3),

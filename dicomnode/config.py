@@ -377,7 +377,8 @@ class EnhanceSettings:
     self_check: bool = True
     self_check_images: int = 16  # per series, spread evenly; 0: every image
     max_series_mb: int = 4096  # what a job may hold of one series (12 bytes/pixel); 0: no limit
-    srcnn_views: int = 8  # SRCNN averaged over this many flips/quarter turns (imaging.symmetry)
+    srcnn_views: int = 0  # SRCNN averaged over this many flips/quarter turns (imaging.symmetry);
+    # 0: auto, 8 on a GPU and 1 on a CPU
     uid_root: str = ""  # empty: 2.25.<integer> UIDs, else e.g. "1.2.826.0.1.3680043.10.123."
     model_dir: str = ""  # empty: the models/ folder shipped with dicomnode
     srcnn_series_offset: int = 1000
@@ -403,8 +404,12 @@ class EnhanceSettings:
         _check(self.scale in (1, 2, 3, 4), "enhance.scale", "must be 1, 2, 3 or 4")
         _check(self.self_check_images >= 0, "enhance.self_check_images", "must be >= 0")
         _check(self.max_series_mb >= 0, "enhance.max_series_mb", "must be >= 0 (0: no limit)")
-        # imaging.symmetry.VIEW_COUNTS, spelt out: the settings never import numpy
-        _check(self.srcnn_views in (1, 2, 4, 8), "enhance.srcnn_views", "must be 1, 2, 4 or 8")
+        # imaging.symmetry's counts, spelt out: the settings never import numpy
+        _check(
+            self.srcnn_views in (0, 1, 2, 4, 8),
+            "enhance.srcnn_views",
+            "must be 0 (auto: 8 on a GPU, 1 on a CPU), 1, 2, 4 or 8",
+        )
         _check(
             self.uid_root == ""
             or (

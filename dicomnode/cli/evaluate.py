@@ -40,8 +40,8 @@ def evaluate(
     views: Annotated[
         int | None,
         typer.Option(
-            help="SRCNN averaged over 1, 2, 4 or 8 flips/quarter turns of each image "
-            "(default: enhance.srcnn_views, as the node runs it).",
+            help="SRCNN averaged over 1, 2, 4 or 8 flips/quarter turns of each image; 0: "
+            "8 on a GPU, 1 on a CPU (default: enhance.srcnn_views, as the node runs it).",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -58,14 +58,16 @@ def evaluate(
     Summaries per modality, plane and patient (a cluster bootstrap over patients), with the
     worst image.
     """
-    if views not in (None, 1, 2, 4, 8):
-        raise typer.BadParameter("must be 1, 2, 4 or 8", param_hint="--views")
+    from dicomnode.imaging.symmetry import AUTO, VIEW_COUNTS, views_for
+
+    if views not in (None, AUTO, *VIEW_COUNTS):
+        raise typer.BadParameter("must be 0 (auto), 1, 2, 4 or 8", param_hint="--views")
     configure_logging("WARNING")
     settings = settings_from(config)
     from rich.progress import track
 
     from dicomnode.imaging.degrade import Degradation
-    from dicomnode.imaging.srcnn import load_model
+    from dicomnode.imaging.srcnn import load_model, select_device
     from dicomnode.pipeline.methods import baseline_params
     from dicomnode.registry import SRCNN
     from dicomnode.training.corpus import load_images
@@ -83,11 +85,9 @@ def evaluate(
     with reported_errors():
         images = load_images(data)
         degradation = Degradation(scale=scale)
-        enhance = replace(
-            settings.enhance,
-            scale=scale,
-            srcnn_views=settings.enhance.srcnn_views if views is None else views,
-        )
+        enhance = replace(settings.enhance, scale=scale)
+        wanted = enhance.srcnn_views if views is None else views
+        srcnn_views = views_for(wanted, on_gpu=select_device().startswith("/GPU"))
         paths = (
             {ANY: model}
             if model
@@ -112,7 +112,7 @@ def evaluate(
             baseline=baseline_params(settings),
             linear=linear,
             include_nearest=nearest,
-            views=enhance.srcnn_views,
+            views=srcnn_views,
         )
         rows, shown = [], []
         picks = _example_indices(images, examples)
@@ -130,7 +130,7 @@ def evaluate(
         plot_comparison(shown, out / "comparison.png", scale)
     result = {
         "scale": scale,
-        "srcnn_views": enhance.srcnn_views,
+        "srcnn_views": srcnn_views,
         "models": {
             key: {"path": str(one.path), "sha256": one.sha256} for key, one in loaded.items()
         },

@@ -23,6 +23,7 @@ from dicomnode.imaging.normalize import (
     normalize,
 )
 from dicomnode.imaging.srcnn import SrcnnRunner
+from dicomnode.imaging.symmetry import views_for
 
 
 class Method(Protocol):
@@ -64,12 +65,14 @@ class SrcnnMethod:
     name = "srcnn"
 
     def __init__(self, runner: SrcnnRunner, *, views: int = 1) -> None:
+        """`views`: averaged over this many flips and quarter turns (`symmetry`); AUTO (0):
+        8 on a GPU, 1 on a CPU."""
         self.runner = runner
-        self.views = views
+        self.views = views_for(views, on_gpu=runner.device.startswith("/GPU"))
         self.scale = runner.model.scale
         # The version names what made the pixels: it is part of the derived UIDs, so another
         # number of views must not reuse the UIDs of the model's plain output.
-        suffix = f"-views{views}" if views > 1 else ""
+        suffix = f"-views{self.views}" if self.views > 1 else ""
         self.version = runner.model.version + suffix
         self.model_sha256: str | None = runner.model.sha256
         self.device = runner.device_description

@@ -28,20 +28,33 @@ _VIEWS = (
     (3, True),  # the quarter turns, plain and mirrored: all 8
 )
 VIEW_COUNTS = (1, 2, 4, 8)
+AUTO = 0  # as many views as the device makes cheap: `views_for`
+GPU_VIEWS = 8
 
 
-def _turned(stack: np.ndarray, turns: int, mirrored: bool) -> np.ndarray:
-    """A (N, H, W) stack turned `turns` quarter turns, then mirrored left-right if asked."""
-    out = np.rot90(stack, turns, axes=(1, 2))
-    return np.ascontiguousarray(out[:, :, ::-1] if mirrored else out)
+def views_for(views: int, on_gpu: bool) -> int:
+    """`views`, or for AUTO: all 8 on a GPU, where the passes cost milliseconds a slice, and 1 on
+    a CPU, where each one costs as much as the single pass (8 would make a job ~3x longer)."""
+    if views == AUTO:
+        return GPU_VIEWS if on_gpu else 1
+    if views not in VIEW_COUNTS:
+        raise ValueError(f"views must be one of {VIEW_COUNTS} or {AUTO} (auto), not {views}")
+    return views
+
+
+def turned(image: np.ndarray, turns: int, mirrored: bool) -> np.ndarray:
+    """An image (or a stack of them: the last two axes) turned `turns` quarter turns, then
+    mirrored left-right if asked; a view, not a copy."""
+    out = np.rot90(image, turns, axes=(-2, -1))
+    return out[..., ::-1] if mirrored else out
 
 
 def _through(
     restore: Callable[[np.ndarray], np.ndarray], stack: np.ndarray, turns: int, mirrored: bool
 ) -> np.ndarray:
     """`restore` of the stack so turned, turned back."""
-    out = restore(_turned(stack, turns, mirrored))
-    return np.rot90(out[:, :, ::-1] if mirrored else out, -turns, axes=(1, 2))
+    out = restore(np.ascontiguousarray(turned(stack, turns, mirrored)))
+    return np.rot90(out[..., ::-1] if mirrored else out, -turns, axes=(-2, -1))
 
 
 def averaged_over_views(

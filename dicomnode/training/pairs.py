@@ -32,6 +32,7 @@ from skimage.restoration import estimate_sigma
 
 from dicomnode.imaging.degrade import Degradation, crop_to_multiple, degrade, resample
 from dicomnode.imaging.normalize import fill_padding, normalization_for, normalize
+from dicomnode.imaging.symmetry import turned
 from dicomnode.training.corpus import CorpusImage
 
 MIN_PATCH_STD = 0.01  # in the working range: "structured" patches (edges, texture)
@@ -141,11 +142,6 @@ class PatchSampler:
                 sigma = noise_rng.uniform(0.0, self.noise_factor) * pair.noise
                 net_input = net_input + noise_rng.normal(0.0, sigma, net_input.shape)
             turns, flip = int(rng.integers(4)), bool(rng.integers(2))
-            inputs[n, ..., 0] = _turned(net_input, turns, flip)
-            targets[n, ..., 0] = _turned(target, turns, flip)
+            inputs[n, ..., 0] = turned(net_input, turns, flip)
+            targets[n, ..., 0] = turned(target, turns, flip)
         return inputs, targets
-
-
-def _turned(patch: np.ndarray, turns: int, flip: bool) -> np.ndarray:
-    patch = np.rot90(patch, turns)
-    return np.fliplr(patch) if flip else patch

@@ -187,7 +187,7 @@ def test_tls_settings_with_existing_files_load(tmp_path: Path) -> None:
 
 def test_the_views_a_setting_accepts_are_those_the_imaging_averages_over(tmp_path: Path) -> None:
     """config.py spells the counts out (the settings never import numpy): they must agree."""
-    from dicomnode.imaging.symmetry import VIEW_COUNTS
+    from dicomnode.imaging.symmetry import AUTO, VIEW_COUNTS
 
     accepted = []
     for views in range(0, 10):
@@ -196,4 +196,4 @@ def test_the_views_a_setting_accepts_are_those_the_imaging_averages_over(tmp_pat
         except ConfigError:
             continue
         accepted.append(views)
-    assert tuple(accepted) == VIEW_COUNTS
+    assert tuple(accepted) == (AUTO, *VIEW_COUNTS)

@@ -72,12 +72,13 @@ def runner() -> SrcnnRunner:
     return small_batch_runner(2)
 
 
-def test_stacks_of_one_pass_give_the_bits_of_one_call(runner: SrcnnRunner) -> None:
+@pytest.mark.parametrize("views", [1, 8])
+def test_stacks_of_one_pass_give_the_bits_of_one_call(runner: SrcnnRunner, views: int) -> None:
     assert runner.images_per_pass((SIDE, SIDE)) == 2
     stack = np.random.default_rng(1).random((7, SIDE, SIDE), dtype=np.float32)
-    whole = runner.enhance(stack)
-    parts = np.concatenate([runner.enhance(stack[i : i + 2]) for i in range(0, 7, 2)])
-    assert np.array_equal(whole, parts)
+    whole = runner.enhance(stack, views=views)
+    parts = [runner.enhance(stack[i : i + 2], views=views) for i in range(0, 7, 2)]
+    assert np.array_equal(whole, np.concatenate(parts))
 
 
 def without_timings(output: enhancement.SeriesOutput) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def test_the_views_are_part_of_the_method_version(model_x1) -> None:
     assert SrcnnMethod(runner, views=8).version == f"{model_x1.version}-views8"
 
 
-def test_scale_two_upsamples_once_and_averages_the_network_over_views() -> None:
+def test_scale_two_averages_the_network_over_views_of_the_bicubic_upsampling() -> None:
     """An untrained network returns its input in every view: the average is bicubic itself."""
     image = stack(1, 30, 20)[0]
     out = SrcnnRunner(zero_residual(2)).enhance(image, views=8)
@@ -106,6 +106,21 @@ def test_the_node_runs_srcnn_over_the_configured_views(tmp_path: Path, model_x1)
         )
         (method,) = configured_methods(settings, "CT")
         assert isinstance(method, SrcnnMethod) and method.views == views
+
+
+def test_by_default_all_eight_views_on_a_gpu_and_one_on_a_cpu(model_x1) -> None:
+    """On a GPU the 8 passes cost milliseconds a slice; on a CPU they would make a job ~3x
+    longer, so the default (0, auto) takes one there."""
+    assert EnhanceSettings().srcnn_views == 0
+    assert SrcnnMethod(SrcnnRunner(model_x1, device="/CPU:0"), views=0).views == 1
+    on_gpu = SrcnnMethod(SrcnnRunner(model_x1, device="/GPU:0"), views=0)
+    assert on_gpu.views == 8 and on_gpu.version.endswith("-views8")
+    assert SrcnnMethod(SrcnnRunner(model_x1, device="/GPU:0"), views=2).views == 2
+
+
+def test_a_view_count_that_is_no_group_is_refused_when_the_method_is_built(model_x1) -> None:
+    with pytest.raises(ValueError, match=r"views must be one of \(1, 2, 4, 8\) or 0 \(auto\)"):
+        SrcnnMethod(SrcnnRunner(model_x1), views=3)
 
 
 def test_a_small_memory_budget_tiles_instead_of_failing(model_x1) -> None:

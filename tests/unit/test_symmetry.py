@@ -4,7 +4,7 @@ makes the result equivariant under that group, and each output is turned back be
 import numpy as np
 import pytest
 
-from dicomnode.imaging.symmetry import VIEW_COUNTS, averaged_over_views
+from dicomnode.imaging.symmetry import VIEW_COUNTS, averaged_over_views, turned
 
 
 def skewed(stack: np.ndarray) -> np.ndarray:
@@ -70,3 +70,12 @@ def test_every_output_is_turned_back_before_it_counts(views: int) -> None:
 def test_only_whole_groups_of_views_are_accepted() -> None:
     with pytest.raises(ValueError, match=r"views must be one of \(1, 2, 4, 8\), not 3"):
         averaged_over_views(skewed, STACK, 3)
+
+
+def test_turned_takes_an_image_or_a_stack_alike() -> None:
+    """Training turns 2-D patches with the same function the inference turns stacks with."""
+    for turns, mirrored in [(0, True), (1, False), (3, True)]:
+        np.testing.assert_array_equal(
+            turned(STACK, turns, mirrored)[1], turned(STACK[1], turns, mirrored)
+        )
+    np.testing.assert_array_equal(turned(STACK[0], 1, True), np.fliplr(np.rot90(STACK[0])))
