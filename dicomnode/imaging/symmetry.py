@@ -52,8 +52,9 @@ def turned(image: np.ndarray, turns: int, mirrored: bool) -> np.ndarray:
 def _through(
     restore: Callable[[np.ndarray], np.ndarray], stack: np.ndarray, turns: int, mirrored: bool
 ) -> np.ndarray:
-    """`restore` of the stack so turned, turned back."""
-    out = restore(np.ascontiguousarray(turned(stack, turns, mirrored)))
+    """`restore` of the stack so turned (a strided view: `restore` copies it as it needs, as
+    SRCNN's mirrored padding does anyway), turned back."""
+    out = restore(turned(stack, turns, mirrored))
     return np.rot90(out[..., ::-1] if mirrored else out, -turns, axes=(-2, -1))
 
 

@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 # Enhanced outputs waiting to be finished, at most (the enhancement pauses beyond it).
 MAX_BYTES_WAITING_TO_FINISH = 256 * 2**20
 # Source pixels in one call of a method that sets no batch of its own (the baseline, SRCNN on
-# tiled images): ~21 bytes each of working copies (~12 more when SRCNN averages views: the turned
-# copy, its output, the sum), ~90-140 MB, whatever the series' length.
+# tiled images): ~21 bytes each of working copies (~8 more when SRCNN averages views: a view's
+# output and the sum), ~90-120 MB, whatever the series' length.
 STACK_PIXELS = 2**22
 
 
