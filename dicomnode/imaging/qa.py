@@ -4,14 +4,18 @@ Measured on a body mask (Otsu threshold of the source, padding excluded), so air
 dilute the numbers:
 
 * sharpness ratio: variance of the Laplacian, output / source (over-sharpening inflates it);
+  neither is taken below what rounding to one stored step gives (`_rounding_sharpness`), so a
+  flat body (a few isolated pixels of a nearly empty slice) does not read as infinitely sharpened;
 * noise ratio: the wavelet noise estimate, output / source, in the body or, where worse, in the
   rest of the image (`dicomnode.imaging.noise`); not measured on a sliver of a body;
-* intensity drift: |mean(output) - mean(source)| in the body, as a fraction of the data range;
+* intensity drift: |mean(output) - mean(source)| in the body, less the half step that storing
+  alone can move it by, as a fraction of the data range;
 * saturation: fraction of body pixels at the storable limits that were not there before;
 * NaN or infinite values: always a failure.
 
-Each measure has a warn and a fail threshold (`QaThresholds`); the verdict is the worst level
-reached, with one reason per threshold crossed.
+Without a stored step (`step` = 0) neither floor applies. Each measure has a warn and a fail
+threshold (`QaThresholds`); the verdict is the worst level reached, with one reason per threshold
+crossed.
 
 What is measured of the source (`SourceQa`: mask, range, Laplacian variance, noise, mean,
 saturated pixels) does not depend on the method: `measure_source` computes it once per image,
@@ -79,6 +83,17 @@ def _body_variance(image: np.ndarray, body: np.ndarray) -> float:
     return float(deviation[0, 0]) ** 2
 
 
+def _rounding_sharpness(step: float) -> float:
+    """The variance of the Laplacian of rounding noise (variance step² / 12 per pixel, weights
+    -4 and four 1s): a change of sharpness below it cannot be stored, so is not told apart."""
+    return (16 + 4) * step**2 / 12
+
+
+def _beyond_rounding(shift: float, step: float) -> float:
+    """How far a mean moved beyond the half step that storing each pixel can move it by."""
+    return max(0.0, abs(shift) - step / 2)
+
+
 def _saturated(
     image: np.ndarray, mask: np.ndarray, extremes: tuple[float, float], limits: tuple[float, float]
 ) -> np.ndarray | None:
@@ -103,6 +118,7 @@ class SourceQa:
     mean: float  # mean in the body
     saturated: np.ndarray | None  # body pixels already at the storable limits (None: none)
     limits: tuple[float, float]
+    step: float = 0.0  # the modality value of one stored step (0: unknown, no rounding floors)
 
 
 def measure_source(
@@ -129,6 +145,7 @@ def measure_source(
         mean=cv2.mean(src, body)[0],
         saturated=_saturated(src, mask, (lowest, highest), limits),
         limits=limits,
+        step=abs(step),
     )
 
 
@@ -169,10 +186,13 @@ def assess_against(
     saturated = _saturated(out, source.mask, masked_extremes(out, body), source.limits)
     if saturated is not None and source.saturated is not None:
         saturated &= ~source.saturated  # only pixels the method drove to the limits
-    measures = {"sharpness_ratio": ratio(_body_variance(laplacian(out), body), source.sharpness)}
+    floor = _rounding_sharpness(source.step)
+    sharpness = max(_body_variance(laplacian(out), body), floor)
+    measures = {"sharpness_ratio": ratio(sharpness, max(source.sharpness, floor))}
     if source.noise is not None:
         measures["noise_ratio"] = source.noise.ratio(out)
-    measures["drift_fraction"] = abs(cv2.mean(out, body)[0] - source.mean) / source.data_range
+    shift = _beyond_rounding(cv2.mean(out, body)[0] - source.mean, source.step)
+    measures["drift_fraction"] = shift / source.data_range
     measures["saturation_fraction"] = 0.0 if saturated is None else float(np.mean(saturated))
     verdict: Verdict = "ok"
     reasons = []

@@ -114,3 +114,38 @@ def test_a_noiseless_body_is_compared_at_the_rounding_noise_of_one_stored_step()
         assert result.measures["noise_ratio"] == 1.0 and result.verdict == "ok"
     unfloored = assess(source, output, limits=LIMITS, padding=padding)
     assert unfloored.measures["noise_ratio"] > 1e6 and unfloored.verdict == "fail"
+
+
+def nearly_empty_slice() -> np.ndarray:
+    """The last slice of an MR volume stored with a zeroed background: three isolated pixels of
+    one stored step each, all else 0. Otsu's body is those three pixels."""
+    source = np.zeros((64, 64))
+    source[10, 12] = source[30, 40] = source[50, 20] = 1.0
+    return source
+
+
+def test_changes_smaller_than_one_stored_step_are_not_over_enhancement() -> None:
+    """A network's float output lowers the three pixels to ~0.88 and lifts the background by
+    0.04: stored, it is the source again. Before, such a slice failed QA (a 0.12 drift of a
+    1-step range, and any change of a body whose Laplacian varies by nothing read as an
+    infinite sharpness ratio), and with it held the whole series; below one stored step
+    (`step`) neither is told apart from rounding."""
+    source = nearly_empty_slice()
+    output = np.where(source > 0, 0.0, 0.04)
+    output[10, 12], output[30, 40], output[50, 20] = 0.88, 0.85, 0.9
+    assert np.array_equal(np.round(output), source)
+    unfloored = assess(source, output, limits=LIMITS)
+    assert unfloored.verdict == "fail"
+    assert unfloored.measures["sharpness_ratio"] == np.inf
+    assert unfloored.measures["drift_fraction"] == pytest.approx(0.1233, abs=1e-3)
+    result = assess(source, output, limits=LIMITS, step=1.0)
+    assert result.verdict == "ok", result.reasons
+    assert result.measures["sharpness_ratio"] == 1.0 and result.measures["drift_fraction"] == 0.0
+
+
+def test_a_drift_of_whole_stored_steps_still_fails_on_a_nearly_empty_slice() -> None:
+    """Two steps up on the same three pixels: 1.5 steps beyond rounding, of a 1-step range."""
+    source = nearly_empty_slice()
+    result = assess(source, source * 3, limits=LIMITS, step=1.0)
+    assert result.verdict == "fail"
+    assert result.measures["drift_fraction"] == pytest.approx(1.5)
