@@ -9,7 +9,8 @@ dilute the numbers:
 * noise ratio: the wavelet noise estimate, output / source, in the body or, where worse, in the
   rest of the image (`dicomnode.imaging.noise`); not measured on a sliver of a body;
 * intensity drift: |mean(output) - mean(source)| in the body, less the half step that storing
-  alone can move it by, as a fraction of the data range;
+  alone can move it by, as a fraction of the data range (the limits are thus half a step looser:
+  nothing for CT's thousands of HU, a quarter of the warn limit for a 100-step range);
 * saturation: fraction of body pixels at the storable limits that were not there before;
 * NaN or infinite values: always a failure.
 

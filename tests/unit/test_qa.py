@@ -124,12 +124,13 @@ def nearly_empty_slice() -> np.ndarray:
     return source
 
 
-def test_changes_smaller_than_one_stored_step_are_not_over_enhancement() -> None:
+def test_changes_that_round_away_are_not_over_enhancement() -> None:
     """A network's float output lowers the three pixels to ~0.88 and lifts the background by
     0.04: stored, it is the source again. Before, such a slice failed QA (a 0.12 drift of a
     1-step range, and any change of a body whose Laplacian varies by nothing read as an
-    infinite sharpness ratio), and with it held the whole series; below one stored step
-    (`step`) neither is told apart from rounding."""
+    infinite sharpness ratio), and with it held the whole series. A mean moved by less than
+    half a stored step (`step`), and a Laplacian variance below that of rounding noise, are
+    not told apart from rounding."""
     source = nearly_empty_slice()
     output = np.where(source > 0, 0.0, 0.04)
     output[10, 12], output[30, 40], output[50, 20] = 0.88, 0.85, 0.9
