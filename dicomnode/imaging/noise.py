@@ -27,6 +27,12 @@ _NORMAL_QUARTILE = float(norm.ppf(0.75))
 MIN_DETAILS = 64
 
 
+def rounding_noise(step: float) -> float:
+    """The standard deviation that rounding to a stored step of `step` adds (uniform over one
+    step): less noise, or a smaller change, cannot be stored, so QA does not tell it apart."""
+    return abs(step) / math.sqrt(12)
+
+
 def finest_diagonal(image: np.ndarray) -> np.ndarray:
     """The finest diagonal wavelet details of a 2-D float64 image (db2, symmetric borders), as
     scikit-image's `estimate_sigma` takes them: only the two one-axis passes that lead to the
@@ -130,7 +136,7 @@ def noise_reference(
     outside = detail_positions(valid & ~body)
     rest = outside if np.count_nonzero(outside) >= MIN_DETAILS else None
     diagonal = finest_diagonal(source)
-    floor = abs(step) / math.sqrt(12)
+    floor = rounding_noise(step)
     body_noise = max(_noise_at(diagonal, inside), floor)
     rest_noise = body_noise if rest is None else max(_noise_at(diagonal, rest), body_noise)
     return NoiseReference(inside, rest, floor, body_noise, rest_noise)

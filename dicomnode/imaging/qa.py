@@ -32,7 +32,7 @@ import numpy as np
 from skimage.filters import threshold_otsu
 
 from dicomnode.imaging.metrics import cv_mask, masked_extremes
-from dicomnode.imaging.noise import NoiseReference, noise_reference, ratio
+from dicomnode.imaging.noise import NoiseReference, noise_reference, ratio, rounding_noise
 
 Verdict = Literal["ok", "warn", "fail"]
 _RANK: dict[Verdict, int] = {"ok": 0, "warn": 1, "fail": 2}
@@ -85,9 +85,9 @@ def _body_variance(image: np.ndarray, body: np.ndarray) -> float:
 
 
 def _rounding_sharpness(step: float) -> float:
-    """The variance of the Laplacian of rounding noise (variance step² / 12 per pixel, weights
-    -4 and four 1s): a change of sharpness below it cannot be stored, so is not told apart."""
-    return (16 + 4) * step**2 / 12
+    """The variance of the Laplacian of rounding noise (`rounding_noise` per pixel, weights -4
+    and four 1s): a change of sharpness below it cannot be stored, so is not told apart."""
+    return (16 + 4) * rounding_noise(step) ** 2
 
 
 def _beyond_rounding(shift: float, step: float) -> float:
