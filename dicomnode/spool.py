@@ -4,14 +4,21 @@ Every received instance is written as `instances/<study>/<series>/<sop>.dcm` und
 root: first to `tmp/`, then fsync'd, atomically renamed into place and its directory fsync'd, so a
 file that exists under its final name is complete and survives a crash or power loss. Names are
 built only from UIDs that passed `validate_uid`, so no sender can steer a path outside the spool.
+
+A job's outputs are written the same way, to `outbox/<job id>/<attempt>/<series>/<sop>.dcm`: each
+attempt at the job (each claim of it) writes to a folder of its own, so an attempt whose worker
+was paused past its lease, and which another worker has since done again, cannot replace or
+delete what the later attempt made and recorded.
 """
 
+import hashlib
 import os
 import re
 import shutil
 import threading
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 from dicomnode.errors import SpoolError
@@ -19,6 +26,8 @@ from dicomnode.errors import SpoolError
 # PS3.5 9.1: a UID is up to 64 characters of digits and dots, components separated by dots.
 # Leading zeros are tolerated here (real modalities send them); they are harmless in a path.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# An attempt's folder in a job's outbox (`Spool.outbox_attempt`): claim time, then lease.
+_ATTEMPT = re.compile(r"^attempt-([0-9]{8}T[0-9]{12})-[0-9a-f]{8}$")
 
 
 def validate_uid(value: object, what: str) -> str:
@@ -28,6 +37,14 @@ def validate_uid(value: object, what: str) -> str:
         shown = text[:80] if text else "(empty)"
         raise SpoolError(f"{what} {shown!r} is not a valid UID (digits and dots, <= 64 chars)")
     return text
+
+
+def _claim_time(attempt: str) -> str:
+    """The claim time of an attempt folder's name, as text that sorts as the times do."""
+    found = _ATTEMPT.match(attempt)
+    if found is None:
+        raise SpoolError(f"{attempt!r} is not an outbox attempt folder (outbox_attempt)")
+    return found[1]
 
 
 def listener_lock_path(data_path: Path) -> Path:
@@ -97,33 +114,70 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
-    def outbox_path(self, job_id: int, series_uid: str, sop_uid: str) -> Path:
-        """Where a job's output (derived image or report) waits to be forwarded."""
-        return self.outbox_dir / str(int(job_id)) / series_uid / f"{sop_uid}.dcm"
+    def outbox_path(self, job_id: int, attempt: str, series_uid: str, sop_uid: str) -> Path:
+        """Where an output (derived image or report) of one attempt at a job waits to be sent."""
+        return self.outbox_dir / str(int(job_id)) / attempt / series_uid / f"{sop_uid}.dcm"
 
-    def write_outbox(self, job_id: int, series_uid: str, sop_uid: str, data: bytes) -> Path:
+    def write_outbox(
+        self, job_id: int, attempt: str, series_uid: str, sop_uid: str, data: bytes
+    ) -> Path:
         """Store one output instance of a job durably (same guarantees as received ones)."""
+        if not _ATTEMPT.match(attempt):
+            raise SpoolError(f"{attempt!r} is not an outbox attempt folder (outbox_attempt)")
         series_uid = validate_uid(series_uid, "SeriesInstanceUID")
         sop_uid = validate_uid(sop_uid, "SOPInstanceUID")
-        return self._write_durably(self.outbox_path(job_id, series_uid, sop_uid), data)
+        return self._write_durably(self.outbox_path(job_id, attempt, series_uid, sop_uid), data)
 
     def clear_outbox(self, job_id: int) -> None:
-        """Forget a job's previous outputs before it is processed again."""
-        target = self.outbox_dir / str(int(job_id))
-        self._forget_dirs(target)  # the directories go: forget that they were made durable
-        shutil.rmtree(target, ignore_errors=True)
+        """Forget all of a job's outputs (its series is purged, or the job is gone)."""
+        self._remove_tree(self.outbox_dir / str(int(job_id)))
 
-    def outbox_series(self, job_id: int) -> dict[str, list[Path]]:
-        """A job's outputs in the outbox, by series UID (what a release or resend sends again)."""
+    def clear_outbox_before(self, job_id: int, attempt: str) -> None:
+        """Forget the outputs of the job's attempts claimed before `attempt` (and those of a
+        version that kept no attempt folders), never those of a later one: an attempt whose
+        worker was paused past its lease must not touch what the attempt after it made."""
         top = self.outbox_dir / str(int(job_id))
+        claimed = _claim_time(attempt)
+        for folder in sorted(top.iterdir()) if top.is_dir() else ():
+            found = _ATTEMPT.match(folder.name)
+            if found is None or found[1] < claimed:
+                self._remove_tree(folder)
+
+    def clear_outbox_attempt(self, job_id: int, attempt: str) -> None:
+        """Forget the outputs of one attempt (it lost its job, or failed)."""
+        self._remove_tree(self.outbox_dir / str(int(job_id)) / attempt)
+
+    def outbox_series(self, job_id: int, attempt: str | None) -> dict[str, list[Path]]:
+        """One attempt's outputs in the outbox, by series UID (what a release or resend sends
+        again); `attempt` None: those of a version that wrote series folders to the job's."""
+        top = self.outbox_dir / str(int(job_id))
+        if attempt is not None:
+            top = top / attempt
         if not top.is_dir():
             return {}
-        return {d.name: sorted(d.glob("*.dcm")) for d in sorted(top.iterdir()) if d.is_dir()}
+        return {
+            d.name: sorted(d.glob("*.dcm"))
+            for d in sorted(top.iterdir())
+            if d.is_dir() and _UID.match(d.name)
+        }
+
+    @staticmethod
+    def outbox_attempt(claimed_at: datetime, lease_owner: str) -> str:
+        """The outbox folder of the attempt that claimed a job at `claimed_at` under the lease
+        `lease_owner`: named by its claim time first, so attempts sort as they were made (a
+        later claim comes after the earlier one's lease lapsed), then by the lease, so two
+        claims are never one folder."""
+        lease = hashlib.sha256(lease_owner.encode()).hexdigest()[:8]
+        return f"attempt-{claimed_at.strftime('%Y%m%dT%H%M%S%f')}-{lease}"
 
     @staticmethod
     def outbox_series_uid(path: Path) -> str:
         """The series UID of an output file in the outbox (its folder's name)."""
         return path.parent.name
+
+    def _remove_tree(self, top: Path) -> None:
+        self._forget_dirs(top)  # the directories go: forget that they were made durable
+        shutil.rmtree(top, ignore_errors=True)
 
     def _forget_dirs(self, top: Path) -> None:
         with self._lock:

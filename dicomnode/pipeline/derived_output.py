@@ -5,7 +5,7 @@ scores exist, so the job can do it while the method works on the next images, an
 sink at once by a thread of its own (`ImageStore`: writing a file durably mostly waits on the
 disk). Then the report is built; a series whose report cannot be built does not go out, and its
 images are taken back from the sink (`ImageStore.discard`), as are those of a job that fails.
-(A process killed meanwhile leaves them: the node's next attempt clears the job's outbox first.)
+(A process killed meanwhile leaves them: the job's next attempt clears them first.)
 An image whose header the standard does not let us derive from (`ImageDeclined`: see
 `dicom.conformance`) is left out with its reason: its source still goes to the PACS as it came.
 """
@@ -84,24 +84,29 @@ def encoded(ds: Dataset) -> EncodedInstance:
 
 
 class _Outbox:
-    def __init__(self, spool: Spool, job_id: int) -> None:
-        self._spool, self._job_id = spool, job_id
+    def __init__(self, spool: Spool, job_id: int, attempt: str) -> None:
+        self._spool, self._job_id, self._attempt = spool, job_id, attempt
 
     def __call__(self, instance: EncodedInstance) -> SpooledInstance:
         path = self._spool.write_outbox(
-            self._job_id, instance.series_instance_uid, instance.sop_instance_uid, instance.data
+            self._job_id,
+            self._attempt,
+            instance.series_instance_uid,
+            instance.sop_instance_uid,
+            instance.data,
         )
         return instance.spooled(path)
 
     def holds(self, instance: EncodedInstance) -> bool:
         return self._spool.outbox_path(
-            self._job_id, instance.series_instance_uid, instance.sop_instance_uid
+            self._job_id, self._attempt, instance.series_instance_uid, instance.sop_instance_uid
         ).exists()
 
 
-def outbox_sink(spool: Spool, job_id: int) -> Sink:
-    """Where a job's outputs go: the spool's outbox, durably."""
-    return _Outbox(spool, job_id)
+def outbox_sink(spool: Spool, job_id: int, attempt: str) -> Sink:
+    """Where one attempt at a job puts its outputs: its folder in the spool's outbox
+    (`Spool.outbox_attempt`), durably."""
+    return _Outbox(spool, job_id, attempt)
 
 
 def derivation_for(images: list[SourceImage], method: Method, settings: Settings) -> Derivation:

@@ -32,9 +32,10 @@ def replay_selection(
 ) -> ReplaySelection:
     """Pure: the selection for a job of `part` replaying in `mode`.
 
-    `outputs` is what the last processing attempt recorded ({"series": every series it made,
-    in sending order; "held": those QA held back; "unenhanced": inputs it sent as they came});
-    None for a job made before that record existed, which then sends its whole outbox.
+    `outputs` is what the last processing attempt recorded ({"outbox": its folder in the
+    job's outbox; "series": every series it made, in sending order; "held": those QA held
+    back; "unenhanced": inputs it sent as they came}); None for a job made before that record
+    existed, which then sends its whole outbox.
     """
     if part == JobPart.ORIGINALS:
         return ReplaySelection(None, ())
@@ -68,7 +69,9 @@ def replay_outgoing(
 
     SpoolError (not transient: nothing will bring them back) when an outbox series is gone.
     """
-    outbox = spool.outbox_series(job_id)
+    attempt = (outputs or {}).get("outbox")  # None: made before attempts had folders
+    outbox = spool.outbox_series(job_id, attempt)
+    folder = spool.outbox_dir / str(job_id) / (attempt or "")
     selection = replay_selection(part, mode, outputs, list(outbox))
     outgoing: list[list[SpooledInstance]] = []
     chosen = [
@@ -80,7 +83,7 @@ def replay_outgoing(
         files = outbox.get(series_uid)
         if not files:
             raise SpoolError(
-                f"job {job_id}: series={series_uid} is gone from {spool.outbox_dir / str(job_id)}; "
+                f"job {job_id}: series={series_uid} is gone from {folder}; "
                 "it cannot be sent again (send the source series to the node again to make it anew)"
             )
         try:

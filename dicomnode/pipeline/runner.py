@@ -294,12 +294,14 @@ class JobRunner:
 
         With originals off, the source images nothing derived stands for go too, as they came:
         the PACS gets them, not nothing. None when the job was finished here."""
-        enhanced = self._enhance(job, inputs, loaded)
+        attempt = self.spool.outbox_attempt(job.updated_at, self._token(job))
+        enhanced = self._enhance(job, inputs, loaded, attempt)
         if enhanced is None:
             return None
         outgoing, unenhanced, hold, held = enhanced
         series_of = self.spool.outbox_series_uid
-        record = {
+        record: dict[str, str | list[str]] = {
+            "outbox": attempt,
             "series": [series_of(series[0].path) for series in outgoing + held if series],
             "held": [series_of(series[0].path) for series in held if series],
             "unenhanced": [],
@@ -309,16 +311,28 @@ class JobRunner:
             outgoing.insert(0, [item for item in inputs if item.sop_instance_uid in unenhanced])
             record["unenhanced"] = [item.sop_instance_uid for item in outgoing[0]]
         # What a later `jobs release` or `jobs resend` sends again (pipeline.replay).
-        record_job_outputs(self.db, job.id, self._token(job), record)
+        if not record_job_outputs(self.db, job.id, self._token(job), record):
+            # Our lease lapsed (the worker was paused) and the job is another attempt's now:
+            # what we made goes, and what that attempt makes is left alone.
+            self.spool.clear_outbox_attempt(job.id, attempt)
+            log.warning(
+                "job no longer held, its outputs discarded job=%d series=%s outbox=%s",
+                job.id,
+                job.series_uid,
+                attempt,
+            )
+            return None
+        self.spool.clear_outbox_before(job.id, attempt)  # what a paused attempt left meanwhile
         return outgoing, hold
 
     def _enhance(
-        self, job: JobRecord, inputs: list[SpooledInstance], loaded: "LoadedSeries"
+        self, job: JobRecord, inputs: list[SpooledInstance], loaded: "LoadedSeries", attempt: str
     ) -> (
         tuple[list[list[SpooledInstance]], set[str], str | None, list[list[SpooledInstance]]] | None
     ):
         """The derived series and reports to send, the SOP UIDs left unenhanced, why QA holds
-        derived series back (None: send them) and the series it holds.
+        derived series back (None: send them) and the series it holds; their files are in the
+        outbox folder `attempt`, this attempt's own.
 
         None when the job was finished here (enhancement failed, or QA failed it)."""
         from dicomnode.pipeline.derived_output import outbox_sink
@@ -326,11 +340,12 @@ class JobRunner:
         from dicomnode.pipeline.methods import methods_for
 
         try:
-            self.spool.clear_outbox(job.id)
-            sink = outbox_sink(self.spool, job.id)
+            self.spool.clear_outbox_before(job.id, attempt)  # earlier attempts' outputs
+            sink = outbox_sink(self.spool, job.id, attempt)
             methods = methods_for(self.settings)
             output = enhance_series(job.id, inputs, self.settings, methods, sink, loaded)
         except DicomNodeError as exc:  # a missing model, a full disk: say so, keep the inputs
+            self.spool.clear_outbox_attempt(job.id, attempt)
             self._finish(job, error=f"enhancement failed: {exc}")
             return None
         record_job_details(self.db, job.id, self._token(job), output.outcome.as_dict())

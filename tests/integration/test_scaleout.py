@@ -11,6 +11,7 @@ import signal
 import socket
 import time
 from collections import Counter
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,63 @@ def test_a_worker_beside_its_listener_takes_no_data_dir_lock_and_is_ready_over_h
     finally:
         code = worker.stop()
     assert code == 0 and "worker stopped" in worker.log()
+
+
+@pytest.mark.parametrize("database_backend", ["postgresql"], indirect=True)
+def test_a_worker_paused_past_its_lease_leaves_what_the_attempt_after_it_made_alone(
+    node_factory, database_url: str, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    """Worker A is frozen (SIGSTOP) mid-job, worker B takes the job over and does it, then A
+    goes on: A's outputs go, and B's outbox files stay as B recorded and sent them."""
+    node = node_factory(
+        [pacs_destination(orthanc)],
+        worker={"workers": 0, "router": True, "lease_seconds": 5},
+        enhance={"methods": ["slow"], "plugins": [INJECTED], "self_check": False},
+    ).start()
+    env = {"DICOMNODE_WORKER_WORKERS": "1", "DICOMNODE_WORKER_ROUTER": "false"}
+    paused = node.worker("worker-a", {**env, "DICOMNODE_TEST_SLOW_SECONDS": "8"})
+    taking_over = node.worker("worker-b", {**env, "DICOMNODE_TEST_SLOW_SECONDS": "0"})
+    db = open_database(database_url)
+    try:
+        paused.start()
+        files = write_ct_series(tmp_path / "series", INSTANCES)
+        assert storescu(node.port, files).returncode == 0
+        job_id = int(STARTED.findall(paused.wait_for_log("job started job="))[0])
+        os.kill(paused.pid, signal.SIGSTOP)  # in the 8 s of its method, before any output
+        taking_over.start()
+        node.wait_for_jobs(
+            lambda jobs: any(job["id"] == job_id and job["status"] == "done" for job in jobs),
+            timeout=120,
+        )
+        outbox = node.data_dir / "spool" / "outbox" / str(job_id)
+        made = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in outbox.rglob("*")}
+
+        os.kill(paused.pid, signal.SIGCONT)
+        paused.wait_for_log(f"job no longer held, its outputs discarded job={job_id} ")
+        left = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in outbox.rglob("*")}
+        assert left == made  # nothing of B's replaced or deleted, nothing of A's left
+
+        # B's record names B's folder, which holds every series it sent: a resend finds them.
+        job = get_job(db, job_id)
+        assert job is not None and job.outputs is not None
+        [attempt] = {path.relative_to(outbox).parts[0] for path in made}
+        assert job.outputs["outbox"] == attempt
+        assert sorted(job.outputs["series"]) == sorted(p.name for p in (outbox / attempt).iterdir())
+        derived = {path.stem for path in made if path.suffix == ".dcm"}
+        assert len(derived) == INSTANCES + 1  # the derived images and the metrics report
+        node.cli("jobs", "resend", str(job_id))
+        node.wait_for_jobs(
+            lambda jobs: (
+                any(job["id"] == job_id and job["replay"] is None for job in jobs)
+                and all(job["status"] == "done" for job in jobs)
+            ),
+            timeout=60,
+        )
+        counts = wait_for_stores(orthanc, 2 * len(derived) + INSTANCES)
+        assert {uid: counts[uid] for uid in derived} == dict.fromkeys(derived, 2)
+    finally:
+        db.dispose()
+        with suppress(ProcessLookupError):
+            os.kill(paused.pid, signal.SIGCONT)  # frozen, it would not hear SIGTERM
+        paused.stop()
+        taking_over.stop()
