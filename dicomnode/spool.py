@@ -18,7 +18,6 @@ import shutil
 import threading
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 from dicomnode.errors import SpoolError
@@ -26,8 +25,8 @@ from dicomnode.errors import SpoolError
 # PS3.5 9.1: a UID is up to 64 characters of digits and dots, components separated by dots.
 # Leading zeros are tolerated here (real modalities send them); they are harmless in a path.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-# An attempt's folder in a job's outbox (`Spool.outbox_attempt`): claim time, then lease.
-_ATTEMPT = re.compile(r"^attempt-([0-9]{8}T[0-9]{12})-[0-9a-f]{8}$")
+# An attempt's folder in a job's outbox (`Spool.outbox_attempt`): claim number, then lease.
+_ATTEMPT = re.compile(r"^attempt-([0-9]{6,})-[0-9a-f]{8}$")
 
 
 def validate_uid(value: object, what: str) -> str:
@@ -39,12 +38,12 @@ def validate_uid(value: object, what: str) -> str:
     return text
 
 
-def _claim_time(attempt: str) -> str:
-    """The claim time of an attempt folder's name, as text that sorts as the times do."""
+def _claim_number(attempt: str) -> int:
+    """The claim number in an attempt folder's name; SpoolError for any other name."""
     found = _ATTEMPT.match(attempt)
     if found is None:
         raise SpoolError(f"{attempt!r} is not an outbox attempt folder (outbox_attempt)")
-    return found[1]
+    return int(found[1])
 
 
 def listener_lock_path(data_path: Path) -> Path:
@@ -122,8 +121,7 @@ class Spool:
         self, job_id: int, attempt: str, series_uid: str, sop_uid: str, data: bytes
     ) -> Path:
         """Store one output instance of a job durably (same guarantees as received ones)."""
-        if not _ATTEMPT.match(attempt):
-            raise SpoolError(f"{attempt!r} is not an outbox attempt folder (outbox_attempt)")
+        _claim_number(attempt)
         series_uid = validate_uid(series_uid, "SeriesInstanceUID")
         sop_uid = validate_uid(sop_uid, "SOPInstanceUID")
         return self._write_durably(self.outbox_path(job_id, attempt, series_uid, sop_uid), data)
@@ -137,14 +135,15 @@ class Spool:
         version that kept no attempt folders), never those of a later one: an attempt whose
         worker was paused past its lease must not touch what the attempt after it made."""
         top = self.outbox_dir / str(int(job_id))
-        claimed = _claim_time(attempt)
+        claim = _claim_number(attempt)
         for folder in sorted(top.iterdir()) if top.is_dir() else ():
             found = _ATTEMPT.match(folder.name)
-            if found is None or found[1] < claimed:
+            if found is None or int(found[1]) < claim:
                 self._remove_tree(folder)
 
     def clear_outbox_attempt(self, job_id: int, attempt: str) -> None:
         """Forget the outputs of one attempt (it lost its job, or failed)."""
+        _claim_number(attempt)
         self._remove_tree(self.outbox_dir / str(int(job_id)) / attempt)
 
     def outbox_series(self, job_id: int, attempt: str | None) -> dict[str, list[Path]]:
@@ -152,6 +151,7 @@ class Spool:
         again); `attempt` None: those of a version that wrote series folders to the job's."""
         top = self.outbox_dir / str(int(job_id))
         if attempt is not None:
+            _claim_number(attempt)  # it comes from the database: a name, never a path
             top = top / attempt
         if not top.is_dir():
             return {}
@@ -162,13 +162,12 @@ class Spool:
         }
 
     @staticmethod
-    def outbox_attempt(claimed_at: datetime, lease_owner: str) -> str:
-        """The outbox folder of the attempt that claimed a job at `claimed_at` under the lease
-        `lease_owner`: named by its claim time first, so attempts sort as they were made (a
-        later claim comes after the earlier one's lease lapsed), then by the lease, so two
-        claims are never one folder."""
+    def outbox_attempt(claim: int, lease_owner: str) -> str:
+        """The outbox folder of the attempt made by a job's claim number `claim` (`JobRecord.
+        claims`: counted by the database, so attempts sort as they were claimed whatever the
+        workers' clocks) under the lease `lease_owner` (so two claims never share a folder)."""
         lease = hashlib.sha256(lease_owner.encode()).hexdigest()[:8]
-        return f"attempt-{claimed_at.strftime('%Y%m%dT%H%M%S%f')}-{lease}"
+        return f"attempt-{int(claim):06d}-{lease}"
 
     @staticmethod
     def outbox_series_uid(path: Path) -> str:

@@ -50,6 +50,7 @@ def job_record(session: Session, job: Job) -> JobRecord:
         part=JobPart(job.part),
         status=JobStatus(job.status),
         attempts=job.attempts,
+        claims=job.claims,
         instances=count or 0,
         error=job.error,
         created_at=job.created_at,
@@ -132,6 +133,7 @@ def claim_next_job(
             .values(
                 status=JobStatus.PROCESSING,
                 attempts=Job.attempts + 1,
+                claims=Job.claims + 1,
                 lease_owner=owner,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
                 claimed_by=owner,

@@ -75,6 +75,10 @@ class Job(Base):
     part: Mapped[str] = mapped_column(String(16), default=JobPart.ORIGINALS)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Claims of the job ever made, never lowered (a retry or resend resets `attempts`): each
+    # attempt's outbox folder is named by its claim's number (`Spool.outbox_attempt`), so
+    # attempts sort as they were claimed, whatever the clocks of the workers that made them.
+    claims: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     # JSON: what the last processing attempt did (device, model, timings, metrics per method).
     details: Mapped[str | None] = mapped_column(Text, default=None)
@@ -82,8 +86,9 @@ class Job(Base):
     # `status.Replay`: the next attempt sends from the outbox instead of processing (release,
     # resend); None: process as usual.
     replay: Mapped[str | None] = mapped_column(String(16), default=None)
-    # JSON: what the last processing attempt held back and sent unenhanced (a derived job), so
-    # a release or resend sends exactly that again: {"held": [series UIDs], "unenhanced": [SOPs]}.
+    # JSON: what the last processing attempt made, held back and sent unenhanced (a derived
+    # job), so a release or resend sends exactly that again: {"outbox": its outbox folder,
+    # "series": [series UIDs], "held": [series UIDs], "unenhanced": [SOPs]}.
     outputs: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -99,6 +99,7 @@ class JobRecord:
     replay: str | None = None  # `status.Replay` while a release or resend is to be sent
     outputs: dict[str, Any] | None = None  # what the last attempt held and sent unenhanced
     history: tuple[JobEventRecord, ...] = ()  # oldest first
+    claims: int = 0  # claims of the job ever made (the latest one's number while it runs)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form used by `dicomnode jobs ... --json` (times in ISO 8601 UTC)."""

@@ -194,8 +194,9 @@ class ImageStore:
     write mostly waits on the disk, which the images after it need not do, and the encoded
     bytes are let go once written (at most `MAX_WAITING_TO_STORE` wait; `put` blocks beyond).
     `discard` takes back the files it created, for a series that does not go out after all
-    (its report not built, the job failed); a file an earlier run left under the same UIDs
-    (derived UIDs are deterministic) is replaced by the same image and kept by `discard`."""
+    (its report not built, the job failed); in an offline folder, a file an earlier run left
+    under the same UIDs (derived UIDs are deterministic) is replaced by the same image and kept
+    by `discard` (in the outbox each attempt has a folder of its own)."""
 
     def __init__(self, sink: Sink) -> None:
         self._sink = sink

@@ -294,7 +294,7 @@ class JobRunner:
 
         With originals off, the source images nothing derived stands for go too, as they came:
         the PACS gets them, not nothing. None when the job was finished here."""
-        attempt = self.spool.outbox_attempt(job.updated_at, self._token(job))
+        attempt = self.spool.outbox_attempt(job.claims, self._token(job))
         enhanced = self._enhance(job, inputs, loaded, attempt)
         if enhanced is None:
             return None

@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
-from dicomnode.db import open_database
+from dicomnode.db import Database, open_database
 from dicomnode.db.jobs import get_job
+from dicomnode.db.models import Job
 from tests.conftest import pacs_destination
 from tests.support.cli import dicomnode
 from tests.support.dcmtk import storescu
@@ -58,6 +61,22 @@ def kill_mid_enhancement(worker: NodeProcess, database_url: str, timeout: float 
     finally:
         db.dispose()
     raise AssertionError(f"the worker never enhanced a second job:\n{worker.log()[-4000:]}")
+
+
+def freeze_holding_no_lock(worker: NodeProcess, db: Database, job_id: int) -> None:
+    """SIGSTOP `worker` at a moment it holds no lock on the job's row: frozen inside its lease
+    renewal, it would keep the row locked, and the reaper, which skips locked rows, would never
+    take the job from it."""
+    for _ in range(100):
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            with db.session() as session:
+                session.execute(select(Job.id).where(Job.id == job_id).with_for_update(nowait=True))
+            return
+        except OperationalError:
+            os.kill(worker.pid, signal.SIGCONT)
+            time.sleep(0.05)
+    raise AssertionError(f"job {job_id}'s row was locked at every try")
 
 
 def process_of(job: dict[str, Any]) -> str:
@@ -185,7 +204,8 @@ def test_a_worker_paused_past_its_lease_leaves_what_the_attempt_after_it_made_al
         files = write_ct_series(tmp_path / "series", INSTANCES)
         assert storescu(node.port, files).returncode == 0
         job_id = int(STARTED.findall(paused.wait_for_log("job started job="))[0])
-        os.kill(paused.pid, signal.SIGSTOP)  # in the 8 s of its method, before any output
+        # Frozen in its head start, load or 8 s method: before any output of its own.
+        freeze_holding_no_lock(paused, db, job_id)
         taking_over.start()
         node.wait_for_jobs(
             lambda jobs: any(job["id"] == job_id and job["status"] == "done" for job in jobs),
@@ -195,9 +215,13 @@ def test_a_worker_paused_past_its_lease_leaves_what_the_attempt_after_it_made_al
         made = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in outbox.rglob("*")}
 
         os.kill(paused.pid, signal.SIGCONT)
-        paused.wait_for_log(f"job no longer held, its outputs discarded job={job_id} ")
+        discarded = f"job no longer held, its outputs discarded job={job_id} "
+        deadline = time.monotonic() + 60
+        while discarded not in paused.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
         left = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in outbox.rglob("*")}
         assert left == made  # nothing of B's replaced or deleted, nothing of A's left
+        assert discarded in paused.log()
 
         # B's record names B's folder, which holds every series it sent: a resend finds them.
         job = get_job(db, job_id)
