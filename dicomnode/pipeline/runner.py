@@ -293,7 +293,8 @@ class JobRunner:
         """What a derived job sends, and why QA holds the derived series back (None: send).
 
         With originals off, the source images nothing derived stands for go too, as they came:
-        the PACS gets them, not nothing. None when the job was finished here."""
+        the PACS gets them, not nothing. None when the job was finished here, or is no longer
+        this attempt's (its lease lapsed and another attempt took it)."""
         attempt = self.spool.outbox_attempt(job.claims, self._token(job))
         enhanced = self._enhance(job, inputs, loaded, attempt)
         if enhanced is None:
