@@ -136,7 +136,7 @@ class Spool:
         worker was paused past its lease must not touch what the attempt after it made."""
         top = self.outbox_dir / str(int(job_id))
         claim = _claim_number(attempt)
-        for folder in sorted(top.iterdir()) if top.is_dir() else ():
+        for folder in top.iterdir() if top.is_dir() else ():
             found = _ATTEMPT.match(folder.name)
             if found is None or int(found[1]) < claim:
                 self._remove_tree(folder)
