@@ -8,6 +8,7 @@ puts it back in modality units exactly:
   model sees one intensity scale whatever the scanner;
 * every other modality (MR, CR, DX, ...): the image's own 0.5th and 99.5th percentiles over the
   non-padding pixels map to 0 and 1. Values outside are *not* clipped: the map stays invertible.
+  A (nearly) empty image falls back to its full range (`MIN_PERCENTILE_SHARE`).
 """
 
 from dataclasses import dataclass
@@ -16,6 +17,10 @@ import numpy as np
 
 CT_HU_RANGE = (-1024.0, 3071.0)
 PERCENTILES = (0.5, 99.5)
+# Percentiles this much closer together than the image's full range describe no body, only
+# background: a few stray pixels, degraded (cubic resampling rings around them), put them as
+# little as 1e-17 apart, and the network's inputs at ~1e16. Real images: ~1e-2 and wider.
+MIN_PERCENTILE_SHARE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -45,10 +50,12 @@ def normalization_for(
     if values.size == 0:
         return Normalization(0.0, 1.0, rule="identity")
     low, high = (float(v) for v in np.percentile(values, PERCENTILES))
-    if high <= low:  # a (nearly) constant image: fall back to its full range, then to unit width
-        low, high = float(values.min()), float(values.max())
-        high = high if high > low else low + 1.0
-    return Normalization(low, high, rule=f"percentile-{PERCENTILES[0]}-{PERCENTILES[1]}")
+    lowest, highest = float(values.min()), float(values.max())
+    if high - low > MIN_PERCENTILE_SHARE * (highest - lowest):
+        return Normalization(low, high, rule=f"percentile-{PERCENTILES[0]}-{PERCENTILES[1]}")
+    if highest > lowest:  # background and a few pixels: their full range
+        return Normalization(lowest, highest, rule="min-max")
+    return Normalization(lowest, lowest + 1.0, rule="constant")
 
 
 def fill_padding(image: np.ndarray, padding: np.ndarray | None, modality: str) -> np.ndarray:

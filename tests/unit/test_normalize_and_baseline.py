@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 
 from dicomnode.imaging.baseline import BaselineParams, enhance_baseline
+from dicomnode.imaging.degrade import Degradation, degrade
 from dicomnode.imaging.enhance import BaselineMethod, enhance_stack
 from dicomnode.imaging.metrics import compare
 from dicomnode.imaging.normalize import (
     CT_HU_RANGE,
+    PERCENTILES,
     Normalization,
     denormalize,
     normalization_for,
@@ -50,7 +52,22 @@ def test_the_map_is_invertible_without_clipping() -> None:
 
 def test_constant_image_gets_a_usable_map() -> None:
     norm = normalization_for(np.full((8, 8), 7.0), "MR")
-    assert norm.high > norm.low
+    assert norm == Normalization(7.0, 8.0, rule="constant")
+
+
+def test_a_nearly_empty_degraded_image_maps_its_full_range() -> None:
+    """Three stray pixels of one step, degraded as the self-check and training do: cubic
+    resampling leaves ~1e-9 ringing everywhere, the percentiles would sit that close, and the
+    network would see inputs of ~1e8. The full range keeps them in 0...1."""
+    image = np.zeros((384, 274), np.float32)
+    image[100, 50] = image[200, 150] = image[300, 250] = 1.0
+    degraded = degrade(image, Degradation(scale=2, blur_sigma=1.0))
+    low, high = np.percentile(degraded, PERCENTILES)
+    assert 0 < high - low < 1e-6  # what the percentiles alone would have given
+    norm = normalization_for(degraded, "MR")
+    assert norm == Normalization(float(degraded.min()), float(degraded.max()), rule="min-max")
+    scaled = normalize(degraded, norm)
+    assert scaled.min() == 0.0 and scaled.max() == pytest.approx(1.0)
 
 
 def test_baseline_denoises_a_noisy_phantom() -> None:
