@@ -134,6 +134,22 @@ def test_the_installed_package_runs_with_the_models_it_installed(installed: Inst
         assert sha256(installed.models / name) == sha256(REPO / "models" / name), name
 
 
+def test_the_installed_package_declares_and_carries_its_licence(installed: Installed) -> None:
+    """Apache-2.0 asks that whoever receives the software receives the licence with it."""
+    shown = installed.run(
+        "python",
+        "-c",
+        "import importlib.metadata as m; d = m.distribution('dicomnode');"
+        " print(d.metadata['License-Expression']);"
+        " print(*(d.locate_file(f) for f in d.files if f.name == 'LICENSE'))",
+    )
+    assert shown.returncode == 0, shown.stderr
+    expression, licences = shown.stdout.splitlines()
+    assert expression == "Apache-2.0"
+    assert licences, "no LICENSE in the installed distribution: does the Dockerfile copy it?"
+    assert Path(licences).read_bytes() == (REPO / "LICENSE").read_bytes()
+
+
 def test_installed_enhance_writes_a_derived_series_with_the_default_model(
     installed: Installed,
 ) -> None:

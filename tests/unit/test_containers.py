@@ -47,7 +47,7 @@ def test_a_mounted_config_keeps_its_destinations(
 
 @pytest.mark.parametrize("dockerfile", [CPU, GPU], ids=lambda p: p.name)
 def test_the_package_is_installed_not_run_from_source_with_its_models(dockerfile: Path) -> None:
-    assert {"pyproject.toml", "dicomnode", "models"} <= set(copied_sources(dockerfile))
+    assert {"pyproject.toml", "LICENSE", "dicomnode", "models"} <= set(copied_sources(dockerfile))
     for source in copied_sources(dockerfile):
         assert (REPO / source).exists(), source
     [install] = [run for run in arguments(dockerfile, "RUN") if "pip install" in run]
