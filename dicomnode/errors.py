@@ -34,6 +34,16 @@ class DecodeError(DicomNodeError):
     """A received or spooled dataset is malformed or lacks what the node needs to file it."""
 
 
+class DataSetMismatch(DecodeError):
+    """A received data set names another SOP class or instance than its C-STORE request does
+    (PS3.4 B.2.3, status A900): filed, it could never be delivered as the instance it claims."""
+
+
+class SopClassNotSupported(DecodeError):
+    """A C-STORE for a SOP class that is not a storage SOP class, or that is not its
+    presentation context's (status 0122)."""
+
+
 class InstanceTooLarge(DicomNodeError):
     """An instance is (or inflates to) more than `node.max_instance_mb`: refused, never read."""
 

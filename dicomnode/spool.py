@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from dicomnode.errors import SpoolError
@@ -44,6 +45,16 @@ def _claim_number(attempt: str) -> int:
     if found is None:
         raise SpoolError(f"{attempt!r} is not an outbox attempt folder (outbox_attempt)")
     return int(found[1])
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A received copy under its final name whose row is not committed yet (`place_instance`):
+    `settle` it once the row is, `undo` it if the row cannot be."""
+
+    path: Path
+    inode: int  # this copy's: `undo` never touches a copy placed after it
+    replaced: Path | None  # a hard link to the copy it replaced, in tmp/, until settled
 
 
 def listener_lock_path(data_path: Path) -> Path:
@@ -83,13 +94,14 @@ class Spool:
         An existing file with the same SOP Instance UID is replaced atomically: readers see the
         old file or the new one, never a mix.
         """
-        path = self.place_instance(study_uid, series_uid, sop_uid, data)
-        self.sync_name(path)
-        return path
+        placed = self.place_instance(study_uid, series_uid, sop_uid, data)
+        self.sync_name(placed.path)
+        self.settle(placed)
+        return placed.path
 
     def place_instance(
         self, study_uid: str, series_uid: str, sop_uid: str, *parts: bytes | bytearray
-    ) -> Path:
+    ) -> Placement:
         """`write_instance` but for the last step: the bytes are durable and under their final
         name, which becomes durable with `sync_name(path)`. The file is `parts` one after the
         other (the receiver's file meta and data set, never joined into a copy of both).
@@ -97,14 +109,54 @@ class Spool:
         The receiver commits the instance's row while that last fsync runs (two device flushes
         at once instead of one after the other) and answers only once both are done; a row
         whose name a power loss took is removed at the next start
-        (`db.instances.forget_instances_without_files`).
+        (`db.instances.forget_instances_without_files`). A copy this one replaces stays linked
+        in tmp/ until `settle`, so that a row that cannot be committed (`undo`) never costs the
+        copy that was acknowledged before it.
         """
         uids = (
             validate_uid(study_uid, "StudyInstanceUID"),
             validate_uid(series_uid, "SeriesInstanceUID"),
             validate_uid(sop_uid, "SOPInstanceUID"),
         )
-        return self._write_durably(self.instance_path(*uids), *parts, sync_name=False)
+        final = self.instance_path(*uids)
+        replaced = self.tmp_dir / f"{uuid.uuid4().hex}.part"  # stale_parts() sweeps leftovers
+        try:
+            os.link(final, replaced)
+        except FileNotFoundError:
+            replaced = None  # a new instance (or a copy that moved series)
+        except OSError as exc:
+            raise SpoolError(f"cannot keep the copy at {final}: {exc.strerror or exc}") from exc
+        try:
+            self._write_durably(final, *parts, sync_name=False)
+            inode = os.stat(final).st_ino
+        except BaseException:
+            if replaced is not None:
+                replaced.unlink(missing_ok=True)
+            raise
+        return Placement(final, inode, replaced)
+
+    def settle(self, placed: Placement) -> None:
+        """The placed copy's row is committed: let go of the copy it replaced."""
+        if placed.replaced is not None:
+            placed.replaced.unlink(missing_ok=True)
+
+    def undo(self, placed: Placement) -> None:
+        """The placed copy's row could not be committed: put back the copy it replaced (the
+        one the row still describes), or remove it if it replaced none. A copy placed after
+        it (another receiver process) is left alone."""
+        try:
+            if os.stat(placed.path).st_ino != placed.inode:
+                self.settle(placed)
+            elif placed.replaced is not None:
+                os.replace(placed.replaced, placed.path)
+                _fsync_dir(placed.path.parent)
+            else:
+                placed.path.unlink()
+        except FileNotFoundError:
+            self.settle(placed)
+        except OSError as exc:
+            problem = exc.strerror or exc
+            raise SpoolError(f"cannot undo the copy at {placed.path}: {problem}") from exc
 
     def sync_name(self, path: Path) -> None:
         """Make a file's name (its directory entry) durable: the step `place_instance` left."""

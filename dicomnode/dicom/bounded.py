@@ -45,6 +45,8 @@ def inflated_size(chunks: Iterable[bytes | memoryview], limit: int, what: str) -
                 break
     except zlib.error as exc:
         raise DecodeError(f"{what}: deflated data set is corrupt ({exc})") from None
+    if not inflater.eof:
+        raise DecodeError(f"{what}: deflated data set is truncated (its stream never ends)")
     return total
 
 

@@ -13,7 +13,15 @@ from prometheus_client.registry import Collector
 disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
 
 # The `reason` labels, every one exported from the start (at 0) so that rate() sees the first.
-REFUSAL_REASONS = ("cannot_decode", "too_large", "disk_full", "spool", "internal")
+REFUSAL_REASONS = (
+    "cannot_decode",
+    "data_set_mismatch",
+    "sop_class_not_supported",
+    "too_large",
+    "disk_full",
+    "spool",
+    "internal",
+)
 REJECTION_REASONS = (
     "called_aet_unknown",
     "calling_aet_not_allowed",

@@ -10,15 +10,17 @@ received (no decode/re-encode), so what a PACS later gets from us is what the mo
 import logging
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from io import BytesIO
 from pathlib import Path
 
 from pydicom import Dataset
-from pydicom.filereader import read_dataset
+from pydicom.filereader import data_element_generator
+from pydicom.uid import UID
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
@@ -35,7 +37,14 @@ from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
 from dicomnode.dicom.bounded import inflate_prefix, inflated_size
 from dicomnode.dicom.tls import server_context
 from dicomnode.dicom.wire import part10_header
-from dicomnode.errors import DecodeError, DiskFull, InstanceTooLarge, SpoolError
+from dicomnode.errors import (
+    DataSetMismatch,
+    DecodeError,
+    DiskFull,
+    InstanceTooLarge,
+    SopClassNotSupported,
+    SpoolError,
+)
 from dicomnode.forward.commitment import record_commitment_report
 from dicomnode.observe.counters import (
     ASSOCIATIONS_REJECTED,
@@ -57,38 +66,87 @@ log = logging.getLogger(__name__)
 class _Identity:
     study_uid: str
     series_uid: str
-    sop_instance_uid: str
+    sop_instance_uid: str  # the data set's and the command's (`_identify` checks they agree)
     sop_class_uid: str
     modality: str
-    affected_sop_instance_uid: str  # the command's: the file meta's (PS3.10 7.1)
 
+
+# What a C-STORE may store: the storage SOP classes (not Verification, not Storage Commitment).
+STORAGE_SOP_CLASSES = frozenset(str(c.abstract_syntax) for c in AllStoragePresentationContexts)
 
 _LAST_TAG_NEEDED = 0x0020000E  # SeriesInstanceUID; the identifying tags all come before it
-# A deflated header is read from at most this much inflated data (never pynetdicom's
-# `event.dataset`, which inflates the whole stream in one call).
+_IDENTIFYING_TAGS = {
+    0x00080016: "SOPClassUID",
+    0x00080018: "SOPInstanceUID",
+    0x00080060: "Modality",
+    0x0020000D: "StudyInstanceUID",
+    0x0020000E: "SeriesInstanceUID",
+}
+# Values longer than this are stepped over, never read: the walk reads only the elements'
+# headers (the pixels stay raw bytes, as received).
+_READ_AT_MOST = 256
+# No real instance has this many top-level elements (each tag at most once, in order); a data
+# set of millions of tiny elements would cost the walk seconds of CPU per instance.
+MAX_TOP_LEVEL_ELEMENTS = 100_000
+# A deflated data set's header is read from an inflated prefix of at least this size (never
+# pynetdicom's `event.dataset`, which inflates the whole stream in one call), four times larger
+# at each try until it holds the identifying elements.
 HEADER_PREFIX_BYTES = 1 << 20
 
 
-def _header(arrival: Arrival) -> Dataset:
-    """Decode only the elements up to SeriesInstanceUID: the rest (pixels) stays raw bytes."""
-    syntax = arrival.transfer_syntax
-    data = arrival.data_set
-    if syntax.is_deflated:
-        data = inflate_prefix(data, HEADER_PREFIX_BYTES)
-    return read_dataset(
-        BytesIO(data),  # shares the bytes, no copy
-        syntax.is_implicit_VR,
-        syntax.is_little_endian,
-        stop_when=lambda tag, _vr, _length: tag > _LAST_TAG_NEEDED,
+def _walk(data: bytes, syntax: UID, *, whole: bool) -> tuple[dict[int, object], bool]:
+    """The raw values of the identifying elements, and whether an element after them was
+    reached. `whole`: walk every top-level element to the end of `data`, so that a data set
+    truncated or encoded otherwise than its transfer syntax says is refused (as a full parse by
+    DCMTK's storescp or Orthanc would refuse it) instead of acknowledged and never deliverable.
+    """
+    stream = BytesIO(data)  # shares the bytes, no copy
+    elements = data_element_generator(
+        stream, syntax.is_implicit_VR, syntax.is_little_endian, defer_size=_READ_AT_MOST
     )
+    found: dict[int, object] = {}
+    tag = 0
+    for count, element in enumerate(elements, 1):
+        tag = element.tag
+        if tag > _LAST_TAG_NEEDED and not whole:
+            return found, True
+        if tag in _IDENTIFYING_TAGS:
+            found[tag] = element.value
+        if count > MAX_TOP_LEVEL_ELEMENTS:
+            raise DecodeError(f"the data set has more than {MAX_TOP_LEVEL_ELEMENTS} elements")
+    if whole and stream.tell() > len(data):
+        raise DecodeError(
+            f"the data set is truncated or not in {syntax.name}: its last element "
+            f"({tag >> 16:04X},{tag & 0xFFFF:04X}) ends {stream.tell() - len(data)} bytes "
+            f"after its {len(data)} bytes"
+        )
+    return found, False
 
 
-def _raw_text(dataset: Dataset, tag: int) -> str:
-    """An element's value as the sender wrote it: the UIDs are validated by `validate_uid`
-    below, so pydicom's own conversion and validation (a third of the receive path's header
-    time) is skipped. "" when absent."""
-    element = dataset.get_item(tag)
-    value = element.value if element is not None else None
+def _identifying_values(arrival: Arrival) -> dict[int, object]:
+    """The identifying elements' raw values; DecodeError for a data set whose structure fails."""
+    syntax = arrival.transfer_syntax
+    if not syntax.is_deflated:
+        return _walk(arrival.data_set, syntax, whole=True)[0]
+    # Deflated: `_check_size` has inflated the stream to its end, within node.max_instance_mb,
+    # which bounds the prefix too.
+    size = HEADER_PREFIX_BYTES
+    while True:
+        prefix = inflate_prefix(arrival.data_set, size)
+        if len(prefix) < size:  # the whole data set
+            return _walk(prefix, syntax, whole=True)[0]
+        try:
+            found, passed = _walk(prefix, syntax, whole=False)
+        except Exception:  # an element that the prefix cuts short
+            passed = False
+        if passed:  # an element after the identifying ones
+            return found
+        size *= 4
+
+
+def _text(value: object) -> str:
+    """An element's raw value as the sender wrote it: the UIDs are validated by `validate_uid`
+    below, so pydicom's own conversion and validation is skipped. "" when absent."""
     if isinstance(value, bytes):
         return value.decode("ascii", errors="replace")
     return "" if value is None else str(value)
@@ -97,29 +155,83 @@ def _raw_text(dataset: Dataset, tag: int) -> str:
 def _identify(arrival: Arrival) -> _Identity:
     """The UIDs that file an instance, validated; DecodeError if the dataset cannot give them."""
     try:
-        dataset = _header(arrival)
-        values = {
-            "StudyInstanceUID": _raw_text(dataset, 0x0020000D),
-            "SeriesInstanceUID": _raw_text(dataset, 0x0020000E),
-            "SOPInstanceUID": _raw_text(dataset, 0x00080018),
-        }
-        modality = printable_code(_raw_text(dataset, 0x00080060))
+        found = _identifying_values(arrival)
+    except DecodeError:
+        raise
     except Exception as exc:  # pydicom raises many types on malformed bytes
-        raise DecodeError(f"dataset cannot be decoded: {exc}") from exc
+        syntax = arrival.transfer_syntax.name
+        raise DecodeError(f"the data set cannot be decoded as {syntax}: {exc}") from exc
+    values = {name: _text(found.get(tag)) for tag, name in _IDENTIFYING_TAGS.items()}
+    modality = printable_code(values.pop("Modality"))
     try:
+        for name, value in values.items():
+            if not value:
+                raise SpoolError(f"the data set has no {name}")
         uids = {name: validate_uid(value, name) for name, value in values.items()}
         sop_class = validate_uid(arrival.sop_class_uid, "AffectedSOPClassUID")
         affected = validate_uid(arrival.sop_instance_uid, "AffectedSOPInstanceUID")
     except SpoolError as exc:
         raise DecodeError(str(exc)) from None
+    # As DCMTK's storescp (and so Orthanc): a data set that is not what its request names is
+    # refused, never filed under one identity and sent on under the other.
+    if uids["SOPClassUID"] != sop_class:
+        raise DataSetMismatch(
+            f"the data set's SOPClassUID {uids['SOPClassUID']} is not the request's "
+            f"AffectedSOPClassUID {sop_class}"
+        )
+    if uids["SOPInstanceUID"] != affected:
+        raise DataSetMismatch(
+            f"the data set's SOPInstanceUID {uids['SOPInstanceUID']} is not the request's "
+            f"AffectedSOPInstanceUID {affected}"
+        )
     return _Identity(
         uids["StudyInstanceUID"],
         uids["SeriesInstanceUID"],
         uids["SOPInstanceUID"],
         sop_class,
         modality,
-        affected,
     )
+
+
+def _check_sop_class(arrival: Arrival) -> None:
+    """Refuse a C-STORE of what is not a storage SOP class, or not its context's (0122)."""
+    sop_class = arrival.sop_class_uid
+    if sop_class != arrival.abstract_syntax:
+        raise SopClassNotSupported(
+            f"AffectedSOPClassUID {sop_class[:64]} is not the abstract syntax "
+            f"{arrival.abstract_syntax} of its presentation context"
+        )
+    if sop_class not in STORAGE_SOP_CLASSES:
+        raise SopClassNotSupported(f"{sop_class[:64]} is not a storage SOP class")
+
+
+@contextmanager
+def _not_idle(assoc: Association) -> Iterator[None]:
+    """An association whose caller waits for our answer is not idle: pynetdicom's idle timer
+    (network.network_timeout) stands still while we store, or a store that takes longer (a
+    database busy for seconds, a large instance on a slow disk) would have the association
+    thread abort it under the caller mid-association."""
+    timer = getattr(getattr(assoc, "dul", None), "_idle_timer", None)  # pynetdicom's own
+    if timer is None:
+        yield
+        return
+    timer.stop()
+    try:
+        yield
+    finally:
+        timer.restart()
+
+
+def _ended_how(assoc: Association) -> str:
+    """How an established association ended, as pynetdicom's state machine shows it when the
+    connection closes: "released", "idle" (pynetdicom aborted it: network.network_timeout),
+    or the peer's doing. Sta13 is "awaiting the transport to close" after A-RELEASE-RP or an
+    A-ABORT of ours (PS3.8 9.2); pynetdicom's own abort is the one that sets `_sent_abort`."""
+    if getattr(assoc, "_sent_abort", False):
+        return "idle"
+    if getattr(assoc.dul.state_machine, "current_state", None) == "Sta13":
+        return "released"
+    return "aborted by the peer or the connection was lost"
 
 
 def _answered(event: Event) -> None:
@@ -174,6 +286,7 @@ class StorageReceiver:
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_ACSE_SENT, self.handle_association_answer),
+            (evt.EVT_ESTABLISHED, self.handle_established),
             (evt.EVT_RELEASED, self.handle_released),
             (evt.EVT_CONN_CLOSE, self.handle_closed),
             (evt.EVT_DIMSE_SENT, _answered),
@@ -208,31 +321,40 @@ class StorageReceiver:
             event.assoc.requestor.address,
         )
 
-    def handle_closed(self, event: Event) -> None:
+    def handle_established(self, event: Event) -> None:
         with self._received_lock:
-            # Its series, if not released (aborted): the quiet rule completes them.
+            self._received.setdefault(event.assoc, _Received())
+
+    def handle_closed(self, event: Event) -> None:
+        """One line for the end of every association that was established: a warning when it
+        ended without A-RELEASE (what it had stored stays; the quiet rule completes its
+        series), else, if it stored anything, how much."""
+        with self._received_lock:
             received = self._received.pop(event.assoc, None)
-        sock = event.assoc.dul.socket
-        guarded = isinstance(sock, GuardedSocket) and sock.refused_reason is not None
-        if event.assoc.is_aborted and not guarded:  # a guard's abort has its own line
-            idle = event.assoc.dul.idle_timer_expired()
-            log.warning(
-                "association aborted address=%s calling_aet=%s reason=%s",
-                event.assoc.requestor.address,
-                event.assoc.requestor.ae_title or "-",
-                (
-                    f"idle for network.network_timeout={self.settings.network.network_timeout:g}s"
-                    if idle
-                    else "aborted by the peer or the connection was lost"
-                ),
-            )
-        if received is not None:
-            log.info(
-                "association closed calling_aet=%s address=%s stored=%d",
-                event.assoc.requestor.ae_title,
-                event.assoc.requestor.address,
-                received.stored,
-            )
+        if received is None:  # never established: a rejection has its own line
+            return
+        assoc = event.assoc
+        sock = assoc.dul.socket
+        ended_how = _ended_how(assoc)
+        if ended_how == "released" or (
+            isinstance(sock, GuardedSocket) and sock.refused_reason is not None
+        ):  # a guard's abort has its own line
+            if received.stored:
+                log.info(
+                    "association closed calling_aet=%s address=%s stored=%d",
+                    assoc.requestor.ae_title,
+                    assoc.requestor.address,
+                    received.stored,
+                )
+            return
+        timeout = self.settings.network.network_timeout
+        log.warning(
+            "association aborted address=%s calling_aet=%s reason=%s stored=%d",
+            assoc.requestor.address,
+            assoc.requestor.ae_title or "-",
+            f"idle for network.network_timeout={timeout:g}s" if ended_how == "idle" else ended_how,
+            received.stored,
+        )
 
     def handle_released(self, event: Event) -> None:
         """The sender said it is done with the series it stored (A-RELEASE): the completion rule
@@ -255,6 +377,7 @@ class StorageReceiver:
                 assoc=event.assoc,
                 sop_class_uid=str(request.AffectedSOPClassUID or ""),
                 sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+                abstract_syntax=str(event.context.abstract_syntax),
                 transfer_syntax=event.context.transfer_syntax,
                 data_set=request.DataSet.getvalue(),
             )
@@ -262,6 +385,10 @@ class StorageReceiver:
 
     def store(self, arrival: Arrival) -> Dataset | int:
         """Spool and record one instance; every failure becomes a status, never an exception."""
+        with _not_idle(arrival.assoc):
+            return self._store_and_answer(arrival)
+
+    def _store_and_answer(self, arrival: Arrival) -> Dataset | int:
         calling = arrival.assoc.requestor.ae_title
         sop_uid = arrival.sop_instance_uid
         try:
@@ -270,6 +397,7 @@ class StorageReceiver:
                     f"less than node.min_free_disk_mb={self.settings.node.min_free_disk_mb} MB "
                     f"free in {self.spool.root}"
                 )
+            _check_sop_class(arrival)
             self._check_size(arrival)
             ident = _identify(arrival)
             sop_uid = ident.sop_instance_uid
@@ -328,10 +456,9 @@ class StorageReceiver:
             return
         header = _file_meta(arrival, ident)
         size = len(header) + len(arrival.data_set)
-        path = self.spool.instance_path(ident.study_uid, ident.series_uid, ident.sop_instance_uid)
         # The row is committed once the bytes are durable under their final name, while the
         # name itself is made durable (its directory fsync'd): Success waits for both.
-        final = self.spool.place_instance(
+        placed = self.spool.place_instance(
             ident.study_uid, ident.series_uid, ident.sop_instance_uid, header, arrival.data_set
         )
         row = ReceivedInstance(
@@ -341,19 +468,25 @@ class StorageReceiver:
             study_uid=ident.study_uid,
             series_uid=ident.series_uid,
             modality=ident.modality,
-            path=path,
+            path=placed.path,
             size_bytes=size,
             calling_aet=calling,
         )
         named: list[Future[None]] = []
 
         def name_while_committing() -> None:
-            named.append(self._writer.submit(self.spool.sync_name, final))
+            named.append(self._writer.submit(self.spool.sync_name, placed.path))
 
         try:
             previous = self._record(row, before_commit=name_while_committing)
-        finally:
+        except BaseException:
             wait(named)  # never leave a write running behind a failed transaction
+            # refused: the copy acknowledged before this one (which the row still describes)
+            # goes back in place
+            self.spool.undo(placed)
+            raise
+        wait(named)
+        self.spool.settle(placed)
         named[0].result()  # a name that could not be made durable: the store fails
         # Another receiver process may have filed a copy under the old name meanwhile.
         if previous is not None and stored_path(self.db, ident.sop_instance_uid) != previous:
@@ -376,9 +509,7 @@ class StorageReceiver:
 def _file_meta(arrival: Arrival, ident: _Identity) -> bytes:
     """What goes before the data set, exactly as received, in the instance's DICOM file
     (PS3.10): the preamble and the file meta pynetdicom's `encoded_dataset` would write."""
-    return part10_header(
-        ident.sop_class_uid, ident.affected_sop_instance_uid, str(arrival.transfer_syntax)
-    )
+    return part10_header(ident.sop_class_uid, ident.sop_instance_uid, str(arrival.transfer_syntax))
 
 
 def start_receiver(

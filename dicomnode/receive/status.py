@@ -4,11 +4,20 @@ import re
 
 from pydicom import Dataset
 
-from dicomnode.errors import DecodeError, DiskFull, InstanceTooLarge, SpoolError
+from dicomnode.errors import (
+    DataSetMismatch,
+    DecodeError,
+    DiskFull,
+    InstanceTooLarge,
+    SopClassNotSupported,
+    SpoolError,
+)
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # the sender should try again later
 CANNOT_UNDERSTAND = 0xC000  # the dataset is unusable; resending it won't help
+DATA_SET_MISMATCH = 0xA900  # the data set is not the instance (or SOP class) the request names
+SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 # A local path (spool, data_dir) tells a caller how the host is laid out: the log keeps it.
 _LOCAL_PATH = re.compile(r"(?<![\w.])/[^\s'\",;:]*")
@@ -17,11 +26,19 @@ _LOCAL_PATH = re.compile(r"(?<![\w.])/[^\s'\",;:]*")
 def status_for(error: Exception) -> int:
     """A dataset we cannot use is refused for good; every other failure (spool or disk full,
     database unavailable, a bug of ours) is not the sender's fault, so it is asked to resend."""
+    if isinstance(error, DataSetMismatch):
+        return DATA_SET_MISMATCH
+    if isinstance(error, SopClassNotSupported):
+        return SOP_CLASS_NOT_SUPPORTED
     return CANNOT_UNDERSTAND if isinstance(error, DecodeError) else OUT_OF_RESOURCES
 
 
 def refusal_reason(error: Exception) -> str:
     """The `reason` label of a refused instance in the metrics (a short, fixed vocabulary)."""
+    if isinstance(error, DataSetMismatch):
+        return "data_set_mismatch"
+    if isinstance(error, SopClassNotSupported):
+        return "sop_class_not_supported"
     if isinstance(error, DecodeError):
         return "cannot_decode"
     if isinstance(error, InstanceTooLarge):

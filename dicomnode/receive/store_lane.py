@@ -53,6 +53,7 @@ class Arrival:
     assoc: Association
     sop_class_uid: str  # the command's Affected SOP Class UID
     sop_instance_uid: str  # the command's Affected SOP Instance UID
+    abstract_syntax: str  # the presentation context's SOP class
     transfer_syntax: UID  # the presentation context's
     data_set: bytes  # exactly as received
 
@@ -197,6 +198,7 @@ class StoreLane:
                 assoc=self._assoc,
                 sop_class_uid=request.sop_class_uid,
                 sop_instance_uid=request.sop_instance_uid,
+                abstract_syntax=request.sop_class_uid,  # the lane takes only the context's
                 transfer_syntax=request.transfer_syntax,
                 data_set=data_set,
             )

@@ -14,8 +14,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
-from pydicom.uid import generate_uid
+from pydicom import Dataset, dcmread
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 
 from tests.conftest import pacs_destination
 from tests.support.data import pydicom_test_files
@@ -242,3 +247,132 @@ def test_with_originals_off_what_cannot_be_enhanced_is_still_forwarded_unchanged
     assert broken.SOPInstanceUID in arrived  # unchanged: nothing derived stands for it
     assert not originals & arrived  # their derived images do
     assert len(arrived) == 1 + len(ct_series) + 1  # broken + derived + metrics report
+
+
+def _claiming(folder: Path, name: str, **meta: str) -> tuple[Path, str]:
+    """A CT instance whose file meta (what the C-STORE request names) claims `meta`; returns
+    the file and the data set's own SOP Instance UID."""
+    ds = dcmread(CT_TEMPLATE)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    for keyword, value in meta.items():
+        if keyword == "DataSetSOPClassUID":
+            if value:
+                ds.SOPClassUID = value
+            else:
+                del ds.SOPClassUID
+        else:
+            setattr(ds.file_meta, keyword, value)
+    path = folder / f"{name}.dcm"
+    ds.save_as(path, enforce_file_format=False)
+    return path, str(ds.SOPInstanceUID)
+
+
+def test_a_data_set_that_is_not_what_its_request_names_is_refused_as_dcmtk_does(
+    tmp_path: Path, node_factory
+) -> None:
+    """The request's Affected SOP Class/Instance UID and the data set's must agree (A900; a
+    data set without a SOP Class UID: C000), and only storage SOP classes are stored (0122):
+    filed under one identity, such an instance could never be delivered as the other."""
+    node = node_factory([]).start()
+    folder = tmp_path / "claims"
+    folder.mkdir()
+    mr = "1.2.840.10008.5.1.4.1.1.4"
+    cases = {
+        "instance_uid_differs": (
+            _claiming(folder, "instance_uid_differs", MediaStorageSOPInstanceUID=generate_uid()),
+            0xA900,
+        ),
+        "sop_class_differs": (
+            _claiming(folder, "sop_class_differs", MediaStorageSOPClassUID=mr),
+            0xA900,
+        ),
+        "no_sop_class": (_claiming(folder, "no_sop_class", DataSetSOPClassUID=""), 0xC000),
+        "verification": (
+            _claiming(
+                folder,
+                "verification",
+                MediaStorageSOPClassUID="1.2.840.10008.1.1",
+                DataSetSOPClassUID="1.2.840.10008.1.1",
+            ),
+            0x0122,
+        ),
+        "agrees": (_claiming(folder, "agrees"), 0x0000),
+    }
+    with StoreScp(tmp_path / "storescp") as reference:  # what DCMTK answers to the same
+        dcmtk = {
+            name: c_store(reference.port, path, as_file_meta_says=True)
+            for name, ((path, _), _) in cases.items()
+        }
+    for name, ((path, sop), expected) in cases.items():
+        status = c_store(node.port, path, calling_aet="BADSCU", as_file_meta_says=True)
+        assert status is not None and int(status.Status) == expected, name
+        if name != "verification":  # storescp +xa files even a C-STORE of Verification
+            assert dcmtk[name] is not None and int(dcmtk[name].Status) == expected, name
+        stored = list(node.data_dir.rglob(f"{sop}.dcm"))
+        assert len(stored) == (expected == 0x0000), name
+        if expected:
+            assert "ErrorComment" in status, name
+    assert "C-STORE failed status=0xA900" in node.log()
+    assert "is not the request's AffectedSOPInstanceUID" in node.log()
+    assert "1.2.840.10008.1.1 is not a storage SOP class" in node.log()
+
+
+def _written(path: Path, ds: Dataset, syntax: str) -> Path:
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_truncated_or_misdeclared_data_sets_are_refused_and_a_long_deflated_header_is_read(
+    tmp_path: Path, node_factory
+) -> None:
+    """The receiver walks every top-level element of what it acknowledges (only their headers,
+    the pixels stay raw), so bytes cut short or encoded otherwise than the transfer syntax says
+    get C000 instead of a Success that no destination would ever take; a deflated data set
+    whose identifying elements lie past the first MiB is read far enough to find them."""
+    node = node_factory([]).start()
+    folder = tmp_path / "structure"
+    folder.mkdir()
+
+    def ct() -> Dataset:
+        ds = dcmread(CT_TEMPLATE)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.SeriesInstanceUID = generate_uid()
+        return ds
+
+    good = _written(folder / "good.dcm", ct(), ExplicitVRLittleEndian)
+    truncated = _written(folder / "truncated.dcm", ct(), ExplicitVRLittleEndian)
+    truncated.write_bytes(truncated.read_bytes()[:-5000])
+    misdeclared = folder / "explicit_declared_implicit.dcm"
+    explicit = ct()
+    _written(misdeclared, explicit, ExplicitVRLittleEndian)
+    raw = misdeclared.read_bytes()  # the meta's transfer syntax UID, swapped in place (same length)
+    misdeclared.write_bytes(
+        raw.replace(
+            str(ExplicitVRLittleEndian).encode() + b"\0",
+            str(ImplicitVRLittleEndian).encode() + b"\0\0\0",
+            1,
+        )
+    )
+    long_header = ct()  # ~1.8 MB of references before (0020,000D) once inflated
+    long_header.ReferencedImageSequence = []
+    for _ in range(20000):
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = long_header.SOPClassUID
+        reference.ReferencedSOPInstanceUID = generate_uid()
+        long_header.ReferencedImageSequence.append(reference)
+    deflated = _written(
+        folder / "deflated_long_header.dcm", long_header, DeflatedExplicitVRLittleEndian
+    )
+    cases = {good: 0x0000, truncated: 0xC000, misdeclared: 0xC000, deflated: 0x0000}
+    for path, expected in cases.items():
+        status = c_store(node.port, path, calling_aet="BADSCU", as_file_meta_says=True)
+        assert status is not None and int(status.Status) == expected, path.name
+        sop = str(
+            dcmread(path, stop_before_pixels=True, force=True).file_meta.MediaStorageSOPInstanceUID
+        )
+        assert len(list(node.data_dir.rglob(f"{sop}.dcm"))) == (expected == 0x0000), path.name
+    assert "the data set is truncated or not in Explicit VR Little Endian" in node.log()
+    assert "the data set cannot be decoded as Implicit VR Little Endian" in node.log()
+    assert "ends 5000 bytes after its" in node.log()

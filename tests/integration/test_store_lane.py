@@ -9,7 +9,9 @@ pynetdicom; a caller that breaks off a data set with another command is aborted,
 
 import logging
 import socket
+import sqlite3
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
@@ -29,7 +31,7 @@ from pynetdicom.sop_class import CTImageStorage
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import text
 
-from dicomnode.config import NodeSettings, Settings
+from dicomnode.config import NetworkSettings, NodeSettings, Settings
 from dicomnode.db.engine import open_database
 from dicomnode.observe.counters import CONNECTIONS_ABORTED
 from dicomnode.receive import guard
@@ -49,13 +51,19 @@ class _Receivers:
     pynetdicom_stores: list[str] = field(default_factory=list)
     servers: list[ThreadedAssociationServer] = field(default_factory=list)
 
-    def start(self, name: str, max_pdu_size: int) -> tuple[int, Spool]:
+    def start(
+        self, name: str, max_pdu_size: int, network: NetworkSettings | None = None
+    ) -> tuple[int, Spool]:
         port = free_port()
         node = NodeSettings(host="127.0.0.1", port=port, max_pdu_size=max_pdu_size)
         spool = Spool(self.root / name / "spool")
-        db = open_database(f"sqlite:///{self.root / name / 'node.db'}")
-        self.servers.append(start_receiver(Settings(node=node), spool, db, quiet=True))
+        db = open_database(f"sqlite:///{self.database(name)}")
+        settings = Settings(node=node, network=network or NetworkSettings())
+        self.servers.append(start_receiver(settings, spool, db, quiet=True))
         return port, spool
+
+    def database(self, name: str) -> Path:
+        return self.root / name / "node.db"
 
 
 @pytest.fixture
@@ -199,3 +207,85 @@ def test_a_modality_padded_with_nul_is_filed_as_the_modality(
     with db.engine.connect() as connection:
         modalities = connection.execute(text("SELECT modality FROM series")).scalars().all()
     assert modalities == ["CT"]
+
+
+@pytest.mark.parametrize("by_lane", [True, False], ids=["lane", "pynetdicom"])
+def test_a_store_slower_than_the_network_timeout_does_not_abort_the_association(
+    receivers: _Receivers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_lane: bool
+) -> None:
+    """The caller waits for our answer while we store: the association is not idle. A store
+    that outlasts network.network_timeout (here the database busy for 4 s, within its busy
+    timeout) is answered, and the caller's next instance is taken on the same association."""
+    if not by_lane:
+        monkeypatch.setattr(guard, "pynetdicom_supports_lane", lambda _assoc: False)
+    sent = write_ct_series(tmp_path / "series", 2, size=64)
+    port, spool = receivers.start("slow", 1048576, NetworkSettings(network_timeout=2))
+    assert storescu(port, sent[:1]).returncode == 0  # the database exists, in WAL mode
+    busy = sqlite3.connect(
+        receivers.database("slow"), isolation_level=None, check_same_thread=False
+    )
+    busy.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(4, busy.rollback)
+    release.start()
+    try:
+        started = time.monotonic()
+        result = storescu(port, sent[1:] + sent[:1])  # two instances, one association
+        waited = time.monotonic() - started
+    finally:
+        release.join()
+        busy.close()
+    assert waited > 3, "the database was not busy: the test proves nothing"
+    assert result.returncode == 0, result.stderr
+    assert len(spool.instance_files()) == 2
+
+
+def test_every_association_that_ends_without_release_gets_a_line_that_says_why(
+    receivers: _Receivers, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    [instance] = write_ct_series(tmp_path / "series", 1, size=64)
+    port, _spool = receivers.start("ends", 1048576, NetworkSettings(network_timeout=2))
+
+    def associate(caller: str) -> Association:
+        ae = AE(ae_title=caller)
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)  # as the file is
+        assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+        assert assoc.is_established
+        return assoc
+
+    def ending(caller: str, timeout: float = 10) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = [
+                r.getMessage() for r in caplog.records if f"calling_aet={caller}" in r.getMessage()
+            ]
+            if lines:
+                return lines[-1]
+            time.sleep(0.05)
+        return ""
+
+    with caplog.at_level(logging.INFO, logger="dicomnode.receive.scp"):
+        released = associate("RELEASES")
+        assert released.send_c_store(instance).Status == 0x0000
+        released.release()
+        aborted = associate("ABORTS")
+        assert aborted.send_c_store(instance).Status == 0x0000
+        aborted.abort()
+        dropped = associate("DROPS")
+        assert dropped.send_c_store(instance).Status == 0x0000
+        dropped.dul.socket.socket.close()  # type: ignore[union-attr]  # no A-ABORT: gone
+        silent = associate("SILENT")
+
+        assert ending("RELEASES").startswith("association closed calling_aet=RELEASES")
+        assert ending("ABORTS").endswith(
+            "calling_aet=ABORTS reason=aborted by the peer or the connection was lost stored=1"
+        )
+        assert ending("DROPS").endswith(
+            "calling_aet=DROPS reason=aborted by the peer or the connection was lost stored=1"
+        )
+        assert ending("SILENT").endswith(
+            "calling_aet=SILENT reason=idle for network.network_timeout=2s stored=0"
+        )
+    silent.abort()
+    dropped.abort()
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert not any("RELEASES" in r.getMessage() for r in warned)

@@ -3,13 +3,18 @@
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
-from pynetdicom import AE, build_context
+from pynetdicom import AE, _config, build_context
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
 
-def c_store(port: int, path: Path, calling_aet: str = "RAWSCU") -> Dataset | None:
-    """Send one file as its bytes; the status dataset, or None if it could not be sent at all."""
+def c_store(
+    port: int, path: Path, calling_aet: str = "RAWSCU", *, as_file_meta_says: bool = False
+) -> Dataset | None:
+    """Send one file as its bytes; the status dataset, or None if it could not be sent at all.
+
+    `as_file_meta_says`: the request names the SOP class and instance of the file meta, as
+    pynetdicom's chunked sending does, not those of the data set."""
     try:
         meta = dcmread(path, stop_before_pixels=True, force=True).file_meta
         sop_class, syntax = str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)
@@ -21,12 +26,15 @@ def c_store(port: int, path: Path, calling_aet: str = "RAWSCU") -> Dataset | Non
     assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
     if not assoc.is_established:
         return None
+    chunked = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = as_file_meta_says
     try:
         status = assoc.send_c_store(path)
         return status if "Status" in status else None
     except Exception:  # pynetdicom refuses to send some files itself (no accepted context)
         return None
     finally:
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
         assoc.release()
 
 
