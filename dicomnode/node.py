@@ -165,6 +165,7 @@ class Node:
             self._http = start_http_endpoint(self.settings, self.db, self.spool, listener_up)
         if self.listen:
             self._warn_about_destinations()
+            self._warn_about_free_space()
             self._start_listeners()
         destinations = [d.name for d in self.settings.destinations]
         scheduler = self._scheduler = self._scheduler_with_upkeep(destinations)
@@ -353,6 +354,19 @@ class Node:
             "end 'stored', which retention never purges. Add [[destinations]] (or "
             "DICOMNODE_DESTINATIONS), or set node.receive_only = true if that is the intent"
         )
+
+    def _warn_about_free_space(self) -> None:
+        """Say at start, not at the first refused store, that stores will be refused."""
+        minimum = self.settings.node.min_free_disk_mb
+        free_mb = self.spool.free_bytes() // (1024 * 1024)
+        if free_mb < minimum:
+            log.warning(
+                "LOW DISK: %d MB free in %s, below node.min_free_disk_mb=%d: every C-STORE is "
+                "refused (0xA700) until space is freed (`dicomnode purge`, `doctor`)",
+                free_mb,
+                self.spool.root,
+                minimum,
+            )
 
     def listening(self) -> bool:
         """Whether the DICOM listener is up (for /readyz)."""

@@ -77,8 +77,13 @@ def print_json(data: Any) -> None:
 debug = False
 
 
-def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+def report_error(message: str) -> None:
+    """One `error: ...` line on stderr (a command that goes on after it, or `fail`)."""
     error_console.print(f"[bold red]error:[/] {shown(message)}", highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    report_error(message)
     raise typer.Exit(code)
 
 

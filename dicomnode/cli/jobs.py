@@ -11,6 +11,8 @@ import typer
 from rich.table import Table
 
 from dicomnode.cli.common import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
     ConfigOption,
     JsonOption,
     WideOption,
@@ -19,11 +21,13 @@ from dicomnode.cli.common import (
     is_wide,
     node_database,
     print_json,
+    report_error,
     reported_errors,
     settings_from,
 )
 from dicomnode.cli.safe_text import shown
 from dicomnode.config import Settings
+from dicomnode.errors import DicomNodeError
 from dicomnode.status import JobStatus
 
 if TYPE_CHECKING:
@@ -78,18 +82,23 @@ def list_(
         JobStatus | None,
         typer.Option("--status", "-s", help="Only jobs in this state.", case_sensitive=False),
     ] = None,
-    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 100,
     as_json: JsonOption = False,
     wide: WideOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """List jobs, newest first."""
-    from dicomnode.db.jobs import list_jobs
+    """List jobs, newest first (`total` says how many there are: --limit shows at most 100)."""
+    from dicomnode.db.jobs import count_jobs, list_jobs
 
-    jobs = list_jobs(_database(settings_from(config), read_only=True), status, limit)
+    db = _database(settings_from(config), read_only=True)
+    jobs = list_jobs(db, status, limit)
+    total = count_jobs(db, status) if len(jobs) == limit else len(jobs)
     if as_json:
-        print_json({"jobs": [job.as_dict() for job in jobs]})
+        print_json({"jobs": [job.as_dict() for job in jobs], "total": total})
         return
+    title = f"{len(jobs)} job(s)"
+    if total > len(jobs):
+        title = f"the newest {len(jobs)} of {total} jobs (--limit)"
     table = Table(
         "id",
         "part",
@@ -100,7 +109,7 @@ def list_(
         "deliveries",
         "updated (UTC)",
         "error",
-        title=f"{len(jobs)} job(s)",
+        title=title,
     )
     for job in jobs:
         table.add_row(
@@ -255,16 +264,49 @@ def _print_commitments(commitments: dict[str, dict[str, int]]) -> None:
     console.print(table)
 
 
+_RETRYABLE = (JobStatus.DEAD, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
 @app.command("retry")
 def retry(
-    job_id: Annotated[int, typer.Argument(metavar="ID")], config: ConfigOption = None
+    job_ids: Annotated[list[int] | None, typer.Argument(metavar="ID")] = None,
+    every: Annotated[
+        JobStatus | None,
+        typer.Option(
+            "--status",
+            "-s",
+            help="Every job in this state (dead, failed or cancelled): after a PACS outage.",
+            case_sensitive=False,
+        ),
+    ] = None,
+    config: ConfigOption = None,
 ) -> None:
-    """Queue a dead, failed or cancelled job again now, with fresh attempts."""
+    """Queue dead, failed or cancelled jobs again now, with fresh attempts: those named, or
+    every job in one state (`--status dead`). A job that cannot be retried is named and the
+    others still go (exit 1)."""
     from dicomnode.db.admin import retry_job
+    from dicomnode.db.jobs import job_ids_in
 
+    if bool(job_ids) == (every is not None):
+        fail("give job IDs or --status, not both and not neither", EXIT_USAGE)
+    if every is not None and every not in _RETRYABLE:
+        fail(f"only {', '.join(_RETRYABLE)} jobs can be retried, not {every}", EXIT_USAGE)
+    db = _database(settings_from(config))
     with reported_errors():
-        job = retry_job(_database(settings_from(config)), job_id, admin_user())
-    console.print(f"job {job.id} queued again ({job.instances} instances)")
+        chosen = job_ids_in(db, every) if every is not None else list(job_ids or [])
+    refused = 0
+    for job_id in chosen:
+        try:
+            job = retry_job(db, job_id, admin_user())
+        except DicomNodeError as exc:  # another job's state changed, or it does not exist
+            report_error(str(exc))
+            refused += 1
+            continue
+        console.print(f"job {job.id} queued again ({job.instances} instances)")
+    if every is not None:
+        console.print(f"{len(chosen) - refused} {every} job(s) queued again")
+    if refused:
+        raise typer.Exit(EXIT_FAILURE)
 
 
 @app.command("release")

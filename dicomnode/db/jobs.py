@@ -90,6 +90,21 @@ def job_ids(db: Database) -> set[int]:
         return set(session.scalars(select(Job.id)))
 
 
+def job_ids_in(db: Database, status: JobStatus) -> list[int]:
+    """The ids of every job in `status`, oldest first (what a bulk admin action goes through)."""
+    with db.session() as session:
+        return list(session.scalars(select(Job.id).where(Job.status == status).order_by(Job.id)))
+
+
+def count_jobs(db: Database, status: JobStatus | None = None) -> int:
+    """How many jobs there are (in `status`, when given): what a limited listing leaves out."""
+    with db.session() as session:
+        query = select(func.count()).select_from(Job)
+        if status is not None:
+            query = query.where(Job.status == status)
+        return int(session.scalar(query) or 0)
+
+
 def list_jobs(
     db: Database,
     status: JobStatus | None = None,

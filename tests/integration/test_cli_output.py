@@ -34,7 +34,7 @@ def uid(kind: int, n: int) -> str:
 class Site:
     """A node's settings file, database and spool, with one job in each state."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, more_dead: int = 0) -> None:
         self.config = root / "node.toml"
         self.config.write_text(f'[node]\ndata_dir = "{root / "data"}"\n')
         self.db = open_database(f"sqlite:///{root / 'data' / 'dicomnode.sqlite'}")
@@ -42,7 +42,8 @@ class Site:
         self.series: dict[JobStatus, str] = {}
         self.files: dict[JobStatus, Path] = {}
         self.sops: dict[JobStatus, str] = {}
-        for n, status in enumerate(JobStatus):
+        states = [*JobStatus, *[JobStatus.DEAD] * more_dead]
+        for n, status in enumerate(states):
             self._add_job(n, status)
         self.db.dispose()
 
@@ -191,3 +192,37 @@ def test_a_terminal_gets_80_columns_unless_wide(site: Site) -> None:
     assert series in wide and ERROR_END in wide and "…" not in wide
     global_flag = _in_a_terminal("--wide", "jobs", "list", "--config", str(site.config))
     assert series in global_flag
+
+
+def test_after_an_outage_every_dead_job_is_retried_at_once_and_a_limited_list_says_so(
+    tmp_path: Path,
+) -> None:
+    site = Site(tmp_path, more_dead=3)  # four dead jobs among ten
+    everything = json.loads(site.cli("jobs", "list", "--json").stdout)
+    assert everything["total"] == len(everything["jobs"]) == len(JobStatus) + 3
+    limited = json.loads(site.cli("jobs", "list", "--limit", "2", "--json").stdout)
+    assert len(limited["jobs"]) == 2 and limited["total"] == len(JobStatus) + 3
+    table = site.cli("jobs", "list", "--status", "dead", "--limit", "2").stdout
+    assert "the newest 2 of 4 jobs (--limit)" in table
+    assert site.cli("jobs", "list", "--limit", "0").returncode == 2
+
+    neither = site.cli("jobs", "retry")
+    assert neither.returncode == 2 and "give job IDs or --status" in neither.stderr
+    not_retryable = site.cli("jobs", "retry", "--status", "done")
+    assert not_retryable.returncode == 2 and "only dead, failed, cancelled jobs" in (
+        not_retryable.stderr
+    )
+    dead = {job["id"] for job in everything["jobs"] if job["status"] == "dead"}
+    retried = site.cli("jobs", "retry", "--status", "dead")
+    assert retried.returncode == 0, retried.stderr
+    assert "4 dead job(s) queued again" in retried.stdout
+    assert {int(n) for n in re.findall(r"job (\d+) queued again", retried.stdout)} == dead
+    after = json.loads(site.cli("jobs", "list", "--json").stdout)["jobs"]
+    assert {job["id"] for job in after if job["status"] == "queued"} >= dead
+    assert not [job for job in after if job["status"] == "dead"]
+
+    by_state = {job["status"]: job["id"] for job in after}
+    mixed = site.cli("jobs", "retry", str(by_state["failed"]), str(by_state["done"]))
+    assert mixed.returncode == 1  # the done job is named, the failed one still went
+    assert f"job {by_state['failed']} queued again" in mixed.stdout
+    assert f"job {by_state['done']} is done" in mixed.stderr

@@ -18,6 +18,7 @@ def test_low_disk_refuses_stores_with_out_of_resources_and_doctor_says_why(
 ) -> None:
     petabyte = 10**9
     node = node_factory([], node={"min_free_disk_mb": petabyte}).start()
+    assert f"below node.min_free_disk_mb={petabyte}: every C-STORE is refused" in node.log()
 
     status = c_store(node.port, ct_series[0])
     assert status is not None and int(status.Status) == 0xA700
