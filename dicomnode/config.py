@@ -574,8 +574,7 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type, values: dict[str, Any], section: str) -> Any:
-    hints = typing.get_type_hints(cls)
+def _check_known(cls: type, values: dict[str, Any], section: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         _check(
@@ -583,6 +582,11 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
             f"{section}.{key}",
             f"unknown setting (known in [{section}]: {', '.join(sorted(known))})",
         )
+
+
+def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    _check_known(cls, values, section)
     coerced = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
     try:
         return cls(**coerced)
@@ -678,6 +682,7 @@ def _load_table(
     for i, entry in enumerate(values):
         key = f"{table}[{i}]"
         _check(isinstance(entry, dict), key, "must be a table")
+        _check_known(cls, entry, key)  # first: a misspelt key is also a missing one
         missing = required - set(entry)
         _check(not missing, key, f"missing {', '.join(sorted(missing))}")
         if path is not None:

@@ -18,7 +18,12 @@ from dicomnode.cli.safe_text import shown
 
 
 def enhance(
-    in_dir: Annotated[Path, typer.Argument(help="Folder of DICOM files (searched recursively).")],
+    in_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of DICOM files (searched recursively).", exists=True, file_okay=False
+        ),
+    ],
     out_dir: Annotated[Path, typer.Argument(help="Folder for derived series, SRs and figures.")],
     method: Annotated[
         list[str] | None,

@@ -170,3 +170,12 @@ def test_the_node_listens_before_it_imports_the_imaging_libraries() -> None:
     listener does not wait for them."""
     imaging = {"tensorflow", "keras", "cv2", "skimage", "scipy"}
     assert imported_by("import dicomnode.node", imaging, prefix="dicomnode.imaging") == []
+
+
+def test_enhance_names_a_folder_that_is_missing_or_holds_no_dicom(tmp_path: Path) -> None:
+    wide = {"COLUMNS": "400"}  # the path on one line of the usage box
+    missing = dicomnode("enhance", str(tmp_path / "nowhere"), str(tmp_path / "out"), env=wide)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = dicomnode("enhance", str(tmp_path / "empty"), str(tmp_path / "out"))
+    assert empty.returncode == 1 and "no DICOM files found" in empty.stderr

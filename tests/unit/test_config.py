@@ -93,6 +93,11 @@ def test_config_env_var_selects_the_file(tmp_path: Path) -> None:
         ("[enhance]\nsrcnn_views = 3\n", {}, "enhance.srcnn_views"),
         ("[qa]\nnoise_ratio_fail = 1.0\n", {}, "qa.noise_ratio_fail"),
         ('[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\n', {}, "destinations[0]"),
+        (  # a misspelt key is named, not reported as the key it was meant to be
+            '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nprot = 1\n',
+            {},
+            "destinations[0].prot: unknown setting",
+        ),
         (
             '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 1\n'
             '[[destinations]]\nname = "p"\nae_title = "Q"\nhost = "h"\nport = 2\n',
