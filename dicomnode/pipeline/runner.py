@@ -190,6 +190,8 @@ class JobRunner:
             )
         elif job.part == JobPart.ORIGINALS:
             outgoing, hold = [inputs], None
+        elif (made := self._made_before(job, inputs)) is not None:
+            outgoing, hold = made, None
         else:
             loaded = self._load_during_the_head_start(job, inputs)
             derived = self._derived_outgoing(job, inputs, loaded)
@@ -209,6 +211,31 @@ class JobRunner:
 
         self.deliveries.submit(job, open_deliveries(self.db, job.id), outgoing, finish, abandon)
         return True
+
+    def _made_before(
+        self, job: JobRecord, inputs: list[SpooledInstance]
+    ) -> list[list[SpooledInstance]] | None:
+        """What an earlier attempt of this derived job made and recorded, when it can go as it
+        is: that attempt was enhanced, then its deliveries failed (a destination down), so its
+        retry sends the same derived series instead of enhancing the series again (minutes of
+        a worker per attempt while a PACS is down, for the same result). None, and the series
+        is enhanced anew, when nothing was recorded, when QA held some of it back (the hold is
+        decided anew), or when its files are gone."""
+        outputs = job.outputs
+        if not outputs or not outputs.get("outbox") or outputs.get("held"):
+            return None
+        try:
+            made = replay_outgoing(job.id, job.part, Replay.SENT, outputs, inputs, self.spool)
+        except SpoolError as exc:
+            log.info("job enhances again job=%d: %s", job.id, exc)
+            return None
+        log.info(
+            "job sends what an earlier attempt made job=%d series=%s outbox=%s",
+            job.id,
+            job.series_uid,
+            outputs["outbox"],
+        )
+        return made
 
     def _load_during_the_head_start(
         self, job: JobRecord, inputs: list[SpooledInstance]

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import ON_BOTH_DATABASES, pacs_destination
 from tests.support.dcmtk import storescu
 from tests.support.faulty_scp import Behaviour, FaultyScp
+from tests.support.node import part_of
 from tests.support.orthanc import Orthanc
 from tests.support.series import sop_instance_uid, write_ct_series
 
@@ -229,3 +230,32 @@ def test_stopping_the_node_gives_back_deliveries_that_had_not_started(
     node.start()
     node.wait_for_jobs(lambda jobs: [job["status"] for job in jobs] == ["done", "done"])
     assert len(faulty.stored) == 4
+
+
+def test_a_derived_job_retried_after_its_destination_was_down_sends_what_it_made(
+    node_factory, faulty: FaultyScp, ct_series: list[Path]
+) -> None:
+    """Its series is enhanced once: the retry sends the derived series the first attempt made
+    (the same files), not a second enhancement of the series per attempt while a PACS is down."""
+    faulty.behave(Behaviour(status=0xA700))  # the PACS is out of resources, for now
+    node = node_factory(
+        [faulty.destination()],
+        enhance={"methods": ["baseline"], "self_check": False},
+        retry={"max_attempts": 5, "initial_delay_seconds": 2, "max_delay_seconds": 2},
+    ).start()
+    assert storescu(node.port, ct_series).returncode == 0
+    derived = node.wait_for_jobs(
+        lambda jobs: part_of(jobs, "derived").get("status") == "failed", timeout=120
+    )
+    job_id = part_of(derived, "derived")["id"]
+    faulty.behave(Behaviour(status=0x0000))  # it is back
+    jobs = node.wait_for_jobs(
+        lambda jobs: all(job["status"] == "done" for job in jobs) and len(jobs) == 2, timeout=120
+    )
+    assert part_of(jobs, "derived")["attempts"] >= 2
+    log = node.log()
+    assert len(re.findall(rf"enhanced job={job_id} method=baseline", log)) == 1, log[-3000:]
+    assert f"job sends what an earlier attempt made job={job_id}" in log
+    derived_uids = set(faulty.stored) - {sop_instance_uid(p) for p in ct_series}
+    assert len(derived_uids) == len(ct_series) + 1  # each image derived, and the metrics SR
+    assert all(faulty.stored[uid] == 1 for uid in derived_uids)
