@@ -26,6 +26,7 @@ from dicomnode.errors import SpoolError
 # PS3.5 9.1: a UID is up to 64 characters of digits and dots, components separated by dots.
 # Leading zeros are tolerated here (real modalities send them); they are harmless in a path.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_LETTER = re.compile(r"[^\W\d_]")  # a letter of any script
 # An attempt's folder in a job's outbox (`Spool.outbox_attempt`): claim number, then lease.
 _ATTEMPT = re.compile(r"^attempt-([0-9]{6,})-[0-9a-f]{8}$")
 
@@ -34,9 +35,19 @@ def validate_uid(value: object, what: str) -> str:
     """Return `value` as a UID string, or raise SpoolError naming the attribute."""
     text = str(value).strip().rstrip("\x00") if value is not None else ""
     if not text or len(text) > 64 or not _UID.match(text):
-        shown = text[:80] if text else "(empty)"
-        raise SpoolError(f"{what} {shown!r} is not a valid UID (digits and dots, <= 64 chars)")
+        raise SpoolError(
+            f"{what} {_uid_shape(text)} is not a valid UID (digits and dots, <= 64 chars)"
+        )
     return text
+
+
+def _uid_shape(text: str) -> str:
+    """A rejected UID as the log and the sender's status may show it: a sender may have put a
+    name there, so letters are masked (`x`), and it is cut at 80 characters."""
+    if not text:
+        return "(empty)"
+    masked = _LETTER.sub("x", text[:80])
+    return repr(masked) + (" (letters shown as x)" if masked != text[:80] else "")
 
 
 def _claim_number(attempt: str) -> int:

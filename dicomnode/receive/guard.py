@@ -211,11 +211,13 @@ class GuardedSocket(WakingSocket):
         """Tell the peer (A-ABORT, best effort) and close; one log line says who and why."""
         self.refused_reason = reason
         requestor = self.assoc.requestor
+        receiving = self.lane.receiving if self.lane is not None else None
         log.warning(
-            "association aborted address=%s calling_aet=%s reason=%s",
+            "association aborted address=%s calling_aet=%s reason=%s%s",
             _address(self),
             requestor.ae_title or "-",
             reason,
+            f" while receiving sop={receiving}" if receiving else "",
         )
         if self.socket is None:
             return

@@ -112,6 +112,11 @@ class StoreLane:
             self._answer(send)
         return True
 
+    @property
+    def receiving(self) -> str | None:
+        """The SOP Instance UID of the request whose data set is arriving (for log lines)."""
+        return self._request.sop_instance_uid if self._request is not None else None
+
     def abandon(self) -> None:
         """The association is released or aborted mid-request: forget its partial data set."""
         self._request = None

@@ -43,7 +43,7 @@ def test_an_instance_over_the_size_limit_is_aborted_and_the_others_are_taken(
     # instance is whole in memory.
     assert c_store(node.port, big) is None
     assert "calling_aet=RAWSCU reason=more than" in node.log()
-    assert "(node.max_instance_mb)" in node.log()
+    assert f"(node.max_instance_mb) while receiving sop={sop_instance_uid(big)}" in node.log()
     assert storescu(node.port, ct_series).returncode == 0
     [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "stored")
     assert job["instances"] == len(ct_series)

@@ -22,3 +22,15 @@ def test_trailing_null_padding_is_removed() -> None:
 def test_invalid_uids_are_refused_naming_the_attribute(value: object) -> None:
     with pytest.raises(SpoolError, match="StudyInstanceUID"):
         validate_uid(value, "StudyInstanceUID")
+
+
+def test_a_refused_uid_is_shown_with_its_letters_masked() -> None:
+    """A sender may have put a patient's name where a UID belongs: the log and the status's
+    comment show its shape, never the name."""
+    with pytest.raises(SpoolError) as refused:
+        validate_uid("DOE^JANE.1.2", "StudyInstanceUID")
+    message = str(refused.value)
+    assert "DOE" not in message and "JANE" not in message
+    assert "'xxx^xxxx.1.2' (letters shown as x)" in message
+    with pytest.raises(SpoolError, match=r"'1\.2/3' is not a valid UID"):
+        validate_uid("1.2/3", "SOPInstanceUID")  # nothing to mask: shown as it came
