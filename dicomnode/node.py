@@ -73,6 +73,23 @@ def _guarded(name: str, tick: Callable[[], object]) -> Callable[[], None]:
     return run
 
 
+def _gone_from_here(lease_owner: str) -> bool:
+    """Whether a job lease (`host:pid:...`, `JobRunner`'s) is held by a process of this host
+    that no longer runs. A process of another host, or whose pid runs again (another process
+    may have it now), is left to its lease's expiry."""
+    host, _, rest = lease_owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it runs, as another user
+        return False
+    return False
+
+
 class Node:
     """One dicomnode process; `start()` returns once it runs; `stop()` drains and closes.
 
@@ -167,6 +184,9 @@ class Node:
             self._warn_about_destinations()
             self._warn_about_free_space()
             self._start_listeners()
+        # Jobs a process on this host held when it was killed or forced to stop: queued again
+        # now, not after worker.lease_seconds.
+        reclaim_expired_leases(self.db, self.settings.retry.max_attempts, gone=_gone_from_here)
         destinations = [d.name for d in self.settings.destinations]
         scheduler = self._scheduler = self._scheduler_with_upkeep(destinations)
         prefix = f"{socket.gethostname()}:{os.getpid()}"

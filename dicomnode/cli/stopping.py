@@ -47,9 +47,9 @@ def _waiting_for(node: "Node") -> str:
 
 def _forced_cost(settings: "Settings") -> str:
     return (
-        "jobs in progress resume at the next start, once their lease lapses "
-        f"(worker.lease_seconds={settings.worker.lease_seconds:g}); instances being received "
-        "were not acknowledged (their senders send them again)"
+        "jobs in progress resume when this host's node starts again (elsewhere once their "
+        f"lease lapses, worker.lease_seconds={settings.worker.lease_seconds:g}); instances being "
+        "received were not acknowledged (their senders send them again)"
     )
 
 

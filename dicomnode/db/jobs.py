@@ -10,6 +10,7 @@ the answer. Admin actions are in `admin`.
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -340,8 +341,12 @@ def requeue_unstarted(db: Database, job_id: int, owner: str) -> bool:
     return True
 
 
-def reclaim_expired_leases(db: Database, max_attempts: int) -> list[int]:
-    """Queue again every active job whose worker stopped renewing its lease (it died).
+def reclaim_expired_leases(
+    db: Database, max_attempts: int, gone: Callable[[str], bool] | None = None
+) -> list[int]:
+    """Queue again every active job whose worker stopped renewing its lease (it died); with
+    `gone`, instead every one whose lease owner `gone` says is a process that no longer runs
+    (a node restarted after a forced stop need not wait out its old leases).
 
     A job whose workers died `max_attempts` times is dead instead: a series that kills the
     process (out of memory, a crashing decoder) must not be taken up first after every restart.
@@ -350,11 +355,17 @@ def reclaim_expired_leases(db: Database, max_attempts: int) -> list[int]:
     with db.session() as session:
         # Several processes reap: each takes the rows no other is reaping, and a job claimed
         # again meanwhile no longer matches (PostgreSQL re-reads a locked row's new version).
-        expired = session.scalars(
+        lapsed = Job.lease_expires_at < now
+        candidates = session.scalars(
             select(Job)
-            .where(Job.status.in_(ACTIVE_STATUSES), Job.lease_expires_at < now)
+            .where(
+                Job.status.in_(ACTIVE_STATUSES),
+                lapsed if gone is None else Job.lease_owner.is_not(None),
+            )
             .with_for_update(skip_locked=True)
         ).all()
+        expired = [job for job in candidates if gone is None or gone(job.lease_owner or "")]
+        owners = {job.id: job.lease_owner for job in expired}
         for job in expired:
             transition = after_lapsed_lease(job.id, job.attempts, max_attempts)
             job.lease_owner, job.lease_expires_at, job.updated_at = None, None, now
@@ -383,6 +394,10 @@ def reclaim_expired_leases(db: Database, max_attempts: int) -> list[int]:
     for job_id, status, attempts in outcome:
         if status == JobStatus.DEAD:
             log.error("job dead: its worker stopped during %d attempts job=%d", attempts, job_id)
+        elif gone is not None:
+            log.warning(
+                "job's worker process is gone, queued again job=%d lease=%s", job_id, owners[job_id]
+            )
         else:
             log.warning("job lease expired, queued again job=%d", job_id)
     return [job_id for job_id, _, _ in outcome]

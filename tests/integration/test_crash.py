@@ -87,7 +87,7 @@ def test_killed_while_enhancing_the_job_resumes_and_each_derived_uid_arrives_onc
     jobs = node.wait_for_parts(derived="done", timeout=240)
     assert part_of(jobs, "derived")["attempts"] == 2
     assert part_of(jobs, "originals")["attempts"] == 1
-    assert "job lease expired, queued again job=2" in node.log()
+    assert "job's worker process is gone, queued again job=2" in node.log()
     delivered = Counter(orthanc.sop_instance_uids())
     # originals + one derived image each + one metrics report, each UID exactly once
     assert len(delivered) == 2 * len(ct_series) + 1
@@ -119,6 +119,31 @@ def test_killed_mid_forward_the_series_is_sent_again_and_completes(
         assert set(slow.stored) == {sop_instance_uid(path) for path in files}
         # At-least-once: only what the dead attempt had sent is received a second time.
         assert {uid for uid, times in slow.stored.items() if times > 1} <= before_kill
+        assert_consistent(node)
+    finally:
+        slow.stop()
+
+
+def test_restarted_after_a_kill_the_node_takes_up_its_own_jobs_without_waiting_for_the_lease(
+    node_factory, tmp_path: Path
+) -> None:
+    """The killed process is gone from this host: its jobs are queued again at the start, not
+    after worker.lease_seconds (10 minutes here, which the test does not wait)."""
+    slow = FaultyScp().start()
+    slow.behave(Behaviour(delay_seconds=0.2))
+    try:
+        files = write_ct_series(tmp_path / "series", 30)
+        node = node_factory([slow.destination()], worker={"lease_seconds": 600}).start()
+        assert storescu(node.port, files).returncode == 0
+        wait_for(lambda: len(slow.stored) >= 5, timeout=60)
+        killed = node.pid
+        node.kill()
+        slow.behave(Behaviour())
+        node.start()
+        [job] = node.wait_for_jobs(lambda jobs: jobs[0]["status"] == "done", timeout=60)
+        assert job["attempts"] == 2 and job["deliveries"][0]["sent"] == len(files)
+        assert "job's worker process is gone, queued again job=1 lease=" in node.log()
+        assert f":{killed}:" in node.log().split("worker process is gone")[1].splitlines()[0]
         assert_consistent(node)
     finally:
         slow.stop()

@@ -72,7 +72,7 @@ def test_a_second_ctrl_c_exits_at_once_and_says_what_that_costs(
         assoc.abort()
     line = node.wait_for_log("forced exit (second SIGINT)")
     assert "1 association(s) receiving" in line
-    assert "jobs in progress resume at the next start" in line
+    assert "jobs in progress resume when this host's node starts again" in line
     assert "instances being received were not acknowledged" in line
     assert "node stopped" not in node.log()
 
