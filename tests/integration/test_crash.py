@@ -97,16 +97,19 @@ def test_killed_while_enhancing_the_job_resumes_and_each_derived_uid_arrives_onc
     assert_consistent(node)
 
 
-def test_killed_mid_forward_the_series_is_sent_again_and_completes(
+def test_killed_mid_forward_the_series_is_sent_again_at_once_and_completes(
     node_factory, tmp_path: Path
 ) -> None:
+    """The killed process is gone from this host: the restarted node queues its job again at
+    the start, not after worker.lease_seconds (10 minutes here, which the test does not wait)."""
     slow = FaultyScp().start()
     slow.behave(Behaviour(delay_seconds=0.2))
     try:
         files = write_ct_series(tmp_path / "series", 30)
-        node = node_factory([slow.destination()], worker={"lease_seconds": 5}).start()
+        node = node_factory([slow.destination()], worker={"lease_seconds": 600}).start()
         assert storescu(node.port, files).returncode == 0
         wait_for(lambda: len(slow.stored) >= 5, timeout=60)
+        killed = node.pid
         node.kill()
         time.sleep(0.5)  # the instance in flight at the kill: the SCP finishes storing it
         before_kill = set(slow.stored)
@@ -119,31 +122,8 @@ def test_killed_mid_forward_the_series_is_sent_again_and_completes(
         assert set(slow.stored) == {sop_instance_uid(path) for path in files}
         # At-least-once: only what the dead attempt had sent is received a second time.
         assert {uid for uid, times in slow.stored.items() if times > 1} <= before_kill
-        assert_consistent(node)
-    finally:
-        slow.stop()
-
-
-def test_restarted_after_a_kill_the_node_takes_up_its_own_jobs_without_waiting_for_the_lease(
-    node_factory, tmp_path: Path
-) -> None:
-    """The killed process is gone from this host: its jobs are queued again at the start, not
-    after worker.lease_seconds (10 minutes here, which the test does not wait)."""
-    slow = FaultyScp().start()
-    slow.behave(Behaviour(delay_seconds=0.2))
-    try:
-        files = write_ct_series(tmp_path / "series", 30)
-        node = node_factory([slow.destination()], worker={"lease_seconds": 600}).start()
-        assert storescu(node.port, files).returncode == 0
-        wait_for(lambda: len(slow.stored) >= 5, timeout=60)
-        killed = node.pid
-        node.kill()
-        slow.behave(Behaviour())
-        node.start()
-        [job] = node.wait_for_jobs(lambda jobs: jobs[0]["status"] == "done", timeout=60)
-        assert job["attempts"] == 2 and job["deliveries"][0]["sent"] == len(files)
-        assert "job's worker process is gone, queued again job=1 lease=" in node.log()
-        assert f":{killed}:" in node.log().split("worker process is gone")[1].splitlines()[0]
+        reclaimed = node.log().split("job's worker process is gone, queued again job=1 lease=")
+        assert len(reclaimed) == 2 and f":{killed}:" in reclaimed[1].splitlines()[0]
         assert_consistent(node)
     finally:
         slow.stop()
