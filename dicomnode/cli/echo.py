@@ -14,6 +14,7 @@ from dicomnode.cli.common import (
     settings_from,
 )
 from dicomnode.config import Destination
+from dicomnode.errors import ConfigError
 
 
 def echo(
@@ -38,8 +39,14 @@ def echo(
                 EXIT_USAGE,
             )
         destination = Destination(name="adhoc", ae_title=called_aet, host=host, port=int(port))
-        with reported_errors():
+        try:
             destination.validate("target")
+        except ConfigError as exc:  # an argument, not a setting: named as the command line has it
+            detail = str(exc).removeprefix(f"setting {exc.setting}: ")
+            fail(
+                f"{'--called-aet' if exc.setting == 'target.ae_title' else target}: {detail}",
+                EXIT_USAGE,
+            )
     from dicomnode.forward import echo as send_echo
 
     started = time.monotonic()

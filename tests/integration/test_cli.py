@@ -45,6 +45,10 @@ def test_echo_command_reaches_a_configured_destination_and_reports_failures(
     assert down.returncode == 1 and "connection refused" in down.stderr
     usage = node.cli("echo", "no-such-destination", check=False)
     assert usage.returncode == 2 and "neither a configured destination" in usage.stderr
+    bad_port = node.cli("echo", "127.0.0.1:99999", check=False)
+    assert (
+        bad_port.returncode == 2 and "127.0.0.1:99999: 99999 is not a TCP port" in bad_port.stderr
+    )
 
 
 def test_calling_ae_titles_outside_the_allowed_list_are_rejected(node_factory) -> None:
