@@ -133,6 +133,7 @@ class Spool:
         replaced = self.tmp_dir / f"{uuid.uuid4().hex}.part"  # stale_parts() sweeps leftovers
         try:
             os.link(final, replaced)
+            os.utime(replaced)  # the link shares the old file's times: not a stale part yet
         except FileNotFoundError:
             replaced = None  # a new instance (or a copy that moved series)
         except OSError as exc:
