@@ -69,6 +69,14 @@ class ForwardError(DicomNodeError):
         self.transient = transient
 
 
+class BrokenOff(ForwardError):
+    """The peer aborted or closed the association during one instance's C-STORE (not a
+    timeout of ours): if it accepts a new association, it may well take the series' others."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=True)
+
+
 class UnreadableSpool(ForwardError):
     """Spooled files of a series could not be read for sending (gone, unreadable, damaged).
 

@@ -24,6 +24,7 @@ from dicomnode.dicom.bounded import read_bounded
 from dicomnode.dicom.release import end
 from dicomnode.dicom.tls import ClientContext, client_tls_args
 from dicomnode.errors import (
+    BrokenOff,
     ConfigError,
     DecodeError,
     ForwardError,
@@ -36,6 +37,10 @@ from dicomnode.forward.associate import open_association
 from dicomnode.forward.outcome import Outcome, classify_store_status
 
 log = logging.getLogger(__name__)
+
+# Instances of one series per attempt on which a peer may end the association before the
+# delivery stops: past that the peer is failing, not one instance.
+MAX_BROKEN_OFF = 3
 
 # Send spooled files as raw bytes (no decode/re-encode) whenever the context matches exactly.
 _config.STORE_SEND_CHUNKED_DATASET = True
@@ -126,6 +131,7 @@ def _store(assoc: Association, item: SpooledInstance, max_bytes: int, message_id
     context_id = _accepted_context(assoc, item.sop_class_uid, item.transfer_syntax_uid)
     if context_id is not None and send_lane.usable(assoc):
         return send_lane.send_file(assoc, context_id, item, message_id)
+    started = time.monotonic()
     if context_id is not None:  # pynetdicom sends: TLS, or an association the lane cannot use
         try:
             response = assoc.send_c_store(item.path, msg_id=message_id)
@@ -157,10 +163,11 @@ def _store(assoc: Association, item: SpooledInstance, max_bytes: int, message_id
             transient=False,
         )
     if "Status" not in response:
-        raise ForwardError(
-            f"no C-STORE response for sop={item.sop_instance_uid} (timeout or abort)",
-            transient=True,
-        )
+        message = f"no C-STORE response for sop={item.sop_instance_uid} (timeout or abort)"
+        timeout = assoc.dimse_timeout
+        if timeout is None or time.monotonic() - started < timeout:  # not a timeout: the peer's
+            raise BrokenOff(message)
+        raise ForwardError(message, transient=True)
     return int(response.Status)
 
 
@@ -184,10 +191,12 @@ def send_series(
     ends in UnreadableSpool (retried: the file may be back by then), which names the refusals too.
     """
     started = time.monotonic()
-    assoc = _associate(destination, settings, contexts_for(instances))
+    contexts = contexts_for(instances)
+    assoc = _associate(destination, settings, contexts)
     sent = warnings = 0
     refused: list[str] = []
     unreadable: list[str] = []
+    broken_off: list[str] = []
     try:
         for number, item in enumerate(instances):
             # Each request its own Message ID (US, 1-65535), as DCMTK and Orthanc number them:
@@ -199,6 +208,23 @@ def send_series(
                 unreadable.append(str(exc))
                 if not assoc.is_established:  # broken off mid-message, the association with it
                     break
+                continue
+            except BrokenOff as exc:
+                # The peer ended the association on this instance. If it takes a new one (else
+                # ForwardError: it is down), the series' other instances go on it, so that one
+                # instance the PACS will not take does not keep the rest from it on every retry.
+                if len(broken_off) == MAX_BROKEN_OFF:
+                    raise
+                broken_off.append(str(exc))
+                log.warning(
+                    "destination broke off the association job=%d destination=%s sop=%s: "
+                    "going on with the series' other instances on a new one",
+                    job_id,
+                    destination.name,
+                    item.sop_instance_uid,
+                )
+                end(assoc)
+                assoc = _associate(destination, settings, contexts)
                 continue
             except ForwardError as exc:
                 if exc.transient:
@@ -219,6 +245,13 @@ def send_series(
     finally:
         end(assoc)
     seconds = time.monotonic() - started
+    if broken_off:  # transient: the PACS may take them later (it may have been restarting)
+        also = f"; {destination.name} refused {len(refused)}: {_listed(refused)}" if refused else ""
+        raise ForwardError(
+            f"{destination.name} broke off the association on {len(broken_off)} of "
+            f"{len(instances)} instances ({sent} sent): {_listed(broken_off)}" + also,
+            transient=True,
+        )
     if unreadable:
         also = f"; {destination.name} refused {len(refused)}: {_listed(refused)}" if refused else ""
         raise UnreadableSpool(

@@ -37,7 +37,7 @@ from dicomnode.db import SpooledInstance
 from dicomnode.dicom import reactor
 from dicomnode.dicom.waking import WakingSocket
 from dicomnode.dicom.wire import PDU_OVERHEAD, c_store_request, command_pdus, data_set_pdu
-from dicomnode.errors import ForwardError
+from dicomnode.errors import BrokenOff, ForwardError
 
 # The most of a data set read and written in one go: the memory a send holds, whatever the
 # file's size, and how long the DUL thread may wait to write an abort of its own.
@@ -86,8 +86,11 @@ def send_file(assoc: Association, context_id: int, item: SpooledInstance, messag
                     transient=True,
                 )
             _write(assoc, context_id, command, file, length, item)
+            asked = time.monotonic()
             _context, answer = assoc.dimse.get_msg(block=True)
-    return _status(assoc, answer, item)
+            waited = time.monotonic() - asked
+    timeout = assoc.dimse.dimse_timeout
+    return _status(assoc, answer, item, timed_out=timeout is not None and waited >= timeout)
 
 
 def _data_set_length(file: BinaryIO, item: SpooledInstance) -> int:
@@ -181,26 +184,27 @@ def _write(
                 connection.sendall(batch)
         except OSError as exc:
             assoc.abort()
-            raise ForwardError(
+            raise BrokenOff(
                 f"the connection failed while sop={item.sop_instance_uid} was sent: {exc} "
-                "(association aborted)",
-                transient=True,
+                "(association aborted)"
             ) from None
         if not left:
             return
         batch = bytearray()
 
 
-def _status(assoc: Association, answer: object, item: SpooledInstance) -> int:
+def _status(assoc: Association, answer: object, item: SpooledInstance, *, timed_out: bool) -> int:
     """The Status of a valid C-STORE-RSP; else the association is aborted and ForwardError
-    (transient: another attempt, on a new association, may well be answered)."""
+    (transient: another attempt, on a new association, may well be answered); BrokenOff when
+    the answer did not come because the peer ended the association before network.dimse_timeout
+    (pynetdicom wakes the wait then, before it marks the association ended)."""
     if answer is None:
         if assoc.is_established:
             assoc.abort()
-        raise ForwardError(
-            f"no C-STORE response for sop={item.sop_instance_uid} (timeout or abort)",
-            transient=True,
-        )
+        message = f"no C-STORE response for sop={item.sop_instance_uid} (timeout or abort)"
+        if not timed_out:
+            raise BrokenOff(message)
+        raise ForwardError(message, transient=True)
     if not isinstance(answer, C_STORE) or not answer.is_valid_response or answer.Status is None:
         assoc.abort()
         raise ForwardError(

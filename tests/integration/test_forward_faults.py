@@ -259,3 +259,26 @@ def test_a_derived_job_retried_after_its_destination_was_down_sends_what_it_made
     derived_uids = set(faulty.stored) - {sop_instance_uid(p) for p in ct_series}
     assert len(derived_uids) == len(ct_series) + 1  # each image derived, and the metrics SR
     assert all(faulty.stored[uid] == 1 for uid in derived_uids)
+
+
+def test_an_instance_the_peer_breaks_off_on_does_not_keep_the_rest_of_the_series_from_it(
+    node_factory, faulty: FaultyScp, ct_series: list[Path]
+) -> None:
+    """The PACS aborts the association whenever one instance arrives: the series' others go on
+    a new association, and the delivery fails naming that instance (retried, then dead)."""
+    poison = sop_instance_uid(ct_series[3])
+    faulty.behave(Behaviour(abort_on=poison))
+    node = node_factory(
+        [faulty.destination()],
+        retry={"max_attempts": 2, "initial_delay_seconds": 1, "max_delay_seconds": 1},
+    ).start()
+    assert storescu(node.port, ct_series).returncode == 0
+    [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "dead", timeout=120)
+    others = {sop_instance_uid(path) for path in ct_series} - {poison}
+    assert set(faulty.stored) == others  # everything but the one it will not take
+    error = job["deliveries"][0]["error"]
+    assert f"faulty broke off the association on 1 of {len(ct_series)} instances" in error
+    assert f"({len(others)} sent)" in error and f"sop={poison}" in error
+    assert f"destination broke off the association job=1 destination=faulty sop={poison}" in (
+        node.log()
+    )

@@ -25,6 +25,7 @@ class Behaviour:
     hang_at: int | None = None
     delay_seconds: float = 0.0  # a slow PACS: each answer comes this late
     refuse_sop_class: str | None = None  # answered 0x0122 (SOP class not supported), for good
+    abort_on: str | None = None  # this SOP Instance UID: the association is aborted, every time
 
 
 @dataclass
@@ -83,6 +84,9 @@ class FaultyScp:
             self.priorities.append(int(event.request.Priority))
             self._per_association[id(event.assoc)] += 1
             position = self._per_association[id(event.assoc)]
+        if str(event.request.AffectedSOPInstanceUID) == behaviour.abort_on:
+            event.assoc.abort()  # a PACS that will not take this one instance
+            return 0xC000  # never sent: the association is gone
         if behaviour.hang_at is not None and position >= behaviour.hang_at:
             self._unhang.wait(timeout=120)
             return 0xA700  # too late: the SCU has aborted this association
