@@ -619,16 +619,16 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
-    for key in raw:
-        _check(
-            key in _SECTIONS or key in ("destinations", "peers"),
-            key,
-            f"unknown section (known: {', '.join([*_SECTIONS, 'destinations', 'peers'])})",
-        )
     env = read_env_overrides(environ, _SECTIONS, NOT_SETTING_ENV_VARS, RESERVED_ENV_PREFIXES)
     overrides = dict(env.variables)
     overrides.update({table: TABLE_VARS[table] for table in env.tables})
     try:
+        for key in raw:
+            _check(
+                key in _SECTIONS or key in ("destinations", "peers"),
+                key,
+                f"unknown section (known: {', '.join([*_SECTIONS, 'destinations', 'peers'])})",
+            )
         sections = _load_sections(raw, env.sections, path)
         destinations = _load_destinations(raw, env.tables.get("destinations"), path)
         peers = _load_peers(raw.get("peers", []), env.tables.get("peers"))
@@ -639,10 +639,21 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
             "remove the destinations or the setting",
         )
     except ConfigError as exc:
-        raise naming_the_variable(exc, overrides) from None
+        raise _naming_the_source(exc, overrides, path) from None
     return Settings(
         **sections, destinations=destinations, peers=peers, source=path, overrides=overrides
     )
+
+
+def _naming_the_source(
+    error: ConfigError, overrides: dict[str, str], path: Path | None
+) -> ConfigError:
+    """`error` with where its value came from: the environment variable that set it, else the
+    config file (an admin with a file in /etc and a copy in the working folder sees which)."""
+    named = naming_the_variable(error, overrides)
+    if named is not error or path is None:
+        return named
+    return ConfigError(f"config file {path}: {error}", setting=error.setting)
 
 
 def _load_sections(

@@ -28,10 +28,10 @@ from dicomnode.cli.common import (
 from dicomnode.cli.safe_text import shown
 from dicomnode.config import Settings
 from dicomnode.errors import DicomNodeError
-from dicomnode.status import JobStatus
+from dicomnode.status import DeliveryStatus, JobStatus
 
 if TYPE_CHECKING:
-    from dicomnode.db import Database, JobRecord
+    from dicomnode.db import Database, DeliveryRecord, JobRecord
     from dicomnode.imaging.outcome import SeriesOutcome
 
 app = typer.Typer(help="Inspect and steer jobs.", no_args_is_help=True)
@@ -62,7 +62,16 @@ def _database(settings: Settings, *, read_only: bool = False) -> "Database":
 
 
 def _deliveries(job: "JobRecord") -> str:
-    return shown(", ".join(f"{d.destination}:{d.status}" for d in job.deliveries) or "-")
+    """Each destination's state; one that is done without an instance sent says so (a job
+    whose derived series QA held back reached its PACS with nothing yet)."""
+    return shown(", ".join(_delivery(d) for d in job.deliveries) or "-")
+
+
+def _delivery(delivery: "DeliveryRecord") -> str:
+    cell = f"{delivery.destination}:{delivery.status}"
+    if delivery.status == DeliveryStatus.DONE and delivery.sent == 0:
+        cell += " (nothing sent)"
+    return cell
 
 
 def _error_cell(error: str) -> str:

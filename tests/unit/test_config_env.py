@@ -70,14 +70,15 @@ def test_a_bad_value_from_the_environment_names_its_variable(
         load_settings(None, environ=environ)
 
 
-def test_a_bad_value_from_the_file_does_not_blame_the_environment(tmp_path: Path) -> None:
+def test_a_bad_value_from_the_file_names_the_file_not_the_environment(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
     path.write_text("[node]\nport = 70000\n")
     with pytest.raises(ConfigError) as raised:
         load_settings(path, environ={"DICOMNODE_NODE_AE_TITLE": "X"})
-    assert str(raised.value).startswith("setting node.port: 70000") and "from" not in str(
-        raised.value
-    )
+    message = str(raised.value)
+    assert message.startswith(f"config file {path}: setting node.port: 70000")
+    assert "DICOMNODE_" not in message
+    assert raised.value.setting == "node.port"
 
 
 def test_settings_remember_which_variable_set_which_key() -> None:
