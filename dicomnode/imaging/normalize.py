@@ -9,6 +9,12 @@ puts it back in modality units exactly:
 * every other modality (MR, CR, DX, ...): the image's own 0.5th and 99.5th percentiles over the
   non-padding pixels map to 0 and 1. Values outside are *not* clipped: the map stays invertible.
   A (nearly) empty image falls back to its full range (`MIN_PERCENTILE_SHARE`).
+
+A MONOCHROME1 image (lowest value displays white: CR, DX) is mapped the other way round, high → 0,
+so the network sees it in the polarity of the MONOCHROME2 images it learnt from (dark background,
+bright structures); a ReLU network is not symmetric, and the same picture stored either way must
+be enhanced alike. CT's fixed Hounsfield range is never turned: HU mean the same whatever the
+display polarity.
 """
 
 from dataclasses import dataclass
@@ -25,42 +31,52 @@ MIN_PERCENTILE_SHARE = 1e-3
 
 @dataclass(frozen=True)
 class Normalization:
-    """x_net = (x - low) / (high - low); `rule` says how low and high were chosen."""
+    """x_net = (x - low) / (high - low), or (high - x) / (high - low) when `inverted`
+    (MONOCHROME1); `rule` says how low and high were chosen."""
 
     low: float
     high: float
     rule: str
+    inverted: bool = False
 
     def __post_init__(self) -> None:
         if not self.high > self.low:
             raise ValueError(f"normalization needs high > low, got [{self.low}, {self.high}]")
 
-    def as_dict(self) -> dict[str, float | str]:
-        return {"low": self.low, "high": self.high, "rule": self.rule}
+    def as_dict(self) -> dict[str, float | str | bool]:
+        return {"low": self.low, "high": self.high, "rule": self.rule, "inverted": self.inverted}
 
 
 def normalization_for(
-    image: np.ndarray, modality: str, padding: np.ndarray | None = None
+    image: np.ndarray,
+    modality: str,
+    padding: np.ndarray | None = None,
+    *,
+    inverted: bool = False,
 ) -> Normalization:
-    """The working-range map for one image (2-D or a stack) of the given DICOM Modality."""
+    """The working-range map for one image (2-D or a stack) of the given DICOM Modality;
+    `inverted` for a MONOCHROME1 image (not CT: see the module's docstring)."""
     if modality.upper() == "CT":
         return Normalization(*CT_HU_RANGE, rule="ct-hu-fixed")
     values = image[~padding] if padding is not None else image.ravel()
     values = values[np.isfinite(values)]
     if values.size == 0:
-        return Normalization(0.0, 1.0, rule="identity")
+        return Normalization(0.0, 1.0, rule="identity", inverted=inverted)
     low, high = (float(v) for v in np.percentile(values, PERCENTILES))
     lowest, highest = float(values.min()), float(values.max())
     if high - low > MIN_PERCENTILE_SHARE * (highest - lowest):
-        return Normalization(low, high, rule=f"percentile-{PERCENTILES[0]}-{PERCENTILES[1]}")
+        rule = f"percentile-{PERCENTILES[0]}-{PERCENTILES[1]}"
+        return Normalization(low, high, rule=rule, inverted=inverted)
     if highest > lowest:  # background and a few pixels: their full range
-        return Normalization(lowest, highest, rule="min-max")
-    return Normalization(lowest, lowest + 1.0, rule="constant")
+        return Normalization(lowest, highest, rule="min-max", inverted=inverted)
+    return Normalization(lowest, lowest + 1.0, rule="constant", inverted=inverted)
 
 
-def fill_padding(image: np.ndarray, padding: np.ndarray | None, modality: str) -> np.ndarray:
+def fill_padding(
+    image: np.ndarray, padding: np.ndarray | None, modality: str, *, inverted: bool = False
+) -> np.ndarray:
     """`image` with its padding pixels set to a plausible body value: air (-1024 HU) for CT,
-    else the lowest real value.
+    else the darkest real value (the lowest; the highest in a MONOCHROME1 image).
 
     Outside a CT's reconstruction circle scanners store -2048 or -3024 HU. A filter, a
     degradation or a network that sees that step rings into the real pixels beside it; filled,
@@ -68,14 +84,20 @@ def fill_padding(image: np.ndarray, padding: np.ndarray | None, modality: str) -
     if padding is None or not padding.any():
         return image
     real = image[~padding]
-    lowest = float(real.min()) if real.size else 0.0
-    value = CT_HU_RANGE[0] if modality.upper() == "CT" else lowest
+    darkest = (float(real.max()) if inverted else float(real.min())) if real.size else 0.0
+    value = CT_HU_RANGE[0] if modality.upper() == "CT" else darkest
     return np.where(padding, np.asarray(value, image.dtype), image)
 
 
 def normalize(image: np.ndarray, norm: Normalization) -> np.ndarray:
-    return (image.astype(np.float32) - np.float32(norm.low)) / np.float32(norm.high - norm.low)
+    width = np.float32(norm.high - norm.low)
+    if norm.inverted:
+        return (np.float32(norm.high) - image.astype(np.float32)) / width
+    return (image.astype(np.float32) - np.float32(norm.low)) / width
 
 
 def denormalize(image: np.ndarray, norm: Normalization) -> np.ndarray:
-    return image.astype(np.float32) * np.float32(norm.high - norm.low) + np.float32(norm.low)
+    width = np.float32(norm.high - norm.low)
+    if norm.inverted:
+        return np.float32(norm.high) - image.astype(np.float32) * width
+    return image.astype(np.float32) * width + np.float32(norm.low)

@@ -96,12 +96,13 @@ def _enhance_all(
     each as soon as its stack is done, so it can be finished while the next one runs; the
     outputs are not kept here.
 
-    The series' modality (its first image's) decides the working range for all of them."""
+    The series' modality and polarity (its first image's) decide the working range for all."""
     modality = images[0].modality or "OT"
+    inverted = images[0].image.domain.inverted
     for indices in _stacks(images, method):
         stack = np.concatenate([images[i].image.values for i in indices])
         padding = np.concatenate([images[i].image.padding for i in indices])
-        result = enhance_stack(stack, modality, method, padding=padding).values
+        result = enhance_stack(stack, modality, method, padding=padding, inverted=inverted).values
         start = 0
         for i in indices:
             frames = len(images[i].image.values)

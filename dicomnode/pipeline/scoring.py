@@ -116,10 +116,14 @@ class ScoredSources:
         those images, padding filled, degraded at `scale`."""
         if (scale, limit) not in self._self_checks:
             modality = self._images[0].modality or "OT"
+            inverted = self._images[0].image.domain.inverted
             chosen = sampled_indices(len(self._images), limit)
             frames = [scored_frame(self._images[i]) for i in chosen]
             degraded = DegradedForSelfCheck(
-                [fill_padding(reference, padding, modality) for reference, padding in frames],
+                [
+                    fill_padding(reference, padding, modality, inverted=inverted)
+                    for reference, padding in frames
+                ],
                 Degradation(scale=scale),
                 [padding for _, padding in frames],
             )
@@ -177,8 +181,11 @@ def self_check_gains(
         unchecked.set_result([None] * len(images))
         return unchecked
     modality = images[0].modality or "OT"
+    inverted = images[0].image.domain.inverted
     chosen, degraded = scored.for_self_check(method.scale, settings.enhance.self_check_images)
-    restored = degraded.restored_by(lambda stack: enhance_stack(stack, modality, method).values)
+    restored = degraded.restored_by(
+        lambda stack: enhance_stack(stack, modality, method, inverted=inverted).values
+    )
 
     def gains() -> list[float | None]:
         per_image: list[float | None] = [None] * len(images)
