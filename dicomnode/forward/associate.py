@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
@@ -171,9 +172,8 @@ def _why_not(
             True,
         )
     if result == 0x00:  # accepted, then aborted by pynetdicom: no usable context
-        syntaxes = sorted({str(cx.abstract_syntax) for cx in assoc.requestor.requested_contexts})
-        shown = ", ".join(syntaxes)
-        return f"{where} accepted none of the proposed presentation contexts ({shown})", False
+        refused = _refused(assoc)
+        return f"{where} accepted none of the proposed presentation contexts: {refused}", False
     if not connected:
         why = _unreachable(_connect_error(assoc, tls_args), destination, settings)
         return f"cannot associate with {where}: {why}", True
@@ -189,6 +189,30 @@ def _why_not(
         "(a TLS port called without TLS, or a peer at its connection limit?)",
         True,
     )
+
+
+def _refused(assoc: Association) -> str:
+    """Each SOP class we proposed and the peer's reason (PS3.8 9.3.3.2), with the transfer
+    syntaxes offered where those were refused: "transfer syntax(es) not supported" is a PACS
+    that would take the class in another syntax, "abstract syntax not supported" one that
+    takes no such objects."""
+    reasons = {cx.context_id: cx.status.lower() for cx in assoc.rejected_contexts}
+    offered: dict[str, list[str]] = {}
+    why: dict[str, set[str]] = {}
+    for cx in assoc.requestor.requested_contexts:
+        abstract = str(cx.abstract_syntax)
+        names = offered.setdefault(abstract, [])
+        names.extend(n for ts in cx.transfer_syntax if (n := UID(ts).name) not in names)
+        why.setdefault(abstract, set()).add(reasons.get(cx.context_id, "no reason given"))
+    parts = []
+    for abstract, names in sorted(offered.items()):
+        reason = ", ".join(sorted(why[abstract]))
+        syntaxes = "" if why[abstract] == {_NOT_SUPPORTED} else f" in {', '.join(names)}"
+        parts.append(f"{UID(abstract).name} ({abstract}){syntaxes}: {reason}")
+    return "; ".join(parts)
+
+
+_NOT_SUPPORTED = "abstract syntax not supported"
 
 
 def unresolvable_hosts(destinations: Sequence[Destination]) -> list[tuple[Destination, str]]:

@@ -2,6 +2,8 @@
 
 import enum
 
+from dicomnode.errors import BrokenOff, ForwardError
+
 
 class Outcome(enum.Enum):
     SUCCESS = "success"
@@ -22,3 +24,18 @@ def classify_store_status(status: int) -> Outcome:
     # 0x0122 SOP class not supported, 0x0124 not authorised, 0xA9xx dataset does not match
     # the SOP class, 0xCxxx cannot understand, and anything unknown.
     return Outcome.PERMANENT
+
+
+def no_response(sop: str, timeout: float | None, *, timed_out: bool) -> ForwardError:
+    """The error for a C-STORE that got no answer: our `network.dimse_timeout` ran out (the
+    peer hangs: the series stops), or the peer ended the association first (BrokenOff: the
+    series' other instances may go on a new one)."""
+    if timed_out:
+        return ForwardError(
+            f"no C-STORE response for sop={sop} within {timeout:g} s (network.dimse_timeout)",
+            transient=True,
+        )
+    return BrokenOff(
+        f"no C-STORE response for sop={sop}: the peer ended the association first "
+        "(an A-ABORT or a closed connection)"
+    )

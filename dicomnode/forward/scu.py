@@ -2,7 +2,9 @@
 
 Files are sent byte for byte when the peer accepts their transfer syntax (over plain TCP by our
 send lane, `forward/send_lane.py`; over TLS by pynetdicom); otherwise they are decoded and sent
-uncompressed (Implicit/Explicit VR Little Endian, which every SCP accepts).
+uncompressed in Explicit or Implicit VR Little Endian, whichever the peer takes: Implicit VR
+Little Endian is the default syntax every SCP must accept (PS3.5 10.1), and some accept nothing
+else.
 """
 
 import logging
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config
@@ -21,6 +24,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 from dicomnode.config import Destination, Settings
 from dicomnode.db import SpooledInstance
 from dicomnode.dicom.bounded import read_bounded
+from dicomnode.dicom.endian import little_endian
 from dicomnode.dicom.release import end
 from dicomnode.dicom.tls import ClientContext, client_tls_args
 from dicomnode.errors import (
@@ -34,7 +38,7 @@ from dicomnode.errors import (
 )
 from dicomnode.forward import send_lane
 from dicomnode.forward.associate import open_association
-from dicomnode.forward.outcome import Outcome, classify_store_status
+from dicomnode.forward.outcome import Outcome, classify_store_status, no_response
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +62,15 @@ class SendReport:
 
 def contexts_for(instances: Sequence[SpooledInstance]) -> list[PresentationContext]:
     """Only what the series needs: each stored (class, syntax) pair, plus an uncompressed
-    fallback per class whose files are compressed."""
+    fallback per class (Explicit, then Implicit VR Little Endian: a PACS that takes only the
+    default syntax gets Explicit VR files too, converted)."""
     syntaxes: dict[str, set[str]] = defaultdict(set)
     for item in instances:
         syntaxes[item.sop_class_uid].add(item.transfer_syntax_uid)
     contexts = []
     for sop_class, stored in sorted(syntaxes.items()):
         contexts.extend(build_context(sop_class, [ts]) for ts in sorted(stored))
-        if not stored <= set(_UNCOMPRESSED):
+        if stored != {ImplicitVRLittleEndian}:  # Implicit's own context is its fallback
             contexts.append(build_context(sop_class, list(_UNCOMPRESSED)))
     if len(contexts) > MAX_CONTEXTS:
         raise ForwardError(
@@ -123,38 +128,19 @@ def _send_one(assoc: Association, item: SpooledInstance, max_bytes: int, message
 
 
 def _store(assoc: Association, item: SpooledInstance, max_bytes: int, message_id: int) -> int:
-    """The C-STORE itself: the file as it is when the peer takes its syntax, else decoded.
-
-    Decoding for the uncompressed fallback reads at most `max_bytes` (node.max_instance_mb),
-    inflated size included: a spooled deflate bomb is refused, not expanded.
-    """
+    """The C-STORE itself: the file as it is when the peer takes its syntax, else decoded."""
     context_id = _accepted_context(assoc, item.sop_class_uid, item.transfer_syntax_uid)
     if context_id is not None and send_lane.usable(assoc):
         return send_lane.send_file(assoc, context_id, item, message_id)
-    started = time.monotonic()
     if context_id is not None:  # pynetdicom sends: TLS, or an association the lane cannot use
+        started = time.monotonic()
         try:
             response = assoc.send_c_store(item.path, msg_id=message_id)
         except AttributeError as exc:  # pynetdicom: the file lacks its file meta information
             raise InvalidDicomError(str(exc)) from None
     elif any(_accepted_context(assoc, item.sop_class_uid, ts) is not None for ts in _UNCOMPRESSED):
-        try:
-            dataset = read_bounded(item.path, max_bytes)
-        except (InstanceTooLarge, DecodeError) as exc:
-            raise ForwardError(
-                f"cannot decode sop={item.sop_instance_uid} for the uncompressed fallback: {exc}",
-                transient=False,
-            ) from None
-        if UID(item.transfer_syntax_uid).is_compressed:
-            try:
-                # The same instance, decoded: pydicom would give it a new SOP Instance UID.
-                dataset.decompress(generate_instance_uid=False)
-            except Exception as exc:  # each decoder fails in its own way; none will heal
-                raise ForwardError(
-                    f"cannot decompress sop={item.sop_instance_uid} for the uncompressed "
-                    f"fallback: {type(exc).__name__}: {exc}",
-                    transient=False,
-                ) from None
+        dataset = _uncompressed(item, max_bytes)
+        started = time.monotonic()  # after decoding: only the peer's wait is judged a timeout
         response = assoc.send_c_store(dataset, msg_id=message_id)
     else:
         raise ForwardError(
@@ -163,12 +149,40 @@ def _store(assoc: Association, item: SpooledInstance, max_bytes: int, message_id
             transient=False,
         )
     if "Status" not in response:
-        message = f"no C-STORE response for sop={item.sop_instance_uid} (timeout or abort)"
         timeout = assoc.dimse_timeout
-        if timeout is None or time.monotonic() - started < timeout:  # not a timeout: the peer's
-            raise BrokenOff(message)
-        raise ForwardError(message, transient=True)
+        timed_out = timeout is not None and time.monotonic() - started >= timeout
+        raise no_response(item.sop_instance_uid, timeout, timed_out=timed_out)
     return int(response.Status)
+
+
+def _uncompressed(item: SpooledInstance, max_bytes: int) -> Dataset:
+    """The instance for the uncompressed fallback: decoded, or turned little endian; pynetdicom
+    converts between Explicit and Implicit VR Little Endian itself.
+
+    Reads at most `max_bytes` (node.max_instance_mb), inflated size included: a spooled deflate
+    bomb is refused, not expanded.
+    """
+    try:
+        dataset = read_bounded(item.path, max_bytes)
+    except (InstanceTooLarge, DecodeError) as exc:
+        raise ForwardError(
+            f"cannot decode sop={item.sop_instance_uid} for the uncompressed fallback: {exc}",
+            transient=False,
+        ) from None
+    syntax = UID(item.transfer_syntax_uid)
+    if not syntax.is_little_endian:  # Explicit VR Big Endian (retired): pynetdicom keeps it
+        return little_endian(dataset)
+    if syntax.is_compressed:
+        try:
+            # The same instance, decoded: pydicom would give it a new SOP Instance UID.
+            dataset.decompress(generate_instance_uid=False)
+        except Exception as exc:  # each decoder fails in its own way; none will heal
+            raise ForwardError(
+                f"cannot decompress sop={item.sop_instance_uid} for the uncompressed "
+                f"fallback: {type(exc).__name__}: {exc}",
+                transient=False,
+            ) from None
+    return dataset
 
 
 def _listed(problems: list[str]) -> str:
@@ -197,8 +211,10 @@ def send_series(
     refused: list[str] = []
     unreadable: list[str] = []
     broken_off: list[str] = []
+    tried = 0
     try:
         for number, item in enumerate(instances):
+            tried = number + 1
             # Each request its own Message ID (US, 1-65535), as DCMTK and Orthanc number them:
             # a PACS's log tells the requests of one association apart.
             message_id = number % 0xFFFF + 1
@@ -213,9 +229,9 @@ def send_series(
                 # The peer ended the association on this instance. If it takes a new one (else
                 # ForwardError: it is down), the series' other instances go on it, so that one
                 # instance the PACS will not take does not keep the rest from it on every retry.
-                if len(broken_off) == MAX_BROKEN_OFF:
-                    raise
                 broken_off.append(str(exc))
+                if len(broken_off) > MAX_BROKEN_OFF:
+                    break  # the peer is failing, not an instance
                 log.warning(
                     "destination broke off the association job=%d destination=%s sop=%s: "
                     "going on with the series' other instances on a new one",
@@ -247,9 +263,14 @@ def send_series(
     seconds = time.monotonic() - started
     if broken_off:  # transient: the PACS may take them later (it may have been restarting)
         also = f"; {destination.name} refused {len(refused)}: {_listed(refused)}" if refused else ""
+        stopped = (
+            f", stopped there: {len(instances) - tried} not tried"
+            if len(broken_off) > MAX_BROKEN_OFF
+            else ""
+        )
         raise ForwardError(
             f"{destination.name} broke off the association on {len(broken_off)} of "
-            f"{len(instances)} instances ({sent} sent): {_listed(broken_off)}" + also,
+            f"{len(instances)} instances ({sent} sent{stopped}): {_listed(broken_off)}" + also,
             transient=True,
         )
     if unreadable:

@@ -38,6 +38,7 @@ from dicomnode.dicom import reactor
 from dicomnode.dicom.waking import WakingSocket
 from dicomnode.dicom.wire import PDU_OVERHEAD, c_store_request, command_pdus, data_set_pdu
 from dicomnode.errors import BrokenOff, ForwardError
+from dicomnode.forward.outcome import no_response
 
 # The most of a data set read and written in one go: the memory a send holds, whatever the
 # file's size, and how long the DUL thread may wait to write an abort of its own.
@@ -201,10 +202,7 @@ def _status(assoc: Association, answer: object, item: SpooledInstance, *, timed_
     if answer is None:
         if assoc.is_established:
             assoc.abort()
-        message = f"no C-STORE response for sop={item.sop_instance_uid} (timeout or abort)"
-        if not timed_out:
-            raise BrokenOff(message)
-        raise ForwardError(message, transient=True)
+        raise no_response(item.sop_instance_uid, assoc.dimse_timeout, timed_out=timed_out)
     if not isinstance(answer, C_STORE) or not answer.is_valid_response or answer.Status is None:
         assoc.abort()
         raise ForwardError(

@@ -2,10 +2,16 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    generate_uid,
+)
 from pynetdicom.association import Association
 from pynetdicom.sop_class import MRImageStorage
 
@@ -19,6 +25,7 @@ from dicomnode.forward import scu
 from dicomnode.pipeline.delivery import Outgoing, deliver
 from dicomnode.status import JobPart
 from tests.support.data import pydicom_test_files
+from tests.support.dcmtk import StoreScp
 from tests.support.faulty_scp import Behaviour, FaultyScp
 from tests.support.series import write_ct_series
 
@@ -158,6 +165,80 @@ def test_a_file_that_fails_mid_message_ends_the_series_as_transient_and_says_how
         "[Errno 5] Input/output error"
     )
     assert set(peer.stored) == {items[0].sop_instance_uid}  # nothing after the abort
+
+
+def _with_new_uid(source: Path, out: Path) -> Path:
+    ds = dcmread(source)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(out)  # in the source's transfer syntax, big endian too
+    return out
+
+
+def test_a_pacs_that_takes_only_implicit_vr_gets_explicit_and_big_endian_files_converted(
+    tmp_path: Path,
+) -> None:
+    """Implicit VR Little Endian is the one syntax every SCP must take (PS3.5 10.1), and some
+    take nothing else: before, an Explicit VR series was not offered in it (the association
+    failed, "accepted none", and the job was dead), and a big endian file crashed the send."""
+    sources = {
+        name: _with_new_uid(path, tmp_path / path.name)
+        for name, file in (
+            ("explicit", "MR_small.dcm"),
+            ("big-endian", "MR_small_bigendian.dcm"),
+            ("rle", "MR_small_RLE.dcm"),
+        )
+        for [path] in [pydicom_test_files(file)]
+    }
+    with StoreScp(tmp_path / "pacs", options=["+xi"]) as pacs:
+        destination = Destination("implicit", "ANY-SCP", "127.0.0.1", pacs.port)
+        for series in (["explicit"], ["big-endian", "rle"]):
+            items = _spooled([sources[name] for name in series])
+            report = scu.send_series(1, destination, items, Settings(destinations=[destination]))
+            assert (report.sent, report.warnings) == (len(series), 0)
+    received = {ds.SOPInstanceUID: ds for ds in map(dcmread, (tmp_path / "pacs").iterdir())}
+    assert len(received) == 3
+    for path in sources.values():
+        source = dcmread(path)
+        copy = received[source.SOPInstanceUID]
+        assert copy.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+        assert np.array_equal(copy.pixel_array, source.pixel_array)
+        assert (copy.Rows, copy.PixelSpacing, copy.SliceLocation) == (
+            source.Rows,
+            source.PixelSpacing,
+            source.SliceLocation,
+        )
+
+
+def test_a_peer_without_any_syntax_of_ours_is_named_with_the_syntaxes_offered(
+    tmp_path: Path,
+) -> None:
+    [source] = pydicom_test_files("MR_small.dcm")
+    peer = FaultyScp(transfer_syntaxes=[JPEG2000Lossless]).start()
+    error = _send_failing_then_stop(peer, _spooled([source]))
+    assert not error.transient
+    assert (
+        "accepted none of the proposed presentation contexts: MR Image Storage "
+        "(1.2.840.10008.5.1.4.1.1.4) in Explicit VR Little Endian, Implicit VR Little Endian: "
+        "transfer syntax(es) not supported"
+    ) in str(error)
+
+
+def test_a_peer_that_breaks_off_every_association_stops_the_series_saying_so(
+    tmp_path: Path,
+) -> None:
+    """Past `MAX_BROKEN_OFF` instances the series stops; the error still says the peer broke
+    off (before, it read like a timeout of ours) and how many were not tried."""
+    series = write_ct_series(tmp_path / "series", 6, seed=3)
+    with StoreScp(tmp_path / "pacs", options=["+xa", "--abort-after"]) as pacs:
+        destination = Destination("aborts", "ANY-SCP", "127.0.0.1", pacs.port)
+        with pytest.raises(ForwardError) as raised:
+            scu.send_series(1, destination, _spooled(series), Settings())
+    message = str(raised.value)
+    assert raised.value.transient
+    assert "aborts broke off the association on 4 of 6 instances (0 sent, stopped there: " in (
+        message
+    )
+    assert "2 not tried)" in message and "the peer ended the association first" in message
 
 
 def test_a_peer_without_the_compressed_syntax_gets_the_same_instance_decoded_or_a_refusal(

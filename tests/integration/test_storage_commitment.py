@@ -271,9 +271,9 @@ def test_a_destination_without_storage_commitment_makes_the_delivery_dead_saying
         assert job["attempts"] == 1
         assert "storage commitment: faulty (FAULTY@127.0.0.1:" in job["error"]
         assert (
-            "accepted none of the proposed presentation contexts (1.2.840.10008.1.20.1)"
-            in (job["error"])
-        )
+            "accepted none of the proposed presentation contexts: Storage Commitment Push "
+            "Model SOP Class (1.2.840.10008.1.20.1): abstract syntax not supported"
+        ) in job["error"]
         assert sum(scp.stored.values()) == 2
     finally:
         scp.stop()

@@ -87,13 +87,16 @@ def echoscu(
 
 
 class StoreScp:
-    """DCMTK's own storescp accepting every SOP class and syntax (`+xa`): the reference receiver."""
+    """DCMTK's own storescp accepting every SOP class and syntax (`+xa`): the reference receiver.
+    `options` instead: `("+xi",)` a PACS that takes Implicit VR Little Endian only, the default
+    syntax; `("+xa", "--abort-after")` one that aborts every association on its first C-STORE."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, options: Sequence[str] = ("+xa",)) -> None:
         from tests.support.ports import free_port
 
         self.out_dir = out_dir
         self.port = free_port()
+        self.options = list(options)
         self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> "StoreScp":
@@ -101,7 +104,7 @@ class StoreScp:
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
-            ["storescp", "+xa", "-od", str(self.out_dir), str(self.port)],
+            ["storescp", *self.options, "-od", str(self.out_dir), str(self.port)],
             env=peer_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
