@@ -41,7 +41,8 @@ def enhance(
     Per series and method: a derived series (<series UID>/<SOP UID>.dcm) and its metrics SR;
     for the whole run: metrics.csv (one row per image and method) and comparison.png. A series
     that cannot be enhanced gets one line with its reason and the others go on; the exit code
-    is then 1.
+    is then 1. A series with nothing to enhance (a report, colour images, a modality not
+    enabled) is skipped with its reason; when no series at all is enhanced, the exit code is 1.
     """
     from dataclasses import replace
 
@@ -111,6 +112,8 @@ def enhance(
         write_metrics_csv(rows, out_dir / "metrics.csv")
     if failed:
         fail(f"{len(failed)} of {len(series)} series could not be enhanced (see above)")
+    if not rows:
+        fail(f"none of the {len(series)} series has an image that could be enhanced (see above)")
 
 
 def _internal(exc: Exception) -> str:

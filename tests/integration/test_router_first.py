@@ -272,6 +272,19 @@ def test_enhance_reports_a_series_it_cannot_process_goes_on_and_exits_1(tmp_path
         assert len(handle.readlines()) == 1 + len(good)
 
 
+def test_enhance_exits_1_when_no_series_has_an_image_it_can_enhance(tmp_path: Path) -> None:
+    # Every image declined (HighBit does not end the stored bits): the series is skipped.
+    rewrite(write_ct_series(tmp_path / "in", 2), _bad_high_bit)
+    result = dicomnode("enhance", str(tmp_path / "in"), str(tmp_path / "out"), "-m", "baseline")
+    assert result.returncode == 1, result.stderr
+    assert "skipped: no image in the series can be enhanced" in result.stderr
+    assert "none of the 1 series has an image that could be enhanced" in result.stderr
+
+
+def _bad_high_bit(ds: Dataset) -> None:
+    ds.HighBit = 3
+
+
 def _private_sop_class(ds: Dataset) -> None:
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.826.0.1.3680043.10.999.1"
 

@@ -6,7 +6,12 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSNearLossless
+from pydicom.uid import (
+    JPEG2000,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSNearLossless,
+)
 
 from dicomnode.dicom.derive import Derivation, derived_instance, derived_series_uid
 from dicomnode.errors import ImageDeclined
@@ -23,7 +28,7 @@ def derivation(scale: int, version: str = "srcnn-x1-abc") -> Derivation:
         version=version,
         scale=scale,
         codes=tuple(SRCNN.codes(scale)),
-        description="test",
+        description="SRCNN super-resolution (9-1-5), model srcnn-x1-abc, scale 1; one view",
         series_uid=derived_series_uid(source.SeriesInstanceUID, version, None),
         series_number=1001,
         series_description="SRCNN test",
@@ -77,6 +82,8 @@ def test_image_type_derivation_and_references() -> None:
         i.PurposeOfReferenceCodeSequence[0].CodeValue for i in ds.ContributingEquipmentSequence
     ]
     assert purposes == ["109101", "109102"]
+    # ST, like DerivationDescription: whole (it was cut at 64 characters)
+    assert ds.ContributingEquipmentSequence[1].ContributionDescription == ds.DerivationDescription
     assert "SmallestImagePixelValue" not in ds
 
 
@@ -137,6 +144,73 @@ def test_a_source_that_came_lossy_compressed_stays_marked_lossy() -> None:
     assert ds.LossyImageCompression == "01"
     assert ds.LossyImageCompressionMethod == "ISO_14495_1"
     assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+
+def _derived_from(source: Dataset) -> Dataset:
+    """The derived image of `source` for an enhancement that changed nothing."""
+    image = to_modality(source)
+    stored = to_stored(image.values, image.domain, image.padding)
+    return derived_instance(source, stored, derivation(1), comments="")
+
+
+@pytest.mark.parametrize("lossy", [True, False])
+def test_a_jpeg_2000_source_is_marked_lossy_by_its_wavelet(lossy: bool) -> None:
+    """.91 may be lossy or lossless: without LossyImageCompression in the source, the 9-7
+    irreversible wavelet of its code stream says lossy (PS3.3 C.7.6.1.1.5)."""
+    source = dcmread(CT_TEMPLATE)
+    source.LossyImageCompression = "00"
+    if lossy:
+        source.compress(JPEG2000, j2k_cr=[20], generate_instance_uid=False)
+    else:  # the reversible code stream, as a sender may label it
+        source.compress(JPEG2000Lossless, generate_instance_uid=False)
+        source.file_meta.TransferSyntaxUID = JPEG2000
+    for keyword in ("LossyImageCompression", "LossyImageCompressionMethod"):
+        if keyword in source:
+            delattr(source, keyword)
+    ds = _derived_from(source)
+    assert ds.get("LossyImageCompression") == ("01" if lossy else None)
+    assert ds.get("LossyImageCompressionMethod") == ("ISO_15444_1" if lossy else None)
+
+
+def _with_embedded_overlay(position: int) -> tuple[Dataset, np.ndarray, np.ndarray]:
+    """A 12-bit source whose overlay (a marker) lies in bit `position` of its pixel data
+    (PS3.3 C.9.2.1.1, the retired embedded form), with the stored values and the marker."""
+    source = dcmread(CT_TEMPLATE)
+    values = source.pixel_array.astype(np.int64)
+    values = ((values - values.min()) * 4095 // np.ptp(values)).astype(np.uint16)
+    marker = np.zeros(values.shape, bool)
+    marker[20:60, 30:50] = True  # an "L"
+    marker[50:60, 30:80] = True
+    source.BitsStored, source.HighBit, source.PixelRepresentation = 12, 11, 0
+    source.RescaleIntercept, source.RescaleSlope = 0, 1
+    if "PixelPaddingValue" in source:
+        del source.PixelPaddingValue
+    raw = values | (marker.astype(np.uint16) << position) if position >= 12 else values
+    source.PixelData = raw.astype("<u2").tobytes()
+    source.add_new(0x60000010, "US", source.Rows)  # OverlayRows
+    source.add_new(0x60000011, "US", source.Columns)
+    source.add_new(0x60000040, "CS", "G")  # OverlayType
+    source.add_new(0x60000050, "SS", [1, 1])  # OverlayOrigin
+    source.add_new(0x60000100, "US", 16)  # OverlayBitsAllocated
+    source.add_new(0x60000102, "US", position)  # OverlayBitPosition
+    return source, values, marker
+
+
+def test_an_overlay_embedded_in_the_pixels_high_bits_gets_overlay_data_of_its_own() -> None:
+    """The derived pixels keep only the stored bits: the marker moves to OverlayData (before,
+    the header still described an overlay in bit 12 whose bits were gone)."""
+    source, values, marker = _with_embedded_overlay(12)
+    ds = _derived_from(source)
+    assert np.array_equal(ds.pixel_array, values)
+    assert (ds[0x60000100].value, ds[0x60000102].value) == (1, 0)
+    assert np.array_equal(ds.overlay_array(0x6000), marker.astype(np.uint8))
+    assert ds[0x60000040].value == "G"
+
+
+def test_an_overlay_said_to_be_in_the_stored_bits_is_removed() -> None:
+    source, _, _ = _with_embedded_overlay(4)  # bit 4 is image data: no overlay to carry
+    ds = _derived_from(source)
+    assert not [tag for tag in ds.keys() if tag.group == 0x6000]  # noqa: SIM118
 
 
 def test_what_described_the_source_as_encoded_created_or_signed_is_not_copied() -> None:
