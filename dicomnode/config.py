@@ -318,6 +318,10 @@ class Destination:
     # that it keeps every instance sent, within commitment_timeout_seconds of the request.
     storage_commitment: bool = False
     commitment_timeout_seconds: float = 60.0
+    # The metrics report (an SR document) of each derived series. A PACS without SR storage
+    # refuses it, for good, and every derived job would end dead there although its images
+    # arrived: false sends the derived images only. The originals always go whole.
+    send_metrics_reports: bool = True
 
     @property
     def server_name(self) -> str:

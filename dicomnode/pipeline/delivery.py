@@ -29,6 +29,13 @@ log = logging.getLogger(__name__)
 
 Outgoing = list[list[SpooledInstance]]
 
+_SR_DOCUMENTS = "1.2.840.10008.5.1.4.1.1.88."  # the SR document storage classes (PS3.4 B.5)
+
+
+def _is_report(item: SpooledInstance) -> bool:
+    """An SR document: in a derived job, a metrics report (`destination.send_metrics_reports`)."""
+    return item.sop_class_uid.startswith(_SR_DOCUMENTS)
+
 
 def deliver(
     settings: Settings, db: Database, job: JobRecord, name: str, outgoing: Outgoing
@@ -39,6 +46,8 @@ def deliver(
         gone = f"destination {name!r} is no longer configured"
         record_delivery(db, job.id, name, DeliveryStatus.DEAD, 0, gone)
         return
+    if job.part == JobPart.DERIVED and not destination.send_metrics_reports:
+        outgoing = [[item for item in series if not _is_report(item)] for series in outgoing]
     sent = 0
     refusals: list[str] = []
     unreadable: list[str] = []

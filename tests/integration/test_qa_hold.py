@@ -2,8 +2,11 @@
 
 from pathlib import Path
 
+from pynetdicom.sop_class import ComprehensiveSRStorage
+
 from tests.conftest import pacs_destination
 from tests.support.dcmtk import storescu
+from tests.support.faulty_scp import Behaviour, FaultyScp
 from tests.support.node import part_of
 from tests.support.orthanc import Orthanc
 
@@ -36,3 +39,35 @@ def test_held_job_sends_derived_series_only_when_released(
     assert len(orthanc.instance_ids()) == 2 * len(ct_series) + 1
     refused = node.cli("jobs", "release", str(job["id"]), check=False)
     assert refused.returncode == 1 and "only held jobs" in refused.stderr
+
+
+def test_a_pacs_without_sr_storage_gets_the_derived_images_when_reports_are_off(
+    node_factory, ct_series: list[Path]
+) -> None:
+    """Both PACS refuse SR documents (0x0122). The one with `send_metrics_reports = false`
+    has the originals and the derived images, the derived job's delivery done; the other's
+    is dead for good, its images delivered, the refused report named."""
+    quiet, strict = (
+        FaultyScp(behaviour=Behaviour(refuse_sop_class=ComprehensiveSRStorage)).start()
+        for _ in range(2)
+    )
+    try:
+        node = node_factory(
+            [
+                {**quiet.destination("no-sr"), "send_metrics_reports": False},
+                strict.destination("strict"),
+            ],
+            enhance={"methods": ["baseline"], "self_check": False},
+        ).start()
+        assert storescu(node.port, ct_series[:3]).returncode == 0
+        jobs = node.wait_for_parts(derived="dead", timeout=180)
+        deliveries = {d["destination"]: d for d in part_of(jobs, "derived")["deliveries"]}
+        assert (deliveries["no-sr"]["status"], deliveries["no-sr"]["sent"]) == ("done", 3)
+        assert deliveries["strict"]["status"] == "dead" and deliveries["strict"]["sent"] == 3
+        assert "refused 1 of 1 instances: 0x0122" in deliveries["strict"]["error"]
+        assert sum(quiet.stored.values()) == sum(strict.stored.values()) == 2 * 3
+        assert ComprehensiveSRStorage in strict.answered_classes
+        assert ComprehensiveSRStorage not in quiet.answered_classes
+    finally:
+        quiet.stop()
+        strict.stop()

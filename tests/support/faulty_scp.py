@@ -43,6 +43,7 @@ class FaultyScp:
         self.data_sets: dict[str, bytes] = {}  # with keep_data_sets: UID -> bytes received
         self.priorities: list[int] = []  # of every C-STORE request, in the order they came
         self.answered: list[int] = []
+        self.answered_classes: list[str] = []  # the SOP Class UID of each request answered
         self.message_ids: list[int] = []  # of every C-STORE request, in the order they came
         self._unhang = threading.Event()
         self._per_association: Counter[int] = Counter()
@@ -97,6 +98,7 @@ class FaultyScp:
             status = 0x0122
         with self._lock:
             self.answered.append(status)
+            self.answered_classes.append(str(event.request.AffectedSOPClassUID))
             if status == 0x0000:
                 self.stored[str(event.request.AffectedSOPInstanceUID)] += 1
                 syntax = str(event.context.transfer_syntax)
