@@ -61,12 +61,14 @@ class ForwardError(DicomNodeError):
     """Sending to a destination failed.
 
     `transient` says whether trying again later may succeed (peer down, out of resources,
-    association rejected) or not (SOP class refused, not authorised, dataset rejected).
+    association rejected) or not (SOP class refused, not authorised, dataset rejected); `sent`
+    counts the instances of the series that went before it failed (the delivery's record).
     """
 
-    def __init__(self, message: str, *, transient: bool) -> None:
+    def __init__(self, message: str, *, transient: bool, sent: int = 0) -> None:
         super().__init__(message)
         self.transient = transient
+        self.sent = sent
 
 
 class BrokenOff(ForwardError):
@@ -81,12 +83,10 @@ class UnreadableSpool(ForwardError):
     """Spooled files of a series could not be read for sending (gone, unreadable, damaged).
 
     This node's fault, not the destination's: the delivery is retried (the files may be put
-    back), and the job's other series still go meanwhile. `sent` counts the instances of the
-    series that went."""
+    back), and the job's other series still go meanwhile."""
 
     def __init__(self, message: str, *, sent: int) -> None:
-        super().__init__(message, transient=True)
-        self.sent = sent
+        super().__init__(message, transient=True, sent=sent)
 
 
 class ImageDeclined(DicomNodeError):

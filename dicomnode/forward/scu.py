@@ -258,6 +258,9 @@ def send_series(
                 continue
             sent += 1
             warnings += outcome is Outcome.WARNING
+    except ForwardError as exc:
+        exc.sent = sent  # what went before it failed
+        raise
     finally:
         end(assoc)
     seconds = time.monotonic() - started
@@ -272,6 +275,7 @@ def send_series(
             f"{destination.name} broke off the association on {len(broken_off)} of "
             f"{len(instances)} instances ({sent} sent{stopped}): {_listed(broken_off)}" + also,
             transient=True,
+            sent=sent,
         )
     if unreadable:
         also = f"; {destination.name} refused {len(refused)}: {_listed(refused)}" if refused else ""
@@ -286,6 +290,7 @@ def send_series(
             f"{destination.name} refused {len(refused)} of {len(instances)} instances: "
             f"{_listed(refused)}",
             transient=False,
+            sent=sent,
         )
     log.info(
         "forwarded job=%d destination=%s instances=%d warnings=%d seconds=%.2f",

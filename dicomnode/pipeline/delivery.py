@@ -64,6 +64,7 @@ def deliver(
                 sent += exc.sent
                 unreadable.append(str(exc))
             except ForwardError as exc:
+                sent += exc.sent  # what went of the series before it failed
                 if exc.transient:  # the peer will not take the rest now either: retry later
                     raise
                 # A series it refuses for good (an SR to a PACS without the SOP class) does

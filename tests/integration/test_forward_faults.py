@@ -133,6 +133,7 @@ def test_a_peer_hanging_mid_transfer_times_out_and_never_delays_the_other_destin
     assert by_name["faulty"]["status"] == "failed"
     assert "no C-STORE response for sop=" in by_name["faulty"]["error"]
     assert "within 10 s (network.dimse_timeout)" in by_name["faulty"]["error"]
+    assert by_name["faulty"]["sent"] == 2  # what went before the hang is counted
     assert len(faulty.stored) == 2
 
     faulty.behave(Behaviour())  # the peer recovers
