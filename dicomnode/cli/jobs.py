@@ -62,14 +62,15 @@ def _database(settings: Settings, *, read_only: bool = False) -> "Database":
 
 
 def _deliveries(job: "JobRecord") -> str:
-    """Each destination's state; one that is done without an instance sent says so (a job
-    whose derived series QA held back reached its PACS with nothing yet)."""
-    return shown(", ".join(_delivery(d) for d in job.deliveries) or "-")
+    """Each destination's state; in a held job, one that is done without an instance sent
+    says so (QA held back every derived series: the PACS has nothing of it yet)."""
+    held = job.status == JobStatus.HELD
+    return shown(", ".join(_delivery(d, held=held) for d in job.deliveries) or "-")
 
 
-def _delivery(delivery: "DeliveryRecord") -> str:
+def _delivery(delivery: "DeliveryRecord", *, held: bool) -> str:
     cell = f"{delivery.destination}:{delivery.status}"
-    if delivery.status == DeliveryStatus.DONE and delivery.sent == 0:
+    if held and delivery.status == DeliveryStatus.DONE and delivery.sent == 0:
         cell += " (nothing sent)"
     return cell
 

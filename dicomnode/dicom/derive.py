@@ -18,14 +18,14 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import FileMetaDataset
-from pydicom.encaps import generate_fragmented_frames
-from pydicom.pixels import pack_bits
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicomnode import __version__
 from dicomnode.dicom.conformance import conform, copy_identity
+from dicomnode.dicom.lossy import lossy_history
+from dicomnode.dicom.overlays import separate_embedded_overlays
 from dicomnode.errors import ImageDeclined
 from dicomnode.registry import Code
 
@@ -69,19 +69,6 @@ _DROPPED = (
     "InstanceCreatorUID",
     "DigitalSignaturesSequence",
 )
-# Transfer syntaxes that are always lossy, and the LossyImageCompressionMethod each implies
-# (PS3.3 C.7.6.1.1.5): a source received in one is lossy even without LossyImageCompression.
-_LOSSY_SYNTAXES = {
-    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG Baseline
-    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG Extended
-    "1.2.840.10008.1.2.4.81": "ISO_14495_1",  # JPEG-LS Near-Lossless
-}
-# JPEG 2000 syntaxes that may be lossy or lossless (PS3.5 A.4.4, A.4.10)
-_JPEG2000_EITHER = {
-    "1.2.840.10008.1.2.4.91": "ISO_15444_1",  # JPEG 2000
-    "1.2.840.10008.1.2.4.93": "ISO_15444_2",  # JPEG 2000 Part 2 Multi-component
-    "1.2.840.10008.1.2.4.203": "ISO_15444_15",  # High-Throughput JPEG 2000
-}
 
 
 def code_item(code: Code) -> Dataset:
@@ -308,71 +295,6 @@ def _geometry(ds: Dataset, scale: int, sop: str) -> None:
     ds.ImagePositionPatient = [f"{v:.6f}".rstrip("0").rstrip(".") for v in position + shift]
 
 
-def _lossy_history(ds: Dataset, source: Dataset) -> None:
-    """PS3.3 C.7.6.1.1.5: once lossy compressed, an image stays marked lossy, also when the
-    source said so only by the syntax it came in, or, in a JPEG 2000 syntax that may be either,
-    by the irreversible wavelet its code stream declares."""
-    syntax = str(getattr(source.get("file_meta"), "TransferSyntaxUID", ""))
-    if str(source.get("LossyImageCompression", "00")) == "01":
-        ds.LossyImageCompression = "01"
-    elif syntax in _LOSSY_SYNTAXES:
-        ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionMethod = _LOSSY_SYNTAXES[syntax]
-    elif syntax in _JPEG2000_EITHER and _irreversible_wavelet(source):
-        ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionMethod = _JPEG2000_EITHER[syntax]
-
-
-def _irreversible_wavelet(source: Dataset) -> bool:
-    """Whether the first frame's JPEG 2000 code stream declares the 9-7 irreversible wavelet
-    (ISO 15444-1 A.6.1, the COD segment's last byte 0): that image was compressed lossy. The
-    5-3 reversible one may still have been cut short, which its header does not tell."""
-    try:
-        first = next(generate_fragmented_frames(source.PixelData))[0]
-    except Exception:  # not encapsulated, or broken: the decoder said so already
-        return False
-    header = first[: first.find(b"\xff\x90")]  # the main header ends at the first tile (SOT)
-    cod = header.find(b"\xff\x52")
-    return cod >= 0 and len(header) > cod + 13 and header[cod + 13] == 0
-
-
-def _separate_embedded_overlays(ds: Dataset, source: Dataset) -> None:
-    """An overlay embedded in the pixel data's unused high bits (the retired form of PS3.3
-    C.9.2.1.1, old CR archives: a laterality marker) moves into OverlayData of its own: the
-    derived pixels keep only the stored bits, so the header would otherwise describe a marker
-    that is gone. One that cannot be read from the source's native pixels is removed."""
-    groups = sorted({tag.group for tag in ds.keys() if 0x6000 <= tag.group <= 0x601E})  # noqa: SIM118
-    for group in groups:
-        if (group, 0x3000) in ds or (group, 0x0102) not in ds:
-            continue  # OverlayData of its own: kept as it is
-        bits = _embedded_overlay_bits(source, int(ds[group, 0x0102].value))
-        if bits is None:
-            for tag in [tag for tag in ds.keys() if tag.group == group]:  # noqa: SIM118
-                del ds[tag]
-            continue
-        ds.add_new((group, 0x0100), "US", 1)  # OverlayBitsAllocated
-        ds.add_new((group, 0x0102), "US", 0)  # OverlayBitPosition
-        ds.add_new((group, 0x3000), "OW", pack_bits(bits))
-
-
-def _embedded_overlay_bits(source: Dataset, position: int) -> np.ndarray | None:
-    """Bit `position` of each pixel of a single-frame source (native, little endian), or None
-    where there is no such overlay to read."""
-    syntax = getattr(source.get("file_meta"), "TransferSyntaxUID", None)
-    allocated = int(source.get("BitsAllocated", 0) or 0)
-    stored = int(source.get("BitsStored", allocated) or allocated)
-    if (
-        syntax is None
-        or syntax.is_compressed
-        or not stored <= position < allocated  # within the image's bits: no overlay there
-        or int(source.get("NumberOfFrames", 1) or 1) > 1
-    ):
-        return None
-    pixels = int(source.Rows) * int(source.Columns)
-    raw = np.frombuffer(source.PixelData, dtype=f"<u{allocated // 8}", count=pixels)
-    return ((raw >> position) & 1).astype(np.uint8)
-
-
 def _require(source: Dataset) -> None:
     sop = source.get("SOPInstanceUID", "(no SOPInstanceUID)")
     for keyword in _REQUIRED:
@@ -431,7 +353,7 @@ def derived_instance(
         for tag in [tag for tag in ds.keys() if 0x6000 <= tag.group <= 0x60FF]:  # noqa: SIM118
             del ds[tag]
     else:
-        _separate_embedded_overlays(ds, source)
+        separate_embedded_overlays(ds, source)
     conform(ds)
 
     ds.SOPInstanceUID = derived_instance_uid(
@@ -451,7 +373,7 @@ def derived_instance(
     _references(ds, source, derivation)
     ds.ContributingEquipmentSequence = _equipment(ds, derivation)
     ds.ImageComments = comments[:10240]
-    _lossy_history(ds, source)
+    lossy_history(ds, source)
 
     ds.Rows, ds.Columns = int(frames.shape[1]), int(frames.shape[2])
     if "NumberOfFrames" in source or len(frames) > 1:

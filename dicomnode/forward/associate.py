@@ -191,6 +191,9 @@ def _why_not(
     )
 
 
+_NOT_SUPPORTED = "abstract syntax not supported"  # a presentation context's result 0x03
+
+
 def _refused(assoc: Association) -> str:
     """Each SOP class we proposed and the peer's reason (PS3.8 9.3.3.2), with the transfer
     syntaxes offered where those were refused: "transfer syntax(es) not supported" is a PACS
@@ -210,9 +213,6 @@ def _refused(assoc: Association) -> str:
         syntaxes = "" if why[abstract] == {_NOT_SUPPORTED} else f" in {', '.join(names)}"
         parts.append(f"{UID(abstract).name} ({abstract}){syntaxes}: {reason}")
     return "; ".join(parts)
-
-
-_NOT_SUPPORTED = "abstract syntax not supported"
 
 
 def unresolvable_hosts(destinations: Sequence[Destination]) -> list[tuple[Destination, str]]:

@@ -98,24 +98,26 @@ def enhance_stack(
     method: Method,
     *,
     padding: np.ndarray | None = None,
-    inverted: bool = False,
+    inverted: bool | Sequence[bool] = False,
 ) -> EnhancementResult:
     """Enhance a (N, H, W) stack of modality values (one DICOM series or multi-frame image);
-    `inverted`: the images are MONOCHROME1 (`normalize` turns them for the method)."""
+    `inverted`: the images (or which of them) are MONOCHROME1 (`normalize` turns them for the
+    method)."""
     start = time.perf_counter()
     stack = np.asarray(images, dtype=np.float32)
     masks: Sequence[np.ndarray | None] = (
         list(padding) if padding is not None else [None] * len(stack)
     )
+    turned = [inverted] * len(stack) if isinstance(inverted, bool) else list(inverted)
     stack = np.stack(
         [
-            fill_padding(image, mask, modality, inverted=inverted)
-            for image, mask in zip(stack, masks, strict=True)
+            fill_padding(image, mask, modality, inverted=flag)
+            for image, mask, flag in zip(stack, masks, turned, strict=True)
         ]
     )
     norms = tuple(
-        normalization_for(image, modality, mask, inverted=inverted)
-        for image, mask in zip(stack, masks, strict=True)
+        normalization_for(image, modality, mask, inverted=flag)
+        for image, mask, flag in zip(stack, masks, turned, strict=True)
     )
     normalised = np.stack(
         [normalize(image, norm) for image, norm in zip(stack, norms, strict=True)]

@@ -305,16 +305,17 @@ class DegradedForSelfCheck:
                 step(index)
 
     def restored_by(
-        self, restore_stack: Callable[[np.ndarray], np.ndarray]
+        self, restore_stack: Callable[[np.ndarray, list[int]], np.ndarray]
     ) -> "RestoredForSelfCheck":
-        """The degraded images restored by a method, those of one shape in one call."""
+        """The degraded images restored by a method, those of one shape in one call, which
+        is told their places in the sample (what it needs to know of each: its polarity)."""
         degraded = self.degraded()
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, low in enumerate(degraded):
             by_shape.setdefault(low.shape, []).append(index)
         restored: list[np.ndarray] = [np.empty(0)] * len(degraded)
         for indices in by_shape.values():
-            outputs = restore_stack(np.stack([degraded[i] for i in indices]))
+            outputs = restore_stack(np.stack([degraded[i] for i in indices]), indices)
             for i, output in zip(indices, outputs, strict=True):
                 restored[i] = output
         return RestoredForSelfCheck(self, restored)
@@ -349,7 +350,8 @@ def restore_for_self_checks(
     paddings: Sequence[np.ndarray | None],
 ) -> RestoredForSelfCheck:
     """The first half of `self_checks`: degrade, then restore by shape."""
-    return DegradedForSelfCheck(sources, degradation, paddings).restored_by(restore_stack)
+    sample = DegradedForSelfCheck(sources, degradation, paddings)
+    return sample.restored_by(lambda stack, _: restore_stack(stack))
 
 
 def sampled_indices(count: int, limit: int) -> list[int]:

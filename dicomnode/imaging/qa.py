@@ -60,12 +60,17 @@ class QaVerdict:
     measures: dict[str, float] = field(default_factory=dict)
 
 
-def body_mask(source: np.ndarray, padding: np.ndarray | None = None) -> np.ndarray:
+def body_mask(
+    source: np.ndarray, padding: np.ndarray | None = None, *, inverted: bool = False
+) -> np.ndarray:
+    """The pixels brighter than the background (Otsu's threshold); in a MONOCHROME1 image
+    (`inverted`) those are the lower values."""
     valid = ~padding if padding is not None else np.ones(source.shape, bool)
     values = source[valid]
     if values.size == 0 or values.min() == values.max():
         return valid
-    mask = valid & (source > threshold_otsu(values))
+    threshold = threshold_otsu(values)
+    mask = valid & ((source < threshold) if inverted else (source > threshold))
     return mask if mask.any() else valid
 
 
@@ -128,10 +133,12 @@ def measure_source(
     limits: tuple[float, float],
     padding: np.ndarray | None = None,
     step: float = 0.0,
+    inverted: bool = False,
 ) -> SourceQa:
     """The source side of `assess`, for every method's output to be scored against; `step`:
-    the modality value of one stored step (the rescale slope: `noise_reference`)."""
-    mask = body_mask(source, padding)
+    the modality value of one stored step (the rescale slope: `noise_reference`); `inverted`:
+    a MONOCHROME1 image (`body_mask`)."""
+    mask = body_mask(source, padding, inverted=inverted)
     if not mask.any():
         raise ValueError("QA has no pixel to measure: every pixel of the source is padding")
     body = cv_mask(mask)

@@ -96,12 +96,15 @@ def _enhance_all(
     each as soon as its stack is done, so it can be finished while the next one runs; the
     outputs are not kept here.
 
-    The series' modality and polarity (its first image's) decide the working range for all."""
+    The series' modality (its first image's) decides the working range for all of them; each
+    image's own polarity turns it or not (MONOCHROME1)."""
     modality = images[0].modality or "OT"
-    inverted = images[0].image.domain.inverted
     for indices in _stacks(images, method):
         stack = np.concatenate([images[i].image.values for i in indices])
         padding = np.concatenate([images[i].image.padding for i in indices])
+        inverted = [
+            images[i].image.domain.inverted for i in indices for _ in images[i].image.values
+        ]
         result = enhance_stack(stack, modality, method, padding=padding, inverted=inverted).values
         start = 0
         for i in indices:

@@ -90,7 +90,9 @@ def scored_source(source: SourceImage) -> ScoredSource:
             domain.stored_max * domain.slope + domain.intercept,
         )
     )
-    qa = measure_source(reference, limits=(low, high), padding=padding, step=domain.slope)
+    qa = measure_source(
+        reference, limits=(low, high), padding=padding, step=domain.slope, inverted=domain.inverted
+    )
     return ScoredSource(reference, padding, qa)
 
 
@@ -116,13 +118,13 @@ class ScoredSources:
         those images, padding filled, degraded at `scale`."""
         if (scale, limit) not in self._self_checks:
             modality = self._images[0].modality or "OT"
-            inverted = self._images[0].image.domain.inverted
             chosen = sampled_indices(len(self._images), limit)
             frames = [scored_frame(self._images[i]) for i in chosen]
+            inverted = [self._images[i].image.domain.inverted for i in chosen]
             degraded = DegradedForSelfCheck(
                 [
-                    fill_padding(reference, padding, modality, inverted=inverted)
-                    for reference, padding in frames
+                    fill_padding(reference, padding, modality, inverted=turned)
+                    for (reference, padding), turned in zip(frames, inverted, strict=True)
                 ],
                 Degradation(scale=scale),
                 [padding for _, padding in frames],
@@ -181,10 +183,12 @@ def self_check_gains(
         unchecked.set_result([None] * len(images))
         return unchecked
     modality = images[0].modality or "OT"
-    inverted = images[0].image.domain.inverted
     chosen, degraded = scored.for_self_check(method.scale, settings.enhance.self_check_images)
+    inverted = [images[i].image.domain.inverted for i in chosen]
     restored = degraded.restored_by(
-        lambda stack: enhance_stack(stack, modality, method, inverted=inverted).values
+        lambda stack, sample: (
+            enhance_stack(stack, modality, method, inverted=[inverted[i] for i in sample]).values
+        )
     )
 
     def gains() -> list[float | None]:

@@ -39,6 +39,7 @@ class CorpusImage:
     values: np.ndarray  # 2-D float32, modality units
     padding: np.ndarray  # 2-D bool
     plane: str = "unknown"  # axial, coronal, sagittal (from ImageOrientationPatient), oblique
+    inverted: bool = False  # MONOCHROME1: turned in the working range, as the node does
 
     @property
     def name(self) -> str:
@@ -97,7 +98,19 @@ def load_images(paths: Sequence[Path], *, min_size: int = 32) -> list[CorpusImag
             modality = str(ds.get("Modality", "OT")).upper()
             if modality == "CT":
                 padding = padding | (values < CT_HU_RANGE[0])
-            images.append(CorpusImage(file, frame, modality, group, series, values, padding, plane))
+            images.append(
+                CorpusImage(
+                    file,
+                    frame,
+                    modality,
+                    group,
+                    series,
+                    values,
+                    padding,
+                    plane,
+                    inverted=image.domain.inverted,
+                )
+            )
     if not images:
         raise DicomNodeError(f"no usable grayscale DICOM images under {', '.join(map(str, paths))}")
     return images

@@ -72,7 +72,7 @@ def restorer_for(methods: Method | Mapping[str, Method]) -> Restorer:
 
     def restore(low: np.ndarray, image: CorpusImage, shape: tuple[int, int]) -> np.ndarray:
         method = chosen.get(image.modality) or chosen[ANY]
-        return enhance_stack(low[None], image.modality, method).values[0]
+        return enhance_stack(low[None], image.modality, method, inverted=image.inverted).values[0]
 
     return restore
 
@@ -121,7 +121,9 @@ def evaluate_image(
     image: CorpusImage, scale: int, methods: Mapping[str, Restorer], degradation: Degradation
 ) -> ImageOutputs:
     padding = crop_to_multiple(image.padding, scale)
-    reference = fill_padding(crop_to_multiple(image.values, scale), padding, image.modality)
+    reference = fill_padding(
+        crop_to_multiple(image.values, scale), padding, image.modality, inverted=image.inverted
+    )
     degraded = degrade(reference, degradation)
     shave = scale if scale > 1 else 0
     restored = {

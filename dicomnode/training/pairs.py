@@ -52,13 +52,16 @@ def make_pair(image: CorpusImage, degradation: Degradation, soften: float = 0.0)
     as a softer reconstruction kernel would have made it."""
     padding = crop_to_multiple(image.padding, degradation.scale)
     reference = fill_padding(
-        crop_to_multiple(image.values, degradation.scale), padding, image.modality
+        crop_to_multiple(image.values, degradation.scale),
+        padding,
+        image.modality,
+        inverted=image.inverted,
     )
     if soften > 0:
         reference = gaussian(reference.astype(np.float64), sigma=soften, preserve_range=True)
     low = degrade(reference, degradation)
     low_padding = padding[:: degradation.scale, :: degradation.scale]
-    norm = normalization_for(low, image.modality, low_padding)
+    norm = normalization_for(low, image.modality, low_padding, inverted=image.inverted)
     net_input = normalize(low, norm)
     if degradation.scale > 1:
         net_input = resample(net_input, reference.shape)

@@ -207,6 +207,18 @@ def test_an_overlay_embedded_in_the_pixels_high_bits_gets_overlay_data_of_its_ow
     assert ds[0x60000040].value == "G"
 
 
+def test_an_embedded_overlay_is_described_as_the_frame_its_bits_are_taken_from() -> None:
+    """The bits are the whole frame's: a header that said otherwise would cut or move the
+    marker (half of it was lost with OverlayRows = Rows / 2)."""
+    source, _, marker = _with_embedded_overlay(12)
+    source[0x60000010].value = source.Rows // 2  # OverlayRows
+    source[0x60000050].value = [5, 5]  # OverlayOrigin
+    ds = _derived_from(source)
+    assert (ds[0x60000010].value, ds[0x60000011].value) == (ds.Rows, ds.Columns)
+    assert list(ds[0x60000050].value) == [1, 1]
+    assert np.array_equal(ds.overlay_array(0x6000), marker.astype(np.uint8))
+
+
 def test_an_overlay_said_to_be_in_the_stored_bits_is_removed() -> None:
     source, _, _ = _with_embedded_overlay(4)  # bit 4 is image data: no overlay to carry
     ds = _derived_from(source)

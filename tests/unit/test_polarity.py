@@ -65,21 +65,22 @@ def test_the_working_range_turns_a_monochrome1_image_and_back() -> None:
     assert normalization_for(image, "CT", inverted=True) == normalization_for(image, "CT")
 
 
-def write_series(folder: Path, *, monochrome1: bool, count: int = 3) -> None:
-    """An MR series of `picture()`, shifted per image, stored as MONOCHROME2 or turned."""
+def write_series(folder: Path, turned: list[bool]) -> None:
+    """An MR series of `picture()`, shifted per image, each stored as MONOCHROME2 or, where
+    `turned`, as MONOCHROME1."""
     template = dcmread(get_testdata_file("CT_small.dcm"))
     image = picture()
+    series = f"{UID}.{len(folder.name)}.{sum(turned)}"
     folder.mkdir(parents=True)
-    for index in range(count):
+    for index, monochrome1 in enumerate(turned):
         ds = template.copy()
         for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
             if keyword in ds:
                 delattr(ds, keyword)
         ds.Modality = "MR"
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = UID, f"{UID}.{int(monochrome1)}"
-        sop = f"{UID}.{int(monochrome1)}.{index + 1}"
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = UID, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{series}.{index + 1}"
         ds.InstanceNumber = index + 1
         ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 0
         ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
@@ -88,13 +89,12 @@ def write_series(folder: Path, *, monochrome1: bool, count: int = 3) -> None:
         ds.save_as(folder / f"{index}.dcm", enforce_file_format=True)
 
 
-def enhanced(tmp_path: Path, *, monochrome1: bool) -> tuple[dict[str, Any], list[np.ndarray]]:
+def enhanced(folder: Path, turned: list[bool]) -> tuple[dict[str, Any], list[np.ndarray]]:
     """The job's details (less timings) and its derived images, in instance order."""
-    name = "m1" if monochrome1 else "m2"
-    write_series(tmp_path / name, monochrome1=monochrome1)
-    ((_, inputs),) = series_in(tmp_path / name).items()
+    write_series(folder, turned)
+    ((_, inputs),) = series_in(folder).items()
     method = SrcnnMethod(small_batch_runner(4))
-    out = tmp_path / f"{name}-out"
+    out = folder.with_name(f"{folder.name}-out")
     output = enhance_series(1, inputs, Settings(), lambda modality: [method], file_sink(out))
     images = [dcmread(p) for p in sorted(out.rglob("*.dcm"))]
     pictures = sorted((ds for ds in images if "PixelData" in ds), key=lambda ds: ds.InstanceNumber)
@@ -104,14 +104,29 @@ def enhanced(tmp_path: Path, *, monochrome1: bool) -> tuple[dict[str, Any], list
 def test_a_monochrome1_series_is_enhanced_and_measured_as_its_monochrome2_twin(
     tmp_path: Path,
 ) -> None:
-    twin_details, twin_images = enhanced(tmp_path, monochrome1=False)
-    details, images = enhanced(tmp_path, monochrome1=True)
+    twin_details, twin_images = enhanced(tmp_path / "m2", [False] * 3)
+    details, images = enhanced(tmp_path / "m1", [True] * 3)
     assert len(images) == len(twin_images) == 3
     for image, twin in zip(images, twin_images, strict=True):
         assert np.abs(image - (TOP - twin)).max() <= 1  # rounding to a stored step
-    # PSNR and the self-check's gain do not depend on the stored polarity. SSIM does (its
-    # luminance term compares mean values, as stored): it is not compared here.
+    # PSNR, the self-check's gain and QA (its body is the bright part as displayed) do not
+    # depend on the stored polarity. SSIM does (its luminance term compares mean values, as
+    # stored): it is not compared here.
     (method,), (twin_method,) = details["methods"], twin_details["methods"]
     assert twin_method["self_check_images"] == 3
     for key in ("psnr_mean_db", "self_check_gain_mean_db"):
         assert method[key] == pytest.approx(twin_method[key], abs=0.01), key
+    assert [i["qa"] for i in method["per_image"]] == [i["qa"] for i in twin_method["per_image"]]
+    assert [len(i["qa_reasons"]) for i in method["per_image"]] == [
+        len(i["qa_reasons"]) for i in twin_method["per_image"]
+    ]  # the same reasons (their numbers round apart in the last digit)
+
+
+def test_each_image_of_a_series_of_both_polarities_is_turned_as_it_is_stored(
+    tmp_path: Path,
+) -> None:
+    _, twin_images = enhanced(tmp_path / "m2", [False] * 3)
+    _, images = enhanced(tmp_path / "mixed", [True, False, False])
+    assert np.abs(images[0] - (TOP - twin_images[0])).max() <= 1
+    for image, twin in zip(images[1:], twin_images[1:], strict=True):
+        assert np.abs(image - twin).max() <= 1
