@@ -26,9 +26,6 @@ _PIXEL_DATA = 0x7FE00010
 def little_endian(dataset: Dataset) -> Dataset:
     """`dataset` (read big endian) converted in place to Explicit VR Little Endian."""
     _swap_words(dataset, dataset)
-    for element in dataset.iterall():  # iterating parses every raw element, nested ones too
-        if element.tag != _PIXEL_DATA:
-            _swap(element, _WORD_BYTES.get(element.VR, 0), dataset)
     dataset.set_original_encoding(False, True, dataset.original_character_set)
     if hasattr(dataset, "file_meta"):  # pynetdicom picks the presentation context by it
         dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -36,11 +33,15 @@ def little_endian(dataset: Dataset) -> Dataset:
 
 
 def _swap_words(dataset: Dataset, root: Dataset) -> None:
-    """The top level's pixel data, a word per sample when samples are wider than OW's."""
-    if _PIXEL_DATA in dataset:
-        element = dataset[_PIXEL_DATA]
+    """Every "other" value of `dataset` and of its sequences' items (iterating parses each raw
+    element); pixel data (an icon's too) a word per sample where samples are wider than OW's."""
+    for element in dataset:
+        if element.VR == "SQ":
+            for item in element.value or []:
+                _swap_words(item, root)
+            continue
         width = _WORD_BYTES.get(element.VR, 0)
-        if element.VR == "OW":
+        if element.tag == _PIXEL_DATA and element.VR == "OW":
             width = max(width, int(dataset.get("BitsAllocated", 16) or 16) // 8)
         _swap(element, width, root)
 
