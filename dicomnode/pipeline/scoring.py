@@ -90,8 +90,10 @@ def scored_source(source: SourceImage) -> ScoredSource:
             domain.stored_max * domain.slope + domain.intercept,
         )
     )
+    # A MONOCHROME1 image's body is its low values; CT's is high HU however it is displayed.
+    inverted = domain.inverted and source.modality != "CT"
     qa = measure_source(
-        reference, limits=(low, high), padding=padding, step=domain.slope, inverted=domain.inverted
+        reference, limits=(low, high), padding=padding, step=domain.slope, inverted=inverted
     )
     return ScoredSource(reference, padding, qa)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.uid import MRImageStorage
+from pydicom.uid import CTImageStorage, MRImageStorage
 
 from dicomnode.config import Settings
 from dicomnode.imaging.enhance import SrcnnMethod, enhance_stack
@@ -92,6 +92,11 @@ def write_series(folder: Path, turned: list[bool]) -> None:
 def enhanced(folder: Path, turned: list[bool]) -> tuple[dict[str, Any], list[np.ndarray]]:
     """The job's details (less timings) and its derived images, in instance order."""
     write_series(folder, turned)
+    return enhanced_again(folder)
+
+
+def enhanced_again(folder: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """`enhanced` for the series already in `folder`."""
     ((_, inputs),) = series_in(folder).items()
     method = SrcnnMethod(small_batch_runner(4))
     out = folder.with_name(f"{folder.name}-out")
@@ -130,3 +135,26 @@ def test_each_image_of_a_series_of_both_polarities_is_turned_as_it_is_stored(
     assert np.abs(images[0] - (TOP - twin_images[0])).max() <= 1
     for image, twin in zip(images[1:], twin_images[1:], strict=True):
         assert np.abs(image - twin).max() <= 1
+
+
+def test_a_ct_series_is_never_turned_whatever_its_display_polarity(tmp_path: Path) -> None:
+    """HU mean the same however a CT image is displayed: its working range is fixed and QA's
+    body is its high HU, MONOCHROME1 or not."""
+    results = []
+    for name, photometric in (("plain", "MONOCHROME2"), ("shown-inverted", "MONOCHROME1")):
+        folder = tmp_path / name
+        write_series(folder, [False] * 3)
+        for path in folder.iterdir():
+            ds = dcmread(path)
+            ds.Modality, ds.PhotometricInterpretation = "CT", photometric
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+            ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+            ds.save_as(path, enforce_file_format=True)
+        results.append(enhanced_again(folder))
+    (plain, plain_images), (inverted, inverted_images) = results
+    for image, twin in zip(inverted_images, plain_images, strict=True):
+        assert np.array_equal(image, twin)
+    (method,), (twin_method,) = inverted["methods"], plain["methods"]
+    assert [i["qa_reasons"] for i in method["per_image"]] == [
+        i["qa_reasons"] for i in twin_method["per_image"]
+    ]
