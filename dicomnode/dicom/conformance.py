@@ -131,6 +131,11 @@ def is_valid(ds: Dataset, keyword: str) -> bool:
     return True
 
 
+def _empty_sequence(ds: Dataset, keyword: str) -> bool:
+    element = ds[keyword]
+    return element.VR == "SQ" and not element.value
+
+
 def _set_empty(ds: Dataset, keyword: str) -> None:
     vr = dictionary_VR(keyword)
     ds.add_new(keyword, vr, [] if vr == "SQ" else None)
@@ -152,7 +157,12 @@ def conform(ds: Dataset, *, keep_identity: bool = True) -> tuple[str, ...]:
     kept = IDENTITY if keep_identity else frozenset()
     changed = []
     for keyword, kind in types.items():
-        if keyword not in ds or kind == "1" or keyword in kept or is_valid(ds, keyword):
+        if keyword not in ds or kind == "1" or keyword in kept:
+            continue
+        # An empty sequence says "unknown" only where the attribute is type 2: a type-3 one
+        # that is present must hold its item(s) (dciodvfy: "Bad Sequence number of Items 0").
+        empty_optional = kind not in ("2", "2C") and _empty_sequence(ds, keyword)
+        if is_valid(ds, keyword) and not empty_optional:
             continue
         if kind in ("2", "2C"):
             _set_empty(ds, keyword)

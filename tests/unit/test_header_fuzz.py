@@ -477,3 +477,21 @@ def written(ds: Dataset) -> bytes:
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def test_empty_optional_sequences_of_the_source_are_not_copied(
+    ct_slice: Path, tmp_path: Path
+) -> None:
+    """A type-3 sequence without items (a source's empty ProcedureCodeSequence) is an error
+    dciodvfy reports ("Bad Sequence number of Items 0"); it is left out of what we write, where
+    an empty type-2 one (unknown) stays."""
+    source = dcmread(ct_slice)
+    source.ProcedureCodeSequence = []
+    source.OtherPatientIDsSequence = []
+    derived, report = build([source], 1)
+    for ds in [*derived, report]:
+        assert "ProcedureCodeSequence" not in ds
+        assert "OtherPatientIDsSequence" not in ds
+        path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert not [e for e in dciodvfy_errors(path) if "Sequence number of Items 0" in e]
