@@ -392,10 +392,12 @@ class StorageReceiver:
         calling = arrival.assoc.requestor.ae_title
         sop_uid = arrival.sop_instance_uid
         try:
-            if self.spool.free_bytes() < self._min_free_bytes:
+            # A reserve, not a line: what this instance takes counts (at 0 bytes free the
+            # database cannot even record the deletions that would make room).
+            if self.spool.free_bytes() - len(arrival.data_set) < self._min_free_bytes:
                 raise DiskFull(
-                    f"less than node.min_free_disk_mb={self.settings.node.min_free_disk_mb} MB "
-                    f"free in {self.spool.root}"
+                    f"node.min_free_disk_mb={self.settings.node.min_free_disk_mb} MB: storing "
+                    f"it would leave less free in {self.spool.root}"
                 )
             _check_sop_class(arrival)
             self._check_size(arrival)

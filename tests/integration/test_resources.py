@@ -1,6 +1,7 @@
 """Limits that keep the node alive on a busy or full machine: disk, instance size, associations,
 and the retention that keeps the spool from growing without end."""
 
+import shutil
 from pathlib import Path
 
 from tests.conftest import pacs_destination
@@ -31,6 +32,22 @@ def test_low_disk_refuses_stores_with_out_of_resources_and_doctor_says_why(
     assert doctor.returncode == 1
     assert f"below node.min_free_disk_mb={petabyte}" in doctor.stdout
     assert echoscu(node.port).returncode == 0  # still up, still answering
+
+
+def test_an_instance_that_would_eat_into_the_free_space_reserve_is_refused(
+    node_factory, tmp_path: Path, ct_series: list[Path]
+) -> None:
+    """`min_free_disk_mb` is a reserve: an instance that fits above it is taken, one whose
+    bytes would leave less is refused (before, the disk could be filled to 0 bytes, where
+    retention cannot record a deletion). Headroom at start: 4 MB (drift of other writes)."""
+    [big] = write_ct_series(tmp_path / "big", 1, size=2900)  # ~16 MB of pixels
+    free = shutil.disk_usage(tmp_path).free // (1024 * 1024)  # the data_dir's file system
+    node = node_factory([], node={"max_instance_mb": 64, "min_free_disk_mb": free - 4}).start()
+    status = c_store(node.port, big)
+    assert status is not None and int(status.Status) == 0xA700, status
+    assert f"node.min_free_disk_mb={free - 4} MB: storing it" in status.ErrorComment
+    small = c_store(node.port, ct_series[0])  # ~0.5 MB
+    assert small is not None and int(small.Status) == 0x0000, small
 
 
 def test_an_instance_over_the_size_limit_is_aborted_and_the_others_are_taken(
