@@ -63,14 +63,38 @@ class _SkippedRunFilter(logging.Filter):
         return "maximum number of running instances reached" not in record.getMessage()
 
 
-def _guarded(name: str, tick: Callable[[], object]) -> Callable[[], None]:
-    def run() -> None:
-        try:
-            tick()
-        except Exception:
-            log.exception("scheduled task failed task=%s (will run again)", name)
+class _Guarded:
+    """A scheduled task whose failures are logged for an operator: the first with its
+    traceback; the same one again (a full disk, a database gone: every tick, every second) in
+    one line, on the 2nd, 4th, 8th, ... time, so the log that must explain it does not fill the
+    disk; and, when the task runs again, how many times it had failed."""
 
-    return run
+    def __init__(self, name: str, tick: Callable[[], object]) -> None:
+        self._name, self._tick = name, tick
+        self._error: str | None = None
+        self._failures = 0
+
+    def __call__(self) -> None:
+        try:
+            self._tick()
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self._error:
+                self._error, self._failures = error, 1
+                log.exception("scheduled task failed task=%s (will run again)", self._name)
+                return
+            self._failures += 1
+            if self._failures & (self._failures - 1) == 0:  # a power of two
+                log.error(
+                    "scheduled task failed again task=%s times=%d: %s",
+                    self._name,
+                    self._failures,
+                    error,
+                )
+            return
+        if self._error is not None:
+            log.warning("scheduled task ran again task=%s failures=%d", self._name, self._failures)
+            self._error, self._failures = None, 0
 
 
 def _gone_from_here(lease_owner: str) -> bool:
@@ -252,13 +276,13 @@ class Node:
         parts = job_parts(self.settings.enhance)
         if self.listen:  # the processes that receive make the jobs and own the spool's upkeep
             scheduler.add_job(
-                _guarded("completion", lambda: self._complete_series(destinations, parts)),
+                _Guarded("completion", lambda: self._complete_series(destinations, parts)),
                 id=COMPLETION_TICK,
                 seconds=min(workers.poll_seconds, quiet, completion.release_quiet_seconds or quiet),
                 **_every(),
             )
         scheduler.add_job(
-            _guarded(
+            _Guarded(
                 "reclaim-leases",
                 lambda: reclaim_expired_leases(self.db, self.settings.retry.max_attempts),
             ),
@@ -269,13 +293,13 @@ class Node:
         if self.listen:
             # Admin actions (`dicomnode jobs ...`) appear in the listeners' log, each once.
             scheduler.add_job(
-                _guarded("admin-log", lambda: log_admin_actions(self.db)),
+                _Guarded("admin-log", lambda: log_admin_actions(self.db)),
                 id="admin-log",
                 seconds=max(1.0, workers.poll_seconds),
                 **_every(),
             )
             scheduler.add_job(
-                _guarded("retention", lambda: purge_delivered(self.settings, self.db, self.spool)),
+                _Guarded("retention", lambda: purge_delivered(self.settings, self.db, self.spool)),
                 id="retention",
                 seconds=self.settings.retention.check_seconds,
                 **_every(),
@@ -300,7 +324,7 @@ class Node:
             with self._replanning:  # the completion tick wakes the runners listed here
                 self._runner_ticks.append((name, runner))
             scheduler.add_job(
-                _guarded(name, runner.run_due_jobs),
+                _Guarded(name, runner.run_due_jobs),
                 id=name,
                 seconds=self.settings.worker.poll_seconds,
                 **_every(),

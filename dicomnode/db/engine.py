@@ -6,6 +6,7 @@ read-only ones (`jobs list`, `doctor`, `purge --dry-run`) cannot write to it (SQ
 says "no database at ..." instead of making an empty one there.
 """
 
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -72,6 +73,9 @@ def _configure_sqlite(engine: Engine, read_only: bool) -> None:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+_LOW_DISK_MB = 16  # below this, a failure to open SQLite names the free space too
+
+
 def _no_database(where: str) -> str:
     return (
         f"no database at {where}: `dicomnode serve` makes it on its first start; "
@@ -116,6 +120,7 @@ class Database:
         self.read_only = read_only
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         file = parsed.database if self.is_sqlite and parsed.database != ":memory:" else None
+        self._file = Path(file) if file else None
         if file and (read_only or not create):
             if not Path(file).is_file():
                 raise ConfigError(_no_database(file))
@@ -149,7 +154,7 @@ class Database:
                         f"{table.name}.{c.name}" for c in table.columns if c.name not in present
                     ]
         except OperationalError as exc:
-            raise ConfigError(f"cannot open database {masked_url(self.url)}: {exc.orig}") from None
+            raise ConfigError(self._cannot_open(exc)) from None
         if len(missing) == len(Base.metadata.sorted_tables) and not self.is_sqlite:
             raise ConfigError(_no_database(masked_url(self.url)))
         if missing:
@@ -157,6 +162,19 @@ class Database:
                 f"database {masked_url(self.url)} lacks {', '.join(missing)}: not a dicomnode "
                 "database, or one of an older version (`dicomnode serve` brings it up to date)"
             )
+
+    def _cannot_open(self, exc: OperationalError) -> str:
+        """Why the database cannot be opened; for SQLite on a full file system, that too (its
+        own words are "disk I/O error", and an admin must make room before anything works)."""
+        message = f"cannot open database {masked_url(self.url)}: {exc.orig}"
+        if self._file is not None:
+            try:
+                free_mb = shutil.disk_usage(self._file.parent).free // (1024 * 1024)
+            except OSError:
+                return message
+            if free_mb < _LOW_DISK_MB:
+                message += f" ({self._file.parent} has {free_mb} MB free: make room first)"
+        return message
 
     def create_schema(self) -> None:
         """Create missing tables and add the columns a database from an older version lacks.
@@ -172,7 +190,7 @@ class Database:
                 Base.metadata.create_all(connection)
                 add_missing_columns(connection)
         except OperationalError as exc:
-            raise ConfigError(f"cannot open database {masked_url(self.url)}: {exc.orig}") from None
+            raise ConfigError(self._cannot_open(exc)) from None
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -1,10 +1,18 @@
 """Limits that keep the node alive on a busy or full machine: disk, instance size, associations,
 and the retention that keeps the spool from growing without end."""
 
+import contextlib
+import os
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from dicomnode.db import open_database
 from tests.conftest import pacs_destination
+from tests.support.cli import dicomnode
 from tests.support.dcmtk import echoscu, storescu
 from tests.support.faulty_scp import Behaviour, FaultyScp
 from tests.support.node import part_of
@@ -143,3 +151,38 @@ def test_a_series_over_max_series_mb_is_not_enhanced_and_its_originals_arrive(
     assert f"{logged}: too large to enhance" in node.log()
     assert len(orthanc.instance_ids()) == len(ct_series)  # the originals, nothing derived
     assert not list((node.data_dir / "spool" / "outbox").rglob("*.dcm"))
+
+
+@pytest.fixture
+def small_file_system(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB tmpfs (root only: the CI runs as root; elsewhere the test is skipped)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=False
+        ).returncode
+    ):
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_an_admin_command_on_a_full_disk_says_the_disk_is_full(
+    small_file_system: Path, tmp_path: Path
+) -> None:
+    """At 0 bytes free SQLite says only "disk I/O error"; `doctor` (and every admin command)
+    adds the free space, the one thing to fix first."""
+    data_dir = small_file_system / "data"
+    open_database(f"sqlite:///{data_dir / 'dicomnode.sqlite'}").engine.dispose()
+    with (small_file_system / "filler").open("wb") as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(bytes(65536))
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\ndata_dir = "{data_dir}"\n')
+    doctor = dicomnode("doctor", "--config", str(config))
+    assert doctor.returncode == 2, doctor.stderr
+    assert f"({data_dir} has 0 MB free: make room first)" in doctor.stderr
