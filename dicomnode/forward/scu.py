@@ -34,17 +34,13 @@ from dicomnode.errors import (
     ForwardError,
     InstanceTooLarge,
     SpoolError,
-    UnreadableSpool,
 )
 from dicomnode.forward import send_lane
 from dicomnode.forward.associate import open_association
 from dicomnode.forward.outcome import Outcome, classify_store_status, no_response
+from dicomnode.forward.tally import SeriesTally
 
 log = logging.getLogger(__name__)
-
-# Instances of one series per attempt on which a peer may end the association before the
-# delivery stops: past that the peer is failing, not one instance.
-MAX_BROKEN_OFF = 3
 
 # Send spooled files as raw bytes (no decode/re-encode) whenever the context matches exactly.
 _config.STORE_SEND_CHUNKED_DATASET = True
@@ -185,12 +181,6 @@ def _uncompressed(item: SpooledInstance, max_bytes: int) -> Dataset:
     return dataset
 
 
-def _listed(problems: list[str]) -> str:
-    """The first three problems, and how many more: an error message stays one readable line."""
-    more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
-    return "; ".join(problems[:3]) + more
-
-
 def send_series(
     job_id: int,
     destination: Destination,
@@ -199,39 +189,33 @@ def send_series(
 ) -> SendReport:
     """Deliver a series over one association; raise ForwardError (transient or not) on failure.
 
-    A transient answer stops the series at once (the peer will refuse the rest too); permanent
-    refusals are collected so the error lists every instance the peer would not take. A spooled
-    file that cannot be read does not keep the others from the PACS: they go on, and the series
-    ends in UnreadableSpool (retried: the file may be back by then), which names the refusals too.
+    The series goes on past an instance the peer does not take (refused for good, "try later",
+    an association it ended, a spooled file of ours that cannot be read) and stops only when the
+    peer itself is failing (`forward/tally.py`); the one error at the end names each problem.
+    A timeout or a peer that cannot be reached again stops it at once.
     """
     started = time.monotonic()
     contexts = contexts_for(instances)
     assoc = _associate(destination, settings, contexts)
-    sent = warnings = 0
-    refused: list[str] = []
-    unreadable: list[str] = []
-    broken_off: list[str] = []
-    tried = 0
+    tally = SeriesTally(destination.name, len(instances))
     try:
         for number, item in enumerate(instances):
-            tried = number + 1
+            tally.tried = number + 1
             # Each request its own Message ID (US, 1-65535), as DCMTK and Orthanc number them:
             # a PACS's log tells the requests of one association apart.
             message_id = number % 0xFFFF + 1
             try:
                 status = _send_one(assoc, item, settings.node.max_instance_bytes, message_id)
             except SpoolError as exc:
-                unreadable.append(str(exc))
+                tally.unread(str(exc))
                 if not assoc.is_established:  # broken off mid-message, the association with it
                     break
                 continue
             except BrokenOff as exc:
                 # The peer ended the association on this instance. If it takes a new one (else
-                # ForwardError: it is down), the series' other instances go on it, so that one
-                # instance the PACS will not take does not keep the rest from it on every retry.
-                broken_off.append(str(exc))
-                if len(broken_off) > MAX_BROKEN_OFF:
-                    break  # the peer is failing, not an instance
+                # ForwardError: it is down), the series' other instances go on it.
+                if tally.break_off(str(exc)):
+                    break
                 log.warning(
                     "destination broke off the association job=%d destination=%s sop=%s: "
                     "going on with the series' other instances on a new one",
@@ -245,59 +229,32 @@ def send_series(
             except ForwardError as exc:
                 if exc.transient:
                     raise
-                refused.append(str(exc))
+                tally.refuse(str(exc))
                 continue
             outcome = classify_store_status(status)
+            problem = f"0x{status:04X} for sop={item.sop_instance_uid}"
             if outcome is Outcome.TRANSIENT:
-                raise ForwardError(
-                    f"{destination.name} answered 0x{status:04X} for sop={item.sop_instance_uid}",
-                    transient=True,
-                )
-            if outcome is Outcome.PERMANENT:
-                refused.append(f"0x{status:04X} for sop={item.sop_instance_uid}")
-                continue
-            sent += 1
-            warnings += outcome is Outcome.WARNING
+                if tally.defer(problem):
+                    break
+            elif outcome is Outcome.PERMANENT:
+                tally.refuse(problem)
+            else:
+                tally.stored(warning=outcome is Outcome.WARNING)
     except ForwardError as exc:
-        exc.sent = sent  # what went before it failed
+        exc.sent = tally.sent  # what went before it failed
         raise
     finally:
         end(assoc)
+    failure = tally.error()
+    if failure is not None:
+        raise failure
     seconds = time.monotonic() - started
-    if broken_off:  # transient: the PACS may take them later (it may have been restarting)
-        also = f"; {destination.name} refused {len(refused)}: {_listed(refused)}" if refused else ""
-        stopped = (
-            f", stopped there: {len(instances) - tried} not tried"
-            if len(broken_off) > MAX_BROKEN_OFF
-            else ""
-        )
-        raise ForwardError(
-            f"{destination.name} broke off the association on {len(broken_off)} of "
-            f"{len(instances)} instances ({sent} sent{stopped}): {_listed(broken_off)}" + also,
-            transient=True,
-            sent=sent,
-        )
-    if unreadable:
-        also = f"; {destination.name} refused {len(refused)}: {_listed(refused)}" if refused else ""
-        raise UnreadableSpool(
-            f"{len(unreadable)} of {len(instances)} spooled files could not be read "
-            f"({sent} of {len(instances)} sent to {destination.name}): {_listed(unreadable)}"
-            + also,
-            sent=sent,
-        )
-    if refused:
-        raise ForwardError(
-            f"{destination.name} refused {len(refused)} of {len(instances)} instances: "
-            f"{_listed(refused)}",
-            transient=False,
-            sent=sent,
-        )
     log.info(
         "forwarded job=%d destination=%s instances=%d warnings=%d seconds=%.2f",
         job_id,
         destination.name,
-        sent,
-        warnings,
+        tally.sent,
+        tally.warnings,
         seconds,
     )
-    return SendReport(sent=sent, warnings=warnings, seconds=seconds)
+    return SendReport(sent=tally.sent, warnings=tally.warnings, seconds=seconds)

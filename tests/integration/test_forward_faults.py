@@ -78,13 +78,45 @@ def test_out_of_resources_retries_with_growing_backoff_then_goes_dead(
     [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "dead", timeout=90)
     assert job["attempts"] == 4
     assert "faulty answered 0xA700" in job["error"] and "gave up after 4 attempts" in job["error"]
-    # One instance per attempt: a transient answer stops the series at once.
-    assert faulty.answered == [0xA700] * 4
+    # Two instances per attempt: a second "try later" in a row stops the series there.
+    assert faulty.answered == [0xA700] * 8
+    assert (
+        f"(2 of {len(ct_series)} instances not taken for now, 0 sent, stopped there: "
+        in (job["error"])
+    )
     starts = attempt_times(node.log())
     gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
     assert len(gaps) == 3, node.log()[-3000:]
     # Nominal 1 s, 3 s, 9 s (+-10 % jitter, plus the attempt's own time): each wait longer.
     assert 0.8 < gaps[0] < gaps[1] < gaps[2], gaps
+
+
+def test_an_instance_answered_try_later_does_not_keep_the_rest_of_its_series_from_the_pacs(
+    node_factory, faulty: FaultyScp, ct_series: list[Path]
+) -> None:
+    """A PACS that answers one instance "processing failure" (0x0110: Orthanc's answer when a
+    plugin or its storage rejects it) on every try: the series' other instances arrive, and the
+    job retries that one until it is dead, naming it. Before, the series stopped at that
+    instance on every attempt, and what came after it never reached the PACS."""
+    stuck = sop_instance_uid(ct_series[1])
+    faulty.behave(Behaviour(status_for={stuck: 0x0110}))
+    node = node_factory(
+        [faulty.destination()],
+        retry={"max_attempts": 2, "initial_delay_seconds": 1, "max_delay_seconds": 1},
+    ).start()
+    assert storescu(node.port, ct_series).returncode == 0
+
+    [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "dead", timeout=60)
+    others = {sop_instance_uid(path) for path in ct_series} - {stuck}
+    assert set(faulty.stored) == others  # twice each: a retry sends the series again
+    assert faulty.answered.count(0x0110) == 2
+    total = len(ct_series)
+    assert (
+        f"faulty answered 0x0110 for sop={stuck} (1 of {total} instances not taken for now, "
+        in (job["error"])
+    )
+    assert f"{total - 1} sent)" in job["error"]
+    assert job["deliveries"][0]["sent"] == total - 1
 
 
 def test_rejected_association_is_retried_with_the_peers_reason(

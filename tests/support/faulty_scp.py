@@ -26,6 +26,7 @@ class Behaviour:
     delay_seconds: float = 0.0  # a slow PACS: each answer comes this late
     refuse_sop_class: str | None = None  # answered 0x0122 (SOP class not supported), for good
     abort_on: str | None = None  # this SOP Instance UID: the association is aborted, every time
+    status_for: dict[str, int] = field(default_factory=dict)  # SOP Instance UID -> its answer
 
 
 @dataclass
@@ -93,7 +94,9 @@ class FaultyScp:
             return 0xA700  # too late: the SCU has aborted this association
         if behaviour.delay_seconds:
             time.sleep(behaviour.delay_seconds)
-        status = behaviour.status
+        status = behaviour.status_for.get(
+            str(event.request.AffectedSOPInstanceUID), behaviour.status
+        )
         if event.request.AffectedSOPClassUID == behaviour.refuse_sop_class:
             status = 0x0122
         with self._lock:

@@ -1,0 +1,103 @@
+"""What one attempt to send a series got from the peer, and the one error that tells it all.
+
+A series goes on past an instance the peer does not take, so that one instance (a quota, a
+plugin that rejects it, a file of ours that went bad) does not keep the rest from the PACS on
+every retry, as a plain router would not either. It stops only when the peer itself is failing:
+past `MAX_BROKEN_OFF` aborted associations, or `MAX_TRANSIENT_IN_A_ROW` "try later" answers one
+after the other (a PACS out of disk answers every instance so).
+"""
+
+from dataclasses import dataclass, field
+
+from dicomnode.errors import ForwardError, UnreadableSpool
+
+# Instances of one series per attempt on which a peer may end the association before the
+# delivery stops: past that the peer is failing, not one instance.
+MAX_BROKEN_OFF = 3
+# Transient statuses (0xA7xx, 0x0110, 0x0213) in a row that stop the attempt: one may be about
+# the instance, two in a row are about the peer.
+MAX_TRANSIENT_IN_A_ROW = 2
+
+
+def listed(problems: list[str]) -> str:
+    """The first three problems, and how many more: an error message stays one readable line."""
+    more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more
+
+
+@dataclass
+class SeriesTally:
+    """The instances of one attempt, by what became of them; `stop` says when to give up."""
+
+    destination: str  # its name, for the messages
+    total: int  # instances in the series
+    tried: int = 0
+    sent: int = 0
+    warnings: int = 0
+    refused: list[str] = field(default_factory=list)  # for good: resending fails the same way
+    deferred: list[str] = field(default_factory=list)  # "try later" statuses
+    broken_off: list[str] = field(default_factory=list)  # the peer ended the association
+    unreadable: list[str] = field(default_factory=list)  # our spooled file could not be read
+    _transient_in_a_row: int = 0
+
+    def stored(self, *, warning: bool) -> None:
+        self.sent += 1
+        self.warnings += warning
+        self._transient_in_a_row = 0
+
+    def refuse(self, problem: str) -> None:
+        self.refused.append(problem)
+
+    def unread(self, problem: str) -> None:
+        self.unreadable.append(problem)
+
+    def defer(self, problem: str) -> bool:
+        """Record a transient status; True when the attempt should stop here."""
+        self.deferred.append(problem)
+        self._transient_in_a_row += 1
+        return self._transient_in_a_row >= MAX_TRANSIENT_IN_A_ROW
+
+    def break_off(self, problem: str) -> bool:
+        """Record an association the peer ended; True when the attempt should stop here."""
+        self.broken_off.append(problem)
+        return len(self.broken_off) > MAX_BROKEN_OFF
+
+    def error(self) -> ForwardError | None:
+        """The attempt's failure, None when every instance was stored: transient when any
+        instance may go later (retried), else permanent for what the peer refused."""
+        also = (
+            f"; {self.destination} refused {len(self.refused)}: {listed(self.refused)}"
+            if self.refused
+            else ""
+        )
+        stopped = f", stopped there: {self.total - self.tried} not tried"
+        stopped = stopped if self.tried < self.total else ""
+        unreadable = (
+            f"{len(self.unreadable)} of {self.total} spooled files could not be read "
+            f"({self.sent} of {self.total} sent to {self.destination}): {listed(self.unreadable)}"
+        )
+        later = []
+        if self.broken_off:  # the PACS may take them later (it may have been restarting)
+            later.append(
+                f"{self.destination} broke off the association on {len(self.broken_off)} of "
+                f"{self.total} instances ({self.sent} sent{stopped}): {listed(self.broken_off)}"
+            )
+            stopped = ""
+        if self.deferred:
+            later.append(
+                f"{self.destination} answered {listed(self.deferred)} ({len(self.deferred)} of "
+                f"{self.total} instances not taken for now, {self.sent} sent{stopped})"
+            )
+        if later:
+            later += [unreadable] if self.unreadable else []
+            return ForwardError("; ".join(later) + also, transient=True, sent=self.sent)
+        if self.unreadable:  # retried too: the files may be back by then
+            return UnreadableSpool(unreadable + also, sent=self.sent)
+        if self.refused:
+            return ForwardError(
+                f"{self.destination} refused {len(self.refused)} of {self.total} instances: "
+                f"{listed(self.refused)}",
+                transient=False,
+                sent=self.sent,
+            )
+        return None

@@ -1,0 +1,72 @@
+"""When one attempt to send a series stops, and the one error that tells what became of it."""
+
+from dicomnode.errors import UnreadableSpool
+from dicomnode.forward.tally import MAX_BROKEN_OFF, SeriesTally
+
+
+def test_a_series_stored_whole_has_no_error_and_counts_warnings() -> None:
+    tally = SeriesTally("pacs", total=2)
+    tally.stored(warning=False)
+    tally.stored(warning=True)
+    assert tally.error() is None
+    assert (tally.sent, tally.warnings) == (2, 1)
+
+
+def test_one_try_later_answer_goes_on_two_in_a_row_stop() -> None:
+    tally = SeriesTally("pacs", total=10)
+    assert not tally.defer("0xA700 for sop=1")
+    tally.stored(warning=False)  # a success between: the first was about its instance
+    assert not tally.defer("0xA700 for sop=3")
+    assert tally.defer("0xA700 for sop=4")  # two in a row: about the peer
+    tally.tried = 4
+    error = tally.error()
+    assert error is not None and error.transient and error.sent == 1
+    assert str(error) == (
+        "pacs answered 0xA700 for sop=1; 0xA700 for sop=3; 0xA700 for sop=4 "
+        "(3 of 10 instances not taken for now, 1 sent, stopped there: 6 not tried)"
+    )
+
+
+def test_try_later_is_retried_and_still_names_what_was_refused_for_good() -> None:
+    tally = SeriesTally("pacs", total=3)
+    tally.tried = 3
+    tally.refuse("0xC000 for sop=1")
+    tally.defer("0x0110 for sop=2")
+    tally.stored(warning=False)
+    error = tally.error()
+    assert error is not None and error.transient  # the deferred one may go later
+    assert str(error) == (
+        "pacs answered 0x0110 for sop=2 (1 of 3 instances not taken for now, 1 sent); "
+        "pacs refused 1: 0xC000 for sop=1"
+    )
+
+
+def test_broken_off_stops_past_its_limit_and_unreadable_files_are_named_with_it() -> None:
+    tally = SeriesTally("pacs", total=9)
+    tally.unread("cannot read the spooled file of sop=0 (/spool/0.dcm): gone")
+    stops = [tally.break_off(f"no C-STORE response for sop={n}") for n in range(1, 6)]
+    assert stops == [False] * MAX_BROKEN_OFF + [True, True]
+    tally.tried = 6
+    error = tally.error()
+    assert error is not None and error.transient and not isinstance(error, UnreadableSpool)
+    message = str(error)
+    assert message.startswith("pacs broke off the association on 5 of 9 instances (0 sent, ")
+    assert "stopped there: 3 not tried)" in message and "; and 2 more" in message
+    assert message.endswith(
+        "1 of 9 spooled files could not be read (0 of 9 sent to pacs): "
+        "cannot read the spooled file of sop=0 (/spool/0.dcm): gone"
+    )
+
+
+def test_only_unreadable_files_are_our_fault_and_only_refusals_are_for_good() -> None:
+    ours = SeriesTally("pacs", total=2, tried=2)
+    ours.unread("cannot read the spooled file of sop=1 (/spool/1.dcm): gone")
+    ours.stored(warning=False)
+    assert isinstance(ours.error(), UnreadableSpool)
+
+    refused = SeriesTally("pacs", total=2, tried=2)
+    refused.refuse("0x0122 for sop=1")
+    refused.refuse("0x0122 for sop=2")
+    error = refused.error()
+    assert error is not None and not error.transient
+    assert str(error) == "pacs refused 2 of 2 instances: 0x0122 for sop=1; 0x0122 for sop=2"
