@@ -20,6 +20,7 @@ REFUSAL_REASONS = (
     "too_large",
     "disk_full",
     "spool",
+    "database",
     "internal",
 )
 REJECTION_REASONS = (

@@ -55,7 +55,13 @@ from dicomnode.observe.counters import (
 from dicomnode.receive.commitment import CommitmentResponder
 from dicomnode.receive.guard import COMMAND_ALLOWANCE, ConnectionLimits, GuardedSocket
 from dicomnode.receive.listener import start_listener
-from dicomnode.receive.status import SUCCESS, refusal_reason, status_dataset, status_for
+from dicomnode.receive.status import (
+    SUCCESS,
+    refusal_reason,
+    refusal_text,
+    status_dataset,
+    status_for,
+)
 from dicomnode.receive.store_lane import Arrival
 from dicomnode.spool import Spool, validate_uid
 
@@ -406,19 +412,21 @@ class StorageReceiver:
             self._store(arrival, ident, calling)
         except Exception as exc:
             status = status_for(exc)
-            INSTANCES_REFUSED.labels(refusal_reason(exc)).inc()
+            reason = refusal_reason(exc)
+            INSTANCES_REFUSED.labels(reason).inc()
             expected = DecodeError | SpoolError | InstanceTooLarge
             level = logging.WARNING if isinstance(exc, expected) else logging.ERROR
+            text = refusal_text(exc)
             log.log(
                 level,
                 "C-STORE failed status=0x%04X sop=%s calling_aet=%s: %s",
                 status,
                 sop_uid[:64],
                 calling,
-                exc,
-                exc_info=level == logging.ERROR,
+                text,
+                exc_info=reason == "internal",  # a bug of ours; the rest are told in the line
             )
-            return status_dataset(status, str(exc))
+            return status_dataset(status, text)
         with self._received_lock:
             received = self._received.setdefault(arrival.assoc, _Received())
             received.stored += 1

@@ -1,11 +1,13 @@
 """The pure parts of the metrics endpoint: refusal reasons and the bounded readiness checks."""
 
+import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.exc import OperationalError
 
 from dicomnode.config import EnhanceSettings, load_settings
 from dicomnode.errors import ConfigError, DecodeError, DiskFull, InstanceTooLarge, SpoolError
@@ -13,7 +15,7 @@ from dicomnode.observe.bounded import BoundedCall
 from dicomnode.observe.collector import ConfiguredModels
 from dicomnode.observe.counters import REFUSAL_REASONS
 from dicomnode.observe.endpoint import Readiness
-from dicomnode.receive.status import refusal_reason
+from dicomnode.receive.status import refusal_reason, refusal_text, status_dataset
 
 
 @pytest.mark.parametrize(
@@ -23,12 +25,29 @@ from dicomnode.receive.status import refusal_reason
         (InstanceTooLarge("3000 MB"), "too_large"),
         (DiskFull("below node.min_free_disk_mb"), "disk_full"),
         (SpoolError("permission denied"), "spool"),
+        (OperationalError("INSERT ...", {}, sqlite3.OperationalError("disk full")), "database"),
         (RuntimeError("a bug"), "internal"),
     ],
 )
 def test_each_receive_failure_has_an_exported_refusal_reason(error: Exception, reason: str) -> None:
     assert refusal_reason(error) == reason
     assert reason in REFUSAL_REASONS
+
+
+def test_a_database_failure_is_told_by_the_drivers_words_without_the_statement() -> None:
+    """SQLAlchemy's text of a failed INSERT holds the statement, its parameters (UIDs) and a web
+    link over three lines: the C-STORE log line and the sender's ErrorComment get one clause."""
+    error = OperationalError(
+        "INSERT INTO instances (sop_instance_uid) VALUES (?)",
+        ("1.2.3",),
+        sqlite3.OperationalError("database or disk is full"),
+    )
+    assert "[SQL: INSERT" in str(error)
+    assert refusal_text(error) == "the database could not record it: database or disk is full"
+    assert status_dataset(0xA700, refusal_text(error)).ErrorComment == (
+        "the database could not record it: database or disk is full"
+    )
+    assert refusal_text(SpoolError("permission denied")) == "permission denied"
 
 
 def test_readiness_lists_each_failing_check_and_is_empty_when_all_pass() -> None:
