@@ -20,7 +20,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from dicomnode import __version__
 from dicomnode.dicom.conformance import conform, copy_identity
@@ -138,10 +138,17 @@ def _set_times(ds: Dataset, when: datetime) -> None:
     ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = time
 
 
+# The IODs whose Image Type must have a value 3 (PS3.3 C.8.2.1.1.1 CT, C.8.3.1.1.1 MR): a
+# source without one gets OTHER. Elsewhere none is made up: DX and MG enumerate value 3
+# (C.8.11.1.1.1), and OTHER there is an error.
+_VALUE_3_REQUIRED = frozenset({CTImageStorage, MRImageStorage})
+
+
 def _image_type(source: Dataset) -> list[str]:
-    """DERIVED\\SECONDARY\\<source value 3>[\\...] (PS3.3 C.7.6.1.1.2; CT needs value 3)."""
-    values = list(source.get("ImageType", []))
-    rest = values[2:] if len(values) > 2 else ["OTHER"]
+    """DERIVED\\SECONDARY, then the source's values 3 and on (PS3.3 C.7.6.1.1.2)."""
+    rest = list(source.get("ImageType", []))[2:]
+    if not rest and source.SOPClassUID in _VALUE_3_REQUIRED:
+        rest = ["OTHER"]
     return ["DERIVED", "SECONDARY", *rest]
 
 

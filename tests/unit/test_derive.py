@@ -8,6 +8,8 @@ import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import (
     JPEG2000,
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSNearLossless,
@@ -63,6 +65,24 @@ def test_identity_is_new_deterministic_and_consistent() -> None:
     assert first.StudyInstanceUID == source.StudyInstanceUID
     assert first.FrameOfReferenceUID == source.FrameOfReferenceUID
     assert len(first.SOPInstanceUID) <= 64
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "image_type"),
+    [
+        (CTImageStorage, ["DERIVED", "SECONDARY", "OTHER"]),  # value 3 required
+        (DigitalXRayImageStorageForPresentation, ["DERIVED", "SECONDARY"]),  # enumerated
+    ],
+)
+def test_a_value_3_of_image_type_is_made_up_only_where_the_iod_requires_one(
+    sop_class: str, image_type: list[str]
+) -> None:
+    """A source with two values of Image Type: DX's enumerated value 3 has no OTHER (dciodvfy:
+    "Unrecognized enumerated value"), CT must have one."""
+    source = dcmread(CT_TEMPLATE)
+    source.SOPClassUID = sop_class
+    source.ImageType = ["ORIGINAL", "PRIMARY"]
+    assert list(_derived_from(source).ImageType) == image_type
 
 
 def test_image_type_derivation_and_references() -> None:
