@@ -79,6 +79,14 @@ class BrokenOff(ForwardError):
         super().__init__(message, transient=True)
 
 
+class SeriesIncomplete(ForwardError):
+    """The peer took part of a series and asked for the rest later ("try later" answers, an
+    association it ended): it is up and answering, so the job's next series still go to it."""
+
+    def __init__(self, message: str, *, sent: int) -> None:
+        super().__init__(message, transient=True, sent=sent)
+
+
 class UnreadableSpool(ForwardError):
     """Spooled files of a series could not be read for sending (gone, unreadable, damaged).
 

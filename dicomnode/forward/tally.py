@@ -9,7 +9,7 @@ after the other (a PACS out of disk answers every instance so).
 
 from dataclasses import dataclass, field
 
-from dicomnode.errors import ForwardError, UnreadableSpool
+from dicomnode.errors import ForwardError, SeriesIncomplete, UnreadableSpool
 
 # Instances of one series per attempt on which a peer may end the association before the
 # delivery stops: past that the peer is failing, not one instance.
@@ -90,7 +90,7 @@ class SeriesTally:
             )
         if later:
             later += [unreadable] if self.unreadable else []
-            return ForwardError("; ".join(later) + also, transient=True, sent=self.sent)
+            return SeriesIncomplete("; ".join(later) + also, sent=self.sent)
         if self.unreadable:  # retried too: the files may be back by then
             return UnreadableSpool(unreadable + also, sent=self.sent)
         if self.refused:

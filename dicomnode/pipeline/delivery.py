@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dicomnode.config import Settings
 from dicomnode.db import Database, DeliveryStatus, JobRecord, SpooledInstance
 from dicomnode.db.jobs import holds_lease, record_delivery
-from dicomnode.errors import ForwardError, UnreadableSpool
+from dicomnode.errors import ForwardError, SeriesIncomplete, UnreadableSpool
 from dicomnode.forward import send_series
 from dicomnode.forward.commitment import confirm_commitment, uncommitted
 from dicomnode.observe.counters import STAGE_SECONDS
@@ -50,7 +50,7 @@ def deliver(
         outgoing = [[item for item in series if not _is_report(item)] for series in outgoing]
     sent = 0
     refusals: list[str] = []
-    unreadable: list[str] = []
+    later: list[str] = []  # series the peer or our spool may complete on a retry
     started = time.perf_counter()
     try:
         for series in outgoing:
@@ -60,9 +60,9 @@ def deliver(
                 continue
             try:
                 sent += send_series(job.id, destination, series, settings).sent
-            except UnreadableSpool as exc:  # our files, not the peer: the next series still go
+            except (UnreadableSpool, SeriesIncomplete) as exc:  # the next series still go
                 sent += exc.sent
-                unreadable.append(str(exc))
+                later.append(str(exc))
             except ForwardError as exc:
                 sent += exc.sent  # what went of the series before it failed
                 if exc.transient:  # the peer will not take the rest now either: retry later
@@ -70,8 +70,8 @@ def deliver(
                 # A series it refuses for good (an SR to a PACS without the SOP class) does
                 # not keep the others from it, as a refused instance does not keep the others.
                 refusals.append(str(exc))
-        if unreadable:
-            raise ForwardError("; ".join(unreadable + refusals), transient=True)
+        if later:
+            raise ForwardError("; ".join(later + refusals), transient=True)
         if refusals:
             raise ForwardError("; ".join(refusals), transient=False)
         if destination.storage_commitment:

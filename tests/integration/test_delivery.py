@@ -114,6 +114,30 @@ def test_a_series_refused_for_good_does_not_keep_the_next_one_from_the_destinati
     assert "faulty refused 1 of 1 instances: 0x0122 for sop=" in delivery.error
 
 
+def test_a_series_the_peer_takes_only_part_of_for_now_does_not_keep_the_next_one_back(
+    tmp_path: Path,
+) -> None:
+    """A "try later" answer for an instance of the first series (the derived images, say) no
+    longer keeps the job's next series (its metrics SR) from a PACS that is up and answering;
+    the delivery is retried, naming that instance."""
+    first = write_ct_series(tmp_path / "first", 3, size=32)
+    second = [_mr_copy(first[0], tmp_path / "second.dcm")]
+    db = open_database(f"sqlite:///{tmp_path / 'node.db'}")
+    job = _claimed_job(db, first[0])
+    stuck = dcmread(first[1]).SOPInstanceUID
+    peer = FaultyScp(behaviour=Behaviour(status_for={stuck: 0xA702})).start()
+    _deliver_then_stop(peer, db, job, [_spooled(first), _spooled(second)])
+
+    everything = {dcmread(p).SOPInstanceUID for p in first + second}
+    assert set(peer.stored) == everything - {stuck}
+    [delivery] = get_job(db, job.id).deliveries
+    assert delivery.status is DeliveryStatus.FAILED  # retried
+    assert delivery.sent == 3
+    assert delivery.error == (
+        f"faulty answered 0xA702 for sop={stuck} (1 of 3 instances not taken for now, 2 sent)"
+    )
+
+
 def test_spooled_files_that_cannot_be_read_are_named_and_do_not_keep_the_others_back(
     tmp_path: Path,
 ) -> None:

@@ -1,6 +1,6 @@
 """When one attempt to send a series stops, and the one error that tells what became of it."""
 
-from dicomnode.errors import UnreadableSpool
+from dicomnode.errors import SeriesIncomplete, UnreadableSpool
 from dicomnode.forward.tally import MAX_BROKEN_OFF, SeriesTally
 
 
@@ -20,7 +20,7 @@ def test_one_try_later_answer_goes_on_two_in_a_row_stop() -> None:
     assert tally.defer("0xA700 for sop=4")  # two in a row: about the peer
     tally.tried = 4
     error = tally.error()
-    assert error is not None and error.transient and error.sent == 1
+    assert isinstance(error, SeriesIncomplete) and error.transient and error.sent == 1
     assert str(error) == (
         "pacs answered 0xA700 for sop=1; 0xA700 for sop=3; 0xA700 for sop=4 "
         "(3 of 10 instances not taken for now, 1 sent, stopped there: 6 not tried)"
