@@ -45,6 +45,17 @@ def _shaved(array: np.ndarray, shave: int) -> np.ndarray:
     return array[shave:-shave, shave:-shave] if shave else array
 
 
+def border_shave(scale: int) -> int:
+    """Border pixels left out of the scores of an upscaling (the SR literature's convention)."""
+    return scale if scale > 1 else 0
+
+
+def scored_region(image: np.ndarray, scale: int) -> np.ndarray:
+    """The part of an image that every score at `scale` covers: the self-check's grid (cropped
+    to a multiple of the scale) without its shaved border."""
+    return _shaved(crop_to_multiple(image, scale), border_shave(scale))
+
+
 def data_range_of(reference: np.ndarray, padding: np.ndarray | None = None) -> float:
     """max - min of `reference` over the pixels that are not `padding` (0 when all are)."""
     (image,) = _floats(reference)
@@ -267,7 +278,7 @@ class DegradedForSelfCheck:
         self.masks = [
             crop_to_multiple(mask, scale) if mask is not None else None for mask in paddings
         ]
-        self.shave = scale if scale > 1 else 0
+        self.shave = border_shave(scale)
         self._degradation = degradation
         self._degraded: list[np.ndarray | None] = [None] * len(self.references)
         self._bicubic: list[ImageMetrics | None] = [None] * len(self.references)

@@ -11,10 +11,12 @@ raises `ImageDeclined` with the reason, so a caller forwards the image unchanged
 corrupting it.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from pydicom import Dataset
+from pydicom.multival import MultiValue
 
 from dicomnode.errors import ImageDeclined
 
@@ -67,9 +69,33 @@ class ModalityImage:
 _FUNCTIONAL_GROUPS = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
 
 
+def _number(ds: Dataset, keyword: str) -> float | None:
+    """One attribute's value as a finite number, None when absent or empty; ImageDeclined
+    names the attribute when it holds several values (VM 1 everywhere here) or no number."""
+    sop = ds.get("SOPInstanceUID", "(no SOPInstanceUID)")
+    try:
+        value = ds.get(keyword)
+    except (TypeError, ValueError) as exc:  # pydicom converts the value as it is read
+        raise ImageDeclined(f"sop={sop}: {keyword} cannot be read: {exc}") from None
+    if value is None or value == "":
+        return None
+    if isinstance(value, MultiValue | list | tuple):
+        shown = "\\".join(str(item) for item in value)  # as the file holds them
+        raise ImageDeclined(
+            f"sop={sop}: {keyword} has {len(value)} values ({shown}); it may have only one"
+        )
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ImageDeclined(f"sop={sop}: {keyword}={value!r} is not a finite number")
+    return number
+
+
 def _int(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
-    return None if value is None or value == "" else int(value)
+    number = _number(ds, keyword)
+    return None if number is None else int(number)
 
 
 def pixel_domain(ds: Dataset) -> PixelDomain:
@@ -112,12 +138,20 @@ def pixel_domain(ds: Dataset) -> PixelDomain:
         bits_allocated=allocated,
         bits_stored=stored,
         signed=_int(ds, "PixelRepresentation") == 1,
-        slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
-        intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
+        slope=_slope(ds),
+        intercept=_number(ds, "RescaleIntercept") or 0.0,
         photometric=photometric,
         padding_value=_int(ds, "PixelPaddingValue"),
         padding_limit=_int(ds, "PixelPaddingRangeLimit"),
     )
+
+
+def _slope(ds: Dataset) -> float:
+    slope = _number(ds, "RescaleSlope")
+    if slope == 0:  # every stored value would be one modality value (PS3.3 C.11.1.1.2)
+        sop = ds.get("SOPInstanceUID", "(no SOPInstanceUID)")
+        raise ImageDeclined(f"sop={sop}: RescaleSlope=0 maps every stored value to one")
+    return 1.0 if slope is None else slope
 
 
 def stored_values(ds: Dataset) -> np.ndarray:

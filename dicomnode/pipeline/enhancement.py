@@ -46,7 +46,7 @@ from dicomnode.pipeline.derived_output import (
     write_derived_series,
 )
 from dicomnode.pipeline.methods import qa_thresholds
-from dicomnode.pipeline.scoring import ScoredSources, score, self_check_gains, without_blank
+from dicomnode.pipeline.scoring import ScoredSources, scorable, score, self_check_gains
 from dicomnode.pipeline.sources import SourceImage, load_sources, modality_of
 
 log = logging.getLogger(__name__)
@@ -300,9 +300,9 @@ def load_series(inputs: list[SpooledInstance], settings: Settings) -> LoadedSeri
         loaded, unreadable = load_sources(inputs, *limits)
     except SeriesTooLarge as exc:
         return _not_enhanced(str(exc), started)
-    images, blank = without_blank(loaded)
+    images, unscorable = scorable(loaded, settings.enhance.scale)
     seconds = time.perf_counter() - started
-    return LoadedSeries(images, unreadable + blank, seconds, ScoredSources(images))
+    return LoadedSeries(images, unreadable + unscorable, seconds, ScoredSources(images))
 
 
 def _not_enhanced(reason: str, started: float) -> LoadedSeries:

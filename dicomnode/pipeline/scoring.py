@@ -13,11 +13,14 @@ from dicomnode.config import Settings
 from dicomnode.imaging.degrade import Degradation, resample
 from dicomnode.imaging.enhance import Method, enhance_stack
 from dicomnode.imaging.metrics import (
+    SSIM_WINDOW,
     DegradedForSelfCheck,
     ImageMetrics,
+    border_shave,
     compare,
     data_range_of,
     sampled_indices,
+    scored_region,
 )
 from dicomnode.imaging.normalize import CT_HU_RANGE, fill_padding
 from dicomnode.imaging.outcome import DeclinedImage, reported, reported_fidelity
@@ -48,27 +51,35 @@ def scored_frame(source: SourceImage) -> tuple[np.ndarray, np.ndarray]:
     return reference, padding
 
 
-def without_blank(
-    images: list[SourceImage],
+def scorable(
+    images: list[SourceImage], scale: int
 ) -> tuple[list[SourceImage], tuple[DeclinedImage, ...]]:
-    """The images with something to enhance, and the reason of each blank one: every pixel it
-    is scored on (`scored_frame`) has one value, so there is nothing to enhance and its PSNR
-    and SSIM are undefined. A blank image goes out as it came, with the originals; one in a
-    series does not keep the others from being enhanced."""
-    kept, blank = [], []
+    """The images that can be enhanced and scored at `scale`, and the reason of each one that
+    cannot: too small for SSIM's window once the scores' border is left out
+    (`scored_region`), or blank there (every pixel, padding aside, of one value: nothing to
+    enhance, PSNR and SSIM undefined). Such an image goes out as it came, with the originals;
+    one in a series does not keep the others from being enhanced."""
+    kept, declined = [], []
     for source in images:
         reference, padding = scored_frame(source)
-        if data_range_of(reference, padding) > 0:
-            kept.append(source)
-        else:
-            blank.append(
-                DeclinedImage(
-                    source.sop,
-                    f"sop={source.sop}: blank: every pixel (padding aside) has the same value, "
-                    "so there is nothing to enhance and PSNR/SSIM are undefined",
-                )
+        region = scored_region(reference, scale)
+        if min(region.shape) < SSIM_WINDOW:
+            rows, columns = reference.shape
+            reason = (
+                f"sop={source.sop}: {columns}x{rows} pixels, too small to score at scale "
+                f"{scale}: SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window must fit within the "
+                f"{border_shave(scale)}-pixel border left out"
             )
-    return kept, tuple(blank)
+        elif data_range_of(region, scored_region(padding, scale)) > 0:
+            kept.append(source)
+            continue
+        else:
+            reason = (
+                f"sop={source.sop}: blank: every pixel (padding aside) has the same value, "
+                "so there is nothing to enhance and PSNR/SSIM are undefined"
+            )
+        declined.append(DeclinedImage(source.sop, reason))
+    return kept, tuple(declined)
 
 
 @dataclass(frozen=True)

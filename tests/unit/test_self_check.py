@@ -162,3 +162,50 @@ def test_a_blank_image_is_left_out_and_the_rest_enhanced(tmp_path: Path) -> None
     reasons = {item.sop: item.reason for item in output.outcome.declined}
     assert "blank: every pixel (padding aside) has the same value" in reasons[f"{UID}.1.2"]
     assert output.unenhanced == {f"{UID}.1.2", f"{UID}.1.5"}
+
+
+def test_images_that_cannot_be_scored_are_declined_with_their_reason_and_the_rest_enhanced(
+    tmp_path: Path,
+) -> None:
+    """Each of these ended the whole derived job in an internal error, retried until dead (and
+    with forward_originals = false, its originals with it): a 10x10 image at scale 2 (SSIM's
+    7x7 window does not fit once 2 border pixels are left out), one whose only detail lies in
+    that border, a two-valued RescaleSlope, a non-finite intercept and PixelPaddingValue with
+    two values. Each is declined, named, and goes out as it came; the others are enhanced."""
+    write_fixed_series(tmp_path / "in", count=9)  # image 9 is declined for its HighBit
+    files = [tmp_path / "in" / f"{index}.dcm" for index in range(9)]
+
+    def change(index: int, **values: object) -> None:
+        ds = dcmread(files[index])
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        ds.save_as(files[index])
+
+    change(0, Rows=10, Columns=10, PixelData=np.arange(100, dtype=np.int16).tobytes())
+    edge_only = np.zeros((128, 128), np.int16)
+    edge_only[0, :] = 500
+    change(1, PixelData=edge_only.tobytes())
+    change(2, RescaleSlope="1\\1")
+    change(3, RescaleIntercept="1e400")
+    change(4, PixelPaddingValue=[-2000, -2000])
+    settings = Settings()
+    settings = replace(settings, enhance=replace(settings.enhance, methods=["baseline"], scale=2))
+    ((_, inputs),) = series_in(tmp_path / "in").items()
+
+    output = enhance_series(1, inputs, settings, methods_for(settings), file_sink(tmp_path / "out"))
+    (method,) = output.outcome.methods
+    assert [image.source_sop for image in method.images] == [f"{UID}.1.{n}" for n in (6, 7, 8)]
+    reasons = {item.sop: item.reason for item in output.outcome.declined}
+    assert reasons[f"{UID}.1.1"] == (
+        f"sop={UID}.1.1: 10x10 pixels, too small to score at scale 2: SSIM's 7x7 window must "
+        "fit within the 2-pixel border left out"
+    )
+    assert "blank: every pixel (padding aside) has the same value" in reasons[f"{UID}.1.2"]
+    assert reasons[f"{UID}.1.3"] == (
+        f"sop={UID}.1.3: RescaleSlope has 2 values (1\\1); it may have only one"
+    )
+    assert (
+        reasons[f"{UID}.1.4"] == f"sop={UID}.1.4: RescaleIntercept='1e400' is not a finite number"
+    )
+    assert reasons[f"{UID}.1.5"].startswith(f"sop={UID}.1.5: PixelPaddingValue has 2 values")
+    assert output.unenhanced == {f"{UID}.1.{n}" for n in (1, 2, 3, 4, 5, 9)}
