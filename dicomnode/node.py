@@ -299,7 +299,12 @@ class Node:
                 **_every(),
             )
             scheduler.add_job(
-                _Guarded("retention", lambda: purge_delivered(self.settings, self.db, self.spool)),
+                _Guarded(
+                    "retention",
+                    lambda: purge_delivered(
+                        self.settings, self.db, self.spool, stopping=self._stopping
+                    ),
+                ),
                 id="retention",
                 seconds=self.settings.retention.check_seconds,
                 **_every(),

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import masked_url
 from dicomnode.db.models import Base
-from dicomnode.db.schema import add_missing_columns
+from dicomnode.db.schema import add_missing_columns, add_missing_indexes
 from dicomnode.errors import ConfigError
 
 # Any constant shared by every dicomnode process: the PostgreSQL advisory lock held while the
@@ -31,6 +31,7 @@ _SCHEMA_LOCK_KEY = 0x44434D4E  # "DCMN"
 # How long an SQLite statement waits for another connection's lock before "database is locked".
 BUSY_TIMEOUT_SECONDS = 30
 _WAL_RETRY_SECONDS = 0.05
+_READS_ONLY = "dicomnode_reads_only"  # the execution option of `Database.reading` sessions
 
 
 def _use_wal(cursor: "sqlite3.Cursor") -> None:
@@ -69,8 +70,11 @@ def _configure_sqlite(engine: Engine, read_only: bool) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
         # IMMEDIATE takes the write lock up front, so concurrent writers queue on busy_timeout
-        # instead of failing with "database is locked" when a read upgrades to a write.
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        # instead of failing with "database is locked" when a read upgrades to a write. A
+        # session that only reads (`Database.reading`) needs no lock: in WAL it reads a
+        # snapshot, and a C-STORE's write never waits for it.
+        reads = read_only or connection.get_execution_options().get(_READS_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if reads else "BEGIN IMMEDIATE")
 
 
 _LOW_DISK_MB = 16  # below this, a failure to open SQLite names the free space too
@@ -138,6 +142,8 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine, read_only)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        readers = self.engine.execution_options(**{_READS_ONLY: True})
+        self._reading_sessions = sessionmaker(readers, expire_on_commit=False)
 
     def check_schema(self, *, columns: bool = True) -> None:
         """Make sure this version's tables (and, with `columns`, their columns) are there,
@@ -177,7 +183,8 @@ class Database:
         return message
 
     def create_schema(self) -> None:
-        """Create missing tables and add the columns a database from an older version lacks.
+        """Create missing tables and add the columns and indexes a database from an older
+        version lacks.
 
         One transaction; on PostgreSQL under an advisory lock, so processes that start together
         on an empty database (a listener and its workers) take turns instead of racing to create
@@ -189,6 +196,7 @@ class Database:
                     connection.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
                 Base.metadata.create_all(connection)
                 add_missing_columns(connection)
+                add_missing_indexes(connection)
         except OperationalError as exc:
             raise ConfigError(self._cannot_open(exc)) from None
 
@@ -196,6 +204,14 @@ class Database:
     def session(self) -> Iterator[Session]:
         """A session whose work commits on success and rolls back on any exception."""
         with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for reads only (a report, a listing, a scan for work): one consistent
+        snapshot that takes no write lock on SQLite, so a long one holds up no store. A write in
+        it would fail at once on a busy database, not wait its turn: use `session()` to write."""
+        with self._reading_sessions() as session, session.begin():
             yield session
 
     def dispose(self) -> None:

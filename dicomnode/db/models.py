@@ -53,7 +53,7 @@ class Instance(Base):
     path: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(Integer)
     calling_aet: Mapped[str] = mapped_column(String(16), default="")
-    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class Job(Base):
@@ -125,6 +125,9 @@ class JobInstance(Base):
     """The instances a job was created with (its inputs, kept whatever becomes of the job)."""
 
     __tablename__ = "job_instances"
+    # By instance too: deleting an instance row checks this table's foreign key, and purging a
+    # series looks its instances up here; without it each read every link (millions in a year).
+    __table_args__ = (Index("ix_job_instances_sop", "sop_instance_uid"),)
 
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
     sop_instance_uid: Mapped[str] = mapped_column(
@@ -155,7 +158,10 @@ class Commitment(Base):
     """
 
     __tablename__ = "commitments"
-    __table_args__ = (Index("ix_commitments_job_destination", "job_id", "destination"),)
+    __table_args__ = (
+        Index("ix_commitments_job_destination", "job_id", "destination"),
+        Index("ix_commitments_state", "state"),  # the pending few among a year's confirmed
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))

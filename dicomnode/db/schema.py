@@ -1,10 +1,11 @@
 """Bringing an existing database up to the tables this version expects.
 
 `create_all` makes missing tables but never touches existing ones, so a node upgraded in place
-would fail on its first query that names a new column. Columns added since are added here
-(`ALTER TABLE ... ADD COLUMN`, with their default for the rows already there). That covers this
-project's schema history so far; renames, type changes or dropped columns would need real
-migrations (Alembic).
+would fail on its first query that names a new column, and would never get a new index (a year's
+rows then read in full where an index was meant). Columns added since are added here (`ALTER
+TABLE ... ADD COLUMN`, with their default for the rows already there), and so are indexes. That
+covers this project's schema history so far; renames, type changes or dropped columns would need
+real migrations (Alembic).
 """
 
 import logging
@@ -49,4 +50,23 @@ def add_missing_columns(connection: Connection) -> list[str]:
             added.append(f"{table.name}.{column.name}")
     if added:
         log.warning("database schema upgraded: added %s", ", ".join(added))
+    return added
+
+
+def add_missing_indexes(connection: Connection) -> list[str]:
+    """Create every model index an existing table lacks (in the caller's transaction); return
+    their names. On a large database this takes seconds, once, at the first start after an
+    upgrade."""
+    added = []
+    inspector = inspect(connection)
+    for table in Base.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in sorted(table.indexes, key=lambda index: str(index.name)):
+            if index.name not in present:
+                index.create(connection)
+                added.append(str(index.name))
+    if added:
+        log.warning("database schema upgraded: added index %s", ", ".join(added))
     return added

@@ -34,7 +34,7 @@ class QueueSnapshot:
 
 def queue_snapshot(db: Database) -> QueueSnapshot:
     """One consistent read (one transaction) of the job and delivery tables."""
-    with db.session() as session:
+    with db.reading() as session:
         jobs = {
             (str(status), str(part)): int(count)
             for status, part, count in session.execute(

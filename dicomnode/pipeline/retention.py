@@ -9,6 +9,7 @@ it once by hand.
 """
 
 import logging
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -18,9 +19,14 @@ from dicomnode.db.discard import discard_series
 from dicomnode.db.history import EventKind, record_admin_action
 from dicomnode.db.models import utcnow
 from dicomnode.db.retention import PurgedSeries, expire_held, purge_series, purgeable_series
+from dicomnode.errors import SpoolError
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
+
+# Between two series purged: a C-STORE waiting for the database's write lock takes it then
+# (SQLite's busy handler polls; back-to-back transactions could keep it waiting past its timeout).
+PAUSE_SECONDS = 0.1
 
 
 def _cutoff(settings: Settings) -> datetime | None:
@@ -35,11 +41,19 @@ def due_for_purge(settings: Settings, db: Database) -> list[str]:
 
 
 def purge_delivered(
-    settings: Settings, db: Database, spool: Spool, user: str | None = None
+    settings: Settings,
+    db: Database,
+    spool: Spool,
+    user: str | None = None,
+    stopping: threading.Event | None = None,
 ) -> list[PurgedSeries]:
     """Delete every series past its retention from the spool and the database.
 
-    `user`: an admin ran it (`dicomnode purge`); the purge goes to the node's log as theirs."""
+    One transaction per series, with a pause between (`PAUSE_SECONDS`): the receiver's stores
+    wait for none longer than one series' deletion (SQLite has one writer). `user`: an admin
+    ran it (`dicomnode purge`); the purge goes to the node's log as theirs. `stopping`: the
+    node is stopping, and the series left wait for its next start."""
+    stopping = stopping or threading.Event()
     _expire_held(settings, db)
     cutoff = _cutoff(settings)
     if cutoff is None:
@@ -51,14 +65,13 @@ def purge_delivered(
 
     purged = []
     for series_uid in purgeable_series(db, cutoff):
+        if purged and stopping.wait(PAUSE_SECONDS):
+            break
         result = purge_series(db, series_uid, cutoff, remove_outputs)
         if result is None:
             continue
         # Only files older than the cutoff: a copy written since belongs to a new arrival.
-        written_before = cutoff.replace(tzinfo=UTC).timestamp()
-        for path in result.paths:
-            spool.remove(path, written_before=written_before)
-        spool.prune_empty_dirs({path.parent for path in result.paths})
+        _remove_files(spool, result, written_before=cutoff.replace(tzinfo=UTC).timestamp())
         purged.append(result)
         log.info(
             "purged series=%s study=%s jobs=%s instances=%d (retention.keep_days=%g)",
@@ -100,9 +113,7 @@ def discard(db: Database, spool: Spool, job_id: int, user: str) -> PurgedSeries:
 
     result = discard_series(db, job_id, remove_outputs, user)
     # Only files written before the decision: a copy received since belongs to a new arrival.
-    for path in result.paths:
-        spool.remove(path, written_before=decided_at)
-    spool.prune_empty_dirs({path.parent for path in result.paths})
+    _remove_files(spool, result, written_before=decided_at)
     log.info(
         "discarded series=%s study=%s jobs=%s instances=%d by=%s",
         result.series_uid,
@@ -112,3 +123,23 @@ def discard(db: Database, spool: Spool, job_id: int, user: str) -> PurgedSeries:
         user,
     )
     return result
+
+
+def _remove_files(spool: Spool, series: PurgedSeries, written_before: float) -> None:
+    """Delete the files of a series whose rows are gone. One that cannot be deleted (outside
+    the spool: a data_dir moved by hand; permissions) is left where it is, named in one warning
+    for the series, and the purge goes on: `dicomnode doctor` lists such files."""
+    kept = []
+    for path in series.paths:
+        try:
+            spool.remove(path, written_before=written_before)
+        except (SpoolError, OSError) as exc:
+            kept.append(str(exc))
+    spool.prune_empty_dirs({path.parent for path in series.paths})
+    if kept:
+        log.warning(
+            "files of a forgotten series not deleted series=%s files=%d: %s",
+            series.series_uid,
+            len(kept),
+            kept[0],
+        )

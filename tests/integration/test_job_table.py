@@ -1,6 +1,7 @@
 """The job table on a real SQLite file and a real PostgreSQL: completion rule, leases, retries,
 dead letters, admin, and several processes working the table at once."""
 
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
+from sqlalchemy import inspect
 
+import dicomnode.db.engine as engine_module
 import dicomnode.pipeline.runner as runner_module
 from dicomnode.config import RetrySettings, Settings
 from dicomnode.db import Database, DeliveryStatus, JobStatus, ReceivedInstance, open_database
@@ -27,6 +30,7 @@ from dicomnode.db.jobs import (
 )
 from dicomnode.db.models import utcnow
 from dicomnode.db.retention import purgeable_series
+from dicomnode.db.stats import queue_snapshot
 from dicomnode.errors import JobStateError
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.runner import JobRunner
@@ -278,6 +282,34 @@ def test_a_database_from_an_older_version_gets_the_new_columns(
     upgraded.dispose()
 
 
+def test_a_database_from_an_older_version_gets_the_new_indexes(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Without the index by instance, purging one series of a year-old database held the write
+    lock for seconds (every link read per instance row deleted): stores were refused meanwhile.
+    An index added since must reach a database made before it."""
+    url = database_url or f"sqlite:///{tmp_path / 'old.sqlite'}"
+    db = open_database(url)
+    receive(db, "1.2.3.16", 2)
+    with db.engine.begin() as connection:  # as a database from before the indexes
+        for index in ("ix_job_instances_sop", "ix_instances_received_at", "ix_commitments_state"):
+            connection.exec_driver_sql(f"DROP INDEX {index}")
+    db.dispose()
+
+    upgraded = open_database(url)
+    inspector = inspect(upgraded.engine)
+    assert "ix_job_instances_sop" in {i["name"] for i in inspector.get_indexes("job_instances")}
+    assert "ix_instances_received_at" in {i["name"] for i in inspector.get_indexes("instances")}
+    assert "ix_commitments_state" in {i["name"] for i in inspector.get_indexes("commitments")}
+    if upgraded.is_sqlite:  # and SQLite uses it to find an instance's links
+        with upgraded.engine.connect() as connection:
+            plan = connection.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT job_id FROM job_instances WHERE sop_instance_uid = 'x'"
+            ).all()
+        assert "USING INDEX ix_job_instances_sop" in str(plan), plan
+    upgraded.dispose()
+
+
 BOTH_PARTS = [JobPart.ORIGINALS, JobPart.DERIVED]
 
 
@@ -419,3 +451,30 @@ def test_a_job_made_while_a_runner_looks_is_taken_by_the_same_tick(
     assert runner.run_due_jobs() == 1
     assert ran == made and len(made) == 1
     assert runner.run_due_jobs() == 0  # nothing made since: one look
+
+
+def test_reports_and_scans_for_work_read_while_a_store_holds_the_write_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """The metrics' counts and retention's scan only read: they take no write lock (before, each
+    began with BEGIN IMMEDIATE, and on a year's database a scrape or the hourly scan held up
+    the C-STOREs for seconds), so they go on while a store is writing, as it does while they
+    read."""
+    if database_url:
+        pytest.skip("SQLite's one writer; PostgreSQL's readers never wait for writers")
+    monkeypatch.setattr(engine_module, "BUSY_TIMEOUT_SECONDS", 2)
+    db = open_database(f"sqlite:///{tmp_path / 'node.sqlite'}")
+    receive(db, "1.2.3.60", 2)
+    writer = sqlite3.connect(tmp_path / "node.sqlite", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a store's transaction, under way
+    writer.execute("UPDATE series SET pending = pending")
+    try:
+        started = time.monotonic()
+        snapshot = queue_snapshot(db)
+        assert purgeable_series(db, utcnow()) == []
+        assert time.monotonic() - started < 1.5  # no wait for the lock (2 s: "locked")
+        assert snapshot.queued == 0 and snapshot.jobs == {}
+    finally:
+        writer.rollback()
+        writer.close()
+    db.dispose()

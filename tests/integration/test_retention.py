@@ -3,6 +3,7 @@ what it must not."""
 
 import os
 import shutil
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -94,6 +95,50 @@ def test_only_series_delivered_before_the_cutoff_are_purged(db: Database, spool:
     assert not old.exists() and not old.parent.exists() and recent.exists()
     assert [job.series_uid for job in list_jobs(db)] == ["1.2.3.2"]
     assert purge_delivered(SETTINGS, db, spool) == []
+
+
+@ON_BOTH_DATABASES
+def test_a_file_the_purge_cannot_delete_is_named_and_the_next_series_still_purged(
+    db: Database, spool: Spool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row whose file lies outside the spool (a data_dir moved by hand) stopped the whole
+    retention run with a SpoolError after its rows were gone; every later series waited, and
+    each run forgot one more series only. Its file is now left, named, and the purge goes on."""
+    moved = tmp_path / "old-data-dir" / "a.dcm"
+    moved.parent.mkdir()
+    moved.write_bytes(b"DICM")
+    record_instance(
+        db,
+        ReceivedInstance(
+            generate_uid(), CT, "1.2.840.10008.1.2.1", "1.2.5", "1.2.5.1", "CT", moved, 4, "T"
+        ),
+    )
+    deliver_days_ago(db, 3)
+    later = store(db, spool, "1.2.5", "1.2.5.2", generate_uid())
+    age(later, 3)
+    deliver_days_ago(db, 2)
+
+    purged = purge_delivered(SETTINGS, db, spool)
+    assert [series.series_uid for series in purged] == ["1.2.5.1", "1.2.5.2"]
+    assert moved.exists() and not later.exists()
+    assert (
+        f"files of a forgotten series not deleted series=1.2.5.1 files=1: refusing to "
+        f"delete {moved}: outside the spool" in caplog.text
+    )
+
+
+@ON_BOTH_DATABASES
+def test_a_node_that_is_stopping_purges_no_further_series(db: Database, spool: Spool) -> None:
+    """Retention runs one series per transaction with a pause between; a node told to stop
+    leaves the rest for its next start (a year's backlog took hours in one run, past any
+    stop timeout)."""
+    for series in ("1.2.6.1", "1.2.6.2"):
+        age(store(db, spool, "1.2.6", series, generate_uid()), 3)
+        deliver_days_ago(db, 2)
+    stopping = threading.Event()
+    stopping.set()
+    assert len(purge_delivered(SETTINGS, db, spool, stopping=stopping)) == 1
+    assert len(purge_delivered(SETTINGS, db, spool)) == 1
 
 
 @ON_BOTH_DATABASES
