@@ -172,8 +172,29 @@ def ssim_map(
     x = np.subtract(reference, centre, out=np.empty(reference.shape, np.float32), casting="unsafe")
     y = np.subtract(test, centre, out=np.empty(test.shape, np.float32), casting="unsafe")
     if max(_farthest(x), _farthest(y)) <= FLOAT32_SPAN * data_range:
+        return _in_bands(x, y, data_range, centre)
+    return _in_bands(reference.astype(np.float64), test.astype(np.float64), data_range, 0.0)
+
+
+# Rows of the map made at once: its dozen intermediates take ~MBs whatever the image's size (a
+# 4096x4096 DX or scanned film took ~1 GB more for them in one piece).
+SSIM_BAND_ROWS = 256
+
+
+def _in_bands(x: np.ndarray, y: np.ndarray, data_range: float, centre: float) -> np.ndarray:
+    """`_ssim_formula` band of rows by band, each made with the rows its windows reach beyond
+    it, so that every value is the whole image's (the image's own edges mirrored as before)."""
+    rows = x.shape[0]
+    if rows <= 2 * SSIM_BAND_ROWS:
         return _ssim_formula(x, y, data_range, centre)
-    return _ssim_formula(reference.astype(np.float64), test.astype(np.float64), data_range, 0.0)
+    reach = SSIM_WINDOW // 2
+    result = np.empty(x.shape, x.dtype)
+    for start in range(0, rows, SSIM_BAND_ROWS):
+        stop = min(rows, start + SSIM_BAND_ROWS)
+        low, high = max(0, start - reach), min(rows, stop + reach)
+        band = _ssim_formula(x[low:high], y[low:high], data_range, centre)
+        result[start:stop] = band[start - low : stop - low]
+    return result
 
 
 def _farthest(image: np.ndarray) -> float:
