@@ -20,7 +20,14 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    NuclearMedicineImageStorage,
+    PositronEmissionTomographyImageStorage,
+    generate_uid,
+)
 
 from dicomnode import __version__
 from dicomnode.dicom.conformance import conform, copy_identity
@@ -144,12 +151,19 @@ def _set_times(ds: Dataset, when: datetime) -> None:
 _VALUE_3_REQUIRED = frozenset({CTImageStorage, MRImageStorage})
 
 
+# The IODs whose Image Type value 2 is PRIMARY, derived or not (PS3.3 C.8.9.4.1.1 PET,
+# C.8.4.7.1.1 NM): SECONDARY there is an error.
+_VALUE_2_PRIMARY = frozenset({PositronEmissionTomographyImageStorage, NuclearMedicineImageStorage})
+
+
 def _image_type(source: Dataset) -> list[str]:
-    """DERIVED\\SECONDARY, then the source's values 3 and on (PS3.3 C.7.6.1.1.2)."""
+    """DERIVED\\SECONDARY (PET, NM: DERIVED\\PRIMARY), then the source's values 3 and on
+    (PS3.3 C.7.6.1.1.2)."""
     rest = list(source.get("ImageType", []))[2:]
     if not rest and source.SOPClassUID in _VALUE_3_REQUIRED:
         rest = ["OTHER"]
-    return ["DERIVED", "SECONDARY", *rest]
+    second = "PRIMARY" if source.SOPClassUID in _VALUE_2_PRIMARY else "SECONDARY"
+    return ["DERIVED", second, *rest]
 
 
 def _equipment(source: Dataset, derivation: Derivation) -> DicomSequence:

@@ -13,6 +13,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSNearLossless,
+    PositronEmissionTomographyImageStorage,
 )
 
 from dicomnode.dicom.derive import Derivation, derived_instance, derived_series_uid
@@ -72,13 +73,12 @@ def test_identity_is_new_deterministic_and_consistent() -> None:
     [
         (CTImageStorage, ["DERIVED", "SECONDARY", "OTHER"]),  # value 3 required
         (DigitalXRayImageStorageForPresentation, ["DERIVED", "SECONDARY"]),  # enumerated
+        (PositronEmissionTomographyImageStorage, ["DERIVED", "PRIMARY"]),  # value 2 PRIMARY
     ],
 )
-def test_a_value_3_of_image_type_is_made_up_only_where_the_iod_requires_one(
-    sop_class: str, image_type: list[str]
-) -> None:
+def test_image_type_follows_what_the_iod_enumerates(sop_class: str, image_type: list[str]) -> None:
     """A source with two values of Image Type: DX's enumerated value 3 has no OTHER (dciodvfy:
-    "Unrecognized enumerated value"), CT must have one."""
+    "Unrecognized enumerated value"), CT must have one; PET's value 2 is PRIMARY, derived too."""
     source = dcmread(CT_TEMPLATE)
     source.SOPClassUID = sop_class
     source.ImageType = ["ORIGINAL", "PRIMARY"]
