@@ -5,6 +5,7 @@ Every action is written to the job's history with the login that ran it; the nod
 
 import os
 import pwd
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -32,7 +33,7 @@ from dicomnode.status import DeliveryStatus, JobStatus
 
 if TYPE_CHECKING:
     from dicomnode.db import Database, DeliveryRecord, JobRecord
-    from dicomnode.imaging.outcome import SeriesOutcome
+    from dicomnode.imaging.outcome import DeclinedImage, SeriesOutcome
 
 app = typer.Typer(help="Inspect and steer jobs.", no_args_is_help=True)
 
@@ -228,8 +229,30 @@ def _print_details(outcome: "SeriesOutcome") -> None:
         )
     if outcome.methods:
         console.print(table)
-    for declined in outcome.declined:
-        console.print(f"not enhanced: {shown(declined.reason)}", soft_wrap=True)
+    for line in _declined_lines(outcome.declined):
+        console.print(f"not enhanced: {shown(line)}", soft_wrap=True)
+
+
+_DECLINED_LINES = 10  # a series of 500 colour images is one line, not 500 (`--json` has each)
+
+
+def _declined_lines(declined: "Sequence[DeclinedImage]") -> list[str]:
+    """One line per reason (images that share it counted, the first named), at most
+    `_DECLINED_LINES` of them and a last one saying how many more."""
+    by_reason: dict[str, list[str]] = {}
+    for image in declined:
+        reason = image.reason.removeprefix(f"sop={image.sop}: ")
+        by_reason.setdefault(reason, []).append(image.sop)
+    lines = [
+        f"sop={sops[0]}: {reason}"
+        if len(sops) == 1
+        else f"{len(sops)} images (sop={sops[0]}, ...): {reason}"
+        for reason, sops in by_reason.items()
+    ]
+    if len(lines) > _DECLINED_LINES:
+        more = len(lines) - _DECLINED_LINES + 1
+        lines = [*lines[: _DECLINED_LINES - 1], f"{more} more reasons (see --json)"]
+    return lines
 
 
 @app.command("show")
