@@ -44,6 +44,10 @@ if TYPE_CHECKING:  # the imaging layer is imported only when a job enhances (see
 
 log = logging.getLogger(__name__)
 
+# What a derived job's enhancement gives: the series to send, the SOP UIDs left unenhanced, why
+# QA holds derived series back (None: send them) and the series it holds.
+_Enhanced = tuple[list[list[SpooledInstance]], set[str], str | None, list[list[SpooledInstance]]]
+
 MAX_JOBS_FORWARDING_PER_WORKER = 20
 
 
@@ -193,8 +197,7 @@ class JobRunner:
         elif (made := self._made_before(job, inputs)) is not None:
             outgoing, hold = made, None
         else:
-            loaded = self._load_during_the_head_start(job, inputs)
-            derived = self._derived_outgoing(job, inputs, loaded)
+            derived = self._derived_outgoing(job, inputs)
             if derived is None:
                 return False
             outgoing, hold = derived
@@ -315,15 +318,21 @@ class JobRunner:
             )
 
     def _derived_outgoing(
-        self, job: JobRecord, inputs: list[SpooledInstance], loaded: "LoadedSeries"
+        self, job: JobRecord, inputs: list[SpooledInstance]
     ) -> tuple[list[list[SpooledInstance]], str | None] | None:
         """What a derived job sends, and why QA holds the derived series back (None: send).
 
         With originals off, the source images nothing derived stands for go too, as they came:
-        the PACS gets them, not nothing. None when the job was finished here, or is no longer
-        this attempt's (its lease lapsed and another attempt took it)."""
+        the PACS gets them, not nothing; the whole series when the enhancement fails. None when
+        the job was finished here, or is no longer this attempt's (its lease lapsed and another
+        attempt took it)."""
         attempt = self.spool.outbox_attempt(job.claims, self._token(job))
-        enhanced = self._enhance(job, inputs, loaded, attempt)
+        try:
+            loaded = self._load_during_the_head_start(job, inputs)
+            enhanced = self._enhance(job, inputs, loaded, attempt)
+        except Exception as exc:  # a missing model, a full disk, a bug: say so, keep the inputs
+            self.spool.clear_outbox_attempt(job.id, attempt)
+            enhanced = self._failed_enhancement(job, inputs, exc)
         if enhanced is None:
             return None
         outgoing, unenhanced, hold, held = enhanced
@@ -355,27 +364,20 @@ class JobRunner:
 
     def _enhance(
         self, job: JobRecord, inputs: list[SpooledInstance], loaded: "LoadedSeries", attempt: str
-    ) -> (
-        tuple[list[list[SpooledInstance]], set[str], str | None, list[list[SpooledInstance]]] | None
-    ):
+    ) -> "_Enhanced | None":
         """The derived series and reports to send, the SOP UIDs left unenhanced, why QA holds
         derived series back (None: send them) and the series it holds; their files are in the
         outbox folder `attempt`, this attempt's own.
 
-        None when the job was finished here (enhancement failed, or QA failed it)."""
+        None when the job was finished here (QA failed it); an enhancement that fails raises."""
         from dicomnode.pipeline.derived_output import outbox_sink
         from dicomnode.pipeline.enhancement import enhance_series
         from dicomnode.pipeline.methods import methods_for
 
-        try:
-            self.spool.clear_outbox_before(job.id, attempt)  # earlier attempts' outputs
-            sink = outbox_sink(self.spool, job.id, attempt)
-            methods = methods_for(self.settings)
-            output = enhance_series(job.id, inputs, self.settings, methods, sink, loaded)
-        except DicomNodeError as exc:  # a missing model, a full disk: say so, keep the inputs
-            self.spool.clear_outbox_attempt(job.id, attempt)
-            self._finish(job, error=f"enhancement failed: {exc}")
-            return None
+        self.spool.clear_outbox_before(job.id, attempt)  # earlier attempts' outputs
+        sink = outbox_sink(self.spool, job.id, attempt)
+        methods = methods_for(self.settings)
+        output = enhance_series(job.id, inputs, self.settings, methods, sink, loaded)
         record_job_details(self.db, job.id, self._token(job), output.outcome.as_dict())
         observe_outcome(output.outcome)
         qa = self.settings.qa
@@ -412,6 +414,34 @@ class JobRunner:
             unenhanced = {item.sop_instance_uid for item in inputs}
         reason = f"{why}: derived series held; `dicomnode jobs release {job.id}` sends them"
         return _flat(sent), unenhanced, reason, _flat(held)
+
+    def _failed_enhancement(
+        self, job: JobRecord, inputs: list[SpooledInstance], error: Exception
+    ) -> "_Enhanced | None":
+        """After the enhancement failed: with originals off (and `forward_unenhanced`), the
+        series goes as it came and the job ends done, the reason in its details, so that the
+        PACS never waits on a failing enhancement for its images; otherwise the job fails and
+        is retried (its originals went on their own)."""
+        from dicomnode.imaging.outcome import SeriesOutcome
+
+        if isinstance(error, DicomNodeError):
+            reason = f"enhancement failed: {error}"
+        else:
+            reason = f"internal error: {type(error).__name__}: {error}"
+            log.error("enhancement failed with an internal error job=%d", job.id, exc_info=error)
+        enhance = self.settings.enhance
+        if enhance.forward_originals or not enhance.forward_unenhanced:
+            self._finish(job, error=reason)
+            return None
+        log.warning(
+            "series sent as received job=%d series=%s (enhance.forward_originals = false): %s",
+            job.id,
+            job.series_uid,
+            reason,
+        )
+        outcome = SeriesOutcome(f"skipped: {reason}; the series went as received")
+        record_job_details(self.db, job.id, self._token(job), outcome.as_dict())
+        return [], {item.sop_instance_uid for item in inputs}, None, []
 
     def _finish(
         self,

@@ -249,6 +249,32 @@ def test_with_originals_off_what_cannot_be_enhanced_is_still_forwarded_unchanged
     assert len(arrived) == 1 + len(ct_series) + 1  # broken + derived + metrics report
 
 
+def test_with_originals_off_a_failing_enhancement_sends_the_series_as_received(
+    node_factory, orthanc: Orthanc, ct_series: list[Path]
+) -> None:
+    """With forward_originals = false the PACS gets the series only through the derived job:
+    when its enhancement fails (here the outbox cannot be written), the series goes as it came
+    and the job ends done with the reason. Before, the job was retried for about an hour and
+    then dead, and the PACS never got the study."""
+    node = node_factory(
+        [pacs_destination(orthanc)],
+        enhance={"methods": ["baseline"], "self_check": False, "forward_originals": False},
+    ).start()
+    outbox = node.data_dir / "spool" / "outbox"
+    shutil.rmtree(outbox, ignore_errors=True)
+    outbox.write_bytes(b"not a folder")  # every derived file fails to be written
+    assert storescu(node.port, ct_series).returncode == 0
+
+    [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "done")
+    assert job["attempts"] == 1 and job["error"] is None
+    enhancement = job["details"]["enhancement"]
+    assert enhancement.startswith("skipped: enhancement failed: "), enhancement
+    assert enhancement.endswith("; the series went as received")
+    originals = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in ct_series}
+    assert set(orthanc.sop_instance_uids()) == originals
+    assert "series sent as received job=1" in node.log()
+
+
 def _claiming(folder: Path, name: str, **meta: str) -> tuple[Path, str]:
     """A CT instance whose file meta (what the C-STORE request names) claims `meta`; returns
     the file and the data set's own SOP Instance UID."""
