@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -317,8 +318,22 @@ class Spool:
                     break  # not empty (or already gone): leave it and its parent
 
     def instance_files(self) -> list[Path]:
-        """Every stored instance file (what `dicomnode doctor` checks against the database)."""
-        return sorted(self.instances_dir.glob("*/*/*.dcm"))
+        """Every stored instance file, sorted."""
+        return sorted(Path(name) for name in self.instance_file_names())
+
+    def instance_file_names(self) -> Iterator[str]:
+        """Every stored instance file's path, as text, study folder by study folder: what
+        `dicomnode doctor` checks against the database (a year's spool holds millions; a
+        `Path` each, sorted, took gigabytes)."""
+        for study in _entries(self.instances_dir):
+            if not study.is_dir(follow_symlinks=False):
+                continue
+            for series in _entries(study.path):
+                if not series.is_dir(follow_symlinks=False):
+                    continue
+                for entry in _entries(series.path):
+                    if entry.name.endswith(".dcm") and entry.is_file(follow_symlinks=False):
+                        yield entry.path
 
     def outbox_job_ids(self) -> list[int]:
         """The jobs that have outputs in the outbox."""
@@ -351,3 +366,12 @@ class Spool:
             for created in reversed(missing):
                 _fsync_dir(created.parent)
             self._durable_dirs.add(directory)
+
+
+def _entries(folder: str | Path) -> list[os.DirEntry[str]]:
+    """What `folder` holds; nothing when it is gone (a purge may remove it meanwhile)."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except FileNotFoundError:
+        return []

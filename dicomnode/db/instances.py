@@ -221,8 +221,9 @@ def _create_job(
     return job.id
 
 
-def instance_paths(db: Database) -> dict[Path, str]:
-    """Every recorded spool file and its SOP Instance UID (for `dicomnode doctor`)."""
-    with db.session() as session:
-        rows = session.execute(select(Instance.path, Instance.sop_instance_uid)).all()
-    return {Path(path): sop for path, sop in rows}
+def instance_paths(db: Database) -> dict[str, str]:
+    """Every recorded spool file's path, as text, and its SOP Instance UID (for `dicomnode
+    doctor`); read without the write lock, so a large table holds up no store."""
+    with db.reading() as session:
+        rows = session.execute(select(Instance.path, Instance.sop_instance_uid))
+        return {path: sop for path, sop in rows}

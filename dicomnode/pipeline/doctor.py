@@ -99,10 +99,13 @@ def examine(
     report = DoctorReport(
         free_disk_mb=spool.free_bytes() // 1048576, min_free_disk_mb=min_free_disk_mb
     )
-    recorded = instance_paths(db)
+    unseen = instance_paths(db)  # what is left of it after the walk has no file
     settled = time.time() - min_age_seconds
-    for path in spool.instance_files():
-        if path in recorded or path.stat().st_mtime > settled:
+    for name in spool.instance_file_names():
+        if unseen.pop(name, None) is not None:
+            continue
+        path = Path(name)
+        if path.stat().st_mtime > settled:
             continue
         report.orphan_files.append(str(path))
         if repair:
@@ -123,9 +126,9 @@ def examine(
                 continue
             report.indexed.append(str(path))
             log.info("doctor indexed file=%s", path)
-    for path, sop in sorted(recorded.items()):
-        if not path.is_file():
-            report.missing_files.append({"sop": sop, "path": str(path)})
+    for name, sop in sorted(unseen.items()):  # one look each: written since the walk passed?
+        if not Path(name).is_file():
+            report.missing_files.append({"sop": sop, "path": name})
     # The outbox is listed before the jobs are read, and young folders are skipped: a job
     # created meanwhile is never taken for an unknown one.
     outboxes = [
