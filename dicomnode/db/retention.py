@@ -76,13 +76,18 @@ def _purgeable(finished_before: datetime, only: str | None = None) -> Select[str
     )
 
 
-def expire_held(db: Database, held_before: datetime, reason: str) -> list[tuple[int, str]]:
-    """Cancel the jobs held (QA) since before `held_before`, each with `reason` in its error
-    and history; (job id, series UID) of each. Their series are then purged as delivered ones."""
+def expire_held(
+    db: Database, held_before: datetime, reason: str, limit: int = 200
+) -> list[tuple[int, str]]:
+    """Cancel up to `limit` jobs held (QA) since before `held_before` (one transaction: a
+    store waits for no more), each with `reason` in its error and history; (job id, series UID)
+    of each. Their series are then purged as delivered ones."""
     with db.session() as session:
         jobs = session.scalars(
             select(Job)
             .where(Job.status == JobStatus.HELD, Job.updated_at < held_before)
+            .order_by(Job.id)
+            .limit(limit)
             .with_for_update(skip_locked=True)
         ).all()
         now = utcnow()
