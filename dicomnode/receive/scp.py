@@ -30,6 +30,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
 from dicomnode.db import Database, ReceivedInstance
+from dicomnode.db.failures import underlying
 from dicomnode.db.group_commit import GroupCommit
 from dicomnode.db.instances import mark_series_released, record_instance, stored_path
 from dicomnode.db.records import printable_code
@@ -59,6 +60,7 @@ from dicomnode.receive.status import (
     SUCCESS,
     refusal_reason,
     refusal_text,
+    sender_text,
     status_dataset,
     status_for,
 )
@@ -410,23 +412,23 @@ class StorageReceiver:
             ident = _identify(arrival)
             sop_uid = ident.sop_instance_uid
             self._store(arrival, ident, calling)
-        except Exception as exc:
+        except Exception as raised:
+            exc = underlying(raised)  # what failed, not the grouped commit that carried it
             status = status_for(exc)
             reason = refusal_reason(exc)
             INSTANCES_REFUSED.labels(reason).inc()
             expected = DecodeError | SpoolError | InstanceTooLarge
             level = logging.WARNING if isinstance(exc, expected) else logging.ERROR
-            text = refusal_text(exc)
             log.log(
                 level,
                 "C-STORE failed status=0x%04X sop=%s calling_aet=%s: %s",
                 status,
                 sop_uid[:64],
                 calling,
-                text,
+                refusal_text(exc),
                 exc_info=reason == "internal",  # a bug of ours; the rest are told in the line
             )
-            return status_dataset(status, text)
+            return status_dataset(status, sender_text(exc))
         with self._received_lock:
             received = self._received.setdefault(arrival.assoc, _Received())
             received.stored += 1

@@ -1,12 +1,10 @@
 """The one place that maps a receive failure to a C-STORE status (PS3.4 Annex B.2.3)."""
 
 import re
-import sqlite3
 
 from pydicom import Dataset
-from sqlalchemy.exc import DBAPIError
 
-from dicomnode.db.group_commit import RowNotRecorded
+from dicomnode.db.failures import database_said
 from dicomnode.errors import (
     DataSetMismatch,
     DecodeError,
@@ -50,28 +48,23 @@ def refusal_reason(error: Exception) -> str:
         return "disk_full"
     if isinstance(error, SpoolError):
         return "spool"
-    if _database_said(error) is not None:
+    if database_said(error) is not None:
         return "database"
     return "internal"
 
 
-def _database_said(error: BaseException | None) -> str | None:
-    """The database's own words when `error` is its failure, else None: SQLAlchemy's text adds
-    the statement, its parameters and a web link; a grouped commit wraps the driver's error."""
-    if isinstance(error, RowNotRecorded):
-        return _database_said(error.__cause__) or "its transaction never ended"
-    if isinstance(error, DBAPIError):
-        error = error.orig
-    elif not isinstance(error, sqlite3.Error):
-        return None
-    said = str(error).strip().splitlines()
-    return said[0] if said else type(error).__name__
-
-
 def refusal_text(error: Exception) -> str:
-    """What the log line and the sender's ErrorComment say of `error`."""
-    said = _database_said(error)
+    """What the log line says of `error`: a database failure in the database's own words."""
+    said = database_said(error)
     return str(error) if said is None else f"the database could not record it: {said}"
+
+
+def sender_text(error: Exception) -> str:
+    """What the sender's ErrorComment says: a database failure without its words (they may name
+    the database server's address, which is no caller's business)."""
+    if database_said(error) is not None:
+        return "the database could not record it; send it again later"
+    return refusal_text(error)
 
 
 def status_dataset(status: int, comment: str = "") -> Dataset:

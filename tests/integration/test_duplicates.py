@@ -130,8 +130,8 @@ def test_a_copy_the_database_cannot_record_leaves_the_acknowledged_one_in_place(
 def test_a_new_copy_the_database_cannot_record_leaves_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """... and the refusal says what the database said, in one line (no traceback: it is the
-    database's state, not a bug) and in the sender's ErrorComment."""
+    """... and the refusal says what the database said in one log line (no traceback: it is the
+    database's state, not a bug), and the sender's ErrorComment to send it again later."""
     monkeypatch.setattr(engine, "BUSY_TIMEOUT_SECONDS", 1)
     [source] = write_ct_series(tmp_path / "series", 1, size=64)
     database = tmp_path / "n.db"
@@ -141,9 +141,9 @@ def test_a_new_copy_the_database_cannot_record_leaves_no_file(
     arrival = _arrival(source, generate_uid())
     status = _stored_while_locked(receiver, arrival, database)
     assert isinstance(status, Dataset) and int(status.Status) == 0xA700
-    said = "the database could not record it: database is locked"
-    assert status.ErrorComment == said
+    assert status.ErrorComment == "the database could not record it; send it again later"
     [record] = [r for r in caplog.records if r.getMessage().startswith("C-STORE failed")]
+    said = "the database could not record it: database is locked"
     assert record.getMessage().endswith(said) and not record.exc_info
     assert receiver.spool.instance_files() == []  # nothing on disk that no row describes
     assert stored_path(receiver.db, arrival.sop_instance_uid) is None

@@ -10,12 +10,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.exc import OperationalError
 
 from dicomnode.config import EnhanceSettings, load_settings
+from dicomnode.db.failures import database_said, underlying
+from dicomnode.db.group_commit import RowNotRecorded
 from dicomnode.errors import ConfigError, DecodeError, DiskFull, InstanceTooLarge, SpoolError
 from dicomnode.observe.bounded import BoundedCall
 from dicomnode.observe.collector import ConfiguredModels
 from dicomnode.observe.counters import REFUSAL_REASONS
 from dicomnode.observe.endpoint import Readiness
-from dicomnode.receive.status import refusal_reason, refusal_text, status_dataset
+from dicomnode.receive.status import refusal_reason, refusal_text, sender_text
 
 
 @pytest.mark.parametrize(
@@ -36,7 +38,8 @@ def test_each_receive_failure_has_an_exported_refusal_reason(error: Exception, r
 
 def test_a_database_failure_is_told_by_the_drivers_words_without_the_statement() -> None:
     """SQLAlchemy's text of a failed INSERT holds the statement, its parameters (UIDs) and a web
-    link over three lines: the C-STORE log line and the sender's ErrorComment get one clause."""
+    link over three lines: the C-STORE log line gets the driver's one clause, the sender's
+    ErrorComment not even that (PostgreSQL's may name the server's address)."""
     error = OperationalError(
         "INSERT INTO instances (sop_instance_uid) VALUES (?)",
         ("1.2.3",),
@@ -44,10 +47,31 @@ def test_a_database_failure_is_told_by_the_drivers_words_without_the_statement()
     )
     assert "[SQL: INSERT" in str(error)
     assert refusal_text(error) == "the database could not record it: database or disk is full"
-    assert status_dataset(0xA700, refusal_text(error)).ErrorComment == (
-        "the database could not record it: database or disk is full"
-    )
+    assert sender_text(error) == "the database could not record it; send it again later"
+    assert refusal_reason(error) == "database"
     assert refusal_text(SpoolError("permission denied")) == "permission denied"
+    assert sender_text(SpoolError("permission denied")) == "permission denied"
+
+
+def test_a_grouped_commit_is_judged_by_what_failed_in_it() -> None:
+    """A row's grouped commit (`RowNotRecorded`) carries the error of its transaction: a full
+    disk stays a full disk and a bug a bug, not "the database"."""
+
+    def carried(cause: Exception) -> RowNotRecorded:
+        try:
+            raise RowNotRecorded(f"instance row not recorded: {cause}") from cause
+        except RowNotRecorded as error:
+            return error
+
+    full = carried(DiskFull("node.min_free_disk_mb=500 MB: storing it would leave less free"))
+    assert refusal_reason(underlying(full)) == "disk_full"
+    bug = carried(TypeError("unsupported operand"))
+    assert database_said(bug) is None and refusal_reason(underlying(bug)) == "internal"
+    locked = carried(sqlite3.OperationalError("database is locked"))
+    assert (
+        refusal_text(underlying(locked)) == "the database could not record it: database is locked"
+    )
+    assert refusal_reason(RowNotRecorded("its transaction never ended")) == "database"
 
 
 def test_readiness_lists_each_failing_check_and_is_empty_when_all_pass() -> None:

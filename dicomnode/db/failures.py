@@ -1,0 +1,34 @@
+"""Telling a database's own failure (locked, disk full, server gone) from every other error.
+
+The layers above name such a failure without knowing SQL: the receiver answers a C-STORE it
+could not record with "try again later" and one log line in the database's own words (not
+SQLAlchemy's text, which adds the statement, its parameters and a web link); the job runner
+retries work that a database failure interrupted.
+"""
+
+import sqlite3
+
+from sqlalchemy.exc import DBAPIError
+
+from dicomnode.db.group_commit import RowNotRecorded
+
+
+def underlying(error: BaseException) -> BaseException:
+    """The error a grouped commit (`RowNotRecorded`) carries; any other error itself."""
+    while isinstance(error, RowNotRecorded) and error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def database_said(error: BaseException) -> str | None:
+    """The database's first line when `error` is its failure; None for any other error."""
+    error = underlying(error)
+    if isinstance(error, RowNotRecorded):  # its transaction never ended (no cause to tell)
+        return str(error)
+    driver_error: BaseException | None = error
+    if isinstance(error, DBAPIError):
+        driver_error = error.orig
+    elif not isinstance(error, sqlite3.Error):
+        return None
+    said = str(driver_error).strip().splitlines()
+    return said[0] if said else type(driver_error).__name__
