@@ -241,8 +241,7 @@ def send_series(
             else:
                 tally.stored(warning=outcome is Outcome.WARNING)
     except ForwardError as exc:
-        exc.sent = tally.sent  # what went before it failed
-        raise
+        raise tally.ending(exc) from None
     finally:
         end(assoc)
     failure = tally.error()

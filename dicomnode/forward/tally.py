@@ -90,6 +90,8 @@ class SeriesTally:
             )
         if later:
             later += [unreadable] if self.unreadable else []
+            if self.tried < self.total:  # stopped early: the peer is failing, not an instance
+                return ForwardError("; ".join(later) + also, transient=True, sent=self.sent)
             return SeriesIncomplete("; ".join(later) + also, sent=self.sent)
         if self.unreadable:  # retried too: the files may be back by then
             return UnreadableSpool(unreadable + also, sent=self.sent)
@@ -101,3 +103,14 @@ class SeriesTally:
                 sent=self.sent,
             )
         return None
+
+    def ending(self, error: ForwardError) -> ForwardError:
+        """`error`, which ended the attempt midway (a timeout, a peer that no longer
+        associates), with what the attempt met before it and what went."""
+        earlier = self.error()
+        if earlier is None:
+            error.sent = self.sent
+            return error
+        return ForwardError(
+            f"{error}; before that: {earlier}", transient=error.transient, sent=self.sent
+        )

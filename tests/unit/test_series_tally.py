@@ -1,6 +1,6 @@
 """When one attempt to send a series stops, and the one error that tells what became of it."""
 
-from dicomnode.errors import SeriesIncomplete, UnreadableSpool
+from dicomnode.errors import ForwardError, SeriesIncomplete, UnreadableSpool
 from dicomnode.forward.tally import MAX_BROKEN_OFF, SeriesTally
 
 
@@ -20,7 +20,9 @@ def test_one_try_later_answer_goes_on_two_in_a_row_stop() -> None:
     assert tally.defer("0xA700 for sop=4")  # two in a row: about the peer
     tally.tried = 4
     error = tally.error()
-    assert isinstance(error, SeriesIncomplete) and error.transient and error.sent == 1
+    # Stopped early, the peer is failing: not "up and answering" (the job's next series wait).
+    assert error is not None and not isinstance(error, SeriesIncomplete)
+    assert error.transient and error.sent == 1
     assert str(error) == (
         "pacs answered 0xA700 for sop=1; 0xA700 for sop=3; 0xA700 for sop=4 "
         "(3 of 10 instances not taken for now, 1 sent, stopped there: 6 not tried)"
@@ -34,7 +36,7 @@ def test_try_later_is_retried_and_still_names_what_was_refused_for_good() -> Non
     tally.defer("0x0110 for sop=2")
     tally.stored(warning=False)
     error = tally.error()
-    assert error is not None and error.transient  # the deferred one may go later
+    assert isinstance(error, SeriesIncomplete)  # the deferred one may go later
     assert str(error) == (
         "pacs answered 0x0110 for sop=2 (1 of 3 instances not taken for now, 1 sent); "
         "pacs refused 1: 0xC000 for sop=1"
@@ -70,3 +72,19 @@ def test_only_unreadable_files_are_our_fault_and_only_refusals_are_for_good() ->
     error = refused.error()
     assert error is not None and not error.transient
     assert str(error) == "pacs refused 2 of 2 instances: 0x0122 for sop=1; 0x0122 for sop=2"
+
+
+def test_an_error_that_ends_the_attempt_midway_keeps_what_came_before_it() -> None:
+    tally = SeriesTally("pacs", total=5, tried=3)
+    tally.stored(warning=False)
+    tally.defer("0xA700 for sop=2")
+    timeout = ForwardError("no C-STORE response for sop=3 within 30 s", transient=True)
+    error = tally.ending(timeout)
+    assert error.transient and error.sent == 1
+    assert str(error) == (
+        "no C-STORE response for sop=3 within 30 s; before that: pacs answered 0xA700 for "
+        "sop=2 (1 of 5 instances not taken for now, 1 sent, stopped there: 2 not tried)"
+    )
+    clean = SeriesTally("pacs", total=5, tried=1)
+    clean.stored(warning=False)
+    assert clean.ending(timeout) is timeout and timeout.sent == 1
