@@ -24,10 +24,16 @@ from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
 
-# Between two series purged: a C-STORE waiting for the database's write lock takes it then
-# (SQLite's busy handler polls; back-to-back transactions could keep it waiting past its timeout).
-PAUSE_SECONDS = 0.1
+# After each transaction of retention, a pause: a C-STORE waiting for the database's write lock
+# takes it then (SQLite's busy handler polls, 1 to 100 ms apart; back-to-back transactions could
+# keep it waiting past its timeout).
+PAUSE_SECONDS = (0.01, 0.1)  # the shortest and the longest
 EXPIRED_PER_TRANSACTION = 200  # held jobs cancelled in one transaction (~70 ms on SQLite)
+
+
+def _pause(transaction_seconds: float) -> float:
+    """As long as the transaction before it took, within `PAUSE_SECONDS`."""
+    return min(max(transaction_seconds, PAUSE_SECONDS[0]), PAUSE_SECONDS[1])
 
 
 def _cutoff(settings: Settings) -> datetime | None:
@@ -50,14 +56,15 @@ def purge_delivered(
 ) -> list[PurgedSeries]:
     """Delete every series past its retention from the spool and the database.
 
-    One transaction per series, with a pause between (`PAUSE_SECONDS`): the receiver's stores
-    wait for none longer than one series' deletion (SQLite has one writer). `user`: an admin
-    ran it (`dicomnode purge`); the purge goes to the node's log as theirs. `stopping`: the
-    node is stopping, and the series left wait for its next start."""
+    One transaction per series, then a pause as long as it took (`_pause`): the receiver's
+    stores wait for none longer than one series' deletion (SQLite has one writer), and get the
+    lock at least as often as retention. `user`: an admin ran it (`dicomnode purge`); the purge
+    goes to the node's log as theirs. `stopping`: the node is stopping; what is left waits for
+    its next start."""
     stopping = stopping or threading.Event()
     _expire_held(settings, db, stopping)
     cutoff = _cutoff(settings)
-    if cutoff is None:
+    if cutoff is None or stopping.is_set():
         return []
 
     def remove_outputs(job_ids: list[int]) -> None:
@@ -66,9 +73,10 @@ def purge_delivered(
 
     purged = []
     for series_uid in purgeable_series(db, cutoff):
-        if purged and stopping.wait(PAUSE_SECONDS):
-            break
+        started = time.monotonic()
         result = purge_series(db, series_uid, cutoff, remove_outputs)
+        if stopping.wait(_pause(time.monotonic() - started)):
+            break
         if result is None:
             continue
         # Only files older than the cutoff: a copy written since belongs to a new arrival.
@@ -102,13 +110,16 @@ def _expire_held(settings: Settings, db: Database, stopping: threading.Event) ->
         return
     reason = f"held more than {days:g} days without a release (retention.held_days)"
     held_before = utcnow() - timedelta(days=days)
-    while expired := expire_held(db, held_before, reason, limit=EXPIRED_PER_TRANSACTION):
+    while not stopping.is_set():
+        started = time.monotonic()
+        expired = expire_held(db, held_before, reason, limit=EXPIRED_PER_TRANSACTION)
         for job_id, series_uid in expired:
             log.warning(
                 "held derived series expired job=%d series=%s: %s", job_id, series_uid, reason
             )
-        if len(expired) < EXPIRED_PER_TRANSACTION or stopping.wait(PAUSE_SECONDS):
+        if len(expired) < EXPIRED_PER_TRANSACTION:
             return
+        stopping.wait(_pause(time.monotonic() - started))
 
 
 def discard(db: Database, spool: Spool, job_id: int, user: str) -> PurgedSeries:
@@ -136,8 +147,9 @@ def discard(db: Database, spool: Spool, job_id: int, user: str) -> PurgedSeries:
 
 def _remove_files(spool: Spool, series: PurgedSeries, written_before: float) -> None:
     """Delete the files of a series whose rows are gone. One that cannot be deleted (outside
-    the spool: a data_dir moved by hand; permissions) is left where it is, named in one warning
-    for the series, and the purge goes on: `dicomnode doctor` lists such files."""
+    the spool: a data_dir moved by hand; a permission) is left where it is, named in one warning
+    for the series, and the purge goes on. Left inside the spool, `dicomnode doctor` reports it
+    as a file without a row (and `--repair` would take it for a new arrival)."""
     kept = []
     for path in series.paths:
         try:
