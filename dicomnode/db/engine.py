@@ -32,6 +32,7 @@ _SCHEMA_LOCK_KEY = 0x44434D4E  # "DCMN"
 BUSY_TIMEOUT_SECONDS = 30
 _WAL_RETRY_SECONDS = 0.05
 _READS_ONLY = "dicomnode_reads_only"  # the execution option of `Database.reading` sessions
+_READING_STATEMENTS = ("SELECT", "WITH", "BEGIN", "PRAGMA", "EXPLAIN")
 
 
 def _use_wal(cursor: "sqlite3.Cursor") -> None:
@@ -75,6 +76,14 @@ def _configure_sqlite(engine: Engine, read_only: bool) -> None:
         # snapshot, and a C-STORE's write never waits for it.
         reads = read_only or connection.get_execution_options().get(_READS_ONLY, False)
         connection.exec_driver_sql("BEGIN" if reads else "BEGIN IMMEDIATE")
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _reads_only(connection, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        # A write in a deferred transaction would fail at once on a busy database instead of
+        # waiting its turn: `Database.reading` sessions may only read.
+        reading = connection.get_execution_options().get(_READS_ONLY, False)
+        if reading and not statement.lstrip().upper().startswith(_READING_STATEMENTS):
+            raise RuntimeError(f"a Database.reading() session may not write: {statement[:60]}")
 
 
 _LOW_DISK_MB = 16  # below this, a failure to open SQLite names the free space too
@@ -142,7 +151,10 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine, read_only)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        readers = self.engine.execution_options(**{_READS_ONLY: True})
+        reading: dict[str, Any] = {_READS_ONLY: True}
+        if not self.is_sqlite:  # one snapshot for the whole transaction, writes refused
+            reading |= {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+        readers = self.engine.execution_options(**reading)
         self._reading_sessions = sessionmaker(readers, expire_on_commit=False)
 
     def check_schema(self, *, columns: bool = True) -> None:
@@ -210,7 +222,7 @@ class Database:
     def reading(self) -> Iterator[Session]:
         """A session for reads only (a report, a listing, a scan for work): one consistent
         snapshot that takes no write lock on SQLite, so a long one holds up no store. A write in
-        it would fail at once on a busy database, not wait its turn: use `session()` to write."""
+        it is refused (RuntimeError on SQLite, PostgreSQL's read-only transaction)."""
         with self._reading_sessions() as session, session.begin():
             yield session
 

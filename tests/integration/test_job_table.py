@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
-from sqlalchemy import inspect
+from sqlalchemy import func, inspect, select, update
 
 import dicomnode.db.engine as engine_module
 import dicomnode.pipeline.runner as runner_module
@@ -28,7 +28,7 @@ from dicomnode.db.jobs import (
     reclaim_expired_leases,
     record_delivery,
 )
-from dicomnode.db.models import utcnow
+from dicomnode.db.models import Series, utcnow
 from dicomnode.db.retention import purgeable_series
 from dicomnode.db.stats import queue_snapshot
 from dicomnode.errors import JobStateError
@@ -478,3 +478,14 @@ def test_reports_and_scans_for_work_read_while_a_store_holds_the_write_lock(
         writer.rollback()
         writer.close()
     db.dispose()
+
+
+def test_a_reading_session_refuses_to_write(db: Database) -> None:
+    """Its transaction takes no write lock (SQLite), so a write in it would not wait its turn:
+    it is refused, on SQLite by the node, on PostgreSQL by a read-only transaction."""
+    receive(db, "1.2.3.61", 1)
+    with pytest.raises(Exception, match=r"read-only|may not write"), db.reading() as session:
+        session.execute(update(Series).values(pending=False))
+    with db.reading() as session:  # the connection goes back to the pool fit to write again
+        assert session.scalar(select(func.count()).select_from(Series)) == 1
+    receive(db, "1.2.3.62", 1)

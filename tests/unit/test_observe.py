@@ -2,6 +2,7 @@
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,13 @@ from dicomnode.config import EnhanceSettings, load_settings
 from dicomnode.db.failures import database_said, underlying
 from dicomnode.db.group_commit import RowNotRecorded
 from dicomnode.errors import ConfigError, DecodeError, DiskFull, InstanceTooLarge, SpoolError
+from dicomnode.observe import collector
 from dicomnode.observe.bounded import BoundedCall
 from dicomnode.observe.collector import ConfiguredModels
 from dicomnode.observe.counters import REFUSAL_REASONS
 from dicomnode.observe.endpoint import Readiness
 from dicomnode.receive.status import refusal_reason, refusal_text, sender_text
+from dicomnode.spool import Spool
 
 
 @pytest.mark.parametrize(
@@ -122,6 +125,24 @@ def test_a_bounded_call_hands_back_the_functions_error() -> None:
     with pytest.raises(ValueError, match="bad table"):
         BoundedCall(failing, 5, "read")()
     assert BoundedCall(lambda: 42, 5, "read")() == 42
+
+
+def test_a_scrape_whose_database_read_hangs_answers_in_time_without_the_job_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database that does not answer (a hung PostgreSQL, an NFS mount gone) costs a scrape
+    at most its timeout: `dicomnode_database_up 0`, no job families, the disk still told."""
+    answered = threading.Event()
+    monkeypatch.setattr(collector, "queue_snapshot", lambda db: answered.wait(30))
+    registry = CollectorRegistry()
+    registry.register(collector.NodeCollector(None, Spool(tmp_path / "spool"), 0.5))  # type: ignore[arg-type]
+    started = time.monotonic()
+    text = generate_latest(registry).decode()
+    answered.set()
+    assert time.monotonic() - started < 5
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert families["dicomnode_database_up"].samples[0].value == 0
+    assert "dicomnode_jobs" not in families and "dicomnode_disk_free_bytes" in families
 
 
 def test_configured_models_name_each_modalitys_model_file_before_any_job(tmp_path: Path) -> None:
