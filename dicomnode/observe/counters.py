@@ -73,6 +73,12 @@ for _reason in REFUSAL_REASONS:
 for _reason in REJECTION_REASONS:
     ASSOCIATIONS_REJECTED.labels(_reason)
 
+ENHANCEMENTS_FAILED = Counter(
+    "dicomnode_enhancements_failed",
+    "Enhancement attempts of derived jobs that failed (an error, not a declined image).",
+    registry=None,
+)
+
 # Seconds, from a small image on a CPU to a large series forwarded over a slow link.
 _STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 STAGE_SECONDS = Histogram(
@@ -102,6 +108,7 @@ def in_process_metrics() -> list[Collector]:
         INSTANCES_REFUSED,
         ASSOCIATIONS_REJECTED,
         CONNECTIONS_ABORTED,
+        ENHANCEMENTS_FAILED,
         STAGE_SECONDS,
         MODEL,
     ]

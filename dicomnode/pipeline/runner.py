@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from dicomnode.config import EnhanceSettings, Settings
 from dicomnode.db import Database, JobRecord, JobStatus, SpooledInstance
+from dicomnode.db.failures import database_said
 from dicomnode.db.jobs import (
     claim_next_job,
     finish_attempt,
@@ -31,7 +32,7 @@ from dicomnode.db.jobs import (
     set_active_status,
 )
 from dicomnode.errors import DicomNodeError, SpoolError
-from dicomnode.observe.counters import METHOD_STAGES, MODEL, STAGE_SECONDS
+from dicomnode.observe.counters import ENHANCEMENTS_FAILED, METHOD_STAGES, MODEL, STAGE_SECONDS
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.lease import LeaseKeeper
 from dicomnode.pipeline.replay import replay_outgoing
@@ -419,8 +420,9 @@ class JobRunner:
         self, job: JobRecord, inputs: list[SpooledInstance], error: Exception
     ) -> "_Enhanced | None":
         """After the enhancement failed: with originals off (and `forward_unenhanced`), the
-        series goes as it came and the job ends done, the reason in its details, so that the
-        PACS never waits on a failing enhancement for its images; otherwise the job fails and
+        series goes as it came and the job ends done, the reason in its details (and counted in
+        `dicomnode_enhancements_failed_total`), so that the PACS never waits on a failing
+        enhancement for its images; otherwise, or when the database failed, the job fails and
         is retried (its originals went on their own)."""
         from dicomnode.imaging.outcome import SeriesOutcome
 
@@ -429,8 +431,11 @@ class JobRunner:
         else:
             reason = f"internal error: {type(error).__name__}: {error}"
             log.error("enhancement failed with an internal error job=%d", job.id, exc_info=error)
+        ENHANCEMENTS_FAILED.inc()
         enhance = self.settings.enhance
-        if enhance.forward_originals or not enhance.forward_unenhanced:
+        # The database's failure (locked, gone) passes: the job is retried, not given up.
+        passing = database_said(error) is not None
+        if enhance.forward_originals or not enhance.forward_unenhanced or passing:
             self._finish(job, error=reason)
             return None
         log.warning(

@@ -25,6 +25,7 @@ from pydicom.uid import (
 from tests.conftest import pacs_destination
 from tests.support.data import pydicom_test_files
 from tests.support.dcmtk import StoreScp, echoscu, storescu
+from tests.support.metrics import Scrape
 from tests.support.orthanc import Orthanc
 from tests.support.scu import c_store
 from tests.support.series import CT_TEMPLATE
@@ -259,6 +260,7 @@ def test_with_originals_off_a_failing_enhancement_sends_the_series_as_received(
     node = node_factory(
         [pacs_destination(orthanc)],
         enhance={"methods": ["baseline"], "self_check": False, "forward_originals": False},
+        http={"enabled": True},
     ).start()
     outbox = node.data_dir / "spool" / "outbox"
     shutil.rmtree(outbox, ignore_errors=True)
@@ -273,6 +275,7 @@ def test_with_originals_off_a_failing_enhancement_sends_the_series_as_received(
     originals = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in ct_series}
     assert set(orthanc.sop_instance_uids()) == originals
     assert "series sent as received job=1" in node.log()
+    assert Scrape(node.http_port).value("dicomnode_enhancements_failed_total") == 1
 
 
 def _claiming(folder: Path, name: str, **meta: str) -> tuple[Path, str]:
