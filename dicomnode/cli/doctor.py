@@ -20,7 +20,10 @@ from dicomnode.cli.safe_text import shown
 
 def doctor(
     repair: Annotated[
-        bool, typer.Option(help="Index orphan files and delete unfinished temp files.")
+        bool,
+        typer.Option(
+            help="Index orphan files, point rows at moved files, delete unfinished temp files."
+        ),
     ] = False,
     min_age: Annotated[
         float, typer.Option(help="Ignore files younger than this many seconds (in flight).")
@@ -29,8 +32,9 @@ def doctor(
     wide: WideOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Report spool files without rows, rows without files, stale temp files, outboxes of
-    unknown jobs and low disk; --repair indexes, quarantines (not DICOM) and removes what is safe.
+    """Report spool files without rows, rows without files, files moved by hand, stale temp
+    files, outboxes of unknown jobs and low disk; --repair indexes, points rows at moved files,
+    quarantines (not DICOM) and removes what is safe.
 
     Exit 0 when nothing is left to fix, 1 otherwise (missing files always need a resend), 2 when
     there is no database where the settings say (without --repair it is only read).
@@ -61,6 +65,14 @@ def doctor(
             f"(removed {len(report.removed_temp_files)}); outboxes of unknown jobs: "
             f"{len(report.orphan_outboxes)} (removed {len(report.removed_outboxes)})"
         )
+        if report.moved_files:
+            console.print(
+                f"moved files: {len(report.moved_files)} found in the spool where their rows "
+                f"name another place (a data_dir moved by hand; e.g. "
+                f"{shown(report.moved_files[0]['from'])}); rows pointed at them: "
+                f"{len(report.relocated)}"
+                + ("" if repair else " (--repair does it; nothing is resent)")
+            )
         for path in report.quarantined:
             console.print(f"quarantined (not DICOM): {shown(path)}", soft_wrap=True)
         disk = f"disk: {report.free_disk_mb} MB free in {shown(spool.root)}"

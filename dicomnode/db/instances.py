@@ -221,6 +221,16 @@ def _create_job(
     return job.id
 
 
+def relocate_instance(db: Database, sop_instance_uid: str, path: Path) -> None:
+    """Point an instance's row at the file where it is now (`dicomnode doctor --repair`)."""
+    with db.session() as session:
+        session.execute(
+            update(Instance)
+            .where(Instance.sop_instance_uid == sop_instance_uid)
+            .values(path=str(path))
+        )
+
+
 def instance_paths(db: Database) -> dict[str, str]:
     """Every recorded spool file's path, as text, and its SOP Instance UID (for `dicomnode
     doctor`); read without the write lock, so a large table holds up no store."""

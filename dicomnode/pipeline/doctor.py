@@ -8,6 +8,10 @@ Three kinds of inconsistency can follow a crash or a hand-edited data folder:
   (kept for a person to look at, no longer in the way);
 * a row whose file is gone (deleted by hand, disk trouble): reported, never "repaired": the row is
   the evidence that an instance was acknowledged and must be resent;
+* a row whose file is in the spool under another folder (a data_dir moved or copied by hand: the
+  rows name files by their full path): the file is found by its place in the spool's layout
+  (study/series/instance) and the row is pointed at it, never indexed as a new arrival (that
+  would send the whole spool to the PACS again);
 * temp files of writes that never finished: deleted;
 * outbox folders of jobs that no longer exist (a purge interrupted by a crash): deleted, since
   derived outputs are made again from the inputs whenever a job runs.
@@ -26,7 +30,7 @@ from pathlib import Path
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.db import Database, ReceivedInstance
-from dicomnode.db.instances import instance_paths, record_instance
+from dicomnode.db.instances import instance_paths, record_instance, relocate_instance
 from dicomnode.db.jobs import job_ids
 from dicomnode.db.records import printable_code
 from dicomnode.dicom.bounded import read_bounded
@@ -48,6 +52,8 @@ class DoctorReport:
     quarantined: list[str] = field(default_factory=list)
     orphan_outboxes: list[int] = field(default_factory=list)
     removed_outboxes: list[int] = field(default_factory=list)
+    moved_files: list[dict[str, str]] = field(default_factory=list)  # sop, from, to
+    relocated: list[str] = field(default_factory=list)  # SOP UIDs whose rows now name the file
     free_disk_mb: int = 0
     min_free_disk_mb: int = 0
 
@@ -60,13 +66,50 @@ class DoctorReport:
         unindexed = set(self.orphan_files) - set(self.indexed) - set(self.quarantined)
         stale = set(self.stale_temp_files) - set(self.removed_temp_files)
         outboxes = set(self.orphan_outboxes) - set(self.removed_outboxes)
+        moved = {item["sop"] for item in self.moved_files} - set(self.relocated)
         return (
             len(unindexed)
+            + len(moved)
             + len(self.missing_files)
             + len(stale)
             + len(outboxes)
             + int(self.disk_low)
         )
+
+
+def _layout_place(path: Path) -> tuple[str, ...]:
+    """Where a file sits in the spool's layout: its study and series folders and its name."""
+    return path.parts[-3:]
+
+
+def _relocate(
+    db: Database, report: DoctorReport, moved_from: tuple[str, str], path: Path, repair: bool
+) -> None:
+    """A file whose row names it at another place: with `repair`, the row names it here."""
+    sop, old = moved_from
+    report.moved_files.append({"sop": sop, "from": old, "to": str(path)})
+    if repair:
+        relocate_instance(db, sop, path)
+        report.relocated.append(sop)
+        log.info("doctor pointed the row of sop=%s at file=%s (was %s)", sop, path, old)
+
+
+def _orphan(
+    db: Database, spool: Spool, report: DoctorReport, path: Path, repair: bool, max_bytes: int
+) -> None:
+    """A file without a row: with `repair`, indexed as received (or quarantined if unreadable)."""
+    report.orphan_files.append(str(path))
+    if not repair:
+        return
+    try:
+        _index(db, path, max_bytes)
+    except (InvalidDicomError, AttributeError, OSError, DecodeError, InstanceTooLarge) as exc:
+        report.unreadable_files.append(f"{path}: {exc}")
+        report.quarantined.append(str(path))
+        log.warning("doctor quarantined unreadable file=%s to=%s", path, spool.quarantine(path))
+        return
+    report.indexed.append(str(path))
+    log.info("doctor indexed file=%s", path)
 
 
 def _index(db: Database, path: Path, max_bytes: int) -> None:
@@ -101,34 +144,22 @@ def examine(
     )
     unseen = instance_paths(db)  # what is left of it after the walk has no file
     settled = time.time() - min_age_seconds
+    orphans = []
     for name in spool.instance_file_names():
-        if unseen.pop(name, None) is not None:
-            continue
-        path = Path(name)
-        if path.stat().st_mtime > settled:
-            continue
-        report.orphan_files.append(str(path))
-        if repair:
-            try:
-                _index(db, path, max_instance_bytes)
-            except (
-                InvalidDicomError,
-                AttributeError,
-                OSError,
-                DecodeError,
-                InstanceTooLarge,
-            ) as exc:
-                report.unreadable_files.append(f"{path}: {exc}")
-                report.quarantined.append(str(path))
-                log.warning(
-                    "doctor quarantined unreadable file=%s to=%s", path, spool.quarantine(path)
-                )
-                continue
-            report.indexed.append(str(path))
-            log.info("doctor indexed file=%s", path)
-    for name, sop in sorted(unseen.items()):  # one look each: written since the walk passed?
-        if not Path(name).is_file():
-            report.missing_files.append({"sop": sop, "path": name})
+        if unseen.pop(name, None) is None and Path(name).stat().st_mtime <= settled:
+            orphans.append(Path(name))
+    missing = {
+        _layout_place(Path(name)): (sop, name)
+        for name, sop in sorted(unseen.items())  # one look each: written since the walk?
+        if not Path(name).is_file()
+    }
+    for path in orphans:
+        moved_from = missing.pop(_layout_place(path), None)
+        if moved_from is not None:
+            _relocate(db, report, moved_from, path, repair)
+        else:
+            _orphan(db, spool, report, path, repair, max_instance_bytes)
+    report.missing_files += [{"sop": sop, "path": name} for sop, name in missing.values()]
     # The outbox is listed before the jobs are read, and young folders are skipped: a job
     # created meanwhile is never taken for an unknown one.
     outboxes = [

@@ -10,6 +10,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from tests.conftest import pacs_destination
+from tests.support.cli import dicomnode
 from tests.support.dcmtk import storescu
 from tests.support.orthanc import Orthanc
 
@@ -78,3 +79,36 @@ def test_doctor_reports_and_repairs_then_the_orphan_is_forwarded(
         for i in orthanc.instance_ids()
     }
     assert str(orphan.SOPInstanceUID) in arrived
+
+
+def test_a_data_dir_moved_by_hand_is_found_and_its_rows_pointed_at_it_not_sent_again(
+    tmp_path: Path, node_factory, orthanc: Orthanc, ct_series: list[Path]
+) -> None:
+    """The rows name each file by its full path: after an admin moved the data folder (a bigger
+    disk), every row's file was "missing" and every file an "orphan", and `--repair` indexed
+    them all as new arrivals: the whole spool would have gone to the PACS again. The files are
+    now found by their place in the spool's layout and the rows pointed at them."""
+    node = node_factory([pacs_destination(orthanc)]).start()
+    assert storescu(node.port, ct_series).returncode == 0
+    node.wait_for_jobs(lambda js: js and js[0]["status"] == "done")
+    node.stop()
+    moved = tmp_path / "bigger-disk" / "data"
+    moved.parent.mkdir()
+    shutil.move(node.data_dir, moved)
+    config = tmp_path / "moved.toml"
+    config.write_text(f'[node]\ndata_dir = "{moved}"\n')
+
+    found = dicomnode("doctor", "--json", "--min-age", "0", "--config", str(config))
+    assert found.returncode == 1, found.stderr
+    report = json.loads(found.stdout)
+    assert len(report["moved_files"]) == len(ct_series)
+    assert report["orphan_files"] == [] and report["missing_files"] == []
+    assert all(item["to"].startswith(str(moved)) for item in report["moved_files"])
+
+    repair = ["doctor", "--repair", "--json", "--min-age", "0", "--config", str(config)]
+    repaired = dicomnode(*repair)
+    assert repaired.returncode == 0, repaired.stdout
+    assert len(json.loads(repaired.stdout)["relocated"]) == len(ct_series)
+    assert dicomnode(*repair).returncode == 0  # nothing left
+    listed = json.loads(dicomnode("jobs", "list", "--json", "--config", str(config)).stdout)
+    assert [job["status"] for job in listed["jobs"]] == ["done"]  # no new job: nothing resent
