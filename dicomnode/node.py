@@ -18,6 +18,7 @@ from dicomnode.db import Database, open_database
 from dicomnode.db.instances import (
     create_jobs_for_quiet_series,
     forget_instances_without_files,
+    newest_path,
     next_completion_due,
 )
 from dicomnode.db.jobs import reclaim_expired_leases
@@ -360,9 +361,25 @@ class Node:
             if now < due < tick.next_run_time:
                 tick.modify(next_run_time=due)
 
+    def _refuse_a_moved_spool(self) -> None:
+        """Refuse to start when the database names its files in another folder (a data_dir
+        moved by hand): every job would find its inputs missing, and the newest rows would be
+        taken for a power loss's and forgotten."""
+        newest = newest_path(self.db)
+        instances = self.spool.instances_dir
+        if newest is None or instances in newest.parents:
+            return
+        raise ConfigError(
+            f"setting node.data_dir: the database names its spool files in another folder "
+            f"(the newest: {newest}), not in {instances}: was the data folder moved? Run "
+            "`dicomnode doctor --repair` (it points the rows at the files where they are now), "
+            "then start again"
+        )
+
     def _start_listeners(self) -> None:
         """Listen here, plus node.listener_processes - 1 receiver processes on the same port."""
         node = self.settings.node
+        self._refuse_a_moved_spool()
         for sop_uid, series_uid in forget_instances_without_files(self.db):
             log.warning(
                 "instance forgotten: its spool file is missing (a crash while it was stored: its "

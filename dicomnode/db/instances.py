@@ -67,6 +67,13 @@ def record_instances(
 UNSYNCED_NAME_WINDOW = timedelta(minutes=10)
 
 
+def newest_path(db: Database) -> Path | None:
+    """The spool file of the instance received last (None: no instance yet)."""
+    with db.reading() as session:
+        path = session.scalar(select(Instance.path).order_by(Instance.received_at.desc()).limit(1))
+    return None if path is None else Path(path)
+
+
 def forget_instances_without_files(db: Database) -> list[tuple[str, str]]:
     """Delete the rows of the newest instances whose spool file is missing; return their
     (SOP Instance UID, Series Instance UID).

@@ -98,6 +98,10 @@ def test_a_data_dir_moved_by_hand_is_found_and_its_rows_pointed_at_it_not_sent_a
     config = tmp_path / "moved.toml"
     config.write_text(f'[node]\ndata_dir = "{moved}"\n')
 
+    refused = dicomnode("serve", "--config", str(config))  # before doctor: refused, told why
+    assert refused.returncode == 2, refused.stderr
+    assert "the database names its spool files in another folder" in refused.stderr
+    assert "Run `dicomnode doctor --repair`" in refused.stderr
     found = dicomnode("doctor", "--json", "--min-age", "0", "--config", str(config))
     assert found.returncode == 1, found.stderr
     report = json.loads(found.stdout)
