@@ -65,6 +65,7 @@ from dicomnode.receive.status import (
     status_for,
 )
 from dicomnode.receive.store_lane import Arrival
+from dicomnode.receive.syntaxes import ACCEPTED_TRANSFER_SYNTAXES
 from dicomnode.spool import Spool, validate_uid
 
 log = logging.getLogger(__name__)
@@ -550,7 +551,7 @@ def start_receiver(
     elif not quiet:
         log.warning("node.allowed_calling_aets is empty: accepting stores from any calling AE")
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     # Either role: a caller asks us (we are SCP), a destination reports to us (it is SCP).
     ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)

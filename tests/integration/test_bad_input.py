@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import (
+    CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     generate_uid,
 )
+from pynetdicom import AE
 
 from tests.conftest import pacs_destination
 from tests.support.data import pydicom_test_files
@@ -405,3 +407,23 @@ def test_truncated_or_misdeclared_data_sets_are_refused_and_a_long_deflated_head
     assert "the data set is truncated or not in Explicit VR Little Endian" in node.log()
     assert "the data set cannot be decoded as Implicit VR Little Endian" in node.log()
     assert "ends 5000 bytes after its" in node.log()
+
+
+def test_a_transfer_syntax_no_pacs_could_be_sent_is_refused_at_association(node_factory) -> None:
+    """JPEG XL (no decoder here) is refused in the A-ASSOCIATE-AC, as DCMTK's storescp +xa and
+    Orthanc do: the modality sends in the syntax it proposed beside it. Taken, the instance
+    could reach no PACS that does not take JPEG XL itself (it could not be decoded for one)."""
+    node = node_factory([]).start()
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.4.110")  # JPEG XL Lossless
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
+    try:
+        assert assoc.is_established
+        assert [(cx.transfer_syntax[0], cx.result) for cx in assoc.accepted_contexts] == [
+            (ExplicitVRLittleEndian, 0x00)
+        ]
+        [refused] = assoc.rejected_contexts
+        assert refused.result == 0x04  # transfer syntaxes not supported (PS3.8 9.3.3.2)
+    finally:
+        assoc.release()
