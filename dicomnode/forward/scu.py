@@ -25,6 +25,7 @@ from dicomnode.config import Destination, Settings
 from dicomnode.db import SpooledInstance
 from dicomnode.dicom.bounded import read_bounded
 from dicomnode.dicom.endian import little_endian
+from dicomnode.dicom.lossy import lossy_history
 from dicomnode.dicom.release import end
 from dicomnode.dicom.tls import ClientContext, client_tls_args
 from dicomnode.errors import (
@@ -169,6 +170,9 @@ def _uncompressed(item: SpooledInstance, max_bytes: int) -> Dataset:
     if not syntax.is_little_endian:  # Explicit VR Big Endian (retired): pynetdicom keeps it
         return little_endian(dataset)
     if syntax.is_compressed:
+        lossy = Dataset()  # what tells a viewer it was lossy once its syntax no longer does
+        if dataset.get("LossyImageCompression") != "01":
+            lossy_history(lossy, dataset)
         try:
             # The same instance, decoded: pydicom would give it a new SOP Instance UID.
             dataset.decompress(generate_instance_uid=False)
@@ -178,6 +182,7 @@ def _uncompressed(item: SpooledInstance, max_bytes: int) -> Dataset:
                 f"fallback: {type(exc).__name__}: {exc}",
                 transient=False,
             ) from None
+        dataset.update(lossy)  # PS3.3 C.7.6.1.1.5: once lossy, marked so for good
     return dataset
 
 

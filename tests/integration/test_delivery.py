@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -263,6 +264,27 @@ def test_a_peer_that_breaks_off_every_association_stops_the_series_saying_so(
         message
     )
     assert "2 not tried)" in message and "the peer ended the association first" in message
+
+
+def test_an_instance_decoded_for_a_peer_stays_marked_lossy_when_its_syntax_said_so(
+    tmp_path: Path,
+) -> None:
+    """A JPEG-LS near-lossless file without LossyImageCompression said it was lossy by its
+    syntax alone: decoded for a PACS that takes only uncompressed, it arrived unmarked (a
+    radiologist could take it for the original pixels). PS3.3 C.7.6.1.1.5: once lossy, "01"."""
+    [near_lossless] = pydicom_test_files("JPEGLSNearLossless_16.dcm")
+    source = dcmread(near_lossless)
+    assert "LossyImageCompression" not in source
+    peer = FaultyScp(transfer_syntaxes=[ExplicitVRLittleEndian], keep_data_sets=True).start()
+    try:
+        destination = Destination("faulty", peer.ae_title, "127.0.0.1", peer.port)
+        scu.send_series(1, destination, _spooled([near_lossless]), Settings())
+    finally:
+        peer.stop()
+    received = dcmread(DicomBytesIO(peer.data_sets[source.SOPInstanceUID]), force=True)
+    assert received.LossyImageCompression == "01"
+    assert received.LossyImageCompressionMethod == "ISO_14495_1"
+    assert received.SOPInstanceUID == source.SOPInstanceUID
 
 
 def test_a_peer_without_the_compressed_syntax_gets_the_same_instance_decoded_or_a_refusal(
