@@ -231,10 +231,10 @@ def send_series(
                 end(assoc)
                 assoc = _associate(destination, settings, contexts)
                 continue
-            except ForwardError as exc:
-                if exc.transient:
+            except ForwardError as exc:  # ours: no syntax the peer took fits (a video, a
+                if exc.transient:  # file that will not decode); or no answer at all
                     raise
-                tally.refuse(str(exc))
+                tally.cannot_send(str(exc))
                 continue
             outcome = classify_store_status(status)
             problem = f"0x{status:04X} for sop={item.sop_instance_uid}"

@@ -38,6 +38,7 @@ class SeriesTally:
     deferred: list[str] = field(default_factory=list)  # "try later" statuses
     broken_off: list[str] = field(default_factory=list)  # the peer ended the association
     unreadable: list[str] = field(default_factory=list)  # our spooled file could not be read
+    unsendable: list[str] = field(default_factory=list)  # in no syntax the peer takes (video)
     _transient_in_a_row: int = 0
 
     def stored(self, *, warning: bool) -> None:
@@ -50,6 +51,10 @@ class SeriesTally:
 
     def unread(self, problem: str) -> None:
         self.unreadable.append(problem)
+
+    def cannot_send(self, problem: str) -> None:
+        """An instance we cannot put in any syntax the peer took (for good, as a refusal)."""
+        self.unsendable.append(problem)
 
     def defer(self, problem: str) -> bool:
         """Record a transient status; True when the attempt should stop here."""
@@ -65,11 +70,7 @@ class SeriesTally:
     def error(self) -> ForwardError | None:
         """The attempt's failure, None when every instance was stored: transient when any
         instance may go later (retried), else permanent for what the peer refused."""
-        also = (
-            f"; {self.destination} refused {len(self.refused)}: {listed(self.refused)}"
-            if self.refused
-            else ""
-        )
+        also = "".join(f"; {part}" for part in self._for_good())
         stopped = f", stopped there: {self.total - self.tried} not tried"
         stopped = stopped if self.tried < self.total else ""
         unreadable = (
@@ -95,14 +96,24 @@ class SeriesTally:
             return SeriesIncomplete("; ".join(later) + also, sent=self.sent)
         if self.unreadable:  # retried too: the files may be back by then
             return UnreadableSpool(unreadable + also, sent=self.sent)
-        if self.refused:
-            return ForwardError(
-                f"{self.destination} refused {len(self.refused)} of {self.total} instances: "
-                f"{listed(self.refused)}",
-                transient=False,
-                sent=self.sent,
-            )
+        if self.refused or self.unsendable:
+            return ForwardError("; ".join(self._for_good()), transient=False, sent=self.sent)
         return None
+
+    def _for_good(self) -> list[str]:
+        """What resending will not change: the peer's refusals, and what we cannot send it."""
+        parts = []
+        if self.refused:
+            parts.append(
+                f"{self.destination} refused {len(self.refused)} of {self.total} instances: "
+                f"{listed(self.refused)}"
+            )
+        if self.unsendable:
+            parts.append(
+                f"{len(self.unsendable)} of {self.total} instances cannot be sent to "
+                f"{self.destination} in a transfer syntax it takes: {listed(self.unsendable)}"
+            )
+        return parts
 
     def ending(self, error: ForwardError) -> ForwardError:
         """`error`, which ended the attempt midway (a timeout, a peer that no longer

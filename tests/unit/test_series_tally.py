@@ -39,7 +39,7 @@ def test_try_later_is_retried_and_still_names_what_was_refused_for_good() -> Non
     assert isinstance(error, SeriesIncomplete)  # the deferred one may go later
     assert str(error) == (
         "pacs answered 0x0110 for sop=2 (1 of 3 instances not taken for now, 1 sent); "
-        "pacs refused 1: 0xC000 for sop=1"
+        "pacs refused 1 of 3 instances: 0xC000 for sop=1"
     )
 
 
@@ -88,3 +88,17 @@ def test_an_error_that_ends_the_attempt_midway_keeps_what_came_before_it() -> No
     clean = SeriesTally("pacs", total=5, tried=1)
     clean.stored(warning=False)
     assert clean.ending(timeout) is timeout and timeout.sent == 1
+
+
+def test_what_we_cannot_send_is_told_apart_from_what_the_peer_refused() -> None:
+    tally = SeriesTally("pacs", total=3, tried=3)
+    tally.refuse("0x0122 for sop=1")
+    tally.cannot_send("cannot decompress sop=2 for the uncompressed fallback: no decoder")
+    tally.stored(warning=False)
+    error = tally.error()
+    assert error is not None and not error.transient and error.sent == 1
+    assert str(error) == (
+        "pacs refused 1 of 3 instances: 0x0122 for sop=1; 1 of 3 instances cannot be sent to "
+        "pacs in a transfer syntax it takes: cannot decompress sop=2 for the uncompressed "
+        "fallback: no decoder"
+    )
