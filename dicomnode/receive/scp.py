@@ -259,6 +259,15 @@ class _Received:
     series: set[str] = field(default_factory=set)
 
 
+_REFUSED_TOLD_MAX = 1000  # (calling AE, SOP class) pairs remembered; a flood tells no more
+
+
+def _named(uid: str) -> str:
+    """A UID with its name where the dictionary knows it: 'CT Image Storage (1.2...)'."""
+    name = UID(uid).name
+    return f"{name} ({uid})" if name != uid else uid
+
+
 class StorageReceiver:
     """The SCP's handlers, bound to one spool and one database."""
 
@@ -283,6 +292,8 @@ class StorageReceiver:
         # The copies of one SOP Instance UID are stored one at a time: two placed and recorded
         # at once into different series could each remove the file the other had just placed.
         self._uid_locks = [threading.Lock() for _ in range(64)]
+        # (calling AE, SOP class) whose every proposed context was refused, told once each.
+        self._refused_told: set[tuple[str, str]] = set()
 
     def handlers(self) -> list[tuple]:
         return [
@@ -333,6 +344,31 @@ class StorageReceiver:
     def handle_established(self, event: Event) -> None:
         with self._received_lock:
             self._received.setdefault(event.assoc, _Received())
+        self._tell_refused_classes(event.assoc)
+
+    def _tell_refused_classes(self, assoc: Association) -> None:
+        """One line, once per calling AE and SOP class, for a class none of whose proposed
+        contexts we accepted (a syntax we cannot deliver, a class that is not storage): the
+        modality cannot send such instances here, and otherwise would only say "aborted"."""
+        accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+        refused: dict[str, list[str]] = {}
+        for cx in assoc.rejected_contexts:
+            if cx.abstract_syntax not in accepted:
+                refused.setdefault(cx.abstract_syntax, []).extend(cx.transfer_syntax)
+        calling = assoc.requestor.ae_title
+        for sop_class, syntaxes in refused.items():
+            key = (calling, sop_class)
+            if key in self._refused_told or len(self._refused_told) >= _REFUSED_TOLD_MAX:
+                continue
+            self._refused_told.add(key)
+            log.warning(
+                "presentation context refused: %s in %s: no transfer syntax proposed is one "
+                "the node can deliver, or not a storage SOP class (told once per calling AE) "
+                "calling_aet=%s",
+                _named(sop_class),
+                ", ".join(_named(syntax) for syntax in syntaxes) or "-",
+                calling,
+            )
 
     def handle_closed(self, event: Event) -> None:
         """One line for the end of every association that was established: a warning when it

@@ -20,6 +20,7 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    MRImageStorage,
     generate_uid,
 )
 from pynetdicom import AE
@@ -427,3 +428,17 @@ def test_a_transfer_syntax_no_pacs_could_be_sent_is_refused_at_association(node_
         assert refused.result == 0x04  # transfer syntaxes not supported (PS3.8 9.3.3.2)
     finally:
         assoc.release()
+    assert "presentation context refused" not in node.log()  # CT goes in Explicit VR
+
+    only = AE(ae_title="MODALITY")  # MR in JPEG XL only: MR cannot come from this modality
+    only.add_requested_context(MRImageStorage, "1.2.840.10008.1.2.4.110")
+    only.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    for _ in range(2):
+        assoc = only.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
+        assert assoc.is_established
+        assoc.release()
+    refused_line = (
+        "presentation context refused: MR Image Storage (1.2.840.10008.5.1.4.1.1.4) in JPEG XL "
+        "Lossless (1.2.840.10008.1.2.4.110)"
+    )
+    assert node.log().count(refused_line) == 1  # once per calling AE and class
