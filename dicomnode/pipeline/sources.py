@@ -7,6 +7,7 @@ from pydicom.errors import InvalidDicomError
 
 from dicomnode.db import SpooledInstance
 from dicomnode.dicom.bounded import read_bounded
+from dicomnode.dicom.endian import little_endian
 from dicomnode.errors import DecodeError, ImageDeclined, InstanceTooLarge, SeriesTooLarge
 from dicomnode.imaging.outcome import TOO_LARGE, DeclinedImage
 from dicomnode.imaging.pixels import ModalityImage, pixel_domain, to_modality
@@ -54,6 +55,8 @@ def load_sources(
     for item in inputs:
         try:
             dataset = read_bounded(item.path, max_bytes)
+            if dataset.original_encoding[1] is False:  # Explicit VR Big Endian (retired)
+                dataset = little_endian(dataset)  # as it is forwarded to a PACS without it
             series_bytes += _job_bytes(dataset)
             if max_series_bytes and series_bytes > max_series_bytes:
                 raise SeriesTooLarge(_too_large(dataset, len(inputs), max_series_bytes))
