@@ -362,13 +362,16 @@ class Node:
                 tick.modify(next_run_time=due)
 
     def _refuse_a_moved_spool(self) -> None:
-        """Refuse to start when the database names its files in another folder (a data_dir
-        moved by hand): every job would find its inputs missing, and the newest rows would be
-        taken for a power loss's and forgotten."""
+        """Refuse to start when the database names its files in another folder, where they are
+        (copied) or whence they came to this one (moved by hand): every job would read, or miss,
+        the old folder's files, and the newest rows would be taken for a power loss's."""
         newest = newest_path(self.db)
         instances = self.spool.instances_dir
         if newest is None or instances in newest.parents:
             return
+        here = instances.joinpath(*newest.parts[-3:])  # its place in this spool's layout
+        if not newest.is_file() and not here.is_file():
+            return  # lost, not moved: forgotten below (a power loss), or doctor says "missing"
         raise ConfigError(
             f"setting node.data_dir: the database names its spool files in another folder "
             f"(the newest: {newest}), not in {instances}: was the data folder moved? Run "

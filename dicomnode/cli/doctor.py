@@ -73,6 +73,12 @@ def doctor(
                 f"{len(report.relocated)}"
                 + ("" if repair else " (--repair does it; nothing is resent)")
             )
+        for path in report.second_copies:
+            console.print(
+                f"left (its instance's row names another file; indexed, it would be sent "
+                f"again): {shown(path)}",
+                soft_wrap=True,
+            )
         for path in report.quarantined:
             console.print(f"quarantined (not DICOM): {shown(path)}", soft_wrap=True)
         disk = f"disk: {report.free_disk_mb} MB free in {shown(spool.root)}"

@@ -5,7 +5,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.engine import Database
@@ -228,13 +228,18 @@ def _create_job(
     return job.id
 
 
-def relocate_instance(db: Database, sop_instance_uid: str, path: Path) -> None:
-    """Point an instance's row at the file where it is now (`dicomnode doctor --repair`)."""
+def relocate_instances(db: Database, moved: Sequence[tuple[str, str, str]]) -> None:
+    """Point instances' rows at the files where they are now, given (SOP UID, old path, new
+    path) each, in one transaction (`dicomnode doctor --repair`); a row that names another file
+    by now (received again meanwhile) is left as it is."""
+    table = Instance.__table__  # Core: one statement for many rows, no ORM objects
+    assert isinstance(table, Table)
     with db.session() as session:
-        session.execute(
-            update(Instance)
-            .where(Instance.sop_instance_uid == sop_instance_uid)
-            .values(path=str(path))
+        session.connection().execute(
+            update(table)
+            .where(table.c.sop_instance_uid == bindparam("sop"), table.c.path == bindparam("old"))
+            .values(path=bindparam("new")),
+            [{"sop": sop, "old": old, "new": new} for sop, old, new in moved],
         )
 
 

@@ -4,7 +4,8 @@ Three kinds of inconsistency can follow a crash or a hand-edited data folder:
 
 * an instance file without a row (the process died between the file's rename and the row's commit,
   or a file was copied in): repaired by indexing it like a received instance, so its series
-  becomes a job again. Files that cannot be read as DICOM are moved to `spool/quarantine/`
+  becomes a job again; not when a row names another file of that instance (a second copy: it is
+  left, named, and nothing is sent again). Files that cannot be read as DICOM are moved to `spool/quarantine/`
   (kept for a person to look at, no longer in the way);
 * a row whose file is gone (deleted by hand, disk trouble): reported, never "repaired": the row is
   the evidence that an instance was acknowledged and must be resent;
@@ -23,6 +24,7 @@ Files younger than `min_age_seconds` are left alone: a running receiver may be w
 """
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,13 @@ from pathlib import Path
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.db import Database, ReceivedInstance
-from dicomnode.db.instances import instance_paths, record_instance, relocate_instance
+from dicomnode.db.instances import (
+    instance_paths,
+    newest_path,
+    record_instance,
+    relocate_instances,
+    stored_path,
+)
 from dicomnode.db.jobs import job_ids
 from dicomnode.db.records import printable_code
 from dicomnode.dicom.bounded import read_bounded
@@ -39,6 +47,7 @@ from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
 DOCTOR_AET = "DOCTOR"
+RELOCATED_PER_TRANSACTION = 1000  # rows pointed at their moved files in one transaction
 
 
 @dataclass
@@ -54,6 +63,7 @@ class DoctorReport:
     removed_outboxes: list[int] = field(default_factory=list)
     moved_files: list[dict[str, str]] = field(default_factory=list)  # sop, from, to
     relocated: list[str] = field(default_factory=list)  # SOP UIDs whose rows now name the file
+    second_copies: list[str] = field(default_factory=list)  # of an instance with a row: left
     free_disk_mb: int = 0
     min_free_disk_mb: int = 0
 
@@ -63,7 +73,12 @@ class DoctorReport:
 
     @property
     def problems_left(self) -> int:
-        unindexed = set(self.orphan_files) - set(self.indexed) - set(self.quarantined)
+        unindexed = (
+            set(self.orphan_files)
+            - set(self.indexed)
+            - set(self.quarantined)
+            - set(self.second_copies)
+        )
         stale = set(self.stale_temp_files) - set(self.removed_temp_files)
         outboxes = set(self.orphan_outboxes) - set(self.removed_outboxes)
         moved = {item["sop"] for item in self.moved_files} - set(self.relocated)
@@ -77,21 +92,34 @@ class DoctorReport:
         )
 
 
-def _layout_place(path: Path) -> tuple[str, ...]:
+def _layout_place(name: str) -> str:
     """Where a file sits in the spool's layout: its study and series folders and its name."""
-    return path.parts[-3:]
+    return os.sep.join(name.rsplit(os.sep, 3)[-3:])
 
 
 def _relocate(
-    db: Database, report: DoctorReport, moved_from: tuple[str, str], path: Path, repair: bool
+    db: Database, report: DoctorReport, relocations: list[tuple[str, str, str]], repair: bool
 ) -> None:
-    """A file whose row names it at another place: with `repair`, the row names it here."""
-    sop, old = moved_from
-    report.moved_files.append({"sop": sop, "from": old, "to": str(path)})
-    if repair:
-        relocate_instance(db, sop, path)
-        report.relocated.append(sop)
-        log.info("doctor pointed the row of sop=%s at file=%s (was %s)", sop, path, old)
+    """Files whose rows name them at another place, as (SOP UID, old path, new path): with
+    `repair`, the rows name them here, the newest row last (`serve` looks at it to tell a
+    moved spool, so a repair cut short is still told)."""
+    report.moved_files += [{"sop": sop, "from": old, "to": new} for sop, old, new in relocations]
+    if not repair or not relocations:
+        return
+    newest = newest_path(db)
+    relocations.sort(key=lambda moved: moved[1] == str(newest))
+    for start in range(0, len(relocations), RELOCATED_PER_TRANSACTION):
+        batch = relocations[start : start + RELOCATED_PER_TRANSACTION]
+        relocate_instances(db, batch)
+        report.relocated += [sop for sop, _, _ in batch]
+    sop, old, new = relocations[-1]
+    log.info(
+        "doctor pointed the rows of %d moved files at them (the last: sop=%s file=%s, was %s)",
+        len(relocations),
+        sop,
+        new,
+        old,
+    )
 
 
 def _orphan(
@@ -102,18 +130,26 @@ def _orphan(
     if not repair:
         return
     try:
-        _index(db, path, max_bytes)
+        recorded = _index(db, path, max_bytes)
     except (InvalidDicomError, AttributeError, OSError, DecodeError, InstanceTooLarge) as exc:
         report.unreadable_files.append(f"{path}: {exc}")
         report.quarantined.append(str(path))
         log.warning("doctor quarantined unreadable file=%s to=%s", path, spool.quarantine(path))
         return
+    if recorded is not None:  # indexed, it would send that instance's series again
+        report.second_copies.append(str(path))
+        log.warning("doctor left a second copy file=%s (the row names %s)", path, recorded)
+        return
     report.indexed.append(str(path))
     log.info("doctor indexed file=%s", path)
 
 
-def _index(db: Database, path: Path, max_bytes: int) -> None:
+def _index(db: Database, path: Path, max_bytes: int) -> Path | None:
+    """Record the file as received; the file its row names instead, when it has one already."""
     ds = read_bounded(path, max_bytes, stop_before_pixels=True)
+    recorded = stored_path(db, str(ds.SOPInstanceUID))
+    if recorded is not None:
+        return recorded
     record_instance(
         db,
         ReceivedInstance(
@@ -128,6 +164,7 @@ def _index(db: Database, path: Path, max_bytes: int) -> None:
             calling_aet=DOCTOR_AET,
         ),
     )
+    return None
 
 
 def examine(
@@ -142,24 +179,37 @@ def examine(
     report = DoctorReport(
         free_disk_mb=spool.free_bytes() // 1048576, min_free_disk_mb=min_free_disk_mb
     )
-    unseen = instance_paths(db)  # what is left of it after the walk has no file
+    unseen = instance_paths(db)  # what is left of it after the walk has no file here
     settled = time.time() - min_age_seconds
     orphans = []
     for name in spool.instance_file_names():
         if unseen.pop(name, None) is None and Path(name).stat().st_mtime <= settled:
-            orphans.append(Path(name))
-    missing = {
-        _layout_place(Path(name)): (sop, name)
-        for name, sop in sorted(unseen.items())  # one look each: written since the walk?
-        if not Path(name).is_file()
+            orphans.append(name)
+    # Rows that name a file outside this spool (a data folder moved or copied by hand: the old
+    # copy may still be there), by their place in the spool's layout; and rows whose file in
+    # this spool is gone.
+    inside = f"{spool.instances_dir}{os.sep}"
+    elsewhere = {
+        _layout_place(name): (sop, name)
+        for name, sop in unseen.items()
+        if not name.startswith(inside)
     }
-    for path in orphans:
-        moved_from = missing.pop(_layout_place(path), None)
+    missing = [
+        {"sop": sop, "path": name}
+        for name, sop in sorted(unseen.items())
+        if name.startswith(inside) and not Path(name).is_file()
+    ]
+    relocations = []
+    for name in orphans:
+        moved_from = elsewhere.pop(_layout_place(name), None)
         if moved_from is not None:
-            _relocate(db, report, moved_from, path, repair)
+            relocations.append((*moved_from, name))
         else:
-            _orphan(db, spool, report, path, repair, max_instance_bytes)
-    report.missing_files += [{"sop": sop, "path": name} for sop, name in missing.values()]
+            _orphan(db, spool, report, Path(name), repair, max_instance_bytes)
+    _relocate(db, report, relocations, repair)
+    report.missing_files += missing + [
+        {"sop": sop, "path": name} for sop, name in elsewhere.values() if not Path(name).is_file()
+    ]
     # The outbox is listed before the jobs are read, and young folders are skipped: a job
     # created meanwhile is never taken for an unknown one.
     outboxes = [

@@ -6,6 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
@@ -81,20 +82,25 @@ def test_doctor_reports_and_repairs_then_the_orphan_is_forwarded(
     assert str(orphan.SOPInstanceUID) in arrived
 
 
+@pytest.mark.parametrize("how", ["moved", "copied"])
 def test_a_data_dir_moved_by_hand_is_found_and_its_rows_pointed_at_it_not_sent_again(
-    tmp_path: Path, node_factory, orthanc: Orthanc, ct_series: list[Path]
+    tmp_path: Path, node_factory, orthanc: Orthanc, ct_series: list[Path], how: str
 ) -> None:
     """The rows name each file by its full path: after an admin moved the data folder (a bigger
     disk), every row's file was "missing" and every file an "orphan", and `--repair` indexed
     them all as new arrivals: the whole spool would have gone to the PACS again. The files are
-    now found by their place in the spool's layout and the rows pointed at them."""
+    now found by their place in the spool's layout and the rows pointed at them; so they are
+    when the old folder is kept (copied, `cp -a`, until checked)."""
     node = node_factory([pacs_destination(orthanc)]).start()
     assert storescu(node.port, ct_series).returncode == 0
     node.wait_for_jobs(lambda js: js and js[0]["status"] == "done")
     node.stop()
     moved = tmp_path / "bigger-disk" / "data"
     moved.parent.mkdir()
-    shutil.move(node.data_dir, moved)
+    if how == "moved":
+        shutil.move(node.data_dir, moved)
+    else:
+        shutil.copytree(node.data_dir, moved)
     config = tmp_path / "moved.toml"
     config.write_text(f'[node]\ndata_dir = "{moved}"\n')
 
