@@ -5,8 +5,8 @@ Three kinds of inconsistency can follow a crash or a hand-edited data folder:
 * an instance file without a row (the process died between the file's rename and the row's commit,
   or a file was copied in): repaired by indexing it like a received instance, so its series
   becomes a job again; not when a row names another file of that instance (a second copy: it is
-  left, named, and nothing is sent again). Files that cannot be read as DICOM are moved to `spool/quarantine/`
-  (kept for a person to look at, no longer in the way);
+  left, named, and nothing is sent again). Files that cannot be read as DICOM are moved to
+  `spool/quarantine/` (kept for a person to look at, no longer in the way);
 * a row whose file is gone (deleted by hand, disk trouble): reported, never "repaired": the row is
   the evidence that an instance was acknowledged and must be resent;
 * a row whose file is in the spool under another folder (a data_dir moved or copied by hand: the
