@@ -79,6 +79,14 @@ class BrokenOff(ForwardError):
         super().__init__(message, transient=True)
 
 
+class ClassNotTaken(ForwardError):
+    """The peer accepted no presentation context for an instance's SOP class (it does not store
+    that class, e.g. SR): its refusal, for good."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=False)
+
+
 class SeriesIncomplete(ForwardError):
     """The peer took part of a series and asked for the rest later ("try later" answers, an
     association it ended): it is up and answering, so the job's next series still go to it."""

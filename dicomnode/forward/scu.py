@@ -30,6 +30,7 @@ from dicomnode.dicom.release import end
 from dicomnode.dicom.tls import ClientContext, client_tls_args
 from dicomnode.errors import (
     BrokenOff,
+    ClassNotTaken,
     ConfigError,
     DecodeError,
     ForwardError,
@@ -139,10 +140,15 @@ def _store(assoc: Association, item: SpooledInstance, max_bytes: int, message_id
         dataset = _uncompressed(item, max_bytes)
         started = time.monotonic()  # after decoding: only the peer's wait is judged a timeout
         response = assoc.send_c_store(dataset, msg_id=message_id)
+    elif not any(cx.abstract_syntax == item.sop_class_uid for cx in assoc.accepted_contexts):
+        raise ClassNotTaken(
+            f"no presentation context for SOP class {item.sop_class_uid} "
+            f"(sop={item.sop_instance_uid})"
+        )
     else:
         raise ForwardError(
-            f"peer accepted no transfer syntax for SOP class {item.sop_class_uid} "
-            f"(sop={item.sop_instance_uid})",
+            f"peer accepted no transfer syntax we can send sop={item.sop_instance_uid} in "
+            f"(SOP class {item.sop_class_uid})",
             transient=False,
         )
     if "Status" not in response:
@@ -173,6 +179,7 @@ def _uncompressed(item: SpooledInstance, max_bytes: int) -> Dataset:
         lossy = Dataset()  # what tells a viewer it was lossy once its syntax no longer does
         if dataset.get("LossyImageCompression") != "01":
             lossy_history(lossy, dataset)
+        compressed_bytes = len(dataset.PixelData)
         try:
             # The same instance, decoded: pydicom would give it a new SOP Instance UID.
             dataset.decompress(generate_instance_uid=False)
@@ -182,6 +189,10 @@ def _uncompressed(item: SpooledInstance, max_bytes: int) -> Dataset:
                 f"fallback: {type(exc).__name__}: {exc}",
                 transient=False,
             ) from None
+        if "LossyImageCompressionMethod" in lossy and compressed_bytes:
+            # Type 1C with the method in enhanced IODs; what this stream achieved.
+            ratio = len(dataset.PixelData) / compressed_bytes
+            lossy.LossyImageCompressionRatio = f"{ratio:.2f}"
         dataset.update(lossy)  # PS3.3 C.7.6.1.1.5: once lossy, marked so for good
     return dataset
 
@@ -230,6 +241,9 @@ def send_series(
                 )
                 end(assoc)
                 assoc = _associate(destination, settings, contexts)
+                continue
+            except ClassNotTaken as exc:  # the peer's refusal, told at association
+                tally.refuse(str(exc))
                 continue
             except ForwardError as exc:  # ours: no syntax the peer took fits (a video, a
                 if exc.transient:  # file that will not decode); or no answer at all

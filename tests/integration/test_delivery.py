@@ -8,6 +8,7 @@ from pydicom import dcmread
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import (
+    CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -136,6 +137,22 @@ def test_a_series_the_peer_takes_only_part_of_for_now_does_not_keep_the_next_one
     assert delivery.sent == 3
     assert delivery.error == (
         f"faulty answered 0xA702 for sop={stuck} (1 of 3 instances not taken for now, 2 sent)"
+    )
+
+
+def test_a_sop_class_the_peer_does_not_take_is_its_refusal_and_the_rest_arrive(
+    tmp_path: Path,
+) -> None:
+    """A PACS that takes no context for a class (MR here) refused it: told as its refusal, for
+    good, not as a syntax we could not send, and the series' CT images still go."""
+    ct = write_ct_series(tmp_path / "ct", 2, size=32)
+    mr = _mr_copy(ct[0], tmp_path / "mr.dcm")
+    peer = FaultyScp(sop_classes=[CTImageStorage]).start()
+    error = _send_failing_then_stop(peer, _spooled([*ct, mr]))
+    assert not error.transient and error.sent == 2
+    assert str(error) == (
+        f"faulty refused 1 of 3 instances: no presentation context for SOP class "
+        f"{MRImageStorage} (sop={dcmread(mr).SOPInstanceUID})"
     )
 
 
@@ -284,6 +301,8 @@ def test_an_instance_decoded_for_a_peer_stays_marked_lossy_when_its_syntax_said_
     received = dcmread(DicomBytesIO(peer.data_sets[source.SOPInstanceUID]), force=True)
     assert received.LossyImageCompression == "01"
     assert received.LossyImageCompressionMethod == "ISO_14495_1"
+    ratio = len(received.PixelData) / len(source.PixelData)  # decoded / as it came
+    assert float(received.LossyImageCompressionRatio) == pytest.approx(ratio, abs=0.01)
     assert received.SOPInstanceUID == source.SOPInstanceUID
 
 

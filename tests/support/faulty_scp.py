@@ -37,6 +37,7 @@ class FaultyScp:
     port: int = field(default_factory=free_port)
     transfer_syntaxes: list[str] = field(default_factory=lambda: list(ALL_TRANSFER_SYNTAXES))
     keep_data_sets: bool = False  # each stored data set's bytes in `data_sets` (memory)
+    sop_classes: list[str] | None = None  # the storage classes it takes (None: every one)
 
     def __post_init__(self) -> None:
         self.stored: Counter[str] = Counter()  # SOP Instance UID -> times stored with Success
@@ -57,7 +58,8 @@ class FaultyScp:
     def start(self) -> "FaultyScp":
         ae = AE(ae_title=self.ae_title)
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, self.transfer_syntaxes)
+            if self.sop_classes is None or context.abstract_syntax in self.sop_classes:
+                ae.add_supported_context(context.abstract_syntax, self.transfer_syntaxes)
         if self.allowed_calling_aets:
             ae.require_calling_aet = self.allowed_calling_aets
         self._server = ae.start_server(
