@@ -358,9 +358,16 @@ class StorageReceiver:
         calling = assoc.requestor.ae_title
         for sop_class, syntaxes in refused.items():
             key = (calling, sop_class)
-            if key in self._refused_told or len(self._refused_told) >= _REFUSED_TOLD_MAX:
+            if key in self._refused_told or len(self._refused_told) > _REFUSED_TOLD_MAX:
                 continue
             self._refused_told.add(key)
+            if len(self._refused_told) > _REFUSED_TOLD_MAX:  # callers made up, or a flood
+                log.warning(
+                    "presentation contexts refused to %d calling AE and SOP class pairs: no "
+                    "more are told until the node restarts",
+                    _REFUSED_TOLD_MAX,
+                )
+                continue
             log.warning(
                 "presentation context refused: %s in %s: no transfer syntax proposed is one "
                 "the node can deliver, or not a storage SOP class (told once per calling AE) "

@@ -7,7 +7,7 @@ API, with dciodvfy/dcentvfy on every file the node wrote, and the SR read back w
 import csv
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
 
@@ -16,10 +16,14 @@ import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 
+from dicomnode.config import Settings
 from dicomnode.imaging.pixels import to_modality
+from dicomnode.pipeline.enhancement import enhance_series
+from dicomnode.pipeline.methods import methods_for
+from dicomnode.pipeline.offline import file_sink, series_in
 from tests.conftest import pacs_destination
 from tests.support.cli import dicomnode
-from tests.support.data import CT_CHEST, MR_T1, MR_T1C, dicom_files
+from tests.support.data import CT_CHEST, MR_T1, MR_T1C, dicom_files, pydicom_test_files
 from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.dcmtk import storescu
 from tests.support.node import NodeProcess
@@ -292,3 +296,28 @@ def test_super_resolution_doubles_the_grid_and_validates(tmp_path: Path) -> None
     big = (slice(400, 624), slice(400, 624))
     source_hu = float(to_modality(source).values[0][roi].mean())
     assert abs(float(to_modality(derived).values[0][big].mean()) - source_hu) < 5.0
+
+
+def test_a_big_endian_series_is_enhanced_as_its_little_endian_twin(tmp_path: Path) -> None:
+    """Before, each big endian image was declined ("Explicit VR Big Endian (retired)"), though
+    the node turns such files little endian to forward them; now the series is enhanced, and
+    its derived images hold the same values as its little endian twin's."""
+    [big] = pydicom_test_files("MR_small_bigendian.dcm")
+    [little] = pydicom_test_files("MR_small.dcm")
+    settings = Settings()
+    settings = replace(
+        settings, enhance=replace(settings.enhance, methods=["baseline"], self_check=False)
+    )
+    derived = {}
+    for name, source in (("big", big), ("little", little)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "1.dcm").write_bytes(source.read_bytes())
+        ((_, inputs),) = series_in(folder).items()
+        sink = file_sink(tmp_path / f"{name}-out")
+        output = enhance_series(1, inputs, settings, methods_for(settings), sink)
+        assert output.outcome.declined == (), output.outcome.declined
+        written = [dcmread(path) for path in (tmp_path / f"{name}-out").rglob("*.dcm")]
+        [image] = [ds for ds in written if "PixelData" in ds]  # and the metrics SR
+        derived[name] = image.pixel_array
+    np.testing.assert_array_equal(derived["big"], derived["little"])

@@ -69,36 +69,3 @@ def test_a_big_endian_data_set_arrives_little_endian_with_every_value_intact(
     assert np.frombuffer(lut[0x00283006].value, "<u2").tolist() == LUT
     assert lut[0x00283002].value == [3, 0, 16]
     assert lut.FrameIncrementPointer == 0x00181063
-
-
-def test_a_big_endian_series_is_enhanced_as_its_little_endian_twin(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Before, each big endian image was declined ("Explicit VR Big Endian (retired)"), though
-    the node turns such files little endian to forward them; now the series is enhanced, and
-    its derived images hold the same values as its little endian twin's."""
-    from dataclasses import replace
-
-    from dicomnode.config import Settings
-    from dicomnode.pipeline.enhancement import enhance_series
-    from dicomnode.pipeline.methods import methods_for
-    from dicomnode.pipeline.offline import file_sink, series_in
-    from tests.support.data import pydicom_test_files
-
-    [big] = pydicom_test_files("MR_small_bigendian.dcm")
-    [little] = pydicom_test_files("MR_small.dcm")
-    settings = Settings()
-    settings = replace(
-        settings, enhance=replace(settings.enhance, methods=["baseline"], self_check=False)
-    )
-    derived = {}
-    for name, source in (("big", big), ("little", little)):
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "1.dcm").write_bytes(source.read_bytes())
-        ((_, inputs),) = series_in(folder).items()
-        sink = file_sink(tmp_path / f"{name}-out")
-        output = enhance_series(1, inputs, settings, methods_for(settings), sink)
-        assert output.outcome.declined == (), output.outcome.declined
-        written = [dcmread(path) for path in (tmp_path / f"{name}-out").rglob("*.dcm")]
-        [image] = [ds for ds in written if "PixelData" in ds]  # and the metrics SR
-        derived[name] = image.pixel_array
-    np.testing.assert_array_equal(derived["big"], derived["little"])
