@@ -75,21 +75,20 @@ def purge_delivered(
     for series_uid in purgeable_series(db, cutoff):
         started = time.monotonic()
         result = purge_series(db, series_uid, cutoff, remove_outputs)
-        if stopping.wait(_pause(time.monotonic() - started)):
+        if result is not None:
+            # Only files older than the cutoff: a copy written since belongs to a new arrival.
+            _remove_files(spool, result, written_before=cutoff.replace(tzinfo=UTC).timestamp())
+            purged.append(result)
+            log.info(
+                "purged series=%s study=%s jobs=%s instances=%d (retention.keep_days=%g)",
+                result.series_uid,
+                result.study_uid,
+                ",".join(map(str, result.job_ids)),
+                result.instances,
+                settings.retention.keep_days,
+            )
+        if stopping.wait(_pause(time.monotonic() - started)):  # its files gone with its rows
             break
-        if result is None:
-            continue
-        # Only files older than the cutoff: a copy written since belongs to a new arrival.
-        _remove_files(spool, result, written_before=cutoff.replace(tzinfo=UTC).timestamp())
-        purged.append(result)
-        log.info(
-            "purged series=%s study=%s jobs=%s instances=%d (retention.keep_days=%g)",
-            result.series_uid,
-            result.study_uid,
-            ",".join(map(str, result.job_ids)),
-            result.instances,
-            settings.retention.keep_days,
-        )
     if user is not None and purged:
         jobs = [job_id for item in purged for job_id in item.job_ids]
         record_admin_action(

@@ -143,6 +143,32 @@ def test_a_node_that_is_stopping_purges_no_further_series(db: Database, spool: S
 
 
 @ON_BOTH_DATABASES
+def test_a_purge_told_to_stop_deletes_the_files_of_the_series_whose_rows_it_deleted(
+    db: Database, spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop is heard between series, after a series' files went with its rows: files left
+    without rows would be indexed by `doctor --repair` as new arrivals and sent again."""
+    files = {}
+    for series in ("1.2.7.1", "1.2.7.2"):
+        files[series] = store(db, spool, "1.2.7", series, generate_uid())
+        age(files[series], 3)
+        deliver_days_ago(db, 2)
+    stopping = threading.Event()
+    purge_one = retention_module.purge_series
+
+    def purge_then_stop(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = purge_one(*args, **kwargs)
+        stopping.set()  # SIGTERM, while this series' transaction commits
+        return result
+
+    monkeypatch.setattr(retention_module, "purge_series", purge_then_stop)
+    [purged] = purge_delivered(SETTINGS, db, spool, stopping=stopping)
+    assert not files[purged.series_uid].exists()
+    [kept] = set(files) - {purged.series_uid}
+    assert files[kept].exists() and [job.series_uid for job in list_jobs(db)] == [kept]
+
+
+@ON_BOTH_DATABASES
 def test_a_copy_that_arrives_during_the_purge_keeps_its_file(db: Database, spool: Spool) -> None:
     sop = generate_uid()
     path = store(db, spool, "1.2.4", "1.2.4.1", sop)
