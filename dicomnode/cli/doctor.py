@@ -73,6 +73,12 @@ def doctor(
                 f"{len(report.relocated)}"
                 + ("" if repair else " (--repair does it; nothing is resent)")
             )
+        for outside in report.outside_files:
+            console.print(
+                f"outside the spool: sop={shown(outside['sop'])} {shown(outside['path'])} "
+                "(copy it to its place in this spool, then --repair)",
+                soft_wrap=True,
+            )
         for path in report.second_copies:
             console.print(
                 f"left (its instance's row names another file; indexed, it would be sent "

@@ -64,6 +64,7 @@ class DoctorReport:
     moved_files: list[dict[str, str]] = field(default_factory=list)  # sop, from, to
     relocated: list[str] = field(default_factory=list)  # SOP UIDs whose rows now name the file
     second_copies: list[str] = field(default_factory=list)  # of an instance with a row: left
+    outside_files: list[dict[str, str]] = field(default_factory=list)  # sop, path: not moved
     free_disk_mb: int = 0
     min_free_disk_mb: int = 0
 
@@ -85,6 +86,7 @@ class DoctorReport:
         return (
             len(unindexed)
             + len(moved)
+            + len(self.outside_files)
             + len(self.missing_files)
             + len(stale)
             + len(outboxes)
@@ -207,9 +209,10 @@ def examine(
         else:
             _orphan(db, spool, report, Path(name), repair, max_instance_bytes)
     _relocate(db, report, relocations, repair)
-    report.missing_files += missing + [
-        {"sop": sop, "path": name} for sop, name in elsewhere.values() if not Path(name).is_file()
-    ]
+    for sop, name in elsewhere.values():  # no copy here: gone, or only in the old folder
+        gone = not Path(name).is_file()
+        (report.missing_files if gone else report.outside_files).append({"sop": sop, "path": name})
+    report.missing_files += missing
     # The outbox is listed before the jobs are read, and young folders are skipped: a job
     # created meanwhile is never taken for an unknown one.
     outboxes = [
