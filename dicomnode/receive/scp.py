@@ -257,6 +257,7 @@ class _Received:
 
     stored: int = 0
     series: set[str] = field(default_factory=set)
+    release_recorded: bool = False
 
 
 _REFUSED_TOLD_MAX = 1000  # (calling AE, SOP class) pairs remembered; a flood tells no more
@@ -388,9 +389,10 @@ class StorageReceiver:
         assoc = event.assoc
         sock = assoc.dul.socket
         ended_how = _ended_how(assoc)
-        if ended_how == "released" or (
-            isinstance(sock, GuardedSocket) and sock.refused_reason is not None
-        ):  # a guard's abort has its own line
+        guard_refused = isinstance(sock, GuardedSocket) and sock.refused_reason is not None
+        if ended_how == "released" and not guard_refused:
+            self._record_release(received)
+        if ended_how == "released" or guard_refused:  # a guard's abort has its own line
             if received.stored:
                 log.info(
                     "association closed calling_aet=%s address=%s stored=%d",
@@ -413,7 +415,20 @@ class StorageReceiver:
         may take them after completion.release_quiet_seconds instead of series_quiet_seconds."""
         with self._received_lock:
             received = self._received.get(event.assoc)  # its closing line still follows
-            series = set(received.series) if received is not None else set()
+        if received is not None:
+            self._record_release(received)
+
+    def _record_release(self, received: _Received) -> None:
+        """Mark an association's series released, once. pynetdicom fires EVT_RELEASED in the
+        association's thread after it sent A-RELEASE-RP, and EVT_CONN_CLOSE in the one that
+        reads the socket when the sender then hangs up: on a busy machine the close comes
+        first, so the closing handler records the release too (before, such a series waited
+        out completion.series_quiet_seconds)."""
+        with self._received_lock:
+            if received.release_recorded:
+                return
+            received.release_recorded = True
+            series = set(received.series)
         if not series:
             return
         try:

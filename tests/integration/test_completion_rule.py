@@ -7,8 +7,13 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 from pydicom import dcmread
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
 import dicomnode.node as node_module
@@ -21,7 +26,7 @@ from dicomnode.config import (
     Settings,
     WorkerSettings,
 )
-from dicomnode.db import Database
+from dicomnode.db import Database, open_database
 from dicomnode.db.instances import (
     create_jobs_for_quiet_series,
     mark_series_released,
@@ -29,6 +34,10 @@ from dicomnode.db.instances import (
 )
 from dicomnode.db.models import Job, Series
 from dicomnode.node import Node
+from dicomnode.receive.scp import StorageReceiver
+from dicomnode.receive.status import SUCCESS
+from dicomnode.receive.store_lane import Arrival
+from dicomnode.spool import Spool
 from dicomnode.status import JobPart
 from tests.conftest import ON_BOTH_DATABASES
 from tests.integration.test_job_table import receive
@@ -247,3 +256,51 @@ def test_an_aborted_association_leaves_the_series_to_the_quiet_rule(tmp_path: Pa
         assert node.jobs() == []
     finally:
         node.stop()
+
+
+class _ReleasedAssociation:
+    """What the receiver's handlers read of an association that the sender released: the
+    caller, its contexts, and pynetdicom's state once A-RELEASE-RP went out (Sta13)."""
+
+    accepted_contexts = ()
+    rejected_contexts = ()
+    requestor = SimpleNamespace(ae_title="MODALITY", address="127.0.0.1")
+    dul = SimpleNamespace(socket=None, state_machine=SimpleNamespace(current_state="Sta13"))
+
+
+@pytest.mark.parametrize("close_first", [True, False], ids=["close-first", "release-first"])
+def test_a_release_counts_whichever_of_its_two_events_comes_first(
+    tmp_path: Path, close_first: bool
+) -> None:
+    """pynetdicom fires EVT_RELEASED and EVT_CONN_CLOSE from two threads; on a busy machine the
+    close came first, the release found the association's series gone and the series waited
+    out series_quiet_seconds (seen in a parallel test run)."""
+    [source] = write_ct_series(tmp_path / "series", 1, size=64)
+    database = open_database(f"sqlite:///{tmp_path / 'n.db'}")
+    receiver = StorageReceiver(Settings(), Spool(tmp_path / "spool"), database)
+    assoc = _ReleasedAssociation()
+    event = SimpleNamespace(assoc=assoc)
+    receiver.handle_established(SimpleNamespace(assoc=assoc))  # type: ignore[arg-type]
+    data = DicomBytesIO()
+    data.is_little_endian, data.is_implicit_VR = True, False
+    dataset = dcmread(source)
+    write_dataset(data, dataset)
+    arrival = Arrival(
+        assoc,  # type: ignore[arg-type]
+        dataset.SOPClassUID,
+        dataset.SOPInstanceUID,
+        dataset.SOPClassUID,
+        ExplicitVRLittleEndian,
+        data.getvalue(),
+    )
+    assert receiver.store(arrival) == SUCCESS
+
+    handlers = [receiver.handle_closed, receiver.handle_released]
+    for handle in handlers if close_first else reversed(handlers):
+        handle(event)  # type: ignore[arg-type]
+
+    with database.session() as session:
+        series = session.get(Series, dataset.SeriesInstanceUID)
+        assert series is not None and series.released_at is not None
+    time.sleep(0.3)
+    assert len(complete(database)) == 1  # the release rule, not the 3600 s quiet rule
