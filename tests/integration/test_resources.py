@@ -42,6 +42,7 @@ def test_low_disk_refuses_stores_with_out_of_resources_and_doctor_says_why(
     assert echoscu(node.port).returncode == 0  # still up, still answering
 
 
+@pytest.mark.serial  # a few MB written by a test running beside it would change the answer
 def test_an_instance_that_would_eat_into_the_free_space_reserve_is_refused(
     node_factory, tmp_path: Path, ct_series: list[Path]
 ) -> None:

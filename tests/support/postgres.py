@@ -44,8 +44,8 @@ def _server_user() -> str | None:
     """Who runs the server: None (ourselves) unless we are root, who may not run it."""
     if os.geteuid() != 0:
         return None
-    if subprocess.run(["id", "-u", SERVER_USER], capture_output=True, check=False).returncode:
-        subprocess.run(
+    if not _user_exists():
+        added = subprocess.run(
             [
                 "useradd",
                 "--system",
@@ -54,10 +54,18 @@ def _server_user() -> str | None:
                 "/usr/sbin/nologin",
                 SERVER_USER,
             ],
-            check=True,
+            check=False,
             capture_output=True,
         )
+        # Another pytest-xdist worker may have added the user since we looked.
+        if added.returncode and not _user_exists():
+            raise RuntimeError(f"useradd {SERVER_USER} failed: {added.stderr.decode().strip()}")
     return SERVER_USER
+
+
+def _user_exists() -> bool:
+    found = subprocess.run(["id", "-u", SERVER_USER], capture_output=True, check=False)
+    return found.returncode == 0
 
 
 class PostgresServer:
