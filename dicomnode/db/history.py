@@ -7,6 +7,7 @@ process of its own without the node's log; it is written here and the node logs 
 """
 
 import enum
+from collections.abc import Sequence
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -64,12 +65,17 @@ def _record(event: JobEvent) -> JobEventRecord:
     )
 
 
-def job_history(session: Session, job_id: int) -> tuple[JobEventRecord, ...]:
-    """The job's events, oldest first."""
+def job_histories(
+    session: Session, job_ids: Sequence[int]
+) -> dict[int, tuple[JobEventRecord, ...]]:
+    """Each job's events, oldest first, in one query (a listing of many jobs)."""
+    found: dict[int, list[JobEventRecord]] = {job_id: [] for job_id in job_ids}
     events = session.scalars(
-        select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+        select(JobEvent).where(JobEvent.job_id.in_(job_ids)).order_by(JobEvent.id)
     )
-    return tuple(_record(event) for event in events)
+    for event in events:
+        found[event.job_id].append(_record(event))  # type: ignore[index]
+    return {job_id: tuple(records) for job_id, records in found.items()}
 
 
 def forget_history(session: Session, job_ids: list[int]) -> None:

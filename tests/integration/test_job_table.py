@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, inspect, select, update
 
 import dicomnode.db.engine as engine_module
+import dicomnode.db.jobs as jobs_module
 import dicomnode.pipeline.runner as runner_module
 from dicomnode.config import RetrySettings, Settings
 from dicomnode.db import Database, DeliveryStatus, JobStatus, ReceivedInstance, open_database
@@ -489,3 +490,31 @@ def test_a_reading_session_refuses_to_write(db: Database) -> None:
     with db.reading() as session:  # the connection goes back to the pool fit to write again
         assert session.scalar(select(func.count()).select_from(Series)) == 1
     receive(db, "1.2.3.62", 1)
+
+
+def test_a_listing_read_in_batches_gives_each_job_its_own_inputs_deliveries_and_history(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`jobs list` reads a thousand jobs per query (before: three queries per job); each record
+    must still carry only its own job's rows, across the batches' edges too."""
+    monkeypatch.setattr(jobs_module, "_JOBS_PER_READ", 2)
+    made = {}
+    for count in (1, 2, 3, 4, 5):
+        receive(db, f"1.2.3.20.{count}", count)
+        [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
+        made[job_id] = count
+    for attempt, job_id in enumerate(list(made)[:3], start=1):
+        claimed = claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
+        assert claimed is not None and claimed.id == job_id
+        record_delivery(db, job_id, "pacs", DeliveryStatus.FAILED, attempt, f"down {job_id}")
+        assert finish_attempt(db, job_id, "w", FAST_RETRY) is not None
+
+    listed = list_jobs(db, limit=10)
+
+    assert [job.id for job in listed] == sorted(made, reverse=True)
+    for job in listed:
+        assert job.instances == made[job.id]
+        assert job == get_job(db, job.id)  # the one-job read: same record
+        tried = job.attempts == 1
+        assert [d.error for d in job.deliveries] == ([f"down {job.id}"] if tried else [None])
+        assert [event.job_id for event in job.history] == ([job.id] if tried else [])
