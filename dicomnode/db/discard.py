@@ -36,8 +36,8 @@ def _checked(session: Session, job_id: int, lock: bool) -> tuple[Job, Series | N
     if job is None:
         raise JobStateError(f"job {job_id} does not exist")
     series = lock_series(session, job.series_uid) if lock else session.get(Series, job.series_uid)
-    if lock:
-        session.refresh(job)
+    if lock and session.get(Job, job_id, populate_existing=True) is None:
+        raise JobStateError(f"job {job_id} does not exist (its series was purged meanwhile)")
     siblings = session.execute(
         select(Job.id, Job.status).where(Job.series_uid == job.series_uid).order_by(Job.id)
     ).all()

@@ -282,23 +282,30 @@ def open_deliveries(db: Database, job_id: int) -> list[str]:
 def record_delivery(
     db: Database,
     job_id: int,
+    owner: str,
     destination: str,
     status: DeliveryStatus,
     sent: int,
     error: str | None,
-) -> None:
+) -> bool:
+    """A delivery's outcome, written only while `owner` holds the job (False: it no longer
+    does). An attempt whose lease lapsed may still finish sending; its outcome must not
+    overwrite the row of the attempt that took the job over, which is judged by it."""
+    held = select(Job.id).where(Job.id == job_id, Job.lease_owner == owner).exists()
     with db.session() as session:
-        session.execute(
+        changed = _rows_changed(
+            session,
             update(Delivery)
-            .where(Delivery.job_id == job_id, Delivery.destination == destination)
+            .where(Delivery.job_id == job_id, Delivery.destination == destination, held)
             .values(
                 status=status,
                 sent=sent,
                 error=error,
                 attempts=Delivery.attempts + 1,
                 updated_at=utcnow(),
-            )
+            ),
         )
+        return changed == 1
 
 
 def finish_attempt(

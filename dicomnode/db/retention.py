@@ -126,16 +126,27 @@ def purge_series(
 
 
 def lock_series(session: Session, series_uid: str) -> Series | None:
-    """The series row, locked with its study's (nothing joins or changes them until commit)."""
+    """The series row, locked with its study's and its jobs' (nothing joins, changes or requeues
+    them until commit); None when there is none, or another transaction deleted it meanwhile."""
     series = session.get(Series, series_uid)
     if series is None:
         return None
-    # Study, then series: the order the receiver takes them in (no deadlock on PostgreSQL),
-    # and no new series can join the study while we decide whether to delete it.
+    # Study, series, jobs: the order the receiver and the completion tick take them in (no
+    # deadlock on PostgreSQL); no new series can join the study while we decide whether to
+    # delete it.
     session.scalar(select(Study).where(Study.study_uid == series.study_uid).with_for_update())
-    session.scalar(select(Series).where(Series.series_uid == series_uid).with_for_update())
-    session.refresh(series)
-    return series
+    locked = session.scalar(
+        select(Series)
+        .where(Series.series_uid == series_uid)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    # An admin's retry or resend locks only the job's row: unlocked, a purge that had judged
+    # the series done would delete the job the admin had just queued again.
+    session.scalars(
+        select(Job.id).where(Job.series_uid == series_uid).order_by(Job.id).with_for_update()
+    ).all()
+    return locked
 
 
 def forget_series(

@@ -38,13 +38,14 @@ def _is_report(item: SpooledInstance) -> bool:
 
 
 def deliver(
-    settings: Settings, db: Database, job: JobRecord, name: str, outgoing: Outgoing
+    settings: Settings, db: Database, job: JobRecord, owner: str, name: str, outgoing: Outgoing
 ) -> None:
-    """Send every series to one destination; the outcome goes to its own delivery row."""
+    """Send every series to one destination; the outcome goes to its own delivery row (while
+    `owner`, the attempt's lease, still holds the job)."""
     destination = settings.destination(name)
     if destination is None:
         gone = f"destination {name!r} is no longer configured"
-        record_delivery(db, job.id, name, DeliveryStatus.DEAD, 0, gone)
+        record_delivery(db, job.id, owner, name, DeliveryStatus.DEAD, 0, gone)
         return
     if job.part == JobPart.DERIVED and not destination.send_metrics_reports:
         outgoing = [[item for item in series if not _is_report(item)] for series in outgoing]
@@ -86,19 +87,20 @@ def deliver(
             exc.transient,
             exc,
         )
-        record_delivery(db, job.id, name, status, sent, str(exc))
+        record_delivery(db, job.id, owner, name, status, sent, str(exc))
     except Exception as exc:
         log.exception("delivery crashed job=%d destination=%s", job.id, name)
         record_delivery(
             db,
             job.id,
+            owner,
             name,
             DeliveryStatus.FAILED,
             0,
             f"internal error: {type(exc).__name__}: {exc}",
         )
     else:
-        record_delivery(db, job.id, name, DeliveryStatus.DONE, sent, None)
+        record_delivery(db, job.id, owner, name, DeliveryStatus.DONE, sent, None)
 
 
 class _Pending:
@@ -191,8 +193,9 @@ class DeliveryQueues:
     def _run(self, pending: _Pending, job: JobRecord, name: str, outgoing: Outgoing) -> None:
         try:
             # The job may have been cancelled, or claimed again, while this waited in the queue.
-            if job.lease_owner is not None and holds_lease(self.db, job.id, job.lease_owner):
-                deliver(self.settings, self.db, job, name, outgoing)
+            owner = job.lease_owner
+            if owner is not None and holds_lease(self.db, job.id, owner):
+                deliver(self.settings, self.db, job, owner, name, outgoing)
             else:
                 log.info("delivery skipped: job no longer held job=%d destination=%s", job.id, name)
         except Exception:  # the row stays pending, which finish_attempt counts as a failure

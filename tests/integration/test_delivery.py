@@ -81,7 +81,7 @@ def _deliver_then_stop(peer: FaultyScp, db: Database, job: JobRecord, outgoing: 
         settings = Settings(
             destinations=[Destination("faulty", peer.ae_title, "127.0.0.1", peer.port)]
         )
-        deliver(settings, db, job, "faulty", outgoing)
+        deliver(settings, db, job, "test", "faulty", outgoing)  # claimed by "test"
     finally:
         peer.stop()
 

@@ -125,6 +125,28 @@ def test_expired_lease_is_reclaimed_and_the_dead_workers_result_is_discarded(db:
     assert get_job(db, job_id).lease_owner == "new-worker"  # type: ignore[union-attr]
 
 
+def test_an_attempt_that_lost_its_lease_cannot_write_over_the_delivery_of_the_next(
+    db: Database,
+) -> None:
+    """An attempt whose lease lapsed may still finish sending; its outcome went into the
+    delivery row of the attempt that took the job over, which was then judged by it (a job
+    that delivered everything failed and was sent again)."""
+    receive(db, "1.2.3.15", 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
+    claim_next_job(db, "paused-worker", lease_seconds=0.01, part=JobPart.ORIGINALS)
+    time.sleep(0.05)
+    assert reclaim_expired_leases(db, max_attempts=3) == [job_id]
+    assert claim_next_job(db, "new-worker", lease_seconds=60, part=JobPart.ORIGINALS)
+
+    assert record_delivery(db, job_id, "new-worker", "pacs", DeliveryStatus.DONE, 1, None)
+    stale = "connection reset"
+    assert not record_delivery(db, job_id, "paused-worker", "pacs", DeliveryStatus.FAILED, 0, stale)
+
+    result = finish_attempt(db, job_id, "new-worker", FAST_RETRY)
+    assert result is not None and result.status == "done", result.error
+    assert [(d.status, d.error) for d in result.deliveries] == [("done", None)]
+
+
 def test_a_job_whose_worker_dies_every_time_goes_dead_instead_of_looping(db: Database) -> None:
     receive(db, "1.2.3.14", 1)
     [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
@@ -144,8 +166,8 @@ def test_transient_failures_retry_then_go_dead_and_retry_revives(db: Database) -
     for attempt in range(1, 4):
         job = claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
         assert job is not None and job.attempts == attempt
-        record_delivery(db, job_id, "backup", DeliveryStatus.DONE, 1, None)
-        record_delivery(db, job_id, "pacs", DeliveryStatus.FAILED, 0, "peer down")
+        record_delivery(db, job_id, "w", "backup", DeliveryStatus.DONE, 1, None)
+        record_delivery(db, job_id, "w", "pacs", DeliveryStatus.FAILED, 0, "peer down")
         result = finish_attempt(db, job_id, "w", FAST_RETRY)
         assert result is not None
         expected = JobStatus.FAILED if attempt < 3 else JobStatus.DEAD
@@ -167,7 +189,7 @@ def test_failed_job_waits_for_its_backoff(db: Database) -> None:
     receive(db, "1.2.3.9", 1)
     [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
     claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
-    record_delivery(db, job_id, "pacs", DeliveryStatus.FAILED, 0, "peer down")
+    record_delivery(db, job_id, "w", "pacs", DeliveryStatus.FAILED, 0, "peer down")
     slow = RetrySettings(max_attempts=5, initial_delay_seconds=3600, jitter=0)
     result = finish_attempt(db, job_id, "w", slow)
     assert result is not None and result.status == "failed"
@@ -179,7 +201,7 @@ def test_permanent_failure_is_dead_at_once(db: Database) -> None:
     receive(db, "1.2.3.10", 1)
     [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
     claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
-    record_delivery(db, job_id, "pacs", DeliveryStatus.DEAD, 0, "0xA900 for sop=1")
+    record_delivery(db, job_id, "w", "pacs", DeliveryStatus.DEAD, 0, "0xA900 for sop=1")
     result = finish_attempt(db, job_id, "w", FAST_RETRY)
     assert result is not None and result.status == "dead" and result.attempts == 1
     assert result.error == "pacs: 0xA900 for sop=1"
@@ -191,13 +213,13 @@ def test_a_destination_that_refused_for_good_does_not_stop_retries_of_one_that_w
     receive(db, "1.2.3.13", 1)
     [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "backup"], parts=ORIGINALS_ONLY)
     claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
-    record_delivery(db, job_id, "pacs", DeliveryStatus.DEAD, 0, "0xC000 for sop=1")
-    record_delivery(db, job_id, "backup", DeliveryStatus.FAILED, 0, "connection refused")
+    record_delivery(db, job_id, "w", "pacs", DeliveryStatus.DEAD, 0, "0xC000 for sop=1")
+    record_delivery(db, job_id, "w", "backup", DeliveryStatus.FAILED, 0, "connection refused")
     result = finish_attempt(db, job_id, "w", FAST_RETRY)
     assert result is not None and result.status == "failed", result
     job = claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
     assert job is not None and job.attempts == 2
-    record_delivery(db, job_id, "backup", DeliveryStatus.DONE, 1, None)
+    record_delivery(db, job_id, "w", "backup", DeliveryStatus.DONE, 1, None)
     result = finish_attempt(db, job_id, "w", FAST_RETRY)
     assert result is not None and result.status == "dead"
     assert result.error == "pacs: 0xC000 for sop=1"
@@ -213,7 +235,7 @@ def test_a_delivery_whose_outcome_was_never_recorded_is_not_taken_for_success(
     receive(db, "1.2.3.16", 1)
     [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "backup"], parts=ORIGINALS_ONLY)
     claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
-    record_delivery(db, job_id, "backup", DeliveryStatus.DONE, 1, None)  # "pacs" crashed
+    record_delivery(db, job_id, "w", "backup", DeliveryStatus.DONE, 1, None)  # "pacs" crashed
     result = finish_attempt(db, job_id, "w", FAST_RETRY)
     assert result is not None and result.status == "failed"
     assert "pacs: delivery outcome not recorded" in (result.error or "")
@@ -225,7 +247,7 @@ def test_a_failed_attempt_is_not_retried_when_a_newer_job_has_the_series(db: Dat
     claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
     receive(db, "1.2.3.17", 1)  # a late instance while the first job is being forwarded
     [second] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
-    record_delivery(db, first, "pacs", DeliveryStatus.FAILED, 0, "peer down")
+    record_delivery(db, first, "w", "pacs", DeliveryStatus.FAILED, 0, "peer down")
     result = finish_attempt(db, first, "w", FAST_RETRY)
     assert result is not None and result.status == "cancelled"
     assert (result.error or "").startswith(f"superseded by job {second} (this attempt: pacs: peer")
@@ -351,7 +373,7 @@ def test_a_late_instance_supersedes_the_waiting_job_of_the_same_part_only(db: Da
         second_derived: "queued",
     }
     # the running originals job fails: it is superseded by the newer originals job, not retried
-    record_delivery(db, first_originals, "pacs", DeliveryStatus.FAILED, 0, "peer down")
+    record_delivery(db, first_originals, "router", "pacs", DeliveryStatus.FAILED, 0, "peer down")
     result = finish_attempt(db, first_originals, "router", FAST_RETRY)
     assert result is not None and result.status == "cancelled"
     assert result.error is not None and f"superseded by job {second_originals}" in result.error
@@ -506,7 +528,7 @@ def test_a_listing_read_in_batches_gives_each_job_its_own_inputs_deliveries_and_
     for attempt, job_id in enumerate(list(made)[:3], start=1):
         claimed = claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
         assert claimed is not None and claimed.id == job_id
-        record_delivery(db, job_id, "pacs", DeliveryStatus.FAILED, attempt, f"down {job_id}")
+        record_delivery(db, job_id, "w", "pacs", DeliveryStatus.FAILED, attempt, f"down {job_id}")
         assert finish_attempt(db, job_id, "w", FAST_RETRY) is not None
 
     listed = list_jobs(db, limit=10)

@@ -15,7 +15,7 @@ from sqlalchemy import update
 import dicomnode.pipeline.retention as retention_module
 from dicomnode.config import RetentionSettings, Settings
 from dicomnode.db import Database, DeliveryStatus, ReceivedInstance
-from dicomnode.db.admin import cancel_job
+from dicomnode.db.admin import cancel_job, resend_job
 from dicomnode.db.commitments import commitment_counts, record_report, record_request
 from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
 from dicomnode.db.jobs import (
@@ -26,7 +26,9 @@ from dicomnode.db.jobs import (
     record_delivery,
 )
 from dicomnode.db.models import Commitment, Job, utcnow
+from dicomnode.db.retention import purge_series
 from dicomnode.dicom.commitment import CommitmentReport, Reference
+from dicomnode.errors import JobStateError
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.spool import Spool
 from dicomnode.status import JobPart, JobStatus
@@ -55,7 +57,7 @@ def deliver_days_ago(db: Database, days: float) -> int:
     """Turn the quiet series into a job, deliver it, and date its finish `days` back."""
     [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
     claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
-    record_delivery(db, job_id, "pacs", DeliveryStatus.DONE, 1, None)
+    record_delivery(db, job_id, "w", "pacs", DeliveryStatus.DONE, 1, None)
     finish_attempt(db, job_id, "w", SETTINGS.retry)
     date_back(db, job_id, days)
     return job_id
@@ -66,7 +68,7 @@ def originals_delivered(db: Database) -> tuple[int, int]:
     both = [JobPart.ORIGINALS, JobPart.DERIVED]
     originals, derived = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=both)
     claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
-    record_delivery(db, originals, "pacs", DeliveryStatus.DONE, 1, None)
+    record_delivery(db, originals, "w", "pacs", DeliveryStatus.DONE, 1, None)
     finish_attempt(db, originals, "w", SETTINGS.retry)
     return originals, derived
 
@@ -224,7 +226,7 @@ def test_what_a_job_asked_to_commit_before_it_was_done_does_not_keep_its_series(
     claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
     transaction = generate_uid()
     record_request(db, job_id, "pacs", transaction, [Reference(CT, sop)])  # never reported
-    record_delivery(db, job_id, "pacs", DeliveryStatus.DONE, 1, None)
+    record_delivery(db, job_id, "w", "pacs", DeliveryStatus.DONE, 1, None)
     finish_attempt(db, job_id, "w", SETTINGS.retry)
     date_back(db, job_id, 2)
     with db.session() as session:  # the request came before the job was done
@@ -293,7 +295,7 @@ def test_a_held_derived_series_is_cancelled_after_held_days_then_purged(
         age(store(db, spool, "1.2.9", series, generate_uid()), 60)
         originals, derived = originals_delivered(db)
         claim_next_job(db, "w", 60, part=JobPart.DERIVED)
-        record_delivery(db, derived, "pacs", DeliveryStatus.DONE, 0, None)
+        record_delivery(db, derived, "w", "pacs", DeliveryStatus.DONE, 0, None)
         finish_attempt(db, derived, "w", settings.retry, hold="QA: sharpness ratio 5.1 > 4")
         date_back(db, originals, held_for)
         date_back(db, derived, held_for)
@@ -313,3 +315,60 @@ def test_a_held_derived_series_is_cancelled_after_held_days_then_purged(
     purged = purge_delivered(settings, db, spool)
     assert sorted(p.series_uid for p in purged) == ["1.2.9.1", "1.2.9.3", "1.2.9.4"]
     assert {job.series_uid for job in list_jobs(db)} == {"1.2.9.2"}
+
+
+@ON_BOTH_DATABASES
+def test_an_admin_resend_while_the_purge_deletes_its_series_is_told_the_job_is_gone(
+    db: Database, spool: Spool
+) -> None:
+    """The purge locks the series' jobs with the series: a resend of a job it is deleting waits,
+    then is told the job is gone. Before, on PostgreSQL, the resend locked only the job's row,
+    said "queued", and the purge deleted the job it had just queued."""
+    age(store(db, spool, "1.2.3", "1.2.3.1", generate_uid()), 3)
+    job_id = deliver_days_ago(db, 2)
+    told: list[str] = []
+
+    def resend() -> None:
+        try:
+            told.append(resend_job(db, job_id, ["pacs"]).status)
+        except JobStateError as refused:
+            told.append(str(refused))
+
+    admin = threading.Thread(target=resend)
+
+    def meanwhile(_job_ids: list[int]) -> None:  # runs in the purge's transaction, decided
+        admin.start()
+        time.sleep(1)  # the admin's transaction reaches the job's row
+
+    purged = purge_series(db, "1.2.3.1", utcnow() - timedelta(days=1), meanwhile)
+    admin.join(60)
+
+    assert purged is not None and purged.job_ids == [job_id]
+    assert told == [f"job {job_id} does not exist"]
+    assert get_job(db, job_id) is None
+
+
+@ON_BOTH_DATABASES
+def test_a_series_purged_meanwhile_by_another_process_is_passed_over(
+    db: Database, spool: Spool
+) -> None:
+    """`dicomnode purge` beside the node's retention, or two listeners sharing a data dir: the
+    second purge of a series waits for the first, then finds nothing to do (before, on
+    PostgreSQL, it raised and ended the round, or the CLI, with a traceback)."""
+    age(store(db, spool, "1.2.3", "1.2.3.1", generate_uid()), 3)
+    job_id = deliver_days_ago(db, 2)
+    cutoff = utcnow() - timedelta(days=1)
+    second: list[object] = []
+    other = threading.Thread(
+        target=lambda: second.append(purge_series(db, "1.2.3.1", cutoff, lambda _ids: None))
+    )
+
+    def meanwhile(_job_ids: list[int]) -> None:
+        other.start()
+        time.sleep(1)  # the other purge waits for the study's lock
+
+    first = purge_series(db, "1.2.3.1", cutoff, meanwhile)
+    other.join(60)
+
+    assert first is not None and first.job_ids == [job_id]
+    assert second == [None]
