@@ -23,6 +23,7 @@ from dicomnode.errors import ForwardError, SeriesIncomplete, UnreadableSpool
 from dicomnode.forward import send_series
 from dicomnode.forward.commitment import confirm_commitment, uncommitted
 from dicomnode.observe.counters import STAGE_SECONDS
+from dicomnode.pipeline.outage import through_outage
 from dicomnode.status import JobPart
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,18 @@ def deliver(
 ) -> None:
     """Send every series to one destination; the outcome goes to its own delivery row (while
     `owner`, the attempt's lease, still holds the job)."""
+
+    def record(status: DeliveryStatus, sent: int, error: str | None) -> None:
+        through_outage(
+            f"the delivery to {name}",
+            job.id,
+            lambda: record_delivery(db, job.id, owner, name, status, sent, error),
+            patience=settings.worker.lease_seconds / 2,
+        )
+
     destination = settings.destination(name)
     if destination is None:
-        gone = f"destination {name!r} is no longer configured"
-        record_delivery(db, job.id, owner, name, DeliveryStatus.DEAD, 0, gone)
+        record(DeliveryStatus.DEAD, 0, f"destination {name!r} is no longer configured")
         return
     if job.part == JobPart.DERIVED and not destination.send_metrics_reports:
         outgoing = [[item for item in series if not _is_report(item)] for series in outgoing]
@@ -87,20 +96,12 @@ def deliver(
             exc.transient,
             exc,
         )
-        record_delivery(db, job.id, owner, name, status, sent, str(exc))
+        record(status, sent, str(exc))
     except Exception as exc:
         log.exception("delivery crashed job=%d destination=%s", job.id, name)
-        record_delivery(
-            db,
-            job.id,
-            owner,
-            name,
-            DeliveryStatus.FAILED,
-            0,
-            f"internal error: {type(exc).__name__}: {exc}",
-        )
+        record(DeliveryStatus.FAILED, 0, f"internal error: {type(exc).__name__}: {exc}")
     else:
-        record_delivery(db, job.id, owner, name, DeliveryStatus.DONE, sent, None)
+        record(DeliveryStatus.DONE, sent, None)
 
 
 class _Pending:

@@ -35,6 +35,7 @@ from dicomnode.errors import DicomNodeError, SpoolError
 from dicomnode.observe.counters import ENHANCEMENTS_FAILED, METHOD_STAGES, MODEL, STAGE_SECONDS
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.lease import LeaseKeeper
+from dicomnode.pipeline.outage import through_outage
 from dicomnode.pipeline.replay import replay_outgoing
 from dicomnode.spool import Spool
 from dicomnode.status import JobPart, Replay
@@ -455,15 +456,20 @@ class JobRunner:
         transient: bool = True,
         hold: str | None = None,
     ) -> None:
-        result = finish_attempt(
-            self.db,
+        result = through_outage(
+            "the attempt's end",
             job.id,
-            self._token(job),
-            self.settings.retry,
-            error,
-            transient,
-            hold,
-            receive_only=self.settings.node.receive_only,
+            lambda: finish_attempt(
+                self.db,
+                job.id,
+                self._token(job),
+                self.settings.retry,
+                error,
+                transient,
+                hold,
+                receive_only=self.settings.node.receive_only,
+            ),
+            patience=self.settings.worker.lease_seconds / 2,
         )
         if result is None:
             return

@@ -1,5 +1,7 @@
 """One destination's delivery of a job's series (pipeline/delivery.py), against a real peer."""
 
+import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,14 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import MRImageStorage
 
 from dicomnode.config import Destination, Settings
-from dicomnode.db import Database, DeliveryStatus, JobRecord, ReceivedInstance, open_database
+from dicomnode.db import (
+    Database,
+    DeliveryStatus,
+    JobRecord,
+    ReceivedInstance,
+    engine,
+    open_database,
+)
 from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
 from dicomnode.db.jobs import claim_next_job, get_job
 from dicomnode.db.records import SpooledInstance
@@ -327,3 +336,31 @@ def test_a_peer_without_the_compressed_syntax_gets_the_same_instance_decoded_or_
     assert str(error).startswith("1 of 2 instances cannot be sent to faulty in a transfer syntax")
     # the same instance (pydicom's decompress() would give it a new UID), decoded
     assert peer.syntax == {good.SOPInstanceUID: ExplicitVRLittleEndian}
+
+
+def test_an_outcome_the_database_cannot_take_at_once_is_recorded_when_it_answers_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database away when the sending ends (here: SQLite locked past its busy timeout by
+    another process): the outcome is written once it answers again. Before, the write was
+    given up, the job stayed "forwarding" until its lease lapsed and was then sent again."""
+    monkeypatch.setattr(engine, "BUSY_TIMEOUT_SECONDS", 1)
+    database = tmp_path / "n.db"
+    db = open_database(f"sqlite:///{database}")
+    series = write_ct_series(tmp_path / "series", 2, size=64)
+    job = _claimed_job(db, series[0])
+    other = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    outage = threading.Timer(3, other.rollback)
+    outage.start()
+    try:
+        with StoreScp(tmp_path / "pacs") as pacs:
+            pacs_at = Destination("faulty", "STORESCP", "127.0.0.1", pacs.port)  # the job's
+            deliver(Settings(destinations=[pacs_at]), db, job, "test", "faulty", [_spooled(series)])
+    finally:
+        outage.join()
+        other.close()
+
+    finished = get_job(db, job.id)
+    assert finished is not None
+    assert [(d.status, d.sent) for d in finished.deliveries] == [("done", 2)]

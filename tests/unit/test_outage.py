@@ -1,0 +1,40 @@
+"""Which failures an attempt's outcome is written through (pipeline/outage.py)."""
+
+import sqlite3
+from collections.abc import Callable
+
+import pytest
+
+from dicomnode.pipeline.outage import through_outage
+
+
+def _failing(error: Exception, calls: list[int], succeed_after: int = 10**6) -> Callable[[], str]:
+    def write() -> str:
+        calls.append(1)
+        if len(calls) <= succeed_after:
+            raise error
+        return "written"
+
+    return write
+
+
+def test_the_database_failing_is_tried_again_until_it_answers() -> None:
+    calls: list[int] = []
+    locked = sqlite3.OperationalError("database is locked")
+    assert through_outage("x", 1, _failing(locked, calls, succeed_after=2), 10) == "written"
+    assert len(calls) == 3
+
+
+def test_another_error_is_raised_at_once() -> None:
+    calls: list[int] = []
+    with pytest.raises(ValueError, match="a bug"):
+        through_outage("x", 1, _failing(ValueError("a bug"), calls), 10)
+    assert len(calls) == 1
+
+
+def test_the_database_failing_past_the_patience_is_raised() -> None:
+    calls: list[int] = []
+    locked = sqlite3.OperationalError("database is locked")
+    with pytest.raises(sqlite3.OperationalError):
+        through_outage("x", 1, _failing(locked, calls), patience=1)
+    assert len(calls) == 2  # at 0 s and 0.5 s; the next (1.5 s) would be past the patience
