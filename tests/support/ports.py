@@ -2,20 +2,28 @@
 
 A port the kernel hands out for `bind(("127.0.0.1", 0))` is free at that moment only: until the
 test's server binds it, the kernel may give it to an outgoing connection's local end (it lies in
-the ephemeral range) or to another pytest-xdist worker's pick. So ports come from a block of their
-own per worker, below the ephemeral range, taken in turn: a port is reused only after the block's
-other ports were, and nothing else on the machine is handed one of them by the kernel.
+the ephemeral range), or another test process may pick it too (pytest-xdist workers, a second test
+run on the same machine). So ports come from below the ephemeral range, and each pick is reserved
+across processes by a lock on the port's byte of one shared file, held until the process has
+made RESERVED_PICKS more picks (by then the test that asked is long over) or ends.
 """
 
+import fcntl
 import itertools
 import os
+import random
 import socket
+import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 FIRST_PORT = 20000
-PORTS_PER_WORKER = 400
-_turns = itertools.count()
+RESERVED_PICKS = 64
+_LOCK_FILE = Path(tempfile.gettempdir()) / "dicomnode-test-ports.lock"
+_turns = itertools.count(random.randrange(1 << 16))  # processes start at different places
+_reserved: deque[int] = deque()
+_lock_fd: int | None = None
 
 
 def _ephemeral_start() -> int:
@@ -26,14 +34,19 @@ def _ephemeral_start() -> int:
         return 32768
 
 
-def _worker_block() -> range | None:
-    """This worker's ports (`gw0` or no xdist: the first block); None when no block fits."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    blocks = (_ephemeral_start() - FIRST_PORT) // PORTS_PER_WORKER
-    if blocks < 1:
-        return None
-    start = FIRST_PORT + (int(worker) if worker.isdigit() else 0) % blocks * PORTS_PER_WORKER
-    return range(start, start + PORTS_PER_WORKER)
+def _reserve(port: int) -> bool:
+    """Lock the port's byte of the shared file; False when another process holds it."""
+    global _lock_fd
+    if _lock_fd is None:
+        _lock_fd = os.open(_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.lockf(_lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
+    except OSError:
+        return False
+    _reserved.append(port)
+    if len(_reserved) > RESERVED_PICKS:
+        fcntl.lockf(_lock_fd, fcntl.LOCK_UN, 1, _reserved.popleft())
+    return True
 
 
 def _bindable(port: int) -> bool:
@@ -46,12 +59,12 @@ def _bindable(port: int) -> bool:
 
 
 def free_port() -> int:
-    block = _worker_block() or range(0)
-    for _ in block:
-        port = block[next(_turns) % len(block)]
-        if _bindable(port):
+    ports = range(FIRST_PORT, _ephemeral_start())
+    for _ in ports:
+        port = ports[next(_turns) % len(ports)]
+        if port not in _reserved and _bindable(port) and _reserve(port):
             return port
-    with socket.socket() as sock:  # no block of our own, or all of it in use: the kernel's pick
+    with socket.socket() as sock:  # no room below the ephemeral range: the kernel's pick
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
