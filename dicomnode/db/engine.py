@@ -32,6 +32,18 @@ _SCHEMA_LOCK_KEY = 0x44434D4E  # "DCMN"
 BUSY_TIMEOUT_SECONDS = 30
 _WAL_RETRY_SECONDS = 0.05
 _READS_ONLY = "dicomnode_reads_only"  # the execution option of `Database.reading` sessions
+# libpq's settings for a PostgreSQL server that stops answering (a network partition, a host
+# gone, not a restart, which closes the connections): without them a C-STORE, a lease renewal or
+# a worker's claim waits until the kernel gives up on the connection (about 15 minutes). A
+# setting in node.database_url's query (`?connect_timeout=30`) is kept.
+POSTGRES_TIMEOUTS = {
+    "connect_timeout": 10,  # seconds to open a connection
+    "keepalives": 1,  # an idle connection's peer is asked after 30 s, every 10 s, 3 times
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,  # ms that sent data may stay unacknowledged
+}
 _READING_STATEMENTS = ("SELECT", "WITH", "BEGIN", "PRAGMA", "EXPLAIN")
 
 
@@ -144,6 +156,10 @@ class Database:
             options["creator"] = lambda: _read_only_sqlite(file)
         elif read_only and not self.is_sqlite:
             options["execution_options"] = {"postgresql_readonly": True}  # read-only transactions
+        if parsed.get_backend_name() == "postgresql":
+            options["connect_args"] = {
+                key: value for key, value in POSTGRES_TIMEOUTS.items() if key not in parsed.query
+            }
         try:
             self.engine = create_engine(url, pool_pre_ping=not self.is_sqlite, **options)
         except ModuleNotFoundError as exc:

@@ -1,0 +1,61 @@
+"""A PostgreSQL server that stops answering is given up on (db/engine.py POSTGRES_TIMEOUTS),
+not waited for until the kernel drops the connection; a real server and a silent listener."""
+
+import threading
+import time
+
+import pytest
+
+import dicomnode.db.engine as engine_module
+from dicomnode.db import open_database
+from dicomnode.errors import ConfigError
+from tests.support.postgres import PostgresServer
+from tests.support.silent_peers import silent_listener
+
+
+def test_a_server_that_never_answers_is_given_up_after_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It takes the TCP connection and says nothing (a host half gone, a proxy without its
+    backend); without connect_timeout libpq waits for it for ever."""
+    monkeypatch.setitem(engine_module.POSTGRES_TIMEOUTS, "connect_timeout", 2)
+    outcome: list[ConfigError] = []
+
+    def open_it(port: int) -> None:
+        try:
+            open_database(f"postgresql+psycopg://postgres@127.0.0.1:{port}/nodb")
+        except ConfigError as refused:
+            outcome.append(refused)
+
+    with silent_listener() as port:
+        opening = threading.Thread(target=open_it, args=(port,), daemon=True)
+        started = time.monotonic()
+        opening.start()
+        opening.join(60)
+        waited = time.monotonic() - started
+    assert not opening.is_alive(), "still waiting for a server that never answers"
+    assert [str(refused) for refused in outcome] == [
+        f"cannot open database postgresql+psycopg://postgres@127.0.0.1:{port}/nodb: "
+        "connection timeout expired"
+    ]
+    assert waited < 30
+
+
+def test_the_timeouts_reach_the_connection_and_the_urls_own_win(
+    postgres_server: PostgresServer,
+) -> None:
+    url = postgres_server.database()
+    try:
+        for query, connect_timeout in (("", "10"), ("?connect_timeout=30", "30")):
+            db = open_database(url + query)
+            try:
+                with db.engine.connect() as connection:
+                    info = connection.connection.driver_connection.info  # type: ignore[union-attr]
+                    used = info.get_parameters()
+            finally:
+                db.dispose()
+            assert used["connect_timeout"] == connect_timeout
+            assert (used["keepalives"], used["keepalives_idle"]) == ("1", "30")
+            assert used["tcp_user_timeout"] == "60000"
+    finally:
+        postgres_server.drop(url)
