@@ -9,6 +9,7 @@ retries work that a database failure interrupted.
 import sqlite3
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from dicomnode.db.group_commit import RowNotRecorded
 
@@ -25,6 +26,8 @@ def database_said(error: BaseException) -> str | None:
     error = underlying(error)
     if isinstance(error, RowNotRecorded):  # its transaction never ended (no cause to tell)
         return str(error)
+    if isinstance(error, PoolTimeout):  # every connection of the pool busy: not a bug of ours
+        return str(error).split(" (Background on this error", 1)[0]
     driver_error: BaseException | None = error
     if isinstance(error, DBAPIError):
         driver_error = error.orig

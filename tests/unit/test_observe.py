@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from dicomnode.config import EnhanceSettings, load_settings
 from dicomnode.db.failures import database_said, underlying
@@ -75,6 +76,14 @@ def test_a_grouped_commit_is_judged_by_what_failed_in_it() -> None:
         refusal_text(underlying(locked)) == "the database could not record it: database is locked"
     )
     assert refusal_reason(RowNotRecorded("its transaction never ended")) == "database"
+    pool = PoolTimeout(
+        "QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 30.00 "
+        "(Background on this error at: https://sqlalche.me/e/20/3o7r)"
+    )
+    assert database_said(carried(pool)) == (
+        "QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 30.00"
+    )
+    assert refusal_reason(underlying(carried(pool))) == "database"
 
 
 def test_readiness_lists_each_failing_check_and_is_empty_when_all_pass() -> None:
