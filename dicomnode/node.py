@@ -15,6 +15,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomnode import heap
 from dicomnode.config import Settings, masked_url
 from dicomnode.db import Database, open_database
+from dicomnode.db.failures import database_said
 from dicomnode.db.instances import (
     create_jobs_for_quiet_series,
     forget_instances_without_files,
@@ -66,9 +67,11 @@ class _SkippedRunFilter(logging.Filter):
 
 class _Guarded:
     """A scheduled task whose failures are logged for an operator: the first with its
-    traceback; the same one again (a full disk, a database gone: every tick, every second) in
-    one line, on the 2nd, 4th, 8th, ... time, so the log that must explain it does not fill the
-    disk; and, when the task runs again, how many times it had failed."""
+    traceback (a database's failure in one line, in its own words: a lock held by another
+    process is not a bug of ours, and SQLAlchemy's traceback of it is 65 lines); the same one
+    again (a full disk, a database gone: every tick, every second) in one line, on the 2nd,
+    4th, 8th, ... time, so the log that must explain it does not fill the disk; and, when the
+    task runs again, how many times it had failed."""
 
     def __init__(self, name: str, tick: Callable[[], object]) -> None:
         self._name, self._tick = name, tick
@@ -79,10 +82,16 @@ class _Guarded:
         try:
             self._tick()
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            said = database_said(exc)
+            error = f"the database failed: {said}" if said else f"{type(exc).__name__}: {exc}"
             if error != self._error:
                 self._error, self._failures = error, 1
-                log.exception("scheduled task failed task=%s (will run again)", self._name)
+                if said:
+                    log.error(
+                        "scheduled task failed task=%s (will run again): %s", self._name, error
+                    )
+                else:
+                    log.exception("scheduled task failed task=%s (will run again)", self._name)
                 return
             self._failures += 1
             if self._failures & (self._failures - 1) == 0:  # a power of two

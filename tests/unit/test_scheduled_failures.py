@@ -3,8 +3,10 @@ log explaining it does not fill the disk itself: the first failure with its trac
 one again in one line on the 2nd, 4th, 8th ... time, and its recovery with the count."""
 
 import logging
+import sqlite3
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from dicomnode.node import _Guarded
 
@@ -46,4 +48,36 @@ def test_a_failure_that_repeats_is_logged_ever_more_rarely_and_its_end_once(
         ],
         ("ERROR", "scheduled task failed task=retention (will run again)", True),
         ("WARNING", "scheduled task ran again task=retention failures=1", False),
+    ]
+
+
+def test_a_database_failure_is_one_line_in_the_databases_words(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another process holding SQLite's write lock past the busy timeout is no bug of ours:
+    one line each time, no traceback (it was SQLAlchemy's 65 lines per task)."""
+
+    def locked() -> None:
+        raise OperationalError(
+            "BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked")
+        )
+
+    task = _Guarded("completion", locked)
+    caplog.set_level(logging.INFO, logger="dicomnode.node")
+    task()
+    task()
+    lines = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    assert lines == [
+        (
+            "ERROR",
+            "scheduled task failed task=completion (will run again): "
+            "the database failed: database is locked",
+            False,
+        ),
+        (
+            "ERROR",
+            "scheduled task failed again task=completion times=2: "
+            "the database failed: database is locked",
+            False,
+        ),
     ]
