@@ -34,6 +34,16 @@ _REPORTED_BY_US = (
     "DIMSE timeout reached while waiting for message response",
     "Connection closed while waiting for DIMSE message",
 )
+# Its association negotiation's (ERROR, three lines for one rejection): our forward layer and
+# `dicomnode echo` tell a rejection, an abort, a timeout or no accepted context in one line.
+_NEGOTIATION_REPORTED_BY_US = (
+    "Association Rejected",
+    "Result: Rejected",
+    "Reason: ",
+    "Association Aborted",
+    "No accepted presentation contexts",
+    "ACSE timeout reached while waiting for response",
+)
 
 
 class UtcFormatter(logging.Formatter):
@@ -51,7 +61,10 @@ def _not_said_twice(record: logging.LogRecord) -> bool:
     logger's filter would not see its children's records)."""
     if not record.name.startswith("pynetdicom"):
         return True
-    if record.getMessage().startswith(_REPORTED_BY_US):
+    message = record.getMessage()
+    if message.startswith(_REPORTED_BY_US):
+        return False
+    if record.name == "pynetdicom.acse" and message.startswith(_NEGOTIATION_REPORTED_BY_US):
         return False
     # pynetdicom logs a failed client handshake twice, once with a traceback; the reason is in
     # its other line and in our delivery error, which names the destination.

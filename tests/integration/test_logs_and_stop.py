@@ -16,7 +16,7 @@ from pydicom import dcmread
 from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 
-from tests.support.dcmtk import storescu
+from tests.support.dcmtk import StoreScp, storescu
 from tests.support.node import NodeProcess, part_of
 from tests.support.ports import free_port
 
@@ -92,23 +92,26 @@ def test_a_stop_that_overruns_node_stop_timeout_seconds_exits_anyway(
 
 
 def test_log_lines_carry_utc_times_and_libraries_only_speak_up_from_warning(
-    node_factory, ct_series: list[Path]
+    node_factory, tmp_path: Path, ct_series: list[Path]
 ) -> None:
-    # A destination nobody listens on: pynetdicom's own connect errors must not double ours.
+    # A destination nobody listens on and one that rejects every association: pynetdicom's own
+    # lines for these must not double ours.
     down = {"name": "down", "ae_title": "NOBODY", "host": "127.0.0.1", "port": free_port()}
-    # baseline builds a metrics SR with highdicom, which narrates attribute copies at INFO.
-    node: NodeProcess = node_factory(
-        [down], enhance={"methods": ["baseline"], "self_check": False}
-    ).start()
-    assert storescu(node.port, ct_series).returncode == 0
-    node.wait_for_jobs(
-        lambda jobs: (
-            part_of(jobs, "derived").get("status") == "failed"
-            and part_of(jobs, "originals").get("status") == "failed"
-        ),
-        timeout=180,
-    )
-    node.stop()
+    with StoreScp(tmp_path / "refusing", options=("--refuse",)) as refusing:
+        rejects = {"name": "rejects", "ae_title": "R", "host": "127.0.0.1", "port": refusing.port}
+        # baseline builds a metrics SR with highdicom, which narrates attribute copies at INFO.
+        node: NodeProcess = node_factory(
+            [down, rejects], enhance={"methods": ["baseline"], "self_check": False}
+        ).start()
+        assert storescu(node.port, ct_series).returncode == 0
+        node.wait_for_jobs(
+            lambda jobs: (
+                part_of(jobs, "derived").get("status") == "failed"
+                and part_of(jobs, "originals").get("status") == "failed"
+            ),
+            timeout=180,
+        )
+        node.stop()
 
     lines = node.log().splitlines()
     assert lines and all(UTC_LINE.match(line) for line in lines if line[:1].isdigit())
@@ -118,6 +121,8 @@ def test_log_lines_carry_utc_times_and_libraries_only_speak_up_from_warning(
     assert "delivery failed job=" in node.log()
     assert "TCP Initialisation Error" not in node.log()
     assert "unable to connect to remote" not in node.log()
+    assert "destination=rejects" in node.log() and "rejected" in node.log()
+    assert " pynetdicom" not in node.log()  # "Association Rejected", "Result: ...", "Reason: ..."
 
 
 def _logging_probe(third_party_level: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
