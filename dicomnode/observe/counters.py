@@ -36,6 +36,7 @@ CONNECTION_REASONS = (
     "message_too_large",
     "stalled",
     "protocol",
+    "not_dicom",
 )
 
 INSTANCES_RECEIVED = Counter(

@@ -146,9 +146,24 @@ class AssociationListener(ThreadedAssociationServer):
         try:
             keep_alive(sock, self.keepalive_seconds)
             sock.settimeout(self.first_byte_timeout)
-            if not sock.recv(1, socket.MSG_PEEK):
+            first = sock.recv(8, socket.MSG_PEEK)
+            if not first:
                 # A port probe (a health check, a load balancer): no caller, nothing to report.
                 log.debug("connection closed before any request address=%s:%s", host, port)
+                self.shutdown_request(sock)
+                return
+            expected = _TLS_HANDSHAKE if self.ssl_context is not None else _A_ASSOCIATE_RQ
+            if first[0] != expected:
+                # An HTTP client, a scanner, TLS to a plain port: pynetdicom would wait out
+                # network.acse_timeout for an A-ASSOCIATE-RQ, holding an association's place.
+                CONNECTIONS_ABORTED.labels("not_dicom").inc()
+                log.warning(
+                    "connection refused address=%s:%s: %s (first bytes %r)",
+                    host,
+                    port,
+                    _not_dicom(first, tls=self.ssl_context is not None),
+                    first,
+                )
                 self.shutdown_request(sock)
                 return
             if self.ssl_context is not None:
@@ -162,7 +177,10 @@ class AssociationListener(ThreadedAssociationServer):
             if isinstance(exc, ssl.SSLError) or self.ssl_context is not None:
                 log.warning("TLS handshake failed address=%s:%s: %s", host, port, describe(exc))
             else:
-                log.info("connection dropped before any request address=%s:%s: %s", host, port, exc)
+                # A probe that resets (a health check): as common as one that closes.
+                log.debug(
+                    "connection dropped before any request address=%s:%s: %s", host, port, exc
+                )
             self.shutdown_request(sock)
             return
         if self.closing:
@@ -171,6 +189,19 @@ class AssociationListener(ThreadedAssociationServer):
             return
         # Counted as an association from here on (pynetdicom's active_associations).
         super().process_request_thread(sock, client_address)
+
+
+_A_ASSOCIATE_RQ = 0x01  # the first PDU of every DICOM association (PS3.8 9.3.2)
+_TLS_HANDSHAKE = 0x16  # a TLS record of the handshake (RFC 8446 5.1): a ClientHello first
+
+
+def _not_dicom(first: bytes, tls: bool) -> str:
+    """What the caller's first bytes say it is, for the line that refuses it."""
+    if tls and first[0] == _A_ASSOCIATE_RQ:
+        return "plain DICOM to a TLS listener"
+    if not tls and first[0] == _TLS_HANDSHAKE:
+        return "TLS to a listener without node.tls"
+    return "not a DICOM association request"
 
 
 class SharedPortListener(AssociationListener):

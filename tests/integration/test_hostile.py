@@ -285,6 +285,23 @@ def test_silent_connections_past_a_bound_are_refused_and_real_callers_still_serv
     assert echoscu(node.port).returncode == 0
 
 
+def test_a_caller_that_does_not_speak_dicom_is_refused_at_its_first_bytes_in_one_line(
+    node_factory,
+) -> None:
+    """An HTTP client or a scanner on the DICOM port. Before, the guard logged it twice (each
+    half of its request taken for a PDU) and pynetdicom held its association's place until
+    network.acse_timeout: a scanner could fill max_associations."""
+    node = _limited_node(node_factory, node={"max_associations": 1})
+    with socket.create_connection(("127.0.0.1", node.port)) as http:
+        http.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert _closed_by_peer(http, within=3)
+    assert echoscu(node.port).returncode == 0  # the one association's place is free at once
+    refused = [line for line in node.log().splitlines() if "connection refused" in line]
+    assert len(refused) == 1, refused
+    assert "not a DICOM association request (first bytes b'GET / HT')" in refused[0]
+    assert "association aborted" not in node.log()
+
+
 def test_a_wrong_called_ae_title_is_rejected_and_logged(node_factory) -> None:
     node = _limited_node(node_factory)
     wrong = echoscu(node.port, called_aet="WRONGTITLE")
