@@ -22,6 +22,11 @@ class ConfigError(DicomNodeError):
         self.setting = setting
 
 
+class DatabaseBusy(DicomNodeError):
+    """Another process held the database's write lock past the busy timeout (SQLite): nothing
+    is wrong with the settings; the same command later works."""
+
+
 class SpoolError(DicomNodeError):
     """The spool could not store or find a file (disk full, permissions, bad UID for a path)."""
 

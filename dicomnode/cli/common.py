@@ -105,6 +105,15 @@ def reported_errors() -> Iterator[None]:
         if isinstance(exc, ConfigError):
             fail(str(exc), EXIT_USAGE)
         fail(_os_error(exc) if isinstance(exc, OSError) else str(exc))
+    except Exception as exc:
+        from dicomnode.db.failures import database_said  # SQLAlchemy: not for `--help`
+
+        said = database_said(exc)
+        if said is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        fail(f"the database failed: {said} (try again)")
 
 
 def settings_from(config: Path | None) -> Settings:

@@ -4,6 +4,7 @@ doctor and purge, and `jobs list --status` for every state; a real SQLite databa
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -226,3 +227,29 @@ def test_after_an_outage_every_dead_job_is_retried_at_once_and_a_limited_list_sa
     assert mixed.returncode == 1  # the done job is named, the failed one still went
     assert f"job {by_state['failed']} queued again" in mixed.stdout
     assert f"job {by_state['done']} is done" in mixed.stderr
+
+
+def test_an_admin_command_while_another_process_holds_the_database_says_try_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite's write lock held past the busy timeout (a node purging, a backup): exit 1 and
+    "try again", not exit 2 "cannot open database", which says the settings are wrong."""
+    from dicomnode.cli import app
+    from dicomnode.db import engine
+
+    monkeypatch.setattr(engine, "BUSY_TIMEOUT_SECONDS", 1)
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\ndata_dir = "{tmp_path / "data"}"\n')
+    open_database(f"sqlite:///{tmp_path / 'data' / 'dicomnode.sqlite'}").dispose()
+    holder = sqlite3.connect(tmp_path / "data" / "dicomnode.sqlite", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    monkeypatch.setattr(sys, "argv", ["dicomnode", "jobs", "retry", "1", "-c", str(config)])
+    try:
+        with pytest.raises(SystemExit) as exited:
+            app.main()
+    finally:
+        holder.close()
+    assert exited.value.code == 1
+    said = " ".join(capsys.readouterr().err.split())
+    assert "is busy: another process held its write lock for 1 s" in said
+    assert said.endswith("try again")
