@@ -188,7 +188,7 @@ class JobRunner:
                 return False
             hold = None
             log.info(
-                "job sends again job=%d part=%s replay=%s series=%d",
+                "job sends again job=%d part=%s replay=%s series_count=%d",
                 job.id,
                 job.part,
                 job.replay,
