@@ -33,7 +33,7 @@ from dicomnode.status import DeliveryStatus, JobStatus
 
 if TYPE_CHECKING:
     from dicomnode.db import Database, DeliveryRecord, JobRecord
-    from dicomnode.imaging.outcome import DeclinedImage, SeriesOutcome
+    from dicomnode.imaging.outcome import DeclinedImage, MethodOutcome, SeriesOutcome
 
 app = typer.Typer(help="Inspect and steer jobs.", no_args_is_help=True)
 
@@ -229,8 +229,24 @@ def _print_details(outcome: "SeriesOutcome") -> None:
         )
     if outcome.methods:
         console.print(table)
+    for method in outcome.methods:
+        for line in _qa_lines(method):
+            console.print(shown(line), soft_wrap=True)
     for line in _declined_lines(outcome.declined):
         console.print(f"not enhanced: {shown(line)}", soft_wrap=True)
+
+
+def _qa_lines(method: "MethodOutcome") -> list[str]:
+    """Why QA did not pass a method's images (the table says only "warn" or "fail"): how many
+    images had its worst verdict, and the reasons of the first of them (`--json`: each)."""
+    worst = [image for image in method.images if image.qa.verdict == method.qa != "ok"]
+    if not worst:
+        return []
+    first = worst[0]
+    return [
+        f"QA {method.method}: {method.qa} on {len(worst)} of {len(method.images)} images, "
+        f"e.g. sop={first.source_sop}: {'; '.join(first.qa.reasons)}"
+    ]
 
 
 _DECLINED_LINES = 10  # a series of 500 colour images is one line, not 500 (`--json` has each)
