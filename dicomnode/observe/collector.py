@@ -18,6 +18,7 @@ from dicomnode.config import EnhanceSettings
 from dicomnode.db import Database
 from dicomnode.db.stats import QueueSnapshot, queue_snapshot
 from dicomnode.observe.bounded import BoundedCall
+from dicomnode.observe.throttle import ThrottledWarnings
 from dicomnode.registry import method_spec
 from dicomnode.spool import Spool
 from dicomnode.status import DeliveryStatus, JobPart, JobStatus
@@ -61,13 +62,14 @@ class NodeCollector(Collector):
 
     def __init__(self, db: Database, spool: Spool, timeout_seconds: float) -> None:
         self.spool = spool
+        self._warnings = ThrottledWarnings(log)  # a scrape every 15 s while the database hangs
         self._snapshot = BoundedCall(partial(queue_snapshot, db), timeout_seconds, "metrics read")
 
     def collect(self) -> Iterator[Metric]:
         try:
             snapshot: QueueSnapshot | None = self._snapshot()
         except Exception as exc:  # a driver error or a timeout: a value, not a failed scrape
-            log.warning("metrics: job tables not read: %s", exc)
+            self._warnings.warning("tables", "metrics: job tables not read: %s", exc)
             snapshot = None
         yield GaugeMetricFamily(
             "dicomnode_database_up",

@@ -39,15 +39,19 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line[:200]}"
 
 
-def _run_checks(checks: list[Check]) -> list[str]:
+def _run_checks(checks: list[Check], running: list[str]) -> list[str]:
+    """Each check's problem; `running` holds the name of the one under way (a timeout names
+    it: "database", when the database is what hangs)."""
     problems = []
     for check in checks:
+        running[:] = [getattr(check, "__name__", "a check")]
         try:
             problem = check()
         except Exception as exc:
             problem = _short(exc)
         if problem:
             problems.append(problem)
+    running.clear()
     return problems
 
 
@@ -57,7 +61,10 @@ class Readiness:
 
     def __init__(self, checks: list[Check], timeout_seconds: float) -> None:
         self.timeout_seconds = timeout_seconds
-        self._round = BoundedCall(partial(_run_checks, checks), timeout_seconds, "readiness")
+        self._running: list[str] = []
+        self._round = BoundedCall(
+            partial(_run_checks, checks, self._running), timeout_seconds, "readiness"
+        )
 
     def problems(self) -> list[str]:
         """Why the process is not ready; empty when it is."""
@@ -65,7 +72,8 @@ class Readiness:
             return self._round()
         except TimeoutError:
             limit = f"http.check_timeout_seconds={self.timeout_seconds:g}"
-            return [f"checks did not finish within {limit}"]
+            hung = f": {self._running[0]} still answering" if self._running else ""
+            return [f"checks did not finish within {limit}{hung}"]
 
 
 def node_checks(

@@ -461,10 +461,12 @@ class StorageReceiver:
         try:
             # A reserve, not a line: what this instance takes counts (at 0 bytes free the
             # database cannot even record the deletions that would make room).
-            if self.spool.free_bytes() - len(arrival.data_set) < self._min_free_bytes:
+            free = self.spool.free_bytes()
+            if free - len(arrival.data_set) < self._min_free_bytes:
                 raise DiskFull(
                     f"node.min_free_disk_mb={self.settings.node.min_free_disk_mb} MB: storing "
-                    f"it would leave less free in {self.spool.root}"
+                    f"it ({len(arrival.data_set) / 1048576:.1f} MB) would leave less free in "
+                    f"{self.spool.root} ({free / 1048576:.1f} MB free)"
                 )
             _check_sop_class(arrival)
             self._check_size(arrival)

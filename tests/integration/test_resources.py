@@ -3,6 +3,7 @@ and the retention that keeps the spool from growing without end."""
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -55,6 +56,9 @@ def test_an_instance_that_would_eat_into_the_free_space_reserve_is_refused(
     status = c_store(node.port, big)
     assert status is not None and int(status.Status) == 0xA700, status
     assert f"node.min_free_disk_mb={free - 4} MB: storing it" in status.ErrorComment
+    assert re.search(
+        r"storing it \(16\.\d MB\) would leave less free in \S+ \(\d+\.\d MB free\)", node.log()
+    )
     small = c_store(node.port, ct_series[0])  # ~0.5 MB
     assert small is not None and int(small.Status) == 0x0000, small
 

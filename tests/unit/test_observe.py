@@ -108,7 +108,8 @@ def test_readiness_answers_in_time_when_a_check_hangs_and_shares_the_hung_round(
     try:
         for _ in range(3):
             assert readiness.problems() == [
-                "checks did not finish within http.check_timeout_seconds=0.2"
+                "checks did not finish within http.check_timeout_seconds=0.2: "
+                "hanging still answering"
             ]
         assert len(rounds) == 1  # probes wait for the round in progress, not start new ones
     finally:
