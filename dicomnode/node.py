@@ -107,13 +107,29 @@ class _Guarded:
             self._error, self._failures = None, 0
 
 
+_FIRST_PID_NAMESPACE = 0xEFFFFFFC  # the inode of Linux's initial PID namespace
+
+
+def this_host() -> str:
+    """This host as a job lease names it: its hostname, and in a container its PID namespace
+    too (`node-1/4026532451`). Containers may share a hostname (host networking, a `hostname:`
+    setting), but a process id means something only within its namespace: without it, a
+    listener starting in one took the live jobs of a worker in another for a dead process's."""
+    hostname = socket.gethostname()
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux
+        return hostname
+    return hostname if namespace == _FIRST_PID_NAMESPACE else f"{hostname}/{namespace}"
+
+
 def _gone_from_here(lease_owner: str) -> bool:
     """Whether a job lease (`host:pid:...`, `JobRunner`'s) is held by a process of this host
-    that no longer runs. A process of another host, or whose pid runs again (another process
-    may have it now), is left to its lease's expiry."""
+    (and PID namespace) that no longer runs. A process of another host or container, or whose
+    pid runs again (another process may have it now), is left to its lease's expiry."""
     host, _, rest = lease_owner.partition(":")
     pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != this_host() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -223,7 +239,7 @@ class Node:
         reclaim_expired_leases(self.db, self.settings.retry.max_attempts, gone=_gone_from_here)
         destinations = [d.name for d in self.settings.destinations]
         scheduler = self._scheduler = self._scheduler_with_upkeep(destinations)
-        prefix = f"{socket.gethostname()}:{os.getpid()}"
+        prefix = f"{this_host()}:{os.getpid()}"
         routers = [(name, part) for name, part in runners if part == JobPart.ORIGINALS]
         self._add_runners(scheduler, prefix, routers)
         # The receiver already answers, and the router sends the originals, while TensorFlow

@@ -8,7 +8,6 @@ injected `slow` method, so a job stays in "processing" long enough to kill its w
 import os
 import re
 import signal
-import socket
 import time
 from collections import Counter
 from contextlib import suppress
@@ -22,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 from dicomnode.db import Database, open_database
 from dicomnode.db.jobs import get_job
 from dicomnode.db.models import Job
+from dicomnode.node import this_host
 from tests.conftest import pacs_destination
 from tests.support.cli import dicomnode
 from tests.support.dcmtk import storescu
@@ -110,7 +110,7 @@ def test_two_workers_share_the_jobs_and_a_killed_ones_job_is_finished_by_the_oth
     try:
         first.start()
         second.start()
-        host = socket.gethostname()
+        host = this_host()
         first_id, second_id = f"{host}:{first.pid}", f"{host}:{second.pid}"
         sources: set[str] = set()
         for index in range(SERIES):
