@@ -15,7 +15,8 @@ INTERVAL_SECONDS = 60.0
 
 
 class ThrottledWarnings:
-    """`warning(key, msg, *args)` logs at most once per `interval` seconds for each `key`."""
+    """`warning(key, msg, *args)` logs at most once per `interval` seconds for each `key`
+    (`log(level, ...)` at another level)."""
 
     def __init__(
         self,
@@ -31,6 +32,10 @@ class ThrottledWarnings:
         self._left_out: dict[Hashable, int] = {}
 
     def warning(self, key: Hashable, msg: str, *args: object) -> None:
+        self.log(logging.WARNING, key, msg, *args)
+
+    def log(self, level: int, key: Hashable, msg: str, *args: object) -> None:
+        """At `level`, at most once per interval for `key` (a monitor's C-ECHO is INFO)."""
         now = self._clock()
         with self._lock:
             last = self._last.get(key)
@@ -45,4 +50,4 @@ class ThrottledWarnings:
                     self._left_out.pop(old, None)
         if left_out:
             msg += f" ({left_out} more like it in the last {self._interval:g} s not logged)"
-        self._logger.warning(msg, *args)
+        self._logger.log(level, msg, *args)

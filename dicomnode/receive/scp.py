@@ -53,6 +53,7 @@ from dicomnode.observe.counters import (
     INSTANCES_RECEIVED,
     INSTANCES_REFUSED,
 )
+from dicomnode.observe.throttle import ThrottledWarnings
 from dicomnode.receive.commitment import CommitmentResponder
 from dicomnode.receive.guard import COMMAND_ALLOWANCE, ConnectionLimits, GuardedSocket
 from dicomnode.receive.listener import start_listener
@@ -261,6 +262,7 @@ class _Received:
 
 
 _REFUSED_TOLD_MAX = 1000  # (calling AE, SOP class) pairs remembered; a flood tells no more
+ECHO_LOG_SECONDS = 600.0
 
 
 def _named(uid: str) -> str:
@@ -283,6 +285,7 @@ class StorageReceiver:
             weakref.WeakKeyDictionary()
         )
         self._received_lock = threading.Lock()
+        self._echoes = ThrottledWarnings(log, interval=ECHO_LOG_SECONDS)
         self._writer = ThreadPoolExecutor(settings.node.max_associations, "spool-write")
         # SQLite has one writer at a time: rows that arrive together share a transaction
         # (db/group_commit.py). PostgreSQL takes concurrent writers as they come.
@@ -314,7 +317,10 @@ class StorageReceiver:
         ]
 
     def handle_echo(self, event: Event) -> int:
-        log.info("C-ECHO calling_aet=%s", event.assoc.requestor.ae_title)
+        """Success; one line per calling AE every ECHO_LOG_SECONDS at most: a monitor that
+        echoes every 10 s would otherwise write more lines than all the studies of a day."""
+        calling = event.assoc.requestor.ae_title
+        self._echoes.log(logging.INFO, calling, "C-ECHO calling_aet=%s", calling)
         return SUCCESS
 
     def handle_association_answer(self, event: Event) -> None:

@@ -50,3 +50,17 @@ def test_keys_of_a_long_gone_flood_are_forgotten() -> None:
     clock.now += 61
     warnings.warning("new", "refused")
     assert len(warnings._last) == 1
+
+
+def test_another_level_is_kept(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    echoes = ThrottledWarnings(logging.getLogger("throttle-test"), interval=600, clock=clock)
+    with caplog.at_level(logging.INFO, logger="throttle-test"):
+        for _ in range(3):
+            echoes.log(logging.INFO, "MONITOR", "C-ECHO calling_aet=%s", "MONITOR")
+        clock.now += 600
+        echoes.log(logging.INFO, "MONITOR", "C-ECHO calling_aet=%s", "MONITOR")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "C-ECHO calling_aet=MONITOR"),
+        ("INFO", "C-ECHO calling_aet=MONITOR (2 more like it in the last 600 s not logged)"),
+    ]
