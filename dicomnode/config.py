@@ -47,6 +47,19 @@ def _check(condition: bool, key: str, rule: str) -> None:
         raise ConfigError(f"setting {key}: {rule}", setting=key)
 
 
+def _check_transfer_syntax(value: str, key: str) -> None:
+    """A transfer syntax of PS3.6 Annex A that pydicom knows (it must read the data sets)."""
+    import pydicom
+    from pydicom.uid import UID
+
+    _check(
+        UID(value).is_transfer_syntax,
+        key,
+        f"{value!r} is not a transfer syntax UID that pydicom {pydicom.__version__} knows "
+        "(PS3.6 Annex A)",
+    )
+
+
 def _check_ae_title(value: str, key: str) -> None:
     _check(
         bool(_AE_TITLE.match(value)) and value.strip() != "",
@@ -85,6 +98,9 @@ class NodeSettings:
     database_url: str = ""
     allowed_calling_aets: list[str] = field(default_factory=list)
     require_called_aet: bool = True  # refuse callers that address another AE title
+    # Transfer syntaxes taken beyond those whose instances can reach any PACS (receive/
+    # syntaxes.py): e.g. JPEG XL for a PACS that takes it; such an instance goes only there.
+    extra_transfer_syntaxes: list[str] = field(default_factory=list)
     on_duplicate: Literal["replace", "keep"] = "replace"
     min_free_disk_mb: int = 1024
     max_associations: int = 10
@@ -119,6 +135,8 @@ class NodeSettings:
         _check(self.data_dir != "", "node.data_dir", "must not be empty")
         for aet in self.allowed_calling_aets:
             _check_ae_title(aet, "node.allowed_calling_aets")
+        for syntax in self.extra_transfer_syntaxes:
+            _check_transfer_syntax(syntax, "node.extra_transfer_syntaxes")
         _check(self.min_free_disk_mb >= 0, "node.min_free_disk_mb", "must be >= 0")
         _check(self.max_associations >= 1, "node.max_associations", "must be >= 1")
         _check(self.max_instance_mb >= 0, "node.max_instance_mb", "must be >= 0 (0: no limit)")

@@ -66,7 +66,7 @@ from dicomnode.receive.status import (
     status_for,
 )
 from dicomnode.receive.store_lane import Arrival
-from dicomnode.receive.syntaxes import ACCEPTED_TRANSFER_SYNTAXES
+from dicomnode.receive.syntaxes import accepted_syntaxes
 from dicomnode.spool import Spool, validate_uid
 
 log = logging.getLogger(__name__)
@@ -616,8 +616,9 @@ def start_receiver(
         ae.require_calling_aet = list(node.allowed_calling_aets)
     elif not quiet:
         log.warning("node.allowed_calling_aets is empty: accepting stores from any calling AE")
+    syntaxes = accepted_syntaxes(node.extra_transfer_syntaxes)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+        ae.add_supported_context(context.abstract_syntax, syntaxes)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     # Either role: a caller asks us (we are SCP), a destination reports to us (it is SCP).
     ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)

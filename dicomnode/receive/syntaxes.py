@@ -7,8 +7,11 @@ and video (MPEG-2, MPEG-4, HEVC: a video has no other syntax to come in, and goe
 refuses the rest (JPEG XL, JPEG 2000 Part 2, JPIP, whose pixels are elsewhere, SMPTE ST 2110,
 Deflated Image Frame): a modality that proposes one proposes a syntax we take beside it, and an
 instance taken in one could reach no PACS that does not take it too (DCMTK's `storescp +xa` and
-Orthanc refuse most of them as well).
+Orthanc refuse most of them as well). A site whose PACS takes one names it in
+`node.extra_transfer_syntaxes`.
 """
+
+from collections.abc import Sequence
 
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import (
@@ -42,3 +45,10 @@ def deliverable(syntax: str) -> bool:
 
 
 ACCEPTED_TRANSFER_SYNTAXES = [syntax for syntax in ALL_TRANSFER_SYNTAXES if deliverable(syntax)]
+
+
+def accepted_syntaxes(extra: Sequence[str] = ()) -> list[str]:
+    """What the receiver takes: the deliverable syntaxes, then the site's
+    `node.extra_transfer_syntaxes` (its PACS takes them: an instance in one goes only to a
+    destination that takes it too, and is dead for the others, named as ours)."""
+    return [*ACCEPTED_TRANSFER_SYNTAXES, *(s for s in extra if s not in ACCEPTED_TRANSFER_SYNTAXES)]

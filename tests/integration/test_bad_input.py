@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import Dataset, dcmread
+from pydicom.encaps import encapsulate
 from pydicom.uid import (
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
@@ -31,7 +32,7 @@ from tests.support.dcmtk import StoreScp, echoscu, storescu
 from tests.support.metrics import Scrape
 from tests.support.orthanc import Orthanc
 from tests.support.scu import c_store
-from tests.support.series import CT_TEMPLATE
+from tests.support.series import CT_TEMPLATE, write_ct_series
 
 
 def malformed(folder: Path) -> list[Path]:
@@ -442,3 +443,26 @@ def test_a_transfer_syntax_no_pacs_could_be_sent_is_refused_at_association(node_
         "Lossless (1.2.840.10008.1.2.4.110)"
     )
     assert node.log().count(refused_line) == 1  # once per calling AE and class
+
+
+def test_a_syntax_the_site_lists_is_taken_and_stored_as_it_came(
+    node_factory, tmp_path: Path
+) -> None:
+    """node.extra_transfer_syntaxes: a site whose PACS takes JPEG 2000 Part 2 (refused by
+    default: no decoder here) has it taken too."""
+    part_2 = "1.2.840.10008.1.2.4.92"
+    node = node_factory([], node={"extra_transfer_syntaxes": [part_2]}).start()
+    ds = dcmread(write_ct_series(tmp_path / "ct", 1, size=64)[0])
+    ds.file_meta.TransferSyntaxUID = part_2
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(60)])  # stands in for a codestream
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage, part_2)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
+    try:
+        assert [cx.transfer_syntax[0] for cx in assoc.accepted_contexts] == [part_2]
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    [stored] = node.data_dir.rglob(f"{ds.SOPInstanceUID}.dcm")
+    assert dcmread(stored).file_meta.TransferSyntaxUID == part_2
+    assert "presentation context refused" not in node.log()

@@ -1,5 +1,7 @@
-"""The receiver takes a transfer syntax only when what comes in it can reach any PACS."""
+"""The receiver takes a transfer syntax only when what comes in it can reach any PACS, or when
+the site names it (node.extra_transfer_syntaxes)."""
 
+import pytest
 from pydicom.uid import (
     HEVCMP51,
     HTJ2K,
@@ -12,7 +14,9 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from dicomnode.receive.syntaxes import ACCEPTED_TRANSFER_SYNTAXES
+from dicomnode.config import NodeSettings
+from dicomnode.errors import ConfigError
+from dicomnode.receive.syntaxes import ACCEPTED_TRANSFER_SYNTAXES, accepted_syntaxes
 
 JPEG_XL = "1.2.840.10008.1.2.4.110"
 JPEG_2000_PART_2 = "1.2.840.10008.1.2.4.92"
@@ -36,3 +40,13 @@ def test_what_modalities_send_is_taken_and_what_no_decoder_here_reads_is_not() -
         assert syntax in taken, syntax.name
     for syntax in (JPEG_XL, JPEG_2000_PART_2, JPIP_REFERENCED, DEFLATED_IMAGE_FRAME):
         assert syntax not in taken, syntax
+
+
+def test_a_site_adds_a_syntax_its_pacs_takes_and_a_non_syntax_is_refused_by_name() -> None:
+    assert accepted_syntaxes([JPEG_XL])[-1] == JPEG_XL
+    assert accepted_syntaxes([JPEG_XL, RLELossless]).count(RLELossless) == 1
+    assert accepted_syntaxes() == ACCEPTED_TRANSFER_SYNTAXES
+    NodeSettings(extra_transfer_syntaxes=[JPEG_XL]).validate()
+    ct_image_storage = "1.2.840.10008.5.1.4.1.1.2"  # a SOP class, not a syntax
+    with pytest.raises(ConfigError, match=r"setting node\.extra_transfer_syntaxes: '1\.2\.840"):
+        NodeSettings(extra_transfer_syntaxes=[ct_image_storage]).validate()
