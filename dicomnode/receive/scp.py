@@ -236,11 +236,15 @@ def _ended_how(assoc: Association) -> str:
     """How an established association ended, as pynetdicom's state machine shows it when the
     connection closes: "released", "idle" (pynetdicom aborted it: network.network_timeout),
     or the peer's doing. Sta13 is "awaiting the transport to close" after A-RELEASE-RP or an
-    A-ABORT of ours (PS3.8 9.2); pynetdicom's own abort is the one that sets `_sent_abort`."""
+    A-ABORT of ours (PS3.8 9.2): pynetdicom's abort for idleness sets `_sent_abort`, its
+    A-RELEASE-RP `_sent_release`; the abort it sends for a PDU out of place (AA-8) neither."""
     if getattr(assoc, "_sent_abort", False):
         return "idle"
-    if getattr(assoc.dul.state_machine, "current_state", None) == "Sta13":
+    in_sta13 = getattr(assoc.dul.state_machine, "current_state", None) == "Sta13"
+    if in_sta13 and getattr(assoc, "_sent_release", False):
         return "released"
+    if in_sta13:
+        return "aborted: the peer sent a PDU out of place"
     return "aborted by the peer or the connection was lost"
 
 

@@ -258,28 +258,25 @@ def test_an_aborted_association_leaves_the_series_to_the_quiet_rule(tmp_path: Pa
         node.stop()
 
 
-class _ReleasedAssociation:
-    """What the receiver's handlers read of an association that the sender released: the
-    caller, its contexts, and pynetdicom's state once A-RELEASE-RP went out (Sta13)."""
+class _ClosingAssociation:
+    """What the receiver's handlers read of an association whose connection closes: the caller,
+    its contexts, and pynetdicom's state (Sta13: after our A-RELEASE-RP, or after the A-ABORT
+    it sends for a PDU out of place)."""
 
     accepted_contexts = ()
     rejected_contexts = ()
     requestor = SimpleNamespace(ae_title="MODALITY", address="127.0.0.1")
     dul = SimpleNamespace(socket=None, state_machine=SimpleNamespace(current_state="Sta13"))
 
+    def __init__(self, released: bool) -> None:
+        self._sent_release = released
 
-@pytest.mark.parametrize("close_first", [True, False], ids=["close-first", "release-first"])
-def test_a_release_counts_whichever_of_its_two_events_comes_first(
-    tmp_path: Path, close_first: bool
-) -> None:
-    """pynetdicom fires EVT_RELEASED and EVT_CONN_CLOSE from two threads; on a busy machine the
-    close came first, the release found the association's series gone and the series waited
-    out series_quiet_seconds (seen in a parallel test run)."""
+
+def _store_one(tmp_path: Path, assoc: _ClosingAssociation) -> tuple[StorageReceiver, str]:
+    """A receiver on a real SQLite file and spool that stored one instance on `assoc`."""
     [source] = write_ct_series(tmp_path / "series", 1, size=64)
     database = open_database(f"sqlite:///{tmp_path / 'n.db'}")
     receiver = StorageReceiver(Settings(), Spool(tmp_path / "spool"), database)
-    assoc = _ReleasedAssociation()
-    event = SimpleNamespace(assoc=assoc)
     receiver.handle_established(SimpleNamespace(assoc=assoc))  # type: ignore[arg-type]
     data = DicomBytesIO()
     data.is_little_endian, data.is_implicit_VR = True, False
@@ -294,13 +291,39 @@ def test_a_release_counts_whichever_of_its_two_events_comes_first(
         data.getvalue(),
     )
     assert receiver.store(arrival) == SUCCESS
+    return receiver, dataset.SeriesInstanceUID
+
+
+def _released_at(receiver: StorageReceiver, series_uid: str) -> object:
+    with receiver.db.session() as session:
+        series = session.get(Series, series_uid)
+        assert series is not None
+        return series.released_at
+
+
+@pytest.mark.parametrize("close_first", [True, False], ids=["close-first", "release-first"])
+def test_a_release_counts_whichever_of_its_two_events_comes_first(
+    tmp_path: Path, close_first: bool
+) -> None:
+    """pynetdicom fires EVT_RELEASED and EVT_CONN_CLOSE from two threads; on a busy machine the
+    close came first, the release found the association's series gone and the series waited
+    out series_quiet_seconds (seen in a parallel test run)."""
+    assoc = _ClosingAssociation(released=True)
+    receiver, series_uid = _store_one(tmp_path, assoc)
 
     handlers = [receiver.handle_closed, receiver.handle_released]
     for handle in handlers if close_first else reversed(handlers):
-        handle(event)  # type: ignore[arg-type]
+        handle(SimpleNamespace(assoc=assoc))  # type: ignore[arg-type]
 
-    with database.session() as session:
-        series = session.get(Series, dataset.SeriesInstanceUID)
-        assert series is not None and series.released_at is not None
+    assert _released_at(receiver, series_uid) is not None
     time.sleep(0.3)
-    assert len(complete(database)) == 1  # the release rule, not the 3600 s quiet rule
+    assert len(complete(receiver.db)) == 1  # the release rule, not the 3600 s quiet rule
+
+
+def test_an_association_aborted_for_a_pdu_out_of_place_is_no_release(tmp_path: Path) -> None:
+    """pynetdicom answers a PDU out of place with an A-ABORT and waits in Sta13 for the close,
+    as after a release: the series it carried waits for the quiet rule."""
+    assoc = _ClosingAssociation(released=False)
+    receiver, series_uid = _store_one(tmp_path, assoc)
+    receiver.handle_closed(SimpleNamespace(assoc=assoc))  # type: ignore[arg-type]
+    assert _released_at(receiver, series_uid) is None
