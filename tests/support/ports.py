@@ -8,6 +8,7 @@ across processes by a lock on the port's byte of one shared file, held until the
 made RESERVED_PICKS more picks (by then the test that asked is long over) or ends.
 """
 
+import contextlib
 import fcntl
 import itertools
 import os
@@ -34,11 +35,28 @@ def _ephemeral_start() -> int:
         return 32768
 
 
+def _open_lock_file() -> int:
+    """The shared file, writable by every user (so a test run of one user reserves against
+    another's); one of this user's own when another user's is closed to it (its mode, or
+    fs.protected_regular in a sticky /tmp)."""
+    try:
+        fd = os.open(_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        return os.open(
+            _LOCK_FILE.with_name(f"{_LOCK_FILE.stem}-{os.getuid()}.lock"),
+            os.O_RDWR | os.O_CREAT,
+            0o600,
+        )
+    with contextlib.suppress(PermissionError):  # another user's: they made it so already
+        os.fchmod(fd, 0o666)  # the umask took write from group and others
+    return fd
+
+
 def _reserve(port: int) -> bool:
     """Lock the port's byte of the shared file; False when another process holds it."""
     global _lock_fd
     if _lock_fd is None:
-        _lock_fd = os.open(_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        _lock_fd = _open_lock_file()
     try:
         fcntl.lockf(_lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
     except OSError:
