@@ -1,5 +1,6 @@
 """Fixtures that own real peer processes (Orthanc, the node) and their temporary directories."""
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             f"missing {', '.join(missing)}: install Debian packages dcmtk and orthanc "
             "(see README, 'Run the tests')"
         )
+    _keep_the_part_of_the_run(config, items)
+
+
+def _keep_the_part_of_the_run(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """scripts/test runs the suite in two parts, DICOMNODE_TEST_PART=parallel (xdist workers)
+    then =serial (the tests marked `serial`, alone): chosen here, not with `-m`, so that a `-m`
+    of the caller's narrows both parts instead of replacing the split."""
+    part = os.environ.get("DICOMNODE_TEST_PART", "")
+    if part not in ("parallel", "serial"):
+        return
+    keep = [
+        item for item in items if (item.get_closest_marker("serial") is None) != (part == "serial")
+    ]
+    if len(keep) < len(items):
+        kept = set(keep)
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = keep
 
 
 @pytest.fixture
