@@ -8,7 +8,7 @@ retries work that a database failure interrupted.
 
 import sqlite3
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from dicomnode.db.group_commit import RowNotRecorded
@@ -35,3 +35,12 @@ def database_said(error: BaseException) -> str | None:
         return None
     said = str(driver_error).strip().splitlines()
     return said[0] if said else type(driver_error).__name__
+
+
+def database_away(error: BaseException) -> str | None:
+    """`database_said`, for a failure that may pass by itself (locked, busy, the connection or
+    the server gone, every pooled connection taken); None for any other, a database's included
+    (a constraint, a bad statement: the same write fails again)."""
+    error = underlying(error)
+    passing = (OperationalError, InterfaceError, PoolTimeout, sqlite3.OperationalError)
+    return database_said(error) if isinstance(error, passing) else None

@@ -72,7 +72,8 @@ class Readiness:
             return self._round()
         except TimeoutError:
             limit = f"http.check_timeout_seconds={self.timeout_seconds:g}"
-            hung = f": {self._running[0]} still answering" if self._running else ""
+            running = list(self._running)  # the round's thread may clear it meanwhile
+            hung = f": {running[0]} still answering" if running else ""
             return [f"checks did not finish within {limit}{hung}"]
 
 

@@ -39,10 +39,17 @@ def _is_report(item: SpooledInstance) -> bool:
 
 
 def deliver(
-    settings: Settings, db: Database, job: JobRecord, owner: str, name: str, outgoing: Outgoing
+    settings: Settings,
+    db: Database,
+    job: JobRecord,
+    owner: str,
+    name: str,
+    outgoing: Outgoing,
+    stopping: threading.Event | None = None,
 ) -> None:
     """Send every series to one destination; the outcome goes to its own delivery row (while
-    `owner`, the attempt's lease, still holds the job)."""
+    `owner`, the attempt's lease, still holds the job; through a database outage until the
+    node is `stopping`)."""
 
     def record(status: DeliveryStatus, sent: int, error: str | None) -> None:
         through_outage(
@@ -50,6 +57,7 @@ def deliver(
             job.id,
             lambda: record_delivery(db, job.id, owner, name, status, sent, error),
             patience=settings.worker.lease_seconds / 2,
+            stopping=stopping,
         )
 
     destination = settings.destination(name)
@@ -129,6 +137,7 @@ class DeliveryQueues:
         self._jobs_in_flight: Counter[JobPart] = Counter()
         self._abandoned: list[Callable[[], None]] = []
         self._futures: dict[Future[None], Callable[[], None]] = {}
+        self._stopping = threading.Event()  # set by shutdown: no more waiting out an outage
 
     def jobs_in_flight(self, part: JobPart) -> int:
         """Jobs of `part` handed over whose deliveries have not all returned (runners hold back
@@ -163,6 +172,7 @@ class DeliveryQueues:
     def shutdown(self) -> None:
         """Let running deliveries end (bounded by the network timeouts); jobs whose deliveries
         had not started are abandoned, i.e. queued again for the next start."""
+        self._stopping.set()
         with self._lock:
             executors = list(self._executors.values())
         for executor in executors:  # first stop every queue, then wait: the longest, not the sum
@@ -196,7 +206,7 @@ class DeliveryQueues:
             # The job may have been cancelled, or claimed again, while this waited in the queue.
             owner = job.lease_owner
             if owner is not None and holds_lease(self.db, job.id, owner):
-                deliver(self.settings, self.db, job, owner, name, outgoing)
+                deliver(self.settings, self.db, job, owner, name, outgoing, self._stopping)
             else:
                 log.info("delivery skipped: job no longer held job=%d destination=%s", job.id, name)
         except Exception:  # the row stays pending, which finish_attempt counts as a failure

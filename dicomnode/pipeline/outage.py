@@ -9,11 +9,12 @@ so it still holds when the last try is made; past that, another worker may take 
 """
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from dicomnode.db.failures import database_said
+from dicomnode.db.failures import database_away
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,17 @@ FIRST_DELAY_SECONDS = 0.5
 LONGEST_DELAY_SECONDS = 15.0
 
 
-def through_outage(what: str, job_id: int, write: Callable[[], T], patience: float) -> T:
-    """`write()`, tried again while the database fails it, for up to `patience` seconds; any
-    other error, or the database's once patience is spent, is raised."""
+def through_outage(
+    what: str,
+    job_id: int,
+    write: Callable[[], T],
+    patience: float,
+    stopping: threading.Event | None = None,
+) -> T:
+    """`write()`, tried again while the database is away, for up to `patience` seconds or until
+    the node is `stopping`; any other error, or the database's once patience is spent or the
+    node stops, is raised (the job then resumes after its lease, as after a crash)."""
+    stopping = stopping or threading.Event()
     started = time.monotonic()
     delay = FIRST_DELAY_SECONDS
     failed = False
@@ -33,7 +42,7 @@ def through_outage(what: str, job_id: int, write: Callable[[], T], patience: flo
         try:
             result = write()
         except Exception as exc:
-            said = database_said(exc)
+            said = database_away(exc)
             if said is None or time.monotonic() - started + delay > patience:
                 raise
             if not failed:
@@ -45,7 +54,8 @@ def through_outage(what: str, job_id: int, write: Callable[[], T], patience: flo
                     said,
                 )
             failed = True
-            time.sleep(delay)
+            if stopping.wait(delay):
+                raise
             delay = min(delay * 2, LONGEST_DELAY_SECONDS)
             continue
         if failed:

@@ -470,6 +470,7 @@ class JobRunner:
                 receive_only=self.settings.node.receive_only,
             ),
             patience=self.settings.worker.lease_seconds / 2,
+            stopping=self.stopping,
         )
         if result is None:
             return

@@ -157,7 +157,8 @@ class AssociationListener(ThreadedAssociationServer):
                 # An HTTP client, a scanner, TLS to a plain port: pynetdicom would wait out
                 # network.acse_timeout for an A-ASSOCIATE-RQ, holding an association's place.
                 CONNECTIONS_ABORTED.labels("not_dicom").inc()
-                log.warning(
+                _refusals.warning(  # a health check over HTTP every few seconds: once a minute
+                    ("not_dicom", host),
                     "connection refused address=%s:%s: %s (first bytes %r)",
                     host,
                     port,

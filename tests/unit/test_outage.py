@@ -1,9 +1,11 @@
 """Which failures an attempt's outcome is written through (pipeline/outage.py)."""
 
 import sqlite3
+import threading
 from collections.abc import Callable
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from dicomnode.pipeline.outage import through_outage
 
@@ -38,3 +40,22 @@ def test_the_database_failing_past_the_patience_is_raised() -> None:
     with pytest.raises(sqlite3.OperationalError):
         through_outage("x", 1, _failing(locked, calls), patience=1)
     assert len(calls) == 2  # at 0 s and 0.5 s; the next (1.5 s) would be past the patience
+
+
+def test_a_write_the_database_refuses_for_good_is_raised_at_once() -> None:
+    """A constraint or a bad statement fails the same way again: not an outage."""
+    calls: list[int] = []
+    refused = IntegrityError("INSERT", {}, sqlite3.IntegrityError("UNIQUE constraint failed"))
+    with pytest.raises(IntegrityError):
+        through_outage("x", 1, _failing(refused, calls), patience=10)
+    assert len(calls) == 1
+
+
+def test_a_stopping_node_waits_out_no_outage() -> None:
+    calls: list[int] = []
+    stopping = threading.Event()
+    stopping.set()
+    locked = sqlite3.OperationalError("database is locked")
+    with pytest.raises(sqlite3.OperationalError):
+        through_outage("x", 1, _failing(locked, calls), patience=60, stopping=stopping)
+    assert len(calls) == 1
