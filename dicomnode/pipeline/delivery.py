@@ -52,13 +52,22 @@ def deliver(
     node is `stopping`)."""
 
     def record(status: DeliveryStatus, sent: int, error: str | None) -> None:
-        through_outage(
+        recorded = through_outage(
             f"the delivery to {name}",
             job.id,
             lambda: record_delivery(db, job.id, owner, name, status, sent, error),
             patience=settings.worker.lease_seconds / 2,
             stopping=stopping,
         )
+        if not recorded:
+            log.info(
+                "delivery outcome not recorded: the job is no longer this attempt's "
+                "(cancelled, or taken over after its lease lapsed) job=%d destination=%s "
+                "status=%s",
+                job.id,
+                name,
+                status,
+            )
 
     destination = settings.destination(name)
     if destination is None:
