@@ -3,6 +3,9 @@
 One row per (job, destination, instance). A request moves the instances it names to `pending`
 under its Transaction UID; the peer's report, whenever and however it comes, moves them to
 `committed` or `failed`. Committed rows stay committed: a later attempt asks only for the rest.
+A report on the request before the latest (a peer slower than the timeout, whose instances were
+asked for again) still commits them; its failures no longer count (the latest request's report
+says).
 """
 
 from collections.abc import Iterable
@@ -69,6 +72,8 @@ def record_request(
         ).all()
         for row in rows:
             ref = wanted.pop(row.sop_instance_uid)
+            if row.transaction_uid != transaction_uid:
+                row.previous_transaction_uid = row.transaction_uid
             row.sop_class_uid, row.transaction_uid = ref.sop_class_uid, transaction_uid
             row.state, row.failure_reason, row.updated_at = CommitmentState.PENDING, None, now
         session.add_all(
@@ -119,15 +124,20 @@ def _set_state(
     state: CommitmentState,
     reason: int | None = None,
 ) -> int:
+    """One instance of a report; how many rows it matched (a committed one included)."""
+    asked = Commitment.transaction_uid == transaction_uid
+    if state == CommitmentState.COMMITTED:  # also the request before: the peer keeps it
+        asked = asked | (Commitment.previous_transaction_uid == transaction_uid)
+    instance = Commitment.sop_instance_uid == ref.sop_instance_uid
     result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
         update(Commitment)
-        .where(
-            Commitment.transaction_uid == transaction_uid,
-            Commitment.sop_instance_uid == ref.sop_instance_uid,
-        )
+        .where(asked, instance, Commitment.state != CommitmentState.COMMITTED)
         .values(state=state, failure_reason=reason)
     )
-    return result.rowcount
+    if result.rowcount:
+        return result.rowcount
+    already = select(func.count()).select_from(Commitment).where(asked, instance)
+    return int(session.scalar(already) or 0)  # committed before: known, left as it is
 
 
 def transaction_state(db: Database, transaction_uid: str) -> TransactionState:

@@ -155,6 +155,8 @@ class Commitment(Base):
 
     `transaction_uid` is the latest request that asked for it (PS3.4 J.3.2); the peer's report
     names that UID, so a report that comes late, on any association, still finds its rows.
+    `previous_transaction_uid` is the request before it: a peer slower than
+    `commitment_timeout_seconds` reports on that one while the retry waits for its own.
     """
 
     __tablename__ = "commitments"
@@ -169,6 +171,9 @@ class Commitment(Base):
     sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     transaction_uid: Mapped[str] = mapped_column(String(64), index=True)
+    previous_transaction_uid: Mapped[str | None] = mapped_column(
+        String(64), index=True, default=None
+    )
     state: Mapped[str] = mapped_column(String(16), default="pending")
     failure_reason: Mapped[int | None] = mapped_column(Integer, default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -155,13 +155,28 @@ def _send_request(assoc: Association, request: CommitmentRequest, destination: D
             f"abort) for transaction {request.transaction_uid}",
             transient=True,
         )
-    if int(status.Status) != _SUCCESS:
-        comment = str(status.get("ErrorComment", "") or "")
-        raise ForwardError(
-            f"storage commitment: {destination.name} refused the request with status "
-            f"0x{int(status.Status):04X}{': ' + comment if comment else ''}",
-            transient=True,
-        )
+    code = int(status.Status)
+    if code == _SUCCESS or _is_warning(code):  # a warning: taken; its report still comes
+        return
+    comment = str(status.get("ErrorComment", "") or "")
+    permanent = code in _REFUSED_FOR_GOOD
+    raise ForwardError(
+        f"storage commitment: {destination.name} refused the request with status "
+        f"0x{code:04X}{': ' + comment if comment else ''}"
+        + (" (for good: is this node declared to it as a peer that may ask?)" if permanent else ""),
+        transient=not permanent,
+    )
+
+
+# N-ACTION statuses (PS3.7 10.1.4.1.10, C) and failure reasons of a report (PS3.3 C.14.1.1)
+# that asking again cannot change: the SOP class or action not supported, a class-instance
+# conflict, not authorised (the peer does not know us), a malformed request.
+_REFUSED_FOR_GOOD = frozenset({0x0112, 0x0115, 0x0117, 0x0119, 0x0122, 0x0123, 0x0124})
+_FAILED_FOR_GOOD = frozenset({0x0119, 0x0122})
+
+
+def _is_warning(code: int) -> bool:
+    return code in (0x0001, 0x0107, 0x0116) or 0xB000 <= code <= 0xBFFF
 
 
 def _wait_for_report(
@@ -199,10 +214,17 @@ def _check(
         shown = "; ".join(
             f"0x{reason or 0:04X} for sop={uid}" for uid, reason in state.failed[:3]
         ) + (f"; and {len(state.failed) - 3} more" if len(state.failed) > 3 else "")
+        for_good = any(reason in _FAILED_FOR_GOOD for _uid, reason in state.failed)
         raise ForwardError(
             f"storage commitment: {destination.name} did not commit {len(state.failed)} of "
-            f"{asked} instances ({shown}); they are sent and asked for again",
-            transient=True,
+            f"{asked} instances ({shown}); "
+            + (
+                "a reason that sending again cannot change (0x0122: SOP class not supported, "
+                "0x0119: class-instance conflict)"
+                if for_good
+                else "they are sent and asked for again"
+            ),
+            transient=not for_good,
         )
     if state.pending:
         key = settings.destination_key(destination)

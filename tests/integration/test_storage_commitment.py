@@ -105,6 +105,36 @@ def test_instances_reported_failed_are_sent_again_and_committed_next_attempt(
         peer.stop()
 
 
+@pytest.mark.parametrize(
+    ("peer_says", "told"),
+    [
+        ({"action_status": 0x0124}, "refused the request with status 0x0124 (for good"),
+        (
+            {"fail_once": "all", "failure_reason": 0x0122},
+            "a reason that sending again cannot change",
+        ),
+    ],
+    ids=["not-authorised", "class-not-supported"],
+)
+def test_an_answer_that_asking_again_cannot_change_makes_the_delivery_dead_at_once(
+    node_factory, ct_series: list[Path], peer_says: dict[str, object], told: str
+) -> None:
+    """A PACS that does not know the node (0x0124), or that cannot keep the SOP class (0x0122):
+    before, each of retry.max_attempts sent the whole series again first."""
+    if peer_says.get("fail_once") == "all":
+        peer_says = {**peer_says, "fail_once": {sop_instance_uid(path) for path in ct_series}}
+    peer = CommitmentPeer(**peer_says).start()  # type: ignore[arg-type]
+    try:
+        node = node_factory([peer.destination()]).start()
+        assert storescu(node.port, ct_series).returncode == 0
+        [job] = node.wait_for_jobs(only_job_is("dead"), timeout=90)
+        assert job["attempts"] == 1
+        assert told in job["error"]
+        assert sum(peer.stored.values()) == len(ct_series)  # sent once
+    finally:
+        peer.stop()
+
+
 def test_a_resend_sends_and_asks_for_every_instance_again(
     node_factory, ct_series: list[Path]
 ) -> None:

@@ -39,12 +39,15 @@ _NO_SUCH_OBJECT = 0x0112
 
 @dataclass
 class CommitmentPeer:
-    """A storage + Storage Commitment SCP; `fail_once`: UIDs reported failed the first time
-    they are asked for; `silent`: answer every N-ACTION but never send a report."""
+    """A storage + Storage Commitment SCP; `fail_once`: UIDs reported failed (for
+    `failure_reason`) the first time they are asked for; `silent`: answer every N-ACTION but
+    never send a report; `action_status`: the N-ACTION's answer (not 0: no report)."""
 
     ae_title: str = "COMMITPEER"
     fail_once: set[str] = field(default_factory=set)
     silent: bool = False
+    failure_reason: int = _NO_SUCH_OBJECT
+    action_status: int = 0x0000
     port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
@@ -100,13 +103,13 @@ class CommitmentPeer:
             for ref in request.references:
                 if ref.sop_instance_uid in self.fail_once or not self.stored[ref.sop_instance_uid]:
                     self.fail_once.discard(ref.sop_instance_uid)
-                    failed.append(Failure(ref, _NO_SUCH_OBJECT))
+                    failed.append(Failure(ref, self.failure_reason))
                 else:
                     committed.append(ref)
-            if not self.silent:
+            if not self.silent and self.action_status == 0x0000:
                 report = CommitmentReport(request.transaction_uid, tuple(committed), tuple(failed))
                 self._owed[id(event.assoc)] = report
-        return 0x0000, None
+        return self.action_status, None
 
     def _sent(self, event: Event) -> None:
         """EVT_DIMSE_SENT fires before the N-ACTION response is encoded: a report sent from here
