@@ -1,17 +1,18 @@
-"""What the metrics endpoint reads from the database: counts of jobs and deliveries, the queue.
+"""What the metrics endpoint reads from the database: counts of jobs, deliveries and awaited
+storage commitments, the queue.
 
 Read at scrape time rather than counted in memory, so every process that shares the database
 (a listener, several workers) reports the same numbers.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import func, select, text
 
 from dicomnode.db.engine import Database
-from dicomnode.db.models import Delivery, Job, utcnow
-from dicomnode.status import JobStatus
+from dicomnode.db.models import Commitment, Delivery, Job, utcnow
+from dicomnode.status import ACTIVE_STATUSES, JobStatus
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class QueueSnapshot:
     queued: int
     oldest_queued_at: datetime | None  # naive UTC, like every time in the database
     taken_at: datetime
+    # Instances whose Storage Commitment report a job still in progress awaits, by destination.
+    commitments_awaited: dict[str, int] = field(default_factory=dict)
 
     @property
     def oldest_queued_age_seconds(self) -> float:
@@ -52,9 +55,18 @@ def queue_snapshot(db: Database) -> QueueSnapshot:
         oldest = session.scalar(
             select(func.min(Job.created_at)).where(Job.status == JobStatus.QUEUED)
         )
+        awaited = {  # pending rows of ended jobs wait for nothing: not counted
+            str(destination): int(count)
+            for destination, count in session.execute(
+                select(Commitment.destination, func.count())
+                .join(Job, Job.id == Commitment.job_id)
+                .where(Commitment.state == "pending", Job.status.in_(ACTIVE_STATUSES))
+                .group_by(Commitment.destination)
+            )
+        }
         taken_at = utcnow()
     queued = sum(count for (status, _), count in jobs.items() if status == JobStatus.QUEUED)
-    return QueueSnapshot(jobs, deliveries, queued, oldest, taken_at)
+    return QueueSnapshot(jobs, deliveries, queued, oldest, taken_at, awaited)
 
 
 def check_reachable(db: Database) -> None:

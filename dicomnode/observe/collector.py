@@ -55,6 +55,14 @@ def _job_families(snapshot: QueueSnapshot) -> Iterator[Metric]:
                 [destination, outcome], snapshot.deliveries.get((destination, outcome), 0)
             )
     yield deliveries
+    awaited = GaugeMetricFamily(
+        "dicomnode_commitments_awaited",
+        "Instances whose Storage Commitment report a delivery in progress awaits.",
+        labels=["destination"],
+    )
+    for destination, count in sorted(snapshot.commitments_awaited.items()):
+        awaited.add_metric([destination], count)
+    yield awaited
 
 
 class NodeCollector(Collector):

@@ -7,6 +7,7 @@ never report). As SCP: a modality learns which instances the node keeps, also af
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from tests.support.commitment import CommitmentPeer, Modality
 from tests.support.dcmtk import storescu
 from tests.support.faulty_scp import FaultyScp
+from tests.support.metrics import Scrape
 from tests.support.node import NodeProcess
 from tests.support.orthanc import Orthanc
 from tests.support.ports import free_port
@@ -165,13 +167,24 @@ def test_a_peer_that_never_reports_makes_the_delivery_retry_then_die_naming_comm
 ) -> None:
     peer = CommitmentPeer(silent=True).start()
     try:
-        node = node_factory([peer.destination(timeout=1)], retry={"max_attempts": 2})
+        node = node_factory(
+            [peer.destination(timeout=3)], retry={"max_attempts": 2}, http={"enabled": True}
+        )
         node.start()
         assert storescu(node.port, ct_series[:3]).returncode == 0
+
+        def awaited() -> float:  # what the metrics say the delivery waits for
+            return Scrape(node.http_port).value("dicomnode_commitments_awaited", destination="peer")
+
+        deadline = time.monotonic() + 60
+        while awaited() < 3:
+            assert time.monotonic() < deadline, node.log()[-2000:]
+            time.sleep(0.2)
         [job] = node.wait_for_jobs(only_job_is("dead"), timeout=90)
+        assert awaited() == 0  # the dead job's rows wait for nothing
         assert job["attempts"] == 2
         assert "storage commitment: no report from peer within" in job["error"]
-        assert "destinations[0].commitment_timeout_seconds=1 s for 3 of 3 instances" in job["error"]
+        assert "destinations[0].commitment_timeout_seconds=3 s for 3 of 3 instances" in job["error"]
         assert len(peer.requests) == 2
         [delivery] = job_details(node, job["id"])["deliveries"]
         assert delivery["status"] == "dead"
