@@ -65,12 +65,14 @@ def record_commitment_report(db: Database, event: Event) -> tuple[int, Dataset |
             calling,
         )
     else:
+        named = len(report.committed) + len(report.failed)
         log.info(
-            "storage commitment report transaction=%s calling_aet=%s committed=%d failed=%d",
+            "storage commitment report transaction=%s calling_aet=%s committed=%d failed=%d%s",
             report.transaction_uid,
             calling,
             len(report.committed),
             len(report.failed),
+            f" not_asked={named - matched}" if named > matched else "",  # ignored
         )
     return _SUCCESS, None
 
