@@ -72,6 +72,8 @@ def record_request(
         ).all()
         for row in rows:
             ref = wanted.pop(row.sop_instance_uid)
+            if row.state == CommitmentState.COMMITTED:  # a late report confirmed it meanwhile
+                continue
             if row.transaction_uid != transaction_uid:
                 row.previous_transaction_uid = row.transaction_uid
             row.sop_class_uid, row.transaction_uid = ref.sop_class_uid, transaction_uid
@@ -124,20 +126,23 @@ def _set_state(
     state: CommitmentState,
     reason: int | None = None,
 ) -> int:
-    """One instance of a report; how many rows it matched (a committed one included)."""
-    asked = Commitment.transaction_uid == transaction_uid
-    if state == CommitmentState.COMMITTED:  # also the request before: the peer keeps it
-        asked = asked | (Commitment.previous_transaction_uid == transaction_uid)
+    """One instance of a report; how many rows of ours it names (0: none asked for it under
+    this transaction or the one before), whether or not it changed them."""
+    latest = Commitment.transaction_uid == transaction_uid
+    asked = latest | (Commitment.previous_transaction_uid == transaction_uid)
     instance = Commitment.sop_instance_uid == ref.sop_instance_uid
+    # A commit counts from the request before too (the peer keeps it); a failure only from the
+    # latest, whose own report decides; what was committed stays committed.
+    applies = asked if state == CommitmentState.COMMITTED else latest
     result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
         update(Commitment)
-        .where(asked, instance, Commitment.state != CommitmentState.COMMITTED)
+        .where(applies, instance, Commitment.state != CommitmentState.COMMITTED)
         .values(state=state, failure_reason=reason)
     )
     if result.rowcount:
         return result.rowcount
-    already = select(func.count()).select_from(Commitment).where(asked, instance)
-    return int(session.scalar(already) or 0)  # committed before: known, left as it is
+    known = select(func.count()).select_from(Commitment).where(asked, instance)
+    return int(session.scalar(known) or 0)
 
 
 def transaction_state(db: Database, transaction_uid: str) -> TransactionState:

@@ -37,10 +37,28 @@ def database_said(error: BaseException) -> str | None:
     return said[0] if said else type(driver_error).__name__
 
 
+# What passes by itself. PostgreSQL, by SQLSTATE (its class, or the whole code): the connection
+# (08), a transaction rolled back for a conflict (40: serialization, deadlock), resources (53),
+# a lock not available (55P03), the operator (57: shutdown, starting up), the system (58), a
+# read-only transaction (25006: a standby promoted meanwhile, a failover). SQLite, by primary
+# result code: BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL.
+_PASSING_SQLSTATES = ("08", "40", "53", "55P03", "57", "58", "25006")
+_PASSING_SQLITE_CODES = frozenset({5, 6, 10, 13, 14, 15})
+
+
 def database_away(error: BaseException) -> str | None:
     """`database_said`, for a failure that may pass by itself (locked, busy, the connection or
     the server gone, every pooled connection taken); None for any other, a database's included
-    (a constraint, a bad statement: the same write fails again)."""
+    (a constraint, a bad statement, a missing table: the same write fails again)."""
     error = underlying(error)
-    passing = (OperationalError, InterfaceError, PoolTimeout, sqlite3.OperationalError)
-    return database_said(error) if isinstance(error, passing) else None
+    driver = error.orig if isinstance(error, DBAPIError) else error
+    if isinstance(error, PoolTimeout):
+        passing = True
+    elif isinstance(driver, sqlite3.Error):
+        code = getattr(driver, "sqlite_errorcode", None)
+        passing = code is not None and code & 0xFF in _PASSING_SQLITE_CODES
+    elif (sqlstate := getattr(driver, "sqlstate", None)) is not None:
+        passing = str(sqlstate).startswith(_PASSING_SQLSTATES)
+    else:  # a driver error without a code: the connection, if SQLAlchemy says it is
+        passing = isinstance(error, (OperationalError, InterfaceError))
+    return database_said(error) if passing else None

@@ -5,8 +5,9 @@ one N-ACTION under a new Transaction UID, recorded first as pending. The destina
 with an N-EVENT-REPORT, on the same association (we propose the SCP role for it there) or on a
 new one to our listener, as it chooses; either way `record_commitment_report` files it by the
 Transaction UID, and the delivery polls the database until nothing is pending or
-`commitment_timeout_seconds` have passed. Every shortfall is a transient ForwardError: failed
-instances are sent and asked for again on the next attempt, a missing report is retried.
+`commitment_timeout_seconds` have passed. A shortfall is a transient ForwardError (failed
+instances are sent and asked for again on the next attempt, a missing report is retried) unless
+asking again cannot change it: a request refused for good, or only failure reasons for good.
 """
 
 import logging
@@ -102,8 +103,8 @@ def confirm_commitment(
     db: Database,
 ) -> int:
     """Ask for every instance not yet confirmed and wait for the report; return how many the
-    destination keeps (all of `instances`) or raise a transient ForwardError saying what is
-    missing."""
+    destination keeps (all of `instances`) or raise a ForwardError saying what is missing
+    (transient unless asking again cannot change it)."""
     already = committed_uids(db, job_id, destination.name)
     references = _references(instances, already)
     if not references:
@@ -162,18 +163,22 @@ def _send_request(assoc: Association, request: CommitmentRequest, destination: D
         return
     comment = str(status.get("ErrorComment", "") or "")
     permanent = code in _REFUSED_FOR_GOOD
+    hint = " (not authorised: is this node declared to it as a peer?)" if code == 0x0124 else ""
     raise ForwardError(
         f"storage commitment: {destination.name} refused the request with status "
-        f"0x{code:04X}{': ' + comment if comment else ''}"
-        + (" (for good: is this node declared to it as a peer that may ask?)" if permanent else ""),
+        f"0x{code:04X}{': ' + comment if comment else ''}{hint}",
         transient=not permanent,
     )
 
 
-# N-ACTION statuses (PS3.7 10.1.4.1.10, C) and failure reasons of a report (PS3.3 C.14.1.1)
-# that asking again cannot change: the SOP class or action not supported, a class-instance
-# conflict, not authorised (the peer does not know us), a malformed request.
-_REFUSED_FOR_GOOD = frozenset({0x0112, 0x0115, 0x0117, 0x0119, 0x0122, 0x0123, 0x0124})
+# N-ACTION failure statuses (PS3.7 10.1.4.1.10 and Annex C) that asking again cannot change: no
+# such SOP class, instance, action or argument, an invalid or mistyped argument, a class-instance
+# conflict, an unrecognised operation, not authorised (the peer does not know us). 0x0122 (SOP
+# class not supported) is C-STORE's, answered by some peers all the same.
+_REFUSED_FOR_GOOD = frozenset(
+    {0x0112, 0x0114, 0x0115, 0x0117, 0x0118, 0x0119, 0x0122, 0x0123, 0x0124, 0x0211, 0x0212}
+)
+# Failure Reasons of a report (PS3.3 C.14.1.1) that sending again cannot change.
 _FAILED_FOR_GOOD = frozenset({0x0119, 0x0122})
 
 
@@ -216,7 +221,9 @@ def _check(
         shown = "; ".join(
             f"0x{reason or 0:04X} for sop={uid}" for uid, reason in state.failed[:3]
         ) + (f"; and {len(state.failed) - 3} more" if len(state.failed) > 3 else "")
-        for_good = any(reason in _FAILED_FOR_GOOD for _uid, reason in state.failed)
+        # Dead only when no failure could pass: those that may (0x0213 out of resources, 0x0112
+        # not ingested yet) are sent and asked for again, as C-STORE refusals wait for them.
+        for_good = all(reason in _FAILED_FOR_GOOD for _uid, reason in state.failed)
         raise ForwardError(
             f"storage commitment: {destination.name} did not commit {len(state.failed)} of "
             f"{asked} instances ({shown}); "

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from dicomnode.config import Settings
 from dicomnode.db import Database, DeliveryStatus, JobRecord, SpooledInstance
+from dicomnode.db.failures import database_away
 from dicomnode.db.jobs import holds_lease, record_delivery
 from dicomnode.errors import ForwardError, SeriesIncomplete, UnreadableSpool
 from dicomnode.forward import send_series
@@ -218,15 +219,31 @@ class DeliveryQueues:
                 deliver(self.settings, self.db, job, owner, name, outgoing, self._stopping)
             else:
                 log.info("delivery skipped: job no longer held job=%d destination=%s", job.id, name)
-        except Exception:  # the row stays pending, which finish_attempt counts as a failure
-            log.exception(
-                "delivery failed with an internal error job=%d destination=%s", job.id, name
-            )
+        except Exception as exc:  # the row stays pending, which finish_attempt counts a failure
+            if not self._database_away_at_stop("the delivery's outcome", job, exc):
+                log.exception(
+                    "delivery failed with an internal error job=%d destination=%s", job.id, name
+                )
         finally:
             if pending.one_done():
                 with self._lock:
                     self._jobs_in_flight[job.part] -= 1
                 try:
                     pending.finish()
-                except Exception:  # an executor would swallow it silently
-                    log.exception("finishing the job failed job=%d", job.id)
+                except Exception as exc:  # an executor would swallow it silently
+                    if not self._database_away_at_stop("the attempt's end", job, exc):
+                        log.exception("finishing the job failed job=%d", job.id)
+
+    def _database_away_at_stop(self, what: str, job: JobRecord, exc: Exception) -> bool:
+        """One line, no traceback, for a write the database was away for when the node stopped
+        (the outage retry gave up because of the stop): expected, and the job resumes."""
+        said = database_away(exc) if self._stopping.is_set() else None
+        if said is not None:
+            log.warning(
+                "%s not recorded, the database being away as the node stops job=%d (the job "
+                "resumes once its lease lapses): %s",
+                what,
+                job.id,
+                said,
+            )
+        return said is not None

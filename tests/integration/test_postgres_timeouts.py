@@ -5,9 +5,12 @@ import threading
 import time
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 import dicomnode.db.engine as engine_module
 from dicomnode.db import open_database
+from dicomnode.db.failures import database_away
 from dicomnode.errors import ConfigError
 from tests.support.postgres import PostgresServer
 from tests.support.silent_peers import silent_listener
@@ -59,3 +62,26 @@ def test_the_timeouts_reach_the_connection_and_the_urls_own_win(
             assert used["tcp_user_timeout"] == "60000"
     finally:
         postgres_server.drop(url)
+
+
+def test_a_read_only_server_is_an_outage_a_constraint_is_not(
+    postgres_server: PostgresServer,
+) -> None:
+    """A standby (a failover under way) refuses writes with 25006, psycopg's InternalError:
+    it passes, so a write is tried again; a unique violation never passes."""
+    url = postgres_server.database()
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE t (x int PRIMARY KEY)"))
+            connection.execute(text("INSERT INTO t VALUES (1)"))
+        with pytest.raises(DBAPIError) as duplicate, engine.begin() as connection:
+            connection.execute(text("INSERT INTO t VALUES (1)"))
+        with pytest.raises(DBAPIError) as read_only, engine.begin() as connection:
+            connection.execute(text("SET TRANSACTION READ ONLY"))
+            connection.execute(text("INSERT INTO t VALUES (2)"))
+    finally:
+        engine.dispose()
+        postgres_server.drop(url)
+    assert database_away(duplicate.value) is None
+    assert database_away(read_only.value) == ("cannot execute INSERT in a read-only transaction")

@@ -110,7 +110,7 @@ def test_instances_reported_failed_are_sent_again_and_committed_next_attempt(
 @pytest.mark.parametrize(
     ("peer_says", "told"),
     [
-        ({"action_status": 0x0124}, "refused the request with status 0x0124 (for good"),
+        ({"action_status": 0x0124}, "refused the request with status 0x0124 (not authorised"),
         (
             {"fail_once": "all", "failure_reason": 0x0122},
             "a reason that sending again cannot change",

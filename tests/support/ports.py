@@ -8,7 +8,6 @@ across processes by a lock on the port's byte of one shared file, held until the
 made RESERVED_PICKS more picks (by then the test that asked is long over) or ends.
 """
 
-import contextlib
 import fcntl
 import itertools
 import os
@@ -36,19 +35,25 @@ def _ephemeral_start() -> int:
 
 
 def _open_lock_file() -> int:
-    """The shared file, writable by every user (so a test run of one user reserves against
-    another's); one of this user's own when another user's is closed to it (its mode, or
-    fs.protected_regular in a sticky /tmp)."""
+    """The shared file, writable by every user (so one user's test run reserves against
+    another's); one of this user's own when another user's is closed to it. An existing file
+    is opened without O_CREAT: in a sticky /tmp, fs.protected_regular refuses O_CREAT on
+    another user's file whatever its mode."""
     try:
-        fd = os.open(_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        return os.open(_LOCK_FILE, os.O_RDWR)
+    except FileNotFoundError:
+        pass
     except PermissionError:
         return os.open(
             _LOCK_FILE.with_name(f"{_LOCK_FILE.stem}-{os.getuid()}.lock"),
             os.O_RDWR | os.O_CREAT,
             0o600,
         )
-    with contextlib.suppress(PermissionError):  # another user's: they made it so already
-        os.fchmod(fd, 0o666)  # the umask took write from group and others
+    try:
+        fd = os.open(_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:  # another process made it just now
+        return _open_lock_file()
+    os.fchmod(fd, 0o666)  # the umask took write from group and others
     return fd
 
 
