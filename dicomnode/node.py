@@ -15,7 +15,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomnode import heap
 from dicomnode.config import Settings, masked_url
 from dicomnode.db import Database, open_database
-from dicomnode.db.failures import database_said
+from dicomnode.db.failures import database_away
 from dicomnode.db.instances import (
     create_jobs_for_quiet_series,
     forget_instances_without_files,
@@ -82,7 +82,7 @@ class _Guarded:
         try:
             self._tick()
         except Exception as exc:
-            said = database_said(exc)
+            said = database_away(exc)  # locked, gone: not a bug of ours (those keep a traceback)
             error = f"the database failed: {said}" if said else f"{type(exc).__name__}: {exc}"
             if error != self._error:
                 self._error, self._failures = error, 1

@@ -58,9 +58,9 @@ def test_a_database_failure_is_one_line_in_the_databases_words(
     one line each time, no traceback (it was SQLAlchemy's 65 lines per task)."""
 
     def locked() -> None:
-        raise OperationalError(
-            "BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked")
-        )
+        busy = sqlite3.OperationalError("database is locked")
+        busy.sqlite_errorcode = 5  # type: ignore[attr-defined]  # SQLITE_BUSY, as the driver sets
+        raise OperationalError("BEGIN IMMEDIATE", {}, busy)
 
     task = _Guarded("completion", locked)
     caplog.set_level(logging.INFO, logger="dicomnode.node")
