@@ -22,9 +22,10 @@ class ConfigError(DicomNodeError):
         self.setting = setting
 
 
-class DatabaseBusy(DicomNodeError):
-    """Another process held the database's write lock past the busy timeout (SQLite): nothing
-    is wrong with the settings; the same command later works."""
+class DatabaseUnavailable(DicomNodeError):
+    """The database is there but cannot be used now: another process held SQLite's write lock
+    past the busy timeout, or the PostgreSQL server does not answer. Nothing is wrong with the
+    settings; the same command later works (exit 1, not a configuration error's 2)."""
 
 
 class SpoolError(DicomNodeError):

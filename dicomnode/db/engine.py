@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.config import masked_url
 from dicomnode.db.models import Base
 from dicomnode.db.schema import add_missing_columns, add_missing_indexes
-from dicomnode.errors import ConfigError, DatabaseBusy
+from dicomnode.errors import ConfigError, DatabaseUnavailable
 
 # Any constant shared by every dicomnode process: the PostgreSQL advisory lock held while the
 # schema is created or upgraded.
@@ -200,12 +200,21 @@ class Database:
     def _cannot_open(self, exc: OperationalError) -> str:
         """Why the database cannot be opened; for SQLite on a full file system, that too (its
         own words are "disk I/O error", and an admin must make room before anything works).
-        DatabaseBusy when another process held SQLite's write lock all along."""
+        DatabaseUnavailable when another process held SQLite's write lock all along, or the
+        server does not answer (a wrong host or port is a ConfigError only by its words)."""
+        from dicomnode.db.failures import database_away  # it imports this module
+
         if self.is_sqlite and "database is locked" in str(exc.orig):
-            raise DatabaseBusy(
+            raise DatabaseUnavailable(
                 f"database {masked_url(self.url)} is busy: another process held its write lock "
                 f"for {BUSY_TIMEOUT_SECONDS} s (a node starting or purging, `doctor --repair`, "
                 "a backup); try again"
+            ) from None
+        said = database_away(exc)
+        if not self.is_sqlite and said is not None:
+            raise DatabaseUnavailable(
+                f"database {masked_url(self.url)} (node.database_url) does not answer: {said}; "
+                "try again once it runs"
             ) from None
         message = f"cannot open database {masked_url(self.url)}: {exc.orig}"
         if self._file is not None:

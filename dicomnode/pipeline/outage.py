@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FIRST_DELAY_SECONDS = 0.5
-LONGEST_DELAY_SECONDS = 15.0
+LONGEST_DELAY_SECONDS = 5.0  # a database back is noticed within seconds
 
 
 def through_outage(

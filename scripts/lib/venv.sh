@@ -12,6 +12,7 @@ ensure_venv() {
     && { [ -z "$extras" ] || [[ " ${have#* } " == *" $extras "* ]]; }; then
     return 0
   fi
+  echo "installing dicomnode${extras:+[$extras]} into .venv (the first time: a few minutes)" >&2
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -e ".${extras:+[$extras]}"

@@ -11,7 +11,8 @@ from sqlalchemy.exc import DBAPIError
 import dicomnode.db.engine as engine_module
 from dicomnode.db import open_database
 from dicomnode.db.failures import database_away
-from dicomnode.errors import ConfigError
+from dicomnode.errors import DatabaseUnavailable
+from tests.support.ports import free_port
 from tests.support.postgres import PostgresServer
 from tests.support.silent_peers import silent_listener
 
@@ -22,12 +23,12 @@ def test_a_server_that_never_answers_is_given_up_after_the_connect_timeout(
     """It takes the TCP connection and says nothing (a host half gone, a proxy without its
     backend); without connect_timeout libpq waits for it for ever."""
     monkeypatch.setitem(engine_module.POSTGRES_TIMEOUTS, "connect_timeout", 2)
-    outcome: list[ConfigError] = []
+    outcome: list[DatabaseUnavailable] = []
 
     def open_it(port: int) -> None:
         try:
             open_database(f"postgresql+psycopg://postgres@127.0.0.1:{port}/nodb")
-        except ConfigError as refused:
+        except DatabaseUnavailable as refused:
             outcome.append(refused)
 
     with silent_listener() as port:
@@ -38,8 +39,8 @@ def test_a_server_that_never_answers_is_given_up_after_the_connect_timeout(
         waited = time.monotonic() - started
     assert not opening.is_alive(), "still waiting for a server that never answers"
     assert [str(refused) for refused in outcome] == [
-        f"cannot open database postgresql+psycopg://postgres@127.0.0.1:{port}/nodb: "
-        "connection timeout expired"
+        f"database postgresql+psycopg://postgres@127.0.0.1:{port}/nodb (node.database_url) "
+        "does not answer: connection timeout expired; try again once it runs"
     ]
     assert waited < 30
 
@@ -85,3 +86,11 @@ def test_a_read_only_server_is_an_outage_a_constraint_is_not(
         postgres_server.drop(url)
     assert database_away(duplicate.value) is None
     assert database_away(read_only.value) == ("cannot execute INSERT in a read-only transaction")
+
+
+def test_a_server_that_is_down_is_unavailable_not_a_wrong_setting() -> None:
+    """Exit 1, "try again", like a busy SQLite file: a service manager that does not restart
+    after a configuration error (exit 2) would have left the node down after an outage."""
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nodb"
+    with pytest.raises(DatabaseUnavailable, match=r"does not answer: connection failed"):
+        open_database(url)
