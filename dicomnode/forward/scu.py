@@ -39,7 +39,7 @@ from dicomnode.errors import (
 )
 from dicomnode.forward import send_lane
 from dicomnode.forward.associate import open_association
-from dicomnode.forward.outcome import Outcome, classify_store_status, no_response
+from dicomnode.forward.outcome import Outcome, classify_store_status, no_response, status_text
 from dicomnode.forward.tally import SeriesTally
 
 log = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ def send_series(
                 tally.cannot_send(str(exc))
                 continue
             outcome = classify_store_status(status)
-            problem = f"0x{status:04X} for sop={item.sop_instance_uid}"
+            problem = f"{status_text(status)} for sop={item.sop_instance_uid}"
             if outcome is Outcome.TRANSIENT:
                 if tally.defer(problem):
                     break

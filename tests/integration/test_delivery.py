@@ -122,7 +122,10 @@ def test_a_series_refused_for_good_does_not_keep_the_next_one_from_the_destinati
     assert delivery.status is DeliveryStatus.DEAD  # a refusal for good: not retried
     assert delivery.sent == 3
     assert delivery.error is not None
-    assert "faulty refused 1 of 1 instances: 0x0122 for sop=" in delivery.error
+    assert (
+        "faulty refused 1 of 1 instances: 0x0122 (SOP class not supported) for sop="
+        in delivery.error
+    )
 
 
 def test_a_series_the_peer_takes_only_part_of_for_now_does_not_keep_the_next_one_back(
@@ -145,7 +148,8 @@ def test_a_series_the_peer_takes_only_part_of_for_now_does_not_keep_the_next_one
     assert delivery.status is DeliveryStatus.FAILED  # retried
     assert delivery.sent == 3
     assert delivery.error == (
-        f"faulty answered 0xA702 for sop={stuck} (1 of 3 instances not taken for now, 2 sent)"
+        f"faulty answered 0xA702 (out of resources) for sop={stuck} "
+        "(1 of 3 instances not taken for now, 2 sent)"
     )
 
 

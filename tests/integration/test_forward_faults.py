@@ -112,8 +112,8 @@ def test_an_instance_answered_try_later_does_not_keep_the_rest_of_its_series_fro
     assert faulty.answered.count(0x0110) == 2
     total = len(ct_series)
     assert (
-        f"faulty answered 0x0110 for sop={stuck} (1 of {total} instances not taken for now, "
-        in (job["error"])
+        f"faulty answered 0x0110 (processing failure) for sop={stuck} "
+        f"(1 of {total} instances not taken for now, " in (job["error"])
     )
     assert f"{total - 1} sent)" in job["error"]
     assert job["deliveries"][0]["sent"] == total - 1

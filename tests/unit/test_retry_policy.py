@@ -6,7 +6,7 @@ import pytest
 
 from dicomnode.config import RetrySettings
 from dicomnode.db.backoff import retry_delay_seconds
-from dicomnode.forward.outcome import Outcome, classify_store_status
+from dicomnode.forward.outcome import Outcome, classify_store_status, status_text
 
 
 def test_backoff_doubles_then_caps() -> None:
@@ -39,6 +39,7 @@ def test_jitter_spreads_delays_within_bounds() -> None:
         (0xB000, Outcome.WARNING),
         (0xB007, Outcome.WARNING),
         (0x0001, Outcome.WARNING),
+        (0x0111, Outcome.WARNING),  # a duplicate: the PACS has it already
         (0xA700, Outcome.TRANSIENT),
         (0xA7FF, Outcome.TRANSIENT),
         (0x0110, Outcome.TRANSIENT),
@@ -51,3 +52,10 @@ def test_jitter_spreads_delays_within_bounds() -> None:
 )
 def test_store_status_classification(status: int, outcome: Outcome) -> None:
     assert classify_store_status(status) is outcome
+
+
+def test_a_status_is_told_with_what_it_means() -> None:
+    assert status_text(0xA702) == "0xA702 (out of resources)"
+    assert status_text(0xC123) == "0xC123 (cannot understand)"
+    assert status_text(0x0122) == "0x0122 (SOP class not supported)"
+    assert status_text(0xFE00) == "0xFE00"  # no name: the code alone
