@@ -15,7 +15,6 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomnode import heap
 from dicomnode.config import Settings, masked_url
 from dicomnode.db import Database, open_database
-from dicomnode.db.failures import database_away
 from dicomnode.db.instances import (
     create_jobs_for_quiet_series,
     forget_instances_without_files,
@@ -26,6 +25,7 @@ from dicomnode.db.jobs import reclaim_expired_leases
 from dicomnode.dicom.tls import client_tls_args
 from dicomnode.errors import ConfigError
 from dicomnode.forward.associate import unresolvable_hosts
+from dicomnode.guarded import DatabaseHealth, Guarded
 from dicomnode.observe.endpoint import HttpEndpoint, start_http_endpoint
 from dicomnode.pipeline import JobRunner
 from dicomnode.pipeline.admin_log import log_admin_actions
@@ -63,48 +63,6 @@ class _SkippedRunFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "maximum number of running instances reached" not in record.getMessage()
-
-
-class _Guarded:
-    """A scheduled task whose failures are logged for an operator: the first with its
-    traceback (a database's failure in one line, in its own words: a lock held by another
-    process is not a bug of ours, and SQLAlchemy's traceback of it is 65 lines); the same one
-    again (a full disk, a database gone: every tick, every second) in one line, on the 2nd,
-    4th, 8th, ... time, so the log that must explain it does not fill the disk; and, when the
-    task runs again, how many times it had failed."""
-
-    def __init__(self, name: str, tick: Callable[[], object]) -> None:
-        self._name, self._tick = name, tick
-        self._error: str | None = None
-        self._failures = 0
-
-    def __call__(self) -> None:
-        try:
-            self._tick()
-        except Exception as exc:
-            said = database_away(exc)  # locked, gone: not a bug of ours (those keep a traceback)
-            error = f"the database failed: {said}" if said else f"{type(exc).__name__}: {exc}"
-            if error != self._error:
-                self._error, self._failures = error, 1
-                if said:
-                    log.error(
-                        "scheduled task failed task=%s (will run again): %s", self._name, error
-                    )
-                else:
-                    log.exception("scheduled task failed task=%s (will run again)", self._name)
-                return
-            self._failures += 1
-            if self._failures & (self._failures - 1) == 0:  # a power of two
-                log.error(
-                    "scheduled task failed again task=%s times=%d: %s",
-                    self._name,
-                    self._failures,
-                    error,
-                )
-            return
-        if self._error is not None:
-            log.warning("scheduled task ran again task=%s failures=%d", self._name, self._failures)
-            self._error, self._failures = None, 0
 
 
 _FIRST_PID_NAMESPACE = 0xEFFFFFFC  # the inode of Linux's initial PID namespace
@@ -177,6 +135,7 @@ class Node:
         self._scheduler: BackgroundScheduler | None = None
         self._http: HttpEndpoint | None = None
         self._deliveries = DeliveryQueues(settings, self.db)
+        self._database_health = DatabaseHealth()  # one line when it goes, one when it is back
         self._lock: DataDirLock | None = None
         self._started = False
         self._heap_settled = False
@@ -302,15 +261,20 @@ class Node:
         parts = job_parts(self.settings.enhance)
         if self.listen:  # the processes that receive make the jobs and own the spool's upkeep
             scheduler.add_job(
-                _Guarded("completion", lambda: self._complete_series(destinations, parts)),
+                Guarded(
+                    "completion",
+                    lambda: self._complete_series(destinations, parts),
+                    self._database_health,
+                ),
                 id=COMPLETION_TICK,
                 seconds=min(workers.poll_seconds, quiet, completion.release_quiet_seconds or quiet),
                 **_every(),
             )
         scheduler.add_job(
-            _Guarded(
+            Guarded(
                 "reclaim-leases",
                 lambda: reclaim_expired_leases(self.db, self.settings.retry.max_attempts),
+                self._database_health,
             ),
             id="reclaim-leases",
             seconds=max(1.0, workers.lease_seconds / 3),
@@ -319,17 +283,18 @@ class Node:
         if self.listen:
             # Admin actions (`dicomnode jobs ...`) appear in the listeners' log, each once.
             scheduler.add_job(
-                _Guarded("admin-log", lambda: log_admin_actions(self.db)),
+                Guarded("admin-log", lambda: log_admin_actions(self.db), self._database_health),
                 id="admin-log",
                 seconds=max(1.0, workers.poll_seconds),
                 **_every(),
             )
             scheduler.add_job(
-                _Guarded(
+                Guarded(
                     "retention",
                     lambda: purge_delivered(
                         self.settings, self.db, self.spool, stopping=self._stopping
                     ),
+                    self._database_health,
                 ),
                 id="retention",
                 seconds=self.settings.retention.check_seconds,
@@ -355,7 +320,7 @@ class Node:
             with self._replanning:  # the completion tick wakes the runners listed here
                 self._runner_ticks.append((name, runner))
             scheduler.add_job(
-                _Guarded(name, runner.run_due_jobs),
+                Guarded(name, runner.run_due_jobs, self._database_health),
                 id=name,
                 seconds=self.settings.worker.poll_seconds,
                 **_every(),

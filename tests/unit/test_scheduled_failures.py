@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from dicomnode.node import _Guarded
+from dicomnode.guarded import DatabaseHealth, Guarded
 
 
 class Tick:
@@ -24,7 +24,7 @@ def test_a_failure_that_repeats_is_logged_ever_more_rarely_and_its_end_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     tick = Tick()
-    task = _Guarded("retention", tick)
+    task = Guarded("retention", tick)
     caplog.set_level(logging.INFO, logger="dicomnode.node")
     tick.error = "database or disk is full"
     for _ in range(9):
@@ -51,33 +51,42 @@ def test_a_failure_that_repeats_is_logged_ever_more_rarely_and_its_end_once(
     ]
 
 
-def test_a_database_failure_is_one_line_in_the_databases_words(
+def test_a_database_away_is_one_line_for_every_task_and_one_when_it_is_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Another process holding SQLite's write lock past the busy timeout is no bug of ours:
-    one line each time, no traceback (it was SQLAlchemy's 65 lines per task)."""
+    """Another process holding SQLite's write lock, PostgreSQL restarting: no bug of ours.
+    Before, each of five tasks logged SQLAlchemy's 65-line traceback, then its own series of
+    lines (46 lines for a 20 s outage)."""
+    now = [100.0]
+    down = [True]
 
-    def locked() -> None:
-        busy = sqlite3.OperationalError("database is locked")
-        busy.sqlite_errorcode = 5  # type: ignore[attr-defined]  # SQLITE_BUSY, as the driver sets
-        raise OperationalError("BEGIN IMMEDIATE", {}, busy)
+    def tick() -> None:
+        if down[0]:
+            busy = sqlite3.OperationalError("database is locked")
+            busy.sqlite_errorcode = 5  # type: ignore[attr-defined]  # SQLITE_BUSY, as the driver sets
+            raise OperationalError("BEGIN IMMEDIATE", {}, busy)
 
-    task = _Guarded("completion", locked)
+    health = DatabaseHealth(clock=lambda: now[0])
+    tasks = [Guarded(name, tick, health) for name in ("completion", "w0", "admin-log")]
     caplog.set_level(logging.INFO, logger="dicomnode.node")
-    task()
-    task()
+    for _ in range(10):
+        for task in tasks:
+            task()
+        now[0] += 2
+    down[0] = False
+    for task in tasks:
+        task()
     lines = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records]
     assert lines == [
         (
             "ERROR",
-            "scheduled task failed task=completion (will run again): "
-            "the database failed: database is locked",
+            "the database fails (node.database_url): database is locked; scheduled work waits "
+            "for it, stores are answered 0xA700 meanwhile",
             False,
         ),
         (
-            "ERROR",
-            "scheduled task failed again task=completion times=2: "
-            "the database failed: database is locked",
+            "WARNING",
+            "the database works again after 20 s (30 scheduled runs failed meanwhile)",
             False,
         ),
     ]

@@ -1,0 +1,92 @@
+"""Scheduled tasks whose failures explain themselves without filling the log.
+
+Every tick of a node (completion, leases, admin log, retention, each runner) is a `Guarded`
+task. A bug's failure is logged with its traceback once, the same one again on the 2nd, 4th,
+8th, ... time, and the task's recovery with the count. A database that does not answer fails
+every task every second: that is one ERROR line for all of them when it fails and one line when
+it works again (`DatabaseHealth`), the tasks' own failures meanwhile at DEBUG.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from dicomnode.db.failures import database_away
+
+log = logging.getLogger("dicomnode.node")
+
+
+class DatabaseHealth:
+    """Whether the node's scheduled tasks find the database, shared by all of them."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._away_since: float | None = None
+        self._failed_runs = 0
+
+    def away(self, task: str, said: str) -> None:
+        with self._lock:
+            first = self._away_since is None
+            if first:
+                self._away_since = self._clock()
+            self._failed_runs += 1
+        if first:
+            log.error(
+                "the database fails (node.database_url): %s; scheduled work waits for it, "
+                "stores are answered 0xA700 meanwhile",
+                said,
+            )
+        else:
+            log.debug("scheduled task waits for the database task=%s: %s", task, said)
+
+    def answered(self) -> None:
+        with self._lock:
+            since, runs = self._away_since, self._failed_runs
+            self._away_since, self._failed_runs = None, 0
+        if since is not None:
+            log.warning(
+                "the database works again after %.0f s (%d scheduled runs failed meanwhile)",
+                self._clock() - since,
+                runs,
+            )
+
+
+class Guarded:
+    """A scheduled task whose failures are logged for an operator (see the module)."""
+
+    def __init__(
+        self, name: str, tick: Callable[[], object], health: DatabaseHealth | None = None
+    ) -> None:
+        self._name, self._tick = name, tick
+        self._health = health or DatabaseHealth()
+        self._error: str | None = None
+        self._failures = 0
+
+    def __call__(self) -> None:
+        try:
+            self._tick()
+        except Exception as exc:
+            said = database_away(exc)  # locked, gone: not a bug of ours (those keep a traceback)
+            if said is not None:
+                self._health.away(self._name, said)
+                return
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self._error:
+                self._error, self._failures = error, 1
+                log.exception("scheduled task failed task=%s (will run again)", self._name)
+                return
+            self._failures += 1
+            if self._failures & (self._failures - 1) == 0:  # a power of two
+                log.error(
+                    "scheduled task failed again task=%s times=%d: %s",
+                    self._name,
+                    self._failures,
+                    error,
+                )
+            return
+        self._health.answered()
+        if self._error is not None:
+            log.warning("scheduled task ran again task=%s failures=%d", self._name, self._failures)
+            self._error, self._failures = None, 0
