@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from dicomnode.config import EnhanceSettings
 from dicomnode.db import Database
+from dicomnode.db.failures import database_said
 from dicomnode.db.stats import QueueSnapshot, queue_snapshot
 from dicomnode.observe.bounded import BoundedCall
 from dicomnode.observe.throttle import ThrottledWarnings
@@ -77,7 +78,8 @@ class NodeCollector(Collector):
         try:
             snapshot: QueueSnapshot | None = self._snapshot()
         except Exception as exc:  # a driver error or a timeout: a value, not a failed scrape
-            self._warnings.warning("tables", "metrics: job tables not read: %s", exc)
+            said = database_said(exc) or exc  # the database's first line, not SQLAlchemy's text
+            self._warnings.warning("tables", "metrics: job tables not read: %s", said)
             snapshot = None
         yield GaugeMetricFamily(
             "dicomnode_database_up",
