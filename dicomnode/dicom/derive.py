@@ -293,16 +293,30 @@ def _geometry(ds: Dataset, scale: int, sop: str) -> None:
     if scale == 1:
         return
     _shutters(ds, scale)
+    _ultrasound_regions(ds, scale)
     spacings = {k: _numbers(ds, k, 2, sop) for k in ("PixelSpacing", "ImagerPixelSpacing")}
     for keyword, spacing in spacings.items():
         if spacing is not None:
             setattr(ds, keyword, [f"{v / scale:.6g}" for v in spacing])
-    position = _numbers(ds, "ImagePositionPatient", 3, sop)
+    spacing = spacings["PixelSpacing"]
+    if spacing is not None:  # NM: each detector's plane has its own first pixel
+        for detector in ds.get("DetectorInformationSequence") or []:
+            _move_first_pixel(detector, spacing, scale, sop, required=False)
+    _move_first_pixel(ds, spacing, scale, sop, required=True)
+
+
+def _move_first_pixel(
+    plane: Dataset, spacing: np.ndarray | None, scale: int, sop: str, *, required: bool
+) -> None:
+    """The first pixel's centre of a plane (ImagePositionPatient along its orientation) on the
+    finer grid: half a new pixel from the edge instead of half an old one."""
+    position = _numbers(plane, "ImagePositionPatient", 3, sop)
     if position is None:
         return
-    orientation = _numbers(ds, "ImageOrientationPatient", 6, sop)
-    spacing = spacings["PixelSpacing"]
+    orientation = _numbers(plane, "ImageOrientationPatient", 6, sop)
     if spacing is None or orientation is None:
+        if not required:
+            return
         missing = "PixelSpacing" if spacing is None else "ImageOrientationPatient"
         raise ImageDeclined(
             f"sop={sop}: ImagePositionPatient without {missing} (PS3.3 C.7.6.2); the first "
@@ -313,7 +327,27 @@ def _geometry(ds: Dataset, scale: int, sop: str) -> None:
     # Row direction (first 3 cosines) advances one column: spacing PixelSpacing[1].
     shift = (new_col_spacing - old_col_spacing) / 2 * orientation[:3]
     shift += (new_row_spacing - old_row_spacing) / 2 * orientation[3:]
-    ds.ImagePositionPatient = [f"{v:.6f}".rstrip("0").rstrip(".") for v in position + shift]
+    plane.ImagePositionPatient = [f"{v:.6f}".rstrip("0").rstrip(".") for v in position + shift]
+
+
+def _ultrasound_regions(ds: Dataset, scale: int) -> None:
+    """Ultrasound calibration regions (PS3.3 C.8.5.5) onto the finer grid: their 0-based pixel
+    bounds widened to whole blocks, the reference pixel to its block's centre, and the
+    physical size of a pixel divided (else a distance measured on the derived image is scale
+    times too long)."""
+    for region in ds.get("SequenceOfUltrasoundRegions") or []:
+        for keyword in ("RegionLocationMinX0", "RegionLocationMinY0"):
+            if region.get(keyword) not in (None, ""):
+                setattr(region, keyword, int(region[keyword].value) * scale)
+        for keyword in ("RegionLocationMaxX1", "RegionLocationMaxY1"):
+            if region.get(keyword) not in (None, ""):
+                setattr(region, keyword, (int(region[keyword].value) + 1) * scale - 1)
+        for keyword in ("ReferencePixelX0", "ReferencePixelY0"):
+            if region.get(keyword) not in (None, ""):
+                setattr(region, keyword, round((int(region[keyword].value) + 0.5) * scale - 0.5))
+        for keyword in ("PhysicalDeltaX", "PhysicalDeltaY"):
+            if region.get(keyword) not in (None, ""):
+                setattr(region, keyword, float(region[keyword].value) / scale)
 
 
 def _require(source: Dataset) -> None:

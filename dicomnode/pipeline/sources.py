@@ -15,6 +15,9 @@ from dicomnode.imaging.pixels import ModalityImage, pixel_domain, to_modality
 # What a job holds per source pixel once it is loaded and measured: the stored pixels, the
 # float32 values, the padding and body masks and the rest (2.9 MB per 512x512 CT slice measured).
 JOB_BYTES_PER_PIXEL = 12
+# A multi-frame image goes through a method whole, not in STACK_PIXELS' worth per call: its
+# working copies and outputs come on top (34-36 bytes per pixel measured, 64 and 500 frames).
+MULTI_FRAME_BYTES_PER_PIXEL = 36
 
 
 def integer_of(ds: Dataset, keyword: str, default: int = 0) -> int:
@@ -87,25 +90,37 @@ def _job_bytes(dataset: Dataset) -> int:
     native = syntax is None or not syntax.is_compressed
     if native and len(dataset.get("PixelData") or b"") < pixels * domain.bits_allocated // 8:
         return 0
-    return pixels * JOB_BYTES_PER_PIXEL
+    return pixels * (MULTI_FRAME_BYTES_PER_PIXEL if frames > 1 else JOB_BYTES_PER_PIXEL)
 
 
 def _too_large(dataset: Dataset, instances: int, limit: int) -> str:
     return (
         f"{TOO_LARGE}: series={dataset.get('SeriesInstanceUID', '')}, {instances} instances, "
         f"more than enhance.max_series_mb={limit // 1048576} MB in memory "
-        f"(~{JOB_BYTES_PER_PIXEL} bytes per pixel); raise it (with the node's memory) and "
+        f"(~{JOB_BYTES_PER_PIXEL} bytes per pixel, {MULTI_FRAME_BYTES_PER_PIXEL} for a "
+        "multi-frame image); raise it (with the node's memory) and "
         "send the series again"
     )
 
 
+# Modalities of objects without images, which a sender may put in an image series (a report,
+# a key object selection, a presentation state): they do not say what the series' images are.
+_NOT_IMAGES = frozenset({"SR", "KO", "PR", "DOC", "REG", "FID", "RTSTRUCT", "RTPLAN", "RTRECORD"})
+
+
 def modality_of(inputs: list[SpooledInstance], max_bytes: int = 0) -> str | None:
-    """The series' modality, from the first header that reads (a series has one); None when
-    none does. Told before the images are read, so a series not to be enhanced is not."""
+    """The series' modality, from the first header that reads and is an image's (a series has
+    one; an SR that came with it, first in UID order, made a CT series "SR not enabled"); a
+    non-image modality only when no image's reads; None when none does. Told before the images
+    are read, so a series not to be enhanced is not."""
+    other = None
     for item in inputs:
         try:
             header = read_bounded(item.path, max_bytes, stop_before_pixels=True)
         except (InstanceTooLarge, DecodeError, InvalidDicomError, OSError, ValueError):
             continue
-        return str(header.get("Modality", "")).upper()
-    return None
+        modality = str(header.get("Modality", "")).upper()
+        if modality not in _NOT_IMAGES:
+            return modality
+        other = other or modality
+    return other

@@ -151,6 +151,45 @@ def test_display_shutters_move_with_the_pixels_onto_the_finer_grid() -> None:
     assert ds.RadiusOfCircularShutter == 60
 
 
+def _doubled(source: Dataset) -> Dataset:
+    """The x2 derived image of `source` for an enhancement that only repeats pixels."""
+    image = to_modality(source)
+    values = np.kron(image.values, np.ones((1, 2, 2), np.float32))
+    padding = np.kron(image.padding, np.ones((1, 2, 2), bool))
+    return derived_instance(
+        source, to_stored(values, image.domain, padding), derivation(2), comments=""
+    )
+
+
+def test_ultrasound_calibration_moves_onto_the_finer_grid() -> None:
+    """PS3.3 C.8.5.5: left on the old grid, a distance measured on a x2 image was twice too
+    long (found with a US multi-frame through a node)."""
+    source = dcmread(CT_TEMPLATE)
+    region = Dataset()
+    region.RegionLocationMinX0, region.RegionLocationMinY0 = 20, 10
+    region.RegionLocationMaxX1, region.RegionLocationMaxY1 = 219, 99
+    region.ReferencePixelX0, region.ReferencePixelY0 = 120, 0
+    region.PhysicalDeltaX, region.PhysicalDeltaY = 0.02, 0.03
+    source.SequenceOfUltrasoundRegions = [region]
+    [moved] = _doubled(source).SequenceOfUltrasoundRegions
+    assert (moved.RegionLocationMinX0, moved.RegionLocationMinY0) == (40, 20)
+    assert (moved.RegionLocationMaxX1, moved.RegionLocationMaxY1) == (439, 199)
+    assert (moved.ReferencePixelX0, moved.ReferencePixelY0) == (240, 0)
+    assert (moved.PhysicalDeltaX, moved.PhysicalDeltaY) == pytest.approx((0.01, 0.015))
+
+
+def test_each_nm_detectors_first_pixel_moves_like_the_images() -> None:
+    source = dcmread(CT_TEMPLATE)
+    detector = Dataset()
+    detector.ImagePositionPatient = ["-140", "-140", "0"]
+    detector.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    source.DetectorInformationSequence = [detector]
+    row_spacing, col_spacing = (float(v) for v in source.PixelSpacing)
+    [moved] = _doubled(source).DetectorInformationSequence
+    expected = [-140 - col_spacing / 4, -140 - row_spacing / 4, 0]
+    assert [float(v) for v in moved.ImagePositionPatient] == pytest.approx(expected, abs=1e-4)
+
+
 def test_a_source_that_came_lossy_compressed_stays_marked_lossy() -> None:
     # PS3.3 C.7.6.1.1.5: the syntax it came in says so even without LossyImageCompression.
     source = dcmread(CT_TEMPLATE)
