@@ -275,7 +275,9 @@ def test_a_derived_job_retried_after_its_destination_was_down_sends_what_it_made
     node = node_factory(
         [faulty.destination()],
         enhance={"methods": ["baseline"], "self_check": False},
-        retry={"max_attempts": 5, "initial_delay_seconds": 2, "max_delay_seconds": 2},
+        # Attempts enough that the originals outlive the test's look at the derived job (a
+        # loaded machine's `jobs list` takes seconds: with 5, the originals died meanwhile).
+        retry={"max_attempts": 30, "initial_delay_seconds": 2, "max_delay_seconds": 2},
     ).start()
     assert storescu(node.port, ct_series).returncode == 0
     derived = node.wait_for_jobs(

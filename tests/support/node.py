@@ -69,7 +69,9 @@ class NodeProcess:
                 "data_dir": str(self.data_dir),
                 "min_free_disk_mb": 1,
             },
-            "completion": {"series_quiet_seconds": 1},
+            # A sender's release completes a series at once; quiet alone takes 3 s (at 1 s, a
+            # loaded CI machine's storescu paused mid-series and the series became two jobs).
+            "completion": {"series_quiet_seconds": 3, "release_quiet_seconds": 0.5},
             "worker": {"poll_seconds": 0.2, "lease_seconds": 10},
             "retry": {"initial_delay_seconds": 1, "max_delay_seconds": 4, "jitter": 0.1},
             "network": {
