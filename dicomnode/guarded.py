@@ -16,6 +16,8 @@ from dicomnode.db.failures import database_away
 
 log = logging.getLogger("dicomnode.node")
 
+_TOLD_PER_OUTAGE = 8  # a database whose every error differs (a counter in it) says 8, not all
+
 
 class DatabaseHealth:
     """Whether the node's scheduled tasks find the database, shared by all of them."""
@@ -25,6 +27,7 @@ class DatabaseHealth:
         self._lock = threading.Lock()
         self._away_since: float | None = None
         self._failed_runs = 0
+        self._told: set[str] = set()  # the failures told in this outage (a few at most)
 
     def away(self, task: str, said: str) -> None:
         with self._lock:
@@ -32,12 +35,16 @@ class DatabaseHealth:
             if first:
                 self._away_since = self._clock()
             self._failed_runs += 1
+            new = said not in self._told and len(self._told) < _TOLD_PER_OUTAGE
+            self._told.add(said)
         if first:
             log.error(
                 "the database fails (node.database_url): %s; scheduled work waits for it, "
                 "stores are answered 0xA700 meanwhile",
                 said,
             )
+        elif new:  # it fails otherwise now (locked, then its disk full)
+            log.error("the database still fails, now: %s", said)
         else:
             log.debug("scheduled task waits for the database task=%s: %s", task, said)
 
@@ -45,6 +52,7 @@ class DatabaseHealth:
         with self._lock:
             since, runs = self._away_since, self._failed_runs
             self._away_since, self._failed_runs = None, 0
+            self._told.clear()
         if since is not None:
             log.warning(
                 "the database works again after %.0f s (%d scheduled runs failed meanwhile)",

@@ -252,11 +252,14 @@ def record_job_outputs(db: Database, job_id: int, owner: str, outputs: dict[str,
 
 
 def job_inputs(db: Database, job_id: int) -> list[SpooledInstance]:
+    """A job's instances in SOP Instance UID order: the same on SQLite and PostgreSQL, so an
+    attempt sends (and a series is read) in one order whatever the database."""
     with db.session() as session:
         rows = session.execute(
             select(Instance)
             .join(JobInstance, JobInstance.sop_instance_uid == Instance.sop_instance_uid)
             .where(JobInstance.job_id == job_id)
+            .order_by(Instance.sop_instance_uid)
         ).scalars()
         return [
             SpooledInstance(

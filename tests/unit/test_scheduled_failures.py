@@ -90,3 +90,15 @@ def test_a_database_away_is_one_line_for_every_task_and_one_when_it_is_back(
             False,
         ),
     ]
+
+
+def test_a_database_that_fails_otherwise_meanwhile_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    health = DatabaseHealth(clock=lambda: 0.0)
+    caplog.set_level(logging.INFO, logger="dicomnode.node")
+    for said in ("database is locked", "database or disk is full", "database or disk is full"):
+        health.away("completion", said)
+    assert [r.getMessage() for r in caplog.records][1:] == [
+        "the database still fails, now: database or disk is full"
+    ]
