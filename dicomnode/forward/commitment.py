@@ -40,6 +40,7 @@ from dicomnode.dicom.commitment import (
 )
 from dicomnode.dicom.release import ReportThreads, release
 from dicomnode.errors import ForwardError
+from dicomnode.forward.outcome import is_warning
 from dicomnode.forward.scu import _associate
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def _send_request(assoc: Association, request: CommitmentRequest, destination: D
             transient=True,
         )
     code = int(status.Status)
-    if code == _SUCCESS or _is_warning(code):  # a warning: taken; its report still comes
+    if code == _SUCCESS or is_warning(code):  # a warning: taken; its report still comes
         return
     comment = str(status.get("ErrorComment", "") or "")
     permanent = code in _REFUSED_FOR_GOOD
@@ -180,10 +181,6 @@ _REFUSED_FOR_GOOD = frozenset(
 )
 # Failure Reasons of a report (PS3.3 C.14.1.1) that sending again cannot change.
 _FAILED_FOR_GOOD = frozenset({0x0119, 0x0122})
-
-
-def _is_warning(code: int) -> bool:
-    return code in (0x0001, 0x0107, 0x0116) or 0xB000 <= code <= 0xBFFF
 
 
 def _wait_for_report(

@@ -12,10 +12,15 @@ class Outcome(enum.Enum):
     PERMANENT = "permanent"  # resending the same data will fail the same way
 
 
+def is_warning(status: int) -> bool:
+    """A DIMSE warning status (PS3.7 C): the request was carried out, with a remark."""
+    return status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF
+
+
 def classify_store_status(status: int) -> Outcome:
     if status == 0x0000:
         return Outcome.SUCCESS
-    if status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF:
+    if is_warning(status):
         return Outcome.WARNING
     # Duplicate SOP Instance: a PACS set to refuse copies has this one already (a retry sends
     # again what an earlier attempt delivered): delivered, with a remark.

@@ -11,9 +11,6 @@ from types import SimpleNamespace
 
 import pytest
 from pydicom import dcmread
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
-from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
 import dicomnode.node as node_module
@@ -36,7 +33,6 @@ from dicomnode.db.models import Job, Series
 from dicomnode.node import Node
 from dicomnode.receive.scp import StorageReceiver
 from dicomnode.receive.status import SUCCESS
-from dicomnode.receive.store_lane import Arrival
 from dicomnode.spool import Spool
 from dicomnode.status import JobPart
 from tests.conftest import ON_BOTH_DATABASES
@@ -44,6 +40,7 @@ from tests.integration.test_job_table import receive
 from tests.support.dcmtk import StoreScp, storescu
 from tests.support.node import NodeProcess, listener_only_node
 from tests.support.ports import free_port, wait_for_port
+from tests.support.scu import arrival_of
 from tests.support.series import write_ct_series
 
 ORIGINALS = [JobPart.ORIGINALS]
@@ -278,19 +275,8 @@ def _store_one(tmp_path: Path, assoc: _ClosingAssociation) -> tuple[StorageRecei
     database = open_database(f"sqlite:///{tmp_path / 'n.db'}")
     receiver = StorageReceiver(Settings(), Spool(tmp_path / "spool"), database)
     receiver.handle_established(SimpleNamespace(assoc=assoc))  # type: ignore[arg-type]
-    data = DicomBytesIO()
-    data.is_little_endian, data.is_implicit_VR = True, False
     dataset = dcmread(source)
-    write_dataset(data, dataset)
-    arrival = Arrival(
-        assoc,  # type: ignore[arg-type]
-        dataset.SOPClassUID,
-        dataset.SOPInstanceUID,
-        dataset.SOPClassUID,
-        ExplicitVRLittleEndian,
-        data.getvalue(),
-    )
-    assert receiver.store(arrival) == SUCCESS
+    assert receiver.store(arrival_of(dataset, assoc)) == SUCCESS
     return receiver, dataset.SeriesInstanceUID
 
 

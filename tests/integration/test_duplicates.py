@@ -24,6 +24,7 @@ from dicomnode.receive.scp import StorageReceiver
 from dicomnode.receive.status import SUCCESS
 from dicomnode.receive.store_lane import Arrival
 from dicomnode.spool import Spool
+from tests.support.scu import arrival_of
 from tests.support.series import write_ct_series
 
 
@@ -36,18 +37,7 @@ class _Caller:
 def _arrival(source: Path, series_uid: str) -> Arrival:
     ds = dcmread(source)
     ds.SeriesInstanceUID = series_uid
-    data = DicomBytesIO()
-    data.is_little_endian, data.is_implicit_VR = True, False  # as write_ct_series writes it
-    write_dataset(data, ds)
-    caller = _Caller()
-    return Arrival(
-        caller,  # type: ignore[arg-type]
-        ds.SOPClassUID,
-        ds.SOPInstanceUID,
-        ds.SOPClassUID,
-        ExplicitVRLittleEndian,
-        data.getvalue(),
-    )
+    return arrival_of(ds, _Caller())
 
 
 def test_copies_sent_at_once_into_two_series_never_lose_the_copy_on_record(

@@ -1,11 +1,17 @@
-"""A plain pynetdicom SCU for tests that need the exact status (and comment) of one C-STORE."""
+"""A plain pynetdicom SCU for tests that need the exact status (and comment) of one C-STORE, and
+one C-STORE as the receiver gets it, for tests that call its handlers directly."""
 
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
+
+from dicomnode.receive.store_lane import Arrival
 
 
 def c_store(
@@ -43,3 +49,19 @@ def open_association(port: int, calling_aet: str = "HOLDER") -> Association:
     ae = AE(ae_title=calling_aet)
     ae.add_requested_context(Verification)
     return ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+
+
+def arrival_of(dataset: Dataset, assoc: object) -> Arrival:
+    """`dataset` as the receiver gets one C-STORE of it on `assoc` (a stand-in association):
+    its bytes in Explicit VR Little Endian, as write_ct_series writes them."""
+    data = DicomBytesIO()
+    data.is_little_endian, data.is_implicit_VR = True, False
+    write_dataset(data, dataset)
+    return Arrival(
+        assoc,  # type: ignore[arg-type]
+        dataset.SOPClassUID,
+        dataset.SOPInstanceUID,
+        dataset.SOPClassUID,
+        ExplicitVRLittleEndian,
+        data.getvalue(),
+    )
