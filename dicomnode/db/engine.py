@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Engine, create_engine, event, func, inspect, select
+from sqlalchemy import Engine, create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -43,6 +43,20 @@ POSTGRES_TIMEOUTS = {
     "keepalives_interval": 10,
     "keepalives_count": 3,
     "tcp_user_timeout": 60_000,  # ms that sent data may stay unacknowledged
+}
+# The server's own limits for one session (set when a connection opens). A lock wait ends as
+# SQLite's does (BUSY_TIMEOUT_SECONDS), with an error the caller retries or answers "try
+# again later" to (a C-STORE's sender resends): never a C-STORE, a claim or a purge that waits
+# for ever behind a transaction that does not end. A transaction left open and idle (its
+# process frozen, a thread stuck in file I/O) is ended by the server, freeing the locks it
+# holds; ten minutes is far beyond any transaction of ours, file work inside one included.
+# No statement_timeout: a large purge may take long, and a server that stops answering is
+# the keepalives' to find. Set by SET, not libpq's `options` (a pooler such as PgBouncer refuses
+# that startup parameter); a setting that node.database_url's `options` query makes
+# (`?options=-c%20lock_timeout%3D60s`) is kept.
+POSTGRES_SESSION = {
+    "lock_timeout": f"{BUSY_TIMEOUT_SECONDS}s",
+    "idle_in_transaction_session_timeout": "10min",
 }
 _READING_STATEMENTS = ("SELECT", "WITH", "BEGIN", "PRAGMA", "EXPLAIN")
 
@@ -96,6 +110,19 @@ def _configure_sqlite(engine: Engine, read_only: bool) -> None:
         reading = connection.get_execution_options().get(_READS_ONLY, False)
         if reading and not statement.lstrip().upper().startswith(_READING_STATEMENTS):
             raise RuntimeError(f"a Database.reading() session may not write: {statement[:60]}")
+
+
+def _configure_postgres(engine: Engine, url_options: str | tuple[str, ...] | None) -> None:
+    """Each new connection gets POSTGRES_SESSION's settings that the URL's `options` lacks."""
+    given = " ".join([url_options] if isinstance(url_options, str) else url_options or ())
+    settings = {name: value for name, value in POSTGRES_SESSION.items() if name not in given}
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        with dbapi_connection.cursor() as cursor:
+            for name, value in settings.items():
+                cursor.execute("SELECT set_config(%s, %s, false)", (name, value))
+        dbapi_connection.commit()
 
 
 _LOW_DISK_MB = 16  # below this, a failure to open SQLite names the free space too
@@ -166,6 +193,8 @@ class Database:
             raise ConfigError(_missing_driver(url, exc.name or str(exc))) from None
         if self.is_sqlite:
             _configure_sqlite(self.engine, read_only)
+        elif parsed.get_backend_name() == "postgresql":
+            _configure_postgres(self.engine, parsed.query.get("options"))
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         reading: dict[str, Any] = {_READS_ONLY: True}
         if not self.is_sqlite:  # one snapshot for the whole transaction, writes refused
@@ -237,6 +266,9 @@ class Database:
         try:
             with self.engine.begin() as connection:
                 if not self.is_sqlite:
+                    # Wait for a process that creates or upgrades the schema however long it
+                    # takes (an index on a large table): its end is the one to wait for.
+                    connection.execute(text("SET LOCAL lock_timeout = 0"))
                     connection.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
                 Base.metadata.create_all(connection)
                 add_missing_columns(connection)

@@ -40,9 +40,10 @@ def database_said(error: BaseException) -> str | None:
 # What passes by itself. PostgreSQL, by SQLSTATE (its class, or the whole code): the connection
 # (08), a transaction rolled back for a conflict (40: serialization, deadlock), resources (53),
 # a lock not available (55P03), the operator (57: shutdown, starting up), the system (58), a
-# read-only transaction (25006: a standby promoted meanwhile, a failover). SQLite, by primary
+# read-only transaction (25006: a standby promoted meanwhile, a failover), a transaction the
+# server ended for idling (25P03: POSTGRES_SESSION's limit). SQLite, by primary
 # result code: BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL.
-_PASSING_SQLSTATES = ("08", "40", "53", "55P03", "57", "58", "25006")
+_PASSING_SQLSTATES = ("08", "40", "53", "55P03", "57", "58", "25006", "25P03")
 _PASSING_SQLITE_CODES = frozenset({5, 6, 10, 13, 14, 15})
 
 

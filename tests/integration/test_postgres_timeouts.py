@@ -1,5 +1,7 @@
 """A PostgreSQL server that stops answering is given up on (db/engine.py POSTGRES_TIMEOUTS),
-not waited for until the kernel drops the connection; a real server and a silent listener."""
+not waited for until the kernel drops the connection; a lock held by a transaction that does
+not end is waited for no longer than SQLite's busy timeout, and an idle transaction's locks are
+freed by the server (POSTGRES_SESSION); a real server and a silent listener."""
 
 import threading
 import time
@@ -9,7 +11,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 import dicomnode.db.engine as engine_module
-from dicomnode.db import open_database
+from dicomnode.db import Database, open_database
 from dicomnode.db.failures import database_away
 from dicomnode.errors import DatabaseUnavailable
 from tests.support.ports import free_port
@@ -94,3 +96,105 @@ def test_a_server_that_is_down_is_unavailable_not_a_wrong_setting() -> None:
     url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nodb"
     with pytest.raises(DatabaseUnavailable, match=r"does not answer: connection failed"):
         open_database(url)
+
+
+def _session_setting(db: Database, name: str) -> str:
+    with db.engine.connect() as connection:
+        return str(connection.execute(text(f"SHOW {name}")).scalar())
+
+
+def test_the_session_limits_reach_the_connection_and_the_urls_own_win(
+    postgres_server: PostgresServer,
+) -> None:
+    url = postgres_server.database()
+    try:
+        for query, lock_timeout in (("", "30s"), ("?options=-c%20lock_timeout%3D5s", "5s")):
+            db = open_database(url + query)
+            try:
+                assert _session_setting(db, "lock_timeout") == lock_timeout
+                assert _session_setting(db, "idle_in_transaction_session_timeout") == "10min"
+                assert _session_setting(db, "statement_timeout") == "0"  # a long purge may run
+            finally:
+                db.dispose()
+    finally:
+        postgres_server.drop(url)
+
+
+def test_a_lock_that_is_not_let_go_is_waited_for_no_longer_than_the_lock_timeout(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A series row locked by a transaction that does not end (its process frozen): the next
+    writer gives up after lock_timeout with an error that passes (it is retried, or a C-STORE
+    is answered "try again later"), instead of waiting for ever."""
+    monkeypatch.setitem(engine_module.POSTGRES_SESSION, "lock_timeout", "1s")
+    url = postgres_server.database()
+    db = open_database(url)
+    try:
+        with db.engine.begin() as connection:
+            connection.execute(text("CREATE TABLE t (x int PRIMARY KEY)"))
+            connection.execute(text("INSERT INTO t VALUES (1)"))
+        with db.engine.connect() as holder:
+            holder.execute(text("SELECT x FROM t WHERE x = 1 FOR UPDATE"))
+            started = time.monotonic()
+            with pytest.raises(DBAPIError) as waited, db.session() as session:
+                session.execute(text("UPDATE t SET x = 2 WHERE x = 1"))
+            waited_for = time.monotonic() - started
+            holder.rollback()
+    finally:
+        db.dispose()
+        postgres_server.drop(url)
+    assert database_away(waited.value) == "canceling statement due to lock timeout"
+    assert 0.9 < waited_for < 20
+
+
+def test_an_idle_transaction_is_ended_by_the_server_and_its_locks_freed(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The holder above never comes back: the server ends its transaction, the waiting writer
+    then gets the row, and the holder's next statement fails with an error that passes."""
+    monkeypatch.setitem(engine_module.POSTGRES_SESSION, "idle_in_transaction_session_timeout", "1s")
+    url = postgres_server.database()
+    db = open_database(url)
+    try:
+        with db.engine.begin() as connection:
+            connection.execute(text("CREATE TABLE t (x int PRIMARY KEY)"))
+            connection.execute(text("INSERT INTO t VALUES (1)"))
+        with db.engine.connect() as holder:
+            holder.execute(text("SELECT x FROM t WHERE x = 1 FOR UPDATE"))
+            with db.session() as session:  # waits until the server ends the holder's
+                updated = session.execute(text("UPDATE t SET x = 2 WHERE x = 1")).rowcount
+            with pytest.raises(DBAPIError) as ended:
+                holder.execute(text("SELECT 1"))
+    finally:
+        db.dispose()
+        postgres_server.drop(url)
+    assert updated == 1
+    assert database_away(ended.value) is not None
+
+
+def test_the_schema_step_waits_for_another_process_however_long_it_takes(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that creates or upgrades the schema holds the schema lock for as long as that
+    takes; another starting meanwhile waits it out instead of failing after lock_timeout."""
+    monkeypatch.setitem(engine_module.POSTGRES_SESSION, "lock_timeout", "500ms")
+    url = postgres_server.database()
+    engine = create_engine(url)
+    opened: list[Database] = []
+    try:
+        with engine.begin() as holder:
+            key = engine_module._SCHEMA_LOCK_KEY
+            holder.execute(text(f"SELECT pg_advisory_xact_lock({key})"))
+            opening = threading.Thread(target=lambda: opened.append(open_database(url)))
+            opening.start()
+            time.sleep(2)  # four lock timeouts
+            assert opening.is_alive() and not opened, "did not wait for the schema lock"
+        opening.join(30)
+        assert len(opened) == 1
+        with opened[0].engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM jobs")).scalar() == 0
+    finally:
+        for db in opened:
+            db.dispose()
+        engine.dispose()
+        postgres_server.drop(url)
