@@ -267,6 +267,8 @@ class _Received:
 
 _REFUSED_TOLD_MAX = 1000  # (calling AE, SOP class) pairs remembered; a flood tells no more
 ECHO_LOG_SECONDS = 600.0
+# Refusal reasons (observe/counters `reason`) that are the node's state, not the instance's.
+_NODE_CONDITIONS = frozenset({"disk_full", "database"})
 
 
 def _named(uid: str) -> str:
@@ -290,6 +292,7 @@ class StorageReceiver:
         )
         self._received_lock = threading.Lock()
         self._echoes = ThrottledWarnings(log, interval=ECHO_LOG_SECONDS)
+        self._conditions = ThrottledWarnings(log)  # refusals for the node's state, per sender
         self._writer = ThreadPoolExecutor(settings.node.max_associations, "spool-write")
         # SQLite has one writer at a time: rows that arrive together share a transaction
         # (db/group_commit.py). PostgreSQL takes concurrent writers as they come.
@@ -488,17 +491,7 @@ class StorageReceiver:
             status = status_for(exc)
             reason = refusal_reason(exc)
             INSTANCES_REFUSED.labels(reason).inc()
-            expected = DecodeError | SpoolError | InstanceTooLarge
-            level = logging.WARNING if isinstance(exc, expected) else logging.ERROR
-            log.log(
-                level,
-                "C-STORE failed status=0x%04X sop=%s calling_aet=%s: %s",
-                status,
-                sop_uid[:64],
-                calling,
-                refusal_text(exc),
-                exc_info=reason == "internal",  # a bug of ours; the rest are told in the line
-            )
+            self._log_refusal(exc, reason, status, sop_uid, calling)
             return status_dataset(status, sender_text(exc))
         with self._received_lock:
             received = self._received.setdefault(arrival.assoc, _Received())
@@ -507,6 +500,21 @@ class StorageReceiver:
         INSTANCES_RECEIVED.inc()
         BYTES_RECEIVED.inc(len(arrival.data_set))
         return SUCCESS
+
+    def _log_refusal(
+        self, exc: Exception, reason: str, status: int, sop_uid: str, calling: str
+    ) -> None:
+        """One line per refused instance; while the node itself cannot store (disk full,
+        database away), one per sender a minute: a modality's whole study would otherwise
+        write a line per instance, every resend again, into a log on the same full disk."""
+        expected = DecodeError | SpoolError | InstanceTooLarge
+        level = logging.WARNING if isinstance(exc, expected) else logging.ERROR
+        message = "C-STORE failed status=0x%04X sop=%s calling_aet=%s: %s"
+        args = (status, sop_uid[:64], calling, refusal_text(exc))
+        if reason in _NODE_CONDITIONS:
+            self._conditions.log(level, (reason, calling), message, *args)
+        else:  # a bug of ours keeps its traceback; the rest are told in the line
+            log.log(level, message, *args, exc_info=reason == "internal")
 
     def _check_size(self, arrival: Arrival) -> None:
         """Refuse an instance that is, or inflates to, more than node.max_instance_mb."""
