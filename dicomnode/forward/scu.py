@@ -40,7 +40,8 @@ from dicomnode.errors import (
 from dicomnode.forward import send_lane
 from dicomnode.forward.associate import open_association
 from dicomnode.forward.outcome import Outcome, classify_store_status, no_response, status_text
-from dicomnode.forward.tally import SeriesTally
+from dicomnode.forward.tally import SeriesTally, listed
+from dicomnode.observe.counters import INSTANCES_FORWARDED
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ def send_series(
     started = time.monotonic()
     contexts = contexts_for(instances)
     assoc = _associate(destination, settings, contexts)
-    tally = SeriesTally(destination.name, len(instances))
+    tally = SeriesTally(len(instances))
     try:
         for number, item in enumerate(instances):
             tally.tried = number + 1
@@ -258,21 +259,25 @@ def send_series(
             elif outcome is Outcome.PERMANENT:
                 tally.refuse(problem)
             else:
-                tally.stored(warning=outcome is Outcome.WARNING)
+                tally.stored(problem if outcome is Outcome.WARNING else None)
     except ForwardError as exc:
         raise tally.ending(exc) from None
     finally:
         end(assoc)
+        for outcome_name, count in tally.outcomes().items():
+            if count:
+                INSTANCES_FORWARDED.labels(destination.name, outcome_name).inc(count)
     failure = tally.error()
     if failure is not None:
         raise failure
     seconds = time.monotonic() - started
     log.info(
-        "forwarded job=%d destination=%s instances=%d warnings=%d seconds=%.2f",
+        "forwarded job=%d destination=%s instances=%d warnings=%d seconds=%.2f%s",
         job_id,
         destination.name,
         tally.sent,
         tally.warnings,
         seconds,
+        f": {listed(tally.remarks)}" if tally.remarks else "",  # what the PACS remarked
     )
     return SendReport(sent=tally.sent, warnings=tally.warnings, seconds=seconds)

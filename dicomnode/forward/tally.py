@@ -27,13 +27,16 @@ def listed(problems: list[str]) -> str:
 
 @dataclass
 class SeriesTally:
-    """The instances of one attempt, by what became of them; `stop` says when to give up."""
+    """The instances of one attempt, by what became of them; `defer` and `break_off` say when
+    to give up.
 
-    destination: str  # its name, for the messages
+    Its messages do not name the destination: each reader already does (the job's error
+    `name: ...`, the log line's `destination=name`)."""
+
     total: int  # instances in the series
     tried: int = 0
     sent: int = 0
-    warnings: int = 0
+    remarks: list[str] = field(default_factory=list)  # stored with a warning status
     refused: list[str] = field(default_factory=list)  # for good: resending fails the same way
     deferred: list[str] = field(default_factory=list)  # "try later" statuses
     broken_off: list[str] = field(default_factory=list)  # the peer ended the association
@@ -41,9 +44,14 @@ class SeriesTally:
     unsendable: list[str] = field(default_factory=list)  # in no syntax the peer takes (video)
     _transient_in_a_row: int = 0
 
-    def stored(self, *, warning: bool) -> None:
+    @property
+    def warnings(self) -> int:
+        return len(self.remarks)
+
+    def stored(self, remark: str | None = None) -> None:
+        """One instance stored; `remark`: the warning status it was stored with."""
         self.sent += 1
-        self.warnings += warning
+        self.remarks += [remark] if remark else []
         self._transient_in_a_row = 0
 
     def refuse(self, problem: str) -> None:
@@ -67,6 +75,18 @@ class SeriesTally:
         self.broken_off.append(problem)
         return len(self.broken_off) > MAX_BROKEN_OFF
 
+    def outcomes(self) -> dict[str, int]:
+        """How many instances ended each way (the `outcome` label of FORWARDED_INSTANCES)."""
+        return {
+            "stored": self.sent - self.warnings,
+            "warning": self.warnings,
+            "refused": len(self.refused),
+            "deferred": len(self.deferred),
+            "broken_off": len(self.broken_off),
+            "unreadable": len(self.unreadable),
+            "unsendable": len(self.unsendable),
+        }
+
     def error(self) -> ForwardError | None:
         """The attempt's failure, None when every instance was stored: transient when any
         instance may go later (retried), else permanent for what the peer refused."""
@@ -75,18 +95,18 @@ class SeriesTally:
         stopped = stopped if self.tried < self.total else ""
         unreadable = (
             f"{len(self.unreadable)} of {self.total} spooled files could not be read "
-            f"({self.sent} of {self.total} sent to {self.destination}): {listed(self.unreadable)}"
+            f"({self.sent} of {self.total} sent): {listed(self.unreadable)}"
         )
         later = []
         if self.broken_off:  # the PACS may take them later (it may have been restarting)
             later.append(
-                f"{self.destination} broke off the association on {len(self.broken_off)} of "
+                f"broke off the association on {len(self.broken_off)} of "
                 f"{self.total} instances ({self.sent} sent{stopped}): {listed(self.broken_off)}"
             )
             stopped = ""
         if self.deferred:
             later.append(
-                f"{self.destination} answered {listed(self.deferred)} ({len(self.deferred)} of "
+                f"answered {listed(self.deferred)} ({len(self.deferred)} of "
                 f"{self.total} instances not taken for now, {self.sent} sent{stopped})"
             )
         if later:
@@ -105,13 +125,12 @@ class SeriesTally:
         parts = []
         if self.refused:
             parts.append(
-                f"{self.destination} refused {len(self.refused)} of {self.total} instances: "
-                f"{listed(self.refused)}"
+                f"refused {len(self.refused)} of {self.total} instances: {listed(self.refused)}"
             )
         if self.unsendable:
             parts.append(
-                f"{len(self.unsendable)} of {self.total} instances cannot be sent to "
-                f"{self.destination} in a transfer syntax it takes: {listed(self.unsendable)}"
+                f"{len(self.unsendable)} of {self.total} instances cannot be sent in a "
+                f"transfer syntax it takes: {listed(self.unsendable)}"
             )
         return parts
 

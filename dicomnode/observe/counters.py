@@ -6,6 +6,8 @@ here imports the imaging layer or TensorFlow, so the receiver may import it.
 The metrics are created unregistered: each endpoint registers them in its own registry.
 """
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Histogram, Info, disable_created_metrics
 from prometheus_client.registry import Collector
 
@@ -74,6 +76,31 @@ for _reason in REFUSAL_REASONS:
 for _reason in REJECTION_REASONS:
     ASSOCIATIONS_REJECTED.labels(_reason)
 
+# What became of an instance sent by C-STORE (forward/tally.py SeriesTally.outcomes).
+FORWARD_OUTCOMES = (
+    "stored",
+    "warning",
+    "refused",
+    "deferred",
+    "broken_off",
+    "unreadable",
+    "unsendable",
+)
+INSTANCES_FORWARDED = Counter(
+    "dicomnode_instances_forwarded",
+    "Instances sent by C-STORE, by destination and what became of them.",
+    ["destination", "outcome"],
+    registry=None,
+)
+
+
+def forwarding_to(destinations: Iterable[str]) -> None:
+    """Export every outcome of each configured destination from the start (at 0)."""
+    for name in destinations:
+        for outcome in FORWARD_OUTCOMES:
+            INSTANCES_FORWARDED.labels(name, outcome)
+
+
 ENHANCEMENTS_FAILED = Counter(
     "dicomnode_enhancements_failed",
     "Enhancement attempts of derived jobs that failed (an error, not a declined image).",
@@ -109,6 +136,7 @@ def in_process_metrics() -> list[Collector]:
         INSTANCES_REFUSED,
         ASSOCIATIONS_REJECTED,
         CONNECTIONS_ABORTED,
+        INSTANCES_FORWARDED,
         ENHANCEMENTS_FAILED,
         STAGE_SECONDS,
         MODEL,

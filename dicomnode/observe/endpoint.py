@@ -24,7 +24,7 @@ from dicomnode.db.stats import check_reachable
 from dicomnode.errors import ConfigError
 from dicomnode.observe.bounded import BoundedCall
 from dicomnode.observe.collector import ConfiguredModels, NodeCollector
-from dicomnode.observe.counters import in_process_metrics
+from dicomnode.observe.counters import forwarding_to, in_process_metrics
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,7 @@ def start_http_endpoint(
     registry = CollectorRegistry()  # no auto-describe: registering never reads the DB
     for metric in in_process_metrics():
         registry.register(metric)
+    forwarding_to(destination.name for destination in settings.destinations)
     registry.register(NodeCollector(db, spool, http.check_timeout_seconds))
     registry.register(ConfiguredModels(settings.enhance))
     ProcessCollector(registry=registry)

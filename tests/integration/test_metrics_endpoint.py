@@ -5,6 +5,7 @@ parsed with prometheus_client's own parser, and its values are compared before a
 series flows through.
 """
 
+import re
 import socket
 import sqlite3
 import subprocess
@@ -14,10 +15,11 @@ from pathlib import Path
 
 from tests.conftest import pacs_destination
 from tests.support.dcmtk import echoscu, storescu
+from tests.support.faulty_scp import Behaviour, FaultyScp
 from tests.support.metrics import Scrape, http_get
 from tests.support.orthanc import Orthanc
 from tests.support.scu import c_store, open_association
-from tests.support.series import write_ct_series
+from tests.support.series import sop_instance_uid, write_ct_series
 
 HTTP_ON = {"enabled": True}
 
@@ -62,6 +64,10 @@ def test_metrics_follow_a_series_from_storescu_to_orthanc(
     for stage in ("infer", "measure", "write"):
         assert after.value("dicomnode_stage_seconds_count", stage=stage, method="baseline") == 1
     assert after.value("dicomnode_stage_seconds_count", stage="forward", method="") == 2
+    # 3 originals, then 3 derived images and their metrics report, each stored plainly.
+    forwarded = "dicomnode_instances_forwarded_total"
+    assert after.value(forwarded, destination="pacs", outcome="stored") == 3 + 3 + 1
+    assert after.value(forwarded, destination="pacs", outcome="refused") == 0
     [model] = after.labels_of("dicomnode_model_info")
     assert model["method"] == "baseline" and model["device"] == "CPU"
     assert model["version"].startswith("baseline")
@@ -164,3 +170,42 @@ def test_the_endpoint_is_off_unless_enabled(node_factory) -> None:
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", node.http_port)) != 0
     assert echoscu(node.port).returncode == 0  # the node itself is up
+
+
+def test_what_a_pacs_made_of_each_instance_is_counted_and_its_remarks_logged(
+    node_factory, tmp_path: Path
+) -> None:
+    """A warning status (stored, with a remark) is named in the `forwarded` line; a refusal is
+    counted as such, by destination, every outcome exported from the start."""
+    faulty = FaultyScp().start()
+    try:
+        node = node_factory([faulty.destination()], http=HTTP_ON).start()
+        before = Scrape(node.http_port)
+        exported = before.labels_of("dicomnode_instances_forwarded_total")
+        assert {"destination": "faulty", "outcome": "broken_off"} in exported
+        assert len(exported) == 7
+
+        first = write_ct_series(tmp_path / "first", 3)
+        coerced = sop_instance_uid(first[1])
+        faulty.behave(Behaviour(status_for={coerced: 0xB000}))
+        assert storescu(node.port, first).returncode == 0
+        node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "done")
+        assert re.search(
+            r"forwarded job=1 destination=faulty instances=3 warnings=1 seconds=\S+: "
+            rf"0xB000 \(coercion of data elements\) for sop={coerced}$",
+            node.log(),
+            re.M,
+        )
+
+        second = write_ct_series(tmp_path / "second", 2)
+        faulty.behave(Behaviour(status=0xC000))
+        assert storescu(node.port, second).returncode == 0
+        node.wait_for_jobs(lambda jobs: any(job["status"] == "dead" for job in jobs))
+        after = Scrape(node.http_port)
+    finally:
+        faulty.stop()
+    forwarded = "dicomnode_instances_forwarded_total"
+    assert after.value(forwarded, destination="faulty", outcome="stored") == 2
+    assert after.value(forwarded, destination="faulty", outcome="warning") == 1
+    assert after.value(forwarded, destination="faulty", outcome="refused") == 2
+    assert after.value(forwarded, destination="faulty", outcome="deferred") == 0

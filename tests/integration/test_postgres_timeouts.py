@@ -5,9 +5,11 @@ freed by the server (POSTGRES_SESSION); a real server and a silent listener."""
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 import dicomnode.db.engine as engine_module
@@ -120,14 +122,11 @@ def test_the_session_limits_reach_the_connection_and_the_urls_own_win(
         postgres_server.drop(url)
 
 
-def test_a_lock_that_is_not_let_go_is_waited_for_no_longer_than_the_lock_timeout(
-    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A series row locked by a transaction that does not end (its process frozen): the next
-    writer gives up after lock_timeout with an error that passes (it is retried, or a C-STORE
-    is answered "try again later"), instead of waiting for ever."""
-    monkeypatch.setitem(engine_module.POSTGRES_SESSION, "lock_timeout", "1s")
-    url = postgres_server.database()
+@contextmanager
+def _a_row_held(server: PostgresServer) -> Iterator[tuple[Database, Connection]]:
+    """A fresh database whose table `t` has one row, locked by a transaction that does not end
+    (the holder: its process frozen)."""
+    url = server.database()
     db = open_database(url)
     try:
         with db.engine.begin() as connection:
@@ -135,14 +134,24 @@ def test_a_lock_that_is_not_let_go_is_waited_for_no_longer_than_the_lock_timeout
             connection.execute(text("INSERT INTO t VALUES (1)"))
         with db.engine.connect() as holder:
             holder.execute(text("SELECT x FROM t WHERE x = 1 FOR UPDATE"))
-            started = time.monotonic()
-            with pytest.raises(DBAPIError) as waited, db.session() as session:
-                session.execute(text("UPDATE t SET x = 2 WHERE x = 1"))
-            waited_for = time.monotonic() - started
-            holder.rollback()
+            yield db, holder
     finally:
         db.dispose()
-        postgres_server.drop(url)
+        server.drop(url)
+
+
+def test_a_lock_that_is_not_let_go_is_waited_for_no_longer_than_the_lock_timeout(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next writer gives up after lock_timeout with an error that passes (it is retried, or
+    a C-STORE is answered "try again later"), instead of waiting for ever."""
+    monkeypatch.setitem(engine_module.POSTGRES_SESSION, "lock_timeout", "1s")
+    with _a_row_held(postgres_server) as (db, holder):
+        started = time.monotonic()
+        with pytest.raises(DBAPIError) as waited, db.session() as session:
+            session.execute(text("UPDATE t SET x = 2 WHERE x = 1"))
+        waited_for = time.monotonic() - started
+        holder.rollback()
     assert database_away(waited.value) == "canceling statement due to lock timeout"
     assert 0.9 < waited_for < 20
 
@@ -150,24 +159,14 @@ def test_a_lock_that_is_not_let_go_is_waited_for_no_longer_than_the_lock_timeout
 def test_an_idle_transaction_is_ended_by_the_server_and_its_locks_freed(
     postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The holder above never comes back: the server ends its transaction, the waiting writer
-    then gets the row, and the holder's next statement fails with an error that passes."""
+    """The holder never comes back: the server ends its transaction, the waiting writer then
+    gets the row, and the holder's next statement fails with an error that passes."""
     monkeypatch.setitem(engine_module.POSTGRES_SESSION, "idle_in_transaction_session_timeout", "1s")
-    url = postgres_server.database()
-    db = open_database(url)
-    try:
-        with db.engine.begin() as connection:
-            connection.execute(text("CREATE TABLE t (x int PRIMARY KEY)"))
-            connection.execute(text("INSERT INTO t VALUES (1)"))
-        with db.engine.connect() as holder:
-            holder.execute(text("SELECT x FROM t WHERE x = 1 FOR UPDATE"))
-            with db.session() as session:  # waits until the server ends the holder's
-                updated = session.execute(text("UPDATE t SET x = 2 WHERE x = 1")).rowcount
-            with pytest.raises(DBAPIError) as ended:
-                holder.execute(text("SELECT 1"))
-    finally:
-        db.dispose()
-        postgres_server.drop(url)
+    with _a_row_held(postgres_server) as (db, holder):
+        with db.session() as session:  # waits until the server ends the holder's
+            updated = session.execute(text("UPDATE t SET x = 2 WHERE x = 1")).rowcount
+        with pytest.raises(DBAPIError) as ended:
+            holder.execute(text("SELECT 1"))
     assert updated == 1
     assert database_away(ended.value) is not None
 
