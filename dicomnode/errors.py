@@ -5,6 +5,8 @@ state, the CLI to an exit code and one readable line. Messages name the object c
 file, SOP Instance UID, job id) and, where it helps, what to do about it.
 """
 
+from collections.abc import Sequence
+
 
 class DicomNodeError(Exception):
     """Base class of all errors raised on purpose by dicomnode."""
@@ -67,14 +69,19 @@ class ForwardError(DicomNodeError):
     """Sending to a destination failed.
 
     `transient` says whether trying again later may succeed (peer down, out of resources,
-    association rejected) or not (SOP class refused, not authorised, dataset rejected); `sent`
-    counts the instances of the series that went before it failed (the delivery's record).
+    association rejected) or not (SOP class refused, not authorised, dataset rejected);
+    `stored` names the instances of the series the peer took before it failed (the delivery's
+    record: a retry does not send them again).
     """
 
-    def __init__(self, message: str, *, transient: bool, sent: int = 0) -> None:
+    def __init__(self, message: str, *, transient: bool, stored: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.transient = transient
-        self.sent = sent
+        self.stored = tuple(stored)
+
+    @property
+    def sent(self) -> int:
+        return len(self.stored)
 
 
 class BrokenOff(ForwardError):
@@ -97,8 +104,8 @@ class SeriesIncomplete(ForwardError):
     """The peer took part of a series and asked for the rest later ("try later" answers, an
     association it ended): it is up and answering, so the job's next series still go to it."""
 
-    def __init__(self, message: str, *, sent: int) -> None:
-        super().__init__(message, transient=True, sent=sent)
+    def __init__(self, message: str, *, stored: Sequence[str]) -> None:
+        super().__init__(message, transient=True, stored=stored)
 
 
 class UnreadableSpool(ForwardError):
@@ -107,8 +114,8 @@ class UnreadableSpool(ForwardError):
     This node's fault, not the destination's: the delivery is retried (the files may be put
     back), and the job's other series still go meanwhile."""
 
-    def __init__(self, message: str, *, sent: int) -> None:
-        super().__init__(message, transient=True, sent=sent)
+    def __init__(self, message: str, *, stored: Sequence[str]) -> None:
+        super().__init__(message, transient=True, stored=stored)
 
 
 class ImageDeclined(DicomNodeError):

@@ -19,6 +19,7 @@ from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.config import RetrySettings
+from dicomnode.db.delivered import note_delivered
 from dicomnode.db.engine import Database
 from dicomnode.db.history import EventKind, job_histories, record_event
 from dicomnode.db.models import Delivery, Instance, Job, JobInstance, utcnow
@@ -290,10 +291,13 @@ def record_delivery(
     status: DeliveryStatus,
     sent: int,
     error: str | None,
+    stored: Sequence[str] = (),
 ) -> bool:
     """A delivery's outcome, written only while `owner` holds the job (False: it no longer
     does). An attempt whose lease lapsed may still finish sending; its outcome must not
-    overwrite the row of the attempt that took the job over, which is judged by it."""
+    overwrite the row of the attempt that took the job over, which is judged by it.
+    `stored`: the instances the destination took on this attempt (not sent again by the next;
+    `db/delivered.py`)."""
     held = select(Job.id).where(Job.id == job_id, Job.lease_owner == owner).exists()
     with db.session() as session:
         changed = _rows_changed(
@@ -308,6 +312,8 @@ def record_delivery(
                 updated_at=utcnow(),
             ),
         )
+        if changed == 1:
+            note_delivered(session, job_id, destination, status, stored)
         return changed == 1
 
 

@@ -150,6 +150,18 @@ class Delivery(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class DeliveredInstance(Base):
+    """An instance a destination stored (a C-STORE answered success or warning) while its
+    delivery is not done yet: a retry sends only the others. The rows go when the delivery is
+    done (only a resend sends it again, and that sends all) and with the job's purge."""
+
+    __tablename__ = "delivered_instances"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    destination: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
 class Commitment(Base):
     """One instance a job sent to a destination with Storage Commitment, and what the peer said.
 

@@ -54,9 +54,13 @@ _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 @dataclass(frozen=True)
 class SendReport:
-    sent: int
+    stored: tuple[str, ...]  # the SOP Instance UIDs the peer took
     warnings: int
     seconds: float
+
+    @property
+    def sent(self) -> int:
+        return len(self.stored)
 
 
 def contexts_for(instances: Sequence[SpooledInstance]) -> list[PresentationContext]:
@@ -203,8 +207,12 @@ def send_series(
     destination: Destination,
     instances: Sequence[SpooledInstance],
     settings: Settings,
+    *,
+    stored_before: int = 0,
 ) -> SendReport:
     """Deliver a series over one association; raise ForwardError (transient or not) on failure.
+    `stored_before`: instances of the series the peer stored on an earlier attempt (not in
+    `instances`; the error counts them).
 
     The series goes on past an instance the peer does not take (refused for good, "try later",
     an association it ended, a spooled file of ours that cannot be read) and stops only when the
@@ -214,7 +222,7 @@ def send_series(
     started = time.monotonic()
     contexts = contexts_for(instances)
     assoc = _associate(destination, settings, contexts)
-    tally = SeriesTally(len(instances))
+    tally = SeriesTally(len(instances), earlier=stored_before)
     try:
         for number, item in enumerate(instances):
             tally.tried = number + 1
@@ -259,7 +267,8 @@ def send_series(
             elif outcome is Outcome.PERMANENT:
                 tally.refuse(problem)
             else:
-                tally.stored(problem if outcome is Outcome.WARNING else None)
+                remark = problem if outcome is Outcome.WARNING else None
+                tally.stored(item.sop_instance_uid, remark)
     except ForwardError as exc:
         raise tally.ending(exc) from None
     finally:
@@ -280,4 +289,4 @@ def send_series(
         seconds,
         f": {listed(tally.remarks)}" if tally.remarks else "",  # what the PACS remarked
     )
-    return SendReport(sent=tally.sent, warnings=tally.warnings, seconds=seconds)
+    return SendReport(tuple(tally.delivered), tally.warnings, seconds)

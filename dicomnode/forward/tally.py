@@ -33,9 +33,10 @@ class SeriesTally:
     Its messages do not name the destination: each reader already does (the job's error
     `name: ...`, the log line's `destination=name`)."""
 
-    total: int  # instances in the series
+    total: int  # instances in the series to send on this attempt
+    earlier: int = 0  # ... and those the peer stored on an earlier one (not sent again)
     tried: int = 0
-    sent: int = 0
+    delivered: list[str] = field(default_factory=list)  # SOP Instance UIDs the peer stored
     remarks: list[str] = field(default_factory=list)  # stored with a warning status
     refused: list[str] = field(default_factory=list)  # for good: resending fails the same way
     deferred: list[str] = field(default_factory=list)  # "try later" statuses
@@ -45,12 +46,16 @@ class SeriesTally:
     _transient_in_a_row: int = 0
 
     @property
+    def sent(self) -> int:
+        return len(self.delivered)
+
+    @property
     def warnings(self) -> int:
         return len(self.remarks)
 
-    def stored(self, remark: str | None = None) -> None:
-        """One instance stored; `remark`: the warning status it was stored with."""
-        self.sent += 1
+    def stored(self, sop_uid: str, remark: str | None = None) -> None:
+        """The peer stored `sop_uid`; `remark`: the warning status it answered."""
+        self.delivered.append(sop_uid)
         self.remarks += [remark] if remark else []
         self._transient_in_a_row = 0
 
@@ -93,43 +98,45 @@ class SeriesTally:
         also = "".join(f"; {part}" for part in self._for_good())
         stopped = f", stopped there: {self.total - self.tried} not tried"
         stopped = stopped if self.tried < self.total else ""
+        total, sent = self.total + self.earlier, self.sent + self.earlier  # the whole series
         unreadable = (
-            f"{len(self.unreadable)} of {self.total} spooled files could not be read "
-            f"({self.sent} of {self.total} sent): {listed(self.unreadable)}"
+            f"{len(self.unreadable)} of {total} spooled files could not be read "
+            f"({sent} of {total} sent): {listed(self.unreadable)}"
         )
         later = []
         if self.broken_off:  # the PACS may take them later (it may have been restarting)
             later.append(
                 f"broke off the association on {len(self.broken_off)} of "
-                f"{self.total} instances ({self.sent} sent{stopped}): {listed(self.broken_off)}"
+                f"{total} instances ({sent} sent{stopped}): {listed(self.broken_off)}"
             )
             stopped = ""
         if self.deferred:
             later.append(
                 f"answered {listed(self.deferred)} ({len(self.deferred)} of "
-                f"{self.total} instances not taken for now, {self.sent} sent{stopped})"
+                f"{total} instances not taken for now, {sent} sent{stopped})"
             )
         if later:
             later += [unreadable] if self.unreadable else []
             if self.tried < self.total:  # stopped early: the peer is failing, not an instance
-                return ForwardError("; ".join(later) + also, transient=True, sent=self.sent)
-            return SeriesIncomplete("; ".join(later) + also, sent=self.sent)
+                return ForwardError("; ".join(later) + also, transient=True, stored=self.delivered)
+            return SeriesIncomplete("; ".join(later) + also, stored=self.delivered)
         if self.unreadable:  # retried too: the files may be back by then
-            return UnreadableSpool(unreadable + also, sent=self.sent)
+            return UnreadableSpool(unreadable + also, stored=self.delivered)
         if self.refused or self.unsendable:
-            return ForwardError("; ".join(self._for_good()), transient=False, sent=self.sent)
+            return ForwardError("; ".join(self._for_good()), transient=False, stored=self.delivered)
         return None
 
     def _for_good(self) -> list[str]:
         """What resending will not change: the peer's refusals, and what we cannot send it."""
         parts = []
+        total = self.total + self.earlier
         if self.refused:
             parts.append(
-                f"refused {len(self.refused)} of {self.total} instances: {listed(self.refused)}"
+                f"refused {len(self.refused)} of {total} instances: {listed(self.refused)}"
             )
         if self.unsendable:
             parts.append(
-                f"{len(self.unsendable)} of {self.total} instances cannot be sent in a "
+                f"{len(self.unsendable)} of {total} instances cannot be sent in a "
                 f"transfer syntax it takes: {listed(self.unsendable)}"
             )
         return parts
@@ -137,10 +144,10 @@ class SeriesTally:
     def ending(self, error: ForwardError) -> ForwardError:
         """`error`, which ended the attempt midway (a timeout, a peer that no longer
         associates), with what the attempt met before it and what went."""
-        earlier = self.error()
-        if earlier is None:
-            error.sent = self.sent
+        before = self.error()
+        if before is None:
+            error.stored = tuple(self.delivered)
             return error
         return ForwardError(
-            f"{error}; before that: {earlier}", transient=error.transient, sent=self.sent
+            f"{error}; before that: {before}", transient=error.transient, stored=self.delivered
         )

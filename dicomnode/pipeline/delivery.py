@@ -16,8 +16,9 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from dicomnode.config import Settings
+from dicomnode.config import Destination, Settings
 from dicomnode.db import Database, DeliveryStatus, JobRecord, SpooledInstance
+from dicomnode.db.delivered import delivered_uids
 from dicomnode.db.failures import database_away
 from dicomnode.db.jobs import holds_lease, record_delivery
 from dicomnode.errors import ForwardError, SeriesIncomplete, UnreadableSpool
@@ -52,11 +53,15 @@ def deliver(
     `owner`, the attempt's lease, still holds the job; through a database outage until the
     node is `stopping`)."""
 
-    def record(status: DeliveryStatus, sent: int, error: str | None) -> None:
+    earlier = 0  # instances of `outgoing` the destination stored on an earlier attempt
+    stored: list[str] = []  # ... and on this one
+
+    def record(status: DeliveryStatus, error: str | None) -> None:
+        sent = earlier + len(stored)
         recorded = through_outage(
             f"the delivery to {name}",
             job.id,
-            lambda: record_delivery(db, job.id, owner, name, status, sent, error),
+            lambda: record_delivery(db, job.id, owner, name, status, sent, error, stored),
             patience=settings.worker.lease_seconds / 2,
             stopping=stopping,
         )
@@ -72,27 +77,33 @@ def deliver(
 
     destination = settings.destination(name)
     if destination is None:
-        record(DeliveryStatus.DEAD, 0, f"destination {name!r} is no longer configured")
+        record(DeliveryStatus.DEAD, f"destination {name!r} is no longer configured")
         return
     if job.part == JobPart.DERIVED and not destination.send_metrics_reports:
         outgoing = [[item for item in series if not _is_report(item)] for series in outgoing]
-    sent = 0
     refusals: list[str] = []
     later: list[str] = []  # series the peer or our spool may complete on a retry
     started = time.perf_counter()
     try:
+        # What the peer stored on an earlier attempt is not sent again; with Storage
+        # Commitment, what it confirmed keeping.
+        stored_before = _stored_before(db, job.id, destination, outgoing)
         for series in outgoing:
-            if destination.storage_commitment:  # what the peer confirmed keeping is not resent
+            if destination.storage_commitment:
                 series = uncommitted(db, job.id, destination, series)
+            before = sum(item.sop_instance_uid in stored_before for item in series)
+            series = [item for item in series if item.sop_instance_uid not in stored_before]
+            earlier += before
             if not series:
                 continue
             try:
-                sent += send_series(job.id, destination, series, settings).sent
+                report = send_series(job.id, destination, series, settings, stored_before=before)
+                stored += report.stored
             except (UnreadableSpool, SeriesIncomplete) as exc:  # the next series still go
-                sent += exc.sent
+                stored += exc.stored
                 later.append(str(exc))
             except ForwardError as exc:
-                sent += exc.sent  # what went of the series before it failed
+                stored += exc.stored  # what went of the series before it failed
                 if exc.transient:  # the peer will not take the rest now either: retry later
                     raise
                 # A series it refuses for good (an SR to a PACS without the SOP class) does
@@ -114,12 +125,34 @@ def deliver(
             exc.transient,
             exc,
         )
-        record(status, sent, str(exc))
+        record(status, str(exc))
     except Exception as exc:
         log.exception("delivery crashed job=%d destination=%s", job.id, name)
-        record(DeliveryStatus.FAILED, 0, f"internal error: {type(exc).__name__}: {exc}")
+        record(DeliveryStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
     else:
-        record(DeliveryStatus.DONE, sent, None)
+        record(DeliveryStatus.DONE, None)
+
+
+def _stored_before(
+    db: Database, job_id: int, destination: Destination, outgoing: Outgoing
+) -> set[str]:
+    """What `destination` (one without Storage Commitment) stored on an earlier attempt of the
+    job; said in one line when there is any."""
+    if destination.storage_commitment:
+        return set()
+    stored = delivered_uids(db, job_id, destination.name)
+    if stored:
+        total = sum(map(len, outgoing))
+        before = sum(item.sop_instance_uid in stored for series in outgoing for item in series)
+        log.info(
+            "delivery goes on where the last attempt stopped job=%d destination=%s "
+            "stored_before=%d to_send=%d",
+            job_id,
+            destination.name,
+            before,
+            total - before,
+        )
+    return stored
 
 
 class _Pending:

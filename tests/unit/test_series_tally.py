@@ -6,17 +6,17 @@ from dicomnode.forward.tally import MAX_BROKEN_OFF, SeriesTally
 
 def test_a_series_stored_whole_has_no_error_and_keeps_the_remarks() -> None:
     tally = SeriesTally(total=2)
-    tally.stored()
-    tally.stored("0xB000 (coercion of data elements) for sop=2")
+    tally.stored("1")
+    tally.stored("2", "0xB000 (coercion of data elements) for sop=2")
     assert tally.error() is None
-    assert (tally.sent, tally.warnings) == (2, 1)
+    assert (tally.delivered, tally.warnings) == (["1", "2"], 1)
     assert tally.remarks == ["0xB000 (coercion of data elements) for sop=2"]
 
 
 def test_the_outcomes_count_every_instance_tried_once() -> None:
     tally = SeriesTally(total=8, tried=7)
-    tally.stored()
-    tally.stored("0x0111 (duplicate SOP instance: already there) for sop=2")
+    tally.stored("1")
+    tally.stored("2", "0x0111 (duplicate SOP instance: already there) for sop=2")
     tally.refuse("0x0122 for sop=3")
     tally.defer("0xA700 for sop=4")
     tally.break_off("no C-STORE response for sop=5")
@@ -37,7 +37,7 @@ def test_the_outcomes_count_every_instance_tried_once() -> None:
 def test_one_try_later_answer_goes_on_two_in_a_row_stop() -> None:
     tally = SeriesTally(total=10)
     assert not tally.defer("0xA700 for sop=1")
-    tally.stored()  # a success between: the first was about its instance
+    tally.stored("2")  # a success between: the first was about its instance
     assert not tally.defer("0xA700 for sop=3")
     assert tally.defer("0xA700 for sop=4")  # two in a row: about the peer
     tally.tried = 4
@@ -56,7 +56,7 @@ def test_try_later_is_retried_and_still_names_what_was_refused_for_good() -> Non
     tally.tried = 3
     tally.refuse("0xC000 for sop=1")
     tally.defer("0x0110 for sop=2")
-    tally.stored()
+    tally.stored("3")
     error = tally.error()
     assert isinstance(error, SeriesIncomplete)  # the deferred one may go later
     assert str(error) == (
@@ -85,7 +85,7 @@ def test_broken_off_stops_past_its_limit_and_unreadable_files_are_named_with_it(
 def test_only_unreadable_files_are_our_fault_and_only_refusals_are_for_good() -> None:
     ours = SeriesTally(total=2, tried=2)
     ours.unread("cannot read the spooled file of sop=1 (/spool/1.dcm): gone")
-    ours.stored()
+    ours.stored("2")
     assert isinstance(ours.error(), UnreadableSpool)
 
     refused = SeriesTally(total=2, tried=2)
@@ -98,7 +98,7 @@ def test_only_unreadable_files_are_our_fault_and_only_refusals_are_for_good() ->
 
 def test_an_error_that_ends_the_attempt_midway_keeps_what_came_before_it() -> None:
     tally = SeriesTally(total=5, tried=3)
-    tally.stored()
+    tally.stored("1")
     tally.defer("0xA700 for sop=2")
     timeout = ForwardError("no C-STORE response for sop=3 within 30 s", transient=True)
     error = tally.ending(timeout)
@@ -108,7 +108,7 @@ def test_an_error_that_ends_the_attempt_midway_keeps_what_came_before_it() -> No
         "sop=2 (1 of 5 instances not taken for now, 1 sent, stopped there: 2 not tried)"
     )
     clean = SeriesTally(total=5, tried=1)
-    clean.stored()
+    clean.stored("1")
     assert clean.ending(timeout) is timeout and timeout.sent == 1
 
 
@@ -116,7 +116,7 @@ def test_what_we_cannot_send_is_told_apart_from_what_the_peer_refused() -> None:
     tally = SeriesTally(total=3, tried=3)
     tally.refuse("0x0122 for sop=1")
     tally.cannot_send("cannot decompress sop=2 for the uncompressed fallback: no decoder")
-    tally.stored()
+    tally.stored("3")
     error = tally.error()
     assert error is not None and not error.transient and error.sent == 1
     assert str(error) == (
@@ -124,3 +124,15 @@ def test_what_we_cannot_send_is_told_apart_from_what_the_peer_refused() -> None:
         "transfer syntax it takes: cannot decompress sop=2 for the uncompressed "
         "fallback: no decoder"
     )
+
+
+def test_a_retry_counts_what_the_peer_stored_on_earlier_attempts_as_part_of_the_series() -> None:
+    """Only the instance left over is sent again; the error still speaks of the whole series."""
+    tally = SeriesTally(total=1, earlier=11, tried=1)
+    tally.defer("0x0110 for sop=7")
+    error = tally.error()
+    assert isinstance(error, SeriesIncomplete) and error.stored == ()
+    assert str(error) == (
+        "answered 0x0110 for sop=7 (1 of 12 instances not taken for now, 11 sent)"
+    )
+    assert tally.outcomes()["deferred"] == 1 and tally.outcomes()["stored"] == 0
