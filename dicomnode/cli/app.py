@@ -22,6 +22,9 @@ app = typer.Typer(
     name="dicomnode",
     help="A DICOM node: receive studies, enhance them, forward a derived series to PACS.",
     no_args_is_help=True,
+    # Markdown: a paragraph's line breaks are the docstring's, not the help's (with "rich" a
+    # command's summary in `dicomnode --help` broke where its docstring did); `code` styled.
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
     add_completion=False,
 )

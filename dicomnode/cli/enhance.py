@@ -38,7 +38,7 @@ def enhance(
 ) -> None:
     """Enhance every series under IN_DIR like a job would, writing to OUT_DIR.
 
-    Per series and method: a derived series (<series UID>/<SOP UID>.dcm) and its metrics SR;
+    Per series and method: a derived series (`<series UID>/<SOP UID>.dcm`) and its metrics SR;
     for the whole run: metrics.csv (one row per image and method) and comparison.png. A series
     that cannot be enhanced gets one line with its reason and the others go on; the exit code
     is then 1. A series with nothing to enhance (a report, colour images, a modality not

@@ -26,7 +26,7 @@ def evaluate(
         Path | None,
         typer.Option(
             help="SRCNN model for every image (default: each modality's own model, "
-            "srcnn-<modality>-xS.keras, else srcnn-xS.keras, in enhance.model_dir)."
+            "`srcnn-<modality>-xS.keras`, else `srcnn-xS.keras`, in enhance.model_dir)."
         ),
     ] = None,
     linear_from: Annotated[

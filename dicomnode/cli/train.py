@@ -36,7 +36,8 @@ def train(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Model file to write (default: srcnn[-<modality>]-xS.keras in enhance.model_dir)."
+            help="Model file to write "
+            "(default: `srcnn[-<modality>]-xS.keras` in enhance.model_dir)."
         ),
     ] = None,
     updates: Annotated[
@@ -80,8 +81,8 @@ def train(
 
     Fresh randomly turned patches every batch (softened and fainter copies too: see
     models/MODEL_CARD.md), a cosine learning rate over the whole run, the best validation
-    weights kept. Writes the model, <stem>.history.json (settings, split,
-    steps, updates, device, time, per-epoch losses and learning rate) and <stem>.loss.png.
+    weights kept. Writes the model, `<stem>.history.json` (settings, split, steps, updates,
+    device, time, per-epoch losses and learning rate) and `<stem>.loss.png`.
     """
     configure_logging("WARNING")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

@@ -152,6 +152,18 @@ def test_jobs_list_help_names_every_state() -> None:
     assert all(status.value in shown for status in JobStatus)
 
 
+def test_help_keeps_each_summary_whole_and_its_placeholders() -> None:
+    """A command's summary is one paragraph, not the docstring's line breaks; a `<placeholder>`
+    is shown as written, not taken for markup."""
+    shown = dicomnode("--help", env={"COLUMNS": "200"}).stdout
+    assert (
+        "Claim and run jobs (enhance, forward) beside serve, without a listener, on this host or "
+        "on another one that reaches the same database and spool." in shown
+    )
+    shown = dicomnode("train", "--help", env={"COLUMNS": "200"}).stdout
+    assert "srcnn[-<modality>]-xS.keras" in shown and "<stem>.loss.png" in shown
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
