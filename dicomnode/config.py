@@ -345,6 +345,12 @@ class Destination:
     def server_name(self) -> str:
         return self.tls_server_name or self.host
 
+    @property
+    def peer(self) -> str:
+        """`AE@host:port`: which PACS the name stands for now (an admin may point it at a
+        standby; what the old one stored is then no reason to send the new one less)."""
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
     def validate(self, key: str) -> None:
         _check(
             bool(re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.name)),

@@ -9,6 +9,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.commitments import forget_commitments
+from dicomnode.db.delivered import forget_delivered
 from dicomnode.db.engine import Database
 from dicomnode.db.history import EventKind, record_event
 from dicomnode.db.jobs import job_record
@@ -35,12 +36,14 @@ def _check(action: AdminAction, job: Job, newer_job: int | None = None) -> None:
 
 def _queue_again(session: Session, job: Job, *, resend_delivered: bool) -> None:
     """Back to the queue now with fresh attempts; its deliveries pending again (those already
-    done too, when `resend_delivered`)."""
+    done too, when `resend_delivered`), and sent whole: an admin's action may follow a PACS
+    that lost or deleted part of what it had."""
     now = utcnow()
     job.status, job.attempts, job.next_attempt_at, job.updated_at = JobStatus.QUEUED, 0, now, now
     reset = update(Delivery).where(Delivery.job_id == job.id)
     if not resend_delivered:
         reset = reset.where(Delivery.status != DeliveryStatus.DONE)
+    forget_delivered(session, [job.id])
     session.execute(reset.values(status=DeliveryStatus.PENDING, attempts=0, updated_at=now))
 
 
@@ -128,9 +131,11 @@ def resend_job(
             now,
             now,
         )
-        # What a destination confirmed keeping is not sent again on a retry; a resend is
-        # asked for because the PACS no longer has it, so it sends everything and asks again.
+        # What a destination confirmed keeping, or stored, is not sent again on a retry; a
+        # resend is asked for because the PACS no longer has it, so it sends everything (and
+        # asks for commitment again).
         forget_commitments(session, [job.id], destination)
+        forget_delivered(session, [job.id], destination)
         job.replay, job.error = Replay.SENT, None
         where = f"to {destination}" if destination else "to every destination"
         return _done(session, job, EventKind.RESEND, user, f"queued to send again {where}")

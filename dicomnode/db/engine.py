@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import masked_url
 from dicomnode.db.models import Base
-from dicomnode.db.schema import add_missing_columns, add_missing_indexes
+from dicomnode.db.schema import add_missing_columns, add_missing_indexes, add_missing_tables
 from dicomnode.errors import ConfigError, DatabaseUnavailable
 
 # Any constant shared by every dicomnode process: the PostgreSQL advisory lock held while the
@@ -270,7 +270,7 @@ class Database:
                     # takes (an index on a large table): its end is the one to wait for.
                     connection.execute(text("SET LOCAL lock_timeout = 0"))
                     connection.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
-                Base.metadata.create_all(connection)
+                add_missing_tables(connection)
                 add_missing_columns(connection)
                 add_missing_indexes(connection)
         except OperationalError as exc:

@@ -292,12 +292,13 @@ def record_delivery(
     sent: int,
     error: str | None,
     stored: Sequence[str] = (),
+    peer: str = "",
 ) -> bool:
     """A delivery's outcome, written only while `owner` holds the job (False: it no longer
     does). An attempt whose lease lapsed may still finish sending; its outcome must not
     overwrite the row of the attempt that took the job over, which is judged by it.
-    `stored`: the instances the destination took on this attempt (not sent again by the next;
-    `db/delivered.py`)."""
+    `stored`: the instances the destination, then `peer`, took on this attempt (not sent again
+    by the next; `db/delivered.py`)."""
     held = select(Job.id).where(Job.id == job_id, Job.lease_owner == owner).exists()
     with db.session() as session:
         changed = _rows_changed(
@@ -313,7 +314,7 @@ def record_delivery(
             ),
         )
         if changed == 1:
-            note_delivered(session, job_id, destination, status, stored)
+            note_delivered(session, job_id, destination, peer, status, stored)
         return changed == 1
 
 

@@ -152,14 +152,17 @@ class Delivery(Base):
 
 class DeliveredInstance(Base):
     """An instance a destination stored (a C-STORE answered success or warning) while its
-    delivery is not done yet: a retry sends only the others. The rows go when the delivery is
-    done (only a resend sends it again, and that sends all) and with the job's purge."""
+    delivery is not done yet: a retry sends only the others, if the destination is still the
+    same `peer`. The rows go when the delivery is done, when an admin has the job sent again
+    (retry, resend, release: the PACS may have lost what it had), and with their job (ON
+    DELETE CASCADE: also when a version from before this table purges or discards it)."""
 
     __tablename__ = "delivered_instances"
 
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     destination: Mapped[str] = mapped_column(String(64), primary_key=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    peer: Mapped[str] = mapped_column(String(200), default="")  # `Destination.peer` then
 
 
 class Commitment(Base):

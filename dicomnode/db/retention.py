@@ -15,7 +15,6 @@ from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session
 
 from dicomnode.db.commitments import forget_commitments, pending_commitment_instances
-from dicomnode.db.delivered import forget_delivered
 from dicomnode.db.engine import Database
 from dicomnode.db.history import EventKind, forget_history, record_event
 from dicomnode.db.models import (
@@ -169,7 +168,6 @@ def forget_series(
     session.execute(delete(Delivery).where(Delivery.job_id.in_(job_ids)))
     forget_history(session, job_ids)
     forget_commitments(session, job_ids)
-    forget_delivered(session, job_ids)
     session.execute(delete(Job).where(Job.id.in_(job_ids)))
     session.execute(delete(Instance).where(Instance.series_uid == series_uid))
     session.execute(delete(Series).where(Series.series_uid == series_uid))

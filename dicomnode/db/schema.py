@@ -32,6 +32,17 @@ def _column_ddl(column: Column[Any], connection: Connection) -> str:
     return ddl
 
 
+def add_missing_tables(connection: Connection) -> list[str]:
+    """Create every model table the database lacks (all of them in a new one); return the ones
+    added to an existing database."""
+    present = set(inspect(connection).get_table_names())
+    Base.metadata.create_all(connection)
+    added = [table.name for table in Base.metadata.sorted_tables if table.name not in present]
+    if present and added:
+        log.warning("database schema upgraded: added table %s", ", ".join(added))
+    return added if present else []
+
+
 def add_missing_columns(connection: Connection) -> list[str]:
     """Add every model column an existing table lacks (in the caller's transaction); return
     them as `table.column`."""

@@ -15,6 +15,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import TypeVar
 
 from dicomnode.config import Destination, Settings
 from dicomnode.db import Database, DeliveryStatus, JobRecord, SpooledInstance
@@ -31,6 +33,7 @@ from dicomnode.status import JobPart
 log = logging.getLogger(__name__)
 
 Outgoing = list[list[SpooledInstance]]
+T = TypeVar("T")
 
 _SR_DOCUMENTS = "1.2.840.10008.5.1.4.1.1.88."  # the SR document storage classes (PS3.4 B.5)
 
@@ -53,15 +56,21 @@ def deliver(
     `owner`, the attempt's lease, still holds the job; through a database outage until the
     node is `stopping`)."""
 
+    destination = settings.destination(name)
     earlier = 0  # instances of `outgoing` the destination stored on an earlier attempt
     stored: list[str] = []  # ... and on this one
 
     def record(status: DeliveryStatus, error: str | None) -> None:
         sent = earlier + len(stored)
+        # With Storage Commitment what counts is what the peer confirmed, not what it stored.
+        keeps = destination is not None and not destination.storage_commitment
+        peer = destination.peer if destination is not None else ""
         recorded = through_outage(
             f"the delivery to {name}",
             job.id,
-            lambda: record_delivery(db, job.id, owner, name, status, sent, error, stored),
+            lambda: record_delivery(
+                db, job.id, owner, name, status, sent, error, stored if keeps else (), peer
+            ),
             patience=settings.worker.lease_seconds / 2,
             stopping=stopping,
         )
@@ -75,7 +84,6 @@ def deliver(
                 status,
             )
 
-    destination = settings.destination(name)
     if destination is None:
         record(DeliveryStatus.DEAD, f"destination {name!r} is no longer configured")
         return
@@ -87,13 +95,12 @@ def deliver(
     try:
         # What the peer stored on an earlier attempt is not sent again; with Storage
         # Commitment, what it confirmed keeping.
-        stored_before = _stored_before(db, job.id, destination, outgoing)
+        stored_before, earlier = _stored_before(db, job.id, destination, outgoing)
         for series in outgoing:
             if destination.storage_commitment:
-                series = uncommitted(db, job.id, destination, series)
+                series = _read(name, partial(uncommitted, db, job.id, destination, series))
             before = sum(item.sop_instance_uid in stored_before for item in series)
             series = [item for item in series if item.sop_instance_uid not in stored_before]
-            earlier += before
             if not series:
                 continue
             try:
@@ -133,17 +140,34 @@ def deliver(
         record(DeliveryStatus.DONE, None)
 
 
+def _read(name: str, read: Callable[[], T]) -> T:
+    """A read of what `name` has of the job; a database that is away fails the delivery for
+    now (retried, in one line), not as an internal error with a traceback."""
+    try:
+        return read()
+    except Exception as exc:
+        said = database_away(exc)
+        if said is None:
+            raise
+        raise ForwardError(
+            f"the database could not say what {name} has already: {said}", transient=True
+        ) from None
+
+
 def _stored_before(
     db: Database, job_id: int, destination: Destination, outgoing: Outgoing
-) -> set[str]:
+) -> tuple[set[str], int]:
     """What `destination` (one without Storage Commitment) stored on an earlier attempt of the
-    job; said in one line when there is any."""
+    job while it was the same peer, and how many of `outgoing` that is; said in one line when
+    there is any."""
     if destination.storage_commitment:
-        return set()
-    stored = delivered_uids(db, job_id, destination.name)
-    if stored:
+        return set(), 0
+    stored = _read(
+        destination.name, lambda: delivered_uids(db, job_id, destination.name, destination.peer)
+    )
+    before = sum(item.sop_instance_uid in stored for series in outgoing for item in series)
+    if before:
         total = sum(map(len, outgoing))
-        before = sum(item.sop_instance_uid in stored for series in outgoing for item in series)
         log.info(
             "delivery goes on where the last attempt stopped job=%d destination=%s "
             "stored_before=%d to_send=%d",
@@ -152,7 +176,7 @@ def _stored_before(
             before,
             total - before,
         )
-    return stored
+    return stored, before
 
 
 class _Pending:

@@ -28,6 +28,7 @@ from dicomnode.db import (
     engine,
     open_database,
 )
+from dicomnode.db.delivered import delivered_uids
 from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
 from dicomnode.db.jobs import claim_next_job, get_job
 from dicomnode.db.records import SpooledInstance
@@ -361,3 +362,66 @@ def test_an_outcome_the_database_cannot_take_at_once_is_recorded_when_it_answers
     finished = get_job(db, job.id)
     assert finished is not None
     assert [(d.status, d.sent) for d in finished.deliveries] == [("done", 2)]
+
+
+def _destination(peer: FaultyScp, **options: bool) -> Destination:
+    return Destination("faulty", peer.ae_title, "127.0.0.1", peer.port, **options)
+
+
+def test_what_one_peer_stored_is_no_reason_to_send_another_less(tmp_path: Path) -> None:
+    """The PACS filled up mid-series; the admin points the destination at its standby (another
+    AE title, host or port): the retry sends the standby the whole series."""
+    ct = write_ct_series(tmp_path / "ct", 4, size=32)
+    db = open_database(f"sqlite:///{tmp_path / 'node.db'}")
+    job = _claimed_job(db, ct[0])
+    full = FaultyScp(behaviour=Behaviour(status_for={dcmread(ct[3]).SOPInstanceUID: 0xA700}))
+    _deliver_then_stop(full.start(), db, job, [_spooled(ct)])
+    assert len(delivered_uids(db, job.id, "faulty", _destination(full).peer)) == 3
+
+    standby = FaultyScp().start()
+    try:
+        settings = Settings(destinations=[_destination(standby)])
+        deliver(settings, db, job, "test", "faulty", [_spooled(ct)])
+    finally:
+        standby.stop()
+    assert set(standby.stored) == {dcmread(p).SOPInstanceUID for p in ct}
+    [delivery] = get_job(db, job.id).deliveries
+    assert (delivery.status, delivery.sent) == (DeliveryStatus.DONE, 4)
+
+
+def test_sent_counts_what_the_peer_stored_before_when_the_retry_stops_at_once(
+    tmp_path: Path,
+) -> None:
+    """Two series, the first one instance short; the retry finds the PACS down before its first
+    series: the delivery still says 3 of them are there."""
+    ct = write_ct_series(tmp_path / "ct", 4, size=32)
+    db = open_database(f"sqlite:///{tmp_path / 'node.db'}")
+    job = _claimed_job(db, ct[0])
+    peer = FaultyScp(behaviour=Behaviour(status_for={dcmread(ct[0]).SOPInstanceUID: 0xA700}))
+    outgoing = [_spooled(ct[:2]), _spooled(ct[2:])]
+    _deliver_then_stop(peer.start(), db, job, outgoing)  # stopped: down for the retry
+    deliver(Settings(destinations=[_destination(peer)]), db, job, "test", "faulty", outgoing)
+    [delivery] = get_job(db, job.id).deliveries
+    assert delivery.status is DeliveryStatus.FAILED and delivery.error is not None
+    assert "connection refused" in delivery.error
+    assert delivery.sent == 3
+
+
+def test_a_destination_with_storage_commitment_goes_by_what_it_confirmed_only(
+    tmp_path: Path,
+) -> None:
+    """It stored every instance but never confirmed one (no commitment service): nothing is
+    taken as there, so once an admin turns storage_commitment off the retry sends all."""
+    ct = write_ct_series(tmp_path / "ct", 2, size=32)
+    db = open_database(f"sqlite:///{tmp_path / 'node.db'}")
+    job = _claimed_job(db, ct[0])
+    peer = FaultyScp().start()
+    try:
+        settings = Settings(destinations=[_destination(peer, storage_commitment=True)])
+        deliver(settings, db, job, "test", "faulty", [_spooled(ct)])
+    finally:
+        peer.stop()
+    assert len(peer.stored) == 2
+    [delivery] = get_job(db, job.id).deliveries
+    assert delivery.status is DeliveryStatus.DEAD  # it takes no commitment request at all
+    assert delivered_uids(db, job.id, "faulty", _destination(peer).peer) == set()

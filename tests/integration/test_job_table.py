@@ -1,6 +1,7 @@
 """The job table on a real SQLite file and a real PostgreSQL: completion rule, leases, retries,
 dead letters, admin, and several processes working the table at once."""
 
+import logging
 import sqlite3
 import threading
 import time
@@ -303,6 +304,25 @@ def test_a_database_from_an_older_version_gets_the_new_columns(
     assert job is not None and job.details is None and job.released is False
     assert claim_next_job(upgraded, "w", 60, part=JobPart.ORIGINALS) is not None
     upgraded.dispose()
+
+
+def test_a_database_from_an_older_version_gets_the_new_tables_and_says_so(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = database_url or f"sqlite:///{tmp_path / 'old.sqlite'}"
+    open_database(url).dispose()
+    with caplog.at_level(logging.WARNING):
+        open_database(url).dispose()  # up to date: says nothing
+        db = open_database(url)
+        with db.engine.begin() as connection:  # as a database from before the table
+            connection.exec_driver_sql("DROP TABLE delivered_instances")
+        db.dispose()
+        assert not [r for r in caplog.records if "schema upgraded" in r.getMessage()]
+        upgraded = open_database(url)
+    assert inspect(upgraded.engine).has_table("delivered_instances")
+    upgraded.dispose()
+    said = [r.getMessage() for r in caplog.records if "schema upgraded" in r.getMessage()]
+    assert said == ["database schema upgraded: added table delivered_instances"]
 
 
 def test_a_database_from_an_older_version_gets_the_new_indexes(
