@@ -9,7 +9,7 @@ process of its own without the node's log; it is written here and the node logs 
 import enum
 from collections.abc import Sequence
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.engine import Database
@@ -51,6 +51,26 @@ def record_event(
             logged=user is None,
         )
     )
+
+
+# The admin actions that queue a job afresh (its attempts from 0).
+_REQUEUED = (EventKind.RETRY, EventKind.RESEND, EventKind.RELEASE)
+
+
+def lapses_since_requeued(session: Session, job_id: int) -> int:
+    """How many of the job's attempts its worker died in since an admin last queued it afresh
+    (or since it was made)."""
+    last_requeued = (
+        select(func.max(JobEvent.id))
+        .where(JobEvent.job_id == job_id, JobEvent.kind.in_(_REQUEUED))
+        .scalar_subquery()
+    )
+    lapsed = select(func.count()).where(
+        JobEvent.job_id == job_id,
+        JobEvent.kind == EventKind.LEASE_LAPSED,
+        JobEvent.id > func.coalesce(last_requeued, 0),
+    )
+    return int(session.scalar(lapsed) or 0)
 
 
 def _record(event: JobEvent) -> JobEventRecord:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from dicomnode.config import RetrySettings
 from dicomnode.db.delivered import note_delivered
 from dicomnode.db.engine import Database
-from dicomnode.db.history import EventKind, job_histories, record_event
+from dicomnode.db.history import EventKind, job_histories, lapses_since_requeued, record_event
 from dicomnode.db.models import Delivery, Instance, Job, JobInstance, utcnow
 from dicomnode.db.records import DeliveryRecord, JobEventRecord, JobRecord, SpooledInstance
 from dicomnode.db.transitions import (
@@ -403,8 +403,9 @@ def reclaim_expired_leases(
     `gone`, instead every one whose lease owner `gone` says is a process that no longer runs
     (a node restarted after a forced stop need not wait out its old leases).
 
-    A job whose workers died `max_attempts` times is dead instead: a series that kills the
-    process (out of memory, a crashing decoder) must not be taken up first after every restart.
+    A job whose workers died `max_attempts` times (since an admin last queued it) is dead
+    instead: a series that kills the process (out of memory, a crashing decoder) must not be
+    taken up first after every restart.
     """
     now = utcnow()
     with db.session() as session:
@@ -421,8 +422,10 @@ def reclaim_expired_leases(
         ).all()
         expired = [job for job in candidates if gone is None or gone(job.lease_owner or "")]
         owners = {job.id: job.lease_owner for job in expired}
+        lapses: dict[int, int] = {}
         for job in expired:
-            transition = after_lapsed_lease(job.id, job.attempts, max_attempts)
+            lapses[job.id] = lapses_since_requeued(session, job.id) + 1  # this one too
+            transition = after_lapsed_lease(job.id, lapses[job.id], max_attempts)
             job.lease_owner, job.lease_expires_at, job.updated_at = None, None, now
             job.status = transition.status
             record_event(
@@ -445,17 +448,21 @@ def reclaim_expired_leases(
                     )
                     .values(status=DeliveryStatus.DEAD, updated_at=now)
                 )
-        outcome = [(job.id, job.status, job.attempts) for job in expired]
-    for job_id, status, attempts in outcome:
+        outcome = [(job.id, job.status) for job in expired]
+    for job_id, status in outcome:
         if status == JobStatus.DEAD:
-            log.error("job dead: its worker stopped during %d attempts job=%d", attempts, job_id)
+            log.error(
+                "job dead: its worker stopped during %d of its attempts job=%d",
+                lapses[job_id],
+                job_id,
+            )
         elif gone is not None:
             log.warning(
                 "job's worker process is gone, queued again job=%d lease=%s", job_id, owners[job_id]
             )
         else:
             log.warning("job lease expired, queued again job=%d", job_id)
-    return [job_id for job_id, _, _ in outcome]
+    return [job_id for job_id, _ in outcome]
 
 
 def originals_in_flight(db: Database, series_uid: str) -> bool:

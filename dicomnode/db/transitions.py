@@ -111,17 +111,20 @@ def after_attempt(
     )
 
 
-def after_lapsed_lease(job_id: int, attempts: int, max_attempts: int) -> Transition:
-    """The state of a job whose worker stopped renewing its lease (it died mid-attempt).
+def after_lapsed_lease(job_id: int, lapses: int, max_attempts: int) -> Transition:
+    """The state of a job whose worker stopped renewing its lease (it died mid-attempt), for the
+    `lapses`-th time (this one included) since it was last queued by an admin.
 
     Queued again, unless its workers died `max_attempts` times: a series that kills the process
-    (out of memory, a crashing decoder) must not be taken up first after every restart.
+    (out of memory, a crashing decoder) must not be taken up first after every restart. Only
+    the lapses count: an attempt cut short says nothing of the job, so one on its last attempt
+    (the earlier ones failed, a PACS down) gets that attempt again.
     """
-    if attempts < max_attempts:
+    if lapses < max_attempts:
         return Transition(JobStatus.QUEUED)
     return Transition(
         JobStatus.DEAD,
-        f"its worker stopped (crash, kill or out of memory) during each of {attempts} attempts; "
+        f"its worker stopped (crash, kill or out of memory) during {lapses} of its attempts; "
         f"inputs kept, `dicomnode jobs retry {job_id}`",
     )
 

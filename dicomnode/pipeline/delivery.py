@@ -180,11 +180,14 @@ def _stored_before(
 
 
 class _Pending:
-    """One job's deliveries in flight: `finish` runs once, after the last of them."""
+    """One job's deliveries in flight: `finish` runs once, after the last of them; `abandon`
+    instead when the node stops before they all started."""
 
-    def __init__(self, count: int, finish: Callable[[], None]) -> None:
+    def __init__(self, count: int, finish: Callable[[], None], abandon: Callable[[], None]) -> None:
         self._left = count
         self.finish = finish
+        self.abandon = abandon
+        self.started = False  # a delivery of the job has begun
         self._lock = threading.Lock()
 
     def one_done(self) -> bool:
@@ -202,8 +205,8 @@ class DeliveryQueues:
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._lock = threading.Lock()
         self._jobs_in_flight: Counter[JobPart] = Counter()
-        self._abandoned: list[Callable[[], None]] = []
-        self._futures: dict[Future[None], Callable[[], None]] = {}
+        self._abandoned: list[_Pending] = []  # jobs with a delivery that never started
+        self._futures: dict[Future[None], _Pending] = {}
         self._stopping = threading.Event()  # set by shutdown: no more waiting out an outage
 
     def jobs_in_flight(self, part: JobPart) -> int:
@@ -227,13 +230,13 @@ class DeliveryQueues:
             finish()
             return
         executors = {name: self._executor(name) for name in destinations}
-        pending = _Pending(len(destinations), finish)
+        pending = _Pending(len(destinations), finish, abandon)
         with self._lock:
             self._jobs_in_flight[job.part] += 1
         for name, executor in executors.items():
             future = executor.submit(self._run, pending, job, name, outgoing)
             with self._lock:
-                self._futures[future] = abandon
+                self._futures[future] = pending
             future.add_done_callback(self._forget)
 
     def shutdown(self) -> None:
@@ -244,13 +247,25 @@ class DeliveryQueues:
             executors = list(self._executors.values())
         for executor in executors:  # first stop every queue, then wait: the longest, not the sum
             executor.shutdown(wait=False, cancel_futures=True)
+        # A job none of whose deliveries began goes back now, not after the wait, which a
+        # second signal or node.stop_timeout_seconds may cut short (a PACS that hangs): its
+        # lease would lapse instead, its attempt counted as one its worker died in.
+        self._give_back(only_unstarted=True)
         for executor in executors:
             executor.shutdown(wait=True)
+        self._give_back(only_unstarted=False)
+
+    def _give_back(self, *, only_unstarted: bool) -> None:
+        """Queue again the jobs with a delivery the stop cancelled (`only_unstarted`: those with
+        none running or done either, whose lease nothing else still uses)."""
         with self._lock:
-            abandoned = {id(fn): fn for fn in self._abandoned}.values()
-        for abandon in abandoned:
+            jobs = list({id(pending): pending for pending in self._abandoned}.values())
+            if only_unstarted:
+                jobs = [pending for pending in jobs if not pending.started]
+            self._abandoned = [pending for pending in self._abandoned if pending not in jobs]
+        for pending in jobs:
             try:
-                abandon()
+                pending.abandon()
             except Exception:
                 log.exception("could not queue an abandoned job again")
 
@@ -264,11 +279,12 @@ class DeliveryQueues:
 
     def _forget(self, future: Future[None]) -> None:
         with self._lock:
-            abandon = self._futures.pop(future, None)
-            if future.cancelled() and abandon is not None:
-                self._abandoned.append(abandon)
+            pending = self._futures.pop(future, None)
+            if future.cancelled() and pending is not None:
+                self._abandoned.append(pending)
 
     def _run(self, pending: _Pending, job: JobRecord, name: str, outgoing: Outgoing) -> None:
+        pending.started = True
         try:
             # The job may have been cancelled, or claimed again, while this waited in the queue.
             owner = job.lease_owner

@@ -161,6 +161,40 @@ def test_a_job_whose_worker_dies_every_time_goes_dead_instead_of_looping(db: Dat
     assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is None
 
 
+def test_an_attempt_cut_short_is_not_held_against_a_job_only_its_lapses_are(
+    db: Database,
+) -> None:
+    """Attempt 1 found the PACS down; attempt 2, the last, was cut short (the node was stopped
+    while another PACS hung): the job gets its last attempt again instead of going dead as "its
+    worker stopped during each of 2 attempts". An admin's retry starts the lapses afresh."""
+    receive(db, "1.2.3.17", 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
+    retry = RetrySettings(max_attempts=2, initial_delay_seconds=0, max_delay_seconds=0, jitter=0)
+
+    def claim(lease_seconds: float = 60) -> None:
+        claimed = claim_next_job(db, "w", lease_seconds=lease_seconds, part=JobPart.ORIGINALS)
+        assert claimed is not None and claimed.id == job_id
+
+    def lapse() -> None:
+        claim(lease_seconds=0.01)
+        time.sleep(0.05)
+        assert reclaim_expired_leases(db, max_attempts=2) == [job_id]
+
+    claim()
+    assert record_delivery(db, job_id, "w", "pacs", DeliveryStatus.FAILED, 0, "refused")
+    assert finish_attempt(db, job_id, "w", retry).status == "failed"  # type: ignore[union-attr]
+    lapse()
+    assert (get_job(db, job_id).status, get_job(db, job_id).attempts) == ("queued", 2)  # type: ignore[union-attr]
+    lapse()  # two lapses: max_attempts of them
+    job = get_job(db, job_id)
+    assert job is not None and job.status == "dead"
+    assert "worker stopped (crash, kill or out of memory) during 2 of its attempts" in job.error
+
+    retry_job(db, job_id)
+    lapse()  # the first since the admin's retry
+    assert get_job(db, job_id).status == "queued"  # type: ignore[union-attr]
+
+
 def test_transient_failures_retry_then_go_dead_and_retry_revives(db: Database) -> None:
     receive(db, "1.2.3.8", 1)
     [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "backup"], parts=ORIGINALS_ONLY)

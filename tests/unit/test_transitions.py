@@ -103,17 +103,17 @@ def test_jitter_spreads_the_delay_within_its_bounds() -> None:
 
 
 @pytest.mark.parametrize(
-    ("attempts", "expected"),
+    ("lapses", "expected"),
     [(1, JobStatus.QUEUED), (2, JobStatus.QUEUED), (3, JobStatus.DEAD), (4, JobStatus.DEAD)],
 )
 def test_a_job_whose_worker_died_is_queued_again_until_it_died_max_attempts_times(
-    attempts: int, expected: JobStatus
+    lapses: int, expected: JobStatus
 ) -> None:
-    transition = after_lapsed_lease(42, attempts, max_attempts=3)
+    transition = after_lapsed_lease(42, lapses, max_attempts=3)
     assert transition.status == expected
     if expected == JobStatus.DEAD:
         assert transition.error is not None
-        assert f"during each of {attempts} attempts" in transition.error
+        assert f"during {lapses} of its attempts" in transition.error
         assert "dicomnode jobs retry 42" in transition.error
     else:
         assert transition == Transition(JobStatus.QUEUED)
