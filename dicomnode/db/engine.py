@@ -1,9 +1,9 @@
 """Opening the database: SQLite (WAL, immediate transactions) by default, or PostgreSQL.
 
-Only `dicomnode serve` creates a database. The admin commands open an existing one, and the
-read-only ones (`jobs list`, `doctor`, `purge --dry-run`) cannot write to it (SQLite opened with
-`mode=ro`, PostgreSQL in read-only transactions): a `--config` that points at the wrong folder
-says "no database at ..." instead of making an empty one there.
+Only `dicomnode serve` (and `worker`) creates a database. The admin commands open an existing
+one, and the read-only ones (`jobs list`, `doctor`, `purge --dry-run`) cannot write to it
+(SQLite opened with `mode=ro`, PostgreSQL in read-only transactions): a `--config` that points
+at the wrong folder says "no database at ..." instead of making an empty one there.
 """
 
 import shutil
@@ -223,7 +223,8 @@ class Database:
         if missing:
             raise ConfigError(
                 f"database {masked_url(self.url)} lacks {', '.join(missing)}: not a dicomnode "
-                "database, or one of an older version (`dicomnode serve` brings it up to date)"
+                "database, or one of an older version (`dicomnode serve` or `worker` brings it "
+                "up to date)"
             )
 
     def _cannot_open(self, exc: OperationalError) -> str:
