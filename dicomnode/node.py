@@ -454,6 +454,7 @@ class Node:
         """
         with self._replanning:  # from here on no tick touches the scheduler
             self._stopping.set()
+        self._deliveries.close()  # jobs waiting in a delivery queue go back now
         if self._http is not None:
             self._http.stop()
             self._http = None

@@ -6,7 +6,7 @@ time. The delivery's outcome now records the instances it stored, and the next a
 the rest, as long as the destination is the same peer (AE title, host, port). A destination with
 Storage Commitment has no such rows: what it confirmed is recorded (`db/commitments.py`), and what
 it stored without confirming is sent and asked for again. An admin's retry, resend or release
-sends whole.
+sends whole, and so does a derived job whose series is enhanced anew.
 """
 
 from collections.abc import Iterable
@@ -70,6 +70,13 @@ def note_delivered(
             for uid in sorted(new)
         ]
         session.execute(insert(DeliveredInstance), rows)
+
+
+def forget_stored(db: Database, job_id: int) -> None:
+    """Every destination's rows of a job whose outputs are made anew (a derived series enhanced
+    again: the same SOP Instance UIDs, maybe other pixels)."""
+    with db.session() as session:
+        forget_delivered(session, [job_id])
 
 
 def forget_delivered(session: Session, job_ids: list[int], destination: str | None = None) -> None:

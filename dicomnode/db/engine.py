@@ -51,9 +51,10 @@ POSTGRES_TIMEOUTS = {
 # process frozen, a thread stuck in file I/O) is ended by the server, freeing the locks it
 # holds; ten minutes is far beyond any transaction of ours, file work inside one included.
 # No statement_timeout: a large purge may take long, and a server that stops answering is
-# the keepalives' to find. Set by SET, not libpq's `options` (a pooler such as PgBouncer refuses
-# that startup parameter); a setting that node.database_url's `options` query makes
-# (`?options=-c%20lock_timeout%3D60s`) is kept.
+# the keepalives' to find. Set only where the server's value is its built-in default: one that
+# node.database_url's `options` (`?options=-c%20lock_timeout%3D60s`), PGOPTIONS, ALTER ROLE or
+# DATABASE ... SET or postgresql.conf gives is kept. By SET, not libpq's `options`, which a
+# pooler such as PgBouncer refuses.
 POSTGRES_SESSION = {
     "lock_timeout": f"{BUSY_TIMEOUT_SECONDS}s",
     "idle_in_transaction_session_timeout": "10min",
@@ -112,16 +113,18 @@ def _configure_sqlite(engine: Engine, read_only: bool) -> None:
             raise RuntimeError(f"a Database.reading() session may not write: {statement[:60]}")
 
 
-def _configure_postgres(engine: Engine, url_options: str | tuple[str, ...] | None) -> None:
-    """Each new connection gets POSTGRES_SESSION's settings that the URL's `options` lacks."""
-    given = " ".join([url_options] if isinstance(url_options, str) else url_options or ())
-    settings = {name: value for name, value in POSTGRES_SESSION.items() if name not in given}
+def _configure_postgres(engine: Engine) -> None:
+    """Each new connection gets POSTGRES_SESSION's settings where nothing set them otherwise."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
         with dbapi_connection.cursor() as cursor:
-            for name, value in settings.items():
-                cursor.execute("SELECT set_config(%s, %s, false)", (name, value))
+            cursor.execute(
+                "SELECT name FROM pg_settings WHERE name = ANY(%s) AND source = 'default'",
+                (list(POSTGRES_SESSION),),
+            )
+            for (name,) in cursor.fetchall():
+                cursor.execute("SELECT set_config(%s, %s, false)", (name, POSTGRES_SESSION[name]))
         dbapi_connection.commit()
 
 
@@ -194,7 +197,7 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine, read_only)
         elif parsed.get_backend_name() == "postgresql":
-            _configure_postgres(self.engine, parsed.query.get("options"))
+            _configure_postgres(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         reading: dict[str, Any] = {_READS_ONLY: True}
         if not self.is_sqlite:  # one snapshot for the whole transaction, writes refused

@@ -437,6 +437,9 @@ def reclaim_expired_leases(
                 detail=transition.error or "its worker stopped during the attempt; queued again",
             )
             if transition.status == JobStatus.QUEUED:
+                # Not held against its attempts (its lapses are bounded apart), as a job given
+                # back at a stop: what failed was the process, not the job.
+                job.attempts = max(0, job.attempts - 1)
                 job.next_attempt_at = now
             else:
                 job.error = transition.error

@@ -162,7 +162,7 @@ class DeliveredInstance(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     destination: Mapped[str] = mapped_column(String(64), primary_key=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
-    peer: Mapped[str] = mapped_column(String(200), default="")  # `Destination.peer` then
+    peer: Mapped[str] = mapped_column(Text, default="")  # `Destination.peer` then
 
 
 class Commitment(Base):

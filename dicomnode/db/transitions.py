@@ -117,8 +117,8 @@ def after_lapsed_lease(job_id: int, lapses: int, max_attempts: int) -> Transitio
 
     Queued again, unless its workers died `max_attempts` times: a series that kills the process
     (out of memory, a crashing decoder) must not be taken up first after every restart. Only
-    the lapses count: an attempt cut short says nothing of the job, so one on its last attempt
-    (the earlier ones failed, a PACS down) gets that attempt again.
+    the lapses count here, and a lapsed attempt is not counted against `max_attempts` (the job
+    is queued with its attempts as before it): an attempt cut short says nothing of the job.
     """
     if lapses < max_attempts:
         return Transition(JobStatus.QUEUED)

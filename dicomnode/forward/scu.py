@@ -208,10 +208,10 @@ def send_series(
     instances: Sequence[SpooledInstance],
     settings: Settings,
     *,
-    stored_before: int = 0,
+    stored_earlier: int = 0,
 ) -> SendReport:
     """Deliver a series over one association; raise ForwardError (transient or not) on failure.
-    `stored_before`: instances of the series the peer stored on an earlier attempt (not in
+    `stored_earlier`: instances of the series the peer stored on an earlier attempt (not in
     `instances`; the error counts them).
 
     The series goes on past an instance the peer does not take (refused for good, "try later",
@@ -222,7 +222,7 @@ def send_series(
     started = time.monotonic()
     contexts = contexts_for(instances)
     assoc = _associate(destination, settings, contexts)
-    tally = SeriesTally(len(instances), earlier=stored_before)
+    tally = SeriesTally(len(instances), earlier=stored_earlier)
     try:
         for number, item in enumerate(instances):
             tally.tried = number + 1

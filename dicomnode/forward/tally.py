@@ -81,7 +81,7 @@ class SeriesTally:
         return len(self.broken_off) > MAX_BROKEN_OFF
 
     def outcomes(self) -> dict[str, int]:
-        """How many instances ended each way (the `outcome` label of FORWARDED_INSTANCES)."""
+        """How many instances ended each way (the `outcome` label of INSTANCES_FORWARDED)."""
         return {
             "stored": self.sent - self.warnings,
             "warning": self.warnings,

@@ -95,16 +95,16 @@ def deliver(
     try:
         # What the peer stored on an earlier attempt is not sent again; with Storage
         # Commitment, what it confirmed keeping.
-        stored_before, earlier = _stored_before(db, job.id, destination, outgoing)
+        already_stored, earlier = _already_stored(db, job.id, destination, outgoing)
         for series in outgoing:
             if destination.storage_commitment:
                 series = _read(name, partial(uncommitted, db, job.id, destination, series))
-            before = sum(item.sop_instance_uid in stored_before for item in series)
-            series = [item for item in series if item.sop_instance_uid not in stored_before]
+            before = sum(item.sop_instance_uid in already_stored for item in series)
+            series = [item for item in series if item.sop_instance_uid not in already_stored]
             if not series:
                 continue
             try:
-                report = send_series(job.id, destination, series, settings, stored_before=before)
+                report = send_series(job.id, destination, series, settings, stored_earlier=before)
                 stored += report.stored
             except (UnreadableSpool, SeriesIncomplete) as exc:  # the next series still go
                 stored += exc.stored
@@ -154,7 +154,7 @@ def _read(name: str, read: Callable[[], T]) -> T:
         ) from None
 
 
-def _stored_before(
+def _already_stored(
     db: Database, job_id: int, destination: Destination, outgoing: Outgoing
 ) -> tuple[set[str], int]:
     """What `destination` (one without Storage Commitment) stored on an earlier attempt of the
@@ -181,13 +181,18 @@ def _stored_before(
 
 class _Pending:
     """One job's deliveries in flight: `finish` runs once, after the last of them; `abandon`
-    instead when the node stops before they all started."""
+    instead when the node stops before they all started. `started` and `given_back` change
+    under the queues' lock: a delivery either starts or its job is given back, never both."""
 
-    def __init__(self, count: int, finish: Callable[[], None], abandon: Callable[[], None]) -> None:
+    def __init__(
+        self, part: JobPart, count: int, finish: Callable[[], None], abandon: Callable[[], None]
+    ) -> None:
+        self.part = part
         self._left = count
         self.finish = finish
         self.abandon = abandon
         self.started = False  # a delivery of the job has begun
+        self.given_back = False  # abandoned: its deliveries that have not begun never will
         self._lock = threading.Lock()
 
     def one_done(self) -> bool:
@@ -203,7 +208,10 @@ class DeliveryQueues:
         self.settings = settings
         self.db = db
         self._executors: dict[str, ThreadPoolExecutor] = {}
-        self._lock = threading.Lock()
+        # Reentrant: cancelling a queued future runs its done callback (`_forget`) at once, in
+        # the thread that cancels while it holds the lock.
+        self._lock = threading.RLock()
+        self._closed = False  # the node is stopping: a job handed over now goes back at once
         self._jobs_in_flight: Counter[JobPart] = Counter()
         self._abandoned: list[_Pending] = []  # jobs with a delivery that never started
         self._futures: dict[Future[None], _Pending] = {}
@@ -229,29 +237,37 @@ class DeliveryQueues:
         if not destinations:
             finish()
             return
-        executors = {name: self._executor(name) for name in destinations}
-        pending = _Pending(len(destinations), finish, abandon)
         with self._lock:
-            self._jobs_in_flight[job.part] += 1
-        for name, executor in executors.items():
-            future = executor.submit(self._run, pending, job, name, outgoing)
-            with self._lock:
-                self._futures[future] = pending
-            future.add_done_callback(self._forget)
+            if not self._closed:
+                pending = _Pending(job.part, len(destinations), finish, abandon)
+                self._jobs_in_flight[job.part] += 1
+                for name in destinations:
+                    future = self._executor(name).submit(self._run, pending, job, name, outgoing)
+                    self._futures[future] = pending
+                    future.add_done_callback(self._forget)
+                return
+        abandon()  # the node is stopping: none of it starts
+
+    def close(self) -> None:
+        """Start no more deliveries: those queued are cancelled and their jobs, none of whose
+        deliveries began, go back to the queue now (and so does a job handed over from now
+        on); the ones under way go on. First in the node's stop, before it waits for anything
+        that a second signal or node.stop_timeout_seconds may cut short (a PACS that hangs):
+        a job left to its lease would count that attempt as one its worker died in."""
+        self._stopping.set()  # and a delivery waits out a database outage no longer
+        with self._lock:
+            self._closed = True
+            for executor in self._executors.values():
+                executor.shutdown(wait=False, cancel_futures=True)
+        self._give_back(only_unstarted=True)
 
     def shutdown(self) -> None:
-        """Let running deliveries end (bounded by the network timeouts); jobs whose deliveries
-        had not started are abandoned, i.e. queued again for the next start."""
-        self._stopping.set()
+        """`close`, then let running deliveries end (bounded by the network timeouts); a job
+        that had one running and one cancelled goes back then."""
+        self.close()
         with self._lock:
             executors = list(self._executors.values())
-        for executor in executors:  # first stop every queue, then wait: the longest, not the sum
-            executor.shutdown(wait=False, cancel_futures=True)
-        # A job none of whose deliveries began goes back now, not after the wait, which a
-        # second signal or node.stop_timeout_seconds may cut short (a PACS that hangs): its
-        # lease would lapse instead, its attempt counted as one its worker died in.
-        self._give_back(only_unstarted=True)
-        for executor in executors:
+        for executor in executors:  # every queue stopped first: the longest wait, not the sum
             executor.shutdown(wait=True)
         self._give_back(only_unstarted=False)
 
@@ -263,6 +279,9 @@ class DeliveryQueues:
             if only_unstarted:
                 jobs = [pending for pending in jobs if not pending.started]
             self._abandoned = [pending for pending in self._abandoned if pending not in jobs]
+            for pending in jobs:
+                pending.given_back = True
+                self._jobs_in_flight[pending.part] -= 1
         for pending in jobs:
             try:
                 pending.abandon()
@@ -284,7 +303,10 @@ class DeliveryQueues:
                 self._abandoned.append(pending)
 
     def _run(self, pending: _Pending, job: JobRecord, name: str, outgoing: Outgoing) -> None:
-        pending.started = True
+        with self._lock:  # taken off the queue as the stop gave its job back: it never starts
+            if pending.given_back:
+                return
+            pending.started = True
         try:
             # The job may have been cancelled, or claimed again, while this waited in the queue.
             owner = job.lease_owner

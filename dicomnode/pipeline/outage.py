@@ -3,7 +3,7 @@
 An attempt writes each delivery's outcome and then its own end once the sending is over. When the
 database is away at that moment (PostgreSQL restarting, SQLite locked past its busy timeout),
 giving up left the job "forwarding" until its lease lapsed (worker.lease_seconds), then sent the
-whole series again, and the interrupted attempt counted towards retry.max_attempts. So such a
+whole series again, and the interrupted attempt counted as one its worker died in. So such a
 write is tried again, for up to half the lease: the lease was renewed at most a third of it ago,
 so it still holds when the last try is made; past that, another worker may take the job over.
 """

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from dicomnode.config import EnhanceSettings, Settings
 from dicomnode.db import Database, JobRecord, JobStatus, SpooledInstance
+from dicomnode.db.delivered import forget_stored
 from dicomnode.db.failures import database_said
 from dicomnode.db.jobs import (
     claim_next_job,
@@ -203,6 +204,8 @@ class JobRunner:
             if derived is None:
                 return False
             outgoing, hold = derived
+            if job.attempts > 1:  # made anew: what an earlier attempt's images were stored as
+                forget_stored(self.db, job.id)  # is no reason to withhold these
         if not set_active_status(self.db, job.id, self._token(job), JobStatus.FORWARDING):
             return False
 

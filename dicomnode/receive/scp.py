@@ -30,7 +30,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
 from dicomnode.db import Database, ReceivedInstance
-from dicomnode.db.failures import underlying
+from dicomnode.db.failures import database_away, underlying
 from dicomnode.db.group_commit import GroupCommit
 from dicomnode.db.instances import mark_series_released, record_instance, stored_path
 from dicomnode.db.records import printable_code
@@ -267,8 +267,6 @@ class _Received:
 
 _REFUSED_TOLD_MAX = 1000  # (calling AE, SOP class) pairs remembered; a flood tells no more
 ECHO_LOG_SECONDS = 600.0
-# Refusal reasons (observe/counters `reason`) that are the node's state, not the instance's.
-_NODE_CONDITIONS = frozenset({"disk_full", "database"})
 
 
 def _named(uid: str) -> str:
@@ -511,7 +509,7 @@ class StorageReceiver:
         level = logging.WARNING if isinstance(exc, expected) else logging.ERROR
         message = "C-STORE failed status=0x%04X sop=%s calling_aet=%s: %s"
         args = (status, sop_uid[:64], calling, refusal_text(exc))
-        if reason in _NODE_CONDITIONS:
+        if isinstance(exc, DiskFull) or database_away(exc) is not None:
             self._conditions.log(level, (reason, calling), message, *args)
         else:  # a bug of ours keeps its traceback; the rest are told in the line
             log.log(level, message, *args, exc_info=reason == "internal")

@@ -85,7 +85,8 @@ def test_killed_while_enhancing_the_job_resumes_and_each_derived_uid_arrives_onc
 
     node.start()
     jobs = node.wait_for_parts(derived="done", timeout=240)
-    assert part_of(jobs, "derived")["attempts"] == 2
+    # The attempt the kill cut short is in the history, not held against the job's attempts.
+    assert part_of(jobs, "derived")["attempts"] == 1
     assert part_of(jobs, "originals")["attempts"] == 1
     assert "job's worker process is gone, queued again job=2" in node.log()
     delivered = Counter(orthanc.sop_instance_uids())
@@ -118,7 +119,8 @@ def test_killed_mid_forward_the_series_is_sent_again_at_once_and_completes(
         slow.behave(Behaviour())
         node.start()
         [job] = node.wait_for_jobs(lambda jobs: jobs[0]["status"] == "done", timeout=60)
-        assert job["attempts"] == 2 and job["deliveries"][0]["sent"] == len(files)
+        assert job["attempts"] == 1  # the one the kill cut short is not held against it
+        assert job["deliveries"][0]["sent"] == len(files)
         assert set(slow.stored) == {sop_instance_uid(path) for path in files}
         # At-least-once: only what the dead attempt had sent is received a second time.
         assert {uid for uid, times in slow.stored.items() if times > 1} <= before_kill

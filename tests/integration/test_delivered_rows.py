@@ -5,7 +5,7 @@ from sqlalchemy import func, select, update
 
 from dicomnode.db import Database, DeliveryStatus
 from dicomnode.db.admin import resend_job, retry_job
-from dicomnode.db.delivered import delivered_uids
+from dicomnode.db.delivered import delivered_uids, forget_stored
 from dicomnode.db.instances import create_jobs_for_quiet_series
 from dicomnode.db.jobs import claim_next_job, record_delivery
 from dicomnode.db.models import DeliveredInstance, Delivery, Job
@@ -104,3 +104,13 @@ def test_an_admin_retry_sends_whole(db: Database) -> None:
         session.execute(update(Job).values(status=JobStatus.DEAD, lease_owner=None))
     retry_job(db, job)
     assert delivered_uids(db, job, "pacs", PEER) == set()
+
+
+def test_a_derived_series_made_anew_forgets_what_every_destination_stored(db: Database) -> None:
+    """Enhanced again (QA held part of it, or its outbox files were gone): the same SOP
+    Instance UIDs may now carry other pixels, so nothing is withheld on their account."""
+    job, (a, b, _c) = _claimed(db, ["pacs", "other"])
+    assert record_delivery(db, job, "w", "pacs", FAILED, 1, "x", [a], PEER)
+    assert record_delivery(db, job, "w", "other", FAILED, 1, "x", [b], PEER)
+    forget_stored(db, job)
+    assert _rows(db) == 0

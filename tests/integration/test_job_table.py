@@ -18,7 +18,14 @@ import dicomnode.db.engine as engine_module
 import dicomnode.db.jobs as jobs_module
 import dicomnode.pipeline.runner as runner_module
 from dicomnode.config import RetrySettings, Settings
-from dicomnode.db import Database, DeliveryStatus, JobStatus, ReceivedInstance, open_database
+from dicomnode.db import (
+    Database,
+    DeliveryStatus,
+    JobRecord,
+    JobStatus,
+    ReceivedInstance,
+    open_database,
+)
 from dicomnode.db.admin import cancel_job, retry_job
 from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
 from dicomnode.db.jobs import (
@@ -121,7 +128,7 @@ def test_expired_lease_is_reclaimed_and_the_dead_workers_result_is_discarded(db:
     time.sleep(0.05)
     assert reclaim_expired_leases(db, max_attempts=3) == [job_id]
     job = claim_next_job(db, "new-worker", lease_seconds=60, part=JobPart.ORIGINALS)
-    assert job is not None and job.attempts == 2
+    assert job is not None and job.attempts == 1  # the lapsed one is not held against it
     assert finish_attempt(db, job_id, "crashed-worker", FAST_RETRY) is None
     assert get_job(db, job_id).lease_owner == "new-worker"  # type: ignore[union-attr]
 
@@ -156,7 +163,7 @@ def test_a_job_whose_worker_dies_every_time_goes_dead_instead_of_looping(db: Dat
         time.sleep(0.05)
         assert reclaim_expired_leases(db, max_attempts=2) == [job_id]
     job = get_job(db, job_id)
-    assert job is not None and (job.status, job.attempts) == ("dead", 2)
+    assert job is not None and job.status == "dead"
     assert "worker stopped" in (job.error or "") and job.deliveries[0].status == "dead"
     assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is None
 
@@ -166,7 +173,8 @@ def test_an_attempt_cut_short_is_not_held_against_a_job_only_its_lapses_are(
 ) -> None:
     """Attempt 1 found the PACS down; attempt 2, the last, was cut short (the node was stopped
     while another PACS hung): the job gets its last attempt again instead of going dead as "its
-    worker stopped during each of 2 attempts". An admin's retry starts the lapses afresh."""
+    worker stopped during each of 2 attempts". Lapses are bounded on their own, counted from an
+    admin's last retry."""
     receive(db, "1.2.3.17", 1)
     [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
     retry = RetrySettings(max_attempts=2, initial_delay_seconds=0, max_delay_seconds=0, jitter=0)
@@ -180,19 +188,26 @@ def test_an_attempt_cut_short_is_not_held_against_a_job_only_its_lapses_are(
         time.sleep(0.05)
         assert reclaim_expired_leases(db, max_attempts=2) == [job_id]
 
-    claim()
-    assert record_delivery(db, job_id, "w", "pacs", DeliveryStatus.FAILED, 0, "refused")
-    assert finish_attempt(db, job_id, "w", retry).status == "failed"  # type: ignore[union-attr]
+    def fail() -> JobRecord:
+        claim()
+        assert record_delivery(db, job_id, "w", "pacs", DeliveryStatus.FAILED, 0, "refused")
+        result = finish_attempt(db, job_id, "w", retry)
+        assert result is not None
+        return result
+
+    assert fail().status == "failed"
     lapse()
-    assert (get_job(db, job_id).status, get_job(db, job_id).attempts) == ("queued", 2)  # type: ignore[union-attr]
-    lapse()  # two lapses: max_attempts of them
+    assert (get_job(db, job_id).status, get_job(db, job_id).attempts) == ("queued", 1)  # type: ignore[union-attr]
+    dead = fail()  # the last attempt, given again
+    assert dead.status == "dead" and "gave up after 2 attempts" in (dead.error or "")
+
+    retry_job(db, job_id)  # the lapse before it no longer counts
+    lapse()
+    assert get_job(db, job_id).status == "queued"  # type: ignore[union-attr]
+    lapse()  # two lapses since the retry: max_attempts of them
     job = get_job(db, job_id)
     assert job is not None and job.status == "dead"
     assert "worker stopped (crash, kill or out of memory) during 2 of its attempts" in job.error
-
-    retry_job(db, job_id)
-    lapse()  # the first since the admin's retry
-    assert get_job(db, job_id).status == "queued"  # type: ignore[union-attr]
 
 
 def test_transient_failures_retry_then_go_dead_and_retry_revives(db: Database) -> None:
@@ -469,7 +484,10 @@ def test_several_processes_ticking_at_once_make_one_job_per_series_and_claim_eac
     derived = sorted(job.id for job in jobs if job.part == JobPart.DERIVED)
     assert sorted(claimed) == derived and sorted(reaped) == derived
     assert {job.status for job in jobs if job.part == JobPart.DERIVED} == {"queued"}
-    assert {job.attempts for job in jobs if job.part == JobPart.DERIVED} == {1}
+    assert {job.claims for job in jobs if job.part == JobPart.DERIVED} == {1}
+    assert {job.attempts for job in jobs if job.part == JobPart.DERIVED} == {
+        0
+    }  # reaped: given back
 
 
 def _open_together(url: str, processes: int = 4) -> list[Database]:

@@ -110,7 +110,11 @@ def test_the_session_limits_reach_the_connection_and_the_urls_own_win(
 ) -> None:
     url = postgres_server.database()
     try:
-        for query, lock_timeout in (("", "30s"), ("?options=-c%20lock_timeout%3D5s", "5s")):
+        for query, lock_timeout in (
+            ("", "30s"),
+            ("?options=-c%20lock_timeout%3D5s", "5s"),
+            ("?options=-c%20deadlock_timeout%3D2s", "30s"),  # another setting: ours still
+        ):
             db = open_database(url + query)
             try:
                 assert _session_setting(db, "lock_timeout") == lock_timeout

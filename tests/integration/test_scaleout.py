@@ -132,8 +132,8 @@ def test_two_workers_share_the_jobs_and_a_killed_ones_job_is_finished_by_the_oth
     assert Counter((job["series_uid"], job["part"]) for job in jobs).total() == 2 * SERIES
     assert len({job["series_uid"] for job in jobs}) == SERIES
     attempts = {job["id"]: job["attempts"] for job in jobs}
-    assert attempts.pop(killed) == 2
-    assert set(attempts.values()) == {1}
+    # Each done in one attempt: the one the kill cut short is not held against its job.
+    assert set(attempts.values()) == {1} and killed in attempts
     by_id = {job["id"]: job for job in jobs}
     assert process_of(by_id[killed]) == second_id
     assert f"job lease expired, queued again job={killed}" in node.log() + second.log()
