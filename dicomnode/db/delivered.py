@@ -11,7 +11,7 @@ sends whole, and so does a derived job whose series is enhanced anew.
 
 from collections.abc import Iterable
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Select, delete, insert, select
 from sqlalchemy.orm import Session
 
 from dicomnode.db.engine import Database
@@ -19,18 +19,19 @@ from dicomnode.db.models import DeliveredInstance
 from dicomnode.status import DeliveryStatus
 
 
+def _stored_by(job_id: int, destination: str) -> Select[str]:
+    """The SOP Instance UIDs recorded for this job's delivery to `destination`."""
+    return select(DeliveredInstance.sop_instance_uid).where(
+        DeliveredInstance.job_id == job_id, DeliveredInstance.destination == destination
+    )
+
+
 def delivered_uids(db: Database, job_id: int, destination: str, peer: str) -> set[str]:
     """The instances of this job `destination` stored on an earlier attempt, when it was the
     same `peer` as now."""
     with db.reading() as session:
         return set(
-            session.scalars(
-                select(DeliveredInstance.sop_instance_uid).where(
-                    DeliveredInstance.job_id == job_id,
-                    DeliveredInstance.destination == destination,
-                    DeliveredInstance.peer == peer,
-                )
-            )
+            session.scalars(_stored_by(job_id, destination).where(DeliveredInstance.peer == peer))
         )
 
 
@@ -56,14 +57,7 @@ def note_delivered(
             DeliveredInstance.peer != peer,
         )
     )
-    new = set(stored) - set(
-        session.scalars(
-            select(DeliveredInstance.sop_instance_uid).where(
-                DeliveredInstance.job_id == job_id,
-                DeliveredInstance.destination == destination,
-            )
-        )
-    )
+    new = set(stored) - set(session.scalars(_stored_by(job_id, destination)))
     if new:
         rows = [
             {"job_id": job_id, "destination": destination, "sop_instance_uid": uid, "peer": peer}
