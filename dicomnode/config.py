@@ -257,9 +257,13 @@ class WorkerSettings:
 
 @dataclass(frozen=True)
 class RetrySettings:
-    """Exponential backoff with jitter for failed jobs, then the dead-letter state."""
+    """Exponential backoff with jitter for failed jobs, then the dead-letter state.
 
-    max_attempts: int = 8
+    The defaults ride out a PACS that is down for a long weekend, as a router should: 7
+    attempts in the first hour, then one an hour, for about 3 days (80 attempts).
+    """
+
+    max_attempts: int = 80
     initial_delay_seconds: float = 30.0
     multiplier: float = 2.0
     max_delay_seconds: float = 3600.0

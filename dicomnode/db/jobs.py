@@ -403,9 +403,9 @@ def reclaim_expired_leases(
     `gone`, instead every one whose lease owner `gone` says is a process that no longer runs
     (a node restarted after a forced stop need not wait out its old leases).
 
-    A job whose workers died `max_attempts` times (since an admin last queued it) is dead
-    instead: a series that kills the process (out of memory, a crashing decoder) must not be
-    taken up first after every restart.
+    A job whose workers died MAX_LAPSES times, or `max_attempts` if fewer (since an admin last
+    queued it), is dead instead: a series that kills the process (out of memory, a crashing
+    decoder) must not be taken up first after every restart.
     """
     now = utcnow()
     with db.session() as session:

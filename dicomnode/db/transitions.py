@@ -111,16 +111,23 @@ def after_attempt(
     )
 
 
+# A series that kills its worker this often is not taken up again without an admin. Apart from
+# `retry.max_attempts`, which is sized for a PACS that is down for days: a series that crashes
+# the process must not restart it that often.
+MAX_LAPSES = 3
+
+
 def after_lapsed_lease(job_id: int, lapses: int, max_attempts: int) -> Transition:
     """The state of a job whose worker stopped renewing its lease (it died mid-attempt), for the
     `lapses`-th time (this one included) since it was last queued by an admin.
 
-    Queued again, unless its workers died `max_attempts` times: a series that kills the process
-    (out of memory, a crashing decoder) must not be taken up first after every restart. Only
-    the lapses count here, and a lapsed attempt is not counted against `max_attempts` (the job
-    is queued with its attempts as before it): an attempt cut short says nothing of the job.
+    Queued again, unless its workers died MAX_LAPSES times (or `max_attempts`, if fewer): a
+    series that kills the process (out of memory, a crashing decoder) must not be taken up
+    first after every restart. Only the lapses count here, and a lapsed attempt is not counted
+    against `max_attempts` (the job is queued with its attempts as before it): an attempt cut
+    short says nothing of the job.
     """
-    if lapses < max_attempts:
+    if lapses < min(max_attempts, MAX_LAPSES):
         return Transition(JobStatus.QUEUED)
     return Transition(
         JobStatus.DEAD,

@@ -22,6 +22,14 @@ def test_backoff_stays_capped_however_many_attempts() -> None:
     assert retry_delay_seconds(5000, slow) == 30
 
 
+def test_default_policy_rides_out_a_pacs_down_for_a_long_weekend() -> None:
+    policy = RetrySettings(jitter=0)
+    gaps = [retry_delay_seconds(n, policy) for n in range(1, policy.max_attempts)]
+    assert sum(gaps[:6]) < 3600 < sum(gaps[:7])  # 7 attempts in the first hour
+    assert set(gaps[7:]) == {3600}  # then hourly
+    assert 72 * 3600 < sum(gaps) < 74 * 3600  # dead only after about 3 days
+
+
 def test_jitter_spreads_delays_within_bounds() -> None:
     policy = RetrySettings(
         initial_delay_seconds=100, multiplier=2, max_delay_seconds=1000, jitter=0.25

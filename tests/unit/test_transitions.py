@@ -6,6 +6,7 @@ import pytest
 
 from dicomnode.config import RetrySettings
 from dicomnode.db.transitions import (
+    MAX_LAPSES,
     AdminAction,
     AttemptOutcome,
     DeliveryOutcome,
@@ -117,6 +118,13 @@ def test_a_job_whose_worker_died_is_queued_again_until_it_died_max_attempts_time
         assert "dicomnode jobs retry 42" in transition.error
     else:
         assert transition == Transition(JobStatus.QUEUED)
+
+
+def test_a_job_that_kills_its_worker_is_dead_after_three_lapses_however_long_retries_go() -> None:
+    # retry.max_attempts is sized for a PACS down for days, not for restarts of a crashing node
+    assert after_lapsed_lease(42, 2, max_attempts=80).status == JobStatus.QUEUED
+    assert after_lapsed_lease(42, MAX_LAPSES, max_attempts=80).status == JobStatus.DEAD
+    assert MAX_LAPSES == 3
 
 
 # What an admin may do in each state: (action, state, newer job) → None, or text of the refusal.
