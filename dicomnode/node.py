@@ -19,7 +19,7 @@ from dicomnode.db.instances import (
     create_jobs_for_quiet_series,
     forget_instances_without_files,
     newest_path,
-    next_completion_due,
+    seconds_to_next_completion,
 )
 from dicomnode.db.jobs import reclaim_expired_leases
 from dicomnode.dicom.tls import client_tls_args
@@ -334,7 +334,7 @@ class Node:
         completion = self.settings.completion
         quiet, release_quiet = completion.series_quiet_seconds, completion.release_quiet_seconds
         created = create_jobs_for_quiet_series(self.db, quiet, destinations, parts, release_quiet)
-        due = next_completion_due(self.db, quiet, release_quiet)
+        due_in = seconds_to_next_completion(self.db, quiet, release_quiet)
         with self._replanning:
             scheduler = self._scheduler
             if scheduler is None or self._stopping.is_set():
@@ -345,10 +345,11 @@ class Node:
                     runner.wake()  # a tick under way looks again; an idle one runs now
                     scheduler.modify_job(tick_id, next_run_time=now)
             tick = scheduler.get_job(COMPLETION_TICK)
-            if due is None or tick is None or tick.next_run_time is None:
+            # Due already (another process is taking it): the tick's round will look again.
+            if due_in is None or due_in <= 0 or tick is None or tick.next_run_time is None:
                 return
-            due = due.replace(tzinfo=UTC) + COMPLETION_MARGIN
-            if now < due < tick.next_run_time:
+            due = now + timedelta(seconds=due_in) + COMPLETION_MARGIN
+            if due < tick.next_run_time:
                 tick.modify(next_run_time=due)
 
     def _refuse_a_moved_spool(self) -> None:

@@ -8,12 +8,13 @@ job's history with the admin's name, for the node to log.
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from dicomnode.db.clock import db_now
 from dicomnode.db.commitments import forget_commitments
 from dicomnode.db.delivered import forget_delivered
 from dicomnode.db.engine import Database
 from dicomnode.db.history import EventKind, record_event
 from dicomnode.db.jobs import job_record
-from dicomnode.db.models import Delivery, Job, utcnow
+from dicomnode.db.models import Delivery, Job
 from dicomnode.db.records import JobRecord
 from dicomnode.db.transitions import AdminAction, admin_refusal
 from dicomnode.errors import JobStateError
@@ -38,7 +39,7 @@ def _queue_again(session: Session, job: Job, *, resend_delivered: bool) -> None:
     """Back to the queue now with fresh attempts; its deliveries pending again (those already
     done too, when `resend_delivered`), and sent whole: an admin's action may follow a PACS
     that lost or deleted part of what it had."""
-    now = utcnow()
+    now = db_now(session)
     job.status, job.attempts, job.next_attempt_at, job.updated_at = JobStatus.QUEUED, 0, now, now
     reset = update(Delivery).where(Delivery.job_id == job.id)
     if not resend_delivered:
@@ -77,8 +78,8 @@ def release_job(db: Database, job_id: int, user: str = "") -> JobRecord:
 
 def cancel_job(db: Database, job_id: int, user: str = "") -> JobRecord:
     """Admin: stop a job that has not finished; a worker holding it discards its result."""
-    now = utcnow()
     with db.session() as session:
+        now = db_now(session)
         job = _existing_job(session, job_id)
         _check(AdminAction.CANCEL, job)
         was = job.status
@@ -110,7 +111,7 @@ def resend_job(
                 f"destination {destination!r} is not configured "
                 f"(configured: {', '.join(configured) or 'none'})"
             )
-        now = utcnow()
+        now = db_now(session)
         deliveries = session.scalars(select(Delivery).where(Delivery.job_id == job.id)).all()
         if destination is None and not deliveries:
             raise JobStateError(

@@ -17,8 +17,9 @@ from typing import Any
 from sqlalchemy import CursorResult, Select, and_, delete, func, not_, select, update
 from sqlalchemy.orm import Session
 
+from dicomnode.db.clock import db_now
 from dicomnode.db.engine import Database
-from dicomnode.db.models import Commitment, Instance, Job, utcnow
+from dicomnode.db.models import Commitment, Instance, Job
 from dicomnode.dicom.commitment import CommitmentReport, Reference
 from dicomnode.status import JobStatus
 
@@ -60,9 +61,9 @@ def record_request(
     references: Iterable[Reference],
 ) -> None:
     """Mark these instances pending under `transaction_uid` (a new row, or a re-asked one)."""
-    now = utcnow()
     wanted = {ref.sop_instance_uid: ref for ref in references}
     with db.session() as session:
+        now = db_now(session)
         rows = session.scalars(
             select(Commitment).where(
                 Commitment.job_id == job_id,
@@ -95,9 +96,9 @@ def record_request(
 def record_report(db: Database, report: CommitmentReport) -> int:
     """Apply a peer's report to the rows of its transaction; how many rows it matched
     (0: no request of ours has this Transaction UID)."""
-    now = utcnow()
     matched = 0
     with db.session() as session:
+        now = db_now(session)
         for ref in report.committed:
             matched += _set_state(session, report.transaction_uid, ref, CommitmentState.COMMITTED)
         for failure in report.failed:

@@ -69,6 +69,7 @@ class GroupCommit:
                     ticket.before_commit()
 
         try:
+            # SQLite's clock is this host's (db/clock.py)
             moved = write_sqlite_rows(self._db, [t.item for t in batch], utcnow(), before_commit)
         except BaseException as exc:  # every row of the transaction fails with it
             for ticket in batch:

@@ -8,6 +8,7 @@ from pathlib import Path
 from sqlalchemy import Table, and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from dicomnode.db.clock import db_now
 from dicomnode.db.engine import Database
 from dicomnode.db.instance_rows import write_rows
 from dicomnode.db.models import (
@@ -16,7 +17,6 @@ from dicomnode.db.models import (
     Job,
     JobInstance,
     Series,
-    utcnow,
 )
 from dicomnode.db.records import ReceivedInstance
 from dicomnode.status import JobPart, JobStatus
@@ -56,7 +56,7 @@ def record_instances(
     """`record_instance` for several rows in one transaction (one commit, one fsync); the old
     path of each, in order."""
     with db.engine.begin() as connection:
-        moved = write_rows(connection, items, utcnow())
+        moved = write_rows(connection, items, db_now(connection))
         if before_commit is not None:
             before_commit()
     return moved
@@ -107,7 +107,7 @@ def mark_series_released(db: Database, series_uids: Iterable[str]) -> None:
         session.execute(
             update(Series)
             .where(Series.series_uid.in_(list(series_uids)), Series.pending.is_(True))
-            .values(released_at=utcnow())
+            .values(released_at=db_now(session))
         )
 
 
@@ -133,17 +133,17 @@ def create_jobs_for_quiet_series(
     a series another process has just taken is no longer pending when the lock is granted; on
     SQLite the transactions run one at a time. A series becomes jobs exactly once per quiet spell.
     """
-    now = utcnow()
-    complete = Series.last_received_at <= now - timedelta(seconds=quiet_seconds)
-    if release_quiet_seconds > 0:
-        released = and_(
-            Series.released_at.is_not(None),
-            Series.released_at >= Series.last_received_at,
-            Series.last_received_at <= now - timedelta(seconds=release_quiet_seconds),
-        )
-        complete = or_(complete, released)
     created: list[int] = []
     with db.session() as session:
+        now = db_now(session)
+        complete = Series.last_received_at <= now - timedelta(seconds=quiet_seconds)
+        if release_quiet_seconds > 0:
+            released = and_(
+                Series.released_at.is_not(None),
+                Series.released_at >= Series.last_received_at,
+                Series.last_received_at <= now - timedelta(seconds=release_quiet_seconds),
+            )
+            complete = or_(complete, released)
         quiet = session.scalars(
             select(Series)
             .where(Series.pending.is_(True), complete)
@@ -155,7 +155,7 @@ def create_jobs_for_quiet_series(
                 select(Instance.sop_instance_uid).where(Instance.series_uid == series.series_uid)
             ).all()
             for part in parts:
-                job_id = _create_job(session, series, part, sop_uids, destinations)
+                job_id = _create_job(session, series, part, sop_uids, destinations, now)
                 created.append(job_id)
                 log.info(
                     "job created job=%d part=%s study=%s series=%s instances=%d",
@@ -168,12 +168,13 @@ def create_jobs_for_quiet_series(
     return created
 
 
-def next_completion_due(
+def seconds_to_next_completion(
     db: Database, quiet_seconds: float, release_quiet_seconds: float = 0.0
-) -> datetime | None:
-    """When the first pending series becomes complete by the rule of
-    `create_jobs_for_quiet_series` if nothing more arrives (naive UTC); None when none is
-    pending. The completion tick comes back then rather than at its next round."""
+) -> float | None:
+    """In how many seconds the first pending series becomes complete by the rule of
+    `create_jobs_for_quiet_series` if nothing more arrives (by the database's clock: <= 0 when
+    it is due already); None when none is pending. The completion tick comes back then rather
+    than at its next round."""
     first = func.min(Series.last_received_at)
     pending = Series.pending.is_(True)
     with db.session() as session:
@@ -191,7 +192,7 @@ def next_completion_due(
             )
             if released is not None:
                 due = min(due, released + timedelta(seconds=release_quiet_seconds))
-    return due
+        return (due - db_now(session)).total_seconds()
 
 
 def _create_job(
@@ -200,8 +201,8 @@ def _create_job(
     part: JobPart,
     sop_uids: Sequence[str],
     destinations: list[str],
+    now: datetime,
 ) -> int:
-    now = utcnow()
     job = Job(
         study_uid=series.study_uid,
         series_uid=series.series_uid,

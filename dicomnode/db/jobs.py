@@ -19,10 +19,11 @@ from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.config import RetrySettings
+from dicomnode.db.clock import db_now
 from dicomnode.db.delivered import note_delivered
 from dicomnode.db.engine import Database
 from dicomnode.db.history import EventKind, job_histories, lapses_since_requeued, record_event
-from dicomnode.db.models import Delivery, Instance, Job, JobInstance, utcnow
+from dicomnode.db.models import Delivery, Instance, Job, JobInstance
 from dicomnode.db.records import DeliveryRecord, JobEventRecord, JobRecord, SpooledInstance
 from dicomnode.db.transitions import (
     AttemptOutcome,
@@ -165,8 +166,8 @@ def claim_next_job(
     db: Database, owner: str, lease_seconds: float, part: JobPart
 ) -> JobRecord | None:
     """Take the oldest due job of `part` (queued, or failed and due again) under a lease."""
-    now = utcnow()
     with db.session() as session:
+        now = db_now(session)
         due = (
             select(Job.id)
             .where(
@@ -202,8 +203,8 @@ def claim_next_job(
 
 def renew_lease(db: Database, job_id: int, owner: str, lease_seconds: float) -> bool:
     """Extend a held lease; False means the job is no longer ours (reclaimed or cancelled)."""
-    now = utcnow()
     with db.session() as session:
+        now = db_now(session)
         changed = _rows_changed(
             session,
             update(Job)
@@ -227,24 +228,27 @@ def set_active_status(db: Database, job_id: int, owner: str, status: JobStatus) 
             session,
             update(Job)
             .where(Job.id == job_id, Job.lease_owner == owner, Job.status.in_(ACTIVE_STATUSES))
-            .values(status=status, updated_at=utcnow()),
+            .values(status=status, updated_at=db_now(session)),
         )
         return changed == 1
 
 
 def _update_held_job(db: Database, job_id: int, owner: str, **values: Any) -> bool:
-    """Set columns of a job `owner` still holds; False when it no longer does."""
+    """Set columns of a job `owner` still holds (and its `updated_at`); False when it no
+    longer does."""
     with db.session() as session:
         changed = _rows_changed(
             session,
-            update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(**values),
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == owner)
+            .values(**values, updated_at=db_now(session)),
         )
         return changed == 1
 
 
 def record_job_details(db: Database, job_id: int, owner: str, details: dict[str, Any]) -> bool:
     """Store what this processing attempt did (shown by `dicomnode jobs show`)."""
-    return _update_held_job(db, job_id, owner, details=json.dumps(details), updated_at=utcnow())
+    return _update_held_job(db, job_id, owner, details=json.dumps(details))
 
 
 def record_job_outputs(db: Database, job_id: int, owner: str, outputs: dict[str, Any]) -> bool:
@@ -310,7 +314,7 @@ def record_delivery(
                 sent=sent,
                 error=error,
                 attempts=Delivery.attempts + 1,
-                updated_at=utcnow(),
+                updated_at=db_now(session),
             ),
         )
         if changed == 1:
@@ -335,8 +339,8 @@ def finish_attempt(
     `receive_only` (node.receive_only) makes a job without deliveries done, not stored.
     Returns None when the job was no longer held by `owner`.
     """
-    now = utcnow()
     with db.session() as session:
+        now = db_now(session)
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or job.lease_owner != owner or job.status not in ACTIVE_STATUSES:
             log.warning("job lease lost, result discarded job=%d owner=%s", job_id, owner)
@@ -384,8 +388,8 @@ def finish_attempt(
 def requeue_unstarted(db: Database, job_id: int, owner: str) -> bool:
     """Give back a job whose deliveries never started because the node is stopping: queued
     again at once, and the interrupted attempt does not count against `max_attempts`."""
-    now = utcnow()
     with db.session() as session:
+        now = db_now(session)
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or job.lease_owner != owner or job.status not in ACTIVE_STATUSES:
             return False
@@ -407,8 +411,8 @@ def reclaim_expired_leases(
     queued it), is dead instead: a series that kills the process (out of memory, a crashing
     decoder) must not be taken up first after every restart.
     """
-    now = utcnow()
     with db.session() as session:
+        now = db_now(session)
         # Several processes reap: each takes the rows no other is reaping, and a job claimed
         # again meanwhile no longer matches (PostgreSQL re-reads a locked row's new version).
         lapsed = Job.lease_expires_at < now

@@ -1,6 +1,7 @@
 """The tables: what was received (studies, series, instances) and what to do (jobs, deliveries).
 
-Times are naive UTC datetimes throughout (SQLite keeps no time zone); `utcnow` is the one clock.
+Times are naive UTC datetimes throughout (SQLite keeps no time zone), by the database's clock
+(`db/clock.db_now`: on PostgreSQL the server's, on SQLite this host's `utcnow`).
 """
 
 from datetime import UTC, datetime

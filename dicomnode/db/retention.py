@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session
 
+from dicomnode.db.clock import db_now
 from dicomnode.db.commitments import forget_commitments, pending_commitment_instances
 from dicomnode.db.engine import Database
 from dicomnode.db.history import EventKind, forget_history, record_event
@@ -24,7 +25,6 @@ from dicomnode.db.models import (
     JobInstance,
     Series,
     Study,
-    utcnow,
 )
 from dicomnode.status import JobStatus
 
@@ -90,7 +90,7 @@ def expire_held(
             .limit(limit)
             .with_for_update(skip_locked=True)
         ).all()
-        now = utcnow()
+        now = db_now(session)
         for job in jobs:
             job.status, job.error, job.updated_at = JobStatus.CANCELLED, reason, now
             record_event(session, job.id, EventKind.EXPIRE, status=job.status, detail=reason)

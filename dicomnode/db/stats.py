@@ -10,8 +10,9 @@ from datetime import datetime
 
 from sqlalchemy import func, select, text
 
+from dicomnode.db.clock import db_now
 from dicomnode.db.engine import Database
-from dicomnode.db.models import Commitment, Delivery, Job, utcnow
+from dicomnode.db.models import Commitment, Delivery, Job
 from dicomnode.status import ACTIVE_STATUSES, JobStatus
 
 
@@ -64,7 +65,7 @@ def queue_snapshot(db: Database) -> QueueSnapshot:
                 .group_by(Commitment.destination)
             )
         }
-        taken_at = utcnow()
+        taken_at = db_now(session)
     queued = sum(count for (status, _), count in jobs.items() if status == JobStatus.QUEUED)
     return QueueSnapshot(jobs, deliveries, queued, oldest, taken_at, awaited)
 

@@ -5,7 +5,7 @@ real node with DCMTK and pynetdicom senders."""
 
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,10 +24,11 @@ from dicomnode.config import (
     WorkerSettings,
 )
 from dicomnode.db import Database, open_database
+from dicomnode.db.clock import db_now
 from dicomnode.db.instances import (
     create_jobs_for_quiet_series,
     mark_series_released,
-    next_completion_due,
+    seconds_to_next_completion,
 )
 from dicomnode.db.models import Job, Series
 from dicomnode.node import Node
@@ -73,26 +74,36 @@ def test_an_instance_after_the_release_waits_for_its_own_release(db: Database) -
     assert len(complete(db)) == 1
 
 
+def assert_due_at(db: Database, when: datetime, release_quiet: float = 0.2) -> None:
+    """`seconds_to_next_completion` says `when`, by the database's clock."""
+    with db.session() as session:
+        before = db_now(session)
+    seconds = seconds_to_next_completion(db, 3600, release_quiet)
+    with db.session() as session:
+        after = db_now(session)
+    assert seconds is not None
+    assert (when - after).total_seconds() <= seconds <= (when - before).total_seconds()
+
+
 @ON_BOTH_DATABASES
 def test_the_next_due_time_is_when_the_first_pending_series_completes(db: Database) -> None:
     """What the completion tick waits for: the earliest of each pending series' quiet time,
     or its release time once released; nothing when no series is pending."""
-    assert next_completion_due(db, 3600, 0.2) is None
+    assert seconds_to_next_completion(db, 3600, 0.2) is None
     receive(db, "1.2.3.4", 3)
     receive(db, "1.2.3.5", 3)
     with db.session() as session:
         received = {s.series_uid: s.last_received_at for s in session.query(Series)}
     first = min(received.values())
-    assert next_completion_due(db, 3600, 0.2) == first + timedelta(seconds=3600)
+    assert_due_at(db, first + timedelta(seconds=3600))
     mark_series_released(db, ["1.2.3.5"])
-    expected = received["1.2.3.5"] + timedelta(seconds=0.2)
-    assert next_completion_due(db, 3600, 0.2) == expected
-    assert next_completion_due(db, 3600, 0) == first + timedelta(seconds=3600)  # rule off
+    assert_due_at(db, received["1.2.3.5"] + timedelta(seconds=0.2))
+    assert_due_at(db, first + timedelta(seconds=3600), release_quiet=0)  # rule off
     time.sleep(0.3)
     assert len(complete(db)) == 1  # 1.2.3.5 became jobs; 1.2.3.4 is still pending
-    assert next_completion_due(db, 3600, 0.2) == received["1.2.3.4"] + timedelta(seconds=3600)
+    assert_due_at(db, received["1.2.3.4"] + timedelta(seconds=3600))
     assert len(create_jobs_for_quiet_series(db, 0, ["pacs"], ORIGINALS)) == 1
-    assert next_completion_due(db, 3600, 0.2) is None
+    assert seconds_to_next_completion(db, 3600, 0.2) is None
 
 
 def test_a_new_job_is_run_at_once_not_at_the_runners_next_poll(tmp_path: Path) -> None:

@@ -1,0 +1,92 @@
+"""Whose clock judges leases, retry times and a series' quiet spell.
+
+On PostgreSQL several hosts share the job tables and their clocks drift apart: the server's
+clock stamps and judges those times, so a host whose clock runs ahead neither takes a live
+lease away from its worker nor completes a series that is still arriving. SQLite has one host,
+whose clock is the database's (the contrast these tests also show).
+"""
+
+import sys
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+
+import pytest
+
+from dicomnode.config import RetrySettings
+from dicomnode.db import Database
+from dicomnode.db.clock import db_now
+from dicomnode.db.instances import create_jobs_for_quiet_series
+from dicomnode.db.jobs import (
+    claim_next_job,
+    finish_attempt,
+    reclaim_expired_leases,
+    record_delivery,
+    renew_lease,
+)
+from dicomnode.db.models import utcnow
+from dicomnode.status import DeliveryStatus, JobPart, JobStatus
+from tests.conftest import ON_BOTH_DATABASES
+from tests.integration.test_job_table import ORIGINALS_ONLY, receive
+
+pytestmark = ON_BOTH_DATABASES
+
+AHEAD = timedelta(minutes=10)
+
+
+@pytest.fixture
+def host_clock_ahead(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
+    """Calling it sets this host's clock (every module's `utcnow`) AHEAD of the true time."""
+
+    def skew() -> None:
+        for module in list(sys.modules.values()):
+            if getattr(module, "utcnow", None) is utcnow and module.__name__.startswith(
+                "dicomnode"
+            ):
+                monkeypatch.setattr(module, "utcnow", lambda: utcnow() + AHEAD)
+
+    yield skew
+
+
+def test_a_host_whose_clock_runs_ahead_leaves_a_live_lease_alone(
+    db: Database, database_backend: str, host_clock_ahead: Callable[[], None]
+) -> None:
+    receive(db, "1.2.3.4", 2)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
+    assert claim_next_job(db, "worker-a", lease_seconds=300, part=JobPart.ORIGINALS) is not None
+    host_clock_ahead()  # another host's reaper, 10 minutes ahead
+    reaped = reclaim_expired_leases(db, max_attempts=3)
+    if database_backend == "postgresql":
+        assert reaped == []
+        assert renew_lease(db, job_id, "worker-a", lease_seconds=300)
+    else:  # one host: its clock is the database's
+        assert reaped == [job_id]
+
+
+def test_a_host_whose_clock_runs_ahead_does_not_complete_a_series_still_arriving(
+    db: Database, database_backend: str, host_clock_ahead: Callable[[], None]
+) -> None:
+    receive(db, "1.2.3.5", 2)
+    host_clock_ahead()  # the completion tick of a host 10 minutes ahead, quiet time 60 s
+    created = create_jobs_for_quiet_series(db, 60, ["pacs"], parts=ORIGINALS_ONLY)
+    assert (created == []) == (database_backend == "postgresql")
+
+
+def test_a_retry_is_due_by_the_database_clock(
+    db: Database, database_backend: str, host_clock_ahead: Callable[[], None]
+) -> None:
+    """A failed job's retry time is stamped and judged by one clock: a worker on a host whose
+    clock runs ahead does not take it early."""
+    receive(db, "1.2.3.6", 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
+    assert claim_next_job(db, "worker-a", lease_seconds=60, part=JobPart.ORIGINALS) is not None
+    assert record_delivery(db, job_id, "worker-a", "pacs", DeliveryStatus.FAILED, 0, "down")
+    policy = RetrySettings(initial_delay_seconds=300, max_delay_seconds=300, jitter=0)
+    failed = finish_attempt(db, job_id, "worker-a", policy)
+    assert failed is not None and failed.status == JobStatus.FAILED
+    with db.session() as session:
+        stamped_at = db_now(session)
+    host_clock_ahead()
+    early = claim_next_job(db, "worker-b", lease_seconds=60, part=JobPart.ORIGINALS)
+    assert (early is None) == (database_backend == "postgresql")
+    assert isinstance(stamped_at, datetime) and stamped_at.tzinfo is None  # naive UTC
+    assert abs(stamped_at - utcnow()) < timedelta(seconds=5)  # the server's clock is true here
