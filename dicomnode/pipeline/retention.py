@@ -11,7 +11,7 @@ it once by hand.
 import logging
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from dicomnode.config import Settings
 from dicomnode.db import Database
@@ -39,6 +39,18 @@ def _pause(transaction_seconds: float) -> float:
 def _cutoff(settings: Settings) -> datetime | None:
     days = settings.retention.keep_days
     return utcnow() - timedelta(days=days) if days > 0 else None
+
+
+def _files_written_before(settings: Settings) -> float:
+    """The POSIX time before which a purged series' file was written, and after which it is a
+    new copy that arrived while the purge decided (kept with its new row).
+
+    Half the retention ago, not all of it: a file's time is the file server's clock (NFS), and
+    one that ran ahead of ours by more than the few seconds from an instance's arrival to its
+    job's end kept every purged file for good, unseen (rows gone), until the disk filled. A
+    copy that arrives during the purge is seconds old.
+    """
+    return time.time() - settings.retention.keep_days * 86400 / 2
 
 
 def due_for_purge(settings: Settings, db: Database) -> list[str]:
@@ -76,8 +88,7 @@ def purge_delivered(
         started = time.monotonic()
         result = purge_series(db, series_uid, cutoff, remove_outputs)
         if result is not None:
-            # Only files older than the cutoff: a copy written since belongs to a new arrival.
-            _remove_files(spool, result, written_before=cutoff.replace(tzinfo=UTC).timestamp())
+            _remove_files(spool, result, written_before=_files_written_before(settings))
             purged.append(result)
             log.info(
                 "purged series=%s study=%s jobs=%s instances=%d (retention.keep_days=%g)",

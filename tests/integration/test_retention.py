@@ -185,6 +185,20 @@ def test_a_copy_that_arrives_during_the_purge_keeps_its_file(db: Database, spool
     assert path.read_bytes() == b"DICM" * 65
 
 
+@ON_BOTH_DATABASES
+def test_files_stamped_by_a_clock_ahead_of_ours_are_purged_with_their_rows(
+    db: Database, spool: Spool
+) -> None:
+    """A file server whose clock runs an hour ahead (NFS stamps mtimes by its own) made every
+    purged file look newer than the cutoff: kept, rows gone, until the disk filled."""
+    path = store(db, spool, "1.2.6", "1.2.6.1", generate_uid())
+    minute = 1 / 1440
+    deliver_days_ago(db, 1 + minute)  # done just past the retention of a day
+    age(path, 1 + 2 * minute - 1 / 24)  # received a minute before, stamped an hour ahead
+    [purged] = purge_delivered(SETTINGS, db, spool)
+    assert purged.instances == 1 and not path.exists()
+
+
 def test_a_series_directory_removed_by_another_process_is_made_again(spool: Spool) -> None:
     first = spool.write_instance("1.2.5", "1.2.5.1", "1.2.5.1.1", b"a")
     shutil.rmtree(first.parent.parent)  # `dicomnode purge` in another process
