@@ -13,6 +13,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode import heap
+from dicomnode.clock_step import ClockStepWatch, run_every_tick_now
 from dicomnode.config import Settings, masked_url
 from dicomnode.db import Database, open_database
 from dicomnode.db.instances import (
@@ -133,6 +134,7 @@ class Node:
         self._server: ThreadedAssociationServer | None = None
         self._receivers: ReceiverProcesses | None = None
         self._scheduler: BackgroundScheduler | None = None
+        self._clock_watch: ClockStepWatch | None = None
         self._http: HttpEndpoint | None = None
         self._deliveries = DeliveryQueues(settings, self.db)
         self._database_health = DatabaseHealth()  # one line when it goes, one when it is back
@@ -205,6 +207,7 @@ class Node:
         # loads (seconds); what arrives meanwhile is on disk and in the database, and its
         # derived jobs wait for the workers. A process without workers never needs the models.
         scheduler.start()
+        self._clock_watch = ClockStepWatch(self._after_clock_step).start()
         workers = self.settings.worker
         if workers.workers:
             # Here, not at the top: the imaging libraries take a second to import, which the
@@ -352,6 +355,12 @@ class Node:
             if due < tick.next_run_time:
                 tick.modify(next_run_time=due)
 
+    def _after_clock_step(self, _seconds: float) -> None:
+        """Every tick runs now: after a step back it would wait as long as the step."""
+        with self._replanning:
+            if self._scheduler is not None and not self._stopping.is_set():
+                run_every_tick_now(self._scheduler)
+
     def _refuse_a_moved_spool(self) -> None:
         """Refuse to start when the database names its files in another folder, where they are
         (copied) or whence they came to this one (moved by hand): every job would read, or miss,
@@ -471,6 +480,9 @@ class Node:
         if self._receivers is not None:
             self._receivers.join()
             self._receivers = None
+        if self._clock_watch is not None:
+            self._clock_watch.stop()
+            self._clock_watch = None
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
