@@ -49,6 +49,12 @@ COMPLETION_TICK = "completion"
 COMPLETION_MARGIN = timedelta(milliseconds=20)
 
 
+def _local_utc_offset() -> str:
+    """This host's offset from UTC (its TZ): the derived series of a source without
+    TimezoneOffsetFromUTC are stamped in it, so a container left on UTC shows in the start line."""
+    return datetime.now().astimezone().strftime("%z")
+
+
 def _every() -> dict[str, object]:
     """An interval tick's options: never two runs at once, missed runs as one, the first now."""
     return {
@@ -224,12 +230,14 @@ class Node:
         self._add_runners(scheduler, prefix, [r for r in runners if r not in routers])
         if self.listen:
             log.info(
-                "node started ae_title=%s port=%d data_dir=%s destinations=%s workers=%d",
+                "node started ae_title=%s port=%d data_dir=%s destinations=%s workers=%d "
+                "utc_offset=%s",
                 node.ae_title,
                 node.port,
                 node.data_path,
                 ",".join(destinations) or "(none)",
                 workers.workers,
+                _local_utc_offset(),
             )
         else:
             log.info(

@@ -72,3 +72,10 @@ def test_the_gpu_image_is_the_cpu_image_plus_cuda() -> None:
     cpu_env, gpu_env = environment(CPU), environment(GPU)
     assert {k: v for k, v in gpu_env.items() if k.startswith("DICOMNODE_")} == cpu_env
     assert [kind for kind, _ in instructions(CPU)] == [kind for kind, _ in instructions(GPU)]
+
+
+@pytest.mark.parametrize("dockerfile", [CPU, GPU], ids=["cpu", "gpu"])
+def test_the_images_carry_the_zone_files_that_tz_names(dockerfile: Path) -> None:
+    """Without them glibc takes every TZ for UTC, and derived series of a source without
+    TimezoneOffsetFromUTC are stamped hours off the modality's times."""
+    assert any("install" in run and "tzdata" in run for run in arguments(dockerfile, "RUN"))
