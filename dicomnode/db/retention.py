@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import Select, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from dicomnode.db.clock import db_now
@@ -26,7 +26,7 @@ from dicomnode.db.models import (
     Series,
     Study,
 )
-from dicomnode.status import JobStatus
+from dicomnode.status import DeliveryStatus, JobStatus
 
 _FINISHED = (JobStatus.DONE, JobStatus.CANCELLED)
 
@@ -44,10 +44,11 @@ class PurgedSeries:
 
 
 def _purgeable(finished_before: datetime, only: str | None = None) -> Select[str]:
-    """Series every job of which has finished (done or cancelled), one at least delivered, and
-    none changed since `finished_before`: a late retry of the originals restarts the clock,
-    and a derived job an admin cancelled does not keep the series for ever. `only`: that one
-    series, read by its own rows (a year's jobs are not grouped again for each series purged)."""
+    """Series every job of which has finished (done or cancelled), one at least delivered (done,
+    or cancelled after it sent instances), and none changed since `finished_before`: a late
+    retry of the originals restarts the clock, and a derived job an admin cancelled does not
+    keep the series for ever. `only`: that one series, read by its own rows (a year's jobs are
+    not grouped again for each series purged)."""
     mine = [] if only is None else [Job.series_uid == only]
     last_change = (
         select(Job.series_uid, func.max(Job.updated_at).label("at"))
@@ -55,7 +56,15 @@ def _purgeable(finished_before: datetime, only: str | None = None) -> Select[str
         .group_by(Job.series_uid)
         .subquery()
     )
-    delivered = select(Job.series_uid).where(Job.status == JobStatus.DONE, *mine)
+    # Delivered: a job done, or one that sent instances before it was cancelled (with
+    # forward_originals = false, a derived job whose series QA held sent the series as
+    # received; held past held_days, it is cancelled, and no job of its series is done).
+    sent_some = select(Delivery.job_id).where(
+        Delivery.status == DeliveryStatus.DONE, Delivery.sent > 0
+    )
+    delivered = select(Job.series_uid).where(
+        or_(Job.status == JobStatus.DONE, Job.id.in_(sent_some)), *mine
+    )
     unfinished = select(Job.series_uid).where(Job.status.not_in(_FINISHED), *mine)
     # A destination that has still to confirm it keeps an instance may yet need it again.
     uncommitted = select(Instance.series_uid).where(

@@ -332,6 +332,36 @@ def test_a_held_derived_series_is_cancelled_after_held_days_then_purged(
 
 
 @ON_BOTH_DATABASES
+def test_with_originals_off_a_held_series_sent_as_received_is_purged_once_it_expired(
+    db: Database, spool: Spool
+) -> None:
+    """With forward_originals = false the derived job is a series' only job: QA held its
+    derived series and it sent the series as received. Held past held_days it is cancelled,
+    and with no job of the series done, the series stayed for ever. One whose job sent nothing
+    (forward_unenhanced = false: the PACS has none of it) still waits for an admin."""
+    settings = Settings(retention=RetentionSettings(keep_days=1, held_days=30))
+    paths, jobs = {}, {}
+    for series, sent in (("1.2.11.1", 1), ("1.2.11.2", 0)):
+        paths[series] = store(db, spool, "1.2.11", series, generate_uid())
+        age(paths[series], 60)
+        [jobs[series]] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=[JobPart.DERIVED])
+        claim_next_job(db, "w", 60, part=JobPart.DERIVED)
+        record_delivery(db, jobs[series], "w", "pacs", DeliveryStatus.DONE, sent, None)
+        finish_attempt(db, jobs[series], "w", settings.retry, hold="QA: self-check -2.1 dB")
+        date_back(db, jobs[series], 31)
+
+    assert purge_delivered(settings, db, spool) == []  # expired now: purged keep_days later
+    for job_id in jobs.values():
+        date_back(db, job_id, 2)
+    [purged] = purge_delivered(settings, db, spool)
+    assert purged.series_uid == "1.2.11.1" and not paths["1.2.11.1"].exists()
+    assert paths["1.2.11.2"].exists()
+    assert [(job.series_uid, job.status) for job in list_jobs(db)] == [
+        ("1.2.11.2", JobStatus.CANCELLED)
+    ]
+
+
+@ON_BOTH_DATABASES
 def test_an_admin_resend_while_the_purge_deletes_its_series_is_told_the_job_is_gone(
     db: Database, spool: Spool
 ) -> None:
