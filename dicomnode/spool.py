@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# How many directories a spool remembers as made durable. A receiver process never purges, so
+# it would otherwise remember every series it ever stored (about 1 KB each, for months); one it
+# forgot costs a stat, and an fsync only when it was removed meanwhile.
+DURABLE_DIRS_KEPT = 4096
+
+
 class Spool:
     """Durable storage of received instances under one root directory."""
 
@@ -91,7 +98,8 @@ class Spool:
         self.tmp_dir = root / "tmp"
         self.outbox_dir = root / "outbox"
         self.quarantine_dir = root / "quarantine"
-        self._durable_dirs: set[Path] = set()
+        # Directories known to be on disk durably, oldest first (bounded, DURABLE_DIRS_KEPT).
+        self._durable_dirs: OrderedDict[Path, None] = OrderedDict()
         self._lock = threading.Lock()
         for directory in (self.instances_dir, self.tmp_dir, self.outbox_dir):
             self._ensure_dir(directory)
@@ -245,9 +253,9 @@ class Spool:
 
     def _forget_dirs(self, top: Path) -> None:
         with self._lock:
-            self._durable_dirs = {
-                d for d in self._durable_dirs if d != top and top not in d.parents
-            }
+            self._durable_dirs = OrderedDict(
+                (d, None) for d in self._durable_dirs if d != top and top not in d.parents
+            )
 
     def _write_durably(
         self, final: Path, *parts: bytes | bytearray, sync_name: bool = True
@@ -365,7 +373,9 @@ class Spool:
             directory.mkdir(parents=True, exist_ok=True)
             for created in reversed(missing):
                 _fsync_dir(created.parent)
-            self._durable_dirs.add(directory)
+            self._durable_dirs[directory] = None
+            if len(self._durable_dirs) > DURABLE_DIRS_KEPT:
+                self._durable_dirs.popitem(last=False)
 
 
 def _entries(folder: str | Path) -> list[os.DirEntry[str]]:

@@ -13,6 +13,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import update
 
 import dicomnode.pipeline.retention as retention_module
+import dicomnode.spool as spool_module
 from dicomnode.config import RetentionSettings, Settings
 from dicomnode.db import Database, DeliveryStatus, ReceivedInstance
 from dicomnode.db.admin import cancel_job, resend_job
@@ -197,6 +198,21 @@ def test_files_stamped_by_a_clock_ahead_of_ours_are_purged_with_their_rows(
     age(path, 1 + 2 * minute - 1 / 24)  # received a minute before, stamped an hour ahead
     [purged] = purge_delivered(SETTINGS, db, spool)
     assert purged.instances == 1 and not path.exists()
+
+
+def test_a_spool_that_never_purges_remembers_a_bounded_number_of_folders(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver process writes for months and never purges: it remembered every series'
+    folder it had made durable (about 1 KB each, ~420 MB a year at 1,000 series a day)."""
+    monkeypatch.setattr(spool_module, "DURABLE_DIRS_KEPT", 4)
+    first = spool.write_instance("1.2.12", "1.2.12.1", "1.2.12.1.1", b"a")
+    for index in range(2, 21):
+        spool.write_instance("1.2.12", f"1.2.12.{index}", f"1.2.12.{index}.1", b"a")
+    assert len(spool._durable_dirs) == 4
+    shutil.rmtree(first.parent)  # forgotten here, and removed by another process meanwhile
+    again = spool.write_instance("1.2.12", "1.2.12.1", "1.2.12.1.2", b"b")
+    assert again.read_bytes() == b"b"
 
 
 def test_a_series_directory_removed_by_another_process_is_made_again(spool: Spool) -> None:
