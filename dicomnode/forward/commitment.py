@@ -42,12 +42,18 @@ from dicomnode.dicom.release import ReportThreads, release
 from dicomnode.errors import ForwardError
 from dicomnode.forward.outcome import is_warning
 from dicomnode.forward.scu import _associate
+from dicomnode.observe.throttle import ThrottledWarnings
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
 _SUCCESS = 0x0000
 _PROCESSING_FAILURE = 0x0110
+
+
+# Reports we cannot use, one line a minute per kind and calling AE: any caller our listener
+# accepts may send them, as often as it likes.
+_unusable_reports = ThrottledWarnings(log)
 
 
 def record_commitment_report(db: Database, event: Event) -> tuple[int, Dataset | None]:
@@ -57,11 +63,17 @@ def record_commitment_report(db: Database, event: Event) -> tuple[int, Dataset |
     try:
         report = read_report(event.event_information)
     except (ValueError, AttributeError, TypeError) as exc:
-        log.warning("storage commitment report unreadable calling_aet=%s: %s", calling, exc)
+        _unusable_reports.warning(
+            ("unreadable", calling),
+            "storage commitment report unreadable calling_aet=%s: %s",
+            calling,
+            exc,
+        )
         return _PROCESSING_FAILURE, None
     matched = record_report(db, report)
     if not matched:
-        log.warning(
+        _unusable_reports.warning(
+            ("unknown", calling),
             "storage commitment report for an unknown transaction=%s calling_aet=%s",
             report.transaction_uid,
             calling,

@@ -291,6 +291,9 @@ class StorageReceiver:
         self._received_lock = threading.Lock()
         self._echoes = ThrottledWarnings(log, interval=ECHO_LOG_SECONDS)
         self._conditions = ThrottledWarnings(log)  # refusals for the node's state, per sender
+        # Rejected associations, one line a minute per reason and address: a modality set up
+        # with a wrong AE title retries for days, and a caller that floods wrote ~1.7 GB a day.
+        self._rejections = ThrottledWarnings(log)
         self._writer = ThreadPoolExecutor(settings.node.max_associations, "spool-write")
         # SQLite has one writer at a time: rows that arrive together share a transaction
         # (db/group_commit.py). PostgreSQL takes concurrent writers as they come.
@@ -329,7 +332,8 @@ class StorageReceiver:
         return SUCCESS
 
     def handle_association_answer(self, event: Event) -> None:
-        """One log line for every association we reject, with pynetdicom's reason."""
+        """A log line for an association we reject, with pynetdicom's reason (one a minute per
+        reason and address, with how many more there were; the counter counts each)."""
         answer = event.primitive
         if not isinstance(answer, A_ASSOCIATE) or answer.result not in (0x01, 0x02):
             return
@@ -345,7 +349,8 @@ class StorageReceiver:
             reason = f"called AE title is not {self.settings.node.ae_title!r} (node.ae_title)"
             label = "called_aet_unknown"
         ASSOCIATIONS_REJECTED.labels(label).inc()
-        log.warning(
+        self._rejections.warning(
+            (label, event.assoc.requestor.address),
             "association rejected: %s calling_aet=%s called_aet=%s address=%s",
             reason,
             event.assoc.requestor.ae_title,

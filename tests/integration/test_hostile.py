@@ -311,6 +311,21 @@ def test_a_wrong_called_ae_title_is_rejected_and_logged(node_factory) -> None:
     assert echoscu(node.port).returncode == 0
 
 
+def test_rejected_associations_from_one_address_are_logged_once_a_minute_with_a_count(
+    node_factory,
+) -> None:
+    """A modality set up with a wrong AE title retries for days, and a caller that floods
+    wrote a line per association (~1.7 GB a day): one line a minute per reason and address,
+    the next saying how many more there were."""
+    node = _limited_node(node_factory)
+    for index in range(6):
+        assert echoscu(node.port, called_aet="WRONGTITLE", calling_aet=f"X{index}").returncode
+    assert echoscu(node.port).returncode == 0  # the node still serves
+    rejected = [line for line in node.log().splitlines() if "association rejected" in line]
+    assert len(rejected) == 1, rejected
+    assert "calling_aet=X0" in rejected[0] and "address=127.0.0.1" in rejected[0]
+
+
 def test_hostile_text_is_shown_literally_and_the_log_keeps_one_line_per_record(
     node_factory, tmp_path: Path, ct_series: list[Path]
 ) -> None:
