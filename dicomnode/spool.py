@@ -350,7 +350,14 @@ class Spool:
     def stale_parts(self, older_than_seconds: float) -> list[Path]:
         """Temp files of writes that never finished (the process died between write and rename)."""
         limit = time.time() - older_than_seconds
-        return sorted(p for p in self.tmp_dir.glob("*.part") if p.stat().st_mtime < limit)
+        stale = []
+        for path in self.tmp_dir.glob("*.part"):
+            try:
+                if path.stat().st_mtime < limit:
+                    stale.append(path)
+            except FileNotFoundError:  # renamed into place, or swept, meanwhile
+                continue
+        return sorted(stale)
 
     def remove_part(self, path: Path) -> None:
         if path.parent != self.tmp_dir:

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 # keep it waiting past its timeout).
 PAUSE_SECONDS = (0.01, 0.1)  # the shortest and the longest
 EXPIRED_PER_TRANSACTION = 200  # held jobs cancelled in one transaction (~70 ms on SQLite)
+# A temp file of a write this old was left by a process that stopped between its write and its
+# rename (a kill, a power cut): no write takes an hour (a stalled sender is dropped after
+# network.network_timeout). Up to an instance of node.max_instance_mb per association each.
+STALE_PART_SECONDS = 3600.0
 
 
 def _pause(transaction_seconds: float) -> float:
@@ -74,6 +78,7 @@ def purge_delivered(
     goes to the node's log as theirs. `stopping`: the node is stopping; what is left waits for
     its next start."""
     stopping = stopping or threading.Event()
+    _sweep_stale_parts(spool)
     _expire_held(settings, db, stopping)
     cutoff = _cutoff(settings)
     if cutoff is None or stopping.is_set():
@@ -110,6 +115,25 @@ def purge_delivered(
             f"than {settings.retention.keep_days:g} days ago",
         )
     return purged
+
+
+def _sweep_stale_parts(spool: Spool) -> None:
+    """Delete the temp files writes left behind (`dicomnode doctor` lists them too)."""
+    removed, size = 0, 0
+    for part in spool.stale_parts(STALE_PART_SECONDS):
+        try:
+            part_size = part.stat().st_size
+            spool.remove_part(part)
+        except OSError:  # gone meanwhile (another process swept it), or not ours to delete
+            continue
+        removed, size = removed + 1, size + part_size
+    if removed:
+        log.info(
+            "temp files of unfinished writes removed files=%d bytes=%d (older than %g s)",
+            removed,
+            size,
+            STALE_PART_SECONDS,
+        )
 
 
 def _expire_held(settings: Settings, db: Database, stopping: threading.Event) -> None:

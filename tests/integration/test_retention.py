@@ -1,6 +1,7 @@
 """Retention on a real SQLite file and PostgreSQL and a real spool: what a purge deletes, and
 what it must not."""
 
+import logging
 import os
 import shutil
 import threading
@@ -198,6 +199,23 @@ def test_files_stamped_by_a_clock_ahead_of_ours_are_purged_with_their_rows(
     age(path, 1 + 2 * minute - 1 / 24)  # received a minute before, stamped an hour ahead
     [purged] = purge_delivered(SETTINGS, db, spool)
     assert purged.instances == 1 and not path.exists()
+
+
+def test_temp_files_of_writes_a_crash_cut_short_are_swept_by_the_retention_run(
+    db: Database, spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process killed between a write and its rename leaves its temp file; only `doctor`
+    looked for them, so each crash left up to an instance per association for good."""
+    left = spool.tmp_dir / "left-by-a-kill.part"
+    left.write_bytes(b"x" * 1000)
+    then = time.time() - 2 * 3600
+    os.utime(left, (then, then))
+    writing = spool.tmp_dir / "being-written.part"
+    writing.write_bytes(b"y")
+    with caplog.at_level(logging.INFO, "dicomnode.pipeline.retention"):
+        purge_delivered(SETTINGS, db, spool)
+    assert not left.exists() and writing.exists()
+    assert "temp files of unfinished writes removed files=1 bytes=1000" in caplog.text
 
 
 def test_a_spool_that_never_purges_remembers_a_bounded_number_of_folders(
