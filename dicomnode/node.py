@@ -31,6 +31,7 @@ from dicomnode.observe.endpoint import HttpEndpoint, start_http_endpoint
 from dicomnode.pipeline import JobRunner
 from dicomnode.pipeline.admin_log import log_admin_actions
 from dicomnode.pipeline.delivery import DeliveryQueues
+from dicomnode.pipeline.lease import renew_every_lease_now
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.pipeline.runner import job_parts
 from dicomnode.receive import start_receiver
@@ -364,7 +365,9 @@ class Node:
                 tick.modify(next_run_time=due)
 
     def _after_clock_step(self, _seconds: float) -> None:
-        """Every tick runs now: after a step back it would wait as long as the step."""
+        """Every lease this process keeps is renewed (after a step forward it may look lapsed),
+        then every tick runs now (after a step back it would wait as long as the step)."""
+        renew_every_lease_now()
         with self._replanning:
             if self._scheduler is not None and not self._stopping.is_set():
                 run_every_tick_now(self._scheduler)

@@ -9,6 +9,19 @@ from dicomnode.db.jobs import renew_lease
 
 log = logging.getLogger(__name__)
 
+_keeping: set["LeaseKeeper"] = set()  # this process's keepers that are renewing
+_keeping_lock = threading.Lock()
+
+
+def renew_every_lease_now() -> None:
+    """Renew every lease this process keeps, at once: after the clock stepped forward, a lease
+    renewed on schedule may look lapsed to a reaper reading the new time (on SQLite, whose
+    clock is this host's), and the job would be taken from its live worker and run again."""
+    with _keeping_lock:
+        keepers = list(_keeping)
+    for keeper in keepers:
+        keeper.renew()
+
 
 class LeaseKeeper:
     """Renews the lease every third of its length until `stop()` (or the `with` block ends).
@@ -24,11 +37,15 @@ class LeaseKeeper:
         self._thread = threading.Thread(target=self._renew, name=f"lease-{job_id}", daemon=True)
 
     def start(self) -> "LeaseKeeper":
+        with _keeping_lock:
+            _keeping.add(self)
         self._thread.start()
         return self
 
     def stop(self) -> None:
         """Stop renewing (idempotent); the caller has finished or given up the job."""
+        with _keeping_lock:
+            _keeping.discard(self)
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
@@ -44,11 +61,25 @@ class LeaseKeeper:
     ) -> None:
         self.stop()
 
+    def renew(self) -> bool:
+        """Renew now; False when the job is no longer held (this keeper then stops)."""
+        if self._stop.is_set():
+            return False
+        try:
+            if renew_lease(self._db, self._job_id, self._owner, self._lease_seconds):
+                return True
+        except Exception:
+            log.exception("lease renewal failed job=%d", self._job_id)
+            return True  # the next renewal may succeed
+        if self._stop.is_set():  # the job ended meanwhile
+            return False
+        log.warning("job no longer held (cancelled or reclaimed) job=%d", self._job_id)
+        with _keeping_lock:
+            _keeping.discard(self)
+        self._stop.set()
+        return False
+
     def _renew(self) -> None:
         while not self._stop.wait(self._lease_seconds / 3):
-            try:
-                if not renew_lease(self._db, self._job_id, self._owner, self._lease_seconds):
-                    log.warning("job no longer held (cancelled or reclaimed) job=%d", self._job_id)
-                    return
-            except Exception:
-                log.exception("lease renewal failed job=%d", self._job_id)
+            if not self.renew():
+                return

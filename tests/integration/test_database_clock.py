@@ -24,6 +24,7 @@ from dicomnode.db.jobs import (
     renew_lease,
 )
 from dicomnode.db.models import utcnow
+from dicomnode.pipeline.lease import LeaseKeeper, renew_every_lease_now
 from dicomnode.status import DeliveryStatus, JobPart, JobStatus
 from tests.conftest import ON_BOTH_DATABASES
 from tests.integration.test_job_table import ORIGINALS_ONLY, receive
@@ -90,3 +91,21 @@ def test_a_retry_is_due_by_the_database_clock(
     assert (early is None) == (database_backend == "postgresql")
     assert isinstance(stamped_at, datetime) and stamped_at.tzinfo is None  # naive UTC
     assert abs(stamped_at - utcnow()) < timedelta(seconds=5)  # the server's clock is true here
+
+
+def test_after_a_step_forward_the_leases_this_process_keeps_are_renewed_before_a_reap(
+    db: Database, database_backend: str, host_clock_ahead: Callable[[], None]
+) -> None:
+    """The clock-step watch renews them first: on SQLite (this host's clock) the reaper would
+    otherwise take the job from its live worker, and run it again. A lease no keeper renews
+    (its worker died) is reaped as before."""
+    receive(db, "1.2.3.7", 1)
+    receive(db, "1.2.3.8", 1)
+    kept, dead = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
+    for owner in ("worker-a", "worker-b"):
+        assert claim_next_job(db, owner, lease_seconds=300, part=JobPart.ORIGINALS) is not None
+    with LeaseKeeper(db, kept, "worker-a", lease_seconds=300):
+        host_clock_ahead()  # the clock steps 10 minutes forward
+        renew_every_lease_now()
+        reaped = reclaim_expired_leases(db, max_attempts=3)
+    assert reaped == ([] if database_backend == "postgresql" else [dead])
