@@ -31,6 +31,7 @@ _SCHEMA_LOCK_KEY = 0x44434D4E  # "DCMN"
 # How long an SQLite statement waits for another connection's lock before "database is locked".
 BUSY_TIMEOUT_SECONDS = 30
 _WAL_RETRY_SECONDS = 0.05
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 _READS_ONLY = "dicomnode_reads_only"  # the execution option of `Database.reading` sessions
 # libpq's settings for a PostgreSQL server that stops answering (a network partition, a host
 # gone, not a restart, which closes the connections): without them a C-STORE, a lease renewal or
@@ -90,6 +91,9 @@ def _configure_sqlite(engine: Engine, read_only: bool) -> None:
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
         if not read_only:  # a reader finds the node's database in WAL mode already
             _use_wal(cursor)
+            # After a checkpoint the WAL file is cut back to this; it otherwise kept the size
+            # of the largest burst (a big purge) for as long as the node ran.
+            cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         # FULL: a committed row survives power loss, matching the spool's fsync promise.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")

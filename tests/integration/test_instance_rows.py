@@ -103,6 +103,8 @@ def test_the_writers_connection_is_as_durable_as_every_other(sqlite_db: Database
     assert driver.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL: what Success waits for
     assert driver.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert driver.execute("PRAGMA busy_timeout").fetchone() == (30000,)
+    # the WAL is cut back after a checkpoint, not kept at its largest burst's size for months
+    assert driver.execute("PRAGMA journal_size_limit").fetchone() == (64 * 1024 * 1024,)
     assert not driver.in_transaction  # committed, not left open
 
 
