@@ -33,6 +33,7 @@ EXPIRED_PER_TRANSACTION = 200  # held jobs cancelled in one transaction (~70 ms 
 # rename (a kill, a power cut): no write takes an hour (a stalled sender is dropped after
 # network.network_timeout). Up to an instance of node.max_instance_mb per association each.
 STALE_PART_SECONDS = 3600.0
+JOBS_NAMED = 20  # job ids an admin's purge names in its history row and log line
 
 
 def _pause(transaction_seconds: float) -> float:
@@ -107,12 +108,15 @@ def purge_delivered(
             break
     if user is not None and purged:
         jobs = [job_id for item in purged for job_id in item.job_ids]
+        named = ",".join(map(str, jobs[:JOBS_NAMED]))
+        if len(jobs) > JOBS_NAMED:  # after a backlog: a line and a row, not megabytes
+            named += f" and {len(jobs) - JOBS_NAMED} more"
         record_admin_action(
             db,
             EventKind.PURGE,
             user,
-            f"{len(purged)} series purged (jobs {','.join(map(str, jobs))}), delivered more "
-            f"than {settings.retention.keep_days:g} days ago",
+            f"{len(purged)} series purged (jobs {named}), delivered more than "
+            f"{settings.retention.keep_days:g} days ago",
         )
     return purged
 

@@ -4,6 +4,9 @@ on PostgreSQL, so each is logged by one node only)."""
 
 from pathlib import Path
 
+import pytest
+
+import dicomnode.pipeline.retention as retention_module
 from dicomnode.config import RetrySettings
 from dicomnode.db import Database, open_database
 from dicomnode.db.admin import retry_job
@@ -69,3 +72,18 @@ def test_a_purge_by_an_admin_waits_in_the_history_for_the_node_to_log_it(
     assert event.detail == f"1 series purged (jobs {job_id}), delivered more than 1 days ago"
     assert take_unlogged_admin_events(db) == []  # logged once
     assert purged.job_ids == [job_id]
+
+
+def test_a_purge_of_a_backlog_names_its_first_jobs_and_counts_the_rest(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A purge after months named every job id in one history row and one log line."""
+    monkeypatch.setattr(retention_module, "JOBS_NAMED", 2)
+    spool = Spool(tmp_path / "spool")
+    jobs = []
+    for index in range(4):
+        age(store(db, spool, "1.2.3", f"1.2.3.{index}", f"1.2.3.{index}.1"), days=3)
+        jobs.append(deliver_days_ago(db, days=2))
+    assert len(purge_delivered(SETTINGS, db, spool, user="alice")) == 4
+    [event] = take_unlogged_admin_events(db)
+    assert event.detail.startswith(f"4 series purged (jobs {jobs[0]},{jobs[1]} and 2 more)")
