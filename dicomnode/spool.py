@@ -141,8 +141,9 @@ class Spool:
         final = self.instance_path(*uids)
         replaced = self.tmp_dir / f"{uuid.uuid4().hex}.part"  # stale_parts() sweeps leftovers
         try:
+            # The link shares the old file's mtime (days old, perhaps), but its ctime is now:
+            # stale_parts() judges by ctime, so no sweep takes the link while it is needed.
             os.link(final, replaced)
-            os.utime(replaced)  # the link shares the old file's times: not a stale part yet
         except FileNotFoundError:
             replaced = None  # a new instance (or a copy that moved series)
         except OSError as exc:
@@ -348,21 +349,22 @@ class Spool:
         return sorted(int(d.name) for d in self.outbox_dir.iterdir() if d.name.isdigit())
 
     def stale_parts(self, older_than_seconds: float) -> list[Path]:
-        """Temp files of writes that never finished (the process died between write and rename)."""
-        limit = time.time() - older_than_seconds
-        stale = []
-        for path in self.tmp_dir.glob("*.part"):
-            try:
-                if path.stat().st_mtime < limit:
-                    stale.append(path)
-            except FileNotFoundError:  # renamed into place, or swept, meanwhile
-                continue
-        return sorted(stale)
+        """Temp files of writes that never finished (the process died between write and rename,
+        or between placing a copy and committing its row), by their ctime: the link that keeps
+        a replaced copy has the old copy's mtime but the ctime of its making."""
+        return sorted(
+            path for path in self.tmp_dir.glob("*.part") if _older_than(path, older_than_seconds)
+        )
 
-    def remove_part(self, path: Path) -> None:
+    def remove_part(self, path: Path, older_than_seconds: float) -> bool:
+        """Delete a stale temp file, if it is still older than `older_than_seconds` (it was
+        listed a while ago); True when it was deleted."""
         if path.parent != self.tmp_dir:
             raise SpoolError(f"refusing to delete {path}: not a spool temp file")
+        if not _older_than(path, older_than_seconds):
+            return False
         path.unlink(missing_ok=True)
+        return True
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
@@ -383,6 +385,15 @@ class Spool:
             self._durable_dirs[directory] = None
             if len(self._durable_dirs) > DURABLE_DIRS_KEPT:
                 self._durable_dirs.popitem(last=False)
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    """Whether the file's ctime (its last change of content, name or links) is that old; False
+    for a file that is gone (renamed into place, or swept, meanwhile)."""
+    try:
+        return path.stat().st_ctime < time.time() - seconds
+    except FileNotFoundError:
+        return False
 
 
 def _entries(folder: str | Path) -> list[os.DirEntry[str]]:

@@ -231,7 +231,6 @@ def examine(
             log.info("doctor removed the outbox of job=%d (no such job)", job_id)
     for part in spool.stale_parts(min_age_seconds):
         report.stale_temp_files.append(str(part))
-        if repair:
-            spool.remove_part(part)
+        if repair and spool.remove_part(part, min_age_seconds):
             report.removed_temp_files.append(str(part))
     return report

@@ -124,13 +124,16 @@ def purge_delivered(
 def _sweep_stale_parts(spool: Spool) -> None:
     """Delete the temp files writes left behind (`dicomnode doctor` lists them too)."""
     removed, size = 0, 0
-    for part in spool.stale_parts(STALE_PART_SECONDS):
-        try:
-            part_size = part.stat().st_size
-            spool.remove_part(part)
-        except OSError:  # gone meanwhile (another process swept it), or not ours to delete
-            continue
-        removed, size = removed + 1, size + part_size
+    try:
+        for part in spool.stale_parts(STALE_PART_SECONDS):
+            try:
+                part_size = part.stat().st_size
+            except FileNotFoundError:  # another process swept it meanwhile
+                continue
+            if spool.remove_part(part, STALE_PART_SECONDS):
+                removed, size = removed + 1, size + part_size
+    except OSError as exc:  # a file server's error (ESTALE, EIO): the purge still runs
+        log.warning("temp files of unfinished writes not swept: %s", exc)
     if removed:
         log.info(
             "temp files of unfinished writes removed files=%d bytes=%d (older than %g s)",

@@ -49,8 +49,9 @@ def test_doctor_reports_and_repairs_then_the_orphan_is_forwarded(
         stray_outbox.parents[1],
     ):
         os.utime(path, (old, old))
+    time.sleep(1.1)  # a temp file's age is its ctime's (a link to an old copy is new): --min-age 1
 
-    checked = node.cli("doctor", "--json", check=False)
+    checked = node.cli("doctor", "--json", "--min-age", "1", check=False)
     assert checked.returncode == 1
     report = json.loads(checked.stdout)
     assert [m["path"] for m in report["missing_files"]] == [str(missing)]
@@ -59,7 +60,9 @@ def test_doctor_reports_and_repairs_then_the_orphan_is_forwarded(
     assert report["stale_temp_files"] == [str(part)] and part.exists()
     assert report["orphan_outboxes"] == [77]
 
-    repaired = json.loads(node.cli("doctor", "--repair", "--json", check=False).stdout)
+    repaired = json.loads(
+        node.cli("doctor", "--repair", "--json", "--min-age", "1", check=False).stdout
+    )
     assert repaired["indexed"] == [orphan_file]
     quarantined = spool / "quarantine" / garbage.relative_to(spool / "instances")
     assert repaired["quarantined"] == [str(garbage)]

@@ -202,20 +202,28 @@ def test_files_stamped_by_a_clock_ahead_of_ours_are_purged_with_their_rows(
 
 
 def test_temp_files_of_writes_a_crash_cut_short_are_swept_by_the_retention_run(
-    db: Database, spool: Spool, caplog: pytest.LogCaptureFixture
+    db: Database, spool: Spool, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A process killed between a write and its rename leaves its temp file; only `doctor`
-    looked for them, so each crash left up to an instance per association for good."""
+    looked for them, so each crash left up to an instance per association for good. A temp
+    file's age is its ctime's: the link that keeps a replaced copy while its row commits has
+    the old copy's mtime (days) but is new, and must not be taken."""
+    monkeypatch.setattr(retention_module, "STALE_PART_SECONDS", 1.0)
     left = spool.tmp_dir / "left-by-a-kill.part"
     left.write_bytes(b"x" * 1000)
-    then = time.time() - 2 * 3600
-    os.utime(left, (then, then))
+    old_copy = store(db, spool, "1.2.13", "1.2.13.1", "1.2.13.1.1")
+    age(old_copy, 3)
+    time.sleep(1.1)
     writing = spool.tmp_dir / "being-written.part"
     writing.write_bytes(b"y")
+    placed = spool.place_instance("1.2.13", "1.2.13.1", "1.2.13.1.1", b"a re-sent copy")
+    assert placed.replaced is not None  # linked into tmp/ now, with a 3-day-old mtime
     with caplog.at_level(logging.INFO, "dicomnode.pipeline.retention"):
         purge_delivered(SETTINGS, db, spool)
-    assert not left.exists() and writing.exists()
+    assert not left.exists() and writing.exists() and placed.replaced.exists()
     assert "temp files of unfinished writes removed files=1 bytes=1000" in caplog.text
+    spool.undo(placed)  # the row could not be committed: the acknowledged copy comes back
+    assert old_copy.read_bytes() == b"DICM" * 64
 
 
 def test_a_spool_that_never_purges_remembers_a_bounded_number_of_folders(
