@@ -377,7 +377,8 @@ def release(
 def cancel(
     job_id: Annotated[int, typer.Argument(metavar="ID")], config: ConfigOption = None
 ) -> None:
-    """Cancel a job that has not finished (its inputs stay in the spool)."""
+    """Cancel a job that has not finished (its inputs stay in the spool; retention deletes a
+    series keep_days later only once it was delivered)."""
     from dicomnode.db.admin import cancel_job
 
     with reported_errors():

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Select, delete, func, or_, select
+from sqlalchemy import Select, and_, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from dicomnode.db.clock import db_now
@@ -45,10 +45,10 @@ class PurgedSeries:
 
 def _purgeable(finished_before: datetime, only: str | None = None) -> Select[str]:
     """Series every job of which has finished (done or cancelled), one at least delivered (done,
-    or cancelled after it sent instances), and none changed since `finished_before`: a late
-    retry of the originals restarts the clock, and a derived job an admin cancelled does not
-    keep the series for ever. `only`: that one series, read by its own rows (a year's jobs are
-    not grouped again for each series purged)."""
+    or cancelled after every destination took what it sent), and none changed since
+    `finished_before`: a late retry of the originals restarts the clock, and a derived job an
+    admin cancelled does not keep the series for ever. `only`: that one series, read by its own
+    rows (a year's jobs are not grouped again for each series purged)."""
     mine = [] if only is None else [Job.series_uid == only]
     last_change = (
         select(Job.series_uid, func.max(Job.updated_at).label("at"))
@@ -56,15 +56,17 @@ def _purgeable(finished_before: datetime, only: str | None = None) -> Select[str
         .group_by(Job.series_uid)
         .subquery()
     )
-    # Delivered: a job done, or one that sent instances before it was cancelled (with
-    # forward_originals = false, a derived job whose series QA held sent the series as
-    # received; held past held_days, it is cancelled, and no job of its series is done).
-    sent_some = select(Delivery.job_id).where(
-        Delivery.status == DeliveryStatus.DONE, Delivery.sent > 0
+    # Delivered: a job done, or one cancelled after every destination took what it sent, and
+    # it sent instances (with forward_originals = false, a derived job whose series QA held
+    # sent the series as received; held past held_days, it is cancelled, and no job of its
+    # series is done). Not one an admin cancelled with a destination still missing it.
+    its_deliveries = Delivery.job_id == Job.id
+    sent_to_all = and_(
+        Job.status == JobStatus.CANCELLED,
+        exists().where(its_deliveries, Delivery.status == DeliveryStatus.DONE, Delivery.sent > 0),
+        ~exists().where(its_deliveries, Delivery.status != DeliveryStatus.DONE),
     )
-    delivered = select(Job.series_uid).where(
-        or_(Job.status == JobStatus.DONE, Job.id.in_(sent_some)), *mine
-    )
+    delivered = select(Job.series_uid).where(or_(Job.status == JobStatus.DONE, sent_to_all), *mine)
     unfinished = select(Job.series_uid).where(Job.status.not_in(_FINISHED), *mine)
     # A destination that has still to confirm it keeps an instance may yet need it again.
     uncommitted = select(Instance.series_uid).where(

@@ -404,6 +404,24 @@ def test_with_originals_off_a_held_series_sent_as_received_is_purged_once_it_exp
 
 
 @ON_BOTH_DATABASES
+def test_a_job_an_admin_cancelled_with_a_destination_still_missing_it_keeps_its_series(
+    db: Database, spool: Spool
+) -> None:
+    """Cancelled to be retried later (`jobs retry --status cancelled`): one destination has
+    the series, the other not; its inputs stay."""
+    path = store(db, spool, "1.2.14", "1.2.14.1", generate_uid())
+    age(path, 10)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "backup"], parts=ORIGINALS_ONLY)
+    claim_next_job(db, "w", 60, part=JobPart.ORIGINALS)
+    record_delivery(db, job_id, "w", "pacs", DeliveryStatus.DONE, 1, None)
+    record_delivery(db, job_id, "w", "backup", DeliveryStatus.FAILED, 0, "down")
+    finish_attempt(db, job_id, "w", SETTINGS.retry)
+    cancel_job(db, job_id)
+    date_back(db, job_id, 9)
+    assert purge_delivered(SETTINGS, db, spool) == [] and path.exists()
+
+
+@ON_BOTH_DATABASES
 def test_an_admin_resend_while_the_purge_deletes_its_series_is_told_the_job_is_gone(
     db: Database, spool: Spool
 ) -> None:
