@@ -11,8 +11,8 @@ the log jump.
 import logging
 import threading
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.base import BaseScheduler
 
@@ -73,10 +73,11 @@ class ClockStepWatch:
                 log.exception("could not bring the periodic work forward after the clock step")
 
 
-def run_every_tick_now(scheduler: BaseScheduler) -> None:
-    """Run each of the scheduler's jobs now: after the clock stepped back, their next run lies
-    as far ahead as the step. They go on at their intervals from this run."""
+def run_every_tick_now(scheduler: BaseScheduler, later: Mapping[str, float] | None = None) -> None:
+    """Run each of the scheduler's jobs now, or those named in `later` that many seconds from
+    now: after the clock stepped back, their next run lies as far ahead as the step. They go on
+    at their intervals from this run."""
     now = datetime.now(UTC)
     for job in scheduler.get_jobs():
         if job.next_run_time is not None:  # a paused job stays paused
-            job.modify(next_run_time=now)
+            job.modify(next_run_time=now + timedelta(seconds=(later or {}).get(job.id, 0.0)))

@@ -13,7 +13,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode import heap
-from dicomnode.clock_step import ClockStepWatch, run_every_tick_now
+from dicomnode.clock_step import CHECK_SECONDS, ClockStepWatch, run_every_tick_now
 from dicomnode.config import Settings, masked_url
 from dicomnode.db import Database, open_database
 from dicomnode.db.instances import (
@@ -22,7 +22,7 @@ from dicomnode.db.instances import (
     newest_path,
     seconds_to_next_completion,
 )
-from dicomnode.db.jobs import reclaim_expired_leases
+from dicomnode.db.jobs import pull_back_future_times, reclaim_expired_leases
 from dicomnode.dicom.tls import client_tls_args
 from dicomnode.errors import ConfigError
 from dicomnode.forward.associate import unresolvable_hosts
@@ -45,6 +45,9 @@ from dicomnode.status import JobPart
 log = logging.getLogger(__name__)
 
 COMPLETION_TICK = "completion"
+REAPER_TICK = "reclaim-leases"
+# A step back shorter than this is waited out (a minute at most) rather than rewriting times.
+PULL_BACK_AFTER_SECONDS = 60.0
 # The completion tick comes back this long after the next series is due, so that the clocks'
 # rounding never makes it come back a moment early and wait out a whole round.
 COMPLETION_MARGIN = timedelta(milliseconds=20)
@@ -284,11 +287,11 @@ class Node:
             )
         scheduler.add_job(
             Guarded(
-                "reclaim-leases",
+                REAPER_TICK,
                 lambda: reclaim_expired_leases(self.db, self.settings.retry.max_attempts),
                 self._database_health,
             ),
-            id="reclaim-leases",
+            id=REAPER_TICK,
             seconds=max(1.0, workers.lease_seconds / 3),
             **_every(),
         )
@@ -364,13 +367,20 @@ class Node:
             if due < tick.next_run_time:
                 tick.modify(next_run_time=due)
 
-    def _after_clock_step(self, _seconds: float) -> None:
-        """Every lease this process keeps is renewed (after a step forward it may look lapsed),
-        then every tick runs now (after a step back it would wait as long as the step)."""
+    def _after_clock_step(self, seconds: float) -> None:
+        """After the system clock stepped `seconds`: every lease this process keeps is renewed
+        (after a step forward it may look lapsed); on SQLite, whose clock is this host's, after
+        a step back what was stamped before it comes back to now; then every tick runs now
+        (after a step back it would wait as long as the step), the reaper only once every live
+        worker on the host has renewed its lease on the new time."""
         renew_every_lease_now()
+        if self.db.is_sqlite and seconds <= -PULL_BACK_AFTER_SECONDS:
+            pulled = pull_back_future_times(self.db, self.settings.worker.lease_seconds)
+            log.info("times stamped before the clock step brought back to now rows=%d", pulled)
+        reap_in = self.settings.worker.lease_seconds / 3 + CHECK_SECONDS
         with self._replanning:
             if self._scheduler is not None and not self._stopping.is_set():
-                run_every_tick_now(self._scheduler)
+                run_every_tick_now(self._scheduler, later={REAPER_TICK: reap_in})
 
     def _refuse_a_moved_spool(self) -> None:
         """Refuse to start when the database names its files in another folder, where they are

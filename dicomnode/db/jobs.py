@@ -23,7 +23,7 @@ from dicomnode.db.clock import db_now
 from dicomnode.db.delivered import note_delivered
 from dicomnode.db.engine import Database
 from dicomnode.db.history import EventKind, job_histories, lapses_since_requeued, record_event
-from dicomnode.db.models import Delivery, Instance, Job, JobInstance
+from dicomnode.db.models import Delivery, Instance, Job, JobInstance, Series
 from dicomnode.db.records import DeliveryRecord, JobEventRecord, JobRecord, SpooledInstance
 from dicomnode.db.transitions import (
     AttemptOutcome,
@@ -486,3 +486,26 @@ def originals_in_flight(db: Database, series_uid: str) -> bool:
             .limit(1)
         )
     return found is not None
+
+
+def pull_back_future_times(db: Database, lease_seconds: float) -> int:
+    """After this host's clock stepped back, on SQLite (whose clock it is): what was stamped
+    before the step lies ahead of the new time, and whatever waits for it would wait the step
+    out (a job queued before it not claimed, a series not completed, a dead worker's lease not
+    reaped). Each such time comes back to now (a retry may then come early, by the step at
+    most); how many rows changed. Idempotent: every process on the host may do it."""
+    with db.session() as session:
+        now = db_now(session)
+        lease_end = now + timedelta(seconds=lease_seconds)
+        waiting = Job.status.in_([JobStatus.QUEUED, JobStatus.FAILED])
+        statements = (
+            update(Job).where(waiting, Job.next_attempt_at > now).values(next_attempt_at=now),
+            update(Job).where(Job.lease_expires_at > lease_end).values(lease_expires_at=lease_end),
+            update(Series)
+            .where(Series.pending.is_(True), Series.last_received_at > now)
+            .values(last_received_at=now),
+            update(Series)
+            .where(Series.pending.is_(True), Series.released_at > now)
+            .values(released_at=now),
+        )
+        return sum(_rows_changed(session, statement) for statement in statements)

@@ -7,6 +7,7 @@ whose clock is the database's (the contrast these tests also show).
 """
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
@@ -19,6 +20,7 @@ from dicomnode.db.instances import create_jobs_for_quiet_series
 from dicomnode.db.jobs import (
     claim_next_job,
     finish_attempt,
+    pull_back_future_times,
     reclaim_expired_leases,
     record_delivery,
     renew_lease,
@@ -35,17 +37,22 @@ AHEAD = timedelta(minutes=10)
 
 
 @pytest.fixture
-def host_clock_ahead(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
-    """Calling it sets this host's clock (every module's `utcnow`) AHEAD of the true time."""
+def host_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[timedelta], None]]:
+    """Calling it with an offset sets this host's clock (every module's `utcnow`) that far
+    from the true time."""
 
-    def skew() -> None:
+    def skew(offset: timedelta) -> None:
         for module in list(sys.modules.values()):
-            if getattr(module, "utcnow", None) is utcnow and module.__name__.startswith(
-                "dicomnode"
-            ):
-                monkeypatch.setattr(module, "utcnow", lambda: utcnow() + AHEAD)
+            if module.__name__.startswith("dicomnode") and getattr(module, "utcnow", None):
+                monkeypatch.setattr(module, "utcnow", lambda: utcnow() + offset)
 
     yield skew
+
+
+@pytest.fixture
+def host_clock_ahead(host_clock: Callable[[timedelta], None]) -> Callable[[], None]:
+    """Calling it sets this host's clock AHEAD of the true time."""
+    return lambda: host_clock(AHEAD)
 
 
 def test_a_host_whose_clock_runs_ahead_leaves_a_live_lease_alone(
@@ -109,3 +116,24 @@ def test_after_a_step_forward_the_leases_this_process_keeps_are_renewed_before_a
         renew_every_lease_now()
         reaped = reclaim_expired_leases(db, max_attempts=3)
     assert reaped == ([] if database_backend == "postgresql" else [dead])
+
+
+def test_after_a_step_back_what_was_stamped_before_it_is_not_waited_out(
+    db: Database, database_backend: str, host_clock: Callable[[timedelta], None]
+) -> None:
+    """A job queued and a series received before the clock stepped an hour back lay an hour
+    ahead of the new time on SQLite: nothing claimed or completed for that hour."""
+    receive(db, "1.2.3.9", 1)
+    [queued] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
+    receive(db, "1.2.3.10", 1)  # still arriving when the clock steps
+    host_clock(-timedelta(hours=1))
+    stalled = claim_next_job(db, "worker-a", lease_seconds=60, part=JobPart.ORIGINALS) is None
+    assert stalled == (database_backend == "sqlite")  # PostgreSQL's server did not step
+    if stalled:
+        assert create_jobs_for_quiet_series(db, 1, ["pacs"], parts=ORIGINALS_ONLY) == []
+        assert pull_back_future_times(db, lease_seconds=60) == 2
+        claimed = claim_next_job(db, "worker-a", lease_seconds=60, part=JobPart.ORIGINALS)
+        assert claimed is not None and claimed.id == queued
+    time.sleep(1.1)
+    assert len(create_jobs_for_quiet_series(db, 1, ["pacs"], parts=ORIGINALS_ONLY)) == 1
+    assert pull_back_future_times(db, lease_seconds=60) == 0  # idempotent

@@ -75,5 +75,13 @@ def test_every_tick_runs_now_instead_of_waiting_out_a_step_back() -> None:
         assert tick.next_run_time - datetime.now(UTC) > timedelta(minutes=59)  # its interval on
         paused = scheduler.get_job("paused")
         assert paused is not None and paused.next_run_time is None
+        run_every_tick_now(scheduler, later={"tick": 600})  # the reaper, after renewals
+        tick = scheduler.get_job("tick")
+        assert tick is not None and tick.next_run_time is not None
+        assert (
+            timedelta(seconds=590)
+            < tick.next_run_time - datetime.now(UTC)
+            <= timedelta(seconds=600)
+        )
     finally:
         scheduler.shutdown(wait=True)
