@@ -55,6 +55,14 @@ class Transition:
     deliveries_given_up: tuple[str, ...] = ()
 
 
+# Attempts of a job that failed before delivery, at most (about an hour at the retry defaults).
+MAX_PROCESSING_ATTEMPTS = 8
+# A series that kills its worker this often is not taken up again without an admin. Apart from
+# `retry.max_attempts`, which is sized for a PACS that is down for days: a series that crashes
+# the process must not restart it that often.
+MAX_LAPSES = 3
+
+
 def after_attempt(
     outcome: AttemptOutcome,
     attempts: int,
@@ -98,7 +106,12 @@ def after_attempt(
             JobStatus.CANCELLED,
             f"superseded by job {newer_job} (this attempt: {'; '.join(problems)})",
         )
-    if retryable and attempts < policy.max_attempts:
+    # A failure before delivery (the enhancement, the inputs) is no outage to ride out: each
+    # retry costs a worker minutes, and a dead job is what alerts an admin.
+    limit = policy.max_attempts
+    if outcome.error is not None:
+        limit = min(limit, MAX_PROCESSING_ATTEMPTS)
+    if retryable and attempts < limit:
         delay = retry_delay_seconds(attempts, policy, rng)
         error = "; ".join(problems) + f" (attempt {attempts}, retry in {delay:.0f} s)"
         return Transition(JobStatus.FAILED, error, retry_in_seconds=delay)
@@ -109,12 +122,6 @@ def after_attempt(
         "; ".join(problems),
         deliveries_given_up=tuple(d.destination for d in failed),
     )
-
-
-# A series that kills its worker this often is not taken up again without an admin. Apart from
-# `retry.max_attempts`, which is sized for a PACS that is down for days: a series that crashes
-# the process must not restart it that often.
-MAX_LAPSES = 3
 
 
 def after_lapsed_lease(job_id: int, lapses: int, max_attempts: int) -> Transition:

@@ -7,6 +7,7 @@ import pytest
 from dicomnode.config import RetrySettings
 from dicomnode.db.transitions import (
     MAX_LAPSES,
+    MAX_PROCESSING_ATTEMPTS,
     AdminAction,
     AttemptOutcome,
     DeliveryOutcome,
@@ -118,6 +119,20 @@ def test_a_job_whose_worker_died_is_queued_again_until_it_died_max_attempts_time
         assert "dicomnode jobs retry 42" in transition.error
     else:
         assert transition == Transition(JobStatus.QUEUED)
+
+
+def test_a_failure_before_delivery_is_not_retried_for_as_long_as_an_outage() -> None:
+    """80 attempts over 3 days are for a PACS that is down; an enhancement that fails every
+    time cost a worker minutes each, and the job stayed `failed` (no alert) for 3 days."""
+    policy = RetrySettings(max_attempts=80, jitter=0)
+    broken = AttemptOutcome(error="enhancement failed: out of memory")
+    before_delivery = after_attempt(broken, MAX_PROCESSING_ATTEMPTS - 1, policy)
+    assert before_delivery.status == JobStatus.FAILED
+    given_up = after_attempt(broken, MAX_PROCESSING_ATTEMPTS, policy)
+    assert given_up.status == JobStatus.DEAD
+    assert f"gave up after {MAX_PROCESSING_ATTEMPTS} attempts" in (given_up.error or "")
+    down = after_attempt(delivered(DOWN), MAX_PROCESSING_ATTEMPTS, policy)
+    assert down.status == JobStatus.FAILED  # a destination down goes on being tried
 
 
 def test_a_job_that_kills_its_worker_is_dead_after_three_lapses_however_long_retries_go() -> None:
