@@ -245,13 +245,15 @@ class Node:
             )
         else:
             log.info(
-                "worker started id=%s data_dir=%s database=%s destinations=%s workers=%d router=%s",
+                "worker started id=%s data_dir=%s database=%s destinations=%s workers=%d router=%s "
+                "utc_offset=%s",
                 prefix,
                 node.data_path,
                 masked_url(self.db.url),
                 ",".join(destinations) or "(none)",
                 workers.workers,
                 workers.router,
+                _local_utc_offset(),
             )
         self._started = True
         for destination, reason in unresolvable_hosts(self.settings.destinations):

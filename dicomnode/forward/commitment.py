@@ -59,7 +59,9 @@ _unusable_reports = ThrottledWarnings(log)
 def record_commitment_report(db: Database, event: Event) -> tuple[int, Dataset | None]:
     """An EVT_N_EVENT_REPORT handler, for the forwarder's association and for the listener:
     file a destination's report under its Transaction UID and acknowledge it."""
-    calling = event.assoc.requestor.ae_title if not event.assoc.is_requestor else "-"
+    # On our own association (the forwarder's) the report comes from the destination we called.
+    peer = event.assoc.acceptor if event.assoc.is_requestor else event.assoc.requestor
+    calling = peer.ae_title or "-"
     try:
         report = read_report(event.event_information)
     except (ValueError, AttributeError, TypeError) as exc:

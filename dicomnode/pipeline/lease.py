@@ -20,7 +20,7 @@ def renew_every_lease_now() -> None:
     with _keeping_lock:
         keepers = list(_keeping)
     for keeper in keepers:
-        keeper.renew()
+        keeper.renew(say_lost=False)  # its job may just have ended; its own thread will say
 
 
 class LeaseKeeper:
@@ -61,8 +61,9 @@ class LeaseKeeper:
     ) -> None:
         self.stop()
 
-    def renew(self) -> bool:
-        """Renew now; False when the job is no longer held (this keeper then stops)."""
+    def renew(self, say_lost: bool = True) -> bool:
+        """Renew now; False when the job is no longer held. With `say_lost` (the keeper's own
+        thread) it then says so and stops."""
         if self._stop.is_set():
             return False
         try:
@@ -71,7 +72,7 @@ class LeaseKeeper:
         except Exception:
             log.exception("lease renewal failed job=%d", self._job_id)
             return True  # the next renewal may succeed
-        if self._stop.is_set():  # the job ended meanwhile
+        if self._stop.is_set() or not say_lost:  # the job ended meanwhile, or another says so
             return False
         log.warning("job no longer held (cancelled or reclaimed) job=%d", self._job_id)
         with _keeping_lock:

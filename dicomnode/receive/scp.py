@@ -350,7 +350,7 @@ class StorageReceiver:
             label = "called_aet_unknown"
         ASSOCIATIONS_REJECTED.labels(label).inc()
         self._rejections.warning(
-            (label, event.assoc.requestor.address),
+            (reason, event.assoc.requestor.address),
             "association rejected: %s calling_aet=%s called_aet=%s address=%s",
             reason,
             event.assoc.requestor.ae_title,
