@@ -75,9 +75,7 @@ class LeaseKeeper:
         if self._stop.is_set() or not say_lost:  # the job ended meanwhile, or another says so
             return False
         log.warning("job no longer held (cancelled or reclaimed) job=%d", self._job_id)
-        with _keeping_lock:
-            _keeping.discard(self)
-        self._stop.set()
+        self.stop()  # from its own thread: no join
         return False
 
     def _renew(self) -> None:
