@@ -19,6 +19,7 @@ from pydicom import Dataset
 from pydicom.multival import MultiValue
 
 from dicomnode.errors import ImageDeclined
+from dicomnode.imaging.normalize import CT_HU_RANGE
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 
@@ -188,13 +189,20 @@ def _as_pixel_value(value: int, domain: PixelDomain) -> int:
 
 
 def to_modality(ds: Dataset) -> ModalityImage:
-    """Stored values → float32 modality values (rescale applied), with the padding mask."""
+    """Stored values → float32 modality values (rescale applied), with the padding mask.
+
+    A CT's values below air (CT_HU_RANGE[0], -1024 HU) are padding too: scanners write -2000,
+    -2048 or -3024 HU outside the reconstruction circle, many without a PixelPaddingValue, and
+    left in, that step rings into the real pixels beside it in every filter and network."""
     domain = pixel_domain(ds)
     stored = stored_values(ds)
     values = stored.astype(np.float64)
     values *= domain.slope  # in place: the same values, without an image-sized array per step
     values += domain.intercept
-    return ModalityImage(values.astype(np.float32), padding_mask(stored, domain), domain, stored)
+    padding = padding_mask(stored, domain)
+    if str(ds.get("Modality", "")).upper() == "CT":
+        padding |= values < CT_HU_RANGE[0]
+    return ModalityImage(values.astype(np.float32), padding, domain, stored)
 
 
 def to_stored(

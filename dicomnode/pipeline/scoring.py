@@ -22,7 +22,7 @@ from dicomnode.imaging.metrics import (
     sampled_indices,
     scored_region,
 )
-from dicomnode.imaging.normalize import CT_HU_RANGE, fill_padding
+from dicomnode.imaging.normalize import fill_padding
 from dicomnode.imaging.outcome import DeclinedImage, reported, reported_fidelity
 from dicomnode.imaging.qa import (
     QaThresholds,
@@ -44,11 +44,7 @@ def scored_frame(source: SourceImage) -> tuple[np.ndarray, np.ndarray]:
     """The frame an image is scored on (the middle one of a multi-frame image) and the mask of
     pixels left out of its scores."""
     frame = len(source.image.values) // 2
-    reference = source.image.values[frame]
-    padding = source.image.padding[frame]
-    if source.modality == "CT":  # outside the reconstruction circle: not scored (as `evaluate`)
-        padding = padding | (reference < CT_HU_RANGE[0])
-    return reference, padding
+    return source.image.values[frame], source.image.padding[frame]
 
 
 def scorable(

@@ -6,8 +6,8 @@ the series). The train/validation split assigns whole groups, per modality, so n
 therefore no series, slice or patch) is on both sides.
 
 CT pixels below -1024 HU are outside the reconstruction circle (scanners fill it with -2048 or
--3024 when they set no PixelPaddingValue): not tissue and not air, so they count as padding and
-are left out of every score, as a declared PixelPaddingValue would be.
+-3024 when they set no PixelPaddingValue): not tissue and not air, so they count as padding
+(`to_modality`) and are left out of every score, as a declared PixelPaddingValue would be.
 """
 
 import hashlib
@@ -23,7 +23,6 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.errors import DicomNodeError, ImageDeclined
-from dicomnode.imaging.normalize import CT_HU_RANGE
 from dicomnode.imaging.pixels import to_modality
 
 log = logging.getLogger(__name__)
@@ -96,8 +95,6 @@ def load_images(paths: Sequence[Path], *, min_size: int = 32) -> list[CorpusImag
                 )
                 continue
             modality = str(ds.get("Modality", "OT")).upper()
-            if modality == "CT":
-                padding = padding | (values < CT_HU_RANGE[0])
             images.append(
                 CorpusImage(
                     file,

@@ -321,3 +321,42 @@ def test_a_big_endian_series_is_enhanced_as_its_little_endian_twin(tmp_path: Pat
         [image] = [ds for ds in written if "PixelData" in ds]  # and the metrics SR
         derived[name] = image.pixel_array
     np.testing.assert_array_equal(derived["big"], derived["little"])
+
+
+def test_a_ct_without_pixel_padding_value_is_enhanced_as_if_it_declared_one(
+    tmp_path: Path,
+) -> None:
+    """Many CTs write -2048 or -3024 HU outside the reconstruction circle without declaring a
+    PixelPaddingValue. Before, only a declared value was padding: the node enhanced the step at
+    the circle as it was, which rang into the real pixels beside it (the derived CT went down to
+    -3259 HU there). Now a CT's values below air are padding wherever they come from: the series
+    is enhanced exactly as its twin that declares them, and they come back as they were."""
+    [small] = pydicom_test_files("CT_small.dcm")
+    settings = Settings()
+    settings = replace(settings, enhance=replace(settings.enhance, self_check=False))
+    derived, outside = {}, None
+    for name, declared in (("undeclared", None), ("declared", -1024)):
+        ds = dcmread(small)
+        rows, cols = np.mgrid[: ds.Rows, : ds.Columns]
+        outside = (rows - ds.Rows / 2) ** 2 + (cols - ds.Columns / 2) ** 2 > (ds.Rows * 0.45) ** 2
+        pixels = ds.pixel_array.copy()
+        pixels[outside] = -1024  # stored; -2048 HU with the intercept of -1024
+        ds.PixelData = pixels.tobytes()
+        del ds.PixelPaddingValue
+        if declared is not None:
+            ds.add_new(0x00280120, "SS", declared)  # PixelPaddingValue
+        folder = tmp_path / name
+        folder.mkdir()
+        ds.save_as(folder / "1.dcm")
+        ((_, inputs),) = series_in(folder).items()
+        output = enhance_series(
+            1, inputs, settings, methods_for(settings), file_sink(tmp_path / f"{name}-out")
+        )
+        assert output.outcome.declined == (), output.outcome.declined
+        written = [dcmread(path) for path in (tmp_path / f"{name}-out").rglob("*.dcm")]
+        images = [image for image in written if "PixelData" in image]  # not the metrics SR
+        assert images
+        derived[name] = [image.pixel_array for image in images]
+    for undeclared, declared_twin in zip(derived["undeclared"], derived["declared"], strict=True):
+        np.testing.assert_array_equal(undeclared, declared_twin)
+        assert (undeclared[outside] == -1024).all()  # the padding as it was, not rung

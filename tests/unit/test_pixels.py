@@ -152,6 +152,21 @@ def test_padding_mask_covers_a_padding_range() -> None:
     assert np.array_equal(image.padding[0], (ds.pixel_array >= 0) & (ds.pixel_array <= 100))
 
 
+def test_a_cts_values_below_air_are_padding_declared_or_not() -> None:
+    """Outside the reconstruction circle (-2048 HU here, no PixelPaddingValue); an MR's low
+    values are just values."""
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.PixelPaddingValue
+    pixels = ds.pixel_array.copy()
+    pixels[:, :20] = -1024  # stored: -2048 HU
+    pixels[:, 20:30] = 0  # -1024 HU: air, not padding
+    ds.PixelData = pixels.tobytes()
+    padding = to_modality(ds).padding[0]
+    assert padding[:, :20].all() and not padding[:, 20:].any()
+    ds.Modality = "MR"
+    assert not to_modality(ds).padding.any()
+
+
 def test_monochrome1_is_marked_inverted() -> None:
     ds = dcmread(get_testdata_file("CT_small.dcm"))
     ds.PhotometricInterpretation = "MONOCHROME1"
