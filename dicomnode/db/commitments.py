@@ -41,13 +41,22 @@ class TransactionState:
 
 def committed_uids(db: Database, job_id: int, destination: str) -> set[str]:
     """Instances of this job the destination already confirmed it keeps."""
+    return _uids_in(db, job_id, destination, CommitmentState.COMMITTED)
+
+
+def failed_uids(db: Database, job_id: int, destination: str) -> set[str]:
+    """Instances of this job the destination's latest report on them says it does not keep."""
+    return _uids_in(db, job_id, destination, CommitmentState.FAILED)
+
+
+def _uids_in(db: Database, job_id: int, destination: str, state: CommitmentState) -> set[str]:
     with db.session() as session:
         return set(
             session.scalars(
                 select(Commitment.sop_instance_uid).where(
                     Commitment.job_id == job_id,
                     Commitment.destination == destination,
-                    Commitment.state == CommitmentState.COMMITTED,
+                    Commitment.state == state,
                 )
             )
         )

@@ -3,10 +3,11 @@
 A series of 2,000 images, one of which a PACS answers "try later", went whole again on every
 automatic retry: the PACS stored (or, refusing duplicates, answered 0x0111 to) 1,999 copies each
 time. The delivery's outcome now records the instances it stored, and the next attempt sends only
-the rest, as long as the destination is the same peer (AE title, host, port). A destination with
-Storage Commitment has no such rows: what it confirmed is recorded (`db/commitments.py`), and what
-it stored without confirming is sent and asked for again. An admin's retry, resend or release
-sends whole, and so does a derived job whose series is enhanced anew.
+the rest, as long as the destination is the same peer (AE title, host, port). To a destination
+with Storage Commitment the next attempt sends what it neither stored nor confirmed keeping
+(`db/commitments.py`), and what its latest report said it failed to keep; what it stored and has
+not reported on is asked for again. An admin's retry, resend or release sends whole, and so does
+a derived job whose series is enhanced anew.
 """
 
 from collections.abc import Iterable

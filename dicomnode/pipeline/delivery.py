@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from dicomnode.config import Destination, Settings
 from dicomnode.db import Database, DeliveryStatus, JobRecord, SpooledInstance
+from dicomnode.db.commitments import failed_uids
 from dicomnode.db.delivered import delivered_uids
 from dicomnode.db.failures import database_away
 from dicomnode.db.jobs import holds_lease, record_delivery
@@ -62,15 +63,11 @@ def deliver(
 
     def record(status: DeliveryStatus, error: str | None) -> None:
         sent = earlier + len(stored)
-        # With Storage Commitment what counts is what the peer confirmed, not what it stored.
-        keeps = destination is not None and not destination.storage_commitment
         peer = destination.peer if destination is not None else ""
         recorded = through_outage(
             f"the delivery to {name}",
             job.id,
-            lambda: record_delivery(
-                db, job.id, owner, name, status, sent, error, stored if keeps else (), peer
-            ),
+            lambda: record_delivery(db, job.id, owner, name, status, sent, error, stored, peer),
             patience=settings.worker.lease_seconds / 2,
             stopping=stopping,
         )
@@ -93,8 +90,8 @@ def deliver(
     later: list[str] = []  # series the peer or our spool may complete on a retry
     started = time.perf_counter()
     try:
-        # What the peer stored on an earlier attempt is not sent again; with Storage
-        # Commitment, what it confirmed keeping.
+        # What the peer stored on an earlier attempt is not sent again (with Storage
+        # Commitment, unless it reported failing it), nor what it confirmed keeping.
         already_stored, earlier = _already_stored(db, job.id, destination, outgoing)
         for series in outgoing:
             if destination.storage_commitment:
@@ -157,14 +154,20 @@ def _read(name: str, read: Callable[[], T]) -> T:
 def _already_stored(
     db: Database, job_id: int, destination: Destination, outgoing: Outgoing
 ) -> tuple[set[str], int]:
-    """What `destination` (one without Storage Commitment) stored on an earlier attempt of the
-    job while it was the same peer, and how many of `outgoing` that is; said in one line when
-    there is any."""
-    if destination.storage_commitment:
-        return set(), 0
-    stored = _read(
-        destination.name, lambda: delivered_uids(db, job_id, destination.name, destination.peer)
-    )
+    """What `destination` stored on an earlier attempt of the job while it was the same peer,
+    and how many of `outgoing` that is; said in one line when there is any.
+
+    With Storage Commitment, less what its latest report said it does not keep: what it stored
+    and has not yet reported on is asked for again, not sent again (a PACS whose reports cannot
+    reach the node got every series whole once an attempt, for days)."""
+
+    def read() -> set[str]:
+        stored = delivered_uids(db, job_id, destination.name, destination.peer)
+        if destination.storage_commitment:
+            stored -= failed_uids(db, job_id, destination.name)
+        return stored
+
+    stored = _read(destination.name, read)
     before = sum(item.sop_instance_uid in stored for series in outgoing for item in series)
     if before:
         total = sum(map(len, outgoing))

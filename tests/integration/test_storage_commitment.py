@@ -186,8 +186,13 @@ def test_a_peer_that_never_reports_makes_the_delivery_retry_then_die_naming_comm
         assert "storage commitment: no report from peer within" in job["error"]
         assert "destinations[0].commitment_timeout_seconds=3 s for 3 of 3 instances" in job["error"]
         assert len(peer.requests) == 2
+        # asked twice, sent once: before, each attempt sent the series whole again first
+        assert [len(request.references) for request in peer.requests] == [3, 3]
+        assert sorted(peer.stored.values()) == [1, 1, 1]
+        assert "delivery goes on where the last attempt stopped" in node.log()
         [delivery] = job_details(node, job["id"])["deliveries"]
         assert delivery["status"] == "dead"
+        assert delivery["sent"] == 3
         assert delivery["commitment"] == {"committed": 0, "failed": 0, "pending": 3}
     finally:
         peer.stop()
