@@ -51,7 +51,8 @@ def train(
         typer.Option(
             min=0.0,
             help="Train on each image blurred by each of these sigmas in px (0: as it is), as "
-            "softer reconstruction kernels would make it; repeatable (default: 0, 0.7, 1.2).",
+            "softer reconstruction kernels would make it; repeatable (default: x1 0; x2-4 0, "
+            "0.7, 1.2).",
         ),
     ] = None,
     contrast_min: Annotated[
@@ -59,18 +60,19 @@ def train(
         typer.Option(
             min=0.01,
             max=1.0,
-            help="Half the patches fainter by down to this factor; 1: none (default: 0.1).",
+            help="Half the patches fainter by down to this factor; 1: none (default: x1 1; "
+            "x2-4 0.1).",
         ),
     ] = None,
     clean_fraction: Annotated[
-        float,
+        float | None,
         typer.Option(
             min=0.0,
             max=0.9,
             help="Scale 1: this share of the patches undegraded (input = target), so images "
-            "as acquired are learnt to be left as they are (default: 0).",
+            "as acquired are learnt to be left as they are (default: 0.25).",
         ),
-    ] = 0.0,
+    ] = None,
     start: Annotated[
         Start,
         typer.Option(help="Initial weights: random, or the least-squares linear filter."),
@@ -79,10 +81,11 @@ def train(
 ) -> None:
     """Train the 9-1-5 SRCNN; the split is 80/20 by patient, per modality, never by slice.
 
-    Fresh randomly turned patches every batch (softened and fainter copies too: see
-    models/MODEL_CARD.md), a cosine learning rate over the whole run, the best validation
-    weights kept. Writes the model, `<stem>.history.json` (settings, split, steps, updates,
-    device, time, per-epoch losses and learning rate) and `<stem>.loss.png`.
+    Fresh randomly turned patches every batch, a cosine learning rate over the whole run, the
+    best validation weights kept; by default the shipped models' recipe for the scale (x2:
+    softened and fainter copies too; x1: a quarter of the patches undegraded; see
+    models/MODEL_CARD.md). Writes the model, `<stem>.history.json` (settings, split, steps,
+    updates, device, time, per-epoch losses and learning rate) and `<stem>.loss.png`.
     """
     configure_logging("WARNING")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -91,19 +94,19 @@ def train(
     from dicomnode.training.corpus import load_images
     from dicomnode.training.train import TrainingSettings, train_srcnn
 
-    augmentation: dict[str, Any] = {}  # what is not given keeps TrainingSettings' default
+    augmentation: dict[str, Any] = {}  # what is not given keeps the shipped recipe's
     if soften:
         augmentation["soften_sigmas"] = tuple(soften)
     if contrast_min is not None:
         augmentation["contrast_min"] = contrast_min
-    if clean_fraction:
-        if scale != 1:
+    if clean_fraction is not None:
+        if clean_fraction and scale != 1:
             raise typer.BadParameter(
                 "undegraded patches are for scale 1", param_hint="--clean-fraction"
             )
         augmentation["clean_fraction"] = clean_fraction
-    settings = TrainingSettings(
-        scale=scale,
+    settings = TrainingSettings.shipped(
+        scale,
         modality=modality.upper() if modality else None,
         updates=updates,
         epochs=epochs,

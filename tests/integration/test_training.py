@@ -17,7 +17,7 @@ from dicomnode.registry import MODELS_DIR
 from dicomnode.training.corpus import load_images, split_by_group
 from dicomnode.training.evaluate import evaluate_image, standard_methods, summarize_rows
 from dicomnode.training.pairs import PatchSampler, make_pair
-from dicomnode.training.train import TrainingSettings, train_srcnn
+from dicomnode.training.train import SCALE_1_RECIPE, TrainingSettings, train_srcnn
 from tests.support.cli import dicomnode
 from tests.support.data import CT_BODY, CT_CHEST, CT_FOLDERS, CT_HEAD_GE, MR_T1
 
@@ -173,6 +173,10 @@ def test_train_command_runs_from_a_clone_on_the_repository_slices(tmp_path: Path
     assert load_model(out).scale == 1
     report = json.loads((tmp_path / "srcnn-ct-x1.history.json").read_text())["report"]
     assert (report["train_images"], report["validation_images"]) in {(6, 1), (4, 3)}
+    # the shipped x1 models' recipe, not x2's (softened and fainter copies: a x1 model that
+    # sharpened real CT 5.7x)
+    recipe = {key: report["settings"][key] for key in SCALE_1_RECIPE}
+    assert recipe == {"soften_sigmas": [0.0], "contrast_min": 1.0, "clean_fraction": 0.25}
     groups = report["train_groups"] + report["validation_groups"]
     assert len(groups) == 3 and all(re.fullmatch(r"[0-9a-f]{12}", g) for g in groups)
     assert (tmp_path / "srcnn-ct-x1.loss.png").stat().st_size > 1000
