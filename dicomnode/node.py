@@ -59,12 +59,18 @@ def _local_utc_offset() -> str:
     return datetime.now().astimezone().strftime("%z")
 
 
-def _every() -> dict[str, object]:
-    """An interval tick's options: never two runs at once, missed runs as one, the first now."""
+def _every(name: str) -> dict[str, object]:
+    """An interval tick's options: its id and the name APScheduler's own lines give it, never
+    two runs at once, missed runs as one, however late (by default APScheduler drops a run more
+    than a second late, with a WARNING: a busy start logged three, and a missed retention tick
+    waited a whole hour), the first now."""
     return {
+        "id": name,
+        "name": name,
         "trigger": "interval",
         "max_instances": 1,
         "coalesce": True,
+        "misfire_grace_time": None,
         "next_run_time": datetime.now(UTC),
     }
 
@@ -283,9 +289,8 @@ class Node:
                     lambda: self._complete_series(destinations, parts),
                     self._database_health,
                 ),
-                id=COMPLETION_TICK,
                 seconds=min(workers.poll_seconds, quiet, completion.release_quiet_seconds or quiet),
-                **_every(),
+                **_every(COMPLETION_TICK),
             )
         scheduler.add_job(
             Guarded(
@@ -293,17 +298,15 @@ class Node:
                 lambda: reclaim_expired_leases(self.db, self.settings.retry.max_attempts),
                 self._database_health,
             ),
-            id=REAPER_TICK,
             seconds=max(1.0, workers.lease_seconds / 3),
-            **_every(),
+            **_every(REAPER_TICK),
         )
         if self.listen:
             # Admin actions (`dicomnode jobs ...`) appear in the listeners' log, each once.
             scheduler.add_job(
                 Guarded("admin-log", lambda: log_admin_actions(self.db), self._database_health),
-                id="admin-log",
                 seconds=max(1.0, workers.poll_seconds),
-                **_every(),
+                **_every("admin-log"),
             )
             scheduler.add_job(
                 Guarded(
@@ -313,9 +316,8 @@ class Node:
                     ),
                     self._database_health,
                 ),
-                id="retention",
                 seconds=self.settings.retention.check_seconds,
-                **_every(),
+                **_every("retention"),
             )
         return scheduler
 
@@ -338,9 +340,8 @@ class Node:
                 self._runner_ticks.append((name, runner))
             scheduler.add_job(
                 Guarded(name, runner.run_due_jobs, self._database_health),
-                id=name,
                 seconds=self.settings.worker.poll_seconds,
-                **_every(),
+                **_every(name),
             )
 
     def _complete_series(self, destinations: list[str], parts: Sequence[JobPart]) -> None:

@@ -1,12 +1,19 @@
 # Sourced by scripts/serve and scripts/test: install the package into .venv only when .venv is
-# missing or pyproject.toml changed since the last install, so an offline host can restart the
-# node. The stamp holds the hash of pyproject.toml and the extras installed with it.
+# missing, pyproject.toml changed since the last install or the checkout moved, so an offline
+# host can restart the node. The stamp holds the hash of pyproject.toml and the extras installed
+# with it, and on its second line the folder the venv was made in (a venv does not survive a
+# move: its scripts name their interpreter by absolute path).
 
 # ensure_venv [EXTRAS]: e.g. `ensure_venv test` installs ".[test]".
 ensure_venv() {
-  local extras="${1:-}" stamp=.venv/.dicomnode-installed want have
+  local extras="${1:-}" stamp=.venv/.dicomnode-installed want have made_in
   want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
-  have="$(cat "$stamp" 2>/dev/null || true)"
+  have="$(head -n 1 "$stamp" 2>/dev/null || true)"
+  made_in="$(sed -n 2p "$stamp" 2>/dev/null || true)"
+  if [ -d .venv ] && [ -n "$made_in" ] && [ "$made_in" != "$PWD" ]; then
+    echo "the checkout moved from $made_in: making .venv anew" >&2
+    rm -rf .venv
+  fi
   # Up to date: same pyproject.toml, and the extras asked for were installed with it.
   if [ -x .venv/bin/dicomnode ] && [ "${have%% *}" = "$want" ] \
     && { [ -z "$extras" ] || [[ " ${have#* } " == *" $extras "* ]]; }; then
@@ -16,5 +23,5 @@ ensure_venv() {
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -e ".${extras:+[$extras]}"
-  echo "$want ${extras:-none}" > "$stamp"
+  printf '%s %s\n%s\n' "$want" "${extras:-none}" "$PWD" > "$stamp"
 }

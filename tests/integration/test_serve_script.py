@@ -6,6 +6,7 @@ stand-in `python`, `pip` and `dicomnode` programs that record their calls (a rea
 the network, which is exactly what the script must not need when nothing changed).
 """
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,7 +31,7 @@ def _checkout(tmp_path: Path) -> tuple[Path, Path]:
     return root, calls
 
 
-def _serve(root: Path) -> list[str]:
+def _serve(root: Path, env: dict[str, str] | None = None) -> list[str]:
     calls = root.parent / "calls.log"
     calls.unlink(missing_ok=True)
     result = subprocess.run(
@@ -39,6 +40,7 @@ def _serve(root: Path) -> list[str]:
         text=True,
         timeout=60,
         check=False,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     return calls.read_text().splitlines()
@@ -83,3 +85,33 @@ def _serve_after_reinstall(root: Path) -> list[str]:
         f"chmod 755 {root}/.venv/bin/dicomnode\n"
     )
     return _serve(root)
+
+
+def test_a_moved_checkout_gets_a_new_venv(tmp_path: Path) -> None:
+    """A venv's scripts name their interpreter by absolute path: after `mv`, .venv/bin/dicomnode
+    said "cannot execute: required file not found" and the node never started."""
+    root, _ = _checkout(tmp_path)
+    _serve(root)
+    moved = tmp_path / "moved"
+    root.rename(moved)
+    # python3 -m venv .venv, as the script runs it, makes recording stand-ins again
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    log = tmp_path / "calls.log"
+    (tools / "python3").write_text(
+        f'#!/bin/sh\necho "python3 $*" >> {log}\nmkdir -p .venv/bin\n'
+        + "".join(
+            f"printf '#!/bin/sh\\necho \"{name} $*\" >> {log}\\n' > .venv/bin/{name}\n"
+            f"chmod 755 .venv/bin/{name}\n"
+            for name in ("python", "pip", "dicomnode")
+        )
+    )
+    (tools / "python3").chmod(0o755)
+    calls = _serve(moved, env={**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"})
+    assert calls == [
+        "python3 -m venv .venv",
+        "pip install --quiet --upgrade pip",
+        "pip install --quiet -e .",
+        "dicomnode serve --config x.toml",
+    ]
+    assert _serve(moved) == ["dicomnode serve --config x.toml"]  # and then it is at home

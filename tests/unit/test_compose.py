@@ -100,6 +100,16 @@ def test_every_dicomnode_service_environment_is_valid_settings() -> None:
         assert f"spool:{settings.node.data_dir}" in str(service["volumes"]), name
 
 
+def test_every_dicomnode_service_is_given_longer_to_stop_than_the_node_takes() -> None:
+    """Docker's default of 10 s SIGKILLs a node still finishing its jobs
+    (node.stop_timeout_seconds), and each kill counts as a worker's death against the job."""
+    for name, service in dicomnode_services().items():
+        grace = str(service.get("stop_grace_period", "10s"))
+        assert grace.endswith("s"), f"{name}: stop_grace_period {grace!r} in seconds, please"
+        node = load_settings(None, environ=service_environment(service)).node
+        assert float(grace[:-1]) > node.stop_timeout_seconds, name
+
+
 def test_the_listener_routes_the_originals_and_the_workers_enhance() -> None:
     roles = []
     for service in dicomnode_services().values():

@@ -79,3 +79,17 @@ def test_the_images_carry_the_zone_files_that_tz_names(dockerfile: Path) -> None
     """Without them glibc takes every TZ for UTC, and derived series of a source without
     TimezoneOffsetFromUTC are stamped hours off the modality's times."""
     assert any("install" in run and "tzdata" in run for run in arguments(dockerfile, "RUN"))
+
+
+@pytest.mark.parametrize("dockerfile", [CPU, GPU], ids=lambda p: p.name)
+def test_the_users_home_is_not_the_data_volume(dockerfile: Path) -> None:
+    """Libraries cache in the home (matplotlib, Keras): not among the spool's files."""
+    [useradd] = [run for run in arguments(dockerfile, "RUN") if "useradd" in run]
+    home = useradd.split("--home-dir", 1)[1].split()[0]
+    assert arguments(dockerfile, "VOLUME") == ['["/var/lib/dicomnode"]']
+    assert not home.startswith("/var/lib/dicomnode"), home
+
+
+def test_the_build_context_leaves_out_the_venv_and_received_studies() -> None:
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".venv", "var", ".git"} <= set(ignored)
