@@ -20,7 +20,9 @@ from dicomnode.cli.train import DataDirs
 
 def evaluate(
     data: DataDirs,
-    out: Annotated[Path, typer.Option(help="Folder for the CSV files and comparison.png.")],
+    out: Annotated[
+        Path, typer.Option(help="Folder for the CSV files, summary.json and comparison.png.")
+    ],
     scale: Annotated[int, typer.Option(min=1, max=4, help="1: restoration; 2-4: upscaling.")] = 2,
     model: Annotated[
         Path | None,
@@ -53,8 +55,9 @@ def evaluate(
 ) -> None:
     """Degrade each image, restore it with every method, score against the original.
 
-    Writes metrics_per_image.csv, metrics_summary.csv and comparison.png to OUT. PSNR uses the
-    original's max - min (padding excluded) as data_range; `scale` border pixels are shaved.
+    Writes metrics_per_image.csv, metrics_summary.csv, summary.json (what --json prints) and
+    comparison.png to OUT. PSNR uses the original's max - min (padding excluded) as data_range;
+    `scale` border pixels are shaved.
     Summaries per modality, plane and patient (a cluster bootstrap over patients), with the
     worst image.
     """
