@@ -39,6 +39,7 @@ from dicomnode.receive.listener import check_port_free
 from dicomnode.receive.processes import ReceiverProcesses
 from dicomnode.registry import missing_models
 from dicomnode.spool import Spool
+from dicomnode.spool_identity import claim_both
 from dicomnode.spool_lock import DataDirLock, lock_data_dir
 from dicomnode.status import JobPart
 
@@ -203,6 +204,7 @@ class Node:
         runners = self._planned_runners()
         if self.listen:  # workers share the spool with its listeners: they take no lock
             self._lock = lock_data_dir(node.data_path, shared=node.shared_data_dir)
+        claim_both(self.db, self.spool)  # this spool and this database are one pair
         self._check_ready(runners)
         if self.settings.http.enabled:  # first: /healthz answers while the rest starts
             listener_up = self.listening if self.listen else None  # a worker: DB and disk

@@ -11,6 +11,7 @@ was paused past its lease, and which another worker has since done again, cannot
 delete what the later attempt made and recorded.
 """
 
+import contextlib
 import hashlib
 import os
 import re
@@ -31,6 +32,8 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _LETTER = re.compile(r"[^\W\d_]")  # a letter of any script
 # An attempt's folder in a job's outbox (`Spool.outbox_attempt`): claim number, then lease.
 _ATTEMPT = re.compile(r"^attempt-([0-9]{6,})-[0-9a-f]{8}$")
+# The spool's identity file in its root (`spool_identity.py`).
+IDENTITY_FILE = "spool-identity"
 
 
 def validate_uid(value: object, what: str) -> str:
@@ -101,8 +104,67 @@ class Spool:
         # Directories known to be on disk durably, oldest first (bounded, DURABLE_DIRS_KEPT).
         self._durable_dirs: OrderedDict[Path, None] = OrderedDict()
         self._lock = threading.Lock()
+        self.identity_path = root / IDENTITY_FILE
         for directory in (self.instances_dir, self.tmp_dir, self.outbox_dir):
             self._ensure_dir(directory)
+        # A spool that had its identity when this process opened it must keep it: a data disk
+        # unmounted under a running node leaves an empty folder on the system disk, where an
+        # instance written would be acknowledged and then hidden by the disk when it is back.
+        self._keeps_identity = self.identity() is not None
+
+    def identity(self) -> str | None:
+        """This spool's identity (`spool_identity.py`), or None when it has none (yet)."""
+        try:
+            return self.identity_path.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def claim_identity(self, identity: str) -> str:
+        """Give the spool `identity` unless it has one already; the one it has either way. The
+        file is written durably and whole (another process may read it at once)."""
+        with contextlib.suppress(FileExistsError):  # it has one: that one stands
+            self._write_identity(identity, exclusive=True)
+        self._keeps_identity = True
+        claimed = self.identity()
+        if claimed is None:
+            raise SpoolError(f"{self.identity_path} is empty")
+        return claimed
+
+    def replace_identity(self, identity: str) -> None:
+        """An admin's repair (`doctor --repair`): this spool now has `identity`."""
+        self._write_identity(identity, exclusive=False)
+        self._keeps_identity = True
+
+    def _write_identity(self, identity: str, *, exclusive: bool) -> None:
+        """Written whole under a temporary name first; `exclusive`: FileExistsError when the
+        spool has an identity file already (a hard link never replaces one)."""
+        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, f"{identity}\n".encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if exclusive:
+                os.link(tmp, self.identity_path)
+            else:
+                os.replace(tmp, self.identity_path)
+            _fsync_dir(self.root)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            raise SpoolError(f"cannot write {self.identity_path}: {exc.strerror or exc}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+
+    def check_identity_kept(self) -> None:
+        """Raise SpoolError when the spool had its identity file and has lost it."""
+        if self._keeps_identity and not self.identity_path.is_file():
+            raise SpoolError(
+                f"the spool is not there: {self.identity_path} is gone (is the data disk mounted?)"
+            )
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """Where an instance with these (already validated) UIDs lives."""
@@ -139,6 +201,7 @@ class Spool:
             validate_uid(sop_uid, "SOPInstanceUID"),
         )
         final = self.instance_path(*uids)
+        self.check_identity_kept()
         replaced = self.tmp_dir / f"{uuid.uuid4().hex}.part"  # stale_parts() sweeps leftovers
         try:
             # The link shares the old file's mtime (days old, perhaps), but its ctime is now:
@@ -285,7 +348,8 @@ class Spool:
             if sync_name:
                 _fsync_dir(final.parent)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only disk: the write's error is the news
+                tmp.unlink(missing_ok=True)
             raise SpoolError(f"cannot write {final}: {exc.strerror or exc}") from exc
         return final
 

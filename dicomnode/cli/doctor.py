@@ -32,9 +32,10 @@ def doctor(
     wide: WideOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Report spool files without rows, rows without files, files moved by hand, stale temp
+    """Report a spool and database that are not one pair (an unmounted disk, a lost
+    database), spool files without rows, rows without files, files moved by hand, stale temp
     files, outboxes of unknown jobs and low disk; --repair indexes, points rows at moved files,
-    quarantines (not DICOM) and removes what is safe.
+    quarantines (not DICOM), removes what is safe and makes the spool and database one pair.
 
     Exit 0 when nothing is left to fix, 1 otherwise (missing files always need a resend), 2 when
     there is no database where the settings say (without --repair it is only read).
@@ -58,6 +59,12 @@ def doctor(
         summary = {"problems_left": report.problems_left, "disk_low": report.disk_low}
         print_json({**dataclasses.asdict(report), **summary})
     else:
+        if report.identity_problem is not None:
+            console.print(
+                f"spool and database: {report.identity_problem}"
+                + (" (done: they are one pair now)" if report.identity_agreed else ""),
+                soft_wrap=True,
+            )
         console.print(
             f"orphan files: {len(report.orphan_files)} (indexed {len(report.indexed)}, "
             f"unreadable {len(report.unreadable_files)}); missing files: "

@@ -193,3 +193,15 @@ class Commitment(Base):
     state: Mapped[str] = mapped_column(String(16), default="pending")
     failure_reason: Mapped[int | None] = mapped_column(Integer, default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SpoolIdentity(Base):
+    """The spool this database belongs to: the identity written in the spool's own identity file
+    (`spool_identity.py`). One row, `name` = "spool": a second process that claims another
+    identity at the same moment loses on the key."""
+
+    __tablename__ = "spool_identity"
+
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    identity: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

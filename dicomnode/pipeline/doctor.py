@@ -44,6 +44,7 @@ from dicomnode.db.records import printable_code
 from dicomnode.dicom.bounded import read_bounded
 from dicomnode.errors import DecodeError, InstanceTooLarge
 from dicomnode.spool import Spool
+from dicomnode.spool_identity import identity_problem, make_agree
 
 log = logging.getLogger(__name__)
 DOCTOR_AET = "DOCTOR"
@@ -67,6 +68,10 @@ class DoctorReport:
     outside_files: list[dict[str, str]] = field(default_factory=list)  # sop, path: not moved
     free_disk_mb: int = 0
     min_free_disk_mb: int = 0
+    # Why this database and spool must not run together (`spool_identity`), and whether the
+    # repair made them agree.
+    identity_problem: str | None = None
+    identity_agreed: bool = False
 
     @property
     def disk_low(self) -> bool:
@@ -84,7 +89,8 @@ class DoctorReport:
         outboxes = set(self.orphan_outboxes) - set(self.removed_outboxes)
         moved = {item["sop"] for item in self.moved_files} - set(self.relocated)
         return (
-            len(unindexed)
+            int(self.identity_problem is not None and not self.identity_agreed)
+            + len(unindexed)
             + len(moved)
             + len(self.outside_files)
             + len(self.missing_files)
@@ -179,7 +185,9 @@ def examine(
     max_instance_bytes: int = 0,
 ) -> DoctorReport:
     report = DoctorReport(
-        free_disk_mb=spool.free_bytes() // 1048576, min_free_disk_mb=min_free_disk_mb
+        free_disk_mb=spool.free_bytes() // 1048576,
+        min_free_disk_mb=min_free_disk_mb,
+        identity_problem=identity_problem(db, spool),  # before the repair changes the pair
     )
     unseen = instance_paths(db)  # what is left of it after the walk has no file here
     settled = time.time() - min_age_seconds
@@ -233,4 +241,9 @@ def examine(
         report.stale_temp_files.append(str(part))
         if repair and spool.remove_part(part, min_age_seconds):
             report.removed_temp_files.append(str(part))
+    if repair:  # what the spool holds is indexed, what it lacks listed: the pair is decided
+        identity = make_agree(db, spool)
+        report.identity_agreed = True
+        if report.identity_problem is not None:
+            log.warning("doctor made the database and the spool one pair spool=%s", identity)
     return report

@@ -170,6 +170,11 @@ class JobRunner:
         inputs = job_inputs(self.db, job.id)
         missing = [item.sop_instance_uid for item in inputs if not item.path.is_file()]
         if missing:
+            try:
+                self.spool.check_identity_kept()
+            except SpoolError as exc:  # the whole spool is away, not its files: retried
+                self._finish(job, error=str(exc))
+                return False
             self._finish(
                 job,
                 transient=False,

@@ -1,0 +1,98 @@
+"""Which spool a database belongs to, so that a node never runs on a mismatched pair.
+
+A data disk that did not mount leaves `data_dir` an empty folder on the system disk; a database
+deleted, emptied or restored leaves a spool whose files it does not know. Started on such a
+pair, the node went on as if nothing were wrong: it took the acknowledged instances whose files
+it could not see for a power loss's and forgot them, or let the spool's undelivered series lie
+unknown, and received new ones where the disk, once back, would hide them.
+
+So the spool and the database carry one identity, a UUID: a file in the spool's root
+(`Spool.identity`) and a row in the database (`db/identity.py`). `serve` and `worker` start only
+when the two agree, or when one of them is new and the other holds nothing it would lose; they
+refuse (ConfigError, exit 2) with what to check. `dicomnode doctor --repair` makes them agree
+after an admin has decided what the pair is. The spool file is written before the database row
+(`claim_both`), so a process that finds the row always finds the file.
+"""
+
+import uuid
+
+from dicomnode.db import Database
+from dicomnode.db.identity import (
+    claim_identity,
+    holds_instances,
+    holds_nothing,
+    recorded_identity,
+    replace_identity,
+)
+from dicomnode.errors import ConfigError
+from dicomnode.spool import Spool
+
+_DOCTOR = "`dicomnode doctor --repair`"
+
+
+def identity_problem(db: Database, spool: Spool) -> str | None:
+    """Why this database and this spool must not be run together (None: they may)."""
+    in_db, in_spool = recorded_identity(db), spool.identity()
+    if in_db is not None and in_spool is not None:
+        if in_db == in_spool:
+            return None
+        return (
+            f"the spool {spool.root} is spool {in_spool}, but the database belongs to spool "
+            f"{in_db}: another node's data folder or database (node.data_dir, "
+            f"node.database_url)? If this pair is right after all (a restore), {_DOCTOR} makes "
+            "it agree"
+        )
+    if in_db is not None:  # and the spool has no identity
+        return (
+            f"the spool {spool.root} has no identity file ({spool.identity_path.name}), but the "
+            f"database belongs to spool {in_db}: is the data disk mounted (node.data_dir)? If "
+            f"the spool was lost for good, {_DOCTOR} lists what is missing and gives this "
+            "folder the database's identity"
+        )
+    spool_has_files = _holds_files(spool)
+    if spool_has_files and holds_nothing(db):
+        return (
+            f"the database holds no instance and no job, but the spool {spool.root} holds a "
+            "node's data: was the database lost or replaced, or does node.database_url point "
+            f"to another one? {_DOCTOR} indexes the spool's files into this database (series "
+            "not yet delivered are then sent; delivered ones are sent again)"
+        )
+    if in_spool is None and not spool_has_files and holds_instances(db):
+        return (
+            f"the database holds received instances, but the spool {spool.root} holds no file "
+            f"at all: is the data disk mounted (node.data_dir)? If the spool was lost for good, "
+            f"{_DOCTOR} lists what is missing"
+        )
+    return None
+
+
+def claim_both(db: Database, spool: Spool) -> str:
+    """The pair's identity, recorded on the side that lacks it: a new one for a new pair, else
+    the side's that has one. Raises ConfigError for a pair `identity_problem` refuses."""
+    problem = identity_problem(db, spool)
+    if problem is not None:
+        raise ConfigError(f"setting node.data_dir: {problem}")
+    identity = spool.claim_identity(recorded_identity(db) or str(uuid.uuid4()))
+    recorded = claim_identity(db, identity)
+    if recorded != identity:  # another process made a new pair of its own meanwhile
+        raise ConfigError(
+            f"setting node.data_dir: the spool {spool.root} is spool {identity}, but the "
+            f"database now belongs to spool {recorded}: two nodes set up one pair at once?"
+        )
+    return identity
+
+
+def make_agree(db: Database, spool: Spool) -> str:
+    """After an admin's repair: the database's identity on both sides, else the spool's, else a
+    new one."""
+    identity = recorded_identity(db) or spool.identity() or str(uuid.uuid4())
+    if spool.identity() != identity:
+        spool.replace_identity(identity)
+    if recorded_identity(db) != identity:
+        replace_identity(db, identity)
+    return identity
+
+
+def _holds_files(spool: Spool) -> bool:
+    """Any received instance or any job output in the spool."""
+    return next(spool.instance_file_names(), None) is not None or bool(spool.outbox_job_ids())

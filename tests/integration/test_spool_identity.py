@@ -1,0 +1,131 @@
+"""A spool and a database that are not one pair (`dicomnode/spool_identity.py`): a data disk
+that did not mount, a database lost, another node's folder. `serve` refuses them (exit 2, one
+line saying what to check) and changes nothing; `doctor --repair` makes a pair an admin has
+decided on; a spool that goes away under a running node refuses stores and keeps jobs alive."""
+
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+from tests.integration.test_startup_refusals import refusal
+from tests.support.dcmtk import storescu
+from tests.support.node import NodeProcess
+from tests.support.ports import free_port
+
+
+def _unreachable() -> dict[str, object]:
+    return {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": free_port()}
+
+
+def _instance_rows(database: Path) -> int:
+    with sqlite3.connect(database) as connection:
+        return int(connection.execute("SELECT count(*) FROM instances").fetchone()[0])
+
+
+def test_a_data_disk_that_did_not_mount_stops_the_start_and_costs_nothing(
+    node_factory, ct_series: list[Path], tmp_path: Path
+) -> None:
+    """Before, the node started on the empty mount point, forgot the rows of the series still
+    arriving ("its sender was not told Success": it was) and made the waiting jobs dead."""
+    database = tmp_path / "outside.sqlite"  # the database is not on the data disk
+    node = node_factory(
+        [_unreachable()],
+        node={"database_url": f"sqlite:///{database}"},
+        completion={"series_quiet_seconds": 600, "release_quiet_seconds": 600},
+    ).start()
+    assert storescu(node.port, ct_series[:3]).returncode == 0
+    node.stop()
+    mounted = node.data_dir.with_name("disk")
+    node.data_dir.rename(mounted)  # unmounted: an empty folder where the disk belongs
+    node.data_dir.mkdir()
+
+    line = refusal(node)
+    assert "has no identity file (spool-identity)" in line and "is the data disk mounted" in line
+    assert _instance_rows(database) == 3  # nothing forgotten
+    assert not list(node.data_dir.rglob("*.dcm"))
+
+    shutil.rmtree(node.data_dir)  # the empty folders the refused start made there
+    mounted.rename(node.data_dir)  # the disk is back
+    node.start()
+    assert _instance_rows(database) == 3
+    assert "instance forgotten" not in node.log()
+
+
+def test_a_lost_database_stops_the_start_until_doctor_indexes_the_spool(
+    node_factory, ct_series: list[Path]
+) -> None:
+    node = node_factory([_unreachable()]).start()
+    assert storescu(node.port, ct_series[:3]).returncode == 0
+    node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "failed")
+    node.stop()
+    for file in node.data_dir.glob("dicomnode.sqlite*"):
+        file.unlink()  # a disk error, an admin's mistake: the spool is all that is left
+
+    line = refusal(node)
+    assert "the database holds no instance and no job, but the spool" in line
+    assert "dicomnode doctor --repair" in line
+    assert len(list(node.data_dir.rglob("*.dcm"))) == 3
+
+    checked = node.cli("doctor", "--min-age", "0", check=False)
+    assert checked.returncode == 1 and "spool and database: the database holds no" in checked.stdout
+    repaired = node.cli("doctor", "--repair", "--min-age", "0")
+    assert "(done: they are one pair now)" in repaired.stdout
+    assert node.cli("doctor", "--min-age", "0").returncode == 0
+    node.start()
+    [job] = node.wait_for_jobs(lambda jobs: len(jobs) == 1, timeout=60)
+    assert job["instances"] == 3
+
+
+def test_another_nodes_spool_is_refused(node_factory, tmp_path: Path) -> None:
+    first = node_factory([], node={"receive_only": True}).start()
+    first.stop()
+    second = node_factory(
+        [],
+        node={
+            "receive_only": True,
+            "database_url": f"sqlite:///{tmp_path / 'second.sqlite'}",
+        },
+    ).start()
+    second.stop()
+    swapped = NodeProcess(
+        tmp_path / "swapped",
+        [],
+        {
+            "node": {
+                "receive_only": True,
+                "data_dir": str(first.data_dir),
+                "database_url": f"sqlite:///{tmp_path / 'second.sqlite'}",
+            }
+        },
+    )
+    line = refusal(swapped)
+    assert "another node's data folder or database" in line
+
+
+def test_a_spool_gone_under_a_running_node_refuses_stores_and_keeps_its_jobs(
+    node_factory, ct_series: list[Path]
+) -> None:
+    """Before, a job whose inputs vanished with the spool was dead at once, and an instance
+    received meanwhile would have gone to the system disk, hidden once the disk was back."""
+    node = node_factory([_unreachable()]).start()
+    assert storescu(node.port, ct_series[:3]).returncode == 0
+    [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "failed")
+    spool = node.data_dir / "spool"
+    away = node.data_dir / "spool-away"
+    spool.rename(away)  # as an unmount leaves it: the folder's contents gone
+    spool.mkdir()
+    try:
+        before = len(node.log())
+        node.wait_for_log("the spool is not there", since=before, timeout=30)
+        storing = len(node.log())
+        storescu(node.port, ct_series[3:4])
+        said = node.log()[storing:]
+        assert "C-STORE failed status=0xA700" in said and "the spool is not there" in said
+        assert not list(spool.rglob("*.dcm"))  # nothing went where the disk is not
+        [job] = node.jobs()
+        assert job["status"] == "failed", job  # retried, not dead
+    finally:
+        shutil.rmtree(spool)
+        away.rename(spool)
+    assert os.path.isfile(spool / "spool-identity")
