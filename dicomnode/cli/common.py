@@ -106,14 +106,22 @@ def reported_errors() -> Iterator[None]:
             fail(str(exc), EXIT_USAGE)
         fail(_os_error(exc) if isinstance(exc, OSError) else str(exc))
     except Exception as exc:
-        from dicomnode.db.failures import database_said  # SQLAlchemy: not for `--help`
+        from dicomnode.db.engine import damaged_advice  # SQLAlchemy: not for `--help`
+        from dicomnode.db.failures import database_damaged, database_said
 
         said = database_said(exc)
         if said is None:
             raise
         if debug:
             traceback.print_exc()
+        damage = database_damaged(exc)
+        if damage is not None:  # waiting will not mend it: say what will
+            fail(damaged_advice(_database_file or "the node's database", damage), EXIT_USAGE)
         fail(f"the database failed: {said} (try again)")
+
+
+# The SQLite file an admin command opened (`node_database`): named when it proves damaged.
+_database_file: str | None = None
 
 
 def settings_from(config: Path | None) -> Settings:
@@ -126,7 +134,10 @@ def node_database(settings: Settings, *, read_only: bool) -> "Database":
     missing one is "no database at ..." (exit 2); `read_only` commands cannot write to it."""
     from dicomnode.db import open_database
 
+    global _database_file
     with reported_errors():
-        return open_database(
+        database = open_database(
             settings.node.effective_database_url, create=False, read_only=read_only
         )
+    _database_file = str(database.file) if database.file else None
+    return database

@@ -209,6 +209,11 @@ class Database:
         readers = self.engine.execution_options(**reading)
         self._reading_sessions = sessionmaker(readers, expire_on_commit=False)
 
+    @property
+    def file(self) -> Path | None:
+        """The SQLite file (None: PostgreSQL, or SQLite in memory)."""
+        return self._file
+
     def check_schema(self, *, columns: bool = True) -> None:
         """Make sure this version's tables (and, with `columns`, their columns) are there,
         without changing anything."""
@@ -309,8 +314,29 @@ def open_database(url: str, *, create: bool = True, read_only: bool = False) -> 
     `read_only=True`: an existing database, read as it is.
     """
     database = Database(url, create=create, read_only=read_only)
-    if read_only or not create:
-        database.check_schema(columns=read_only)
-    if not read_only:
-        database.create_schema()
+    try:
+        if read_only or not create:
+            database.check_schema(columns=read_only)
+        if not read_only:
+            database.create_schema()
+    except Exception as exc:
+        from dicomnode.db.failures import database_damaged  # it imports this module
+
+        damage = database_damaged(exc)
+        if damage is None or database.file is None:
+            raise
+        database.dispose()
+        raise ConfigError(damaged_advice(database.file, damage)) from None
     return database
+
+
+def damaged_advice(file: Path | str, said: str) -> str:
+    """What an admin can do about a damaged SQLite file (README, Backup and restore)."""
+    return (
+        f"the database {file} is damaged ({said}); waiting will not mend it. Stop every "
+        "dicomnode process, then restore the last backup (README: Backup and restore), or "
+        f"try `sqlite3 {file} .recover`, or move it and its -wal and -shm files aside, start "
+        "`dicomnode serve` (it makes a new database, and stops at the spool it does not know), "
+        "run `dicomnode doctor --repair` (it indexes the spool: the history is lost, series "
+        "already delivered are sent again) and start again"
+    )

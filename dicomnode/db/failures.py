@@ -63,3 +63,18 @@ def database_away(error: BaseException) -> str | None:
     else:  # a driver error without a code: the connection, if SQLAlchemy says it is
         passing = isinstance(error, (OperationalError, InterfaceError))
     return database_said(error) if passing else None
+
+
+# SQLite's primary result codes for a file that is not a sound database: CORRUPT, NOTADB.
+_DAMAGED_SQLITE_CODES = frozenset({11, 26})
+
+
+def database_damaged(error: BaseException) -> str | None:
+    """`database_said`, for a SQLite file that is damaged (waiting will not mend it); None for
+    any other error."""
+    error = underlying(error)
+    driver = error.orig if isinstance(error, DBAPIError) else error
+    code = getattr(driver, "sqlite_errorcode", None) if isinstance(driver, sqlite3.Error) else None
+    if code is None or code & 0xFF not in _DAMAGED_SQLITE_CODES:
+        return None
+    return database_said(error)

@@ -144,3 +144,18 @@ def test_a_missing_database_driver_gives_the_install_hint(node_factory) -> None:
     line = refusal(node_factory([], node={"database_url": url}))
     assert "needs the Python module 'psycopg2', which is not installed" in line
     assert "pip install 'dicomnode[postgresql]'" in line and "secret" not in line
+
+
+def test_a_damaged_database_is_named_with_what_mends_it_not_try_again(node_factory) -> None:
+    """Before: "the database failed: file is not a database (try again)", exit 1, which a
+    service manager restarts for ever."""
+    node = node_factory([], node={"receive_only": True}).start()
+    node.stop()
+    database = node.data_dir / "dicomnode.sqlite"
+    with database.open("r+b") as file:
+        file.write(b"\xff" * 100)  # the header: no longer a database
+    line = refusal(node)
+    assert f"the database {database} is damaged (file is not a database)" in line
+    assert "restore the last backup" in line and "doctor --repair" in line
+    listed = node.cli("jobs", "list", check=False)
+    assert listed.returncode == 2 and f"the database {database} is damaged" in listed.stderr
