@@ -159,6 +159,24 @@ class Spool:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
 
+    def check_writable(self) -> None:
+        """Raise SpoolError unless a file can be written and synced in tmp/ now: a disk turned
+        read-only (an ext4 error) or gone refuses every store while its free space looks fine."""
+        self.check_identity_kept()
+        probe = self.tmp_dir / f"probe-{uuid.uuid4().hex}.part"  # stale_parts() sweeps leftovers
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, b"probe")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise SpoolError(f"cannot write in {self.tmp_dir}: {exc.strerror or exc}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink(missing_ok=True)
+
     def check_identity_kept(self) -> None:
         """Raise SpoolError when the spool had its identity file and has lost it."""
         if self._keeps_identity and not self.identity_path.is_file():

@@ -21,7 +21,7 @@ from prometheus_client.process_collector import ProcessCollector
 from dicomnode.config import Settings
 from dicomnode.db import Database
 from dicomnode.db.stats import check_reachable
-from dicomnode.errors import ConfigError
+from dicomnode.errors import ConfigError, SpoolError
 from dicomnode.observe.bounded import BoundedCall
 from dicomnode.observe.collector import ConfiguredModels, NodeCollector
 from dicomnode.observe.counters import forwarding_to, in_process_metrics
@@ -80,7 +80,8 @@ class Readiness:
 def node_checks(
     settings: Settings, db: Database, spool: Spool, listener_up: Callable[[], bool] | None
 ) -> list[Check]:
-    """What /readyz asks of a node: its database answers, its disk has room, it listens."""
+    """What /readyz asks of a node: its database answers, its disk takes a write and has room,
+    it listens."""
     min_free_mb = settings.node.min_free_disk_mb
 
     def database() -> str | None:
@@ -91,7 +92,11 @@ def node_checks(
         return None
 
     def disk() -> str | None:
-        free_mb = spool.free_bytes() / (1024 * 1024)
+        try:
+            spool.check_writable()
+            free_mb = spool.free_bytes() / (1024 * 1024)
+        except (SpoolError, OSError) as exc:
+            return f"disk: {exc}"
         if free_mb < min_free_mb:
             return (
                 f"disk: {free_mb:.0f} MB free in data_dir, "

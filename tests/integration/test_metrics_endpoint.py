@@ -96,6 +96,20 @@ def test_a_full_disk_is_counted_as_refusals_and_makes_the_node_not_ready(
     assert f"below node.min_free_disk_mb={petabyte}" in reason
 
 
+def test_a_spool_that_takes_no_write_makes_the_node_not_ready(node_factory) -> None:
+    """A disk turned read-only or gone refuses every store while its free space looks fine:
+    /readyz said "ready" throughout."""
+    node = node_factory([], http=HTTP_ON).start()
+    assert http_get(node.http_port, "/readyz") == (200, "ready\n")
+    identity = node.data_dir / "spool" / "spool-identity"
+    identity.rename(identity.with_name("away"))  # as a disk unmounted under the node
+    code, reason = http_get(node.http_port, "/readyz")
+    assert code == 503 and "disk: the spool is not there" in reason
+    identity.with_name("away").rename(identity)
+    assert http_get(node.http_port, "/readyz") == (200, "ready\n")
+    assert not list((node.data_dir / "spool" / "tmp").iterdir())  # no probe left behind
+
+
 def test_a_connection_over_the_per_address_cap_is_counted_with_its_reason(node_factory) -> None:
     node = node_factory([], http=HTTP_ON, node={"max_associations_per_address": 1}).start()
     # The start-up port probe counts against the cap until the node has seen it close.

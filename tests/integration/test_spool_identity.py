@@ -8,6 +8,10 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from dicomnode.errors import SpoolError
+from dicomnode.spool import Spool
 from tests.integration.test_startup_refusals import refusal
 from tests.support.dcmtk import storescu
 from tests.support.node import NodeProcess
@@ -129,3 +133,24 @@ def test_a_spool_gone_under_a_running_node_refuses_stores_and_keeps_its_jobs(
         shutil.rmtree(spool)
         away.rename(spool)
     assert os.path.isfile(spool / "spool-identity")
+
+
+def test_a_spool_that_cannot_take_a_write_says_so(tmp_path: Path) -> None:
+    """What /readyz asks of the disk (a read-only disk keeps its free space)."""
+    spool = Spool(tmp_path / "spool")
+    spool.check_writable()
+    assert not list(spool.tmp_dir.iterdir())
+    shutil.rmtree(spool.tmp_dir)
+    spool.tmp_dir.write_bytes(b"")  # no folder to write in: ENOTDIR, as EROFS would be
+    with pytest.raises(SpoolError, match=f"cannot write in {spool.tmp_dir}"):
+        spool.check_writable()
+
+
+def test_a_spool_that_loses_its_identity_refuses_to_store(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    assert spool.claim_identity("one") == "one"
+    assert spool.claim_identity("two") == "one"  # the first stands
+    spool.identity_path.unlink()
+    with pytest.raises(SpoolError, match="the spool is not there"):
+        spool.write_instance("1.2", "1.2.3", "1.2.3.4", b"data")
+    assert not list(spool.instances_dir.rglob("*"))
