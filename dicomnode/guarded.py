@@ -17,6 +17,10 @@ from dicomnode.db.failures import database_away
 log = logging.getLogger("dicomnode.node")
 
 _TOLD_PER_OUTAGE = 8  # a database whose every error differs (a counter in it) says 8, not all
+# An outage ends when the tasks have found the database for this long without a failure: on a
+# disk turned read-only the ticks that only read succeed between the writers' failures, which
+# logged "fails" and "works again after 0 s" 54 times each in 11 s.
+BACK_AFTER_SECONDS = 5.0
 
 
 class DatabaseHealth:
@@ -26,14 +30,16 @@ class DatabaseHealth:
         self._clock = clock
         self._lock = threading.Lock()
         self._away_since: float | None = None
+        self._last_failure = 0.0
         self._failed_runs = 0
         self._told: set[str] = set()  # the failures told in this outage (a few at most)
 
     def away(self, task: str, said: str) -> None:
         with self._lock:
             first = self._away_since is None
+            self._last_failure = self._clock()
             if first:
-                self._away_since = self._clock()
+                self._away_since = self._last_failure
             self._failed_runs += 1
             new = said not in self._told and len(self._told) < _TOLD_PER_OUTAGE
             self._told.add(said)
@@ -51,6 +57,8 @@ class DatabaseHealth:
     def answered(self) -> None:
         with self._lock:
             since, runs = self._away_since, self._failed_runs
+            if since is None or self._clock() - self._last_failure < BACK_AFTER_SECONDS:
+                return  # not away, or not back for long enough to say so
             self._away_since, self._failed_runs = None, 0
             self._told.clear()
         if since is not None:

@@ -134,6 +134,7 @@ def create_jobs_for_quiet_series(
     SQLite the transactions run one at a time. A series becomes jobs exactly once per quiet spell.
     """
     created: list[int] = []
+    made: list[tuple[int, str, str, str, int]] = []  # what the log says of each job
     with db.session() as session:
         now = db_now(session)
         complete = Series.last_received_at <= now - timedelta(seconds=quiet_seconds)
@@ -157,14 +158,9 @@ def create_jobs_for_quiet_series(
             for part in parts:
                 job_id = _create_job(session, series, part, sop_uids, destinations, now)
                 created.append(job_id)
-                log.info(
-                    "job created job=%d part=%s study=%s series=%s instances=%d",
-                    job_id,
-                    part,
-                    series.study_uid,
-                    series.series_uid,
-                    len(sop_uids),
-                )
+                made.append((job_id, part, series.study_uid, series.series_uid, len(sop_uids)))
+    for job in made:  # once committed: a commit that fails made no job
+        log.info("job created job=%d part=%s study=%s series=%s instances=%d", *job)
     return created
 
 

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from dicomnode.guarded import DatabaseHealth, Guarded
+from dicomnode.guarded import BACK_AFTER_SECONDS, DatabaseHealth, Guarded
 
 
 class Tick:
@@ -74,8 +74,10 @@ def test_a_database_away_is_one_line_for_every_task_and_one_when_it_is_back(
             task()
         now[0] += 2
     down[0] = False
-    for task in tasks:
-        task()
+    for _ in range(4):  # back for 6 s: said once, when it has been for BACK_AFTER_SECONDS
+        for task in tasks:
+            task()
+        now[0] += 2
     lines = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records]
     assert lines == [
         (
@@ -86,10 +88,30 @@ def test_a_database_away_is_one_line_for_every_task_and_one_when_it_is_back(
         ),
         (
             "WARNING",
-            "the database works again after 20 s (30 scheduled runs failed meanwhile)",
+            "the database works again after 24 s (30 scheduled runs failed meanwhile)",
             False,
         ),
     ]
+
+
+def test_a_database_that_fails_for_writers_only_is_one_outage_not_a_line_a_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A disk turned read-only: the ticks that only read succeed between the writers'
+    failures. Before, each success ended the outage ("works again after 0 s") and the next
+    failure began another: 108 lines in 11 s."""
+    now = [0.0]
+    health = DatabaseHealth(clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="dicomnode.node")
+    for _ in range(20):
+        health.away("completion", "attempt to write a readonly database")
+        now[0] += 0.5
+        health.answered()  # the admin-log tick: it only reads
+        now[0] += 0.5
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
+    now[0] += BACK_AFTER_SECONDS
+    health.answered()
+    assert [r.levelname for r in caplog.records] == ["ERROR", "WARNING"]
 
 
 def test_a_database_that_fails_otherwise_meanwhile_says_so_once(
