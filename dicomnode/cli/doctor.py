@@ -72,6 +72,11 @@ def doctor(
             f"(removed {len(report.removed_temp_files)}); outboxes of unknown jobs: "
             f"{len(report.orphan_outboxes)} (removed {len(report.removed_outboxes)})"
         )
+        if report.young_files:
+            console.print(
+                f"not judged: {report.young_files} file(s) without a row younger than "
+                f"--min-age {min_age:g} s (being received, perhaps; --min-age 0 judges them)"
+            )
         if report.moved_files:
             console.print(
                 f"moved files: {len(report.moved_files)} found in the spool where their rows "

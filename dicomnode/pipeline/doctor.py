@@ -72,6 +72,8 @@ class DoctorReport:
     # repair made them agree.
     identity_problem: str | None = None
     identity_agreed: bool = False
+    # Files without a row younger than --min-age: not judged (being received, perhaps).
+    young_files: int = 0
 
     @property
     def disk_low(self) -> bool:
@@ -193,8 +195,12 @@ def examine(
     settled = time.time() - min_age_seconds
     orphans = []
     for name in spool.instance_file_names():
-        if unseen.pop(name, None) is None and Path(name).stat().st_mtime <= settled:
+        if unseen.pop(name, None) is not None:
+            continue
+        if Path(name).stat().st_mtime <= settled:
             orphans.append(name)
+        else:
+            report.young_files += 1
     # Rows that name a file outside this spool (a data folder moved or copied by hand: the old
     # copy may still be there), by their place in the spool's layout; and rows whose file in
     # this spool is gone.

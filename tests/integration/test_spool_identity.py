@@ -71,6 +71,8 @@ def test_a_lost_database_stops_the_start_until_doctor_indexes_the_spool(
     assert "dicomnode doctor --repair" in line
     assert len(list(node.data_dir.rglob("*.dcm"))) == 3
 
+    young = node.cli("doctor", check=False)  # --min-age 60: the files are seconds old
+    assert "not judged: 3 file(s) without a row younger than --min-age 60 s" in young.stdout
     checked = node.cli("doctor", "--min-age", "0", check=False)
     assert checked.returncode == 1 and "spool and database: the database holds no" in checked.stdout
     repaired = node.cli("doctor", "--repair", "--min-age", "0")
