@@ -30,6 +30,7 @@ from dicomnode.imaging.qa import (
     SourceQa,
     assess_against,
     measure_source,
+    worst_verdict,
 )
 from dicomnode.pipeline.sources import SourceImage
 
@@ -78,14 +79,20 @@ def scorable(
     return kept, tuple(declined)
 
 
+# Frames of a multi-frame image QA also judges besides the scored one, spread evenly: an XA run
+# whose first frames a method ruined was "QA ok" by its middle frame and went to the PACS.
+QA_FRAMES = 16
+
+
 @dataclass(frozen=True)
 class ScoredSource:
-    """An image's scored frame, its padding, and what QA measures of it: the same for every
-    method."""
+    """An image's scored frame, its padding, and what QA measures of it, plus what QA measures
+    of the other frames it judges (frame index, measures): the same for every method."""
 
     reference: np.ndarray
     padding: np.ndarray
     qa: SourceQa
+    other_frames: tuple[tuple[int, SourceQa], ...] = ()
 
 
 def scored_source(source: SourceImage) -> ScoredSource:
@@ -99,10 +106,22 @@ def scored_source(source: SourceImage) -> ScoredSource:
     )
     # A MONOCHROME1 image's body is its low values; CT's is high HU however it is displayed.
     inverted = domain.inverted and source.modality != "CT"
-    qa = measure_source(
-        reference, limits=(low, high), padding=padding, step=domain.slope, inverted=inverted
+
+    def measured(frame: int) -> SourceQa:
+        return measure_source(
+            source.image.values[frame],
+            limits=(low, high),
+            padding=source.image.padding[frame],
+            step=domain.slope,
+            inverted=inverted,
+        )
+
+    frames = len(source.image.values)
+    middle = frames // 2
+    others = tuple(
+        (frame, measured(frame)) for frame in sampled_indices(frames, QA_FRAMES) if frame != middle
     )
-    return ScoredSource(reference, padding, qa)
+    return ScoredSource(reference, padding, measured(middle), others)
 
 
 class ScoredSources:
@@ -212,7 +231,17 @@ def self_check_gains(
 def score(
     scored: ScoredSource, output: np.ndarray, thresholds: QaThresholds
 ) -> tuple[ImageMetrics, QaVerdict]:
-    """Fidelity and QA of one output (middle frame of a multi-frame image) against its source."""
-    result = _on_source_grid(output[len(output) // 2], scored.reference.shape)
+    """Fidelity of one output (the middle frame of a multi-frame image) against its source, and
+    its QA verdict: the middle frame's measures, and the worst verdict of the frames QA judges,
+    each other frame's reasons named by its number."""
+    shape = scored.reference.shape
+    result = _on_source_grid(output[len(output) // 2], shape)
     fidelity = reported_fidelity(compare(scored.reference, result, padding=scored.padding))
-    return fidelity, assess_against(scored.qa, result, thresholds)
+    verdict = assess_against(scored.qa, result, thresholds)
+    reasons = list(verdict.reasons)
+    worst = verdict.verdict
+    for frame, qa in scored.other_frames:
+        other = assess_against(qa, _on_source_grid(output[frame], shape), thresholds)
+        worst = worst_verdict((worst, other.verdict))
+        reasons += [f"frame {frame + 1} of {len(output)}: {reason}" for reason in other.reasons]
+    return fidelity, QaVerdict(worst, tuple(reasons), verdict.measures)
