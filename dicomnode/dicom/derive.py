@@ -281,6 +281,16 @@ def _shutters(ds: Dataset, scale: int) -> None:
             element.value = moved if element.VM > 1 else moved[0]
 
 
+def _mask_shifts(ds: Dataset, scale: int) -> None:
+    """A subtraction's mask shift (PS3.3 C.7.6.10, MaskSubPixelShift: row and column, in
+    pixels) onto the finer grid: left as it was, a viewer's DSA registration would be off by
+    the scale."""
+    for mask in ds.get("MaskSubtractionSequence") or []:
+        shift = mask.get("MaskSubPixelShift")
+        if shift not in (None, ""):
+            mask.MaskSubPixelShift = [float(v) * scale for v in shift]
+
+
 def _geometry(ds: Dataset, scale: int, sop: str) -> None:
     """Super-resolution grid: spacing / scale, first-pixel centre moved (edge-aligned grid).
 
@@ -294,6 +304,7 @@ def _geometry(ds: Dataset, scale: int, sop: str) -> None:
         return
     _shutters(ds, scale)
     _ultrasound_regions(ds, scale)
+    _mask_shifts(ds, scale)
     spacings = {k: _numbers(ds, k, 2, sop) for k in ("PixelSpacing", "ImagerPixelSpacing")}
     for keyword, spacing in spacings.items():
         if spacing is not None:

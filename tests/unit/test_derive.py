@@ -151,6 +151,16 @@ def test_display_shutters_move_with_the_pixels_onto_the_finer_grid() -> None:
     assert ds.RadiusOfCircularShutter == 60
 
 
+def test_a_subtractions_mask_shift_moves_onto_the_finer_grid() -> None:
+    """MaskSubPixelShift is in pixels: at x2 a viewer's DSA registration was off by half."""
+    source = dcmread(CT_TEMPLATE)
+    mask = Dataset()
+    mask.MaskOperation, mask.MaskSubPixelShift = "AVG_SUB", [1.5, -2.0]
+    source.MaskSubtractionSequence = [mask]
+    ds = _doubled(source)
+    assert list(ds.MaskSubtractionSequence[0].MaskSubPixelShift) == [3.0, -4.0]
+
+
 def _doubled(source: Dataset) -> Dataset:
     """The x2 derived image of `source` for an enhancement that only repeats pixels."""
     image = to_modality(source)
