@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from dicomnode.db.failures import database_away
+from dicomnode.errors import DicomNodeError
 
 log = logging.getLogger("dicomnode.node")
 
@@ -91,7 +92,10 @@ class Guarded:
             error = f"{type(exc).__name__}: {exc}"
             if error != self._error:
                 self._error, self._failures = error, 1
-                log.exception("scheduled task failed task=%s (will run again)", self._name)
+                if isinstance(exc, DicomNodeError):  # ours, and it says why: no traceback
+                    log.error("scheduled task failed task=%s (will run again): %s", self._name, exc)
+                else:
+                    log.exception("scheduled task failed task=%s (will run again)", self._name)
                 return
             self._failures += 1
             if self._failures & (self._failures - 1) == 0:  # a power of two

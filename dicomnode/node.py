@@ -156,6 +156,7 @@ class Node:
         self._deliveries = DeliveryQueues(settings, self.db)
         self._database_health = DatabaseHealth()  # one line when it goes, one when it is back
         self._lock: DataDirLock | None = None
+        self._identity: str | None = None  # the spool's, once start claimed it
         self._started = False
         self._heap_settled = False
         self._runners: list[JobRunner] = []
@@ -204,7 +205,7 @@ class Node:
         runners = self._planned_runners()
         if self.listen:  # workers share the spool with its listeners: they take no lock
             self._lock = lock_data_dir(node.data_path, shared=node.shared_data_dir)
-        claim_both(self.db, self.spool)  # this spool and this database are one pair
+        self._identity = claim_both(self.db, self.spool)  # this spool and database: one pair
         self._check_ready(runners)
         if self.settings.http.enabled:  # first: /healthz answers while the rest starts
             listener_up = self.listening if self.listen else None  # a worker: DB and disk
@@ -429,7 +430,9 @@ class Node:
                 "(setting node.port: another program, or another node, uses it?)"
             ) from None
         if processes > 1:
-            self._receivers = ReceiverProcesses(self.settings, processes - 1, self.log_setup)
+            self._receivers = ReceiverProcesses(
+                self.settings, processes - 1, self.log_setup, self._identity
+            )
             self._receivers.start()
             log.info(
                 "listener processes=%d (node.listener_processes) port=%d", processes, node.port

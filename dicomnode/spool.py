@@ -95,7 +95,9 @@ DURABLE_DIRS_KEPT = 4096
 class Spool:
     """Durable storage of received instances under one root directory."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, identity: str | None = None) -> None:
+        """`identity`: the one this spool must have (a receiver process of a node that claimed
+        it); else whatever identity file it has now, if any."""
         self.root = root
         self.instances_dir = root / "instances"
         self.tmp_dir = root / "tmp"
@@ -107,10 +109,11 @@ class Spool:
         self.identity_path = root / IDENTITY_FILE
         for directory in (self.instances_dir, self.tmp_dir, self.outbox_dir):
             self._ensure_dir(directory)
-        # A spool that had its identity when this process opened it must keep it: a data disk
-        # unmounted under a running node leaves an empty folder on the system disk, where an
-        # instance written would be acknowledged and then hidden by the disk when it is back.
-        self._keeps_identity = self.identity() is not None
+        # A spool that had its identity when this process opened it (or that the node claimed)
+        # must keep it: a data disk unmounted under a running node leaves an empty folder on the
+        # system disk, where an instance written would be acknowledged and then hidden by the
+        # disk when it is back; another disk mounted there is another node's spool.
+        self._expected = identity or self.identity()
 
     def identity(self) -> str | None:
         """This spool's identity (`spool_identity.py`), or None when it has none (yet)."""
@@ -124,16 +127,16 @@ class Spool:
         file is written durably and whole (another process may read it at once)."""
         with contextlib.suppress(FileExistsError):  # it has one: that one stands
             self._write_identity(identity, exclusive=True)
-        self._keeps_identity = True
         claimed = self.identity()
         if claimed is None:
             raise SpoolError(f"{self.identity_path} is empty")
+        self._expected = claimed
         return claimed
 
     def replace_identity(self, identity: str) -> None:
         """An admin's repair (`doctor --repair`): this spool now has `identity`."""
         self._write_identity(identity, exclusive=False)
-        self._keeps_identity = True
+        self._expected = identity
 
     def _write_identity(self, identity: str, *, exclusive: bool) -> None:
         """Written whole under a temporary name first; `exclusive`: FileExistsError when the
@@ -178,10 +181,24 @@ class Spool:
                 probe.unlink(missing_ok=True)
 
     def check_identity_kept(self) -> None:
-        """Raise SpoolError when the spool had its identity file and has lost it."""
-        if self._keeps_identity and not self.identity_path.is_file():
+        """Raise SpoolError when the spool had an identity and has it no more: its file gone (a
+        disk unmounted), or another one (another disk mounted in its place)."""
+        if self._expected is None:
+            return
+        try:
+            found = self.identity()
+        except OSError as exc:
+            raise SpoolError(
+                f"the spool is not there: {self.identity_path}: {exc.strerror or exc}"
+            ) from exc
+        if found is None:
             raise SpoolError(
                 f"the spool is not there: {self.identity_path} is gone (is the data disk mounted?)"
+            )
+        if found != self._expected:
+            raise SpoolError(
+                f"the spool is not there: {self.identity_path} names spool {found}, not "
+                f"{self._expected} (another disk mounted in its place?)"
             )
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:

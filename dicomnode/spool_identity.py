@@ -30,6 +30,12 @@ from dicomnode.spool import Spool
 _DOCTOR = "`dicomnode doctor --repair`"
 
 
+def mismatched(db: Database, spool: Spool) -> bool:
+    """Both have an identity, and not the same one."""
+    in_db, in_spool = recorded_identity(db), spool.identity()
+    return in_db is not None and in_spool is not None and in_db != in_spool
+
+
 def identity_problem(db: Database, spool: Spool) -> str | None:
     """Why this database and this spool must not be run together (None: they may)."""
     in_db, in_spool = recorded_identity(db), spool.identity()
@@ -39,8 +45,8 @@ def identity_problem(db: Database, spool: Spool) -> str | None:
         return (
             f"the spool {spool.root} is spool {in_spool}, but the database belongs to spool "
             f"{in_db}: another node's data folder or database (node.data_dir, "
-            f"node.database_url)? If this pair is right after all (a restore), {_DOCTOR} makes "
-            "it agree"
+            f"node.database_url)? If this pair is right after all, "
+            "`dicomnode doctor --repair --adopt-spool` makes it one"
         )
     if in_db is not None:  # and the spool has no identity
         return (
@@ -50,7 +56,10 @@ def identity_problem(db: Database, spool: Spool) -> str | None:
             "folder the database's identity"
         )
     spool_has_files = _holds_files(spool)
-    if spool_has_files and holds_nothing(db):
+    # A spool with an identity beside a database without one that holds nothing: the database
+    # was made anew. (Without an identity on either side the pair predates identities: an
+    # upgraded node whose every series was purged holds nothing, and a stray file.)
+    if in_spool is not None and spool_has_files and holds_nothing(db):
         return (
             f"the database holds no instance and no job, but the spool {spool.root} holds a "
             "node's data: was the database lost or replaced, or does node.database_url point "

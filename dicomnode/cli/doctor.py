@@ -25,6 +25,13 @@ def doctor(
             help="Index orphan files, point rows at moved files, delete unfinished temp files."
         ),
     ] = False,
+    adopt_spool: Annotated[
+        bool,
+        typer.Option(
+            help="With --repair: make this spool and this database one pair although each "
+            "names another (a restore that mixed them); the spool takes the database's identity."
+        ),
+    ] = False,
     min_age: Annotated[
         float, typer.Option(help="Ignore files younger than this many seconds (in flight).")
     ] = 60.0,
@@ -54,6 +61,7 @@ def doctor(
             min_age_seconds=min_age,
             min_free_disk_mb=settings.node.min_free_disk_mb,
             max_instance_bytes=settings.node.max_instance_bytes,
+            adopt_spool=adopt_spool,
         )
     if as_json:
         summary = {"problems_left": report.problems_left, "disk_low": report.disk_low}

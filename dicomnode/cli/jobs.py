@@ -430,6 +430,7 @@ def discard(
     series that was not delivered). Asks first, unless --yes.
     """
     from dicomnode.db.discard import plan_discard
+    from dicomnode.db.identity import recorded_identity
     from dicomnode.pipeline.retention import discard as discard_job_series
     from dicomnode.spool import Spool
 
@@ -453,9 +454,8 @@ def discard(
         if not confirmed:
             fail("not confirmed: nothing deleted (--yes confirms without asking)")
     with reported_errors():
-        result = discard_job_series(
-            db, Spool(settings.node.data_path / "spool"), job_id, admin_user()
-        )
+        spool = Spool(settings.node.data_path / "spool", recorded_identity(db))
+        result = discard_job_series(db, spool, job_id, admin_user())
     console.print(
         f"discarded series={shown(result.series_uid)}: job(s) "
         f"{', '.join(map(str, result.job_ids))}, {result.instances} instance(s)",

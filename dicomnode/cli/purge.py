@@ -34,6 +34,7 @@ def purge(
     (with --dry-run: series UIDs only).
     """
     settings = settings_from(config)
+    from dicomnode.db.identity import recorded_identity
     from dicomnode.pipeline.retention import due_for_purge, purge_delivered
     from dicomnode.spool import Spool
 
@@ -57,9 +58,8 @@ def purge(
                 console.print(f"would purge series={shown(series_uid)}")
             console.print(f"{len(due)} series delivered more than {keep:g} days ago")
             return
-        purged = purge_delivered(
-            settings, db, Spool(settings.node.data_path / "spool"), user=admin_user()
-        )
+        spool = Spool(settings.node.data_path / "spool", recorded_identity(db))
+        purged = purge_delivered(settings, db, spool, user=admin_user())
     if as_json:
         series = [
             {

@@ -50,7 +50,7 @@ def failed_uids(db: Database, job_id: int, destination: str) -> set[str]:
 
 
 def _uids_in(db: Database, job_id: int, destination: str, state: CommitmentState) -> set[str]:
-    with db.session() as session:
+    with db.reading() as session:
         return set(
             session.scalars(
                 select(Commitment.sop_instance_uid).where(

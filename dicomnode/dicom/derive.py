@@ -220,8 +220,11 @@ def _references(derived: Dataset, source: Dataset, derivation: Derivation) -> No
     derived.RelatedSeriesSequence = [related]  # PS3.3 C.7.3.1
 
 
-def _numbers(ds: Dataset, keyword: str, count: int, sop: str) -> np.ndarray | None:
-    """The attribute's `count` numbers, None when absent or empty; ImageDeclined if malformed."""
+def _numbers(
+    ds: Dataset, keyword: str, count: int, sop: str, section: str = "C.7.6.2"
+) -> np.ndarray | None:
+    """The attribute's `count` numbers, None when absent or empty; ImageDeclined if malformed
+    (naming the PS3.3 `section` that defines it)."""
     if keyword not in ds or ds[keyword].VM == 0:
         return None
     values = ds[keyword].value
@@ -232,7 +235,7 @@ def _numbers(ds: Dataset, keyword: str, count: int, sop: str) -> np.ndarray | No
         numbers = np.array([])
     if len(numbers) != count or not np.isfinite(numbers).all():
         raise ImageDeclined(
-            f"sop={sop}: {keyword} is not {count} decimal numbers (PS3.3 C.7.6.2); "
+            f"sop={sop}: {keyword} is not {count} decimal numbers (PS3.3 {section}); "
             "the super-resolution grid cannot be placed"
         )
     return numbers
@@ -281,13 +284,13 @@ def _shutters(ds: Dataset, scale: int) -> None:
             element.value = moved if element.VM > 1 else moved[0]
 
 
-def _mask_shifts(ds: Dataset, scale: int) -> None:
+def _mask_shifts(ds: Dataset, scale: int, sop: str) -> None:
     """A subtraction's mask shift (PS3.3 C.7.6.10, MaskSubPixelShift: row and column, in
     pixels) onto the finer grid: left as it was, a viewer's DSA registration would be off by
-    the scale."""
+    the scale. A malformed one declines the image, as other geometry does."""
     for mask in ds.get("MaskSubtractionSequence") or []:
-        shift = mask.get("MaskSubPixelShift")
-        if shift not in (None, ""):
+        shift = _numbers(mask, "MaskSubPixelShift", 2, sop, "C.7.6.10")
+        if shift is not None:
             mask.MaskSubPixelShift = [float(v) * scale for v in shift]
 
 
@@ -304,7 +307,7 @@ def _geometry(ds: Dataset, scale: int, sop: str) -> None:
         return
     _shutters(ds, scale)
     _ultrasound_regions(ds, scale)
-    _mask_shifts(ds, scale)
+    _mask_shifts(ds, scale, sop)
     spacings = {k: _numbers(ds, k, 2, sop) for k in ("PixelSpacing", "ImagerPixelSpacing")}
     for keyword, spacing in spacings.items():
         if spacing is not None:

@@ -93,15 +93,15 @@ def node_checks(
 
     def disk() -> str | None:
         try:
-            spool.check_writable()
             free_mb = spool.free_bytes() / (1024 * 1024)
+            if free_mb < min_free_mb:  # first: the clearer reason when the disk is full
+                return (
+                    f"disk: {free_mb:.0f} MB free in data_dir, "
+                    f"below node.min_free_disk_mb={min_free_mb}"
+                )
+            spool.check_writable()
         except (SpoolError, OSError) as exc:
             return f"disk: {exc}"
-        if free_mb < min_free_mb:
-            return (
-                f"disk: {free_mb:.0f} MB free in data_dir, "
-                f"below node.min_free_disk_mb={min_free_mb}"
-            )
         return None
 
     def listener() -> str | None:

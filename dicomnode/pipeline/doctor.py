@@ -42,9 +42,9 @@ from dicomnode.db.instances import (
 from dicomnode.db.jobs import job_ids
 from dicomnode.db.records import printable_code
 from dicomnode.dicom.bounded import read_bounded
-from dicomnode.errors import DecodeError, InstanceTooLarge
+from dicomnode.errors import ConfigError, DecodeError, InstanceTooLarge
 from dicomnode.spool import Spool
-from dicomnode.spool_identity import identity_problem, make_agree
+from dicomnode.spool_identity import identity_problem, make_agree, mismatched
 
 log = logging.getLogger(__name__)
 DOCTOR_AET = "DOCTOR"
@@ -185,7 +185,17 @@ def examine(
     min_age_seconds: float = 60.0,
     min_free_disk_mb: int = 0,
     max_instance_bytes: int = 0,
+    adopt_spool: bool = False,
 ) -> DoctorReport:
+    """What is wrong between the spool and the database, and with `repair` what was mended.
+    A spool and a database that name different identities are another node's folder or
+    database, perhaps alive: `repair` changes nothing then (ConfigError) unless `adopt_spool`
+    says the pair is right."""
+    if repair and not adopt_spool and mismatched(db, spool):
+        raise ConfigError(
+            f"setting node.data_dir: {identity_problem(db, spool)}; `doctor --repair` changed "
+            "nothing"
+        )
     report = DoctorReport(
         free_disk_mb=spool.free_bytes() // 1048576,
         min_free_disk_mb=min_free_disk_mb,

@@ -79,6 +79,9 @@ def purge_delivered(
     goes to the node's log as theirs. `stopping`: the node is stopping; what is left waits for
     its next start."""
     stopping = stopping or threading.Event()
+    # Not on a spool that went away: its rows would go and its files, once back, be orphans
+    # that `doctor --repair` sends again.
+    spool.check_identity_kept()
     _sweep_stale_parts(spool)
     _expire_held(settings, db, stopping)
     cutoff = _cutoff(settings)
@@ -166,6 +169,7 @@ def _expire_held(settings: Settings, db: Database, stopping: threading.Event) ->
 def discard(db: Database, spool: Spool, job_id: int, user: str) -> PurgedSeries:
     """Delete the series of a dead or cancelled job from the database and the spool (its
     instances and every job's outputs): `dicomnode jobs discard`."""
+    spool.check_identity_kept()
     decided_at = time.time()
 
     def remove_outputs(job_ids: list[int]) -> None:

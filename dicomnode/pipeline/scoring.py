@@ -238,7 +238,8 @@ def score(
     result = _on_source_grid(output[len(output) // 2], shape)
     fidelity = reported_fidelity(compare(scored.reference, result, padding=scored.padding))
     verdict = assess_against(scored.qa, result, thresholds)
-    reasons = list(verdict.reasons)
+    named = f"frame {len(output) // 2 + 1} of {len(output)}: " if scored.other_frames else ""
+    reasons = [named + reason for reason in verdict.reasons]
     worst = verdict.verdict
     for frame, qa in scored.other_frames:
         other = assess_against(qa, _on_source_grid(output[frame], shape), thresholds)

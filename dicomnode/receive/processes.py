@@ -69,8 +69,11 @@ def serve_receiver(
     conn: Connection,
     log_setup: Callable[[], None] | None,
     node_pid: int,
+    identity: str | None,
 ) -> None:
-    """A receiver process's main: listen until the node says stop, or goes away."""
+    """A receiver process's main: listen until the node says stop, or goes away. `identity` is
+    the spool's, as the node claimed it: a receiver started again while the disk is away
+    refuses every store, as the node does."""
     stop = threading.Event()
 
     def on_sigterm(_signum: int, _frame: object) -> None:
@@ -85,7 +88,7 @@ def serve_receiver(
         log_setup()
     try:
         db = open_database(settings.node.effective_database_url, create=False)
-        spool = Spool(settings.node.data_path / "spool")
+        spool = Spool(settings.node.data_path / "spool", identity)
         server = start_receiver(settings, spool, db, shared_port=True, quiet=True)
     except Exception as exc:  # told to the node, which refuses to start or tries again
         conn.send(("failed", str(exc)))
@@ -136,10 +139,15 @@ class ReceiverProcesses:
     """The node's receiver processes: started, watched (and started again), stopped, killed."""
 
     def __init__(
-        self, settings: Settings, count: int, log_setup: Callable[[], None] | None
+        self,
+        settings: Settings,
+        count: int,
+        log_setup: Callable[[], None] | None,
+        identity: str | None = None,
     ) -> None:
         self.settings = settings
         self.log_setup = log_setup
+        self.identity = identity  # the spool's (`spool_identity`)
         self._receivers = [_Receiver(number) for number in range(2, count + 2)]
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # the counters' deltas and the slots' processes
@@ -167,7 +175,14 @@ class ReceiverProcesses:
         ours, theirs = _CONTEXT.Pipe()
         process = _CONTEXT.Process(
             target=serve_receiver,
-            args=(self.settings, receiver.number, theirs, self.log_setup, os.getpid()),
+            args=(
+                self.settings,
+                receiver.number,
+                theirs,
+                self.log_setup,
+                os.getpid(),
+                self.identity,
+            ),
             name=f"dicomnode-receiver-{receiver.number}",
             daemon=True,  # multiprocessing ends it if the node exits without stopping it
         )

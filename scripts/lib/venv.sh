@@ -10,7 +10,8 @@ ensure_venv() {
   want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
   have="$(head -n 1 "$stamp" 2>/dev/null || true)"
   made_in="$(sed -n 2p "$stamp" 2>/dev/null || true)"
-  if [ -d .venv ] && [ -n "$made_in" ] && [ "$made_in" != "$PWD" ]; then
+  # The physical folder: a checkout reached through a symbolic link has not moved.
+  if [ -d .venv ] && [ -n "$made_in" ] && [ "$made_in" != "$(pwd -P)" ]; then
     echo "the checkout moved from $made_in: making .venv anew" >&2
     rm -rf .venv
   fi
@@ -23,5 +24,5 @@ ensure_venv() {
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -e ".${extras:+[$extras]}"
-  printf '%s %s\n%s\n' "$want" "${extras:-none}" "$PWD" > "$stamp"
+  printf '%s %s\n%s\n' "$want" "${extras:-none}" "$(pwd -P)" > "$stamp"
 }

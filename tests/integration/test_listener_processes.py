@@ -186,3 +186,35 @@ def test_a_row_whose_file_is_missing_is_forgotten_at_start(
     with sqlite3.connect(node.data_dir / "dicomnode.sqlite") as db:
         kept = {uid for (uid,) in db.execute("SELECT sop_instance_uid FROM instances")}
     assert kept == {sop_instance_uid(ct_series[0]), sop_instance_uid(ct_series[2])}
+
+
+def test_a_receiver_started_again_while_the_spool_is_away_refuses_every_store(
+    node_factory, tmp_path: Path
+) -> None:
+    """Before, a receiver process started again on an empty mount point found no identity
+    there, took the folder for its spool and acknowledged stores its node refused (4 of 10);
+    at the next start their rows were forgotten."""
+    node = node_factory(
+        [],
+        node={
+            **TWO_LISTENERS,
+            "receive_only": True,
+            "database_url": f"sqlite:///{tmp_path / 'db'}",
+        },
+    ).start()
+    node.wait_for_log("node started")
+    spool = node.data_dir / "spool"
+    spool.rename(node.data_dir / "away")
+    spool.mkdir()  # the bare mount point
+    [victim] = receiver_pids(node)
+    os.kill(victim, signal.SIGKILL)
+    node.wait_for_log("receiver process 2 started again")
+    folders = [tmp_path / f"sender{index}" for index in range(6)]
+    for seed, folder in enumerate(folders):
+        write_ct_series(folder, 1, size=32, seed=seed)
+    for folder in folders:
+        storescu(node.port, [next(folder.iterdir())])  # each refused: 0xA700
+    assert "the spool is not there" in node.log()
+    assert not list(spool.rglob("*.dcm"))  # nothing acknowledged onto the bare folder
+    with sqlite3.connect(tmp_path / "db") as connection:
+        assert connection.execute("SELECT count(*) FROM instances").fetchone()[0] == 0

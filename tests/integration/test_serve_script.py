@@ -115,3 +115,14 @@ def test_a_moved_checkout_gets_a_new_venv(tmp_path: Path) -> None:
         "dicomnode serve --config x.toml",
     ]
     assert _serve(moved) == ["dicomnode serve --config x.toml"]  # and then it is at home
+
+
+def test_a_checkout_reached_through_a_link_has_not_moved(tmp_path: Path) -> None:
+    """/opt/dicomnode -> /opt/dicomnode-2026.12: the unit and an admin start it by either name;
+    taking that for a move deleted a working .venv (and, offline, could not make a new one)."""
+    root, _ = _checkout(tmp_path)
+    _serve(root)
+    link = tmp_path / "link"
+    link.symlink_to(root)
+    assert _serve(link) == ["dicomnode serve --config x.toml"]
+    assert _serve(root) == ["dicomnode serve --config x.toml"]

@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from dicomnode.config import Settings
+from dicomnode.db import open_database
 from dicomnode.errors import SpoolError
+from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.spool import Spool
+from dicomnode.spool_identity import claim_both
 from tests.integration.test_startup_refusals import refusal
 from tests.support.dcmtk import storescu
 from tests.support.node import NodeProcess
@@ -107,6 +111,31 @@ def test_another_nodes_spool_is_refused(node_factory, tmp_path: Path) -> None:
     )
     line = refusal(swapped)
     assert "another node's data folder or database" in line
+    # doctor --repair changes nothing of such a pair (the other node may be alive) unless told
+    refused = swapped.cli("doctor", "--repair", "--min-age", "0", check=False)
+    assert refused.returncode == 2 and "`doctor --repair` changed nothing" in refused.stderr
+    assert (first.data_dir / "spool" / "spool-identity").read_text() != ""
+    adopted = swapped.cli("doctor", "--repair", "--adopt-spool", "--min-age", "0")
+    assert "(done: they are one pair now)" in adopted.stdout
+    swapped.start()
+
+
+def test_a_node_from_before_identities_starts_whatever_its_spool_holds(
+    node_factory, tmp_path: Path
+) -> None:
+    """An upgraded node whose every series was purged holds no job and no instance; a stray
+    file in its spool (a store killed before its commit) made the first version of the check
+    take it for a lost database."""
+    node = node_factory([], node={"receive_only": True}).start()
+    node.stop()
+    (node.data_dir / "spool" / "spool-identity").unlink()  # as a version before identities
+    with sqlite3.connect(node.data_dir / "dicomnode.sqlite") as connection:
+        connection.execute("DROP TABLE spool_identity")
+    stray = node.data_dir / "spool" / "instances" / "1.2" / "1.2.3" / "1.2.3.4.dcm"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"a fragment")
+    node.start()
+    assert (node.data_dir / "spool" / "spool-identity").is_file()
 
 
 def test_a_spool_gone_under_a_running_node_refuses_stores_and_keeps_its_jobs(
@@ -146,6 +175,28 @@ def test_a_spool_that_cannot_take_a_write_says_so(tmp_path: Path) -> None:
     spool.tmp_dir.write_bytes(b"")  # no folder to write in: ENOTDIR, as EROFS would be
     with pytest.raises(SpoolError, match=f"cannot write in {spool.tmp_dir}"):
         spool.check_writable()
+
+
+def test_retention_leaves_a_spool_that_went_away_alone(tmp_path: Path) -> None:
+    """Its rows purged, the files (back with the disk) were orphans that `doctor --repair`
+    sends again."""
+    db = open_database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    spool = Spool(tmp_path / "spool")
+    claim_both(db, spool)
+    spool.identity_path.unlink()
+    with pytest.raises(SpoolError, match="the spool is not there"):
+        purge_delivered(Settings(), db, spool)
+
+
+def test_another_disk_in_the_spools_place_is_told_apart(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.claim_identity("one")
+    spool.identity_path.write_text("two\n")
+    with pytest.raises(SpoolError, match="names spool two, not one"):
+        spool.check_identity_kept()
+    assert Spool(tmp_path / "spool", identity="one").identity() == "two"
+    with pytest.raises(SpoolError, match="names spool two, not one"):
+        Spool(tmp_path / "spool", identity="one").check_identity_kept()
 
 
 def test_a_spool_that_loses_its_identity_refuses_to_store(tmp_path: Path) -> None:

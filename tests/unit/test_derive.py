@@ -159,6 +159,9 @@ def test_a_subtractions_mask_shift_moves_onto_the_finer_grid() -> None:
     source.MaskSubtractionSequence = [mask]
     ds = _doubled(source)
     assert list(ds.MaskSubtractionSequence[0].MaskSubPixelShift) == [3.0, -4.0]
+    mask.MaskSubPixelShift = 1.5  # one value: malformed, the image declined (not a crash)
+    with pytest.raises(ImageDeclined, match=r"MaskSubPixelShift is not 2 decimal numbers"):
+        _doubled(source)
 
 
 def _doubled(source: Dataset) -> Dataset:
