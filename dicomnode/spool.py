@@ -78,6 +78,16 @@ def listener_lock_path(data_path: Path) -> Path:
     return data_path / "dicomnode.lock"
 
 
+def _new_synced_file(path: Path, data: bytes, mode: int) -> None:
+    """A new file (never an existing one) holding `data`, on the disk before this returns."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -143,12 +153,7 @@ class Spool:
         spool has an identity file already (a hard link never replaces one)."""
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                os.write(fd, f"{identity}\n".encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _new_synced_file(tmp, f"{identity}\n".encode(), 0o644)
             if exclusive:
                 os.link(tmp, self.identity_path)
             else:
@@ -168,12 +173,7 @@ class Spool:
         self.check_identity_kept()
         probe = self.tmp_dir / f"probe-{uuid.uuid4().hex}.part"  # stale_parts() sweeps leftovers
         try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, b"probe")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _new_synced_file(probe, b"probe", 0o600)
         except OSError as exc:
             raise SpoolError(f"cannot write in {self.tmp_dir}: {exc.strerror or exc}") from exc
         finally:
