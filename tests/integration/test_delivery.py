@@ -28,6 +28,7 @@ from dicomnode.db import (
     engine,
     open_database,
 )
+from dicomnode.db.commitments import committed_uids
 from dicomnode.db.delivered import delivered_uids
 from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
 from dicomnode.db.jobs import claim_next_job, get_job
@@ -39,7 +40,7 @@ from dicomnode.status import JobPart
 from tests.support.data import pydicom_test_files
 from tests.support.dcmtk import StoreScp
 from tests.support.faulty_scp import Behaviour, FaultyScp
-from tests.support.series import write_ct_series
+from tests.support.series import sop_instance_uid, write_ct_series
 
 
 def _spooled(paths: list[Path]) -> list[SpooledInstance]:
@@ -407,11 +408,12 @@ def test_sent_counts_what_the_peer_stored_before_when_the_retry_stops_at_once(
     assert delivery.sent == 3
 
 
-def test_a_destination_with_storage_commitment_goes_by_what_it_confirmed_only(
+def test_a_destination_with_storage_commitment_has_what_it_stored_recorded_not_committed(
     tmp_path: Path,
 ) -> None:
-    """It stored every instance but never confirmed one (no commitment service): nothing is
-    taken as there, so once an admin turns storage_commitment off the retry sends all."""
+    """It stored every instance but confirmed none (no commitment service): what it stored is
+    recorded, so that a retry asks for them again instead of sending them again; none counts
+    as committed (an admin's retry sends the series whole)."""
     ct = write_ct_series(tmp_path / "ct", 2, size=32)
     db = open_database(f"sqlite:///{tmp_path / 'node.db'}")
     job = _claimed_job(db, ct[0])
@@ -424,4 +426,6 @@ def test_a_destination_with_storage_commitment_goes_by_what_it_confirmed_only(
     assert len(peer.stored) == 2
     [delivery] = get_job(db, job.id).deliveries
     assert delivery.status is DeliveryStatus.DEAD  # it takes no commitment request at all
-    assert delivered_uids(db, job.id, "faulty", _destination(peer).peer) == set()
+    stored = {sop_instance_uid(path) for path in ct}
+    assert delivered_uids(db, job.id, "faulty", _destination(peer).peer) == stored
+    assert committed_uids(db, job.id, "faulty") == set()

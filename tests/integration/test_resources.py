@@ -116,8 +116,10 @@ def test_retention_purges_delivered_series_and_keeps_failed_ones(
         node.start()
         delivered = write_ct_series(tmp_path / "delivered", 3)
         assert storescu(node.port, delivered).returncode == 0
-        # jobs 1 and 2: the originals and the derived series of the first series
-        node.wait_for_jobs(lambda jobs: len(jobs) == 2 and all(j["status"] == "done" for j in jobs))
+        # jobs 1 and 2: the originals and the derived series of the first series (by the log:
+        # retention may purge them within 3 s, before a loaded machine's `jobs list` sees them)
+        node.wait_for_log("job done job=1 ")
+        node.wait_for_log("job done job=2 ")
         pacs.behave(Behaviour(status=0xC000))  # the next series is refused for good
         refused = write_ct_series(tmp_path / "refused", 2, seed=1)
         assert storescu(node.port, refused).returncode == 0
