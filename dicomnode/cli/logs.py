@@ -9,6 +9,7 @@ import logging
 import os
 import ssl
 import sys
+import warnings
 from datetime import UTC, datetime
 
 from dicomnode.cli.safe_text import install_log_filter
@@ -102,3 +103,9 @@ def configure_logging(level: str, third_party_level: str = "WARNING") -> None:
     import pydicom.config  # noqa: F401
 
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    # A caller's bogus UIDs: pynetdicom logs each it decodes (the refused contexts are told by
+    # us), and pydicom warns once per distinct value, which Python's warning registry keeps for
+    # good (25 MB for one hostile request). Our own checks name what matters (spool.validate_uid).
+    for name in ("pynetdicom.presentation", "pynetdicom.utils"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", message="Invalid value for VR", category=UserWarning)

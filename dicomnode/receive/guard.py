@@ -13,7 +13,11 @@ connection closed; one log line with the address, calling AE and reason) when:
   messages without waiting for our answers (PS3.7 D.3.3.3: one operation at a time unless
   negotiated), is cut off at the budget instead of filling memory;
 * one PDU takes longer than `network.network_timeout` from its first byte to its last, so a
-  caller that drips bytes is dropped like a silent one.
+  caller that drips bytes is dropped like a silent one;
+* an A-ASSOCIATE-RQ names more than `MAX_CONTEXTS` presentation contexts, `MAX_SYNTAXES`
+  transfer syntaxes in one of them or `MAX_USER_ITEMS` user information items: pynetdicom
+  decodes and logs each one (a 1 MB request of bogus transfer syntaxes made 264,433 log lines,
+  25 MB of Python's warning registry for good, and outlasted acse_timeout).
 
 pynetdicom then sees a closed connection (an event it handles without a traceback).
 """
@@ -40,6 +44,12 @@ from dicomnode.receive.store_lane import (
 log = logging.getLogger(__name__)
 
 OTHER_PDU_LIMIT = 1 << 20  # an A-ASSOCIATE-RQ with 128 contexts is ~50 KB
+A_ASSOCIATE_RQ = 0x01
+MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: context IDs are the odd numbers 1-255
+MAX_SYNTAXES = 64  # transfer syntaxes proposed in one context (DICOM defines fewer)
+MAX_SYNTAXES_IN_ALL = 2048  # 128 contexts with 16 each
+MAX_USER_ITEMS = 512  # role selections and extended negotiations: one per context, at most
+_FIXED_RQ_FIELDS = 68  # protocol version, reserved, called and calling AE, reserved (PS3.8 9.3.2)
 COMMAND_ALLOWANCE = 1 << 16  # command sets and PDV headers on top of the data set
 _INVALID_PARAMETER_VALUE = 0x06  # PS3.8 9.3.8, source 0x02 (service provider)
 
@@ -177,6 +187,8 @@ class GuardedSocket(WakingSocket):
         elif length > OTHER_PDU_LIMIT:
             raise _Refused(f"PDU type 0x{pdu_type:02X} of {length} bytes", "pdu_too_large")
         body = self._read_exactly(length, deadline)
+        if pdu_type == A_ASSOCIATE_RQ and len(body) == length:
+            _check_request_items(body)
         return header, body
 
     def _read_exactly(self, size: int, deadline: float) -> bytearray:
@@ -229,6 +241,45 @@ class GuardedSocket(WakingSocket):
             self.socket.sendall(abort.encode())
         with contextlib.suppress(OSError):
             self.socket.shutdown(socket.SHUT_RDWR)
+
+
+def _items(data: bytes | bytearray, start: int) -> list[tuple[int, int, int]]:
+    """The (type, value start, value end) of each item from `start` on (PS3.8 9.3.2: a type,
+    a reserved byte, a 2-byte length); what does not parse is pynetdicom's to refuse."""
+    items = []
+    while start + 4 <= len(data):
+        kind, length = data[start], int.from_bytes(data[start + 2 : start + 4], "big")
+        items.append((kind, start + 4, min(start + 4 + length, len(data))))
+        start += 4 + length
+    return items
+
+
+def _check_request_items(body: bytearray) -> None:
+    """_Refused for an A-ASSOCIATE-RQ that names more than a caller could need."""
+    items = _items(body, _FIXED_RQ_FIELDS)
+    contexts = [item for item in items if item[0] == 0x20]
+    if len(contexts) > MAX_CONTEXTS:
+        raise _Refused(
+            f"an A-ASSOCIATE-RQ of {len(contexts)} presentation contexts (at most {MAX_CONTEXTS})",
+            "protocol",
+        )
+    in_all = 0
+    for _, begin, end in contexts:
+        syntaxes = sum(kind == 0x40 for kind, _, _ in _items(body[begin:end], 4))
+        in_all += syntaxes
+        if syntaxes > MAX_SYNTAXES or in_all > MAX_SYNTAXES_IN_ALL:
+            raise _Refused(
+                f"an A-ASSOCIATE-RQ proposing {syntaxes} transfer syntaxes in one presentation "
+                f"context, {in_all} so far (at most {MAX_SYNTAXES}, {MAX_SYNTAXES_IN_ALL} in all)",
+                "protocol",
+            )
+    for _, begin, end in (item for item in items if item[0] == 0x50):
+        count = len(_items(body[begin:end], 0))
+        if count > MAX_USER_ITEMS:
+            raise _Refused(
+                f"an A-ASSOCIATE-RQ with {count} user information items (at most {MAX_USER_ITEMS})",
+                "protocol",
+            )
 
 
 def _address(sock: AssociationSocket) -> str:

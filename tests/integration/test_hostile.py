@@ -21,6 +21,7 @@ import time
 import zlib
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
@@ -394,3 +395,42 @@ def test_files_and_folders_are_private_and_config_show_masks_the_database_passwo
     )
     assert shown.returncode == 0 and "s3cret" not in shown.stdout
     assert "postgresql+psycopg://dn:***@db/dn" in shown.stdout
+
+
+def _association_request(contexts: int, syntaxes: int, syntax: bytes) -> bytes:
+    """An A-ASSOCIATE-RQ (PS3.8 9.3.2) of `contexts` CT contexts, each proposing `syntaxes`
+    copies of `syntax`."""
+
+    def item(kind: int, value: bytes) -> bytes:
+        return struct.pack(">BBH", kind, 0, len(value)) + value
+
+    body = struct.pack(">HH", 1, 0) + b"DICOMNODE".ljust(16) + b"ATTACKER".ljust(16) + bytes(32)
+    body += item(0x10, b"1.2.840.10008.3.1.1.1")
+    for number in range(contexts):
+        value = struct.pack(">BBBB", (2 * number + 1) % 256, 0, 0, 0)
+        value += item(0x30, b"1.2.840.10008.5.1.4.1.1.2")
+        value += b"".join(item(0x40, syntax) for _ in range(syntaxes))
+        body += item(0x20, value)
+    body += item(0x50, item(0x51, struct.pack(">L", 16384)) + item(0x52, b"1.2.3"))
+    return struct.pack(">BBL", 0x01, 0, len(body)) + body
+
+
+@pytest.mark.parametrize(
+    ("contexts", "syntaxes", "told"),
+    [(200, 1, "of 200 presentation contexts (at most 128)"), (1, 2000, "2000 transfer syntaxes")],
+    ids=["contexts", "syntaxes"],
+)
+def test_an_association_request_naming_more_than_a_caller_needs_is_aborted_in_one_line(
+    node_factory, contexts: int, syntaxes: int, told: str
+) -> None:
+    """pynetdicom decodes and logs each item it names: 16 contexts of ~4,100 bogus transfer
+    syntaxes made 264,433 log lines and kept 25 MB in Python's warning registry for good."""
+    node = node_factory([], node={"receive_only": True}).start()
+    before = len(node.log())
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
+        sock.sendall(_association_request(contexts, syntaxes, b"1.0.1.2.3.4.5.6.7.8.9"))
+        assert _closed_by_peer(sock, within=10)
+    said = node.log()[before:]
+    assert "association aborted" in said and told in said, said[-2000:]
+    assert len(said.splitlines()) < 10
+    assert echoscu(node.port).returncode == 0
