@@ -1,7 +1,9 @@
 """Assembly: builds a running node (`serve`) or worker (`worker`) from Settings and stops it."""
 
+import contextlib
 import logging
 import os
+import resource
 import socket
 import threading
 import time
@@ -52,6 +54,17 @@ PULL_BACK_AFTER_SECONDS = 60.0
 # The completion tick comes back this long after the next series is due, so that the clocks'
 # rounding never makes it come back a moment early and wait out a whole round.
 COMPLETION_MARGIN = timedelta(milliseconds=20)
+
+
+def _raise_open_file_limit() -> None:
+    """The soft limit on open files up to the hard one (systemd's soft default is 1,024): each
+    association, spool write and HTTP request takes a descriptor, and running out stops the
+    listener from accepting anyone."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _local_utc_offset() -> str:
@@ -203,6 +216,7 @@ class Node:
         """
         node = self.settings.node
         runners = self._planned_runners()
+        _raise_open_file_limit()
         if self.listen:  # workers share the spool with its listeners: they take no lock
             self._lock = lock_data_dir(node.data_path, shared=node.shared_data_dir)
         self._identity = claim_both(self.db, self.spool)  # this spool and database: one pair

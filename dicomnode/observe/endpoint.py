@@ -8,12 +8,18 @@ The node (`node.py`) starts one when `[http] enabled`; a process without a liste
 passes no `listener_up` and is ready when its database and disk are.
 """
 
+import contextlib
+import errno
 import logging
+import socket
+import sys
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
@@ -30,6 +36,10 @@ from dicomnode.spool import Spool
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_SECONDS = 10.0  # a client that does not send its request in time is dropped
+# Requests served at once; a connection beyond them is closed at once. Each takes a thread and a
+# file descriptor: 1,018 slow clients took every descriptor, and the DICOM listener with them.
+MAX_HTTP_CONNECTIONS = 16
+ACCEPT_PAUSE_SECONDS = 1.0  # after an accept that failed for want of descriptors
 
 Check = Callable[[], str | None]  # None: fine; else a short reason for the 503
 
@@ -116,11 +126,64 @@ class _Server(ThreadingHTTPServer):
     registry: CollectorRegistry
     readiness: Readiness
 
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(MAX_HTTP_CONNECTIONS)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:  # out of descriptors: the loop would spin on the ready socket
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                time.sleep(ACCEPT_PAUSE_SECONDS)
+            raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # at the limit: closed, not queued
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone mid-answer (a scraper's timeout): one DEBUG line, not socketserver's
+        traceback on stderr."""
+        log.debug("http %s: %s", client_address, sys.exc_info()[1])
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
-    timeout = REQUEST_TIMEOUT_SECONDS
+    timeout = REQUEST_TIMEOUT_SECONDS  # per read
     server_version = "dicomnode"
+
+    def setup(self) -> None:
+        super().setup()
+        # The whole request line and headers within the timeout, not each read: a client
+        # sending a byte every few seconds held its thread for ever.
+        self._deadline = threading.Timer(REQUEST_TIMEOUT_SECONDS, self._too_slow)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _too_slow(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def parse_request(self) -> bool:
+        self._deadline.cancel()  # the request is in: the answer may take its time
+        return super().parse_request()
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
