@@ -49,6 +49,7 @@ MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: context IDs are the odd numbers 1-255
 MAX_SYNTAXES = 64  # transfer syntaxes proposed in one context (DICOM defines fewer)
 MAX_SYNTAXES_IN_ALL = 2048  # 128 contexts with 16 each
 MAX_USER_ITEMS = 512  # role selections and extended negotiations: one per context, at most
+MIN_MAXIMUM_LENGTH = 14  # a PDV item's header (6) and a fragment's command header (2) and more
 _FIXED_RQ_FIELDS = 68  # protocol version, reserved, called and calling AE, reserved (PS3.8 9.3.2)
 COMMAND_ALLOWANCE = 1 << 16  # command sets and PDV headers on top of the data set
 _INVALID_PARAMETER_VALUE = 0x06  # PS3.8 9.3.8, source 0x02 (service provider)
@@ -61,6 +62,9 @@ class ConnectionLimits:
     max_pdu_bytes: int
     budget_bytes: int
     pdu_seconds: float
+    # The A-ASSOCIATE-RQ whole within this (network.acse_timeout; 0: pdu_seconds): a caller
+    # that sends one byte of it held an association's place for network_timeout.
+    request_seconds: float = 0.0
 
 
 class _Refused(Exception):
@@ -80,6 +84,7 @@ class GuardedSocket(WakingSocket):
     _header: bytearray | None
     _body: bytearray | None
     _in_flight: int
+    _requested: bool  # the first PDU (the A-ASSOCIATE-RQ) was read
 
     @classmethod
     def adopt(
@@ -99,6 +104,7 @@ class GuardedSocket(WakingSocket):
         guarded._header = None
         guarded._body = None
         guarded._in_flight = 0
+        guarded._requested = False
         guarded.install_wakeup()
         lane_fits = store is not None and pynetdicom_supports_lane(guarded.assoc)
         guarded.lane = StoreLane(guarded.assoc, store) if store is not None and lane_fits else None
@@ -165,8 +171,13 @@ class GuardedSocket(WakingSocket):
         self.answered()
 
     def _read_pdu(self) -> tuple[bytearray, bytearray]:
-        deadline = time.monotonic() + self.limits.pdu_seconds
-        header = self._read_exactly(6, deadline)
+        seconds, setting = self.limits.pdu_seconds, "network.network_timeout"
+        if not self._requested and 0 < self.limits.request_seconds < seconds:
+            seconds, setting = self.limits.request_seconds, "network.acse_timeout"
+        self._requested = True
+        deadline = time.monotonic() + seconds
+        within = f"{setting}={seconds:g}s"
+        header = self._read_exactly(6, deadline, within)
         if len(header) < 6:
             return header, bytearray()  # closed by the peer: pynetdicom handles it
         pdu_type, _, length = PDU_HEADER.unpack(header)
@@ -186,13 +197,14 @@ class GuardedSocket(WakingSocket):
                 )
         elif length > OTHER_PDU_LIMIT:
             raise _Refused(f"PDU type 0x{pdu_type:02X} of {length} bytes", "pdu_too_large")
-        body = self._read_exactly(length, deadline)
+        body = self._read_exactly(length, deadline, within)
         if pdu_type == A_ASSOCIATE_RQ and len(body) == length:
             _check_request_items(body)
         return header, body
 
-    def _read_exactly(self, size: int, deadline: float) -> bytearray:
-        """`size` bytes, fewer if the peer closes; _Refused past the deadline."""
+    def _read_exactly(self, size: int, deadline: float, within: str) -> bytearray:
+        """`size` bytes, fewer if the peer closes; _Refused past the deadline (`within` names
+        the setting that set it)."""
         assert self.socket is not None
         buffer = bytearray(size)
         view = memoryview(buffer)
@@ -210,9 +222,7 @@ class GuardedSocket(WakingSocket):
                 got += count
         except TimeoutError:
             raise _Refused(
-                f"stalled: {got} of {size} bytes of a PDU in network.network_timeout="
-                f"{self.limits.pdu_seconds:g}s",
-                "stalled",
+                f"stalled: {got} of {size} bytes of a PDU in {within}", "stalled"
             ) from None
         finally:
             if self.socket is not None:
@@ -274,7 +284,16 @@ def _check_request_items(body: bytearray) -> None:
                 "protocol",
             )
     for _, begin, end in (item for item in items if item[0] == 0x50):
-        count = len(_items(body[begin:end], 0))
+        user_items = _items(body[begin:end], 0)
+        count = len(user_items)
+        for kind, start, stop in user_items:
+            maximum = int.from_bytes(body[begin + start : begin + stop], "big")
+            if kind == 0x51 and stop - start == 4 and 0 < maximum < MIN_MAXIMUM_LENGTH:
+                raise _Refused(  # no P-DATA-TF could carry a PDV: pynetdicom fails on each
+                    f"an A-ASSOCIATE-RQ with a maximum length of {maximum} bytes (at least "
+                    f"{MIN_MAXIMUM_LENGTH}, or 0)",
+                    "protocol",
+                )
         if count > MAX_USER_ITEMS:
             raise _Refused(
                 f"an A-ASSOCIATE-RQ with {count} user information items (at most {MAX_USER_ITEMS})",

@@ -54,6 +54,9 @@ class AssociationListener(ThreadedAssociationServer):
     max_per_address: int = 0
     connection_limits = ConnectionLimits(max_pdu_bytes=0, budget_bytes=0, pdu_seconds=60.0)
     store: Store | None = None  # C-STORE requests by the store lane (receive/store_lane.py)
+    # Connections the kernel queues before they are accepted (socketserver's default, 5, dropped
+    # a burst's SYNs, which TCP retries only after 1, 3, 7 s).
+    request_queue_size = 128
     # A screening thread holds no data: stopping the node must not wait for a silent caller.
     daemon_threads = True
     block_on_close = False
@@ -176,7 +179,13 @@ class AssociationListener(ThreadedAssociationServer):
             sock.settimeout(self.connection_limits.pdu_seconds)
         except OSError as exc:  # ssl.SSLError and timeouts included
             if isinstance(exc, ssl.SSLError) or self.ssl_context is not None:
-                log.warning("TLS handshake failed address=%s:%s: %s", host, port, describe(exc))
+                _refusals.warning(  # per address: a scanner's many handshakes, once a minute
+                    ("tls", host),
+                    "TLS handshake failed address=%s:%s: %s",
+                    host,
+                    port,
+                    describe(exc),
+                )
             else:
                 # A probe that resets (a health check): as common as one that closes.
                 log.debug(

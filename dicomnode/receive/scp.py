@@ -648,6 +648,7 @@ def start_receiver(
             max_pdu_bytes=node.max_pdu_size,
             budget_bytes=node.max_instance_bytes + COMMAND_ALLOWANCE if node.max_instance_mb else 0,
             pdu_seconds=settings.network.network_timeout,
+            request_seconds=settings.network.acse_timeout,
         ),
         keepalive_seconds=settings.network.tcp_keepalive_seconds,
         max_per_address=node.max_associations_per_address,

@@ -397,9 +397,9 @@ def test_files_and_folders_are_private_and_config_show_masks_the_database_passwo
     assert "postgresql+psycopg://dn:***@db/dn" in shown.stdout
 
 
-def _association_request(contexts: int, syntaxes: int, syntax: bytes) -> bytes:
+def _association_request(contexts: int, syntaxes: int, syntax: bytes, maximum: int) -> bytes:
     """An A-ASSOCIATE-RQ (PS3.8 9.3.2) of `contexts` CT contexts, each proposing `syntaxes`
-    copies of `syntax`."""
+    copies of `syntax`, for PDUs of at most `maximum` bytes."""
 
     def item(kind: int, value: bytes) -> bytes:
         return struct.pack(">BBH", kind, 0, len(value)) + value
@@ -411,26 +411,47 @@ def _association_request(contexts: int, syntaxes: int, syntax: bytes) -> bytes:
         value += item(0x30, b"1.2.840.10008.5.1.4.1.1.2")
         value += b"".join(item(0x40, syntax) for _ in range(syntaxes))
         body += item(0x20, value)
-    body += item(0x50, item(0x51, struct.pack(">L", 16384)) + item(0x52, b"1.2.3"))
+    body += item(0x50, item(0x51, struct.pack(">L", maximum)) + item(0x52, b"1.2.3"))
     return struct.pack(">BBL", 0x01, 0, len(body)) + body
 
 
 @pytest.mark.parametrize(
-    ("contexts", "syntaxes", "told"),
-    [(200, 1, "of 200 presentation contexts (at most 128)"), (1, 2000, "2000 transfer syntaxes")],
-    ids=["contexts", "syntaxes"],
+    ("contexts", "syntaxes", "maximum", "told"),
+    [
+        (200, 1, 16384, "of 200 presentation contexts (at most 128)"),
+        (1, 2000, 16384, "2000 transfer syntaxes"),
+        (1, 1, 4, "a maximum length of 4 bytes"),
+    ],
+    ids=["contexts", "syntaxes", "maximum-length"],
 )
 def test_an_association_request_naming_more_than_a_caller_needs_is_aborted_in_one_line(
-    node_factory, contexts: int, syntaxes: int, told: str
+    node_factory, contexts: int, syntaxes: int, maximum: int, told: str
 ) -> None:
     """pynetdicom decodes and logs each item it names: 16 contexts of ~4,100 bogus transfer
-    syntaxes made 264,433 log lines and kept 25 MB in Python's warning registry for good."""
+    syntaxes made 264,433 log lines and kept 25 MB in Python's warning registry for good. A
+    maximum length too small for any PDV failed with a traceback on every C-ECHO."""
     node = node_factory([], node={"receive_only": True}).start()
     before = len(node.log())
     with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
-        sock.sendall(_association_request(contexts, syntaxes, b"1.0.1.2.3.4.5.6.7.8.9"))
+        syntax = b"1.0.1.2.3.4.5.6.7.8.9" if syntaxes > 1 else b"1.2.840.10008.1.2"
+        sock.sendall(_association_request(contexts, syntaxes, syntax, maximum))
         assert _closed_by_peer(sock, within=10)
     said = node.log()[before:]
     assert "association aborted" in said and told in said, said[-2000:]
     assert len(said.splitlines()) < 10
     assert echoscu(node.port).returncode == 0
+
+
+def test_an_association_request_begun_but_not_finished_holds_its_place_for_acse_timeout_only(
+    node_factory,
+) -> None:
+    """Ten connections each sending the first byte of an A-ASSOCIATE-RQ held every
+    association's place for network.network_timeout (60 s), not acse_timeout."""
+    node = node_factory([], node={"receive_only": True}, network={"acse_timeout": 2})
+    node.start()
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
+        sock.sendall(b"\x01")
+        started = time.monotonic()
+        assert _closed_by_peer(sock, within=10)
+        assert time.monotonic() - started < 6  # network_timeout is 20 s here
+    assert "reason=stalled: 1 of 6 bytes of a PDU in network.acse_timeout=2s" in node.log()
