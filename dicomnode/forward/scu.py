@@ -41,6 +41,7 @@ from dicomnode.forward import send_lane
 from dicomnode.forward.associate import open_association
 from dicomnode.forward.outcome import Outcome, classify_store_status, no_response, status_text
 from dicomnode.forward.tally import SeriesTally, listed
+from dicomnode.imaging.codestream import check_code_streams
 from dicomnode.observe.counters import INSTANCES_FORWARDED
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ def _uncompressed(item: SpooledInstance, max_bytes: int) -> Dataset:
             lossy_history(lossy, dataset)
         compressed_bytes = len(dataset.PixelData)
         try:
+            check_code_streams(dataset)  # a stream larger than its header says: not decoded
             # The same instance, decoded: pydicom would give it a new SOP Instance UID.
             dataset.decompress(generate_instance_uid=False)
         except Exception as exc:  # each decoder fails in its own way; none will heal

@@ -19,6 +19,7 @@ from pydicom import Dataset
 from pydicom.multival import MultiValue
 
 from dicomnode.errors import ImageDeclined
+from dicomnode.imaging.codestream import check_code_streams
 from dicomnode.imaging.normalize import CT_HU_RANGE
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
@@ -157,6 +158,7 @@ def _slope(ds: Dataset) -> float:
 
 def stored_values(ds: Dataset) -> np.ndarray:
     """The decoded stored values as (frames, rows, columns), compressed syntaxes included."""
+    check_code_streams(ds)
     try:
         array = ds.pixel_array
     except Exception as exc:  # decoders raise many types for truncated or undecodable data

@@ -1,5 +1,6 @@
 """Value domains: stored ↔ modality values are bit-exact, declines say why, padding survives."""
 
+import struct
 import warnings
 from pathlib import Path
 
@@ -7,9 +8,12 @@ import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import JPEG2000Lossless
 
 from dicomnode.errors import ImageDeclined
+from dicomnode.imaging.codestream import declared_size
 from dicomnode.imaging.pixels import (
     PixelDomain,
     pixel_domain,
@@ -79,6 +83,7 @@ def test_every_declined_image_gets_a_reason_naming_it() -> None:
                     "cannot be decoded",
                     "Big Endian",
                     "functional groups",
+                    "code stream is",  # a damaged one: it says a size the header does not
                 )
             ), message
 
@@ -171,3 +176,34 @@ def test_monochrome1_is_marked_inverted() -> None:
     ds = dcmread(get_testdata_file("CT_small.dcm"))
     ds.PhotometricInterpretation = "MONOCHROME1"
     assert pixel_domain(ds).inverted
+
+
+def _j2k_declaring(rows: int, columns: int) -> bytes:
+    """The start of a JPEG 2000 code stream: SOC, then a SIZ segment for one component."""
+    siz = struct.pack(">HHIIIIIIIIH", 41, 0, columns, rows, 0, 0, columns, rows, 0, 0, 1)
+    return b"\xff\x4f\xff\x51" + siz + bytes([15, 1, 1]) + b"\xff\xd9"
+
+
+def test_a_code_stream_larger_than_its_header_says_is_declined_before_decoding() -> None:
+    """A 3 KB stream of 30000 x 30000 pixels in a data set that said 64 x 64 took 5.4 GB to
+    decode (and could take the node with it)."""
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([_j2k_declaring(30000, 30000)])
+    with pytest.raises(ImageDeclined, match=r"code stream is 30000 x 30000 pixels where Rows x"):
+        to_modality(ds)
+
+
+def test_the_size_a_code_stream_declares_is_read_from_each_kind() -> None:
+    assert declared_size(_j2k_declaring(64, 80)) == (64, 80)
+    for name in (
+        "JPEG2000.dcm",
+        "JPEG-lossy.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "SC_rgb_jpeg.dcm",
+    ):
+        [path] = pydicom_test_files(name)
+        ds = dcmread(path)
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        assert declared_size(frame) == (ds.Rows, ds.Columns), name
+    assert declared_size(b"not a code stream") is None
