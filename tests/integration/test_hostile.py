@@ -455,3 +455,37 @@ def test_an_association_request_begun_but_not_finished_holds_its_place_for_acse_
         assert _closed_by_peer(sock, within=10)
         assert time.monotonic() - started < 6  # network_timeout is 20 s here
     assert "reason=stalled: 1 of 6 bytes of a PDU in network.acse_timeout=2s" in node.log()
+
+
+def test_a_data_set_of_countless_sequence_items_is_refused_unread(
+    node_factory, tmp_path: Path, ct_series: list[Path]
+) -> None:
+    """pydicom builds a data set for each item of a sequence of undefined length: 1.5 million
+    empty ones (12 MB) took 1.1 GB and 24 s, and were acknowledged."""
+    node = _limited_node(node_factory)
+    warm_mb = _warm(node, ct_series)
+    template = dcmread(ct_series[0])
+    body = bytearray()
+    for tag, keyword in ((0x00080016, "SOPClassUID"), (0x00080018, "SOPInstanceUID")):
+        body += _explicit(tag, b"UI", str(getattr(template, keyword)).encode())
+    body += _explicit(0x0020000D, b"UI", generate_uid().encode())
+    body += _explicit(0x0020000E, b"UI", generate_uid().encode())
+    body += struct.pack("<HH2sHL", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF)  # ContentSequence
+    body += b"\xfe\xff\x00\xe0\x00\x00\x00\x00" * 210_000  # empty items
+    body += b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = template.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    meta.ImplementationClassUID = generate_uid()
+    path = tmp_path / "items.dcm"
+    with path.open("wb") as stream:
+        stream.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(stream, meta)  # type: ignore[arg-type]
+        stream.write(body)
+
+    status = c_store(node.port, path, as_file_meta_says=True)
+
+    assert status is not None and int(status.Status) != 0
+    assert "more than 200000 sequence items (210000)" in node.log()
+    _assert_memory_bound(node, warm_mb)
