@@ -24,6 +24,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 from dicomnode.config import Destination, Settings
 from dicomnode.db import SpooledInstance
 from dicomnode.dicom.bounded import read_bounded
+from dicomnode.dicom.codestream import check_code_streams
 from dicomnode.dicom.endian import little_endian
 from dicomnode.dicom.lossy import lossy_history
 from dicomnode.dicom.release import end
@@ -41,7 +42,6 @@ from dicomnode.forward import send_lane
 from dicomnode.forward.associate import open_association
 from dicomnode.forward.outcome import Outcome, classify_store_status, no_response, status_text
 from dicomnode.forward.tally import SeriesTally, listed
-from dicomnode.imaging.codestream import check_code_streams
 from dicomnode.observe.counters import INSTANCES_FORWARDED
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.multival import MultiValue
 
+from dicomnode.dicom.codestream import check_code_streams
 from dicomnode.errors import ImageDeclined
-from dicomnode.imaging.codestream import check_code_streams
 from dicomnode.imaging.normalize import CT_HU_RANGE
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")

@@ -12,8 +12,8 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import JPEG2000Lossless
 
+from dicomnode.dicom.codestream import declared_size
 from dicomnode.errors import ImageDeclined
-from dicomnode.imaging.codestream import declared_size
 from dicomnode.imaging.pixels import (
     PixelDomain,
     pixel_domain,
