@@ -117,7 +117,10 @@ def test_another_nodes_spool_is_refused(node_factory, tmp_path: Path) -> None:
     assert (first.data_dir / "spool" / "spool-identity").read_text() != ""
     adopted = swapped.cli("doctor", "--repair", "--adopt-spool", "--min-age", "0")
     assert "(done: they are one pair now)" in adopted.stdout
-    swapped.start()
+    try:
+        swapped.start()  # one pair now
+    finally:
+        swapped.stop()  # not the factory's: stopped here
 
 
 def test_a_node_from_before_identities_starts_whatever_its_spool_holds(
