@@ -41,6 +41,7 @@ from dicomnode.training.corpus import load_images, pseudonym, split_by_group
 from dicomnode.training.pairs import (
     MIN_PATCH_STD,
     STRUCTURED_FRACTION,
+    Pair,
     make_pair,
     sample_patches,
 )
@@ -70,10 +71,9 @@ class Member:
         return f"seed{self.seed}-lr{self.learning_rate:g}{'-plain' if self.plain else ''}"
 
 
-def _pair_job(args: tuple) -> tuple[np.ndarray, np.ndarray]:
+def _pair_job(args: tuple) -> Pair:
     image, scale, soften = args
-    pair = make_pair(image, Degradation(scale=scale), soften)
-    return pair.net_input.astype(np.float32), pair.target.astype(np.float32)
+    return make_pair(image, Degradation(scale=scale), soften)
 
 
 def structured_positions(target: np.ndarray, size: int) -> np.ndarray:
@@ -153,6 +153,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=0, help="steps per compiled call (0: timed)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if not args.steps and not args.seconds:
+        parser.error("give --steps, or --seconds to fit the steps to")
     if args.scale == 1:
         sys.exit("scale 1 needs input noise and undegraded patches: use dicomnode train")
     members = args.members
@@ -164,12 +166,9 @@ def main() -> None:
         images = [i for i in images if i.modality == args.modality.upper()]
     train, validation = split_by_group(images, 0.2, members[0].seed)
     jobs = [(image, args.scale, soft) for image in train for soft in args.soften]
-    with multiprocessing.Pool(min(len(jobs), os.cpu_count() or 1)) as pool:
-        pairs = pool.map(_pair_job, jobs)
-    validation_pairs = []
-    if validation:
-        with multiprocessing.Pool(min(len(validation), os.cpu_count() or 1)) as pool:
-            validation_pairs = pool.map(_pair_job, [(i, args.scale, 0.0) for i in validation])
+    with multiprocessing.Pool(os.cpu_count() or 1) as pool:
+        made = pool.map(_pair_job, jobs + [(i, args.scale, 0.0) for i in validation])
+    pairs, validation_pairs = made[: len(jobs)], made[len(jobs) :]
     print(
         f"pairs: {len(pairs)} training, {len(validation)} validation images, "
         f"{time.perf_counter() - started:.0f} s",
@@ -180,17 +179,18 @@ def main() -> None:
     import jax.numpy as jnp
 
     size = args.patch
-    rows = max(p[1].shape[0] for p in pairs)
-    cols = max(p[1].shape[1] for p in pairs)
+    rows = max(p.target.shape[0] for p in pairs)
+    cols = max(p.target.shape[1] for p in pairs)
     stack_in = np.zeros((len(pairs), rows, cols), np.float32)
     stack_out = np.zeros_like(stack_in)
     limits = np.zeros((len(pairs), 2), np.int32)  # the last valid top-left corner, +1
     areas = np.zeros(len(pairs))
     structured = []
     plain = np.array([soft == 0.0 for _, _, soft in jobs])  # the images as they are
-    for n, (net_input, target) in enumerate(pairs):
+    for n, pair in enumerate(pairs):
+        target = pair.target
         h, w = target.shape
-        stack_in[n, :h, :w], stack_out[n, :h, :w] = net_input, target
+        stack_in[n, :h, :w], stack_out[n, :h, :w] = pair.net_input, target
         limits[n] = (h - size + 1, w - size + 1)
         areas[n] = target.size
         corners = structured_positions(target, size)
@@ -202,11 +202,8 @@ def main() -> None:
 
     def validation_set(seed: int) -> tuple[np.ndarray, np.ndarray]:
         # as dicomnode train: 2,048 patches of the validation images (else the training ones)
-        from dicomnode.training.pairs import Pair
-
         source = validation_pairs or pairs
-        as_pairs = [Pair(None, i, t, 0.0) for i, t in source]  # type: ignore[arg-type]
-        return sample_patches(as_pairs, 2048, size, np.random.default_rng(seed + 1))
+        return sample_patches(source, 2048, size, np.random.default_rng(seed + 1))
 
     # passed to the compiled loop as arguments: closed over, they would be baked into it
     data = {
@@ -314,8 +311,8 @@ def main() -> None:
         states = []
         for member in members:
             params = init_params(jax, member.seed)
-            zeros = jax.tree.map(jnp.zeros_like, params)
-            states.append((params, zeros, jax.tree.map(jnp.zeros_like, params)))
+            zeros = jax.tree.map(jnp.zeros_like, params)  # Adam's moments (arrays are immutable)
+            states.append((params, zeros, zeros))
         return tuple(states)
 
     def seconds_per_step(count: int) -> float:
