@@ -109,6 +109,7 @@ def evaluate(
                 )
                 for modality in sorted({i.modality for i in training})
             }
+            _require_a_filter_for_each_modality(images, linear, linear_from)
         methods = standard_methods(
             scale,
             model=loaded,
@@ -148,6 +149,22 @@ def evaluate(
         print(json.dumps(result, indent=2))
     else:
         _print_table(summary)
+
+
+def _require_a_filter_for_each_modality(
+    images: list[Any], filters: dict[str, Any], folders: list[Path]
+) -> None:
+    """The linear filter is fitted per modality: one evaluated without its own is refused
+    before any scoring, naming what is missing (not a KeyError halfway through)."""
+    missing = sorted({image.modality for image in images} - filters.keys())
+    if missing:
+        named = ", ".join(str(folder) for folder in folders)
+        raise typer.BadParameter(
+            f"no {'/'.join(missing)} images in {named}: the linear filter is fitted per "
+            "modality, so each modality evaluated needs training images (repeat --linear-from "
+            "for each training folder)",
+            param_hint="--linear-from",
+        )
 
 
 def _example_indices(images: list, count: int) -> set[int]:

@@ -158,6 +158,21 @@ def test_evaluate_command_writes_the_files_and_json(tmp_path: Path) -> None:
         assert (tmp_path / name).stat().st_size > 100
 
 
+def test_evaluate_refuses_a_linear_filter_without_the_evaluated_modality(tmp_path: Path) -> None:
+    """`--linear-from a b` takes only `a` (b becomes data): a clear refusal, not a traceback."""
+    result = dicomnode(
+        "evaluate",
+        *(str(CT_HEAD_GE), str(MR_T1)),
+        *("--linear-from", str(CT_BODY), "--out", str(tmp_path)),
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    said = " ".join(result.stderr.split())
+    assert "no MR images in" in said and "--linear-from" in said
+    assert not (tmp_path / "metrics_per_image.csv").exists()
+
+
 def test_train_command_runs_from_a_clone_on_the_repository_slices(tmp_path: Path) -> None:
     """The README's example: a quick run on tests/data (real training uses a corpus)."""
     out = tmp_path / "srcnn-ct-x1.keras"
