@@ -40,6 +40,7 @@ REQUEST_TIMEOUT_SECONDS = 10.0  # a client that does not send its request in tim
 # file descriptor: 1,018 slow clients took every descriptor, and the DICOM listener with them.
 MAX_HTTP_CONNECTIONS = 16
 ACCEPT_PAUSE_SECONDS = 1.0  # after an accept that failed for want of descriptors
+PLAIN_TEXT = "text/plain; charset=utf-8"
 
 Check = Callable[[], str | None]  # None: fine; else a short reason for the 503
 
@@ -186,29 +187,35 @@ class _Handler(BaseHTTPRequestHandler):
         super().finish()
 
     def do_GET(self) -> None:
+        self._answer(*self._route(), with_body=True)
+
+    def do_HEAD(self) -> None:
+        """What GET would answer, without its body: monitors and load balancers probe so."""
+        self._answer(*self._route(), with_body=False)
+
+    def _route(self) -> tuple[HTTPStatus, bytes, str]:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            self._answer(HTTPStatus.OK, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            self._answer(HTTPStatus.OK, b"ok\n")
-        elif path == "/readyz":
+            return HTTPStatus.OK, generate_latest(self.server.registry), CONTENT_TYPE_LATEST
+        if path == "/healthz":
+            return HTTPStatus.OK, b"ok\n", PLAIN_TEXT
+        if path == "/readyz":
             problems = self.server.readiness.problems()
             if problems:
                 body = "".join(f"{problem}\n" for problem in problems).encode()
-                self._answer(HTTPStatus.SERVICE_UNAVAILABLE, body)
-            else:
-                self._answer(HTTPStatus.OK, b"ready\n")
-        else:
-            self._answer(HTTPStatus.NOT_FOUND, b"not found: try /metrics, /healthz, /readyz\n")
+                return HTTPStatus.SERVICE_UNAVAILABLE, body, PLAIN_TEXT
+            return HTTPStatus.OK, b"ready\n", PLAIN_TEXT
+        return HTTPStatus.NOT_FOUND, b"not found: try /metrics, /healthz, /readyz\n", PLAIN_TEXT
 
     def _answer(
-        self, status: HTTPStatus, body: bytes, content_type: str = "text/plain; charset=utf-8"
+        self, status: HTTPStatus, body: bytes, content_type: str, *, with_body: bool
     ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if with_body:
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("http %s %s", self.address_string(), format % args)

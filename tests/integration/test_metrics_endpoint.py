@@ -17,7 +17,7 @@ from pathlib import Path
 from tests.conftest import pacs_destination
 from tests.support.dcmtk import echoscu, storescu
 from tests.support.faulty_scp import Behaviour, FaultyScp
-from tests.support.metrics import Scrape, http_get
+from tests.support.metrics import Scrape, http_get, http_head
 from tests.support.orthanc import Orthanc
 from tests.support.scu import c_store, open_association
 from tests.support.series import sop_instance_uid, write_ct_series
@@ -109,6 +109,16 @@ def test_a_spool_that_takes_no_write_makes_the_node_not_ready(node_factory) -> N
     identity.with_name("away").rename(identity)
     assert http_get(node.http_port, "/readyz") == (200, "ready\n")
     assert not list((node.data_dir / "spool" / "tmp").iterdir())  # no probe left behind
+
+
+def test_head_answers_what_get_would_without_the_body(node_factory) -> None:
+    """Monitors and load balancers probe with HEAD: it got 501 "Unsupported method"."""
+    node = node_factory([], http=HTTP_ON).start()
+    assert http_head(node.http_port, "/readyz") == (200, len(b"ready\n"), b"")
+    assert http_head(node.http_port, "/healthz") == (200, len(b"ok\n"), b"")
+    status, length, body = http_head(node.http_port, "/metrics")
+    assert status == 200 and length > 1000 and body == b""
+    assert http_head(node.http_port, "/nothing")[::2] == (404, b"")
 
 
 def test_a_connection_over_the_per_address_cap_is_counted_with_its_reason(node_factory) -> None:

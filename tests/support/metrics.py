@@ -1,5 +1,6 @@
 """Reading a node's HTTP endpoint the way Prometheus and a load balancer do."""
 
+import socket
 import urllib.error
 import urllib.request
 
@@ -15,6 +16,20 @@ def http_get(port: int, path: str) -> tuple[int, str]:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+def http_head(port: int, path: str) -> tuple[int, int, bytes]:
+    """Status, Content-Length and the bytes after the headers (none, if the answer is right)
+    of HEAD http://127.0.0.1:<port><path>, read off the socket until the node closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(f"HEAD {path} HTTP/1.0\r\n\r\n".encode())
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), int(headers["Content-Length"]), rest
 
 
 class Scrape:

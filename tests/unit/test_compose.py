@@ -130,3 +130,14 @@ def test_prometheus_scrapes_every_dicomnode_process_on_its_http_port() -> None:
         for name, service in dicomnode_services().items()
     }
     assert targets == expected
+
+
+def test_only_the_dicom_port_is_published_beyond_the_hosts_loopback() -> None:
+    """Orthanc's web UI (no password in this file), Prometheus and /metrics were published on
+    every interface of the host: anyone on its network could browse the images."""
+    beyond = []
+    for name, service in compose_services((DOCKER / "compose.yaml").read_text()).items():
+        ports = service.get("ports", [])
+        assert isinstance(ports, list)
+        beyond += [(name, port) for port in ports if not port.startswith("127.0.0.1:")]
+    assert beyond == [("dicomnode", "11112:11112")]
