@@ -17,7 +17,9 @@ connection closed; one log line with the address, calling AE and reason) when:
 * an A-ASSOCIATE-RQ names more than `MAX_CONTEXTS` presentation contexts, `MAX_SYNTAXES`
   transfer syntaxes in one of them or `MAX_USER_ITEMS` user information items: pynetdicom
   decodes and logs each one (a 1 MB request of bogus transfer syntaxes made 264,433 log lines,
-  25 MB of Python's warning registry for good, and outlasted acse_timeout).
+  25 MB of Python's warning registry for good, and outlasted acse_timeout);
+* an A-ASSOCIATE-RQ's AE titles or UIDs are not what PS3.5 allows (control characters, non-ASCII
+  bytes, UIDs over 64 characters): pynetdicom logs a traceback for each such request.
 
 pynetdicom then sees a closed connection (an event it handles without a traceback).
 """
@@ -51,6 +53,9 @@ MAX_SYNTAXES_IN_ALL = 2048  # 128 contexts with 16 each
 MAX_USER_ITEMS = 512  # role selections and extended negotiations: one per context, at most
 MIN_MAXIMUM_LENGTH = 14  # a PDV item's header (6) and a fragment's command header (2) and more
 _FIXED_RQ_FIELDS = 68  # protocol version, reserved, called and calling AE, reserved (PS3.8 9.3.2)
+_CALLED_AE, _CALLING_AE = 4, 20  # where the AE titles start in an A-ASSOCIATE-RQ's body
+AE_LENGTH = 16
+UID_LENGTH = 64
 COMMAND_ALLOWANCE = 1 << 16  # command sets and PDV headers on top of the data set
 _INVALID_PARAMETER_VALUE = 0x06  # PS3.8 9.3.8, source 0x02 (service provider)
 
@@ -200,6 +205,7 @@ class GuardedSocket(WakingSocket):
         body = self._read_exactly(length, deadline, within)
         if pdu_type == A_ASSOCIATE_RQ and len(body) == length:
             _check_request_items(body)
+            _check_request_text(body)
         return header, body
 
     def _read_exactly(self, size: int, deadline: float, within: str) -> bytearray:
@@ -299,6 +305,87 @@ def _check_request_items(body: bytearray) -> None:
                 f"an A-ASSOCIATE-RQ with {count} user information items (at most {MAX_USER_ITEMS})",
                 "protocol",
             )
+
+
+def _check_request_text(body: bytearray) -> None:
+    """_Refused for an A-ASSOCIATE-RQ whose AE titles or UIDs pynetdicom fails to decode, or
+    decodes only after logging a traceback: each connection's request would leave twenty lines
+    in the log. AE titles are ASCII without control characters or backslashes (PS3.5 6.2), UIDs
+    at most 64 ASCII characters (PS3.5 9.1; one trailing NUL is padding)."""
+    for name, start in (("called AE title", _CALLED_AE), ("calling AE title", _CALLING_AE)):
+        problem = _ae_problem(bytes(body[start : start + AE_LENGTH]), title=True)
+        if problem:
+            raise _Refused(f"an A-ASSOCIATE-RQ whose {name} {problem}", "protocol")
+    for name, value in _request_texts(body):
+        problem = (
+            _ae_problem(value, title=False)
+            if name == "implementation version name"
+            else _uid_problem(value)
+        )
+        if problem:
+            raise _Refused(f"an A-ASSOCIATE-RQ whose {name} {problem}", "protocol")
+
+
+def _ae_problem(raw: bytes, *, title: bool) -> str | None:
+    """What pynetdicom refuses in an AE title (`title`: padded with spaces, not empty) or an
+    implementation version name (taken as it is)."""
+    if not raw.isascii():
+        return f"{raw!r} is not ASCII"
+    text = raw.decode("ascii").strip() if title else raw.decode("ascii")
+    if title and not text:
+        return "is empty"
+    if len(text) > AE_LENGTH or any(not " " <= c <= "~" or c == "\\" for c in text):
+        return f"{raw!r} is not up to 16 ASCII characters without control characters or '\\'"
+    return None
+
+
+def _uid_problem(raw: bytes) -> str | None:
+    uid = raw[:-1] if raw.endswith(b"\0") else raw
+    if not uid.isascii() or len(uid) > UID_LENGTH:
+        return f"{raw[: UID_LENGTH + 8]!r} ({len(uid)} bytes) is not up to 64 ASCII characters"
+    return None
+
+
+def _request_texts(body: bytearray) -> list[tuple[str, bytes]]:
+    """(what it is, raw value) of each UID and name in an A-ASSOCIATE-RQ's items (PS3.8 9.3.2,
+    PS3.7 D.3.3)."""
+    texts: list[tuple[str, bytes]] = []
+    for kind, begin, end in _items(body, _FIXED_RQ_FIELDS):
+        value = bytes(body[begin:end])
+        if kind == 0x10:
+            texts.append(("application context name", value))
+        elif kind == 0x20:  # context ID, 3 reserved bytes, then its sub-items
+            names = {0x30: "abstract syntax", 0x40: "transfer syntax"}
+            texts += [(names[k], value[b:e]) for k, b, e in _items(value, 4) if k in names]
+        elif kind == 0x50:
+            for sub, b, e in _items(value, 0):
+                if sub == 0x52:
+                    texts.append(("implementation class UID", value[b:e]))
+                elif sub == 0x55:
+                    texts.append(("implementation version name", value[b:e]))
+                elif sub in (0x54, 0x56, 0x57):  # each begins with a SOP class UID
+                    texts += [("SOP class UID", uid) for uid in _prefixed_uids(value[b:e], sub)]
+    return texts
+
+
+def _prefixed_uids(value: bytes, kind: int) -> list[bytes]:
+    """The UIDs (each after its 2-byte length) of a role selection (0x54: one), an extended
+    negotiation (0x56: one) or a common extended negotiation (0x57: SOP class, service class,
+    then a list of related general SOP classes in a field of its own length)."""
+    uids, at = [], 0
+    wanted = 1 if kind != 0x57 else 2
+    while len(uids) < wanted and at + 2 <= len(value):
+        length = int.from_bytes(value[at : at + 2], "big")
+        uids.append(value[at + 2 : at + 2 + length])
+        at += 2 + length
+    if kind == 0x57 and at + 2 <= len(value):
+        end = min(len(value), at + 2 + int.from_bytes(value[at : at + 2], "big"))
+        at += 2
+        while at + 2 <= end:
+            length = int.from_bytes(value[at : at + 2], "big")
+            uids.append(value[at + 2 : at + 2 + length])
+            at += 2 + length
+    return uids
 
 
 def _address(sock: AssociationSocket) -> str:

@@ -397,22 +397,100 @@ def test_files_and_folders_are_private_and_config_show_masks_the_database_passwo
     assert "postgresql+psycopg://dn:***@db/dn" in shown.stdout
 
 
-def _association_request(contexts: int, syntaxes: int, syntax: bytes, maximum: int) -> bytes:
-    """An A-ASSOCIATE-RQ (PS3.8 9.3.2) of `contexts` CT contexts, each proposing `syntaxes`
-    copies of `syntax`, for PDUs of at most `maximum` bytes."""
+def _item(kind: int, value: bytes) -> bytes:
+    return struct.pack(">BBH", kind, 0, len(value)) + value
 
-    def item(kind: int, value: bytes) -> bytes:
-        return struct.pack(">BBH", kind, 0, len(value)) + value
 
-    body = struct.pack(">HH", 1, 0) + b"DICOMNODE".ljust(16) + b"ATTACKER".ljust(16) + bytes(32)
-    body += item(0x10, b"1.2.840.10008.3.1.1.1")
+def _association_request(
+    contexts: int = 1,
+    syntaxes: int = 1,
+    syntax: bytes = b"1.2.840.10008.1.2",
+    maximum: int = 16384,
+    *,
+    calling: bytes = b"ATTACKER",
+    abstract: bytes = b"1.2.840.10008.5.1.4.1.1.2",
+    user_items: bytes = b"",
+) -> bytes:
+    """An A-ASSOCIATE-RQ (PS3.8 9.3.2) of `contexts` contexts of `abstract` (CT), each
+    proposing `syntaxes` copies of `syntax`, for PDUs of at most `maximum` bytes, with
+    `user_items` after the maximum length and implementation class UID."""
+    body = struct.pack(">HH", 1, 0) + b"DICOMNODE".ljust(16) + calling.ljust(16) + bytes(32)
+    body += _item(0x10, b"1.2.840.10008.3.1.1.1")
     for number in range(contexts):
         value = struct.pack(">BBBB", (2 * number + 1) % 256, 0, 0, 0)
-        value += item(0x30, b"1.2.840.10008.5.1.4.1.1.2")
-        value += b"".join(item(0x40, syntax) for _ in range(syntaxes))
-        body += item(0x20, value)
-    body += item(0x50, item(0x51, struct.pack(">L", maximum)) + item(0x52, b"1.2.3"))
+        value += _item(0x30, abstract)
+        value += b"".join(_item(0x40, syntax) for _ in range(syntaxes))
+        body += _item(0x20, value)
+    user = _item(0x51, struct.pack(">L", maximum)) + _item(0x52, b"1.2.3") + user_items
+    body += _item(0x50, user)
     return struct.pack(">BBL", 0x01, 0, len(body)) + body
+
+
+def _uid_field(uid: bytes) -> bytes:
+    return struct.pack(">H", len(uid)) + uid
+
+
+_LONG_UID = b"1." + b"2" * 70
+_CT = b"1.2.840.10008.5.1.4.1.1.2"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "told"),
+    [
+        (_association_request(calling=b"ATT\x01CKER"), "calling AE title b'ATT\\x01CKER"),
+        (_association_request(calling=b"R\xc3\xb6ntgen"), "calling AE title b'R\\xc3\\xb6ntgen"),
+        (_association_request(calling=b" "), "calling AE title is empty"),
+        (_association_request(syntax=_LONG_UID), "transfer syntax b'1.2222"),
+        (_association_request(abstract=b"1.2.\xff"), "abstract syntax b'1.2.\\xff' (5 bytes)"),
+        (_association_request(user_items=_item(0x55, b"TAB\tHERE")), "implementation version"),
+        (
+            _association_request(user_items=_item(0x54, _uid_field(_LONG_UID) + b"\x01\x00")),
+            "SOP class UID b'1.2222",
+        ),
+        (
+            _association_request(
+                user_items=_item(
+                    0x57, _uid_field(_CT) + _uid_field(b"1.2") + _uid_field(_uid_field(b"1.2.\x80"))
+                )
+            ),
+            "SOP class UID b'1.2.\\x80'",
+        ),
+    ],
+    ids=[
+        "control-character",
+        "non-ascii-title",
+        "empty-title",
+        "long-transfer-syntax",
+        "non-ascii-abstract-syntax",
+        "version-name",
+        "role-selection",
+        "related-sop-class",
+    ],
+)
+def test_an_association_request_with_text_pynetdicom_cannot_decode_is_aborted_in_one_line(
+    node_factory, request_bytes: bytes, told: str
+) -> None:
+    """pynetdicom logged a traceback of twenty lines for each such request (and a UID over 64
+    characters added a warning of its own): a caller could fill the log."""
+    node = node_factory([], node={"receive_only": True}).start()
+    before = len(node.log())
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        assert _closed_by_peer(sock, within=10)
+    said = node.log()[before:].splitlines()
+    assert len(said) == 1 and "association aborted" in said[0] and told in said[0], said
+    assert echoscu(node.port).returncode == 0
+
+
+def test_padding_that_pynetdicom_takes_is_not_refused(node_factory) -> None:
+    """Spaces around an AE title and a NUL after a UID are padding (PS3.8 9.3.2, PS3.5 9.1):
+    the association is accepted as pynetdicom would accept it."""
+    node = node_factory([], node={"receive_only": True}).start()
+    request = _association_request(calling=b" CT01 ", syntax=b"1.2.840.10008.1.2\0")
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
+        sock.sendall(request)
+        assert sock.recv(1) == b"\x02"  # A-ASSOCIATE-AC
+    assert "association aborted" not in node.log()
 
 
 @pytest.mark.parametrize(
