@@ -73,6 +73,12 @@ def train(
             "as acquired are learnt to be left as they are (default: 0.25).",
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace the model file if there is one (by default the node's)."
+        ),
+    ] = False,
     start: Annotated[
         Start,
         typer.Option(help="Initial weights: random, or the least-squares linear filter."),
@@ -85,7 +91,9 @@ def train(
     best validation weights kept; by default the shipped models' recipe for the scale (x2:
     softened and fainter copies too; x1: a quarter of the patches undegraded; see
     models/MODEL_CARD.md). Writes the model, `<stem>.history.json` (settings, split, steps,
-    updates, device, time, per-epoch losses and learning rate) and `<stem>.loss.png`.
+    updates, device, time, per-epoch losses and learning rate) and `<stem>.loss.png`. The best
+    model so far waits in `<stem>.partial.keras` and replaces the model file when the run ends;
+    a model file already there is replaced only with --force.
     """
     configure_logging("WARNING")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -116,6 +124,12 @@ def train(
         **augmentation,
     )
     out = out or SRCNN.model_file(settings_from(config).enhance, scale, settings.modality)
+    if out.exists() and not force:  # before an hour of training, not after it
+        raise typer.BadParameter(
+            f"{out} exists (without --out: the model the node uses); name another file with "
+            "--out, or replace it with --force",
+            param_hint="--out",
+        )
     batches = settings.steps // settings.epochs
     with reported_errors():
         images = load_images(data)

@@ -186,6 +186,7 @@ def train_srcnn(
         raise ValueError(f"start must be 'linear' or 'random', not {settings.start!r}")
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=_halo_mse)
     out.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_model_path(out)
     history = model.fit(
         _batches(keras, sampler, steps_per_epoch),
         epochs=settings.epochs,
@@ -194,13 +195,14 @@ def train_srcnn(
         callbacks=[
             *_callbacks(keras, schedule, steps_per_epoch, on_batch),
             # the best model so far is on disk at every checkpoint: a long run that is stopped
-            # still leaves a usable model
-            keras.callbacks.ModelCheckpoint(out, monitor="val_loss", save_best_only=True),
+            # still leaves a usable model, beside `out` (a node reading `out` meanwhile must
+            # not load a model half-trained or half-written)
+            keras.callbacks.ModelCheckpoint(partial, monitor="val_loss", save_best_only=True),
         ],
         verbose=0,
     ).history
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model.save(out)
+    model.save(partial)
+    partial.replace(out)  # atomic: the old model or the new one, whole
     history = {k: [float(v) for v in values] for k, values in history.items()}
     best = int(np.argmin(history["val_loss"]))
     report = TrainingReport(
@@ -228,6 +230,12 @@ def train_srcnn(
     )
     plot_loss(history, Path(f"{stem}.loss.png"), f"SRCNN x{settings.scale}")
     return report
+
+
+def partial_model_path(out: Path) -> Path:
+    """Where a run keeps its best model until it ends (`<stem>.partial.keras`: Keras saves
+    only to a `.keras` name)."""
+    return out.with_name(f"{out.stem}.partial.keras")
 
 
 def _batches(keras: Any, sampler: PatchSampler, steps_per_epoch: int) -> Any:

@@ -17,7 +17,12 @@ from dicomnode.registry import MODELS_DIR
 from dicomnode.training.corpus import load_images, split_by_group
 from dicomnode.training.evaluate import evaluate_image, standard_methods, summarize_rows
 from dicomnode.training.pairs import PatchSampler, make_pair
-from dicomnode.training.train import SCALE_1_RECIPE, TrainingSettings, train_srcnn
+from dicomnode.training.train import (
+    SCALE_1_RECIPE,
+    TrainingSettings,
+    partial_model_path,
+    train_srcnn,
+)
 from tests.support.cli import dicomnode
 from tests.support.data import CT_BODY, CT_CHEST, CT_FOLDERS, CT_HEAD_GE, MR_T1
 
@@ -195,6 +200,27 @@ def test_train_command_runs_from_a_clone_on_the_repository_slices(tmp_path: Path
     groups = report["train_groups"] + report["validation_groups"]
     assert len(groups) == 3 and all(re.fullmatch(r"[0-9a-f]{12}", g) for g in groups)
     assert (tmp_path / "srcnn-ct-x1.loss.png").stat().st_size > 1000
+
+
+def test_train_refuses_to_replace_a_model_without_force(tmp_path: Path) -> None:
+    """Without --out, `train` writes the model the node uses: an admin trying the command
+    replaced the shipped one at the first checkpoint of the run."""
+    out = tmp_path / "models" / "srcnn-ct-x1.keras"
+    out.parent.mkdir()
+    out.write_bytes(b"the node's model")
+    config = tmp_path / "dicomnode.toml"
+    config.write_text(f'[enhance]\nmodel_dir = "{out.parent}"\n')
+    args = ("train", str(CT_BODY), "--modality", "CT", "--scale", "1", "--updates", "1000")
+    refused = dicomnode(*args, "--epochs", "1", "--config", str(config), timeout=300)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    said = re.sub(r"[\s│]", "", refused.stderr)  # rich wraps the message in a box
+    assert f"{out}exists" in said and "--force" in said
+    assert out.read_bytes() == b"the node's model"
+
+    forced = dicomnode(*args, "--epochs", "1", "--config", str(config), "--force", timeout=600)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert load_model(out).scale == 1
+    assert not partial_model_path(out).exists()  # the run's model replaced it whole
 
 
 def test_shipped_training_histories_name_no_patient() -> None:
