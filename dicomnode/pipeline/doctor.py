@@ -203,14 +203,12 @@ def examine(
     )
     unseen = instance_paths(db)  # what is left of it after the walk has no file here
     settled = time.time() - min_age_seconds
-    orphans = []
+    orphans, young = [], []
     for name in spool.instance_file_names():
         if unseen.pop(name, None) is not None:
             continue
-        if Path(name).stat().st_mtime <= settled:
-            orphans.append(name)
-        else:
-            report.young_files += 1
+        (orphans if Path(name).stat().st_mtime <= settled else young).append(name)
+    report.young_files = len(young)
     # Rows that name a file outside this spool (a data folder moved or copied by hand: the old
     # copy may still be there), by their place in the spool's layout; and rows whose file in
     # this spool is gone.
@@ -233,6 +231,8 @@ def examine(
         else:
             _orphan(db, spool, report, Path(name), repair, max_instance_bytes)
     _relocate(db, report, relocations, repair)
+    for name in young:  # a copy too new to judge (copied without its times): judged with it
+        elsewhere.pop(_layout_place(name), None)
     for sop, name in elsewhere.values():  # no copy here: gone, or only in the old folder
         gone = not Path(name).is_file()
         (report.missing_files if gone else report.outside_files).append({"sop": sop, "path": name})

@@ -113,6 +113,16 @@ def test_a_data_dir_moved_by_hand_is_found_and_its_rows_pointed_at_it_not_sent_a
     assert refused.returncode == 2, refused.stderr
     assert "the database names its spool files in another folder" in refused.stderr
     assert "Run `dicomnode doctor --repair`" in refused.stderr
+    # Copied without their times (`cp -r`), the files are new: not judged yet, and their rows
+    # not "missing" meanwhile (a resend was called for)
+    now = time.time()
+    for file in moved.rglob("*.dcm"):
+        os.utime(file, (now, now))
+    early = json.loads(dicomnode("doctor", "--json", "--config", str(config)).stdout)
+    assert early["missing_files"] == [] and early["moved_files"] == []
+    assert early["young_files"] == relocatable
+    for file in moved.rglob("*.dcm"):
+        os.utime(file, (now - 3600, now - 3600))
     found = dicomnode("doctor", "--json", "--min-age", "0", "--config", str(config))
     assert found.returncode == 1, found.stderr
     report = json.loads(found.stdout)
