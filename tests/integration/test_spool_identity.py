@@ -6,6 +6,7 @@ decided on; a spool that goes away under a running node refuses stores and keeps
 import os
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,35 @@ def test_a_spool_gone_under_a_running_node_refuses_stores_and_keeps_its_jobs(
         shutil.rmtree(spool)
         away.rename(spool)
     assert os.path.isfile(spool / "spool-identity")
+
+
+def test_a_spool_away_for_longer_than_the_retries_last_costs_its_jobs_no_attempt(
+    node_factory, ct_series: list[Path]
+) -> None:
+    """Each retry while the spool was away was an attempt of the job: an outage longer than
+    MAX_PROCESSING_ATTEMPTS retries (about an hour at the defaults) left its jobs dead. Here
+    the retries come every 0.2 s."""
+    fast = {"initial_delay_seconds": 0.2, "max_delay_seconds": 0.2, "max_attempts": 10_000}
+    node = node_factory([_unreachable()], retry=fast).start()
+    assert storescu(node.port, ct_series[:3]).returncode == 0
+    node.wait_for_jobs(lambda jobs: jobs and all(job["attempts"] >= 2 for job in jobs))
+    spool = node.data_dir / "spool"
+    away = node.data_dir / "spool-away"
+    spool.rename(away)
+    spool.mkdir()
+    try:
+        node.wait_for_log("the spool is not there", since=0, timeout=30)
+        time.sleep(1)  # an attempt under way when the spool went ends
+        before = {job["id"]: job["attempts"] for job in node.jobs()}
+        time.sleep(4)  # 20 retry delays: MAX_PROCESSING_ATTEMPTS (8) twice over
+        during = node.jobs()
+        assert {job["id"]: job["attempts"] for job in during} == before
+        assert all(job["status"] == "failed" for job in during), during
+    finally:
+        shutil.rmtree(spool)
+        away.rename(spool)
+    node.wait_for_jobs(lambda jobs: all(job["attempts"] > before[job["id"]] for job in jobs))
+    assert "scheduled task ran again" in node.log()
 
 
 def test_a_spool_that_cannot_take_a_write_says_so(tmp_path: Path) -> None:
