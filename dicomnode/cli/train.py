@@ -124,6 +124,8 @@ def train(
         **augmentation,
     )
     out = out or SRCNN.model_file(settings_from(config).enhance, scale, settings.modality)
+    if out.suffix != ".keras":  # Keras would write its own format under any other name
+        raise typer.BadParameter(f"{out}: a model file's name ends in .keras", param_hint="--out")
     if out.exists() and not force:  # before an hour of training, not after it
         raise typer.BadParameter(
             f"{out} exists (without --out: the model the node uses); name another file with "

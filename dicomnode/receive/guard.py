@@ -56,6 +56,7 @@ _FIXED_RQ_FIELDS = 68  # protocol version, reserved, called and calling AE, rese
 _CALLED_AE, _CALLING_AE = 4, 20  # where the AE titles start in an A-ASSOCIATE-RQ's body
 AE_LENGTH = 16
 UID_LENGTH = 64
+RELATED_SOP_CLASS = "related general SOP class UID"  # may not be empty (the others may)
 COMMAND_ALLOWANCE = 1 << 16  # command sets and PDV headers on top of the data set
 _INVALID_PARAMETER_VALUE = 0x06  # PS3.8 9.3.8, source 0x02 (service provider)
 
@@ -320,7 +321,7 @@ def _check_request_text(body: bytearray) -> None:
         problem = (
             _ae_problem(value, title=False)
             if name == "implementation version name"
-            else _uid_problem(value)
+            else _uid_problem(value, empty_allowed=name != RELATED_SOP_CLASS)
         )
         if problem:
             raise _Refused(f"an A-ASSOCIATE-RQ whose {name} {problem}", "protocol")
@@ -339,8 +340,10 @@ def _ae_problem(raw: bytes, *, title: bool) -> str | None:
     return None
 
 
-def _uid_problem(raw: bytes) -> str | None:
-    uid = raw[:-1] if raw.endswith(b"\0") else raw
+def _uid_problem(raw: bytes, *, empty_allowed: bool = True) -> str | None:
+    uid = (raw[:-1] if raw.endswith(b"\0") else raw).strip()  # as pydicom's UID() takes it
+    if not uid and not empty_allowed:
+        return "is empty"
     if not uid.isascii() or len(uid) > UID_LENGTH:
         return f"{raw[: UID_LENGTH + 8]!r} ({len(uid)} bytes) is not up to 64 ASCII characters"
     return None
@@ -364,26 +367,26 @@ def _request_texts(body: bytearray) -> list[tuple[str, bytes]]:
                 elif sub == 0x55:
                     texts.append(("implementation version name", value[b:e]))
                 elif sub in (0x54, 0x56, 0x57):  # each begins with a SOP class UID
-                    texts += [("SOP class UID", uid) for uid in _prefixed_uids(value[b:e], sub)]
+                    texts += _prefixed_uids(value[b:e], sub)
     return texts
 
 
-def _prefixed_uids(value: bytes, kind: int) -> list[bytes]:
+def _prefixed_uids(value: bytes, kind: int) -> list[tuple[str, bytes]]:
     """The UIDs (each after its 2-byte length) of a role selection (0x54: one), an extended
     negotiation (0x56: one) or a common extended negotiation (0x57: SOP class, service class,
-    then a list of related general SOP classes in a field of its own length)."""
+    then related general SOP classes after a length of their own, which pynetdicom reads to
+    the item's end)."""
     uids, at = [], 0
     wanted = 1 if kind != 0x57 else 2
     while len(uids) < wanted and at + 2 <= len(value):
         length = int.from_bytes(value[at : at + 2], "big")
-        uids.append(value[at + 2 : at + 2 + length])
+        uids.append(("SOP class UID", value[at + 2 : at + 2 + length]))
         at += 2 + length
-    if kind == 0x57 and at + 2 <= len(value):
-        end = min(len(value), at + 2 + int.from_bytes(value[at : at + 2], "big"))
+    if kind == 0x57:
         at += 2
-        while at + 2 <= end:
+        while at + 2 <= len(value):
             length = int.from_bytes(value[at : at + 2], "big")
-            uids.append(value[at + 2 : at + 2 + length])
+            uids.append((RELATED_SOP_CLASS, value[at + 2 : at + 2 + length]))
             at += 2 + length
     return uids
 

@@ -455,6 +455,14 @@ _CT = b"1.2.840.10008.5.1.4.1.1.2"
             ),
             "SOP class UID b'1.2.\\x80'",
         ),
+        (
+            _association_request(
+                user_items=_item(
+                    0x57, _uid_field(_CT) + _uid_field(b"1.2") + _uid_field(_uid_field(b""))
+                )
+            ),
+            "related general SOP class UID is empty",
+        ),
     ],
     ids=[
         "control-character",
@@ -465,6 +473,7 @@ _CT = b"1.2.840.10008.5.1.4.1.1.2"
         "version-name",
         "role-selection",
         "related-sop-class",
+        "empty-related-sop-class",
     ],
 )
 def test_an_association_request_with_text_pynetdicom_cannot_decode_is_aborted_in_one_line(

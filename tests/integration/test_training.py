@@ -173,8 +173,8 @@ def test_evaluate_refuses_a_linear_filter_without_the_evaluated_modality(tmp_pat
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
-    said = " ".join(result.stderr.split())
-    assert "no MR images in" in said and "--linear-from" in said
+    said = re.sub(r"[\s│]", "", result.stderr)  # rich wraps the message in a box
+    assert "noMRimagesin" in said and "--linear-from" in said
     assert not (tmp_path / "metrics_per_image.csv").exists()
 
 
@@ -216,6 +216,9 @@ def test_train_refuses_to_replace_a_model_without_force(tmp_path: Path) -> None:
     said = re.sub(r"[\s│]", "", refused.stderr)  # rich wraps the message in a box
     assert f"{out}exists" in said and "--force" in said
     assert out.read_bytes() == b"the node's model"
+    elsewhere = dicomnode(*args, "--out", str(tmp_path / "model.h5"), timeout=300)
+    assert elsewhere.returncode == 2
+    assert "endsin.keras" in re.sub(r"[\s│]", "", elsewhere.stderr)
 
     forced = dicomnode(*args, "--epochs", "1", "--config", str(config), "--force", timeout=600)
     assert forced.returncode == 0, forced.stderr[-2000:]
