@@ -52,10 +52,11 @@ class ImageMeasures:
     outcome: ImageOutcome
 
 
-def _scored_frame(source: Dataset) -> list[int] | None:
-    """The frame a multi-frame image was scored on (its middle one, pipeline/enhancement.py),
-    for the references to say so; None for a single frame, or an image whose IOD has no
-    frames to name (highdicom refuses frame numbers there)."""
+def _scored_frame(measures: ImageMeasures) -> list[int] | None:
+    """The frame a multi-frame image was scored on (`pipeline.scoring.scored_frame_index`: the
+    middle one unless it is blank), for the references to say so; None for a single frame, or
+    an image whose IOD has no frames to name (highdicom refuses frame numbers there)."""
+    source = measures.source
     frames = int(source.get("NumberOfFrames", 1) or 1)
     if frames < 2:
         return None
@@ -63,13 +64,14 @@ def _scored_frame(source: Dataset) -> list[int] | None:
         hd.sr.SourceImageForMeasurement.from_source_image(source, [1])
     except TypeError:
         return None
-    return [frames // 2 + 1]
+    scored = measures.outcome.scored_frame
+    return [(frames // 2 if scored is None else scored) + 1]
 
 
 def _group(
     index: int, measures: ImageMeasures, series_uid: str
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    scored = _scored_frame(measures.source)
+    scored = _scored_frame(measures)
     source_ref = [hd.sr.SourceImageForMeasurement.from_source_image(measures.source, scored)]
     outcome = measures.outcome
     values = [

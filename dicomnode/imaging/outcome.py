@@ -48,9 +48,10 @@ class ImageOutcome:
     fidelity: ImageMetrics  # against the source, on the source grid
     self_check_gain_db: float | None  # None: self-check off
     qa: QaVerdict
+    scored_frame: int | None = None  # of a multi-frame image: the frame scored (0-based)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        record = {
             "psnr_db": self.fidelity.psnr_db,
             "ssim": self.fidelity.ssim,
             "data_range": self.fidelity.data_range,
@@ -60,6 +61,9 @@ class ImageOutcome:
             "sop": self.sop,
             "source_sop": self.source_sop,
         }
+        if self.scored_frame is not None:  # single frames: the record as it always was
+            record["scored_frame"] = self.scored_frame + 1  # as DICOM numbers frames
+        return record
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ImageOutcome":
@@ -69,6 +73,7 @@ class ImageOutcome:
             fidelity=ImageMetrics(data["psnr_db"], data["ssim"], data["data_range"]),
             self_check_gain_db=data["self_check_gain_db"],
             qa=QaVerdict(data["qa"], tuple(data["qa_reasons"])),
+            scored_frame=data["scored_frame"] - 1 if data.get("scored_frame") else None,
         )
 
 

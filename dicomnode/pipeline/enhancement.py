@@ -199,7 +199,15 @@ def _run_method(
                 source = images[index]
                 fidelity, verdict = score(scored[index], output, thresholds)
                 sop = derived_instance_uid(derivation.uid_root, source.sop, method.version)
-                measured = ImageOutcome(source.sop, sop, fidelity, gains.result()[index], verdict)
+                multi_frame = len(source.image.values) > 1
+                measured = ImageOutcome(
+                    source.sop,
+                    sop,
+                    fidelity,
+                    gains.result()[index],
+                    verdict,
+                    scored_frame=scored[index].frame if multi_frame else None,
+                )
                 image = derive_image(source, output, measured, method, derivation)
                 return store.put(image) if isinstance(image, DerivedImage) else image
             finally:

@@ -41,10 +41,23 @@ def _on_source_grid(output: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return output if output.shape == shape else resample(output, shape)
 
 
+def scored_frame_index(source: SourceImage) -> int:
+    """The frame an image is scored on: the middle one of a multi-frame image, or, when that
+    one is blank (a run's empty frame), the nearest one that is not; the middle one when all
+    are (the image is then declined as blank)."""
+    values, padding = source.image.values, source.image.padding
+    middle = len(values) // 2
+    nearest_first = sorted(range(len(values)), key=lambda frame: abs(frame - middle))
+    return next(
+        (frame for frame in nearest_first if data_range_of(values[frame], padding[frame]) > 0),
+        middle,
+    )
+
+
 def scored_frame(source: SourceImage) -> tuple[np.ndarray, np.ndarray]:
-    """The frame an image is scored on (the middle one of a multi-frame image) and the mask of
-    pixels left out of its scores."""
-    frame = len(source.image.values) // 2
+    """The frame an image is scored on (`scored_frame_index`) and the mask of pixels left out
+    of its scores."""
+    frame = scored_frame_index(source)
     return source.image.values[frame], source.image.padding[frame]
 
 
@@ -93,10 +106,12 @@ class ScoredSource:
     padding: np.ndarray
     qa: SourceQa
     other_frames: tuple[tuple[int, SourceQa], ...] = ()
+    frame: int = 0  # the frame scored (`scored_frame_index`)
 
 
 def scored_source(source: SourceImage) -> ScoredSource:
-    reference, padding = scored_frame(source)
+    scored = scored_frame_index(source)
+    reference, padding = source.image.values[scored], source.image.padding[scored]
     domain = source.image.domain
     low, high = sorted(
         (
@@ -117,11 +132,10 @@ def scored_source(source: SourceImage) -> ScoredSource:
         )
 
     frames = len(source.image.values)
-    middle = frames // 2
     others = tuple(
-        (frame, measured(frame)) for frame in sampled_indices(frames, QA_FRAMES) if frame != middle
+        (frame, measured(frame)) for frame in sampled_indices(frames, QA_FRAMES) if frame != scored
     )
-    return ScoredSource(reference, padding, measured(middle), others)
+    return ScoredSource(reference, padding, measured(scored), others, scored)
 
 
 class ScoredSources:
@@ -231,14 +245,14 @@ def self_check_gains(
 def score(
     scored: ScoredSource, output: np.ndarray, thresholds: QaThresholds
 ) -> tuple[ImageMetrics, QaVerdict]:
-    """Fidelity of one output (the middle frame of a multi-frame image) against its source, and
-    its QA verdict: the middle frame's measures, and the worst verdict of the frames QA judges,
-    each other frame's reasons named by its number."""
+    """Fidelity of one output (the scored frame of a multi-frame image) against its source,
+    and its QA verdict: the scored frame's measures, and the worst verdict of the frames QA
+    judges, each other frame's reasons named by its number."""
     shape = scored.reference.shape
-    result = _on_source_grid(output[len(output) // 2], shape)
+    result = _on_source_grid(output[scored.frame], shape)
     fidelity = reported_fidelity(compare(scored.reference, result, padding=scored.padding))
     verdict = assess_against(scored.qa, result, thresholds)
-    named = f"frame {len(output) // 2 + 1} of {len(output)}: " if scored.other_frames else ""
+    named = f"frame {scored.frame + 1} of {len(output)}: " if scored.other_frames else ""
     reasons = [named + reason for reason in verdict.reasons]
     worst = verdict.verdict
     for frame, qa in scored.other_frames:

@@ -271,8 +271,11 @@ def derivation(source: Dataset, scale: int) -> Derivation:
     )
 
 
-def build(sources: Sequence[Dataset], scale: int) -> tuple[list[Dataset], Dataset]:
-    """Derived images (stored values upsampled by `scale`, nearest neighbour) and their SR."""
+def build(
+    sources: Sequence[Dataset], scale: int, scored_frame: int | None = None
+) -> tuple[list[Dataset], Dataset]:
+    """Derived images (stored values upsampled by `scale`, nearest neighbour) and their SR,
+    each image's outcome naming `scored_frame`."""
     how = derivation(sources[0], scale)
     derived, measures = [], []
     for source in sources:
@@ -289,6 +292,7 @@ def build(sources: Sequence[Dataset], scale: int) -> tuple[list[Dataset], Datase
             ImageMetrics(40.0, 0.99, 1000.0),
             None,
             QaVerdict("ok", ()),
+            scored_frame=scored_frame,
         )
         measures.append(ImageMeasures(ds, source, outcome))
     report = metrics_report(
@@ -415,13 +419,17 @@ def test_identity_bytes_invalid_in_their_character_set_are_copied_byte_for_byte(
         assert written.get_item("PatientName").value.rstrip(b" ") == b"M\xfcller^Hans", name
 
 
-def test_the_report_of_a_multi_frame_image_names_the_frame_it_scored(ct_slice: Path) -> None:
-    # The middle frame is the one scored (pipeline/enhancement.py); without a frame number
-    # the measurement would claim every frame (TID 1500).
+@pytest.mark.parametrize(("scored_frame", "number"), [(None, 2), (0, 1)])
+def test_the_report_of_a_multi_frame_image_names_the_frame_it_scored(
+    ct_slice: Path, scored_frame: int | None, number: int
+) -> None:
+    # The frame scored (pipeline/scoring.py: the middle one unless it is blank) is named;
+    # without a frame number the measurement would claim every frame (TID 1500). An outcome
+    # recorded before outcomes named it was scored on the middle frame.
     source = dcmread(ct_slice)
     frames(3)(source)
     source.SOPClassUID = MultiFrameGrayscaleWordSecondaryCaptureImageStorage  # a multi-frame IOD
-    _derived, report = build([source], 1)
+    _derived, report = build([source], 1, scored_frame)
     referenced = [
         int(item.ReferencedFrameNumber)
         for content in report.iterall()
@@ -429,7 +437,7 @@ def test_the_report_of_a_multi_frame_image_names_the_frame_it_scored(ct_slice: P
         for item in content.value
         if "ReferencedFrameNumber" in item
     ]
-    assert referenced and set(referenced) == {2}
+    assert referenced and set(referenced) == {number}
 
 
 def test_the_report_is_timed_as_its_images_on_the_sources_clock(ct_slice: Path) -> None:
