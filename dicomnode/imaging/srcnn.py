@@ -41,6 +41,13 @@ log = logging.getLogger(__name__)
 LAYERS = ((64, 9), (32, 1), (1, 5))  # (filters, kernel size), first to last
 HALO = sum((k - 1) // 2 for _, k in LAYERS)  # 6: how far an output pixel sees
 TILE_OVERLAP = 8  # > HALO, a multiple of 4 for friendlier shapes
+# What the network is given, in working-range units: its training images' range (0 to 3.65,
+# the MR slab's brightest pixels) with a unit of margin. A pixel further out (a dead or
+# saturated detector pixel, a marker, metal past the HU scale) is given at the margin and keeps
+# its distance from it in the output: its neighbours are not "sharpened" against a step no
+# training image had (an Elekta portal image's few zero pixels, 22 units below its range, cost
+# it 4.9 dB at x2; models/MODEL_CARD.md).
+INPUT_RANGE = (-1.0, 5.0)
 MACS_PER_PIXEL = 9 * 9 * 64 + 64 * 32 + 5 * 5 * 32  # 8,032 multiply-adds per output pixel
 BYTES_PER_PIXEL = 4 * (1 + 64 + 32 + 1) * 2  # float32 activations in flight, with headroom
 CPU_MEMORY_BUDGET = 2 << 30  # 10 slices of 512² per batch
@@ -261,11 +268,14 @@ class SrcnnRunner:
 
         The stack is mirrored `HALO` pixels out first: the convolutions' zero padding would
         otherwise be mid-grey in the centred working range and draw a frame along the border.
+        Values beyond `INPUT_RANGE` are given at its edge and keep their distance from it.
         """
         stack = np.asarray(images, dtype=np.float32)
         single = stack.ndim == 2
         stack = stack[None] if single else stack
-        out = averaged_over_views(self._restore_mirrored, stack, views)
+        given = np.clip(stack, *INPUT_RANGE)
+        out = averaged_over_views(self._restore_mirrored, given, views)
+        out += stack - given  # zero but for the pixels beyond INPUT_RANGE
         return out[0] if single else out
 
     def _restore_mirrored(self, stack: np.ndarray) -> np.ndarray:
