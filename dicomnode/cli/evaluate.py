@@ -1,6 +1,7 @@
 """`dicomnode evaluate`: score bicubic, the baseline and SRCNN against the originals."""
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -138,6 +139,8 @@ def evaluate(
         "models": {
             key: {"path": str(one.path), "sha256": one.sha256} for key, one in loaded.items()
         },
+        # what was scored, as typer parsed it: `--linear-from a b` makes b a test folder
+        "evaluated": [str(p) for p in data],
         "linear_fitted_on": [str(p) for p in linear_from or []],
         "degradation": vars(degradation),
         "data_range": "original max - min over non-padding pixels, modality units",
@@ -148,7 +151,7 @@ def evaluate(
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        _print_table(summary)
+        _print_table(summary, data)
 
 
 def _require_a_filter_for_each_modality(
@@ -182,7 +185,7 @@ def _example_indices(images: list, count: int) -> set[int]:
     return set(picks)
 
 
-def _print_table(summary: dict[str, Any]) -> None:
+def _print_table(summary: dict[str, Any], data: list[Path]) -> None:
     from rich.table import Table
 
     from dicomnode.training.evaluate import subsets
@@ -199,6 +202,7 @@ def _print_table(summary: dict[str, Any]) -> None:
         "CI by patient",
         "worst",
         "SSIM gain",
+        title="scored: " + ", ".join(str(folder) for folder in data),
     )
     for method, entry in summary.items():
         for subset, values in subsets(entry):
@@ -213,7 +217,8 @@ def _print_table(summary: dict[str, Any]) -> None:
                 f"{values['ssim_mean']:.4f}",
                 f"{values['gain_db_vs_bicubic']:+.2f}",
                 f"[{low:+.2f}, {high:+.2f}]",
-                f"[{p_low:+.2f}, {p_high:+.2f}]",
+                # one patient: no interval over patients
+                "—" if math.isnan(p_low) else f"[{p_low:+.2f}, {p_high:+.2f}]",
                 f"{values['worst_gain_db']:+.2f}",
                 f"{values['ssim_gain_vs_bicubic']:+.4f}",
             )

@@ -159,6 +159,7 @@ def test_evaluate_command_writes_the_files_and_json(tmp_path: Path) -> None:
         assert {"psnr_mean", "ssim_mean", "gain_db_vs_bicubic", "n_images"} <= entry.keys()
         assert len(entry["gain_ci95"]) == 2
     assert data["methods"]["srcnn"]["gain_db_vs_bicubic"] > 0
+    assert data["evaluated"] == [str(CT_CHEST)] and data["linear_fitted_on"] == []
     for name in ("metrics_per_image.csv", "metrics_summary.csv", "comparison.png"):
         assert (tmp_path / name).stat().st_size > 100
 
