@@ -69,8 +69,11 @@ def after_attempt(
     policy: RetrySettings,
     newer_job: int | None = None,
     rng: random.Random | None = None,
+    *,
+    ended_before_delivery: int | None = None,
 ) -> Transition:
-    """The state after attempt number `attempts` ended with `outcome`.
+    """The state after attempt number `attempts` ended with `outcome`; `ended_before_delivery`:
+    how many of them (this one included) ended before any delivery (default: all of them).
 
     done (or held) when nothing went wrong; stored when there was nowhere to send it and the
     node is not receive-only on purpose (retention keeps it); cancelled when a newer job of the
@@ -107,11 +110,13 @@ def after_attempt(
             f"superseded by job {newer_job} (this attempt: {'; '.join(problems)})",
         )
     # A failure before delivery (the enhancement, the inputs) is no outage to ride out: each
-    # retry costs a worker minutes, and a dead job is what alerts an admin.
-    limit = policy.max_attempts
+    # retry costs a worker minutes, and a dead job is what alerts an admin. Only such attempts
+    # count towards it: a job whose PACS was down for a day is not dead at its first one.
+    before_delivery = attempts if ended_before_delivery is None else ended_before_delivery
+    within = attempts < policy.max_attempts
     if outcome.error is not None:
-        limit = min(limit, MAX_PROCESSING_ATTEMPTS)
-    if retryable and attempts < limit:
+        within = within and before_delivery < MAX_PROCESSING_ATTEMPTS
+    if retryable and within:
         delay = retry_delay_seconds(attempts, policy, rng)
         error = "; ".join(problems) + f" (attempt {attempts}, retry in {delay:.0f} s)"
         return Transition(JobStatus.FAILED, error, retry_in_seconds=delay)

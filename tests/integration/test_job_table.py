@@ -40,6 +40,7 @@ from dicomnode.db.jobs import (
 from dicomnode.db.models import Series, utcnow
 from dicomnode.db.retention import purgeable_series
 from dicomnode.db.stats import queue_snapshot
+from dicomnode.db.transitions import MAX_PROCESSING_ATTEMPTS
 from dicomnode.errors import JobStateError
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.runner import JobRunner
@@ -233,6 +234,26 @@ def test_transient_failures_retry_then_go_dead_and_retry_revives(db: Database) -
         "pacs": "pending",
         "backup": "done",
     }
+
+
+def test_a_job_past_a_days_outage_is_not_dead_at_its_first_failure_before_delivery(
+    db: Database,
+) -> None:
+    """Only attempts that ended before delivery count towards MAX_PROCESSING_ATTEMPTS: a job
+    whose PACS was down for ten attempts was dead at its first unreadable input."""
+    receive(db, "1.2.3.18", 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
+    patient = RetrySettings(max_attempts=80, initial_delay_seconds=0, max_delay_seconds=0, jitter=0)
+    for _ in range(MAX_PROCESSING_ATTEMPTS + 2):
+        assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
+        assert record_delivery(db, job_id, "w", "pacs", DeliveryStatus.FAILED, 0, "peer down")
+        assert finish_attempt(db, job_id, "w", patient).status == "failed"  # type: ignore[union-attr]
+    for attempt in range(1, MAX_PROCESSING_ATTEMPTS + 1):
+        assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
+        result = finish_attempt(db, job_id, "w", patient, error="the spool is not there")
+        assert result is not None
+        expected = "failed" if attempt < MAX_PROCESSING_ATTEMPTS else "dead"
+        assert result.status == expected, (attempt, result.error)
 
 
 def test_failed_job_waits_for_its_backoff(db: Database) -> None:

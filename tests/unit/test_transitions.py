@@ -135,6 +135,19 @@ def test_a_failure_before_delivery_is_not_retried_for_as_long_as_an_outage() -> 
     assert down.status == JobStatus.FAILED  # a destination down goes on being tried
 
 
+def test_only_attempts_that_ended_before_delivery_count_towards_their_limit() -> None:
+    """A job whose PACS was down for a day (attempts past MAX_PROCESSING_ATTEMPTS, all of them
+    delivering) was dead at its first failure before delivery."""
+    policy = RetrySettings(max_attempts=80, jitter=0)
+    broken = AttemptOutcome(error="the spool is not there")
+    after_a_day = MAX_PROCESSING_ATTEMPTS + 10
+    first = after_attempt(broken, after_a_day, policy, ended_before_delivery=1)
+    assert first.status == JobStatus.FAILED
+    last = after_attempt(broken, after_a_day, policy, ended_before_delivery=MAX_PROCESSING_ATTEMPTS)
+    assert last.status == JobStatus.DEAD
+    assert after_attempt(broken, 80, policy, ended_before_delivery=1).status == JobStatus.DEAD
+
+
 def test_a_job_that_kills_its_worker_is_dead_after_three_lapses_however_long_retries_go() -> None:
     # retry.max_attempts is sized for a PACS down for days, not for restarts of a crashing node
     assert after_lapsed_lease(42, 2, max_attempts=80).status == JobStatus.QUEUED
