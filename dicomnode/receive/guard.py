@@ -377,10 +377,12 @@ def _prefixed_uids(value: bytes, kind: int) -> list[tuple[str, bytes]]:
     then related general SOP classes after a length of their own, which pynetdicom reads to
     the item's end)."""
     uids, at = [], 0
-    wanted = 1 if kind != 0x57 else 2
-    while len(uids) < wanted and at + 2 <= len(value):
+    names = ["SOP class UID"] if kind != 0x57 else ["SOP class UID", "service class UID"]
+    for name in names:
+        if at + 2 > len(value):
+            break
         length = int.from_bytes(value[at : at + 2], "big")
-        uids.append(("SOP class UID", value[at + 2 : at + 2 + length]))
+        uids.append((name, value[at + 2 : at + 2 + length]))
         at += 2 + length
     if kind == 0x57:
         at += 2
