@@ -117,9 +117,14 @@ class JobRunner:
             while (
                 not self.stopping.is_set()
                 and self.deliveries.jobs_in_flight(self.part) < self.max_jobs_forwarding
-                and self._spool_is_there()
-                and (job := claim_next_job(self.db, self._lease_token(), lease_seconds, self.part))
             ):
+                # A spool away (a disk unmounted) raises SpoolError, which the scheduled task
+                # logs: no job is taken then, so none spends its attempts on the outage (after
+                # MAX_PROCESSING_ATTEMPTS, about an hour, they were dead).
+                self.spool.check_identity_kept()
+                job = claim_next_job(self.db, self._lease_token(), lease_seconds, self.part)
+                if job is None:
+                    break
                 self.current_job = job.id
                 try:
                     self.run(job)
@@ -128,13 +133,6 @@ class JobRunner:
                 count += 1
             if not self._woken.is_set() or self.stopping.is_set():
                 return count
-
-    def _spool_is_there(self) -> bool:
-        """True, or SpoolError (the scheduled task logs it once) while the spool is away (a
-        disk unmounted): no job is taken then, so none spends its attempts on the outage (after
-        MAX_PROCESSING_ATTEMPTS, about an hour, they were dead)."""
-        self.spool.check_identity_kept()
-        return True
 
     def wake(self) -> None:
         """A job was made: a tick under way looks again before it returns (the scheduler runs
