@@ -41,6 +41,7 @@ def _queue_again(session: Session, job: Job, *, resend_delivered: bool) -> None:
     that lost or deleted part of what it had."""
     now = db_now(session)
     job.status, job.attempts, job.next_attempt_at, job.updated_at = JobStatus.QUEUED, 0, now, now
+    job.failures_before_delivery = 0
     reset = update(Delivery).where(Delivery.job_id == job.id)
     if not resend_delivered:
         reset = reset.where(Delivery.status != DeliveryStatus.DONE)

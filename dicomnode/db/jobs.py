@@ -361,13 +361,14 @@ def finish_attempt(
                 Job.series_uid == job.series_uid, Job.part == job.part, Job.id > job.id
             )
         )
-        # Each attempt that reached delivery counted one for the destinations it sent to, the
-        # one tried most often at every such attempt: the rest ended before delivery (a lapsed
-        # attempt, given back, may have counted one there and not here).
-        delivered = max((d.attempts for d in deliveries), default=0)
-        before_delivery = max(0, job.attempts - delivered)
+        if error is not None:
+            job.failures_before_delivery += 1
         transition = after_attempt(
-            outcome, job.attempts, policy, newer, ended_before_delivery=before_delivery
+            outcome,
+            job.attempts,
+            policy,
+            newer,
+            ended_before_delivery=job.failures_before_delivery,
         )
         job.status, job.error = transition.status, transition.error
         if transition.retry_in_seconds is not None:

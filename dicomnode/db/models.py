@@ -80,6 +80,10 @@ class Job(Base):
     # attempt's outbox folder is named by its claim's number (`Spool.outbox_attempt`), so
     # attempts sort as they were claimed, whatever the clocks of the workers that made them.
     claims: Mapped[int] = mapped_column(Integer, default=0)
+    # Attempts since an admin last queued the job that ended before delivery (the enhancement,
+    # the inputs): they alone count towards MAX_PROCESSING_ATTEMPTS, so a PACS down for a day
+    # does not use them up. Reset with `attempts`.
+    failures_before_delivery: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     # JSON: what the last processing attempt did (device, model, timings, metrics per method).
     details: Mapped[str | None] = mapped_column(Text, default=None)

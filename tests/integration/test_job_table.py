@@ -256,6 +256,31 @@ def test_a_job_past_a_days_outage_is_not_dead_at_its_first_failure_before_delive
         assert result.status == expected, (attempt, result.error)
 
 
+def test_after_an_admins_retry_failures_before_delivery_count_from_the_first(
+    db: Database,
+) -> None:
+    """A delivery done before the retry keeps its attempts; they must not hide the failures
+    before delivery that follow it from MAX_PROCESSING_ATTEMPTS."""
+    receive(db, "1.2.3.19", 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "archive"], parts=ORIGINALS_ONLY)
+    policy = RetrySettings(max_attempts=5, initial_delay_seconds=0, max_delay_seconds=0, jitter=0)
+    for attempt in range(1, 6):  # "pacs" took it at once; "archive" is down throughout
+        assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
+        if attempt == 1:
+            assert record_delivery(db, job_id, "w", "pacs", DeliveryStatus.DONE, 1, None)
+        assert record_delivery(db, job_id, "w", "archive", DeliveryStatus.FAILED, 0, "down")
+        last = finish_attempt(db, job_id, "w", policy)
+    assert last is not None and last.status == "dead"
+    retry_job(db, job_id)
+    patient = RetrySettings(max_attempts=80, initial_delay_seconds=0, max_delay_seconds=0, jitter=0)
+    for attempt in range(1, MAX_PROCESSING_ATTEMPTS + 1):
+        assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
+        result = finish_attempt(db, job_id, "w", patient, error="the spool is not there")
+        assert result is not None
+        expected = "failed" if attempt < MAX_PROCESSING_ATTEMPTS else "dead"
+        assert result.status == expected, (attempt, result.error)
+
+
 def test_failed_job_waits_for_its_backoff(db: Database) -> None:
     receive(db, "1.2.3.9", 1)
     [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
@@ -367,12 +392,15 @@ def test_a_database_from_an_older_version_gets_the_new_columns(
     with db.engine.begin() as connection:  # what the first release's jobs table looked like
         connection.exec_driver_sql("ALTER TABLE jobs DROP COLUMN details")
         connection.exec_driver_sql("ALTER TABLE jobs DROP COLUMN released")
+        connection.exec_driver_sql("ALTER TABLE jobs DROP COLUMN failures_before_delivery")
     db.dispose()
 
     upgraded = open_database(url)
     job = get_job(upgraded, job_id)
     assert job is not None and job.details is None and job.released is False
     assert claim_next_job(upgraded, "w", 60, part=JobPart.ORIGINALS) is not None
+    failed = finish_attempt(upgraded, job_id, "w", FAST_RETRY, error="unreadable input")
+    assert failed is not None and failed.status == "failed"  # the new count starts at 0
     upgraded.dispose()
 
 
