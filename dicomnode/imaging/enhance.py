@@ -25,10 +25,24 @@ from dicomnode.imaging.normalize import (
 from dicomnode.imaging.srcnn import SrcnnRunner
 from dicomnode.imaging.symmetry import views_for
 
+# What the node's own code does to the pixels, beyond the model or parameters a method's version
+# names: filling the padding, the working range and the way back, SRCNN's mirrored border and
+# input range. Every method's version ends in it, so it is part of every derived UID: raise it
+# with any change that gives other pixels for the same input, or a PACS that already holds a
+# derived series is sent other pixels under its UIDs (and many keep the first copy). Revision 1 was
+# everything before this number existed; `tests/unit/test_pixel_revision.py` fails when pixels
+# change and it does not.
+PIXEL_REVISION = 2
+
+
+def revised(version: str) -> str:
+    """A method's own version with the node's pixel revision: what its derived UIDs use."""
+    return f"{version}-r{PIXEL_REVISION}"
+
 
 class Method(Protocol):
     """A runnable enhancement; `version` goes into every derived UID, so it names the model or
-    parameters exactly."""
+    parameters exactly (and ends in the pixel revision: `revised`)."""
 
     name: str
     scale: int
@@ -52,7 +66,7 @@ class BaselineMethod:
     @property
     def version(self) -> str:
         p = self.params
-        return (
+        return revised(
             f"baseline-{p.denoise}-{p.denoise_strength:g}-{p.unsharp_amount:g}-"
             f"{p.unsharp_sigma:g}-{p.clahe_clip:g}-x{self.scale}"
         )
@@ -73,7 +87,7 @@ class SrcnnMethod:
         # The version names what made the pixels: it is part of the derived UIDs, so another
         # number of views must not reuse the UIDs of the model's plain output.
         suffix = f"-views{self.views}" if self.views > 1 else ""
-        self.version = runner.model.version + suffix
+        self.version = revised(runner.model.version + suffix)
         self.model_sha256: str | None = runner.model.sha256
         self.device = runner.device_description
 

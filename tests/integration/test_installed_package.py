@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+from dicomnode.imaging.enhance import PIXEL_REVISION
 from dicomnode.imaging.pixels import to_modality
 from tests.support.data import MR_T1C, dicom_files
 from tests.support.dcmtk import echoscu
@@ -177,7 +178,8 @@ def test_installed_enhance_writes_a_derived_series_with_the_default_model(
     # the MR model the package installed, identified by its hash
     with (out / "metrics.csv").open() as handle:
         versions = {row["version"] for row in csv.DictReader(handle)}
-    assert versions == {f"srcnn-x1-{sha256(installed.models / 'srcnn-mr-x1.keras')[:12]}"}
+    model = sha256(installed.models / "srcnn-mr-x1.keras")[:12]
+    assert versions == {f"srcnn-x1-{model}-r{PIXEL_REVISION}"}
 
 
 def test_installed_serve_answers_c_echo(installed: Installed) -> None:

@@ -9,7 +9,7 @@ import pytest
 from dicomnode.config import EnhanceSettings, Settings
 from dicomnode.errors import ConfigError
 from dicomnode.imaging.degrade import Degradation, resample
-from dicomnode.imaging.enhance import SrcnnMethod, enhance_stack
+from dicomnode.imaging.enhance import PIXEL_REVISION, SrcnnMethod, enhance_stack
 from dicomnode.imaging.metrics import self_check
 from dicomnode.imaging.srcnn import (
     HALO,
@@ -88,8 +88,8 @@ def test_the_views_are_part_of_the_method_version(model_x1) -> None:
     """The version goes into the derived UIDs: output averaged over views must not take the
     UIDs of the model's plain output."""
     runner = SrcnnRunner(model_x1)
-    assert SrcnnMethod(runner).version == model_x1.version
-    assert SrcnnMethod(runner, views=8).version == f"{model_x1.version}-views8"
+    assert SrcnnMethod(runner).version == f"{model_x1.version}-r{PIXEL_REVISION}"
+    assert SrcnnMethod(runner, views=8).version == f"{model_x1.version}-views8-r{PIXEL_REVISION}"
 
 
 def test_scale_two_averages_the_network_over_views_of_the_bicubic_upsampling() -> None:
@@ -115,7 +115,7 @@ def test_by_default_all_eight_views_on_a_gpu_and_one_on_a_cpu(model_x1) -> None:
     assert EnhanceSettings().srcnn_views == 0
     assert SrcnnMethod(SrcnnRunner(model_x1, device="/CPU:0"), views=0).views == 1
     on_gpu = SrcnnMethod(SrcnnRunner(model_x1, device="/GPU:0"), views=0)
-    assert on_gpu.views == 8 and on_gpu.version.endswith("-views8")
+    assert on_gpu.views == 8 and on_gpu.version.endswith(f"-views8-r{PIXEL_REVISION}")
     assert SrcnnMethod(SrcnnRunner(model_x1, device="/GPU:0"), views=2).views == 2
 
 
