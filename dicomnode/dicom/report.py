@@ -53,9 +53,9 @@ class ImageMeasures:
 
 
 def _scored_frame(measures: ImageMeasures) -> list[int] | None:
-    """The frame a multi-frame image was scored on (`pipeline.scoring.scored_frame_index`: the
-    middle one unless it is blank), for the references to say so; None for a single frame, or
-    an image whose IOD has no frames to name (highdicom refuses frame numbers there)."""
+    """The frame a multi-frame image was scored on (`SourceImage.scored_frame`: the middle one
+    unless it is blank), for the references to say so; None for a single frame, or an image
+    whose IOD has no frames to name (highdicom refuses frame numbers there)."""
     source = measures.source
     frames = int(source.get("NumberOfFrames", 1) or 1)
     if frames < 2:

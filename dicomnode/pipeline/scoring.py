@@ -41,23 +41,10 @@ def _on_source_grid(output: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return output if output.shape == shape else resample(output, shape)
 
 
-def scored_frame_index(source: SourceImage) -> int:
-    """The frame an image is scored on: the middle one of a multi-frame image, or, when that
-    one is blank (a run's empty frame), the nearest one that is not; the middle one when all
-    are (the image is then declined as blank)."""
-    values, padding = source.image.values, source.image.padding
-    middle = len(values) // 2
-    nearest_first = sorted(range(len(values)), key=lambda frame: abs(frame - middle))
-    return next(
-        (frame for frame in nearest_first if data_range_of(values[frame], padding[frame]) > 0),
-        middle,
-    )
-
-
 def scored_frame(source: SourceImage) -> tuple[np.ndarray, np.ndarray]:
-    """The frame an image is scored on (`scored_frame_index`) and the mask of pixels left out
-    of its scores."""
-    frame = scored_frame_index(source)
+    """The frame an image is scored on (`SourceImage.scored_frame`) and the mask of pixels left
+    out of its scores."""
+    frame = source.scored_frame
     return source.image.values[frame], source.image.padding[frame]
 
 
@@ -106,12 +93,12 @@ class ScoredSource:
     padding: np.ndarray
     qa: SourceQa
     other_frames: tuple[tuple[int, SourceQa], ...] = ()
-    frame: int = 0  # the frame scored (`scored_frame_index`)
+    frame: int = 0  # the frame scored (`SourceImage.scored_frame`)
 
 
 def scored_source(source: SourceImage) -> ScoredSource:
-    scored = scored_frame_index(source)
-    reference, padding = source.image.values[scored], source.image.padding[scored]
+    scored = source.scored_frame
+    reference, padding = scored_frame(source)
     domain = source.image.domain
     low, high = sorted(
         (

@@ -1,6 +1,7 @@
 """A job's source images, read from the spool: what decodes, and why the rest does not."""
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
@@ -9,6 +10,7 @@ from dicomnode.db import SpooledInstance
 from dicomnode.dicom.bounded import read_bounded
 from dicomnode.dicom.endian import little_endian
 from dicomnode.errors import DecodeError, ImageDeclined, InstanceTooLarge, SeriesTooLarge
+from dicomnode.imaging.metrics import data_range_of
 from dicomnode.imaging.outcome import TOO_LARGE, DeclinedImage
 from dicomnode.imaging.pixels import ModalityImage, pixel_domain, to_modality
 
@@ -41,6 +43,22 @@ class SourceImage:
     @property
     def modality(self) -> str:
         return str(self.dataset.get("Modality", "")).upper()
+
+    @cached_property
+    def scored_frame(self) -> int:
+        """The frame the image is scored on: the middle one of a multi-frame image, or, when
+        that one is blank (a run's empty frame), the nearest one that is not; the middle one
+        when all are (the image is then declined as blank). Found once: the job's scoring, QA
+        and self-check all ask."""
+        values, padding = self.image.values, self.image.padding
+        middle = len(values) // 2
+        if len(values) == 1:
+            return 0
+        nearest_first = sorted(range(len(values)), key=lambda frame: abs(frame - middle))
+        return next(
+            (frame for frame in nearest_first if data_range_of(values[frame], padding[frame]) > 0),
+            middle,
+        )
 
 
 def load_sources(

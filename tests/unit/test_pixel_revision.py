@@ -2,10 +2,10 @@
 
 Derived UIDs are made from the source's UID and the method's version, so a series sent again
 gets the UIDs it got before, and the PACS replaces its copy (or keeps the first, as Orthanc does
-by default). That is right only while the same version gives the same pixels: a change to the node's pixel code that
-does not raise PIXEL_REVISION would leave a PACS holding old pixels under UIDs it is sent new
-ones for. Each method a default node runs is compared with the pixels pinned for its version
-(`tests/support/pixel_pins.py`).
+by default). That is right only while the same version gives the same pixels: a change to the
+node's pixel code that does not raise PIXEL_REVISION would leave a PACS holding old pixels under
+UIDs it is sent new ones for. Each method a default node runs is compared with the pixels
+pinned for its version (`tests/support/pixel_pins.py`).
 """
 
 import numpy as np
