@@ -17,7 +17,7 @@ from dicomnode.config import Settings
 from dicomnode.db import SpooledInstance
 from dicomnode.errors import ImageDeclined
 from dicomnode.imaging import metrics
-from dicomnode.imaging.enhance import Method, SrcnnMethod
+from dicomnode.imaging.enhance import Method, SrcnnMethod, revised
 from dicomnode.imaging.metrics import RestoredForSelfCheck
 from dicomnode.imaging.srcnn import BYTES_PER_PIXEL, HALO, SrcnnRunner, build_srcnn, from_network
 from dicomnode.pipeline import derived_output, enhancement, scoring
@@ -58,7 +58,7 @@ class WholeSeries:
     def __init__(self, runner: SrcnnRunner) -> None:
         self.runner = runner
         self.name, self.scale = "srcnn", runner.model.scale
-        self.version, self.model_sha256 = runner.model.version, runner.model.sha256
+        self.version, self.model_sha256 = revised(runner.model.version), runner.model.sha256
         self.device = runner.device_description
         self.calls: list[int] = []
 
