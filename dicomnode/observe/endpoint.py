@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from http import HTTPStatus
@@ -39,6 +40,10 @@ REQUEST_TIMEOUT_SECONDS = 10.0  # a client that does not send its request in tim
 # Requests served at once; a connection beyond them is closed at once. Each takes a thread and a
 # file descriptor: 1,018 slow clients took every descriptor, and the DICOM listener with them.
 MAX_HTTP_CONNECTIONS = 16
+# Of them, from one client address: 16 slow clients from one host held every slot for 10 s at a
+# time, and the orchestrator's probes failed meanwhile (a liveness probe that fails restarts the
+# node). A scraper or a probe needs one.
+MAX_HTTP_CONNECTIONS_PER_ADDRESS = 4
 ACCEPT_PAUSE_SECONDS = 1.0  # after an accept that failed for want of descriptors
 PLAIN_TEXT = "text/plain; charset=utf-8"
 
@@ -122,6 +127,33 @@ def node_checks(
     return [database, disk] + ([listener] if listener_up is not None else [])
 
 
+class ConnectionSlots:
+    """The requests served at once: at most `total`, and `per_address` from one client address."""
+
+    def __init__(self, total: int, per_address: int) -> None:
+        self.total, self.per_address = total, per_address
+        self._held: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def take(self, address: str) -> bool:
+        """A slot for a connection from `address`; False when there is none."""
+        with self._lock:
+            if self._held.total() >= self.total or self._held[address] >= self.per_address:
+                return False
+            self._held[address] += 1
+            return True
+
+    def give_back(self, address: str) -> None:
+        with self._lock:
+            self._held[address] -= 1
+            if self._held[address] <= 0:
+                del self._held[address]
+
+
+def _host(client_address: Any) -> str:
+    return str(client_address[0]) if isinstance(client_address, tuple) else str(client_address)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a request in progress never holds the process up at exit
     registry: CollectorRegistry
@@ -129,7 +161,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         super().__init__(address, handler)
-        self._slots = threading.BoundedSemaphore(MAX_HTTP_CONNECTIONS)
+        self._slots = ConnectionSlots(MAX_HTTP_CONNECTIONS, MAX_HTTP_CONNECTIONS_PER_ADDRESS)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         try:
@@ -140,20 +172,20 @@ class _Server(ThreadingHTTPServer):
             raise
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # at the limit: closed, not queued
+        if not self._slots.take(_host(client_address)):
+            self.shutdown_request(request)  # at a limit: closed, not queued
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._slots.give_back(_host(client_address))
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._slots.give_back(_host(client_address))
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client gone mid-answer (a scraper's timeout): one DEBUG line, not socketserver's

@@ -238,18 +238,36 @@ def test_what_a_pacs_made_of_each_instance_is_counted_and_its_remarks_logged(
 
 def test_slow_http_clients_are_bounded_cut_off_and_leave_no_traceback(node_factory) -> None:
     """1,018 clients sending a header byte every 4 s held a thread and a file descriptor each
-    for ever, until the DICOM listener could accept nobody; a client gone mid-answer wrote
-    socketserver's traceback to the log."""
+    for ever, until the DICOM listener could accept nobody; 16 from one host held every slot,
+    and the probes failed; a client gone mid-answer wrote socketserver's traceback to the
+    log."""
     node = node_factory([], http=HTTP_ON).start()
-    slow = [socket.create_connection(("127.0.0.1", node.http_port)) for _ in range(16)]
+
+    def connect(source: str) -> socket.socket:
+        return socket.create_connection(
+            ("127.0.0.1", node.http_port), timeout=5, source_address=(source, 0)
+        )
+
+    def refused_at_once(source: str) -> bool:
+        with connect(source) as extra:
+            extra.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            return extra.recv(100) == b""  # over a limit: closed at once, not queued
+
+    # One host's slow clients take its 4 slots, and the probes from another are still answered.
+    slow = [connect("127.0.0.2") for _ in range(4)]
     started = time.monotonic()
     try:
         for client in slow:
             client.sendall(b"GET /metr")
         time.sleep(0.5)
-        with socket.create_connection(("127.0.0.1", node.http_port), timeout=5) as extra:
-            extra.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-            assert extra.recv(100) == b""  # over the limit: closed at once, not queued
+        assert refused_at_once("127.0.0.2")
+        assert http_get(node.http_port, "/healthz") == (200, "ok\n")
+        # Three more hosts take the 16 slots in all: the next host is closed at once.
+        slow += [connect(f"127.0.0.{host}") for host in (3, 4, 5) for _ in range(4)]
+        for client in slow[4:]:
+            client.sendall(b"GET /metr")
+        time.sleep(0.5)
+        assert refused_at_once("127.0.0.6")
         closed: set[int] = set()
         while len(closed) < len(slow) and time.monotonic() - started < 20:
             for index, client in enumerate(slow):

@@ -19,7 +19,7 @@ from dicomnode.observe import collector
 from dicomnode.observe.bounded import BoundedCall
 from dicomnode.observe.collector import ConfiguredModels
 from dicomnode.observe.counters import REFUSAL_REASONS
-from dicomnode.observe.endpoint import Readiness
+from dicomnode.observe.endpoint import ConnectionSlots, Readiness
 from dicomnode.receive.status import refusal_reason, refusal_text, sender_text
 from dicomnode.spool import Spool
 
@@ -126,6 +126,18 @@ def test_the_http_endpoint_is_off_by_default_and_its_settings_are_checked() -> N
         load_settings(None, environ={"DICOMNODE_HTTP_PORT": "0"})
     with pytest.raises(ConfigError, match=r"http\.check_timeout_seconds .*: must be > 0"):
         load_settings(None, environ={"DICOMNODE_HTTP_CHECK_TIMEOUT_SECONDS": "0"})
+
+
+def test_connection_slots_cap_each_address_and_all_and_come_back() -> None:
+    slots = ConnectionSlots(total=5, per_address=2)
+    assert [slots.take("10.0.0.1") for _ in range(3)] == [True, True, False]
+    assert [slots.take("10.0.0.2") for _ in range(3)] == [True, True, False]
+    assert slots.take("10.0.0.3") and not slots.take("10.0.0.4")  # 5 in all
+    slots.give_back("10.0.0.1")
+    assert slots.take("10.0.0.4") and not slots.take("10.0.0.5")
+    slots.give_back("10.0.0.3")
+    assert not slots.take("10.0.0.2")  # its 2, though a slot is free
+    assert slots.take("10.0.0.1") and not slots.take("10.0.0.3")
 
 
 def test_a_bounded_call_hands_back_the_functions_error() -> None:
