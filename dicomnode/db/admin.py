@@ -5,6 +5,8 @@ Each action asks `transitions.admin_refusal` whether it applies to the job's sta
 job's history with the admin's name, for the node to log.
 """
 
+from datetime import datetime
+
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -35,13 +37,18 @@ def _check(action: AdminAction, job: Job, newer_job: int | None = None) -> None:
         raise JobStateError(refused)
 
 
+def _fresh_attempts(job: Job, now: datetime) -> None:
+    """Queued now, its attempts (and those that ended before delivery) counted from zero."""
+    job.status, job.next_attempt_at, job.updated_at = JobStatus.QUEUED, now, now
+    job.attempts = job.failures_before_delivery = 0
+
+
 def _queue_again(session: Session, job: Job, *, resend_delivered: bool) -> None:
     """Back to the queue now with fresh attempts; its deliveries pending again (those already
     done too, when `resend_delivered`), and sent whole: an admin's action may follow a PACS
     that lost or deleted part of what it had."""
     now = db_now(session)
-    job.status, job.attempts, job.next_attempt_at, job.updated_at = JobStatus.QUEUED, 0, now, now
-    job.failures_before_delivery = 0
+    _fresh_attempts(job, now)
     reset = update(Delivery).where(Delivery.job_id == job.id)
     if not resend_delivered:
         reset = reset.where(Delivery.status != DeliveryStatus.DONE)
@@ -127,12 +134,7 @@ def resend_job(
                     0,
                     now,
                 )
-        job.status, job.attempts, job.next_attempt_at, job.updated_at = (
-            JobStatus.QUEUED,
-            0,
-            now,
-            now,
-        )
+        _fresh_attempts(job, now)
         # What a destination confirmed keeping, or stored, is not sent again on a retry; a
         # resend is asked for because the PACS no longer has it, so it sends everything (and
         # asks for commitment again).

@@ -26,7 +26,7 @@ from dicomnode.db import (
     ReceivedInstance,
     open_database,
 )
-from dicomnode.db.admin import cancel_job, retry_job
+from dicomnode.db.admin import cancel_job, resend_job, retry_job
 from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
 from dicomnode.db.jobs import (
     claim_next_job,
@@ -37,7 +37,7 @@ from dicomnode.db.jobs import (
     reclaim_expired_leases,
     record_delivery,
 )
-from dicomnode.db.models import Series, utcnow
+from dicomnode.db.models import Job, Series, utcnow
 from dicomnode.db.retention import purgeable_series
 from dicomnode.db.stats import queue_snapshot
 from dicomnode.db.transitions import MAX_PROCESSING_ATTEMPTS
@@ -281,6 +281,33 @@ def test_after_an_admins_retry_failures_before_delivery_count_from_the_first(
         assert result.status == expected, (attempt, result.error)
 
 
+@pytest.mark.parametrize("action", ["retry", "resend"])
+def test_an_admins_retry_or_resend_counts_failures_before_delivery_anew(
+    db: Database, action: str
+) -> None:
+    """7 failures before delivery, then an admin's action: the job gets its 8 again, not 1."""
+    receive(db, f"1.2.3.20.{len(action)}", 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
+    patient = RetrySettings(max_attempts=80, initial_delay_seconds=0, max_delay_seconds=0, jitter=0)
+
+    def fail_before_delivery() -> str:
+        assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
+        result = finish_attempt(db, job_id, "w", patient, error="the model would not load")
+        assert result is not None
+        return result.status
+
+    assert [fail_before_delivery() for _ in range(7)] == ["failed"] * 7
+    if action == "retry":
+        retry_job(db, job_id)
+    else:  # a resend follows a job done at last
+        assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
+        assert record_delivery(db, job_id, "w", "pacs", DeliveryStatus.DONE, 1, None)
+        assert finish_attempt(db, job_id, "w", patient).status == "done"  # type: ignore[union-attr]
+        resend_job(db, job_id, ["pacs"])
+    statuses = [fail_before_delivery() for _ in range(MAX_PROCESSING_ATTEMPTS)]
+    assert statuses == ["failed"] * (MAX_PROCESSING_ATTEMPTS - 1) + ["dead"]
+
+
 def test_failed_job_waits_for_its_backoff(db: Database) -> None:
     receive(db, "1.2.3.9", 1)
     [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
@@ -400,7 +427,9 @@ def test_a_database_from_an_older_version_gets_the_new_columns(
     assert job is not None and job.details is None and job.released is False
     assert claim_next_job(upgraded, "w", 60, part=JobPart.ORIGINALS) is not None
     failed = finish_attempt(upgraded, job_id, "w", FAST_RETRY, error="unreadable input")
-    assert failed is not None and failed.status == "failed"  # the new count starts at 0
+    assert failed is not None and failed.status == "failed"
+    with upgraded.session() as session:  # the new count started at 0 and counted this one
+        assert session.get(Job, job_id).failures_before_delivery == 1  # type: ignore[union-attr]
     upgraded.dispose()
 
 
