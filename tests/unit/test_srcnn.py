@@ -20,6 +20,7 @@ from dicomnode.imaging.srcnn import (
     build_srcnn,
     file_sha256,
     from_network,
+    import_tensorflow,
     load_model,
     tiles_for,
 )
@@ -82,6 +83,13 @@ def test_averaged_over_eight_views_the_output_turns_with_the_image(model_x1) -> 
     expected = np.rot90(method(images), 1, axes=(1, 2))
     assert np.abs(method(turned) - expected).max() < 1e-5
     assert np.abs(plain(turned) - np.rot90(plain(images), 1, axes=(1, 2))).max() > 1e-3
+
+
+def test_convolutions_run_at_full_float32_on_any_device() -> None:
+    """TF32, a GPU's default, put the shipped models' outputs 3 HU from the CPU's: a GPU and a
+    CPU worker would make other pixels under the same derived UIDs."""
+    tf = import_tensorflow()
+    assert tf.config.experimental.tensor_float_32_execution_enabled() is False
 
 
 def test_the_views_are_part_of_the_method_version(model_x1) -> None:
