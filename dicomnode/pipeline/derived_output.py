@@ -145,8 +145,10 @@ def image_comment(method: Method, image: ImageOutcome) -> str:
     return text + f"; QA {image.qa.verdict}"
 
 
-def _upsampled(mask: np.ndarray, scale: int) -> np.ndarray:
-    return np.repeat(np.repeat(mask, scale, axis=-2), scale, axis=-1) if scale > 1 else mask
+def upsampled(pixels: np.ndarray, scale: int) -> np.ndarray:
+    """A source's padding mask or stored values on the output grid: each pixel `scale` x
+    `scale` times (the padding is put back exactly where it was)."""
+    return np.repeat(np.repeat(pixels, scale, axis=-2), scale, axis=-1) if scale > 1 else pixels
 
 
 @dataclass(frozen=True)
@@ -167,8 +169,8 @@ def derive_image(
 ) -> DerivedImage | DeclinedImage:
     """The derived image of one source, encoded; or why the standard does not let us derive
     it. Safe to run beside the enhancement of other images (it reads only its own source)."""
-    padding = _upsampled(source.image.padding, method.scale)
-    padding_stored = _upsampled(source.image.stored, method.scale)
+    padding = upsampled(source.image.padding, method.scale)
+    padding_stored = upsampled(source.image.stored, method.scale)
     stored = to_stored(output, source.image.domain, padding, padding_stored)
     try:
         derived = derived_instance(

@@ -1,30 +1,36 @@
-"""Pinned pixels: what each shipped method makes of two small synthetic images, by version.
+"""Pinned pixels: what each shipped method makes of small synthetic images, by version.
 
 A method's version (ending in `PIXEL_REVISION`) is part of every derived UID, so the same
 version must always give the same pixels: `tests/unit/test_pixel_revision.py` compares what the
-methods make now with what they made when their version was pinned. The images hold what the
-node's own code treats specially: CT padding in a corner (filled before the method), metal
-beyond SRCNN's input range, an MR outlier beyond it too (the percentiles that set MR's working
-range ignore it), and image content up to every border.
+methods make now with what they made when their version was pinned, and what `to_stored` makes
+of the pinned values with the stored values pinned beside them. The images hold what the node's
+own code treats specially: CT padding in a corner (filled before the method, restored after),
+metal beyond SRCNN's input range, an outlier beyond it too in the others (the percentiles that
+set their working range ignore it), a MONOCHROME1 CR, a rescale slope, stored values past
+their bits, and image content up to every border.
 
-After a new model, new baseline defaults or a raised PIXEL_REVISION, pin the new versions:
+The cases are what a default node runs (SRCNN with each shipped model, the baseline) at x1 and
+x2, SRCNN also over 8 views (a GPU's default) and the baseline also with non-local means and
+CLAHE. After a new model, new baseline defaults or a raised PIXEL_REVISION, pin the new
+versions on a CPU:
 
     .venv/bin/python -m tests.support.pixel_pins
 """
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from dicomnode.config import Settings
-from dicomnode.imaging.enhance import Method, enhance_stack
+from dicomnode.imaging.baseline import BaselineParams
+from dicomnode.imaging.enhance import BaselineMethod, Method, SrcnnMethod, enhance_stack
+from dicomnode.imaging.pixels import PixelDomain, to_stored
+from dicomnode.pipeline.derived_output import upsampled
 from dicomnode.pipeline.methods import configured_methods
 
 PINS = Path(__file__).resolve().parents[1] / "data" / "pixel_pins.npz"
-MODALITIES = ("CT", "MR", "CR")  # CR: the model for any other modality
 SCALES = (1, 2)
-METHODS = ("srcnn", "baseline")
 
 
 def ct_image() -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +48,7 @@ def ct_image() -> tuple[np.ndarray, np.ndarray]:
 
 
 def mr_image() -> np.ndarray:
-    """A 36x36 MR-like slice: dark background, two tissues with texture, one outlier pixel."""
+    """A 36x36 slice: dark background, two tissues with texture, one outlier pixel."""
     rows, cols = np.mgrid[0:36, 0:36].astype(np.float32)
     values = 20 + 5 * np.cos(rows + cols)
     head = np.hypot(rows - 18, cols - 18) < 15
@@ -52,38 +58,88 @@ def mr_image() -> np.ndarray:
     return values.round()
 
 
-def pinned_methods() -> list[tuple[str, Method]]:
-    """(modality, method) for every method a default node runs, at each scale."""
+def _domain(bits_stored: int, signed: bool, slope: float, photometric: str) -> PixelDomain:
+    return PixelDomain(16, bits_stored, signed, slope, 0.0, photometric, None, None)
+
+
+@dataclass(frozen=True)
+class Image:
+    """A synthetic source: its modality values, padding, and how they are stored."""
+
+    modality: str
+    values: np.ndarray
+    padding: np.ndarray
+    domain: PixelDomain
+
+    @property
+    def stored_padding(self) -> np.ndarray:
+        return np.rint(self.values / self.domain.slope).astype(self.domain.dtype)
+
+
+def images() -> list[Image]:
+    ct, padding = ct_image()
+    mr, none = mr_image(), np.zeros((36, 36), bool)
+    return [
+        Image("CT", ct, padding, _domain(16, True, 1.0, "MONOCHROME2")),
+        # a slope of 2, and 12 bits: the outlier (30,000) is past what they store
+        Image("MR", mr, none, _domain(12, False, 2.0, "MONOCHROME2")),
+        # the model for any other modality, on an image whose low values display white
+        Image("CR", mr, none, _domain(16, False, 1.0, "MONOCHROME1")),
+    ]
+
+
+@dataclass(frozen=True)
+class Case:
+    image: Image
+    method: Method
+
+    @property
+    def key(self) -> str:
+        return f"{self.image.modality}_{self.method.version}"
+
+    def output(self) -> np.ndarray:
+        """The method's output in modality units, as `enhance_stack` gives it to the writer."""
+        image = self.image
+        return enhance_stack(
+            image.values[None],
+            image.modality,
+            self.method,
+            padding=image.padding[None],
+            inverted=image.domain.inverted,
+        ).values[0]
+
+    def stored(self, values: np.ndarray) -> np.ndarray:
+        """`values` as the derived image stores them (padding restored, as the writer does)."""
+        image, scale = self.image, self.method.scale
+        padding = upsampled(image.padding, scale)
+        return to_stored(values, image.domain, padding, upsampled(image.stored_padding, scale))
+
+
+def cases() -> list[Case]:
     settings = Settings()
-    cases = []
+    found = []
     for scale in SCALES:
-        enhance = replace(settings.enhance, methods=list(METHODS), scale=scale, srcnn_views=1)
-        scaled = replace(settings, enhance=enhance)
-        for modality in MODALITIES:
-            cases += [(modality, method) for method in configured_methods(scaled, modality)]
-    return cases
-
-
-def pin_key(modality: str, method: Method) -> str:
-    return f"{modality}_{method.version}"
-
-
-def output_of(modality: str, method: Method) -> np.ndarray:
-    """The method's output in modality units, as `enhance_stack` gives it to the writer."""
-    if modality == "CT":
-        image, padding = ct_image()
-        return enhance_stack(image[None], modality, method, padding=padding[None]).values[0]
-    return enhance_stack(mr_image()[None], modality, method).values[0]
+        enhance = replace(settings.enhance, methods=["srcnn", "baseline"], scale=scale)
+        scaled = replace(settings, enhance=replace(enhance, srcnn_views=1))
+        for image in images():
+            methods = configured_methods(scaled, image.modality)
+            srcnn = next(m for m in methods if isinstance(m, SrcnnMethod))
+            methods.append(SrcnnMethod(srcnn.runner, views=8))
+            if image.modality == "MR":
+                tuned = BaselineParams(denoise="nlm", clahe_clip=0.01)
+                methods.append(BaselineMethod(tuned, scale=scale))
+            found += [Case(image, method) for method in methods]
+    return found
 
 
 def main() -> None:
-    # in 1/64 steps (exact in float32), far finer than the test's tolerance, so they compress
-    pins = {
-        pin_key(modality, m): np.round(output_of(modality, m) * 64) / 64
-        for modality, m in pinned_methods()
-    }
+    pins: dict[str, np.ndarray] = {}
+    for case in cases():
+        values = case.output()
+        pins[case.key] = values
+        pins[f"{case.key}.stored"] = case.stored(values)
     np.savez_compressed(PINS, **pins)
-    print(f"{PINS}: {len(pins)} pins")
+    print(f"{PINS}: {len(pins) // 2} cases")
     for key in sorted(pins):
         print(f"  {key}")
 
