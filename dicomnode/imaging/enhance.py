@@ -40,6 +40,10 @@ def revised(version: str) -> str:
     return f"{version}-r{PIXEL_REVISION}"
 
 
+def is_revised(version: str) -> bool:
+    return version.endswith(f"-r{PIXEL_REVISION}")
+
+
 class Method(Protocol):
     """A runnable enhancement; `version` goes into every derived UID, so it names the model or
     parameters exactly (and ends in the pixel revision: `revised`)."""

@@ -14,7 +14,13 @@ from pathlib import Path
 from dicomnode.config import QaSettings, Settings
 from dicomnode.errors import ConfigError, DicomNodeError, first_line
 from dicomnode.imaging.baseline import BaselineParams
-from dicomnode.imaging.enhance import BaselineMethod, Method, SrcnnMethod
+from dicomnode.imaging.enhance import (
+    PIXEL_REVISION,
+    BaselineMethod,
+    Method,
+    SrcnnMethod,
+    is_revised,
+)
 from dicomnode.imaging.qa import QaThresholds
 from dicomnode.imaging.srcnn import SrcnnRunner, load_model
 from dicomnode.registry import SRCNN, method_spec
@@ -56,9 +62,25 @@ def build_baseline(settings: Settings, modality: str = "") -> Method:
     return BaselineMethod(baseline_params(settings), scale=settings.enhance.scale)
 
 
+def _revised(method: Method, name: str) -> Method:
+    """`method`, whose version ends in the node's pixel revision; a plugin's that does not is a
+    ConfigError: the node's own pixel code (padding, working range, stored values) is part of
+    what makes its pixels, so the revision must be part of its derived UIDs too."""
+    if not is_revised(method.version):
+        raise ConfigError(
+            f"setting enhance.methods: {name}: its version {method.version!r} does not end in "
+            f"the node's pixel revision '-r{PIXEL_REVISION}'; a plugin builds its version with "
+            "dicomnode.imaging.enhance.revised()"
+        )
+    return method
+
+
 def configured_methods(settings: Settings, modality: str = "") -> list[Method]:
     """One Method per name in `[enhance] methods`, in that order, for series of `modality`."""
-    return [method_spec(name).build(settings, modality) for name in settings.enhance.methods]
+    return [
+        _revised(method_spec(name).build(settings, modality), name)
+        for name in settings.enhance.methods
+    ]
 
 
 MethodsFor = Callable[[str], list[Method]]
@@ -76,7 +98,9 @@ def load_models(settings: Settings) -> int:
 
     A model that exists but cannot be loaded (truncated, damaged, another network) raises
     ConfigError naming the file: the node must not start and then fail every job. Nothing is
-    loaded, and TensorFlow not imported, when no configured method uses a model.
+    loaded, and TensorFlow not imported, when no configured method uses a model. Then each
+    configured method is built once for each enabled modality, as jobs build them: a plugin
+    whose version lacks the pixel revision stops the start (ConfigError), not every job.
     """
     enhance = settings.enhance
     built, loaded_before = 0, set(_runners)
@@ -100,6 +124,8 @@ def load_models(settings: Settings) -> int:
             raise ConfigError(
                 f"setting enhance.methods: {path} loads but cannot run: {first_line(exc)}"
             ) from None
+    for modality in enhance.modalities:  # each method as jobs build it (models now cached)
+        configured_methods(settings, modality)
     return built
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from dicomnode.config import Settings
-from dicomnode.imaging.enhance import Method
+from dicomnode.imaging.enhance import Method, revised
 from dicomnode.registry import MethodSpec, register
 
 
@@ -23,7 +23,7 @@ class _Injected:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.version = f"{name}-1"
+        self.version = revised(f"{name}-1")
 
 
 class FailingMethod(_Injected):
@@ -43,6 +43,13 @@ class SlowMethod(_Injected):
     def __call__(self, stack: np.ndarray) -> np.ndarray:
         time.sleep(float(os.environ.get("DICOMNODE_TEST_SLOW_SECONDS", "20")))
         return stack.copy()
+
+
+def build_unrevised(settings: Settings, modality: str = "") -> Method:
+    """A plugin that names its version without the node's pixel revision (not registered)."""
+    method = SlowMethod("unrevised")
+    method.version = "unrevised-1"
+    return method
 
 
 def build_failing(settings: Settings, modality: str = "") -> Method:

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.config import EnhanceSettings
+from dicomnode.config import EnhanceSettings, Settings
 from dicomnode.errors import ConfigError
+from dicomnode.pipeline.methods import configured_methods, load_models
 from dicomnode.registry import BASELINE, METHODS, MODELS_DIR, SRCNN, MethodSpec, register
 
 
@@ -46,3 +47,19 @@ def test_config_knows_exactly_the_registered_methods() -> None:
             register(MethodSpec("magic", "other:build", "srcnn_series_offset"))
     finally:
         del METHODS["magic"]
+
+
+def test_a_plugin_whose_version_lacks_the_pixel_revision_stops_the_start() -> None:
+    """The node's pixel code is part of what a plugin's derived pixels are: its version, and so
+    its derived UIDs, must change with PIXEL_REVISION."""
+    builder = "tests.support.injected_methods:build_unrevised"
+    register(MethodSpec("unrevised", builder, "srcnn_series_offset"))
+    try:
+        settings = Settings(enhance=EnhanceSettings(methods=["baseline", "unrevised"]))
+        said = r"unrevised: its version 'unrevised-1' does not end in the node's pixel revision"
+        with pytest.raises(ConfigError, match=said):
+            load_models(settings)
+        with pytest.raises(ConfigError, match=said):
+            configured_methods(settings, "CT")
+    finally:
+        del METHODS["unrevised"]
