@@ -305,11 +305,21 @@ class HttpSettings:
     host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus on another host scrape it
     port: int = 9112
     check_timeout_seconds: float = 5.0  # /readyz answers 503 when its checks take longer
+    # Connections served at once, in all and from one client address; one more is closed at
+    # once. Each holds a thread for up to 10 s while its request comes in.
+    max_connections: int = 16
+    max_connections_per_address: int = 4
 
     def validate(self) -> None:
         _check(self.host != "", "http.host", "must not be empty")
         _check_port(self.port, "http.port")
         _check(self.check_timeout_seconds > 0, "http.check_timeout_seconds", "must be > 0")
+        _check(1 <= self.max_connections <= 1024, "http.max_connections", "must be 1..1024")
+        _check(
+            1 <= self.max_connections_per_address <= self.max_connections,
+            "http.max_connections_per_address",
+            f"must be 1..http.max_connections ({self.max_connections})",
+        )
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ CONNECTION_REASONS = (
     "not_dicom",
 )
 
+HTTP_REFUSAL_REASONS = ("per_address_cap", "total_cap")
+
 INSTANCES_RECEIVED = Counter(
     "dicomnode_instances_received",
     "Instances stored and answered Success (C-STORE).",
@@ -86,6 +88,15 @@ FORWARD_OUTCOMES = (
     "unreadable",
     "unsendable",
 )
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "dicomnode_http_connections_refused",
+    "Connections to the HTTP endpoint closed at once for want of a slot ([http]), by reason.",
+    ["reason"],
+    registry=None,
+)
+for _reason in HTTP_REFUSAL_REASONS:
+    HTTP_CONNECTIONS_REFUSED.labels(_reason)
+
 INSTANCES_FORWARDED = Counter(
     "dicomnode_instances_forwarded",
     "Instances sent by C-STORE, by destination and what became of them.",
@@ -136,6 +147,7 @@ def in_process_metrics() -> list[Collector]:
         INSTANCES_REFUSED,
         ASSOCIATIONS_REJECTED,
         CONNECTIONS_ABORTED,
+        HTTP_CONNECTIONS_REFUSED,
         INSTANCES_FORWARDED,
         ENHANCEMENTS_FAILED,
         STAGE_SECONDS,

@@ -31,19 +31,18 @@ from dicomnode.db.stats import check_reachable
 from dicomnode.errors import ConfigError, SpoolError
 from dicomnode.observe.bounded import BoundedCall
 from dicomnode.observe.collector import ConfiguredModels, NodeCollector
-from dicomnode.observe.counters import forwarding_to, in_process_metrics
+from dicomnode.observe.counters import (
+    HTTP_CONNECTIONS_REFUSED,
+    forwarding_to,
+    in_process_metrics,
+)
+from dicomnode.observe.throttle import ThrottledWarnings
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
+_refusals = ThrottledWarnings(log)  # a flood of refused connections logs once a minute a host
 
 REQUEST_TIMEOUT_SECONDS = 10.0  # a client that does not send its request in time is dropped
-# Requests served at once; a connection beyond them is closed at once. Each takes a thread and a
-# file descriptor: 1,018 slow clients took every descriptor, and the DICOM listener with them.
-MAX_HTTP_CONNECTIONS = 16
-# Of them, from one client address: 16 slow clients from one host held every slot for 10 s at a
-# time, and the orchestrator's probes failed meanwhile (a liveness probe that fails restarts the
-# node). A scraper or a probe needs one.
-MAX_HTTP_CONNECTIONS_PER_ADDRESS = 4
 ACCEPT_PAUSE_SECONDS = 1.0  # after an accept that failed for want of descriptors
 PLAIN_TEXT = "text/plain; charset=utf-8"
 
@@ -128,20 +127,26 @@ def node_checks(
 
 
 class ConnectionSlots:
-    """The requests served at once: at most `total`, and `per_address` from one client address."""
+    """The requests served at once (`http.max_connections`), and from one client address
+    (`http.max_connections_per_address`). Each takes a thread and a file descriptor: 1,018 slow
+    clients took every descriptor, and the DICOM listener with them; 16 from one host held every
+    slot for 10 s at a time, and the orchestrator's probes failed meanwhile (a liveness probe
+    that fails restarts the node)."""
 
     def __init__(self, total: int, per_address: int) -> None:
         self.total, self.per_address = total, per_address
         self._held: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def take(self, address: str) -> bool:
-        """A slot for a connection from `address`; False when there is none."""
+    def take(self, address: str) -> str | None:
+        """A slot for a connection from `address` (None), or the reason there is none."""
         with self._lock:
-            if self._held.total() >= self.total or self._held[address] >= self.per_address:
-                return False
+            if self._held[address] >= self.per_address:
+                return "per_address_cap"
+            if self._held.total() >= self.total:
+                return "total_cap"
             self._held[address] += 1
-            return True
+            return None
 
     def give_back(self, address: str) -> None:
         with self._lock:
@@ -159,9 +164,14 @@ class _Server(ThreadingHTTPServer):
     registry: CollectorRegistry
     readiness: Readiness
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        slots: ConnectionSlots,
+    ) -> None:
         super().__init__(address, handler)
-        self._slots = ConnectionSlots(MAX_HTTP_CONNECTIONS, MAX_HTTP_CONNECTIONS_PER_ADDRESS)
+        self._slots = slots
 
     def get_request(self) -> tuple[socket.socket, Any]:
         try:
@@ -172,8 +182,23 @@ class _Server(ThreadingHTTPServer):
             raise
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.take(_host(client_address)):
+        host = _host(client_address)
+        refused = self._slots.take(host)
+        if refused is not None:
             self.shutdown_request(request)  # at a limit: closed, not queued
+            HTTP_CONNECTIONS_REFUSED.labels(refused).inc()
+            setting = "http.max_connections" + (
+                "_per_address" if refused == "per_address_cap" else ""
+            )
+            limit = self._slots.per_address if refused == "per_address_cap" else self._slots.total
+            _refusals.warning(
+                (refused, host),
+                "http connection closed at once host=%s reason=%s (%s=%d)",
+                host,
+                refused,
+                setting,
+                limit,
+            )
             return
         try:
             super().process_request(request, client_address)
@@ -286,7 +311,8 @@ def start_http_endpoint(
     registry.register(ConfiguredModels(settings.enhance))
     ProcessCollector(registry=registry)
     try:
-        server = _Server((http.host, http.port), _Handler)
+        slots = ConnectionSlots(http.max_connections, http.max_connections_per_address)
+        server = _Server((http.host, http.port), _Handler, slots)
     except OSError as exc:
         raise ConfigError(
             f"setting http.port: cannot listen on {http.host}:{http.port}: {exc.strerror or exc}"

@@ -297,3 +297,10 @@ def test_slow_http_clients_are_bounded_cut_off_and_leave_no_traceback(node_facto
     time.sleep(0.5)
     assert http_get(node.http_port, "/healthz") == (200, "ok\n")
     assert "Traceback" not in node.log()
+    scrape = Scrape(node.http_port)
+    assert scrape.value("dicomnode_http_connections_refused_total", reason="per_address_cap") == 1
+    assert scrape.value("dicomnode_http_connections_refused_total", reason="total_cap") == 1
+    said = [line for line in node.log().splitlines() if "http connection closed at once" in line]
+    assert len(said) == 2 and "host=127.0.0.2 reason=per_address_cap" in said[0], said
+    assert "(http.max_connections_per_address=4)" in said[0]
+    assert "host=127.0.0.6 reason=total_cap (http.max_connections=16)" in said[1], said

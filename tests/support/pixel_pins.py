@@ -90,6 +90,8 @@ def images() -> list[Image]:
 
 @dataclass(frozen=True)
 class Case:
+    """One method on one image; its pins are keyed by the image's modality and the version."""
+
     image: Image
     method: Method
 

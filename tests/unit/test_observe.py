@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from dicomnode.config import EnhanceSettings, load_settings
+from dicomnode.config import EnhanceSettings, HttpSettings, load_settings
 from dicomnode.db.failures import database_said, underlying
 from dicomnode.db.group_commit import RowNotRecorded
 from dicomnode.errors import ConfigError, DecodeError, DiskFull, InstanceTooLarge, SpoolError
@@ -128,16 +128,24 @@ def test_the_http_endpoint_is_off_by_default_and_its_settings_are_checked() -> N
         load_settings(None, environ={"DICOMNODE_HTTP_CHECK_TIMEOUT_SECONDS": "0"})
 
 
+def test_the_http_connection_limits_are_checked() -> None:
+    over = r"setting http\.max_connections_per_address: must be 1\.\.http\.max_connections \(8\)"
+    with pytest.raises(ConfigError, match=over):
+        HttpSettings(max_connections=8, max_connections_per_address=9).validate()
+    with pytest.raises(ConfigError, match=r"setting http\.max_connections: must be 1\.\.1024"):
+        HttpSettings(max_connections=0).validate()
+
+
 def test_connection_slots_cap_each_address_and_all_and_come_back() -> None:
     slots = ConnectionSlots(total=5, per_address=2)
-    assert [slots.take("10.0.0.1") for _ in range(3)] == [True, True, False]
-    assert [slots.take("10.0.0.2") for _ in range(3)] == [True, True, False]
-    assert slots.take("10.0.0.3") and not slots.take("10.0.0.4")  # 5 in all
+    assert [slots.take("10.0.0.1") for _ in range(3)] == [None, None, "per_address_cap"]
+    assert [slots.take("10.0.0.2") for _ in range(3)] == [None, None, "per_address_cap"]
+    assert slots.take("10.0.0.3") is None and slots.take("10.0.0.4") == "total_cap"  # 5 in all
     slots.give_back("10.0.0.1")
-    assert slots.take("10.0.0.4") and not slots.take("10.0.0.5")
+    assert slots.take("10.0.0.4") is None and slots.take("10.0.0.5") == "total_cap"
     slots.give_back("10.0.0.3")
-    assert not slots.take("10.0.0.2")  # its 2, though a slot is free
-    assert slots.take("10.0.0.1") and not slots.take("10.0.0.3")
+    assert slots.take("10.0.0.2") == "per_address_cap"  # its 2, though a slot is free
+    assert slots.take("10.0.0.1") is None and slots.take("10.0.0.3") == "total_cap"
 
 
 def test_a_bounded_call_hands_back_the_functions_error() -> None:
