@@ -31,7 +31,7 @@ def integer_of(ds: Dataset, keyword: str, default: int = 0) -> int:
         return default
 
 
-@dataclass
+@dataclass(frozen=True)
 class SourceImage:
     dataset: Dataset
     image: ModalityImage
