@@ -121,7 +121,11 @@ def after_attempt(
         error = "; ".join(problems) + f" (attempt {attempts}, retry in {delay:.0f} s)"
         return Transition(JobStatus.FAILED, error, retry_in_seconds=delay)
     if retryable:
-        problems.append(f"gave up after {attempts} attempts")
+        if attempts < policy.max_attempts and before_delivery < attempts:
+            given_up = f"{before_delivery} attempts that ended before delivery ({attempts} in all)"
+        else:
+            given_up = f"{attempts} attempts"
+        problems.append(f"gave up after {given_up}")
     return Transition(
         JobStatus.DEAD,
         "; ".join(problems),

@@ -145,6 +145,8 @@ def test_only_attempts_that_ended_before_delivery_count_towards_their_limit() ->
     assert first.status == JobStatus.FAILED
     last = after_attempt(broken, after_a_day, policy, ended_before_delivery=MAX_PROCESSING_ATTEMPTS)
     assert last.status == JobStatus.DEAD
+    said = f"{MAX_PROCESSING_ATTEMPTS} attempts that ended before delivery ({after_a_day} in all)"
+    assert said in (last.error or "")
     assert after_attempt(broken, 80, policy, ended_before_delivery=1).status == JobStatus.DEAD
 
 
