@@ -190,6 +190,24 @@ def _equipment(source: Dataset, derivation: Derivation) -> DicomSequence:
     return DicomSequence([acquired, processed])
 
 
+def processed_by_dicomnode(ds: Dataset) -> bool:
+    """Whether `ds` is an image a dicomnode derived (its ContributingEquipmentSequence names
+    dicomnode as processing equipment, as `_equipment` writes it): a PACS that routes every CT
+    to the node, or a user who sends a study back, must not get a derived series of it again,
+    each time it comes back."""
+    try:
+        return any(
+            str(item.get("Manufacturer", "")) == MANUFACTURER
+            and any(
+                str(code.get("CodeValue", "")) == PROCESSING_EQUIPMENT[0]
+                for code in item.get("PurposeOfReferenceCodeSequence", [])
+            )
+            for item in ds.get("ContributingEquipmentSequence", [])
+        )
+    except (TypeError, ValueError, AttributeError):  # a malformed sequence is no such claim
+        return False
+
+
 def _instance_reference(source: Dataset) -> Dataset:
     item = Dataset()
     item.ReferencedSOPClassUID = source.SOPClassUID

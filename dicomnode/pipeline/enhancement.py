@@ -24,7 +24,7 @@ from pydicom.uid import CTImageStorage
 from dicomnode.config import Settings
 from dicomnode.db import SpooledInstance
 from dicomnode.dicom.conformance import required_empty_keywords
-from dicomnode.dicom.derive import derived_instance_uid
+from dicomnode.dicom.derive import derived_instance_uid, processed_by_dicomnode
 from dicomnode.errors import SeriesTooLarge
 from dicomnode.imaging.enhance import Method, SrcnnMethod, enhance_stack
 from dicomnode.imaging.outcome import (
@@ -47,7 +47,7 @@ from dicomnode.pipeline.derived_output import (
 )
 from dicomnode.pipeline.methods import qa_thresholds
 from dicomnode.pipeline.scoring import ScoredSources, scorable, score, self_check_gains
-from dicomnode.pipeline.sources import SourceImage, load_sources, modality_of
+from dicomnode.pipeline.sources import SourceImage, load_sources, modality_in, series_header
 
 log = logging.getLogger(__name__)
 
@@ -301,9 +301,12 @@ def load_series(inputs: list[SpooledInstance], settings: Settings) -> LoadedSeri
     why."""
     started = time.perf_counter()
     limits = settings.node.max_instance_bytes, settings.enhance.max_series_bytes
-    modality = modality_of(inputs, limits[0])
+    header = series_header(inputs, limits[0])
+    modality = None if header is None else modality_in(header)
     if modality is not None and modality not in settings.enhance.modalities:
         return _not_enhanced(_not_enabled(modality), started)
+    if header is not None and processed_by_dicomnode(header):
+        return _not_enhanced(DERIVED_BY_DICOMNODE, started)
     try:
         loaded, unreadable = load_sources(inputs, *limits)
     except SeriesTooLarge as exc:
@@ -376,6 +379,11 @@ def enhance_series(
     # counts as unenhanced, so with originals off its source goes out rather than nothing.
     result = SeriesOutcome(status, load_s, declined, tuple(outcomes))
     return SeriesOutput(files, result, _sops(declined))
+
+
+# A series a dicomnode derived, sent back (a PACS routing every CT here, a study sent again
+# whole): enhancing it again would make a derived series of a derived series each time.
+DERIVED_BY_DICOMNODE = "derived by dicomnode (a series it made, sent back): not enhanced again"
 
 
 def _not_enabled(modality: str) -> str:

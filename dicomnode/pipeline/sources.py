@@ -126,19 +126,28 @@ def _too_large(dataset: Dataset, instances: int, limit: int) -> str:
 _NOT_IMAGES = frozenset({"SR", "KO", "PR", "DOC", "REG", "FID", "RTSTRUCT", "RTPLAN", "RTRECORD"})
 
 
-def modality_of(inputs: list[SpooledInstance], max_bytes: int = 0) -> str | None:
-    """The series' modality, from the first header that reads and is an image's (a series has
-    one; an SR that came with it, first in UID order, made a CT series "SR not enabled"); a
-    non-image modality only when no image's reads; None when none does. Told before the images
-    are read, so a series not to be enhanced is not."""
+def series_header(inputs: list[SpooledInstance], max_bytes: int = 0) -> Dataset | None:
+    """The first header that reads and is an image's (a series has one; an SR that came with
+    it, first in UID order, made a CT series "SR not enabled"); a non-image's only when no
+    image's reads; None when none does. Read before the images, so a series not to be
+    enhanced is not read."""
     other = None
     for item in inputs:
         try:
             header = read_bounded(item.path, max_bytes, stop_before_pixels=True)
         except (InstanceTooLarge, DecodeError, InvalidDicomError, OSError, ValueError):
             continue
-        modality = str(header.get("Modality", "")).upper()
-        if modality not in _NOT_IMAGES:
-            return modality
-        other = other or modality
+        if modality_in(header) not in _NOT_IMAGES:
+            return header
+        other = other or header
     return other
+
+
+def modality_in(header: Dataset) -> str:
+    return str(header.get("Modality", "")).upper()
+
+
+def modality_of(inputs: list[SpooledInstance], max_bytes: int = 0) -> str | None:
+    """The series' modality (`series_header`'s); None when no header reads."""
+    header = series_header(inputs, max_bytes)
+    return None if header is None else modality_in(header)

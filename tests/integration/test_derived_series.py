@@ -360,3 +360,38 @@ def test_a_ct_without_pixel_padding_value_is_enhanced_as_if_it_declared_one(
     for undeclared, declared_twin in zip(derived["undeclared"], derived["declared"], strict=True):
         np.testing.assert_array_equal(undeclared, declared_twin)
         assert (undeclared[outside] == -1024).all()  # the padding as it was, not rung
+
+
+def test_a_series_the_node_derived_is_not_enhanced_again_when_it_comes_back(
+    tmp_path: Path,
+) -> None:
+    """A PACS that routes every CT to the node, or a study sent back whole, brought the node's
+    own derived series back: each time it made a derived series of it again ("BASELINE x1
+    BASELINE x1"). Its images go on unchanged; the source series is enhanced as ever."""
+    settings = Settings()
+    settings = replace(settings, enhance=replace(settings.enhance, methods=["baseline"]))
+    methods = methods_for(settings)
+    ((_, sources),) = series_in(_one_series(tmp_path)).items()
+    first = enhance_series(1, sources, settings, methods, file_sink(tmp_path / "derived"))
+    assert first.outcome.status == "done"
+    derived_images = [
+        items
+        for items in series_in(tmp_path / "derived").values()
+        if dcmread(items[0].path, stop_before_pixels=True).Modality == "CT"  # not the SR
+    ]
+    assert len(derived_images) == 1
+    again = enhance_series(2, derived_images[0], settings, methods, file_sink(tmp_path / "again"))
+    assert again.outcome.status == (
+        "skipped: derived by dicomnode (a series it made, sent back): not enhanced again"
+    )
+    assert not again.by_method and not (tmp_path / "again").exists()
+    assert again.unenhanced == {item.sop_instance_uid for item in derived_images[0]}  # sent on
+
+
+def _one_series(tmp_path: Path) -> Path:
+    """One CT series of one slice (the chest patient's first axial), in a folder of its own."""
+    folder = tmp_path / "source"
+    folder.mkdir()
+    source = next(p for p in dicom_files(CT_PATIENT) if "axial" in p.name)
+    (folder / source.name).write_bytes(source.read_bytes())
+    return folder

@@ -16,7 +16,12 @@ from pydicom.uid import (
     PositronEmissionTomographyImageStorage,
 )
 
-from dicomnode.dicom.derive import Derivation, derived_instance, derived_series_uid
+from dicomnode.dicom.derive import (
+    Derivation,
+    derived_instance,
+    derived_series_uid,
+    processed_by_dicomnode,
+)
 from dicomnode.errors import ImageDeclined
 from dicomnode.imaging.pixels import to_modality, to_stored
 from dicomnode.registry import SRCNN
@@ -385,3 +390,14 @@ def test_processing_times_are_written_on_the_sources_clock() -> None:
     assert ds.TimezoneOffsetFromUTC == "+0100"
     [_acquired, processed] = ds.ContributingEquipmentSequence
     assert processed.ContributionDateTime == "20261125130000"
+
+
+def test_a_derived_image_says_dicomnode_processed_it_and_its_source_does_not() -> None:
+    source, derived = derive(1)
+    assert processed_by_dicomnode(derived) and not processed_by_dicomnode(source)
+    processing = derived.ContributingEquipmentSequence[1]
+    processing.Manufacturer = "Other Vendor"
+    assert not processed_by_dicomnode(derived)  # another vendor's processing is no loop
+    processing.Manufacturer = "dicomnode"
+    del processing.PurposeOfReferenceCodeSequence  # not said to be the processing equipment
+    assert not processed_by_dicomnode(derived)
