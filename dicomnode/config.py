@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import re
+import socket
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -680,11 +681,29 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
             f"is true but {len(destinations)} destination(s) are configured: "
             "remove the destinations or the setting",
         )
+        for i, destination in enumerate(destinations):
+            _check(
+                not _is_this_node(destination, sections["node"]),
+                f"destinations[{i}]",
+                f"{destination.peer} is this node itself (node.port {sections['node'].port} "
+                "on this host): it would send every series it receives back to itself, without "
+                "end; name the PACS there",
+            )
     except ConfigError as exc:
         raise _naming_the_source(exc, overrides, path) from None
     return Settings(
         **sections, destinations=destinations, peers=peers, source=path, overrides=overrides
     )
+
+
+def _is_this_node(destination: Destination, node: NodeSettings) -> bool:
+    """Whether `destination` is the node's own port on this host, told without a name lookup
+    (a config check must not wait on DNS): loopback, any-address, this host's name, or the
+    address the node listens on."""
+    host = destination.host.strip().lower().strip("[]")
+    local = {"localhost", "ip6-localhost", "::1", "0.0.0.0", "::", socket.gethostname().lower()}
+    here = host in local or host.startswith("127.") or host == node.host.strip().lower()
+    return here and destination.port == node.port
 
 
 def _naming_the_source(

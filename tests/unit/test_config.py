@@ -113,6 +113,22 @@ def test_bad_settings_are_refused_naming_the_key(
         load_settings(write(tmp_path, text), environ=environ)
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "0.0.0.0", "10.1.2.3"])
+def test_a_destination_that_is_the_node_itself_is_refused(tmp_path: Path, host: str) -> None:
+    """Its originals came back as new instances, each made a job that sent them back again: 31
+    jobs in 35 s of one series, without end, and not a word at start."""
+    node = '[node]\nport = 11112\nhost = "10.1.2.3"\n'
+    pacs = '[[destinations]]\nname = "pacs"\nae_title = "ANY"\nport = {port}\nhost = "{host}"\n'
+    own = write(tmp_path, node + pacs.format(port=11112, host=host))
+    said = rf"destinations\[0\]: ANY@{re.escape(host)}:11112 is this node itself"
+    with pytest.raises(ConfigError, match=said):
+        load_settings(own, environ={})
+    other_port = write(tmp_path, node + pacs.format(port=11113, host=host))
+    assert load_settings(other_port, environ={}).destinations[0].port == 11113
+    elsewhere = write(tmp_path, node + pacs.format(port=11112, host="pacs.example.org"))
+    assert load_settings(elsewhere, environ={}).destinations[0].host == "pacs.example.org"
+
+
 def test_missing_explicit_file_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope\.toml does not exist"):
         load_settings(tmp_path / "nope.toml", environ={})
