@@ -444,6 +444,14 @@ class EnhanceSettings:
                 f"{method!r} is not a method (known: {', '.join(METHODS)})",
             )
         _check(len(set(self.methods)) == len(self.methods), "enhance.methods", "has duplicates")
+        for modality in self.modalities:
+            # compared as the header has it: "ct" would have turned the enhancement off unsaid
+            _check(
+                isinstance(modality, str)
+                and re.fullmatch(r"[A-Z0-9_]{1,16}", modality) is not None,
+                "enhance.modalities",
+                f"{modality!r} is no DICOM Modality code (upper case, as in CT, MR, CR, DX)",
+            )
         _check(self.scale in (1, 2, 3, 4), "enhance.scale", "must be 1, 2, 3 or 4")
         _check(self.self_check_images >= 0, "enhance.self_check_images", "must be >= 0")
         _check(self.max_series_mb >= 0, "enhance.max_series_mb", "must be >= 0 (0: no limit)")

@@ -91,6 +91,9 @@ def test_config_env_var_selects_the_file(tmp_path: Path) -> None:
         ("[baseline]\nunsharp_sigma = 0\n", {}, "baseline.unsharp_sigma"),
         ("[enhance]\nmax_series_mb = -1\n", {}, "enhance.max_series_mb"),
         ("[enhance]\nsrcnn_views = 3\n", {}, "enhance.srcnn_views"),
+        ('[enhance]\nmodalities = ["CT", "mr"]\n', {}, "enhance.modalities: 'mr' is no DICOM"),
+        ('[enhance]\nmodalities = ["CT", "MR "]\n', {}, "enhance.modalities: 'MR ' is no"),
+        ('[enhance]\nmodalities = [""]\n', {}, "enhance.modalities: '' is no DICOM Modality"),
         ("[qa]\nnoise_ratio_fail = 1.0\n", {}, "qa.noise_ratio_fail"),
         ('[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\n', {}, "destinations[0]"),
         (  # a misspelt key is named, not reported as the key it was meant to be
