@@ -147,11 +147,24 @@ def evaluate(
         "shave_px": scale if scale > 1 else 0,
         "methods": summary,
     }
-    (out / "summary.json").write_text(json.dumps(result, indent=2))
+    text = json.dumps(_defined(result), indent=2, allow_nan=False)
+    (out / "summary.json").write_text(text)
     if as_json:
-        print(json.dumps(result, indent=2))
+        print(text)
     else:
         _print_table(summary, data)
+
+
+def _defined(value: Any) -> Any:
+    """`value` with null for each number that is not (a one-patient interval is NaN): JSON has
+    no NaN, and strict parsers (JavaScript's, jq) refused the whole summary."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _defined(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_defined(item) for item in value]
+    return value
 
 
 def _require_a_filter_for_each_modality(

@@ -7,6 +7,7 @@ head; three vendors) and one MR subject. Real training uses a corpus such as ../
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -158,7 +159,10 @@ def test_evaluate_command_writes_the_files_and_json(tmp_path: Path) -> None:
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    data = json.loads(result.stdout)
+    data = _strict_json(result.stdout)  # NaN is no JSON: JavaScript and jq refused it
+    assert _strict_json((tmp_path / "summary.json").read_text()) == data
+    # one patient: no interval over patients (null, where it was NaN)
+    assert data["methods"]["srcnn"]["gain_ci95_by_patient"] in (None, [None, None])
     for method in ("bicubic", "baseline", "srcnn"):
         entry = data["methods"][method]
         assert {"psnr_mean", "ssim_mean", "gain_db_vs_bicubic", "n_images"} <= entry.keys()
@@ -167,6 +171,13 @@ def test_evaluate_command_writes_the_files_and_json(tmp_path: Path) -> None:
     assert data["evaluated"] == [str(CT_CHEST)] and data["linear_fitted_on"] == []
     for name in ("metrics_per_image.csv", "metrics_summary.csv", "comparison.png"):
         assert (tmp_path / name).stat().st_size > 100
+
+
+def _strict_json(text: str) -> Any:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def test_evaluate_refuses_a_linear_filter_without_the_evaluated_modality(tmp_path: Path) -> None:
