@@ -33,7 +33,8 @@ def doctor(
         ),
     ] = False,
     min_age: Annotated[
-        float, typer.Option(help="Ignore files younger than this many seconds (in flight).")
+        float,
+        typer.Option(min=0, help="Ignore files younger than this many seconds (in flight)."),
     ] = 60.0,
     as_json: JsonOption = False,
     wide: WideOption = False,

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Inspect and steer jobs.", no_args_is_help=True)
 
+# Job ids are database integers: a larger one was an OverflowError traceback from the driver.
+MAX_JOB_ID = 2**63 - 1
+JobId = Annotated[int, typer.Argument(metavar="ID", min=1, max=MAX_JOB_ID)]
+
 _STATUS_STYLE = {
     "done": "green",
     "failed": "yellow",
@@ -93,7 +97,9 @@ def list_(
         JobStatus | None,
         typer.Option("--status", "-s", help="Only jobs in this state.", case_sensitive=False),
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 100,
+    limit: Annotated[
+        int, typer.Option(min=1, max=1_000_000, help="At most this many, newest first.")
+    ] = 100,
     as_json: JsonOption = False,
     wide: WideOption = False,
     config: ConfigOption = None,
@@ -273,7 +279,7 @@ def _declined_lines(declined: "Sequence[DeclinedImage]") -> list[str]:
 
 @app.command("show")
 def show(
-    job_id: Annotated[int, typer.Argument(metavar="ID")],
+    job_id: JobId,
     as_json: JsonOption = False,
     wide: WideOption = False,
     config: ConfigOption = None,
@@ -318,7 +324,9 @@ _RETRYABLE = (JobStatus.DEAD, JobStatus.FAILED, JobStatus.CANCELLED)
 
 @app.command("retry")
 def retry(
-    job_ids: Annotated[list[int] | None, typer.Argument(metavar="ID")] = None,
+    job_ids: Annotated[
+        list[int] | None, typer.Argument(metavar="ID", min=1, max=MAX_JOB_ID)
+    ] = None,
     every: Annotated[
         JobStatus | None,
         typer.Option(
@@ -359,9 +367,7 @@ def retry(
 
 
 @app.command("release")
-def release(
-    job_id: Annotated[int, typer.Argument(metavar="ID")], config: ConfigOption = None
-) -> None:
+def release(job_id: JobId, config: ConfigOption = None) -> None:
     """Send the derived series that QA held back (enhance.qa_action = "hold"), and only those."""
     from dicomnode.db.admin import release_job
 
@@ -374,9 +380,7 @@ def release(
 
 
 @app.command("cancel")
-def cancel(
-    job_id: Annotated[int, typer.Argument(metavar="ID")], config: ConfigOption = None
-) -> None:
+def cancel(job_id: JobId, config: ConfigOption = None) -> None:
     """Cancel a job that has not finished (its inputs stay in the spool; retention deletes a
     series keep_days later only once it was delivered)."""
     from dicomnode.db.admin import cancel_job
@@ -388,7 +392,7 @@ def cancel(
 
 @app.command("resend")
 def resend(
-    job_id: Annotated[int, typer.Argument(metavar="ID")],
+    job_id: JobId,
     destination: Annotated[
         str | None,
         typer.Option(
@@ -417,7 +421,7 @@ def resend(
 
 @app.command("discard")
 def discard(
-    job_id: Annotated[int, typer.Argument(metavar="ID")],
+    job_id: JobId,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what would be deleted; delete nothing.")

@@ -96,6 +96,15 @@ def test_jobs_commands_show_list_retry_and_cancel(
     assert missing.returncode == 1 and "job 999 does not exist" in missing.stderr
     bad_status = node.cli("jobs", "list", "--status", "finished", check=False)
     assert bad_status.returncode == 2
+    # numbers past the database's integers: an OverflowError traceback from the driver
+    for args in (
+        ("jobs", "show", "9" * 23),
+        ("jobs", "cancel", str(2**63)),
+        ("jobs", "retry", "0"),
+    ):
+        out_of_range = node.cli(*args, check=False)
+        assert out_of_range.returncode == 2 and "Traceback" not in out_of_range.stderr, args
+        assert "Invalid value for 'ID'" in out_of_range.stderr, args
 
 
 def test_cancelled_job_is_not_delivered_until_retried(
