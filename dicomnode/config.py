@@ -755,7 +755,7 @@ def _load_table(
         try:
             values = json.loads(env_text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"setting {TABLE_VARS[table]}: not valid JSON: {exc}") from None
+            raise ConfigError(f"setting {table}: not valid JSON: {exc}", setting=table) from None
         path = None
     _check(isinstance(values, list), table, "must be an array of tables")
     entries = []

@@ -70,6 +70,17 @@ def test_a_bad_value_from_the_environment_names_its_variable(
         load_settings(None, environ=environ)
 
 
+def test_a_variable_that_is_no_json_is_blamed_not_the_file(tmp_path: Path) -> None:
+    """It was "config file X: setting DICOMNODE_DESTINATIONS: ...": the admin edited the file."""
+    path = tmp_path / "node.toml"
+    path.write_text("[node]\nport = 11112\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, environ={"DICOMNODE_DESTINATIONS": "not json"})
+    said = str(raised.value)
+    assert said.startswith("setting destinations (from DICOMNODE_DESTINATIONS): not valid JSON")
+    assert str(path) not in said
+
+
 def test_a_bad_value_from_the_file_names_the_file_not_the_environment(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
     path.write_text("[node]\nport = 70000\n")
