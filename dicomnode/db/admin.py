@@ -18,7 +18,7 @@ from dicomnode.db.history import EventKind, record_event
 from dicomnode.db.jobs import job_record
 from dicomnode.db.models import Delivery, Job
 from dicomnode.db.records import JobRecord
-from dicomnode.db.transitions import AdminAction, admin_refusal
+from dicomnode.db.transitions import NOT_CONFIGURED, AdminAction, admin_refusal
 from dicomnode.errors import JobStateError
 from dicomnode.status import DeliveryStatus, JobStatus, Replay
 
@@ -43,17 +43,35 @@ def _fresh_attempts(job: Job, now: datetime) -> None:
     job.attempts = job.failures_before_delivery = 0
 
 
-def _queue_again(session: Session, job: Job, *, resend_delivered: bool) -> None:
+def _queue_again(session: Session, job: Job, *, resend_delivered: bool) -> list[str]:
     """Back to the queue now with fresh attempts; its deliveries pending again (those already
     done too, when `resend_delivered`), and sent whole: an admin's action may follow a PACS
-    that lost or deleted part of what it had."""
+    that lost or deleted part of what it had. A delivery the node found no destination for
+    (`transitions.NOT_CONFIGURED`) is dropped, not retried: the destinations dropped."""
     now = db_now(session)
     _fresh_attempts(job, now)
+    unknown = session.scalars(
+        select(Delivery).where(
+            Delivery.job_id == job.id,
+            Delivery.status == DeliveryStatus.DEAD,
+            Delivery.error.contains(NOT_CONFIGURED, autoescape=True),
+        )
+    ).all()
+    for delivery in unknown:
+        session.delete(delivery)
+    session.flush()
     reset = update(Delivery).where(Delivery.job_id == job.id)
     if not resend_delivered:
         reset = reset.where(Delivery.status != DeliveryStatus.DONE)
     forget_delivered(session, [job.id])
     session.execute(reset.values(status=DeliveryStatus.PENDING, attempts=0, updated_at=now))
+    return [delivery.destination for delivery in unknown]
+
+
+def _dropped(destinations: list[str]) -> str:
+    if not destinations:
+        return ""
+    return f"; dropped the deliveries to {', '.join(map(repr, destinations))} ({NOT_CONFIGURED})"
 
 
 def _done(session: Session, job: Job, kind: EventKind, user: str, detail: str) -> JobRecord:
@@ -69,8 +87,9 @@ def retry_job(db: Database, job_id: int, user: str = "") -> JobRecord:
         job = _existing_job(session, job_id)
         _check(AdminAction.RETRY, job)
         was = job.status
-        _queue_again(session, job, resend_delivered=False)
-        return _done(session, job, EventKind.RETRY, user, f"queued again (was {was})")
+        dropped = _queue_again(session, job, resend_delivered=False)
+        detail = f"queued again (was {was}){_dropped(dropped)}"
+        return _done(session, job, EventKind.RETRY, user, detail)
 
 
 def release_job(db: Database, job_id: int, user: str = "") -> JobRecord:
@@ -80,8 +99,9 @@ def release_job(db: Database, job_id: int, user: str = "") -> JobRecord:
         job = _existing_job(session, job_id)
         _check(AdminAction.RELEASE, job)
         job.released, job.error, job.replay = True, None, Replay.HELD
-        _queue_again(session, job, resend_delivered=True)
-        return _done(session, job, EventKind.RELEASE, user, "held derived series queued to send")
+        dropped = _queue_again(session, job, resend_delivered=True)
+        detail = f"held derived series queued to send{_dropped(dropped)}"
+        return _done(session, job, EventKind.RELEASE, user, detail)
 
 
 def cancel_job(db: Database, job_id: int, user: str = "") -> JobRecord:

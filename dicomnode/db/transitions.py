@@ -21,6 +21,19 @@ STORED_NOTE = (
 )
 
 
+# What a delivery to a destination the running node does not know ends with (dead): taken
+# out of the settings, or put in after the node started. An admin's retry or release drops
+# such deliveries (`admin._queue_again`), so the job can finish with the others.
+NOT_CONFIGURED = "is not in the running node's settings"
+
+
+def not_configured(destination: str, job_id: int) -> str:
+    return (
+        f"destination {destination!r} {NOT_CONFIGURED} (taken out, or put in after the node "
+        f"started: restart it to send there); `dicomnode jobs retry {job_id}` drops it"
+    )
+
+
 @dataclass(frozen=True)
 class DeliveryOutcome:
     """Where one destination's delivery stands when the attempt ends."""

@@ -24,6 +24,7 @@ from dicomnode.db.commitments import failed_uids
 from dicomnode.db.delivered import delivered_uids
 from dicomnode.db.failures import database_away
 from dicomnode.db.jobs import holds_lease, record_delivery
+from dicomnode.db.transitions import not_configured
 from dicomnode.errors import ForwardError, SeriesIncomplete, UnreadableSpool
 from dicomnode.forward import send_series
 from dicomnode.forward.commitment import confirm_commitment, uncommitted
@@ -82,7 +83,7 @@ def deliver(
             )
 
     if destination is None:
-        record(DeliveryStatus.DEAD, f"destination {name!r} is no longer configured")
+        record(DeliveryStatus.DEAD, not_configured(name, job.id))
         return
     if job.part == JobPart.DERIVED and not destination.send_metrics_reports:
         outgoing = [[item for item in series if not _is_report(item)] for series in outgoing]

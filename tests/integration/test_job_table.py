@@ -40,7 +40,7 @@ from dicomnode.db.jobs import (
 from dicomnode.db.models import Job, Series, utcnow
 from dicomnode.db.retention import purgeable_series
 from dicomnode.db.stats import queue_snapshot
-from dicomnode.db.transitions import MAX_PROCESSING_ATTEMPTS
+from dicomnode.db.transitions import MAX_PROCESSING_ATTEMPTS, not_configured
 from dicomnode.errors import JobStateError
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.runner import JobRunner
@@ -306,6 +306,28 @@ def test_an_admins_retry_or_resend_counts_failures_before_delivery_anew(
         resend_job(db, job_id, ["pacs"])
     statuses = [fail_before_delivery() for _ in range(MAX_PROCESSING_ATTEMPTS)]
     assert statuses == ["failed"] * (MAX_PROCESSING_ATTEMPTS - 1) + ["dead"]
+
+
+def test_a_retry_drops_a_delivery_to_a_destination_the_node_no_longer_has(db: Database) -> None:
+    """A destination taken out of the settings left its jobs dead for good: a retry sent to it
+    again, and the node found it missing again. The node's own finding is what is dropped."""
+    receive(db, "1.2.3.21", 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "old"], parts=ORIGINALS_ONLY)
+    assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
+    assert record_delivery(db, job_id, "w", "pacs", DeliveryStatus.DONE, 1, None)
+    missing = not_configured("old", job_id)
+    assert record_delivery(db, job_id, "w", "old", DeliveryStatus.DEAD, 0, missing)
+    dead = finish_attempt(db, job_id, "w", FAST_RETRY)
+    assert (
+        dead is not None and dead.status == "dead" and f"jobs retry {job_id}" in (dead.error or "")
+    )
+    retried = retry_job(db, job_id)
+    assert [d.destination for d in retried.deliveries] == ["pacs"]
+    assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
+    done = finish_attempt(db, job_id, "w", FAST_RETRY)
+    assert done is not None and done.status == "done"
+    [event] = [e for e in retried.history if e.kind == "retry"]
+    assert "dropped the deliveries to 'old'" in (event.detail or "")
 
 
 def test_failed_job_waits_for_its_backoff(db: Database) -> None:
