@@ -80,6 +80,11 @@ def doctor(
             f"{len(report.missing_files)}; stale temp files: {len(report.stale_temp_files)} "
             f"(removed {len(report.removed_temp_files)}); outboxes of unknown jobs: "
             f"{len(report.orphan_outboxes)} (removed {len(report.removed_outboxes)})"
+            + (
+                "; --repair indexes the orphan files (--json lists them)"
+                if report.orphan_files and not repair
+                else ""
+            )
         )
         if report.young_files:
             console.print(

@@ -292,7 +292,7 @@ def show(
     db = _database(settings_from(config), read_only=True)
     job = get_job(db, job_id)
     if job is None:
-        fail(f"job {job_id} does not exist")
+        fail(f"job {job_id} does not exist (`dicomnode jobs list` lists them)")
     commitments = commitment_counts(db, job.id)
     if as_json:
         data = job.as_dict()

@@ -27,7 +27,7 @@ def _existing_job(session: Session, job_id: int) -> Job:
     # Locked: a worker finishing its attempt at the same moment waits, then sees the new state.
     job = session.get(Job, job_id, with_for_update=True)
     if job is None:
-        raise JobStateError(f"job {job_id} does not exist")
+        raise JobStateError(f"job {job_id} does not exist (`dicomnode jobs list` lists them)")
     return job
 
 

@@ -34,7 +34,7 @@ class DiscardPlan:
 def _checked(session: Session, job_id: int, lock: bool) -> tuple[Job, Series | None]:
     job = session.get(Job, job_id)
     if job is None:
-        raise JobStateError(f"job {job_id} does not exist")
+        raise JobStateError(f"job {job_id} does not exist (`dicomnode jobs list` lists them)")
     series = lock_series(session, job.series_uid) if lock else session.get(Series, job.series_uid)
     if lock and session.get(Job, job_id, populate_existing=True) is None:
         raise JobStateError(f"job {job_id} does not exist (its series was purged meanwhile)")

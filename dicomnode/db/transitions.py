@@ -17,7 +17,8 @@ from dicomnode.status import DeliveryStatus, JobStatus
 
 STORED_NOTE = (
     "received and kept, sent nowhere: no destinations were configured when the job was made; "
-    "retention keeps it (add [[destinations]], or set node.receive_only = true on purpose)"
+    "retention keeps it (add [[destinations]] and restart, then `dicomnode jobs resend ID -d "
+    "NAME` sends it; or set node.receive_only = true on purpose)"
 )
 
 

@@ -172,8 +172,14 @@ def _why_not(
             True,
         )
     if result == 0x00:  # accepted, then aborted by pynetdicom: no usable context
-        refused = _refused(assoc)
-        return f"{where} accepted none of the proposed presentation contexts: {refused}", False
+        refused = f"{where} accepted none of the proposed presentation contexts: {_refused(assoc)}"
+        proposed = {str(cx.abstract_syntax) for cx in assoc.requestor.requested_contexts}
+        if proposed and all(UID(uid).name.endswith(" SR Storage") for uid in proposed):
+            refused += (
+                f" (a PACS that stores no SR documents: send_metrics_reports = false on the "
+                f"[[destinations]] entry {destination.name!r} sends it the derived images only)"
+            )
+        return refused, False
     if not connected:
         why = _unreachable(_connect_error(assoc, tls_args), destination, settings)
         return f"cannot associate with {where}: {why}", True

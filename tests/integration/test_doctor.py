@@ -59,6 +59,8 @@ def test_doctor_reports_and_repairs_then_the_orphan_is_forwarded(
     assert sorted(report["orphan_files"]) == sorted([orphan_file, str(garbage)])
     assert report["stale_temp_files"] == [str(part)] and part.exists()
     assert report["orphan_outboxes"] == [77]
+    said = node.cli("doctor", "--wide", "--min-age", "1", check=False).stdout
+    assert "orphan files: 2" in said and "--repair indexes the orphan files" in said
 
     repaired = json.loads(
         node.cli("doctor", "--repair", "--json", "--min-age", "1", check=False).stdout

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pynetdicom.sop_class import ComprehensiveSRStorage
+from pynetdicom.sop_class import ComprehensiveSRStorage, CTImageStorage
 
 from tests.conftest import pacs_destination
 from tests.support.dcmtk import storescu
@@ -71,3 +71,27 @@ def test_a_pacs_without_sr_storage_gets_the_derived_images_when_reports_are_off(
     finally:
         quiet.stop()
         strict.stop()
+
+
+def test_a_pacs_that_takes_no_sr_context_is_told_of_send_metrics_reports(
+    node_factory, ct_series: list[Path]
+) -> None:
+    """A PACS (DCMTK's storescp configured so) that accepts no SR presentation context: the
+    refusal named the SR class and not the setting that sends it the images only."""
+    images_only = FaultyScp(sop_classes=[CTImageStorage]).start()
+    try:
+        node = node_factory(
+            [images_only.destination("pacs")],
+            enhance={"methods": ["baseline"], "self_check": False},
+        ).start()
+        assert storescu(node.port, ct_series[:2]).returncode == 0
+        jobs = node.wait_for_parts(derived="dead", timeout=180)
+        [delivery] = part_of(jobs, "derived")["deliveries"]
+        assert "accepted none of the proposed presentation contexts" in delivery["error"]
+        assert "Comprehensive SR Storage" in delivery["error"]
+        assert (
+            "send_metrics_reports = false on the [[destinations]] entry 'pacs'"
+            in (delivery["error"])
+        )
+    finally:
+        images_only.stop()
