@@ -147,10 +147,15 @@ class Node:
         listen: bool = True,
         log_setup: Callable[[], None] | None = None,
     ) -> None:
-        """`log_setup` (picklable) configures logging in the receiver processes."""
+        """`log_setup` (picklable) configures logging in the receiver processes. Raises
+        ConfigError for settings that could never run a job (`_check_ready`), before anything
+        is made in the data_dir."""
         self.settings = settings
         self.listen = listen
         self.log_setup = log_setup
+        # Before the data_dir, spool and database are made: a start refused for its settings
+        # must leave no stray pair behind (on an unmounted data disk, say).
+        self._check_ready(self._planned_runners())
         data_path = settings.node.data_path
         try:
             data_path.mkdir(parents=True, exist_ok=True)
@@ -189,7 +194,8 @@ class Node:
         return runners + [(f"w{index}", JobPart.DERIVED) for index in range(workers.workers)]
 
     def _check_ready(self, runners: list[tuple[str, JobPart]]) -> None:
-        """Refuse to start (ConfigError) what could never run its jobs."""
+        """Refuse to start (ConfigError) what could never run its jobs, from the settings
+        alone: a missing model, a bad TLS file, a worker with nothing to run."""
         if not self.listen and not runners:
             raise ConfigError(
                 "setting worker.workers: 0 and worker.router = false leave `dicomnode worker` "
@@ -211,8 +217,8 @@ class Node:
         """Check what would make every job fail, listen, load the models, start the workers.
 
         Raises ConfigError (the CLI's exit 2) for a data_dir another listener holds, a model
-        that is missing or cannot be loaded, a bad TLS file, a port that cannot be bound, or a
-        worker with nothing to run.
+        that cannot be loaded or a port that cannot be bound (what the settings alone refuse,
+        the constructor did).
         """
         node = self.settings.node
         runners = self._planned_runners()
@@ -220,7 +226,6 @@ class Node:
         if self.listen:  # workers share the spool with its listeners: they take no lock
             self._lock = lock_data_dir(node.data_path, shared=node.shared_data_dir)
         self._identity = claim_both(self.db, self.spool)  # this spool and database: one pair
-        self._check_ready(runners)
         if self.settings.http.enabled:  # first: /healthz answers while the rest starts
             listener_up = self.listening if self.listen else None  # a worker: DB and disk
             self._http = start_http_endpoint(self.settings, self.db, self.spool, listener_up)

@@ -448,7 +448,7 @@ def test_an_admin_resend_while_the_purge_deletes_its_series_is_told_the_job_is_g
     admin.join(60)
 
     assert purged is not None and purged.job_ids == [job_id]
-    assert told == [f"job {job_id} does not exist"]
+    assert told == [f"job {job_id} does not exist (`dicomnode jobs list` lists them)"]
     assert get_job(db, job_id) is None
 
 

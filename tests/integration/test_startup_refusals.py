@@ -84,6 +84,20 @@ def test_a_model_that_cannot_be_loaded_stops_serve_naming_the_file(
     assert f"setting enhance.methods: srcnn for CT: {model}: {reason}" in line
 
 
+def test_a_missing_model_stops_serve_before_anything_is_made_in_the_data_dir(
+    node_factory, tmp_path: Path
+) -> None:
+    """The refusal left a new database and spool behind: in a data_dir on a disk not mounted
+    yet, the stray pair the spool identity exists to catch."""
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    node = node_factory([], enhance={"methods": ["srcnn"], "model_dir": str(empty)})
+    line = refusal(node)
+    assert "setting enhance.methods: srcnn at enhance.scale = 1 needs" in line
+    assert "which does not exist (train one with `dicomnode train`" in line
+    assert not node.data_dir.exists()
+
+
 def test_a_second_serve_on_the_same_data_dir_is_refused_until_the_first_dies(
     node_factory,
 ) -> None:
