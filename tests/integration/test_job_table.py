@@ -53,6 +53,8 @@ pytestmark = ON_BOTH_DATABASES
 FAST_RETRY = RetrySettings(max_attempts=3, initial_delay_seconds=0, max_delay_seconds=0, jitter=0)
 
 ORIGINALS_ONLY = [JobPart.ORIGINALS]
+# Retries enough to outlast MAX_PROCESSING_ATTEMPTS, at once
+PATIENT = RetrySettings(max_attempts=80, initial_delay_seconds=0, max_delay_seconds=0, jitter=0)
 
 
 def receive(db: Database, series_uid: str, count: int, study_uid: str = "1.2.3") -> list[str]:
@@ -236,6 +238,16 @@ def test_transient_failures_retry_then_go_dead_and_retry_revives(db: Database) -
     }
 
 
+def assert_dead_after_max_failures_before_delivery(db: Database, job_id: int) -> None:
+    """Failed at each of MAX_PROCESSING_ATTEMPTS failures before delivery, dead at the last."""
+    for attempt in range(1, MAX_PROCESSING_ATTEMPTS + 1):
+        assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
+        result = finish_attempt(db, job_id, "w", PATIENT, error="the spool is not there")
+        assert result is not None
+        expected = "failed" if attempt < MAX_PROCESSING_ATTEMPTS else "dead"
+        assert result.status == expected, (attempt, result.error)
+
+
 def test_a_job_past_a_days_outage_is_not_dead_at_its_first_failure_before_delivery(
     db: Database,
 ) -> None:
@@ -243,17 +255,11 @@ def test_a_job_past_a_days_outage_is_not_dead_at_its_first_failure_before_delive
     whose PACS was down for ten attempts was dead at its first unreadable input."""
     receive(db, "1.2.3.18", 1)
     [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
-    patient = RetrySettings(max_attempts=80, initial_delay_seconds=0, max_delay_seconds=0, jitter=0)
     for _ in range(MAX_PROCESSING_ATTEMPTS + 2):
         assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
         assert record_delivery(db, job_id, "w", "pacs", DeliveryStatus.FAILED, 0, "peer down")
-        assert finish_attempt(db, job_id, "w", patient).status == "failed"  # type: ignore[union-attr]
-    for attempt in range(1, MAX_PROCESSING_ATTEMPTS + 1):
-        assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
-        result = finish_attempt(db, job_id, "w", patient, error="the spool is not there")
-        assert result is not None
-        expected = "failed" if attempt < MAX_PROCESSING_ATTEMPTS else "dead"
-        assert result.status == expected, (attempt, result.error)
+        assert finish_attempt(db, job_id, "w", PATIENT).status == "failed"  # type: ignore[union-attr]
+    assert_dead_after_max_failures_before_delivery(db, job_id)
 
 
 def test_after_an_admins_retry_failures_before_delivery_count_from_the_first(
@@ -272,13 +278,7 @@ def test_after_an_admins_retry_failures_before_delivery_count_from_the_first(
         last = finish_attempt(db, job_id, "w", policy)
     assert last is not None and last.status == "dead"
     retry_job(db, job_id)
-    patient = RetrySettings(max_attempts=80, initial_delay_seconds=0, max_delay_seconds=0, jitter=0)
-    for attempt in range(1, MAX_PROCESSING_ATTEMPTS + 1):
-        assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
-        result = finish_attempt(db, job_id, "w", patient, error="the spool is not there")
-        assert result is not None
-        expected = "failed" if attempt < MAX_PROCESSING_ATTEMPTS else "dead"
-        assert result.status == expected, (attempt, result.error)
+    assert_dead_after_max_failures_before_delivery(db, job_id)
 
 
 @pytest.mark.parametrize("action", ["retry", "resend"])
@@ -288,11 +288,10 @@ def test_an_admins_retry_or_resend_counts_failures_before_delivery_anew(
     """7 failures before delivery, then an admin's action: the job gets its 8 again, not 1."""
     receive(db, f"1.2.3.20.{len(action)}", 1)
     [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=ORIGINALS_ONLY)
-    patient = RetrySettings(max_attempts=80, initial_delay_seconds=0, max_delay_seconds=0, jitter=0)
 
     def fail_before_delivery() -> str:
         assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
-        result = finish_attempt(db, job_id, "w", patient, error="the model would not load")
+        result = finish_attempt(db, job_id, "w", PATIENT, error="the model would not load")
         assert result is not None
         return result.status
 
@@ -302,7 +301,7 @@ def test_an_admins_retry_or_resend_counts_failures_before_delivery_anew(
     else:  # a resend follows a job done at last
         assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
         assert record_delivery(db, job_id, "w", "pacs", DeliveryStatus.DONE, 1, None)
-        assert finish_attempt(db, job_id, "w", patient).status == "done"  # type: ignore[union-attr]
+        assert finish_attempt(db, job_id, "w", PATIENT).status == "done"  # type: ignore[union-attr]
         resend_job(db, job_id, ["pacs"])
     statuses = [fail_before_delivery() for _ in range(MAX_PROCESSING_ATTEMPTS)]
     assert statuses == ["failed"] * (MAX_PROCESSING_ATTEMPTS - 1) + ["dead"]
