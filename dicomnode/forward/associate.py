@@ -16,6 +16,7 @@ from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
@@ -160,9 +161,9 @@ def _why_not(
     tls_reason = handshake_failure(tls_args)
     if tls_reason is not None:  # a certificate to renew or a CA to configure: retried
         return f"TLS handshake with {where} failed: {tls_reason}", True
-    answer = assoc.acceptor.primitive
+    answer = assoc.acceptor.primitive or _unread_answer(assoc)
     result = getattr(answer, "result", None)
-    if assoc.is_rejected and answer is not None:
+    if answer is not None and result in _REJECTED:
         # PS3.8 7.1.1.9: result, source and reason of the A-ASSOCIATE-RJ, and who we said we
         # were, which is what the PACS admin has to register.
         return (
@@ -195,6 +196,23 @@ def _why_not(
         "(a TLS port called without TLS, or a peer at its connection limit?)",
         True,
     )
+
+
+_REJECTED = (0x01, 0x02)  # A-ASSOCIATE-RJ: permanent, transient (PS3.8 9.3.4)
+
+
+def _unread_answer(assoc: Association) -> A_ASSOCIATE | None:
+    """The peer's A-ASSOCIATE answer left unread in the DUL's queue.
+
+    pynetdicom (3.0) checks that the socket is still connected before it reads the answer; a
+    peer that rejects at once and closes (Orthanc, for a called AE title it does not know)
+    can have the DUL thread read the rejection and close the socket first, and the
+    association ends "aborted" with the rejection unread (~1 in 100 on loopback).
+    """
+    for primitive in list(assoc.dul.to_user_queue.queue):
+        if isinstance(primitive, A_ASSOCIATE):
+            return primitive
+    return None
 
 
 _NOT_SUPPORTED = "abstract syntax not supported"  # a presentation context's result 0x03

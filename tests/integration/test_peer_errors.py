@@ -1,11 +1,18 @@
 """Every way a peer can be out of reach, as `dicomnode echo` and a job's error say it: one line
 naming the host and the cause, exit 1, no traceback unless --debug."""
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pynetdicom import build_context, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification
 
+from dicomnode.config import Destination, Settings
+from dicomnode.errors import ForwardError
+from dicomnode.forward.associate import open_association
 from tests.support.cli import dicomnode
 from tests.support.dcmtk import storescu
 from tests.support.faulty_scp import FaultyScp
@@ -95,6 +102,37 @@ def test_echo_rejected_gives_the_peers_reason_and_our_calling_ae_title(config: P
     assert f"association rejected by FAULTY@127.0.0.1:{picky.port}" in line
     assert "Rejected Permanent, Service User: Calling AE title not recognised" in line
     assert "we called as 'OURNODE'" in line
+
+
+def test_a_rejection_read_after_the_peer_closed_is_still_reported_as_the_rejection() -> None:
+    """pynetdicom looks whether the socket is still connected before it reads the answer: a
+    peer that rejects and closes at once (Orthanc, for an unknown called AE title) can be
+    faster, and the rejection was reported as "closed the connection without answering".
+    Here the look is held back until the peer has rejected and the socket is closed."""
+
+    def after_the_rejection_closed_the_socket(event: Event) -> None:
+        dul, deadline = event.assoc.dul, time.monotonic() + 10
+        while (dul.to_user_queue.empty() or dul.socket._is_connected) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+
+    picky = FaultyScp(allowed_calling_aets=["SOMEONE"]).start()
+    destination = Destination(name="picky", ae_title="FAULTY", host="127.0.0.1", port=picky.port)
+    try:
+        with pytest.raises(ForwardError) as failure:
+            open_association(
+                destination,
+                Settings(),
+                [build_context(Verification)],
+                "picky",
+                None,
+                handlers=[(evt.EVT_REQUESTED, after_the_rejection_closed_the_socket)],
+            )
+    finally:
+        picky.stop()
+    assert str(failure.value).startswith("association rejected by picky: Rejected Permanent")
+    assert "Calling AE title not recognised" in str(failure.value)
 
 
 def test_deliveries_name_the_host_and_the_cause_and_start_warns_of_the_bad_host(
