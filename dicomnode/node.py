@@ -16,7 +16,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode import heap
 from dicomnode.clock_step import CHECK_SECONDS, ClockStepWatch, run_every_tick_now
-from dicomnode.config import Settings, masked_url
+from dicomnode.config import NodeSettings, Settings, masked_url
 from dicomnode.db import Database, open_database
 from dicomnode.db.instances import (
     create_jobs_for_quiet_series,
@@ -29,15 +29,15 @@ from dicomnode.dicom.tls import client_tls_args
 from dicomnode.errors import ConfigError
 from dicomnode.forward.associate import unresolvable_hosts
 from dicomnode.guarded import DatabaseHealth, Guarded
-from dicomnode.observe.endpoint import HttpEndpoint, start_http_endpoint
+from dicomnode.observe.endpoint import HttpEndpoint, check_http_port_free, start_http_endpoint
 from dicomnode.pipeline import JobRunner
 from dicomnode.pipeline.admin_log import log_admin_actions
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.lease import renew_every_lease_now
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.pipeline.runner import job_parts
+from dicomnode.ports import check_port_free
 from dicomnode.receive import start_receiver
-from dicomnode.receive.listener import check_port_free
 from dicomnode.receive.processes import ReceiverProcesses
 from dicomnode.registry import missing_models
 from dicomnode.spool import Spool
@@ -65,6 +65,13 @@ def _raise_open_file_limit() -> None:
         target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def _cannot_listen(node: NodeSettings, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"cannot listen on {node.host}:{node.port}: {exc.strerror or exc} "
+        "(setting node.port: another program, or another node, uses it?)"
+    )
 
 
 def _local_utc_offset() -> str:
@@ -195,7 +202,8 @@ class Node:
 
     def _check_ready(self, runners: list[tuple[str, JobPart]]) -> None:
         """Refuse to start (ConfigError) what could never run its jobs, from the settings
-        alone: a missing model, a bad TLS file, a worker with nothing to run."""
+        alone: a missing model, a bad TLS file, a worker with nothing to run, a port another
+        program listens on."""
         if not self.listen and not runners:
             raise ConfigError(
                 "setting worker.workers: 0 and worker.router = false leave `dicomnode worker` "
@@ -212,13 +220,23 @@ class Node:
         for destination in self.settings.destinations if runners else []:
             # Reads every destination's TLS files now: a bad one stops the node at start.
             client_tls_args(destination, self.settings.destination_key(destination))
+        # A port another program holds: probed here, bound in `start` (a port taken between the
+        # two is refused there, with the same line).
+        if self.listen:
+            node = self.settings.node
+            try:
+                check_port_free((node.host, node.port))
+            except OSError as exc:
+                raise _cannot_listen(node, exc) from None
+        if self.settings.http.enabled:
+            check_http_port_free(self.settings.http)
 
     def start(self) -> None:
         """Check what would make every job fail, listen, load the models, start the workers.
 
         Raises ConfigError (the CLI's exit 2) for a data_dir another listener holds, a model
-        that cannot be loaded or a port that cannot be bound (what the settings alone refuse,
-        the constructor did).
+        that cannot be loaded or a port taken since the constructor probed it (what the
+        settings alone refuse, the constructor did).
         """
         node = self.settings.node
         runners = self._planned_runners()
@@ -444,10 +462,7 @@ class Node:
                 self.settings, self.spool, self.db, shared_port=processes > 1
             )
         except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {node.host}:{node.port}: {exc.strerror or exc} "
-                "(setting node.port: another program, or another node, uses it?)"
-            ) from None
+            raise _cannot_listen(node, exc) from None
         if processes > 1:
             self._receivers = ReceiverProcesses(
                 self.settings, processes - 1, self.log_setup, self._identity

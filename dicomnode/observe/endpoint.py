@@ -25,7 +25,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
-from dicomnode.config import Settings
+from dicomnode.config import HttpSettings, Settings
 from dicomnode.db import Database
 from dicomnode.db.stats import check_reachable
 from dicomnode.errors import ConfigError, SpoolError
@@ -37,6 +37,7 @@ from dicomnode.observe.counters import (
     in_process_metrics,
 )
 from dicomnode.observe.throttle import ThrottledWarnings
+from dicomnode.ports import check_port_free
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -298,6 +299,22 @@ class HttpEndpoint:
         self._thread.join(timeout=5)
 
 
+def check_http_port_free(http: HttpSettings) -> None:
+    """ConfigError naming http.port if another program listens there (probed before the node
+    makes anything in its data_dir; the endpoint binds it later)."""
+    try:
+        check_port_free((http.host, http.port))
+    except OSError as exc:
+        raise _cannot_listen(http, exc) from None
+
+
+def _cannot_listen(http: HttpSettings, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"setting http.port: cannot listen on {http.host}:{http.port}: {exc.strerror or exc}"
+        " (choose another http.port or stop what uses it)"
+    )
+
+
 def start_http_endpoint(
     settings: Settings, db: Database, spool: Spool, listener_up: Callable[[], bool] | None
 ) -> HttpEndpoint:
@@ -314,10 +331,7 @@ def start_http_endpoint(
         slots = ConnectionSlots(http.max_connections, http.max_connections_per_address)
         server = _Server((http.host, http.port), _Handler, slots)
     except OSError as exc:
-        raise ConfigError(
-            f"setting http.port: cannot listen on {http.host}:{http.port}: {exc.strerror or exc}"
-            " (choose another http.port or stop what uses it)"
-        ) from None
+        raise _cannot_listen(http, exc) from None
     server.registry = registry
     server.readiness = Readiness(
         node_checks(settings, db, spool, listener_up), http.check_timeout_seconds

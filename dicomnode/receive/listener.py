@@ -224,15 +224,6 @@ class SharedPortListener(AssociationListener):
         super().server_bind()
 
 
-def check_port_free(address: tuple[str, int]) -> None:
-    """OSError if another program listens on `address`: a shared port would otherwise let a
-    second node (of the same user) split this one's connections without a word."""
-    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no user
-        probe.bind(address)
-
-
 class _Contexts(list):  # type: ignore[type-arg]
     """The server's supported presentation contexts, cheap to deep-copy.
 

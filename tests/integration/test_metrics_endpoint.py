@@ -188,6 +188,7 @@ def test_serve_exits_2_naming_http_port_when_the_port_is_taken(node_factory) -> 
     assert result.returncode == 2, result.stderr
     assert f"setting http.port: cannot listen on 127.0.0.1:{node.http_port}" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not node.data_dir.exists()  # refused before a database or spool was made
 
 
 def test_the_endpoint_is_off_unless_enabled(node_factory) -> None:

@@ -133,13 +133,15 @@ def test_listeners_that_share_a_data_dir_on_purpose_exclude_an_exclusive_one(
         assert process.wait(timeout=30) == 0
 
 
-def test_a_port_in_use_stops_serve_with_exit_2(node_factory) -> None:
+def test_a_port_in_use_stops_serve_with_exit_2_before_anything_is_made(node_factory) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        line = refusal(node_factory([], node={"port": port}))
+        node = node_factory([], node={"port": port})
+        line = refusal(node)
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in line
+    assert not node.data_dir.exists()  # a database and spool were made, then the port refused
 
 
 def test_a_data_dir_that_cannot_be_created_stops_serve_naming_the_path(
