@@ -66,11 +66,11 @@ def _database(settings: Settings, *, read_only: bool = False) -> "Database":
     return node_database(settings, read_only=read_only)
 
 
-def _deliveries(job: "JobRecord") -> str:
+def _deliveries(job: "JobRecord", separator: str = ", ") -> str:
     """Each destination's state; in a held job, one that is done without an instance sent
     says so (QA held back every derived series: the PACS has nothing of it yet)."""
     held = job.status == JobStatus.HELD
-    return shown(", ".join(_delivery(d, held=held) for d in job.deliveries) or "-")
+    return separator.join(shown(_delivery(d, held=held)) for d in job.deliveries) or "-"
 
 
 def _delivery(delivery: "DeliveryRecord", *, held: bool) -> str:
@@ -78,11 +78,6 @@ def _delivery(delivery: "DeliveryRecord", *, held: bool) -> str:
     if held and delivery.status == DeliveryStatus.DONE and delivery.sent == 0:
         cell += " (nothing sent)"
     return cell
-
-
-def _error_cell(error: str) -> str:
-    """An error in the listing: whole for a script (or --wide), its start in a terminal."""
-    return error if is_wide() else error[:60]
 
 
 def _status(status: str) -> str:
@@ -116,6 +111,14 @@ def list_(
     title = f"{len(jobs)} job(s)"
     if total > len(jobs):
         title = f"the newest {len(jobs)} of {total} jobs (--limit)"
+    if is_wide():
+        console.print(_jobs_table(jobs, title))
+    else:
+        _print_jobs_in_a_terminal(jobs, title)
+
+
+def _jobs_table(jobs: "Sequence[JobRecord]", title: str) -> Table:
+    """Every column whole, one line per job: what a script (or --wide) reads."""
     table = Table(
         "id",
         "part",
@@ -138,9 +141,36 @@ def list_(
             shown(job.series_uid),
             _deliveries(job),
             job.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
-            shown(_error_cell(job.error or "")),
+            shown(job.error or ""),
+        )
+    return table
+
+
+def _print_jobs_in_a_terminal(jobs: "Sequence[JobRecord]", title: str) -> None:
+    """The listing in a terminal of 80 columns: the states whole, a destination a line, and
+    each error's start on a line of its own under the table (`jobs show ID` has it whole).
+
+    All nine columns in 80 made the states unreadable (`pacs:d…`: done or dead?) and an error
+    wrapped over six lines; the series UID and instance count are in `jobs show` and --wide.
+    """
+    table = Table(
+        "id", "part", "status", "attempts", "deliveries", "updated (UTC)", title=title, box=None
+    )
+    for job in jobs:
+        table.add_row(
+            str(job.id),
+            shown(job.part),
+            _status(job.status),
+            str(job.attempts),
+            _deliveries(job, separator="\n"),
+            job.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
         )
     console.print(table)
+    failed = [job for job in jobs if job.error]
+    if failed:
+        console.print("\n[bold]errors[/] (whole in `dicomnode jobs show ID`, or with --wide)")
+    for job in failed:
+        console.print(f"{job.id}: {shown(job.error or '')}", no_wrap=True, overflow="ellipsis")
 
 
 def _print_job(job: "JobRecord", siblings: "list[JobRecord]") -> None:

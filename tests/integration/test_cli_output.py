@@ -201,6 +201,15 @@ def test_a_terminal_gets_80_columns_unless_wide(site: Site) -> None:
     series = site.series[JobStatus.HELD]
     narrow = _in_a_terminal("jobs", "list", "--config", str(site.config))
     assert "…" in narrow and series not in narrow
+    assert max(len(line) for line in narrow.splitlines()) <= 80
+    # The states whole (`pacs:d…` was done or dead), each error's start on one line of its own.
+    assert narrow.count("pacs:done") == 1 and narrow.count("pacs:pending") == len(JobStatus) - 1
+    errors = [line for line in narrow.splitlines() if line.endswith("…")]
+    assert len(errors) == len(JobStatus)
+    assert all(
+        line.startswith(f"{n}: pacs (ORTHANC@10.0.0.5:4242): refused")
+        for n, line in zip(range(len(JobStatus), 0, -1), errors, strict=True)
+    )
     wide = _in_a_terminal("jobs", "list", "--wide", "--config", str(site.config))
     assert series in wide and ERROR_END in wide and "…" not in wide
     global_flag = _in_a_terminal("--wide", "jobs", "list", "--config", str(site.config))
