@@ -174,12 +174,6 @@ def _why_not(
         )
     if result == 0x00:  # accepted, then aborted by pynetdicom: no usable context
         refused = f"{where} accepted none of the proposed presentation contexts: {_refused(assoc)}"
-        proposed = {str(cx.abstract_syntax) for cx in assoc.requestor.requested_contexts}
-        if proposed and all(UID(uid).name.endswith(" SR Storage") for uid in proposed):
-            refused += (
-                f" (a PACS that stores no SR documents: send_metrics_reports = false on the "
-                f"[[destinations]] entry {destination.name!r} sends it the derived images only)"
-            )
         return refused, False
     if not connected:
         why = _unreachable(_connect_error(assoc, tls_args), destination, settings)

@@ -45,6 +45,22 @@ def _is_report(item: SpooledInstance) -> bool:
     return item.sop_class_uid.startswith(_SR_DOCUMENTS)
 
 
+def _refused_report_hint(
+    job: JobRecord, destination: Destination, series: list[SpooledInstance]
+) -> str:
+    """For a derived job's metrics report refused for good (its SR class not accepted, or
+    refused instance by instance: 0x0122), the setting that stops it: without it the job is
+    dead on every retry although its images arrived. Nothing for an original SR (a dose
+    report), which that setting does not touch."""
+    if job.part != JobPart.DERIVED or not all(_is_report(item) for item in series):
+        return ""
+    return (
+        " (the metrics report, an SR document: for a PACS that stores none, "
+        f"send_metrics_reports = false on the [[destinations]] entry {destination.name!r} "
+        "sends the derived images only)"
+    )
+
+
 def deliver(
     settings: Settings,
     db: Database,
@@ -113,7 +129,7 @@ def deliver(
                     raise
                 # A series it refuses for good (an SR to a PACS without the SOP class) does
                 # not keep the others from it, as a refused instance does not keep the others.
-                refusals.append(str(exc))
+                refusals.append(f"{exc}{_refused_report_hint(job, destination, series)}")
         if later:
             raise ForwardError("; ".join(later + refusals), transient=True)
         if refusals:

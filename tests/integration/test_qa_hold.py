@@ -46,7 +46,7 @@ def test_a_pacs_without_sr_storage_gets_the_derived_images_when_reports_are_off(
 ) -> None:
     """Both PACS refuse SR documents (0x0122). The one with `send_metrics_reports = false`
     has the originals and the derived images, the derived job's delivery done; the other's
-    is dead for good, its images delivered, the refused report named."""
+    is dead for good, its images delivered, the refused report named with the setting."""
     quiet, strict = (
         FaultyScp(behaviour=Behaviour(refuse_sop_class=ComprehensiveSRStorage)).start()
         for _ in range(2)
@@ -65,6 +65,11 @@ def test_a_pacs_without_sr_storage_gets_the_derived_images_when_reports_are_off(
         assert (deliveries["no-sr"]["status"], deliveries["no-sr"]["sent"]) == ("done", 3)
         assert deliveries["strict"]["status"] == "dead" and deliveries["strict"]["sent"] == 3
         assert "refused 1 of 1 instances: 0x0122" in deliveries["strict"]["error"]
+        assert deliveries["strict"]["error"].endswith(
+            "(the metrics report, an SR document: for a PACS that stores none, "
+            "send_metrics_reports = false on the [[destinations]] entry 'strict' sends the "
+            "derived images only)"
+        )
         assert sum(quiet.stored.values()) == sum(strict.stored.values()) == 2 * 3
         assert ComprehensiveSRStorage in strict.answered_classes
         assert ComprehensiveSRStorage not in quiet.answered_classes

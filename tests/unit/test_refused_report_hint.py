@@ -1,0 +1,37 @@
+"""The hint a refused metrics report gets (pipeline/delivery.py): only a derived job's SR
+series is ours to leave out; a modality's own SR (a dose report) in the originals is not."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from pydicom.uid import ComprehensiveSRStorage, CTImageStorage, XRayRadiationDoseSRStorage
+
+from dicomnode.config import Destination
+from dicomnode.db import SpooledInstance
+from dicomnode.pipeline.delivery import _refused_report_hint
+from dicomnode.status import JobPart
+
+PACS = Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=104)
+
+
+def series_of(sop_class: str) -> list[SpooledInstance]:
+    return [SpooledInstance("1.2.3.4", sop_class, "1.2.840.10008.1.2.1", Path("x.dcm"))]
+
+
+def hint(part: JobPart, sop_class: str) -> str:
+    job = SimpleNamespace(part=part)
+    return _refused_report_hint(job, PACS, series_of(sop_class))  # type: ignore[arg-type]
+
+
+def test_a_derived_jobs_refused_report_names_the_setting_and_the_destination() -> None:
+    assert hint(JobPart.DERIVED, ComprehensiveSRStorage) == (
+        " (the metrics report, an SR document: for a PACS that stores none, "
+        "send_metrics_reports = false on the [[destinations]] entry 'pacs' sends the derived "
+        "images only)"
+    )
+
+
+def test_an_original_sr_and_refused_images_get_no_such_hint() -> None:
+    assert hint(JobPart.ORIGINALS, XRayRadiationDoseSRStorage) == ""
+    assert hint(JobPart.ORIGINALS, ComprehensiveSRStorage) == ""
+    assert hint(JobPart.DERIVED, CTImageStorage) == ""
