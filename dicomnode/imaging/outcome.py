@@ -40,6 +40,14 @@ def _mean(values: list[float]) -> float | None:
 
 
 @dataclass(frozen=True)
+class FrameGain:
+    """The self-check's gain on one frame of a multi-frame image (`frame`: 0-based)."""
+
+    frame: int
+    gain_db: float
+
+
+@dataclass(frozen=True)
 class ImageOutcome:
     """One derived image: how far it is from its source, the self-check and the QA verdict."""
 
@@ -49,9 +57,20 @@ class ImageOutcome:
     self_check_gain_db: float | None  # None: self-check off
     qa: QaVerdict
     scored_frame: int | None = None  # of a multi-frame image: the frame scored (0-based)
+    # Of a multi-frame image: the gain on each frame the self-check restored
+    # (`pipeline.scoring.self_check_frames`); self_check_gain_db is their mean.
+    self_check_frames: tuple[FrameGain, ...] = ()
+
+    @property
+    def self_check_gains_db(self) -> list[float]:
+        """What the self-check measured of this image: a gain per frame checked (one for a
+        single-frame image); the do-no-harm rule counts each as an image of the series."""
+        if self.self_check_frames:
+            return [frame.gain_db for frame in self.self_check_frames]
+        return [] if self.self_check_gain_db is None else [self.self_check_gain_db]
 
     def as_dict(self) -> dict[str, Any]:
-        record = {
+        record: dict[str, Any] = {
             "psnr_db": self.fidelity.psnr_db,
             "ssim": self.fidelity.ssim,
             "data_range": self.fidelity.data_range,
@@ -63,6 +82,10 @@ class ImageOutcome:
         }
         if self.scored_frame is not None:  # single frames: the record as it always was
             record["scored_frame"] = self.scored_frame + 1  # as DICOM numbers frames
+        if self.self_check_frames:
+            record["self_check_frames"] = [
+                {"frame": f.frame + 1, "gain_db": f.gain_db} for f in self.self_check_frames
+            ]
         return record
 
     @classmethod
@@ -74,6 +97,9 @@ class ImageOutcome:
             self_check_gain_db=data["self_check_gain_db"],
             qa=QaVerdict(data["qa"], tuple(data["qa_reasons"])),
             scored_frame=data["scored_frame"] - 1 if data.get("scored_frame") else None,
+            self_check_frames=tuple(
+                FrameGain(f["frame"] - 1, f["gain_db"]) for f in data.get("self_check_frames", ())
+            ),
         )
 
 
@@ -132,8 +158,15 @@ class MethodOutcome:
 
     @property
     def self_check_gains_db(self) -> list[float]:
-        """The gains of the images that were self-checked (a long series' is a spread sample)."""
-        return [i.self_check_gain_db for i in self.images if i.self_check_gain_db is not None]
+        """The gains the self-check measured (a long series' is a spread sample): one per image
+        checked, or per frame checked of a multi-frame image."""
+        return [gain for image in self.images for gain in image.self_check_gains_db]
+
+    @property
+    def _checked(self) -> str:
+        """What the self-check's gains are of: "images", or "frames" when a multi-frame image
+        had several of its frames checked."""
+        return "frames" if any(image.self_check_frames for image in self.images) else "images"
 
     @property
     def self_check_gain_mean_db(self) -> float | None:
@@ -155,7 +188,12 @@ class MethodOutcome:
         ci = self.self_check_gain_ci_db
         interval = f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
         checked = len(self.self_check_gains_db)
-        return f"{mean:+.2f} dB{interval} on {checked} of {len(self.images)} images"
+        if self._checked == "images":
+            return f"{mean:+.2f} dB{interval} on {checked} of {len(self.images)} images"
+        images = sum(image.self_check_gain_db is not None for image in self.images)
+        return (
+            f"{mean:+.2f} dB{interval} on {checked} frames of {images} of {len(self.images)} images"
+        )
 
     def harm(self, mean_min_db: float, image_min_db: float) -> tuple[str, ...]:
         """Why this derived series must not be trusted: QA failed on an image, or the self-check
@@ -172,7 +210,8 @@ class MethodOutcome:
         if worse:
             reasons.append(
                 f"self-check gain below {image_min_db:+.2f} dB on {len(worse)} of "
-                f"{len(gains)} checked image(s) (worst {min(worse):+.2f} dB)"
+                f"{len(gains)} checked {'image(s)' if self._checked == 'images' else 'frames'} "
+                f"(worst {min(worse):+.2f} dB)"
             )
         return tuple(reasons)
 
@@ -180,7 +219,7 @@ class MethodOutcome:
         return next(image for image in self.images if image.source_sop == source_sop)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "method": self.method,
             "version": self.version,
             "model_sha256": self.model_sha256,
@@ -194,11 +233,14 @@ class MethodOutcome:
             "ssim_mean": self.ssim_mean,
             "self_check_gain_mean_db": self.self_check_gain_mean_db,
             "self_check_gain_ci_db": list(ci) if (ci := self.self_check_gain_ci_db) else None,
-            "self_check_images": len(self.self_check_gains_db),
+            "self_check_images": sum(i.self_check_gain_db is not None for i in self.images),
             "qa": self.qa,
             "timings": self.timings.as_dict(),
             "per_image": [image.as_dict() for image in self.images],
         }
+        if self._checked == "frames":  # of multi-frame images: how many frames were checked
+            record["self_check_frames"] = len(self.self_check_gains_db)
+        return record
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MethodOutcome":

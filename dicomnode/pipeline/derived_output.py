@@ -142,6 +142,12 @@ def image_comment(method: Method, image: ImageOutcome) -> str:
     )
     if image.self_check_gain_db is not None:
         text += f"; self-check {image.self_check_gain_db:+.2f} dB vs bicubic"
+    if len(image.self_check_frames) > 1:
+        worst = min(image.self_check_frames, key=lambda checked: checked.gain_db)
+        text += (
+            f" (mean of {len(image.self_check_frames)} frames, worst {worst.gain_db:+.2f} dB "
+            f"in frame {worst.frame + 1})"
+        )
     return text + f"; QA {image.qa.verdict}"
 
 

@@ -46,7 +46,13 @@ from dicomnode.pipeline.derived_output import (
     write_derived_series,
 )
 from dicomnode.pipeline.methods import qa_thresholds
-from dicomnode.pipeline.scoring import ScoredSources, scorable, score, self_check_gains
+from dicomnode.pipeline.scoring import (
+    ScoredSources,
+    mean_gain,
+    scorable,
+    score,
+    self_check_gains,
+)
 from dicomnode.pipeline.sources import SourceImage, load_sources, modality_in, series_header
 
 log = logging.getLogger(__name__)
@@ -200,13 +206,15 @@ def _run_method(
                 fidelity, verdict = score(scored[index], output, thresholds)
                 sop = derived_instance_uid(derivation.uid_root, source.sop, method.version)
                 multi_frame = len(source.image.values) > 1
+                checked = gains.result()[index]
                 measured = ImageOutcome(
                     source.sop,
                     sop,
                     fidelity,
-                    gains.result()[index],
+                    mean_gain(checked),
                     verdict,
                     scored_frame=scored[index].frame if multi_frame else None,
+                    self_check_frames=checked if multi_frame else (),
                 )
                 image = derive_image(source, output, measured, method, derivation)
                 return store.put(image) if isinstance(image, DerivedImage) else image

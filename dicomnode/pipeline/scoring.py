@@ -23,7 +23,7 @@ from dicomnode.imaging.metrics import (
     scored_region,
 )
 from dicomnode.imaging.normalize import fill_padding
-from dicomnode.imaging.outcome import DeclinedImage, reported, reported_fidelity
+from dicomnode.imaging.outcome import DeclinedImage, FrameGain, reported, reported_fidelity
 from dicomnode.imaging.qa import (
     QaThresholds,
     QaVerdict,
@@ -41,11 +41,15 @@ def _on_source_grid(output: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return output if output.shape == shape else resample(output, shape)
 
 
+def frame_of(source: SourceImage, frame: int) -> tuple[np.ndarray, np.ndarray]:
+    """One frame of an image and the mask of its pixels left out of its scores."""
+    return source.image.values[frame], source.image.padding[frame]
+
+
 def scored_frame(source: SourceImage) -> tuple[np.ndarray, np.ndarray]:
     """The frame an image is scored on (`SourceImage.scored_frame`) and the mask of pixels left
     out of its scores."""
-    frame = source.scored_frame
-    return source.image.values[frame], source.image.padding[frame]
+    return frame_of(source, source.scored_frame)
 
 
 def scorable(
@@ -77,6 +81,33 @@ def scorable(
             )
         declined.append(DeclinedImage(source.sop, reason))
     return kept, tuple(declined)
+
+
+SelfCheckFrame = tuple[int, int]  # (image index in the series, frame index in the image)
+
+
+def self_check_frames(images: list[SourceImage], limit: int) -> list[SelfCheckFrame]:
+    """The frames the self-check restores: at most `limit` (0: every frame of every image).
+
+    The images are spread evenly over the series (`sampled_indices`), one frame each (its
+    scored frame) when the series has `limit` images or more. A series of fewer images gives
+    each its share of the limit, spread over its frames and passing over blank ones: a
+    multi-frame image is judged by many frames, each counted as an image of a series is (the
+    mean gain, and each frame against the per-image floor), not by its middle frame alone, which
+    let a method that ruined the other frames pass.
+    """
+    chosen = sampled_indices(len(images), limit)
+    share = max(1, limit // len(chosen)) if limit > 0 and chosen else 0
+    sample: list[SelfCheckFrame] = []
+    for index in chosen:
+        source = images[index]
+        count = len(source.image.values)
+        if count == 1 or share == 1:
+            sample.append((index, source.scored_frame))
+            continue
+        frames = [f for f in sampled_indices(count, share) if not source.is_blank(f)]
+        sample += [(index, frame) for frame in frames or [source.scored_frame]]
+    return sample
 
 
 # Frames of a multi-frame image QA also judges besides the scored one, spread evenly: an XA run
@@ -135,21 +166,25 @@ class ScoredSources:
     def __init__(self, images: list[SourceImage]) -> None:
         self._images = images
         self._scored: dict[int, ScoredSource] = {}
-        self._self_checks: dict[tuple[int, int], tuple[list[int], DegradedForSelfCheck]] = {}
+        self._self_checks: dict[
+            tuple[int, int], tuple[list[SelfCheckFrame], DegradedForSelfCheck]
+        ] = {}
 
     def __getitem__(self, index: int) -> ScoredSource:
         if index not in self._scored:
             self._scored[index] = scored_source(self._images[index])
         return self._scored[index]
 
-    def for_self_check(self, scale: int, limit: int) -> tuple[list[int], DegradedForSelfCheck]:
-        """The indices of the self-check's sample (at most `limit` images, spread evenly) and
-        those images, padding filled, degraded at `scale`."""
+    def for_self_check(
+        self, scale: int, limit: int
+    ) -> tuple[list[SelfCheckFrame], DegradedForSelfCheck]:
+        """The frames of the self-check's sample (`self_check_frames`) and those frames,
+        padding filled, degraded at `scale`."""
         if (scale, limit) not in self._self_checks:
             modality = self._images[0].modality or "OT"
-            chosen = sampled_indices(len(self._images), limit)
-            frames = [scored_frame(self._images[i]) for i in chosen]
-            inverted = [self._images[i].image.domain.inverted for i in chosen]
+            chosen = self_check_frames(self._images, limit)
+            frames = [frame_of(self._images[i], f) for i, f in chosen]
+            inverted = [self._images[i].image.domain.inverted for i, _ in chosen]
             degraded = DegradedForSelfCheck(
                 [
                     fill_padding(reference, padding, modality, inverted=turned)
@@ -203,30 +238,35 @@ def self_check_gains(
     method: Method,
     settings: Settings,
     scoring: Executor,
-) -> Future[list[float | None]]:
-    """The method's self-check gain per image, None where not checked: a spread sample of at
-    most `enhance.self_check_images` images (`scored.for_self_check`), restored here by one
-    batched call per image shape, then scored in `scoring` (beside whatever runs here next)."""
+) -> Future[list[tuple[FrameGain, ...]]]:
+    """The method's self-check gain on each checked frame, per image (empty where not
+    checked): the sample of `self_check_frames`, restored here by one batched call per image
+    shape, then scored in `scoring` (beside whatever runs here next)."""
     if not settings.enhance.self_check:
-        unchecked: Future[list[float | None]] = Future()
-        unchecked.set_result([None] * len(images))
+        unchecked: Future[list[tuple[FrameGain, ...]]] = Future()
+        unchecked.set_result([()] * len(images))
         return unchecked
     modality = images[0].modality or "OT"
     chosen, degraded = scored.for_self_check(method.scale, settings.enhance.self_check_images)
-    inverted = [images[i].image.domain.inverted for i in chosen]
+    inverted = [images[i].image.domain.inverted for i, _ in chosen]
     restored = degraded.restored_by(
         lambda stack, sample: (
             enhance_stack(stack, modality, method, inverted=[inverted[i] for i in sample]).values
         )
     )
 
-    def gains() -> list[float | None]:
-        per_image: list[float | None] = [None] * len(images)
-        for index, check in zip(chosen, restored.scored(), strict=True):
-            per_image[index] = reported(check.gain_db)
-        return per_image
+    def gains() -> list[tuple[FrameGain, ...]]:
+        per_image: list[list[FrameGain]] = [[] for _ in images]
+        for (index, frame), check in zip(chosen, restored.scored(), strict=True):
+            per_image[index].append(FrameGain(frame, reported(check.gain_db)))
+        return [tuple(frames) for frames in per_image]
 
     return scoring.submit(gains)
+
+
+def mean_gain(frames: tuple[FrameGain, ...]) -> float | None:
+    """An image's self-check gain: the mean over its frames checked (None: not checked)."""
+    return reported(sum(f.gain_db for f in frames) / len(frames)) if frames else None
 
 
 def score(

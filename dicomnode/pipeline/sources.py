@@ -50,15 +50,16 @@ class SourceImage:
         that one is blank (a run's empty frame), the nearest one that is not; the middle one
         when all are (the image is then declined as blank). Found once: the job's scoring, QA
         and self-check all ask."""
-        values, padding = self.image.values, self.image.padding
-        middle = len(values) // 2
-        if len(values) == 1:
+        frames = len(self.image.values)
+        middle = frames // 2
+        if frames == 1:
             return 0
-        nearest_first = sorted(range(len(values)), key=lambda frame: abs(frame - middle))
-        return next(
-            (frame for frame in nearest_first if data_range_of(values[frame], padding[frame]) > 0),
-            middle,
-        )
+        nearest_first = sorted(range(frames), key=lambda frame: abs(frame - middle))
+        return next((frame for frame in nearest_first if not self.is_blank(frame)), middle)
+
+    def is_blank(self, frame: int) -> bool:
+        """Every pixel of `frame`, padding aside, of one value (a run's empty frame)."""
+        return not data_range_of(self.image.values[frame], self.image.padding[frame]) > 0
 
 
 def load_sources(
