@@ -161,7 +161,7 @@ def _why_not(
     tls_reason = handshake_failure(tls_args)
     if tls_reason is not None:  # a certificate to renew or a CA to configure: retried
         return f"TLS handshake with {where} failed: {tls_reason}", True
-    answer = assoc.acceptor.primitive or _unread_answer(assoc)
+    answer = assoc.acceptor.primitive or _unread_rejection(assoc)
     result = getattr(answer, "result", None)
     if answer is not None and result in _REJECTED:
         # PS3.8 7.1.1.9: result, source and reason of the A-ASSOCIATE-RJ, and who we said we
@@ -195,16 +195,17 @@ def _why_not(
 _REJECTED = (0x01, 0x02)  # A-ASSOCIATE-RJ: permanent, transient (PS3.8 9.3.4)
 
 
-def _unread_answer(assoc: Association) -> A_ASSOCIATE | None:
-    """The peer's A-ASSOCIATE answer left unread in the DUL's queue.
+def _unread_rejection(assoc: Association) -> A_ASSOCIATE | None:
+    """The peer's A-ASSOCIATE-RJ left unread in the DUL's queue.
 
     pynetdicom (3.0) checks that the socket is still connected before it reads the answer; a
     peer that rejects at once and closes (Orthanc, for a called AE title it does not know)
     can have the DUL thread read the rejection and close the socket first, and the
-    association ends "aborted" with the rejection unread (~1 in 100 on loopback).
+    association ends "aborted" with the rejection unread (~1 in 100 on loopback). An accept
+    left there came after our ACSE timeout: that timeout is the story, not the accept.
     """
     for primitive in list(assoc.dul.to_user_queue.queue):
-        if isinstance(primitive, A_ASSOCIATE):
+        if isinstance(primitive, A_ASSOCIATE) and primitive.result in _REJECTED:
             return primitive
     return None
 
