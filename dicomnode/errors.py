@@ -71,13 +71,22 @@ class ForwardError(DicomNodeError):
     `transient` says whether trying again later may succeed (peer down, out of resources,
     association rejected) or not (SOP class refused, not authorised, dataset rejected);
     `stored` names the instances of the series the peer took before it failed (the delivery's
-    record: a retry does not send them again).
+    record: a retry does not send them again); `class_refused` that what the peer refused, for
+    good, was the SOP class itself (0x0122, or no presentation context for it), not the data.
     """
 
-    def __init__(self, message: str, *, transient: bool, stored: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool,
+        stored: Sequence[str] = (),
+        class_refused: bool = False,
+    ) -> None:
         super().__init__(message)
         self.transient = transient
         self.stored = tuple(stored)
+        self.class_refused = class_refused
 
     @property
     def sent(self) -> int:
@@ -97,7 +106,7 @@ class ClassNotTaken(ForwardError):
     that class, e.g. SR): its refusal, for good."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, transient=False)
+        super().__init__(message, transient=False, class_refused=True)
 
 
 class SeriesIncomplete(ForwardError):

@@ -145,8 +145,7 @@ def open_association(
         ) from exc
     if assoc.is_established:
         return assoc
-    message, transient = _why_not(assoc, destination, settings, where, tls_args, connected)
-    raise ForwardError(message, transient=transient)
+    raise _why_not(assoc, destination, settings, where, tls_args, connected)
 
 
 def _why_not(
@@ -156,39 +155,43 @@ def _why_not(
     where: str,
     tls_args: tuple[ClientContext, str] | None,
     connected: list[float],
-) -> tuple[str, bool]:
-    """The message and whether it is transient, for an association that was not established."""
+) -> ForwardError:
+    """Why an association was not established: transient but for a peer that accepted none
+    of our presentation contexts."""
     tls_reason = handshake_failure(tls_args)
     if tls_reason is not None:  # a certificate to renew or a CA to configure: retried
-        return f"TLS handshake with {where} failed: {tls_reason}", True
+        return ForwardError(f"TLS handshake with {where} failed: {tls_reason}", transient=True)
     answer = assoc.acceptor.primitive or _unread_rejection(assoc)
     result = getattr(answer, "result", None)
     if answer is not None and result in _REJECTED:
         # PS3.8 7.1.1.9: result, source and reason of the A-ASSOCIATE-RJ, and who we said we
         # were, which is what the PACS admin has to register.
-        return (
+        return ForwardError(
             f"association rejected by {where}: {answer.result_str}, {answer.source_str}: "
             f"{answer.reason_str} (we called as {settings.node.ae_title!r}, "
             f"asking for {destination.ae_title!r})",
-            True,
+            transient=True,
         )
     if result == 0x00:  # accepted, then aborted by pynetdicom: no usable context
-        refused = f"{where} accepted none of the proposed presentation contexts: {_refused(assoc)}"
-        return refused, False
+        return ForwardError(
+            f"{where} accepted none of the proposed presentation contexts: {_refused(assoc)}",
+            transient=False,
+            class_refused=True,
+        )
     if not connected:
         why = _unreachable(_connect_error(assoc, tls_args), destination, settings)
-        return f"cannot associate with {where}: {why}", True
+        return ForwardError(f"cannot associate with {where}: {why}", transient=True)
     acse = settings.network.acse_timeout
     if time.monotonic() - connected[0] >= acse * 0.9:
-        return (
+        return ForwardError(
             f"{where} took the connection but did not answer the association request within "
             f"{acse:g} s (network.acse_timeout)",
-            True,
+            transient=True,
         )
-    return (
+    return ForwardError(
         f"{where} closed the connection without answering the association request "
         "(a TLS port called without TLS, or a peer at its connection limit?)",
-        True,
+        transient=True,
     )
 
 

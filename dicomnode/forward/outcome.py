@@ -12,6 +12,9 @@ class Outcome(enum.Enum):
     PERMANENT = "permanent"  # resending the same data will fail the same way
 
 
+SOP_CLASS_NOT_SUPPORTED = 0x0122  # a C-STORE refused for its SOP class (PS3.4 B.2.3)
+
+
 def is_warning(status: int) -> bool:
     """A DIMSE warning status (PS3.7 C): the request was carried out, with a remark."""
     return status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF

@@ -40,7 +40,13 @@ from dicomnode.errors import (
 )
 from dicomnode.forward import send_lane
 from dicomnode.forward.associate import open_association
-from dicomnode.forward.outcome import Outcome, classify_store_status, no_response, status_text
+from dicomnode.forward.outcome import (
+    SOP_CLASS_NOT_SUPPORTED,
+    Outcome,
+    classify_store_status,
+    no_response,
+    status_text,
+)
 from dicomnode.forward.tally import SeriesTally, listed
 from dicomnode.observe.counters import INSTANCES_FORWARDED
 
@@ -254,7 +260,7 @@ def send_series(
                 assoc = _associate(destination, settings, contexts)
                 continue
             except ClassNotTaken as exc:  # the peer's refusal, told at association
-                tally.refuse(str(exc))
+                tally.refuse(str(exc), class_refused=True)
                 continue
             except ForwardError as exc:  # ours: no syntax the peer took fits (a video, a
                 if exc.transient:  # file that will not decode); or no answer at all
@@ -267,7 +273,7 @@ def send_series(
                 if tally.defer(problem):
                     break
             elif outcome is Outcome.PERMANENT:
-                tally.refuse(problem)
+                tally.refuse(problem, class_refused=status == SOP_CLASS_NOT_SUPPORTED)
             else:
                 remark = problem if outcome is Outcome.WARNING else None
                 tally.stored(item.sop_instance_uid, remark)

@@ -43,6 +43,7 @@ class SeriesTally:
     broken_off: list[str] = field(default_factory=list)  # the peer ended the association
     unreadable: list[str] = field(default_factory=list)  # our spooled file could not be read
     unsendable: list[str] = field(default_factory=list)  # in no syntax the peer takes (video)
+    classes_refused: int = 0  # of `refused`: the SOP class itself (0x0122, no context for it)
     _transient_in_a_row: int = 0
 
     @property
@@ -59,8 +60,10 @@ class SeriesTally:
         self.remarks += [remark] if remark else []
         self._transient_in_a_row = 0
 
-    def refuse(self, problem: str) -> None:
+    def refuse(self, problem: str, *, class_refused: bool = False) -> None:
+        """A refusal for good; `class_refused`: of the SOP class itself, not of this data."""
         self.refused.append(problem)
+        self.classes_refused += class_refused
 
     def unread(self, problem: str) -> None:
         self.unreadable.append(problem)
@@ -123,7 +126,12 @@ class SeriesTally:
         if self.unreadable:  # retried too: the files may be back by then
             return UnreadableSpool(unreadable + also, stored=self.delivered)
         if self.refused or self.unsendable:
-            return ForwardError("; ".join(self._for_good()), transient=False, stored=self.delivered)
+            return ForwardError(
+                "; ".join(self._for_good()),
+                transient=False,
+                stored=self.delivered,
+                class_refused=not self.unsendable and self.classes_refused == len(self.refused),
+            )
         return None
 
     def _for_good(self) -> list[str]:

@@ -46,13 +46,15 @@ def _is_report(item: SpooledInstance) -> bool:
 
 
 def _refused_report_hint(
-    job: JobRecord, destination: Destination, series: list[SpooledInstance]
+    job: JobRecord, destination: Destination, series: list[SpooledInstance], refusal: ForwardError
 ) -> str:
-    """For a derived job's metrics report refused for good (its SR class not accepted, or
-    refused instance by instance: 0x0122), the setting that stops it: without it the job is
-    dead on every retry although its images arrived. Nothing for an original SR (a dose
-    report), which that setting does not touch."""
-    if job.part != JobPart.DERIVED or not all(_is_report(item) for item in series):
+    """For a derived job's metrics report whose SOP class the peer refuses (no presentation
+    context for it, or 0x0122), the setting that stops sending it: without it the job is dead
+    on every retry although its images arrived. Nothing for an original SR (a dose report),
+    which that setting does not touch, nor for a report refused for its content (0xA900,
+    0xC000: ours to mend)."""
+    report = job.part == JobPart.DERIVED and all(_is_report(item) for item in series)
+    if not (report and refusal.class_refused):
         return ""
     return (
         " (the metrics report, an SR document: for a PACS that stores none, "
@@ -129,7 +131,7 @@ def deliver(
                     raise
                 # A series it refuses for good (an SR to a PACS without the SOP class) does
                 # not keep the others from it, as a refused instance does not keep the others.
-                refusals.append(f"{exc}{_refused_report_hint(job, destination, series)}")
+                refusals.append(f"{exc}{_refused_report_hint(job, destination, series, exc)}")
         if later:
             raise ForwardError("; ".join(later + refusals), transient=True)
         if refusals:

@@ -81,8 +81,8 @@ def test_a_pacs_without_sr_storage_gets_the_derived_images_when_reports_are_off(
 def test_a_pacs_that_takes_no_sr_context_is_told_of_send_metrics_reports(
     node_factory, ct_series: list[Path]
 ) -> None:
-    """A PACS (DCMTK's storescp configured so) that accepts no SR presentation context: the
-    refusal named the SR class and not the setting that sends it the images only."""
+    """A PACS that accepts no SR presentation context: the refusal names the SR class and the
+    setting that sends it the images only (before, only the class)."""
     images_only = FaultyScp(sop_classes=[CTImageStorage]).start()
     try:
         node = node_factory(

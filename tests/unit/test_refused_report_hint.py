@@ -1,5 +1,6 @@
 """The hint a refused metrics report gets (pipeline/delivery.py): only a derived job's SR
-series is ours to leave out; a modality's own SR (a dose report) in the originals is not."""
+series is ours to leave out, and only a refusal of its SOP class is helped by leaving it out;
+a modality's own SR (a dose report) in the originals is not ours to leave out."""
 
 from pathlib import Path
 from types import SimpleNamespace
@@ -8,6 +9,7 @@ from pydicom.uid import ComprehensiveSRStorage, CTImageStorage, XRayRadiationDos
 
 from dicomnode.config import Destination
 from dicomnode.db import SpooledInstance
+from dicomnode.errors import ForwardError
 from dicomnode.pipeline.delivery import _refused_report_hint
 from dicomnode.status import JobPart
 
@@ -18,9 +20,14 @@ def series_of(sop_class: str) -> list[SpooledInstance]:
     return [SpooledInstance("1.2.3.4", sop_class, "1.2.840.10008.1.2.1", Path("x.dcm"))]
 
 
-def hint(part: JobPart, sop_class: str) -> str:
+CLASS_REFUSED = ForwardError(
+    "refused 1 of 1 instances: 0x0122", transient=False, class_refused=True
+)
+
+
+def hint(part: JobPart, sop_class: str, refusal: ForwardError = CLASS_REFUSED) -> str:
     job = SimpleNamespace(part=part)
-    return _refused_report_hint(job, PACS, series_of(sop_class))  # type: ignore[arg-type]
+    return _refused_report_hint(job, PACS, series_of(sop_class), refusal)  # type: ignore[arg-type]
 
 
 def test_a_derived_jobs_refused_report_names_the_setting_and_the_destination() -> None:
@@ -35,3 +42,9 @@ def test_an_original_sr_and_refused_images_get_no_such_hint() -> None:
     assert hint(JobPart.ORIGINALS, XRayRadiationDoseSRStorage) == ""
     assert hint(JobPart.ORIGINALS, ComprehensiveSRStorage) == ""
     assert hint(JobPart.DERIVED, CTImageStorage) == ""
+
+
+def test_a_report_refused_for_its_content_gets_no_such_hint() -> None:
+    """0xA900 (data set does not match the SOP class): our report is at fault, not the PACS."""
+    content = ForwardError("refused 1 of 1 instances: 0xA900", transient=False)
+    assert hint(JobPart.DERIVED, ComprehensiveSRStorage, content) == ""

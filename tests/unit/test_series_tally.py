@@ -136,3 +136,15 @@ def test_a_retry_counts_what_the_peer_stored_on_earlier_attempts_as_part_of_the_
         "answered 0x0110 for sop=7 (1 of 12 instances not taken for now, 11 sent)"
     )
     assert tally.outcomes()["deferred"] == 1 and tally.outcomes()["stored"] == 0
+
+
+def test_a_series_refused_for_its_sop_class_alone_says_so_for_the_hint_that_fits() -> None:
+    """A metrics report refused for its class is helped by send_metrics_reports = false; one
+    refused for its content (0xA900) is not (pipeline/delivery.py reads `class_refused`)."""
+    by_class = SeriesTally(total=1, tried=1)
+    by_class.refuse("0x0122 for sop=1", class_refused=True)
+    assert (error := by_class.error()) is not None and error.class_refused
+    mixed = SeriesTally(total=2, tried=2)
+    mixed.refuse("0x0122 for sop=1", class_refused=True)
+    mixed.refuse("0xA900 for sop=2")
+    assert (error := mixed.error()) is not None and not error.class_refused
