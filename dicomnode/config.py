@@ -418,7 +418,7 @@ class EnhanceSettings:
     forward_unenhanced: bool = True
     qa_action: Literal["flag", "hold", "fail"] = "hold"
     self_check: bool = True
-    self_check_images: int = 16  # per series, spread evenly; 0: every image
+    self_check_images: int = 16  # per series, spread evenly; 0: every image (16 frames of a run)
     max_series_mb: int = 4096  # what a job may hold of one series (12 bytes/pixel); 0: no limit
     srcnn_views: int = 0  # SRCNN averaged over this many flips/quarter turns (imaging.symmetry);
     # 0: auto, 8 on a GPU and 1 on a CPU

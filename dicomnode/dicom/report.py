@@ -75,11 +75,19 @@ def _group(
     source_ref = [hd.sr.SourceImageForMeasurement.from_source_image(measures.source, scored)]
     outcome = measures.outcome
     values = [
-        (PSNR, outcome.fidelity.psnr_db, DECIBEL),
-        (SSIM, outcome.fidelity.ssim, UNITLESS),
+        (PSNR, outcome.fidelity.psnr_db, DECIBEL, source_ref),
+        (SSIM, outcome.fidelity.ssim, UNITLESS, source_ref),
     ]
     if outcome.self_check_gain_db is not None:
-        values.append((SELF_CHECK_GAIN, outcome.self_check_gain_db, DECIBEL))
+        # The mean over the frames the self-check restored, which it names (the scored one
+        # where it restored that one alone).
+        checked = [frame.frame + 1 for frame in outcome.self_check_frames]
+        checked_ref = source_ref
+        if checked and scored is not None:
+            checked_ref = [
+                hd.sr.SourceImageForMeasurement.from_source_image(measures.source, checked)
+            ]
+        values.append((SELF_CHECK_GAIN, outcome.self_check_gain_db, DECIBEL, checked_ref))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=derived_uid(None, "tracking", series_uid, str(index)),
@@ -90,9 +98,9 @@ def _group(
         ],
         measurements=[
             hd.sr.Measurement(
-                name=name, value=round(value, 4), unit=unit, referenced_images=source_ref
+                name=name, value=round(value, 4), unit=unit, referenced_images=referenced
             )
-            for name, value, unit in values
+            for name, value, unit, referenced in values
             if math.isfinite(value)  # identical images: PSNR is infinite, not reportable
         ],
         qualitative_evaluations=[

@@ -214,7 +214,7 @@ def _run_method(
                     mean_gain(checked),
                     verdict,
                     scored_frame=scored[index].frame if multi_frame else None,
-                    self_check_frames=checked if multi_frame else (),
+                    self_check_frames=checked if len(checked) > 1 else (),
                 )
                 image = derive_image(source, output, measured, method, derivation)
                 return store.put(image) if isinstance(image, DerivedImage) else image

@@ -87,22 +87,24 @@ SelfCheckFrame = tuple[int, int]  # (image index in the series, frame index in t
 
 
 def self_check_frames(images: list[SourceImage], limit: int) -> list[SelfCheckFrame]:
-    """The frames the self-check restores: at most `limit` (0: every frame of every image).
+    """The frames the self-check restores: at most `limit` in all (0: every image, a
+    multi-frame one on up to QA_FRAMES of its frames).
 
     The images are spread evenly over the series (`sampled_indices`), one frame each (its
     scored frame) when the series has `limit` images or more. A series of fewer images gives
-    each its share of the limit, spread over its frames and passing over blank ones: a
-    multi-frame image is judged by many frames, each counted as an image of a series is (the
-    mean gain, and each frame against the per-image floor), not by its middle frame alone, which
-    let a method that ruined the other frames pass.
+    each its share of the limit (the first ones one more, for what does not divide), spread
+    over its frames and passing over blank ones: a multi-frame image is judged by many frames,
+    each counted as an image of a series is (the mean gain, and each frame against the
+    per-image floor), not by its middle frame alone, which let a method that ruined the other
+    frames pass.
     """
     chosen = sampled_indices(len(images), limit)
-    share = max(1, limit // len(chosen)) if limit > 0 and chosen else 0
     sample: list[SelfCheckFrame] = []
-    for index in chosen:
+    for place, index in enumerate(chosen):
         source = images[index]
+        share = QA_FRAMES if limit <= 0 else limit // len(chosen) + (place < limit % len(chosen))
         count = len(source.image.values)
-        if count == 1 or share == 1:
+        if count == 1 or share <= 1:
             sample.append((index, source.scored_frame))
             continue
         frames = [f for f in sampled_indices(count, share) if not source.is_blank(f)]

@@ -11,7 +11,7 @@ raw value (it may be PHI).
 """
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
@@ -32,9 +32,10 @@ from dicomnode.dicom.derive import Derivation, derived_instance, derived_series_
 from dicomnode.dicom.report import ImageMeasures, metrics_report
 from dicomnode.errors import DicomNodeError
 from dicomnode.imaging.metrics import ImageMetrics
-from dicomnode.imaging.outcome import ImageOutcome
+from dicomnode.imaging.outcome import FrameGain, ImageOutcome
 from dicomnode.imaging.pixels import to_modality, to_stored
 from dicomnode.imaging.qa import QaVerdict
+from dicomnode.pipeline.scoring import mean_gain
 from dicomnode.registry import SRCNN
 from tests.support.data import CT_HEAD_GE
 from tests.support.dciodvfy import dciodvfy_errors
@@ -272,10 +273,13 @@ def derivation(source: Dataset, scale: int) -> Derivation:
 
 
 def build(
-    sources: Sequence[Dataset], scale: int, scored_frame: int | None = None
+    sources: Sequence[Dataset],
+    scale: int,
+    scored_frame: int | None = None,
+    self_check_frames: tuple[FrameGain, ...] = (),
 ) -> tuple[list[Dataset], Dataset]:
     """Derived images (stored values upsampled by `scale`, nearest neighbour) and their SR,
-    each image's outcome naming `scored_frame`."""
+    each image's outcome naming `scored_frame` (and the self-check's frames, if given)."""
     how = derivation(sources[0], scale)
     derived, measures = [], []
     for source in sources:
@@ -290,9 +294,10 @@ def build(
             str(source.SOPInstanceUID),
             str(ds.SOPInstanceUID),
             ImageMetrics(40.0, 0.99, 1000.0),
-            None,
+            mean_gain(self_check_frames),
             QaVerdict("ok", ()),
             scored_frame=scored_frame,
+            self_check_frames=self_check_frames,
         )
         measures.append(ImageMeasures(ds, source, outcome))
     report = metrics_report(
@@ -438,6 +443,40 @@ def test_the_report_of_a_multi_frame_image_names_the_frame_it_scored(
         if "ReferencedFrameNumber" in item
     ]
     assert referenced and set(referenced) == {number}
+
+
+def content_items(ds: Dataset) -> Iterator[Dataset]:
+    """Every item of every sequence in `ds`, depth first."""
+    for element in ds:
+        if element.VR == "SQ":
+            for item in element.value:
+                yield item
+                yield from content_items(item)
+
+
+def test_the_self_check_gain_of_a_multi_frame_image_names_the_frames_it_is_the_mean_of(
+    ct_slice: Path,
+) -> None:
+    """PSNR and SSIM are of the scored frame; the self-check gain, the mean over the frames it
+    restored, named them all (it named the scored frame alone, which it was not of)."""
+    source = dcmread(ct_slice)
+    frames(3)(source)
+    source.SOPClassUID = MultiFrameGrayscaleWordSecondaryCaptureImageStorage
+    checked = (FrameGain(0, 1.5), FrameGain(2, 0.5))
+    _derived, report = build([source], 1, 1, checked)
+    referenced: dict[str, list[int]] = {}
+    for content in content_items(report):
+        if content.get("ValueType") == "NUM":
+            meaning = content.ConceptNameCodeSequence[0].CodeMeaning
+            [image] = [item for item in content.ContentSequence if item.ValueType == "IMAGE"]
+            numbers = image.ReferencedSOPSequence[0]["ReferencedFrameNumber"]
+            values = numbers.value if numbers.VM > 1 else [numbers.value]
+            referenced[meaning] = [int(n) for n in values]
+    assert referenced == {
+        "Peak signal-to-noise ratio versus source": [2],
+        "Structural similarity versus source": [2],
+        "Self-check PSNR gain over bicubic": [1, 3],
+    }
 
 
 def test_the_report_is_timed_as_its_images_on_the_sources_clock(ct_slice: Path) -> None:

@@ -114,7 +114,11 @@ def test_the_self_check_spreads_its_share_over_a_runs_frames_and_passes_over_bla
     assert self_check_frames(four, 16) == [
         (i, f) for i in range(4) for f in sampled_indices(FRAMES, 4)
     ]
-    assert self_check_frames([xa_run()], 0) == [(0, f) for f in range(FRAMES)]  # 0: every one
+    # 0 (every image): a run on up to QA_FRAMES of its frames, not on hundreds
+    assert self_check_frames([xa_run(frames=40)], 0) == [(0, f) for f in sampled_indices(40, 16)]
+    # What does not divide goes to the first ones: 9 runs share 16 as 2 x 7 and 1 x 2.
+    nine = self_check_frames([xa_run() for _ in range(9)], 16)
+    assert len(nine) == 16 and [sum(i == n for i, _ in nine) for n in range(9)] == [2] * 7 + [1] * 2
 
 
 def test_a_series_of_as_many_images_as_the_limit_is_checked_on_each_ones_scored_frame() -> None:
