@@ -259,6 +259,16 @@ class DeliveryQueues:
         if not destinations:
             finish()
             return
+        if not any(outgoing):
+            # Nothing to send (QA held every derived series back): each delivery is recorded
+            # done, nothing sent, here and now, without the network, even as the node stops. A
+            # job given back then was enhanced again, all of it, at the next start.
+            pending = _Pending(job.part, len(destinations), finish, abandon)
+            with self._lock:
+                self._jobs_in_flight[job.part] += 1
+            for name in destinations:
+                self._run(pending, job, name, outgoing)
+            return
         with self._lock:
             if not self._closed:
                 pending = _Pending(job.part, len(destinations), finish, abandon)

@@ -22,9 +22,11 @@ class Queues:
         self.hanging: list[str] = []
         self.given_back: list[int] = []
         self.finished: list[int] = []
+        self.delivered: list[str] = []  # each destination a delivery ran for
 
         def deliver(*args: object) -> None:
             name = str(args[4])
+            self.delivered.append(name)
             if name in hanging_at:
                 self.hanging.append(name)
                 self.release.wait(30)
@@ -34,12 +36,15 @@ class Queues:
         settings = Settings(worker=WorkerSettings(workers=1))
         self.queues = DeliveryQueues(settings, db=None)  # type: ignore[arg-type]
 
-    def submit(self, job_id: int, destinations: list[str]) -> None:
+    def submit(
+        self, job_id: int, destinations: list[str], outgoing: list[list[str]] | None = None
+    ) -> None:
+        """Job `job_id` handed over with `outgoing` (default: a series of one instance)."""
         job = SimpleNamespace(id=job_id, part=JobPart.ORIGINALS, lease_owner="w")
         self.queues.submit(
             job,  # type: ignore[arg-type]
             destinations,
-            [],
+            [["an instance"]] if outgoing is None else outgoing,  # type: ignore[list-item]
             finish=lambda: self.finished.append(job_id),
             abandon=lambda: self.given_back.append(job_id),
         )
@@ -95,4 +100,18 @@ def test_a_job_with_one_delivery_under_way_goes_back_after_it_and_a_late_one_at_
     stopping.join(10)
     assert not stopping.is_alive()
     assert (site.given_back, site.finished) == ([2, 1], [0])
+    assert site.queues.jobs_in_flight(JobPart.ORIGINALS) == 0
+
+
+def test_a_job_with_nothing_to_send_finishes_even_as_the_node_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QA held every derived series back: each delivery is recorded (done, nothing sent) and
+    the job finishes held. Given back at a stop instead, it was enhanced again, all of it, at
+    the next start."""
+    site = Queues(monkeypatch, hanging_at=())
+    site.queues.close()
+    site.submit(3, ["pacs", "other"], outgoing=[])
+    assert (site.given_back, site.finished) == ([], [3])
+    assert sorted(site.delivered) == ["other", "pacs"]
     assert site.queues.jobs_in_flight(JobPart.ORIGINALS) == 0
