@@ -30,12 +30,11 @@ from dicomnode.errors import ConfigError
 from dicomnode.forward.associate import unresolvable_hosts
 from dicomnode.guarded import DatabaseHealth, Guarded
 from dicomnode.observe.endpoint import HttpEndpoint, check_http_port_free, start_http_endpoint
-from dicomnode.pipeline import JobRunner
 from dicomnode.pipeline.admin_log import log_admin_actions
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.lease import renew_every_lease_now
 from dicomnode.pipeline.retention import purge_delivered
-from dicomnode.pipeline.runner import job_parts
+from dicomnode.pipeline.runner import JobRunner, job_parts
 from dicomnode.ports import check_port_free
 from dicomnode.receive import start_receiver
 from dicomnode.receive.processes import ReceiverProcesses

@@ -47,7 +47,7 @@ def echo(
                 f"{'--called-aet' if exc.setting == 'target.ae_title' else target}: {detail}",
                 EXIT_USAGE,
             )
-    from dicomnode.forward import echo as send_echo
+    from dicomnode.forward.echo import echo as send_echo
 
     started = time.monotonic()
     with reported_errors():

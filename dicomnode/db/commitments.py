@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import CursorResult, Select, and_, delete, func, not_, select, update
 from sqlalchemy.orm import Session
@@ -20,8 +20,10 @@ from sqlalchemy.orm import Session
 from dicomnode.db.clock import db_now
 from dicomnode.db.engine import Database
 from dicomnode.db.models import Commitment, Instance, Job
-from dicomnode.dicom.commitment import CommitmentReport, Reference
 from dicomnode.status import JobStatus
+
+if TYPE_CHECKING:  # pydicom and pynetdicom (a second of imports) are not needed to read the table
+    from dicomnode.dicom.commitment import CommitmentReport, Reference
 
 
 class CommitmentState(StrEnum):
@@ -67,7 +69,7 @@ def record_request(
     job_id: int,
     destination: str,
     transaction_uid: str,
-    references: Iterable[Reference],
+    references: "Iterable[Reference]",
 ) -> None:
     """Mark these instances pending under `transaction_uid` (a new row, or a re-asked one)."""
     wanted = {ref.sop_instance_uid: ref for ref in references}
@@ -102,7 +104,7 @@ def record_request(
         )
 
 
-def record_report(db: Database, report: CommitmentReport) -> int:
+def record_report(db: Database, report: "CommitmentReport") -> int:
     """Apply a peer's report to the rows of its transaction; how many rows it matched
     (0: no request of ours has this Transaction UID)."""
     matched = 0
@@ -132,7 +134,7 @@ def record_report(db: Database, report: CommitmentReport) -> int:
 def _set_state(
     session: Session,
     transaction_uid: str,
-    ref: Reference,
+    ref: "Reference",
     state: CommitmentState,
     reason: int | None = None,
 ) -> int:

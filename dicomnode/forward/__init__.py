@@ -1,6 +1,5 @@
-"""The C-STORE SCU that delivers finished jobs to their destinations."""
+"""The C-STORE SCU that delivers finished jobs to their destinations (`scu`), and C-ECHO.
 
-from dicomnode.forward.echo import echo
-from dicomnode.forward.scu import SendReport, send_series
-
-__all__ = ["SendReport", "echo", "send_series"]
+Nothing is imported here: `dicomnode echo` needs pynetdicom, not the job table's SQLAlchemy
+that sending a series records its progress in.
+"""

@@ -1,5 +1,5 @@
-"""The completion rule's scheduler tick and the job runner."""
+"""The completion rule's scheduler tick and the job runner (`runner.JobRunner`).
 
-from dicomnode.pipeline.runner import JobRunner
-
-__all__ = ["JobRunner"]
+Nothing is imported here: `dicomnode doctor` uses one module of the package, not the runner's
+enhancement, delivery and commitment machinery (a second of imports).
+"""

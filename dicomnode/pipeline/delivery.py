@@ -26,8 +26,8 @@ from dicomnode.db.failures import database_away
 from dicomnode.db.jobs import holds_lease, record_delivery
 from dicomnode.db.transitions import not_configured
 from dicomnode.errors import ForwardError, SeriesIncomplete, UnreadableSpool
-from dicomnode.forward import send_series
 from dicomnode.forward.commitment import confirm_commitment, uncommitted
+from dicomnode.forward.scu import send_series
 from dicomnode.observe.counters import STAGE_SECONDS
 from dicomnode.pipeline.outage import through_outage
 from dicomnode.status import JobPart

@@ -29,8 +29,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom.errors import InvalidDicomError
-
 from dicomnode.db import Database, ReceivedInstance
 from dicomnode.db.instances import (
     instance_paths,
@@ -41,7 +39,6 @@ from dicomnode.db.instances import (
 )
 from dicomnode.db.jobs import job_ids
 from dicomnode.db.records import printable_code
-from dicomnode.dicom.bounded import read_bounded
 from dicomnode.errors import ConfigError, DecodeError, InstanceTooLarge
 from dicomnode.spool import Spool
 from dicomnode.spool_identity import identity_problem, make_agree, mismatched
@@ -139,6 +136,9 @@ def _orphan(
     report.orphan_files.append(str(path))
     if not repair:
         return
+    # Here: only a repair reads DICOM files (pydicom is half a second of `doctor`'s start).
+    from pydicom.errors import InvalidDicomError
+
     try:
         recorded = _index(db, path, max_bytes)
     except (InvalidDicomError, AttributeError, OSError, DecodeError, InstanceTooLarge) as exc:
@@ -156,6 +156,8 @@ def _orphan(
 
 def _index(db: Database, path: Path, max_bytes: int) -> Path | None:
     """Record the file as received; the file its row names instead, when it has one already."""
+    from dicomnode.dicom.bounded import read_bounded
+
     ds = read_bounded(path, max_bytes, stop_before_pixels=True)
     recorded = stored_path(db, str(ds.SOPInstanceUID))
     if recorded is not None:

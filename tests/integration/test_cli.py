@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import pacs_destination
+from tests.integration.test_cli_output import Site
 from tests.support.cli import dicomnode
 from tests.support.dcmtk import echoscu, storescu
 from tests.support.orthanc import Orthanc
@@ -183,6 +184,29 @@ def test_help_starts_without_heavy_imports() -> None:
     )
     heavy = {"tensorflow", "keras", "cv2", "sqlalchemy", "pynetdicom", "numpy"}
     assert imported_by(help_run, heavy) == []
+
+
+def test_admin_commands_import_only_what_they_use(tmp_path: Path) -> None:
+    """Reading the job table needs SQLAlchemy, not pydicom and pynetdicom (storage
+    commitment's types, the whole runner: a second of `jobs show` and `doctor`); a C-ECHO
+    needs pynetdicom, not the job table."""
+    site = Site(tmp_path)  # a database with a job in each state
+
+    def run(*argv: str) -> str:
+        return (
+            f"sys.argv = ['dicomnode', *{list(argv)!r}, '--config', {str(site.config)!r}]\n"
+            "from dicomnode.cli.app import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass"
+        )
+
+    dicom = {"pydicom", "pynetdicom", "numpy"}
+    for command in (["jobs", "list"], ["jobs", "show", "1"], ["doctor"]):
+        assert imported_by(run(*command), dicom | {"sqlalchemy"}) == ["sqlalchemy"], command
+    assert imported_by(run("echo", f"127.0.0.1:{free_port()}"), dicom | {"sqlalchemy"}) == [
+        "numpy",
+        "pydicom",
+        "pynetdicom",
+    ]
 
 
 def test_the_node_listens_before_it_imports_the_imaging_libraries() -> None:
