@@ -132,7 +132,7 @@ def after_attempt(
         within = within and before_delivery < MAX_PROCESSING_ATTEMPTS
     if retryable and within:
         delay = retry_delay_seconds(attempts, policy, rng)
-        error = "; ".join(problems) + f" (attempt {attempts}, retry in {delay:.0f} s)"
+        error = "; ".join(problems) + f" (attempt {attempts}, the next {delay:.0f} s after it)"
         return Transition(JobStatus.FAILED, error, retry_in_seconds=delay)
     if retryable:
         if attempts < policy.max_attempts and before_delivery < attempts:
@@ -197,6 +197,15 @@ ALLOWED: dict[AdminAction, tuple[JobStatus, ...]] = {
     AdminAction.RESEND: (JobStatus.DONE, JobStatus.STORED),  # stored: to a destination added since
     AdminAction.DISCARD: (JobStatus.DEAD, JobStatus.CANCELLED),
 }
+# What an admin most likely wants instead, where an action does not apply (said after it).
+_INSTEAD = {
+    (AdminAction.RETRY, JobStatus.DONE): " (to send it again: `dicomnode jobs resend {job_id}`)",
+    (AdminAction.RETRY, JobStatus.STORED): " (to send it again: `dicomnode jobs resend {job_id}`)",
+    (AdminAction.RETRY, JobStatus.HELD): " (to send it: `dicomnode jobs release {job_id}`)",
+    (AdminAction.RESEND, JobStatus.HELD): " (to send it: `dicomnode jobs release {job_id}`)",
+    (AdminAction.RESEND, JobStatus.DEAD): " (to try it again: `dicomnode jobs retry {job_id}`)",
+    (AdminAction.RESEND, JobStatus.FAILED): " (it is retried; `dicomnode jobs retry {job_id}` now)",
+}
 # A series may leave the disk by hand once none of its jobs will still do anything.
 AT_REST_FOR_DISCARD = (JobStatus.DONE, JobStatus.DEAD, JobStatus.CANCELLED)
 
@@ -213,7 +222,8 @@ def admin_refusal(
     if status not in allowed:
         if action == AdminAction.CANCEL:
             return f"job {job_id} is already {status}"
-        return f"job {job_id} is {status}; only {', '.join(allowed)} jobs can be {_DONE[action]}"
+        refusal = f"job {job_id} is {status}; only {', '.join(allowed)} jobs can be {_DONE[action]}"
+        return refusal + _INSTEAD.get((action, status), "").format(job_id=job_id)
     if action == AdminAction.RESEND and newer_job is not None:
         return (
             f"job {job_id} was superseded by job {newer_job} of the same series and part; "

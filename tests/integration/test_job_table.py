@@ -337,7 +337,7 @@ def test_failed_job_waits_for_its_backoff(db: Database) -> None:
     slow = RetrySettings(max_attempts=5, initial_delay_seconds=3600, jitter=0)
     result = finish_attempt(db, job_id, "w", slow)
     assert result is not None and result.status == "failed"
-    assert "retry in 3600 s" in (result.error or "")
+    assert "(attempt 1, the next 3600 s after it)" in (result.error or "")
     assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is None
 
 

@@ -45,7 +45,7 @@ TABLE = [
     (delivered(DONE, hold="QA verdict 'fail'"), 1, None, JobStatus.HELD, "QA verdict", ()),
     # transient delivery failure: retry, supersede or give up
     (delivered(DONE, DOWN), 1, None, JobStatus.FAILED, "backup: connection refused", ()),
-    (delivered(DONE, DOWN), 2, None, JobStatus.FAILED, "(attempt 2, retry in 20 s)", ()),
+    (delivered(DONE, DOWN), 2, None, JobStatus.FAILED, "(attempt 2, the next 20 s after it)", ()),
     (delivered(DONE, DOWN), 3, None, JobStatus.DEAD, "gave up after 3 attempts", ("backup",)),
     (delivered(DONE, DOWN), 1, 7, JobStatus.CANCELLED, "superseded by job 7", ()),
     # a delivery that never recorded its outcome counts as failed
@@ -163,7 +163,12 @@ ADMIN_TABLE = [
     (AdminAction.RETRY, S.DEAD, None, None),
     (AdminAction.RETRY, S.FAILED, None, None),
     (AdminAction.RETRY, S.CANCELLED, None, None),
-    (AdminAction.RETRY, S.DONE, None, "only dead, failed, cancelled jobs can be retried"),
+    (
+        AdminAction.RETRY,
+        S.DONE,
+        None,
+        "can be retried (to send it again: `dicomnode jobs resend 7`)",
+    ),
     (AdminAction.RETRY, S.HELD, None, "job 7 is held"),
     (AdminAction.RELEASE, S.HELD, None, None),
     (AdminAction.RELEASE, S.DONE, None, "only held jobs can be released"),
@@ -180,8 +185,13 @@ ADMIN_TABLE = [
         9,
         "superseded by job 9 of the same series and part; resend job 9",
     ),
-    (AdminAction.RESEND, S.DEAD, None, "only done, stored jobs can be resent"),
-    (AdminAction.RESEND, S.HELD, None, "only done, stored jobs can be resent"),
+    (
+        AdminAction.RESEND,
+        S.DEAD,
+        None,
+        "can be resent (to try it again: `dicomnode jobs retry 7`)",
+    ),
+    (AdminAction.RESEND, S.HELD, None, "resent (to send it: `dicomnode jobs release 7`)"),
     (AdminAction.RESEND, S.FORWARDING, None, "job 7 is forwarding"),
     (AdminAction.DISCARD, S.DEAD, None, None),
     (AdminAction.DISCARD, S.CANCELLED, None, None),
