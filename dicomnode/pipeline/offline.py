@@ -89,7 +89,7 @@ def describe(series_uid: str, method: MethodOutcome, out_dir: Path) -> str:
     )
 
 
-CSV_FIELDS = ("source_sop", "sop", "psnr_db", "ssim", "self_check_gain_db", "qa")
+CSV_FIELDS = ("source_sop", "sop", "psnr_db", "ssim", "self_check_gain_db", "qa", "qa_reasons")
 
 
 def metrics_rows(series_uid: str, methods: Sequence[MethodOutcome]) -> list[dict[str, Any]]:
@@ -99,6 +99,7 @@ def metrics_rows(series_uid: str, methods: Sequence[MethodOutcome]) -> list[dict
         for image in method.images:
             record = image.as_dict()
             fields = {key: record[key] for key in CSV_FIELDS}
+            fields["qa_reasons"] = "; ".join(record["qa_reasons"])  # why a warn or a fail
             rows.append(
                 {"series": series_uid, "method": method.method, "version": method.version, **fields}
             )

@@ -255,6 +255,8 @@ def test_enhance_command_writes_derived_files_sr_csv_and_figure(tmp_path: Path) 
     with (out / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * CT_IMAGES and {r["method"] for r in rows} == {"srcnn", "baseline"}
+    # a warn or a fail says why, as `jobs show --json` does (it read "QA warn" alone)
+    assert "qa_reasons" in rows[0] and all(r["qa_reasons"] for r in rows if r["qa"] != "ok")
     assert (out / "comparison.png").stat().st_size > 10_000
 
 
