@@ -24,7 +24,10 @@ def evaluate(
     out: Annotated[
         Path, typer.Option(help="Folder for the CSV files, summary.json and comparison.png.")
     ],
-    scale: Annotated[int, typer.Option(min=1, max=4, help="1: restoration; 2-4: upscaling.")] = 2,
+    scale: Annotated[
+        int,
+        typer.Option(min=1, max=4, help="1: restoration (as enhance.scale); 2-4: upscaling."),
+    ] = 1,
     model: Annotated[
         Path | None,
         typer.Option(

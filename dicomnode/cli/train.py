@@ -28,10 +28,13 @@ DataDirs = Annotated[
 
 def train(
     data: DataDirs,
-    scale: Annotated[int, typer.Option(min=1, max=4, help="1: restoration; 2-4: upscaling.")] = 2,
+    scale: Annotated[
+        int,
+        typer.Option(min=1, max=4, help="1: restoration (as enhance.scale); 2-4: upscaling."),
+    ] = 1,
     modality: Annotated[
         str | None,
-        typer.Option(help="Train on this modality only (CT, MR): a per-modality model."),
+        typer.Option(help="Train on this modality only (e.g. CT, MR): a per-modality model."),
     ] = None,
     out: Annotated[
         Path | None,
