@@ -8,6 +8,7 @@ of each.
 """
 
 import dataclasses
+import difflib
 import importlib
 import json
 import os
@@ -628,10 +629,15 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
 def _check_known(cls: type, values: dict[str, Any], section: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     for key in values:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
         _check(
-            key in known,
+            False,
             f"{section}.{key}",
-            f"unknown setting (known in [{section}]: {', '.join(sorted(known))})",
+            f"unknown setting; did you mean {section}.{close[0]}?"
+            if close
+            else f"unknown setting (known in [{section}]: {', '.join(sorted(known))})",
         )
 
 

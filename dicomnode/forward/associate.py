@@ -190,7 +190,8 @@ def _why_not(
         )
     return ForwardError(
         f"{where} closed the connection without answering the association request "
-        "(a TLS port called without TLS, or a peer at its connection limit?)",
+        "(a TLS port called without TLS, a peer at its connection limit, or no DICOM port: "
+        "an HTTP one?)",
         transient=True,
     )
 

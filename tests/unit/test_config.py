@@ -99,8 +99,9 @@ def test_config_env_var_selects_the_file(tmp_path: Path) -> None:
         (  # a misspelt key is named, not reported as the key it was meant to be
             '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nprot = 1\n',
             {},
-            "destinations[0].prot: unknown setting",
+            "destinations[0].prot: unknown setting; did you mean destinations[0].port?",
         ),
+        ("[node]\nfoo = 1\n", {}, "node.foo: unknown setting (known in [node]: ae_title"),
         (
             '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 1\n'
             '[[destinations]]\nname = "p"\nae_title = "Q"\nhost = "h"\nport = 2\n',
