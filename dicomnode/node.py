@@ -35,13 +35,13 @@ from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.lease import renew_every_lease_now
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.pipeline.runner import JobRunner, job_parts
-from dicomnode.ports import check_port_free
+from dicomnode.ports import check_port_free, why_not
 from dicomnode.receive import start_receiver
 from dicomnode.receive.processes import ReceiverProcesses
 from dicomnode.registry import missing_models
 from dicomnode.spool import Spool
 from dicomnode.spool_identity import claim_both
-from dicomnode.spool_lock import DataDirLock, lock_data_dir
+from dicomnode.spool_lock import DataDirLock, lock_data_dir, refuse_if_held
 from dicomnode.status import JobPart
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def _raise_open_file_limit() -> None:
 def _cannot_listen(node: NodeSettings, exc: OSError) -> ConfigError:
     return ConfigError(
         f"cannot listen on {node.host}:{node.port}: {exc.strerror or exc} "
-        "(setting node.port: another program, or another node, uses it?)"
+        f"({why_not(exc, 'node.port')})"
     )
 
 
@@ -223,6 +223,7 @@ class Node:
         # two is refused there, with the same line).
         if self.listen:
             node = self.settings.node
+            refuse_if_held(node.data_path, shared=node.shared_data_dir)  # names the other node
             try:
                 check_port_free((node.host, node.port))
             except OSError as exc:

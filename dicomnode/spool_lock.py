@@ -40,6 +40,31 @@ def _holder(path: Path, fd: int) -> str:
     return "listeners started with node.shared_data_dir"
 
 
+def _in_use(data_path: Path, path: Path, holder: str) -> ConfigError:
+    return ConfigError(
+        f"data_dir {data_path} is in use: lock file {path} is held by {holder}; stop that "
+        "node or set another node.data_dir (listeners that share a spool on purpose: "
+        "node.shared_data_dir = true, or `serve --shared-data-dir`, on each)"
+    )
+
+
+def refuse_if_held(data_path: Path, *, shared: bool = False) -> None:
+    """The refusal `lock_data_dir` would give, asked before anything is made: a node started
+    twice on one config hears of the other node (by its PID), not of the port that node holds.
+    Nothing is created: no lock file, no data_dir (a first start has neither)."""
+    path = listener_lock_path(data_path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return  # none yet, or one `lock_data_dir` will name the problem of
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use(data_path, path, _holder(path, fd)) from None
+    finally:
+        os.close(fd)  # and with it the lock this took, if it took one
+
+
 def lock_data_dir(data_path: Path, *, shared: bool = False) -> DataDirLock:
     """Take the listener lock of `data_path`, or raise ConfigError naming the lock file and
     the process that holds it."""
@@ -55,11 +80,7 @@ def lock_data_dir(data_path: Path, *, shared: bool = False) -> DataDirLock:
     except BlockingIOError:
         holder = _holder(path, fd)
         os.close(fd)
-        raise ConfigError(
-            f"data_dir {data_path} is in use: lock file {path} is held by {holder}; stop that "
-            "node or set another node.data_dir (listeners that share a spool on purpose: "
-            "node.shared_data_dir = true, or `serve --shared-data-dir`, on each)"
-        ) from None
+        raise _in_use(data_path, path, holder) from None
     if not shared:
         # Who holds it, for the next one refused (a shared holder leaves the text alone).
         os.ftruncate(fd, 0)

@@ -37,7 +37,7 @@ from dicomnode.observe.counters import (
     in_process_metrics,
 )
 from dicomnode.observe.throttle import ThrottledWarnings
-from dicomnode.ports import check_port_free
+from dicomnode.ports import check_port_free, why_not
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -303,15 +303,16 @@ def check_http_port_free(http: HttpSettings) -> None:
     """ConfigError naming http.port if another program listens there (probed before the node
     makes anything in its data_dir; the endpoint binds it later)."""
     try:
-        check_port_free((http.host, http.port))
+        check_port_free((http.host, http.port), socket.AF_INET)  # the server's, IPv4 only
     except OSError as exc:
         raise _cannot_listen(http, exc) from None
 
 
 def _cannot_listen(http: HttpSettings, exc: OSError) -> ConfigError:
+    hint = "choose another http.port or stop what uses it"
     return ConfigError(
         f"setting http.port: cannot listen on {http.host}:{http.port}: {exc.strerror or exc}"
-        " (choose another http.port or stop what uses it)"
+        f" ({hint if exc.errno == errno.EADDRINUSE else why_not(exc, 'http.port')})"
     )
 
 

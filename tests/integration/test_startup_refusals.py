@@ -108,6 +108,12 @@ def test_a_second_serve_on_the_same_data_dir_is_refused_until_the_first_dies(
     assert f"lock file {lock} is held by PID {first.pid} on " in line
     assert "node.shared_data_dir" in line
 
+    # The same settings started twice: the other node is named (its PID), not the port it holds
+    # (the port is looked at before the lock, which needs the data_dir, is taken).
+    again = refusal(first)
+    assert f"lock file {lock} is held by PID {first.pid} on " in again
+    assert "cannot listen" not in again
+
     first.kill()  # SIGKILL: the kernel drops the lock with the process
     second.start()
     assert second.stop() == 0
