@@ -208,7 +208,10 @@ def _unread_rejection(assoc: Association) -> A_ASSOCIATE | None:
     association ends "aborted" with the rejection unread (~1 in 100 on loopback). An accept
     left there came after our ACSE timeout: that timeout is the story, not the accept.
     """
-    for primitive in list(assoc.dul.to_user_queue.queue):
+    answers = assoc.dul.to_user_queue
+    with answers.mutex:  # the DUL thread of a peer's A-ABORT may still be putting
+        unread = list(answers.queue)
+    for primitive in unread:
         if isinstance(primitive, A_ASSOCIATE) and primitive.result in _REJECTED:
             return primitive
     return None
