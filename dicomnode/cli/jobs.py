@@ -133,17 +133,23 @@ def _jobs_table(jobs: "Sequence[JobRecord]", title: str) -> Table:
     )
     for job in jobs:
         table.add_row(
-            str(job.id),
-            shown(job.part),
-            _status(job.status),
-            str(job.attempts),
+            *_state_cells(job),
             str(job.instances),
             shown(job.series_uid),
             _deliveries(job),
-            job.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
+            _updated(job),
             shown(job.error or ""),
         )
     return table
+
+
+def _state_cells(job: "JobRecord") -> list[str]:
+    """Its id, part, status and attempts: how either listing starts a job's row."""
+    return [str(job.id), shown(job.part), _status(job.status), str(job.attempts)]
+
+
+def _updated(job: "JobRecord") -> str:
+    return job.updated_at.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _print_jobs_in_a_terminal(jobs: "Sequence[JobRecord]", title: str) -> None:
@@ -157,14 +163,7 @@ def _print_jobs_in_a_terminal(jobs: "Sequence[JobRecord]", title: str) -> None:
         "id", "part", "status", "attempts", "deliveries", "updated (UTC)", title=title, box=None
     )
     for job in jobs:
-        table.add_row(
-            str(job.id),
-            shown(job.part),
-            _status(job.status),
-            str(job.attempts),
-            _deliveries(job, separator="\n"),
-            job.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
-        )
+        table.add_row(*_state_cells(job), _deliveries(job, separator="\n"), _updated(job))
     console.print(table)
     failed = [job for job in jobs if job.error]
     if failed:
