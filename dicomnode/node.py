@@ -200,9 +200,9 @@ class Node:
         return runners + [(f"w{index}", JobPart.DERIVED) for index in range(workers.workers)]
 
     def _check_ready(self, runners: list[tuple[str, JobPart]]) -> None:
-        """Refuse to start (ConfigError) what could never run its jobs, from the settings
-        alone: a missing model, a bad TLS file, a worker with nothing to run, a port another
-        program listens on."""
+        """Refuse to start (ConfigError), before anything is made in the data_dir, what could
+        never run its jobs: a missing model, a bad TLS file, a worker with nothing to run, a
+        data_dir another listener holds, a port another program listens on."""
         if not self.listen and not runners:
             raise ConfigError(
                 "setting worker.workers: 0 and worker.router = false leave `dicomnode worker` "
@@ -219,8 +219,8 @@ class Node:
         for destination in self.settings.destinations if runners else []:
             # Reads every destination's TLS files now: a bad one stops the node at start.
             client_tls_args(destination, self.settings.destination_key(destination))
-        # A port another program holds: probed here, bound in `start` (a port taken between the
-        # two is refused there, with the same line).
+        # The lock and the port: looked at here, taken in `start` (one taken between the two is
+        # refused there, with the same line).
         if self.listen:
             node = self.settings.node
             refuse_if_held(node.data_path, shared=node.shared_data_dir)  # names the other node
