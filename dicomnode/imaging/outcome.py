@@ -47,6 +47,11 @@ class FrameGain:
     gain_db: float
 
 
+def mean_gain(frames: tuple[FrameGain, ...]) -> float | None:
+    """An image's self-check gain: the mean over its frames checked (None: not checked)."""
+    return _mean([frame.gain_db for frame in frames])
+
+
 @dataclass(frozen=True)
 class ImageOutcome:
     """One derived image: how far it is from its source, the self-check and the QA verdict."""

@@ -35,6 +35,7 @@ from dicomnode.imaging.outcome import (
     MethodOutcome,
     SeriesOutcome,
     StageTimings,
+    mean_gain,
 )
 from dicomnode.pipeline.derived_output import (
     DerivedImage,
@@ -48,7 +49,6 @@ from dicomnode.pipeline.derived_output import (
 from dicomnode.pipeline.methods import qa_thresholds
 from dicomnode.pipeline.scoring import (
     ScoredSources,
-    mean_gain,
     scorable,
     score,
     self_check_gains,

@@ -266,11 +266,6 @@ def self_check_gains(
     return scoring.submit(gains)
 
 
-def mean_gain(frames: tuple[FrameGain, ...]) -> float | None:
-    """An image's self-check gain: the mean over its frames checked (None: not checked)."""
-    return reported(sum(f.gain_db for f in frames) / len(frames)) if frames else None
-
-
 def score(
     scored: ScoredSource, output: np.ndarray, thresholds: QaThresholds
 ) -> tuple[ImageMetrics, QaVerdict]:

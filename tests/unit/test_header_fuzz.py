@@ -32,10 +32,9 @@ from dicomnode.dicom.derive import Derivation, derived_instance, derived_series_
 from dicomnode.dicom.report import ImageMeasures, metrics_report
 from dicomnode.errors import DicomNodeError
 from dicomnode.imaging.metrics import ImageMetrics
-from dicomnode.imaging.outcome import FrameGain, ImageOutcome
+from dicomnode.imaging.outcome import FrameGain, ImageOutcome, mean_gain
 from dicomnode.imaging.pixels import to_modality, to_stored
 from dicomnode.imaging.qa import QaVerdict
-from dicomnode.pipeline.scoring import mean_gain
 from dicomnode.registry import SRCNN
 from tests.support.data import CT_HEAD_GE
 from tests.support.dciodvfy import dciodvfy_errors

@@ -13,14 +13,13 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from dicomnode.config import EnhanceSettings, Settings
 from dicomnode.imaging.enhance import revised
 from dicomnode.imaging.metrics import ImageMetrics, sampled_indices
-from dicomnode.imaging.outcome import ImageOutcome, MethodOutcome
+from dicomnode.imaging.outcome import ImageOutcome, MethodOutcome, mean_gain
 from dicomnode.imaging.pixels import to_modality
 from dicomnode.imaging.qa import QaThresholds, QaVerdict
 from dicomnode.pipeline.derived_output import image_comment
 from dicomnode.pipeline.scoring import (
     QA_FRAMES,
     ScoredSources,
-    mean_gain,
     scorable,
     score,
     scored_source,
