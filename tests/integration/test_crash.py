@@ -68,12 +68,17 @@ def test_killed_while_receiving_every_acknowledged_instance_is_delivered_once(
 
 
 def test_killed_while_enhancing_the_job_resumes_and_each_derived_uid_arrives_once(
-    node_factory, orthanc: Orthanc, ct_series: list[Path], monkeypatch: pytest.MonkeyPatch
+    node_factory,
+    orthanc: Orthanc,
+    ct_series: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
-    # A method that takes 8 s a series keeps the derived job in "processing" long enough to be
-    # seen there (SRCNN's model is loaded at start, so its job may be over between two polls),
-    # while the originals job (job 1) has long delivered.
-    monkeypatch.setenv("DICOMNODE_TEST_SLOW_SECONDS", "8")
+    # A method that runs until the test lets it keeps the derived job in "processing" until
+    # the kill, however slowly a loaded machine answers `jobs list` (with 8 s, the kill could
+    # come after the job was done), while the originals job (job 1) has long delivered.
+    go_on = tmp_path / "go-on"
+    monkeypatch.setenv("DICOMNODE_TEST_SLOW_UNTIL", str(go_on))
     node = node_factory(
         [pacs_destination(orthanc)],
         enhance={"methods": ["slow"], "plugins": [INJECTED], "self_check": False},
@@ -83,6 +88,7 @@ def test_killed_while_enhancing_the_job_resumes_and_each_derived_uid_arrives_onc
     node.wait_for_parts(derived="processing")
     node.kill()
 
+    go_on.touch()
     node.start()
     jobs = node.wait_for_parts(derived="done", timeout=240)
     # The attempt the kill cut short is in the history, not held against the job's attempts.

@@ -2,12 +2,15 @@
 
 `failing` raises on every series (a bug, an out-of-memory); `harmful` adds noise (its self-check
 is negative); `slow` takes
-`DICOMNODE_TEST_SLOW_SECONDS` (default 20) per series and then changes nothing. Tests use them to
-show that the originals never wait for, and never fail with, the enhancement.
+`DICOMNODE_TEST_SLOW_SECONDS` (default 20) per series and then changes nothing, or, with
+`DICOMNODE_TEST_SLOW_UNTIL` (a path), waits until that file exists (at most 5 minutes): a test
+then decides when it ends, whatever the load. Tests use them to show that the originals never
+wait for, and never fail with, the enhancement.
 """
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -41,7 +44,13 @@ class HarmfulMethod(_Injected):
 
 class SlowMethod(_Injected):
     def __call__(self, stack: np.ndarray) -> np.ndarray:
-        time.sleep(float(os.environ.get("DICOMNODE_TEST_SLOW_SECONDS", "20")))
+        until = os.environ.get("DICOMNODE_TEST_SLOW_UNTIL")
+        if until:
+            deadline = time.monotonic() + 300
+            while not Path(until).exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        else:
+            time.sleep(float(os.environ.get("DICOMNODE_TEST_SLOW_SECONDS", "20")))
         return stack.copy()
 
 
