@@ -24,6 +24,7 @@ from dicomnode.db.delivered import note_delivered
 from dicomnode.db.engine import Database
 from dicomnode.db.history import EventKind, job_histories, lapses_since_requeued, record_event
 from dicomnode.db.models import Delivery, Instance, Job, JobInstance, Series
+from dicomnode.db.originals_first import WAITS_FOR_ORIGINALS, arrived_meanwhile
 from dicomnode.db.records import DeliveryRecord, JobEventRecord, JobRecord, SpooledInstance
 from dicomnode.db.transitions import (
     AttemptOutcome,
@@ -373,6 +374,8 @@ def finish_attempt(
         job.status, job.error = transition.status, transition.error
         if transition.retry_in_seconds is not None:
             job.next_attempt_at = now + timedelta(seconds=transition.retry_in_seconds)
+            if _originals_came_meanwhile(session, job, deliveries):
+                job.next_attempt_at = now
         for delivery in deliveries:
             if delivery.destination in transition.deliveries_given_up:
                 delivery.status = DeliveryStatus.DEAD
@@ -391,6 +394,19 @@ def finish_attempt(
         )
         session.flush()
         return job_record(session, job)
+
+
+def _originals_came_meanwhile(session: Session, job: Job, deliveries: Sequence[Delivery]) -> bool:
+    """Whether a derived job whose attempt waited for its originals somewhere is due at once:
+    they arrived there as the attempt ended (`originals_first`)."""
+    if job.part != JobPart.DERIVED:
+        return False
+    waiting = [
+        d.destination
+        for d in deliveries
+        if d.status == DeliveryStatus.FAILED and (d.error or "").startswith(WAITS_FOR_ORIGINALS)
+    ]
+    return bool(waiting) and arrived_meanwhile(session, job.series_uid, waiting)
 
 
 def requeue_unstarted(db: Database, job_id: int, owner: str) -> bool:

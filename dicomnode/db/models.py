@@ -93,7 +93,8 @@ class Job(Base):
     replay: Mapped[str | None] = mapped_column(String(16), default=None)
     # JSON: what the last processing attempt made, held back and sent unenhanced (a derived
     # job), so a release or resend sends exactly that again: {"outbox": its outbox folder,
-    # "series": [series UIDs], "held": [series UIDs], "unenhanced": [SOPs]}.
+    # "series": [series UIDs], "held": [series UIDs], "hold": why QA held them (None: nothing
+    # held), "unenhanced": [SOPs]}.
     outputs: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -7,6 +7,7 @@ series' originals before its derived series); a destination that hangs holds up 
 for at most the network timeouts per association, never another destination's. Runners stop
 taking new jobs while `MAX_JOBS_FORWARDING_PER_WORKER` of their part wait in the queues.
 The job is finished (done, failed with a retry time, or dead) when its last delivery returns.
+A derived series waits while its originals failed to reach the destination (`originals_first`).
 """
 
 import logging
@@ -24,6 +25,7 @@ from dicomnode.db.commitments import failed_uids
 from dicomnode.db.delivered import delivered_uids
 from dicomnode.db.failures import database_away
 from dicomnode.db.jobs import holds_lease, record_delivery
+from dicomnode.db.originals_first import originals_owed, waits_for_originals, wake_derived
 from dicomnode.db.transitions import not_configured
 from dicomnode.errors import ForwardError, SeriesIncomplete, UnreadableSpool
 from dicomnode.forward.commitment import confirm_commitment, uncommitted
@@ -109,6 +111,11 @@ def deliver(
     later: list[str] = []  # series the peer or our spool may complete on a retry
     started = time.perf_counter()
     try:
+        if job.part == JobPart.DERIVED and any(outgoing):
+            owed = _read(name, partial(originals_owed, db, job.series_uid, name))
+            if owed is not None:  # after an outage: the originals go first, then these
+                record(DeliveryStatus.FAILED, waits_for_originals(owed, name))
+                return
         # What the peer stored on an earlier attempt is not sent again (with Storage
         # Commitment, unless it reported failing it), nor what it confirmed keeping.
         already_stored, earlier = _already_stored(db, job.id, destination, outgoing)
@@ -154,6 +161,23 @@ def deliver(
         record(DeliveryStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
     else:
         record(DeliveryStatus.DONE, None)
+        if job.part == JobPart.ORIGINALS:
+            _wake_derived(db, job, name)
+
+
+def _wake_derived(db: Database, job: JobRecord, name: str) -> None:
+    """The series' derived job waiting for these originals at `name` is due now; should the
+    database fail here, it goes at the end of its backoff instead."""
+    try:
+        wake_derived(db, job.series_uid, name)
+    except Exception as exc:
+        log.warning(
+            "derived job not brought forward job=%d destination=%s: %s: %s",
+            job.id,
+            name,
+            type(exc).__name__,
+            exc,
+        )
 
 
 def _read(name: str, read: Callable[[], T]) -> T:

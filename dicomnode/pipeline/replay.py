@@ -34,8 +34,8 @@ def replay_selection(
 
     `outputs` is what the last processing attempt recorded ({"outbox": its folder in the
     job's outbox; "series": every series it made, in sending order; "held": those QA held
-    back; "unenhanced": inputs it sent as they came}); None for a job made before that record
-    existed, which then sends its whole outbox.
+    back; "hold": why; "unenhanced": inputs it sent as they came}); None for a job made before
+    that record existed, which then sends its whole outbox.
     """
     if part == JobPart.ORIGINALS:
         return ReplaySelection(None, ())

@@ -209,7 +209,7 @@ class JobRunner:
         elif job.part == JobPart.ORIGINALS:
             outgoing, hold = [inputs], None
         elif (made := self._made_before(job, inputs)) is not None:
-            outgoing, hold = made, None
+            outgoing, hold = made
         else:
             derived = self._derived_outgoing(job, inputs)
             if derived is None:
@@ -233,18 +233,24 @@ class JobRunner:
 
     def _made_before(
         self, job: JobRecord, inputs: list[SpooledInstance]
-    ) -> list[list[SpooledInstance]] | None:
+    ) -> tuple[list[list[SpooledInstance]], str | None] | None:
         """What an earlier attempt of this derived job made and recorded, when it can go as it
-        is: that attempt was enhanced, then its deliveries failed (a destination down), so its
-        retry sends the same derived series instead of enhancing the series again (minutes of
-        a worker per attempt while a PACS is down, for the same result). None, and the series
-        is enhanced anew, when nothing was recorded, when QA held some of it back (the hold is
-        decided anew), or when its files are gone."""
+        is, and why QA held part of it back (None: nothing held): that attempt was enhanced,
+        then its deliveries failed (a destination down) or the node stopped before they began,
+        so this one sends the same derived series instead of enhancing the series again
+        (minutes of a worker per attempt while a PACS is down, for the same result); what QA
+        held stays held, for the same reason. None, and the series is enhanced anew, when
+        nothing was recorded, when a hold was recorded without its reason (a version before
+        the reason was kept), or when its files are gone."""
         outputs = job.outputs
-        if not outputs or not outputs.get("outbox") or outputs.get("held"):
+        if not outputs or not outputs.get("outbox"):
             return None
+        held, hold = outputs.get("held") or [], outputs.get("hold")
+        if held and not hold:
+            return None
+        sent = {**outputs, "series": [uid for uid in outputs.get("series", []) if uid not in held]}
         try:
-            made = replay_outgoing(job.id, job.part, Replay.SENT, outputs, inputs, self.spool)
+            made = replay_outgoing(job.id, job.part, Replay.SENT, sent, inputs, self.spool)
         except SpoolError as exc:
             log.info("job enhances again job=%d: %s", job.id, exc)
             return None
@@ -254,7 +260,7 @@ class JobRunner:
             job.series_uid,
             outputs["outbox"],
         )
-        return made
+        return made, hold
 
     def _load_during_the_head_start(
         self, job: JobRecord, inputs: list[SpooledInstance]
@@ -353,10 +359,11 @@ class JobRunner:
             return None
         outgoing, unenhanced, hold, held = enhanced
         series_of = self.spool.outbox_series_uid
-        record: dict[str, str | list[str]] = {
+        record: dict[str, str | list[str] | None] = {
             "outbox": attempt,
             "series": [series_of(series[0].path) for series in outgoing + held if series],
             "held": [series_of(series[0].path) for series in held if series],
+            "hold": hold,  # why: the next attempt holds them for the same reason
             "unenhanced": [],
         }
         enhance = self.settings.enhance

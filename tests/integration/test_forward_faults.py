@@ -303,6 +303,43 @@ def test_a_derived_job_retried_after_its_destination_was_down_sends_what_it_made
     assert all(faulty.stored[uid] == 1 for uid in derived_uids)
 
 
+def test_after_an_outage_the_originals_reach_the_destination_before_their_derived_series(
+    node_factory, faulty: FaultyScp, ct_series: list[Path]
+) -> None:
+    """The originals' job is on a longer backoff than its derived job's when the PACS comes
+    back: the derived series waits for them, brings their attempt forward and goes right after
+    them, not first (a radiologist would meet the enhanced series with nothing beside it)."""
+    faulty.behave(Behaviour(status=0xA700))  # the PACS is out of resources, for now
+    node = node_factory(
+        [faulty.destination()],
+        enhance={"methods": ["baseline"], "self_check": False},
+        # Originals at 0 s, 5 s, 20 s; derived from about 3 s: 3 s, 8 s, 23 s.
+        retry={"initial_delay_seconds": 5, "multiplier": 3, "max_delay_seconds": 600, "jitter": 0},
+    ).start()
+    assert storescu(node.port, ct_series).returncode == 0
+    node.wait_for_jobs(
+        lambda jobs: (
+            part_of(jobs, "originals").get("attempts", 0) >= 2
+            and part_of(jobs, "originals").get("status") == "failed"
+            and part_of(jobs, "derived").get("status") == "failed"
+        ),
+        timeout=120,
+    )
+    faulty.behave(Behaviour(status=0x0000))  # it is back before either job's next attempt
+
+    jobs = node.wait_for_jobs(
+        lambda jobs: len(jobs) == 2 and all(job["status"] == "done" for job in jobs), timeout=120
+    )
+    originals = {sop_instance_uid(path) for path in ct_series}
+    arrived = list(faulty.stored)
+    assert set(arrived[: len(originals)]) == originals, arrived
+    assert len(arrived) == 2 * len(originals) + 1  # each image derived, and the metrics SR
+    log = node.log()
+    derived_id = part_of(jobs, "derived")["id"]
+    assert "derived series waits for its originals destination=faulty" in log, log[-3000:]
+    assert f"derived job due now: its originals reached the destination job={derived_id}" in log
+
+
 def test_an_instance_the_peer_breaks_off_on_does_not_keep_the_rest_of_the_series_from_it(
     node_factory, faulty: FaultyScp, ct_series: list[Path]
 ) -> None:

@@ -38,6 +38,7 @@ from dicomnode.db.jobs import (
     record_delivery,
 )
 from dicomnode.db.models import Job, Series, utcnow
+from dicomnode.db.originals_first import originals_owed, waits_for_originals, wake_derived
 from dicomnode.db.retention import purgeable_series
 from dicomnode.db.stats import queue_snapshot
 from dicomnode.db.transitions import MAX_PROCESSING_ATTEMPTS, not_configured
@@ -520,6 +521,47 @@ def test_a_series_gets_one_job_per_part_each_claimed_only_by_its_own_runners(
     assert claim_next_job(db, "router", 60, part=JobPart.ORIGINALS) is None
     claimed = claim_next_job(db, "worker", 60, part=JobPart.DERIVED)
     assert claimed is not None and claimed.id == derived
+
+
+def test_a_derived_job_waiting_for_its_originals_is_due_once_they_arrive_even_as_it_ends(
+    db: Database,
+) -> None:
+    """After an outage the derived series waits at a destination for its originals: asking
+    brings the originals' attempt forward, and their arrival makes the derived job due, also
+    when they arrive between its waiting delivery and the end of its attempt."""
+    slow = RetrySettings(max_attempts=5, initial_delay_seconds=3600, jitter=0)
+    receive(db, "1.2.3.45", 2)
+    originals, derived = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=BOTH_PARTS)
+    claim_next_job(db, "router", 60, part=JobPart.ORIGINALS)
+    record_delivery(db, originals, "router", "pacs", DeliveryStatus.FAILED, 0, "peer down")
+    finish_attempt(db, originals, "router", slow)
+    assert claim_next_job(db, "router", 60, part=JobPart.ORIGINALS) is None  # an hour away
+
+    claim_next_job(db, "worker", 60, part=JobPart.DERIVED)
+    assert originals_owed(db, "1.2.3.45", "pacs") == originals
+    assert originals_owed(db, "1.2.3.45", "backup") is None  # never meant for it
+    waiting = waits_for_originals(originals, "pacs")
+    record_delivery(db, derived, "worker", "pacs", DeliveryStatus.FAILED, 0, waiting)
+    retried = claim_next_job(db, "router", 60, part=JobPart.ORIGINALS)  # brought forward
+    assert retried is not None and (retried.id, retried.attempts) == (originals, 2)
+    record_delivery(db, originals, "router", "pacs", DeliveryStatus.DONE, 2, None)
+    wake_derived(db, "1.2.3.45", "pacs")  # before the derived attempt ended: nothing to wake
+    result = finish_attempt(db, derived, "worker", slow)
+    assert result is not None and result.status == "failed"
+    assert (result.error or "").startswith(
+        f"pacs: waits for the originals of its series (job {originals})"
+    )
+    again = claim_next_job(db, "worker", 60, part=JobPart.DERIVED)  # due now, not in an hour
+    assert again is not None and again.id == derived
+    assert originals_owed(db, "1.2.3.45", "pacs") is None
+
+    # An attempt that failed at the PACS itself, not waiting: only the originals' arrival wakes it.
+    record_delivery(db, derived, "worker", "pacs", DeliveryStatus.FAILED, 0, "peer down")
+    finish_attempt(db, derived, "worker", slow)
+    assert claim_next_job(db, "worker", 60, part=JobPart.DERIVED) is None
+    wake_derived(db, "1.2.3.45", "pacs")
+    woken = claim_next_job(db, "worker", 60, part=JobPart.DERIVED)
+    assert woken is not None and (woken.id, woken.attempts) == (derived, 3)
 
 
 def test_a_late_instance_supersedes_the_waiting_job_of_the_same_part_only(db: Database) -> None:

@@ -10,6 +10,8 @@ from tests.support.faulty_scp import Behaviour, FaultyScp
 from tests.support.node import part_of
 from tests.support.orthanc import Orthanc
 
+INJECTED = "tests.support.injected_methods"
+
 
 def test_held_job_sends_derived_series_only_when_released(
     node_factory, orthanc: Orthanc, ct_series: list[Path]
@@ -100,3 +102,45 @@ def test_a_pacs_that_takes_no_sr_context_is_told_of_send_metrics_reports(
         )
     finally:
         images_only.stop()
+
+
+def test_a_partly_held_job_retried_after_an_outage_sends_what_it_made_and_keeps_the_hold(
+    node_factory, ct_series: list[Path]
+) -> None:
+    """One method's series is held, the other's could not reach the PACS: the retry sends the
+    series the first attempt made, without enhancing the series again, and what QA held stays
+    held for the same reason until an admin releases it."""
+    pacs = FaultyScp(behaviour=Behaviour(status=0xA700)).start()  # out of resources, for now
+    try:
+        node = node_factory(
+            [pacs.destination()],
+            enhance={
+                "methods": ["baseline", "harmful"],
+                "plugins": [INJECTED],
+                "qa_action": "hold",
+            },
+            retry={"max_attempts": 30, "initial_delay_seconds": 2, "max_delay_seconds": 2},
+        ).start()
+        assert storescu(node.port, ct_series).returncode == 0
+        jobs = node.wait_for_jobs(
+            lambda jobs: part_of(jobs, "derived").get("status") == "failed", timeout=180
+        )
+        job_id = part_of(jobs, "derived")["id"]
+        pacs.behave(Behaviour(status=0x0000))  # it is back
+
+        jobs = node.wait_for_parts(originals="done", derived="held", timeout=180)
+        derived = part_of(jobs, "derived")
+        assert derived["error"].startswith("harmful: ") and "jobs release" in derived["error"]
+        assert derived["attempts"] >= 2
+        log = node.log()
+        assert log.count(f"enhanced job={job_id} method=baseline") == 1, log[-3000:]
+        assert f"job sends what an earlier attempt made job={job_id}" in log
+        # The originals, and baseline's derived series with its metrics SR.
+        assert len(pacs.stored) == 2 * len(ct_series) + 1
+
+        node.cli("jobs", "release", str(job_id))
+        node.wait_for_parts(derived="done", timeout=120)
+        assert len(pacs.stored) == 3 * len(ct_series) + 2
+        assert set(pacs.stored.values()) == {1}  # nothing twice
+    finally:
+        pacs.stop()
