@@ -24,7 +24,7 @@ from dicomnode.db.delivered import note_delivered
 from dicomnode.db.engine import Database
 from dicomnode.db.history import EventKind, job_histories, lapses_since_requeued, record_event
 from dicomnode.db.models import Delivery, Instance, Job, JobInstance, Series
-from dicomnode.db.originals_first import WAITS_FOR_ORIGINALS, arrived_meanwhile
+from dicomnode.db.originals_first import WAITS_FOR_ORIGINALS, arrived_meanwhile, log_woken
 from dicomnode.db.records import DeliveryRecord, JobEventRecord, JobRecord, SpooledInstance
 from dicomnode.db.transitions import (
     AttemptOutcome,
@@ -374,8 +374,10 @@ def finish_attempt(
         job.status, job.error = transition.status, transition.error
         if transition.retry_in_seconds is not None:
             job.next_attempt_at = now + timedelta(seconds=transition.retry_in_seconds)
-            if _originals_came_meanwhile(session, job, deliveries):
+            arrived = _originals_came_meanwhile(session, job, deliveries)
+            if arrived is not None:
                 job.next_attempt_at = now
+                log_woken(job.id, arrived)
         for delivery in deliveries:
             if delivery.destination in transition.deliveries_given_up:
                 delivery.status = DeliveryStatus.DEAD
@@ -396,17 +398,19 @@ def finish_attempt(
         return job_record(session, job)
 
 
-def _originals_came_meanwhile(session: Session, job: Job, deliveries: Sequence[Delivery]) -> bool:
-    """Whether a derived job whose attempt waited for its originals somewhere is due at once:
-    they arrived there as the attempt ended (`originals_first`)."""
+def _originals_came_meanwhile(
+    session: Session, job: Job, deliveries: Sequence[Delivery]
+) -> str | None:
+    """Where the originals arrived as this derived job's attempt, which waited for them there,
+    ended (`originals_first`): the job is due at once. None: nowhere."""
     if job.part != JobPart.DERIVED:
-        return False
+        return None
     waiting = [
         d.destination
         for d in deliveries
         if d.status == DeliveryStatus.FAILED and (d.error or "").startswith(WAITS_FOR_ORIGINALS)
     ]
-    return bool(waiting) and arrived_meanwhile(session, job.series_uid, waiting)
+    return arrived_meanwhile(session, job.series_uid, waiting) if waiting else None
 
 
 def requeue_unstarted(db: Database, job_id: int, owner: str) -> bool:

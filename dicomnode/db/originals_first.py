@@ -4,9 +4,10 @@ A radiologist who opens a study whose enhanced series came first has nothing to 
 with, and a PACS routing rule may act on the first series of a study it meets. In the normal
 path the order holds by itself: the originals have a head start and go first in each
 destination's queue. After an outage it did not: the originals' job could be on a longer
-backoff than its derived job. So a derived series waits, per destination, while the originals
-of its series failed to reach it and will be tried again; that brings the originals' next attempt
-forward to now, and their arrival brings the derived job's forward in turn.
+backoff than its derived job. So a derived series waits, per destination, while the
+destination has none of the originals of its series and they will be tried again there. When
+the destination answers meanwhile, the originals' next attempt is brought forward to now, and
+their arrival brings the derived job's forward in turn.
 """
 
 import logging
@@ -30,15 +31,17 @@ _WILL_RETRY = (JobStatus.QUEUED, JobStatus.FAILED, *ACTIVE_STATUSES)
 
 def waits_for_originals(originals_job: int, destination: str) -> str:
     return (
-        f"{WAITS_FOR_ORIGINALS} (job {originals_job}), which have not reached {destination} "
-        "yet; sent right after them"
+        f"{WAITS_FOR_ORIGINALS} (job {originals_job}), none of which has reached {destination} "
+        "yet; sent once they are there"
     )
 
 
 def _owed(session: Session, series_uid: str, destination: str, lock: bool = False) -> int | None:
-    """The newest originals job of the series that failed to reach `destination` and will try
-    again (`lock`: its delivery row read FOR UPDATE, so that its arrival, written meanwhile,
-    waits for the reader's transaction and then sees what it wrote)."""
+    """The newest originals job of the series that failed to reach `destination`, which has
+    stored none of its instances, and will try again (`lock`: its delivery row read FOR
+    UPDATE, so that its arrival, written meanwhile, waits for the reader's transaction and
+    then sees what it wrote). A destination with some of them (the others unreadable, or its
+    Storage Commitment reports lost) has originals to show beside the derived series."""
     query = (
         select(Job.id)
         .join(Delivery, Delivery.job_id == Job.id)
@@ -48,6 +51,7 @@ def _owed(session: Session, series_uid: str, destination: str, lock: bool = Fals
             Job.status.in_(_WILL_RETRY),
             Delivery.destination == destination,
             Delivery.status == DeliveryStatus.FAILED,
+            Delivery.sent == 0,
         )
         .order_by(Job.id.desc())
         .limit(1)
@@ -58,33 +62,45 @@ def _owed(session: Session, series_uid: str, destination: str, lock: bool = Fals
 
 
 def originals_owed(db: Database, series_uid: str, destination: str) -> int | None:
-    """The originals job `destination` still waits for before the series' derived series may
-    go (None: go), its next attempt brought forward to now: the derived series are ready, so
-    the originals do not wait out the rest of their backoff first."""
+    """The originals job `destination` waits for before the series' derived series may go
+    there (None: they may go)."""
     with db.session() as session:
-        owed = _owed(session, series_uid, destination)
-        if owed is None:
-            return None
+        return _owed(session, series_uid, destination)
+
+
+def bring_forward(db: Database, originals_job: int, destination: str) -> None:
+    """The originals job's next attempt is now, not at the end of its backoff: its derived
+    series are ready and `destination` answers again."""
+    with db.session() as session:
         now = db_now(session)
         session.execute(
             update(Job)
-            .where(Job.id == owed, Job.status == JobStatus.FAILED, Job.next_attempt_at > now)
+            .where(
+                Job.id == originals_job,
+                Job.status == JobStatus.FAILED,
+                Job.next_attempt_at > now,
+            )
             .values(next_attempt_at=now)
         )
     log.info(
-        "derived series waits for its originals destination=%s series=%s originals_job=%d",
+        "originals job due now: its derived series wait for it at the destination "
+        "job=%d destination=%s",
+        originals_job,
         destination,
-        series_uid,
-        owed,
     )
-    return owed
 
 
 def wake_derived(db: Database, series_uid: str, destination: str) -> None:
     """After the series' originals reached `destination`: a derived job of the series waiting
     to be retried there is due now, not at the end of its backoff."""
-    failed_there = select(Delivery.job_id).where(
-        Delivery.destination == destination, Delivery.status == DeliveryStatus.FAILED
+    failed_there = (
+        select(Delivery.id)
+        .where(
+            Delivery.job_id == Job.id,
+            Delivery.destination == destination,
+            Delivery.status == DeliveryStatus.FAILED,
+        )
+        .exists()
     )
     with db.session() as session:
         now = db_now(session)
@@ -95,21 +111,25 @@ def wake_derived(db: Database, series_uid: str, destination: str) -> None:
                 Job.part == JobPart.DERIVED,
                 Job.status == JobStatus.FAILED,
                 Job.next_attempt_at > now,
-                Job.id.in_(failed_there),
+                failed_there,
             )
             .values(next_attempt_at=now)
             .returning(Job.id)
         ).all()
     for job_id in woken:
-        log.info(
-            "derived job due now: its originals reached the destination job=%d destination=%s",
-            job_id,
-            destination,
-        )
+        log_woken(job_id, destination)
 
 
-def arrived_meanwhile(session: Session, series_uid: str, waiting: list[str]) -> bool:
-    """Whether the originals reached one of the `waiting` destinations (where this derived
-    job's attempt waited for them) while the attempt was ending: then `wake_derived` ran before
-    the job was failed, found nothing to wake, and the job must make itself due now."""
-    return any(_owed(session, series_uid, name, lock=True) is None for name in waiting)
+def log_woken(job_id: int, destination: str) -> None:
+    log.info(
+        "derived job due now: its originals reached the destination job=%d destination=%s",
+        job_id,
+        destination,
+    )
+
+
+def arrived_meanwhile(session: Session, series_uid: str, waiting: list[str]) -> str | None:
+    """The first of the `waiting` destinations (where this derived job's attempt waited for
+    the originals) that they reached while the attempt was ending, if any: then `wake_derived`
+    ran before the job was failed, found nothing to wake, and the job must make itself due."""
+    return next((n for n in waiting if _owed(session, series_uid, n, lock=True) is None), None)

@@ -25,10 +25,16 @@ from dicomnode.db.commitments import failed_uids
 from dicomnode.db.delivered import delivered_uids
 from dicomnode.db.failures import database_away
 from dicomnode.db.jobs import holds_lease, record_delivery
-from dicomnode.db.originals_first import originals_owed, waits_for_originals, wake_derived
+from dicomnode.db.originals_first import (
+    bring_forward,
+    originals_owed,
+    waits_for_originals,
+    wake_derived,
+)
 from dicomnode.db.transitions import not_configured
-from dicomnode.errors import ForwardError, SeriesIncomplete, UnreadableSpool
+from dicomnode.errors import DicomNodeError, ForwardError, SeriesIncomplete, UnreadableSpool
 from dicomnode.forward.commitment import confirm_commitment, uncommitted
+from dicomnode.forward.echo import echo
 from dicomnode.forward.scu import send_series
 from dicomnode.observe.counters import STAGE_SECONDS
 from dicomnode.pipeline.outage import through_outage
@@ -114,7 +120,8 @@ def deliver(
         if job.part == JobPart.DERIVED and any(outgoing):
             owed = _read(name, partial(originals_owed, db, job.series_uid, name))
             if owed is not None:  # after an outage: the originals go first, then these
-                record(DeliveryStatus.FAILED, waits_for_originals(owed, name))
+                why = _wait_for_originals(settings, db, job, destination, owed)
+                record(DeliveryStatus.FAILED, why)
                 return
         # What the peer stored on an earlier attempt is not sent again (with Storage
         # Commitment, unless it reported failing it), nor what it confirmed keeping.
@@ -178,6 +185,31 @@ def _wake_derived(db: Database, job: JobRecord, name: str) -> None:
             type(exc).__name__,
             exc,
         )
+
+
+def _wait_for_originals(
+    settings: Settings, db: Database, job: JobRecord, destination: Destination, originals_job: int
+) -> str:
+    """Why the derived series do not go to `destination` now: none of their originals are
+    there yet. When it answers a C-ECHO, the originals' next attempt is brought forward to now;
+    while it does not (still down), they keep their backoff: an attempt each time the derived
+    job tried would spend their retries twice as fast and give them up in half the time."""
+    waiting = waits_for_originals(originals_job, destination.name)
+    log.info(
+        "derived series wait for their originals job=%d destination=%s originals_job=%d",
+        job.id,
+        destination.name,
+        originals_job,
+    )
+    try:
+        echo(destination, settings)
+    except ForwardError as exc:
+        if exc.transient:
+            return f"{waiting} (and it does not answer: {exc})"
+    except DicomNodeError:  # a verdict on the echo only (a TLS file): let the originals try
+        pass
+    bring_forward(db, originals_job, destination.name)
+    return waiting
 
 
 def _read(name: str, read: Callable[[], T]) -> T:
@@ -285,8 +317,8 @@ class DeliveryQueues:
             return
         if not any(outgoing):
             # Nothing to send (QA held every derived series back): each delivery is recorded
-            # done, nothing sent, here and now, without the network, even as the node stops. A
-            # job given back then was enhanced again, all of it, at the next start.
+            # done, nothing sent, here and now, without the network, even as the node stops:
+            # the job is finished held, not given back to be taken up again at the next start.
             pending = _Pending(job.part, len(destinations), finish, abandon)
             with self._lock:
                 self._jobs_in_flight[job.part] += 1

@@ -241,12 +241,16 @@ class JobRunner:
         (minutes of a worker per attempt while a PACS is down, for the same result); what QA
         held stays held, for the same reason. None, and the series is enhanced anew, when
         nothing was recorded, when a hold was recorded without its reason (a version before
-        the reason was kept), or when its files are gone."""
+        the reason was kept), or when its files are gone (held ones included)."""
         outputs = job.outputs
         if not outputs or not outputs.get("outbox"):
             return None
         held, hold = outputs.get("held") or [], outputs.get("hold")
         if held and not hold:
+            return None
+        kept = self.spool.outbox_series(job.id, outputs["outbox"])
+        if not all(kept.get(uid) for uid in held):  # a release would have nothing to send
+            log.info("job enhances again job=%d: a held series is gone from the outbox", job.id)
             return None
         sent = {**outputs, "series": [uid for uid in outputs.get("series", []) if uid not in held]}
         try:

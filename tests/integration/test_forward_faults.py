@@ -313,7 +313,8 @@ def test_after_an_outage_the_originals_reach_the_destination_before_their_derive
     node = node_factory(
         [faulty.destination()],
         enhance={"methods": ["baseline"], "self_check": False},
-        # Originals at 0 s, 5 s, 20 s; derived from about 3 s: 3 s, 8 s, 23 s.
+        # Originals at 0 s, then at about 3 s (the derived job waits for them, the peer
+        # answers a C-ECHO: brought forward), next 15 s after that; derived at about 3 s and 8 s.
         retry={"initial_delay_seconds": 5, "multiplier": 3, "max_delay_seconds": 600, "jitter": 0},
     ).start()
     assert storescu(node.port, ct_series).returncode == 0
@@ -336,7 +337,10 @@ def test_after_an_outage_the_originals_reach_the_destination_before_their_derive
     assert len(arrived) == 2 * len(originals) + 1  # each image derived, and the metrics SR
     log = node.log()
     derived_id = part_of(jobs, "derived")["id"]
-    assert "derived series waits for its originals destination=faulty" in log, log[-3000:]
+    originals_id = part_of(jobs, "originals")["id"]
+    assert f"derived series wait for their originals job={derived_id}" in log, log[-3000:]
+    brought = "originals job due now: its derived series wait for it at the destination"
+    assert f"{brought} job={originals_id}" in log
     assert f"derived job due now: its originals reached the destination job={derived_id}" in log
 
 

@@ -38,7 +38,12 @@ from dicomnode.db.jobs import (
     record_delivery,
 )
 from dicomnode.db.models import Job, Series, utcnow
-from dicomnode.db.originals_first import originals_owed, waits_for_originals, wake_derived
+from dicomnode.db.originals_first import (
+    bring_forward,
+    originals_owed,
+    waits_for_originals,
+    wake_derived,
+)
 from dicomnode.db.retention import purgeable_series
 from dicomnode.db.stats import queue_snapshot
 from dicomnode.db.transitions import MAX_PROCESSING_ATTEMPTS, not_configured
@@ -542,7 +547,8 @@ def test_a_derived_job_waiting_for_its_originals_is_due_once_they_arrive_even_as
     assert originals_owed(db, "1.2.3.45", "backup") is None  # never meant for it
     waiting = waits_for_originals(originals, "pacs")
     record_delivery(db, derived, "worker", "pacs", DeliveryStatus.FAILED, 0, waiting)
-    retried = claim_next_job(db, "router", 60, part=JobPart.ORIGINALS)  # brought forward
+    bring_forward(db, originals, "pacs")  # the destination answers again
+    retried = claim_next_job(db, "router", 60, part=JobPart.ORIGINALS)
     assert retried is not None and (retried.id, retried.attempts) == (originals, 2)
     record_delivery(db, originals, "router", "pacs", DeliveryStatus.DONE, 2, None)
     wake_derived(db, "1.2.3.45", "pacs")  # before the derived attempt ended: nothing to wake
@@ -562,6 +568,19 @@ def test_a_derived_job_waiting_for_its_originals_is_due_once_they_arrive_even_as
     wake_derived(db, "1.2.3.45", "pacs")
     woken = claim_next_job(db, "worker", 60, part=JobPart.DERIVED)
     assert woken is not None and (woken.id, woken.attempts) == (derived, 3)
+
+
+def test_a_derived_series_does_not_wait_at_a_destination_that_has_some_of_its_originals(
+    db: Database,
+) -> None:
+    """Some originals are there (others unreadable for now, or Storage Commitment reports
+    lost): the derived series goes beside them rather than wait for days."""
+    receive(db, "1.2.3.46", 2)
+    originals, _ = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=BOTH_PARTS)
+    claim_next_job(db, "router", 60, part=JobPart.ORIGINALS)
+    record_delivery(db, originals, "router", "pacs", DeliveryStatus.FAILED, 1, "1 unreadable")
+    finish_attempt(db, originals, "router", FAST_RETRY)
+    assert originals_owed(db, "1.2.3.46", "pacs") is None
 
 
 def test_a_late_instance_supersedes_the_waiting_job_of_the_same_part_only(db: Database) -> None:

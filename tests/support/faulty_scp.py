@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from tests.support.ports import free_port
@@ -60,6 +61,7 @@ class FaultyScp:
         for context in AllStoragePresentationContexts:
             if self.sop_classes is None or context.abstract_syntax in self.sop_classes:
                 ae.add_supported_context(context.abstract_syntax, self.transfer_syntaxes)
+        ae.add_supported_context(Verification)  # C-ECHO, answered Success whatever it stores
         if self.allowed_calling_aets:
             ae.require_calling_aet = self.allowed_calling_aets
         self._server = ae.start_server(
