@@ -408,7 +408,7 @@ def _originals_came_meanwhile(
     waiting = [
         d.destination
         for d in deliveries
-        if d.status == DeliveryStatus.FAILED and (d.error or "").startswith(WAITS_FOR_ORIGINALS)
+        if d.status == DeliveryStatus.FAILED and WAITS_FOR_ORIGINALS in (d.error or "")
     ]
     return arrived_meanwhile(session, job.series_uid, waiting) if waiting else None
 

@@ -196,7 +196,8 @@ def _wait_for_originals(
     job tried would spend their retries twice as fast and give them up in half the time."""
     waiting = waits_for_originals(originals_job, destination.name)
     log.info(
-        "derived series wait for their originals job=%d destination=%s originals_job=%d",
+        "derived delivery deferred: the destination has none of the originals yet "
+        "job=%d destination=%s originals_job=%d",
         job.id,
         destination.name,
         originals_job,
@@ -204,8 +205,8 @@ def _wait_for_originals(
     try:
         echo(destination, settings)
     except ForwardError as exc:
-        if exc.transient:
-            return f"{waiting} (and it does not answer: {exc})"
+        if exc.transient:  # the cause first: a narrow `jobs list` shows a line's start
+            return f"{exc}; {waiting}"
     except DicomNodeError:  # a verdict on the echo only (a TLS file): let the originals try
         pass
     bring_forward(db, originals_job, destination.name)

@@ -199,6 +199,8 @@ class JobRunner:
                 self._finish(job, transient=False, error=str(exc))
                 return False
             hold = None
+            if job.part == JobPart.DERIVED:  # a retried release: its originals may be retried too
+                self._give_the_originals_a_head_start(job)
             log.info(
                 "job sends again job=%d part=%s replay=%s series_count=%d",
                 job.id,
@@ -210,6 +212,9 @@ class JobRunner:
             outgoing, hold = [inputs], None
         elif (made := self._made_before(job, inputs)) is not None:
             outgoing, hold = made
+            # Nothing to enhance, so no head start by the way: an admin's `jobs retry --status
+            # failed` after an outage queues both jobs at once, and this one was quicker.
+            self._give_the_originals_a_head_start(job)
         else:
             derived = self._derived_outgoing(job, inputs)
             if derived is None:
@@ -246,6 +251,8 @@ class JobRunner:
         if not outputs or not outputs.get("outbox"):
             return None
         held, hold = outputs.get("held") or [], outputs.get("hold")
+        if job.released:  # an admin released what QA held: it goes with the rest
+            held, hold = [], None
         if held and not hold:
             return None
         kept = self.spool.outbox_series(job.id, outputs["outbox"])

@@ -338,10 +338,45 @@ def test_after_an_outage_the_originals_reach_the_destination_before_their_derive
     log = node.log()
     derived_id = part_of(jobs, "derived")["id"]
     originals_id = part_of(jobs, "originals")["id"]
-    assert f"derived series wait for their originals job={derived_id}" in log, log[-3000:]
+    deferred = "derived delivery deferred: the destination has none of the originals yet"
+    assert f"{deferred} job={derived_id}" in log, log[-3000:]
     brought = "originals job due now: its derived series wait for it at the destination"
     assert f"{brought} job={originals_id}" in log
     assert f"derived job due now: its originals reached the destination job={derived_id}" in log
+
+
+def test_jobs_retried_together_after_an_outage_send_the_originals_first(
+    node_factory, faulty: FaultyScp, ct_series: list[Path]
+) -> None:
+    """`jobs retry --status failed` queues a series' two jobs at once: the derived job, with
+    nothing to enhance (its first attempt made the series), waits for the originals still
+    being sent rather than overtake them in a second sending thread."""
+    faulty.behave(Behaviour(status=0xA700))
+    node = node_factory(
+        [faulty.destination()],
+        enhance={"methods": ["baseline"], "self_check": False},
+        worker={"workers": 2},  # two sending threads per destination
+        retry={"initial_delay_seconds": 600, "max_delay_seconds": 600},  # only the admin's
+    ).start()
+    assert storescu(node.port, ct_series).returncode == 0
+    node.wait_for_jobs(
+        lambda jobs: (
+            len(jobs) == 2
+            and all(job["status"] == "failed" for job in jobs)
+            and part_of(jobs, "derived").get("details")  # enhanced: its outbox made
+        ),
+        timeout=120,
+    )
+    faulty.behave(Behaviour(delay_seconds=0.5))  # back, and slow: the originals take ~6 s
+    node.cli("jobs", "retry", "--status", "failed")
+
+    node.wait_for_jobs(
+        lambda jobs: len(jobs) == 2 and all(job["status"] == "done" for job in jobs), timeout=120
+    )
+    originals = {sop_instance_uid(path) for path in ct_series}
+    arrived = list(faulty.stored)
+    assert set(arrived[: len(originals)]) == originals, arrived
+    assert len(arrived) == 2 * len(originals) + 1
 
 
 def test_an_instance_the_peer_breaks_off_on_does_not_keep_the_rest_of_the_series_from_it(
