@@ -274,3 +274,13 @@ def test_an_admin_command_while_another_process_holds_the_database_says_try_agai
     said = " ".join(capsys.readouterr().err.split())
     assert "is busy: another process held its write lock for 1 s" in said
     assert said.endswith("try again")
+
+
+def test_jobs_show_gives_a_next_attempt_only_to_a_job_that_will_have_one(site: Site) -> None:
+    """A done job's last retry time would read as an attempt still to come."""
+    listing = json.loads(site.cli("jobs", "list", "--json").stdout)
+    ids = {job["status"]: job["id"] for job in listing["jobs"]}
+    for status, dash in ((JobStatus.DONE, True), (JobStatus.QUEUED, False)):
+        shown = site.cli("jobs", "show", str(ids[status])).stdout
+        [line] = [line for line in shown.splitlines() if line.split()[:1] == ["next_attempt_at"]]
+        assert (line.split()[1] == "-") is dash, line
