@@ -270,9 +270,14 @@ class RetrySettings:
     multiplier: float = 2.0
     max_delay_seconds: float = 3600.0
     jitter: float = 0.25
+    # How often a destination that failed jobs wait for is asked (C-ECHO) whether it is back:
+    # when it answers after it did not, they are due at once, not up to max_delay_seconds
+    # later (0: off, each job finds out at its own next attempt).
+    probe_seconds: float = 30.0
 
     def validate(self) -> None:
         _check(self.max_attempts >= 1, "retry.max_attempts", "must be >= 1")
+        _check(self.probe_seconds >= 0, "retry.probe_seconds", "must be >= 0 (0: off)")
         _check(self.initial_delay_seconds >= 0, "retry.initial_delay_seconds", "must be >= 0")
         _check(self.multiplier >= 1, "retry.multiplier", "must be >= 1")
         _check(

@@ -33,6 +33,7 @@ from dicomnode.observe.endpoint import HttpEndpoint, check_http_port_free, start
 from dicomnode.pipeline.admin_log import log_admin_actions
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.lease import renew_every_lease_now
+from dicomnode.pipeline.recovery import RecoveryWatch, probe_destinations
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.pipeline.runner import JobRunner, job_parts
 from dicomnode.ports import check_port_free, why_not
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 COMPLETION_TICK = "completion"
 REAPER_TICK = "reclaim-leases"
+RECOVERY_TICK = "destinations-back"
 # A step back shorter than this is waited out (a minute at most) rather than rewriting times.
 PULL_BACK_AFTER_SECONDS = 60.0
 # The completion tick comes back this long after the next series is due, so that the clocks'
@@ -255,7 +257,7 @@ class Node:
         # now, not after worker.lease_seconds.
         reclaim_expired_leases(self.db, self.settings.retry.max_attempts, gone=_gone_from_here)
         destinations = [d.name for d in self.settings.destinations]
-        scheduler = self._scheduler = self._scheduler_with_upkeep(destinations)
+        scheduler = self._scheduler = self._scheduler_with_upkeep(destinations, bool(runners))
         prefix = f"{this_host()}:{os.getpid()}"
         routers = [(name, part) for name, part in runners if part == JobPart.ORIGINALS]
         self._add_runners(scheduler, prefix, routers)
@@ -311,9 +313,12 @@ class Node:
                 reason,
             )
 
-    def _scheduler_with_upkeep(self, destinations: list[str]) -> BackgroundScheduler:
+    def _scheduler_with_upkeep(
+        self, destinations: list[str], runs_jobs: bool
+    ) -> BackgroundScheduler:
         """The scheduler with every tick but the runners': making jobs of complete series,
-        reclaiming lapsed leases, the admin log and retention (the last three in listeners)."""
+        reclaiming lapsed leases, asking destinations failed jobs wait for whether they are
+        back (where jobs run), the admin log and retention (the last two in listeners)."""
         workers = self.settings.worker
         scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(workers.workers + 4)}, timezone=UTC
@@ -341,6 +346,18 @@ class Node:
             seconds=max(1.0, workers.lease_seconds / 3),
             **_every(REAPER_TICK),
         )
+        retry = self.settings.retry
+        if runs_jobs and destinations and retry.probe_seconds:
+            watch = RecoveryWatch(min_interval_seconds=retry.max_delay_seconds)
+            scheduler.add_job(
+                Guarded(
+                    RECOVERY_TICK,
+                    lambda: probe_destinations(self.settings, self.db, watch, self._stopping),
+                    self._database_health,
+                ),
+                seconds=retry.probe_seconds,
+                **_every(RECOVERY_TICK),
+            )
         if self.listen:
             # Admin actions (`dicomnode jobs ...`) appear in the listeners' log, each once.
             scheduler.add_job(

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from dicomnode.db.clock import db_now
 from dicomnode.db.engine import Database
+from dicomnode.db.failed_deliveries import failed_at
 from dicomnode.db.models import Delivery, Job
 from dicomnode.status import ACTIVE_STATUSES, DeliveryStatus, JobPart, JobStatus
 
@@ -93,15 +94,6 @@ def bring_forward(db: Database, originals_job: int, destination: str) -> None:
 def wake_derived(db: Database, series_uid: str, destination: str) -> None:
     """After the series' originals reached `destination`: a derived job of the series waiting
     to be retried there is due now, not at the end of its backoff."""
-    failed_there = (
-        select(Delivery.id)
-        .where(
-            Delivery.job_id == Job.id,
-            Delivery.destination == destination,
-            Delivery.status == DeliveryStatus.FAILED,
-        )
-        .exists()
-    )
     with db.session() as session:
         now = db_now(session)
         woken = session.scalars(
@@ -111,7 +103,7 @@ def wake_derived(db: Database, series_uid: str, destination: str) -> None:
                 Job.part == JobPart.DERIVED,
                 Job.status == JobStatus.FAILED,
                 Job.next_attempt_at > now,
-                failed_there,
+                failed_at(destination),
             )
             .values(next_attempt_at=now)
             .returning(Job.id)

@@ -379,6 +379,39 @@ def test_jobs_retried_together_after_an_outage_send_the_originals_first(
     assert len(arrived) == 2 * len(originals) + 1
 
 
+def test_a_destination_that_is_back_gets_its_failed_jobs_at_once_the_originals_first(
+    node_factory, ct_series: list[Path]
+) -> None:
+    """The PACS comes back long before the jobs' next attempt (10 minutes away): the probe
+    finds it answering a C-ECHO and both jobs go within seconds, the originals first."""
+    late = FaultyScp()  # configured, not yet listening: the PACS is down
+    node = node_factory(
+        [late.destination()],
+        enhance={"methods": ["baseline"], "self_check": False},
+        retry={"initial_delay_seconds": 600, "max_delay_seconds": 600, "probe_seconds": 1},
+    ).start()
+    assert storescu(node.port, ct_series).returncode == 0
+    node.wait_for_jobs(
+        lambda jobs: (
+            len(jobs) == 2
+            and all(job["status"] == "failed" for job in jobs)
+            and part_of(jobs, "derived").get("details")  # enhanced: its outbox made
+        ),
+        timeout=120,
+    )
+    late.start()
+    try:
+        node.wait_for_jobs(lambda jobs: all(job["status"] == "done" for job in jobs), timeout=60)
+        originals = {sop_instance_uid(path) for path in ct_series}
+        arrived = list(late.stored)
+        assert set(arrived[: len(originals)]) == originals, arrived
+        assert len(arrived) == 2 * len(originals) + 1
+        log = node.log()
+        assert "destination answers: its failed jobs are due now destination=faulty" in log
+    finally:
+        late.stop()
+
+
 def test_an_instance_the_peer_breaks_off_on_does_not_keep_the_rest_of_the_series_from_it(
     node_factory, faulty: FaultyScp, ct_series: list[Path]
 ) -> None:

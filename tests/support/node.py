@@ -73,7 +73,14 @@ class NodeProcess:
             # loaded CI machine's storescu paused mid-series and the series became two jobs).
             "completion": {"series_quiet_seconds": 3, "release_quiet_seconds": 0.5},
             "worker": {"poll_seconds": 0.2, "lease_seconds": 10},
-            "retry": {"initial_delay_seconds": 1, "max_delay_seconds": 4, "jitter": 0.1},
+            # No probe of a destination that is back unless a test asks for one: it would bring
+            # a retry forward in the tests that time the backoff.
+            "retry": {
+                "initial_delay_seconds": 1,
+                "max_delay_seconds": 4,
+                "jitter": 0.1,
+                "probe_seconds": 0,
+            },
             "network": {
                 "acse_timeout": 10,
                 "dimse_timeout": 20,
