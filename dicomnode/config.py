@@ -271,8 +271,8 @@ class RetrySettings:
     max_delay_seconds: float = 3600.0
     jitter: float = 0.25
     # How often a destination that failed jobs wait for is asked (C-ECHO) whether it is back:
-    # when it answers after it did not, they are due at once, not up to max_delay_seconds
-    # later (0: off, each job finds out at its own next attempt).
+    # when it answers after a probe found it down, the jobs that failed there by then are due
+    # at once, not up to max_delay_seconds later (0: off: each finds out at its next attempt).
     probe_seconds: float = 30.0
 
     def validate(self) -> None:

@@ -320,8 +320,10 @@ class Node:
         reclaiming lapsed leases, asking destinations failed jobs wait for whether they are
         back (where jobs run), the admin log and retention (the last two in listeners)."""
         workers = self.settings.worker
+        # A thread per tick, so that none waits for another (a purge, a probe of a PACS that
+        # hangs): the workers' and the router's, completion, reaper, probe, admin log, retention.
         scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(workers.workers + 4)}, timezone=UTC
+            executors={"default": ThreadPoolExecutor(workers.workers + 6)}, timezone=UTC
         )
         logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunFilter())
         completion = self.settings.completion

@@ -12,12 +12,11 @@ their arrival brings the derived job's forward in turn.
 
 import logging
 
-from sqlalchemy import select, update
+from sqlalchemy import Exists, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.clock import db_now
 from dicomnode.db.engine import Database
-from dicomnode.db.failed_deliveries import failed_at
 from dicomnode.db.models import Delivery, Job
 from dicomnode.status import ACTIVE_STATUSES, DeliveryStatus, JobPart, JobStatus
 
@@ -62,6 +61,19 @@ def _owed(session: Session, series_uid: str, destination: str, lock: bool = Fals
     return session.scalar(query)
 
 
+def _failed_at(destination: str) -> Exists:
+    """A job's delivery to `destination` failed, for now (found by its index on job_id)."""
+    return (
+        select(Delivery.id)
+        .where(
+            Delivery.job_id == Job.id,
+            Delivery.destination == destination,
+            Delivery.status == DeliveryStatus.FAILED,
+        )
+        .exists()
+    )
+
+
 def originals_owed(db: Database, series_uid: str, destination: str) -> int | None:
     """The originals job `destination` waits for before the series' derived series may go
     there (None: they may go)."""
@@ -103,7 +115,7 @@ def wake_derived(db: Database, series_uid: str, destination: str) -> None:
                 Job.part == JobPart.DERIVED,
                 Job.status == JobStatus.FAILED,
                 Job.next_attempt_at > now,
-                failed_at(destination),
+                _failed_at(destination),
             )
             .values(next_attempt_at=now)
             .returning(Job.id)

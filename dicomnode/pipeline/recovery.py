@@ -2,17 +2,19 @@
 
 Each failed job finds out at its own next attempt, up to `retry.max_delay_seconds` (an hour)
 after the PACS came back. So every `retry.probe_seconds`, each destination that failed jobs
-wait for is asked (C-ECHO) whether it answers; when it answers after it did not (or at the
-first probe after a start), its failed jobs are due now. A destination that answers the echo
-but refuses what is sent (out of disk) brings them forward once, not at every probe: their
-retries keep their backoff, so they last as long as before. A PACS that comes and goes brings
-them forward at most once per `retry.max_delay_seconds`.
+wait for is asked (C-ECHO, with short timeouts) whether it answers. When it answers after a
+probe found it down, the jobs whose delivery there failed by that probe are due now: they
+failed while it was down. A job costs at most one attempt per outage seen so, whatever the
+number of processes probing (each sees the same outage and the same failure times) and
+however often they restart (a first probe that finds it answering brings nothing forward), and
+at most one per `retry.max_delay_seconds` for a PACS that comes and goes.
 """
 
+import dataclasses
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from dicomnode.config import Destination, Settings
 from dicomnode.db import Database
@@ -22,37 +24,58 @@ from dicomnode.forward.echo import echo
 
 log = logging.getLogger(__name__)
 
+# A probe's C-ECHO waits at most this long for each step (connect, association, answer): a
+# PACS answers an echo at once, and a hanging one must not hold up the node's stop.
+PROBE_TIMEOUT_SECONDS = 5.0
+
 
 @dataclass
 class RecoveryWatch:
-    """What the last probe of each destination said, and when its jobs were last brought
-    forward; pure, so the rule is tested as a table."""
+    """Per destination, when a probe last found it down, and when its jobs were last brought
+    forward; pure (times are the database's), so the rule is tested as a table."""
 
     min_interval_seconds: float
-    _answered: dict[str, bool] = field(default_factory=dict)
-    _brought: dict[str, float] = field(default_factory=dict)
+    _down_at: dict[str, datetime] = field(default_factory=dict)
+    _brought_at: dict[str, datetime] = field(default_factory=dict)
 
-    def is_back(self, name: str, answered: bool | None, now: float) -> bool:
-        """Whether `name`'s failed jobs go now, after a probe that `answered` (None: it could
-        not tell, e.g. the peer takes no C-ECHO) at monotonic time `now`."""
+    def back_since(self, name: str, answered: bool | None, at: datetime) -> datetime | None:
+        """After a probe of `name` at `at` that `answered` (None: it could not tell, e.g. the
+        peer takes no C-ECHO): when it was last found down, if it is back now and its jobs
+        that failed by then are to go (`brought` once they went); else None."""
         if answered is None:
-            return False
-        before = self._answered.get(name)
-        self._answered[name] = answered
-        if not answered or before is True:
-            return False
-        last = self._brought.get(name)
-        if last is not None and now - last < self.min_interval_seconds:
-            return False
-        self._brought[name] = now
-        return True
+            return None
+        if not answered:
+            self._down_at[name] = at
+            return None
+        down_at = self._down_at.get(name)
+        if down_at is None:
+            return None
+        last = self._brought_at.get(name)
+        if last is not None and (at - last).total_seconds() < self.min_interval_seconds:
+            del self._down_at[name]  # this outage brings nothing forward
+            return None
+        return down_at
+
+    def brought(self, name: str, at: datetime) -> None:
+        """The jobs of `name` went at `at`: the outage that ended is spent."""
+        self._down_at.pop(name, None)
+        self._brought_at[name] = at
+
+
+def _probe_settings(settings: Settings) -> Settings:
+    network = settings.network
+    short = {
+        name: min(getattr(network, name), PROBE_TIMEOUT_SECONDS)
+        for name in ("acse_timeout", "dimse_timeout", "network_timeout", "connect_timeout")
+    }
+    return dataclasses.replace(settings, network=dataclasses.replace(network, **short))
 
 
 def answers(destination: Destination, settings: Settings) -> bool | None:
     """True when the destination answers a C-ECHO (whatever its status), False when it cannot
     be reached (refused, timed out, rejected for now), None when the probe cannot tell."""
     try:
-        echo(destination, settings)
+        echo(destination, _probe_settings(settings))
     except ForwardError as exc:
         return False if exc.transient else None
     except DicomNodeError:  # a TLS file it cannot use: the deliveries will say so
@@ -63,18 +86,23 @@ def answers(destination: Destination, settings: Settings) -> bool | None:
 def probe_destinations(
     settings: Settings, db: Database, watch: RecoveryWatch, stopping: threading.Event
 ) -> None:
-    """The recovery tick: ask each destination failed jobs wait for; bring forward the jobs of
-    those that are back."""
-    for name in sorted(destinations_waited_for(db)):
+    """The recovery tick: ask each destination failed jobs wait for; bring forward the jobs
+    that failed while it was down, once it is back."""
+    at, names = destinations_waited_for(db)
+    for name in sorted(names):
         destination = settings.destination(name)
-        if destination is None or stopping.is_set():
+        if stopping.is_set():
+            return
+        if destination is None:
             continue
-        if not watch.is_back(name, answers(destination, settings), time.monotonic()):
+        since = watch.back_since(name, answers(destination, settings), at)
+        if since is None:
             continue
-        count = bring_failed_forward(db, name)
+        count = bring_failed_forward(db, name, failed_by=since)
+        watch.brought(name, at)
         if count:
             log.info(
-                "destination answers: its failed jobs are due now destination=%s jobs=%d",
+                "destination answers again: its failed jobs are due now destination=%s jobs=%d",
                 name,
                 count,
             )

@@ -407,7 +407,8 @@ def test_a_destination_that_is_back_gets_its_failed_jobs_at_once_the_originals_f
         assert set(arrived[: len(originals)]) == originals, arrived
         assert len(arrived) == 2 * len(originals) + 1
         log = node.log()
-        assert "destination answers: its failed jobs are due now destination=faulty" in log
+        back = "destination answers again: its failed jobs are due now destination=faulty"
+        assert f"{back} jobs=1" in log, log[-3000:]  # the originals: the derived job waits
     finally:
         late.stop()
 

@@ -27,6 +27,7 @@ from dicomnode.db import (
     open_database,
 )
 from dicomnode.db.admin import cancel_job, resend_job, retry_job
+from dicomnode.db.failed_deliveries import bring_failed_forward, destinations_waited_for
 from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
 from dicomnode.db.jobs import (
     claim_next_job,
@@ -581,6 +582,32 @@ def test_a_derived_series_does_not_wait_at_a_destination_that_has_some_of_its_or
     record_delivery(db, originals, "router", "pacs", DeliveryStatus.FAILED, 1, "1 unreadable")
     finish_attempt(db, originals, "router", FAST_RETRY)
     assert originals_owed(db, "1.2.3.46", "pacs") is None
+
+
+def test_a_destination_that_is_back_brings_forward_what_failed_there_while_it_was_down(
+    db: Database,
+) -> None:
+    """Only failed jobs whose delivery there failed by the probe that found it down; not a
+    derived job that only waited for its originals (their arrival brings it forward)."""
+    slow = RetrySettings(max_attempts=5, initial_delay_seconds=3600, jitter=0)
+    receive(db, "1.2.3.47", 1)
+    originals, derived = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=BOTH_PARTS)
+    claim_next_job(db, "router", 60, part=JobPart.ORIGINALS)
+    record_delivery(db, originals, "router", "pacs", DeliveryStatus.FAILED, 0, "refused")
+    finish_attempt(db, originals, "router", slow)
+    claim_next_job(db, "worker", 60, part=JobPart.DERIVED)
+    waiting = waits_for_originals(originals, "pacs")
+    record_delivery(db, derived, "worker", "pacs", DeliveryStatus.FAILED, 0, f"refused; {waiting}")
+    finish_attempt(db, derived, "worker", slow)
+    at, names = destinations_waited_for(db)
+    assert names == {"pacs"}
+
+    assert bring_failed_forward(db, "pacs", failed_by=at - timedelta(minutes=5)) == 0  # later
+    assert bring_failed_forward(db, "backup", failed_by=at) == 0
+    assert bring_failed_forward(db, "pacs", failed_by=at) == 1
+    retried = claim_next_job(db, "router", 60, part=JobPart.ORIGINALS)
+    assert retried is not None and retried.id == originals
+    assert claim_next_job(db, "worker", 60, part=JobPart.DERIVED) is None
 
 
 def test_a_late_instance_supersedes_the_waiting_job_of_the_same_part_only(db: Database) -> None:
