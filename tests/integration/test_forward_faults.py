@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -303,6 +304,23 @@ def test_a_derived_job_retried_after_its_destination_was_down_sends_what_it_made
     assert all(faulty.stored[uid] == 1 for uid in derived_uids)
 
 
+def both_failed_once_enhanced(jobs: list[dict[str, Any]]) -> bool:
+    """Both jobs of the series failed, the derived one after its enhancement (its outbox made)."""
+    return (
+        len(jobs) == 2
+        and all(job["status"] == "failed" for job in jobs)
+        and bool(part_of(jobs, "derived").get("details"))
+    )
+
+
+def assert_originals_came_first(peer: FaultyScp, series: list[Path]) -> None:
+    """Every original reached `peer` before any derived image or report, each once."""
+    originals = {sop_instance_uid(path) for path in series}
+    arrived = list(peer.stored)
+    assert set(arrived[: len(originals)]) == originals, arrived
+    assert len(arrived) == 2 * len(originals) + 1  # each image derived, and the metrics SR
+
+
 def test_after_an_outage_the_originals_reach_the_destination_before_their_derived_series(
     node_factory, faulty: FaultyScp, ct_series: list[Path]
 ) -> None:
@@ -331,10 +349,7 @@ def test_after_an_outage_the_originals_reach_the_destination_before_their_derive
     jobs = node.wait_for_jobs(
         lambda jobs: len(jobs) == 2 and all(job["status"] == "done" for job in jobs), timeout=120
     )
-    originals = {sop_instance_uid(path) for path in ct_series}
-    arrived = list(faulty.stored)
-    assert set(arrived[: len(originals)]) == originals, arrived
-    assert len(arrived) == 2 * len(originals) + 1  # each image derived, and the metrics SR
+    assert_originals_came_first(faulty, ct_series)
     log = node.log()
     derived_id = part_of(jobs, "derived")["id"]
     originals_id = part_of(jobs, "originals")["id"]
@@ -359,24 +374,14 @@ def test_jobs_retried_together_after_an_outage_send_the_originals_first(
         retry={"initial_delay_seconds": 600, "max_delay_seconds": 600},  # only the admin's
     ).start()
     assert storescu(node.port, ct_series).returncode == 0
-    node.wait_for_jobs(
-        lambda jobs: (
-            len(jobs) == 2
-            and all(job["status"] == "failed" for job in jobs)
-            and part_of(jobs, "derived").get("details")  # enhanced: its outbox made
-        ),
-        timeout=120,
-    )
+    node.wait_for_jobs(both_failed_once_enhanced, timeout=120)
     faulty.behave(Behaviour(delay_seconds=0.5))  # back, and slow: the originals take ~6 s
     node.cli("jobs", "retry", "--status", "failed")
 
     node.wait_for_jobs(
         lambda jobs: len(jobs) == 2 and all(job["status"] == "done" for job in jobs), timeout=120
     )
-    originals = {sop_instance_uid(path) for path in ct_series}
-    arrived = list(faulty.stored)
-    assert set(arrived[: len(originals)]) == originals, arrived
-    assert len(arrived) == 2 * len(originals) + 1
+    assert_originals_came_first(faulty, ct_series)
 
 
 def test_a_destination_that_is_back_gets_its_failed_jobs_at_once_the_originals_first(
@@ -391,21 +396,11 @@ def test_a_destination_that_is_back_gets_its_failed_jobs_at_once_the_originals_f
         retry={"initial_delay_seconds": 600, "max_delay_seconds": 600, "probe_seconds": 1},
     ).start()
     assert storescu(node.port, ct_series).returncode == 0
-    node.wait_for_jobs(
-        lambda jobs: (
-            len(jobs) == 2
-            and all(job["status"] == "failed" for job in jobs)
-            and part_of(jobs, "derived").get("details")  # enhanced: its outbox made
-        ),
-        timeout=120,
-    )
+    node.wait_for_jobs(both_failed_once_enhanced, timeout=120)
     late.start()
     try:
         node.wait_for_jobs(lambda jobs: all(job["status"] == "done" for job in jobs), timeout=60)
-        originals = {sop_instance_uid(path) for path in ct_series}
-        arrived = list(late.stored)
-        assert set(arrived[: len(originals)]) == originals, arrived
-        assert len(arrived) == 2 * len(originals) + 1
+        assert_originals_came_first(late, ct_series)
         log = node.log()
         back = "destination answers again: its failed jobs are due now destination=faulty"
         assert f"{back} jobs=1" in log, log[-3000:]  # the originals: the derived job waits

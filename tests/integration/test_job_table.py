@@ -529,18 +529,28 @@ def test_a_series_gets_one_job_per_part_each_claimed_only_by_its_own_runners(
     assert claimed is not None and claimed.id == derived
 
 
+AN_HOUR_OFF = RetrySettings(max_attempts=5, initial_delay_seconds=3600, jitter=0)
+
+
+def originals_failed_an_hour_off(db: Database, series_uid: str, error: str) -> tuple[int, int]:
+    """A series' two jobs (originals, derived), its originals failed at "pacs" with `error`,
+    their next attempt an hour away; the derived job not yet claimed."""
+    receive(db, series_uid, 2)
+    originals, derived = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=BOTH_PARTS)
+    claim_next_job(db, "router", 60, part=JobPart.ORIGINALS)
+    record_delivery(db, originals, "router", "pacs", DeliveryStatus.FAILED, 0, error)
+    finish_attempt(db, originals, "router", AN_HOUR_OFF)
+    return originals, derived
+
+
 def test_a_derived_job_waiting_for_its_originals_is_due_once_they_arrive_even_as_it_ends(
     db: Database,
 ) -> None:
     """After an outage the derived series waits at a destination for its originals: asking
     brings the originals' attempt forward, and their arrival makes the derived job due, also
     when they arrive between its waiting delivery and the end of its attempt."""
-    slow = RetrySettings(max_attempts=5, initial_delay_seconds=3600, jitter=0)
-    receive(db, "1.2.3.45", 2)
-    originals, derived = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=BOTH_PARTS)
-    claim_next_job(db, "router", 60, part=JobPart.ORIGINALS)
-    record_delivery(db, originals, "router", "pacs", DeliveryStatus.FAILED, 0, "peer down")
-    finish_attempt(db, originals, "router", slow)
+    slow = AN_HOUR_OFF
+    originals, derived = originals_failed_an_hour_off(db, "1.2.3.45", "peer down")
     assert claim_next_job(db, "router", 60, part=JobPart.ORIGINALS) is None  # an hour away
 
     claim_next_job(db, "worker", 60, part=JobPart.DERIVED)
@@ -589,12 +599,8 @@ def test_a_destination_that_is_back_brings_forward_what_failed_there_while_it_wa
 ) -> None:
     """Only failed jobs whose delivery there failed by the probe that found it down; not a
     derived job that only waited for its originals (their arrival brings it forward)."""
-    slow = RetrySettings(max_attempts=5, initial_delay_seconds=3600, jitter=0)
-    receive(db, "1.2.3.47", 1)
-    originals, derived = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=BOTH_PARTS)
-    claim_next_job(db, "router", 60, part=JobPart.ORIGINALS)
-    record_delivery(db, originals, "router", "pacs", DeliveryStatus.FAILED, 0, "refused")
-    finish_attempt(db, originals, "router", slow)
+    slow = AN_HOUR_OFF
+    originals, derived = originals_failed_an_hour_off(db, "1.2.3.47", "refused")
     claim_next_job(db, "worker", 60, part=JobPart.DERIVED)
     waiting = waits_for_originals(originals, "pacs")
     record_delivery(db, derived, "worker", "pacs", DeliveryStatus.FAILED, 0, f"refused; {waiting}")
