@@ -217,6 +217,9 @@ def _print_job(job: "JobRecord", siblings: "list[JobRecord]") -> None:
         from dicomnode.imaging.outcome import SeriesOutcome
 
         _print_details(SeriesOutcome.from_dict(job.details))
+    hold = (job.outputs or {}).get("hold")
+    if job.released and hold:  # the table's QA column is QA's verdict alone
+        console.print(f"released by an admin; held before: {shown(hold)}", soft_wrap=True)
     if siblings:
         console.print(
             "other jobs of this series: "

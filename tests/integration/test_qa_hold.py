@@ -36,6 +36,8 @@ def test_held_job_sends_derived_series_only_when_released(
     jobs = node.wait_for_jobs(lambda js: part_of(js, "derived")["status"] == "done", timeout=180)
     job = part_of(jobs, "derived")
     assert job["released"] is True
+    shown = node.cli("jobs", "show", str(job["id"])).stdout
+    assert "released by an admin; held before: baseline: QA verdict 'fail'" in shown, shown
     assert part_of(jobs, "originals")["attempts"] == 1  # a release never resends the originals
     # originals + one derived series + its metrics SR
     assert len(orthanc.instance_ids()) == 2 * len(ct_series) + 1
