@@ -8,7 +8,7 @@ from sqlalchemy import func, select, update
 from dicomnode.db.clock import db_now
 from dicomnode.db.engine import Database
 from dicomnode.db.models import Delivery, Job
-from dicomnode.db.originals_first import WAITS_FOR_ORIGINALS
+from dicomnode.db.originals_first import WAITS_FOR_ORIGINALS, failed_at
 from dicomnode.status import DeliveryStatus, JobStatus
 
 
@@ -34,16 +34,10 @@ def bring_failed_forward(db: Database, destination: str, failed_by: datetime) ->
     """Every failed job whose delivery to `destination` failed by `failed_by` is due now; how
     many. Not a derived job that only waited there for its originals: their arrival brings
     it forward (`originals_first.wake_derived`), and going first it would wait again."""
-    failed_then = (
-        select(Delivery.id)
-        .where(
-            Delivery.job_id == Job.id,
-            Delivery.destination == destination,
-            Delivery.status == DeliveryStatus.FAILED,
-            Delivery.updated_at <= failed_by,
-            func.coalesce(Delivery.error, "").not_like(f"%{WAITS_FOR_ORIGINALS}%"),
-        )
-        .exists()
+    failed_then = failed_at(
+        destination,
+        Delivery.updated_at <= failed_by,
+        func.coalesce(Delivery.error, "").not_like(f"%{WAITS_FOR_ORIGINALS}%"),
     )
     with db.session() as session:
         now = db_now(session)

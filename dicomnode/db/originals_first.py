@@ -12,7 +12,7 @@ their arrival brings the derived job's forward in turn.
 
 import logging
 
-from sqlalchemy import Exists, select, update
+from sqlalchemy import ColumnElement, Exists, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.clock import db_now
@@ -61,14 +61,16 @@ def _owed(session: Session, series_uid: str, destination: str, lock: bool = Fals
     return session.scalar(query)
 
 
-def _failed_at(destination: str) -> Exists:
-    """A job's delivery to `destination` failed, for now (found by its index on job_id)."""
+def failed_at(destination: str, *conditions: ColumnElement[bool]) -> Exists:
+    """A job's delivery to `destination` failed, for now (found by its index on job_id), and
+    meets `conditions`: a condition on Job in an UPDATE of jobs."""
     return (
         select(Delivery.id)
         .where(
             Delivery.job_id == Job.id,
             Delivery.destination == destination,
             Delivery.status == DeliveryStatus.FAILED,
+            *conditions,
         )
         .exists()
     )
@@ -115,7 +117,7 @@ def wake_derived(db: Database, series_uid: str, destination: str) -> None:
                 Job.part == JobPart.DERIVED,
                 Job.status == JobStatus.FAILED,
                 Job.next_attempt_at > now,
-                _failed_at(destination),
+                failed_at(destination),
             )
             .values(next_attempt_at=now)
             .returning(Job.id)

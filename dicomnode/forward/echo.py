@@ -6,7 +6,7 @@ from pynetdicom.sop_class import Verification
 from dicomnode.config import Destination, Settings
 from dicomnode.dicom.release import end
 from dicomnode.dicom.tls import client_tls_args
-from dicomnode.errors import ForwardError
+from dicomnode.errors import DicomNodeError, ForwardError
 from dicomnode.forward.associate import open_association
 
 
@@ -23,3 +23,17 @@ def echo(destination: Destination, settings: Settings) -> int:
     if "Status" not in response:
         raise ForwardError(f"{where} gave no C-ECHO response", transient=True)
     return int(response.Status)
+
+
+def why_unanswered(destination: Destination, settings: Settings) -> ForwardError | None:
+    """None when the destination answers a C-ECHO (whatever its status); else why not: a
+    transient ForwardError when it cannot be reached now (refused, timed out, rejected for
+    now), a permanent one when the echo cannot tell (the peer takes no C-ECHO, a TLS file we
+    cannot use)."""
+    try:
+        echo(destination, settings)
+    except ForwardError as exc:
+        return exc
+    except DicomNodeError as exc:
+        return ForwardError(str(exc), transient=False)
+    return None

@@ -32,9 +32,9 @@ from dicomnode.db.originals_first import (
     wake_derived,
 )
 from dicomnode.db.transitions import not_configured
-from dicomnode.errors import DicomNodeError, ForwardError, SeriesIncomplete, UnreadableSpool
+from dicomnode.errors import ForwardError, SeriesIncomplete, UnreadableSpool
 from dicomnode.forward.commitment import confirm_commitment, uncommitted
-from dicomnode.forward.echo import echo
+from dicomnode.forward.echo import why_unanswered
 from dicomnode.forward.scu import send_series
 from dicomnode.observe.counters import STAGE_SECONDS
 from dicomnode.pipeline.outage import through_outage
@@ -202,14 +202,10 @@ def _wait_for_originals(
         destination.name,
         originals_job,
     )
-    try:
-        echo(destination, settings)
-    except ForwardError as exc:
-        if exc.transient:  # the cause first: a narrow `jobs list` shows a line's start
-            return f"{exc}; {waiting}"
-    except DicomNodeError:  # a verdict on the echo only (a TLS file): let the originals try
-        pass
-    bring_forward(db, originals_job, destination.name)
+    why = why_unanswered(destination, settings)
+    if why is not None and why.transient:  # the cause first: a narrow `jobs list` shows it
+        return f"{why}; {waiting}"
+    bring_forward(db, originals_job, destination.name)  # it answers, or the echo cannot tell
     return waiting
 
 

@@ -19,8 +19,7 @@ from datetime import datetime
 from dicomnode.config import Destination, Settings
 from dicomnode.db import Database
 from dicomnode.db.failed_deliveries import bring_failed_forward, destinations_waited_for
-from dicomnode.errors import DicomNodeError, ForwardError
-from dicomnode.forward.echo import echo
+from dicomnode.forward.echo import why_unanswered
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +71,12 @@ def _probe_settings(settings: Settings) -> Settings:
 
 
 def answers(destination: Destination, settings: Settings) -> bool | None:
-    """True when the destination answers a C-ECHO (whatever its status), False when it cannot
-    be reached (refused, timed out, rejected for now), None when the probe cannot tell."""
-    try:
-        echo(destination, _probe_settings(settings))
-    except ForwardError as exc:
-        return False if exc.transient else None
-    except DicomNodeError:  # a TLS file it cannot use: the deliveries will say so
-        return None
-    return True
+    """True when the destination answers a C-ECHO, False when it cannot be reached, None when
+    the probe cannot tell."""
+    why = why_unanswered(destination, _probe_settings(settings))
+    if why is None:
+        return True
+    return False if why.transient else None
 
 
 def probe_destinations(
