@@ -31,6 +31,9 @@ from dicomnode.config import Settings
 from dicomnode.errors import DicomNodeError
 from dicomnode.status import DeliveryStatus, JobStatus
 
+# `--status`'s values in its help: typer's own list of them wraps mid-word at 80 columns.
+_ALL_STATES = ", ".join(status.value for status in JobStatus)
+
 if TYPE_CHECKING:
     from dicomnode.db import Database, DeliveryRecord, JobRecord
     from dicomnode.imaging.outcome import DeclinedImage, MethodOutcome, SeriesOutcome
@@ -39,7 +42,12 @@ app = typer.Typer(help="Inspect and steer jobs.", no_args_is_help=True)
 
 # Job ids are database integers: a larger one was an OverflowError traceback from the driver.
 MAX_JOB_ID = 2**63 - 1
-JobId = Annotated[int, typer.Argument(metavar="ID", min=1, max=MAX_JOB_ID)]
+JobId = Annotated[
+    int,
+    typer.Argument(
+        metavar="ID", min=1, max=MAX_JOB_ID, help="The job's ID, from 'dicomnode jobs list'."
+    ),
+]
 
 _STATUS_STYLE = {
     "done": "green",
@@ -90,7 +98,13 @@ def _status(status: str) -> str:
 def list_(
     status: Annotated[
         JobStatus | None,
-        typer.Option("--status", "-s", help="Only jobs in this state.", case_sensitive=False),
+        typer.Option(
+            "--status",
+            "-s",
+            metavar="STATE",
+            help=f"Only jobs in this state: {_ALL_STATES}.",
+            case_sensitive=False,
+        ),
     ] = None,
     limit: Annotated[
         int, typer.Option(min=1, max=1_000_000, help="At most this many, newest first.")
@@ -363,13 +377,17 @@ _RETRYABLE = (JobStatus.DEAD, JobStatus.FAILED, JobStatus.CANCELLED)
 @app.command("retry")
 def retry(
     job_ids: Annotated[
-        list[int] | None, typer.Argument(metavar="ID", min=1, max=MAX_JOB_ID)
+        list[int] | None,
+        typer.Argument(
+            metavar="ID...", min=1, max=MAX_JOB_ID, help="Job IDs, from 'dicomnode jobs list'."
+        ),
     ] = None,
     every: Annotated[
         JobStatus | None,
         typer.Option(
             "--status",
             "-s",
+            metavar="STATE",
             help="Every job in this state (dead, failed or cancelled): after a PACS outage.",
             case_sensitive=False,
         ),

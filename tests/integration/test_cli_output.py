@@ -152,6 +152,16 @@ def test_jobs_list_help_names_every_state() -> None:
     assert all(status.value in shown for status in JobStatus)
 
 
+@pytest.mark.parametrize(
+    "command", [(), ("serve",), ("jobs", "list"), ("doctor",), ("train",)], ids=" ".join
+)
+def test_help_shows_no_value_after_a_flag(command: tuple[str, ...]) -> None:
+    """A flag (`--json`, `--help`) takes no value, so its help shows none: typer 0.29 showed
+    `<bool>` after each one, as if `--json true` were the way to use it."""
+    shown = dicomnode(*command, "--help", env={"COLUMNS": "200"}).stdout
+    assert "--help" in shown and "<bool>" not in shown
+
+
 def test_help_keeps_each_summary_whole_and_its_placeholders() -> None:
     """A command's summary is one paragraph, not the docstring's line breaks; a `<placeholder>`
     is shown as written, not taken for markup."""
