@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dicomnode.model_archive import archive_problem
+
 if TYPE_CHECKING:
     from dicomnode.config import EnhanceSettings, Settings
     from dicomnode.imaging.enhance import Method
@@ -121,18 +123,19 @@ def method_spec(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-def missing_models(settings: "Settings") -> list[Path]:
-    """The model files the configured methods would look for and not find, for any enabled
-    modality (checked at start: a node that would fail every job must not start; here, not
-    beside the loading, so that the check costs no import of the imaging libraries)."""
+def model_problems(settings: "Settings") -> list[str]:
+    """What is wrong with the model files the configured methods would load, for any enabled
+    modality, one "<path> <problem>" each: missing, or not a whole archive (checked at start,
+    before the node listens: a node that would fail every job must not start; here, not beside
+    the loading, so that the check costs no import of the imaging libraries)."""
     enhance = settings.enhance
-    missing: dict[Path, None] = {}
+    problems: dict[Path, str] = {}
     for name in enhance.methods:
         spec = method_spec(name)
         if spec.model_prefix is None:
             continue
         for modality in enhance.modalities:
             path = spec.model_for(enhance, modality)
-            if not path.is_file():
-                missing[path] = None
-    return list(missing)
+            if path not in problems and (problem := archive_problem(path)) is not None:
+                problems[path] = problem
+    return [f"{path} {problem}" for path, problem in problems.items()]

@@ -20,7 +20,6 @@ import hashlib
 import logging
 import os
 import re
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from dicomnode.errors import DicomNodeError, first_line
 from dicomnode.imaging.degrade import resample
 from dicomnode.imaging.native_log import native_stderr_filtered, tf_min_log_level
 from dicomnode.imaging.symmetry import averaged_over_views
+from dicomnode.model_archive import archive_problem
 
 if TYPE_CHECKING:
     import keras
@@ -155,8 +155,8 @@ def load_model(path: Path) -> LoadedModel:
     """Load `path` (a .keras file written by `dicomnode train`) and check what it is."""
     if not path.is_file():
         raise ModelError(f"{path}: model file not found (see models/README.md)")
-    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a truncated copy
-        raise ModelError(f"{path}: not a .keras model archive (truncated or damaged copy?)")
+    if (problem := archive_problem(path)) is not None:  # Keras: "File not found" of a cut copy
+        raise ModelError(f"{path}: {problem}")
     import_tensorflow()
     import keras
 

@@ -6,11 +6,13 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 
+from dicomnode.registry import shipped_models_dir
 from tests.support.dcmtk import storescu
 from tests.support.node import NodeProcess
 from tests.support.ports import wait_for_port
@@ -61,27 +63,66 @@ def test_receive_only_with_destinations_is_refused(node_factory) -> None:
     assert "setting node.receive_only: is true but 1 destination(s) are configured" in line
 
 
+def _damaged(model: Path) -> None:
+    """A shipped model with one byte of its weights changed: a whole zip, a failing CRC."""
+    with zipfile.ZipFile(shipped_models_dir() / "srcnn-x1.keras") as archive:
+        weights = archive.getinfo("model.weights.h5")
+    data = bytearray((shipped_models_dir() / "srcnn-x1.keras").read_bytes())
+    middle = weights.header_offset + 30 + len(weights.filename) + weights.compress_size // 2
+    data[middle] ^= 0xFF
+    model.write_bytes(bytes(data))
+
+
+def _foreign(model: Path) -> None:
+    """A whole archive with the members Keras writes, which Keras cannot load."""
+    with zipfile.ZipFile(model, "w") as archive:
+        archive.writestr("config.json", "{}")
+        archive.writestr("model.weights.h5", b"not HDF5")
+
+
 @pytest.mark.parametrize(
-    ("content", "reason"),
+    ("make", "reason"),
     [
-        (b"PK\x03\x04 cut short by a failed copy", "not a .keras model archive"),
-        (None, "cannot load the model"),  # a zip archive, but not a Keras model
+        (
+            lambda model: model.write_bytes(b"PK\x03\x04 cut short by a failed copy"),
+            "is not a .keras model archive (truncated or damaged copy?)",
+        ),
+        (_damaged, "is damaged: its member model.weights.h5 fails its checksum"),
+        (
+            lambda model: zipfile.ZipFile(model, "w").close(),
+            "is not a Keras 3 model archive: it lacks config.json, model.weights.h5",
+        ),
     ],
+    ids=["truncated", "damaged", "empty archive"],
 )
-def test_a_model_that_cannot_be_loaded_stops_serve_naming_the_file(
-    node_factory, tmp_path: Path, content: bytes | None, reason: str
+def test_a_model_file_that_is_not_whole_stops_serve_before_it_listens(
+    node_factory, tmp_path: Path, make: Callable[[Path], object], reason: str
+) -> None:
+    """Told from the archive alone, before the node listens: refused after it (TensorFlow
+    loads meanwhile), the node had accepted associations it then dropped, and a service
+    manager restarted it into the same failure."""
+    models = tmp_path / "models"
+    models.mkdir()
+    model = models / "srcnn-x1.keras"
+    make(model)
+    node = node_factory(
+        [], enhance={"methods": ["srcnn"], "modalities": ["CT"], "model_dir": str(models)}
+    )
+    line = refusal(node)
+    assert f"at enhance.scale = 1 needs model files: {model} {reason}" in line
+    assert not node.data_dir.exists()
+
+
+def test_a_model_keras_cannot_load_stops_serve_naming_the_file(
+    node_factory, tmp_path: Path
 ) -> None:
     models = tmp_path / "models"
     models.mkdir()
     model = models / "srcnn-x1.keras"
-    if content is None:
-        with zipfile.ZipFile(model, "w") as archive:
-            archive.writestr("config.json", "{}")
-    else:
-        model.write_bytes(content)
+    _foreign(model)
     enhance = {"methods": ["srcnn"], "modalities": ["CT"], "model_dir": str(models)}
     line = refusal(node_factory([], enhance=enhance))
-    assert f"setting enhance.methods: srcnn for CT: {model}: {reason}" in line
+    assert f"setting enhance.methods: srcnn for CT: {model}: cannot load the model" in line
 
 
 def test_a_missing_model_stops_serve_before_anything_is_made_in_the_data_dir(
@@ -94,7 +135,7 @@ def test_a_missing_model_stops_serve_before_anything_is_made_in_the_data_dir(
     node = node_factory([], enhance={"methods": ["srcnn"], "model_dir": str(empty)})
     line = refusal(node)
     assert "setting enhance.methods: srcnn at enhance.scale = 1 needs" in line
-    assert "which does not exist (train one with `dicomnode train`" in line
+    assert f"needs model files: {empty / 'srcnn-x1.keras'} does not exist (train one" in line
     assert not node.data_dir.exists()
 
 

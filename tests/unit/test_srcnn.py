@@ -169,11 +169,15 @@ def test_missing_or_foreign_model_files_are_named(tmp_path: Path) -> None:
         load_model(tmp_path / "nope.keras")
     junk = tmp_path / "junk.keras"
     junk.write_bytes(b"not a model")
-    with pytest.raises(ModelError, match=r"junk\.keras: not a \.keras model archive"):
+    with pytest.raises(ModelError, match=r"junk\.keras: is not a \.keras model archive"):
         load_model(junk)
     foreign = tmp_path / "foreign.keras"
     with zipfile.ZipFile(foreign, "w") as archive:
         archive.writestr("config.json", "{}")
+    with pytest.raises(ModelError, match=r"foreign\.keras: is not a Keras 3 model archive"):
+        load_model(foreign)
+    with zipfile.ZipFile(foreign, "a") as archive:
+        archive.writestr("model.weights.h5", b"not HDF5")
     with pytest.raises(ModelError, match=r"foreign\.keras: cannot load the model: "):
         load_model(foreign)
 
