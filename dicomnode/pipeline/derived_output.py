@@ -12,7 +12,7 @@ An image whose header the standard does not let us derive from (`ImageDeclined`:
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
@@ -256,6 +256,16 @@ class WrittenSeries:
     measured: tuple[ImageOutcome, ...]  # the images that were derived
 
 
+def report_uid(root: str | None, series_uid: str, version: str, images: Iterable[str]) -> str:
+    """The metrics report's SOP Instance UID: the same derived series, version and images, the
+    same UID (a retry or a resend replaces it). A series that grew since (a modality that sends
+    its images minutes apart makes a job for each part) gets a report of another UID, since
+    its content is other: a PACS that keeps the first copy of a UID kept the report of the
+    first image only, beside a derived series of six. `images`: the derived images' SOP
+    Instance UIDs."""
+    return derived_uid(root, "report", series_uid, version, *sorted(images))
+
+
 def write_derived_series(
     derived: Sequence[StoredImage | DeclinedImage],
     method: Method,
@@ -277,7 +287,12 @@ def write_derived_series(
             [image.measures for image in built],
             series_uid=report_series,
             series_number=derivation.series_number + settings.enhance.report_series_offset,
-            sop_uid=derived_uid(root, "report", derivation.series_uid, method.version),
+            sop_uid=report_uid(
+                root,
+                derivation.series_uid,
+                method.version,
+                (image.measures.outcome.sop for image in built),
+            ),
             description=f"Metrics {derivation.series_description}".strip(),
         )
     except DicomNodeError as exc:  # without its report a derived series does not go out

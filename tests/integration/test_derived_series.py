@@ -397,3 +397,37 @@ def _one_series(tmp_path: Path) -> Path:
     source = next(p for p in dicom_files(CT_PATIENT) if "axial" in p.name)
     (folder / source.name).write_bytes(source.read_bytes())
     return folder
+
+
+def _metrics_report(tmp_path: Path, sources: list[Path], run: str) -> Dataset:
+    """The SR that enhancing `sources` (one series) with the baseline writes."""
+    folder = tmp_path / f"{run}-in"
+    folder.mkdir()
+    for source in sources:
+        (folder / source.name).write_bytes(source.read_bytes())
+    settings = Settings()
+    settings = replace(settings, enhance=replace(settings.enhance, methods=["baseline"]))
+    ((_, inputs),) = series_in(folder).items()
+    output = enhance_series(1, inputs, settings, methods_for(settings), file_sink(tmp_path / run))
+    assert output.outcome.status == "done"
+    [report] = [ds for ds in map(dcmread, (tmp_path / run).rglob("*.dcm")) if ds.Modality == "SR"]
+    return report
+
+
+def test_a_series_that_grew_gets_a_metrics_report_of_another_uid(tmp_path: Path) -> None:
+    """A modality that sends its images minutes apart makes a job for each part, and each
+    wrote its report under one UID: a PACS that keeps the first copy of a UID (Orthanc's
+    default) kept the report of the first image beside a derived series of them all. Made
+    again from the same images, the report keeps its UID (a retry replaces it)."""
+    first, second = sorted(dicom_files(MR_T1))[:2]
+    alone = _metrics_report(tmp_path, [first], "alone")
+    grown = _metrics_report(tmp_path, [first, second], "grown")
+    again = _metrics_report(tmp_path, [first, second], "again")
+    assert grown.SOPInstanceUID != alone.SOPInstanceUID
+    assert grown.SeriesInstanceUID == alone.SeriesInstanceUID  # the same report series
+    assert again.SOPInstanceUID == grown.SOPInstanceUID
+
+    def images(report: Dataset) -> int:
+        return len(hd.sr.ComprehensiveSR.from_dataset(report).get_evidence())
+
+    assert (images(alone), images(grown)) == (2, 4)  # each derived image and its source

@@ -3,7 +3,8 @@ must leave it as it was. The golden document (`tests/data/enhancement_details.js
 written by the code before the enhancement records existed; it is written again (run this file)
 only when what a method computes changes on purpose, in the commit that changes it (so far:
 SRCNN's mirrored borders; the pixel revision that ends every version, and so every derived UID,
-`enhance.PIXEL_REVISION`). Timings are not compared."""
+`enhance.PIXEL_REVISION`; the metrics report's UID, which names the images it covers). Timings
+are not compared."""
 
 import json
 import math
