@@ -379,7 +379,7 @@ def retry(
     job_ids: Annotated[
         list[int] | None,
         typer.Argument(
-            metavar="ID...", min=1, max=MAX_JOB_ID, help="Job IDs, from 'dicomnode jobs list'."
+            metavar="ID", min=1, max=MAX_JOB_ID, help="Job IDs, from 'dicomnode jobs list'."
         ),
     ] = None,
     every: Annotated[
