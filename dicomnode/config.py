@@ -372,6 +372,11 @@ class Destination:
         standby; what the old one stored is then no reason to send the new one less)."""
         return f"{self.ae_title}@{self.host}:{self.port}"
 
+    @property
+    def described(self) -> str:
+        """`name (AE@host:port)`: how a failure names the destination, whichever job met it."""
+        return f"{self.name} ({self.peer})"
+
     def validate(self, key: str) -> None:
         _check(
             bool(re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.name)),

@@ -49,11 +49,11 @@ def echo(
             )
     from dicomnode.forward.echo import echo as send_echo
 
+    where = destination.peer  # the command line named the destination: its address is news
     started = time.monotonic()
     with reported_errors():
-        status = send_echo(destination, settings)
+        status = send_echo(destination, settings, where)
     elapsed_ms = (time.monotonic() - started) * 1000
-    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
     if status != 0x0000:
         fail(f"C-ECHO to {where} answered status 0x{status:04X}")
     console.print(f"C-ECHO to {where}: success in {elapsed_ms:.0f} ms", highlight=False)

@@ -10,10 +10,12 @@ from dicomnode.errors import DicomNodeError, ForwardError
 from dicomnode.forward.associate import open_association
 
 
-def echo(destination: Destination, settings: Settings) -> int:
+def echo(destination: Destination, settings: Settings, where: str | None = None) -> int:
     """Return the peer's C-ECHO status; raise ForwardError when no association is possible,
-    saying why in one line (ConfigError when one of the destination's TLS files is unusable)."""
-    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    saying why in one line (ConfigError when one of the destination's TLS files is unusable).
+    `where`: how the errors name the peer (default `Destination.described`, as a delivery's
+    errors do)."""
+    where = where or destination.described
     tls_args = client_tls_args(destination, settings.destination_key(destination))
     assoc = open_association(destination, settings, [build_context(Verification)], where, tls_args)
     try:

@@ -110,7 +110,7 @@ def _associate(
 ) -> Association:
     """An association that carries `contexts` (plus `ext_neg` items, e.g. a role selection,
     and `handlers` for what the peer sends on it); a ForwardError says why there is none."""
-    where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
+    where = destination.described
     tls_args = _client_tls(destination, settings, where)
     return open_association(destination, settings, contexts, where, tls_args, ext_neg, handlers)
 

@@ -52,6 +52,19 @@ def scored_frame(source: SourceImage) -> tuple[np.ndarray, np.ndarray]:
     return frame_of(source, source.scored_frame)
 
 
+def _too_small(scale: int) -> str:
+    """Why an image is too small to score at `scale`, with the size it would need."""
+    shave = border_shave(scale)
+    need = -(-(SSIM_WINDOW + 2 * shave) // scale) * scale  # a multiple of the scale
+    reason = (
+        f"too small to score at scale {scale}: SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window "
+        f"needs at least {need}x{need} pixels"
+    )
+    return reason + (
+        f" (the scores leave out a {shave}-pixel border at scale {scale})" * bool(shave)
+    )
+
+
 def scorable(
     images: list[SourceImage], scale: int
 ) -> tuple[list[SourceImage], tuple[DeclinedImage, ...]]:
@@ -66,11 +79,7 @@ def scorable(
         region = scored_region(reference, scale)
         if min(region.shape) < SSIM_WINDOW:
             rows, columns = reference.shape
-            reason = (
-                f"sop={source.sop}: {columns}x{rows} pixels, too small to score at scale "
-                f"{scale}: SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window must fit within the "
-                f"{border_shave(scale)}-pixel border left out"
-            )
+            reason = f"sop={source.sop}: {columns}x{rows} pixels, {_too_small(scale)}"
         elif data_range_of(region, scored_region(padding, scale)) > 0:
             kept.append(source)
             continue

@@ -396,7 +396,10 @@ def test_a_destination_that_is_back_gets_its_failed_jobs_at_once_the_originals_f
         retry={"initial_delay_seconds": 600, "max_delay_seconds": 600, "probe_seconds": 1},
     ).start()
     assert storescu(node.port, ct_series).returncode == 0
-    node.wait_for_jobs(both_failed_once_enhanced, timeout=120)
+    failed = node.wait_for_jobs(both_failed_once_enhanced, timeout=120)
+    # Each job names the destination alike: the derived job's reason is its C-ECHO's.
+    down = f"cannot associate with faulty (FAULTY@127.0.0.1:{late.port}): "
+    assert all(down in job["error"] for job in failed), failed
     late.start()
     try:
         node.wait_for_jobs(lambda jobs: all(job["status"] == "done" for job in jobs), timeout=60)

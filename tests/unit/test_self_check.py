@@ -197,8 +197,8 @@ def test_images_that_cannot_be_scored_are_declined_with_their_reason_and_the_res
     assert [image.source_sop for image in method.images] == [f"{UID}.1.{n}" for n in (6, 7, 8)]
     reasons = {item.sop: item.reason for item in output.outcome.declined}
     assert reasons[f"{UID}.1.1"] == (
-        f"sop={UID}.1.1: 10x10 pixels, too small to score at scale 2: SSIM's 7x7 window must "
-        "fit within the 2-pixel border left out"
+        f"sop={UID}.1.1: 10x10 pixels, too small to score at scale 2: SSIM's 7x7 window needs "
+        "at least 12x12 pixels (the scores leave out a 2-pixel border at scale 2)"
     )
     assert "blank: every pixel (padding aside) has the same value" in reasons[f"{UID}.1.2"]
     assert reasons[f"{UID}.1.3"] == (
