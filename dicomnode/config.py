@@ -200,8 +200,8 @@ def masked_url(url: str) -> str:
 class NetworkSettings:
     """Timeouts in seconds for every DICOM association, inbound and outbound.
 
-    On inbound connections `network_timeout` also bounds how long one PDU may take to arrive
-    once it has started, so a caller that drips bytes is dropped like a silent one.
+    `network_timeout` also bounds how long one PDU may take to arrive once it has started, so
+    a caller or a destination that drips bytes is dropped like a silent one.
     """
 
     acse_timeout: float = 30.0

@@ -13,63 +13,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydicom.uid import UID
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from dicomnode.config import Destination, Settings
 from dicomnode.dicom.association import (
     CONNECTION_TUNING_HANDLER,
     bounded_waits_handler,
-    configure_ae,
 )
+from dicomnode.dicom.bounded_socket import refused_reason
+from dicomnode.dicom.requestor import TcpSocket, requestor_ae
 from dicomnode.dicom.tls import ClientContext, handshake_failure
-from dicomnode.dicom.waking import WakingSocket
 from dicomnode.errors import ForwardError
-
-
-class _TcpSocket(socket.socket):
-    """A plain TCP socket that keeps the error of its connect()."""
-
-    connect_error: OSError | None = None
-
-    def connect(self, address: Any) -> None:
-        try:
-            super().connect(address)
-        except OSError as exc:
-            self.connect_error = exc
-            raise
-
-
-class _AssociationSocket(WakingSocket):
-    """The socket of an association we request: keeps its TCP socket's connect error, and its
-    DUL thread sleeps until there is something to send or read (dicom/waking.py) instead of
-    waking every 0.2 ms for as long as the association is open."""
-
-    tcp: _TcpSocket | None = None
-
-    def _create_socket(self, address: AddressInformation) -> socket.socket:
-        made = super()._create_socket(address)
-        timeout = made.gettimeout()
-        tcp = _TcpSocket(made.family, made.type, made.proto, fileno=made.detach())
-        tcp.settimeout(timeout)
-        self.tcp = tcp
-        return tcp
-
-
-class _RequestorAE(AE):
-    # pynetdicom's hook for the association's socket; were it renamed in a later release, the
-    # plain socket would be used and a failed connect read "could not connect" without a cause.
-    def _create_socket(
-        self, assoc: Association, address: AddressInformation, tls_args: Any
-    ) -> AssociationSocket:
-        sock = _AssociationSocket(assoc, address=address)
-        sock.tls_args = tls_args
-        sock.install_wakeup()
-        return sock
 
 
 def _connect_error(
@@ -79,7 +37,7 @@ def _connect_error(
         return tls_args[0].connect_error
     sock = getattr(assoc.dul, "socket", None)
     tcp = getattr(sock, "tcp", None)
-    return tcp.connect_error if isinstance(tcp, _TcpSocket) else None
+    return tcp.connect_error if isinstance(tcp, TcpSocket) else None
 
 
 def _unreachable(exc: OSError | None, destination: Destination, settings: Settings) -> str:
@@ -114,9 +72,7 @@ def open_association(
     nothing we proposed" may pass (a peer restarted, an AE title the PACS admin will register)
     and is transient.
     """
-    ae = configure_ae(
-        settings.node.ae_title, settings.network, settings.node.max_pdu_size, _RequestorAE
-    )
+    ae = requestor_ae(settings)
     ae.requested_contexts = list(contexts)
     connected: list[float] = []
 
@@ -158,6 +114,13 @@ def _why_not(
 ) -> ForwardError:
     """Why an association was not established: transient but for a peer that accepted none
     of our presentation contexts."""
+    refused = refused_reason(assoc)
+    if refused is not None:  # its A-ASSOCIATE-AC, or what came in its place
+        return ForwardError(
+            f"{where}'s answer to our association request broke a limit, association "
+            f"aborted ({refused})",
+            transient=True,
+        )
     tls_reason = handshake_failure(tls_args)
     if tls_reason is not None:  # a certificate to renew or a CA to configure: retried
         return ForwardError(f"TLS handshake with {where} failed: {tls_reason}", transient=True)

@@ -69,10 +69,19 @@ def status_text(status: int) -> str:
     return f"0x{status:04X} ({name})" if name else f"0x{status:04X}"
 
 
-def no_response(sop: str, timeout: float | None, *, timed_out: bool) -> ForwardError:
-    """The error for a C-STORE that got no answer: our `network.dimse_timeout` ran out (the
-    peer hangs: the series stops), or the peer ended the association first (BrokenOff: the
-    series' other instances may go on a new one)."""
+def no_response(
+    sop: str, timeout: float | None, *, timed_out: bool, refused: str | None = None
+) -> ForwardError:
+    """The error for a C-STORE that got no answer: what the peer sent broke a limit
+    (`refused`, the association aborted: the series stops, as for a peer that hangs), our
+    `network.dimse_timeout` ran out (the peer hangs: the series stops), or the peer ended the
+    association first (BrokenOff: the series' other instances may go on a new one)."""
+    if refused is not None:
+        return ForwardError(
+            f"no C-STORE response for sop={sop}: the peer's answer broke a limit, association "
+            f"aborted ({refused})",
+            transient=True,
+        )
     if timed_out:
         return ForwardError(
             f"no C-STORE response for sop={sop} within {timeout:g} s (network.dimse_timeout)",

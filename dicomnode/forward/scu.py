@@ -24,6 +24,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 from dicomnode.config import Destination, Settings
 from dicomnode.db import SpooledInstance
 from dicomnode.dicom.bounded import read_bounded
+from dicomnode.dicom.bounded_socket import refused_reason
 from dicomnode.dicom.codestream import check_code_streams
 from dicomnode.dicom.endian import little_endian
 from dicomnode.dicom.lossy import lossy_history
@@ -166,7 +167,8 @@ def _store(assoc: Association, item: SpooledInstance, max_bytes: int, message_id
     if "Status" not in response:
         timeout = assoc.dimse_timeout
         timed_out = timeout is not None and time.monotonic() - started >= timeout
-        raise no_response(item.sop_instance_uid, timeout, timed_out=timed_out)
+        refused = refused_reason(assoc)
+        raise no_response(item.sop_instance_uid, timeout, timed_out=timed_out, refused=refused)
     return int(response.Status)
 
 

@@ -35,6 +35,7 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from dicomnode.db import SpooledInstance
 from dicomnode.dicom import reactor
+from dicomnode.dicom.bounded_socket import refused_reason
 from dicomnode.dicom.waking import WakingSocket
 from dicomnode.dicom.wire import PDU_OVERHEAD, c_store_request, command_pdus, data_set_pdu
 from dicomnode.errors import BrokenOff, ForwardError
@@ -202,7 +203,12 @@ def _status(assoc: Association, answer: object, item: SpooledInstance, *, timed_
     if answer is None:
         if assoc.is_established:
             assoc.abort()
-        raise no_response(item.sop_instance_uid, assoc.dimse_timeout, timed_out=timed_out)
+        raise no_response(
+            item.sop_instance_uid,
+            assoc.dimse_timeout,
+            timed_out=timed_out,
+            refused=refused_reason(assoc),
+        )
     if not isinstance(answer, C_STORE) or not answer.is_valid_response or answer.Status is None:
         assoc.abort()
         raise ForwardError(

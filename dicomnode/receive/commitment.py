@@ -28,7 +28,6 @@ from dicomnode.db.commitments import durable_instances
 from dicomnode.dicom.association import (
     CONNECTION_TUNING_HANDLER,
     bounded_waits_handler,
-    configure_ae,
 )
 from dicomnode.dicom.commitment import (
     CLASS_INSTANCE_CONFLICT,
@@ -43,6 +42,7 @@ from dicomnode.dicom.commitment import (
     report_dataset,
 )
 from dicomnode.dicom.reactor import once_queued
+from dicomnode.dicom.requestor import requestor_ae
 from dicomnode.receive.status import SUCCESS, status_dataset
 
 log = logging.getLogger(__name__)
@@ -190,8 +190,7 @@ class CommitmentResponder:
 
     def _report_to(self, peer: Peer, report: CommitmentReport) -> str | None:
         """Send the report over a new association; None on success, else why not."""
-        node = self.settings.node
-        ae = configure_ae(node.ae_title, self.settings.network, node.max_pdu_size)
+        ae = requestor_ae(self.settings)  # the caller's answer read within bounds
         # PS3.4 J.3.3: on an association we request, we are the SCP of Storage Commitment.
         assoc = ae.associate(
             peer.host,

@@ -1,9 +1,7 @@
 """What one inbound connection may make the node hold: bytes per PDU, bytes in flight, time.
 
-pynetdicom reads a PDU by the length its header announces (up to 4 GiB, whatever maximum we
-advertised) with a blocking `recv` that has no deadline once the first byte is there, and it
-queues P-DATA without limit until a message is complete. Here each PDU is read whole by us
-before pynetdicom sees it, and the association is aborted (A-ABORT, PS3.8 9.3.8, then the
+Each PDU is read whole, within the connection's limits, before pynetdicom sees it
+(`dicom/bounded_socket.py`), and the association is aborted (A-ABORT, PS3.8 9.3.8, then the
 connection closed; one log line with the address, calling AE and reason) when:
 
 * a P-DATA-TF is longer than the maximum length we advertised (PS3.8 D.3.3.1), or another PDU
@@ -13,28 +11,21 @@ connection closed; one log line with the address, calling AE and reason) when:
   messages without waiting for our answers (PS3.7 D.3.3.3: one operation at a time unless
   negotiated), is cut off at the budget instead of filling memory;
 * one PDU takes longer than `network.network_timeout` from its first byte to its last, so a
-  caller that drips bytes is dropped like a silent one;
+  caller that drips bytes is dropped like a silent one (its A-ASSOCIATE-RQ: `acse_timeout`);
 * an A-ASSOCIATE-RQ names more than `MAX_CONTEXTS` presentation contexts, `MAX_SYNTAXES`
   transfer syntaxes in one of them or `MAX_USER_ITEMS` user information items: pynetdicom
   decodes and logs each one (a 1 MB request of bogus transfer syntaxes made 264,433 log lines,
   25 MB of Python's warning registry for good, and outlasted acse_timeout);
 * an A-ASSOCIATE-RQ's AE titles or UIDs are not what PS3.5 allows (control characters, non-ASCII
   bytes, UIDs over 64 characters): pynetdicom logs a traceback for each such request.
-
-pynetdicom then sees a closed connection (an event it handles without a traceback).
 """
 
-import contextlib
 import logging
-import socket
-import time
-from dataclasses import dataclass
 
-from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
-from dicomnode.dicom.waking import WakingSocket
-from dicomnode.dicom.wire import P_DATA_TF, PDU_HEADER
+from dicomnode.dicom.bounded_socket import BoundedSocket, ConnectionLimits, Refused
+from dicomnode.dicom.wire import P_DATA_TF
 from dicomnode.observe.counters import CONNECTIONS_ABORTED
 from dicomnode.receive.store_lane import (
     ProtocolViolation,
@@ -43,9 +34,10 @@ from dicomnode.receive.store_lane import (
     pynetdicom_supports_lane,
 )
 
+__all__ = ["COMMAND_ALLOWANCE", "ConnectionLimits", "GuardedRequestHandler", "GuardedSocket"]
+
 log = logging.getLogger(__name__)
 
-OTHER_PDU_LIMIT = 1 << 20  # an A-ASSOCIATE-RQ with 128 contexts is ~50 KB
 A_ASSOCIATE_RQ = 0x01
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: context IDs are the odd numbers 1-255
 MAX_SYNTAXES = 64  # transfer syntaxes proposed in one context (DICOM defines fewer)
@@ -58,39 +50,13 @@ AE_LENGTH = 16
 UID_LENGTH = 64
 RELATED_SOP_CLASS = "related general SOP class UID"  # may not be empty (the others may)
 COMMAND_ALLOWANCE = 1 << 16  # command sets and PDV headers on top of the data set
-_INVALID_PARAMETER_VALUE = 0x06  # PS3.8 9.3.8, source 0x02 (service provider)
 
 
-@dataclass(frozen=True)
-class ConnectionLimits:
-    """The limits of one inbound connection (0: none for the byte limits)."""
+class GuardedSocket(BoundedSocket):
+    """The socket of an association a caller requested: each PDU read whole within the
+    listener's limits, its A-ASSOCIATE-RQ checked, its C-STORE requests taken by the lane."""
 
-    max_pdu_bytes: int
-    budget_bytes: int
-    pdu_seconds: float
-    # The A-ASSOCIATE-RQ whole within this (network.acse_timeout; 0: pdu_seconds): a caller
-    # that sends one byte of it held an association's place for network_timeout.
-    request_seconds: float = 0.0
-
-
-class _Refused(Exception):
-    """One limit broken: the message is the reason that goes to the log, `kind` the metric's."""
-
-    def __init__(self, message: str, kind: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-class GuardedSocket(WakingSocket):
-    """pynetdicom's socket, reading each PDU whole within the connection's limits."""
-
-    limits: ConnectionLimits
-    refused_reason: str | None
     lane: StoreLane | None
-    _header: bytearray | None
-    _body: bytearray | None
-    _in_flight: int
-    _requested: bool  # the first PDU (the A-ASSOCIATE-RQ) was read
 
     @classmethod
     def adopt(
@@ -105,57 +71,16 @@ class GuardedSocket(WakingSocket):
         sock.__class__ = cls
         guarded = sock
         assert isinstance(guarded, GuardedSocket)
-        guarded.limits = limits
-        guarded.refused_reason = None
-        guarded._header = None
-        guarded._body = None
-        guarded._in_flight = 0
-        guarded._requested = False
-        guarded.install_wakeup()
+        guarded.bound(limits)
         lane_fits = store is not None and pynetdicom_supports_lane(guarded.assoc)
         guarded.lane = StoreLane(guarded.assoc, store) if store is not None and lane_fits else None
         return guarded
 
     def answered(self) -> None:
         """We sent a response: the P-DATA it answers no longer counts against the budget."""
-        self._in_flight = 0
+        self.message_done()
 
-    @property
-    def ready(self) -> bool:
-        """A PDU is there for pynetdicom: read here, and those of C-STORE requests taken by
-        the lane first (each restarts the idle timer, as a PDU pynetdicom reads does)."""
-        while self._header is None:
-            if not super().ready:
-                return False
-            self._header, self._body = self._read_guarded()
-            if self._lane_took():
-                self._header = self._body = None
-                self.assoc.dul._idle_timer.restart()
-        return True
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        """pynetdicom asks for a PDU header (6 bytes), then for its body: both read whole."""
-        if self._header is None and self._body is None:
-            self._header, self._body = self._read_guarded()
-        if self._header is not None:
-            header, self._header = self._header, None
-            return header
-        body, self._body = self._body, None
-        return body if body is not None else bytearray()
-
-    def _read_guarded(self) -> tuple[bytearray, bytearray | None]:
-        """The next PDU, or an empty header (pynetdicom: connection closed, Evt17, no traceback)
-        when the peer closed or reset it or broke a limit (then aborted, with a log line)."""
-        try:
-            return self._read_pdu()
-        except _Refused as exc:
-            CONNECTIONS_ABORTED.labels(exc.kind).inc()
-            self._refuse(str(exc))
-        except OSError:
-            pass
-        return bytearray(), None
-
-    def _lane_took(self) -> bool:
+    def taken(self) -> bool:
         """Offer the PDU just read to the store lane; a broken-off request aborts."""
         header, body = self._header, self._body
         if self.lane is None or header is None or body is None or len(header) < 6:
@@ -166,8 +91,7 @@ class GuardedSocket(WakingSocket):
         try:
             took = self.lane.offer(body, self._send_answer)
         except ProtocolViolation as exc:
-            CONNECTIONS_ABORTED.labels("protocol").inc()
-            self._refuse(str(exc))
+            self.refused(Refused(str(exc), "protocol"))
             self._header, self._body = bytearray(), None
             return False
         return took
@@ -176,88 +100,24 @@ class GuardedSocket(WakingSocket):
         self.send(pdu)
         self.answered()
 
-    def _read_pdu(self) -> tuple[bytearray, bytearray]:
-        seconds, setting = self.limits.pdu_seconds, "network.network_timeout"
-        if not self._requested and 0 < self.limits.request_seconds < seconds:
-            seconds, setting = self.limits.request_seconds, "network.acse_timeout"
-        self._requested = True
-        deadline = time.monotonic() + seconds
-        within = f"{setting}={seconds:g}s"
-        header = self._read_exactly(6, deadline, within)
-        if len(header) < 6:
-            return header, bytearray()  # closed by the peer: pynetdicom handles it
-        pdu_type, _, length = PDU_HEADER.unpack(header)
-        if pdu_type == P_DATA_TF:
-            if self.limits.max_pdu_bytes and length > self.limits.max_pdu_bytes:
-                raise _Refused(
-                    f"P-DATA-TF of {length} bytes, more than the maximum length "
-                    f"{self.limits.max_pdu_bytes} we accepted (node.max_pdu_size, PS3.8 D.3.3.1)",
-                    "pdu_too_large",
-                )
-            self._in_flight += length
-            if self.limits.budget_bytes and self._in_flight > self.limits.budget_bytes:
-                raise _Refused(
-                    f"more than {self.limits.budget_bytes} bytes of P-DATA for one message "
-                    "(node.max_instance_mb)",
-                    "message_too_large",
-                )
-        elif length > OTHER_PDU_LIMIT:
-            raise _Refused(f"PDU type 0x{pdu_type:02X} of {length} bytes", "pdu_too_large")
-        body = self._read_exactly(length, deadline, within)
-        if pdu_type == A_ASSOCIATE_RQ and len(body) == length:
+    def checked(self, pdu_type: int, body: bytearray) -> None:
+        if pdu_type == A_ASSOCIATE_RQ:
             _check_request_items(body)
             _check_request_text(body)
-        return header, body
 
-    def _read_exactly(self, size: int, deadline: float, within: str) -> bytearray:
-        """`size` bytes, fewer if the peer closes; _Refused past the deadline (`within` names
-        the setting that set it)."""
-        assert self.socket is not None
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        got = 0
-        try:
-            while got < size:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                self.socket.settimeout(remaining)
-                count = self.socket.recv_into(view[got:], min(size - got, 1 << 20))
-                if not count:
-                    del view
-                    return buffer[:got]
-                got += count
-        except TimeoutError:
-            raise _Refused(
-                f"stalled: {got} of {size} bytes of a PDU in {within}", "stalled"
-            ) from None
-        finally:
-            if self.socket is not None:
-                self.socket.settimeout(self.limits.pdu_seconds)  # the backstop for send()
-        return buffer
-
-    def _refuse(self, reason: str) -> None:
-        """Tell the peer (A-ABORT, best effort) and close; one log line says who and why."""
-        self.refused_reason = reason
+    def refused(self, error: Refused) -> None:
+        """Count it, say who and why in one log line, then abort."""
+        CONNECTIONS_ABORTED.labels(error.kind).inc()
         requestor = self.assoc.requestor
         receiving = self.lane.receiving if self.lane is not None else None
         log.warning(
             "association aborted address=%s calling_aet=%s reason=%s%s",
             _address(self),
             requestor.ae_title or "-",
-            reason,
+            error,
             f" while receiving sop={receiving}" if receiving else "",
         )
-        if self.socket is None:
-            return
-        abort = A_ABORT_RQ()
-        abort.source = 0x02
-        abort.reason_diagnostic = _INVALID_PARAMETER_VALUE
-        with contextlib.suppress(OSError):
-            self.socket.settimeout(1.0)  # a peer that does not read must not hold us here
-            self.socket.sendall(abort.encode())
-        with contextlib.suppress(OSError):
-            self.socket.shutdown(socket.SHUT_RDWR)
+        super().refused(error)
 
 
 def _items(data: bytes | bytearray, start: int) -> list[tuple[int, int, int]]:
@@ -272,11 +132,11 @@ def _items(data: bytes | bytearray, start: int) -> list[tuple[int, int, int]]:
 
 
 def _check_request_items(body: bytearray) -> None:
-    """_Refused for an A-ASSOCIATE-RQ that names more than a caller could need."""
+    """Refused for an A-ASSOCIATE-RQ that names more than a caller could need."""
     items = _items(body, _FIXED_RQ_FIELDS)
     contexts = [item for item in items if item[0] == 0x20]
     if len(contexts) > MAX_CONTEXTS:
-        raise _Refused(
+        raise Refused(
             f"an A-ASSOCIATE-RQ of {len(contexts)} presentation contexts (at most {MAX_CONTEXTS})",
             "protocol",
         )
@@ -285,7 +145,7 @@ def _check_request_items(body: bytearray) -> None:
         syntaxes = sum(kind == 0x40 for kind, _, _ in _items(body[begin:end], 4))
         in_all += syntaxes
         if syntaxes > MAX_SYNTAXES or in_all > MAX_SYNTAXES_IN_ALL:
-            raise _Refused(
+            raise Refused(
                 f"an A-ASSOCIATE-RQ proposing {syntaxes} transfer syntaxes in one presentation "
                 f"context, {in_all} so far (at most {MAX_SYNTAXES}, {MAX_SYNTAXES_IN_ALL} in all)",
                 "protocol",
@@ -296,27 +156,27 @@ def _check_request_items(body: bytearray) -> None:
         for kind, start, stop in user_items:
             maximum = int.from_bytes(body[begin + start : begin + stop], "big")
             if kind == 0x51 and stop - start == 4 and 0 < maximum < MIN_MAXIMUM_LENGTH:
-                raise _Refused(  # no P-DATA-TF could carry a PDV: pynetdicom fails on each
+                raise Refused(  # no P-DATA-TF could carry a PDV: pynetdicom fails on each
                     f"an A-ASSOCIATE-RQ with a maximum length of {maximum} bytes (at least "
                     f"{MIN_MAXIMUM_LENGTH}, or 0)",
                     "protocol",
                 )
         if count > MAX_USER_ITEMS:
-            raise _Refused(
+            raise Refused(
                 f"an A-ASSOCIATE-RQ with {count} user information items (at most {MAX_USER_ITEMS})",
                 "protocol",
             )
 
 
 def _check_request_text(body: bytearray) -> None:
-    """_Refused for an A-ASSOCIATE-RQ whose AE titles or UIDs pynetdicom fails to decode, or
+    """Refused for an A-ASSOCIATE-RQ whose AE titles or UIDs pynetdicom fails to decode, or
     decodes only after logging a traceback: each connection's request would leave twenty lines
     in the log. AE titles are ASCII without control characters or backslashes (PS3.5 6.2), UIDs
     at most 64 ASCII characters (PS3.5 9.1; one trailing NUL is padding)."""
     for name, start in (("called AE title", _CALLED_AE), ("calling AE title", _CALLING_AE)):
         problem = _ae_problem(bytes(body[start : start + AE_LENGTH]), title=True)
         if problem:
-            raise _Refused(f"an A-ASSOCIATE-RQ whose {name} {problem}", "protocol")
+            raise Refused(f"an A-ASSOCIATE-RQ whose {name} {problem}", "protocol")
     for name, value in _request_texts(body):
         problem = (
             _ae_problem(value, title=False)
@@ -324,7 +184,7 @@ def _check_request_text(body: bytearray) -> None:
             else _uid_problem(value, empty_allowed=name != RELATED_SOP_CLASS)
         )
         if problem:
-            raise _Refused(f"an A-ASSOCIATE-RQ whose {name} {problem}", "protocol")
+            raise Refused(f"an A-ASSOCIATE-RQ whose {name} {problem}", "protocol")
 
 
 def _ae_problem(raw: bytes, *, title: bool) -> str | None:

@@ -432,3 +432,34 @@ def test_an_instance_the_peer_breaks_off_on_does_not_keep_the_rest_of_the_series
     assert f"destination broke off the association job=1 destination=faulty sop={poison}" in (
         node.log()
     )
+
+
+@pytest.mark.parametrize(
+    ("misbehave", "reason"),
+    [
+        ("drip", "of 1000 bytes of a PDU in network.network_timeout=2s"),  # "stalled: 6 of"
+        ("flood", "more than 67108864 bytes of P-DATA for one message (an answer's limit)"),
+    ],
+)
+def test_a_destination_that_drips_or_floods_its_answer_is_cut_off(
+    node_factory, faulty: FaultyScp, ct_series: list[Path], misbehave: str, reason: str
+) -> None:
+    """pynetdicom reads a PDU to the length its header announces, restarting its timeout at
+    each byte, and keeps a message's fragments until the last: a PACS that dripped its answer
+    held the delivery (and the node's stop) for three minutes, one that sent fragments without
+    end grew the node by a gigabyte a minute. Each PDU is now read whole within
+    network_timeout and a message's P-DATA within a budget; the attempt fails, naming why."""
+    faulty.behave(Behaviour(misbehave=misbehave))
+    node = node_factory(
+        [faulty.destination()],
+        network={"network_timeout": 2, "dimse_timeout": 300},
+        retry={"max_attempts": 1},
+    ).start()
+    assert storescu(node.port, ct_series[:1]).returncode == 0
+    [job] = node.wait_for_jobs(lambda jobs: len(jobs) == 1 and jobs[0]["status"] == "dead")
+    [delivery] = job["deliveries"]
+    assert "the peer's answer broke a limit, association aborted" in delivery["error"]
+    assert reason in delivery["error"]
+    aborted = rf"WARNING \S+ association aborted peer=127\.0\.0\.1:{faulty.port} reason=.*"
+    assert re.search(aborted + re.escape(reason), node.log())
+    faulty.release()

@@ -4,6 +4,7 @@ It runs in the test process (pynetdicom's threaded server) so a test can change 
 between the node's attempts: answer a failure status, hang mid-transfer, or work normally.
 """
 
+import struct
 import threading
 import time
 from collections import Counter
@@ -28,6 +29,10 @@ class Behaviour:
     refuse_sop_class: str | None = None  # answered 0x0122 (SOP class not supported), for good
     abort_on: str | None = None  # this SOP Instance UID: the association is aborted, every time
     status_for: dict[str, int] = field(default_factory=dict)  # SOP Instance UID -> its answer
+    # In place of an answer, raw bytes onto the wire, as a hostile or broken PACS might:
+    # "drip", a P-DATA-TF announced and then sent a byte every 0.3 s for three minutes;
+    # "flood", 16 KiB fragments of a message that never ends, up to 256 MiB.
+    misbehave: str | None = None
 
 
 @dataclass
@@ -93,6 +98,9 @@ class FaultyScp:
         if str(event.request.AffectedSOPInstanceUID) == behaviour.abort_on:
             event.assoc.abort()  # a PACS that will not take this one instance
             return 0xC000  # never sent: the association is gone
+        if behaviour.misbehave is not None:
+            self._misbehave(event, behaviour.misbehave)
+            return 0xA700  # never sent: the SCU has aborted the association
         if behaviour.hang_at is not None and position >= behaviour.hang_at:
             self._unhang.wait(timeout=120)
             return 0xA700  # too late: the SCU has aborted this association
@@ -114,3 +122,27 @@ class FaultyScp:
                     data_set = event.request.DataSet.getvalue()
                     self.data_sets[str(event.request.AffectedSOPInstanceUID)] = data_set
         return status
+
+    def _misbehave(self, event: Event, how: str) -> None:
+        """Write `how`'s bytes (see `Behaviour.misbehave`) until the SCU gives up on them (the
+        connection fails), the bytes are spent or the SCP stops."""
+        connection = event.assoc.dul.socket.socket
+        context = event.context.context_id
+        try:
+            if how == "drip":
+                connection.sendall(struct.pack(">BBI", 0x04, 0, 1000))  # P-DATA-TF, 1000 bytes
+                for _ in range(600):
+                    if self._unhang.wait(0.3):
+                        return
+                    connection.sendall(b"\0")
+            elif how == "flood":
+                data = bytes(16 * 1024 - 12)
+                # One PDV item (length, context, control 0x00: a data set fragment, not last).
+                pdv = struct.pack(">IBB", len(data) + 2, context, 0x00) + data
+                pdu = struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
+                for _ in range((256 << 20) // len(pdu)):
+                    if self._unhang.is_set():
+                        return
+                    connection.sendall(pdu)
+        except OSError:
+            return  # the SCU aborted and closed the connection

@@ -1,0 +1,217 @@
+"""Each PDU read whole, within limits of bytes and time, before pynetdicom sees it.
+
+pynetdicom reads a PDU by the length its header announces (up to 4 GiB, whatever maximum we
+advertised) with a blocking `recv` whose timeout restarts with every byte, and it queues P-DATA
+without limit until a message is complete. A peer that announces a long PDU and drips it holds
+the association, and the thread that waits for it, for as long as it likes; one that sends
+fragments without end fills memory. That holds for a caller (`receive/guard.py`) and for a
+destination we send to alike (`forward/associate.py`): the socket of either reads each PDU here
+and refuses, when
+
+* a P-DATA-TF is longer than the maximum length we advertised (PS3.8 D.3.3.1), or another PDU
+  longer than `OTHER_PDU_LIMIT`;
+* the P-DATA of one message passes the byte budget (when a message ends is the socket's kind's
+  to say: `message_done`);
+* one PDU takes longer than its time limit from its first byte to its last.
+
+A refused PDU reads as a closed connection to pynetdicom (an event it handles without a
+traceback), after the subclass has said why (`refused`: a log line, an A-ABORT).
+"""
+
+import contextlib
+import socket
+import time
+from dataclasses import dataclass
+
+from pynetdicom.association import Association
+from pynetdicom.pdu import A_ABORT_RQ
+
+from dicomnode.dicom.waking import WakingSocket
+from dicomnode.dicom.wire import P_DATA_TF, PDU_HEADER
+
+OTHER_PDU_LIMIT = 1 << 20  # an A-ASSOCIATE-RQ with 128 contexts is ~50 KB
+_INVALID_PARAMETER_VALUE = 0x06  # PS3.8 9.3.8, source 0x02 (service provider)
+# How long one wait for bytes lasts at most, so that an association ended meanwhile (our
+# abort, the node stopping) does not wait for the rest of a dripped PDU.
+_SLICE_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The limits of one connection (0: none for the byte limits)."""
+
+    max_pdu_bytes: int
+    budget_bytes: int
+    pdu_seconds: float
+    # The first PDU whole within this (network.acse_timeout; 0: pdu_seconds): a caller that
+    # sends one byte of its A-ASSOCIATE-RQ held an association's place for network_timeout.
+    request_seconds: float = 0.0
+    budget_setting: str = "node.max_instance_mb"  # what sets budget_bytes, for the reason
+
+
+class Refused(Exception):
+    """One limit broken: the message is the reason that goes to the log, `kind` the metric's."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def refused_reason(assoc: Association) -> str | None:
+    """Why `assoc`'s socket aborted it for a broken limit; None when it did not."""
+    return getattr(assoc.dul.socket, "refused_reason", None)
+
+
+class BoundedSocket(WakingSocket):
+    """pynetdicom's socket, reading each PDU whole within the connection's limits."""
+
+    limits: ConnectionLimits
+    refused_reason: str | None
+    _header: bytearray | None
+    _body: bytearray | None
+    _in_flight: int
+    _first_read: bool  # the first PDU was read
+
+    def bound(self, limits: ConnectionLimits) -> None:
+        """Read within `limits` from now on (before the DUL thread starts)."""
+        self.limits = limits
+        self.refused_reason = None
+        self._header = None
+        self._body = None
+        self._in_flight = 0
+        self._first_read = False
+        self.install_wakeup()
+
+    def message_done(self) -> None:
+        """The message the P-DATA since the last call belonged to is over: it no longer
+        counts against the budget."""
+        self._in_flight = 0
+
+    @property
+    def ready(self) -> bool:
+        """A PDU is there for pynetdicom: read here whole (one `taken` by the socket's kind
+        itself is not; it restarts the idle timer, as a PDU pynetdicom reads does)."""
+        while self._header is None:
+            if not super().ready:
+                return False
+            self._header, self._body = self._read_guarded()
+            if self.taken():
+                self._header = self._body = None
+                self.assoc.dul._idle_timer.restart()
+        return True
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        """pynetdicom asks for a PDU header (6 bytes), then for its body: both read whole."""
+        if self._header is None and self._body is None:
+            self._header, self._body = self._read_guarded()
+        if self._header is not None:
+            header, self._header = self._header, None
+            return header
+        body, self._body = self._body, None
+        return body if body is not None else bytearray()
+
+    def taken(self) -> bool:
+        """Whether the PDU just read (`_header`, `_body`) was dealt with here, not by
+        pynetdicom (a subclass's)."""
+        return False
+
+    def checked(self, pdu_type: int, body: bytearray) -> None:
+        """Raise Refused for a PDU read whole that must not reach pynetdicom (a subclass's)."""
+
+    def refused(self, error: Refused) -> None:
+        """A limit was broken: say so (a subclass's), then `abort_and_close`."""
+        self.refused_reason = str(error)
+        self.abort_and_close()
+
+    def abort_and_close(self) -> None:
+        """Tell the peer (A-ABORT, best effort) and close the connection."""
+        if self.socket is None:
+            return
+        abort = A_ABORT_RQ()
+        abort.source = 0x02
+        abort.reason_diagnostic = _INVALID_PARAMETER_VALUE
+        with contextlib.suppress(OSError):
+            self.socket.settimeout(1.0)  # a peer that does not read must not hold us here
+            self.socket.sendall(abort.encode())
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(socket.SHUT_RDWR)
+
+    def _read_guarded(self) -> tuple[bytearray, bytearray | None]:
+        """The next PDU, or an empty header (pynetdicom: connection closed, Evt17, no traceback)
+        when the peer closed or reset it, or broke a limit (`refused`; what it sent after
+        is not read)."""
+        if self.refused_reason is not None:
+            return bytearray(), None
+        try:
+            return self._read_pdu()
+        except Refused as exc:
+            self.refused(exc)
+        except OSError:
+            pass
+        return bytearray(), None
+
+    def _read_pdu(self) -> tuple[bytearray, bytearray]:
+        seconds, setting = self.limits.pdu_seconds, "network.network_timeout"
+        if not self._first_read and 0 < self.limits.request_seconds < seconds:
+            seconds, setting = self.limits.request_seconds, "network.acse_timeout"
+        self._first_read = True
+        deadline = time.monotonic() + seconds
+        within = f"{setting}={seconds:g}s"
+        header = self._read_exactly(6, deadline, within)
+        if len(header) < 6:
+            return header, bytearray()  # closed by the peer: pynetdicom handles it
+        pdu_type, _, length = PDU_HEADER.unpack(header)
+        if pdu_type == P_DATA_TF:
+            if self.limits.max_pdu_bytes and length > self.limits.max_pdu_bytes:
+                raise Refused(
+                    f"P-DATA-TF of {length} bytes, more than the maximum length "
+                    f"{self.limits.max_pdu_bytes} we accepted (node.max_pdu_size, PS3.8 D.3.3.1)",
+                    "pdu_too_large",
+                )
+            self._in_flight += length
+            if self.limits.budget_bytes and self._in_flight > self.limits.budget_bytes:
+                raise Refused(
+                    f"more than {self.limits.budget_bytes} bytes of P-DATA for one message "
+                    f"({self.limits.budget_setting})",
+                    "message_too_large",
+                )
+        elif length > OTHER_PDU_LIMIT:
+            raise Refused(f"PDU type 0x{pdu_type:02X} of {length} bytes", "pdu_too_large")
+        body = self._read_exactly(length, deadline, within)
+        if len(body) == length:
+            self.checked(pdu_type, body)
+        return header, body
+
+    def _read_exactly(self, size: int, deadline: float, within: str) -> bytearray:
+        """`size` bytes, fewer if the peer closes or the association is ended meanwhile;
+        Refused past the deadline (`within` names the setting that set it)."""
+        assert self.socket is not None
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        got = 0
+        try:
+            while got < size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                if self.assoc.dul._kill_thread:  # our abort, a stop: the rest is not wanted
+                    break
+                self.socket.settimeout(min(remaining, _SLICE_SECONDS))
+                try:
+                    count = self.socket.recv_into(view[got:], min(size - got, 1 << 20))
+                except TimeoutError:
+                    continue
+                if not count:
+                    break
+                got += count
+        except TimeoutError:
+            raise Refused(
+                f"stalled: {got} of {size} bytes of a PDU in {within}", "stalled"
+            ) from None
+        finally:
+            if self.socket is not None:
+                self.socket.settimeout(self.limits.pdu_seconds)  # the backstop for send()
+        if got < size:
+            del view
+            return buffer[:got]
+        return buffer
