@@ -11,6 +11,7 @@ fit, another network) is still found when the model is loaded.
 
 import json
 import zipfile
+import zlib
 from pathlib import Path
 
 # What `keras.Model.save` writes into a `.keras` file (Keras 3).
@@ -31,6 +32,9 @@ def archive_problem(path: Path) -> str | None:
         return "is not a .keras model archive (truncated or damaged copy?)"
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
+    except (zlib.error, NotImplementedError, ValueError, RuntimeError) as exc:
+        # A member's data or header damaged: another compression method, a broken stream.
+        return f"is damaged: {type(exc).__name__}: {exc} (copy it again)"
     if damaged is not None:
         return f"is damaged: its member {damaged} fails its checksum (copy it again)"
     absent = [name for name in _MEMBERS if name not in names]

@@ -12,25 +12,36 @@ and refuses, when
   longer than `OTHER_PDU_LIMIT`;
 * the P-DATA of one message passes the byte budget (when a message ends is the socket's kind's
   to say: `message_done`);
-* one PDU takes longer than its time limit from its first byte to its last.
+* one PDU takes longer than its time limit from its first byte to its last;
+* a message, once it has taken that long, has come slower than `MIN_BYTES_PER_SECOND` on
+  average from its first P-DATA on: a caller that sends a small PDU now and then, each well
+  within the limits above, would otherwise hold its association's place for as long as it
+  likes (a "slowloris").
 
 A refused PDU reads as a closed connection to pynetdicom (an event it handles without a
 traceback), after the subclass has said why (`refused`: a log line, an A-ABORT).
 """
 
 import contextlib
+import select
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 
 from pynetdicom.association import Association
 from pynetdicom.pdu import A_ABORT_RQ
 
+from dicomnode.dicom.release import abort_sent
 from dicomnode.dicom.waking import WakingSocket
-from dicomnode.dicom.wire import P_DATA_TF, PDU_HEADER
+from dicomnode.dicom.wire import P_DATA_TF, PDU_HEADER, TooManyFragments, pdv_problem
 
 OTHER_PDU_LIMIT = 1 << 20  # an A-ASSOCIATE-RQ with 128 contexts is ~50 KB
 _INVALID_PARAMETER_VALUE = 0x06  # PS3.8 9.3.8, source 0x02 (service provider)
+# The slowest a message may come once it has taken the PDU time limit (Apache's
+# mod_reqtimeout takes the same floor for a request body): a modality on a 64 kbit/s line
+# sends 16 times as fast.
+MIN_BYTES_PER_SECOND = 500
 # How long one wait for bytes lasts at most, so that an association ended meanwhile (our
 # abort, the node stopping) does not wait for the rest of a dripped PDU.
 _SLICE_SECONDS = 0.5
@@ -70,6 +81,7 @@ class BoundedSocket(WakingSocket):
     _header: bytearray | None
     _body: bytearray | None
     _in_flight: int
+    _message_started: float | None  # when the first P-DATA of the message came (monotonic)
     _first_read: bool  # the first PDU was read
 
     def bound(self, limits: ConnectionLimits) -> None:
@@ -79,13 +91,15 @@ class BoundedSocket(WakingSocket):
         self._header = None
         self._body = None
         self._in_flight = 0
+        self._message_started = None
         self._first_read = False
         self.install_wakeup()
 
     def message_done(self) -> None:
         """The message the P-DATA since the last call belonged to is over: it no longer
-        counts against the budget."""
+        counts against the budget, nor against the time of the next one."""
         self._in_flight = 0
+        self._message_started = None
 
     @property
     def ready(self) -> bool:
@@ -130,9 +144,15 @@ class BoundedSocket(WakingSocket):
         abort = A_ABORT_RQ()
         abort.source = 0x02
         abort.reason_diagnostic = _INVALID_PARAMETER_VALUE
-        with contextlib.suppress(OSError):
-            self.socket.settimeout(1.0)  # a peer that does not read must not hold us here
-            self.socket.sendall(abort.encode())
+        # Between two PDUs of a sender on another thread, never inside one; a sender that
+        # has not finished its PDU within a second gets the connection closed under it.
+        if self.sending.acquire(timeout=1.0):
+            try:
+                with contextlib.suppress(OSError):
+                    self.socket.settimeout(1.0)  # a peer that does not read must not hold us
+                    self.socket.sendall(abort.encode())
+            finally:
+                self.sending.release()
         with contextlib.suppress(OSError):
             self.socket.shutdown(socket.SHUT_RDWR)
 
@@ -175,42 +195,65 @@ class BoundedSocket(WakingSocket):
                     f"({self.limits.budget_setting})",
                     "message_too_large",
                 )
+            self._check_pace(length)
         elif length > OTHER_PDU_LIMIT:
             raise Refused(f"PDU type 0x{pdu_type:02X} of {length} bytes", "pdu_too_large")
         body = self._read_exactly(length, deadline, within)
         if len(body) == length:
+            if pdu_type == P_DATA_TF:
+                try:
+                    problem = pdv_problem(body)
+                except TooManyFragments as exc:
+                    raise Refused(str(exc), "protocol") from None
+                if problem is not None:
+                    raise Refused(f"a P-DATA-TF whose {problem}", "protocol")
             self.checked(pdu_type, body)
         return header, body
 
+    def _check_pace(self, length: int) -> None:
+        """Refused when the message this P-DATA-TF of `length` bytes belongs to has taken
+        longer than the PDU time limit and come slower than MIN_BYTES_PER_SECOND (what this
+        PDU announces counts: a long one is read, or stalls, within its own limit)."""
+        now = time.monotonic()
+        if self._message_started is None:
+            self._message_started = now
+            return
+        elapsed = now - self._message_started
+        if elapsed > self.limits.pdu_seconds and self._in_flight < MIN_BYTES_PER_SECOND * elapsed:
+            raise Refused(
+                f"a message of {self._in_flight - length} bytes in {elapsed:.0f} s, slower "
+                f"than {MIN_BYTES_PER_SECOND} bytes/s once it took longer than "
+                f"network.network_timeout={self.limits.pdu_seconds:g}s",
+                "stalled",
+            )
+
     def _read_exactly(self, size: int, deadline: float, within: str) -> bytearray:
-        """`size` bytes, fewer if the peer closes or the association is ended meanwhile;
-        Refused past the deadline (`within` names the setting that set it)."""
-        assert self.socket is not None
+        """`size` bytes, fewer if the peer closes or the association is ended meanwhile (our
+        abort, the node stopping: looked at every `_SLICE_SECONDS`); Refused past the deadline
+        (`within` names the setting that set it). Waits with `select`, not the socket's
+        timeout, which a sender on another thread (forward/send_lane.py) writes under."""
+        sock = self.socket
+        assert sock is not None
         buffer = bytearray(size)
         view = memoryview(buffer)
         got = 0
-        try:
-            while got < size:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                if self.assoc.dul._kill_thread:  # our abort, a stop: the rest is not wanted
-                    break
-                self.socket.settimeout(min(remaining, _SLICE_SECONDS))
-                try:
-                    count = self.socket.recv_into(view[got:], min(size - got, 1 << 20))
-                except TimeoutError:
-                    continue
-                if not count:
-                    break
-                got += count
-        except TimeoutError:
-            raise Refused(
-                f"stalled: {got} of {size} bytes of a PDU in {within}", "stalled"
-            ) from None
-        finally:
-            if self.socket is not None:
-                self.socket.settimeout(self.limits.pdu_seconds)  # the backstop for send()
+        while got < size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                stalled = f"stalled: {got} of {size} bytes of a PDU in {within}"
+                raise Refused(stalled, "stalled")
+            if abort_sent(self.assoc) or self.assoc._kill:  # the rest is not wanted
+                break
+            pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
+            if not pending and not select.select([sock], [], [], min(remaining, _SLICE_SECONDS))[0]:
+                continue
+            try:
+                count = sock.recv_into(view[got:], min(size - got, 1 << 20))
+            except (TimeoutError, ssl.SSLWantReadError):  # part of a TLS record: wait on
+                continue
+            if not count:
+                break
+            got += count
         if got < size:
             del view
             return buffer[:got]

@@ -58,24 +58,42 @@ class Fragment:
     value: memoryview
 
 
-def fragments(body: bytearray) -> list[Fragment] | None:
-    """The presentation data values of a P-DATA-TF body; None if its items do not add up.
+def pdv_problem(body: bytearray) -> str | None:
+    """What makes a P-DATA-TF's body other than PDV items that fill it exactly (PS3.8 9.3.5:
+    each a 4-byte length of at least 2, then a context ID, a message control header and the
+    fragment); None when it is that. pynetdicom logged a traceback for each such PDU.
 
-    TooManyFragments past MAX_FRAGMENTS values."""
+    TooManyFragments past MAX_FRAGMENTS items (each costs the reader time)."""
+    at = count = 0
+    while at < len(body):
+        count += 1
+        if count > MAX_FRAGMENTS:
+            raise TooManyFragments(
+                f"a P-DATA-TF of more than {MAX_FRAGMENTS} presentation data values"
+            )
+        if at + 4 > len(body):
+            return f"PDV item at byte {at} is cut short ({len(body) - at} bytes)"
+        length = int.from_bytes(body[at : at + 4], "big")
+        if length < 2 or at + 4 + length > len(body):
+            return (
+                f"PDV item at byte {at} declares {length} bytes, "
+                f"{len(body) - at - 4} follow in the PDU"
+            )
+        at += 4 + length
+    return None if body else "body holds no PDV item"
+
+
+def fragments(body: bytearray) -> list[Fragment] | None:
+    """The presentation data values of a P-DATA-TF body; None if its items do not add up
+    (`pdv_problem`, which raises TooManyFragments past MAX_FRAGMENTS values)."""
+    if pdv_problem(body) is not None:
+        return None
     view = memoryview(body)
     found: list[Fragment] = []
     offset = 0
     while offset < len(view):
-        if len(found) == MAX_FRAGMENTS:
-            raise TooManyFragments(
-                f"a P-DATA-TF of more than {MAX_FRAGMENTS} presentation data values"
-            )
-        if offset + _PDV_HEADER.size > len(view):
-            return None
         length, context_id, control = _PDV_HEADER.unpack_from(view, offset)
         end = offset + 4 + length
-        if length < 2 or end > len(view):
-            return None
         value = view[offset + _PDV_HEADER.size : end]
         found.append(Fragment(context_id, bool(control & _COMMAND), bool(control & _LAST), value))
         offset = end

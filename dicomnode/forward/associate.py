@@ -92,6 +92,7 @@ def open_association(
             ],
             tls_args=tls_args,
             ext_neg=ext_neg,
+            max_pdu=settings.node.max_pdu_size,  # what we announce, and take (answer_limits)
         )
     except socket.gaierror as exc:
         raise ForwardError(

@@ -29,6 +29,7 @@ from dicomnode.dicom.association import (
     CONNECTION_TUNING_HANDLER,
     bounded_waits_handler,
 )
+from dicomnode.dicom.bounded_socket import refused_reason
 from dicomnode.dicom.commitment import (
     CLASS_INSTANCE_CONFLICT,
     COMMITMENT_CLASS_UID,
@@ -199,8 +200,12 @@ class CommitmentResponder:
             ae_title=peer.ae_title,
             ext_neg=[build_role(COMMITMENT_CLASS_UID, scu_role=False, scp_role=True)],
             evt_handlers=[CONNECTION_TUNING_HANDLER, bounded_waits_handler(self.settings.network)],
+            max_pdu=self.settings.node.max_pdu_size,
         )
         if not assoc.is_established:
+            refused = refused_reason(assoc)
+            if refused is not None:
+                return f"association aborted: its answer broke a limit ({refused})"
             return "association not established (rejected, refused or no answer)"
         try:
             return None if _report_on(assoc, report) else "no or a failure response"

@@ -72,6 +72,8 @@ class GuardedSocket(BoundedSocket):
         guarded = sock
         assert isinstance(guarded, GuardedSocket)
         guarded.bound(limits)
+        if guarded.socket is not None:  # the backstop of what we send on it
+            guarded.socket.settimeout(limits.pdu_seconds)
         lane_fits = store is not None and pynetdicom_supports_lane(guarded.assoc)
         guarded.lane = StoreLane(guarded.assoc, store) if store is not None and lane_fits else None
         return guarded

@@ -238,6 +238,51 @@ def test_stalled_and_dripping_callers_are_dropped_and_a_real_sender_is_served(
         sock.close()
 
 
+def test_a_caller_that_sends_a_message_a_few_bytes_at_a_time_is_dropped(node_factory) -> None:
+    """Each PDU whole and in time, one every second, so neither the PDU limit nor the idle
+    timer ever fires: the message as a whole comes at 16 bytes a second. Ten such callers
+    held every association's place for as long as they went on (a "slowloris"); now each is
+    dropped once its message has taken network_timeout at under 500 bytes a second."""
+    timeout = 2
+    node = _limited_node(node_factory, network={"network_timeout": timeout})
+    assoc, sock, context_id = _associate(node.port)
+    dropped = False
+    for _ in range(30):
+        try:
+            sock.sendall(_p_data(context_id, bytes(16)))
+        except OSError:
+            dropped = True
+            break
+        if _closed_by_peer(sock, within=1.0):
+            dropped = True
+            break
+    assert dropped  # after ~3 s: before, not within the 30
+    assoc.abort()  # type: ignore[attr-defined]
+    [line] = [line for line in node.log().splitlines() if "reason=a message of" in line]
+    assert "calling_aet=ATTACKER" in line and "reason=stalled" not in line
+    assert (
+        f"slower than 500 bytes/s once it took longer than network.network_timeout={timeout}s"
+        in line
+    )
+    assert echoscu(node.port).returncode == 0
+
+
+def test_a_p_data_pdu_whose_item_overruns_it_is_aborted_in_one_line(node_factory) -> None:
+    """A PDV item declaring 1000 bytes in a PDU that carries 52: pynetdicom logged a
+    traceback of 18 lines for each such PDU, without the limit the refusals have."""
+    node = _limited_node(node_factory)
+    assoc, sock, context_id = _associate(node.port)
+    item = struct.pack(">LBB", 1000, context_id, 0x00) + bytes(46)
+    sock.sendall(struct.pack(">BBL", 0x04, 0, len(item)) + item)
+    assert _closed_by_peer(sock, within=5)
+    assoc.abort()  # type: ignore[attr-defined]
+    log = node.log()
+    reason = "reason=a P-DATA-TF whose PDV item at byte 0 declares 1000 bytes, 48 follow in the PDU"
+    assert reason in log and "calling_aet=ATTACKER" in log
+    assert "Traceback" not in log
+    assert echoscu(node.port).returncode == 0
+
+
 def test_connections_over_the_per_address_cap_are_refused_at_once(node_factory) -> None:
     node = _limited_node(node_factory, node={"max_associations_per_address": 2})
     # The start-up port probe counts against the cap until the node has seen it close.
