@@ -22,6 +22,7 @@ from dicomnode.config import Settings
 from dicomnode.dicom.association import configure_ae
 from dicomnode.dicom.bounded_socket import BoundedSocket, ConnectionLimits, Refused
 from dicomnode.dicom.wire import P_DATA_TF, fragments
+from dicomnode.observe.counters import ANSWERS_ABORTED
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class RequestorSocket(BoundedSocket):
                 self.message_done()
 
     def refused(self, error: Refused) -> None:
+        ANSWERS_ABORTED.labels(error.kind).inc()
         acceptor = self.assoc.acceptor
         log.warning(
             "association aborted peer=%s:%d reason=%s", acceptor.address, acceptor.port, error

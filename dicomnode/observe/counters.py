@@ -73,6 +73,17 @@ CONNECTIONS_ABORTED = Counter(
 )
 for _reason in CONNECTION_REASONS:
     CONNECTIONS_ABORTED.labels(_reason)
+# A destination's (or a Storage Commitment caller's) answer that broke a limit on an association
+# the node requested (dicom/requestor.py): the peer misbehaves, or is not what it claims to be.
+ANSWER_REASONS = ("pdu_too_large", "message_too_large", "stalled", "protocol")
+ANSWERS_ABORTED = Counter(
+    "dicomnode_answers_aborted",
+    "Associations the node requested, aborted for an answer that broke a limit, by reason.",
+    ["reason"],
+    registry=None,
+)
+for _reason in ANSWER_REASONS:
+    ANSWERS_ABORTED.labels(_reason)
 for _reason in REFUSAL_REASONS:
     INSTANCES_REFUSED.labels(_reason)
 for _reason in REJECTION_REASONS:
@@ -147,6 +158,7 @@ def in_process_metrics() -> list[Collector]:
         INSTANCES_REFUSED,
         ASSOCIATIONS_REJECTED,
         CONNECTIONS_ABORTED,
+        ANSWERS_ABORTED,
         HTTP_CONNECTIONS_REFUSED,
         INSTANCES_FORWARDED,
         ENHANCEMENTS_FAILED,

@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import ON_BOTH_DATABASES, pacs_destination
 from tests.support.dcmtk import storescu
 from tests.support.faulty_scp import Behaviour, FaultyScp
+from tests.support.metrics import Scrape
 from tests.support.node import part_of
 from tests.support.orthanc import Orthanc
 from tests.support.series import sop_instance_uid, write_ct_series
@@ -454,6 +455,7 @@ def test_a_destination_that_drips_or_floods_its_answer_is_cut_off(
         [faulty.destination()],
         network={"network_timeout": 2, "dimse_timeout": 300},
         retry={"max_attempts": 1},
+        http={"enabled": True},
     ).start()
     assert storescu(node.port, ct_series[:1]).returncode == 0
     [job] = node.wait_for_jobs(lambda jobs: len(jobs) == 1 and jobs[0]["status"] == "dead")
@@ -462,4 +464,6 @@ def test_a_destination_that_drips_or_floods_its_answer_is_cut_off(
     assert reason in delivery["error"]
     aborted = rf"WARNING \S+ association aborted peer=127\.0\.0\.1:{faulty.port} reason=.*"
     assert re.search(aborted + re.escape(reason), node.log())
+    kind = "stalled" if misbehave == "drip" else "message_too_large"
+    assert Scrape(node.http_port).value("dicomnode_answers_aborted_total", reason=kind) == 1
     faulty.release()
