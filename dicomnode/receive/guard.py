@@ -12,6 +12,9 @@ connection closed; one log line with the address, calling AE and reason) when:
   negotiated), is cut off at the budget instead of filling memory;
 * one PDU takes longer than `network.network_timeout` from its first byte to its last, so a
   caller that drips bytes is dropped like a silent one (its A-ASSOCIATE-RQ: `acse_timeout`);
+* a message that has taken that long has come slower than 500 bytes/s on average: a caller
+  that sends a small PDU now and then held its association's place for as long as it liked;
+* a P-DATA-TF's PDV items do not fill it exactly (pynetdicom logged a traceback for each);
 * an A-ASSOCIATE-RQ names more than `MAX_CONTEXTS` presentation contexts, `MAX_SYNTAXES`
   transfer syntaxes in one of them or `MAX_USER_ITEMS` user information items: pynetdicom
   decodes and logs each one (a 1 MB request of bogus transfer syntaxes made 264,433 log lines,
