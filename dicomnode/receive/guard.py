@@ -81,10 +81,6 @@ class GuardedSocket(BoundedSocket):
         guarded.lane = StoreLane(guarded.assoc, store) if store is not None and lane_fits else None
         return guarded
 
-    def answered(self) -> None:
-        """We sent a response: the P-DATA it answers no longer counts against the budget."""
-        self.message_done()
-
     def taken(self) -> bool:
         """Offer the PDU just read to the store lane; a broken-off request aborts."""
         header, body = self._header, self._body
@@ -103,7 +99,7 @@ class GuardedSocket(BoundedSocket):
 
     def _send_answer(self, pdu: bytes) -> None:
         self.send(pdu)
-        self.answered()
+        self.message_done()  # we answered: the caller's message is over
 
     def checked(self, pdu_type: int, body: bytearray) -> None:
         if pdu_type == A_ASSOCIATE_RQ:

@@ -261,7 +261,7 @@ def _answered(event: Event) -> None:
     """A response went out: the caller may send its next message (see receive/guard.py)."""
     sock = event.assoc.dul.socket
     if isinstance(sock, GuardedSocket):
-        sock.answered()
+        sock.message_done()
 
 
 @dataclass
