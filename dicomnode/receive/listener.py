@@ -44,9 +44,6 @@ _refusals = ThrottledWarnings(log)
 # How many connections may wait to be screened (to send their A-ASSOCIATE-RQ) per association
 # the node may hold: room for bursts of callers, not for a flood of silent ones.
 SCREENING_PER_ASSOCIATION = 4
-# Of those, how many one address may hold, per association the node may hold: one address's
-# flood of silent connections (held for acse_timeout each) left no room for anyone else's.
-SCREENING_PER_ADDRESS = 1
 
 
 class AssociationListener(ThreadedAssociationServer):
@@ -89,23 +86,8 @@ class AssociationListener(ThreadedAssociationServer):
         """In the accepting thread: the caps, before a thread is spent on the connection."""
         host, port = client_address[:2]
         limit = SCREENING_PER_ASSOCIATION * self.ae.maximum_associations
-        per_address = SCREENING_PER_ADDRESS * self.ae.maximum_associations
         with self._screening_lock:
             screening = sum(self._screening.values())
-            screening_here = self._screening[host]
-        if screening_here >= per_address:
-            _refusals.warning(
-                ("screening_cap_address", host),
-                "connection refused address=%s:%s reason=%d connections from this address "
-                "waiting for an A-ASSOCIATE-RQ (%d x node.max_associations)",
-                host,
-                port,
-                screening_here,
-                SCREENING_PER_ADDRESS,
-            )
-            CONNECTIONS_ABORTED.labels("screening_cap").inc()
-            self.shutdown_request(request)
-            return
         if screening >= limit:
             # Connections that have not asked for an association yet (each may take
             # network.acse_timeout to say nothing): a flood of them must not exhaust the
