@@ -14,9 +14,10 @@ and refuses, when
   to say: `message_done`);
 * one PDU takes longer than its time limit from its first byte to its last;
 * a message, once it has taken that long, has come slower than `MIN_BYTES_PER_SECOND` on
-  average from its first P-DATA on: a caller that sends a small PDU now and then, each well
-  within the limits above, would otherwise hold its association's place for as long as it
-  likes (a "slowloris").
+  average from its first P-DATA on, looked at as each PDU comes and while the rest of the
+  message is awaited: a caller that sends a small PDU now and then, each well within the
+  limits above, would otherwise hold its association's place for as long as it likes (a
+  "slowloris").
 
 A refused PDU reads as a closed connection to pynetdicom (an event it handles without a
 traceback), after the subclass has said why (`refused`: a log line, an A-ABORT).
@@ -34,7 +35,13 @@ from pynetdicom.pdu import A_ABORT_RQ
 
 from dicomnode.dicom.release import abort_sent
 from dicomnode.dicom.waking import WakingSocket
-from dicomnode.dicom.wire import P_DATA_TF, PDU_HEADER, TooManyFragments, pdv_problem
+from dicomnode.dicom.wire import (
+    P_DATA_TF,
+    PDU_HEADER,
+    TooManyFragments,
+    messages_ended,
+    pdv_problem,
+)
 
 OTHER_PDU_LIMIT = 1 << 20  # an A-ASSOCIATE-RQ with 128 contexts is ~50 KB
 _INVALID_PARAMETER_VALUE = 0x06  # PS3.8 9.3.8, source 0x02 (service provider)
@@ -82,6 +89,10 @@ class BoundedSocket(WakingSocket):
     _body: bytearray | None
     _in_flight: int
     _message_started: float | None  # when the first P-DATA of the message came (monotonic)
+    # The command set of the peer's message so far (PS3.7 6.3.1: Implicit VR Little Endian):
+    # whether a data set follows it decides where the message ends (`messages_ended`).
+    _command: bytearray
+    _rest_owed: bool  # the peer's last P-DATA left its message unfinished
     _first_read: bool  # the first PDU was read
 
     def bound(self, limits: ConnectionLimits) -> None:
@@ -92,8 +103,14 @@ class BoundedSocket(WakingSocket):
         self._body = None
         self._in_flight = 0
         self._message_started = None
+        self._command = bytearray()
+        self._rest_owed = False
         self._first_read = False
         self.install_wakeup()
+
+    def message_ended(self) -> None:
+        """The peer's message ended on the wire, where pynetdicom's decoder ends it (a
+        subclass's: the requestor's budget restarts here, a caller's once we answered)."""
 
     def message_done(self) -> None:
         """The message the P-DATA since the last call belonged to is over: it no longer
@@ -107,6 +124,7 @@ class BoundedSocket(WakingSocket):
         itself is not; it restarts the idle timer, as a PDU pynetdicom reads does)."""
         while self._header is None:
             if not super().ready:
+                self._check_pace_while_waiting()
                 return False
             self._header, self._body = self._read_guarded()
             if self.taken():
@@ -195,7 +213,10 @@ class BoundedSocket(WakingSocket):
                     f"({self.limits.budget_setting})",
                     "message_too_large",
                 )
-            self._check_pace(length)
+            if self._message_started is None:
+                self._message_started = time.monotonic()
+            else:
+                self._check_pace(length)
         elif length > OTHER_PDU_LIMIT:
             raise Refused(f"PDU type 0x{pdu_type:02X} of {length} bytes", "pdu_too_large")
         body = self._read_exactly(length, deadline, within)
@@ -207,25 +228,39 @@ class BoundedSocket(WakingSocket):
                     raise Refused(str(exc), "protocol") from None
                 if problem is not None:
                     raise Refused(f"a P-DATA-TF whose {problem}", "protocol")
+                ended, self._command = messages_ended(self._command, body)
+                self._rest_owed = not ended
+                if ended:
+                    self.message_ended()
             self.checked(pdu_type, body)
         return header, body
 
-    def _check_pace(self, length: int) -> None:
-        """Refused when the message this P-DATA-TF of `length` bytes belongs to has taken
-        longer than the PDU time limit and come slower than MIN_BYTES_PER_SECOND (what this
-        PDU announces counts: a long one is read, or stalls, within its own limit)."""
-        now = time.monotonic()
+    def _check_pace(self, arriving: int = 0) -> None:
+        """Refused when the message in flight has taken longer than the PDU time limit and
+        come slower than MIN_BYTES_PER_SECOND. `arriving`: the length of the P-DATA-TF whose
+        header was just read, which counts (a long one is read, or stalls, within its own
+        limit) but is not yet there to name."""
         if self._message_started is None:
-            self._message_started = now
             return
-        elapsed = now - self._message_started
+        elapsed = time.monotonic() - self._message_started
         if elapsed > self.limits.pdu_seconds and self._in_flight < MIN_BYTES_PER_SECOND * elapsed:
             raise Refused(
-                f"a message of {self._in_flight - length} bytes in {elapsed:.0f} s, slower "
+                f"a message of {self._in_flight - arriving} bytes in {elapsed:.0f} s, slower "
                 f"than {MIN_BYTES_PER_SECOND} bytes/s once it took longer than "
                 f"network.network_timeout={self.limits.pdu_seconds:g}s",
                 "stalled",
             )
+
+    def _check_pace_while_waiting(self) -> None:
+        """The pace rule between two PDUs as well, looked at as pynetdicom waits for the next:
+        checked only as a fragment came, a caller that sends one just within the idle timer
+        held its place for up to twice network_timeout."""
+        if self.refused_reason is not None or not self._rest_owed:
+            return  # whole: the time until we answer is ours, not the peer's
+        try:
+            self._check_pace()
+        except Refused as exc:
+            self.refused(exc)
 
     def _read_exactly(self, size: int, deadline: float, within: str) -> bytearray:
         """`size` bytes, fewer if the peer closes or the association is ended meanwhile (our

@@ -11,7 +11,6 @@ nor fill the node's memory), and sleep until there is something to send or read
 
 import logging
 import socket
-import struct
 from typing import Any
 
 from pynetdicom import AE
@@ -21,7 +20,6 @@ from pynetdicom.transport import AddressInformation, AssociationSocket
 from dicomnode.config import Settings
 from dicomnode.dicom.association import configure_ae
 from dicomnode.dicom.bounded_socket import BoundedSocket, ConnectionLimits, Refused
-from dicomnode.dicom.wire import P_DATA_TF, fragments
 from dicomnode.observe.counters import ANSWERS_ABORTED
 
 log = logging.getLogger(__name__)
@@ -29,8 +27,6 @@ log = logging.getLogger(__name__)
 # The most P-DATA one message from a destination may take (a Storage Commitment report of
 # ~400,000 instances); past it the association is aborted.
 MAX_ANSWER_BYTES = 64 << 20
-# More of a command set than any command holds (a few hundred bytes): what is kept to read it.
-COMMAND_SET_LIMIT = 64 << 10
 
 
 class TcpSocket(socket.socket):
@@ -53,16 +49,10 @@ class RequestorSocket(BoundedSocket):
     association is open."""
 
     tcp: TcpSocket | None = None
-    # The command set of the peer's message so far (PS3.7 6.3.1: Implicit VR Little Endian),
-    # up to COMMAND_SET_LIMIT: whether a data set follows it decides when the message ends.
-    _command: bytearray | None = None
 
-    def checked(self, pdu_type: int, body: bytearray) -> None:
-        """Each message the peer ends (`messages_ended`) starts the budget anew."""
-        if pdu_type == P_DATA_TF:
-            ended, self._command = messages_ended(self._command or bytearray(), body)
-            if ended:
-                self.message_done()
+    def message_ended(self) -> None:
+        """Each message the peer ends starts the budget anew."""
+        self.message_done()
 
     def refused(self, error: Refused) -> None:
         ANSWERS_ABORTED.labels(error.kind).inc()
@@ -79,38 +69,6 @@ class RequestorSocket(BoundedSocket):
         tcp.settimeout(timeout)
         self.tcp = tcp
         return tcp
-
-
-def messages_ended(command: bytearray, body: bytearray) -> tuple[bool, bytearray]:
-    """Whether a message of the peer's ends in this P-DATA-TF body, where pynetdicom ends it:
-    at the last fragment of its data set, or at the last fragment of a command set that says
-    no data set follows (a response's); and the command set of the message still open, to
-    carry on with (`command`: what it was before this body). A command's last fragment alone
-    does not end a message: a peer that put one in every PDU, data following, would
-    otherwise restart the count at each and grow pynetdicom's message without end."""
-    ended = False
-    for value in fragments(body) or ():
-        if not value.is_command:
-            if value.is_last:
-                ended, command = True, bytearray()
-            continue
-        if len(command) < COMMAND_SET_LIMIT:
-            command += value.value
-        if value.is_last and command_has_no_data_set(command):
-            ended, command = True, bytearray()
-    return ended, command
-
-
-def command_has_no_data_set(command: bytes | bytearray) -> bool:
-    """Whether an encoded command set's CommandDataSetType (0000,0800) is 0x0101, "no data
-    set" (PS3.7 E.1); False when it cannot be read."""
-    at = 0
-    while at + 8 <= len(command):
-        group, element, length = struct.unpack_from("<HHL", command, at)
-        if (group, element) == (0x0000, 0x0800):
-            return length == 2 and command[at + 8 : at + 10] == b"\x01\x01"
-        at += 8 + length
-    return False
 
 
 def answer_limits(settings: Settings) -> ConnectionLimits:

@@ -42,6 +42,8 @@ PRIORITY_LOW = 0x0002  # Priority (PS3.7 9.1.1.1.6): pynetdicom's default for a 
 # Senders put one or two presentation data values in a P-DATA-TF; a PDU of thousands of tiny
 # ones costs a Python object each to read, so past this many the association is refused.
 MAX_FRAGMENTS = 256
+# More of a command set than any command holds (a few hundred bytes): what is kept to read it.
+COMMAND_SET_LIMIT = 64 << 10
 
 
 class TooManyFragments(ValueError):
@@ -98,6 +100,38 @@ def fragments(body: bytearray) -> list[Fragment] | None:
         found.append(Fragment(context_id, bool(control & _COMMAND), bool(control & _LAST), value))
         offset = end
     return found or None
+
+
+def messages_ended(command: bytearray, body: bytearray) -> tuple[bool, bytearray]:
+    """Whether a message of the peer's ends in this P-DATA-TF body, where pynetdicom ends it:
+    at the last fragment of its data set, or at the last fragment of a command set that says
+    no data set follows (a response's); and the command set of the message still open, to
+    carry on with (`command`: what it was before this body). A command's last fragment alone
+    does not end a message: a peer that put one in every PDU, data following, would
+    otherwise restart the count at each and grow pynetdicom's message without end."""
+    ended = False
+    for value in fragments(body) or ():
+        if not value.is_command:
+            if value.is_last:
+                ended, command = True, bytearray()
+            continue
+        if len(command) < COMMAND_SET_LIMIT:
+            command += value.value
+        if value.is_last and command_has_no_data_set(command):
+            ended, command = True, bytearray()
+    return ended, command
+
+
+def command_has_no_data_set(command: bytes | bytearray) -> bool:
+    """Whether an encoded command set's CommandDataSetType (0000,0800) is 0x0101, "no data
+    set" (PS3.7 E.1); False when it cannot be read."""
+    at = 0
+    while at + 8 <= len(command):
+        group, element, length = struct.unpack_from("<HHL", command, at)
+        if (group, element) == (0x0000, 0x0800):
+            return length == 2 and command[at + 8 : at + 10] == _US.pack(NO_DATA_SET)
+        at += 8 + length
+    return False
 
 
 def _padded(text: str, pad: bytes) -> bytes:

@@ -267,6 +267,27 @@ def test_a_caller_that_sends_a_message_a_few_bytes_at_a_time_is_dropped(node_fac
     assert echoscu(node.port).returncode == 0
 
 
+def test_a_slow_message_is_dropped_once_it_took_network_timeout_not_at_its_next_fragment(
+    node_factory,
+) -> None:
+    """Two 16-byte fragments, the second just within the idle timer, then nothing. The pace
+    rule was looked at only as a fragment came, so such a caller held its place until the
+    idle timer fired, about twice network_timeout after its message began; now it is
+    dropped while the node waits for the rest, and the line says why."""
+    timeout = 4
+    node = _limited_node(node_factory, network={"network_timeout": timeout})
+    assoc, sock, context_id = _associate(node.port)
+    sock.sendall(_p_data(context_id, bytes(16)))
+    time.sleep(timeout - 0.5)
+    sock.sendall(_p_data(context_id, bytes(16)))
+    # The idle timer would end it at 2 x timeout - 0.5 s from the start, 3.5 s from now.
+    assert _closed_by_peer(sock, within=timeout - 1.0)
+    assoc.abort()  # type: ignore[attr-defined]
+    [line] = [line for line in node.log().splitlines() if "reason=a message of" in line]
+    assert "calling_aet=ATTACKER" in line and "reason=a message of 44 bytes in" in line  # two PDVs of 22
+    assert echoscu(node.port).returncode == 0
+
+
 def test_a_p_data_pdu_whose_item_overruns_it_is_aborted_in_one_line(node_factory) -> None:
     """A PDV item declaring 1000 bytes in a PDU that carries 52: pynetdicom logged a
     traceback of 18 lines for each such PDU, without the limit the refusals have."""

@@ -1,5 +1,6 @@
-"""When a destination's message ends (`dicom/requestor.messages_ended`): where pynetdicom's
-decoder ends it, so that the byte budget of an answer restarts there and nowhere else."""
+"""When a peer's message ends (`dicom/wire.messages_ended`): where pynetdicom's decoder ends
+it, so that the byte budget of a destination's answer restarts there and nowhere else, and the
+time a caller's message takes stops counting there."""
 
 import struct
 from io import BytesIO
@@ -7,7 +8,7 @@ from io import BytesIO
 from pynetdicom.dimse_messages import C_STORE_RSP, N_EVENT_REPORT_RQ
 from pynetdicom.dimse_primitives import C_STORE, N_EVENT_REPORT
 
-from dicomnode.dicom.requestor import command_has_no_data_set, messages_ended
+from dicomnode.dicom.wire import command_has_no_data_set, messages_ended
 
 FOLLOWS, NONE = 0x0000, 0x0101  # CommandDataSetType: a data set follows, none does
 
