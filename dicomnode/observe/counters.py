@@ -34,6 +34,7 @@ REJECTION_REASONS = (
 CONNECTION_REASONS = (
     "per_address_cap",
     "screening_cap",
+    "silent_cap",
     "pdu_too_large",
     "message_too_large",
     "stalled",

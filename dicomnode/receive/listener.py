@@ -14,7 +14,9 @@ get the socket, with TCP keepalive on, a timeout on every read and write, and ea
 within the limits of `receive/guard.py`. `node.max_associations_per_address` (0: no cap) refuses
 a connection from an address that already holds that many, before any byte is read, and beyond
 4 x `node.max_associations` connections still to show themselves every new one is refused: a
-flood of silent connections cannot take the descriptors and threads real callers need.
+flood of silent connections cannot take the descriptors and threads real callers need. One
+address's connections that have sent nothing yet may hold half of that room, so that its flood
+leaves the other half to everyone else.
 """
 
 import copy
@@ -44,6 +46,12 @@ _refusals = ThrottledWarnings(log)
 # How many connections may wait to be screened (to send their A-ASSOCIATE-RQ) per association
 # the node may hold: room for bursts of callers, not for a flood of silent ones.
 SCREENING_PER_ASSOCIATION = 4
+# Of that room, what one address's silent connections (not a byte sent yet) may hold, per
+# association the node may hold: half of it. One address's flood of them took it all for
+# acse_timeout, and real callers from everywhere else were refused meanwhile. Counted until the
+# first byte only: a modality's connections send their A-ASSOCIATE-RQ at once, and one that has
+# begun to send is bounded by the PDU limits of `receive/guard.py`.
+SILENT_PER_ADDRESS = 2
 
 
 class AssociationListener(ThreadedAssociationServer):
@@ -60,7 +68,8 @@ class AssociationListener(ThreadedAssociationServer):
     # A screening thread holds no data: stopping the node must not wait for a silent caller.
     daemon_threads = True
     block_on_close = False
-    _screening: Counter[str]
+    _screening: Counter[str]  # per address: connections from accept until they end
+    _silent: Counter[str]  # per address: of those, the ones that have sent no byte yet
     _screening_lock: threading.Lock
     # Set by shutdown(): a connection still being screened then gets no association (the node
     # waits for the associations in progress, and must not get new ones while it stops).
@@ -88,6 +97,7 @@ class AssociationListener(ThreadedAssociationServer):
         limit = SCREENING_PER_ASSOCIATION * self.ae.maximum_associations
         with self._screening_lock:
             screening = sum(self._screening.values())
+            silent_here = self._silent[host]
         if screening >= limit:
             # Connections that have not asked for an association yet (each may take
             # network.acse_timeout to say nothing): a flood of them must not exhaust the
@@ -104,6 +114,19 @@ class AssociationListener(ThreadedAssociationServer):
             CONNECTIONS_ABORTED.labels("screening_cap").inc()
             self.shutdown_request(request)
             return
+        if silent_here >= SILENT_PER_ADDRESS * self.ae.maximum_associations:
+            _refusals.warning(
+                ("silent_cap", host),
+                "connection refused address=%s:%s reason=%d connections from this address "
+                "that have sent nothing yet (%d x node.max_associations)",
+                host,
+                port,
+                silent_here,
+                SILENT_PER_ADDRESS,
+            )
+            CONNECTIONS_ABORTED.labels("silent_cap").inc()
+            self.shutdown_request(request)
+            return
         if self.max_per_address and self._connections_from(host) >= self.max_per_address:
             _refusals.warning(
                 ("per_address_cap", host),
@@ -118,9 +141,11 @@ class AssociationListener(ThreadedAssociationServer):
             return
         with self._screening_lock:
             self._screening[host] += 1
+            self._silent[host] += 1
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread to screen it (none could be started): not counted
+            self._spoke(host)
             self._screened(host)
             raise
 
@@ -138,18 +163,22 @@ class AssociationListener(ThreadedAssociationServer):
             self._screened(client_address[0])
 
     def _screened(self, host: str) -> None:
-        with self._screening_lock:
-            self._screening[host] -= 1
-            if self._screening[host] <= 0:
-                del self._screening[host]
+        _count_down(self._screening, host, self._screening_lock)
+
+    def _spoke(self, host: str) -> None:
+        """The connection sent its first byte, or ended before it did: no longer silent."""
+        _count_down(self._silent, host, self._screening_lock)
 
     def _screen(self, request: Any, client_address: Any) -> None:
         host, port = client_address[:2]
         sock = request
         try:
-            keep_alive(sock, self.keepalive_seconds)
-            sock.settimeout(self.first_byte_timeout)
-            first = sock.recv(8, socket.MSG_PEEK)
+            try:
+                keep_alive(sock, self.keepalive_seconds)
+                sock.settimeout(self.first_byte_timeout)
+                first = sock.recv(8, socket.MSG_PEEK)
+            finally:
+                self._spoke(host)
             if not first:
                 # A port probe (a health check, a load balancer): no caller, nothing to report.
                 log.debug("connection closed before any request address=%s:%s", host, port)
@@ -199,6 +228,13 @@ class AssociationListener(ThreadedAssociationServer):
             return
         # Counted as an association from here on (pynetdicom's active_associations).
         super().process_request_thread(sock, client_address)
+
+
+def _count_down(counts: Counter[str], host: str, lock: threading.Lock) -> None:
+    with lock:
+        counts[host] -= 1
+        if counts[host] <= 0:
+            del counts[host]
 
 
 _A_ASSOCIATE_RQ = 0x01  # the first PDU of every DICOM association (PS3.8 9.3.2)
@@ -274,6 +310,7 @@ def start_listener(
     server.max_per_address = max_per_address
     server.store = store
     server._screening = Counter()
+    server._silent = Counter()
     server._screening_lock = threading.Lock()
     name = "TlsAcceptorServer" if context is not None else "AcceptorServer"
     thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)

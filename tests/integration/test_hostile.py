@@ -113,6 +113,11 @@ def _associate(port: int) -> tuple[object, socket.socket, int]:
     return assoc, assoc.dul.socket.socket, context_id  # type: ignore[union-attr]
 
 
+def _connect_from(address: str, port: int) -> socket.socket:
+    """A TCP connection to the node from `address` (any of 127.0.0.0/8 is this host)."""
+    return socket.create_connection(("127.0.0.1", port), source_address=(address, 0))
+
+
 def _kernel_buffering(sock: socket.socket) -> int:
     """What may be on its way to the node without the node reading it: our send buffer and the
     node's receive buffer, which Linux grows up to tcp_rmem's maximum (32 MiB on some hosts: a
@@ -284,7 +289,8 @@ def test_a_slow_message_is_dropped_once_it_took_network_timeout_not_at_its_next_
     assert _closed_by_peer(sock, within=timeout - 1.0)
     assoc.abort()  # type: ignore[attr-defined]
     [line] = [line for line in node.log().splitlines() if "reason=a message of" in line]
-    assert "calling_aet=ATTACKER" in line and "reason=a message of 44 bytes in" in line  # two PDVs of 22
+    # 44 bytes: the two PDU bodies (a PDV item's 6-byte header and its 16 bytes, twice)
+    assert "calling_aet=ATTACKER" in line and "reason=a message of 44 bytes in" in line
     assert echoscu(node.port).returncode == 0
 
 
@@ -338,9 +344,10 @@ def test_silent_connections_past_a_bound_are_refused_and_real_callers_still_serv
     while "connection closed before any request" not in node.log():  # the start-up probe
         assert time.monotonic() < deadline, node.log()[-2000:]
         time.sleep(0.05)
-    held = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(8)]  # 4 x 2
+    # 4 x 2, from two addresses: one may hold only half (the next test)
+    held = [_connect_from(f"127.0.0.{1 + n % 2}", node.port) for n in range(8)]
     time.sleep(0.3)
-    extra = socket.create_connection(("127.0.0.1", node.port))
+    extra = _connect_from("127.0.0.3", node.port)
     assert _closed_by_peer(extra, within=3)
     assert not _closed_by_peer(held[0], within=0.2)  # those already in wait their turn
     assert "reason=8 connections waiting for an A-ASSOCIATE-RQ (4 x node.max_associations)" in (
@@ -350,6 +357,33 @@ def test_silent_connections_past_a_bound_are_refused_and_real_callers_still_serv
         sock.close()
     time.sleep(0.3)
     assert echoscu(node.port).returncode == 0
+
+
+def test_one_address_flooding_silent_connections_leaves_room_for_other_callers(
+    node_factory,
+) -> None:
+    """A flood of connections that send nothing from one address took all the room for
+    connections yet to associate, for acse_timeout each, and echoscu from anywhere else was
+    refused meanwhile. One address's silent connections now hold at most half of it."""
+    node = _limited_node(node_factory, node={"max_associations": 2})
+    flood = [_connect_from("127.0.0.2", node.port) for _ in range(4)]  # 2 x max_associations
+    time.sleep(0.3)
+    more = [_connect_from("127.0.0.2", node.port) for _ in range(20)]
+    assert all(_closed_by_peer(sock, within=3) for sock in more)
+    assert not _closed_by_peer(flood[0], within=0.2)  # those already in wait their turn
+    [line] = [line for line in node.log().splitlines() if "have sent nothing yet" in line]
+    assert "connection refused address=127.0.0.2:" in line
+    assert "reason=4 connections from this address that have sent nothing yet" in line
+    # Another address is served while the flood holds its half (from 127.0.0.1).
+    assert echoscu(node.port).returncode == 0
+    # A connection that has spoken no longer counts: the address may begin a real association.
+    for sock in flood:
+        sock.sendall(struct.pack(">BBL", 0x01, 0, 1000))
+    time.sleep(0.3)
+    late = _connect_from("127.0.0.2", node.port)
+    assert not _closed_by_peer(late, within=0.5)
+    for sock in [*flood, *more, late]:
+        sock.close()
 
 
 def test_a_caller_that_does_not_speak_dicom_is_refused_at_its_first_bytes_in_one_line(
