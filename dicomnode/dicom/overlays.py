@@ -36,6 +36,20 @@ def separate_embedded_overlays(ds: Dataset, source: Dataset) -> None:
         ds.add_new((group, 0x3000), "OW", pack_bits(bits))  # OverlayData
 
 
+def embedded_overlay_bits(ds: Dataset) -> frozenset[int]:
+    """The bit positions of the overlays embedded in `ds`'s pixel data: those with an
+    OverlayBitPosition and no OverlayData of their own (C.9.2.1.1, retired)."""
+    positions = set()
+    for group in {tag.group for tag in ds.keys()} & set(_OVERLAY_GROUPS):  # noqa: SIM118
+        if (group, 0x3000) in ds or (group, 0x0102) not in ds:
+            continue
+        try:
+            positions.add(int(ds[group, 0x0102].value))
+        except (TypeError, ValueError):  # empty, or several values: no position to keep
+            continue
+    return frozenset(positions)
+
+
 def _embedded_bits(source: Dataset, position: int) -> np.ndarray | None:
     """Bit `position` of each pixel of a single-frame source (native, little endian), or None
     where there is no such overlay to read."""

@@ -17,10 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom import Dataset
 from pydicom.multival import MultiValue
+from pydicom.pixels.utils import pixel_array
 
 from dicomnode.dicom.codestream import check_code_streams
+from dicomnode.dicom.overlays import embedded_overlay_bits
 from dicomnode.errors import ImageDeclined
 from dicomnode.imaging.normalize import CT_HU_RANGE
+from dicomnode.imaging.unused_bits import check_unused_bits, within_stored_bits
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 
@@ -157,10 +160,11 @@ def _slope(ds: Dataset) -> float:
 
 
 def stored_values(ds: Dataset) -> np.ndarray:
-    """The decoded stored values as (frames, rows, columns), compressed syntaxes included."""
+    """The decoded pixels as (frames, rows, columns), compressed syntaxes included, with the
+    bits above BitsStored as the file holds them (`unused_bits`)."""
     check_code_streams(ds)
     try:
-        array = ds.pixel_array
+        array = pixel_array(ds, correct_unused_bits=False)
     except Exception as exc:  # decoders raise many types for truncated or undecodable data
         sop = ds.get("SOPInstanceUID", "(no SOPInstanceUID)")
         raise ImageDeclined(f"sop={sop}: pixel data cannot be decoded: {exc}") from exc
@@ -197,11 +201,15 @@ def to_modality(ds: Dataset) -> ModalityImage:
     -2048 or -3024 HU outside the reconstruction circle, many without a PixelPaddingValue, and
     left in, that step rings into the real pixels beside it in every filter and network."""
     domain = pixel_domain(ds)
-    stored = stored_values(ds)
+    raw = stored_values(ds)
+    stored = within_stored_bits(raw, domain.bits_stored)
+    padding = padding_mask(stored, domain)
+    if stored is not raw:
+        sop = str(ds.get("SOPInstanceUID", "(no SOPInstanceUID)"))
+        check_unused_bits(raw, domain.bits_stored, padding, embedded_overlay_bits(ds), sop)
     values = stored.astype(np.float64)
     values *= domain.slope  # in place: the same values, without an image-sized array per step
     values += domain.intercept
-    padding = padding_mask(stored, domain)
     if str(ds.get("Modality", "")).upper() == "CT":
         padding |= values < CT_HU_RANGE[0]
     return ModalityImage(values.astype(np.float32), padding, domain, stored)
