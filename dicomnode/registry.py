@@ -136,6 +136,7 @@ def model_problems(settings: "Settings") -> list[str]:
             continue
         for modality in enhance.modalities:
             path = spec.model_for(enhance, modality)
-            if path not in problems and (problem := archive_problem(path)) is not None:
+            problem = archive_problem(path, enhance.scale) if path not in problems else None
+            if problem is not None:
                 problems[path] = problem
     return [f"{path} {problem}" for path, problem in problems.items()]

@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +30,13 @@ from dicomnode.errors import DicomNodeError, first_line
 from dicomnode.imaging.degrade import resample
 from dicomnode.imaging.native_log import native_stderr_filtered, tf_min_log_level
 from dicomnode.imaging.symmetry import averaged_over_views
-from dicomnode.model_archive import archive_problem
+from dicomnode.model_archive import LAYERS, SCALE_NAME, archive_problem
 
 if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger(__name__)
 
-LAYERS = ((64, 9), (32, 1), (1, 5))  # (filters, kernel size), first to last
 HALO = sum((k - 1) // 2 for _, k in LAYERS)  # 6: how far an output pixel sees
 TILE_OVERLAP = 8  # > HALO, a multiple of 4 for friendlier shapes
 # What the network is given, in working-range units: its training images' range (0 to 3.65,
@@ -145,7 +143,7 @@ def check_architecture(network: keras.Model, source: str) -> int:
     found = tuple((layer.filters, layer.kernel_size[0]) for layer in convs)
     if found != LAYERS:
         raise ModelError(f"{source}: expected SRCNN layers {LAYERS}, found {found}")
-    match = re.fullmatch(r"srcnn_x([1-4])", network.name)
+    match = SCALE_NAME.fullmatch(network.name)
     if not match:
         raise ModelError(f"{source}: model name {network.name!r} does not say its scale")
     return int(match.group(1))

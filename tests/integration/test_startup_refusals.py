@@ -1,6 +1,7 @@
 """Set-ups that would lose or hold back data while looking healthy: `serve` refuses them (exit 2,
 one line naming the file, port, path or lock) or warns loudly and keeps the data."""
 
+import json
 import socket
 import subprocess
 import sys
@@ -73,11 +74,31 @@ def _damaged(model: Path) -> None:
     model.write_bytes(bytes(data))
 
 
-def _foreign(model: Path) -> None:
-    """A whole archive with the members Keras writes, which Keras cannot load."""
+def _rewritten(model: Path, source: str = "srcnn-x1.keras", **members: bytes) -> None:
+    """A shipped model archive with `members` (name: bytes, dots as underscores) replaced."""
+    with zipfile.ZipFile(shipped_models_dir() / source) as shipped:
+        contents = {name: shipped.read(name) for name in shipped.namelist()}
+    contents.update({name.replace("_", "."): data for name, data in members.items()})
     with zipfile.ZipFile(model, "w") as archive:
-        archive.writestr("config.json", "{}")
-        archive.writestr("model.weights.h5", b"not HDF5")
+        for name, data in contents.items():
+            archive.writestr(name, data)
+
+
+def _config(source: str = "srcnn-x1.keras") -> dict:
+    with zipfile.ZipFile(shipped_models_dir() / source) as shipped:
+        return json.loads(shipped.read("config.json"))
+
+
+def _another_network(model: Path) -> None:
+    """The shipped network with twice the filters in its first layer (a one-off experiment)."""
+    config = _config()
+    config["config"]["layers"][2]["config"]["filters"] = 128
+    _rewritten(model, config_json=json.dumps(config).encode())
+
+
+def _foreign(model: Path) -> None:
+    """What the archive shows is the 9-1-5's, but its weights are no Keras weights file."""
+    _rewritten(model, model_weights_h5=b"\x89HDF\r\n\x1a\n" + bytes(1000))
 
 
 @pytest.mark.parametrize(
@@ -92,15 +113,42 @@ def _foreign(model: Path) -> None:
             lambda model: zipfile.ZipFile(model, "w").close(),
             "is not a Keras 3 model archive: it lacks config.json, model.weights.h5",
         ),
+        (
+            lambda model: _rewritten(model, config_json=b"{}"),
+            "is not a model of dicomnode's: its config.json describes no Keras model",
+        ),
+        (
+            lambda model: _rewritten(model, model_weights_h5=b"not HDF5"),
+            "is not a Keras 3 model archive: its model.weights.h5 is no HDF5 file",
+        ),
+        (
+            _another_network,
+            "is not the 9-1-5 SRCNN: expected SRCNN layers ((64, 9), (32, 1), (1, 5)), "
+            "found ((128, 9), (32, 1), (1, 5))",
+        ),
+        (
+            lambda model: _rewritten(model, source="srcnn-x2.keras"),
+            "holds a x2 model (srcnn_x2), not the x1 that enhance.scale = 1 needs",
+        ),
     ],
-    ids=["truncated", "damaged", "empty archive"],
+    ids=[
+        "truncated",
+        "damaged",
+        "empty archive",
+        "no model",
+        "no weights",
+        "another network",
+        "another scale",
+    ],
 )
 def test_a_model_file_that_is_not_whole_stops_serve_before_it_listens(
     node_factory, tmp_path: Path, make: Callable[[Path], object], reason: str
 ) -> None:
     """Told from the archive alone, before the node listens: refused after it (TensorFlow
     loads meanwhile), the node had accepted associations it then dropped, and a service
-    manager restarted it into the same failure."""
+    manager restarted it into the same failure. The network and its scale are read from its
+    config.json: a x2 model copied over the x1 file would have made x2 images where x1 was
+    set."""
     models = tmp_path / "models"
     models.mkdir()
     model = models / "srcnn-x1.keras"

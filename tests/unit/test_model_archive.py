@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.model_archive import archive_problem
+from dicomnode.model_archive import archive_problem, network_problem
 from dicomnode.registry import shipped_models_dir
 
 SHIPPED = shipped_models_dir() / "srcnn-x1.keras"
@@ -53,3 +53,48 @@ def test_no_random_damage_escapes_as_an_exception(tmp_path: Path) -> None:
             damaged[rng.randrange(len(damaged))] = rng.randrange(256)
         model.write_bytes(bytes(damaged))
         assert archive_problem(model) is not None  # a sentence, whatever the damage
+
+
+def test_each_shipped_model_says_its_scale_and_another_scale_is_refused() -> None:
+    for model in shipped_models_dir().glob("*.keras"):
+        scale = int(model.stem[-1])  # srcnn-ct-x2.keras
+        assert archive_problem(model, scale) is None, model
+        other = 2 if scale == 1 else 1
+        assert archive_problem(model, other) == (
+            f"holds a x{scale} model (srcnn_x{scale}), not the x{other} that "
+            f"enhance.scale = {other} needs"
+        )
+
+
+@pytest.mark.parametrize(
+    ("described", "problem"),
+    [
+        ([], "is not a model of dicomnode's: its config.json describes no Keras model"),
+        ({"config": {"layers": "none"}}, "is not a model of dicomnode's"),
+        (
+            {"config": {"layers": [1, None, {"class_name": "Conv2D", "config": {"filters": 64}}]}},
+            "is not the 9-1-5 SRCNN: expected SRCNN layers ((64, 9), (32, 1), (1, 5)), "
+            "found ((64, None),)",
+        ),
+        (
+            {
+                "config": {
+                    "name": ["srcnn_x1"],
+                    "layers": [
+                        {"class_name": "Conv2D", "config": c}
+                        for c in (
+                            {"filters": 64, "kernel_size": 9},
+                            {"filters": 32, "kernel_size": [1, 1]},
+                            {"filters": 1, "kernel_size": [5, 5]},
+                        )
+                    ],
+                }
+            },
+            "does not say its scale: its model is named ['srcnn_x1'], not srcnn_x1 ... srcnn_x4",
+        ),
+    ],
+    ids=["a list", "layers not a list", "one layer", "a name that is no text"],
+)
+def test_a_config_of_any_shape_gets_a_sentence(described: object, problem: str) -> None:
+    said = network_problem(described)
+    assert said is not None and said.startswith(problem)

@@ -25,6 +25,7 @@ from dicomnode.imaging.srcnn import (
     tiles_for,
 )
 from dicomnode.pipeline.methods import configured_methods, load_models, srcnn_runner
+from dicomnode.registry import shipped_models_dir
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +179,14 @@ def test_missing_or_foreign_model_files_are_named(tmp_path: Path) -> None:
         load_model(foreign)
     with zipfile.ZipFile(foreign, "a") as archive:
         archive.writestr("model.weights.h5", b"not HDF5")
+    with pytest.raises(ModelError, match=r"foreign\.keras: is not a Keras 3 model archive: its"):
+        load_model(foreign)
+    # What the archive shows is the 9-1-5's; only Keras finds that its weights are none.
+    with zipfile.ZipFile(shipped_models_dir() / "srcnn-x1.keras") as shipped:
+        config = shipped.read("config.json")
+    with zipfile.ZipFile(foreign, "w") as archive:
+        archive.writestr("config.json", config)
+        archive.writestr("model.weights.h5", b"\x89HDF\r\n\x1a\n" + bytes(1000))
     with pytest.raises(ModelError, match=r"foreign\.keras: cannot load the model: "):
         load_model(foreign)
 
