@@ -39,7 +39,7 @@ from dicomnode.pipeline.runner import JobRunner, job_parts
 from dicomnode.ports import check_port_free, why_not
 from dicomnode.receive import start_receiver
 from dicomnode.receive.processes import ReceiverProcesses
-from dicomnode.registry import model_problems
+from dicomnode.registry import check_models
 from dicomnode.spool import Spool
 from dicomnode.spool_identity import claim_both
 from dicomnode.spool_lock import DataDirLock, lock_data_dir, refuse_if_held
@@ -210,14 +210,8 @@ class Node:
                 "setting worker.workers: 0 and worker.router = false leave `dicomnode worker` "
                 "nothing to do; set worker.workers >= 1 or worker.router = true"
             )
-        problems = model_problems(self.settings) if self.settings.worker.workers else []
-        if problems:
-            enhance = self.settings.enhance
-            raise ConfigError(
-                f"setting enhance.methods: {', '.join(enhance.methods)} at enhance.scale = "
-                f"{enhance.scale} needs model files: {'; '.join(problems)} (train one with "
-                "`dicomnode train`, copy it again, or set enhance.model_dir)"
-            )
+        if self.settings.worker.workers:
+            check_models(self.settings)
         for destination in self.settings.destinations if runners else []:
             # Reads every destination's TLS files now: a bad one stops the node at start.
             client_tls_args(destination, self.settings.destination_key(destination))

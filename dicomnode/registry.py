@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dicomnode.errors import ConfigError
 from dicomnode.model_archive import archive_problem
 
 if TYPE_CHECKING:
@@ -134,9 +135,29 @@ def model_problems(settings: "Settings") -> list[str]:
         spec = method_spec(name)
         if spec.model_prefix is None:
             continue
+        looked_for: dict[Path, list[str]] = {}  # the modalities' own files, tried first
         for modality in enhance.modalities:
             path = spec.model_for(enhance, modality)
+            if path == spec.model_file(enhance):
+                own = spec.model_file(enhance, modality=modality)
+                looked_for.setdefault(path, []).append(own.name)
             problem = archive_problem(path, enhance.scale) if path not in problems else None
             if problem is not None:
                 problems[path] = problem
+        for path, names in looked_for.items():
+            if problems.get(path) == "does not exist":
+                problems[path] += f" (nor does {' or '.join(sorted(set(names)))})"
     return [f"{path} {problem}" for path, problem in problems.items()]
+
+
+def check_models(settings: "Settings") -> None:
+    """ConfigError naming each model file the configured methods lack, or cannot use
+    (`model_problems`): `serve`, `worker` and `enhance` refuse before they do any work."""
+    problems = model_problems(settings)
+    if problems:
+        enhance = settings.enhance
+        raise ConfigError(
+            f"setting enhance.methods: {', '.join(enhance.methods)} at enhance.scale = "
+            f"{enhance.scale} needs model files: {'; '.join(problems)} (train one with "
+            "`dicomnode train`, copy it again, or set enhance.model_dir)"
+        )

@@ -1,7 +1,9 @@
 """What every command shares: the --config option, loading settings, mapping errors to exits,
 the consoles (full width when read by a script) and the database as admin commands open it."""
 
+import errno
 import json
+import tempfile
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,7 +89,20 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _os_error(exc: OSError) -> str:
+def writable_folder(folder: Path) -> None:
+    """Make `folder` (and its parents) and check that a file can be written in it: OSError
+    names it, before a command's work rather than after it."""
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:  # named after the probe's file: name the folder
+        raise type(exc)(exc.errno, f"cannot write there: {exc.strerror}", str(folder)) from None
+
+
+def os_error_text(exc: OSError) -> str:
     """An OS error as one line naming the file: "cannot write /x/y: Permission denied"."""
     what = f" {exc.filename}" if exc.filename else ""
     return f"operating system error{what}: {exc.strerror or exc}"
@@ -104,7 +119,7 @@ def reported_errors() -> Iterator[None]:
             traceback.print_exc()
         if isinstance(exc, ConfigError):
             fail(str(exc), EXIT_USAGE)
-        fail(_os_error(exc) if isinstance(exc, OSError) else str(exc))
+        fail(os_error_text(exc) if isinstance(exc, OSError) else str(exc))
     except Exception as exc:
         from dicomnode.db.engine import damaged_advice  # SQLAlchemy: not for `--help`
         from dicomnode.db.failures import database_damaged, database_said

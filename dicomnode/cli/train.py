@@ -11,8 +11,10 @@ from dicomnode.cli.common import (
     ConfigOption,
     configure_logging,
     console,
+    fail,
     reported_errors,
     settings_from,
+    writable_folder,
 )
 
 
@@ -22,7 +24,8 @@ class Start(StrEnum):
 
 
 DataDirs = Annotated[
-    list[Path], typer.Argument(help="Folders (or files) of DICOM images; searched recursively.")
+    list[Path],
+    typer.Argument(help="Folders (or files) of DICOM images; searched recursively.", exists=True),
 ]
 
 
@@ -103,7 +106,7 @@ def train(
 
     from dicomnode.registry import SRCNN
     from dicomnode.training.corpus import load_images
-    from dicomnode.training.train import TrainingSettings, train_srcnn
+    from dicomnode.training.train import TrainingSettings, of_modality, train_srcnn
 
     augmentation: dict[str, Any] = {}  # what is not given keeps the shipped recipe's
     if soften:
@@ -126,18 +129,20 @@ def train(
         start=start.value,
         **augmentation,
     )
+    node_model = out is None
     out = out or SRCNN.model_file(settings_from(config).enhance, scale, settings.modality)
     if out.suffix != ".keras":  # Keras would write its own format under any other name
         raise typer.BadParameter(f"{out}: a model file's name ends in .keras", param_hint="--out")
     if out.exists() and not force:  # before an hour of training, not after it
+        whose = " (the model the node uses)" if node_model else ""
         raise typer.BadParameter(
-            f"{out} exists (without --out: the model the node uses); name another file with "
-            "--out, or replace it with --force",
+            f"{out} exists{whose}; name another file with --out, or replace it with --force",
             param_hint="--out",
         )
     batches = settings.steps // settings.epochs
     with reported_errors():
-        images = load_images(data)
+        writable_folder(out.parent)  # before an hour of training, not at its first checkpoint
+        images = of_modality(load_images(data), settings.modality)
         console.print(f"{len(images)} images from {len(data)} path(s); training x{scale}")
         with Progress(
             TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
@@ -153,5 +158,14 @@ def train(
                     task, completed=done, epoch=epoch + 1, loss=float(logs.get("loss", 0.0))
                 )
 
-            report = train_srcnn(images, out, settings, on_batch)
+            try:
+                report = train_srcnn(images, out, settings, on_batch)
+            except KeyboardInterrupt:
+                partial = out.with_name(f"{out.stem}.partial.keras")
+                kept = (
+                    f"the best model so far is {partial}"
+                    if partial.exists()
+                    else "no checkpoint was reached"
+                )
+                fail(f"interrupted: {out} was not written; {kept}")
     console.print_json(json.dumps(report.as_dict()))

@@ -22,7 +22,7 @@ from dicomnode.imaging.enhance import (
     is_revised,
 )
 from dicomnode.imaging.qa import QaThresholds
-from dicomnode.imaging.srcnn import SrcnnRunner, load_model
+from dicomnode.imaging.srcnn import ModelError, SrcnnRunner, load_model
 from dicomnode.registry import SRCNN, method_spec
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,13 @@ def build_srcnn(settings: Settings, modality: str = "") -> Method:
         if first:
             own = SRCNN.model_file(settings.enhance, modality=modality).name
             log.info("no %s model %s: using %s", modality, own, path.name)
-    return SrcnnMethod(srcnn_runner(path), views=settings.enhance.srcnn_views)
+    runner = srcnn_runner(path)
+    if runner.model.scale != settings.enhance.scale:  # a method's output grid is its model's
+        raise ModelError(
+            f"{path}: holds a x{runner.model.scale} model, not the x{settings.enhance.scale} "
+            f"that enhance.scale = {settings.enhance.scale} needs"
+        )
+    return SrcnnMethod(runner, views=settings.enhance.srcnn_views)
 
 
 def baseline_params(settings: Settings) -> BaselineParams:

@@ -1,6 +1,7 @@
 """Offline use of the job pipeline: series from a folder, outputs to a folder, a figure."""
 
 import csv
+import logging
 import os
 import uuid
 from collections import defaultdict
@@ -16,6 +17,8 @@ from dicomnode.imaging.outcome import MethodOutcome
 from dicomnode.imaging.pixels import to_modality
 from dicomnode.pipeline.derived_output import EncodedInstance, Sink
 from dicomnode.spool import validate_uid
+
+log = logging.getLogger(__name__)
 
 
 def series_in(folder: Path) -> dict[str, list[SpooledInstance]]:
@@ -90,6 +93,7 @@ def describe(series_uid: str, method: MethodOutcome, out_dir: Path) -> str:
 
 
 CSV_FIELDS = ("source_sop", "sop", "psnr_db", "ssim", "self_check_gain_db", "qa", "qa_reasons")
+METRICS_FIELDS = ["series", "method", "version", *CSV_FIELDS]
 
 
 def metrics_rows(series_uid: str, methods: Sequence[MethodOutcome]) -> list[dict[str, Any]]:
@@ -106,8 +110,28 @@ def metrics_rows(series_uid: str, methods: Sequence[MethodOutcome]) -> list[dict
     return rows
 
 
-def write_metrics_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["series", "method", "version", *CSV_FIELDS])
+def merge_metrics_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Put `rows` into metrics.csv, keeping an earlier run's rows for the series and methods
+    this run did not make: its derived series stay in the folder, so must their numbers (a run
+    of another method, or one that failed, replaced them all). A file that is no such table
+    is kept beside it as `metrics.csv.previous`. Nothing is written when nothing was made."""
+    if not rows:
+        return
+    kept: list[dict[str, Any]] = []
+    if path.exists():
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            ours = reader.fieldnames == METRICS_FIELDS
+            if ours:
+                made = {(row["series"], row["method"]) for row in rows}
+                kept = [row for row in reader if (row["series"], row["method"]) not in made]
+        if not ours:
+            previous = path.with_name(f"{path.name}.previous")
+            path.replace(previous)
+            log.warning("%s is not a metrics table of ours: kept as %s", path, previous)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=METRICS_FIELDS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows([*kept, *rows])
+    os.replace(temporary, path)

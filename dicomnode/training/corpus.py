@@ -80,9 +80,18 @@ def load_images(paths: Sequence[Path], *, min_size: int = 32) -> list[CorpusImag
     for file in _files(paths):
         try:
             ds = dcmread(file)
+        except InvalidDicomError as exc:  # a README, a DICOMDIR's neighbours: not for us
+            log.info("skipped file=%s reason=not DICOM: %s", file, exc)
+            continue
+        try:
             image = to_modality(ds)
-        except (InvalidDicomError, ImageDeclined, AttributeError) as exc:
-            log.info("skipped file=%s reason=%s", file, exc)
+        except (ImageDeclined, AttributeError) as exc:
+            # An image that cannot be used (cut short, undecodable) changes what is scored or
+            # learnt: said where a user sees it. A report or a document has no image to lose.
+            damaged = "PixelData" in ds or isinstance(exc, AttributeError)
+            log.log(
+                logging.WARNING if damaged else logging.INFO, "skipped file=%s reason=%s", file, exc
+            )
             continue
         series = str(ds.get("SeriesInstanceUID", file.parent))
         group = str(ds.get("PatientID", "") or series)

@@ -30,7 +30,7 @@ from dicomnode.imaging.degrade import Degradation, bicubic_restore, crop_to_mult
 from dicomnode.imaging.enhance import BaselineMethod, Method, SrcnnMethod, enhance_stack
 from dicomnode.imaging.metrics import compare
 from dicomnode.imaging.normalize import fill_padding
-from dicomnode.imaging.srcnn import LoadedModel, SrcnnRunner
+from dicomnode.imaging.srcnn import LoadedModel, ModelError, SrcnnRunner
 from dicomnode.training.corpus import CorpusImage, pseudonym
 from dicomnode.training.linear import LinearFilter, LinearMethod
 
@@ -98,7 +98,10 @@ def standard_methods(
     models = model if isinstance(model, Mapping) else {ANY: model} if model else {}
     for loaded in models.values():
         if loaded.scale != scale:
-            raise ValueError(f"model {loaded.version} is for scale {loaded.scale}, not {scale}")
+            raise ModelError(
+                f"{loaded.path or loaded.version}: holds a x{loaded.scale} model, not the "
+                f"x{scale} evaluated (--scale {scale})"
+            )
     if models:
         methods["srcnn"] = restorer_for(
             {key: SrcnnMethod(SrcnnRunner(loaded), views=views) for key, loaded in models.items()}

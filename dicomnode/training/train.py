@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from dicomnode.errors import DicomNodeError
 from dicomnode.imaging.degrade import Degradation
 from dicomnode.imaging.srcnn import HALO, build_srcnn, file_sha256, import_keras
 from dicomnode.training.corpus import CorpusImage, pseudonym, split_by_group
@@ -134,6 +135,20 @@ def _prepare_backend(keras: Any, settings: TrainingSettings) -> None:
             tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
+def of_modality(images: Sequence[CorpusImage], modality: str | None) -> list[CorpusImage]:
+    """The images of `modality` (all when None); DicomNodeError naming those there are when
+    there is none, before TensorFlow loads."""
+    if not modality:
+        return list(images)
+    chosen = [image for image in images if image.modality == modality.upper()]
+    if not chosen:
+        found = ", ".join(sorted({image.modality for image in images}))
+        raise DicomNodeError(
+            f"no {modality.upper()} image among the training data (found: {found})"
+        )
+    return chosen
+
+
 def train_srcnn(
     images: Sequence[CorpusImage],
     out: Path,
@@ -145,12 +160,9 @@ def train_srcnn(
     `on_batch(epoch, batches_done, logs)` is called after each batch (the CLI's progress bar).
     """
     started = time.perf_counter()
+    images = of_modality(images, settings.modality)
     keras = import_keras()
     _prepare_backend(keras, settings)
-    if settings.modality:
-        images = [i for i in images if i.modality == settings.modality.upper()]
-        if not images:
-            raise ValueError(f"no {settings.modality} image among the training data")
     train, validation = split_by_group(images, settings.validation_fraction, settings.seed)
     if not validation:  # one patient (the shared MR): the checkpoints can only watch training
         log.warning("one group only: validation patches come from the training images")

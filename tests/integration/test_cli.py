@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dicomnode.registry import MODELS_DIR
 from tests.conftest import pacs_destination
 from tests.integration.test_cli_output import Site
 from tests.support.cli import dicomnode
+from tests.support.data import CT_HEAD_GE
 from tests.support.dcmtk import echoscu, storescu
 from tests.support.orthanc import Orthanc
 from tests.support.ports import free_port
@@ -224,3 +226,42 @@ def test_enhance_names_a_folder_that_is_missing_or_holds_no_dicom(tmp_path: Path
     (tmp_path / "empty").mkdir()
     empty = dicomnode("enhance", str(tmp_path / "empty"), str(tmp_path / "out"))
     assert empty.returncode == 1 and "no DICOM files found" in empty.stderr
+
+
+def test_enhance_keeps_earlier_metrics_and_refuses_a_model_of_another_scale(
+    tmp_path: Path,
+) -> None:
+    """An earlier run's numbers stay in metrics.csv beside its derived series (a run of
+    another method, or one that failed, replaced them all), and a x2 model under the x1 name
+    is refused before any work (it made x2 images at enhance.scale = 1)."""
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "ct.dcm").write_bytes(sorted(CT_HEAD_GE.glob("*.dcm"))[0].read_bytes())
+    out = tmp_path / "out"
+    first = dicomnode("enhance", str(source), str(out), "-m", "srcnn", timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = dicomnode("enhance", str(source), str(out), "-m", "baseline", timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    methods = [line.split(",")[1] for line in (out / "metrics.csv").read_text().splitlines()]
+    assert methods == ["method", "srcnn", "baseline"]
+    before = (out / "metrics.csv").read_bytes()
+    failed = dicomnode("enhance", str(source), str(out), "-m", "srcnn", "--scale", "3")
+    assert failed.returncode == 2 and "srcnn-x3.keras does not exist" in failed.stderr
+    assert (out / "metrics.csv").read_bytes() == before
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "srcnn-ct-x1.keras").write_bytes((MODELS_DIR / "srcnn-ct-x2.keras").read_bytes())
+    config = tmp_path / "dicomnode.toml"
+    config.write_text(f'[enhance]\nmodel_dir = "{models}"\n')
+    wrong = tmp_path / "wrong"
+    refused = dicomnode("enhance", str(source), str(wrong), "-m", "srcnn", "--config", str(config))
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert (
+        f"{models / 'srcnn-ct-x1.keras'} holds a x2 model (srcnn_x2), not the x1 that "
+        "enhance.scale = 1 needs"
+    ) in refused.stderr
+    assert list(wrong.iterdir()) == []
+    into_a_file = dicomnode("enhance", str(source), str(source / "ct.dcm"), "-m", "baseline")
+    assert into_a_file.returncode == 1
+    assert "ct.dcm: exists and is not a folder" in into_a_file.stderr

@@ -183,7 +183,12 @@ def test_a_missing_model_stops_serve_before_anything_is_made_in_the_data_dir(
     node = node_factory([], enhance={"methods": ["srcnn"], "model_dir": str(empty)})
     line = refusal(node)
     assert "setting enhance.methods: srcnn at enhance.scale = 1 needs" in line
-    assert f"needs model files: {empty / 'srcnn-x1.keras'} does not exist (train one" in line
+    # The modalities' own files are looked for first: named too.
+    assert (
+        f"needs model files: {empty / 'srcnn-x1.keras'} does not exist (nor does "
+        "srcnn-cr-x1.keras or srcnn-ct-x1.keras or srcnn-dx-x1.keras or srcnn-mr-x1.keras) "
+        "(train one"
+    ) in line
     assert not node.data_dir.exists()
 
 

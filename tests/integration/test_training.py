@@ -250,3 +250,43 @@ def test_shipped_training_histories_name_no_patient() -> None:
         report = json.loads(path.read_text())["report"]
         groups = report["train_groups"] + report["validation_groups"]
         assert groups and all(re.fullmatch(r"[0-9a-f]{12}", g) for g in groups), path.name
+
+
+def test_train_and_evaluate_refuse_what_they_cannot_use_in_one_line_before_the_work(
+    tmp_path: Path,
+) -> None:
+    """A researcher's mistakes, each one `error:` line and no traceback: before, a modality
+    the data lacks and a model of another scale ended in a traceback, an unwritable --out
+    only after the training, and a damaged image was left out of the scores unsaid."""
+    no_mr = dicomnode(
+        "train", str(CT_HEAD_GE), "--modality", "MR", "--updates", "1000", "--epochs", "1",
+        "--out", str(tmp_path / "mr.keras"), timeout=300,
+    )  # fmt: skip
+    assert no_mr.returncode == 1 and "Traceback" not in no_mr.stderr
+    assert "error: no MR image among the training data (found: CT)" in no_mr.stderr
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    nowhere = dicomnode(
+        "train", str(CT_HEAD_GE), "--updates", "1000", "--epochs", "1",
+        "--out", str(blocked / "model.keras"), timeout=300,
+    )  # fmt: skip
+    assert nowhere.returncode == 1 and "Traceback" not in nowhere.stderr
+    assert f"error: operating system error {blocked}: exists and is not a folder" in (
+        nowhere.stderr
+    )
+    assert "epoch" not in nowhere.stdout  # refused before it trained
+    data = tmp_path / "data"
+    data.mkdir()
+    for source in sorted(CT_HEAD_GE.glob("*.dcm"))[:2]:
+        (data / source.name).write_bytes(source.read_bytes())
+    (data / "cut.dcm").write_bytes((sorted(CT_HEAD_GE.glob("*.dcm"))[0]).read_bytes()[:3000])
+    other_scale = dicomnode(
+        "evaluate", str(data), "--out", str(tmp_path / "ev"),
+        "--model", str(MODELS_DIR / "srcnn-ct-x2.keras"), timeout=300,
+    )  # fmt: skip
+    assert other_scale.returncode == 1 and "Traceback" not in other_scale.stderr
+    assert (
+        f"error: {MODELS_DIR / 'srcnn-ct-x2.keras'}: holds a x2 model, not the x1 evaluated "
+        "(--scale 1)"
+    ) in other_scale.stderr
+    assert f"skipped file={data / 'cut.dcm'} reason=" in other_scale.stderr
