@@ -26,6 +26,12 @@ NOTHING_DERIVED = "skipped: no derived image could be built (see skipped)"
 TOO_LARGE = "too large to enhance"  # begins the reason of a series past enhance.max_series_mb
 
 
+def self_check_reference(scale: int) -> str:
+    """What the self-check's gain is over: at x2-4 the cubic upsampling of the degraded image,
+    at x1 the degraded image itself (no upsampling: calling it bicubic misled)."""
+    return "bicubic" if scale > 1 else "the degraded input"
+
+
 def reported(value: float) -> float:
     """A measured number at the precision every report uses."""
     return round(value, DIGITS)

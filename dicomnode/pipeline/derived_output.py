@@ -30,7 +30,7 @@ from dicomnode.dicom.derive import Derivation, derived_instance, derived_series_
 from dicomnode.dicom.report import ImageMeasures, metrics_report
 from dicomnode.errors import DicomNodeError, ImageDeclined
 from dicomnode.imaging.enhance import Method
-from dicomnode.imaging.outcome import DeclinedImage, ImageOutcome
+from dicomnode.imaging.outcome import DeclinedImage, ImageOutcome, self_check_reference
 from dicomnode.imaging.pixels import to_stored
 from dicomnode.pipeline.sources import SourceImage, integer_of
 from dicomnode.registry import method_spec
@@ -141,7 +141,8 @@ def image_comment(method: Method, image: ImageOutcome) -> str:
         f"SSIM {image.fidelity.ssim:.4f} vs source"
     )
     if image.self_check_gain_db is not None:
-        text += f"; self-check {image.self_check_gain_db:+.2f} dB vs bicubic"
+        reference = self_check_reference(method.scale)
+        text += f"; self-check {image.self_check_gain_db:+.2f} dB vs {reference}"
     if len(image.self_check_frames) > 1:
         worst = min(image.self_check_frames, key=lambda checked: checked.gain_db)
         text += (

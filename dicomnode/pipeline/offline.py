@@ -13,7 +13,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.db import SpooledInstance
-from dicomnode.imaging.outcome import MethodOutcome
+from dicomnode.imaging.outcome import MethodOutcome, self_check_reference
 from dicomnode.imaging.pixels import to_modality
 from dicomnode.pipeline.derived_output import EncodedInstance, Sink
 from dicomnode.spool import validate_uid
@@ -87,7 +87,8 @@ def describe(series_uid: str, method: MethodOutcome, out_dir: Path) -> str:
     return (
         f"series {series_uid}: {method.method} x{method.scale}: {len(method.images)} images -> "
         f"{out_dir / method.derived_series_uid}; PSNR {method.psnr_mean_db} dB, "
-        f"SSIM {method.ssim_mean} vs source; self-check {method.self_check_text}; "
+        f"SSIM {method.ssim_mean} vs source; self-check {method.self_check_text} vs "
+        f"{self_check_reference(method.scale)}; "
         f"QA {method.qa}; {method.device}"
     )
 

@@ -3,7 +3,12 @@
 import pytest
 
 from dicomnode.imaging.metrics import ImageMetrics
-from dicomnode.imaging.outcome import ImageOutcome, MethodOutcome, SeriesOutcome
+from dicomnode.imaging.outcome import (
+    ImageOutcome,
+    MethodOutcome,
+    SeriesOutcome,
+    self_check_reference,
+)
 from dicomnode.imaging.qa import QaVerdict
 
 
@@ -45,3 +50,10 @@ def test_do_no_harm_names_every_reason_not_to_trust_a_derived_series(
 def test_a_series_outcome_survives_its_json_form() -> None:
     outcome = SeriesOutcome("done", 0.5, (), (method([0.5, -0.2]),))
     assert SeriesOutcome.from_dict(outcome.as_dict()) == outcome
+
+
+def test_the_self_check_names_its_reference_by_scale() -> None:
+    """At x1 nothing is upsampled: the gain is over the degraded image itself, which the
+    derived images' comments called bicubic."""
+    assert self_check_reference(1) == "the degraded input"
+    assert self_check_reference(2) == self_check_reference(4) == "bicubic"
