@@ -27,7 +27,13 @@ from pydicom.charset import convert_encodings, decode_bytes, encode_string
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.multival import MultiValue
-from pydicom.valuerep import STR_VR, TEXT_VR_DELIMS, PersonName, validate_value
+from pydicom.valuerep import (
+    STR_VR,
+    TEXT_VR_DELIMS,
+    PersonName,
+    format_number_as_ds,
+    validate_value,
+)
 
 from dicomnode.errors import ImageDeclined
 
@@ -176,6 +182,56 @@ def conform(ds: Dataset, *, keep_identity: bool = True) -> tuple[str, ...]:
     if changed:
         log.debug("conformed sop=%s attributes=%s", sop, ",".join(changed))
     return tuple(changed)
+
+
+def shorten_decimal_strings(ds: Dataset) -> list[str]:
+    """Rewrite each DS value of more than 16 characters (PS3.5 6.2), at any depth, as the
+    nearest one that fits; return the keywords changed. A scanner that writes
+    ImagePositionPatient as "-96.5729749755102" made every derived image fail dciodvfy; the
+    value moves by under 1e-12 of itself."""
+    changed = []
+    for tag in list(ds.keys()):  # keys: converting every element would convert invalid ones
+        raw = ds.get_item(tag)
+        vr = raw.VR or _dictionary_vr_of(tag)
+        if vr == "SQ":
+            for item in ds[tag].value or ():
+                changed += shorten_decimal_strings(item)
+            continue
+        if vr != "DS" or not _too_long(raw):
+            continue
+        element = ds[tag]
+        values = element.value if isinstance(element.value, MultiValue | list) else [element.value]
+        try:
+            shortened = [_shortened(value) for value in values]
+        except (TypeError, ValueError, OverflowError):  # no number: not a length to mend
+            continue
+        element.value = shortened if len(shortened) > 1 else shortened[0]
+        changed.append(element.keyword or str(tag))
+    return changed
+
+
+def _shortened(value: object) -> object:
+    """One DS value in at most 16 characters; an empty one stays empty."""
+    if value is None or not str(value).strip():
+        return value
+    return format_number_as_ds(float(str(value)))
+
+
+def _dictionary_vr_of(tag: int) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:  # a private or unknown tag: not ours to judge
+        return None
+
+
+def _too_long(element: DataElement | RawDataElement) -> bool:
+    """Whether one of a DS element's values, as read, is longer than 16 characters."""
+    value = element.value
+    if isinstance(value, bytes):
+        parts = value.strip(b" \0").split(b"\\")
+        return any(len(part.strip()) > 16 for part in parts)
+    values = value if isinstance(value, MultiValue | list) else [value]
+    return any(len(str(getattr(v, "original_string", v)).strip()) > 16 for v in values)
 
 
 def conformant_header(source: Dataset) -> Dataset:

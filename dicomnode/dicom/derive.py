@@ -30,7 +30,7 @@ from pydicom.uid import (
 )
 
 from dicomnode import __version__
-from dicomnode.dicom.conformance import conform, copy_identity
+from dicomnode.dicom.conformance import conform, copy_identity, shorten_decimal_strings
 from dicomnode.dicom.lossy import lossy_history
 from dicomnode.dicom.overlays import separate_embedded_overlays
 from dicomnode.errors import ImageDeclined
@@ -442,6 +442,7 @@ def derived_instance(
     else:
         separate_embedded_overlays(ds, source)
     conform(ds)
+    shorten_decimal_strings(ds)
 
     ds.SOPInstanceUID = derived_instance_uid(
         derivation.uid_root, str(source.SOPInstanceUID), derivation.version

@@ -401,3 +401,22 @@ def test_a_derived_image_says_dicomnode_processed_it_and_its_source_does_not() -
     processing.Manufacturer = "dicomnode"
     del processing.PurposeOfReferenceCodeSequence  # not said to be the processing equipment
     assert not processed_by_dicomnode(derived)
+
+
+def test_decimal_strings_longer_than_the_standard_allows_are_shortened_in_the_copy() -> None:
+    """A scanner's 17-character ImagePositionPatient made every derived image fail dciodvfy
+    (PS3.5 6.2: DS holds at most 16); the copy holds the nearest value that fits, the source
+    keeps its own."""
+    source = dcmread(CT_TEMPLATE)
+    source.ImagePositionPatient = ["-96.5729749755102", "-112.232398986816", "-77.7779350280762"]
+    source.SliceThickness = "1.0000000000000001"
+    derived = _derived_from(source)
+    written = [str(value) for value in derived.ImagePositionPatient]
+    assert all(len(text) <= 16 for text in written), written
+    assert np.allclose(
+        [float(v) for v in written],
+        [-96.5729749755102, -112.232398986816, -77.7779350280762],
+        rtol=1e-12,
+    )
+    assert str(derived.SliceThickness) == "1.0"
+    assert str(source.ImagePositionPatient[0]) == "-96.5729749755102"
