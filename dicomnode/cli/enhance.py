@@ -63,8 +63,16 @@ def enhance(
         methods=list(method) if method else settings.enhance.methods,
         scale=scale or settings.enhance.scale,
     )
+    from dicomnode.errors import ConfigError
+
     with reported_errors():
-        enhance_settings.validate()
+        try:
+            enhance_settings.validate()
+        except ConfigError as exc:
+            prefix = "setting enhance.methods: "
+            if method and str(exc).startswith(prefix):  # the option's mistake, not the file's
+                raise typer.BadParameter(str(exc)[len(prefix) :], param_hint="--method") from None
+            raise
     settings = replace(settings, enhance=enhance_settings)
     if not settings.enhance.methods:
         fail("no method: pass --method srcnn or --method baseline", 2)
