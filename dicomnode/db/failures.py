@@ -6,6 +6,7 @@ SQLAlchemy's text, which adds the statement, its parameters and a web link); the
 retries work that a database failure interrupted.
 """
 
+import logging
 import sqlite3
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -78,3 +79,15 @@ def database_damaged(error: BaseException) -> str | None:
     if code is None or code & 0xFF not in _DAMAGED_SQLITE_CODES:
         return None
     return database_said(error)
+
+
+def log_failure(logger: logging.Logger, error: BaseException, message: str, *args: object) -> None:
+    """`message` with `error`'s traceback; while the database is away (it may pass by
+    itself), one WARNING line that says so instead: the node tells the outage once
+    (`guarded.py`), and a traceback per job at every renewal filled the log while PostgreSQL
+    restarted."""
+    said = database_away(error)
+    if said is None:
+        logger.error(message, *args, exc_info=error)
+    else:
+        logger.warning(f"{message}: the database is away: %s", *args, said)

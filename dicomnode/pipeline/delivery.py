@@ -23,7 +23,7 @@ from dicomnode.config import Destination, Settings
 from dicomnode.db import Database, DeliveryStatus, JobRecord, SpooledInstance
 from dicomnode.db.commitments import failed_uids
 from dicomnode.db.delivered import delivered_uids
-from dicomnode.db.failures import database_away
+from dicomnode.db.failures import database_away, log_failure
 from dicomnode.db.jobs import holds_lease, record_delivery
 from dicomnode.db.originals_first import (
     bring_forward,
@@ -401,9 +401,10 @@ class DeliveryQueues:
                 log.info("delivery skipped: job no longer held job=%d destination=%s", job.id, name)
         except Exception as exc:  # the row stays pending, which finish_attempt counts a failure
             if not self._database_away_at_stop("the delivery's outcome", job, exc):
-                log.exception(
-                    "delivery failed with an internal error job=%d destination=%s", job.id, name
-                )
+                log_failure(
+                    log, exc, "delivery failed with an internal error job=%d destination=%s",
+                    job.id, name,
+                )  # fmt: skip
         finally:
             if pending.one_done():
                 with self._lock:
@@ -412,7 +413,7 @@ class DeliveryQueues:
                     pending.finish()
                 except Exception as exc:  # an executor would swallow it silently
                     if not self._database_away_at_stop("the attempt's end", job, exc):
-                        log.exception("finishing the job failed job=%d", job.id)
+                        log_failure(log, exc, "finishing the job failed job=%d", job.id)
 
     def _database_away_at_stop(self, what: str, job: JobRecord, exc: Exception) -> bool:
         """One line, no traceback, for a write the database was away for when the node stopped

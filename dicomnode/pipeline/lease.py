@@ -5,6 +5,7 @@ import threading
 from types import TracebackType
 
 from dicomnode.db import Database
+from dicomnode.db.failures import log_failure
 from dicomnode.db.jobs import renew_lease
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,8 @@ class LeaseKeeper:
         try:
             if renew_lease(self._db, self._job_id, self._owner, self._lease_seconds):
                 return True
-        except Exception:
-            log.exception("lease renewal failed job=%d", self._job_id)
+        except Exception as exc:
+            log_failure(log, exc, "lease renewal failed job=%d", self._job_id)
             return True  # the next renewal may succeed
         if self._stop.is_set() or not say_lost:  # the job ended meanwhile, or another says so
             return False

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dicomnode.config import EnhanceSettings, Settings
 from dicomnode.db import Database, JobRecord, JobStatus, SpooledInstance
@@ -165,8 +165,11 @@ class JobRunner:
         try:
             handed_over = self._run(job, lease)
         except Exception as exc:
-            log.exception("job failed with an internal error job=%d", job.id)
-            self._finish(job, error=f"internal error: {type(exc).__name__}: {exc}")
+            said = database_said(exc)
+            if said is None:
+                log.exception("job failed with an internal error job=%d", job.id)
+            error = f"internal error: {type(exc).__name__}: {exc}"
+            self._finish(job, error=error if said is None else f"the database failed: {said}")
         finally:
             if not handed_over:
                 lease.stop()
@@ -412,7 +415,7 @@ class JobRunner:
         sink = outbox_sink(self.spool, job.id, attempt)
         methods = methods_for(self.settings)
         output = enhance_series(job.id, inputs, self.settings, methods, sink, loaded)
-        record_job_details(self.db, job.id, self._token(job), output.outcome.as_dict())
+        self._record_details(job, output.outcome.as_dict())
         observe_outcome(output.outcome)
         qa = self.settings.qa
         harmful = {
@@ -459,6 +462,12 @@ class JobRunner:
         is retried (its originals went on their own)."""
         from dicomnode.imaging.outcome import SeriesOutcome
 
+        said = database_said(error)
+        if said is not None:
+            # Not the enhancement's failure: the database's (locked, gone), which passes. The
+            # job is retried, and the outage is told once by the node (`db/failures.py`).
+            self._finish(job, error=f"the database failed: {said}")
+            return None
         if isinstance(error, DicomNodeError):
             reason = f"enhancement failed: {error}"
         else:
@@ -466,9 +475,7 @@ class JobRunner:
             log.error("enhancement failed with an internal error job=%d", job.id, exc_info=error)
         ENHANCEMENTS_FAILED.inc()
         enhance = self.settings.enhance
-        # The database's failure (locked, gone) passes: the job is retried, not given up.
-        passing = database_said(error) is not None
-        if enhance.forward_originals or not enhance.forward_unenhanced or passing:
+        if enhance.forward_originals or not enhance.forward_unenhanced:
             self._finish(job, error=reason)
             return None
         log.warning(
@@ -478,8 +485,19 @@ class JobRunner:
             reason,
         )
         outcome = SeriesOutcome(f"skipped: {reason}; the series went as received")
-        record_job_details(self.db, job.id, self._token(job), outcome.as_dict())
+        self._record_details(job, outcome.as_dict())
         return [], {item.sop_instance_uid for item in inputs}, None, []
+
+    def _record_details(self, job: JobRecord, details: dict[str, Any]) -> None:
+        """The enhancement's outcome in the job's row, written through a short database outage
+        as the attempt's end is: given up, the series was enhanced again at the next attempt."""
+        through_outage(
+            "the enhancement's details",
+            job.id,
+            lambda: record_job_details(self.db, job.id, self._token(job), details),
+            patience=self.settings.worker.lease_seconds / 2,
+            stopping=self.stopping,
+        )
 
     def _finish(
         self,
