@@ -55,6 +55,11 @@ class DatabaseHealth:
         else:
             log.debug("scheduled task waits for the database task=%s: %s", task, said)
 
+    def failed_within(self, seconds: float) -> bool:
+        """Whether a task found the database away in the last `seconds`."""
+        with self._lock:
+            return self._last_failure > 0 and self._clock() - self._last_failure < seconds
+
     def answered(self) -> None:
         with self._lock:
             since, runs = self._away_since, self._failed_runs

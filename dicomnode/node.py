@@ -201,6 +201,17 @@ class Node:
         runners = [("router", JobPart.ORIGINALS)] if workers.router else []
         return runners + [(f"w{index}", JobPart.DERIVED) for index in range(workers.workers)]
 
+    def _reclaim_expired_leases(self) -> None:
+        """Queue again the jobs whose workers stopped renewing their leases, unless the
+        database was away within a lease: no worker could renew then. Reclaimed as the database
+        came back, a live worker's job was sent twice and recorded as one whose worker stopped
+        (three such outages made it dead); a worker that did die meanwhile is reclaimed a lease
+        later."""
+        lease = self.settings.worker.lease_seconds
+        if self._database_health.failed_within(lease):
+            return
+        reclaim_expired_leases(self.db, self.settings.retry.max_attempts)
+
     def _check_ready(self, runners: list[tuple[str, JobPart]]) -> None:
         """Refuse to start (ConfigError), before anything is made in the data_dir, what could
         never run its jobs: a missing model, a bad TLS file, a worker with nothing to run, a
@@ -334,11 +345,7 @@ class Node:
                 **_every(COMPLETION_TICK),
             )
         scheduler.add_job(
-            Guarded(
-                REAPER_TICK,
-                lambda: reclaim_expired_leases(self.db, self.settings.retry.max_attempts),
-                self._database_health,
-            ),
+            Guarded(REAPER_TICK, self._reclaim_expired_leases, self._database_health),
             seconds=max(1.0, workers.lease_seconds / 3),
             **_every(REAPER_TICK),
         )

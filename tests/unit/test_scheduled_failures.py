@@ -124,3 +124,18 @@ def test_a_database_that_fails_otherwise_meanwhile_says_so_once(
     assert [r.getMessage() for r in caplog.records][1:] == [
         "the database still fails, now: database or disk is full"
     ]
+
+
+def test_the_reaper_can_tell_the_database_was_away_within_a_lease() -> None:
+    """No worker can renew its lease while the database is away: the reaper waits a lease
+    past the last failure (`node._reclaim_expired_leases`) before it takes jobs back."""
+    now = [100.0]
+    health = DatabaseHealth(clock=lambda: now[0])
+    assert not health.failed_within(300)
+    health.away("reaper", "connection refused")
+    now[0] += 299
+    assert health.failed_within(300)
+    health.answered()  # back: the wait still counts from the last failure
+    assert health.failed_within(300)
+    now[0] += 2
+    assert not health.failed_within(300)
