@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -134,7 +135,19 @@ def _gone_from_here(lease_owner: str) -> bool:
         return True
     except OSError:  # it runs, as another user
         return False
-    return False
+    return _ended(int(pid))
+
+
+def _ended(pid: int) -> bool:
+    """Whether `pid` has ended though its parent has not yet collected it (a zombie: a
+    worker killed by a parent that restarts it before it waits for it, which left its job to
+    wait out the whole lease). Linux's /proc; elsewhere, False."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = stat.rpartition(")")[2].split()[:1]  # after the command name, which may hold ")"
+    return state in (["Z"], ["X"])
 
 
 class Node:

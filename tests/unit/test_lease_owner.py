@@ -44,3 +44,24 @@ def test_in_a_container_the_pid_namespace_is_part_of_the_host(
     assert _gone_from_here(f"{socket.gethostname()}/4026532451:{dead}:w0:1a2b3c4d")
     assert not _gone_from_here(f"{socket.gethostname()}/4026532999:{dead}:w0:1a2b3c4d")
     assert not _gone_from_here(f"{socket.gethostname()}:{dead}:w0:1a2b3c4d")  # the host's own
+
+
+def test_a_killed_process_its_parent_has_not_collected_yet_is_gone() -> None:
+    """A worker killed and restarted before its parent waited for it: a zombie, which still
+    has its pid, left its job to wait out the whole lease."""
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not _gone_from_here(f"{this_host()}:{child.pid}:worker:1a2b3c4d")
+        child.kill()
+        deadline = time.monotonic() + 10
+        while "Z" not in Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2][:3]:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert _gone_from_here(f"{this_host()}:{child.pid}:worker:1a2b3c4d")
+    finally:
+        child.kill()
+        child.wait()
