@@ -120,6 +120,9 @@ class NodeSettings:
     # SIGINT/SIGTERM: how long a stop waits for associations, jobs and deliveries in progress
     # before it exits anyway (a second signal exits at once).
     stop_timeout_seconds: float = 60.0
+    # The most a C-STORE waits for the spool and the database (plus a second per 10 MB of
+    # the instance) before the sender is answered 0xA700 (receive/store_deadline.py).
+    store_timeout_seconds: float = 60.0
     # Processes that accept on node.port (SO_REUSEPORT): the node's own plus receivers that
     # store into the same spool and database, so concurrent senders use several cores.
     # 1: the node's own process only; 0: auto, min(cores, 4).
@@ -133,6 +136,7 @@ class NodeSettings:
             f"must be 0 (auto: one per core, at most 4) to {MAX_LISTENER_PROCESSES}",
         )
         _check(self.stop_timeout_seconds > 0, "node.stop_timeout_seconds", "must be > 0")
+        _check(self.store_timeout_seconds > 0, "node.store_timeout_seconds", "must be > 0")
         _check_port(self.port, "node.port")
         _check(self.data_dir != "", "node.data_dir", "must not be empty")
         for aet in self.allowed_calling_aets:

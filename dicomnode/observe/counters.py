@@ -21,6 +21,7 @@ REFUSAL_REASONS = (
     "sop_class_not_supported",
     "too_large",
     "disk_full",
+    "timed_out",
     "spool",
     "database",
     "internal",

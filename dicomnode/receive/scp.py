@@ -65,6 +65,7 @@ from dicomnode.receive.status import (
     status_dataset,
     status_for,
 )
+from dicomnode.receive.store_deadline import StoreDeadline, StoreTimedOut
 from dicomnode.receive.store_lane import Arrival
 from dicomnode.receive.syntaxes import accepted_syntaxes
 from dicomnode.spool import Spool, validate_uid
@@ -304,6 +305,11 @@ class StorageReceiver:
         # with a wrong AE title retries for days, and a caller that floods wrote ~1.7 GB a day.
         self._rejections = ThrottledWarnings(log)
         self._writer = ThreadPoolExecutor(settings.node.max_associations, "spool-write")
+        # Each store waits for the spool and the database until its deadline, in a thread of
+        # its own (receive/store_deadline.py): one per association is all that can be in use.
+        self._deadline = StoreDeadline(
+            settings.node.max_associations, settings.node.store_timeout_seconds
+        )
         # SQLite has one writer at a time: rows that arrive together share a transaction
         # (db/group_commit.py). PostgreSQL takes concurrent writers as they come.
         self._record: Callable[..., Path | None] = (
@@ -484,20 +490,15 @@ class StorageReceiver:
         calling = arrival.assoc.requestor.ae_title
         sop_uid = arrival.sop_instance_uid
         try:
-            # A reserve, not a line: what this instance takes counts (at 0 bytes free the
-            # database cannot even record the deletions that would make room).
-            free = self.spool.free_bytes()
-            if free - len(arrival.data_set) < self._min_free_bytes:
-                raise DiskFull(
-                    f"node.min_free_disk_mb={self.settings.node.min_free_disk_mb} MB: storing "
-                    f"it ({len(arrival.data_set) / 1048576:.1f} MB) would leave less free in "
-                    f"{self.spool.root} ({free / 1048576:.1f} MB free)"
-                )
             _check_sop_class(arrival)
             self._check_size(arrival)
             ident = _identify(arrival)
             sop_uid = ident.sop_instance_uid
-            self._store(arrival, ident, calling)
+            self._deadline.run(
+                partial(self._store_within_reserve, arrival, ident, calling),
+                len(arrival.data_set),
+                sop_uid,
+            )
         except Exception as raised:
             exc = underlying(raised)  # what failed, not the grouped commit that carried it
             status = status_for(exc)
@@ -519,11 +520,11 @@ class StorageReceiver:
         """One line per refused instance; while the node itself cannot store (disk full,
         database away), one per sender a minute: a modality's whole study would otherwise
         write a line per instance, every resend again, into a log on the same full disk."""
-        expected = DecodeError | SpoolError | InstanceTooLarge
+        expected = DecodeError | SpoolError | InstanceTooLarge | StoreTimedOut
         level = logging.WARNING if isinstance(exc, expected) else logging.ERROR
         message = "C-STORE failed status=0x%04X sop=%s calling_aet=%s: %s"
         args = (status, sop_uid[:64], calling, refusal_text(exc))
-        if isinstance(exc, DiskFull) or database_away(exc) is not None:
+        if isinstance(exc, DiskFull | StoreTimedOut) or database_away(exc) is not None:
             self._conditions.log(level, (reason, calling), message, *args)
         else:  # a bug of ours keeps its traceback; the rest are told in the line
             log.log(level, message, *args, exc_info=reason == "internal")
@@ -540,6 +541,19 @@ class StorageReceiver:
             inflated_size(
                 [arrival.data_set], self.settings.node.max_instance_bytes, "deflated instance"
             )
+
+    def _store_within_reserve(self, arrival: Arrival, ident: _Identity, calling: str) -> None:
+        """`_store`, unless it would eat into the reserve of free space: what this instance
+        takes counts (at 0 bytes free the database cannot even record the deletions that would
+        make room)."""
+        free = self.spool.free_bytes()
+        if free - len(arrival.data_set) < self._min_free_bytes:
+            raise DiskFull(
+                f"node.min_free_disk_mb={self.settings.node.min_free_disk_mb} MB: storing "
+                f"it ({len(arrival.data_set) / 1048576:.1f} MB) would leave less free in "
+                f"{self.spool.root} ({free / 1048576:.1f} MB free)"
+            )
+        self._store(arrival, ident, calling)
 
     def _store(self, arrival: Arrival, ident: _Identity, calling: str) -> None:
         uid = ident.sop_instance_uid

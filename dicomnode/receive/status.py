@@ -13,6 +13,7 @@ from dicomnode.errors import (
     SopClassNotSupported,
     SpoolError,
 )
+from dicomnode.receive.store_deadline import StoreTimedOut
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # the sender should try again later
@@ -46,6 +47,8 @@ def refusal_reason(error: Exception) -> str:
         return "too_large"
     if isinstance(error, DiskFull):
         return "disk_full"
+    if isinstance(error, StoreTimedOut):
+        return "timed_out"
     if isinstance(error, SpoolError):
         return "spool"
     if database_said(error) is not None:
