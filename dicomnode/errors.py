@@ -38,6 +38,11 @@ class DiskFull(SpoolError):
     """Free space in the data directory is below `node.min_free_disk_mb`: stores are refused."""
 
 
+class StoreTimedOut(DicomNodeError):
+    """The spool or the database did not finish storing a received instance by its deadline
+    (`node.store_timeout_seconds`): the sender is answered 0xA700, the store goes on behind."""
+
+
 class DecodeError(DicomNodeError):
     """A received or spooled dataset is malformed or lacks what the node needs to file it."""
 
@@ -130,6 +135,11 @@ class UnreadableSpool(ForwardError):
 class ImageDeclined(DicomNodeError):
     """An image the enhancement cannot use as it is (colour, float, undecodable); the message
     names the instance and the reason, and the caller forwards it unchanged."""
+
+
+class PixelsUndecodable(ImageDeclined):
+    """An image whose pixel data cannot be decoded (cut short, damaged): unlike a colour
+    image or a report, a file a user would want to hear about."""
 
 
 class ReportNotBuilt(DicomNodeError):

@@ -11,7 +11,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,6 +45,7 @@ from dicomnode.errors import (
     InstanceTooLarge,
     SopClassNotSupported,
     SpoolError,
+    StoreTimedOut,
 )
 from dicomnode.forward.commitment import record_commitment_report
 from dicomnode.observe.counters import (
@@ -65,7 +66,7 @@ from dicomnode.receive.status import (
     status_dataset,
     status_for,
 )
-from dicomnode.receive.store_deadline import StoreDeadline, StoreTimedOut
+from dicomnode.receive.store_deadline import DaemonThreads, StoreDeadline
 from dicomnode.receive.store_lane import Arrival
 from dicomnode.receive.syntaxes import accepted_syntaxes
 from dicomnode.spool import Spool, validate_uid
@@ -304,11 +305,15 @@ class StorageReceiver:
         # Rejected associations, one line a minute per reason and address: a modality set up
         # with a wrong AE title retries for days, and a caller that floods wrote ~1.7 GB a day.
         self._rejections = ThrottledWarnings(log)
-        self._writer = ThreadPoolExecutor(settings.node.max_associations, "spool-write")
+        # Daemon threads: a name's fsync stuck on a hung mount must not keep the process from
+        # exiting once its sender was answered (receive/store_deadline.py).
+        self._writer = DaemonThreads(settings.node.max_associations, "spool-write")
         # Each store waits for the spool and the database until its deadline, in a thread of
         # its own (receive/store_deadline.py): one per association is all that can be in use.
         self._deadline = StoreDeadline(
-            settings.node.max_associations, settings.node.store_timeout_seconds
+            settings.node.max_associations,
+            settings.node.store_timeout_seconds,
+            describe=lambda exc: refusal_text(underlying(exc)),  # type: ignore[arg-type]
         )
         # SQLite has one writer at a time: rows that arrive together share a transaction
         # (db/group_commit.py). PostgreSQL takes concurrent writers as they come.
@@ -592,7 +597,7 @@ class StorageReceiver:
         named: list[Future[None]] = []
 
         def name_while_committing() -> None:
-            named.append(self._writer.submit(self.spool.sync_name, placed.path))
+            named.append(self._writer.submit(partial(self.spool.sync_name, placed.path)).future)
 
         try:
             previous = self._record(row, before_commit=name_while_committing)

@@ -12,8 +12,8 @@ from dicomnode.errors import (
     InstanceTooLarge,
     SopClassNotSupported,
     SpoolError,
+    StoreTimedOut,
 )
-from dicomnode.receive.store_deadline import StoreTimedOut
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # the sender should try again later

@@ -18,42 +18,53 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Generic, TypeVar
 
-from dicomnode.errors import DicomNodeError
+from dicomnode.errors import StoreTimedOut
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A second more of the deadline for each this many bytes of the instance: a 2 GiB instance
 # written and fsynced at 10 MB/s is not a store that hangs.
 BYTES_PER_EXTRA_SECOND = 10 * 1024 * 1024
 
 
-class StoreTimedOut(DicomNodeError):
-    """The spool or the database did not finish storing an instance by its deadline."""
+class Job(Generic[T]):
+    """A call handed to `DaemonThreads`, and its future."""
+
+    __slots__ = ("call", "future")
+
+    def __init__(self, call: Callable[[], T]) -> None:
+        self.call: Callable[[], T] | None = call
+        self.future: Future[T] = Future()
+
+    def cancel(self) -> bool:
+        """Whether it was cancelled before it began; then what the call holds (a whole data
+        set) is let go now, not once a thread is free to drop it: during a freeze every
+        refused store would otherwise stay in memory."""
+        if not self.future.cancel():
+            return False
+        self.call = None
+        return True
 
 
-class StoreDeadline:
-    """Runs stores in at most `threads` daemon threads; each caller waits for its own until
-    its deadline."""
+class DaemonThreads:
+    """At most `threads` daemon threads that run the calls handed to them, in order. Unlike a
+    ThreadPoolExecutor's, a thread stuck on a hung mount or a frozen database does not keep the
+    process from exiting (those are joined at exit)."""
 
-    def __init__(self, threads: int, seconds: float) -> None:
-        self.seconds = seconds
-        self._threads = threads
+    def __init__(self, threads: int, name: str) -> None:
+        self._threads, self._name = threads, name
         self._started = 0
-        self._idle = 0  # threads waiting for a store
-        self._queued = 0  # stores no thread has taken yet
+        self._idle = 0  # threads waiting for a call
+        self._queued = 0  # calls no thread has taken yet
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[Callable[[], None], Future[None]]] = (
-            queue.SimpleQueue()
-        )
+        self._queue: queue.SimpleQueue[Job[object]] = queue.SimpleQueue()
 
-    def deadline_for(self, size: int) -> float:
-        return self.seconds + size / BYTES_PER_EXTRA_SECOND
-
-    def run(self, store: Callable[[], None], size: int, sop: str) -> None:
-        """`store()`, waited for until the deadline of an instance of `size` bytes; its own
-        error is raised, or StoreTimedOut past the deadline."""
-        future: Future[None] = Future()
+    def submit(self, call: Callable[[], T]) -> Job[T]:
+        job = Job(call)
         with self._lock:
             self._queued += 1
             start = self._queued > self._idle and self._started < self._threads
@@ -61,49 +72,82 @@ class StoreDeadline:
                 self._started += 1
                 self._idle += 1
         if start:
-            threading.Thread(target=self._serve, name="store", daemon=True).start()
-        self._queue.put((store, future))
-        seconds = self.deadline_for(size)
-        try:
-            future.result(timeout=seconds)
-        except FutureTimeout:
-            if future.cancel():  # never began: every thread is held by a store that hangs
-                raise StoreTimedOut(
-                    f"no store could begin within {seconds:.0f} s (node.store_timeout_seconds): "
-                    "earlier ones wait for the spool or the database"
-                ) from None
-            future.add_done_callback(lambda done: _finished_late(done, sop))
-            raise StoreTimedOut(
-                f"the spool or the database did not finish storing it within {seconds:.0f} s "
-                "(node.store_timeout_seconds); it goes on behind"
-            ) from None
+            try:
+                threading.Thread(target=self._serve, name=self._name, daemon=True).start()
+            except BaseException:  # no thread (the process's limit): none is counted
+                with self._lock:
+                    self._started -= 1
+                    self._idle -= 1
+                    self._queued -= 1
+                raise
+        self._queue.put(job)  # type: ignore[arg-type]
+        return job
 
     def _serve(self) -> None:
         while True:
-            store, future = self._queue.get()
+            job = self._queue.get()
             with self._lock:
                 self._queued -= 1
                 self._idle -= 1
             try:
-                if future.set_running_or_notify_cancel():
+                call = job.call
+                job.call = None
+                if call is not None and job.future.set_running_or_notify_cancel():
                     try:
-                        store()
-                    except BaseException as exc:  # the caller's to map to a status
-                        future.set_exception(exc)
+                        result = call()
+                    except BaseException as exc:  # the caller's to handle
+                        job.future.set_exception(exc)
                     else:
-                        future.set_result(None)
+                        job.future.set_result(result)
             finally:
                 with self._lock:
                     self._idle += 1
 
 
-def _finished_late(future: Future[None], sop: str) -> None:
-    """What became of a store whose sender was told 0xA700 at its deadline."""
-    try:
-        future.result()
-    except CancelledError:
-        return
-    except Exception as exc:
-        log.warning("a store past its deadline failed sop=%s: %s", sop, exc)
-        return
-    log.warning("a store past its deadline finished: the instance is stored sop=%s", sop)
+class StoreDeadline:
+    """Runs stores in at most `threads` daemon threads; each caller waits for its own until
+    its deadline. `describe` turns a failure of a store that finished late into the one line
+    the log says of it."""
+
+    def __init__(
+        self,
+        threads: int,
+        seconds: float,
+        describe: Callable[[BaseException], str] = str,
+    ) -> None:
+        self.seconds = seconds
+        self._describe = describe
+        self._threads = DaemonThreads(threads, "store")
+
+    def deadline_for(self, size: int) -> float:
+        return self.seconds + size / BYTES_PER_EXTRA_SECOND
+
+    def run(self, store: Callable[[], None], size: int, sop: str) -> None:
+        """`store()`, waited for until the deadline of an instance of `size` bytes; its own
+        error is raised, or StoreTimedOut past the deadline."""
+        job = self._threads.submit(store)
+        seconds = self.deadline_for(size)
+        try:
+            job.future.result(timeout=seconds)
+        except FutureTimeout:
+            if job.cancel():  # never began: every thread is held by a store that hangs
+                raise StoreTimedOut(
+                    f"no store could begin within {seconds:.0f} s (node.store_timeout_seconds): "
+                    "earlier ones wait for the spool or the database"
+                ) from None
+            job.future.add_done_callback(lambda done: self._finished_late(done, sop))
+            raise StoreTimedOut(
+                f"the spool or the database did not finish storing it within {seconds:.0f} s "
+                "(node.store_timeout_seconds); it goes on behind"
+            ) from None
+
+    def _finished_late(self, future: Future[None], sop: str) -> None:
+        """What became of a store whose sender was told 0xA700 at its deadline."""
+        try:
+            future.result()
+        except CancelledError:
+            return
+        except Exception as exc:
+            log.warning("a store past its deadline failed sop=%s: %s", sop, self._describe(exc))
+            return
+        log.warning("a store past its deadline finished: the instance is stored sop=%s", sop)

@@ -4,10 +4,13 @@ even begin is never run."""
 
 import logging
 import threading
+import weakref
+from functools import partial
 
 import pytest
 
-from dicomnode.receive.store_deadline import BYTES_PER_EXTRA_SECOND, StoreDeadline, StoreTimedOut
+from dicomnode.errors import StoreTimedOut
+from dicomnode.receive.store_deadline import BYTES_PER_EXTRA_SECOND, DaemonThreads, StoreDeadline
 
 
 def test_a_store_that_ends_in_time_returns_or_raises_its_own_error() -> None:
@@ -51,3 +54,40 @@ def test_a_large_instance_gets_more_time() -> None:
     deadline = StoreDeadline(threads=1, seconds=60)
     assert deadline.deadline_for(0) == 60
     assert deadline.deadline_for(20 * BYTES_PER_EXTRA_SECOND) == 80
+
+
+class _DataSet(bytearray):
+    """A received data set's bytes (a bytearray cannot be weakly referenced)."""
+
+
+def test_a_store_cancelled_before_it_began_lets_go_of_its_data_at_once() -> None:
+    """During a freeze every refused store stayed queued, each with its whole data set,
+    until a thread was free to drop it."""
+    threads = DaemonThreads(1, "test")
+    frozen = threading.Event()
+    held = threads.submit(lambda: frozen.wait(10))
+    data = _DataSet(10 << 20)
+    alive = weakref.ref(data)
+    waiting = threads.submit(partial(len, data))
+    del data
+    assert waiting.cancel() and waiting.call is None
+    assert alive() is None
+    frozen.set()
+    assert held.future.result(5) is True
+    assert threads.submit(lambda: 7).future.result(5) == 7  # the cancelled one never ran
+
+
+def test_a_late_failure_is_told_in_the_words_given(caplog: pytest.LogCaptureFixture) -> None:
+    deadline = StoreDeadline(threads=1, seconds=0.1, describe=lambda exc: "disk gone")
+    frozen = threading.Event()
+
+    def fails_late() -> None:
+        frozen.wait(10)
+        raise OSError(5, "Input/output error\n[SQL: many lines]")
+
+    with pytest.raises(StoreTimedOut):
+        deadline.run(fails_late, 0, "1.2.3.7")
+    with caplog.at_level(logging.WARNING, logger="dicomnode.receive.store_deadline"):
+        frozen.set()
+        deadline.run(lambda: None, 0, "1.2.3.8")  # after the late one, on the one thread
+    assert "a store past its deadline failed sop=1.2.3.7: disk gone" in caplog.text
