@@ -88,7 +88,12 @@ class BoundedSocket(WakingSocket):
     _header: bytearray | None
     _body: bytearray | None
     _in_flight: int
-    _message_started: float | None  # when the first P-DATA of the message came (monotonic)
+    # The pace of the peer's message on the wire: when its first P-DATA came (monotonic) and
+    # how many bytes its P-DATA announced since. Kept apart from the budget, which a caller's
+    # message spends until we answer it: a message we never answer (the N-EVENT-REPORT-RSP to
+    # our Storage Commitment report) must not run the next one's clock.
+    _pace_started: float | None
+    _pace_bytes: int
     # The command set of the peer's message so far (PS3.7 6.3.1: Implicit VR Little Endian):
     # whether a data set follows it decides where the message ends (`messages_ended`).
     _command: bytearray
@@ -102,7 +107,8 @@ class BoundedSocket(WakingSocket):
         self._header = None
         self._body = None
         self._in_flight = 0
-        self._message_started = None
+        self._pace_started = None
+        self._pace_bytes = 0
         self._command = bytearray()
         self._rest_owed = False
         self._first_read = False
@@ -114,9 +120,8 @@ class BoundedSocket(WakingSocket):
 
     def message_done(self) -> None:
         """The message the P-DATA since the last call belonged to is over: it no longer
-        counts against the budget, nor against the time of the next one."""
+        counts against the budget (its pace is the wire's to end: `messages_ended`)."""
         self._in_flight = 0
-        self._message_started = None
 
     @property
     def ready(self) -> bool:
@@ -213,9 +218,10 @@ class BoundedSocket(WakingSocket):
                     f"({self.limits.budget_setting})",
                     "message_too_large",
                 )
-            if self._message_started is None:
-                self._message_started = time.monotonic()
+            if not self._rest_owed:  # a message begins: its pace counts from here
+                self._pace_started, self._pace_bytes = time.monotonic(), length
             else:
+                self._pace_bytes += length
                 self._check_pace(length)
         elif length > OTHER_PDU_LIMIT:
             raise Refused(f"PDU type 0x{pdu_type:02X} of {length} bytes", "pdu_too_large")
@@ -229,7 +235,7 @@ class BoundedSocket(WakingSocket):
                 if problem is not None:
                     raise Refused(f"a P-DATA-TF whose {problem}", "protocol")
                 ended, self._command = messages_ended(self._command, body)
-                self._rest_owed = not ended
+                self._rest_owed = not ended or bool(self._command)  # or the next one began
                 if ended:
                     self.message_ended()
             self.checked(pdu_type, body)
@@ -240,12 +246,13 @@ class BoundedSocket(WakingSocket):
         come slower than MIN_BYTES_PER_SECOND. `arriving`: the length of the P-DATA-TF whose
         header was just read, which counts (a long one is read, or stalls, within its own
         limit) but is not yet there to name."""
-        if self._message_started is None:
+        started = self._pace_started
+        if started is None:
             return
-        elapsed = time.monotonic() - self._message_started
-        if elapsed > self.limits.pdu_seconds and self._in_flight < MIN_BYTES_PER_SECOND * elapsed:
+        elapsed = time.monotonic() - started
+        if elapsed > self.limits.pdu_seconds and self._pace_bytes < MIN_BYTES_PER_SECOND * elapsed:
             raise Refused(
-                f"a message of {self._in_flight - arriving} bytes in {elapsed:.0f} s, slower "
+                f"a message of {self._pace_bytes - arriving} bytes in {elapsed:.0f} s, slower "
                 f"than {MIN_BYTES_PER_SECOND} bytes/s once it took longer than "
                 f"network.network_timeout={self.limits.pdu_seconds:g}s",
                 "stalled",
