@@ -34,6 +34,7 @@ class DatabaseHealth:
         self._last_failure = 0.0
         self._failed_runs = 0
         self._told: set[str] = set()  # the failures told in this outage (a few at most)
+        self._last_outage: tuple[float, float] | None = None  # its first and last failure
 
     def away(self, task: str, said: str) -> None:
         with self._lock:
@@ -55,16 +56,23 @@ class DatabaseHealth:
         else:
             log.debug("scheduled task waits for the database task=%s: %s", task, said)
 
-    def failed_within(self, seconds: float) -> bool:
-        """Whether a task found the database away in the last `seconds`."""
+    def outage_within(self, seconds: float, lasting: float) -> bool:
+        """Whether the tasks found the database away for `lasting` seconds or more (from its
+        first failure to its last) in an outage that ended less than `seconds` ago, or goes
+        on. A deadlock or a lock wait now and then, which fails one tick, is not one."""
         with self._lock:
-            return self._last_failure > 0 and self._clock() - self._last_failure < seconds
+            now = self._clock()
+            if self._away_since is not None:
+                return self._last_failure - self._away_since >= lasting
+            last = self._last_outage
+            return last is not None and last[1] - last[0] >= lasting and now - last[1] < seconds
 
     def answered(self) -> None:
         with self._lock:
             since, runs = self._away_since, self._failed_runs
             if since is None or self._clock() - self._last_failure < BACK_AFTER_SECONDS:
                 return  # not away, or not back for long enough to say so
+            self._last_outage = (since, self._last_failure)
             self._away_since, self._failed_runs = None, 0
             self._told.clear()
         if since is not None:

@@ -216,12 +216,13 @@ class Node:
 
     def _reclaim_expired_leases(self) -> None:
         """Queue again the jobs whose workers stopped renewing their leases, unless the
-        database was away within a lease: no worker could renew then. Reclaimed as the database
-        came back, a live worker's job was sent twice and recorded as one whose worker stopped
-        (three such outages made it dead); a worker that did die meanwhile is reclaimed a lease
-        later."""
+        database was away within a lease for a third of one or more (workers renew every third:
+        a shorter outage costs them one renewal at most), when no worker could renew. Reclaimed
+        as the database came back, a live worker's job was sent twice and recorded as one whose
+        worker stopped (three such outages made it dead); a worker that did die meanwhile is
+        reclaimed a lease later."""
         lease = self.settings.worker.lease_seconds
-        if self._database_health.failed_within(lease):
+        if self._database_health.outage_within(lease, lasting=lease / 3):
             return
         reclaim_expired_leases(self.db, self.settings.retry.max_attempts)
 

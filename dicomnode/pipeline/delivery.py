@@ -402,9 +402,8 @@ class DeliveryQueues:
         except Exception as exc:  # the row stays pending, which finish_attempt counts a failure
             if not self._database_away_at_stop("the delivery's outcome", job, exc):
                 log_failure(
-                    log, exc, "delivery failed with an internal error job=%d destination=%s",
-                    job.id, name,
-                )  # fmt: skip
+                    log, exc, "delivery outcome not recorded job=%d destination=%s", job.id, name
+                )
         finally:
             if pending.one_done():
                 with self._lock:

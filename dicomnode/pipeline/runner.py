@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from dicomnode.config import EnhanceSettings, Settings
 from dicomnode.db import Database, JobRecord, JobStatus, SpooledInstance
 from dicomnode.db.delivered import forget_stored
-from dicomnode.db.failures import database_said
+from dicomnode.db.failures import database_away, database_said
 from dicomnode.db.jobs import (
     claim_next_job,
     finish_attempt,
@@ -165,11 +165,11 @@ class JobRunner:
         try:
             handed_over = self._run(job, lease)
         except Exception as exc:
-            said = database_said(exc)
-            if said is None:
+            away = database_away(exc)  # an outage, told once by the node: no traceback
+            if away is None:
                 log.exception("job failed with an internal error job=%d", job.id)
             error = f"internal error: {type(exc).__name__}: {exc}"
-            self._finish(job, error=error if said is None else f"the database failed: {said}")
+            self._finish(job, error=error if away is None else f"the database failed: {away}")
         finally:
             if not handed_over:
                 lease.stop()
@@ -462,11 +462,11 @@ class JobRunner:
         is retried (its originals went on their own)."""
         from dicomnode.imaging.outcome import SeriesOutcome
 
-        said = database_said(error)
-        if said is not None:
+        away = database_away(error)
+        if away is not None:
             # Not the enhancement's failure: the database's (locked, gone), which passes. The
-            # job is retried, and the outage is told once by the node (`db/failures.py`).
-            self._finish(job, error=f"the database failed: {said}")
+            # job is retried, and the outage is told once by the node (`guarded.py`).
+            self._finish(job, error=f"the database failed: {away}")
             return None
         if isinstance(error, DicomNodeError):
             reason = f"enhancement failed: {error}"
@@ -475,7 +475,10 @@ class JobRunner:
             log.error("enhancement failed with an internal error job=%d", job.id, exc_info=error)
         ENHANCEMENTS_FAILED.inc()
         enhance = self.settings.enhance
-        if enhance.forward_originals or not enhance.forward_unenhanced:
+        # Any other failure of the database's (a constraint, a missing column) keeps its
+        # traceback, but the job is retried, not sent on as received.
+        passing = database_said(error) is not None
+        if enhance.forward_originals or not enhance.forward_unenhanced or passing:
             self._finish(job, error=reason)
             return None
         log.warning(

@@ -1,12 +1,13 @@
 """A derived job through a short database outage: its enhancement's details wait for the
 database, and a failure it cannot wait out is the database's, not the enhancement's."""
 
+import logging
 import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 import dicomnode.db.engine as engine_module
 import dicomnode.pipeline.runner as runner_module
@@ -22,7 +23,7 @@ from tests.integration.test_job_table import BOTH_PARTS, receive
 
 
 def test_a_derived_job_rides_out_a_database_outage_without_enhancing_twice(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """PostgreSQL restarting as a derived job wrote its enhancement's details made the job an
     "internal error" (a traceback, a failed enhancement counted) and enhanced the series
@@ -61,3 +62,10 @@ def test_a_derived_job_rides_out_a_database_outage_without_enhancing_twice(
     assert recorded is not None and recorded.status == "failed"
     assert recorded.error is not None and recorded.error.startswith("the database failed: ")
     assert runner_module.ENHANCEMENTS_FAILED._value.get() == failed_before
+    # Any other failure of the database's is a bug to see: its traceback, counted.
+    broken = IntegrityError("UPDATE jobs", {}, sqlite3.IntegrityError("NOT NULL failed"))
+    with caplog.at_level(logging.ERROR, logger="dicomnode.pipeline.runner"):
+        runner._failed_enhancement(job, [], broken)  # the job is no longer this attempt's
+    [logged] = [r for r in caplog.records if "enhancement failed with an internal" in r.message]
+    assert logged.exc_info is not None
+    assert runner_module.ENHANCEMENTS_FAILED._value.get() == failed_before + 1

@@ -128,14 +128,22 @@ def test_a_database_that_fails_otherwise_meanwhile_says_so_once(
 
 def test_the_reaper_can_tell_the_database_was_away_within_a_lease() -> None:
     """No worker can renew its lease while the database is away: the reaper waits a lease
-    past the last failure (`node._reclaim_expired_leases`) before it takes jobs back."""
+    past an outage of a third of one or more (`node._reclaim_expired_leases`) before it takes
+    jobs back; a failed tick now and then (a deadlock, a lock wait) is no such outage."""
     now = [100.0]
     health = DatabaseHealth(clock=lambda: now[0])
-    assert not health.failed_within(300)
-    health.away("reaper", "connection refused")
-    now[0] += 299
-    assert health.failed_within(300)
-    health.answered()  # back: the wait still counts from the last failure
-    assert health.failed_within(300)
-    now[0] += 2
-    assert not health.failed_within(300)
+    assert not health.outage_within(300, lasting=100)
+    health.away("reaper", "deadlock detected")  # one tick, then the database answers
+    now[0] += 10
+    health.answered()
+    assert not health.outage_within(300, lasting=100)
+    for _ in range(120):  # away for two minutes
+        health.away("reaper", "connection refused")
+        now[0] += 1
+    assert health.outage_within(300, lasting=100)  # still away
+    now[0] += 10
+    health.answered()
+    now[0] += 280
+    assert health.outage_within(300, lasting=100)  # back, within a lease of its end
+    now[0] += 20
+    assert not health.outage_within(300, lasting=100)
