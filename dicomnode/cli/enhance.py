@@ -90,21 +90,22 @@ def enhance(
     from dicomnode.pipeline.sources import modality_of
     from dicomnode.registry import check_models
 
-    with reported_errors():
-        writable_folder(out_dir)  # before the work, not after it
-        series = series_in(in_dir)
-        if not series:
-            fail(f"{in_dir}: no DICOM files found")
-        # Before any work, as `serve` does: the model of each modality there is to enhance.
-        present = {modality_of(inputs) for inputs in series.values()}
-        wanted = [m for m in settings.enhance.modalities if m in present]
-        check_models(replace(settings, enhance=replace(settings.enhance, modalities=wanted)))
-        methods = methods_for(settings)
-        sink = file_sink(out_dir)
-        rows: list[dict[str, Any]] = []
-        failed: list[str] = []
-        done = 0
-        try:
+    rows: list[dict[str, Any]] = []
+    failed: list[str] = []
+    done = 0
+    series: dict[str, list[SpooledInstance]] = {}
+    try:
+        with reported_errors():
+            series = series_in(in_dir)
+            if not series:
+                fail(f"{in_dir}: no DICOM files found")
+            writable_folder(out_dir)  # before the work, not after it
+            # Before any work, as `serve` does: the model of each modality there is to enhance.
+            present = {modality_of(inputs) for inputs in series.values()}
+            wanted = [m for m in settings.enhance.modalities if m in present]
+            check_models(replace(settings, enhance=replace(settings.enhance, modalities=wanted)))
+            methods = methods_for(settings)
+            sink = file_sink(out_dir)
             for index, (series_uid, inputs) in enumerate(
                 track(sorted(series.items()), description="enhancing", console=error_console)
             ):
@@ -116,13 +117,14 @@ def enhance(
                         comparison_figure(inputs, made, out_dir, out_dir / "comparison.png")
                     rows.extend(metrics_rows(series_uid, made))
                 done += 1
-        except KeyboardInterrupt:
             merge_metrics_csv(rows, out_dir / "metrics.csv")
-            fail(
-                f"interrupted after {done} of {len(series)} series; what they made is in "
-                f"{out_dir}, and metrics.csv has their rows"
-            )
-        merge_metrics_csv(rows, out_dir / "metrics.csv")
+    except KeyboardInterrupt:
+        if rows:
+            merge_metrics_csv(rows, out_dir / "metrics.csv")
+        fail(
+            f"interrupted after {done} of {len(series) or '?'} series: metrics.csv has the rows "
+            f"of those it enhanced; the series it was enhancing may be incomplete in {out_dir}"
+        )
     if failed:
         fail(f"{len(failed)} of {len(series)} series could not be enhanced (see above)")
     if not rows:

@@ -1,6 +1,7 @@
 """`dicomnode train`: train an SRCNN model on folders of DICOM images."""
 
 import json
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -106,7 +107,12 @@ def train(
 
     from dicomnode.registry import SRCNN
     from dicomnode.training.corpus import load_images
-    from dicomnode.training.train import TrainingSettings, of_modality, train_srcnn
+    from dicomnode.training.train import (
+        TrainingSettings,
+        of_modality,
+        partial_model_path,
+        train_srcnn,
+    )
 
     augmentation: dict[str, Any] = {}  # what is not given keeps the shipped recipe's
     if soften:
@@ -140,32 +146,34 @@ def train(
             param_hint="--out",
         )
     batches = settings.steps // settings.epochs
-    with reported_errors():
-        writable_folder(out.parent)  # before an hour of training, not at its first checkpoint
-        images = of_modality(load_images(data), settings.modality)
-        console.print(f"{len(images)} images from {len(data)} path(s); training x{scale}")
-        with Progress(
-            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-            BarColumn(),
-            TextColumn("loss {task.fields[loss]:.3g}"),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
-            task = progress.add_task("train", total=batches, epoch=1, epochs=epochs, loss=0.0)
+    began = time.time()
+    try:
+        with reported_errors():
+            writable_folder(out.parent)  # before an hour of training, not at its checkpoint
+            images = of_modality(load_images(data), settings.modality)
+            console.print(f"{len(images)} images from {len(data)} path(s); training x{scale}")
+            with Progress(
+                TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+                BarColumn(),
+                TextColumn("loss {task.fields[loss]:.3g}"),
+                TimeElapsedColumn(),
+                console=console,
+            ) as progress:
+                task = progress.add_task("train", total=batches, epoch=1, epochs=epochs, loss=0.0)
 
-            def on_batch(epoch: int, done: int, logs: dict[str, float]) -> None:
-                progress.update(
-                    task, completed=done, epoch=epoch + 1, loss=float(logs.get("loss", 0.0))
-                )
+                def on_batch(epoch: int, done: int, logs: dict[str, float]) -> None:
+                    progress.update(
+                        task, completed=done, epoch=epoch + 1, loss=float(logs.get("loss", 0.0))
+                    )
 
-            try:
                 report = train_srcnn(images, out, settings, on_batch)
-            except KeyboardInterrupt:
-                partial = out.with_name(f"{out.stem}.partial.keras")
-                kept = (
-                    f"the best model so far is {partial}"
-                    if partial.exists()
-                    else "no checkpoint was reached"
-                )
-                fail(f"interrupted: {out} was not written; {kept}")
+    except KeyboardInterrupt:
+        partial = partial_model_path(out)
+        if partial.exists() and partial.stat().st_mtime >= began:
+            kept = f"the best model so far is {partial}"
+        elif partial.exists():
+            kept = f"no checkpoint was reached ({partial} is an earlier run's)"
+        else:
+            kept = "no checkpoint was reached"
+        fail(f"interrupted: {out} was not written; {kept}")
     console.print_json(json.dumps(report.as_dict()))

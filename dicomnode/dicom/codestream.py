@@ -12,7 +12,7 @@ import struct
 from pydicom import Dataset
 from pydicom.encaps import generate_frames
 
-from dicomnode.errors import ImageDeclined
+from dicomnode.errors import PixelsUndecodable
 
 _J2K_SOC, _J2K_SIZ = b"\xff\x4f", b"\xff\x51"
 _JPEG_SOI = b"\xff\xd8"
@@ -53,8 +53,9 @@ def declared_size(frame: bytes) -> tuple[int, int] | None:
 
 
 def check_code_streams(ds: Dataset) -> None:
-    """ImageDeclined, before anything is decoded, when a compressed frame's code stream
-    declares another size than Rows x Columns: the decoder would allocate what it declares."""
+    """PixelsUndecodable (an ImageDeclined), before anything is decoded, when a compressed
+    frame's code stream declares another size than Rows x Columns: the decoder would allocate
+    what it declares."""
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is None or not syntax.is_encapsulated or "PixelData" not in ds:
         return
@@ -69,7 +70,7 @@ def check_code_streams(ds: Dataset) -> None:
         size = declared_size(bytes(frame[:65536]))
         if size is not None and size != expected:
             sop = ds.get("SOPInstanceUID", "(no SOPInstanceUID)")
-            raise ImageDeclined(
+            raise PixelsUndecodable(
                 f"sop={sop}: frame {number}'s code stream is {size[0]} x {size[1]} pixels where "
                 f"Rows x Columns say {expected[0]} x {expected[1]}: not decoded"
             )

@@ -21,7 +21,7 @@ from pydicom.pixels.utils import pixel_array
 
 from dicomnode.dicom.codestream import check_code_streams
 from dicomnode.dicom.overlays import embedded_overlay_bits
-from dicomnode.errors import ImageDeclined
+from dicomnode.errors import ImageDeclined, PixelsUndecodable
 from dicomnode.imaging.normalize import CT_HU_RANGE
 from dicomnode.imaging.unused_bits import check_unused_bits, within_stored_bits
 
@@ -167,7 +167,7 @@ def stored_values(ds: Dataset) -> np.ndarray:
         array = pixel_array(ds, correct_unused_bits=False)
     except Exception as exc:  # decoders raise many types for truncated or undecodable data
         sop = ds.get("SOPInstanceUID", "(no SOPInstanceUID)")
-        raise ImageDeclined(f"sop={sop}: pixel data cannot be decoded: {exc}") from exc
+        raise PixelsUndecodable(f"sop={sop}: pixel data cannot be decoded: {exc}") from exc
     frames = _int(ds, "NumberOfFrames") or 1
     return array.reshape(frames, *array.shape[-2:])
 

@@ -112,10 +112,11 @@ def metrics_rows(series_uid: str, methods: Sequence[MethodOutcome]) -> list[dict
 
 
 def merge_metrics_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    """Put `rows` into metrics.csv, keeping an earlier run's rows for the series and methods
-    this run did not make: its derived series stay in the folder, so must their numbers (a run
-    of another method, or one that failed, replaced them all). A file that is no such table
-    is kept beside it as `metrics.csv.previous`. Nothing is written when nothing was made."""
+    """Put `rows` into metrics.csv, keeping an earlier run's rows for the series and method
+    versions this run did not make: their derived series stay in the folder, so must their
+    numbers (a run of another method, or one that failed, replaced them all). A file that is
+    no such table is kept beside it as `metrics.csv.previous`. Nothing is written when
+    nothing was made."""
     if not rows:
         return
     kept: list[dict[str, Any]] = []
@@ -123,16 +124,23 @@ def merge_metrics_csv(rows: list[dict[str, Any]], path: Path) -> None:
         with path.open(newline="") as handle:
             reader = csv.DictReader(handle)
             ours = reader.fieldnames == METRICS_FIELDS
-            if ours:
-                made = {(row["series"], row["method"]) for row in rows}
-                kept = [row for row in reader if (row["series"], row["method"]) not in made]
+            if ours:  # a version is a derived series of its own (another scale, model)
+                made = {(row["series"], row["method"], row["version"]) for row in rows}
+                kept = [
+                    row
+                    for row in reader
+                    if (row["series"], row["method"], row["version"]) not in made
+                ]
         if not ours:
             previous = path.with_name(f"{path.name}.previous")
             path.replace(previous)
             log.warning("%s is not a metrics table of ours: kept as %s", path, previous)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with temporary.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRICS_FIELDS)
-        writer.writeheader()
-        writer.writerows([*kept, *rows])
-    os.replace(temporary, path)
+    try:
+        with temporary.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRICS_FIELDS)
+            writer.writeheader()
+            writer.writerows([*kept, *rows])
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from dicomnode.errors import DicomNodeError, ImageDeclined
+from dicomnode.errors import DicomNodeError, ImageDeclined, PixelsUndecodable
 from dicomnode.imaging.pixels import to_modality
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def load_images(paths: Sequence[Path], *, min_size: int = 32) -> list[CorpusImag
         except (ImageDeclined, AttributeError) as exc:
             # An image that cannot be used (cut short, undecodable) changes what is scored or
             # learnt: said where a user sees it. A report or a document has no image to lose.
-            damaged = "PixelData" in ds or isinstance(exc, AttributeError)
+            damaged = isinstance(exc, PixelsUndecodable | AttributeError)
             log.log(
                 logging.WARNING if damaged else logging.INFO, "skipped file=%s reason=%s", file, exc
             )

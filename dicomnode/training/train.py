@@ -142,7 +142,7 @@ def of_modality(images: Sequence[CorpusImage], modality: str | None) -> list[Cor
         return list(images)
     chosen = [image for image in images if image.modality == modality.upper()]
     if not chosen:
-        found = ", ".join(sorted({image.modality for image in images}))
+        found = ", ".join(sorted({image.modality for image in images})) or "no image"
         raise DicomNodeError(
             f"no {modality.upper()} image among the training data (found: {found})"
         )
