@@ -127,15 +127,21 @@ def test_the_session_limits_reach_the_connection_and_the_urls_own_win(
 
 
 @contextmanager
-def _a_row_held(server: PostgresServer) -> Iterator[tuple[Database, Connection]]:
+def _a_row_held(
+    server: PostgresServer, monkeypatch: pytest.MonkeyPatch, **session: str
+) -> Iterator[tuple[Database, Connection]]:
     """A fresh database whose table `t` has one row, locked by a transaction that does not end
-    (the holder: its process frozen)."""
+    (the holder: its process frozen); the connections made from then on have the `session`
+    settings (not the schema's own: a 1 s idle timeout ended its reflection on a busy CI)."""
     url = server.database()
     db = open_database(url)
     try:
         with db.engine.begin() as connection:
             connection.execute(text("CREATE TABLE t (x int PRIMARY KEY)"))
             connection.execute(text("INSERT INTO t VALUES (1)"))
+        db.engine.dispose()  # new connections, with `session`
+        for name, value in session.items():
+            monkeypatch.setitem(engine_module.POSTGRES_SESSION, name, value)
         with db.engine.connect() as holder:
             holder.execute(text("SELECT x FROM t WHERE x = 1 FOR UPDATE"))
             yield db, holder
@@ -149,8 +155,7 @@ def test_a_lock_that_is_not_let_go_is_waited_for_no_longer_than_the_lock_timeout
 ) -> None:
     """The next writer gives up after lock_timeout with an error that passes (it is retried, or
     a C-STORE is answered "try again later"), instead of waiting for ever."""
-    monkeypatch.setitem(engine_module.POSTGRES_SESSION, "lock_timeout", "1s")
-    with _a_row_held(postgres_server) as (db, holder):
+    with _a_row_held(postgres_server, monkeypatch, lock_timeout="1s") as (db, holder):
         started = time.monotonic()
         with pytest.raises(DBAPIError) as waited, db.session() as session:
             session.execute(text("UPDATE t SET x = 2 WHERE x = 1"))
@@ -165,8 +170,8 @@ def test_an_idle_transaction_is_ended_by_the_server_and_its_locks_freed(
 ) -> None:
     """The holder never comes back: the server ends its transaction, the waiting writer then
     gets the row, and the holder's next statement fails with an error that passes."""
-    monkeypatch.setitem(engine_module.POSTGRES_SESSION, "idle_in_transaction_session_timeout", "1s")
-    with _a_row_held(postgres_server) as (db, holder):
+    idle = {"idle_in_transaction_session_timeout": "1s"}
+    with _a_row_held(postgres_server, monkeypatch, **idle) as (db, holder):
         with db.session() as session:  # waits until the server ends the holder's
             updated = session.execute(text("UPDATE t SET x = 2 WHERE x = 1")).rowcount
         with pytest.raises(DBAPIError) as ended:
