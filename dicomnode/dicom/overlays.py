@@ -10,14 +10,14 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.pixels import pack_bits
 
-_OVERLAY_GROUPS = range(0x6000, 0x601F, 2)  # PS3.5 7.6: the even groups 6000-601E
+from dicomnode.imaging.unused_bits import OVERLAY_GROUPS
 
 
 def separate_embedded_overlays(ds: Dataset, source: Dataset) -> None:
     """Each embedded overlay of `ds` (a copy of `source`) given OverlayData from the source's
     pixels, or removed where those cannot be read (compressed, multi-frame, a bit position
     inside the stored bits). Overlays with OverlayData of their own are left as they are."""
-    groups = {tag.group for tag in ds.keys()} & set(_OVERLAY_GROUPS)  # noqa: SIM118
+    groups = {tag.group for tag in ds.keys()} & set(OVERLAY_GROUPS)  # noqa: SIM118
     for group in sorted(groups):
         if (group, 0x3000) in ds:
             continue
@@ -34,20 +34,6 @@ def separate_embedded_overlays(ds: Dataset, source: Dataset) -> None:
         ds.add_new((group, 0x0100), "US", 1)  # OverlayBitsAllocated
         ds.add_new((group, 0x0102), "US", 0)  # OverlayBitPosition
         ds.add_new((group, 0x3000), "OW", pack_bits(bits))  # OverlayData
-
-
-def embedded_overlay_bits(ds: Dataset) -> frozenset[int]:
-    """The bit positions of the overlays embedded in `ds`'s pixel data: those with an
-    OverlayBitPosition and no OverlayData of their own (C.9.2.1.1, retired)."""
-    positions = set()
-    for group in {tag.group for tag in ds.keys()} & set(_OVERLAY_GROUPS):  # noqa: SIM118
-        if (group, 0x3000) in ds or (group, 0x0102) not in ds:
-            continue
-        try:
-            positions.add(int(ds[group, 0x0102].value))
-        except (TypeError, ValueError):  # empty, or several values: no position to keep
-            continue
-    return frozenset(positions)
 
 
 def _embedded_bits(source: Dataset, position: int) -> np.ndarray | None:

@@ -20,10 +20,13 @@ from pydicom.multival import MultiValue
 from pydicom.pixels.utils import pixel_array
 
 from dicomnode.dicom.codestream import check_code_streams
-from dicomnode.dicom.overlays import embedded_overlay_bits
 from dicomnode.errors import ImageDeclined, PixelsUndecodable
 from dicomnode.imaging.normalize import CT_HU_RANGE
-from dicomnode.imaging.unused_bits import check_unused_bits, within_stored_bits
+from dicomnode.imaging.unused_bits import (
+    check_unused_bits,
+    embedded_overlay_bits,
+    within_stored_bits,
+)
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 

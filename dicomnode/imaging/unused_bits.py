@@ -11,8 +11,25 @@ unchanged, and the reason names the raw values.
 """
 
 import numpy as np
+from pydicom import Dataset
 
 from dicomnode.errors import ImageDeclined
+
+OVERLAY_GROUPS = range(0x6000, 0x601F, 2)  # PS3.5 7.6: the even groups 6000-601E
+
+
+def embedded_overlay_bits(ds: Dataset) -> frozenset[int]:
+    """The bit positions of the overlays embedded in `ds`'s pixel data: those with an
+    OverlayBitPosition and no OverlayData of their own (C.9.2.1.1, retired)."""
+    positions = set()
+    for group in {tag.group for tag in ds.keys()} & set(OVERLAY_GROUPS):  # noqa: SIM118
+        if (group, 0x3000) in ds or (group, 0x0102) not in ds:
+            continue
+        try:
+            positions.add(int(ds[group, 0x0102].value))
+        except (TypeError, ValueError):  # empty, or several values: no position to keep
+            continue
+    return frozenset(positions)
 
 
 def within_stored_bits(raw: np.ndarray, bits_stored: int) -> np.ndarray:
