@@ -81,11 +81,15 @@ def network_problem(described: object, scale: int | None = None) -> str | None:
     if match is None:
         return f"does not say its scale: its model is named {name!r}, not srcnn_x1 ... srcnn_x4"
     if scale is not None and int(match.group(1)) != scale:
-        return (
-            f"holds a x{match.group(1)} model ({name}), not the x{scale} that "
-            f"enhance.scale = {scale} needs"
-        )
+        return scale_problem(int(match.group(1)), scale, match.group(0))
     return None
+
+
+def scale_problem(found: int, wanted: int, name: str = "") -> str:
+    """A model (`name`d) of scale `found` where `enhance.scale` is `wanted`: the end of a
+    sentence naming the file (a method's output grid is its model's)."""
+    named = f" ({name})" if name else ""
+    return f"holds a x{found} model{named}, not the x{wanted} that enhance.scale = {wanted} needs"
 
 
 def _kernel(size: object) -> object:

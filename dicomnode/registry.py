@@ -131,6 +131,7 @@ def model_problems(settings: "Settings") -> list[str]:
     the loading, so that the check costs no import of the imaging libraries)."""
     enhance = settings.enhance
     problems: dict[Path, str] = {}
+    checked: set[Path] = set()  # a fallback model serves several modalities: read once
     for name in enhance.methods:
         spec = method_spec(name)
         if spec.model_prefix is None:
@@ -141,7 +142,10 @@ def model_problems(settings: "Settings") -> list[str]:
             if path == spec.model_file(enhance):
                 own = spec.model_file(enhance, modality=modality)
                 looked_for.setdefault(path, []).append(own.name)
-            problem = archive_problem(path, enhance.scale) if path not in problems else None
+            if path in checked:
+                continue
+            checked.add(path)
+            problem = archive_problem(path, enhance.scale)
             if problem is not None:
                 problems[path] = problem
         for path, names in looked_for.items():

@@ -23,6 +23,7 @@ from dicomnode.imaging.enhance import (
 )
 from dicomnode.imaging.qa import QaThresholds
 from dicomnode.imaging.srcnn import ModelError, SrcnnRunner, load_model
+from dicomnode.model_archive import scale_problem
 from dicomnode.registry import SRCNN, method_spec
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,8 @@ def build_srcnn(settings: Settings, modality: str = "") -> Method:
             own = SRCNN.model_file(settings.enhance, modality=modality).name
             log.info("no %s model %s: using %s", modality, own, path.name)
     runner = srcnn_runner(path)
-    if runner.model.scale != settings.enhance.scale:  # a method's output grid is its model's
-        raise ModelError(
-            f"{path}: holds a x{runner.model.scale} model, not the x{settings.enhance.scale} "
-            f"that enhance.scale = {settings.enhance.scale} needs"
-        )
+    if runner.model.scale != settings.enhance.scale:  # `check_models` said so at start
+        raise ModelError(f"{path}: {scale_problem(runner.model.scale, settings.enhance.scale)}")
     return SrcnnMethod(runner, views=settings.enhance.srcnn_views)
 
 

@@ -13,9 +13,9 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dicomnode.config import EnhanceSettings, Settings
 from dicomnode.db import Database, JobRecord, JobStatus, SpooledInstance
@@ -46,6 +46,8 @@ if TYPE_CHECKING:  # the imaging layer is imported only when a job enhances (see
     from dicomnode.pipeline.enhancement import LoadedSeries
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # What a derived job's enhancement gives: the series to send, the SOP UIDs left unenhanced, why
 # QA holds derived series back (None: send them) and the series it holds.
@@ -494,10 +496,19 @@ class JobRunner:
     def _record_details(self, job: JobRecord, details: dict[str, Any]) -> None:
         """The enhancement's outcome in the job's row, written through a short database outage
         as the attempt's end is: given up, the series was enhanced again at the next attempt."""
-        through_outage(
+        self._through_outage(
             "the enhancement's details",
-            job.id,
+            job,
             lambda: record_job_details(self.db, job.id, self._token(job), details),
+        )
+
+    def _through_outage(self, what: str, job: JobRecord, write: Callable[[], T]) -> T:
+        """`write()`, tried again through a database outage for up to half the lease
+        (`pipeline/outage.py`), or until the node stops."""
+        return through_outage(
+            what,
+            job.id,
+            write,
             patience=self.settings.worker.lease_seconds / 2,
             stopping=self.stopping,
         )
@@ -509,9 +520,9 @@ class JobRunner:
         transient: bool = True,
         hold: str | None = None,
     ) -> None:
-        result = through_outage(
+        result = self._through_outage(
             "the attempt's end",
-            job.id,
+            job,
             lambda: finish_attempt(
                 self.db,
                 job.id,
@@ -522,8 +533,6 @@ class JobRunner:
                 hold,
                 receive_only=self.settings.node.receive_only,
             ),
-            patience=self.settings.worker.lease_seconds / 2,
-            stopping=self.stopping,
         )
         if result is None:
             return
