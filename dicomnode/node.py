@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -34,6 +35,7 @@ from dicomnode.observe.endpoint import HttpEndpoint, check_http_port_free, start
 from dicomnode.pipeline.admin_log import log_admin_actions
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.lease import renew_every_lease_now
+from dicomnode.pipeline.model_loading import RETRY_SECONDS, ModelLoading
 from dicomnode.pipeline.recovery import RecoveryWatch, probe_destinations
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.pipeline.runner import JobRunner, job_parts
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 COMPLETION_TICK = "completion"
 REAPER_TICK = "reclaim-leases"
 RECOVERY_TICK = "destinations-back"
+MODELS_TICK = "load-models"  # only while the models do not load
 # A step back shorter than this is waited out (a minute at most) rather than rewriting times.
 PULL_BACK_AFTER_SECONDS = 60.0
 # The completion tick comes back this long after the next series is due, so that the clocks'
@@ -82,11 +85,11 @@ def _local_utc_offset() -> str:
     return datetime.now().astimezone().strftime("%z")
 
 
-def _every(name: str) -> dict[str, object]:
+def _every(name: str, first_in: float = 0.0) -> dict[str, object]:
     """An interval tick's options: its id and the name APScheduler's own lines give it, never
     two runs at once, missed runs as one, however late (by default APScheduler drops a run more
     than a second late, with a WARNING: a busy start logged three, and a missed retention tick
-    waited a whole hour), the first now."""
+    waited a whole hour), the first now (or `first_in` seconds from now)."""
     return {
         "id": name,
         "name": name,
@@ -94,7 +97,7 @@ def _every(name: str) -> dict[str, object]:
         "max_instances": 1,
         "coalesce": True,
         "misfire_grace_time": None,
-        "next_run_time": datetime.now(UTC),
+        "next_run_time": datetime.now(UTC) + timedelta(seconds=first_in),
     }
 
 
@@ -193,6 +196,7 @@ class Node:
         self._clock_watch: ClockStepWatch | None = None
         self._http: HttpEndpoint | None = None
         self._deliveries = DeliveryQueues(settings, self.db)
+        self._models = ModelLoading(settings, meanwhile=self._while_models_wait())
         self._database_health = DatabaseHealth()  # one line when it goes, one when it is back
         self._lock: DataDirLock | None = None
         self._identity: str | None = None  # the spool's, once start claimed it
@@ -213,6 +217,40 @@ class Node:
         workers = self.settings.worker
         runners = [("router", JobPart.ORIGINALS)] if workers.router else []
         return runners + [(f"w{index}", JobPart.DERIVED) for index in range(workers.workers)]
+
+    def _enhancers_carry_series(self) -> bool:
+        """Whether the derived jobs are what takes a series to the PACS, the originals
+        switched off and `forward_unenhanced` on: a series whose enhancement fails then goes as
+        received, so with models that do not load the enhancement workers still run."""
+        enhance = self.settings.enhance
+        return not enhance.forward_originals and enhance.forward_unenhanced
+
+    def _while_models_wait(self) -> str:
+        """What happens to the series while the models do not load (`ModelLoading`)."""
+        if self.settings.enhance.forward_originals:
+            return "the originals are still forwarded, derived jobs wait queued"
+        if self._enhancers_carry_series():
+            return (
+                "each series goes as received meanwhile (enhance.forward_originals = false, "
+                "forward_unenhanced = true)"
+            )
+        return (
+            "derived jobs wait queued and NOTHING is forwarded meanwhile "
+            "(enhance.forward_originals = false, forward_unenhanced = false)"
+        )
+
+    def _load_models_again(self, prefix: str, enhancers: list[tuple[str, JobPart]]) -> None:
+        """The models tick, while they do not load: once they do, the tick ends and the
+        enhancement workers start (unless they run already: `_enhancers_carry_series`)."""
+        if not self._models.load():
+            return
+        with self._replanning:
+            scheduler = None if self._stopping.is_set() else self._scheduler
+        if scheduler is None:
+            return
+        scheduler.remove_job(MODELS_TICK)
+        if not self._enhancers_carry_series():
+            self._add_runners(scheduler, prefix, enhancers)
 
     def _reclaim_expired_leases(self) -> None:
         """Queue again the jobs whose workers stopped renewing their leases, unless the
@@ -255,9 +293,10 @@ class Node:
     def start(self) -> None:
         """Check what would make every job fail, listen, load the models, start the workers.
 
-        Raises ConfigError (the CLI's exit 2) for a data_dir another listener holds, a model
-        that cannot be loaded or a port taken since the constructor probed it (what the
-        settings alone refuse, the constructor did).
+        Raises ConfigError (the CLI's exit 2) for a data_dir another listener holds or a port
+        taken since the constructor probed it (what the settings alone refuse, the constructor
+        did). Models that fail to load then do not stop it: `ModelLoading` says why and tries
+        them again while the originals go.
         """
         node = self.settings.node
         runners = self._planned_runners()
@@ -286,19 +325,22 @@ class Node:
         scheduler.start()
         self._clock_watch = ClockStepWatch(self._after_clock_step).start()
         workers = self.settings.worker
-        if workers.workers:
-            # Here, not at the top: the imaging libraries take a second to import, which the
-            # listener must not wait for.
-            from dicomnode.pipeline.methods import load_models
-
-            if load_models(self.settings):
-                log.info("models loaded methods=%s", ",".join(self.settings.enhance.methods))
-            from dicomnode.pipeline.enhancement import prepare_enhancement  # after listening
-
-            prepare_enhancement()
+        enhancers = [r for r in runners if r not in routers]
+        if enhancers and not self._models.load():  # said why; tried again until they load
+            scheduler.add_job(
+                Guarded(
+                    MODELS_TICK,
+                    partial(self._load_models_again, prefix, enhancers),
+                    self._database_health,
+                ),
+                seconds=RETRY_SECONDS,
+                **_every(MODELS_TICK, first_in=RETRY_SECONDS),
+            )
+            if not self._enhancers_carry_series():
+                enhancers = []  # they start once the models load
         heap.settle()  # what start-up loaded stays: a full collection need not walk it
         self._heap_settled = True
-        self._add_runners(scheduler, prefix, [r for r in runners if r not in routers])
+        self._add_runners(scheduler, prefix, enhancers)
         if self.listen:
             log.info(
                 "node started ae_title=%s port=%d data_dir=%s destinations=%s workers=%d "

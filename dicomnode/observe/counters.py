@@ -8,7 +8,7 @@ The metrics are created unregistered: each endpoint registers them in its own re
 
 from collections.abc import Iterable
 
-from prometheus_client import Counter, Histogram, Info, disable_created_metrics
+from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.registry import Collector
 
 # The `_created` timestamp series double every counter's output and no query here needs them.
@@ -130,6 +130,11 @@ ENHANCEMENTS_FAILED = Counter(
     "Enhancement attempts of derived jobs that failed (an error, not a declined image).",
     registry=None,
 )
+ENHANCEMENT_WAITING = Gauge(
+    "dicomnode_enhancement_waiting",
+    "1 while this process's models do not load (the log says why): its derived jobs wait.",
+    registry=None,
+)
 
 # Seconds, from a small image on a CPU to a large series forwarded over a slow link.
 _STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -164,6 +169,7 @@ def in_process_metrics() -> list[Collector]:
         HTTP_CONNECTIONS_REFUSED,
         INSTANCES_FORWARDED,
         ENHANCEMENTS_FAILED,
+        ENHANCEMENT_WAITING,
         STAGE_SECONDS,
         MODEL,
     ]

@@ -100,11 +100,12 @@ def load_models(settings: Settings) -> int:
     model is loaded, warmed up (`SrcnnRunner.warm_up`) and cached for the jobs now; return how
     many were built.
 
-    A model that exists but cannot be loaded (truncated, damaged, another network) raises
-    ConfigError naming the file: the node must not start and then fail every job. Nothing is
-    loaded, and TensorFlow not imported, when no configured method uses a model. Then each
-    configured method is built once for each enabled modality, as jobs build them: a plugin
-    whose version lacks the pixel revision stops the start (ConfigError), not every job.
+    A model that exists but cannot be loaded (weights that do not fit) or run (out of device
+    memory) raises ConfigError naming the file, and is not kept: `ModelLoading` says so and
+    tries again. Nothing is loaded, and TensorFlow not imported, when no configured method uses
+    a model. Then each configured method is built once for each enabled modality, as jobs build
+    them: a plugin whose version lacks the pixel revision is a ConfigError here too, once, not a
+    failure of every job.
     """
     enhance = settings.enhance
     built, loaded_before = 0, set(_runners)
@@ -125,6 +126,8 @@ def load_models(settings: Settings) -> int:
         try:
             _runners[path].warm_up()
         except Exception as exc:  # TensorFlow raises many types (out of memory, no kernel...)
+            with _lock:  # not cached: the next try loads and warms it up again
+                del _runners[path]
             raise ConfigError(
                 f"setting enhance.methods: {path} loads but cannot run: {first_line(exc)}"
             ) from None

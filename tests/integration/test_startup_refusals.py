@@ -1,7 +1,6 @@
 """Set-ups that would lose or hold back data while looking healthy: `serve` refuses them (exit 2,
 one line naming the file, port, path or lock) or warns loudly and keeps the data."""
 
-import json
 import socket
 import subprocess
 import sys
@@ -13,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.registry import shipped_models_dir
 from tests.support.dcmtk import storescu
+from tests.support.model_files import another_network, damaged, rewritten
 from tests.support.node import NodeProcess
 from tests.support.ports import wait_for_port
 
@@ -64,43 +63,6 @@ def test_receive_only_with_destinations_is_refused(node_factory) -> None:
     assert "setting node.receive_only: is true but 1 destination(s) are configured" in line
 
 
-def _damaged(model: Path) -> None:
-    """A shipped model with one byte of its weights changed: a whole zip, a failing CRC."""
-    with zipfile.ZipFile(shipped_models_dir() / "srcnn-x1.keras") as archive:
-        weights = archive.getinfo("model.weights.h5")
-    data = bytearray((shipped_models_dir() / "srcnn-x1.keras").read_bytes())
-    middle = weights.header_offset + 30 + len(weights.filename) + weights.compress_size // 2
-    data[middle] ^= 0xFF
-    model.write_bytes(bytes(data))
-
-
-def _rewritten(model: Path, source: str = "srcnn-x1.keras", **members: bytes) -> None:
-    """A shipped model archive with `members` (name: bytes, dots as underscores) replaced."""
-    with zipfile.ZipFile(shipped_models_dir() / source) as shipped:
-        contents = {name: shipped.read(name) for name in shipped.namelist()}
-    contents.update({name.replace("_", "."): data for name, data in members.items()})
-    with zipfile.ZipFile(model, "w") as archive:
-        for name, data in contents.items():
-            archive.writestr(name, data)
-
-
-def _config(source: str = "srcnn-x1.keras") -> dict:
-    with zipfile.ZipFile(shipped_models_dir() / source) as shipped:
-        return json.loads(shipped.read("config.json"))
-
-
-def _another_network(model: Path) -> None:
-    """The shipped network with twice the filters in its first layer (a one-off experiment)."""
-    config = _config()
-    config["config"]["layers"][2]["config"]["filters"] = 128
-    _rewritten(model, config_json=json.dumps(config).encode())
-
-
-def _foreign(model: Path) -> None:
-    """What the archive shows is the 9-1-5's, but its weights are no Keras weights file."""
-    _rewritten(model, model_weights_h5=b"\x89HDF\r\n\x1a\n" + bytes(1000))
-
-
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
@@ -108,26 +70,26 @@ def _foreign(model: Path) -> None:
             lambda model: model.write_bytes(b"PK\x03\x04 cut short by a failed copy"),
             "is not a .keras model archive (truncated or damaged copy?)",
         ),
-        (_damaged, "is damaged: its member model.weights.h5 fails its checksum"),
+        (damaged, "is damaged: its member model.weights.h5 fails its checksum"),
         (
             lambda model: zipfile.ZipFile(model, "w").close(),
             "is not a Keras 3 model archive: it lacks config.json, model.weights.h5",
         ),
         (
-            lambda model: _rewritten(model, config_json=b"{}"),
+            lambda model: rewritten(model, config_json=b"{}"),
             "is not a model of dicomnode's: its config.json describes no Keras model",
         ),
         (
-            lambda model: _rewritten(model, model_weights_h5=b"not HDF5"),
+            lambda model: rewritten(model, model_weights_h5=b"not HDF5"),
             "is not a Keras 3 model archive: its model.weights.h5 is no HDF5 file",
         ),
         (
-            _another_network,
+            another_network,
             "is not the 9-1-5 SRCNN: expected SRCNN layers ((64, 9), (32, 1), (1, 5)), "
             "found ((128, 9), (32, 1), (1, 5))",
         ),
         (
-            lambda model: _rewritten(model, source="srcnn-x2.keras"),
+            lambda model: rewritten(model, source="srcnn-x2.keras"),
             "holds a x2 model (srcnn_x2), not the x1 that enhance.scale = 1 needs",
         ),
     ],
@@ -159,18 +121,6 @@ def test_a_model_file_that_is_not_whole_stops_serve_before_it_listens(
     line = refusal(node)
     assert f"at enhance.scale = 1 needs model files: {model} {reason}" in line
     assert not node.data_dir.exists()
-
-
-def test_a_model_keras_cannot_load_stops_serve_naming_the_file(
-    node_factory, tmp_path: Path
-) -> None:
-    models = tmp_path / "models"
-    models.mkdir()
-    model = models / "srcnn-x1.keras"
-    _foreign(model)
-    enhance = {"methods": ["srcnn"], "modalities": ["CT"], "model_dir": str(models)}
-    line = refusal(node_factory([], enhance=enhance))
-    assert f"setting enhance.methods: srcnn for CT: {model}: cannot load the model" in line
 
 
 def test_a_missing_model_stops_serve_before_anything_is_made_in_the_data_dir(

@@ -49,7 +49,7 @@ def test_config_knows_exactly_the_registered_methods() -> None:
         del METHODS["magic"]
 
 
-def test_a_plugin_whose_version_lacks_the_pixel_revision_stops_the_start() -> None:
+def test_a_plugin_whose_version_lacks_the_pixel_revision_is_refused_naming_it() -> None:
     """The node's pixel code is part of what a plugin's derived pixels are: its version, and so
     its derived UIDs, must change with PIXEL_REVISION."""
     builder = "tests.support.injected_methods:build_unrevised"

@@ -278,11 +278,12 @@ def test_a_node_warms_up_each_model_it_loads_once(tmp_path: Path, model_x1) -> N
     assert calls == []
 
 
-def test_a_model_that_loads_but_cannot_run_stops_the_start_naming_it(
+def test_a_model_that_loads_but_cannot_run_is_named_and_not_kept(
     tmp_path: Path, model_x1, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failure of the warm-up (on a real device: out of memory, a missing kernel) is a
-    ConfigError naming the file, which `serve` reports and exits 2 on, not a traceback."""
+    ConfigError naming the file, not a traceback; the model is not cached, so the node's next
+    try (`ModelLoading`) loads and warms it up again rather than take it as loaded."""
     model_x1.network.save(tmp_path / "srcnn-x1.keras")
     settings = Settings(enhance=EnhanceSettings(model_dir=str(tmp_path), scale=1))
 
@@ -296,3 +297,5 @@ def test_a_model_that_loads_but_cannot_run_stops_the_start_naming_it(
         f"setting enhance.methods: {tmp_path / 'srcnn-x1.keras'} loads but cannot run: "
         "OOM when allocating tensor"
     )
+    with pytest.raises(ConfigError):
+        load_models(settings)  # tried again, not taken from the cache

@@ -1,0 +1,138 @@
+"""A model that passes every check of its archive but does not load (weights Keras cannot fit,
+a device out of memory at warm-up) no longer stops a node that already listens: it stays a
+router, says why once, and tries the models again until they load (`ModelLoading`)."""
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import dicomnode.node as node_module
+from dicomnode.config import (
+    CompletionSettings,
+    Destination,
+    EnhanceSettings,
+    NodeSettings,
+    Settings,
+)
+from dicomnode.db.jobs import list_jobs
+from dicomnode.node import Node
+from dicomnode.observe.counters import ENHANCEMENT_WAITING
+from dicomnode.registry import shipped_models_dir
+from dicomnode.status import JobPart, JobStatus
+from tests.support.dcmtk import StoreScp, storescu
+from tests.support.metrics import Scrape
+from tests.support.model_files import foreign
+from tests.support.ports import free_port, wait_for_port
+from tests.support.series import write_ct_series
+
+
+def _models_keras_cannot_load(folder: Path) -> Path:
+    folder.mkdir()
+    foreign(folder / "srcnn-x1.keras")
+    return folder / "srcnn-x1.keras"
+
+
+def _arrived(folder: Path, count: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(folder.iterdir())) < count:
+        assert time.monotonic() < deadline, f"{len(list(folder.iterdir()))} of {count} arrived"
+        time.sleep(0.2)
+
+
+def test_a_model_keras_cannot_load_leaves_the_node_routing_and_its_derived_jobs_queued(
+    node_factory, tmp_path: Path
+) -> None:
+    """It used to stop `serve` (exit 2) after the node had listened: the associations it had
+    accepted were dropped, and a service manager restarted it into the same failure."""
+    model = _models_keras_cannot_load(tmp_path / "models")
+    series = write_ct_series(tmp_path / "series", 3, seed=4)
+    with StoreScp(tmp_path / "pacs") as pacs:
+        destination = {"name": "pacs", "ae_title": "STORESCP", "host": "127.0.0.1"}
+        node = node_factory(
+            [{**destination, "port": pacs.port}],
+            enhance={"methods": ["srcnn"], "modalities": ["CT"], "model_dir": str(model.parent)},
+            http={"enabled": True},
+        ).start()
+        said = node.wait_for_log("enhancement waits:")
+        assert f"setting enhance.methods: srcnn for CT: {model}: cannot load the model" in said
+        assert "the originals are still forwarded, derived jobs wait queued" in said
+        assert said.count("\n") == 0 and "Traceback" not in node.log()
+        assert Scrape(node.http_port).value("dicomnode_enhancement_waiting") == 1
+
+        assert storescu(node.port, series).returncode == 0
+        _arrived(pacs.out_dir, len(series))
+        jobs = node.wait_for_jobs(lambda jobs: len(jobs) == 2 and jobs[1]["status"] == "done")
+        derived = next(job for job in jobs if job["part"] == "derived")
+        assert (derived["status"], derived["attempts"]) == ("queued", 0)
+        assert node.log().count("enhancement waits:") == 1
+    assert node.stop() == 0
+
+
+def test_with_only_derived_jobs_forwarding_each_series_goes_as_received_meanwhile(
+    node_factory, tmp_path: Path
+) -> None:
+    """`forward_originals = false` with `forward_unenhanced`: the derived job is what takes a
+    series to the PACS, so it runs, and its enhancement fails as it would with any error."""
+    model = _models_keras_cannot_load(tmp_path / "models")
+    series = write_ct_series(tmp_path / "series", 3, seed=5)
+    with StoreScp(tmp_path / "pacs") as pacs:
+        destination = {"name": "pacs", "ae_title": "STORESCP", "host": "127.0.0.1"}
+        enhance = {"methods": ["srcnn"], "modalities": ["CT"], "model_dir": str(model.parent)}
+        node = node_factory(
+            [{**destination, "port": pacs.port}],
+            enhance={**enhance, "forward_originals": False, "forward_unenhanced": True},
+        ).start()
+        assert "each series goes as received meanwhile" in node.wait_for_log("enhancement waits:")
+        assert storescu(node.port, series).returncode == 0
+        [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "done")
+        enhancement = job["details"]["enhancement"]
+        assert "cannot load the model" in enhancement, enhancement
+        assert enhancement.endswith("; the series went as received")
+        _arrived(pacs.out_dir, len(series))
+
+
+def test_the_enhancement_starts_once_the_model_file_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No restart: the models tick loads the replaced file and the queued derived job runs."""
+    monkeypatch.setattr(node_module, "RETRY_SECONDS", 0.5)
+    model = _models_keras_cannot_load(tmp_path / "models")
+    series = write_ct_series(tmp_path / "series", 2, seed=7, size=64)
+    with StoreScp(tmp_path / "pacs") as pacs:
+        settings = Settings(
+            node=NodeSettings(host="127.0.0.1", port=free_port(), data_dir=str(tmp_path / "d")),
+            completion=CompletionSettings(series_quiet_seconds=3600, release_quiet_seconds=0.5),
+            enhance=EnhanceSettings(
+                methods=["srcnn"], modalities=["CT"], model_dir=str(model.parent), self_check=False
+            ),
+            destinations=[Destination("pacs", "STORESCP", "127.0.0.1", pacs.port)],
+        )
+        node = Node(settings)
+        starting = threading.Thread(target=node.start, daemon=True)
+        starting.start()
+        try:
+            wait_for_port(settings.node.port, timeout=30)
+            starting.join(60)
+            assert ENHANCEMENT_WAITING._value.get() == 1
+            assert storescu(settings.node.port, series).returncode == 0
+            _arrived(pacs.out_dir, len(series))
+            time.sleep(1.5)  # three rounds of the models tick, each failing quietly
+            [derived] = list_jobs(node.db, JobStatus.QUEUED)
+            assert derived.part == JobPart.DERIVED and derived.attempts == 0
+
+            shutil.copyfile(shipped_models_dir() / "srcnn-x1.keras", model)
+            deadline = time.monotonic() + 120
+            while list_jobs(node.db, JobStatus.QUEUED) or list_jobs(node.db, JobStatus.PROCESSING):
+                assert time.monotonic() < deadline, "the derived job never ran"
+                time.sleep(0.2)
+            [derived] = [job for job in list_jobs(node.db) if job.part == JobPart.DERIVED]
+            assert derived.status in (JobStatus.DONE, JobStatus.HELD), derived
+            assert ENHANCEMENT_WAITING._value.get() == 0
+        finally:
+            node.stop()
+    waits = [r.getMessage() for r in caplog.records if "enhancement waits" in r.getMessage()]
+    assert len(waits) == 1  # not once per round
+    assert any("models loaded after" in r.getMessage() for r in caplog.records)
