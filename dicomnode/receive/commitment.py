@@ -14,6 +14,7 @@ report could not reach it once it releases the association.
 import logging
 import threading
 import time
+from functools import partial
 from weakref import WeakKeyDictionary
 
 from pydicom import Dataset
@@ -45,6 +46,7 @@ from dicomnode.dicom.commitment import (
 from dicomnode.dicom.reactor import once_queued
 from dicomnode.dicom.requestor import requestor_ae
 from dicomnode.receive.status import SUCCESS, status_dataset
+from dicomnode.receive.store_deadline import DatabaseWaits
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +78,11 @@ def commitment_report(db: Database, request: CommitmentRequest) -> CommitmentRep
 class CommitmentResponder:
     """The listener's N-ACTION handler and the sender of the reports it owes."""
 
-    def __init__(self, settings: Settings, db: Database) -> None:
+    def __init__(self, settings: Settings, db: Database, waits: DatabaseWaits) -> None:
+        """`waits` bounds what a request waits for in the database."""
         self.settings = settings
         self.db = db
+        self._waits = waits
         self._owed: dict[int, tuple[CommitmentReport, Peer]] = {}  # per association
         # One report at a time awaits its answer on an association: when the first is answered,
         # its sender lets the reactor run again, which would take the second one's answer.
@@ -105,7 +109,19 @@ class CommitmentResponder:
         except (ValueError, AttributeError, TypeError) as exc:
             log.warning("storage commitment request unreadable calling_aet=%s: %s", calling, exc)
             return status_dataset(PROCESSING_FAILURE, str(exc)), None
-        report = commitment_report(self.db, request)
+        try:
+            report = self._waits(partial(commitment_report, self.db, request))
+        except Exception as exc:
+            said = self._waits.why(exc)
+            if said is None:
+                raise  # a bug: pynetdicom answers 0x0110 and logs its traceback
+            log.warning(
+                "storage commitment request not answered transaction=%s calling_aet=%s: %s",
+                request.transaction_uid,
+                calling,
+                said,
+            )
+            return status_dataset(PROCESSING_FAILURE, f"{said}; ask again"), None
         log.info(
             "storage commitment request transaction=%s calling_aet=%s committed=%d failed=%d",
             request.transaction_uid,

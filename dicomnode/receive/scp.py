@@ -55,7 +55,7 @@ from dicomnode.observe.counters import (
     INSTANCES_REFUSED,
 )
 from dicomnode.observe.throttle import ThrottledWarnings
-from dicomnode.receive.commitment import CommitmentResponder
+from dicomnode.receive.commitment import PROCESSING_FAILURE, CommitmentResponder
 from dicomnode.receive.guard import COMMAND_ALLOWANCE, ConnectionLimits, GuardedSocket
 from dicomnode.receive.listener import start_listener
 from dicomnode.receive.status import (
@@ -66,7 +66,7 @@ from dicomnode.receive.status import (
     status_dataset,
     status_for,
 )
-from dicomnode.receive.store_deadline import DaemonThreads, StoreDeadline
+from dicomnode.receive.store_deadline import DaemonThreads, DatabaseWaits, StoreDeadline
 from dicomnode.receive.store_lane import Arrival
 from dicomnode.receive.syntaxes import accepted_syntaxes
 from dicomnode.spool import Spool, validate_uid
@@ -320,7 +320,11 @@ class StorageReceiver:
         self._record: Callable[..., Path | None] = (
             GroupCommit(db).record if db.is_sqlite else partial(record_instance, db)
         )
-        self.commitment = CommitmentResponder(settings, db)
+        # A release, a commitment request or report: waited for like a store, no longer.
+        self._waits = DatabaseWaits(
+            settings.node.max_associations, settings.node.store_timeout_seconds
+        )
+        self.commitment = CommitmentResponder(settings, db, self._waits)
         # The copies of one SOP Instance UID are stored one at a time: two placed and recorded
         # at once into different series could each remove the file the other had just placed.
         self._uid_locks = [threading.Lock() for _ in range(64)]
@@ -333,7 +337,7 @@ class StorageReceiver:
             (evt.EVT_N_ACTION, self.commitment.handle_action),
             (evt.EVT_DIMSE_SENT, self.commitment.handle_sent),
             (evt.EVT_CONN_CLOSE, self.commitment.forget),
-            (evt.EVT_N_EVENT_REPORT, lambda event: record_commitment_report(self.db, event)),
+            (evt.EVT_N_EVENT_REPORT, self.handle_report),
             CONNECTION_TUNING_HANDLER,
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
@@ -467,10 +471,37 @@ class StorageReceiver:
             series = set(received.series)
         if not series:
             return
+        # The quiet rule still completes them: log, never raise in a handler (nor wait on).
         try:
-            mark_series_released(self.db, series)
-        except Exception:  # the quiet rule still completes them: log, never raise in a handler
-            log.exception("could not record the release of series=%s", ",".join(sorted(series)))
+            self._waits(partial(mark_series_released, self.db, series))
+        except Exception as exc:
+            named, said = ",".join(sorted(series)), self._waits.why(exc)
+            if said is None:
+                log.exception("could not record the release of series=%s", named)
+                return
+            log.warning(
+                "the release of series=%s is not recorded: %s; they complete after "
+                "completion.series_quiet_seconds at the latest",
+                named,
+                said,
+            )
+
+    def handle_report(self, event: Event) -> tuple[int, Dataset | None]:
+        """A Storage Commitment report a destination sends to the listener, filed unless the
+        database does not take it within the store timeout: then 0x0110, which asks the
+        destination to send it again."""
+        try:
+            return self._waits(partial(record_commitment_report, self.db, event))
+        except Exception as exc:
+            said = self._waits.why(exc)
+            if said is None:
+                raise  # a bug: pynetdicom answers 0x0110 and logs its traceback
+            log.warning(
+                "storage commitment report not filed calling_aet=%s: %s; answered 0x0110",
+                event.assoc.requestor.ae_title or "-",
+                said,
+            )
+            return PROCESSING_FAILURE, None
 
     def handle_store(self, event: Event) -> Dataset | int:
         """pynetdicom's C-STORE event (a request the store lane left to pynetdicom)."""

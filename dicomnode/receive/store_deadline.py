@@ -10,6 +10,10 @@ past it the sender is answered 0xA700 (`StoreTimedOut`) and the store finishes b
 own: an instance it then records anyway is sent on like any other, and one the sender sends
 again replaces it. The threads are daemons: one that never returns does not keep the process
 from exiting.
+
+What else an association waits for in the database is bounded by the same setting
+(`DatabaseWaits`): recording a sender's release, reading what a Storage Commitment request asks
+about, filing a report a destination sends to the listener.
 """
 
 import logging
@@ -20,6 +24,7 @@ from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Generic, TypeVar
 
+from dicomnode.db.failures import database_away
 from dicomnode.errors import StoreTimedOut
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,17 @@ class DaemonThreads:
                 raise
         self._queue.put(job)  # type: ignore[arg-type]
         return job
+
+    def call_within(self, call: Callable[[], T], seconds: float) -> T:
+        """`call()` in one of these threads, waited for `seconds`: its result or its error, or
+        TimeoutError past them; the call then goes on behind, or never runs when no thread was
+        free to begin it."""
+        job = self.submit(call)
+        try:
+            return job.future.result(timeout=seconds)
+        except FutureTimeout:
+            job.cancel()
+            raise TimeoutError(f"no answer within {seconds:g} s") from None
 
     def _serve(self) -> None:
         while True:
@@ -151,3 +167,25 @@ class StoreDeadline:
             log.warning("a store past its deadline failed sop=%s: %s", sop, self._describe(exc))
             return
         log.warning("a store past its deadline finished: the instance is stored sop=%s", sop)
+
+
+class DatabaseWaits:
+    """Calls of an association's handlers into the database other than a store's, each waited
+    for as long as a store is (`node.store_timeout_seconds`): past it TimeoutError, and the
+    handler answers what it can without them."""
+
+    def __init__(self, threads: int, seconds: float) -> None:
+        self.seconds = seconds
+        self._threads = DaemonThreads(threads, "database-wait")
+
+    def __call__(self, call: Callable[[], T]) -> T:
+        return self._threads.call_within(call, self.seconds)
+
+    def why(self, exc: BaseException) -> str | None:
+        """What a call's failure says for the log and the caller: the wait ran out, or the
+        database failed in a way that passes (`database_away`); None for any other error, a
+        bug's, which the handler lets pynetdicom answer (0x0110) and log with its traceback."""
+        if isinstance(exc, TimeoutError):
+            limit = f"{self.seconds:g} s (node.store_timeout_seconds)"
+            return f"the database did not answer within {limit}"
+        return database_away(exc)

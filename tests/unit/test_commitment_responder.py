@@ -27,6 +27,7 @@ from dicomnode.dicom.commitment import (
 from dicomnode.dicom.reactor import send_messages_in_order
 from dicomnode.receive.commitment import CommitmentResponder
 from dicomnode.receive.status import SUCCESS
+from dicomnode.receive.store_deadline import DatabaseWaits
 from tests.unit.test_reactor_responses import UnreadableBytes
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -52,7 +53,8 @@ def test_a_report_whose_response_fails_to_encode_is_never_sent_and_the_log_says_
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = Settings(peers=[Peer("MODALITY", "127.0.0.1", 11112)])
-    responder = CommitmentResponder(settings, open_database(f"sqlite:///{tmp_path / 'node.db'}"))
+    db = open_database(f"sqlite:///{tmp_path / 'node.db'}")
+    responder = CommitmentResponder(settings, db, DatabaseWaits(1, 5.0))
     made = Association(AE(), "acceptor")
     made.requestor.ae_title = "MODALITY"
     send_messages_in_order(made)

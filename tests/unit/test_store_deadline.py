@@ -3,14 +3,22 @@ back, a store that hangs is told at the deadline and finishes behind, and one th
 even begin is never run."""
 
 import logging
+import sqlite3
 import threading
 import weakref
 from functools import partial
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
+from dicomnode.db.failures import database_away
 from dicomnode.errors import StoreTimedOut
-from dicomnode.receive.store_deadline import BYTES_PER_EXTRA_SECOND, DaemonThreads, StoreDeadline
+from dicomnode.receive.store_deadline import (
+    BYTES_PER_EXTRA_SECOND,
+    DaemonThreads,
+    DatabaseWaits,
+    StoreDeadline,
+)
 
 
 def test_a_store_that_ends_in_time_returns_or_raises_its_own_error() -> None:
@@ -91,3 +99,28 @@ def test_a_late_failure_is_told_in_the_words_given(caplog: pytest.LogCaptureFixt
         frozen.set()
         deadline.run(lambda: None, 0, "1.2.3.8")  # after the late one, on the one thread
     assert "a store past its deadline failed sop=1.2.3.7: disk gone" in caplog.text
+
+
+def test_a_database_wait_returns_the_answer_or_says_why_there_is_none() -> None:
+    """`DatabaseWaits`: what a release or a commitment request gets of the database."""
+    waits = DatabaseWaits(threads=1, seconds=0.2)
+    assert waits(lambda: 42) == 42
+    frozen, went_on = threading.Event(), threading.Event()
+
+    def hangs() -> None:
+        frozen.wait(10)
+        went_on.set()
+
+    with pytest.raises(TimeoutError) as raised:
+        waits(hangs)
+    assert waits.why(raised.value) == (
+        "the database did not answer within 0.2 s (node.store_timeout_seconds)"
+    )
+    with pytest.raises(TimeoutError):  # the one thread is held: this call never begins
+        waits(went_on.set)
+    frozen.set()
+    assert went_on.wait(5)  # the first went on behind
+    locked = OperationalError("SELECT 1", {}, sqlite3.OperationalError("database is locked"))
+    locked.orig.sqlite_errorcode = 5  # type: ignore[union-attr]  # SQLITE_BUSY
+    assert waits.why(locked) == database_away(locked) is not None
+    assert waits.why(KeyError("a bug")) is None
