@@ -63,6 +63,8 @@ IDENTITY = frozenset(
         "StudyTime",
     }
 )
+# What an empty DeidentificationMethod of a source whose identity was removed becomes.
+UNKNOWN_DEIDENTIFICATION = "unknown: the source does not name it"
 # Strictest first: an attribute in several modules of one IOD keeps its strictest type.
 _TYPE_ORDER = ("1", "1C", "2", "2C", "3")
 
@@ -142,6 +144,24 @@ def _empty_sequence(ds: Dataset, keyword: str) -> bool:
     return element.VR == "SQ" and not element.value
 
 
+def _mend_deidentification(ds: Dataset) -> bool:
+    """Give an empty DeidentificationMethod the only value that is true; whether it did.
+
+    A de-identified source often says PatientIdentityRemoved YES with the method empty, which
+    PS3.3 C.7.1.1 does not allow (type 1C: required then, the method or its code sequence):
+    every derived image and the SR carried the error on. Removed, it would be missing instead;
+    what the method was, nothing here knows, so that is what it says. Where the identity was
+    not removed, an empty one is removed (it must then be absent)."""
+    if "DeidentificationMethod" not in ds or ds["DeidentificationMethod"].VM:
+        return False
+    coded = ds.get("DeidentificationMethodCodeSequence")
+    if str(ds.get("PatientIdentityRemoved", "")).strip() != "YES" or coded:
+        del ds.DeidentificationMethod
+    else:
+        ds.DeidentificationMethod = UNKNOWN_DEIDENTIFICATION
+    return True
+
+
 def _set_empty(ds: Dataset, keyword: str) -> None:
     vr = dictionary_VR(keyword)
     ds.add_new(keyword, vr, [] if vr == "SQ" else None)
@@ -152,7 +172,8 @@ def conform(ds: Dataset, *, keep_identity: bool = True) -> tuple[str, ...]:
 
     An invalid value of the Patient/Study/Series/Equipment modules becomes empty where the
     attribute is type 2/2C (PS3.5 7.4.3: present, zero length when unknown) and is removed where
-    it is type 3 or 1C (the standard never requires a wrong value). Type-1 values are kept: they
+    it is type 3 or 1C (the standard never requires a wrong value); an empty
+    DeidentificationMethod is mended (`_mend_deidentification`). Type-1 values are kept: they
     are the identity (StudyInstanceUID, Modality, ...) shared with the source, and a source that
     carries a wrong one already breaks the same rule; so are the `IDENTITY` values, unless
     `keep_identity` is false (a header for a library that refuses them). Absent type-2
@@ -179,6 +200,8 @@ def conform(ds: Dataset, *, keep_identity: bool = True) -> tuple[str, ...]:
         if keyword not in ds:
             _set_empty(ds, keyword)
             changed.append(keyword)
+    if _mend_deidentification(ds):
+        changed.append("DeidentificationMethod")
     if changed:
         log.debug("conformed sop=%s attributes=%s", sop, ",".join(changed))
     return tuple(changed)

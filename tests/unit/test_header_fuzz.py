@@ -541,3 +541,30 @@ def test_empty_optional_sequences_of_the_source_are_not_copied(
         path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
         ds.save_as(path, enforce_file_format=True)
         assert not [e for e in dciodvfy_errors(path) if "Sequence number of Items 0" in e]
+
+
+@pytest.mark.parametrize("coded", [True, False], ids=["with its code sequence", "alone"])
+def test_an_empty_deidentification_method_is_mended_as_its_condition_says(
+    ct_slice: Path, tmp_path: Path, coded: bool
+) -> None:
+    """DeidentificationMethod is type 1C: with PatientIdentityRemoved YES and no code
+    sequence it must have a value, and nothing knows it but the source, which left it empty
+    (the GE head CT here): it says so; beside the code sequence an empty one goes. Either way
+    every derived image and the SR failed dciodvfy with it; a value the source gives is copied."""
+    source = dcmread(ct_slice)
+    if not coded:
+        del source.DeidentificationMethodCodeSequence
+    given = source.DeidentificationMethod
+    source.DeidentificationMethod = ""
+    derived, report = build([source], 1)
+    for ds in [*derived, report]:
+        if coded:
+            assert "DeidentificationMethod" not in ds
+        else:
+            assert ds.DeidentificationMethod == "unknown: the source does not name it"
+        path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert not [e for e in dciodvfy_errors(path) if "DeidentificationMethod" in e]
+    source.DeidentificationMethod = given
+    derived, report = build([source], 1)
+    assert {ds.DeidentificationMethod for ds in [*derived, report]} == {given}
