@@ -17,7 +17,7 @@ from pathlib import Path
 from dicomnode.db.engine import Database
 from dicomnode.db.instance_rows import write_sqlite_rows
 from dicomnode.db.models import utcnow
-from dicomnode.db.records import ReceivedInstance
+from dicomnode.db.records import KeptOut, ReceivedInstance
 
 
 class RowNotRecorded(Exception):
@@ -29,7 +29,7 @@ class _Ticket:
     item: ReceivedInstance
     before_commit: Callable[[], object] | None
     done: bool = False
-    moved: Path | None = None
+    moved: Path | KeptOut | None = None
     error: BaseException | None = None
 
 
@@ -44,7 +44,7 @@ class GroupCommit:
 
     def record(
         self, item: ReceivedInstance, before_commit: Callable[[], object] | None = None
-    ) -> Path | None:
+    ) -> Path | KeptOut | None:
         """As `db.instances.record_instance`: `before_commit` runs inside the transaction that
         carries the row (perhaps in another thread); the old path if the instance moved."""
         ticket = _Ticket(item, before_commit)

@@ -23,9 +23,11 @@ from typing import Any
 from sqlalchemy import Connection, DateTime, bindparam, text
 
 from dicomnode.db.engine import Database
-from dicomnode.db.records import ReceivedInstance
+from dicomnode.db.records import KeptOut, ReceivedInstance
 
-PREVIOUS_PATH = "SELECT path FROM instances WHERE sop_instance_uid = :sop_instance_uid"
+PREVIOUS_COPY = (
+    "SELECT path, series_uid, calling_aet FROM instances WHERE sop_instance_uid = :sop_instance_uid"
+)
 UPSERTS = (
     "INSERT INTO studies (study_uid, first_received_at, last_received_at)"
     " VALUES (:study_uid, :now, :now)"
@@ -44,7 +46,7 @@ UPSERTS = (
     " size_bytes = excluded.size_bytes, calling_aet = excluded.calling_aet,"
     " received_at = excluded.received_at",
 )
-_PREVIOUS_PATH_CLAUSE = text(PREVIOUS_PATH)
+_PREVIOUS_COPY_CLAUSE = text(PREVIOUS_COPY)
 # `now` bound as the ORM binds its DateTime columns: stored as the ORM stores its own times.
 _UPSERT_CLAUSES = tuple(text(s).bindparams(bindparam("now", type_=DateTime)) for s in UPSERTS)
 
@@ -68,22 +70,33 @@ def _values(item: ReceivedInstance, now: object) -> dict[str, Any]:
     }
 
 
-def _moved(previous: str | None, values: dict[str, Any]) -> Path | None:
-    """The instance's old path when a copy of it was filed elsewhere before."""
-    return Path(previous) if previous is not None and previous != values["path"] else None
+def _previous(
+    found: Sequence[Any] | None, item: ReceivedInstance
+) -> tuple[Path | KeptOut | None, bool]:
+    """What a copy recorded before means for `item`: (its old path, when that copy was filed
+    elsewhere, or KeptOut, or None; whether to write the row)."""
+    if found is None:
+        return None, True
+    path, series_uid, calling_aet = found
+    foreign = series_uid != item.series_uid and calling_aet != item.calling_aet
+    if foreign and not item.replaces_foreign:
+        return KeptOut(series_uid, calling_aet), False
+    return (Path(path) if path != str(item.path) else None), True
 
 
 def write_rows(
     connection: Connection, items: Sequence[ReceivedInstance], now: datetime
-) -> list[Path | None]:
-    """The rows, in a transaction the caller holds (SQLAlchemy); the old path of each."""
+) -> list[Path | KeptOut | None]:
+    """The rows, in a transaction the caller holds (SQLAlchemy); of each, the old path when a
+    copy was filed elsewhere before, or KeptOut when it was not written (`_previous`)."""
     moved = []
     for item in items:
         values = _values(item, now)
-        previous = connection.execute(_PREVIOUS_PATH_CLAUSE, values).scalar()
-        for clause in _UPSERT_CLAUSES:
+        found = connection.execute(_PREVIOUS_COPY_CLAUSE, values).first()
+        previous, write = _previous(found, item)
+        for clause in _UPSERT_CLAUSES if write else ():
             connection.execute(clause, values)
-        moved.append(_moved(previous, values))
+        moved.append(previous)
     return moved
 
 
@@ -92,7 +105,7 @@ def write_sqlite_rows(
     items: Sequence[ReceivedInstance],
     now: datetime,
     before_commit: Callable[[], object] | None = None,
-) -> list[Path | None]:
+) -> list[Path | KeptOut | None]:
     """As `db.instances.record_instances` on SQLite, in one BEGIN IMMEDIATE ... COMMIT through
     the driver's cursor, on a connection from the engine's pool (configured as every other: WAL,
     synchronous=FULL, busy timeout, foreign keys; engine.py), given back after the call.
@@ -106,11 +119,12 @@ def write_sqlite_rows(
             cursor.execute("BEGIN IMMEDIATE")
             try:
                 moved = []
-                for values in rows:
-                    found = cursor.execute(PREVIOUS_PATH, values).fetchone()
-                    for statement in UPSERTS:
+                for item, values in zip(items, rows, strict=True):
+                    found = cursor.execute(PREVIOUS_COPY, values).fetchone()
+                    previous, write = _previous(found, item)
+                    for statement in UPSERTS if write else ():
                         cursor.execute(statement, values)
-                    moved.append(_moved(found[0] if found else None, values))
+                    moved.append(previous)
                 if before_commit is not None:
                     before_commit()
                 cursor.execute("COMMIT")

@@ -18,7 +18,7 @@ from dicomnode.db.models import (
     JobInstance,
     Series,
 )
-from dicomnode.db.records import ReceivedInstance
+from dicomnode.db.records import KeptOut, ReceivedInstance
 from dicomnode.status import JobPart, JobStatus
 
 log = logging.getLogger(__name__)
@@ -35,15 +35,17 @@ def stored_path(db: Database, sop_instance_uid: str) -> Path | None:
 
 def record_instance(
     db: Database, item: ReceivedInstance, before_commit: Callable[[], object] | None = None
-) -> Path | None:
-    """Insert or update the instance row in one transaction; return the old path if it moved.
+) -> Path | KeptOut | None:
+    """Insert or update the instance row in one transaction; return the old path if it moved,
+    or KeptOut when the row was not written.
 
     `before_commit` runs inside the transaction, just before COMMIT; if it raises, nothing is
     recorded. The receiver calls this once the file's bytes are durable under their final name,
     and passes "start the fsync of that name" here, so the name's fsync runs with the COMMIT
     (see `forget_instances_without_files`).
     A re-sent SOP Instance UID replaces the earlier copy and marks its series pending again,
-    so the next job forwards the latest version.
+    so the next job forwards the latest version; unless `item.replaces_foreign` is false and
+    another sender filed it in another series: then nothing is written (KeptOut).
     """
     return record_instances(db, [item], before_commit)[0]
 
@@ -52,9 +54,9 @@ def record_instances(
     db: Database,
     items: Sequence[ReceivedInstance],
     before_commit: Callable[[], object] | None = None,
-) -> list[Path | None]:
-    """`record_instance` for several rows in one transaction (one commit, one fsync); the old
-    path of each, in order."""
+) -> list[Path | KeptOut | None]:
+    """`record_instance` for several rows in one transaction (one commit, one fsync); what it
+    returns for each, in order."""
     with db.engine.begin() as connection:
         moved = write_rows(connection, items, db_now(connection))
         if before_commit is not None:

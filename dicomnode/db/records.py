@@ -29,6 +29,17 @@ class ReceivedInstance:
     path: Path
     size_bytes: int
     calling_aet: str
+    # Whether this copy may replace one of its SOP Instance UID that another sender filed in
+    # another series (node.on_duplicate = "replace"); if not, it is not recorded (`KeptOut`).
+    replaces_foreign: bool = True
+
+
+@dataclass(frozen=True)
+class KeptOut:
+    """A copy not recorded: another sender filed its SOP Instance UID in another series."""
+
+    series_uid: str
+    calling_aet: str
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from dicomnode.db import Database, ReceivedInstance
 from dicomnode.db.failures import database_away, underlying
 from dicomnode.db.group_commit import GroupCommit
 from dicomnode.db.instances import mark_series_released, record_instance, stored_path
-from dicomnode.db.records import printable_code
+from dicomnode.db.records import KeptOut, printable_code
 from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
 from dicomnode.dicom.bounded import inflate_prefix, inflated_size
 from dicomnode.dicom.tls import server_context
@@ -305,6 +305,7 @@ class StorageReceiver:
         # Rejected associations, one line a minute per reason and address: a modality set up
         # with a wrong AE title retries for days, and a caller that floods wrote ~1.7 GB a day.
         self._rejections = ThrottledWarnings(log)
+        self._foreign_copies = ThrottledWarnings(log)  # per sender pair: a series, one line
         # Daemon threads: a name's fsync stuck on a hung mount must not keep the process from
         # exiting once its sender was answered (receive/store_deadline.py).
         self._writer = DaemonThreads(settings.node.max_associations, "spool-write")
@@ -317,7 +318,7 @@ class StorageReceiver:
         )
         # SQLite has one writer at a time: rows that arrive together share a transaction
         # (db/group_commit.py). PostgreSQL takes concurrent writers as they come.
-        self._record: Callable[..., Path | None] = (
+        self._record: Callable[..., Path | KeptOut | None] = (
             GroupCommit(db).record if db.is_sqlite else partial(record_instance, db)
         )
         # A release, a commitment request or report: waited for like a store, no longer.
@@ -624,6 +625,7 @@ class StorageReceiver:
             path=placed.path,
             size_bytes=size,
             calling_aet=calling,
+            replaces_foreign=self.settings.node.on_duplicate == "replace",
         )
         named: list[Future[None]] = []
 
@@ -639,6 +641,21 @@ class StorageReceiver:
             self.spool.undo(placed)
             raise
         wait(named)
+        if isinstance(previous, KeptOut):
+            self.spool.undo(placed)  # nothing was replaced: the placed file goes
+            self._foreign_copies.warning(
+                (calling, previous.calling_aet),
+                "duplicate from another sender kept out (first copy wins) sop=%s series=%s "
+                "calling_aet=%s: %s filed it in series=%s; two senders giving one UID to "
+                'different images is a UID collision (node.on_duplicate = "replace" takes '
+                "every copy)",
+                ident.sop_instance_uid,
+                ident.series_uid,
+                calling,
+                previous.calling_aet,
+                previous.series_uid,
+            )
+            return
         self.spool.settle(placed)
         named[0].result()  # a name that could not be made durable: the store fails
         # Another receiver process may have filed a copy under the old name meanwhile.

@@ -1,12 +1,14 @@
 """End to end on loopback: storescu → dicomnode → a real Orthanc, checked through its REST API."""
 
+import time
 from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
-from tests.conftest import pacs_destination
+from tests.conftest import ON_BOTH_DATABASES, pacs_destination
 from tests.support.dcmtk import storescu
 from tests.support.orthanc import Orthanc
 
@@ -109,3 +111,56 @@ def test_keep_policy_acknowledges_a_resent_instance_but_keeps_the_first_copy(
     [spooled] = (node.data_dir / "spool" / "instances").rglob("*.dcm")
     assert dcmread(spooled).PixelData == dcmread(ct_series[0]).PixelData
     assert "duplicate kept (first copy wins)" in node.log()
+
+
+def _copy_of(source: Path, out: Path, series_uid: str | None = None) -> Path:
+    """`source`'s SOP Instance UID on other pixels (and in another series, if given)."""
+    ds = dcmread(source)
+    ds.PixelData = bytes(len(ds.PixelData))
+    if series_uid is not None:
+        ds.SeriesInstanceUID = series_uid
+    ds.save_as(out)
+    return out
+
+
+@ON_BOTH_DATABASES
+def test_another_senders_copy_for_another_series_is_kept_out_as_a_uid_collision(
+    node_factory, tmp_path: Path, ct_series: list[Path]
+) -> None:
+    """It took the first copy's place in its series, under the job that had finished (or
+    failed) with it. The same sender's copy, or any sender's for the same series (a PACS sending
+    the series back), still replaces it; `on_duplicate = "replace"` takes them all."""
+    node = node_factory([], node={"receive_only": True}).start()
+    assert storescu(node.port, ct_series[:2], calling_aet="CT_A").returncode == 0
+    node.wait_for_jobs(all_done(1))
+    first = dcmread(ct_series[0])
+    colliding = _copy_of(ct_series[0], tmp_path / "colliding.dcm", generate_uid())
+
+    sent = storescu(node.port, [colliding], calling_aet="CT_B")
+    assert sent.returncode == 0, sent.stderr  # acknowledged: the sender must not retry
+    [spooled] = [p for p in node.data_dir.rglob("*.dcm") if p.stem == first.SOPInstanceUID]
+    assert first.SeriesInstanceUID in spooled.parts
+    assert dcmread(spooled).PixelData == first.PixelData
+    said = node.wait_for_log("duplicate from another sender kept out")
+    assert f"calling_aet=CT_B: CT_A filed it in series={first.SeriesInstanceUID}" in said
+    time.sleep(4)  # past series_quiet_seconds: no job for the colliding copy's series
+    assert len(node.jobs()) == 1
+
+    resent = _copy_of(ct_series[0], tmp_path / "resent.dcm")  # same series, from the PACS
+    assert storescu(node.port, [resent], calling_aet="PACS").returncode == 0
+    jobs = node.wait_for_jobs(all_done(2))
+    assert [job["instances"] for job in jobs] == [2, 2]
+    assert dcmread(spooled).PixelData == bytes(len(first.PixelData))
+
+
+def test_with_replace_another_senders_copy_moves_the_instance_to_its_series(
+    node_factory, tmp_path: Path, ct_series: list[Path]
+) -> None:
+    node = node_factory([], node={"on_duplicate": "replace"}).start()
+    assert storescu(node.port, ct_series[:1], calling_aet="CT_A").returncode == 0
+    other_series = generate_uid()
+    moved = _copy_of(ct_series[0], tmp_path / "moved.dcm", other_series)
+    assert storescu(node.port, [moved], calling_aet="CT_B").returncode == 0
+    node.wait_for_log("duplicate moved to another series")
+    [spooled] = node.data_dir.rglob("*.dcm")
+    assert other_series in spooled.parts
