@@ -8,20 +8,24 @@ no time limit, so one silent TLS caller stalls every later one, and socketserver
 handshake's error without a word.
 
 Here the accept loop only accepts. In the connection's own thread, within `acse_timeout`, the peer
-must send its first byte (a probe that closes is dropped quietly) and, with TLS, finish the
-handshake (a failure is one log line with the address and the reason); only then does pynetdicom
-get the socket, with TCP keepalive on, a timeout on every read and write, and each PDU read
-within the limits of `receive/guard.py`. `node.max_associations_per_address` (0: no cap) refuses
-a connection from an address that already holds that many, before any byte is read, and beyond
+must send its first byte (a probe that closes is dropped quietly), then its whole A-ASSOCIATE-RQ
+(the first REQUEST_SEEN_BYTES of a larger one) or, with TLS, finish the handshake (a failure is
+one log line with the address and the reason); only then does pynetdicom get the socket, with
+TCP keepalive on, a timeout on every read and write, and each PDU read within the limits of
+`receive/guard.py`. `node.max_associations_per_address` (0: no cap) refuses a connection from
+an address that already holds that many, before any byte is read, and beyond
 4 x `node.max_associations` connections still to show themselves every new one is refused: a
 flood of silent connections cannot take the descriptors and threads real callers need. One
-address's connections that have sent nothing yet may hold half of that room, so that its flood
-leaves the other half to everyone else.
+address's connections that have not sent their request yet may hold half of that room, so that
+its flood leaves the other half to everyone else; a connection that sent one byte of it and
+stopped used to count as an association from then on, and max_associations of them refused
+every real caller for acse_timeout.
 """
 
 import copy
 import errno
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -46,12 +50,17 @@ _refusals = ThrottledWarnings(log)
 # How many connections may wait to be screened (to send their A-ASSOCIATE-RQ) per association
 # the node may hold: room for bursts of callers, not for a flood of silent ones.
 SCREENING_PER_ASSOCIATION = 4
-# Of that room, what one address's silent connections (not a byte sent yet) may hold, per
-# association the node may hold: half of it. One address's flood of them took it all for
-# acse_timeout, and real callers from everywhere else were refused meanwhile. Counted until the
-# first byte only: a modality's connections send their A-ASSOCIATE-RQ at once, and one that has
-# begun to send is bounded by the PDU limits of `receive/guard.py`.
+# Of that room, what one address's silent connections (no whole A-ASSOCIATE-RQ sent yet) may
+# hold, per association the node may hold: half of it. One address's flood of them took it all
+# for acse_timeout, and real callers from everywhere else were refused meanwhile. A modality's
+# connections send their request at once, in one piece.
 SILENT_PER_ADDRESS = 2
+# How much of an A-ASSOCIATE-RQ is waited for before pynetdicom gets the connection: the whole
+# of any a modality sends (DCMTK's storescu proposing every storage class: ~15 KB), well within
+# the kernel's receive buffer, whose room the wait needs. The rest of a larger one is pynetdicom's
+# to read, within acse_timeout and the PDU limits of `receive/guard.py`.
+REQUEST_SEEN_BYTES = 32 * 1024
+_PDU_HEADER = 6  # type, reserved, 4-byte length (PS3.8 9.3.1)
 
 
 class AssociationListener(ThreadedAssociationServer):
@@ -69,7 +78,7 @@ class AssociationListener(ThreadedAssociationServer):
     daemon_threads = True
     block_on_close = False
     _screening: Counter[str]  # per address: connections from accept until they end
-    _silent: Counter[str]  # per address: of those, the ones that have sent no byte yet
+    _silent: Counter[str]  # per address: of those, the ones whose request is not whole yet
     _screening_lock: threading.Lock
     # Set by shutdown(): a connection still being screened then gets no association (the node
     # waits for the associations in progress, and must not get new ones while it stops).
@@ -118,7 +127,7 @@ class AssociationListener(ThreadedAssociationServer):
             _refusals.warning(
                 ("silent_cap", host),
                 "connection refused address=%s:%s reason=%d connections from this address "
-                "that have sent nothing yet (%d x node.max_associations)",
+                "that have not sent a whole A-ASSOCIATE-RQ yet (%d x node.max_associations)",
                 host,
                 port,
                 silent_here,
@@ -166,7 +175,7 @@ class AssociationListener(ThreadedAssociationServer):
         _count_down(self._screening, host, self._screening_lock)
 
     def _spoke(self, host: str) -> None:
-        """The connection sent its first byte, or ended before it did: no longer silent."""
+        """The connection sent its request, or ended before it did: no longer silent."""
         _count_down(self._silent, host, self._screening_lock)
 
     def _screen(self, request: Any, client_address: Any) -> None:
@@ -176,9 +185,18 @@ class AssociationListener(ThreadedAssociationServer):
             try:
                 keep_alive(sock, self.keepalive_seconds)
                 sock.settimeout(self.first_byte_timeout)
+                deadline = time.monotonic() + self.first_byte_timeout
                 first = sock.recv(8, socket.MSG_PEEK)
+                plain_request = bool(first) and first[0] == _A_ASSOCIATE_RQ
+                if plain_request and self.ssl_context is None:
+                    whole = _request_seen(sock, deadline)
+                else:
+                    whole = True  # the rest is the TLS handshake's, or the refusal's below
             finally:
                 self._spoke(host)
+            if not whole:
+                self._refuse_unfinished(sock, host, port)
+                return
             if not first:
                 # A port probe (a health check, a load balancer): no caller, nothing to report.
                 log.debug("connection closed before any request address=%s:%s", host, port)
@@ -228,6 +246,42 @@ class AssociationListener(ThreadedAssociationServer):
             return
         # Counted as an association from here on (pynetdicom's active_associations).
         super().process_request_thread(sock, client_address)
+
+    def _refuse_unfinished(self, sock: socket.socket, host: str, port: int) -> None:
+        CONNECTIONS_ABORTED.labels("stalled").inc()
+        _refusals.warning(
+            ("unfinished_request", host),
+            "connection refused address=%s:%s: its A-ASSOCIATE-RQ was not whole within "
+            "network.acse_timeout=%gs",
+            host,
+            port,
+            self.first_byte_timeout,
+        )
+        self.shutdown_request(sock)
+
+
+def _request_seen(sock: socket.socket, deadline: float) -> bool:
+    """Wait until the A-ASSOCIATE-RQ whose first byte is there is whole in the receive buffer
+    (its first REQUEST_SEEN_BYTES), or the caller closed; False when `deadline` came first.
+    Nothing is read: the kernel wakes the wait once so many bytes are in (SO_RCVLOWAT)."""
+    wanted = _PDU_HEADER
+    try:
+        while True:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, wanted)
+            waiting = select.poll()
+            waiting.register(sock, select.POLLIN)
+            left = deadline - time.monotonic()
+            if left <= 0 or not waiting.poll(left * 1000):
+                return False
+            seen = sock.recv(wanted, socket.MSG_PEEK)
+            if len(seen) < wanted or wanted > _PDU_HEADER:
+                return True  # whole, or closed early: pynetdicom reads and reports it
+            length = int.from_bytes(seen[2:_PDU_HEADER], "big")
+            wanted = min(_PDU_HEADER + length, REQUEST_SEEN_BYTES)
+            if wanted <= _PDU_HEADER:
+                return True
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
 
 def _count_down(counts: Counter[str], host: str, lock: threading.Lock) -> None:

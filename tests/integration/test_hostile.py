@@ -31,6 +31,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from tests.conftest import pacs_destination
 from tests.support.dcmtk import echoscu, storescu
+from tests.support.metrics import Scrape
 from tests.support.scu import c_store
 from tests.support.series import write_ct_series
 
@@ -211,7 +212,7 @@ def test_stalled_and_dripping_callers_are_dropped_and_a_real_sender_is_served(
         [pacs_destination(orthanc)],
         network={"acse_timeout": timeout, "network_timeout": timeout},
     )
-    # Every slot taken by a caller that sent 6 bytes of a PDU header and then nothing ...
+    # Three callers that sent the 6 bytes of a request's PDU header and then nothing ...
     stalled = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(3)]
     for sock in stalled:
         sock.sendall(struct.pack(">BBL", 0x01, 0, 1000))
@@ -236,9 +237,12 @@ def test_stalled_and_dripping_callers_are_dropped_and_a_real_sender_is_served(
     assert storescu(node.port, ct_series).returncode == 0
     node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "done")
     assert len(orthanc.sop_instance_uids()) == len(ct_series)
-    aborted = [line for line in node.log().splitlines() if "reason=stalled" in line]
-    assert len(aborted) == 4, aborted
-    assert all("association aborted address=127.0.0.1:" in line for line in aborted)
+    # Refused before pynetdicom had them (they held no association's place): one line a
+    # minute for the address.
+    refused = [line for line in node.log().splitlines() if "was not whole within" in line]
+    assert len(refused) == 1, refused
+    assert "connection refused address=127.0.0.1:" in refused[0]
+    assert "association aborted" not in node.log()
     for sock in [*stalled, dripper]:
         sock.close()
 
@@ -371,18 +375,50 @@ def test_one_address_flooding_silent_connections_leaves_room_for_other_callers(
     more = [_connect_from("127.0.0.2", node.port) for _ in range(20)]
     assert all(_closed_by_peer(sock, within=3) for sock in more)
     assert not _closed_by_peer(flood[0], within=0.2)  # those already in wait their turn
-    [line] = [line for line in node.log().splitlines() if "have sent nothing yet" in line]
+    [line] = [line for line in node.log().splitlines() if "not sent a whole" in line]
     assert "connection refused address=127.0.0.2:" in line
-    assert "reason=4 connections from this address that have sent nothing yet" in line
+    assert "reason=4 connections from this address that have not sent a whole A-ASSOCIATE-RQ" in (
+        line
+    )
     # Another address is served while the flood holds its half (from 127.0.0.1).
     assert echoscu(node.port).returncode == 0
-    # A connection that has spoken no longer counts: the address may begin a real association.
+    # A connection whose request is whole no longer counts: the address may begin another.
     for sock in flood:
-        sock.sendall(struct.pack(">BBL", 0x01, 0, 1000))
+        sock.sendall(struct.pack(">BBL", 0x01, 0, 1000) + bytes(1000))
     time.sleep(0.3)
     late = _connect_from("127.0.0.2", node.port)
     assert not _closed_by_peer(late, within=0.5)
     for sock in [*flood, *more, late]:
+        sock.close()
+
+
+def test_connections_that_send_a_byte_of_their_request_and_stop_hold_no_association(
+    node_factory,
+) -> None:
+    """One byte (0x01, an A-ASSOCIATE-RQ's first) used to hand the connection to pynetdicom,
+    where it held one of node.max_associations until acse_timeout: two such connections
+    locked every real caller out of this node. They now count as silent until their request is
+    whole, and are refused once acse_timeout passes without it."""
+    node = _limited_node(
+        node_factory,
+        node={"max_associations": 2},
+        network={"acse_timeout": 2},
+        http={"enabled": True},
+    )
+    stalled = [_connect_from("127.0.0.2", node.port) for _ in range(4)]  # 2 x max_associations
+    for sock in stalled:
+        sock.sendall(b"\x01")
+    time.sleep(0.3)
+    more = _connect_from("127.0.0.2", node.port)
+    more.sendall(b"\x01")
+    assert _closed_by_peer(more, within=3)  # beyond this address's share
+    assert echoscu(node.port).returncode == 0  # both associations' places are free
+    assert all(_closed_by_peer(sock, within=5) for sock in stalled)
+    [line] = [line for line in node.log().splitlines() if "was not whole" in line]
+    assert "connection refused address=127.0.0.2:" in line
+    assert line.endswith("its A-ASSOCIATE-RQ was not whole within network.acse_timeout=2s")
+    assert Scrape(node.http_port).value("dicomnode_connections_aborted_total", reason="stalled")
+    for sock in [*stalled, more]:
         sock.close()
 
 
@@ -633,7 +669,9 @@ def test_an_association_request_begun_but_not_finished_holds_its_place_for_acse_
     node_factory,
 ) -> None:
     """Ten connections each sending the first byte of an A-ASSOCIATE-RQ held every
-    association's place for network.network_timeout (60 s), not acse_timeout."""
+    association's place for network.network_timeout (60 s), not acse_timeout. (Such a
+    connection no longer takes an association's place at all: the listener waits for the
+    whole request, `test_connections_that_send_a_byte_of_their_request_and_stop_hold_...`.)"""
     node = node_factory([], node={"receive_only": True}, network={"acse_timeout": 2})
     node.start()
     with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
@@ -641,7 +679,7 @@ def test_an_association_request_begun_but_not_finished_holds_its_place_for_acse_
         started = time.monotonic()
         assert _closed_by_peer(sock, within=10)
         assert time.monotonic() - started < 6  # network_timeout is 20 s here
-    assert "reason=stalled: 1 of 6 bytes of a PDU in network.acse_timeout=2s" in node.log()
+    assert "its A-ASSOCIATE-RQ was not whole within network.acse_timeout=2s" in node.log()
 
 
 def test_a_data_set_of_countless_sequence_items_is_refused_unread(
