@@ -104,8 +104,8 @@ class NodeSettings:
     # syntaxes.py): e.g. JPEG XL for a PACS that takes it; such an instance goes only there.
     extra_transfer_syntaxes: list[str] = field(default_factory=list)
     # A SOP Instance UID received again: the new copy replaces the stored one, unless another
-    # sender filed it in another series (a UID collision: the first copy stays), or always, or
-    # never (README, Duplicates).
+    # sender filed it in another series (a UID collision: refused, the first copy stays), or
+    # always, or never (README, Duplicates).
     on_duplicate: Literal["replace_unless_foreign", "replace", "keep"] = "replace_unless_foreign"
     min_free_disk_mb: int = 1024
     max_associations: int = 10

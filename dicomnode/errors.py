@@ -57,6 +57,12 @@ class SopClassNotSupported(DecodeError):
     presentation context's (status 0122)."""
 
 
+class UidCollision(DicomNodeError):
+    """A copy of a stored SOP Instance UID from another sender, for another series
+    (`node.on_duplicate = "replace_unless_foreign"`): refused (0xC000), so that its sender
+    neither believes it stored nor asks for its commitment; the first copy stays."""
+
+
 class InstanceTooLarge(DicomNodeError):
     """An instance is (or inflates to) more than `node.max_instance_mb`: refused, never read."""
 

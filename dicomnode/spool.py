@@ -272,6 +272,7 @@ class Spool:
                 _fsync_dir(placed.path.parent)
             else:
                 placed.path.unlink()
+                _fsync_dir(placed.path.parent)  # no file without a row after a power loss
         except FileNotFoundError:
             self.settle(placed)
         except OSError as exc:

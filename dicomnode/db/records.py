@@ -30,7 +30,8 @@ class ReceivedInstance:
     size_bytes: int
     calling_aet: str
     # Whether this copy may replace one of its SOP Instance UID that another sender filed in
-    # another series (node.on_duplicate = "replace"); if not, it is not recorded (`KeptOut`).
+    # another series (node.on_duplicate = "replace"); if not, it is not recorded (`KeptOut`)
+    # and the receiver refuses it.
     replaces_foreign: bool = True
 
 

@@ -19,6 +19,7 @@ REFUSAL_REASONS = (
     "cannot_decode",
     "data_set_mismatch",
     "sop_class_not_supported",
+    "uid_collision",
     "too_large",
     "disk_full",
     "timed_out",

@@ -46,6 +46,7 @@ from dicomnode.errors import (
     SopClassNotSupported,
     SpoolError,
     StoreTimedOut,
+    UidCollision,
 )
 from dicomnode.forward.commitment import record_commitment_report
 from dicomnode.observe.counters import (
@@ -305,7 +306,6 @@ class StorageReceiver:
         # Rejected associations, one line a minute per reason and address: a modality set up
         # with a wrong AE title retries for days, and a caller that floods wrote ~1.7 GB a day.
         self._rejections = ThrottledWarnings(log)
-        self._foreign_copies = ThrottledWarnings(log)  # per sender pair: a series, one line
         # Daemon threads: a name's fsync stuck on a hung mount must not keep the process from
         # exiting once its sender was answered (receive/store_deadline.py).
         self._writer = DaemonThreads(settings.node.max_associations, "spool-write")
@@ -557,11 +557,12 @@ class StorageReceiver:
         """One line per refused instance; while the node itself cannot store (disk full,
         database away), one per sender a minute: a modality's whole study would otherwise
         write a line per instance, every resend again, into a log on the same full disk."""
-        expected = DecodeError | SpoolError | InstanceTooLarge | StoreTimedOut
+        expected = DecodeError | SpoolError | InstanceTooLarge | StoreTimedOut | UidCollision
         level = logging.WARNING if isinstance(exc, expected) else logging.ERROR
         message = "C-STORE failed status=0x%04X sop=%s calling_aet=%s: %s"
         args = (status, sop_uid[:64], calling, refusal_text(exc))
-        if isinstance(exc, DiskFull | StoreTimedOut) or database_away(exc) is not None:
+        repeats = DiskFull | StoreTimedOut | UidCollision  # a whole series of them, each resend
+        if isinstance(exc, repeats) or database_away(exc) is not None:
             self._conditions.log(level, (reason, calling), message, *args)
         else:  # a bug of ours keeps its traceback; the rest are told in the line
             log.log(level, message, *args, exc_info=reason == "internal")
@@ -641,21 +642,15 @@ class StorageReceiver:
             self.spool.undo(placed)
             raise
         wait(named)
-        if isinstance(previous, KeptOut):
-            self.spool.undo(placed)  # nothing was replaced: the placed file goes
-            self._foreign_copies.warning(
-                (calling, previous.calling_aet),
-                "duplicate from another sender kept out (first copy wins) sop=%s series=%s "
-                "calling_aet=%s: %s filed it in series=%s; two senders giving one UID to "
-                'different images is a UID collision (node.on_duplicate = "replace" takes '
-                "every copy)",
-                ident.sop_instance_uid,
-                ident.series_uid,
-                calling,
-                previous.calling_aet,
-                previous.series_uid,
+        if isinstance(previous, KeptOut):  # nothing was replaced: the placed file goes
+            self.spool.undo(placed)
+            self.spool.prune_empty_dirs({placed.path.parent})
+            raise UidCollision(
+                f"UID already stored from another sender, in another series: "
+                f"{previous.calling_aet} filed it in series={previous.series_uid}; two senders "
+                "giving one UID to different images is a UID collision (node.on_duplicate = "
+                '"replace" takes every copy)'
             )
-            return
         self.spool.settle(placed)
         named[0].result()  # a name that could not be made durable: the store fails
         # Another receiver process may have filed a copy under the old name meanwhile.

@@ -13,6 +13,7 @@ from dicomnode.errors import (
     SopClassNotSupported,
     SpoolError,
     StoreTimedOut,
+    UidCollision,
 )
 
 SUCCESS = 0x0000
@@ -32,7 +33,9 @@ def status_for(error: Exception) -> int:
         return DATA_SET_MISMATCH
     if isinstance(error, SopClassNotSupported):
         return SOP_CLASS_NOT_SUPPORTED
-    return CANNOT_UNDERSTAND if isinstance(error, DecodeError) else OUT_OF_RESOURCES
+    if isinstance(error, DecodeError | UidCollision):
+        return CANNOT_UNDERSTAND
+    return OUT_OF_RESOURCES
 
 
 def refusal_reason(error: Exception) -> str:
@@ -41,6 +44,8 @@ def refusal_reason(error: Exception) -> str:
         return "data_set_mismatch"
     if isinstance(error, SopClassNotSupported):
         return "sop_class_not_supported"
+    if isinstance(error, UidCollision):
+        return "uid_collision"
     if isinstance(error, DecodeError):
         return "cannot_decode"
     if isinstance(error, InstanceTooLarge):

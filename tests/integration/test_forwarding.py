@@ -11,6 +11,7 @@ from pydicom.uid import generate_uid
 from tests.conftest import ON_BOTH_DATABASES, pacs_destination
 from tests.support.dcmtk import storescu
 from tests.support.orthanc import Orthanc
+from tests.support.scu import c_store
 
 
 def all_done(count: int):  # type: ignore[no-untyped-def]
@@ -124,25 +125,31 @@ def _copy_of(source: Path, out: Path, series_uid: str | None = None) -> Path:
 
 
 @ON_BOTH_DATABASES
-def test_another_senders_copy_for_another_series_is_kept_out_as_a_uid_collision(
+def test_another_senders_copy_for_another_series_is_refused_as_a_uid_collision(
     node_factory, tmp_path: Path, ct_series: list[Path]
 ) -> None:
     """It took the first copy's place in its series, under the job that had finished (or
-    failed) with it. The same sender's copy, or any sender's for the same series (a PACS sending
-    the series back), still replaces it; `on_duplicate = "replace"` takes them all."""
+    failed) with it; it is refused now. The same sender's copy, or any sender's for the same
+    series (a PACS sending the series back), still replaces it; `on_duplicate = "replace"`
+    takes them all."""
     node = node_factory([], node={"receive_only": True}).start()
     assert storescu(node.port, ct_series[:2], calling_aet="CT_A").returncode == 0
     node.wait_for_jobs(all_done(1))
     first = dcmread(ct_series[0])
     colliding = _copy_of(ct_series[0], tmp_path / "colliding.dcm", generate_uid())
 
-    sent = storescu(node.port, [colliding], calling_aet="CT_B")
-    assert sent.returncode == 0, sent.stderr  # acknowledged: the sender must not retry
+    status = c_store(node.port, colliding, calling_aet="CT_B")
+    # Refused: its sender must not take it for stored (nor ask for its commitment).
+    assert status is not None and status.Status == 0xC000
+    assert status.ErrorComment == "UID already stored from another sender, in another series: CT_A"
     [spooled] = [p for p in node.data_dir.rglob("*.dcm") if p.stem == first.SOPInstanceUID]
     assert first.SeriesInstanceUID in spooled.parts
     assert dcmread(spooled).PixelData == first.PixelData
-    said = node.wait_for_log("duplicate from another sender kept out")
-    assert f"calling_aet=CT_B: CT_A filed it in series={first.SeriesInstanceUID}" in said
+    colliding_series = str(dcmread(colliding, stop_before_pixels=True).SeriesInstanceUID)
+    assert not [d for d in node.data_dir.rglob(colliding_series)]  # no folder left behind
+    said = node.wait_for_log("C-STORE failed status=0xC000")
+    assert "calling_aet=CT_B: UID already stored from another sender, in another series: " in said
+    assert f"CT_A filed it in series={first.SeriesInstanceUID}" in said
     time.sleep(4)  # past series_quiet_seconds: no job for the colliding copy's series
     assert len(node.jobs()) == 1
 
