@@ -83,8 +83,15 @@ class DatabaseHealth:
             )
 
 
+# What a tick returns when it ran without asking the database (the reaper holding back during
+# an outage): its success says nothing of the database, which "works again" would have claimed
+# while it was still frozen.
+DATABASE_NOT_ASKED = object()
+
+
 class Guarded:
-    """A scheduled task whose failures are logged for an operator (see the module)."""
+    """A scheduled task whose failures are logged for an operator (see the module). A task that
+    never asks the database gets no `health` of the node's: its success is no news of it."""
 
     def __init__(
         self, name: str, tick: Callable[[], object], health: DatabaseHealth | None = None
@@ -96,7 +103,7 @@ class Guarded:
 
     def __call__(self) -> None:
         try:
-            self._tick()
+            ran = self._tick()
         except Exception as exc:
             said = database_away(exc)  # locked, gone: not a bug of ours (those keep a traceback)
             if said is not None:
@@ -119,7 +126,8 @@ class Guarded:
                     error,
                 )
             return
-        self._health.answered()
+        if ran is not DATABASE_NOT_ASKED:
+            self._health.answered()
         if self._error is not None:
             log.warning("scheduled task ran again task=%s failures=%d", self._name, self._failures)
             self._error, self._failures = None, 0

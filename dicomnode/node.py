@@ -30,7 +30,7 @@ from dicomnode.db.jobs import pull_back_future_times, reclaim_expired_leases
 from dicomnode.dicom.tls import client_tls_args
 from dicomnode.errors import ConfigError
 from dicomnode.forward.associate import unresolvable_hosts
-from dicomnode.guarded import DatabaseHealth, Guarded
+from dicomnode.guarded import DATABASE_NOT_ASKED, DatabaseHealth, Guarded
 from dicomnode.observe.endpoint import HttpEndpoint, check_http_port_free, start_http_endpoint
 from dicomnode.pipeline.admin_log import log_admin_actions
 from dicomnode.pipeline.delivery import DeliveryQueues
@@ -227,6 +227,8 @@ class Node:
 
     def _while_models_wait(self) -> str:
         """What happens to the series while the models do not load (`ModelLoading`)."""
+        if not self.listen and not self.settings.worker.router:
+            return "derived jobs wait queued"  # a worker of enhancement only
         if self.settings.enhance.forward_originals:
             return "the originals are still forwarded, derived jobs wait queued"
         if self._enhancers_carry_series():
@@ -244,15 +246,18 @@ class Node:
         enhancement workers start (unless they run already: `_enhancers_carry_series`)."""
         if not self._models.load():
             return
+        # Under the lock, as every tick that changes the plan: `stop` sets _stopping under it
+        # before the scheduler's shutdown, which holds the scheduler's own lock while it waits
+        # for this tick, so the tick must not reach for that lock once the shutdown began.
         with self._replanning:
-            scheduler = None if self._stopping.is_set() else self._scheduler
-        if scheduler is None:
-            return
-        scheduler.remove_job(MODELS_TICK)
-        if not self._enhancers_carry_series():
-            self._add_runners(scheduler, prefix, enhancers)
+            scheduler = self._scheduler
+            if scheduler is None or self._stopping.is_set():
+                return
+            scheduler.remove_job(MODELS_TICK)
+            if not self._enhancers_carry_series():
+                self._add_runners(scheduler, prefix, enhancers)
 
-    def _reclaim_expired_leases(self) -> None:
+    def _reclaim_expired_leases(self) -> object:
         """Queue again the jobs whose workers stopped renewing their leases, unless the
         database was away within a lease for a third of one or more (workers renew every third:
         a shorter outage costs them one renewal at most), when no worker could renew. Reclaimed
@@ -261,8 +266,8 @@ class Node:
         reclaimed a lease later."""
         lease = self.settings.worker.lease_seconds
         if self._database_health.outage_within(lease, lasting=lease / 3):
-            return
-        reclaim_expired_leases(self.db, self.settings.retry.max_attempts)
+            return DATABASE_NOT_ASKED
+        return reclaim_expired_leases(self.db, self.settings.retry.max_attempts)
 
     def _check_ready(self, runners: list[tuple[str, JobPart]]) -> None:
         """Refuse to start (ConfigError), before anything is made in the data_dir, what could
@@ -318,7 +323,8 @@ class Node:
         scheduler = self._scheduler = self._scheduler_with_upkeep(destinations, bool(runners))
         prefix = f"{this_host()}:{os.getpid()}"
         routers = [(name, part) for name, part in runners if part == JobPart.ORIGINALS]
-        self._add_runners(scheduler, prefix, routers)
+        with self._replanning:
+            self._add_runners(scheduler, prefix, routers)
         # The receiver already answers, and the router sends the originals, while TensorFlow
         # loads (seconds); what arrives meanwhile is on disk and in the database, and its
         # derived jobs wait for the workers. A process without workers never needs the models.
@@ -328,11 +334,8 @@ class Node:
         enhancers = [r for r in runners if r not in routers]
         if enhancers and not self._models.load():  # said why; tried again until they load
             scheduler.add_job(
-                Guarded(
-                    MODELS_TICK,
-                    partial(self._load_models_again, prefix, enhancers),
-                    self._database_health,
-                ),
+                # Never asks the database: its success is no news of it (no node health).
+                Guarded(MODELS_TICK, partial(self._load_models_again, prefix, enhancers)),
                 seconds=RETRY_SECONDS,
                 **_every(MODELS_TICK, first_in=RETRY_SECONDS),
             )
@@ -340,7 +343,8 @@ class Node:
                 enhancers = []  # they start once the models load
         heap.settle()  # what start-up loaded stays: a full collection need not walk it
         self._heap_settled = True
-        self._add_runners(scheduler, prefix, enhancers)
+        with self._replanning:
+            self._add_runners(scheduler, prefix, enhancers)
         if self.listen:
             log.info(
                 "node started ae_title=%s port=%d data_dir=%s destinations=%s workers=%d "
@@ -382,9 +386,10 @@ class Node:
         back (where jobs run), the admin log and retention (the last two in listeners)."""
         workers = self.settings.worker
         # A thread per tick, so that none waits for another (a purge, a probe of a PACS that
-        # hangs): the workers' and the router's, completion, reaper, probe, admin log, retention.
+        # hangs): the workers' and the router's, completion, reaper, probe, admin log, retention,
+        # and the models' while they do not load.
         scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(workers.workers + 6)}, timezone=UTC
+            executors={"default": ThreadPoolExecutor(workers.workers + 7)}, timezone=UTC
         )
         logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunFilter())
         completion = self.settings.completion
@@ -440,7 +445,8 @@ class Node:
     def _add_runners(
         self, scheduler: BackgroundScheduler, prefix: str, planned: Sequence[tuple[str, JobPart]]
     ) -> None:
-        """A runner and its tick (every worker.poll_seconds, from now) for each planned one."""
+        """A runner and its tick (every worker.poll_seconds, from now) for each planned one.
+        The caller holds `_replanning` (the completion tick reads `_runner_ticks` under it)."""
         for name, part in planned:
             runner = JobRunner(
                 self.settings,
@@ -452,8 +458,7 @@ class Node:
                 stopping=self._stopping,
             )
             self._runners.append(runner)
-            with self._replanning:  # the completion tick wakes the runners listed here
-                self._runner_ticks.append((name, runner))
+            self._runner_ticks.append((name, runner))  # the completion tick wakes these
             scheduler.add_job(
                 Guarded(name, runner.run_due_jobs, self._database_health),
                 seconds=self.settings.worker.poll_seconds,

@@ -29,6 +29,7 @@ from dicomnode.registry import SRCNN, method_spec
 log = logging.getLogger(__name__)
 
 _runners: dict[Path, SrcnnRunner] = {}
+_warmed: set[Path] = set()  # the cached runners run once through a full batch
 _lock = threading.Lock()
 _fallbacks_logged: set[tuple[str, Path]] = set()
 
@@ -108,7 +109,7 @@ def load_models(settings: Settings) -> int:
     failure of every job.
     """
     enhance = settings.enhance
-    built, loaded_before = 0, set(_runners)
+    built = 0
     for name in enhance.methods:
         spec = method_spec(name)
         if spec.model_prefix is None:
@@ -122,7 +123,9 @@ def load_models(settings: Settings) -> int:
                     "(or set enhance.model_dir, enhance.scale)"
                 ) from None
             built += 1
-    for path in set(_runners) - loaded_before:
+    with _lock:
+        cold = sorted(set(_runners) - _warmed)
+    for path in cold:  # each once, and the rest of a try that failed at the next
         try:
             _runners[path].warm_up()
         except Exception as exc:  # TensorFlow raises many types (out of memory, no kernel...)
@@ -131,6 +134,8 @@ def load_models(settings: Settings) -> int:
             raise ConfigError(
                 f"setting enhance.methods: {path} loads but cannot run: {first_line(exc)}"
             ) from None
+        with _lock:
+            _warmed.add(path)
     for modality in enhance.modalities:  # each method as jobs build it (models now cached)
         configured_methods(settings, modality)
     return built

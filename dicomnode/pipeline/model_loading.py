@@ -21,7 +21,7 @@ from dicomnode.config import Settings
 from dicomnode.errors import ConfigError, first_line
 from dicomnode.observe.counters import ENHANCEMENT_WAITING
 
-log = logging.getLogger("dicomnode.node")
+log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 60.0
 REMIND_SECONDS = 3600.0  # the same failure is said again at most this often

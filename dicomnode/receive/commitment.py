@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 PROCESSING_FAILURE = 0x0110
 NO_SUCH_ACTION = 0x0123  # PS3.7 C.5.x: an Action Type ID other than 1
 NOT_AUTHORISED = 0x0124  # a caller with no [[peers]] entry
+# The ErrorComment of a request the database did not answer in time (the log says more).
+UNANSWERED = "the database did not answer in time; ask again later"
 REPORT_ATTEMPTS = 3  # over a new association; then the report is given up with a log line
 REPORT_RETRY_SECONDS = 2.0
 # A caller that releases right after our N-ACTION response would never answer a report sent on
@@ -112,16 +114,14 @@ class CommitmentResponder:
         try:
             report = self._waits(partial(commitment_report, self.db, request))
         except Exception as exc:
-            said = self._waits.why(exc)
-            if said is None:
-                raise  # a bug: pynetdicom answers 0x0110 and logs its traceback
-            log.warning(
-                "storage commitment request not answered transaction=%s calling_aet=%s: %s",
+            self._waits.tell(
+                exc,
+                ("commitment request", calling),
+                "storage commitment request not answered transaction=%s calling_aet=%s",
                 request.transaction_uid,
                 calling,
-                said,
             )
-            return status_dataset(PROCESSING_FAILURE, f"{said}; ask again"), None
+            return status_dataset(PROCESSING_FAILURE, UNANSWERED), None
         log.info(
             "storage commitment request transaction=%s calling_aet=%s committed=%d failed=%d",
             request.transaction_uid,

@@ -472,7 +472,7 @@ class StorageReceiver:
             series = set(received.series)
         if not series:
             return
-        # The quiet rule still completes them: log, never raise in a handler (nor wait on).
+        # The quiet rule still completes them: log, never raise in a handler, wait a little.
         try:
             self._waits(partial(mark_series_released, self.db, series))
         except Exception as exc:
@@ -481,7 +481,7 @@ class StorageReceiver:
                 log.exception("could not record the release of series=%s", named)
                 return
             log.warning(
-                "the release of series=%s is not recorded: %s; they complete after "
+                "the release of series=%s is not recorded yet: %s; they complete after "
                 "completion.series_quiet_seconds at the latest",
                 named,
                 said,
@@ -494,13 +494,12 @@ class StorageReceiver:
         try:
             return self._waits(partial(record_commitment_report, self.db, event))
         except Exception as exc:
-            said = self._waits.why(exc)
-            if said is None:
-                raise  # a bug: pynetdicom answers 0x0110 and logs its traceback
-            log.warning(
-                "storage commitment report not filed calling_aet=%s: %s; answered 0x0110",
-                event.assoc.requestor.ae_title or "-",
-                said,
+            calling = event.assoc.requestor.ae_title or "-"
+            self._waits.tell(
+                exc,
+                ("commitment report", calling),
+                "storage commitment report not filed, answered 0x0110 calling_aet=%s",
+                calling,
             )
             return PROCESSING_FAILURE, None
 

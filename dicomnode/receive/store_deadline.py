@@ -19,13 +19,14 @@ about, filing a report a destination sends to the listener.
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Generic, TypeVar
 
 from dicomnode.db.failures import database_away
 from dicomnode.errors import StoreTimedOut
+from dicomnode.observe.throttle import ThrottledWarnings
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ class StoreDeadline:
     ) -> None:
         self.seconds = seconds
         self._describe = describe
+        self._late = ThrottledWarnings(log)
         self._threads = DaemonThreads(threads, "store")
 
     def deadline_for(self, size: int) -> float:
@@ -163,8 +165,9 @@ class StoreDeadline:
             future.result()
         except CancelledError:
             return
-        except Exception as exc:
-            log.warning("a store past its deadline failed sop=%s: %s", sop, self._describe(exc))
+        except Exception as exc:  # each refused store of an outage: a line a minute
+            said = self._describe(exc)
+            self._late.warning(said, "a store past its deadline failed sop=%s: %s", sop, said)
             return
         log.warning("a store past its deadline finished: the instance is stored sop=%s", sop)
 
@@ -177,9 +180,19 @@ class DatabaseWaits:
     def __init__(self, threads: int, seconds: float) -> None:
         self.seconds = seconds
         self._threads = DaemonThreads(threads, "database-wait")
+        self._told = ThrottledWarnings(log)
 
     def __call__(self, call: Callable[[], T]) -> T:
         return self._threads.call_within(call, self.seconds)
+
+    def tell(self, exc: Exception, key: Hashable, message: str, *args: object) -> None:
+        """Log `message` with why a call gave no answer (`why`), once a minute per `key` (a
+        caller asks again and again while the database is away); a bug's error is raised
+        again, for pynetdicom to answer 0x0110 and log with its traceback."""
+        said = self.why(exc)
+        if said is None:
+            raise exc
+        self._told.warning(key, f"{message}: %s", *args, said)
 
     def why(self, exc: BaseException) -> str | None:
         """What a call's failure says for the log and the caller: the wait ran out, or the

@@ -11,6 +11,8 @@ from dicomnode.errors import ConfigError
 from dicomnode.observe.counters import ENHANCEMENT_WAITING
 from dicomnode.pipeline.model_loading import REMIND_SECONDS, ModelLoading
 
+LOGGER = "dicomnode.pipeline.model_loading"
+
 
 class Tries:
     """`load_models` as the tries find it: each raises the next failure, None loads."""
@@ -26,7 +28,7 @@ class Tries:
 
 
 def _said(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
-    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "dicomnode.node"]
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == LOGGER]
     caplog.clear()
     return lines
 
@@ -40,7 +42,7 @@ def test_one_line_per_failure_a_reminder_an_hour_and_the_time_without_models(
     )
     now = [1000.0]
     loading = ModelLoading(Settings(), "the originals are still forwarded", clock=lambda: now[0])
-    caplog.set_level(logging.DEBUG, "dicomnode.node")
+    caplog.set_level(logging.DEBUG, LOGGER)
 
     assert not loading.load()
     assert _said(caplog) == [
@@ -89,6 +91,6 @@ def test_models_that_load_at_once_are_said_as_before(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(methods_module, "load_models", Tries(None))
-    caplog.set_level(logging.INFO, "dicomnode.node")
+    caplog.set_level(logging.INFO, LOGGER)
     assert ModelLoading(Settings(), "").load()
     assert _said(caplog) == [("INFO", "models loaded methods=srcnn")]

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from dicomnode.guarded import BACK_AFTER_SECONDS, DatabaseHealth, Guarded
+from dicomnode.guarded import BACK_AFTER_SECONDS, DATABASE_NOT_ASKED, DatabaseHealth, Guarded
 
 
 class Tick:
@@ -147,3 +147,24 @@ def test_the_reaper_can_tell_the_database_was_away_within_a_lease() -> None:
     assert health.outage_within(300, lasting=100)  # back, within a lease of its end
     now[0] += 20
     assert not health.outage_within(300, lasting=100)
+
+
+def test_a_tick_that_did_not_ask_the_database_is_no_news_of_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The reaper holds back once an outage has lasted a third of a lease: its run ends well
+    without asking the database, which was then said to work again while it was still frozen
+    ("works again after 130 s", then "fails" 20 s later)."""
+    now = [0.0]
+    health = DatabaseHealth(clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="dicomnode.node")
+    health.away("completion", "connection timeout expired")
+    reaper = Guarded("reclaim-leases", lambda: DATABASE_NOT_ASKED, health)
+    for _ in range(10):
+        now[0] += 2
+        reaper()
+    assert [r.getMessage() for r in caplog.records] == [
+        "the database fails (node.database_url): connection timeout expired; scheduled work "
+        "waits for it, stores are answered 0xA700 meanwhile"
+    ]
+    assert health.outage_within(60, lasting=0)  # still away

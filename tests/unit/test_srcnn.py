@@ -299,3 +299,29 @@ def test_a_model_that_loads_but_cannot_run_is_named_and_not_kept(
     )
     with pytest.raises(ConfigError):
         load_models(settings)  # tried again, not taken from the cache
+
+
+def test_a_try_that_failed_warms_up_every_model_it_left_cold_at_the_next(
+    tmp_path: Path, model_x1, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CT's own model and the one for the other modalities: when the first warm-up fails,
+    the other was loaded but never warmed, and the next try took it for warmed (so a model
+    out of device memory was declared loaded)."""
+    model_x1.network.save(tmp_path / "srcnn-x1.keras")
+    model_x1.network.save(tmp_path / "srcnn-ct-x1.keras")
+    settings = Settings(enhance=EnhanceSettings(model_dir=str(tmp_path), scale=1))
+    warmed: list[SrcnnRunner] = []
+    out_of_memory = [RuntimeError("OOM when allocating tensor")]
+
+    def warm_up(self: SrcnnRunner, shape: tuple[int, int] = (512, 512)) -> None:
+        if out_of_memory:
+            raise out_of_memory.pop()
+        warmed.append(self)
+
+    monkeypatch.setattr(SrcnnRunner, "warm_up", warm_up)
+    with pytest.raises(ConfigError, match="loads but cannot run"):
+        load_models(settings)
+    assert load_models(settings) == len(settings.enhance.modalities)
+    assert len(warmed) == 2  # the one that failed, loaded again, and the one left cold
+    load_models(settings)
+    assert len(warmed) == 2
