@@ -39,8 +39,8 @@ from dicomnode.status import JobPart
 from tests.conftest import ON_BOTH_DATABASES
 from tests.integration.test_job_table import receive
 from tests.support.dcmtk import StoreScp, storescu
-from tests.support.node import NodeProcess, listener_only_node
-from tests.support.ports import free_port, wait_for_port
+from tests.support.node import NodeProcess, listener_only_node, started_in_a_thread
+from tests.support.ports import free_port
 from tests.support.scu import arrival_of
 from tests.support.series import write_ct_series
 
@@ -207,18 +207,10 @@ def test_the_originals_go_while_the_models_load(tmp_path: Path, monkeypatch) -> 
     monkeypatch.setattr(methods_module, "load_models", held_back)
     series = write_ct_series(tmp_path / "series", 3, seed=6)
     with StoreScp(tmp_path / "pacs") as pacs:
-        settings = Settings(
-            node=NodeSettings(host="127.0.0.1", port=free_port(), data_dir=str(tmp_path / "d")),
-            completion=CompletionSettings(series_quiet_seconds=3600, release_quiet_seconds=0.5),
-            enhance=EnhanceSettings(methods=["baseline"]),
-            destinations=[Destination("pacs", "STORESCP", "127.0.0.1", pacs.port)],
-        )
-        node = Node(settings)
-        starting = threading.Thread(target=node.start, daemon=True)
-        starting.start()
+        enhance = EnhanceSettings(methods=["baseline"])
+        node, starting = started_in_a_thread(tmp_path / "d", pacs.port, enhance)
         try:
-            wait_for_port(settings.node.port, timeout=30)
-            assert storescu(settings.node.port, series).returncode == 0
+            assert storescu(node.settings.node.port, series).returncode == 0
             deadline = time.monotonic() + 30
             while len(list((tmp_path / "pacs").iterdir())) < len(series):
                 assert time.monotonic() < deadline, "the originals waited for the models"

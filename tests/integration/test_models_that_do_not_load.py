@@ -3,7 +3,6 @@ a device out of memory at warm-up) no longer stops a node that already listens: 
 router, says why once, and tries the models again until they load (`ModelLoading`)."""
 
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -11,21 +10,16 @@ import pytest
 
 import dicomnode.node as node_module
 from dicomnode.config import (
-    CompletionSettings,
-    Destination,
     EnhanceSettings,
-    NodeSettings,
-    Settings,
 )
 from dicomnode.db.jobs import list_jobs
-from dicomnode.node import Node
 from dicomnode.observe.counters import ENHANCEMENT_WAITING
 from dicomnode.registry import shipped_models_dir
 from dicomnode.status import JobPart, JobStatus
 from tests.support.dcmtk import StoreScp, storescu
 from tests.support.metrics import Scrape
 from tests.support.model_files import foreign
-from tests.support.ports import free_port, wait_for_port
+from tests.support.node import started_in_a_thread
 from tests.support.series import write_ct_series
 
 
@@ -102,22 +96,14 @@ def test_the_enhancement_starts_once_the_model_file_is_replaced(
     model = _models_keras_cannot_load(tmp_path / "models")
     series = write_ct_series(tmp_path / "series", 2, seed=7, size=64)
     with StoreScp(tmp_path / "pacs") as pacs:
-        settings = Settings(
-            node=NodeSettings(host="127.0.0.1", port=free_port(), data_dir=str(tmp_path / "d")),
-            completion=CompletionSettings(series_quiet_seconds=3600, release_quiet_seconds=0.5),
-            enhance=EnhanceSettings(
-                methods=["srcnn"], modalities=["CT"], model_dir=str(model.parent), self_check=False
-            ),
-            destinations=[Destination("pacs", "STORESCP", "127.0.0.1", pacs.port)],
+        enhance = EnhanceSettings(
+            methods=["srcnn"], modalities=["CT"], model_dir=str(model.parent), self_check=False
         )
-        node = Node(settings)
-        starting = threading.Thread(target=node.start, daemon=True)
-        starting.start()
+        node, starting = started_in_a_thread(tmp_path / "d", pacs.port, enhance)
         try:
-            wait_for_port(settings.node.port, timeout=30)
             starting.join(60)
             assert ENHANCEMENT_WAITING._value.get() == 1
-            assert storescu(settings.node.port, series).returncode == 0
+            assert storescu(node.settings.node.port, series).returncode == 0
             _arrived(pacs.out_dir, len(series))
             time.sleep(1.5)  # three rounds of the models tick, each failing quietly
             [derived] = list_jobs(node.db, JobStatus.QUEUED)

@@ -251,3 +251,26 @@ def listener_only_node(data_dir: Path) -> Any:
             enhance=EnhanceSettings(methods=[]),
         )
     )
+
+
+def started_in_a_thread(data_dir: Path, pacs_port: int, enhance: Any) -> tuple[Any, Any]:
+    """An in-process `Node` on a free port sending to a storescp (STORESCP) at `pacs_port`, a
+    series complete 0.5 s after its sender released it, with `enhance` (EnhanceSettings); its
+    `start` runs in a daemon thread (it waits for the models) once the node listens: (node,
+    thread)."""
+    import threading
+
+    from dicomnode.config import CompletionSettings, Destination, NodeSettings, Settings
+    from dicomnode.node import Node
+
+    settings = Settings(
+        node=NodeSettings(host="127.0.0.1", port=free_port(), data_dir=str(data_dir)),
+        completion=CompletionSettings(series_quiet_seconds=3600, release_quiet_seconds=0.5),
+        enhance=enhance,
+        destinations=[Destination("pacs", "STORESCP", "127.0.0.1", pacs_port)],
+    )
+    node = Node(settings)
+    starting = threading.Thread(target=node.start, daemon=True)
+    starting.start()
+    wait_for_port(settings.node.port, timeout=30)
+    return node, starting
