@@ -60,7 +60,7 @@ class SopClassNotSupported(DecodeError):
 class UidCollision(DicomNodeError):
     """A copy of a stored SOP Instance UID from another sender, for another series
     (`node.on_duplicate = "replace_unless_foreign"`): refused (0xC000), so that its sender
-    neither believes it stored nor asks for its commitment; the first copy stays."""
+    does not take it for stored; the first copy stays."""
 
 
 class InstanceTooLarge(DicomNodeError):

@@ -201,6 +201,14 @@ class Spool:
                 f"{self._expected} (another disk mounted in its place?)"
             )
 
+    def holds_series(self, study_uid: str, series_uid: str) -> bool:
+        """Whether the series has its folder here (an instance of it was stored)."""
+        uids = (
+            validate_uid(study_uid, "StudyInstanceUID"),
+            validate_uid(series_uid, "SeriesInstanceUID"),
+        )
+        return self.instances_dir.joinpath(*uids).is_dir()
+
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """Where an instance with these (already validated) UIDs lives."""
         return self.instances_dir / study_uid / series_uid / f"{sop_uid}.dcm"

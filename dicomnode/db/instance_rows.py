@@ -78,10 +78,20 @@ def _previous(
     if found is None:
         return None, True
     path, series_uid, calling_aet = found
-    foreign = series_uid != item.series_uid and calling_aet != item.calling_aet
-    if foreign and not item.replaces_foreign:
-        return KeptOut(series_uid, calling_aet), False
+    kept = kept_out((series_uid, calling_aet), item.series_uid, item.calling_aet)
+    if kept is not None and not item.replaces_foreign:
+        return kept, False
     return (Path(path) if path != str(item.path) else None), True
+
+
+def kept_out(stored: Sequence[Any], series_uid: str, calling_aet: str) -> KeptOut | None:
+    """The stored copy's (series, calling AE) as KeptOut when another sender than
+    `calling_aet` filed it in another series than `series_uid`: a copy that replaces it only
+    with on_duplicate "replace"."""
+    stored_series, stored_calling = stored
+    if stored_series != series_uid and stored_calling != calling_aet:
+        return KeptOut(stored_series, stored_calling)
+    return None
 
 
 def write_rows(

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from dicomnode.db.clock import db_now
 from dicomnode.db.engine import Database
-from dicomnode.db.instance_rows import write_rows
+from dicomnode.db.instance_rows import kept_out, write_rows
 from dicomnode.db.models import (
     Delivery,
     Instance,
@@ -31,6 +31,20 @@ def stored_path(db: Database, sop_instance_uid: str) -> Path | None:
             select(Instance.path).where(Instance.sop_instance_uid == sop_instance_uid)
         )
     return Path(path) if path is not None else None
+
+
+def foreign_copy(
+    db: Database, sop_instance_uid: str, series_uid: str, calling_aet: str
+) -> KeptOut | None:
+    """The copy of this SOP Instance UID that another sender than `calling_aet` filed in
+    another series than `series_uid`, if there is one (`instance_rows.kept_out`)."""
+    with db.reading() as session:
+        stored = session.execute(
+            select(Instance.series_uid, Instance.calling_aet).where(
+                Instance.sop_instance_uid == sop_instance_uid
+            )
+        ).first()
+    return None if stored is None else kept_out(stored, series_uid, calling_aet)
 
 
 def record_instance(

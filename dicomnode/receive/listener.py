@@ -56,10 +56,11 @@ SCREENING_PER_ASSOCIATION = 4
 # connections send their request at once, in one piece.
 SILENT_PER_ADDRESS = 2
 # How much of an A-ASSOCIATE-RQ is waited for before pynetdicom gets the connection: the whole
-# of any a modality sends (DCMTK's storescu proposing every storage class: ~15 KB), well within
-# the kernel's receive buffer, whose room the wait needs. The rest of a larger one is pynetdicom's
-# to read, within acse_timeout and the PDU limits of `receive/guard.py`.
-REQUEST_SEEN_BYTES = 32 * 1024
+# of any the guard accepts (`receive/guard.py`: 2,048 transfer syntaxes, 512 user items at most,
+# ~190 KB; DCMTK's storescu proposing every storage class sends ~15 KB). The kernel grows the
+# receive buffer for the wait; where it cannot hold that much, the wait ends early and pynetdicom
+# reads the rest. A request that stopped at 40 KB of 60 used to take an association's place.
+REQUEST_SEEN_BYTES = 256 * 1024
 _PDU_HEADER = 6  # type, reserved, 4-byte length (PS3.8 9.3.1)
 
 
@@ -189,13 +190,13 @@ class AssociationListener(ThreadedAssociationServer):
                 first = sock.recv(8, socket.MSG_PEEK)
                 plain_request = bool(first) and first[0] == _A_ASSOCIATE_RQ
                 if plain_request and self.ssl_context is None:
-                    whole = _request_seen(sock, deadline)
+                    missing = _request_missing(sock, deadline)
                 else:
-                    whole = True  # the rest is the TLS handshake's, or the refusal's below
+                    missing = None  # the rest is the TLS handshake's, or the refusal's below
             finally:
                 self._spoke(host)
-            if not whole:
-                self._refuse_unfinished(sock, host, port)
+            if missing is not None:
+                self._drop_unfinished(sock, host, port, *missing)
                 return
             if not first:
                 # A port probe (a health check, a load balancer): no caller, nothing to report.
@@ -247,23 +248,28 @@ class AssociationListener(ThreadedAssociationServer):
         # Counted as an association from here on (pynetdicom's active_associations).
         super().process_request_thread(sock, client_address)
 
-    def _refuse_unfinished(self, sock: socket.socket, host: str, port: int) -> None:
+    def _drop_unfinished(
+        self, sock: socket.socket, host: str, port: int, seen: int, wanted: int
+    ) -> None:
         CONNECTIONS_ABORTED.labels("stalled").inc()
         _refusals.warning(
             ("unfinished_request", host),
-            "connection refused address=%s:%s: its A-ASSOCIATE-RQ was not whole within "
+            "connection dropped address=%s:%s: %d of %d bytes of its A-ASSOCIATE-RQ within "
             "network.acse_timeout=%gs",
             host,
             port,
+            seen,
+            wanted,
             self.first_byte_timeout,
         )
         self.shutdown_request(sock)
 
 
-def _request_seen(sock: socket.socket, deadline: float) -> bool:
+def _request_missing(sock: socket.socket, deadline: float) -> tuple[int, int] | None:
     """Wait until the A-ASSOCIATE-RQ whose first byte is there is whole in the receive buffer
-    (its first REQUEST_SEEN_BYTES), or the caller closed; False when `deadline` came first.
-    Nothing is read: the kernel wakes the wait once so many bytes are in (SO_RCVLOWAT)."""
+    (its first REQUEST_SEEN_BYTES), or the caller closed: None; (bytes seen, bytes waited for)
+    when `deadline` came first. Nothing is read: the kernel wakes the wait once so many bytes
+    are in (SO_RCVLOWAT), or when it cannot buffer more (the peek then comes back short)."""
     wanted = _PDU_HEADER
     try:
         while True:
@@ -272,14 +278,15 @@ def _request_seen(sock: socket.socket, deadline: float) -> bool:
             waiting.register(sock, select.POLLIN)
             left = deadline - time.monotonic()
             if left <= 0 or not waiting.poll(left * 1000):
-                return False
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+                return len(sock.recv(wanted, socket.MSG_PEEK | socket.MSG_DONTWAIT)), wanted
             seen = sock.recv(wanted, socket.MSG_PEEK)
             if len(seen) < wanted or wanted > _PDU_HEADER:
-                return True  # whole, or closed early: pynetdicom reads and reports it
+                return None  # whole, or closed early: pynetdicom reads and reports it
             length = int.from_bytes(seen[2:_PDU_HEADER], "big")
             wanted = min(_PDU_HEADER + length, REQUEST_SEEN_BYTES)
             if wanted <= _PDU_HEADER:
-                return True
+                return None
     finally:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 

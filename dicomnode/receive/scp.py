@@ -32,7 +32,12 @@ from dicomnode.config import Settings
 from dicomnode.db import Database, ReceivedInstance
 from dicomnode.db.failures import database_away, underlying
 from dicomnode.db.group_commit import GroupCommit
-from dicomnode.db.instances import mark_series_released, record_instance, stored_path
+from dicomnode.db.instances import (
+    foreign_copy,
+    mark_series_released,
+    record_instance,
+    stored_path,
+)
 from dicomnode.db.records import KeptOut, printable_code
 from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
 from dicomnode.dicom.bounded import inflate_prefix, inflated_size
@@ -476,15 +481,16 @@ class StorageReceiver:
         try:
             self._waits(partial(mark_series_released, self.db, series))
         except Exception as exc:
-            named, said = ",".join(sorted(series)), self._waits.why(exc)
-            if said is None:
+            named = ",".join(sorted(series))
+            if self._waits.why(exc) is None:
                 log.exception("could not record the release of series=%s", named)
                 return
-            log.warning(
-                "the release of series=%s is not recorded yet: %s; they complete after "
-                "completion.series_quiet_seconds at the latest",
+            self._waits.tell(
+                exc,
+                "release",
+                "the release of series=%s is not recorded yet (they complete after "
+                "completion.series_quiet_seconds at the latest)",
                 named,
-                said,
             )
 
     def handle_report(self, event: Event) -> tuple[int, Dataset | None]:
@@ -608,6 +614,13 @@ class StorageReceiver:
                 calling,
             )
             return
+        replaces_foreign = self.settings.node.on_duplicate == "replace"
+        if not replaces_foreign and not self.spool.holds_series(ident.study_uid, ident.series_uid):
+            # A collision in the first copy of a series here is refused before a folder is made
+            # for it: one removed after the refusal raced the stores into it.
+            stored = foreign_copy(self.db, ident.sop_instance_uid, ident.series_uid, calling)
+            if stored is not None:
+                raise _collision(stored, ident.series_uid)
         header = _file_meta(arrival, ident)
         size = len(header) + len(arrival.data_set)
         # The row is committed once the bytes are durable under their final name, while the
@@ -625,7 +638,7 @@ class StorageReceiver:
             path=placed.path,
             size_bytes=size,
             calling_aet=calling,
-            replaces_foreign=self.settings.node.on_duplicate == "replace",
+            replaces_foreign=replaces_foreign,
         )
         named: list[Future[None]] = []
 
@@ -642,14 +655,8 @@ class StorageReceiver:
             raise
         wait(named)
         if isinstance(previous, KeptOut):  # nothing was replaced: the placed file goes
-            self.spool.undo(placed)
-            self.spool.prune_empty_dirs({placed.path.parent})
-            raise UidCollision(
-                f"UID already stored from another sender, in another series: "
-                f"{previous.calling_aet} filed it in series={previous.series_uid}; two senders "
-                "giving one UID to different images is a UID collision (node.on_duplicate = "
-                '"replace" takes every copy)'
-            )
+            self.spool.undo(placed)  # its folder stays: the series had one before, but in a race
+            raise _collision(previous, ident.series_uid)
         self.spool.settle(placed)
         named[0].result()  # a name that could not be made durable: the store fails
         # Another receiver process may have filed a copy under the old name meanwhile.
@@ -668,6 +675,16 @@ class StorageReceiver:
             calling,
             size,
         )
+
+
+def _collision(stored: KeptOut, series_uid: str) -> UidCollision:
+    """The refusal of a copy whose UID another sender filed in another series. Its first 64
+    characters are the sender's ErrorComment (another AE title names no patient)."""
+    return UidCollision(
+        f"UID collision: stored from {stored.calling_aet} in another series "
+        f"(series={stored.series_uid}, this copy's series={series_uid}); two senders gave one "
+        'UID to different images (node.on_duplicate = "replace" takes every copy)'
+    )
 
 
 def _file_meta(arrival: Arrival, ident: _Identity) -> bytes:

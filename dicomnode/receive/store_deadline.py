@@ -167,7 +167,8 @@ class StoreDeadline:
             return
         except Exception as exc:  # each refused store of an outage: a line a minute
             said = self._describe(exc)
-            self._late.warning(said, "a store past its deadline failed sop=%s: %s", sop, said)
+            key = type(exc).__name__  # its text may name the file: a line per instance
+            self._late.warning(key, "a store past its deadline failed sop=%s: %s", sop, said)
             return
         log.warning("a store past its deadline finished: the instance is stored sop=%s", sop)
 

@@ -239,9 +239,12 @@ def test_stalled_and_dripping_callers_are_dropped_and_a_real_sender_is_served(
     assert len(orthanc.sop_instance_uids()) == len(ct_series)
     # Refused before pynetdicom had them (they held no association's place): one line a
     # minute for the address.
-    refused = [line for line in node.log().splitlines() if "was not whole within" in line]
+    refused = [line for line in node.log().splitlines() if "of its A-ASSOCIATE-RQ" in line]
     assert len(refused) == 1, refused
-    assert "connection refused address=127.0.0.1:" in refused[0]
+    assert "connection dropped address=127.0.0.1:" in refused[0]
+    assert refused[0].endswith(
+        " of 1006 bytes of its A-ASSOCIATE-RQ within network.acse_timeout=2s"
+    )
     assert "association aborted" not in node.log()
     for sock in [*stalled, dripper]:
         sock.close()
@@ -414,11 +417,17 @@ def test_connections_that_send_a_byte_of_their_request_and_stop_hold_no_associat
     assert _closed_by_peer(more, within=3)  # beyond this address's share
     assert echoscu(node.port).returncode == 0  # both associations' places are free
     assert all(_closed_by_peer(sock, within=5) for sock in stalled)
-    [line] = [line for line in node.log().splitlines() if "was not whole" in line]
-    assert "connection refused address=127.0.0.2:" in line
-    assert line.endswith("its A-ASSOCIATE-RQ was not whole within network.acse_timeout=2s")
+    [line] = [line for line in node.log().splitlines() if "of its A-ASSOCIATE-RQ" in line]
+    assert "connection dropped address=127.0.0.2:" in line
+    assert line.endswith("1 of 6 bytes of its A-ASSOCIATE-RQ within network.acse_timeout=2s")
     assert Scrape(node.http_port).value("dicomnode_connections_aborted_total", reason="stalled")
-    for sock in [*stalled, more]:
+    # Most of a large request (40 of 60 KB), then nothing: still no association's place.
+    large = [_connect_from("127.0.0.3", node.port) for _ in range(2)]
+    for sock in large:
+        sock.sendall(struct.pack(">BBL", 0x01, 0, 60_000) + bytes(40_000))
+    time.sleep(0.3)
+    assert echoscu(node.port).returncode == 0
+    for sock in [*stalled, more, *large]:
         sock.close()
 
 
@@ -679,7 +688,7 @@ def test_an_association_request_begun_but_not_finished_holds_its_place_for_acse_
         started = time.monotonic()
         assert _closed_by_peer(sock, within=10)
         assert time.monotonic() - started < 6  # network_timeout is 20 s here
-    assert "its A-ASSOCIATE-RQ was not whole within network.acse_timeout=2s" in node.log()
+    assert "1 of 6 bytes of its A-ASSOCIATE-RQ within network.acse_timeout=2s" in node.log()
 
 
 def test_a_data_set_of_countless_sequence_items_is_refused_unread(

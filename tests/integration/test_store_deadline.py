@@ -69,9 +69,9 @@ def test_a_release_the_database_cannot_record_in_time_is_left_to_the_quiet_rule(
         holder.close()
     series = dcmread(ct_series[0], stop_before_pixels=True).SeriesInstanceUID
     assert said.endswith(
-        f"the release of series={series} is not recorded yet: the database did not answer within "
-        "2 s (node.store_timeout_seconds); they complete after completion.series_quiet_seconds "
-        "at the latest"
+        f"the release of series={series} is not recorded yet (they complete after "
+        "completion.series_quiet_seconds at the latest): the database did not answer within "
+        "2 s (node.store_timeout_seconds)"
     )
     [job] = node.wait_for_jobs(lambda jobs: len(jobs) == 1)  # by the quiet rule (3 s here)
     assert job["instances"] == 1
