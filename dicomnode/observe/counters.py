@@ -133,7 +133,8 @@ ENHANCEMENTS_FAILED = Counter(
 )
 ENHANCEMENT_WAITING = Gauge(
     "dicomnode_enhancement_waiting",
-    "1 while this process's models do not load (the log says why): its derived jobs wait.",
+    "1 while this process's models do not load (the log says why, and what its derived jobs "
+    "do meanwhile).",
     registry=None,
 )
 
