@@ -44,7 +44,7 @@ from dicomnode.receive import start_receiver
 from dicomnode.receive.processes import ReceiverProcesses
 from dicomnode.registry import check_models
 from dicomnode.spool import Spool
-from dicomnode.spool_identity import claim_both
+from dicomnode.spool_identity import advance_generation, claim_both
 from dicomnode.spool_lock import DataDirLock, lock_data_dir, refuse_if_held
 from dicomnode.status import JobPart
 
@@ -473,6 +473,8 @@ class Node:
         completion = self.settings.completion
         quiet, release_quiet = completion.series_quiet_seconds, completion.release_quiet_seconds
         created = create_jobs_for_quiet_series(self.db, quiet, destinations, parts, release_quiet)
+        if created:  # what a database restored from an older copy would lack (spool_identity)
+            advance_generation(self.db, self.spool)
         due_in = seconds_to_next_completion(self.db, quiet, release_quiet)
         with self._replanning:
             scheduler = self._scheduler

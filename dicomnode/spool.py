@@ -34,6 +34,7 @@ _LETTER = re.compile(r"[^\W\d_]")  # a letter of any script
 _ATTEMPT = re.compile(r"^attempt-([0-9]{6,})-[0-9a-f]{8}$")
 # The spool's identity file in its root (`spool_identity.py`).
 IDENTITY_FILE = "spool-identity"
+GENERATION_FILE = "spool-generation"
 
 
 def validate_uid(value: object, what: str) -> str:
@@ -117,6 +118,7 @@ class Spool:
         self._durable_dirs: OrderedDict[Path, None] = OrderedDict()
         self._lock = threading.Lock()
         self.identity_path = root / IDENTITY_FILE
+        self.generation_path = root / GENERATION_FILE
         for directory in (self.instances_dir, self.tmp_dir, self.outbox_dir):
             self._ensure_dir(directory)
         # A spool that had its identity when this process opened it (or that the node claimed)
@@ -163,6 +165,26 @@ class Spool:
             raise
         except OSError as exc:
             raise SpoolError(f"cannot write {self.identity_path}: {exc.strerror or exc}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+
+    def generation(self) -> int:
+        """How many rounds of new jobs this spool has seen recorded (`spool_identity.py`)."""
+        try:
+            return int(self.generation_path.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def record_generation(self, generation: int) -> None:
+        """Write the generation whole and durably (replacing the one before)."""
+        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        try:
+            _new_synced_file(tmp, f"{generation}\n".encode(), 0o644)
+            os.replace(tmp, self.generation_path)
+            _fsync_dir(self.root)
+        except OSError as exc:
+            raise SpoolError(f"cannot write {self.generation_path}: {exc.strerror or exc}") from exc
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)

@@ -12,6 +12,14 @@ when the two agree, or when one of them is new and the other holds nothing it wo
 refuse (ConfigError, exit 2) with what to check. `dicomnode doctor --repair` makes them agree
 after an admin has decided what the pair is. The spool file is written before the database row
 (`claim_both`), so a process that finds the row always finds the file.
+
+A database restored from an older copy carries the right identity but lacks what arrived after
+the copy: the spool's acknowledged instances since then would never have been sent. So each
+round of the completion tick that makes jobs counts one more generation, in the database first
+and then in the spool (`advance_generation`); a database whose count is below the spool's is
+older than it, and the pair is refused until `doctor --repair` has indexed what it lacks. (A
+copy taken between a series' arrival and its round is refused too: the repair then finds
+nothing to index.)
 """
 
 import uuid
@@ -21,8 +29,11 @@ from dicomnode.db.identity import (
     claim_identity,
     holds_instances,
     holds_nothing,
+    next_generation,
+    recorded_generation,
     recorded_identity,
     replace_identity,
+    set_generation,
 )
 from dicomnode.errors import ConfigError
 from dicomnode.spool import Spool
@@ -41,7 +52,7 @@ def identity_problem(db: Database, spool: Spool) -> str | None:
     in_db, in_spool = recorded_identity(db), spool.identity()
     if in_db is not None and in_spool is not None:
         if in_db == in_spool:
-            return None
+            return _older_database(db, spool)
         return (
             f"the spool {spool.root} is spool {in_spool}, but the database belongs to spool "
             f"{in_db}: another node's data folder or database (node.data_dir, "
@@ -75,6 +86,26 @@ def identity_problem(db: Database, spool: Spool) -> str | None:
     return None
 
 
+def _older_database(db: Database, spool: Spool) -> str | None:
+    ahead, behind = spool.generation(), recorded_generation(db)
+    if ahead <= behind:
+        return None
+    return (
+        f"the database is older than the spool {spool.root} (generation {behind}; the spool "
+        f"saw {ahead}): was it restored from a copy? What arrived after the copy was made is "
+        f"in the spool but not in the database, and would never be sent: {_DOCTOR} "
+        "--min-age 0 indexes it (its series are then sent), then start again"
+    )
+
+
+def advance_generation(db: Database, spool: Spool) -> None:
+    """A round of the completion tick made jobs: one generation more, in the database, then
+    in the spool (a crash between the two leaves the spool behind, which is no refusal)."""
+    generation = next_generation(db)
+    if generation > spool.generation():
+        spool.record_generation(generation)
+
+
 def claim_both(db: Database, spool: Spool) -> str:
     """The pair's identity, recorded on the side that lacks it: a new one for a new pair, else
     the side's that has one. Raises ConfigError for a pair `identity_problem` refuses."""
@@ -99,6 +130,10 @@ def make_agree(db: Database, spool: Spool) -> str:
         spool.replace_identity(identity)
     if recorded_identity(db) != identity:
         replace_identity(db, identity)
+    generation = max(spool.generation(), recorded_generation(db))
+    set_generation(db, generation)
+    if spool.generation() != generation:
+        spool.record_generation(generation)
     return identity
 
 

@@ -49,3 +49,30 @@ def holds_nothing(db: Database) -> bool:
     with db.reading() as session:
         anything = exists().where(Job.id.isnot(None))
         return not holds_instances(db) and not session.scalar(select(anything))
+
+
+def recorded_generation(db: Database) -> int:
+    """The database's count of rounds that made jobs (0 before the first, or before a pair
+    had an identity)."""
+    with db.reading() as session:
+        return (
+            session.scalar(select(SpoolIdentity.generation).where(SpoolIdentity.name == _ROW)) or 0
+        )
+
+
+def set_generation(db: Database, generation: int) -> None:
+    """`next_generation`'s count, set: an admin's repair, or the spool's side caught up."""
+    with db.session() as session:
+        row = session.get(SpoolIdentity, _ROW, with_for_update=True)
+        if row is not None:
+            row.generation = generation
+
+
+def next_generation(db: Database) -> int:
+    """One more round that made jobs; the count now (0: the pair has no identity yet)."""
+    with db.session() as session:
+        row = session.get(SpoolIdentity, _ROW, with_for_update=True)
+        if row is None:
+            return 0
+        row.generation = (row.generation or 0) + 1
+        return row.generation

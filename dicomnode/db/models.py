@@ -210,3 +210,6 @@ class SpoolIdentity(Base):
     name: Mapped[str] = mapped_column(String(16), primary_key=True)
     identity: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Rounds of the completion tick that made jobs, as the spool's generation file also counts
+    # them: a database restored from a copy counts fewer (`spool_identity.py`).
+    generation: Mapped[int] = mapped_column(default=0)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 
 from dicomnode.config import Settings
 from dicomnode.db import open_database
@@ -21,6 +22,7 @@ from tests.integration.test_startup_refusals import refusal
 from tests.support.dcmtk import storescu
 from tests.support.node import NodeProcess
 from tests.support.ports import free_port
+from tests.support.series import write_ct_series
 
 
 def _unreachable() -> dict[str, object]:
@@ -86,6 +88,36 @@ def test_a_lost_database_stops_the_start_until_doctor_indexes_the_spool(
     node.start()
     [job] = node.wait_for_jobs(lambda jobs: len(jobs) == 1, timeout=60)
     assert job["instances"] == 3
+
+
+def test_a_database_restored_from_an_older_copy_is_refused_until_doctor_indexes_the_rest(
+    node_factory, tmp_path: Path
+) -> None:
+    """Its identity is the spool's, so it started as if nothing were wrong, and the series
+    acknowledged after the copy was made lay in the spool, never sent."""
+    node = node_factory([], node={"receive_only": True}).start()
+    before = write_ct_series(tmp_path / "before", 2, seed=1)
+    after = write_ct_series(tmp_path / "after", 2, seed=2)
+    assert storescu(node.port, before).returncode == 0
+    node.wait_for_jobs(lambda jobs: len(jobs) == 1 and jobs[0]["status"] == "done")
+    database, copy = node.data_dir / "dicomnode.sqlite", tmp_path / "copy.sqlite"
+    with sqlite3.connect(database) as connection:  # the backup the README shows
+        connection.execute("VACUUM INTO ?", (str(copy),))
+    assert storescu(node.port, after).returncode == 0
+    node.wait_for_jobs(lambda jobs: len(jobs) == 2 and jobs[0]["status"] == "done")
+    node.stop()
+    for file in node.data_dir.glob("dicomnode.sqlite*"):
+        file.unlink()
+    shutil.copyfile(copy, database)  # restored
+
+    line = refusal(node)
+    assert "the database is older than the spool" in line
+    assert "(generation 1; the spool saw 2): was it restored from a copy?" in line
+    assert "`dicomnode doctor --repair` --min-age 0 indexes it" in line
+    node.cli("doctor", "--repair", "--min-age", "0")
+    node.start()
+    jobs = node.wait_for_jobs(lambda jobs: len(jobs) == 2 and jobs[0]["status"] == "done")
+    assert jobs[0]["series_uid"] == dcmread(after[0], stop_before_pixels=True).SeriesInstanceUID
 
 
 def test_another_nodes_spool_is_refused(node_factory, tmp_path: Path) -> None:
