@@ -28,10 +28,11 @@ from dicomnode.db.instances import (
 )
 from dicomnode.db.jobs import pull_back_future_times, reclaim_expired_leases
 from dicomnode.dicom.tls import client_tls_args
-from dicomnode.errors import ConfigError
+from dicomnode.errors import ConfigError, first_line
 from dicomnode.forward.associate import unresolvable_hosts
 from dicomnode.guarded import DATABASE_NOT_ASKED, DatabaseHealth, Guarded
 from dicomnode.observe.endpoint import HttpEndpoint, check_http_port_free, start_http_endpoint
+from dicomnode.observe.throttle import ThrottledWarnings
 from dicomnode.pipeline.admin_log import log_admin_actions
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.lease import renew_every_lease_now
@@ -56,6 +57,8 @@ RECOVERY_TICK = "destinations-back"
 MODELS_TICK = "load-models"  # only while the models do not load
 # A step back shorter than this is waited out (a minute at most) rather than rewriting times.
 PULL_BACK_AFTER_SECONDS = 60.0
+# A generation that could not be counted (`Node._count_generation`): a line a minute.
+_generation_failures = ThrottledWarnings(log)
 # The completion tick comes back this long after the next series is due, so that the clocks'
 # rounding never makes it come back a moment early and wait out a whole round.
 COMPLETION_MARGIN = timedelta(milliseconds=20)
@@ -473,9 +476,24 @@ class Node:
         completion = self.settings.completion
         quiet, release_quiet = completion.series_quiet_seconds, completion.release_quiet_seconds
         created = create_jobs_for_quiet_series(self.db, quiet, destinations, parts, release_quiet)
-        if created:  # what a database restored from an older copy would lack (spool_identity)
-            advance_generation(self.db, self.spool)
         due_in = seconds_to_next_completion(self.db, quiet, release_quiet)
+        self._plan_next_completion(created, due_in)
+        if created:  # what a database restored from an older copy would lack
+            self._count_generation()
+
+    def _count_generation(self) -> None:
+        """One more round that made jobs (`spool_identity.advance_generation`). A failure costs
+        this round's count (detection of a restored copy a round later), never the tick."""
+        try:
+            advance_generation(self.db, self.spool)
+        except Exception as exc:  # the spool's disk full, the database locked meanwhile
+            _generation_failures.warning(
+                "generation", "generation not counted this round: %s", first_line(exc)
+            )
+
+    def _plan_next_completion(self, created: Sequence[int], due_in: float | None) -> None:
+        """Wake this process's runners for the jobs just made, and bring the completion tick
+        forward to the next pending series' due time."""
         with self._replanning:
             scheduler = self._scheduler
             if scheduler is None or self._stopping.is_set():

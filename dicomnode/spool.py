@@ -13,6 +13,7 @@ delete what the later attempt made and recorded.
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -33,6 +34,8 @@ _LETTER = re.compile(r"[^\W\d_]")  # a letter of any script
 # An attempt's folder in a job's outbox (`Spool.outbox_attempt`): claim number, then lease.
 _ATTEMPT = re.compile(r"^attempt-([0-9]{6,})-[0-9a-f]{8}$")
 # The spool's identity file in its root (`spool_identity.py`).
+log = logging.getLogger(__name__)
+
 IDENTITY_FILE = "spool-identity"
 GENERATION_FILE = "spool-generation"
 
@@ -172,8 +175,15 @@ class Spool:
     def generation(self) -> int:
         """How many rounds of new jobs this spool has seen recorded (`spool_identity.py`)."""
         try:
-            return int(self.generation_path.read_text().strip() or 0)
-        except (FileNotFoundError, ValueError):
+            text = self.generation_path.read_text().strip()
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise SpoolError(f"cannot read {self.generation_path}: {exc.strerror or exc}") from exc
+        try:
+            return int(text or 0)
+        except ValueError:
+            log.warning("%s is damaged: counted as 0 until the next round", self.generation_path)
             return 0
 
     def record_generation(self, generation: int) -> None:

@@ -30,10 +30,10 @@ from dicomnode.db.identity import (
     holds_instances,
     holds_nothing,
     next_generation,
+    raise_generation,
     recorded_generation,
     recorded_identity,
     replace_identity,
-    set_generation,
 )
 from dicomnode.errors import ConfigError
 from dicomnode.spool import Spool
@@ -66,6 +66,10 @@ def identity_problem(db: Database, spool: Spool) -> str | None:
             f"the spool was lost for good, {_DOCTOR} lists what is missing and gives this "
             "folder the database's identity"
         )
+    if in_spool is not None and spool.generation() and holds_instances(db):
+        # A database with data but no identity, beside a spool that counted rounds: a copy
+        # from before the pair had its identity.
+        return _older_database(db, spool)
     spool_has_files = _holds_files(spool)
     # A spool with an identity beside a database without one that holds nothing: the database
     # was made anew. (Without an identity on either side the pair predates identities: an
@@ -93,8 +97,8 @@ def _older_database(db: Database, spool: Spool) -> str | None:
     return (
         f"the database is older than the spool {spool.root} (generation {behind}; the spool "
         f"saw {ahead}): was it restored from a copy? What arrived after the copy was made is "
-        f"in the spool but not in the database, and would never be sent: {_DOCTOR} "
-        "--min-age 0 indexes it (its series are then sent), then start again"
+        "in the spool but not in the database, and would never be sent: `dicomnode doctor "
+        "--repair --min-age 0` indexes it (its series are then sent), then start again"
     )
 
 
@@ -113,7 +117,7 @@ def claim_both(db: Database, spool: Spool) -> str:
     if problem is not None:
         raise ConfigError(f"setting node.data_dir: {problem}")
     identity = spool.claim_identity(recorded_identity(db) or str(uuid.uuid4()))
-    recorded = claim_identity(db, identity)
+    recorded = claim_identity(db, identity, generation=spool.generation())
     if recorded != identity:  # another process made a new pair of its own meanwhile
         raise ConfigError(
             f"setting node.data_dir: the spool {spool.root} is spool {identity}, but the "
@@ -122,18 +126,19 @@ def claim_both(db: Database, spool: Spool) -> str:
     return identity
 
 
-def make_agree(db: Database, spool: Spool) -> str:
+def make_agree(db: Database, spool: Spool, *, counts: bool = True) -> str:
     """After an admin's repair: the database's identity on both sides, else the spool's, else a
-    new one."""
+    new one; and, where `counts` (the repair indexed every file it found), the larger
+    generation on both."""
     identity = recorded_identity(db) or spool.identity() or str(uuid.uuid4())
     if spool.identity() != identity:
         spool.replace_identity(identity)
     if recorded_identity(db) != identity:
         replace_identity(db, identity)
-    generation = max(spool.generation(), recorded_generation(db))
-    set_generation(db, generation)
-    if spool.generation() != generation:
-        spool.record_generation(generation)
+    if counts:
+        generation = raise_generation(db, spool.generation())
+        if generation > spool.generation():
+            spool.record_generation(generation)
     return identity
 
 

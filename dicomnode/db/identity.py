@@ -16,12 +16,20 @@ def recorded_identity(db: Database) -> str | None:
         return session.scalar(select(SpoolIdentity.identity).where(SpoolIdentity.name == _ROW))
 
 
-def claim_identity(db: Database, identity: str) -> str:
-    """Record `identity` unless one is recorded already; the one recorded either way."""
+def claim_identity(db: Database, identity: str, generation: int = 0) -> str:
+    """Record `identity` (at the spool's `generation`) unless one is recorded already; the one
+    recorded either way."""
     try:
         with db.session() as session:
             if session.get(SpoolIdentity, _ROW) is None:
-                session.add(SpoolIdentity(name=_ROW, identity=identity, created_at=db_now(session)))
+                session.add(
+                    SpoolIdentity(
+                        name=_ROW,
+                        identity=identity,
+                        created_at=db_now(session),
+                        generation=generation,
+                    )
+                )
     except IntegrityError:  # another process claimed one at the same moment: its stands
         pass
     recorded = recorded_identity(db)
@@ -60,12 +68,15 @@ def recorded_generation(db: Database) -> int:
         )
 
 
-def set_generation(db: Database, generation: int) -> None:
-    """`next_generation`'s count, set: an admin's repair, or the spool's side caught up."""
+def raise_generation(db: Database, generation: int) -> int:
+    """`next_generation`'s count raised to `generation` (an admin's repair: the spool's), never
+    lowered: a round counted meanwhile stands. The count now."""
     with db.session() as session:
         row = session.get(SpoolIdentity, _ROW, with_for_update=True)
-        if row is not None:
-            row.generation = generation
+        if row is None:
+            return 0
+        row.generation = max(row.generation or 0, generation)
+        return row.generation
 
 
 def next_generation(db: Database) -> int:

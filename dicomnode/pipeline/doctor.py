@@ -260,7 +260,8 @@ def examine(
         if repair and spool.remove_part(part, min_age_seconds):
             report.removed_temp_files.append(str(part))
     if repair:  # what the spool holds is indexed, what it lacks listed: the pair is decided
-        identity = make_agree(db, spool)
+        # Files too young to judge may be what a restored database lacks: not counted yet.
+        identity = make_agree(db, spool, counts=not report.young_files)
         report.identity_agreed = True
         if report.identity_problem is not None:
             log.warning("doctor made the database and the spool one pair spool=%s", identity)

@@ -14,10 +14,11 @@ from pydicom import dcmread
 
 from dicomnode.config import Settings
 from dicomnode.db import open_database
+from dicomnode.db.identity import raise_generation, recorded_generation
 from dicomnode.errors import SpoolError
 from dicomnode.pipeline.retention import purge_delivered
 from dicomnode.spool import Spool
-from dicomnode.spool_identity import claim_both
+from dicomnode.spool_identity import advance_generation, claim_both, identity_problem
 from tests.integration.test_startup_refusals import refusal
 from tests.support.dcmtk import storescu
 from tests.support.node import NodeProcess
@@ -113,7 +114,7 @@ def test_a_database_restored_from_an_older_copy_is_refused_until_doctor_indexes_
     line = refusal(node)
     assert "the database is older than the spool" in line
     assert "(generation 1; the spool saw 2): was it restored from a copy?" in line
-    assert "`dicomnode doctor --repair` --min-age 0 indexes it" in line
+    assert "`dicomnode doctor --repair --min-age 0` indexes it" in line
     node.cli("doctor", "--repair", "--min-age", "0")
     node.start()
     jobs = node.wait_for_jobs(lambda jobs: len(jobs) == 2 and jobs[0]["status"] == "done")
@@ -272,3 +273,27 @@ def test_a_spool_that_loses_its_identity_refuses_to_store(tmp_path: Path) -> Non
     with pytest.raises(SpoolError, match="the spool is not there"):
         spool.write_instance("1.2", "1.2.3", "1.2.3.4", b"data")
     assert not list(spool.instances_dir.rglob("*"))
+
+
+def test_a_new_database_beside_a_spool_that_counted_rounds_takes_the_spools_count(
+    tmp_path: Path,
+) -> None:
+    """A spool whose every series was purged, beside a new database: the pair starts, and
+    keeps starting (the new row began at 0 while the spool said 3, and the start after the
+    next round was refused as a restored copy)."""
+    spool = Spool(tmp_path / "spool")
+    first = open_database(f"sqlite:///{tmp_path / 'first.sqlite'}")
+    claim_both(first, spool)
+    for _ in range(3):
+        advance_generation(first, spool)
+    first.dispose()
+    fresh = open_database(f"sqlite:///{tmp_path / 'fresh.sqlite'}")
+    try:
+        claim_both(fresh, spool)
+        advance_generation(fresh, spool)
+        assert (recorded_generation(fresh), spool.generation()) == (4, 4)
+        assert identity_problem(fresh, spool) is None
+        # An admin's repair never lowers a count a round raised meanwhile.
+        assert raise_generation(fresh, 2) == 4
+    finally:
+        fresh.dispose()
