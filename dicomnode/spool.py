@@ -33,11 +33,11 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _LETTER = re.compile(r"[^\W\d_]")  # a letter of any script
 # An attempt's folder in a job's outbox (`Spool.outbox_attempt`): claim number, then lease.
 _ATTEMPT = re.compile(r"^attempt-([0-9]{6,})-[0-9a-f]{8}$")
-# The spool's identity file in its root (`spool_identity.py`).
-log = logging.getLogger(__name__)
-
+# The spool's identity and generation files in its root (`spool_identity.py`).
 IDENTITY_FILE = "spool-identity"
 GENERATION_FILE = "spool-generation"
+
+log = logging.getLogger(__name__)
 
 
 def validate_uid(value: object, what: str) -> str:
