@@ -234,12 +234,14 @@ class Spool:
             )
 
     def holds_series(self, study_uid: str, series_uid: str) -> bool:
-        """Whether the series has its folder here (an instance of it was stored)."""
+        """Whether the series has its folder here (an instance of it was stored): asked before
+        every store, so a folder this process made durable is known without a system call."""
         uids = (
             validate_uid(study_uid, "StudyInstanceUID"),
             validate_uid(series_uid, "SeriesInstanceUID"),
         )
-        return self.instances_dir.joinpath(*uids).is_dir()
+        folder = self.instances_dir.joinpath(*uids)
+        return folder in self._durable_dirs or folder.is_dir()
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """Where an instance with these (already validated) UIDs lives."""
