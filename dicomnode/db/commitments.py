@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from dicomnode.db.clock import db_now
 from dicomnode.db.engine import Database
 from dicomnode.db.models import Commitment, Instance, Job
+from dicomnode.db.refused_copies import refused_senders
 from dicomnode.status import JobStatus
 
 if TYPE_CHECKING:  # pydicom and pynetdicom (a second of imports) are not needed to read the table
@@ -207,17 +208,33 @@ def pending_commitment_instances() -> Select[str]:
     )
 
 
-def durable_instances(
-    db: Database, sop_instance_uids: Iterable[str]
-) -> dict[str, tuple[str, Path]]:
-    """SOP Class UID and spool file of each of these instances the node has a row for."""
-    with db.session() as session:
+@dataclass(frozen=True)
+class KeptCopy:
+    """The copy of a SOP Instance UID the node keeps, as Storage Commitment needs it."""
+
+    sop_class_uid: str
+    path: Path
+    calling_aet: str  # who sent it
+    refused_from: frozenset[str]  # senders whose own copy of the UID was refused (`refused_copies`)
+
+
+def kept_copies(db: Database, sop_instance_uids: Iterable[str]) -> dict[str, KeptCopy]:
+    """The copy of each of these instances the node has a row for."""
+    uids = list(sop_instance_uids)
+    with db.reading() as session:
         rows = session.execute(
-            select(Instance.sop_instance_uid, Instance.sop_class_uid, Instance.path).where(
-                Instance.sop_instance_uid.in_(list(sop_instance_uids))
-            )
+            select(
+                Instance.sop_instance_uid,
+                Instance.sop_class_uid,
+                Instance.path,
+                Instance.calling_aet,
+            ).where(Instance.sop_instance_uid.in_(uids))
         ).all()
-    return {uid: (sop_class, Path(path)) for uid, sop_class, path in rows}
+        refused = refused_senders(session, uids) if rows else {}
+    return {
+        uid: KeptCopy(sop_class, Path(path), calling_aet, frozenset(refused.get(uid, ())))
+        for uid, sop_class, path, calling_aet in rows
+    }
 
 
 def forget_commitments(

@@ -57,6 +57,20 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+class RefusedCopy(Base):
+    """A sender's copy of a stored SOP Instance UID that the node refused as a UID collision
+    (`node.on_duplicate = "replace_unless_foreign"`): the node holds another image under that
+    UID, so a Storage Commitment request from anyone but the stored copy's sender must not be
+    told it keeps this one (`receive/commitment.py`). Forgotten with the stored copy's series."""
+
+    __tablename__ = "refused_copies"
+
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    calling_aet: Mapped[str] = mapped_column(String(16), primary_key=True)
+    series_uid: Mapped[str] = mapped_column(String(64))  # the refused copy's
+    refused_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Job(Base):
     """One part (originals or derived) of one source series to process and deliver."""
 

@@ -26,6 +26,7 @@ from dicomnode.db.models import (
     Series,
     Study,
 )
+from dicomnode.db.refused_copies import forget_refusals
 from dicomnode.status import DeliveryStatus, JobStatus
 
 _FINISHED = (JobStatus.DONE, JobStatus.CANCELLED)
@@ -179,6 +180,7 @@ def forget_series(
     session.execute(delete(Delivery).where(Delivery.job_id.in_(job_ids)))
     forget_history(session, job_ids)
     forget_commitments(session, job_ids)
+    forget_refusals(session, series_uid)
     session.execute(delete(Job).where(Job.id.in_(job_ids)))
     session.execute(delete(Instance).where(Instance.series_uid == series_uid))
     session.execute(delete(Series).where(Series.series_uid == series_uid))

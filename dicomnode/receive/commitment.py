@@ -3,7 +3,10 @@
 An instance is committed when it has its row in the database and its file in the spool under
 the SOP Class the caller names: exactly what the node promised when it answered the C-STORE
 with Success (both are durable before that answer, and survive a crash). Anything else fails
-with reason 0x0112 (no such object instance) or 0x0119 (class/instance conflict).
+with reason 0x0112 (no such object instance) or 0x0119 (class/instance conflict). So does a UID
+whose copy from some sender was refused as a UID collision, unless the caller is the sender of
+the copy the node keeps (`db/refused_copies.py`): the refused image is not here, and its sender
+must not delete it.
 
 The N-ACTION is answered at once; the report follows (PS3.4 J.3.3) on the same association
 when the caller keeps it open, else over a new association to the address `[[peers]]` gives
@@ -25,7 +28,7 @@ from pynetdicom.events import Event
 
 from dicomnode.config import Peer, Settings
 from dicomnode.db import Database
-from dicomnode.db.commitments import durable_instances
+from dicomnode.db.commitments import kept_copies
 from dicomnode.dicom.association import (
     CONNECTION_TUNING_HANDLER,
     bounded_waits_handler,
@@ -62,18 +65,32 @@ REPORT_RETRY_SECONDS = 2.0
 RELEASE_GRACE_SECONDS = 0.5
 
 
-def commitment_report(db: Database, request: CommitmentRequest) -> CommitmentReport:
-    """What the node keeps of a request's instances (see the module docstring)."""
-    known = durable_instances(db, [ref.sop_instance_uid for ref in request.references])
-    committed, failed = [], []
+def commitment_report(db: Database, request: CommitmentRequest, caller: str) -> CommitmentReport:
+    """What the node keeps of the instances `caller` (its AE title) asks about (see the module
+    docstring)."""
+    known = kept_copies(db, [ref.sop_instance_uid for ref in request.references])
+    committed, failed, collided = [], [], []
     for ref in request.references:
-        found = known.get(ref.sop_instance_uid)
-        if found is None or not found[1].is_file():
+        copy = known.get(ref.sop_instance_uid)
+        if copy is None or not copy.path.is_file():
             failed.append(Failure(ref, NO_SUCH_OBJECT_INSTANCE))
-        elif found[0] != ref.sop_class_uid:
+        elif copy.refused_from and caller != copy.calling_aet:
+            failed.append(Failure(ref, NO_SUCH_OBJECT_INSTANCE))
+            collided.append((ref.sop_instance_uid, copy.calling_aet))
+        elif copy.sop_class_uid != ref.sop_class_uid:
             failed.append(Failure(ref, CLASS_INSTANCE_CONFLICT))
         else:
             committed.append(ref)
+    if collided:
+        log.warning(
+            "storage commitment not confirmed for %d instance(s) transaction=%s calling_aet=%s: "
+            "a copy of each was refused as a UID collision, and the node keeps another "
+            "sender's image under it (first sop=%s, kept from %s)",
+            len(collided),
+            request.transaction_uid,
+            caller,
+            *collided[0],
+        )
     return CommitmentReport(request.transaction_uid, tuple(committed), tuple(failed))
 
 
@@ -112,7 +129,7 @@ class CommitmentResponder:
             log.warning("storage commitment request unreadable calling_aet=%s: %s", calling, exc)
             return status_dataset(PROCESSING_FAILURE, str(exc)), None
         try:
-            report = self._waits(partial(commitment_report, self.db, request))
+            report = self._waits(partial(commitment_report, self.db, request, calling))
         except Exception as exc:
             self._waits.tell(
                 exc,

@@ -39,6 +39,7 @@ from dicomnode.db.instances import (
     stored_path,
 )
 from dicomnode.db.records import KeptOut, printable_code
+from dicomnode.db.refused_copies import remember_refusal
 from dicomnode.dicom.association import CONNECTION_TUNING_HANDLER, configure_ae
 from dicomnode.dicom.bounded import inflate_prefix, inflated_size
 from dicomnode.dicom.tls import server_context
@@ -620,7 +621,7 @@ class StorageReceiver:
             # for it: one removed after the refusal raced the stores into it.
             stored = foreign_copy(self.db, ident.sop_instance_uid, ident.series_uid, calling)
             if stored is not None:
-                raise _collision(stored, ident.series_uid)
+                raise self._refused(stored, ident, calling)
         header = _file_meta(arrival, ident)
         size = len(header) + len(arrival.data_set)
         # The row is committed once the bytes are durable under their final name, while the
@@ -656,7 +657,7 @@ class StorageReceiver:
         wait(named)
         if isinstance(previous, KeptOut):  # nothing was replaced: the placed file goes
             self.spool.undo(placed)  # its folder stays: the series had one before, but in a race
-            raise _collision(previous, ident.series_uid)
+            raise self._refused(previous, ident, calling)
         self.spool.settle(placed)
         named[0].result()  # a name that could not be made durable: the store fails
         # Another receiver process may have filed a copy under the old name meanwhile.
@@ -675,6 +676,13 @@ class StorageReceiver:
             calling,
             size,
         )
+
+    def _refused(self, stored: KeptOut, ident: _Identity, calling: str) -> UidCollision:
+        """The refusal of a UID collision, remembered first for Storage Commitment (the sender
+        must not be told the node keeps the image it refused). The store fails either way: if
+        the database does not take the note, the exception says why instead."""
+        remember_refusal(self.db, ident.sop_instance_uid, ident.series_uid, calling)
+        return _collision(stored, ident.series_uid)
 
 
 def _collision(stored: KeptOut, series_uid: str) -> UidCollision:

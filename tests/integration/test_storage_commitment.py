@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 from tests.support.commitment import CommitmentPeer, Modality
 from tests.support.dcmtk import storescu
@@ -21,7 +23,8 @@ from tests.support.metrics import Scrape
 from tests.support.node import NodeProcess
 from tests.support.orthanc import Orthanc
 from tests.support.ports import free_port
-from tests.support.series import sop_instance_uid
+from tests.support.scu import c_store
+from tests.support.series import sop_instance_uid, write_ct_series
 
 
 def job_details(node: NodeProcess, job_id: int) -> dict[str, Any]:
@@ -325,3 +328,42 @@ def test_a_destination_without_storage_commitment_makes_the_delivery_dead_saying
         assert sum(scp.stored.values()) == 2
     finally:
         scp.stop()
+
+
+def test_a_copy_refused_as_a_uid_collision_is_not_confirmed_to_its_sender(
+    node_factory, tmp_path: Path, ct_series: list[Path]
+) -> None:
+    """A modality that asks for the commitment of all it sent, the refused copy included, was
+    told the node keeps it (it keeps another sender's image under that UID), and could then
+    delete its only copy of that image. The sender of the kept copy is still told."""
+    stored_by, refused_to = Modality(ae_title="CT_A"), Modality(ae_title="CT_B")
+    peers = [stored_by.peer(), refused_to.peer()]
+    node = node_factory([], peers=peers, node={"receive_only": True}).start()
+    kept = ct_series[:2]
+    assert storescu(node.port, kept, calling_aet="CT_A").returncode == 0
+    colliding = dcmread(ct_series[0])
+    colliding.SeriesInstanceUID = generate_uid()
+    colliding.PixelData = bytes(len(colliding.PixelData))
+    colliding.save_as(tmp_path / "colliding.dcm")
+    status = c_store(node.port, tmp_path / "colliding.dcm", calling_aet="CT_B")
+    assert status is not None and status.Status == 0xC000
+    own = write_ct_series(tmp_path / "own", 2, seed=7)
+    assert storescu(node.port, own, calling_aet="CT_B").returncode == 0
+
+    _, transaction = refused_to.ask(node.port, [tmp_path / "colliding.dcm", *own])
+    report = refused_to.report_for(transaction)
+    assert sorted(ref.sop_instance_uid for ref in report.committed) == sorted(
+        map(sop_instance_uid, own)
+    )
+    collided = sop_instance_uid(ct_series[0])
+    assert [(f.reference.sop_instance_uid, f.reason) for f in report.failed] == [(collided, 0x0112)]
+    said = node.wait_for_log("storage commitment not confirmed for 1 instance(s)")
+    assert "calling_aet=CT_B: a copy of each was refused as a UID collision" in said
+    assert f"first sop={collided}, kept from CT_A" in said
+
+    _, transaction = stored_by.ask(node.port, kept)
+    report = stored_by.report_for(transaction)
+    assert sorted(ref.sop_instance_uid for ref in report.committed) == sorted(
+        map(sop_instance_uid, kept)
+    )
+    assert report.failed == ()
