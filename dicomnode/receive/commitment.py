@@ -56,8 +56,11 @@ log = logging.getLogger(__name__)
 PROCESSING_FAILURE = 0x0110
 NO_SUCH_ACTION = 0x0123  # PS3.7 C.5.x: an Action Type ID other than 1
 NOT_AUTHORISED = 0x0124  # a caller with no [[peers]] entry
-# The ErrorComment of a request the database did not answer in time (the log says more).
-UNANSWERED = "the database did not answer in time; ask again later"
+# What a request waits for: its instances' rows, then their files (a hung spool mount as much
+# as a frozen database server).
+WAITED_FOR = "the database or the spool"
+# The ErrorComment of a request they did not answer in time (the log says more; LO: 64 chars).
+UNANSWERED = "the database or spool did not answer in time; ask again later"
 REPORT_ATTEMPTS = 3  # over a new association; then the report is given up with a log line
 REPORT_RETRY_SECONDS = 2.0
 # A caller that releases right after our N-ACTION response would never answer a report sent on
@@ -137,6 +140,7 @@ class CommitmentResponder:
                 "storage commitment request not answered transaction=%s calling_aet=%s",
                 request.transaction_uid,
                 calling,
+                waited_for=WAITED_FOR,
             )
             return status_dataset(PROCESSING_FAILURE, UNANSWERED), None
         log.info(

@@ -186,20 +186,28 @@ class DatabaseWaits:
     def __call__(self, call: Callable[[], T]) -> T:
         return self._threads.call_within(call, self.seconds)
 
-    def tell(self, exc: Exception, key: Hashable, message: str, *args: object) -> None:
+    def tell(
+        self,
+        exc: Exception,
+        key: Hashable,
+        message: str,
+        *args: object,
+        waited_for: str = "the database",
+    ) -> None:
         """Log `message` with why a call gave no answer (`why`), once a minute per `key` (a
         caller asks again and again while the database is away); a bug's error is raised
         again, for pynetdicom to answer 0x0110 and log with its traceback."""
-        said = self.why(exc)
+        said = self.why(exc, waited_for)
         if said is None:
             raise exc
         self._told.warning(key, f"{message}: %s", *args, said)
 
-    def why(self, exc: BaseException) -> str | None:
-        """What a call's failure says for the log and the caller: the wait ran out, or the
+    def why(self, exc: BaseException, waited_for: str = "the database") -> str | None:
+        """What a call's failure says for the log and the caller: the wait for `waited_for`
+        (what the call asks: "the database", "the database or the spool") ran out, or the
         database failed in a way that passes (`database_away`); None for any other error, a
         bug's, which the handler lets pynetdicom answer (0x0110) and log with its traceback."""
         if isinstance(exc, TimeoutError):
             limit = f"{self.seconds:g} s (node.store_timeout_seconds)"
-            return f"the database did not answer within {limit}"
+            return f"{waited_for} did not answer within {limit}"
         return database_away(exc)

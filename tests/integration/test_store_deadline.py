@@ -100,8 +100,8 @@ def test_a_commitment_request_the_database_cannot_answer_in_time_gets_a_processi
         assert status == 0x0110
         said = node.wait_for_log("storage commitment request not answered")
         assert said.endswith(
-            f"transaction={transaction} calling_aet={modality.ae_title}: the database did not "
-            "answer within 2 s (node.store_timeout_seconds)"
+            f"transaction={transaction} calling_aet={modality.ae_title}: the database or the "
+            "spool did not answer within 2 s (node.store_timeout_seconds)"
         )
         assert modality.ask(node.port, ct_series[:2])[0] == 0x0000  # asked again: answered
     finally:
