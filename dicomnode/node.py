@@ -31,6 +31,7 @@ from dicomnode.dicom.tls import client_tls_args
 from dicomnode.errors import ConfigError, first_line
 from dicomnode.forward.associate import unresolvable_hosts
 from dicomnode.guarded import DATABASE_NOT_ASKED, DatabaseHealth, Guarded
+from dicomnode.memory_bound import host_memory, memory_warning
 from dicomnode.observe.endpoint import HttpEndpoint, check_http_port_free, start_http_endpoint
 from dicomnode.observe.throttle import ThrottledWarnings
 from dicomnode.pipeline.admin_log import log_admin_actions
@@ -318,6 +319,7 @@ class Node:
         if self.listen:
             self._warn_about_destinations()
             self._warn_about_free_space()
+            self._warn_about_memory()
             self._start_listeners()
         # Jobs a process on this host held when it was killed or forced to stop: queued again
         # now, not after worker.lease_seconds.
@@ -600,6 +602,12 @@ class Node:
                 self.spool.root,
                 minimum,
             )
+
+    def _warn_about_memory(self) -> None:
+        """Say at start, not at the OOM killer, that callers could take more than there is."""
+        said = memory_warning(self.settings.node, host_memory())
+        if said is not None:
+            log.warning("MEMORY: %s", said)
 
     def listening(self) -> bool:
         """Whether the DICOM listener is up (for /readyz)."""

@@ -65,6 +65,21 @@ def test_an_instance_that_would_eat_into_the_free_space_reserve_is_refused(
     assert small is not None and int(small.Status) == 0x0000, small
 
 
+def test_a_node_whose_callers_could_take_more_memory_than_there_is_says_so_at_start(
+    node_factory, ct_series: list[Path]
+) -> None:
+    """Each association may hold an instance of node.max_instance_mb in memory: past the host's
+    memory (or its container's limit), a few large instances at once end the node by the OOM
+    killer. It still starts and receives: the settings are the operator's to choose."""
+    ten_terabytes = 10**7
+    node = node_factory([], node={"max_instance_mb": ten_terabytes}).start()
+    said = node.wait_for_log("MEMORY: callers may make the listener hold")
+    assert "GiB at once (node.max_associations=10 x node.max_instance_mb=10000000)" in said
+    assert re.search(r"(this host has|the limit in \S+ is) [0-9.]+ GiB: a few large", said)
+    assert storescu(node.port, ct_series[:1]).returncode == 0
+    assert node.log().count("MEMORY:") == 1
+
+
 def test_an_instance_over_the_size_limit_is_aborted_and_the_others_are_taken(
     node_factory, tmp_path: Path, ct_series: list[Path]
 ) -> None:
