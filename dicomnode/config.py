@@ -368,6 +368,13 @@ class Destination:
     # refuses it, for good, and every derived job would end dead there although its images
     # arrived: false sends the derived images only. The originals always go whole.
     send_metrics_reports: bool = True
+    # What goes there: the series as received ("originals"), what the enhancement makes
+    # ("derived": the derived series and their metrics reports), or both. A clinical PACS that
+    # is to hold only what the modalities made takes ["originals"]; a research archive may
+    # take ["derived"].
+    send: list[Literal["originals", "derived"]] = field(
+        default_factory=lambda: ["originals", "derived"]
+    )
 
     @property
     def server_name(self) -> str:
@@ -400,6 +407,11 @@ class Destination:
         )
         _check_key_pair(self.tls_certificate, self.tls_private_key, f"{key}.")
         _check_file(self.tls_ca_certificates, f"{key}.tls_ca_certificates")
+        _check(
+            bool(self.send) and len(set(self.send)) == len(self.send),
+            f"{key}.send",
+            f'{self.send!r} must name "originals", "derived" or both, each once',
+        )
         if not self.tls:
             for name in (
                 "tls_ca_certificates",
@@ -582,6 +594,10 @@ class Settings:
     def destination(self, name: str) -> Destination | None:
         return next((d for d in self.destinations if d.name == name), None)
 
+    def sends(self) -> dict[str, list[str]]:
+        """What each destination takes, by name (`Destination.send`)."""
+        return {d.name: list(d.send) for d in self.destinations}
+
     def peer(self, ae_title: str) -> Peer | None:
         """The `[[peers]]` entry of a calling AE title (spaces are not significant, PS3.5 6.2)."""
         return next((p for p in self.peers if p.ae_title.strip() == ae_title.strip()), None)
@@ -712,7 +728,14 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
             f"is true but {len(destinations)} destination(s) are configured: "
             "remove the destinations or the setting",
         )
+        enhance = sections["enhance"]
         for i, destination in enumerate(destinations):
+            _check(
+                "derived" in destination.send or enhance.forward_originals or not enhance.methods,
+                f"destinations[{i}].send",
+                f"{destination.send!r} needs enhance.forward_originals = true: with it false, "
+                "each series reaches the destinations inside its derived job",
+            )
             _check(
                 not _is_this_node(destination, sections["node"]),
                 f"destinations[{i}]",

@@ -222,6 +222,15 @@ class Node:
         runners = [("router", JobPart.ORIGINALS)] if workers.router else []
         return runners + [(f"w{index}", JobPart.DERIVED) for index in range(workers.workers)]
 
+    def _parts_sent(self) -> list[JobPart]:
+        """The jobs each complete series gets (`job_parts`), less a part that no destination
+        takes (`Destination.send`): its job would have nowhere to go."""
+        parts = job_parts(self.settings.enhance)
+        destinations = self.settings.destinations
+        if not destinations:
+            return parts  # receive only, or stored until destinations are added
+        return [part for part in parts if any(part in d.send for d in destinations)]
+
     def _enhancers_carry_series(self) -> bool:
         """Whether the derived jobs are what takes a series to the PACS, the originals
         switched off and `forward_unenhanced` on: a series whose enhancement fails then goes as
@@ -399,7 +408,7 @@ class Node:
         logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunFilter())
         completion = self.settings.completion
         quiet = completion.series_quiet_seconds
-        parts = job_parts(self.settings.enhance)
+        parts = self._parts_sent()
         if self.listen:  # the processes that receive make the jobs and own the spool's upkeep
             scheduler.add_job(
                 Guarded(
@@ -477,7 +486,9 @@ class Node:
         round later. Both only save waiting: every tick still finds what is due."""
         completion = self.settings.completion
         quiet, release_quiet = completion.series_quiet_seconds, completion.release_quiet_seconds
-        created = create_jobs_for_quiet_series(self.db, quiet, destinations, parts, release_quiet)
+        created = create_jobs_for_quiet_series(
+            self.db, quiet, destinations, parts, release_quiet, takes=self.settings.sends()
+        )
         due_in = seconds_to_next_completion(self.db, quiet, release_quiet)
         self._plan_next_completion(created, due_in)
         if created:  # what a database restored from an older copy would lack
@@ -577,6 +588,12 @@ class Node:
 
     def _warn_about_destinations(self) -> None:
         if self.settings.destinations:
+            if self.settings.enhance.methods and JobPart.DERIVED not in self._parts_sent():
+                log.warning(
+                    "no destination takes derived series (destinations[].send): series are "
+                    'not enhanced; set enhance.methods = [] to say so, or add "derived" to a '
+                    "destination's send"
+                )
             return
         if self.settings.node.receive_only:
             log.info(

@@ -455,7 +455,8 @@ def resend(
         typer.Option(
             "--destination",
             "-d",
-            help="Only to this destination (any configured one, also one the job never had).",
+            help="Only to this destination (any configured one that takes the job's part, also "
+            "one the job never had).",
         ),
     ] = None,
     config: ConfigOption = None,
@@ -470,7 +471,14 @@ def resend(
     settings = settings_from(config)
     configured = [d.name for d in settings.destinations]
     with reported_errors():
-        job = resend_job(_database(settings), job_id, configured, destination, admin_user())
+        job = resend_job(
+            _database(settings),
+            job_id,
+            configured,
+            destination,
+            admin_user(),
+            takes=settings.sends(),
+        )
     what = "instances" if job.part == "originals" else "derived series and reports"
     where = destination or ", ".join(d.destination for d in job.deliveries)
     console.print(f"job {job.id} queued to send its {shown(what)} again to {shown(where)}")

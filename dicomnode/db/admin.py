@@ -5,9 +5,10 @@ Each action asks `transitions.admin_refusal` whether it applies to the job's sta
 job's history with the admin's name, for the node to log.
 """
 
+from collections.abc import Collection, Mapping
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.clock import db_now
@@ -18,7 +19,7 @@ from dicomnode.db.history import EventKind, record_event
 from dicomnode.db.jobs import job_record
 from dicomnode.db.models import Delivery, Job
 from dicomnode.db.records import JobRecord
-from dicomnode.db.transitions import NOT_CONFIGURED, AdminAction, admin_refusal
+from dicomnode.db.transitions import NOT_CONFIGURED, NOT_TAKEN, AdminAction, admin_refusal
 from dicomnode.errors import JobStateError
 from dicomnode.status import DeliveryStatus, JobStatus, Replay
 
@@ -47,14 +48,18 @@ def _queue_again(session: Session, job: Job, *, resend_delivered: bool) -> list[
     """Back to the queue now with fresh attempts; its deliveries pending again (those already
     done too, when `resend_delivered`), and sent whole: an admin's action may follow a PACS
     that lost or deleted part of what it had. A delivery the node found no destination for
-    (`transitions.NOT_CONFIGURED`) is dropped, not retried: the destinations dropped."""
+    (`transitions.NOT_CONFIGURED`), or one that no longer takes the job's part (`NOT_TAKEN`),
+    is dropped, not retried: the destinations dropped."""
     now = db_now(session)
     _fresh_attempts(job, now)
     unknown = session.scalars(
         select(Delivery).where(
             Delivery.job_id == job.id,
             Delivery.status == DeliveryStatus.DEAD,
-            Delivery.error.contains(NOT_CONFIGURED, autoescape=True),
+            or_(
+                Delivery.error.contains(NOT_CONFIGURED, autoescape=True),
+                Delivery.error.contains(NOT_TAKEN, autoescape=True),
+            ),
         )
     ).all()
     for delivery in unknown:
@@ -71,7 +76,10 @@ def _queue_again(session: Session, job: Job, *, resend_delivered: bool) -> list[
 def _dropped(destinations: list[str]) -> str:
     if not destinations:
         return ""
-    return f"; dropped the deliveries to {', '.join(map(repr, destinations))} ({NOT_CONFIGURED})"
+    return (
+        f"; dropped the deliveries to {', '.join(map(repr, destinations))} ({NOT_CONFIGURED}, "
+        "or it no longer takes such series)"
+    )
 
 
 def _done(session: Session, job: Job, kind: EventKind, user: str, detail: str) -> JobRecord:
@@ -122,10 +130,13 @@ def resend_job(
     configured: list[str],
     destination: str | None = None,
     user: str = "",
+    *,
+    takes: Mapping[str, Collection[str]] | None = None,
 ) -> JobRecord:
     """Admin: send a done job's series again (an originals job its instances, a derived job its
     derived series and reports, as they were made), to every destination it had or only to
-    `destination` (one of `configured`: also one the job never had, e.g. a new PACS)."""
+    `destination` (one of `configured`: also one the job never had, e.g. a new PACS, if it
+    takes the job's part: `takes`, `Destination.send`)."""
     with db.session() as session:
         job = _existing_job(session, job_id)
         newer = session.scalar(
@@ -138,6 +149,11 @@ def resend_job(
             raise JobStateError(
                 f"destination {destination!r} is not configured "
                 f"(configured: {', '.join(configured) or 'none'})"
+            )
+        if destination is not None and takes is not None and job.part not in takes[destination]:
+            raise JobStateError(
+                f"destination {destination!r} does not take {job.part} series (its send: "
+                f"{', '.join(takes[destination])})"
             )
         now = db_now(session)
         deliveries = session.scalars(select(Delivery).where(Delivery.job_id == job.id)).all()

@@ -1,7 +1,7 @@
 """Recording received instances and the completion rule that turns quiet series into jobs."""
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -133,9 +133,12 @@ def create_jobs_for_quiet_series(
     destinations: list[str],
     parts: Sequence[JobPart],
     release_quiet_seconds: float = 0.0,
+    *,
+    takes: Mapping[str, Collection[str]] | None = None,
 ) -> list[int]:
     """Turn every complete pending series into queued jobs, one per part (originals, derived),
-    each with a delivery row per destination.
+    each with a delivery row per destination that takes that part (`takes`: the parts of each
+    destination that does not take them all, `Destination.send`).
 
     A series is complete when no instance arrived for `quiet_seconds`, or, when
     `release_quiet_seconds` > 0, when its sender released the association after its last
@@ -172,7 +175,8 @@ def create_jobs_for_quiet_series(
                 select(Instance.sop_instance_uid).where(Instance.series_uid == series.series_uid)
             ).all()
             for part in parts:
-                job_id = _create_job(session, series, part, sop_uids, destinations, now)
+                names = [n for n in destinations if takes is None or part in takes.get(n, parts)]
+                job_id = _create_job(session, series, part, sop_uids, names, now)
                 created.append(job_id)
                 made.append((job_id, part, series.study_uid, series.series_uid, len(sop_uids)))
     for job in made:  # once committed: a commit that fails made no job

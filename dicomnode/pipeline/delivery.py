@@ -31,7 +31,7 @@ from dicomnode.db.originals_first import (
     waits_for_originals,
     wake_derived,
 )
-from dicomnode.db.transitions import not_configured
+from dicomnode.db.transitions import not_configured, not_sent_there
 from dicomnode.errors import ForwardError, SeriesIncomplete, UnreadableSpool
 from dicomnode.forward.commitment import confirm_commitment, uncommitted
 from dicomnode.forward.echo import why_unanswered
@@ -110,6 +110,9 @@ def deliver(
 
     if destination is None:
         record(DeliveryStatus.DEAD, not_configured(name, job.id))
+        return
+    if job.part not in destination.send:  # a clinical PACS made originals-only meanwhile
+        record(DeliveryStatus.DEAD, not_sent_there(name, job.part, destination.send, job.id))
         return
     if job.part == JobPart.DERIVED and not destination.send_metrics_reports:
         outgoing = [[item for item in series if not _is_report(item)] for series in outgoing]

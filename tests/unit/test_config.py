@@ -144,6 +144,39 @@ def test_documented_destination_states_the_tls_defaults() -> None:
     assert documented == default
 
 
+@pytest.mark.parametrize(
+    ("send", "enhance", "named"),
+    [
+        ("[]", "", 'destinations[0].send: [] must name "originals", "derived" or both'),
+        ('["derived", "derived"]', "", "each once"),
+        ('["copies"]', "", "destinations[0].send: 'copies' is not one of 'originals', 'derived'"),
+        (
+            '["originals"]',
+            "forward_originals = false",
+            "destinations[0].send: ['originals'] needs enhance.forward_originals = true",
+        ),
+    ],
+)
+def test_what_a_destination_takes_is_checked(
+    tmp_path: Path, send: str, enhance: str, named: str
+) -> None:
+    pacs = '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "pacs"\nport = 104\n'
+    text = f"[enhance]\n{enhance}\n{pacs}send = {send}\n"
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_settings(write(tmp_path, text), environ={})
+
+
+def test_a_destination_takes_every_part_unless_it_says_otherwise(tmp_path: Path) -> None:
+    pacs = '[[destinations]]\nname = "{}"\nae_title = "PACS"\nhost = "pacs"\nport = 104\n'
+    text = pacs.format("all") + pacs.format("clinical") + 'send = ["originals"]\n'
+    settings = load_settings(write(tmp_path, text), environ={})
+    assert settings.sends() == {"all": ["originals", "derived"], "clinical": ["originals"]}
+    # Nothing is enhanced: the originals reach every destination whatever forward_originals says.
+    plain = "[enhance]\nmethods = []\nforward_originals = false\n" + pacs.format("clinical")
+    only = load_settings(write(tmp_path, plain + 'send = ["originals"]\n'), environ={})
+    assert only.sends() == {"clinical": ["originals"]}
+
+
 def _tls_files(tmp_path: Path) -> tuple[str, str]:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.write_text("not checked here: tls.py reads the PEM")
