@@ -15,6 +15,7 @@ from pathlib import Path
 from dicomnode.config import NodeSettings
 
 _CGROUP = Path("/sys/fs/cgroup")
+_OWN_CGROUP = Path("/proc/self/cgroup")
 _GIB = 1 << 30
 
 
@@ -26,20 +27,41 @@ class HostMemory:
     source: str  # "host" or the cgroup file that set it
 
 
-def host_memory(cgroup_root: Path = _CGROUP) -> HostMemory | None:
+def host_memory(cgroup_root: Path = _CGROUP, own_cgroup: Path = _OWN_CGROUP) -> HostMemory | None:
     """The host's physical memory, or the memory limit of this process's cgroup (a container's
-    `mem_limit`) when that is lower; None when neither can be read."""
+    `mem_limit`, a systemd unit's `MemoryMax`) when that is lower; None when neither can be
+    read. `own_cgroup`: the file that names this process's cgroup (`/proc/self/cgroup`)."""
     try:
         found: HostMemory | None = HostMemory(
             os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "host"
         )
     except (ValueError, OSError):
         found = None
-    for name in ("memory.max", "memory/memory.limit_in_bytes"):  # cgroup v2, then v1
-        limit = _cgroup_limit(cgroup_root / name)
+    for path in _limit_files(cgroup_root, own_cgroup):
+        limit = _cgroup_limit(path)
         if limit is not None and (found is None or limit < found.bytes):
-            found = HostMemory(limit, str(cgroup_root / name))
+            found = HostMemory(limit, str(path))
     return found
+
+
+def _limit_files(cgroup_root: Path, own_cgroup: Path) -> list[Path]:
+    """Where a memory limit of this process may be written: its own cgroup v2 folder (in a
+    container with its own cgroup namespace that is the root), the root's, and cgroup v1's."""
+    files = [cgroup_root / "memory.max", cgroup_root / "memory" / "memory.limit_in_bytes"]
+    try:
+        lines = own_cgroup.read_text().splitlines()
+    except OSError:
+        return files
+    for line in lines:
+        fields = line.strip().split(":", 2)
+        if len(fields) != 3 or not fields[2].lstrip("/"):
+            continue
+        controllers, own = fields[1], fields[2].lstrip("/")
+        if controllers == "":  # cgroup v2: "0::<path>"
+            files.insert(0, cgroup_root / own / "memory.max")
+        elif "memory" in controllers.split(","):  # cgroup v1: "4:memory:<path>"
+            files.insert(0, cgroup_root / "memory" / own / "memory.limit_in_bytes")
+    return files
 
 
 def _cgroup_limit(path: Path) -> int | None:

@@ -137,8 +137,8 @@ def create_jobs_for_quiet_series(
     takes: Mapping[str, Collection[str]] | None = None,
 ) -> list[int]:
     """Turn every complete pending series into queued jobs, one per part (originals, derived),
-    each with a delivery row per destination that takes that part (`takes`: the parts of each
-    destination that does not take them all, `Destination.send`).
+    each with a delivery row per destination that takes that part (`takes`: the parts each
+    destination takes, by name, `Destination.send`; one not named, or no `takes`: every part).
 
     A series is complete when no instance arrived for `quiet_seconds`, or, when
     `release_quiet_seconds` > 0, when its sender released the association after its last

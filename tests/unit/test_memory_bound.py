@@ -38,18 +38,40 @@ def test_no_instance_limit_is_no_bound_whatever_the_memory() -> None:
 
 
 def test_a_container_limit_below_the_host_memory_is_the_memory(tmp_path: Path) -> None:
-    host = host_memory(tmp_path)  # no cgroup files here: the host's
+    own = tmp_path / "cgroup"  # what /proc/self/cgroup says: the root
+    own.write_text("0::/\n")
+    host = host_memory(tmp_path, own)  # no cgroup files here: the host's
     assert host is not None and host.source == "host" and host.bytes > GIB
     (tmp_path / "memory.max").write_text("max\n")  # cgroup v2 without a limit
-    assert host_memory(tmp_path) == host
+    assert host_memory(tmp_path, own) == host
     (tmp_path / "memory.max").write_text(f"{GIB}\n")
-    assert host_memory(tmp_path) == HostMemory(GIB, str(tmp_path / "memory.max"))
+    assert host_memory(tmp_path, own) == HostMemory(GIB, str(tmp_path / "memory.max"))
     (tmp_path / "memory.max").unlink()
     (tmp_path / "memory").mkdir()
     v1 = tmp_path / "memory" / "memory.limit_in_bytes"
     v1.write_text("9223372036854771712\n")  # cgroup v1 without a limit
-    assert host_memory(tmp_path) == host
+    assert host_memory(tmp_path, own) == host
     v1.write_text(f"{2 * GIB}\n")
-    assert host_memory(tmp_path) == HostMemory(2 * GIB, str(v1))
+    assert host_memory(tmp_path, own) == HostMemory(2 * GIB, str(v1))
     v1.write_text(f"{host.bytes * 2}\n")  # above the host's: the host's
-    assert host_memory(tmp_path) == host
+    assert host_memory(tmp_path, own) == host
+
+
+def test_a_systemd_units_limit_is_found_in_its_own_cgroup(tmp_path: Path) -> None:
+    own = tmp_path / "cgroup"
+    own.write_text("0::/system.slice/dicomnode.service\n")
+    unit = tmp_path / "system.slice" / "dicomnode.service"
+    unit.mkdir(parents=True)
+    (unit / "memory.max").write_text(f"{3 * GIB}\n")
+    (tmp_path / "memory.max").write_text("max\n")
+    assert host_memory(tmp_path, own) == HostMemory(3 * GIB, str(unit / "memory.max"))
+    assert host_memory(tmp_path, tmp_path / "no-such-file") == host_memory(tmp_path, own / "x")
+
+
+def test_a_cgroup_v1_limit_is_found_in_the_memory_controllers_folder(tmp_path: Path) -> None:
+    own = tmp_path / "cgroup"
+    own.write_text("5:devices:/\n4:memory:/docker/abc\n0::/\n")
+    group = tmp_path / "memory" / "docker" / "abc"
+    group.mkdir(parents=True)
+    (group / "memory.limit_in_bytes").write_text(f"{5 * GIB}\n")
+    assert host_memory(tmp_path, own) == HostMemory(5 * GIB, str(group / "memory.limit_in_bytes"))
