@@ -509,6 +509,18 @@ class EnhanceSettings:
         """`max_series_mb` in bytes; 0: no limit."""
         return self.max_series_mb * 1024 * 1024
 
+    @property
+    def parts(self) -> list[str]:
+        """The jobs each complete series gets: its originals (unless switched off, and always
+        when nothing is enhanced: the node is then a plain router) and its derived series (when
+        methods are configured)."""
+        parts = []
+        if self.forward_originals or (not self.methods and self.forward_unenhanced):
+            parts.append("originals")
+        if self.methods:
+            parts.append("derived")
+        return parts
+
 
 @dataclass(frozen=True)
 class BaselineSettings:
@@ -743,6 +755,12 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
                 "on this host): it would send every series it receives back to itself, without "
                 "end; name the PACS there",
             )
+        _check(
+            not destinations or any(p in d.send for p in enhance.parts for d in destinations),
+            "destinations",
+            f"no destination's send takes what the node makes ({', '.join(enhance.parts)} "
+            "series, by [enhance]): every series would go nowhere",
+        )
     except ConfigError as exc:
         raise _naming_the_source(exc, overrides, path) from None
     return Settings(

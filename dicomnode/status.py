@@ -31,7 +31,7 @@ class JobPart(enum.StrEnum):
     """What a job delivers. A series gets one job per part, so the originals reach the PACS at
     once, whatever happens to the enhancement (ARCHITECTURE.md: "The router comes first")."""
 
-    ORIGINALS = "originals"  # the instances as received, to every destination
+    ORIGINALS = "originals"  # the instances as received, to every destination that takes them
     DERIVED = "derived"  # the enhancement: derived series and metrics reports
 
 

@@ -480,7 +480,7 @@ def resend(
             takes=settings.sends(),
         )
     what = "instances" if job.part == "originals" else "derived series and reports"
-    where = destination or ", ".join(d.destination for d in job.deliveries)
+    where = destination or ", ".join(d.destination for d in job.deliveries if d.status == "pending")
     console.print(f"job {job.id} queued to send its {shown(what)} again to {shown(where)}")
 
 

@@ -8,7 +8,7 @@ job's history with the admin's name, for the node to log.
 from collections.abc import Collection, Mapping
 from datetime import datetime
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.clock import db_now
@@ -19,7 +19,7 @@ from dicomnode.db.history import EventKind, record_event
 from dicomnode.db.jobs import job_record
 from dicomnode.db.models import Delivery, Job
 from dicomnode.db.records import JobRecord
-from dicomnode.db.transitions import NOT_CONFIGURED, NOT_TAKEN, AdminAction, admin_refusal
+from dicomnode.db.transitions import NOT_CONFIGURED, AdminAction, admin_refusal
 from dicomnode.errors import JobStateError
 from dicomnode.status import DeliveryStatus, JobStatus, Replay
 
@@ -48,18 +48,14 @@ def _queue_again(session: Session, job: Job, *, resend_delivered: bool) -> list[
     """Back to the queue now with fresh attempts; its deliveries pending again (those already
     done too, when `resend_delivered`), and sent whole: an admin's action may follow a PACS
     that lost or deleted part of what it had. A delivery the node found no destination for
-    (`transitions.NOT_CONFIGURED`), or one that no longer takes the job's part (`NOT_TAKEN`),
-    is dropped, not retried: the destinations dropped."""
+    (`transitions.NOT_CONFIGURED`) is dropped, not retried: the destinations dropped."""
     now = db_now(session)
     _fresh_attempts(job, now)
     unknown = session.scalars(
         select(Delivery).where(
             Delivery.job_id == job.id,
             Delivery.status == DeliveryStatus.DEAD,
-            or_(
-                Delivery.error.contains(NOT_CONFIGURED, autoescape=True),
-                Delivery.error.contains(NOT_TAKEN, autoescape=True),
-            ),
+            Delivery.error.contains(NOT_CONFIGURED, autoescape=True),
         )
     ).all()
     for delivery in unknown:
@@ -76,10 +72,7 @@ def _queue_again(session: Session, job: Job, *, resend_delivered: bool) -> list[
 def _dropped(destinations: list[str]) -> str:
     if not destinations:
         return ""
-    return (
-        f"; dropped the deliveries to {', '.join(map(repr, destinations))} ({NOT_CONFIGURED}, "
-        "or it no longer takes such series)"
-    )
+    return f"; dropped the deliveries to {', '.join(map(repr, destinations))} ({NOT_CONFIGURED})"
 
 
 def _done(session: Session, job: Job, kind: EventKind, user: str, detail: str) -> JobRecord:
@@ -102,7 +95,7 @@ def retry_job(db: Database, job_id: int, user: str = "") -> JobRecord:
 
 def release_job(db: Database, job_id: int, user: str = "") -> JobRecord:
     """Admin: send the derived series QA held back, as they were made (not processed again),
-    to every destination; what the job already sent is not sent again."""
+    to every destination the job has; what the job already sent is not sent again."""
     with db.session() as session:
         job = _existing_job(session, job_id)
         _check(AdminAction.RELEASE, job)
@@ -163,13 +156,24 @@ def resend_job(
             )
         if destination is not None and destination not in {d.destination for d in deliveries}:
             session.add(Delivery(job_id=job.id, destination=destination))
-        for delivery in deliveries:
-            if destination in (None, delivery.destination):
-                delivery.status, delivery.attempts, delivery.updated_at = (
-                    DeliveryStatus.PENDING,
-                    0,
-                    now,
-                )
+        # Without --destination: those it had that still take its part (`Destination.send`).
+        again = [
+            d
+            for d in deliveries
+            if destination in (None, d.destination)
+            and (takes is None or job.part in takes.get(d.destination, (job.part,)))
+        ]
+        if destination is None and not again:
+            raise JobStateError(
+                f"no destination job {job_id} had takes {job.part} series now (their send "
+                "changed); name one with --destination"
+            )
+        for delivery in again:
+            delivery.status, delivery.attempts, delivery.updated_at = (
+                DeliveryStatus.PENDING,
+                0,
+                now,
+            )
         _fresh_attempts(job, now)
         # What a destination confirmed keeping, or stored, is not sent again on a retry; a
         # resend is asked for because the PACS no longer has it, so it sends everything (and
@@ -177,5 +181,5 @@ def resend_job(
         forget_commitments(session, [job.id], destination)
         forget_delivered(session, [job.id], destination)
         job.replay, job.error = Replay.SENT, None
-        where = f"to {destination}" if destination else "to every destination"
+        where = f"to {destination or ', '.join(d.destination for d in again)}"
         return _done(session, job, EventKind.RESEND, user, f"queued to send again {where}")

@@ -16,8 +16,7 @@ from dicomnode.db.backoff import retry_delay_seconds
 from dicomnode.status import DeliveryStatus, JobStatus
 
 STORED_NOTE = (
-    "received and kept, sent nowhere: no destination took it when the job was made (or an admin's "
-    "retry dropped those that no longer do); "
+    "received and kept, sent nowhere: no destinations were configured when the job was made; "
     "retention keeps it (add [[destinations]] and restart, then `dicomnode jobs resend ID -d "
     "NAME` sends it; or set node.receive_only = true on purpose)"
 )
@@ -33,18 +32,6 @@ def not_configured(destination: str, job_id: int) -> str:
     return (
         f"destination {destination!r} {NOT_CONFIGURED} (taken out, or put in after the node "
         f"started: restart it to send there); `dicomnode jobs retry {job_id}` drops it"
-    )
-
-
-# What a delivery of a part its destination no longer takes ends with (dead): its `send` was
-# changed since the job was made. An admin's retry or release drops it too.
-NOT_TAKEN = "does not take"
-
-
-def not_sent_there(destination: str, part: str, send: Sequence[str], job_id: int) -> str:
-    return (
-        f"destination {destination!r} {NOT_TAKEN} {part} series (its send is "
-        f"{', '.join(send)} since the job was made); `dicomnode jobs retry {job_id}` drops it"
     )
 
 

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
@@ -31,7 +31,7 @@ from dicomnode.db.originals_first import (
     waits_for_originals,
     wake_derived,
 )
-from dicomnode.db.transitions import not_configured, not_sent_there
+from dicomnode.db.transitions import not_configured
 from dicomnode.errors import ForwardError, SeriesIncomplete, UnreadableSpool
 from dicomnode.forward.commitment import confirm_commitment, uncommitted
 from dicomnode.forward.echo import why_unanswered
@@ -69,6 +69,12 @@ def _refused_report_hint(
         f"send_metrics_reports = false on the [[destinations]] entry {destination.name!r} "
         "sends the derived images only)"
     )
+
+
+def not_taken(destination: str, part: str, send: Sequence[str]) -> str:
+    """The note of a delivery not made: its destination's `send` no longer names the job's
+    part (it did when the job was made). Done, nothing sent: nothing is owed there."""
+    return f"not sent: {destination} no longer takes {part} series (its send: {', '.join(send)})"
 
 
 def deliver(
@@ -112,7 +118,8 @@ def deliver(
         record(DeliveryStatus.DEAD, not_configured(name, job.id))
         return
     if job.part not in destination.send:  # a clinical PACS made originals-only meanwhile
-        record(DeliveryStatus.DEAD, not_sent_there(name, job.part, destination.send, job.id))
+        record(DeliveryStatus.DONE, not_taken(name, job.part, destination.send))
+        log.info("delivery skipped job=%d destination=%s part=%s", job.id, name, job.part)
         return
     if job.part == JobPart.DERIVED and not destination.send_metrics_reports:
         outgoing = [[item for item in series if not _is_report(item)] for series in outgoing]

@@ -1,10 +1,10 @@
 """The job runner: claim a due job, check its inputs, enhance, hand it to the delivery queues.
 
 A series has up to two jobs, one per part, each claimed by its own runners: an originals job
-(the instances as received, to every destination at once: a router's work, never behind an
-enhancement) and a derived job. processing: the derived job's series is enhanced by each
-configured method into derived series and metrics reports in the spool's outbox
-(`pipeline.enhancement`); forwarding: each series, one association per series, in each
+(the instances as received, at once to every destination that takes them: a router's work,
+never behind an enhancement) and a derived job. processing: the derived job's series is
+enhanced by each configured method into derived series and metrics reports in the spool's
+outbox (`pipeline.enhancement`); forwarding: each series, one association per series, in each
 destination's own queue (`pipeline.delivery`), while the runner goes on to the next job. A
 failure anywhere leaves the inputs untouched and the job to the retry policy.
 """
@@ -57,15 +57,8 @@ MAX_JOBS_FORWARDING_PER_WORKER = 20
 
 
 def job_parts(enhance: EnhanceSettings) -> list[JobPart]:
-    """The jobs each complete series gets: its originals (unless switched off, and always when
-    nothing is enhanced: the node is then a plain router) and its derived series (when methods
-    are configured)."""
-    parts = []
-    if enhance.forward_originals or (not enhance.methods and enhance.forward_unenhanced):
-        parts.append(JobPart.ORIGINALS)
-    if enhance.methods:
-        parts.append(JobPart.DERIVED)
-    return parts
+    """The jobs each complete series gets (`EnhanceSettings.parts`)."""
+    return [JobPart(part) for part in enhance.parts]
 
 
 def observe_outcome(outcome: "SeriesOutcome") -> None:
@@ -195,7 +188,10 @@ class JobRunner:
                 ),
             )
             return False
-        if job.replay is not None:  # a release or resend: send again what the outbox holds
+        if not self._sent_anywhere(job):  # each delivery ends "not sent" (`delivery.deliver`)
+            outgoing, hold = [], None
+            log.info("job goes nowhere now: its destinations no longer take it job=%d", job.id)
+        elif job.replay is not None:  # a release or resend: send again what the outbox holds
             try:
                 outgoing = replay_outgoing(
                     job.id, job.part, Replay(job.replay), job.outputs, inputs, self.spool
@@ -240,6 +236,15 @@ class JobRunner:
 
         self.deliveries.submit(job, open_deliveries(self.db, job.id), outgoing, finish, abandon)
         return True
+
+    def _sent_anywhere(self, job: JobRecord) -> bool:
+        """Whether a destination the job still has to reach takes its part now: one whose
+        `send` changed since the job was made does not, and a derived series made for none
+        would be a worker's minutes for nothing (an unknown destination is the delivery's to
+        judge)."""
+        waiting = open_deliveries(self.db, job.id)
+        destinations = [self.settings.destination(name) for name in waiting]
+        return not waiting or any(d is None or job.part in d.send for d in destinations)
 
     def _made_before(
         self, job: JobRecord, inputs: list[SpooledInstance]

@@ -6,7 +6,9 @@ with Success (both are durable before that answer, and survive a crash). Anythin
 with reason 0x0112 (no such object instance) or 0x0119 (class/instance conflict). So does a UID
 whose copy from some sender was refused as a UID collision, unless the caller is the sender of
 the copy the node keeps (`db/refused_copies.py`): the refused image is not here, and its sender
-must not delete it.
+must not delete it. Which sender a caller is, is known by its AE title alone: a modality that
+asks for commitment under another AE title than it stores with is not told the node keeps such
+a UID either (the safe side: it keeps its copy).
 
 The N-ACTION is answered at once; the report follows (PS3.4 J.3.3) on the same association
 when the caller keeps it open, else over a new association to the address `[[peers]]` gives
@@ -48,10 +50,13 @@ from dicomnode.dicom.commitment import (
 )
 from dicomnode.dicom.reactor import once_queued
 from dicomnode.dicom.requestor import requestor_ae
+from dicomnode.observe.throttle import ThrottledWarnings
 from dicomnode.receive.status import SUCCESS, status_dataset
 from dicomnode.receive.store_deadline import DatabaseWaits
 
 log = logging.getLogger(__name__)
+# A modality that asks again and again for the same refused copies: a line a minute per caller.
+_not_confirmed = ThrottledWarnings(log)
 
 PROCESSING_FAILURE = 0x0110
 NO_SUCH_ACTION = 0x0123  # PS3.7 C.5.x: an Action Type ID other than 1
@@ -85,7 +90,8 @@ def commitment_report(db: Database, request: CommitmentRequest, caller: str) -> 
         else:
             committed.append(ref)
     if collided:
-        log.warning(
+        _not_confirmed.warning(
+            caller,
             "storage commitment not confirmed for %d instance(s) transaction=%s calling_aet=%s: "
             "a copy of each was refused as a UID collision, and the node keeps another "
             "sender's image under it (first sop=%s, kept from %s)",

@@ -49,11 +49,12 @@ def test_each_destination_gets_only_the_parts_it_takes(
         research.stop()
 
 
-def test_a_delivery_of_a_part_its_destination_no_longer_takes_ends_dead_unsent(
+def test_a_job_made_before_its_destination_stopped_taking_its_part_sends_it_nothing(
     node_factory, orthanc: Orthanc, tmp_path: Path
 ) -> None:
-    """A job made while the PACS took every part, sent after an admin made it originals-only
-    (and restarted the node): the derived series must not go there; a retry drops it."""
+    """A job made while the PACS took every part, run after an admin made it originals-only
+    (and restarted the node): the derived series must not go there, and nothing is owed
+    there either, so the job is done without enhancing, and retention purges it as usual."""
     series = write_ct_series(tmp_path / "series", 3)
     node = node_factory(
         [pacs_destination(orthanc)],
@@ -61,7 +62,8 @@ def test_a_delivery_of_a_part_its_destination_no_longer_takes_ends_dead_unsent(
         worker={"workers": 0},  # the derived job waits, queued, for the restart
     ).start()
     assert storescu(node.port, series).returncode == 0
-    node.wait_for_parts(originals="done", derived="queued", timeout=120)
+    jobs = node.wait_for_parts(originals="done", derived="queued", timeout=120)
+    derived_id = part_of(jobs, "derived")["id"]
     node.stop()
     originals_only = [{**pacs_destination(orthanc), "send": ["originals"]}]
     node.env = {
@@ -70,25 +72,23 @@ def test_a_delivery_of_a_part_its_destination_no_longer_takes_ends_dead_unsent(
     }
     node.start()
 
-    jobs = node.wait_for_parts(derived="dead", timeout=180)
+    jobs = node.wait_for_parts(derived="done", timeout=180)
     derived = part_of(jobs, "derived")
     [delivery] = derived["deliveries"]
-    assert delivery["status"] == "dead" and delivery["sent"] == 0
+    assert (delivery["status"], delivery["sent"]) == ("done", 0)
     assert (
-        "destination 'pacs' does not take derived series (its send is originals"
-        in (delivery["error"])
+        delivery["error"] == "not sent: pacs no longer takes derived series (its send: originals)"
     )
+    assert f"job goes nowhere now: its destinations no longer take it job={derived_id}" in (
+        node.log()
+    )
+    assert "enhanced job=" not in node.log()  # not enhanced for nobody
     assert len(orthanc.instance_ids()) == len(series)  # the originals only
 
-    node.cli("jobs", "retry", str(derived["id"]))
-    jobs = node.wait_for_parts(derived="stored", timeout=180)
-    derived = part_of(jobs, "derived")
-    assert derived["deliveries"] == []
-    assert (
-        "no destination took it when the job was made (or an admin's retry dropped"
-        in (derived["error"])
-    )
-    assert len(orthanc.instance_ids()) == len(series)
+    # A resend to the destinations it had sends nothing there either: refused, saying why.
+    refused = node.cli("jobs", "resend", str(derived_id), check=False)
+    assert refused.returncode == 1
+    assert f"no destination job {derived_id} had takes derived series now" in refused.stderr
 
 
 def test_methods_with_no_destination_for_derived_series_say_so_and_make_no_derived_job(

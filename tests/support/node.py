@@ -114,8 +114,9 @@ class NodeProcess:
     def cli(
         self, *args: str, check: bool = True, answer: str = ""
     ) -> subprocess.CompletedProcess[str]:
-        """Run a `dicomnode` admin command against this node's config; `answer` is its stdin
-        (what an admin types at a confirmation prompt; nothing: end of input)."""
+        """Run a `dicomnode` admin command against this node's config and environment
+        overrides (`env`); `answer` is its stdin (what an admin types at a confirmation prompt;
+        nothing: end of input)."""
         result = subprocess.run(
             [sys.executable, "-m", "dicomnode", *args, "--config", str(self.config_path)],
             input=answer,
@@ -123,7 +124,7 @@ class NodeProcess:
             text=True,
             timeout=60,
             check=False,
-            env={**os.environ, "COLUMNS": "200"},
+            env={**os.environ, **self.env, "COLUMNS": "200"},
         )
         if check and result.returncode != 0:
             raise AssertionError(f"dicomnode {' '.join(args)} failed: {result.stderr}")

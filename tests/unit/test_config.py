@@ -155,6 +155,11 @@ def test_documented_destination_states_the_tls_defaults() -> None:
             "forward_originals = false",
             "destinations[0].send: ['originals'] needs enhance.forward_originals = true",
         ),
+        (
+            '["derived"]',
+            "methods = []",
+            "destinations: no destination's send takes what the node makes (originals series",
+        ),
     ],
 )
 def test_what_a_destination_takes_is_checked(
