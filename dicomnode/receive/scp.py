@@ -614,6 +614,11 @@ class StorageReceiver:
                 ident.series_uid,
                 calling,
             )
+            # Acknowledged, as "keep" promises, but not kept: another sender's copy for another
+            # series is another image, which Storage Commitment must not say the node keeps.
+            stored = foreign_copy(self.db, ident.sop_instance_uid, ident.series_uid, calling)
+            if stored is not None:
+                remember_refusal(self.db, ident.sop_instance_uid, ident.series_uid, calling)
             return
         replaces_foreign = self.settings.node.on_duplicate == "replace"
         if not replaces_foreign and not self.spool.holds_series(ident.study_uid, ident.series_uid):

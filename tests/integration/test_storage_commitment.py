@@ -330,15 +330,20 @@ def test_a_destination_without_storage_commitment_makes_the_delivery_dead_saying
         scp.stop()
 
 
+@pytest.mark.parametrize(
+    ("on_duplicate", "answered"), [("replace_unless_foreign", 0xC000), ("keep", 0)]
+)
 def test_a_copy_refused_as_a_uid_collision_is_not_confirmed_to_its_sender(
-    node_factory, tmp_path: Path, ct_series: list[Path]
+    node_factory, tmp_path: Path, ct_series: list[Path], on_duplicate: str, answered: int
 ) -> None:
     """A modality that asks for the commitment of all it sent, the refused copy included, was
     told the node keeps it (it keeps another sender's image under that UID), and could then
-    delete its only copy of that image. The sender of the kept copy is still told."""
+    delete its only copy of that image. The sender of the kept copy is still told. With
+    `on_duplicate = "keep"` the copy is acknowledged (first copy wins) but not kept: the same."""
     stored_by, refused_to = Modality(ae_title="CT_A"), Modality(ae_title="CT_B")
     peers = [stored_by.peer(), refused_to.peer()]
-    node = node_factory([], peers=peers, node={"receive_only": True}).start()
+    settings = {"receive_only": True, "on_duplicate": on_duplicate}
+    node = node_factory([], peers=peers, node=settings).start()
     kept = ct_series[:2]
     assert storescu(node.port, kept, calling_aet="CT_A").returncode == 0
     colliding = dcmread(ct_series[0])
@@ -346,7 +351,7 @@ def test_a_copy_refused_as_a_uid_collision_is_not_confirmed_to_its_sender(
     colliding.PixelData = bytes(len(colliding.PixelData))
     colliding.save_as(tmp_path / "colliding.dcm")
     status = c_store(node.port, tmp_path / "colliding.dcm", calling_aet="CT_B")
-    assert status is not None and status.Status == 0xC000
+    assert status is not None and status.Status == answered
     own = write_ct_series(tmp_path / "own", 2, seed=7)
     assert storescu(node.port, own, calling_aet="CT_B").returncode == 0
 
