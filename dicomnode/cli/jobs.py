@@ -461,7 +461,7 @@ def resend(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Send a done job's series again (to every destination it had, or to one).
+    """Send a done job's series again (to each destination it had that takes its part, or to one).
 
     An originals job sends its instances, a derived job its derived series and metrics reports,
     as they were made (not processed again).
