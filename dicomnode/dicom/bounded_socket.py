@@ -20,7 +20,9 @@ and refuses, when
   "slowloris").
 
 A refused PDU reads as a closed connection to pynetdicom (an event it handles without a
-traceback), after the subclass has said why (`refused`: a log line, an A-ABORT).
+traceback), after the subclass has said why (`refused`: a log line, an A-ABORT). So does a PDU
+the peer stopped sending halfway by closing the connection: that is a lost connection (a
+modality switched off, a killed sender), not a malformed PDU.
 """
 
 import contextlib
@@ -226,19 +228,20 @@ class BoundedSocket(WakingSocket):
         elif length > OTHER_PDU_LIMIT:
             raise Refused(f"PDU type 0x{pdu_type:02X} of {length} bytes", "pdu_too_large")
         body = self._read_exactly(length, deadline, within)
-        if len(body) == length:
-            if pdu_type == P_DATA_TF:
-                try:
-                    problem = pdv_problem(body)
-                except TooManyFragments as exc:
-                    raise Refused(str(exc), "protocol") from None
-                if problem is not None:
-                    raise Refused(f"a P-DATA-TF whose {problem}", "protocol")
-                ended, self._command = messages_ended(self._command, body)
-                self._rest_owed = not ended or bool(self._command)  # or the next one began
-                if ended:
-                    self.message_ended()
-            self.checked(pdu_type, body)
+        if len(body) < length:  # the peer closed or reset mid-PDU, or the association ended:
+            return bytearray(), bytearray()  # a lost connection, not a malformed PDU
+        if pdu_type == P_DATA_TF:
+            try:
+                problem = pdv_problem(body)
+            except TooManyFragments as exc:
+                raise Refused(str(exc), "protocol") from None
+            if problem is not None:
+                raise Refused(f"a P-DATA-TF whose {problem}", "protocol")
+            ended, self._command = messages_ended(self._command, body)
+            self._rest_owed = not ended or bool(self._command)  # or the next one began
+            if ended:
+                self.message_ended()
+        self.checked(pdu_type, body)
         return header, body
 
     def _check_pace(self, arriving: int = 0) -> None:

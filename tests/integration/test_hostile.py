@@ -19,14 +19,19 @@ import subprocess
 import sys
 import time
 import zlib
+from io import BytesIO
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import generate_uid
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage
 
 from tests.conftest import pacs_destination
@@ -314,6 +319,54 @@ def test_a_p_data_pdu_whose_item_overruns_it_is_aborted_in_one_line(node_factory
     reason = "reason=a P-DATA-TF whose PDV item at byte 0 declares 1000 bytes, 48 follow in the PDU"
     assert reason in log and "calling_aet=ATTACKER" in log
     assert "Traceback" not in log
+    assert echoscu(node.port).returncode == 0
+
+
+def _c_store_pdus(context_id: int, transfer_syntax: str, path: Path) -> list[bytes]:
+    """The P-DATA-TF PDUs of a C-STORE request of `path` (command, then data set), encoded by
+    pynetdicom as a sender would."""
+    ds = dcmread(path)
+    encoded = DicomBytesIO()
+    encoded.is_little_endian = True
+    encoded.is_implicit_VR = transfer_syntax == ImplicitVRLittleEndian
+    write_dataset(encoded, ds)
+    primitive = C_STORE()
+    primitive.MessageID = 1
+    primitive.AffectedSOPClassUID = ds.SOPClassUID
+    primitive.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    primitive.Priority = 2
+    primitive.DataSet = BytesIO(encoded.getvalue())
+    message = C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    pdus = []
+    for data in message.encode_msg(context_id, 16382):  # P-DATA primitives
+        pdu = P_DATA_TF()
+        pdu.from_primitive(data)
+        pdus.append(pdu.encode())
+    return pdus
+
+
+def test_a_caller_that_closes_in_the_middle_of_a_pdu_is_a_lost_connection_not_a_violation(
+    node_factory, ct_series: list[Path]
+) -> None:
+    """A modality switched off, or a sender killed, halfway through a C-STORE's P-DATA-TF: its
+    short PDU was parsed as if whole, and the association logged (and counted) as a protocol
+    violation ("a P-DATA-TF whose items do not add up"), which it is not."""
+    node = _limited_node(node_factory, http={"enabled": True})
+    assoc, sock, context_id = _associate(node.port)
+    syntax = assoc.accepted_contexts[0].transfer_syntax[0]  # type: ignore[attr-defined]
+    command, first_data, *_ = _c_store_pdus(context_id, syntax, ct_series[0])
+    sock.sendall(command + first_data[: len(first_data) // 2])
+    time.sleep(0.5)  # the node has the command, and waits for the rest of the data PDU
+    sock.shutdown(socket.SHUT_RDWR)
+    line = node.wait_for_log("calling_aet=ATTACKER reason=aborted by the peer or the connection")
+    assert "stored=0" in line
+    log = node.log()
+    assert "dicomnode.receive.guard association aborted" not in log
+    assert "do not add up" not in log and "Traceback" not in log
+    aborted = Scrape(node.http_port).value("dicomnode_connections_aborted_total", reason="protocol")
+    assert aborted == 0
+    assoc.abort()  # type: ignore[attr-defined]
     assert echoscu(node.port).returncode == 0
 
 
