@@ -32,6 +32,7 @@ from dicomnode.errors import ConfigError, first_line
 from dicomnode.forward.associate import unresolvable_hosts
 from dicomnode.guarded import DATABASE_NOT_ASKED, DatabaseHealth, Guarded
 from dicomnode.memory_bound import host_memory, memory_warning
+from dicomnode.native_heap import return_large_blocks
 from dicomnode.observe.endpoint import HttpEndpoint, check_http_port_free, start_http_endpoint
 from dicomnode.observe.throttle import ThrottledWarnings
 from dicomnode.pipeline.admin_log import log_admin_actions
@@ -319,6 +320,7 @@ class Node:
         node = self.settings.node
         runners = self._planned_runners()
         _raise_open_file_limit()
+        return_large_blocks()  # a large instance's memory goes back to the system
         if self.listen:  # workers share the spool with its listeners: they take no lock
             self._lock = lock_data_dir(node.data_path, shared=node.shared_data_dir)
         self._identity = claim_both(self.db, self.spool)  # this spool and database: one pair

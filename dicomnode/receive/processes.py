@@ -39,6 +39,7 @@ from pynetdicom import evt
 from dicomnode.config import Settings
 from dicomnode.db import open_database
 from dicomnode.errors import ConfigError
+from dicomnode.native_heap import return_large_blocks
 from dicomnode.observe.counters import CounterTotals, add_receiver_totals, receiver_totals
 from dicomnode.receive.scp import start_receiver
 from dicomnode.spool import Spool
@@ -86,6 +87,7 @@ def serve_receiver(
     signal.signal(signal.SIGTERM, on_sigterm)
     if log_setup is not None:
         log_setup()
+    return_large_blocks()  # as the node's own process (a fresh interpreter: not inherited)
     try:
         db = open_database(settings.node.effective_database_url, create=False)
         spool = Spool(settings.node.data_path / "spool", identity)
