@@ -756,6 +756,12 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
                 "end; name the PACS there",
             )
         _check(
+            not destinations or bool(enhance.parts),
+            "enhance.forward_unenhanced",
+            "is false with no methods and forward_originals = false: the node makes nothing "
+            "to send to its destinations",
+        )
+        _check(
             not destinations or any(p in d.send for p in enhance.parts for d in destinations),
             "destinations",
             f"no destination's send takes what the node makes ({', '.join(enhance.parts)} "

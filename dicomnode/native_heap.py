@@ -16,8 +16,8 @@ below), 24 instances of 18 MB sent over three associations, six times, left the 
 instead of 484 to 536 MB; blocks below it (a CT slice's buffers) stay in the arenas, where
 glibc reuses them: the ingest benchmark showed no difference beyond its noise (against Orthanc,
 one sender 1.24-1.33x with it, 1.19x without; four senders 0.96-1.03x and 1.05-1.13x). An
-administrator's `MALLOC_MMAP_THRESHOLD_` (or `MALLOC_TRIM_THRESHOLD_`) in the environment
-wins. Other C libraries (musl) are left as they are.
+administrator's `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` (or the same in
+`GLIBC_TUNABLES`) in the environment wins. Other C libraries (musl) are left as they are.
 """
 
 import ctypes
@@ -40,7 +40,8 @@ def return_large_blocks() -> bool:
     """Map every block of `MMAP_THRESHOLD_BYTES` or more on its own, so that it goes back to
     the system when freed. True when set here; False on another C library, or where the
     environment already set it."""
-    if _SET_BY_ENVIRONMENT in os.environ:
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if _SET_BY_ENVIRONMENT in os.environ or "glibc.malloc.mmap_threshold" in tunables:
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -50,6 +51,6 @@ def return_large_blocks() -> bool:
     if mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) != 1:
         log.debug("malloc's mmap threshold not set: mallopt refused it")
         return False
-    if _TRIM_SET_BY_ENVIRONMENT not in os.environ:
+    if _TRIM_SET_BY_ENVIRONMENT not in os.environ and "glibc.malloc.trim_threshold" not in tunables:
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
     return True

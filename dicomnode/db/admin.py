@@ -5,6 +5,7 @@ Each action asks `transitions.admin_refusal` whether it applies to the job's sta
 job's history with the admin's name, for the node to log.
 """
 
+import json
 from collections.abc import Collection, Mapping
 from datetime import datetime
 
@@ -16,12 +17,12 @@ from dicomnode.db.commitments import forget_commitments
 from dicomnode.db.delivered import forget_delivered
 from dicomnode.db.engine import Database
 from dicomnode.db.history import EventKind, record_event
-from dicomnode.db.jobs import job_record
+from dicomnode.db.jobs import NOTHING_MADE, job_record
 from dicomnode.db.models import Delivery, Job
 from dicomnode.db.records import JobRecord
 from dicomnode.db.transitions import NOT_CONFIGURED, AdminAction, admin_refusal
 from dicomnode.errors import JobStateError
-from dicomnode.status import DeliveryStatus, JobStatus, Replay
+from dicomnode.status import DeliveryStatus, JobPart, JobStatus, Replay
 
 
 def _existing_job(session: Session, job_id: int) -> Job:
@@ -180,6 +181,13 @@ def resend_job(
         # asks for commitment again).
         forget_commitments(session, [job.id], destination)
         forget_delivered(session, [job.id], destination)
-        job.replay, job.error = Replay.SENT, None
+        job.error = None
         where = f"to {destination or ', '.join(d.destination for d in again)}"
+        if job.part == JobPart.DERIVED and NOTHING_MADE in json.loads(job.outputs or "{}"):
+            # Never enhanced (done while none of its destinations took derived series): there
+            # is nothing in the outbox to send again, so it is made now.
+            job.replay = None
+            detail = f"queued to enhance (never done before) and send {where}"
+            return _done(session, job, EventKind.RESEND, user, detail)
+        job.replay = Replay.SENT
         return _done(session, job, EventKind.RESEND, user, f"queued to send again {where}")

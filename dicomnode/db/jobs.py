@@ -252,6 +252,11 @@ def record_job_details(db: Database, job_id: int, owner: str, details: dict[str,
     return _update_held_job(db, job_id, owner, details=json.dumps(details))
 
 
+# The outputs of a derived job finished without being enhanced (none of its destinations took
+# derived series any more): a resend has nothing to send again, and enhances it instead.
+NOTHING_MADE = "nothing_made"
+
+
 def record_job_outputs(db: Database, job_id: int, owner: str, outputs: dict[str, Any]) -> bool:
     """Store what this attempt held back and sent unenhanced (for a later release or resend)."""
     return _update_held_job(db, job_id, owner, outputs=json.dumps(outputs))

@@ -46,6 +46,7 @@ from dicomnode.dicom.wire import (
 )
 
 OTHER_PDU_LIMIT = 1 << 20  # an A-ASSOCIATE-RQ with 128 contexts is ~50 KB
+_SERVICE_USER, _SERVICE_PROVIDER = 0x00, 0x02  # an A-ABORT's source (PS3.8 9.3.8)
 _INVALID_PARAMETER_VALUE = 0x06  # PS3.8 9.3.8, source 0x02 (service provider)
 # The slowest a message may come once it has taken the PDU time limit (Apache's
 # mod_reqtimeout takes the same floor for a request body): a modality on a 64 kbit/s line
@@ -162,13 +163,15 @@ class BoundedSocket(WakingSocket):
         self.refused_reason = str(error)
         self.abort_and_close()
 
-    def abort_and_close(self) -> None:
+    def abort_and_close(
+        self, source: int = _SERVICE_PROVIDER, reason: int = _INVALID_PARAMETER_VALUE
+    ) -> None:
         """Tell the peer (A-ABORT, best effort) and close the connection."""
         if self.socket is None:
             return
         abort = A_ABORT_RQ()
-        abort.source = 0x02
-        abort.reason_diagnostic = _INVALID_PARAMETER_VALUE
+        abort.source = source
+        abort.reason_diagnostic = reason
         # Between two PDUs of a sender on another thread, never inside one; a sender that
         # has not finished its PDU within a second gets the connection closed under it.
         if self.sending.acquire(timeout=1.0):
@@ -204,7 +207,7 @@ class BoundedSocket(WakingSocket):
         within = f"{setting}={seconds:g}s"
         header = self._read_exactly(6, deadline, within)
         if len(header) < 6:
-            return header, bytearray()  # closed by the peer: pynetdicom handles it
+            return self._connection_lost()
         pdu_type, _, length = PDU_HEADER.unpack(header)
         if pdu_type == P_DATA_TF:
             if self.limits.max_pdu_bytes and length > self.limits.max_pdu_bytes:
@@ -229,7 +232,7 @@ class BoundedSocket(WakingSocket):
             raise Refused(f"PDU type 0x{pdu_type:02X} of {length} bytes", "pdu_too_large")
         body = self._read_exactly(length, deadline, within)
         if len(body) < length:  # the peer closed or reset mid-PDU, or the association ended:
-            return bytearray(), bytearray()  # a lost connection, not a malformed PDU
+            return self._connection_lost()  # a lost connection, not a malformed PDU
         if pdu_type == P_DATA_TF:
             try:
                 problem = pdv_problem(body)
@@ -243,6 +246,16 @@ class BoundedSocket(WakingSocket):
                 self.message_ended()
         self.checked(pdu_type, body)
         return header, body
+
+    def _connection_lost(self) -> tuple[bytearray, bytearray]:
+        """What pynetdicom reads as a closed connection (Evt17), its wait for the rest of a
+        message over. When the read ended because the association was aborted here (a sender's
+        abort, the node stopping), pynetdicom's own A-ABORT waits behind this read and would
+        never go out: it is sent here."""
+        self._rest_owed, self._pace_started = False, None
+        if abort_sent(self.assoc) or self.assoc._kill:
+            self.abort_and_close(_SERVICE_USER, 0x00)
+        return bytearray(), bytearray()
 
     def _check_pace(self, arriving: int = 0) -> None:
         """Refused when the message in flight has taken longer than the PDU time limit and

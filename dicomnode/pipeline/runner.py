@@ -22,6 +22,7 @@ from dicomnode.db import Database, JobRecord, JobStatus, SpooledInstance
 from dicomnode.db.delivered import forget_stored
 from dicomnode.db.failures import database_away, database_said
 from dicomnode.db.jobs import (
+    NOTHING_MADE,
     claim_next_job,
     finish_attempt,
     job_inputs,
@@ -191,6 +192,8 @@ class JobRunner:
         if not self._sent_anywhere(job):  # each delivery ends "not sent" (`delivery.deliver`)
             outgoing, hold = [], None
             log.info("job goes nowhere now: its destinations no longer take it job=%d", job.id)
+            if job.part == JobPart.DERIVED:  # a resend to one that takes it enhances it then
+                record_job_outputs(self.db, job.id, self._token(job), {NOTHING_MADE: True})
         elif job.replay is not None:  # a release or resend: send again what the outbox holds
             try:
                 outgoing = replay_outgoing(

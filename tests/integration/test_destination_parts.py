@@ -90,6 +90,27 @@ def test_a_job_made_before_its_destination_stopped_taking_its_part_sends_it_noth
     assert refused.returncode == 1
     assert f"no destination job {derived_id} had takes derived series now" in refused.stderr
 
+    # A research archive added since: a resend there enhances the series first (nothing was
+    # made to send again).
+    research = Orthanc(tmp_path / "research").start()
+    try:
+        archive = {**pacs_destination(research, "research"), "send": ["derived"]}
+        node.stop()
+        node.env["DICOMNODE_DESTINATIONS"] = json.dumps([*originals_only, archive])
+        node.start()
+        node.cli("jobs", "resend", str(derived_id), "-d", "research")
+        node.wait_for_jobs(
+            lambda js: any(
+                j["id"] == derived_id and j["status"] == "done" and j["attempts"] == 1 for j in js
+            ),
+            timeout=180,
+        )
+        assert len(research.instance_ids()) == len(series) + 1  # derived series and its SR
+        assert f"enhanced job={derived_id}" in node.log()
+        assert len(orthanc.instance_ids()) == len(series)
+    finally:
+        research.stop()
+
 
 def test_methods_with_no_destination_for_derived_series_say_so_and_make_no_derived_job(
     node_factory, orthanc: Orthanc, ct_series: list[Path]

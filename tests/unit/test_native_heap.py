@@ -35,9 +35,16 @@ def _probe(env: dict[str, str]) -> list[str]:
     return done.stdout.split()
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
+def _glibc_with_mallinfo2() -> bool:
+    name, version = platform.libc_ver()
+    return name == "glibc" and tuple(map(int, version.split(".")[:2])) >= (2, 33)
+
+
+@pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="glibc >= 2.33 (mallinfo2) only")
 def test_a_block_past_the_threshold_is_mapped_even_after_a_larger_one_was_freed() -> None:
     assert _probe({"PATH": "/usr/bin"}) == ["True", "True"]
     # The administrator's setting wins (here 32 MiB: nothing is set, and the 5 MiB block comes
     # from the arena).
     assert _probe({"PATH": "/usr/bin", "MALLOC_MMAP_THRESHOLD_": "33554432"}) == ["False", "False"]
+    tunables = {"PATH": "/usr/bin", "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432"}
+    assert _probe(tunables) == ["False", "False"]
