@@ -17,6 +17,7 @@ from dicomnode.db.commitments import forget_commitments
 from dicomnode.db.delivered import forget_delivered
 from dicomnode.db.engine import Database
 from dicomnode.db.history import EventKind, record_event
+from dicomnode.db.instances import destination_takes
 from dicomnode.db.jobs import NOTHING_MADE, job_record
 from dicomnode.db.models import Delivery, Job
 from dicomnode.db.records import JobRecord
@@ -144,10 +145,10 @@ def resend_job(
                 f"destination {destination!r} is not configured "
                 f"(configured: {', '.join(configured) or 'none'})"
             )
-        if destination is not None and takes is not None and job.part not in takes[destination]:
+        if destination is not None and not destination_takes(takes, destination, job.part):
             raise JobStateError(
                 f"destination {destination!r} does not take {job.part} series (its send: "
-                f"{', '.join(takes[destination])})"
+                f"{', '.join((takes or {})[destination])})"
             )
         now = db_now(session)
         deliveries = session.scalars(select(Delivery).where(Delivery.job_id == job.id)).all()
@@ -162,7 +163,7 @@ def resend_job(
             d
             for d in deliveries
             if destination in (None, d.destination)
-            and (takes is None or job.part in takes.get(d.destination, (job.part,)))
+            and destination_takes(takes, d.destination, job.part)
         ]
         if destination is None and not again:
             raise JobStateError(

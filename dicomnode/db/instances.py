@@ -175,13 +175,19 @@ def create_jobs_for_quiet_series(
                 select(Instance.sop_instance_uid).where(Instance.series_uid == series.series_uid)
             ).all()
             for part in parts:
-                names = [n for n in destinations if takes is None or part in takes.get(n, parts)]
+                names = [n for n in destinations if destination_takes(takes, n, part)]
                 job_id = _create_job(session, series, part, sop_uids, names, now)
                 created.append(job_id)
                 made.append((job_id, part, series.study_uid, series.series_uid, len(sop_uids)))
     for job in made:  # once committed: a commit that fails made no job
         log.info("job created job=%d part=%s study=%s series=%s instances=%d", *job)
     return created
+
+
+def destination_takes(takes: Mapping[str, Collection[str]] | None, name: str, part: str) -> bool:
+    """Whether destination `name` takes `part` by `takes` (the parts each destination takes,
+    by name: `Settings.sends`); one not named, or no `takes` at all: every part."""
+    return takes is None or name not in takes or part in takes[name]
 
 
 def seconds_to_next_completion(

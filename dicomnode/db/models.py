@@ -59,9 +59,10 @@ class Instance(Base):
 
 class RefusedCopy(Base):
     """A sender's copy of a stored SOP Instance UID that the node refused as a UID collision
-    (`node.on_duplicate = "replace_unless_foreign"`): the node holds another image under that
-    UID, so a Storage Commitment request from anyone but the stored copy's sender must not be
-    told it keeps this one (`receive/commitment.py`). Forgotten with the stored copy's series."""
+    (`node.on_duplicate = "replace_unless_foreign"`; with "keep", acknowledged but not kept):
+    the node holds another image under that UID, so a Storage Commitment request from anyone
+    but the stored copy's sender must not be told it keeps this one (`receive/commitment.py`).
+    Forgotten with the stored copy's series."""
 
     __tablename__ = "refused_copies"
 
