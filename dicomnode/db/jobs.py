@@ -24,7 +24,12 @@ from dicomnode.db.delivered import note_delivered
 from dicomnode.db.engine import Database
 from dicomnode.db.history import EventKind, job_histories, lapses_since_requeued, record_event
 from dicomnode.db.models import Delivery, Instance, Job, JobInstance, Series
-from dicomnode.db.originals_first import WAITS_FOR_ORIGINALS, arrived_meanwhile, log_woken
+from dicomnode.db.originals_first import (
+    WAITS_FOR_ORIGINALS,
+    arrived_meanwhile,
+    log_woken,
+    originals_next_attempt,
+)
 from dicomnode.db.records import DeliveryRecord, JobEventRecord, JobRecord, SpooledInstance
 from dicomnode.db.transitions import (
     AttemptOutcome,
@@ -354,7 +359,12 @@ def finish_attempt(
         deliveries = session.scalars(select(Delivery).where(Delivery.job_id == job_id)).all()
         outcome = AttemptOutcome(
             deliveries=tuple(
-                DeliveryOutcome(d.destination, DeliveryStatus(d.status), d.error)
+                DeliveryOutcome(
+                    d.destination,
+                    DeliveryStatus(d.status),
+                    d.error,
+                    waits_for_originals=job.part == JobPart.DERIVED and _waits(d),
+                )
                 for d in deliveries
             ),
             error=error,
@@ -377,8 +387,16 @@ def finish_attempt(
             ended_before_delivery=job.failures_before_delivery,
         )
         job.status, job.error = transition.status, transition.error
+        if not transition.spent:
+            job.attempts -= 1
         if transition.retry_in_seconds is not None:
             job.next_attempt_at = now + timedelta(seconds=transition.retry_in_seconds)
+            if not transition.spent:  # tried again when they arrive, or after their next try
+                job.next_attempt_at = max(
+                    job.next_attempt_at,
+                    originals_next_attempt(session, job.series_uid, _waiting_at(deliveries))
+                    or job.next_attempt_at,
+                )
             arrived = _originals_came_meanwhile(session, job, deliveries)
             if arrived is not None:
                 job.next_attempt_at = now
@@ -410,12 +428,20 @@ def _originals_came_meanwhile(
     ended (`originals_first`): the job is due at once. None: nowhere."""
     if job.part != JobPart.DERIVED:
         return None
-    waiting = [
-        d.destination
-        for d in deliveries
-        if d.status == DeliveryStatus.FAILED and WAITS_FOR_ORIGINALS in (d.error or "")
-    ]
+    waiting = _waiting_at(deliveries)
     return arrived_meanwhile(session, job.series_uid, waiting) if waiting else None
+
+
+def _waits(delivery: Delivery) -> bool:
+    """The delivery failed only because the originals of its series are not there yet."""
+    return delivery.status == DeliveryStatus.FAILED and WAITS_FOR_ORIGINALS in (
+        delivery.error or ""
+    )
+
+
+def _waiting_at(deliveries: Sequence[Delivery]) -> list[str]:
+    """The destinations where a derived job's attempt waited for its originals."""
+    return [d.destination for d in deliveries if _waits(d)]
 
 
 def requeue_unstarted(db: Database, job_id: int, owner: str) -> bool:

@@ -7,12 +7,15 @@ destination's queue. After an outage it did not: the originals' job could be on 
 backoff than its derived job. So a derived series waits, per destination, while the
 destination has none of the originals of its series and they will be tried again there. When
 the destination answers meanwhile, the originals' next attempt is brought forward to now, and
-their arrival brings the derived job's forward in turn.
+their arrival brings the derived job's forward in turn. Waiting spends none of the derived
+job's attempts (`transitions.after_attempt`): it looks again after the originals' next one.
 """
 
 import logging
+from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import ColumnElement, Exists, select, update
+from sqlalchemy import ColumnElement, Exists, func, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.clock import db_now
@@ -81,6 +84,19 @@ def originals_owed(db: Database, series_uid: str, destination: str) -> int | Non
     there (None: they may go)."""
     with db.session() as session:
         return _owed(session, series_uid, destination)
+
+
+def originals_next_attempt(
+    session: Session, series_uid: str, destinations: Sequence[str]
+) -> datetime | None:
+    """When the originals a derived job waits for at `destinations` are next tried, the
+    soonest of them (None: none is owed there any more). A wait is not an attempt
+    (`transitions.after_attempt`), so the derived job looks again after them, not on a backoff
+    of its own: as often as they are tried, not more."""
+    owed = [job for name in destinations if (job := _owed(session, series_uid, name))]
+    if not owed:
+        return None
+    return session.scalar(select(func.min(Job.next_attempt_at)).where(Job.id.in_(owed)))
 
 
 def bring_forward(db: Database, originals_job: int, destination: str) -> None:

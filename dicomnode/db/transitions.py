@@ -42,6 +42,9 @@ class DeliveryOutcome:
     destination: str
     status: DeliveryStatus
     error: str | None = None
+    # Failed only because the originals of its series are not there yet (`originals_first`):
+    # nothing was sent or refused, so the attempt says nothing of the job.
+    waits_for_originals: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,12 +64,14 @@ class AttemptOutcome:
 
 @dataclass(frozen=True)
 class Transition:
-    """The job's next state, its error text, when to retry, and deliveries that are given up."""
+    """The job's next state, its error text, when to retry, and deliveries that are given up;
+    `spent`: whether the attempt counts against `retry.max_attempts`."""
 
     status: JobStatus
     error: str | None = None
     retry_in_seconds: float | None = None
     deliveries_given_up: tuple[str, ...] = ()
+    spent: bool = True
 
 
 # Attempts of a job that failed before delivery, at most (about an hour at the retry defaults).
@@ -93,6 +98,11 @@ def after_attempt(
     node is not receive-only on purpose (retention keeps it); cancelled when a newer job of the
     series exists (a retry would send the older set after it); failed with a backoff while any
     problem may pass and attempts remain; else dead, with the failed deliveries given up.
+
+    A derived job whose only problem is that its originals have not reached a destination yet
+    fails without spending the attempt: it did nothing that could fail. Otherwise a long outage
+    would give it up beside originals that were still being retried, or before them. It cannot
+    wait for ever: the originals' own attempts are bounded, and once they are given up it goes.
     """
     failed = [d for d in outcome.deliveries if d.status == DeliveryStatus.FAILED]
     dead = [d for d in outcome.deliveries if d.status == DeliveryStatus.DEAD]
@@ -126,6 +136,15 @@ def after_attempt(
     # A failure before delivery (the enhancement, the inputs) is no outage to ride out: each
     # retry costs a worker minutes, and a dead job is what alerts an admin. Only such attempts
     # count towards it: a job whose PACS was down for a day is not dead at its first one.
+    waits_only = outcome.error is None and not dead and bool(failed)
+    if retryable and waits_only and all(d.waits_for_originals for d in failed):
+        counted = attempts - 1  # this one is not
+        delay = retry_delay_seconds(max(1, counted), policy, rng)
+        error = "; ".join(problems) + (
+            f" (a wait, not counted as an attempt: {counted} of {policy.max_attempts} so far; "
+            "tried again when they arrive, or after their next attempt)"
+        )
+        return Transition(JobStatus.FAILED, error, retry_in_seconds=delay, spent=False)
     before_delivery = attempts if ended_before_delivery is None else ended_before_delivery
     within = attempts < policy.max_attempts
     if outcome.error is not None:

@@ -578,7 +578,44 @@ def test_a_derived_job_waiting_for_its_originals_is_due_once_they_arrive_even_as
     assert claim_next_job(db, "worker", 60, part=JobPart.DERIVED) is None
     wake_derived(db, "1.2.3.45", "pacs")
     woken = claim_next_job(db, "worker", 60, part=JobPart.DERIVED)
-    assert woken is not None and (woken.id, woken.attempts) == (derived, 3)
+    assert woken is not None and (woken.id, woken.attempts) == (derived, 2)  # the wait: none
+
+
+def reschedule(db: Database, job_id: int, seconds_ago: float) -> None:
+    """Job `job_id` was due `seconds_ago` (its backoff has passed)."""
+    with db.session() as session:
+        due = utcnow() - timedelta(seconds=seconds_ago)
+        session.execute(update(Job).where(Job.id == job_id).values(next_attempt_at=due))
+
+
+def test_a_derived_job_that_waits_for_its_originals_spends_no_attempt_and_looks_after_them(
+    db: Database,
+) -> None:
+    """A PACS down for days: the derived job waits there as long as its originals are
+    retried, without spending its own attempts, and looks again after their next attempt (not
+    on a shorter backoff of its own)."""
+    policy = RetrySettings(max_attempts=2, initial_delay_seconds=1, jitter=0)
+    originals, derived = originals_failed_an_hour_off(db, "1.2.3.48", "peer down")
+    originals_due = get_job(db, originals)
+    assert originals_due is not None and originals_due.next_attempt_at is not None
+    for _ in range(3):  # more waits than it has attempts
+        claimed = claim_next_job(db, "worker", 60, part=JobPart.DERIVED)
+        assert claimed is not None and (claimed.id, claimed.attempts) == (derived, 1)
+        waiting = waits_for_originals(originals, "pacs")
+        record_delivery(db, derived, "worker", "pacs", DeliveryStatus.FAILED, 0, waiting)
+        result = finish_attempt(db, derived, "worker", policy)
+        assert result is not None and (result.status, result.attempts) == ("failed", 0)
+        assert "not counted as an attempt: 0 of 2 so far" in (result.error or "")
+        assert result.next_attempt_at == originals_due.next_attempt_at  # not in 1 s
+        assert claim_next_job(db, "worker", 60, part=JobPart.DERIVED) is None
+        reschedule(db, derived, seconds_ago=1)  # the hour passes
+    # the originals are given up: nothing is owed, the derived job goes on its own
+    reschedule(db, originals, seconds_ago=1)
+    claim_next_job(db, "router", 60, part=JobPart.ORIGINALS)
+    give_up = RetrySettings(max_attempts=1)
+    record_delivery(db, originals, "router", "pacs", DeliveryStatus.FAILED, 0, "peer down")
+    assert (finish_attempt(db, originals, "router", give_up) or originals_due).status == "dead"
+    assert originals_owed(db, "1.2.3.48", "pacs") is None
 
 
 def test_a_derived_series_does_not_wait_at_a_destination_that_has_some_of_its_originals(

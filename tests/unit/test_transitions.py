@@ -26,6 +26,9 @@ DONE = DeliveryOutcome("pacs", DeliveryStatus.DONE)
 DOWN = DeliveryOutcome("backup", DeliveryStatus.FAILED, "connection refused")
 REFUSED = DeliveryOutcome("pacs", DeliveryStatus.DEAD, "0xC000 for sop=1")
 UNRECORDED = DeliveryOutcome("backup", DeliveryStatus.PENDING)
+WAITS = DeliveryOutcome(
+    "backup", DeliveryStatus.FAILED, "waits for the originals", waits_for_originals=True
+)
 
 
 def delivered(*deliveries: DeliveryOutcome, **kwargs: object) -> AttemptOutcome:
@@ -102,6 +105,25 @@ def test_jitter_spreads_the_delay_within_its_bounds() -> None:
         after_attempt(delivered(DOWN), 1, policy, rng=rng).retry_in_seconds for _ in range(50)
     }
     assert all(d is not None and 75 <= d <= 125 for d in delays) and len(delays) > 40
+
+
+def test_a_derived_job_that_only_waits_for_its_originals_spends_no_attempt() -> None:
+    """Not even its last: the originals' own attempts bound the wait. Beside a real failure,
+    or an error before delivery, the attempt counts as any other."""
+    for attempts in (1, 3, 50):
+        waited = after_attempt(delivered(DONE, WAITS), attempts, POLICY)
+        assert (waited.status, waited.spent) == (JobStatus.FAILED, False)
+        assert waited.error is not None
+        assert f"not counted as an attempt: {attempts - 1} of 3 so far" in waited.error
+        assert waited.retry_in_seconds == [10, 20, 100][(1, 3, 50).index(attempts)]
+    also_down = after_attempt(delivered(WAITS, DOWN), 3, POLICY)
+    assert (also_down.status, also_down.spent) == (JobStatus.DEAD, True)
+    refused = after_attempt(delivered(WAITS, REFUSED), 1, POLICY)
+    assert (refused.status, refused.spent) == (JobStatus.FAILED, True)
+    errored = after_attempt(delivered(WAITS, error="disk full"), 3, POLICY)
+    assert (errored.status, errored.spent) == (JobStatus.DEAD, True)
+    superseded = after_attempt(delivered(WAITS), 1, POLICY, newer_job=9)
+    assert superseded.status == JobStatus.CANCELLED
 
 
 @pytest.mark.parametrize(
