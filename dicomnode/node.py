@@ -232,6 +232,11 @@ class Node:
             return parts  # receive only, or stored until destinations are added
         return [part for part in parts if any(part in d.send for d in destinations)]
 
+    def _makes_derived(self) -> bool:
+        """Whether this node's series get a derived job that some destination takes: else
+        nothing is enhanced, and no model needs to be there or to load."""
+        return JobPart.DERIVED in self._parts_sent()
+
     def _enhancers_carry_series(self) -> bool:
         """Whether the derived jobs are what takes a series to the PACS, the originals
         switched off and `forward_unenhanced` on: a series whose enhancement fails then goes as
@@ -292,7 +297,7 @@ class Node:
                 "setting worker.workers: 0 and worker.router = false leave `dicomnode worker` "
                 "nothing to do; set worker.workers >= 1 or worker.router = true"
             )
-        if self.settings.worker.workers:
+        if self.settings.worker.workers and self._makes_derived():
             check_models(self.settings)
         for destination in self.settings.destinations if runners else []:
             # Reads every destination's TLS files now: a bad one stops the node at start.
@@ -348,12 +353,14 @@ class Node:
         self._clock_watch = ClockStepWatch(self._after_clock_step).start()
         workers = self.settings.worker
         enhancers = [r for r in runners if r not in routers]
-        if enhancers and not self._models.load():  # said why; tried again until they load
+        # Without a destination for derived series the workers only close the derived jobs
+        # made before (nothing made, nothing sent): no model is needed, none is loaded.
+        if enhancers and self._makes_derived() and not self._models.load():  # said why; tried
             scheduler.add_job(
                 # Never asks the database: its success is no news of it (no node health).
                 Guarded(MODELS_TICK, partial(self._load_models_again, prefix, enhancers)),
                 seconds=RETRY_SECONDS,
-                **_every(MODELS_TICK, first_in=RETRY_SECONDS),
+                **_every(MODELS_TICK, first_in=RETRY_SECONDS),  # again until they load
             )
             if not self._enhancers_carry_series():
                 enhancers = []  # they start once the models load
@@ -590,11 +597,11 @@ class Node:
 
     def _warn_about_destinations(self) -> None:
         if self.settings.destinations:
-            if self.settings.enhance.methods and JobPart.DERIVED not in self._parts_sent():
+            if self.settings.enhance.methods and not self._makes_derived():
                 log.warning(
                     "no destination takes derived series (destinations[].send): series are "
-                    'not enhanced; set enhance.methods = [] to say so, or add "derived" to a '
-                    "destination's send"
+                    "not enhanced and no model is loaded; set enhance.methods = [] to say so, "
+                    'or add "derived" to a destination\'s send'
                 )
             return
         if self.settings.node.receive_only:

@@ -113,13 +113,18 @@ def test_a_job_made_before_its_destination_stopped_taking_its_part_sends_it_noth
 
 
 def test_methods_with_no_destination_for_derived_series_say_so_and_make_no_derived_job(
-    node_factory, orthanc: Orthanc, ct_series: list[Path]
+    node_factory, orthanc: Orthanc, ct_series: list[Path], tmp_path: Path
 ) -> None:
+    """Nothing is enhanced, so no model is needed: a model folder without the method's
+    files no longer stops the node (exit 2), and none is loaded."""
+    (no_models := tmp_path / "no-models").mkdir()
     node = node_factory(
         [{**pacs_destination(orthanc), "send": ["originals"]}],
-        enhance={"methods": ["baseline"], "qa_action": "flag", "self_check": False},
+        enhance={"methods": ["srcnn"], "model_dir": str(no_models), "self_check": False},
     ).start()
-    assert "WARNING dicomnode.node no destination takes derived series" in node.log()
+    log = node.log()
+    assert "WARNING dicomnode.node no destination takes derived series" in log
+    assert "no model is loaded" in log and "models loaded" not in log
     assert storescu(node.port, ct_series).returncode == 0
     [job] = node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "done")
     assert job["part"] == "originals"
