@@ -20,6 +20,7 @@ from dicomnode import heap
 from dicomnode.clock_step import CHECK_SECONDS, ClockStepWatch, run_every_tick_now
 from dicomnode.config import NodeSettings, Settings, masked_url
 from dicomnode.db import Database, open_database
+from dicomnode.db.failures import database_away
 from dicomnode.db.instances import (
     create_jobs_for_quiet_series,
     forget_instances_without_files,
@@ -27,6 +28,7 @@ from dicomnode.db.instances import (
     seconds_to_next_completion,
 )
 from dicomnode.db.jobs import pull_back_future_times, reclaim_expired_leases
+from dicomnode.db.models_wait import clear_models_wait, note_models_wait
 from dicomnode.dicom.tls import client_tls_args
 from dicomnode.errors import ConfigError, first_line
 from dicomnode.forward.associate import unresolvable_hosts
@@ -263,7 +265,7 @@ class Node:
     def _load_models_again(self, prefix: str, enhancers: list[tuple[str, JobPart]]) -> None:
         """The models tick, while they do not load: once they do, the tick ends and the
         enhancement workers start (unless they run already: `_enhancers_carry_series`)."""
-        if not self._models.load():
+        if not self._tell_jobs(self._models.load(), prefix):
             return
         # Under the lock, as every tick that changes the plan: `stop` sets _stopping under it
         # before the scheduler's shutdown, which holds the scheduler's own lock while it waits
@@ -275,6 +277,23 @@ class Node:
             scheduler.remove_job(MODELS_TICK)
             if not self._enhancers_carry_series():
                 self._add_runners(scheduler, prefix, enhancers)
+
+    def _tell_jobs(self, loaded: bool, prefix: str) -> bool:
+        """After a try of the models (`loaded`, returned): the queued derived jobs say why they
+        wait, or no longer (`db.models_wait`), so `dicomnode jobs` shows what the log says. A
+        database that is away is said by the ticks that need it; the next try tells again."""
+        try:
+            if loaded:
+                clear_models_wait(self.db)
+            else:
+                again = f"{prefix} tries them again every {RETRY_SECONDS:g} s"
+                note_models_wait(self.db, f"{self._models.problem} ({again})")
+        except Exception as exc:
+            said = database_away(exc)
+            if said is None:
+                raise
+            log.info("derived jobs not told why they wait, for now: %s", said)
+        return loaded
 
     def _reclaim_expired_leases(self) -> object:
         """Queue again the jobs whose workers stopped renewing their leases, unless the
@@ -355,9 +374,11 @@ class Node:
         enhancers = [r for r in runners if r not in routers]
         # Without a destination for derived series the workers only close the derived jobs
         # made before (nothing made, nothing sent): no model is needed, none is loaded.
-        if enhancers and self._makes_derived() and not self._models.load():  # said why; tried
+        loads = bool(enhancers) and self._makes_derived()
+        if loads and not self._tell_jobs(self._models.load(), prefix):  # said why; tried again
             scheduler.add_job(
-                # Never asks the database: its success is no news of it (no node health).
+                # Not guarded by the node's database health: its note on the queued jobs is
+                # no news of the database (`_tell_jobs`).
                 Guarded(MODELS_TICK, partial(self._load_models_again, prefix, enhancers)),
                 seconds=RETRY_SECONDS,
                 **_every(MODELS_TICK, first_in=RETRY_SECONDS),  # again until they load

@@ -7,9 +7,9 @@ tells comes later: weights Keras cannot fit to the network, a warm-up out of dev
 (another process holds the GPU), a plugin without the pixel revision. Stopping then made the
 node worse than a plain router: it dropped the associations it had accepted, and a service
 manager restarted it into the same failure while the modality's studies waited. So the process
-keeps receiving and sending originals, its derived jobs wait queued (they spend no attempt),
-and the models are tried again every RETRY_SECONDS: a file replaced, or a device freed, brings
-the enhancement back without a restart.
+keeps receiving and sending originals, its derived jobs wait queued (they spend no attempt,
+and say why: `db.models_wait`), and the models are tried again every RETRY_SECONDS: a file
+replaced, or a device freed, brings the enhancement back without a restart.
 """
 
 import logging

@@ -39,6 +39,7 @@ from dicomnode.db.jobs import (
     record_delivery,
 )
 from dicomnode.db.models import Job, Series, utcnow
+from dicomnode.db.models_wait import clear_models_wait, note_models_wait
 from dicomnode.db.originals_first import (
     bring_forward,
     originals_owed,
@@ -616,6 +617,35 @@ def test_a_derived_job_that_waits_for_its_originals_spends_no_attempt_and_looks_
     record_delivery(db, originals, "router", "pacs", DeliveryStatus.FAILED, 0, "peer down")
     assert (finish_attempt(db, originals, "router", give_up) or originals_due).status == "dead"
     assert originals_owed(db, "1.2.3.48", "pacs") is None
+
+
+def test_queued_derived_jobs_say_why_they_wait_while_the_models_do_not_load(
+    db: Database,
+) -> None:
+    """Only queued derived jobs without another error get the note; a newer reason replaces
+    it; once the models load it goes, and nothing else does."""
+    receive(db, "1.2.3.49", 2)
+    originals, derived = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=BOTH_PARTS)
+    receive(db, "1.2.3.50", 2)
+    _, queued = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=BOTH_PARTS)
+    claim_next_job(db, "worker", 60, part=JobPart.DERIVED)  # the older series' derived job
+    finish_attempt(db, derived, "worker", FAST_RETRY, error="disk full")  # failed, its own error
+
+    def error_of(job_id: int) -> str | None:
+        job = get_job(db, job_id)
+        assert job is not None
+        return job.error
+
+    assert note_models_wait(db, "cannot load srcnn-x1.keras (w tries again)") == 1
+    assert note_models_wait(db, "cannot load srcnn-x1.keras (w tries again)") == 0  # said
+    assert note_models_wait(db, "out of GPU memory") == 1
+    assert error_of(originals) is None
+    assert (error_of(derived) or "").startswith("disk full")
+    assert error_of(queued) == "waits for the models: out of GPU memory"
+
+    assert clear_models_wait(db) == 1
+    assert error_of(queued) is None
+    assert (error_of(derived) or "").startswith("disk full")
 
 
 def test_a_derived_series_does_not_wait_at_a_destination_that_has_some_of_its_originals(

@@ -108,6 +108,11 @@ def test_the_enhancement_starts_once_the_model_file_is_replaced(
             time.sleep(1.5)  # three rounds of the models tick, each failing quietly
             [derived] = list_jobs(node.db, JobStatus.QUEUED)
             assert derived.part == JobPart.DERIVED and derived.attempts == 0
+            # `dicomnode jobs` says why it waits, as the log does
+            assert (derived.error or "").startswith(
+                f"waits for the models: setting enhance.methods: srcnn for CT: {model}: "
+            ), derived.error
+            assert "tries them again every 0.5 s" in (derived.error or "")
 
             shutil.copyfile(shipped_models_dir() / "srcnn-x1.keras", model)
             deadline = time.monotonic() + 120
@@ -116,6 +121,7 @@ def test_the_enhancement_starts_once_the_model_file_is_replaced(
                 time.sleep(0.2)
             [derived] = [job for job in list_jobs(node.db) if job.part == JobPart.DERIVED]
             assert derived.status in (JobStatus.DONE, JobStatus.HELD), derived
+            assert "waits for the models" not in (derived.error or "")
             assert ENHANCEMENT_WAITING._value.get() == 0
         finally:
             node.stop()
