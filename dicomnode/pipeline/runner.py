@@ -189,7 +189,8 @@ class JobRunner:
                 ),
             )
             return False
-        if not self._sent_anywhere(job):  # each delivery ends "not sent" (`delivery.deliver`)
+        waiting = open_deliveries(self.db, job.id)  # the destinations still to reach
+        if not self._sent_anywhere(job, waiting):  # each ends "not sent" (`delivery.deliver`)
             outgoing, hold = [], None
             log.info("job goes nowhere now: its destinations no longer take it job=%d", job.id)
             if job.part == JobPart.DERIVED:  # a resend to one that takes it enhances it then
@@ -237,15 +238,14 @@ class JobRunner:
             lease.stop()
             requeue_unstarted(self.db, job.id, self._token(job))
 
-        self.deliveries.submit(job, open_deliveries(self.db, job.id), outgoing, finish, abandon)
+        self.deliveries.submit(job, waiting, outgoing, finish, abandon)
         return True
 
-    def _sent_anywhere(self, job: JobRecord) -> bool:
-        """Whether a destination the job still has to reach takes its part now: one whose
-        `send` changed since the job was made does not, and a derived series made for none
-        would be a worker's minutes for nothing (an unknown destination is the delivery's to
-        judge)."""
-        waiting = open_deliveries(self.db, job.id)
+    def _sent_anywhere(self, job: JobRecord, waiting: list[str]) -> bool:
+        """Whether a destination the job still has to reach (`waiting`) takes its part now:
+        one whose `send` changed since the job was made does not, and a derived series made
+        for none would be a worker's minutes for nothing (an unknown destination is the
+        delivery's to judge)."""
         destinations = [self.settings.destination(name) for name in waiting]
         return not waiting or any(d is None or job.part in d.send for d in destinations)
 
