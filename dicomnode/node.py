@@ -280,20 +280,25 @@ class Node:
 
     def _tell_jobs(self, loaded: bool, prefix: str) -> bool:
         """After a try of the models (`loaded`, returned): the queued derived jobs say why they
-        wait, or no longer (`db.models_wait`), so `dicomnode jobs` shows what the log says. A
-        database that is away is said by the ticks that need it; the next try tells again."""
+        wait, or no longer (`db.models_wait`), so `dicomnode jobs` shows what the log says.
+        Not while the enhancement carries the series (they run meanwhile, without it)."""
+        if loaded:
+            self._note_jobs(clear_models_wait)
+        elif not self._enhancers_carry_series():
+            why = f"{prefix} cannot: {self._models.problem}; tried again every {RETRY_SECONDS:g} s"
+            self._note_jobs(partial(note_models_wait, why=why))
+        return loaded
+
+    def _note_jobs(self, write: Callable[[Database], object]) -> None:
+        """`write` the jobs' note; a database that is away is said by the ticks that need it,
+        and the next try of the models writes it again."""
         try:
-            if loaded:
-                clear_models_wait(self.db)
-            else:
-                again = f"{prefix} tries them again every {RETRY_SECONDS:g} s"
-                note_models_wait(self.db, f"{self._models.problem} ({again})")
+            write(self.db)
         except Exception as exc:
             said = database_away(exc)
             if said is None:
                 raise
-            log.info("derived jobs not told why they wait, for now: %s", said)
-        return loaded
+            log.debug("derived jobs not told why they wait, for now: %s", said)
 
     def _reclaim_expired_leases(self) -> object:
         """Queue again the jobs whose workers stopped renewing their leases, unless the
@@ -706,6 +711,8 @@ class Node:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
         self._deliveries.shutdown()
+        if self._models.problem is not None:  # no longer tried here: its note would stay
+            self._note_jobs(clear_models_wait)
         self.db.dispose()
         if self._lock is not None:
             self._lock.release()

@@ -364,6 +364,7 @@ def finish_attempt(
                     DeliveryStatus(d.status),
                     d.error,
                     waits_for_originals=job.part == JobPart.DERIVED and _waits(d),
+                    attempts=d.attempts,
                 )
                 for d in deliveries
             ),

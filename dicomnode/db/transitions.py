@@ -45,6 +45,7 @@ class DeliveryOutcome:
     # Failed only because the originals of its series are not there yet (`originals_first`):
     # nothing was sent or refused, so the attempt says nothing of the job.
     waits_for_originals: bool = False
+    attempts: int = 1  # the tries of this delivery so far, this one and waits included
 
 
 @dataclass(frozen=True)
@@ -133,18 +134,22 @@ def after_attempt(
             JobStatus.CANCELLED,
             f"superseded by job {newer_job} (this attempt: {'; '.join(problems)})",
         )
-    # A failure before delivery (the enhancement, the inputs) is no outage to ride out: each
-    # retry costs a worker minutes, and a dead job is what alerts an admin. Only such attempts
-    # count towards it: a job whose PACS was down for a day is not dead at its first one.
+    # Only waits for the originals: not counted, but on the backoff of every try there (the
+    # delivery's), as before: each try that finds the destination answering brings the
+    # originals' attempt forward, which must not come faster than their own retries would.
     waits_only = outcome.error is None and not dead and bool(failed)
     if retryable and waits_only and all(d.waits_for_originals for d in failed):
         counted = attempts - 1  # this one is not
-        delay = retry_delay_seconds(max(1, counted), policy, rng)
+        tries = max(d.attempts for d in failed)
+        delay = retry_delay_seconds(max(1, tries), policy, rng)
         error = "; ".join(problems) + (
             f" (a wait, not counted as an attempt: {counted} of {policy.max_attempts} so far; "
             "tried again when they arrive, or after their next attempt)"
         )
         return Transition(JobStatus.FAILED, error, retry_in_seconds=delay, spent=False)
+    # A failure before delivery (the enhancement, the inputs) is no outage to ride out: each
+    # retry costs a worker minutes, and a dead job is what alerts an admin. Only such attempts
+    # count towards it: a job whose PACS was down for a day is not dead at its first one.
     before_delivery = attempts if ended_before_delivery is None else ended_before_delivery
     within = attempts < policy.max_attempts
     if outcome.error is not None:

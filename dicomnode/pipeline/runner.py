@@ -243,11 +243,13 @@ class JobRunner:
 
     def _sent_anywhere(self, job: JobRecord, waiting: list[str]) -> bool:
         """Whether a destination the job still has to reach (`waiting`) takes its part now:
-        one whose `send` changed since the job was made does not, and a derived series made
-        for none would be a worker's minutes for nothing (an unknown destination is the
-        delivery's to judge)."""
+        one whose `send` changed since the job was made does not, nor one the running node
+        does not know (its delivery ends dead, "not in the running node's settings"; a retry
+        after the restart that adds it enhances the series then). A derived series made for
+        none would be a worker's minutes for nothing, with a model that the node need not
+        have loaded (`Node._makes_derived`)."""
         destinations = [self.settings.destination(name) for name in waiting]
-        return not waiting or any(d is None or job.part in d.send for d in destinations)
+        return not waiting or any(d is not None and job.part in d.send for d in destinations)
 
     def _made_before(
         self, job: JobRecord, inputs: list[SpooledInstance]

@@ -610,13 +610,27 @@ def test_a_derived_job_that_waits_for_its_originals_spends_no_attempt_and_looks_
         assert result.next_attempt_at == originals_due.next_attempt_at  # not in 1 s
         assert claim_next_job(db, "worker", 60, part=JobPart.DERIVED) is None
         reschedule(db, derived, seconds_ago=1)  # the hour passes
+    # the destination answers, its stores still fail: each wait brings the originals forward,
+    # and backs off as the delivery's tries do (else they are tried every initial delay)
+    before = utcnow()
+    for tries, delay in ((4, 8), (5, 16)):
+        claim_next_job(db, "worker", 60, part=JobPart.DERIVED)
+        record_delivery(db, derived, "worker", "pacs", DeliveryStatus.FAILED, 0, waiting)
+        bring_forward(db, originals, "pacs")
+        result = finish_attempt(db, derived, "worker", policy)
+        assert result is not None and result.attempts == 0
+        assert result.deliveries[0].attempts == tries
+        assert timedelta(seconds=delay) <= result.next_attempt_at - before
+        assert result.next_attempt_at - before < timedelta(seconds=delay + 30)
+        reschedule(db, derived, seconds_ago=1)
     # the originals are given up: nothing is owed, the derived job goes on its own
-    reschedule(db, originals, seconds_ago=1)
     claim_next_job(db, "router", 60, part=JobPart.ORIGINALS)
-    give_up = RetrySettings(max_attempts=1)
     record_delivery(db, originals, "router", "pacs", DeliveryStatus.FAILED, 0, "peer down")
-    assert (finish_attempt(db, originals, "router", give_up) or originals_due).status == "dead"
+    given_up = finish_attempt(db, originals, "router", RetrySettings(max_attempts=1))
+    assert given_up is not None and given_up.status == "dead"
     assert originals_owed(db, "1.2.3.48", "pacs") is None
+    goes = claim_next_job(db, "worker", 60, part=JobPart.DERIVED)
+    assert goes is not None and (goes.id, goes.attempts) == (derived, 1)
 
 
 def test_queued_derived_jobs_say_why_they_wait_while_the_models_do_not_load(
@@ -641,7 +655,7 @@ def test_queued_derived_jobs_say_why_they_wait_while_the_models_do_not_load(
     assert note_models_wait(db, "out of GPU memory") == 1
     assert error_of(originals) is None
     assert (error_of(derived) or "").startswith("disk full")
-    assert error_of(queued) == "waits for the models: out of GPU memory"
+    assert error_of(queued) == "waits for a worker whose models load (out of GPU memory)"
 
     assert clear_models_wait(db) == 1
     assert error_of(queued) is None

@@ -1,6 +1,7 @@
 """The job state machine as a table: every kind of outcome, attempt count and newer job."""
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -115,7 +116,13 @@ def test_a_derived_job_that_only_waits_for_its_originals_spends_no_attempt() -> 
         assert (waited.status, waited.spent) == (JobStatus.FAILED, False)
         assert waited.error is not None
         assert f"not counted as an attempt: {attempts - 1} of 3 so far" in waited.error
-        assert waited.retry_in_seconds == [10, 20, 100][(1, 3, 50).index(attempts)]
+    # on the backoff of the delivery's tries, waits included: each try may bring the originals'
+    # attempt forward (the destination answers), which must not come every initial delay
+    delays = [
+        after_attempt(delivered(replace(WAITS, attempts=tries)), 1, POLICY).retry_in_seconds
+        for tries in (1, 2, 3, 4, 9)
+    ]
+    assert delays == [10, 20, 40, 80, 100]
     also_down = after_attempt(delivered(WAITS, DOWN), 3, POLICY)
     assert (also_down.status, also_down.spent) == (JobStatus.DEAD, True)
     refused = after_attempt(delivered(WAITS, REFUSED), 1, POLICY)
