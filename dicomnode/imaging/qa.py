@@ -202,14 +202,14 @@ def assess_against(
     shift = _beyond_rounding(cv2.mean(out, body)[0] - source.mean, source.step)
     measures["drift_fraction"] = shift / source.data_range
     measures["saturation_fraction"] = 0.0 if saturated is None else float(np.mean(saturated))
-    verdict: Verdict = "ok"
-    reasons = []
+    failed, warned = [], []
     for name, value in measures.items():
         warn, fail = getattr(thresholds, name)
-        level: Verdict = "fail" if value > fail else "warn" if value > warn else "ok"
-        if level != "ok":
-            reasons.append(
-                f"{name.replace('_', ' ')} {value:.3g} > {warn if level == 'warn' else fail}"
-            )
-            verdict = worst_verdict((verdict, level))
-    return QaVerdict(verdict, tuple(reasons), measures)
+        if value > fail:
+            failed.append(f"{name.replace('_', ' ')} {value:.3g} > {fail}")
+        elif value > warn:
+            warned.append(f"{name.replace('_', ' ')} {value:.3g} > {warn}")
+    if failed:  # what failed it first; a measure past its warning limit only, said as such
+        reasons = failed + [f"{reason} (a warning only)" for reason in warned]
+        return QaVerdict("fail", tuple(reasons), measures)
+    return QaVerdict("warn" if warned else "ok", tuple(warned), measures)

@@ -7,7 +7,7 @@ from pydicom.data import get_testdata_file
 from skimage.filters import unsharp_mask
 
 from dicomnode.imaging.pixels import to_modality
-from dicomnode.imaging.qa import assess, assess_against, measure_source
+from dicomnode.imaging.qa import QaThresholds, assess, assess_against, measure_source
 
 LIMITS = (-32768.0, 32767.0)
 
@@ -35,6 +35,22 @@ def test_intensity_drift_fails() -> None:
     result = assess(image, image + 0.1 * (image.max() - image.min()), limits=LIMITS)
     assert result.verdict == "fail"
     assert any(reason.startswith("drift fraction") for reason in result.reasons)
+
+
+def test_a_failed_image_names_what_failed_it_first_and_a_warning_as_one() -> None:
+    """A drifted, sharpened image: the drift fails it, the sharpness only passes its warning
+    limit (the reasons used to read as if both had failed it)."""
+    image = ct()
+    sharpened = unsharp_mask(image, radius=1, amount=1.5, preserve_range=True)
+    strict = QaThresholds(sharpness_ratio=(1.1, 1000.0))
+    drifted = sharpened + 0.1 * (image.max() - image.min())
+    result = assess(image, drifted, limits=LIMITS, thresholds=strict)
+    assert result.verdict == "fail"
+    assert result.reasons[0].startswith("drift fraction ") and result.reasons[0].endswith(" > 0.05")
+    assert result.reasons[1].startswith("sharpness ratio ")
+    assert result.reasons[1].endswith(" > 1.1 (a warning only)"), result.reasons
+    warned = assess(image, sharpened, limits=LIMITS, thresholds=strict)
+    assert warned.verdict == "warn" and warned.reasons[0].endswith(" > 1.1"), warned.reasons
 
 
 def test_nan_output_fails_naming_the_count() -> None:
