@@ -14,6 +14,8 @@ from typing import Any
 
 from rich.markup import escape
 
+from dicomnode.warning_subject import warning_subject
+
 # C0, DEL, C1, line/paragraph separators and the bidirectional controls ("Trojan Source").
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 # A quoted value in a library's warning ('1970-01-01'): header values are PHI, keep them out.
@@ -57,6 +59,8 @@ class OneLinePerRecord(logging.Filter):
         message = record.getMessage()
         if record.name == "py.warnings":
             message = _QUOTED.sub("(value)", message.strip().split("\n", 1)[0])
+            if subject := warning_subject():  # the instance it is about, when one was read
+                message = f"{message} ({subject})"
         record.msg, record.args = printable(message), None
         if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
             te = traceback.TracebackException.from_exception(record.exc_info[1])

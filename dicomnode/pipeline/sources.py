@@ -13,6 +13,7 @@ from dicomnode.errors import DecodeError, ImageDeclined, InstanceTooLarge, Serie
 from dicomnode.imaging.metrics import data_range_of
 from dicomnode.imaging.outcome import TOO_LARGE, DeclinedImage
 from dicomnode.imaging.pixels import ModalityImage, pixel_domain, to_modality
+from dicomnode.warning_subject import about
 
 # What a job holds per source pixel once it is loaded and measured: the stored pixels, the
 # float32 values, the padding and body masks and the rest (2.9 MB per 512x512 CT slice measured).
@@ -75,19 +76,20 @@ def load_sources(
     images, declined = [], []
     series_bytes = 0
     for item in inputs:
-        try:
-            dataset = read_bounded(item.path, max_bytes)
-            if dataset.original_encoding[1] is False:  # Explicit VR Big Endian (retired)
-                dataset = little_endian(dataset)  # as it is forwarded to a PACS without it
-            series_bytes += _job_bytes(dataset)
-            if max_series_bytes and series_bytes > max_series_bytes:
-                raise SeriesTooLarge(_too_large(dataset, len(inputs), max_series_bytes))
-            images.append(SourceImage(dataset, to_modality(dataset)))
-        except (ImageDeclined, InstanceTooLarge, DecodeError) as exc:
-            declined.append(DeclinedImage(item.sop_instance_uid, str(exc)))
-        except (InvalidDicomError, OSError, ValueError) as exc:
-            reason = f"sop={item.sop_instance_uid}: cannot read {item.path}: {exc}"
-            declined.append(DeclinedImage(item.sop_instance_uid, reason))
+        with about(f"sop={item.sop_instance_uid}"):  # pydicom's warnings name the instance
+            try:
+                dataset = read_bounded(item.path, max_bytes)
+                if dataset.original_encoding[1] is False:  # Explicit VR Big Endian (retired)
+                    dataset = little_endian(dataset)  # as it is forwarded to a PACS without it
+                series_bytes += _job_bytes(dataset)
+                if max_series_bytes and series_bytes > max_series_bytes:
+                    raise SeriesTooLarge(_too_large(dataset, len(inputs), max_series_bytes))
+                images.append(SourceImage(dataset, to_modality(dataset)))
+            except (ImageDeclined, InstanceTooLarge, DecodeError) as exc:
+                declined.append(DeclinedImage(item.sop_instance_uid, str(exc)))
+            except (InvalidDicomError, OSError, ValueError) as exc:
+                reason = f"sop={item.sop_instance_uid}: cannot read {item.path}: {exc}"
+                declined.append(DeclinedImage(item.sop_instance_uid, reason))
     images.sort(key=lambda s: (integer_of(s.dataset, "InstanceNumber"), s.sop))
     return images, tuple(declined)
 

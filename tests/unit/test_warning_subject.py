@@ -1,0 +1,67 @@
+"""A library's warning about an input names the instance being read when it was issued."""
+
+import io
+import logging
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+
+from dicomnode.cli.safe_text import OneLinePerRecord
+from dicomnode.db import SpooledInstance
+from dicomnode.pipeline.sources import load_sources
+from dicomnode.warning_subject import about, warning_subject
+
+
+@pytest.fixture
+def warnings_log() -> Iterator[io.StringIO]:
+    """Warnings logged as the node logs them (`cli.logs`), every one of them."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(OneLinePerRecord())
+    logger = logging.getLogger("py.warnings")
+    logger.addHandler(handler)
+    logging.captureWarnings(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            yield out
+    finally:
+        logging.captureWarnings(False)
+        logger.removeHandler(handler)
+
+
+def test_a_warning_names_what_was_being_read_and_only_in_its_own_thread(
+    warnings_log: io.StringIO,
+) -> None:
+    seen_elsewhere: list[str] = []
+    with about("job=7"), about("sop=1.2.3"):
+        warnings.warn("a value 'Doe^John' is invalid", UserWarning, stacklevel=1)
+        worker = threading.Thread(target=lambda: seen_elsewhere.append(warning_subject()))
+        worker.start()
+        worker.join()
+    warnings.warn("outside", UserWarning, stacklevel=1)
+    lines = warnings_log.getvalue().splitlines()
+    assert lines[0].endswith("UserWarning: a value (value) is invalid (job=7 sop=1.2.3)")
+    assert lines[1].endswith("UserWarning: outside")
+    assert seen_elsewhere == [""] and warning_subject() == ""
+
+
+def test_pydicom_s_warning_about_excess_pixel_padding_names_the_instance(
+    warnings_log: io.StringIO,
+) -> None:
+    """The acceptance run's example: 'The pixel data is 8320 bytes long, which indicates it
+    contains 128 bytes of excess padding to be removed', with no instance named."""
+    path = Path(get_testdata_file("MR_small_padded.dcm"))
+    header = dcmread(path, stop_before_pixels=True)
+    item = SpooledInstance(
+        header.SOPInstanceUID, header.SOPClassUID, header.file_meta.TransferSyntaxUID, path
+    )
+    images, declined = load_sources([item])
+    assert len(images) == 1 and declined == ()
+    [line] = [line for line in warnings_log.getvalue().splitlines() if "excess padding" in line]
+    assert line.endswith(f"(sop={header.SOPInstanceUID})"), line
