@@ -338,13 +338,15 @@ class Node:
         if self.settings.http.enabled:
             check_http_port_free(self.settings.http)
 
-    def start(self) -> None:
+    def start(self, stop_requested: Callable[[], bool] = lambda: False) -> None:
         """Check what would make every job fail, listen, load the models, start the workers.
 
         Raises ConfigError (the CLI's exit 2) for a data_dir another listener holds or a port
         taken since the constructor probed it (what the settings alone refuse, the constructor
         did). Models that fail to load then do not stop it: `ModelLoading` says why and tries
-        them again while the originals go.
+        them again while the originals go. Once `stop_requested` (a signal came while it
+        started: `stop` follows), the models are not loaded and no enhancement worker starts:
+        a derived job taken up then would only be given back, minutes later.
         """
         node = self.settings.node
         runners = self._planned_runners()
@@ -379,7 +381,7 @@ class Node:
         enhancers = [r for r in runners if r not in routers]
         # Without a destination for derived series the workers only close the derived jobs
         # made before (nothing made, nothing sent): no model is needed, none is loaded.
-        loads = bool(enhancers) and self._makes_derived()
+        loads = bool(enhancers) and self._makes_derived() and not stop_requested()
         if loads and not self._tell_jobs(self._models.load(), prefix):  # said why; tried again
             scheduler.add_job(
                 # Not guarded by the node's database health: its note on the queued jobs is
@@ -392,6 +394,9 @@ class Node:
                 enhancers = []  # they start once the models load
         heap.settle()  # what start-up loaded stays: a full collection need not walk it
         self._heap_settled = True
+        if stop_requested():  # meanwhile (the models take seconds)
+            log.info("a stop was asked for while starting: no enhancement worker starts")
+            enhancers = []
         with self._replanning:
             self._add_runners(scheduler, prefix, enhancers)
         if self.listen:

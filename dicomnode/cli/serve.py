@@ -46,7 +46,7 @@ def serve(
         )
         node = Node(settings, log_setup=log_setup)
         try:
-            node.start()
+            node.start(stop_requested=signals.arrived.is_set)
         except BaseException:
             node.stop()  # what did start (the receiver, the lock) ends; no "node stopped" line
             raise

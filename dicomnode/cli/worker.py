@@ -26,7 +26,7 @@ def worker(config: ConfigOption = None) -> None:
     with reported_errors():
         node = Node(settings, listen=False)
         try:
-            node.start()
+            node.start(stop_requested=signals.arrived.is_set)
         except BaseException:
             node.stop()  # what did start (the scheduler, the endpoint) ends
             raise

@@ -2,6 +2,7 @@
 a device out of memory at warm-up) no longer stops a node that already listens: it stays a
 router, says why once, and tries the models again until they load (`ModelLoading`)."""
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -137,3 +138,34 @@ def test_the_enhancement_starts_once_the_model_file_is_replaced(
     waits = [r.getMessage() for r in caplog.records if "enhancement waits" in r.getMessage()]
     assert len(waits) == 1  # not once per round
     assert any("models loaded after" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stop_asked_for_while_starting_loads_no_model_and_takes_up_no_derived_job(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SIGTERM while the node starts (`serve`: `stop` follows once `start` returns): the
+    originals still go, but no model is loaded for a derived job that would only be given back
+    (an acceptance run saw one enhanced after "stopping", then queued again)."""
+    caplog.set_level(logging.INFO, logger="dicomnode")
+    series = write_ct_series(tmp_path / "series", 2, seed=8, size=64)
+    with StoreScp(tmp_path / "pacs") as pacs:
+        enhance = EnhanceSettings(methods=["srcnn"], modalities=["CT"], self_check=False)
+        node, starting = started_in_a_thread(
+            tmp_path / "d", pacs.port, enhance, stop_requested=lambda: True
+        )
+        try:
+            starting.join(60)
+            assert storescu(node.settings.node.port, series).returncode == 0
+            _arrived(pacs.out_dir, len(series))
+            deadline = time.monotonic() + 30
+            while not list_jobs(node.db, JobStatus.DONE):  # the originals' job
+                assert time.monotonic() < deadline, list_jobs(node.db)
+                time.sleep(0.1)
+            time.sleep(1)  # a worker would have taken the derived job up by now
+            assert _the_queued_derived_job(node).attempts == 0
+        finally:
+            node.stop()
+    said = [r.getMessage() for r in caplog.records]
+    assert "a stop was asked for while starting: no enhancement worker starts" in said
+    assert not any("models loaded" in line for line in said)
+    assert any(line.startswith("node started") for line in said)  # INFO lines are seen

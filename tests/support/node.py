@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -254,11 +255,13 @@ def listener_only_node(data_dir: Path) -> Any:
     )
 
 
-def started_in_a_thread(data_dir: Path, pacs_port: int, enhance: Any) -> tuple[Any, Any]:
+def started_in_a_thread(
+    data_dir: Path, pacs_port: int, enhance: Any, stop_requested: Any = None
+) -> tuple[Any, Any]:
     """An in-process `Node` on a free port sending to a storescp (STORESCP) at `pacs_port`, a
     series complete 0.5 s after its sender released it, with `enhance` (EnhanceSettings); its
-    `start` runs in a daemon thread (it waits for the models) once the node listens: (node,
-    thread)."""
+    `start` (given `stop_requested`, if any) runs in a daemon thread (it waits for the models)
+    once the node listens: (node, thread)."""
     import threading
 
     from dicomnode.config import CompletionSettings, Destination, NodeSettings, Settings
@@ -271,7 +274,8 @@ def started_in_a_thread(data_dir: Path, pacs_port: int, enhance: Any) -> tuple[A
         destinations=[Destination("pacs", "STORESCP", "127.0.0.1", pacs_port)],
     )
     node = Node(settings)
-    starting = threading.Thread(target=node.start, daemon=True)
+    start = node.start if stop_requested is None else partial(node.start, stop_requested)
+    starting = threading.Thread(target=start, daemon=True)
     starting.start()
     wait_for_port(settings.node.port, timeout=30)
     return node, starting
