@@ -110,8 +110,9 @@ def pixel_domain(ds: Dataset) -> PixelDomain:
     """Read and check the pixel description; ImageDeclined says why an image cannot be used."""
     sop = ds.get("SOPInstanceUID", "(no SOPInstanceUID)")
     if "PixelData" not in ds:
-        kind = "float" if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds else "no"
-        raise ImageDeclined(f"sop={sop}: {kind} pixel data; only integer images are enhanced")
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise ImageDeclined(f"sop={sop}: float pixel data; only integer images are enhanced")
+        raise ImageDeclined(f"sop={sop}: no pixel data (not an image)")
     if any(keyword in ds for keyword in _FUNCTIONAL_GROUPS):
         raise ImageDeclined(
             f"sop={sop}: an enhanced multi-frame image: its rescale, geometry and frame types "

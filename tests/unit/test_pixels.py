@@ -79,6 +79,7 @@ def test_every_declined_image_gets_a_reason_naming_it() -> None:
                 for word in (
                     "grayscale",
                     "integer images",
+                    "no pixel data",
                     "BitsAllocated",
                     "cannot be decoded",
                     "Big Endian",
