@@ -10,7 +10,7 @@ names the one that cannot load them: another may take the jobs up meanwhile.
 
 from typing import Any
 
-from sqlalchemy import CursorResult, Update, or_, update
+from sqlalchemy import ColumnElement, CursorResult, or_, update
 
 from dicomnode.db.engine import Database
 from dicomnode.db.models import Job
@@ -24,34 +24,22 @@ def note_models_wait(db: Database, why: str) -> int:
     derived jobs without another error; how many rows changed. Another process whose models
     load may take them up meanwhile: the note says which one cannot, not that none can."""
     note = f"{WAITS_FOR_MODELS} ({why})"
-    return _changed(
-        db,
-        update(Job)
-        .where(
-            Job.part == JobPart.DERIVED,
-            Job.status == JobStatus.QUEUED,
-            or_(Job.error.is_(None), Job.error.startswith(WAITS_FOR_MODELS, autoescape=True)),
-            or_(Job.error.is_(None), Job.error != note),
-        )
-        .values(error=note),
-    )
+    noted = Job.error.startswith(WAITS_FOR_MODELS, autoescape=True)
+    return _set_queued_derived(db, or_(Job.error.is_(None), noted & (Job.error != note)), note)
 
 
 def clear_models_wait(db: Database) -> int:
     """The models load: queued derived jobs no longer wait for them; how many rows changed."""
-    return _changed(
-        db,
+    return _set_queued_derived(db, Job.error.startswith(WAITS_FOR_MODELS, autoescape=True), None)
+
+
+def _set_queued_derived(db: Database, which: ColumnElement[bool], error: str | None) -> int:
+    """Set the error of the queued derived jobs that match `which`; how many rows changed."""
+    statement = (
         update(Job)
-        .where(
-            Job.part == JobPart.DERIVED,
-            Job.status == JobStatus.QUEUED,
-            Job.error.startswith(WAITS_FOR_MODELS, autoescape=True),
-        )
-        .values(error=None),
+        .where(Job.part == JobPart.DERIVED, Job.status == JobStatus.QUEUED, which)
+        .values(error=error)
     )
-
-
-def _changed(db: Database, statement: Update) -> int:
     with db.session() as session:
         result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]
         return result.rowcount
