@@ -76,16 +76,16 @@ def _database(settings: Settings, *, read_only: bool = False) -> "Database":
 
 def _deliveries(job: "JobRecord", separator: str = ", ") -> str:
     """Each destination's state; in a held job, one that is done without an instance sent
-    says so (QA held back every derived series: the PACS has nothing of it yet)."""
+    says it holds nothing (QA held back every derived series: the PACS has nothing of it yet;
+    "done" read as delivered). --json keeps the delivery's own state."""
     held = job.status == JobStatus.HELD
     return separator.join(shown(_delivery(d, held=held)) for d in job.deliveries) or "-"
 
 
 def _delivery(delivery: "DeliveryRecord", *, held: bool) -> str:
-    cell = f"{delivery.destination}:{delivery.status}"
     if held and delivery.status == DeliveryStatus.DONE and delivery.sent == 0:
-        cell += " (nothing sent)"
-    return cell
+        return f"{delivery.destination}:nothing sent (held)"
+    return f"{delivery.destination}:{delivery.status}"
 
 
 def _status(status: str) -> str:

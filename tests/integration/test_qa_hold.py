@@ -30,7 +30,7 @@ def test_held_job_sends_derived_series_only_when_released(
     assert job["details"]["methods"][0]["qa"] == "fail"
     assert len(orthanc.instance_ids()) == len(ct_series)  # originals only
     listing = node.cli("jobs", "list", "--wide").stdout
-    assert "pacs:done (nothing sent)" in listing  # not read as delivered
+    assert "pacs:nothing sent (held)" in listing  # not read as delivered ("pacs:done")
 
     node.cli("jobs", "release", str(job["id"]))
     jobs = node.wait_for_jobs(lambda js: part_of(js, "derived")["status"] == "done", timeout=180)
