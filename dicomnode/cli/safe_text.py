@@ -52,7 +52,8 @@ class OneLinePerRecord(logging.Filter):
 
     Set on the handler, so it sees the records of every logger (pynetdicom's, pydicom's, the
     warnings module's) after they are made. Library warnings keep their first line, without
-    quoted values.
+    quoted values, and end with the instance being read when they were issued, if any
+    (`warning_subject`).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:

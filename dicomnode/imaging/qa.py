@@ -23,7 +23,7 @@ saturated pixels) does not depend on the method: `measure_source` computes it on
 and `assess_against` scores each method's output against it.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -210,6 +210,25 @@ def assess_against(
         elif value > warn:
             warned.append(f"{name.replace('_', ' ')} {value:.3g} > {warn}")
     if failed:  # what failed it first; a measure past its warning limit only, said as such
-        reasons = failed + [f"{reason} (a warning only)" for reason in warned]
-        return QaVerdict("fail", tuple(reasons), measures)
+        return QaVerdict("fail", tuple(failed + _warnings_only(warned)), measures)
     return QaVerdict("warn" if warned else "ok", tuple(warned), measures)
+
+
+def _warnings_only(reasons: Iterable[str]) -> list[str]:
+    return [f"{reason} (a warning only)" for reason in reasons]
+
+
+def merged(parts: Sequence[tuple[str, QaVerdict]]) -> tuple[Verdict, tuple[str, ...]]:
+    """Several verdicts (a multi-frame image's frames, each reason after its `prefix`) as one:
+    the worst, and when it fails, the failed parts' reasons first and the others' said to be
+    warnings only, as `assess_against` tells one image's."""
+    worst = worst_verdict(verdict.verdict for _, verdict in parts)
+    said = [
+        (verdict.verdict, [prefix + reason for reason in verdict.reasons])
+        for prefix, verdict in parts
+    ]
+    if worst != "fail":
+        return worst, tuple(reason for _, reasons in said for reason in reasons)
+    failed = [reason for level, reasons in said if level == "fail" for reason in reasons]
+    warned = [reason for level, reasons in said if level == "warn" for reason in reasons]
+    return worst, tuple(failed + _warnings_only(warned))

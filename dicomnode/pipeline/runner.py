@@ -192,7 +192,11 @@ class JobRunner:
         waiting = open_deliveries(self.db, job.id)  # the destinations still to reach
         if not self._sent_anywhere(job, waiting):  # each ends "not sent" (`delivery.deliver`)
             outgoing, hold = [], None
-            log.info("job goes nowhere now: its destinations no longer take it job=%d", job.id)
+            log.info(
+                "job goes nowhere now: its destinations no longer take it, or the running node "
+                "does not know them job=%d",
+                job.id,
+            )
             if job.part == JobPart.DERIVED:  # a resend to one that takes it enhances it then
                 record_job_outputs(self.db, job.id, self._token(job), {NOTHING_MADE: True})
         elif job.replay is not None:  # a release or resend: send again what the outbox holds

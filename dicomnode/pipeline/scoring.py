@@ -30,7 +30,7 @@ from dicomnode.imaging.qa import (
     SourceQa,
     assess_against,
     measure_source,
-    worst_verdict,
+    merged,
 )
 from dicomnode.pipeline.sources import SourceImage
 
@@ -286,10 +286,9 @@ def score(
     fidelity = reported_fidelity(compare(scored.reference, result, padding=scored.padding))
     verdict = assess_against(scored.qa, result, thresholds)
     named = f"frame {scored.frame + 1} of {len(output)}: " if scored.other_frames else ""
-    reasons = [named + reason for reason in verdict.reasons]
-    worst = verdict.verdict
+    frames = [(named, verdict)]
     for frame, qa in scored.other_frames:
         other = assess_against(qa, _on_source_grid(output[frame], shape), thresholds)
-        worst = worst_verdict((worst, other.verdict))
-        reasons += [f"frame {frame + 1} of {len(output)}: {reason}" for reason in other.reasons]
-    return fidelity, QaVerdict(worst, tuple(reasons), verdict.measures)
+        frames.append((f"frame {frame + 1} of {len(output)}: ", other))
+    worst, reasons = merged(frames)
+    return fidelity, QaVerdict(worst, reasons, verdict.measures)

@@ -137,7 +137,8 @@ def series_header(inputs: list[SpooledInstance], max_bytes: int = 0) -> Dataset 
     other = None
     for item in inputs:
         try:
-            header = read_bounded(item.path, max_bytes, stop_before_pixels=True)
+            with about(f"sop={item.sop_instance_uid}"):  # its warnings name it (and only here)
+                header = read_bounded(item.path, max_bytes, stop_before_pixels=True)
         except (InstanceTooLarge, DecodeError, InvalidDicomError, OSError, ValueError):
             continue
         if modality_in(header) not in _NOT_IMAGES:

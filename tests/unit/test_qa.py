@@ -7,7 +7,14 @@ from pydicom.data import get_testdata_file
 from skimage.filters import unsharp_mask
 
 from dicomnode.imaging.pixels import to_modality
-from dicomnode.imaging.qa import QaThresholds, assess, assess_against, measure_source
+from dicomnode.imaging.qa import (
+    QaThresholds,
+    QaVerdict,
+    assess,
+    assess_against,
+    measure_source,
+    merged,
+)
 
 LIMITS = (-32768.0, 32767.0)
 
@@ -51,6 +58,27 @@ def test_a_failed_image_names_what_failed_it_first_and_a_warning_as_one() -> Non
     assert result.reasons[1].endswith(" > 1.1 (a warning only)"), result.reasons
     warned = assess(image, sharpened, limits=LIMITS, thresholds=strict)
     assert warned.verdict == "warn" and warned.reasons[0].endswith(" > 1.1"), warned.reasons
+
+
+def test_frames_told_as_one_put_a_failed_frame_first_and_warnings_as_warnings() -> None:
+    """A multi-frame image whose first frame only warns and whose second fails."""
+    warned = QaVerdict("warn", ("sharpness ratio 4.45 > 2.0",))
+    failed = QaVerdict(
+        "fail", ("drift fraction 0.136 > 0.05", "noise ratio 2 > 1.5 (a warning only)")
+    )
+    worst, reasons = merged([("frame 1 of 2: ", warned), ("frame 2 of 2: ", failed)])
+    assert (worst, reasons) == (
+        "fail",
+        (
+            "frame 2 of 2: drift fraction 0.136 > 0.05",
+            "frame 2 of 2: noise ratio 2 > 1.5 (a warning only)",
+            "frame 1 of 2: sharpness ratio 4.45 > 2.0 (a warning only)",
+        ),
+    )
+    assert merged([("a: ", warned), ("b: ", QaVerdict("ok", ()))]) == (
+        "warn",
+        ("a: sharpness ratio 4.45 > 2.0",),
+    )
 
 
 def test_nan_output_fails_naming_the_count() -> None:
