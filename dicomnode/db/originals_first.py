@@ -5,10 +5,12 @@ with, and a PACS routing rule may act on the first series of a study it meets. I
 path the order holds by itself: the originals have a head start and go first in each
 destination's queue. After an outage it did not: the originals' job could be on a longer
 backoff than its derived job. So a derived series waits, per destination, while the
-destination has none of the originals of its series and they will be tried again there. When
-the destination answers meanwhile, the originals' next attempt is brought forward to now, and
-their arrival brings the derived job's forward in turn. Waiting spends none of the derived
-job's attempts (`transitions.after_attempt`): it looks again after the originals' next one.
+destination has none of the originals of its series and they will be tried again there, and
+their arrival brings the derived job forward. The originals keep their own backoff (a wait
+does not bring them forward: a destination that answers a C-ECHO may still refuse their
+stores, and each extra attempt would be one fewer before they are given up); one that was down
+and is back is found by the recovery probe. Waiting spends none of the derived job's attempts
+(`transitions.after_attempt`): it looks again after the originals' next one.
 """
 
 import logging
@@ -97,28 +99,6 @@ def originals_next_attempt(
     if not owed:
         return None
     return session.scalar(select(func.min(Job.next_attempt_at)).where(Job.id.in_(owed)))
-
-
-def bring_forward(db: Database, originals_job: int, destination: str) -> None:
-    """The originals job's next attempt is now, not at the end of its backoff: its derived
-    series are ready and `destination` answers again."""
-    with db.session() as session:
-        now = db_now(session)
-        session.execute(
-            update(Job)
-            .where(
-                Job.id == originals_job,
-                Job.status == JobStatus.FAILED,
-                Job.next_attempt_at > now,
-            )
-            .values(next_attempt_at=now)
-        )
-    log.info(
-        "originals job due now: its derived series wait for it at the destination "
-        "job=%d destination=%s",
-        originals_job,
-        destination,
-    )
 
 
 def wake_derived(db: Database, series_uid: str, destination: str) -> None:

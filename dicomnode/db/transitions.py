@@ -135,8 +135,8 @@ def after_attempt(
             f"superseded by job {newer_job} (this attempt: {'; '.join(problems)})",
         )
     # Only waits for the originals: not counted, but on the backoff of every try there (the
-    # delivery's), as before: each try that finds the destination answering brings the
-    # originals' attempt forward, which must not come faster than their own retries would.
+    # delivery's, as before), since each try asks the destination (a C-ECHO, for the cause);
+    # `jobs.finish_attempt` then puts it after the originals' next attempt besides.
     waits_only = outcome.error is None and not dead and bool(failed)
     if retryable and waits_only and all(d.waits_for_originals for d in failed):
         counted = attempts - 1  # this one is not

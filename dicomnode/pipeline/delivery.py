@@ -26,7 +26,6 @@ from dicomnode.db.delivered import delivered_uids
 from dicomnode.db.failures import database_away, log_failure
 from dicomnode.db.jobs import holds_lease, record_delivery
 from dicomnode.db.originals_first import (
-    bring_forward,
     originals_owed,
     waits_for_originals,
     wake_derived,
@@ -130,7 +129,7 @@ def deliver(
         if job.part == JobPart.DERIVED and any(outgoing):
             owed = _read(name, partial(originals_owed, db, job.series_uid, name))
             if owed is not None:  # after an outage: the originals go first, then these
-                why = _wait_for_originals(settings, db, job, destination, owed)
+                why = _wait_for_originals(settings, job, destination, owed)
                 record(DeliveryStatus.FAILED, why)
                 return
         # What the peer stored on an earlier attempt is not sent again (with Storage
@@ -198,12 +197,15 @@ def _wake_derived(db: Database, job: JobRecord, name: str) -> None:
 
 
 def _wait_for_originals(
-    settings: Settings, db: Database, job: JobRecord, destination: Destination, originals_job: int
+    settings: Settings, job: JobRecord, destination: Destination, originals_job: int
 ) -> str:
     """Why the derived series do not go to `destination` now: none of their originals are
-    there yet. When it answers a C-ECHO, the originals' next attempt is brought forward to now;
-    while it does not (still down), they keep their backoff: an attempt each time the derived
-    job tried would spend their retries twice as fast and give them up in half the time."""
+    there yet, and the cause, when the destination does not answer a C-ECHO. The originals
+    keep their own backoff: a destination that answers may still refuse their stores (out of
+    resources), and an attempt each time the derived job looked would spend their retries
+    faster and give them up early. One that was down and answers again is found by the
+    recovery probe, which brings them forward (`pipeline.recovery`); their arrival brings the
+    derived job forward in turn."""
     waiting = waits_for_originals(originals_job, destination.name)
     log.info(
         "derived delivery deferred: the destination has none of the originals yet "
@@ -215,7 +217,6 @@ def _wait_for_originals(
     why = why_unanswered(destination, settings)
     if why is not None and why.transient:  # the cause first: a narrow `jobs list` shows it
         return f"{why}; {waiting}"
-    bring_forward(db, originals_job, destination.name)  # it answers, or the echo cannot tell
     return waiting
 
 

@@ -41,7 +41,6 @@ from dicomnode.db.jobs import (
 from dicomnode.db.models import Job, Series, utcnow
 from dicomnode.db.models_wait import clear_models_wait, note_models_wait
 from dicomnode.db.originals_first import (
-    bring_forward,
     originals_owed,
     waits_for_originals,
     wake_derived,
@@ -547,9 +546,9 @@ def originals_failed_an_hour_off(db: Database, series_uid: str, error: str) -> t
 def test_a_derived_job_waiting_for_its_originals_is_due_once_they_arrive_even_as_it_ends(
     db: Database,
 ) -> None:
-    """After an outage the derived series waits at a destination for its originals: asking
-    brings the originals' attempt forward, and their arrival makes the derived job due, also
-    when they arrive between its waiting delivery and the end of its attempt."""
+    """After an outage the derived series waits at a destination for its originals, and
+    their arrival makes the derived job due, also when they arrive between its waiting
+    delivery and the end of its attempt."""
     slow = AN_HOUR_OFF
     originals, derived = originals_failed_an_hour_off(db, "1.2.3.45", "peer down")
     assert claim_next_job(db, "router", 60, part=JobPart.ORIGINALS) is None  # an hour away
@@ -559,7 +558,7 @@ def test_a_derived_job_waiting_for_its_originals_is_due_once_they_arrive_even_as
     assert originals_owed(db, "1.2.3.45", "backup") is None  # never meant for it
     waiting = waits_for_originals(originals, "pacs")
     record_delivery(db, derived, "worker", "pacs", DeliveryStatus.FAILED, 0, waiting)
-    bring_forward(db, originals, "pacs")  # the destination answers again
+    reschedule(db, originals, seconds_ago=1)  # their own backoff passed (or the probe)
     retried = claim_next_job(db, "router", 60, part=JobPart.ORIGINALS)
     assert retried is not None and (retried.id, retried.attempts) == (originals, 2)
     record_delivery(db, originals, "router", "pacs", DeliveryStatus.DONE, 2, None)
@@ -610,21 +609,25 @@ def test_a_derived_job_that_waits_for_its_originals_spends_no_attempt_and_looks_
         assert result.next_attempt_at == originals_due.next_attempt_at  # not in 1 s
         assert claim_next_job(db, "worker", 60, part=JobPart.DERIVED) is None
         reschedule(db, derived, seconds_ago=1)  # the hour passes
-    # the destination answers, its stores still fail: each wait brings the originals forward,
-    # and backs off as the delivery's tries do (else they are tried every initial delay)
+    # the originals are due again (as when the probe found the destination back): the waits
+    # back off as the delivery's tries do, and leave the originals' schedule as it is
+    reschedule(db, originals, seconds_ago=1)
+    due = get_job(db, originals)
+    assert due is not None
     before = utcnow()
     for tries, delay in ((4, 8), (5, 16)):
         claim_next_job(db, "worker", 60, part=JobPart.DERIVED)
         record_delivery(db, derived, "worker", "pacs", DeliveryStatus.FAILED, 0, waiting)
-        bring_forward(db, originals, "pacs")
         result = finish_attempt(db, derived, "worker", policy)
         assert result is not None and result.attempts == 0
         assert result.deliveries[0].attempts == tries
         assert timedelta(seconds=delay) <= result.next_attempt_at - before
         assert result.next_attempt_at - before < timedelta(seconds=delay + 30)
         reschedule(db, derived, seconds_ago=1)
+        still = get_job(db, originals)
+        assert still is not None and still.next_attempt_at == due.next_attempt_at
     # the originals are given up: nothing is owed, the derived job goes on its own
-    claim_next_job(db, "router", 60, part=JobPart.ORIGINALS)
+    assert claim_next_job(db, "router", 60, part=JobPart.ORIGINALS) is not None
     record_delivery(db, originals, "router", "pacs", DeliveryStatus.FAILED, 0, "peer down")
     given_up = finish_attempt(db, originals, "router", RetrySettings(max_attempts=1))
     assert given_up is not None and given_up.status == "dead"

@@ -116,8 +116,7 @@ def test_a_derived_job_that_only_waits_for_its_originals_spends_no_attempt() -> 
         assert (waited.status, waited.spent) == (JobStatus.FAILED, False)
         assert waited.error is not None
         assert f"not counted as an attempt: {attempts - 1} of 3 so far" in waited.error
-    # on the backoff of the delivery's tries, waits included: each try may bring the originals'
-    # attempt forward (the destination answers), which must not come every initial delay
+    # on the backoff of the delivery's tries, waits included: each asks the destination
     delays = [
         after_attempt(delivered(replace(WAITS, attempts=tries)), 1, POLICY).retry_in_seconds
         for tries in (1, 2, 3, 4, 9)
