@@ -75,6 +75,8 @@ class Transition:
     spent: bool = True
 
 
+# How a failed attempt that only waited for the originals says it spent nothing.
+NOT_COUNTED = "a wait, not counted as an attempt"
 # Attempts of a job that failed before delivery, at most (about an hour at the retry defaults).
 MAX_PROCESSING_ATTEMPTS = 8
 # A series that kills its worker this often is not taken up again without an admin. Apart from
@@ -143,7 +145,7 @@ def after_attempt(
         tries = max(d.attempts for d in failed)
         delay = retry_delay_seconds(max(1, tries), policy, rng)
         error = "; ".join(problems) + (
-            f" (a wait, not counted as an attempt: {counted} of {policy.max_attempts} so far; "
+            f" ({NOT_COUNTED}: {counted} of {policy.max_attempts} so far; "
             "tried again when they arrive, or after their next attempt)"
         )
         return Transition(JobStatus.FAILED, error, retry_in_seconds=delay, spent=False)

@@ -33,6 +33,7 @@ from dicomnode.db.jobs import (
     requeue_unstarted,
     set_active_status,
 )
+from dicomnode.db.transitions import NOT_COUNTED
 from dicomnode.errors import DicomNodeError, SpoolError
 from dicomnode.observe.counters import ENHANCEMENTS_FAILED, METHOD_STAGES, MODEL, STAGE_SECONDS
 from dicomnode.pipeline.delivery import DeliveryQueues
@@ -550,7 +551,9 @@ class JobRunner:
         )
         if result is None:
             return
-        level = logging.INFO if result.status == JobStatus.DONE else logging.WARNING
+        waited = NOT_COUNTED in (result.error or "")  # a wait for its originals, no failure
+        done = result.status == JobStatus.DONE
+        level = logging.INFO if done or waited else logging.WARNING
         log.log(
             level,
             "job %s job=%d series=%s attempts=%d%s",
