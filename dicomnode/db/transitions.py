@@ -157,7 +157,10 @@ def after_attempt(
     if outcome.error is not None:
         within = within and before_delivery < MAX_PROCESSING_ATTEMPTS
     if retryable and within:
-        delay = retry_delay_seconds(attempts, policy, rng)
+        # On from the tries at a failing destination, which a job's waits for its originals
+        # made without counting them: the same outage goes on, its backoff does not start over.
+        tries = max([attempts] + [d.attempts for d in failed])
+        delay = retry_delay_seconds(tries, policy, rng)
         error = "; ".join(problems) + f" (attempt {attempts}, the next {delay:.0f} s after it)"
         return Transition(JobStatus.FAILED, error, retry_in_seconds=delay)
     if retryable:

@@ -122,6 +122,10 @@ def test_a_derived_job_that_only_waits_for_its_originals_spends_no_attempt() -> 
         for tries in (1, 2, 3, 4, 9)
     ]
     assert delays == [10, 20, 40, 80, 100]
+    # once the originals are given up it goes on its own, on from those tries (the outage goes
+    # on; an acceptance run saw it start over at the first delay and spend its attempts in 31 s)
+    on_its_own = after_attempt(delivered(replace(DOWN, attempts=5)), 1, POLICY)
+    assert (on_its_own.status, on_its_own.retry_in_seconds) == (JobStatus.FAILED, 100)
     also_down = after_attempt(delivered(WAITS, DOWN), 3, POLICY)
     assert (also_down.status, also_down.spent) == (JobStatus.DEAD, True)
     refused = after_attempt(delivered(WAITS, REFUSED), 1, POLICY)
