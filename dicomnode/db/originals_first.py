@@ -93,8 +93,8 @@ def originals_next_attempt(
 ) -> datetime | None:
     """When the originals a derived job waits for at `destinations` are next tried, the
     soonest of them (None: none is owed there any more). A wait is not an attempt
-    (`transitions.after_attempt`), so the derived job looks again after them, not on a backoff
-    of its own: as often as they are tried, not more."""
+    (`transitions.after_attempt`): the derived job looks again no sooner than they are tried,
+    when they may arrive."""
     owed = [job for name in destinations if (job := _owed(session, series_uid, name))]
     if not owed:
         return None

@@ -136,14 +136,16 @@ def after_attempt(
             JobStatus.CANCELLED,
             f"superseded by job {newer_job} (this attempt: {'; '.join(problems)})",
         )
-    # Only waits for the originals: not counted, but on the backoff of every try there (the
-    # delivery's, as before), since each try asks the destination (a C-ECHO, for the cause);
-    # `jobs.finish_attempt` then puts it after the originals' next attempt besides.
+    # The backoff goes on from the tries at a failing destination, the waits for the
+    # originals among them: each asked the destination (a C-ECHO, for the cause), and the same
+    # outage goes on once the job stops waiting, so it does not start over.
+    tries = max([attempts] + [d.attempts for d in failed])
+    # Only waits for the originals: not counted (`jobs.finish_attempt` puts the next try after
+    # the originals' next attempt besides).
     waits_only = outcome.error is None and not dead and bool(failed)
     if retryable and waits_only and all(d.waits_for_originals for d in failed):
         counted = attempts - 1  # this one is not
-        tries = max(d.attempts for d in failed)
-        delay = retry_delay_seconds(max(1, tries), policy, rng)
+        delay = retry_delay_seconds(tries, policy, rng)
         error = "; ".join(problems) + (
             f" ({NOT_COUNTED}: {counted} of {policy.max_attempts} so far; "
             "tried again when they arrive, or after their next attempt)"
@@ -157,9 +159,6 @@ def after_attempt(
     if outcome.error is not None:
         within = within and before_delivery < MAX_PROCESSING_ATTEMPTS
     if retryable and within:
-        # On from the tries at a failing destination, which a job's waits for its originals
-        # made without counting them: the same outage goes on, its backoff does not start over.
-        tries = max([attempts] + [d.attempts for d in failed])
         delay = retry_delay_seconds(tries, policy, rng)
         error = "; ".join(problems) + f" (attempt {attempts}, the next {delay:.0f} s after it)"
         return Transition(JobStatus.FAILED, error, retry_in_seconds=delay)
