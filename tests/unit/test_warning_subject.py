@@ -10,9 +10,13 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 
 from dicomnode.cli.safe_text import OneLinePerRecord
+from dicomnode.config import Settings
 from dicomnode.db import SpooledInstance
+from dicomnode.pipeline.enhancement import load_series
 from dicomnode.pipeline.sources import load_sources
 from dicomnode.warning_subject import about, warning_subject
 
@@ -65,3 +69,38 @@ def test_pydicom_s_warning_about_excess_pixel_padding_names_the_instance(
     assert len(images) == 1 and declined == ()
     [line] = [line for line in warnings_log.getvalue().splitlines() if "excess padding" in line]
     assert line.endswith(f"(sop={header.SOPInstanceUID})"), line
+
+
+def test_a_series_header_s_warning_names_its_instance_under_python_s_default_filter(
+    tmp_path: Path,
+) -> None:
+    """The header is read first (`series_header`), then the images: Python says a warning once
+    per place in pydicom's code, so only the first read's line is ever logged. It must be the
+    one that names the instance (a review found it was not)."""
+    source = dcmread(get_testdata_file("CT_small.dcm"))
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, True  # the meta says explicit VR
+    write_dataset(body, source)
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    write_file_meta_info(meta, source.file_meta)
+    path = tmp_path / "mismatch.dcm"
+    path.write_bytes(b"\0" * 128 + b"DICM" + meta.getvalue() + body.getvalue())
+    item = SpooledInstance(
+        source.SOPInstanceUID, source.SOPClassUID, source.file_meta.TransferSyntaxUID, path
+    )
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(OneLinePerRecord())
+    logging.getLogger("py.warnings").addHandler(handler)
+    logging.captureWarnings(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.resetwarnings()  # Python's default: each place says a warning once
+            warnings.simplefilter("default")
+            load_series([item], Settings())
+    finally:
+        logging.captureWarnings(False)
+        logging.getLogger("py.warnings").removeHandler(handler)
+    lines = [line for line in out.getvalue().splitlines() if "implicit VR" in line]
+    assert lines and all(line.endswith(f"(sop={source.SOPInstanceUID})") for line in lines)
