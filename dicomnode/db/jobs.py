@@ -267,6 +267,31 @@ def record_job_outputs(db: Database, job_id: int, owner: str, outputs: dict[str,
     return _update_held_job(db, job_id, owner, outputs=json.dumps(outputs))
 
 
+def reports_sent_before(db: Database, series_uid: str, job_id: int) -> dict[str, list[str]]:
+    """The metrics reports that earlier derived jobs of the series delivered (done), by report
+    series: a series that grew since gets a report of another UID, which names these as its
+    predecessors (the PACS keeps them beside it). From each job's details, oldest first."""
+    with db.session() as session:
+        details = session.scalars(
+            select(Job.details)
+            .where(
+                Job.series_uid == series_uid,
+                Job.part == JobPart.DERIVED,
+                Job.status == JobStatus.DONE,
+                Job.id < job_id,
+                Job.details.is_not(None),
+            )
+            .order_by(Job.id)
+        ).all()
+    sent: dict[str, list[str]] = {}
+    for text in details:
+        for method in json.loads(text or "{}").get("methods", []):
+            reports = sent.setdefault(method["report_series_uid"], [])
+            if method["report_sop_uid"] not in reports:
+                reports.append(method["report_sop_uid"])
+    return sent
+
+
 def job_inputs(db: Database, job_id: int) -> list[SpooledInstance]:
     """A job's instances in SOP Instance UID order: the same on SQLite and PostgreSQL, so an
     attempt sends (and a series is read) in one order whatever the database."""

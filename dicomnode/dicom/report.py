@@ -21,6 +21,7 @@ import highdicom as hd
 from highdicom.sr import CodedConcept
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import ComprehensiveSRStorage
 
 from dicomnode import __version__
 from dicomnode.dicom.conformance import IDENTITY, conformant_header, copy_identity
@@ -116,9 +117,13 @@ def metrics_report(
     series_number: int,
     sop_uid: str,
     description: str,
+    predecessors: Sequence[str] = (),
 ) -> Dataset:
     """The Comprehensive SR for one derived series (sent after its images). A value highdicom
-    refuses raises ReportNotBuilt (the same input would fail every retry)."""
+    refuses raises ReportNotBuilt (the same input would fail every retry). `predecessors`: the
+    SOP Instance UIDs of reports of the same series sent before, of fewer images (the series
+    grew since), named in its PredecessorDocumentsSequence: the PACS keeps those beside it, and
+    this says which one replaces them."""
     if not images:
         raise ValueError("a metrics report needs at least one image")
     with _refusals_reported(images[0].derived):
@@ -130,8 +135,9 @@ def metrics_report(
             # and it must not reach an operator's log.
             warnings.simplefilter("ignore", UserWarning)
             outline = _outline(images, series_uid)
+            earlier = [_earlier_report(evidence[0], series_uid, uid) for uid in predecessors]
             sr = _comprehensive_sr(
-                evidence, outline, series_uid, series_number, sop_uid, description
+                evidence, outline, series_uid, series_number, sop_uid, description, earlier
             )
         sr = _with_content(sr, report)
     _same_character_set(sr, images[0].derived)
@@ -197,6 +203,17 @@ def _on_the_images_clock(sr: Dataset, image: Dataset) -> None:
     for equipment in sr.get("ContributingEquipmentSequence", []):
         if "ContributionDateTime" in equipment:
             equipment.ContributionDateTime = f"{image.ContentDate}{image.ContentTime}"
+
+
+def _earlier_report(image: Dataset, series_uid: str, sop_uid: str) -> Dataset:
+    """What a PredecessorDocumentsSequence item names of a report sent before: it was made in
+    the same study and report series, as a Comprehensive SR."""
+    earlier = Dataset()
+    earlier.StudyInstanceUID = image.StudyInstanceUID
+    earlier.SeriesInstanceUID = series_uid
+    earlier.SOPClassUID = ComprehensiveSRStorage
+    earlier.SOPInstanceUID = sop_uid
+    return earlier
 
 
 def _reference(ds: Dataset) -> Dataset:
@@ -270,9 +287,11 @@ def _comprehensive_sr(
     series_number: int,
     sop_uid: str,
     description: str,
+    earlier: Sequence[Dataset],
 ) -> hd.sr.ComprehensiveSR:
     return hd.sr.ComprehensiveSR(
         evidence=evidence,
+        previous_versions=earlier or None,
         content=content,
         series_instance_uid=series_uid,
         series_number=series_number,

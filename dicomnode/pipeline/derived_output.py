@@ -12,7 +12,7 @@ An image whose header the standard does not let us derive from (`ImageDeclined`:
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
@@ -273,28 +273,31 @@ def write_derived_series(
     derivation: Derivation,
     settings: Settings,
     sink: Sink,
+    earlier_reports: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[WrittenSeries | None, list[DeclinedImage]]:
     """Build the report of the stored derived images (in series order) and hand it to `sink`;
     None when no image could be derived (or the report could not be built: the caller then
-    discards the images), with the reason for each left out."""
+    discards the images), with the reason for each left out. `earlier_reports`: the reports
+    sent before for this source series, by report series (the report names those of its own
+    series as its predecessors)."""
     built = [image for image in derived if isinstance(image, StoredImage)]
     declined = [image for image in derived if isinstance(image, DeclinedImage)]
     if not built:
         return None, declined
     root = derivation.uid_root
     report_series = derived_uid(root, "report-series", derivation.series_uid)
+    sop_uid = report_uid(
+        root, derivation.series_uid, method.version, (i.measures.outcome.sop for i in built)
+    )
+    earlier = (earlier_reports or {}).get(report_series, ())
     try:
         report = metrics_report(
             [image.measures for image in built],
             series_uid=report_series,
             series_number=derivation.series_number + settings.enhance.report_series_offset,
-            sop_uid=report_uid(
-                root,
-                derivation.series_uid,
-                method.version,
-                (image.measures.outcome.sop for image in built),
-            ),
+            sop_uid=sop_uid,
             description=f"Metrics {derivation.series_description}".strip(),
+            predecessors=[uid for uid in earlier if uid != sop_uid],  # not a retry's own
         )
     except DicomNodeError as exc:  # without its report a derived series does not go out
         why = f"metrics report not built: {exc} (method {method.name})"

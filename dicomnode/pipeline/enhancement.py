@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -171,6 +171,7 @@ def _run_method(
     method: Method,
     settings: Settings,
     sink: Sink,
+    earlier_reports: Mapping[str, Sequence[str]],
 ) -> tuple[list[list[SpooledInstance]], MethodOutcome | None, list[DeclinedImage]]:
     """self-check → enhance (each image scored, derived and stored beside it) → report, for
     one method on the whole series.
@@ -239,6 +240,7 @@ def _run_method(
                 derivation,
                 settings,
                 sink,
+                earlier_reports,
             )
     finally:
         finishing.shutdown(cancel_futures=True)
@@ -336,10 +338,12 @@ def enhance_series(
     methods_for: Callable[[str], list[Method]],
     sink: Sink,
     loaded: LoadedSeries | None = None,
+    earlier_reports: Mapping[str, Sequence[str]] | None = None,
 ) -> SeriesOutput:
     """Derived series and reports for every method (`methods_for(modality)`: the modality's own
     models where there are any), each file handed to `sink` to store; `loaded`: `inputs`
-    already loaded by `load_series`."""
+    already loaded by `load_series`; `earlier_reports`: the reports sent for the series before,
+    by report series (`db.jobs.reports_sent_before`), which the new ones name as replaced."""
     loaded = loaded or load_series(inputs, settings)
     images, declined, load_s = loaded.images, loaded.declined, loaded.seconds
     everything = {item.sop_instance_uid for item in inputs}
@@ -357,7 +361,9 @@ def enhance_series(
     outcomes: list[MethodOutcome] = []
     for method in methods_for(modality):
         # Each source is measured once, by the first method (or ahead of it): the others reuse it.
-        series, outcome, left_out = _run_method(images, loaded.scored, method, settings, sink)
+        series, outcome, left_out = _run_method(
+            images, loaded.scored, method, settings, sink, earlier_reports or {}
+        )
         declined += tuple(left_out)
         if outcome is None:
             log.warning(

@@ -30,6 +30,7 @@ from dicomnode.db.jobs import (
     originals_in_flight,
     record_job_details,
     record_job_outputs,
+    reports_sent_before,
     requeue_unstarted,
     set_active_status,
 )
@@ -431,7 +432,8 @@ class JobRunner:
         self.spool.clear_outbox_before(job.id, attempt)  # earlier attempts' outputs
         sink = outbox_sink(self.spool, job.id, attempt)
         methods = methods_for(self.settings)
-        output = enhance_series(job.id, inputs, self.settings, methods, sink, loaded)
+        earlier = reports_sent_before(self.db, job.series_uid, job.id)
+        output = enhance_series(job.id, inputs, self.settings, methods, sink, loaded, earlier)
         self._record_details(job, output.outcome.as_dict())
         observe_outcome(output.outcome)
         qa = self.settings.qa

@@ -399,8 +399,11 @@ def _one_series(tmp_path: Path) -> Path:
     return folder
 
 
-def _metrics_report(tmp_path: Path, sources: list[Path], run: str) -> Dataset:
-    """The SR that enhancing `sources` (one series) with the baseline writes."""
+def _metrics_report(
+    tmp_path: Path, sources: list[Path], run: str, earlier: list[Dataset] | None = None
+) -> Dataset:
+    """The SR that enhancing `sources` (one series) with the baseline writes, after the
+    `earlier` reports of the series were sent."""
     folder = tmp_path / f"{run}-in"
     folder.mkdir()
     for source in sources:
@@ -408,9 +411,16 @@ def _metrics_report(tmp_path: Path, sources: list[Path], run: str) -> Dataset:
     settings = Settings()
     settings = replace(settings, enhance=replace(settings.enhance, methods=["baseline"]))
     ((_, inputs),) = series_in(folder).items()
-    output = enhance_series(1, inputs, settings, methods_for(settings), file_sink(tmp_path / run))
+    sent: dict[str, list[str]] = {}
+    for report in earlier or []:
+        sent.setdefault(report.SeriesInstanceUID, []).append(report.SOPInstanceUID)
+    output = enhance_series(
+        1, inputs, settings, methods_for(settings), file_sink(tmp_path / run), earlier_reports=sent
+    )
     assert output.outcome.status == "done"
-    [report] = [ds for ds in map(dcmread, (tmp_path / run).rglob("*.dcm")) if ds.Modality == "SR"]
+    [path] = [p for p in (tmp_path / run).rglob("*.dcm") if dcmread(p).Modality == "SR"]
+    report = dcmread(path)
+    report.filename = str(path)
     return report
 
 
@@ -421,11 +431,25 @@ def test_a_series_that_grew_gets_a_metrics_report_of_another_uid(tmp_path: Path)
     again from the same images, the report keeps its UID (a retry replaces it)."""
     first, second = sorted(dicom_files(MR_T1))[:2]
     alone = _metrics_report(tmp_path, [first], "alone")
-    grown = _metrics_report(tmp_path, [first, second], "grown")
-    again = _metrics_report(tmp_path, [first, second], "again")
+    grown = _metrics_report(tmp_path, [first, second], "grown", earlier=[alone])
+    again = _metrics_report(tmp_path, [first, second], "again", earlier=[alone, grown])
     assert grown.SOPInstanceUID != alone.SOPInstanceUID
     assert grown.SeriesInstanceUID == alone.SeriesInstanceUID  # the same report series
     assert again.SOPInstanceUID == grown.SOPInstanceUID
+    # the grown report names the one it replaces (the PACS keeps both); a retry not itself
+    assert "PredecessorDocumentsSequence" not in alone
+    for report in (grown, again):
+        [study] = report.PredecessorDocumentsSequence
+        assert study.StudyInstanceUID == alone.StudyInstanceUID
+        [series] = study.ReferencedSeriesSequence
+        assert series.SeriesInstanceUID == alone.SeriesInstanceUID
+        [item] = series.ReferencedSOPSequence
+        assert (item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID) == (
+            alone.SOPClassUID,
+            alone.SOPInstanceUID,
+        )
+    errors = dciodvfy_errors(Path(grown.filename))
+    assert errors <= dciodvfy_errors(Path(alone.filename)), errors  # the sequence adds none
 
     def images(report: Dataset) -> int:
         return len(hd.sr.ComprehensiveSR.from_dataset(report).get_evidence())

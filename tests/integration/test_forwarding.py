@@ -3,6 +3,7 @@
 import time
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
@@ -173,3 +174,31 @@ def test_with_replace_another_senders_copy_moves_the_instance_to_its_series(
     node.wait_for_log("duplicate moved to another series")
     [spooled] = node.data_dir.rglob("*.dcm")
     assert other_series in spooled.parts
+
+
+def test_a_series_that_grew_reaches_the_pacs_with_a_report_that_names_the_one_it_replaces(
+    node_factory, orthanc: Orthanc, ct_series: list[Path]
+) -> None:
+    """A modality that sends a series in two parts, minutes apart: two jobs each, two reports
+    at the PACS (it keeps both); the second names the first as its predecessor (an acceptance
+    run found nothing that told them apart)."""
+    node = node_factory(
+        [pacs_destination(orthanc)],
+        enhance={"methods": ["baseline"], "qa_action": "flag", "self_check": False},
+    ).start()
+    assert storescu(node.port, ct_series[:1]).returncode == 0
+    node.wait_for_jobs(all_done(2))
+    assert storescu(node.port, ct_series[1:]).returncode == 0
+    node.wait_for_jobs(all_done(4))
+    reports: list[Any] = [ds for ds in orthanc_datasets(orthanc).values() if _is_sr(ds)]
+    [second] = [ds for ds in reports if "PredecessorDocumentsSequence" in ds]
+    [first] = [ds for ds in reports if ds is not second]
+    [study] = second.PredecessorDocumentsSequence
+    [series] = study.ReferencedSeriesSequence
+    assert [item.ReferencedSOPInstanceUID for item in series.ReferencedSOPSequence] == [
+        first.SOPInstanceUID
+    ]
+
+
+def _is_sr(ds: Any) -> bool:
+    return str(ds.Modality) == "SR"

@@ -37,6 +37,8 @@ from dicomnode.db.jobs import (
     list_jobs,
     reclaim_expired_leases,
     record_delivery,
+    record_job_details,
+    reports_sent_before,
 )
 from dicomnode.db.models import Job, Series, utcnow
 from dicomnode.db.models_wait import clear_models_wait, note_models_wait
@@ -663,6 +665,31 @@ def test_queued_derived_jobs_say_why_they_wait_while_the_models_do_not_load(
     assert clear_models_wait(db) == 1
     assert error_of(queued) is None
     assert (error_of(derived) or "").startswith("disk full")
+
+
+def test_the_reports_sent_before_are_those_of_the_series_done_derived_jobs(db: Database) -> None:
+    """A series that grew gets a report of another UID, which names the ones sent before
+    (`reports_sent_before`): those of done derived jobs, not of one that failed or is held."""
+
+    def derived_job_with_report(sop: str, delivered: DeliveryStatus) -> int:
+        receive(db, "1.2.3.51", 1)
+        _, derived = create_jobs_for_quiet_series(db, 0, ["pacs"], parts=BOTH_PARTS)
+        claimed = claim_next_job(db, "worker", 60, part=JobPart.DERIVED)
+        assert claimed is not None and claimed.id == derived
+        method = {"report_series_uid": "9.9.1", "report_sop_uid": sop}
+        assert record_job_details(db, derived, "worker", {"methods": [method]})
+        record_delivery(db, derived, "worker", "pacs", delivered, 1, None)
+        finish_attempt(db, derived, "worker", FAST_RETRY)
+        return derived
+
+    first = derived_job_with_report("9.9.1.1", DeliveryStatus.DONE)
+    second = derived_job_with_report("9.9.1.2", DeliveryStatus.FAILED)
+    third = derived_job_with_report("9.9.1.3", DeliveryStatus.DONE)
+    assert reports_sent_before(db, "1.2.3.51", first) == {}
+    assert reports_sent_before(db, "1.2.3.51", third) == {"9.9.1": ["9.9.1.1"]}  # not the failed
+    assert reports_sent_before(db, "1.2.3.51", third + 1) == {"9.9.1": ["9.9.1.1", "9.9.1.3"]}
+    assert reports_sent_before(db, "1.2.3.99", third + 1) == {}
+    assert second == first + 2
 
 
 def test_a_derived_series_does_not_wait_at_a_destination_that_has_some_of_its_originals(
