@@ -286,9 +286,12 @@ def reports_sent_before(db: Database, series_uid: str, job_id: int) -> dict[str,
     sent: dict[str, list[str]] = {}
     for text in details:
         for method in json.loads(text or "{}").get("methods", []):
-            reports = sent.setdefault(method["report_series_uid"], [])
-            if method["report_sop_uid"] not in reports:
-                reports.append(method["report_sop_uid"])
+            series, sop = method.get("report_series_uid"), method.get("report_sop_uid")
+            if not (series and sop):  # an older node's details may lack them: nothing to name
+                continue
+            reports = sent.setdefault(series, [])
+            if sop not in reports:
+                reports.append(sop)
     return sent
 
 

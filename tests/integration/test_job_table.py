@@ -690,6 +690,10 @@ def test_the_reports_sent_before_are_those_of_the_series_done_derived_jobs(db: D
     assert reports_sent_before(db, "1.2.3.51", third + 1) == {"9.9.1": ["9.9.1.1", "9.9.1.3"]}
     assert reports_sent_before(db, "1.2.3.99", third + 1) == {}
     assert second == first + 2
+    # details an older node wrote, without the report's UIDs, name nothing (and fail nothing)
+    with db.session() as session:
+        session.execute(update(Job).where(Job.id == first).values(details='{"methods": [{}]}'))
+    assert reports_sent_before(db, "1.2.3.51", third + 1) == {"9.9.1": ["9.9.1.3"]}
 
 
 def test_a_derived_series_does_not_wait_at_a_destination_that_has_some_of_its_originals(
