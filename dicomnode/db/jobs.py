@@ -268,16 +268,17 @@ def record_job_outputs(db: Database, job_id: int, owner: str, outputs: dict[str,
 
 
 def reports_sent_before(db: Database, series_uid: str, job_id: int) -> dict[str, list[str]]:
-    """The metrics reports that earlier derived jobs of the series delivered (done), by report
-    series: a series that grew since gets a report of another UID, which names these as its
-    predecessors (the PACS keeps them beside it). From each job's details, oldest first."""
+    """The metrics reports earlier derived jobs of the series made, by report series: a series
+    that grew since gets a report of another UID, which names these as its predecessors (the
+    PACS keeps them beside it). Whatever their state: one that failed, is held or still being
+    sent may yet reach the PACS (a retry, a release), and a predecessor the PACS never got is
+    named harmlessly. From each job's details, oldest first."""
     with db.session() as session:
         details = session.scalars(
             select(Job.details)
             .where(
                 Job.series_uid == series_uid,
                 Job.part == JobPart.DERIVED,
-                Job.status == JobStatus.DONE,
                 Job.id < job_id,
                 Job.details.is_not(None),
             )

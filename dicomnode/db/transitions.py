@@ -136,16 +136,13 @@ def after_attempt(
             JobStatus.CANCELLED,
             f"superseded by job {newer_job} (this attempt: {'; '.join(problems)})",
         )
-    # The backoff goes on from the tries at a failing destination, the waits for the
-    # originals among them: each asked the destination (a C-ECHO, for the cause), and the same
-    # outage goes on once the job stops waiting, so it does not start over.
-    tries = max([attempts] + [d.attempts for d in failed])
     # Only waits for the originals: not counted (`jobs.finish_attempt` puts the next try after
-    # the originals' next attempt besides).
+    # the originals' next attempt besides), but on the backoff of the tries there, since each
+    # asked the destination (a C-ECHO, for the cause).
     waits_only = outcome.error is None and not dead and bool(failed)
     if retryable and waits_only and all(d.waits_for_originals for d in failed):
         counted = attempts - 1  # this one is not
-        delay = retry_delay_seconds(tries, policy, rng)
+        delay = retry_delay_seconds(max(d.attempts for d in failed), policy, rng)
         error = "; ".join(problems) + (
             f" ({NOT_COUNTED}: {counted} of {policy.max_attempts} so far; "
             "tried again when they arrive, or after their next attempt)"
@@ -159,7 +156,13 @@ def after_attempt(
     if outcome.error is not None:
         within = within and before_delivery < MAX_PROCESSING_ATTEMPTS
     if retryable and within:
-        delay = retry_delay_seconds(tries, policy, rng)
+        # A delivery that failed goes on from its tries, waits for the originals included: the
+        # same outage goes on once the job stops waiting, and its backoff does not start over.
+        # Not for a failure before delivery, nor from a destination where it still waits.
+        tries = [d.attempts for d in failed if not d.waits_for_originals]
+        delay = retry_delay_seconds(
+            attempts if outcome.error is not None else max([attempts, *tries]), policy, rng
+        )
         error = "; ".join(problems) + f" (attempt {attempts}, the next {delay:.0f} s after it)"
         return Transition(JobStatus.FAILED, error, retry_in_seconds=delay)
     if retryable:

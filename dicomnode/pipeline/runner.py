@@ -417,18 +417,6 @@ class JobRunner:
         self.spool.clear_outbox_before(job.id, attempt)  # what a paused attempt left meanwhile
         return outgoing, hold
 
-    def _reports_sent_before(self, job: JobRecord) -> dict[str, list[str]]:
-        """The series' reports its earlier jobs delivered, which the new ones name as replaced;
-        none when the database is away now (a name left out, not a failed enhancement)."""
-        try:
-            return reports_sent_before(self.db, job.series_uid, job.id)
-        except Exception as exc:
-            said = database_away(exc)
-            if said is None:
-                raise
-            log.info("earlier reports not named job=%d: %s", job.id, said)
-            return {}
-
     def _enhance(
         self, job: JobRecord, inputs: list[SpooledInstance], loaded: "LoadedSeries", attempt: str
     ) -> "_Enhanced | None":
@@ -444,7 +432,9 @@ class JobRunner:
         self.spool.clear_outbox_before(job.id, attempt)  # earlier attempts' outputs
         sink = outbox_sink(self.spool, job.id, attempt)
         methods = methods_for(self.settings)
-        earlier = self._reports_sent_before(job)
+        # A database away here fails the attempt for now, as any read of the job would: a
+        # report made without them would keep its UID, and its retries the file.
+        earlier = reports_sent_before(self.db, job.series_uid, job.id)
         output = enhance_series(job.id, inputs, self.settings, methods, sink, loaded, earlier)
         self._record_details(job, output.outcome.as_dict())
         observe_outcome(output.outcome)

@@ -19,7 +19,7 @@ from pydicom.uid import (
 from pynetdicom.association import Association
 from pynetdicom.sop_class import MRImageStorage
 
-from dicomnode.config import Destination, Settings
+from dicomnode.config import Destination, RetrySettings, Settings
 from dicomnode.db import (
     Database,
     DeliveryStatus,
@@ -31,7 +31,7 @@ from dicomnode.db import (
 from dicomnode.db.commitments import committed_uids
 from dicomnode.db.delivered import delivered_uids
 from dicomnode.db.instances import create_jobs_for_quiet_series, record_instance
-from dicomnode.db.jobs import claim_next_job, get_job
+from dicomnode.db.jobs import claim_next_job, finish_attempt, get_job, record_delivery
 from dicomnode.db.records import SpooledInstance
 from dicomnode.errors import ForwardError, UnreadableSpool
 from dicomnode.forward import scu
@@ -62,9 +62,11 @@ def _mr_copy(ct: Path, out: Path) -> Path:
     return out
 
 
-def _claimed_job(db: Database, first_file: Path) -> JobRecord:
+def _claimed_job(
+    db: Database, first_file: Path, parts: tuple[JobPart, ...] = (JobPart.ORIGINALS,)
+) -> JobRecord:
     """A claimed originals job for the series of `first_file` (the job's inputs come from the
-    test itself: deliver() sends what it is given)."""
+    test itself: deliver() sends what it is given); a job of each other part too, unclaimed."""
     first = dcmread(first_file, stop_before_pixels=True)
     record_instance(
         db,
@@ -80,7 +82,7 @@ def _claimed_job(db: Database, first_file: Path) -> JobRecord:
             "MODALITY",
         ),
     )
-    create_jobs_for_quiet_series(db, 0, ["faulty"], [JobPart.ORIGINALS])
+    create_jobs_for_quiet_series(db, 0, ["faulty"], list(parts))
     job = claim_next_job(db, "test", 60, JobPart.ORIGINALS)
     assert job is not None
     return job
@@ -429,3 +431,29 @@ def test_a_destination_with_storage_commitment_has_what_it_stored_recorded_not_c
     stored = {sop_instance_uid(path) for path in ct}
     assert delivered_uids(db, job.id, "faulty", _destination(peer).peer) == stored
     assert committed_uids(db, job.id, "faulty") == set()
+
+
+def test_a_derived_series_that_waits_for_its_originals_leaves_their_schedule_alone(
+    db: Database, tmp_path: Path
+) -> None:
+    """A PACS that answers a C-ECHO may still refuse the originals' stores (out of resources):
+    a derived try that waited for them used to bring their next attempt forward each time, and
+    with it spent their retries early (an outage walk-through: 12 attempts in 111 s, dead
+    before the PACS accepted, the derived series then sent without them)."""
+    [ct] = write_ct_series(tmp_path / "series", 1, size=64)
+    originals = _claimed_job(db, ct, parts=(JobPart.ORIGINALS, JobPart.DERIVED))
+    record_delivery(db, originals.id, "test", "faulty", DeliveryStatus.FAILED, 0, "0xA700")
+    an_hour = RetrySettings(initial_delay_seconds=3600, jitter=0)
+    finish_attempt(db, originals.id, "test", an_hour)
+    before = get_job(db, originals.id)
+    derived = claim_next_job(db, "test", 60, JobPart.DERIVED)
+    assert before is not None and derived is not None
+    peer = FaultyScp().start()  # answers a C-ECHO
+    _deliver_then_stop(peer, db, derived, [_spooled([ct])])
+    waited = get_job(db, derived.id)
+    assert waited is not None and peer.stored == {}
+    assert (waited.deliveries[0].error or "").startswith(
+        f"waits for the originals of its series (job {originals.id})"
+    )
+    after = get_job(db, originals.id)
+    assert after is not None and after.next_attempt_at == before.next_attempt_at  # an hour off

@@ -667,9 +667,10 @@ def test_queued_derived_jobs_say_why_they_wait_while_the_models_do_not_load(
     assert (error_of(derived) or "").startswith("disk full")
 
 
-def test_the_reports_sent_before_are_those_of_the_series_done_derived_jobs(db: Database) -> None:
-    """A series that grew gets a report of another UID, which names the ones sent before
-    (`reports_sent_before`): those of done derived jobs, not of one that failed or is held."""
+def test_the_reports_made_before_are_those_of_the_series_earlier_derived_jobs(db: Database) -> None:
+    """A series that grew gets a report of another UID, which names those made before
+    (`reports_sent_before`): of every earlier derived job, one that failed too (a retry or a
+    release may still send it)."""
 
     def derived_job_with_report(sop: str, delivered: DeliveryStatus) -> int:
         receive(db, "1.2.3.51", 1)
@@ -686,14 +687,15 @@ def test_the_reports_sent_before_are_those_of_the_series_done_derived_jobs(db: D
     second = derived_job_with_report("9.9.1.2", DeliveryStatus.FAILED)
     third = derived_job_with_report("9.9.1.3", DeliveryStatus.DONE)
     assert reports_sent_before(db, "1.2.3.51", first) == {}
-    assert reports_sent_before(db, "1.2.3.51", third) == {"9.9.1": ["9.9.1.1"]}  # not the failed
-    assert reports_sent_before(db, "1.2.3.51", third + 1) == {"9.9.1": ["9.9.1.1", "9.9.1.3"]}
+    assert reports_sent_before(db, "1.2.3.51", third) == {"9.9.1": ["9.9.1.1", "9.9.1.2"]}
+    everything = ["9.9.1.1", "9.9.1.2", "9.9.1.3"]
+    assert reports_sent_before(db, "1.2.3.51", third + 1) == {"9.9.1": everything}
     assert reports_sent_before(db, "1.2.3.99", third + 1) == {}
     assert second == first + 2
     # details an older node wrote, without the report's UIDs, name nothing (and fail nothing)
     with db.session() as session:
         session.execute(update(Job).where(Job.id == first).values(details='{"methods": [{}]}'))
-    assert reports_sent_before(db, "1.2.3.51", third + 1) == {"9.9.1": ["9.9.1.3"]}
+    assert reports_sent_before(db, "1.2.3.51", third + 1) == {"9.9.1": ["9.9.1.2", "9.9.1.3"]}
 
 
 def test_a_derived_series_does_not_wait_at_a_destination_that_has_some_of_its_originals(

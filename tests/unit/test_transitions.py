@@ -126,6 +126,12 @@ def test_a_derived_job_that_only_waits_for_its_originals_spends_no_attempt() -> 
     # on; an acceptance run saw it start over at the first delay and spend its attempts in 31 s)
     on_its_own = after_attempt(delivered(replace(DOWN, attempts=5)), 1, POLICY)
     assert (on_its_own.status, on_its_own.retry_in_seconds) == (JobStatus.FAILED, 100)
+    # but not another destination's waits, nor a failure before delivery
+    waited_long = replace(WAITS, attempts=20)
+    beside = after_attempt(delivered(waited_long, replace(DOWN, destination="pacs")), 1, POLICY)
+    assert beside.retry_in_seconds == 10
+    errored = after_attempt(delivered(waited_long, error="outbox unreadable"), 1, POLICY)
+    assert errored.retry_in_seconds == 10
     also_down = after_attempt(delivered(WAITS, DOWN), 3, POLICY)
     assert (also_down.status, also_down.spent) == (JobStatus.DEAD, True)
     refused = after_attempt(delivered(WAITS, REFUSED), 1, POLICY)
