@@ -267,7 +267,7 @@ def record_job_outputs(db: Database, job_id: int, owner: str, outputs: dict[str,
     return _update_held_job(db, job_id, owner, outputs=json.dumps(outputs))
 
 
-def reports_sent_before(db: Database, series_uid: str, job_id: int) -> dict[str, list[str]]:
+def reports_made_before(db: Database, series_uid: str, job_id: int) -> dict[str, list[str]]:
     """The metrics reports earlier derived jobs of the series made, by report series: a series
     that grew since gets a report of another UID, which names these as its predecessors (the
     PACS keeps them beside it). Whatever their state: one that failed, is held or still being

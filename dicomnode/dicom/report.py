@@ -121,7 +121,7 @@ def metrics_report(
 ) -> Dataset:
     """The Comprehensive SR for one derived series (sent after its images). A value highdicom
     refuses raises ReportNotBuilt (the same input would fail every retry). `predecessors`: the
-    SOP Instance UIDs of reports of the same series sent before, of fewer images (the series
+    SOP Instance UIDs of reports of the same series made before, of fewer images (the series
     grew since), named in its PredecessorDocumentsSequence: the PACS keeps those beside it, and
     this says which one replaces them."""
     if not images:
@@ -206,7 +206,7 @@ def _on_the_images_clock(sr: Dataset, image: Dataset) -> None:
 
 
 def _earlier_report(image: Dataset, series_uid: str, sop_uid: str) -> Dataset:
-    """What a PredecessorDocumentsSequence item names of a report sent before: it was made in
+    """What a PredecessorDocumentsSequence item names of a report made before: it was made in
     the same study and report series, as a Comprehensive SR."""
     earlier = Dataset()
     earlier.StudyInstanceUID = image.StudyInstanceUID

@@ -278,7 +278,7 @@ def write_derived_series(
     """Build the report of the stored derived images (in series order) and hand it to `sink`;
     None when no image could be derived (or the report could not be built: the caller then
     discards the images), with the reason for each left out. `earlier_reports`: the reports
-    sent before for this source series, by report series (the report names those of its own
+    made before for this source series, by report series (the report names those of its own
     series as its predecessors)."""
     built = [image for image in derived if isinstance(image, StoredImage)]
     declined = [image for image in derived if isinstance(image, DeclinedImage)]

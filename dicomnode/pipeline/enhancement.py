@@ -342,8 +342,8 @@ def enhance_series(
 ) -> SeriesOutput:
     """Derived series and reports for every method (`methods_for(modality)`: the modality's own
     models where there are any), each file handed to `sink` to store; `loaded`: `inputs`
-    already loaded by `load_series`; `earlier_reports`: the reports sent for the series before,
-    by report series (`db.jobs.reports_sent_before`), which the new ones name as replaced."""
+    already loaded by `load_series`; `earlier_reports`: the reports made for the series before,
+    by report series (`db.jobs.reports_made_before`), which the new ones name as replaced."""
     loaded = loaded or load_series(inputs, settings)
     images, declined, load_s = loaded.images, loaded.declined, loaded.seconds
     everything = {item.sop_instance_uid for item in inputs}

@@ -30,7 +30,7 @@ from dicomnode.db.jobs import (
     originals_in_flight,
     record_job_details,
     record_job_outputs,
-    reports_sent_before,
+    reports_made_before,
     requeue_unstarted,
     set_active_status,
 )
@@ -434,7 +434,7 @@ class JobRunner:
         methods = methods_for(self.settings)
         # A database away here fails the attempt for now, as any read of the job would: a
         # report made without them would keep its UID, and its retries the file.
-        earlier = reports_sent_before(self.db, job.series_uid, job.id)
+        earlier = reports_made_before(self.db, job.series_uid, job.id)
         output = enhance_series(job.id, inputs, self.settings, methods, sink, loaded, earlier)
         self._record_details(job, output.outcome.as_dict())
         observe_outcome(output.outcome)

@@ -38,7 +38,7 @@ from dicomnode.db.jobs import (
     reclaim_expired_leases,
     record_delivery,
     record_job_details,
-    reports_sent_before,
+    reports_made_before,
 )
 from dicomnode.db.models import Job, Series, utcnow
 from dicomnode.db.models_wait import clear_models_wait, note_models_wait
@@ -669,7 +669,7 @@ def test_queued_derived_jobs_say_why_they_wait_while_the_models_do_not_load(
 
 def test_the_reports_made_before_are_those_of_the_series_earlier_derived_jobs(db: Database) -> None:
     """A series that grew gets a report of another UID, which names those made before
-    (`reports_sent_before`): of every earlier derived job, one that failed too (a retry or a
+    (`reports_made_before`): of every earlier derived job, one that failed too (a retry or a
     release may still send it)."""
 
     def derived_job_with_report(sop: str, delivered: DeliveryStatus) -> int:
@@ -686,16 +686,16 @@ def test_the_reports_made_before_are_those_of_the_series_earlier_derived_jobs(db
     first = derived_job_with_report("9.9.1.1", DeliveryStatus.DONE)
     second = derived_job_with_report("9.9.1.2", DeliveryStatus.FAILED)
     third = derived_job_with_report("9.9.1.3", DeliveryStatus.DONE)
-    assert reports_sent_before(db, "1.2.3.51", first) == {}
-    assert reports_sent_before(db, "1.2.3.51", third) == {"9.9.1": ["9.9.1.1", "9.9.1.2"]}
+    assert reports_made_before(db, "1.2.3.51", first) == {}
+    assert reports_made_before(db, "1.2.3.51", third) == {"9.9.1": ["9.9.1.1", "9.9.1.2"]}
     everything = ["9.9.1.1", "9.9.1.2", "9.9.1.3"]
-    assert reports_sent_before(db, "1.2.3.51", third + 1) == {"9.9.1": everything}
-    assert reports_sent_before(db, "1.2.3.99", third + 1) == {}
+    assert reports_made_before(db, "1.2.3.51", third + 1) == {"9.9.1": everything}
+    assert reports_made_before(db, "1.2.3.99", third + 1) == {}
     assert second == first + 2
     # details an older node wrote, without the report's UIDs, name nothing (and fail nothing)
     with db.session() as session:
         session.execute(update(Job).where(Job.id == first).values(details='{"methods": [{}]}'))
-    assert reports_sent_before(db, "1.2.3.51", third + 1) == {"9.9.1": ["9.9.1.2", "9.9.1.3"]}
+    assert reports_made_before(db, "1.2.3.51", third + 1) == {"9.9.1": ["9.9.1.2", "9.9.1.3"]}
 
 
 def test_a_derived_series_does_not_wait_at_a_destination_that_has_some_of_its_originals(
