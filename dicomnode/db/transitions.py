@@ -75,7 +75,7 @@ class Transition:
     spent: bool = True
 
 
-# How a failed attempt that only waited for the originals says it spent nothing.
+# How an attempt that only waited for the originals says it spent nothing (its error).
 NOT_COUNTED = "a wait, not counted as an attempt"
 # Attempts of a job that failed before delivery, at most (about an hour at the retry defaults).
 MAX_PROCESSING_ATTEMPTS = 8

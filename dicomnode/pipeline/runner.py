@@ -34,7 +34,6 @@ from dicomnode.db.jobs import (
     requeue_unstarted,
     set_active_status,
 )
-from dicomnode.db.transitions import NOT_COUNTED
 from dicomnode.errors import DicomNodeError, SpoolError
 from dicomnode.observe.counters import ENHANCEMENTS_FAILED, METHOD_STAGES, MODEL, STAGE_SECONDS
 from dicomnode.pipeline.delivery import DeliveryQueues
@@ -555,7 +554,8 @@ class JobRunner:
         )
         if result is None:
             return
-        waited = NOT_COUNTED in (result.error or "")  # a wait for its originals, no failure
+        # An attempt given back (`Transition.spent`) only waited for its originals: no failure.
+        waited = result.attempts < job.attempts
         done = result.status == JobStatus.DONE
         level = logging.INFO if done or waited else logging.WARNING
         log.log(
