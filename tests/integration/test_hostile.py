@@ -700,7 +700,9 @@ def test_padding_that_pynetdicom_takes_is_not_refused(node_factory) -> None:
     with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
         sock.sendall(request)
         assert sock.recv(1) == b"\x02"  # A-ASSOCIATE-AC
-    assert "association aborted" not in node.log()
+        # While it is open: closing it unreleased is a lost connection, which the node logs
+        # (a flaky failure when that line came before the log was read).
+        assert "association aborted" not in node.log()
 
 
 @pytest.mark.parametrize(
