@@ -74,6 +74,11 @@ def _database(settings: Settings, *, read_only: bool = False) -> "Database":
     return node_database(settings, read_only=read_only)
 
 
+def _destination_names(settings: Settings) -> list[str]:
+    """The destinations the settings name: an admin's action checks or keeps deliveries by them."""
+    return [destination.name for destination in settings.destinations]
+
+
 def _deliveries(job: "JobRecord", separator: str = ", ") -> str:
     """Each destination's state; in a held job, one that is done without an instance sent
     says it holds nothing (QA held back every derived series: the PACS has nothing of it yet;
@@ -405,13 +410,15 @@ def retry(
         fail("give job IDs or --status, not both and not neither", EXIT_USAGE)
     if every is not None and every not in _RETRYABLE:
         fail(f"only {', '.join(_RETRYABLE)} jobs can be retried, not {every}", EXIT_USAGE)
-    db = _database(settings_from(config))
+    settings = settings_from(config)
+    db = _database(settings)
+    configured = _destination_names(settings)
     with reported_errors():
         chosen = job_ids_in(db, every) if every is not None else list(job_ids or [])
     refused = 0
     for job_id in chosen:
         try:
-            job = retry_job(db, job_id, admin_user())
+            job = retry_job(db, job_id, configured, admin_user())
         except DicomNodeError as exc:  # another job's state changed, or it does not exist
             report_error(str(exc))
             refused += 1
@@ -428,8 +435,10 @@ def release(job_id: JobId, config: ConfigOption = None) -> None:
     """Send the derived series that QA held back (enhance.qa_action = "hold"), and only those."""
     from dicomnode.db.admin import release_job
 
+    settings = settings_from(config)
+    configured = _destination_names(settings)
     with reported_errors():
-        job = release_job(_database(settings_from(config)), job_id, admin_user())
+        job = release_job(_database(settings), job_id, configured, admin_user())
     console.print(
         f"job {job.id} released: the derived series QA held back are sent as they were made "
         "(nothing is processed or sent twice)"
@@ -469,7 +478,7 @@ def resend(
     from dicomnode.db.admin import resend_job
 
     settings = settings_from(config)
-    configured = [d.name for d in settings.destinations]
+    configured = _destination_names(settings)
     with reported_errors():
         job = resend_job(
             _database(settings),

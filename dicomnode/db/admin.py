@@ -46,11 +46,15 @@ def _fresh_attempts(job: Job, now: datetime) -> None:
     job.attempts = job.failures_before_delivery = 0
 
 
-def _queue_again(session: Session, job: Job, *, resend_delivered: bool) -> list[str]:
+def _queue_again(
+    session: Session, job: Job, configured: Collection[str], *, resend_delivered: bool
+) -> list[str]:
     """Back to the queue now with fresh attempts; its deliveries pending again (those already
     done too, when `resend_delivered`), and sent whole: an admin's action may follow a PACS
     that lost or deleted part of what it had. A delivery the node found no destination for
-    (`transitions.NOT_CONFIGURED`) is dropped, not retried: the destinations dropped."""
+    (`transitions.NOT_CONFIGURED`) is dropped when the settings the admin's command reads do
+    not name it either (taken out: the job can finish with the others), and retried when they
+    do (put in, and the node restarted since): the destinations dropped."""
     now = db_now(session)
     _fresh_attempts(job, now)
     unknown = session.scalars(
@@ -58,6 +62,7 @@ def _queue_again(session: Session, job: Job, *, resend_delivered: bool) -> list[
             Delivery.job_id == job.id,
             Delivery.status == DeliveryStatus.DEAD,
             Delivery.error.contains(NOT_CONFIGURED, autoescape=True),
+            Delivery.destination.not_in(configured),
         )
     ).all()
     for delivery in unknown:
@@ -74,7 +79,7 @@ def _queue_again(session: Session, job: Job, *, resend_delivered: bool) -> list[
 def _dropped(destinations: list[str]) -> str:
     if not destinations:
         return ""
-    return f"; dropped the deliveries to {', '.join(map(repr, destinations))} ({NOT_CONFIGURED})"
+    return f"; dropped the deliveries to {', '.join(map(repr, destinations))} (not configured)"
 
 
 def _done(session: Session, job: Job, kind: EventKind, user: str, detail: str) -> JobRecord:
@@ -83,26 +88,30 @@ def _done(session: Session, job: Job, kind: EventKind, user: str, detail: str) -
     return job_record(session, job)
 
 
-def retry_job(db: Database, job_id: int, user: str = "") -> JobRecord:
+def retry_job(db: Database, job_id: int, configured: Collection[str], user: str = "") -> JobRecord:
     """Admin: bring a dead, failed or cancelled job back to the queue with fresh attempts (a job
-    that was releasing or resending goes on doing that, not processing anew)."""
+    that was releasing or resending goes on doing that, not processing anew); `configured`: the
+    destinations in the settings (`_queue_again`)."""
     with db.session() as session:
         job = _existing_job(session, job_id)
         _check(AdminAction.RETRY, job)
         was = job.status
-        dropped = _queue_again(session, job, resend_delivered=False)
+        dropped = _queue_again(session, job, configured, resend_delivered=False)
         detail = f"queued again (was {was}){_dropped(dropped)}"
         return _done(session, job, EventKind.RETRY, user, detail)
 
 
-def release_job(db: Database, job_id: int, user: str = "") -> JobRecord:
+def release_job(
+    db: Database, job_id: int, configured: Collection[str], user: str = ""
+) -> JobRecord:
     """Admin: send the derived series QA held back, as they were made (not processed again),
-    to every destination the job has; what the job already sent is not sent again."""
+    to every destination the job has; what the job already sent is not sent again.
+    `configured`: as `retry_job`'s."""
     with db.session() as session:
         job = _existing_job(session, job_id)
         _check(AdminAction.RELEASE, job)
         job.released, job.error, job.replay = True, None, Replay.HELD
-        dropped = _queue_again(session, job, resend_delivered=True)
+        dropped = _queue_again(session, job, configured, resend_delivered=True)
         detail = f"held derived series queued to send{_dropped(dropped)}"
         return _done(session, job, EventKind.RELEASE, user, detail)
 

@@ -24,14 +24,16 @@ STORED_NOTE = (
 
 # What a delivery to a destination the running node does not know ends with (dead): taken
 # out of the settings, or put in after the node started. An admin's retry or release drops
-# such deliveries (`admin._queue_again`), so the job can finish with the others.
+# such a delivery when the settings do not name the destination either, so the job can finish
+# with the others, and sends it again when they do (`admin._queue_again`).
 NOT_CONFIGURED = "is not in the running node's settings"
 
 
 def not_configured(destination: str, job_id: int) -> str:
     return (
         f"destination {destination!r} {NOT_CONFIGURED} (taken out, or put in after the node "
-        f"started: restart it to send there); `dicomnode jobs retry {job_id}` drops it"
+        f"started); `dicomnode jobs retry {job_id}` drops it if it is not in the settings, and "
+        "sends to it again if it is (restart the node first)"
     )
 
 

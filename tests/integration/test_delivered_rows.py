@@ -102,7 +102,7 @@ def test_an_admin_retry_sends_whole(db: Database) -> None:
     assert record_delivery(db, job, "w", "pacs", FAILED, 2, "x", [a, b], PEER)
     with db.session() as session:
         session.execute(update(Job).values(status=JobStatus.DEAD, lease_owner=None))
-    retry_job(db, job)
+    retry_job(db, job, ["pacs"])
     assert delivered_uids(db, job, "pacs", PEER) == set()
 
 

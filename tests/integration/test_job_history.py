@@ -43,7 +43,7 @@ def test_an_older_database_gets_the_history_table_and_the_replay_columns(
     assert job is not None and job.replay is None and job.history == ()
     claim_next_job(upgraded, "w", 60, part=JobPart.ORIGINALS)
     finish_attempt(upgraded, job_id, "w", ONE_ATTEMPT, error="model file not found")
-    retry_job(upgraded, job_id, "alice")
+    retry_job(upgraded, job_id, [], "alice")
     claim_next_job(upgraded, "w2", 60, part=JobPart.ORIGINALS)
     finish_attempt(upgraded, job_id, "w2", ONE_ATTEMPT, receive_only=True)  # no destinations
 

@@ -213,7 +213,7 @@ def test_an_attempt_cut_short_is_not_held_against_a_job_only_its_lapses_are(
     dead = fail()  # the last attempt, given again
     assert dead.status == "dead" and "gave up after 2 attempts" in (dead.error or "")
 
-    retry_job(db, job_id)  # the lapse before it no longer counts
+    retry_job(db, job_id, ["pacs"])  # the lapse before it no longer counts
     lapse()
     assert get_job(db, job_id).status == "queued"  # type: ignore[union-attr]
     lapse()  # two lapses since the retry: max_attempts of them
@@ -239,7 +239,7 @@ def test_transient_failures_retry_then_go_dead_and_retry_revives(db: Database) -
         "pacs": "dead",
         "backup": "done",
     }
-    revived = retry_job(db, job_id)
+    revived = retry_job(db, job_id, ["pacs", "backup"])
     assert (revived.status, revived.attempts) == ("queued", 0)
     assert {d.destination: d.status for d in revived.deliveries} == {
         "pacs": "pending",
@@ -286,7 +286,7 @@ def test_after_an_admins_retry_failures_before_delivery_count_from_the_first(
         assert record_delivery(db, job_id, "w", "archive", DeliveryStatus.FAILED, 0, "down")
         last = finish_attempt(db, job_id, "w", policy)
     assert last is not None and last.status == "dead"
-    retry_job(db, job_id)
+    retry_job(db, job_id, ["pacs", "archive"])
     assert_dead_after_max_failures_before_delivery(db, job_id)
 
 
@@ -306,7 +306,7 @@ def test_an_admins_retry_or_resend_counts_failures_before_delivery_anew(
 
     assert [fail_before_delivery() for _ in range(7)] == ["failed"] * 7
     if action == "retry":
-        retry_job(db, job_id)
+        retry_job(db, job_id, ["pacs"])
     else:  # a resend follows a job done at last
         assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
         assert record_delivery(db, job_id, "w", "pacs", DeliveryStatus.DONE, 1, None)
@@ -329,13 +329,31 @@ def test_a_retry_drops_a_delivery_to_a_destination_the_node_no_longer_has(db: Da
     assert (
         dead is not None and dead.status == "dead" and f"jobs retry {job_id}" in (dead.error or "")
     )
-    retried = retry_job(db, job_id)
+    retried = retry_job(db, job_id, ["pacs"])
     assert [d.destination for d in retried.deliveries] == ["pacs"]
     assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
     done = finish_attempt(db, job_id, "w", FAST_RETRY)
     assert done is not None and done.status == "done"
     [event] = [e for e in retried.history if e.kind == "retry"]
     assert "dropped the deliveries to 'old'" in (event.detail or "")
+
+
+def test_a_retry_sends_to_a_destination_put_in_after_the_node_started(db: Database) -> None:
+    """An admin added a destination, sent a job there before restarting the node (which found
+    it missing), then restarted: the settings name it now, so a retry sends there, not drops."""
+    receive(db, "1.2.3.22", 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "new"], parts=ORIGINALS_ONLY)
+    assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
+    assert record_delivery(db, job_id, "w", "pacs", DeliveryStatus.DONE, 1, None)
+    missing = not_configured("new", job_id)
+    assert record_delivery(db, job_id, "w", "new", DeliveryStatus.DEAD, 0, missing)
+    dead = finish_attempt(db, job_id, "w", FAST_RETRY)
+    assert dead is not None and dead.status == "dead"
+    retried = retry_job(db, job_id, ["pacs", "new"])
+    states = {d.destination: d.status for d in retried.deliveries}
+    assert states == {"pacs": DeliveryStatus.DONE, "new": DeliveryStatus.PENDING}
+    [event] = [e for e in retried.history if e.kind == "retry"]
+    assert "dropped" not in (event.detail or "")
 
 
 def test_failed_job_waits_for_its_backoff(db: Database) -> None:
@@ -412,7 +430,7 @@ def test_cancel_and_retry_refuse_what_the_state_does_not_allow(db: Database) -> 
     receive(db, "1.2.3.11", 1)
     [job_id] = create_jobs_for_quiet_series(db, 0, [], parts=ORIGINALS_ONLY)
     with pytest.raises(JobStateError, match="only dead, failed, cancelled"):
-        retry_job(db, job_id)
+        retry_job(db, job_id, ["pacs"])
     assert cancel_job(db, job_id).status == "cancelled"
     with pytest.raises(JobStateError, match="already cancelled"):
         cancel_job(db, job_id)

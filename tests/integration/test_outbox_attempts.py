@@ -54,7 +54,7 @@ def test_every_claim_of_a_job_is_counted_and_a_retry_does_not_reset_the_count(
     [job_id] = _one_job(db, spool)
     first = claim_next_job(db, "host:1:derived-0:aaaaaaaa", 60, JobPart.DERIVED)
     cancel_job(db, job_id)  # while its worker is still at it
-    retry_job(db, job_id)
+    retry_job(db, job_id, ["pacs"])
     second = claim_next_job(db, "host:2:derived-0:bbbbbbbb", 60, JobPart.DERIVED)
     assert first is not None and second is not None
     assert (first.claims, second.claims) == (1, 2)
