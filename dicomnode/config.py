@@ -610,6 +610,15 @@ class Settings:
         """What each destination takes, by name (`Destination.send`)."""
         return {d.name: list(d.send) for d in self.destinations}
 
+    def parts_sent(self) -> list[str]:
+        """The jobs each complete series gets (`EnhanceSettings.parts`), less a part that no
+        destination takes (`Destination.send`): its job would have nowhere to go. Without
+        destinations (receive only, or stored until some are added) every part."""
+        parts = self.enhance.parts
+        if not self.destinations:
+            return parts
+        return [part for part in parts if any(part in d.send for d in self.destinations)]
+
     def peer(self, ae_title: str) -> Peer | None:
         """The `[[peers]]` entry of a calling AE title (spaces are not significant, PS3.5 6.2)."""
         return next((p for p in self.peers if p.ae_title.strip() == ae_title.strip()), None)

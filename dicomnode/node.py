@@ -29,7 +29,6 @@ from dicomnode.db.instances import (
 )
 from dicomnode.db.jobs import pull_back_future_times, reclaim_expired_leases
 from dicomnode.db.models_wait import clear_models_wait, note_models_wait
-from dicomnode.dicom.tls import client_tls_args
 from dicomnode.errors import ConfigError, first_line
 from dicomnode.forward.associate import unresolvable_hosts
 from dicomnode.guarded import DATABASE_NOT_ASKED, DatabaseHealth, Guarded
@@ -43,14 +42,14 @@ from dicomnode.pipeline.lease import renew_every_lease_now
 from dicomnode.pipeline.model_loading import RETRY_SECONDS, ModelLoading
 from dicomnode.pipeline.recovery import RecoveryWatch, probe_destinations
 from dicomnode.pipeline.retention import purge_delivered
-from dicomnode.pipeline.runner import JobRunner, job_parts
+from dicomnode.pipeline.runner import JobRunner
 from dicomnode.ports import check_port_free, why_not
 from dicomnode.receive import start_receiver
 from dicomnode.receive.processes import ReceiverProcesses
-from dicomnode.registry import check_models
 from dicomnode.spool import Spool
 from dicomnode.spool_identity import advance_generation, claim_both
 from dicomnode.spool_lock import DataDirLock, lock_data_dir, refuse_if_held
+from dicomnode.startup_checks import check_files
 from dicomnode.status import JobPart
 
 log = logging.getLogger(__name__)
@@ -226,13 +225,8 @@ class Node:
         return runners + [(f"w{index}", JobPart.DERIVED) for index in range(workers.workers)]
 
     def _parts_sent(self) -> list[JobPart]:
-        """The jobs each complete series gets (`job_parts`), less a part that no destination
-        takes (`Destination.send`): its job would have nowhere to go."""
-        parts = job_parts(self.settings.enhance)
-        destinations = self.settings.destinations
-        if not destinations:
-            return parts  # receive only, or stored until destinations are added
-        return [part for part in parts if any(part in d.send for d in destinations)]
+        """The jobs each complete series gets (`Settings.parts_sent`)."""
+        return [JobPart(part) for part in self.settings.parts_sent()]
 
     def _makes_derived(self) -> bool:
         """Whether this node's series get a derived job that some destination takes: else
@@ -321,11 +315,7 @@ class Node:
                 "setting worker.workers: 0 and worker.router = false leave `dicomnode worker` "
                 "nothing to do; set worker.workers >= 1 or worker.router = true"
             )
-        if self.settings.worker.workers and self._makes_derived():
-            check_models(self.settings)
-        for destination in self.settings.destinations if runners else []:
-            # Reads every destination's TLS files now: a bad one stops the node at start.
-            client_tls_args(destination, self.settings.destination_key(destination))
+        check_files(self.settings, listener=self.listen, forwarding=bool(runners))
         # The lock and the port: looked at here, taken in `start` (one taken between the two is
         # refused there, with the same line).
         if self.listen:

@@ -5,8 +5,16 @@ from typing import Any
 
 import typer
 
-from dicomnode.cli.common import ConfigOption, JsonOption, console, print_json, settings_from
+from dicomnode.cli.common import (
+    ConfigOption,
+    JsonOption,
+    console,
+    print_json,
+    reported_errors,
+    settings_from,
+)
 from dicomnode.config import Settings
+from dicomnode.startup_checks import check_files
 
 app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 
@@ -37,11 +45,20 @@ def show(
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Print the effective configuration (file, then DICOMNODE_* overrides, then defaults).
+    """Print the effective configuration (built-in defaults, the file over them, DICOMNODE_*
+    variables over both) and check it as `serve` would.
 
     Each value an environment variable set says which one; database passwords show as ***.
+    Exit 2 for a setting `serve` would refuse: a wrong key or value, a model file the methods
+    lack, a TLS file that is not what its setting says (the settings are printed first).
     """
     settings = settings_from(config)
+    _print(settings, as_json)
+    with reported_errors():
+        check_files(settings, listener=True, forwarding=True)
+
+
+def _print(settings: Settings, as_json: bool) -> None:
     data = settings.as_dict()
     if as_json:
         source = str(settings.source) if settings.source else None

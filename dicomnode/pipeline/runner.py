@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dicomnode.config import EnhanceSettings, Settings
+from dicomnode.config import Settings
 from dicomnode.db import Database, JobRecord, JobStatus, SpooledInstance
 from dicomnode.db.delivered import forget_stored
 from dicomnode.db.failures import database_away, database_said
@@ -56,11 +56,6 @@ T = TypeVar("T")
 _Enhanced = tuple[list[list[SpooledInstance]], set[str], str | None, list[list[SpooledInstance]]]
 
 MAX_JOBS_FORWARDING_PER_WORKER = 20
-
-
-def job_parts(enhance: EnhanceSettings) -> list[JobPart]:
-    """The jobs each complete series gets (`EnhanceSettings.parts`)."""
-    return [JobPart(part) for part in enhance.parts]
 
 
 def observe_outcome(outcome: "SeriesOutcome") -> None:

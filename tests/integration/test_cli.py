@@ -147,6 +147,25 @@ def test_serve_refuses_to_start_without_the_model_its_methods_need(tmp_path: Pat
     assert result.returncode == 2, result.stderr
     assert "setting enhance.methods" in result.stderr and "srcnn-x3.keras" in result.stderr
     assert "Traceback" not in result.stderr
+    checked = dicomnode("config", "show", "--config", str(config))  # an admin's check says so
+    assert checked.returncode == 2 and "srcnn-x3.keras" in checked.stderr
+    assert "scale = 3" in checked.stdout  # what was checked is printed
+
+
+def test_serve_and_config_show_refuse_a_listener_tls_file_that_is_not_pem(tmp_path: Path) -> None:
+    """Refused before the data_dir, the database or the spool is made."""
+    not_pem = tmp_path / "node.pem"
+    not_pem.write_text("not a certificate\n")
+    config = tmp_path / "tls.toml"
+    config.write_text(
+        f'[node]\ndata_dir = "{tmp_path / "data"}"\nport = {free_port()}\n'
+        f'tls_certificate = "{not_pem}"\ntls_private_key = "{not_pem}"\n'
+    )
+    for command in (["serve"], ["config", "show"]):
+        result = dicomnode(*command, "--config", str(config))
+        assert result.returncode == 2, result.stderr
+        assert "setting node.tls_certificate" in result.stderr and "node.pem" in result.stderr
+    assert not (tmp_path / "data").exists()
 
 
 def test_config_show_prints_effective_values_after_overrides(tmp_path: Path) -> None:
