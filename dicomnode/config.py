@@ -760,9 +760,9 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
             _check(
                 not _is_this_node(destination, sections["node"]),
                 f"destinations[{i}]",
-                f"{destination.peer} is this node itself (node.port {sections['node'].port} "
-                "on this host): it would send every series it receives back to itself, without "
-                "end; name the PACS there",
+                f"{destination.peer} is this node itself (node.port {sections['node'].port}"
+                f"{_set_by(overrides, 'node.port')}, on this host): it would send every series "
+                "it receives back to itself, without end; name the PACS there",
             )
         _check(
             not destinations or bool(enhance.parts),
@@ -781,6 +781,12 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
     return Settings(
         **sections, destinations=destinations, peers=peers, source=path, overrides=overrides
     )
+
+
+def _set_by(overrides: dict[str, str], key: str) -> str:
+    """ " from VARIABLE" when an environment variable set `key`: an error that names another
+    setting (the file's) still says where the value it clashes with came from."""
+    return f" from {overrides[key]}" if key in overrides else ""
 
 
 def _is_this_node(destination: Destination, node: NodeSettings) -> bool:

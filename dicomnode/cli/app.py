@@ -20,7 +20,8 @@ from dicomnode.cli.worker import worker
 
 app = typer.Typer(
     name="dicomnode",
-    help="A DICOM node: receive studies, enhance them, forward a derived series to PACS.",
+    help="A DICOM node: receive studies, forward them to PACS at once, enhance them and send "
+    "a derived series where its own numbers say it helps.",
     no_args_is_help=True,
     # Markdown: a paragraph's line breaks are the docstring's, not the help's (with "rich" a
     # command's summary in `dicomnode --help` broke where its docstring did); `code` styled.

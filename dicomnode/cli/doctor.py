@@ -22,7 +22,9 @@ def doctor(
     repair: Annotated[
         bool,
         typer.Option(
-            help="Index orphan files, point rows at moved files, delete unfinished temp files."
+            help="Index orphan files, point rows at moved files, quarantine files that are "
+            "not DICOM, delete unfinished temp files and outboxes of unknown jobs, and make "
+            "the spool and database one pair where that is safe."
         ),
     ] = False,
     adopt_spool: Annotated[

@@ -41,7 +41,10 @@ def enhance(
         ),
     ] = None,
     scale: Annotated[
-        int | None, typer.Option(min=1, max=4, help="1: restoration; 2-4: upscaling.")
+        int | None,
+        typer.Option(
+            min=1, max=4, help="1: restoration; 2-4: upscaling (default: config, enhance.scale)."
+        ),
     ] = None,
     config: ConfigOption = None,
 ) -> None:

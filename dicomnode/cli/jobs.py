@@ -118,7 +118,7 @@ def list_(
     wide: WideOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """List jobs, newest first (`total` says how many there are: --limit shows at most 100)."""
+    """List jobs, newest first: the newest 100, or --limit N (`total` says how many there are)."""
     from dicomnode.db.jobs import count_jobs, list_jobs
 
     db = _database(settings_from(config), read_only=True)

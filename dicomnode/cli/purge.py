@@ -28,8 +28,9 @@ def purge(
 ) -> None:
     """Delete delivered series older than retention.keep_days from the spool and job table.
 
-    Only series whose every job is done or cancelled (one at least done) qualify, counted from
-    the last change to any of them; failed, dead and held jobs keep their inputs. --json prints
+    Only series whose every job is done or cancelled qualify (one at least done, or cancelled
+    after every destination took the series), counted from the last change to any of them;
+    failed, dead, held and stored jobs keep their inputs. --json prints
     {"dry_run", "keep_days", "series": [{"series_uid", "study_uid", "instances", "job_ids"}]}
     (with --dry-run: series UIDs only).
     """

@@ -24,8 +24,9 @@ def serve(
 ) -> None:
     """Receive, queue and forward until stopped.
 
-    node.listener_processes processes accept on node.port (0: one per core, at most 4), so
-    several senders at once use every core; they start, stop and restart with the node.
+    node.listener_processes processes accept on node.port (default 1; 0: one per core, at
+    most 4, so several senders at once use every core); they start, stop and restart with the
+    node.
     Ctrl-C or SIGTERM stops cleanly (waiting up to node.stop_timeout_seconds for the work in
     progress); a second one exits at once.
     """

@@ -221,6 +221,18 @@ def _identify(arrival: Arrival) -> _Identity:
     )
 
 
+def _why_refused(sop_class: str) -> str:
+    """Why no context of `sop_class` was accepted: a storage class is refused for its transfer
+    syntaxes alone; any other is a service the node does not offer (a C-FIND or C-MOVE from a
+    viewer that took the node for a PACS)."""
+    if sop_class in STORAGE_SOP_CLASSES:
+        return "no transfer syntax proposed is one the node can deliver"
+    return (
+        "not a storage SOP class: the node takes C-STORE, C-ECHO and Storage Commitment "
+        "only (no query/retrieve: ask the PACS)"
+    )
+
+
 def _check_sop_class(arrival: Arrival) -> None:
     """Refuse a C-STORE of what is not a storage SOP class, or not its context's (0122)."""
     sop_class = arrival.sop_class_uid
@@ -417,11 +429,11 @@ class StorageReceiver:
                 )
                 continue
             log.warning(
-                "presentation context refused: %s in %s: no transfer syntax proposed is one "
-                "the node can deliver, or not a storage SOP class (told once per calling AE) "
+                "presentation context refused: %s in %s: %s (told once per calling AE) "
                 "calling_aet=%s",
                 _named(sop_class),
                 ", ".join(_named(syntax) for syntax in syntaxes) or "-",
+                _why_refused(sop_class),
                 calling,
             )
 

@@ -25,6 +25,7 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from tests.conftest import pacs_destination
 from tests.support.data import pydicom_test_files
@@ -443,6 +444,19 @@ def test_a_transfer_syntax_no_pacs_could_be_sent_is_refused_at_association(node_
         "Lossless (1.2.840.10008.1.2.4.110)"
     )
     assert node.log().count(refused_line) == 1  # once per calling AE and class
+
+    viewer = AE(ae_title="VIEWER")  # a viewer that took the node for a PACS: a C-FIND
+    viewer.add_requested_context(StudyRootQueryRetrieveInformationModelFind, ExplicitVRLittleEndian)
+    viewer.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = viewer.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
+    assert assoc.is_established
+    assoc.release()
+    assert (
+        "(1.2.840.10008.5.1.4.1.2.2.1) in Explicit VR Little Endian (1.2.840.10008.1.2.1): not a "
+        "storage SOP class: the node takes C-STORE, C-ECHO and Storage Commitment only (no "
+        "query/retrieve: ask the PACS) (told once per calling AE) calling_aet=VIEWER"
+    ) in node.log()
+    assert f"{refused_line}: no transfer syntax proposed is one the node can deliver" in node.log()
 
 
 def test_a_syntax_the_site_lists_is_taken_and_stored_as_it_came(

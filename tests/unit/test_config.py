@@ -131,6 +131,10 @@ def test_a_destination_that_is_the_node_itself_is_refused(tmp_path: Path, host: 
     assert load_settings(other_port, environ={}).destinations[0].port == 11113
     elsewhere = write(tmp_path, node + pacs.format(port=11112, host="pacs.example.org"))
     assert load_settings(elsewhere, environ={}).destinations[0].host == "pacs.example.org"
+    # The clash made by a variable says so, though the destination it names is the file's.
+    by_variable = {"DICOMNODE_NODE_PORT": "11113"}
+    with pytest.raises(ConfigError, match=r"node\.port 11113 from DICOMNODE_NODE_PORT, on this"):
+        load_settings(write(tmp_path, node + pacs.format(port=11113, host=host)), by_variable)
 
 
 def test_missing_explicit_file_is_an_error_naming_it(tmp_path: Path) -> None:
