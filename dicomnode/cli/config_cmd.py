@@ -73,6 +73,13 @@ def _print(settings: Settings, as_json: bool) -> None:
             f"{key} = {_toml_value(value)}" + _from(settings.overrides.get(f"{section}.{key}"))
             for key, value in values.items()
         ]
+    if not data["destinations"]:
+        kept = (
+            "received and kept, their jobs done (node.receive_only)"
+            if settings.node.receive_only
+            else "kept as `stored` jobs until one is configured"
+        )
+        lines.append(f"\n# no [[destinations]]: series are {kept}")
     for table in ("destinations", "peers"):
         for entry in data[table]:
             lines.append(f"\n[[{table}]]" + _from(settings.overrides.get(table)))

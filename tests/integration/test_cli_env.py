@@ -86,6 +86,10 @@ def test_config_show_without_overrides_names_only_the_file(tmp_path: Path) -> No
     shown = dicomnode("config", "show", "--config", str(config))
     assert shown.stdout.splitlines()[0] == f"# source: {config}"
     assert "# from" not in shown.stdout
+    # Without destinations the listing ends saying so, not with nothing.
+    assert shown.stdout.splitlines()[-1] == (
+        "# no [[destinations]]: series are kept as `stored` jobs until one is configured"
+    )
 
 
 def test_relative_paths_in_the_file_mean_next_to_it_from_any_folder(tmp_path: Path) -> None:
