@@ -316,19 +316,25 @@ def test_an_admins_retry_or_resend_counts_failures_before_delivery_anew(
     assert statuses == ["failed"] * (MAX_PROCESSING_ATTEMPTS - 1) + ["dead"]
 
 
-def test_a_retry_drops_a_delivery_to_a_destination_the_node_no_longer_has(db: Database) -> None:
-    """A destination taken out of the settings left its jobs dead for good: a retry sent to it
-    again, and the node found it missing again. The node's own finding is what is dropped."""
-    receive(db, "1.2.3.21", 1)
-    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "old"], parts=ORIGINALS_ONLY)
+def _dead_for_a_destination_the_node_did_not_have(db: Database, series: str, name: str) -> int:
+    """A job that reached "pacs" and ended dead for `name`, which the running node lacked."""
+    receive(db, series, 1)
+    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", name], parts=ORIGINALS_ONLY)
     assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
     assert record_delivery(db, job_id, "w", "pacs", DeliveryStatus.DONE, 1, None)
-    missing = not_configured("old", job_id)
-    assert record_delivery(db, job_id, "w", "old", DeliveryStatus.DEAD, 0, missing)
+    missing = not_configured(name, job_id)
+    assert record_delivery(db, job_id, "w", name, DeliveryStatus.DEAD, 0, missing)
     dead = finish_attempt(db, job_id, "w", FAST_RETRY)
     assert (
         dead is not None and dead.status == "dead" and f"jobs retry {job_id}" in (dead.error or "")
     )
+    return job_id
+
+
+def test_a_retry_drops_a_delivery_to_a_destination_the_node_no_longer_has(db: Database) -> None:
+    """A destination taken out of the settings left its jobs dead for good: a retry sent to it
+    again, and the node found it missing again. The node's own finding is what is dropped."""
+    job_id = _dead_for_a_destination_the_node_did_not_have(db, "1.2.3.21", "old")
     retried = retry_job(db, job_id, ["pacs"])
     assert [d.destination for d in retried.deliveries] == ["pacs"]
     assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
@@ -341,14 +347,7 @@ def test_a_retry_drops_a_delivery_to_a_destination_the_node_no_longer_has(db: Da
 def test_a_retry_sends_to_a_destination_put_in_after_the_node_started(db: Database) -> None:
     """An admin added a destination, sent a job there before restarting the node (which found
     it missing), then restarted: the settings name it now, so a retry sends there, not drops."""
-    receive(db, "1.2.3.22", 1)
-    [job_id] = create_jobs_for_quiet_series(db, 0, ["pacs", "new"], parts=ORIGINALS_ONLY)
-    assert claim_next_job(db, "w", 60, part=JobPart.ORIGINALS) is not None
-    assert record_delivery(db, job_id, "w", "pacs", DeliveryStatus.DONE, 1, None)
-    missing = not_configured("new", job_id)
-    assert record_delivery(db, job_id, "w", "new", DeliveryStatus.DEAD, 0, missing)
-    dead = finish_attempt(db, job_id, "w", FAST_RETRY)
-    assert dead is not None and dead.status == "dead"
+    job_id = _dead_for_a_destination_the_node_did_not_have(db, "1.2.3.22", "new")
     retried = retry_job(db, job_id, ["pacs", "new"])
     states = {d.destination: d.status for d in retried.deliveries}
     assert states == {"pacs": DeliveryStatus.DONE, "new": DeliveryStatus.PENDING}
