@@ -31,6 +31,7 @@ from dicomnode.errors import SpoolError
 # Leading zeros are tolerated here (real modalities send them); they are harmless in a path.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _LETTER = re.compile(r"[^\W\d_]")  # a letter of any script
+_DIGIT = re.compile(r"\d")  # a digit of any script
 # An attempt's folder in a job's outbox (`Spool.outbox_attempt`): claim number, then lease.
 _ATTEMPT = re.compile(r"^attempt-([0-9]{6,})-[0-9a-f]{8}$")
 # The spool's identity and generation files in its root (`spool_identity.py`).
@@ -52,11 +53,12 @@ def validate_uid(value: object, what: str) -> str:
 
 def _uid_shape(text: str) -> str:
     """A rejected UID as the log and the sender's status may show it: a sender may have put a
-    name there, so letters are masked (`x`), and it is cut at 80 characters."""
+    name, a patient ID or a birth date there, so letters are masked (`x`) and digits too (`9`);
+    dots, spaces and the rest stay, which shows what is wrong with it (`9..9`, a trailing
+    space). Cut at 80 characters."""
     if not text:
         return "(empty)"
-    masked = _LETTER.sub("x", text[:80])
-    return repr(masked) + (" (letters shown as x)" if masked != text[:80] else "")
+    return repr(_DIGIT.sub("9", _LETTER.sub("x", text[:80]))) + " (letters shown as x, digits as 9)"
 
 
 def _claim_number(attempt: str) -> int:

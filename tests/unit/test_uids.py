@@ -24,13 +24,16 @@ def test_invalid_uids_are_refused_naming_the_attribute(value: object) -> None:
         validate_uid(value, "StudyInstanceUID")
 
 
-def test_a_refused_uid_is_shown_with_its_letters_masked() -> None:
-    """A sender may have put a patient's name where a UID belongs: the log and the status's
-    comment show its shape, never the name."""
+def test_a_refused_uid_is_shown_with_its_letters_and_digits_masked() -> None:
+    """A sender may have put a patient's name or ID where a UID belongs: the log and the
+    status's comment show its shape, never the name or the number."""
     with pytest.raises(SpoolError) as refused:
         validate_uid("DOE^JANE.1.2", "StudyInstanceUID")
     message = str(refused.value)
     assert "DOE" not in message and "JANE" not in message
-    assert "'xxx^xxxx.1.2' (letters shown as x)" in message
-    with pytest.raises(SpoolError, match=r"'1\.2/3' is not a valid UID"):
-        validate_uid("1.2/3", "SOPInstanceUID")  # nothing to mask: shown as it came
+    assert "'xxx^xxxx.9.9' (letters shown as x, digits as 9)" in message
+    with pytest.raises(SpoolError) as refused:
+        validate_uid("PHI-12345", "SeriesInstanceUID")
+    assert "12345" not in str(refused.value) and "'xxx-99999'" in str(refused.value)
+    with pytest.raises(SpoolError, match=r"'9\.9/9' \(letters shown as x, digits as 9\) is not"):
+        validate_uid("1.2/3", "SOPInstanceUID")  # what is wrong still shows
