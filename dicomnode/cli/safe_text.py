@@ -9,7 +9,10 @@ escaped (`\\n`, `\\x1b`), markup is shown literally.
 
 import logging
 import re
+import threading
+import time
 import traceback
+from collections import OrderedDict
 from typing import Any
 
 from rich.markup import escape
@@ -47,14 +50,27 @@ def _exception_text(te: traceback.TracebackException) -> list[str]:
     return lines
 
 
+# A library warning said again within this long, word for word (its subject too), is dropped.
+# Python would say it once per place in the library's code, but every `catch_warnings` block
+# that changes the filters (ours keep quoted values out) makes it forget what it said: one bad
+# header then gave a line per image and method, 52 for a 24-slice series.
+WARNING_REPEAT_SECONDS = 600.0
+_WARNINGS_REMEMBERED = 512  # the newest; an older one is said again
+
+
 class OneLinePerRecord(logging.Filter):
     """Escape control characters in every record's message and exception message.
 
     Set on the handler, so it sees the records of every logger (pynetdicom's, pydicom's, the
     warnings module's) after they are made. Library warnings keep their first line, without
-    quoted values, and end with the instance being read when they were issued, if any
-    (`warning_subject`).
+    quoted values, end with the instance being read when they were issued, if any
+    (`warning_subject`), and are not said twice within WARNING_REPEAT_SECONDS.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._warned: OrderedDict[str, float] = OrderedDict()  # message -> when said
+        self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -62,11 +78,26 @@ class OneLinePerRecord(logging.Filter):
             message = _QUOTED.sub("(value)", message.strip().split("\n", 1)[0])
             if subject := warning_subject():  # the instance it is about, when one was read
                 message = f"{message} ({subject})"
+            if self._said_lately(message):
+                return False
         record.msg, record.args = printable(message), None
         if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
             te = traceback.TracebackException.from_exception(record.exc_info[1])
             record.exc_text = "".join(_exception_text(te)).rstrip("\n")
         return True
+
+    def _said_lately(self, warning: str) -> bool:
+        """Whether `warning` was logged within WARNING_REPEAT_SECONDS; remembers it if not."""
+        now = time.monotonic()
+        with self._lock:
+            said = self._warned.get(warning)
+            if said is not None and now - said < WARNING_REPEAT_SECONDS:
+                return True
+            self._warned[warning] = now
+            self._warned.move_to_end(warning)
+            if len(self._warned) > _WARNINGS_REMEMBERED:
+                self._warned.popitem(last=False)
+            return False
 
 
 def install_log_filter(logger: Any = None) -> None:

@@ -301,8 +301,10 @@ def copy_identity(target: Dataset, source: Dataset) -> None:
         if same_character_set and vr in _ENCODED_VRS and stored is not None:
             encodings = _encodings(charset)
             if not _round_trips(stored, vr, encodings):  # else decoded, below, loses nothing
-                value = PersonName(stored, encodings=encodings) if vr == "PN" else stored
-                target[tag] = DataElement(tag, vr, value)  # written as these bytes
+                with warnings.catch_warnings():  # bytes that do not decode: kept, not decoded
+                    warnings.simplefilter("ignore", UserWarning)
+                    value = PersonName(stored, encodings=encodings) if vr == "PN" else stored
+                    target[tag] = DataElement(tag, vr, value)  # written as these bytes
                 continue
         try:
             with warnings.catch_warnings():  # pydicom's warning about a bad value quotes it

@@ -178,8 +178,12 @@ def _without_identity(message: str, image: Dataset) -> str:
 def _labelled_utf8(header: Dataset) -> None:
     """highdicom takes only some Specific Character Set values: not the ISO 2022 combinations
     of Japanese and Korean sites (['', 'ISO 2022 IR 87']), nor ISO_IR 6. The header's text is
-    decoded in its own character set first, then labelled UTF-8, which holds any of it."""
-    header.decode()
+    decoded in its own character set first, then labelled UTF-8, which holds any of it. Bytes
+    that do not decode (a name sent in another character set than it says) are replaced
+    without a warning: the SR's identity is copied from its images as stored (`copy_identity`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        header.decode()
     header.SpecificCharacterSet = "ISO_IR 192"
 
 
