@@ -549,14 +549,15 @@ class JobRunner:
         )
         if result is None:
             return
-        # An attempt given back (`Transition.spent`) only waited for its originals: no failure.
+        # An attempt given back (`Transition.spent`) only waited for its originals: no failure,
+        # and not called one (its state is `failed`, its error says why it waits).
         waited = result.attempts < job.attempts
         done = result.status == JobStatus.DONE
         level = logging.INFO if done or waited else logging.WARNING
         log.log(
             level,
             "job %s job=%d series=%s attempts=%d%s",
-            result.status,
+            "waits for its originals" if waited else result.status,
             result.id,
             result.series_uid,
             result.attempts,

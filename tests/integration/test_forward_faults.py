@@ -358,6 +358,9 @@ def test_after_an_outage_the_originals_reach_the_destination_before_their_derive
     deferred = "derived delivery deferred: the destination has none of the originals yet"
     assert f"{deferred} job={derived_id}" in log, log[-3000:]
     assert f"derived job due now: its originals reached the destination job={derived_id}" in log
+    # Its waits are said as waits, at INFO, not as failures (its state is `failed` meanwhile).
+    assert f"INFO dicomnode.pipeline.runner job waits for its originals job={derived_id}" in log
+    assert f"job failed job={derived_id}" not in log
 
 
 def test_jobs_retried_together_after_an_outage_send_the_originals_first(
