@@ -11,6 +11,7 @@ comment, the SR, the JSON and the series means all agree to the last digit.
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -275,6 +276,16 @@ class DeclinedImage:
 
     sop: str
     reason: str
+
+
+def first_declined(declined: Sequence[DeclinedImage], job_id: int) -> str:
+    """A log line's account of images declined: how many, the first one's reason (each names
+    its instance) and where the others' are."""
+    if not declined:
+        return "0 declined"
+    first = f"{len(declined)} declined, the first {declined[0].reason}"
+    more = f" (all: `dicomnode jobs show {job_id}`)" if len(declined) > 1 else ""
+    return first + more
 
 
 @dataclass(frozen=True)

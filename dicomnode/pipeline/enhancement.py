@@ -35,6 +35,7 @@ from dicomnode.imaging.outcome import (
     MethodOutcome,
     SeriesOutcome,
     StageTimings,
+    first_declined,
     mean_gain,
 )
 from dicomnode.pipeline.derived_output import (
@@ -367,11 +368,11 @@ def enhance_series(
         declined += tuple(left_out)
         if outcome is None:
             log.warning(
-                "no derived image job=%d method=%s series=%s: %d declined",
+                "no derived image job=%d method=%s series=%s: %s",
                 job_id,
                 method.name,
                 images[0].dataset.SeriesInstanceUID,
-                len(left_out),
+                first_declined(left_out, job_id),
             )
             continue
         files[method.name] = series

@@ -295,7 +295,7 @@ class JobRunner:
         a core for a second or two for 300 uncompressed CT slices fresh in the page cache,
         longer for a compressed series), then the self-check prepared and the sources measured
         until the head start ends (`LoadedSeries.measure_ahead`: two threads)."""
-        from dicomnode.imaging.outcome import TOO_LARGE
+        from dicomnode.imaging.outcome import TOO_LARGE, first_declined
         from dicomnode.pipeline.enhancement import LoadedSeries, load_series
 
         head_start_over = threading.Event()
@@ -319,6 +319,13 @@ class JobRunner:
                 len(loaded.declined),
                 loaded.seconds,
             )
+            if loaded.declined and not loaded.images:  # nothing to enhance: say why here
+                log.warning(
+                    "no image of the series can be enhanced job=%d series=%s: %s",
+                    job.id,
+                    job.series_uid,
+                    first_declined(loaded.declined, job.id),
+                )
             try:
                 measured = loaded.measure_ahead(self.settings, until=head_start_over)
             except Exception:  # e.g. no thread to start: the job measures it all itself
