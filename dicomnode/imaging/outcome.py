@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dicomnode.imaging.metrics import ImageMetrics, SeriesMetrics, mean_interval, summarize
+from dicomnode.imaging.qa import MEASURES as QA_MEASURES
 from dicomnode.imaging.qa import QaVerdict, Verdict, worst_verdict
 
 DIGITS = 4
@@ -211,9 +212,12 @@ class MethodOutcome:
         """Why this derived series must not be trusted: QA failed on an image, or the self-check
         says the method makes the series (or one image) worse than the reference. Empty: none."""
         reasons = []
-        failed = sum(image.qa.verdict == "fail" for image in self.images)
+        failed = [image for image in self.images if image.qa.verdict == "fail"]
         if failed:
-            reasons.append(f"QA verdict 'fail' on {failed} of {len(self.images)} images")
+            first = _first_failure(failed[0].qa.reasons)
+            reasons.append(
+                f"QA verdict 'fail' on {len(failed)} of {len(self.images)} images{first}"
+            )
         mean = self.self_check_gain_mean_db
         if mean is not None and mean < mean_min_db:
             reasons.append(f"self-check mean gain {mean:+.2f} dB < {mean_min_db:+.2f} dB")
@@ -276,6 +280,17 @@ class DeclinedImage:
 
     sop: str
     reason: str
+
+
+def _first_failure(reasons: Sequence[str]) -> str:
+    """ " (the first: <what failed it>, qa.<its limit>)": what an operator tunes, named where the
+    series is held (`QaVerdict.reasons` name what failed an image first)."""
+    if not reasons:
+        return ""
+    first = reasons[0]
+    named = [measure for measure in QA_MEASURES if measure.replace("_", " ") in first]
+    setting = f", qa.{named[0]}_fail" if named else ""  # none for NaN or infinite pixels
+    return f" (the first: {first}{setting})"
 
 
 def first_declined(declined: Sequence[DeclinedImage], job_id: int) -> str:

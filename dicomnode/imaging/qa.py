@@ -24,7 +24,7 @@ and `assess_against` scores each method's output against it.
 """
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import cv2
@@ -51,6 +51,10 @@ class QaThresholds:
     noise_ratio: tuple[float, float] = (1.5, 2.5)
     drift_fraction: tuple[float, float] = (0.02, 0.05)
     saturation_fraction: tuple[float, float] = (0.005, 0.02)
+
+
+# Each measure's name: its reasons say it with spaces, its settings are qa.<name>_warn/_fail.
+MEASURES: tuple[str, ...] = tuple(limit.name for limit in fields(QaThresholds))
 
 
 @dataclass(frozen=True)

@@ -378,7 +378,8 @@ def enhance_series(
         files[method.name] = series
         outcomes.append(outcome)
         log.info(
-            "enhanced job=%d method=%s series=%s images=%d psnr=%.2f ssim=%.4f qa=%s device=%s",
+            "enhanced job=%d method=%s derived_series=%s images=%d psnr=%.2f ssim=%.4f qa=%s "
+            "device=%s",
             job_id,
             method.name,
             outcome.derived_series_uid,

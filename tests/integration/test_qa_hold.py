@@ -27,6 +27,10 @@ def test_held_job_sends_derived_series_only_when_released(
     jobs = node.wait_for_parts(derived="held", timeout=180)
     job = part_of(jobs, "derived")
     assert "jobs release" in job["error"]
+    # What held it, and the limit an admin would tune, where the series is held and logged.
+    assert "(the first: sharpness ratio " in job["error"], job["error"]
+    assert "> 0.0, qa.sharpness_ratio_fail)" in job["error"], job["error"]
+    assert "qa.sharpness_ratio_fail)" in node.log()
     assert job["details"]["methods"][0]["qa"] == "fail"
     assert len(orthanc.instance_ids()) == len(ct_series)  # originals only
     listing = node.cli("jobs", "list", "--wide").stdout

@@ -14,8 +14,11 @@ from dicomnode.imaging.qa import QaVerdict
 
 def method(gains: list[float | None], verdicts: list[str] | None = None) -> MethodOutcome:
     verdicts = verdicts or ["ok"] * len(gains)
+    reasons = {"ok": (), "warn": ("noise ratio 1.6 > 1.5",), "fail": ("drift fraction 0.1 > 0.05",)}
     images = tuple(
-        ImageOutcome(f"1.{i}", f"2.{i}", ImageMetrics(40.0 + i, 0.9, 100.0), gain, QaVerdict(v, ()))
+        ImageOutcome(
+            f"1.{i}", f"2.{i}", ImageMetrics(40.0 + i, 0.9, 100.0), gain, QaVerdict(v, reasons[v])
+        )
         for i, (gain, v) in enumerate(zip(gains, verdicts, strict=True))
     )
     return MethodOutcome("srcnn", "v", None, 1, "CPU", "2.9", "2.8", "2.7", images)
@@ -38,7 +41,14 @@ def test_series_means_are_those_of_the_reported_numbers() -> None:
             None,
             ["self-check gain below -1.00 dB on 1 of 2 checked image(s) (worst -1.50 dB)"],
         ),
-        ([None, None], ["ok", "fail"], ["QA verdict 'fail' on 1 of 2 images"]),
+        (
+            [None, None],
+            ["ok", "fail"],
+            [
+                "QA verdict 'fail' on 1 of 2 images (the first: drift fraction 0.1 > 0.05, "
+                "qa.drift_fraction_fail)"
+            ],
+        ),
     ],
 )
 def test_do_no_harm_names_every_reason_not_to_trust_a_derived_series(
