@@ -407,15 +407,17 @@ class StorageReceiver:
         self._tell_refused_classes(event.assoc)
 
     def _tell_refused_classes(self, assoc: Association) -> None:
-        """One line, once per calling AE and SOP class, for a class none of whose proposed
-        contexts we accepted (a syntax we cannot deliver, a class that is not storage): the
-        modality cannot send such instances here, and otherwise would only say "aborted"."""
+        """One line per association, once per calling AE and SOP class, for the classes none of
+        whose proposed contexts we accepted (a syntax we cannot deliver, a class that is not
+        storage): the modality cannot send such instances here, and otherwise would only say
+        "aborted". A sender proposing a hundred classes gets one line, not a burst."""
         accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
         refused: dict[str, list[str]] = {}
         for cx in assoc.rejected_contexts:
             if cx.abstract_syntax not in accepted:
                 refused.setdefault(cx.abstract_syntax, []).extend(cx.transfer_syntax)
         calling = assoc.requestor.ae_title
+        told = []
         for sop_class, syntaxes in refused.items():
             key = (calling, sop_class)
             if key in self._refused_told or len(self._refused_told) > _REFUSED_TOLD_MAX:
@@ -427,13 +429,13 @@ class StorageReceiver:
                     "more are told until the node restarts",
                     _REFUSED_TOLD_MAX,
                 )
-                continue
+                break
+            in_syntaxes = ", ".join(_named(syntax) for syntax in syntaxes) or "-"
+            told.append(f"{_named(sop_class)} in {in_syntaxes}: {_why_refused(sop_class)}")
+        if told:
             log.warning(
-                "presentation context refused: %s in %s: %s (told once per calling AE) "
-                "calling_aet=%s",
-                _named(sop_class),
-                ", ".join(_named(syntax) for syntax in syntaxes) or "-",
-                _why_refused(sop_class),
+                "presentation context refused: %s (told once per calling AE) calling_aet=%s",
+                "; ".join(told),
                 calling,
             )
 

@@ -25,7 +25,10 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import AE
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 
 from tests.conftest import pacs_destination
 from tests.support.data import pydicom_test_files
@@ -449,17 +452,25 @@ def test_a_transfer_syntax_no_pacs_could_be_sent_is_refused_at_association(node_
     )
     assert node.log().count(refused_line) == 1  # once per calling AE and class
 
-    viewer = AE(ae_title="VIEWER")  # a viewer that took the node for a PACS: a C-FIND
-    viewer.add_requested_context(StudyRootQueryRetrieveInformationModelFind, ExplicitVRLittleEndian)
+    viewer = AE(ae_title="VIEWER")  # a viewer that took the node for a PACS: C-FIND, C-MOVE
+    for query in (
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelMove,
+    ):
+        viewer.add_requested_context(query, ExplicitVRLittleEndian)
     viewer.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     assoc = viewer.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
     assert assoc.is_established
     assoc.release()
-    assert (
-        "(1.2.840.10008.5.1.4.1.2.2.1) in Explicit VR Little Endian (1.2.840.10008.1.2.1): not a "
-        "storage SOP class: the node takes C-STORE, C-ECHO and Storage Commitment only (no "
-        "query/retrieve: ask the PACS) (told once per calling AE) calling_aet=VIEWER"
-    ) in node.log()
+    not_storage = (
+        "in Explicit VR Little Endian (1.2.840.10008.1.2.1): not a storage SOP class: the node "
+        "takes C-STORE, C-ECHO and Storage Commitment only (no query/retrieve: ask the PACS)"
+    )
+    [told] = [line for line in node.log().splitlines() if "calling_aet=VIEWER" in line]
+    assert f"(1.2.840.10008.5.1.4.1.2.2.1) {not_storage}; " in told  # both in one line
+    assert told.endswith(
+        f"(1.2.840.10008.5.1.4.1.2.2.2) {not_storage} (told once per calling AE) calling_aet=VIEWER"
+    )
     assert f"{refused_line}: no transfer syntax proposed is one the node can deliver" in node.log()
 
 
