@@ -19,6 +19,7 @@ from io import BytesIO
 from pathlib import Path
 
 from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
 from pydicom.filereader import data_element_generator
 from pydicom.uid import UID
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -133,7 +134,7 @@ def _walk(data: bytes, syntax: UID, *, whole: bool) -> tuple[dict[int, object], 
         stream, syntax.is_implicit_VR, syntax.is_little_endian, defer_size=_READ_AT_MOST
     )
     found: dict[int, object] = {}
-    tag = 0
+    tag, missing = 0, 0
     for count, element in enumerate(elements, 1):
         tag = element.tag
         if tag > _LAST_TAG_NEEDED and not whole:
@@ -142,13 +143,24 @@ def _walk(data: bytes, syntax: UID, *, whole: bool) -> tuple[dict[int, object], 
             found[tag] = element.value
         if count > MAX_TOP_LEVEL_ELEMENTS:
             raise DecodeError(f"the data set has more than {MAX_TOP_LEVEL_ELEMENTS} elements")
-    if whole and stream.tell() > len(data):
+        missing = _bytes_missing(element)
+    # A value read whole but short (a small one), or one skipped past the end (a large one).
+    missing = max(missing, stream.tell() - len(data))
+    if whole and missing > 0:
         raise DecodeError(
             f"the data set is truncated or not in {syntax.name}: its last element "
-            f"({tag >> 16:04X},{tag & 0xFFFF:04X}) ends {stream.tell() - len(data)} bytes "
-            f"after its {len(data)} bytes"
+            f"({tag >> 16:04X},{tag & 0xFFFF:04X}) ends {missing} bytes past the end of the "
+            f"data set ({len(data)} bytes)"
         )
     return found, False
+
+
+def _bytes_missing(element: RawDataElement) -> int:
+    """How many bytes of its declared length a value read from the stream lacks (the stream
+    ended inside it); 0 for one read whole, deferred or of undefined length."""
+    if not isinstance(element.value, bytes) or element.length == 0xFFFFFFFF:
+        return 0
+    return max(0, element.length - len(element.value))
 
 
 def _identifying_values(arrival: Arrival) -> dict[int, object]:

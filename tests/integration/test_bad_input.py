@@ -385,6 +385,10 @@ def test_truncated_or_misdeclared_data_sets_are_refused_and_a_long_deflated_head
     good = _written(folder / "good.dcm", ct(), ExplicitVRLittleEndian)
     truncated = _written(folder / "truncated.dcm", ct(), ExplicitVRLittleEndian)
     truncated.write_bytes(truncated.read_bytes()[:-5000])
+    cut_in_name = _written(folder / "cut_in_name.dcm", ct(), ExplicitVRLittleEndian)
+    name = dcmread(cut_in_name).get_item("PatientName")  # its value's bytes, as written
+    raw = cut_in_name.read_bytes()
+    cut_in_name.write_bytes(raw[: raw.index(b"\x10\x00\x10\x00PN") + 8 + len(name.value) // 2])
     misdeclared = folder / "explicit_declared_implicit.dcm"
     explicit = ct()
     _written(misdeclared, explicit, ExplicitVRLittleEndian)
@@ -406,7 +410,13 @@ def test_truncated_or_misdeclared_data_sets_are_refused_and_a_long_deflated_head
     deflated = _written(
         folder / "deflated_long_header.dcm", long_header, DeflatedExplicitVRLittleEndian
     )
-    cases = {good: 0x0000, truncated: 0xC000, misdeclared: 0xC000, deflated: 0x0000}
+    cases = {
+        good: 0x0000,
+        truncated: 0xC000,
+        cut_in_name: 0xC000,
+        misdeclared: 0xC000,
+        deflated: 0x0000,
+    }
     for path, expected in cases.items():
         status = c_store(node.port, path, calling_aet="BADSCU", as_file_meta_says=True)
         assert status is not None and int(status.Status) == expected, path.name
@@ -416,7 +426,11 @@ def test_truncated_or_misdeclared_data_sets_are_refused_and_a_long_deflated_head
         assert len(list(node.data_dir.rglob(f"{sop}.dcm"))) == (expected == 0x0000), path.name
     assert "the data set is truncated or not in Explicit VR Little Endian" in node.log()
     assert "the data set cannot be decoded as Implicit VR Little Endian" in node.log()
-    assert "ends 5000 bytes after its" in node.log()
+    assert "ends 5000 bytes past the end of the data set" in node.log()
+    # Cut inside a small value (read short, not skipped), it is called truncated too, not a
+    # data set without the UIDs that came after the cut.
+    cut = f"(0010,0010) ends {len(name.value) - len(name.value) // 2} bytes past the end"
+    assert cut in node.log(), node.log()[-2000:]
 
 
 def test_a_transfer_syntax_no_pacs_could_be_sent_is_refused_at_association(node_factory) -> None:
