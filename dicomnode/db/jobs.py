@@ -485,7 +485,8 @@ def requeue_unstarted(db: Database, job_id: int, owner: str) -> bool:
         job.status, job.next_attempt_at, job.updated_at = JobStatus.QUEUED, now, now
         job.lease_owner, job.lease_expires_at = None, None
         job.attempts = max(0, job.attempts - 1)
-    log.info("job queued again for the next start job=%d", job_id)
+        series = job.series_uid
+    log.info("job queued again for the next start job=%d series=%s", job_id, series)
     return True
 
 
@@ -544,21 +545,25 @@ def reclaim_expired_leases(
                     )
                     .values(status=DeliveryStatus.DEAD, updated_at=now)
                 )
-        outcome = [(job.id, job.status) for job in expired]
-    for job_id, status in outcome:
+        outcome = [(job.id, job.status, job.series_uid) for job in expired]
+    for job_id, status, series in outcome:
         if status == JobStatus.DEAD:
             log.error(
-                "job dead: its worker stopped during %d of its attempts job=%d",
+                "job dead: its worker stopped during %d of its attempts job=%d series=%s",
                 lapses[job_id],
                 job_id,
+                series,
             )
         elif gone is not None:
             log.warning(
-                "job's worker process is gone, queued again job=%d lease=%s", job_id, owners[job_id]
+                "job's worker process is gone, queued again job=%d series=%s lease=%s",
+                job_id,
+                series,
+                owners[job_id],
             )
         else:
-            log.warning("job lease expired, queued again job=%d", job_id)
-    return [job_id for job_id, _ in outcome]
+            log.warning("job lease expired, queued again job=%d series=%s", job_id, series)
+    return [job_id for job_id, _, _ in outcome]
 
 
 def originals_in_flight(db: Database, series_uid: str) -> bool:

@@ -130,7 +130,7 @@ def test_killed_mid_forward_the_series_is_sent_again_at_once_and_completes(
         assert set(slow.stored) == {sop_instance_uid(path) for path in files}
         # At-least-once: only what the dead attempt had sent is received a second time.
         assert {uid for uid, times in slow.stored.items() if times > 1} <= before_kill
-        reclaimed = node.log().split("job's worker process is gone, queued again job=1 lease=")
+        reclaimed = node.log().split("job's worker process is gone, queued again job=1 series=")
         assert len(reclaimed) == 2 and f":{killed}:" in reclaimed[1].splitlines()[0]
         assert_consistent(node)
     finally:
