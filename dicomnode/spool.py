@@ -387,8 +387,9 @@ class Spool:
         return f"attempt-{int(claim):06d}-{lease}"
 
     @staticmethod
-    def outbox_series_uid(path: Path) -> str:
-        """The series UID of an output file in the outbox (its folder's name)."""
+    def series_uid_of(path: Path) -> str:
+        """The series UID of a spooled file, received or in the outbox (its folder's name:
+        both are filed by series)."""
         return path.parent.name
 
     def _remove_tree(self, top: Path) -> None:

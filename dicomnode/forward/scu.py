@@ -50,6 +50,7 @@ from dicomnode.forward.outcome import (
 )
 from dicomnode.forward.tally import SeriesTally, listed
 from dicomnode.observe.counters import INSTANCES_FORWARDED
+from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -291,9 +292,10 @@ def send_series(
         raise failure
     seconds = time.monotonic() - started
     log.info(
-        "forwarded job=%d destination=%s instances=%d warnings=%d seconds=%.2f%s",
+        "forwarded job=%d destination=%s series=%s instances=%d warnings=%d seconds=%.2f%s",
         job_id,
         destination.name,
+        Spool.series_uid_of(instances[0].path),  # a derived job sends its images, then its SR
         tally.sent,
         tally.warnings,
         seconds,

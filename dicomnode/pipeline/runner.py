@@ -391,7 +391,7 @@ class JobRunner:
         if enhanced is None:
             return None
         outgoing, unenhanced, hold, held = enhanced
-        series_of = self.spool.outbox_series_uid
+        series_of = self.spool.series_uid_of
         record: dict[str, str | list[str] | None] = {
             "outbox": attempt,
             "series": [series_of(series[0].path) for series in outgoing + held if series],

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from pydicom import dcmread
+
 from tests.conftest import pacs_destination
 from tests.support.dcmtk import echoscu, storescu
 from tests.support.faulty_scp import Behaviour, FaultyScp
@@ -213,11 +215,13 @@ def test_what_a_pacs_made_of_each_instance_is_counted_and_its_remarks_logged(
 
         first = write_ct_series(tmp_path / "first", 3)
         coerced = sop_instance_uid(first[1])
+        series = str(dcmread(first[0], stop_before_pixels=True).SeriesInstanceUID)
         faulty.behave(Behaviour(status_for={coerced: 0xB000}))
         assert storescu(node.port, first).returncode == 0
         node.wait_for_jobs(lambda jobs: jobs and jobs[0]["status"] == "done")
         assert re.search(
-            r"forwarded job=1 destination=faulty instances=3 warnings=1 seconds=\S+: "
+            rf"forwarded job=1 destination=faulty series={re.escape(series)} instances=3 "
+            r"warnings=1 seconds=\S+: "
             rf"0xB000 \(coercion of data elements\) for sop={coerced}$",
             node.log(),
             re.M,
