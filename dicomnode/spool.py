@@ -45,8 +45,9 @@ def validate_uid(value: object, what: str) -> str:
     """Return `value` as a UID string, or raise SpoolError naming the attribute."""
     text = str(value).strip().rstrip("\x00") if value is not None else ""
     if not text or len(text) > 64 or not _UID.match(text):
+        # The verdict first: a sender's status comment keeps only 64 characters.
         raise SpoolError(
-            f"{what} {_uid_shape(text)} is not a valid UID (digits and dots, <= 64 chars)"
+            f"{what} is not a valid UID: {_uid_shape(text)} (digits and dots, <= 64 chars)"
         )
     return text
 
@@ -58,7 +59,7 @@ def _uid_shape(text: str) -> str:
     space). Cut at 80 characters."""
     if not text:
         return "(empty)"
-    return repr(_DIGIT.sub("9", _LETTER.sub("x", text[:80]))) + " (letters shown as x, digits as 9)"
+    return repr(_DIGIT.sub("9", _LETTER.sub("x", text[:80]))) + " (x: a letter, 9: a digit)"
 
 
 def _claim_number(attempt: str) -> int:

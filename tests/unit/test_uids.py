@@ -3,6 +3,7 @@
 import pytest
 
 from dicomnode.errors import SpoolError
+from dicomnode.receive.status import status_dataset
 from dicomnode.spool import validate_uid
 
 
@@ -31,9 +32,17 @@ def test_a_refused_uid_is_shown_with_its_letters_and_digits_masked() -> None:
         validate_uid("DOE^JANE.1.2", "StudyInstanceUID")
     message = str(refused.value)
     assert "DOE" not in message and "JANE" not in message
-    assert "'xxx^xxxx.9.9' (letters shown as x, digits as 9)" in message
+    assert "is not a valid UID: 'xxx^xxxx.9.9' (x: a letter, 9: a digit)" in message
     with pytest.raises(SpoolError) as refused:
         validate_uid("PHI-12345", "SeriesInstanceUID")
     assert "12345" not in str(refused.value) and "'xxx-99999'" in str(refused.value)
-    with pytest.raises(SpoolError, match=r"'9\.9/9' \(letters shown as x, digits as 9\) is not"):
+    with pytest.raises(SpoolError, match=r"SOPInstanceUID is not a valid UID: '9\.9/9' \(x: a"):
         validate_uid("1.2/3", "SOPInstanceUID")  # what is wrong still shows
+
+
+def test_the_sender_reads_the_verdict_and_the_shape_within_64_characters() -> None:
+    """The status comment keeps 64 characters: the verdict goes first, then the shape."""
+    with pytest.raises(SpoolError) as refused:
+        validate_uid("1.2..3", "SeriesInstanceUID")
+    comment = status_dataset(0xC000, str(refused.value)).ErrorComment
+    assert comment == "SeriesInstanceUID is not a valid UID: '9.9..9' (x: a letter, 9: "
