@@ -14,7 +14,6 @@ the standard; whether a value is valid, from pydicom's VR validators.
 
 import copy
 import logging
-import warnings
 from functools import lru_cache
 
 from highdicom._standard_utils import (  # highdicom's tables of PS3.3 (IODs, modules, types)
@@ -36,6 +35,7 @@ from pydicom.valuerep import (
 )
 
 from dicomnode.errors import ImageDeclined
+from dicomnode.warning_subject import user_warnings_ignored
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +117,9 @@ def is_valid(ds: Dataset, keyword: str) -> bool:
     pydicom's own validators decide; their messages quote the value, so only the verdict is used.
     """
     try:
-        with warnings.catch_warnings():
-            # pydicom warns quoting the value when it converts an invalid one (PHI); its
-            # "pydicom" logger logs the same line, which the node's logging set-up must mute.
-            warnings.simplefilter("ignore", UserWarning)
+        # pydicom warns quoting the value when it converts an invalid one (PHI); its "pydicom"
+        # logger logs the same line, which the node's logging set-up must mute.
+        with user_warnings_ignored():
             element = ds[keyword]
     except ValueError:  # reading_validation_mode RAISE: the conversion itself refused it
         return False
@@ -301,14 +300,12 @@ def copy_identity(target: Dataset, source: Dataset) -> None:
         if same_character_set and vr in _ENCODED_VRS and stored is not None:
             encodings = _encodings(charset)
             if not _round_trips(stored, vr, encodings):  # else decoded, below, loses nothing
-                with warnings.catch_warnings():  # bytes that do not decode: kept, not decoded
-                    warnings.simplefilter("ignore", UserWarning)
+                with user_warnings_ignored():  # bytes that do not decode: kept, not decoded
                     value = PersonName(stored, encodings=encodings) if vr == "PN" else stored
                     target[tag] = DataElement(tag, vr, value)  # written as these bytes
                 continue
         try:
-            with warnings.catch_warnings():  # pydicom's warning about a bad value quotes it
-                warnings.simplefilter("ignore", UserWarning)
+            with user_warnings_ignored():  # pydicom's warning about a bad value quotes it
                 element = copy.deepcopy(source[keyword])
         except ValueError:  # reading_validation_mode RAISE: target keeps its conformed value
             continue
@@ -317,8 +314,7 @@ def copy_identity(target: Dataset, source: Dataset) -> None:
 
 def _round_trips(stored: bytes, vr: str, encodings: list[str]) -> bool:
     """Whether `stored`, decoded in `encodings` and encoded again, gives its bytes back."""
-    with warnings.catch_warnings():  # pydicom's warning about undecodable bytes quotes them
-        warnings.simplefilter("ignore", UserWarning)
+    with user_warnings_ignored():  # pydicom's warning about undecodable bytes quotes them
         if vr == "PN":
             text = str(PersonName(stored, encodings=encodings).decode())
             again = PersonName(text).encode(encodings)  # a new name: no cached bytes

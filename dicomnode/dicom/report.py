@@ -12,7 +12,6 @@ patient's and study's identity values are then put back exactly as the images ca
 """
 
 import math
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from dicomnode.dicom.conformance import IDENTITY, conformant_header, copy_identi
 from dicomnode.dicom.derive import MANUFACTURER, derived_uid
 from dicomnode.errors import ImageDeclined, ReportNotBuilt, first_line
 from dicomnode.imaging.outcome import ImageOutcome
+from dicomnode.warning_subject import user_warnings_ignored
 
 SCHEME = "99DCMNODE"
 PROCEDURE = CodedConcept("ENHANCE", SCHEME, "Image enhancement with quality assessment")
@@ -130,10 +130,9 @@ def metrics_report(
         evidence = _evidence(images)  # first: it checks every image can be referenced
         _labelled_utf8(evidence[0])
         report = _measurement_report(images, series_uid)
-        with warnings.catch_warnings():
-            # highdicom warns about unusual PatientName forms *quoting the name*: that is PHI,
-            # and it must not reach an operator's log.
-            warnings.simplefilter("ignore", UserWarning)
+        # highdicom warns about unusual PatientName forms *quoting the name*: that is PHI, and
+        # it must not reach an operator's log.
+        with user_warnings_ignored():
             outline = _outline(images, series_uid)
             earlier = [_earlier_report(evidence[0], series_uid, uid) for uid in predecessors]
             sr = _comprehensive_sr(
@@ -179,10 +178,11 @@ def _labelled_utf8(header: Dataset) -> None:
     """highdicom takes only some Specific Character Set values: not the ISO 2022 combinations
     of Japanese and Korean sites (['', 'ISO 2022 IR 87']), nor ISO_IR 6. The header's text is
     decoded in its own character set first, then labelled UTF-8, which holds any of it. Bytes
-    that do not decode (a name sent in another character set than it says) are replaced
-    without a warning: the SR's identity is copied from its images as stored (`copy_identity`)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+    that do not decode (text sent in another character set than it says) are replaced without a
+    warning: the SR's identity is copied from its images as stored (`copy_identity`), and its
+    other text (a study description, say) was replaced alike in the derived image, whose
+    writing said so."""
+    with user_warnings_ignored():
         header.decode()
     header.SpecificCharacterSet = "ISO_IR 192"
 

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import copy_context
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,7 +36,6 @@ from dicomnode.imaging.outcome import (
     MethodOutcome,
     SeriesOutcome,
     StageTimings,
-    first_declined,
     mean_gain,
 )
 from dicomnode.pipeline.derived_output import (
@@ -227,7 +227,8 @@ def _run_method(
             if gains.done():
                 gains.result()  # a self-check that failed ends the enhancement here
             waiting.add(output.nbytes)
-            derived[index] = finishing.submit(finish, index, output)
+            # In this thread's context: a library's warning while deriving names the job.
+            derived[index] = finishing.submit(copy_context().run, finish, index, output)
 
         with clock.stage("enhance_s"):
             _enhance_all(images, method, enhanced)
@@ -404,6 +405,16 @@ DERIVED_BY_DICOMNODE = "derived by dicomnode (a series it made, sent back): not 
 
 def _not_enabled(modality: str) -> str:
     return f"modality {modality or '(none)'} not enabled"
+
+
+def first_declined(declined: Sequence[DeclinedImage], job_id: int) -> str:
+    """A log line's account of images declined: how many, the first one's reason (each names
+    its instance) and where the others' are."""
+    if not declined:
+        return "0 declined"
+    first = f"{len(declined)} declined, the first {declined[0].reason}"
+    more = f" (all: `dicomnode jobs show {job_id}`)" if len(declined) > 1 else ""
+    return first + more
 
 
 def _sops(declined: tuple[DeclinedImage, ...]) -> set[str]:

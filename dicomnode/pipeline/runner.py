@@ -42,6 +42,7 @@ from dicomnode.pipeline.outage import through_outage
 from dicomnode.pipeline.replay import replay_outgoing
 from dicomnode.spool import Spool
 from dicomnode.status import JobPart, Replay
+from dicomnode.warning_subject import about
 
 if TYPE_CHECKING:  # the imaging layer is imported only when a job enhances (see _enhance)
     from dicomnode.imaging.outcome import SeriesOutcome
@@ -155,7 +156,8 @@ class JobRunner:
         lease.start()
         handed_over = False
         try:
-            handed_over = self._run(job, lease)
+            with about(f"job={job.id}"):  # a library's warning meanwhile names the job
+                handed_over = self._run(job, lease)
         except Exception as exc:
             away = database_away(exc)  # an outage, told once by the node: no traceback
             if away is None:
@@ -295,8 +297,8 @@ class JobRunner:
         a core for a second or two for 300 uncompressed CT slices fresh in the page cache,
         longer for a compressed series), then the self-check prepared and the sources measured
         until the head start ends (`LoadedSeries.measure_ahead`: two threads)."""
-        from dicomnode.imaging.outcome import TOO_LARGE, first_declined
-        from dicomnode.pipeline.enhancement import LoadedSeries, load_series
+        from dicomnode.imaging.outcome import TOO_LARGE
+        from dicomnode.pipeline.enhancement import LoadedSeries, first_declined, load_series
 
         head_start_over = threading.Event()
 
@@ -321,7 +323,7 @@ class JobRunner:
             )
             if loaded.declined and not loaded.images:  # nothing to enhance: say why here
                 log.warning(
-                    "no image of the series can be enhanced job=%d series=%s: %s",
+                    "no image of the series could be read for enhancement job=%d series=%s: %s",
                     job.id,
                     job.series_uid,
                     first_declined(loaded.declined, job.id),

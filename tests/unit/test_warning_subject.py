@@ -2,6 +2,7 @@
 
 import io
 import logging
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from dicomnode.config import Settings
 from dicomnode.db import SpooledInstance
 from dicomnode.pipeline.enhancement import load_series
 from dicomnode.pipeline.sources import load_sources
-from dicomnode.warning_subject import about, warning_subject
+from dicomnode.warning_subject import about, user_warnings_ignored, warning_subject
 
 
 @pytest.fixture
@@ -121,3 +122,26 @@ def test_a_series_header_s_warning_names_its_instance_under_python_s_default_fil
         logging.getLogger("py.warnings").removeHandler(handler)
     lines = [line for line in out.getvalue().splitlines() if "implicit VR" in line]
     assert lines and all(line.endswith(f"(sop={source.SOPInstanceUID})") for line in lines)
+
+
+def test_blocks_that_ignore_warnings_in_several_threads_leave_the_filters_as_they_were() -> None:
+    """`catch_warnings` swaps the process-wide filter list: two jobs' blocks that overlapped
+    could leave "ignore" installed for good, and every later library warning unsaid."""
+    before = list(warnings.filters)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, inside the blocks too
+
+    def ignore_often() -> None:
+        for _ in range(300):
+            with user_warnings_ignored():
+                pass
+
+    try:
+        threads = [threading.Thread(target=ignore_often) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert warnings.filters == before
