@@ -54,8 +54,9 @@ def show(
     """
     settings = settings_from(config)
     _print(settings, as_json)
-    with reported_errors():
-        check_files(settings, listener=True, forwarding=True)
+    worker = settings.worker
+    with reported_errors():  # as `serve` would: its runners forward (`Node._planned_runners`)
+        check_files(settings, listener=True, forwarding=worker.router or worker.workers > 0)
 
 
 def _print(settings: Settings, as_json: bool) -> None:

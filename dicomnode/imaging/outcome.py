@@ -293,16 +293,6 @@ def _first_failure(reasons: Sequence[str]) -> str:
     return f" (the first: {first}{setting})"
 
 
-def first_declined(declined: Sequence[DeclinedImage], job_id: int) -> str:
-    """A log line's account of images declined: how many, the first one's reason (each names
-    its instance) and where the others' are."""
-    if not declined:
-        return "0 declined"
-    first = f"{len(declined)} declined, the first {declined[0].reason}"
-    more = f" (all: `dicomnode jobs show {job_id}`)" if len(declined) > 1 else ""
-    return first + more
-
-
 @dataclass(frozen=True)
 class SeriesOutcome:
     """The enhancement of one job's series: `status` is "done" or "skipped: <why>"."""

@@ -234,10 +234,11 @@ def _identify(arrival: Arrival) -> _Identity:
 
 
 def _why_refused(sop_class: str) -> str:
-    """Why no context of `sop_class` was accepted: a storage class is refused for its transfer
-    syntaxes alone; any other is a service the node does not offer (a C-FIND or C-MOVE from a
-    viewer that took the node for a PACS)."""
-    if sop_class in STORAGE_SOP_CLASSES:
+    """Why no context of `sop_class` was accepted: a class the node serves (storage,
+    verification, storage commitment) is refused for its transfer syntaxes alone; any other is
+    a service the node does not offer (a C-FIND or C-MOVE from a viewer that took the node for
+    a PACS)."""
+    if sop_class in STORAGE_SOP_CLASSES or sop_class in (Verification, StorageCommitmentPushModel):
         return "no transfer syntax proposed is one the node can deliver"
     return (
         "not a storage SOP class: the node takes C-STORE, C-ECHO and Storage Commitment "
@@ -308,6 +309,7 @@ class _Received:
 
 
 _REFUSED_TOLD_MAX = 1000  # (calling AE, SOP class) pairs remembered; a flood tells no more
+_REFUSED_NAMED_PER_LINE = 10  # a caller may propose 128 contexts: the line names this many
 ECHO_LOG_SECONDS = 600.0
 
 
@@ -445,9 +447,11 @@ class StorageReceiver:
             in_syntaxes = ", ".join(_named(syntax) for syntax in syntaxes) or "-"
             told.append(f"{_named(sop_class)} in {in_syntaxes}: {_why_refused(sop_class)}")
         if told:
+            more = len(told) - _REFUSED_NAMED_PER_LINE
             log.warning(
-                "presentation context refused: %s (told once per calling AE) calling_aet=%s",
-                "; ".join(told),
+                "presentation context refused: %s%s (told once per calling AE) calling_aet=%s",
+                "; ".join(told[:_REFUSED_NAMED_PER_LINE]),
+                f"; and {more} more SOP classes" if more > 0 else "",
                 calling,
             )
 

@@ -225,7 +225,7 @@ def test_bad_instances_get_a_status_or_a_clear_job_error_and_good_ones_still_arr
             assert sop in skipped, name
             assert sop in arrived, name
     # A series none of whose images could be read says so in the log, naming the first.
-    told = [line for line in node.log().splitlines() if "no image of the series can be" in line]
+    told = [line for line in node.log().splitlines() if "no image of the series could be" in line]
     assert told and all("declined, the first sop=" in line for line in told), told
     assert {line.split(", the first sop=")[1].split(":")[0] for line in told} <= set(skipped)
     # A traceback in the log always follows a line that says which job or instance it was.
