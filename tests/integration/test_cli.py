@@ -168,6 +168,26 @@ def test_serve_and_config_show_refuse_a_listener_tls_file_that_is_not_pem(tmp_pa
     assert not (tmp_path / "data").exists()
 
 
+def test_config_show_reads_the_destinations_tls_files_only_where_serve_would(
+    tmp_path: Path,
+) -> None:
+    """A listener-only receiver (no router, no workers: the scale-out set-up) never forwards:
+    `serve` does not read the destinations' TLS files there, so `config show` does not either."""
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    destination = (
+        '[[destinations]]\nname = "pacs"\nae_title = "P"\nhost = "10.0.0.9"\nport = 104\n'
+        f'tls = true\ntls_ca_certificates = "{not_pem}"\n'
+    )
+    forwarding = tmp_path / "forwarding.toml"
+    forwarding.write_text(destination)
+    refused = dicomnode("config", "show", "--config", str(forwarding))
+    assert refused.returncode == 2 and "destinations[0].tls_ca_certificates" in refused.stderr
+    receiver = tmp_path / "receiver.toml"
+    receiver.write_text("[worker]\nworkers = 0\nrouter = false\n" + destination)
+    assert dicomnode("config", "show", "--config", str(receiver)).returncode == 0
+
+
 def test_config_show_prints_effective_values_after_overrides(tmp_path: Path) -> None:
     result = dicomnode(
         "config",
