@@ -433,6 +433,13 @@ def test_truncated_or_misdeclared_data_sets_are_refused_and_a_long_deflated_head
     assert cut in node.log(), node.log()[-2000:]
 
 
+def _associate_and_release(ae: AE, port: int) -> None:
+    """An association that sends nothing: what it proposed is all the node sees."""
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+    assert assoc.is_established
+    assoc.release()
+
+
 def test_a_transfer_syntax_no_pacs_could_be_sent_is_refused_at_association(node_factory) -> None:
     """JPEG XL (no decoder here) is refused in the A-ASSOCIATE-AC, as DCMTK's storescp +xa and
     Orthanc do: the modality sends in the syntax it proposed beside it. Taken, the instance
@@ -457,9 +464,7 @@ def test_a_transfer_syntax_no_pacs_could_be_sent_is_refused_at_association(node_
     only.add_requested_context(MRImageStorage, "1.2.840.10008.1.2.4.110")
     only.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     for _ in range(2):
-        assoc = only.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
-        assert assoc.is_established
-        assoc.release()
+        _associate_and_release(only, node.port)
     refused_line = (
         "presentation context refused: MR Image Storage (1.2.840.10008.5.1.4.1.1.4) in JPEG XL "
         "Lossless (1.2.840.10008.1.2.4.110)"
@@ -473,9 +478,7 @@ def test_a_transfer_syntax_no_pacs_could_be_sent_is_refused_at_association(node_
     ):
         viewer.add_requested_context(query, ExplicitVRLittleEndian)
     viewer.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = viewer.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
-    assert assoc.is_established
-    assoc.release()
+    _associate_and_release(viewer, node.port)
     not_storage = (
         "in Explicit VR Little Endian (1.2.840.10008.1.2.1): not a storage SOP class: the node "
         "takes C-STORE, C-ECHO and Storage Commitment only (no query/retrieve: ask the PACS)"
