@@ -57,6 +57,11 @@ T = TypeVar("T")
 _Enhanced = tuple[list[list[SpooledInstance]], set[str], str | None, list[list[SpooledInstance]]]
 
 MAX_JOBS_FORWARDING_PER_WORKER = 20
+# What a job that sends again from its outbox sends, and why (the admin's command).
+_WHY_SENT_AGAIN = {
+    Replay.HELD: "what QA held back (jobs release)",
+    Replay.SENT: "what it delivered before (jobs resend)",
+}
 
 
 def observe_outcome(outcome: "SeriesOutcome") -> None:
@@ -209,10 +214,11 @@ class JobRunner:
             if job.part == JobPart.DERIVED:  # a retried release: its originals may be retried too
                 self._give_the_originals_a_head_start(job)
             log.info(
-                "job sends again job=%d part=%s replay=%s series_count=%d",
+                "job sends again %s job=%d part=%s series=%s outgoing_series=%d",
+                _WHY_SENT_AGAIN[Replay(job.replay)],
                 job.id,
                 job.part,
-                job.replay,
+                job.series_uid,
                 len(outgoing),
             )
         elif job.part == JobPart.ORIGINALS:

@@ -40,6 +40,8 @@ def test_held_job_sends_derived_series_only_when_released(
     jobs = node.wait_for_jobs(lambda js: part_of(js, "derived")["status"] == "done", timeout=180)
     job = part_of(jobs, "derived")
     assert job["released"] is True
+    sent_again = f"job sends again what QA held back (jobs release) job={job['id']} part=derived"
+    assert sent_again in node.log()
     shown = node.cli("jobs", "show", str(job["id"])).stdout
     assert "released by an admin; held before: baseline: QA verdict 'fail'" in shown, shown
     assert part_of(jobs, "originals")["attempts"] == 1  # a release never resends the originals
