@@ -134,7 +134,7 @@ def _walk(data: bytes, syntax: UID, *, whole: bool) -> tuple[dict[int, object], 
         stream, syntax.is_implicit_VR, syntax.is_little_endian, defer_size=_READ_AT_MOST
     )
     found: dict[int, object] = {}
-    tag, missing = 0, 0
+    tag, missing, ends = 0, 0, 0
     for count, element in enumerate(elements, 1):
         tag = element.tag
         if tag > _LAST_TAG_NEEDED and not whole:
@@ -143,16 +143,30 @@ def _walk(data: bytes, syntax: UID, *, whole: bool) -> tuple[dict[int, object], 
             found[tag] = element.value
         if count > MAX_TOP_LEVEL_ELEMENTS:
             raise DecodeError(f"the data set has more than {MAX_TOP_LEVEL_ELEMENTS} elements")
-        missing = _bytes_missing(element)
+        missing, ends = _bytes_missing(element), stream.tell()
+    if not whole:
+        return found, False
     # A value read whole but short (a small one), or one skipped past the end (a large one).
     missing = max(missing, stream.tell() - len(data))
-    if whole and missing > 0:
+    if missing > 0:
         raise DecodeError(
             f"the data set is truncated or not in {syntax.name}: its last element "
             f"({tag >> 16:04X},{tag & 0xFFFF:04X}) ends {missing} bytes past the end of the "
             f"data set ({len(data)} bytes)"
         )
+    if 0 < len(data) - ends < _ELEMENT_HEADER_BYTES:  # the generator stops there, silently
+        raise DecodeError(
+            f"the data set is truncated or not in {syntax.name}: it ends with "
+            f"{len(data) - ends} bytes after its last element "
+            f"({tag >> 16:04X},{tag & 0xFFFF:04X}), too few for another (DCMTK: premature end "
+            "of stream)"
+        )
     return found, False
+
+
+# The shortest element header: tag, VR and a 2-byte length (explicit VR), or tag and a 4-byte
+# length (implicit VR).
+_ELEMENT_HEADER_BYTES = 8
 
 
 def _bytes_missing(element: RawDataElement) -> int:

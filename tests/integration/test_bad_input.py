@@ -389,6 +389,8 @@ def test_truncated_or_misdeclared_data_sets_are_refused_and_a_long_deflated_head
     name = dcmread(cut_in_name).get_item("PatientName")  # its value's bytes, as written
     raw = cut_in_name.read_bytes()
     cut_in_name.write_bytes(raw[: raw.index(b"\x10\x00\x10\x00PN") + 8 + len(name.value) // 2])
+    trailing = _written(folder / "trailing.dcm", ct(), ExplicitVRLittleEndian)
+    trailing.write_bytes(trailing.read_bytes() + b"\xe0\x7f\x10")  # a header cut short
     misdeclared = folder / "explicit_declared_implicit.dcm"
     explicit = ct()
     _written(misdeclared, explicit, ExplicitVRLittleEndian)
@@ -414,6 +416,7 @@ def test_truncated_or_misdeclared_data_sets_are_refused_and_a_long_deflated_head
         good: 0x0000,
         truncated: 0xC000,
         cut_in_name: 0xC000,
+        trailing: 0xC000,
         misdeclared: 0xC000,
         deflated: 0x0000,
     }
@@ -431,6 +434,7 @@ def test_truncated_or_misdeclared_data_sets_are_refused_and_a_long_deflated_head
     # data set without the UIDs that came after the cut.
     cut = f"(0010,0010) ends {len(name.value) - len(name.value) // 2} bytes past the end"
     assert cut in node.log(), node.log()[-2000:]
+    assert "it ends with 3 bytes after its last element (7FE0,0010), too few" in node.log()
 
 
 def _associate_and_release(ae: AE, port: int) -> None:
