@@ -164,7 +164,10 @@ def deliver(
         STAGE_SECONDS.labels("forward", "").observe(time.perf_counter() - started)
     except ForwardError as exc:
         status = DeliveryStatus.FAILED if exc.transient else DeliveryStatus.DEAD
-        log.warning(
+        # A failure to retry is told as a warning once, by the job's line (its error names
+        # this destination's): here at INFO. One for good is a warning here too.
+        log.log(
+            logging.INFO if exc.transient else logging.WARNING,
             "delivery failed job=%d destination=%s transient=%s: %s",
             job.id,
             name,
