@@ -267,18 +267,21 @@ class JobRunner:
         then its deliveries failed (a destination down) or the node stopped before they began,
         so this one sends the same derived series instead of enhancing the series again
         (minutes of a worker per attempt while a PACS is down, for the same result); what QA
-        held stays held, for the same reason. None, and the series is enhanced anew, when
-        nothing was recorded, when a hold was recorded without its reason (a version before
-        the reason was kept), or when its files are gone (held ones included)."""
+        held stays held, for the same reason. An attempt of a version before the outbox had a
+        folder per attempt (2026-12-02) recorded its series without one: they are in the job's
+        own folder, and go as they are too (enhanced again, they would get the new version's
+        UIDs beside those a PACS may already hold part of). None, and the series is enhanced
+        anew, when nothing was recorded, when a hold was recorded without its reason (a version
+        before the reason was kept), or when its files are gone (held ones included)."""
         outputs = job.outputs
-        if not outputs or not outputs.get("outbox"):
+        if not outputs or not (outputs.get("outbox") or outputs.get("series")):
             return None
         held, hold = outputs.get("held") or [], outputs.get("hold")
         if job.released:  # an admin released what QA held: it goes with the rest
             held, hold = [], None
         if held and not hold:
             return None
-        kept = self.spool.outbox_series(job.id, outputs["outbox"])
+        kept = self.spool.outbox_series(job.id, outputs.get("outbox"))
         if not all(kept.get(uid) for uid in held):  # a release would have nothing to send
             log.info("job enhances again job=%d: a held series is gone from the outbox", job.id)
             return None
@@ -292,7 +295,7 @@ class JobRunner:
             "job sends what an earlier attempt made job=%d series=%s outbox=%s",
             job.id,
             job.series_uid,
-            outputs["outbox"],
+            outputs.get("outbox") or "(the job's own folder: an earlier version's)",
         )
         return made, hold
 

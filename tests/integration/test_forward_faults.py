@@ -5,6 +5,7 @@ real Orthanc. Each test asserts on what the peers hold and what the job table sa
 """
 
 import itertools
+import json
 import re
 from collections.abc import Iterator
 from datetime import datetime
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
+from dicomnode.db import open_database
 from tests.conftest import ON_BOTH_DATABASES, pacs_destination
 from tests.support.dcmtk import storescu
 from tests.support.faulty_scp import Behaviour, FaultyScp
@@ -469,3 +472,53 @@ def test_a_destination_that_drips_or_floods_its_answer_is_cut_off(
     kind = "stalled" if misbehave == "drip" else "message_too_large"
     assert Scrape(node.http_port).value("dicomnode_answers_aborted_total", reason=kind) == 1
     faulty.release()
+
+
+def test_a_derived_job_made_before_the_outbox_had_attempt_folders_is_sent_as_it_was_made(
+    node_factory, faulty: FaultyScp, ct_series: list[Path], database_url: str
+) -> None:
+    """An upgrade: a version before 2026-12-02 wrote a failed derived job's series straight into
+    the job's outbox folder and recorded no attempt folder. The version after it enhanced such a
+    job again, under its own UIDs: a PACS that had part of the old series got a second, whole
+    one beside it. It now sends the old files, as the old version's retry would have."""
+    faulty.behave(Behaviour(status=0xA700))  # out of resources: the derived job fails
+    node = node_factory(
+        [faulty.destination()],
+        enhance={"methods": ["baseline"], "self_check": False},
+        retry={"initial_delay_seconds": 600, "max_delay_seconds": 600},  # no retry meanwhile
+    ).start()
+    assert storescu(node.port, ct_series).returncode == 0
+    jobs = node.wait_for_parts(derived="failed", originals="failed", timeout=180)
+    node.stop()
+    job_id = part_of(jobs, "derived")["id"]
+
+    # As the old version left it: series folders in the job's folder, no "outbox" recorded.
+    job_folder = node.data_dir / "spool" / "outbox" / str(job_id)
+    [attempt] = list(job_folder.iterdir())
+    made = {}
+    for series in attempt.iterdir():
+        made.update({path.stem: series.name for path in series.glob("*.dcm")})
+        series.rename(job_folder / series.name)
+    attempt.rmdir()
+    db = open_database(database_url or f"sqlite:///{node.data_dir / 'dicomnode.sqlite'}")
+    try:
+        with db.session() as session:
+            select = text("SELECT outputs FROM jobs WHERE id = :id")
+            outputs = json.loads(session.execute(select, {"id": job_id}).scalar_one())
+            assert outputs["outbox"] == attempt.name  # what the new version records
+            old_record = {key: value for key, value in outputs.items() if key != "outbox"}
+            update = text("UPDATE jobs SET outputs = :outputs WHERE id = :id")
+            session.execute(update, {"outputs": json.dumps(old_record), "id": job_id})
+    finally:
+        db.engine.dispose()
+
+    faulty.behave(Behaviour(status=0x0000))
+    node.start()
+    node.cli("jobs", "retry", "--status", "failed")
+    node.wait_for_jobs(lambda jobs: all(job["status"] == "done" for job in jobs), timeout=180)
+    log = node.log()
+    assert log.count(f"enhanced job={job_id} ") == 1, log[-3000:]  # the old version's, only
+    assert f"job sends what an earlier attempt made job={job_id}" in log
+    assert "outbox=(the job's own folder: an earlier version's)" in log
+    assert set(made) <= set(faulty.stored)  # its derived images and report, as they were made
+    assert all(faulty.stored[sop] == 1 for sop in made)
