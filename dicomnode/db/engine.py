@@ -21,6 +21,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import masked_url
+from dicomnode.db.generation import check_generation, raise_generation
 from dicomnode.db.models import Base
 from dicomnode.db.schema import add_missing_columns, add_missing_indexes, add_missing_tables
 from dicomnode.errors import ConfigError, DatabaseUnavailable
@@ -238,6 +239,11 @@ class Database:
                 "database, or one of an older version (`dicomnode serve` or `worker` brings it "
                 "up to date)"
             )
+        try:
+            with self.engine.connect() as connection:
+                check_generation(connection, masked_url(self.url))
+        except OperationalError as exc:
+            raise ConfigError(self._cannot_open(exc)) from None
 
     def _cannot_open(self, exc: OperationalError) -> str:
         """Why the database cannot be opened; for SQLite on a full file system, that too (its
@@ -270,7 +276,8 @@ class Database:
 
     def create_schema(self) -> None:
         """Create missing tables and add the columns and indexes a database from an older
-        version lacks.
+        version lacks; refuse one a newer version has raised past this one's layout generation
+        (`db/generation.py`), else record this one's.
 
         One transaction; on PostgreSQL under an advisory lock, so processes that start together
         on an empty database (a listener and its workers) take turns instead of racing to create
@@ -286,6 +293,7 @@ class Database:
                 add_missing_tables(connection)
                 add_missing_columns(connection)
                 add_missing_indexes(connection)
+                raise_generation(connection, masked_url(self.url))
         except OperationalError as exc:
             raise ConfigError(self._cannot_open(exc)) from None
 

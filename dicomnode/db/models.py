@@ -228,3 +228,15 @@ class SpoolIdentity(Base):
     # Rounds of the completion tick that made jobs, as the spool's generation file also counts
     # them: a database restored from a copy counts fewer (`spool_identity.py`).
     generation: Mapped[int] = mapped_column(default=0)
+
+
+class LayoutGeneration(Base):
+    """The generation of the tables and spool layout the newest dicomnode that used this
+    database writes (`db/generation.py`): an older one refuses what it would misread. One row,
+    `name` = "layout"."""
+
+    __tablename__ = "layout_generation"
+
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -11,7 +11,12 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
+from dicomnode.db import open_database
+from dicomnode.db.generation import LAYOUT_GENERATION
+from dicomnode.errors import ConfigError
+from tests.conftest import ON_BOTH_DATABASES
 from tests.support.dcmtk import storescu
 from tests.support.model_files import another_network, damaged, rewritten
 from tests.support.node import NodeProcess
@@ -225,3 +230,32 @@ def test_a_damaged_database_is_named_with_what_mends_it_not_try_again(node_facto
     assert "restore the last backup" in line and "doctor --repair" in line
     listed = node.cli("jobs", "list", check=False)
     assert listed.returncode == 2 and f"the database {database} is damaged" in listed.stderr
+
+
+@ON_BOTH_DATABASES
+def test_a_database_a_newer_version_brought_past_this_one_is_refused(
+    node_factory, database_url: str
+) -> None:
+    """A downgrade: an older version went on as if nothing had changed and misread what it did
+    not know (a newer outbox layout ended released jobs dead, their files in place). Each
+    version records the layout generation it writes; one older than the database's refuses
+    it, `serve` and the admin commands alike, and the data stays as it was."""
+    node = node_factory([]).start()
+    node.stop()
+    url = database_url or f"sqlite:///{node.data_dir / 'dicomnode.sqlite'}"
+    db = open_database(url)
+    try:
+        with db.session() as session:
+            kept = text("SELECT generation FROM layout_generation WHERE name = 'layout'")
+            assert session.execute(kept).scalar_one() == LAYOUT_GENERATION
+            newer = text("UPDATE layout_generation SET generation = :g WHERE name = 'layout'")
+            session.execute(newer, {"g": LAYOUT_GENERATION + 1})
+    finally:
+        db.dispose()
+    said = f"was brought to layout generation {LAYOUT_GENERATION + 1} by a newer dicomnode"
+    assert said in refusal(node)
+    listing = node.cli("jobs", "list", check=False)
+    assert listing.returncode == 2 and said in listing.stderr
+    for read_only in (False, True):  # the database is left as the newer version made it
+        with pytest.raises(ConfigError, match="run the newer version again"):
+            open_database(url, read_only=read_only)
