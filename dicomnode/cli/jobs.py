@@ -191,10 +191,6 @@ def _print_jobs_in_a_terminal(jobs: "Sequence[JobRecord]", title: str) -> None:
         console.print(f"{job.id}: {shown(job.error or '')}", no_wrap=True, overflow="ellipsis")
 
 
-# The states in which a job's next_attempt_at is when it will next be taken up.
-_WAITING_FOR_AN_ATTEMPT = (JobStatus.QUEUED, JobStatus.FAILED)
-
-
 def _print_job(job: "JobRecord", siblings: "list[JobRecord]") -> None:
     data = job.as_dict()
     table = Table(show_header=False, box=None)
@@ -213,9 +209,7 @@ def _print_job(job: "JobRecord", siblings: "list[JobRecord]") -> None:
         "claimed_by",
         "error",
     ):
-        value = data[key]
-        if key == "next_attempt_at" and job.status not in _WAITING_FOR_AN_ATTEMPT:
-            value = None  # a done job's last retry time would read as one still to come
+        value = data[key]  # next_attempt_at: null unless queued or failed (JobRecord.as_dict)
         table.add_row(key, _status(str(value)) if key == "status" else shown(value or "-"))
     console.print(table)
     deliveries = Table(

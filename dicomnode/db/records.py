@@ -7,6 +7,9 @@ from typing import Any
 
 from dicomnode.status import DeliveryStatus, JobPart, JobStatus
 
+# The states in which a job's next_attempt_at is when it will next be taken up.
+WAITING_FOR_AN_ATTEMPT = (JobStatus.QUEUED, JobStatus.FAILED)
+
 
 def printable_code(text: str) -> str:
     """A code string (Modality) as the database can keep it: printable ASCII only, no padding,
@@ -126,7 +129,11 @@ class JobRecord:
             "error": self.error,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
-            "next_attempt_at": _iso(self.next_attempt_at),
+            # Only a queued or failed job will be taken up again: a done job's last retry time
+            # would read as an attempt still to come.
+            "next_attempt_at": (
+                _iso(self.next_attempt_at) if self.status in WAITING_FOR_AN_ATTEMPT else None
+            ),
             "lease_owner": self.lease_owner,
             "claimed_by": self.claimed_by,
             "details": self.details,

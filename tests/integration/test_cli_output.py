@@ -294,3 +294,5 @@ def test_jobs_show_gives_a_next_attempt_only_to_a_job_that_will_have_one(site: S
         shown = site.cli("jobs", "show", str(ids[status])).stdout
         [line] = [line for line in shown.splitlines() if line.split()[:1] == ["next_attempt_at"]]
         assert (line.split()[1] == "-") is dash, line
+        job = json.loads(site.cli("jobs", "show", str(ids[status]), "--json").stdout)
+        assert (job["next_attempt_at"] is None) is dash, job
