@@ -1,8 +1,9 @@
 """What `serve` and `worker` refuse to start with that the settings alone show: a model file
 the configured methods lack, a TLS file that is not what its setting says. `config show` runs the
 same checks, so an admin's check before a restart says what the restart would; the ports, the
-data_dir's lock and the spool and database being one pair are looked at by the start alone
-(another program may hold them until then)."""
+data_dir's lock, the spool and database being one pair and the database's layout generation
+are looked at by the start alone, which opens the database (another program may hold the
+others until then)."""
 
 from dicomnode.config import Settings
 from dicomnode.dicom.tls import client_tls_args, server_context

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import masked_url
 from dicomnode.db.generation import check_generation, raise_generation
-from dicomnode.db.models import Base
+from dicomnode.db.models import Base, LayoutGeneration
 from dicomnode.db.schema import add_missing_columns, add_missing_indexes, add_missing_tables
 from dicomnode.errors import ConfigError, DatabaseUnavailable
 
@@ -218,10 +218,13 @@ class Database:
     def check_schema(self, *, columns: bool = True) -> None:
         """Make sure this version's tables (and, with `columns`, their columns) are there,
         without changing anything."""
+        # The layout generation is a guard only: a database from before it is read as one of
+        # no generation (`check_generation`), not refused as one that lacks a table.
+        tables = [t for t in Base.metadata.sorted_tables if t is not LayoutGeneration.__table__]
         try:
             inspector = inspect(self.engine)
             missing = []
-            for table in Base.metadata.sorted_tables:
+            for table in tables:
                 if not inspector.has_table(table.name):
                     missing.append(table.name)
                 elif columns:
@@ -231,7 +234,7 @@ class Database:
                     ]
         except OperationalError as exc:
             raise ConfigError(self._cannot_open(exc)) from None
-        if len(missing) == len(Base.metadata.sorted_tables) and not self.is_sqlite:
+        if len(missing) == len(tables) and not self.is_sqlite:
             raise ConfigError(_no_database(masked_url(self.url)))
         if missing:
             raise ConfigError(
@@ -241,7 +244,8 @@ class Database:
             )
         try:
             with self.engine.connect() as connection:
-                check_generation(connection, masked_url(self.url))
+                if inspector.has_table(LayoutGeneration.__tablename__):
+                    check_generation(connection, masked_url(self.url))
         except OperationalError as exc:
             raise ConfigError(self._cannot_open(exc)) from None
 
@@ -290,6 +294,10 @@ class Database:
                     # takes (an index on a large table): its end is the one to wait for.
                     connection.execute(text("SET LOCAL lock_timeout = 0"))
                     connection.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+                # A database a newer version raised past this one is refused before anything of
+                # it is upgraded (its log would say so, of a database left as it was).
+                if inspect(connection).has_table(LayoutGeneration.__tablename__):
+                    check_generation(connection, masked_url(self.url))
                 add_missing_tables(connection)
                 add_missing_columns(connection)
                 add_missing_indexes(connection)

@@ -93,3 +93,16 @@ def replay_outgoing(
                 f"job {job_id}: cannot read the outbox series={series_uid}: {exc}"
             ) from exc
     return outgoing
+
+
+def made_whole(details: dict[str, Any] | None, outbox: dict[str, list[Path]]) -> bool:
+    """Whether `outbox` (series UID -> files) holds every derived image and metrics report the
+    job's `details` name. A version before the outbox had a folder per attempt (2026-12-02)
+    cleared the job's one folder and wrote it anew at each attempt, recording what it made
+    only at the end: an attempt cut short left the last record beside a part of its files."""
+    methods = (details or {}).get("methods") or []
+    named = {image.get("sop") for method in methods for image in method.get("per_image") or []}
+    named |= {method.get("report_sop_uid") for method in methods}
+    named.discard(None)
+    present = {path.stem for files in outbox.values() for path in files}
+    return bool(named) and named <= present

@@ -39,7 +39,7 @@ from dicomnode.observe.counters import ENHANCEMENTS_FAILED, METHOD_STAGES, MODEL
 from dicomnode.pipeline.delivery import DeliveryQueues
 from dicomnode.pipeline.lease import LeaseKeeper
 from dicomnode.pipeline.outage import through_outage
-from dicomnode.pipeline.replay import replay_outgoing
+from dicomnode.pipeline.replay import made_whole, replay_outgoing
 from dicomnode.spool import Spool
 from dicomnode.status import JobPart, Replay
 from dicomnode.warning_subject import about
@@ -282,6 +282,9 @@ class JobRunner:
         if held and not hold:
             return None
         kept = self.spool.outbox_series(job.id, outputs.get("outbox"))
+        if not outputs.get("outbox") and not made_whole(job.details, kept):
+            log.info("job enhances again job=%d: an earlier version's outbox is not whole", job.id)
+            return None
         if not all(kept.get(uid) for uid in held):  # a release would have nothing to send
             log.info("job enhances again job=%d: a held series is gone from the outbox", job.id)
             return None

@@ -155,11 +155,11 @@ def _walk(data: bytes, syntax: UID, *, whole: bool) -> tuple[dict[int, object], 
             f"data set ({len(data)} bytes)"
         )
     if 0 < len(data) - ends < _ELEMENT_HEADER_BYTES:  # the generator stops there, silently
+        after = f"its last element ({tag >> 16:04X},{tag & 0xFFFF:04X})" if ends else "no element"
         raise DecodeError(
             f"the data set is truncated or not in {syntax.name}: it ends with "
-            f"{len(data) - ends} bytes after its last element "
-            f"({tag >> 16:04X},{tag & 0xFFFF:04X}), too few for another (DCMTK: premature end "
-            "of stream)"
+            f"{len(data) - ends} bytes after {after}, too few for another (DCMTK: premature "
+            "end of stream)"
         )
     return found, False
 
@@ -252,8 +252,10 @@ def _why_refused(sop_class: str) -> str:
     verification, storage commitment) is refused for its transfer syntaxes alone; any other is
     a service the node does not offer (a C-FIND or C-MOVE from a viewer that took the node for
     a PACS)."""
-    if sop_class in STORAGE_SOP_CLASSES or sop_class in (Verification, StorageCommitmentPushModel):
+    if sop_class in STORAGE_SOP_CLASSES:
         return "no transfer syntax proposed is one the node can deliver"
+    if sop_class in (Verification, StorageCommitmentPushModel):
+        return "no transfer syntax proposed is one the node takes"
     return (
         "not a storage SOP class: the node takes C-STORE, C-ECHO and Storage Commitment "
         "only (no query/retrieve: ask the PACS)"

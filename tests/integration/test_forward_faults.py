@@ -480,7 +480,8 @@ def test_a_derived_job_made_before_the_outbox_had_attempt_folders_is_sent_as_it_
     """An upgrade: a version before 2026-12-02 wrote a failed derived job's series straight into
     the job's outbox folder and recorded no attempt folder. The version after it enhanced such a
     job again, under its own UIDs: a PACS that had part of the old series got a second, whole
-    one beside it. It now sends the old files, as the old version's retry would have."""
+    one beside it. It now sends the old files when they are whole, as a release or resend
+    already did (the old version's own retry made the same UIDs again)."""
     faulty.behave(Behaviour(status=0xA700))  # out of resources: the derived job fails
     node = node_factory(
         [faulty.destination()],

@@ -11,7 +11,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from dicomnode.db import open_database
 from dicomnode.db.generation import LAYOUT_GENERATION
@@ -259,3 +259,21 @@ def test_a_database_a_newer_version_brought_past_this_one_is_refused(
     for read_only in (False, True):  # the database is left as the newer version made it
         with pytest.raises(ConfigError, match="run the newer version again"):
             open_database(url, read_only=read_only)
+
+    # A database from before generations were kept is read (the guard is not one more table
+    # an admin command would call missing), and brought to this generation by the next start.
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE layout_generation"))
+    finally:
+        engine.dispose()
+    assert node.cli("jobs", "list").returncode == 0
+    node.start()
+    node.stop()
+    db = open_database(url, read_only=True)
+    try:
+        with db.reading() as session:
+            assert session.execute(kept).scalar_one() == LAYOUT_GENERATION
+    finally:
+        db.dispose()
