@@ -244,8 +244,7 @@ class Database:
             )
         try:
             with self.engine.connect() as connection:
-                if inspector.has_table(LayoutGeneration.__tablename__):
-                    check_generation(connection, masked_url(self.url))
+                check_generation(connection, masked_url(self.url))
         except OperationalError as exc:
             raise ConfigError(self._cannot_open(exc)) from None
 
@@ -296,12 +295,11 @@ class Database:
                     connection.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
                 # A database a newer version raised past this one is refused before anything of
                 # it is upgraded (its log would say so, of a database left as it was).
-                if inspect(connection).has_table(LayoutGeneration.__tablename__):
-                    check_generation(connection, masked_url(self.url))
+                check_generation(connection, masked_url(self.url))
                 add_missing_tables(connection)
                 add_missing_columns(connection)
                 add_missing_indexes(connection)
-                raise_generation(connection, masked_url(self.url))
+                raise_generation(connection)
         except OperationalError as exc:
             raise ConfigError(self._cannot_open(exc)) from None
 

@@ -9,7 +9,7 @@ refuses a database that a newer one has raised past it, naming what to do; as Or
 database schema newer than it knows.
 """
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, inspect, select, update
 
 from dicomnode.db.clock import db_now
 from dicomnode.db.models import LayoutGeneration
@@ -22,7 +22,10 @@ _ROW = "layout"
 
 
 def stored_generation(connection: Connection) -> int | None:
-    """The generation the database was last brought to (None: before generations were kept)."""
+    """The generation the database was last brought to (None: before generations were kept,
+    the table or its row not there yet)."""
+    if not inspect(connection).has_table(LayoutGeneration.__tablename__):
+        return None
     generation: int | None = connection.scalar(
         select(LayoutGeneration.generation).where(LayoutGeneration.name == _ROW)
     )
@@ -41,12 +44,11 @@ def check_generation(connection: Connection, database: str) -> None:
         )
 
 
-def raise_generation(connection: Connection, database: str) -> None:
-    """Record this version's generation (in the schema's transaction), after refusing a
-    database a newer version raised past it (`check_generation`)."""
-    check_generation(connection, database)
+def raise_generation(connection: Connection) -> None:
+    """Record this version's generation (in the schema's transaction, after `check_generation`
+    refused a database a newer version raised past it); a newer one's is left as it is."""
     stored = stored_generation(connection)
-    if stored == LAYOUT_GENERATION:
+    if stored is not None and stored >= LAYOUT_GENERATION:
         return
     now = db_now(connection)
     if stored is None:

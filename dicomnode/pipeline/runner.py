@@ -273,16 +273,17 @@ class JobRunner:
         UIDs beside those a PACS may already hold part of). None, and the series is enhanced
         anew, when nothing was recorded, when a hold was recorded without its reason (a version
         before the reason was kept), or when its files are gone (held ones included)."""
-        outputs = job.outputs
-        if not outputs or not (outputs.get("outbox") or outputs.get("series")):
+        outputs = job.outputs or {}
+        attempt = outputs.get("outbox")  # None: an earlier version's, in the job's own folder
+        if not (attempt or outputs.get("series")):
             return None
         held, hold = outputs.get("held") or [], outputs.get("hold")
         if job.released:  # an admin released what QA held: it goes with the rest
             held, hold = [], None
         if held and not hold:
             return None
-        kept = self.spool.outbox_series(job.id, outputs.get("outbox"))
-        if not outputs.get("outbox") and not made_whole(job.details, kept):
+        kept = self.spool.outbox_series(job.id, attempt)
+        if attempt is None and not made_whole(job.details, kept):
             log.info("job enhances again job=%d: an earlier version's outbox is not whole", job.id)
             return None
         if not all(kept.get(uid) for uid in held):  # a release would have nothing to send
@@ -298,7 +299,7 @@ class JobRunner:
             "job sends what an earlier attempt made job=%d series=%s outbox=%s",
             job.id,
             job.series_uid,
-            outputs.get("outbox") or "(the job's own folder: an earlier version's)",
+            attempt or "(the job's own folder: an earlier version's)",
         )
         return made, hold
 

@@ -148,20 +148,25 @@ def _walk(data: bytes, syntax: UID, *, whole: bool) -> tuple[dict[int, object], 
         return found, False
     # A value read whole but short (a small one), or one skipped past the end (a large one).
     missing = max(missing, stream.tell() - len(data))
+    last = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
     if missing > 0:
-        raise DecodeError(
-            f"the data set is truncated or not in {syntax.name}: its last element "
-            f"({tag >> 16:04X},{tag & 0xFFFF:04X}) ends {missing} bytes past the end of the "
-            f"data set ({len(data)} bytes)"
+        raise _truncated(
+            syntax,
+            f"its last element {last} ends {missing} bytes past the end of the data "
+            f"set ({len(data)} bytes)",
         )
     if 0 < len(data) - ends < _ELEMENT_HEADER_BYTES:  # the generator stops there, silently
-        after = f"its last element ({tag >> 16:04X},{tag & 0xFFFF:04X})" if ends else "no element"
-        raise DecodeError(
-            f"the data set is truncated or not in {syntax.name}: it ends with "
-            f"{len(data) - ends} bytes after {after}, too few for another (DCMTK: premature "
-            "end of stream)"
+        after = f"its last element {last}" if ends else "no element"
+        raise _truncated(
+            syntax,
+            f"it ends with {len(data) - ends} bytes after {after}, too few for another "
+            "(DCMTK: premature end of stream)",
         )
     return found, False
+
+
+def _truncated(syntax: UID, how: str) -> DecodeError:
+    return DecodeError(f"the data set is truncated or not in {syntax.name}: {how}")
 
 
 # The shortest element header: tag, VR and a 2-byte length (explicit VR), or tag and a 4-byte
